@@ -1,0 +1,3 @@
+//! Sluice's control plane library. The gRPC API, state, compiler and journal arrive with the
+//! control-plane issue.
+#![deny(missing_docs)]

@@ -1,0 +1,15 @@
+//! Sluice's sans-IO core.
+//!
+//! Everything the packet path computes lives here, and nothing that touches the outside world:
+//! no sockets, syscalls, threads, async or clock. Time is always an argument; buffers belong to
+//! the caller. That is what lets every I/O backend, the simulation tests, the fuzzers and
+//! `cargo bench` drive exactly the same code.
+//!
+//! - [`wire`]: checked zero-copy views of RTP, RTCP and STUN, and the RFC 7983 demultiplexer.
+//! - [`srtp`]: SRTP/SRTCP contexts (RFC 3711, 6188, 7714), key derivation, replay windows and
+//!   the crypto provider behind them.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod srtp;
+pub mod wire;

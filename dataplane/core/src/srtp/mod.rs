@@ -1,0 +1,1 @@
+//! SRTP and SRTCP (RFC 3711, RFC 6188, RFC 7714).

@@ -1,0 +1,1 @@
+//! Checked zero-copy views of what arrives on a media port.

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs every prerequisite Sluice needs on a fresh Debian 12 machine (root), idempotently:
+# a second run only checks and is fast. Says what it did.
+#
+#   EBPF_TOOLS  where bpf-linker and its LLVM symlinks live (default /opt/sluice-ebpf-tools)
+#   NIGHTLY     the nightly toolchain that builds the eBPF crate (default: nightly)
+#
+# Why each piece:
+#   - apt: libsrtp2-dev + pkg-config (an independent SRTP implementation for interop tests and the
+#     crypto benchmark), iproute2/ethtool/bpftool/tcpdump (namespaces, veth, XDP inspection),
+#     protobuf-compiler (gRPC code generation), redis-server (load-balancer state tests).
+#   - nightly + rust-src: the XDP program is built with -Z build-std=core for bpfel-unknown-none.
+#   - bpf-linker, linked against the nightly's own libLLVM: bpf-linker 0.13 needs LLVM 21-23 and
+#     must match the LLVM major that emits the bitcode; Debian 12 ships at most LLVM 19.
+set -euo pipefail
+TOOLS=${EBPF_TOOLS:-/opt/sluice-ebpf-tools}
+NIGHTLY=${NIGHTLY:-nightly}
+BPF_LINKER_VERSION=0.13.0
+
+t0=$(date +%s)
+note() { printf 'setup [%3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
+
+# 1. Debian packages.
+pkgs="pkg-config libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server"
+missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
+if [ -n "$missing" ]; then
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+  note "apt installed: $(echo $missing)"
+else
+  note "apt packages present"
+fi
+# The redis-server package starts a system service; tests start their own server on a port of
+# their own, so the packaged one is left as the package manager configured it.
+
+# 2. Nightly with rust-src, and the stable toolchain's components.
+rustup run "$NIGHTLY" rustc -V >/dev/null 2>&1 || rustup toolchain install "$NIGHTLY" --profile minimal
+rustup component list --toolchain "$NIGHTLY" --installed | grep -q '^rust-src' \
+  || rustup component add rust-src --toolchain "$NIGHTLY"
+note "$(rustup run "$NIGHTLY" rustc -V) with rust-src"
+
+# 3. bpf-linker against the nightly's libLLVM.
+sysroot=$(rustup run "$NIGHTLY" rustc --print sysroot)
+llvm=$(rustup run "$NIGHTLY" rustc -vV | sed -n 's/^LLVM version: //p'); major=${llvm%%.*}
+lib=$(cd "$sysroot/lib" && ls libLLVM.so.* | head -1)
+mkdir -p "$TOOLS/llvm/lib"
+ln -sfn "$sysroot/lib/$lib" "$TOOLS/llvm/lib/libLLVM.so"
+ln -sfn "$sysroot/lib/$lib" "$TOOLS/llvm/lib/$lib"
+if "$TOOLS/bin/bpf-linker" --version 2>/dev/null | grep -q " $BPF_LINKER_VERSION\$" \
+   && [ "$(cat "$TOOLS/bin/.llvm-lib" 2>/dev/null)" = "$lib" ]; then
+  note "bpf-linker $BPF_LINKER_VERSION (LLVM $llvm) present"
+else
+  note "building bpf-linker $BPF_LINKER_VERSION against $lib (about a minute)"
+  LLVM_PREFIX="$TOOLS/llvm" cargo install bpf-linker --version "$BPF_LINKER_VERSION" --locked \
+    --no-default-features --features "llvm-$major" --root "$TOOLS" --force -q
+  echo "$lib" > "$TOOLS/bin/.llvm-lib"
+  note "built bpf-linker"
+fi
+
+# 4. Kernel facilities the tests use.
+mount | grep -q ' /sys/fs/bpf ' || mount -t bpf bpf /sys/fs/bpf
+note "bpffs mounted; kernel $(uname -r)"

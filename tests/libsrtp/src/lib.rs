@@ -1,0 +1,1 @@
+//! Test-only bindings to the system libsrtp2.
