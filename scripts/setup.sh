@@ -56,6 +56,8 @@ else
   echo "$lib" > "$TOOLS/bin/.llvm-lib"
   note "built bpf-linker"
 fi
+# aya-build runs `cargo build` for the eBPF crate and needs bpf-linker on PATH.
+ln -sfn "$TOOLS/bin/bpf-linker" /usr/local/bin/bpf-linker
 
 # 4. Kernel facilities the tests use.
 mount | grep -q ' /sys/fs/bpf ' || mount -t bpf bpf /sys/fs/bpf
