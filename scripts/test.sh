@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs the prerequisites (scripts/setup.sh), then
+# builds everything (the XDP program on the nightly, the rest on stable) and runs every test.
+# Needs root: tests load XDP programs and create network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+cargo build --locked --all-targets
+cargo test --locked --doc -q
+cargo nextest run --locked --no-fail-fast --failure-output final
