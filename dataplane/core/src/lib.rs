@@ -11,5 +11,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod forward;
+pub mod ids;
 pub mod srtp;
+pub mod time;
 pub mod wire;

@@ -1,0 +1,246 @@
+//! Sequence-number and timestamp rewriting for one subscription.
+//!
+//! A subscriber sees one continuous RTP stream per track, whichever simulcast layer (publisher
+//! SSRC) feeds it. Within one layer the mapping is a constant offset, so real loss upstream stays
+//! visible as a gap (the subscriber NACKs it and we map the NACK back) and reordering passes
+//! through untouched. At a layer switch — which happens only on the first packet of a keyframe of
+//! the new layer — both offsets are recomputed:
+//!
+//! ```text
+//!   old layer:  ... 1041 1042 1043 |
+//!   new layer:                     | 7310(key) 7311 ...        (publisher sequence space)
+//!   subscriber: ...  500  501  502 |  503      504  ...        seq_offset = 503 - 7310
+//!   timestamp:  last_out_ts + max(1, elapsed × clock rate)     ts_offset  = that - in_ts
+//! ```
+//!
+//! Packets of the old layer that arrive after the switch, and packets of the new layer from
+//! before the keyframe, are dropped: either would repeat or precede sequence numbers the
+//! subscriber already has. Packets of layers the subscription is not on never touch the sequence
+//! space, so they never show as loss.
+
+use core::time::Duration;
+
+use crate::ids::{SeqNo, Ssrc};
+use crate::time::Instant;
+
+/// What the rewriter decided for one packet of the current source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The subscriber-side sequence number.
+    pub seq: SeqNo,
+    /// The subscriber-side RTP timestamp.
+    pub ts: u32,
+}
+
+/// One segment of the output: the source that feeds it and the offsets that map it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    source: Ssrc,
+    seq_offset: u16,
+    ts_offset: u32,
+    /// The publisher sequence number that opened the segment; earlier ones are dropped.
+    first_in_seq: SeqNo,
+}
+
+impl Segment {
+    /// The publisher sequence number behind `out_seq`, if this segment produced it (`end` is the
+    /// last subscriber sequence number the segment could have produced).
+    fn map_back(&self, out_seq: SeqNo, end: SeqNo) -> Option<(Ssrc, SeqNo)> {
+        let in_seq = SeqNo(out_seq.0.wrapping_sub(self.seq_offset));
+        let in_segment = in_seq == self.first_in_seq || in_seq.is_after(self.first_in_seq);
+        let not_later = end == out_seq || end.is_after(out_seq);
+        (in_segment && not_later).then_some((self.source, in_seq))
+    }
+}
+
+/// Sequence/timestamp rewriter for one subscription. No heap; see the size test.
+#[derive(Clone, Debug, Default)]
+pub struct SeqTsRewriter {
+    segment: Option<Segment>,
+    /// The segment before the last switch and the last subscriber sequence number it produced,
+    /// so NACKs for packets lost just before a switch still map back.
+    previous: Option<(Segment, SeqNo)>,
+    /// Highest subscriber-side sequence number sent so far, with the timestamp it carried and
+    /// when it was sent (for the timestamp jump at the next switch).
+    highest: Option<(SeqNo, u32, Instant)>,
+}
+
+impl SeqTsRewriter {
+    /// A rewriter that has sent nothing yet.
+    pub const fn new() -> Self {
+        Self { segment: None, previous: None, highest: None }
+    }
+
+    /// The publisher SSRC that currently feeds the subscription, if any.
+    pub fn source(&self) -> Option<Ssrc> {
+        self.segment.map(|s| s.source)
+    }
+
+    /// The highest subscriber-side sequence number sent so far.
+    pub fn highest_seq(&self) -> Option<SeqNo> {
+        self.highest.map(|h| h.0)
+    }
+
+    /// Starts a new segment fed by `source`, opening at the packet `(in_seq, in_ts)` which must be
+    /// the first packet of a keyframe (or any packet, for a stream without keyframes such as
+    /// audio). `clock_rate` is the RTP clock in Hz. Returns the mapping of that first packet.
+    pub fn switch_to(
+        &mut self,
+        now: Instant,
+        source: Ssrc,
+        in_seq: SeqNo,
+        in_ts: u32,
+        clock_rate: u32,
+    ) -> Rewritten {
+        let (out_seq, out_ts) = match self.highest {
+            None => (in_seq.0, in_ts),
+            Some((last_seq, last_ts, last_at)) => {
+                let elapsed = now.saturating_duration_since(last_at);
+                (last_seq.0.wrapping_add(1), last_ts.wrapping_add(rtp_ticks(elapsed, clock_rate)))
+            }
+        };
+        if let (Some(seg), Some((h, _, _))) = (self.segment, self.highest) {
+            self.previous = Some((seg, h));
+        }
+        self.segment = Some(Segment {
+            source,
+            seq_offset: out_seq.wrapping_sub(in_seq.0),
+            ts_offset: out_ts.wrapping_sub(in_ts),
+            first_in_seq: in_seq,
+        });
+        let out = Rewritten { seq: SeqNo(out_seq), ts: out_ts };
+        self.note_sent(now, out);
+        out
+    }
+
+    /// Maps a packet of `source`. `None` means drop: it is not from the current source, or it
+    /// precedes the packet that opened the segment.
+    pub fn rewrite(&mut self, now: Instant, source: Ssrc, in_seq: SeqNo, in_ts: u32) -> Option<Rewritten> {
+        let seg = self.segment?;
+        if seg.source != source || (in_seq != seg.first_in_seq && !in_seq.is_after(seg.first_in_seq)) {
+            return None;
+        }
+        let out = Rewritten {
+            seq: SeqNo(in_seq.0.wrapping_add(seg.seq_offset)),
+            ts: in_ts.wrapping_add(seg.ts_offset),
+        };
+        self.note_sent(now, out);
+        Some(out)
+    }
+
+    /// Maps a subscriber-side sequence number back to the publisher's (for NACK translation), if
+    /// it belongs to the current segment.
+    pub fn to_source_seq(&self, out_seq: SeqNo) -> Option<(Ssrc, SeqNo)> {
+        let (highest, _, _) = self.highest?;
+        if let Some(seg) = self.segment
+            && let Some(found) = seg.map_back(out_seq, highest)
+        {
+            return Some(found);
+        }
+        let (prev, prev_end) = self.previous?;
+        prev.map_back(out_seq, prev_end)
+    }
+
+    /// Maps a publisher RTP timestamp of the current source into the subscriber's timeline (for
+    /// sender reports).
+    pub fn map_ts(&self, source: Ssrc, in_ts: u32) -> Option<u32> {
+        let seg = self.segment?;
+        (seg.source == source).then(|| in_ts.wrapping_add(seg.ts_offset))
+    }
+
+    fn note_sent(&mut self, now: Instant, out: Rewritten) {
+        match self.highest {
+            Some((h, _, _)) if !out.seq.is_after(h) => {}
+            _ => self.highest = Some((out.seq, out.ts, now)),
+        }
+    }
+}
+
+/// The RTP timestamp advance for `elapsed` at `clock_rate`, at least one tick so timestamps stay
+/// strictly monotonic across a switch.
+fn rtp_ticks(elapsed: Duration, clock_rate: u32) -> u32 {
+    let ticks = elapsed.as_nanos().saturating_mul(u128::from(clock_rate)) / 1_000_000_000;
+    u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Ssrc = Ssrc(0xaaaa);
+    const B: Ssrc = Ssrc(0xbbbb);
+
+    fn ms(n: u64) -> Instant {
+        Instant::from_nanos(n * 1_000_000)
+    }
+
+    #[test]
+    fn first_segment_passes_numbers_through() {
+        let mut r = SeqTsRewriter::new();
+        assert_eq!(r.rewrite(ms(0), A, SeqNo(5), 100), None, "no segment yet");
+        let first = r.switch_to(ms(0), A, SeqNo(10), 1000, 90_000);
+        assert_eq!(first, Rewritten { seq: SeqNo(10), ts: 1000 });
+        assert_eq!(r.rewrite(ms(1), A, SeqNo(11), 1000), Some(Rewritten { seq: SeqNo(11), ts: 1000 }));
+        assert_eq!(r.rewrite(ms(1), A, SeqNo(9), 900), None, "before the keyframe");
+        assert_eq!(r.rewrite(ms(1), B, SeqNo(12), 1000), None, "other layer");
+    }
+
+    #[test]
+    fn switch_continues_sequence_and_advances_timestamp_by_elapsed_time() {
+        let mut r = SeqTsRewriter::new();
+        r.switch_to(ms(0), A, SeqNo(65534), 4_000_000_000, 90_000);
+        r.rewrite(ms(10), A, SeqNo(65535), 4_000_000_900).unwrap();
+        let last = r.rewrite(ms(20), A, SeqNo(0), 4_000_001_800).unwrap();
+        assert_eq!(last.seq, SeqNo(0), "wraps");
+        // 100 ms later, switch to layer B at its keyframe.
+        let first_b = r.switch_to(ms(120), B, SeqNo(7310), 12345, 90_000);
+        assert_eq!(first_b.seq, SeqNo(1));
+        assert_eq!(first_b.ts, 4_000_001_800u32.wrapping_add(9000));
+        let next = r.rewrite(ms(121), B, SeqNo(7311), 12345 + 3000).unwrap();
+        assert_eq!(next, Rewritten { seq: SeqNo(2), ts: first_b.ts + 3000 });
+        // A late packet of the old layer and a pre-keyframe packet of the new one are dropped.
+        assert_eq!(r.rewrite(ms(122), A, SeqNo(1), 4_000_002_700), None);
+        assert_eq!(r.rewrite(ms(122), B, SeqNo(7309), 12000), None);
+    }
+
+    #[test]
+    fn immediate_switch_still_moves_timestamp_forward() {
+        let mut r = SeqTsRewriter::new();
+        r.switch_to(ms(0), A, SeqNo(1), 500, 90_000);
+        let b = r.switch_to(ms(0), B, SeqNo(900), 7, 90_000);
+        assert_eq!(b, Rewritten { seq: SeqNo(2), ts: 501 });
+    }
+
+    #[test]
+    fn reordering_and_loss_within_a_segment_are_preserved() {
+        let mut r = SeqTsRewriter::new();
+        r.switch_to(ms(0), A, SeqNo(100), 0, 90_000);
+        let s = |r: &mut SeqTsRewriter, n| r.rewrite(ms(1), A, SeqNo(n), 0).map(|o| o.seq.0);
+        assert_eq!(s(&mut r, 102), Some(102));
+        assert_eq!(s(&mut r, 101), Some(101), "late but after the keyframe");
+        assert_eq!(s(&mut r, 105), Some(105), "gap stays a gap");
+        assert_eq!(r.highest_seq(), Some(SeqNo(105)));
+        assert_eq!(r.to_source_seq(SeqNo(103)), Some((A, SeqNo(103))));
+        assert_eq!(r.to_source_seq(SeqNo(106)), None, "not sent yet");
+        assert_eq!(r.to_source_seq(SeqNo(99)), None, "before the segment");
+    }
+
+    #[test]
+    fn nack_maps_back_through_a_switch() {
+        let mut r = SeqTsRewriter::new();
+        r.switch_to(ms(0), A, SeqNo(10), 0, 90_000);
+        r.rewrite(ms(1), A, SeqNo(11), 0);
+        r.switch_to(ms(40), B, SeqNo(3000), 0, 90_000); // out 12
+        r.rewrite(ms(41), B, SeqNo(3001), 0); // out 13
+        assert_eq!(r.to_source_seq(SeqNo(13)), Some((B, SeqNo(3001))));
+        assert_eq!(r.to_source_seq(SeqNo(11)), Some((A, SeqNo(11))), "the segment before the switch");
+        assert_eq!(r.to_source_seq(SeqNo(9)), None, "before anything was sent");
+        assert_eq!(r.map_ts(B, 100), Some(r.map_ts(B, 0).unwrap() + 100));
+        assert_eq!(r.map_ts(A, 100), None);
+    }
+
+    #[test]
+    fn rewriter_is_small() {
+        assert!(size_of::<SeqTsRewriter>() <= 96, "{}", size_of::<SeqTsRewriter>());
+    }
+}
