@@ -14,5 +14,7 @@
 pub mod forward;
 pub mod ids;
 pub mod srtp;
+pub mod stats;
 pub mod time;
+pub mod verdict;
 pub mod wire;

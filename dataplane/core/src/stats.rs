@@ -1,0 +1,47 @@
+//! Per-core counters. Plain integers owned by one worker (no atomics on the fast path); the
+//! worker publishes snapshots between batches.
+
+use crate::verdict::DropReason;
+
+/// Packet and byte counters of one core.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Datagrams handed to the core.
+    pub rx_packets: u64,
+    /// Bytes of those datagrams.
+    pub rx_bytes: u64,
+    /// Packets the core emitted (forwarded copies, retransmissions, RTCP it originated).
+    pub tx_packets: u64,
+    /// Bytes of those packets.
+    pub tx_bytes: u64,
+    /// NACKed packets answered from the retransmission cache.
+    pub nack_answered: u64,
+    /// NACKed packets not in the cache, asked of the publisher instead.
+    pub nack_forwarded: u64,
+    /// Keyframe requests sent upstream (after throttling).
+    pub keyframe_requests: u64,
+    /// Layer switches completed.
+    pub layer_switches: u64,
+    /// Table deltas applied.
+    pub deltas_applied: u64,
+    /// Drops by reason, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl CoreStats {
+    /// Counts one dropped packet.
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    /// The count for one reason.
+    pub fn drops_for(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// All drops together.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}

@@ -1,0 +1,88 @@
+//! What happened to a packet. Every packet the core does not forward gets exactly one
+//! [`DropReason`], which indexes the per-core counters in [`crate::stats`]; nothing on the fast
+//! path allocates an error or logs.
+
+/// Why a packet was not forwarded. `#[repr(u8)]` so it indexes counter arrays directly; the
+/// numbering is part of the metrics contract (names come from [`DropReason::name`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The datagram is too short or its headers are inconsistent.
+    Malformed = 0,
+    /// Not RTP/RTCP (RFC 7983): STUN, DTLS, TURN channel data or unknown first byte that reached
+    /// the media path.
+    NotMedia = 1,
+    /// No leg is bound to (local port, remote address).
+    UnknownSource = 2,
+    /// The leg is known but the SSRC was never announced on it.
+    UnknownSsrc = 3,
+    /// SRTP/SRTCP authentication failed.
+    AuthFailed = 4,
+    /// SRTP/SRTCP replay protection rejected the packet (duplicate or too old).
+    Replayed = 5,
+    /// The subscription is paused.
+    Paused = 6,
+    /// The packet belongs to a simulcast layer (or the part of a layer before a switch point)
+    /// that no subscription currently forwards.
+    LayerFiltered = 7,
+    /// The output batch had no room left; the caller should flush more often.
+    OutputFull = 8,
+    /// RTCP consumed by the core (receiver reports, throttled keyframe requests): not an error,
+    /// but no packet leaves for it.
+    RtcpConsumed = 9,
+    /// The stream has no subscribers.
+    NoSubscribers = 10,
+    /// The payload type is not one the stream announced.
+    UnknownPayloadType = 11,
+}
+
+impl DropReason {
+    /// How many reasons there are: the length of a counter array.
+    pub const COUNT: usize = 12;
+
+    /// Every reason, in index order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::Malformed,
+        Self::NotMedia,
+        Self::UnknownSource,
+        Self::UnknownSsrc,
+        Self::AuthFailed,
+        Self::Replayed,
+        Self::Paused,
+        Self::LayerFiltered,
+        Self::OutputFull,
+        Self::RtcpConsumed,
+        Self::NoSubscribers,
+        Self::UnknownPayloadType,
+    ];
+
+    /// The label used in metrics (`reason="..."`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::NotMedia => "not_media",
+            Self::UnknownSource => "unknown_source",
+            Self::UnknownSsrc => "unknown_ssrc",
+            Self::AuthFailed => "auth_failed",
+            Self::Replayed => "replayed",
+            Self::Paused => "paused",
+            Self::LayerFiltered => "layer_filtered",
+            Self::OutputFull => "output_full",
+            Self::RtcpConsumed => "rtcp_consumed",
+            Self::NoSubscribers => "no_subscribers",
+            Self::UnknownPayloadType => "unknown_payload_type",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropReason;
+
+    #[test]
+    fn all_is_in_index_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+    }
+}
