@@ -1,4 +1,250 @@
-//! The forwarding pipeline: SRTP unprotect → route lookup → per-subscriber rewrite → protect.
+//! The forwarding pipeline, sans-IO:
+//!
+//! ```text
+//!   handle_rx(now, local_port, remote, datagram)
+//!     classify (RFC 7983/5761) ─ not media ──────────────────────────────▶ drop NotMedia
+//!     leg by local port, remote checked (latched on first auth) ─ none ──▶ drop UnknownSource
+//!   RTP:
+//!     ingress by SSRC ─ none ─────────────────────────────────────────────▶ drop UnknownSsrc
+//!     SRTP unprotect in place (replay-checked) ─ fail ─────────────────────▶ drop AuthFailed/Replayed
+//!     cache plaintext (video) · keyframe detection (codec of the PT)
+//!     for each subscription of the track:
+//!       paused / other layer / waiting for a keyframe ─▶ skip (PLI upstream when a switch waits)
+//!       copy into an output slot · rewrite SSRC/seq/ts/PT/ext ids · SRTP protect with the
+//!       subscriber leg's key · emit (subscriber's port, subscriber's address)
+//!   RTCP: SRTCP unprotect, then per packet of the compound: SR rewritten per subscriber,
+//!     RR consumed into leg stats, NACK answered from the cache or forwarded upstream, PLI/FIR
+//!     forwarded upstream throttled, the rest consumed.
+//! ```
+//!
+//! The core owns its tables and counters; the caller owns time and buffers. Nothing here
+//! allocates per packet: outputs go into the caller's [`OutBatch`], events into a bounded queue
+//! allocated at construction.
 
+pub mod batch;
 pub mod rewrite;
 pub mod rtx_cache;
+
+mod rtcp;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+pub use batch::{MAX_DATAGRAM, OutBatch, OutMeta, SLOT_BYTES};
+
+use crate::ids::{LegId, Ssrc, TrackId};
+use crate::srtp::{RtcpRecvState, SrtpError};
+use crate::stats::CoreStats;
+use crate::table::{Delta, DeltaError, LegStats, TableConfig, Tables};
+use crate::time::Instant;
+use crate::verdict::DropReason;
+use crate::wire::demux;
+
+/// Keyframe requests to one layer are throttled to one per this interval, however many
+/// subscribers ask (RFC 4585 leaves the policy to the SFU; 200 ms is what SFUs use).
+pub const KEYFRAME_REQUEST_INTERVAL: core::time::Duration = core::time::Duration::from_millis(200);
+
+/// How many events the queue keeps before it starts dropping the oldest.
+const EVENT_QUEUE: usize = 1024;
+
+/// Something the control plane may want to know, polled with [`Core::poll_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A subscription switched to another layer (at a keyframe).
+    LayerSwitched {
+        /// The track.
+        track: TrackId,
+        /// The subscriber.
+        subscriber: LegId,
+        /// The layer it now receives.
+        layer: u8,
+    },
+    /// A keyframe was asked of the publisher (after throttling).
+    KeyframeRequested {
+        /// The track.
+        track: TrackId,
+        /// The layer.
+        layer: u8,
+    },
+    /// A leg's remote address was learned from its first authenticated packet.
+    RemoteLatched {
+        /// The leg.
+        leg: LegId,
+        /// The address.
+        remote: SocketAddr,
+    },
+    /// A receiver report updated a leg's statistics.
+    LegStats {
+        /// The leg.
+        leg: LegId,
+        /// The statistics.
+        stats: LegStats,
+    },
+}
+
+/// Settings of one core.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoreConfig {
+    /// Table settings (replay window, retransmission cache).
+    pub tables: TableConfig,
+}
+
+/// One worker's forwarding core.
+#[derive(Debug)]
+pub struct Core {
+    tables: Tables,
+    stats: CoreStats,
+    events: VecDeque<Event>,
+}
+
+fn push_event(events: &mut VecDeque<Event>, e: Event) {
+    if events.len() >= EVENT_QUEUE {
+        events.pop_front();
+    }
+    events.push_back(e);
+}
+
+/// Why a packet was dropped, from an SRTP failure.
+fn srtp_verdict(e: SrtpError) -> DropReason {
+    match e {
+        SrtpError::AuthFailed => DropReason::AuthFailed,
+        SrtpError::Replayed | SrtpError::IndexTooOld => DropReason::Replayed,
+        _ => DropReason::Malformed,
+    }
+}
+
+impl Core {
+    /// A core with empty tables.
+    pub fn new(config: CoreConfig) -> Self {
+        Self { tables: Tables::new(config.tables), stats: CoreStats::default(), events: VecDeque::with_capacity(EVENT_QUEUE) }
+    }
+
+    /// The tables (read-only; change them with [`Core::apply`]).
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// Applies a table delta atomically (between batches).
+    pub fn apply(&mut self, delta: Delta) -> Result<crate::ids::Generation, DeltaError> {
+        let g = self.tables.apply(delta)?;
+        self.stats.deltas_applied += 1;
+        Ok(g)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn emit(&mut self, e: Event) {
+        push_event(&mut self.events, e);
+    }
+
+    /// Handles one received datagram: `buf` is exactly its bytes, and is decrypted in place.
+    /// Outputs go to `out`; a packet that produces none is counted under its drop reason.
+    pub fn handle_rx(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) {
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += buf.len() as u64;
+        let before = out.len();
+        let verdict = match demux::classify(buf) {
+            demux::PacketClass::Rtp => self.rx_rtp(now, local_port, remote, buf, out),
+            demux::PacketClass::Rtcp => self.rx_rtcp(now, local_port, remote, buf, out),
+            _ => Err(DropReason::NotMedia),
+        };
+        for (_, p) in out.iter().skip(before) {
+            self.stats.tx_packets += 1;
+            self.stats.tx_bytes += p.len() as u64;
+        }
+        if let Err(reason) = verdict {
+            self.stats.drop(reason);
+        }
+    }
+
+    /// The receiving leg of a datagram, with the remote address checked (or latched).
+    fn rx_leg(&self, local_port: u16, remote: SocketAddr) -> Result<LegId, DropReason> {
+        let id = self.tables.leg_by_port(local_port).ok_or(DropReason::UnknownSource)?;
+        let leg = self.tables.leg(id).ok_or(DropReason::UnknownSource)?;
+        match leg.remote {
+            Some(r) if r != remote => Err(DropReason::UnknownSource),
+            _ => Ok(id),
+        }
+    }
+
+    fn latch(&mut self, leg_id: LegId, remote: SocketAddr) {
+        if let Some(leg) = self.tables.leg_mut(leg_id)
+            && leg.remote.is_none()
+        {
+            leg.remote = Some(remote);
+            self.emit(Event::RemoteLatched { leg: leg_id, remote });
+        }
+    }
+
+    fn rx_rtp(
+        &mut self,
+        now: Instant,
+        local_port: u16,
+        remote: SocketAddr,
+        buf: &mut [u8],
+        out: &mut OutBatch,
+    ) -> Result<(), DropReason> {
+        if buf.len() > MAX_DATAGRAM {
+            return Err(DropReason::Malformed);
+        }
+        let leg_id = self.rx_leg(local_port, remote)?;
+        let ssrc = match buf.get(8..12) {
+            Some(&[a, b, c, d]) => Ssrc(u32::from_be_bytes([a, b, c, d])),
+            _ => return Err(DropReason::Malformed),
+        };
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        let idx = leg.ingress_index(ssrc).ok_or(DropReason::UnknownSsrc)?;
+        let len = buf.len();
+        let ingress = &mut leg.ingress[idx];
+        let plain_len = leg.rx.unprotect_rtp(&mut ingress.recv, buf, len).map_err(srtp_verdict)?;
+        let (track_id, layer, is_rtx) = (ingress.track, ingress.layer, ingress.rtx);
+        self.latch(leg_id, remote);
+        let Some((track, legs)) = self.tables.track_and_legs_mut(track_id) else {
+            return Err(DropReason::UnknownSsrc);
+        };
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events };
+        let plain = &mut buf[..plain_len];
+        fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain)
+    }
+
+    fn rx_rtcp(
+        &mut self,
+        now: Instant,
+        local_port: u16,
+        remote: SocketAddr,
+        buf: &mut [u8],
+        out: &mut OutBatch,
+    ) -> Result<(), DropReason> {
+        if buf.len() > MAX_DATAGRAM {
+            return Err(DropReason::Malformed);
+        }
+        let leg_id = self.rx_leg(local_port, remote)?;
+        let sender = match buf.get(4..8) {
+            Some(&[a, b, c, d]) => Ssrc(u32::from_be_bytes([a, b, c, d])),
+            _ => return Err(DropReason::Malformed),
+        };
+        let window = self.tables.config().replay_window;
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        // Work on a copy: the stored state changes only once the packet authenticated.
+        let mut state = leg.rtcp_recv(sender).cloned().unwrap_or_else(|| RtcpRecvState::new(window));
+        let len = buf.len();
+        let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
+        leg.store_rtcp_recv(sender, state);
+        self.latch(leg_id, remote);
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events };
+        rtcp::compound(&mut ctx, &mut self.tables, leg_id, &buf[..plain_len])
+    }
+}
+
+mod fanout;
+
+#[cfg(test)]
+mod tests;

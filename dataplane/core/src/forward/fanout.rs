@@ -1,0 +1,241 @@
+//! Media fan-out: one decrypted publisher packet → one rewritten, re-protected copy per
+//! subscription that wants it. Also the other places a packet is sent to a subscriber
+//! (retransmissions from the cache, publisher RTX) and keyframe requests upstream, so every
+//! output is built by the same [`send_copy`].
+
+use std::collections::VecDeque;
+
+use super::rewrite::Rewritten;
+use super::{Event, KEYFRAME_REQUEST_INTERVAL, OutBatch, OutMeta, push_event};
+use crate::ids::{LegId, Pt, SeqNo, Ssrc};
+use crate::stats::CoreStats;
+use crate::table::{Codec, Leg, Map, Subscription, Track};
+use crate::time::Instant;
+use crate::verdict::DropReason;
+use crate::wire::{codec, rtcp, rtp};
+
+/// What a handler needs besides the tables.
+pub(super) struct Ctx<'a> {
+    pub now: Instant,
+    pub out: &'a mut OutBatch,
+    pub stats: &'a mut CoreStats,
+    pub events: &'a mut VecDeque<Event>,
+}
+
+/// A publisher RTP packet, decrypted in `plain`, arriving on `ssrc` (layer `layer` of `track`).
+pub(super) fn rtp(
+    ctx: &mut Ctx<'_>,
+    track: &mut Track,
+    legs: &mut Map<LegId, Leg>,
+    ssrc: Ssrc,
+    layer: u8,
+    is_rtx: bool,
+    plain: &mut [u8],
+) -> Result<(), DropReason> {
+    let pkt = rtp::Packet::new_checked(&*plain).map_err(|_| DropReason::Malformed)?;
+    let pt = Pt(pkt.payload_type());
+    let (codec, _) = track.codec_of(pt).ok_or(DropReason::UnknownPayloadType)?;
+    if is_rtx {
+        return publisher_rtx(ctx, track, legs, layer, plain);
+    }
+    let (seq, ts) = (SeqNo(pkt.sequence_number()), pkt.timestamp());
+    let keyframe = match codec {
+        Codec::Audio => true,
+        c => codec::keyframe_start(c.into(), pkt.payload()),
+    };
+    drop(pkt);
+    let state = &mut track.layers[usize::from(layer)];
+    if keyframe {
+        state.seen_keyframe = true;
+    }
+    if let Some(cache) = &mut state.cache {
+        cache.insert(seq, plain);
+    }
+    if track.subs.is_empty() {
+        return Err(DropReason::NoSubscribers);
+    }
+    let clock_rate = track.spec.clock_rate;
+    let mut sent = 0usize;
+    let mut reason = DropReason::LayerFiltered;
+    let mut want_keyframe = 0u8;
+    for sub in &mut track.subs {
+        if sub.paused {
+            reason = DropReason::Paused;
+            continue;
+        }
+        let on_layer = sub.current_layer == Some(layer);
+        let rewritten = if sub.target_layer == layer && !on_layer {
+            if !keyframe {
+                want_keyframe |= 1 << layer;
+                continue;
+            }
+            let r = sub.rewriter.switch_to(ctx.now, ssrc, seq, ts, clock_rate);
+            sub.current_layer = Some(layer);
+            ctx.stats.layer_switches += 1;
+            push_event(ctx.events, Event::LayerSwitched { track: track.spec.id, subscriber: sub.subscriber, layer });
+            r
+        } else if on_layer {
+            if sub.target_layer != layer {
+                want_keyframe |= 1 << sub.target_layer;
+            }
+            match sub.rewriter.rewrite(ctx.now, ssrc, seq, ts) {
+                Some(r) => r,
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        let Some(out_pt) = sub.map_pt(pt) else {
+            reason = DropReason::UnknownPayloadType;
+            continue;
+        };
+        match send_copy(ctx, sub, legs, plain, rewritten, out_pt, None) {
+            Ok(()) => sent += 1,
+            Err(r) => reason = r,
+        }
+    }
+    for l in 0..8u8 {
+        if want_keyframe & (1 << l) != 0 {
+            request_keyframe(ctx, track, legs, l);
+        }
+    }
+    if sent > 0 { Ok(()) } else { Err(reason) }
+}
+
+/// A publisher's RTX packet (RFC 4588 §4): payload = OSN (2 bytes) + original payload. It is
+/// turned back into the original packet in place (the header slides over the OSN), kept in the
+/// cache, and sent to every subscription on that layer — as RTX where the subscriber has an RTX
+/// SSRC, as the original otherwise.
+fn publisher_rtx(
+    ctx: &mut Ctx<'_>,
+    track: &mut Track,
+    legs: &mut Map<LegId, Leg>,
+    layer: u8,
+    plain: &mut [u8],
+) -> Result<(), DropReason> {
+    let state = &track.layers[usize::from(layer)];
+    let primary = state.ssrc.ok_or(DropReason::UnknownSsrc)?;
+    let (header_len, rtx_pt) = {
+        let pkt = rtp::Packet::new_checked(&*plain).map_err(|_| DropReason::Malformed)?;
+        if pkt.payload().len() < 2 {
+            return Err(DropReason::Malformed);
+        }
+        (pkt.header_len(), Pt(pkt.payload_type()))
+    };
+    let media_pt = track
+        .spec
+        .payload_types
+        .iter()
+        .find(|p| p.rtx_pt == Some(rtx_pt))
+        .map(|p| p.pt)
+        .ok_or(DropReason::UnknownPayloadType)?;
+    let osn = SeqNo(u16::from_be_bytes([plain[header_len], plain[header_len + 1]]));
+    plain.copy_within(0..header_len, 2);
+    let orig = &mut plain[2..];
+    {
+        let mut pkt = rtp::Packet::new_checked(&mut *orig).map_err(|_| DropReason::Malformed)?;
+        pkt.set_ssrc(primary.into());
+        pkt.set_sequence_number(osn.0);
+        pkt.set_payload_type(media_pt.0);
+    }
+    let ts = rtp::Packet::new_checked(&*orig).map_err(|_| DropReason::Malformed)?.timestamp();
+    if let Some(cache) = &mut track.layers[usize::from(layer)].cache {
+        cache.insert(osn, orig);
+    }
+    let mut sent = 0;
+    for sub in &mut track.subs {
+        if sub.paused || sub.current_layer != Some(layer) {
+            continue;
+        }
+        let Some(r) = sub.rewriter.rewrite(ctx.now, primary, osn, ts) else { continue };
+        let Some(out_pt) = sub.map_pt(media_pt) else { continue };
+        let as_rtx = rtx_pt_for(track_rtx_pt(&track.spec.payload_types, media_pt), sub);
+        if send_copy(ctx, sub, legs, orig, r, out_pt, as_rtx).is_ok() {
+            sent += 1;
+        }
+    }
+    if sent > 0 { Ok(()) } else { Err(DropReason::LayerFiltered) }
+}
+
+fn track_rtx_pt(pts: &[crate::table::PayloadSpec], media_pt: Pt) -> Option<Pt> {
+    pts.iter().find(|p| p.pt == media_pt).and_then(|p| p.rtx_pt)
+}
+
+/// The subscriber's RTX payload type, when it has an RTX SSRC and a mapping for the publisher's.
+pub(super) fn rtx_pt_for(publisher_rtx_pt: Option<Pt>, sub: &Subscription) -> Option<Pt> {
+    sub.out_rtx_ssrc?;
+    sub.map_pt(publisher_rtx_pt?)
+}
+
+/// Writes one copy of the plaintext packet `plain` for `sub` into the next output slot:
+/// rewritten header, remapped extensions, protected with the subscriber leg's key. With
+/// `as_rtx`, the copy is an RTX packet (RFC 4588) on the subscriber's RTX SSRC carrying the
+/// rewritten sequence number as OSN.
+pub(super) fn send_copy(
+    ctx: &mut Ctx<'_>,
+    sub: &mut Subscription,
+    legs: &Map<LegId, Leg>,
+    plain: &[u8],
+    rewritten: Rewritten,
+    out_pt: Pt,
+    as_rtx: Option<Pt>,
+) -> Result<(), DropReason> {
+    let leg = legs.get(&sub.subscriber).ok_or(DropReason::UnknownSource)?;
+    let remote = leg.remote.ok_or(DropReason::UnknownSource)?;
+    let overhead = leg.tx.profile().rtp_overhead();
+    let slot = ctx.out.next_slot().ok_or(DropReason::OutputFull)?;
+    let extra = if as_rtx.is_some() { 2 } else { 0 };
+    let len = plain.len() + extra;
+    if len + overhead > slot.len() {
+        return Err(DropReason::Malformed);
+    }
+    let header_len = rtp::Packet::new_checked(plain).map_err(|_| DropReason::Malformed)?.header_len();
+    slot[..header_len].copy_from_slice(&plain[..header_len]);
+    if as_rtx.is_some() {
+        slot[header_len..header_len + 2].copy_from_slice(&rewritten.seq.0.to_be_bytes());
+    }
+    slot[header_len + extra..len].copy_from_slice(&plain[header_len..]);
+    let (ssrc, seq, pt, srtp_state) = match (as_rtx, sub.out_rtx_ssrc) {
+        (Some(rtx_pt), Some(rtx_ssrc)) => {
+            let seq = SeqNo(sub.rtx_seq);
+            sub.rtx_seq = sub.rtx_seq.wrapping_add(1);
+            (rtx_ssrc, seq, rtx_pt, &mut sub.rtx_srtp)
+        }
+        _ => (sub.out_ssrc, rewritten.seq, out_pt, &mut sub.srtp),
+    };
+    {
+        let mut pkt = rtp::Packet::new_checked(&mut slot[..len]).map_err(|_| DropReason::Malformed)?;
+        pkt.set_ssrc(ssrc.into());
+        pkt.set_sequence_number(seq.0);
+        pkt.set_timestamp(rewritten.ts);
+        pkt.set_payload_type(pt.0);
+        pkt.remap_extensions(&sub.ext_map).map_err(|_| DropReason::Malformed)?;
+    }
+    let out_len = leg.tx.protect_rtp(srtp_state, &mut slot[..], len).map_err(|_| DropReason::Malformed)?;
+    ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
+    if as_rtx.is_none() {
+        sub.packets_sent = sub.packets_sent.wrapping_add(1);
+        sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
+    }
+    Ok(())
+}
+
+/// Asks the publisher for a keyframe of `layer` (PLI, RFC 4585 §6.3.1), at most once per
+/// [`KEYFRAME_REQUEST_INTERVAL`] per layer. Returns whether a request left.
+pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg>, layer: u8) -> bool {
+    let Some(state) = track.layers.get_mut(usize::from(layer)) else { return false };
+    let Some(media) = state.ssrc else { return false };
+    if state.last_keyframe_request.is_some_and(|t| ctx.now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
+        return false;
+    }
+    let Some(leg) = legs.get_mut(&track.spec.publisher) else { return false };
+    let Some(remote) = leg.remote else { return false };
+    let Some(slot) = ctx.out.next_slot() else { return false };
+    let Ok(len) = rtcp::write_pli(&mut slot[..], leg.spec.feedback_ssrc.into(), media.into()) else { return false };
+    let Ok(out_len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { return false };
+    ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: leg.spec.id, len: out_len as u16 });
+    state.last_keyframe_request = Some(ctx.now);
+    ctx.stats.keyframe_requests += 1;
+    push_event(ctx.events, Event::KeyframeRequested { track: track.spec.id, layer });
+    true
+}

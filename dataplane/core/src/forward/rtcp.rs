@@ -1,0 +1,209 @@
+//! RTCP through the SFU (RFC 3550 §6, RFC 4585, RFC 5104):
+//!
+//! - a publisher's SR is rewritten per subscription (SSRC, RTP timestamp through the same
+//!   offset as the media, the subscription's own packet and octet counts) and re-protected;
+//! - receiver reports are consumed into the receiving leg's statistics (loss, jitter, RTT from
+//!   LSR/DLSR against the SRs we sent), never forwarded raw;
+//! - a subscriber's NACK is mapped through its rewriter into the publisher's sequence space and
+//!   answered from the retransmission cache; what the cache lacks is NACKed upstream;
+//! - PLI/FIR become a (throttled) PLI to the publisher of the layer the subscriber receives.
+//!
+//! SRTCP replay state is per sender SSRC; it is updated only when a packet authenticates, so
+//! forged packets with made-up sender SSRCs cannot evict or reset a real sender's window.
+
+use super::fanout::{Ctx, request_keyframe, rtx_pt_for, send_copy};
+use super::rewrite::Rewritten;
+use super::{Event, OutMeta, push_event};
+use crate::ids::{LegId, Pt, SeqNo, Ssrc, TrackId};
+use crate::table::{Tables, Track};
+use crate::time::Instant;
+use crate::verdict::DropReason;
+use crate::wire::rtcp::{self, Kind};
+use crate::wire::rtp;
+
+/// Upstream NACK items gathered from one subscriber NACK, per publisher SSRC.
+const MAX_UPSTREAM_NACK: usize = 64;
+
+/// A decrypted RTCP compound packet `plain` from `leg_id`.
+pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, plain: &[u8]) -> Result<(), DropReason> {
+    let before = ctx.out.len();
+    let mut malformed = false;
+    for pkt in rtcp::compound(plain) {
+        let Ok(pkt) = pkt else {
+            malformed = true;
+            break;
+        };
+        let bytes = pkt.as_bytes();
+        match pkt.kind() {
+            Kind::SenderReport => {
+                if let Ok(sr) = rtcp::SenderReport::new_checked(bytes) {
+                    sender_report(ctx, tables, leg_id, &sr);
+                    for b in sr.report_blocks() {
+                        report_block(ctx, tables, leg_id, &b);
+                    }
+                }
+            }
+            Kind::ReceiverReport => {
+                if let Ok(rr) = rtcp::ReceiverReport::new_checked(bytes) {
+                    for b in rr.report_blocks() {
+                        report_block(ctx, tables, leg_id, &b);
+                    }
+                }
+            }
+            Kind::Nack => {
+                if let Ok(nack) = rtcp::Nack::new_checked(bytes) {
+                    self::nack(ctx, tables, leg_id, &nack);
+                }
+            }
+            Kind::Pli => {
+                if let Ok(pli) = rtcp::Pli::new_checked(bytes) {
+                    keyframe_request(ctx, tables, leg_id, pli.media_ssrc().into());
+                }
+            }
+            Kind::Fir => {
+                if let Ok(fir) = rtcp::Fir::new_checked(bytes) {
+                    for e in fir.entries() {
+                        keyframe_request(ctx, tables, leg_id, e.ssrc.into());
+                    }
+                }
+            }
+            // SDES, BYE, APP, REMB, transport-cc and the rest end here: the SFU runs its own
+            // congestion control per leg, so they are not forwarded.
+            _ => {}
+        }
+    }
+    if ctx.out.len() > before {
+        Ok(())
+    } else if malformed {
+        Err(DropReason::Malformed)
+    } else {
+        Err(DropReason::RtcpConsumed)
+    }
+}
+
+/// The subscription of `leg_id` that receives `out_ssrc`, as (track, index in `track.subs`).
+fn subscription_of(tables: &Tables, leg_id: LegId, out_ssrc: Ssrc) -> Option<(TrackId, usize)> {
+    let leg = tables.leg(leg_id)?;
+    let &(_, track_id) = leg.egress.iter().find(|(s, _)| *s == out_ssrc)?;
+    let idx = tables.track(track_id)?.sub_index(leg_id)?;
+    Some((track_id, idx))
+}
+
+fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtcp::SenderReport<&[u8]>) {
+    let ssrc: Ssrc = sr.sender_ssrc().into();
+    let Some(leg) = tables.leg(leg_id) else { return };
+    let Some(ingress) = leg.ingress.iter().find(|i| i.ssrc == ssrc && !i.rtx) else { return };
+    let track_id = ingress.track;
+    let info = sr.sender_info();
+    let Some((track, legs)) = tables.track_and_legs_mut(track_id) else { return };
+    for sub in &mut track.subs {
+        if sub.paused {
+            continue;
+        }
+        let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
+        let Some(sub_leg) = legs.get(&sub.subscriber) else { continue };
+        let Some(remote) = sub_leg.remote else { continue };
+        let Some(slot) = ctx.out.next_slot() else { return };
+        let out_info = rtcp::SenderInfo {
+            ntp_timestamp: info.ntp_timestamp,
+            rtp_timestamp: ts,
+            packet_count: sub.packets_sent,
+            octet_count: sub.octets_sent,
+        };
+        let Ok(len) = rtcp::write_sr(&mut slot[..], sub.out_ssrc.into(), &out_info, &[]) else { continue };
+        let Ok(out_len) = sub_leg.tx.protect_rtcp(&mut sub.srtcp, &mut slot[..], len) else { continue };
+        ctx.out.commit(OutMeta { local_port: sub_leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
+        // LSR is the middle 32 bits of the NTP timestamp (RFC 3550 §6.4.1).
+        sub.last_sr = Some(((info.ntp_timestamp >> 16) as u32, ctx.now));
+    }
+}
+
+fn report_block(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, block: &rtcp::ReportBlock<&[u8]>) {
+    let out_ssrc: Ssrc = block.ssrc().into();
+    let Some((track_id, idx)) = subscription_of(tables, leg_id, out_ssrc) else { return };
+    let last_sr = tables.track(track_id).map(|t| t.subs[idx].last_sr).unwrap_or(None);
+    let rtt_us = last_sr.and_then(|(lsr, sent_at)| rtt_us(ctx.now, sent_at, lsr, block.last_sr(), block.delay_since_last_sr()));
+    let Some(leg) = tables.leg_mut(leg_id) else { return };
+    leg.stats.fraction_lost = block.fraction_lost();
+    leg.stats.cumulative_lost = block.cumulative_lost().max(0) as u32;
+    leg.stats.jitter = block.jitter();
+    if rtt_us.is_some() {
+        leg.stats.rtt_us = rtt_us;
+    }
+    leg.stats.reports += 1;
+    let stats = leg.stats;
+    push_event(ctx.events, Event::LegStats { leg: leg_id, stats });
+}
+
+/// RTT from a report block (RFC 3550 §6.4.1): now − (when we sent the SR it names) − DLSR.
+fn rtt_us(now: Instant, sent_at: Instant, our_lsr: u32, lsr: u32, dlsr: u32) -> Option<u32> {
+    if lsr == 0 || lsr != our_lsr {
+        return None;
+    }
+    let since = now.saturating_duration_since(sent_at).as_micros() as u64;
+    let dlsr_us = u64::from(dlsr) * 1_000_000 / 65_536;
+    Some(since.saturating_sub(dlsr_us).min(u64::from(u32::MAX)) as u32)
+}
+
+fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack<&[u8]>) {
+    let media: Ssrc = nack.media_ssrc().into();
+    let Some((track_id, idx)) = subscription_of(tables, leg_id, media) else { return };
+    let Some((track, legs)) = tables.track_and_legs_mut(track_id) else { return };
+    if track.subs[idx].out_ssrc != media {
+        // A NACK for the RTX stream itself: RFC 4588 does not retransmit retransmissions.
+        return;
+    }
+    let Track { spec, layers, subs } = track;
+    let sub = &mut subs[idx];
+    // (publisher SSRC, seq) the cache could not answer, grouped per publisher SSRC below.
+    let mut missing: [(Ssrc, u16); MAX_UPSTREAM_NACK] = [(Ssrc(0), 0); MAX_UPSTREAM_NACK];
+    let mut n_missing = 0;
+    for out_seq in nack.sequence_numbers() {
+        let Some((src, in_seq)) = sub.rewriter.to_source_seq(SeqNo(out_seq)) else { continue };
+        let Some(layer) = layers.iter().find(|l| l.ssrc == Some(src)) else { continue };
+        let cached = layer.cache.as_ref().and_then(|c| c.get(in_seq));
+        let sent = cached.is_some_and(|plain| {
+            let Ok(pkt) = rtp::Packet::new_checked(plain) else { return false };
+            let media_pt = Pt(pkt.payload_type());
+            let Some(ts) = sub.rewriter.map_ts(src, pkt.timestamp()) else { return false };
+            let Some(out_pt) = sub.map_pt(media_pt) else { return false };
+            let publisher_rtx = spec.payload_types.iter().find(|p| p.pt == media_pt).and_then(|p| p.rtx_pt);
+            let as_rtx = rtx_pt_for(publisher_rtx, sub);
+            send_copy(ctx, sub, legs, plain, Rewritten { seq: SeqNo(out_seq), ts }, out_pt, as_rtx).is_ok()
+        });
+        if sent {
+            ctx.stats.nack_answered += 1;
+        } else if n_missing < MAX_UPSTREAM_NACK {
+            missing[n_missing] = (src, in_seq.0);
+            n_missing += 1;
+        }
+    }
+    if n_missing == 0 {
+        return;
+    }
+    // Ask the publisher for the rest, one NACK per publisher SSRC.
+    let missing = &mut missing[..n_missing];
+    missing.sort_unstable_by_key(|&(s, q)| (s, q));
+    let Some(publisher) = legs.get_mut(&spec.publisher) else { return };
+    let Some(remote) = publisher.remote else { return };
+    for group in missing.chunk_by(|a, b| a.0 == b.0) {
+        let src = group[0].0;
+        let mut items = [rtcp::NackItem::default(); MAX_UPSTREAM_NACK];
+        let Ok(n) = rtcp::pack_nack_items(group.iter().map(|&(_, q)| q), &mut items) else { continue };
+        let Some(slot) = ctx.out.next_slot() else { return };
+        let Ok(len) = rtcp::write_nack(&mut slot[..], publisher.spec.feedback_ssrc.into(), src.into(), &items[..n]) else {
+            continue;
+        };
+        let Ok(out_len) = publisher.tx.protect_rtcp(&mut publisher.feedback_srtcp, &mut slot[..], len) else { continue };
+        ctx.out.commit(OutMeta { local_port: publisher.spec.local_port, dst: remote, leg: spec.publisher, len: out_len as u16 });
+        ctx.stats.nack_forwarded += group.len() as u64;
+    }
+}
+
+fn keyframe_request(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, media: Ssrc) {
+    let Some((track_id, idx)) = subscription_of(tables, leg_id, media) else { return };
+    let Some((track, legs)) = tables.track_and_legs_mut(track_id) else { return };
+    let sub = &track.subs[idx];
+    let layer = sub.current_layer.unwrap_or(sub.target_layer);
+    request_keyframe(ctx, track, legs, layer);
+}

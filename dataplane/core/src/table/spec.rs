@@ -1,0 +1,170 @@
+//! What the control plane says: the specs inside a [`Delta`]. Plain data, validated by
+//! [`super::Tables::apply`] as a whole before any of it takes effect.
+
+use std::net::SocketAddr;
+
+use crate::ids::{Generation, LegId, Pt, Ssrc, TrackId};
+use crate::srtp::Profile;
+
+/// SRTP master key material for one direction of a leg.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyMaterial {
+    /// The protection profile.
+    pub profile: Profile,
+    /// The master key (16 or 32 bytes, as the profile says).
+    pub key: Vec<u8>,
+    /// The master salt (14 bytes for AES-CM, 12 for AEAD).
+    pub salt: Vec<u8>,
+}
+
+impl core::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Keys never reach logs.
+        f.debug_struct("KeyMaterial").field("profile", &self.profile).finish_non_exhaustive()
+    }
+}
+
+/// A leg: one transport to one participant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegSpec {
+    /// Its id.
+    pub id: LegId,
+    /// The local UDP port it uses (unique per leg within a dataplane).
+    pub local_port: u16,
+    /// The participant's address. `None` until learned: the first authenticated packet on the
+    /// port latches it.
+    pub remote: Option<SocketAddr>,
+    /// Keys for what the participant sends us.
+    pub rx: KeyMaterial,
+    /// Keys for what we send the participant.
+    pub tx: KeyMaterial,
+    /// The SSRC this leg uses as sender of the RTCP feedback the SFU originates towards the
+    /// participant (NACK, PLI, FIR, RR).
+    pub feedback_ssrc: Ssrc,
+}
+
+/// Media kind of a track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaKind {
+    /// Audio: no layers, no keyframes, no retransmission cache.
+    Audio,
+    /// Video: simulcast layers, keyframes, NACK answered from the cache.
+    Video,
+}
+
+/// A video codec, for keyframe detection at layer switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// Opus or any audio codec (never waits for a keyframe).
+    Audio,
+    /// VP8 (RFC 7741).
+    Vp8,
+    /// VP9.
+    Vp9,
+    /// H.264 (RFC 6184).
+    H264,
+    /// AV1.
+    Av1,
+}
+
+/// A payload type the publisher uses on a track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadSpec {
+    /// The publisher's payload type.
+    pub pt: Pt,
+    /// What it carries.
+    pub codec: Codec,
+    /// The publisher's RTX payload type for it (RFC 4588 `apt`), if any.
+    pub rtx_pt: Option<Pt>,
+}
+
+/// One simulcast layer (or the only encoding of a non-simulcast track).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerSpec {
+    /// The SSRC, when signalled. Unsignalled layers are learned from the RID header extension.
+    pub ssrc: Option<Ssrc>,
+    /// The RTX SSRC, when signalled (else learned from repaired-RID).
+    pub rtx_ssrc: Option<Ssrc>,
+    /// The RID (`a=rid`), for unsignalled SSRCs.
+    pub rid: Option<String>,
+}
+
+/// A published track: one media source of a publisher leg.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackSpec {
+    /// Its id.
+    pub id: TrackId,
+    /// The leg that publishes it.
+    pub publisher: LegId,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// RTP clock rate in Hz (48000 for Opus, 90000 for video).
+    pub clock_rate: u32,
+    /// Layers, lowest quality first; the index is the layer number subscriptions target.
+    pub layers: Vec<LayerSpec>,
+    /// The payload types the publisher uses.
+    pub payload_types: Vec<PayloadSpec>,
+    /// The publisher's header-extension id for RID (`urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id`).
+    pub rid_ext: Option<u8>,
+    /// The publisher's header-extension id for repaired RID.
+    pub repaired_rid_ext: Option<u8>,
+}
+
+/// A subscription: a leg receiving a track.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    /// The receiving leg.
+    pub subscriber: LegId,
+    /// The track it receives.
+    pub track: TrackId,
+    /// The SSRC the subscriber sees.
+    pub out_ssrc: Ssrc,
+    /// The RTX SSRC the subscriber sees; without one, retransmissions are sent as the original.
+    pub out_rtx_ssrc: Option<Ssrc>,
+    /// Payload-type map, publisher → subscriber (RTX payload types included). A publisher payload
+    /// type missing here is not forwarded.
+    pub pt_map: Vec<(Pt, Pt)>,
+    /// Header-extension id map, publisher → subscriber (one-byte ids 1..=14, two-byte ids up to
+    /// 15). Extensions not in the map are removed.
+    pub ext_map: Vec<(u8, u8)>,
+    /// The layer the subscriber should get (clamped to the track's highest).
+    pub target_layer: u8,
+    /// A paused subscription receives nothing.
+    pub paused: bool,
+}
+
+/// One change in a delta.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create or replace a leg. Replacing keeps the leg's SRTP stream state when the keys are
+    /// unchanged.
+    UpsertLeg(LegSpec),
+    /// Remove a leg, its tracks and every subscription from or to it.
+    RemoveLeg(LegId),
+    /// Create or replace a track. Replacing keeps the state of layers whose SSRC is unchanged.
+    UpsertTrack(TrackSpec),
+    /// Remove a track and its subscriptions.
+    RemoveTrack(TrackId),
+    /// Create or replace a subscription. Replacing keeps its rewriter and SRTP send state, so
+    /// pause, resume and layer changes are seamless.
+    UpsertSubscription(SubscriptionSpec),
+    /// Remove a subscription.
+    RemoveSubscription {
+        /// The receiving leg.
+        subscriber: LegId,
+        /// The track.
+        track: TrackId,
+    },
+}
+
+/// A versioned, atomic change set: all of it applies, or none of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    /// The generation the tables have after this delta: the current generation + 1, or anything
+    /// for a full snapshot.
+    pub generation: Generation,
+    /// A full snapshot: everything not in `ops` is removed (state of what stays is kept).
+    pub replace_all: bool,
+    /// The changes, in order.
+    pub ops: Vec<Op>,
+}
