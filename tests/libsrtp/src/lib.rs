@@ -89,7 +89,8 @@ mod ffi {
             len_ptr: *mut c_int,
         ) -> c_int;
         pub fn srtp_set_stream_roc(session: SrtpT, ssrc: u32, roc: u32) -> c_int;
-        pub fn srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80(p: *mut CryptoPolicy);
+        /// `srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80` is a macro for this function.
+        pub fn srtp_crypto_policy_set_rtp_default(p: *mut CryptoPolicy);
         pub fn srtp_crypto_policy_set_aes_cm_128_hmac_sha1_32(p: *mut CryptoPolicy);
         pub fn srtp_crypto_policy_set_aes_gcm_128_16_auth(p: *mut CryptoPolicy);
         pub fn srtp_crypto_policy_set_aes_gcm_256_16_auth(p: *mut CryptoPolicy);
@@ -142,7 +143,7 @@ pub struct LibSrtp {
 
 impl LibSrtp {
     /// Creates a session for `ssrc` with master `key` and `salt` (concatenated as libsrtp
-    /// expects). `srtcp_encrypt == false` makes SRTCP authentication-only (E = 0).
+    /// expects), the default replay window and encrypted SRTCP.
     pub fn new(
         profile: LibProfile,
         key: &[u8],
@@ -174,7 +175,7 @@ impl LibSrtp {
         let mut rtp = ffi::CryptoPolicy::default();
         let mut rtcp = ffi::CryptoPolicy::default();
         let setter: unsafe extern "C" fn(*mut ffi::CryptoPolicy) = match profile {
-            LibProfile::AesCm128HmacSha1_80 => ffi::srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80,
+            LibProfile::AesCm128HmacSha1_80 => ffi::srtp_crypto_policy_set_rtp_default,
             LibProfile::AesCm128HmacSha1_32 => ffi::srtp_crypto_policy_set_aes_cm_128_hmac_sha1_32,
             LibProfile::AeadAes128Gcm => ffi::srtp_crypto_policy_set_aes_gcm_128_16_auth,
             LibProfile::AeadAes256Gcm => ffi::srtp_crypto_policy_set_aes_gcm_256_16_auth,
@@ -184,7 +185,7 @@ impl LibSrtp {
         unsafe { setter(&mut rtp) };
         let rtcp_setter = if profile == LibProfile::AesCm128HmacSha1_32 {
             // RFC 5764 §4.1.2: SRTCP keeps the 80-bit tag for the _32 profile.
-            ffi::srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80
+            ffi::srtp_crypto_policy_set_rtp_default
         } else {
             setter
         };
