@@ -15,6 +15,7 @@ pub mod forward;
 pub mod ids;
 pub mod srtp;
 pub mod stats;
+pub mod table;
 pub mod time;
 pub mod verdict;
 pub mod wire;

@@ -34,11 +34,13 @@ pub enum DropReason {
     NoSubscribers = 10,
     /// The payload type is not one the stream announced.
     UnknownPayloadType = 11,
+    /// The subscriber's address is not known yet (no packet from it authenticated so far).
+    NoDestination = 12,
 }
 
 impl DropReason {
     /// How many reasons there are: the length of a counter array.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -54,6 +56,7 @@ impl DropReason {
         Self::RtcpConsumed,
         Self::NoSubscribers,
         Self::UnknownPayloadType,
+        Self::NoDestination,
     ];
 
     /// The label used in metrics (`reason="..."`).
@@ -71,6 +74,7 @@ impl DropReason {
             Self::RtcpConsumed => "rtcp_consumed",
             Self::NoSubscribers => "no_subscribers",
             Self::UnknownPayloadType => "unknown_payload_type",
+            Self::NoDestination => "no_destination",
         }
     }
 }

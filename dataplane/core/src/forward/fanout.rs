@@ -41,7 +41,10 @@ pub(super) fn rtp(
     let (seq, ts) = (SeqNo(pkt.sequence_number()), pkt.timestamp());
     let keyframe = match codec {
         Codec::Audio => true,
-        c => codec::keyframe_start(c.into(), pkt.payload()),
+        Codec::Vp8 => codec::is_keyframe(codec::Codec::Vp8, pkt.payload()),
+        Codec::Vp9 => codec::is_keyframe(codec::Codec::Vp9, pkt.payload()),
+        Codec::H264 => codec::is_keyframe(codec::Codec::H264, pkt.payload()),
+        Codec::Av1 => codec::is_keyframe(codec::Codec::Av1, pkt.payload()),
     };
     drop(pkt);
     let state = &mut track.layers[usize::from(layer)];
@@ -180,8 +183,8 @@ pub(super) fn send_copy(
     out_pt: Pt,
     as_rtx: Option<Pt>,
 ) -> Result<(), DropReason> {
-    let leg = legs.get(&sub.subscriber).ok_or(DropReason::UnknownSource)?;
-    let remote = leg.remote.ok_or(DropReason::UnknownSource)?;
+    let leg = legs.get(&sub.subscriber).ok_or(DropReason::NoDestination)?;
+    let remote = leg.remote.ok_or(DropReason::NoDestination)?;
     let overhead = leg.tx.profile().rtp_overhead();
     let slot = ctx.out.next_slot().ok_or(DropReason::OutputFull)?;
     let extra = if as_rtx.is_some() { 2 } else { 0 };

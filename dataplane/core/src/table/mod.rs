@@ -161,7 +161,7 @@ pub struct Leg {
 }
 
 /// What a participant's receiver reports say about what it receives from us.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LegStats {
     /// Fraction lost (0..=255 of 256) in the last report.
     pub fraction_lost: u8,

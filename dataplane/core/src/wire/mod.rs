@@ -68,24 +68,8 @@ impl WireError {
     pub const COUNT: usize = 10;
 }
 
-/// A synchronization source identifier (RFC 3550 §3).
-///
-/// A newtype so that an SSRC is never confused with a timestamp or a count in the many `u32`
-/// fields of RTP and RTCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Ssrc(pub u32);
-
-impl From<u32> for Ssrc {
-    fn from(v: u32) -> Self {
-        Ssrc(v)
-    }
-}
-
-impl From<Ssrc> for u32 {
-    fn from(v: Ssrc) -> Self {
-        v.0
-    }
-}
+/// SSRCs are the core's [`crate::ids::Ssrc`] newtype, so wire views and tables share one type.
+pub use crate::ids::Ssrc;
 
 // Big-endian field access. Callers have already proven `off + N <= buf.len()`; the slices below
 // are fixed-size so the compiler folds the bounds checks it cannot prove away.

@@ -1,0 +1,432 @@
+//! Pipeline tests on small, hand-built meetings. The deterministic multi-party simulations live
+//! in `tests/sim.rs`; these pin down one behaviour each.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use super::*;
+use crate::ids::{Generation, Pt, SeqNo};
+use crate::srtp::{Profile, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
+use crate::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
+use crate::wire::{rtcp, rtp};
+
+const PROFILE: Profile = Profile::AeadAes128Gcm;
+
+/// A participant's side of a leg: its address, and the keys it uses towards and from the SFU.
+struct Peer {
+    leg: LegId,
+    port: u16,
+    addr: SocketAddr,
+    up: SrtpKeys,
+    down: SrtpKeys,
+    up_state: std::collections::HashMap<u32, RtpSendState>,
+    down_state: std::collections::HashMap<u32, RtpRecvState>,
+    rtcp_up: RtcpSendState,
+    rtcp_down: crate::srtp::RtcpRecvState,
+}
+
+fn material(seed: u8) -> KeyMaterial {
+    KeyMaterial { profile: PROFILE, key: vec![seed; PROFILE.key_len()], salt: vec![seed ^ 0x5a; PROFILE.salt_len()] }
+}
+
+fn peer(n: u32) -> (Peer, LegSpec) {
+    let up = material(n as u8 * 2 + 1);
+    let down = material(n as u8 * 2 + 2);
+    let spec = LegSpec {
+        id: LegId(n),
+        local_port: 20_000 + n as u16,
+        remote: None,
+        rx: up.clone(),
+        tx: down.clone(),
+        feedback_ssrc: Ssrc(0xf000_0000 + n),
+    };
+    let p = Peer {
+        leg: LegId(n),
+        port: spec.local_port,
+        addr: SocketAddr::from((Ipv4Addr::new(10, 0, 0, n as u8), 5000)),
+        up: SrtpKeys::new(PROFILE, &up.key, &up.salt).unwrap(),
+        down: SrtpKeys::new(PROFILE, &down.key, &down.salt).unwrap(),
+        up_state: Default::default(),
+        down_state: Default::default(),
+        rtcp_up: RtcpSendState::new(),
+        rtcp_down: crate::srtp::RtcpRecvState::new(128),
+    };
+    (p, spec)
+}
+
+fn rtp_packet(ssrc: u32, seq: u16, ts: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    v[2..4].copy_from_slice(&seq.to_be_bytes());
+    v[4..8].copy_from_slice(&ts.to_be_bytes());
+    v[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+impl Peer {
+    /// Protects a plaintext RTP packet as this participant would send it.
+    fn send_rtp(&mut self, plain: &[u8]) -> Vec<u8> {
+        let ssrc = u32::from_be_bytes(plain[8..12].try_into().unwrap());
+        let mut buf = plain.to_vec();
+        buf.resize(plain.len() + 64, 0);
+        let st = self.up_state.entry(ssrc).or_default();
+        let n = self.up.protect_rtp(st, &mut buf, plain.len()).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn send_rtcp(&mut self, plain: &[u8]) -> Vec<u8> {
+        let mut buf = plain.to_vec();
+        buf.resize(plain.len() + 64, 0);
+        let n = self.up.protect_rtcp(&mut self.rtcp_up, &mut buf, plain.len()).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    /// Decrypts what the SFU sent this participant: Ok(plaintext) or the SRTP error.
+    fn recv(&mut self, wire: &[u8]) -> Vec<u8> {
+        let mut buf = wire.to_vec();
+        let len = buf.len();
+        if demux::classify(&buf) == demux::PacketClass::Rtcp {
+            let n = self.down.unprotect_rtcp(&mut self.rtcp_down, &mut buf, len).expect("SRTCP from the SFU authenticates");
+            buf.truncate(n);
+            return buf;
+        }
+        let ssrc = u32::from_be_bytes(buf[8..12].try_into().unwrap());
+        let st = self.down_state.entry(ssrc).or_insert_with(|| RtpRecvState::new(1024));
+        let n = self.down.unprotect_rtp(st, &mut buf, len).expect("SRTP from the SFU authenticates");
+        buf.truncate(n);
+        buf
+    }
+}
+
+struct Meeting {
+    core: Core,
+    peers: Vec<Peer>,
+    generation: u64,
+    out: OutBatch,
+}
+
+impl Meeting {
+    fn new(n: u32) -> Self {
+        let mut core = Core::new(CoreConfig::default());
+        let (peers, specs): (Vec<_>, Vec<_>) = (1..=n).map(peer).unzip();
+        let ops = specs.into_iter().map(|mut s| {
+            s.remote = None;
+            Op::UpsertLeg(s)
+        });
+        core.apply(Delta { generation: Generation(1), replace_all: false, ops: ops.collect() }).unwrap();
+        Self { core, peers, generation: 1, out: OutBatch::new(256) }
+    }
+
+    fn apply(&mut self, ops: Vec<Op>) -> Result<Generation, DeltaError> {
+        let g = Generation(self.generation + 1);
+        let r = self.core.apply(Delta { generation: g, replace_all: false, ops });
+        if r.is_ok() {
+            self.generation += 1;
+        }
+        r
+    }
+
+    /// Peer `i` (0-based) sends `wire`; returns (receiving peer index, plaintext) per output.
+    fn deliver(&mut self, i: usize, wire: &[u8], now: Instant) -> Vec<(usize, Vec<u8>)> {
+        let mut buf = wire.to_vec();
+        self.out.clear();
+        let (port, addr) = (self.peers[i].port, self.peers[i].addr);
+        self.core.handle_rx(now, port, addr, &mut buf, &mut self.out);
+        let outs: Vec<(OutMeta, Vec<u8>)> = self.out.iter().map(|(m, b)| (*m, b.to_vec())).collect();
+        outs.into_iter()
+            .map(|(m, b)| {
+                let j = self.peers.iter().position(|p| p.leg == m.leg).unwrap();
+                assert_eq!(m.dst, self.peers[j].addr);
+                assert_eq!(m.local_port, self.peers[j].port);
+                (j, self.peers[j].recv(&b))
+            })
+            .collect()
+    }
+}
+
+fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
+    TrackSpec {
+        id: TrackId(id),
+        publisher: LegId(publisher),
+        kind: MediaKind::Audio,
+        clock_rate: 48_000,
+        layers: vec![LayerSpec { ssrc: Some(Ssrc(ssrc)), rtx_ssrc: None, rid: None }],
+        payload_types: vec![PayloadSpec { pt: Pt(111), codec: Codec::Audio, rtx_pt: None }],
+        rid_ext: None,
+        repaired_rid_ext: None,
+    }
+}
+
+fn video_track(id: u32, publisher: u32, ssrcs: &[u32]) -> TrackSpec {
+    TrackSpec {
+        id: TrackId(id),
+        publisher: LegId(publisher),
+        kind: MediaKind::Video,
+        clock_rate: 90_000,
+        layers: ssrcs
+            .iter()
+            .map(|&s| LayerSpec { ssrc: Some(Ssrc(s)), rtx_ssrc: Some(Ssrc(s + 1)), rid: None })
+            .collect(),
+        payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: Some(Pt(97)) }],
+        rid_ext: None,
+        repaired_rid_ext: None,
+    }
+}
+
+fn sub(subscriber: u32, track: u32, out_ssrc: u32, layer: u8) -> SubscriptionSpec {
+    SubscriptionSpec {
+        subscriber: LegId(subscriber),
+        track: TrackId(track),
+        out_ssrc: Ssrc(out_ssrc),
+        out_rtx_ssrc: Some(Ssrc(out_ssrc + 1)),
+        pt_map: vec![(Pt(111), Pt(109)), (Pt(96), Pt(100)), (Pt(97), Pt(101))],
+        ext_map: vec![],
+        target_layer: layer,
+        paused: false,
+    }
+}
+
+fn ms(n: u64) -> Instant {
+    Instant::from_nanos(n * 1_000_000)
+}
+
+const VP8_KEY: [u8; 4] = [0x10, 0x00, 0x9d, 0x01];
+const VP8_DELTA: [u8; 4] = [0x10, 0x01, 0x00, 0x00];
+const VP8_CONT: [u8; 4] = [0x00, 0x42, 0x42, 0x42];
+
+#[test]
+fn audio_reaches_every_subscriber_but_the_publisher_rewritten_and_reprotected() {
+    let mut m = Meeting::new(3);
+    m.apply(vec![
+        Op::UpsertTrack(audio_track(1, 1, 0x1111)),
+        Op::UpsertSubscription(sub(2, 1, 0x2001, 0)),
+        Op::UpsertSubscription(sub(3, 1, 0x3001, 0)),
+    ])
+    .unwrap();
+    // Subscribers' addresses are learned from their first authenticated packet: send an RR.
+    for i in [1, 2] {
+        let sender = m.peers[i].leg.0;
+        let mut rr = [0u8; 8];
+        let n = rtcp::write_rr(&mut rr, Ssrc(sender), &[]).unwrap();
+        let wire = m.peers[i].send_rtcp(&rr[..n]);
+        assert!(m.deliver(i, &wire, ms(0)).is_empty());
+    }
+    for k in 0..20u16 {
+        let plain = rtp_packet(0x1111, 1000 + k, 960 * u32::from(k), 111, &[k as u8; 80]);
+        let wire = m.peers[0].send_rtp(&plain);
+        let got = m.deliver(0, &wire, ms(20 * u64::from(k)));
+        assert_eq!(got.len(), 2, "packet {k}");
+        for (j, p) in got {
+            let pkt = rtp::Packet::new_checked(&p[..]).unwrap();
+            let want_ssrc = if j == 1 { 0x2001 } else { 0x3001 };
+            assert_eq!(pkt.ssrc(), Ssrc(want_ssrc));
+            assert_eq!(pkt.payload_type(), 109);
+            assert_eq!(pkt.sequence_number(), 1000 + k);
+            assert_eq!(pkt.timestamp(), 960 * u32::from(k));
+            assert_eq!(pkt.payload(), &[k as u8; 80][..]);
+        }
+    }
+    assert_eq!(m.core.stats().tx_packets, 40);
+    assert_eq!(m.core.stats().total_drops(), 2, "only the two RRs were consumed");
+}
+
+#[test]
+fn paused_subscription_receives_nothing_and_resumes_seamlessly() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let mut rr = [0u8; 8];
+    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
+    let wire = m.peers[1].send_rtcp(&rr[..n]);
+    m.deliver(1, &wire, ms(0));
+    let send = |m: &mut Meeting, seq: u16| {
+        let plain = rtp_packet(0x1111, seq, u32::from(seq) * 960, 111, &[1; 40]);
+        let wire = m.peers[0].send_rtp(&plain);
+        m.deliver(0, &wire, ms(u64::from(seq)))
+    };
+    assert_eq!(send(&mut m, 1).len(), 1);
+    let mut paused = sub(2, 1, 0x2001, 0);
+    paused.paused = true;
+    m.apply(vec![Op::UpsertSubscription(paused.clone())]).unwrap();
+    assert!(send(&mut m, 2).is_empty());
+    assert_eq!(m.core.stats().drops_for(DropReason::Paused), 1);
+    paused.paused = false;
+    m.apply(vec![Op::UpsertSubscription(paused)]).unwrap();
+    let got = send(&mut m, 3);
+    assert_eq!(got.len(), 1, "resumed; SRTP state kept so the subscriber still authenticates it");
+}
+
+#[test]
+fn a_delta_is_atomic_and_validated() {
+    let mut m = Meeting::new(2);
+    let g = m.core.tables().generation();
+    // The track is fine, the self-subscription is not: neither may stay.
+    let err = m
+        .apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(1, 1, 0x2001, 0))])
+        .unwrap_err();
+    assert!(matches!(err, DeltaError::SelfSubscription { op: 1, .. }), "{err:?}");
+    assert!(m.core.tables().track(TrackId(1)).is_none());
+    assert_eq!(m.core.tables().generation(), g);
+    // Wrong generation.
+    let err = m.core.apply(Delta { generation: Generation(g.0 + 5), replace_all: false, ops: vec![] }).unwrap_err();
+    assert!(matches!(err, DeltaError::Generation { .. }));
+    // Bad key length names the field.
+    let (_, mut bad) = peer(9);
+    bad.rx.key.pop();
+    let err = m.apply(vec![Op::UpsertLeg(bad)]).unwrap_err();
+    assert!(matches!(err, DeltaError::Invalid { field: "leg.rx", .. }), "{err:?}");
+    // Port clash.
+    let (_, mut clash) = peer(9);
+    clash.local_port = m.peers[0].port;
+    assert!(matches!(m.apply(vec![Op::UpsertLeg(clash)]).unwrap_err(), DeltaError::PortInUse { .. }));
+    // Removing a leg takes its tracks and subscriptions with it, and rolls back whole.
+    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let err = m.apply(vec![Op::RemoveLeg(LegId(1)), Op::RemoveTrack(TrackId(77))]).unwrap_err();
+    assert!(matches!(err, DeltaError::UnknownTrack { op: 1, .. }));
+    assert!(m.core.tables().track(TrackId(1)).is_some_and(|t| t.subs.len() == 1), "rolled back");
+    assert_eq!(m.core.tables().leg(LegId(2)).unwrap().egress.len(), 2);
+    m.apply(vec![Op::RemoveLeg(LegId(1))]).unwrap();
+    assert!(m.core.tables().track(TrackId(1)).is_none());
+    assert!(m.core.tables().leg(LegId(2)).unwrap().egress.is_empty());
+    assert_eq!(m.core.tables().leg_by_port(20_001), None, "port freed");
+}
+
+#[test]
+fn bad_packets_are_counted_by_reason() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let plain = rtp_packet(0x1111, 1, 0, 111, &[0; 20]);
+    let good = m.peers[0].send_rtp(&plain);
+    let mut out = OutBatch::new(8);
+    let (port, addr) = (m.peers[0].port, m.peers[0].addr);
+    let stranger = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 9));
+    let mut run = |m: &mut Meeting, port: u16, from: SocketAddr, bytes: &[u8]| {
+        let mut b = bytes.to_vec();
+        m.core.handle_rx(ms(0), port, from, &mut b, &mut out);
+    };
+    run(&mut m, 9, addr, &good);
+    assert_eq!(m.core.stats().drops_for(DropReason::UnknownSource), 1);
+    let mut tampered = good.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    run(&mut m, port, addr, &tampered);
+    assert_eq!(m.core.stats().drops_for(DropReason::AuthFailed), 1);
+    let other = m.peers[0].send_rtp(&rtp_packet(0x9999, 1, 0, 111, &[0; 20]));
+    run(&mut m, port, addr, &other);
+    assert_eq!(m.core.stats().drops_for(DropReason::UnknownSsrc), 1);
+    run(&mut m, port, addr, &good);
+    run(&mut m, port, addr, &good);
+    assert_eq!(m.core.stats().drops_for(DropReason::Replayed), 1);
+    run(&mut m, port, stranger, &good);
+    assert_eq!(m.core.stats().drops_for(DropReason::UnknownSource), 2, "remote latched by the first good packet");
+    run(&mut m, port, addr, &[0x00, 0x01, 0x00, 0x00]);
+    assert_eq!(m.core.stats().drops_for(DropReason::NotMedia), 1);
+    for cut in 0..good.len() {
+        run(&mut m, port, addr, &good[..cut]);
+    }
+    assert_eq!(m.core.stats().rx_packets, 7 + good.len() as u64);
+    // The subscriber never sent anything, so even the good packet had nowhere to go: every
+    // packet has exactly one drop reason.
+    assert_eq!(m.core.stats().drops_for(DropReason::NoDestination), 1);
+    assert_eq!(m.core.stats().total_drops(), m.core.stats().rx_packets);
+}
+
+/// Sends one VP8 frame of `n` packets on `ssrc` starting at `seq`.
+fn vp8_frame(m: &mut Meeting, ssrc: u32, seq: u16, ts: u32, key: bool, n: u16, now: Instant) -> Vec<(usize, Vec<u8>)> {
+    let mut got = Vec::new();
+    for k in 0..n {
+        let payload: &[u8] = if k > 0 { &VP8_CONT } else if key { &VP8_KEY } else { &VP8_DELTA };
+        let plain = rtp_packet(ssrc, seq.wrapping_add(k), ts, 96, payload);
+        let wire = m.peers[0].send_rtp(&plain);
+        got.extend(m.deliver(0, &wire, now));
+    }
+    got
+}
+
+fn latch_all(m: &mut Meeting) {
+    for i in 0..m.peers.len() {
+        let mut rr = [0u8; 8];
+        let n = rtcp::write_rr(&mut rr, Ssrc(m.peers[i].leg.0), &[]).unwrap();
+        let wire = m.peers[i].send_rtcp(&rr[..n]);
+        m.deliver(i, &wire, ms(0));
+    }
+}
+
+#[test]
+fn simulcast_switch_waits_for_a_keyframe_asks_for_one_and_keeps_the_stream_continuous() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![
+        Op::UpsertTrack(video_track(1, 1, &[0x100, 0x200, 0x300])),
+        Op::UpsertSubscription(sub(2, 1, 0x2001, 0)),
+    ])
+    .unwrap();
+    latch_all(&mut m);
+    // Layer 0 delta frame first: nothing forwarded, one PLI upstream for layer 0.
+    let got = vp8_frame(&mut m, 0x100, 10, 3000, false, 2, ms(1));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let pli = rtcp::Pli::new_checked(&got[0].1[..]).expect("a PLI to the publisher");
+    assert_eq!(got[0].0, 0);
+    assert_eq!(pli.media_ssrc(), Ssrc(0x100));
+    // Throttled: another delta frame 50 ms later asks nothing.
+    assert!(vp8_frame(&mut m, 0x100, 12, 6000, false, 2, ms(50)).is_empty());
+    // Keyframe: forwarded from here.
+    let got = vp8_frame(&mut m, 0x100, 14, 9000, true, 3, ms(60));
+    let seqs: Vec<u16> = got.iter().map(|(_, p)| rtp::Packet::new_checked(&p[..]).unwrap().sequence_number()).collect();
+    assert_eq!(seqs, [14, 15, 16]);
+    // Other layers are filtered without touching the sequence space.
+    assert!(vp8_frame(&mut m, 0x300, 500, 1, true, 2, ms(70)).is_empty());
+    // Target layer 2: layer 0 keeps flowing, a PLI goes up for layer 2.
+    let mut up = sub(2, 1, 0x2001, 2);
+    up.target_layer = 2;
+    m.apply(vec![Op::UpsertSubscription(up)]).unwrap();
+    let got = vp8_frame(&mut m, 0x100, 17, 12000, false, 1, ms(300));
+    assert_eq!(got.len(), 2, "layer-0 packet plus a PLI for layer 2");
+    let pli = got.iter().find_map(|(_, p)| rtcp::Pli::new_checked(&p[..]).ok()).unwrap();
+    assert_eq!(pli.media_ssrc(), Ssrc(0x300));
+    let got = vp8_frame(&mut m, 0x300, 510, 777, true, 2, ms(310));
+    let pkts: Vec<(u16, u32)> = got
+        .iter()
+        .map(|(_, p)| {
+            let p = rtp::Packet::new_checked(&p[..]).unwrap();
+            (p.sequence_number(), p.timestamp())
+        })
+        .collect();
+    assert_eq!(pkts[0].0, 18, "continues right after 17");
+    assert_eq!(pkts[1].0, 19);
+    assert!(pkts[0].1.wrapping_sub(12000) >= 900 && pkts[0].1.wrapping_sub(12000) < 0x8000_0000, "timestamp moved forward by ~10 ms");
+    // The old layer is now filtered.
+    assert!(vp8_frame(&mut m, 0x100, 18, 15000, false, 1, ms(320)).is_empty());
+    assert_eq!(m.core.stats().layer_switches, 2);
+}
+
+#[test]
+fn nack_is_answered_from_the_cache_as_rtx_and_the_rest_is_asked_upstream() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    latch_all(&mut m);
+    let got = vp8_frame(&mut m, 0x100, 100, 3000, true, 5, ms(1));
+    assert_eq!(got.len(), 5);
+    // The subscriber lost 102 and 103 (out seq = in seq here), and asks for 200 which never was.
+    let mut buf = [0u8; 64];
+    let items = [rtcp::NackItem { pid: 102, blp: 0b1 }];
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &items).unwrap();
+    let wire = m.peers[1].send_rtcp(&buf[..n]);
+    let got = m.deliver(1, &wire, ms(10));
+    assert_eq!(got.len(), 2);
+    for (k, (j, p)) in got.iter().enumerate() {
+        assert_eq!(*j, 1);
+        let pkt = rtp::Packet::new_checked(&p[..]).unwrap();
+        assert_eq!(pkt.ssrc(), Ssrc(0x2002), "RTX SSRC");
+        assert_eq!(pkt.payload_type(), 101);
+        assert_eq!(&pkt.payload()[..2], &(102 + k as u16).to_be_bytes(), "OSN");
+        assert_eq!(&pkt.payload()[2..], &VP8_CONT);
+    }
+    assert_eq!(m.core.stats().nack_answered, 2);
+    let items = [rtcp::NackItem { pid: 105, blp: 0 }];
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &items).unwrap();
+    let wire = m.peers[1].send_rtcp(&buf[..n]);
+    let got = m.deliver(1, &wire, ms(11));
+    assert!(got.is_empty(), "105 was never sent to the subscriber: nothing to map");
+    // SeqNo mapping back for something before the segment start is refused too.
+    assert_eq!(m.core.stats().nack_forwarded, 0);
+    let _ = SeqNo(0);
+}

@@ -1,0 +1,119 @@
+//! Table tests beyond the pipeline ones in `forward::tests`: snapshots and state preservation.
+
+use super::*;
+use crate::srtp::Profile;
+
+fn keys(seed: u8) -> KeyMaterial {
+    KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![seed; 16], salt: vec![seed; 14] }
+}
+
+fn leg(n: u32) -> LegSpec {
+    LegSpec { id: LegId(n), local_port: 30_000 + n as u16, remote: None, rx: keys(1), tx: keys(2), feedback_ssrc: Ssrc(n) }
+}
+
+fn track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
+    TrackSpec {
+        id: TrackId(id),
+        publisher: LegId(publisher),
+        kind: MediaKind::Video,
+        clock_rate: 90_000,
+        layers: vec![LayerSpec { ssrc: Some(Ssrc(ssrc)), rtx_ssrc: None, rid: None }],
+        payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: None }],
+        rid_ext: None,
+        repaired_rid_ext: None,
+    }
+}
+
+fn sub(subscriber: u32, track: u32, out: u32) -> SubscriptionSpec {
+    SubscriptionSpec {
+        subscriber: LegId(subscriber),
+        track: TrackId(track),
+        out_ssrc: Ssrc(out),
+        out_rtx_ssrc: None,
+        pt_map: vec![(Pt(96), Pt(96))],
+        ext_map: vec![(3, 5)],
+        target_layer: 0,
+        paused: false,
+    }
+}
+
+fn delta(g: u64, ops: Vec<Op>) -> Delta {
+    Delta { generation: Generation(g), replace_all: false, ops }
+}
+
+#[test]
+fn snapshot_round_trips_and_replace_all_removes_the_rest() {
+    let mut t = Tables::new(TableConfig::default());
+    t.apply(delta(1, vec![
+        Op::UpsertLeg(leg(1)),
+        Op::UpsertLeg(leg(2)),
+        Op::UpsertLeg(leg(3)),
+        Op::UpsertTrack(track(10, 1, 0xaa)),
+        Op::UpsertSubscription(sub(2, 10, 0x22)),
+        Op::UpsertSubscription(sub(3, 10, 0x33)),
+    ]))
+    .unwrap();
+    let snap = t.snapshot();
+    let mut copy = Tables::new(TableConfig::default());
+    copy.apply(snap.clone()).unwrap();
+    assert_eq!(copy.snapshot(), snap);
+    // A full snapshot without leg 3 removes it and its subscription, keeps the rest.
+    let mut smaller = snap.clone();
+    smaller.generation = Generation(7);
+    smaller.ops.retain(|op| !matches!(op, Op::UpsertLeg(l) if l.id == LegId(3)) && !matches!(op, Op::UpsertSubscription(s) if s.subscriber == LegId(3)));
+    t.apply(smaller).unwrap();
+    assert_eq!(t.generation(), Generation(7));
+    assert_eq!(t.counts(), (2, 1, 1));
+}
+
+#[test]
+fn upserts_keep_runtime_state() {
+    let mut t = Tables::new(TableConfig::default());
+    t.apply(delta(1, vec![Op::UpsertLeg(leg(1)), Op::UpsertLeg(leg(2)), Op::UpsertTrack(track(10, 1, 0xaa)), Op::UpsertSubscription(sub(2, 10, 0x22))])).unwrap();
+    {
+        let s = &mut t.track_mut(TrackId(10)).unwrap().subs[0];
+        s.packets_sent = 42;
+        s.current_layer = Some(0);
+    }
+    let mut paused = sub(2, 10, 0x22);
+    paused.paused = true;
+    t.apply(delta(2, vec![Op::UpsertSubscription(paused)])).unwrap();
+    let s = &t.track(TrackId(10)).unwrap().subs[0];
+    assert!(s.paused);
+    assert_eq!((s.packets_sent, s.current_layer), (42, Some(0)), "state kept across a settings change");
+    // A new out-SSRC is a new stream: state restarts.
+    t.apply(delta(3, vec![Op::UpsertSubscription(sub(2, 10, 0x23))])).unwrap();
+    let s = &t.track(TrackId(10)).unwrap().subs[0];
+    assert_eq!((s.packets_sent, s.current_layer), (0, None));
+    assert_eq!(t.leg(LegId(2)).unwrap().egress, vec![(Ssrc(0x23), TrackId(10))]);
+}
+
+#[test]
+fn validation_names_the_problem() {
+    let mut t = Tables::new(TableConfig::default());
+    t.apply(delta(1, vec![Op::UpsertLeg(leg(1)), Op::UpsertLeg(leg(2)), Op::UpsertTrack(track(10, 1, 0xaa))])).unwrap();
+    let cases: Vec<(Op, &str)> = vec![
+        (Op::UpsertTrack(track(11, 1, 0xaa)), "DuplicateSsrc"),
+        (Op::UpsertTrack(track(11, 9, 0xbb)), "UnknownLeg"),
+        (Op::UpsertSubscription(sub(2, 99, 1)), "UnknownTrack"),
+        (Op::UpsertSubscription(sub(1, 10, 1)), "SelfSubscription"),
+        (Op::RemoveSubscription { subscriber: LegId(2), track: TrackId(10) }, "UnknownSubscription"),
+        (Op::UpsertSubscription(SubscriptionSpec { ext_map: vec![(15, 1)], ..sub(2, 10, 1) }), "subscription.ext_map"),
+        (Op::UpsertSubscription(SubscriptionSpec { pt_map: vec![], ..sub(2, 10, 1) }), "subscription.pt_map"),
+        (Op::UpsertTrack(TrackSpec { clock_rate: 0, ..track(12, 1, 0xcc) }), "track.clock_rate"),
+        (Op::UpsertTrack(TrackSpec { layers: vec![], ..track(12, 1, 0xcc) }), "track.layers"),
+    ];
+    for (op, want) in cases {
+        let err = t.apply(delta(2, vec![op.clone()])).unwrap_err();
+        let text = format!("{err:?} {err}");
+        assert!(text.contains(want), "{op:?}: {text}");
+    }
+    assert_eq!(t.generation(), Generation(1));
+    assert_eq!(t.counts(), (2, 1, 0));
+}
+
+#[test]
+fn subscription_state_is_small() {
+    let size = size_of::<Subscription>();
+    assert!(size <= 512, "Subscription is {size} bytes");
+}
