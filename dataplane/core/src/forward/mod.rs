@@ -33,12 +33,12 @@ use std::net::SocketAddr;
 pub use batch::{MAX_DATAGRAM, OutBatch, OutMeta, SLOT_BYTES};
 
 use crate::ids::{LegId, Ssrc, TrackId};
-use crate::srtp::{RtcpRecvState, SrtpError};
+use crate::srtp::{RtcpRecvState, RtpRecvState, SrtpError};
 use crate::stats::CoreStats;
 use crate::table::{Delta, DeltaError, LegStats, TableConfig, Tables};
 use crate::time::Instant;
 use crate::verdict::DropReason;
-use crate::wire::demux;
+use crate::wire::{demux, rtp};
 
 /// Keyframe requests to one layer are throttled to one per this interval, however many
 /// subscribers ask (RFC 4585 leaves the policy to the SFU; 200 ms is what SFUs use).
@@ -72,6 +72,19 @@ pub enum Event {
         leg: LegId,
         /// The address.
         remote: SocketAddr,
+    },
+    /// A simulcast layer's SSRC was learned from its RID header extension.
+    SsrcLearned {
+        /// The publisher leg.
+        leg: LegId,
+        /// The track.
+        track: TrackId,
+        /// The layer.
+        layer: u8,
+        /// Whether it is the layer's RTX SSRC (repaired RID).
+        rtx: bool,
+        /// The SSRC.
+        ssrc: Ssrc,
     },
     /// A receiver report updated a leg's statistics.
     LegStats {
@@ -201,10 +214,16 @@ impl Core {
             _ => return Err(DropReason::Malformed),
         };
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
-        let idx = leg.ingress_index(ssrc).ok_or(DropReason::UnknownSsrc)?;
         let len = buf.len();
-        let ingress = &mut leg.ingress[idx];
-        let plain_len = leg.rx.unprotect_rtp(&mut ingress.recv, buf, len).map_err(srtp_verdict)?;
+        let (idx, plain_len) = match leg.ingress_index(ssrc) {
+            Some(idx) => {
+                let plain_len = leg.rx.unprotect_rtp(&mut leg.ingress[idx].recv, buf, len).map_err(srtp_verdict)?;
+                (idx, plain_len)
+            }
+            None => self.learn_ssrc(leg_id, ssrc, buf)?,
+        };
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        let ingress = &leg.ingress[idx];
         let (track_id, layer, is_rtx) = (ingress.track, ingress.layer, ingress.rtx);
         self.latch(leg_id, remote);
         let Some((track, legs)) = self.tables.track_and_legs_mut(track_id) else {
@@ -213,6 +232,38 @@ impl Core {
         let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events };
         let plain = &mut buf[..plain_len];
         fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain)
+    }
+
+    /// An SSRC the leg never announced: a simulcast layer whose SSRC was not signalled announces
+    /// itself with the RID (or repaired-RID, for its RTX) header extension (RFC 8852). The header
+    /// is cleartext, so the RID is read before decryption; the SSRC is learned only if the packet
+    /// then authenticates with the leg's key, so nobody without the key can claim a layer.
+    fn learn_ssrc(&mut self, leg_id: LegId, ssrc: Ssrc, buf: &mut [u8]) -> Result<(usize, usize), DropReason> {
+        let (track, layer, rtx) = {
+            let pkt = rtp::Packet::new_checked(&*buf).map_err(|_| DropReason::Malformed)?;
+            let leg = self.tables.leg(leg_id).ok_or(DropReason::UnknownSource)?;
+            leg.tracks
+                .iter()
+                .filter_map(|t| self.tables.track(*t))
+                .find_map(|t| {
+                    [(t.spec.rid_ext, false), (t.spec.repaired_rid_ext, true)].into_iter().find_map(|(ext, rtx)| {
+                        let rid = pkt.find_extension(ext?)?;
+                        let layer = t.spec.layers.iter().position(|l| l.rid.as_deref().map(str::as_bytes) == Some(rid))?;
+                        let state = &t.layers[layer];
+                        let free = if rtx { state.rtx_ssrc.is_none() } else { state.ssrc.is_none() };
+                        free.then_some((t.spec.id, layer as u8, rtx))
+                    })
+                })
+                .ok_or(DropReason::UnknownSsrc)?
+        };
+        let window = self.tables.config().replay_window;
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        let mut recv = RtpRecvState::new(window);
+        let len = buf.len();
+        let plain_len = leg.rx.unprotect_rtp(&mut recv, buf, len).map_err(srtp_verdict)?;
+        let idx = self.tables.learn_ssrc(leg_id, track, layer, rtx, ssrc, recv).ok_or(DropReason::UnknownSsrc)?;
+        self.emit(Event::SsrcLearned { leg: leg_id, track, layer, rtx, ssrc });
+        Ok((idx, plain_len))
     }
 
     fn rx_rtcp(

@@ -430,3 +430,40 @@ fn nack_is_answered_from_the_cache_as_rtx_and_the_rest_is_asked_upstream() {
     assert_eq!(m.core.stats().nack_forwarded, 0);
     let _ = SeqNo(0);
 }
+
+#[test]
+fn unsignalled_layer_is_learned_from_its_rid_only_when_it_authenticates() {
+    let mut m = Meeting::new(2);
+    let mut track = video_track(1, 1, &[0x100]);
+    track.layers = ["q", "f"].iter().map(|r| LayerSpec { ssrc: None, rtx_ssrc: None, rid: Some(r.to_string()) }).collect();
+    track.rid_ext = Some(4);
+    m.apply(vec![Op::UpsertTrack(track), Op::UpsertSubscription(sub(2, 1, 0x2001, 1))]).unwrap();
+    latch_all(&mut m);
+    // RTP with a one-byte header extension (RFC 8285 §4.2) carrying RID "f" under id 4.
+    let with_rid = |ssrc: u32, seq: u16, rid: u8, payload: &[u8]| {
+        let mut p = rtp_packet(ssrc, seq, 9000, 96, &[]);
+        p[0] |= 0x10;
+        p.extend_from_slice(&[0xBE, 0xDE, 0x00, 0x01, 0x40, rid, 0x00, 0x00]);
+        p.extend_from_slice(payload);
+        p
+    };
+    // Forged: right RID, wrong key. Dropped as an auth failure, nothing learned.
+    let mut forger = peer(1).0;
+    forger.up = SrtpKeys::new(PROFILE, &[0xEE; 16], &[0xEE; 12]).unwrap();
+    let forged = forger.send_rtp(&with_rid(0x7777, 1, b'f', &VP8_KEY));
+    assert!(m.deliver(0, &forged, ms(1)).is_empty());
+    assert_eq!(m.core.stats().drops_for(DropReason::AuthFailed), 1);
+    assert_eq!(m.core.tables().track(TrackId(1)).unwrap().layers[1].ssrc, None);
+    // The real publisher: learned, and forwarded as layer 1.
+    let wire = m.peers[0].send_rtp(&with_rid(0x5555, 1, b'f', &VP8_KEY));
+    let got = m.deliver(0, &wire, ms(2));
+    assert_eq!(got.len(), 1);
+    let pkt = rtp::Packet::new_checked(&got[0].1[..]).unwrap();
+    assert_eq!(pkt.ssrc(), Ssrc(0x2001));
+    assert_eq!(pkt.find_extension(4), None, "the subscriber did not negotiate the RID extension");
+    assert_eq!(m.core.tables().track(TrackId(1)).unwrap().layers[1].ssrc, Some(Ssrc(0x5555)));
+    assert!(std::iter::from_fn(|| m.core.poll_event()).any(|e| matches!(e, Event::SsrcLearned { layer: 1, ssrc: Ssrc(0x5555), .. })));
+    // Later packets of that SSRC need no RID.
+    let wire = m.peers[0].send_rtp(&rtp_packet(0x5555, 2, 9000, 96, &VP8_CONT));
+    assert_eq!(m.deliver(0, &wire, ms(3)).len(), 1);
+}

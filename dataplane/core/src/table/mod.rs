@@ -492,6 +492,32 @@ impl Tables {
         (self.legs.len(), self.tracks.len(), self.tracks.values().map(|t| t.subs.len()).sum())
     }
 
+    /// Records an SSRC learned from the packet path (a layer announced by its RID), with the
+    /// receive state of the packet that proved it. Returns its ingress index on the leg. Learned
+    /// SSRCs last until the track's spec changes the layer.
+    pub fn learn_ssrc(
+        &mut self,
+        leg_id: LegId,
+        track_id: TrackId,
+        layer: u8,
+        rtx: bool,
+        ssrc: Ssrc,
+        recv: RtpRecvState,
+    ) -> Option<usize> {
+        let leg = self.legs.get_mut(&leg_id)?;
+        if leg.ingress_index(ssrc).is_some() {
+            return None;
+        }
+        let state = self.tracks.get_mut(&track_id)?.layers.get_mut(usize::from(layer))?;
+        if rtx {
+            state.rtx_ssrc = Some(ssrc);
+        } else {
+            state.ssrc = Some(ssrc);
+        }
+        leg.ingress.push(Ingress { ssrc, track: track_id, layer, rtx, recv });
+        Some(leg.ingress.len() - 1)
+    }
+
     /// Every spec in the tables, as a full-snapshot delta at the current generation.
     pub fn snapshot(&self) -> Delta {
         let mut ops = Vec::new();
