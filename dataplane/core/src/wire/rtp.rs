@@ -469,3 +469,300 @@ impl RawElements {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// V=2 P=1 X=1 CC=1 M=1 PT=96, one-byte extensions {1: [AA], 3: [01 02 03]} with a padding
+    /// byte between them, payload FF FF FF FF, 4 bytes of RTP padding. 0xFF payload bytes make
+    /// every truncation invalid (a padding count of 255 or 0).
+    const PKT: [u8; 36] = [
+        0xB1, 0xE0, 0x12, 0x34, 0xDE, 0xAD, 0xBE, 0xEF, 0x01, 0x02, 0x03, 0x04, // fixed
+        0x0A, 0x0B, 0x0C, 0x0D, // CSRC
+        0xBE, 0xDE, 0x00, 0x02, // one-byte form, 2 words
+        0x10, 0xAA, 0x00, 0x32, 0x01, 0x02, 0x03, 0x00, // elements
+        0xFF, 0xFF, 0xFF, 0xFF, // payload
+        0x00, 0x00, 0x00, 0x04, // padding
+    ];
+
+    #[test]
+    fn fields() {
+        let p = Packet::new_checked(&PKT[..]).unwrap();
+        assert_eq!(p.version(), 2);
+        assert!(p.has_padding() && p.has_extension() && p.marker());
+        assert_eq!(p.csrc_count(), 1);
+        assert_eq!(p.payload_type(), 96);
+        assert_eq!(p.sequence_number(), 0x1234);
+        assert_eq!(p.timestamp(), 0xDEAD_BEEF);
+        assert_eq!(p.ssrc(), Ssrc(0x0102_0304));
+        assert_eq!(p.csrc(0), Some(Ssrc(0x0A0B_0C0D)));
+        assert_eq!(p.csrc(1), None);
+        assert_eq!(p.csrcs().count(), 1);
+        assert_eq!(p.extension_profile(), Some(ONE_BYTE_PROFILE));
+        assert_eq!(p.extension_form(), Some(ExtensionForm::OneByte));
+        assert_eq!(p.header_len(), 28);
+        assert_eq!(p.padding_len(), 4);
+        assert_eq!(p.payload(), &[0xFF; 4]);
+        let exts: Vec<_> = p.extensions().collect();
+        assert_eq!(
+            exts,
+            [Ok(Extension { id: 1, data: &[0xAA] }), Ok(Extension { id: 3, data: &[1, 2, 3] })]
+        );
+        assert_eq!(p.find_extension(3), Some(&[1u8, 2, 3][..]));
+        assert_eq!(p.find_extension(2), None);
+        assert_eq!(p.into_inner(), &PKT[..]);
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        for n in 0..PKT.len() {
+            assert!(Packet::new_checked(&PKT[..n]).is_err(), "len {n}");
+        }
+    }
+
+    #[test]
+    fn header_errors() {
+        let mut b = PKT;
+        b[0] = (b[0] & 0x3F) | 0x40;
+        assert_eq!(Packet::new_checked(&b[..]), Err(WireError::BadVersion));
+        let mut b = PKT;
+        b[35] = 0;
+        assert_eq!(Packet::new_checked(&b[..]), Err(WireError::BadPadding));
+        let mut b = PKT;
+        b[35] = 9; // would eat into the extension block
+        assert_eq!(Packet::new_checked(&b[..]), Err(WireError::BadPadding));
+        let mut b = PKT;
+        b[35] = 8; // exactly the payload and padding: empty payload is fine
+        assert_eq!(Packet::new_checked(&b[..]).unwrap().payload(), &[] as &[u8]);
+        let mut b = PKT;
+        b[19] = 5; // extension block longer than the packet
+        assert_eq!(Packet::new_checked(&b[..]), Err(WireError::Truncated));
+        // Minimal packet: header only, no payload.
+        let p = Packet::new_checked(&PKT[..12].iter().map(|_| 0x80).collect::<Vec<_>>()[..])
+            .map(|p| p.payload().len());
+        assert_eq!(p, Ok(0));
+    }
+
+    #[test]
+    fn two_byte_form() {
+        let b = [
+            0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, // X=1
+            0x10, 0x00, 0x00, 0x03, // two-byte form, 3 words
+            0x05, 0x00, // id 5, empty
+            0x00, // padding
+            0x20, 0x03, 7, 8, 9, // id 32, 3 bytes
+            0x0E, 0x02, 1, 2, // id 14, 2 bytes
+            0x42, // payload
+        ];
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.extension_form(), Some(ExtensionForm::TwoByte));
+        let exts: Vec<_> = p.extensions().map(Result::unwrap).map(|e| (e.id, e.data)).collect();
+        assert_eq!(exts, [(5, &[][..]), (32, &[7, 8, 9][..]), (14, &[1, 2][..])]);
+        assert_eq!(p.payload(), &[0x42]);
+
+        let mut m = b;
+        let mut map = ExtensionIdMap::new();
+        map.set(5, 7).unwrap();
+        map.set(14, 1).unwrap();
+        let mut p = Packet::new_checked(&mut m[..]).unwrap();
+        p.remap_extensions(&map).unwrap();
+        let exts: Vec<_> = p.extensions().map(Result::unwrap).map(|e| (e.id, e.data)).collect();
+        assert_eq!(exts, [(7, &[][..]), (1, &[1, 2][..])]);
+        assert_eq!(&m[16..28], &[7, 0, 0, 0, 0, 0, 0, 0, 1, 2, 1, 2]);
+        assert_eq!(m[28], 0x42);
+    }
+
+    #[test]
+    fn malformed_extensions_are_reported_not_trusted() {
+        // One-byte element claiming 5 bytes when 4 remain in the block.
+        let mut b = PKT;
+        b[23] = 0x34;
+        let p = Packet::new_checked(&b[..]).unwrap();
+        let exts: Vec<_> = p.extensions().collect();
+        assert_eq!(exts, [Ok(Extension { id: 1, data: &[0xAA] }), Err(WireError::BadExtension)]);
+        assert_eq!(p.find_extension(1), Some(&[0xAA][..]));
+        assert_eq!(p.find_extension(3), None);
+        // Remap refuses and leaves the packet as it was.
+        let mut m = b;
+        let mut q = Packet::new_checked(&mut m[..]).unwrap();
+        assert_eq!(q.remap_extensions(&ExtensionIdMap::new()), Err(WireError::BadExtension));
+        assert_eq!(m, b);
+        // ID 15 ends processing without an error.
+        let mut b = PKT;
+        b[23] = 0xF2;
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.extensions().count(), 1);
+        // Two-byte form: an element header cut in half at the end of the block.
+        let b = [0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0x10, 0x00, 0, 1, 0, 0, 0, 0x05];
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.extensions().collect::<Vec<_>>(), [Err(WireError::BadExtension)]);
+        // Unknown profile: opaque block, no elements.
+        let mut b = PKT;
+        b[16] = 0x12;
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.extension_form(), None);
+        assert_eq!(p.extensions().count(), 0);
+        assert_eq!(p.extension_data().map(<[u8]>::len), Some(8));
+    }
+
+    #[test]
+    fn remap_drops_in_place_without_moving_payload() {
+        let mut b = PKT;
+        let mut map = ExtensionIdMap::new();
+        map.set(1, 9).unwrap();
+        let mut p = Packet::new_checked(&mut b[..]).unwrap();
+        p.remap_extensions(&map).unwrap();
+        assert_eq!(p.header_len(), 28);
+        assert_eq!(p.payload(), &[0xFF; 4]);
+        let exts: Vec<_> = p.extensions().collect();
+        assert_eq!(exts, [Ok(Extension { id: 9, data: &[0xAA] })]);
+        assert_eq!(&b[20..28], &[0x90, 0xAA, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[..20], &PKT[..20]);
+        assert_eq!(&b[28..], &PKT[28..]);
+        // A no-extension packet is untouched.
+        let mut plain = [0x80u8, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0x42];
+        let mut p = Packet::new_checked(&mut plain[..]).unwrap();
+        assert_eq!(p.remap_extensions(&map), Ok(()));
+        // Map validation.
+        assert_eq!(map.set(0, 1), Err(WireError::OutOfRange));
+        assert_eq!(map.set(15, 1), Err(WireError::OutOfRange));
+        assert_eq!(map.set(1, 15), Err(WireError::OutOfRange));
+        assert_eq!(map.get(200), 0);
+    }
+
+    #[test]
+    fn setters() {
+        let mut b = PKT;
+        let mut p = Packet::new_checked(&mut b[..]).unwrap();
+        p.set_ssrc(Ssrc(0xCAFE_F00D));
+        p.set_sequence_number(0xFFFF);
+        p.set_timestamp(7);
+        p.set_payload_type(0xFF);
+        assert!(p.marker());
+        assert_eq!(p.payload_type(), 0x7F);
+        p.set_payload_type(111);
+        p.set_marker(false);
+        p.find_extension_mut(3).unwrap().copy_from_slice(&[4, 5, 6]);
+        p.payload_mut()[0] = 0x11;
+        assert_eq!(p.find_extension_mut(4), None);
+        let b = p.into_inner();
+        let o = rtp_types::RtpPacket::parse(&b[..]).unwrap();
+        assert_eq!(o.ssrc(), 0xCAFE_F00D);
+        assert_eq!(o.sequence_number(), 0xFFFF);
+        assert_eq!(o.timestamp(), 7);
+        assert_eq!(o.payload_type(), 111);
+        assert!(!o.marker_bit());
+        assert_eq!(o.payload(), &[0x11, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(&o.extension().unwrap().1[4..7], &[4, 5, 6]);
+        assert_eq!(o.padding(), Some(4));
+    }
+
+    fn random_packet(rng: &mut impl Rng, out: &mut Vec<u8>) {
+        out.clear();
+        let version = if rng.random_ratio(9, 10) { 2 } else { rng.random_range(0..4) };
+        let padding = rng.random_bool(0.3);
+        let ext = rng.random_bool(0.5);
+        let cc = if rng.random_bool(0.7) { rng.random_range(0..3) } else { rng.random_range(0..16) };
+        out.push((version << 6) | (u8::from(padding) << 5) | (u8::from(ext) << 4) | cc);
+        out.push(rng.random());
+        for _ in 0..10 {
+            out.push(rng.random());
+        }
+        for _ in 0..(4 * usize::from(cc)) {
+            out.push(rng.random());
+        }
+        if ext {
+            let profile: u16 = match rng.random_range(0..3) {
+                0 => ONE_BYTE_PROFILE,
+                1 => TWO_BYTE_PROFILE | rng.random_range(0..16),
+                _ => rng.random(),
+            };
+            let words: u16 = rng.random_range(0..5);
+            out.extend_from_slice(&profile.to_be_bytes());
+            out.extend_from_slice(&words.to_be_bytes());
+            for _ in 0..(4 * words) {
+                // Bias towards small values so element lengths are often plausible.
+                let b = if rng.random_bool(0.5) { rng.random_range(0..0x40) } else { rng.random() };
+                out.push(b);
+            }
+        }
+        for _ in 0..rng.random_range(0..24) {
+            out.push(rng.random());
+        }
+        if padding {
+            let n = rng.random_range(0..8u8);
+            for _ in 1..n {
+                out.push(0);
+            }
+            out.push(if rng.random_bool(0.9) { n } else { rng.random() });
+        }
+        if rng.random_bool(0.2) {
+            let i = rng.random_range(0..out.len());
+            out[i] = rng.random();
+        }
+        if rng.random_bool(0.2) {
+            let n = rng.random_range(0..=out.len());
+            out.truncate(n);
+        }
+    }
+
+    /// Differential test against `rtp-types`: the acceptance rules coincide (length, version,
+    /// CSRC list, extension block, padding count), so both must accept and reject the same
+    /// buffers and agree on every field.
+    #[test]
+    fn differential_vs_rtp_types() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3550);
+        let mut buf = Vec::with_capacity(256);
+        let (mut accepted, mut rejected) = (0, 0);
+        for _ in 0..100_000 {
+            random_packet(&mut rng, &mut buf);
+            let ours = Packet::new_checked(&buf[..]);
+            let theirs = rtp_types::RtpPacket::parse(&buf[..]);
+            let (p, o) = match (ours, theirs) {
+                (Ok(p), Ok(o)) => (p, o),
+                (Err(_), Err(_)) => {
+                    rejected += 1;
+                    continue;
+                }
+                (ours, theirs) => panic!("disagree on {buf:02x?}: {ours:?} vs {theirs:?}"),
+            };
+            accepted += 1;
+            assert_eq!(p.version(), o.version());
+            assert_eq!(p.has_padding(), o.padding_bit());
+            assert_eq!(p.has_extension(), o.extension_bit());
+            assert_eq!(p.csrc_count(), o.n_csrcs());
+            assert_eq!(p.marker(), o.marker_bit());
+            assert_eq!(p.payload_type(), o.payload_type());
+            assert_eq!(p.sequence_number(), o.sequence_number());
+            assert_eq!(p.timestamp(), o.timestamp());
+            assert_eq!(p.ssrc().0, o.ssrc());
+            assert!(p.csrcs().map(|s| s.0).eq(o.csrc()));
+            assert_eq!(
+                p.extension_profile().zip(p.extension_data()),
+                o.extension(),
+                "{buf:02x?}"
+            );
+            assert_eq!(p.header_len(), o.payload_offset());
+            assert_eq!(p.padding_len(), usize::from(o.padding().unwrap_or(0)));
+            assert_eq!(p.payload(), o.payload());
+            // The element walk and the rewrite must not panic on anything that parses.
+            for e in p.extensions() {
+                if let Ok(e) = e {
+                    assert!(e.id != 0);
+                }
+            }
+            let mut copy = buf.clone();
+            let mut m = Packet::new_checked(&mut copy[..]).unwrap();
+            let mut map = ExtensionIdMap::new();
+            map.set(1, 2).unwrap();
+            let remapped = m.remap_extensions(&map);
+            assert_eq!(m.payload(), o.payload());
+            if remapped.is_ok() {
+                assert!(m.extensions().all(|e| e.is_ok_and(|e| e.id == 2)));
+            }
+        }
+        assert!(accepted > 20_000 && rejected > 10_000, "{accepted} accepted, {rejected} rejected");
+    }
+}
