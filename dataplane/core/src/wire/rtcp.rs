@@ -1112,8 +1112,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Nack<T> {
 // ---------------------------------------------------------------------------------------------
 
 view! {
-    /// A transport-wide congestion control feedback packet. Header fields only; the packet
-    /// status chunks and receive deltas are exposed raw by [`TransportCc::chunks_and_deltas`].
+    /// A transport-wide congestion control feedback packet: header fields, the raw chunks and
+    /// deltas ([`TransportCc::chunks_and_deltas`]) and their decoding ([`TransportCc::packets`]).
     TransportCc
 }
 feedback_ssrcs!(TransportCc);
@@ -1153,6 +1153,144 @@ impl<T: AsRef<[u8]>> TransportCc<T> {
     /// The packet chunks and receive deltas, undecoded.
     pub fn chunks_and_deltas(&self) -> &[u8] {
         &self.buf()[FEEDBACK_FCI + 8..self.body_end]
+    }
+
+    /// Decodes the packet status chunks and receive deltas: one item per reported packet, in
+    /// sequence order. Yields one `Err(BadLength)` and stops if chunks or deltas run out.
+    pub fn packets(&self) -> TwccPackets<'_> {
+        let data = self.chunks_and_deltas();
+        let count = self.packet_status_count();
+        // Deltas start after the last chunk, so find it first (RFC-draft §3.1.1: chunks come
+        // first, then all deltas). Each chunk covers at least one status except a zero-length
+        // run, and each step consumes two bytes, so this is bounded by the data length.
+        let mut covered = 0u32;
+        let mut pos = 0usize;
+        while covered < u32::from(count) && pos + 2 <= data.len() {
+            covered += u32::from(twcc_chunk_len(be16(data, pos)));
+            pos += 2;
+        }
+        TwccPackets {
+            data,
+            chunk_pos: 0,
+            delta_pos: pos,
+            seq: self.base_sequence_number(),
+            left: count,
+            chunk: 0,
+            chunk_left: 0,
+            chunk_idx: 0,
+            done: false,
+        }
+    }
+}
+
+// Packet status chunks (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1.3, §3.1.4):
+//
+//  run length:     |T=0| S (2) |        run length (13)          |
+//  status vector:  |T=1|S=0| fourteen 1-bit symbols (0 = not received, 1 = small delta) |
+//                  |T=1|S=1| seven 2-bit symbols                                       |
+//
+// Symbols: 0 not received, 1 received with a 1-byte unsigned delta, 2 received with a 2-byte
+// signed delta, 3 reserved. Deltas are in 250 us ticks.
+
+fn twcc_chunk_len(chunk: u16) -> u16 {
+    match chunk >> 14 {
+        0 | 1 => chunk & 0x1FFF,
+        2 => 14,
+        _ => 7,
+    }
+}
+
+/// Reception status of one packet in a transport-cc feedback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwccStatus {
+    /// Not received.
+    NotReceived,
+    /// Received, 1-byte unsigned delta.
+    SmallDelta,
+    /// Received, 2-byte signed delta.
+    LargeDelta,
+    /// The reserved symbol 3; no delta follows.
+    Reserved,
+}
+
+/// One packet reported in a transport-cc feedback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TwccPacket {
+    /// Transport-wide sequence number.
+    pub seq: u16,
+    /// Its status.
+    pub status: TwccStatus,
+    /// Receive delta in 250 us ticks, for received packets.
+    pub delta: Option<i16>,
+}
+
+/// Iterator over the packets of a transport-cc feedback; see [`TransportCc::packets`].
+#[derive(Debug, Clone)]
+pub struct TwccPackets<'a> {
+    data: &'a [u8],
+    chunk_pos: usize,
+    delta_pos: usize,
+    seq: u16,
+    left: u16,
+    chunk: u16,
+    chunk_left: u16,
+    chunk_idx: u16,
+    done: bool,
+}
+
+impl TwccPackets<'_> {
+    fn fail(&mut self) -> Option<Result<TwccPacket, WireError>> {
+        self.done = true;
+        Some(Err(WireError::BadLength))
+    }
+}
+
+impl Iterator for TwccPackets<'_> {
+    type Item = Result<TwccPacket, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.left == 0 {
+            return None;
+        }
+        while self.chunk_left == 0 {
+            if self.chunk_pos + 2 > self.data.len() {
+                return self.fail();
+            }
+            self.chunk = be16(self.data, self.chunk_pos);
+            self.chunk_pos += 2;
+            self.chunk_left = twcc_chunk_len(self.chunk);
+            self.chunk_idx = 0;
+        }
+        let symbol = match self.chunk >> 14 {
+            0 | 1 => (self.chunk >> 13) & 0b11,
+            2 => (self.chunk >> (13 - self.chunk_idx)) & 0b1,
+            _ => (self.chunk >> (12 - 2 * self.chunk_idx)) & 0b11,
+        };
+        self.chunk_idx += 1;
+        self.chunk_left -= 1;
+        let (status, delta) = match symbol {
+            0 => (TwccStatus::NotReceived, None),
+            1 => {
+                let Some(&d) = self.data.get(self.delta_pos) else {
+                    return self.fail();
+                };
+                self.delta_pos += 1;
+                (TwccStatus::SmallDelta, Some(i16::from(d)))
+            }
+            2 => {
+                if self.delta_pos + 2 > self.data.len() {
+                    return self.fail();
+                }
+                let d = be16(self.data, self.delta_pos) as i16;
+                self.delta_pos += 2;
+                (TwccStatus::LargeDelta, Some(d))
+            }
+            _ => (TwccStatus::Reserved, None),
+        };
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.left -= 1;
+        Some(Ok(TwccPacket { seq, status, delta }))
     }
 }
 
@@ -1784,8 +1922,54 @@ mod tests {
         assert_eq!((t.base_sequence_number(), t.packet_status_count()), (1, 3));
         assert_eq!((t.reference_time(), t.feedback_packet_count()), (-1, 5));
         assert_eq!(t.chunks_and_deltas(), &pkt[20..]);
+        let pkts: Vec<_> = t.packets().collect();
+        assert_eq!(
+            pkts,
+            (1..=3)
+                .map(|seq| Ok(TwccPacket {
+                    seq,
+                    status: TwccStatus::SmallDelta,
+                    delta: Some(4)
+                }))
+                .collect::<Vec<_>>()
+        );
         assert_truncations_refused(&pkt, |b| TransportCc::new_checked(b).is_ok());
         assert_eq!(Nack::new_checked(&pkt[..]), Err(WireError::WrongType));
+    }
+
+    #[test]
+    fn transport_cc_status_vectors() {
+        // Base seq 65534, 10 statuses: a 2-bit vector [large, not received, small, 0 x4], then
+        // a 1-bit vector [1, 0, 1, 0 x11] of which only 3 symbols count. Deltas: -2 (large),
+        // 8, 1, 2 (small). 20 + 4 + 5 = 29 bytes, padded with zeros to 32.
+        let pkt = [
+            0x8F, 205, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0xFF, 0xFE, 0x00, 10, 0, 0, 0, 0, //
+            0xE1, 0x00, 0xA8, 0x00, 0xFF, 0xFE, 8, 1, 2, 0, 0, 0,
+        ];
+        let t = TransportCc::new_checked(&pkt[..]).unwrap();
+        let got: Vec<_> = t.packets().map(Result::unwrap).collect();
+        use TwccStatus::*;
+        let want = [
+            (65534, LargeDelta, Some(-2)),
+            (65535, NotReceived, None),
+            (0, SmallDelta, Some(8)),
+            (1, NotReceived, None),
+            (2, NotReceived, None),
+            (3, NotReceived, None),
+            (4, NotReceived, None),
+            (5, SmallDelta, Some(1)),
+            (6, NotReceived, None),
+            (7, SmallDelta, Some(2)),
+        ]
+        .map(|(seq, status, delta)| TwccPacket { seq, status, delta });
+        assert_eq!(got, want);
+        // Claiming more statuses than the chunks and deltas hold ends in one error.
+        let mut b = pkt;
+        b[15] = 30;
+        let t = TransportCc::new_checked(&b[..]).unwrap();
+        let got: Vec<_> = t.packets().collect();
+        assert_eq!(got.last(), Some(&Err(WireError::BadLength)));
+        assert!(got.len() <= 30);
     }
 
     /// SDES with two chunks: CNAME "user@example.com" + NAME "Al"; a chunk with only a CNAME.
@@ -2021,6 +2205,7 @@ mod tests {
                 }
                 if let Ok(v) = TransportCc::new_checked(&*b) {
                     let _ = (v.reference_time(), v.chunks_and_deltas().len());
+                    assert!(v.packets().count() <= usize::from(v.packet_status_count()));
                 }
                 if let Ok(mut v) = Fir::new_checked(&mut *b) {
                     let _ = v.entries().count();
