@@ -362,6 +362,51 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// Decoders for the element values the forwarding path reads. Ids are negotiated per session,
+/// so callers look the element up with [`Packet::find_extension`] first.
+pub mod ext {
+    /// Client-to-mixer audio level (RFC 6464 §3): `|V| level |`, level in -dBov (0 = loudest).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AudioLevel {
+        /// The V flag: the encoder believes the packet contains voice.
+        pub voice: bool,
+        /// Level in -dBov, 0..=127 (127 = silence).
+        pub level: u8,
+    }
+
+    /// Decodes an RFC 6464 audio-level element (one byte; a two-byte-form sender may pad it).
+    pub fn audio_level(data: &[u8]) -> Option<AudioLevel> {
+        let &b = data.first()?;
+        Some(AudioLevel {
+            voice: b & 0x80 != 0,
+            level: b & 0x7F,
+        })
+    }
+
+    /// Decodes abs-send-time (webrtc.org): 24-bit 6.18 fixed-point seconds.
+    pub fn abs_send_time(data: &[u8]) -> Option<u32> {
+        match *data {
+            [a, b, c] => Some(u32::from_be_bytes([0, a, b, c])),
+            _ => None,
+        }
+    }
+
+    /// Decodes transport-wide-cc-01's 16-bit transport sequence number.
+    pub fn transport_sequence_number(data: &[u8]) -> Option<u16> {
+        match *data {
+            [a, b] => Some(u16::from_be_bytes([a, b])),
+            _ => None,
+        }
+    }
+
+    /// RID / repaired-RID (RFC 8852 §3.3). Returns the id if it matches RFC 8851's `rid-id`
+    /// grammar (`1*(alpha-numeric / "-" / "_")`), which is what signaling will compare it to.
+    pub fn rid(data: &[u8]) -> Option<&[u8]> {
+        let ok = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+        (!data.is_empty() && data.iter().all(ok)).then_some(data)
+    }
+}
+
 /// Maps a publisher's header-extension ids to a subscriber's, per RFC 8285 local identifier.
 ///
 /// Index = incoming id, value = outgoing id, 0 = drop. Ids are limited to 1..=14 on both sides:
@@ -547,6 +592,33 @@ mod tests {
         assert_eq!(p.find_extension(3), Some(&[1u8, 2, 3][..]));
         assert_eq!(p.find_extension(2), None);
         assert_eq!(p.into_inner(), &PKT[..]);
+    }
+
+    #[test]
+    fn extension_values() {
+        assert_eq!(
+            ext::audio_level(&[0x85]),
+            Some(ext::AudioLevel {
+                voice: true,
+                level: 5
+            })
+        );
+        assert_eq!(
+            ext::audio_level(&[0x7F, 0]),
+            Some(ext::AudioLevel {
+                voice: false,
+                level: 127
+            })
+        );
+        assert_eq!(ext::audio_level(&[]), None);
+        assert_eq!(ext::abs_send_time(&[1, 2, 3]), Some(0x010203));
+        assert_eq!(ext::abs_send_time(&[1, 2]), None);
+        assert_eq!(ext::transport_sequence_number(&[0xFF, 0xFE]), Some(0xFFFE));
+        assert_eq!(ext::transport_sequence_number(&[1, 2, 3]), None);
+        assert_eq!(ext::rid(b"hi"), Some(&b"hi"[..]));
+        assert_eq!(ext::rid(b"h-_i"), Some(&b"h-_i"[..]));
+        assert_eq!(ext::rid(b"h i"), None);
+        assert_eq!(ext::rid(b""), None);
     }
 
     #[test]
