@@ -247,6 +247,14 @@ pub fn compound_mut(datagram: &mut [u8]) -> CompoundMut<'_> {
     }
 }
 
+/// Whether a datagram is reduced-size RTCP (RFC 5506 §3): its first packet is neither SR nor
+/// RR, which RFC 3550 §6.1 compound rules would forbid. `None` if the first packet is invalid.
+/// The SFU must only send reduced-size RTCP to a leg that negotiated `a=rtcp-rsize`.
+pub fn is_reduced_size(datagram: &[u8]) -> Option<bool> {
+    let first = compound(datagram).next()?.ok()?;
+    Some(!matches!(first.packet_type(), PT_SR | PT_RR))
+}
+
 /// Iterator over the packets of a compound datagram; yields one `Err` and stops on the first
 /// packet that fails [`Packet::new_checked`]. Each yielded packet wraps exactly its own bytes.
 #[derive(Debug, Clone)]
@@ -2146,6 +2154,10 @@ mod tests {
             ]
         );
         assert_eq!(compound(&[]).count(), 0);
+        assert_eq!(is_reduced_size(&dgram[..len]), Some(false));
+        let pli_at = len - 16 - 12;
+        assert_eq!(is_reduced_size(&dgram[pli_at..len]), Some(true));
+        assert_eq!(is_reduced_size(&dgram[pli_at..pli_at + 3]), None);
         assert_eq!(
             compound(&[0x40, 200, 0, 0]).next(),
             Some(Err(WireError::BadVersion))
