@@ -913,6 +913,27 @@ mod tests {
             map.set(1, 2).unwrap();
             let remapped = m.remap_extensions(&map);
             assert_eq!(m.payload(), o.payload());
+            let (ssrc, seq, ts, pt, marker) = (
+                rng.random(),
+                rng.random(),
+                rng.random(),
+                rng.random_range(0..128),
+                rng.random(),
+            );
+            m.set_ssrc(Ssrc(ssrc));
+            m.set_sequence_number(seq);
+            m.set_timestamp(ts);
+            m.set_payload_type(pt);
+            m.set_marker(marker);
+            let o2 = rtp_types::RtpPacket::parse(&copy[..]).unwrap();
+            assert_eq!(
+                (o2.ssrc(), o2.sequence_number(), o2.timestamp()),
+                (ssrc, seq, ts)
+            );
+            assert_eq!((o2.payload_type(), o2.marker_bit()), (pt, marker));
+            assert_eq!(o2.payload(), o.payload());
+            assert_eq!(o2.padding(), o.padding());
+            let m = Packet::new_checked(&copy[..]).unwrap();
             if remapped.is_ok() {
                 assert!(m.extensions().all(|e| e.is_ok_and(|e| e.id == 2)));
             }
