@@ -24,6 +24,8 @@ pub mod rtcp;
 pub mod rtp;
 pub mod stun;
 
+pub use demux::{PacketClass, classify};
+
 /// Why a buffer was refused by a wire view or a writer.
 ///
 /// `#[repr(u8)]` so that the forwarding core can use it directly as a counter index; the

@@ -47,7 +47,7 @@
 //! with zero bytes, which both forms define as padding: the payload does not move, the block
 //! length does not change, and no memmove happens per packet.
 
-use super::{WireError, be16, be32, set_be16, set_be32, Ssrc};
+use super::{Ssrc, WireError, be16, be32, set_be16, set_be32};
 
 /// Length of the fixed RTP header.
 pub const HEADER_LEN: usize = 12;
@@ -207,12 +207,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The extension block's "defined by profile" field, if X is set.
     pub fn extension_profile(&self) -> Option<u16> {
-        self.has_extension().then(|| be16(self.buf(), self.extension_offset()))
+        self.has_extension()
+            .then(|| be16(self.buf(), self.extension_offset()))
     }
 
     /// The RFC 8285 form of the extension block, if X is set and the profile is an RFC 8285 one.
     pub fn extension_form(&self) -> Option<ExtensionForm> {
-        self.extension_profile().and_then(ExtensionForm::from_profile)
+        self.extension_profile()
+            .and_then(ExtensionForm::from_profile)
     }
 
     fn extension_range(&self) -> Option<(usize, usize)> {
@@ -234,8 +236,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// overruns the block.
     pub fn extensions(&self) -> Extensions<'_> {
         match (self.extension_form(), self.extension_data()) {
-            (Some(form), Some(data)) => Extensions { data, elems: RawElements::new(form) },
-            _ => Extensions { data: &[], elems: RawElements::done() },
+            (Some(form), Some(data)) => Extensions {
+                data,
+                elems: RawElements::new(form),
+            },
+            _ => Extensions {
+                data: &[],
+                elems: RawElements::done(),
+            },
         }
     }
 
@@ -250,7 +258,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Length of the fixed header, CSRC list and extension block: the payload offset.
     pub fn header_len(&self) -> usize {
-        self.extension_range().map_or(self.extension_offset(), |(_, end)| end)
+        self.extension_range()
+            .map_or(self.extension_offset(), |(_, end)| end)
     }
 
     /// Number of padding bytes at the end, the count byte included (0 if P is clear).
@@ -353,6 +362,51 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// Decoders for the element values the forwarding path reads. Ids are negotiated per session,
+/// so callers look the element up with [`Packet::find_extension`] first.
+pub mod ext {
+    /// Client-to-mixer audio level (RFC 6464 §3): `|V| level |`, level in -dBov (0 = loudest).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AudioLevel {
+        /// The V flag: the encoder believes the packet contains voice.
+        pub voice: bool,
+        /// Level in -dBov, 0..=127 (127 = silence).
+        pub level: u8,
+    }
+
+    /// Decodes an RFC 6464 audio-level element (one byte; a two-byte-form sender may pad it).
+    pub fn audio_level(data: &[u8]) -> Option<AudioLevel> {
+        let &b = data.first()?;
+        Some(AudioLevel {
+            voice: b & 0x80 != 0,
+            level: b & 0x7F,
+        })
+    }
+
+    /// Decodes abs-send-time (webrtc.org): 24-bit 6.18 fixed-point seconds.
+    pub fn abs_send_time(data: &[u8]) -> Option<u32> {
+        match *data {
+            [a, b, c] => Some(u32::from_be_bytes([0, a, b, c])),
+            _ => None,
+        }
+    }
+
+    /// Decodes transport-wide-cc-01's 16-bit transport sequence number.
+    pub fn transport_sequence_number(data: &[u8]) -> Option<u16> {
+        match *data {
+            [a, b] => Some(u16::from_be_bytes([a, b])),
+            _ => None,
+        }
+    }
+
+    /// RID / repaired-RID (RFC 8852 §3.3). Returns the id if it matches RFC 8851's `rid-id`
+    /// grammar (`1*(alpha-numeric / "-" / "_")`), which is what signaling will compare it to.
+    pub fn rid(data: &[u8]) -> Option<&[u8]> {
+        let ok = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+        (!data.is_empty() && data.iter().all(ok)).then_some(data)
+    }
+}
+
 /// Maps a publisher's header-extension ids to a subscriber's, per RFC 8285 local identifier.
 ///
 /// Index = incoming id, value = outgoing id, 0 = drop. Ids are limited to 1..=14 on both sides:
@@ -397,7 +451,10 @@ impl<'a> Iterator for Extensions<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let data = self.data;
         self.elems.next(data).map(|r| {
-            r.map(|e| Extension { id: e.id, data: &data[e.data_start..e.data_end] })
+            r.map(|e| Extension {
+                id: e.id,
+                data: &data[e.data_start..e.data_end],
+            })
         })
     }
 }
@@ -420,11 +477,19 @@ struct RawElements {
 
 impl RawElements {
     fn new(form: ExtensionForm) -> Self {
-        RawElements { form, pos: 0, done: false }
+        RawElements {
+            form,
+            pos: 0,
+            done: false,
+        }
     }
 
     fn done() -> Self {
-        RawElements { form: ExtensionForm::OneByte, pos: 0, done: true }
+        RawElements {
+            form: ExtensionForm::OneByte,
+            pos: 0,
+            done: true,
+        }
     }
 
     fn next(&mut self, block: &[u8]) -> Option<Result<RawElement, WireError>> {
@@ -464,8 +529,418 @@ impl RawElements {
                 return Some(Err(WireError::BadExtension));
             }
             self.pos = data_end;
-            return Some(Ok(RawElement { start, id, data_start, data_end }));
+            return Some(Ok(RawElement {
+                start,
+                id,
+                data_start,
+                data_end,
+            }));
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// V=2 P=1 X=1 CC=1 M=1 PT=96, one-byte extensions {1: [AA], 3: [01 02 03]} with a padding
+    /// byte between them, payload FF FF FF FF, 4 bytes of RTP padding. 0xFF payload bytes make
+    /// every truncation invalid (a padding count of 255 or 0).
+    const PKT: [u8; 36] = [
+        0xB1, 0xE0, 0x12, 0x34, 0xDE, 0xAD, 0xBE, 0xEF, 0x01, 0x02, 0x03, 0x04, // fixed
+        0x0A, 0x0B, 0x0C, 0x0D, // CSRC
+        0xBE, 0xDE, 0x00, 0x02, // one-byte form, 2 words
+        0x10, 0xAA, 0x00, 0x32, 0x01, 0x02, 0x03, 0x00, // elements
+        0xFF, 0xFF, 0xFF, 0xFF, // payload
+        0x00, 0x00, 0x00, 0x04, // padding
+    ];
+
+    #[test]
+    fn fields() {
+        let p = Packet::new_checked(&PKT[..]).unwrap();
+        assert_eq!(p.version(), 2);
+        assert!(p.has_padding() && p.has_extension() && p.marker());
+        assert_eq!(p.csrc_count(), 1);
+        assert_eq!(p.payload_type(), 96);
+        assert_eq!(p.sequence_number(), 0x1234);
+        assert_eq!(p.timestamp(), 0xDEAD_BEEF);
+        assert_eq!(p.ssrc(), Ssrc(0x0102_0304));
+        assert_eq!(p.csrc(0), Some(Ssrc(0x0A0B_0C0D)));
+        assert_eq!(p.csrc(1), None);
+        assert_eq!(p.csrcs().count(), 1);
+        assert_eq!(p.extension_profile(), Some(ONE_BYTE_PROFILE));
+        assert_eq!(p.extension_form(), Some(ExtensionForm::OneByte));
+        assert_eq!(p.header_len(), 28);
+        assert_eq!(p.padding_len(), 4);
+        assert_eq!(p.payload(), &[0xFF; 4]);
+        let exts: Vec<_> = p.extensions().collect();
+        assert_eq!(
+            exts,
+            [
+                Ok(Extension {
+                    id: 1,
+                    data: &[0xAA]
+                }),
+                Ok(Extension {
+                    id: 3,
+                    data: &[1, 2, 3]
+                })
+            ]
+        );
+        assert_eq!(p.find_extension(3), Some(&[1u8, 2, 3][..]));
+        assert_eq!(p.find_extension(2), None);
+        assert_eq!(p.into_inner(), &PKT[..]);
+    }
+
+    #[test]
+    fn extension_values() {
+        assert_eq!(
+            ext::audio_level(&[0x85]),
+            Some(ext::AudioLevel {
+                voice: true,
+                level: 5
+            })
+        );
+        assert_eq!(
+            ext::audio_level(&[0x7F, 0]),
+            Some(ext::AudioLevel {
+                voice: false,
+                level: 127
+            })
+        );
+        assert_eq!(ext::audio_level(&[]), None);
+        assert_eq!(ext::abs_send_time(&[1, 2, 3]), Some(0x010203));
+        assert_eq!(ext::abs_send_time(&[1, 2]), None);
+        assert_eq!(ext::transport_sequence_number(&[0xFF, 0xFE]), Some(0xFFFE));
+        assert_eq!(ext::transport_sequence_number(&[1, 2, 3]), None);
+        assert_eq!(ext::rid(b"hi"), Some(&b"hi"[..]));
+        assert_eq!(ext::rid(b"h-_i"), Some(&b"h-_i"[..]));
+        assert_eq!(ext::rid(b"h i"), None);
+        assert_eq!(ext::rid(b""), None);
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        for n in 0..PKT.len() {
+            assert!(Packet::new_checked(&PKT[..n]).is_err(), "len {n}");
+        }
+    }
+
+    #[test]
+    fn header_errors() {
+        let mut b = PKT;
+        b[0] = (b[0] & 0x3F) | 0x40;
+        assert_eq!(Packet::new_checked(&b[..]), Err(WireError::BadVersion));
+        let mut b = PKT;
+        b[35] = 0;
+        assert_eq!(Packet::new_checked(&b[..]), Err(WireError::BadPadding));
+        let mut b = PKT;
+        b[35] = 9; // would eat into the extension block
+        assert_eq!(Packet::new_checked(&b[..]), Err(WireError::BadPadding));
+        let mut b = PKT;
+        b[35] = 8; // exactly the payload and padding: empty payload is fine
+        assert_eq!(Packet::new_checked(&b[..]).unwrap().payload(), &[] as &[u8]);
+        let mut b = PKT;
+        b[19] = 5; // extension block longer than the packet
+        assert_eq!(Packet::new_checked(&b[..]), Err(WireError::Truncated));
+        // Minimal packet: header only, no payload.
+        let p = Packet::new_checked(&PKT[..12].iter().map(|_| 0x80).collect::<Vec<_>>()[..])
+            .map(|p| p.payload().len());
+        assert_eq!(p, Ok(0));
+    }
+
+    #[test]
+    fn two_byte_form() {
+        let b = [
+            0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, // X=1
+            0x10, 0x00, 0x00, 0x03, // two-byte form, 3 words
+            0x05, 0x00, // id 5, empty
+            0x00, // padding
+            0x20, 0x03, 7, 8, 9, // id 32, 3 bytes
+            0x0E, 0x02, 1, 2,    // id 14, 2 bytes
+            0x42, // payload
+        ];
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.extension_form(), Some(ExtensionForm::TwoByte));
+        let exts: Vec<_> = p
+            .extensions()
+            .map(Result::unwrap)
+            .map(|e| (e.id, e.data))
+            .collect();
+        assert_eq!(
+            exts,
+            [(5, &[][..]), (32, &[7, 8, 9][..]), (14, &[1, 2][..])]
+        );
+        assert_eq!(p.payload(), &[0x42]);
+
+        let mut m = b;
+        let mut map = ExtensionIdMap::new();
+        map.set(5, 7).unwrap();
+        map.set(14, 1).unwrap();
+        let mut p = Packet::new_checked(&mut m[..]).unwrap();
+        p.remap_extensions(&map).unwrap();
+        let exts: Vec<_> = p
+            .extensions()
+            .map(Result::unwrap)
+            .map(|e| (e.id, e.data))
+            .collect();
+        assert_eq!(exts, [(7, &[][..]), (1, &[1, 2][..])]);
+        assert_eq!(&m[16..28], &[7, 0, 0, 0, 0, 0, 0, 0, 1, 2, 1, 2]);
+        assert_eq!(m[28], 0x42);
+    }
+
+    #[test]
+    fn malformed_extensions_are_reported_not_trusted() {
+        // One-byte element claiming 5 bytes when 4 remain in the block.
+        let mut b = PKT;
+        b[23] = 0x34;
+        let p = Packet::new_checked(&b[..]).unwrap();
+        let exts: Vec<_> = p.extensions().collect();
+        assert_eq!(
+            exts,
+            [
+                Ok(Extension {
+                    id: 1,
+                    data: &[0xAA]
+                }),
+                Err(WireError::BadExtension)
+            ]
+        );
+        assert_eq!(p.find_extension(1), Some(&[0xAA][..]));
+        assert_eq!(p.find_extension(3), None);
+        // Remap refuses and leaves the packet as it was.
+        let mut m = b;
+        let mut q = Packet::new_checked(&mut m[..]).unwrap();
+        assert_eq!(
+            q.remap_extensions(&ExtensionIdMap::new()),
+            Err(WireError::BadExtension)
+        );
+        assert_eq!(m, b);
+        // ID 15 ends processing without an error.
+        let mut b = PKT;
+        b[23] = 0xF2;
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.extensions().count(), 1);
+        // Two-byte form: an element header cut in half at the end of the block.
+        let b = [
+            0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0x10, 0x00, 0, 1, 0, 0, 0, 0x05,
+        ];
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(
+            p.extensions().collect::<Vec<_>>(),
+            [Err(WireError::BadExtension)]
+        );
+        // Unknown profile: opaque block, no elements.
+        let mut b = PKT;
+        b[16] = 0x12;
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.extension_form(), None);
+        assert_eq!(p.extensions().count(), 0);
+        assert_eq!(p.extension_data().map(<[u8]>::len), Some(8));
+    }
+
+    #[test]
+    fn remap_drops_in_place_without_moving_payload() {
+        let mut b = PKT;
+        let mut map = ExtensionIdMap::new();
+        map.set(1, 9).unwrap();
+        let mut p = Packet::new_checked(&mut b[..]).unwrap();
+        p.remap_extensions(&map).unwrap();
+        assert_eq!(p.header_len(), 28);
+        assert_eq!(p.payload(), &[0xFF; 4]);
+        let exts: Vec<_> = p.extensions().collect();
+        assert_eq!(
+            exts,
+            [Ok(Extension {
+                id: 9,
+                data: &[0xAA]
+            })]
+        );
+        assert_eq!(&b[20..28], &[0x90, 0xAA, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[..20], &PKT[..20]);
+        assert_eq!(&b[28..], &PKT[28..]);
+        // A no-extension packet is untouched.
+        let mut plain = [0x80u8, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0x42];
+        let mut p = Packet::new_checked(&mut plain[..]).unwrap();
+        assert_eq!(p.remap_extensions(&map), Ok(()));
+        // Map validation.
+        assert_eq!(map.set(0, 1), Err(WireError::OutOfRange));
+        assert_eq!(map.set(15, 1), Err(WireError::OutOfRange));
+        assert_eq!(map.set(1, 15), Err(WireError::OutOfRange));
+        assert_eq!(map.get(200), 0);
+    }
+
+    #[test]
+    fn setters() {
+        let mut b = PKT;
+        let mut p = Packet::new_checked(&mut b[..]).unwrap();
+        p.set_ssrc(Ssrc(0xCAFE_F00D));
+        p.set_sequence_number(0xFFFF);
+        p.set_timestamp(7);
+        p.set_payload_type(0xFF);
+        assert!(p.marker());
+        assert_eq!(p.payload_type(), 0x7F);
+        p.set_payload_type(111);
+        p.set_marker(false);
+        p.find_extension_mut(3).unwrap().copy_from_slice(&[4, 5, 6]);
+        p.payload_mut()[0] = 0x11;
+        assert_eq!(p.find_extension_mut(4), None);
+        let b = p.into_inner();
+        let o = rtp_types::RtpPacket::parse(&b[..]).unwrap();
+        assert_eq!(o.ssrc(), 0xCAFE_F00D);
+        assert_eq!(o.sequence_number(), 0xFFFF);
+        assert_eq!(o.timestamp(), 7);
+        assert_eq!(o.payload_type(), 111);
+        assert!(!o.marker_bit());
+        assert_eq!(o.payload(), &[0x11, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(&o.extension().unwrap().1[4..7], &[4, 5, 6]);
+        assert_eq!(o.padding(), Some(4));
+    }
+
+    fn random_packet(rng: &mut impl Rng, out: &mut Vec<u8>) {
+        out.clear();
+        let version = if rng.random_ratio(9, 10) {
+            2
+        } else {
+            rng.random_range(0..4)
+        };
+        let padding = rng.random_bool(0.3);
+        let ext = rng.random_bool(0.5);
+        let cc = if rng.random_bool(0.7) {
+            rng.random_range(0..3)
+        } else {
+            rng.random_range(0..16)
+        };
+        out.push((version << 6) | (u8::from(padding) << 5) | (u8::from(ext) << 4) | cc);
+        out.push(rng.random());
+        for _ in 0..10 {
+            out.push(rng.random());
+        }
+        for _ in 0..(4 * usize::from(cc)) {
+            out.push(rng.random());
+        }
+        if ext {
+            let profile: u16 = match rng.random_range(0..3) {
+                0 => ONE_BYTE_PROFILE,
+                1 => TWO_BYTE_PROFILE | rng.random_range(0..16),
+                _ => rng.random(),
+            };
+            let words: u16 = rng.random_range(0..5);
+            out.extend_from_slice(&profile.to_be_bytes());
+            out.extend_from_slice(&words.to_be_bytes());
+            for _ in 0..(4 * words) {
+                // Bias towards small values so element lengths are often plausible.
+                let b = if rng.random_bool(0.5) {
+                    rng.random_range(0..0x40)
+                } else {
+                    rng.random()
+                };
+                out.push(b);
+            }
+        }
+        for _ in 0..rng.random_range(0..24) {
+            out.push(rng.random());
+        }
+        if padding {
+            let n = rng.random_range(0..8u8);
+            for _ in 1..n {
+                out.push(0);
+            }
+            out.push(if rng.random_bool(0.9) {
+                n
+            } else {
+                rng.random()
+            });
+        }
+        if rng.random_bool(0.2) {
+            let i = rng.random_range(0..out.len());
+            out[i] = rng.random();
+        }
+        if rng.random_bool(0.2) {
+            let n = rng.random_range(0..=out.len());
+            out.truncate(n);
+        }
+    }
+
+    /// Differential test against `rtp-types`: the acceptance rules coincide (length, version,
+    /// CSRC list, extension block, padding count), so both must accept and reject the same
+    /// buffers and agree on every field.
+    #[test]
+    fn differential_vs_rtp_types() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3550);
+        let mut buf = Vec::with_capacity(256);
+        let (mut accepted, mut rejected) = (0, 0);
+        for _ in 0..100_000 {
+            random_packet(&mut rng, &mut buf);
+            let ours = Packet::new_checked(&buf[..]);
+            let theirs = rtp_types::RtpPacket::parse(&buf[..]);
+            let (p, o) = match (ours, theirs) {
+                (Ok(p), Ok(o)) => (p, o),
+                (Err(_), Err(_)) => {
+                    rejected += 1;
+                    continue;
+                }
+                (ours, theirs) => panic!("disagree on {buf:02x?}: {ours:?} vs {theirs:?}"),
+            };
+            accepted += 1;
+            assert_eq!(p.version(), o.version());
+            assert_eq!(p.has_padding(), o.padding_bit());
+            assert_eq!(p.has_extension(), o.extension_bit());
+            assert_eq!(p.csrc_count(), o.n_csrcs());
+            assert_eq!(p.marker(), o.marker_bit());
+            assert_eq!(p.payload_type(), o.payload_type());
+            assert_eq!(p.sequence_number(), o.sequence_number());
+            assert_eq!(p.timestamp(), o.timestamp());
+            assert_eq!(p.ssrc().0, o.ssrc());
+            assert!(p.csrcs().map(|s| s.0).eq(o.csrc()));
+            assert_eq!(
+                p.extension_profile().zip(p.extension_data()),
+                o.extension(),
+                "{buf:02x?}"
+            );
+            assert_eq!(p.header_len(), o.payload_offset());
+            assert_eq!(p.padding_len(), usize::from(o.padding().unwrap_or(0)));
+            assert_eq!(p.payload(), o.payload());
+            // The element walk and the rewrite must not panic on anything that parses.
+            for e in p.extensions().flatten() {
+                assert!(e.id != 0);
+            }
+            let mut copy = buf.clone();
+            let mut m = Packet::new_checked(&mut copy[..]).unwrap();
+            let mut map = ExtensionIdMap::new();
+            map.set(1, 2).unwrap();
+            let remapped = m.remap_extensions(&map);
+            assert_eq!(m.payload(), o.payload());
+            let (ssrc, seq, ts, pt, marker) = (
+                rng.random(),
+                rng.random(),
+                rng.random(),
+                rng.random_range(0..128),
+                rng.random(),
+            );
+            m.set_ssrc(Ssrc(ssrc));
+            m.set_sequence_number(seq);
+            m.set_timestamp(ts);
+            m.set_payload_type(pt);
+            m.set_marker(marker);
+            let o2 = rtp_types::RtpPacket::parse(&copy[..]).unwrap();
+            assert_eq!(
+                (o2.ssrc(), o2.sequence_number(), o2.timestamp()),
+                (ssrc, seq, ts)
+            );
+            assert_eq!((o2.payload_type(), o2.marker_bit()), (pt, marker));
+            assert_eq!(o2.payload(), o.payload());
+            assert_eq!(o2.padding(), o.padding());
+            let m = Packet::new_checked(&copy[..]).unwrap();
+            if remapped.is_ok() {
+                assert!(m.extensions().all(|e| e.is_ok_and(|e| e.id == 2)));
+            }
+        }
+        assert!(
+            accepted > 20_000 && rejected > 10_000,
+            "{accepted} accepted, {rejected} rejected"
+        );
     }
 }

@@ -66,7 +66,7 @@ impl<T: AsRef<[u8]>> Message<T> {
             return Err(WireError::BadMagic);
         }
         let len = usize::from(be16(buf, 2));
-        if len % 4 != 0 {
+        if !len.is_multiple_of(4) {
             return Err(WireError::BadLength);
         }
         if buf.len() < HEADER_LEN + len {
@@ -130,7 +130,11 @@ impl<T: AsRef<[u8]>> Message<T> {
 
     /// The attributes in order; yields one `Err(Truncated)` and stops if one overruns the message.
     pub fn attributes(&self) -> Attributes<'_> {
-        Attributes { msg: &self.buf()[..self.total_len()], pos: HEADER_LEN, done: false }
+        Attributes {
+            msg: &self.buf()[..self.total_len()],
+            pos: HEADER_LEN,
+            done: false,
+        }
     }
 
     /// The value of the first attribute of type `kind`.
@@ -171,7 +175,10 @@ impl<'a> Iterator for Attributes<'a> {
         }
         let offset = self.pos;
         // `pos` and the message end are multiples of 4, so a 4-byte header always fits here.
-        let (kind, len) = (be16(self.msg, offset), usize::from(be16(self.msg, offset + 2)));
+        let (kind, len) = (
+            be16(self.msg, offset),
+            usize::from(be16(self.msg, offset + 2)),
+        );
         let start = offset + 4;
         let Some(value) = self.msg.get(start..start + len) else {
             self.done = true;
@@ -179,7 +186,11 @@ impl<'a> Iterator for Attributes<'a> {
         };
         // §15: values are padded to a 4-byte boundary; the padding is not counted in `len`.
         self.pos = start + len.next_multiple_of(4);
-        Some(Ok(Attribute { kind, value, offset }))
+        Some(Ok(Attribute {
+            kind,
+            value,
+            offset,
+        }))
     }
 }
 
@@ -208,12 +219,21 @@ mod tests {
         assert_eq!(m.message_len(), 0x58);
         assert_eq!(m.magic_cookie(), MAGIC_COOKIE);
         assert_eq!(m.transaction_id()[0], 0xb7);
-        let kinds: Vec<(u16, usize, usize)> =
-            m.attributes().map(|a| a.unwrap()).map(|a| (a.kind, a.value.len(), a.offset)).collect();
+        let kinds: Vec<(u16, usize, usize)> = m
+            .attributes()
+            .map(|a| a.unwrap())
+            .map(|a| (a.kind, a.value.len(), a.offset))
+            .collect();
         assert_eq!(
             kinds,
-            [(0x8022, 16, 20), (0x0024, 4, 40), (0x8029, 8, 48), (0x0006, 9, 60), (0x0008, 20, 76),
-             (0x8028, 4, 100)]
+            [
+                (0x8022, 16, 20),
+                (0x0024, 4, 40),
+                (0x8029, 8, 48),
+                (0x0006, 9, 60),
+                (0x0008, 20, 76),
+                (0x8028, 4, 100)
+            ]
         );
         assert_eq!(m.find_attribute(0x0006), Some(&b"evtj:h6vY"[..]));
         assert_eq!(m.find_attribute(0x0020), None);
@@ -241,7 +261,10 @@ mod tests {
     #[test]
     fn every_truncation_is_refused() {
         for n in 0..RFC5769_REQUEST.len() {
-            assert!(Message::new_checked(&RFC5769_REQUEST[..n]).is_err(), "len {n}");
+            assert!(
+                Message::new_checked(&RFC5769_REQUEST[..n]).is_err(),
+                "len {n}"
+            );
         }
     }
 
