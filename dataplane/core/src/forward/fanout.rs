@@ -20,6 +20,10 @@ pub(super) struct Ctx<'a> {
     pub out: &'a mut OutBatch,
     pub stats: &'a mut CoreStats,
     pub events: &'a mut VecDeque<Event>,
+    pub shard: super::Shard,
+    /// Where feedback for tracks of other cores goes; `None` when handling a handoff (it was
+    /// routed here because this core owns the track).
+    pub handoffs: Option<&'a mut VecDeque<super::Handoff>>,
 }
 
 /// A publisher RTP packet, decrypted in `plain`, arriving on `ssrc` (layer `layer` of `track`).

@@ -100,6 +100,62 @@ pub enum Event {
 pub struct CoreConfig {
     /// Table settings (replay window, retransmission cache).
     pub tables: TableConfig,
+    /// Which shard of the dataplane this core is.
+    pub shard: Shard,
+}
+
+/// A core's place among the dataplane's workers. Every worker holds the whole table, but a leg
+/// (its receive path, and the fan-out state of the tracks it publishes) belongs to exactly one
+/// worker: `local_port % count`. Feedback about a track that arrives at another worker (a
+/// subscriber's NACK on the subscriber's port) is handed over with [`Core::poll_handoff`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This core's index.
+    pub index: u16,
+    /// How many cores there are (at least 1).
+    pub count: u16,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// The worker that owns the leg on `port`.
+    pub fn owner(&self, port: u16) -> u16 {
+        port % self.count.max(1)
+    }
+
+    /// Whether this core owns the leg on `port`.
+    pub fn owns(&self, port: u16) -> bool {
+        self.owner(port) == self.index
+    }
+}
+
+/// The most RTCP bytes one handoff carries (one RTCP packet of a compound).
+pub const MAX_HANDOFF: usize = 1200;
+/// How many handoffs wait before the oldest is dropped (the worker drains them every batch).
+const HANDOFF_QUEUE: usize = 64;
+
+/// Decrypted feedback for a track owned by another core: give it to core `to` with
+/// [`Core::handle_feedback`].
+#[derive(Clone, Debug)]
+pub struct Handoff {
+    /// The core that owns the track.
+    pub to: u16,
+    /// The leg the feedback came from.
+    pub leg: LegId,
+    len: u16,
+    bytes: [u8; MAX_HANDOFF],
+}
+
+impl Handoff {
+    /// The decrypted RTCP packet.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// One worker's forwarding core.
@@ -108,6 +164,21 @@ pub struct Core {
     tables: Tables,
     stats: CoreStats,
     events: VecDeque<Event>,
+    shard: Shard,
+    handoffs: VecDeque<Handoff>,
+}
+
+fn push_handoff(handoffs: &mut VecDeque<Handoff>, to: u16, leg: LegId, bytes: &[u8]) -> bool {
+    if bytes.len() > MAX_HANDOFF {
+        return false;
+    }
+    if handoffs.len() >= HANDOFF_QUEUE {
+        handoffs.pop_front();
+    }
+    let mut h = Handoff { to, leg, len: bytes.len() as u16, bytes: [0; MAX_HANDOFF] };
+    h.bytes[..bytes.len()].copy_from_slice(bytes);
+    handoffs.push_back(h);
+    true
 }
 
 fn push_event(events: &mut VecDeque<Event>, e: Event) {
@@ -129,7 +200,13 @@ fn srtp_verdict(e: SrtpError) -> DropReason {
 impl Core {
     /// A core with empty tables.
     pub fn new(config: CoreConfig) -> Self {
-        Self { tables: Tables::new(config.tables), stats: CoreStats::default(), events: VecDeque::with_capacity(EVENT_QUEUE) }
+        Self {
+            tables: Tables::new(config.tables),
+            stats: CoreStats::default(),
+            events: VecDeque::with_capacity(EVENT_QUEUE),
+            shard: config.shard,
+            handoffs: VecDeque::with_capacity(HANDOFF_QUEUE),
+        }
     }
 
     /// The tables (read-only; change them with [`Core::apply`]).
@@ -147,6 +224,31 @@ impl Core {
         let g = self.tables.apply(delta)?;
         self.stats.deltas_applied += 1;
         Ok(g)
+    }
+
+    /// The next feedback to hand to another core, if any.
+    pub fn poll_handoff(&mut self) -> Option<Handoff> {
+        self.handoffs.pop_front()
+    }
+
+    /// Feedback another core decrypted for a track this core owns.
+    pub fn handle_feedback(&mut self, now: Instant, handoff: &Handoff, out: &mut OutBatch) {
+        let mut ctx = fanout::Ctx {
+            now,
+            out,
+            stats: &mut self.stats,
+            events: &mut self.events,
+            shard: self.shard,
+            handoffs: None,
+        };
+        let _ = rtcp::compound(&mut ctx, &mut self.tables, handoff.leg, handoff.bytes());
+    }
+
+    /// Sets a leg's remote address (learned by another core, or by the slow path).
+    pub fn set_remote(&mut self, leg: LegId, remote: SocketAddr) {
+        if let Some(l) = self.tables.leg_mut(leg) {
+            l.remote = Some(remote);
+        }
     }
 
     /// The next event, if any.
@@ -229,7 +331,7 @@ impl Core {
         let Some((track, legs)) = self.tables.track_and_legs_mut(track_id) else {
             return Err(DropReason::UnknownSsrc);
         };
-        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events };
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None };
         let plain = &mut buf[..plain_len];
         fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain)
     }
@@ -290,7 +392,14 @@ impl Core {
         let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
         leg.store_rtcp_recv(sender, state);
         self.latch(leg_id, remote);
-        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events };
+        let mut ctx = fanout::Ctx {
+            now,
+            out,
+            stats: &mut self.stats,
+            events: &mut self.events,
+            shard: self.shard,
+            handoffs: Some(&mut self.handoffs),
+        };
         rtcp::compound(&mut ctx, &mut self.tables, leg_id, &buf[..plain_len])
     }
 }

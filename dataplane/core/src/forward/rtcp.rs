@@ -28,12 +28,19 @@ const MAX_UPSTREAM_NACK: usize = 64;
 pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, plain: &[u8]) -> Result<(), DropReason> {
     let before = ctx.out.len();
     let mut malformed = false;
+    let mut handed = false;
     for pkt in rtcp::compound(plain) {
         let Ok(pkt) = pkt else {
             malformed = true;
             break;
         };
         let bytes = pkt.as_bytes();
+        if let Some(owner) = foreign_owner(ctx, tables, leg_id, &pkt) {
+            if let Some(h) = ctx.handoffs.as_deref_mut() {
+                handed |= super::push_handoff(h, owner, leg_id, bytes);
+            }
+            continue;
+        }
         match pkt.kind() {
             Kind::SenderReport => {
                 if let Ok(sr) = rtcp::SenderReport::new_checked(bytes) {
@@ -72,13 +79,36 @@ pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, pl
             _ => {}
         }
     }
-    if ctx.out.len() > before {
+    if ctx.out.len() > before || handed {
         Ok(())
     } else if malformed {
         Err(DropReason::Malformed)
     } else {
         Err(DropReason::RtcpConsumed)
     }
+}
+
+/// The core that owns the track this feedback packet is about, when that is not this core
+/// (and this core may hand it over). Receiver reports go to the owner of their first block's
+/// track; the owner handles the blocks it owns.
+fn foreign_owner(ctx: &Ctx<'_>, tables: &Tables, leg_id: LegId, pkt: &rtcp::Packet<&[u8]>) -> Option<u16> {
+    if ctx.handoffs.is_none() || ctx.shard.count <= 1 {
+        return None;
+    }
+    let bytes = pkt.as_bytes();
+    let media: Ssrc = match pkt.kind() {
+        Kind::Nack | Kind::Pli | Kind::Fir | Kind::ReceiverReport => {
+            // NACK/PLI carry the media SSRC at 8..12; FIR its first entry at 12..16; RR its
+            // first report block's SSRC at 8..12.
+            let at = if pkt.kind() == Kind::Fir { 12 } else { 8 };
+            Ssrc(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+        }
+        _ => return None,
+    };
+    let (track_id, _) = subscription_of(tables, leg_id, media)?;
+    let publisher = tables.track(track_id)?.spec.publisher;
+    let port = tables.leg(publisher)?.spec.local_port;
+    (!ctx.shard.owns(port)).then(|| ctx.shard.owner(port))
 }
 
 /// The subscription of `leg_id` that receives `out_ssrc`, as (track, index in `track.subs`).

@@ -467,3 +467,59 @@ fn unsignalled_layer_is_learned_from_its_rid_only_when_it_authenticates() {
     let wire = m.peers[0].send_rtp(&rtp_packet(0x5555, 2, 9000, 96, &VP8_CONT));
     assert_eq!(m.deliver(0, &wire, ms(3)).len(), 1);
 }
+
+#[test]
+fn feedback_for_a_track_of_another_core_is_handed_over_and_answered_there() {
+    // Two shards share the tables; the publisher's port (20001) belongs to shard 1, the
+    // subscriber's (20002) to shard 0.
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let mut cores: Vec<Core> = (0..2u16)
+        .map(|index| {
+            let mut c = Core::new(CoreConfig { shard: Shard { index, count: 2 }, ..CoreConfig::default() });
+            c.apply(m.core.tables().snapshot()).unwrap();
+            c
+        })
+        .collect();
+    let (publ, subr) = (0usize, 1usize);
+    for (i, c) in [(publ, 1usize), (subr, 0usize)] {
+        // Each participant's first packet reaches the core that owns its port, which latches its
+        // address; the worker glue tells the other core.
+        let mut rr = [0u8; 8];
+        let n = rtcp::write_rr(&mut rr, Ssrc(m.peers[i].leg.0), &[]).unwrap();
+        let mut wire = m.peers[i].send_rtcp(&rr[..n]);
+        let mut out = OutBatch::new(8);
+        cores[c].handle_rx(ms(0), m.peers[i].port, m.peers[i].addr, &mut wire, &mut out);
+        let latched = std::iter::from_fn(|| cores[c].poll_event()).find_map(|e| match e {
+            Event::RemoteLatched { leg, remote } => Some((leg, remote)),
+            _ => None,
+        });
+        let (leg, remote) = latched.expect("latched");
+        cores[1 - c].set_remote(leg, remote);
+    }
+    // Media on shard 1.
+    let mut out = OutBatch::new(64);
+    for k in 0..3u16 {
+        let payload: &[u8] = if k == 0 { &VP8_KEY } else { &VP8_CONT };
+        let mut wire = m.peers[publ].send_rtp(&rtp_packet(0x100, 50 + k, 0, 96, payload));
+        cores[1].handle_rx(ms(1), m.peers[publ].port, m.peers[publ].addr, &mut wire, &mut out);
+    }
+    assert_eq!(out.len(), 3);
+    // The subscriber's NACK reaches shard 0, which hands it to shard 1.
+    let mut buf = [0u8; 32];
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &[rtcp::NackItem { pid: 51, blp: 0 }]).unwrap();
+    let mut wire = m.peers[subr].send_rtcp(&buf[..n]);
+    let mut out0 = OutBatch::new(8);
+    cores[0].handle_rx(ms(5), m.peers[subr].port, m.peers[subr].addr, &mut wire, &mut out0);
+    assert!(out0.is_empty(), "shard 0 has no cache for this track");
+    let h = cores[0].poll_handoff().expect("handed over");
+    assert_eq!((h.to, h.leg), (1, LegId(2)));
+    let mut out1 = OutBatch::new(8);
+    cores[1].handle_feedback(ms(5), &h, &mut out1);
+    assert_eq!(out1.len(), 1, "answered from shard 1's cache");
+    let (meta, bytes) = out1.get(0).unwrap();
+    assert_eq!(meta.leg, LegId(2));
+    let plain = m.peers[subr].recv(bytes);
+    let pkt = rtp::Packet::new_checked(&plain[..]).unwrap();
+    assert_eq!((pkt.ssrc(), &pkt.payload()[..2]), (Ssrc(0x2002), &51u16.to_be_bytes()[..]));
+}
