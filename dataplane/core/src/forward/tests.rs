@@ -424,11 +424,22 @@ fn nack_is_answered_from_the_cache_as_rtx_and_the_rest_is_asked_upstream() {
     let items = [rtcp::NackItem { pid: 105, blp: 0 }];
     let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &items).unwrap();
     let wire = m.peers[1].send_rtcp(&buf[..n]);
-    let got = m.deliver(1, &wire, ms(11));
-    assert!(got.is_empty(), "105 was never sent to the subscriber: nothing to map");
-    // SeqNo mapping back for something before the segment start is refused too.
+    assert!(m.deliver(1, &wire, ms(11)).is_empty(), "105 was never sent to the subscriber: nothing to map");
     assert_eq!(m.core.stats().nack_forwarded, 0);
-    let _ = SeqNo(0);
+    // 106 is lost on the way to the SFU, 107 arrives: the subscriber NACKs 106, the cache cannot
+    // answer, so the SFU NACKs the publisher for 106 in the publisher's own sequence space.
+    let _lost = m.peers[0].send_rtp(&rtp_packet(0x100, 106, 6000, 96, &VP8_CONT));
+    let wire = m.peers[0].send_rtp(&rtp_packet(0x100, 107, 6000, 96, &VP8_CONT));
+    assert_eq!(m.deliver(0, &wire, ms(12)).len(), 1);
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &[rtcp::NackItem { pid: 106, blp: 0 }]).unwrap();
+    let wire = m.peers[1].send_rtcp(&buf[..n]);
+    let got = m.deliver(1, &wire, ms(13));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 0, "to the publisher");
+    let nack = rtcp::Nack::new_checked(&got[0].1[..]).expect("a NACK");
+    assert_eq!(nack.media_ssrc(), Ssrc(0x100));
+    assert_eq!(nack.sequence_numbers().collect::<Vec<_>>(), vec![106]);
+    assert_eq!(m.core.stats().nack_forwarded, 1);
 }
 
 #[test]
