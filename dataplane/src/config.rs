@@ -1,0 +1,204 @@
+//! The dataplane's configuration: one TOML file, CLI overrides on top, validated as a whole before
+//! anything starts, so a bad setting refuses to start with a message that names it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Which batched UDP backend the workers use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The measured default; falls back to `mmsg` with a logged reason if io_uring is unavailable.
+    #[default]
+    Auto,
+    /// io_uring: multishot recvmsg with a provided-buffer ring, batched sendmsg.
+    Uring,
+    /// recvmmsg/sendmmsg on mio readiness: the portable fallback.
+    Mmsg,
+}
+
+/// The whole configuration (the `[dataplane]` table of the TOML file).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the media sockets bind to.
+    pub listen_ip: IpAddr,
+    /// Number of workers; each is pinned to one core.
+    pub workers: usize,
+    /// The cores to pin the workers to (default: 0..workers).
+    pub cores: Option<Vec<usize>>,
+    /// The I/O backend.
+    pub backend: BackendChoice,
+    /// Datagrams a worker takes per receive batch.
+    pub batch: usize,
+    /// Unix socket of the control endpoint.
+    pub control_socket: PathBuf,
+    /// Address of the Prometheus endpoint (`/metrics`); empty to disable.
+    pub metrics: Option<SocketAddr>,
+    /// SRTP replay window per stream, in packets (128..=1024, a multiple of 64).
+    pub replay_window: u16,
+    /// Packets kept per video layer to answer NACKs.
+    pub rtx_cache_packets: usize,
+    /// Local ports legs may use, inclusive.
+    pub port_range: (u16, u16),
+    /// Use UDP GSO for runs of packets to one destination.
+    pub gso: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen_ip: IpAddr::from([0, 0, 0, 0]),
+            workers: 1,
+            cores: None,
+            backend: BackendChoice::Auto,
+            batch: 64,
+            control_socket: PathBuf::from("/run/sluice/dataplane.sock"),
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9311))),
+            replay_window: 128,
+            rtx_cache_packets: 256,
+            port_range: (20_000, 40_000),
+            gso: true,
+        }
+    }
+}
+
+/// The file's shape: everything under `[dataplane]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    dataplane: Config,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting `{key}`: {why}")]
+    Invalid {
+        /// The setting, as written in the file.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        why: String,
+    },
+}
+
+impl Config {
+    /// Reads `path` (a missing `[dataplane]` table means all defaults).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
+            other => other,
+        })
+    }
+
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let f: File = toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        Ok(f.dataplane)
+    }
+
+    /// The cores the workers are pinned to, in worker order.
+    pub fn worker_cores(&self) -> Vec<usize> {
+        self.cores.clone().unwrap_or_else(|| (0..self.workers).collect())
+    }
+
+    /// Checks every setting against the machine (`available_cores` is the number of cores the
+    /// process may run on).
+    pub fn validate(&self, available_cores: usize) -> Result<(), ConfigError> {
+        let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
+        if self.workers == 0 || self.workers > 256 {
+            return invalid("workers", format!("{} is not in 1..=256", self.workers));
+        }
+        if let Some(cores) = &self.cores {
+            if cores.len() != self.workers {
+                return invalid("cores", format!("lists {} cores for {} workers", cores.len(), self.workers));
+            }
+            if let Some(c) = cores.iter().find(|&&c| c >= available_cores) {
+                return invalid("cores", format!("core {c} does not exist (this machine has {available_cores})"));
+            }
+            let mut sorted = cores.clone();
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|w| w[0] == w[1]) {
+                return invalid("cores", "a core is listed twice".into());
+            }
+        } else if self.workers > available_cores {
+            return invalid("workers", format!("{} workers but only {available_cores} cores", self.workers));
+        }
+        if self.batch == 0 || self.batch > 1024 {
+            return invalid("batch", format!("{} is not in 1..=1024", self.batch));
+        }
+        if !(128..=1024).contains(&self.replay_window) || self.replay_window % 64 != 0 {
+            return invalid("replay_window", format!("{} is not a multiple of 64 in 128..=1024", self.replay_window));
+        }
+        if self.rtx_cache_packets > 8192 {
+            return invalid("rtx_cache_packets", format!("{} is over 8192", self.rtx_cache_packets));
+        }
+        let (lo, hi) = self.port_range;
+        if lo == 0 || lo > hi {
+            return invalid("port_range", format!("[{lo}, {hi}] is not a non-empty range of non-zero ports"));
+        }
+        if let Some(dir) = self.control_socket.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.is_dir()
+        {
+            return invalid("control_socket", format!("directory {} does not exist", dir.display()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c, Config::default());
+        let c = Config::from_toml("[dataplane]\nworkers = 2\nbackend = \"mmsg\"\ncontrol_socket = \"/tmp/x.sock\"\n").unwrap();
+        assert_eq!((c.workers, c.backend), (2, BackendChoice::Mmsg));
+        c.validate(2).unwrap();
+        assert_eq!(c.worker_cores(), vec![0, 1]);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_name() {
+        let parse = |s: &str| Config::from_toml(s).unwrap_err().to_string();
+        assert!(parse("[dataplane]\nworkerz = 2\n").contains("workerz"), "unknown key named");
+        assert!(parse("[dataplane]\nbackend = \"dpdk\"\n").contains("dpdk"));
+        let check = |s: &str, cores| {
+            let mut c = Config::from_toml(s).unwrap();
+            c.control_socket = "/tmp/x.sock".into();
+            c.validate(cores).unwrap_err().to_string()
+        };
+        assert!(check("[dataplane]\nworkers = 3\n", 2).contains("`workers`"));
+        assert!(check("[dataplane]\nworkers = 1\ncores = [5]\n", 2).contains("core 5 does not exist"));
+        assert!(check("[dataplane]\nworkers = 2\ncores = [1, 1]\n", 2).contains("twice"));
+        assert!(check("[dataplane]\nreplay_window = 100\n", 2).contains("`replay_window`"));
+        assert!(check("[dataplane]\nport_range = [5000, 4000]\n", 2).contains("`port_range`"));
+        let mut c = Config::default();
+        c.control_socket = "/nonexistent-dir/x.sock".into();
+        assert!(c.validate(2).unwrap_err().to_string().contains("/nonexistent-dir"));
+    }
+}

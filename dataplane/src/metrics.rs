@@ -1,0 +1,158 @@
+//! Prometheus text exposition on a plain HTTP endpoint (`GET /metrics`).
+//!
+//! Workers publish a [`WorkerSnapshot`] between batches (a few times a second, never per
+//! packet); the endpoint renders the latest snapshots. The server is a small blocking thread: it
+//! serves a scrape every few seconds, so it needs no async runtime.
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use sluice_core::stats::CoreStats;
+use sluice_core::verdict::DropReason;
+
+/// What one worker reports.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerSnapshot {
+    /// The worker's index.
+    pub worker: usize,
+    /// The core's counters.
+    pub core: CoreStats,
+    /// The table generation the worker has applied.
+    pub generation: u64,
+    /// I/O counters, by name (`syscalls`, `gso_sends`, ...).
+    pub io: Vec<(&'static str, u64)>,
+    /// Receive batches and the datagrams in them (mean batch size = datagrams / batches).
+    pub batches: u64,
+    /// Datagrams received in those batches.
+    pub batched_datagrams: u64,
+    /// Processing time per datagram, sampled (ns): (quantile, value) pairs.
+    pub latency_ns: Vec<(f64, u64)>,
+    /// Samples behind `latency_ns`.
+    pub latency_samples: u64,
+}
+
+/// The latest snapshot of every worker.
+pub type Snapshots = Arc<Mutex<Vec<WorkerSnapshot>>>;
+
+/// Renders the snapshots as Prometheus text.
+pub fn render(workers: &[WorkerSnapshot]) -> String {
+    let mut s = String::with_capacity(4096);
+    let counter = |s: &mut String, name: &str, help: &str, value: &dyn Fn(&WorkerSnapshot) -> u64| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        for w in workers {
+            let _ = writeln!(s, "{name}{{worker=\"{}\"}} {}", w.worker, value(w));
+        }
+    };
+    counter(&mut s, "sluice_rx_packets_total", "Datagrams received by the forwarding core.", &|w| w.core.rx_packets);
+    counter(&mut s, "sluice_rx_bytes_total", "Bytes received by the forwarding core.", &|w| w.core.rx_bytes);
+    counter(&mut s, "sluice_tx_packets_total", "Packets emitted by the forwarding core.", &|w| w.core.tx_packets);
+    counter(&mut s, "sluice_tx_bytes_total", "Bytes emitted by the forwarding core.", &|w| w.core.tx_bytes);
+    counter(&mut s, "sluice_nack_answered_total", "NACKed packets answered from the retransmission cache.", &|w| w.core.nack_answered);
+    counter(&mut s, "sluice_nack_forwarded_total", "NACKed packets asked of the publisher.", &|w| w.core.nack_forwarded);
+    counter(&mut s, "sluice_keyframe_requests_total", "Keyframe requests sent to publishers.", &|w| w.core.keyframe_requests);
+    counter(&mut s, "sluice_layer_switches_total", "Simulcast layer switches.", &|w| w.core.layer_switches);
+    counter(&mut s, "sluice_rx_batches_total", "Receive batches.", &|w| w.batches);
+    counter(&mut s, "sluice_rx_batched_datagrams_total", "Datagrams in receive batches.", &|w| w.batched_datagrams);
+    let _ = writeln!(s, "# HELP sluice_drops_total Packets not forwarded, by reason.\n# TYPE sluice_drops_total counter");
+    for w in workers {
+        for r in DropReason::ALL {
+            let _ = writeln!(s, "sluice_drops_total{{worker=\"{}\",reason=\"{}\"}} {}", w.worker, r.name(), w.core.drops_for(r));
+        }
+    }
+    let _ = writeln!(s, "# HELP sluice_srtp_failures_total SRTP/SRTCP authentication and replay failures.\n# TYPE sluice_srtp_failures_total counter");
+    for w in workers {
+        let n = w.core.drops_for(DropReason::AuthFailed) + w.core.drops_for(DropReason::Replayed);
+        let _ = writeln!(s, "sluice_srtp_failures_total{{worker=\"{}\"}} {n}", w.worker);
+    }
+    let _ = writeln!(s, "# HELP sluice_table_generation Table generation applied.\n# TYPE sluice_table_generation gauge");
+    for w in workers {
+        let _ = writeln!(s, "sluice_table_generation{{worker=\"{}\"}} {}", w.worker, w.generation);
+    }
+    let _ = writeln!(s, "# HELP sluice_io_total I/O backend counters.\n# TYPE sluice_io_total counter");
+    for w in workers {
+        for (name, v) in &w.io {
+            let _ = writeln!(s, "sluice_io_total{{worker=\"{}\",counter=\"{name}\"}} {v}", w.worker);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP sluice_processing_latency_ns Time from a datagram's receipt to its outputs being queued (sampled).\n# TYPE sluice_processing_latency_ns summary"
+    );
+    for w in workers {
+        for (q, v) in &w.latency_ns {
+            let _ = writeln!(s, "sluice_processing_latency_ns{{worker=\"{}\",quantile=\"{q}\"}} {v}", w.worker);
+        }
+        let _ = writeln!(s, "sluice_processing_latency_ns_count{{worker=\"{}\"}} {}", w.worker, w.latency_samples);
+    }
+    s
+}
+
+/// Serves `GET /metrics` on `addr` from `snapshots` until the process exits. Returns the bound
+/// address (useful with port 0) and the thread.
+pub fn serve(addr: SocketAddr, snapshots: Snapshots) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    let handle = std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut reader = BufReader::new(&stream);
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // Drain the headers.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let (status, body) = if request_line.starts_with("GET /metrics") {
+                let text = render(&snapshots.lock().map(|g| g.clone()).unwrap_or_default());
+                ("200 OK", text)
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let mut w = &stream;
+            let _ = write!(
+                w,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })?;
+    Ok((bound, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn scrape_over_http() {
+        let mut w = WorkerSnapshot { worker: 1, generation: 7, ..Default::default() };
+        w.core.rx_packets = 42;
+        w.core.drop(DropReason::AuthFailed);
+        w.io = vec![("gso_sends", 3)];
+        w.latency_ns = vec![(0.99, 1234)];
+        let snaps: Snapshots = Arc::new(Mutex::new(vec![w]));
+        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps).unwrap();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        for want in [
+            "sluice_rx_packets_total{worker=\"1\"} 42",
+            "sluice_drops_total{worker=\"1\",reason=\"auth_failed\"} 1",
+            "sluice_srtp_failures_total{worker=\"1\"} 1",
+            "sluice_table_generation{worker=\"1\"} 7",
+            "sluice_io_total{worker=\"1\",counter=\"gso_sends\"} 3",
+            "sluice_processing_latency_ns{worker=\"1\",quantile=\"0.99\"} 1234",
+        ] {
+            assert!(body.contains(want), "missing {want} in\n{body}");
+        }
+    }
+}
