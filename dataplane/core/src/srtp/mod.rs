@@ -154,7 +154,17 @@ pub struct RtpSendState {
     started: bool,
 }
 
+// The forwarding core keeps a whole subscription, SRTP send state included, under 512 bytes.
 const _: () = assert!(size_of::<RtpSendState>() <= 8);
+const _: () = assert!(size_of::<RtcpSendState>() <= 4);
+// The receive side carries the inline 1024-bit bitmap.
+const _: () = assert!(size_of::<RtpRecvState>() <= 160);
+const _: () = assert!(size_of::<RtcpRecvState>() <= 152);
+// Keys may be built off the worker (cold path) and moved to it, or shared read-only.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SrtpKeys<AwsLc>>();
+};
 
 impl RtpSendState {
     /// A fresh stream with ROC 0.

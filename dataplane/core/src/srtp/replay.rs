@@ -150,7 +150,7 @@ mod tests {
             let hi = w.highest().unwrap();
             for back in 0..s {
                 let i = hi - back;
-                let want = if i % 3 == 0 { Err(SrtpError::Replayed) } else { Ok(()) };
+                let want = if i.is_multiple_of(3) { Err(SrtpError::Replayed) } else { Ok(()) };
                 assert_eq!(w.check(i), want, "size {size} index {i}");
             }
             assert_eq!(w.check(hi - s), Err(SrtpError::IndexTooOld));

@@ -380,3 +380,30 @@ fn srtcp_index_exhaustion_and_window() {
     assert_eq!(un(86), Err(SrtpError::IndexTooOld));
     assert_eq!(un(199), Ok(true));
 }
+
+#[test]
+fn random_garbage_is_a_verdict() {
+    use rand::{Rng, RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for profile in ALL {
+        let keys = keys_for(profile);
+        let mut rx = RtpRecvState::default();
+        let mut crx = RtcpRecvState::default();
+        let mut buf = [0u8; 300];
+        for _ in 0..5000 {
+            let len = rng.random_range(0..=buf.len());
+            rng.fill_bytes(&mut buf[..len]);
+            if rng.random_bool(0.7) {
+                buf[0] = buf[0] & 0x3f | 0x80;
+            }
+            assert!(keys.unprotect_rtp(&mut rx, &mut buf, len).is_err());
+            rng.fill_bytes(&mut buf[..len]);
+            assert!(keys.unprotect_rtcp(&mut crx, &mut buf, len).is_err());
+            let plen = rng.random_range(0..=buf.len());
+            let _ = keys.protect_rtp(&mut RtpSendState::new(), &mut buf, plen);
+            let _ = keys.protect_rtcp(&mut RtcpSendState::new(), &mut buf, plen);
+        }
+        assert_eq!(rx.window().highest(), None);
+        assert_eq!(crx.window().highest(), None);
+    }
+}
