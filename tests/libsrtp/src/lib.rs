@@ -81,8 +81,7 @@ mod ffi {
         pub fn srtp_dealloc(session: SrtpT) -> c_int;
         pub fn srtp_protect(ctx: SrtpT, rtp_hdr: *mut c_void, len_ptr: *mut c_int) -> c_int;
         pub fn srtp_unprotect(ctx: SrtpT, srtp_hdr: *mut c_void, len_ptr: *mut c_int) -> c_int;
-        pub fn srtp_protect_rtcp(ctx: SrtpT, rtcp_hdr: *mut c_void, len_ptr: *mut c_int)
-        -> c_int;
+        pub fn srtp_protect_rtcp(ctx: SrtpT, rtcp_hdr: *mut c_void, len_ptr: *mut c_int) -> c_int;
         pub fn srtp_unprotect_rtcp(
             ctx: SrtpT,
             srtcp_hdr: *mut c_void,
@@ -132,7 +131,11 @@ impl std::fmt::Display for LibSrtpError {
 impl std::error::Error for LibSrtpError {}
 
 fn check(status: c_int) -> Result<(), LibSrtpError> {
-    if status == 0 { Ok(()) } else { Err(LibSrtpError(status)) }
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(LibSrtpError(status))
+    }
 }
 
 /// One libsrtp session holding one specific-SSRC stream.
@@ -199,7 +202,10 @@ impl LibSrtp {
         // keep a few spare zero bytes in case a code path reads the 14-byte legacy length.
         master.resize(master.len() + 16, 0);
         let policy = ffi::Policy {
-            ssrc: ffi::Ssrc { kind: ffi::SSRC_SPECIFIC, value: ssrc },
+            ssrc: ffi::Ssrc {
+                kind: ffi::SSRC_SPECIFIC,
+                value: ssrc,
+            },
             rtp,
             rtcp,
             key: master.as_mut_ptr(),
@@ -255,7 +261,11 @@ impl LibSrtp {
         grows: bool,
     ) -> Result<usize, LibSrtpError> {
         // libsrtp writes past `len` on protect without knowing the buffer size.
-        let need = if grows { len + SRTP_MAX_TRAILER_LEN } else { len };
+        let need = if grows {
+            len + SRTP_MAX_TRAILER_LEN
+        } else {
+            len
+        };
         assert!(buf.len() >= need, "buffer too small for libsrtp");
         let mut n = c_int::try_from(len).expect("packet length fits c_int");
         // SAFETY: `self.ctx` is a live session; `buf` is valid for writes of `need` bytes,

@@ -44,6 +44,27 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// The DTLS-SRTP protection profile id (RFC 5764 §4.1.2, RFC 7714 §14.2).
+    pub const fn dtls_id(self) -> u16 {
+        match self {
+            Self::AesCm128HmacSha1_80 => 0x0001,
+            Self::AesCm128HmacSha1_32 => 0x0002,
+            Self::AeadAes128Gcm => 0x0007,
+            Self::AeadAes256Gcm => 0x0008,
+        }
+    }
+
+    /// The profile for a DTLS-SRTP protection profile id, if supported.
+    pub const fn from_dtls_id(id: u16) -> Option<Self> {
+        match id {
+            0x0001 => Some(Self::AesCm128HmacSha1_80),
+            0x0002 => Some(Self::AesCm128HmacSha1_32),
+            0x0007 => Some(Self::AeadAes128Gcm),
+            0x0008 => Some(Self::AeadAes256Gcm),
+            _ => None,
+        }
+    }
+
     /// Master (and session) encryption key length in octets.
     pub const fn key_len(self) -> usize {
         match self {
@@ -154,17 +175,35 @@ pub struct RtpSendState {
     started: bool,
 }
 
+// The forwarding core keeps a whole subscription, SRTP send state included, under 512 bytes.
 const _: () = assert!(size_of::<RtpSendState>() <= 8);
+const _: () = assert!(size_of::<RtcpSendState>() <= 4);
+// The receive side carries the inline 1024-bit bitmap.
+const _: () = assert!(size_of::<RtpRecvState>() <= 160);
+const _: () = assert!(size_of::<RtcpRecvState>() <= 152);
+// Keys may be built off the worker (cold path) and moved to it, or shared read-only.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SrtpKeys<AwsLc>>();
+};
 
 impl RtpSendState {
     /// A fresh stream with ROC 0.
     pub const fn new() -> Self {
-        Self { roc: 0, last_seq: 0, started: false }
+        Self {
+            roc: 0,
+            last_seq: 0,
+            started: false,
+        }
     }
 
     /// A fresh stream starting at rollover counter `roc`.
     pub const fn with_roc(roc: u32) -> Self {
-        Self { roc, last_seq: 0, started: false }
+        Self {
+            roc,
+            last_seq: 0,
+            started: false,
+        }
     }
 
     /// The current rollover counter.
@@ -201,17 +240,25 @@ pub struct RtpRecvState {
 impl RtpRecvState {
     /// A fresh stream with ROC 0 and a window of `window` packets (see [`ReplayWindow::new`]).
     pub const fn new(window: u16) -> Self {
-        Self { window: ReplayWindow::new(window), initial_roc: 0 }
+        Self {
+            window: ReplayWindow::new(window),
+            initial_roc: 0,
+        }
     }
 
     /// A fresh stream whose first packet is taken to be in rollover period `roc`.
     pub const fn with_roc(roc: u32, window: u16) -> Self {
-        Self { window: ReplayWindow::new(window), initial_roc: roc }
+        Self {
+            window: ReplayWindow::new(window),
+            initial_roc: roc,
+        }
     }
 
     /// The rollover counter of the highest authenticated packet.
     pub fn roc(&self) -> u32 {
-        self.window.highest().map_or(self.initial_roc, |i| (i >> 16) as u32)
+        self.window
+            .highest()
+            .map_or(self.initial_roc, |i| (i >> 16) as u32)
     }
 
     /// The replay window.
@@ -249,7 +296,9 @@ impl RtcpSendState {
 
     /// Starts at `index` (masked to 31 bits).
     pub const fn with_next_index(index: u32) -> Self {
-        Self { next: index & SRTCP_INDEX_MASK }
+        Self {
+            next: index & SRTCP_INDEX_MASK,
+        }
     }
 
     /// The index the next packet will carry.
@@ -267,7 +316,9 @@ pub struct RtcpRecvState {
 impl RtcpRecvState {
     /// A window of `window` packets.
     pub const fn new(window: u16) -> Self {
-        Self { window: ReplayWindow::new(window) }
+        Self {
+            window: ReplayWindow::new(window),
+        }
     }
 
     /// The replay window.
@@ -315,7 +366,9 @@ fn estimate_roc(roc: u32, s_l: u16, seq: u16) -> Result<u32, SrtpError> {
 /// ```
 #[inline]
 fn rtp_header_len(pkt: &[u8]) -> Result<usize, SrtpError> {
-    let Some(&b0) = pkt.first() else { return Err(SrtpError::TooShort) };
+    let Some(&b0) = pkt.first() else {
+        return Err(SrtpError::TooShort);
+    };
     if pkt.len() < 12 {
         return Err(SrtpError::TooShort);
     }
@@ -324,10 +377,16 @@ fn rtp_header_len(pkt: &[u8]) -> Result<usize, SrtpError> {
     }
     let mut len = 12 + 4 * usize::from(b0 & 0x0f);
     if b0 & 0x10 != 0 {
-        let Some(ext) = pkt.get(len + 2..len + 4) else { return Err(SrtpError::Malformed) };
+        let Some(ext) = pkt.get(len + 2..len + 4) else {
+            return Err(SrtpError::Malformed);
+        };
         len += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
     }
-    if len > pkt.len() { Err(SrtpError::Malformed) } else { Ok(len) }
+    if len > pkt.len() {
+        Err(SrtpError::Malformed)
+    } else {
+        Ok(len)
+    }
 }
 
 #[inline]
@@ -342,7 +401,11 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 enum Cipher<P: CryptoProvider> {
     /// AES-CM + HMAC-SHA1 (RFC 3711 §4.1.1, §4.2.1).
-    Cm { ctr: P::Ctr, mac: HmacSha1, salt: [u8; 14] },
+    Cm {
+        ctr: P::Ctr,
+        mac: HmacSha1,
+        salt: [u8; 14],
+    },
     /// AES-GCM (RFC 7714).
     Gcm { gcm: P::Gcm, salt: [u8; 12] },
 }
@@ -366,7 +429,11 @@ impl<P: CryptoProvider> std::fmt::Debug for SrtpKeys<P> {
 
 impl SrtpKeys<AwsLc> {
     /// Derives the session keys from the master key and salt with the default provider.
-    pub fn new(profile: Profile, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpKeyError> {
+    pub fn new(
+        profile: Profile,
+        master_key: &[u8],
+        master_salt: &[u8],
+    ) -> Result<Self, SrtpKeyError> {
         Self::with_provider(profile, master_key, master_salt)
     }
 }
@@ -409,31 +476,57 @@ impl<P: CryptoProvider> SrtpKeys<P> {
                 let mut auth_key = [0u8; 20];
                 kdf::derive(&master, master_salt, auth, &mut auth_key);
                 let ctr = P::Ctr::new(key).map_err(|_| prov("session"))?;
-                Ok(Cipher::Cm { ctr, mac: HmacSha1::new(&auth_key), salt })
+                Ok(Cipher::Cm {
+                    ctr,
+                    mac: HmacSha1::new(&auth_key),
+                    salt,
+                })
             }
         };
         let rtp = build(Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt, key)?;
         let rtcp = build(Label::RtcpEncryption, Label::RtcpAuth, Label::RtcpSalt, key)?;
         key.fill(0);
-        Ok(Self { profile, rtp, rtcp, encrypt_rtcp: true })
+        Ok(Self {
+            profile,
+            rtp,
+            rtcp,
+            encrypt_rtcp: true,
+        })
     }
 
     /// Test hook: keys from already-derived session material (RFC 7714 §16/§17 vectors are
     /// stated that way). Both RTP and RTCP use the same key and salt.
     #[cfg(test)]
-    pub(crate) fn from_session_keys(profile: Profile, key: &[u8], salt: &[u8], auth: &[u8]) -> Self {
+    pub(crate) fn from_session_keys(
+        profile: Profile,
+        key: &[u8],
+        salt: &[u8],
+        auth: &[u8],
+    ) -> Self {
         let mk = || {
             if profile.is_aead() {
                 let mut s = [0u8; 12];
                 s.copy_from_slice(salt);
-                Cipher::Gcm { gcm: P::Gcm::new(key).unwrap(), salt: s }
+                Cipher::Gcm {
+                    gcm: P::Gcm::new(key).unwrap(),
+                    salt: s,
+                }
             } else {
                 let mut s = [0u8; 14];
                 s.copy_from_slice(salt);
-                Cipher::Cm { ctr: P::Ctr::new(key).unwrap(), mac: HmacSha1::new(auth), salt: s }
+                Cipher::Cm {
+                    ctr: P::Ctr::new(key).unwrap(),
+                    mac: HmacSha1::new(auth),
+                    salt: s,
+                }
             }
         };
-        Self { profile, rtp: mk(), rtcp: mk(), encrypt_rtcp: true }
+        Self {
+            profile,
+            rtp: mk(),
+            rtcp: mk(),
+            encrypt_rtcp: true,
+        }
     }
 
     /// Chooses whether [`protect_rtcp`](Self::protect_rtcp) encrypts (E = 1, the default) or
@@ -455,7 +548,9 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, SrtpError> {
-        let Some(pkt) = buf.get(..len) else { return Err(SrtpError::BufferTooSmall) };
+        let Some(pkt) = buf.get(..len) else {
+            return Err(SrtpError::BufferTooSmall);
+        };
         let hl = rtp_header_len(pkt)?;
         let out_len = len + self.profile.rtp_tag_len();
         if out_len > buf.len() {
@@ -490,9 +585,13 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, SrtpError> {
-        let Some(pkt) = buf.get(..len) else { return Err(SrtpError::BufferTooSmall) };
+        let Some(pkt) = buf.get(..len) else {
+            return Err(SrtpError::BufferTooSmall);
+        };
         let tag_len = self.profile.rtp_tag_len();
-        let Some(body) = len.checked_sub(tag_len) else { return Err(SrtpError::TooShort) };
+        let Some(body) = len.checked_sub(tag_len) else {
+            return Err(SrtpError::TooShort);
+        };
         let hl = rtp_header_len(&pkt[..body])?;
         let seq = be_u16(pkt, 2);
         let ssrc = be_u32(pkt, 8);
@@ -533,7 +632,9 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, SrtpError> {
-        let Some(pkt) = buf.get(..len) else { return Err(SrtpError::BufferTooSmall) };
+        let Some(pkt) = buf.get(..len) else {
+            return Err(SrtpError::BufferTooSmall);
+        };
         check_rtcp_header(pkt)?;
         let out_len = len + self.profile.rtcp_overhead();
         if out_len > buf.len() {
@@ -544,7 +645,11 @@ impl<P: CryptoProvider> SrtpKeys<P> {
             return Err(SrtpError::KeyExhausted);
         }
         let ssrc = be_u32(buf, 4);
-        let e_idx = if self.encrypt_rtcp { srtcp_index | SRTCP_E_FLAG } else { srtcp_index };
+        let e_idx = if self.encrypt_rtcp {
+            srtcp_index | SRTCP_E_FLAG
+        } else {
+            srtcp_index
+        };
         let e_idx_bytes = e_idx.to_be_bytes();
         match &self.rtcp {
             Cipher::Cm { ctr, mac, salt } => {
@@ -587,9 +692,13 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, SrtpError> {
-        let Some(pkt) = buf.get(..len) else { return Err(SrtpError::BufferTooSmall) };
+        let Some(pkt) = buf.get(..len) else {
+            return Err(SrtpError::BufferTooSmall);
+        };
         let overhead = self.profile.rtcp_overhead();
-        let Some(body) = len.checked_sub(overhead) else { return Err(SrtpError::TooShort) };
+        let Some(body) = len.checked_sub(overhead) else {
+            return Err(SrtpError::TooShort);
+        };
         check_rtcp_header(&pkt[..body])?;
         let ssrc = be_u32(pkt, 4);
         match &self.rtcp {
@@ -686,7 +795,10 @@ fn gcm_rtcp_nonce(salt: &[u8; 12], ssrc: u32, srtcp_index: u32) -> [u8; 12] {
     for (d, s) in n[2..6].iter_mut().zip(ssrc.to_be_bytes()) {
         *d ^= s;
     }
-    for (d, s) in n[8..12].iter_mut().zip((srtcp_index & SRTCP_INDEX_MASK).to_be_bytes()) {
+    for (d, s) in n[8..12]
+        .iter_mut()
+        .zip((srtcp_index & SRTCP_INDEX_MASK).to_be_bytes())
+    {
         *d ^= s;
     }
     n
