@@ -2,9 +2,11 @@
 //!
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`metrics`]: the Prometheus endpoint.
+//! - [`control`]: the Unix-socket endpoint the control plane programs tables through.
 //! - [`xdp`]: the embedded XDP object and its loader.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod metrics;
 pub mod xdp;

@@ -5,6 +5,7 @@ use crate::verdict::DropReason;
 
 /// Packet and byte counters of one core.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CoreStats {
     /// Datagrams handed to the core.
     pub rx_packets: u64,

@@ -32,6 +32,7 @@ use kdf::Label;
 
 /// An SRTP protection profile (RFC 5764 §4.1.2, RFC 7714 §14.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Profile {
     /// SRTP_AES128_CM_HMAC_SHA1_80.
     AesCm128HmacSha1_80,

@@ -8,6 +8,7 @@ use crate::srtp::Profile;
 
 /// SRTP master key material for one direction of a leg.
 #[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct KeyMaterial {
     /// The protection profile.
     pub profile: Profile,
@@ -26,6 +27,7 @@ impl core::fmt::Debug for KeyMaterial {
 
 /// A leg: one transport to one participant.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LegSpec {
     /// Its id.
     pub id: LegId,
@@ -45,6 +47,7 @@ pub struct LegSpec {
 
 /// Media kind of a track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum MediaKind {
     /// Audio: no layers, no keyframes, no retransmission cache.
     Audio,
@@ -54,6 +57,7 @@ pub enum MediaKind {
 
 /// A video codec, for keyframe detection at layer switches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Codec {
     /// Opus or any audio codec (never waits for a keyframe).
     Audio,
@@ -69,6 +73,7 @@ pub enum Codec {
 
 /// A payload type the publisher uses on a track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PayloadSpec {
     /// The publisher's payload type.
     pub pt: Pt,
@@ -80,6 +85,7 @@ pub struct PayloadSpec {
 
 /// One simulcast layer (or the only encoding of a non-simulcast track).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LayerSpec {
     /// The SSRC, when signalled. Unsignalled layers are learned from the RID header extension.
     pub ssrc: Option<Ssrc>,
@@ -91,6 +97,7 @@ pub struct LayerSpec {
 
 /// A published track: one media source of a publisher leg.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TrackSpec {
     /// Its id.
     pub id: TrackId,
@@ -112,6 +119,7 @@ pub struct TrackSpec {
 
 /// A subscription: a leg receiving a track.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SubscriptionSpec {
     /// The receiving leg.
     pub subscriber: LegId,
@@ -135,6 +143,7 @@ pub struct SubscriptionSpec {
 
 /// One change in a delta.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Op {
     /// Create or replace a leg. Replacing keeps the leg's SRTP stream state when the keys are
     /// unchanged.
@@ -159,6 +168,7 @@ pub enum Op {
 
 /// A versioned, atomic change set: all of it applies, or none of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Delta {
     /// The generation the tables have after this delta: the current generation + 1, or anything
     /// for a full snapshot.
