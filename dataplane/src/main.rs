@@ -1,17 +1,163 @@
-//! `sluice-dataplane`: the forwarding daemon. Workers, backends and the control endpoint arrive
-//! with the dataplane issue; today it reports what it carries.
-use clap::Parser;
+//! `sluice-dataplane`: the forwarding daemon.
+//!
+//! Starts one pinned worker per configured core, the control endpoint (Unix socket) and the
+//! Prometheus endpoint, then forwards until SIGTERM/SIGINT, when it stops taking new datagrams,
+//! flushes what is queued and exits.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as WallInstant};
 
-/// Sluice dataplane: forwards SRTP between conference legs by SSRC rewrite tables.
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use sluice_core::forward::CoreConfig;
+use sluice_core::table::TableConfig;
+use sluice_dataplane::config::{BackendChoice, Config};
+use sluice_dataplane::control::{self, Request, Response};
+use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry};
+use sluice_dataplane::metrics::{self, WorkerSnapshot};
+use sluice_dataplane::worker::{Worker, WorkerMsg, Workers};
+
+/// Sluice dataplane: forwards SRTP between conference legs by SSRC rewrite tables, one pinned
+/// worker per core. Tables are programmed by the control plane over the control socket.
+///
+/// Settings come from the TOML file (`[dataplane]` table) and are overridden by the flags below.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {}
+#[command(version, about, long_about)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Number of workers (one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// I/O backend.
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+    /// Address the media sockets bind to.
+    #[arg(long)]
+    listen_ip: Option<std::net::IpAddr>,
+    /// Unix socket of the control endpoint.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// Prometheus endpoint address (`off` to disable).
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Turn UDP GSO off.
+    #[arg(long)]
+    no_gso: bool,
+}
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).init();
-    tracing::info!(xdp_object_bytes = sluice_dataplane::xdp::XDP_OBJECT.len(), "sluice-dataplane");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(w) = args.workers {
+        config.workers = w;
+    }
+    if let Some(b) = args.backend {
+        config.backend = b;
+    }
+    if let Some(ip) = args.listen_ip {
+        config.listen_ip = ip;
+    }
+    if let Some(s) = args.control_socket {
+        config.control_socket = s;
+    }
+    if let Some(m) = &args.metrics {
+        config.metrics = if m == "off" { None } else { Some(m.parse().with_context(|| format!("--metrics {m}: not an address"))?) };
+    }
+    if args.no_gso {
+        config.gso = false;
+    }
+    let available = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    config.validate(available)?;
+    run(config)
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let epoch = WallInstant::now();
+    let registry = SendRegistry::new();
+    let io_config = IoConfig { local_ip: config.listen_ip, rx_batch: config.batch, gso: config.gso, ..IoConfig::default() };
+    let core_config = CoreConfig {
+        tables: TableConfig { replay_window: config.replay_window, rtx_cache_packets: config.rtx_cache_packets },
+        ..CoreConfig::default()
+    };
+    let n = config.workers;
+    let channels: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<WorkerMsg>(4096)).collect();
+    let senders: Vec<_> = channels.iter().map(|(s, _)| s.clone()).collect();
+    let snapshots: metrics::Snapshots =
+        Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
+    let cores = config.worker_cores();
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::new();
+    for (index, (_, inbox)) in channels.into_iter().enumerate() {
+        let backend = match config.backend {
+            BackendChoice::Uring => Backend::new(BackendKind::Uring, io_config.clone(), registry.clone())?,
+            BackendChoice::Mmsg => Backend::new(BackendKind::Mmsg, io_config.clone(), registry.clone())?,
+            BackendChoice::Auto => {
+                let (b, why) = Backend::with_fallback(BackendKind::Uring, io_config.clone(), registry.clone())?;
+                if let Some(why) = why {
+                    tracing::warn!(worker = index, reason = %why, "io_uring unavailable; using recvmmsg/sendmmsg");
+                }
+                b
+            }
+        };
+        tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
+        let worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch);
+        let core_id = core_ids.iter().find(|c| c.id == cores[index]).copied();
+        threads.push(std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
+            if let Some(c) = core_id
+                && !core_affinity::set_for_current(c)
+            {
+                tracing::warn!(core = c.id, "could not pin the worker");
+            }
+            worker.run();
+        })?);
+    }
+    let workers = Workers::new(senders);
+    let handle = workers.clone();
+    let snaps = snapshots.clone();
+    control::serve(&config.control_socket, move |req| match req {
+        Request::Apply(delta) => match handle.apply(delta) {
+            Ok(g) => Response::Applied(g),
+            Err(e) => Response::Rejected { generation: handle.generation(), reason: e.to_string() },
+        },
+        Request::Generation => Response::Generation(handle.generation()),
+        Request::Snapshot => match handle.snapshot() {
+            Some(d) => Response::Snapshot(d),
+            None => Response::Error("no worker answered".into()),
+        },
+        Request::Stats => Response::Stats(snaps.lock().map(|s| s.iter().map(|w| w.core.clone()).collect()).unwrap_or_default()),
+    })
+    .with_context(|| format!("control socket {}", config.control_socket.display()))?;
+    tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
+    if let Some(addr) = config.metrics {
+        let (bound, _) = metrics::serve(addr, snapshots.clone()).with_context(|| format!("metrics endpoint {addr}"))?;
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if threads.iter().any(|t| t.is_finished()) {
+            workers.stop();
+            bail!("a worker exited unexpectedly");
+        }
+    }
+    tracing::info!("signal received: draining");
+    workers.stop();
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -455,6 +455,11 @@ impl Tables {
         self.by_port.get(&port).copied()
     }
 
+    /// Every local port a leg uses.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.by_port.keys().copied()
+    }
+
     /// A leg.
     #[inline]
     pub fn leg(&self, id: LegId) -> Option<&Leg> {

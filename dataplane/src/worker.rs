@@ -1,0 +1,314 @@
+//! A worker: one pinned thread that owns an I/O backend (its legs' sockets), a forwarding core
+//! (a full copy of the tables; it owns the legs whose `port % workers` is its index), an output
+//! batch and its counters. It talks to the rest of the process only through bounded crossbeam
+//! channels, drained between batches, so a batch always sees one table version and the packet
+//! path takes no lock.
+//!
+//! ```text
+//!   loop:
+//!     messages (deltas, feedback handed over by other workers, learned remotes, stop)
+//!     recv batch ──▶ core.handle_rx per datagram (decrypt in place in the backend's buffer)
+//!     send batch (GSO runs per subscriber) ◀── core's output slots
+//!     events: learned remotes → other workers; handoffs → owning worker
+//!     now and then: publish a metrics snapshot
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as WallInstant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use hdrhistogram::Histogram;
+use sluice_core::forward::{Core, CoreConfig, Event, Handoff, OutBatch, Shard};
+use sluice_core::ids::{Generation, LegId};
+use sluice_core::table::{Delta, DeltaError};
+use sluice_core::time::Instant;
+
+use crate::io::{Backend, Transmit};
+use crate::metrics::{Snapshots, WorkerSnapshot};
+
+/// What a worker is told between batches.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// Apply a delta and answer with the result.
+    Apply(Arc<Delta>, Sender<Result<Generation, DeltaError>>),
+    /// Feedback another worker decrypted for a track this worker owns.
+    Feedback(Box<Handoff>),
+    /// A leg's remote address, learned by the worker that owns the leg.
+    SetRemote(LegId, std::net::SocketAddr),
+    /// Answer with the full table.
+    Snapshot(Sender<Delta>),
+    /// Stop taking new datagrams, flush what is pending and exit.
+    Stop,
+}
+
+/// How many datagrams' worth of output slots a worker keeps per received datagram (fan-out
+/// plus feedback); the batch is sized so a full receive batch cannot overflow it.
+const OUT_PER_RX: usize = 24;
+/// How often a worker publishes its metrics snapshot.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
+/// One batch in this many has its processing time recorded.
+const LATENCY_SAMPLE: u64 = 8;
+
+/// One worker's state.
+pub struct Worker {
+    index: usize,
+    shard: Shard,
+    core: Core,
+    io: Backend,
+    out: OutBatch,
+    inbox: Receiver<WorkerMsg>,
+    peers: Vec<Sender<WorkerMsg>>,
+    snapshots: Snapshots,
+    latency: Histogram<u64>,
+    batches: u64,
+    batched: u64,
+    epoch: WallInstant,
+    bind_errors: u64,
+    peer_queue_full: u64,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("index", &self.index).field("backend", &self.io.kind()).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker `index` of `count`.
+    #[expect(clippy::too_many_arguments, reason = "plain wiring, called once per worker")]
+    pub fn new(
+        index: usize,
+        count: usize,
+        core_config: CoreConfig,
+        io: Backend,
+        rx_batch: usize,
+        inbox: Receiver<WorkerMsg>,
+        peers: Vec<Sender<WorkerMsg>>,
+        snapshots: Snapshots,
+        epoch: WallInstant,
+    ) -> Self {
+        let shard = Shard { index: index as u16, count: count as u16 };
+        Self {
+            index,
+            shard,
+            core: Core::new(CoreConfig { shard, ..core_config }),
+            io,
+            out: OutBatch::new(rx_batch.max(1) * OUT_PER_RX),
+            inbox,
+            peers,
+            snapshots,
+            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds"),
+            batches: 0,
+            batched: 0,
+            epoch,
+            bind_errors: 0,
+            peer_queue_full: 0,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    /// Runs until told to stop.
+    pub fn run(mut self) {
+        let mut last_snapshot = WallInstant::now();
+        loop {
+            if !self.drain_inbox() {
+                break;
+            }
+            let t0 = WallInstant::now();
+            let now = self.now();
+            let (core, out) = (&mut self.core, &mut self.out);
+            let n = match self.io.recv_batch(Some(Duration::from_millis(5)), |port, src, buf| core.handle_rx(now, port, src, buf, out)) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(worker = self.index, error = %e, "receive failed");
+                    0
+                }
+            };
+            self.flush();
+            self.route_events();
+            if n > 0 {
+                self.batches += 1;
+                self.batched += n as u64;
+                if self.batches % LATENCY_SAMPLE == 0 {
+                    let _ = self.latency.record(t0.elapsed().as_nanos().max(1) as u64);
+                }
+            }
+            if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+                self.publish();
+                last_snapshot = WallInstant::now();
+            }
+        }
+        self.flush();
+        self.publish();
+        tracing::info!(worker = self.index, "worker stopped");
+    }
+
+    /// Handles every pending message; false when told to stop.
+    fn drain_inbox(&mut self) -> bool {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                WorkerMsg::Apply(delta, reply) => {
+                    let result = self.core.apply((*delta).clone());
+                    if result.is_ok() {
+                        self.sync_ports();
+                    }
+                    let _ = reply.send(result);
+                }
+                WorkerMsg::Feedback(h) => {
+                    let now = self.now();
+                    self.core.handle_feedback(now, &h, &mut self.out);
+                }
+                WorkerMsg::SetRemote(leg, addr) => self.core.set_remote(leg, addr),
+                WorkerMsg::Snapshot(reply) => {
+                    let _ = reply.send(self.core.tables().snapshot());
+                }
+                WorkerMsg::Stop => return false,
+            }
+        }
+        true
+    }
+
+    /// Opens the ports of the legs this worker owns and closes those no leg uses any more.
+    fn sync_ports(&mut self) {
+        let want: BTreeSet<u16> = self.core.tables().ports().filter(|p| self.shard.owns(*p)).collect();
+        let have: BTreeSet<u16> = self.io.ports().into_iter().collect();
+        for &p in have.difference(&want) {
+            if let Err(e) = self.io.remove_port(p) {
+                tracing::warn!(worker = self.index, port = p, error = %e, "closing leg port");
+            }
+        }
+        for &p in want.difference(&have) {
+            if let Err(e) = self.io.add_port(p) {
+                self.bind_errors += 1;
+                tracing::error!(worker = self.index, port = p, error = %e, "cannot open leg port; the leg receives nothing");
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        self.io.send_batch(self.out.iter().map(|(m, bytes)| Transmit { local_port: m.local_port, dst: m.dst, payload: bytes }));
+        self.out.clear();
+    }
+
+    /// Tells other workers what they need: remotes learned here, feedback for their tracks.
+    fn route_events(&mut self) {
+        while let Some(e) = self.core.poll_event() {
+            if let Event::RemoteLatched { leg, remote } = e {
+                for (i, p) in self.peers.iter().enumerate() {
+                    if i != self.index {
+                        self.peer_queue_full += u64::from(matches!(p.try_send(WorkerMsg::SetRemote(leg, remote)), Err(TrySendError::Full(_))));
+                    }
+                }
+            }
+        }
+        while let Some(h) = self.core.poll_handoff() {
+            if let Some(p) = self.peers.get(usize::from(h.to)) {
+                self.peer_queue_full += u64::from(matches!(p.try_send(WorkerMsg::Feedback(Box::new(h))), Err(TrySendError::Full(_))));
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let io = self.io.counters();
+        let snap = WorkerSnapshot {
+            worker: self.index,
+            core: self.core.stats().clone(),
+            generation: self.core.tables().generation().0,
+            io: vec![
+                ("syscalls", io.syscalls),
+                ("rx_datagrams", io.rx_datagrams),
+                ("rx_truncated", io.rx_truncated),
+                ("rx_errors", io.rx_errors),
+                ("tx_datagrams", io.tx_datagrams),
+                ("gso_sends", io.gso_sends),
+                ("send_errors", io.send_errors),
+                ("tx_unknown_port", io.tx_unknown_port),
+                ("gso_refused", io.gso_refused),
+                ("bind_errors", self.bind_errors),
+                ("peer_queue_full", self.peer_queue_full),
+            ],
+            batches: self.batches,
+            batched_datagrams: self.batched,
+            latency_ns: [0.5, 0.99, 0.999, 1.0].iter().map(|&q| (q, self.latency.value_at_quantile(q))).collect(),
+            latency_samples: self.latency.len(),
+        };
+        if let Ok(mut all) = self.snapshots.lock()
+            && let Some(slot) = all.get_mut(self.index)
+        {
+            *slot = snap;
+        }
+    }
+}
+
+/// Shared handle the control thread uses to reach every worker.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    senders: Vec<Sender<WorkerMsg>>,
+    applied: Arc<Mutex<Generation>>,
+}
+
+impl Workers {
+    /// Wraps the workers' inboxes.
+    pub fn new(senders: Vec<Sender<WorkerMsg>>) -> Self {
+        Self { senders, applied: Arc::new(Mutex::new(Generation(0))) }
+    }
+
+    /// Applies a delta on every worker (each between two of its batches) and waits for all.
+    /// Validation is deterministic, so the workers agree; the first refusal is returned.
+    pub fn apply(&self, delta: Delta) -> Result<Generation, DeltaError> {
+        let delta = Arc::new(delta);
+        let replies: Vec<_> = self
+            .senders
+            .iter()
+            .map(|s| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let _ = s.send(WorkerMsg::Apply(delta.clone(), tx));
+                rx
+            })
+            .collect();
+        let mut result = None;
+        for r in replies {
+            match r.recv_timeout(Duration::from_secs(10)) {
+                Ok(res) => {
+                    if result.as_ref().is_none_or(|x: &Result<Generation, DeltaError>| x.is_ok()) {
+                        result = Some(res);
+                    }
+                }
+                Err(_) => tracing::error!("a worker did not answer a delta within 10 s"),
+            }
+        }
+        let result = result.unwrap_or(Err(DeltaError::Generation { current: self.generation(), got: delta.generation }));
+        if let Ok(g) = &result
+            && let Ok(mut a) = self.applied.lock()
+        {
+            *a = *g;
+        }
+        result
+    }
+
+    /// The generation of the last applied delta.
+    pub fn generation(&self) -> Generation {
+        self.applied.lock().map(|g| *g).unwrap_or(Generation(0))
+    }
+
+    /// The full table, from worker 0.
+    pub fn snapshot(&self) -> Option<Delta> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.senders.first()?.send(WorkerMsg::Snapshot(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    /// Tells every worker to stop.
+    pub fn stop(&self) {
+        for s in &self.senders {
+            let _ = s.send(WorkerMsg::Stop);
+        }
+    }
+}
