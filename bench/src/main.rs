@@ -5,7 +5,7 @@
 //! decrypts, rewrites and re-encrypts per subscriber, and every participant decrypts what it
 //! receives with its own keys. Live numbers once a second; a summary at the end.
 
-mod meeting;
+use sluice_bench::meeting;
 
 use std::time::{Duration, Instant as WallInstant};
 

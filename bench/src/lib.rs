@@ -1,0 +1,5 @@
+//! Sluice's benchmark and demo library: simulated participants that publish and verify real SRTP
+//! with their own keys. Used by the `sluice-bench` binary and by the cross-process tests.
+#![deny(missing_docs)]
+
+pub mod meeting;
