@@ -27,8 +27,8 @@
 //! - AES-GCM dominates the choice: aws-lc-rs ships the AWS-LC assembly (AES-NI, and
 //!   VAES/VPCLMULQDQ AVX-512 GCM code paths) and is about 2.5x faster than RustCrypto
 //!   `aes-gcm` at 1200 bytes (RustCrypto has AES-NI but no VAES and a slower GHASH). Its
-//!   in-place APIs (`EncryptingKey::less_safe_encrypt`, `LessSafeKey::seal_in_place_separate_tag` and
-//!   `open_in_place_separate_tag`) take caller buffers and a pre-expanded key, so the packet
+//!   in-place APIs (`EncryptingKey::less_safe_encrypt`,
+//!   `LessSafeKey::seal_in_place_separate_tag` and `open_in_place_separate_tag`) take caller buffers and a pre-expanded key, so the packet
 //!   path allocates nothing (`tests/srtp_noalloc.rs` checks it for both providers).
 //! - For AES-CM the two are within noise: HMAC-SHA1 is ~80% of the cost and both providers
 //!   use the same one.
