@@ -625,7 +625,8 @@ impl<P: CryptoProvider> SrtpKeys<P> {
     /// (`len + profile.rtcp_overhead()`).
     ///
     /// ```text
-    /// | RTCP header (8) | encrypted portion | (GCM: tag 16) | E | SRTCP index (31) | (CM: tag 10) |
+    /// AES-CM:  | RTCP header (8) | encrypted portion | E | SRTCP index (31) | tag (10) |
+    /// AES-GCM: | RTCP header (8) | encrypted portion | tag (16) | E | SRTCP index (31) |
     /// ```
     pub fn protect_rtcp(
         &self,
