@@ -290,6 +290,19 @@ impl Core {
         }
     }
 
+    /// The receiving leg and the SSRC at byte `at` of the (still encrypted, but cleartext-header)
+    /// datagram: the RTP SSRC at 8, the RTCP sender SSRC at 4.
+    fn rx_leg_and_ssrc(&self, local_port: u16, remote: SocketAddr, buf: &[u8], at: usize) -> Result<(LegId, Ssrc), DropReason> {
+        if buf.len() > MAX_DATAGRAM {
+            return Err(DropReason::Malformed);
+        }
+        let leg_id = self.rx_leg(local_port, remote)?;
+        match buf.get(at..at + 4) {
+            Some(&[a, b, c, d]) => Ok((leg_id, Ssrc(u32::from_be_bytes([a, b, c, d])))),
+            _ => Err(DropReason::Malformed),
+        }
+    }
+
     fn latch(&mut self, leg_id: LegId, remote: SocketAddr) {
         if let Some(leg) = self.tables.leg_mut(leg_id)
             && leg.remote.is_none()
@@ -307,14 +320,7 @@ impl Core {
         buf: &mut [u8],
         out: &mut OutBatch,
     ) -> Result<(), DropReason> {
-        if buf.len() > MAX_DATAGRAM {
-            return Err(DropReason::Malformed);
-        }
-        let leg_id = self.rx_leg(local_port, remote)?;
-        let ssrc = match buf.get(8..12) {
-            Some(&[a, b, c, d]) => Ssrc(u32::from_be_bytes([a, b, c, d])),
-            _ => return Err(DropReason::Malformed),
-        };
+        let (leg_id, ssrc) = self.rx_leg_and_ssrc(local_port, remote, buf, 8)?;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
         let len = buf.len();
         let (idx, plain_len) = match leg.ingress_index(ssrc) {
@@ -376,14 +382,7 @@ impl Core {
         buf: &mut [u8],
         out: &mut OutBatch,
     ) -> Result<(), DropReason> {
-        if buf.len() > MAX_DATAGRAM {
-            return Err(DropReason::Malformed);
-        }
-        let leg_id = self.rx_leg(local_port, remote)?;
-        let sender = match buf.get(4..8) {
-            Some(&[a, b, c, d]) => Ssrc(u32::from_be_bytes([a, b, c, d])),
-            _ => return Err(DropReason::Malformed),
-        };
+        let (leg_id, sender) = self.rx_leg_and_ssrc(local_port, remote, buf, 4)?;
         let window = self.tables.config().replay_window;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
         // Work on a copy: the stored state changes only once the packet authenticated.
