@@ -3,4 +3,5 @@
 //! - [`xdp`]: the embedded XDP object and its loader.
 #![deny(missing_docs)]
 
+pub mod io;
 pub mod xdp;
