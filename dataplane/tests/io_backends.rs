@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmit};
+use sluice_dataplane::io::{Backend, BackendKind, IoConfig, IoError, SendRegistry, Transmit};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const KINDS: [BackendKind; 2] = [BackendKind::Mmsg, BackendKind::Uring];
@@ -86,11 +86,18 @@ fn receives_from_several_ports_with_source_and_local_port() {
 /// The mixed batch: two workers' ports (the sending backend uses the other worker's port too),
 /// three peers, varied sizes, including a GSO-able run. Returns what each peer received, as
 /// `(index of the local port it came from, payload)`.
-fn run_mixed_batch(kind: BackendKind) -> (Vec<Vec<(usize, Vec<u8>)>>, sluice_dataplane::io::IoCounters) {
+/// Per peer: `(index of the leg port it came from, payload)` in arrival order.
+type PerPeer = Vec<Vec<(usize, Vec<u8>)>>;
+
+fn run_mixed_batch(kind: BackendKind) -> (PerPeer, sluice_dataplane::io::IoCounters) {
     let registry = SendRegistry::new();
     let mut worker_a = backend(kind, &registry);
     let mut worker_b = backend(kind, &registry);
     let ports = [worker_a.add_port(0).unwrap(), worker_a.add_port(0).unwrap(), worker_b.add_port(0).unwrap()];
+    assert!(
+        matches!(worker_a.add_port(ports[2]), Err(IoError::PortInUse { .. })),
+        "{kind}: a port another worker serves is refused"
+    );
     let peers = [peer(), peer(), peer()];
     let dsts: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr().unwrap()).collect();
 
@@ -117,7 +124,7 @@ fn run_mixed_batch(kind: BackendKind) -> (Vec<Vec<(usize, Vec<u8>)>>, sluice_dat
     let sent = worker_a.send_batch(batch);
     assert_eq!(sent, payloads.len(), "{kind}: {:?}", worker_a.counters());
 
-    let received: Vec<Vec<(usize, Vec<u8>)>> = peers
+    let received: PerPeer = peers
         .iter()
         .map(|p| {
             drain(p)
@@ -276,4 +283,43 @@ fn zero_timeout_returns_immediately_and_backend_is_send() {
         assert_eq!(kind.name().parse::<BackendKind>().unwrap(), kind);
     }
     assert!("xsk".parse::<BackendKind>().is_err());
+}
+
+/// `SO_NO_CHECK` makes the kernel refuse `UDP_SEGMENT` sends with `EINVAL` (udp_send_skb): the
+/// backend must notice, resend the run as single datagrams, and keep GSO off afterwards.
+#[test]
+fn gso_refusal_falls_back_to_single_datagrams_and_is_remembered() {
+    use std::os::fd::AsRawFd;
+    for kind in KINDS {
+        let registry = SendRegistry::new();
+        let mut b = backend(kind, &registry);
+        let port = b.add_port(0).unwrap();
+        let leg = registry.get(port).unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: a valid int option value and its size, on an open socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                leg.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let p = peer();
+        let dst = p.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 500]).collect();
+        for round in 0..2 {
+            let sent = b.send_batch(payloads.iter().map(|d| Transmit { local_port: port, dst, payload: d }));
+            assert_eq!(sent, 10, "{kind} round {round}: {:?}", b.counters());
+            let got: Vec<Vec<u8>> = drain(&p).into_iter().map(|(_, d)| d).collect();
+            assert!(got == payloads, "{kind} round {round}: all 10, in order");
+        }
+        let c = b.counters();
+        assert_eq!(c.gso_refused, 1, "{kind}: refused once, then remembered: {c:?}");
+        assert_eq!(c.gso_sends, 0, "{kind}");
+        assert_eq!(c.tx_datagrams, 20, "{kind}");
+        assert_eq!(c.send_errors, 0, "{kind}");
+    }
 }

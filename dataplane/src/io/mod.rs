@@ -209,13 +209,18 @@ impl SendRegistry {
         old
     }
 
+    /// The sender for `port`.
+    pub fn get(&self, port: u16) -> Option<Arc<LegSocket>> {
+        self.sockets.read().unwrap_or_else(PoisonError::into_inner).get(&port).cloned()
+    }
+
     /// Whether `port` has a sender.
     pub fn contains(&self, port: u16) -> bool {
         self.sockets.read().unwrap_or_else(PoisonError::into_inner).contains_key(&port)
     }
 
     /// Copies the registry into `into` if it changed since `*seen`; returns whether it did.
-    fn refresh(&self, seen: &mut u64, into: &mut HashMap<u16, Arc<LegSocket>>) -> bool {
+    fn refresh<S: std::hash::BuildHasher>(&self, seen: &mut u64, into: &mut HashMap<u16, Arc<LegSocket>, S>) -> bool {
         let now = self.generation();
         if now == *seen {
             return false;
@@ -234,12 +239,12 @@ impl SendRegistry {
 struct SendCache {
     registry: Arc<SendRegistry>,
     seen: u64,
-    sockets: HashMap<u16, Arc<LegSocket>>,
+    sockets: HashMap<u16, Arc<LegSocket>, foldhash::fast::FixedState>,
 }
 
 impl SendCache {
     fn new(registry: Arc<SendRegistry>) -> Self {
-        Self { registry, seen: u64::MAX, sockets: HashMap::new() }
+        Self { registry, seen: u64::MAX, sockets: HashMap::default() }
     }
 
     /// Called once per send batch: one atomic load unless the registry changed.
@@ -290,6 +295,7 @@ impl FromStr for BackendKind {
 
 /// One worker's I/O backend.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "one per worker, never moved on the hot path")]
 pub enum Backend {
     /// See [`UringBackend`].
     Uring(UringBackend),
