@@ -357,3 +357,44 @@ fn bounded_batches_and_multishot_rearm_lose_nothing() {
         assert_eq!(b.counters().rx_errors, 0, "{kind}");
     }
 }
+
+/// Two workers on their own threads, each sending from the *other's* port through the shared
+/// registry; a port opened after a worker's first send batch is picked up by its next one.
+#[test]
+fn workers_send_from_each_others_ports_across_threads() {
+    for kind in KINDS {
+        let registry = SendRegistry::new();
+        let mut a = backend(kind, &registry);
+        let mut b = backend(kind, &registry);
+        let port_a = a.add_port(0).unwrap();
+        let p = peer();
+        let dst = p.local_addr().unwrap();
+        // A's cache is loaded by this send; B's port opens afterwards.
+        assert_eq!(a.send_batch([Transmit { local_port: port_a, dst, payload: b"first" }]), 1);
+        let port_b = b.add_port(0).unwrap();
+        let send = |mut w: Backend, from: u16, tag: u8| {
+            std::thread::spawn(move || {
+                let payloads: Vec<[u8; 3]> = (0..100u8).map(|i| [tag, i, 0]).collect();
+                let mut sent = 0;
+                for chunk in payloads.chunks(10) {
+                    sent += w.send_batch(chunk.iter().map(|d| Transmit { local_port: from, dst, payload: d }));
+                }
+                (sent, w)
+            })
+        };
+        let ta = send(a, port_b, b'a');
+        let tb = send(b, port_a, b'b');
+        let (sa, _a) = ta.join().unwrap();
+        let (sb, _b) = tb.join().unwrap();
+        assert_eq!((sa, sb), (100, 100), "{kind}");
+        let got = drain(&p);
+        assert_eq!(got.len(), 201, "{kind}");
+        for (tag, from) in [(b'a', port_b), (b'b', port_a)] {
+            let seq: Vec<u8> = got.iter().filter(|(_, d)| d[0] == tag).map(|(f, d)| {
+                assert_eq!(f.port(), from, "{kind}: sent from the other worker's port");
+                d[1]
+            }).collect();
+            assert_eq!(seq, (0..100).collect::<Vec<u8>>(), "{kind}");
+        }
+    }
+}

@@ -80,6 +80,10 @@ pub struct IoConfig {
     pub tx_batch: usize,
     /// Whether to try UDP GSO at all.
     pub gso: bool,
+    /// Longest packet put into a GSO run. The kernel refuses (`EINVAL`) a segment that does not
+    /// fit the route's MTU, which would switch GSO off for good, so bigger packets go out singly
+    /// (and may be IP-fragmented as any oversized datagram). 1452 = 1500 - IPv6 - UDP headers.
+    pub gso_max_segment: usize,
     /// `SO_RCVBUF`/`SO_SNDBUF` for new sockets, if set.
     pub socket_buffer_bytes: Option<usize>,
     /// io_uring: provided receive buffers per worker (rounded up to a power of two, at most 32768).
@@ -95,6 +99,7 @@ impl Default for IoConfig {
             rx_batch: 64,
             tx_batch: 1024,
             gso: true,
+            gso_max_segment: 1452,
             socket_buffer_bytes: None,
             uring_rx_buffers: 1024,
             uring_sq_entries: 1024,
@@ -420,6 +425,7 @@ impl Staging {
         max: usize,
         cache: &SendCache,
         gso: bool,
+        gso_max_segment: usize,
         counters: &mut IoCounters,
     ) -> usize {
         self.plan.clear();
@@ -431,7 +437,8 @@ impl Staging {
                 counters.tx_unknown_port += 1;
                 continue;
             }
-            self.plan.push(t.local_port, t.dst, t.payload.len(), gso);
+            let len = t.payload.len();
+            self.plan.push(t.local_port, t.dst, len, gso && len <= gso_max_segment);
             self.pkt_iov.push(sys::iovec_for(t.payload));
         }
         self.plan.finish();
