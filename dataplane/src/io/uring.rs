@@ -23,6 +23,10 @@
 //! submitted with one `io_uring_enter` per batch, which also waits for their completions (so the
 //! caller's payloads are only borrowed for the call). Completions are reaped; errors are counted.
 //! Receive completions that show up meanwhile are kept for the next `recv_batch`.
+//! Per-flow order: the SQEs of a batch are issued inline in queue order, and `MSG_DONTWAIT` makes
+//! a full socket buffer complete with `-EAGAIN` (counted as a drop) instead of being punted to an
+//! io-wq worker, so a flow's sends are not reordered. `IOSQE_IO_LINK` is deliberately not used: one
+//! failed send would cancel the rest of its chain.
 //!
 //! Availability is checked at construction ([`probe`]): the `kernel.io_uring_disabled` sysctl,
 //! `io_uring_setup` errors (`ENOSYS`, `EPERM`), the features used here (extended enter arguments,
