@@ -268,7 +268,14 @@ impl MmsgBackend {
         let mut sent = 0;
         loop {
             let consumed =
-                self.staging.stage(&mut it, self.config.tx_batch, &self.cache, self.gso, &mut self.counters);
+                self.staging.stage(
+                &mut it,
+                self.config.tx_batch,
+                &self.cache,
+                self.gso,
+                self.config.gso_max_segment,
+                &mut self.counters,
+            );
             if consumed == 0 {
                 break;
             }

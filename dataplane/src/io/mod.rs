@@ -80,6 +80,10 @@ pub struct IoConfig {
     pub tx_batch: usize,
     /// Whether to try UDP GSO at all.
     pub gso: bool,
+    /// Longest packet put into a GSO run. The kernel refuses (`EINVAL`) a segment that does not
+    /// fit the route's MTU, which would switch GSO off for good, so bigger packets go out singly
+    /// (and may be IP-fragmented as any oversized datagram). 1452 = 1500 - IPv6 - UDP headers.
+    pub gso_max_segment: usize,
     /// `SO_RCVBUF`/`SO_SNDBUF` for new sockets, if set.
     pub socket_buffer_bytes: Option<usize>,
     /// io_uring: provided receive buffers per worker (rounded up to a power of two, at most 32768).
@@ -95,6 +99,7 @@ impl Default for IoConfig {
             rx_batch: 64,
             tx_batch: 1024,
             gso: true,
+            gso_max_segment: 1452,
             socket_buffer_bytes: None,
             uring_rx_buffers: 1024,
             uring_sq_entries: 1024,
@@ -209,13 +214,18 @@ impl SendRegistry {
         old
     }
 
+    /// The sender for `port`.
+    pub fn get(&self, port: u16) -> Option<Arc<LegSocket>> {
+        self.sockets.read().unwrap_or_else(PoisonError::into_inner).get(&port).cloned()
+    }
+
     /// Whether `port` has a sender.
     pub fn contains(&self, port: u16) -> bool {
         self.sockets.read().unwrap_or_else(PoisonError::into_inner).contains_key(&port)
     }
 
     /// Copies the registry into `into` if it changed since `*seen`; returns whether it did.
-    fn refresh(&self, seen: &mut u64, into: &mut HashMap<u16, Arc<LegSocket>>) -> bool {
+    fn refresh<S: std::hash::BuildHasher>(&self, seen: &mut u64, into: &mut HashMap<u16, Arc<LegSocket>, S>) -> bool {
         let now = self.generation();
         if now == *seen {
             return false;
@@ -234,12 +244,12 @@ impl SendRegistry {
 struct SendCache {
     registry: Arc<SendRegistry>,
     seen: u64,
-    sockets: HashMap<u16, Arc<LegSocket>>,
+    sockets: HashMap<u16, Arc<LegSocket>, foldhash::fast::FixedState>,
 }
 
 impl SendCache {
     fn new(registry: Arc<SendRegistry>) -> Self {
-        Self { registry, seen: u64::MAX, sockets: HashMap::new() }
+        Self { registry, seen: u64::MAX, sockets: HashMap::default() }
     }
 
     /// Called once per send batch: one atomic load unless the registry changed.
@@ -290,6 +300,7 @@ impl FromStr for BackendKind {
 
 /// One worker's I/O backend.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "one per worker, never moved on the hot path")]
 pub enum Backend {
     /// See [`UringBackend`].
     Uring(UringBackend),
@@ -414,6 +425,7 @@ impl Staging {
         max: usize,
         cache: &SendCache,
         gso: bool,
+        gso_max_segment: usize,
         counters: &mut IoCounters,
     ) -> usize {
         self.plan.clear();
@@ -425,7 +437,8 @@ impl Staging {
                 counters.tx_unknown_port += 1;
                 continue;
             }
-            self.plan.push(t.local_port, t.dst, t.payload.len(), gso);
+            let len = t.payload.len();
+            self.plan.push(t.local_port, t.dst, len, gso && len <= gso_max_segment);
             self.pkt_iov.push(sys::iovec_for(t.payload));
         }
         self.plan.finish();

@@ -87,9 +87,10 @@ impl TxPlan {
     /// Adds the next packet of the batch (packet index = number of earlier pushes).
     pub fn push(&mut self, local_port: u16, dst: SocketAddr, len: usize, gso: bool) {
         let groupable = gso && len > 0;
-        if groupable && let Some(&g) = self.flows.get(&(local_port, dst)) {
+        if let Some(&g) = self.flows.get(&(local_port, dst)) {
             let group = &mut self.groups[g as usize];
-            if group.open
+            if groupable
+                && group.open
                 && len <= group.segment
                 && group.count < MAX_GSO_SEGMENTS
                 && group.bytes + len <= MAX_GSO_BYTES
@@ -102,6 +103,7 @@ impl TxPlan {
                 self.pkt_group.push(g);
                 return;
             }
+            // Whatever this packet is, nothing after it may join an earlier group of its flow.
             group.open = false;
         }
         let g = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
@@ -209,6 +211,24 @@ mod tests {
         assert_eq!(p.groups().len(), 2);
         let p = plan(&[(7, 1, 0), (7, 1, 0)], true);
         assert_eq!(p.groups().len(), 2);
+    }
+
+    #[test]
+    fn an_ungroupable_packet_closes_its_flows_run() {
+        // The middle packet is too long for GSO (the caller passes gso=false for it): the packet
+        // after it must not jump ahead by joining the first run.
+        let mut p = TxPlan::new();
+        p.push(7, addr(1), 100, true);
+        p.push(7, addr(1), 100, true);
+        p.push(7, addr(1), 1500, false);
+        p.push(7, addr(1), 100, true);
+        p.push(7, addr(1), 0, true);
+        p.push(7, addr(1), 100, true);
+        p.finish();
+        let g: Vec<_> = p.groups().iter().map(|g| (members(&p, g), g.is_gso())).collect();
+        assert_eq!(g, [(vec![0, 1], true), (vec![2], false), (vec![3], false), (vec![4], false), (vec![5], false)]);
+        let emitted: Vec<u32> = p.order().iter().flat_map(|&g| members(&p, &p.groups()[g as usize])).collect();
+        assert_eq!(emitted, [0, 1, 2, 3, 4, 5]);
     }
 
     #[test]
