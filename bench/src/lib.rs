@@ -2,4 +2,5 @@
 //! with their own keys. Used by the `sluice-bench` binary and by the cross-process tests.
 #![deny(missing_docs)]
 
+pub mod forward;
 pub mod meeting;

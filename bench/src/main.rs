@@ -30,6 +30,28 @@ struct Args {
 enum Command {
     /// Run meetings through the forwarding core in real time and show live numbers.
     Demo(DemoArgs),
+    /// Packets out per second through the real dataplane daemon, per I/O backend and fan-out,
+    /// beside a one-datagram-per-syscall loop, and latency at half load.
+    Forward(ForwardArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ForwardArgs {
+    /// Backends to compare (`naive` is the recv_from/send_to loop around the same core).
+    #[arg(long, value_delimiter = ',', default_value = "naive,mmsg,uring")]
+    backends: Vec<String>,
+    /// Fan-outs to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    fanouts: Vec<u32>,
+    /// SRTP profile.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Gcm)]
+    profile: ProfileArg,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Also write every figure to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -77,6 +99,14 @@ struct DemoArgs {
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Demo(a) => demo(&a),
+        Command::Forward(a) => {
+            let (samples, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, a.profile.into(), a.seconds)?;
+            if let Some(path) = a.json {
+                let doc = serde_json::json!({ "samples": samples, "latency": latency });
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
     }
 }
 
