@@ -270,10 +270,9 @@ struct Truth {
     /// PLIs the SFU emitted, by (publisher index, media ssrc) → emission times.
     plis: HashMap<(usize, u32), Vec<u64>>,
     nack_items_upstream: u64,
-    rtx_outputs: u64,
+    cache_retransmissions: u64,
     publisher_rtx_fanout: u64,
     sr_outputs: u64,
-    emitted: HashSet<(usize, u32, u16)>,
 }
 
 struct World {
@@ -297,6 +296,8 @@ struct World {
     truth: Truth,
     lossy_from: u64,
     lossy_until: u64,
+    /// Wall time per kind of event: SFU, participant receive, media, housekeeping, deltas.
+    wall: [std::time::Duration; 5],
 }
 
 fn profile_of(p: Profiles, idx: usize) -> Profile {
@@ -382,7 +383,9 @@ impl World {
                 plis_received: Vec::new(),
                 nacks_received: 0,
                 rtx_sent: 0,
-                next_sr: MEDIA_START + rng.random_range(0..1000) * MS,
+                // The first sender report goes out in the lossless warm-up, after the first
+                // keyframe, so every subscriber gets one.
+                next_sr: MEDIA_START + rng.random_range(100..450) * MS,
                 next_rr: rng.random_range(0..1000) * MS,
             });
         }
@@ -458,6 +461,7 @@ impl World {
             truth: Truth { peer_dup_deliveries: vec![0; peers], ..Default::default() },
             lossy_from,
             lossy_until,
+            wall: Default::default(),
         };
         // Every participant's first packet (an RR) latches its address; media starts later.
         for idx in 0..n {
@@ -519,9 +523,10 @@ impl World {
         if delays.len() == 2 {
             self.truth.sfu_dup_deliveries += 1;
         }
-        for d in delays {
-            self.schedule(self.now + d, Ev::ToSfu { from, bytes: bytes.clone() });
+        if let [d2] = delays[1..] {
+            self.schedule(self.now + d2, Ev::ToSfu { from, bytes: bytes.clone() });
         }
+        self.schedule(self.now + delays[0], Ev::ToSfu { from, bytes });
     }
 
     fn send_down(&mut self, to: usize, bytes: Vec<u8>) {
@@ -539,9 +544,10 @@ impl World {
         }
         self.order += 1;
         let copy = self.order;
-        for d in delays {
-            self.schedule(self.now + d, Ev::ToPeer { to, bytes: bytes.clone(), sent_at: self.now, copy });
+        if let [d2] = delays[1..] {
+            self.schedule(self.now + d2, Ev::ToPeer { to, bytes: bytes.clone(), sent_at: self.now, copy });
         }
+        self.schedule(self.now + delays[0], Ev::ToPeer { to, bytes, sent_at: self.now, copy });
     }
 
     fn run(&mut self) {
@@ -552,14 +558,34 @@ impl World {
             }
             let ((at, _), ev) = self.queue.pop_first().unwrap();
             self.now = at;
-            match ev {
-                Ev::ToSfu { from, bytes } => self.sfu_rx(from, bytes),
-                Ev::ToPeer { to, bytes, sent_at, copy } => self.peer_rx(to, bytes, sent_at, copy),
-                Ev::Audio(p) => self.send_audio(p),
-                Ev::Video(p, frame) => self.send_video(p, frame),
-                Ev::House(p) => self.housekeeping(p),
-                Ev::LayerChange => self.layer_change(),
-            }
+            let t0 = std::time::Instant::now();
+            let k = match ev {
+                Ev::ToSfu { from, bytes } => {
+                    self.sfu_rx(from, bytes);
+                    0
+                }
+                Ev::ToPeer { to, bytes, sent_at, copy } => {
+                    self.peer_rx(to, bytes, sent_at, copy);
+                    1
+                }
+                Ev::Audio(p) => {
+                    self.send_audio(p);
+                    2
+                }
+                Ev::Video(p, frame) => {
+                    self.send_video(p, frame);
+                    2
+                }
+                Ev::House(p) => {
+                    self.housekeeping(p);
+                    3
+                }
+                Ev::LayerChange => {
+                    self.layer_change();
+                    4
+                }
+            };
+            self.wall[k] += t0.elapsed();
         }
     }
 
@@ -575,6 +601,7 @@ impl World {
             let ssrc = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
             self.parts[from].video.as_ref().is_some_and(|v| v.iter().any(|l| l.rtx_ssrc == ssrc))
         };
+        let is_rtcp_in = demux::classify(&bytes) == demux::PacketClass::Rtcp;
         let drops_before = self.core.stats().total_drops();
         self.out.clear();
         self.core.handle_rx(Instant::from_nanos(self.now), port, addr, &mut bytes, &mut self.out);
@@ -613,26 +640,26 @@ impl World {
             let to = leg as usize - 1;
             assert_eq!(dst, self.parts[to].addr, "seed {}: output to the leg's latched address", self.seed);
             assert_eq!(local_port, self.parts[to].port, "seed {}: output from the leg's port", self.seed);
-            self.tap(to, &b, is_pub_rtx);
+            self.tap(to, &b, is_pub_rtx, is_rtcp_in);
             self.send_down(to, b);
         }
     }
 
     /// The harness's view of one SFU output (headers are in the clear; RTCP to publishers is
     /// decrypted with separate replay state).
-    fn tap(&mut self, to: usize, b: &[u8], from_pub_rtx: bool) {
+    fn tap(&mut self, to: usize, b: &[u8], from_pub_rtx: bool, from_rtcp: bool) {
         match demux::classify(b) {
             demux::PacketClass::Rtp => {
                 let ssrc = u32::from_be_bytes(b[8..12].try_into().unwrap());
-                let seq = u16::from_be_bytes([b[2], b[3]]);
                 let is_rtx_ssrc = self.parts[to].rtx_to_primary.contains_key(&ssrc);
-                // Without an RTX SSRC a retransmission repeats the media SSRC and seq.
-                let repeat = !is_rtx_ssrc && !self.truth.emitted.insert((to, ssrc, seq));
-                if from_pub_rtx {
+                // Media the SFU sends in answer to RTCP is a retransmission from its cache
+                // (on the RTX SSRC, or the media SSRC for subscribers without one).
+                if from_rtcp {
+                    self.truth.cache_retransmissions += 1;
+                } else if from_pub_rtx {
                     self.truth.publisher_rtx_fanout += 1;
-                    self.truth.rtx_outputs += 1;
-                } else if is_rtx_ssrc || repeat {
-                    self.truth.rtx_outputs += 1;
+                } else {
+                    assert!(!is_rtx_ssrc, "seed {}: RTX SSRC output for ordinary media", self.seed);
                 }
             }
             demux::PacketClass::Rtcp => {
@@ -1073,7 +1100,7 @@ impl World {
         assert_eq!(st.drops_for(DropReason::Replayed), t.sfu_dup_deliveries, "seed {seed}: replays at the SFU = duplicated datagrams");
         assert_eq!(st.keyframe_requests, t.plis.values().map(|v| v.len() as u64).sum::<u64>(), "seed {seed}: keyframe_requests = PLIs sent");
         assert_eq!(st.nack_forwarded, t.nack_items_upstream, "seed {seed}: nack_forwarded = NACK items sent upstream");
-        assert_eq!(st.nack_answered, t.rtx_outputs - t.publisher_rtx_fanout, "seed {seed}: nack_answered = cache retransmissions");
+        assert_eq!(st.nack_answered, t.cache_retransmissions, "seed {seed}: nack_answered = cache retransmissions");
         assert_eq!(self.events.get("layer_switched").copied().unwrap_or(0), st.layer_switches, "seed {seed}: switch events");
         assert_eq!(self.events.get("keyframe_requested").copied().unwrap_or(0), st.keyframe_requests, "seed {seed}: PLI events");
         assert_eq!(self.events.get("remote_latched").copied().unwrap_or(0), self.parts.len() as u64, "seed {seed}: latches");
@@ -1104,7 +1131,7 @@ impl World {
             for (&out, s) in outs {
                 let ctx = format!("seed {seed}: {} subscriber {} stream {out:#x} from publisher {}", self.sc.name, part.idx, s.publisher);
                 assert!(s.recs.len() > 10, "{ctx}: received only {} packets", s.recs.len());
-                assert!(s.srs > 0 || self.sc.media_end_ms < 1500, "{ctx}: no sender report");
+                assert!(s.srs > 0, "{ctx}: no sender report");
                 let first = *s.recs.keys().next().unwrap();
                 let last = *s.recs.keys().next_back().unwrap();
                 sum.packets += s.recs.len() as u64;
@@ -1195,6 +1222,7 @@ struct Summary {
     up_lost: u64,
     down_lost: u64,
     stats: CoreStats,
+    wall: [std::time::Duration; 5],
 }
 
 fn trace_on(now: u64) -> bool {
@@ -1231,11 +1259,13 @@ fn simulate(sc: Scenario, seeds_: &[u64]) {
         let result = std::panic::catch_unwind(move || {
             let mut w = World::new(sc2, seed);
             w.run();
-            w.check()
+            let mut sum = w.check();
+            sum.wall = w.wall;
+            sum
         });
         match result {
             Ok(sum) => eprintln!(
-                "{name} seed {seed}: {} packets in, {} out, {} received, {} rtx ({} redundant), {} NACKed, {} switches, lost up {} down {} (audio unrepaired {}), nack answered {} forwarded {}, PLIs {}, {:?}",
+                "{name} seed {seed}: {} packets in, {} out, {} received, {} rtx ({} redundant), {} NACKed, {} switches, lost up {} down {} (audio unrepaired {}), nack answered {} forwarded {}, PLIs {}, {:?} (wall: sfu, peers, media, housekeeping, deltas {:?})",
                 sum.stats.rx_packets,
                 sum.stats.tx_packets,
                 sum.packets,
@@ -1250,6 +1280,7 @@ fn simulate(sc: Scenario, seeds_: &[u64]) {
                 sum.stats.nack_forwarded,
                 sum.stats.keyframe_requests,
                 started.elapsed(),
+                sum.wall,
             ),
             Err(e) => {
                 let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
@@ -1297,9 +1328,11 @@ fn five_party_mixed_profiles() {
 
 #[test]
 fn fifty_party_audio_all_video_some() {
-    let mut sc = base("fifty_party", 50, 3, Profiles::Mixed);
-    sc.media_end_ms = 1800;
-    sc.tail_ms = 800;
+    // All GCM: HMAC-SHA1 from the pure-Rust sha1 crate is slow in debug builds, and the
+    // profile mix is covered by the five-party run.
+    let mut sc = base("fifty_party", 50, 3, Profiles::Gcm);
+    sc.media_end_ms = 1600;
+    sc.tail_ms = 700;
     sc.layer_changes = 3;
     sc.sub_pli_ms = 4000;
     simulate(sc, &[31]);
