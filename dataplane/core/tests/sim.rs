@@ -308,7 +308,7 @@ fn profile_of(p: Profiles, idx: usize) -> Profile {
         Profiles::Gcm => Profile::AeadAes128Gcm,
         Profiles::Cm => Profile::AesCm128HmacSha1_80,
         Profiles::Mixed => {
-            if idx % 2 == 0 {
+            if idx.is_multiple_of(2) {
                 Profile::AeadAes128Gcm
             } else {
                 Profile::AesCm128HmacSha1_80
@@ -401,6 +401,7 @@ impl World {
         }
         let mut subs = BTreeMap::new();
         let mut k = 0usize;
+        #[expect(clippy::needless_range_loop, reason = "s and p are both participant indices")]
         for s in 0..n {
             for p in 0..n {
                 if s == p {
@@ -413,7 +414,7 @@ impl World {
                 for (t, video) in tracks {
                     k += 1;
                     let out = out_ssrc(s, t);
-                    let rtx = (video && k % sc.no_rtx_every != 0).then_some(out + 1);
+                    let rtx = (video && !k.is_multiple_of(sc.no_rtx_every)).then_some(out + 1);
                     let layer = if video { rng.random_range(0..3) } else { 0 };
                     let spec = subscription(s as u32 + 1, t, out, rtx, layer);
                     parts[s].rx.insert(
@@ -729,7 +730,7 @@ impl World {
     }
 
     fn is_video(&self, track: u32) -> bool {
-        track % 2 == 0
+        track.is_multiple_of(2)
     }
 
     // --- publishers ------------------------------------------------------------------------
@@ -975,11 +976,11 @@ impl World {
         s.recs.insert(ext, rec);
         s.missing.remove(&ext);
         // A packet below everything received so far reveals the gap above it.
-        if let Some((&lowest, _)) = s.recs.range(ext + 1..).next() {
-            if s.recs.range(..ext).next().is_none() {
-                for e in ext + 1..lowest {
-                    s.missing.insert(e, Miss { noticed: now, last_nack: None, nacks: 0 });
-                }
+        if let Some((&lowest, _)) = s.recs.range(ext + 1..).next()
+            && s.recs.range(..ext).next().is_none()
+        {
+            for e in ext + 1..lowest {
+                s.missing.insert(e, Miss { noticed: now, last_nack: None, nacks: 0 });
             }
         }
         match s.highest {
@@ -1033,7 +1034,7 @@ impl World {
                 }
                 if !seqs.is_empty() {
                     if trace_on(now) {
-                        eprintln!("[{:>5}ms] peer {p} NACKs {out:#x} {:?}", now / MS, seqs.iter().map(|e| *e as u16).collect::<Vec<_>>());
+                        eprintln!("[{:>5}ms] peer {p} NACKs {out:#x} {:?}", now / MS, seqs);
                     }
                     let mut items = [rtcp::NackItem::default(); 32];
                     let n = rtcp::pack_nack_items(seqs, &mut items).unwrap();

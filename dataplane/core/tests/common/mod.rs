@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests (simulation, allocation count, robustness): key
 //! material, packet builders and the specs of a small meeting. Each test binary uses a subset.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a subset of these helpers")]
 
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
