@@ -208,7 +208,32 @@ fn paired_table() {
 
 criterion_group!(benches, forward);
 
+/// `FORWARD_ONLY=core|raw|setup FORWARD_PROFILE=gcm|cm FORWARD_FANOUT=n FORWARD_PACKETS=n`:
+/// runs exactly that many packets through one side and exits, for `perf stat -e cycles:u`
+/// (per-process counts, unlike wall time, do not move with other processes' load; subtract a
+/// `setup` run to remove building the ring).
+fn single_side() -> bool {
+    let Ok(which) = std::env::var("FORWARD_ONLY") else { return false };
+    let profile = match std::env::var("FORWARD_PROFILE").as_deref() {
+        Ok("cm") => Profile::AesCm128HmacSha1_80,
+        _ => Profile::AeadAes128Gcm,
+    };
+    let fanout = std::env::var("FORWARD_FANOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let packets = std::env::var("FORWARD_PACKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(RING as u64 * 10);
+    let s = Setup::new(profile, fanout);
+    let t = match which.as_str() {
+        "core" => s.run_core(packets),
+        "raw" => s.run_raw(packets),
+        _ => Duration::ZERO,
+    };
+    eprintln!("{which} {profile:?} fanout {fanout}: {packets} packets in {t:?}");
+    true
+}
+
 fn main() {
+    if single_side() {
+        return;
+    }
     if !std::env::args().any(|a| a == "--list") && std::env::var_os("FORWARD_NO_PAIRED").is_none() {
         paired_table();
     }
