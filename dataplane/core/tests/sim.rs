@@ -22,7 +22,8 @@
 //! only at keyframe starts, converging to the final target; PLIs to each publisher layer at most
 //! one per 200 ms; and the core's counters agree with what the harness saw.
 //!
-//! A failure names the scenario and seed; `SIM_SEED=<n>` reruns one seed.
+//! A failure names the scenario and seed; `SIM_SEED=<n>` reruns one seed, `SIM_SEEDS=<a>..<b>`
+//! soaks a range, `SIM_TRACE=<from_ms>-<to_ms>` prints what the SFU did in that window.
 
 mod common;
 
@@ -1266,11 +1267,16 @@ fn header(b: &[u8]) -> (&'static str, u32, u16) {
     }
 }
 
+/// `SIM_SEED=n` runs one seed; `SIM_SEEDS=a..b` a range (a soak run); else the defaults.
 fn seeds(default: &[u64]) -> Vec<u64> {
-    match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
-        Err(_) => default.to_vec(),
+    if let Ok(s) = std::env::var("SIM_SEED") {
+        return vec![s.parse().expect("SIM_SEED is a number")];
     }
+    if let Ok(r) = std::env::var("SIM_SEEDS") {
+        let (a, b) = r.split_once("..").expect("SIM_SEEDS is a..b");
+        return (a.parse().expect("a number")..b.parse().expect("a number")).collect();
+    }
+    default.to_vec()
 }
 
 fn simulate(sc: Scenario, seeds_: &[u64]) {
