@@ -192,3 +192,34 @@ fn packet_lost_before_a_switch_is_repaired_by_publisher_rtx() {
     let got = r.rx(true, w, 130);
     assert_repairs_11(&mut r, &got);
 }
+
+/// Pausing a video subscription and resuming it must not leave the paused stretch as a hole in
+/// the subscriber's sequence numbers (which it would NACK, all of it, and get from the cache) or
+/// resume mid-GOP: the stream continues right after the last packet sent, at a keyframe.
+#[test]
+fn resume_after_pause_continues_at_a_keyframe_without_a_gap() {
+    let mut r = Rig::new();
+    assert_eq!(r.media(L0, 10, true, 0).len(), 1);
+    assert_eq!(r.media(L0, 11, false, 1).len(), 1);
+    let mut s = subscription(2, 1, OUT, Some(OUT_RTX), 0);
+    s.paused = true;
+    r.core.apply(Delta { generation: Generation(2), replace_all: false, ops: vec![Op::UpsertSubscription(s.clone())] }).unwrap();
+    for (k, seq) in (12..40).enumerate() {
+        assert!(r.media(L0, seq, false, 2 + k as u64).iter().all(|(p, _)| *p), "paused");
+    }
+    s.paused = false;
+    r.core.apply(Delta { generation: Generation(3), replace_all: false, ops: vec![Op::UpsertSubscription(s)] }).unwrap();
+    let mut first = None;
+    for (k, seq) in (40..50).enumerate() {
+        let key = seq == 45;
+        for (to_pub, b) in r.media(L0, seq, key, 100 + k as u64) {
+            if !to_pub && first.is_none() {
+                let (_, out_seq, payload) = r.sub.open(&b);
+                first = Some((out_seq, u16::from_be_bytes([payload[2], payload[3]])));
+            }
+        }
+    }
+    let (out_seq, in_seq) = first.expect("resumed");
+    assert_eq!(out_seq, 12, "continues right after the last packet before the pause");
+    assert_eq!(in_seq, 45, "at the first keyframe after the resume");
+}
