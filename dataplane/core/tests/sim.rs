@@ -58,6 +58,9 @@ const RENACK: u64 = 150 * MS;
 const RTX_SUPPRESS: u64 = 150 * MS;
 const PLI_INTERVAL: u64 = 200 * MS;
 const MIN_CHANGE_GAP: u64 = 1500 * MS;
+const PAUSE_FOR: u64 = 400 * MS;
+/// The RTP timestamp of every publisher's first video frame.
+const VIDEO_TS0: u32 = 0x1000_0000;
 const MAGIC: [u8; 2] = [0xc0, 0xde];
 
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +92,8 @@ struct Scenario {
     sub_pli_ms: u64,
     /// Every n-th subscription gets no RTX SSRC (retransmissions then reuse the media SSRC).
     no_rtx_every: usize,
+    /// How many times a video subscription is paused (for `PAUSE_FOR`) during the run.
+    pauses: usize,
 }
 
 /// Identity of a media packet, carried in its payload.
@@ -255,6 +260,9 @@ enum Ev {
     Video(usize, u32),
     House(usize),
     LayerChange,
+    /// Pause a video subscription (resumed `PAUSE_FOR` later).
+    Pause,
+    Resume((u32, u32)),
 }
 
 #[derive(Default, Debug)]
@@ -292,8 +300,10 @@ struct World {
     /// publishers' keys and separate replay state), to check PLI throttling on every PLI sent.
     tap_rtcp: HashMap<(usize, u32), RtcpRecvState>,
     subs: BTreeMap<(u32, u32), SubscriptionSpec>,
-    /// The time of the last target change of each video subscription.
+    /// The time of the last target change (or resume) of each video subscription.
     last_change: HashMap<(u32, u32), u64>,
+    /// Video subscriptions that were paused, with when (pause, resume).
+    paused_ever: HashMap<(u32, u32), Vec<(u64, u64)>>,
     events: HashMap<&'static str, u64>,
     truth: Truth,
     lossy_from: u64,
@@ -466,6 +476,7 @@ impl World {
             tap_rtcp: HashMap::new(),
             subs,
             last_change: HashMap::new(),
+            paused_ever: HashMap::new(),
             events: HashMap::new(),
             truth: Truth { peer_dup_deliveries: vec![0; peers], ..Default::default() },
             lossy_from,
@@ -495,6 +506,10 @@ impl World {
             for i in 0..w.sc.layer_changes {
                 let t = lossy_from + span * (i as u64 + 1) / (w.sc.layer_changes as u64 + 1);
                 w.schedule(t, Ev::LayerChange);
+            }
+            for i in 0..w.sc.pauses {
+                let t = lossy_from + span * (2 * i as u64 + 1) / (2 * w.sc.pauses as u64);
+                w.schedule(t, Ev::Pause);
             }
         }
         w
@@ -593,6 +608,14 @@ impl World {
                 }
                 Ev::LayerChange => {
                     self.layer_change();
+                    4
+                }
+                Ev::Pause => {
+                    self.pause();
+                    4
+                }
+                Ev::Resume(key) => {
+                    self.set_paused(key, false);
                     4
                 }
             };
@@ -703,7 +726,7 @@ impl World {
         let video: Vec<(u32, u32)> = self
             .subs
             .keys()
-            .filter(|k| self.is_video(k.1) && self.last_change.get(k).is_none_or(|&t| now - t >= MIN_CHANGE_GAP))
+            .filter(|k| self.is_video(k.1) && self.last_change.get(k).is_none_or(|&t| now.saturating_sub(t) >= MIN_CHANGE_GAP))
             .copied()
             .collect();
         if video.is_empty() {
@@ -728,6 +751,37 @@ impl World {
         }
         self.generation += 1;
         self.core.apply(Delta { generation: Generation(self.generation), replace_all: false, ops }).expect("layer change applies");
+    }
+
+    /// Pauses one video subscription that has not changed lately; it resumes `PAUSE_FOR` later
+    /// and, like a layer change, is not touched again for `MIN_CHANGE_GAP` after that.
+    fn pause(&mut self) {
+        let now = self.now;
+        let keys: Vec<(u32, u32)> = self
+            .subs
+            .keys()
+            .filter(|k| self.is_video(k.1) && self.last_change.get(k).is_none_or(|&t| now.saturating_sub(t) >= MIN_CHANGE_GAP))
+            .copied()
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let key = keys[self.rng.random_range(0..keys.len())];
+        self.set_paused(key, true);
+        self.last_change.insert(key, now + PAUSE_FOR);
+        self.paused_ever.entry(key).or_default().push((now, now + PAUSE_FOR));
+        self.schedule(now + PAUSE_FOR, Ev::Resume(key));
+    }
+
+    fn set_paused(&mut self, key: (u32, u32), paused: bool) {
+        let spec = self.subs.get_mut(&key).unwrap();
+        spec.paused = paused;
+        if trace_on(self.now) {
+            eprintln!("[{:>5}ms] {key:?} paused={paused}", self.now / MS);
+        }
+        let op = Op::UpsertSubscription(spec.clone());
+        self.generation += 1;
+        self.core.apply(Delta { generation: Generation(self.generation), replace_all: false, ops: vec![op] }).expect("pause applies");
     }
 
     fn is_video(&self, track: u32) -> bool {
@@ -770,7 +824,7 @@ impl World {
                 if key {
                     lp.keyframes += 1;
                 }
-                let ts = 0x1000_0000u32.wrapping_add(frame.wrapping_mul(3000));
+                let ts = VIDEO_TS0.wrapping_add(frame.wrapping_mul(3000));
                 lp.last_ts = ts;
                 let n = LAYER_PACKETS[l];
                 for k in 0..n {
@@ -1110,7 +1164,6 @@ impl World {
             DropReason::UnknownSource,
             DropReason::UnknownSsrc,
             DropReason::AuthFailed,
-            DropReason::Paused,
             DropReason::OutputFull,
             DropReason::UnknownPayloadType,
             DropReason::NoDestination,
@@ -1128,7 +1181,11 @@ impl World {
         let consumed = st.drops_for(DropReason::RtcpConsumed);
         assert_eq!(
             st.total_drops(),
-            filtered + consumed + st.drops_for(DropReason::Replayed) + st.drops_for(DropReason::NoSubscribers),
+            filtered
+                + consumed
+                + st.drops_for(DropReason::Replayed)
+                + st.drops_for(DropReason::NoSubscribers)
+                + st.drops_for(DropReason::Paused),
             "seed {seed}: {st:?}"
         );
 
@@ -1196,12 +1253,36 @@ impl World {
                 let (_, r0) = s.recs.first_key_value().unwrap();
                 assert!(r0.id.key_start, "{ctx}: stream does not start at a keyframe");
                 let mut segments = 1u64;
+                let pauses = self.paused_ever.get(&(part.leg, s.track));
+                let paused = pauses.is_some();
+                sum.paused += u64::from(paused);
+                // Nothing the publisher sent while the subscription was paused reaches it (minus
+                // what was in flight when the resume came): a resume is no sequence gap to NACK.
+                for &(from, to) in pauses.into_iter().flatten() {
+                    for r in s.recs.values() {
+                        let sent = MEDIA_START + u64::from(r.id.pub_ts.wrapping_sub(VIDEO_TS0) / 3000) * FRAME_INTERVAL_NS;
+                        assert!(
+                            !(from..to.saturating_sub(50 * MS)).contains(&sent),
+                            "{ctx}: got {:?} sent at {} ms, while paused from {} to {} ms",
+                            r.id,
+                            sent / MS,
+                            from / MS,
+                            to / MS
+                        );
+                    }
+                }
                 for ((_, a), (_, b)) in s.recs.iter().zip(s.recs.iter().skip(1)) {
                     let dts = b.ts.wrapping_sub(a.ts) as i32;
                     assert!(dts >= 0, "{ctx}: timestamp went back {dts} ticks");
                     if a.id.layer != b.id.layer {
                         assert!(b.id.key_start, "{ctx}: switched from layer {} to {} at a non-keyframe packet {:?}", a.id.layer, b.id.layer, b.id);
                         assert!(dts > 0, "{ctx}: timestamp did not move forward across a switch");
+                        segments += 1;
+                    } else if b.id.pub_seq != a.id.pub_seq.wrapping_add(1) && paused {
+                        // A resume re-enters the same layer: at a keyframe, right after the last
+                        // packet before the pause (no gap), with time moving on.
+                        assert!(b.id.key_start, "{ctx}: resumed at a non-keyframe packet {:?}", b.id);
+                        assert!(dts > 0, "{ctx}: timestamp did not move forward across a resume");
                         segments += 1;
                     } else {
                         // Same layer: consecutive publisher packets with their own spacing.
@@ -1241,6 +1322,8 @@ struct Summary {
     redundant: u64,
     nacked: u64,
     switches: u64,
+    /// Video subscriptions paused and resumed.
+    paused: u64,
     audio_lost: u64,
     up_lost: u64,
     down_lost: u64,
@@ -1293,7 +1376,7 @@ fn simulate(sc: Scenario, seeds_: &[u64]) {
         });
         match result {
             Ok(sum) => eprintln!(
-                "{name} seed {seed}: {} packets in, {} out, {} received, {} rtx ({} filled a gap, {} redundant), {} NACKed, {} switches, lost up {} down {} (audio unrepaired {}), nack answered {} forwarded {}, PLIs {}, {:?} (wall: sfu, peers, media, housekeeping, deltas {:?})",
+                "{name} seed {seed}: {} packets in, {} out, {} received, {} rtx ({} filled a gap, {} redundant), {} NACKed, {} switches, {} paused, lost up {} down {} (audio unrepaired {}), nack answered {} forwarded {}, PLIs {}, {:?} (wall: sfu, peers, media, housekeeping, deltas {:?})",
                 sum.stats.rx_packets,
                 sum.stats.tx_packets,
                 sum.packets,
@@ -1302,6 +1385,7 @@ fn simulate(sc: Scenario, seeds_: &[u64]) {
                 sum.redundant,
                 sum.nacked,
                 sum.switches,
+                sum.paused,
                 sum.up_lost,
                 sum.down_lost,
                 sum.audio_lost,
@@ -1334,6 +1418,7 @@ fn base(name: &'static str, participants: usize, video_publishers: usize, profil
         layer_changes: 6,
         sub_pli_ms: 1500,
         no_rtx_every: 5,
+        pauses: 2,
     }
 }
 
