@@ -27,7 +27,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Hash maps with a fixed, fast hasher (the simulation must not depend on a per-process seed,
+/// and SipHash is slow in debug builds).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use common::*;
@@ -368,7 +373,7 @@ impl World {
                         seq: if rng.random_bool(0.3) { 65_500 } else { rng.random() },
                         rtx_seq: rng.random(),
                         key_pending: true,
-                        history: HashMap::new(),
+                        history: HashMap::default(),
                         order: VecDeque::new(),
                         packets: 0,
                         octets: 0,
@@ -384,14 +389,14 @@ impl World {
                 addr: SocketAddr::from((Ipv4Addr::new(10, 1, (idx >> 8) as u8, idx as u8), 40_000 + idx as u16)),
                 up: SrtpKeys::new(profile, &up.key, &up.salt).unwrap(),
                 down: SrtpKeys::new(profile, &down.key, &down.salt).unwrap(),
-                up_rtp: HashMap::new(),
-                up_rtcp: HashMap::new(),
-                down_rtp: HashMap::new(),
-                down_rtcp: HashMap::new(),
+                up_rtp: HashMap::default(),
+                up_rtcp: HashMap::default(),
+                down_rtp: HashMap::default(),
+                down_rtcp: HashMap::default(),
                 audio: AudioPub { ssrc: audio_ssrc(idx), seq: rng.random(), ts: rng.random(), packets: 0, octets: 0 },
                 video,
-                rx: HashMap::new(),
-                rtx_to_primary: HashMap::new(),
+                rx: HashMap::default(),
+                rtx_to_primary: HashMap::default(),
                 rx_order: Vec::new(),
                 replays: 0,
                 plis_received: Vec::new(),
@@ -438,8 +443,8 @@ impl World {
                             highest: None,
                             recs: BTreeMap::new(),
                             missing: BTreeMap::new(),
-                            renacked: HashSet::new(),
-                            nacked: HashSet::new(),
+                            renacked: HashSet::default(),
+                            nacked: HashSet::default(),
                             redundant: Vec::new(),
                             rtx_received: 0,
                             srs: 0,
@@ -473,16 +478,16 @@ impl World {
             generation: 1,
             out: OutBatch::new(2048),
             parts,
-            tap_rtcp: HashMap::new(),
+            tap_rtcp: HashMap::default(),
             subs,
-            last_change: HashMap::new(),
-            paused_ever: HashMap::new(),
-            events: HashMap::new(),
+            last_change: HashMap::default(),
+            paused_ever: HashMap::default(),
+            events: HashMap::default(),
             truth: Truth { peer_dup_deliveries: vec![0; peers], ..Default::default() },
             lossy_from,
             lossy_until,
             wall: Default::default(),
-            dup_copies: HashMap::new(),
+            dup_copies: HashMap::default(),
         };
         // Every participant's first packet (an RR) latches its address; media starts later.
         for idx in 0..n {
@@ -734,7 +739,7 @@ impl World {
         }
         // Change a few subscriptions at once, in one atomic delta.
         let mut ops = Vec::new();
-        let mut picked = HashSet::new();
+        let mut picked = HashSet::default();
         for _ in 0..1 + video.len() / 8 {
             let key = video[self.rng.random_range(0..video.len())];
             if !picked.insert(key) {
