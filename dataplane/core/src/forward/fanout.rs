@@ -151,10 +151,17 @@ fn publisher_rtx(
     }
     let mut sent = 0;
     for sub in &mut track.subs {
-        if sub.paused || sub.current_layer != Some(layer) {
+        if sub.paused {
             continue;
         }
-        let Some(r) = sub.rewriter.rewrite(ctx.now, primary, osn, ts) else { continue };
+        // On the layer: like any packet of it. Switched away since: through the old segment,
+        // so a packet lost just before the switch is still repaired.
+        let r = if sub.current_layer == Some(layer) {
+            sub.rewriter.rewrite(ctx.now, primary, osn, ts)
+        } else {
+            sub.rewriter.map_retransmission(primary, osn, ts)
+        };
+        let Some(r) = r else { continue };
         let Some(out_pt) = sub.map_pt(media_pt) else { continue };
         let as_rtx = rtx_pt_for(track_rtx_pt(&track.spec.payload_types, media_pt), sub);
         if send_copy(ctx, sub, legs, orig, r, out_pt, as_rtx).is_ok() {

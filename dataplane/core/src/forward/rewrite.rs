@@ -141,6 +141,22 @@ impl SeqTsRewriter {
         prev.map_back(out_seq, prev_end)
     }
 
+    /// Maps a retransmission of the publisher packet `(source, in_seq, in_ts)` through the
+    /// segment that produced its subscriber sequence number — the current one or the one before
+    /// the last switch — without moving the stream forward. A packet lost (or reordered past the
+    /// switch point) just before a switch is still repaired after it.
+    pub fn map_retransmission(&self, source: Ssrc, in_seq: SeqNo, in_ts: u32) -> Option<Rewritten> {
+        let (highest, _, _) = self.highest?;
+        [self.segment.map(|s| (s, highest)), self.previous].into_iter().flatten().find_map(|(seg, end)| {
+            if seg.source != source {
+                return None;
+            }
+            let out = SeqNo(in_seq.0.wrapping_add(seg.seq_offset));
+            seg.map_back(out, end)?;
+            Some(Rewritten { seq: out, ts: in_ts.wrapping_add(seg.ts_offset) })
+        })
+    }
+
     /// Maps a publisher RTP timestamp of the current source into the subscriber's timeline (for
     /// sender reports).
     pub fn map_ts(&self, source: Ssrc, in_ts: u32) -> Option<u32> {
@@ -237,6 +253,12 @@ mod tests {
         assert_eq!(r.to_source_seq(SeqNo(9)), None, "before anything was sent");
         assert_eq!(r.map_ts(B, 100), Some(r.map_ts(B, 0).unwrap() + 100));
         assert_eq!(r.map_ts(A, 100), None);
+        // Retransmissions map through the segment that sent them, current or previous.
+        assert_eq!(r.map_retransmission(A, SeqNo(11), 50), Some(Rewritten { seq: SeqNo(11), ts: 50 }));
+        assert_eq!(r.map_retransmission(B, SeqNo(3001), 7), Some(Rewritten { seq: SeqNo(13), ts: r.map_ts(B, 7).unwrap() }));
+        assert_eq!(r.map_retransmission(A, SeqNo(12), 0), None, "after the old segment ended");
+        assert_eq!(r.map_retransmission(B, SeqNo(3002), 0), None, "not sent yet");
+        assert_eq!(r.map_retransmission(A, SeqNo(9), 0), None, "before the old segment");
     }
 
     #[test]

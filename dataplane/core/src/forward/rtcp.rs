@@ -195,7 +195,10 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
         let sent = cached.is_some_and(|plain| {
             let Ok(pkt) = rtp::Packet::new_checked(plain) else { return false };
             let media_pt = Pt(pkt.payload_type());
-            let Some(ts) = sub.rewriter.map_ts(src, pkt.timestamp()) else { return false };
+            // Through the segment that sent it, which after a switch is not the current one.
+            let Some(ts) = sub.rewriter.map_retransmission(src, in_seq, pkt.timestamp()).map(|r| r.ts) else {
+                return false;
+            };
             let Some(out_pt) = sub.map_pt(media_pt) else { return false };
             let publisher_rtx = spec.payload_types.iter().find(|p| p.pt == media_pt).and_then(|p| p.rtx_pt);
             let as_rtx = rtx_pt_for(publisher_rtx, sub);

@@ -334,7 +334,10 @@ impl Subscription {
         let fresh = Self::compile(spec, layers);
         if fresh.out_ssrc == self.out_ssrc && fresh.out_rtx_ssrc == self.out_rtx_ssrc {
             let keep = core::mem::replace(self, fresh);
-            self.current_layer = keep.current_layer;
+            // A resumed subscription re-enters like a layer switch: at a keyframe, right after
+            // the last packet it sent, so the paused stretch is neither a sequence gap (which the
+            // subscriber would NACK) nor a resume in the middle of a GOP.
+            self.current_layer = if keep.paused && !self.paused { None } else { keep.current_layer };
             self.rewriter = keep.rewriter;
             self.srtp = keep.srtp;
             self.rtx_srtp = keep.rtx_srtp;

@@ -1,0 +1,242 @@
+//! Per-packet cost of the forwarding core: one publisher sending 1200-byte VP8 packets on one
+//! layer, N subscribers on that layer, for both SRTP profiles. Beside it, in the same run and
+//! with the same keys, the raw crypto the core cannot avoid: copy in + one unprotect +
+//! N × (copy into a slot + protect). The core's overhead is (core − raw) / raw.
+//!
+//! Each iteration feeds a fresh packet from a pre-protected ring of [`RING`] sequential sequence
+//! numbers (SRTP replay protection drops repeats). When the ring is used up the core (or the raw
+//! receive state) is rebuilt outside the timed region and the ring starts again at its keyframe.
+//!
+//! `cargo bench -p sluice-core --bench forward`; criterion reports time per *input* packet, the
+//! per-output cost is that divided by N (throughput is given in output packets). Before the
+//! criterion runs, a paired table measures core and raw alternately (same load for both) and
+//! prints ns per output and the overhead ratio; `FORWARD_NO_PAIRED=1` skips it.
+
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant as StdInstant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use sluice_core::forward::{Core, CoreConfig, OutBatch, SLOT_BYTES};
+use sluice_core::ids::{Generation, Ssrc};
+use sluice_core::srtp::{Profile, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
+use sluice_core::table::{Delta, Op};
+use sluice_core::time::Instant;
+use sluice_core::wire::rtcp;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::*;
+
+const RING: usize = 4096;
+const PACKET: usize = 1200;
+const PUB_SSRC: u32 = 0x1000;
+
+struct Setup {
+    profile: Profile,
+    fanout: usize,
+    /// Protected publisher packets, sequential from a keyframe.
+    ring: Vec<Vec<u8>>,
+    pub_addr: SocketAddr,
+}
+
+fn addr(i: u32) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8), 5000))
+}
+
+impl Setup {
+    fn new(profile: Profile, fanout: usize) -> Self {
+        let up = material(profile, 1, 0);
+        let keys = SrtpKeys::new(profile, &up.key, &up.salt).unwrap();
+        let mut st = RtpSendState::new();
+        let ring = (0..RING)
+            .map(|i| {
+                let mut payload = vec![0xabu8; PACKET - 12];
+                if i == 0 {
+                    payload[..2].copy_from_slice(&[0x10, 0x00]);
+                } else {
+                    payload[..2].copy_from_slice(&[0x00, 0x00]);
+                }
+                let mut p = rtp_packet(PUB_SSRC, i as u16, (i as u32 / 4) * 3000, PT_VP8, i % 4 == 3, &payload);
+                let n = p.len();
+                p.resize(n + 32, 0);
+                let len = keys.protect_rtp(&mut st, &mut p, n).unwrap();
+                p.truncate(len);
+                p
+            })
+            .collect();
+        Self { profile, fanout, ring, pub_addr: addr(1) }
+    }
+
+    /// A core with the meeting installed and every subscriber's address latched.
+    fn core(&self) -> Core {
+        let mut core = Core::new(CoreConfig::default());
+        let mut ops = Vec::new();
+        for i in 1..=self.fanout as u32 + 1 {
+            ops.push(Op::UpsertLeg(leg_spec(i, 20_000 + i as u16, material(self.profile, i, 0), material(self.profile, i, 1))));
+        }
+        ops.push(Op::UpsertTrack(video_track(1, 1, &[(PUB_SSRC, PUB_SSRC + 1)])));
+        for i in 2..=self.fanout as u32 + 1 {
+            ops.push(Op::UpsertSubscription(subscription(i, 1, 0x10_0000 * i, Some(0x10_0000 * i + 1), 0)));
+        }
+        core.apply(Delta { generation: Generation(1), replace_all: false, ops }).unwrap();
+        let mut out = OutBatch::new(64);
+        for i in 1..=self.fanout as u32 + 1 {
+            let m = material(self.profile, i, 0);
+            let keys = SrtpKeys::new(self.profile, &m.key, &m.salt).unwrap();
+            let mut buf = [0u8; 64];
+            let n = rtcp::write_rr(&mut buf, Ssrc(i), &[]).unwrap();
+            let n = keys.protect_rtcp(&mut RtcpSendState::new(), &mut buf, n).unwrap();
+            core.handle_rx(Instant::from_nanos(0), 20_000 + i as u16, addr(i), &mut buf[..n], &mut out);
+        }
+        core
+    }
+
+    /// Times `iters` packets through the core.
+    fn run_core(&self, iters: u64) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut out = OutBatch::new(64);
+        let mut buf = [0u8; 1600];
+        let mut done = 0u64;
+        while done < iters {
+            let mut core = self.core();
+            let chunk = (iters - done).min(RING as u64) as usize;
+            let start = StdInstant::now();
+            for (i, p) in self.ring[..chunk].iter().enumerate() {
+                out.clear();
+                let b = &mut buf[..p.len()];
+                b.copy_from_slice(p);
+                core.handle_rx(Instant::from_nanos(i as u64 * 1000), 20_001, self.pub_addr, b, &mut out);
+            }
+            total += start.elapsed();
+            assert_eq!(out.len(), self.fanout, "every subscriber got the last packet");
+            assert_eq!(core.stats().tx_packets, (chunk * self.fanout) as u64, "{:?}", core.stats());
+            black_box(&out);
+            done += chunk as u64;
+        }
+        total
+    }
+
+    /// Times the crypto alone: copy in, unprotect, then per subscriber copy into a slot and
+    /// protect with that subscriber's keys.
+    fn run_raw(&self, iters: u64) -> Duration {
+        let up = material(self.profile, 1, 0);
+        let rx = SrtpKeys::new(self.profile, &up.key, &up.salt).unwrap();
+        let tx: Vec<SrtpKeys> = (2..=self.fanout as u32 + 1)
+            .map(|i| {
+                let m = material(self.profile, i, 1);
+                SrtpKeys::new(self.profile, &m.key, &m.salt).unwrap()
+            })
+            .collect();
+        let mut send: Vec<RtpSendState> = vec![RtpSendState::new(); self.fanout];
+        let mut slots = vec![0u8; SLOT_BYTES * self.fanout];
+        let mut buf = [0u8; 1600];
+        let mut total = Duration::ZERO;
+        let mut done = 0u64;
+        while done < iters {
+            let mut recv = RtpRecvState::new(128);
+            let chunk = (iters - done).min(RING as u64) as usize;
+            let start = StdInstant::now();
+            for p in &self.ring[..chunk] {
+                let b = &mut buf[..p.len()];
+                b.copy_from_slice(p);
+                let n = rx.unprotect_rtp(&mut recv, b, p.len()).unwrap();
+                for (k, (keys, st)) in tx.iter().zip(send.iter_mut()).enumerate() {
+                    let slot = &mut slots[k * SLOT_BYTES..(k + 1) * SLOT_BYTES];
+                    slot[..n].copy_from_slice(&b[..n]);
+                    black_box(keys.protect_rtp(st, slot, n).unwrap());
+                }
+            }
+            total += start.elapsed();
+            done += chunk as u64;
+        }
+        black_box(&slots);
+        total
+    }
+}
+
+fn forward(c: &mut Criterion) {
+    for profile in [Profile::AeadAes128Gcm, Profile::AesCm128HmacSha1_80] {
+        let name = match profile {
+            Profile::AeadAes128Gcm => "aead_aes_128_gcm",
+            _ => "aes_cm_128_hmac_sha1_80",
+        };
+        let mut g = c.benchmark_group(format!("forward/{name}"));
+        for fanout in [1usize, 4, 16] {
+            let s = Setup::new(profile, fanout);
+            g.throughput(Throughput::Elements(fanout as u64));
+            g.bench_function(BenchmarkId::new("core", fanout), |b| b.iter_custom(|iters| s.run_core(iters)));
+            g.bench_function(BenchmarkId::new("raw_crypto", fanout), |b| b.iter_custom(|iters| s.run_raw(iters)));
+        }
+        g.finish();
+    }
+}
+
+/// Core and raw crypto measured alternately, chunk by chunk, so both see the same machine load;
+/// the minimum over the rounds is the least disturbed figure. Printed as a table before the
+/// criterion runs (which report each side separately, with confidence intervals).
+fn paired_table() {
+    const ROUNDS: usize = 15;
+    eprintln!("paired measurement, {ROUNDS} alternating rounds of {RING} packets, 1200-byte RTP, minimum (median) per round:");
+    eprintln!("{:<26} {:>6} {:>22} {:>22} {:>18}", "profile", "fanout", "core ns/output", "raw ns/output", "overhead");
+    for profile in [Profile::AeadAes128Gcm, Profile::AesCm128HmacSha1_80] {
+        for fanout in [1usize, 4, 16] {
+            let s = Setup::new(profile, fanout);
+            let (mut core, mut raw) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                core.push(s.run_core(RING as u64).as_nanos() as f64 / (RING * fanout) as f64);
+                raw.push(s.run_raw(RING as u64).as_nanos() as f64 / (RING * fanout) as f64);
+            }
+            core.sort_by(f64::total_cmp);
+            raw.sort_by(f64::total_cmp);
+            let (c, r) = (core[0], raw[0]);
+            let (cm, rm) = (core[ROUNDS / 2], raw[ROUNDS / 2]);
+            eprintln!(
+                "{:<26} {:>6} {:>10.1} ({:>8.1}) {:>10.1} ({:>8.1}) {:>7.1}% ({:>6.1}%)",
+                format!("{profile:?}"),
+                fanout,
+                c,
+                cm,
+                r,
+                rm,
+                100.0 * (c - r) / r,
+                100.0 * (cm - rm) / rm
+            );
+        }
+    }
+}
+
+criterion_group!(benches, forward);
+
+/// `FORWARD_ONLY=core|raw|setup FORWARD_PROFILE=gcm|cm FORWARD_FANOUT=n FORWARD_PACKETS=n`:
+/// runs exactly that many packets through one side and exits, for `perf stat -e cycles:u`
+/// (per-process counts, unlike wall time, do not move with other processes' load; subtract a
+/// `setup` run to remove building the ring).
+fn single_side() -> bool {
+    let Ok(which) = std::env::var("FORWARD_ONLY") else { return false };
+    let profile = match std::env::var("FORWARD_PROFILE").as_deref() {
+        Ok("cm") => Profile::AesCm128HmacSha1_80,
+        _ => Profile::AeadAes128Gcm,
+    };
+    let fanout = std::env::var("FORWARD_FANOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let packets = std::env::var("FORWARD_PACKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(RING as u64 * 10);
+    let s = Setup::new(profile, fanout);
+    let t = match which.as_str() {
+        "core" => s.run_core(packets),
+        "raw" => s.run_raw(packets),
+        _ => Duration::ZERO,
+    };
+    eprintln!("{which} {profile:?} fanout {fanout}: {packets} packets in {t:?}");
+    true
+}
+
+fn main() {
+    if single_side() {
+        return;
+    }
+    if !std::env::args().any(|a| a == "--list") && std::env::var_os("FORWARD_NO_PAIRED").is_none() {
+        paired_table();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
