@@ -672,6 +672,7 @@ impl World {
                 Event::KeyframeRequested { .. } => "keyframe_requested",
                 Event::RemoteLatched { .. } => "remote_latched",
                 Event::LegStats { .. } => "leg_stats",
+                Event::SsrcLearned { .. } => "ssrc_learned",
             };
             *self.events.entry(name).or_default() += 1;
         }
