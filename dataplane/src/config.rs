@@ -183,6 +183,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_the_defaults_plus_two_workers() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sluice-dataplane.example.toml");
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c, Config { workers: 2, ..Config::default() });
+    }
+
+    #[test]
     fn bad_settings_are_refused_with_their_name() {
         let parse = |s: &str| Config::from_toml(s).unwrap_err().to_string();
         assert!(parse("[dataplane]\nworkerz = 2\n").contains("workerz"), "unknown key named");

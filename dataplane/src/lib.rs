@@ -3,10 +3,14 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`control`]: the Unix-socket endpoint the control plane programs tables through.
+//! - [`io`]: batched UDP backends (io_uring, recvmmsg/sendmmsg), UDP GSO.
+//! - [`worker`]: the pinned per-core worker loop.
 //! - [`xdp`]: the embedded XDP object and its loader.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod control;
+pub mod io;
 pub mod metrics;
+pub mod worker;
 pub mod xdp;

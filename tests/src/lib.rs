@@ -89,6 +89,22 @@ impl Daemon {
         None
     }
 
+    /// Waits until `path` (its socket) exists, up to `timeout`; false if it does not appear or
+    /// the process exits first.
+    pub fn wait_for_path(&mut self, path: &Path, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if path.exists() {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Its log so far (for assertion messages).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -105,18 +121,6 @@ impl Drop for Daemon {
             }
         }
     }
-}
-
-/// Waits until `path` exists (a daemon's socket), up to `timeout`.
-pub fn wait_for_path(path: &Path, timeout: Duration) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if path.exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 /// A UDP socket on 127.0.0.1 for a simulated participant, with a short read timeout.

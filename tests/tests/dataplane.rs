@@ -14,7 +14,7 @@ use sluice_core::ids::{Generation, LegId, Ssrc};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{Delta, KeyMaterial, LegSpec, Op};
 use sluice_dataplane::control::{Client, Request, Response};
-use sluice_tests::{Daemon, TempDir, participant_socket, wait_for_path};
+use sluice_tests::{Daemon, TempDir, participant_socket};
 
 struct Run {
     /// Raw datagrams each participant received, sorted.
@@ -46,8 +46,8 @@ fn start_daemon(dir: &TempDir, backend: &str) -> (Daemon, std::path::PathBuf) {
         ),
     )
     .unwrap();
-    let d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "off"], &dir.path().join(format!("{backend}.log")));
-    assert!(wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
+    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "off"], &dir.path().join(format!("{backend}.log")));
+    assert!(d.wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
     (d, sock)
 }
 

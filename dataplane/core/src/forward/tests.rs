@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::*;
-use crate::ids::{Generation, Pt, SeqNo};
+use crate::ids::{Generation, Pt};
 use crate::srtp::{Profile, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 use crate::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
 use crate::wire::{rtcp, rtp};
