@@ -204,7 +204,7 @@ enum Attachment {
     /// Pinned: closing the fd leaves the program attached.
     Pinned(PinnedLink),
     /// Unpinned: closing the fd detaches.
-    Owned(FdLink),
+    Owned { _link: FdLink },
     /// Re-opened from a pin (the pin file stays).
     Reopened { _link: FdLink, path: PathBuf },
 }
@@ -261,7 +261,7 @@ impl XdpStage {
     pub fn load_unpinned() -> Result<Self> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let scratch = Path::new(PIN_ROOT)
-            .join(format!(".scratch-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+            .join(format!("scratch-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&scratch).map_err(io_err("create scratch pin directory", &scratch))?;
         let loaded = Self::load_object(&scratch);
         let cleaned = remove_map_pins(&scratch);
@@ -360,7 +360,7 @@ impl XdpStage {
                 path,
                 source: Box::new(source),
             })?),
-            None => Attachment::Owned(link),
+            None => Attachment::Owned { _link: link },
         };
         self.links.push((interface.to_owned(), attachment));
         tracing::info!(interface, ?mode, "XDP stage attached");
@@ -535,7 +535,7 @@ impl XdpStage {
                 Attachment::Reopened { path, .. } => {
                     std::fs::remove_file(&path).map_err(io_err("remove link pin", &path))?;
                 }
-                Attachment::Owned(_) => {}
+                Attachment::Owned { .. } => {}
             }
         }
         if let Some(dir) = self.pin_dir.take() {
@@ -568,7 +568,7 @@ fn remove_map_pins(dir: &Path) -> Result<()> {
             Err(e) => return Err(io_err("remove map pin", &path)(e)),
         }
     }
-    if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".scratch-")) {
+    if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("scratch-")) {
         std::fs::remove_dir(dir).map_err(io_err("remove scratch pin directory", dir))?;
     }
     Ok(())
