@@ -110,12 +110,13 @@ fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
     assert_eq!(delta(V::DropMalformed) + delta(V::DropNotRtc), 0);
 }
 
-/// Interfaces without native XDP get the program in generic (SKB) mode, with a warning.
+/// Interfaces without native XDP (a bridge here) get the program in generic (SKB) mode, with a
+/// warning.
 #[test]
 fn attach_falls_back_to_generic_mode() {
     let ns = NetNs::new("gen");
-    let dev = format!("shd{}", std::process::id());
-    ns.ip(&["link", "add", &dev, "type", "dummy"]);
+    let dev = format!("shbr{}", std::process::id());
+    ns.ip(&["link", "add", &dev, "type", "bridge"]);
     ns.ip(&["link", "set", &dev, "up"]);
     let mut stage = XdpStage::load_unpinned().unwrap();
     let mode = ns.enter(|| stage.attach(&dev)).expect("attach");
