@@ -54,7 +54,7 @@ pub enum XdpError {
         path: Option<PathBuf>,
         /// The cause.
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     /// Loading, attaching or running the program.
     #[error("{op} ({target}): {source}")]
@@ -274,7 +274,7 @@ impl XdpStage {
 
     fn load_object(pin_dir: &Path) -> Result<Ebpf> {
         EbpfLoader::new().default_map_pin_directory(pin_dir).load(XDP_OBJECT).map_err(|source| {
-            XdpError::Load { op: "load XDP object", path: Some(pin_dir.to_owned()), source }
+            XdpError::Load { op: "load XDP object", path: Some(pin_dir.to_owned()), source: Box::new(source) }
         })
     }
 
@@ -390,6 +390,14 @@ impl XdpStage {
         let mut map: Array<&mut MapData, PortRange> = self.map_mut(M)?;
         map.set(0, PortRange { lo: *range.start(), hi: *range.end() }, 0)
             .map_err(map_err("set port range", M))
+    }
+
+    /// Turns the stage off without detaching it: every packet passes untouched
+    /// (`pass_outside_range`), relays included.
+    pub fn clear_port_range(&mut self) -> Result<()> {
+        const M: &str = sluice_common::CONFIG_MAP;
+        let mut map: Array<&mut MapData, PortRange> = self.map_mut(M)?;
+        map.set(0, PortRange { lo: 1, hi: 0 }, 0).map_err(map_err("clear port range", M))
     }
 
     /// Lets RTP/RTCP from `remote` to `local_port` through the shield as leg `leg` owned by

@@ -72,7 +72,7 @@ fn relay_forwards_in_kernel_and_survives_a_restart() {
     // The peers' end: any XDP program makes veth deliver XDP_TX frames.
     let mut peer_side = XdpStage::load_unpinned().unwrap();
     peers.enter(|| peer_side.attach(&veth.a)).unwrap();
-    peer_side.set_port_range(1..=0).unwrap();
+    peer_side.clear_port_range().unwrap();
 
     let (tx, rx) = peers.enter(|| (UdpSocket::bind("10.78.0.1:5000"), UdpSocket::bind("10.78.0.3:6000")));
     let (tx, rx) = (tx.unwrap(), rx.unwrap());

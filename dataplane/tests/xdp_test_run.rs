@@ -345,7 +345,7 @@ fn removing_entries_closes_the_shield_again() {
     stage.remove_relay(RELAY_PORT, SocketAddr::new(RELAY_PEER4.into(), 7000)).unwrap();
     assert_eq!(stage.test_run(&relay, &mut out, 1).unwrap().action, XDP_DROP, "now an unknown source");
     // Port range off: everything passes untouched.
-    stage.set_port_range(1..=0).unwrap();
+    stage.clear_port_range().unwrap();
     assert_eq!(stage.test_run(&frame, &mut out, 1).unwrap().action, XDP_PASS);
 }
 

@@ -178,8 +178,10 @@ const _: () = {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all impls below): `#[repr(C)]` structs of integers and byte arrays with no implicit
-    // padding (see the const asserts above), so every bit pattern is a valid value.
+    // All impls below: `#[repr(C)]` structs of integers and byte arrays with no implicit padding
+    // (see the const asserts above), so every bit pattern is a valid value.
+
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::PortRange {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::FlowKey {}
