@@ -147,7 +147,9 @@ pub enum AttachMode {
 pub enum Egress {
     /// Back out of the interface it came in on (XDP_TX).
     SameInterface,
-    /// Out of another interface (XDP_REDIRECT through the devmap); the index must be non-zero.
+    /// Out of another interface (XDP_REDIRECT through the devmap); the index must be non-zero
+    /// and is resolved by the kernel in the network namespace of the thread calling
+    /// [`XdpStage::add_relay`].
     Interface(u32),
 }
 

@@ -120,3 +120,66 @@ fn relay_forwards_in_kernel_and_survives_a_restart() {
     let shown = relay_ns.exec("ip", &["link", "show", &veth.b]);
     assert!(!shown.contains("xdp"), "detached: {shown}");
 }
+
+/// The relay's other egress: XDP_REDIRECT through the devmap to a second interface.
+///
+/// ```text
+///  ns P 10.80.1.1:5000 ──veth──▶ ns R 10.80.1.2:20000 [XDP: rewrite → REDIRECT to the 2nd veth]
+///                                 ns R 10.80.2.2:20001 ──veth──▶ ns C 10.80.2.3:6000
+/// ```
+#[test]
+fn relay_redirects_to_another_interface() {
+    let p = NetNs::new("rdP");
+    let r = NetNs::new("rdR");
+    let c = NetNs::new("rdC");
+    let ingress = Veth::new("rdi", &p, &["10.80.1.1/24"], &r, &["10.80.1.2/24"]);
+    let egress = Veth::new("rde", &c, &["10.80.2.3/24"], &r, &["10.80.2.2/24"]);
+
+    // veth delivers redirected frames only when its peer has XDP (or GRO) on.
+    let mut c_side = XdpStage::load_unpinned().unwrap();
+    c.enter(|| c_side.attach(&egress.a)).unwrap();
+    c_side.clear_port_range().unwrap();
+
+    let shown = r.exec("ip", &["-o", "link", "show", "dev", &egress.b]);
+    let egress_ifindex: u32 = shown.split(':').next().unwrap().trim().parse().unwrap();
+    let mut stage = XdpStage::load_unpinned().unwrap();
+    assert_eq!(r.enter(|| stage.attach(&ingress.b)).unwrap(), AttachMode::Driver);
+    stage.set_port_range(20000..=20099).unwrap();
+    let remote: SocketAddr = "10.80.1.1:5000".parse().unwrap();
+    let route = RelayRoute {
+        src: "10.80.2.2:20001".parse().unwrap(),
+        dst: "10.80.2.3:6000".parse().unwrap(),
+        src_mac: egress.mac_b,
+        dst_mac: egress.mac_a,
+        egress: Egress::Interface(egress_ifindex),
+    };
+    // The kernel resolves a devmap's ifindex in the caller's network namespace.
+    r.enter(|| stage.add_relay(20000, remote, &route)).unwrap();
+
+    let tx = p.enter(|| UdpSocket::bind(remote)).unwrap();
+    let rx = c.enter(|| UdpSocket::bind("10.80.2.3:6000")).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let from: SocketAddr = "10.80.2.2:20001".parse().unwrap();
+    for i in 0..K {
+        tx.send_to(&common::packet::rtp(9, i as u16), "10.80.1.2:20000").unwrap();
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 2048];
+    while let Ok((n, src)) = rx.recv_from(&mut buf) {
+        assert_eq!((src, n), (from, 32));
+        got += 1;
+        if got == K {
+            break;
+        }
+    }
+    let stats = || {
+        format!(
+            "counters {:?}\nR:\n{}\nC:\n{}",
+            stage.verdict_counts().unwrap().iter().filter(|(_, n)| *n > 0).map(|(v, n)| (v.name(), n)).collect::<Vec<_>>(),
+            r.exec("ethtool", &["-S", &egress.b]),
+            c.exec("ip", &["-s", "link", "show", &egress.a]),
+        )
+    };
+    assert_eq!(got, K, "redirected with valid checksums; {}", stats());
+    assert_eq!(stage.verdict_counts().unwrap().get(V::RelayRedirect), K as u64);
+}
