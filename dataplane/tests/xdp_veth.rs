@@ -172,3 +172,56 @@ fn flood_rate() {
         sent - dropped
     );
 }
+
+/// The same shield over IPv6 (keys hold the 16-byte address as is).
+#[test]
+fn ipv6_flood_is_dropped_and_the_leg_gets_through() {
+    let sender_ns = NetNs::new("s6A");
+    let sfu_ns = NetNs::new("s6B");
+    let veth = Veth::new("s6", &sender_ns, &[], &sfu_ns, &[]);
+    for (ns, dev, addrs) in [
+        (&sender_ns, &veth.a, ["fd00:77::1/64", "fd00:77::3/64"].as_slice()),
+        (&sfu_ns, &veth.b, ["fd00:77::2/64"].as_slice()),
+    ] {
+        for a in addrs {
+            ns.ip(&["addr", "add", a, "dev", dev, "nodad"]);
+        }
+    }
+    sender_ns.ip(&["neigh", "replace", "fd00:77::2", "lladdr", &common::netns::mac_str(veth.mac_b), "dev", &veth.a, "nud", "permanent"]);
+    for a in ["fd00:77::1", "fd00:77::3"] {
+        sfu_ns.ip(&["neigh", "replace", a, "lladdr", &common::netns::mac_str(veth.mac_a), "dev", &veth.b, "nud", "permanent"]);
+    }
+
+    let mut stage = XdpStage::load_unpinned().unwrap();
+    sfu_ns.enter(|| stage.attach(&veth.b)).unwrap();
+    stage.set_port_range(20000..=20099).unwrap();
+    let leg_addr: SocketAddr = "[fd00:77::1]:5000".parse().unwrap();
+    stage.add_leg(MEDIA_PORT, leg_addr, LegId(1), 0).unwrap();
+    stage.allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(1)).unwrap();
+    let receiver = sfu_ns.enter(|| UdpSocket::bind("[fd00:77::2]:20000")).unwrap();
+    receiver.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let (legit, flood) = sender_ns.enter(|| {
+        (UdpSocket::bind(leg_addr).unwrap(), UdpSocket::bind("[fd00:77::3]:5000").unwrap())
+    });
+    let dst: SocketAddr = "[fd00:77::2]:20000".parse().unwrap();
+    let before = stage.verdict_counts().unwrap();
+    for i in 0..2000u16 {
+        flood.send_to(&rtp(LEG_SSRC, i), dst).unwrap();
+        if i % 20 == 0 {
+            legit.send_to(&rtp(LEG_SSRC, i), dst).unwrap();
+        }
+        if i % 256 == 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 2048];
+    while let Ok((_, from)) = receiver.recv_from(&mut buf) {
+        assert_eq!(from, leg_addr, "only the leg gets through");
+        got += 1;
+    }
+    let after = stage.verdict_counts().unwrap();
+    assert_eq!(got, 100);
+    assert_eq!(after.get(V::PassMedia) - before.get(V::PassMedia), 100);
+    assert_eq!(after.get(V::DropUnknownSource) - before.get(V::DropUnknownSource), 2000);
+}
