@@ -31,8 +31,7 @@ use aya::{
     },
 };
 use sluice_common::{
-    FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue,
-    XdpVerdict,
+    FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict,
 };
 use sluice_core::ids::{LegId, Ssrc};
 
@@ -237,7 +236,11 @@ fn v6_bytes(ip: IpAddr) -> [u8; 16] {
 }
 
 fn flow_key(local_port: u16, remote: SocketAddr) -> FlowKey {
-    FlowKey { remote_addr: v6_bytes(remote.ip()), remote_port: remote.port(), local_port }
+    FlowKey {
+        remote_addr: v6_bytes(remote.ip()),
+        remote_port: remote.port(),
+        local_port,
+    }
 }
 
 impl XdpStage {
@@ -252,7 +255,11 @@ impl XdpStage {
         let pin_dir = pin_dir.into();
         std::fs::create_dir_all(&pin_dir).map_err(io_err("create pin directory", &pin_dir))?;
         let ebpf = Self::load_object(&pin_dir)?;
-        let mut stage = Self { links: Vec::new(), ebpf, pin_dir: Some(pin_dir) };
+        let mut stage = Self {
+            links: Vec::new(),
+            ebpf,
+            pin_dir: Some(pin_dir),
+        };
         stage.load_program()?;
         Ok(stage)
     }
@@ -262,36 +269,54 @@ impl XdpStage {
     /// pins are removed at once.
     pub fn load_unpinned() -> Result<Self> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let scratch = Path::new(PIN_ROOT)
-            .join(format!("scratch-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&scratch).map_err(io_err("create scratch pin directory", &scratch))?;
+        let scratch = Path::new(PIN_ROOT).join(format!(
+            "scratch-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&scratch)
+            .map_err(io_err("create scratch pin directory", &scratch))?;
         let loaded = Self::load_object(&scratch);
         let cleaned = remove_map_pins(&scratch);
         let ebpf = loaded?;
         cleaned?;
-        let mut stage = Self { links: Vec::new(), ebpf, pin_dir: None };
+        let mut stage = Self {
+            links: Vec::new(),
+            ebpf,
+            pin_dir: None,
+        };
         stage.load_program()?;
         Ok(stage)
     }
 
     fn load_object(pin_dir: &Path) -> Result<Ebpf> {
-        EbpfLoader::new().default_map_pin_directory(pin_dir).load(XDP_OBJECT).map_err(|source| {
-            XdpError::Load { op: "load XDP object", path: Some(pin_dir.to_owned()), source: Box::new(source) }
-        })
+        EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(XDP_OBJECT)
+            .map_err(|source| XdpError::Load {
+                op: "load XDP object",
+                path: Some(pin_dir.to_owned()),
+                source: Box::new(source),
+            })
     }
 
     fn load_program(&mut self) -> Result<()> {
-        self.program_mut()?.load().map_err(|source| XdpError::Program {
-            op: "load (verify) program",
-            target: sluice_common::XDP_PROGRAM.into(),
-            source,
-        })
+        self.program_mut()?
+            .load()
+            .map_err(|source| XdpError::Program {
+                op: "load (verify) program",
+                target: sluice_common::XDP_PROGRAM.into(),
+                source,
+            })
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp> {
-        let prog = self.ebpf.program_mut(sluice_common::XDP_PROGRAM).ok_or(XdpError::MissingMap {
-            map: sluice_common::XDP_PROGRAM,
-        })?;
+        let prog =
+            self.ebpf
+                .program_mut(sluice_common::XDP_PROGRAM)
+                .ok_or(XdpError::MissingMap {
+                    map: sluice_common::XDP_PROGRAM,
+                })?;
         prog.try_into().map_err(|source| XdpError::Program {
             op: "find program",
             target: sluice_common::XDP_PROGRAM.into(),
@@ -305,7 +330,9 @@ impl XdpStage {
     }
 
     fn link_pin_path(&self, interface: &str) -> Option<PathBuf> {
-        self.pin_dir.as_ref().map(|d| d.join(format!("link-{interface}")))
+        self.pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link-{interface}")))
     }
 
     /// Attaches to `interface` (in the calling thread's network namespace). A pinned link left by a
@@ -320,7 +347,10 @@ impl XdpStage {
                     tracing::info!(interface, path = %path.display(), "re-using pinned XDP link");
                     self.links.push((
                         interface.to_owned(),
-                        Attachment::Reopened { _link: link, path: path.clone() },
+                        Attachment::Reopened {
+                            _link: link,
+                            path: path.clone(),
+                        },
                     ));
                     return Ok(AttachMode::ReusedPinnedLink);
                 }
@@ -340,17 +370,23 @@ impl XdpStage {
                     error = %driver_err,
                     "native XDP unavailable; falling back to generic (SKB) mode"
                 );
-                let id = prog.attach(interface, XdpMode::Skb).map_err(|source| {
-                    XdpError::Program { op: "attach (generic mode)", target: interface.into(), source }
-                })?;
+                let id =
+                    prog.attach(interface, XdpMode::Skb)
+                        .map_err(|source| XdpError::Program {
+                            op: "attach (generic mode)",
+                            target: interface.into(),
+                            source,
+                        })?;
                 (id, AttachMode::Generic)
             }
         };
-        let link = prog.take_link(link_id).map_err(|source| XdpError::Program {
-            op: "take link",
-            target: interface.into(),
-            source,
-        })?;
+        let link = prog
+            .take_link(link_id)
+            .map_err(|source| XdpError::Program {
+                op: "take link",
+                target: interface.into(),
+                source,
+            })?;
         let link = FdLink::try_from(link).map_err(|source| XdpError::Link {
             op: "convert to an fd link (netlink attachments cannot be pinned)",
             path: pin_path.clone().unwrap_or_default(),
@@ -375,14 +411,17 @@ impl XdpStage {
             path: path.to_owned(),
             source,
         };
-        let pinned = PinnedLink::from_pin(path).map_err(|e| link_err("open pinned link", Box::new(e)))?;
+        let pinned =
+            PinnedLink::from_pin(path).map_err(|e| link_err("open pinned link", Box::new(e)))?;
         let link = XdpLink::try_from(FdLink::from(pinned))
             .map_err(|e| link_err("open pinned link as XDP", Box::new(e)))?;
         let prog = self.program_mut()?;
         let id = prog
             .attach_to_link(link)
             .map_err(|e| link_err("switch pinned link to this program", Box::new(e)))?;
-        let link = prog.take_link(id).map_err(|e| link_err("take link", Box::new(e)))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| link_err("take link", Box::new(e)))?;
         FdLink::try_from(link).map_err(|e| link_err("convert to an fd link", Box::new(e)))
     }
 
@@ -390,8 +429,15 @@ impl XdpStage {
     pub fn set_port_range(&mut self, range: RangeInclusive<u16>) -> Result<()> {
         const M: &str = sluice_common::CONFIG_MAP;
         let mut map: Array<&mut MapData, PortRange> = self.map_mut(M)?;
-        map.set(0, PortRange { lo: *range.start(), hi: *range.end() }, 0)
-            .map_err(map_err("set port range", M))
+        map.set(
+            0,
+            PortRange {
+                lo: *range.start(),
+                hi: *range.end(),
+            },
+            0,
+        )
+        .map_err(map_err("set port range", M))
     }
 
     /// Turns the stage off without detaching it: every packet passes untouched
@@ -399,46 +445,82 @@ impl XdpStage {
     pub fn clear_port_range(&mut self) -> Result<()> {
         const M: &str = sluice_common::CONFIG_MAP;
         let mut map: Array<&mut MapData, PortRange> = self.map_mut(M)?;
-        map.set(0, PortRange { lo: 1, hi: 0 }, 0).map_err(map_err("clear port range", M))
+        map.set(0, PortRange { lo: 1, hi: 0 }, 0)
+            .map_err(map_err("clear port range", M))
     }
 
     /// Lets RTP/RTCP from `remote` to `local_port` through the shield as leg `leg` owned by
     /// `worker`. RTP additionally needs [`XdpStage::allow_ssrc`].
-    pub fn add_leg(&mut self, local_port: u16, remote: SocketAddr, leg: LegId, worker: u32) -> Result<()> {
+    pub fn add_leg(
+        &mut self,
+        local_port: u16,
+        remote: SocketAddr,
+        leg: LegId,
+        worker: u32,
+    ) -> Result<()> {
         const M: &str = sluice_common::LEGS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
-        map.insert(flow_key(local_port, remote), LegValue { leg: leg.0, worker }, 0)
-            .map_err(map_err("add leg", M))
+        map.insert(
+            flow_key(local_port, remote),
+            LegValue { leg: leg.0, worker },
+            0,
+        )
+        .map_err(map_err("add leg", M))
     }
 
     /// Forgets a leg's transport (its SSRCs are separate entries: revoke them too).
     pub fn remove_leg(&mut self, local_port: u16, remote: SocketAddr) -> Result<()> {
         const M: &str = sluice_common::LEGS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
-        map.remove(&flow_key(local_port, remote)).map_err(map_err("remove leg", M))
+        map.remove(&flow_key(local_port, remote))
+            .map_err(map_err("remove leg", M))
     }
 
     /// Announces that `leg` publishes `ssrc` on `local_port`.
     pub fn allow_ssrc(&mut self, local_port: u16, ssrc: Ssrc, leg: LegId) -> Result<()> {
         const M: &str = sluice_common::SSRCS_MAP;
         let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
-        map.insert(SsrcKey { ssrc: ssrc.0, local_port, pad: 0 }, SsrcValue { leg: leg.0 }, 0)
-            .map_err(map_err("allow ssrc", M))
+        map.insert(
+            SsrcKey {
+                ssrc: ssrc.0,
+                local_port,
+                pad: 0,
+            },
+            SsrcValue { leg: leg.0 },
+            0,
+        )
+        .map_err(map_err("allow ssrc", M))
     }
 
     /// Withdraws an SSRC announcement.
     pub fn revoke_ssrc(&mut self, local_port: u16, ssrc: Ssrc) -> Result<()> {
         const M: &str = sluice_common::SSRCS_MAP;
         let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
-        map.remove(&SsrcKey { ssrc: ssrc.0, local_port, pad: 0 }).map_err(map_err("revoke ssrc", M))
+        map.remove(&SsrcKey {
+            ssrc: ssrc.0,
+            local_port,
+            pad: 0,
+        })
+        .map_err(map_err("revoke ssrc", M))
     }
 
     /// Installs (or replaces) a relay leg: datagrams from `remote` to `local_port` are rewritten
     /// to `route` and forwarded in the kernel.
-    pub fn add_relay(&mut self, local_port: u16, remote: SocketAddr, route: &RelayRoute) -> Result<()> {
-        let invalid = |reason| XdpError::InvalidRelay { local_port, remote, reason };
+    pub fn add_relay(
+        &mut self,
+        local_port: u16,
+        remote: SocketAddr,
+        route: &RelayRoute,
+    ) -> Result<()> {
+        let invalid = |reason| XdpError::InvalidRelay {
+            local_port,
+            remote,
+            reason,
+        };
         if route.src.is_ipv4() != remote.is_ipv4() || route.dst.is_ipv4() != remote.is_ipv4() {
-            return Err(invalid("relay addresses must be of the ingress address family"));
+            return Err(invalid(
+                "relay addresses must be of the ingress address family",
+            ));
         }
         let ifindex = match route.egress {
             Egress::SameInterface => RELAY_SAME_INTERFACE,
@@ -446,11 +528,13 @@ impl XdpStage {
             Egress::Interface(i) => {
                 const D: &str = sluice_common::TX_PORTS_MAP;
                 let mut ports: DevMapHash<&mut MapData> = self.map_mut(D)?;
-                ports.insert(i, i, None, 0).map_err(|source| XdpError::DevMap {
-                    op: "add egress interface",
-                    map: D,
-                    source,
-                })?;
+                ports
+                    .insert(i, i, None, 0)
+                    .map_err(|source| XdpError::DevMap {
+                        op: "add egress interface",
+                        map: D,
+                        source,
+                    })?;
                 i
             }
         };
@@ -465,14 +549,16 @@ impl XdpStage {
         };
         const M: &str = sluice_common::RELAYS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
-        map.insert(flow_key(local_port, remote), target, 0).map_err(map_err("add relay", M))
+        map.insert(flow_key(local_port, remote), target, 0)
+            .map_err(map_err("add relay", M))
     }
 
     /// Removes a relay leg (its egress interface stays in the devmap: harmless and shared).
     pub fn remove_relay(&mut self, local_port: u16, remote: SocketAddr) -> Result<()> {
         const M: &str = sluice_common::RELAYS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
-        map.remove(&flow_key(local_port, remote)).map_err(map_err("remove relay", M))
+        map.remove(&flow_key(local_port, remote))
+            .map_err(map_err("remove relay", M))
     }
 
     /// The relay entry installed for a leg, if any (to check what survived a restart).
@@ -492,10 +578,13 @@ impl XdpStage {
     pub fn verdict_counts(&self) -> Result<VerdictCounts> {
         const M: &str = sluice_common::VERDICTS_MAP;
         let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("open", M))?;
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_err("open", M))?;
         let mut counts = VerdictCounts::default();
         for (i, slot) in counts.0.iter_mut().enumerate() {
-            let per_cpu = map.get(&(i as u32), 0).map_err(map_err("read counter", M))?;
+            let per_cpu = map
+                .get(&(i as u32), 0)
+                .map_err(map_err("read counter", M))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(counts)
@@ -503,7 +592,12 @@ impl XdpStage {
 
     /// Runs the program on `input` with `BPF_PROG_TEST_RUN`, `repeat` times, writing the resulting
     /// frame to `output` (which must be at least as long as `input`).
-    pub fn test_run(&mut self, input: &[u8], output: &mut [u8], repeat: u32) -> Result<TestRunOutcome> {
+    pub fn test_run(
+        &mut self,
+        input: &[u8],
+        output: &mut [u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
         let prog = self.program_mut()?;
         let opts = TestRunOptions {
             data_in: Some(input),
@@ -516,7 +610,11 @@ impl XdpStage {
             target: sluice_common::XDP_PROGRAM.into(),
             source,
         })?;
-        Ok(TestRunOutcome { action: r.return_value, len: r.data_size_out as usize, duration: r.duration })
+        Ok(TestRunOutcome {
+            action: r.return_value,
+            len: r.data_size_out as usize,
+            duration: r.duration,
+        })
     }
 
     /// The program's file descriptor owner, for callers that need to chain it (devmap programs).
@@ -527,7 +625,9 @@ impl XdpStage {
             target: sluice_common::XDP_PROGRAM.into(),
             source,
         })?;
-        fd.as_fd().try_clone_to_owned().map_err(io_err("dup program fd", Path::new("")))
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err("dup program fd", Path::new("")))
     }
 
     /// Detaches from every interface this stage attached to or re-opened, removes every pin and
@@ -564,7 +664,10 @@ impl XdpStage {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap { map: name })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(XdpError::MissingMap { map: name })?;
         T::try_from(map).map_err(map_err("open", name))
     }
 }
@@ -578,7 +681,10 @@ fn remove_map_pins(dir: &Path) -> Result<()> {
             Err(e) => return Err(io_err("remove map pin", &path)(e)),
         }
     }
-    if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("scratch-")) {
+    if dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("scratch-"))
+    {
         std::fs::remove_dir(dir).map_err(io_err("remove scratch pin directory", dir))?;
     }
     Ok(())

@@ -25,7 +25,13 @@ const LEG_SSRC: u32 = 0xaaaa_0001;
 fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
     let sender_ns = NetNs::new("shA");
     let sfu_ns = NetNs::new("shB");
-    let veth = Veth::new("sh", &sender_ns, &["10.77.0.1/24", "10.77.0.3/24"], &sfu_ns, &["10.77.0.2/24"]);
+    let veth = Veth::new(
+        "sh",
+        &sender_ns,
+        &["10.77.0.1/24", "10.77.0.3/24"],
+        &sfu_ns,
+        &["10.77.0.2/24"],
+    );
 
     let mut stage = XdpStage::load_unpinned().expect("load XDP stage");
     let mode = sfu_ns.enter(|| stage.attach(&veth.b)).expect("attach");
@@ -33,14 +39,21 @@ fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
     stage.set_port_range(20000..=20099).unwrap();
     let leg_addr: SocketAddr = "10.77.0.1:5000".parse().unwrap();
     stage.add_leg(MEDIA_PORT, leg_addr, LegId(7), 0).unwrap();
-    stage.allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(7)).unwrap();
+    stage
+        .allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(7))
+        .unwrap();
 
-    let receiver = sfu_ns.enter(|| UdpSocket::bind("10.77.0.2:20000")).expect("bind receiver");
-    receiver.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let receiver = sfu_ns
+        .enter(|| UdpSocket::bind("10.77.0.2:20000"))
+        .expect("bind receiver");
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let (legit, flood_sockets) = sender_ns.enter(|| {
         let legit = UdpSocket::bind(leg_addr).unwrap();
-        let mut flood: Vec<UdpSocket> =
-            (0..16).map(|i| UdpSocket::bind(("10.77.0.1", 40000 + i)).unwrap()).collect();
+        let mut flood: Vec<UdpSocket> = (0..16)
+            .map(|i| UdpSocket::bind(("10.77.0.1", 40000 + i)).unwrap())
+            .collect();
         // Right port, wrong address.
         flood.push(UdpSocket::bind("10.77.0.3:5000").unwrap());
         (legit, flood)
@@ -58,7 +71,9 @@ fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             match receiver.recv_from(&mut buf) {
-                Ok((n, from)) if from == leg_addr && n >= 12 && buf[8..12] == LEG_SSRC.to_be_bytes() => {
+                Ok((n, from))
+                    if from == leg_addr && n >= 12 && buf[8..12] == LEG_SSRC.to_be_bytes() =>
+                {
                     from_leg += 1;
                 }
                 Ok((_, from)) => others.push(from),
@@ -95,15 +110,35 @@ fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
     let delta = |v| after.get(v) - before.get(v);
     let drops = common::netns::run(
         "ip",
-        &["netns", "exec", &sfu_ns.name, "ip", "-s", "link", "show", &veth.b],
+        &[
+            "netns",
+            "exec",
+            &sfu_ns.name,
+            "ip",
+            "-s",
+            "link",
+            "show",
+            &veth.b,
+        ],
     );
     println!(
         "flood: {flood_sent} datagrams in {flood_secs:.3}s ({:.0}/s offered, paced); counters: {:?}",
         flood_sent as f64 / flood_secs,
-        after.iter().filter(|(_, n)| *n > 0).map(|(v, n)| (v.name(), n)).collect::<Vec<_>>()
+        after
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(v, n)| (v.name(), n))
+            .collect::<Vec<_>>()
     );
-    assert!(others.is_empty(), "flood reached the socket from {:?}", &others[..others.len().min(5)]);
-    assert_eq!(from_leg, LEGIT, "leg packets received (link stats:\n{drops})");
+    assert!(
+        others.is_empty(),
+        "flood reached the socket from {:?}",
+        &others[..others.len().min(5)]
+    );
+    assert_eq!(
+        from_leg, LEGIT,
+        "leg packets received (link stats:\n{drops})"
+    );
     assert_eq!(delta(V::PassMedia), LEGIT);
     assert_eq!(delta(V::DropUnknownSource), FLOOD, "link stats:\n{drops}");
     assert_eq!(delta(V::DropUnknownSsrc), BAD_SSRC);
@@ -125,7 +160,10 @@ fn attach_falls_back_to_generic_mode() {
     assert!(shown.contains("xdpgeneric"), "{shown}");
     drop(stage);
     let shown = ns.exec("ip", &["link", "show", &dev]);
-    assert!(!shown.contains("xdp"), "unpinned stage detaches on drop: {shown}");
+    assert!(
+        !shown.contains("xdp"),
+        "unpinned stage detaches on drop: {shown}"
+    );
 }
 
 /// Not a test: an unpaced flood of unknown-source RTP over veth, for the notes. The sender (one
@@ -137,7 +175,13 @@ fn attach_falls_back_to_generic_mode() {
 fn flood_rate() {
     let sender_ns = NetNs::new("frA");
     let sfu_ns = NetNs::new("frB");
-    let veth = Veth::new("fr", &sender_ns, &["10.79.0.1/24"], &sfu_ns, &["10.79.0.2/24"]);
+    let veth = Veth::new(
+        "fr",
+        &sender_ns,
+        &["10.79.0.1/24"],
+        &sfu_ns,
+        &["10.79.0.2/24"],
+    );
     let mut stage = XdpStage::load_unpinned().unwrap();
     sfu_ns.enter(|| stage.attach(&veth.b)).unwrap();
     stage.set_port_range(20000..=20099).unwrap();
@@ -146,7 +190,9 @@ fn flood_rate() {
     let secs = 2.0;
     let senders: Vec<_> = (0..2)
         .map(|i| {
-            let s = sender_ns.enter(|| UdpSocket::bind(("10.79.0.1", 41000 + i))).unwrap();
+            let s = sender_ns
+                .enter(|| UdpSocket::bind(("10.79.0.1", 41000 + i)))
+                .unwrap();
             std::thread::spawn(move || {
                 let p = rtp(1, 1);
                 let t0 = Instant::now();
@@ -164,7 +210,8 @@ fn flood_rate() {
     let before = stage.verdict_counts().unwrap();
     let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
     std::thread::sleep(Duration::from_millis(200));
-    let dropped = stage.verdict_counts().unwrap().get(V::DropUnknownSource) - before.get(V::DropUnknownSource);
+    let dropped = stage.verdict_counts().unwrap().get(V::DropUnknownSource)
+        - before.get(V::DropUnknownSource);
     println!(
         "veth flood: {sent} sent by 2 threads in {secs}s ({:.0}/s), {dropped} dropped in XDP ({:.0}/s), {} lost before XDP",
         sent as f64 / secs,
@@ -180,16 +227,40 @@ fn ipv6_flood_is_dropped_and_the_leg_gets_through() {
     let sfu_ns = NetNs::new("s6B");
     let veth = Veth::new("s6", &sender_ns, &[], &sfu_ns, &[]);
     for (ns, dev, addrs) in [
-        (&sender_ns, &veth.a, ["fd00:77::1/64", "fd00:77::3/64"].as_slice()),
+        (
+            &sender_ns,
+            &veth.a,
+            ["fd00:77::1/64", "fd00:77::3/64"].as_slice(),
+        ),
         (&sfu_ns, &veth.b, ["fd00:77::2/64"].as_slice()),
     ] {
         for a in addrs {
             ns.ip(&["addr", "add", a, "dev", dev, "nodad"]);
         }
     }
-    sender_ns.ip(&["neigh", "replace", "fd00:77::2", "lladdr", &common::netns::mac_str(veth.mac_b), "dev", &veth.a, "nud", "permanent"]);
+    sender_ns.ip(&[
+        "neigh",
+        "replace",
+        "fd00:77::2",
+        "lladdr",
+        &common::netns::mac_str(veth.mac_b),
+        "dev",
+        &veth.a,
+        "nud",
+        "permanent",
+    ]);
     for a in ["fd00:77::1", "fd00:77::3"] {
-        sfu_ns.ip(&["neigh", "replace", a, "lladdr", &common::netns::mac_str(veth.mac_a), "dev", &veth.b, "nud", "permanent"]);
+        sfu_ns.ip(&[
+            "neigh",
+            "replace",
+            a,
+            "lladdr",
+            &common::netns::mac_str(veth.mac_a),
+            "dev",
+            &veth.b,
+            "nud",
+            "permanent",
+        ]);
     }
 
     let mut stage = XdpStage::load_unpinned().unwrap();
@@ -197,11 +268,20 @@ fn ipv6_flood_is_dropped_and_the_leg_gets_through() {
     stage.set_port_range(20000..=20099).unwrap();
     let leg_addr: SocketAddr = "[fd00:77::1]:5000".parse().unwrap();
     stage.add_leg(MEDIA_PORT, leg_addr, LegId(1), 0).unwrap();
-    stage.allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(1)).unwrap();
-    let receiver = sfu_ns.enter(|| UdpSocket::bind("[fd00:77::2]:20000")).unwrap();
-    receiver.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    stage
+        .allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(1))
+        .unwrap();
+    let receiver = sfu_ns
+        .enter(|| UdpSocket::bind("[fd00:77::2]:20000"))
+        .unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let (legit, flood) = sender_ns.enter(|| {
-        (UdpSocket::bind(leg_addr).unwrap(), UdpSocket::bind("[fd00:77::3]:5000").unwrap())
+        (
+            UdpSocket::bind(leg_addr).unwrap(),
+            UdpSocket::bind("[fd00:77::3]:5000").unwrap(),
+        )
     });
     let dst: SocketAddr = "[fd00:77::2]:20000".parse().unwrap();
     let before = stage.verdict_counts().unwrap();
@@ -223,5 +303,8 @@ fn ipv6_flood_is_dropped_and_the_leg_gets_through() {
     let after = stage.verdict_counts().unwrap();
     assert_eq!(got, 100);
     assert_eq!(after.get(V::PassMedia) - before.get(V::PassMedia), 100);
-    assert_eq!(after.get(V::DropUnknownSource) - before.get(V::DropUnknownSource), 2000);
+    assert_eq!(
+        after.get(V::DropUnknownSource) - before.get(V::DropUnknownSource),
+        2000
+    );
 }

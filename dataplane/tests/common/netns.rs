@@ -10,7 +10,10 @@ pub fn ip(args: &[&str]) {
 
 /// Runs a command, panicking with its stderr on failure.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {}: {}",
@@ -62,7 +65,13 @@ impl NetNs {
                 // SAFETY: `file` is an open netns file descriptor for the whole call; setns only
                 // switches this (scoped, short-lived) thread's network namespace.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {}: {}", self.name, std::io::Error::last_os_error());
+                assert_eq!(
+                    rc,
+                    0,
+                    "setns {}: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
                 f()
             })
             .join()
@@ -73,7 +82,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -87,7 +98,10 @@ pub struct Veth {
 }
 
 pub fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl Veth {
@@ -100,8 +114,22 @@ impl Veth {
         let mac_a = [0x02, 0x5c, 0, (pid >> 8) as u8, pid as u8, 0x0a];
         let mac_b = [0x02, 0x5c, 0, (pid >> 8) as u8, pid as u8, 0x0b];
         ip(&[
-            "link", "add", &a, "netns", &ns_a.name, "address", &mac_str(mac_a), "type", "veth", "peer",
-            "name", &b, "netns", &ns_b.name, "address", &mac_str(mac_b),
+            "link",
+            "add",
+            &a,
+            "netns",
+            &ns_a.name,
+            "address",
+            &mac_str(mac_a),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            &ns_b.name,
+            "address",
+            &mac_str(mac_b),
         ]);
         for (ns, dev, addrs) in [(ns_a, &a, addrs_a), (ns_b, &b, addrs_b)] {
             for addr in addrs {
@@ -112,10 +140,30 @@ impl Veth {
         }
         let bare = |s: &&str| s.split('/').next().unwrap().to_owned();
         for addr in addrs_b.iter().map(bare) {
-            ns_a.ip(&["neigh", "replace", &addr, "lladdr", &mac_str(mac_b), "dev", &a, "nud", "permanent"]);
+            ns_a.ip(&[
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                &mac_str(mac_b),
+                "dev",
+                &a,
+                "nud",
+                "permanent",
+            ]);
         }
         for addr in addrs_a.iter().map(bare) {
-            ns_b.ip(&["neigh", "replace", &addr, "lladdr", &mac_str(mac_a), "dev", &b, "nud", "permanent"]);
+            ns_b.ip(&[
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                &mac_str(mac_a),
+                "dev",
+                &b,
+                "nud",
+                "permanent",
+            ]);
         }
         Self { a, b, mac_a, mac_b }
     }

@@ -210,8 +210,14 @@ pub const TX_PORTS_MAP: &str = "SLUICE_TX_PORTS";
 /// The name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
 /// Every map, for pin bookkeeping.
-pub const ALL_MAPS: [&str; 6] =
-    [VERDICTS_MAP, CONFIG_MAP, LEGS_MAP, SSRCS_MAP, RELAYS_MAP, TX_PORTS_MAP];
+pub const ALL_MAPS: [&str; 6] = [
+    VERDICTS_MAP,
+    CONFIG_MAP,
+    LEGS_MAP,
+    SSRCS_MAP,
+    RELAYS_MAP,
+    TX_PORTS_MAP,
+];
 
 /// Capacity of [`LEGS_MAP`].
 pub const MAX_LEGS: u32 = 65_536;

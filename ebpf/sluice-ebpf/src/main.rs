@@ -255,7 +255,11 @@ fn rtp_or_rtcp(ctx: &XdpContext, udp: &Udp, payload: usize, second: u8) -> Resul
     let leg = unsafe { leg.read() };
     if !is_rtcp {
         let ssrc = u32::from_be(read::<u32>(ctx, payload + 8).ok_or_else(malformed)?);
-        let key = SsrcKey { ssrc, local_port: udp.flow.local_port, pad: 0 };
+        let key = SsrcKey {
+            ssrc,
+            local_port: udp.flow.local_port,
+            pad: 0,
+        };
         let announced = match SLUICE_SSRCS.get_ptr(&key) {
             // SAFETY: as above.
             Some(v) => unsafe { v.read() }.leg == leg.leg,
