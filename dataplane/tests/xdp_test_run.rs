@@ -543,6 +543,36 @@ fn cases() -> Vec<Case> {
             V::DropMalformed,
         ),
         case(
+            "rtp 11 bytes padded to the ethernet minimum",
+            {
+                let mut f = v4(leg1, PORT, rtp(SSRC1, 1)[..11].to_vec()).build();
+                f.resize(60, 0);
+                f
+            },
+            XDP_DROP,
+            V::DropMalformed,
+        ),
+        case(
+            "stun padded to the ethernet minimum",
+            {
+                let mut f = v4((OTHER4, 9), PORT, stun()).build();
+                f.resize(80, 0);
+                f
+            },
+            XDP_PASS,
+            V::PassStun,
+        ),
+        case(
+            "udp length below 8",
+            {
+                let mut f = full4.clone();
+                f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&7u16.to_be_bytes());
+                f
+            },
+            XDP_DROP,
+            V::DropMalformed,
+        ),
+        case(
             "rtcp 7 bytes",
             v4(leg1, PORT, rtcp(SSRC1)[..7].to_vec()).build(),
             XDP_DROP,

@@ -124,6 +124,20 @@ struct Udp {
     l4: usize,
     v6: bool,
     flow: FlowKey,
+    /// The UDP length field minus the header: the datagram as sent, without Ethernet padding.
+    payload_len: usize,
+}
+
+/// The UDP payload length the header claims (RFC 768); a length below the header size is
+/// malformed. Short frames carry Ethernet padding, so the frame end alone cannot say where the
+/// datagram ends.
+#[inline(always)]
+fn udp_payload_len(udp: &[u8; UDP_HLEN]) -> Result<usize, u32> {
+    let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+    if len < UDP_HLEN {
+        return Err(malformed());
+    }
+    Ok(len - UDP_HLEN)
 }
 
 fn try_sluice_xdp(ctx: &XdpContext) -> Result<u32, u32> {
@@ -158,6 +172,9 @@ fn try_sluice_xdp(ctx: &XdpContext) -> Result<u32, u32> {
     // class fits in one (STUN 20, DTLS 13, RTCP 8, RTP 12), and a one-byte read at a variable
     // offset compiles to a bounds check the verifier cannot use.
     let payload = udp.l4 + UDP_HLEN;
+    if udp.payload_len < 2 {
+        return Err(malformed());
+    }
     let head = read::<[u8; 2]>(ctx, payload).ok_or_else(malformed)?;
     match head[0] {
         0..=3 => Ok(verdict(XdpVerdict::PassStun, xdp_action::XDP_PASS)),
@@ -192,8 +209,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
         return Err(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS));
     }
     let l4 = l3 + ihl;
-    let ports = read::<[u8; 4]>(ctx, l4).ok_or_else(malformed)?;
-    ptr_at::<[u8; UDP_HLEN]>(ctx, l4).ok_or_else(malformed)?;
+    let udp = read::<[u8; UDP_HLEN]>(ctx, l4).ok_or_else(malformed)?;
+    let payload_len = udp_payload_len(&udp)?;
     let mut remote_addr = [0u8; 16];
     remote_addr[10] = 0xff;
     remote_addr[11] = 0xff;
@@ -202,10 +219,11 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
         l3,
         l4,
         v6: false,
+        payload_len,
         flow: FlowKey {
             remote_addr,
-            remote_port: u16::from_be_bytes([ports[0], ports[1]]),
-            local_port: u16::from_be_bytes([ports[2], ports[3]]),
+            remote_port: u16::from_be_bytes([udp[0], udp[1]]),
+            local_port: u16::from_be_bytes([udp[2], udp[3]]),
         },
     })
 }
@@ -223,16 +241,17 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
     let mut remote_addr = [0u8; 16];
     remote_addr.copy_from_slice(&hdr[8..24]);
     let l4 = l3 + IPV6_HLEN;
-    let ports = read::<[u8; 4]>(ctx, l4).ok_or_else(malformed)?;
-    ptr_at::<[u8; UDP_HLEN]>(ctx, l4).ok_or_else(malformed)?;
+    let udp = read::<[u8; UDP_HLEN]>(ctx, l4).ok_or_else(malformed)?;
+    let payload_len = udp_payload_len(&udp)?;
     Ok(Udp {
         l3,
         l4,
         v6: true,
+        payload_len,
         flow: FlowKey {
             remote_addr,
-            remote_port: u16::from_be_bytes([ports[0], ports[1]]),
-            local_port: u16::from_be_bytes([ports[2], ports[3]]),
+            remote_port: u16::from_be_bytes([udp[0], udp[1]]),
+            local_port: u16::from_be_bytes([udp[2], udp[3]]),
         },
     })
 }
@@ -243,6 +262,9 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
 #[inline(always)]
 fn rtp_or_rtcp(ctx: &XdpContext, udp: &Udp, payload: usize, second: u8) -> Result<u32, u32> {
     let is_rtcp = (192..=223).contains(&second);
+    if udp.payload_len < if is_rtcp { RTCP_MIN_LEN } else { RTP_MIN_LEN } {
+        return Err(malformed());
+    }
     if is_rtcp {
         ptr_at::<[u8; RTCP_MIN_LEN]>(ctx, payload).ok_or_else(malformed)?;
     } else {
