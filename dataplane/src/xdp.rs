@@ -1,24 +1,702 @@
-//! The XDP program, built by `build.rs` and embedded in this binary.
+//! The XDP first stage: the embedded program and its loader.
+//!
+//! [`XdpStage`] loads the object built by `build.rs`, keeps every map pinned under
+//! `/sys/fs/bpf/sluice/<instance>/` and pins the XDP link there too, so a dataplane restart (or
+//! crash) leaves the program attached and the shield and relays working; the next
+//! [`XdpStage::open`] re-uses the pinned maps as they are and swaps its freshly verified program
+//! into the pinned link atomically (`BPF_LINK_UPDATE`). [`XdpStage::unpin`] is the only way the
+//! stage goes away.
+//!
+//! The tables mirror the dataplane's legs: [`XdpStage::add_leg`] (local port + remote address),
+//! [`XdpStage::allow_ssrc`] (SSRCs the leg publishes), [`XdpStage::add_relay`] (in-kernel relay
+//! legs), [`XdpStage::set_port_range`]. Types and map names come from `sluice-common`, the crate the
+//! program itself is built against.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::{
+        TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use sluice_common::{
+    FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict,
+};
+use sluice_core::ids::{LegId, Ssrc};
 
 /// The XDP object file (BPF ELF with BTF), aligned so aya can parse it in place.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-xdp"));
 
+/// Where instances pin their maps and links: `PIN_ROOT/<instance>/`.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/sluice";
+
+/// Everything that can go wrong on the XDP cold path, with what was being done to what.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// Parsing the object, creating or re-opening its maps.
+    #[error("{op} (pin dir {path:?}): {source}")]
+    Load {
+        /// What was being done.
+        op: &'static str,
+        /// The pin directory, if any.
+        path: Option<PathBuf>,
+        /// The cause.
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    /// Loading, attaching or running the program.
+    #[error("{op} ({target}): {source}")]
+    Program {
+        /// What was being done.
+        op: &'static str,
+        /// The program or interface concerned.
+        target: String,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation.
+    #[error("{op} on map {map}: {source}")]
+    Map {
+        /// What was being done.
+        op: &'static str,
+        /// The map concerned.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A devmap insert.
+    #[error("{op} on map {map}: {source}")]
+    DevMap {
+        /// What was being done.
+        op: &'static str,
+        /// The map concerned.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    /// The object has no map of that name (object and `sluice-common` out of sync).
+    #[error("map {map} missing from the XDP object")]
+    MissingMap {
+        /// The map concerned.
+        map: &'static str,
+    },
+    /// A filesystem operation on the pin directory.
+    #[error("{op} {path:?}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Pinning or re-opening a link.
+    #[error("{op} {path:?}: {source}")]
+    Link {
+        /// What was being done.
+        op: &'static str,
+        /// The pin path concerned.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A relay target mixing IPv4 and IPv6.
+    #[error("relay for port {local_port} from {remote}: {reason}")]
+    InvalidRelay {
+        /// The relay leg's local port.
+        local_port: u16,
+        /// The relay leg's remote address.
+        remote: SocketAddr,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+type Result<T, E = XdpError> = std::result::Result<T, E>;
+
+/// How [`XdpStage::attach`] ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Driver,
+    /// Generic (SKB) XDP: the driver has no XDP support; slower, still before the UDP stack.
+    Generic,
+    /// A pinned link from a previous run was found and now runs this program.
+    ReusedPinnedLink,
+}
+
+/// Where a relay leg sends its rewritten packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Egress {
+    /// Back out of the interface it came in on (XDP_TX).
+    SameInterface,
+    /// Out of another interface (XDP_REDIRECT through the devmap); the index must be non-zero
+    /// and is resolved by the kernel in the network namespace of the thread calling
+    /// [`XdpStage::add_relay`].
+    Interface(u32),
+}
+
+/// The rewrite for one relay leg: the new 5-tuple and Ethernet addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayRoute {
+    /// Our address and port on the egress side (the new source).
+    pub src: SocketAddr,
+    /// The other party (the new destination). Same family as `src` and the ingress packets.
+    pub dst: SocketAddr,
+    /// Egress interface MAC.
+    pub src_mac: [u8; 6],
+    /// Next-hop MAC.
+    pub dst_mac: [u8; 6],
+    /// Which interface to send on.
+    pub egress: Egress,
+}
+
+/// The per-verdict packet counts, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictCounts(pub [u64; XdpVerdict::COUNT as usize]);
+
+impl VerdictCounts {
+    /// The count for one verdict.
+    pub fn get(&self, verdict: XdpVerdict) -> u64 {
+        self.0[verdict as usize]
+    }
+
+    /// `(name, count)` for every verdict, in index order (Prometheus labels).
+    pub fn iter(&self) -> impl Iterator<Item = (XdpVerdict, u64)> + '_ {
+        XdpVerdict::ALL.iter().map(|v| (*v, self.get(*v)))
+    }
+
+    /// All packets counted.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+/// One `BPF_PROG_TEST_RUN` result.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRunOutcome {
+    /// The XDP action the program returned.
+    pub action: u32,
+    /// Bytes written to the output buffer (the frame after the program ran).
+    pub len: usize,
+    /// Average time per run, as the kernel measured it.
+    pub duration: Duration,
+}
+
+/// An attachment this process holds.
+#[derive(Debug)]
+enum Attachment {
+    /// Pinned: closing the fd leaves the program attached.
+    Pinned(PinnedLink),
+    /// Unpinned: closing the fd detaches.
+    Owned { _link: FdLink },
+    /// Re-opened from a pin (the pin file stays).
+    Reopened { _link: FdLink, path: PathBuf },
+}
+
+/// The loaded XDP stage: program, maps, and the links this process attached or re-opened.
+#[derive(Debug)]
+pub struct XdpStage {
+    // Field order matters on drop: links first (closing fds), then the object.
+    links: Vec<(String, Attachment)>,
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+}
+
+fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapError) -> XdpError {
+    move |source| XdpError::Map { op, map, source }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> XdpError {
+    let path = path.to_owned();
+    move |source| XdpError::Io { op, path, source }
+}
+
+fn v6_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn flow_key(local_port: u16, remote: SocketAddr) -> FlowKey {
+    FlowKey {
+        remote_addr: v6_bytes(remote.ip()),
+        remote_port: remote.port(),
+        local_port,
+    }
+}
+
+impl XdpStage {
+    /// Loads the embedded object with every map pinned under `PIN_ROOT/<instance>/`: maps already
+    /// pinned there (a previous run) are re-used with their contents. Loads the program (verifier).
+    pub fn open(instance: &str) -> Result<Self> {
+        Self::open_at(Path::new(PIN_ROOT).join(instance))
+    }
+
+    /// [`XdpStage::open`] with an explicit pin directory (on a bpffs).
+    pub fn open_at(pin_dir: impl Into<PathBuf>) -> Result<Self> {
+        let pin_dir = pin_dir.into();
+        std::fs::create_dir_all(&pin_dir).map_err(io_err("create pin directory", &pin_dir))?;
+        let ebpf = Self::load_object(&pin_dir)?;
+        let mut stage = Self {
+            links: Vec::new(),
+            ebpf,
+            pin_dir: Some(pin_dir),
+        };
+        stage.load_program()?;
+        Ok(stage)
+    }
+
+    /// Loads a private copy: maps live only as long as this object (tests, measurements). The
+    /// object declares its maps pinned by name, so they are created in a scratch directory whose
+    /// pins are removed at once.
+    pub fn load_unpinned() -> Result<Self> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let scratch = Path::new(PIN_ROOT).join(format!(
+            "scratch-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&scratch)
+            .map_err(io_err("create scratch pin directory", &scratch))?;
+        let loaded = Self::load_object(&scratch);
+        let cleaned = remove_map_pins(&scratch);
+        let ebpf = loaded?;
+        cleaned?;
+        let mut stage = Self {
+            links: Vec::new(),
+            ebpf,
+            pin_dir: None,
+        };
+        stage.load_program()?;
+        Ok(stage)
+    }
+
+    fn load_object(pin_dir: &Path) -> Result<Ebpf> {
+        EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(XDP_OBJECT)
+            .map_err(|source| XdpError::Load {
+                op: "load XDP object",
+                path: Some(pin_dir.to_owned()),
+                source: Box::new(source),
+            })
+    }
+
+    fn load_program(&mut self) -> Result<()> {
+        self.program_mut()?
+            .load()
+            .map_err(|source| XdpError::Program {
+                op: "load (verify) program",
+                target: sluice_common::XDP_PROGRAM.into(),
+                source,
+            })
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp> {
+        let prog =
+            self.ebpf
+                .program_mut(sluice_common::XDP_PROGRAM)
+                .ok_or(XdpError::MissingMap {
+                    map: sluice_common::XDP_PROGRAM,
+                })?;
+        prog.try_into().map_err(|source| XdpError::Program {
+            op: "find program",
+            target: sluice_common::XDP_PROGRAM.into(),
+            source,
+        })
+    }
+
+    /// The pin directory, if this stage is pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    fn link_pin_path(&self, interface: &str) -> Option<PathBuf> {
+        self.pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link-{interface}")))
+    }
+
+    /// Attaches to `interface` (in the calling thread's network namespace). A pinned link left by a
+    /// previous run is re-used and switched to this program atomically; otherwise attaches in
+    /// driver mode, falling back to generic (SKB) mode with a warning. Pinned stages pin the link,
+    /// so the program stays attached when this object is dropped.
+    pub fn attach(&mut self, interface: &str) -> Result<AttachMode> {
+        let pin_path = self.link_pin_path(interface);
+        if let Some(path) = pin_path.as_ref().filter(|p| p.exists()) {
+            match self.reuse_pinned_link(path) {
+                Ok(link) => {
+                    tracing::info!(interface, path = %path.display(), "re-using pinned XDP link");
+                    self.links.push((
+                        interface.to_owned(),
+                        Attachment::Reopened {
+                            _link: link,
+                            path: path.clone(),
+                        },
+                    ));
+                    return Ok(AttachMode::ReusedPinnedLink);
+                }
+                Err(e) => {
+                    tracing::warn!(interface, error = %e, "pinned XDP link unusable; re-attaching");
+                    std::fs::remove_file(path).map_err(io_err("remove stale link pin", path))?;
+                }
+            }
+        }
+
+        let prog = self.program_mut()?;
+        let (link_id, mode) = match prog.attach(interface, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Driver),
+            Err(driver_err) => {
+                tracing::warn!(
+                    interface,
+                    error = %driver_err,
+                    "native XDP unavailable; falling back to generic (SKB) mode"
+                );
+                let id =
+                    prog.attach(interface, XdpMode::Skb)
+                        .map_err(|source| XdpError::Program {
+                            op: "attach (generic mode)",
+                            target: interface.into(),
+                            source,
+                        })?;
+                (id, AttachMode::Generic)
+            }
+        };
+        let link = prog
+            .take_link(link_id)
+            .map_err(|source| XdpError::Program {
+                op: "take link",
+                target: interface.into(),
+                source,
+            })?;
+        let link = FdLink::try_from(link).map_err(|source| XdpError::Link {
+            op: "convert to an fd link (netlink attachments cannot be pinned)",
+            path: pin_path.clone().unwrap_or_default(),
+            source: Box::new(source),
+        })?;
+        let attachment = match pin_path {
+            Some(path) => Attachment::Pinned(link.pin(&path).map_err(|source| XdpError::Link {
+                op: "pin link",
+                path,
+                source: Box::new(source),
+            })?),
+            None => Attachment::Owned { _link: link },
+        };
+        self.links.push((interface.to_owned(), attachment));
+        tracing::info!(interface, ?mode, "XDP stage attached");
+        Ok(mode)
+    }
+
+    fn reuse_pinned_link(&mut self, path: &Path) -> Result<FdLink> {
+        let link_err = |op, source: Box<dyn std::error::Error + Send + Sync>| XdpError::Link {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        let pinned =
+            PinnedLink::from_pin(path).map_err(|e| link_err("open pinned link", Box::new(e)))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| link_err("open pinned link as XDP", Box::new(e)))?;
+        let prog = self.program_mut()?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|e| link_err("switch pinned link to this program", Box::new(e)))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| link_err("take link", Box::new(e)))?;
+        FdLink::try_from(link).map_err(|e| link_err("convert to an fd link", Box::new(e)))
+    }
+
+    /// Sets the media port range (inclusive); UDP to other ports is never looked at.
+    pub fn set_port_range(&mut self, range: RangeInclusive<u16>) -> Result<()> {
+        const M: &str = sluice_common::CONFIG_MAP;
+        let mut map: Array<&mut MapData, PortRange> = self.map_mut(M)?;
+        map.set(
+            0,
+            PortRange {
+                lo: *range.start(),
+                hi: *range.end(),
+            },
+            0,
+        )
+        .map_err(map_err("set port range", M))
+    }
+
+    /// Turns the stage off without detaching it: every packet passes untouched
+    /// (`pass_outside_range`), relays included.
+    pub fn clear_port_range(&mut self) -> Result<()> {
+        const M: &str = sluice_common::CONFIG_MAP;
+        let mut map: Array<&mut MapData, PortRange> = self.map_mut(M)?;
+        map.set(0, PortRange { lo: 1, hi: 0 }, 0)
+            .map_err(map_err("clear port range", M))
+    }
+
+    /// Lets RTP/RTCP from `remote` to `local_port` through the shield as leg `leg` owned by
+    /// `worker`. RTP additionally needs [`XdpStage::allow_ssrc`].
+    pub fn add_leg(
+        &mut self,
+        local_port: u16,
+        remote: SocketAddr,
+        leg: LegId,
+        worker: u32,
+    ) -> Result<()> {
+        const M: &str = sluice_common::LEGS_MAP;
+        let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
+        map.insert(
+            flow_key(local_port, remote),
+            LegValue { leg: leg.0, worker },
+            0,
+        )
+        .map_err(map_err("add leg", M))
+    }
+
+    /// Forgets a leg's transport (its SSRCs are separate entries: revoke them too).
+    pub fn remove_leg(&mut self, local_port: u16, remote: SocketAddr) -> Result<()> {
+        const M: &str = sluice_common::LEGS_MAP;
+        let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
+        map.remove(&flow_key(local_port, remote))
+            .map_err(map_err("remove leg", M))
+    }
+
+    /// Announces that `leg` publishes `ssrc` on `local_port`.
+    pub fn allow_ssrc(&mut self, local_port: u16, ssrc: Ssrc, leg: LegId) -> Result<()> {
+        const M: &str = sluice_common::SSRCS_MAP;
+        let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
+        map.insert(
+            SsrcKey {
+                ssrc: ssrc.0,
+                local_port,
+                pad: 0,
+            },
+            SsrcValue { leg: leg.0 },
+            0,
+        )
+        .map_err(map_err("allow ssrc", M))
+    }
+
+    /// Withdraws an SSRC announcement.
+    pub fn revoke_ssrc(&mut self, local_port: u16, ssrc: Ssrc) -> Result<()> {
+        const M: &str = sluice_common::SSRCS_MAP;
+        let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
+        map.remove(&SsrcKey {
+            ssrc: ssrc.0,
+            local_port,
+            pad: 0,
+        })
+        .map_err(map_err("revoke ssrc", M))
+    }
+
+    /// Installs (or replaces) a relay leg: datagrams from `remote` to `local_port` are rewritten
+    /// to `route` and forwarded in the kernel.
+    pub fn add_relay(
+        &mut self,
+        local_port: u16,
+        remote: SocketAddr,
+        route: &RelayRoute,
+    ) -> Result<()> {
+        let invalid = |reason| XdpError::InvalidRelay {
+            local_port,
+            remote,
+            reason,
+        };
+        if route.src.is_ipv4() != remote.is_ipv4() || route.dst.is_ipv4() != remote.is_ipv4() {
+            return Err(invalid(
+                "relay addresses must be of the ingress address family",
+            ));
+        }
+        let ifindex = match route.egress {
+            Egress::SameInterface => RELAY_SAME_INTERFACE,
+            Egress::Interface(0) => return Err(invalid("egress interface index 0")),
+            Egress::Interface(i) => {
+                const D: &str = sluice_common::TX_PORTS_MAP;
+                let mut ports: DevMapHash<&mut MapData> = self.map_mut(D)?;
+                ports
+                    .insert(i, i, None, 0)
+                    .map_err(|source| XdpError::DevMap {
+                        op: "add egress interface",
+                        map: D,
+                        source,
+                    })?;
+                i
+            }
+        };
+        let target = RelayTarget {
+            src_addr: v6_bytes(route.src.ip()),
+            dst_addr: v6_bytes(route.dst.ip()),
+            src_port: route.src.port(),
+            dst_port: route.dst.port(),
+            dst_mac: route.dst_mac,
+            src_mac: route.src_mac,
+            ifindex,
+        };
+        const M: &str = sluice_common::RELAYS_MAP;
+        let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
+        map.insert(flow_key(local_port, remote), target, 0)
+            .map_err(map_err("add relay", M))
+    }
+
+    /// Removes a relay leg (its egress interface stays in the devmap: harmless and shared).
+    pub fn remove_relay(&mut self, local_port: u16, remote: SocketAddr) -> Result<()> {
+        const M: &str = sluice_common::RELAYS_MAP;
+        let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
+        map.remove(&flow_key(local_port, remote))
+            .map_err(map_err("remove relay", M))
+    }
+
+    /// The relay entry installed for a leg, if any (to check what survived a restart).
+    pub fn relay(&self, local_port: u16, remote: SocketAddr) -> Result<Option<RelayTarget>> {
+        const M: &str = sluice_common::RELAYS_MAP;
+        let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
+        let map: HashMap<&MapData, FlowKey, RelayTarget> =
+            HashMap::try_from(map).map_err(map_err("open", M))?;
+        match map.get(&flow_key(local_port, remote), 0) {
+            Ok(t) => Ok(Some(t)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("read relay", M)(e)),
+        }
+    }
+
+    /// The verdict counters summed over CPUs (monotonic; they survive restarts when pinned).
+    pub fn verdict_counts(&self) -> Result<VerdictCounts> {
+        const M: &str = sluice_common::VERDICTS_MAP;
+        let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_err("open", M))?;
+        let mut counts = VerdictCounts::default();
+        for (i, slot) in counts.0.iter_mut().enumerate() {
+            let per_cpu = map
+                .get(&(i as u32), 0)
+                .map_err(map_err("read counter", M))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(counts)
+    }
+
+    /// Runs the program on `input` with `BPF_PROG_TEST_RUN`, `repeat` times, writing the resulting
+    /// frame to `output` (which must be at least as long as `input`).
+    pub fn test_run(
+        &mut self,
+        input: &[u8],
+        output: &mut [u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
+        let prog = self.program_mut()?;
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(output),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = prog.test_run(opts).map_err(|source| XdpError::Program {
+            op: "BPF_PROG_TEST_RUN",
+            target: sluice_common::XDP_PROGRAM.into(),
+            source,
+        })?;
+        Ok(TestRunOutcome {
+            action: r.return_value,
+            len: r.data_size_out as usize,
+            duration: r.duration,
+        })
+    }
+
+    /// The program's file descriptor owner, for callers that need to chain it (devmap programs).
+    pub fn program_fd(&mut self) -> Result<std::os::fd::OwnedFd> {
+        let prog = self.program_mut()?;
+        let fd = prog.fd().map_err(|source| XdpError::Program {
+            op: "program fd",
+            target: sluice_common::XDP_PROGRAM.into(),
+            source,
+        })?;
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err("dup program fd", Path::new("")))
+    }
+
+    /// Detaches from every interface this stage attached to or re-opened, removes every pin and
+    /// the pin directory: the stage is gone once this object is dropped.
+    pub fn unpin(mut self) -> Result<()> {
+        for (_, attachment) in self.links.drain(..) {
+            match attachment {
+                Attachment::Pinned(p) => {
+                    drop(p.unpin().map_err(|source| XdpError::Link {
+                        op: "unpin link",
+                        path: PathBuf::new(),
+                        source: Box::new(source),
+                    })?);
+                }
+                Attachment::Reopened { path, .. } => {
+                    std::fs::remove_file(&path).map_err(io_err("remove link pin", &path))?;
+                }
+                Attachment::Owned { .. } => {}
+            }
+        }
+        if let Some(dir) = self.pin_dir.take() {
+            remove_map_pins(&dir)?;
+            // Links pinned by other interfaces' stages may remain; only remove an empty directory.
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove pin directory", &dir)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(XdpError::MissingMap { map: name })?;
+        T::try_from(map).map_err(map_err("open", name))
+    }
+}
+
+fn remove_map_pins(dir: &Path) -> Result<()> {
+    for name in sluice_common::ALL_MAPS {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove map pin", &path)(e)),
+        }
+    }
+    if dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("scratch-"))
+    {
+        std::fs::remove_dir(dir).map_err(io_err("remove scratch pin directory", dir))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::XDP_OBJECT;
-    use aya::programs::Xdp;
-
     /// Loads the embedded object into the kernel: the maps are created and the program passes the
     /// verifier. Needs root (CI and the dev machines run as root).
     #[test]
     fn embedded_program_passes_the_verifier() {
-        let mut ebpf = aya::Ebpf::load(XDP_OBJECT).expect("parse and create maps");
-        assert!(ebpf.map(sluice_common::VERDICTS_MAP).is_some(), "verdict counters missing");
-        let prog: &mut Xdp = ebpf
-            .program_mut(sluice_common::XDP_PROGRAM)
-            .expect("program in object")
-            .try_into()
-            .expect("an XDP program");
-        prog.load().expect("verifier accepts the program");
+        let stage = super::XdpStage::load_unpinned().expect("load, verify");
+        assert_eq!(stage.verdict_counts().expect("counters").total(), 0);
     }
 }

@@ -2,28 +2,228 @@
 //!
 //! One definition, used on both sides of the kernel boundary: `#[repr(C)]`, no implicit padding
 //! (checked by const asserts), `aya::Pod` behind the `user` feature. Never keep a hand-synced copy.
+//!
+//! Byte order: every port and SSRC in a key or value is in host order (the program converts from
+//! the wire once, so userspace never has to think about it); addresses are the 16 network-order
+//! bytes of an IPv6 address, IPv4 being stored v4-mapped (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2).
 #![no_std]
 #![deny(missing_docs)]
 
 /// Why the XDP stage let a packet through or dropped it: the index into the per-CPU verdict
-/// counter array `SLUICE_VERDICTS`.
+/// counter array [`VERDICTS_MAP`]. Exactly one verdict is counted per packet.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum XdpVerdict {
-    /// Not on the media port range, or not IP/UDP: handed to the kernel untouched.
-    PassNotMedia = 0,
-    /// Media-port traffic passed to the kernel's UDP stack.
-    PassMedia = 1,
-    /// A header was shorter than it claimed; dropped.
-    DropMalformed = 2,
+    /// Not IPv4/IPv6, not UDP, or an IPv4 fragment: handed to the kernel untouched.
+    PassNotUdp = 0,
+    /// UDP outside the media port range: handed to the kernel untouched.
+    PassOutsideRange = 1,
+    /// STUN on a media port (RFC 7983 first byte 0..=3): the slow path (ICE) gets it.
+    PassStun = 2,
+    /// DTLS on a media port (first byte 20..=63): the slow path (DTLS-SRTP handshake) gets it.
+    PassDtls = 3,
+    /// RTP/RTCP from a known leg (and, for RTP, an announced SSRC): passed to the worker's socket.
+    PassMedia = 4,
+    /// Reserved for the AF_XDP backend: known media redirected to the worker's XSK.
+    RedirectXsk = 5,
+    /// A header was shorter than it claimed (Ethernet, VLAN, IP, UDP, RTP or RTCP); dropped.
+    DropMalformed = 6,
+    /// A media-port first byte that is none of STUN, DTLS, RTP/RTCP (ZRTP, TURN channels, noise).
+    DropNotRtc = 7,
+    /// RTP/RTCP from a (local port, remote address) that no leg owns: the flood shield.
+    DropUnknownSource = 8,
+    /// RTP from a known leg with an SSRC that leg never announced.
+    DropUnknownSsrc = 9,
+    /// Relay leg, rewritten and sent back out of the receiving interface (XDP_TX).
+    RelayTx = 10,
+    /// Relay leg, rewritten and redirected to another interface through the devmap.
+    RelayRedirect = 11,
+    /// Relay entry unusable: address family differs from the packet's, or the target interface is
+    /// not in the devmap.
+    DropRelayInvalid = 12,
 }
 
 impl XdpVerdict {
     /// How many verdicts there are: the size of the counter array.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 13;
+
+    /// Every verdict, in counter-index order.
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::PassNotUdp,
+        Self::PassOutsideRange,
+        Self::PassStun,
+        Self::PassDtls,
+        Self::PassMedia,
+        Self::RedirectXsk,
+        Self::DropMalformed,
+        Self::DropNotRtc,
+        Self::DropUnknownSource,
+        Self::DropUnknownSsrc,
+        Self::RelayTx,
+        Self::RelayRedirect,
+        Self::DropRelayInvalid,
+    ];
+
+    /// A stable snake_case name, for metrics labels and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PassNotUdp => "pass_not_udp",
+            Self::PassOutsideRange => "pass_outside_range",
+            Self::PassStun => "pass_stun",
+            Self::PassDtls => "pass_dtls",
+            Self::PassMedia => "pass_media",
+            Self::RedirectXsk => "redirect_xsk",
+            Self::DropMalformed => "malformed",
+            Self::DropNotRtc => "not_rtc",
+            Self::DropUnknownSource => "unknown_source",
+            Self::DropUnknownSsrc => "unknown_ssrc",
+            Self::RelayTx => "relay_tx",
+            Self::RelayRedirect => "relay_redirect",
+            Self::DropRelayInvalid => "relay_invalid",
+        }
+    }
 }
 
-/// The name of the per-CPU verdict counter array in the XDP object.
+/// The media port range, entry 0 of [`CONFIG_MAP`]. UDP to a local port outside `lo..=hi` is
+/// never looked at; `lo > hi` disables the stage (the all-zero initial value covers port 0 only,
+/// which no socket binds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    /// Lowest media port, inclusive.
+    pub lo: u16,
+    /// Highest media port, inclusive.
+    pub hi: u16,
+}
+
+/// A transport as the XDP stage sees it: our local UDP port and the remote address. The key of
+/// [`LEGS_MAP`] and [`RELAYS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Remote IP address, IPv6 or v4-mapped IPv4, network byte order.
+    pub remote_addr: [u8; 16],
+    /// Remote UDP port, host order.
+    pub remote_port: u16,
+    /// Local UDP port (the packet's destination port), host order.
+    pub local_port: u16,
+}
+
+/// What [`LEGS_MAP`] knows about a leg.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LegValue {
+    /// The dataplane's leg id; [`SsrcValue::leg`] must match it.
+    pub leg: u32,
+    /// The worker (queue) that owns the leg: the AF_XDP steering hook will use it.
+    pub worker: u32,
+}
+
+/// The key of [`SSRCS_MAP`]: an SSRC announced on a local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SsrcKey {
+    /// RTP SSRC, host order.
+    pub ssrc: u32,
+    /// Local UDP port, host order.
+    pub local_port: u16,
+    /// Always zero (explicit, so the key has no implicit padding).
+    pub pad: u16,
+}
+
+/// The value of [`SSRCS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SsrcValue {
+    /// The leg that announced the SSRC; RTP from another leg on the same port is dropped.
+    pub leg: u32,
+}
+
+/// Where a relay leg's packets go (the value of [`RELAYS_MAP`]): the IP/UDP/Ethernet header
+/// fields to write. A relay does not terminate SRTP; it is a TURN-like 5-tuple rewrite.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayTarget {
+    /// New source address (ours on the egress side), same family as the packet.
+    pub src_addr: [u8; 16],
+    /// New destination address (the other party), same family as the packet.
+    pub dst_addr: [u8; 16],
+    /// New UDP source port, host order.
+    pub src_port: u16,
+    /// New UDP destination port, host order.
+    pub dst_port: u16,
+    /// Next-hop MAC address.
+    pub dst_mac: [u8; 6],
+    /// Egress interface MAC address.
+    pub src_mac: [u8; 6],
+    /// Egress interface index; [`RELAY_SAME_INTERFACE`] transmits back out of the ingress
+    /// interface (XDP_TX), anything else redirects through [`TX_PORTS_MAP`].
+    pub ifindex: u32,
+}
+
+/// [`RelayTarget::ifindex`] meaning "the interface the packet came in on".
+pub const RELAY_SAME_INTERFACE: u32 = 0;
+
+const _: () = {
+    assert!(core::mem::size_of::<PortRange>() == 4);
+    assert!(core::mem::size_of::<FlowKey>() == 20);
+    assert!(core::mem::align_of::<FlowKey>() == 2);
+    assert!(core::mem::size_of::<LegValue>() == 8);
+    assert!(core::mem::size_of::<SsrcKey>() == 8);
+    assert!(core::mem::size_of::<SsrcValue>() == 4);
+    assert!(core::mem::size_of::<RelayTarget>() == 52);
+    assert!(core::mem::offset_of!(RelayTarget, ifindex) == 48);
+    assert!(core::mem::size_of::<XdpVerdict>() == 4);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // All impls below: `#[repr(C)]` structs of integers and byte arrays with no implicit padding
+    // (see the const asserts above), so every bit pattern is a valid value.
+
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PortRange {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::LegValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SsrcKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SsrcValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RelayTarget {}
+}
+
+/// The name of the per-CPU verdict counter array (`u32` index → `u64` count).
 pub const VERDICTS_MAP: &str = "SLUICE_VERDICTS";
+/// The name of the one-entry configuration array (index 0 → [`PortRange`]).
+pub const CONFIG_MAP: &str = "SLUICE_CONFIG";
+/// The name of the leg hash map ([`FlowKey`] → [`LegValue`]).
+pub const LEGS_MAP: &str = "SLUICE_LEGS";
+/// The name of the SSRC allow map ([`SsrcKey`] → [`SsrcValue`]).
+pub const SSRCS_MAP: &str = "SLUICE_SSRCS";
+/// The name of the relay map ([`FlowKey`] → [`RelayTarget`]).
+pub const RELAYS_MAP: &str = "SLUICE_RELAYS";
+/// The name of the devmap-hash relays redirect through (ifindex → ifindex).
+pub const TX_PORTS_MAP: &str = "SLUICE_TX_PORTS";
 /// The name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
+/// Every map, for pin bookkeeping.
+pub const ALL_MAPS: [&str; 6] = [
+    VERDICTS_MAP,
+    CONFIG_MAP,
+    LEGS_MAP,
+    SSRCS_MAP,
+    RELAYS_MAP,
+    TX_PORTS_MAP,
+];
+
+/// Capacity of [`LEGS_MAP`].
+pub const MAX_LEGS: u32 = 65_536;
+/// Capacity of [`SSRCS_MAP`].
+pub const MAX_SSRCS: u32 = 262_144;
+/// Capacity of [`RELAYS_MAP`].
+pub const MAX_RELAYS: u32 = 65_536;
+/// Capacity of [`TX_PORTS_MAP`].
+pub const MAX_TX_PORTS: u32 = 64;

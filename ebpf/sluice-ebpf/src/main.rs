@@ -1,13 +1,68 @@
-//! Sluice's XDP first stage. This first cut counts what it sees and passes everything; the shield,
-//! demultiplexing, steering and relay come with the XDP issue.
+//! Sluice's XDP first stage: parse, demultiplex (RFC 7983), shield, steer, relay.
+//!
+//! ```text
+//!  Ethernet [802.1Q/802.1ad tag] ─ IPv4 (IHL options; fragments pass) | IPv6 (no ext. headers)
+//!    └─ UDP, local (destination) port in SLUICE_CONFIG lo..=hi, else pass untouched
+//!        ├─ (local port, remote) in SLUICE_RELAYS → rewrite Eth/IP/UDP → XDP_TX | XDP_REDIRECT
+//!        └─ first payload byte (RFC 7983 §7):
+//!             0..=3 STUN, 20..=63 DTLS  → XDP_PASS (slow path: ICE, DTLS-SRTP)
+//!             128..=191 RTP/RTCP        → source in SLUICE_LEGS? else drop unknown_source
+//!                                         RTP: (port, SSRC) in SLUICE_SSRCS? else drop unknown_ssrc
+//!                                         → steer_media (XDP_PASS today, AF_XDP later)
+//!             anything else             → drop not_rtc
+//! ```
+//!
+//! Exactly one verdict is counted per packet in the per-CPU array SLUICE_VERDICTS, indexed by
+//! `sluice_common::XdpVerdict`. Relay legs relay every datagram from the relayed source (STUN and
+//! DTLS included): a relay does not terminate ICE or DTLS, the two ends do.
+//!
+//! IPv6 extension headers are not walked: a next-header other than UDP passes untouched. IPv4
+//! fragments pass untouched too (a non-first fragment has no ports to check).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext};
-use sluice_common::XdpVerdict;
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use sluice_common::{
+    FlowKey, LegValue, MAX_LEGS, MAX_RELAYS, MAX_SSRCS, MAX_TX_PORTS, PortRange,
+    RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict,
+};
 
 #[map(name = "SLUICE_VERDICTS")]
-static SLUICE_VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XdpVerdict::COUNT, 0);
+static SLUICE_VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(XdpVerdict::COUNT, 0);
+
+#[map(name = "SLUICE_CONFIG")]
+static SLUICE_CONFIG: Array<PortRange> = Array::pinned(1, 0);
+
+#[map(name = "SLUICE_LEGS")]
+static SLUICE_LEGS: HashMap<FlowKey, LegValue> = HashMap::pinned(MAX_LEGS, 0);
+
+#[map(name = "SLUICE_SSRCS")]
+static SLUICE_SSRCS: HashMap<SsrcKey, SsrcValue> = HashMap::pinned(MAX_SSRCS, 0);
+
+#[map(name = "SLUICE_RELAYS")]
+static SLUICE_RELAYS: HashMap<FlowKey, RelayTarget> = HashMap::pinned(MAX_RELAYS, 0);
+
+#[map(name = "SLUICE_TX_PORTS")]
+static SLUICE_TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_UDP: u8 = 17;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const UDP_HLEN: usize = 8;
+const RTP_MIN_LEN: usize = 12;
+const RTCP_MIN_LEN: usize = 8;
+const MAX_OFFSET: usize = 255;
 
 #[xdp]
 pub fn sluice_xdp(ctx: XdpContext) -> u32 {
@@ -16,16 +71,343 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+#[inline(always)]
 fn count(verdict: XdpVerdict) {
     if let Some(counter) = SLUICE_VERDICTS.get_ptr_mut(verdict as u32) {
-        // SAFETY: the per-CPU slot belongs to this CPU while the program runs.
+        // SAFETY: the per-CPU slot belongs to this CPU while the program runs (no preemption
+        // inside an XDP program), so the increment cannot race.
         unsafe { *counter += 1 };
     }
 }
 
-fn try_sluice_xdp(_ctx: &XdpContext) -> Result<u32, u32> {
-    count(XdpVerdict::PassNotMedia);
-    Ok(xdp_action::XDP_PASS)
+/// Counts `verdict` and returns `action`: every exit of the program goes through here once.
+#[inline(always)]
+fn verdict(verdict: XdpVerdict, action: u32) -> u32 {
+    count(verdict);
+    action
+}
+
+#[inline(always)]
+fn malformed() -> u32 {
+    verdict(XdpVerdict::DropMalformed, xdp_action::XDP_DROP)
+}
+
+/// A pointer to `T` at `offset` into the frame, if the whole `T` lies inside it.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    // Every header offset here is below 256 (VLAN + IPv4 with options + UDP + RTP); saying so
+    // keeps the verifier's bounds on offsets that the compiler spilled to the stack.
+    if offset > MAX_OFFSET {
+        return None;
+    }
+    let p = ctx.data() + offset;
+    if p + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some(p as *mut T)
+}
+
+/// Reads a `T` at `offset`, or `None` if the frame is too short.
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    let p = ptr_at::<T>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes at `p` lie inside the frame; packet
+    // data has no alignment guarantee, hence `read_unaligned`.
+    Some(unsafe { p.read_unaligned() })
+}
+
+/// The transport of one parsed datagram.
+struct Udp {
+    /// Offset of the IP header.
+    l3: usize,
+    /// Offset of the UDP header.
+    l4: usize,
+    v6: bool,
+    flow: FlowKey,
+    /// The UDP length field minus the header: the datagram as sent, without Ethernet padding.
+    payload_len: usize,
+}
+
+/// The UDP payload length the header claims (RFC 768); a length below the header size is
+/// malformed. Short frames carry Ethernet padding, so the frame end alone cannot say where the
+/// datagram ends.
+#[inline(always)]
+fn udp_payload_len(udp: &[u8; UDP_HLEN]) -> Result<usize, u32> {
+    let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+    if len < UDP_HLEN {
+        return Err(malformed());
+    }
+    Ok(len - UDP_HLEN)
+}
+
+fn try_sluice_xdp(ctx: &XdpContext) -> Result<u32, u32> {
+    // Ethernet, then at most one VLAN tag (802.1Q or 802.1ad).
+    let mut ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or_else(malformed)?);
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = u16::from_be(read::<u16>(ctx, ETH_HLEN + 2).ok_or_else(malformed)?);
+        l3 += VLAN_HLEN;
+    }
+    let udp = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3)?,
+        _ => return Ok(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS)),
+    };
+
+    let range = SLUICE_CONFIG.get(0).copied().unwrap_or_default();
+    let port = udp.flow.local_port;
+    if port < range.lo || port > range.hi {
+        return Ok(verdict(XdpVerdict::PassOutsideRange, xdp_action::XDP_PASS));
+    }
+
+    if let Some(target) = SLUICE_RELAYS.get_ptr(&udp.flow) {
+        // SAFETY: a hash map value pointer stays valid for the program run (RCU); the copy may
+        // race a concurrent userspace update, which at worst relays one packet on the old or new
+        // target.
+        let target = unsafe { target.read() };
+        return relay(ctx, &udp, &target);
+    }
+
+    // RFC 7983 §7: demultiplex on the first byte of the UDP payload. Two bytes are read: no
+    // class fits in one (STUN 20, DTLS 13, RTCP 8, RTP 12), and a one-byte read at a variable
+    // offset compiles to a bounds check the verifier cannot use.
+    let payload = udp.l4 + UDP_HLEN;
+    if udp.payload_len < 2 {
+        return Err(malformed());
+    }
+    let head = read::<[u8; 2]>(ctx, payload).ok_or_else(malformed)?;
+    match head[0] {
+        0..=3 => Ok(verdict(XdpVerdict::PassStun, xdp_action::XDP_PASS)),
+        20..=63 => Ok(verdict(XdpVerdict::PassDtls, xdp_action::XDP_PASS)),
+        128..=191 => rtp_or_rtcp(ctx, &udp, payload, head[1]),
+        _ => Err(verdict(XdpVerdict::DropNotRtc, xdp_action::XDP_DROP)),
+    }
+}
+
+/// ```text
+///  0                   1                   2                   3
+///  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+/// |Version|  IHL  |Type of Service|          Total Length         |
+/// |         Identification        |Flags|      Fragment Offset    |
+/// |  Time to Live |    Protocol   |         Header Checksum       |
+/// |                       Source Address                          |
+/// |                    Destination Address                        |
+/// |                    Options (IHL > 5)                          |
+/// ```
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
+    let hdr = read::<[u8; IPV4_MIN_HLEN]>(ctx, l3).ok_or_else(malformed)?;
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    if hdr[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Err(malformed());
+    }
+    if hdr[9] != IPPROTO_UDP {
+        return Err(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS));
+    }
+    // MF set or a non-zero offset: a fragment; only the reassembled datagram has a UDP view.
+    if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff != 0 {
+        return Err(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS));
+    }
+    let l4 = l3 + ihl;
+    let udp = read::<[u8; UDP_HLEN]>(ctx, l4).ok_or_else(malformed)?;
+    let payload_len = udp_payload_len(&udp)?;
+    let mut remote_addr = [0u8; 16];
+    remote_addr[10] = 0xff;
+    remote_addr[11] = 0xff;
+    remote_addr[12..].copy_from_slice(&hdr[12..16]);
+    Ok(Udp {
+        l3,
+        l4,
+        v6: false,
+        payload_len,
+        flow: FlowKey {
+            remote_addr,
+            remote_port: u16::from_be_bytes([udp[0], udp[1]]),
+            local_port: u16::from_be_bytes([udp[2], udp[3]]),
+        },
+    })
+}
+
+/// IPv6 fixed header (RFC 8200 §3): next header at 6, source at 8, destination at 24.
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
+    let hdr = read::<[u8; IPV6_HLEN]>(ctx, l3).ok_or_else(malformed)?;
+    if hdr[0] >> 4 != 6 {
+        return Err(malformed());
+    }
+    if hdr[6] != IPPROTO_UDP {
+        return Err(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS));
+    }
+    let mut remote_addr = [0u8; 16];
+    remote_addr.copy_from_slice(&hdr[8..24]);
+    let l4 = l3 + IPV6_HLEN;
+    let udp = read::<[u8; UDP_HLEN]>(ctx, l4).ok_or_else(malformed)?;
+    let payload_len = udp_payload_len(&udp)?;
+    Ok(Udp {
+        l3,
+        l4,
+        v6: true,
+        payload_len,
+        flow: FlowKey {
+            remote_addr,
+            remote_port: u16::from_be_bytes([udp[0], udp[1]]),
+            local_port: u16::from_be_bytes([udp[2], udp[3]]),
+        },
+    })
+}
+
+/// The flood shield. RTP and RTCP share the port (RFC 5761); RTCP packet types 192..=223 sit in
+/// the second byte where RTP has marker + payload type. RTP's SSRC is at 8 (RFC 3550 §5.1),
+/// RTCP's sender SSRC at 4 (checked by source only).
+#[inline(always)]
+fn rtp_or_rtcp(ctx: &XdpContext, udp: &Udp, payload: usize, second: u8) -> Result<u32, u32> {
+    let is_rtcp = (192..=223).contains(&second);
+    if udp.payload_len < if is_rtcp { RTCP_MIN_LEN } else { RTP_MIN_LEN } {
+        return Err(malformed());
+    }
+    if is_rtcp {
+        ptr_at::<[u8; RTCP_MIN_LEN]>(ctx, payload).ok_or_else(malformed)?;
+    } else {
+        ptr_at::<[u8; RTP_MIN_LEN]>(ctx, payload).ok_or_else(malformed)?;
+    }
+    let Some(leg) = SLUICE_LEGS.get_ptr(&udp.flow) else {
+        return Err(verdict(XdpVerdict::DropUnknownSource, xdp_action::XDP_DROP));
+    };
+    // SAFETY: valid for the program run (RCU); a racing update yields the old or new value.
+    let leg = unsafe { leg.read() };
+    if !is_rtcp {
+        let ssrc = u32::from_be(read::<u32>(ctx, payload + 8).ok_or_else(malformed)?);
+        let key = SsrcKey {
+            ssrc,
+            local_port: udp.flow.local_port,
+            pad: 0,
+        };
+        let announced = match SLUICE_SSRCS.get_ptr(&key) {
+            // SAFETY: as above.
+            Some(v) => unsafe { v.read() }.leg == leg.leg,
+            None => false,
+        };
+        if !announced {
+            return Err(verdict(XdpVerdict::DropUnknownSsrc, xdp_action::XDP_DROP));
+        }
+    }
+    Ok(steer_media(ctx, &leg))
+}
+
+/// Known media goes to its worker. Today: XDP_PASS to the worker's UDP socket. The AF_XDP backend
+/// replaces this with an XSKMAP redirect keyed by `leg.worker`'s queue, counted
+/// `XdpVerdict::RedirectXsk`, falling back to XDP_PASS when no socket is bound.
+#[inline(always)]
+fn steer_media(_ctx: &XdpContext, _leg: &LegValue) -> u32 {
+    verdict(XdpVerdict::PassMedia, xdp_action::XDP_PASS)
+}
+
+/// One's-complement accumulation of a 16-bit word change (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+fn csum_replace(acc: u32, old: u16, new: u16) -> u32 {
+    acc + (!old) as u32 + new as u32
+}
+
+#[inline(always)]
+fn csum_fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Applies an accumulated change to a checksum field (words read in memory order; the
+/// one's-complement sum is byte-order independent, RFC 1071 §2(B)).
+#[inline(always)]
+fn csum_apply(check: u16, delta: u32) -> u16 {
+    !csum_fold((!check) as u32 + csum_fold(delta) as u32)
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    let mut zero = 0u8;
+    for b in &addr[..10] {
+        zero |= *b;
+    }
+    zero == 0 && addr[10] == 0xff && addr[11] == 0xff
+}
+
+/// Rewrites one relayed datagram in place: Ethernet addresses, IP source and destination, UDP
+/// ports, IPv4 header checksum and UDP checksum (both incrementally, RFC 1624), then sends it out.
+#[inline(always)]
+fn relay(ctx: &XdpContext, udp: &Udp, t: &RelayTarget) -> Result<u32, u32> {
+    let invalid = || verdict(XdpVerdict::DropRelayInvalid, xdp_action::XDP_DROP);
+    if is_v4_mapped(&t.src_addr) == udp.v6 || is_v4_mapped(&t.dst_addr) == udp.v6 {
+        return Err(invalid());
+    }
+
+    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or_else(malformed)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&t.dst_mac);
+    macs[6..].copy_from_slice(&t.src_mac);
+    // SAFETY: `ptr_at` bounds-checked the 12 bytes; XDP frames are writable.
+    unsafe { eth.write_unaligned(macs) };
+
+    let mut pseudo = 0u32; // change to the UDP pseudo-header (addresses)
+    if udp.v6 {
+        let addrs = ptr_at::<[u16; 16]>(ctx, udp.l3 + 8).ok_or_else(malformed)?;
+        // SAFETY: bounds-checked above.
+        let old = unsafe { addrs.read_unaligned() };
+        let mut new = [0u16; 16];
+        for i in 0..8 {
+            new[i] = u16::from_ne_bytes([t.src_addr[2 * i], t.src_addr[2 * i + 1]]);
+            new[8 + i] = u16::from_ne_bytes([t.dst_addr[2 * i], t.dst_addr[2 * i + 1]]);
+        }
+        for i in 0..16 {
+            pseudo = csum_replace(pseudo, old[i], new[i]);
+        }
+        // SAFETY: bounds-checked above.
+        unsafe { addrs.write_unaligned(new) };
+    } else {
+        let addrs = ptr_at::<[u16; 4]>(ctx, udp.l3 + 12).ok_or_else(malformed)?;
+        // SAFETY: bounds-checked above.
+        let old = unsafe { addrs.read_unaligned() };
+        let new = [
+            u16::from_ne_bytes([t.src_addr[12], t.src_addr[13]]),
+            u16::from_ne_bytes([t.src_addr[14], t.src_addr[15]]),
+            u16::from_ne_bytes([t.dst_addr[12], t.dst_addr[13]]),
+            u16::from_ne_bytes([t.dst_addr[14], t.dst_addr[15]]),
+        ];
+        for i in 0..4 {
+            pseudo = csum_replace(pseudo, old[i], new[i]);
+        }
+        let check = ptr_at::<u16>(ctx, udp.l3 + 10).ok_or_else(malformed)?;
+        // SAFETY: bounds-checked above (both the addresses and the checksum field).
+        unsafe {
+            addrs.write_unaligned(new);
+            check.write_unaligned(csum_apply(check.read_unaligned(), pseudo));
+        }
+    }
+
+    // UDP header: ports then checksum. IPv4 checksum 0 means "none" (RFC 768) and stays 0;
+    // a computed 0 is sent as 0xffff.
+    let hdr = ptr_at::<[u16; 4]>(ctx, udp.l4).ok_or_else(malformed)?;
+    // SAFETY: bounds-checked above.
+    let mut h = unsafe { hdr.read_unaligned() };
+    let ports = [t.src_port.to_be(), t.dst_port.to_be()];
+    let mut delta = pseudo;
+    delta = csum_replace(delta, h[0], ports[0]);
+    delta = csum_replace(delta, h[1], ports[1]);
+    h[0] = ports[0];
+    h[1] = ports[1];
+    if udp.v6 || h[3] != 0 {
+        let c = csum_apply(h[3], delta);
+        h[3] = if c == 0 { 0xffff } else { c };
+    }
+    // SAFETY: bounds-checked above.
+    unsafe { hdr.write_unaligned(h) };
+
+    if t.ifindex == RELAY_SAME_INTERFACE {
+        return Ok(verdict(XdpVerdict::RelayTx, xdp_action::XDP_TX));
+    }
+    match SLUICE_TX_PORTS.redirect(t.ifindex, 0) {
+        Ok(action) => Ok(verdict(XdpVerdict::RelayRedirect, action)),
+        Err(_) => Err(invalid()),
+    }
 }
 
 #[cfg(not(test))]
