@@ -34,6 +34,34 @@ use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmi
 const PAYLOAD: usize = 1188;
 const BASE_PORT: u16 = 31_000;
 const PUBLISHER_SSRC: u32 = 0x5000;
+/// Where the daemon under test serves its metrics (read for batch sizes and I/O counters).
+const METRICS_PORT: u16 = 39_311;
+
+/// One I/O counter of the daemon under test.
+fn scrape_io(counter: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)) else { return 0.0 };
+    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    let key = format!("counter=\"{counter}\"}}");
+    body.lines().filter(|l| l.starts_with("sluice_io_total") && l.contains(&key)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// Sums a Prometheus counter over all label sets from the daemon under test.
+fn scrape(name: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").ok()?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).ok()?;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
 
 /// One measured configuration.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -52,6 +80,10 @@ pub struct Sample {
     pub cpu: f64,
     /// Packets out per CPU-second of the forwarder.
     pub out_per_cpu_s: f64,
+    /// Mean datagrams per receive batch (daemon backends).
+    pub mean_rx_batch: f64,
+    /// Datagrams per send syscall (daemon backends): GSO and sendmmsg batching.
+    pub tx_per_syscall: f64,
 }
 
 /// Latency at half the maximum rate.
@@ -132,7 +164,7 @@ impl Forwarder {
         std::fs::write(
             &cfg,
             format!(
-                "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\ncores = [{core}]\nbackend = \"{backend}\"\nbatch = 64\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:0\"\n",
+                "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\ncores = [{core}]\nbackend = \"{backend}\"\nbatch = 64\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:{METRICS_PORT}\"\n",
                 socket.display()
             ),
         )?;
@@ -164,37 +196,45 @@ impl Forwarder {
         let out_count = Arc::new(AtomicU64::new(0));
         let cpu_ns = Arc::new(AtomicU64::new(0));
         let (s, o, c) = (stop.clone(), out_count.clone(), cpu_ns.clone());
+        // Bound before returning, so the subscribers' hellos find their ports.
+        let sockets: Vec<UdpSocket> = (1..=fanout + 1)
+            .map(|l| UdpSocket::bind(("127.0.0.1", BASE_PORT + l as u16)).expect("bench port free"))
+            .collect();
         let thread = std::thread::spawn(move || {
             if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
                 core_affinity::set_for_current(id);
             }
             let mut fwd = Core::new(CoreConfig::default());
             fwd.apply(delta).expect("bench tables are valid");
-            let sockets: Vec<UdpSocket> = (1..=fanout + 1)
-                .map(|l| UdpSocket::bind(("127.0.0.1", BASE_PORT + l as u16)).expect("bench port free"))
-                .collect();
             for s in &sockets {
                 s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
             }
+            let cpu0 = thread_cpu_ns();
             let mut out = OutBatch::new(64);
             let mut buf = [0u8; 2048];
             let epoch = WallInstant::now();
-            let cpu0 = thread_cpu_ns();
-            let mut rr = 0usize;
-            while !s.load(Ordering::Relaxed) {
-                // Subscribers' hellos arrive on their own ports: poll them until latched, then
-                // only the publisher's port carries traffic.
-                let i = if rr < 200 { rr % sockets.len() } else { 0 };
-                rr += 1;
-                let Ok((n, src)) = sockets[i].recv_from(&mut buf) else { continue };
+            let handle = |fwd: &mut Core, out: &mut OutBatch, i: usize, buf: &mut [u8], n: usize, src: SocketAddr| {
                 out.clear();
                 let now = Instant::from_nanos(epoch.elapsed().as_nanos() as u64);
-                fwd.handle_rx(now, BASE_PORT + 1 + i as u16, src, &mut buf[..n], &mut out);
+                fwd.handle_rx(now, BASE_PORT + 1 + i as u16, src, &mut buf[..n], out);
                 for (m, bytes) in out.iter() {
                     let from = &sockets[usize::from(m.local_port - BASE_PORT - 1)];
                     if from.send_to(bytes, m.dst).is_ok() {
                         o.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+            };
+            // The subscribers' hellos first (each teaches the core a subscriber's address)...
+            for i in 1..sockets.len() {
+                sockets[i].set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                if let Ok((n, src)) = sockets[i].recv_from(&mut buf) {
+                    handle(&mut fwd, &mut out, i, &mut buf, n, src);
+                }
+            }
+            // ... then one datagram per recv_from, one per send_to, from the publisher's port.
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, src)) = sockets[0].recv_from(&mut buf) {
+                    handle(&mut fwd, &mut out, 0, &mut buf, n, src);
                 }
                 c.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
             }
@@ -398,6 +438,9 @@ fn run_one(backend: &str, profile: Profile, fanout: u32, seconds: f64, rate: f64
     }
     let wall = t0.elapsed().as_secs_f64();
     let (out1, cpu1) = fwd.counters()?;
+    let (batches, batched) = (scrape("sluice_rx_batches_total").unwrap_or(0.0), scrape("sluice_rx_batched_datagrams_total").unwrap_or(0.0));
+    let syscalls = scrape_io("syscalls");
+    let tx = scrape_io("tx_datagrams");
     std::thread::sleep(Duration::from_millis(100));
     let recv1 = sink.received.load(Ordering::Relaxed);
     let hist = sink.finish();
@@ -413,6 +456,8 @@ fn run_one(backend: &str, profile: Profile, fanout: u32, seconds: f64, rate: f64
             sink_pps: (recv1 - recv0) as f64 / wall,
             cpu: cpu / wall,
             out_per_cpu_s: if cpu > 0.0 { out / cpu } else { 0.0 },
+            mean_rx_batch: if batches > 0.0 { batched / batches } else { 0.0 },
+            tx_per_syscall: if syscalls > 0.0 { (batched + tx) / syscalls } else { 0.0 },
         },
         hist,
     ))
@@ -422,13 +467,16 @@ fn run_one(backend: &str, profile: Profile, fanout: u32, seconds: f64, rate: f64
 pub fn run(backends: &[String], fanouts: &[u32], profile: Profile, seconds: f64) -> anyhow::Result<(Vec<Sample>, Vec<Latency>)> {
     let mut samples = Vec::new();
     println!("forwarding benchmark: {profile:?}, 1200-byte RTP, 1 publisher → N subscribers, one pinned worker (core 1), generator and sink on core 0");
-    println!("{:<7} {:>6} {:>12} {:>12} {:>12} {:>8} {:>14}", "backend", "fanout", "offered/s", "out pkt/s", "sink pkt/s", "cpu", "out/cpu-s");
+    println!(
+        "{:<7} {:>6} {:>12} {:>12} {:>12} {:>8} {:>14} {:>9} {:>12}",
+        "backend", "fanout", "offered/s", "out pkt/s", "sink pkt/s", "cpu", "out/cpu-s", "rx batch", "pkts/syscall"
+    );
     for &fanout in fanouts {
         for b in backends {
             let (s, _) = run_one(b, profile, fanout, seconds, 0.0, false)?;
             println!(
-                "{:<7} {:>6} {:>12.0} {:>12.0} {:>12.0} {:>7.0}% {:>14.0}",
-                s.backend, s.fanout, s.offered_pps, s.out_pps, s.sink_pps, s.cpu * 100.0, s.out_per_cpu_s
+                "{:<7} {:>6} {:>12.0} {:>12.0} {:>12.0} {:>7.0}% {:>14.0} {:>9.1} {:>12.1}",
+                s.backend, s.fanout, s.offered_pps, s.out_pps, s.sink_pps, s.cpu * 100.0, s.out_per_cpu_s, s.mean_rx_batch, s.tx_per_syscall
             );
             samples.push(s);
         }

@@ -45,6 +45,9 @@ pub struct Config {
     pub port_range: (u16, u16),
     /// Use UDP GSO for runs of packets to one destination.
     pub gso: bool,
+    /// SO_RCVBUF/SO_SNDBUF of each leg socket, bytes (the kernel caps it at net.core.rmem_max /
+    /// wmem_max). Bursts of video frames overflow the 208 KiB default.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             rtx_cache_packets: 256,
             port_range: (20_000, 40_000),
             gso: true,
+            socket_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -150,6 +154,9 @@ impl Config {
         }
         if !(128..=1024).contains(&self.replay_window) || self.replay_window % 64 != 0 {
             return invalid("replay_window", format!("{} is not a multiple of 64 in 128..=1024", self.replay_window));
+        }
+        if !(64 << 10..=256 << 20).contains(&self.socket_buffer_bytes) {
+            return invalid("socket_buffer_bytes", format!("{} is not in 64 KiB..=256 MiB", self.socket_buffer_bytes));
         }
         if self.rtx_cache_packets > 8192 {
             return invalid("rtx_cache_packets", format!("{} is over 8192", self.rtx_cache_packets));

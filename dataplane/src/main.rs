@@ -87,7 +87,13 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     let epoch = WallInstant::now();
     let registry = SendRegistry::new();
-    let io_config = IoConfig { local_ip: config.listen_ip, rx_batch: config.batch, gso: config.gso, ..IoConfig::default() };
+    let io_config = IoConfig {
+        local_ip: config.listen_ip,
+        rx_batch: config.batch,
+        gso: config.gso,
+        socket_buffer_bytes: Some(config.socket_buffer_bytes),
+        ..IoConfig::default()
+    };
     let core_config = CoreConfig {
         tables: TableConfig { replay_window: config.replay_window, rtx_cache_packets: config.rtx_cache_packets },
         ..CoreConfig::default()
