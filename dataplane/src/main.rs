@@ -50,6 +50,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
@@ -108,9 +110,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut threads = Vec::new();
     for (index, (_, inbox)) in channels.into_iter().enumerate() {
         let backend = match config.backend {
-            BackendChoice::Uring => Backend::new(BackendKind::Uring, io_config.clone(), registry.clone())?,
-            BackendChoice::Mmsg => Backend::new(BackendKind::Mmsg, io_config.clone(), registry.clone())?,
-            BackendChoice::Auto => {
+            BackendChoice::Mmsg | BackendChoice::Auto => Backend::new(BackendKind::Mmsg, io_config.clone(), registry.clone())?,
+            BackendChoice::Uring => {
                 let (b, why) = Backend::with_fallback(BackendKind::Uring, io_config.clone(), registry.clone())?;
                 if let Some(why) = why {
                     tracing::warn!(worker = index, reason = %why, "io_uring unavailable; using recvmmsg/sendmmsg");

@@ -175,6 +175,8 @@ fn uring_and_mmsg_forward_identically_and_every_copy_authenticates() {
     assert_eq!(received, 3 * (2 * 50 + 30 * (5 + 1)), "{:?}\n{}", totals(&uring), uring.log);
     assert_eq!(received, uring.daemon_tx, "every packet the daemon sent arrived");
     assert_eq!(uring.received, mmsg.received, "same input, byte-identical output on both backends");
+    assert!(uring.log.contains("backend=\"uring\""), "the uring run really used io_uring:\n{}", uring.log);
+    assert!(mmsg.log.contains("backend=\"mmsg\""), "{}", mmsg.log);
 }
 
 #[test]
