@@ -271,7 +271,7 @@ mod tests {
         assert_eq!(recovered, desired);
         assert_eq!((info.replayed, info.torn_bytes), (3, 7));
         // Appending after recovery continues cleanly.
-        let r = Record::Apply(req("n", vec![leg("x")]));
+        let r = Record::Apply(req("m", vec![leg("x")]));
         r.replay(&mut desired).unwrap();
         j.append(&r, &desired).unwrap();
         drop(j);
