@@ -17,7 +17,7 @@ pub mod journal;
 pub mod state;
 
 /// Generated protobuf/gRPC types (`proto/sluice/v1`).
-#[allow(missing_docs, clippy::all, clippy::pedantic, reason = "generated code")]
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::allow_attributes_without_reason, reason = "generated code")]
 pub mod pb {
     tonic::include_proto!("sluice.v1");
     /// The encoded file descriptor set, for server reflection.

@@ -34,6 +34,7 @@ struct Grpc {
     rt: tokio::runtime::Runtime,
     routes: RoutesClient<Channel>,
     node: NodeClient<Channel>,
+    channel: Channel,
 }
 
 impl Grpc {
@@ -47,7 +48,7 @@ impl Grpc {
                 Err(_) => thread::sleep(Duration::from_millis(50)),
             }
         };
-        Self { rt, routes: RoutesClient::new(channel.clone()), node: NodeClient::new(channel) }
+        Self { rt, routes: RoutesClient::new(channel.clone()), node: NodeClient::new(channel.clone()), channel }
     }
 
     fn apply(&mut self, req: pb::ApplyRequest) -> Result<pb::ApplyResponse, tonic::Status> {
@@ -81,6 +82,10 @@ fn start_dataplane(dir: &Path) -> (Daemon, PathBuf) {
 }
 
 fn start_controlplane(dir: &Path, dp_sock: &Path, grpc: SocketAddr, run: u32) -> Daemon {
+    start_controlplane_with(dir, dp_sock, grpc, run, PORTS)
+}
+
+fn start_controlplane_with(dir: &Path, dp_sock: &Path, grpc: SocketAddr, run: u32, ports: (u16, u16)) -> Daemon {
     let cfg = dir.join("controlplane.toml");
     std::fs::write(
         &cfg,
@@ -88,8 +93,8 @@ fn start_controlplane(dir: &Path, dp_sock: &Path, grpc: SocketAddr, run: u32) ->
             "[controlplane]\ngrpc_listen = \"{grpc}\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
             dp_sock.display(),
             dir.join("state").display(),
-            PORTS.0,
-            PORTS.1
+            ports.0,
+            ports.1
         ),
     )
     .unwrap();
@@ -446,4 +451,84 @@ fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_ki
     let st = grpc.status();
     assert_eq!((st.sessions, st.legs, st.ports_free), (0, 0, u32::from(PORTS.1 - PORTS.0 + 1)));
     expect_code(grpc.session(SESSION), Code::NotFound, "session");
+}
+
+/// The dataplane dies (kill -9) and comes back empty: a change made meanwhile is committed and
+/// answered UNAVAILABLE, and on reconnect the control plane resyncs the whole desired state
+/// (including that change) so media flows again.
+#[test]
+fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
+    const PORTS2: (u16, u16) = (31_100, 31_107);
+    let dir = TempDir::new("cp-dp-restart");
+    let (mut dataplane, dp_sock) = start_dataplane(dir.path());
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let cp = start_controlplane_with(dir.path(), &dp_sock, addr, 1, PORTS2);
+    let mut grpc = Grpc::connect(addr);
+
+    // Health and reflection answer, so grpcurl works.
+    let health = grpc
+        .rt
+        .block_on(tonic_health::pb::health_client::HealthClient::new(grpc.channel.clone()).check(tonic_health::pb::HealthCheckRequest {
+            service: "sluice.v1.Routes".into(),
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let (ops, mut people) = meeting::build(8, 3, Profile::AeadAes128Gcm, 1);
+    let subs: Vec<_> = ops.iter().filter_map(|o| if let Op::UpsertSubscription(s) = o { Some(s.clone()) } else { None }).collect();
+    let created = grpc.apply(req(changes(&ops))).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let ports: BTreeMap<String, u16> = created.ports.iter().map(|p| (p.leg.clone(), p.local_port as u16)).collect();
+    let sockets: Vec<_> = people.iter().map(|_| participant_socket()).collect();
+    for (p, s) in people.iter_mut().zip(&sockets) {
+        p.port = ports[&leg_name(p.leg.0)];
+        p.addr = s.local_addr().unwrap();
+    }
+    let mut media = Media { people, sockets, tick: 0 };
+    media.hello();
+    let (got, frames) = media.run(10, |_| {});
+    for c in &got {
+        assert_eq!(sum(c), 2 * 10 + frames * 6, "{got:?}");
+    }
+
+    dataplane.signal(libc::SIGKILL);
+    assert!(dataplane.wait_exit(Duration::from_secs(5)).is_some());
+    let p0 = media.people[0].leg;
+    let mut hd = subs.iter().find(|s| s.subscriber == p0 && s.target_layer == 2 && s.track.0 % 2 == 1).unwrap().clone();
+    hd.paused = true;
+    let s = expect_code(grpc.apply(req(vec![pb::Change { change: Some(C::Subscription(sub(&hd))) }])), Code::Unavailable, "committed as revision 2");
+    assert!(s.message().contains("installed when the dataplane is back"), "{s:?}");
+    assert_eq!(grpc.session(SESSION).unwrap().revision, 2, "the change is desired state");
+    assert!(!grpc.status().dataplane_connected);
+
+    let mut watch = grpc.rt.block_on(grpc.routes.watch(pb::WatchRequest { session: String::new() })).unwrap().into_inner();
+    let (dataplane, _) = start_dataplane(dir.path());
+    let resynced = loop {
+        let ev = grpc
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), watch.message()).await })
+            .unwrap_or_else(|_| panic!("no resync event:\n{}", cp.log_text()))
+            .unwrap()
+            .unwrap();
+        if let Some(pb::event::Event::DataplaneResynced(r)) = ev.event {
+            break r;
+        }
+    };
+    assert_eq!(resynced.differing, 3 + 6 + 12, "everything was missing from the new dataplane");
+
+    // Fresh participants with the same keys and SSRCs (the new dataplane's SRTP contexts are new).
+    media.drain();
+    let (_, mut people) = meeting::build(8, 3, Profile::AeadAes128Gcm, 1);
+    for (new, old) in people.iter_mut().zip(&media.people) {
+        new.port = old.port;
+        new.addr = old.addr;
+    }
+    media.people = people;
+    media.hello();
+    let (got, frames) = media.run(25, |_| {});
+    assert_eq!(got[0].get(&hd.out_ssrc.0), None, "the change made while the dataplane was away is installed");
+    assert_eq!(sum(&got[0]), 2 * 25 + frames, "{got:?}\n{}", dataplane.log_text());
+    for c in &got[1..] {
+        assert_eq!(sum(c), 2 * 25 + frames * 6, "{got:?}");
+    }
 }
