@@ -110,6 +110,16 @@ impl Link {
     /// Brings the dataplane to `desired`: a minimal delta against the shadow, or a full resync
     /// when the shadow is unknown.
     pub fn sync(&mut self, desired: &Tables) -> Result<Synced, LinkError> {
+        let had_connection = self.conn.is_some();
+        match self.sync_once(desired) {
+            // The connection was stale (the dataplane restarted since the last call): one fresh
+            // connection and a full resync before reporting it unreachable.
+            Err(LinkError::Unreachable { .. }) if had_connection => self.resync(desired),
+            r => r,
+        }
+    }
+
+    fn sync_once(&mut self, desired: &Tables) -> Result<Synced, LinkError> {
         if self.conn.is_none() || self.shadow.is_none() {
             return self.resync(desired);
         }

@@ -186,8 +186,14 @@ impl Journal {
         frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         frame.extend_from_slice(&fingerprint(&payload).to_be_bytes());
         frame.extend_from_slice(&payload);
-        self.file.write_all(&frame).map_err(io_err("append", &jpath))?;
-        self.file.sync_data().map_err(io_err("fsync", &jpath))?;
+        let before = self.file.metadata().map_err(io_err("stat", &jpath))?.len();
+        let written = self.file.write_all(&frame).map_err(io_err("append", &jpath)).and_then(|()| self.file.sync_data().map_err(io_err("fsync", &jpath)));
+        if let Err(e) = written {
+            // Nothing was committed: cut what may have reached the file, so a later record is
+            // not stranded behind a torn one.
+            let _ = self.file.set_len(before);
+            return Err(e);
+        }
         self.seq = seq;
         self.since_snapshot += 1;
         if self.since_snapshot >= COMPACT_EVERY {

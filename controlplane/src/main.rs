@@ -109,16 +109,20 @@ async fn serve(config: Config, engine: SharedEngine) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::routes_server::RoutesServer<RoutesService>>().await;
     health_reporter.set_serving::<pb::node_server::NodeServer<NodeService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("reflection service")?;
+    // Both reflection versions: grpcurl and other tools still differ in which one they ask.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("reflection service")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("reflection service")?;
     let listener = tokio::net::TcpListener::bind(config.grpc_listen).await.with_context(|| format!("gRPC listen {}", config.grpc_listen))?;
     tracing::info!(listen = %listener.local_addr()?, dataplane = %config.dataplane_socket.display(), "gRPC ready");
     tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(pb::routes_server::RoutesServer::new(RoutesService::new(engine.clone())))
         .add_service(pb::node_server::NodeServer::new(NodeService::new(engine)))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown())

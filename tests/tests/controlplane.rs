@@ -474,6 +474,24 @@ fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
         .unwrap()
         .into_inner();
     assert_eq!(health.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    {
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        let mut client = ServerReflectionClient::new(grpc.channel.clone());
+        let ask = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+        let names: Vec<String> = grpc.rt.block_on(async {
+            let mut answers = client.server_reflection_info(tokio_stream_once(ask)).await.unwrap().into_inner();
+            match answers.message().await.unwrap().unwrap().message_response.unwrap() {
+                MessageResponse::ListServicesResponse(l) => l.service.into_iter().map(|s| s.name).collect(),
+                other => panic!("{other:?}"),
+            }
+        });
+        for want in ["sluice.v1.Routes", "sluice.v1.Node", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == want), "reflection lists {names:?}, not {want}");
+        }
+    }
 
     let (ops, mut people) = meeting::build(8, 3, Profile::AeadAes128Gcm, 1);
     let subs: Vec<_> = ops.iter().filter_map(|o| if let Op::UpsertSubscription(s) = o { Some(s.clone()) } else { None }).collect();
@@ -531,4 +549,9 @@ fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
     for c in &got[1..] {
         assert_eq!(sum(c), 2 * 25 + frames * 6, "{got:?}");
     }
+}
+
+/// A one-item request stream.
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
+    tonic::codegen::tokio_stream::iter([item])
 }
