@@ -112,5 +112,8 @@ mod tests {
         let bad = Config::parse("[controlplane]\nport_range = [5, 4]\n").unwrap();
         assert!(bad.ports().unwrap_err().to_string().contains("controlplane.port_range"));
         assert!(Config::parse("[controlplane]\nnope = 1\n").is_err());
+        let example = Config::parse(include_str!("../controlplane.example.toml")).unwrap();
+        assert_eq!(example.grpc_listen, Config::default().grpc_listen);
+        assert_eq!(example.ports().unwrap(), Config::default().ports().unwrap());
     }
 }

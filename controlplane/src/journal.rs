@@ -129,6 +129,8 @@ impl Journal {
     /// own range unless `ports` differs, in which case the configured range wins for new legs.
     pub fn open(dir: &Path, ports: PortRange) -> Result<(Self, Desired, RecoveryInfo), JournalError> {
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        // The journal holds SRTP master keys: owner only.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io_err("chmod", dir))?;
         let snap_path = dir.join("state.json");
         let (mut desired, snap_seq) = match std::fs::read(&snap_path) {
             Ok(bytes) => {
