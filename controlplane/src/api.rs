@@ -73,7 +73,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send +
 
 #[tonic::async_trait]
 impl pb::routes_server::Routes for RoutesService {
-    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+    async fn apply(&self, req: Request<pb::ChangeSet>) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = req.into_inner();
         run(&self.engine, move |e| e.apply(&req).map_err(status)).await.map(Response::new)
     }

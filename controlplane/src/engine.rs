@@ -105,7 +105,7 @@ impl Engine {
     }
 
     /// Applies a change set.
-    pub fn apply(&mut self, req: &pb::ApplyRequest) -> Result<pb::ApplyResponse, EngineError> {
+    pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<pb::ApplyResponse, EngineError> {
         let mut next = self.desired.clone();
         let outcome = next.apply(req)?;
         if !outcome.replayed {

@@ -65,7 +65,7 @@ pub enum JournalError {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     /// A change set.
-    Apply(pb::ApplyRequest),
+    Apply(pb::ChangeSet),
     /// A session deletion.
     Delete(pb::DeleteSessionRequest),
     /// Drain (true) or undrain (false).
@@ -95,7 +95,7 @@ impl Record {
 
     fn decode(kind: u8, body: &[u8]) -> Option<Self> {
         match kind {
-            1 => pb::ApplyRequest::decode(body).ok().map(Record::Apply),
+            1 => pb::ChangeSet::decode(body).ok().map(Record::Apply),
             2 => pb::DeleteSessionRequest::decode(body).ok().map(Record::Delete),
             3 => Some(Record::Drain(body.first() == Some(&1))),
             _ => None,

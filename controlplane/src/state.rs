@@ -182,7 +182,7 @@ impl Desired {
     }
 
     /// Applies a change set atomically: on any error nothing changes.
-    pub fn apply(&mut self, req: &pb::ApplyRequest) -> Result<Outcome, StateError> {
+    pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<Outcome, StateError> {
         check_id("session", &req.session)?;
         let fingerprint = fingerprint(&prost::Message::encode_to_vec(req));
         let existing = self.sessions.get(&req.session);
@@ -767,12 +767,12 @@ pub(crate) mod fixtures {
         }
     }
 
-    pub fn req(session: &str, changes: Vec<pb::Change>) -> pb::ApplyRequest {
-        pb::ApplyRequest { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes }
+    pub fn req(session: &str, changes: Vec<pb::Change>) -> pb::ChangeSet {
+        pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes }
     }
 
     /// Two legs, a video track each, each subscribed to the other's.
-    pub fn pair(session: &str) -> pb::ApplyRequest {
+    pub fn pair(session: &str) -> pb::ChangeSet {
         req(
             session,
             vec![leg("a"), leg("b"), video("va", "a", 100), video("vb", "b", 200), sub("a", "vb", 1000, 2, false), sub("b", "va", 2000, 0, false)],
@@ -790,7 +790,7 @@ mod tests {
         Desired::new(PortRange { start: 30_000, end: 30_009 })
     }
 
-    fn refuse(d: &mut Desired, r: &pb::ApplyRequest) -> StateError {
+    fn refuse(d: &mut Desired, r: &pb::ChangeSet) -> StateError {
         let before = d.clone();
         let e = d.apply(r).expect_err("must be refused");
         assert_eq!(*d, before, "a refused change set changes nothing");
@@ -819,7 +819,7 @@ mod tests {
     fn errors_name_the_field_and_have_the_right_kind() {
         let mut d = node();
         d.apply(&pair("m")).unwrap();
-        let cases: Vec<(pb::ApplyRequest, ErrorKind, &str)> = vec![
+        let cases: Vec<(pb::ChangeSet, ErrorKind, &str)> = vec![
             (req("m", vec![leg("c"), sub("c", "nope", 5, 0, false)]), ErrorKind::NotFound, "changes[1].subscription.track"),
             (req("m", vec![sub("zz", "va", 5, 0, false)]), ErrorKind::NotFound, "changes[0].subscription.subscriber_leg"),
             (req("m", vec![video("v2", "ghost", 900)]), ErrorKind::NotFound, "changes[0].track.publisher_leg"),
