@@ -66,10 +66,6 @@ impl Grpc {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn start_dataplane(dir: &Path) -> (Daemon, PathBuf) {
     let sock = dir.join("dp.sock");
     let cfg = dir.join("dataplane.toml");
@@ -86,16 +82,18 @@ fn start_dataplane(dir: &Path) -> (Daemon, PathBuf) {
     (d, sock)
 }
 
-fn start_controlplane(dir: &Path, dp_sock: &Path, grpc: SocketAddr, run: u32) -> Daemon {
-    start_controlplane_with(dir, dp_sock, grpc, run, PORTS)
+fn start_controlplane(dir: &Path, dp_sock: &Path, run: u32) -> (Daemon, SocketAddr) {
+    start_controlplane_with(dir, dp_sock, run, PORTS)
 }
 
-fn start_controlplane_with(dir: &Path, dp_sock: &Path, grpc: SocketAddr, run: u32, ports: (u16, u16)) -> Daemon {
+/// Starts the control plane on an ephemeral gRPC port (so parallel tests never share one) and
+/// reads the address it bound from its log.
+fn start_controlplane_with(dir: &Path, dp_sock: &Path, run: u32, ports: (u16, u16)) -> (Daemon, SocketAddr) {
     let cfg = dir.join("controlplane.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[controlplane]\ngrpc_listen = \"{grpc}\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
             dp_sock.display(),
             dir.join("state").display(),
             ports.0,
@@ -103,7 +101,17 @@ fn start_controlplane_with(dir: &Path, dp_sock: &Path, grpc: SocketAddr, run: u3
         ),
     )
     .unwrap();
-    Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.join(format!("controlplane-{run}.log")))
+    let mut d = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.join(format!("controlplane-{run}.log")));
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = d.log_text();
+        if let Some(line) = log.lines().find(|l| l.contains("gRPC ready")) {
+            let at = line.find("listen=").expect("listen field") + "listen=".len();
+            let addr: String = line[at..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+            return (d, addr.parse().unwrap_or_else(|e| panic!("{addr:?}: {e}")));
+        }
+        assert!(Instant::now() < end && d.wait_exit(Duration::from_millis(20)).is_none(), "control plane did not start:\n{log}");
+    }
 }
 
 fn keys(k: &KeyMaterial) -> pb::KeyMaterial {
@@ -302,8 +310,7 @@ fn expect_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, fiel
 fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_kill() {
     let dir = TempDir::new("cp-e2e");
     let (dataplane, dp_sock) = start_dataplane(dir.path());
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-    let cp = start_controlplane(dir.path(), &dp_sock, addr, 1);
+    let (cp, addr) = start_controlplane(dir.path(), &dp_sock, 1);
     let mut grpc = Grpc::connect(addr);
 
     // --- Program the meeting over gRPC.
@@ -349,14 +356,14 @@ fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_ki
             cp.signal(libc::SIGKILL);
             assert!(cp.wait_exit(Duration::from_secs(5)).is_some());
             thread::sleep(Duration::from_millis(300));
-            start_controlplane(&dir, &dp_sock, addr, 2)
+            start_controlplane(&dir, &dp_sock, 2)
         })
     };
     let (got, frames) = media.run(40, |_| {});
     for c in &got {
         assert_eq!(sum(c), 2 * 40 + frames * (5 + 1), "packets lost across the control plane's kill -9: {got:?}");
     }
-    let cp = killer.join().unwrap();
+    let (cp, addr) = killer.join().unwrap();
     drop(grpc);
     let mut grpc = Grpc::connect(addr);
     let s = grpc.session(SESSION).unwrap();
@@ -489,8 +496,7 @@ fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
     const PORTS2: (u16, u16) = (19_100, 19_107);
     let dir = TempDir::new("cp-dp-restart");
     let (mut dataplane, dp_sock) = start_dataplane(dir.path());
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-    let cp = start_controlplane_with(dir.path(), &dp_sock, addr, 1, PORTS2);
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS2);
     let mut grpc = Grpc::connect(addr);
 
     // Health and reflection answer, so grpcurl works.
