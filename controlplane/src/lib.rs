@@ -1,3 +1,25 @@
-//! Sluice's control plane library. The gRPC API, state, compiler and journal arrive with the
-//! control-plane issue.
+//! Sluice's control plane: signaling services program routes over gRPC (`api`); the desired
+//! state (`state`) is validated and journaled (`journal`), compiled into minimal table deltas
+//! against a shadow of what the dataplane has installed (`compile`), and pushed over the
+//! dataplane's control socket (`client`) by the `engine`.
+//!
+//! Part 2 seams: TLS/mTLS goes into the server builder in the binary (`config::Tls`), Redis load
+//! balancer state becomes an `lb` module fed from `Engine::status` and the drain flag, and
+//! `sluicectl` is a client of the same `pb` services.
 #![deny(missing_docs)]
+
+pub mod api;
+pub mod client;
+pub mod compile;
+pub mod config;
+pub mod engine;
+pub mod journal;
+pub mod state;
+
+/// Generated protobuf/gRPC types (`proto/sluice/v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::allow_attributes_without_reason, reason = "generated code")]
+pub mod pb {
+    tonic::include_proto!("sluice.v1");
+    /// The encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_descriptor");
+}

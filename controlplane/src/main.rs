@@ -1,11 +1,143 @@
 //! `sluice-controlplane`: programs the dataplane for signaling services (gRPC).
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Parser;
+use sluice_controlplane::api::{NodeService, RoutesService};
+use sluice_controlplane::client::Link;
+use sluice_controlplane::config::Config;
+use sluice_controlplane::engine::{Engine, SharedEngine, lock};
+use sluice_controlplane::journal::Journal;
+use sluice_controlplane::pb;
 
-/// Sluice control plane.
+/// Sluice control plane: the Routes and Node gRPC APIs, desired state with a journal, and the
+/// compiler that keeps the dataplane's tables equal to it.
+///
+/// Settings come from the TOML file (`[controlplane]` table) and are overridden by the flags.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {}
+#[command(version, about, long_about)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// The dataplane's control socket.
+    #[arg(long)]
+    dataplane_socket: Option<PathBuf>,
+    /// State directory (journal and snapshot).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Leg port range, `FIRST-LAST`.
+    #[arg(long, value_parser = parse_range)]
+    port_range: Option<(u16, u16)>,
+}
 
-fn main() {
-    let _args = Args::parse();
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected FIRST-LAST")?;
+    Ok((a.trim().parse().map_err(|e| format!("{a}: {e}"))?, b.trim().parse().map_err(|e| format!("{b}: {e}"))?))
+}
+
+/// How often the link task checks the dataplane (and retries a resync while it is away).
+const LINK_INTERVAL: Duration = Duration::from_millis(250);
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.grpc_listen = l;
+    }
+    if let Some(s) = args.dataplane_socket {
+        config.dataplane_socket = s;
+    }
+    if let Some(s) = args.state_dir {
+        config.state_dir = s;
+    }
+    if let Some(r) = args.port_range {
+        config.port_range = r;
+    }
+    let ports = config.ports()?;
+    let (journal, desired, info) = Journal::open(&config.state_dir, ports).with_context(|| format!("state in {}", config.state_dir.display()))?;
+    tracing::info!(
+        state_dir = %config.state_dir.display(),
+        sessions = desired.sessions.len(),
+        snapshot_seq = info.snapshot_seq,
+        replayed = info.replayed,
+        torn_bytes = info.torn_bytes,
+        "desired state recovered"
+    );
+    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(desired, journal, Link::new(&config.dataplane_socket))));
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(config, engine))
+}
+
+async fn serve(config: Config, engine: SharedEngine) -> anyhow::Result<()> {
+    // The link task: first sync at start (a resync after a restart of either process), then a
+    // check every interval.
+    let link_engine = engine.clone();
+    tokio::spawn(async move {
+        let mut connected = false;
+        loop {
+            let e = link_engine.clone();
+            let r = tokio::task::spawn_blocking(move || lock(&e).tick()).await;
+            match r {
+                Ok(Ok(_)) if !connected => {
+                    connected = true;
+                }
+                Ok(Err(err)) if connected => {
+                    connected = false;
+                    tracing::warn!(%err, "dataplane link lost; retrying");
+                }
+                Ok(Err(err)) => tracing::debug!(%err, "dataplane not reachable yet"),
+                _ => {}
+            }
+            tokio::time::sleep(LINK_INTERVAL).await;
+        }
+    });
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::routes_server::RoutesServer<RoutesService>>().await;
+    health_reporter.set_serving::<pb::node_server::NodeServer<NodeService>>().await;
+    // Both reflection versions: grpcurl and other tools still differ in which one they ask.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("reflection service")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("reflection service")?;
+    let listener = tokio::net::TcpListener::bind(config.grpc_listen).await.with_context(|| format!("gRPC listen {}", config.grpc_listen))?;
+    tracing::info!(listen = %listener.local_addr()?, dataplane = %config.dataplane_socket.display(), "gRPC ready");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::routes_server::RoutesServer::new(RoutesService::new(engine.clone())))
+        .add_service(pb::node_server::NodeServer::new(NodeService::new(engine)))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown())
+        .await
+        .context("gRPC server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
 }

@@ -1,0 +1,221 @@
+//! Desired state → dataplane table deltas (Katran's shadow state): the control plane keeps a
+//! [`Shadow`] of what the dataplane has installed, and [`diff`] turns desired-vs-installed into
+//! the minimal ordered ops. Pure code.
+//!
+//! Op order matters to the dataplane, which validates each op against the tables as they are at
+//! that point of the delta: removals first (so a freed port or SSRC can be reused in the same
+//! delta), subscriptions before tracks before legs, skipping what a cascading removal already
+//! takes (removing a leg removes its tracks and every subscription from or to it; removing a
+//! track removes its subscriptions); then upserts legs → tracks → subscriptions.
+
+use std::collections::BTreeMap;
+
+use sluice_core::ids::{Generation, LegId, TrackId};
+use sluice_core::table::{Delta, LegSpec, Op, SubscriptionSpec, TrackSpec};
+
+/// A complete table set, keyed by the dataplane's ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    /// Legs.
+    pub legs: BTreeMap<LegId, LegSpec>,
+    /// Tracks.
+    pub tracks: BTreeMap<TrackId, TrackSpec>,
+    /// Subscriptions by (subscriber, track).
+    pub subs: BTreeMap<(LegId, TrackId), SubscriptionSpec>,
+}
+
+impl Tables {
+    /// The tables a full snapshot (a replace-all delta's upserts) describes.
+    pub fn from_ops(ops: &[Op]) -> Self {
+        let mut t = Self::default();
+        for op in ops {
+            match op {
+                Op::UpsertLeg(l) => {
+                    t.legs.insert(l.id, l.clone());
+                }
+                Op::UpsertTrack(tr) => {
+                    t.tracks.insert(tr.id, tr.clone());
+                }
+                Op::UpsertSubscription(s) => {
+                    t.subs.insert((s.subscriber, s.track), s.clone());
+                }
+                Op::RemoveLeg(_) | Op::RemoveTrack(_) | Op::RemoveSubscription { .. } => {}
+            }
+        }
+        t
+    }
+
+    /// Every entry as upserts, in dependency order (for a replace-all delta).
+    pub fn to_ops(&self) -> Vec<Op> {
+        let mut ops = Vec::with_capacity(self.legs.len() + self.tracks.len() + self.subs.len());
+        ops.extend(self.legs.values().cloned().map(Op::UpsertLeg));
+        ops.extend(self.tracks.values().cloned().map(Op::UpsertTrack));
+        ops.extend(self.subs.values().cloned().map(Op::UpsertSubscription));
+        ops
+    }
+}
+
+/// What the dataplane has installed, as far as the control plane knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shadow {
+    /// The dataplane's table generation.
+    pub generation: Generation,
+    /// Its tables.
+    pub tables: Tables,
+}
+
+impl Shadow {
+    /// The delta taking the dataplane from this shadow to `desired`, or `None` when nothing
+    /// differs. Its generation is the installed one + 1.
+    pub fn delta_to(&self, desired: &Tables) -> Option<Delta> {
+        let ops = diff(&self.tables, desired);
+        (!ops.is_empty()).then(|| Delta { generation: Generation(self.generation.0 + 1), replace_all: false, ops })
+    }
+}
+
+/// The minimal ops turning `installed` into `desired`.
+pub fn diff(installed: &Tables, desired: &Tables) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let leg_goes = |l: &LegId| !desired.legs.contains_key(l);
+    // A track whose publisher leg goes is removed with it.
+    let track_goes = |t: &TrackId| !desired.tracks.contains_key(t);
+    for (&(subscriber, track), _) in installed.subs.iter().filter(|(k, _)| !desired.subs.contains_key(k)) {
+        let cascaded = leg_goes(&subscriber)
+            || track_goes(&track)
+            || installed.tracks.get(&track).is_some_and(|t| leg_goes(&t.publisher));
+        if !cascaded {
+            ops.push(Op::RemoveSubscription { subscriber, track });
+        }
+    }
+    for (id, t) in installed.tracks.iter().filter(|(id, _)| track_goes(id)) {
+        if !leg_goes(&t.publisher) {
+            ops.push(Op::RemoveTrack(*id));
+        }
+    }
+    ops.extend(installed.legs.keys().filter(|l| leg_goes(l)).map(|l| Op::RemoveLeg(*l)));
+    for (id, l) in &desired.legs {
+        if installed.legs.get(id) != Some(l) {
+            ops.push(Op::UpsertLeg(l.clone()));
+        }
+    }
+    for (id, t) in &desired.tracks {
+        if installed.tracks.get(id) != Some(t) {
+            ops.push(Op::UpsertTrack(t.clone()));
+        }
+    }
+    for (k, s) in &desired.subs {
+        if installed.subs.get(k) != Some(s) {
+            ops.push(Op::UpsertSubscription(s.clone()));
+        }
+    }
+    ops
+}
+
+/// How many entries differ between two table sets (0: identical).
+pub fn differing(a: &Tables, b: &Tables) -> usize {
+    diff(a, b).len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+    use crate::pb::change::Change as C;
+    use crate::state::fixtures::*;
+    use crate::state::{Desired, PortRange};
+
+    fn installed(d: &Desired) -> Shadow {
+        Shadow { generation: Generation(5), tables: d.tables() }
+    }
+
+    #[test]
+    fn pausing_one_subscription_is_exactly_one_upsert() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        let shadow = installed(&d);
+        assert!(shadow.delta_to(&d.tables()).is_none(), "nothing changed, nothing sent");
+        d.apply(&req("m", vec![sub("a", "vb", 1000, 2, true)])).unwrap();
+        let delta = shadow.delta_to(&d.tables()).unwrap();
+        assert_eq!(delta.generation, Generation(6), "installed generation + 1");
+        assert!(!delta.replace_all);
+        assert_eq!(delta.ops.len(), 1, "{:?}", delta.ops);
+        assert!(matches!(&delta.ops[0], Op::UpsertSubscription(s) if s.paused && s.out_ssrc.0 == 1000));
+    }
+
+    #[test]
+    fn a_layer_change_and_an_unsubscribe_are_one_op_each() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        let shadow = installed(&d);
+        d.apply(&req(
+            "m",
+            vec![sub("b", "va", 2000, 1, false), pb::Change { change: Some(C::RemoveSubscription(pb::SubscriptionKey { subscriber_leg: "a".into(), track: "vb".into() })) }],
+        ))
+        .unwrap();
+        let ops = shadow.delta_to(&d.tables()).unwrap().ops;
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert!(matches!(ops[0], Op::RemoveSubscription { .. }), "removals first");
+        assert!(matches!(&ops[1], Op::UpsertSubscription(s) if s.target_layer == 1));
+    }
+
+    #[test]
+    fn removing_a_leg_is_one_op_because_the_dataplane_cascades() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        let shadow = installed(&d);
+        d.apply(&req("m", vec![pb::Change { change: Some(C::RemoveLeg("a".into())) }])).unwrap();
+        let ops = shadow.delta_to(&d.tables()).unwrap().ops;
+        assert_eq!(ops, vec![Op::RemoveLeg(shadow.tables.legs.keys().copied().next().unwrap())]);
+        // Deleting the session: one RemoveLeg per leg, nothing else.
+        let shadow = installed(&d);
+        d.delete_session(&pb::DeleteSessionRequest { session: "m".into(), expected_revision: None }).unwrap();
+        let ops = shadow.delta_to(&d.tables()).unwrap().ops;
+        assert_eq!(ops.len(), 1);
+        assert!(matches!(ops[0], Op::RemoveLeg(_)));
+    }
+
+    #[test]
+    fn from_scratch_everything_is_upserted_in_dependency_order() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        let ops = diff(&Tables::default(), &d.tables());
+        let kinds: Vec<u8> = ops
+            .iter()
+            .map(|o| match o {
+                Op::UpsertLeg(_) => 0,
+                Op::UpsertTrack(_) => 1,
+                Op::UpsertSubscription(_) => 2,
+                _ => 9,
+            })
+            .collect();
+        assert_eq!(kinds, vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(Tables::from_ops(&d.tables().to_ops()), d.tables(), "a snapshot round-trips");
+    }
+
+    /// The compiled deltas are accepted by the real dataplane table code, and leave it exactly
+    /// at the desired state, through a sequence of changes.
+    #[test]
+    fn compiled_deltas_apply_cleanly_to_the_dataplane_tables() {
+        use sluice_core::table::{TableConfig, Tables as DpTables};
+        let mut dp = DpTables::new(TableConfig::default());
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        let mut shadow = Shadow::default();
+        let steps = vec![
+            pair("m"),
+            req("m", vec![sub("a", "vb", 1000, 1, true)]),
+            req("m", vec![leg("c"), video("vc", "c", 300), sub("c", "va", 3000, 0, false), sub("a", "vc", 1010, 2, false)]),
+            req("m", vec![pb::Change { change: Some(C::RemoveTrack("vb".into())) }]),
+            req("m", vec![pb::Change { change: Some(C::RemoveLeg("a".into())) }, leg("a2"), video("va2", "a2", 100)]),
+        ];
+        for r in steps {
+            d.apply(&r).unwrap();
+            let delta = shadow.delta_to(&d.tables()).unwrap();
+            let g = dp.apply(delta).unwrap_or_else(|e| panic!("dataplane refused: {e}"));
+            shadow = Shadow { generation: g, tables: d.tables() };
+            assert_eq!(Tables::from_ops(&dp.snapshot().ops), d.tables());
+        }
+        d.delete_session(&pb::DeleteSessionRequest { session: "m".into(), expected_revision: None }).unwrap();
+        dp.apply(shadow.delta_to(&d.tables()).unwrap()).unwrap();
+        assert!(dp.snapshot().ops.is_empty());
+    }
+}

@@ -1,0 +1,196 @@
+//! The engine: commits validated changes to the desired state (journaled before anything is
+//! acknowledged), compiles them, pushes them to the dataplane and publishes events. Synchronous:
+//! the API runs it on blocking threads, one request at a time, which is also the order deltas
+//! must reach the dataplane in.
+//!
+//! Apply semantics: a change set is committed (durable) first, then pushed. If the dataplane
+//! does not ack, the change stays committed as desired state, the caller gets UNAVAILABLE saying
+//! so, and the link task installs it on reconnect; a retry with the same idempotency key returns
+//! the committed answer once the dataplane has it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use crate::client::{Link, LinkError, Synced};
+use crate::journal::{Journal, JournalError, Record};
+use crate::pb;
+use crate::state::{Desired, Outcome, StateError};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request was refused by validation.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Committed, but the dataplane has not acknowledged it.
+    #[error("committed as revision {revision} of session {session:?}, but not installed yet: {source}; it is installed when the dataplane is back")]
+    NotInstalled {
+        /// The session.
+        session: String,
+        /// The committed revision.
+        revision: u64,
+        /// Why.
+        source: LinkError,
+    },
+    /// The journal could not be written: nothing was committed.
+    #[error("state journal: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// The engine state; share it as [`SharedEngine`].
+#[derive(Debug)]
+pub struct Engine {
+    desired: Desired,
+    journal: Journal,
+    link: Link,
+    events: broadcast::Sender<pb::Event>,
+}
+
+/// The engine behind its lock.
+pub type SharedEngine = Arc<Mutex<Engine>>;
+
+/// Locks the engine (a panic while holding it must not wedge the node: the state is only
+/// replaced after a complete, validated change).
+pub fn lock(e: &SharedEngine) -> MutexGuard<'_, Engine> {
+    e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Engine {
+    /// An engine over recovered state.
+    pub fn new(desired: Desired, journal: Journal, link: Link) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self { desired, journal, link, events }
+    }
+
+    /// The desired state.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// The dataplane link.
+    pub fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    /// A new event subscription.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+        self.events.subscribe()
+    }
+
+    fn commit(&mut self, record: &Record, next: Desired) -> Result<(), JournalError> {
+        self.journal.append(record, &next)?;
+        self.desired = next;
+        Ok(())
+    }
+
+    fn install(&mut self, outcome: Outcome) -> Result<pb::ApplyResponse, EngineError> {
+        let synced = self.sync().map_err(|source| EngineError::NotInstalled {
+            session: outcome.session.clone(),
+            revision: outcome.committed.revision,
+            source,
+        })?;
+        for mut e in outcome.events {
+            if let Some(pb::event::Event::ChangeApplied(c)) = &mut e.event {
+                c.generation = synced.generation.0;
+            }
+            let _ = self.events.send(e);
+        }
+        Ok(pb::ApplyResponse {
+            session: outcome.session,
+            revision: outcome.committed.revision,
+            ports: outcome.committed.ports.into_iter().map(|(leg, p)| pb::PortAllocation { leg, local_port: u32::from(p) }).collect(),
+            generation: synced.generation.0,
+        })
+    }
+
+    /// Applies a change set.
+    pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<pb::ApplyResponse, EngineError> {
+        let mut next = self.desired.clone();
+        let outcome = next.apply(req)?;
+        if !outcome.replayed {
+            self.commit(&Record::Apply(req.clone()), next)?;
+        }
+        self.install(outcome)
+    }
+
+    /// Deletes a session.
+    pub fn delete_session(&mut self, req: &pb::DeleteSessionRequest) -> Result<pb::ApplyResponse, EngineError> {
+        let mut next = self.desired.clone();
+        let outcome = next.delete_session(req)?;
+        self.commit(&Record::Delete(req.clone()), next)?;
+        self.install(outcome)
+    }
+
+    /// Sets the drain flag.
+    pub fn set_draining(&mut self, on: bool) -> Result<(), EngineError> {
+        if self.desired.draining != on {
+            let mut next = self.desired.clone();
+            next.draining = on;
+            self.commit(&Record::Drain(on), next)?;
+        }
+        Ok(())
+    }
+
+    /// Brings the dataplane to the desired state (a full resync when its state is unknown),
+    /// publishing a `DataplaneResynced` event after a resync.
+    pub fn sync(&mut self) -> Result<Synced, LinkError> {
+        let synced = self.link.sync(&self.desired.tables())?;
+        if let Some(differing) = synced.resynced {
+            tracing::info!(generation = synced.generation.0, differing, ops = synced.ops, "dataplane resynced");
+            let _ = self.events.send(pb::Event {
+                session: String::new(),
+                revision: 0,
+                event: Some(pb::event::Event::DataplaneResynced(pb::DataplaneResynced {
+                    generation: synced.generation.0,
+                    differing: differing as u32,
+                })),
+            });
+        }
+        Ok(synced)
+    }
+
+    /// One turn of the link task: verify the dataplane is still what we think, resync if not.
+    pub fn tick(&mut self) -> Result<Synced, LinkError> {
+        if self.link.in_sync_known() {
+            self.link.check()?;
+        }
+        self.sync()
+    }
+
+    /// The node's status.
+    pub fn status(&mut self) -> pb::NodeStatus {
+        let d = &self.desired;
+        let ports_used = d.ports_used().len() as u32;
+        let mut s = pb::NodeStatus {
+            draining: d.draining,
+            sessions: d.sessions.len() as u32,
+            legs: d.sessions.values().map(|s| s.legs.len() as u32).sum(),
+            tracks: d.sessions.values().map(|s| s.tracks.len() as u32).sum(),
+            subscriptions: d.sessions.values().map(|s| s.subscription_count() as u32).sum(),
+            port_range_start: u32::from(d.ports.start),
+            port_range_end: u32::from(d.ports.end),
+            ports_free: d.ports.len().saturating_sub(ports_used),
+            dataplane_connected: false,
+            dataplane_generation: 0,
+            workers: Vec::new(),
+        };
+        if let Ok(stats) = self.link.stats() {
+            s.dataplane_connected = true;
+            s.dataplane_generation = self.link.generation().map_or(0, |g| g.0);
+            s.workers = stats
+                .iter()
+                .enumerate()
+                .map(|(i, c)| pb::WorkerLoad {
+                    worker: i as u32,
+                    rx_packets: c.rx_packets,
+                    tx_packets: c.tx_packets,
+                    rx_bytes: c.rx_bytes,
+                    tx_bytes: c.tx_bytes,
+                    drops: c.drops.iter().sum(),
+                })
+                .collect();
+        }
+        s
+    }
+}

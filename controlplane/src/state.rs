@@ -1,0 +1,912 @@
+//! The desired state: sessions of caller-named legs, tracks and subscriptions, changed only by
+//! validated, atomic, revisioned change sets. Pure code: no I/O, no clock, no randomness, so a
+//! journal replay of the same requests rebuilds exactly the same state (ids and ports included).
+//!
+//! Callers name things with strings unique within a session; the control plane maps them to the
+//! stable numeric [`LegId`]s and [`TrackId`]s the dataplane uses, and picks each new leg's local
+//! port from its range. Errors name the offending field by its path in the request
+//! (`changes[2].subscription.target_layer`), so a gRPC status can say exactly what was wrong.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
+use sluice_core::srtp::Profile;
+use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SubscriptionSpec, TrackSpec};
+
+use crate::compile::Tables;
+use crate::pb;
+
+/// How many idempotency keys a session remembers.
+pub const IDEMPOTENCY_KEYS_KEPT: usize = 1024;
+/// Longest id (session, leg, track) accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+/// What kind of failure a [`StateError`] is (mapped 1:1 to gRPC codes by the API layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A named session, leg, track or subscription does not exist.
+    NotFound,
+    /// The request is malformed or inconsistent.
+    InvalidArgument,
+    /// `expected_revision` does not match (optimistic concurrency).
+    Aborted,
+    /// No free local port is left.
+    ResourceExhausted,
+    /// The node refuses the request in its current state (draining).
+    FailedPrecondition,
+}
+
+/// A refused request: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct StateError {
+    /// The failure class.
+    pub kind: ErrorKind,
+    /// Path of the offending field in the request (`changes[2].subscription.target_layer`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn err(kind: ErrorKind, field: impl Into<String>, message: impl Into<String>) -> StateError {
+    StateError { kind, field: field.into(), message: message.into() }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> StateError {
+    err(ErrorKind::InvalidArgument, field, message)
+}
+
+/// The local ports legs may use (inclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    /// First port.
+    pub start: u16,
+    /// Last port.
+    pub end: u16,
+}
+
+impl PortRange {
+    /// How many ports the range holds.
+    pub fn len(&self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+
+    /// Whether the range is empty (never, for a validated range).
+    pub fn is_empty(&self) -> bool {
+        self.end < self.start
+    }
+}
+
+/// A track with the caller's name of its publisher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedTrack {
+    /// The publishing leg's name.
+    pub publisher: String,
+    /// What the dataplane gets.
+    pub spec: TrackSpec,
+}
+
+/// The answer to a committed change set, kept for idempotent retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The session's revision after the change set.
+    pub revision: u64,
+    /// Ports of the legs the change set upserted, in change order.
+    pub ports: Vec<(String, u16)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct IdempotencyEntry {
+    key: String,
+    fingerprint: u64,
+    committed: Committed,
+}
+
+/// One session (meeting) on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Bumped by every committed change set.
+    pub revision: u64,
+    /// Legs by name.
+    pub legs: BTreeMap<String, LegSpec>,
+    /// Tracks by name.
+    pub tracks: BTreeMap<String, NamedTrack>,
+    /// Subscriptions: subscriber leg name → track name → spec.
+    pub subs: BTreeMap<String, BTreeMap<String, SubscriptionSpec>>,
+    idempotency: VecDeque<IdempotencyEntry>,
+}
+
+impl Session {
+    fn remove_track(&mut self, name: &str) {
+        self.tracks.remove(name);
+        for subs in self.subs.values_mut() {
+            subs.remove(name);
+        }
+        self.subs.retain(|_, s| !s.is_empty());
+    }
+
+    fn remove_leg(&mut self, name: &str) -> Vec<String> {
+        self.legs.remove(name);
+        self.subs.remove(name);
+        let tracks: Vec<String> = self.tracks.iter().filter(|(_, t)| t.publisher == name).map(|(n, _)| n.clone()).collect();
+        for t in &tracks {
+            self.remove_track(t);
+        }
+        tracks
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// What a state change produced: the answer, and the events to publish once it is installed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The session.
+    pub session: String,
+    /// The committed answer.
+    pub committed: Committed,
+    /// Events (the caller fills in the generation of `ChangeApplied`).
+    pub events: Vec<pb::Event>,
+    /// True when this was a retry answered from the idempotency record: nothing changed.
+    pub replayed: bool,
+}
+
+/// Everything this node should be doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// The port range legs get their local ports from.
+    pub ports: PortRange,
+    /// A draining node takes no new sessions.
+    pub draining: bool,
+    next_leg: u32,
+    next_track: u32,
+    next_port: u16,
+    /// Sessions by name.
+    pub sessions: BTreeMap<String, Session>,
+}
+
+impl Desired {
+    /// An empty node with this port range.
+    pub fn new(ports: PortRange) -> Self {
+        Self { ports, draining: false, next_leg: 1, next_track: 1, next_port: ports.start, sessions: BTreeMap::new() }
+    }
+
+    /// Ports in use by legs.
+    pub fn ports_used(&self) -> BTreeSet<u16> {
+        self.sessions.values().flat_map(|s| s.legs.values().map(|l| l.local_port)).collect()
+    }
+
+    /// Applies a change set atomically: on any error nothing changes.
+    pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<Outcome, StateError> {
+        check_id("session", &req.session)?;
+        let fingerprint = fingerprint(&prost::Message::encode_to_vec(req));
+        let existing = self.sessions.get(&req.session);
+        if !req.idempotency_key.is_empty()
+            && let Some(e) = existing.and_then(|s| s.idempotency.iter().find(|e| e.key == req.idempotency_key))
+        {
+            if e.fingerprint != fingerprint {
+                return Err(invalid("idempotency_key", format!("key {:?} was already used for a different change set", req.idempotency_key)));
+            }
+            return Ok(Outcome { session: req.session.clone(), committed: e.committed.clone(), events: Vec::new(), replayed: true });
+        }
+        if existing.is_none() && self.draining {
+            return Err(err(
+                ErrorKind::FailedPrecondition,
+                "session",
+                format!("node is draining and takes no new sessions (session {:?} does not exist here)", req.session),
+            ));
+        }
+        let current = existing.map_or(0, |s| s.revision);
+        if let Some(expected) = req.expected_revision
+            && expected != current
+        {
+            return Err(err(
+                ErrorKind::Aborted,
+                "expected_revision",
+                format!("session {:?} is at revision {current}, not {expected}", req.session),
+            ));
+        }
+        if req.changes.is_empty() {
+            return Err(invalid("changes", "a change set needs at least one change"));
+        }
+        let mut stage = Stage {
+            session: existing.cloned().unwrap_or_default(),
+            name: &req.session,
+            next_leg: self.next_leg,
+            next_track: self.next_track,
+            next_port: self.next_port,
+            range: self.ports,
+            used_elsewhere: self
+                .sessions
+                .iter()
+                .filter(|(n, _)| *n != &req.session)
+                .flat_map(|(_, s)| s.legs.values().map(|l| l.local_port))
+                .collect(),
+            ports: Vec::new(),
+            events: Vec::new(),
+        };
+        for (i, change) in req.changes.iter().enumerate() {
+            stage.change(i, change)?;
+        }
+        let Stage { mut session, next_leg, next_track, next_port, ports, mut events, .. } = stage;
+        session.revision = current + 1;
+        let committed = Committed { revision: session.revision, ports };
+        if !req.idempotency_key.is_empty() {
+            if session.idempotency.len() >= IDEMPOTENCY_KEYS_KEPT {
+                session.idempotency.pop_front();
+            }
+            session.idempotency.push_back(IdempotencyEntry { key: req.idempotency_key.clone(), fingerprint, committed: committed.clone() });
+        }
+        for e in &mut events {
+            e.session.clone_from(&req.session);
+            e.revision = session.revision;
+        }
+        events.insert(
+            0,
+            pb::Event {
+                session: req.session.clone(),
+                revision: session.revision,
+                event: Some(pb::event::Event::ChangeApplied(pb::ChangeApplied { generation: 0, changes: req.changes.len() as u32 })),
+            },
+        );
+        self.next_leg = next_leg;
+        self.next_track = next_track;
+        self.next_port = next_port;
+        self.sessions.insert(req.session.clone(), session);
+        Ok(Outcome { session: req.session.clone(), committed, events, replayed: false })
+    }
+
+    /// Deletes a session and everything in it, freeing its ports.
+    pub fn delete_session(&mut self, req: &pb::DeleteSessionRequest) -> Result<Outcome, StateError> {
+        check_id("session", &req.session)?;
+        let Some(s) = self.sessions.get(&req.session) else {
+            return Err(err(ErrorKind::NotFound, "session", format!("no session {:?}", req.session)));
+        };
+        if let Some(expected) = req.expected_revision
+            && expected != s.revision
+        {
+            return Err(err(ErrorKind::Aborted, "expected_revision", format!("session {:?} is at revision {}, not {expected}", req.session, s.revision)));
+        }
+        let revision = s.revision + 1;
+        self.sessions.remove(&req.session);
+        let event = |e| pb::Event { session: req.session.clone(), revision, event: Some(e) };
+        Ok(Outcome {
+            session: req.session.clone(),
+            committed: Committed { revision, ports: Vec::new() },
+            events: vec![
+                event(pb::event::Event::ChangeApplied(pb::ChangeApplied { generation: 0, changes: 1 })),
+                event(pb::event::Event::SessionDeleted(true)),
+            ],
+            replayed: false,
+        })
+    }
+
+    /// What the dataplane should have installed.
+    pub fn tables(&self) -> Tables {
+        let mut t = Tables::default();
+        for s in self.sessions.values() {
+            for l in s.legs.values() {
+                t.legs.insert(l.id, l.clone());
+            }
+            for tr in s.tracks.values() {
+                t.tracks.insert(tr.spec.id, tr.spec.clone());
+            }
+            for subs in s.subs.values() {
+                for sub in subs.values() {
+                    t.subs.insert((sub.subscriber, sub.track), sub.clone());
+                }
+            }
+        }
+        t
+    }
+
+    /// The session as the API shows it (keys left out).
+    pub fn session_view(&self, name: &str) -> Result<pb::Session, StateError> {
+        let s = self.sessions.get(name).ok_or_else(|| err(ErrorKind::NotFound, "session", format!("no session {name:?}")))?;
+        let leg_name: BTreeMap<LegId, &str> = s.legs.iter().map(|(n, l)| (l.id, n.as_str())).collect();
+        let track_name: BTreeMap<TrackId, &str> = s.tracks.iter().map(|(n, t)| (t.spec.id, n.as_str())).collect();
+        let key = |k: &KeyMaterial| pb::KeyMaterial { profile: profile_to_pb(k.profile) as i32, key: Vec::new(), salt: Vec::new() };
+        Ok(pb::Session {
+            id: name.to_owned(),
+            revision: s.revision,
+            legs: s
+                .legs
+                .iter()
+                .map(|(n, l)| pb::Leg {
+                    id: n.clone(),
+                    local_port: u32::from(l.local_port),
+                    remote: l.remote.map(|r| r.to_string()).unwrap_or_default(),
+                    rx: Some(key(&l.rx)),
+                    tx: Some(key(&l.tx)),
+                    feedback_ssrc: l.feedback_ssrc.0,
+                })
+                .collect(),
+            tracks: s
+                .tracks
+                .iter()
+                .map(|(n, t)| pb::Track {
+                    id: n.clone(),
+                    publisher_leg: t.publisher.clone(),
+                    kind: match t.spec.kind {
+                        MediaKind::Audio => pb::MediaKind::Audio,
+                        MediaKind::Video => pb::MediaKind::Video,
+                    } as i32,
+                    clock_rate: t.spec.clock_rate,
+                    layers: t
+                        .spec
+                        .layers
+                        .iter()
+                        .map(|l| pb::Layer { ssrc: l.ssrc.map(|s| s.0), rtx_ssrc: l.rtx_ssrc.map(|s| s.0), rid: l.rid.clone().unwrap_or_default() })
+                        .collect(),
+                    payload_types: t
+                        .spec
+                        .payload_types
+                        .iter()
+                        .map(|p| pb::PayloadType { pt: u32::from(p.pt.0), codec: codec_to_pb(p.codec) as i32, rtx_pt: p.rtx_pt.map(|r| u32::from(r.0)) })
+                        .collect(),
+                    rid_ext: t.spec.rid_ext.map(u32::from),
+                    repaired_rid_ext: t.spec.repaired_rid_ext.map(u32::from),
+                })
+                .collect(),
+            subscriptions: s
+                .subs
+                .values()
+                .flat_map(BTreeMap::values)
+                .map(|sub| pb::Subscription {
+                    subscriber_leg: leg_name.get(&sub.subscriber).copied().unwrap_or_default().to_owned(),
+                    track: track_name.get(&sub.track).copied().unwrap_or_default().to_owned(),
+                    out_ssrc: sub.out_ssrc.0,
+                    out_rtx_ssrc: sub.out_rtx_ssrc.map(|s| s.0),
+                    pt_map: sub.pt_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(f.0), to: u32::from(t.0) }).collect(),
+                    ext_map: sub.ext_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(*f), to: u32::from(*t) }).collect(),
+                    target_layer: u32::from(sub.target_layer),
+                    paused: sub.paused,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A change set being applied to a copy of its session.
+struct Stage<'a> {
+    session: Session,
+    name: &'a str,
+    next_leg: u32,
+    next_track: u32,
+    next_port: u16,
+    range: PortRange,
+    used_elsewhere: BTreeSet<u16>,
+    ports: Vec<(String, u16)>,
+    events: Vec<pb::Event>,
+}
+
+fn event(e: pb::event::Event) -> pb::Event {
+    pb::Event { session: String::new(), revision: 0, event: Some(e) }
+}
+
+impl Stage<'_> {
+    fn change(&mut self, i: usize, change: &pb::Change) -> Result<(), StateError> {
+        use pb::change::Change as C;
+        let at = format!("changes[{i}]");
+        match &change.change {
+            None => Err(invalid(at, "empty change: set one of leg, remove_leg, track, remove_track, subscription, remove_subscription")),
+            Some(C::Leg(l)) => self.leg(&format!("{at}.leg"), l),
+            Some(C::RemoveLeg(name)) => {
+                let f = format!("{at}.remove_leg");
+                if !self.session.legs.contains_key(name) {
+                    return Err(self.no_leg(&f, name));
+                }
+                for t in self.session.remove_leg(name) {
+                    self.events.push(event(pb::event::Event::TrackRemoved(t)));
+                }
+                self.events.push(event(pb::event::Event::LegRemoved(name.clone())));
+                Ok(())
+            }
+            Some(C::Track(t)) => self.track(&format!("{at}.track"), t),
+            Some(C::RemoveTrack(name)) => {
+                if !self.session.tracks.contains_key(name) {
+                    return Err(self.no_track(&format!("{at}.remove_track"), name));
+                }
+                self.session.remove_track(name);
+                self.events.push(event(pb::event::Event::TrackRemoved(name.clone())));
+                Ok(())
+            }
+            Some(C::Subscription(s)) => self.subscription(&format!("{at}.subscription"), s),
+            Some(C::RemoveSubscription(k)) => {
+                let f = format!("{at}.remove_subscription");
+                let removed = self.session.subs.get_mut(&k.subscriber_leg).and_then(|s| s.remove(&k.track));
+                if removed.is_none() {
+                    return Err(err(
+                        ErrorKind::NotFound,
+                        f,
+                        format!("leg {:?} has no subscription to track {:?} in session {:?}", k.subscriber_leg, k.track, self.name),
+                    ));
+                }
+                self.session.subs.retain(|_, s| !s.is_empty());
+                Ok(())
+            }
+        }
+    }
+
+    fn no_leg(&self, field: &str, name: &str) -> StateError {
+        err(ErrorKind::NotFound, field, format!("no leg {name:?} in session {:?}", self.name))
+    }
+
+    fn no_track(&self, field: &str, name: &str) -> StateError {
+        err(ErrorKind::NotFound, field, format!("no track {name:?} in session {:?}", self.name))
+    }
+
+    fn allocate_port(&mut self, field: &str) -> Result<u16, StateError> {
+        let used: BTreeSet<u16> = self.session.legs.values().map(|l| l.local_port).chain(self.used_elsewhere.iter().copied()).collect();
+        // Round-robin from the cursor, so a just-freed port is the last to be reused.
+        let n = self.range.len();
+        let start = u32::from(self.next_port.clamp(self.range.start, self.range.end));
+        for k in 0..n {
+            let p = (start - u32::from(self.range.start) + k) % n + u32::from(self.range.start);
+            let p = p as u16;
+            if !used.contains(&p) {
+                self.next_port = if p == self.range.end { self.range.start } else { p + 1 };
+                return Ok(p);
+            }
+        }
+        Err(err(
+            ErrorKind::ResourceExhausted,
+            field,
+            format!("no free local port: all {n} ports of {}-{} are in use", self.range.start, self.range.end),
+        ))
+    }
+
+    fn leg(&mut self, f: &str, l: &pb::Leg) -> Result<(), StateError> {
+        check_id(&format!("{f}.id"), &l.id)?;
+        let rx = key_material(&format!("{f}.rx"), l.rx.as_ref())?;
+        let tx = key_material(&format!("{f}.tx"), l.tx.as_ref())?;
+        let remote = if l.remote.is_empty() {
+            None
+        } else {
+            Some(l.remote.parse::<SocketAddr>().map_err(|_| invalid(format!("{f}.remote"), format!("{:?} is not an ip:port address", l.remote)))?)
+        };
+        if remote.is_some_and(|r| r.port() == 0) {
+            return Err(invalid(format!("{f}.remote"), "port must not be 0"));
+        }
+        let (id, port) = match self.session.legs.get(&l.id) {
+            Some(old) => (old.id, old.local_port),
+            None => {
+                let port = self.allocate_port(f)?;
+                let id = LegId(self.next_leg);
+                self.next_leg += 1;
+                self.events.push(event(pb::event::Event::LegAdded(pb::LegAdded { leg: l.id.clone(), local_port: u32::from(port) })));
+                (id, port)
+            }
+        };
+        self.session.legs.insert(l.id.clone(), LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc) });
+        self.ports.retain(|(n, _)| n != &l.id);
+        self.ports.push((l.id.clone(), port));
+        Ok(())
+    }
+
+    fn track(&mut self, f: &str, t: &pb::Track) -> Result<(), StateError> {
+        check_id(&format!("{f}.id"), &t.id)?;
+        let Some(publisher) = self.session.legs.get(&t.publisher_leg) else {
+            return Err(self.no_leg(&format!("{f}.publisher_leg"), &t.publisher_leg));
+        };
+        let old = self.session.tracks.get(&t.id);
+        if let Some(old) = old
+            && old.publisher != t.publisher_leg
+        {
+            return Err(invalid(format!("{f}.publisher_leg"), format!("track {:?} belongs to leg {:?}; a track cannot move to another leg", t.id, old.publisher)));
+        }
+        let kind = match pb::MediaKind::try_from(t.kind) {
+            Ok(pb::MediaKind::Audio) => MediaKind::Audio,
+            Ok(pb::MediaKind::Video) => MediaKind::Video,
+            _ => return Err(invalid(format!("{f}.kind"), "must be MEDIA_KIND_AUDIO or MEDIA_KIND_VIDEO")),
+        };
+        if t.clock_rate == 0 {
+            return Err(invalid(format!("{f}.clock_rate"), "must be positive"));
+        }
+        if t.layers.is_empty() || t.layers.len() > 8 {
+            return Err(invalid(format!("{f}.layers"), format!("need 1 to 8 layers, got {}", t.layers.len())));
+        }
+        if kind == MediaKind::Audio && t.layers.len() != 1 {
+            return Err(invalid(format!("{f}.layers"), "audio has exactly one layer"));
+        }
+        let rid_ext = ext_id(&format!("{f}.rid_ext"), t.rid_ext)?;
+        let repaired_rid_ext = ext_id(&format!("{f}.repaired_rid_ext"), t.repaired_rid_ext)?;
+        let mut layers = Vec::new();
+        let mut mine: BTreeMap<u32, String> = BTreeMap::new();
+        for (j, l) in t.layers.iter().enumerate() {
+            let lf = format!("{f}.layers[{j}]");
+            if l.ssrc.is_none() && l.rid.is_empty() {
+                return Err(invalid(lf, "a layer needs an SSRC or a RID"));
+            }
+            if l.ssrc.is_none() && rid_ext.is_none() {
+                return Err(invalid(format!("{f}.rid_ext"), format!("layer {j} has no SSRC, so the RID extension id is needed")));
+            }
+            for (which, ssrc) in [("ssrc", l.ssrc), ("rtx_ssrc", l.rtx_ssrc)] {
+                let Some(ssrc) = ssrc else { continue };
+                let sf = format!("{lf}.{which}");
+                if let Some(prev) = mine.insert(ssrc, sf.clone()) {
+                    return Err(invalid(sf, format!("SSRC {ssrc} is already used by {prev}")));
+                }
+                if let Some((other, _)) = self
+                    .session
+                    .tracks
+                    .iter()
+                    .filter(|(n, _)| *n != &t.id)
+                    .find(|(_, o)| o.spec.layers.iter().any(|ol| ol.ssrc == Some(Ssrc(ssrc)) || ol.rtx_ssrc == Some(Ssrc(ssrc))))
+                {
+                    return Err(invalid(sf, format!("SSRC {ssrc} is already used by track {other:?} in session {:?}", self.name)));
+                }
+            }
+            layers.push(LayerSpec { ssrc: l.ssrc.map(Ssrc), rtx_ssrc: l.rtx_ssrc.map(Ssrc), rid: (!l.rid.is_empty()).then(|| l.rid.clone()) });
+        }
+        if t.payload_types.is_empty() {
+            return Err(invalid(format!("{f}.payload_types"), "need at least one payload type"));
+        }
+        let mut payload_types = Vec::new();
+        for (k, p) in t.payload_types.iter().enumerate() {
+            let pf = format!("{f}.payload_types[{k}]");
+            let pt = payload_type(&format!("{pf}.pt"), p.pt)?;
+            let rtx_pt = p.rtx_pt.map(|r| payload_type(&format!("{pf}.rtx_pt"), r)).transpose()?;
+            let codec = match pb::Codec::try_from(p.codec) {
+                Ok(pb::Codec::Audio) => Codec::Audio,
+                Ok(pb::Codec::Vp8) => Codec::Vp8,
+                Ok(pb::Codec::Vp9) => Codec::Vp9,
+                Ok(pb::Codec::H264) => Codec::H264,
+                Ok(pb::Codec::Av1) => Codec::Av1,
+                _ => return Err(invalid(format!("{pf}.codec"), "must be one of CODEC_AUDIO, CODEC_VP8, CODEC_VP9, CODEC_H264, CODEC_AV1")),
+            };
+            payload_types.push(PayloadSpec { pt, codec, rtx_pt });
+        }
+        let id = match old {
+            Some(o) => o.spec.id,
+            None => {
+                let id = TrackId(self.next_track);
+                self.next_track += 1;
+                self.events.push(event(pb::event::Event::TrackAdded(t.id.clone())));
+                id
+            }
+        };
+        let spec = TrackSpec { id, publisher: publisher.id, kind, clock_rate: t.clock_rate, layers, payload_types, rid_ext, repaired_rid_ext };
+        // The dataplane clamps subscriptions to the track's highest layer; so does the desired state.
+        let top = (spec.layers.len() - 1) as u8;
+        for subs in self.session.subs.values_mut() {
+            if let Some(s) = subs.get_mut(&t.id) {
+                s.target_layer = s.target_layer.min(top);
+            }
+        }
+        self.session.tracks.insert(t.id.clone(), NamedTrack { publisher: t.publisher_leg.clone(), spec });
+        Ok(())
+    }
+
+    fn subscription(&mut self, f: &str, s: &pb::Subscription) -> Result<(), StateError> {
+        let Some(subscriber) = self.session.legs.get(&s.subscriber_leg) else {
+            return Err(self.no_leg(&format!("{f}.subscriber_leg"), &s.subscriber_leg));
+        };
+        let Some(track) = self.session.tracks.get(&s.track) else {
+            return Err(self.no_track(&format!("{f}.track"), &s.track));
+        };
+        if track.publisher == s.subscriber_leg {
+            return Err(invalid(format!("{f}.subscriber_leg"), format!("leg {:?} publishes track {:?}; a leg cannot subscribe to its own track", s.subscriber_leg, s.track)));
+        }
+        let layers = track.spec.layers.len();
+        if s.target_layer as usize >= layers {
+            return Err(invalid(
+                format!("{f}.target_layer"),
+                format!("layer {} is out of range: track {:?} has {layers} layer(s), 0..={}", s.target_layer, s.track, layers - 1),
+            ));
+        }
+        if s.out_ssrc == 0 {
+            return Err(invalid(format!("{f}.out_ssrc"), "must be set (non-zero)"));
+        }
+        if s.out_rtx_ssrc == Some(s.out_ssrc) {
+            return Err(invalid(format!("{f}.out_rtx_ssrc"), format!("SSRC {} is already the out_ssrc", s.out_ssrc)));
+        }
+        let others = self.session.subs.get(&s.subscriber_leg).into_iter().flatten().filter(|(t, _)| *t != &s.track);
+        for (other, o) in others {
+            for (which, ssrc) in [("out_ssrc", Some(s.out_ssrc)), ("out_rtx_ssrc", s.out_rtx_ssrc)] {
+                let Some(ssrc) = ssrc else { continue };
+                if o.out_ssrc.0 == ssrc || o.out_rtx_ssrc == Some(Ssrc(ssrc)) {
+                    return Err(invalid(
+                        format!("{f}.{which}"),
+                        format!("SSRC {ssrc} is already used by leg {:?}'s subscription to track {other:?}", s.subscriber_leg),
+                    ));
+                }
+            }
+        }
+        let mut pt_map = Vec::new();
+        for (k, m) in s.pt_map.iter().enumerate() {
+            pt_map.push((payload_type(&format!("{f}.pt_map[{k}].from"), m.from)?, payload_type(&format!("{f}.pt_map[{k}].to"), m.to)?));
+        }
+        let mut ext_map = Vec::new();
+        for (k, m) in s.ext_map.iter().enumerate() {
+            let from = ext_id(&format!("{f}.ext_map[{k}].from"), Some(m.from))?.unwrap_or_default();
+            let to = ext_id(&format!("{f}.ext_map[{k}].to"), Some(m.to))?.unwrap_or_default();
+            ext_map.push((from, to));
+        }
+        let spec = SubscriptionSpec {
+            subscriber: subscriber.id,
+            track: track.spec.id,
+            out_ssrc: Ssrc(s.out_ssrc),
+            out_rtx_ssrc: s.out_rtx_ssrc.map(Ssrc),
+            pt_map,
+            ext_map,
+            target_layer: s.target_layer as u8,
+            paused: s.paused,
+        };
+        self.session.subs.entry(s.subscriber_leg.clone()).or_default().insert(s.track.clone(), spec);
+        Ok(())
+    }
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), StateError> {
+    if id.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(invalid(field, format!("longer than {MAX_ID_LEN} bytes")));
+    }
+    Ok(())
+}
+
+fn payload_type(field: &str, v: u32) -> Result<Pt, StateError> {
+    if v > 127 {
+        return Err(invalid(field, format!("payload type {v} is over 127")));
+    }
+    Ok(Pt(v as u8))
+}
+
+fn ext_id(field: &str, v: Option<u32>) -> Result<Option<u8>, StateError> {
+    match v {
+        None => Ok(None),
+        Some(v) if (1..=255).contains(&v) => Ok(Some(v as u8)),
+        Some(v) => Err(invalid(field, format!("header extension id {v} is outside 1..=255"))),
+    }
+}
+
+/// The core profile for a protobuf profile.
+pub fn profile_from_pb(p: i32) -> Option<Profile> {
+    match pb::SrtpProfile::try_from(p).ok()? {
+        pb::SrtpProfile::Aes128CmHmacSha180 => Some(Profile::AesCm128HmacSha1_80),
+        pb::SrtpProfile::Aes128CmHmacSha132 => Some(Profile::AesCm128HmacSha1_32),
+        pb::SrtpProfile::AeadAes128Gcm => Some(Profile::AeadAes128Gcm),
+        pb::SrtpProfile::AeadAes256Gcm => Some(Profile::AeadAes256Gcm),
+        pb::SrtpProfile::Unspecified => None,
+    }
+}
+
+/// The protobuf profile for a core profile.
+pub fn profile_to_pb(p: Profile) -> pb::SrtpProfile {
+    match p {
+        Profile::AesCm128HmacSha1_80 => pb::SrtpProfile::Aes128CmHmacSha180,
+        Profile::AesCm128HmacSha1_32 => pb::SrtpProfile::Aes128CmHmacSha132,
+        Profile::AeadAes128Gcm => pb::SrtpProfile::AeadAes128Gcm,
+        Profile::AeadAes256Gcm => pb::SrtpProfile::AeadAes256Gcm,
+    }
+}
+
+/// The protobuf codec for a core codec.
+pub fn codec_to_pb(c: Codec) -> pb::Codec {
+    match c {
+        Codec::Audio => pb::Codec::Audio,
+        Codec::Vp8 => pb::Codec::Vp8,
+        Codec::Vp9 => pb::Codec::Vp9,
+        Codec::H264 => pb::Codec::H264,
+        Codec::Av1 => pb::Codec::Av1,
+    }
+}
+
+fn key_material(field: &str, k: Option<&pb::KeyMaterial>) -> Result<KeyMaterial, StateError> {
+    let k = k.ok_or_else(|| invalid(field, "required"))?;
+    let profile = profile_from_pb(k.profile).ok_or_else(|| invalid(format!("{field}.profile"), "must name an SRTP profile"))?;
+    if k.key.len() != profile.key_len() {
+        return Err(invalid(format!("{field}.key"), format!("{:?} needs a {}-byte master key, got {}", profile_to_pb(profile).as_str_name(), profile.key_len(), k.key.len())));
+    }
+    if k.salt.len() != profile.salt_len() {
+        return Err(invalid(format!("{field}.salt"), format!("{:?} needs a {}-byte master salt, got {}", profile_to_pb(profile).as_str_name(), profile.salt_len(), k.salt.len())));
+    }
+    Ok(KeyMaterial { profile, key: k.key.clone(), salt: k.salt.clone() })
+}
+
+/// FNV-1a over a request's encoding: tells a retry from a different change set under one key.
+/// Stable across builds (unlike `std`'s hasher), since it is journaled.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Request builders shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::pb;
+    use crate::pb::change::Change as C;
+
+    pub fn keys() -> pb::KeyMaterial {
+        pb::KeyMaterial { profile: pb::SrtpProfile::AeadAes128Gcm as i32, key: vec![1; 16], salt: vec![2; 12] }
+    }
+
+    pub fn leg(id: &str) -> pb::Change {
+        pb::Change { change: Some(C::Leg(pb::Leg { id: id.into(), rx: Some(keys()), tx: Some(keys()), feedback_ssrc: 7, ..Default::default() })) }
+    }
+
+    pub fn video(id: &str, publisher: &str, base: u32) -> pb::Change {
+        pb::Change {
+            change: Some(C::Track(pb::Track {
+                id: id.into(),
+                publisher_leg: publisher.into(),
+                kind: pb::MediaKind::Video as i32,
+                clock_rate: 90_000,
+                layers: (0..3).map(|l| pb::Layer { ssrc: Some(base + 2 * l), rtx_ssrc: Some(base + 2 * l + 1), rid: String::new() }).collect(),
+                payload_types: vec![pb::PayloadType { pt: 96, codec: pb::Codec::Vp8 as i32, rtx_pt: Some(97) }],
+                rid_ext: None,
+                repaired_rid_ext: None,
+            })),
+        }
+    }
+
+    pub fn sub(leg: &str, track: &str, out: u32, layer: u32, paused: bool) -> pb::Change {
+        pb::Change {
+            change: Some(C::Subscription(pb::Subscription {
+                subscriber_leg: leg.into(),
+                track: track.into(),
+                out_ssrc: out,
+                out_rtx_ssrc: Some(out + 1),
+                pt_map: vec![pb::IdMapping { from: 96, to: 96 }, pb::IdMapping { from: 97, to: 97 }],
+                ext_map: vec![],
+                target_layer: layer,
+                paused,
+            })),
+        }
+    }
+
+    pub fn req(session: &str, changes: Vec<pb::Change>) -> pb::ChangeSet {
+        pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes }
+    }
+
+    /// Two legs, a video track each, each subscribed to the other's.
+    pub fn pair(session: &str) -> pb::ChangeSet {
+        req(
+            session,
+            vec![leg("a"), leg("b"), video("va", "a", 100), video("vb", "b", 200), sub("a", "vb", 1000, 2, false), sub("b", "va", 2000, 0, false)],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::pb::change::Change as C;
+
+    fn node() -> Desired {
+        Desired::new(PortRange { start: 30_000, end: 30_009 })
+    }
+
+    fn refuse(d: &mut Desired, r: &pb::ChangeSet) -> StateError {
+        let before = d.clone();
+        let e = d.apply(r).expect_err("must be refused");
+        assert_eq!(*d, before, "a refused change set changes nothing");
+        e
+    }
+
+    #[test]
+    fn a_change_set_allocates_ids_and_ports_and_bumps_the_revision() {
+        let mut d = node();
+        let out = d.apply(&pair("m")).unwrap();
+        assert_eq!(out.committed.revision, 1);
+        assert_eq!(out.committed.ports, vec![("a".into(), 30_000), ("b".into(), 30_001)]);
+        let t = d.tables();
+        assert_eq!(t.legs.len(), 2);
+        assert_eq!(t.tracks.len(), 2);
+        assert_eq!(t.subs.len(), 2);
+        assert_ne!(t.legs.values().next().unwrap().id, t.legs.values().nth(1).unwrap().id);
+        // Upserting a leg again keeps its id and port.
+        let out = d.apply(&req("m", vec![leg("a")])).unwrap();
+        assert_eq!(out.committed.revision, 2);
+        assert_eq!(out.committed.ports, vec![("a".into(), 30_000)]);
+        assert_eq!(d.tables().legs, t.legs);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_have_the_right_kind() {
+        let mut d = node();
+        d.apply(&pair("m")).unwrap();
+        let cases: Vec<(pb::ChangeSet, ErrorKind, &str)> = vec![
+            (req("m", vec![leg("c"), sub("c", "nope", 5, 0, false)]), ErrorKind::NotFound, "changes[1].subscription.track"),
+            (req("m", vec![sub("zz", "va", 5, 0, false)]), ErrorKind::NotFound, "changes[0].subscription.subscriber_leg"),
+            (req("m", vec![video("v2", "ghost", 900)]), ErrorKind::NotFound, "changes[0].track.publisher_leg"),
+            (req("m", vec![pb::Change { change: Some(C::RemoveLeg("ghost".into())) }]), ErrorKind::NotFound, "changes[0].remove_leg"),
+            (req("m", vec![leg("c"), leg("d"), sub("a", "va", 5, 0, false)]), ErrorKind::InvalidArgument, "changes[2].subscription.subscriber_leg"),
+            (req("m", vec![leg("c"), leg("d"), sub("c", "va", 5, 3, false)]), ErrorKind::InvalidArgument, "changes[2].subscription.target_layer"),
+            (req("m", vec![video("v2", "a", 202)]), ErrorKind::InvalidArgument, "changes[0].track.layers[0].ssrc"),
+            (req("m", vec![leg("c"), video("vc", "c", 300), sub("a", "vc", 1000, 0, false)]), ErrorKind::InvalidArgument, "changes[2].subscription.out_ssrc"),
+            (req("", vec![leg("x")]), ErrorKind::InvalidArgument, "session"),
+            (req("m", vec![]), ErrorKind::InvalidArgument, "changes"),
+            (req("m", vec![pb::Change { change: None }]), ErrorKind::InvalidArgument, "changes[0]"),
+        ];
+        for (r, kind, field) in cases {
+            let e = refuse(&mut d, &r);
+            assert_eq!((e.kind, e.field.as_str()), (kind, field), "{e}");
+        }
+        // Bad key lengths for the profile.
+        let mut bad = leg("k");
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.tx.as_mut().unwrap().key = vec![0; 32];
+            l.rx.as_mut().unwrap().salt = vec![0; 12];
+            l.rx.as_mut().unwrap().profile = pb::SrtpProfile::Aes128CmHmacSha180 as i32;
+        }
+        let e = refuse(&mut d, &req("m", vec![leg("c"), bad]));
+        assert_eq!(e.field, "changes[1].leg.rx.salt", "{e}");
+        assert!(e.message.contains("14-byte"), "{e}");
+        // Wrong expected revision.
+        let mut r = req("m", vec![leg("c")]);
+        r.expected_revision = Some(7);
+        let e = refuse(&mut d, &r);
+        assert_eq!((e.kind, e.field.as_str()), (ErrorKind::Aborted, "expected_revision"));
+        r.expected_revision = Some(1);
+        d.apply(&r).unwrap();
+    }
+
+    #[test]
+    fn ports_run_out_and_come_back_when_a_session_is_deleted() {
+        let mut d = node();
+        let legs: Vec<_> = (0..10).map(|i| leg(&format!("l{i}"))).collect();
+        d.apply(&req("big", legs)).unwrap();
+        let e = refuse(&mut d, &req("other", vec![leg("x")]));
+        assert_eq!((e.kind, e.field.as_str()), (ErrorKind::ResourceExhausted, "changes[0].leg"));
+        d.delete_session(&pb::DeleteSessionRequest { session: "big".into(), expected_revision: Some(1) }).unwrap();
+        assert!(d.ports_used().is_empty());
+        let out = d.apply(&req("other", vec![leg("x")])).unwrap();
+        assert_eq!(out.committed.ports.len(), 1);
+        let e = d.delete_session(&pb::DeleteSessionRequest { session: "big".into(), expected_revision: None }).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn idempotency_keys_return_the_original_answer() {
+        let mut d = node();
+        let mut r = pair("m");
+        r.idempotency_key = "k1".into();
+        let first = d.apply(&r).unwrap();
+        let again = d.apply(&r).unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.committed, first.committed);
+        assert_eq!(d.sessions["m"].revision, 1);
+        let mut other = req("m", vec![leg("z")]);
+        other.idempotency_key = "k1".into();
+        let e = refuse(&mut d, &other);
+        assert_eq!(e.field, "idempotency_key");
+    }
+
+    #[test]
+    fn draining_refuses_new_sessions_only() {
+        let mut d = node();
+        d.apply(&pair("m")).unwrap();
+        d.draining = true;
+        let e = refuse(&mut d, &pair("n"));
+        assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+        assert!(e.message.contains("draining"), "{e}");
+        d.apply(&req("m", vec![leg("c")])).unwrap();
+    }
+
+    #[test]
+    fn removing_a_leg_removes_its_tracks_and_subscriptions() {
+        let mut d = node();
+        d.apply(&pair("m")).unwrap();
+        d.apply(&req("m", vec![pb::Change { change: Some(C::RemoveLeg("a".into())) }])).unwrap();
+        let s = &d.sessions["m"];
+        assert_eq!(s.legs.len(), 1);
+        assert_eq!(s.tracks.len(), 1);
+        assert_eq!(s.subscription_count(), 0);
+        let view = d.session_view("m").unwrap();
+        assert!(view.legs[0].rx.as_ref().unwrap().key.is_empty(), "keys never leave the node");
+    }
+}
