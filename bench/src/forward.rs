@@ -225,9 +225,9 @@ impl Forwarder {
                 }
             };
             // The subscribers' hellos first (each teaches the core a subscriber's address)...
-            for i in 1..sockets.len() {
-                sockets[i].set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-                if let Ok((n, src)) = sockets[i].recv_from(&mut buf) {
+            for (i, sock) in sockets.iter().enumerate().skip(1) {
+                sock.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                if let Ok((n, src)) = sock.recv_from(&mut buf) {
                     handle(&mut fwd, &mut out, i, &mut buf, n, src);
                 }
             }

@@ -179,7 +179,7 @@ impl Participant {
     /// The packets of the next video frame, all three layers.
     pub fn video_frame(&mut self) -> Vec<Vec<u8>> {
         let ts = (self.frame * 90_000 / FPS) as u32;
-        let key = self.keyframe_due || self.frame % (FPS * 4) == 0;
+        let key = self.keyframe_due || self.frame.is_multiple_of(FPS * 4);
         self.keyframe_due = false;
         self.frame += 1;
         let mut out = Vec::new();

@@ -155,7 +155,7 @@ impl Config {
         if self.batch == 0 || self.batch > 1024 {
             return invalid("batch", format!("{} is not in 1..=1024", self.batch));
         }
-        if !(128..=1024).contains(&self.replay_window) || self.replay_window % 64 != 0 {
+        if !(128..=1024).contains(&self.replay_window) || !self.replay_window.is_multiple_of(64) {
             return invalid("replay_window", format!("{} is not a multiple of 64 in 128..=1024", self.replay_window));
         }
         if !(64 << 10..=256 << 20).contains(&self.socket_buffer_bytes) {
@@ -214,8 +214,7 @@ mod tests {
         assert!(check("[dataplane]\nworkers = 2\ncores = [1, 1]\n", 2).contains("twice"));
         assert!(check("[dataplane]\nreplay_window = 100\n", 2).contains("`replay_window`"));
         assert!(check("[dataplane]\nport_range = [5000, 4000]\n", 2).contains("`port_range`"));
-        let mut c = Config::default();
-        c.control_socket = "/nonexistent-dir/x.sock".into();
+        let c = Config { control_socket: "/nonexistent-dir/x.sock".into(), ..Config::default() };
         assert!(c.validate(2).unwrap_err().to_string().contains("/nonexistent-dir"));
     }
 }

@@ -133,7 +133,7 @@ impl Worker {
             if n > 0 {
                 self.batches += 1;
                 self.batched += n as u64;
-                if self.batches % LATENCY_SAMPLE == 0 {
+                if self.batches.is_multiple_of(LATENCY_SAMPLE) {
                     let _ = self.latency.record(t0.elapsed().as_nanos().max(1) as u64);
                 }
             }

@@ -105,7 +105,7 @@ fn run(backend: &str, m: u32, size: u32, ticks: u64, updates: Updates) -> Run {
                     return n;
                 }
                 let g = Generation(2 + n);
-                let op = if n % 2 == 0 { Op::UpsertLeg(dummy_leg(n as u32)) } else { Op::RemoveLeg(dummy_leg(n as u32 - 1).id) };
+                let op = if n.is_multiple_of(2) { Op::UpsertLeg(dummy_leg(n as u32)) } else { Op::RemoveLeg(dummy_leg(n as u32 - 1).id) };
                 match c.call(&Request::Apply(Delta { generation: g, replace_all: false, ops: vec![op] })).unwrap() {
                     Response::Applied(got) => assert_eq!(got, g),
                     other => panic!("update {n} refused: {other:?}"),

@@ -50,7 +50,6 @@ pub(super) fn rtp(
         Codec::H264 => codec::is_keyframe(codec::Codec::H264, pkt.payload()),
         Codec::Av1 => codec::is_keyframe(codec::Codec::Av1, pkt.payload()),
     };
-    drop(pkt);
     let state = &mut track.layers[usize::from(layer)];
     if keyframe {
         state.seen_keyframe = true;
@@ -141,7 +140,7 @@ fn publisher_rtx(
     let orig = &mut plain[2..];
     {
         let mut pkt = rtp::Packet::new_checked(&mut *orig).map_err(|_| DropReason::Malformed)?;
-        pkt.set_ssrc(primary.into());
+        pkt.set_ssrc(primary);
         pkt.set_sequence_number(osn.0);
         pkt.set_payload_type(media_pt.0);
     }
@@ -219,7 +218,7 @@ pub(super) fn send_copy(
     };
     {
         let mut pkt = rtp::Packet::new_checked(&mut slot[..len]).map_err(|_| DropReason::Malformed)?;
-        pkt.set_ssrc(ssrc.into());
+        pkt.set_ssrc(ssrc);
         pkt.set_sequence_number(seq.0);
         pkt.set_timestamp(rewritten.ts);
         pkt.set_payload_type(pt.0);
@@ -245,7 +244,7 @@ pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut 
     let Some(leg) = legs.get_mut(&track.spec.publisher) else { return false };
     let Some(remote) = leg.remote else { return false };
     let Some(slot) = ctx.out.next_slot() else { return false };
-    let Ok(len) = rtcp::write_pli(&mut slot[..], leg.spec.feedback_ssrc.into(), media.into()) else { return false };
+    let Ok(len) = rtcp::write_pli(&mut slot[..], leg.spec.feedback_ssrc, media) else { return false };
     let Ok(out_len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { return false };
     ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: leg.spec.id, len: out_len as u16 });
     state.last_keyframe_request = Some(ctx.now);

@@ -64,13 +64,13 @@ pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, pl
             }
             Kind::Pli => {
                 if let Ok(pli) = rtcp::Pli::new_checked(bytes) {
-                    keyframe_request(ctx, tables, leg_id, pli.media_ssrc().into());
+                    keyframe_request(ctx, tables, leg_id, pli.media_ssrc());
                 }
             }
             Kind::Fir => {
                 if let Ok(fir) = rtcp::Fir::new_checked(bytes) {
                     for e in fir.entries() {
-                        keyframe_request(ctx, tables, leg_id, e.ssrc.into());
+                        keyframe_request(ctx, tables, leg_id, e.ssrc);
                     }
                 }
             }
@@ -120,7 +120,7 @@ fn subscription_of(tables: &Tables, leg_id: LegId, out_ssrc: Ssrc) -> Option<(Tr
 }
 
 fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtcp::SenderReport<&[u8]>) {
-    let ssrc: Ssrc = sr.sender_ssrc().into();
+    let ssrc: Ssrc = sr.sender_ssrc();
     let Some(leg) = tables.leg(leg_id) else { return };
     let Some(ingress) = leg.ingress.iter().find(|i| i.ssrc == ssrc && !i.rtx) else { return };
     let track_id = ingress.track;
@@ -140,7 +140,7 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
             packet_count: sub.packets_sent,
             octet_count: sub.octets_sent,
         };
-        let Ok(len) = rtcp::write_sr(&mut slot[..], sub.out_ssrc.into(), &out_info, &[]) else { continue };
+        let Ok(len) = rtcp::write_sr(&mut slot[..], sub.out_ssrc, &out_info, &[]) else { continue };
         let Ok(out_len) = sub_leg.tx.protect_rtcp(&mut sub.srtcp, &mut slot[..], len) else { continue };
         ctx.out.commit(OutMeta { local_port: sub_leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
         // LSR is the middle 32 bits of the NTP timestamp (RFC 3550 §6.4.1).
@@ -149,7 +149,7 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
 }
 
 fn report_block(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, block: &rtcp::ReportBlock<&[u8]>) {
-    let out_ssrc: Ssrc = block.ssrc().into();
+    let out_ssrc: Ssrc = block.ssrc();
     let Some((track_id, idx)) = subscription_of(tables, leg_id, out_ssrc) else { return };
     let last_sr = tables.track(track_id).map(|t| t.subs[idx].last_sr).unwrap_or(None);
     let rtt_us = last_sr.and_then(|(lsr, sent_at)| rtt_us(ctx.now, sent_at, lsr, block.last_sr(), block.delay_since_last_sr()));
@@ -176,7 +176,7 @@ fn rtt_us(now: Instant, sent_at: Instant, our_lsr: u32, lsr: u32, dlsr: u32) -> 
 }
 
 fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack<&[u8]>) {
-    let media: Ssrc = nack.media_ssrc().into();
+    let media: Ssrc = nack.media_ssrc();
     let Some((track_id, idx)) = subscription_of(tables, leg_id, media) else { return };
     let Some((track, legs)) = tables.track_and_legs_mut(track_id) else { return };
     if track.subs[idx].out_ssrc != media {
@@ -224,7 +224,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
         let mut items = [rtcp::NackItem::default(); MAX_UPSTREAM_NACK];
         let Ok(n) = rtcp::pack_nack_items(group.iter().map(|&(_, q)| q), &mut items) else { continue };
         let Some(slot) = ctx.out.next_slot() else { return };
-        let Ok(len) = rtcp::write_nack(&mut slot[..], publisher.spec.feedback_ssrc.into(), src.into(), &items[..n]) else {
+        let Ok(len) = rtcp::write_nack(&mut slot[..], publisher.spec.feedback_ssrc, src, &items[..n]) else {
             continue;
         };
         let Ok(out_len) = publisher.tx.protect_rtcp(&mut publisher.feedback_srtcp, &mut slot[..], len) else { continue };

@@ -948,7 +948,7 @@ impl Tables {
             ingress: leg.ingress.clone(),
             egress: leg.egress.clone(),
             rtcp_recv: leg.rtcp_recv.clone(),
-            feedback_srtcp: leg.feedback_srtcp.clone(),
+            feedback_srtcp: leg.feedback_srtcp,
             tracks: leg.tracks.clone(),
             stats: leg.stats,
         };
