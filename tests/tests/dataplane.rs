@@ -21,8 +21,10 @@ struct Run {
     received: Vec<Vec<Vec<u8>>>,
     /// Packets the daemon's workers emitted.
     daemon_tx: u64,
-    /// Deltas applied while traffic flowed.
+    /// Deltas applied (or hostile datagrams sent) while traffic flowed.
     updates: u64,
+    /// Drops by reason, summed over workers.
+    drops: Vec<(&'static str, u64)>,
     log: String,
 }
 
@@ -33,6 +35,10 @@ enum Updates {
     EveryMs,
     /// A delta every millisecond, then the control connection vanishes mid-run.
     EveryMsThenControlDies,
+    /// No deltas, but hostile traffic at every leg port: garbage, truncations, forged SRTP with
+    /// real SSRCs from the participants' own addresses (wrong keys), STUN/DTLS-looking bytes,
+    /// and a flood from strangers.
+    Hostile,
 }
 
 fn start_daemon(dir: &TempDir, backend: &str) -> (Daemon, std::path::PathBuf) {
@@ -89,11 +95,49 @@ fn run(backend: &str, m: u32, size: u32, ticks: u64, updates: Updates) -> Run {
     drain(&mut received);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let targets: Vec<(SocketAddr, std::net::UdpSocket, u32)> = people
+        .iter()
+        .zip(&sockets)
+        .map(|(p, s)| (sfu(p), s.try_clone().unwrap(), p.leg.0 << 8))
+        .collect();
     let updater = {
         let (sock, stop) = (sock.clone(), stop.clone());
         thread::spawn(move || {
             let mut n = 0u64;
             if matches!(updates, Updates::None) {
+                return n;
+            }
+            if matches!(updates, Updates::Hostile) {
+                let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let mut x = 0x2545_f491_4f6c_dd1du64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (dst, own, ssrc) in &targets {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let len = 1 + (x % 1400) as usize;
+                        let mut junk: Vec<u8> = (0..len).map(|i| (x >> (i % 57)) as u8).collect();
+                        let kind = n % 5;
+                        match kind {
+                            // Garbage with an RTP-looking first byte, from the real address.
+                            0 => junk[0] = 0x80,
+                            // A "packet" with a real SSRC and random tail: wrong keys.
+                            1 if len >= 12 => {
+                                junk[..12].copy_from_slice(&[0x80, 111, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]);
+                                junk[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                            }
+                            // STUN- and DTLS-looking bytes on a media port.
+                            2 => junk[0] = if x & 1 == 0 { 0x00 } else { 22 },
+                            // Truncated RTP header.
+                            3 => junk.truncate(len.min(7)),
+                            _ => {}
+                        }
+                        let from = if kind == 4 { &stranger } else { own };
+                        let _ = from.send_to(&junk, dst);
+                        n += 1;
+                    }
+                    thread::sleep(Duration::from_micros(200));
+                }
                 return n;
             }
             let mut c = Client::connect(&sock).unwrap();
@@ -139,8 +183,11 @@ fn run(backend: &str, m: u32, size: u32, ticks: u64, updates: Updates) -> Run {
     let updates = updater.join().unwrap();
 
     let mut control = Client::connect(&sock).expect("a new control plane can connect");
-    let daemon_tx = match control.call(&Request::Stats).unwrap() {
-        Response::Stats(s) => s.iter().map(|c| c.tx_packets).sum(),
+    let (daemon_tx, drops) = match control.call(&Request::Stats).unwrap() {
+        Response::Stats(s) => (
+            s.iter().map(|c| c.tx_packets).sum(),
+            sluice_core::verdict::DropReason::ALL.iter().map(|r| (r.name(), s.iter().map(|c| c.drops_for(*r)).sum())).collect(),
+        ),
         other => panic!("{other:?}"),
     };
     // Verify everything with the participants' own keys.
@@ -158,7 +205,7 @@ fn run(backend: &str, m: u32, size: u32, ticks: u64, updates: Updates) -> Run {
     let mut daemon = daemon;
     let status = daemon.wait_exit(Duration::from_secs(5)).expect("SIGTERM drains and exits");
     assert!(status.success(), "exit {status:?}\n{}", daemon.log_text());
-    Run { received, daemon_tx, updates, log: daemon.log_text() }
+    Run { received, daemon_tx, updates, drops, log: daemon.log_text() }
 }
 
 fn totals(r: &Run) -> BTreeMap<usize, usize> {
@@ -188,4 +235,17 @@ fn table_updates_every_millisecond_lose_nothing_and_a_dead_control_plane_changes
     let orphaned = run("mmsg", 4, 3, 40, Updates::EveryMsThenControlDies);
     assert!(orphaned.updates > 10);
     assert_eq!(orphaned.received, quiet.received, "forwarding changed when the control plane died");
+}
+
+#[test]
+fn hostile_traffic_is_dropped_and_counted_while_the_meeting_is_untouched() {
+    let quiet = run("mmsg", 5, 3, 40, Updates::None);
+    let attacked = run("mmsg", 5, 3, 40, Updates::Hostile);
+    assert!(attacked.updates >= 1000, "only {} hostile datagrams", attacked.updates);
+    assert_eq!(attacked.received, quiet.received, "hostile traffic changed what the participants received");
+    let count = |r: &Run, name: &str| r.drops.iter().find(|(n, _)| *n == name).map_or(0, |(_, c)| *c);
+    for reason in ["malformed", "not_media", "unknown_source", "auth_failed"] {
+        assert!(count(&attacked, reason) > 0, "no {reason} drops counted: {:?}", attacked.drops);
+    }
+    assert_eq!(count(&quiet, "auth_failed") + count(&quiet, "unknown_source"), 0, "{:?}", quiet.drops);
 }
