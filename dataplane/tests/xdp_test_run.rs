@@ -810,7 +810,7 @@ fn removing_entries_closes_the_shield_again() {
 fn af_xdp_mode_without_a_socket_passes_known_media() {
     let mut stage = stage();
     stage.set_af_xdp(true).unwrap();
-    let mut run = |frame: &[u8], stage: &mut XdpStage| {
+    let run = |frame: &[u8], stage: &mut XdpStage| {
         let before = stage.verdict_counts().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = stage.test_run(frame, &mut out, 1).unwrap();
