@@ -882,7 +882,8 @@ impl XskBackend {
                 self.counters.send_errors += 1;
                 continue;
             }
-            if self.xsk.tx.free(1) == 0 || self.xsk.tx_free.is_empty() {
+            // `queued` descriptors are written but not yet submitted: room for one more?
+            if self.xsk.tx.free(queued + 1) <= queued || self.xsk.tx_free.is_empty() {
                 // Ring or frames exhausted: push out what is queued and take completions back.
                 self.flush(&mut queued);
                 self.xsk.reclaim();
