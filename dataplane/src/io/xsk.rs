@@ -267,7 +267,7 @@ impl Interface {
 /// `/proc/…/net/arp` (complete or permanent entries on the interface). Both files are opened
 /// when the backend is built, from `/proc/thread-self`, so they read the namespace the XSK was
 /// created in whichever thread sends later. Re-read when the snapshot is older than
-/// [`NEIGH_MAX_AGE`], and on a miss at most every [`NEIGH_MISS_REFRESH`]. If the kernel has no
+/// 1 s, and on a miss at most every 50 ms. If the kernel has no
 /// entry (it never resolved the peer: its packets came through the XSK, not the stack), the source
 /// MAC of the last frame received from that address is used (symmetric path assumed).
 #[derive(Debug)]
