@@ -5,7 +5,7 @@
 //!    frames [0, XSK_FRAMES/2)  receive: owned by the fill ring / kernel / RX ring / `rx_free`
 //!    frames [XSK_FRAMES/2, …)  transmit: owned by `tx_free` / TX ring / kernel / completion ring
 //!  fill ring → kernel writes frames → RX ring → `recv_batch` callback → back to the fill ring
-//!  `send_batch`: TX frame ← Ethernet + IPv4 + UDP headers + payload → TX ring → sendto() kick
+//!  `send_batch`: TX frame ← Ethernet + IPv4/IPv6 + UDP headers + payload → TX ring → sendto() kick
 //!                completion ring → `tx_free`
 //! ```
 //!
@@ -18,11 +18,12 @@
 //! delivers from both, through the same callback.
 //!
 //! Receive parses Ethernet (one VLAN tag), IPv4 (no fragments) or IPv6 (fixed header) and UDP, no
-//! more. Send builds Ethernet/IPv4/UDP headers in software with both checksums (there is no
-//! offload in copy mode). The source MAC and IPv4 address are the interface's (read with
-//! `getifaddrs` when the backend is built); the next-hop MAC comes from the kernel's neighbour
-//! table, see [`Neighbours`]. IPv6 destinations are not sent through the XSK yet: they go out of
-//! the kernel socket of the same local port (correct, just not kernel-bypass).
+//! more. Send builds Ethernet/IPv4/UDP or Ethernet/IPv6/UDP headers in software with the
+//! checksums (there is no offload in copy mode). The source MAC and addresses are the
+//! interface's (read with `getifaddrs` when the backend is built; `IoConfig::local_ip` wins when it
+//! is a specific address); the next-hop MAC comes from the kernel's neighbour tables, see
+//! [`Neighbours`]. A destination whose family the interface has no address for goes out of the
+//! kernel socket of the same local port.
 //!
 //! Binding tries `XDP_ZEROCOPY` first and falls back to `XDP_COPY` (veth and drivers without
 //! AF_XDP zero-copy support refuse zero-copy with `EOPNOTSUPP`).
@@ -52,6 +53,8 @@ const IPV6_HLEN: usize = 40;
 const UDP_HLEN: usize = 8;
 /// Frame headers `send_batch` writes: Ethernet + IPv4 + UDP.
 const TX_HEADERS_V4: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
+/// Frame headers `send_batch` writes: Ethernet + IPv6 + UDP.
+const TX_HEADERS_V6: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
 /// How often the neighbour table is re-read at most, on a miss.
 const NEIGH_MISS_REFRESH: Duration = Duration::from_millis(50);
 /// How old a neighbour snapshot may get before a send re-reads it.
@@ -210,6 +213,8 @@ pub struct Interface {
     pub mac: [u8; 6],
     /// First IPv4 address, if any.
     pub ipv4: Option<Ipv4Addr>,
+    /// First IPv6 address that is not link-local, if any.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 impl Interface {
@@ -222,7 +227,7 @@ impl Interface {
         if index == 0 {
             return Err(IoError::Os { op: "if_nametoindex", source: io::Error::last_os_error() });
         }
-        let mut iface = Self { name: name.to_owned(), index, mac: [0; 6], ipv4: None };
+        let mut iface = Self { name: name.to_owned(), index, mac: [0; 6], ipv4: None, ipv6: None };
         let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
         // SAFETY: `head` is a valid out-pointer; the list is freed below.
         if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -253,6 +258,14 @@ impl Interface {
                     let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
                     iface.ipv4 = Some(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()));
                 }
+                libc::AF_INET6 if iface.ipv6.is_none() => {
+                    // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                    let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                    let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                    if !a.is_unicast_link_local() {
+                        iface.ipv6 = Some(a);
+                    }
+                }
                 _ => {}
             }
         }
@@ -270,27 +283,63 @@ impl Interface {
 /// 1 s, and on a miss at most every 50 ms. If the kernel has no
 /// entry (it never resolved the peer: its packets came through the XSK, not the stack), the source
 /// MAC of the last frame received from that address is used (symmetric path assumed).
+///
+/// IPv6 has no `/proc` neighbour table: its entries come from an `RTM_GETNEIGH` netlink dump
+/// (valid states only: reachable, stale, delay, probe, permanent, noarp) on a netlink socket
+/// opened with the backend (so in its namespace), refreshed on the same schedule. IPv6 next hops
+/// are taken to be on-link (no route lookup), with the same learned-MAC fallback.
 #[derive(Debug)]
 pub struct Neighbours {
     ifname: String,
+    ifindex: u32,
     arp: File,
     route: File,
+    netlink: OwnedFd,
+    nl_seq: u32,
+    nl_buf: Vec<u8>,
+    v6_table: HashMap<Ipv6Addr, [u8; 6]>,
     /// (destination, mask, gateway), network-order bytes as u32 in memory order.
     routes: Vec<(u32, u32, u32)>,
     arp_table: HashMap<Ipv4Addr, [u8; 6]>,
-    learned: HashMap<Ipv4Addr, [u8; 6]>,
+    learned: HashMap<IpAddr, [u8; 6]>,
     read_at: Option<Instant>,
     text: String,
 }
 
 impl Neighbours {
-    fn open(ifname: &str) -> Result<Self, IoError> {
+    fn open(ifname: &str, ifindex: u32) -> Result<Self, IoError> {
         let arp = File::open("/proc/thread-self/net/arp").map_err(os_err("open /proc/thread-self/net/arp"))?;
         let route = File::open("/proc/thread-self/net/route").map_err(os_err("open /proc/thread-self/net/route"))?;
+        // SAFETY: plain socket creation; the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        if raw < 0 {
+            return Err(IoError::Os { op: "netlink socket", source: io::Error::last_os_error() });
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let netlink = unsafe { OwnedFd::from_raw_fd(raw) };
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        // SAFETY: a valid timeval of the size passed, on an open socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(IoError::Os { op: "netlink SO_RCVTIMEO", source: io::Error::last_os_error() });
+        }
         Ok(Self {
             ifname: ifname.to_owned(),
+            ifindex,
             arp,
             route,
+            netlink,
+            nl_seq: 0,
+            nl_buf: vec![0; 32 * 1024],
+            v6_table: HashMap::new(),
             routes: Vec::new(),
             arp_table: HashMap::new(),
             learned: HashMap::new(),
@@ -336,7 +385,88 @@ impl Neighbours {
             let (Ok(ip), Some(mac)) = (f[0].parse::<Ipv4Addr>(), parse_mac(f[3])) else { continue };
             self.arp_table.insert(ip, mac);
         }
-        Ok(())
+        self.dump_v6()
+    }
+
+    /// `RTM_GETNEIGH` dump (AF_INET6) into `v6_table`: this interface's usable entries.
+    fn dump_v6(&mut self) -> io::Result<()> {
+        const RTM_NEWNEIGH: u16 = 28;
+        const RTM_GETNEIGH: u16 = 30;
+        const NLMSG_ERROR: u16 = 2;
+        const NLMSG_DONE: u16 = 3;
+        const NDA_DST: u16 = 1;
+        const NDA_LLADDR: u16 = 2;
+        // NUD_REACHABLE | STALE | DELAY | PROBE | NOARP | PERMANENT
+        const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
+        self.nl_seq = self.nl_seq.wrapping_add(1);
+        // nlmsghdr (16 bytes) + ndmsg (12 bytes: family, pad, pad16, ifindex, state, flags, type).
+        let mut req = [0u8; 28];
+        req[0..4].copy_from_slice(&28u32.to_ne_bytes());
+        req[4..6].copy_from_slice(&RTM_GETNEIGH.to_ne_bytes());
+        req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+        req[8..12].copy_from_slice(&self.nl_seq.to_ne_bytes());
+        req[16] = libc::AF_INET6 as u8;
+        // SAFETY: `req` is a live buffer of the length passed; the socket is open.
+        let rc = unsafe { libc::send(self.netlink.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.v6_table.clear();
+        loop {
+            // SAFETY: `nl_buf` is a live, writable buffer of the length passed.
+            let n = unsafe {
+                libc::recv(self.netlink.as_raw_fd(), self.nl_buf.as_mut_ptr().cast(), self.nl_buf.len(), 0)
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let buf = &self.nl_buf[..n as usize];
+            let mut off = 0;
+            while off + 16 <= buf.len() {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+                if len < 16 || off + len > buf.len() {
+                    return Ok(());
+                }
+                let msg = &buf[off..off + len];
+                off += (len + 3) & !3;
+                if seq != self.nl_seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE | NLMSG_ERROR => return Ok(()),
+                    RTM_NEWNEIGH if msg.len() >= 28 => {
+                        let family = msg[16];
+                        let ifindex = u32::from_ne_bytes([msg[20], msg[21], msg[22], msg[23]]);
+                        let state = u16::from_ne_bytes([msg[24], msg[25]]);
+                        if i32::from(family) != libc::AF_INET6 || ifindex != self.ifindex || state & NUD_VALID == 0 {
+                            continue;
+                        }
+                        let (mut dst, mut mac) = (None, None);
+                        let mut a = 28;
+                        while a + 4 <= msg.len() {
+                            let alen = usize::from(u16::from_ne_bytes([msg[a], msg[a + 1]]));
+                            let aty = u16::from_ne_bytes([msg[a + 2], msg[a + 3]]);
+                            if alen < 4 || a + alen > msg.len() {
+                                break;
+                            }
+                            let data = &msg[a + 4..a + alen];
+                            match (aty, data.len()) {
+                                (NDA_DST, 16) => dst = <[u8; 16]>::try_from(data).ok().map(Ipv6Addr::from),
+                                (NDA_LLADDR, 6) => mac = <[u8; 6]>::try_from(data).ok(),
+                                _ => {}
+                            }
+                            a += (alen + 3) & !3;
+                        }
+                        if let (Some(dst), Some(mac)) = (dst, mac) {
+                            self.v6_table.insert(dst, mac);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// The address whose MAC a packet to `dst` must carry.
@@ -353,27 +483,33 @@ impl Neighbours {
         }
     }
 
+    fn table_lookup(&self, dst: IpAddr) -> Option<[u8; 6]> {
+        match dst {
+            IpAddr::V4(d) => self.arp_table.get(&self.next_hop(d)).copied(),
+            IpAddr::V6(d) => self.v6_table.get(&d).copied(),
+        }
+    }
+
     /// The next-hop MAC for `dst`, if known.
-    pub fn lookup(&mut self, dst: Ipv4Addr) -> Option<[u8; 6]> {
+    pub fn lookup(&mut self, dst: IpAddr) -> Option<[u8; 6]> {
         let stale = self.read_at.is_none_or(|t| t.elapsed() >= NEIGH_MAX_AGE);
         if stale {
             let _ = self.refresh();
         }
-        let hop = self.next_hop(dst);
-        if let Some(mac) = self.arp_table.get(&hop) {
-            return Some(*mac);
+        if let Some(mac) = self.table_lookup(dst) {
+            return Some(mac);
         }
         if !stale && self.read_at.is_none_or(|t| t.elapsed() >= NEIGH_MISS_REFRESH) {
             let _ = self.refresh();
-            if let Some(mac) = self.arp_table.get(&self.next_hop(dst)) {
-                return Some(*mac);
+            if let Some(mac) = self.table_lookup(dst) {
+                return Some(mac);
             }
         }
         self.learned.get(&dst).copied()
     }
 
     /// Remembers the source MAC of a frame from `src`.
-    fn learn(&mut self, src: Ipv4Addr, mac: [u8; 6]) {
+    fn learn(&mut self, src: IpAddr, mac: [u8; 6]) {
         if self.learned.get(&src) == Some(&mac) {
             return;
         }
@@ -460,6 +596,49 @@ fn write_v4_headers(
     }
     frame[l4 + 6..l4 + 8].copy_from_slice(&check.to_be_bytes());
     ETH_HLEN + usize::from(total)
+}
+
+/// Writes Ethernet + IPv6 + UDP headers for `payload` (already copied to `frame[TX_HEADERS_V6..]`)
+/// into `frame[..TX_HEADERS_V6]`, the UDP checksum computed (mandatory in IPv6). Returns the frame
+/// length.
+fn write_v6_headers(
+    frame: &mut [u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddrV6,
+    dst: SocketAddrV6,
+    payload_len: usize,
+) -> usize {
+    let udp_len = (UDP_HLEN + payload_len) as u16;
+    frame[0..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    frame[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut frame[ETH_HLEN..ETH_HLEN + IPV6_HLEN];
+    ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    ip[6] = 17;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.ip().octets());
+    ip[24..40].copy_from_slice(&dst.ip().octets());
+    let l4 = ETH_HLEN + IPV6_HLEN;
+    {
+        let udp = &mut frame[l4..l4 + UDP_HLEN];
+        udp[0..2].copy_from_slice(&src.port().to_be_bytes());
+        udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        udp[6..8].fill(0);
+    }
+    // Pseudo-header (RFC 8200 §8.1): source, destination, upper-layer length, next header.
+    let mut acc = csum_add(0, &src.ip().octets());
+    acc = csum_add(acc, &dst.ip().octets());
+    acc += 17 + u32::from(udp_len);
+    acc = csum_add(acc, &frame[l4..l4 + usize::from(udp_len)]);
+    let mut check = csum_fold(acc);
+    if check == 0 {
+        check = 0xffff;
+    }
+    frame[l4 + 6..l4 + 8].copy_from_slice(&check.to_be_bytes());
+    l4 + usize::from(udp_len)
 }
 
 /// What receive parsing found in a frame.
@@ -714,7 +893,7 @@ impl XskBackend {
         let iface = Interface::lookup(&name)?;
         let queue = config.xsk_queue;
         let xsk = XskSocket::open(iface.index, queue)?;
-        let neighbours = Neighbours::open(&name)?;
+        let neighbours = Neighbours::open(&name, iface.index)?;
         let slow = MmsgBackend::new(config.clone(), registry)?;
         Ok(Self { config, xsk, slow, iface, queue, ports: HashSet::new(), neighbours, ip_id: 0, counters: IoCounters::default() })
     }
@@ -732,6 +911,11 @@ impl XskBackend {
     /// Whether the XSK runs zero-copy.
     pub fn zerocopy(&self) -> bool {
         self.xsk.zerocopy()
+    }
+
+    /// The next-hop MAC `send_batch` would use for `dst` (diagnostics and tests).
+    pub fn next_hop_mac(&mut self, dst: IpAddr) -> Option<[u8; 6]> {
+        self.neighbours.lookup(dst)
     }
 
     /// The interface the XSK is bound to.
@@ -828,9 +1012,7 @@ impl XskBackend {
             if let Some(frame) = self.xsk.frame_mut(desc.addr, desc.len as usize) {
                 match parse_frame(frame) {
                     Some(p) if self.ports.contains(&p.port) => {
-                        if let SocketAddr::V4(v4) = p.src {
-                            self.neighbours.learn(*v4.ip(), p.src_mac);
-                        }
+                        self.neighbours.learn(p.src.ip(), p.src_mac);
                         f(p.port, p.src, &mut frame[p.payload]);
                         delivered += 1;
                     }
@@ -849,36 +1031,46 @@ impl XskBackend {
         delivered
     }
 
-    /// Sends `pkts`: IPv4 ones as raw frames through the XSK, IPv6 ones through the kernel socket
-    /// of their local port. Returns how many were handed to the kernel.
+    /// Sends `pkts` as raw frames through the XSK (IPv4, IPv6, v4-mapped IPv6 as IPv4). A
+    /// family the interface has no address for goes through the kernel socket of the local port.
+    /// Returns how many were handed to the kernel.
     pub fn send_batch<'a, I>(&mut self, pkts: I) -> usize
     where
         I: IntoIterator<Item = Transmit<'a>>,
     {
-        let src_ip = match self.config.local_ip {
+        let src_v4 = match self.config.local_ip {
             IpAddr::V4(a) if !a.is_unspecified() => Some(a),
             _ => self.iface.ipv4,
         };
-        let mut v6: Vec<Transmit<'a>> = Vec::new();
+        let src_v6 = match self.config.local_ip {
+            IpAddr::V6(a) if !a.is_unspecified() && a.to_ipv4_mapped().is_none() => Some(a),
+            _ => self.iface.ipv6,
+        };
+        let mut kernel: Vec<Transmit<'a>> = Vec::new();
         let mut queued = 0u32;
         let mut sent = 0;
         self.xsk.reclaim();
         for t in pkts {
             let dst = match t.dst {
-                SocketAddr::V4(d) => d,
-                SocketAddr::V6(d) if d.ip().to_ipv4_mapped().is_some() => {
-                    SocketAddrV4::new(d.ip().to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED), d.port())
-                }
-                SocketAddr::V6(_) => {
-                    v6.push(t);
+                SocketAddr::V6(d) => match d.ip().to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, d.port())),
+                    None => t.dst,
+                },
+                v4 => v4,
+            };
+            let (src, headers): (SocketAddr, usize) = match (dst, src_v4, src_v6) {
+                (SocketAddr::V4(_), Some(ip), _) => (SocketAddr::new(ip.into(), t.local_port), TX_HEADERS_V4),
+                (SocketAddr::V6(_), _, Some(ip)) => (SocketAddr::new(ip.into(), t.local_port), TX_HEADERS_V6),
+                _ => {
+                    kernel.push(t);
                     continue;
                 }
             };
-            let (Some(src_ip), Some(dst_mac)) = (src_ip, self.neighbours.lookup(*dst.ip())) else {
+            let Some(dst_mac) = self.neighbours.lookup(dst.ip()) else {
                 self.counters.send_errors += 1;
                 continue;
             };
-            if TX_HEADERS_V4 + t.payload.len() > XSK_FRAME_SIZE {
+            if headers + t.payload.len() > XSK_FRAME_SIZE {
                 self.counters.send_errors += 1;
                 continue;
             }
@@ -896,16 +1088,16 @@ impl XskBackend {
             let (src_mac, id) = (self.iface.mac, self.ip_id);
             self.ip_id = self.ip_id.wrapping_add(1);
             let Some(frame) = self.xsk.frame_mut(addr, XSK_FRAME_SIZE) else { continue };
-            frame[TX_HEADERS_V4..TX_HEADERS_V4 + t.payload.len()].copy_from_slice(t.payload);
-            let len = write_v4_headers(
-                frame,
-                src_mac,
-                dst_mac,
-                SocketAddrV4::new(src_ip, t.local_port),
-                dst,
-                id,
-                t.payload.len(),
-            );
+            frame[headers..headers + t.payload.len()].copy_from_slice(t.payload);
+            let len = match (src, dst) {
+                (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                    write_v4_headers(frame, src_mac, dst_mac, s, d, id, t.payload.len())
+                }
+                (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+                    write_v6_headers(frame, src_mac, dst_mac, s, d, t.payload.len())
+                }
+                _ => unreachable!("source chosen by the destination's family"),
+            };
             let slot = self.xsk.tx.desc_slot(self.xsk.tx.cached_prod.wrapping_add(queued));
             // SAFETY: `free` said this slot past our producer index is ours to write until submit.
             unsafe { slot.write(libc::xdp_desc { addr, len: len as u32, options: 0 }) };
@@ -914,8 +1106,8 @@ impl XskBackend {
         }
         self.flush(&mut queued);
         self.counters.tx_datagrams += sent as u64;
-        if !v6.is_empty() {
-            sent += self.slow.send_batch(v6);
+        if !kernel.is_empty() {
+            sent += self.slow.send_batch(kernel);
         }
         sent
     }
@@ -970,6 +1162,24 @@ mod tests {
         assert_eq!(p.port, 5000);
         assert_eq!(p.src, SocketAddr::V4(src));
         assert_eq!(p.src_mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(&f[p.payload], &payload);
+    }
+
+    #[test]
+    fn v6_headers_and_parse_round_trip() {
+        let mut frame = vec![0u8; XSK_FRAME_SIZE];
+        let payload = [0x80u8, 0x60, 0, 2, 0, 0, 0, 0, 0x22, 0x22, 0x22, 0x22, 1, 2, 3];
+        frame[TX_HEADERS_V6..TX_HEADERS_V6 + payload.len()].copy_from_slice(&payload);
+        let src = SocketAddrV6::new("fd00::2".parse().unwrap(), 20000, 0, 0);
+        let dst = SocketAddrV6::new("fd00::1".parse().unwrap(), 5000, 0, 0);
+        let len = write_v6_headers(&mut frame, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst, payload.len());
+        assert_eq!(len, TX_HEADERS_V6 + payload.len());
+        let f = &frame[..len];
+        let mut acc = csum_add(0, &f[22..54]);
+        acc += 17 + (len - 54) as u32;
+        assert_eq!(csum_fold(csum_add(acc, &f[54..])), 0);
+        let p = parse_frame(f).unwrap();
+        assert_eq!((p.port, p.src), (5000, SocketAddr::V6(src)));
         assert_eq!(&f[p.payload], &payload);
     }
 
