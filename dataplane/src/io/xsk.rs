@@ -63,6 +63,9 @@ const NEIGH_MAX_AGE: Duration = Duration::from_secs(1);
 const LEARNED_MAX: usize = 4096;
 /// Most `sendto` kicks per `send_batch` (copy mode transmits at most 32 frames per kick).
 const MAX_KICKS: usize = 256;
+/// While the XSK delivers, the kernel sockets (STUN, DTLS: the slow path) are looked at on every
+/// this many `recv_batch` calls only, saving an `epoll_wait` per batch; always when the XSK is idle.
+const SLOW_PATH_EVERY: u32 = 8;
 
 fn os_err(op: &'static str) -> impl FnOnce(io::Error) -> IoError {
     move |source| IoError::Os { op, source }
@@ -879,6 +882,7 @@ pub struct XskBackend {
     ports: HashSet<u16>,
     neighbours: Neighbours,
     ip_id: u16,
+    slow_turn: u32,
     counters: IoCounters,
 }
 
@@ -895,7 +899,7 @@ impl XskBackend {
         let xsk = XskSocket::open(iface.index, queue)?;
         let neighbours = Neighbours::open(&name, iface.index)?;
         let slow = MmsgBackend::new(config.clone(), registry)?;
-        Ok(Self { config, xsk, slow, iface, queue, ports: HashSet::new(), neighbours, ip_id: 0, counters: IoCounters::default() })
+        Ok(Self { config, xsk, slow, iface, queue, ports: HashSet::new(), neighbours, ip_id: 0, slow_turn: 0, counters: IoCounters::default() })
     }
 
     /// The socket to register in the XDP stage's XSKMAP (`XdpStage::set_xsk`).
@@ -962,7 +966,8 @@ impl XskBackend {
         &self.counters
     }
 
-    /// Delivers up to `rx_batch` datagrams from the XSK, then from the kernel sockets, to
+    /// Delivers up to `rx_batch` datagrams from the XSK, then from the kernel sockets (every
+    /// `SLOW_PATH_EVERY`-th call while the XSK delivers, every call when it is idle), to
     /// `f(local_port, src, payload)`; waits up to `timeout` for either if none is ready.
     pub fn recv_batch<F>(&mut self, timeout: Option<Duration>, mut f: F) -> Result<usize, IoError>
     where
@@ -970,7 +975,8 @@ impl XskBackend {
     {
         let max = self.config.rx_batch.max(1);
         let mut n = self.recv_xsk(max, &mut f);
-        if n < max {
+        self.slow_turn = self.slow_turn.wrapping_add(1);
+        if n == 0 || (n < max && self.slow_turn % SLOW_PATH_EVERY == 0) {
             n += self.slow.recv_batch(Some(Duration::ZERO), &mut f)?;
         }
         if n > 0 || timeout == Some(Duration::ZERO) {
