@@ -36,7 +36,7 @@ struct Topology {
     stage: XdpStage,
     client: UdpSocket,
     veth: Veth,
-    _server_ns: NetNs,
+    server_ns: NetNs,
     client_ns: NetNs,
 }
 
@@ -82,7 +82,7 @@ fn topology(tag: &str, xsk: bool) -> Topology {
     }
     let client = client_ns.enter(|| UdpSocket::bind(client_addr)).expect("bind client");
     client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    Topology { backend, stage, client, veth, _server_ns: server_ns, client_ns }
+    Topology { backend, stage, client, veth, server_ns, client_ns }
 }
 
 /// Receives until `want` datagrams arrived or 10 s passed; (port, src, payload) in arrival order.
@@ -195,6 +195,19 @@ fn media_arrives_through_the_xsk_and_replies_leave_through_it() {
     let after = t.stage.verdict_counts().unwrap();
     assert_eq!(after.get(V::PassMedia) - before.get(V::PassMedia), 10);
     assert_eq!(after.get(V::RedirectXsk) - before.get(V::RedirectXsk), 0);
+
+    // Next hops. A destination behind a gateway gets the gateway's MAC (route table); with the
+    // kernel's entry gone, the MAC learned from received frames is used for the client itself,
+    // and nothing is known for the off-link address. (Tables are re-read once a snapshot is 1 s
+    // old, hence the sleeps.)
+    let Backend::Xsk(x) = &mut t.backend else { unreachable!() };
+    t.server_ns.ip(&["route", "add", "192.0.2.0/24", "via", "10.78.0.1"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(x.next_hop_mac("192.0.2.5".parse().unwrap()), Some(t.veth.mac_a), "via the gateway");
+    t.server_ns.ip(&["neigh", "del", "10.78.0.1", "dev", &t.veth.b]);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(x.next_hop_mac(client_addr.ip()), Some(t.veth.mac_a), "learned from received frames");
+    assert_eq!(x.next_hop_mac("192.0.2.5".parse().unwrap()), None, "gateway unresolved");
 }
 
 /// IPv6: media from a v6 leg through the XSK, replies built with IPv6 headers (next hop from the
