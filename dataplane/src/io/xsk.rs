@@ -976,7 +976,7 @@ impl XskBackend {
         let max = self.config.rx_batch.max(1);
         let mut n = self.recv_xsk(max, &mut f);
         self.slow_turn = self.slow_turn.wrapping_add(1);
-        if n == 0 || (n < max && self.slow_turn % SLOW_PATH_EVERY == 0) {
+        if n == 0 || (n < max && self.slow_turn.is_multiple_of(SLOW_PATH_EVERY)) {
             n += self.slow.recv_batch(Some(Duration::ZERO), &mut f)?;
         }
         if n > 0 || timeout == Some(Duration::ZERO) {
