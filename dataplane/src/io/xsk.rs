@@ -845,7 +845,7 @@ impl XskSocket {
     }
 
     /// Tells the kernel to transmit what the TX ring holds (copy mode: does the transmitting, at
-    /// most 32 frames per call). Returns false on a hard error.
+    /// most 32 frames per call, `EAGAIN` when more are left).
     fn kick(&self) -> Result<(), io::Error> {
         // SAFETY: a zero-length sendto with no buffer or address: only wakes the socket's TX path.
         let rc = unsafe {
