@@ -15,7 +15,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     ops::RangeInclusive,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -23,7 +23,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, XskMap},
     programs::{
         TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -425,28 +425,66 @@ impl XdpStage {
         FdLink::try_from(link).map_err(|e| link_err("convert to an fd link", Box::new(e)))
     }
 
-    /// Sets the media port range (inclusive); UDP to other ports is never looked at.
-    pub fn set_port_range(&mut self, range: RangeInclusive<u16>) -> Result<()> {
+    fn config(&self) -> Result<PortRange> {
+        const M: &str = sluice_common::CONFIG_MAP;
+        let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
+        let map: Array<&MapData, PortRange> = Array::try_from(map).map_err(map_err("open", M))?;
+        map.get(&0, 0).map_err(map_err("read config", M))
+    }
+
+    fn set_config(&mut self, config: PortRange, op: &'static str) -> Result<()> {
         const M: &str = sluice_common::CONFIG_MAP;
         let mut map: Array<&mut MapData, PortRange> = self.map_mut(M)?;
-        map.set(
-            0,
+        map.set(0, config, 0).map_err(map_err(op, M))
+    }
+
+    /// Sets the media port range (inclusive); UDP to other ports is never looked at. The mode
+    /// ([`XdpStage::set_af_xdp`]) is kept.
+    pub fn set_port_range(&mut self, range: RangeInclusive<u16>) -> Result<()> {
+        let flags = self.config()?.flags;
+        self.set_config(
             PortRange {
                 lo: *range.start(),
                 hi: *range.end(),
+                flags,
             },
-            0,
+            "set port range",
         )
-        .map_err(map_err("set port range", M))
     }
 
     /// Turns the stage off without detaching it: every packet passes untouched
-    /// (`pass_outside_range`), relays included.
+    /// (`pass_outside_range`), relays included. The mode is kept.
     pub fn clear_port_range(&mut self) -> Result<()> {
-        const M: &str = sluice_common::CONFIG_MAP;
-        let mut map: Array<&mut MapData, PortRange> = self.map_mut(M)?;
-        map.set(0, PortRange { lo: 1, hi: 0 }, 0)
-            .map_err(map_err("clear port range", M))
+        let flags = self.config()?.flags;
+        self.set_config(PortRange { lo: 1, hi: 0, flags }, "clear port range")
+    }
+
+    /// AF_XDP mode on or off: when on, known media is redirected to the AF_XDP socket bound on
+    /// the receiving queue ([`XdpStage::set_xsk`]), or passes if that queue has none.
+    pub fn set_af_xdp(&mut self, on: bool) -> Result<()> {
+        let mut config = self.config()?;
+        if on {
+            config.flags |= sluice_common::CONFIG_AF_XDP;
+        } else {
+            config.flags &= !sluice_common::CONFIG_AF_XDP;
+        }
+        self.set_config(config, "set AF_XDP mode")
+    }
+
+    /// Registers the AF_XDP socket `xsk` (bound to `queue` of the interface the program is
+    /// attached to) as the redirect target for media arriving on that queue.
+    pub fn set_xsk(&mut self, queue: u32, xsk: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        const M: &str = sluice_common::XSKS_MAP;
+        let mut map: XskMap<&mut MapData> = self.map_mut(M)?;
+        map.set(queue, xsk.as_raw_fd(), 0)
+            .map_err(map_err("set xsk", M))
+    }
+
+    /// Withdraws the AF_XDP socket of `queue` (its media passes to the kernel again).
+    pub fn unset_xsk(&mut self, queue: u32) -> Result<()> {
+        const M: &str = sluice_common::XSKS_MAP;
+        let mut map: XskMap<&mut MapData> = self.map_mut(M)?;
+        map.unset(queue).map_err(map_err("unset xsk", M))
     }
 
     /// Lets RTP/RTCP from `remote` to `local_port` through the shield as leg `leg` owned by

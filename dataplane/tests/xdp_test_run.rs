@@ -802,6 +802,48 @@ fn removing_entries_closes_the_shield_again() {
     );
 }
 
+/// AF_XDP mode with no socket in the XSKMAP (test-run frames arrive on queue 0, which has none):
+/// known media falls back to XDP_PASS and counts `pass_media`, never `redirect_xsk`; everything
+/// else is unaffected by the mode; switching the mode off and changing the port range keep each
+/// other.
+#[test]
+fn af_xdp_mode_without_a_socket_passes_known_media() {
+    let mut stage = stage();
+    stage.set_af_xdp(true).unwrap();
+    let run = |frame: &[u8], stage: &mut XdpStage| {
+        let before = stage.verdict_counts().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = stage.test_run(frame, &mut out, 1).unwrap();
+        assert_eq!(&out[..r.len], frame, "frame untouched");
+        let after = stage.verdict_counts().unwrap();
+        let moved: Vec<_> = V::ALL
+            .iter()
+            .filter(|v| after.get(**v) != before.get(**v))
+            .copied()
+            .collect();
+        (r.action, moved)
+    };
+    let rtp4 = v4((PEER4, 5000), PORT, rtp(SSRC1, 1)).build();
+    let rtcp4 = v4((PEER4, 5000), PORT, rtcp(SSRC1)).build();
+    let rtp6 = v6((PEER6, 5000), PORT6, rtp(SSRC2, 1)).build();
+    for frame in [&rtp4, &rtcp4, &rtp6] {
+        assert_eq!(run(frame, &mut stage), (XDP_PASS, vec![V::PassMedia]));
+    }
+    let unknown = v4((PEER4, 5000), PORT, rtp(0xdead, 1)).build();
+    assert_eq!(run(&unknown, &mut stage), (XDP_DROP, vec![V::DropUnknownSsrc]));
+    let stun4 = v4((PEER4, 5000), PORT, stun()).build();
+    assert_eq!(run(&stun4, &mut stage), (XDP_PASS, vec![V::PassStun]));
+
+    // The port range and the mode are independent fields of one config entry.
+    stage.set_port_range(20000..=20000).unwrap();
+    assert_eq!(run(&rtp6, &mut stage), (XDP_PASS, vec![V::PassOutsideRange]));
+    assert_eq!(run(&rtp4, &mut stage), (XDP_PASS, vec![V::PassMedia]));
+    stage.set_af_xdp(false).unwrap();
+    stage.set_port_range(20000..=20099).unwrap();
+    assert_eq!(run(&rtp6, &mut stage), (XDP_PASS, vec![V::PassMedia]));
+    assert_eq!(stage.verdict_counts().unwrap().get(V::RedirectXsk), 0);
+}
+
 /// Not a test: the per-packet cost of the shield, for the notes. `cargo test -- --ignored
 /// --nocapture shield_cost`.
 #[test]

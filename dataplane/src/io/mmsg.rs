@@ -180,6 +180,14 @@ impl MmsgBackend {
         &self.counters
     }
 
+    /// The epoll descriptor: readable when a registered socket has a new readiness edge (the
+    /// AF_XDP backend waits on it next to its XSK). Datagrams still queued from an earlier edge
+    /// are not signalled: drain with a zero-timeout [`MmsgBackend::recv_batch`] first.
+    pub(crate) fn epoll_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        self.poll.as_raw_fd()
+    }
+
     /// Whether GSO is still on (it goes off for good once the kernel refused it).
     pub fn gso_enabled(&self) -> bool {
         self.gso

@@ -35,8 +35,10 @@ pub mod mmsg;
 pub mod plan;
 mod sys;
 pub mod uring;
+pub mod xsk;
 
 pub use mmsg::MmsgBackend;
+pub use xsk::XskBackend;
 pub use sys::LegSocket;
 pub use uring::{UringBackend, UringUnavailable};
 
@@ -90,6 +92,10 @@ pub struct IoConfig {
     pub uring_rx_buffers: u16,
     /// io_uring: submission queue entries.
     pub uring_sq_entries: u32,
+    /// AF_XDP: the interface the worker's XSK binds to (required by [`BackendKind::Xsk`]).
+    pub xsk_interface: Option<String>,
+    /// AF_XDP: the RX queue of that interface the XSK binds to.
+    pub xsk_queue: u32,
 }
 
 impl Default for IoConfig {
@@ -103,6 +109,8 @@ impl Default for IoConfig {
             socket_buffer_bytes: None,
             uring_rx_buffers: 1024,
             uring_sq_entries: 1024,
+            xsk_interface: None,
+            xsk_queue: 0,
         }
     }
 }
@@ -167,7 +175,7 @@ pub enum IoError {
     #[error("io_uring unavailable: {0}")]
     UringUnavailable(#[from] UringUnavailable),
     /// The configuration string names no backend.
-    #[error("unknown I/O backend {0:?} (expected \"uring\" or \"mmsg\")")]
+    #[error("unknown I/O backend {0:?} (expected \"uring\", \"mmsg\" or \"xsk\")")]
     UnknownBackend(String),
 }
 
@@ -269,6 +277,8 @@ pub enum BackendKind {
     Uring,
     /// recvmmsg/sendmmsg on mio readiness.
     Mmsg,
+    /// AF_XDP socket for the media the XDP stage redirects, kernel sockets for the rest.
+    Xsk,
 }
 
 impl BackendKind {
@@ -277,6 +287,7 @@ impl BackendKind {
         match self {
             Self::Uring => "uring",
             Self::Mmsg => "mmsg",
+            Self::Xsk => "xsk",
         }
     }
 }
@@ -293,6 +304,7 @@ impl FromStr for BackendKind {
         match s {
             "uring" | "io_uring" => Ok(Self::Uring),
             "mmsg" => Ok(Self::Mmsg),
+            "xsk" | "af_xdp" => Ok(Self::Xsk),
             other => Err(IoError::UnknownBackend(other.to_owned())),
         }
     }
@@ -306,6 +318,8 @@ pub enum Backend {
     Uring(UringBackend),
     /// See [`MmsgBackend`].
     Mmsg(MmsgBackend),
+    /// See [`XskBackend`].
+    Xsk(XskBackend),
 }
 
 impl Backend {
@@ -315,6 +329,7 @@ impl Backend {
         Ok(match kind {
             BackendKind::Uring => Self::Uring(UringBackend::new(config, registry)?),
             BackendKind::Mmsg => Self::Mmsg(MmsgBackend::new(config, registry)?),
+            BackendKind::Xsk => Self::Xsk(XskBackend::new(config, registry)?),
         })
     }
 
@@ -339,6 +354,7 @@ impl Backend {
         match self {
             Self::Uring(_) => BackendKind::Uring,
             Self::Mmsg(_) => BackendKind::Mmsg,
+            Self::Xsk(_) => BackendKind::Xsk,
         }
     }
 
@@ -347,6 +363,7 @@ impl Backend {
         match self {
             Self::Uring(b) => b.add_port(port),
             Self::Mmsg(b) => b.add_port(port),
+            Self::Xsk(b) => b.add_port(port),
         }
     }
 
@@ -355,6 +372,7 @@ impl Backend {
         match self {
             Self::Uring(b) => b.remove_port(port),
             Self::Mmsg(b) => b.remove_port(port),
+            Self::Xsk(b) => b.remove_port(port),
         }
     }
 
@@ -368,6 +386,7 @@ impl Backend {
         match self {
             Self::Uring(b) => b.recv_batch(timeout, f),
             Self::Mmsg(b) => b.recv_batch(timeout, f),
+            Self::Xsk(b) => b.recv_batch(timeout, f),
         }
     }
 
@@ -380,6 +399,7 @@ impl Backend {
         match self {
             Self::Uring(b) => b.send_batch(pkts),
             Self::Mmsg(b) => b.send_batch(pkts),
+            Self::Xsk(b) => b.send_batch(pkts),
         }
     }
 
@@ -388,6 +408,7 @@ impl Backend {
         match self {
             Self::Uring(b) => *b.counters(),
             Self::Mmsg(b) => *b.counters(),
+            Self::Xsk(b) => b.counters(),
         }
     }
 
@@ -396,6 +417,7 @@ impl Backend {
         match self {
             Self::Uring(b) => b.ports(),
             Self::Mmsg(b) => b.ports(),
+            Self::Xsk(b) => b.ports(),
         }
     }
 }

@@ -24,7 +24,8 @@ pub enum XdpVerdict {
     PassDtls = 3,
     /// RTP/RTCP from a known leg (and, for RTP, an announced SSRC): passed to the worker's socket.
     PassMedia = 4,
-    /// Reserved for the AF_XDP backend: known media redirected to the worker's XSK.
+    /// AF_XDP mode ([`CONFIG_AF_XDP`]): known media redirected to the XSK bound on the receiving
+    /// queue ([`XSKS_MAP`]). With no socket on that queue the packet passes (`PassMedia`).
     RedirectXsk = 5,
     /// A header was shorter than it claimed (Ethernet, VLAN, IP, UDP, RTP or RTCP); dropped.
     DropMalformed = 6,
@@ -84,9 +85,9 @@ impl XdpVerdict {
     }
 }
 
-/// The media port range, entry 0 of [`CONFIG_MAP`]. UDP to a local port outside `lo..=hi` is
-/// never looked at; `lo > hi` disables the stage (the all-zero initial value covers port 0 only,
-/// which no socket binds).
+/// The stage configuration, entry 0 of [`CONFIG_MAP`]: the media port range and mode flags. UDP
+/// to a local port outside `lo..=hi` is never looked at; `lo > hi` disables the stage (the
+/// all-zero initial value covers port 0 only, which no socket binds).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRange {
@@ -94,7 +95,13 @@ pub struct PortRange {
     pub lo: u16,
     /// Highest media port, inclusive.
     pub hi: u16,
+    /// Mode bits: [`CONFIG_AF_XDP`].
+    pub flags: u32,
 }
+
+/// [`PortRange::flags`] bit: redirect known media to the AF_XDP socket of the receiving queue
+/// (through [`XSKS_MAP`]) instead of passing it to the kernel's UDP stack.
+pub const CONFIG_AF_XDP: u32 = 1;
 
 /// A transport as the XDP stage sees it: our local UDP port and the remote address. The key of
 /// [`LEGS_MAP`] and [`RELAYS_MAP`].
@@ -165,7 +172,7 @@ pub struct RelayTarget {
 pub const RELAY_SAME_INTERFACE: u32 = 0;
 
 const _: () = {
-    assert!(core::mem::size_of::<PortRange>() == 4);
+    assert!(core::mem::size_of::<PortRange>() == 8);
     assert!(core::mem::size_of::<FlowKey>() == 20);
     assert!(core::mem::align_of::<FlowKey>() == 2);
     assert!(core::mem::size_of::<LegValue>() == 8);
@@ -207,16 +214,20 @@ pub const SSRCS_MAP: &str = "SLUICE_SSRCS";
 pub const RELAYS_MAP: &str = "SLUICE_RELAYS";
 /// The name of the devmap-hash relays redirect through (ifindex → ifindex).
 pub const TX_PORTS_MAP: &str = "SLUICE_TX_PORTS";
+/// The name of the XSKMAP (RX queue index → AF_XDP socket) known media is redirected through in
+/// AF_XDP mode.
+pub const XSKS_MAP: &str = "SLUICE_XSKS";
 /// The name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
 /// Every map, for pin bookkeeping.
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 7] = [
     VERDICTS_MAP,
     CONFIG_MAP,
     LEGS_MAP,
     SSRCS_MAP,
     RELAYS_MAP,
     TX_PORTS_MAP,
+    XSKS_MAP,
 ];
 
 /// Capacity of [`LEGS_MAP`].
@@ -227,3 +238,5 @@ pub const MAX_SSRCS: u32 = 262_144;
 pub const MAX_RELAYS: u32 = 65_536;
 /// Capacity of [`TX_PORTS_MAP`].
 pub const MAX_TX_PORTS: u32 = 64;
+/// Capacity of [`XSKS_MAP`]: the highest RX queue index an AF_XDP socket can serve, plus one.
+pub const MAX_XSK_QUEUES: u32 = 64;

@@ -8,7 +8,8 @@
 //!             0..=3 STUN, 20..=63 DTLS  → XDP_PASS (slow path: ICE, DTLS-SRTP)
 //!             128..=191 RTP/RTCP        → source in SLUICE_LEGS? else drop unknown_source
 //!                                         RTP: (port, SSRC) in SLUICE_SSRCS? else drop unknown_ssrc
-//!                                         → steer_media (XDP_PASS today, AF_XDP later)
+//!                                         → steer_media: AF_XDP mode and an XSK on the RX
+//!                                           queue → XDP_REDIRECT, else XDP_PASS
 //!             anything else             → drop not_rtc
 //! ```
 //!
@@ -24,12 +25,12 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use sluice_common::{
-    FlowKey, LegValue, MAX_LEGS, MAX_RELAYS, MAX_SSRCS, MAX_TX_PORTS, PortRange,
-    RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict,
+    CONFIG_AF_XDP, FlowKey, LegValue, MAX_LEGS, MAX_RELAYS, MAX_SSRCS, MAX_TX_PORTS,
+    MAX_XSK_QUEUES, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict,
 };
 
 #[map(name = "SLUICE_VERDICTS")]
@@ -49,6 +50,9 @@ static SLUICE_RELAYS: HashMap<FlowKey, RelayTarget> = HashMap::pinned(MAX_RELAYS
 
 #[map(name = "SLUICE_TX_PORTS")]
 static SLUICE_TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
+
+#[map(name = "SLUICE_XSKS")]
+static SLUICE_XSKS: XskMap = XskMap::pinned(MAX_XSK_QUEUES, 0);
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -179,7 +183,7 @@ fn try_sluice_xdp(ctx: &XdpContext) -> Result<u32, u32> {
     match head[0] {
         0..=3 => Ok(verdict(XdpVerdict::PassStun, xdp_action::XDP_PASS)),
         20..=63 => Ok(verdict(XdpVerdict::PassDtls, xdp_action::XDP_PASS)),
-        128..=191 => rtp_or_rtcp(ctx, &udp, payload, head[1]),
+        128..=191 => rtp_or_rtcp(ctx, &udp, &range, payload, head[1]),
         _ => Err(verdict(XdpVerdict::DropNotRtc, xdp_action::XDP_DROP)),
     }
 }
@@ -260,7 +264,13 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
 /// the second byte where RTP has marker + payload type. RTP's SSRC is at 8 (RFC 3550 §5.1),
 /// RTCP's sender SSRC at 4 (checked by source only).
 #[inline(always)]
-fn rtp_or_rtcp(ctx: &XdpContext, udp: &Udp, payload: usize, second: u8) -> Result<u32, u32> {
+fn rtp_or_rtcp(
+    ctx: &XdpContext,
+    udp: &Udp,
+    range: &PortRange,
+    payload: usize,
+    second: u8,
+) -> Result<u32, u32> {
     let is_rtcp = (192..=223).contains(&second);
     if udp.payload_len < if is_rtcp { RTCP_MIN_LEN } else { RTP_MIN_LEN } {
         return Err(malformed());
@@ -291,14 +301,23 @@ fn rtp_or_rtcp(ctx: &XdpContext, udp: &Udp, payload: usize, second: u8) -> Resul
             return Err(verdict(XdpVerdict::DropUnknownSsrc, xdp_action::XDP_DROP));
         }
     }
-    Ok(steer_media(ctx, &leg))
+    Ok(steer_media(ctx, range, &leg))
 }
 
-/// Known media goes to its worker. Today: XDP_PASS to the worker's UDP socket. The AF_XDP backend
-/// replaces this with an XSKMAP redirect keyed by `leg.worker`'s queue, counted
-/// `XdpVerdict::RedirectXsk`, falling back to XDP_PASS when no socket is bound.
+/// Known media goes to its worker. Socket mode: XDP_PASS to the worker's UDP socket. AF_XDP mode
+/// ([`CONFIG_AF_XDP`]): XDP_REDIRECT to the XSK bound on the queue the packet arrived on (the
+/// kernel only accepts a redirect to the socket of the receiving queue, so the XSKMAP is keyed by
+/// RX queue and `leg.worker` is not the key: queue-to-worker affinity is set up outside, by RSS
+/// or one queue per worker), counted `redirect_xsk`; no socket on that queue → XDP_PASS,
+/// counted `pass_media`.
 #[inline(always)]
-fn steer_media(_ctx: &XdpContext, _leg: &LegValue) -> u32 {
+fn steer_media(ctx: &XdpContext, config: &PortRange, _leg: &LegValue) -> u32 {
+    if config.flags & CONFIG_AF_XDP != 0 {
+        let queue = ctx.rx_queue_index();
+        if let Ok(action) = SLUICE_XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
+            return verdict(XdpVerdict::RedirectXsk, action);
+        }
+    }
     verdict(XdpVerdict::PassMedia, xdp_action::XDP_PASS)
 }
 
