@@ -182,6 +182,10 @@ fn demo_live(a: &DemoArgs) -> anyhow::Result<()> {
     if s.verify_failures > 0 {
         bail!("{} packets did not authenticate at their subscriber", s.verify_failures);
     }
+    if s.interrupted {
+        // The conventional status of a run ended by a signal (128 + SIGINT).
+        std::process::exit(130);
+    }
     if s.received == 0 {
         bail!("no participant received anything");
     }
