@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo run --locked --release -q -p sluice-bench -- demo "$@"
+# The demo starts sluice-dataplane and sluice-controlplane from its own directory: build all three.
+cargo build --locked --release -q -p sluice-bench -p sluice-dataplane -p sluice-controlplane
+exec "${CARGO_TARGET_DIR:-target}/release/sluice-bench" demo "$@"

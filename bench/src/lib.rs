@@ -3,4 +3,5 @@
 #![deny(missing_docs)]
 
 pub mod forward;
+pub mod live;
 pub mod meeting;

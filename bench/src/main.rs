@@ -1,9 +1,14 @@
 //! `sluice-bench`: Sluice's demo and (growing) capacity benchmark.
 //!
-//! `demo` runs simulated meetings through Sluice's forwarding core in real time: every
-//! participant publishes SRTP audio and three-layer simulcast video with its own keys, the core
-//! decrypts, rewrites and re-encrypts per subscriber, and every participant decrypts what it
-//! receives with its own keys. Live numbers once a second; a summary at the end.
+//! `demo` runs the whole system on loopback: it starts the real `sluice-dataplane` and
+//! `sluice-controlplane` (found next to this executable), programs simulated meetings through the
+//! control plane's gRPC API, and every participant sends real-time SRTP audio and three-layer
+//! simulcast video with its own keys from its own UDP socket; the dataplane decrypts, rewrites and
+//! re-encrypts per subscriber, and every participant decrypts what it receives with its own keys.
+//! Live numbers once a second; a summary at the end (non-zero exit if anything failed to verify).
+//!
+//! `demo --in-process` runs the same meetings through the sans-IO forwarding core inside this
+//! process, with no sockets and no daemons.
 
 use sluice_bench::meeting;
 
@@ -28,7 +33,9 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run meetings through the forwarding core in real time and show live numbers.
+    /// The whole system on loopback, with live numbers: starts sluice-dataplane and
+    /// sluice-controlplane, programs meetings over gRPC, and runs participants sending and
+    /// verifying real-time SRTP over UDP (or, with --in-process, the forwarding core alone).
     Demo(DemoArgs),
     /// Packets out per second through the real dataplane daemon, per I/O backend and fan-out,
     /// beside a one-datagram-per-syscall loop, and latency at half load.
@@ -78,14 +85,18 @@ impl From<ProfileArg> for Profile {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Needs sluice-dataplane and sluice-controlplane next to this executable \
+(cargo build --release -p sluice-bench -p sluice-dataplane -p sluice-controlplane); both are \
+started as children in a scratch directory and stopped on exit, error or Ctrl-C. Exits non-zero if \
+any packet failed to verify at its participant.")]
 struct DemoArgs {
-    /// Number of meetings.
-    #[arg(long, default_value_t = 20)]
+    /// Number of meetings (one control-plane session each).
+    #[arg(long, default_value_t = 4)]
     meetings: u32,
-    /// Participants per meeting.
-    #[arg(long, default_value_t = 5)]
+    /// Participants per meeting; each one receives every other's audio and video.
+    #[arg(long, default_value_t = 4)]
     size: u32,
-    /// How long to run, in seconds.
+    /// How long to send media, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// SRTP profile of every leg.
@@ -94,11 +105,32 @@ struct DemoArgs {
     /// How many other participants each one watches in HD (the rest at the lowest layer).
     #[arg(long, default_value_t = 1)]
     hd_views: u32,
+    /// Dataplane worker threads (each pinned to a core).
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Local UDP ports the control plane allocates to legs, FIRST-LAST (keep it below the
+    /// ephemeral range, where the participants' sockets get theirs).
+    #[arg(long, default_value = "26000-26999", value_parser = parse_range)]
+    ports: (u16, u16),
+    /// Run the meetings through the forwarding core inside this process instead (no daemons,
+    /// no sockets, no gRPC).
+    #[arg(long)]
+    in_process: bool,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected FIRST-LAST")?;
+    let r: (u16, u16) = (a.trim().parse().map_err(|e| format!("{a}: {e}"))?, b.trim().parse().map_err(|e| format!("{b}: {e}"))?);
+    if r.0 == 0 || r.0 > r.1 {
+        return Err(format!("{s}: not a range of non-zero ports"));
+    }
+    Ok(r)
 }
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Demo(a) => demo(&a),
+        Command::Demo(a) if a.in_process => demo(&a),
+        Command::Demo(a) => demo_live(&a),
         Command::Forward(a) => {
             let (samples, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, a.profile.into(), a.seconds)?;
             if let Some(path) = a.json {
@@ -110,13 +142,59 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn demo(a: &DemoArgs) -> anyhow::Result<()> {
+fn check_size(a: &DemoArgs) -> anyhow::Result<()> {
     if a.size < 2 || a.size > 60 {
         bail!("--size must be 2..=60 (got {})", a.size);
     }
     if a.meetings == 0 || a.meetings > 200 {
         bail!("--meetings must be 1..=200 (got {})", a.meetings);
     }
+    Ok(())
+}
+
+/// The whole system: daemons, gRPC, UDP participants (`sluice_bench::live`).
+fn demo_live(a: &DemoArgs) -> anyhow::Result<()> {
+    check_size(a)?;
+    if a.workers == 0 || a.workers > 64 {
+        bail!("--workers must be 1..=64 (got {})", a.workers);
+    }
+    let legs = u64::from(a.meetings) * u64::from(a.size);
+    if legs > u64::from(a.ports.1 - a.ports.0) + 1 {
+        bail!("--ports {}-{} has room for {} legs, not {legs}", a.ports.0, a.ports.1, a.ports.1 - a.ports.0 + 1);
+    }
+    // Ctrl-C and SIGTERM end the run (the children are stopped on the way out); a second one
+    // exits at once (the children then get SIGTERM from their parent-death signal).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone()).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let opts = sluice_bench::live::Options {
+        meetings: a.meetings,
+        size: a.size,
+        seconds: a.seconds,
+        profile: a.profile.into(),
+        hd_views: a.hd_views,
+        workers: a.workers,
+        port_range: a.ports,
+    };
+    let s = sluice_bench::live::run(&opts, &stop)?;
+    if s.verify_failures > 0 {
+        bail!("{} packets did not authenticate at their subscriber", s.verify_failures);
+    }
+    if s.interrupted {
+        // The conventional status of a run ended by a signal (128 + SIGINT).
+        std::process::exit(130);
+    }
+    if s.received == 0 {
+        bail!("no participant received anything");
+    }
+    Ok(())
+}
+
+/// The forwarding core alone, in this process.
+fn demo(a: &DemoArgs) -> anyhow::Result<()> {
+    check_size(a)?;
     let profile: Profile = a.profile.into();
     let mut core = Core::new(CoreConfig::default());
     let mut people = Vec::new();
@@ -129,7 +207,7 @@ fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     core.apply(Delta { generation: Generation(1), replace_all: false, ops }).context("programming the meetings")?;
     let (legs, tracks, subs) = core.tables().counts();
     println!(
-        "sluice demo: {} meetings x {} participants, {:?}: {legs} legs, {tracks} tracks, {subs} subscriptions",
+        "sluice demo (in process, no sockets): {} meetings x {} participants, {:?}: {legs} legs, {tracks} tracks, {subs} subscriptions",
         a.meetings, a.size, profile
     );
     println!("every participant publishes Opus-sized audio + 3-layer simulcast video (SRTP, own keys) and verifies what it receives\n");
