@@ -14,6 +14,7 @@ pub mod compile;
 pub mod config;
 pub mod engine;
 pub mod journal;
+pub mod lb;
 pub mod state;
 
 /// Generated protobuf/gRPC types (`proto/sluice/v1`).

@@ -89,11 +89,17 @@ fn start_controlplane(dir: &Path, dp_sock: &Path, run: u32) -> (Daemon, SocketAd
 /// Starts the control plane on an ephemeral gRPC port (so parallel tests never share one) and
 /// reads the address it bound from its log.
 fn start_controlplane_with(dir: &Path, dp_sock: &Path, run: u32, ports: (u16, u16)) -> (Daemon, SocketAddr) {
+    start_controlplane_cfg(dir, dp_sock, run, ports, "plaintext = true\n")
+}
+
+/// Like [`start_controlplane_with`], with `extra` appended to the `[controlplane]` table (it may
+/// open sub-tables such as `[controlplane.tls]`).
+pub fn start_controlplane_cfg(dir: &Path, dp_sock: &Path, run: u32, ports: (u16, u16), extra: &str) -> (Daemon, SocketAddr) {
     let cfg = dir.join("controlplane.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n{extra}",
             dp_sock.display(),
             dir.join("state").display(),
             ports.0,
@@ -590,4 +596,78 @@ fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
 /// A one-item request stream.
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
     tonic::codegen::tokio_stream::iter([item])
+}
+
+fn session_req(session: &str) -> pb::ChangeSet {
+    let (ops, _) = meeting::build(9, 3, Profile::AeadAes128Gcm, 1);
+    pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes: changes(&ops) }
+}
+
+fn redis_conn(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Load-balancer state in a real `redis-server`: the control plane starts while Redis is down
+/// (and serves), publishes its heartbeat with a TTL once Redis is up, refuses sessions placed on
+/// another node and new sessions while Redis' drain flag is set, reports the drained node, and
+/// its key expires after the control plane is killed.
+#[test]
+fn load_balancer_state_in_redis() {
+    const PORTS3: (u16, u16) = (19_200, 19_215);
+    let dir = TempDir::new("cp-redis");
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let port = sluice_tests::free_tcp_port();
+    let extra = format!("plaintext = true\nredis_url = \"redis://127.0.0.1:{port}/\"\nnode_id = \"node-a\"\nheartbeat_ms = 200\n");
+    let (mut cp, addr) = start_controlplane_cfg(dir.path(), &dp_sock, 1, PORTS3, &extra);
+    let mut grpc = Grpc::connect(addr);
+    // Redis is not there yet: the node still works on its own.
+    grpc.apply(session_req("early")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert!(!grpc.status().draining);
+
+    let _redis = sluice_tests::start_redis(port, &dir.path().join("redis.log"));
+    let mut r = redis_conn(port);
+    let key = "sluice:node:node-a";
+    wait_until("the heartbeat", Duration::from_secs(10), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 1);
+    let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut r).unwrap();
+    assert!(ttl > 0 && ttl <= 600, "TTL {ttl} ms");
+    let hget = |r: &mut redis::Connection, f: &str| redis::cmd("HGET").arg(key).arg(f).query::<Option<String>>(r).unwrap();
+    assert_eq!(hget(&mut r, "sessions").as_deref(), Some("1"));
+    assert_eq!(hget(&mut r, "legs").as_deref(), Some("3"));
+    assert_eq!(hget(&mut r, "draining").as_deref(), Some("0"));
+    assert!(hget(&mut r, "packets_per_second").is_some());
+    assert!(cp.log_text().contains("redis unreachable"), "{}", cp.log_text());
+
+    // Placement.
+    redis::cmd("SET").arg("sluice:placement:elsewhere").arg("node-b").query::<()>(&mut r).unwrap();
+    let s = expect_code(grpc.apply(session_req("elsewhere")), Code::FailedPrecondition, "session");
+    assert!(s.message().contains("node-b"), "{s:?}");
+    redis::cmd("SET").arg("sluice:placement:here").arg("node-a").query::<()>(&mut r).unwrap();
+    grpc.apply(session_req("here")).unwrap();
+
+    // Drain flag in Redis.
+    redis::cmd("SET").arg("sluice:node:node-a:drain").arg("1").query::<()>(&mut r).unwrap();
+    let s = expect_code(grpc.apply(session_req("new-1")), Code::FailedPrecondition, "session");
+    assert!(s.message().contains("draining"), "{s:?}");
+    wait_until("draining in the heartbeat", Duration::from_secs(5), || hget(&mut r, "draining").as_deref() == Some("1"));
+    assert!(grpc.status().draining);
+    for id in ["early", "here"] {
+        grpc.rt.block_on(grpc.routes.delete_session(pb::DeleteSessionRequest { session: id.into(), expected_revision: None })).unwrap();
+    }
+    wait_until("drained", Duration::from_secs(5), || hget(&mut r, "drained").as_deref() == Some("1"));
+    wait_until("drained in the log", Duration::from_secs(5), || cp.log_text().contains("drained: the last session"));
+    redis::cmd("DEL").arg("sluice:node:node-a:drain").query::<()>(&mut r).unwrap();
+    grpc.apply(session_req("new-2")).unwrap();
+
+    // Killed: the key expires on its own.
+    cp.signal(libc::SIGKILL);
+    assert!(cp.wait_exit(Duration::from_secs(5)).is_some());
+    wait_until("the node key to expire", Duration::from_secs(5), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 0);
 }
