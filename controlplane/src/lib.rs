@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod certs;
 pub mod client;
 pub mod compile;
 pub mod config;

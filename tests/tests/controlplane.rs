@@ -671,3 +671,109 @@ fn load_balancer_state_in_redis() {
     assert!(cp.wait_exit(Duration::from_secs(5)).is_some());
     wait_until("the node key to expire", Duration::from_secs(5), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 0);
 }
+
+/// Runs `sluicectl` with `args`; (success, stdout, stderr).
+fn sluicectl(args: &[&str]) -> (bool, String, String) {
+    let path = sluice_tests::bin_dir().join("sluicectl");
+    assert!(path.exists(), "{} is not built", path.display());
+    let out = std::process::Command::new(&path).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `sluicectl` against a real control plane: status, sessions (legs and ports), one session,
+/// drain and undrain, as tables and as JSON.
+#[test]
+fn sluicectl_shows_and_drains_a_node() {
+    const PORTS4: (u16, u16) = (19_300, 19_315);
+    let dir = TempDir::new("cp-ctl");
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS4);
+    let mut grpc = Grpc::connect(addr);
+    let created = grpc.apply(session_req("standup")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let a = addr.to_string();
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("draining") && out.contains("no") && out.lines().any(|l| l.starts_with("sessions") && l.ends_with(" 1")), "{out}");
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "sessions"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("standup") && out.contains("1 session(s)"), "{out}");
+    for p in &created.ports {
+        assert!(out.lines().any(|l| l.contains(&p.leg) && l.contains(&p.local_port.to_string())), "{} {} not in\n{out}", p.leg, p.local_port);
+    }
+    let (ok, out, err) = sluicectl(&["--addr", &a, "--json", "sessions"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["sessions"][0]["id"], "standup");
+    assert_eq!(v["sessions"][0]["legs"].as_array().unwrap().len(), 3);
+    let ports: Vec<u64> = v["sessions"][0]["legs"].as_array().unwrap().iter().map(|l| l["local_port"].as_u64().unwrap()).collect();
+    assert!(ports.iter().all(|p| (u64::from(PORTS4.0)..=u64::from(PORTS4.1)).contains(p)), "{ports:?}");
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "session", "standup"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("session standup") && out.contains("TRACK") && out.contains("SUBSCRIBER"), "{out}");
+    let (ok, _, err) = sluicectl(&["--addr", &a, "session", "nope"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "--json", "drain"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["draining"], true, "{out}");
+    expect_code(grpc.apply(session_req("late")), Code::FailedPrecondition, "session");
+    let (ok, out, err) = sluicectl(&["--addr", &a, "undrain"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("draining") && l.ends_with("no")), "{out}{err}");
+    grpc.apply(session_req("late")).unwrap();
+}
+
+/// TLS: `sluicectl certs` writes a CA and certificates; a control plane with
+/// `[controlplane.tls]` and a client CA (mTLS) serves a client holding the client certificate
+/// and refuses one without it (and plain text). Plain text must be asked for, and only on
+/// loopback.
+#[test]
+fn mtls_with_sluicectl_certs() {
+    const PORTS5: (u16, u16) = (19_400, 19_415);
+    let dir = TempDir::new("cp-tls");
+    let certs = dir.path().join("certs");
+    let (ok, out, err) = sluicectl(&["certs", certs.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for f in sluice_controlplane::certs::FILES {
+        assert!(certs.join(f).exists() && out.contains(f), "{f}: {out}");
+    }
+    let c = |f: &str| certs.join(f).display().to_string();
+
+    // Plain text is refused unless configured, and off loopback.
+    for (extra, run) in [("", 1), ("plaintext = true\ngrpc_listen = \"0.0.0.0:0\"\n", 2)] {
+        let cfg = dir.path().join(format!("bad-{run}.toml"));
+        std::fs::write(&cfg, format!("[controlplane]\nstate_dir = \"{}\"\n{extra}", dir.path().join("state-bad").display())).unwrap();
+        let mut d = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join(format!("bad-{run}.log")));
+        assert!(d.wait_exit(Duration::from_secs(10)).is_some_and(|s| !s.success()), "{}", d.log_text());
+        assert!(d.log_text().contains("controlplane.plaintext"), "{}", d.log_text());
+    }
+
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let extra = format!("[controlplane.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n", c("server.pem"), c("server.key"), c("ca.pem"));
+    let (cp, addr) = start_controlplane_cfg(dir.path(), &dp_sock, 1, PORTS5, &extra);
+    assert!(cp.log_text().contains("transport=\"mtls\""), "{}", cp.log_text());
+    let a = addr.to_string();
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "--ca", &c("ca.pem"), "--cert", &c("client.pem"), "--key", &c("client.key"), "status"]);
+    assert!(ok, "mTLS client refused: {err}\n{}", cp.log_text());
+    assert!(out.contains("sessions"), "{out}");
+    // By IP name too (the server certificate has 127.0.0.1).
+    let (ok, _, err) = sluicectl(&["--addr", &a, "--server-name", "127.0.0.1", "--ca", &c("ca.pem"), "--cert", &c("client.pem"), "--key", &c("client.key"), "status"]);
+    assert!(ok, "{err}");
+
+    // No client certificate: refused.
+    let (ok, _, err) = sluicectl(&["--addr", &a, "--ca", &c("ca.pem"), "status"]);
+    assert!(!ok, "a client without a certificate got an answer");
+    assert!(!err.is_empty());
+    // Plain text: refused.
+    let (ok, _, _) = sluicectl(&["--addr", &a, "status"]);
+    assert!(!ok, "a plain-text client got an answer");
+    // A client certificate from another CA: refused.
+    let other = dir.path().join("other");
+    assert!(sluicectl(&["certs", other.to_str().unwrap()]).0);
+    let (ok, _, _) =
+        sluicectl(&["--addr", &a, "--ca", &c("ca.pem"), "--cert", &other.join("client.pem").display().to_string(), "--key", &other.join("client.key").display().to_string(), "status"]);
+    assert!(!ok, "a client certificate from another CA got an answer");
+}
