@@ -58,7 +58,7 @@ impl Daemon {
     /// Starts the program at `path` with `args`, logging its stderr to `log`.
     pub fn start_path(path: &Path, args: &[&str], log: &Path) -> Self {
         let err = std::fs::File::create(log).expect("log file");
-        let child = Command::new(&path)
+        let child = Command::new(path)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -96,8 +96,15 @@ async fn connect(args: &Args) -> anyhow::Result<Channel> {
     ep.connect().await.with_context(|| format!("connecting to {url}"))
 }
 
+/// The status with its cause chain (a refused TLS handshake only shows there).
 fn grpc_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    let mut cause = std::error::Error::source(&s);
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    anyhow::anyhow!(msg)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
