@@ -45,6 +45,8 @@ pub struct Lb {
     conn: Mutex<Conn>,
     /// The drain flag as last read from Redis.
     drain: AtomicBool,
+    /// Shut down: no more heartbeats.
+    stopped: AtomicBool,
 }
 
 #[derive(Default)]
@@ -66,7 +68,7 @@ impl Lb {
     /// The load-balancer link; `url` is only parsed here, Redis need not be up.
     pub fn new(url: &str, node_id: &str, interval: Duration) -> Result<Arc<Self>, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        Ok(Arc::new(Self { client, node_id: node_id.to_owned(), interval, conn: Mutex::new(Conn::default()), drain: AtomicBool::new(false) }))
+        Ok(Arc::new(Self { client, node_id: node_id.to_owned(), interval, conn: Mutex::new(Conn::default()), drain: AtomicBool::new(false), stopped: AtomicBool::new(false) }))
     }
 
     /// This node's id.
@@ -150,6 +152,15 @@ impl Lb {
         }
     }
 
+    /// A clean stop: no more heartbeats, and the node's key is deleted at once (the load
+    /// balancer need not wait for it to expire).
+    pub fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        if self.with("shutdown", |c| redis::cmd("DEL").arg(node_key(&self.node_id)).query::<()>(c)).is_some() {
+            tracing::info!(node = %self.node_id, key = %node_key(&self.node_id), "removed this node from redis");
+        }
+    }
+
     /// Starts the heartbeat thread.
     pub fn spawn(self: &Arc<Self>, engine: SharedEngine) -> std::io::Result<std::thread::JoinHandle<()>> {
         let lb = self.clone();
@@ -160,7 +171,7 @@ impl Lb {
         let mut last: Option<(Instant, u64)> = None;
         let mut drained_reported = false;
         tracing::info!(node = %self.node_id, key = %node_key(&self.node_id), interval_ms = self.interval.as_millis() as u64, "publishing load to redis");
-        loop {
+        while !self.stopped.load(Ordering::Relaxed) {
             let started = Instant::now();
             if let Some(f) = self.with("drain flag", |c| redis::cmd("GET").arg(drain_key(&self.node_id)).query::<Option<String>>(c)) {
                 let on = f.as_deref() == Some("1");
@@ -200,6 +211,9 @@ impl Lb {
             let ttl_ms = (self.interval * 3).as_millis().max(1) as u64;
             let key = node_key(&self.node_id);
             self.with("heartbeat", |c| {
+                if self.stopped.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
                 let mut hset = redis::cmd("HSET");
                 hset.arg(&key);
                 for (k, v) in &fields {

@@ -32,6 +32,12 @@ struct Args {
     /// State directory (journal and snapshot).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Redis holding the load balancer's state (`redis://host:port/`).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// This node's id in Redis.
+    #[arg(long)]
+    node_id: Option<String>,
     /// Leg port range, `FIRST-LAST`.
     #[arg(long, value_parser = parse_range)]
     port_range: Option<(u16, u16)>,
@@ -65,6 +71,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(s) = args.state_dir {
         config.state_dir = s;
     }
+    if let Some(u) = args.redis_url {
+        config.redis_url = Some(u);
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = Some(n);
+    }
     if let Some(r) = args.port_range {
         config.port_range = r;
     }
@@ -81,16 +93,25 @@ fn main() -> anyhow::Result<()> {
         "desired state recovered"
     );
     let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(desired, journal, Link::new(&config.dataplane_socket))));
-    if let Some(r) = redis {
-        let lb = Lb::new(&r.url, &r.node_id, r.interval).context("controlplane.redis_url")?;
-        lock(&engine).set_lb(lb.clone());
-        lb.spawn(engine.clone()).context("heartbeat thread")?;
-    } else {
-        tracing::info!("no redis_url: single node");
-    }
+    let lb = match redis {
+        Some(r) => {
+            let lb = Lb::new(&r.url, &r.node_id, r.interval).context("controlplane.redis_url")?;
+            lock(&engine).set_lb(lb.clone());
+            lb.spawn(engine.clone()).context("heartbeat thread")?;
+            Some(lb)
+        }
+        None => {
+            tracing::info!("no redis_url: single node");
+            None
+        }
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(serve(config, transport, engine))
+    let served = rt.block_on(serve(config, transport, engine));
+    if let Some(lb) = lb {
+        lb.shutdown();
+    }
+    served
 }
 
 async fn serve(config: Config, transport: Transport, engine: SharedEngine) -> anyhow::Result<()> {

@@ -617,8 +617,8 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// Load-balancer state in a real `redis-server`: the control plane starts while Redis is down
 /// (and serves), publishes its heartbeat with a TTL once Redis is up, refuses sessions placed on
-/// another node and new sessions while Redis' drain flag is set, reports the drained node, and
-/// its key expires after the control plane is killed.
+/// another node and new sessions while Redis' drain flag is set, reports the drained node, its
+/// key expires after the control plane is killed, and goes at once when it stops cleanly.
 #[test]
 fn load_balancer_state_in_redis() {
     const PORTS3: (u16, u16) = (19_200, 19_215);
@@ -670,6 +670,17 @@ fn load_balancer_state_in_redis() {
     cp.signal(libc::SIGKILL);
     assert!(cp.wait_exit(Duration::from_secs(5)).is_some());
     wait_until("the node key to expire", Duration::from_secs(5), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 0);
+
+    // Restarted, then stopped cleanly: the key goes at once, long before its TTL.
+    let extra = format!("plaintext = true\nredis_url = \"redis://127.0.0.1:{port}/\"\nnode_id = \"node-a\"\nheartbeat_ms = 2000\n");
+    let (mut cp, _) = start_controlplane_cfg(dir.path(), &dp_sock, 2, PORTS3, &extra);
+    wait_until("the heartbeat after the restart", Duration::from_secs(10), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 1);
+    assert_eq!(hget(&mut r, "sessions").as_deref(), Some("1"), "the recovered session is counted");
+    let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut r).unwrap();
+    assert!(ttl > 2000, "TTL {ttl} ms");
+    cp.signal(libc::SIGTERM);
+    assert!(cp.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()), "{}", cp.log_text());
+    assert_eq!(redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap(), 0, "{}", cp.log_text());
 }
 
 /// Runs `sluicectl` with `args`; (success, stdout, stderr).
