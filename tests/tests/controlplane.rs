@@ -632,7 +632,7 @@ fn load_balancer_state_in_redis() {
     grpc.apply(session_req("early")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
     assert!(!grpc.status().draining);
 
-    let _redis = sluice_tests::start_redis(port, &dir.path().join("redis.log"));
+    let redis = sluice_tests::start_redis(port, &dir.path().join("redis.log"));
     let mut r = redis_conn(port);
     let key = "sluice:node:node-a";
     wait_until("the heartbeat", Duration::from_secs(10), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 1);
@@ -666,6 +666,15 @@ fn load_balancer_state_in_redis() {
     redis::cmd("DEL").arg("sluice:node:node-a:drain").query::<()>(&mut r).unwrap();
     grpc.apply(session_req("new-2")).unwrap();
 
+    // Redis goes away and comes back (empty): the node keeps working, then publishes again.
+    drop(redis);
+    grpc.apply(session_req("while-redis-is-down")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert_eq!(grpc.status().sessions, 2);
+    let _redis = sluice_tests::start_redis(port, &dir.path().join("redis-2.log"));
+    let mut r = redis_conn(port);
+    wait_until("the heartbeat after redis is back", Duration::from_secs(10), || hget(&mut r, "sessions").as_deref() == Some("2"));
+    assert!(cp.log_text().contains("redis reachable again"), "{}", cp.log_text());
+
     // Killed: the key expires on its own.
     cp.signal(libc::SIGKILL);
     assert!(cp.wait_exit(Duration::from_secs(5)).is_some());
@@ -675,7 +684,7 @@ fn load_balancer_state_in_redis() {
     let extra = format!("plaintext = true\nredis_url = \"redis://127.0.0.1:{port}/\"\nnode_id = \"node-a\"\nheartbeat_ms = 2000\n");
     let (mut cp, _) = start_controlplane_cfg(dir.path(), &dp_sock, 2, PORTS3, &extra);
     wait_until("the heartbeat after the restart", Duration::from_secs(10), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 1);
-    assert_eq!(hget(&mut r, "sessions").as_deref(), Some("1"), "the recovered session is counted");
+    assert_eq!(hget(&mut r, "sessions").as_deref(), Some("2"), "the recovered sessions are counted");
     let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut r).unwrap();
     assert!(ttl > 2000, "TTL {ttl} ms");
     cp.signal(libc::SIGTERM);
