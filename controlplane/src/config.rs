@@ -6,6 +6,18 @@
 //! dataplane_socket = "/run/sluice/dataplane.sock"
 //! state_dir = "/var/lib/sluice/controlplane"
 //! port_range = [30000, 39999]
+//! # Plain-text gRPC: only when set explicitly, and only on a loopback address.
+//! plaintext = true
+//! # Optional: load-balancer state in Redis.
+//! # redis_url = "redis://127.0.0.1:6379/"
+//! # node_id = "node-a"
+//! # heartbeat_ms = 1000
+//!
+//! # Or TLS (mTLS with client_ca):
+//! # [controlplane.tls]
+//! # cert = "server.pem"
+//! # key = "server.key"
+//! # client_ca = "ca.pem"
 //! ```
 
 use std::net::SocketAddr;
@@ -28,9 +40,20 @@ pub struct File {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where gRPC listens (plain text; TLS/mTLS is part 2 and will add a `[controlplane.tls]`
-    /// table here).
+    /// Where gRPC listens.
     pub grpc_listen: SocketAddr,
+    /// Serve plain-text gRPC (no `[controlplane.tls]`): must be set explicitly, and is refused
+    /// on a non-loopback `grpc_listen`.
+    pub plaintext: bool,
+    /// TLS (and mTLS with `client_ca`) for gRPC.
+    pub tls: Option<Tls>,
+    /// Redis holding the load balancer's state (`redis://host:port/`); none: single node.
+    pub redis_url: Option<String>,
+    /// This node's id in Redis (required with `redis_url`).
+    pub node_id: Option<String>,
+    /// How often the node publishes its heartbeat and load to Redis (ms; the key expires after
+    /// three of these).
+    pub heartbeat_ms: u64,
     /// The dataplane's control socket.
     pub dataplane_socket: PathBuf,
     /// Where the journal and snapshot live.
@@ -46,8 +69,45 @@ impl Default for Config {
             dataplane_socket: PathBuf::from("/run/sluice/dataplane.sock"),
             state_dir: PathBuf::from("/var/lib/sluice/controlplane"),
             port_range: (30_000, 39_999),
+            plaintext: false,
+            tls: None,
+            redis_url: None,
+            node_id: None,
+            heartbeat_ms: 1000,
         }
     }
+}
+
+/// `[controlplane.tls]`: PEM files.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The server certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA whose client certificates are required (mTLS); none: any client may connect.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How gRPC is served, validated.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// Plain text (loopback only).
+    Plaintext,
+    /// TLS.
+    Tls(Tls),
+}
+
+/// The Redis settings, validated.
+#[derive(Clone, Debug)]
+pub struct Redis {
+    /// The URL.
+    pub url: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Heartbeat interval.
+    pub interval: std::time::Duration,
 }
 
 /// A configuration problem.
@@ -99,6 +159,39 @@ impl Config {
         }
         Ok(PortRange { start, end })
     }
+
+    /// How gRPC is served: TLS when `[controlplane.tls]` is there; plain text only when
+    /// `plaintext = true` and `grpc_listen` is a loopback address.
+    pub fn transport(&self) -> Result<Transport, ConfigError> {
+        match (&self.tls, self.plaintext) {
+            (Some(_), true) => Err(ConfigError::Invalid { field: "plaintext", why: "plaintext = true conflicts with [controlplane.tls]; choose one".into() }),
+            (Some(t), false) => Ok(Transport::Tls(t.clone())),
+            (None, false) => Err(ConfigError::Invalid {
+                field: "plaintext",
+                why: "no [controlplane.tls] configured; set plaintext = true to serve plain-text gRPC on a loopback address".into(),
+            }),
+            (None, true) if !self.grpc_listen.ip().is_loopback() => Err(ConfigError::Invalid {
+                field: "plaintext",
+                why: format!("plain-text gRPC is only allowed on a loopback address, not grpc_listen = {}; configure [controlplane.tls]", self.grpc_listen),
+            }),
+            (None, true) => Ok(Transport::Plaintext),
+        }
+    }
+
+    /// The Redis settings, if `redis_url` is set.
+    pub fn redis(&self) -> Result<Option<Redis>, ConfigError> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let node_id = match &self.node_id {
+            Some(n) if !n.is_empty() && !n.contains(char::is_whitespace) => n.clone(),
+            _ => return Err(ConfigError::Invalid { field: "node_id", why: "a non-empty node id without spaces is required with redis_url".into() }),
+        };
+        if self.heartbeat_ms == 0 {
+            return Err(ConfigError::Invalid { field: "heartbeat_ms", why: "must be > 0".into() });
+        }
+        Ok(Some(Redis { url: url.clone(), node_id, interval: std::time::Duration::from_millis(self.heartbeat_ms) }))
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +208,19 @@ mod tests {
         let example = Config::parse(include_str!("../controlplane.example.toml")).unwrap();
         assert_eq!(example.grpc_listen, Config::default().grpc_listen);
         assert_eq!(example.ports().unwrap(), Config::default().ports().unwrap());
+        assert!(matches!(example.transport().unwrap(), Transport::Plaintext));
+        assert!(example.redis().unwrap().is_none());
+    }
+
+    #[test]
+    fn plaintext_only_explicitly_and_on_loopback() {
+        let none = Config::parse("[controlplane]\n").unwrap();
+        assert!(none.transport().unwrap_err().to_string().contains("controlplane.plaintext"));
+        let open = Config::parse("[controlplane]\ngrpc_listen = \"0.0.0.0:1\"\nplaintext = true\n").unwrap();
+        assert!(open.transport().unwrap_err().to_string().contains("controlplane.plaintext"));
+        let tls = Config::parse("[controlplane]\ngrpc_listen = \"0.0.0.0:1\"\n[controlplane.tls]\ncert = \"c\"\nkey = \"k\"\n").unwrap();
+        assert!(matches!(tls.transport().unwrap(), Transport::Tls(_)));
+        let redis = Config::parse("[controlplane]\nredis_url = \"redis://127.0.0.1:1/\"\n").unwrap();
+        assert!(redis.redis().unwrap_err().to_string().contains("controlplane.node_id"));
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::client::{Link, LinkError, Synced};
 use crate::journal::{Journal, JournalError, Record};
+use crate::lb::Lb;
 use crate::pb;
 use crate::state::{Desired, Outcome, StateError};
 
@@ -45,6 +46,7 @@ pub struct Engine {
     journal: Journal,
     link: Link,
     events: broadcast::Sender<pb::Event>,
+    lb: Option<Arc<Lb>>,
 }
 
 /// The engine behind its lock.
@@ -60,7 +62,12 @@ impl Engine {
     /// An engine over recovered state.
     pub fn new(desired: Desired, journal: Journal, link: Link) -> Self {
         let (events, _) = broadcast::channel(1024);
-        Self { desired, journal, link, events }
+        Self { desired, journal, link, events, lb: None }
+    }
+
+    /// Consults the load balancer's state in Redis before creating sessions.
+    pub fn set_lb(&mut self, lb: Arc<Lb>) {
+        self.lb = Some(lb);
     }
 
     /// The desired state.
@@ -106,6 +113,12 @@ impl Engine {
 
     /// Applies a change set.
     pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<pb::ApplyResponse, EngineError> {
+        if let Some(lb) = &self.lb
+            && !self.desired.draining
+            && !self.desired.sessions.contains_key(&req.session)
+        {
+            lb.admit(&req.session)?;
+        }
         let mut next = self.desired.clone();
         let outcome = next.apply(req)?;
         if !outcome.replayed {
@@ -163,7 +176,7 @@ impl Engine {
         let d = &self.desired;
         let ports_used = d.ports_used().len() as u32;
         let mut s = pb::NodeStatus {
-            draining: d.draining,
+            draining: d.draining || self.lb.as_ref().is_some_and(|lb| lb.draining()),
             sessions: d.sessions.len() as u32,
             legs: d.sessions.values().map(|s| s.legs.len() as u32).sum(),
             tracks: d.sessions.values().map(|s| s.tracks.len() as u32).sum(),

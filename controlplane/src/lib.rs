@@ -3,17 +3,20 @@
 //! against a shadow of what the dataplane has installed (`compile`), and pushed over the
 //! dataplane's control socket (`client`) by the `engine`.
 //!
-//! Part 2 seams: TLS/mTLS goes into the server builder in the binary (`config::Tls`), Redis load
-//! balancer state becomes an `lb` module fed from `Engine::status` and the drain flag, and
-//! `sluicectl` is a client of the same `pb` services.
+//! The binary serves gRPC over TLS/mTLS (`config::Tls`) or, only when asked and on loopback,
+//! plain text; with Redis configured, `lb` publishes the node's load and applies the load
+//! balancer's drain flag and session placement. `sluicectl` (`src/bin/sluicectl.rs`) is a client
+//! of the same `pb` services, and writes dev certificates (`certs`).
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod certs;
 pub mod client;
 pub mod compile;
 pub mod config;
 pub mod engine;
 pub mod journal;
+pub mod lb;
 pub mod state;
 
 /// Generated protobuf/gRPC types (`proto/sluice/v1`).

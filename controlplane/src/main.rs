@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use sluice_controlplane::api::{NodeService, RoutesService};
 use sluice_controlplane::client::Link;
-use sluice_controlplane::config::Config;
+use sluice_controlplane::config::{Config, Transport};
+use sluice_controlplane::lb::Lb;
 use sluice_controlplane::engine::{Engine, SharedEngine, lock};
 use sluice_controlplane::journal::Journal;
 use sluice_controlplane::pb;
@@ -31,6 +32,12 @@ struct Args {
     /// State directory (journal and snapshot).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Redis holding the load balancer's state (`redis://host:port/`).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// This node's id in Redis.
+    #[arg(long)]
+    node_id: Option<String>,
     /// Leg port range, `FIRST-LAST`.
     #[arg(long, value_parser = parse_range)]
     port_range: Option<(u16, u16)>,
@@ -64,10 +71,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(s) = args.state_dir {
         config.state_dir = s;
     }
+    if let Some(u) = args.redis_url {
+        config.redis_url = Some(u);
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = Some(n);
+    }
     if let Some(r) = args.port_range {
         config.port_range = r;
     }
     let ports = config.ports()?;
+    let transport = config.transport()?;
+    let redis = config.redis()?;
     let (journal, desired, info) = Journal::open(&config.state_dir, ports).with_context(|| format!("state in {}", config.state_dir.display()))?;
     tracing::info!(
         state_dir = %config.state_dir.display(),
@@ -78,12 +93,28 @@ fn main() -> anyhow::Result<()> {
         "desired state recovered"
     );
     let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(desired, journal, Link::new(&config.dataplane_socket))));
+    let lb = match redis {
+        Some(r) => {
+            let lb = Lb::new(&r.url, &r.node_id, r.interval).context("controlplane.redis_url")?;
+            lock(&engine).set_lb(lb.clone());
+            lb.spawn(engine.clone()).context("heartbeat thread")?;
+            Some(lb)
+        }
+        None => {
+            tracing::info!("no redis_url: single node");
+            None
+        }
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(serve(config, engine))
+    let served = rt.block_on(serve(config, transport, engine));
+    if let Some(lb) = lb {
+        lb.shutdown();
+    }
+    served
 }
 
-async fn serve(config: Config, engine: SharedEngine) -> anyhow::Result<()> {
+async fn serve(config: Config, transport: Transport, engine: SharedEngine) -> anyhow::Result<()> {
     // The link task: first sync at start (a resync after a restart of either process), then a
     // check every interval.
     let link_engine = engine.clone();
@@ -119,8 +150,21 @@ async fn serve(config: Config, engine: SharedEngine) -> anyhow::Result<()> {
     let reflection_v1 = reflection().build_v1().context("reflection service")?;
     let reflection_v1alpha = reflection().build_v1alpha().context("reflection service")?;
     let listener = tokio::net::TcpListener::bind(config.grpc_listen).await.with_context(|| format!("gRPC listen {}", config.grpc_listen))?;
-    tracing::info!(listen = %listener.local_addr()?, dataplane = %config.dataplane_socket.display(), "gRPC ready");
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    let mode = match &transport {
+        Transport::Plaintext => "plaintext",
+        Transport::Tls(t) => {
+            let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("controlplane.tls: {}", p.display()));
+            let mut tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+            if let Some(ca) = &t.client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+            }
+            builder = builder.tls_config(tls).context("controlplane.tls")?;
+            if t.client_ca.is_some() { "mtls" } else { "tls" }
+        }
+    };
+    tracing::info!(listen = %listener.local_addr()?, transport = mode, dataplane = %config.dataplane_socket.display(), "gRPC ready");
+    builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

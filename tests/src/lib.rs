@@ -52,8 +52,13 @@ impl Daemon {
     pub fn start(bin: &str, args: &[&str], log: &Path) -> Self {
         let path = bin_dir().join(bin);
         assert!(path.exists(), "{} is not built (run the README's test command, which builds every binary first)", path.display());
+        Self::start_path(&path, args, log)
+    }
+
+    /// Starts the program at `path` with `args`, logging its stderr to `log`.
+    pub fn start_path(path: &Path, args: &[&str], log: &Path) -> Self {
         let err = std::fs::File::create(log).expect("log file");
-        let child = Command::new(&path)
+        let child = Command::new(path)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -128,4 +133,36 @@ pub fn participant_socket() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind participant socket");
     s.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
     s
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Where Debian's `redis-server` is (`scripts/setup.sh` installs it).
+pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// Starts a throwaway `redis-server` on loopback `port` (no persistence), logging to `log`, and
+/// waits until it answers PING. Killed by PID when dropped.
+pub fn start_redis(port: u16, log: &Path) -> Daemon {
+    assert!(Path::new(REDIS_SERVER).exists(), "{REDIS_SERVER} is missing (scripts/setup.sh installs redis-server)");
+    let port_s = port.to_string();
+    let mut d = Daemon::start_path(
+        Path::new(REDIS_SERVER),
+        &["--port", &port_s, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""],
+        log,
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read as _, Write as _};
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 16];
+            if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG")) {
+                return d;
+            }
+        }
+        assert!(Instant::now() < end && d.wait_exit(Duration::from_millis(20)).is_none(), "redis-server did not start:\n{}", d.log_text());
+    }
 }

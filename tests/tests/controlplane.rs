@@ -89,11 +89,17 @@ fn start_controlplane(dir: &Path, dp_sock: &Path, run: u32) -> (Daemon, SocketAd
 /// Starts the control plane on an ephemeral gRPC port (so parallel tests never share one) and
 /// reads the address it bound from its log.
 fn start_controlplane_with(dir: &Path, dp_sock: &Path, run: u32, ports: (u16, u16)) -> (Daemon, SocketAddr) {
+    start_controlplane_cfg(dir, dp_sock, run, ports, "plaintext = true\n")
+}
+
+/// Like [`start_controlplane_with`], with `extra` appended to the `[controlplane]` table (it may
+/// open sub-tables such as `[controlplane.tls]`).
+pub fn start_controlplane_cfg(dir: &Path, dp_sock: &Path, run: u32, ports: (u16, u16), extra: &str) -> (Daemon, SocketAddr) {
     let cfg = dir.join("controlplane.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n{extra}",
             dp_sock.display(),
             dir.join("state").display(),
             ports.0,
@@ -590,4 +596,204 @@ fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
 /// A one-item request stream.
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
     tonic::codegen::tokio_stream::iter([item])
+}
+
+fn session_req(session: &str) -> pb::ChangeSet {
+    let (ops, _) = meeting::build(9, 3, Profile::AeadAes128Gcm, 1);
+    pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes: changes(&ops) }
+}
+
+fn redis_conn(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Load-balancer state in a real `redis-server`: the control plane starts while Redis is down
+/// (and serves), publishes its heartbeat with a TTL once Redis is up, refuses sessions placed on
+/// another node and new sessions while Redis' drain flag is set, reports the drained node, its
+/// key expires after the control plane is killed, and goes at once when it stops cleanly.
+#[test]
+fn load_balancer_state_in_redis() {
+    const PORTS3: (u16, u16) = (19_200, 19_215);
+    let dir = TempDir::new("cp-redis");
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let port = sluice_tests::free_tcp_port();
+    let extra = format!("plaintext = true\nredis_url = \"redis://127.0.0.1:{port}/\"\nnode_id = \"node-a\"\nheartbeat_ms = 200\n");
+    let (mut cp, addr) = start_controlplane_cfg(dir.path(), &dp_sock, 1, PORTS3, &extra);
+    let mut grpc = Grpc::connect(addr);
+    // Redis is not there yet: the node still works on its own.
+    grpc.apply(session_req("early")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert!(!grpc.status().draining);
+
+    let redis = sluice_tests::start_redis(port, &dir.path().join("redis.log"));
+    let mut r = redis_conn(port);
+    let key = "sluice:node:node-a";
+    wait_until("the heartbeat", Duration::from_secs(10), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 1);
+    let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut r).unwrap();
+    assert!(ttl > 0 && ttl <= 600, "TTL {ttl} ms");
+    let hget = |r: &mut redis::Connection, f: &str| redis::cmd("HGET").arg(key).arg(f).query::<Option<String>>(r).unwrap();
+    assert_eq!(hget(&mut r, "sessions").as_deref(), Some("1"));
+    assert_eq!(hget(&mut r, "legs").as_deref(), Some("3"));
+    assert_eq!(hget(&mut r, "draining").as_deref(), Some("0"));
+    assert!(hget(&mut r, "packets_per_second").is_some());
+    assert!(cp.log_text().contains("redis unreachable"), "{}", cp.log_text());
+
+    // Placement.
+    redis::cmd("SET").arg("sluice:placement:elsewhere").arg("node-b").query::<()>(&mut r).unwrap();
+    let s = expect_code(grpc.apply(session_req("elsewhere")), Code::FailedPrecondition, "session");
+    assert!(s.message().contains("node-b"), "{s:?}");
+    redis::cmd("SET").arg("sluice:placement:here").arg("node-a").query::<()>(&mut r).unwrap();
+    grpc.apply(session_req("here")).unwrap();
+
+    // Drain flag in Redis.
+    redis::cmd("SET").arg("sluice:node:node-a:drain").arg("1").query::<()>(&mut r).unwrap();
+    let s = expect_code(grpc.apply(session_req("new-1")), Code::FailedPrecondition, "session");
+    assert!(s.message().contains("draining"), "{s:?}");
+    wait_until("draining in the heartbeat", Duration::from_secs(5), || hget(&mut r, "draining").as_deref() == Some("1"));
+    assert!(grpc.status().draining);
+    for id in ["early", "here"] {
+        grpc.rt.block_on(grpc.routes.delete_session(pb::DeleteSessionRequest { session: id.into(), expected_revision: None })).unwrap();
+    }
+    wait_until("drained", Duration::from_secs(5), || hget(&mut r, "drained").as_deref() == Some("1"));
+    wait_until("drained in the log", Duration::from_secs(5), || cp.log_text().contains("drained: the last session"));
+    redis::cmd("DEL").arg("sluice:node:node-a:drain").query::<()>(&mut r).unwrap();
+    grpc.apply(session_req("new-2")).unwrap();
+
+    // Redis goes away and comes back (empty): the node keeps working, then publishes again.
+    drop(redis);
+    grpc.apply(session_req("while-redis-is-down")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert_eq!(grpc.status().sessions, 2);
+    let _redis = sluice_tests::start_redis(port, &dir.path().join("redis-2.log"));
+    let mut r = redis_conn(port);
+    wait_until("the heartbeat after redis is back", Duration::from_secs(10), || hget(&mut r, "sessions").as_deref() == Some("2"));
+    assert!(cp.log_text().contains("redis reachable again"), "{}", cp.log_text());
+
+    // Killed: the key expires on its own.
+    cp.signal(libc::SIGKILL);
+    assert!(cp.wait_exit(Duration::from_secs(5)).is_some());
+    wait_until("the node key to expire", Duration::from_secs(5), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 0);
+
+    // Restarted, then stopped cleanly: the key goes at once, long before its TTL.
+    let extra = format!("plaintext = true\nredis_url = \"redis://127.0.0.1:{port}/\"\nnode_id = \"node-a\"\nheartbeat_ms = 2000\n");
+    let (mut cp, _) = start_controlplane_cfg(dir.path(), &dp_sock, 2, PORTS3, &extra);
+    wait_until("the heartbeat after the restart", Duration::from_secs(10), || redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap() == 1);
+    assert_eq!(hget(&mut r, "sessions").as_deref(), Some("2"), "the recovered sessions are counted");
+    let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut r).unwrap();
+    assert!(ttl > 2000, "TTL {ttl} ms");
+    cp.signal(libc::SIGTERM);
+    assert!(cp.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()), "{}", cp.log_text());
+    assert_eq!(redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap(), 0, "{}", cp.log_text());
+}
+
+/// Runs `sluicectl` with `args`; (success, stdout, stderr).
+fn sluicectl(args: &[&str]) -> (bool, String, String) {
+    let path = sluice_tests::bin_dir().join("sluicectl");
+    assert!(path.exists(), "{} is not built", path.display());
+    let out = std::process::Command::new(&path).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `sluicectl` against a real control plane: status, sessions (legs and ports), one session,
+/// drain and undrain, as tables and as JSON.
+#[test]
+fn sluicectl_shows_and_drains_a_node() {
+    const PORTS4: (u16, u16) = (19_300, 19_315);
+    let dir = TempDir::new("cp-ctl");
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS4);
+    let mut grpc = Grpc::connect(addr);
+    let created = grpc.apply(session_req("standup")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let a = addr.to_string();
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("draining") && out.contains("no") && out.lines().any(|l| l.starts_with("sessions") && l.ends_with(" 1")), "{out}");
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "sessions"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("standup") && out.contains("1 session(s)"), "{out}");
+    for p in &created.ports {
+        assert!(out.lines().any(|l| l.contains(&p.leg) && l.contains(&p.local_port.to_string())), "{} {} not in\n{out}", p.leg, p.local_port);
+    }
+    let (ok, out, err) = sluicectl(&["--addr", &a, "--json", "sessions"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["sessions"][0]["id"], "standup");
+    assert_eq!(v["sessions"][0]["legs"].as_array().unwrap().len(), 3);
+    let ports: Vec<u64> = v["sessions"][0]["legs"].as_array().unwrap().iter().map(|l| l["local_port"].as_u64().unwrap()).collect();
+    assert!(ports.iter().all(|p| (u64::from(PORTS4.0)..=u64::from(PORTS4.1)).contains(p)), "{ports:?}");
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "session", "standup"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("session standup") && out.contains("TRACK") && out.contains("SUBSCRIBER"), "{out}");
+    let (ok, _, err) = sluicectl(&["--addr", &a, "session", "nope"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "--json", "drain"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["draining"], true, "{out}");
+    expect_code(grpc.apply(session_req("late")), Code::FailedPrecondition, "session");
+    let (ok, out, err) = sluicectl(&["--addr", &a, "undrain"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("draining") && l.ends_with("no")), "{out}{err}");
+    grpc.apply(session_req("late")).unwrap();
+}
+
+/// TLS: `sluicectl certs` writes a CA and certificates; a control plane with
+/// `[controlplane.tls]` and a client CA (mTLS) serves a client holding the client certificate
+/// and refuses one without it (and plain text). Plain text must be asked for, and only on
+/// loopback.
+#[test]
+fn mtls_with_sluicectl_certs() {
+    const PORTS5: (u16, u16) = (19_400, 19_415);
+    let dir = TempDir::new("cp-tls");
+    let certs = dir.path().join("certs");
+    let (ok, out, err) = sluicectl(&["certs", certs.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for f in sluice_controlplane::certs::FILES {
+        assert!(certs.join(f).exists() && out.contains(f), "{f}: {out}");
+    }
+    let c = |f: &str| certs.join(f).display().to_string();
+
+    // Plain text is refused unless configured, and off loopback.
+    for (extra, run) in [("", 1), ("plaintext = true\ngrpc_listen = \"0.0.0.0:0\"\n", 2)] {
+        let cfg = dir.path().join(format!("bad-{run}.toml"));
+        std::fs::write(&cfg, format!("[controlplane]\nstate_dir = \"{}\"\n{extra}", dir.path().join("state-bad").display())).unwrap();
+        let mut d = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join(format!("bad-{run}.log")));
+        assert!(d.wait_exit(Duration::from_secs(10)).is_some_and(|s| !s.success()), "{}", d.log_text());
+        assert!(d.log_text().contains("controlplane.plaintext"), "{}", d.log_text());
+    }
+
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let extra = format!("[controlplane.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n", c("server.pem"), c("server.key"), c("ca.pem"));
+    let (cp, addr) = start_controlplane_cfg(dir.path(), &dp_sock, 1, PORTS5, &extra);
+    assert!(cp.log_text().contains("transport=\"mtls\""), "{}", cp.log_text());
+    let a = addr.to_string();
+
+    let (ok, out, err) = sluicectl(&["--addr", &a, "--ca", &c("ca.pem"), "--cert", &c("client.pem"), "--key", &c("client.key"), "status"]);
+    assert!(ok, "mTLS client refused: {err}\n{}", cp.log_text());
+    assert!(out.contains("sessions"), "{out}");
+    // By IP name too (the server certificate has 127.0.0.1).
+    let (ok, _, err) = sluicectl(&["--addr", &a, "--server-name", "127.0.0.1", "--ca", &c("ca.pem"), "--cert", &c("client.pem"), "--key", &c("client.key"), "status"]);
+    assert!(ok, "{err}");
+
+    // No client certificate: refused.
+    let (ok, _, err) = sluicectl(&["--addr", &a, "--ca", &c("ca.pem"), "status"]);
+    assert!(!ok, "a client without a certificate got an answer");
+    assert!(err.contains("transport error"), "{err}");
+    // Plain text: refused.
+    let (ok, _, _) = sluicectl(&["--addr", &a, "status"]);
+    assert!(!ok, "a plain-text client got an answer");
+    // A client certificate from another CA: refused.
+    let other = dir.path().join("other");
+    assert!(sluicectl(&["certs", other.to_str().unwrap()]).0);
+    let (ok, _, _) =
+        sluicectl(&["--addr", &a, "--ca", &c("ca.pem"), "--cert", &other.join("client.pem").display().to_string(), "--key", &other.join("client.key").display().to_string(), "status"]);
+    assert!(!ok, "a client certificate from another CA got an answer");
 }

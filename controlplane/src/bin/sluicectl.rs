@@ -1,0 +1,285 @@
+//! `sluicectl`: operator CLI for a Sluice control plane (the `sluice.v1` Node and Routes gRPC
+//! services), and dev certificates for its TLS.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use sluice_controlplane::pb;
+use sluice_controlplane::pb::node_client::NodeClient;
+use sluice_controlplane::pb::routes_client::RoutesClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Operator CLI for a Sluice control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The control plane's gRPC address: `host:port` or a URL (`http://…`, `https://…`).
+    #[arg(long, global = true, default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// CA certificate (PEM) to verify the server with; turns TLS on.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS (with --key).
+    #[arg(long, global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS (with --cert).
+    #[arg(long, global = true, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Server name to verify in its certificate.
+    #[arg(long, global = true, default_value = "localhost")]
+    server_name: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The node's status: load, capacity, drain state, dataplane link.
+    Status,
+    /// Every session with its legs and their local ports.
+    Sessions,
+    /// One session: legs, tracks, subscriptions.
+    Session {
+        /// The session id.
+        id: String,
+    },
+    /// Refuse new sessions (existing ones keep working).
+    Drain,
+    /// Take new sessions again.
+    Undrain,
+    /// Write a dev CA, a server certificate (localhost, 127.0.0.1, ::1) and a client
+    /// certificate into DIR.
+    Certs {
+        /// Where to write them.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Cmd::Certs { dir } = &args.cmd {
+        let written = sluice_controlplane::certs::write_dev_certs(dir)?;
+        if args.json {
+            println!("{}", json!({ "written": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>() }));
+        } else {
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+        }
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn connect(args: &Args) -> anyhow::Result<Channel> {
+    let tls = args.ca.is_some() || args.cert.is_some();
+    let url = if args.addr.contains("://") { args.addr.clone() } else { format!("{}://{}", if tls { "https" } else { "http" }, args.addr) };
+    let mut ep = Endpoint::from_shared(url.clone()).with_context(|| format!("--addr {url}"))?.connect_timeout(Duration::from_secs(5));
+    if tls || url.starts_with("https://") {
+        let mut cfg = ClientTlsConfig::new().domain_name(args.server_name.clone());
+        if let Some(ca) = &args.ca {
+            cfg = cfg.ca_certificate(Certificate::from_pem(std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?));
+        }
+        if let (Some(c), Some(k)) = (&args.cert, &args.key) {
+            let cert = std::fs::read(c).with_context(|| format!("--cert {}", c.display()))?;
+            let key = std::fs::read(k).with_context(|| format!("--key {}", k.display()))?;
+            cfg = cfg.identity(Identity::from_pem(cert, key));
+        }
+        ep = ep.tls_config(cfg).context("TLS settings")?;
+    }
+    ep.connect().await.with_context(|| format!("connecting to {url}"))
+}
+
+/// The status with its cause chain (a refused TLS handshake only shows there).
+fn grpc_err(s: tonic::Status) -> anyhow::Error {
+    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    let mut cause = std::error::Error::source(&s);
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    anyhow::anyhow!(msg)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let channel = connect(&args).await?;
+    let mut node = NodeClient::new(channel.clone());
+    let mut routes = RoutesClient::new(channel);
+    match &args.cmd {
+        Cmd::Status => {
+            let s = node.get_status(pb::GetStatusRequest {}).await.map_err(grpc_err)?.into_inner();
+            print_status(&s, args.json);
+        }
+        Cmd::Drain => {
+            let s = node.drain(pb::DrainRequest {}).await.map_err(grpc_err)?.into_inner();
+            print_status(&s, args.json);
+        }
+        Cmd::Undrain => {
+            let s = node.undrain(pb::UndrainRequest {}).await.map_err(grpc_err)?.into_inner();
+            print_status(&s, args.json);
+        }
+        Cmd::Sessions => {
+            let list = routes.list_sessions(pb::ListSessionsRequest {}).await.map_err(grpc_err)?.into_inner();
+            let mut sessions = Vec::new();
+            for summary in list.sessions {
+                match routes.get_session(pb::GetSessionRequest { session: summary.id.clone() }).await {
+                    Ok(s) => sessions.push((summary, Some(s.into_inner()))),
+                    // Deleted between the list and the get.
+                    Err(e) if e.code() == tonic::Code::NotFound => {}
+                    Err(e) => return Err(grpc_err(e)),
+                }
+            }
+            if args.json {
+                let v: Vec<Value> = sessions
+                    .iter()
+                    .map(|(sum, s)| {
+                        json!({
+                            "id": sum.id, "revision": sum.revision, "tracks": sum.tracks, "subscriptions": sum.subscriptions,
+                            "legs": s.as_ref().map(|s| s.legs.iter().map(leg_json).collect::<Vec<_>>()).unwrap_or_default(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&json!({ "sessions": v }))?);
+            } else {
+                let mut rows = vec![vec!["SESSION".to_owned(), "REVISION".into(), "TRACKS".into(), "SUBSCRIPTIONS".into(), "LEG".into(), "PORT".into(), "REMOTE".into()]];
+                for (sum, s) in &sessions {
+                    let legs = s.as_ref().map(|s| s.legs.as_slice()).unwrap_or_default();
+                    if legs.is_empty() {
+                        rows.push(vec![sum.id.clone(), sum.revision.to_string(), sum.tracks.to_string(), sum.subscriptions.to_string(), "-".into(), "-".into(), "-".into()]);
+                    }
+                    for (i, l) in legs.iter().enumerate() {
+                        let first = i == 0;
+                        rows.push(vec![
+                            if first { sum.id.clone() } else { String::new() },
+                            if first { sum.revision.to_string() } else { String::new() },
+                            if first { sum.tracks.to_string() } else { String::new() },
+                            if first { sum.subscriptions.to_string() } else { String::new() },
+                            l.id.clone(),
+                            l.local_port.to_string(),
+                            remote(l),
+                        ]);
+                    }
+                }
+                print_table(&rows);
+                println!("{} session(s)", sessions.len());
+            }
+        }
+        Cmd::Session { id } => {
+            let s = routes.get_session(pb::GetSessionRequest { session: id.clone() }).await.map_err(grpc_err)?.into_inner();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&session_json(&s))?);
+            } else {
+                println!("session {}  revision {}", s.id, s.revision);
+                println!();
+                let mut rows = vec![vec!["LEG".to_owned(), "PORT".into(), "REMOTE".into(), "FEEDBACK_SSRC".into()]];
+                rows.extend(s.legs.iter().map(|l| vec![l.id.clone(), l.local_port.to_string(), remote(l), l.feedback_ssrc.to_string()]));
+                print_table(&rows);
+                println!();
+                let mut rows = vec![vec!["TRACK".to_owned(), "PUBLISHER".into(), "KIND".into(), "LAYERS".into()]];
+                rows.extend(s.tracks.iter().map(|t| vec![t.id.clone(), t.publisher_leg.clone(), kind(t.kind).into(), t.layers.len().to_string()]));
+                print_table(&rows);
+                println!();
+                let mut rows = vec![vec!["SUBSCRIBER".to_owned(), "TRACK".into(), "OUT_SSRC".into(), "LAYER".into(), "PAUSED".into()]];
+                rows.extend(s.subscriptions.iter().map(|x| {
+                    vec![x.subscriber_leg.clone(), x.track.clone(), x.out_ssrc.to_string(), x.target_layer.to_string(), x.paused.to_string()]
+                }));
+                print_table(&rows);
+            }
+        }
+        Cmd::Certs { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+fn remote(l: &pb::Leg) -> String {
+    if l.remote.is_empty() { "(learned)".into() } else { l.remote.clone() }
+}
+
+fn kind(k: i32) -> &'static str {
+    match pb::MediaKind::try_from(k) {
+        Ok(pb::MediaKind::Audio) => "audio",
+        Ok(pb::MediaKind::Video) => "video",
+        _ => "?",
+    }
+}
+
+fn leg_json(l: &pb::Leg) -> Value {
+    json!({ "id": l.id, "local_port": l.local_port, "remote": l.remote, "feedback_ssrc": l.feedback_ssrc })
+}
+
+fn session_json(s: &pb::Session) -> Value {
+    json!({
+        "id": s.id,
+        "revision": s.revision,
+        "legs": s.legs.iter().map(leg_json).collect::<Vec<_>>(),
+        "tracks": s.tracks.iter().map(|t| json!({
+            "id": t.id, "publisher_leg": t.publisher_leg, "kind": kind(t.kind), "clock_rate": t.clock_rate,
+            "layers": t.layers.iter().map(|l| json!({ "ssrc": l.ssrc, "rtx_ssrc": l.rtx_ssrc, "rid": l.rid })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "subscriptions": s.subscriptions.iter().map(|x| json!({
+            "subscriber_leg": x.subscriber_leg, "track": x.track, "out_ssrc": x.out_ssrc,
+            "target_layer": x.target_layer, "paused": x.paused,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status(s: &pb::NodeStatus, as_json: bool) {
+    let pps_total: u64 = s.workers.iter().map(|w| w.rx_packets).sum();
+    if as_json {
+        let v = json!({
+            "draining": s.draining,
+            "sessions": s.sessions,
+            "legs": s.legs,
+            "tracks": s.tracks,
+            "subscriptions": s.subscriptions,
+            "port_range": [s.port_range_start, s.port_range_end],
+            "ports_free": s.ports_free,
+            "dataplane_connected": s.dataplane_connected,
+            "dataplane_generation": s.dataplane_generation,
+            "workers": s.workers.iter().map(|w| json!({
+                "worker": w.worker, "rx_packets": w.rx_packets, "tx_packets": w.tx_packets,
+                "rx_bytes": w.rx_bytes, "tx_bytes": w.tx_bytes, "drops": w.drops,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let rows = vec![
+        vec!["draining".to_owned(), if s.draining { "yes" } else { "no" }.into()],
+        vec!["sessions".into(), s.sessions.to_string()],
+        vec!["legs".into(), s.legs.to_string()],
+        vec!["tracks".into(), s.tracks.to_string()],
+        vec!["subscriptions".into(), s.subscriptions.to_string()],
+        vec!["ports".into(), format!("{}-{} ({} free)", s.port_range_start, s.port_range_end, s.ports_free)],
+        vec![
+            "dataplane".into(),
+            if s.dataplane_connected { format!("connected (generation {})", s.dataplane_generation) } else { "not connected".into() },
+        ],
+        vec!["rx packets".into(), pps_total.to_string()],
+    ];
+    print_table(&rows);
+    if !s.workers.is_empty() {
+        println!();
+        let mut rows = vec![vec!["WORKER".to_owned(), "RX_PACKETS".into(), "TX_PACKETS".into(), "RX_BYTES".into(), "TX_BYTES".into(), "DROPS".into()]];
+        rows.extend(s.workers.iter().map(|w| {
+            vec![w.worker.to_string(), w.rx_packets.to_string(), w.tx_packets.to_string(), w.rx_bytes.to_string(), w.tx_bytes.to_string(), w.drops.to_string()]
+        }));
+        print_table(&rows);
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(c, s)| format!("{s:<w$}", w = widths[c])).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
