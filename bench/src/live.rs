@@ -398,7 +398,7 @@ fn run_with(o: &Options, stop: &Arc<AtomicBool>, dir: &Path, kids: &mut Children
     std::fs::write(
         &cp_cfg,
         format!(
-            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
             dp_sock.display(),
             dir.join("state").display(),
             o.port_range.0,
