@@ -40,6 +40,32 @@ enum Command {
     /// Packets out per second through the real dataplane daemon, per I/O backend and fan-out,
     /// beside a one-datagram-per-syscall loop, and latency at half load.
     Forward(ForwardArgs),
+    /// Programming speed through the real control plane and dataplane: subscription changes
+    /// per second (one per Apply, and batched), and the time from Apply returning to the first
+    /// packet on the changed route.
+    Program(ProgramArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProgramArgs {
+    /// Participants in the meeting (participant 0 publishes audio every 0.5 ms).
+    #[arg(long, default_value_t = 4)]
+    size: u32,
+    /// Resume samples for the Apply → first-packet latency.
+    #[arg(long, default_value_t = 300)]
+    samples: usize,
+    /// Subscription changes for the changes/s figures.
+    #[arg(long, default_value_t = 2000)]
+    changes: usize,
+    /// Changes per Apply in the batched figure.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Local UDP ports the control plane allocates to legs, FIRST-LAST.
+    #[arg(long, value_parser = parse_range, default_value = "28000-28099")]
+    ports: (u16, u16),
+    /// Also write the figures to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +157,36 @@ fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Demo(a) if a.in_process => demo(&a),
         Command::Demo(a) => demo_live(&a),
+        Command::Program(a) => {
+            if !(2..=20).contains(&a.size) || a.batch == 0 || a.samples == 0 {
+                bail!("--size must be 2..=20, --batch and --samples at least 1");
+            }
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+            }
+            let opts = sluice_bench::live::Options {
+                meetings: 1,
+                size: a.size,
+                seconds: 0,
+                profile: Profile::AeadAes128Gcm,
+                hd_views: 0,
+                workers: 1,
+                port_range: a.ports,
+            };
+            let r = sluice_bench::live::program_speed(&opts, &stop, a.samples, a.changes, a.batch)?;
+            println!("programming speed through sluice-controlplane (gRPC) and sluice-dataplane (1 worker):");
+            println!("  subscription changes/s, one per Apply (each acked by the dataplane): {:.0}", r.single_changes_per_s);
+            println!("  subscription changes/s, {} per Apply:                            {:.0}", r.batch, r.batched_changes_per_s);
+            println!(
+                "  Apply returned -> first packet on the resumed route: p50 {:.0} us  p99 {:.0} us  max {:.0} us  ({} samples, publisher every {} us)",
+                r.first_packet_us.0, r.first_packet_us.1, r.first_packet_us.2, r.samples, r.publish_interval_us
+            );
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Forward(a) => {
             let (samples, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, a.profile.into(), a.seconds)?;
             if let Some(path) = a.json {
