@@ -237,7 +237,8 @@ pub fn leg_name(id: u32) -> String {
     format!("leg-{id}")
 }
 
-fn track_name(id: u32) -> String {
+/// The name a track of `meeting::build` gets on the control plane.
+pub fn track_name(id: u32) -> String {
     format!("track-{id}")
 }
 

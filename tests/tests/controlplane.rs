@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sluice_bench::live::{self, leg_name, subscription as sub, track_name};
 use sluice_bench::meeting::{self, Participant};
 use sluice_controlplane::pb;
 use sluice_controlplane::pb::change::Change as C;
 use sluice_controlplane::pb::node_client::NodeClient;
 use sluice_controlplane::pb::routes_client::RoutesClient;
-use sluice_controlplane::state::{codec_to_pb, profile_to_pb};
 use sluice_core::srtp::Profile;
-use sluice_core::table::{KeyMaterial, MediaKind, Op};
+use sluice_core::table::Op;
 use sluice_tests::{Daemon, TempDir, participant_socket};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -120,79 +120,9 @@ pub fn start_controlplane_cfg(dir: &Path, dp_sock: &Path, run: u32, ports: (u16,
     }
 }
 
-fn keys(k: &KeyMaterial) -> pb::KeyMaterial {
-    pb::KeyMaterial { profile: profile_to_pb(k.profile) as i32, key: k.key.clone(), salt: k.salt.clone() }
-}
-
-fn leg_name(id: u32) -> String {
-    format!("leg-{id}")
-}
-
-fn track_name(id: u32) -> String {
-    format!("track-{id}")
-}
-
-/// The meeting `meeting::build` describes, as gRPC changes (names instead of the dataplane ids,
-/// which the control plane picks itself).
+/// The meeting `meeting::build` describes, as gRPC changes: the demo's own conversion.
 fn changes(ops: &[Op]) -> Vec<pb::Change> {
-    let layers: HashMap<u32, usize> = ops.iter().filter_map(|o| if let Op::UpsertTrack(t) = o { Some((t.id.0, t.layers.len())) } else { None }).collect();
-    ops.iter()
-        .map(|op| {
-            let c = match op {
-                Op::UpsertLeg(l) => C::Leg(pb::Leg {
-                    id: leg_name(l.id.0),
-                    local_port: 0,
-                    remote: String::new(),
-                    rx: Some(keys(&l.rx)),
-                    tx: Some(keys(&l.tx)),
-                    feedback_ssrc: l.feedback_ssrc.0,
-                }),
-                Op::UpsertTrack(t) => C::Track(pb::Track {
-                    id: track_name(t.id.0),
-                    publisher_leg: leg_name(t.publisher.0),
-                    kind: match t.kind {
-                        MediaKind::Audio => pb::MediaKind::Audio,
-                        MediaKind::Video => pb::MediaKind::Video,
-                    } as i32,
-                    clock_rate: t.clock_rate,
-                    layers: t
-                        .layers
-                        .iter()
-                        .map(|l| pb::Layer { ssrc: l.ssrc.map(|s| s.0), rtx_ssrc: l.rtx_ssrc.map(|s| s.0), rid: l.rid.clone().unwrap_or_default() })
-                        .collect(),
-                    payload_types: t
-                        .payload_types
-                        .iter()
-                        .map(|p| pb::PayloadType { pt: u32::from(p.pt.0), codec: codec_to_pb(p.codec) as i32, rtx_pt: p.rtx_pt.map(|r| u32::from(r.0)) })
-                        .collect(),
-                    rid_ext: t.rid_ext.map(u32::from),
-                    repaired_rid_ext: t.repaired_rid_ext.map(u32::from),
-                }),
-                Op::UpsertSubscription(s) => {
-                    // meeting::build asks for layer 2 of audio too (the dataplane clamps it); the
-                    // control plane wants a layer the track has.
-                    let mut s = s.clone();
-                    s.target_layer = s.target_layer.min(layers[&s.track.0] as u8 - 1);
-                    C::Subscription(sub(&s))
-                }
-                other => panic!("meeting::build made {other:?}"),
-            };
-            pb::Change { change: Some(c) }
-        })
-        .collect()
-}
-
-fn sub(s: &sluice_core::table::SubscriptionSpec) -> pb::Subscription {
-    pb::Subscription {
-        subscriber_leg: leg_name(s.subscriber.0),
-        track: track_name(s.track.0),
-        out_ssrc: s.out_ssrc.0,
-        out_rtx_ssrc: s.out_rtx_ssrc.map(|x| x.0),
-        pt_map: s.pt_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(f.0), to: u32::from(t.0) }).collect(),
-        ext_map: s.ext_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(*f), to: u32::from(*t) }).collect(),
-        target_layer: u32::from(s.target_layer),
-        paused: s.paused,
-    }
+    live::changes(ops).expect("meeting::build makes only upserts")
 }
 
 fn req(changes: Vec<pb::Change>) -> pb::ChangeSet {
