@@ -14,6 +14,7 @@ use sluice_core::forward::CoreConfig;
 use sluice_core::table::TableConfig;
 use sluice_dataplane::config::{BackendChoice, Config};
 use sluice_dataplane::control::{self, Request, Response};
+use sluice_dataplane::events::{self, EventHub};
 use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry};
 use sluice_dataplane::metrics::{self, WorkerSnapshot};
 use sluice_dataplane::worker::{Worker, WorkerMsg, Workers};
@@ -107,6 +108,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
     let cores = config.worker_cores();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let (events_tx, events_rx) = events::channel();
+    let hub = EventHub::new();
+    hub.spawn_pump(events_rx).context("starting the event pump")?;
     let mut threads = Vec::new();
     for (index, (_, inbox)) in channels.into_iter().enumerate() {
         let backend = match config.backend {
@@ -120,7 +124,8 @@ fn run(config: Config) -> anyhow::Result<()> {
             }
         };
         tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
-        let worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch);
+        let worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch)
+            .with_events(events_tx.clone());
         let core_id = core_ids.iter().find(|c| c.id == cores[index]).copied();
         threads.push(std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
             if let Some(c) = core_id
@@ -134,7 +139,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     let workers = Workers::new(senders);
     let handle = workers.clone();
     let snaps = snapshots.clone();
-    control::serve(&config.control_socket, move |req| match req {
+    drop(events_tx);
+    control::serve(&config.control_socket, hub, move |req| match req {
         Request::Apply(delta) => match handle.apply(delta) {
             Ok(g) => Response::Applied(g),
             Err(e) => Response::Rejected { generation: handle.generation(), reason: e.to_string() },
@@ -145,6 +151,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             None => Response::Error("no worker answered".into()),
         },
         Request::Stats => Response::Stats(snaps.lock().map(|s| s.iter().map(|w| w.core.clone()).collect()).unwrap_or_default()),
+        Request::Subscribe { .. } => Response::Error("subscribe is answered by the endpoint itself".into()),
     })
     .with_context(|| format!("control socket {}", config.control_socket.display()))?;
     tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
