@@ -93,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         "desired state recovered"
     );
     let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(desired, journal, Link::new(&config.dataplane_socket))));
+    sluice_controlplane::events::spawn(engine.clone(), config.dataplane_socket.clone()).context("dataplane event thread")?;
     let lb = match redis {
         Some(r) => {
             let lb = Lb::new(&r.url, &r.node_id, r.interval).context("controlplane.redis_url")?;

@@ -213,11 +213,11 @@ impl Client {
     /// Sends a request and waits for its response.
     pub fn call(&mut self, req: &Request) -> io::Result<Response> {
         write_frame(&mut self.stream, req)?;
-        self.next()
+        self.receive()
     }
 
     /// Turns the connection into a subscription (see [`Request::Subscribe`]); read it with
-    /// [`Client::next`].
+    /// [`Client::receive`].
     pub fn subscribe(&mut self, stats_interval_ms: u32) -> io::Result<()> {
         match self.call(&Request::Subscribe { stats_interval_ms })? {
             Response::Subscribed => Ok(()),
@@ -226,11 +226,11 @@ impl Client {
     }
 
     /// The next frame the dataplane sends.
-    pub fn next(&mut self) -> io::Result<Response> {
+    pub fn receive(&mut self) -> io::Result<Response> {
         read_frame(&mut self.stream)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "dataplane closed the control socket"))
     }
 
-    /// Bounds how long [`Client::call`] and [`Client::next`] wait.
+    /// Bounds how long [`Client::call`] and [`Client::receive`] wait.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(timeout)?;
         self.stream.set_write_timeout(timeout)
@@ -300,7 +300,7 @@ mod tests {
         let (mut got, mut stats) = (Vec::new(), 0);
         let until = Instant::now() + Duration::from_secs(5);
         while (got.len() < sent.len() || stats < 2) && Instant::now() < until {
-            match sub.next().unwrap() {
+            match sub.receive().unwrap() {
                 Response::Events(e) => got.extend(e),
                 Response::Stats(s) => {
                     assert_eq!(s[0].rx_packets, 7);

@@ -673,6 +673,10 @@ impl World {
                 Event::RemoteLatched { .. } => "remote_latched",
                 Event::LegStats { .. } => "leg_stats",
                 Event::SsrcLearned { .. } => "ssrc_learned",
+                Event::LegActive { .. } => "leg_active",
+                Event::LegIdle { .. } => "leg_idle",
+                Event::StreamStarted { .. } => "stream_started",
+                Event::StreamStopped { .. } => "stream_stopped",
             };
             *self.events.entry(name).or_default() += 1;
         }
