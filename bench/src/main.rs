@@ -70,15 +70,16 @@ struct ProgramArgs {
 
 #[derive(Debug, clap::Args)]
 struct ForwardArgs {
-    /// Backends to compare (`naive` is the recv_from/send_to loop around the same core).
-    #[arg(long, value_delimiter = ',', default_value = "naive,mmsg,uring")]
+    /// Backends to compare (`naive` is the recv_from/send_to loop around the same core;
+    /// `-nogso` sends one datagram per packet).
+    #[arg(long, value_delimiter = ',', default_value = "naive,mmsg-nogso,uring-nogso,mmsg,uring")]
     backends: Vec<String>,
     /// Fan-outs to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     fanouts: Vec<u32>,
-    /// SRTP profile.
-    #[arg(long, value_enum, default_value_t = ProfileArg::Gcm)]
-    profile: ProfileArg,
+    /// SRTP profiles.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "gcm,cm80")]
+    profiles: Vec<ProfileArg>,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -188,7 +189,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Forward(a) => {
-            let (samples, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, a.profile.into(), a.seconds)?;
+            let profiles: Vec<Profile> = a.profiles.iter().map(|p| (*p).into()).collect();
+            let (samples, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, &profiles, a.seconds)?;
             if let Some(path) = a.json {
                 let doc = serde_json::json!({ "samples": samples, "latency": latency });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
