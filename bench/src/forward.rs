@@ -126,20 +126,27 @@ pub struct Latency {
     pub samples: u64,
 }
 
-fn material(profile: Profile, seed: u8) -> KeyMaterial {
+/// The bench's key material for `seed`: leg `l` receives with `material(l)` and sends with
+/// `material(100 + l)`.
+pub fn material(profile: Profile, seed: u8) -> KeyMaterial {
     KeyMaterial { profile, key: vec![seed; profile.key_len()], salt: vec![seed.wrapping_mul(3); profile.salt_len()] }
 }
 
-/// The table: leg 1 publishes one video layer, legs 2..=N+1 subscribe.
+/// The table: leg 1 publishes one video layer, legs 2..=N+1 subscribe; subscribers are where
+/// the sink listens, the publisher is latched from its packets.
 fn ops(profile: Profile, fanout: u32) -> Vec<Op> {
+    fanout_ops(profile, fanout, BASE_PORT, |l| (l > 1).then(|| SocketAddr::from((SINK_IP, SINK_PORT + l as u16))))
+}
+
+/// One publisher (leg 1, port `base_port + 1`, SSRC 0x5000, VP8 on PT 96) and `fanout`
+/// subscribers (legs 2..=N+1 on the following ports, out-SSRC 0x9000 + leg) at `remote(leg)`.
+pub fn fanout_ops(profile: Profile, fanout: u32, base_port: u16, remote: impl Fn(u32) -> Option<SocketAddr>) -> Vec<Op> {
     let mut ops = Vec::new();
     for l in 1..=fanout + 1 {
-        // Subscribers are where the sink listens; the publisher is latched from its packets.
-        let remote = (l > 1).then(|| SocketAddr::from((SINK_IP, SINK_PORT + l as u16)));
         ops.push(Op::UpsertLeg(LegSpec {
             id: LegId(l),
-            local_port: BASE_PORT + l as u16,
-            remote,
+            local_port: base_port + l as u16,
+            remote: remote(l),
             rx: material(profile, l as u8),
             tx: material(profile, 100 + l as u8),
             feedback_ssrc: Ssrc(0xfeed0000 + l),

@@ -176,6 +176,7 @@ impl Worker {
                     let result = self.core.apply((*delta).clone());
                     if result.is_ok() {
                         self.sync_ports();
+                        self.size_batches();
                     }
                     let _ = reply.send(result);
                 }
@@ -191,6 +192,17 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Keeps one receive batch's worst-case output within the output buffer: a datagram of the
+    /// widest track makes `max_fanout` copies (plus feedback), so with wide fan-outs the worker
+    /// receives fewer datagrams per batch (and the buffer grows if one datagram would not fit).
+    fn size_batches(&mut self) {
+        let per_rx = (self.core.tables().max_fanout() + 2).max(OUT_PER_RX);
+        if per_rx > self.out.capacity() && self.out.is_empty() {
+            self.out = OutBatch::new(per_rx);
+        }
+        self.io.set_rx_limit(self.out.capacity() / per_rx);
     }
 
     /// Opens the ports of the legs this worker owns and closes those no leg uses any more.
