@@ -1,4 +1,7 @@
-//! `sluice-bench`: Sluice's demo and (growing) capacity benchmark.
+//! `sluice-bench`: Sluice's capacity benchmark, demo, and forwarding and programming benchmarks.
+//!
+//! `capacity` (the README's main job runs it briefly) measures how many meetings of a scenario's
+//! mix the whole system carries: see `sluice_bench::capacity`.
 //!
 //! `demo` runs the whole system on loopback: it starts the real `sluice-dataplane` and
 //! `sluice-controlplane` (found next to this executable), programs simulated meetings through the

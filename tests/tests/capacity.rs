@@ -44,10 +44,12 @@ fn capacity(name: &str, ports: &str, extra: &[&str]) -> Run {
     let svg = dir.path().join("report.svg");
     let exe = bin_dir().join("sluice-bench");
     assert!(exe.exists(), "{} is not built (run the README's test command, which builds every binary first)", exe.display());
-    let mut args: Vec<String> = ["capacity", "--mode", "fixed", "--backends", "mmsg", "--ceiling-seconds", "0", "--ports", ports]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = vec!["capacity".into(), "--ports".into(), ports.into()];
+    for (flag, default) in [("--mode", "fixed"), ("--backends", "mmsg"), ("--ceiling-seconds", "0")] {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), default.to_string()]);
+        }
+    }
     args.extend(["--scenario".into(), scenario.display().to_string(), "--json".into(), json.display().to_string(), "--svg".into(), svg.display().to_string()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let out = Command::new(&exe).args(&args).output().expect("running sluice-bench capacity");

@@ -452,11 +452,12 @@ impl Report {
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" stroke-dasharray="6 3" points="{}"/>"#, lat.join(" "));
             for st in &run.steps {
                 let fill = if st.sustained { c } else { "white" };
+                let _ = writeln!(s, r#"<rect x="{:.1}" y="{:.1}" width="6" height="6" fill="{fill}" stroke="{c}"/>"#, px(st.expected_out_pps) - 3.0, py(st.latency.p99_us / 1e3, lmax) - 3.0);
                 let _ = writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{fill}" stroke="{c}"><title>{} step {}: {} meetings, {:.0} pkt/s, loss {:.3}%, p99 {:.0} us</title></circle>"#, px(st.expected_out_pps), py(st.forwarded_pps, ymax), xml(&run.backend), st.step, st.meetings, st.forwarded_pps, st.loss * 100.0, st.latency.p99_us);
             }
             let _ = writeln!(s, r#"<rect x="{}" y="{}" width="14" height="4" fill="{c}"/><text x="{}" y="{}">{}</text>"#, l + 10.0, t + 10.0 + 18.0 * k as f64, l + 30.0, t + 15.0 + 18.0 * k as f64, xml(&run.backend));
         }
-        let _ = writeln!(s, r##"<text x="{}" y="{}" fill="#555">hollow: not sustained; dotted grey: forwarded = offered</text>"##, l + 10.0, t + 15.0 + 18.0 * self.runs.len() as f64);
+        let _ = writeln!(s, r##"<text x="{}" y="{}" fill="#555">circles: forwarded; squares: p99; hollow: not sustained; dotted grey: forwarded = offered</text>"##, l + 10.0, t + 15.0 + 18.0 * self.runs.len() as f64);
         s.push_str("</svg>\n");
         s
     }
