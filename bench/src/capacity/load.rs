@@ -517,7 +517,7 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
         }
     }
     let mut local: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();
-    let mut touched = vec![false; MAX_STEPS];
+    let mut touched = [false; MAX_STEPS];
     let mut recent = histogram();
     let mut last_merge = Instant::now();
     let mut rtp_seen = 0u64;

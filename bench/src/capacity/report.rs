@@ -327,8 +327,8 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "{:<6} {:>4} {:>5} {:>6} {:>10} {:>11} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>14} {:>10}  {}",
-            "backend", "step", "meet", "parts", "in pkt/s", "expect/s", "fwd pkt/s", "fwd Mb/s", "loss %", "p50 us", "p99 us", "p99.9 us", "max us", "dp cpu/core", "pkt/cpu-s", "verdict"
+            "{:<6} {:>4} {:>5} {:>6} {:>10} {:>11} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>14} {:>10}  verdict",
+            "backend", "step", "meet", "parts", "in pkt/s", "expect/s", "fwd pkt/s", "fwd Mb/s", "loss %", "p50 us", "p99 us", "p99.9 us", "max us", "dp cpu/core", "pkt/cpu-s"
         );
         for r in &self.runs {
             for st in &r.steps {
