@@ -29,6 +29,8 @@ factor = 2.0
 step_s = 1.5
 settle_s = 0.3
 max_steps = 2
+# CI machines are shared: judge the steps on loss, not on scheduling latency.
+p99_target_ms = 1000.0
 "#;
 
 struct Run {

@@ -376,7 +376,16 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
                 let phase = (s as u64).wrapping_mul(0x9e37_79b9) % plan.streams[s].interval_ns;
                 heap.push(Reverse((now + phase, s)));
                 blast_list.push(s);
+                // A (re)started publisher begins with a keyframe, as a real one does.
+                if let Some(snd) = senders.get_mut(&s) {
+                    snd.keyframe = true;
+                }
             }
+            activated = active;
+        } else if active < activated {
+            // The ramp stepped back (bisecting): those meetings' publishers go quiet.
+            heap.retain(|r| plan.streams[r.0.1].meeting < active);
+            blast_list.retain(|&s| plan.streams[s].meeting < active);
             activated = active;
         }
         let step = shared.step.load(Ordering::Relaxed);

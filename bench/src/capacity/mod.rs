@@ -80,8 +80,18 @@ pub struct Options {
     pub live: bool,
 }
 
-/// The dataplane's worker threads: (name, tid) → (CPU seconds, core it last ran on).
-fn worker_cpu(pid: u32) -> HashMap<(String, u32), (f64, i64)> {
+/// One thread's counters: CPU seconds, seconds waiting on a run queue (runnable but not
+/// running: the CPU was taken by something else), the core it last ran on.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadStat {
+    cpu_s: f64,
+    wait_s: f64,
+    core: i64,
+}
+
+/// The threads of `pid` whose name starts with one of `prefixes`, from `/proc/<pid>/task/*/stat`
+/// and `schedstat`: (name, tid) → counters.
+fn thread_stats(pid: u32, prefixes: &[&str]) -> HashMap<(String, u32), ThreadStat> {
     // SAFETY: sysconf(3) has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut out = HashMap::new();
@@ -90,7 +100,7 @@ fn worker_cpu(pid: u32) -> HashMap<(String, u32), (f64, i64)> {
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
         let name = stat[open + 1..close].to_string();
-        if !name.starts_with("worker-") {
+        if !prefixes.iter().any(|p| name.starts_with(p)) {
             continue;
         }
         // Fields after the command: 3 (state) is index 0; utime 14 → 11, stime 15 → 12,
@@ -98,10 +108,40 @@ fn worker_cpu(pid: u32) -> HashMap<(String, u32), (f64, i64)> {
         let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         let ticks = f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
         let core = f.get(36).and_then(|x| x.parse::<i64>().ok()).unwrap_or(-1);
+        // schedstat: ns on the CPU, ns waiting on a run queue, timeslices.
+        let sched = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
+        let wait_ns = sched.split_whitespace().nth(1).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
         let tid = e.file_name().to_string_lossy().parse().unwrap_or(0);
-        out.insert((name, tid), (ticks / hz, core));
+        out.insert((name, tid), ThreadStat { cpu_s: ticks / hz, wait_s: wait_ns / 1e9, core });
     }
     out
+}
+
+/// The change of `thread_stats` over `secs`.
+fn thread_deltas(before: &HashMap<(String, u32), ThreadStat>, after: &HashMap<(String, u32), ThreadStat>, secs: f64) -> Vec<WorkerCpu> {
+    let mut v: Vec<WorkerCpu> = after
+        .iter()
+        .map(|(key, a)| {
+            let b = before.get(key).copied().unwrap_or_default();
+            WorkerCpu { thread: key.0.clone(), tid: key.1, core: a.core, cpu_s: a.cpu_s - b.cpu_s, busy: (a.cpu_s - b.cpu_s) / secs, runqueue_wait: (a.wait_s - b.wait_s) / secs }
+        })
+        .collect();
+    v.sort_by(|a, b| a.thread.cmp(&b.thread));
+    v
+}
+
+/// Datagrams the kernel dropped at the UDP sockets bound to `ports` (a full receive queue: the
+/// reader did not keep up), from `/proc/net/udp` of this process's network namespace.
+fn socket_drops(ports: &dyn Fn(u16) -> bool) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            ports(port).then(|| f.last()?.parse::<u64>().ok())?
+        })
+        .sum()
 }
 
 /// The meeting counts of the steps.
@@ -339,6 +379,10 @@ fn run_backend_with(
     let lanes: Vec<Lane> = (0..o.lanes).map(|i| Lane::start(lane_cfg(i, Path::Sfu), &plan_arc, &shared)).collect::<anyhow::Result<_>>()?;
     std::thread::sleep(Duration::from_millis(300));
 
+    let lane_ports: Vec<u16> = lanes.iter().map(|l| l.addr.port()).collect();
+    let is_lane = |p: u16| lane_ports.contains(&p);
+    let range = o.port_range;
+    let in_range = |p: u16| (range.0..=range.1).contains(&p);
     let mut results = Vec::new();
     let mut live_state = LiveState::new(&shared, metrics, dp_pid);
     if o.live {
@@ -349,8 +393,13 @@ fn run_backend_with(
     }
     let start = Instant::now();
     let mut outcome = Ok(());
-    for (k, &meetings) in steps.iter().enumerate() {
-        let step = k + 1;
+    // The planned steps, then (ramp) up to two more between the last sustained step and the
+    // first one that was not, bisecting towards the largest sustained meeting count.
+    let mut queue: std::collections::VecDeque<usize> = steps.iter().copied().collect();
+    let (mut best_ok, mut refinements) = (0usize, 0u32);
+    let mut step = 0usize;
+    while let Some(meetings) = queue.pop_front() {
+        step += 1;
         if stop.load(Ordering::Relaxed) || step >= load::MAX_STEPS {
             break;
         }
@@ -361,8 +410,9 @@ fn run_backend_with(
         shared.step.store(0, Ordering::Relaxed);
         shared.active.store(meetings, Ordering::Relaxed);
         sleep_live(o, &shared, &mut live_state, &start, step, meetings, plan.participants_in(meetings), settle, stop, kids);
-        let cpu0 = worker_cpu(dp_pid);
-        let harness0: Vec<(u64, u64)> = shared.cpu_ns.iter().map(|(g, s)| (g.load(Ordering::Relaxed), s.load(Ordering::Relaxed))).collect();
+        let me = std::process::id();
+        let (cpu0, own0) = (thread_stats(dp_pid, &["worker-"]), thread_stats(me, &["gen-", "sink-"]));
+        let (drops_sfu0, drops_sink0) = (socket_drops(&in_range), socket_drops(&is_lane));
         let dp0 = live::scrape(metrics).unwrap_or_default();
         let kf0 = shared.keyframe_requests.load(Ordering::Relaxed);
         shared.step.store(step as u8, Ordering::Relaxed);
@@ -370,8 +420,8 @@ fn run_backend_with(
         sleep_live(o, &shared, &mut live_state, &start, step, meetings, plan.participants_in(meetings), window, stop, kids);
         shared.step.store(0, Ordering::Relaxed);
         let secs = t.elapsed().as_secs_f64();
-        let cpu1 = worker_cpu(dp_pid);
-        let harness1: Vec<(u64, u64)> = shared.cpu_ns.iter().map(|(g, s)| (g.load(Ordering::Relaxed), s.load(Ordering::Relaxed))).collect();
+        let (cpu1, own1) = (thread_stats(dp_pid, &["worker-"]), thread_stats(me, &["gen-", "sink-"]));
+        let (drops_sfu1, drops_sink1) = (socket_drops(&in_range), socket_drops(&is_lane));
         let dp1 = live::scrape(metrics).unwrap_or_default();
         // The step's last copies are still in flight: give them a moment (stamped 0 meanwhile).
         std::thread::sleep(Duration::from_millis(250));
@@ -381,19 +431,11 @@ fn run_backend_with(
         }
         let totals = shared.steps[step].snapshot();
         let hist = shared.latency.lock().unwrap_or_else(PoisonError::into_inner)[step].clone();
-        let mut workers: Vec<WorkerCpu> = cpu1
-            .iter()
-            .map(|(key, &(c1, core))| {
-                let c0 = cpu0.get(key).map_or(0.0, |x| x.0);
-                WorkerCpu { thread: key.0.clone(), tid: key.1, core, cpu_s: c1 - c0, busy: (c1 - c0) / secs }
-            })
-            .collect();
-        workers.sort_by(|a, b| a.thread.cmp(&b.thread));
+        let workers = thread_deltas(&cpu0, &cpu1, secs);
+        let harness = thread_deltas(&own0, &own1, secs);
         let dp_cpu_s: f64 = workers.iter().map(|w| w.cpu_s).sum();
-        let lane_busy = |f: fn(&(u64, u64)) -> u64| {
-            harness1.iter().zip(&harness0).map(|(a, b)| (f(a) - f(b)) as f64 / 1e9 / secs).fold(0.0, f64::max)
-        };
-        let (gen_busy, sink_busy) = (lane_busy(|x| x.0), lane_busy(|x| x.1));
+        let busiest = |prefix: &str| harness.iter().filter(|h| h.thread.starts_with(prefix)).map(|h| h.busy).fold(0.0, f64::max);
+        let (gen_busy, sink_busy) = (busiest("gen-"), busiest("sink-"));
         let (_, expected_out, _) = plan.nominal_rates(meetings);
         let r = StepResult::new(StepInputs {
             backend,
@@ -407,6 +449,9 @@ fn run_backend_with(
             dataplane_rx_pps: (dp1.rx - dp0.rx) / secs,
             latency: Latency::of(&hist),
             workers,
+            harness,
+            socket_drops_sfu: drops_sfu1.saturating_sub(drops_sfu0),
+            socket_drops_harness: if o.netns { None } else { Some(drops_sink1.saturating_sub(drops_sink0)) },
             dp_cpu_s,
             gen_busy,
             sink_busy,
@@ -420,8 +465,17 @@ fn run_backend_with(
         }
         let sustained = r.sustained;
         results.push(r);
-        if o.mode == Mode::Ramp && !sustained {
-            break;
+        if o.mode == Mode::Ramp {
+            if sustained {
+                best_ok = best_ok.max(meetings);
+            } else {
+                queue.clear();
+                let mid = best_ok + (meetings - best_ok) / 2;
+                if refinements < 2 && mid > best_ok && mid < meetings {
+                    refinements += 1;
+                    queue.push_back(mid);
+                }
+            }
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
@@ -462,6 +516,9 @@ pub(crate) struct StepInputs<'a> {
     pub(crate) dataplane_rx_pps: f64,
     pub(crate) latency: Latency,
     pub(crate) workers: Vec<WorkerCpu>,
+    pub(crate) harness: Vec<WorkerCpu>,
+    pub(crate) socket_drops_sfu: u64,
+    pub(crate) socket_drops_harness: Option<u64>,
     pub(crate) dp_cpu_s: f64,
     pub(crate) gen_busy: f64,
     pub(crate) sink_busy: f64,
@@ -499,7 +556,7 @@ impl LiveState {
             received,
             received_bytes,
             expected,
-            dp_cpu: worker_cpu(pid).values().map(|v| v.0).sum(),
+            dp_cpu: thread_stats(pid, &["worker-"]).values().map(|v| v.cpu_s).sum(),
             harness: shared.cpu_ns.iter().map(|(g, s)| (g.load(Ordering::Relaxed), s.load(Ordering::Relaxed))).collect(),
         }
     }

@@ -59,6 +59,9 @@ pub struct WorkerCpu {
     pub cpu_s: f64,
     /// `cpu_s` per wall second (1.0: the core was busy all the time).
     pub busy: f64,
+    /// Seconds spent runnable but waiting for a CPU, per wall second (from `schedstat`): how
+    /// much other load on the machine held the thread back.
+    pub runqueue_wait: f64,
 }
 
 /// The harness's own ceiling, with no forwarder in the path.
@@ -119,6 +122,14 @@ pub struct StepResult {
     pub dataplane_workers: Vec<WorkerCpu>,
     /// Dataplane worker CPU seconds, all workers.
     pub dataplane_cpu_s: f64,
+    /// The harness's threads (generators, sinks): CPU and run-queue wait.
+    pub harness_threads: Vec<WorkerCpu>,
+    /// Datagrams the kernel dropped at the SFU's leg sockets (the forwarder did not read in
+    /// time): loss that is the forwarder's.
+    pub socket_drops_sfu: u64,
+    /// Datagrams the kernel dropped at the harness's sockets (the sinks did not read in time):
+    /// loss that is the harness's (not measured with --netns).
+    pub socket_drops_harness: Option<u64>,
     /// Copies forwarded per worker CPU-second.
     pub packets_per_cpu_s: f64,
     /// Busy fraction of the busiest generator thread.
@@ -131,6 +142,10 @@ pub struct StepResult {
     /// generator and sink together over 90% of their shared core, or over 80% of the measured
     /// ceiling).
     pub generator_limited: bool,
+    /// Whether other load on the machine held the dataplane workers or the harness back: a
+    /// thread spent over 10% of the step runnable but waiting for a CPU. The step then measured
+    /// the machine's contention as much as Sluice.
+    pub contended: bool,
     /// Loss under `ramp.max_loss` and p99 under `ramp.p99_target_ms`, with something delivered.
     pub sustained: bool,
 }
@@ -142,6 +157,8 @@ impl StepResult {
         let forwarded_pps = t.received as f64 / secs;
         let offered_pps = t.sent as f64 / secs;
         let mut limited = i.gen_busy > 0.9 || i.sink_busy > 0.9 || (i.shared_core && i.gen_busy + i.sink_busy > 0.9);
+        // Copies the kernel dropped because the sinks fell behind are the harness's loss.
+        limited |= i.socket_drops_harness.is_some_and(|d| d > 0);
         if let Some(c) = i.ceiling {
             limited |= offered_pps > 0.8 * c.generator_pps || forwarded_pps > 0.8 * c.sink_pps;
             if i.shared_core {
@@ -149,6 +166,7 @@ impl StepResult {
             }
         }
         let loss = t.loss();
+        let contended = i.workers.iter().chain(&i.harness).any(|w| w.runqueue_wait > 0.1);
         let sustained = t.received > 0 && loss < i.scenario.ramp.max_loss && i.latency.p99_us < i.scenario.ramp.p99_target_ms * 1e3;
         Self {
             backend: i.backend.to_string(),
@@ -170,19 +188,23 @@ impl StepResult {
             packets_per_cpu_s: if i.dp_cpu_s > 0.0 { t.received as f64 / i.dp_cpu_s } else { 0.0 },
             dataplane_workers: i.workers,
             dataplane_cpu_s: i.dp_cpu_s,
+            harness_threads: i.harness,
+            socket_drops_sfu: i.socket_drops_sfu,
+            socket_drops_harness: i.socket_drops_harness,
             generator_busy: i.gen_busy,
             sink_busy: i.sink_busy,
             keyframe_requests: i.keyframe_requests,
             generator_limited: limited,
+            contended,
             sustained,
         }
     }
 
     /// The step's row of the table.
     pub fn one_line(&self) -> String {
-        let cpu: Vec<String> = self.dataplane_workers.iter().map(|w| format!("c{}:{:.0}%", w.core, w.busy * 100.0)).collect();
+        let cpu: Vec<String> = self.dataplane_workers.iter().map(|w| format!("c{}:{:.0}% (waited {:.0}%)", w.core, w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
         format!(
-            "step {:>2}: {:>4} meetings {:>5} parts  in {:>8.0}/s  fwd {:>9.0}/s {:>7.1} Mb/s  loss {:>7.4}%  p50/p99/p99.9/max {:>6.0}/{:>6.0}/{:>6.0}/{:>6.0} us  dp {} ({:.0} pkt/cpu-s)  harness {:.0}%/{:.0}%  dup {} reord {} gaps {} ts! {} auth! {} misroute {}{}{}",
+            "step {:>2}: {:>4} meetings {:>5} parts  in {:>8.0}/s  fwd {:>9.0}/s {:>7.1} Mb/s  loss {:>7.4}%  p50/p99/p99.9/max {:>6.0}/{:>6.0}/{:>6.0}/{:>6.0} us  dp {} ({:.0} pkt/cpu-s)  harness {:.0}%/{:.0}%  dup {} reord {} gaps {} ts! {} auth! {} misroute {}  socket drops sfu {} harness {}{}{}",
             self.step,
             self.meetings,
             self.participants,
@@ -204,9 +226,11 @@ impl StepResult {
             self.totals.ts_errors,
             self.totals.auth_failures,
             self.totals.misrouted,
+            self.socket_drops_sfu,
+            self.socket_drops_harness.map_or("-".to_string(), |d| d.to_string()),
             if self.sustained { "  ok" } else { "  NOT SUSTAINED" },
             if self.generator_limited { "  [GENERATOR-LIMITED]" } else { "" },
-        )
+        ) + if self.contended { "  [CPU-CONTENDED]" } else { "" }
     }
 }
 
@@ -328,14 +352,14 @@ impl Report {
         let _ = writeln!(
             s,
             "{:<6} {:>4} {:>5} {:>6} {:>10} {:>11} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>14} {:>10}  verdict",
-            "backend", "step", "meet", "parts", "in pkt/s", "expect/s", "fwd pkt/s", "fwd Mb/s", "loss %", "p50 us", "p99 us", "p99.9 us", "max us", "dp cpu/core", "pkt/cpu-s"
+            "backend", "step", "meet", "parts", "in pkt/s", "expect/s", "fwd pkt/s", "fwd Mb/s", "loss %", "p50 us", "p99 us", "p99.9 us", "max us", "dp cpu+wait", "pkt/cpu-s"
         );
         for r in &self.runs {
             for st in &r.steps {
-                let cpu: Vec<String> = st.dataplane_workers.iter().map(|w| format!("{:.0}%", w.busy * 100.0)).collect();
+                let cpu: Vec<String> = st.dataplane_workers.iter().map(|w| format!("{:.0}%+{:.0}%w", w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
                 let _ = writeln!(
                     s,
-                    "{:<6} {:>4} {:>5} {:>6} {:>10.0} {:>11.0} {:>10.0} {:>8.1} {:>9.4} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>14} {:>10.0}  {}{}",
+                    "{:<6} {:>4} {:>5} {:>6} {:>10.0} {:>11.0} {:>10.0} {:>8.1} {:>9.4} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>14} {:>10.0}  {}{}{}",
                     r.backend,
                     st.step,
                     st.meetings,
@@ -352,16 +376,21 @@ impl Report {
                     cpu.join("/"),
                     st.packets_per_cpu_s,
                     if st.sustained { "ok" } else { "NOT sustained" },
-                    if st.generator_limited { " (generator-limited)" } else { "" }
+                    if st.generator_limited { " (generator-limited)" } else { "" },
+                    if st.contended { " (cpu-contended)" } else { "" }
                 );
             }
         }
+        let _ = writeln!(
+            s,
+            "(dp cpu+wait: each dataplane worker's CPU and its time runnable but waiting for a CPU, per wall second; cpu-contended: a dataplane or harness thread waited over 10% — other load on the machine, not Sluice, shaped that step)"
+        );
         let _ = writeln!(s, "path faults seen by the sinks (all steps):");
         for r in &self.runs {
             let sum = |f: fn(&StepTotals) -> u64| r.steps.iter().map(|st| f(&st.totals)).sum::<u64>();
             let _ = writeln!(
                 s,
-                "  {:<6} lost {}  duplicates {}  reordered {}  sequence gaps {}  timestamp errors {}  failed to authenticate {}  misrouted {}  keyframe requests {}",
+                "  {:<6} lost {}  duplicates {}  reordered {}  sequence gaps {}  timestamp errors {}  failed to authenticate {}  misrouted {}  keyframe requests {}  kernel socket drops: at the SFU {}, at the harness {}",
                 r.backend,
                 r.steps.iter().map(|st| st.lost).sum::<u64>(),
                 sum(|t| t.duplicates),
@@ -371,6 +400,8 @@ impl Report {
                 sum(|t| t.auth_failures),
                 sum(|t| t.misrouted),
                 r.steps.iter().map(|st| st.keyframe_requests).sum::<u64>(),
+                r.steps.iter().map(|st| st.socket_drops_sfu).sum::<u64>(),
+                r.steps.iter().map(|st| st.socket_drops_harness.unwrap_or(0)).sum::<u64>(),
             );
         }
         let _ = writeln!(s, "maximum sustained (loss < {}%, p99 < {} ms):", self.scenario.ramp.max_loss * 100.0, self.scenario.ramp.p99_target_ms);
@@ -379,14 +410,15 @@ impl Report {
                 Some(m) => {
                     let _ = writeln!(
                         s,
-                        "  {:<6} {:.0} pkt/s ({:.1} Mbit/s) forwarded, {} meetings, {} participants, dataplane {:.2} cores{}",
+                        "  {:<6} {:.0} pkt/s ({:.1} Mbit/s) forwarded, {} meetings, {} participants, dataplane {:.2} cores{}{}",
                         r.backend,
                         m.forwarded_pps,
                         m.forwarded_bps / 1e6,
                         m.meetings,
                         m.participants,
                         m.dataplane_cpu,
-                        if m.generator_limited { " — GENERATOR-LIMITED: the forwarder may carry more" } else { "" }
+                        if m.generator_limited { " — GENERATOR-LIMITED: the forwarder may carry more" } else { "" },
+                        if r.steps.iter().any(|st| st.contended) { " — some steps were CPU-contended (see the table): treat as a lower bound" } else { "" }
                     );
                 }
                 None => {
