@@ -326,12 +326,18 @@ pub(crate) struct Counters {
     pub(crate) srtp_failures: f64,
 }
 
-pub(crate) fn scrape(addr: SocketAddr) -> Option<Counters> {
+/// The dataplane's `/metrics` page.
+pub(crate) fn metrics_body(addr: SocketAddr) -> Option<String> {
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     c.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     c.write_all(b"GET /metrics HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").ok()?;
     let mut body = String::new();
     c.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+pub(crate) fn scrape(addr: SocketAddr) -> Option<Counters> {
+    let body = metrics_body(addr)?;
     Some(Counters {
         rx: metric(&body, "sluice_rx_packets_total"),
         tx: metric(&body, "sluice_tx_packets_total"),

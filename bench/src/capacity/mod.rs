@@ -144,6 +144,26 @@ fn socket_drops(ports: &dyn Fn(u16) -> bool) -> u64 {
         .sum()
 }
 
+/// The dataplane's drop counters by reason, and its I/O send errors (`send_errors`), from its
+/// metrics page.
+fn dataplane_drops(metrics: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let mut m = std::collections::BTreeMap::new();
+    let body = live::metrics_body(metrics).unwrap_or_default();
+    for l in body.lines() {
+        let key = if l.starts_with("sluice_drops_total{") {
+            l.split("reason=\"").nth(1).and_then(|r| r.split('"').next())
+        } else if l.starts_with("sluice_io_total{") && l.contains("counter=\"send_errors\"") {
+            Some("send_errors")
+        } else {
+            None
+        };
+        if let (Some(k), Some(v)) = (key, l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())) {
+            *m.entry(k.to_string()).or_insert(0.0) += v;
+        }
+    }
+    m
+}
+
 /// The meeting counts of the steps.
 pub fn step_meetings(s: &Scenario, mode: Mode, cap: usize) -> Vec<usize> {
     match mode {
@@ -414,6 +434,7 @@ fn run_backend_with(
         let (cpu0, own0) = (thread_stats(dp_pid, &["worker-"]), thread_stats(me, &["gen-", "sink-"]));
         let (drops_sfu0, drops_sink0) = (socket_drops(&in_range), socket_drops(&is_lane));
         let dp0 = live::scrape(metrics).unwrap_or_default();
+        let drops0 = dataplane_drops(metrics);
         let kf0 = shared.keyframe_requests.load(Ordering::Relaxed);
         shared.step.store(step as u8, Ordering::Relaxed);
         let t = Instant::now();
@@ -423,6 +444,12 @@ fn run_backend_with(
         let (cpu1, own1) = (thread_stats(dp_pid, &["worker-"]), thread_stats(me, &["gen-", "sink-"]));
         let (drops_sfu1, drops_sink1) = (socket_drops(&in_range), socket_drops(&is_lane));
         let dp1 = live::scrape(metrics).unwrap_or_default();
+        let drops1 = dataplane_drops(metrics);
+        let dataplane_drops: std::collections::BTreeMap<String, f64> = drops1
+            .iter()
+            .map(|(k, v)| (k.clone(), v - drops0.get(k).copied().unwrap_or(0.0)))
+            .filter(|(k, v)| *v > 0.0 && k != "rtcp_consumed" && k != "layer_filtered")
+            .collect();
         // The step's last copies are still in flight: give them a moment (stamped 0 meanwhile).
         std::thread::sleep(Duration::from_millis(250));
         if let Err(e) = kids.check_alive("sluice-dataplane") {
@@ -451,6 +478,7 @@ fn run_backend_with(
             workers,
             harness,
             socket_drops_sfu: drops_sfu1.saturating_sub(drops_sfu0),
+            dataplane_drops,
             socket_drops_harness: if o.netns { None } else { Some(drops_sink1.saturating_sub(drops_sink0)) },
             dp_cpu_s,
             gen_busy,
@@ -478,9 +506,19 @@ fn run_backend_with(
             }
         }
     }
+    // Publishers stop; what is still queued anywhere lands, then every step is judged again on
+    // its final counts (a copy that arrived after the step's grace is late, not lost).
+    shared.active.store(0, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
     shared.stop.store(true, Ordering::Relaxed);
     lanes.into_iter().for_each(Lane::join);
     outcome?;
+    {
+        let hists = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        for r in &mut results {
+            r.finalize(shared.steps[r.step].snapshot(), Latency::of(&hists[r.step]), s);
+        }
+    }
     let best = results.iter().filter(|r| r.sustained).max_by(|a, b| a.forwarded_pps.total_cmp(&b.forwarded_pps));
     let max_sustained = best.map(|r| Sustained {
         step: r.step,
@@ -518,6 +556,7 @@ pub(crate) struct StepInputs<'a> {
     pub(crate) workers: Vec<WorkerCpu>,
     pub(crate) harness: Vec<WorkerCpu>,
     pub(crate) socket_drops_sfu: u64,
+    pub(crate) dataplane_drops: std::collections::BTreeMap<String, f64>,
     pub(crate) socket_drops_harness: Option<u64>,
     pub(crate) dp_cpu_s: f64,
     pub(crate) gen_busy: f64,

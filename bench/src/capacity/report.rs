@@ -146,8 +146,16 @@ pub struct StepResult {
     /// thread spent over 10% of the step runnable but waiting for a CPU. The step then measured
     /// the machine's contention as much as Sluice.
     pub contended: bool,
-    /// Loss under `ramp.max_loss` and p99 under `ramp.p99_target_ms`, with something delivered.
+    /// Loss under `ramp.max_loss` and p99 under `ramp.p99_target_ms`, with something delivered
+    /// (final counts).
     pub sustained: bool,
+    /// The verdict the ramp acted on, 250 ms after the step (late copies not yet in).
+    pub sustained_at_step_end: bool,
+    /// Copies that arrived after the step's 250 ms grace (counted in the final figures).
+    pub late_copies: u64,
+    /// The dataplane's own drops during the step, by reason (its metrics; `send_errors`: sends
+    /// the kernel refused), without the normal `rtcp_consumed` and `layer_filtered`.
+    pub dataplane_drops: std::collections::BTreeMap<String, f64>,
 }
 
 impl StepResult {
@@ -197,14 +205,31 @@ impl StepResult {
             generator_limited: limited,
             contended,
             sustained,
+            sustained_at_step_end: sustained,
+            late_copies: 0,
+            dataplane_drops: i.dataplane_drops,
         }
+    }
+
+    /// Recomputes the figures that depend on arrivals from the final counts.
+    pub(crate) fn finalize(&mut self, t: StepTotals, latency: Latency, s: &Scenario) {
+        let secs = self.seconds.max(1e-9);
+        self.late_copies = t.received.saturating_sub(self.totals.received);
+        self.forwarded_pps = t.received as f64 / secs;
+        self.forwarded_bps = t.received_bytes as f64 * 8.0 / secs;
+        self.loss = t.loss();
+        self.lost = t.lost();
+        self.packets_per_cpu_s = if self.dataplane_cpu_s > 0.0 { t.received as f64 / self.dataplane_cpu_s } else { 0.0 };
+        self.totals = t;
+        self.latency = latency;
+        self.sustained = t.received > 0 && self.loss < s.ramp.max_loss && latency.p99_us < s.ramp.p99_target_ms * 1e3;
     }
 
     /// The step's row of the table.
     pub fn one_line(&self) -> String {
         let cpu: Vec<String> = self.dataplane_workers.iter().map(|w| format!("c{}:{:.0}% (waited {:.0}%)", w.core, w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
         format!(
-            "step {:>2}: {:>4} meetings {:>5} parts  in {:>8.0}/s  fwd {:>9.0}/s {:>7.1} Mb/s  loss {:>7.4}%  p50/p99/p99.9/max {:>6.0}/{:>6.0}/{:>6.0}/{:>6.0} us  dp {} ({:.0} pkt/cpu-s)  harness {:.0}%/{:.0}%  dup {} reord {} gaps {} ts! {} auth! {} misroute {}  socket drops sfu {} harness {}{}{}",
+            "step {:>2}: {:>4} meetings {:>5} parts  in {:>8.0}/s  fwd {:>9.0}/s {:>7.1} Mb/s  loss {:>7.4}%  p50/p99/p99.9/max {:>6.0}/{:>6.0}/{:>6.0}/{:>6.0} us  dp {} ({:.0} pkt/cpu-s)  harness {:.0}%/{:.0}%  dup {} reord {} gaps {} ts! {} auth! {} misroute {}  socket drops sfu {} harness {}  dataplane drops {:?}{}{}",
             self.step,
             self.meetings,
             self.participants,
@@ -228,6 +253,7 @@ impl StepResult {
             self.totals.misrouted,
             self.socket_drops_sfu,
             self.socket_drops_harness.map_or("-".to_string(), |d| d.to_string()),
+            self.dataplane_drops,
             if self.sustained { "  ok" } else { "  NOT SUSTAINED" },
             if self.generator_limited { "  [GENERATOR-LIMITED]" } else { "" },
         ) + if self.contended { "  [CPU-CONTENDED]" } else { "" }
