@@ -102,6 +102,10 @@ fn a_clean_run_shows_no_fault_and_every_figure() {
     let workers = step["dataplane_workers"].as_array().expect("workers");
     assert_eq!(workers.len(), 1, "{step}");
     assert!(workers[0]["thread"].as_str().is_some_and(|t| t.starts_with("worker-")), "{step}");
+    let harness = step["harness_threads"].as_array().expect("harness threads");
+    assert!(harness.iter().any(|t| t["thread"] == "gen-0") && harness.iter().any(|t| t["thread"] == "sink-0"), "{step}");
+    assert_eq!(step["socket_drops_harness"], 0, "{step}");
+    assert!(step["dataplane_drops"].as_object().is_some_and(|d| d.is_empty()), "{step}");
     // The subscriptions' schedules and what arrived agree: every copy expected was delivered.
     assert_eq!(total(&r, "expected"), total(&r, "received"));
 }
