@@ -429,6 +429,19 @@ impl Report {
                 r.steps.iter().map(|st| st.socket_drops_sfu).sum::<u64>(),
                 r.steps.iter().map(|st| st.socket_drops_harness.unwrap_or(0)).sum::<u64>(),
             );
+            let mut dp = std::collections::BTreeMap::<&str, f64>::new();
+            for st in &r.steps {
+                for (k, v) in &st.dataplane_drops {
+                    *dp.entry(k.as_str()).or_default() += v;
+                }
+            }
+            let dp: Vec<String> = dp.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+            let _ = writeln!(
+                s,
+                "         the dataplane's own drops (its metrics): {}   copies that arrived after their step's grace: {}",
+                if dp.is_empty() { "none".to_string() } else { dp.join(", ") },
+                r.steps.iter().map(|st| st.late_copies).sum::<u64>()
+            );
         }
         let _ = writeln!(s, "maximum sustained (loss < {}%, p99 < {} ms):", self.scenario.ramp.max_loss * 100.0, self.scenario.ramp.p99_target_ms);
         for r in &self.runs {
