@@ -471,11 +471,12 @@ impl Report {
             let per_cpu = |r: &BackendRun| r.steps.iter().filter(|s| s.sustained).map(|s| s.packets_per_cpu_s).fold(0.0, f64::max);
             let _ = writeln!(
                 s,
-                "  {} / {}: {:.2}x the sustained rate, {:.2}x the packets per CPU-second",
+                "  {} / {}: {:.2}x the sustained rate, {:.2}x the packets per CPU-second{}",
                 self.runs[1].backend,
                 self.runs[0].backend,
                 b.forwarded_pps / a.forwarded_pps.max(1.0),
-                per_cpu(&self.runs[1]) / per_cpu(&self.runs[0]).max(1.0)
+                per_cpu(&self.runs[1]) / per_cpu(&self.runs[0]).max(1.0),
+                if self.runs.iter().flat_map(|r| &r.steps).any(|s| s.contended) { " (cpu-contended steps: the ratio is dominated by other load on the machine)" } else { "" }
             );
         }
         s
