@@ -491,7 +491,9 @@ impl Report {
         let steps: Vec<&StepResult> = self.runs.iter().flat_map(|r| &r.steps).collect();
         let xmax = nice(steps.iter().map(|s| s.expected_out_pps).fold(1.0, f64::max));
         let ymax = nice(steps.iter().map(|s| s.forwarded_pps.max(s.expected_out_pps)).fold(1.0, f64::max));
-        let lmax = nice(steps.iter().map(|s| s.latency.p99_us / 1e3).fold(0.1, f64::max));
+        // Latency on a log axis (ms), 0.1 ms to the decade above the worst p99 (or the target).
+        let decades = (steps.iter().map(|s| s.latency.p99_us / 1e3).fold(self.scenario.ramp.p99_target_ms, f64::max).log10().ceil() as i32 + 1).clamp(2, 6);
+        let pl = |ms: f64| H - b - ((ms.max(0.1) / 0.1).log10() / f64::from(decades)).min(1.0) * (H - t - b);
         let px = |x: f64| l + x / xmax * (W - l - r);
         let py = |y: f64, max: f64| H - b - y / max * (H - t - b);
         let mut s = String::new();
@@ -509,22 +511,30 @@ impl Report {
             let (x, y) = (px(f * xmax), py(f * ymax, ymax));
             let _ = writeln!(s, r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#eee"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##, t, H - b, H - b + 16.0, si(f * xmax));
             let _ = writeln!(s, r##"<line x1="{l}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, W - r, l - 6.0, y + 4.0, si(f * ymax));
-            let _ = writeln!(s, r#"<text x="{}" y="{}">{:.1}</text>"#, W - r + 6.0, y + 4.0, f * lmax);
+        }
+        for d in 0..=decades {
+            let ms = 0.1 * 10f64.powi(d);
+            let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, W - r + 6.0, pl(ms) + 4.0, if ms < 1.0 { format!("{ms:.1}") } else { format!("{ms:.0}") });
         }
         let _ = writeln!(s, r##"<line x1="{l}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 4"/>"##, py(0.0, ymax), px(xmax.min(ymax)), py(xmax.min(ymax), ymax));
         let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">offered load: copies/s the subscriptions ask for</text>"#, (l + W - r) / 2.0, H - 20.0);
         let _ = writeln!(s, r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">forwarded and verified, packets/s (solid)</text>"#, (t + H - b) / 2.0);
-        let _ = writeln!(s, r#"<text transform="translate({} {}) rotate(90)" text-anchor="middle">p99 one-way added latency, ms (dashed)</text>"#, W - 24.0, (t + H - b) / 2.0);
+        let _ = writeln!(s, r#"<text transform="translate({} {}) rotate(90)" text-anchor="middle">p99 one-way added latency, ms, log scale (dashed)</text>"#, W - 24.0, (t + H - b) / 2.0);
+        let target = pl(self.scenario.ramp.p99_target_ms);
+        let _ = writeln!(s, r##"<line x1="{l}" y1="{target}" x2="{}" y2="{target}" stroke="#e69500" stroke-dasharray="2 4"/><text x="{}" y="{}" text-anchor="end" fill="#e69500">p99 target</text>"##, W - r, W - r - 4.0, target - 4.0);
         let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
         for (k, run) in self.runs.iter().enumerate() {
             let c = colours[k % colours.len()];
-            let fwd: Vec<String> = run.steps.iter().map(|s| format!("{:.1},{:.1}", px(s.expected_out_pps), py(s.forwarded_pps, ymax))).collect();
-            let lat: Vec<String> = run.steps.iter().map(|s| format!("{:.1},{:.1}", px(s.expected_out_pps), py(s.latency.p99_us / 1e3, lmax))).collect();
+            // Lines through the steps in order of load (a ramp may step back to bisect or confirm).
+            let mut by_load: Vec<&StepResult> = run.steps.iter().collect();
+            by_load.sort_by(|a, b| a.expected_out_pps.total_cmp(&b.expected_out_pps));
+            let fwd: Vec<String> = by_load.iter().map(|s| format!("{:.1},{:.1}", px(s.expected_out_pps), py(s.forwarded_pps, ymax))).collect();
+            let lat: Vec<String> = by_load.iter().map(|s| format!("{:.1},{:.1}", px(s.expected_out_pps), pl(s.latency.p99_us / 1e3))).collect();
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, fwd.join(" "));
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" stroke-dasharray="6 3" points="{}"/>"#, lat.join(" "));
             for st in &run.steps {
                 let fill = if st.sustained { c } else { "white" };
-                let _ = writeln!(s, r#"<rect x="{:.1}" y="{:.1}" width="6" height="6" fill="{fill}" stroke="{c}"/>"#, px(st.expected_out_pps) - 3.0, py(st.latency.p99_us / 1e3, lmax) - 3.0);
+                let _ = writeln!(s, r#"<rect x="{:.1}" y="{:.1}" width="6" height="6" fill="{fill}" stroke="{c}"/>"#, px(st.expected_out_pps) - 3.0, pl(st.latency.p99_us / 1e3) - 3.0);
                 let _ = writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{fill}" stroke="{c}"><title>{} step {}: {} meetings, {:.0} pkt/s, loss {:.3}%, p99 {:.0} us</title></circle>"#, px(st.expected_out_pps), py(st.forwarded_pps, ymax), xml(&run.backend), st.step, st.meetings, st.forwarded_pps, st.loss * 100.0, st.latency.p99_us);
             }
             let _ = writeln!(s, r#"<rect x="{}" y="{}" width="14" height="4" fill="{c}"/><text x="{}" y="{}">{}</text>"#, l + 10.0, t + 10.0 + 18.0 * k as f64, l + 30.0, t + 15.0 + 18.0 * k as f64, xml(&run.backend));
