@@ -75,6 +75,11 @@ fn total(r: &Run, field: &str) -> u64 {
         .sum()
 }
 
+/// A per-step figure summed over the steps of the first run.
+fn step_sum(r: &Run, field: &str) -> u64 {
+    r.report["runs"][0]["steps"].as_array().expect("steps").iter().map(|s| s[field].as_u64().unwrap_or_else(|| panic!("no {field}"))).sum()
+}
+
 /// Asserts every fault counter but `allowed` is zero.
 fn only(r: &Run, allowed: &[&str]) {
     for f in ["lost", "duplicates", "reordered", "seq_gaps", "ts_errors", "auth_failures", "misrouted"] {
@@ -105,6 +110,7 @@ fn a_clean_run_shows_no_fault_and_every_figure() {
     let harness = step["harness_threads"].as_array().expect("harness threads");
     assert!(harness.iter().any(|t| t["thread"] == "gen-0") && harness.iter().any(|t| t["thread"] == "sink-0"), "{step}");
     assert_eq!(step["socket_drops_harness"], 0, "{step}");
+    assert_eq!(step["plis_sent"], 0, "{step}");
     assert!(step["dataplane_drops"].as_object().is_some_and(|d| d.is_empty()), "{step}");
     // The subscriptions' schedules and what arrived agree: every copy expected was delivered.
     assert_eq!(total(&r, "expected"), total(&r, "received"));
@@ -119,6 +125,10 @@ fn injected_loss_is_reported_as_loss() {
     assert!(lost >= want / 2 && lost <= want * 2, "lost {lost} of {expected}, injected ~{want}:\n{}", r.stdout);
     assert!(total(&r, "seq_gaps") > 0, "{}", r.stdout);
     assert_eq!(r.report["runs"][0]["steps"][0]["sustained"], false, "2% loss must not count as sustained");
+    // The subscribers asked for keyframes on the gaps, the SFU passed the requests on to the
+    // publishers, and they answered.
+    assert!(step_sum(&r, "plis_sent") > 0, "{}", r.stdout);
+    assert!(step_sum(&r, "keyframe_requests") > 0, "the SFU did not pass the PLIs on:\n{}", r.stdout);
 }
 
 #[test]

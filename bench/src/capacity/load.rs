@@ -156,6 +156,8 @@ pub struct Shared {
     pub recent: Mutex<Histogram<u64>>,
     /// PLI/FIR received by publishers.
     pub keyframe_requests: AtomicU64,
+    /// PLIs the subscribers sent (on a gap in a video stream, as a decoder would).
+    pub plis_sent: AtomicU64,
     /// Keyframes sent.
     pub keyframes: AtomicU64,
     /// RTCP packets received and authenticated by participants.
@@ -183,6 +185,7 @@ impl Shared {
             latency: Mutex::new((0..MAX_STEPS).map(|_| histogram()).collect()),
             recent: Mutex::new(histogram()),
             keyframe_requests: AtomicU64::new(0),
+            plis_sent: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
             rtcp_received: AtomicU64::new(0),
             cpu_ns: (0..lanes).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
@@ -492,6 +495,10 @@ struct Receiver {
     srtp: RtpRecvState,
     highest: Option<(u16, u32)>,
     clock: u32,
+    /// Video or screen: a gap asks for a keyframe.
+    video: bool,
+    /// When this subscriber last sent a PLI for it, ns.
+    last_pli: u64,
 }
 
 fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, shared: &Shared) {
@@ -512,17 +519,29 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
         })
         .collect();
     let mut rtcp_state: HashMap<usize, RtcpRecvState> = HashMap::new();
+    // Each subscriber's own upstream keys, for the PLIs it sends.
+    let mut up_keys: HashMap<usize, (SrtpKeys, RtcpSendState)> = members
+        .iter()
+        .filter_map(|&p| {
+            let k = &plan.participants[p].up;
+            Some((p, (SrtpKeys::new(k.profile, &k.key, &k.salt).ok()?, RtcpSendState::new())))
+        })
+        .collect();
+    let mut plis: Vec<(usize, u32)> = Vec::new();
+    let mut pli_bufs: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let lane_port = io.ports().first().copied().unwrap_or(0);
     let by_port: HashMap<u16, usize> = members.iter().map(|&p| (plan.participants[p].port, p)).collect();
     let mut receivers: HashMap<u32, (Receiver, usize)> = HashMap::new();
     if cfg.path == Path::Sfu {
         for o in plan.out_streams.iter().filter(|o| member_set.contains(&o.subscriber)) {
             let clock = if plan.streams[o.stream].kind == StreamKind::Audio { 48_000 } else { 90_000 };
-            receivers.insert(o.out_ssrc, (Receiver { subscriber: o.subscriber, srtp: RtpRecvState::new(1024), highest: None, clock }, o.stream));
+            let video = plan.streams[o.stream].kind != StreamKind::Audio;
+            receivers.insert(o.out_ssrc, (Receiver { subscriber: o.subscriber, srtp: RtpRecvState::new(1024), highest: None, clock, video, last_pli: 0 }, o.stream));
         }
     } else {
         for (s, st) in plan.streams.iter().enumerate().filter(|(_, st)| member_set.contains(&st.publisher)) {
             let clock = if st.kind == StreamKind::Audio { 48_000 } else { 90_000 };
-            receivers.insert(st.ssrc, (Receiver { subscriber: st.publisher, srtp: RtpRecvState::new(1024), highest: None, clock }, s));
+            receivers.insert(st.ssrc, (Receiver { subscriber: st.publisher, srtp: RtpRecvState::new(1024), highest: None, clock, video: false, last_pli: 0 }, s));
         }
     }
     let mut local: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();
@@ -605,6 +624,12 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
                     if d > 0 {
                         if d > 1 {
                             c.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                            // A decoder that lost part of a frame asks for a keyframe (at most
+                            // every 300 ms per stream).
+                            if r.video && cfg.path == Path::Sfu && now.saturating_sub(r.last_pli) > 300_000_000 {
+                                r.last_pli = now;
+                                plis.push((r.subscriber, ssrc));
+                            }
                         }
                         let dt = ts.wrapping_sub(hts) as i32;
                         if dt < 0 || dt as u64 > 10 * u64::from(r.clock) {
@@ -644,6 +669,19 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
                 process(held_port, &mut h);
             }
         });
+        for (p, media) in plis.drain(..) {
+            let Some((k, st)) = up_keys.get_mut(&p) else { continue };
+            let mut b = vec![0u8; 64];
+            let Ok(n) = rtcp::write_pli(&mut b, Ssrc(plan.participants[p].leg.0), Ssrc(media)) else { continue };
+            let Ok(n) = k.protect_rtcp(st, &mut b, n) else { continue };
+            b.truncate(n);
+            pli_bufs.push((SocketAddr::new(cfg.sfu_ip, plan.participants[p].port), b));
+        }
+        if !pli_bufs.is_empty() {
+            let sent = io.send_batch(pli_bufs.iter().map(|(dst, b)| Transmit { local_port: lane_port, dst: *dst, payload: b }));
+            shared.plis_sent.fetch_add(sent as u64, Ordering::Relaxed);
+            pli_bufs.clear();
+        }
         if last_merge.elapsed() >= Duration::from_millis(100) {
             let mut all = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
             for (k, h) in local.iter_mut().enumerate() {

@@ -436,7 +436,7 @@ fn run_backend_with(
         let (drops_sfu0, drops_sink0) = (socket_drops(&in_range), socket_drops(&is_lane));
         let dp0 = live::scrape(metrics).unwrap_or_default();
         let drops0 = dataplane_drops(metrics);
-        let kf0 = shared.keyframe_requests.load(Ordering::Relaxed);
+        let (kf0, pli0) = (shared.keyframe_requests.load(Ordering::Relaxed), shared.plis_sent.load(Ordering::Relaxed));
         shared.step.store(step as u8, Ordering::Relaxed);
         let t = Instant::now();
         sleep_live(o, &shared, &mut live_state, &start, step, meetings, plan.participants_in(meetings), window, stop, kids);
@@ -487,6 +487,7 @@ fn run_backend_with(
             shared_core: o.generator_core.is_some() && o.generator_core == o.sink_core,
             ceiling,
             keyframe_requests: shared.keyframe_requests.load(Ordering::Relaxed) - kf0,
+            plis_sent: shared.plis_sent.load(Ordering::Relaxed) - pli0,
             scenario: s,
         });
         if o.live {
@@ -569,6 +570,7 @@ pub(crate) struct StepInputs<'a> {
     pub(crate) shared_core: bool,
     pub(crate) ceiling: Option<&'a Ceiling>,
     pub(crate) keyframe_requests: u64,
+    pub(crate) plis_sent: u64,
     pub(crate) scenario: &'a Scenario,
 }
 

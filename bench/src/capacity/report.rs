@@ -136,8 +136,10 @@ pub struct StepResult {
     pub generator_busy: f64,
     /// Busy fraction of the busiest sink thread.
     pub sink_busy: f64,
-    /// PLI/FIR the publishers received.
+    /// PLI/FIR the publishers received (the SFU's translation of the subscribers' PLIs).
     pub keyframe_requests: u64,
+    /// PLIs the subscribers sent on gaps in video streams.
+    pub plis_sent: u64,
     /// Whether the harness, not the forwarder, may have been the limit (a thread over 90% busy,
     /// generator and sink together over 90% of their shared core, or over 80% of the measured
     /// ceiling).
@@ -202,6 +204,7 @@ impl StepResult {
             generator_busy: i.gen_busy,
             sink_busy: i.sink_busy,
             keyframe_requests: i.keyframe_requests,
+            plis_sent: i.plis_sent,
             generator_limited: limited,
             contended,
             sustained,
@@ -416,7 +419,7 @@ impl Report {
             let sum = |f: fn(&StepTotals) -> u64| r.steps.iter().map(|st| f(&st.totals)).sum::<u64>();
             let _ = writeln!(
                 s,
-                "  {:<6} lost {}  duplicates {}  reordered {}  sequence gaps {}  timestamp errors {}  failed to authenticate {}  misrouted {}  keyframe requests {}  kernel socket drops: at the SFU {}, at the harness {}",
+                "  {:<6} lost {}  duplicates {}  reordered {}  sequence gaps {}  timestamp errors {}  failed to authenticate {}  misrouted {}  PLIs sent {}  keyframe requests at publishers {}  kernel socket drops: at the SFU {}, at the harness {}",
                 r.backend,
                 r.steps.iter().map(|st| st.lost).sum::<u64>(),
                 sum(|t| t.duplicates),
@@ -425,6 +428,7 @@ impl Report {
                 sum(|t| t.ts_errors),
                 sum(|t| t.auth_failures),
                 sum(|t| t.misrouted),
+                r.steps.iter().map(|st| st.plis_sent).sum::<u64>(),
                 r.steps.iter().map(|st| st.keyframe_requests).sum::<u64>(),
                 r.steps.iter().map(|st| st.socket_drops_sfu).sum::<u64>(),
                 r.steps.iter().map(|st| st.socket_drops_harness.unwrap_or(0)).sum::<u64>(),
