@@ -32,7 +32,7 @@ use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmi
 
 /// Payload bytes after the 12-byte RTP header, so the RTP packet is 1200 bytes.
 const PAYLOAD: usize = 1188;
-const BASE_PORT: u16 = 31_000;
+pub(crate) const BASE_PORT: u16 = 31_000;
 const PUBLISHER_SSRC: u32 = 0x5000;
 /// Where the daemon under test serves its metrics (read for batch sizes and I/O counters).
 const METRICS_PORT: u16 = 39_311;
@@ -105,12 +105,12 @@ pub struct Latency {
     pub samples: u64,
 }
 
-fn material(profile: Profile, seed: u8) -> KeyMaterial {
+pub(crate) fn material(profile: Profile, seed: u8) -> KeyMaterial {
     KeyMaterial { profile, key: vec![seed; profile.key_len()], salt: vec![seed.wrapping_mul(3); profile.salt_len()] }
 }
 
 /// The table: leg 1 publishes one video layer, legs 2..=N+1 subscribe.
-fn ops(profile: Profile, fanout: u32) -> Vec<Op> {
+pub(crate) fn ops(profile: Profile, fanout: u32) -> Vec<Op> {
     let mut ops = Vec::new();
     for l in 1..=fanout + 1 {
         ops.push(Op::UpsertLeg(LegSpec {
@@ -288,7 +288,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// utime + stime of a process, from /proc (clock ticks → ns).
-fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -300,7 +300,7 @@ fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
 
 /// The publisher: protects packets on the fly (so sequence numbers never repeat) and sends them
 /// in sendmmsg batches through the same batched I/O the dataplane uses.
-struct Generator {
+pub(crate) struct Generator {
     io: Backend,
     port: u16,
     keys: SrtpKeys,
@@ -311,8 +311,9 @@ struct Generator {
 }
 
 impl Generator {
-    fn new(profile: Profile, epoch: WallInstant) -> anyhow::Result<Self> {
-        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: [127, 0, 0, 1].into(), gso: false, ..IoConfig::default() }, SendRegistry::new())?;
+    /// A publisher on `ip` (in the calling thread's network namespace).
+    pub(crate) fn new(profile: Profile, epoch: WallInstant, ip: std::net::IpAddr) -> anyhow::Result<Self> {
+        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: ip, gso: false, ..IoConfig::default() }, SendRegistry::new())?;
         let port = io.add_port(0)?;
         let m = material(profile, 1);
         Ok(Self {
@@ -327,7 +328,7 @@ impl Generator {
     }
 
     /// Sends `n` (≤ 64) packets to `dst`; the first 8 payload bytes carry the send time.
-    fn send(&mut self, dst: SocketAddr, n: usize) -> usize {
+    pub(crate) fn send(&mut self, dst: SocketAddr, n: usize) -> usize {
         let now = self.epoch.elapsed().as_nanos() as u64;
         let mut lens = [0usize; 64];
         for (i, b) in self.bufs.iter_mut().take(n).enumerate() {
@@ -347,15 +348,24 @@ impl Generator {
 }
 
 /// The subscribers' side: counts what arrives, and (when asked) decrypts to read send times.
-struct Sink {
+pub(crate) struct Sink {
     stop: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<Histogram<u64>>>,
 }
 
 impl Sink {
-    fn start(profile: Profile, fanout: u32, epoch: WallInstant, measure: bool, core: usize) -> anyhow::Result<(Self, Vec<u16>)> {
-        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: [127, 0, 0, 1].into(), ..IoConfig::default() }, SendRegistry::new())?;
+    /// Subscribers on `ip` (in the calling thread's network namespace) that say hello to the
+    /// forwarder at `fwd_ip`.
+    pub(crate) fn start(
+        profile: Profile,
+        fanout: u32,
+        epoch: WallInstant,
+        measure: bool,
+        core: usize,
+        (ip, fwd_ip): (std::net::IpAddr, std::net::IpAddr),
+    ) -> anyhow::Result<(Self, Vec<u16>)> {
+        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: ip, ..IoConfig::default() }, SendRegistry::new())?;
         let ports: Vec<u16> = (0..fanout).map(|_| io.add_port(0)).collect::<Result<_, _>>()?;
         // Hello from each subscriber so the forwarder learns its address.
         let mut hellos = Vec::new();
@@ -367,7 +377,7 @@ impl Sink {
             let n = rtcp::write_rr(&mut b, Ssrc(k as u32 + 2), &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
             let n = up_keys.protect_rtcp(&mut RtcpSendState::new(), &mut b, n).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             b.truncate(n);
-            hellos.push((ports[k], SocketAddr::from(([127, 0, 0, 1], BASE_PORT + 2 + k as u16)), b, m));
+            hellos.push((ports[k], SocketAddr::new(fwd_ip, BASE_PORT + 2 + k as u16), b, m));
         }
         io.send_batch(hellos.iter().map(|(p, dst, b, _)| Transmit { local_port: *p, dst: *dst, payload: b }));
         let keys: Vec<(u16, SrtpKeys)> =
@@ -403,7 +413,7 @@ impl Sink {
         Ok((Self { stop, received, thread: Some(thread) }, ports))
     }
 
-    fn finish(mut self) -> Histogram<u64> {
+    pub(crate) fn finish(mut self) -> Histogram<u64> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or_else(|| Histogram::new(3).expect("histogram"))
     }
@@ -414,8 +424,9 @@ fn run_one(backend: &str, profile: Profile, fanout: u32, seconds: f64, rate: f64
     let epoch = WallInstant::now();
     let dir = std::env::temp_dir();
     let mut fwd = Forwarder::start(backend, profile, fanout, 1, &dir)?;
-    let (sink, _ports) = Sink::start(profile, fanout, epoch, measure, 0)?;
-    let mut generator = Generator::new(profile, epoch)?;
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (sink, _ports) = Sink::start(profile, fanout, epoch, measure, 0, (lo, lo))?;
+    let mut generator = Generator::new(profile, epoch, lo)?;
     let dst = SocketAddr::from(([127, 0, 0, 1], BASE_PORT + 1));
     // Warm up: the subscriptions start on the first keyframe; give the hellos time to land.
     std::thread::sleep(Duration::from_millis(200));

@@ -5,3 +5,5 @@
 pub mod forward;
 pub mod live;
 pub mod meeting;
+pub mod netns;
+pub mod xdp;

@@ -26,6 +26,7 @@ use sluice_core::time::Instant;
 
 use crate::io::{Backend, Transmit};
 use crate::metrics::{Snapshots, WorkerSnapshot};
+use crate::shield::{ShieldEvent, ShieldMsg};
 
 /// What a worker is told between batches.
 #[derive(Debug)]
@@ -66,6 +67,8 @@ pub struct Worker {
     epoch: WallInstant,
     bind_errors: u64,
     peer_queue_full: u64,
+    shield: Option<Sender<ShieldMsg>>,
+    shield_queue_full: u64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -104,7 +107,17 @@ impl Worker {
             epoch,
             bind_errors: 0,
             peer_queue_full: 0,
+            shield: None,
+            shield_queue_full: 0,
         }
+    }
+
+    /// Reports remotes latched and SSRCs learned to the XDP shield (see [`crate::shield`]), so it
+    /// can swap a leg's any-remote entry for the exact one and allow learned SSRCs. Never blocks:
+    /// a full queue is counted (`shield_queue_full`) and the wildcard stays until the next event.
+    pub fn with_shield(mut self, shield: Sender<ShieldMsg>) -> Self {
+        self.shield = Some(shield);
+        self
     }
 
     fn now(&self) -> Instant {
@@ -200,12 +213,20 @@ impl Worker {
     /// Tells other workers what they need: remotes learned here, feedback for their tracks.
     fn route_events(&mut self) {
         while let Some(e) = self.core.poll_event() {
-            if let Event::RemoteLatched { leg, remote } = e {
-                for (i, p) in self.peers.iter().enumerate() {
-                    if i != self.index {
-                        self.peer_queue_full += u64::from(matches!(p.try_send(WorkerMsg::SetRemote(leg, remote)), Err(TrySendError::Full(_))));
+            let for_shield = match e {
+                Event::RemoteLatched { leg, remote } => {
+                    for (i, p) in self.peers.iter().enumerate() {
+                        if i != self.index {
+                            self.peer_queue_full += u64::from(matches!(p.try_send(WorkerMsg::SetRemote(leg, remote)), Err(TrySendError::Full(_))));
+                        }
                     }
+                    Some(ShieldEvent::RemoteLatched { leg, remote })
                 }
+                Event::SsrcLearned { leg, track, layer, rtx, ssrc } => Some(ShieldEvent::SsrcLearned { leg, track, layer, rtx, ssrc }),
+                _ => None,
+            };
+            if let (Some(ev), Some(shield)) = (for_shield, &self.shield) {
+                self.shield_queue_full += u64::from(matches!(shield.try_send(ShieldMsg::Event(ev)), Err(TrySendError::Full(_))));
             }
         }
         while let Some(h) = self.core.poll_handoff() {
@@ -233,6 +254,7 @@ impl Worker {
                 ("gso_refused", io.gso_refused),
                 ("bind_errors", self.bind_errors),
                 ("peer_queue_full", self.peer_queue_full),
+                ("shield_queue_full", self.shield_queue_full),
             ],
             batches: self.batches,
             batched_datagrams: self.batched,
