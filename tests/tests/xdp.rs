@@ -136,8 +136,10 @@ fn meeting(t: &Topo, sock: &Path, m: u32, flood: bool) -> Meeting {
         thread::spawn(move || {
             let (mut n_strange, mut n_forged) = (0u64, 0u64);
             let mut seq = 0u16;
+            // About 50k datagrams/s: a flood, but bursts well under veth's 256-frame ring, so
+            // what the meeting loses (nothing) is the shield's doing, not the test's.
             while !stop.load(Ordering::Relaxed) {
-                for _ in 0..16 {
+                for _ in 0..4 {
                     seq = seq.wrapping_add(1);
                     for (i, dst) in targets.iter().enumerate() {
                         let mut pkt = vec![0x80, 96, (seq >> 8) as u8, seq as u8, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
@@ -149,7 +151,7 @@ fn meeting(t: &Topo, sock: &Path, m: u32, flood: bool) -> Meeting {
                         n_forged += u64::from(own[i].send_to(&pkt, dst).is_ok());
                     }
                 }
-                thread::sleep(Duration::from_micros(500));
+                thread::sleep(Duration::from_millis(1));
             }
             (n_strange, n_forged)
         })
@@ -237,7 +239,7 @@ fn a_flood_from_strangers_dies_in_xdp_while_the_meeting_flows() {
     let log = stop(d);
 
     assert_eq!(total(&run), EXPECTED, "the meeting was untouched\n{log}");
-    assert!(run.strangers >= 20_000, "only {} flood datagrams", run.strangers);
+    assert!(run.strangers >= 10_000, "only {} flood datagrams", run.strangers);
     let (unknown_source, unknown_ssrc) = (xdp_verdict(&m, "unknown_source"), xdp_verdict(&m, "unknown_ssrc"));
     // veth may drop a little of a flood before XDP sees it (its ring is 256 deep), never after.
     assert!(unknown_source <= run.strangers && unknown_source * 100 >= run.strangers * 95, "{unknown_source} of {} strangers' datagrams dropped in XDP", run.strangers);
