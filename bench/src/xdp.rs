@@ -31,6 +31,7 @@ use anyhow::{Context as _, bail};
 use sluice_core::ids::Generation;
 use sluice_core::srtp::Profile;
 use sluice_core::table::Delta;
+use sluice_core::verdict::DropReason;
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::io::xsk::Interface;
 use sluice_dataplane::xdp::{Egress, PIN_ROOT, RelayRoute, Verdict as XdpVerdict, XdpStage};
@@ -69,8 +70,14 @@ pub struct FanoutSample {
     pub backend: String,
     /// Publisher packets sent per second.
     pub offered_pps: f64,
+    /// Publisher packets the daemon's worker received per second.
+    pub in_pps: f64,
     /// Packets the daemon sent per second (its own count).
     pub out_pps: f64,
+    /// What the worker dropped during the measurement, by reason.
+    pub worker_drops: Vec<(String, u64)>,
+    /// Busy fraction of each CPU during the measurement (generator core 0, worker core 1).
+    pub core_busy: Vec<f64>,
     /// Packets delivered to the subscribers' interface per second (XDP_DROP counter at the sink).
     pub delivered_pps: f64,
     /// Daemon CPU seconds per wall second.
@@ -176,17 +183,49 @@ impl Daemon {
         Ok(Self { child, control, socket })
     }
 
-    /// (packets sent, packets dropped by the worker, CPU ns) so far.
-    fn counters(&mut self) -> anyhow::Result<(u64, u64, u64)> {
-        let (tx, drops) = match self.control.call(&Request::Stats)? {
-            Response::Stats(s) => (
-                s.iter().map(|c| c.tx_packets).sum(),
-                s.iter().map(|c| sluice_core::verdict::DropReason::ALL.iter().map(|r| c.drops_for(*r)).sum::<u64>()).sum(),
-            ),
+    /// Packets received, sent, and dropped by the worker, and CPU ns, so far.
+    fn counters(&mut self) -> anyhow::Result<Counters> {
+        let c = match self.control.call(&Request::Stats)? {
+            Response::Stats(s) => Counters {
+                rx: s.iter().map(|c| c.rx_packets).sum(),
+                tx: s.iter().map(|c| c.tx_packets).sum(),
+                drops: s.iter().map(|c| DropReason::ALL.iter().map(|r| c.drops_for(*r)).sum::<u64>()).sum(),
+                by_reason: DropReason::ALL.iter().map(|r| s.iter().map(|c| c.drops_for(*r)).sum()).collect(),
+                cpu_ns: process_cpu_ns(self.child.id())?,
+            },
             other => bail!("stats: {other:?}"),
         };
-        Ok((tx, drops, process_cpu_ns(self.child.id())?))
+        Ok(c)
     }
+}
+
+#[derive(Clone, Debug)]
+struct Counters {
+    by_reason: Vec<u64>,
+    rx: u64,
+    tx: u64,
+    drops: u64,
+    cpu_ns: u64,
+}
+
+/// Busy jiffies and all jiffies of each CPU (`/proc/stat`).
+fn cpu_times() -> Vec<(u64, u64)> {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            let all: u64 = v.iter().take(8).sum();
+            (all - idle, all)
+        })
+        .collect()
+}
+
+/// Busy fraction of each CPU between two `cpu_times` samples.
+fn busy(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| (y.0 - x.0) as f64 / (y.1 - x.1).max(1) as f64).collect()
 }
 
 /// The publisher (in gen's namespace), after a few real packets so the daemon latched its
@@ -264,22 +303,22 @@ fn drop_sample(t: &Topo, gen_stage: &mut XdpStage, gen_if: u32, shield: bool, in
             Some(_) => 0,
         })
     };
-    let (_, drops0, cpu0) = d.counters()?;
+    let c0 = d.counters()?;
     let x0 = dut_counter(&pass)?;
     let t0 = Instant::now();
     let sent = flood(t, gen_stage, gen_if, seconds)?;
     let wall = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
-    let (_, drops1, cpu1) = d.counters()?;
+    let c1 = d.counters()?;
     let x1 = dut_counter(&pass)?;
-    let dropped = if shield { x1 - x0 } else { drops1 - drops0 };
+    let dropped = if shield { x1 - x0 } else { c1.drops - c0.drops };
     pass.take();
     finish(d, instance);
     Ok(DropSample {
         path: if shield { "xdp_shield" } else { "userspace" }.into(),
         offered_pps: sent as f64 / wall,
         dropped_pps: dropped as f64 / wall,
-        daemon_cpu: (cpu1 - cpu0) as f64 / 1e9 / wall,
+        daemon_cpu: (c1.cpu_ns - c0.cpu_ns) as f64 / 1e9 / wall,
     })
 }
 
@@ -291,8 +330,9 @@ fn fanout_sample(t: &Topo, gen_stage: &XdpStage, backend: &str, instance: &str, 
     std::thread::sleep(Duration::from_millis(200));
     let mut g = latched_publisher(t, epoch)?;
     let delivered = || gen_stage.verdict_counts().map(|c| c.get(XdpVerdict::DropUnknownSource));
-    let (out0, _, cpu0) = d.counters()?;
+    let c0 = d.counters()?;
     let del0 = delivered()?;
+    let stat0 = cpu_times();
     let t0 = Instant::now();
     let offered = std::thread::scope(|s| {
         s.spawn(|| {
@@ -308,16 +348,25 @@ fn fanout_sample(t: &Topo, gen_stage: &XdpStage, backend: &str, instance: &str, 
         .unwrap_or(0)
     });
     let wall = t0.elapsed().as_secs_f64();
-    let (out1, _, cpu1) = d.counters()?;
+    let c1 = d.counters()?;
+    let cores = busy(&stat0, &cpu_times());
     std::thread::sleep(Duration::from_millis(100));
     let del1 = delivered()?;
     sink.finish();
     finish(d, instance);
-    let cpu = (cpu1 - cpu0) as f64 / 1e9;
-    let out = (out1 - out0) as f64;
+    let cpu = (c1.cpu_ns - c0.cpu_ns) as f64 / 1e9;
+    let out = (c1.tx - c0.tx) as f64;
     Ok(FanoutSample {
         backend: backend.into(),
         offered_pps: offered as f64 / wall,
+        in_pps: (c1.rx - c0.rx) as f64 / wall,
+        worker_drops: DropReason::ALL
+            .iter()
+            .zip(c0.by_reason.iter().zip(&c1.by_reason))
+            .filter(|(_, (a, b))| b > a)
+            .map(|(r, (a, b))| (r.name().to_owned(), b - a))
+            .collect(),
+        core_busy: cores,
         out_pps: out / wall,
         delivered_pps: (del1 - del0) as f64 / wall,
         daemon_cpu: cpu / wall,
@@ -353,6 +402,9 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
         egress: Egress::SameInterface,
     };
     gen_stage.add_relay(SEED_PORT, SEED, &route)?;
+    // Live frames recycle their pages without restoring the data: a recycled frame is the already
+    // rewritten one, which this second (idempotent) entry sends again.
+    gen_stage.add_relay(BASE_PORT + 1, route.src, &route)?;
 
     println!("XDP benchmark: veth between netns {} (generator, core {GEN_CORE}) and {} (sluice-dataplane, 1 worker on core {WORKER_CORE}), {seconds} s per figure", t.gen_ns.name, t.dut.name);
     println!("load average before: {load_before:?}\n");
@@ -373,12 +425,26 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
         fanout.push(fanout_sample(&t, &gen_stage, b, &instance, seconds)?);
     }
     println!("(b) 1 publisher → {FANOUT} subscribers, 1200-byte SRTP (AES-128-GCM), publisher as fast as it can");
-    println!("{:<7} {:>12} {:>12} {:>14} {:>11} {:>13}", "backend", "offered/s", "out pkt/s", "delivered/s", "daemon cpu", "out/cpu-s");
+    println!(
+        "{:<7} {:>10} {:>10} {:>10} {:>12} {:>11} {:>10} {:>13}",
+        "backend", "offered/s", "in pkt/s", "out pkt/s", "delivered/s", "daemon cpu", "cpu0/cpu1", "out/cpu-s"
+    );
     for s in &fanout {
+        let cores: Vec<String> = s.core_busy.iter().map(|b| format!("{:.0}", b * 100.0)).collect();
         println!(
-            "{:<7} {:>12.0} {:>12.0} {:>14.0} {:>10.0}% {:>13.0}",
-            s.backend, s.offered_pps, s.out_pps, s.delivered_pps, s.daemon_cpu * 100.0, s.out_per_cpu_s
+            "{:<7} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>10.0}% {:>10} {:>13.0}",
+            s.backend,
+            s.offered_pps,
+            s.in_pps,
+            s.out_pps,
+            s.delivered_pps,
+            s.daemon_cpu * 100.0,
+            cores.join("/"),
+            s.out_per_cpu_s
         );
+        if !s.worker_drops.is_empty() {
+            println!("        worker drops: {:?}", s.worker_drops);
+        }
     }
     let xsk = fanout.iter().find(|s| s.backend == "xsk").map_or(0.0, |s| s.out_pps);
     let best_socket = fanout.iter().filter(|s| s.backend != "xsk").map(|s| s.out_pps).fold(0.0, f64::max);

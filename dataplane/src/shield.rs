@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use sluice_common::{FlowKey, LegValue, RelayTarget, SsrcKey, SsrcValue};
-use sluice_core::forward::Shard;
+use sluice_core::forward::{Event, Shard};
 use sluice_core::ids::{LegId, Ssrc, TrackId};
 use sluice_core::table::{Delta, Op, TrackSpec};
 
@@ -46,39 +46,15 @@ const COUNTERS_EVERY: Duration = Duration::from_millis(250);
 /// Capacity of the shield's inbox.
 pub const SHIELD_QUEUE: usize = 8192;
 
-/// What the packet path tells the shield (through [`ShieldMsg::Event`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShieldEvent {
-    /// A worker latched a leg's remote from its first authenticated packet.
-    RemoteLatched {
-        /// The leg.
-        leg: LegId,
-        /// Its remote.
-        remote: SocketAddr,
-    },
-    /// A worker learned a layer's SSRC from its RID.
-    SsrcLearned {
-        /// The publisher leg.
-        leg: LegId,
-        /// The track.
-        track: TrackId,
-        /// The layer.
-        layer: u8,
-        /// Whether it is the layer's RTX SSRC.
-        rtx: bool,
-        /// The SSRC.
-        ssrc: Ssrc,
-    },
-}
-
 /// A message to the shield thread.
 #[derive(Debug)]
 pub enum ShieldMsg {
     /// A delta every worker applied; the reply carries the number of map writes, or why a write
     /// failed.
     Apply(Arc<Delta>, Sender<Result<usize, String>>),
-    /// Something a worker learned.
-    Event(ShieldEvent),
+    /// Something a worker learned: `Event::RemoteLatched` and `Event::SsrcLearned` matter, the
+    /// rest is ignored.
+    Event(Event),
     /// Exit the thread (the stage stays pinned and attached).
     Stop,
 }
@@ -157,18 +133,15 @@ impl Model {
         self.learned.retain(|(t, _, _), _| self.tracks.contains_key(t));
     }
 
-    fn event(&mut self, e: ShieldEvent) {
+    fn event(&mut self, e: Event) {
         match e {
-            ShieldEvent::RemoteLatched { leg, remote } => {
-                if self.legs.get(&leg).is_some_and(|l| l.remote.is_none()) {
-                    self.latched.insert(leg, remote);
-                }
+            Event::RemoteLatched { leg, remote } if self.legs.get(&leg).is_some_and(|l| l.remote.is_none()) => {
+                self.latched.insert(leg, remote);
             }
-            ShieldEvent::SsrcLearned { leg, track, layer, rtx, ssrc } => {
-                if self.tracks.get(&track).is_some_and(|t| t.publisher == leg) {
-                    self.learned.insert((track, layer, rtx), ssrc);
-                }
+            Event::SsrcLearned { leg, track, layer, rtx, ssrc } if self.tracks.get(&track).is_some_and(|t| t.publisher == leg) => {
+                self.learned.insert((track, layer, rtx), ssrc);
             }
+            _ => {}
         }
     }
 
@@ -257,7 +230,7 @@ impl Shield {
     }
 
     /// Records a worker event and syncs the maps.
-    pub fn event(&mut self, e: ShieldEvent) -> Result<usize, XdpError> {
+    pub fn event(&mut self, e: Event) -> Result<usize, XdpError> {
         self.model.event(e);
         self.sync()
     }
@@ -426,14 +399,14 @@ mod tests {
         assert_eq!(legs(&e), vec![(33_000, None, 1), (33_001, Some("10.0.0.2:5000".parse().unwrap()), 2)]);
         assert_eq!(e.legs[&FlowKey::any_remote(33_000)].worker, 0);
         assert_eq!(e.legs.values().find(|v| v.leg == 2).unwrap().worker, 1, "owner is port % workers");
-        m.event(ShieldEvent::RemoteLatched { leg: LegId(1), remote: "10.0.0.9:7000".parse().unwrap() });
+        m.event(Event::RemoteLatched { leg: LegId(1), remote: "10.0.0.9:7000".parse().unwrap() });
         assert_eq!(legs(&m.desired(2))[0], (33_000, Some("10.0.0.9:7000".parse().unwrap()), 1));
         // A replaced spec without a remote keeps the latched one (as the core does) ...
         m.apply(&delta(2, false, vec![leg(1, 33_000, None)]));
         assert_eq!(legs(&m.desired(2))[0].1, Some("10.0.0.9:7000".parse().unwrap()));
         // ... a spec naming a remote wins; a latch for a leg with a spec remote is ignored.
         m.apply(&delta(3, false, vec![leg(1, 33_000, Some("10.0.0.3:1"))]));
-        m.event(ShieldEvent::RemoteLatched { leg: LegId(1), remote: "10.0.0.9:7000".parse().unwrap() });
+        m.event(Event::RemoteLatched { leg: LegId(1), remote: "10.0.0.9:7000".parse().unwrap() });
         assert_eq!(legs(&m.desired(2))[0].1, Some("10.0.0.3:1".parse().unwrap()));
         m.apply(&delta(4, false, vec![Op::RemoveLeg(LegId(1))]));
         assert_eq!(legs(&m.desired(2)).len(), 1);
@@ -451,15 +424,15 @@ mod tests {
             vec![leg(1, 33_000, None), track(10, 1, vec![layer(Some(0xa), Some(0xb), "q"), layer(None, None, "h")])],
         ));
         assert_eq!(ssrcs(&m.desired(1)), vec![(33_000, None, 1), (33_000, Some(0xa), 1), (33_000, Some(0xb), 1)]);
-        m.event(ShieldEvent::SsrcLearned { leg: LegId(1), track: TrackId(10), layer: 1, rtx: false, ssrc: Ssrc(0xc) });
+        m.event(Event::SsrcLearned { leg: LegId(1), track: TrackId(10), layer: 1, rtx: false, ssrc: Ssrc(0xc) });
         assert!(ssrcs(&m.desired(1)).contains(&(33_000, None, 1)), "the RTX SSRC of layer 1 is still unknown");
-        m.event(ShieldEvent::SsrcLearned { leg: LegId(1), track: TrackId(10), layer: 1, rtx: true, ssrc: Ssrc(0xd) });
+        m.event(Event::SsrcLearned { leg: LegId(1), track: TrackId(10), layer: 1, rtx: true, ssrc: Ssrc(0xd) });
         assert_eq!(
             ssrcs(&m.desired(1)),
             vec![(33_000, Some(0xa), 1), (33_000, Some(0xb), 1), (33_000, Some(0xc), 1), (33_000, Some(0xd), 1)]
         );
         // A learn claimed by a leg that does not publish the track is ignored.
-        m.event(ShieldEvent::SsrcLearned { leg: LegId(2), track: TrackId(10), layer: 0, rtx: false, ssrc: Ssrc(0xe) });
+        m.event(Event::SsrcLearned { leg: LegId(2), track: TrackId(10), layer: 0, rtx: false, ssrc: Ssrc(0xe) });
         assert_eq!(ssrcs(&m.desired(1)).len(), 4);
         // Re-sending the same track keeps what was learned; changing a layer's RID forgets it.
         m.apply(&delta(2, false, vec![track(10, 1, vec![layer(Some(0xa), Some(0xb), "q"), layer(None, None, "h")])]));
@@ -479,7 +452,7 @@ mod tests {
         let d = delta(1, false, vec![leg(1, 33_000, None), track(10, 1, vec![LayerSpec { ssrc: Some(Ssrc(0xa)), rtx_ssrc: None, rid: None }])]);
         assert_eq!(s.apply(&d).unwrap(), 2, "one leg wildcard, one SSRC");
         assert_eq!(s.apply(&delta(2, false, vec![leg(1, 33_000, None)])).unwrap(), 0, "nothing changed");
-        let latched = ShieldEvent::RemoteLatched { leg: LegId(1), remote: "10.0.0.9:7000".parse().unwrap() };
+        let latched = Event::RemoteLatched { leg: LegId(1), remote: "10.0.0.9:7000".parse().unwrap() };
         assert_eq!(s.event(latched).unwrap(), 2, "exact in, wildcard out");
         let keys = s.stage.flow_keys().unwrap();
         assert_eq!(keys.len(), 1);

@@ -26,7 +26,7 @@ use sluice_core::time::Instant;
 
 use crate::io::{Backend, Transmit};
 use crate::metrics::{Snapshots, WorkerSnapshot};
-use crate::shield::{ShieldEvent, ShieldMsg};
+use crate::shield::ShieldMsg;
 
 /// What a worker is told between batches.
 #[derive(Debug)]
@@ -213,20 +213,17 @@ impl Worker {
     /// Tells other workers what they need: remotes learned here, feedback for their tracks.
     fn route_events(&mut self) {
         while let Some(e) = self.core.poll_event() {
-            let for_shield = match e {
-                Event::RemoteLatched { leg, remote } => {
-                    for (i, p) in self.peers.iter().enumerate() {
-                        if i != self.index {
-                            self.peer_queue_full += u64::from(matches!(p.try_send(WorkerMsg::SetRemote(leg, remote)), Err(TrySendError::Full(_))));
-                        }
+            if let Event::RemoteLatched { leg, remote } = e {
+                for (i, p) in self.peers.iter().enumerate() {
+                    if i != self.index {
+                        self.peer_queue_full += u64::from(matches!(p.try_send(WorkerMsg::SetRemote(leg, remote)), Err(TrySendError::Full(_))));
                     }
-                    Some(ShieldEvent::RemoteLatched { leg, remote })
                 }
-                Event::SsrcLearned { leg, track, layer, rtx, ssrc } => Some(ShieldEvent::SsrcLearned { leg, track, layer, rtx, ssrc }),
-                _ => None,
-            };
-            if let (Some(ev), Some(shield)) = (for_shield, &self.shield) {
-                self.shield_queue_full += u64::from(matches!(shield.try_send(ShieldMsg::Event(ev)), Err(TrySendError::Full(_))));
+            }
+            if let Some(shield) = &self.shield
+                && matches!(e, Event::RemoteLatched { .. } | Event::SsrcLearned { .. })
+            {
+                self.shield_queue_full += u64::from(matches!(shield.try_send(ShieldMsg::Event(e)), Err(TrySendError::Full(_))));
             }
         }
         while let Some(h) = self.core.poll_handoff() {
