@@ -583,31 +583,25 @@ impl XdpStage {
         map.remove(&key).or_else(absent_ok).map_err(map_err("remove leg", M))
     }
 
-    /// Every key of the leg map (what a previous run left, when re-opened from pins).
+    /// Every entry of the leg map (what a previous run left, when re-opened from pins).
     pub fn flow_keys(&self) -> Result<Vec<(FlowKey, LegValue)>> {
-        const M: &str = sluice_common::LEGS_MAP;
-        let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
-        let map: HashMap<&MapData, FlowKey, LegValue> =
-            HashMap::try_from(map).map_err(map_err("open", M))?;
-        map.iter().collect::<Result<_, _>>().map_err(map_err("iterate", M))
+        self.hash_entries(sluice_common::LEGS_MAP)
     }
 
-    /// Every key of the SSRC map.
+    /// Every entry of the SSRC map.
     pub fn ssrc_keys(&self) -> Result<Vec<(SsrcKey, SsrcValue)>> {
-        const M: &str = sluice_common::SSRCS_MAP;
-        let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
-        let map: HashMap<&MapData, SsrcKey, SsrcValue> =
-            HashMap::try_from(map).map_err(map_err("open", M))?;
-        map.iter().collect::<Result<_, _>>().map_err(map_err("iterate", M))
+        self.hash_entries(sluice_common::SSRCS_MAP)
     }
 
     /// Every relay entry.
     pub fn relay_keys(&self) -> Result<Vec<(FlowKey, RelayTarget)>> {
-        const M: &str = sluice_common::RELAYS_MAP;
-        let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
-        let map: HashMap<&MapData, FlowKey, RelayTarget> =
-            HashMap::try_from(map).map_err(map_err("open", M))?;
-        map.iter().collect::<Result<_, _>>().map_err(map_err("iterate", M))
+        self.hash_entries(sluice_common::RELAYS_MAP)
+    }
+
+    fn hash_entries<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
+        let map = self.ebpf.map(name).ok_or(XdpError::MissingMap { map: name })?;
+        let map: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err("open", name))?;
+        map.iter().collect::<Result<_, _>>().map_err(map_err("iterate", name))
     }
 
     /// Removes a raw relay entry; an absent entry is not an error.
