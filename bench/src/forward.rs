@@ -32,12 +32,51 @@ use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmit};
 use sluice_dataplane::xdp::XdpStage;
 
-use crate::netns::{FORWARDER_IP, GENERATOR_IP, SINK_IP, Topology};
+use crate::netns::{NetNs, Veth};
 
 /// Payload bytes after the 12-byte RTP header, so the RTP packet is 1200 bytes.
 const PAYLOAD: usize = 1188;
 /// The forwarder's leg ports (publisher at +1, subscribers after it).
-const BASE_PORT: u16 = 31_000;
+pub(crate) const BASE_PORT: u16 = 31_000;
+
+/// The bench topology on veth pairs in network namespaces it creates (and deletes on drop):
+///
+/// ```text
+///   ns gen  10.77.1.2 ──veth── 10.77.1.1  ns fwd (the forwarder)  10.77.2.1 ──veth── 10.77.2.2  ns sink
+/// ```
+///
+/// Every packet crosses a real device, and no party pays for another's receive path: a veth
+/// transmit is received in the softirq of the sending CPU, so the generator's core takes the
+/// forwarder's socket receive, and the forwarder's core only the sink's XDP counting drop (a
+/// userspace sink on loopback would cost the forwarder's core a full UDP receive per copy).
+#[derive(Debug)]
+pub struct Topology {
+    /// The generator's namespace.
+    pub generator: NetNs,
+    /// The forwarder's namespace.
+    pub forwarder: NetNs,
+    /// The sink's namespace.
+    pub sink: NetNs,
+    /// The sink's interface (inside `sink`).
+    pub sink_if: String,
+}
+
+/// Where the generator sends from.
+pub const GENERATOR_IP: [u8; 4] = [10, 77, 1, 2];
+/// The forwarder's media address.
+pub const FORWARDER_IP: [u8; 4] = [10, 77, 1, 1];
+/// Where the subscribers are.
+pub const SINK_IP: [u8; 4] = [10, 77, 2, 2];
+
+impl Topology {
+    /// Creates it (root; panics with the failing command's error otherwise).
+    pub fn new() -> Self {
+        let (generator, forwarder, sink) = (NetNs::new("g"), NetNs::new("f"), NetNs::new("s"));
+        Veth::new("gf", &generator, &["10.77.1.2/24"], &forwarder, &["10.77.1.1/24"]);
+        let out = Veth::new("fs", &forwarder, &["10.77.2.1/24"], &sink, &["10.77.2.2/24"]);
+        Self { generator, forwarder, sink, sink_if: out.b }
+    }
+}
 /// The subscribers' ports in the sink namespace.
 const SINK_PORT: u16 = 41_000;
 const PUBLISHER_SSRC: u32 = 0x5000;
@@ -49,12 +88,12 @@ const METRICS_PORT: u16 = 39_311;
 fn metrics_text(topo: &Topology) -> String {
     use std::io::{Read as _, Write as _};
     topo.forwarder
-        .run(|| {
+        .enter(|| {
             let mut c = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
             c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")?;
             let mut body = String::new();
             c.read_to_string(&mut body)?;
-            Ok(body)
+            Ok::<_, std::io::Error>(body)
         })
         .unwrap_or_default()
 }
@@ -244,8 +283,10 @@ impl Forwarder {
         let cpu_ns = Arc::new(AtomicU64::new(0));
         let (s, o, c) = (stop.clone(), out_count.clone(), cpu_ns.clone());
         // Bound in the forwarder's namespace before returning, so nothing sent early is lost.
-        let sockets: Vec<UdpSocket> = topo.forwarder.run(|| {
-            (1..=fanout + 1).map(|l| UdpSocket::bind(SocketAddr::from((FORWARDER_IP, BASE_PORT + l as u16))).context("bench port")).collect()
+        let sockets: Vec<UdpSocket> = topo.forwarder.enter(|| {
+            (1..=fanout + 1)
+                .map(|l| UdpSocket::bind(SocketAddr::from((FORWARDER_IP, BASE_PORT + l as u16))).context("bench port"))
+                .collect::<anyhow::Result<Vec<_>>>()
         })?;
         let thread = std::thread::spawn(move || {
             if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
@@ -322,7 +363,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// utime + stime of a process, from /proc (clock ticks → ns).
-fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -334,7 +375,7 @@ fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
 
 /// The publisher: protects packets on the fly (so sequence numbers never repeat) and sends them
 /// in bursts through the same batched I/O the dataplane uses (one GSO send per burst).
-struct Generator {
+pub(crate) struct Generator {
     io: Backend,
     port: u16,
     keys: SrtpKeys,
@@ -345,9 +386,9 @@ struct Generator {
 }
 
 impl Generator {
-    /// Must run on a thread inside the generator's namespace.
-    fn new(profile: Profile, epoch: WallInstant) -> anyhow::Result<Self> {
-        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: GENERATOR_IP.into(), gso: true, ..IoConfig::default() }, SendRegistry::new())?;
+    /// A publisher on `ip`, in the calling thread's network namespace.
+    pub(crate) fn new(profile: Profile, epoch: WallInstant, ip: std::net::IpAddr) -> anyhow::Result<Self> {
+        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: ip, gso: true, ..IoConfig::default() }, SendRegistry::new())?;
         let port = io.add_port(0)?;
         let m = material(profile, 1);
         Ok(Self {
@@ -362,7 +403,7 @@ impl Generator {
     }
 
     /// Sends `n` (≤ 64) packets to `dst`; the first 8 payload bytes carry the send time.
-    fn send(&mut self, dst: SocketAddr, n: usize) -> usize {
+    pub(crate) fn send(&mut self, dst: SocketAddr, n: usize) -> usize {
         let now = self.epoch.elapsed().as_nanos() as u64;
         let mut lens = [0usize; 64];
         for (i, b) in self.bufs.iter_mut().take(n).enumerate() {
@@ -385,11 +426,11 @@ impl Generator {
     fn spawn(topo: &Topology, profile: Profile, epoch: WallInstant, core: usize, seconds: f64, rate: f64) -> std::thread::JoinHandle<anyhow::Result<(u64, f64)>> {
         let ns = topo.generator.name.clone();
         std::thread::spawn(move || {
-            crate::netns::enter_thread(&ns)?;
+            crate::netns::join_thread(&ns).with_context(|| format!("entering {ns}"))?;
             if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
                 core_affinity::set_for_current(id);
             }
-            let mut g = Generator::new(profile, epoch)?;
+            let mut g = Generator::new(profile, epoch, GENERATOR_IP.into())?;
             let dst = SocketAddr::from((FORWARDER_IP, BASE_PORT + 1));
             // The subscriptions start at the first keyframe; every packet is one.
             g.send(dst, 8);
@@ -420,23 +461,23 @@ enum Sink {
 impl Sink {
     fn xdp(topo: &Topology, fanout: u32) -> anyhow::Result<Self> {
         let iface = topo.sink_if.clone();
-        let stage = topo.sink.run(move || {
+        let stage = topo.sink.enter(move || {
             let mut stage = XdpStage::load_unpinned()?;
             stage.attach(&iface)?;
             // No leg is known: every datagram to the subscribers' ports is counted and dropped.
             stage.set_port_range(SINK_PORT..=SINK_PORT + fanout as u16 + 1)?;
-            Ok(stage)
+            Ok::<_, anyhow::Error>(stage)
         })?;
         Ok(Self::Xdp(stage))
     }
 
     fn userspace(topo: &Topology, profile: Profile, fanout: u32, epoch: WallInstant, core: usize) -> anyhow::Result<Self> {
-        let mut io = topo.sink.run(|| {
+        let mut io = topo.sink.enter(|| {
             let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: SINK_IP.into(), ..IoConfig::default() }, SendRegistry::new())?;
             for l in 2..=fanout + 1 {
                 io.add_port(SINK_PORT + l as u16)?;
             }
-            Ok(io)
+            Ok::<_, anyhow::Error>(io)
         })?;
         let keys: Vec<(u16, SrtpKeys)> = (2..=fanout + 1)
             .map(|l| {
@@ -554,7 +595,7 @@ fn run_one(
 /// Runs the whole comparison and prints it; returns the samples and latencies.
 pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: f64) -> anyhow::Result<(Vec<Sample>, Vec<Latency>)> {
     let parsed: Vec<(&str, bool)> = backends.iter().map(|b| parse_backend(b)).collect::<Result<_, _>>()?;
-    let topo = Topology::new().context("creating the veth/netns topology (needs root and iproute2)")?;
+    let topo = Topology::new();
     let mut samples = Vec::new();
     println!(
         "forwarding benchmark: 1200-byte RTP, 1 publisher → N subscribers, one pinned forwarder worker (core {FORWARDER_CORE}), generator on core {GENERATOR_CORE}, veth, sink = XDP count+drop"

@@ -7,3 +7,4 @@ pub mod forward;
 pub mod live;
 pub mod meeting;
 pub mod netns;
+pub mod xdp;

@@ -52,6 +52,23 @@ enum Command {
     /// (fixed load or a ramp), verifies every copy at its subscriber, and reports loss, latency,
     /// dataplane CPU per core and the harness's own ceiling (table, JSON, SVG).
     Capacity(CapacityArgs),
+    /// The XDP stage and AF_XDP on a veth pair between two network namespaces it creates (root):
+    /// a flood dropped by the XDP shield vs the same flood dropped by the workers, and packets out
+    /// per second at fan-out 4 for AF_XDP vs the socket backends.
+    Xdp(XdpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct XdpArgs {
+    /// Seconds per figure.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Backends for the fan-out comparison.
+    #[arg(long, value_delimiter = ',', default_value = "uring,mmsg,xsk")]
+    backends: Vec<String>,
+    /// Also write every figure to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -357,6 +374,13 @@ fn main() -> anyhow::Result<()> {
                 "  Apply returned -> first packet on the resumed route: p50 {:.0} us  p99 {:.0} us  max {:.0} us  ({} samples, publisher every {} us)",
                 r.first_packet_us.0, r.first_packet_us.1, r.first_packet_us.2, r.samples, r.publish_interval_us
             );
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Xdp(a) => {
+            let r = sluice_bench::xdp::run(a.seconds, &a.backends)?;
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
             }

@@ -1,83 +1,102 @@
-//! The benchmark topology on veth pairs in network namespaces the bench creates (and deletes in
-//! `Drop`, even on error):
-//!
-//! ```text
-//!   ns gen  10.77.1.2 ──veth── 10.77.1.1  ns fwd (the forwarder)  10.77.2.1 ──veth── 10.77.2.2  ns sink
-//! ```
-//!
-//! Every packet crosses a real device, as on an edge node, and none of the three parties pays for
-//! another's receive path: a veth transmit is received in the softirq of the sending CPU, so the
-//! generator's core takes the forwarder's socket receive, and the forwarder's core takes only
-//! the sink's XDP program (a counting drop) — a userspace sink on loopback would instead cost the
-//! forwarder's core a full UDP receive per copy.
+//! Network namespaces and veth pairs a test or benchmark creates for itself, named
+//! `sx5<tag><pid>` (unique per process) and deleted in `Drop`, even when the test panics. A daemon runs inside one with
+//! [`NetNs::start_daemon`] (`nsenter --net`: only the network namespace changes, so `/sys/fs/bpf`
+//! and the control socket's path stay shared with the test).
 
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
 use std::process::Command;
 
-use anyhow::{Context as _, bail};
-
-/// Runs `ip` with `args`.
-pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+/// Runs `cmd args…`, panicking with its stderr on failure; its stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Moves the calling thread into the namespace `name` (network namespaces are per thread:
 /// sockets it creates afterwards live there).
-pub fn enter_thread(name: &str) -> anyhow::Result<()> {
-    let file = File::open(format!("/run/netns/{name}")).with_context(|| format!("netns {name}"))?;
+pub fn join_thread(name: &str) -> std::io::Result<()> {
+    let file = File::open(format!("/run/netns/{name}"))?;
     // SAFETY: `file` is an open netns descriptor for the duration of the call; setns only
     // switches the calling thread's network namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        bail!("setns {name}: {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// A named network namespace, deleted (with its interfaces) on drop.
+/// A named network namespace with loopback up; deleted (with its interfaces) on drop.
 #[derive(Debug)]
 pub struct NetNs {
-    /// Its name under /run/netns.
+    /// Its name (`/run/netns/<name>`).
     pub name: String,
 }
 
 impl NetNs {
-    /// Creates `slb-<tag>-<pid>` with loopback up.
-    pub fn new(tag: &str) -> anyhow::Result<Self> {
-        let name = format!("slb-{tag}-{}", std::process::id());
+    /// Creates `sx5<tag><pid>`.
+    pub fn new(tag: &str) -> Self {
+        let name = format!("sx5{tag}{}", std::process::id());
+        // A leftover from a killed run whose PID was recycled.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name])?;
+        run("ip", &["netns", "add", &name]);
         let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
     }
 
     /// `ip -n <name> args…`
-    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+    pub fn ip(&self, args: &[&str]) -> String {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
-        ip(&full)
+        run("ip", &full)
     }
 
-    /// Moves the calling thread into this namespace (see [`enter_thread`]).
-    pub fn enter_current_thread(&self) -> anyhow::Result<()> {
-        enter_thread(&self.name)
+    /// Runs `cmd args…` inside the namespace.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", self.name.as_str(), cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
     }
 
-    /// Runs `f` on a fresh thread inside this namespace and returns its result.
-    pub fn run<R: Send>(&self, f: impl FnOnce() -> anyhow::Result<R> + Send) -> anyhow::Result<R> {
+    /// Runs `f` on a thread inside the namespace: sockets it creates stay in the namespace.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let file = File::open(format!("/run/netns/{}", self.name)).expect("open netns file");
         std::thread::scope(|s| {
             s.spawn(|| {
-                self.enter_current_thread()?;
+                // SAFETY: `file` is an open netns descriptor for the whole call; setns switches only
+                // this short-lived scoped thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {}: {}", self.name, std::io::Error::last_os_error());
                 f()
             })
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Moves the calling thread into the namespace for good (a thread that keeps running there,
+    /// such as a pinned load generator).
+    pub fn enter_current_thread(&self) -> std::io::Result<()> {
+        join_thread(&self.name)
+    }
+
+    /// The command line prefix that runs a program in the namespace: `nsenter --net=…` (which
+    /// execs the program, so the child's PID is the program's).
+    pub fn nsenter_args(&self) -> [String; 2] {
+        ["/usr/bin/nsenter".into(), format!("--net=/run/netns/{}", self.name)]
+    }
+
+    /// A plain HTTP GET of `path` on `addr` from inside the namespace (the daemon's `/metrics`).
+    pub fn http_get(&self, addr: &str, path: &str) -> String {
+        self.enter(|| {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+            let mut body = String::new();
+            s.read_to_string(&mut body).expect("response");
+            body
         })
     }
 }
@@ -88,42 +107,72 @@ impl Drop for NetNs {
     }
 }
 
-/// The three namespaces and two veth pairs of the bench.
-#[derive(Debug)]
-pub struct Topology {
-    /// The generator's namespace (10.77.1.2).
-    pub generator: NetNs,
-    /// The forwarder's namespace (10.77.1.1 towards the generator, 10.77.2.1 towards the sink).
-    pub forwarder: NetNs,
-    /// The sink's namespace (10.77.2.2).
-    pub sink: NetNs,
-    /// The sink's interface (inside `sink`).
-    pub sink_if: String,
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_str(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// Where the generator sends from.
-pub const GENERATOR_IP: [u8; 4] = [10, 77, 1, 2];
-/// The forwarder's media address.
-pub const FORWARDER_IP: [u8; 4] = [10, 77, 1, 1];
-/// Where the subscribers are.
-pub const SINK_IP: [u8; 4] = [10, 77, 2, 2];
+/// A veth pair, end `a` in one namespace and `b` in another, with fixed MACs, addresses, static
+/// neighbour entries for each other, up, and TX checksum offload off (a socket sender's partial
+/// checksum would otherwise reach XDP unfinished). Deleted with its namespaces.
+#[derive(Debug)]
+pub struct Veth {
+    /// Name of end `a`.
+    pub a: String,
+    /// Name of end `b`.
+    pub b: String,
+    /// MAC of end `a`.
+    pub mac_a: [u8; 6],
+    /// MAC of end `b`.
+    pub mac_b: [u8; 6],
+}
 
-impl Topology {
-    /// Creates it.
-    pub fn new() -> anyhow::Result<Self> {
+impl Veth {
+    /// Creates `sx5<tag>a<pid>` in `ns_a` and `sx5<tag>b<pid>` in `ns_b` (`tag`: at most 2
+    /// characters, so the names fit IFNAMSIZ) with the given CIDR addresses.
+    pub fn new(tag: &str, ns_a: &NetNs, addrs_a: &[&str], ns_b: &NetNs, addrs_b: &[&str]) -> Self {
         let pid = std::process::id();
-        let (generator, forwarder, sink) = (NetNs::new("gen")?, NetNs::new("fwd")?, NetNs::new("sink")?);
-        let pair = |a: &NetNs, a_if: &str, a_ip: &str, b: &NetNs, b_if: &str, b_ip: &str| -> anyhow::Result<()> {
-            ip(&["link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
-            for (ns, dev, addr) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
-                ns.ip(&["addr", "add", addr, "dev", dev])?;
-                ns.ip(&["link", "set", dev, "up"])?;
+        let (a, b) = (format!("sx5{tag}a{pid}"), format!("sx5{tag}b{pid}"));
+        let salt = tag.bytes().fold(0u8, |h, c| h.wrapping_mul(31).wrapping_add(c));
+        let mac_a = [0x02, 0x55, salt, (pid >> 8) as u8, pid as u8, 0x0a];
+        let mac_b = [0x02, 0x55, salt, (pid >> 8) as u8, pid as u8, 0x0b];
+        run(
+            "ip",
+            &[
+                "link", "add", &a, "netns", &ns_a.name, "address", &mac_str(mac_a), "type", "veth", "peer", "name", &b, "netns",
+                &ns_b.name, "address", &mac_str(mac_b),
+            ],
+        );
+        for (ns, dev, addrs) in [(ns_a, &a, addrs_a), (ns_b, &b, addrs_b)] {
+            for addr in addrs {
+                ns.ip(&["addr", "add", addr, "dev", dev]);
             }
-            Ok(())
-        };
-        let (g, fg, fs, s) = (format!("slbg{pid}"), format!("slbf{pid}"), format!("slbo{pid}"), format!("slbs{pid}"));
-        pair(&generator, &g, "10.77.1.2/24", &forwarder, &fg, "10.77.1.1/24")?;
-        pair(&forwarder, &fs, "10.77.2.1/24", &sink, &s, "10.77.2.2/24")?;
-        Ok(Self { generator, forwarder, sink, sink_if: s })
+            ns.ip(&["link", "set", dev, "up"]);
+            ns.exec("ethtool", &["-K", dev, "tx", "off"]);
+        }
+        let bare = |s: &&str| s.split('/').next().unwrap_or_default().to_owned();
+        for (ns, dev, mac, addrs) in [(ns_a, &a, mac_b, addrs_b), (ns_b, &b, mac_a, addrs_a)] {
+            for addr in addrs.iter().map(bare) {
+                ns.ip(&["neigh", "replace", &addr, "lladdr", &mac_str(mac), "dev", dev, "nud", "permanent"]);
+            }
+        }
+        Self { a, b, mac_a, mac_b }
+    }
+}
+
+/// Removes an XDP pin directory (`/sys/fs/bpf/sluice/<instance>`) on drop, even when the test
+/// panics: removing the link pin detaches the program (and the namespaces' deletion removes the
+/// interfaces anyway).
+#[derive(Debug)]
+pub struct PinGuard(pub std::path::PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`io`]: batched UDP backends (io_uring, recvmmsg/sendmmsg), UDP GSO.
 //! - [`worker`]: the pinned per-core worker loop.
 //! - [`xdp`]: the embedded XDP object and its loader.
+//! - [`shield`]: keeps the XDP stage's allow-lists in step with the tables.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -14,5 +15,6 @@ pub mod control;
 pub mod events;
 pub mod io;
 pub mod metrics;
+pub mod shield;
 pub mod worker;
 pub mod xdp;

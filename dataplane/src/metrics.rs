@@ -7,11 +7,14 @@
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use sluice_core::stats::CoreStats;
 use sluice_core::verdict::DropReason;
+
+use crate::shield::SharedCounts;
+use crate::xdp::VerdictCounts;
 
 /// What one worker reports.
 #[derive(Clone, Debug, Default)]
@@ -90,9 +93,22 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     s
 }
 
-/// Serves `GET /metrics` on `addr` from `snapshots` until the process exits. Returns the bound
-/// address (useful with port 0) and the thread.
-pub fn serve(addr: SocketAddr, snapshots: Snapshots) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+/// Renders the XDP stage's verdict counters (summed over CPUs) as Prometheus text.
+pub fn render_xdp(counts: &VerdictCounts) -> String {
+    let mut s = String::with_capacity(1024);
+    let _ = writeln!(
+        s,
+        "# HELP sluice_xdp_packets_total Packets the XDP stage handled, by verdict (drops: malformed, not_rtc, unknown_source, unknown_ssrc, relay_invalid).\n# TYPE sluice_xdp_packets_total counter"
+    );
+    for (v, n) in counts.iter() {
+        let _ = writeln!(s, "sluice_xdp_packets_total{{verdict=\"{}\"}} {n}", v.name());
+    }
+    s
+}
+
+/// Serves `GET /metrics` on `addr` from `snapshots` (and the XDP stage's counters, when it runs)
+/// until the process exits. Returns the bound address (useful with port 0) and the thread.
+pub fn serve(addr: SocketAddr, snapshots: Snapshots, xdp: Option<SharedCounts>) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let handle = std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -109,7 +125,10 @@ pub fn serve(addr: SocketAddr, snapshots: Snapshots) -> std::io::Result<(SocketA
                 line.clear();
             }
             let (status, body) = if request_line.starts_with("GET /metrics") {
-                let text = render(&snapshots.lock().map(|g| g.clone()).unwrap_or_default());
+                let mut text = render(&snapshots.lock().map(|g| g.clone()).unwrap_or_default());
+                if let Some(counts) = xdp.as_ref().and_then(|x| *x.lock().unwrap_or_else(PoisonError::into_inner)) {
+                    text.push_str(&render_xdp(&counts));
+                }
                 ("200 OK", text)
             } else {
                 ("404 Not Found", "try /metrics\n".to_string())
@@ -138,7 +157,10 @@ mod tests {
         w.io = vec![("gso_sends", 3)];
         w.latency_ns = vec![(0.99, 1234)];
         let snaps: Snapshots = Arc::new(Mutex::new(vec![w]));
-        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps).unwrap();
+        let mut counts = VerdictCounts::default();
+        counts.0[sluice_common::XdpVerdict::DropUnknownSource as usize] = 5;
+        let xdp: SharedCounts = Arc::new(Mutex::new(Some(counts)));
+        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, Some(xdp)).unwrap();
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut body = String::new();
@@ -151,6 +173,8 @@ mod tests {
             "sluice_table_generation{worker=\"1\"} 7",
             "sluice_io_total{worker=\"1\",counter=\"gso_sends\"} 3",
             "sluice_processing_latency_ns{worker=\"1\",quantile=\"0.99\"} 1234",
+            "sluice_xdp_packets_total{verdict=\"unknown_source\"} 5",
+            "sluice_xdp_packets_total{verdict=\"pass_media\"} 0",
         ] {
             assert!(body.contains(want), "missing {want} in\n{body}");
         }

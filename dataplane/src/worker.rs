@@ -26,6 +26,7 @@ use sluice_core::time::Instant;
 
 use crate::io::{Backend, Transmit};
 use crate::metrics::{Snapshots, WorkerSnapshot};
+use crate::shield::ShieldMsg;
 
 /// What a worker is told between batches.
 #[derive(Debug)]
@@ -70,6 +71,8 @@ pub struct Worker {
     peer_queue_full: u64,
     events: Option<Sender<Event>>,
     events_dropped: u64,
+    shield: Option<Sender<ShieldMsg>>,
+    shield_queue_full: u64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -110,6 +113,8 @@ impl Worker {
             peer_queue_full: 0,
             events: None,
             events_dropped: 0,
+            shield: None,
+            shield_queue_full: 0,
         }
     }
 
@@ -118,6 +123,14 @@ impl Worker {
     #[must_use]
     pub fn with_events(mut self, to: Sender<Event>) -> Self {
         self.events = Some(to);
+        self
+    }
+
+    /// Reports remotes latched and SSRCs learned to the XDP shield (see [`crate::shield`]), so it
+    /// can swap a leg's any-remote entry for the exact one and allow learned SSRCs. Never blocks:
+    /// a full queue is counted (`shield_queue_full`) and the wildcard stays until the next event.
+    pub fn with_shield(mut self, shield: Sender<ShieldMsg>) -> Self {
+        self.shield = Some(shield);
         self
     }
 
@@ -243,6 +256,11 @@ impl Worker {
             if let Some(to) = &self.events {
                 self.events_dropped += u64::from(matches!(to.try_send(e), Err(TrySendError::Full(_))));
             }
+            if let Some(shield) = &self.shield
+                && matches!(e, Event::RemoteLatched { .. } | Event::SsrcLearned { .. })
+            {
+                self.shield_queue_full += u64::from(matches!(shield.try_send(ShieldMsg::Event(e)), Err(TrySendError::Full(_))));
+            }
         }
         while let Some(h) = self.core.poll_handoff() {
             if let Some(p) = self.peers.get(usize::from(h.to)) {
@@ -270,6 +288,7 @@ impl Worker {
                 ("bind_errors", self.bind_errors),
                 ("peer_queue_full", self.peer_queue_full),
                 ("events_dropped", self.events_dropped),
+                ("shield_queue_full", self.shield_queue_full),
             ],
             batches: self.batches,
             batched_datagrams: self.batched,

@@ -523,7 +523,8 @@ impl Neighbours {
     }
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
+/// Parses a MAC address written `aa:bb:cc:dd:ee:ff` (as `/proc/net/arp` and configs write it).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut mac {
