@@ -181,6 +181,7 @@ fn a_ramp_compares_both_backends_in_one_run() {
     let c = &r.report["ceiling"];
     assert!(c["generator_pps"].as_f64().is_some_and(|x| x > 0.0) && c["sink_pps"].as_f64().is_some_and(|x| x > 0.0), "{c}");
     assert_eq!(c["sink_auth_failures"], 0);
+    assert!(c["baseline_latency"]["samples"].as_u64().is_some_and(|n| n > 100), "no latency floor: {c}");
 }
 
 #[test]

@@ -224,6 +224,15 @@ pub enum Path {
     /// Straight from the generator to its own sink, one copy per packet, the sink decrypting with
     /// the publisher's keys, as fast as the generator can go: the harness's own ceiling.
     Direct,
+    /// As `Direct`, but paced by the schedules: the harness's own latency floor.
+    DirectPaced,
+}
+
+impl Path {
+    /// Whether the traffic bypasses the SFU.
+    pub fn direct(self) -> bool {
+        self != Self::Sfu
+    }
 }
 
 /// One lane: its participants (whole meetings), socket, generator and sink.
@@ -433,7 +442,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
             snd.frame += 1;
             let dst = match cfg.path {
                 Path::Sfu => SocketAddr::new(cfg.sfu_ip, plan.participants[st.publisher].port),
-                Path::Direct => SocketAddr::new(cfg.bind_ip, port),
+                Path::Direct | Path::DirectPaced => SocketAddr::new(cfg.bind_ip, port),
             };
             for k in 0..n {
                 let payload = if k + 1 < n { st.packet_bytes } else { bytes - st.packet_bytes * (n - 1) }.max(16) as usize;
@@ -462,7 +471,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
                 batch.push((len, dst));
                 counters.sent.fetch_add(1, Ordering::Relaxed);
                 counters.sent_bytes.fetch_add(payload as u64, Ordering::Relaxed);
-                let copies = if cfg.path == Path::Direct { 1 } else { u64::from(st.copies) };
+                let copies = if cfg.path.direct() { 1 } else { u64::from(st.copies) };
                 counters.expected.fetch_add(copies, Ordering::Relaxed);
                 if batch.len() == SEND_BATCH {
                     flush(&mut io, &bufs, &mut batch);
@@ -476,7 +485,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
         if iter.is_multiple_of(64) {
             shared.cpu_ns[cfg.index].0.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
         }
-        if cfg.path == Path::Sfu {
+        if cfg.path != Path::Direct {
             let next = heap.peek().map_or(now + 1_000_000, |r| r.0.0).min(now + 1_000_000);
             let wait = next.saturating_sub(shared.now_ns());
             if wait > 50_000 {
@@ -511,7 +520,7 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
         .iter()
         .filter_map(|&p| {
             let m = &plan.participants[p];
-            let mut k = if cfg.path == Path::Direct { m.up.clone() } else { m.down.clone() };
+            let mut k = if cfg.path.direct() { m.up.clone() } else { m.down.clone() };
             if p < cfg.impair.wrong_key_legs {
                 k.key[0] ^= 0xff;
             }
@@ -558,7 +567,7 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
         let mut process = |src_port: u16, buf: &mut [u8]| {
             let now = shared.now_ns();
             let len = buf.len();
-            let owner = if cfg.path == Path::Direct { None } else { by_port.get(&src_port).copied() };
+            let owner = if cfg.path.direct() { None } else { by_port.get(&src_port).copied() };
             if demux::classify(buf) == demux::PacketClass::Rtcp {
                 let Some(p) = owner else { return };
                 let st = rtcp_state.entry(p).or_insert_with(|| RtcpRecvState::new(1024));
