@@ -88,6 +88,13 @@ fn only(r: &Run, allowed: &[&str]) {
         }
     }
     assert!(total(r, "received") > 1000, "too little traffic to judge:\n{}", r.stdout);
+    // Whatever the fault, the harness itself sends only valid SRTP/SRTCP: the SFU must not
+    // have refused any of it (a reused SRTCP index would show as `replayed`).
+    for step in r.report["runs"][0]["steps"].as_array().expect("steps") {
+        for reason in ["replayed", "auth_failed", "malformed", "unknown_source", "unknown_ssrc"] {
+            assert!(step["dataplane_drops"].get(reason).is_none(), "the SFU dropped harness traffic as {reason}: {step}");
+        }
+    }
 }
 
 #[test]

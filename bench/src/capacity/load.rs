@@ -299,14 +299,21 @@ impl Lane {
         let addr = SocketAddr::new(cfg.bind_ip, port);
         let mut gen_io = Backend::new(BackendKind::Mmsg, IoConfig { gso: true, ..io_cfg }, registry)?;
         let members: Vec<usize> = cfg.meetings.iter().flat_map(|&m| plan.meetings[m].first..plan.meetings[m].first + plan.meetings[m].size as usize).collect();
+        // Each participant's upstream SRTCP: the hello now, the sink's PLIs later, one index
+        // sequence (a reused index is a replay the SFU rightly drops).
+        let mut up_rtcp: HashMap<usize, (SrtpKeys, RtcpSendState)> = HashMap::new();
+        for &p in &members {
+            let k = &plan.participants[p].up;
+            up_rtcp.insert(p, (SrtpKeys::new(k.profile, &k.key, &k.salt)?, RtcpSendState::new()));
+        }
         if cfg.path == Path::Sfu {
             let mut bufs = Vec::new();
             for &p in &members {
                 let m = &plan.participants[p];
-                let keys = SrtpKeys::new(m.up.profile, &m.up.key, &m.up.salt)?;
+                let (keys, state) = up_rtcp.get_mut(&p).expect("every member has keys");
                 let mut b = vec![0u8; 96];
                 let n = rtcp::write_rr(&mut b, Ssrc(m.leg.0), &[]).map_err(|e| anyhow::anyhow!("RR: {e}"))?;
-                let n = keys.protect_rtcp(&mut RtcpSendState::new(), &mut b, n).map_err(|e| anyhow::anyhow!("SRTCP: {e:?}"))?;
+                let n = keys.protect_rtcp(state, &mut b, n).map_err(|e| anyhow::anyhow!("SRTCP: {e:?}"))?;
                 b.truncate(n);
                 bufs.push((SocketAddr::new(cfg.sfu_ip, m.port), b));
             }
@@ -321,7 +328,7 @@ impl Lane {
         let (s_plan, s_shared) = (plan.clone(), shared.clone());
         let sink_thread = std::thread::Builder::new()
             .name(format!("sink-{}", cfg.index))
-            .spawn(move || sink(&mut sink_io, &cfg, members, &s_plan, &s_shared))?;
+            .spawn(move || sink(&mut sink_io, &cfg, members, up_rtcp, &s_plan, &s_shared))?;
         Ok(Self { gen_thread: Some(gen_thread), sink_thread: Some(sink_thread), addr })
     }
 
@@ -510,7 +517,7 @@ struct Receiver {
     last_pli: u64,
 }
 
-fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, shared: &Shared) {
+fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, mut up_keys: HashMap<usize, (SrtpKeys, RtcpSendState)>, plan: &Plan, shared: &Shared) {
     pin(cfg.sink_core);
     let cpu0 = thread_cpu_ns();
     let member_set: std::collections::HashSet<usize> = members.iter().copied().collect();
@@ -528,14 +535,6 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
         })
         .collect();
     let mut rtcp_state: HashMap<usize, RtcpRecvState> = HashMap::new();
-    // Each subscriber's own upstream keys, for the PLIs it sends.
-    let mut up_keys: HashMap<usize, (SrtpKeys, RtcpSendState)> = members
-        .iter()
-        .filter_map(|&p| {
-            let k = &plan.participants[p].up;
-            Some((p, (SrtpKeys::new(k.profile, &k.key, &k.salt).ok()?, RtcpSendState::new())))
-        })
-        .collect();
     let mut plis: Vec<(usize, u32)> = Vec::new();
     let mut pli_bufs: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let lane_port = io.ports().first().copied().unwrap_or(0);
