@@ -528,7 +528,16 @@ fn run_backend_with(
     // Publishers stop; what is still queued anywhere lands, then every step is judged again on
     // its final counts (a copy that arrived after the step's grace is late, not lost).
     shared.active.store(0, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(500));
+    let quiet_until = Instant::now() + Duration::from_secs(3);
+    let mut last = u64::MAX;
+    while Instant::now() < quiet_until {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = sums(&shared).1;
+        if now == last {
+            break; // nothing arrived for 200 ms
+        }
+        last = now;
+    }
     shared.stop.store(true, Ordering::Relaxed);
     lanes.into_iter().for_each(Lane::join);
     outcome?;
