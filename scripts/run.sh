@@ -3,7 +3,8 @@
 # a short capacity run of the whole system with live numbers: sluice-dataplane and
 # sluice-controlplane as children, a few meetings programmed over gRPC with per-leg SRTP keys,
 # paced SRTP through each I/O backend in turn, a ramp until the load is no longer carried (or the
-# demo scenario ends), then the report (table; JSON and SVG under target/). About 40 seconds.
+# demo scenario ends), then the report (table; JSON and SVG under target/). About 30 seconds
+# once built.
 # Extra arguments go to `sluice-bench capacity` (try --help); `sluice-bench demo` is the older
 # per-participant demo.
 set -euo pipefail

@@ -29,7 +29,9 @@ factor = 2.0
 step_s = 1.5
 settle_s = 0.3
 max_steps = 2
-# CI machines are shared: judge the steps on loss, not on scheduling latency.
+# CI machines are shared: judge the steps on loss (1%: the injected 2% must fail), not on
+# scheduling latency.
+max_loss = 0.01
 p99_target_ms = 1000.0
 "#;
 
@@ -88,6 +90,13 @@ fn only(r: &Run, allowed: &[&str]) {
         }
     }
     assert!(total(r, "received") > 1000, "too little traffic to judge:\n{}", r.stdout);
+    // Whatever the fault, the harness itself sends only valid SRTP/SRTCP: the SFU must not
+    // have refused any of it (a reused SRTCP index would show as `replayed`).
+    for step in r.report["runs"][0]["steps"].as_array().expect("steps") {
+        for reason in ["replayed", "auth_failed", "malformed", "unknown_source", "unknown_ssrc"] {
+            assert!(step["dataplane_drops"].get(reason).is_none(), "the SFU dropped harness traffic as {reason}: {step}");
+        }
+    }
 }
 
 #[test]
@@ -154,7 +163,8 @@ fn a_wrong_key_is_reported_as_authentication_failures() {
     only(&r, &["auth_failures", "lost"]);
     let (fail, lost) = (total(&r, "auth_failures"), total(&r, "lost"));
     assert!(fail > 100, "{}", r.stdout);
-    assert!(lost > 0 && lost <= fail, "lost {lost}, failures {fail}:\n{}", r.stdout);
+    let expected = total(&r, "expected");
+    assert!(lost > 0 && lost <= fail + expected / 100, "lost {lost}, failures {fail}:\n{}", r.stdout);
 }
 
 #[test]
@@ -172,15 +182,16 @@ fn a_ramp_compares_both_backends_in_one_run() {
     assert_eq!(runs.len(), 2, "{}", r.stdout);
     for (run, name) in runs.iter().zip(["mmsg", "uring"]) {
         assert_eq!(run["backend"], name);
-        let steps = run["steps"].as_array().expect("steps");
-        assert_eq!(steps.len(), 2, "{}", r.stdout);
-        assert_eq!(steps[0]["meetings"], 1);
-        assert_eq!(steps[1]["meetings"], 2);
+        // 1 meeting, then 2 (a step that is not sustained, say on a stall of a shared CI
+        // machine, is run once more).
+        let meetings: Vec<u64> = run["steps"].as_array().expect("steps").iter().map(|s| s["meetings"].as_u64().expect("meetings")).collect();
+        assert!(meetings.len() >= 2 && meetings[0] == 1 && meetings.contains(&2) && meetings.iter().all(|&m| m <= 2), "{meetings:?}:\n{}", r.stdout);
         assert!(run["max_sustained"]["forwarded_pps"].as_f64().is_some_and(|x| x > 0.0), "{}", r.stdout);
     }
     let c = &r.report["ceiling"];
     assert!(c["generator_pps"].as_f64().is_some_and(|x| x > 0.0) && c["sink_pps"].as_f64().is_some_and(|x| x > 0.0), "{c}");
     assert_eq!(c["sink_auth_failures"], 0);
+    assert!(c["baseline_latency"]["samples"].as_u64().is_some_and(|n| n > 100), "no latency floor: {c}");
 }
 
 #[test]

@@ -224,6 +224,15 @@ pub enum Path {
     /// Straight from the generator to its own sink, one copy per packet, the sink decrypting with
     /// the publisher's keys, as fast as the generator can go: the harness's own ceiling.
     Direct,
+    /// As `Direct`, but paced by the schedules: the harness's own latency floor.
+    DirectPaced,
+}
+
+impl Path {
+    /// Whether the traffic bypasses the SFU.
+    pub fn direct(self) -> bool {
+        self != Self::Sfu
+    }
 }
 
 /// One lane: its participants (whole meetings), socket, generator and sink.
@@ -290,14 +299,21 @@ impl Lane {
         let addr = SocketAddr::new(cfg.bind_ip, port);
         let mut gen_io = Backend::new(BackendKind::Mmsg, IoConfig { gso: true, ..io_cfg }, registry)?;
         let members: Vec<usize> = cfg.meetings.iter().flat_map(|&m| plan.meetings[m].first..plan.meetings[m].first + plan.meetings[m].size as usize).collect();
+        // Each participant's upstream SRTCP: the hello now, the sink's PLIs later, one index
+        // sequence (a reused index is a replay the SFU rightly drops).
+        let mut up_rtcp: HashMap<usize, (SrtpKeys, RtcpSendState)> = HashMap::new();
+        for &p in &members {
+            let k = &plan.participants[p].up;
+            up_rtcp.insert(p, (SrtpKeys::new(k.profile, &k.key, &k.salt)?, RtcpSendState::new()));
+        }
         if cfg.path == Path::Sfu {
             let mut bufs = Vec::new();
             for &p in &members {
                 let m = &plan.participants[p];
-                let keys = SrtpKeys::new(m.up.profile, &m.up.key, &m.up.salt)?;
+                let (keys, state) = up_rtcp.get_mut(&p).expect("every member has keys");
                 let mut b = vec![0u8; 96];
                 let n = rtcp::write_rr(&mut b, Ssrc(m.leg.0), &[]).map_err(|e| anyhow::anyhow!("RR: {e}"))?;
-                let n = keys.protect_rtcp(&mut RtcpSendState::new(), &mut b, n).map_err(|e| anyhow::anyhow!("SRTCP: {e:?}"))?;
+                let n = keys.protect_rtcp(state, &mut b, n).map_err(|e| anyhow::anyhow!("SRTCP: {e:?}"))?;
                 b.truncate(n);
                 bufs.push((SocketAddr::new(cfg.sfu_ip, m.port), b));
             }
@@ -312,7 +328,7 @@ impl Lane {
         let (s_plan, s_shared) = (plan.clone(), shared.clone());
         let sink_thread = std::thread::Builder::new()
             .name(format!("sink-{}", cfg.index))
-            .spawn(move || sink(&mut sink_io, &cfg, members, &s_plan, &s_shared))?;
+            .spawn(move || sink(&mut sink_io, &cfg, members, up_rtcp, &s_plan, &s_shared))?;
         Ok(Self { gen_thread: Some(gen_thread), sink_thread: Some(sink_thread), addr })
     }
 
@@ -433,7 +449,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
             snd.frame += 1;
             let dst = match cfg.path {
                 Path::Sfu => SocketAddr::new(cfg.sfu_ip, plan.participants[st.publisher].port),
-                Path::Direct => SocketAddr::new(cfg.bind_ip, port),
+                Path::Direct | Path::DirectPaced => SocketAddr::new(cfg.bind_ip, port),
             };
             for k in 0..n {
                 let payload = if k + 1 < n { st.packet_bytes } else { bytes - st.packet_bytes * (n - 1) }.max(16) as usize;
@@ -462,7 +478,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
                 batch.push((len, dst));
                 counters.sent.fetch_add(1, Ordering::Relaxed);
                 counters.sent_bytes.fetch_add(payload as u64, Ordering::Relaxed);
-                let copies = if cfg.path == Path::Direct { 1 } else { u64::from(st.copies) };
+                let copies = if cfg.path.direct() { 1 } else { u64::from(st.copies) };
                 counters.expected.fetch_add(copies, Ordering::Relaxed);
                 if batch.len() == SEND_BATCH {
                     flush(&mut io, &bufs, &mut batch);
@@ -476,7 +492,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
         if iter.is_multiple_of(64) {
             shared.cpu_ns[cfg.index].0.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
         }
-        if cfg.path == Path::Sfu {
+        if cfg.path != Path::Direct {
             let next = heap.peek().map_or(now + 1_000_000, |r| r.0.0).min(now + 1_000_000);
             let wait = next.saturating_sub(shared.now_ns());
             if wait > 50_000 {
@@ -501,7 +517,7 @@ struct Receiver {
     last_pli: u64,
 }
 
-fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, shared: &Shared) {
+fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, mut up_keys: HashMap<usize, (SrtpKeys, RtcpSendState)>, plan: &Plan, shared: &Shared) {
     pin(cfg.sink_core);
     let cpu0 = thread_cpu_ns();
     let member_set: std::collections::HashSet<usize> = members.iter().copied().collect();
@@ -511,7 +527,7 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
         .iter()
         .filter_map(|&p| {
             let m = &plan.participants[p];
-            let mut k = if cfg.path == Path::Direct { m.up.clone() } else { m.down.clone() };
+            let mut k = if cfg.path.direct() { m.up.clone() } else { m.down.clone() };
             if p < cfg.impair.wrong_key_legs {
                 k.key[0] ^= 0xff;
             }
@@ -519,14 +535,6 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
         })
         .collect();
     let mut rtcp_state: HashMap<usize, RtcpRecvState> = HashMap::new();
-    // Each subscriber's own upstream keys, for the PLIs it sends.
-    let mut up_keys: HashMap<usize, (SrtpKeys, RtcpSendState)> = members
-        .iter()
-        .filter_map(|&p| {
-            let k = &plan.participants[p].up;
-            Some((p, (SrtpKeys::new(k.profile, &k.key, &k.salt).ok()?, RtcpSendState::new())))
-        })
-        .collect();
     let mut plis: Vec<(usize, u32)> = Vec::new();
     let mut pli_bufs: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let lane_port = io.ports().first().copied().unwrap_or(0);
@@ -558,7 +566,7 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, sh
         let mut process = |src_port: u16, buf: &mut [u8]| {
             let now = shared.now_ns();
             let len = buf.len();
-            let owner = if cfg.path == Path::Direct { None } else { by_port.get(&src_port).copied() };
+            let owner = if cfg.path.direct() { None } else { by_port.get(&src_port).copied() };
             if demux::classify(buf) == demux::PacketClass::Rtcp {
                 let Some(p) = owner else { return };
                 let st = rtcp_state.entry(p).or_insert_with(|| RtcpRecvState::new(1024));

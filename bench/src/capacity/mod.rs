@@ -248,33 +248,42 @@ pub fn run(o: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
         netns: ns.as_ref().map(|n| n.name.clone()),
     };
 
-    // --- The harness's own ceiling: generator → sink, no forwarder, as fast as it goes.
-    let ceiling = if o.ceiling_s > 0.0 {
+    // --- The harness's own ceiling (generator → sink, no forwarder, as fast as it goes) and its
+    // latency floor (the same, paced, at the first step's load).
+    let direct = |path: Path, meetings: usize, secs: f64| -> anyhow::Result<(StepTotals, Latency, f64, f64, f64)> {
         let plan = Arc::new(plan.clone());
         let shared = Shared::new(plan.participants.len(), o.lanes);
-        let lanes: Vec<Lane> = (0..o.lanes).map(|i| Lane::start(lane_cfg(i, Path::Direct), &plan, &shared)).collect::<anyhow::Result<_>>()?;
-        shared.active.store(n, Ordering::Relaxed);
+        let lanes: Vec<Lane> = (0..o.lanes).map(|i| Lane::start(lane_cfg(i, path), &plan, &shared)).collect::<anyhow::Result<_>>()?;
+        shared.active.store(meetings, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(200));
         shared.step.store(1, Ordering::Relaxed);
         let cpu0: Vec<(u64, u64)> = shared.cpu_ns.iter().map(|(g, s)| (g.load(Ordering::Relaxed), s.load(Ordering::Relaxed))).collect();
         let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(o.ceiling_s));
+        std::thread::sleep(Duration::from_secs_f64(secs));
         shared.step.store(0, Ordering::Relaxed);
         let secs = t0.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(100));
         let cpu1: Vec<(u64, u64)> = shared.cpu_ns.iter().map(|(g, s)| (g.load(Ordering::Relaxed), s.load(Ordering::Relaxed))).collect();
         shared.stop.store(true, Ordering::Relaxed);
         lanes.into_iter().for_each(Lane::join);
-        let t = shared.steps[1].snapshot();
         let busy = |f: fn(&(u64, u64)) -> u64| cpu1.iter().zip(&cpu0).map(|(a, b)| (f(a) - f(b)) as f64 / 1e9).sum::<f64>() / secs / o.lanes as f64;
+        let latency = Latency::of(&shared.latency.lock().unwrap_or_else(PoisonError::into_inner)[1]);
+        Ok((shared.steps[1].snapshot(), latency, secs, busy(|x| x.0), busy(|x| x.1)))
+    };
+    let ceiling = if o.ceiling_s > 0.0 {
+        let (t, _, secs, generator_busy, sink_busy) = direct(Path::Direct, n, o.ceiling_s)?;
+        let first = steps.first().copied().unwrap_or(1);
+        let (_, baseline, _, _, _) = direct(Path::DirectPaced, first, o.ceiling_s.min(1.5))?;
         let c = Ceiling {
             seconds: secs,
             lanes: o.lanes,
             generator_pps: t.sent as f64 / secs,
             sink_pps: t.received as f64 / secs,
             sink_auth_failures: t.auth_failures,
-            generator_busy: busy(|x| x.0),
-            sink_busy: busy(|x| x.1),
+            generator_busy,
+            sink_busy,
+            baseline_meetings: first,
+            baseline_latency: baseline,
         };
         println!(
             "  harness ceiling (generator → sink, no forwarder, {:.1} s): generator {:.0} pkt/s protected and sent ({:.0}% busy), sink {:.0} pkt/s received and verified ({:.0}% busy)",
@@ -283,6 +292,10 @@ pub fn run(o: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
             c.generator_busy * 100.0,
             c.sink_pps,
             c.sink_busy * 100.0
+        );
+        println!(
+            "  harness latency floor (no forwarder, paced, {first} meetings): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+            baseline.p50_us, baseline.p99_us, baseline.p999_us, baseline.max_us
         );
         Some(c)
     } else {
@@ -515,7 +528,16 @@ fn run_backend_with(
     // Publishers stop; what is still queued anywhere lands, then every step is judged again on
     // its final counts (a copy that arrived after the step's grace is late, not lost).
     shared.active.store(0, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(500));
+    let quiet_until = Instant::now() + Duration::from_secs(3);
+    let mut last = u64::MAX;
+    while Instant::now() < quiet_until {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = sums(&shared).1;
+        if now == last {
+            break; // nothing arrived for 200 ms
+        }
+        last = now;
+    }
     shared.stop.store(true, Ordering::Relaxed);
     lanes.into_iter().for_each(Lane::join);
     outcome?;

@@ -81,6 +81,11 @@ pub struct Ceiling {
     pub generator_busy: f64,
     /// Busy fraction of the busiest sink thread.
     pub sink_busy: f64,
+    /// Meetings of the paced run that measured `baseline_latency`.
+    pub baseline_meetings: usize,
+    /// One-way latency with no forwarder, paced: the harness's own floor (generator batching,
+    /// loopback, sink scheduling) under the latency the steps report.
+    pub baseline_latency: Latency,
 }
 
 /// One step of a run.
@@ -374,8 +379,8 @@ impl Report {
         if let Some(c) = &self.ceiling {
             let _ = writeln!(
                 s,
-                "harness ceiling (no forwarder): generator {:.0} pkt/s, sink {:.0} pkt/s verified ({} lane(s))",
-                c.generator_pps, c.sink_pps, c.lanes
+                "harness ceiling (no forwarder): generator {:.0} pkt/s, sink {:.0} pkt/s verified ({} lane(s)); its own latency floor: p50 {:.0} us, p99 {:.0} us",
+                c.generator_pps, c.sink_pps, c.lanes, c.baseline_latency.p50_us, c.baseline_latency.p99_us
             );
         }
         let _ = writeln!(
