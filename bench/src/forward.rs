@@ -120,6 +120,7 @@ fn ops(profile: Profile, fanout: u32) -> Vec<Op> {
             rx: material(profile, l as u8),
             tx: material(profile, 100 + l as u8),
             feedback_ssrc: Ssrc(0xfeed0000 + l),
+            edge: None,
         }));
     }
     ops.push(Op::UpsertTrack(TrackSpec {
