@@ -21,7 +21,7 @@ t0=$(date +%s)
 note() { printf 'setup [%3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # 1. Debian packages.
-pkgs="pkg-config libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server"
+pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server"
 missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
 if [ -n "$missing" ]; then
   apt-get update -q >/dev/null

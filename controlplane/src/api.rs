@@ -85,7 +85,7 @@ impl pb::routes_server::Routes for RoutesService {
 
     async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::Session>, Status> {
         let name = req.into_inner().session;
-        run(&self.engine, move |e| e.desired().session_view(&name).map_err(|e| state_status(&e))).await.map(Response::new)
+        run(&self.engine, move |e| e.session_view(&name).map_err(|e| state_status(&e))).await.map(Response::new)
     }
 
     async fn list_sessions(&self, _req: Request<pb::ListSessionsRequest>) -> Result<Response<pb::ListSessionsResponse>, Status> {

@@ -32,6 +32,13 @@ pub enum Request {
     Snapshot,
     /// Per-worker counters.
     Stats,
+    /// The WebRTC slow path's status (DTLS certificate fingerprint, counters); with `rotate`, a
+    /// new certificate is made first (new handshakes use it).
+    Edge {
+        /// Rotate the certificate first.
+        #[serde(default)]
+        rotate: bool,
+    },
 }
 
 /// What the dataplane answers.
@@ -53,6 +60,8 @@ pub enum Response {
     Snapshot(Delta),
     /// Counters per worker, in worker order.
     Stats(Vec<CoreStats>),
+    /// The slow path's status.
+    Edge(crate::edge::EdgeStatus),
     /// The request could not be decoded or served.
     Error(String),
 }

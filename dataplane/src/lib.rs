@@ -5,11 +5,13 @@
 //! - [`control`]: the Unix-socket endpoint the control plane programs tables through.
 //! - [`io`]: batched UDP backends (io_uring, recvmmsg/sendmmsg), UDP GSO.
 //! - [`worker`]: the pinned per-core worker loop.
+//! - [`edge`]: the slow path of WebRTC legs (ICE-lite answers, DTLS-SRTP handshakes).
 //! - [`xdp`]: the embedded XDP object and its loader.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod control;
+pub mod edge;
 pub mod io;
 pub mod metrics;
 pub mod worker;

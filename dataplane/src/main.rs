@@ -13,7 +13,9 @@ use clap::Parser;
 use sluice_core::forward::CoreConfig;
 use sluice_core::table::TableConfig;
 use sluice_dataplane::config::{BackendChoice, Config};
+use sluice_core::ice::IceConfig;
 use sluice_dataplane::control::{self, Request, Response};
+use sluice_dataplane::edge::{self, EdgeConfig, SlowMsg};
 use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry};
 use sluice_dataplane::metrics::{self, WorkerSnapshot};
 use sluice_dataplane::worker::{Worker, WorkerMsg, Workers};
@@ -105,6 +107,17 @@ fn run(config: Config) -> anyhow::Result<()> {
     let senders: Vec<_> = channels.iter().map(|(s, _)| s.clone()).collect();
     let snapshots: metrics::Snapshots =
         Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
+    let workers = Workers::new(senders.clone());
+    // Events of the slow path (ICE connected, DTLS connected, failures) are logged by it; the
+    // control plane reads them from the control endpoint.
+    let edge_config = EdgeConfig {
+        ice: IceConfig { consent_timeout: Duration::from_millis(config.consent_timeout_ms), ..IceConfig::default() },
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        listen_ip: Some(config.listen_ip),
+        ..EdgeConfig::default()
+    };
+    let (slow, edge_status, slow_thread) =
+        edge::spawn(edge_config, workers.clone(), registry.clone(), Box::new(|_| {}), epoch).context("starting the WebRTC slow path")?;
     let cores = config.worker_cores();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
@@ -120,7 +133,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             }
         };
         tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
-        let worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch);
+        let worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()));
         let core_id = core_ids.iter().find(|c| c.id == cores[index]).copied();
         threads.push(std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
             if let Some(c) = core_id
@@ -131,14 +144,30 @@ fn run(config: Config) -> anyhow::Result<()> {
             worker.run();
         })?);
     }
-    let workers = Workers::new(senders);
     let handle = workers.clone();
     let snaps = snapshots.clone();
+    let slow_ctl = slow.clone();
     control::serve(&config.control_socket, move |req| match req {
-        Request::Apply(delta) => match handle.apply(delta) {
-            Ok(g) => Response::Applied(g),
-            Err(e) => Response::Rejected { generation: handle.generation(), reason: e.to_string() },
-        },
+        Request::Apply(delta) => {
+            let changes = edge::changes_of(&delta);
+            match handle.apply(delta) {
+                Ok(g) => {
+                    if !changes.is_empty() {
+                        let _ = slow_ctl.send(SlowMsg::Legs(changes));
+                    }
+                    Response::Applied(g)
+                }
+                Err(e) => Response::Rejected { generation: handle.generation(), reason: e.to_string() },
+            }
+        }
+        Request::Edge { rotate } => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = slow_ctl.send(if rotate { SlowMsg::Rotate(tx) } else { SlowMsg::Status(tx) });
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(s) => Response::Edge(s),
+                Err(_) => Response::Error("the slow path did not answer".into()),
+            }
+        }
         Request::Generation => Response::Generation(handle.generation()),
         Request::Snapshot => match handle.snapshot() {
             Some(d) => Response::Snapshot(d),
@@ -149,7 +178,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     .with_context(|| format!("control socket {}", config.control_socket.display()))?;
     tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
     if let Some(addr) = config.metrics {
-        let (bound, _) = metrics::serve(addr, snapshots.clone()).with_context(|| format!("metrics endpoint {addr}"))?;
+        let (bound, _) = metrics::serve(addr, snapshots.clone(), Some(edge_status.clone())).with_context(|| format!("metrics endpoint {addr}"))?;
         tracing::info!(%bound, "metrics at http://{bound}/metrics");
     }
     while !stop.load(Ordering::Relaxed) {
@@ -164,6 +193,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     for t in threads {
         let _ = t.join();
     }
+    let _ = slow.send(SlowMsg::Stop);
+    let _ = slow_thread.join();
     let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!("stopped cleanly");
     Ok(())

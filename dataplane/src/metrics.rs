@@ -92,7 +92,22 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
 
 /// Serves `GET /metrics` on `addr` from `snapshots` until the process exits. Returns the bound
 /// address (useful with port 0) and the thread.
-pub fn serve(addr: SocketAddr, snapshots: Snapshots) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+/// Renders the WebRTC slow path's counters as Prometheus text.
+pub fn render_edge(edge: &crate::edge::EdgeStatus) -> String {
+    let mut s = String::from("# HELP sluice_edge_total WebRTC slow path (ICE-lite, DTLS-SRTP) counters.\n# TYPE sluice_edge_total counter\n");
+    for (name, v) in &edge.counters {
+        let _ = writeln!(s, "sluice_edge_total{{counter=\"{name}\"}} {v}");
+    }
+    let _ = writeln!(s, "# HELP sluice_edge_legs WebRTC legs known to the slow path.\n# TYPE sluice_edge_legs gauge\nsluice_edge_legs {}", edge.legs);
+    s
+}
+
+/// Serves `/metrics` at `addr`: the workers' snapshots, and the slow path's counters if given.
+pub fn serve(
+    addr: SocketAddr,
+    snapshots: Snapshots,
+    edge: Option<Arc<Mutex<crate::edge::EdgeStatus>>>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let handle = std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -109,7 +124,10 @@ pub fn serve(addr: SocketAddr, snapshots: Snapshots) -> std::io::Result<(SocketA
                 line.clear();
             }
             let (status, body) = if request_line.starts_with("GET /metrics") {
-                let text = render(&snapshots.lock().map(|g| g.clone()).unwrap_or_default());
+                let mut text = render(&snapshots.lock().map(|g| g.clone()).unwrap_or_default());
+                if let Some(e) = edge.as_ref().and_then(|e| e.lock().ok().map(|g| g.clone())) {
+                    text.push_str(&render_edge(&e));
+                }
                 ("200 OK", text)
             } else {
                 ("404 Not Found", "try /metrics\n".to_string())

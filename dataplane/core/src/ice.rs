@@ -98,6 +98,63 @@ impl StunDrop {
     }
 }
 
+/// Why a WebRTC leg does not carry media (reported in [`crate::forward::Event::EdgeFailed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum EdgeFailure {
+    /// No authenticated check on the selected pair for the consent timeout (RFC 7675): sending
+    /// stopped until one arrives.
+    ConsentExpired,
+    /// The peer's certificate does not match the fingerprint from signaling.
+    FingerprintMismatch,
+    /// The DTLS handshake failed (alert, protocol error, no common cipher).
+    HandshakeFailed,
+    /// The handshake completed without a common DTLS-SRTP protection profile.
+    NoSrtpProfile,
+    /// The handshake did not complete in time.
+    HandshakeTimeout,
+    /// The handshake took more datagrams than any real one needs (a hostile or broken peer).
+    TooManyDatagrams,
+    /// The peer closed the DTLS association (close_notify or a fatal alert after connecting).
+    PeerClosed,
+}
+
+impl EdgeFailure {
+    /// A stable snake_case name (metrics, the gRPC reason string).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ConsentExpired => "consent_expired",
+            Self::FingerprintMismatch => "fingerprint_mismatch",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::NoSrtpProfile => "no_srtp_profile",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::TooManyDatagrams => "too_many_datagrams",
+            Self::PeerClosed => "peer_closed",
+        }
+    }
+}
+
+/// Checks that a datagram is a sequence of whole DTLS records (RFC 6347 §4.1: content type
+/// 20..=23, version 1.0 or 1.2, 13-byte header, the length fits), before any of it reaches a
+/// DTLS stack; returns the number of records.
+pub fn dtls_records(datagram: &[u8]) -> Result<usize, WireError> {
+    const RECORD_HEADER: usize = 13;
+    let (mut at, mut n) = (0, 0);
+    while at < datagram.len() {
+        let h = datagram.get(at..at + RECORD_HEADER).ok_or(WireError::Truncated)?;
+        if !(20..=23).contains(&h[0]) || !matches!((h[1], h[2]), (0xfe, 0xff) | (0xfe, 0xfd)) {
+            return Err(WireError::WrongType);
+        }
+        let len = usize::from(u16::from_be_bytes([h[11], h[12]]));
+        at += RECORD_HEADER + len;
+        if at > datagram.len() {
+            return Err(WireError::Truncated);
+        }
+        n += 1;
+    }
+    if n == 0 { Err(WireError::Truncated) } else { Ok(n) }
+}
+
 /// What an authenticated Binding request asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckedRequest {
@@ -603,6 +660,22 @@ mod tests {
         // A check on z restores it.
         a.handle_stun(at(41_000), z, &req("sl:br", "pppppppppppppppppppppp", false, 8), &mut out).unwrap();
         assert_eq!((a.poll_event(), a.has_consent(), a.selected()), (Some(IceEvent::ConsentRestored), true, Some(z)));
+    }
+
+    #[test]
+    fn dtls_record_framing() {
+        let mut hello = vec![22, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
+        assert_eq!(dtls_records(&hello), Ok(1));
+        hello.extend_from_slice(&[23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(dtls_records(&hello), Ok(2));
+        assert_eq!(dtls_records(&hello[..15]), Err(WireError::Truncated));
+        assert_eq!(dtls_records(&[]), Err(WireError::Truncated));
+        let mut bad = hello.clone();
+        bad[1] = 0x03;
+        assert_eq!(dtls_records(&bad), Err(WireError::WrongType));
+        bad = hello;
+        bad[16] = 63;
+        assert_eq!(dtls_records(&bad), Err(WireError::WrongType));
     }
 
     #[test]

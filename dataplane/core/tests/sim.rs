@@ -673,6 +673,7 @@ impl World {
                 Event::RemoteLatched { .. } => "remote_latched",
                 Event::LegStats { .. } => "leg_stats",
                 Event::SsrcLearned { .. } => "ssrc_learned",
+                Event::IceConnected { .. } | Event::DtlsConnected { .. } | Event::EdgeFailed { .. } => "edge",
             };
             *self.events.entry(name).or_default() += 1;
         }

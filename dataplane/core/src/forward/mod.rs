@@ -88,6 +88,27 @@ pub enum Event {
         /// The SSRC.
         ssrc: Ssrc,
     },
+    /// ICE selected a WebRTC leg's remote (or moved it, or consent came back): media goes there.
+    IceConnected {
+        /// The leg.
+        leg: LegId,
+        /// The selected remote address.
+        remote: SocketAddr,
+    },
+    /// A WebRTC leg's DTLS handshake completed and the exported SRTP keys are installed.
+    DtlsConnected {
+        /// The leg.
+        leg: LegId,
+        /// The negotiated SRTP protection profile.
+        profile: crate::srtp::Profile,
+    },
+    /// A WebRTC leg stopped (or failed to start) carrying media.
+    EdgeFailed {
+        /// The leg.
+        leg: LegId,
+        /// Why.
+        reason: crate::ice::EdgeFailure,
+    },
     /// A receiver report updated a leg's statistics.
     LegStats {
         /// The leg.

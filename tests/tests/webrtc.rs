@@ -1,0 +1,337 @@
+//! The WebRTC edge against an independent implementation: str0m (a sans-IO Rust WebRTC stack
+//! with its own ICE agent and DTLS) plays the browser — full ICE controlling agent, DTLS client
+//! or server — against WebRTC legs of a real `sluice-dataplane`, over real loopback UDP. SRTP
+//! media must flow both ways between two str0m peers through Sluice; forged STUN, DTLS garbage
+//! and a handshake flood must be dropped and counted while the legs keep flowing; a peer that
+//! goes silent must lose ICE consent (Sluice stops sending to it) and get it back.
+//!
+//! Ports (the test's own range): dataplane legs 32100..=32199, peers 32200..=32299, metrics and
+//! gRPC 32300..=32399.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use sluice_core::ids::{Generation, LegId, Pt, Ssrc, TrackId};
+use sluice_core::srtp::Profile;
+use sluice_core::table::{
+    Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec,
+    TrackSpec,
+};
+use sluice_dataplane::control::{Client, Request, Response};
+use sluice_dataplane::edge::EdgeStatus;
+use sluice_tests::{Daemon, TempDir};
+use str0m::format::Codec as StrCodec;
+use str0m::media::{MediaKind as StrKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc as StrSsrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+/// A str0m peer on its own loopback UDP socket.
+struct Peer {
+    name: &'static str,
+    rtc: Rtc,
+    sock: UdpSocket,
+    addr: SocketAddr,
+    /// (SSRC, payload) of every RTP packet received.
+    received: Vec<(u32, Vec<u8>)>,
+    ice: IceConnectionState,
+    mid: Mid,
+    seq: u64,
+}
+
+impl Peer {
+    fn new(name: &'static str, port: u16) -> Self {
+        let sock = UdpSocket::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+        sock.set_nonblocking(true).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let mut rtc = Rtc::builder().set_rtp_mode(true).build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mid: Mid = "a0".into();
+        rtc.direct_api().declare_media(mid, StrKind::Audio);
+        Self { name, rtc, sock, addr, received: Vec::new(), ice: IceConnectionState::New, mid, seq: 0 }
+    }
+
+    /// Its ICE credentials, as Sluice's leg spec wants them.
+    fn ice_credentials(&mut self) -> IceCredentials {
+        let c = self.rtc.direct_api().local_ice_credentials();
+        IceCredentials { ufrag: c.ufrag, pwd: c.pass }
+    }
+
+    fn fingerprint(&mut self) -> String {
+        self.rtc.direct_api().local_dtls_fingerprint().to_string()
+    }
+
+    /// Points the peer at a Sluice leg: Sluice's host candidate, ICE credentials and DTLS
+    /// fingerprint; the peer is the controlling agent, DTLS client when `active`.
+    fn connect_to(&mut self, sluice: SocketAddr, creds: &IceCredentials, fingerprint: &str, active: bool) {
+        let mut api = self.rtc.direct_api();
+        api.set_remote_fingerprint(fingerprint.parse().expect("fingerprint parses"));
+        api.set_remote_ice_credentials(str0m::IceCreds { ufrag: creds.ufrag.clone(), pass: creds.pwd.clone() });
+        api.set_ice_controlling(true);
+        api.start_dtls(active).unwrap();
+        drop(api);
+        self.rtc.add_remote_candidate(Candidate::host(sluice, "udp").unwrap());
+    }
+
+    fn send_stream(&mut self, ssrc: u32) {
+        let mid = self.mid;
+        self.rtc.direct_api().declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
+    }
+
+    fn expect_stream(&mut self, ssrc: u32) {
+        let mid = self.mid;
+        self.rtc.direct_api().expect_stream_rx(StrSsrc::from(ssrc), None, mid, None);
+    }
+
+    /// Sends one Opus-typed RTP packet on `ssrc` with `payload`.
+    fn send_rtp(&mut self, ssrc: u32, payload: &[u8]) {
+        let pt = self.rtc.codec_config().find(|p| p.spec().codec == StrCodec::Opus).map(|p| p.pt()).expect("opus configured");
+        self.seq += 1;
+        let now = Instant::now();
+        let mut api = self.rtc.direct_api();
+        let stream = api.stream_tx(&StrSsrc::from(ssrc)).expect("declared stream");
+        stream.write_rtp(RtpWrite::new(pt, (1000 + self.seq).into(), (self.seq * 960) as u32, now, payload.to_vec()));
+    }
+
+    fn drain_output(&mut self) {
+        loop {
+            match self.rtc.poll_output().unwrap_or_else(|e| panic!("{}: poll_output: {e}", self.name)) {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    let _ = self.sock.send_to(&t.contents, t.destination);
+                }
+                Output::Event(e) => match e {
+                    Event::IceConnectionStateChange(s) => self.ice = s,
+                    Event::RtpPacket(p) => self.received.push((*p.header.ssrc, p.payload.to_vec())),
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Runs the peer: sends what it wants to send, feeds it what arrived, fires its timers.
+    fn pump(&mut self) {
+        self.drain_output();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, source)) = self.sock.recv_from(&mut buf) {
+            let Ok(contents) = buf[..n].try_into() else { continue };
+            let r = Receive { proto: Protocol::Udp, source, destination: self.addr, contents };
+            self.rtc.handle_input(Input::Receive(Instant::now(), r)).unwrap_or_else(|e| panic!("{}: input: {e}", self.name));
+            self.drain_output();
+        }
+        self.rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
+        self.drain_output();
+    }
+
+    fn connected(&self) -> bool {
+        self.rtc.is_connected()
+    }
+
+    fn got(&self, ssrc: u32, prefix: &[u8]) -> usize {
+        self.received.iter().filter(|(s, p)| *s == ssrc && p.starts_with(prefix)).count()
+    }
+}
+
+/// Pumps every peer (and `also`) until `done` or `timeout`.
+fn pump_until(peers: &mut [&mut Peer], timeout: Duration, mut done: impl FnMut(&[&mut Peer]) -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        for p in peers.iter_mut() {
+            p.pump();
+        }
+        if done(peers) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+fn start_dataplane(dir: &TempDir, consent_ms: u64) -> (Daemon, std::path::PathBuf) {
+    let sock = dir.path().join("dp.sock");
+    let cfg = dir.path().join("dataplane.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\ncontrol_socket = \"{}\"\nport_range = [32100, 32199]\nconsent_timeout_ms = {consent_ms}\nhandshake_timeout_ms = 10000\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "127.0.0.1:32301"], &dir.path().join("dp.log"));
+    assert!(d.wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
+    (d, sock)
+}
+
+fn edge_status(c: &mut Client) -> EdgeStatus {
+    match c.call(&Request::Edge { rotate: false }).unwrap() {
+        Response::Edge(s) => s,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn counter(s: &EdgeStatus, name: &str) -> u64 {
+    s.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+fn core_drops(c: &mut Client, reason: &str) -> u64 {
+    match c.call(&Request::Stats).unwrap() {
+        Response::Stats(s) => {
+            let r = sluice_core::verdict::DropReason::ALL.iter().find(|r| r.name() == reason).unwrap();
+            s.iter().map(|w| w.drops_for(*r)).sum()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn placeholder() -> KeyMaterial {
+    // Never used: a WebRTC leg carries no media until its DTLS keys are installed.
+    KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] }
+}
+
+fn audio(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
+    TrackSpec {
+        id: TrackId(id),
+        publisher: LegId(publisher),
+        kind: MediaKind::Audio,
+        clock_rate: 48_000,
+        layers: vec![LayerSpec { ssrc: Some(Ssrc(ssrc)), rtx_ssrc: None, rid: None }],
+        payload_types: vec![PayloadSpec { pt: Pt(111), codec: Codec::Audio, rtx_pt: None }],
+        rid_ext: None,
+        repaired_rid_ext: None,
+    }
+}
+
+fn sub(subscriber: u32, track: u32, out: u32) -> SubscriptionSpec {
+    SubscriptionSpec {
+        subscriber: LegId(subscriber),
+        track: TrackId(track),
+        out_ssrc: Ssrc(out),
+        out_rtx_ssrc: None,
+        pt_map: vec![(Pt(111), Pt(111))],
+        ext_map: vec![],
+        target_layer: 0,
+        paused: false,
+    }
+}
+
+/// Sends `n` packets each way, 10 ms apart, pumping both peers; returns what each received.
+fn exchange(a: &mut Peer, b: &mut Peer, tag: &[u8], n: usize) -> (usize, usize) {
+    for i in 0..n {
+        let mut p = tag.to_vec();
+        p.extend_from_slice(&(i as u32).to_be_bytes());
+        a.send_rtp(0xA1, &p);
+        b.send_rtp(0xB2, &p);
+        let t = Instant::now() + Duration::from_millis(10);
+        while Instant::now() < t {
+            a.pump();
+            b.pump();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    pump_until(&mut [a, b], Duration::from_millis(300), |_| false);
+    (b.got(0xB1, tag), a.got(0xA2, tag))
+}
+
+/// Two str0m peers through two WebRTC legs programmed on the dataplane's control socket: leg 1
+/// with Sluice as DTLS server, leg 2 as DTLS client. Then hostile input, then consent.
+#[test]
+fn str0m_peers_meet_through_webrtc_legs() {
+    let dir = TempDir::new("webrtc-str0m");
+    let (mut dp, sock) = start_dataplane(&dir, 6_000);
+    let mut ctl = Client::connect(&sock).unwrap();
+    let fingerprint = edge_status(&mut ctl).fingerprint;
+    assert!(fingerprint.starts_with("sha-256 "), "{fingerprint}");
+
+    let mut a = Peer::new("A", 32201);
+    let mut b = Peer::new("B", 32202);
+    let sluice_creds = |n: u32| IceCredentials { ufrag: format!("sl{n}x"), pwd: format!("sluice-password-of-leg-{n}") };
+    let (a_creds, b_creds) = (a.ice_credentials(), b.ice_credentials());
+    let (a_fp, b_fp) = (a.fingerprint(), b.fingerprint());
+    let leg = |id: u32, port: u16, remote: IceCredentials, role: DtlsRole, fp: String| LegSpec {
+        id: LegId(id),
+        local_port: port,
+        remote: None,
+        rx: placeholder(),
+        tx: placeholder(),
+        feedback_ssrc: Ssrc(0xfeed_0000 + id),
+        edge: Some(EdgeSpec { local: sluice_creds(id), remote, role, remote_fingerprint: fp }),
+    };
+    let ops = vec![
+        Op::UpsertLeg(leg(1, 32101, a_creds, DtlsRole::Server, a_fp)),
+        Op::UpsertLeg(leg(2, 32102, b_creds, DtlsRole::Client, b_fp)),
+        Op::UpsertTrack(audio(1, 1, 0xA1)),
+        Op::UpsertTrack(audio(2, 2, 0xB2)),
+        Op::UpsertSubscription(sub(2, 1, 0xB1)),
+        Op::UpsertSubscription(sub(1, 2, 0xA2)),
+    ];
+    let r = ctl.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).unwrap();
+    assert!(matches!(r, Response::Applied(Generation(1))), "{r:?}");
+
+    a.send_stream(0xA1);
+    a.expect_stream(0xA2);
+    b.send_stream(0xB2);
+    b.expect_stream(0xB1);
+    a.connect_to("127.0.0.1:32101".parse().unwrap(), &sluice_creds(1), &fingerprint, true);
+    b.connect_to("127.0.0.1:32102".parse().unwrap(), &sluice_creds(2), &fingerprint, false);
+    let up = pump_until(&mut [&mut a, &mut b], Duration::from_secs(15), |p| p.iter().all(|p| p.connected()));
+    assert!(up, "peers did not connect (A {:?}, B {:?}); edge {:?}\n{}", a.ice, b.ice, edge_status(&mut ctl), dp.log_text());
+    let s = edge_status(&mut ctl);
+    assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
+    assert!(counter(&s, "stun_answered") >= 2, "{s:?}");
+
+    // SRTP both ways, re-encrypted by Sluice with each leg's DTLS-exported keys.
+    let (to_b, to_a) = exchange(&mut a, &mut b, b"first", 50);
+    assert!(to_b >= 45 && to_a >= 45, "B got {to_b}/50 from A, A got {to_a}/50 from B");
+
+    // Hostile input while the legs flow: forged STUN (right ufrag, wrong password), DTLS garbage
+    // from a stranger and from A's own address, and a flood of ClientHello-framed records.
+    let attacker = UdpSocket::bind("127.0.0.1:32210").unwrap();
+    let before = edge_status(&mut ctl);
+    let mut forged = [0u8; 200];
+    let a_user = format!("sl1x:{}", a.ice_credentials().ufrag);
+    for i in 0..20u8 {
+        let opts = sluice_core::ice::RequestOptions { priority: 1, use_candidate: true, tie_breaker: 1 };
+        // Half with the right USERNAME but the wrong password, half with a stranger's ufrag.
+        let user = if i % 2 == 0 { a_user.as_str() } else { "sl1x:evil" };
+        let n = sluice_core::ice::binding_request(&[i; 12], user, "not-the-password-at-all", opts, &mut forged).unwrap();
+        attacker.send_to(&forged[..n], "127.0.0.1:32101").unwrap();
+        attacker.send_to(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, 1, 2], "127.0.0.1:32102").unwrap();
+        a.sock.send_to(&[23, 0x01, 0x02, 0x03], "127.0.0.1:32101").unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut hello = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40];
+    hello.extend_from_slice(&[1u8; 40]);
+    for _ in 0..2000 {
+        let _ = attacker.send_to(&hello, "127.0.0.1:32101");
+    }
+    let (to_b, to_a) = exchange(&mut a, &mut b, b"second", 50);
+    assert!(to_b >= 45 && to_a >= 45, "under attack: B got {to_b}/50 from A, A got {to_a}/50 from B");
+    let after = edge_status(&mut ctl);
+    let delta = |n: &str| counter(&after, n) - counter(&before, n);
+    assert!(delta("stun_dropped_bad_username") >= 10 && delta("stun_dropped_bad_integrity") >= 10, "{after:?}");
+    assert!(delta("dtls_malformed") >= 40, "{after:?}");
+    let limited = core_drops(&mut ctl, "slow_path_limited") + core_drops(&mut ctl, "slow_path_full");
+    assert!(delta("dtls_unvalidated_source") + limited >= 2000, "flood: {} unvalidated, {limited} limited; {after:?}", delta("dtls_unvalidated_source"));
+    assert_eq!(counter(&after, "handshakes_completed"), 2);
+    assert_eq!(counter(&after, "handshakes_failed"), 0, "{after:?}");
+
+    // Consent: B goes silent (no checks) past the 6 s timeout; Sluice stops sending to it.
+    let quiet = Instant::now() + Duration::from_millis(7_500);
+    while Instant::now() < quiet {
+        a.send_rtp(0xA1, b"quiet");
+        a.pump();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let not_connected = core_drops(&mut ctl, "not_connected");
+    assert!(not_connected > 0, "media to a leg without consent must be dropped");
+    // B speaks again: its next check restores consent and media flows.
+    let (to_b, _) = exchange(&mut a, &mut b, b"third", 50);
+    assert!(to_b >= 30, "after consent came back B got {to_b}/50\n{}", dp.log_text());
+    let log = dp.log_text();
+    assert!(log.contains("ICE consent expired"), "{log}");
+    eprintln!("edge: {:?}\nnot_connected drops: {not_connected}, slow path limited/full: {limited}", edge_status(&mut ctl));
+    drop(ctl);
+    dp.signal(libc::SIGTERM);
+    assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+}
