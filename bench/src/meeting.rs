@@ -168,6 +168,30 @@ impl Participant {
         buf
     }
 
+    /// A receiver report with one report block per stream this participant receives (highest
+    /// sequence number seen, no loss), as a browser sends every few seconds.
+    pub fn receiver_report(&mut self) -> Vec<u8> {
+        let blocks: Vec<rtcp::ReportBlockInfo> = self
+            .down_rtp
+            .iter()
+            .take(31)
+            .map(|(&ssrc, (_, last))| rtcp::ReportBlockInfo {
+                ssrc: Ssrc(ssrc),
+                fraction_lost: 0,
+                cumulative_lost: 0,
+                highest_seq: u32::from(last.unwrap_or(0)),
+                jitter: 0,
+                last_sr: 0,
+                delay_since_last_sr: 0,
+            })
+            .collect();
+        let mut buf = vec![0u8; 8 + 24 * blocks.len() + 32];
+        let n = rtcp::write_rr(&mut buf, Ssrc(self.leg.0), &blocks).expect("fits");
+        let m = self.up.protect_rtcp(&mut self.up_rtcp, &mut buf, n).expect("fits");
+        buf.truncate(m);
+        buf
+    }
+
     /// The audio packet for audio tick `tick`.
     pub fn audio(&mut self, tick: u64) -> Vec<u8> {
         let ssrc = self.audio_ssrc;

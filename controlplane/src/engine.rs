@@ -9,10 +9,15 @@
 //! the committed answer once the dataplane has it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use sluice_core::forward::Event;
+use sluice_core::stats::CoreStats;
 
 use tokio::sync::broadcast;
 
 use crate::client::{Link, LinkError, Synced};
+use crate::events::Names;
 use crate::journal::{Journal, JournalError, Record};
 use crate::lb::Lb;
 use crate::pb;
@@ -50,7 +55,16 @@ pub struct Engine {
     /// Cached: the dataplane's DTLS fingerprint and the address WebRTC candidates announce.
     edge: EdgeInfo,
     announce_ip: Option<std::net::IpAddr>,
+    /// Bumped by every commit: the names below are rebuilt when it moved.
+    epoch: u64,
+    names: (u64, Names),
+    /// Per-worker (rx, tx) packets per second, from the dataplane's stats stream.
+    rates: Vec<(f64, f64)>,
+    last_stats: Option<(Instant, Vec<CoreStats>)>,
 }
+
+/// Events a watcher may fall behind by before it is told it lost some.
+pub const WATCH_BUFFER: usize = 16 * 1024;
 
 /// The engine behind its lock.
 pub type SharedEngine = Arc<Mutex<Engine>>;
@@ -64,8 +78,8 @@ pub fn lock(e: &SharedEngine) -> MutexGuard<'_, Engine> {
 impl Engine {
     /// An engine over recovered state.
     pub fn new(desired: Desired, journal: Journal, link: Link) -> Self {
-        let (events, _) = broadcast::channel(1024);
-        Self { desired, journal, link, events, lb: None, edge: EdgeInfo::default(), announce_ip: None }
+        let (events, _) = broadcast::channel(WATCH_BUFFER);
+        Self { desired, journal, link, events, lb: None, epoch: 1, names: (0, Names::default()), rates: Vec::new(), last_stats: None, edge: EdgeInfo::default(), announce_ip: None }
     }
 
     /// Consults the load balancer's state in Redis before creating sessions.
@@ -91,6 +105,7 @@ impl Engine {
     fn commit(&mut self, record: &Record, next: Desired) -> Result<(), JournalError> {
         self.journal.append(record, &next)?;
         self.desired = next;
+        self.epoch += 1;
         Ok(())
     }
 
@@ -191,6 +206,31 @@ impl Engine {
         Ok(())
     }
 
+    /// Publishes the dataplane's events on Watch, named by the sessions they belong to.
+    pub fn dataplane_events(&mut self, events: &[Event]) {
+        if self.names.0 != self.epoch {
+            self.names = (self.epoch, Names::build(&self.desired));
+        }
+        for e in events {
+            if let Some(ev) = self.names.1.translate(&self.desired, e) {
+                let _ = self.events.send(ev);
+            }
+        }
+    }
+
+    /// Takes the dataplane's streamed counters: the node's packet rates come from two in a row.
+    pub fn dataplane_stats(&mut self, stats: &[CoreStats]) {
+        let now = Instant::now();
+        if let Some((then, prev)) = &self.last_stats
+            && prev.len() == stats.len()
+        {
+            let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
+            let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            self.rates = stats.iter().zip(prev).map(|(c, p)| (rate(c.rx_packets, p.rx_packets), rate(c.tx_packets, p.tx_packets))).collect();
+        }
+        self.last_stats = Some((now, stats.to_vec()));
+    }
+
     /// Brings the dataplane to the desired state (a full resync when its state is unknown),
     /// publishing a `DataplaneResynced` event after a resync.
     pub fn sync(&mut self) -> Result<Synced, LinkError> {
@@ -247,6 +287,8 @@ impl Engine {
                     rx_bytes: c.rx_bytes,
                     tx_bytes: c.tx_bytes,
                     drops: c.drops.iter().sum(),
+                    rx_packets_per_second: self.rates.get(i).map_or(0.0, |r| r.0),
+                    tx_packets_per_second: self.rates.get(i).map_or(0.0, |r| r.1),
                 })
                 .collect();
         }

@@ -1,7 +1,8 @@
 //! Sluice's control plane: signaling services program routes over gRPC (`api`); the desired
 //! state (`state`) is validated and journaled (`journal`), compiled into minimal table deltas
 //! against a shadow of what the dataplane has installed (`compile`), and pushed over the
-//! dataplane's control socket (`client`) by the `engine`.
+//! dataplane's control socket (`client`) by the `engine`; the dataplane's events come back on
+//! their own subscription (`events`) and go out on Watch.
 //!
 //! The binary serves gRPC over TLS/mTLS (`config::Tls`) or, only when asked and on loopback,
 //! plain text; with Redis configured, `lb` publishes the node's load and applies the load
@@ -15,6 +16,7 @@ pub mod client;
 pub mod compile;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod journal;
 pub mod lb;
 pub mod state;

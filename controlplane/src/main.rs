@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
     let mut engine = Engine::new(desired, journal, Link::new(&config.dataplane_socket));
     engine.set_announce_ip(config.announce_ip);
     let engine: SharedEngine = Arc::new(Mutex::new(engine));
+    sluice_controlplane::events::spawn(engine.clone(), config.dataplane_socket.clone()).context("dataplane event thread")?;
     let lb = match redis {
         Some(r) => {
             let lb = Lb::new(&r.url, &r.node_id, r.interval).context("controlplane.redis_url")?;

@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`control`]: the Unix-socket endpoint the control plane programs tables through.
+//! - [`events`]: worker events fanned out to control-endpoint subscribers.
 //! - [`io`]: batched UDP backends (io_uring, recvmmsg/sendmmsg), UDP GSO.
 //! - [`worker`]: the pinned per-core worker loop.
 //! - [`edge`]: the slow path of WebRTC legs (ICE-lite answers, DTLS-SRTP handshakes).
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod control;
 pub mod edge;
+pub mod events;
 pub mod io;
 pub mod metrics;
 pub mod worker;

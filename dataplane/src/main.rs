@@ -16,6 +16,7 @@ use sluice_dataplane::config::{BackendChoice, Config};
 use sluice_core::ice::IceConfig;
 use sluice_dataplane::control::{self, Request, Response};
 use sluice_dataplane::edge::{self, EdgeConfig, SlowMsg};
+use sluice_dataplane::events::{self, EventHub};
 use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry};
 use sluice_dataplane::metrics::{self, WorkerSnapshot};
 use sluice_dataplane::worker::{Worker, WorkerMsg, Workers};
@@ -108,8 +109,10 @@ fn run(config: Config) -> anyhow::Result<()> {
     let snapshots: metrics::Snapshots =
         Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
     let workers = Workers::new(senders.clone());
-    // Events of the slow path (ICE connected, DTLS connected, failures) are logged by it; the
-    // control plane reads them from the control endpoint.
+    let (events_tx, events_rx) = events::channel();
+    // The slow path's events (ICE connected, DTLS connected, failures) join the workers' on the
+    // control endpoint's event stream.
+    let slow_events = events_tx.clone();
     let edge_config = EdgeConfig {
         ice: IceConfig { consent_timeout: Duration::from_millis(config.consent_timeout_ms), ..IceConfig::default() },
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
@@ -117,9 +120,19 @@ fn run(config: Config) -> anyhow::Result<()> {
         ..EdgeConfig::default()
     };
     let (slow, edge_status, slow_thread) =
-        edge::spawn(edge_config, workers.clone(), registry.clone(), Box::new(|_| {}), epoch).context("starting the WebRTC slow path")?;
+        edge::spawn(
+        edge_config,
+        workers.clone(),
+        registry.clone(),
+        Box::new(move |e| {
+            let _ = slow_events.try_send(e);
+        }),
+        epoch,
+    ).context("starting the WebRTC slow path")?;
     let cores = config.worker_cores();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let hub = EventHub::new();
+    hub.spawn_pump(events_rx).context("starting the event pump")?;
     let mut threads = Vec::new();
     for (index, (_, inbox)) in channels.into_iter().enumerate() {
         let backend = match config.backend {
@@ -133,7 +146,8 @@ fn run(config: Config) -> anyhow::Result<()> {
             }
         };
         tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
-        let worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()));
+        let worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
+            .with_events(events_tx.clone());
         let core_id = core_ids.iter().find(|c| c.id == cores[index]).copied();
         threads.push(std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
             if let Some(c) = core_id
@@ -147,7 +161,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     let handle = workers.clone();
     let snaps = snapshots.clone();
     let slow_ctl = slow.clone();
-    control::serve(&config.control_socket, move |req| match req {
+    drop(events_tx);
+    control::serve(&config.control_socket, hub, move |req| match req {
         Request::Apply(delta) => {
             let changes = edge::changes_of(&delta);
             match handle.apply(delta) {
@@ -174,6 +189,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             None => Response::Error("no worker answered".into()),
         },
         Request::Stats => Response::Stats(snaps.lock().map(|s| s.iter().map(|w| w.core.clone()).collect()).unwrap_or_default()),
+        Request::Subscribe { .. } => Response::Error("subscribe is answered by the endpoint itself".into()),
     })
     .with_context(|| format!("control socket {}", config.control_socket.display()))?;
     tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");

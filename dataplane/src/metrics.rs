@@ -156,7 +156,7 @@ mod tests {
         w.io = vec![("gso_sends", 3)];
         w.latency_ns = vec![(0.99, 1234)];
         let snaps: Snapshots = Arc::new(Mutex::new(vec![w]));
-        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps).unwrap();
+        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, None).unwrap();
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut body = String::new();

@@ -9,8 +9,8 @@
 //!     messages (deltas, feedback handed over by other workers, learned remotes, stop)
 //!     recv batch ──▶ core.handle_rx per datagram (decrypt in place in the backend's buffer)
 //!     send batch (GSO runs per subscriber) ◀── core's output slots
-//!     events: learned remotes → other workers; handoffs → owning worker
-//!     now and then: publish a metrics snapshot
+//!     events: learned remotes → other workers; handoffs → owning worker; all → event hub
+//!     now and then: sweep for idle legs and stopped streams; publish a metrics snapshot
 //! ```
 
 use std::collections::BTreeSet;
@@ -54,6 +54,8 @@ const OUT_PER_RX: usize = 24;
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 /// One batch in this many has its processing time recorded.
 const LATENCY_SAMPLE: u64 = 8;
+/// How often a worker looks for legs gone idle and streams stopped.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// One worker's state.
 pub struct Worker {
@@ -74,6 +76,8 @@ pub struct Worker {
     slow: Option<Sender<SlowMsg>>,
     slow_queue_full: u64,
     edge_key_errors: u64,
+    events: Option<Sender<Event>>,
+    events_dropped: u64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -116,7 +120,17 @@ impl Worker {
             slow,
             slow_queue_full: 0,
             edge_key_errors: 0,
+            events: None,
+            events_dropped: 0,
         }
+    }
+
+    /// Sends the core's events (leg active/idle, stream started/stopped, layer switches, ...)
+    /// to `to`, dropping and counting them when it is full.
+    #[must_use]
+    pub fn with_events(mut self, to: Sender<Event>) -> Self {
+        self.events = Some(to);
+        self
     }
 
     fn now(&self) -> Instant {
@@ -126,6 +140,7 @@ impl Worker {
     /// Runs until told to stop.
     pub fn run(mut self) {
         let mut last_snapshot = WallInstant::now();
+        let mut last_sweep = WallInstant::now();
         loop {
             if !self.drain_inbox() {
                 break;
@@ -148,6 +163,12 @@ impl Worker {
                 if self.batches.is_multiple_of(LATENCY_SAMPLE) {
                     let _ = self.latency.record(t0.elapsed().as_nanos().max(1) as u64);
                 }
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                let now = self.now();
+                self.core.sweep(now);
+                self.route_events();
+                last_sweep = WallInstant::now();
             }
             if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
                 self.publish();
@@ -233,6 +254,9 @@ impl Worker {
                     }
                 }
             }
+            if let Some(to) = &self.events {
+                self.events_dropped += u64::from(matches!(to.try_send(e), Err(TrySendError::Full(_))));
+            }
         }
         while let Some(h) = self.core.poll_handoff() {
             if let Some(p) = self.peers.get(usize::from(h.to)) {
@@ -261,6 +285,7 @@ impl Worker {
                 ("peer_queue_full", self.peer_queue_full),
                 ("slow_queue_full", self.slow_queue_full),
                 ("edge_key_errors", self.edge_key_errors),
+                ("events_dropped", self.events_dropped),
             ],
             batches: self.batches,
             batched_datagrams: self.batched,

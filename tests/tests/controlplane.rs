@@ -410,9 +410,9 @@ fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_ki
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let ev = grpc.rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), watch.message()).await }).expect("watch event").unwrap().unwrap();
-        match ev.event.unwrap() {
-            pb::event::Event::DataplaneResynced(_) => {}
-            e => seen.push(e),
+        // The dataplane's own events (legs going idle, streams stopping) interleave: skip them.
+        if let e @ (pb::event::Event::ChangeApplied(_) | pb::event::Event::SessionDeleted(_)) = ev.event.unwrap() {
+            seen.push(e);
         }
     }
     assert!(matches!(seen[0], pb::event::Event::ChangeApplied(_)), "{seen:?}");
@@ -726,4 +726,107 @@ fn mtls_with_sluicectl_certs() {
     let (ok, _, _) =
         sluicectl(&["--addr", &a, "--ca", &c("ca.pem"), "--cert", &other.join("client.pem").display().to_string(), "--key", &other.join("client.key").display().to_string(), "status"]);
     assert!(!ok, "a client certificate from another CA got an answer");
+}
+
+/// What the dataplane sees comes out of Watch, named by session, leg and track: legs active and
+/// idle, streams started and stopped, layer switches, receiver-report statistics; NodeStatus
+/// carries packet rates from the dataplane's stats stream.
+#[test]
+fn dataplane_events_reach_watch_and_node_status_reports_rates() {
+    const PORTS6: (u16, u16) = (19_500, 19_507);
+    let dir = TempDir::new("cp-events");
+    let (dataplane, dp_sock) = start_dataplane(dir.path());
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS6);
+    let mut grpc = Grpc::connect(addr);
+    let (ops, mut people) = meeting::build(7, 3, Profile::AeadAes128Gcm, 1);
+    let created = grpc.apply(req(changes(&ops))).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let ports: BTreeMap<String, u16> = created.ports.iter().map(|p| (p.leg.clone(), p.local_port as u16)).collect();
+    for p in &mut people {
+        p.port = ports[&leg_name(p.leg.0)];
+    }
+    let mut watch = grpc.rt.block_on(grpc.routes.watch(pb::WatchRequest { session: SESSION.into() })).unwrap().into_inner();
+    // The operator's view of the same stream.
+    let ctl_out = dir.path().join("sluicectl-watch.out");
+    let mut ctl = std::process::Command::new(sluice_tests::bin_dir().join("sluicectl"))
+        .args(["--addr", &addr.to_string(), "watch", SESSION])
+        .stdout(std::fs::File::create(&ctl_out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&ctl_out).unwrap_or_default().contains("# watching") {
+        assert!(Instant::now() < end, "sluicectl watch never started");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let sockets: Vec<_> = people.iter().map(|_| participant_socket()).collect();
+    for (p, s) in people.iter_mut().zip(&sockets) {
+        p.addr = s.local_addr().unwrap();
+    }
+    let mut media = Media { people, sockets, tick: 0 };
+    media.hello();
+    media.settle(|_, ticks, frames| 2 * ticks + frames * 6);
+    let mut busy = None;
+    media.run(100, |k| {
+        if k == 99 {
+            busy = Some(grpc.status());
+        }
+    });
+    for (p, s) in media.people.iter_mut().zip(&media.sockets) {
+        s.send_to(&p.receiver_report(), Media::sfu(p)).unwrap();
+    }
+    let busy = busy.unwrap();
+    let tx_rate: f64 = busy.workers.iter().map(|w| w.tx_packets_per_second).sum();
+    // 3 participants × (2 audios + 6 video packets per frame × 30 fps) ≈ 690 packets/s out.
+    assert!(tx_rate > 100.0, "rates in NodeStatus while media flows: {busy:?}");
+
+    // Media has stopped: within the idle thresholds (2 s streams, 5 s legs) everything is reported.
+    let legs: Vec<String> = media.people.iter().map(|p| leg_name(p.leg.0)).collect();
+    let (mut active, mut idle, mut stats) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut started, mut stopped, mut switched) = (0, 0, 0);
+    let end = Instant::now() + Duration::from_secs(20);
+    while idle.len() < 3 && Instant::now() < end {
+        let Ok(Some(Ok(ev))) = grpc.rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), watch.message()).await }).map(Result::transpose)
+        else {
+            continue;
+        };
+        assert_eq!(ev.session, SESSION);
+        match ev.event.unwrap() {
+            pb::event::Event::LegActive(a) => {
+                let remote: SocketAddr = a.remote.parse().unwrap();
+                active.insert(a.leg, remote);
+            }
+            pb::event::Event::LegIdle(l) => {
+                assert!(active.contains_key(&l), "idle before active: {l}");
+                idle.insert(l, ());
+            }
+            pb::event::Event::StreamStarted(_) => started += 1,
+            pb::event::Event::StreamStopped(s) => {
+                assert!(s.layer < 3);
+                stopped += 1;
+            }
+            pb::event::Event::LayerSwitched(s) => {
+                assert!(legs.contains(&s.subscriber), "{s:?}");
+                switched += 1;
+            }
+            pb::event::Event::LegStats(s) => {
+                assert_eq!((s.fraction_lost, s.cumulative_lost), (0, 0), "{s:?}");
+                stats.insert(s.leg, s.reports);
+            }
+            _ => {}
+        }
+    }
+    let addrs: BTreeMap<String, SocketAddr> = media.people.iter().map(|p| (leg_name(p.leg.0), p.addr)).collect();
+    assert_eq!(active, addrs, "every leg reported active from its participant's address\n{}", dataplane.log_text());
+    assert_eq!(idle.len(), 3, "every leg reported idle once media stopped");
+    // 3 participants × (audio + 3 video layers) started, and stopped.
+    assert_eq!((started, stopped), (12, 12));
+    assert!(switched >= 6, "each of the 6 video subscriptions switched to its layer: {switched}");
+    assert_eq!(stats.len(), 3, "each leg's receiver report: {stats:?}");
+    // Our own child, ended through its handle.
+    let _ = ctl.kill();
+    let _ = ctl.wait();
+    let lines = std::fs::read_to_string(&ctl_out).unwrap();
+    for what in ["LegActive", "StreamStarted", "LayerSwitched", "LegStats", "StreamStopped", "LegIdle"] {
+        assert!(lines.lines().any(|l| l.starts_with(SESSION) && l.contains(what)), "sluicectl watch shows no {what}:\n{lines}");
+    }
 }

@@ -48,6 +48,12 @@ enum Cmd {
         /// The session id.
         id: String,
     },
+    /// Follow events as they happen (changes, legs active/idle, streams started/stopped,
+    /// layer switches, keyframe requests, receiver-report stats), one line each, until Ctrl-C.
+    Watch {
+        /// Only this session's events (and node-wide ones).
+        session: Option<String>,
+    },
     /// Refuse new sessions (existing ones keep working).
     Drain,
     /// Take new sessions again.
@@ -192,6 +198,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 print_table(&rows);
             }
         }
+        Cmd::Watch { session } => {
+            let mut stream = routes.watch(pb::WatchRequest { session: session.clone().unwrap_or_default() }).await.map_err(grpc_err)?.into_inner();
+            if !args.json {
+                println!("# watching {}", session.as_deref().unwrap_or("every session"));
+            }
+            while let Some(ev) = stream.message().await.map_err(grpc_err)? {
+                let what = ev.event.map(|e| format!("{e:?}")).unwrap_or_default();
+                if args.json {
+                    println!("{}", json!({ "session": ev.session, "revision": ev.revision, "event": what }));
+                } else {
+                    println!("{:<16} r{:<5} {what}", if ev.session.is_empty() { "(node)" } else { &ev.session }, ev.revision);
+                }
+            }
+        }
         Cmd::Certs { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
@@ -245,6 +265,7 @@ fn print_status(s: &pb::NodeStatus, as_json: bool) {
             "workers": s.workers.iter().map(|w| json!({
                 "worker": w.worker, "rx_packets": w.rx_packets, "tx_packets": w.tx_packets,
                 "rx_bytes": w.rx_bytes, "tx_bytes": w.tx_bytes, "drops": w.drops,
+                "rx_packets_per_second": w.rx_packets_per_second, "tx_packets_per_second": w.tx_packets_per_second,
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -266,9 +287,27 @@ fn print_status(s: &pb::NodeStatus, as_json: bool) {
     print_table(&rows);
     if !s.workers.is_empty() {
         println!();
-        let mut rows = vec![vec!["WORKER".to_owned(), "RX_PACKETS".into(), "TX_PACKETS".into(), "RX_BYTES".into(), "TX_BYTES".into(), "DROPS".into()]];
+        let mut rows = vec![vec![
+            "WORKER".to_owned(),
+            "RX_PPS".into(),
+            "TX_PPS".into(),
+            "RX_PACKETS".into(),
+            "TX_PACKETS".into(),
+            "RX_BYTES".into(),
+            "TX_BYTES".into(),
+            "DROPS".into(),
+        ]];
         rows.extend(s.workers.iter().map(|w| {
-            vec![w.worker.to_string(), w.rx_packets.to_string(), w.tx_packets.to_string(), w.rx_bytes.to_string(), w.tx_bytes.to_string(), w.drops.to_string()]
+            vec![
+                w.worker.to_string(),
+                format!("{:.0}", w.rx_packets_per_second),
+                format!("{:.0}", w.tx_packets_per_second),
+                w.rx_packets.to_string(),
+                w.tx_packets.to_string(),
+                w.rx_bytes.to_string(),
+                w.tx_bytes.to_string(),
+                w.drops.to_string(),
+            ]
         }));
         print_table(&rows);
     }

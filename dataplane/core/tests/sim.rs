@@ -674,6 +674,10 @@ impl World {
                 Event::LegStats { .. } => "leg_stats",
                 Event::SsrcLearned { .. } => "ssrc_learned",
                 Event::IceConnected { .. } | Event::DtlsConnected { .. } | Event::EdgeFailed { .. } => "edge",
+                Event::LegActive { .. } => "leg_active",
+                Event::LegIdle { .. } => "leg_idle",
+                Event::StreamStarted { .. } => "stream_started",
+                Event::StreamStopped { .. } => "stream_stopped",
             };
             *self.events.entry(name).or_default() += 1;
         }

@@ -49,9 +49,44 @@ pub const KEYFRAME_REQUEST_INTERVAL: core::time::Duration = core::time::Duration
 /// How many events the queue keeps before it starts dropping the oldest.
 const EVENT_QUEUE: usize = 1024;
 
+/// A leg that received no authenticated packet (RTP or RTCP) for this long is reported idle.
+/// Subscriber-only legs send receiver reports every few seconds (RFC 3550 §6.2), so this is
+/// longer than the report interval.
+pub const LEG_IDLE_AFTER: core::time::Duration = core::time::Duration::from_secs(5);
+/// A layer that received no packet for this long is reported stopped. Opus with DTX still sends
+/// a packet every 400 ms; a paused simulcast layer sends nothing.
+pub const STREAM_STOPPED_AFTER: core::time::Duration = core::time::Duration::from_secs(2);
+
 /// Something the control plane may want to know, polled with [`Core::poll_event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum Event {
+    /// A leg received its first authenticated packet, or its first after being idle.
+    LegActive {
+        /// The leg.
+        leg: LegId,
+        /// Where the packet came from.
+        remote: SocketAddr,
+    },
+    /// A leg received nothing for [`LEG_IDLE_AFTER`].
+    LegIdle {
+        /// The leg.
+        leg: LegId,
+    },
+    /// A layer of a track started (or resumed) receiving media.
+    StreamStarted {
+        /// The track.
+        track: TrackId,
+        /// The layer.
+        layer: u8,
+    },
+    /// A layer of a track received nothing for [`STREAM_STOPPED_AFTER`].
+    StreamStopped {
+        /// The track.
+        track: TrackId,
+        /// The layer.
+        layer: u8,
+    },
     /// A subscription switched to another layer (at a keyframe).
     LayerSwitched {
         /// The track.
@@ -392,12 +427,36 @@ impl Core {
         }
     }
 
-    fn latch(&mut self, leg_id: LegId, remote: SocketAddr) {
-        if let Some(leg) = self.tables.leg_mut(leg_id)
-            && leg.remote.is_none()
-        {
+    /// An authenticated packet arrived on the leg: latch its remote and mark it active.
+    fn seen(&mut self, now: Instant, leg_id: LegId, remote: SocketAddr) {
+        let Some(leg) = self.tables.leg_mut(leg_id) else { return };
+        let latched = leg.remote.is_none();
+        if latched {
             leg.remote = Some(remote);
+        }
+        let activated = leg.activity.touch(now);
+        if latched {
             self.emit(Event::RemoteLatched { leg: leg_id, remote });
+        }
+        if activated {
+            self.emit(Event::LegActive { leg: leg_id, remote });
+        }
+    }
+
+    /// Reports legs and layers that went quiet ([`Event::LegIdle`], [`Event::StreamStopped`]).
+    /// Call it now and then (every few hundred milliseconds); it walks the whole table.
+    pub fn sweep(&mut self, now: Instant) {
+        for leg in self.tables.legs_mut() {
+            if leg.activity.expire(now, LEG_IDLE_AFTER) {
+                push_event(&mut self.events, Event::LegIdle { leg: leg.spec.id });
+            }
+        }
+        for track in self.tables.tracks_mut() {
+            for (i, layer) in track.layers.iter_mut().enumerate() {
+                if layer.activity.expire(now, STREAM_STOPPED_AFTER) {
+                    push_event(&mut self.events, Event::StreamStopped { track: track.spec.id, layer: i as u8 });
+                }
+            }
         }
     }
 
@@ -422,10 +481,16 @@ impl Core {
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
         let ingress = &leg.ingress[idx];
         let (track_id, layer, is_rtx) = (ingress.track, ingress.layer, ingress.rtx);
-        self.latch(leg_id, remote);
+        self.seen(now, leg_id, remote);
         let Some((track, legs)) = self.tables.track_and_legs_mut(track_id) else {
             return Err(DropReason::UnknownSsrc);
         };
+        if !is_rtx
+            && let Some(state) = track.layers.get_mut(usize::from(layer))
+            && state.activity.touch(now)
+        {
+            push_event(&mut self.events, Event::StreamStarted { track: track_id, layer });
+        }
         let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None };
         let plain = &mut buf[..plain_len];
         fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain)
@@ -479,7 +544,7 @@ impl Core {
         let len = buf.len();
         let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
         leg.store_rtcp_recv(sender, state);
-        self.latch(leg_id, remote);
+        self.seen(now, leg_id, remote);
         let mut ctx = fanout::Ctx {
             now,
             out,

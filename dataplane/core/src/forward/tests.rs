@@ -633,3 +633,49 @@ fn webrtc_leg_gates_media_until_keys_and_consent() {
     assert_eq!(queued + limited, 1000);
     assert!(queued <= crate::table::SLOW_PATH_BURST as u64, "{queued} queued");
 }
+
+#[test]
+fn legs_and_streams_report_active_idle_started_and_stopped_once_per_transition() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    // The activity events (and the latch), without the fan-out's own (layer switches).
+    let events = |m: &mut Meeting| {
+        std::iter::from_fn(|| m.core.poll_event()).filter(|e| !matches!(e, Event::LayerSwitched { .. })).collect::<Vec<_>>()
+    };
+    let (leg1, addr1) = (LegId(m.peers[0].leg.0), m.peers[0].addr);
+    // A forged packet (wrong key) activates nothing.
+    let mut forged = m.peers[0].send_rtp(&rtp_packet(0x1111, 1, 0, 111, &[1; 40]));
+    let last = forged.len() - 1;
+    forged[last] ^= 0xff;
+    m.deliver(0, &forged, ms(0));
+    assert!(events(&mut m).is_empty());
+    for k in 0..10u16 {
+        let wire = m.peers[0].send_rtp(&rtp_packet(0x1111, 10 + k, 960 * u32::from(k), 111, &[1; 40]));
+        m.deliver(0, &wire, ms(20 * u64::from(k)));
+    }
+    let got = events(&mut m);
+    assert_eq!(
+        got,
+        vec![
+            Event::RemoteLatched { leg: leg1, remote: addr1 },
+            Event::LegActive { leg: leg1, remote: addr1 },
+            Event::StreamStarted { track: TrackId(1), layer: 0 },
+        ]
+    );
+    // Quiet for less than the thresholds: nothing; past the stream's: stopped; past the leg's: idle.
+    m.core.sweep(ms(180) + STREAM_STOPPED_AFTER / 2);
+    assert!(events(&mut m).is_empty());
+    m.core.sweep(ms(180) + STREAM_STOPPED_AFTER);
+    assert_eq!(events(&mut m), vec![Event::StreamStopped { track: TrackId(1), layer: 0 }]);
+    m.core.sweep(ms(180) + LEG_IDLE_AFTER);
+    assert_eq!(events(&mut m), vec![Event::LegIdle { leg: leg1 }]);
+    m.core.sweep(ms(180) + LEG_IDLE_AFTER * 2);
+    assert!(events(&mut m).is_empty(), "each transition is reported once");
+    // Media resumes: active and started again (the remote was already latched).
+    let wire = m.peers[0].send_rtp(&rtp_packet(0x1111, 20, 9600, 111, &[1; 40]));
+    m.deliver(0, &wire, ms(20_000));
+    assert_eq!(
+        events(&mut m),
+        vec![Event::LegActive { leg: leg1, remote: addr1 }, Event::StreamStarted { track: TrackId(1), layer: 0 }]
+    );
+}

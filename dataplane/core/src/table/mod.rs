@@ -156,6 +156,8 @@ pub struct Leg {
     pub feedback_srtcp: RtcpSendState,
     /// Tracks this leg publishes.
     pub tracks: Vec<TrackId>,
+    /// When the leg last received authenticated media, and whether it counts as active.
+    pub activity: Activity,
     /// Receive statistics from the participant's receiver reports.
     pub stats: LegStats,
     /// Runtime state of a WebRTC leg (`spec.edge` is set).
@@ -207,6 +209,7 @@ pub const SLOW_PATH_BURST: u32 = 200;
 
 /// What a participant's receiver reports say about what it receives from us.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LegStats {
     /// Fraction lost (0..=255 of 256) in the last report.
     pub fraction_lost: u8,
@@ -291,6 +294,38 @@ pub struct LayerState {
     pub fir_seq: u8,
     /// Whether a keyframe start was seen since the layer (re)started.
     pub seen_keyframe: bool,
+    /// When the layer last received an authenticated packet, and whether it counts as flowing.
+    pub activity: Activity,
+}
+
+/// Whether something receives media: set on every authenticated packet, cleared by
+/// [`crate::forward::Core::sweep`] after a quiet interval. The transitions are the control plane's
+/// leg active/idle and stream started/stopped events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// When the last authenticated packet arrived.
+    pub last_rx: Option<Instant>,
+    /// Whether the owner is active (a transition to true is reported when it happens).
+    pub active: bool,
+}
+
+impl Activity {
+    /// Records a packet at `now`; true when this makes it active.
+    #[inline]
+    pub fn touch(&mut self, now: Instant) -> bool {
+        self.last_rx = Some(now);
+        !core::mem::replace(&mut self.active, true)
+    }
+
+    /// True when it was active and has been quiet for at least `quiet` at `now` (it is then inactive).
+    pub fn expire(&mut self, now: Instant, quiet: core::time::Duration) -> bool {
+        let quiet_since = self.last_rx.is_none_or(|t| now.saturating_duration_since(t) >= quiet);
+        if self.active && quiet_since {
+            self.active = false;
+            return true;
+        }
+        false
+    }
 }
 
 /// A track and its subscriptions.
@@ -562,6 +597,16 @@ impl Tables {
     }
 
     /// A track and the legs, mutably and at once (the fan-out reads subscriber legs' keys while it
+    /// Every leg, mutably (for runtime state; specs change only through [`Tables::apply`]).
+    pub fn legs_mut(&mut self) -> impl Iterator<Item = &mut Leg> + '_ {
+        self.legs.values_mut()
+    }
+
+    /// Every track, mutably (for runtime state; specs change only through [`Tables::apply`]).
+    pub fn tracks_mut(&mut self) -> impl Iterator<Item = &mut Track> + '_ {
+        self.tracks.values_mut()
+    }
+
     /// updates the track's subscriptions).
     #[inline]
     pub fn track_and_legs_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Leg>)> {
@@ -770,6 +815,7 @@ impl Tables {
                         rtcp_recv: Vec::new(),
                         feedback_srtcp: RtcpSendState::default(),
                         tracks: Vec::new(),
+                        activity: Activity::default(),
                         stats: LegStats::default(),
                         edge: spec.edge.as_ref().map(|_| EdgeState::new()),
                     },
@@ -876,6 +922,7 @@ impl Tables {
             last_keyframe_request: None,
             fir_seq: 0,
             seen_keyframe: false,
+            activity: Activity::default(),
         };
         match self.tracks.get(&spec.id) {
             Some(_) => {
@@ -1057,6 +1104,7 @@ impl Tables {
             rtcp_recv: leg.rtcp_recv.clone(),
             feedback_srtcp: leg.feedback_srtcp,
             tracks: leg.tracks.clone(),
+            activity: leg.activity,
             stats: leg.stats,
             edge: leg.edge.clone(),
         };
@@ -1083,6 +1131,7 @@ impl Tables {
                     last_keyframe_request: l.last_keyframe_request,
                     fir_seq: l.fir_seq,
                     seen_keyframe: l.seen_keyframe,
+                    activity: l.activity,
                 })
                 .collect(),
             subs: t.subs.clone(),

@@ -1,0 +1,160 @@
+//! Dataplane events on the Watch stream: a thread subscribes on the dataplane's control endpoint
+//! (its own connection, beside the link that programs tables), names each event's legs and tracks
+//! by the session they belong to, and publishes it to watchers. The same subscription streams the
+//! dataplane's counters every second, from which the node's packet rates come.
+//!
+//! Events of legs or tracks no session knows (removed since) are dropped. If the dataplane goes
+//! away the thread reconnects; events in between are lost, which watchers learn from the
+//! `DataplaneResynced` event the link publishes when it comes back.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sluice_core::forward::Event;
+use sluice_core::ids::{LegId, TrackId};
+use sluice_dataplane::control::{Client, KEEPALIVE, Response};
+
+use crate::engine::{SharedEngine, lock};
+use crate::pb;
+use crate::pb::event::Event as Ev;
+use crate::state::Desired;
+
+/// How often the dataplane streams its counters.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Names of the dataplane's numeric ids, built from the desired state.
+#[derive(Debug, Default)]
+pub struct Names {
+    legs: HashMap<LegId, (String, String)>,
+    tracks: HashMap<TrackId, (String, String, Vec<String>)>,
+}
+
+impl Names {
+    /// The names in `desired`.
+    pub fn build(desired: &Desired) -> Self {
+        let mut n = Self::default();
+        for (session, s) in &desired.sessions {
+            for (leg, spec) in &s.legs {
+                n.legs.insert(spec.id, (session.clone(), leg.clone()));
+            }
+            for (track, t) in &s.tracks {
+                let rids = t.spec.layers.iter().map(|l| l.rid.clone().unwrap_or_default()).collect();
+                n.tracks.insert(t.spec.id, (session.clone(), track.clone(), rids));
+            }
+        }
+        n
+    }
+
+    fn leg(&self, id: LegId) -> Option<(&str, &str)> {
+        self.legs.get(&id).map(|(s, l)| (s.as_str(), l.as_str()))
+    }
+
+    fn track(&self, id: TrackId, layer: u8) -> Option<(&str, pb::StreamLayer)> {
+        let (session, track, rids) = self.tracks.get(&id)?;
+        let rid = rids.get(usize::from(layer)).cloned().unwrap_or_default();
+        Some((session, pb::StreamLayer { track: track.clone(), layer: u32::from(layer), rid }))
+    }
+
+    /// The Watch event for a dataplane event, or `None` when its leg or track is unknown.
+    pub fn translate(&self, desired: &Desired, e: &Event) -> Option<pb::Event> {
+        use pb::web_rtc_state::State;
+        let (session, event) = match *e {
+            Event::LegActive { leg, remote } => {
+                let (s, l) = self.leg(leg)?;
+                (s, Ev::LegActive(pb::LegActive { leg: l.into(), remote: remote.to_string() }))
+            }
+            Event::LegIdle { leg } => {
+                let (s, l) = self.leg(leg)?;
+                (s, Ev::LegIdle(l.into()))
+            }
+            Event::StreamStarted { track, layer } => {
+                let (s, t) = self.track(track, layer)?;
+                (s, Ev::StreamStarted(t))
+            }
+            Event::StreamStopped { track, layer } => {
+                let (s, t) = self.track(track, layer)?;
+                (s, Ev::StreamStopped(t))
+            }
+            Event::KeyframeRequested { track, layer } => {
+                let (s, t) = self.track(track, layer)?;
+                (s, Ev::KeyframeRequested(t))
+            }
+            Event::LayerSwitched { track, subscriber, layer } => {
+                let (s, t) = self.track(track, layer)?;
+                let (_, sub) = self.leg(subscriber)?;
+                (s, Ev::LayerSwitched(pb::LayerSwitched { track: t.track, subscriber: sub.into(), layer: t.layer, rid: t.rid }))
+            }
+            Event::LegStats { leg, stats } => {
+                let (s, l) = self.leg(leg)?;
+                (
+                    s,
+                    Ev::LegStats(pb::LegStats {
+                        leg: l.into(),
+                        fraction_lost: u32::from(stats.fraction_lost),
+                        cumulative_lost: stats.cumulative_lost,
+                        jitter: stats.jitter,
+                        rtt_us: stats.rtt_us,
+                        reports: stats.reports,
+                    }),
+                )
+            }
+            Event::SsrcLearned { leg, track, layer, rtx, ssrc } => {
+                let (s, l) = self.leg(leg)?;
+                let (_, t) = self.track(track, layer)?;
+                (s, Ev::SsrcLearned(pb::SsrcLearned { leg: l.into(), track: t.track, layer: t.layer, rtx, ssrc: ssrc.0 }))
+            }
+            // The link already reports where legs are (RemoteLatched precedes LegActive).
+            Event::RemoteLatched { .. } => return None,
+            Event::IceConnected { leg, remote } => {
+                let (s, l) = self.leg(leg)?;
+                (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::IceConnected as i32, remote: remote.to_string(), ..Default::default() }))
+            }
+            Event::DtlsConnected { leg, profile } => {
+                let (s, l) = self.leg(leg)?;
+                let profile = crate::state::profile_to_pb(profile) as i32;
+                (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::DtlsConnected as i32, profile, ..Default::default() }))
+            }
+            Event::EdgeFailed { leg, reason } => {
+                let (s, l) = self.leg(leg)?;
+                (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::Failed as i32, reason: reason.name().into(), ..Default::default() }))
+            }
+        };
+        let revision = desired.sessions.get(session).map_or(0, |s| s.revision);
+        Some(pb::Event { session: session.into(), revision, event: Some(event) })
+    }
+}
+
+/// Starts the thread that follows the dataplane's event stream at `socket`.
+pub fn spawn(engine: SharedEngine, socket: PathBuf) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("dataplane-events".into()).spawn(move || {
+        let mut connected = false;
+        loop {
+            match follow(&engine, &socket, &mut connected) {
+                Ok(()) => {}
+                Err(e) if connected => {
+                    tracing::warn!(error = %e, "dataplane event stream lost; reconnecting");
+                    connected = false;
+                }
+                Err(e) => tracing::debug!(error = %e, "dataplane event stream not available yet"),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    })
+}
+
+fn follow(engine: &SharedEngine, socket: &std::path::Path, connected: &mut bool) -> std::io::Result<()> {
+    let mut client = Client::connect(socket)?;
+    client.set_timeout(Some(KEEPALIVE * 3))?;
+    client.subscribe(STATS_INTERVAL.as_millis() as u32)?;
+    *connected = true;
+    tracing::info!(socket = %socket.display(), "following dataplane events");
+    loop {
+        match client.receive()? {
+            Response::Events(events) if !events.is_empty() => lock(engine).dataplane_events(&events),
+            Response::Stats(stats) => lock(engine).dataplane_stats(&stats),
+            _ => {}
+        }
+    }
+}
