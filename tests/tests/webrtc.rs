@@ -147,7 +147,7 @@ fn pump_until(peers: &mut [&mut Peer], timeout: Duration, mut done: impl FnMut(&
     false
 }
 
-fn start_dataplane(dir: &TempDir, consent_ms: u64) -> (Daemon, std::path::PathBuf) {
+fn start_dataplane(dir: &TempDir, consent_ms: u64, metrics: &str) -> (Daemon, std::path::PathBuf) {
     let sock = dir.path().join("dp.sock");
     let cfg = dir.path().join("dataplane.toml");
     std::fs::write(
@@ -158,7 +158,7 @@ fn start_dataplane(dir: &TempDir, consent_ms: u64) -> (Daemon, std::path::PathBu
         ),
     )
     .unwrap();
-    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "127.0.0.1:32301"], &dir.path().join("dp.log"));
+    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", metrics], &dir.path().join("dp.log"));
     assert!(d.wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
     (d, sock)
 }
@@ -238,7 +238,7 @@ fn exchange(a: &mut Peer, b: &mut Peer, tag: &[u8], n: usize) -> (usize, usize) 
 #[test]
 fn str0m_peers_meet_through_webrtc_legs() {
     let dir = TempDir::new("webrtc-str0m");
-    let (mut dp, sock) = start_dataplane(&dir, 6_000);
+    let (mut dp, sock) = start_dataplane(&dir, 6_000, "127.0.0.1:32301");
     let mut ctl = Client::connect(&sock).unwrap();
     let fingerprint = edge_status(&mut ctl).fingerprint;
     assert!(fingerprint.starts_with("sha-256 "), "{fingerprint}");
@@ -334,4 +334,226 @@ fn str0m_peers_meet_through_webrtc_legs() {
     drop(ctl);
     dp.signal(libc::SIGTERM);
     assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+}
+
+mod grpc {
+    //! The same meeting, created the way a signaling service does it: WebRTC legs over the
+    //! control plane's gRPC API, Sluice's candidates/credentials/fingerprint from the answer,
+    //! ICE and DTLS progress (and a failure with its reason) on Watch.
+
+    use std::sync::mpsc;
+
+    use sluice_controlplane::pb;
+    use sluice_controlplane::pb::change::Change as C;
+    use sluice_controlplane::pb::routes_client::RoutesClient;
+    use sluice_controlplane::pb::web_rtc_state::State;
+    use tonic::Code;
+    use tonic::transport::Channel;
+
+    use super::*;
+
+    const SESSION: &str = "webrtc-meeting";
+
+    fn webrtc_leg(id: &str, peer: &mut Peer, setup: pb::DtlsSetup) -> pb::Change {
+        let c = peer.ice_credentials();
+        pb::Change {
+            change: Some(C::Leg(pb::Leg {
+                id: id.into(),
+                feedback_ssrc: 0xfeed,
+                webrtc: Some(pb::WebRtc {
+                    remote_ice_ufrag: c.ufrag,
+                    remote_ice_pwd: c.pwd,
+                    remote_fingerprint: peer.fingerprint(),
+                    setup: setup as i32,
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn audio_track(id: &str, leg: &str, ssrc: u32) -> pb::Change {
+        pb::Change {
+            change: Some(C::Track(pb::Track {
+                id: id.into(),
+                publisher_leg: leg.into(),
+                kind: pb::MediaKind::Audio as i32,
+                clock_rate: 48_000,
+                layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
+                payload_types: vec![pb::PayloadType { pt: 111, codec: pb::Codec::Audio as i32, rtx_pt: None }],
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn subscription(leg: &str, track: &str, out: u32) -> pb::Change {
+        pb::Change {
+            change: Some(C::Subscription(pb::Subscription {
+                subscriber_leg: leg.into(),
+                track: track.into(),
+                out_ssrc: out,
+                pt_map: vec![pb::IdMapping { from: 111, to: 111 }],
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn change_set(changes: Vec<pb::Change>) -> pb::ChangeSet {
+        pb::ChangeSet { session: SESSION.into(), changes, ..Default::default() }
+    }
+
+    fn creds(w: &pb::WebRtcLocal) -> IceCredentials {
+        IceCredentials { ufrag: w.ice_ufrag.clone(), pwd: w.ice_pwd.clone() }
+    }
+
+    #[test]
+    fn str0m_peers_meet_through_legs_created_over_grpc() {
+        let dir = TempDir::new("webrtc-grpc");
+        let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32303");
+        let cfg = dir.path().join("controlplane.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[controlplane]\ngrpc_listen = \"127.0.0.1:32302\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [32110, 32119]\n",
+                sock.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let mut cp = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        let channel = loop {
+            match rt.block_on(Channel::from_static("http://127.0.0.1:32302").connect()) {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(50)).is_none(), "no gRPC: {e}\n{}", cp.log_text());
+                }
+            }
+        };
+        let mut routes = RoutesClient::new(channel);
+        let (ev_tx, ev_rx) = mpsc::channel::<pb::Event>();
+        let mut watch = rt.block_on(routes.watch(pb::WatchRequest { session: SESSION.into() })).unwrap().into_inner();
+        rt.spawn(async move {
+            while let Ok(Some(e)) = watch.message().await {
+                if ev_tx.send(e).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut a = Peer::new("A", 32211);
+        let mut b = Peer::new("B", 32212);
+        let mut c = Peer::new("C", 32213);
+
+        // Validation names the field.
+        let mut bad = webrtc_leg("alice", &mut a, pb::DtlsSetup::Passive);
+        let expect = |routes: &mut RoutesClient<Channel>, cs: pb::ChangeSet, field: &str| {
+            let st = rt.block_on(routes.apply(cs)).expect_err("must be refused");
+            assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+            assert!(st.message().contains(field), "{field} not in {:?}", st.message());
+        };
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.webrtc.as_mut().unwrap().remote_fingerprint = "sha-256 AB:CD".into();
+        }
+        expect(&mut routes, change_set(vec![bad.clone()]), "changes[0].leg.webrtc.remote_fingerprint");
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.webrtc.as_mut().unwrap().remote_fingerprint = a.fingerprint();
+            l.webrtc.as_mut().unwrap().remote_ice_pwd = "short".into();
+        }
+        expect(&mut routes, change_set(vec![bad.clone()]), "changes[0].leg.webrtc.remote_ice_pwd");
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.webrtc.as_mut().unwrap().remote_ice_pwd = "x".repeat(24);
+            l.webrtc.as_mut().unwrap().setup = 0;
+        }
+        expect(&mut routes, change_set(vec![bad.clone()]), "changes[0].leg.webrtc.setup");
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.webrtc.as_mut().unwrap().setup = pb::DtlsSetup::Passive as i32;
+            l.rx = Some(pb::KeyMaterial { profile: 1, key: vec![0; 16], salt: vec![0; 14] });
+        }
+        expect(&mut routes, change_set(vec![bad]), "changes[0].leg.rx");
+
+        // Alice: Sluice is the DTLS server; Bob: Sluice is the DTLS client; Mallory's leg names
+        // the wrong fingerprint (Alice's), so its handshake must fail with that reason.
+        let mut mallory = webrtc_leg("mallory", &mut c, pb::DtlsSetup::Passive);
+        if let Some(C::Leg(l)) = &mut mallory.change {
+            l.webrtc.as_mut().unwrap().remote_fingerprint = a.fingerprint();
+        }
+        let resp = rt
+            .block_on(routes.apply(change_set(vec![
+                webrtc_leg("alice", &mut a, pb::DtlsSetup::Passive),
+                webrtc_leg("bob", &mut b, pb::DtlsSetup::Active),
+                mallory,
+                audio_track("alice-mic", "alice", 0xA1),
+                audio_track("bob-mic", "bob", 0xB2),
+                subscription("bob", "alice-mic", 0xB1),
+                subscription("alice", "bob-mic", 0xA2),
+            ])))
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()))
+            .into_inner();
+        let local = |leg: &str| {
+            let p = resp.ports.iter().find(|p| p.leg == leg).unwrap_or_else(|| panic!("no port for {leg}: {resp:?}"));
+            let w = p.webrtc.clone().unwrap_or_else(|| panic!("{leg} has no webrtc answer"));
+            (p.local_port as u16, w)
+        };
+        let ((pa, wa), (pb_, wb), (pc, wc)) = (local("alice"), local("bob"), local("mallory"));
+        for (port, w) in [(pa, &wa), (pb_, &wb), (pc, &wc)] {
+            assert!(w.fingerprint.starts_with("sha-256 ") && w.ice_ufrag.len() >= 4 && w.ice_pwd.len() >= 22, "{w:?}");
+            assert_eq!(w.candidates.len(), 1, "{w:?}");
+            assert_eq!((w.candidates[0].ip.as_str(), w.candidates[0].port), ("127.0.0.1", u32::from(port)));
+            assert!(w.candidates[0].candidate.ends_with(&format!("127.0.0.1 {port} typ host")), "{w:?}");
+        }
+        assert_ne!(wa.ice_ufrag, wb.ice_ufrag, "each leg has its own credentials");
+        assert_eq!((wa.setup, wb.setup), (pb::DtlsSetup::Passive as i32, pb::DtlsSetup::Active as i32));
+
+        a.send_stream(0xA1);
+        a.expect_stream(0xA2);
+        b.send_stream(0xB2);
+        b.expect_stream(0xB1);
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        a.connect_to(at(pa), &creds(&wa), &wa.fingerprint, true);
+        b.connect_to(at(pb_), &creds(&wb), &wb.fingerprint, false);
+        c.connect_to(at(pc), &creds(&wc), &wc.fingerprint, true);
+        let up = pump_until(&mut [&mut a, &mut b, &mut c], Duration::from_secs(15), |p| p[0].connected() && p[1].connected());
+        assert!(up, "A {:?} B {:?}\n{}", a.ice, b.ice, dp.log_text());
+        let (to_b, to_a) = exchange(&mut a, &mut b, b"grpc", 50);
+        assert!(to_b >= 45 && to_a >= 45, "B got {to_b}/50 from A, A got {to_a}/50 from B");
+
+        // Watch: ICE and DTLS connected for Alice and Bob, Mallory failed on the fingerprint.
+        let mut seen: Vec<(String, i32, String)> = Vec::new();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            while let Ok(e) = ev_rx.try_recv() {
+                if let Some(pb::event::Event::Webrtc(w)) = e.event {
+                    assert_eq!(e.session, SESSION);
+                    seen.push((w.leg, w.state, w.reason));
+                }
+            }
+            let has = |leg: &str, s: State, reason: &str| seen.iter().any(|(l, st, r)| l == leg && *st == s as i32 && r == reason);
+            if has("alice", State::IceConnected, "")
+                && has("alice", State::DtlsConnected, "")
+                && has("bob", State::IceConnected, "")
+                && has("bob", State::DtlsConnected, "")
+                && has("mallory", State::Failed, "fingerprint_mismatch")
+            {
+                break;
+            }
+            c.pump();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let has = |leg: &str, s: State, reason: &str| seen.iter().any(|(l, st, r)| l == leg && *st == s as i32 && r == reason);
+        assert!(has("alice", State::DtlsConnected, "") && has("bob", State::DtlsConnected, ""), "{seen:?}");
+        assert!(has("alice", State::IceConnected, "") && has("bob", State::IceConnected, ""), "{seen:?}");
+        assert!(has("mallory", State::Failed, "fingerprint_mismatch"), "{seen:?}");
+
+        // GetSession shows Sluice's side again (for a signaling service that restarted).
+        let s = rt.block_on(routes.get_session(pb::GetSessionRequest { session: SESSION.into() })).unwrap().into_inner();
+        let alice = s.legs.iter().find(|l| l.id == "alice").unwrap();
+        assert_eq!(alice.webrtc_local.as_ref().map(|w| w.ice_ufrag.clone()), Some(wa.ice_ufrag.clone()));
+        assert!(alice.rx.is_none() && alice.webrtc.as_ref().is_some_and(|w| w.remote_ice_pwd.is_empty()), "no secrets in views: {alice:?}");
+        drop(routes);
+        drop(rt);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
 }
