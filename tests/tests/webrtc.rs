@@ -550,6 +550,16 @@ mod grpc {
         let alice = s.legs.iter().find(|l| l.id == "alice").unwrap();
         assert_eq!(alice.webrtc_local.as_ref().map(|w| w.ice_ufrag.clone()), Some(wa.ice_ufrag.clone()));
         assert!(alice.rx.is_none() && alice.webrtc.as_ref().is_some_and(|w| w.remote_ice_pwd.is_empty()), "no secrets in views: {alice:?}");
+
+        // Certificate rotation: new answers carry the new fingerprint; connected legs keep flowing.
+        let mut node = pb::node_client::NodeClient::new(rt.block_on(Channel::from_static("http://127.0.0.1:32302").connect()).unwrap());
+        let rotated = rt.block_on(node.rotate_dtls_certificate(pb::RotateDtlsCertificateRequest {})).unwrap().into_inner().fingerprint;
+        assert!(rotated.starts_with("sha-256 ") && rotated != wa.fingerprint, "{rotated}");
+        let s = rt.block_on(routes.get_session(pb::GetSessionRequest { session: SESSION.into() })).unwrap().into_inner();
+        assert!(s.legs.iter().all(|l| l.webrtc_local.as_ref().is_some_and(|w| w.fingerprint == rotated)), "{s:?}");
+        let (to_b, to_a) = exchange(&mut a, &mut b, b"rotated", 30);
+        assert!(to_b >= 25 && to_a >= 25, "after rotation: B got {to_b}/30, A got {to_a}/30");
+        drop(node);
         drop(routes);
         drop(rt);
         drop(cp);
