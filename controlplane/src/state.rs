@@ -511,11 +511,8 @@ impl Stage<'_> {
                 (id, port)
             }
         };
-        let edge = webrtc.map(|(remote, role, remote_fingerprint)| EdgeSpec {
-            local: local_ice_credentials(self.ice_secret, id, &remote),
-            remote,
-            role,
-            remote_fingerprint,
+        let edge = webrtc.map(|(remote, role, remote_fingerprint)| {
+            Box::new(EdgeSpec { local: local_ice_credentials(self.ice_secret, id, &remote), remote, role, remote_fingerprint })
         });
         self.session.legs.insert(l.id.clone(), LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge });
         self.ports.retain(|(n, _)| n != &l.id);

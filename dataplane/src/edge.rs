@@ -142,7 +142,7 @@ pub fn changes_of(delta: &Delta) -> Vec<LegChange> {
     for op in &delta.ops {
         match op {
             Op::UpsertLeg(l) => out.push(match &l.edge {
-                Some(spec) => LegChange::Upsert { leg: l.id, port: l.local_port, spec: spec.clone() },
+                Some(spec) => LegChange::Upsert { leg: l.id, port: l.local_port, spec: (**spec).clone() },
                 None => LegChange::Remove(l.id),
             }),
             Op::RemoveLeg(id) => out.push(LegChange::Remove(*id)),
@@ -343,15 +343,25 @@ struct SlowPath {
     status: Arc<Mutex<EdgeStatus>>,
 }
 
-/// Starts the slow-path thread. Workers and the control endpoint talk to it through the
-/// returned sender; `status` is kept current for metrics.
+/// A running slow path.
+#[derive(Debug)]
+pub struct SlowPathHandle {
+    /// Where workers and the control endpoint send it datagrams and requests.
+    pub sender: Sender<SlowMsg>,
+    /// Its status, kept current for metrics.
+    pub status: Arc<Mutex<EdgeStatus>>,
+    /// Its thread.
+    pub thread: JoinHandle<()>,
+}
+
+/// Starts the slow-path thread.
 pub fn spawn(
     config: EdgeConfig,
     workers: Workers,
     registry: Arc<SendRegistry>,
     events: EventSink,
     epoch: WallInstant,
-) -> Result<(Sender<SlowMsg>, Arc<Mutex<EdgeStatus>>, JoinHandle<()>), EdgeError> {
+) -> Result<SlowPathHandle, EdgeError> {
     let cert = Certificate::generate()?;
     let (tx, rx) = crossbeam_channel::bounded(config.queue.max(1));
     let status = Arc::new(Mutex::new(EdgeStatus { fingerprint: cert.fingerprint.clone(), ..EdgeStatus::default() }));
@@ -366,8 +376,8 @@ pub fn spawn(
         epoch,
         status: status.clone(),
     };
-    let handle = std::thread::Builder::new().name("slow-path".into()).spawn(move || sp.run(rx))?;
-    Ok((tx, status, handle))
+    let thread = std::thread::Builder::new().name("slow-path".into()).spawn(move || sp.run(rx))?;
+    Ok(SlowPathHandle { sender: tx, status, thread })
 }
 
 impl SlowPath {
@@ -716,10 +726,10 @@ mod tests {
             role: DtlsRole::Server,
             remote_fingerprint: String::new(),
         };
-        let leg = |id, edge: Option<EdgeSpec>| {
+        let leg = |id, edge: Option<Box<EdgeSpec>>| {
             Op::UpsertLeg(LegSpec { id: LegId(id), local_port: 1000 + id as u16, remote: None, rx: k.clone(), tx: k.clone(), feedback_ssrc: Ssrc(1), edge })
         };
-        let d = Delta { generation: Generation(1), replace_all: true, ops: vec![leg(1, Some(edge.clone())), leg(2, None), Op::RemoveLeg(LegId(3))] };
+        let d = Delta { generation: Generation(1), replace_all: true, ops: vec![leg(1, Some(Box::new(edge.clone()))), leg(2, None), Op::RemoveLeg(LegId(3))] };
         assert_eq!(
             changes_of(&d),
             vec![

@@ -119,8 +119,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         listen_ip: Some(config.listen_ip),
         ..EdgeConfig::default()
     };
-    let (slow, edge_status, slow_thread) =
-        edge::spawn(
+    let edge::SlowPathHandle { sender: slow, status: edge_status, thread: slow_thread } = edge::spawn(
         edge_config,
         workers.clone(),
         registry.clone(),

@@ -64,12 +64,13 @@ impl Peer {
     /// Points the peer at a Sluice leg: Sluice's host candidate, ICE credentials and DTLS
     /// fingerprint; the peer is the controlling agent, DTLS client when `active`.
     fn connect_to(&mut self, sluice: SocketAddr, creds: &IceCredentials, fingerprint: &str, active: bool) {
-        let mut api = self.rtc.direct_api();
-        api.set_remote_fingerprint(fingerprint.parse().expect("fingerprint parses"));
-        api.set_remote_ice_credentials(str0m::IceCreds { ufrag: creds.ufrag.clone(), pass: creds.pwd.clone() });
-        api.set_ice_controlling(true);
-        api.start_dtls(active).unwrap();
-        drop(api);
+        {
+            let mut api = self.rtc.direct_api();
+            api.set_remote_fingerprint(fingerprint.parse().expect("fingerprint parses"));
+            api.set_remote_ice_credentials(str0m::IceCreds { ufrag: creds.ufrag.clone(), pass: creds.pwd.clone() });
+            api.set_ice_controlling(true);
+            api.start_dtls(active).unwrap();
+        }
         self.rtc.add_remote_candidate(Candidate::host(sluice, "udp").unwrap());
     }
 
@@ -255,7 +256,7 @@ fn str0m_peers_meet_through_webrtc_legs() {
         rx: placeholder(),
         tx: placeholder(),
         feedback_ssrc: Ssrc(0xfeed_0000 + id),
-        edge: Some(EdgeSpec { local: sluice_creds(id), remote, role, remote_fingerprint: fp }),
+        edge: Some(Box::new(EdgeSpec { local: sluice_creds(id), remote, role, remote_fingerprint: fp })),
     };
     let ops = vec![
         Op::UpsertLeg(leg(1, 32101, a_creds, DtlsRole::Server, a_fp)),

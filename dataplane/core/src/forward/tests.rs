@@ -547,12 +547,12 @@ fn webrtc_leg_gates_media_until_keys_and_consent() {
     let (real_rx, real_tx) = (spec.rx.clone(), spec.tx.clone());
     spec.rx = material(0x77);
     spec.tx = material(0x78);
-    spec.edge = Some(EdgeSpec {
+    spec.edge = Some(Box::new(EdgeSpec {
         local: IceCredentials { ufrag: "sl".into(), pwd: "p".repeat(22) },
         remote: IceCredentials { ufrag: "br".into(), pwd: "q".repeat(22) },
         role: DtlsRole::Server,
         remote_fingerprint: "sha-256 00".into(),
-    });
+    }));
     m.apply(vec![
         Op::UpsertLeg(spec.clone()),
         Op::UpsertTrack(audio_track(1, 1, 0x1111)),

@@ -47,7 +47,7 @@ pub struct LegSpec {
     /// carries no media until the dataplane's slow path installed the keys its DTLS handshake
     /// exported, and sends none while ICE consent is missing. `None`: static keys.
     #[cfg_attr(feature = "serde", serde(default))]
-    pub edge: Option<EdgeSpec>,
+    pub edge: Option<Box<EdgeSpec>>,
 }
 
 /// ICE short-term credentials (RFC 8445 §5.3): `a=ice-ufrag` / `a=ice-pwd`.
