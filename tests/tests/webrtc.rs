@@ -175,6 +175,18 @@ fn counter(s: &EdgeStatus, name: &str) -> u64 {
     s.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
 }
 
+/// Pumps both peers until Sluice completed `n` handshakes (a peer may call itself connected one
+/// flight before Sluice does: its Finished still in flight), at most 5 s; the last status.
+fn wait_handshakes(ctl: &mut Client, a: &mut Peer, b: &mut Peer, n: u64) -> EdgeStatus {
+    let mut s = edge_status(ctl);
+    let end = Instant::now() + Duration::from_secs(5);
+    while counter(&s, "handshakes_completed") < n && Instant::now() < end {
+        pump_until(&mut [&mut *a, &mut *b], Duration::from_millis(50), |_| false);
+        s = edge_status(ctl);
+    }
+    s
+}
+
 fn core_drops(c: &mut Client, reason: &str) -> u64 {
     match c.call(&Request::Stats).unwrap() {
         Response::Stats(s) => {
@@ -277,7 +289,7 @@ fn str0m_peers_meet_through_webrtc_legs() {
     b.connect_to("127.0.0.1:32102".parse().unwrap(), &sluice_creds(2), &fingerprint, false);
     let up = pump_until(&mut [&mut a, &mut b], Duration::from_secs(15), |p| p.iter().all(|p| p.connected()));
     assert!(up, "peers did not connect (A {:?}, B {:?}); edge {:?}\n{}", a.ice, b.ice, edge_status(&mut ctl), dp.log_text());
-    let s = edge_status(&mut ctl);
+    let s = wait_handshakes(&mut ctl, &mut a, &mut b, 2);
     assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
     assert!(counter(&s, "stun_answered") >= 2, "{s:?}");
 
@@ -516,6 +528,10 @@ mod grpc {
         c.connect_to(at(pc), &creds(&wc), &wc.fingerprint, true);
         let up = pump_until(&mut [&mut a, &mut b, &mut c], Duration::from_secs(15), |p| p[0].connected() && p[1].connected());
         assert!(up, "A {:?} B {:?}\n{}", a.ice, b.ice, dp.log_text());
+        let mut ctl = Client::connect(&sock).unwrap();
+        let s = wait_handshakes(&mut ctl, &mut a, &mut b, 2);
+        assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
+        drop(ctl);
         let (to_b, to_a) = exchange(&mut a, &mut b, b"grpc", 50);
         assert!(to_b >= 45 && to_a >= 45, "B got {to_b}/50 from A, A got {to_a}/50 from B");
 
