@@ -390,6 +390,19 @@ fn str0m_peers_meet_through_webrtc_legs() {
     assert!(to_b >= 30, "after consent came back B got {to_b}/50\n{}", dp.log_text());
     let log = dp.log_text();
     assert!(log.contains("ICE consent expired"), "{log}");
+    // The counters are on /metrics too.
+    let metrics = {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect("127.0.0.1:32301").unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    let metric = |line: &str| metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert_eq!(metric("sluice_edge_total{counter=\"handshakes_completed\"}"), Some(2), "{metrics}");
+    assert!(metric("sluice_edge_total{counter=\"stun_dropped_bad_integrity\"}") >= Some(10), "{metrics}");
+    assert_eq!(metric("sluice_edge_legs"), Some(4), "{metrics}");
     eprintln!("edge: {:?}\nnot_connected drops: {not_connected}, slow path limited/full: {limited}", edge_status(&mut ctl));
     drop(ctl);
     dp.signal(libc::SIGTERM);
