@@ -1016,4 +1016,43 @@ mod tests {
         let view = d.session_view("m", &EdgeInfo::default()).unwrap();
         assert!(view.legs[0].rx.as_ref().unwrap().key.is_empty(), "keys never leave the node");
     }
+
+    #[test]
+    fn webrtc_legs_get_stable_unique_credentials_and_an_answer() {
+        let web = |ufrag: &str| pb::Change {
+            change: Some(C::Leg(pb::Leg {
+                id: format!("w-{ufrag}"),
+                webrtc: Some(pb::WebRtc {
+                    remote_ice_ufrag: ufrag.into(),
+                    remote_ice_pwd: "p".repeat(22),
+                    remote_fingerprint: format!("sha-256 {}", vec!["AB"; 32].join(":")),
+                    setup: pb::DtlsSetup::Passive as i32,
+                }),
+                ..Default::default()
+            })),
+        };
+        let mut d = node();
+        d.ice_secret = vec![7; 32];
+        let mut again = d.clone();
+        d.apply(&req("m", vec![web("peer1"), web("peer2")])).unwrap();
+        again.apply(&req("m", vec![web("peer1"), web("peer2")])).unwrap();
+        let legs = d.sessions["m"].legs.clone();
+        let (e1, e2) = (legs["w-peer1"].edge.as_ref().unwrap(), legs["w-peer2"].edge.as_ref().unwrap());
+        assert_ne!(e1.local, e2.local, "each leg has its own credentials");
+        assert_eq!(e1.local, again.sessions["m"].legs["w-peer1"].edge.as_ref().unwrap().local, "a replay derives the same ones");
+        assert!(e1.local.ufrag.len() >= 4 && e1.local.pwd.len() >= 22);
+        assert_eq!(e1.role, DtlsRole::Server);
+        // An ICE restart (new peer ufrag) gives the leg new credentials.
+        let mut restart = web("peer3");
+        if let Some(C::Leg(l)) = &mut restart.change {
+            l.id = "w-peer1".into();
+        }
+        d.apply(&req("m", vec![restart])).unwrap();
+        assert_ne!(d.sessions["m"].legs["w-peer1"].edge.as_ref().unwrap().local, e1.local);
+        let info = EdgeInfo { ip: Some([192, 0, 2, 1].into()), fingerprint: "sha-256 00".into() };
+        let w = webrtc_local(&d.sessions["m"].legs["w-peer2"], &info).unwrap();
+        let port = d.sessions["m"].legs["w-peer2"].local_port;
+        assert_eq!(w.candidates[0].candidate, format!("candidate:1 1 udp 2130706431 192.0.2.1 {port} typ host"));
+        assert_eq!((w.fingerprint.as_str(), w.setup), ("sha-256 00", pb::DtlsSetup::Passive as i32));
+    }
 }
