@@ -644,3 +644,222 @@ mod grpc {
         assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
     }
 }
+
+mod chromium {
+    //! A real browser: Debian's headless Chromium (driven by `tests/chromium/peer.js` through
+    //! playwright-core) publishes its fake microphone through a WebRTC leg created over gRPC,
+    //! with Sluice's SDP answer built from the ApplyResponse; a str0m peer on another leg receives
+    //! it, and Chromium's getStats shows the str0m peer's audio arriving through Sluice.
+
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    use sluice_controlplane::pb;
+    use sluice_controlplane::pb::change::Change as C;
+    use sluice_controlplane::pb::routes_client::RoutesClient;
+    use tonic::transport::Channel;
+
+    use super::*;
+
+    /// The value of the first `a=<key>:` line.
+    fn attr<'a>(sdp: &'a str, key: &str) -> Option<&'a str> {
+        sdp.lines().find_map(|l| l.strip_prefix("a=")?.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
+    }
+
+    /// Sluice's answer to a one-audio-m-line offer: ICE-lite, its host candidate, credentials and
+    /// fingerprint from the gRPC answer, DTLS passive, and the SSRC it sends the browser.
+    fn answer(offer: &str, w: &pb::WebRtcLocal, opus_pt: u32, out_ssrc: u32) -> String {
+        let mid = attr(offer, "mid").unwrap_or("0");
+        let c = &w.candidates[0];
+        [
+            "v=0".to_string(),
+            "o=- 1 1 IN IP4 127.0.0.1".into(),
+            "s=-".into(),
+            "t=0 0".into(),
+            format!("a=group:BUNDLE {mid}"),
+            "a=ice-lite".into(),
+            format!("m=audio {} UDP/TLS/RTP/SAVPF {opus_pt}", c.port),
+            format!("c=IN IP4 {}", c.ip),
+            format!("a=ice-ufrag:{}", w.ice_ufrag),
+            format!("a=ice-pwd:{}", w.ice_pwd),
+            format!("a=fingerprint:{}", w.fingerprint),
+            "a=setup:passive".into(),
+            format!("a=mid:{mid}"),
+            "a=sendrecv".into(),
+            "a=rtcp-mux".into(),
+            format!("a=rtpmap:{opus_pt} opus/48000/2"),
+            format!("a=fmtp:{opus_pt} minptime=10;useinbandfec=1"),
+            format!("a=ssrc:{out_ssrc} cname:sluice"),
+            format!("a=ssrc:{out_ssrc} msid:sluice sluice-audio"),
+            format!("a={}", c.candidate),
+            "a=end-of-candidates".into(),
+            String::new(),
+        ]
+        .join("\r\n")
+    }
+
+    #[test]
+    fn chromium_and_str0m_meet_through_sluice() {
+        let peer_js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/peer.js");
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        assert!(
+            peer_js.with_file_name("node_modules/playwright-core").exists(),
+            "tests/chromium/node_modules is missing (scripts/setup.sh runs npm ci there)"
+        );
+        let dir = TempDir::new("webrtc-chromium");
+        let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32305");
+        let cfg = dir.path().join("controlplane.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[controlplane]\ngrpc_listen = \"127.0.0.1:32306\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [32120, 32129]\n",
+                sock.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let mut cp = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        let channel = loop {
+            match rt.block_on(Channel::from_static("http://127.0.0.1:32306").connect()) {
+                Ok(c) => break c,
+                Err(e) => assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(50)).is_none(), "no gRPC: {e}\n{}", cp.log_text()),
+            }
+        };
+        let mut routes = RoutesClient::new(channel);
+
+        // The browser: its offer first.
+        let profile_dir = dir.path().join("chromium-profile");
+        std::fs::create_dir_all(&profile_dir).unwrap();
+        let mut node = Command::new("node")
+            .arg(&peer_js)
+            .env("CHROMIUM_USER_DATA_DIR", &profile_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node");
+        let mut to_node = node.stdin.take().unwrap();
+        let (line_tx, lines) = mpsc::channel::<serde_json::Value>();
+        let stdout = node.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&l)
+                    && line_tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(60)).expect("an offer from Chromium");
+        let offer = first["offer"].as_str().unwrap_or_else(|| panic!("no offer: {first}")).to_string();
+        let (ufrag, pwd, fp) = (attr(&offer, "ice-ufrag").unwrap(), attr(&offer, "ice-pwd").unwrap(), attr(&offer, "fingerprint").unwrap());
+        let chrome_ssrc: u32 = attr(&offer, "ssrc").and_then(|v| v.split(' ').next()?.parse().ok()).expect("a=ssrc");
+        let opus_pt: u32 = offer
+            .lines()
+            .find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2")?.parse().ok())
+            .expect("opus in the offer");
+
+        let mut b = Peer::new("B", 32230);
+        let bc = b.ice_credentials();
+        let leg = |id: &str, ufrag: &str, pwd: &str, fp: &str, setup: pb::DtlsSetup| pb::Change {
+            change: Some(C::Leg(pb::Leg {
+                id: id.into(),
+                feedback_ssrc: 0xfeed,
+                webrtc: Some(pb::WebRtc { remote_ice_ufrag: ufrag.into(), remote_ice_pwd: pwd.into(), remote_fingerprint: fp.into(), setup: setup as i32 }),
+                ..Default::default()
+            })),
+        };
+        let track = |id: &str, leg: &str, ssrc: u32, pt: u32| pb::Change {
+            change: Some(C::Track(pb::Track {
+                id: id.into(),
+                publisher_leg: leg.into(),
+                kind: pb::MediaKind::Audio as i32,
+                clock_rate: 48_000,
+                layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
+                payload_types: vec![pb::PayloadType { pt, codec: pb::Codec::Audio as i32, rtx_pt: None }],
+                ..Default::default()
+            })),
+        };
+        let sub = |leg: &str, track: &str, out: u32, from: u32, to: u32| pb::Change {
+            change: Some(C::Subscription(pb::Subscription {
+                subscriber_leg: leg.into(),
+                track: track.into(),
+                out_ssrc: out,
+                pt_map: vec![pb::IdMapping { from, to }],
+                ..Default::default()
+            })),
+        };
+        let b_fp = b.fingerprint();
+        let resp = rt
+            .block_on(routes.apply(pb::ChangeSet {
+                session: "browser".into(),
+                changes: vec![
+                    leg("chrome", ufrag, pwd, fp, pb::DtlsSetup::Passive),
+                    leg("bob", &bc.ufrag, &bc.pwd, &b_fp, pb::DtlsSetup::Passive),
+                    track("chrome-mic", "chrome", chrome_ssrc, opus_pt),
+                    track("bob-mic", "bob", 0xB2, 111),
+                    sub("bob", "chrome-mic", 0xB1, opus_pt, 111),
+                    sub("chrome", "bob-mic", 0xC1, 111, opus_pt),
+                ],
+                ..Default::default()
+            }))
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()))
+            .into_inner();
+        let local = |leg: &str| resp.ports.iter().find(|p| p.leg == leg).and_then(|p| p.webrtc.clone()).unwrap();
+        let (wc, wb) = (local("chrome"), local("bob"));
+        let sdp = answer(&offer, &wc, opus_pt, 0xC1);
+        writeln!(to_node, "{}", serde_json::json!({ "answer": sdp })).unwrap();
+
+        b.send_stream(0xB2);
+        b.expect_stream(0xB1);
+        b.connect_to(SocketAddr::from(([127, 0, 0, 1], wb.candidates[0].port as u16)), &creds_of(&wb), &wb.fingerprint, true);
+
+        // Both ways for up to 30 s: Bob's audio must reach Chromium, Chromium's must reach Bob.
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut last = serde_json::Value::Null;
+        let mut next_send = Instant::now();
+        while Instant::now() < end {
+            if b.connected() && Instant::now() >= next_send {
+                b.send_rtp(0xB2, &[0xf8, 0xff, 0xfe]); // an Opus DTX/silence frame
+                next_send += Duration::from_millis(20);
+            }
+            b.pump();
+            while let Ok(v) = lines.try_recv() {
+                assert!(v.get("error").is_none(), "Chromium: {v}");
+                if v.get("stats").is_some() {
+                    last = v["stats"].clone();
+                }
+            }
+            let chrome_got = last["received"].as_u64().unwrap_or(0);
+            if chrome_got >= 50 && b.got(0xB1, b"") >= 50 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let chrome_got = last["received"].as_u64().unwrap_or(0);
+        let bob_got = b.got(0xB1, b"");
+        eprintln!("Chromium stats: {last}; Bob got {bob_got} packets from Chromium");
+        let _ = writeln!(to_node, "{}", serde_json::json!({ "quit": true }));
+        let _ = node.wait();
+        assert_eq!(last["connection"], "connected", "Chromium's connection state; stats {last}\n{}", dp.log_text());
+        assert!(chrome_got >= 50, "Chromium received {chrome_got} RTP packets from Bob through Sluice; stats {last}");
+        assert!(last["ssrc_in"].as_array().is_some_and(|a| a.iter().any(|s| s == 0xC1)), "on the SSRC Sluice announced: {last}");
+        assert!(bob_got >= 50, "Bob received {bob_got} packets of Chromium's microphone through Sluice");
+        let mut ctl = Client::connect(&sock).unwrap();
+        let s = edge_status(&mut ctl);
+        assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
+        drop(ctl);
+        drop(routes);
+        drop(rt);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+
+    fn creds_of(w: &pb::WebRtcLocal) -> IceCredentials {
+        IceCredentials { ufrag: w.ice_ufrag.clone(), pwd: w.ice_pwd.clone() }
+    }
+}
