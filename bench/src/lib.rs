@@ -5,3 +5,4 @@
 pub mod forward;
 pub mod live;
 pub mod meeting;
+pub mod signaling;

@@ -863,3 +863,182 @@ mod chromium {
         IceCredentials { ufrag: w.ice_ufrag.clone(), pwd: w.ice_pwd.clone() }
     }
 }
+
+mod meeting {
+    //! The reference signaling example end to end: three headless Chromium participants join a
+    //! meeting through `sluice-bench signaling` (which programs Sluice only over gRPC), publish
+    //! camera (VP8 simulcast) and microphone, and each must decode video frames and receive audio
+    //! from both others through Sluice; when one leaves, its media stops for the others.
+
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::sync::mpsc;
+
+    use super::*;
+
+    struct Participant {
+        name: &'static str,
+        child: Child,
+        stdin: ChildStdin,
+        lines: mpsc::Receiver<serde_json::Value>,
+        stats: serde_json::Value,
+    }
+
+    impl Participant {
+        fn join(name: &'static str, dir: &std::path::Path) -> Self {
+            let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/participant.js");
+            let profile = dir.join(format!("chromium-{name}"));
+            std::fs::create_dir_all(&profile).unwrap();
+            let mut child = Command::new("node")
+                .arg(&js)
+                .arg(format!("http://localhost:32309/?room=e2e&name={name}"))
+                .env("CHROMIUM_USER_DATA_DIR", &profile)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("node");
+            let stdin = child.stdin.take().unwrap();
+            let (tx, lines) = mpsc::channel();
+            let out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l)
+                        && tx.send(v).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            Self { name, child, stdin, lines, stats: serde_json::Value::Null }
+        }
+
+        fn poll(&mut self) {
+            while let Ok(v) = self.lines.try_recv() {
+                if let Some(e) = v.get("error") {
+                    panic!("{}: {e}", self.name);
+                }
+                if v.get("stats").is_some() {
+                    self.stats = v["stats"].clone();
+                }
+            }
+        }
+
+        /// (audio packets, video frames decoded) of receive slot `slot` (mids 2+2·slot, 3+2·slot).
+        fn slot(&self, slot: usize) -> (u64, u64) {
+            let get = |mid: usize, key: &str| self.stats["inbound"][mid.to_string()][key].as_u64().unwrap_or(0);
+            (get(2 + 2 * slot, "packets"), get(3 + 2 * slot, "frames"))
+        }
+
+        fn send(&mut self, v: serde_json::Value) {
+            let _ = writeln!(self.stdin, "{v}");
+        }
+    }
+
+    impl Drop for Participant {
+        fn drop(&mut self) {
+            self.send(serde_json::json!({ "quit": true }));
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn wait(ps: &mut [&mut Participant], secs: u64, done: impl Fn(&[&mut Participant]) -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            for p in ps.iter_mut() {
+                p.poll();
+            }
+            if done(ps) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    #[test]
+    fn three_chromium_participants_meet_through_the_reference_signaling() {
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        let dir = TempDir::new("webrtc-meeting");
+        let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32307");
+        let cfg = dir.path().join("controlplane.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[controlplane]\ngrpc_listen = \"127.0.0.1:32308\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [32130, 32139]\n",
+                sock.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let mut cp = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect("127.0.0.1:32308").is_err() {
+            assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(50)).is_none(), "no gRPC\n{}", cp.log_text());
+        }
+        let mut sig = Daemon::start(
+            "sluice-bench",
+            &["signaling", "--grpc", "http://127.0.0.1:32308", "--listen", "127.0.0.1:32309"],
+            &dir.path().join("signaling.log"),
+        );
+        while std::net::TcpStream::connect("127.0.0.1:32309").is_err() {
+            assert!(Instant::now() < end && sig.wait_exit(Duration::from_millis(50)).is_none(), "no signaling\n{}", sig.log_text());
+        }
+
+        // One at a time, so slots are filled in join order: alice sees bob in slot 0 and carol in
+        // slot 1; bob sees alice, carol; carol sees alice, bob.
+        let mut alice = Participant::join("alice", dir.path());
+        assert!(wait(&mut [&mut alice], 30, |p| p[0].stats["connection"] == "connected"), "alice: {}\n{}", alice.stats, sig.log_text());
+        let mut bob = Participant::join("bob", dir.path());
+        assert!(wait(&mut [&mut alice, &mut bob], 30, |p| p[1].stats["connection"] == "connected"), "bob: {}\n{}", bob.stats, sig.log_text());
+        let mut carol = Participant::join("carol", dir.path());
+        let everyone_sees_everyone = |p: &[&mut Participant]| {
+            p.iter().all(|x| (0..2).all(|s| {
+                let (audio, frames) = x.slot(s);
+                audio >= 25 && frames >= 10
+            }))
+        };
+        let ok = wait(&mut [&mut alice, &mut bob, &mut carol], 60, everyone_sees_everyone);
+        assert!(
+            ok,
+            "alice {}\nbob {}\ncarol {}\n{}\n{}",
+            alice.stats,
+            bob.stats,
+            carol.stats,
+            sig.log_text(),
+            dp.log_text().lines().rev().take(40).collect::<Vec<_>>().join("\n")
+        );
+        for p in [&alice, &bob, &carol] {
+            eprintln!("{}: slot 0 {:?}, slot 1 {:?}", p.name, p.slot(0), p.slot(1));
+        }
+        // Sluice forwarded it: three handshakes, packets out.
+        let mut ctl = Client::connect(&sock).unwrap();
+        assert_eq!(counter(&edge_status(&mut ctl), "handshakes_completed"), 3);
+        let tx: u64 = match ctl.call(&Request::Stats).unwrap() {
+            Response::Stats(s) => s.iter().map(|w| w.tx_packets).sum(),
+            other => panic!("{other:?}"),
+        };
+        assert!(tx > 500, "the dataplane sent {tx} packets");
+
+        // Alice leaves: her slot stops for bob and carol (slot 0), the other slot goes on.
+        alice.send(serde_json::json!({ "leave": true }));
+        std::thread::sleep(Duration::from_secs(2));
+        wait(&mut [&mut bob, &mut carol], 1, |_| false);
+        let before = (bob.slot(0), carol.slot(0), carol.slot(1));
+        wait(&mut [&mut bob, &mut carol], 3, |_| false);
+        let after = (bob.slot(0), carol.slot(0), carol.slot(1));
+        eprintln!("after alice left: before {before:?}, after {after:?}");
+        assert!(after.0.0 - before.0.0 <= 5 && after.1.0 - before.1.0 <= 5, "alice's audio must stop: {before:?} → {after:?}");
+        assert!(after.2.0 - before.2.0 >= 50, "bob's audio to carol goes on: {before:?} → {after:?}");
+        drop((alice, bob, carol));
+        drop(sig);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+}
