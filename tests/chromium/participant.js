@@ -6,23 +6,10 @@
 //   in  {"quit": true}    closes the browser
 'use strict';
 const readline = require('readline');
-const { chromium } = require('playwright-core');
-
-const FLAGS = [
-  '--no-sandbox', '--disable-gpu', '--allow-loopback-in-peer-connection',
-  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
-];
-
-function send(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
+const { launch, send, fail } = require('./launch');
 
 (async () => {
-  const context = await chromium.launchPersistentContext(process.env.CHROMIUM_USER_DATA_DIR, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: FLAGS,
-  });
-  const page = context.pages()[0] || await context.newPage();
+  const { context, page } = await launch();
   page.on('console', (m) => send({ console: m.text() }));
   await page.goto(process.argv[2]);
   const timer = setInterval(async () => {
@@ -37,4 +24,4 @@ function send(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
   clearInterval(timer);
   await context.close();
   process.exit(0);
-})().catch((e) => { send({ error: String(e && e.stack || e) }); process.exit(1); });
+})().catch(fail);

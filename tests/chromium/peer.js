@@ -7,24 +7,10 @@
 //   in  {"quit": true}                   closes the browser
 'use strict';
 const readline = require('readline');
-const { chromium } = require('playwright-core');
-
-const FLAGS = [
-  '--no-sandbox', '--disable-gpu', '--allow-loopback-in-peer-connection',
-  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
-];
-
-function send(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
+const { launch, send, fail } = require('./launch');
 
 (async () => {
-  const userDataDir = process.env.CHROMIUM_USER_DATA_DIR;
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: FLAGS,
-  });
-  const page = context.pages()[0] || await context.newPage();
+  const { context, page } = await launch();
   // getUserMedia needs a secure context: http://localhost is one. The page is served by
   // Playwright itself, so nothing listens on a port.
   await page.route('http://localhost/**', (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>peer</title>' }));
@@ -68,4 +54,4 @@ function send(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
   if (timer) clearInterval(timer);
   await context.close();
   process.exit(0);
-})().catch((e) => { send({ error: String(e && e.stack || e) }); process.exit(1); });
+})().catch(fail);

@@ -17,6 +17,8 @@ use sluice_core::table::{
     Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec,
     TrackSpec,
 };
+use sluice_controlplane::pb;
+use sluice_controlplane::pb::change::Change as C;
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::edge::EdgeStatus;
 use sluice_tests::{Daemon, TempDir};
@@ -246,6 +248,84 @@ fn exchange(a: &mut Peer, b: &mut Peer, tag: &[u8], n: usize) -> (usize, usize) 
     (b.got(0xB1, tag), a.got(0xA2, tag))
 }
 
+/// Starts the control plane (plain text gRPC on loopback `grpc`, leg ports `ports`) against the
+/// dataplane at `dp_sock`, and waits until it listens.
+fn start_controlplane(dir: &TempDir, dp_sock: &std::path::Path, grpc: u16, ports: (u16, u16)) -> Daemon {
+    let cfg = dir.path().join("controlplane.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[controlplane]\ngrpc_listen = \"127.0.0.1:{grpc}\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+            dp_sock.display(),
+            dir.path().join("state").display(),
+            ports.0,
+            ports.1
+        ),
+    )
+    .unwrap();
+    let mut cp = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(50)).is_none(), "no gRPC on {grpc}\n{}", cp.log_text());
+    }
+    cp
+}
+
+/// A gRPC channel to the control plane on loopback `port`.
+fn grpc_channel(rt: &tokio::runtime::Runtime, port: u16) -> tonic::transport::Channel {
+    rt.block_on(tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect()).expect("gRPC channel")
+}
+
+/// A WebRTC leg as a signaling service creates it from the peer's SDP.
+fn pb_webrtc_leg(id: &str, remote: &IceCredentials, fingerprint: &str, setup: pb::DtlsSetup) -> pb::Change {
+    pb::Change {
+        change: Some(C::Leg(pb::Leg {
+            id: id.into(),
+            feedback_ssrc: 0xfeed,
+            webrtc: Some(pb::WebRtc {
+                remote_ice_ufrag: remote.ufrag.clone(),
+                remote_ice_pwd: remote.pwd.clone(),
+                remote_fingerprint: fingerprint.into(),
+                setup: setup as i32,
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An audio track on payload type `pt`.
+fn pb_audio_track(id: &str, leg: &str, ssrc: u32, pt: u32) -> pb::Change {
+    pb::Change {
+        change: Some(C::Track(pb::Track {
+            id: id.into(),
+            publisher_leg: leg.into(),
+            kind: pb::MediaKind::Audio as i32,
+            clock_rate: 48_000,
+            layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
+            payload_types: vec![pb::PayloadType { pt, codec: pb::Codec::Audio as i32, rtx_pt: None }],
+            ..Default::default()
+        })),
+    }
+}
+
+/// A subscription mapping payload type `from` to `to`.
+fn pb_subscription(leg: &str, track: &str, out: u32, from: u32, to: u32) -> pb::Change {
+    pb::Change {
+        change: Some(C::Subscription(pb::Subscription {
+            subscriber_leg: leg.into(),
+            track: track.into(),
+            out_ssrc: out,
+            pt_map: vec![pb::IdMapping { from, to }],
+            ..Default::default()
+        })),
+    }
+}
+
+/// Sluice's ICE credentials from its answer.
+fn local_creds(w: &pb::WebRtcLocal) -> IceCredentials {
+    IceCredentials { ufrag: w.ice_ufrag.clone(), pwd: w.ice_pwd.clone() }
+}
+
 /// Two str0m peers through two WebRTC legs programmed on the dataplane's control socket: leg 1
 /// with Sluice as DTLS server, leg 2 as DTLS client. Then hostile input, then consent.
 #[test]
@@ -429,80 +509,28 @@ mod grpc {
 
     fn webrtc_leg(id: &str, peer: &mut Peer, setup: pb::DtlsSetup) -> pb::Change {
         let c = peer.ice_credentials();
-        pb::Change {
-            change: Some(C::Leg(pb::Leg {
-                id: id.into(),
-                feedback_ssrc: 0xfeed,
-                webrtc: Some(pb::WebRtc {
-                    remote_ice_ufrag: c.ufrag,
-                    remote_ice_pwd: c.pwd,
-                    remote_fingerprint: peer.fingerprint(),
-                    setup: setup as i32,
-                }),
-                ..Default::default()
-            })),
-        }
+        pb_webrtc_leg(id, &c, &peer.fingerprint(), setup)
     }
 
     fn audio_track(id: &str, leg: &str, ssrc: u32) -> pb::Change {
-        pb::Change {
-            change: Some(C::Track(pb::Track {
-                id: id.into(),
-                publisher_leg: leg.into(),
-                kind: pb::MediaKind::Audio as i32,
-                clock_rate: 48_000,
-                layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
-                payload_types: vec![pb::PayloadType { pt: 111, codec: pb::Codec::Audio as i32, rtx_pt: None }],
-                ..Default::default()
-            })),
-        }
+        pb_audio_track(id, leg, ssrc, 111)
     }
 
     fn subscription(leg: &str, track: &str, out: u32) -> pb::Change {
-        pb::Change {
-            change: Some(C::Subscription(pb::Subscription {
-                subscriber_leg: leg.into(),
-                track: track.into(),
-                out_ssrc: out,
-                pt_map: vec![pb::IdMapping { from: 111, to: 111 }],
-                ..Default::default()
-            })),
-        }
+        pb_subscription(leg, track, out, 111, 111)
     }
 
     fn change_set(changes: Vec<pb::Change>) -> pb::ChangeSet {
         pb::ChangeSet { session: SESSION.into(), changes, ..Default::default() }
     }
 
-    fn creds(w: &pb::WebRtcLocal) -> IceCredentials {
-        IceCredentials { ufrag: w.ice_ufrag.clone(), pwd: w.ice_pwd.clone() }
-    }
-
     #[test]
     fn str0m_peers_meet_through_legs_created_over_grpc() {
         let dir = TempDir::new("webrtc-grpc");
         let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32303");
-        let cfg = dir.path().join("controlplane.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[controlplane]\ngrpc_listen = \"127.0.0.1:32302\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [32110, 32119]\n",
-                sock.display(),
-                dir.path().join("state").display()
-            ),
-        )
-        .unwrap();
-        let mut cp = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+        let cp = start_controlplane(&dir, &sock, 32302, (32110, 32119));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let end = Instant::now() + Duration::from_secs(20);
-        let channel = loop {
-            match rt.block_on(Channel::from_static("http://127.0.0.1:32302").connect()) {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(50)).is_none(), "no gRPC: {e}\n{}", cp.log_text());
-                }
-            }
-        };
+        let channel = grpc_channel(&rt, 32302);
         let mut routes = RoutesClient::new(channel);
         let (ev_tx, ev_rx) = mpsc::channel::<pb::Event>();
         let mut watch = rt.block_on(routes.watch(pb::WatchRequest { session: SESSION.into() })).unwrap().into_inner();
@@ -583,9 +611,9 @@ mod grpc {
         b.send_stream(0xB2);
         b.expect_stream(0xB1);
         let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        a.connect_to(at(pa), &creds(&wa), &wa.fingerprint, true);
-        b.connect_to(at(pb_), &creds(&wb), &wb.fingerprint, false);
-        c.connect_to(at(pc), &creds(&wc), &wc.fingerprint, true);
+        a.connect_to(at(pa), &local_creds(&wa), &wa.fingerprint, true);
+        b.connect_to(at(pb_), &local_creds(&wb), &wb.fingerprint, false);
+        c.connect_to(at(pc), &local_creds(&wc), &wc.fingerprint, true);
         let up = pump_until(&mut [&mut a, &mut b, &mut c], Duration::from_secs(15), |p| p[0].connected() && p[1].connected());
         assert!(up, "A {:?} B {:?}\n{}", a.ice, b.ice, dp.log_text());
         let mut ctl = Client::connect(&sock).unwrap();
@@ -629,7 +657,7 @@ mod grpc {
         assert!(alice.rx.is_none() && alice.webrtc.as_ref().is_some_and(|w| w.remote_ice_pwd.is_empty()), "no secrets in views: {alice:?}");
 
         // Certificate rotation: new answers carry the new fingerprint; connected legs keep flowing.
-        let mut node = pb::node_client::NodeClient::new(rt.block_on(Channel::from_static("http://127.0.0.1:32302").connect()).unwrap());
+        let mut node = pb::node_client::NodeClient::new(grpc_channel(&rt, 32302));
         let rotated = rt.block_on(node.rotate_dtls_certificate(pb::RotateDtlsCertificateRequest {})).unwrap().into_inner().fingerprint;
         assert!(rotated.starts_with("sha-256 ") && rotated != wa.fingerprint, "{rotated}");
         let s = rt.block_on(routes.get_session(pb::GetSessionRequest { session: SESSION.into() })).unwrap().into_inner();
@@ -655,10 +683,7 @@ mod chromium {
     use std::process::{Command, Stdio};
     use std::sync::mpsc;
 
-    use sluice_controlplane::pb;
-    use sluice_controlplane::pb::change::Change as C;
     use sluice_controlplane::pb::routes_client::RoutesClient;
-    use tonic::transport::Channel;
 
     use super::*;
 
@@ -709,25 +734,9 @@ mod chromium {
         );
         let dir = TempDir::new("webrtc-chromium");
         let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32305");
-        let cfg = dir.path().join("controlplane.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[controlplane]\ngrpc_listen = \"127.0.0.1:32306\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [32120, 32129]\n",
-                sock.display(),
-                dir.path().join("state").display()
-            ),
-        )
-        .unwrap();
-        let mut cp = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+        let cp = start_controlplane(&dir, &sock, 32306, (32120, 32129));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let end = Instant::now() + Duration::from_secs(20);
-        let channel = loop {
-            match rt.block_on(Channel::from_static("http://127.0.0.1:32306").connect()) {
-                Ok(c) => break c,
-                Err(e) => assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(50)).is_none(), "no gRPC: {e}\n{}", cp.log_text()),
-            }
-        };
+        let channel = grpc_channel(&rt, 32306);
         let mut routes = RoutesClient::new(channel);
 
         // The browser: its offer first.
@@ -764,45 +773,17 @@ mod chromium {
 
         let mut b = Peer::new("B", 32230);
         let bc = b.ice_credentials();
-        let leg = |id: &str, ufrag: &str, pwd: &str, fp: &str, setup: pb::DtlsSetup| pb::Change {
-            change: Some(C::Leg(pb::Leg {
-                id: id.into(),
-                feedback_ssrc: 0xfeed,
-                webrtc: Some(pb::WebRtc { remote_ice_ufrag: ufrag.into(), remote_ice_pwd: pwd.into(), remote_fingerprint: fp.into(), setup: setup as i32 }),
-                ..Default::default()
-            })),
-        };
-        let track = |id: &str, leg: &str, ssrc: u32, pt: u32| pb::Change {
-            change: Some(C::Track(pb::Track {
-                id: id.into(),
-                publisher_leg: leg.into(),
-                kind: pb::MediaKind::Audio as i32,
-                clock_rate: 48_000,
-                layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
-                payload_types: vec![pb::PayloadType { pt, codec: pb::Codec::Audio as i32, rtx_pt: None }],
-                ..Default::default()
-            })),
-        };
-        let sub = |leg: &str, track: &str, out: u32, from: u32, to: u32| pb::Change {
-            change: Some(C::Subscription(pb::Subscription {
-                subscriber_leg: leg.into(),
-                track: track.into(),
-                out_ssrc: out,
-                pt_map: vec![pb::IdMapping { from, to }],
-                ..Default::default()
-            })),
-        };
         let b_fp = b.fingerprint();
         let resp = rt
             .block_on(routes.apply(pb::ChangeSet {
                 session: "browser".into(),
                 changes: vec![
-                    leg("chrome", ufrag, pwd, fp, pb::DtlsSetup::Passive),
-                    leg("bob", &bc.ufrag, &bc.pwd, &b_fp, pb::DtlsSetup::Passive),
-                    track("chrome-mic", "chrome", chrome_ssrc, opus_pt),
-                    track("bob-mic", "bob", 0xB2, 111),
-                    sub("bob", "chrome-mic", 0xB1, opus_pt, 111),
-                    sub("chrome", "bob-mic", 0xC1, 111, opus_pt),
+                    pb_webrtc_leg("chrome", &IceCredentials { ufrag: ufrag.into(), pwd: pwd.into() }, fp, pb::DtlsSetup::Passive),
+                    pb_webrtc_leg("bob", &bc, &b_fp, pb::DtlsSetup::Passive),
+                    pb_audio_track("chrome-mic", "chrome", chrome_ssrc, opus_pt),
+                    pb_audio_track("bob-mic", "bob", 0xB2, 111),
+                    pb_subscription("bob", "chrome-mic", 0xB1, opus_pt, 111),
+                    pb_subscription("chrome", "bob-mic", 0xC1, 111, opus_pt),
                 ],
                 ..Default::default()
             }))
@@ -815,7 +796,7 @@ mod chromium {
 
         b.send_stream(0xB2);
         b.expect_stream(0xB1);
-        b.connect_to(SocketAddr::from(([127, 0, 0, 1], wb.candidates[0].port as u16)), &creds_of(&wb), &wb.fingerprint, true);
+        b.connect_to(SocketAddr::from(([127, 0, 0, 1], wb.candidates[0].port as u16)), &local_creds(&wb), &wb.fingerprint, true);
 
         // Both ways for up to 30 s: Bob's audio must reach Chromium, Chromium's must reach Bob.
         let end = Instant::now() + Duration::from_secs(30);
@@ -857,10 +838,6 @@ mod chromium {
         drop(cp);
         dp.signal(libc::SIGTERM);
         assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
-    }
-
-    fn creds_of(w: &pb::WebRtcLocal) -> IceCredentials {
-        IceCredentials { ufrag: w.ice_ufrag.clone(), pwd: w.ice_pwd.clone() }
     }
 }
 
@@ -966,21 +943,8 @@ mod meeting {
         assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
         let dir = TempDir::new("webrtc-meeting");
         let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32307");
-        let cfg = dir.path().join("controlplane.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[controlplane]\ngrpc_listen = \"127.0.0.1:32308\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [32130, 32139]\n",
-                sock.display(),
-                dir.path().join("state").display()
-            ),
-        )
-        .unwrap();
-        let mut cp = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+        let cp = start_controlplane(&dir, &sock, 32308, (32130, 32139));
         let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect("127.0.0.1:32308").is_err() {
-            assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(50)).is_none(), "no gRPC\n{}", cp.log_text());
-        }
         let mut sig = Daemon::start(
             "sluice-bench",
             &["signaling", "--grpc", "http://127.0.0.1:32308", "--listen", "127.0.0.1:32309"],
