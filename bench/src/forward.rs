@@ -1,16 +1,18 @@
 //! The forwarding benchmark: one publisher, N subscribers, 1200-byte SRTP video through one
-//! pinned dataplane worker, for each I/O backend, measured in one run.
+//! pinned dataplane worker, for each I/O backend (with and without UDP GSO) and SRTP profile,
+//! measured in one run on veth pairs in network namespaces the bench creates ([`crate::netns`]):
 //!
 //! ```text
-//!   generator (core 0) ──SRTP 1200 B──▶ sluice-dataplane, 1 worker (core 1) ──N copies──▶ sink (core 0)
+//!   generator (ns gen, core 0) ──veth──▶ forwarder, 1 worker (ns fwd, core 1) ──veth──▶ sink (ns sink: XDP count + drop)
 //! ```
 //!
-//! The daemon is the real `sluice-dataplane` process, programmed over its control socket; the
+//! The forwarder is the real `sluice-dataplane` process, programmed over its control socket; the
 //! `naive` baseline is the same forwarding core driven by a one-datagram-per-syscall loop
 //! (recv_from / send_to) on the same core, the floor any batched backend must beat. Throughput is
-//! the daemon's own count of packets sent per second of wall time, and per CPU-second of the
-//! worker; latency is one-way (generator send → sink receive, a timestamp carried in the payload
-//! and read after decryption) at half the measured maximum rate.
+//! the forwarder's own count of packets sent per second of wall time (the sink's XDP count is
+//! reported beside it), and per CPU-second of the forwarder; latency is one-way (generator send →
+//! userspace sink receive, a timestamp carried in the payload and read after decryption) at half
+//! the measured maximum rate.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -23,44 +25,91 @@ use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use sluice_core::forward::{Core, CoreConfig, OutBatch};
 use sluice_core::ids::{Generation, LegId, Pt, Ssrc, TrackId};
-use sluice_core::srtp::{Profile, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
+use sluice_core::srtp::{Profile, RtpRecvState, RtpSendState, SrtpKeys};
 use sluice_core::table::{Codec, Delta, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
 use sluice_core::time::Instant;
-use sluice_core::wire::rtcp;
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmit};
+use sluice_dataplane::xdp::XdpStage;
+
+use crate::netns::{NetNs, Veth};
 
 /// Payload bytes after the 12-byte RTP header, so the RTP packet is 1200 bytes.
 const PAYLOAD: usize = 1188;
-const BASE_PORT: u16 = 31_000;
+/// The forwarder's leg ports (publisher at +1, subscribers after it).
+pub(crate) const BASE_PORT: u16 = 31_000;
+
+/// The bench topology on veth pairs in network namespaces it creates (and deletes on drop):
+///
+/// ```text
+///   ns gen  10.77.1.2 ──veth── 10.77.1.1  ns fwd (the forwarder)  10.77.2.1 ──veth── 10.77.2.2  ns sink
+/// ```
+///
+/// Every packet crosses a real device, and no party pays for another's receive path: a veth
+/// transmit is received in the softirq of the sending CPU, so the generator's core takes the
+/// forwarder's socket receive, and the forwarder's core only the sink's XDP counting drop (a
+/// userspace sink on loopback would cost the forwarder's core a full UDP receive per copy).
+#[derive(Debug)]
+pub struct Topology {
+    /// The generator's namespace.
+    pub generator: NetNs,
+    /// The forwarder's namespace.
+    pub forwarder: NetNs,
+    /// The sink's namespace.
+    pub sink: NetNs,
+    /// The sink's interface (inside `sink`).
+    pub sink_if: String,
+}
+
+/// Where the generator sends from.
+pub const GENERATOR_IP: [u8; 4] = [10, 77, 1, 2];
+/// The forwarder's media address.
+pub const FORWARDER_IP: [u8; 4] = [10, 77, 1, 1];
+/// Where the subscribers are.
+pub const SINK_IP: [u8; 4] = [10, 77, 2, 2];
+
+impl Topology {
+    /// Creates it (root; panics with the failing command's error otherwise).
+    pub fn new() -> Self {
+        let (generator, forwarder, sink) = (NetNs::new("g"), NetNs::new("f"), NetNs::new("s"));
+        Veth::new("gf", &generator, &["10.77.1.2/24"], &forwarder, &["10.77.1.1/24"]);
+        let out = Veth::new("fs", &forwarder, &["10.77.2.1/24"], &sink, &["10.77.2.2/24"]);
+        Self { generator, forwarder, sink, sink_if: out.b }
+    }
+}
+/// The subscribers' ports in the sink namespace.
+const SINK_PORT: u16 = 41_000;
 const PUBLISHER_SSRC: u32 = 0x5000;
 /// Where the daemon under test serves its metrics (read for batch sizes and I/O counters).
 const METRICS_PORT: u16 = 39_311;
 
 /// One I/O counter of the daemon under test.
-fn scrape_io(counter: &str) -> f64 {
+/// The daemon's Prometheus text (its metrics listen on loopback inside the forwarder's namespace).
+fn metrics_text(topo: &Topology) -> String {
     use std::io::{Read as _, Write as _};
-    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)) else { return 0.0 };
-    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n");
-    let mut body = String::new();
-    let _ = c.read_to_string(&mut body);
+    topo.forwarder
+        .enter(|| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+            let mut body = String::new();
+            c.read_to_string(&mut body)?;
+            Ok::<_, std::io::Error>(body)
+        })
+        .unwrap_or_default()
+}
+
+/// One I/O counter of the daemon under test, summed over workers.
+fn io_counter(body: &str, counter: &str) -> f64 {
     let key = format!("counter=\"{counter}\"}}");
     body.lines().filter(|l| l.starts_with("sluice_io_total") && l.contains(&key)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-/// Sums a Prometheus counter over all label sets from the daemon under test.
-fn scrape(name: &str) -> Option<f64> {
-    use std::io::{Read as _, Write as _};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).ok()?;
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").ok()?;
-    let mut body = String::new();
-    c.read_to_string(&mut body).ok()?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+/// A Prometheus counter summed over all label sets.
+fn counter(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// One measured configuration.
@@ -68,13 +117,17 @@ fn scrape(name: &str) -> Option<f64> {
 pub struct Sample {
     /// `uring`, `mmsg` or `naive`.
     pub backend: String,
+    /// The SRTP profile.
+    pub profile: String,
+    /// Whether the forwarder used UDP GSO.
+    pub gso: bool,
     /// Subscribers per published packet.
     pub fanout: u32,
     /// Packets the generator offered per second.
     pub offered_pps: f64,
     /// Packets the forwarder sent per second.
     pub out_pps: f64,
-    /// Packets the sink received per second.
+    /// Packets the sink received per second (its XDP program's count).
     pub sink_pps: f64,
     /// Forwarder CPU seconds per wall second (1.0 = one core busy).
     pub cpu: f64,
@@ -84,6 +137,9 @@ pub struct Sample {
     pub mean_rx_batch: f64,
     /// Datagrams per send syscall (daemon backends): GSO and sendmmsg batching.
     pub tx_per_syscall: f64,
+    /// The generator's CPU seconds per wall second (near 1.0: the generator, not the forwarder,
+    /// may be the limit).
+    pub generator_cpu: f64,
 }
 
 /// Latency at half the maximum rate.
@@ -91,6 +147,10 @@ pub struct Sample {
 pub struct Latency {
     /// Backend.
     pub backend: String,
+    /// The SRTP profile.
+    pub profile: String,
+    /// Whether the forwarder used UDP GSO.
+    pub gso: bool,
     /// Fan-out.
     pub fanout: u32,
     /// Offered packets/s.
@@ -105,18 +165,27 @@ pub struct Latency {
     pub samples: u64,
 }
 
-fn material(profile: Profile, seed: u8) -> KeyMaterial {
+/// The bench's key material for `seed`: leg `l` receives with `material(l)` and sends with
+/// `material(100 + l)`.
+pub fn material(profile: Profile, seed: u8) -> KeyMaterial {
     KeyMaterial { profile, key: vec![seed; profile.key_len()], salt: vec![seed.wrapping_mul(3); profile.salt_len()] }
 }
 
-/// The table: leg 1 publishes one video layer, legs 2..=N+1 subscribe.
+/// The table: leg 1 publishes one video layer, legs 2..=N+1 subscribe; subscribers are where
+/// the sink listens, the publisher is latched from its packets.
 fn ops(profile: Profile, fanout: u32) -> Vec<Op> {
+    fanout_ops(profile, fanout, BASE_PORT, |l| (l > 1).then(|| SocketAddr::from((SINK_IP, SINK_PORT + l as u16))))
+}
+
+/// One publisher (leg 1, port `base_port + 1`, SSRC 0x5000, VP8 on PT 96) and `fanout`
+/// subscribers (legs 2..=N+1 on the following ports, out-SSRC 0x9000 + leg) at `remote(leg)`.
+pub fn fanout_ops(profile: Profile, fanout: u32, base_port: u16, remote: impl Fn(u32) -> Option<SocketAddr>) -> Vec<Op> {
     let mut ops = Vec::new();
     for l in 1..=fanout + 1 {
         ops.push(Op::UpsertLeg(LegSpec {
             id: LegId(l),
-            local_port: BASE_PORT + l as u16,
-            remote: None,
+            local_port: base_port + l as u16,
+            remote: remote(l),
             rx: material(profile, l as u8),
             tx: material(profile, 100 + l as u8),
             feedback_ssrc: Ssrc(0xfeed0000 + l),
@@ -154,23 +223,40 @@ enum Forwarder {
     Naive { stop: Arc<AtomicBool>, out: Arc<AtomicU64>, cpu_ns: Arc<AtomicU64>, thread: Option<std::thread::JoinHandle<()>> },
 }
 
+/// A backend name as the bench takes it: `naive`, `mmsg`, `uring`, or either with `-nogso`.
+fn parse_backend(name: &str) -> anyhow::Result<(&str, bool)> {
+    let (kind, gso) = match name.strip_suffix("-nogso") {
+        Some(k) => (k, false),
+        None => (name, true),
+    };
+    match kind {
+        "naive" => Ok((kind, false)),
+        "mmsg" | "uring" => Ok((kind, gso)),
+        _ => bail!("unknown backend {name:?}: naive, mmsg, uring, mmsg-nogso or uring-nogso"),
+    }
+}
+
 impl Forwarder {
-    fn start(backend: &str, profile: Profile, fanout: u32, core: usize, dir: &Path) -> anyhow::Result<Self> {
+    fn start(topo: &Topology, backend: &str, gso: bool, profile: Profile, fanout: u32, core: usize, dir: &Path) -> anyhow::Result<Self> {
         let delta = Delta { generation: Generation(1), replace_all: false, ops: ops(profile, fanout) };
         if backend == "naive" {
-            return Ok(Self::naive(delta, fanout, core));
+            return Self::naive(topo, delta, fanout, core);
         }
         let socket = dir.join(format!("bench-{}.sock", std::process::id()));
         let cfg = dir.join(format!("bench-{}.toml", std::process::id()));
+        let [a, b, c, d] = FORWARDER_IP;
         std::fs::write(
             &cfg,
             format!(
-                "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\ncores = [{core}]\nbackend = \"{backend}\"\nbatch = 64\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:{METRICS_PORT}\"\n",
+                "[dataplane]\nlisten_ip = \"{a}.{b}.{c}.{d}\"\nworkers = 1\ncores = [{core}]\nbackend = \"{backend}\"\nbatch = 64\ngso = {gso}\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:{METRICS_PORT}\"\n",
                 socket.display()
             ),
         )?;
         let exe = std::env::current_exe()?.with_file_name("sluice-dataplane");
-        let child = Command::new(&exe)
+        // `ip netns exec` enters the namespace and execs the daemon: the child's PID is the daemon's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &topo.forwarder.name])
+            .arg(&exe)
             .args(["--config", cfg.to_str().unwrap_or_default()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -192,55 +278,44 @@ impl Forwarder {
     }
 
     /// The same core, one syscall per datagram: recv_from the publisher port, send_to per copy.
-    fn naive(delta: Delta, fanout: u32, core: usize) -> Self {
+    fn naive(topo: &Topology, delta: Delta, fanout: u32, core: usize) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let out_count = Arc::new(AtomicU64::new(0));
         let cpu_ns = Arc::new(AtomicU64::new(0));
         let (s, o, c) = (stop.clone(), out_count.clone(), cpu_ns.clone());
-        // Bound before returning, so the subscribers' hellos find their ports.
-        let sockets: Vec<UdpSocket> = (1..=fanout + 1)
-            .map(|l| UdpSocket::bind(("127.0.0.1", BASE_PORT + l as u16)).expect("bench port free"))
-            .collect();
+        // Bound in the forwarder's namespace before returning, so nothing sent early is lost.
+        let sockets: Vec<UdpSocket> = topo.forwarder.enter(|| {
+            (1..=fanout + 1)
+                .map(|l| UdpSocket::bind(SocketAddr::from((FORWARDER_IP, BASE_PORT + l as u16))).context("bench port"))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
         let thread = std::thread::spawn(move || {
             if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
                 core_affinity::set_for_current(id);
             }
             let mut fwd = Core::new(CoreConfig::default());
             fwd.apply(delta).expect("bench tables are valid");
-            for s in &sockets {
-                s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-            }
+            sockets[0].set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
             let cpu0 = thread_cpu_ns();
             let mut out = OutBatch::new(64);
             let mut buf = [0u8; 2048];
             let epoch = WallInstant::now();
-            let handle = |fwd: &mut Core, out: &mut OutBatch, i: usize, buf: &mut [u8], n: usize, src: SocketAddr| {
-                out.clear();
-                let now = Instant::from_nanos(epoch.elapsed().as_nanos() as u64);
-                fwd.handle_rx(now, BASE_PORT + 1 + i as u16, src, &mut buf[..n], out);
-                for (m, bytes) in out.iter() {
-                    let from = &sockets[usize::from(m.local_port - BASE_PORT - 1)];
-                    if from.send_to(bytes, m.dst).is_ok() {
-                        o.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            };
-            // The subscribers' hellos first (each teaches the core a subscriber's address)...
-            for (i, sock) in sockets.iter().enumerate().skip(1) {
-                sock.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-                if let Ok((n, src)) = sock.recv_from(&mut buf) {
-                    handle(&mut fwd, &mut out, i, &mut buf, n, src);
-                }
-            }
-            // ... then one datagram per recv_from, one per send_to, from the publisher's port.
             while !s.load(Ordering::Relaxed) {
                 if let Ok((n, src)) = sockets[0].recv_from(&mut buf) {
-                    handle(&mut fwd, &mut out, 0, &mut buf, n, src);
+                    out.clear();
+                    let now = Instant::from_nanos(epoch.elapsed().as_nanos() as u64);
+                    fwd.handle_rx(now, BASE_PORT + 1, src, &mut buf[..n], &mut out);
+                    for (m, bytes) in out.iter() {
+                        let from = &sockets[usize::from(m.local_port - BASE_PORT - 1)];
+                        if from.send_to(bytes, m.dst).is_ok() {
+                            o.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
                 c.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
             }
         });
-        Self::Naive { stop, out: out_count, cpu_ns, thread: Some(thread) }
+        Ok(Self::Naive { stop, out: out_count, cpu_ns, thread: Some(thread) })
     }
 
     /// (packets sent so far, CPU ns used so far).
@@ -289,7 +364,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// utime + stime of a process, from /proc (clock ticks → ns).
-fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -300,8 +375,8 @@ fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// The publisher: protects packets on the fly (so sequence numbers never repeat) and sends them
-/// in sendmmsg batches through the same batched I/O the dataplane uses.
-struct Generator {
+/// in bursts through the same batched I/O the dataplane uses (one GSO send per burst).
+pub(crate) struct Generator {
     io: Backend,
     port: u16,
     keys: SrtpKeys,
@@ -312,8 +387,9 @@ struct Generator {
 }
 
 impl Generator {
-    fn new(profile: Profile, epoch: WallInstant) -> anyhow::Result<Self> {
-        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: [127, 0, 0, 1].into(), gso: false, ..IoConfig::default() }, SendRegistry::new())?;
+    /// A publisher on `ip`, in the calling thread's network namespace.
+    pub(crate) fn new(profile: Profile, epoch: WallInstant, ip: std::net::IpAddr) -> anyhow::Result<Self> {
+        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: ip, gso: true, ..IoConfig::default() }, SendRegistry::new())?;
         let port = io.add_port(0)?;
         let m = material(profile, 1);
         Ok(Self {
@@ -328,7 +404,7 @@ impl Generator {
     }
 
     /// Sends `n` (≤ 64) packets to `dst`; the first 8 payload bytes carry the send time.
-    fn send(&mut self, dst: SocketAddr, n: usize) -> usize {
+    pub(crate) fn send(&mut self, dst: SocketAddr, n: usize) -> usize {
         let now = self.epoch.elapsed().as_nanos() as u64;
         let mut lens = [0usize; 64];
         for (i, b) in self.bufs.iter_mut().take(n).enumerate() {
@@ -345,34 +421,71 @@ impl Generator {
         let port = self.port;
         self.io.send_batch(self.bufs.iter().zip(&lens).take(n).map(|(b, &l)| Transmit { local_port: port, dst, payload: &b[..l] }))
     }
+
+    /// Sends for `seconds` at `rate` packets/s (0: as fast as it can) from a thread pinned to
+    /// `core` in the generator's namespace; returns (packets sent, CPU seconds it used).
+    fn spawn(topo: &Topology, profile: Profile, epoch: WallInstant, core: usize, seconds: f64, rate: f64) -> std::thread::JoinHandle<anyhow::Result<(u64, f64)>> {
+        let ns = topo.generator.name.clone();
+        std::thread::spawn(move || {
+            crate::netns::join_thread(&ns).with_context(|| format!("entering {ns}"))?;
+            if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
+                core_affinity::set_for_current(id);
+            }
+            let mut g = Generator::new(profile, epoch, GENERATOR_IP.into())?;
+            let dst = SocketAddr::from((FORWARDER_IP, BASE_PORT + 1));
+            // The subscriptions start at the first keyframe; every packet is one.
+            g.send(dst, 8);
+            std::thread::sleep(Duration::from_millis(100));
+            let (t0, cpu0) = (WallInstant::now(), thread_cpu_ns());
+            let burst = if rate > 0.0 { 8 } else { 32 };
+            let mut sent = 0u64;
+            while t0.elapsed().as_secs_f64() < seconds {
+                if rate > 0.0 && sent as f64 >= t0.elapsed().as_secs_f64() * rate {
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                sent += g.send(dst, burst) as u64;
+            }
+            Ok((sent, (thread_cpu_ns() - cpu0) as f64 / 1e9))
+        })
+    }
 }
 
-/// The subscribers' side: counts what arrives, and (when asked) decrypts to read send times.
-struct Sink {
-    stop: Arc<AtomicBool>,
-    received: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<Histogram<u64>>>,
+/// What the subscribers receive: counted by an XDP program on the sink's interface (it drops
+/// every copy after counting it, so the sink is never the bottleneck), or, for latency, received
+/// and decrypted by a userspace thread that reads each packet's send time.
+enum Sink {
+    Xdp(XdpStage),
+    Userspace { stop: Arc<AtomicBool>, received: Arc<AtomicU64>, thread: Option<std::thread::JoinHandle<Histogram<u64>>> },
 }
 
 impl Sink {
-    fn start(profile: Profile, fanout: u32, epoch: WallInstant, measure: bool, core: usize) -> anyhow::Result<(Self, Vec<u16>)> {
-        let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: [127, 0, 0, 1].into(), ..IoConfig::default() }, SendRegistry::new())?;
-        let ports: Vec<u16> = (0..fanout).map(|_| io.add_port(0)).collect::<Result<_, _>>()?;
-        // Hello from each subscriber so the forwarder learns its address.
-        let mut hellos = Vec::new();
-        for (k, _) in ports.iter().enumerate() {
-            let m = material(profile, 100 + (k + 2) as u8);
-            let up = material(profile, (k + 2) as u8);
-            let up_keys = SrtpKeys::new(profile, &up.key, &up.salt)?;
-            let mut b = vec![0u8; 64];
-            let n = rtcp::write_rr(&mut b, Ssrc(k as u32 + 2), &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let n = up_keys.protect_rtcp(&mut RtcpSendState::new(), &mut b, n).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            b.truncate(n);
-            hellos.push((ports[k], SocketAddr::from(([127, 0, 0, 1], BASE_PORT + 2 + k as u16)), b, m));
-        }
-        io.send_batch(hellos.iter().map(|(p, dst, b, _)| Transmit { local_port: *p, dst: *dst, payload: b }));
-        let keys: Vec<(u16, SrtpKeys)> =
-            hellos.iter().map(|(p, _, _, m)| (*p, SrtpKeys::new(profile, &m.key, &m.salt).expect("valid"))).collect();
+    fn xdp(topo: &Topology, fanout: u32) -> anyhow::Result<Self> {
+        let iface = topo.sink_if.clone();
+        let stage = topo.sink.enter(move || {
+            let mut stage = XdpStage::load_unpinned()?;
+            stage.attach(&iface)?;
+            // No leg is known: every datagram to the subscribers' ports is counted and dropped.
+            stage.set_port_range(SINK_PORT..=SINK_PORT + fanout as u16 + 1)?;
+            Ok::<_, anyhow::Error>(stage)
+        })?;
+        Ok(Self::Xdp(stage))
+    }
+
+    fn userspace(topo: &Topology, profile: Profile, fanout: u32, epoch: WallInstant, core: usize) -> anyhow::Result<Self> {
+        let mut io = topo.sink.enter(|| {
+            let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: SINK_IP.into(), ..IoConfig::default() }, SendRegistry::new())?;
+            for l in 2..=fanout + 1 {
+                io.add_port(SINK_PORT + l as u16)?;
+            }
+            Ok::<_, anyhow::Error>(io)
+        })?;
+        let keys: Vec<(u16, SrtpKeys)> = (2..=fanout + 1)
+            .map(|l| {
+                let m = material(profile, 100 + l as u8);
+                (SINK_PORT + l as u16, SrtpKeys::new(profile, &m.key, &m.salt).expect("valid"))
+            })
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
         let (s, r) = (stop.clone(), received.clone());
@@ -385,9 +498,6 @@ impl Sink {
             while !s.load(Ordering::Relaxed) {
                 let _ = io.recv_batch(Some(Duration::from_millis(20)), |port, _src, buf| {
                     r.fetch_add(1, Ordering::Relaxed);
-                    if !measure {
-                        return;
-                    }
                     let Some(k) = keys.iter().position(|(p, _)| *p == port) else { return };
                     let len = buf.len();
                     if let Ok(n) = keys[k].1.unprotect_rtp(&mut states[k], buf, len)
@@ -401,106 +511,164 @@ impl Sink {
             }
             hist
         });
-        Ok((Self { stop, received, thread: Some(thread) }, ports))
+        Ok(Self::Userspace { stop, received, thread: Some(thread) })
     }
 
-    fn finish(mut self) -> Histogram<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_else(|| Histogram::new(3).expect("histogram"))
+    fn received(&self) -> u64 {
+        match self {
+            Self::Xdp(stage) => stage.verdict_counts().map(|c| c.total()).unwrap_or(0),
+            Self::Userspace { received, .. } => received.load(Ordering::Relaxed),
+        }
+    }
+
+    fn finish(self) -> Histogram<u64> {
+        match self {
+            Self::Xdp(_) => Histogram::new(3).expect("histogram"),
+            Self::Userspace { stop, mut thread, .. } => {
+                stop.store(true, Ordering::Relaxed);
+                thread.take().and_then(|t| t.join().ok()).unwrap_or_else(|| Histogram::new(3).expect("histogram"))
+            }
+        }
     }
 }
 
-/// Runs one backend at one fan-out: open loop at `rate` packets/s in (0 = as fast as possible).
-fn run_one(backend: &str, profile: Profile, fanout: u32, seconds: f64, rate: f64, measure: bool) -> anyhow::Result<(Sample, Histogram<u64>)> {
+/// Cores: the forwarder's worker on 1, generator (and the latency sink) on 0.
+const FORWARDER_CORE: usize = 1;
+const GENERATOR_CORE: usize = 0;
+
+/// Runs one backend at one fan-out: open loop at `rate` packets/s in (0 = as fast as possible);
+/// `measure` receives in userspace and records latency instead of counting in XDP.
+#[expect(clippy::too_many_arguments, reason = "one measurement's whole description")]
+fn run_one(
+    topo: &Topology,
+    backend: &str,
+    gso: bool,
+    profile: Profile,
+    fanout: u32,
+    seconds: f64,
+    rate: f64,
+    measure: bool,
+) -> anyhow::Result<(Sample, Histogram<u64>)> {
     let epoch = WallInstant::now();
     let dir = std::env::temp_dir();
-    let mut fwd = Forwarder::start(backend, profile, fanout, 1, &dir)?;
-    let (sink, _ports) = Sink::start(profile, fanout, epoch, measure, 0)?;
-    let mut generator = Generator::new(profile, epoch)?;
-    let dst = SocketAddr::from(([127, 0, 0, 1], BASE_PORT + 1));
-    // Warm up: the subscriptions start on the first keyframe; give the hellos time to land.
-    std::thread::sleep(Duration::from_millis(200));
-    generator.send(dst, 8);
-    std::thread::sleep(Duration::from_millis(100));
+    let mut fwd = Forwarder::start(topo, backend, gso, profile, fanout, FORWARDER_CORE, &dir)?;
+    let sink = if measure { Sink::userspace(topo, profile, fanout, epoch, GENERATOR_CORE)? } else { Sink::xdp(topo, fanout)? };
+    let generator = Generator::spawn(topo, profile, epoch, GENERATOR_CORE, seconds + 0.1, rate);
+    // The generator's warm-up (a keyframe burst, 100 ms) passes before the window opens.
+    std::thread::sleep(Duration::from_millis(150));
     let (out0, cpu0) = fwd.counters()?;
-    let recv0 = sink.received.load(Ordering::Relaxed);
+    let m0 = metrics_text(topo);
+    let recv0 = sink.received();
     let t0 = WallInstant::now();
-    let mut sent = 0u64;
-    let burst = if rate > 0.0 { 8 } else { 32 };
-    while t0.elapsed().as_secs_f64() < seconds {
-        if rate > 0.0 {
-            let due = (t0.elapsed().as_secs_f64() * rate) as u64;
-            if sent >= due {
-                // Ahead of schedule: sleep rather than spin, the sink shares this core.
-                std::thread::sleep(Duration::from_micros(100));
-                continue;
-            }
-        }
-        sent += generator.send(dst, burst) as u64;
-    }
+    std::thread::sleep(Duration::from_secs_f64(seconds - 0.1));
     let wall = t0.elapsed().as_secs_f64();
     let (out1, cpu1) = fwd.counters()?;
-    let (batches, batched) = (scrape("sluice_rx_batches_total").unwrap_or(0.0), scrape("sluice_rx_batched_datagrams_total").unwrap_or(0.0));
-    let syscalls = scrape_io("syscalls");
-    let tx = scrape_io("tx_datagrams");
-    std::thread::sleep(Duration::from_millis(100));
-    let recv1 = sink.received.load(Ordering::Relaxed);
+    let recv1 = sink.received();
+    let m1 = metrics_text(topo);
+    let (sent, gen_cpu) = generator.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    std::thread::sleep(Duration::from_millis(50));
     let hist = sink.finish();
     drop(fwd);
+    let d = |f: &dyn Fn(&str) -> f64| f(&m1) - f(&m0);
+    let (batches, batched) = (d(&|m| counter(m, "sluice_rx_batches_total")), d(&|m| counter(m, "sluice_rx_batched_datagrams_total")));
+    let (syscalls, tx) = (d(&|m| io_counter(m, "syscalls")), d(&|m| io_counter(m, "tx_datagrams")));
     let cpu = (cpu1 - cpu0) as f64 / 1e9;
     let out = (out1 - out0) as f64;
     Ok((
         Sample {
             backend: backend.into(),
+            profile: format!("{profile:?}"),
+            gso,
             fanout,
-            offered_pps: sent as f64 / wall,
+            offered_pps: sent as f64 / (seconds + 0.1),
             out_pps: out / wall,
             sink_pps: (recv1 - recv0) as f64 / wall,
             cpu: cpu / wall,
             out_per_cpu_s: if cpu > 0.0 { out / cpu } else { 0.0 },
             mean_rx_batch: if batches > 0.0 { batched / batches } else { 0.0 },
-            tx_per_syscall: if syscalls > 0.0 { (batched + tx) / syscalls } else { 0.0 },
+            tx_per_syscall: if syscalls > 0.0 { tx / syscalls } else { 0.0 },
+            generator_cpu: gen_cpu / (seconds + 0.1),
         },
         hist,
     ))
 }
 
 /// Runs the whole comparison and prints it; returns the samples and latencies.
-pub fn run(backends: &[String], fanouts: &[u32], profile: Profile, seconds: f64) -> anyhow::Result<(Vec<Sample>, Vec<Latency>)> {
+pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: f64) -> anyhow::Result<(Vec<Sample>, Vec<Latency>)> {
+    let parsed: Vec<(&str, bool)> = backends.iter().map(|b| parse_backend(b)).collect::<Result<_, _>>()?;
+    let topo = Topology::new();
     let mut samples = Vec::new();
-    println!("forwarding benchmark: {profile:?}, 1200-byte RTP, 1 publisher → N subscribers, one pinned worker (core 1), generator and sink on core 0");
     println!(
-        "{:<7} {:>6} {:>12} {:>12} {:>12} {:>8} {:>14} {:>9} {:>12}",
-        "backend", "fanout", "offered/s", "out pkt/s", "sink pkt/s", "cpu", "out/cpu-s", "rx batch", "pkts/syscall"
+        "forwarding benchmark: 1200-byte RTP, 1 publisher → N subscribers, one pinned forwarder worker (core {FORWARDER_CORE}), generator on core {GENERATOR_CORE}, veth, sink = XDP count+drop"
     );
-    for &fanout in fanouts {
-        for b in backends {
-            let (s, _) = run_one(b, profile, fanout, seconds, 0.0, false)?;
-            println!(
-                "{:<7} {:>6} {:>12.0} {:>12.0} {:>12.0} {:>7.0}% {:>14.0} {:>9.1} {:>12.1}",
-                s.backend, s.fanout, s.offered_pps, s.out_pps, s.sink_pps, s.cpu * 100.0, s.out_per_cpu_s, s.mean_rx_batch, s.tx_per_syscall
-            );
-            samples.push(s);
+    println!(
+        "{:<8} {:<6} {:>4} {:>6} {:>11} {:>11} {:>11} {:>6} {:>12} {:>8} {:>10} {:>8}",
+        "profile", "backend", "gso", "fanout", "offered/s", "out pkt/s", "sink pkt/s", "cpu", "out/cpu-s", "rx batch", "pkts/sysc", "gen cpu"
+    );
+    for &profile in profiles {
+        for &fanout in fanouts {
+            for &(b, gso) in &parsed {
+                let (s, _) = run_one(&topo, b, gso, profile, fanout, seconds, 0.0, false)?;
+                println!(
+                    "{:<8} {:<6} {:>4} {:>6} {:>11.0} {:>11.0} {:>11.0} {:>5.0}% {:>12.0} {:>8.1} {:>10.1} {:>7.0}%",
+                    short(profile),
+                    s.backend,
+                    if s.gso { "on" } else { "off" },
+                    s.fanout,
+                    s.offered_pps,
+                    s.out_pps,
+                    s.sink_pps,
+                    s.cpu * 100.0,
+                    s.out_per_cpu_s,
+                    s.mean_rx_batch,
+                    s.tx_per_syscall,
+                    s.generator_cpu * 100.0
+                );
+                samples.push(s);
+            }
         }
     }
     let mut latencies = Vec::new();
-    println!("\none-way latency (generator → forwarder → sink, loopback) at 50% of each backend's maximum, fan-out 4");
-    println!("{:<7} {:>12} {:>10} {:>10} {:>10} {:>9}", "backend", "offered/s", "p50 µs", "p99 µs", "p99.9 µs", "samples");
-    for b in backends {
-        let Some(max) = samples.iter().find(|s| &s.backend == b && s.fanout == 4) else { continue };
-        let rate = max.out_pps / 4.0 / 2.0;
-        let (_, h) = run_one(b, profile, 4, seconds, rate, true)?;
-        let l = Latency {
-            backend: b.clone(),
-            fanout: 4,
-            offered_pps: rate,
-            p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
-            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
-            p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
-            samples: h.len(),
-        };
-        println!("{:<7} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}", l.backend, l.offered_pps, l.p50_us, l.p99_us, l.p999_us, l.samples);
-        latencies.push(l);
+    println!("\none-way latency (generator → forwarder → userspace sink, veth) at 50% of each backend's maximum, fan-out 4");
+    println!("{:<8} {:<6} {:>4} {:>12} {:>10} {:>10} {:>10} {:>9}", "profile", "backend", "gso", "offered/s", "p50 µs", "p99 µs", "p99.9 µs", "samples");
+    for &profile in profiles {
+        for &(b, gso) in &parsed {
+            let Some(max) = samples.iter().find(|s| s.backend == b && s.gso == gso && s.fanout == 4 && s.profile == format!("{profile:?}")) else { continue };
+            let rate = max.out_pps / 4.0 / 2.0;
+            let (_, h) = run_one(&topo, b, gso, profile, 4, seconds, rate, true)?;
+            let l = Latency {
+                backend: b.into(),
+                profile: format!("{profile:?}"),
+                gso,
+                fanout: 4,
+                offered_pps: rate,
+                p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+                p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+                p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
+                samples: h.len(),
+            };
+            println!(
+                "{:<8} {:<6} {:>4} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}",
+                short(profile),
+                l.backend,
+                if gso { "on" } else { "off" },
+                l.offered_pps,
+                l.p50_us,
+                l.p99_us,
+                l.p999_us,
+                l.samples
+            );
+            latencies.push(l);
+        }
     }
     Ok((samples, latencies))
+}
+
+fn short(p: Profile) -> &'static str {
+    match p {
+        Profile::AeadAes128Gcm => "gcm128",
+        Profile::AeadAes256Gcm => "gcm256",
+        Profile::AesCm128HmacSha1_80 => "cm80",
+        Profile::AesCm128HmacSha1_32 => "cm32",
+    }
 }

@@ -2,7 +2,10 @@
 //! with their own keys. Used by the `sluice-bench` binary and by the cross-process tests.
 #![deny(missing_docs)]
 
+pub mod capacity;
 pub mod forward;
 pub mod live;
 pub mod meeting;
+pub mod netns;
 pub mod signaling;
+pub mod xdp;

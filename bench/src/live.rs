@@ -52,6 +52,8 @@ pub struct Options {
     pub workers: u32,
     /// Leg ports, inclusive (below the ephemeral range, so no participant socket takes one).
     pub port_range: (u16, u16),
+    /// More `[dataplane]` settings, TOML lines (e.g. `backend = "uring"`).
+    pub dataplane_extra: String,
 }
 
 /// The totals at the end of a run.
@@ -76,7 +78,7 @@ pub struct Children {
 }
 
 impl Children {
-    fn spawn(&mut self, name: &'static str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
+    pub(crate) fn spawn(&mut self, name: &'static str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
         let exe = std::env::current_exe().context("current executable")?.with_file_name(name);
         if !exe.exists() {
             bail!(
@@ -107,7 +109,7 @@ impl Children {
     }
 
     /// Fails if `name` has exited, with the end of its log.
-    fn check_alive(&mut self, name: &str) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self, name: &str) -> anyhow::Result<()> {
         let (_, child, _) = self.get(name);
         if let Ok(Some(status)) = child.try_wait() {
             bail!("{name} exited unexpectedly ({status})");
@@ -152,7 +154,7 @@ impl Drop for Children {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -160,7 +162,7 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// A scratch directory, removed when dropped.
 #[derive(Debug)]
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -196,7 +198,7 @@ fn addr_after(log: &str, marker: &str) -> Option<SocketAddr> {
 }
 
 /// The gRPC clients, on a small runtime of their own.
-struct Grpc {
+pub(crate) struct Grpc {
     rt: tokio::runtime::Runtime,
     routes: RoutesClient<Channel>,
     node: NodeClient<Channel>,
@@ -216,11 +218,11 @@ impl Grpc {
         Ok(Self { rt, routes: RoutesClient::new(channel.clone()), node: NodeClient::new(channel) })
     }
 
-    fn apply(&mut self, req: pb::ChangeSet) -> Result<pb::ApplyResponse, tonic::Status> {
+    pub(crate) fn apply(&mut self, req: pb::ChangeSet) -> Result<pb::ApplyResponse, tonic::Status> {
         self.rt.block_on(self.routes.apply(req)).map(tonic::Response::into_inner)
     }
 
-    fn status(&mut self) -> Result<pb::NodeStatus, tonic::Status> {
+    pub(crate) fn status(&mut self) -> Result<pb::NodeStatus, tonic::Status> {
         let mut node = self.node.clone();
         self.rt.block_on(async move { tokio::time::timeout(Duration::from_millis(500), node.get_status(pb::GetStatusRequest {})).await })
             .map_err(|_| tonic::Status::deadline_exceeded("GetStatus took over 500 ms"))?
@@ -318,19 +320,25 @@ fn metric(body: &str, name: &str) -> f64 {
 
 /// The dataplane's counters: packets in, packets out, bytes out, SRTP failures at the SFU.
 #[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    rx: f64,
-    tx: f64,
-    tx_bytes: f64,
-    srtp_failures: f64,
+pub(crate) struct Counters {
+    pub(crate) rx: f64,
+    pub(crate) tx: f64,
+    pub(crate) tx_bytes: f64,
+    pub(crate) srtp_failures: f64,
 }
 
-fn scrape(addr: SocketAddr) -> Option<Counters> {
+/// The dataplane's `/metrics` page.
+pub(crate) fn metrics_body(addr: SocketAddr) -> Option<String> {
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     c.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     c.write_all(b"GET /metrics HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").ok()?;
     let mut body = String::new();
     c.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+pub(crate) fn scrape(addr: SocketAddr) -> Option<Counters> {
+    let body = metrics_body(addr)?;
     Some(Counters {
         rx: metric(&body, "sluice_rx_packets_total"),
         tx: metric(&body, "sluice_tx_packets_total"),
@@ -379,18 +387,19 @@ pub fn run(o: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Summary> {
 
 /// Starts both daemons in `dir` and waits until the control plane has the dataplane; returns the
 /// gRPC client, the dataplane's metrics address and its PID.
-fn start_system(o: &Options, stop: &Arc<AtomicBool>, dir: &Path, kids: &mut Children) -> anyhow::Result<(Grpc, SocketAddr, u32)> {
+pub(crate) fn start_system(o: &Options, stop: &Arc<AtomicBool>, dir: &Path, kids: &mut Children) -> anyhow::Result<(Grpc, SocketAddr, u32)> {
     // --- The dataplane.
     let dp_sock = dir.join("dataplane.sock");
     let dp_cfg = dir.join("dataplane.toml");
     std::fs::write(
         &dp_cfg,
         format!(
-            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = {}\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:0\"\nport_range = [{}, {}]\n",
+            "[dataplane]\nworkers = {}\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:0\"\nport_range = [{}, {}]\n{}\n",
             o.workers,
             dp_sock.display(),
             o.port_range.0,
-            o.port_range.1
+            o.port_range.1,
+            if o.dataplane_extra.contains("listen_ip") { o.dataplane_extra.clone() } else { format!("listen_ip = \"127.0.0.1\"\n{}", o.dataplane_extra) }
         ),
     )?;
     let dp_pid = kids.spawn("sluice-dataplane", &["--config", path_str(&dp_cfg)?], &dir.join("dataplane.log"))?;

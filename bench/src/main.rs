@@ -1,4 +1,7 @@
-//! `sluice-bench`: Sluice's demo and (growing) capacity benchmark.
+//! `sluice-bench`: Sluice's capacity benchmark, demo, and forwarding and programming benchmarks.
+//!
+//! `capacity` (the README's main job runs it briefly) measures how many meetings of a scenario's
+//! mix the whole system carries: see `sluice_bench::capacity`.
 //!
 //! `demo` runs the whole system on loopback: it starts the real `sluice-dataplane` and
 //! `sluice-controlplane` (found next to this executable), programs simulated meetings through the
@@ -44,6 +47,15 @@ enum Command {
     /// per second (one per Apply, and batched), and the time from Apply returning to the first
     /// packet on the changed route.
     Program(ProgramArgs),
+    /// Capacity: how many meetings of a realistic mix the node carries. Starts the real daemons
+    /// per backend, programs every meeting over gRPC with per-leg SRTP keys, offers paced SRTP
+    /// (fixed load or a ramp), verifies every copy at its subscriber, and reports loss, latency,
+    /// dataplane CPU per core and the harness's own ceiling (table, JSON, SVG).
+    Capacity(CapacityArgs),
+    /// The XDP stage and AF_XDP on a veth pair between two network namespaces it creates (root):
+    /// a flood dropped by the XDP shield vs the same flood dropped by the workers, and packets out
+    /// per second at fan-out 4 for AF_XDP vs the socket backends.
+    Xdp(XdpArgs),
     /// The reference signaling service: serves the meeting page and a WebSocket that puts
     /// browsers into Sluice meetings through the control plane's gRPC API (see
     /// bench/src/signaling.rs).
@@ -59,6 +71,103 @@ struct SignalingArgs {
     /// browsers give cameras only to secure contexts, and http://localhost is one).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
+struct XdpArgs {
+    /// Seconds per figure.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Backends for the fan-out comparison.
+    #[arg(long, value_delimiter = ',', default_value = "uring,mmsg,xsk")]
+    backends: Vec<String>,
+    /// Also write every figure to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Needs sluice-dataplane and sluice-controlplane next to this executable. \
+Scenarios: bench/scenarios/*.toml (the built-in default is bench/scenarios/default.toml, the design \
+mix). A run is sustained while loss < ramp.max_loss and p99 < ramp.p99_target_ms; a step where the \
+harness itself was near its measured ceiling is marked generator-limited.")]
+struct CapacityArgs {
+    /// Scenario TOML (default: the built-in design mix).
+    #[arg(long)]
+    scenario: Option<std::path::PathBuf>,
+    /// fixed: one step of fixed.meetings for fixed.duration_s; ramp: meetings grow until a step
+    /// is not sustained.
+    #[arg(long, value_enum, default_value_t = ModeArg::Ramp)]
+    mode: ModeArg,
+    /// Override fixed.meetings.
+    #[arg(long)]
+    meetings: Option<u32>,
+    /// Override fixed.duration_s (fixed) or ramp.step_s (ramp), seconds.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Override ramp.max_steps.
+    #[arg(long)]
+    max_steps: Option<u32>,
+    /// Override the scenario's SRTP profile (gcm, gcm256, cm80, cm32).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Dataplane backends to compare, one after the other with fresh daemons (uring, mmsg).
+    #[arg(long, value_delimiter = ',', default_value = "mmsg,uring")]
+    backends: Vec<String>,
+    /// Dataplane worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Cores of the dataplane workers (default: the last WORKERS cores).
+    #[arg(long, value_delimiter = ',')]
+    dataplane_cores: Vec<usize>,
+    /// Generator + sink thread pairs.
+    #[arg(long, default_value_t = 1)]
+    lanes: usize,
+    /// Core of the generator threads (default: core 0).
+    #[arg(long)]
+    generator_core: Option<usize>,
+    /// Core of the sink threads (default: core 0).
+    #[arg(long)]
+    sink_core: Option<usize>,
+    /// Local UDP ports the control plane allocates to legs, FIRST-LAST.
+    #[arg(long, value_parser = parse_range, default_value = "30000-31799")]
+    ports: (u16, u16),
+    /// Run the participants in a network namespace joined by a veth pair (created and deleted by
+    /// the bench; needs root and `ip`).
+    #[arg(long)]
+    netns: bool,
+    /// Seconds of the harness-ceiling measurement before the runs (0: skip).
+    #[arg(long, default_value_t = 2.0)]
+    ceiling_seconds: f64,
+    /// Write every figure to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Write the plot (forwarded rate and p99 against offered load) to this SVG file.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// Fault injection (for tests): drop every Nth datagram SFU → sinks.
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    impair_drop_every: u64,
+    /// Fault injection: hold every Nth datagram SFU → sinks behind the next one.
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    impair_reorder_every: u64,
+    /// Fault injection: deliver every Nth datagram SFU → sinks twice.
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    impair_duplicate_every: u64,
+    /// Fault injection: publishers skip a sequence number every Nth packet of a stream.
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    impair_seq_gap_every: u64,
+    /// Fault injection: the sinks of the first N participants hold a wrong key.
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    impair_wrong_key_legs: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// One step at fixed load.
+    Fixed,
+    /// Step the load up until it is not sustained.
+    Ramp,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,15 +194,16 @@ struct ProgramArgs {
 
 #[derive(Debug, clap::Args)]
 struct ForwardArgs {
-    /// Backends to compare (`naive` is the recv_from/send_to loop around the same core).
-    #[arg(long, value_delimiter = ',', default_value = "naive,mmsg,uring")]
+    /// Backends to compare (`naive` is the recv_from/send_to loop around the same core;
+    /// `-nogso` sends one datagram per packet).
+    #[arg(long, value_delimiter = ',', default_value = "naive,mmsg-nogso,uring-nogso,mmsg,uring")]
     backends: Vec<String>,
     /// Fan-outs to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     fanouts: Vec<u32>,
-    /// SRTP profile.
-    #[arg(long, value_enum, default_value_t = ProfileArg::Gcm)]
-    profile: ProfileArg,
+    /// SRTP profiles.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "gcm,cm80")]
+    profiles: Vec<ProfileArg>,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -168,6 +278,86 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok(r)
 }
 
+fn capacity(a: CapacityArgs) -> anyhow::Result<()> {
+    use sluice_bench::capacity::{self, Mode, scenario::Scenario};
+    let mut sc = match &a.scenario {
+        Some(p) => Scenario::load(p)?,
+        None => Scenario::default(),
+    };
+    if let Some(m) = a.meetings {
+        sc.fixed.meetings = m;
+    }
+    if let Some(s) = a.seconds {
+        sc.fixed.duration_s = s;
+        sc.ramp.step_s = s;
+        sc.ramp.settle_s = sc.ramp.settle_s.min(s / 4.0);
+    }
+    if let Some(n) = a.max_steps {
+        sc.ramp.max_steps = n;
+    }
+    if let Some(p) = &a.profile {
+        sc.profile = p.clone();
+    }
+    sc.validate().context("the scenario after the command-line overrides")?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if a.workers == 0 || a.workers as usize > cpus.max(1) * 4 {
+        bail!("--workers must be 1..={} (got {})", cpus * 4, a.workers);
+    }
+    let dataplane_cores = if a.dataplane_cores.is_empty() {
+        (0..a.workers as usize).map(|i| (cpus - 1 - i % cpus) % cpus).collect()
+    } else {
+        a.dataplane_cores.clone()
+    };
+    if dataplane_cores.len() != a.workers as usize {
+        bail!("--dataplane-cores names {} cores for {} workers", dataplane_cores.len(), a.workers);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone()).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let o = capacity::Options {
+        scenario: sc,
+        mode: match a.mode {
+            ModeArg::Fixed => Mode::Fixed,
+            ModeArg::Ramp => Mode::Ramp,
+        },
+        backends: a.backends.clone(),
+        workers: a.workers,
+        dataplane_cores,
+        lanes: a.lanes,
+        generator_core: Some(a.generator_core.unwrap_or(0)),
+        sink_core: Some(a.sink_core.unwrap_or(0)),
+        port_range: a.ports,
+        netns: a.netns,
+        impair: capacity::load::Impair {
+            drop_every: a.impair_drop_every,
+            reorder_every: a.impair_reorder_every,
+            duplicate_every: a.impair_duplicate_every,
+            seq_gap_every: a.impair_seq_gap_every,
+            wrong_key_legs: a.impair_wrong_key_legs,
+        },
+        ceiling_s: a.ceiling_seconds,
+        live: true,
+    };
+    for b in &o.backends {
+        if !["uring", "mmsg"].contains(&b.as_str()) {
+            bail!("--backends: {b:?} is not uring or mmsg");
+        }
+    }
+    let report = capacity::run(&o, &stop)?;
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("every figure: {}", path.display());
+    }
+    if let Some(path) = &a.svg {
+        std::fs::write(path, report.svg()).with_context(|| format!("writing {}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Signaling(a) => {
@@ -178,6 +368,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(async move { sluice_bench::signaling::Signaling::connect(&a.grpc).await?.serve(a.listen).await })
         }
+        Command::Capacity(a) => capacity(a),
         Command::Demo(a) if a.in_process => demo(&a),
         Command::Demo(a) => demo_live(&a),
         Command::Program(a) => {
@@ -196,6 +387,7 @@ fn main() -> anyhow::Result<()> {
                 hd_views: 0,
                 workers: 1,
                 port_range: a.ports,
+                dataplane_extra: String::new(),
             };
             let r = sluice_bench::live::program_speed(&opts, &stop, a.samples, a.changes, a.batch)?;
             println!("programming speed through sluice-controlplane (gRPC) and sluice-dataplane (1 worker):");
@@ -210,8 +402,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Xdp(a) => {
+            let r = sluice_bench::xdp::run(a.seconds, &a.backends)?;
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Forward(a) => {
-            let (samples, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, a.profile.into(), a.seconds)?;
+            let profiles: Vec<Profile> = a.profiles.iter().map(|p| (*p).into()).collect();
+            let (samples, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, &profiles, a.seconds)?;
             if let Some(path) = a.json {
                 let doc = serde_json::json!({ "samples": samples, "latency": latency });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
@@ -256,6 +456,7 @@ fn demo_live(a: &DemoArgs) -> anyhow::Result<()> {
         hd_views: a.hd_views,
         workers: a.workers,
         port_range: a.ports,
+        dataplane_extra: String::new(),
     };
     let s = sluice_bench::live::run(&opts, &stop)?;
     if s.verify_failures > 0 {

@@ -268,6 +268,22 @@ impl Participant {
     }
 }
 
+/// Feeds each participant what it received (`received[i]` belongs to `people[i]`), then sorts
+/// every list (so two runs compare as sets). Fails naming the first participant with a datagram
+/// that did not authenticate or a sequence gap.
+pub fn verify_all(people: &mut [Participant], received: &mut [Vec<Vec<u8>>]) -> Result<(), String> {
+    for (p, got) in people.iter_mut().zip(received.iter_mut()) {
+        for d in got.iter() {
+            p.receive(d);
+        }
+        if p.verify_failures > 0 || p.gaps > 0 {
+            return Err(format!("participant {:?}: {} datagrams did not authenticate, {} sequence gaps", p.leg, p.verify_failures, p.gaps));
+        }
+        got.sort();
+    }
+    Ok(())
+}
+
 fn header(ssrc: u32, seq: u16, ts: u32, pt: u8) -> Vec<u8> {
     let mut v = Vec::with_capacity(1200);
     v.extend_from_slice(&[0x80, pt]);

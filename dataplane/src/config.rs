@@ -20,7 +20,69 @@ pub enum BackendChoice {
     Uring,
     /// recvmmsg/sendmmsg on mio readiness: the portable fallback.
     Mmsg,
+    /// AF_XDP: one XSK per worker, bound to RX queue `worker index` of `[dataplane.xdp].interface`
+    /// (zero-copy where the driver allows, copy mode otherwise); the XDP stage redirects known
+    /// media to it. Needs `[dataplane.xdp] mode = "af_xdp"`.
+    Xsk,
 }
+
+/// What the XDP first stage does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    /// No XDP program: every packet reaches the kernel's UDP stack.
+    #[default]
+    Off,
+    /// The flood shield: RTP/RTCP from unknown sources or with unannounced SSRCs is dropped in
+    /// the driver; known media passes to the workers' sockets; relay legs are forwarded in the
+    /// kernel.
+    Shield,
+    /// The shield, and known media is redirected to the workers' AF_XDP sockets (`backend =
+    /// "xsk"`).
+    AfXdp,
+}
+
+/// One relay leg forwarded entirely by the XDP stage (`[[dataplane.xdp.relays]]`): datagrams
+/// from `remote` to `local_port` are rewritten to `src` → `dst` and sent on.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The port the relayed party sends to (inside `port_range`).
+    pub local_port: u16,
+    /// The relayed party's address.
+    pub remote: SocketAddr,
+    /// The new source (ours, on the egress side); same family as `remote`.
+    pub src: SocketAddr,
+    /// The new destination (the other party); same family as `remote`.
+    pub dst: SocketAddr,
+    /// The next hop's MAC address towards `dst`, `aa:bb:cc:dd:ee:ff`.
+    pub dst_mac: String,
+    /// The interface to send on; default: back out of `[dataplane.xdp].interface` (XDP_TX).
+    pub egress: Option<String>,
+}
+
+/// The XDP first stage (`[dataplane.xdp]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// Off, the shield, or the shield with AF_XDP.
+    pub mode: XdpMode,
+    /// The interface to attach to (in the daemon's network namespace).
+    pub interface: Option<String>,
+    /// The pin directory's name under `/sys/fs/bpf/sluice/`: a restart with the same instance
+    /// re-uses the maps and the attachment, so relays and the shield keep working meanwhile.
+    pub instance: String,
+    /// Relay legs.
+    pub relays: Vec<RelayConfig>,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self { mode: XdpMode::Off, interface: None, instance: "default".into(), relays: Vec::new() }
+    }
+}
+
+pub use crate::io::xsk::parse_mac;
 
 /// The whole configuration (the `[dataplane]` table of the TOML file).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -56,6 +118,8 @@ pub struct Config {
     pub consent_timeout_ms: u64,
     /// WebRTC legs: a DTLS handshake not complete after this many ms fails.
     pub handshake_timeout_ms: u64,
+    /// The XDP first stage.
+    pub xdp: XdpConfig,
 }
 
 impl Default for Config {
@@ -75,6 +139,7 @@ impl Default for Config {
             socket_buffer_bytes: 4 << 20,
             consent_timeout_ms: 30_000,
             handshake_timeout_ms: 20_000,
+            xdp: XdpConfig::default(),
         }
     }
 }
@@ -181,11 +246,55 @@ impl Config {
         if lo == 0 || lo > hi {
             return invalid("port_range", format!("[{lo}, {hi}] is not a non-empty range of non-zero ports"));
         }
+        self.validate_xdp()?;
         if let Some(dir) = self.control_socket.parent()
             && !dir.as_os_str().is_empty()
             && !dir.is_dir()
         {
             return invalid("control_socket", format!("directory {} does not exist", dir.display()));
+        }
+        Ok(())
+    }
+
+    fn validate_xdp(&self) -> Result<(), ConfigError> {
+        let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
+        let x = &self.xdp;
+        if self.backend == BackendChoice::Xsk && x.mode != XdpMode::AfXdp {
+            return invalid("backend", "\"xsk\" needs [dataplane.xdp] mode = \"af_xdp\" (the XDP stage feeds the AF_XDP sockets)".into());
+        }
+        if x.mode == XdpMode::AfXdp && self.backend != BackendChoice::Xsk {
+            return invalid("xdp.mode", "\"af_xdp\" needs backend = \"xsk\" (the workers must own AF_XDP sockets)".into());
+        }
+        if x.instance.is_empty() || x.instance.len() > 64 || !x.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return invalid("xdp.instance", format!("{:?} is not 1..=64 characters of [A-Za-z0-9_-]", x.instance));
+        }
+        if x.mode == XdpMode::Off {
+            if !x.relays.is_empty() {
+                return invalid("xdp.relays", "relay legs need the XDP stage (mode \"shield\" or \"af_xdp\")".into());
+            }
+            return Ok(());
+        }
+        match &x.interface {
+            None => return invalid("xdp.interface", format!("mode {:?} needs the interface to attach to", x.mode)),
+            Some(i) if i.is_empty() || i.len() > 15 => return invalid("xdp.interface", format!("{i:?} is not an interface name (1..=15 bytes)")),
+            Some(_) => {}
+        }
+        let (lo, hi) = self.port_range;
+        for (n, r) in x.relays.iter().enumerate() {
+            let why = if !(lo..=hi).contains(&r.local_port) {
+                Some(format!("local_port {} is outside port_range [{lo}, {hi}]", r.local_port))
+            } else if r.src.is_ipv4() != r.remote.is_ipv4() || r.dst.is_ipv4() != r.remote.is_ipv4() {
+                Some("remote, src and dst must all be IPv4 or all IPv6".into())
+            } else if parse_mac(&r.dst_mac).is_none() {
+                Some(format!("dst_mac {:?} is not a MAC address (aa:bb:cc:dd:ee:ff)", r.dst_mac))
+            } else if x.relays[..n].iter().any(|o| (o.local_port, o.remote) == (r.local_port, r.remote)) {
+                Some(format!("port {} from {} is relayed twice", r.local_port, r.remote))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return invalid("xdp.relays", format!("relay #{n}: {why}"));
+            }
         }
         Ok(())
     }
@@ -220,13 +329,26 @@ mod tests {
         let check = |s: &str, cores| {
             let mut c = Config::from_toml(s).unwrap();
             c.control_socket = "/tmp/x.sock".into();
-            c.validate(cores).unwrap_err().to_string()
+            c.validate(cores).err().map(|e| e.to_string()).unwrap_or_default()
         };
         assert!(check("[dataplane]\nworkers = 3\n", 2).contains("`workers`"));
         assert!(check("[dataplane]\nworkers = 1\ncores = [5]\n", 2).contains("core 5 does not exist"));
         assert!(check("[dataplane]\nworkers = 2\ncores = [1, 1]\n", 2).contains("twice"));
         assert!(check("[dataplane]\nreplay_window = 100\n", 2).contains("`replay_window`"));
         assert!(check("[dataplane]\nport_range = [5000, 4000]\n", 2).contains("`port_range`"));
+        assert!(check("[dataplane]\nbackend = \"xsk\"\n", 2).contains("`backend`: \"xsk\" needs"));
+        assert!(check("[dataplane.xdp]\nmode = \"af_xdp\"\ninterface = \"eth0\"\n", 2).contains("`xdp.mode`"));
+        assert!(check("[dataplane.xdp]\nmode = \"shield\"\n", 2).contains("`xdp.interface`"));
+        assert!(check("[dataplane.xdp]\nmode = \"shield\"\ninterface = \"eth0\"\ninstance = \"a/b\"\n", 2).contains("`xdp.instance`"));
+        let relay = |extra: &str| {
+            format!(
+                "[dataplane.xdp]\nmode = \"shield\"\ninterface = \"eth0\"\n[[dataplane.xdp.relays]]\nlocal_port = 30000\nremote = \"10.0.0.1:5000\"\nsrc = \"10.0.0.2:30001\"\n{extra}"
+            )
+        };
+        assert!(check(&relay("dst = \"10.0.0.3:6000\"\ndst_mac = \"02:00:00:00:00:01\"\n"), 2).is_empty());
+        assert!(check(&relay("dst = \"[::1]:6000\"\ndst_mac = \"02:00:00:00:00:01\"\n"), 2).contains("all be IPv4"));
+        assert!(check(&relay("dst = \"10.0.0.3:6000\"\ndst_mac = \"02:00:00:00:00\"\n"), 2).contains("dst_mac"));
+        assert!(parse("[dataplane.xdp]\nmode = \"bypass\"\n").contains("bypass"));
         let c = Config { control_socket: "/nonexistent-dir/x.sock".into(), ..Config::default() };
         assert!(c.validate(2).unwrap_err().to_string().contains("/nonexistent-dir"));
     }

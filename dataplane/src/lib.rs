@@ -8,6 +8,7 @@
 //! - [`worker`]: the pinned per-core worker loop.
 //! - [`edge`]: the slow path of WebRTC legs (ICE-lite answers, DTLS-SRTP handshakes).
 //! - [`xdp`]: the embedded XDP object and its loader.
+//! - [`shield`]: keeps the XDP stage's allow-lists in step with the tables.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -16,5 +17,6 @@ pub mod edge;
 pub mod events;
 pub mod io;
 pub mod metrics;
+pub mod shield;
 pub mod worker;
 pub mod xdp;

@@ -12,14 +12,17 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use sluice_core::forward::CoreConfig;
 use sluice_core::table::TableConfig;
-use sluice_dataplane::config::{BackendChoice, Config};
 use sluice_core::ice::IceConfig;
+use sluice_dataplane::config::{BackendChoice, Config, XdpMode, parse_mac};
 use sluice_dataplane::control::{self, Request, Response};
 use sluice_dataplane::edge::{self, EdgeConfig, SlowMsg};
 use sluice_dataplane::events::{self, EventHub};
+use sluice_dataplane::io::xsk::Interface;
 use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry};
 use sluice_dataplane::metrics::{self, WorkerSnapshot};
+use sluice_dataplane::shield::{Relay, Shield, ShieldHandle};
 use sluice_dataplane::worker::{Worker, WorkerMsg, Workers};
+use sluice_dataplane::xdp::{Egress, RelayRoute, XdpStage};
 
 /// Sluice dataplane: forwards SRTP between conference legs by SSRC rewrite tables, one pinned
 /// worker per core. Tables are programmed by the control plane over the control socket.
@@ -49,6 +52,15 @@ struct Args {
     /// Turn UDP GSO off.
     #[arg(long)]
     no_gso: bool,
+    /// XDP first stage mode.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpMode>,
+    /// Interface the XDP stage attaches to.
+    #[arg(long)]
+    xdp_interface: Option<String>,
+    /// Pin directory name of the XDP stage under /sys/fs/bpf/sluice/.
+    #[arg(long)]
+    xdp_instance: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +91,15 @@ fn main() -> anyhow::Result<()> {
     }
     if args.no_gso {
         config.gso = false;
+    }
+    if let Some(m) = args.xdp_mode {
+        config.xdp.mode = m;
+    }
+    if let Some(i) = args.xdp_interface {
+        config.xdp.interface = Some(i);
+    }
+    if let Some(i) = args.xdp_instance {
+        config.xdp.instance = i;
     }
     let available = core_affinity::get_core_ids().map_or(1, |c| c.len());
     config.validate(available)?;
@@ -132,6 +153,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let hub = EventHub::new();
     hub.spawn_pump(events_rx).context("starting the event pump")?;
+    let mut stage = open_xdp_stage(&config)?;
+    let (shield_handle, shield_inbox) = ShieldHandle::channel();
     let mut threads = Vec::new();
     for (index, (_, inbox)) in channels.into_iter().enumerate() {
         let backend = match config.backend {
@@ -143,10 +166,23 @@ fn run(config: Config) -> anyhow::Result<()> {
                 }
                 b
             }
+            BackendChoice::Xsk => {
+                let xsk_config = IoConfig { xsk_interface: config.xdp.interface.clone(), xsk_queue: index as u32, ..io_config.clone() };
+                let b = Backend::new(BackendKind::Xsk, xsk_config, registry.clone())
+                    .with_context(|| format!("worker {index}: AF_XDP socket on queue {index} of {:?}", config.xdp.interface))?;
+                if let (Backend::Xsk(x), Some(stage)) = (&b, stage.as_mut()) {
+                    stage.set_xsk(x.queue(), x.xsk_fd()).context("registering the AF_XDP socket in the XSKMAP")?;
+                    tracing::info!(worker = index, queue = x.queue(), zerocopy = x.zerocopy(), "AF_XDP socket bound");
+                }
+                b
+            }
         };
         tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
-        let worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
+        let mut worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
             .with_events(events_tx.clone());
+        if stage.is_some() {
+            worker = worker.with_shield(shield_handle.sender());
+        }
         let core_id = core_ids.iter().find(|c| c.id == cores[index]).copied();
         threads.push(std::thread::Builder::new().name(format!("worker-{index}")).spawn(move || {
             if let Some(c) = core_id
@@ -157,17 +193,35 @@ fn run(config: Config) -> anyhow::Result<()> {
             worker.run();
         })?);
     }
+    let (shield, xdp_counts) = match stage {
+        Some(stage) => {
+            let relays = resolve_relays(&config)?;
+            let shield = Shield::new(stage, n, &relays).context("taking over the XDP stage's maps")?;
+            let counts = shield.counts();
+            threads.push(shield.spawn(shield_inbox)?);
+            tracing::info!(relays = relays.len(), "XDP shield in step with the tables");
+            (Some(shield_handle.clone()), Some(counts))
+        }
+        None => (None, None),
+    };
     let handle = workers.clone();
     let snaps = snapshots.clone();
     let slow_ctl = slow.clone();
     drop(events_tx);
+    let control_shield = shield.clone();
     control::serve(&config.control_socket, hub, move |req| match req {
         Request::Apply(delta) => {
             let changes = edge::changes_of(&delta);
+            let for_shield = control_shield.as_ref().map(|_| Arc::new(delta.clone()));
             match handle.apply(delta) {
                 Ok(g) => {
                     if !changes.is_empty() {
                         let _ = slow_ctl.send(SlowMsg::Legs(changes));
+                    }
+                    if let (Some(s), Some(d)) = (&control_shield, for_shield)
+                        && let Err(e) = s.apply(d)
+                    {
+                        tracing::error!(generation = g.0, error = %e, "the XDP shield could not follow this delta");
                     }
                     Response::Applied(g)
                 }
@@ -193,7 +247,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     .with_context(|| format!("control socket {}", config.control_socket.display()))?;
     tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
     if let Some(addr) = config.metrics {
-        let (bound, _) = metrics::serve(addr, snapshots.clone(), Some(edge_status.clone())).with_context(|| format!("metrics endpoint {addr}"))?;
+        let (bound, _) = metrics::serve(addr, snapshots.clone(), xdp_counts, Some(edge_status.clone())).with_context(|| format!("metrics endpoint {addr}"))?;
         tracing::info!(%bound, "metrics at http://{bound}/metrics");
     }
     while !stop.load(Ordering::Relaxed) {
@@ -205,6 +259,10 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("signal received: draining");
     workers.stop();
+    if let Some(s) = &shield {
+        // The stage stays pinned and attached: relays and the shield keep working without us.
+        s.stop();
+    }
     for t in threads {
         let _ = t.join();
     }
@@ -213,4 +271,37 @@ fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Opens (or re-uses, from its pins) the XDP stage, attaches it (driver mode, generic with a
+/// logged warning) and sets the media port range and the AF_XDP flag; `None` when the stage is off.
+fn open_xdp_stage(config: &Config) -> anyhow::Result<Option<XdpStage>> {
+    if config.xdp.mode == XdpMode::Off {
+        return Ok(None);
+    }
+    let iface = config.xdp.interface.as_deref().context("xdp.interface")?;
+    let mut stage = XdpStage::open(&config.xdp.instance).with_context(|| format!("opening XDP stage {:?}", config.xdp.instance))?;
+    let mode = stage.attach(iface).with_context(|| format!("attaching the XDP stage to {iface}"))?;
+    let (lo, hi) = config.port_range;
+    stage.set_port_range(lo..=hi).context("setting the media port range")?;
+    stage.set_af_xdp(config.xdp.mode == XdpMode::AfXdp).context("setting the AF_XDP flag")?;
+    tracing::info!(interface = iface, instance = %config.xdp.instance, ?mode, xdp_mode = ?config.xdp.mode, "XDP stage ready");
+    Ok(Some(stage))
+}
+
+/// The configured relay legs with their egress interface resolved (index and MAC).
+fn resolve_relays(config: &Config) -> anyhow::Result<Vec<Relay>> {
+    let attached = config.xdp.interface.as_deref().unwrap_or_default();
+    config
+        .xdp
+        .relays
+        .iter()
+        .map(|r| {
+            let name = r.egress.as_deref().unwrap_or(attached);
+            let iface = Interface::lookup(name).with_context(|| format!("relay egress interface {name}"))?;
+            let egress = if name == attached { Egress::SameInterface } else { Egress::Interface(iface.index) };
+            let dst_mac = parse_mac(&r.dst_mac).context("relay dst_mac (validated at start)")?;
+            Ok(Relay { local_port: r.local_port, remote: r.remote, route: RelayRoute { src: r.src, dst: r.dst, src_mac: iface.mac, dst_mac, egress } })
+        })
+        .collect()
 }

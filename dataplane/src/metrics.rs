@@ -7,11 +7,14 @@
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use sluice_core::stats::CoreStats;
 use sluice_core::verdict::DropReason;
+
+use crate::shield::SharedCounts;
+use crate::xdp::VerdictCounts;
 
 /// What one worker reports.
 #[derive(Clone, Debug, Default)]
@@ -90,8 +93,6 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     s
 }
 
-/// Serves `GET /metrics` on `addr` from `snapshots` until the process exits. Returns the bound
-/// address (useful with port 0) and the thread.
 /// Renders the WebRTC slow path's counters as Prometheus text.
 pub fn render_edge(edge: &crate::edge::EdgeStatus) -> String {
     let mut s = String::from("# HELP sluice_edge_total WebRTC slow path (ICE-lite, DTLS-SRTP) counters.\n# TYPE sluice_edge_total counter\n");
@@ -102,10 +103,26 @@ pub fn render_edge(edge: &crate::edge::EdgeStatus) -> String {
     s
 }
 
-/// Serves `/metrics` at `addr`: the workers' snapshots, and the slow path's counters if given.
+/// Renders the XDP stage's verdict counters (summed over CPUs) as Prometheus text.
+pub fn render_xdp(counts: &VerdictCounts) -> String {
+    let mut s = String::with_capacity(1024);
+    let _ = writeln!(
+        s,
+        "# HELP sluice_xdp_packets_total Packets the XDP stage handled, by verdict (drops: malformed, not_rtc, unknown_source, unknown_ssrc, relay_invalid).\n# TYPE sluice_xdp_packets_total counter"
+    );
+    for (v, n) in counts.iter() {
+        let _ = writeln!(s, "sluice_xdp_packets_total{{verdict=\"{}\"}} {n}", v.name());
+    }
+    s
+}
+
+/// Serves `GET /metrics` on `addr` from `snapshots` (and the XDP stage's counters, when it runs,
+/// and the WebRTC slow path's, when given) until the process exits. Returns the bound address
+/// (useful with port 0) and the thread.
 pub fn serve(
     addr: SocketAddr,
     snapshots: Snapshots,
+    xdp: Option<SharedCounts>,
     edge: Option<Arc<Mutex<crate::edge::EdgeStatus>>>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)?;
@@ -125,6 +142,9 @@ pub fn serve(
             }
             let (status, body) = if request_line.starts_with("GET /metrics") {
                 let mut text = render(&snapshots.lock().map(|g| g.clone()).unwrap_or_default());
+                if let Some(counts) = xdp.as_ref().and_then(|x| *x.lock().unwrap_or_else(PoisonError::into_inner)) {
+                    text.push_str(&render_xdp(&counts));
+                }
                 if let Some(e) = edge.as_ref().and_then(|e| e.lock().ok().map(|g| g.clone())) {
                     text.push_str(&render_edge(&e));
                 }
@@ -156,7 +176,11 @@ mod tests {
         w.io = vec![("gso_sends", 3)];
         w.latency_ns = vec![(0.99, 1234)];
         let snaps: Snapshots = Arc::new(Mutex::new(vec![w]));
-        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, None).unwrap();
+        let mut counts = VerdictCounts::default();
+        counts.0[sluice_common::XdpVerdict::DropUnknownSource as usize] = 5;
+        let xdp: SharedCounts = Arc::new(Mutex::new(Some(counts)));
+        let edge = crate::edge::EdgeStatus { legs: 2, counters: vec![("stun_answered".into(), 3)], ..Default::default() };
+        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, Some(xdp), Some(Arc::new(Mutex::new(edge)))).unwrap();
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut body = String::new();
@@ -164,11 +188,15 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
         for want in [
             "sluice_rx_packets_total{worker=\"1\"} 42",
+            "sluice_edge_total{counter=\"stun_answered\"} 3",
+            "sluice_edge_legs 2",
             "sluice_drops_total{worker=\"1\",reason=\"auth_failed\"} 1",
             "sluice_srtp_failures_total{worker=\"1\"} 1",
             "sluice_table_generation{worker=\"1\"} 7",
             "sluice_io_total{worker=\"1\",counter=\"gso_sends\"} 3",
             "sluice_processing_latency_ns{worker=\"1\",quantile=\"0.99\"} 1234",
+            "sluice_xdp_packets_total{verdict=\"unknown_source\"} 5",
+            "sluice_xdp_packets_total{verdict=\"pass_media\"} 0",
         ] {
             assert!(body.contains(want), "missing {want} in\n{body}");
         }

@@ -27,6 +27,7 @@ use sluice_core::time::Instant;
 use crate::edge::SlowMsg;
 use crate::io::{Backend, Transmit};
 use crate::metrics::{Snapshots, WorkerSnapshot};
+use crate::shield::ShieldMsg;
 
 /// What a worker is told between batches.
 #[derive(Debug)]
@@ -78,6 +79,8 @@ pub struct Worker {
     edge_key_errors: u64,
     events: Option<Sender<Event>>,
     events_dropped: u64,
+    shield: Option<Sender<ShieldMsg>>,
+    shield_queue_full: u64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -122,6 +125,8 @@ impl Worker {
             edge_key_errors: 0,
             events: None,
             events_dropped: 0,
+            shield: None,
+            shield_queue_full: 0,
         }
     }
 
@@ -130,6 +135,14 @@ impl Worker {
     #[must_use]
     pub fn with_events(mut self, to: Sender<Event>) -> Self {
         self.events = Some(to);
+        self
+    }
+
+    /// Reports remotes latched and SSRCs learned to the XDP shield (see [`crate::shield`]), so it
+    /// can swap a leg's any-remote entry for the exact one and allow learned SSRCs. Never blocks:
+    /// a full queue is counted (`shield_queue_full`) and the wildcard stays until the next event.
+    pub fn with_shield(mut self, shield: Sender<ShieldMsg>) -> Self {
+        self.shield = Some(shield);
         self
     }
 
@@ -188,6 +201,7 @@ impl Worker {
                     let result = self.core.apply((*delta).clone());
                     if result.is_ok() {
                         self.sync_ports();
+                        self.size_batches();
                     }
                     let _ = reply.send(result);
                 }
@@ -211,6 +225,17 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Keeps one receive batch's worst-case output within the output buffer: a datagram of the
+    /// widest track makes `max_fanout` copies (plus feedback), so with wide fan-outs the worker
+    /// receives fewer datagrams per batch (and the buffer grows if one datagram would not fit).
+    fn size_batches(&mut self) {
+        let per_rx = (self.core.tables().max_fanout() + 2).max(OUT_PER_RX);
+        if per_rx > self.out.capacity() && self.out.is_empty() {
+            self.out = OutBatch::new(per_rx);
+        }
+        self.io.set_rx_limit(self.out.capacity() / per_rx);
     }
 
     /// Opens the ports of the legs this worker owns and closes those no leg uses any more.
@@ -257,6 +282,11 @@ impl Worker {
             if let Some(to) = &self.events {
                 self.events_dropped += u64::from(matches!(to.try_send(e), Err(TrySendError::Full(_))));
             }
+            if let Some(shield) = &self.shield
+                && matches!(e, Event::RemoteLatched { .. } | Event::SsrcLearned { .. })
+            {
+                self.shield_queue_full += u64::from(matches!(shield.try_send(ShieldMsg::Event(e)), Err(TrySendError::Full(_))));
+            }
         }
         while let Some(h) = self.core.poll_handoff() {
             if let Some(p) = self.peers.get(usize::from(h.to)) {
@@ -286,6 +316,7 @@ impl Worker {
                 ("slow_queue_full", self.slow_queue_full),
                 ("edge_key_errors", self.edge_key_errors),
                 ("events_dropped", self.events_dropped),
+                ("shield_queue_full", self.shield_queue_full),
             ],
             batches: self.batches,
             batched_datagrams: self.batched,

@@ -35,6 +35,8 @@ use sluice_common::{
 };
 use sluice_core::ids::{LegId, Ssrc};
 
+pub use sluice_common::XdpVerdict as Verdict;
+
 /// The XDP object file (BPF ELF with BTF), aligned so aya can parse it in place.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-xdp"));
 
@@ -223,6 +225,15 @@ fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapErr
     move |source| XdpError::Map { op, map, source }
 }
 
+/// A delete of an absent key (`ENOENT`) is not an error for the callers that diff.
+fn absent_ok(e: aya::maps::MapError) -> Result<(), aya::maps::MapError> {
+    match &e {
+        aya::maps::MapError::KeyNotFound => Ok(()),
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> XdpError {
     let path = path.to_owned();
     move |source| XdpError::Io { op, path, source }
@@ -235,12 +246,9 @@ fn v6_bytes(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn flow_key(local_port: u16, remote: SocketAddr) -> FlowKey {
-    FlowKey {
-        remote_addr: v6_bytes(remote.ip()),
-        remote_port: remote.port(),
-        local_port,
-    }
+/// The leg/relay map key of a transport (IPv4 stored v4-mapped).
+pub fn flow_key(local_port: u16, remote: SocketAddr) -> FlowKey {
+    FlowKey::new(local_port, v6_bytes(remote.ip()), remote.port())
 }
 
 impl XdpStage {
@@ -516,30 +524,91 @@ impl XdpStage {
 
     /// Announces that `leg` publishes `ssrc` on `local_port`.
     pub fn allow_ssrc(&mut self, local_port: u16, ssrc: Ssrc, leg: LegId) -> Result<()> {
-        const M: &str = sluice_common::SSRCS_MAP;
-        let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
-        map.insert(
-            SsrcKey {
-                ssrc: ssrc.0,
-                local_port,
-                pad: 0,
-            },
-            SsrcValue { leg: leg.0 },
-            0,
-        )
-        .map_err(map_err("allow ssrc", M))
+        self.insert_ssrc_key(SsrcKey::one(local_port, ssrc.0), leg)
     }
 
     /// Withdraws an SSRC announcement.
     pub fn revoke_ssrc(&mut self, local_port: u16, ssrc: Ssrc) -> Result<()> {
+        self.remove_ssrc_key(SsrcKey::one(local_port, ssrc.0))
+    }
+
+    /// Lets every SSRC from `leg` on `local_port` through (a layer whose SSRC is not signalled
+    /// announces itself with its RID; the worker authenticates it and learns it).
+    pub fn allow_any_ssrc(&mut self, local_port: u16, leg: LegId) -> Result<()> {
+        self.insert_ssrc_key(SsrcKey::any(local_port), leg)
+    }
+
+    /// Withdraws the any-SSRC wildcard of a port.
+    pub fn revoke_any_ssrc(&mut self, local_port: u16) -> Result<()> {
+        self.remove_ssrc_key(SsrcKey::any(local_port))
+    }
+
+    /// Inserts a raw SSRC-map entry (exact or wildcard).
+    pub fn insert_ssrc_key(&mut self, key: SsrcKey, leg: LegId) -> Result<()> {
         const M: &str = sluice_common::SSRCS_MAP;
         let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
-        map.remove(&SsrcKey {
-            ssrc: ssrc.0,
-            local_port,
-            pad: 0,
-        })
-        .map_err(map_err("revoke ssrc", M))
+        map.insert(key, SsrcValue { leg: leg.0 }, 0)
+            .map_err(map_err("allow ssrc", M))
+    }
+
+    /// Removes a raw SSRC-map entry; an absent entry is not an error.
+    pub fn remove_ssrc_key(&mut self, key: SsrcKey) -> Result<()> {
+        const M: &str = sluice_common::SSRCS_MAP;
+        let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
+        map.remove(&key).or_else(absent_ok).map_err(map_err("revoke ssrc", M))
+    }
+
+    /// Lets RTP/RTCP from any remote to `local_port` through as leg `leg` (the leg's remote is
+    /// not latched yet); [`XdpStage::add_leg`] with the latched remote replaces it.
+    pub fn add_leg_any_remote(&mut self, local_port: u16, leg: LegId, worker: u32) -> Result<()> {
+        self.insert_flow_key(FlowKey::any_remote(local_port), LegValue { leg: leg.0, worker })
+    }
+
+    /// Withdraws the any-remote wildcard of a port.
+    pub fn remove_leg_any_remote(&mut self, local_port: u16) -> Result<()> {
+        self.remove_flow_key(FlowKey::any_remote(local_port))
+    }
+
+    /// Inserts a raw leg-map entry (exact or wildcard).
+    pub fn insert_flow_key(&mut self, key: FlowKey, value: LegValue) -> Result<()> {
+        const M: &str = sluice_common::LEGS_MAP;
+        let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
+        map.insert(key, value, 0).map_err(map_err("add leg", M))
+    }
+
+    /// Removes a raw leg-map entry; an absent entry is not an error.
+    pub fn remove_flow_key(&mut self, key: FlowKey) -> Result<()> {
+        const M: &str = sluice_common::LEGS_MAP;
+        let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
+        map.remove(&key).or_else(absent_ok).map_err(map_err("remove leg", M))
+    }
+
+    /// Every entry of the leg map (what a previous run left, when re-opened from pins).
+    pub fn flow_keys(&self) -> Result<Vec<(FlowKey, LegValue)>> {
+        self.hash_entries(sluice_common::LEGS_MAP)
+    }
+
+    /// Every entry of the SSRC map.
+    pub fn ssrc_keys(&self) -> Result<Vec<(SsrcKey, SsrcValue)>> {
+        self.hash_entries(sluice_common::SSRCS_MAP)
+    }
+
+    /// Every relay entry.
+    pub fn relay_keys(&self) -> Result<Vec<(FlowKey, RelayTarget)>> {
+        self.hash_entries(sluice_common::RELAYS_MAP)
+    }
+
+    fn hash_entries<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
+        let map = self.ebpf.map(name).ok_or(XdpError::MissingMap { map: name })?;
+        let map: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err("open", name))?;
+        map.iter().collect::<Result<_, _>>().map_err(map_err("iterate", name))
+    }
+
+    /// Removes a raw relay entry; an absent entry is not an error.
+    pub fn remove_relay_key(&mut self, key: FlowKey) -> Result<()> {
+        const M: &str = sluice_common::RELAYS_MAP;
+        let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
+        map.remove(&key).or_else(absent_ok).map_err(map_err("remove relay", M))
     }
 
     /// Installs (or replaces) a relay leg: datagrams from `remote` to `local_port` are rewritten
@@ -653,6 +722,40 @@ impl XdpStage {
             len: r.data_size_out as usize,
             duration: r.duration,
         })
+    }
+
+    /// Runs the program `count` times on copies of `frame` as if each had arrived on interface
+    /// `ingress_ifindex` (RX queue 0, in the calling thread's network namespace), and lets the
+    /// verdicts take effect: XDP_TX transmits out of that interface, XDP_REDIRECT redirects
+    /// (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`, Linux 5.18+, `batch` frames per
+    /// kernel batch). With a relay entry matching `frame` this is a line-rate packet generator
+    /// (benchmarks); nothing is written back.
+    pub fn transmit_live(
+        &mut self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        count: u32,
+        batch: u32,
+    ) -> Result<Duration> {
+        // struct xdp_md (uapi/linux/bpf.h): data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex; the kernel wants data = 0 and data_end = frame length.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let prog = self.program_mut()?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: count,
+            attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(batch),
+            ..TestRunOptions::default()
+        };
+        let r = prog.test_run(opts).map_err(|source| XdpError::Program {
+            op: "BPF_PROG_TEST_RUN (live frames)",
+            target: sluice_common::XDP_PROGRAM.into(),
+            source,
+        })?;
+        Ok(r.duration)
     }
 
     /// The program's file descriptor owner, for callers that need to chain it (devmap programs).

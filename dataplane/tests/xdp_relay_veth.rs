@@ -17,23 +17,9 @@ use std::{
     time::Duration,
 };
 
-use common::netns::{NetNs, Veth};
+use common::netns::{NetNs, PinGuard, Veth};
 use sluice_common::XdpVerdict as V;
 use sluice_dataplane::xdp::{AttachMode, Egress, PIN_ROOT, RelayRoute, XdpStage};
-
-/// Removes the pin directory even if the test panics (removing the link pin detaches).
-struct PinGuard(PathBuf);
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 const K: usize = 100;
 

@@ -29,6 +29,10 @@ const PORT6: u16 = 20001; // leg 2 (v6)
 const RELAY_PORT: u16 = 20050;
 const RELAY_PORT6: u16 = 20051;
 const RELAY_PORT_REDIRECT: u16 = 20052;
+const WILD_REMOTE_PORT: u16 = 20020; // leg 4, remote not latched (any-remote entry); leg 8 exact
+const WILD_SSRC_PORT: u16 = 20021; // leg 5 at PEER4:5000, any SSRC
+const WILD_SSRC_OTHER_PORT: u16 = 20022; // leg 6 at PEER4:5000, any-SSRC entry of leg 7
+const SSRC4: u32 = 0x4444_4444;
 const SSRC1: u32 = 0x1111_1111;
 const SSRC2: u32 = 0x2222_2222;
 
@@ -78,6 +82,16 @@ fn stage() -> XdpStage {
         &relay6(),
     )
     .unwrap();
+    s.add_leg_any_remote(WILD_REMOTE_PORT, LegId(4), 0).unwrap();
+    s.allow_ssrc(WILD_REMOTE_PORT, Ssrc(SSRC4), LegId(4)).unwrap();
+    s.add_leg(WILD_REMOTE_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(8), 0)
+        .unwrap();
+    s.add_leg(WILD_SSRC_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(5), 0)
+        .unwrap();
+    s.allow_any_ssrc(WILD_SSRC_PORT, LegId(5)).unwrap();
+    s.add_leg(WILD_SSRC_OTHER_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(6), 0)
+        .unwrap();
+    s.allow_any_ssrc(WILD_SSRC_OTHER_PORT, LegId(7)).unwrap();
     // Loopback (ifindex 1) stands in for another interface: BPF_PROG_TEST_RUN only reports the
     // verdict, nothing is transmitted.
     let redirect = RelayRoute {
@@ -653,6 +667,58 @@ fn cases() -> Vec<Case> {
             output: Out::Bytes(expected),
         });
     }
+    // Wildcard entries: a leg awaiting its remote, a port taking any SSRC of its leg.
+    let from_anyone = (Ipv4Addr::new(198, 51, 100, 77), 61_000);
+    c.extend([
+        case(
+            "rtp from any remote to a leg awaiting its remote",
+            v4(from_anyone, WILD_REMOTE_PORT, rtp(SSRC4, 1)).build(),
+            XDP_PASS,
+            V::PassMedia,
+        ),
+        case(
+            "rtcp from any remote to a leg awaiting its remote",
+            v4(from_anyone, WILD_REMOTE_PORT, rtcp(SSRC4)).build(),
+            XDP_PASS,
+            V::PassMedia,
+        ),
+        case(
+            "unannounced ssrc to a leg awaiting its remote",
+            v4(from_anyone, WILD_REMOTE_PORT, rtp(SSRC1, 1)).build(),
+            XDP_DROP,
+            V::DropUnknownSsrc,
+        ),
+        case(
+            "exact entry wins over the any-remote entry (ssrc is the other leg's)",
+            v4((PEER4, 5000), WILD_REMOTE_PORT, rtp(SSRC4, 1)).build(),
+            XDP_DROP,
+            V::DropUnknownSsrc,
+        ),
+        case(
+            "any ssrc from the leg of an any-ssrc port",
+            v4((PEER4, 5000), WILD_SSRC_PORT, rtp(0x5eed_0001, 1)).build(),
+            XDP_PASS,
+            V::PassMedia,
+        ),
+        case(
+            "ipv6 ssrc-0 lookalike does not match an any-ssrc port it is not on",
+            v6((PEER6, 5000), PORT6, rtp(0, 1)).build(),
+            XDP_DROP,
+            V::DropUnknownSsrc,
+        ),
+        case(
+            "any-ssrc port still needs a known source",
+            v4((OTHER4, 5000), WILD_SSRC_PORT, rtp(0x5eed_0001, 1)).build(),
+            XDP_DROP,
+            V::DropUnknownSource,
+        ),
+        case(
+            "any-ssrc entry belongs to another leg",
+            v4((PEER4, 5000), WILD_SSRC_OTHER_PORT, rtp(0x5eed_0001, 1)).build(),
+            XDP_DROP,
+            V::DropUnknownSsrc,
+        ),
+    ]);
     // Many checksum shapes: vary the payload so carries and the 0xffff corner get exercised.
     for i in 0..64u16 {
         let mut p = rtp(u32::from(i) * 0x0101_0101, i.wrapping_mul(0x1f3d));
@@ -800,6 +866,33 @@ fn removing_entries_closes_the_shield_again() {
         stage.test_run(&frame, &mut out, 1).unwrap().action,
         XDP_PASS
     );
+}
+
+/// The daemon's life cycle of a leg whose remote is unknown: the any-remote entry lets its first
+/// packets through from wherever they come; once the worker latched the remote, the exact entry
+/// replaces the wildcard and everyone else is dropped again.
+#[test]
+fn latched_remote_replaces_the_any_remote_entry() {
+    let mut stage = stage();
+    let mut out = vec![0u8; 2048];
+    let mut run = |stage: &mut XdpStage, from: (Ipv4Addr, u16)| {
+        let f = v4(from, WILD_REMOTE_PORT, rtp(SSRC4, 1)).build();
+        stage.test_run(&f, &mut out, 1).unwrap().action
+    };
+    let (a, b) = ((Ipv4Addr::new(198, 51, 100, 1), 4000), (Ipv4Addr::new(198, 51, 100, 2), 4000));
+    assert_eq!(run(&mut stage, a), XDP_PASS);
+    assert_eq!(run(&mut stage, b), XDP_PASS);
+    stage
+        .add_leg(WILD_REMOTE_PORT, SocketAddr::new(a.0.into(), a.1), LegId(4), 0)
+        .unwrap();
+    stage.remove_leg_any_remote(WILD_REMOTE_PORT).unwrap();
+    assert_eq!(run(&mut stage, a), XDP_PASS, "the latched remote");
+    let before = stage.verdict_counts().unwrap().get(V::DropUnknownSource);
+    assert_eq!(run(&mut stage, b), XDP_DROP, "anyone else");
+    assert_eq!(stage.verdict_counts().unwrap().get(V::DropUnknownSource), before + 1);
+    // Removing an absent wildcard is not an error (the daemon's diff may race a restart).
+    stage.remove_leg_any_remote(WILD_REMOTE_PORT).unwrap();
+    stage.revoke_any_ssrc(WILD_REMOTE_PORT).unwrap();
 }
 
 /// AF_XDP mode with no socket in the XSKMAP (test-run frames arrive on queue 0, which has none):

@@ -55,6 +55,17 @@ impl Daemon {
         Self::start_path(&path, args, log)
     }
 
+    /// Starts the workspace binary `bin` inside the network namespace `netns` (`nsenter --net`,
+    /// which execs it: the PID is the binary's), logging to `log`.
+    pub fn start_in_netns(netns: &str, bin: &str, args: &[&str], log: &Path) -> Self {
+        let path = bin_dir().join(bin);
+        assert!(path.exists(), "{} is not built (run the README's test command, which builds every binary first)", path.display());
+        let net = format!("--net=/run/netns/{netns}");
+        let mut full = vec![net.as_str(), path.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        Self::start_path(Path::new("/usr/bin/nsenter"), &full, log)
+    }
+
     /// Starts the program at `path` with `args`, logging its stderr to `log`.
     pub fn start_path(path: &Path, args: &[&str], log: &Path) -> Self {
         let err = std::fs::File::create(log).expect("log file");

@@ -40,6 +40,7 @@ pub struct MmsgBackend {
     counters: IoCounters,
     rx: RxScratch,
     tx: TxScratch,
+    rx_limit: usize,
 }
 
 #[derive(Debug)]
@@ -119,6 +120,7 @@ impl MmsgBackend {
         let poll = Poll::new().map_err(|source| IoError::Os { op: "epoll_create", source })?;
         let batch = config.rx_batch.max(1);
         Ok(Self {
+            rx_limit: batch,
             gso: config.gso,
             events: Events::with_capacity(256),
             rx: RxScratch::new(batch),
@@ -220,7 +222,7 @@ impl MmsgBackend {
     {
         let wait = if self.ready.is_empty() { timeout } else { Some(Duration::ZERO) };
         self.poll_events(wait)?;
-        let cap = self.config.rx_batch.max(1);
+        let cap = self.rx_limit.max(1);
         let mut delivered = 0;
         let mut calls = 0;
         while delivered < cap && calls < cap {
@@ -263,6 +265,13 @@ impl MmsgBackend {
             }
         }
         Ok(delivered)
+    }
+
+    /// Receives at most `n` datagrams per call from now on (1 ..= the configured `rx_batch`):
+    /// the worker lowers it when one datagram may fan out to many copies, so a batch's output
+    /// always fits its output buffer.
+    pub fn set_rx_limit(&mut self, n: usize) {
+        self.rx_limit = n.clamp(1, self.config.rx_batch.max(1));
     }
 
     /// Sends `pkts` in batches: GSO groups per flow, one `sendmmsg` per local port and round.

@@ -390,6 +390,16 @@ impl Backend {
         }
     }
 
+    /// Receives at most `n` datagrams per [`Backend::recv_batch`] from now on (1 ..= the
+    /// configured `rx_batch`).
+    pub fn set_rx_limit(&mut self, n: usize) {
+        match self {
+            Self::Uring(b) => b.set_rx_limit(n),
+            Self::Mmsg(b) => b.set_rx_limit(n),
+            Self::Xsk(b) => b.set_rx_limit(n),
+        }
+    }
+
     /// Sends `pkts` (GSO runs grouped per flow, per-flow order kept); returns how many datagrams
     /// the kernel accepted. Failures are counted, not returned.
     pub fn send_batch<'a, I>(&mut self, pkts: I) -> usize

@@ -331,6 +331,7 @@ pub struct UringBackend {
     staging: Staging,
     gso: bool,
     counters: IoCounters,
+    rx_limit: usize,
 }
 
 impl std::fmt::Debug for UringBackend {
@@ -368,6 +369,7 @@ impl UringBackend {
             staging: Staging::default(),
             gso: config.gso,
             counters: IoCounters::default(),
+            rx_limit: config.rx_batch.max(1),
             registry,
             config,
         })
@@ -489,7 +491,7 @@ impl UringBackend {
         } else if !self.ring.submission().is_empty() {
             self.enter(Some(Duration::ZERO))?;
         }
-        let cap = self.config.rx_batch.max(1);
+        let cap = self.rx_limit.max(1);
         let mut delivered = 0;
         let mut handled = 0;
         while delivered < cap && handled < 2 * cap {
@@ -563,6 +565,13 @@ impl UringBackend {
         self.counters.rx_datagrams += 1;
         f(port, src, &mut buf[PAYLOAD_AT..PAYLOAD_AT + payloadlen]);
         1
+    }
+
+    /// Receives at most `n` datagrams per call from now on (1 ..= the configured `rx_batch`):
+    /// the worker lowers it when one datagram may fan out to many copies, so a batch's output
+    /// always fits its output buffer.
+    pub fn set_rx_limit(&mut self, n: usize) {
+        self.rx_limit = n.clamp(1, self.config.rx_batch.max(1));
     }
 
     /// Sends `pkts`: one `SendMsg` per GSO group, one submit per batch. Returns how many datagrams

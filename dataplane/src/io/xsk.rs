@@ -523,7 +523,8 @@ impl Neighbours {
     }
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
+/// Parses a MAC address written `aa:bb:cc:dd:ee:ff` (as `/proc/net/arp` and configs write it).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut mac {
@@ -884,6 +885,7 @@ pub struct XskBackend {
     ip_id: u16,
     slow_turn: u32,
     counters: IoCounters,
+    rx_limit: usize,
 }
 
 impl XskBackend {
@@ -899,7 +901,19 @@ impl XskBackend {
         let xsk = XskSocket::open(iface.index, queue)?;
         let neighbours = Neighbours::open(&name, iface.index)?;
         let slow = MmsgBackend::new(config.clone(), registry)?;
-        Ok(Self { config, xsk, slow, iface, queue, ports: HashSet::new(), neighbours, ip_id: 0, slow_turn: 0, counters: IoCounters::default() })
+        Ok(Self {
+            rx_limit: config.rx_batch.max(1),
+            config,
+            xsk,
+            slow,
+            iface,
+            queue,
+            ports: HashSet::new(),
+            neighbours,
+            ip_id: 0,
+            slow_turn: 0,
+            counters: IoCounters::default(),
+        })
     }
 
     /// The socket to register in the XDP stage's XSKMAP (`XdpStage::set_xsk`).
@@ -966,6 +980,14 @@ impl XskBackend {
         &self.counters
     }
 
+    /// Receives at most `n` datagrams per call from now on (see [`MmsgBackend::set_rx_limit`]).
+    ///
+    /// [`MmsgBackend::set_rx_limit`]: super::mmsg::MmsgBackend::set_rx_limit
+    pub fn set_rx_limit(&mut self, n: usize) {
+        self.rx_limit = n.clamp(1, self.config.rx_batch.max(1));
+        self.slow.set_rx_limit(n);
+    }
+
     /// Delivers up to `rx_batch` datagrams from the XSK, then from the kernel sockets (every
     /// `SLOW_PATH_EVERY`-th call while the XSK delivers, every call when it is idle), to
     /// `f(local_port, src, payload)`; waits up to `timeout` for either if none is ready.
@@ -973,7 +995,7 @@ impl XskBackend {
     where
         F: FnMut(u16, SocketAddr, &mut [u8]),
     {
-        let max = self.config.rx_batch.max(1);
+        let max = self.rx_limit.max(1);
         let mut n = self.recv_xsk(max, &mut f);
         self.slow_turn = self.slow_turn.wrapping_add(1);
         if n == 0 || (n < max && self.slow_turn.is_multiple_of(SLOW_PATH_EVERY)) {

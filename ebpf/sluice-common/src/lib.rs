@@ -126,16 +126,50 @@ pub struct LegValue {
     pub worker: u32,
 }
 
-/// The key of [`SSRCS_MAP`]: an SSRC announced on a local port.
+/// The key of [`SSRCS_MAP`]: an SSRC announced on a local port, or ([`SsrcKey::any`]) every SSRC
+/// on that port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SsrcKey {
-    /// RTP SSRC, host order.
+    /// RTP SSRC, host order (0 in a wildcard entry).
     pub ssrc: u32,
     /// Local UDP port, host order.
     pub local_port: u16,
-    /// Always zero (explicit, so the key has no implicit padding).
-    pub pad: u16,
+    /// 0 for one SSRC; [`SSRC_ANY`] for the wildcard entry of the port (explicit, so the key has
+    /// no implicit padding).
+    pub scope: u16,
+}
+
+/// [`SsrcKey::scope`] of a wildcard entry: any SSRC from the leg that owns the port passes. The
+/// dataplane installs it while a track of the leg has a simulcast layer whose SSRC is not
+/// signalled (learned from its RID, RFC 8852), and withdraws it once every such SSRC is known.
+pub const SSRC_ANY: u16 = 1;
+
+impl SsrcKey {
+    /// The key of one announced SSRC.
+    pub const fn one(local_port: u16, ssrc: u32) -> Self {
+        Self { ssrc, local_port, scope: 0 }
+    }
+
+    /// The wildcard key of a port.
+    pub const fn any(local_port: u16) -> Self {
+        Self { ssrc: 0, local_port, scope: SSRC_ANY }
+    }
+}
+
+impl FlowKey {
+    /// The key of one transport.
+    pub const fn new(local_port: u16, remote_addr: [u8; 16], remote_port: u16) -> Self {
+        Self { remote_addr, remote_port, local_port }
+    }
+
+    /// The wildcard key of a port: remote `[::]:0`, which no datagram carries (source port 0 is
+    /// not a valid UDP sender). A leg whose remote is not known yet is installed under it, so its
+    /// first packet (the one the worker latches the remote from) reaches the worker; the exact
+    /// entry replaces it once the remote is latched.
+    pub const fn any_remote(local_port: u16) -> Self {
+        Self { remote_addr: [0; 16], remote_port: 0, local_port }
+    }
 }
 
 /// The value of [`SSRCS_MAP`].

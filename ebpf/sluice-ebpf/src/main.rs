@@ -6,8 +6,10 @@
 //!        ├─ (local port, remote) in SLUICE_RELAYS → rewrite Eth/IP/UDP → XDP_TX | XDP_REDIRECT
 //!        └─ first payload byte (RFC 7983 §7):
 //!             0..=3 STUN, 20..=63 DTLS  → XDP_PASS (slow path: ICE, DTLS-SRTP)
-//!             128..=191 RTP/RTCP        → source in SLUICE_LEGS? else drop unknown_source
-//!                                         RTP: (port, SSRC) in SLUICE_SSRCS? else drop unknown_ssrc
+//!             128..=191 RTP/RTCP        → source (or the port's any-remote wildcard) in
+//!                                         SLUICE_LEGS? else drop unknown_source
+//!                                         RTP: (port, SSRC) or the port's any-SSRC wildcard in
+//!                                         SLUICE_SSRCS, for that leg? else drop unknown_ssrc
 //!                                         → steer_media: AF_XDP mode and an XSK on the RX
 //!                                           queue → XDP_REDIRECT, else XDP_PASS
 //!             anything else             → drop not_rtc
@@ -280,19 +282,24 @@ fn rtp_or_rtcp(
     } else {
         ptr_at::<[u8; RTP_MIN_LEN]>(ctx, payload).ok_or_else(malformed)?;
     }
-    let Some(leg) = SLUICE_LEGS.get_ptr(&udp.flow) else {
-        return Err(verdict(XdpVerdict::DropUnknownSource, xdp_action::XDP_DROP));
+    // The exact transport, else the port's wildcard entry (a leg whose remote is not latched yet).
+    let leg = match SLUICE_LEGS.get_ptr(&udp.flow) {
+        Some(leg) => leg,
+        None => match SLUICE_LEGS.get_ptr(&FlowKey::any_remote(udp.flow.local_port)) {
+            Some(leg) => leg,
+            None => return Err(verdict(XdpVerdict::DropUnknownSource, xdp_action::XDP_DROP)),
+        },
     };
     // SAFETY: valid for the program run (RCU); a racing update yields the old or new value.
     let leg = unsafe { leg.read() };
     if !is_rtcp {
         let ssrc = u32::from_be(read::<u32>(ctx, payload + 8).ok_or_else(malformed)?);
-        let key = SsrcKey {
-            ssrc,
-            local_port: udp.flow.local_port,
-            pad: 0,
+        // The SSRC itself, else the port's wildcard (a layer whose SSRC is learned from its RID).
+        let entry = match SLUICE_SSRCS.get_ptr(&SsrcKey::one(udp.flow.local_port, ssrc)) {
+            Some(v) => Some(v),
+            None => SLUICE_SSRCS.get_ptr(&SsrcKey::any(udp.flow.local_port)),
         };
-        let announced = match SLUICE_SSRCS.get_ptr(&key) {
+        let announced = match entry {
             // SAFETY: as above.
             Some(v) => unsafe { v.read() }.leg == leg.leg,
             None => false,

@@ -53,6 +53,11 @@ impl OutBatch {
         self.meta.is_empty()
     }
 
+    /// How many packets it has room for in all.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// How many more packets fit.
     pub fn remaining(&self) -> usize {
         self.capacity - self.meta.len()

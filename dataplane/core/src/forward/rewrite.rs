@@ -33,6 +33,11 @@ pub struct Rewritten {
 }
 
 /// One segment of the output: the source that feeds it and the offsets that map it.
+/// How far behind its newest packet a segment still accepts (late, reordered) packets and maps
+/// NACKs back: far more than any reorder or retransmission window, well under half the 16-bit
+/// sequence space.
+const SEGMENT_REACH: u16 = 0x4000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Segment {
     source: Ssrc,
@@ -124,6 +129,14 @@ impl SeqTsRewriter {
             seq: SeqNo(in_seq.0.wrapping_add(seg.seq_offset)),
             ts: in_ts.wrapping_add(seg.ts_offset),
         };
+        // "After the segment's first packet" is a 16-bit serial comparison (RFC 1982): half the
+        // sequence space. Keep the start at most SEGMENT_REACH behind the newest packet, or a
+        // stream longer than 32768 packets would be refused for the next 32768.
+        if in_seq.0.wrapping_sub(seg.first_in_seq.0) > SEGMENT_REACH
+            && let Some(s) = self.segment.as_mut()
+        {
+            s.first_in_seq = SeqNo(in_seq.0.wrapping_sub(SEGMENT_REACH));
+        }
         self.note_sent(now, out);
         Some(out)
     }
@@ -188,6 +201,22 @@ mod tests {
 
     fn ms(n: u64) -> Instant {
         Instant::from_nanos(n * 1_000_000)
+    }
+
+    /// A segment lasts as long as its stream: past 32768 packets (11 minutes of 20 ms audio, under
+    /// a second of fast video) packets must keep flowing, and late ones within reach still map.
+    #[test]
+    fn a_long_segment_never_stops() {
+        let mut r = SeqTsRewriter::new();
+        r.switch_to(ms(0), A, SeqNo(100), 0, 90_000);
+        for i in 1..200_000u32 {
+            let seq = SeqNo((100 + i) as u16);
+            assert_eq!(r.rewrite(ms(u64::from(i)), A, seq, i).map(|o| o.seq), Some(seq), "packet {i}");
+        }
+        let newest = SeqNo((100 + 199_999u32) as u16);
+        let late = SeqNo(newest.0.wrapping_sub(1000));
+        assert_eq!(r.rewrite(ms(200_000), A, late, 0).map(|o| o.seq), Some(late), "reordered, within reach");
+        assert_eq!(r.to_source_seq(late), Some((A, late)), "NACK maps back");
     }
 
     #[test]

@@ -597,6 +597,12 @@ impl Tables {
     }
 
     /// A track and the legs, mutably and at once (the fan-out reads subscriber legs' keys while it
+    /// The most subscriptions any one track has: how many copies one received packet can make.
+    /// Walks every track (call it after a delta, not per packet).
+    pub fn max_fanout(&self) -> usize {
+        self.tracks.values().map(|t| t.subs.len()).max().unwrap_or(0)
+    }
+
     /// Every leg, mutably (for runtime state; specs change only through [`Tables::apply`]).
     pub fn legs_mut(&mut self) -> impl Iterator<Item = &mut Leg> + '_ {
         self.legs.values_mut()

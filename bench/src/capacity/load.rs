@@ -1,0 +1,705 @@
+//! The load: per lane, one pinned generator thread and one pinned sink thread sharing one UDP
+//! socket (the participants of a lane all use it; the SFU tells legs apart by its own local port,
+//! so this costs the dataplane nothing and lets the harness batch across participants).
+//!
+//! ```text
+//!   generator ──sendmmsg + GSO (the dataplane's own mmsg backend)──▶ leg ports of the SFU
+//!   sink      ◀──recvmmsg──  decrypt with the subscriber's own keys, check, time, count
+//!        ▲ keyframe requests (PLI/FIR the SFU sent a publisher) go to the generator
+//! ```
+//!
+//! Generator: every stream is a schedule (audio every `packet_ms`; video and screen frames at
+//! their fps, each frame one burst of packets, keyframes at the start and on PLI/FIR). Each
+//! payload carries the step it belongs to and its send time (ns on this process's monotonic
+//! clock), so the sink attributes every copy to the step it was sent in and measures one-way
+//! latency without clock sync.
+//!
+//! Sink, per received copy: the subscriber's keys authenticate it (a failure is counted, never
+//! trusted); the SRTP replay window finds duplicates; the out-sequence number finds gaps and
+//! reordering; the RTP timestamp must not go backwards. Loss is what the generator's schedules
+//! say each step should have delivered minus what arrived.
+//!
+//! The impairment shim ([`Impair`]) sits in the path on purpose, for the tests that show the
+//! bench detects what it claims to.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use sluice_core::ids::Ssrc;
+use sluice_core::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpError, SrtpKeys};
+use sluice_core::wire::{demux, rtcp, rtp};
+use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmit};
+
+use super::plan::{Plan, StreamKind, VIDEO_PT, packets_for};
+
+/// Most steps a run can have (step 0 is "not measured").
+pub const MAX_STEPS: usize = 128;
+/// Payload offset of the step byte.
+const STEP_AT: usize = 2;
+/// Payload offset of the 8-byte send time.
+const SENT_AT: usize = 4;
+/// Datagrams per send batch.
+const SEND_BATCH: usize = 64;
+
+/// Faults injected into the path, each every Nth packet (0: off).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Impair {
+    /// Drop every Nth RTP datagram between the SFU and the sinks.
+    pub drop_every: u64,
+    /// Hold every Nth RTP datagram back behind the next one (reordering), SFU → sinks.
+    pub reorder_every: u64,
+    /// Deliver every Nth RTP datagram twice, SFU → sinks.
+    pub duplicate_every: u64,
+    /// Publishers skip one sequence number every Nth packet of a stream (no packet is lost).
+    pub seq_gap_every: u64,
+    /// The sinks of the first N participants hold a wrong key (the SFU has the right one).
+    pub wrong_key_legs: usize,
+}
+
+/// Counters of one step (or of the unmeasured step 0), shared between threads.
+#[derive(Debug, Default)]
+pub struct StepCounters {
+    /// RTP packets the generators sent.
+    pub sent: AtomicU64,
+    /// Their payload bytes.
+    pub sent_bytes: AtomicU64,
+    /// Copies the SFU should deliver for them (packets × subscribers of the stream).
+    pub expected: AtomicU64,
+    /// Copies received and authenticated by their subscriber (each once).
+    pub received: AtomicU64,
+    /// Their payload bytes.
+    pub received_bytes: AtomicU64,
+    /// Copies received again (the replay window caught them).
+    pub duplicates: AtomicU64,
+    /// Copies that arrived after a later sequence number.
+    pub reordered: AtomicU64,
+    /// Forward jumps of more than one in a subscriber's sequence numbers.
+    pub seq_gaps: AtomicU64,
+    /// Timestamps that went backwards (or jumped over 10 s) in sequence order.
+    pub ts_errors: AtomicU64,
+    /// Copies that did not authenticate with the subscriber's key.
+    pub auth_failures: AtomicU64,
+    /// Copies on an SSRC their leg does not subscribe to, or from an unknown source.
+    pub misrouted: AtomicU64,
+}
+
+impl StepCounters {
+    /// A plain copy of the counters.
+    pub fn snapshot(&self) -> StepTotals {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StepTotals {
+            sent: l(&self.sent),
+            sent_bytes: l(&self.sent_bytes),
+            expected: l(&self.expected),
+            received: l(&self.received),
+            received_bytes: l(&self.received_bytes),
+            duplicates: l(&self.duplicates),
+            reordered: l(&self.reordered),
+            seq_gaps: l(&self.seq_gaps),
+            ts_errors: l(&self.ts_errors),
+            auth_failures: l(&self.auth_failures),
+            misrouted: l(&self.misrouted),
+        }
+    }
+}
+
+/// [`StepCounters`], read.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+#[expect(missing_docs, reason = "the fields are those of StepCounters")]
+pub struct StepTotals {
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub received_bytes: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub seq_gaps: u64,
+    pub ts_errors: u64,
+    pub auth_failures: u64,
+    pub misrouted: u64,
+}
+
+impl StepTotals {
+    /// Copies that should have arrived and did not.
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+
+    /// `lost` as a fraction of `expected`.
+    pub fn loss(&self) -> f64 {
+        if self.expected == 0 { 0.0 } else { self.lost() as f64 / self.expected as f64 }
+    }
+}
+
+/// State shared by the controller and the lanes.
+#[derive(Debug)]
+pub struct Shared {
+    /// The step stamped into packets now (0: not measured).
+    pub step: AtomicU8,
+    /// Meetings whose publishers send.
+    pub active: AtomicUsize,
+    /// Ends the lanes.
+    pub stop: AtomicBool,
+    /// Per participant: the SFU asked for a keyframe.
+    pub keyframe_due: Vec<AtomicBool>,
+    /// Per step.
+    pub steps: Vec<StepCounters>,
+    /// One-way latency per step, ns (merged from the sinks every 100 ms).
+    pub latency: Mutex<Vec<Histogram<u64>>>,
+    /// One-way latency since the controller last took it (live progress).
+    pub recent: Mutex<Histogram<u64>>,
+    /// PLI/FIR received by publishers.
+    pub keyframe_requests: AtomicU64,
+    /// PLIs the subscribers sent (on a gap in a video stream, as a decoder would).
+    pub plis_sent: AtomicU64,
+    /// Keyframes sent.
+    pub keyframes: AtomicU64,
+    /// RTCP packets received and authenticated by participants.
+    pub rtcp_received: AtomicU64,
+    /// Per lane: CPU ns of the generator and of the sink threads.
+    pub cpu_ns: Vec<(AtomicU64, AtomicU64)>,
+    /// Clock of send times.
+    pub epoch: Instant,
+}
+
+/// A latency histogram: 100 ns .. 10 s, 2 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(100, 10_000_000_000, 2).expect("valid bounds")
+}
+
+impl Shared {
+    /// State for `participants` participants and `lanes` lanes.
+    pub fn new(participants: usize, lanes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            step: AtomicU8::new(0),
+            active: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            keyframe_due: (0..participants).map(|_| AtomicBool::new(false)).collect(),
+            steps: (0..MAX_STEPS).map(|_| StepCounters::default()).collect(),
+            latency: Mutex::new((0..MAX_STEPS).map(|_| histogram()).collect()),
+            recent: Mutex::new(histogram()),
+            keyframe_requests: AtomicU64::new(0),
+            plis_sent: AtomicU64::new(0),
+            keyframes: AtomicU64::new(0),
+            rtcp_received: AtomicU64::new(0),
+            cpu_ns: (0..lanes).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// CPU time of the calling thread, ns.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the valid local we pass.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn pin(core: Option<usize>) {
+    if let Some(c) = core
+        && let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == c))
+    {
+        core_affinity::set_for_current(id);
+    }
+}
+
+/// How a lane's traffic flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Through the SFU at `sfu` (the leg ports).
+    Sfu,
+    /// Straight from the generator to its own sink, one copy per packet, the sink decrypting with
+    /// the publisher's keys, as fast as the generator can go: the harness's own ceiling.
+    Direct,
+}
+
+/// One lane: its participants (whole meetings), socket, generator and sink.
+#[derive(Debug)]
+pub struct Lane {
+    gen_thread: Option<std::thread::JoinHandle<()>>,
+    sink_thread: Option<std::thread::JoinHandle<()>>,
+    /// The lane socket's address (every participant of the lane sends from and receives on it).
+    pub addr: SocketAddr,
+}
+
+/// What a lane is started with.
+#[derive(Clone, Debug)]
+pub struct LaneConfig {
+    /// Lane index.
+    pub index: usize,
+    /// Meetings of this lane (indices into the plan).
+    pub meetings: Vec<usize>,
+    /// Where the lane's socket binds.
+    pub bind_ip: std::net::IpAddr,
+    /// The SFU's address (leg ports are on it).
+    pub sfu_ip: std::net::IpAddr,
+    /// Core of the generator thread.
+    pub gen_core: Option<usize>,
+    /// Core of the sink thread.
+    pub sink_core: Option<usize>,
+    /// Traffic path.
+    pub path: Path,
+    /// Faults to inject.
+    pub impair: Impair,
+    /// Network namespace to open the socket in (`/run/netns/<name>`).
+    pub netns: Option<String>,
+}
+
+/// Runs `f` with the calling thread in network namespace `name`, then returns to the original.
+fn in_netns<T>(name: Option<&str>, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    use std::os::fd::AsRawFd as _;
+    let Some(name) = name else { return f() };
+    let home = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| anyhow::anyhow!("opening this thread's netns: {e}"))?;
+    let target = std::fs::File::open(format!("/run/netns/{name}")).map_err(|e| anyhow::anyhow!("opening netns {name}: {e}"))?;
+    // SAFETY: setns(2) on an open namespace fd; it only changes this thread's network namespace.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("setns into {name}: {}", std::io::Error::last_os_error());
+    }
+    let r = f();
+    // SAFETY: as above, back to the namespace this thread started in.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("setns back from {name}: {}", std::io::Error::last_os_error());
+    }
+    r
+}
+
+impl Lane {
+    /// Opens the lane's socket, sends every participant's hello (an SRTCP receiver report, so
+    /// the SFU latches the leg's address) and starts both threads.
+    pub fn start(cfg: LaneConfig, plan: &Arc<Plan>, shared: &Arc<Shared>) -> anyhow::Result<Self> {
+        let registry = SendRegistry::new();
+        let io_cfg = IoConfig { local_ip: cfg.bind_ip, rx_batch: 64, socket_buffer_bytes: Some(4 << 20), ..IoConfig::default() };
+        let (mut sink_io, port) = in_netns(cfg.netns.as_deref(), || {
+            let mut io = Backend::new(BackendKind::Mmsg, io_cfg.clone(), registry.clone())?;
+            let port = io.add_port(0)?;
+            Ok((io, port))
+        })?;
+        let addr = SocketAddr::new(cfg.bind_ip, port);
+        let mut gen_io = Backend::new(BackendKind::Mmsg, IoConfig { gso: true, ..io_cfg }, registry)?;
+        let members: Vec<usize> = cfg.meetings.iter().flat_map(|&m| plan.meetings[m].first..plan.meetings[m].first + plan.meetings[m].size as usize).collect();
+        if cfg.path == Path::Sfu {
+            let mut bufs = Vec::new();
+            for &p in &members {
+                let m = &plan.participants[p];
+                let keys = SrtpKeys::new(m.up.profile, &m.up.key, &m.up.salt)?;
+                let mut b = vec![0u8; 96];
+                let n = rtcp::write_rr(&mut b, Ssrc(m.leg.0), &[]).map_err(|e| anyhow::anyhow!("RR: {e}"))?;
+                let n = keys.protect_rtcp(&mut RtcpSendState::new(), &mut b, n).map_err(|e| anyhow::anyhow!("SRTCP: {e:?}"))?;
+                b.truncate(n);
+                bufs.push((SocketAddr::new(cfg.sfu_ip, m.port), b));
+            }
+            for chunk in bufs.chunks(SEND_BATCH) {
+                gen_io.send_batch(chunk.iter().map(|(dst, b)| Transmit { local_port: port, dst: *dst, payload: b }));
+            }
+        }
+        let (g_plan, g_shared, g_cfg) = (plan.clone(), shared.clone(), cfg.clone());
+        let gen_thread = std::thread::Builder::new()
+            .name(format!("gen-{}", cfg.index))
+            .spawn(move || generator(gen_io, port, &g_cfg, &g_plan, &g_shared))?;
+        let (s_plan, s_shared) = (plan.clone(), shared.clone());
+        let sink_thread = std::thread::Builder::new()
+            .name(format!("sink-{}", cfg.index))
+            .spawn(move || sink(&mut sink_io, &cfg, members, &s_plan, &s_shared))?;
+        Ok(Self { gen_thread: Some(gen_thread), sink_thread: Some(sink_thread), addr })
+    }
+
+    /// Waits for both threads (after [`Shared::stop`] is set).
+    pub fn join(mut self) {
+        for t in [self.gen_thread.take(), self.sink_thread.take()].into_iter().flatten() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One stream's sender state.
+struct Sender {
+    seq: u16,
+    sent: u64,
+    frame: u64,
+    srtp: RtpSendState,
+    keyframe: bool,
+}
+
+fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: &Shared) {
+    pin(cfg.gen_core);
+    let cpu0 = thread_cpu_ns();
+    let keys: HashMap<usize, SrtpKeys> = cfg
+        .meetings
+        .iter()
+        .flat_map(|&m| plan.meetings[m].first..plan.meetings[m].first + plan.meetings[m].size as usize)
+        .filter_map(|p| {
+            let k = &plan.participants[p].up;
+            Some((p, SrtpKeys::new(k.profile, &k.key, &k.salt).ok()?))
+        })
+        .collect();
+    // This lane's streams, by meeting, and each publisher's camera/screen streams.
+    let mut lane_streams: Vec<usize> = (0..plan.streams.len()).filter(|&s| cfg.meetings.contains(&plan.streams[s].meeting)).collect();
+    lane_streams.sort_by_key(|&s| (plan.streams[s].meeting, s));
+    let mut video_of: HashMap<usize, Vec<usize>> = HashMap::new();
+    for &s in &lane_streams {
+        if plan.streams[s].kind != StreamKind::Audio {
+            video_of.entry(plan.streams[s].publisher).or_default().push(s);
+        }
+    }
+    let mut senders: HashMap<usize, Sender> = lane_streams
+        .iter()
+        .map(|&s| (s, Sender { seq: (s as u16).wrapping_mul(7919), sent: 0, frame: 0, srtp: RtpSendState::new(), keyframe: true }))
+        .collect();
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    let mut activated = 0usize; // meetings of the plan whose streams are scheduled
+    let mut bufs: Vec<Vec<u8>> = (0..SEND_BATCH).map(|_| vec![0xa5u8; 1500]).collect();
+    let mut batch: Vec<(usize, SocketAddr)> = Vec::with_capacity(SEND_BATCH);
+    let mut blast_next = 0usize;
+    let mut blast_list: Vec<usize> = Vec::new();
+    let flush = |io: &mut Backend, bufs: &[Vec<u8>], batch: &mut Vec<(usize, SocketAddr)>| {
+        io.send_batch(batch.iter().enumerate().map(|(i, &(len, dst))| Transmit { local_port: port, dst, payload: &bufs[i][..len] }));
+        batch.clear();
+    };
+    let mut iter = 0u64;
+    let mut due_streams: Vec<usize> = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = shared.now_ns();
+        let active = shared.active.load(Ordering::Relaxed);
+        if active > activated {
+            for &s in lane_streams.iter().filter(|&&s| (activated..active).contains(&plan.streams[s].meeting)) {
+                // Spread the phases so frames of different publishers do not all coincide.
+                let phase = (s as u64).wrapping_mul(0x9e37_79b9) % plan.streams[s].interval_ns;
+                heap.push(Reverse((now + phase, s)));
+                blast_list.push(s);
+                // A (re)started publisher begins with a keyframe, as a real one does.
+                if let Some(snd) = senders.get_mut(&s) {
+                    snd.keyframe = true;
+                }
+            }
+            activated = active;
+        } else if active < activated {
+            // The ramp stepped back (bisecting): those meetings' publishers go quiet.
+            heap.retain(|r| plan.streams[r.0.1].meeting < active);
+            blast_list.retain(|&s| plan.streams[s].meeting < active);
+            activated = active;
+        }
+        let step = shared.step.load(Ordering::Relaxed);
+        let counters = &shared.steps[usize::from(step)];
+        due_streams.clear();
+        if cfg.path == Path::Direct {
+            // Back to back, round robin over the active streams.
+            if !blast_list.is_empty() {
+                for _ in 0..4 {
+                    due_streams.push(blast_list[blast_next % blast_list.len()]);
+                    blast_next += 1;
+                }
+            }
+        } else {
+            while let Some(&Reverse((due, s))) = heap.peek() {
+                if due > now {
+                    break;
+                }
+                heap.pop();
+                heap.push(Reverse((due + plan.streams[s].interval_ns, s)));
+                due_streams.push(s);
+            }
+        }
+        for &s in &due_streams {
+            let st = &plan.streams[s];
+            let Some(key) = keys.get(&st.publisher) else { continue };
+            if st.kind != StreamKind::Audio && shared.keyframe_due[st.publisher].swap(false, Ordering::Relaxed) {
+                for &v in video_of.get(&st.publisher).into_iter().flatten() {
+                    if let Some(o) = senders.get_mut(&v) {
+                        o.keyframe = true;
+                    }
+                }
+            }
+            let snd = senders.get_mut(&s).expect("lane stream");
+            let key_frame = st.kind != StreamKind::Audio && std::mem::take(&mut snd.keyframe);
+            if key_frame {
+                shared.keyframes.fetch_add(1, Ordering::Relaxed);
+            }
+            let bytes = if key_frame { st.keyframe_bytes } else { st.frame_bytes };
+            let n = packets_for(bytes, st.packet_bytes);
+            let ts = (snd.frame as u32).wrapping_mul(st.ts_step).wrapping_add(st.ssrc);
+            snd.frame += 1;
+            let dst = match cfg.path {
+                Path::Sfu => SocketAddr::new(cfg.sfu_ip, plan.participants[st.publisher].port),
+                Path::Direct => SocketAddr::new(cfg.bind_ip, port),
+            };
+            for k in 0..n {
+                let payload = if k + 1 < n { st.packet_bytes } else { bytes - st.packet_bytes * (n - 1) }.max(16) as usize;
+                snd.seq = snd.seq.wrapping_add(1);
+                snd.sent += 1;
+                if cfg.impair.seq_gap_every > 0 && snd.sent.is_multiple_of(cfg.impair.seq_gap_every) {
+                    snd.seq = snd.seq.wrapping_add(1);
+                }
+                let b = &mut bufs[batch.len()];
+                let pt = if st.kind == StreamKind::Audio { super::plan::AUDIO_PT } else { VIDEO_PT };
+                b[0] = 0x80;
+                b[1] = pt | if k + 1 == n { 0x80 } else { 0 };
+                b[2..4].copy_from_slice(&snd.seq.to_be_bytes());
+                b[4..8].copy_from_slice(&ts.to_be_bytes());
+                b[8..12].copy_from_slice(&st.ssrc.to_be_bytes());
+                let p = &mut b[12..];
+                (p[0], p[1]) = match (st.kind, k, key_frame) {
+                    (StreamKind::Audio, _, _) => (0, 0),
+                    (_, 0, true) => (0x10, 0x00),
+                    (_, 0, false) => (0x10, 0x01),
+                    _ => (0x00, 0x55),
+                };
+                p[STEP_AT] = step;
+                p[SENT_AT..SENT_AT + 8].copy_from_slice(&shared.now_ns().to_be_bytes());
+                let Ok(len) = key.protect_rtp(&mut snd.srtp, b, 12 + payload) else { continue };
+                batch.push((len, dst));
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                counters.sent_bytes.fetch_add(payload as u64, Ordering::Relaxed);
+                let copies = if cfg.path == Path::Direct { 1 } else { u64::from(st.copies) };
+                counters.expected.fetch_add(copies, Ordering::Relaxed);
+                if batch.len() == SEND_BATCH {
+                    flush(&mut io, &bufs, &mut batch);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            flush(&mut io, &bufs, &mut batch);
+        }
+        iter += 1;
+        if iter.is_multiple_of(64) {
+            shared.cpu_ns[cfg.index].0.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
+        }
+        if cfg.path == Path::Sfu {
+            let next = heap.peek().map_or(now + 1_000_000, |r| r.0.0).min(now + 1_000_000);
+            let wait = next.saturating_sub(shared.now_ns());
+            if wait > 50_000 {
+                std::thread::sleep(Duration::from_nanos(wait));
+            }
+        } else if heap.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    shared.cpu_ns[cfg.index].0.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
+}
+
+/// One subscriber's view of one stream.
+struct Receiver {
+    subscriber: usize,
+    srtp: RtpRecvState,
+    highest: Option<(u16, u32)>,
+    clock: u32,
+    /// Video or screen: a gap asks for a keyframe.
+    video: bool,
+    /// When this subscriber last sent a PLI for it, ns.
+    last_pli: u64,
+}
+
+fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, plan: &Plan, shared: &Shared) {
+    pin(cfg.sink_core);
+    let cpu0 = thread_cpu_ns();
+    let member_set: std::collections::HashSet<usize> = members.iter().copied().collect();
+    // Keys each participant decrypts with: its own down keys (the wrong-key impairment corrupts
+    // some); in the direct path, the publisher's up keys.
+    let keys: HashMap<usize, SrtpKeys> = members
+        .iter()
+        .filter_map(|&p| {
+            let m = &plan.participants[p];
+            let mut k = if cfg.path == Path::Direct { m.up.clone() } else { m.down.clone() };
+            if p < cfg.impair.wrong_key_legs {
+                k.key[0] ^= 0xff;
+            }
+            Some((p, SrtpKeys::new(k.profile, &k.key, &k.salt).ok()?))
+        })
+        .collect();
+    let mut rtcp_state: HashMap<usize, RtcpRecvState> = HashMap::new();
+    // Each subscriber's own upstream keys, for the PLIs it sends.
+    let mut up_keys: HashMap<usize, (SrtpKeys, RtcpSendState)> = members
+        .iter()
+        .filter_map(|&p| {
+            let k = &plan.participants[p].up;
+            Some((p, (SrtpKeys::new(k.profile, &k.key, &k.salt).ok()?, RtcpSendState::new())))
+        })
+        .collect();
+    let mut plis: Vec<(usize, u32)> = Vec::new();
+    let mut pli_bufs: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let lane_port = io.ports().first().copied().unwrap_or(0);
+    let by_port: HashMap<u16, usize> = members.iter().map(|&p| (plan.participants[p].port, p)).collect();
+    let mut receivers: HashMap<u32, (Receiver, usize)> = HashMap::new();
+    if cfg.path == Path::Sfu {
+        for o in plan.out_streams.iter().filter(|o| member_set.contains(&o.subscriber)) {
+            let clock = if plan.streams[o.stream].kind == StreamKind::Audio { 48_000 } else { 90_000 };
+            let video = plan.streams[o.stream].kind != StreamKind::Audio;
+            receivers.insert(o.out_ssrc, (Receiver { subscriber: o.subscriber, srtp: RtpRecvState::new(1024), highest: None, clock, video, last_pli: 0 }, o.stream));
+        }
+    } else {
+        for (s, st) in plan.streams.iter().enumerate().filter(|(_, st)| member_set.contains(&st.publisher)) {
+            let clock = if st.kind == StreamKind::Audio { 48_000 } else { 90_000 };
+            receivers.insert(st.ssrc, (Receiver { subscriber: st.publisher, srtp: RtpRecvState::new(1024), highest: None, clock, video: false, last_pli: 0 }, s));
+        }
+    }
+    let mut local: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();
+    let mut touched = [false; MAX_STEPS];
+    let mut recent = histogram();
+    let mut last_merge = Instant::now();
+    let mut rtp_seen = 0u64;
+    let mut held: Option<Vec<u8>> = None;
+    let mut held_port = 0u16;
+    let mut scratch = vec![0u8; 2048];
+    let imp = cfg.impair;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let step_now = usize::from(shared.step.load(Ordering::Relaxed));
+        let mut process = |src_port: u16, buf: &mut [u8]| {
+            let now = shared.now_ns();
+            let len = buf.len();
+            let owner = if cfg.path == Path::Direct { None } else { by_port.get(&src_port).copied() };
+            if demux::classify(buf) == demux::PacketClass::Rtcp {
+                let Some(p) = owner else { return };
+                let st = rtcp_state.entry(p).or_insert_with(|| RtcpRecvState::new(1024));
+                if let Some(k) = keys.get(&p)
+                    && let Ok(n) = k.unprotect_rtcp(st, buf, len)
+                {
+                    shared.rtcp_received.fetch_add(1, Ordering::Relaxed);
+                    if rtcp::compound(&buf[..n]).flatten().any(|q| matches!(q.kind(), rtcp::Kind::Pli | rtcp::Kind::Fir)) {
+                        shared.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        shared.keyframe_due[p].store(true, Ordering::Relaxed);
+                    }
+                }
+                return;
+            }
+            if len < 12 {
+                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+            let Some((r, _stream)) = receivers.get_mut(&ssrc) else {
+                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            if owner.is_some_and(|o| o != r.subscriber) {
+                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let Some(key) = keys.get(&r.subscriber) else { return };
+            let n = match key.unprotect_rtp(&mut r.srtp, buf, len) {
+                Ok(n) => n,
+                Err(SrtpError::Replayed | SrtpError::IndexTooOld) => {
+                    shared.steps[step_now].duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(_) => {
+                    shared.steps[step_now].auth_failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let Ok(pkt) = rtp::Packet::new_checked(&buf[..n]) else {
+                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let payload = pkt.payload();
+            if payload.len() < SENT_AT + 8 {
+                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let step = usize::from(payload[STEP_AT]);
+            let sent = u64::from_be_bytes(payload[SENT_AT..SENT_AT + 8].try_into().unwrap_or_default());
+            let c = &shared.steps[step];
+            c.received.fetch_add(1, Ordering::Relaxed);
+            c.received_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            let lat = now.saturating_sub(sent).max(100);
+            let _ = local[step].record(lat);
+            touched[step] = true;
+            let _ = recent.record(lat);
+            let (seq, ts) = (pkt.sequence_number(), pkt.timestamp());
+            match r.highest {
+                None => r.highest = Some((seq, ts)),
+                Some((hs, hts)) => {
+                    let d = seq.wrapping_sub(hs) as i16;
+                    if d > 0 {
+                        if d > 1 {
+                            c.seq_gaps.fetch_add(1, Ordering::Relaxed);
+                            // A decoder that lost part of a frame asks for a keyframe (at most
+                            // every 300 ms per stream).
+                            if r.video && cfg.path == Path::Sfu && now.saturating_sub(r.last_pli) > 300_000_000 {
+                                r.last_pli = now;
+                                plis.push((r.subscriber, ssrc));
+                            }
+                        }
+                        let dt = ts.wrapping_sub(hts) as i32;
+                        if dt < 0 || dt as u64 > 10 * u64::from(r.clock) {
+                            c.ts_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        r.highest = Some((seq, ts));
+                    } else {
+                        c.reordered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        let _ = io.recv_batch(Some(Duration::from_millis(10)), |_, src, buf| {
+            let is_rtp = demux::classify(buf) == demux::PacketClass::Rtp;
+            if !is_rtp {
+                process(src.port(), buf);
+                return;
+            }
+            rtp_seen += 1;
+            if imp.drop_every > 0 && rtp_seen.is_multiple_of(imp.drop_every) {
+                return;
+            }
+            if imp.reorder_every > 0 && rtp_seen.is_multiple_of(imp.reorder_every) && held.is_none() {
+                held = Some(buf.to_vec());
+                held_port = src.port();
+                return;
+            }
+            if imp.duplicate_every > 0 && rtp_seen.is_multiple_of(imp.duplicate_every) {
+                let n = buf.len();
+                scratch[..n].copy_from_slice(buf);
+                process(src.port(), buf);
+                process(src.port(), &mut scratch[..n]);
+            } else {
+                process(src.port(), buf);
+            }
+            if let Some(mut h) = held.take() {
+                process(held_port, &mut h);
+            }
+        });
+        for (p, media) in plis.drain(..) {
+            let Some((k, st)) = up_keys.get_mut(&p) else { continue };
+            let mut b = vec![0u8; 64];
+            let Ok(n) = rtcp::write_pli(&mut b, Ssrc(plan.participants[p].leg.0), Ssrc(media)) else { continue };
+            let Ok(n) = k.protect_rtcp(st, &mut b, n) else { continue };
+            b.truncate(n);
+            pli_bufs.push((SocketAddr::new(cfg.sfu_ip, plan.participants[p].port), b));
+        }
+        if !pli_bufs.is_empty() {
+            let sent = io.send_batch(pli_bufs.iter().map(|(dst, b)| Transmit { local_port: lane_port, dst: *dst, payload: b }));
+            shared.plis_sent.fetch_add(sent as u64, Ordering::Relaxed);
+            pli_bufs.clear();
+        }
+        if last_merge.elapsed() >= Duration::from_millis(100) {
+            let mut all = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
+            for (k, h) in local.iter_mut().enumerate() {
+                if std::mem::take(&mut touched[k]) {
+                    let _ = all[k].add(&*h);
+                    h.reset();
+                }
+            }
+            drop(all);
+            let _ = shared.recent.lock().unwrap_or_else(PoisonError::into_inner).add(&recent);
+            recent.reset();
+            shared.cpu_ns[cfg.index].1.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
+            last_merge = Instant::now();
+        }
+    }
+    let mut all = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
+    for (k, h) in local.iter().enumerate().filter(|(k, _)| touched[*k]) {
+        let _ = all[k].add(h);
+    }
+    shared.cpu_ns[cfg.index].1.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
+}

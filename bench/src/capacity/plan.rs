@@ -1,0 +1,311 @@
+//! From a scenario to concrete meetings: legs with per-leg SRTP keys, tracks, subscriptions (as
+//! the table ops the control plane is programmed with, one session per meeting), the streams each
+//! publisher sends and, for every packet of a stream, how many subscribers must receive it.
+
+use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
+use sluice_core::srtp::Profile;
+use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
+
+use super::scenario::Scenario;
+
+/// Audio payload type.
+pub const AUDIO_PT: u8 = 111;
+/// Video (and screen share) payload type: VP8.
+pub const VIDEO_PT: u8 = 96;
+
+/// What a stream carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Opus-sized audio.
+    Audio,
+    /// A camera simulcast layer (0 lowest).
+    Video(u8),
+    /// Screen share.
+    Screen,
+}
+
+/// One RTP stream a publisher sends.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    /// Index of the publisher in [`Plan::participants`].
+    pub publisher: usize,
+    /// Its meeting.
+    pub meeting: usize,
+    /// Publisher SSRC.
+    pub ssrc: u32,
+    /// What it is.
+    pub kind: StreamKind,
+    /// Time between frames (audio: packets), ns.
+    pub interval_ns: u64,
+    /// RTP clock ticks per frame.
+    pub ts_step: u32,
+    /// Payload bytes of a normal frame (audio: of a packet).
+    pub frame_bytes: u32,
+    /// Payload bytes of a keyframe (video and screen).
+    pub keyframe_bytes: u32,
+    /// Largest payload per packet.
+    pub packet_bytes: u32,
+    /// Subscribers that receive every packet of it.
+    pub copies: u32,
+}
+
+/// One stream as one subscriber receives it (what the sink checks).
+#[derive(Clone, Copy, Debug)]
+pub struct OutStream {
+    /// The subscriber, index in [`Plan::participants`].
+    pub subscriber: usize,
+    /// The SSRC the SFU sends it with.
+    pub out_ssrc: u32,
+    /// The published stream it carries.
+    pub stream: usize,
+}
+
+/// A participant: one leg.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Leg id (the control plane knows it as `leg-<id>`).
+    pub leg: LegId,
+    /// Its meeting.
+    pub meeting: usize,
+    /// Keys participant → SFU.
+    pub up: KeyMaterial,
+    /// Keys SFU → participant.
+    pub down: KeyMaterial,
+    /// The SFU port the control plane allocated to its leg (0 until programmed).
+    pub port: u16,
+}
+
+/// One meeting.
+#[derive(Clone, Debug)]
+pub struct Meeting {
+    /// Participants.
+    pub size: u32,
+    /// Index of its first participant.
+    pub first: usize,
+    /// Whether one participant shares a screen.
+    pub screen_share: bool,
+    /// The table ops that create it.
+    pub ops: Vec<Op>,
+}
+
+/// Concrete meetings for a scenario.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Meetings, in the order the ramp activates them.
+    pub meetings: Vec<Meeting>,
+    /// Every participant.
+    pub participants: Vec<Member>,
+    /// Every published stream, grouped by meeting.
+    pub streams: Vec<Stream>,
+    /// Every subscription.
+    pub out_streams: Vec<OutStream>,
+}
+
+/// Key material derived from a seed (distinct per leg and direction).
+fn material(profile: Profile, seed: u32) -> KeyMaterial {
+    let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    };
+    let key = (0..profile.key_len()).map(|_| next()).collect();
+    let salt = (0..profile.salt_len()).map(|_| next()).collect();
+    KeyMaterial { profile, key, salt }
+}
+
+/// Packets per frame of `bytes` at `packet_bytes` each (at least one).
+pub fn packets_for(bytes: u32, packet_bytes: u32) -> u32 {
+    bytes.div_ceil(packet_bytes).max(1)
+}
+
+impl Plan {
+    /// The first `n` meetings of the scenario's mix.
+    pub fn build(s: &Scenario, n: usize) -> anyhow::Result<Self> {
+        let profile = s.srtp_profile()?;
+        let mut plan = Plan::default();
+        let mut next_track = 1u32;
+        let mut next_out_ssrc = 0x4000_0000u32;
+        for (m, size) in s.meeting_sizes(n).into_iter().enumerate() {
+            let first = plan.participants.len();
+            let screen_share = s.has_screen_share(m);
+            let mut ops = Vec::new();
+            for i in 0..size as usize {
+                let id = (first + i + 1) as u32;
+                let (up, down) = (material(profile, id * 2), material(profile, id * 2 + 1));
+                ops.push(Op::UpsertLeg(LegSpec {
+                    id: LegId(id),
+                    local_port: 0,
+                    remote: None,
+                    rx: up.clone(),
+                    tx: down.clone(),
+                    feedback_ssrc: Ssrc(0xfeed_0000 + id),
+                    edge: None,
+                }));
+                plan.participants.push(Member { leg: LegId(id), meeting: m, up, down, port: 0 });
+            }
+            // Tracks: audio of the speakers, camera of the publishers, the sharer's screen.
+            // (track id, publisher, kind, [stream index per layer])
+            let mut tracks: Vec<(u32, usize, StreamKind, Vec<usize>)> = Vec::new();
+            let add_stream = |plan: &mut Plan, publisher: usize, kind: StreamKind| {
+                let ssrc = 0x1000_0000 + (plan.streams.len() as u32) * 4;
+                let (interval_ns, ts_step, frame_bytes, keyframe_bytes, packet_bytes) = match kind {
+                    StreamKind::Audio => {
+                        let ms = u64::from(s.audio.packet_ms);
+                        (ms * 1_000_000, (48 * ms) as u32, s.audio.payload_bytes, s.audio.payload_bytes, s.audio.payload_bytes)
+                    }
+                    StreamKind::Video(l) => {
+                        let b = s.video.layers_kbps[usize::from(l)] * 1000 / 8 / s.video.fps;
+                        let b = b.max(16);
+                        (1_000_000_000 / u64::from(s.video.fps), 90_000 / s.video.fps, b, b * s.video.keyframe_factor, s.video.packet_bytes)
+                    }
+                    StreamKind::Screen => {
+                        let b = (s.screen.kbps * 1000 / 8 / s.screen.fps).max(16);
+                        (1_000_000_000 / u64::from(s.screen.fps), 90_000 / s.screen.fps, b, b * s.video.keyframe_factor, s.video.packet_bytes)
+                    }
+                };
+                plan.streams.push(Stream { publisher, meeting: m, ssrc, kind, interval_ns, ts_step, frame_bytes, keyframe_bytes, packet_bytes, copies: 0 });
+                plan.streams.len() - 1
+            };
+            for i in 0..size.min(s.audio.speakers) as usize {
+                let st = add_stream(&mut plan, first + i, StreamKind::Audio);
+                tracks.push((next_track, first + i, StreamKind::Audio, vec![st]));
+                next_track += 1;
+            }
+            for i in 0..size.min(s.video.max_publishers) as usize {
+                let st: Vec<usize> = (0..3).map(|l| add_stream(&mut plan, first + i, StreamKind::Video(l))).collect();
+                tracks.push((next_track, first + i, StreamKind::Video(0), st));
+                next_track += 1;
+            }
+            if screen_share {
+                let sharer = first + size as usize - 1;
+                let st = add_stream(&mut plan, sharer, StreamKind::Screen);
+                tracks.push((next_track, sharer, StreamKind::Screen, vec![st]));
+                next_track += 1;
+            }
+            for (id, publisher, kind, streams) in &tracks {
+                let layers = streams.iter().map(|&st| LayerSpec { ssrc: Some(Ssrc(plan.streams[st].ssrc)), rtx_ssrc: None, rid: None }).collect();
+                let (media, clock_rate, pt, codec) = match kind {
+                    StreamKind::Audio => (MediaKind::Audio, 48_000, AUDIO_PT, Codec::Audio),
+                    _ => (MediaKind::Video, 90_000, VIDEO_PT, Codec::Vp8),
+                };
+                ops.push(Op::UpsertTrack(TrackSpec {
+                    id: TrackId(*id),
+                    publisher: plan.participants[*publisher].leg,
+                    kind: media,
+                    clock_rate,
+                    layers,
+                    payload_types: vec![PayloadSpec { pt: Pt(pt), codec, rtx_pt: None }],
+                    rid_ext: None,
+                    repaired_rid_ext: None,
+                }));
+            }
+            // Subscriptions: everyone hears every speaker and sees the screen; each subscriber
+            // views the camera publishers after itself in rotation (so views spread over all
+            // publishers): the first views_high at the top layer, then views_mid, then views_low.
+            for sub in first..first + size as usize {
+                let cameras: Vec<&(u32, usize, StreamKind, Vec<usize>)> =
+                    tracks.iter().filter(|t| matches!(t.2, StreamKind::Video(_))).collect();
+                let n = cameras.len();
+                let start = cameras.iter().position(|t| t.1 > sub).unwrap_or(0);
+                let mut rank = 0u32;
+                let mut subscribe = |plan: &mut Plan, ops: &mut Vec<Op>, track: u32, layer: u8, stream: usize| {
+                    let out_ssrc = next_out_ssrc;
+                    next_out_ssrc += 2;
+                    plan.streams[stream].copies += 1;
+                    plan.out_streams.push(OutStream { subscriber: sub, out_ssrc, stream });
+                    ops.push(Op::UpsertSubscription(SubscriptionSpec {
+                        subscriber: plan.participants[sub].leg,
+                        track: TrackId(track),
+                        out_ssrc: Ssrc(out_ssrc),
+                        out_rtx_ssrc: None,
+                        pt_map: vec![(Pt(AUDIO_PT), Pt(AUDIO_PT)), (Pt(VIDEO_PT), Pt(VIDEO_PT))],
+                        ext_map: vec![],
+                        target_layer: layer,
+                        paused: false,
+                    }));
+                };
+                for k in 0..n {
+                    let t = cameras[(start + k) % n];
+                    if t.1 == sub {
+                        continue;
+                    }
+                    let layer = if rank < s.video.views_high {
+                        2
+                    } else if rank < s.video.views_high + s.video.views_mid {
+                        1
+                    } else if rank < s.video.views_high + s.video.views_mid + s.video.views_low {
+                        0
+                    } else {
+                        break;
+                    };
+                    rank += 1;
+                    subscribe(&mut plan, &mut ops, t.0, layer, t.3[usize::from(layer)]);
+                }
+                for t in tracks.iter().filter(|t| !matches!(t.2, StreamKind::Video(_)) && t.1 != sub) {
+                    subscribe(&mut plan, &mut ops, t.0, 0, t.3[0]);
+                }
+            }
+            plan.meetings.push(Meeting { size, first, screen_share, ops });
+        }
+        Ok(plan)
+    }
+
+    /// Participants in the first `n` meetings.
+    pub fn participants_in(&self, n: usize) -> usize {
+        self.meetings.get(n).map_or(self.participants.len(), |m| m.first)
+    }
+
+    /// Offered load of the first `n` meetings: (packets/s into the SFU, packets/s it should send
+    /// out, bits/s out), from the stream schedules.
+    pub fn nominal_rates(&self, n: usize) -> (f64, f64, f64) {
+        let (mut pin, mut pout, mut bout) = (0.0, 0.0, 0.0);
+        for st in self.streams.iter().filter(|st| st.meeting < n) {
+            let fps = 1e9 / st.interval_ns as f64;
+            let pkts = f64::from(packets_for(st.frame_bytes, st.packet_bytes)) * fps;
+            pin += pkts;
+            pout += pkts * f64::from(st.copies);
+            bout += f64::from(st.frame_bytes) * 8.0 * fps * f64::from(st.copies);
+        }
+        (pin, pout, bout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_meeting_has_the_scenario_s_streams_and_views() {
+        let s = Scenario::default();
+        // The mix's first meetings; pick one of 20 (12 cameras, 3 speakers).
+        let plan = Plan::build(&s, 40).expect("plan");
+        let (m, meeting) = plan.meetings.iter().enumerate().find(|(_, m)| m.size == 20).expect("a meeting of 20");
+        let streams: Vec<&Stream> = plan.streams.iter().filter(|st| st.meeting == m).collect();
+        let audio = streams.iter().filter(|st| st.kind == StreamKind::Audio).count();
+        let video = streams.iter().filter(|st| matches!(st.kind, StreamKind::Video(_))).count();
+        assert_eq!(audio, 3);
+        assert_eq!(video, 12 * 3);
+        // Everyone but the speaker hears each speaker; each subscriber views 6 cameras.
+        for st in streams.iter().filter(|st| st.kind == StreamKind::Audio) {
+            assert_eq!(st.copies, 19);
+        }
+        let views: u32 = streams.iter().filter(|st| matches!(st.kind, StreamKind::Video(_))).map(|st| st.copies).sum();
+        assert_eq!(views, 20 * 6);
+        let high: u32 = streams.iter().filter(|st| st.kind == StreamKind::Video(2)).map(|st| st.copies).sum();
+        assert_eq!(high, 20);
+        // A 1.5 Mbit/s layer at 30 fps in 1200-byte packets: 6250 bytes a frame, 6 packets.
+        let top = streams.iter().find(|st| st.kind == StreamKind::Video(2)).expect("top layer");
+        assert_eq!(top.frame_bytes, 6250);
+        assert_eq!(packets_for(top.frame_bytes, top.packet_bytes), 6);
+        // Every leg has its own keys.
+        let legs = &plan.participants[meeting.first..meeting.first + 20];
+        for (i, a) in legs.iter().enumerate() {
+            assert_ne!(a.up.key, a.down.key);
+            for b in &legs[i + 1..] {
+                assert_ne!(a.up.key, b.up.key);
+            }
+        }
+    }
+}

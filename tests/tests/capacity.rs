@@ -1,0 +1,207 @@
+//! The capacity bench detects what it claims to. Each test runs the real `sluice-bench capacity`
+//! (real dataplane and control plane, meetings programmed over gRPC, SRTP with per-leg keys over
+//! loopback UDP) for a couple of seconds with one fault injected into the path, and asserts that
+//! the JSON report shows that fault, in about the amount injected, and nothing else; a clean run
+//! must show none. Scenario errors must name the field.
+//!
+//! Leg ports: each test has its own 20 of 31800..=31999 (the range set aside for these tests).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use sluice_tests::{TempDir, bin_dir};
+
+/// Two meetings of three: everyone speaks and shows video (3 simulcast layers), one screen share.
+const SCENARIO: &str = r#"
+name = "test"
+profile = "gcm"
+[meetings]
+sizes = [[3, 1]]
+[screen]
+share_fraction = 0.5
+[fixed]
+meetings = 2
+duration_s = 2.0
+[ramp]
+start_meetings = 1
+factor = 2.0
+step_s = 1.5
+settle_s = 0.3
+max_steps = 2
+# CI machines are shared: judge the steps on loss, not on scheduling latency.
+p99_target_ms = 1000.0
+"#;
+
+struct Run {
+    stdout: String,
+    report: Value,
+}
+
+fn capacity(name: &str, ports: &str, extra: &[&str]) -> Run {
+    let dir = TempDir::new(&format!("capacity-{name}"));
+    let scenario = dir.path().join("scenario.toml");
+    std::fs::write(&scenario, SCENARIO).expect("scenario");
+    let json = dir.path().join("report.json");
+    let svg = dir.path().join("report.svg");
+    let exe = bin_dir().join("sluice-bench");
+    assert!(exe.exists(), "{} is not built (run the README's test command, which builds every binary first)", exe.display());
+    let mut args: Vec<String> = vec!["capacity".into(), "--ports".into(), ports.into()];
+    for (flag, default) in [("--mode", "fixed"), ("--backends", "mmsg"), ("--ceiling-seconds", "0")] {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), default.to_string()]);
+        }
+    }
+    args.extend(["--scenario".into(), scenario.display().to_string(), "--json".into(), json.display().to_string(), "--svg".into(), svg.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = Command::new(&exe).args(&args).output().expect("running sluice-bench capacity");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let all = format!("--- stdout\n{stdout}\n--- stderr\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "capacity exited with {}:\n{all}", out.status);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no JSON ({e}):\n{all}"))).expect("JSON");
+    let plot = std::fs::read_to_string(&svg).unwrap_or_else(|e| panic!("no SVG ({e}):\n{all}"));
+    assert!(plot.starts_with("<svg") && plot.contains("polyline"), "not a plot:\n{plot}");
+    assert!(stdout.contains("capacity report"), "no table:\n{all}");
+    Run { stdout, report }
+}
+
+/// A counter summed over every step of the first run (`lost` and the `totals` fields).
+fn total(r: &Run, field: &str) -> u64 {
+    let steps = r.report["runs"][0]["steps"].as_array().unwrap_or_else(|| panic!("no steps:\n{}", r.stdout));
+    assert!(!steps.is_empty(), "no steps:\n{}", r.stdout);
+    steps
+        .iter()
+        .map(|s| if field == "lost" { s["lost"].as_u64() } else { s["totals"][field].as_u64() }.unwrap_or_else(|| panic!("no {field}")))
+        .sum()
+}
+
+/// A per-step figure summed over the steps of the first run.
+fn step_sum(r: &Run, field: &str) -> u64 {
+    r.report["runs"][0]["steps"].as_array().expect("steps").iter().map(|s| s[field].as_u64().unwrap_or_else(|| panic!("no {field}"))).sum()
+}
+
+/// Asserts every fault counter but `allowed` is zero.
+fn only(r: &Run, allowed: &[&str]) {
+    for f in ["lost", "duplicates", "reordered", "seq_gaps", "ts_errors", "auth_failures", "misrouted"] {
+        if !allowed.contains(&f) {
+            assert_eq!(total(r, f), 0, "{f} should be 0:\n{}", r.stdout);
+        }
+    }
+    assert!(total(r, "received") > 1000, "too little traffic to judge:\n{}", r.stdout);
+}
+
+#[test]
+fn a_clean_run_shows_no_fault_and_every_figure() {
+    let r = capacity("clean", "31800-31819", &[]);
+    only(&r, &[]);
+    let step = &r.report["runs"][0]["steps"][0];
+    for f in ["offered_pps", "offered_bps", "forwarded_pps", "forwarded_bps", "dataplane_tx_pps", "packets_per_cpu_s", "dataplane_cpu_s"] {
+        assert!(step[f].as_f64().is_some_and(|x| x > 0.0), "{f} missing or 0 in {step}");
+    }
+    assert_eq!(step["meetings"], 2);
+    assert_eq!(step["participants"], 6);
+    assert_eq!(step["sustained"], true, "{}", r.stdout);
+    let lat = &step["latency"];
+    let (p50, p99, p999, max) = (lat["p50_us"].as_f64().unwrap(), lat["p99_us"].as_f64().unwrap(), lat["p999_us"].as_f64().unwrap(), lat["max_us"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{lat}");
+    let workers = step["dataplane_workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 1, "{step}");
+    assert!(workers[0]["thread"].as_str().is_some_and(|t| t.starts_with("worker-")), "{step}");
+    let harness = step["harness_threads"].as_array().expect("harness threads");
+    assert!(harness.iter().any(|t| t["thread"] == "gen-0") && harness.iter().any(|t| t["thread"] == "sink-0"), "{step}");
+    assert_eq!(step["socket_drops_harness"], 0, "{step}");
+    assert_eq!(step["plis_sent"], 0, "{step}");
+    assert!(step["dataplane_drops"].as_object().is_some_and(|d| d.is_empty()), "{step}");
+    // The subscriptions' schedules and what arrived agree: every copy expected was delivered.
+    assert_eq!(total(&r, "expected"), total(&r, "received"));
+}
+
+#[test]
+fn injected_loss_is_reported_as_loss() {
+    let r = capacity("loss", "31820-31839", &["--impair-drop-every", "50"]);
+    only(&r, &["lost", "seq_gaps", "reordered"]);
+    let (lost, expected) = (total(&r, "lost"), total(&r, "expected"));
+    let want = expected / 50;
+    assert!(lost >= want / 2 && lost <= want * 2, "lost {lost} of {expected}, injected ~{want}:\n{}", r.stdout);
+    assert!(total(&r, "seq_gaps") > 0, "{}", r.stdout);
+    assert_eq!(r.report["runs"][0]["steps"][0]["sustained"], false, "2% loss must not count as sustained");
+    // The subscribers asked for keyframes on the gaps, the SFU passed the requests on to the
+    // publishers, and they answered.
+    assert!(step_sum(&r, "plis_sent") > 0, "{}", r.stdout);
+    assert!(step_sum(&r, "keyframe_requests") > 0, "the SFU did not pass the PLIs on:\n{}", r.stdout);
+}
+
+#[test]
+fn injected_reordering_is_reported_without_loss() {
+    let r = capacity("reorder", "31840-31859", &["--impair-reorder-every", "50"]);
+    only(&r, &["reordered", "seq_gaps"]);
+    let (n, expected) = (total(&r, "reordered"), total(&r, "expected"));
+    assert!(n >= expected / 100, "reordered {n} of {expected}:\n{}", r.stdout);
+}
+
+#[test]
+fn injected_duplicates_are_reported_without_loss() {
+    let r = capacity("dup", "31860-31879", &["--impair-duplicate-every", "50"]);
+    only(&r, &["duplicates"]);
+    let (n, expected) = (total(&r, "duplicates"), total(&r, "expected"));
+    assert!(n >= expected / 100, "duplicates {n} of {expected}:\n{}", r.stdout);
+}
+
+#[test]
+fn a_wrong_key_is_reported_as_authentication_failures() {
+    let r = capacity("wrongkey", "31880-31899", &["--impair-wrong-key-legs", "1"]);
+    // Participant 0's copies all fail to verify, so they are also missing from what arrived.
+    only(&r, &["auth_failures", "lost"]);
+    let (fail, lost) = (total(&r, "auth_failures"), total(&r, "lost"));
+    assert!(fail > 100, "{}", r.stdout);
+    assert!(lost > 0 && lost <= fail, "lost {lost}, failures {fail}:\n{}", r.stdout);
+}
+
+#[test]
+fn a_publisher_sequence_gap_is_reported_as_a_gap_not_loss() {
+    let r = capacity("gap", "31900-31919", &["--impair-seq-gap-every", "20"]);
+    only(&r, &["seq_gaps"]);
+    let (gaps, expected) = (total(&r, "seq_gaps"), total(&r, "expected"));
+    assert!(gaps >= expected / 40, "gaps {gaps} of {expected}:\n{}", r.stdout);
+}
+
+#[test]
+fn a_ramp_compares_both_backends_in_one_run() {
+    let r = capacity("ramp", "31920-31939", &["--mode", "ramp", "--backends", "mmsg,uring", "--ceiling-seconds", "0.5"]);
+    let runs = r.report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{}", r.stdout);
+    for (run, name) in runs.iter().zip(["mmsg", "uring"]) {
+        assert_eq!(run["backend"], name);
+        let steps = run["steps"].as_array().expect("steps");
+        assert_eq!(steps.len(), 2, "{}", r.stdout);
+        assert_eq!(steps[0]["meetings"], 1);
+        assert_eq!(steps[1]["meetings"], 2);
+        assert!(run["max_sustained"]["forwarded_pps"].as_f64().is_some_and(|x| x > 0.0), "{}", r.stdout);
+    }
+    let c = &r.report["ceiling"];
+    assert!(c["generator_pps"].as_f64().is_some_and(|x| x > 0.0) && c["sink_pps"].as_f64().is_some_and(|x| x > 0.0), "{c}");
+    assert_eq!(c["sink_auth_failures"], 0);
+}
+
+#[test]
+fn across_a_veth_pair_in_a_namespace_and_cleaned_up() {
+    let r = capacity("netns", "31940-31959", &["--netns"]);
+    only(&r, &[]);
+    assert_eq!(r.report["netns"], true);
+    let ns = r.stdout.lines().find_map(|l| l.split_whitespace().find(|w| w.starts_with("sluice-cap-"))).unwrap_or_else(|| panic!("no namespace named:\n{}", r.stdout)).to_string();
+    assert!(!Path::new(&format!("/run/netns/{ns}")).exists(), "namespace {ns} left behind");
+}
+
+#[test]
+fn a_bad_scenario_is_refused_naming_the_field() {
+    let dir = TempDir::new("capacity-bad");
+    let exe = bin_dir().join("sluice-bench");
+    for (text, field) in [("[video]\nfps = 0\n", "video.fps"), ("[ramp]\nfactor = 0.5\n", "ramp.factor"), ("[audio]\nspeakres = 3\n", "speakres")] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(&exe).args(["capacity", "--scenario"]).arg(&path).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} was accepted");
+        assert!(err.contains(field), "{text:?}: the error does not name {field}:\n{err}");
+    }
+}
