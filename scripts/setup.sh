@@ -24,7 +24,7 @@ t0=$(date +%s)
 note() { printf 'setup [%3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # 1. Debian packages.
-pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium nodejs npm"
+pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium"
 missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
 if [ -n "$missing" ]; then
   apt-get update -q >/dev/null
@@ -66,7 +66,16 @@ ln -sfn "$TOOLS/bin/bpf-linker" /usr/local/bin/bpf-linker
 mount | grep -q ' /sys/fs/bpf ' || mount -t bpf bpf /sys/fs/bpf
 note "bpffs mounted; kernel $(uname -r)"
 
-# 5. The Chromium driver of the WebRTC test (tests/chromium, pinned by its package-lock.json).
+# 5. The Chromium driver of the WebRTC test (tests/chromium, pinned by its package-lock.json):
+# Node.js and npm from Debian unless the machine already has them (a NodeSource nodejs ships its
+# own npm, and Debian's npm package conflicts with it).
+for tool in node:nodejs npm:npm; do
+  if ! command -v "${tool%%:*}" >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tool##*:}" >/dev/null
+    note "apt installed: ${tool##*:}"
+  fi
+done
 chromium_dir="$(cd "$(dirname "$0")/../tests/chromium" && pwd)"
 if [ -d "$chromium_dir/node_modules/playwright-core" ]; then
   note "playwright-core present"
