@@ -8,7 +8,10 @@
 # Why each piece:
 #   - apt: libsrtp2-dev + pkg-config (an independent SRTP implementation for interop tests and the
 #     crypto benchmark), iproute2/ethtool/bpftool/tcpdump (namespaces, veth, XDP inspection),
-#     protobuf-compiler (gRPC code generation), redis-server (load-balancer state tests).
+#     protobuf-compiler (gRPC code generation), redis-server (load-balancer state tests),
+#     libssl-dev (OpenSSL: the dataplane's DTLS-SRTP), chromium + nodejs + npm (the headless
+#     browser the WebRTC test drives through playwright-core, installed from npm below; no
+#     browser is ever downloaded).
 #   - nightly + rust-src: the XDP program is built with -Z build-std=core for bpfel-unknown-none.
 #   - bpf-linker, linked against the nightly's own libLLVM: bpf-linker 0.13 needs LLVM 21-23 and
 #     must match the LLVM major that emits the bitcode; Debian 12 ships at most LLVM 19.
@@ -21,7 +24,7 @@ t0=$(date +%s)
 note() { printf 'setup [%3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # 1. Debian packages.
-pkgs="pkg-config libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server"
+pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium"
 missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
 if [ -n "$missing" ]; then
   apt-get update -q >/dev/null
@@ -62,3 +65,21 @@ ln -sfn "$TOOLS/bin/bpf-linker" /usr/local/bin/bpf-linker
 # 4. Kernel facilities the tests use.
 mount | grep -q ' /sys/fs/bpf ' || mount -t bpf bpf /sys/fs/bpf
 note "bpffs mounted; kernel $(uname -r)"
+
+# 5. The Chromium driver of the WebRTC test (tests/chromium, pinned by its package-lock.json):
+# Node.js and npm from Debian unless the machine already has them (a NodeSource nodejs ships its
+# own npm, and Debian's npm package conflicts with it).
+for tool in node:nodejs npm:npm; do
+  if ! command -v "${tool%%:*}" >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tool##*:}" >/dev/null
+    note "apt installed: ${tool##*:}"
+  fi
+done
+chromium_dir="$(cd "$(dirname "$0")/../tests/chromium" && pwd)"
+if [ -d "$chromium_dir/node_modules/playwright-core" ]; then
+  note "playwright-core present"
+else
+  (cd "$chromium_dir" && npm ci --no-audit --no-fund -q >/dev/null)
+  note "playwright-core installed (npm ci in tests/chromium)"
+fi

@@ -189,6 +189,7 @@ pub fn fanout_ops(profile: Profile, fanout: u32, base_port: u16, remote: impl Fn
             rx: material(profile, l as u8),
             tx: material(profile, 100 + l as u8),
             feedback_ssrc: Ssrc(0xfeed0000 + l),
+            edge: None,
         }));
     }
     ops.push(Op::UpsertTrack(TrackSpec {

@@ -7,4 +7,5 @@ pub mod forward;
 pub mod live;
 pub mod meeting;
 pub mod netns;
+pub mod signaling;
 pub mod xdp;

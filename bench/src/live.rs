@@ -272,6 +272,7 @@ pub fn changes(ops: &[Op]) -> anyhow::Result<Vec<pb::Change>> {
                     rx: Some(keys(&l.rx)),
                     tx: Some(keys(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,
+                    ..Default::default()
                 }),
                 Op::UpsertTrack(t) => C::Track(pb::Track {
                     id: track_name(t.id.0),

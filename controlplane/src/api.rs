@@ -85,7 +85,7 @@ impl pb::routes_server::Routes for RoutesService {
 
     async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::Session>, Status> {
         let name = req.into_inner().session;
-        run(&self.engine, move |e| e.desired().session_view(&name).map_err(|e| state_status(&e))).await.map(Response::new)
+        run(&self.engine, move |e| e.session_view(&name).map_err(|e| state_status(&e))).await.map(Response::new)
     }
 
     async fn list_sessions(&self, _req: Request<pb::ListSessionsRequest>) -> Result<Response<pb::ListSessionsResponse>, Status> {
@@ -132,6 +132,19 @@ impl pb::node_server::Node for NodeService {
             e.set_draining(true).map_err(status)?;
             tracing::info!("draining: new sessions are refused");
             Ok(e.status())
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn rotate_dtls_certificate(
+        &self,
+        _req: Request<pb::RotateDtlsCertificateRequest>,
+    ) -> Result<Response<pb::RotateDtlsCertificateResponse>, Status> {
+        run(&self.engine, |e| {
+            let fingerprint = e.rotate_certificate().map_err(|err| Status::unavailable(format!("rotating the DTLS certificate: {err}")))?;
+            tracing::info!(%fingerprint, "DTLS certificate rotated");
+            Ok(pb::RotateDtlsCertificateResponse { fingerprint })
         })
         .await
         .map(Response::new)

@@ -190,6 +190,15 @@ impl Link {
         }
     }
 
+    /// The dataplane's WebRTC slow path: DTLS fingerprint, listen address, counters; with
+    /// `rotate`, after making a new DTLS certificate.
+    pub fn edge(&mut self, rotate: bool) -> Result<sluice_dataplane::edge::EdgeStatus, LinkError> {
+        match self.call(&Request::Edge { rotate })? {
+            Response::Edge(s) => Ok(s),
+            other => Err(LinkError::Protocol(format!("unexpected answer to Edge: {other:?}"))),
+        }
+    }
+
     /// Per-worker counters.
     pub fn stats(&mut self) -> Result<Vec<CoreStats>, LinkError> {
         match self.call(&Request::Stats)? {

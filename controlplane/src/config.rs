@@ -60,6 +60,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Local ports legs get, inclusive (must lie inside the dataplane's own `port_range`).
     pub port_range: (u16, u16),
+    /// The address WebRTC legs' host candidates announce (a public or load-balancer address);
+    /// default: the dataplane's listen address.
+    pub announce_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             redis_url: None,
             node_id: None,
             heartbeat_ms: 1000,
+            announce_ip: None,
         }
     }
 }

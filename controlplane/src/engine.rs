@@ -21,7 +21,7 @@ use crate::events::Names;
 use crate::journal::{Journal, JournalError, Record};
 use crate::lb::Lb;
 use crate::pb;
-use crate::state::{Desired, Outcome, StateError};
+use crate::state::{Desired, EdgeInfo, Outcome, StateError, webrtc_local};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,9 @@ pub struct Engine {
     link: Link,
     events: broadcast::Sender<pb::Event>,
     lb: Option<Arc<Lb>>,
+    /// Cached: the dataplane's DTLS fingerprint and the address WebRTC candidates announce.
+    edge: EdgeInfo,
+    announce_ip: Option<std::net::IpAddr>,
     /// Bumped by every commit: the names below are rebuilt when it moved.
     epoch: u64,
     names: (u64, Names),
@@ -76,7 +79,7 @@ impl Engine {
     /// An engine over recovered state.
     pub fn new(desired: Desired, journal: Journal, link: Link) -> Self {
         let (events, _) = broadcast::channel(WATCH_BUFFER);
-        Self { desired, journal, link, events, lb: None, epoch: 1, names: (0, Names::default()), rates: Vec::new(), last_stats: None }
+        Self { desired, journal, link, events, lb: None, epoch: 1, names: (0, Names::default()), rates: Vec::new(), last_stats: None, edge: EdgeInfo::default(), announce_ip: None }
     }
 
     /// Consults the load balancer's state in Redis before creating sessions.
@@ -106,6 +109,37 @@ impl Engine {
         Ok(())
     }
 
+    /// Where WebRTC peers reach the dataplane and its DTLS fingerprint: asked of the dataplane
+    /// once (and after a rotation), the address overridden by `announce_ip` when configured.
+    pub fn edge_info(&mut self) -> EdgeInfo {
+        if self.edge.fingerprint.is_empty()
+            && let Ok(s) = self.link.edge(false)
+        {
+            self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint };
+        }
+        self.edge.clone()
+    }
+
+    /// Sets the address WebRTC candidates announce (instead of the dataplane's listen address).
+    pub fn set_announce_ip(&mut self, ip: Option<std::net::IpAddr>) {
+        self.announce_ip = ip;
+        self.edge.ip = ip.or(self.edge.ip);
+    }
+
+    /// Makes the dataplane rotate its DTLS certificate; the new fingerprint goes into answers
+    /// from now on (connected legs keep their association).
+    pub fn rotate_certificate(&mut self) -> Result<String, LinkError> {
+        let s = self.link.edge(true)?;
+        self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint.clone() };
+        Ok(s.fingerprint)
+    }
+
+    /// The session as the API shows it, with Sluice's side of its WebRTC legs.
+    pub fn session_view(&mut self, name: &str) -> Result<pb::Session, StateError> {
+        let info = self.edge_info();
+        self.desired.session_view(name, &info)
+    }
+
     fn install(&mut self, outcome: Outcome) -> Result<pb::ApplyResponse, EngineError> {
         let synced = self.sync().map_err(|source| EngineError::NotInstalled {
             session: outcome.session.clone(),
@@ -119,9 +153,21 @@ impl Engine {
             let _ = self.events.send(e);
         }
         Ok(pb::ApplyResponse {
-            session: outcome.session,
+            session: outcome.session.clone(),
             revision: outcome.committed.revision,
-            ports: outcome.committed.ports.into_iter().map(|(leg, p)| pb::PortAllocation { leg, local_port: u32::from(p) }).collect(),
+            ports: {
+                let info = self.edge_info();
+                let legs = self.desired.sessions.get(&outcome.session).map(|s| &s.legs);
+                outcome
+                    .committed
+                    .ports
+                    .into_iter()
+                    .map(|(leg, p)| {
+                        let webrtc = legs.and_then(|l| l.get(&leg)).and_then(|spec| webrtc_local(spec, &info));
+                        pb::PortAllocation { leg, local_port: u32::from(p), webrtc }
+                    })
+                    .collect()
+            },
             generation: synced.generation.0,
         })
     }

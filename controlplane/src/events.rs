@@ -59,6 +59,7 @@ impl Names {
 
     /// The Watch event for a dataplane event, or `None` when its leg or track is unknown.
     pub fn translate(&self, desired: &Desired, e: &Event) -> Option<pb::Event> {
+        use pb::web_rtc_state::State;
         let (session, event) = match *e {
             Event::LegActive { leg, remote } => {
                 let (s, l) = self.leg(leg)?;
@@ -106,6 +107,19 @@ impl Names {
             }
             // The link already reports where legs are (RemoteLatched precedes LegActive).
             Event::RemoteLatched { .. } => return None,
+            Event::IceConnected { leg, remote } => {
+                let (s, l) = self.leg(leg)?;
+                (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::IceConnected as i32, remote: remote.to_string(), ..Default::default() }))
+            }
+            Event::DtlsConnected { leg, profile } => {
+                let (s, l) = self.leg(leg)?;
+                let profile = crate::state::profile_to_pb(profile) as i32;
+                (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::DtlsConnected as i32, profile, ..Default::default() }))
+            }
+            Event::EdgeFailed { leg, reason } => {
+                let (s, l) = self.leg(leg)?;
+                (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::Failed as i32, reason: reason.name().into(), ..Default::default() }))
+            }
         };
         let revision = desired.sessions.get(session).map_or(0, |s| s.revision);
         Some(pb::Event { session: session.into(), revision, event: Some(event) })

@@ -123,6 +123,25 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> JournalErr
     move |source| JournalError::Io { op, path, source }
 }
 
+/// The node's secret for WebRTC legs' ICE credentials (`ice.secret`, owner only): made once, so
+/// a restarted control plane (and a journal replay) derives the same credentials.
+fn ice_secret(dir: &Path) -> Result<Vec<u8>, JournalError> {
+    let path = dir.join("ice.secret");
+    match std::fs::read(&path) {
+        Ok(b) if b.len() == 32 => return Ok(b),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("read", &path)(e)),
+    }
+    let mut secret = vec![0u8; 32];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| io_err("random bytes for", &path)(io::Error::other("no randomness")))?;
+    let tmp = dir.join("ice.secret.tmp");
+    std::fs::write(&tmp, &secret).map_err(io_err("write", &tmp))?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io_err("chmod", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    Ok(secret)
+}
+
 impl Journal {
     /// Opens (creating) the state in `dir` and recovers the desired state: the snapshot, then
     /// every journal record after it. A new state starts with `ports`; a recovered one keeps its
@@ -141,6 +160,7 @@ impl Journal {
             Err(e) => return Err(io_err("read", &snap_path)(e)),
         };
         desired.ports = ports;
+        desired.ice_secret = ice_secret(dir)?;
         let jpath = dir.join("journal.bin");
         let mut bytes = Vec::new();
         match File::open(&jpath) {

@@ -92,7 +92,9 @@ fn main() -> anyhow::Result<()> {
         torn_bytes = info.torn_bytes,
         "desired state recovered"
     );
-    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(desired, journal, Link::new(&config.dataplane_socket))));
+    let mut engine = Engine::new(desired, journal, Link::new(&config.dataplane_socket));
+    engine.set_announce_ip(config.announce_ip);
+    let engine: SharedEngine = Arc::new(Mutex::new(engine));
     sluice_controlplane::events::spawn(engine.clone(), config.dataplane_socket.clone()).context("dataplane event thread")?;
     let lb = match redis {
         Some(r) => {

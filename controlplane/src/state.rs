@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
-use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SubscriptionSpec, TrackSpec};
+use sluice_core::table::{
+    Codec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SubscriptionSpec, TrackSpec,
+};
 
 use crate::compile::Tables;
 use crate::pb;
@@ -168,12 +170,16 @@ pub struct Desired {
     next_port: u16,
     /// Sessions by name.
     pub sessions: BTreeMap<String, Session>,
+    /// The node's secret WebRTC legs' ICE credentials are derived from (kept in its own file by
+    /// the journal, never in a snapshot).
+    #[serde(skip)]
+    pub ice_secret: Vec<u8>,
 }
 
 impl Desired {
     /// An empty node with this port range.
     pub fn new(ports: PortRange) -> Self {
-        Self { ports, draining: false, next_leg: 1, next_track: 1, next_port: ports.start, sessions: BTreeMap::new() }
+        Self { ports, draining: false, next_leg: 1, next_track: 1, next_port: ports.start, sessions: BTreeMap::new(), ice_secret: Vec::new() }
     }
 
     /// Ports in use by legs.
@@ -229,6 +235,7 @@ impl Desired {
                 .collect(),
             ports: Vec::new(),
             events: Vec::new(),
+            ice_secret: &self.ice_secret,
         };
         for (i, change) in req.changes.iter().enumerate() {
             stage.change(i, change)?;
@@ -306,7 +313,7 @@ impl Desired {
     }
 
     /// The session as the API shows it (keys left out).
-    pub fn session_view(&self, name: &str) -> Result<pb::Session, StateError> {
+    pub fn session_view(&self, name: &str, edge: &EdgeInfo) -> Result<pb::Session, StateError> {
         let s = self.sessions.get(name).ok_or_else(|| err(ErrorKind::NotFound, "session", format!("no session {name:?}")))?;
         let leg_name: BTreeMap<LegId, &str> = s.legs.iter().map(|(n, l)| (l.id, n.as_str())).collect();
         let track_name: BTreeMap<TrackId, &str> = s.tracks.iter().map(|(n, t)| (t.spec.id, n.as_str())).collect();
@@ -321,9 +328,19 @@ impl Desired {
                     id: n.clone(),
                     local_port: u32::from(l.local_port),
                     remote: l.remote.map(|r| r.to_string()).unwrap_or_default(),
-                    rx: Some(key(&l.rx)),
-                    tx: Some(key(&l.tx)),
+                    rx: l.edge.is_none().then(|| key(&l.rx)),
+                    tx: l.edge.is_none().then(|| key(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,
+                    webrtc: l.edge.as_ref().map(|e| pb::WebRtc {
+                        remote_ice_ufrag: e.remote.ufrag.clone(),
+                        remote_ice_pwd: String::new(),
+                        remote_fingerprint: e.remote_fingerprint.clone(),
+                        setup: match e.role {
+                            DtlsRole::Server => pb::DtlsSetup::Passive,
+                            DtlsRole::Client => pb::DtlsSetup::Active,
+                        } as i32,
+                    }),
+                    webrtc_local: webrtc_local(l, edge),
                 })
                 .collect(),
             tracks: s
@@ -383,6 +400,7 @@ struct Stage<'a> {
     used_elsewhere: BTreeSet<u16>,
     ports: Vec<(String, u16)>,
     events: Vec<pb::Event>,
+    ice_secret: &'a [u8],
 }
 
 fn event(e: pb::event::Event) -> pb::Event {
@@ -463,8 +481,18 @@ impl Stage<'_> {
 
     fn leg(&mut self, f: &str, l: &pb::Leg) -> Result<(), StateError> {
         check_id(&format!("{f}.id"), &l.id)?;
-        let rx = key_material(&format!("{f}.rx"), l.rx.as_ref())?;
-        let tx = key_material(&format!("{f}.tx"), l.tx.as_ref())?;
+        let (rx, tx, webrtc) = match &l.webrtc {
+            Some(w) => {
+                if l.rx.is_some() || l.tx.is_some() {
+                    return Err(invalid(format!("{f}.rx"), "a WebRTC leg takes no keys: DTLS-SRTP makes them"));
+                }
+                // Placeholders, never used: the dataplane carries no media on a WebRTC leg
+                // before its DTLS handshake installed keys.
+                let k = KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] };
+                (k.clone(), k, Some(webrtc_remote(&format!("{f}.webrtc"), w)?))
+            }
+            None => (key_material(&format!("{f}.rx"), l.rx.as_ref())?, key_material(&format!("{f}.tx"), l.tx.as_ref())?, None),
+        };
         let remote = if l.remote.is_empty() {
             None
         } else {
@@ -483,7 +511,10 @@ impl Stage<'_> {
                 (id, port)
             }
         };
-        self.session.legs.insert(l.id.clone(), LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc) });
+        let edge = webrtc.map(|(remote, role, remote_fingerprint)| {
+            Box::new(EdgeSpec { local: local_ice_credentials(self.ice_secret, id, &remote), remote, role, remote_fingerprint })
+        });
+        self.session.legs.insert(l.id.clone(), LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge });
         self.ports.retain(|(n, _)| n != &l.id);
         self.ports.push((l.id.clone(), port));
         Ok(())
@@ -700,6 +731,82 @@ pub fn codec_to_pb(c: Codec) -> pb::Codec {
     }
 }
 
+/// Whether `s` is 4..=256 (ufrag) or 22..=256 (pwd) ice-chars (RFC 8839 §5.4: ALPHA / DIGIT /
+/// "+" / "/").
+fn ice_chars(s: &str, min: usize) -> bool {
+    (min..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// The peer's side of a WebRTC leg, validated.
+fn webrtc_remote(f: &str, w: &pb::WebRtc) -> Result<(IceCredentials, DtlsRole, String), StateError> {
+    if !ice_chars(&w.remote_ice_ufrag, 4) {
+        return Err(invalid(format!("{f}.remote_ice_ufrag"), "must be 4 to 256 ice-chars (letters, digits, '+', '/')"));
+    }
+    if !ice_chars(&w.remote_ice_pwd, 22) {
+        return Err(invalid(format!("{f}.remote_ice_pwd"), "must be 22 to 256 ice-chars (letters, digits, '+', '/')"));
+    }
+    if sluice_dataplane::edge::parse_fingerprint(&w.remote_fingerprint).is_none() {
+        return Err(invalid(
+            format!("{f}.remote_fingerprint"),
+            format!("{:?} is not \"<sha-1|sha-256|sha-384|sha-512> AB:CD:...\" with the hash's length", w.remote_fingerprint),
+        ));
+    }
+    let role = match pb::DtlsSetup::try_from(w.setup) {
+        Ok(pb::DtlsSetup::Passive) => DtlsRole::Server,
+        Ok(pb::DtlsSetup::Active) => DtlsRole::Client,
+        _ => return Err(invalid(format!("{f}.setup"), "must be DTLS_SETUP_PASSIVE or DTLS_SETUP_ACTIVE")),
+    };
+    let remote = IceCredentials { ufrag: w.remote_ice_ufrag.clone(), pwd: w.remote_ice_pwd.clone() };
+    Ok((remote, role, w.remote_fingerprint.trim().to_owned()))
+}
+
+/// Sluice's ICE credentials on a leg: HMAC-SHA256 of the node secret over the leg id and the
+/// peer's ufrag, so they are unique per leg, change on an ICE restart (a new peer ufrag), and a
+/// journal replay derives the same ones. 8 hex digits of ufrag, 32 of password.
+pub fn local_ice_credentials(secret: &[u8], leg: LegId, remote: &IceCredentials) -> IceCredentials {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let mut msg = leg.0.to_be_bytes().to_vec();
+    msg.extend_from_slice(remote.ufrag.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, &msg);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    IceCredentials { ufrag: hex[..8].to_owned(), pwd: hex[8..40].to_owned() }
+}
+
+/// Where WebRTC peers reach the dataplane and what its certificate is, for [`webrtc_local`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EdgeInfo {
+    /// The address candidates announce.
+    pub ip: Option<std::net::IpAddr>,
+    /// The dataplane's DTLS certificate fingerprint (empty while unknown).
+    pub fingerprint: String,
+}
+
+/// Sluice's side of a WebRTC leg: its host candidate, ICE credentials, fingerprint and role.
+pub fn webrtc_local(leg: &LegSpec, info: &EdgeInfo) -> Option<pb::WebRtcLocal> {
+    let e = leg.edge.as_ref()?;
+    let candidates = info
+        .ip
+        .map(|ip| pb::IceCandidate {
+            // RFC 8445 §5.1.2.1 host priority: type preference 126, local preference 65535,
+            // component 1.
+            candidate: format!("candidate:1 1 udp 2130706431 {ip} {} typ host", leg.local_port),
+            ip: ip.to_string(),
+            port: u32::from(leg.local_port),
+        })
+        .into_iter()
+        .collect();
+    Some(pb::WebRtcLocal {
+        ice_ufrag: e.local.ufrag.clone(),
+        ice_pwd: e.local.pwd.clone(),
+        fingerprint: info.fingerprint.clone(),
+        candidates,
+        setup: match e.role {
+            DtlsRole::Server => pb::DtlsSetup::Passive,
+            DtlsRole::Client => pb::DtlsSetup::Active,
+        } as i32,
+    })
+}
+
 fn key_material(field: &str, k: Option<&pb::KeyMaterial>) -> Result<KeyMaterial, StateError> {
     let k = k.ok_or_else(|| invalid(field, "required"))?;
     let profile = profile_from_pb(k.profile).ok_or_else(|| invalid(format!("{field}.profile"), "must name an SRTP profile"))?;
@@ -906,7 +1013,46 @@ mod tests {
         assert_eq!(s.legs.len(), 1);
         assert_eq!(s.tracks.len(), 1);
         assert_eq!(s.subscription_count(), 0);
-        let view = d.session_view("m").unwrap();
+        let view = d.session_view("m", &EdgeInfo::default()).unwrap();
         assert!(view.legs[0].rx.as_ref().unwrap().key.is_empty(), "keys never leave the node");
+    }
+
+    #[test]
+    fn webrtc_legs_get_stable_unique_credentials_and_an_answer() {
+        let web = |ufrag: &str| pb::Change {
+            change: Some(C::Leg(pb::Leg {
+                id: format!("w-{ufrag}"),
+                webrtc: Some(pb::WebRtc {
+                    remote_ice_ufrag: ufrag.into(),
+                    remote_ice_pwd: "p".repeat(22),
+                    remote_fingerprint: format!("sha-256 {}", vec!["AB"; 32].join(":")),
+                    setup: pb::DtlsSetup::Passive as i32,
+                }),
+                ..Default::default()
+            })),
+        };
+        let mut d = node();
+        d.ice_secret = vec![7; 32];
+        let mut again = d.clone();
+        d.apply(&req("m", vec![web("peer1"), web("peer2")])).unwrap();
+        again.apply(&req("m", vec![web("peer1"), web("peer2")])).unwrap();
+        let legs = d.sessions["m"].legs.clone();
+        let (e1, e2) = (legs["w-peer1"].edge.as_ref().unwrap(), legs["w-peer2"].edge.as_ref().unwrap());
+        assert_ne!(e1.local, e2.local, "each leg has its own credentials");
+        assert_eq!(e1.local, again.sessions["m"].legs["w-peer1"].edge.as_ref().unwrap().local, "a replay derives the same ones");
+        assert!(e1.local.ufrag.len() >= 4 && e1.local.pwd.len() >= 22);
+        assert_eq!(e1.role, DtlsRole::Server);
+        // An ICE restart (new peer ufrag) gives the leg new credentials.
+        let mut restart = web("peer3");
+        if let Some(C::Leg(l)) = &mut restart.change {
+            l.id = "w-peer1".into();
+        }
+        d.apply(&req("m", vec![restart])).unwrap();
+        assert_ne!(d.sessions["m"].legs["w-peer1"].edge.as_ref().unwrap().local, e1.local);
+        let info = EdgeInfo { ip: Some([192, 0, 2, 1].into()), fingerprint: "sha-256 00".into() };
+        let w = webrtc_local(&d.sessions["m"].legs["w-peer2"], &info).unwrap();
+        let port = d.sessions["m"].legs["w-peer2"].local_port;
+        assert_eq!(w.candidates[0].candidate, format!("candidate:1 1 udp 2130706431 192.0.2.1 {port} typ host"));
+        assert_eq!((w.fingerprint.as_str(), w.setup), ("sha-256 00", pb::DtlsSetup::Passive as i32));
     }
 }

@@ -113,6 +113,11 @@ pub struct Config {
     /// SO_RCVBUF/SO_SNDBUF of each leg socket, bytes (the kernel caps it at net.core.rmem_max /
     /// wmem_max). Bursts of video frames overflow the 208 KiB default.
     pub socket_buffer_bytes: usize,
+    /// WebRTC legs: ICE consent expires after this many ms without an authenticated check on the
+    /// selected pair (RFC 7675: 30000), and media to the leg stops.
+    pub consent_timeout_ms: u64,
+    /// WebRTC legs: a DTLS handshake not complete after this many ms fails.
+    pub handshake_timeout_ms: u64,
     /// The XDP first stage.
     pub xdp: XdpConfig,
 }
@@ -132,6 +137,8 @@ impl Default for Config {
             port_range: (20_000, 40_000),
             gso: true,
             socket_buffer_bytes: 4 << 20,
+            consent_timeout_ms: 30_000,
+            handshake_timeout_ms: 20_000,
             xdp: XdpConfig::default(),
         }
     }
@@ -225,6 +232,12 @@ impl Config {
         }
         if !(64 << 10..=256 << 20).contains(&self.socket_buffer_bytes) {
             return invalid("socket_buffer_bytes", format!("{} is not in 64 KiB..=256 MiB", self.socket_buffer_bytes));
+        }
+        if !(1_000..=300_000).contains(&self.consent_timeout_ms) {
+            return invalid("consent_timeout_ms", format!("{} is not in 1000..=300000", self.consent_timeout_ms));
+        }
+        if !(1_000..=120_000).contains(&self.handshake_timeout_ms) {
+            return invalid("handshake_timeout_ms", format!("{} is not in 1000..=120000", self.handshake_timeout_ms));
         }
         if self.rtx_cache_packets > 8192 {
             return invalid("rtx_cache_packets", format!("{} is over 8192", self.rtx_cache_packets));

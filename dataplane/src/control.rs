@@ -41,6 +41,13 @@ pub enum Request {
     Snapshot,
     /// Per-worker counters.
     Stats,
+    /// The WebRTC slow path's status (DTLS certificate fingerprint, counters); with `rotate`, a
+    /// new certificate is made first (new handshakes use it).
+    Edge {
+        /// Rotate the certificate first.
+        #[serde(default)]
+        rotate: bool,
+    },
     /// Turn this connection into a stream of events (and of stats every `stats_interval_ms`,
     /// when not 0).
     Subscribe {
@@ -72,6 +79,8 @@ pub enum Response {
     Snapshot(Delta),
     /// Counters per worker, in worker order.
     Stats(Vec<CoreStats>),
+    /// The slow path's status.
+    Edge(crate::edge::EdgeStatus),
     /// The connection is now a stream of events and stats.
     Subscribed,
     /// Events from the workers, in the order each worker produced them.

@@ -6,12 +6,14 @@
 //! - [`events`]: worker events fanned out to control-endpoint subscribers.
 //! - [`io`]: batched UDP backends (io_uring, recvmmsg/sendmmsg), UDP GSO.
 //! - [`worker`]: the pinned per-core worker loop.
+//! - [`edge`]: the slow path of WebRTC legs (ICE-lite answers, DTLS-SRTP handshakes).
 //! - [`xdp`]: the embedded XDP object and its loader.
 //! - [`shield`]: keeps the XDP stage's allow-lists in step with the tables.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod control;
+pub mod edge;
 pub mod events;
 pub mod io;
 pub mod metrics;

@@ -12,8 +12,10 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use sluice_core::forward::CoreConfig;
 use sluice_core::table::TableConfig;
+use sluice_core::ice::IceConfig;
 use sluice_dataplane::config::{BackendChoice, Config, XdpMode, parse_mac};
 use sluice_dataplane::control::{self, Request, Response};
+use sluice_dataplane::edge::{self, EdgeConfig, SlowMsg};
 use sluice_dataplane::events::{self, EventHub};
 use sluice_dataplane::io::xsk::Interface;
 use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry};
@@ -127,9 +129,28 @@ fn run(config: Config) -> anyhow::Result<()> {
     let senders: Vec<_> = channels.iter().map(|(s, _)| s.clone()).collect();
     let snapshots: metrics::Snapshots =
         Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
+    let workers = Workers::new(senders.clone());
+    let (events_tx, events_rx) = events::channel();
+    // The slow path's events (ICE connected, DTLS connected, failures) join the workers' on the
+    // control endpoint's event stream.
+    let slow_events = events_tx.clone();
+    let edge_config = EdgeConfig {
+        ice: IceConfig { consent_timeout: Duration::from_millis(config.consent_timeout_ms), ..IceConfig::default() },
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        listen_ip: Some(config.listen_ip),
+        ..EdgeConfig::default()
+    };
+    let edge::SlowPathHandle { sender: slow, status: edge_status, thread: slow_thread } = edge::spawn(
+        edge_config,
+        workers.clone(),
+        registry.clone(),
+        Box::new(move |e| {
+            let _ = slow_events.try_send(e);
+        }),
+        epoch,
+    ).context("starting the WebRTC slow path")?;
     let cores = config.worker_cores();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    let (events_tx, events_rx) = events::channel();
     let hub = EventHub::new();
     hub.spawn_pump(events_rx).context("starting the event pump")?;
     let mut stage = open_xdp_stage(&config)?;
@@ -157,7 +178,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             }
         };
         tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
-        let mut worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch)
+        let mut worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
             .with_events(events_tx.clone());
         if stage.is_some() {
             worker = worker.with_shield(shield_handle.sender());
@@ -183,16 +204,20 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let workers = Workers::new(senders);
     let handle = workers.clone();
     let snaps = snapshots.clone();
+    let slow_ctl = slow.clone();
     drop(events_tx);
     let control_shield = shield.clone();
     control::serve(&config.control_socket, hub, move |req| match req {
         Request::Apply(delta) => {
+            let changes = edge::changes_of(&delta);
             let for_shield = control_shield.as_ref().map(|_| Arc::new(delta.clone()));
             match handle.apply(delta) {
                 Ok(g) => {
+                    if !changes.is_empty() {
+                        let _ = slow_ctl.send(SlowMsg::Legs(changes));
+                    }
                     if let (Some(s), Some(d)) = (&control_shield, for_shield)
                         && let Err(e) = s.apply(d)
                     {
@@ -201,6 +226,14 @@ fn run(config: Config) -> anyhow::Result<()> {
                     Response::Applied(g)
                 }
                 Err(e) => Response::Rejected { generation: handle.generation(), reason: e.to_string() },
+            }
+        }
+        Request::Edge { rotate } => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = slow_ctl.send(if rotate { SlowMsg::Rotate(tx) } else { SlowMsg::Status(tx) });
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(s) => Response::Edge(s),
+                Err(_) => Response::Error("the slow path did not answer".into()),
             }
         }
         Request::Generation => Response::Generation(handle.generation()),
@@ -214,7 +247,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     .with_context(|| format!("control socket {}", config.control_socket.display()))?;
     tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
     if let Some(addr) = config.metrics {
-        let (bound, _) = metrics::serve(addr, snapshots.clone(), xdp_counts).with_context(|| format!("metrics endpoint {addr}"))?;
+        let (bound, _) = metrics::serve(addr, snapshots.clone(), xdp_counts, Some(edge_status.clone())).with_context(|| format!("metrics endpoint {addr}"))?;
         tracing::info!(%bound, "metrics at http://{bound}/metrics");
     }
     while !stop.load(Ordering::Relaxed) {
@@ -233,6 +266,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     for t in threads {
         let _ = t.join();
     }
+    let _ = slow.send(SlowMsg::Stop);
+    let _ = slow_thread.join();
     let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!("stopped cleanly");
     Ok(())

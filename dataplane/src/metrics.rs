@@ -93,6 +93,16 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     s
 }
 
+/// Renders the WebRTC slow path's counters as Prometheus text.
+pub fn render_edge(edge: &crate::edge::EdgeStatus) -> String {
+    let mut s = String::from("# HELP sluice_edge_total WebRTC slow path (ICE-lite, DTLS-SRTP) counters.\n# TYPE sluice_edge_total counter\n");
+    for (name, v) in &edge.counters {
+        let _ = writeln!(s, "sluice_edge_total{{counter=\"{name}\"}} {v}");
+    }
+    let _ = writeln!(s, "# HELP sluice_edge_legs WebRTC legs known to the slow path.\n# TYPE sluice_edge_legs gauge\nsluice_edge_legs {}", edge.legs);
+    s
+}
+
 /// Renders the XDP stage's verdict counters (summed over CPUs) as Prometheus text.
 pub fn render_xdp(counts: &VerdictCounts) -> String {
     let mut s = String::with_capacity(1024);
@@ -106,9 +116,15 @@ pub fn render_xdp(counts: &VerdictCounts) -> String {
     s
 }
 
-/// Serves `GET /metrics` on `addr` from `snapshots` (and the XDP stage's counters, when it runs)
-/// until the process exits. Returns the bound address (useful with port 0) and the thread.
-pub fn serve(addr: SocketAddr, snapshots: Snapshots, xdp: Option<SharedCounts>) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+/// Serves `GET /metrics` on `addr` from `snapshots` (and the XDP stage's counters, when it runs,
+/// and the WebRTC slow path's, when given) until the process exits. Returns the bound address
+/// (useful with port 0) and the thread.
+pub fn serve(
+    addr: SocketAddr,
+    snapshots: Snapshots,
+    xdp: Option<SharedCounts>,
+    edge: Option<Arc<Mutex<crate::edge::EdgeStatus>>>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let handle = std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -128,6 +144,9 @@ pub fn serve(addr: SocketAddr, snapshots: Snapshots, xdp: Option<SharedCounts>) 
                 let mut text = render(&snapshots.lock().map(|g| g.clone()).unwrap_or_default());
                 if let Some(counts) = xdp.as_ref().and_then(|x| *x.lock().unwrap_or_else(PoisonError::into_inner)) {
                     text.push_str(&render_xdp(&counts));
+                }
+                if let Some(e) = edge.as_ref().and_then(|e| e.lock().ok().map(|g| g.clone())) {
+                    text.push_str(&render_edge(&e));
                 }
                 ("200 OK", text)
             } else {
@@ -160,7 +179,8 @@ mod tests {
         let mut counts = VerdictCounts::default();
         counts.0[sluice_common::XdpVerdict::DropUnknownSource as usize] = 5;
         let xdp: SharedCounts = Arc::new(Mutex::new(Some(counts)));
-        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, Some(xdp)).unwrap();
+        let edge = crate::edge::EdgeStatus { legs: 2, counters: vec![("stun_answered".into(), 3)], ..Default::default() };
+        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, Some(xdp), Some(Arc::new(Mutex::new(edge)))).unwrap();
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut body = String::new();
@@ -168,6 +188,8 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
         for want in [
             "sluice_rx_packets_total{worker=\"1\"} 42",
+            "sluice_edge_total{counter=\"stun_answered\"} 3",
+            "sluice_edge_legs 2",
             "sluice_drops_total{worker=\"1\",reason=\"auth_failed\"} 1",
             "sluice_srtp_failures_total{worker=\"1\"} 1",
             "sluice_table_generation{worker=\"1\"} 7",

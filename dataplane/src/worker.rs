@@ -21,9 +21,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use sluice_core::forward::{Core, CoreConfig, Event, Handoff, OutBatch, Shard};
 use sluice_core::ids::{Generation, LegId};
-use sluice_core::table::{Delta, DeltaError};
+use sluice_core::table::{Delta, DeltaError, KeyMaterial};
 use sluice_core::time::Instant;
 
+use crate::edge::SlowMsg;
 use crate::io::{Backend, Transmit};
 use crate::metrics::{Snapshots, WorkerSnapshot};
 use crate::shield::ShieldMsg;
@@ -35,8 +36,12 @@ pub enum WorkerMsg {
     Apply(Arc<Delta>, Sender<Result<Generation, DeltaError>>),
     /// Feedback another worker decrypted for a track this worker owns.
     Feedback(Box<Handoff>),
-    /// A leg's remote address, learned by the worker that owns the leg.
+    /// A leg's remote address, learned by the worker that owns the leg or selected by ICE.
     SetRemote(LegId, std::net::SocketAddr),
+    /// The SRTP keys `(rx, tx)` a WebRTC leg's DTLS handshake exported (from the slow path).
+    EdgeKeys(LegId, Arc<(KeyMaterial, KeyMaterial)>),
+    /// A WebRTC leg's ICE consent (from the slow path).
+    EdgeConsent(LegId, bool),
     /// Answer with the full table.
     Snapshot(Sender<Delta>),
     /// Stop taking new datagrams, flush what is pending and exit.
@@ -69,6 +74,9 @@ pub struct Worker {
     epoch: WallInstant,
     bind_errors: u64,
     peer_queue_full: u64,
+    slow: Option<Sender<SlowMsg>>,
+    slow_queue_full: u64,
+    edge_key_errors: u64,
     events: Option<Sender<Event>>,
     events_dropped: u64,
     shield: Option<Sender<ShieldMsg>>,
@@ -94,6 +102,7 @@ impl Worker {
         peers: Vec<Sender<WorkerMsg>>,
         snapshots: Snapshots,
         epoch: WallInstant,
+        slow: Option<Sender<SlowMsg>>,
     ) -> Self {
         let shard = Shard { index: index as u16, count: count as u16 };
         Self {
@@ -111,6 +120,9 @@ impl Worker {
             epoch,
             bind_errors: 0,
             peer_queue_full: 0,
+            slow,
+            slow_queue_full: 0,
+            edge_key_errors: 0,
             events: None,
             events_dropped: 0,
             shield: None,
@@ -198,6 +210,14 @@ impl Worker {
                     self.core.handle_feedback(now, &h, &mut self.out);
                 }
                 WorkerMsg::SetRemote(leg, addr) => self.core.set_remote(leg, addr),
+                WorkerMsg::EdgeKeys(leg, keys) => {
+                    let (rx, tx) = (*keys).clone();
+                    if let Err(e) = self.core.install_edge_keys(leg, rx, tx) {
+                        self.edge_key_errors += 1;
+                        tracing::warn!(worker = self.index, leg = %leg, error = %e, "DTLS keys not installed");
+                    }
+                }
+                WorkerMsg::EdgeConsent(leg, consent) => self.core.set_edge_consent(leg, consent),
                 WorkerMsg::Snapshot(reply) => {
                     let _ = reply.send(self.core.tables().snapshot());
                 }
@@ -243,8 +263,14 @@ impl Worker {
         self.out.clear();
     }
 
-    /// Tells other workers what they need: remotes learned here, feedback for their tracks.
+    /// Tells other workers what they need: remotes learned here, feedback for their tracks; and
+    /// hands STUN/DTLS of WebRTC legs to the slow path (a full queue drops them, counted).
     fn route_events(&mut self) {
+        while let Some(d) = self.core.poll_slow() {
+            if let Some(slow) = &self.slow {
+                self.slow_queue_full += u64::from(slow.try_send(SlowMsg::Datagram(Box::new(d))).is_err());
+            }
+        }
         while let Some(e) = self.core.poll_event() {
             if let Event::RemoteLatched { leg, remote } = e {
                 for (i, p) in self.peers.iter().enumerate() {
@@ -287,6 +313,8 @@ impl Worker {
                 ("gso_refused", io.gso_refused),
                 ("bind_errors", self.bind_errors),
                 ("peer_queue_full", self.peer_queue_full),
+                ("slow_queue_full", self.slow_queue_full),
+                ("edge_key_errors", self.edge_key_errors),
                 ("events_dropped", self.events_dropped),
                 ("shield_queue_full", self.shield_queue_full),
             ],
@@ -347,6 +375,13 @@ impl Workers {
             *a = *g;
         }
         result
+    }
+
+    /// Sends a message made by `msg` to every worker (cold path: waits for room in a full inbox).
+    pub fn broadcast(&self, msg: impl Fn() -> WorkerMsg) {
+        for s in &self.senders {
+            let _ = s.send(msg());
+        }
     }
 
     /// The generation of the last applied delta.

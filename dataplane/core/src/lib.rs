@@ -8,10 +8,13 @@
 //! - [`wire`]: checked zero-copy views of RTP, RTCP and STUN, and the RFC 7983 demultiplexer.
 //! - [`srtp`]: SRTP/SRTCP contexts (RFC 3711, 6188, 7714), key derivation, replay windows and
 //!   the crypto provider behind them.
+//! - [`ice`]: ICE-lite for WebRTC legs: STUN Binding checks with short-term credentials,
+//!   nomination, NAT rebinding, consent freshness (run by the dataplane's slow path).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod forward;
+pub mod ice;
 pub mod ids;
 pub mod srtp;
 pub mod stats;

@@ -25,6 +25,9 @@ pub struct CoreStats {
     pub layer_switches: u64,
     /// Table deltas applied.
     pub deltas_applied: u64,
+    /// STUN/DTLS datagrams of WebRTC legs queued for the slow path.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub slow_path: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }

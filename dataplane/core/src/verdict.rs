@@ -9,8 +9,8 @@
 pub enum DropReason {
     /// The datagram is too short or its headers are inconsistent.
     Malformed = 0,
-    /// Not RTP/RTCP (RFC 7983): STUN, DTLS, TURN channel data or unknown first byte that reached
-    /// the media path.
+    /// Not RTP/RTCP (RFC 7983): TURN channel data, ZRTP, an unknown first byte, or STUN/DTLS on a
+    /// leg that is not a WebRTC leg (those of WebRTC legs go to the slow path).
     NotMedia = 1,
     /// No leg is bound to (local port, remote address).
     UnknownSource = 2,
@@ -36,11 +36,18 @@ pub enum DropReason {
     UnknownPayloadType = 11,
     /// The subscriber's address is not known yet (no packet from it authenticated so far).
     NoDestination = 12,
+    /// A WebRTC leg that cannot carry media yet or any more: no DTLS-SRTP keys yet (receiving
+    /// or sending), or ICE consent expired (sending).
+    NotConnected = 13,
+    /// STUN or DTLS for a WebRTC leg found the slow-path queue full.
+    SlowPathFull = 14,
+    /// STUN or DTLS for a WebRTC leg over the leg's slow-path rate (a flood).
+    SlowPathLimited = 15,
 }
 
 impl DropReason {
     /// How many reasons there are: the length of a counter array.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -57,6 +64,9 @@ impl DropReason {
         Self::NoSubscribers,
         Self::UnknownPayloadType,
         Self::NoDestination,
+        Self::NotConnected,
+        Self::SlowPathFull,
+        Self::SlowPathLimited,
     ];
 
     /// The label used in metrics (`reason="..."`).
@@ -75,6 +85,9 @@ impl DropReason {
             Self::NoSubscribers => "no_subscribers",
             Self::UnknownPayloadType => "unknown_payload_type",
             Self::NoDestination => "no_destination",
+            Self::NotConnected => "not_connected",
+            Self::SlowPathFull => "slow_path_full",
+            Self::SlowPathLimited => "slow_path_limited",
         }
     }
 }

@@ -673,6 +673,7 @@ impl World {
                 Event::RemoteLatched { .. } => "remote_latched",
                 Event::LegStats { .. } => "leg_stats",
                 Event::SsrcLearned { .. } => "ssrc_learned",
+                Event::IceConnected { .. } | Event::DtlsConnected { .. } | Event::EdgeFailed { .. } => "edge",
                 Event::LegActive { .. } => "leg_active",
                 Event::LegIdle { .. } => "leg_idle",
                 Event::StreamStarted { .. } => "stream_started",

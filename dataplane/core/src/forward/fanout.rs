@@ -194,6 +194,9 @@ pub(super) fn send_copy(
     as_rtx: Option<Pt>,
 ) -> Result<(), DropReason> {
     let leg = legs.get(&sub.subscriber).ok_or(DropReason::NoDestination)?;
+    if !leg.sends_media() {
+        return Err(DropReason::NotConnected);
+    }
     let remote = leg.remote.ok_or(DropReason::NoDestination)?;
     let overhead = leg.tx.profile().rtp_overhead();
     let slot = ctx.out.next_slot().ok_or(DropReason::OutputFull)?;
@@ -242,7 +245,7 @@ pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut 
         return false;
     }
     let Some(leg) = legs.get_mut(&track.spec.publisher) else { return false };
-    let Some(remote) = leg.remote else { return false };
+    let Some(remote) = leg.destination() else { return false };
     let Some(slot) = ctx.out.next_slot() else { return false };
     let Ok(len) = rtcp::write_pli(&mut slot[..], leg.spec.feedback_ssrc, media) else { return false };
     let Ok(out_len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { return false };

@@ -3,6 +3,8 @@
 //! ```text
 //!   handle_rx(now, local_port, remote, datagram)
 //!     classify (RFC 7983/5761) ─ not media ──────────────────────────────▶ drop NotMedia
+//!       STUN/DTLS on a WebRTC leg's port (rate-limited per leg) ─────────▶ poll_slow (slow path)
+//!     WebRTC leg without DTLS keys ───────────────────────────────────────▶ drop NotConnected
 //!     leg by local port, remote checked (latched on first auth) ─ none ──▶ drop UnknownSource
 //!   RTP:
 //!     ingress by SSRC ─ none ─────────────────────────────────────────────▶ drop UnknownSsrc
@@ -35,7 +37,7 @@ pub use batch::{MAX_DATAGRAM, OutBatch, OutMeta, SLOT_BYTES};
 use crate::ids::{LegId, Ssrc, TrackId};
 use crate::srtp::{RtcpRecvState, RtpRecvState, SrtpError};
 use crate::stats::CoreStats;
-use crate::table::{Delta, DeltaError, LegStats, TableConfig, Tables};
+use crate::table::{Delta, DeltaError, KeyMaterial, LegStats, TableConfig, Tables};
 use crate::time::Instant;
 use crate::verdict::DropReason;
 use crate::wire::{demux, rtp};
@@ -121,6 +123,27 @@ pub enum Event {
         /// The SSRC.
         ssrc: Ssrc,
     },
+    /// ICE selected a WebRTC leg's remote (or moved it, or consent came back): media goes there.
+    IceConnected {
+        /// The leg.
+        leg: LegId,
+        /// The selected remote address.
+        remote: SocketAddr,
+    },
+    /// A WebRTC leg's DTLS handshake completed and the exported SRTP keys are installed.
+    DtlsConnected {
+        /// The leg.
+        leg: LegId,
+        /// The negotiated SRTP protection profile.
+        profile: crate::srtp::Profile,
+    },
+    /// A WebRTC leg stopped (or failed to start) carrying media.
+    EdgeFailed {
+        /// The leg.
+        leg: LegId,
+        /// Why.
+        reason: crate::ice::EdgeFailure,
+    },
     /// A receiver report updated a leg's statistics.
     LegStats {
         /// The leg.
@@ -193,9 +216,33 @@ impl Handoff {
     }
 }
 
+/// How many STUN/DTLS datagrams wait for the slow path before new ones are dropped.
+const SLOW_QUEUE: usize = 64;
+
+/// A STUN or DTLS datagram of a WebRTC leg, for the slow path ([`Core::poll_slow`]).
+#[derive(Clone, Debug)]
+pub struct SlowDatagram {
+    /// The leg whose port it arrived on.
+    pub leg: LegId,
+    /// That port.
+    pub local_port: u16,
+    /// Its source.
+    pub remote: SocketAddr,
+    len: u16,
+    bytes: [u8; MAX_DATAGRAM],
+}
+
+impl SlowDatagram {
+    /// The datagram.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// One worker's forwarding core.
 #[derive(Debug)]
 pub struct Core {
+    slow: VecDeque<SlowDatagram>,
     tables: Tables,
     stats: CoreStats,
     events: VecDeque<Event>,
@@ -241,6 +288,7 @@ impl Core {
             events: VecDeque::with_capacity(EVENT_QUEUE),
             shard: config.shard,
             handoffs: VecDeque::with_capacity(HANDOFF_QUEUE),
+            slow: VecDeque::with_capacity(SLOW_QUEUE),
         }
     }
 
@@ -304,6 +352,7 @@ impl Core {
         let verdict = match demux::classify(buf) {
             demux::PacketClass::Rtp => self.rx_rtp(now, local_port, remote, buf, out),
             demux::PacketClass::Rtcp => self.rx_rtcp(now, local_port, remote, buf, out),
+            demux::PacketClass::Stun | demux::PacketClass::Dtls => self.rx_slow(now, local_port, remote, buf),
             _ => Err(DropReason::NotMedia),
         };
         for (_, p) in out.iter().skip(before) {
@@ -315,10 +364,50 @@ impl Core {
         }
     }
 
+    /// STUN or DTLS on a WebRTC leg's port: queued for the slow path (whatever its source address:
+    /// ICE checks from new addresses are how remotes are learned), within the leg's rate.
+    fn rx_slow(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &[u8]) -> Result<(), DropReason> {
+        let id = self.tables.leg_by_port(local_port).ok_or(DropReason::UnknownSource)?;
+        let edge = self.tables.leg_mut(id).and_then(|l| l.edge.as_mut()).ok_or(DropReason::NotMedia)?;
+        if buf.len() > MAX_DATAGRAM {
+            return Err(DropReason::Malformed);
+        }
+        if self.slow.len() >= SLOW_QUEUE {
+            return Err(DropReason::SlowPathFull);
+        }
+        if !edge.take_token(now) {
+            return Err(DropReason::SlowPathLimited);
+        }
+        let mut p = SlowDatagram { leg: id, local_port, remote, len: buf.len() as u16, bytes: [0; MAX_DATAGRAM] };
+        p.bytes[..buf.len()].copy_from_slice(buf);
+        self.slow.push_back(p);
+        self.stats.slow_path += 1;
+        Ok(())
+    }
+
+    /// The next STUN/DTLS datagram for the slow path, if any (drain after every batch).
+    pub fn poll_slow(&mut self) -> Option<SlowDatagram> {
+        self.slow.pop_front()
+    }
+
+    /// Installs the SRTP keys a WebRTC leg's DTLS handshake exported; see
+    /// [`Tables::install_edge_keys`].
+    pub fn install_edge_keys(&mut self, leg: LegId, rx: KeyMaterial, tx: KeyMaterial) -> Result<(), DeltaError> {
+        self.tables.install_edge_keys(leg, rx, tx)
+    }
+
+    /// Sets a WebRTC leg's ICE consent; see [`Tables::set_edge_consent`].
+    pub fn set_edge_consent(&mut self, leg: LegId, consent: bool) {
+        self.tables.set_edge_consent(leg, consent);
+    }
+
     /// The receiving leg of a datagram, with the remote address checked (or latched).
     fn rx_leg(&self, local_port: u16, remote: SocketAddr) -> Result<LegId, DropReason> {
         let id = self.tables.leg_by_port(local_port).ok_or(DropReason::UnknownSource)?;
         let leg = self.tables.leg(id).ok_or(DropReason::UnknownSource)?;
+        if !leg.receives_media() {
+            return Err(DropReason::NotConnected);
+        }
         match leg.remote {
             Some(r) if r != remote => Err(DropReason::UnknownSource),
             _ => Ok(id),

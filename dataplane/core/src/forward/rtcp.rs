@@ -132,7 +132,7 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
         }
         let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
         let Some(sub_leg) = legs.get(&sub.subscriber) else { continue };
-        let Some(remote) = sub_leg.remote else { continue };
+        let Some(remote) = sub_leg.destination() else { continue };
         let Some(slot) = ctx.out.next_slot() else { return };
         let out_info = rtcp::SenderInfo {
             ntp_timestamp: info.ntp_timestamp,
@@ -218,7 +218,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
     let missing = &mut missing[..n_missing];
     missing.sort_unstable_by_key(|&(s, q)| (s, q));
     let Some(publisher) = legs.get_mut(&spec.publisher) else { return };
-    let Some(remote) = publisher.remote else { return };
+    let Some(remote) = publisher.destination() else { return };
     for group in missing.chunk_by(|a, b| a.0 == b.0) {
         let src = group[0].0;
         let mut items = [rtcp::NackItem::default(); MAX_UPSTREAM_NACK];

@@ -38,6 +38,7 @@ fn peer(n: u32) -> (Peer, LegSpec) {
         rx: up.clone(),
         tx: down.clone(),
         feedback_ssrc: Ssrc(0xf000_0000 + n),
+        edge: None,
     };
     let p = Peer {
         leg: LegId(n),
@@ -533,6 +534,104 @@ fn feedback_for_a_track_of_another_core_is_handed_over_and_answered_there() {
     let plain = m.peers[subr].recv(bytes);
     let pkt = rtp::Packet::new_checked(&plain[..]).unwrap();
     assert_eq!((pkt.ssrc(), &pkt.payload()[..2]), (Ssrc(0x2002), &51u16.to_be_bytes()[..]));
+}
+
+/// A WebRTC leg: STUN/DTLS go to the slow path (rate-limited), media is refused both ways until
+/// DTLS keys are installed, sending stops without ICE consent, and an unchanged upsert (a
+/// control-plane resync) keeps the installed keys.
+#[test]
+fn webrtc_leg_gates_media_until_keys_and_consent() {
+    use crate::table::{DtlsRole, EdgeSpec, IceCredentials};
+    let mut m = Meeting::new(2);
+    let (_, mut spec) = peer(2);
+    let (real_rx, real_tx) = (spec.rx.clone(), spec.tx.clone());
+    spec.rx = material(0x77);
+    spec.tx = material(0x78);
+    spec.edge = Some(Box::new(EdgeSpec {
+        local: IceCredentials { ufrag: "sl".into(), pwd: "p".repeat(22) },
+        remote: IceCredentials { ufrag: "br".into(), pwd: "q".repeat(22) },
+        role: DtlsRole::Server,
+        remote_fingerprint: "sha-256 00".into(),
+    }));
+    m.apply(vec![
+        Op::UpsertLeg(spec.clone()),
+        Op::UpsertTrack(audio_track(1, 1, 0x1111)),
+        Op::UpsertSubscription(SubscriptionSpec {
+            subscriber: LegId(2),
+            track: TrackId(1),
+            out_ssrc: Ssrc(0x2222),
+            out_rtx_ssrc: None,
+            pt_map: vec![(Pt(111), Pt(111))],
+            ext_map: vec![],
+            target_layer: 0,
+            paused: false,
+        }),
+    ])
+    .unwrap();
+    let t = Instant::from_nanos(1_000_000_000);
+    // STUN and DTLS on the WebRTC leg's port go to the slow path, from any source.
+    let stun = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    let stranger = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), 9));
+    m.out.clear();
+    m.core.handle_rx(t, m.peers[1].port, stranger, &mut stun.clone(), &mut m.out);
+    m.core.handle_rx(t, m.peers[1].port, m.peers[1].addr, &mut [22u8, 0xfe, 0xfd, 0, 0][..], &mut m.out);
+    let q: Vec<_> = std::iter::from_fn(|| m.core.poll_slow()).collect();
+    assert_eq!(q.len(), 2);
+    assert_eq!((q[0].leg, q[0].remote, q[0].bytes()), (LegId(2), stranger, &stun[..]));
+    assert_eq!(q[1].bytes()[0], 22);
+    // ...but not on a static-key leg's.
+    m.core.handle_rx(t, m.peers[0].port, m.peers[0].addr, &mut stun.clone(), &mut m.out);
+    assert_eq!(m.core.stats().drops_for(DropReason::NotMedia), 1);
+    assert!(m.core.poll_slow().is_none());
+    // No keys yet: the leg's media is refused, and nothing is sent to it.
+    let mut p2 = SrtpKeys::new(PROFILE, &real_rx.key, &real_rx.salt).unwrap();
+    let _ = &mut p2;
+    let rr = m.peers[1].send_rtcp(&[0x80, 201, 0, 1, 0, 0, 0, 2]);
+    assert!(m.deliver(1, &rr, t).is_empty());
+    assert_eq!(m.core.stats().drops_for(DropReason::NotConnected), 1);
+    let audio = m.peers[0].send_rtp(&rtp_packet(0x1111, 1, 960, 111, b"opus"));
+    assert!(m.deliver(0, &audio, t).is_empty());
+    assert_eq!(m.core.stats().drops_for(DropReason::NotConnected), 2);
+    // Keys installed, remote set by nomination: still nothing without consent.
+    m.core.install_edge_keys(LegId(2), real_rx.clone(), real_tx.clone()).unwrap();
+    m.core.set_remote(LegId(2), m.peers[1].addr);
+    let audio = m.peers[0].send_rtp(&rtp_packet(0x1111, 2, 1920, 111, b"opus"));
+    assert!(m.deliver(0, &audio, t).is_empty());
+    assert_eq!(m.core.stats().drops_for(DropReason::NotConnected), 3);
+    m.core.set_edge_consent(LegId(2), true);
+    let audio = m.peers[0].send_rtp(&rtp_packet(0x1111, 3, 2880, 111, b"opus"));
+    let got = m.deliver(0, &audio, t);
+    assert_eq!(got.len(), 1, "the DTLS keys protect what the leg receives");
+    assert_eq!(&got[0].1[12..], b"opus");
+    // The participant's own packets now authenticate under the installed rx key.
+    let rr = m.peers[1].send_rtcp(&[0x80, 201, 0, 1, 0, 0, 0, 2]);
+    m.deliver(1, &rr, t);
+    assert_eq!(m.core.stats().drops_for(DropReason::AuthFailed), 0);
+    // A resync re-sending the same spec keeps keys and consent.
+    m.apply(vec![Op::UpsertLeg(spec.clone())]).unwrap();
+    let audio = m.peers[0].send_rtp(&rtp_packet(0x1111, 4, 3840, 111, b"opus"));
+    assert_eq!(m.deliver(0, &audio, t).len(), 1);
+    // Consent lost: sending stops.
+    m.core.set_edge_consent(LegId(2), false);
+    let audio = m.peers[0].send_rtp(&rtp_packet(0x1111, 5, 4800, 111, b"opus"));
+    assert!(m.deliver(0, &audio, t).is_empty());
+    assert_eq!(m.core.stats().drops_for(DropReason::NotConnected), 4);
+    // A changed DTLS fingerprint (an ICE restart) drops the old keys.
+    spec.edge.as_mut().unwrap().remote_fingerprint = "sha-256 01".into();
+    m.apply(vec![Op::UpsertLeg(spec)]).unwrap();
+    assert!(m.core.tables().leg(LegId(2)).unwrap().edge.as_ref().unwrap().keys.is_none());
+    // A flood from one address costs bounded work: past the bucket, datagrams are dropped.
+    let (mut queued, mut limited) = (0, 0);
+    let before = m.core.stats().drops_for(DropReason::SlowPathLimited);
+    for _ in 0..1000 {
+        m.core.handle_rx(t, m.peers[1].port, stranger, &mut stun.clone(), &mut m.out);
+        while m.core.poll_slow().is_some() {
+            queued += 1;
+        }
+        limited = m.core.stats().drops_for(DropReason::SlowPathLimited) - before;
+    }
+    assert_eq!(queued + limited, 1000);
+    assert!(queued <= crate::table::SLOW_PATH_BURST as u64, "{queued} queued");
 }
 
 #[test]

@@ -27,8 +27,8 @@ use crate::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, Srtp
 use crate::time::Instant;
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
-    Codec, Delta, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec,
-    TrackSpec,
+    Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op,
+    PayloadSpec, SubscriptionSpec, TrackSpec,
 };
 
 /// The hash map the tables use: foldhash, seeded per process (keys come from the network, so the
@@ -160,7 +160,52 @@ pub struct Leg {
     pub activity: Activity,
     /// Receive statistics from the participant's receiver reports.
     pub stats: LegStats,
+    /// Runtime state of a WebRTC leg (`spec.edge` is set).
+    pub edge: Option<EdgeState>,
 }
+
+/// What a WebRTC leg learned at run time, kept across every upsert (and full resync) that leaves
+/// its [`EdgeSpec`] unchanged: the control plane's snapshot does not carry it, so a resync never
+/// undoes a handshake, and the keys never leave the dataplane.
+#[derive(Clone, Debug, Default)]
+pub struct EdgeState {
+    /// The SRTP keys the DTLS handshake exported, `(rx, tx)`, once the slow path installed them.
+    pub keys: Option<(KeyMaterial, KeyMaterial)>,
+    /// ICE consent to send (RFC 7675); set by the slow path.
+    pub consent: bool,
+    /// Slow-path token bucket: datagrams this leg may still hand to the slow path.
+    pub tokens: u32,
+    /// When the bucket was last refilled.
+    pub refilled: Instant,
+}
+
+impl EdgeState {
+    fn new() -> Self {
+        Self { tokens: SLOW_PATH_BURST, ..Self::default() }
+    }
+
+    /// Takes one slow-path token; refills [`SLOW_PATH_RATE`] tokens per second up to
+    /// [`SLOW_PATH_BURST`].
+    pub fn take_token(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let earned = (elapsed.as_millis() as u64).saturating_mul(u64::from(SLOW_PATH_RATE)) / 1000;
+        if earned > 0 {
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(SLOW_PATH_BURST)) as u32;
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// STUN and DTLS datagrams per second one WebRTC leg may hand to the slow path (checks every
+/// 50 ms on a few candidate pairs plus handshake flights stay well below it).
+pub const SLOW_PATH_RATE: u32 = 100;
+/// Burst of the slow-path token bucket.
+pub const SLOW_PATH_BURST: u32 = 200;
 
 /// What a participant's receiver reports say about what it receives from us.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -179,6 +224,35 @@ pub struct LegStats {
 }
 
 impl Leg {
+    /// Whether media from the participant is accepted: a static-key leg always, a WebRTC leg
+    /// once its DTLS keys are installed.
+    #[inline]
+    pub fn receives_media(&self) -> bool {
+        self.edge.as_ref().is_none_or(|e| e.keys.is_some())
+    }
+
+    /// Whether media may be sent to the participant: a static-key leg always, a WebRTC leg with
+    /// DTLS keys and ICE consent.
+    #[inline]
+    pub fn sends_media(&self) -> bool {
+        self.edge.as_ref().is_none_or(|e| e.keys.is_some() && e.consent)
+    }
+
+    /// Where packets for the participant go: its remote address, when known and the leg may send.
+    #[inline]
+    pub fn destination(&self) -> Option<SocketAddr> {
+        if self.sends_media() { self.remote } else { None }
+    }
+
+    /// The key material in use, `(rx, tx)`: the DTLS-exported keys of a connected WebRTC leg,
+    /// else the spec's.
+    pub fn key_material(&self) -> (&KeyMaterial, &KeyMaterial) {
+        match self.edge.as_ref().and_then(|e| e.keys.as_ref()) {
+            Some((rx, tx)) => (rx, tx),
+            None => (&self.spec.rx, &self.spec.tx),
+        }
+    }
+
     /// The receive index of `ssrc` on this leg.
     #[inline]
     pub fn ingress_index(&self, ssrc: Ssrc) -> Option<usize> {
@@ -713,21 +787,16 @@ impl Tables {
             .map_err(|_| DeltaError::Invalid { op, field: "leg.tx", why: "key or salt length does not match the profile" })?;
         match self.legs.get(&spec.id) {
             Some(old) => {
-                let same_rx = old.spec.rx == spec.rx;
-                let same_tx = old.spec.tx == spec.tx;
+                // A WebRTC leg whose ICE/DTLS parameters did not change keeps its handshake's
+                // keys and consent whatever the placeholder keys say.
+                let keep_edge = spec.edge.is_some() && old.spec.edge == spec.edge;
+                let same_rx = keep_edge || (old.spec.rx == spec.rx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
+                let same_tx = keep_edge || (old.spec.tx == spec.tx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
                 let old_port = old.spec.local_port;
                 self.save_leg(spec.id, undo);
                 let leg = self.legs.get_mut(&spec.id).expect("present");
-                if !same_rx {
-                    leg.rx = rx;
-                    for i in &mut leg.ingress {
-                        i.recv = RtpRecvState::new(self.config.replay_window);
-                    }
-                    leg.rtcp_recv.clear();
-                }
-                if !same_tx {
-                    leg.tx = tx;
-                    leg.feedback_srtcp = RtcpSendState::default();
+                if !keep_edge {
+                    leg.edge = spec.edge.as_ref().map(|_| EdgeState::new());
                 }
                 if spec.remote.is_some() {
                     leg.remote = spec.remote;
@@ -737,16 +806,7 @@ impl Tables {
                     self.by_port.remove(&old_port);
                     self.by_port.insert(spec.local_port, spec.id);
                 }
-                if !same_tx {
-                    // Subscriptions to this leg restart their SRTP send state under the new key.
-                    for track in self.tracks.values_mut() {
-                        for s in track.subs.iter_mut().filter(|s| s.subscriber == spec.id) {
-                            s.srtp = RtpSendState::default();
-                            s.rtx_srtp = RtpSendState::default();
-                            s.srtcp = RtcpSendState::default();
-                        }
-                    }
-                }
+                self.rekey(spec.id, (!same_rx).then_some(rx), (!same_tx).then_some(tx));
             }
             None => {
                 self.legs.insert(
@@ -763,6 +823,7 @@ impl Tables {
                         tracks: Vec::new(),
                         activity: Activity::default(),
                         stats: LegStats::default(),
+                        edge: spec.edge.as_ref().map(|_| EdgeState::new()),
                     },
                 );
                 self.by_port.insert(spec.local_port, spec.id);
@@ -770,6 +831,54 @@ impl Tables {
             }
         }
         Ok(())
+    }
+
+    /// Puts new keys in place on a leg, restarting the SRTP state under them: receive state
+    /// (ROC, replay windows) for new `rx`, send state of the leg's feedback and of every
+    /// subscription to it for new `tx`.
+    fn rekey(&mut self, id: LegId, rx: Option<SrtpKeys>, tx: Option<SrtpKeys>) {
+        let Some(leg) = self.legs.get_mut(&id) else { return };
+        if let Some(rx) = rx {
+            leg.rx = rx;
+            for i in &mut leg.ingress {
+                i.recv = RtpRecvState::new(self.config.replay_window);
+            }
+            leg.rtcp_recv.clear();
+        }
+        if let Some(tx) = tx {
+            leg.tx = tx;
+            leg.feedback_srtcp = RtcpSendState::default();
+            for track in self.tracks.values_mut() {
+                for s in track.subs.iter_mut().filter(|s| s.subscriber == id) {
+                    s.srtp = RtpSendState::default();
+                    s.rtx_srtp = RtpSendState::default();
+                    s.srtcp = RtcpSendState::default();
+                }
+            }
+        }
+    }
+
+    /// Installs the SRTP keys a WebRTC leg's DTLS handshake exported (`rx`: what the participant
+    /// sends, `tx`: what we send). Not a delta: the keys are runtime state of the leg (see
+    /// [`EdgeState`]), installed by the dataplane's slow path between batches without touching
+    /// the control plane's generation.
+    pub fn install_edge_keys(&mut self, id: LegId, rx: KeyMaterial, tx: KeyMaterial) -> Result<(), DeltaError> {
+        let rx_keys = SrtpKeys::new(rx.profile, &rx.key, &rx.salt)
+            .map_err(|_| DeltaError::Invalid { op: 0, field: "edge.rx", why: "key or salt length does not match the profile" })?;
+        let tx_keys = SrtpKeys::new(tx.profile, &tx.key, &tx.salt)
+            .map_err(|_| DeltaError::Invalid { op: 0, field: "edge.tx", why: "key or salt length does not match the profile" })?;
+        let edge = self.legs.get_mut(&id).ok_or(DeltaError::UnknownLeg { op: 0, leg: id })?.edge.as_mut();
+        let edge = edge.ok_or(DeltaError::Invalid { op: 0, field: "leg.edge", why: "not a WebRTC leg" })?;
+        edge.keys = Some((rx, tx));
+        self.rekey(id, Some(rx_keys), Some(tx_keys));
+        Ok(())
+    }
+
+    /// Sets a WebRTC leg's ICE consent (RFC 7675): without it nothing is sent to the leg.
+    pub fn set_edge_consent(&mut self, id: LegId, consent: bool) {
+        if let Some(e) = self.legs.get_mut(&id).and_then(|l| l.edge.as_mut()) {
+            e.consent = consent;
+        }
     }
 
     fn upsert_track(&mut self, op: usize, spec: &TrackSpec, undo: &mut UndoLog) -> Result<(), DeltaError> {
@@ -986,11 +1095,9 @@ impl Tables {
             return;
         }
         let Some(leg) = self.legs.get(&id) else { return };
-        // Derived keys are re-derived from the spec (they validated when the leg was created).
-        let (Ok(rx), Ok(tx)) = (
-            SrtpKeys::new(leg.spec.rx.profile, &leg.spec.rx.key, &leg.spec.rx.salt),
-            SrtpKeys::new(leg.spec.tx.profile, &leg.spec.tx.key, &leg.spec.tx.salt),
-        ) else {
+        // Derived keys are re-derived from their material (it validated when installed).
+        let (rxm, txm) = leg.key_material();
+        let (Ok(rx), Ok(tx)) = (SrtpKeys::new(rxm.profile, &rxm.key, &rxm.salt), SrtpKeys::new(txm.profile, &txm.key, &txm.salt)) else {
             unreachable!("keys of an installed leg were validated when it was installed")
         };
         let copy = Leg {
@@ -1005,6 +1112,7 @@ impl Tables {
             tracks: leg.tracks.clone(),
             activity: leg.activity,
             stats: leg.stats,
+            edge: leg.edge.clone(),
         };
         undo.push(Undo::LegReplaced(Box::new(copy)));
     }

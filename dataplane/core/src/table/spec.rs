@@ -43,6 +43,54 @@ pub struct LegSpec {
     /// The SSRC this leg uses as sender of the RTCP feedback the SFU originates towards the
     /// participant (NACK, PLI, FIR, RR).
     pub feedback_ssrc: Ssrc,
+    /// A WebRTC leg (ICE-lite + DTLS-SRTP): `rx` and `tx` are then only placeholders, the leg
+    /// carries no media until the dataplane's slow path installed the keys its DTLS handshake
+    /// exported, and sends none while ICE consent is missing. `None`: static keys.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub edge: Option<Box<EdgeSpec>>,
+}
+
+/// ICE short-term credentials (RFC 8445 §5.3): `a=ice-ufrag` / `a=ice-pwd`.
+#[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct IceCredentials {
+    /// The username fragment.
+    pub ufrag: String,
+    /// The password.
+    pub pwd: String,
+}
+
+impl core::fmt::Debug for IceCredentials {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Passwords never reach logs.
+        f.debug_struct("IceCredentials").field("ufrag", &self.ufrag).finish_non_exhaustive()
+    }
+}
+
+/// The DTLS role Sluice takes on a leg (RFC 5763 §5: `a=setup:active` is the client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum DtlsRole {
+    /// Sluice waits for the peer's ClientHello (`a=setup:passive` on Sluice's side).
+    Server,
+    /// Sluice sends the ClientHello once ICE selected a pair (`a=setup:active`).
+    Client,
+}
+
+/// How a WebRTC leg connects: ICE-lite credentials of both sides and the DTLS parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct EdgeSpec {
+    /// Sluice's credentials on this leg (the peer signs its checks with `local.pwd`).
+    pub local: IceCredentials,
+    /// The peer's credentials (its USERNAME half is checked; its password is not needed by a
+    /// lite agent, which never sends checks).
+    pub remote: IceCredentials,
+    /// Sluice's DTLS role.
+    pub role: DtlsRole,
+    /// The certificate fingerprint the peer announced (`a=fingerprint`), as
+    /// `sha-256 AB:CD:...`; the handshake fails unless the peer's certificate matches it.
+    pub remote_fingerprint: String,
 }
 
 /// Media kind of a track.

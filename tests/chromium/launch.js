@@ -1,0 +1,27 @@
+// What peer.js and participant.js share: Debian's headless Chromium with the flags a WebRTC test
+// needs (loopback candidates, fake camera and microphone granted without a prompt), a fresh
+// profile from CHROMIUM_USER_DATA_DIR, and one JSON object per stdout line.
+'use strict';
+const { chromium } = require('playwright-core');
+
+const FLAGS = [
+  '--no-sandbox', '--disable-gpu', '--allow-loopback-in-peer-connection',
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+];
+
+function send(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
+
+async function launch() {
+  const context = await chromium.launchPersistentContext(process.env.CHROMIUM_USER_DATA_DIR, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: FLAGS,
+  });
+  const page = context.pages()[0] || await context.newPage();
+  return { context, page };
+}
+
+function fail(e) { send({ error: String((e && e.stack) || e) }); process.exit(1); }
+
+module.exports = { launch, send, fail };

@@ -1,0 +1,1008 @@
+//! The WebRTC edge against an independent implementation: str0m (a sans-IO Rust WebRTC stack
+//! with its own ICE agent and DTLS) plays the browser — full ICE controlling agent, DTLS client
+//! or server — against WebRTC legs of a real `sluice-dataplane`, over real loopback UDP. SRTP
+//! media must flow both ways between two str0m peers through Sluice; forged STUN, DTLS garbage
+//! and a handshake flood must be dropped and counted while the legs keep flowing; a peer that
+//! goes silent must lose ICE consent (Sluice stops sending to it) and get it back.
+//!
+//! Ports (the test's own range): dataplane legs 32100..=32199, peers 32200..=32299, metrics and
+//! gRPC 32300..=32399.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use sluice_core::ids::{Generation, LegId, Pt, Ssrc, TrackId};
+use sluice_core::srtp::Profile;
+use sluice_core::table::{
+    Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec,
+    TrackSpec,
+};
+use sluice_controlplane::pb;
+use sluice_controlplane::pb::change::Change as C;
+use sluice_dataplane::control::{Client, Request, Response};
+use sluice_dataplane::edge::EdgeStatus;
+use sluice_tests::{Daemon, TempDir};
+use str0m::format::Codec as StrCodec;
+use str0m::media::{MediaKind as StrKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc as StrSsrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+/// A str0m peer on its own loopback UDP socket.
+struct Peer {
+    name: &'static str,
+    rtc: Rtc,
+    sock: UdpSocket,
+    addr: SocketAddr,
+    /// (SSRC, payload) of every RTP packet received.
+    received: Vec<(u32, Vec<u8>)>,
+    ice: IceConnectionState,
+    mid: Mid,
+    seq: u64,
+}
+
+impl Peer {
+    fn new(name: &'static str, port: u16) -> Self {
+        let sock = UdpSocket::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+        sock.set_nonblocking(true).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let mut rtc = Rtc::builder().set_rtp_mode(true).build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mid: Mid = "a0".into();
+        rtc.direct_api().declare_media(mid, StrKind::Audio);
+        Self { name, rtc, sock, addr, received: Vec::new(), ice: IceConnectionState::New, mid, seq: 0 }
+    }
+
+    /// Its ICE credentials, as Sluice's leg spec wants them.
+    fn ice_credentials(&mut self) -> IceCredentials {
+        let c = self.rtc.direct_api().local_ice_credentials();
+        IceCredentials { ufrag: c.ufrag, pwd: c.pass }
+    }
+
+    fn fingerprint(&mut self) -> String {
+        self.rtc.direct_api().local_dtls_fingerprint().to_string()
+    }
+
+    /// Points the peer at a Sluice leg: Sluice's host candidate, ICE credentials and DTLS
+    /// fingerprint; the peer is the controlling agent, DTLS client when `active`.
+    fn connect_to(&mut self, sluice: SocketAddr, creds: &IceCredentials, fingerprint: &str, active: bool) {
+        {
+            let mut api = self.rtc.direct_api();
+            api.set_remote_fingerprint(fingerprint.parse().expect("fingerprint parses"));
+            api.set_remote_ice_credentials(str0m::IceCreds { ufrag: creds.ufrag.clone(), pass: creds.pwd.clone() });
+            api.set_ice_controlling(true);
+            api.start_dtls(active).unwrap();
+        }
+        self.rtc.add_remote_candidate(Candidate::host(sluice, "udp").unwrap());
+    }
+
+    fn send_stream(&mut self, ssrc: u32) {
+        let mid = self.mid;
+        self.rtc.direct_api().declare_stream_tx(StrSsrc::from(ssrc), None, mid, None);
+    }
+
+    fn expect_stream(&mut self, ssrc: u32) {
+        let mid = self.mid;
+        self.rtc.direct_api().expect_stream_rx(StrSsrc::from(ssrc), None, mid, None);
+    }
+
+    /// Sends one Opus-typed RTP packet on `ssrc` with `payload`.
+    fn send_rtp(&mut self, ssrc: u32, payload: &[u8]) {
+        let pt = self.rtc.codec_config().find(|p| p.spec().codec == StrCodec::Opus).map(|p| p.pt()).expect("opus configured");
+        self.seq += 1;
+        let now = Instant::now();
+        let mut api = self.rtc.direct_api();
+        let stream = api.stream_tx(&StrSsrc::from(ssrc)).expect("declared stream");
+        stream.write_rtp(RtpWrite::new(pt, (1000 + self.seq).into(), (self.seq * 960) as u32, now, payload.to_vec()));
+    }
+
+    fn drain_output(&mut self) {
+        loop {
+            match self.rtc.poll_output().unwrap_or_else(|e| panic!("{}: poll_output: {e}", self.name)) {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    let _ = self.sock.send_to(&t.contents, t.destination);
+                }
+                Output::Event(e) => match e {
+                    Event::IceConnectionStateChange(s) => self.ice = s,
+                    Event::RtpPacket(p) => self.received.push((*p.header.ssrc, p.payload.to_vec())),
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Runs the peer: sends what it wants to send, feeds it what arrived, fires its timers.
+    fn pump(&mut self) {
+        self.drain_output();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, source)) = self.sock.recv_from(&mut buf) {
+            let Ok(contents) = buf[..n].try_into() else { continue };
+            let r = Receive { proto: Protocol::Udp, source, destination: self.addr, contents };
+            self.rtc.handle_input(Input::Receive(Instant::now(), r)).unwrap_or_else(|e| panic!("{}: input: {e}", self.name));
+            self.drain_output();
+        }
+        self.rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
+        self.drain_output();
+    }
+
+    fn connected(&self) -> bool {
+        self.rtc.is_connected()
+    }
+
+    fn got(&self, ssrc: u32, prefix: &[u8]) -> usize {
+        self.received.iter().filter(|(s, p)| *s == ssrc && p.starts_with(prefix)).count()
+    }
+}
+
+/// Pumps every peer (and `also`) until `done` or `timeout`.
+fn pump_until(peers: &mut [&mut Peer], timeout: Duration, mut done: impl FnMut(&[&mut Peer]) -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        for p in peers.iter_mut() {
+            p.pump();
+        }
+        if done(peers) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+fn start_dataplane(dir: &TempDir, consent_ms: u64, metrics: &str) -> (Daemon, std::path::PathBuf) {
+    let sock = dir.path().join("dp.sock");
+    let cfg = dir.path().join("dataplane.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\ncontrol_socket = \"{}\"\nport_range = [32100, 32199]\nconsent_timeout_ms = {consent_ms}\nhandshake_timeout_ms = 3000\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", metrics], &dir.path().join("dp.log"));
+    assert!(d.wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
+    (d, sock)
+}
+
+fn edge_status(c: &mut Client) -> EdgeStatus {
+    match c.call(&Request::Edge { rotate: false }).unwrap() {
+        Response::Edge(s) => s,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn counter(s: &EdgeStatus, name: &str) -> u64 {
+    s.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// Pumps both peers until Sluice completed `n` handshakes (a peer may call itself connected one
+/// flight before Sluice does: its Finished still in flight), at most 5 s; the last status.
+fn wait_handshakes(ctl: &mut Client, a: &mut Peer, b: &mut Peer, n: u64) -> EdgeStatus {
+    let mut s = edge_status(ctl);
+    let end = Instant::now() + Duration::from_secs(5);
+    while counter(&s, "handshakes_completed") < n && Instant::now() < end {
+        pump_until(&mut [&mut *a, &mut *b], Duration::from_millis(50), |_| false);
+        s = edge_status(ctl);
+    }
+    s
+}
+
+fn core_drops(c: &mut Client, reason: &str) -> u64 {
+    match c.call(&Request::Stats).unwrap() {
+        Response::Stats(s) => {
+            let r = sluice_core::verdict::DropReason::ALL.iter().find(|r| r.name() == reason).unwrap();
+            s.iter().map(|w| w.drops_for(*r)).sum()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn placeholder() -> KeyMaterial {
+    // Never used: a WebRTC leg carries no media until its DTLS keys are installed.
+    KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] }
+}
+
+fn audio(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
+    TrackSpec {
+        id: TrackId(id),
+        publisher: LegId(publisher),
+        kind: MediaKind::Audio,
+        clock_rate: 48_000,
+        layers: vec![LayerSpec { ssrc: Some(Ssrc(ssrc)), rtx_ssrc: None, rid: None }],
+        payload_types: vec![PayloadSpec { pt: Pt(111), codec: Codec::Audio, rtx_pt: None }],
+        rid_ext: None,
+        repaired_rid_ext: None,
+    }
+}
+
+fn sub(subscriber: u32, track: u32, out: u32) -> SubscriptionSpec {
+    SubscriptionSpec {
+        subscriber: LegId(subscriber),
+        track: TrackId(track),
+        out_ssrc: Ssrc(out),
+        out_rtx_ssrc: None,
+        pt_map: vec![(Pt(111), Pt(111))],
+        ext_map: vec![],
+        target_layer: 0,
+        paused: false,
+    }
+}
+
+/// Sends `n` packets each way, 10 ms apart, pumping both peers; returns what each received.
+fn exchange(a: &mut Peer, b: &mut Peer, tag: &[u8], n: usize) -> (usize, usize) {
+    for i in 0..n {
+        let mut p = tag.to_vec();
+        p.extend_from_slice(&(i as u32).to_be_bytes());
+        a.send_rtp(0xA1, &p);
+        b.send_rtp(0xB2, &p);
+        let t = Instant::now() + Duration::from_millis(10);
+        while Instant::now() < t {
+            a.pump();
+            b.pump();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    pump_until(&mut [a, b], Duration::from_millis(300), |_| false);
+    (b.got(0xB1, tag), a.got(0xA2, tag))
+}
+
+/// Starts the control plane (plain text gRPC on loopback `grpc`, leg ports `ports`) against the
+/// dataplane at `dp_sock`, and waits until it listens.
+fn start_controlplane(dir: &TempDir, dp_sock: &std::path::Path, grpc: u16, ports: (u16, u16)) -> Daemon {
+    let cfg = dir.path().join("controlplane.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[controlplane]\ngrpc_listen = \"127.0.0.1:{grpc}\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+            dp_sock.display(),
+            dir.path().join("state").display(),
+            ports.0,
+            ports.1
+        ),
+    )
+    .unwrap();
+    let mut cp = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(50)).is_none(), "no gRPC on {grpc}\n{}", cp.log_text());
+    }
+    cp
+}
+
+/// A gRPC channel to the control plane on loopback `port`.
+fn grpc_channel(rt: &tokio::runtime::Runtime, port: u16) -> tonic::transport::Channel {
+    rt.block_on(tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect()).expect("gRPC channel")
+}
+
+/// A WebRTC leg as a signaling service creates it from the peer's SDP.
+fn pb_webrtc_leg(id: &str, remote: &IceCredentials, fingerprint: &str, setup: pb::DtlsSetup) -> pb::Change {
+    pb::Change {
+        change: Some(C::Leg(pb::Leg {
+            id: id.into(),
+            feedback_ssrc: 0xfeed,
+            webrtc: Some(pb::WebRtc {
+                remote_ice_ufrag: remote.ufrag.clone(),
+                remote_ice_pwd: remote.pwd.clone(),
+                remote_fingerprint: fingerprint.into(),
+                setup: setup as i32,
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An audio track on payload type `pt`.
+fn pb_audio_track(id: &str, leg: &str, ssrc: u32, pt: u32) -> pb::Change {
+    pb::Change {
+        change: Some(C::Track(pb::Track {
+            id: id.into(),
+            publisher_leg: leg.into(),
+            kind: pb::MediaKind::Audio as i32,
+            clock_rate: 48_000,
+            layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
+            payload_types: vec![pb::PayloadType { pt, codec: pb::Codec::Audio as i32, rtx_pt: None }],
+            ..Default::default()
+        })),
+    }
+}
+
+/// A subscription mapping payload type `from` to `to`.
+fn pb_subscription(leg: &str, track: &str, out: u32, from: u32, to: u32) -> pb::Change {
+    pb::Change {
+        change: Some(C::Subscription(pb::Subscription {
+            subscriber_leg: leg.into(),
+            track: track.into(),
+            out_ssrc: out,
+            pt_map: vec![pb::IdMapping { from, to }],
+            ..Default::default()
+        })),
+    }
+}
+
+/// Sluice's ICE credentials from its answer.
+fn local_creds(w: &pb::WebRtcLocal) -> IceCredentials {
+    IceCredentials { ufrag: w.ice_ufrag.clone(), pwd: w.ice_pwd.clone() }
+}
+
+/// Two str0m peers through two WebRTC legs programmed on the dataplane's control socket: leg 1
+/// with Sluice as DTLS server, leg 2 as DTLS client. Then hostile input, then consent.
+#[test]
+fn str0m_peers_meet_through_webrtc_legs() {
+    let dir = TempDir::new("webrtc-str0m");
+    let (mut dp, sock) = start_dataplane(&dir, 6_000, "127.0.0.1:32301");
+    let mut ctl = Client::connect(&sock).unwrap();
+    let fingerprint = edge_status(&mut ctl).fingerprint;
+    assert!(fingerprint.starts_with("sha-256 "), "{fingerprint}");
+
+    let mut a = Peer::new("A", 32201);
+    let mut b = Peer::new("B", 32202);
+    let sluice_creds = |n: u32| IceCredentials { ufrag: format!("sl{n}x"), pwd: format!("sluice-password-of-leg-{n}") };
+    let (a_creds, b_creds) = (a.ice_credentials(), b.ice_credentials());
+    let (a_fp, b_fp) = (a.fingerprint(), b.fingerprint());
+    let leg = |id: u32, port: u16, remote: IceCredentials, role: DtlsRole, fp: String| LegSpec {
+        id: LegId(id),
+        local_port: port,
+        remote: None,
+        rx: placeholder(),
+        tx: placeholder(),
+        feedback_ssrc: Ssrc(0xfeed_0000 + id),
+        edge: Some(Box::new(EdgeSpec { local: sluice_creds(id), remote, role, remote_fingerprint: fp })),
+    };
+    let ops = vec![
+        Op::UpsertLeg(leg(1, 32101, a_creds, DtlsRole::Server, a_fp)),
+        Op::UpsertLeg(leg(2, 32102, b_creds, DtlsRole::Client, b_fp.clone())),
+        // Two legs for hostile peers that pass ICE (they know the credentials): one floods its
+        // handshake, one never answers Sluice's ClientHello.
+        Op::UpsertLeg(leg(3, 32103, IceCredentials { ufrag: "fake3".into(), pwd: "x".repeat(22) }, DtlsRole::Server, b_fp.clone())),
+        Op::UpsertLeg(leg(4, 32104, IceCredentials { ufrag: "fake4".into(), pwd: "x".repeat(22) }, DtlsRole::Client, b_fp)),
+        Op::UpsertTrack(audio(1, 1, 0xA1)),
+        Op::UpsertTrack(audio(2, 2, 0xB2)),
+        Op::UpsertSubscription(sub(2, 1, 0xB1)),
+        Op::UpsertSubscription(sub(1, 2, 0xA2)),
+    ];
+    let r = ctl.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).unwrap();
+    assert!(matches!(r, Response::Applied(Generation(1))), "{r:?}");
+
+    a.send_stream(0xA1);
+    a.expect_stream(0xA2);
+    b.send_stream(0xB2);
+    b.expect_stream(0xB1);
+    a.connect_to("127.0.0.1:32101".parse().unwrap(), &sluice_creds(1), &fingerprint, true);
+    b.connect_to("127.0.0.1:32102".parse().unwrap(), &sluice_creds(2), &fingerprint, false);
+    let up = pump_until(&mut [&mut a, &mut b], Duration::from_secs(15), |p| p.iter().all(|p| p.connected()));
+    assert!(up, "peers did not connect (A {:?}, B {:?}); edge {:?}\n{}", a.ice, b.ice, edge_status(&mut ctl), dp.log_text());
+    let s = wait_handshakes(&mut ctl, &mut a, &mut b, 2);
+    assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
+    assert!(counter(&s, "stun_answered") >= 2, "{s:?}");
+
+    // SRTP both ways, re-encrypted by Sluice with each leg's DTLS-exported keys.
+    let (to_b, to_a) = exchange(&mut a, &mut b, b"first", 50);
+    assert!(to_b >= 45 && to_a >= 45, "B got {to_b}/50 from A, A got {to_a}/50 from B");
+
+    // Hostile input while the legs flow: forged STUN (right ufrag, wrong password), DTLS garbage
+    // from a stranger and from A's own address, and a flood of ClientHello-framed records.
+    let attacker = UdpSocket::bind("127.0.0.1:32210").unwrap();
+    let before = edge_status(&mut ctl);
+    let mut forged = [0u8; 200];
+    let a_user = format!("sl1x:{}", a.ice_credentials().ufrag);
+    for i in 0..20u8 {
+        let opts = sluice_core::ice::RequestOptions { priority: 1, use_candidate: true, tie_breaker: 1 };
+        // Half with the right USERNAME but the wrong password, half with a stranger's ufrag.
+        let user = if i % 2 == 0 { a_user.as_str() } else { "sl1x:evil" };
+        let n = sluice_core::ice::binding_request(&[i; 12], user, "not-the-password-at-all", opts, &mut forged).unwrap();
+        attacker.send_to(&forged[..n], "127.0.0.1:32101").unwrap();
+        attacker.send_to(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, 1, 2], "127.0.0.1:32102").unwrap();
+        a.sock.send_to(&[23, 0x01, 0x02, 0x03], "127.0.0.1:32101").unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut hello = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40];
+    hello.extend_from_slice(&[1u8; 40]);
+    for _ in 0..2000 {
+        let _ = attacker.send_to(&hello, "127.0.0.1:32101");
+    }
+    // Hostile peers that pass ICE: nominate their pair with valid checks (the answer's
+    // XOR-MAPPED-ADDRESS must be where they sent from), then flood a handshake with garbage
+    // records (leg 3), or stay silent while Sluice, the DTLS client, retransmits its
+    // ClientHello until the handshake timeout (leg 4).
+    let mut nominate = |sock: &UdpSocket, leg: u32, port: u16| {
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let opts = sluice_core::ice::RequestOptions { priority: 1, use_candidate: true, tie_breaker: 9 };
+        let n = sluice_core::ice::binding_request(&[leg as u8; 12], &format!("sl{leg}x:fake{leg}"), &sluice_creds(leg).pwd, opts, &mut forged).unwrap();
+        sock.send_to(&forged[..n], ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = sock.recv_from(&mut buf).expect("a Binding response");
+        assert_eq!(from.port(), port);
+        let me = sock.local_addr().unwrap();
+        assert_eq!(sluice_core::ice::xor_mapped_address(&buf[..n]), Some(me), "XOR-MAPPED-ADDRESS");
+    };
+    let flooder = UdpSocket::bind("127.0.0.1:32220").unwrap();
+    let silent = UdpSocket::bind("127.0.0.1:32221").unwrap();
+    nominate(&flooder, 3, 32103);
+    nominate(&silent, 4, 32104);
+    for i in 0..120u8 {
+        let mut rec = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, i, 0, 60];
+        rec.extend_from_slice(&[i; 60]);
+        flooder.send_to(&rec, "127.0.0.1:32103").unwrap();
+        std::thread::sleep(Duration::from_millis(12));
+        a.pump();
+        b.pump();
+    }
+    let mut hellos = 0;
+    silent.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let end = Instant::now() + Duration::from_millis(3_500);
+    let mut buf = [0u8; 1500];
+    while Instant::now() < end {
+        if let Ok((n, _)) = silent.recv_from(&mut buf) {
+            hellos += usize::from(n > 13 && buf[0] == 22 && buf[13] == 1);
+        }
+        a.pump();
+        b.pump();
+    }
+    assert!(hellos >= 2, "Sluice sent {hellos} ClientHellos: it must retransmit an unanswered flight");
+    let log = dp.log_text();
+    assert!(log.contains("reason=\"handshake_timeout\"") && log.contains("leg=4"), "{log}");
+    let hostile = edge_status(&mut ctl);
+    assert!(counter(&hostile, "handshakes_failed") >= 2, "both hostile handshakes fail: {hostile:?}");
+    assert!(counter(&hostile, "dtls_ignored") > 0, "a failed leg's DTLS is no longer fed to OpenSSL: {hostile:?}");
+    let (to_b, to_a) = exchange(&mut a, &mut b, b"second", 50);
+    assert!(to_b >= 45 && to_a >= 45, "under attack: B got {to_b}/50 from A, A got {to_a}/50 from B");
+    let after = edge_status(&mut ctl);
+    let delta = |n: &str| counter(&after, n) - counter(&before, n);
+    assert!(delta("stun_dropped_bad_username") >= 10 && delta("stun_dropped_bad_integrity") >= 10, "{after:?}");
+    assert!(delta("dtls_malformed") >= 40, "{after:?}");
+    let limited = core_drops(&mut ctl, "slow_path_limited") + core_drops(&mut ctl, "slow_path_full");
+    assert!(delta("dtls_unvalidated_source") + limited >= 2000, "flood: {} unvalidated, {limited} limited; {after:?}", delta("dtls_unvalidated_source"));
+    assert_eq!(counter(&after, "handshakes_completed"), 2);
+
+    // Consent: B goes silent (no checks) past the 6 s timeout; Sluice stops sending to it.
+    let quiet = Instant::now() + Duration::from_millis(7_500);
+    while Instant::now() < quiet {
+        a.send_rtp(0xA1, b"quiet");
+        a.pump();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let not_connected = core_drops(&mut ctl, "not_connected");
+    assert!(not_connected > 0, "media to a leg without consent must be dropped");
+    // B speaks again: its next check restores consent and media flows.
+    let (to_b, _) = exchange(&mut a, &mut b, b"third", 50);
+    assert!(to_b >= 30, "after consent came back B got {to_b}/50\n{}", dp.log_text());
+    let log = dp.log_text();
+    assert!(log.contains("ICE consent expired"), "{log}");
+    // The counters are on /metrics too.
+    let metrics = {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect("127.0.0.1:32301").unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    let metric = |line: &str| metrics.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert_eq!(metric("sluice_edge_total{counter=\"handshakes_completed\"}"), Some(2), "{metrics}");
+    assert!(metric("sluice_edge_total{counter=\"stun_dropped_bad_integrity\"}") >= Some(10), "{metrics}");
+    assert_eq!(metric("sluice_edge_legs"), Some(4), "{metrics}");
+    eprintln!("edge: {:?}\nnot_connected drops: {not_connected}, slow path limited/full: {limited}", edge_status(&mut ctl));
+    drop(ctl);
+    dp.signal(libc::SIGTERM);
+    assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+}
+
+mod grpc {
+    //! The same meeting, created the way a signaling service does it: WebRTC legs over the
+    //! control plane's gRPC API, Sluice's candidates/credentials/fingerprint from the answer,
+    //! ICE and DTLS progress (and a failure with its reason) on Watch.
+
+    use std::sync::mpsc;
+
+    use sluice_controlplane::pb;
+    use sluice_controlplane::pb::change::Change as C;
+    use sluice_controlplane::pb::routes_client::RoutesClient;
+    use sluice_controlplane::pb::web_rtc_state::State;
+    use tonic::Code;
+    use tonic::transport::Channel;
+
+    use super::*;
+
+    const SESSION: &str = "webrtc-meeting";
+
+    fn webrtc_leg(id: &str, peer: &mut Peer, setup: pb::DtlsSetup) -> pb::Change {
+        let c = peer.ice_credentials();
+        pb_webrtc_leg(id, &c, &peer.fingerprint(), setup)
+    }
+
+    fn audio_track(id: &str, leg: &str, ssrc: u32) -> pb::Change {
+        pb_audio_track(id, leg, ssrc, 111)
+    }
+
+    fn subscription(leg: &str, track: &str, out: u32) -> pb::Change {
+        pb_subscription(leg, track, out, 111, 111)
+    }
+
+    fn change_set(changes: Vec<pb::Change>) -> pb::ChangeSet {
+        pb::ChangeSet { session: SESSION.into(), changes, ..Default::default() }
+    }
+
+    #[test]
+    fn str0m_peers_meet_through_legs_created_over_grpc() {
+        let dir = TempDir::new("webrtc-grpc");
+        let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32303");
+        let cp = start_controlplane(&dir, &sock, 32302, (32110, 32119));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let channel = grpc_channel(&rt, 32302);
+        let mut routes = RoutesClient::new(channel);
+        let (ev_tx, ev_rx) = mpsc::channel::<pb::Event>();
+        let mut watch = rt.block_on(routes.watch(pb::WatchRequest { session: SESSION.into() })).unwrap().into_inner();
+        rt.spawn(async move {
+            while let Ok(Some(e)) = watch.message().await {
+                if ev_tx.send(e).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut a = Peer::new("A", 32211);
+        let mut b = Peer::new("B", 32212);
+        let mut c = Peer::new("C", 32213);
+
+        // Validation names the field.
+        let mut bad = webrtc_leg("alice", &mut a, pb::DtlsSetup::Passive);
+        let expect = |routes: &mut RoutesClient<Channel>, cs: pb::ChangeSet, field: &str| {
+            let st = rt.block_on(routes.apply(cs)).expect_err("must be refused");
+            assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+            assert!(st.message().contains(field), "{field} not in {:?}", st.message());
+        };
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.webrtc.as_mut().unwrap().remote_fingerprint = "sha-256 AB:CD".into();
+        }
+        expect(&mut routes, change_set(vec![bad.clone()]), "changes[0].leg.webrtc.remote_fingerprint");
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.webrtc.as_mut().unwrap().remote_fingerprint = a.fingerprint();
+            l.webrtc.as_mut().unwrap().remote_ice_pwd = "short".into();
+        }
+        expect(&mut routes, change_set(vec![bad.clone()]), "changes[0].leg.webrtc.remote_ice_pwd");
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.webrtc.as_mut().unwrap().remote_ice_pwd = "x".repeat(24);
+            l.webrtc.as_mut().unwrap().setup = 0;
+        }
+        expect(&mut routes, change_set(vec![bad.clone()]), "changes[0].leg.webrtc.setup");
+        if let Some(C::Leg(l)) = &mut bad.change {
+            l.webrtc.as_mut().unwrap().setup = pb::DtlsSetup::Passive as i32;
+            l.rx = Some(pb::KeyMaterial { profile: 1, key: vec![0; 16], salt: vec![0; 14] });
+        }
+        expect(&mut routes, change_set(vec![bad]), "changes[0].leg.rx");
+
+        // Alice: Sluice is the DTLS server; Bob: Sluice is the DTLS client; Mallory's leg names
+        // the wrong fingerprint (Alice's), so its handshake must fail with that reason.
+        let mut mallory = webrtc_leg("mallory", &mut c, pb::DtlsSetup::Passive);
+        if let Some(C::Leg(l)) = &mut mallory.change {
+            l.webrtc.as_mut().unwrap().remote_fingerprint = a.fingerprint();
+        }
+        let resp = rt
+            .block_on(routes.apply(change_set(vec![
+                webrtc_leg("alice", &mut a, pb::DtlsSetup::Passive),
+                webrtc_leg("bob", &mut b, pb::DtlsSetup::Active),
+                mallory,
+                audio_track("alice-mic", "alice", 0xA1),
+                audio_track("bob-mic", "bob", 0xB2),
+                subscription("bob", "alice-mic", 0xB1),
+                subscription("alice", "bob-mic", 0xA2),
+            ])))
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()))
+            .into_inner();
+        let local = |leg: &str| {
+            let p = resp.ports.iter().find(|p| p.leg == leg).unwrap_or_else(|| panic!("no port for {leg}: {resp:?}"));
+            let w = p.webrtc.clone().unwrap_or_else(|| panic!("{leg} has no webrtc answer"));
+            (p.local_port as u16, w)
+        };
+        let ((pa, wa), (pb_, wb), (pc, wc)) = (local("alice"), local("bob"), local("mallory"));
+        for (port, w) in [(pa, &wa), (pb_, &wb), (pc, &wc)] {
+            assert!(w.fingerprint.starts_with("sha-256 ") && w.ice_ufrag.len() >= 4 && w.ice_pwd.len() >= 22, "{w:?}");
+            assert_eq!(w.candidates.len(), 1, "{w:?}");
+            assert_eq!((w.candidates[0].ip.as_str(), w.candidates[0].port), ("127.0.0.1", u32::from(port)));
+            assert!(w.candidates[0].candidate.ends_with(&format!("127.0.0.1 {port} typ host")), "{w:?}");
+        }
+        assert_ne!(wa.ice_ufrag, wb.ice_ufrag, "each leg has its own credentials");
+        assert_eq!((wa.setup, wb.setup), (pb::DtlsSetup::Passive as i32, pb::DtlsSetup::Active as i32));
+
+        a.send_stream(0xA1);
+        a.expect_stream(0xA2);
+        b.send_stream(0xB2);
+        b.expect_stream(0xB1);
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        a.connect_to(at(pa), &local_creds(&wa), &wa.fingerprint, true);
+        b.connect_to(at(pb_), &local_creds(&wb), &wb.fingerprint, false);
+        c.connect_to(at(pc), &local_creds(&wc), &wc.fingerprint, true);
+        let up = pump_until(&mut [&mut a, &mut b, &mut c], Duration::from_secs(15), |p| p[0].connected() && p[1].connected());
+        assert!(up, "A {:?} B {:?}\n{}", a.ice, b.ice, dp.log_text());
+        let mut ctl = Client::connect(&sock).unwrap();
+        let s = wait_handshakes(&mut ctl, &mut a, &mut b, 2);
+        assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
+        drop(ctl);
+        let (to_b, to_a) = exchange(&mut a, &mut b, b"grpc", 50);
+        assert!(to_b >= 45 && to_a >= 45, "B got {to_b}/50 from A, A got {to_a}/50 from B");
+
+        // Watch: ICE and DTLS connected for Alice and Bob, Mallory failed on the fingerprint.
+        let mut seen: Vec<(String, i32, String)> = Vec::new();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            while let Ok(e) = ev_rx.try_recv() {
+                if let Some(pb::event::Event::Webrtc(w)) = e.event {
+                    assert_eq!(e.session, SESSION);
+                    seen.push((w.leg, w.state, w.reason));
+                }
+            }
+            let has = |leg: &str, s: State, reason: &str| seen.iter().any(|(l, st, r)| l == leg && *st == s as i32 && r == reason);
+            if has("alice", State::IceConnected, "")
+                && has("alice", State::DtlsConnected, "")
+                && has("bob", State::IceConnected, "")
+                && has("bob", State::DtlsConnected, "")
+                && has("mallory", State::Failed, "fingerprint_mismatch")
+            {
+                break;
+            }
+            c.pump();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let has = |leg: &str, s: State, reason: &str| seen.iter().any(|(l, st, r)| l == leg && *st == s as i32 && r == reason);
+        assert!(has("alice", State::DtlsConnected, "") && has("bob", State::DtlsConnected, ""), "{seen:?}");
+        assert!(has("alice", State::IceConnected, "") && has("bob", State::IceConnected, ""), "{seen:?}");
+        assert!(has("mallory", State::Failed, "fingerprint_mismatch"), "{seen:?}");
+
+        // GetSession shows Sluice's side again (for a signaling service that restarted).
+        let s = rt.block_on(routes.get_session(pb::GetSessionRequest { session: SESSION.into() })).unwrap().into_inner();
+        let alice = s.legs.iter().find(|l| l.id == "alice").unwrap();
+        assert_eq!(alice.webrtc_local.as_ref().map(|w| w.ice_ufrag.clone()), Some(wa.ice_ufrag.clone()));
+        assert!(alice.rx.is_none() && alice.webrtc.as_ref().is_some_and(|w| w.remote_ice_pwd.is_empty()), "no secrets in views: {alice:?}");
+
+        // Certificate rotation: new answers carry the new fingerprint; connected legs keep flowing.
+        let mut node = pb::node_client::NodeClient::new(grpc_channel(&rt, 32302));
+        let rotated = rt.block_on(node.rotate_dtls_certificate(pb::RotateDtlsCertificateRequest {})).unwrap().into_inner().fingerprint;
+        assert!(rotated.starts_with("sha-256 ") && rotated != wa.fingerprint, "{rotated}");
+        let s = rt.block_on(routes.get_session(pb::GetSessionRequest { session: SESSION.into() })).unwrap().into_inner();
+        assert!(s.legs.iter().all(|l| l.webrtc_local.as_ref().is_some_and(|w| w.fingerprint == rotated)), "{s:?}");
+        let (to_b, to_a) = exchange(&mut a, &mut b, b"rotated", 30);
+        assert!(to_b >= 25 && to_a >= 25, "after rotation: B got {to_b}/30, A got {to_a}/30");
+        drop(node);
+        drop(routes);
+        drop(rt);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+}
+
+mod chromium {
+    //! A real browser: Debian's headless Chromium (driven by `tests/chromium/peer.js` through
+    //! playwright-core) publishes its fake microphone through a WebRTC leg created over gRPC,
+    //! with Sluice's SDP answer built from the ApplyResponse; a str0m peer on another leg receives
+    //! it, and Chromium's getStats shows the str0m peer's audio arriving through Sluice.
+
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    use sluice_controlplane::pb::routes_client::RoutesClient;
+
+    use super::*;
+
+    /// The value of the first `a=<key>:` line.
+    fn attr<'a>(sdp: &'a str, key: &str) -> Option<&'a str> {
+        sdp.lines().find_map(|l| l.strip_prefix("a=")?.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
+    }
+
+    /// Sluice's answer to a one-audio-m-line offer: ICE-lite, its host candidate, credentials and
+    /// fingerprint from the gRPC answer, DTLS passive, and the SSRC it sends the browser.
+    fn answer(offer: &str, w: &pb::WebRtcLocal, opus_pt: u32, out_ssrc: u32) -> String {
+        let mid = attr(offer, "mid").unwrap_or("0");
+        let c = &w.candidates[0];
+        [
+            "v=0".to_string(),
+            "o=- 1 1 IN IP4 127.0.0.1".into(),
+            "s=-".into(),
+            "t=0 0".into(),
+            format!("a=group:BUNDLE {mid}"),
+            "a=ice-lite".into(),
+            format!("m=audio {} UDP/TLS/RTP/SAVPF {opus_pt}", c.port),
+            format!("c=IN IP4 {}", c.ip),
+            format!("a=ice-ufrag:{}", w.ice_ufrag),
+            format!("a=ice-pwd:{}", w.ice_pwd),
+            format!("a=fingerprint:{}", w.fingerprint),
+            "a=setup:passive".into(),
+            format!("a=mid:{mid}"),
+            "a=sendrecv".into(),
+            "a=rtcp-mux".into(),
+            format!("a=rtpmap:{opus_pt} opus/48000/2"),
+            format!("a=fmtp:{opus_pt} minptime=10;useinbandfec=1"),
+            format!("a=ssrc:{out_ssrc} cname:sluice"),
+            format!("a=ssrc:{out_ssrc} msid:sluice sluice-audio"),
+            format!("a={}", c.candidate),
+            "a=end-of-candidates".into(),
+            String::new(),
+        ]
+        .join("\r\n")
+    }
+
+    #[test]
+    fn chromium_and_str0m_meet_through_sluice() {
+        let peer_js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/peer.js");
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        assert!(
+            peer_js.with_file_name("node_modules/playwright-core").exists(),
+            "tests/chromium/node_modules is missing (scripts/setup.sh runs npm ci there)"
+        );
+        let dir = TempDir::new("webrtc-chromium");
+        let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32305");
+        let cp = start_controlplane(&dir, &sock, 32306, (32120, 32129));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let channel = grpc_channel(&rt, 32306);
+        let mut routes = RoutesClient::new(channel);
+
+        // The browser: its offer first.
+        let profile_dir = dir.path().join("chromium-profile");
+        std::fs::create_dir_all(&profile_dir).unwrap();
+        let mut node = Command::new("node")
+            .arg(&peer_js)
+            .env("CHROMIUM_USER_DATA_DIR", &profile_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node");
+        let mut to_node = node.stdin.take().unwrap();
+        let (line_tx, lines) = mpsc::channel::<serde_json::Value>();
+        let stdout = node.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&l)
+                    && line_tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(60)).expect("an offer from Chromium");
+        let offer = first["offer"].as_str().unwrap_or_else(|| panic!("no offer: {first}")).to_string();
+        let (ufrag, pwd, fp) = (attr(&offer, "ice-ufrag").unwrap(), attr(&offer, "ice-pwd").unwrap(), attr(&offer, "fingerprint").unwrap());
+        let chrome_ssrc: u32 = attr(&offer, "ssrc").and_then(|v| v.split(' ').next()?.parse().ok()).expect("a=ssrc");
+        let opus_pt: u32 = offer
+            .lines()
+            .find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2")?.parse().ok())
+            .expect("opus in the offer");
+
+        let mut b = Peer::new("B", 32230);
+        let bc = b.ice_credentials();
+        let b_fp = b.fingerprint();
+        let resp = rt
+            .block_on(routes.apply(pb::ChangeSet {
+                session: "browser".into(),
+                changes: vec![
+                    pb_webrtc_leg("chrome", &IceCredentials { ufrag: ufrag.into(), pwd: pwd.into() }, fp, pb::DtlsSetup::Passive),
+                    pb_webrtc_leg("bob", &bc, &b_fp, pb::DtlsSetup::Passive),
+                    pb_audio_track("chrome-mic", "chrome", chrome_ssrc, opus_pt),
+                    pb_audio_track("bob-mic", "bob", 0xB2, 111),
+                    pb_subscription("bob", "chrome-mic", 0xB1, opus_pt, 111),
+                    pb_subscription("chrome", "bob-mic", 0xC1, 111, opus_pt),
+                ],
+                ..Default::default()
+            }))
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()))
+            .into_inner();
+        let local = |leg: &str| resp.ports.iter().find(|p| p.leg == leg).and_then(|p| p.webrtc.clone()).unwrap();
+        let (wc, wb) = (local("chrome"), local("bob"));
+        let sdp = answer(&offer, &wc, opus_pt, 0xC1);
+        writeln!(to_node, "{}", serde_json::json!({ "answer": sdp })).unwrap();
+
+        b.send_stream(0xB2);
+        b.expect_stream(0xB1);
+        b.connect_to(SocketAddr::from(([127, 0, 0, 1], wb.candidates[0].port as u16)), &local_creds(&wb), &wb.fingerprint, true);
+
+        // Both ways for up to 30 s: Bob's audio must reach Chromium, Chromium's must reach Bob.
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut last = serde_json::Value::Null;
+        let mut next_send = Instant::now();
+        while Instant::now() < end {
+            if b.connected() && Instant::now() >= next_send {
+                b.send_rtp(0xB2, &[0xf8, 0xff, 0xfe]); // an Opus DTX/silence frame
+                next_send += Duration::from_millis(20);
+            }
+            b.pump();
+            while let Ok(v) = lines.try_recv() {
+                assert!(v.get("error").is_none(), "Chromium: {v}");
+                if v.get("stats").is_some() {
+                    last = v["stats"].clone();
+                }
+            }
+            let chrome_got = last["received"].as_u64().unwrap_or(0);
+            if chrome_got >= 50 && b.got(0xB1, b"") >= 50 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let chrome_got = last["received"].as_u64().unwrap_or(0);
+        let bob_got = b.got(0xB1, b"");
+        eprintln!("Chromium stats: {last}; Bob got {bob_got} packets from Chromium");
+        let _ = writeln!(to_node, "{}", serde_json::json!({ "quit": true }));
+        let _ = node.wait();
+        assert_eq!(last["connection"], "connected", "Chromium's connection state; stats {last}\n{}", dp.log_text());
+        assert!(chrome_got >= 50, "Chromium received {chrome_got} RTP packets from Bob through Sluice; stats {last}");
+        assert!(last["ssrc_in"].as_array().is_some_and(|a| a.iter().any(|s| s == 0xC1)), "on the SSRC Sluice announced: {last}");
+        assert!(bob_got >= 50, "Bob received {bob_got} packets of Chromium's microphone through Sluice");
+        let mut ctl = Client::connect(&sock).unwrap();
+        let s = edge_status(&mut ctl);
+        assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
+        drop(ctl);
+        drop(routes);
+        drop(rt);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+}
+
+mod meeting {
+    //! The reference signaling example end to end: three headless Chromium participants join a
+    //! meeting through `sluice-bench signaling` (which programs Sluice only over gRPC), publish
+    //! camera (VP8 simulcast) and microphone, and each must decode video frames and receive audio
+    //! from both others through Sluice; when one leaves, its media stops for the others.
+
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::sync::mpsc;
+
+    use super::*;
+
+    struct Participant {
+        name: &'static str,
+        child: Child,
+        stdin: ChildStdin,
+        lines: mpsc::Receiver<serde_json::Value>,
+        stats: serde_json::Value,
+    }
+
+    impl Participant {
+        fn join(name: &'static str, dir: &std::path::Path) -> Self {
+            let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/participant.js");
+            let profile = dir.join(format!("chromium-{name}"));
+            std::fs::create_dir_all(&profile).unwrap();
+            let mut child = Command::new("node")
+                .arg(&js)
+                .arg(format!("http://localhost:32309/?room=e2e&name={name}"))
+                .env("CHROMIUM_USER_DATA_DIR", &profile)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("node");
+            let stdin = child.stdin.take().unwrap();
+            let (tx, lines) = mpsc::channel();
+            let out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l)
+                        && tx.send(v).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            Self { name, child, stdin, lines, stats: serde_json::Value::Null }
+        }
+
+        fn poll(&mut self) {
+            while let Ok(v) = self.lines.try_recv() {
+                if let Some(e) = v.get("error") {
+                    panic!("{}: {e}", self.name);
+                }
+                if v.get("stats").is_some() {
+                    self.stats = v["stats"].clone();
+                }
+            }
+        }
+
+        /// (audio packets, video frames decoded) of receive slot `slot` (mids 2+2·slot, 3+2·slot).
+        fn slot(&self, slot: usize) -> (u64, u64) {
+            let get = |mid: usize, key: &str| self.stats["inbound"][mid.to_string()][key].as_u64().unwrap_or(0);
+            (get(2 + 2 * slot, "packets"), get(3 + 2 * slot, "frames"))
+        }
+
+        fn send(&mut self, v: serde_json::Value) {
+            let _ = writeln!(self.stdin, "{v}");
+        }
+    }
+
+    impl Drop for Participant {
+        fn drop(&mut self) {
+            self.send(serde_json::json!({ "quit": true }));
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn wait(ps: &mut [&mut Participant], secs: u64, done: impl Fn(&[&mut Participant]) -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            for p in ps.iter_mut() {
+                p.poll();
+            }
+            if done(ps) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    #[test]
+    fn three_chromium_participants_meet_through_the_reference_signaling() {
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        let dir = TempDir::new("webrtc-meeting");
+        let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32307");
+        let cp = start_controlplane(&dir, &sock, 32308, (32130, 32139));
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut sig = Daemon::start(
+            "sluice-bench",
+            &["signaling", "--grpc", "http://127.0.0.1:32308", "--listen", "127.0.0.1:32309"],
+            &dir.path().join("signaling.log"),
+        );
+        while std::net::TcpStream::connect("127.0.0.1:32309").is_err() {
+            assert!(Instant::now() < end && sig.wait_exit(Duration::from_millis(50)).is_none(), "no signaling\n{}", sig.log_text());
+        }
+
+        // One at a time, so slots are filled in join order: alice sees bob in slot 0 and carol in
+        // slot 1; bob sees alice, carol; carol sees alice, bob.
+        let mut alice = Participant::join("alice", dir.path());
+        assert!(wait(&mut [&mut alice], 30, |p| p[0].stats["connection"] == "connected"), "alice: {}\n{}", alice.stats, sig.log_text());
+        let mut bob = Participant::join("bob", dir.path());
+        assert!(wait(&mut [&mut alice, &mut bob], 30, |p| p[1].stats["connection"] == "connected"), "bob: {}\n{}", bob.stats, sig.log_text());
+        let mut carol = Participant::join("carol", dir.path());
+        let everyone_sees_everyone = |p: &[&mut Participant]| {
+            p.iter().all(|x| (0..2).all(|s| {
+                let (audio, frames) = x.slot(s);
+                audio >= 25 && frames >= 10
+            }))
+        };
+        let ok = wait(&mut [&mut alice, &mut bob, &mut carol], 60, everyone_sees_everyone);
+        assert!(
+            ok,
+            "alice {}\nbob {}\ncarol {}\n{}\n{}",
+            alice.stats,
+            bob.stats,
+            carol.stats,
+            sig.log_text(),
+            dp.log_text().lines().rev().take(40).collect::<Vec<_>>().join("\n")
+        );
+        for p in [&alice, &bob, &carol] {
+            eprintln!("{}: slot 0 {:?}, slot 1 {:?}", p.name, p.slot(0), p.slot(1));
+        }
+        // Sluice forwarded it: three handshakes, packets out.
+        let mut ctl = Client::connect(&sock).unwrap();
+        assert_eq!(counter(&edge_status(&mut ctl), "handshakes_completed"), 3);
+        let tx: u64 = match ctl.call(&Request::Stats).unwrap() {
+            Response::Stats(s) => s.iter().map(|w| w.tx_packets).sum(),
+            other => panic!("{other:?}"),
+        };
+        assert!(tx > 500, "the dataplane sent {tx} packets");
+
+        // Alice leaves: her slot stops for bob and carol (slot 0), the other slot goes on.
+        alice.send(serde_json::json!({ "leave": true }));
+        std::thread::sleep(Duration::from_secs(2));
+        wait(&mut [&mut bob, &mut carol], 1, |_| false);
+        let before = (bob.slot(0), carol.slot(0), carol.slot(1));
+        wait(&mut [&mut bob, &mut carol], 3, |_| false);
+        let after = (bob.slot(0), carol.slot(0), carol.slot(1));
+        eprintln!("after alice left: before {before:?}, after {after:?}");
+        assert!(after.0.0 - before.0.0 <= 5 && after.1.0 - before.1.0 <= 5, "alice's audio must stop: {before:?} → {after:?}");
+        assert!(after.2.0 - before.2.0 >= 50, "bob's audio to carol goes on: {before:?} → {after:?}");
+        drop((alice, bob, carol));
+        drop(sig);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+}
