@@ -69,7 +69,9 @@ pub const FORWARDER_IP: [u8; 4] = [10, 77, 1, 1];
 pub const SINK_IP: [u8; 4] = [10, 77, 2, 2];
 
 impl Topology {
-    /// Creates it (root; panics with the failing command's error otherwise).
+    /// Creates it (root; panics with the failing command's error otherwise). Not `Default`:
+    /// it changes the machine.
+    #[expect(clippy::new_without_default, reason = "creating namespaces is not a default value")]
     pub fn new() -> Self {
         let (generator, forwarder, sink) = (NetNs::new("g"), NetNs::new("f"), NetNs::new("s"));
         Veth::new("gf", &generator, &["10.77.1.2/24"], &forwarder, &["10.77.1.1/24"]);
