@@ -166,59 +166,6 @@ fn attach_falls_back_to_generic_mode() {
     );
 }
 
-/// Not a test: an unpaced flood of unknown-source RTP over veth, for the notes. The sender (one
-/// thread, one `sendto` per datagram) is the bottleneck on small machines; the number says how
-/// much the shield absorbed, not its ceiling (see `shield_cost` in xdp_test_run.rs for that).
-/// `cargo test --test xdp_veth -- --ignored --nocapture flood_rate`.
-#[test]
-#[ignore = "measurement, not a test"]
-fn flood_rate() {
-    let sender_ns = NetNs::new("frA");
-    let sfu_ns = NetNs::new("frB");
-    let veth = Veth::new(
-        "fr",
-        &sender_ns,
-        &["10.79.0.1/24"],
-        &sfu_ns,
-        &["10.79.0.2/24"],
-    );
-    let mut stage = XdpStage::load_unpinned().unwrap();
-    sfu_ns.enter(|| stage.attach(&veth.b)).unwrap();
-    stage.set_port_range(20000..=20099).unwrap();
-    let _receiver = sfu_ns.enter(|| UdpSocket::bind("10.79.0.2:20000")).unwrap();
-    let dst: SocketAddr = "10.79.0.2:20000".parse().unwrap();
-    let secs = 2.0;
-    let senders: Vec<_> = (0..2)
-        .map(|i| {
-            let s = sender_ns
-                .enter(|| UdpSocket::bind(("10.79.0.1", 41000 + i)))
-                .unwrap();
-            std::thread::spawn(move || {
-                let p = rtp(1, 1);
-                let t0 = Instant::now();
-                let mut n = 0u64;
-                while t0.elapsed().as_secs_f64() < secs {
-                    for _ in 0..256 {
-                        n += u64::from(s.send_to(&p, dst).is_ok());
-                    }
-                }
-                n
-            })
-        })
-        .collect();
-    let before = stage.verdict_counts().unwrap();
-    let sent: u64 = senders.into_iter().map(|h| h.join().unwrap()).sum();
-    std::thread::sleep(Duration::from_millis(200));
-    let dropped = stage.verdict_counts().unwrap().get(V::DropUnknownSource)
-        - before.get(V::DropUnknownSource);
-    println!(
-        "veth flood: {sent} sent by 2 threads in {secs}s ({:.0}/s), {dropped} dropped in XDP ({:.0}/s), {} sent but not seen by XDP",
-        sent as f64 / secs,
-        dropped as f64 / secs,
-        sent - dropped
-    );
-}
-
 /// The same shield over IPv6 (keys hold the 16-byte address as is).
 #[test]
 fn ipv6_flood_is_dropped_and_the_leg_gets_through() {
