@@ -74,14 +74,24 @@ impl Topology {
     #[expect(clippy::new_without_default, reason = "creating namespaces is not a default value")]
     pub fn new() -> Self {
         let (generator, forwarder, sink) = (NetNs::new("g"), NetNs::new("f"), NetNs::new("s"));
-        Veth::new("gf", &generator, &["10.77.1.2/24"], &forwarder, &["10.77.1.1/24"]);
+        let input = Veth::new("gf", &generator, &["10.77.1.2/24"], &forwarder, &["10.77.1.1/24"]);
         let out = Veth::new("fs", &forwarder, &["10.77.2.1/24"], &sink, &["10.77.2.2/24"]);
+        // Senders get TX checksum offload back, as on a real NIC (`Veth` turns it off for XDP
+        // rewrites, which these links do not do): the kernel then computes no UDP checksum.
+        generator.exec("ethtool", &["-K", &input.a, "tx", "on"]);
+        forwarder.exec("ethtool", &["-K", &out.a, "tx", "on"]);
         Self { generator, forwarder, sink, sink_if: out.b }
     }
 }
 /// The subscribers' ports in the sink namespace.
 const SINK_PORT: u16 = 41_000;
 const PUBLISHER_SSRC: u32 = 0x5000;
+/// The publisher's packets are spread over this many streams (SSRCs, one track each), as a
+/// real node's load is: one stream at the bench's packet rates would lose more than 2^15
+/// packets in a row whenever the forwarder's socket overflows for ~50 ms, and SRTP's
+/// rollover-counter estimate (RFC 3711 §3.3.1) cannot follow such a gap — the stream would
+/// stay undecryptable for the rest of the run.
+const STREAMS: u32 = 16;
 /// Where the daemon under test serves its metrics (read for batch sizes and I/O counters).
 const METRICS_PORT: u16 = 39_311;
 
@@ -173,15 +183,21 @@ pub fn material(profile: Profile, seed: u8) -> KeyMaterial {
     KeyMaterial { profile, key: vec![seed; profile.key_len()], salt: vec![seed.wrapping_mul(3); profile.salt_len()] }
 }
 
-/// The table: leg 1 publishes one video layer, legs 2..=N+1 subscribe; subscribers are where
-/// the sink listens, the publisher is latched from its packets.
+/// The table: leg 1 publishes [`STREAMS`] video tracks, legs 2..=N+1 subscribe to all;
+/// subscribers are where the sink listens, the publisher is latched from its packets.
 fn ops(profile: Profile, fanout: u32) -> Vec<Op> {
-    fanout_ops(profile, fanout, BASE_PORT, |l| (l > 1).then(|| SocketAddr::from((SINK_IP, SINK_PORT + l as u16))))
+    streams_ops(profile, fanout, STREAMS, BASE_PORT, |l| (l > 1).then(|| SocketAddr::from((SINK_IP, SINK_PORT + l as u16))))
 }
 
 /// One publisher (leg 1, port `base_port + 1`, SSRC 0x5000, VP8 on PT 96) and `fanout`
 /// subscribers (legs 2..=N+1 on the following ports, out-SSRC 0x9000 + leg) at `remote(leg)`.
 pub fn fanout_ops(profile: Profile, fanout: u32, base_port: u16, remote: impl Fn(u32) -> Option<SocketAddr>) -> Vec<Op> {
+    streams_ops(profile, fanout, 1, base_port, remote)
+}
+
+/// Like [`fanout_ops`] with `streams` tracks (SSRC 0x5000 + i, track i + 1), every subscriber on
+/// every track (out-SSRC 0x9000 + leg + (i << 16)).
+fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port: u16, remote: impl Fn(u32) -> Option<SocketAddr>) -> Vec<Op> {
     let mut ops = Vec::new();
     for l in 1..=fanout + 1 {
         ops.push(Op::UpsertLeg(LegSpec {
@@ -194,27 +210,29 @@ pub fn fanout_ops(profile: Profile, fanout: u32, base_port: u16, remote: impl Fn
             edge: None,
         }));
     }
-    ops.push(Op::UpsertTrack(TrackSpec {
-        id: TrackId(1),
-        publisher: LegId(1),
-        kind: MediaKind::Video,
-        clock_rate: 90_000,
-        layers: vec![LayerSpec { ssrc: Some(Ssrc(PUBLISHER_SSRC)), rtx_ssrc: None, rid: None }],
-        payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: None }],
-        rid_ext: None,
-        repaired_rid_ext: None,
-    }));
-    for l in 2..=fanout + 1 {
-        ops.push(Op::UpsertSubscription(SubscriptionSpec {
-            subscriber: LegId(l),
-            track: TrackId(1),
-            out_ssrc: Ssrc(0x9000 + l),
-            out_rtx_ssrc: None,
-            pt_map: vec![(Pt(96), Pt(96))],
-            ext_map: vec![],
-            target_layer: 0,
-            paused: false,
+    for i in 0..streams {
+        ops.push(Op::UpsertTrack(TrackSpec {
+            id: TrackId(i + 1),
+            publisher: LegId(1),
+            kind: MediaKind::Video,
+            clock_rate: 90_000,
+            layers: vec![LayerSpec { ssrc: Some(Ssrc(PUBLISHER_SSRC + i)), rtx_ssrc: None, rid: None }],
+            payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: None }],
+            rid_ext: None,
+            repaired_rid_ext: None,
         }));
+        for l in 2..=fanout + 1 {
+            ops.push(Op::UpsertSubscription(SubscriptionSpec {
+                subscriber: LegId(l),
+                track: TrackId(i + 1),
+                out_ssrc: Ssrc(0x9000 + l + (i << 16)),
+                out_rtx_ssrc: None,
+                pt_map: vec![(Pt(96), Pt(96))],
+                ext_map: vec![],
+                target_layer: 0,
+                paused: false,
+            }));
+        }
     }
     ops
 }
@@ -382,8 +400,9 @@ pub(crate) struct Generator {
     io: Backend,
     port: u16,
     keys: SrtpKeys,
-    state: RtpSendState,
-    seq: u16,
+    /// Per stream: send state and last sequence number; packets go round-robin.
+    streams: Vec<(RtpSendState, u16)>,
+    next: usize,
     bufs: Vec<Vec<u8>>,
     epoch: WallInstant,
 }
@@ -398,11 +417,17 @@ impl Generator {
             io,
             port,
             keys: SrtpKeys::new(profile, &m.key, &m.salt)?,
-            state: RtpSendState::new(),
-            seq: 0,
+            streams: vec![(RtpSendState::new(), 0)],
+            next: 0,
             bufs: (0..64).map(|_| vec![0u8; 1300]).collect(),
             epoch,
         })
+    }
+
+    /// Spreads the packets over `n` streams (SSRC 0x5000..), as [`STREAMS`] explains.
+    fn with_streams(mut self, n: u32) -> Self {
+        self.streams = (0..n.max(1)).map(|_| (RtpSendState::new(), 0)).collect();
+        self
     }
 
     /// Sends `n` (≤ 64) packets to `dst`; the first 8 payload bytes carry the send time.
@@ -410,15 +435,18 @@ impl Generator {
         let now = self.epoch.elapsed().as_nanos() as u64;
         let mut lens = [0usize; 64];
         for (i, b) in self.bufs.iter_mut().take(n).enumerate() {
-            self.seq = self.seq.wrapping_add(1);
+            let k = self.next;
+            self.next = (self.next + 1) % self.streams.len();
+            let (state, seq) = &mut self.streams[k];
+            *seq = seq.wrapping_add(1);
             b[..12].copy_from_slice(&[0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            b[2..4].copy_from_slice(&self.seq.to_be_bytes());
+            b[2..4].copy_from_slice(&seq.to_be_bytes());
             b[4..8].copy_from_slice(&((now / 11_111) as u32).to_be_bytes());
-            b[8..12].copy_from_slice(&PUBLISHER_SSRC.to_be_bytes());
+            b[8..12].copy_from_slice(&(PUBLISHER_SSRC + k as u32).to_be_bytes());
             b[12] = 0x10; // VP8 descriptor: start of partition 0 ...
             b[13] = 0x00; // ... keyframe, so the subscription starts at once
             b[14..22].copy_from_slice(&now.to_be_bytes());
-            lens[i] = self.keys.protect_rtp(&mut self.state, b, 12 + PAYLOAD).unwrap_or(0);
+            lens[i] = self.keys.protect_rtp(state, b, 12 + PAYLOAD).unwrap_or(0);
         }
         let port = self.port;
         self.io.send_batch(self.bufs.iter().zip(&lens).take(n).map(|(b, &l)| Transmit { local_port: port, dst, payload: &b[..l] }))
@@ -433,7 +461,7 @@ impl Generator {
             if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
                 core_affinity::set_for_current(id);
             }
-            let mut g = Generator::new(profile, epoch, GENERATOR_IP.into())?;
+            let mut g = Generator::new(profile, epoch, GENERATOR_IP.into())?.with_streams(STREAMS);
             let dst = SocketAddr::from((FORWARDER_IP, BASE_PORT + 1));
             // The subscriptions start at the first keyframe; every packet is one.
             g.send(dst, 8);
@@ -496,13 +524,14 @@ impl Sink {
                 core_affinity::set_for_current(id);
             }
             let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
-            let mut states: Vec<RtpRecvState> = keys.iter().map(|_| RtpRecvState::new(1024)).collect();
+            let mut states: std::collections::HashMap<(u16, [u8; 4]), RtpRecvState> = std::collections::HashMap::new();
             while !s.load(Ordering::Relaxed) {
                 let _ = io.recv_batch(Some(Duration::from_millis(20)), |port, _src, buf| {
                     r.fetch_add(1, Ordering::Relaxed);
                     let Some(k) = keys.iter().position(|(p, _)| *p == port) else { return };
-                    let len = buf.len();
-                    if let Ok(n) = keys[k].1.unprotect_rtp(&mut states[k], buf, len)
+                    let (len, Some(&[s0, s1, s2, s3])) = (buf.len(), buf.get(8..12)) else { return };
+                    let state = states.entry((port, [s0, s1, s2, s3])).or_insert_with(|| RtpRecvState::new(1024));
+                    if let Ok(n) = keys[k].1.unprotect_rtp(state, buf, len)
                         && n >= 22
                     {
                         let sent = u64::from_be_bytes(buf[14..22].try_into().unwrap_or_default());
