@@ -23,7 +23,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::sys::{self, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
-use super::{IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendRegistry, Staging, Transmit};
+use super::{IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged};
 
 /// The `recvmmsg`/`sendmmsg` backend of one worker.
 #[derive(Debug)]
@@ -267,9 +267,7 @@ impl MmsgBackend {
         Ok(delivered)
     }
 
-    /// Receives at most `n` datagrams per call from now on (1 ..= the configured `rx_batch`):
-    /// the worker lowers it when one datagram may fan out to many copies, so a batch's output
-    /// always fits its output buffer.
+    /// See [`super::Backend::set_rx_limit`].
     pub fn set_rx_limit(&mut self, n: usize) {
         self.rx_limit = n.clamp(1, self.config.rx_batch.max(1));
     }
@@ -280,25 +278,7 @@ impl MmsgBackend {
     where
         I: IntoIterator<Item = Transmit<'a>>,
     {
-        self.cache.refresh();
-        let mut it = pkts.into_iter();
-        let mut sent = 0;
-        loop {
-            let consumed =
-                self.staging.stage(
-                &mut it,
-                self.config.tx_batch,
-                &self.cache,
-                self.gso,
-                self.config.gso_max_segment,
-                &mut self.counters,
-            );
-            if consumed == 0 {
-                break;
-            }
-            sent += self.flush();
-        }
-        sent
+        send_staged(self, pkts)
     }
 
     /// Sends the staged plan, one `sendmmsg` run per local port.
@@ -419,4 +399,14 @@ fn sendmmsg_all(fd: RawFd, msgs: &mut [libc::mmsghdr], counts: &[usize], counter
         }
     }
     (sent, None)
+}
+
+impl StagedSend for MmsgBackend {
+    fn send_parts(&mut self) -> SendParts<'_> {
+        SendParts { staging: &mut self.staging, cache: &mut self.cache, config: &self.config, gso: self.gso, counters: &mut self.counters }
+    }
+
+    fn flush_staged(&mut self) -> usize {
+        self.flush()
+    }
 }

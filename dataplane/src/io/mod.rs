@@ -432,6 +432,38 @@ impl Backend {
     }
 }
 
+/// What the socket backends' send loop ([`send_staged`]) needs of a backend.
+trait StagedSend {
+    /// The borrowed pieces a plan is staged with.
+    fn send_parts(&mut self) -> SendParts<'_>;
+    /// Sends the staged plan; how many datagrams the kernel accepted.
+    fn flush_staged(&mut self) -> usize;
+}
+
+/// The pieces of a backend [`Staging::stage`] works with.
+struct SendParts<'b> {
+    staging: &'b mut Staging,
+    cache: &'b mut SendCache,
+    config: &'b IoConfig,
+    gso: bool,
+    counters: &'b mut IoCounters,
+}
+
+/// The socket backends' `send_batch`: stages plans of at most `tx_batch` packets (GSO groups per
+/// flow) from `pkts` and flushes each; how many datagrams the kernel accepted.
+fn send_staged<'a, B: StagedSend>(backend: &mut B, pkts: impl IntoIterator<Item = Transmit<'a>>) -> usize {
+    backend.send_parts().cache.refresh();
+    let mut it = pkts.into_iter();
+    let mut sent = 0;
+    loop {
+        let p = backend.send_parts();
+        if p.staging.stage(&mut it, p.config.tx_batch, p.cache, p.gso, p.config.gso_max_segment, p.counters) == 0 {
+            return sent;
+        }
+        sent += backend.flush_staged();
+    }
+}
+
 /// The send side shared by both backends: pulls packets from the caller's iterator, plans GSO
 /// groups and lays the payload `iovec`s out group after group.
 #[derive(Debug, Default)]

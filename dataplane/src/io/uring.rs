@@ -45,7 +45,7 @@ use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode};
 
 use super::sys::{self, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
-use super::{IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendRegistry, Staging, Transmit};
+use super::{IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged};
 
 /// The buffer group id of the worker's provided-buffer ring (one ring per worker and io_uring).
 pub const BGID: u16 = 0;
@@ -567,9 +567,7 @@ impl UringBackend {
         1
     }
 
-    /// Receives at most `n` datagrams per call from now on (1 ..= the configured `rx_batch`):
-    /// the worker lowers it when one datagram may fan out to many copies, so a batch's output
-    /// always fits its output buffer.
+    /// See [`super::Backend::set_rx_limit`].
     pub fn set_rx_limit(&mut self, n: usize) {
         self.rx_limit = n.clamp(1, self.config.rx_batch.max(1));
     }
@@ -580,25 +578,7 @@ impl UringBackend {
     where
         I: IntoIterator<Item = Transmit<'a>>,
     {
-        self.cache.refresh();
-        let mut it = pkts.into_iter();
-        let mut sent = 0;
-        loop {
-            let consumed =
-                self.staging.stage(
-                &mut it,
-                self.config.tx_batch,
-                &self.cache,
-                self.gso,
-                self.config.gso_max_segment,
-                &mut self.counters,
-            );
-            if consumed == 0 {
-                break;
-            }
-            sent += self.flush();
-        }
-        sent
+        send_staged(self, pkts)
     }
 
     fn flush(&mut self) -> usize {
@@ -731,6 +711,16 @@ impl Drop for UringBackend {
         // Stop every multishot before the buffer ring and msghdr template are freed.
         let _ = self.ring.submitter().register_sync_cancel(Some(Timespec::new().sec(1)), CancelBuilder::any());
         self.bufs.unregister(&self.ring);
+    }
+}
+
+impl StagedSend for UringBackend {
+    fn send_parts(&mut self) -> SendParts<'_> {
+        SendParts { staging: &mut self.staging, cache: &mut self.cache, config: &self.config, gso: self.gso, counters: &mut self.counters }
+    }
+
+    fn flush_staged(&mut self) -> usize {
+        self.flush()
     }
 }
 

@@ -581,17 +581,21 @@ fn write_v4_headers(
     ip[16..20].copy_from_slice(&dst.ip().octets());
     let check = csum_fold(csum_add(0, ip));
     ip[10..12].copy_from_slice(&check.to_be_bytes());
-    let l4 = ETH_HLEN + IPV4_HLEN;
-    {
-        let udp = &mut frame[l4..l4 + UDP_HLEN];
-        udp[0..2].copy_from_slice(&src.port().to_be_bytes());
-        udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
-        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-        udp[6..8].fill(0);
-    }
-    // Pseudo-header (RFC 768): source, destination, zero + protocol, UDP length.
-    let mut acc = csum_add(0, &src.ip().octets());
-    acc = csum_add(acc, &dst.ip().octets());
+    write_udp(frame, ETH_HLEN + IPV4_HLEN, (&src.ip().octets(), src.port()), (&dst.ip().octets(), dst.port()), udp_len);
+    ETH_HLEN + usize::from(total)
+}
+
+/// Writes the UDP header at `frame[l4..]` (payload already after it) with its checksum over the
+/// pseudo-header (RFC 768 for IPv4, RFC 8200 §8.1 for IPv6: both sum the addresses, the protocol
+/// and the UDP length). Returns the end of the datagram.
+fn write_udp(frame: &mut [u8], l4: usize, (src_ip, sport): (&[u8], u16), (dst_ip, dport): (&[u8], u16), udp_len: u16) -> usize {
+    let udp = &mut frame[l4..l4 + UDP_HLEN];
+    udp[0..2].copy_from_slice(&sport.to_be_bytes());
+    udp[2..4].copy_from_slice(&dport.to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    udp[6..8].fill(0);
+    let mut acc = csum_add(0, src_ip);
+    acc = csum_add(acc, dst_ip);
     acc += 17 + u32::from(udp_len);
     acc = csum_add(acc, &frame[l4..l4 + usize::from(udp_len)]);
     let mut check = csum_fold(acc);
@@ -599,7 +603,7 @@ fn write_v4_headers(
         check = 0xffff;
     }
     frame[l4 + 6..l4 + 8].copy_from_slice(&check.to_be_bytes());
-    ETH_HLEN + usize::from(total)
+    l4 + usize::from(udp_len)
 }
 
 /// Writes Ethernet + IPv6 + UDP headers for `payload` (already copied to `frame[TX_HEADERS_V6..]`)
@@ -624,25 +628,7 @@ fn write_v6_headers(
     ip[7] = 64;
     ip[8..24].copy_from_slice(&src.ip().octets());
     ip[24..40].copy_from_slice(&dst.ip().octets());
-    let l4 = ETH_HLEN + IPV6_HLEN;
-    {
-        let udp = &mut frame[l4..l4 + UDP_HLEN];
-        udp[0..2].copy_from_slice(&src.port().to_be_bytes());
-        udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
-        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-        udp[6..8].fill(0);
-    }
-    // Pseudo-header (RFC 8200 §8.1): source, destination, upper-layer length, next header.
-    let mut acc = csum_add(0, &src.ip().octets());
-    acc = csum_add(acc, &dst.ip().octets());
-    acc += 17 + u32::from(udp_len);
-    acc = csum_add(acc, &frame[l4..l4 + usize::from(udp_len)]);
-    let mut check = csum_fold(acc);
-    if check == 0 {
-        check = 0xffff;
-    }
-    frame[l4 + 6..l4 + 8].copy_from_slice(&check.to_be_bytes());
-    l4 + usize::from(udp_len)
+    write_udp(frame, ETH_HLEN + IPV6_HLEN, (&src.ip().octets(), src.port()), (&dst.ip().octets(), dst.port()), udp_len)
 }
 
 /// What receive parsing found in a frame.
