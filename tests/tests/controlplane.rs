@@ -822,11 +822,20 @@ fn dataplane_events_reach_watch_and_node_status_reports_rates() {
     assert_eq!((started, stopped), (12, 12));
     assert!(switched >= 6, "each of the 6 video subscriptions switched to its layer: {switched}");
     assert_eq!(stats.len(), 3, "each leg's receiver report: {stats:?}");
+    // sluicectl is a second subscriber of the same stream: it may print the last events a moment
+    // after this test's own Watch saw them, so wait (bounded) for each kind before ending it.
+    let kinds = ["LegActive", "StreamStarted", "LayerSwitched", "LegStats", "StreamStopped", "LegIdle"];
+    let shows = |lines: &str, what: &str| lines.lines().any(|l| l.starts_with(SESSION) && l.contains(what));
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut lines = std::fs::read_to_string(&ctl_out).unwrap_or_default();
+    while !kinds.iter().all(|w| shows(&lines, w)) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(50));
+        lines = std::fs::read_to_string(&ctl_out).unwrap_or_default();
+    }
     // Our own child, ended through its handle.
     let _ = ctl.kill();
     let _ = ctl.wait();
-    let lines = std::fs::read_to_string(&ctl_out).unwrap();
-    for what in ["LegActive", "StreamStarted", "LayerSwitched", "LegStats", "StreamStopped", "LegIdle"] {
-        assert!(lines.lines().any(|l| l.starts_with(SESSION) && l.contains(what)), "sluicectl watch shows no {what}:\n{lines}");
+    for what in kinds {
+        assert!(shows(&lines, what), "sluicectl watch shows no {what}:\n{lines}");
     }
 }
