@@ -1,18 +1,28 @@
 //! The forwarding benchmark: one publisher, N subscribers, 1200-byte SRTP video through one
-//! pinned dataplane worker, for each I/O backend (with and without UDP GSO) and SRTP profile,
-//! measured in one run on veth pairs in network namespaces the bench creates ([`crate::netns`]):
+//! pinned dataplane worker, for each I/O backend (with and without UDP GSO and GRO) and SRTP
+//! profile, measured in one run on veth pairs in network namespaces the bench creates
+//! ([`crate::netns`]):
 //!
 //! ```text
 //!   generator (ns gen, core 0) ──veth──▶ forwarder, 1 worker (ns fwd, core 1) ──veth──▶ sink (ns sink: XDP count + drop)
 //! ```
 //!
+//! Accounting: on veth, a receiving end's kernel work runs in the softirq of the CPU that
+//! transmitted, so each receiving end gets its own NAPI thread pinned to its party's core (as an
+//! RX queue's interrupt would be): the forwarder pays for its own kernel receive on core 1, the
+//! sink's counting costs core 0. The sink's XDP program strips GSO from the veth, so the kernel
+//! segments every GSO send in software on the forwarder's core (a NIC without UDP segmentation
+//! offload: the pessimistic case).
+//!
 //! The forwarder is the real `sluice-dataplane` process, programmed over its control socket; the
 //! `naive` baseline is the same forwarding core driven by a one-datagram-per-syscall loop
-//! (recv_from / send_to) on the same core, the floor any batched backend must beat. Throughput is
-//! the forwarder's own count of packets sent per second of wall time (the sink's XDP count is
-//! reported beside it), and per CPU-second of the forwarder; latency is one-way (generator send →
-//! userspace sink receive, a timestamp carried in the payload and read after decryption) at half
-//! the measured maximum rate.
+//! (recv_from / send_to) on the same core, the floor any batched backend must beat; `core` is the
+//! forwarding core alone fed from memory, the ceiling no I/O can beat. Per configuration: a flood
+//! probe (the generator as fast as it goes), then a search over paced input rates for the highest
+//! one with at most 0.1% of the copies missing (the *sustained* rate), with the forwarder core's
+//! busy time (every task on it, from /proc/stat) beside it. Latency is one-way (the generator's
+//! send time carried in the payload against the sink's kernel receive timestamp) at half the
+//! sustained rate, next to the same path through the kernel's own IP forwarding (the floor).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -80,6 +90,14 @@ impl Topology {
         // rewrites, which these links do not do): the kernel then computes no UDP checksum.
         generator.exec("ethtool", &["-K", &input.a, "tx", "on"]);
         forwarder.exec("ethtool", &["-K", &out.a, "tx", "on"]);
+        // Each end's receive runs on its own party's core, as an RX queue's IRQ would: the
+        // forwarder's kernel receive on the forwarder's core, the sink's on the generator's.
+        forwarder.napi_thread_on(&input.b, FORWARDER_CORE).expect("forwarder NAPI thread");
+        sink.napi_thread_on(&out.b, GENERATOR_CORE).expect("sink NAPI thread");
+        // The latency floor: the same path through the kernel's own IP forwarding in ns fwd.
+        forwarder.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        generator.ip(&["route", "add", "10.77.2.0/24", "via", "10.77.1.1"]);
+        sink.ip(&["route", "add", "10.77.1.0/24", "via", "10.77.2.1"]);
         Self { generator, forwarder, sink, sink_if: out.b }
     }
 }
@@ -152,6 +170,16 @@ pub struct Sample {
     /// The generator's CPU seconds per wall second (near 1.0: the generator, not the forwarder,
     /// may be the limit).
     pub generator_cpu: f64,
+    /// The rate the generator was asked for (packets/s in; 0 = as fast as it can).
+    pub target_pps: f64,
+    /// Copies missing at the forwarder's output: 1 - sent ÷ (offered × fan-out), over the whole
+    /// probe including the drain after the generator stopped.
+    pub loss: f64,
+    /// How busy the forwarder's core was (every task on it: the worker, and the kernel's receive
+    /// for the forwarder, which runs there in its NAPI thread), per wall second.
+    pub core_busy: f64,
+    /// Packets out per busy second of the forwarder's core.
+    pub out_per_core_s: f64,
 }
 
 /// Latency at half the maximum rate.
@@ -243,21 +271,30 @@ enum Forwarder {
     Naive { stop: Arc<AtomicBool>, out: Arc<AtomicU64>, cpu_ns: Arc<AtomicU64>, thread: Option<std::thread::JoinHandle<()>> },
 }
 
-/// A backend name as the bench takes it: `naive`, `mmsg`, `uring`, or either with `-nogso`.
-fn parse_backend(name: &str) -> anyhow::Result<(&str, bool)> {
-    let (kind, gso) = match name.strip_suffix("-nogso") {
-        Some(k) => (k, false),
-        None => (name, true),
-    };
+/// A backend as the bench takes it: `naive`, `mmsg` or `uring`, optionally with `-nogso` (one
+/// datagram per send) and/or `-nogro` (one datagram per receive): (kind, gso, gro).
+fn parse_backend(name: &str) -> anyhow::Result<(&str, bool, bool)> {
+    let mut kind = name;
+    let (mut gso, mut gro) = (true, true);
+    loop {
+        if let Some(k) = kind.strip_suffix("-nogso") {
+            (kind, gso) = (k, false);
+        } else if let Some(k) = kind.strip_suffix("-nogro") {
+            (kind, gro) = (k, false);
+        } else {
+            break;
+        }
+    }
     match kind {
-        "naive" => Ok((kind, false)),
-        "mmsg" | "uring" => Ok((kind, gso)),
-        _ => bail!("unknown backend {name:?}: naive, mmsg, uring, mmsg-nogso or uring-nogso"),
+        "naive" => Ok((kind, false, false)),
+        "mmsg" | "uring" => Ok((kind, gso, gro)),
+        _ => bail!("unknown backend {name:?}: naive, mmsg or uring, with -nogso and/or -nogro"),
     }
 }
 
 impl Forwarder {
-    fn start(topo: &Topology, backend: &str, gso: bool, profile: Profile, fanout: u32, core: usize, dir: &Path) -> anyhow::Result<Self> {
+    fn start(topo: &Topology, name: &str, profile: Profile, fanout: u32, core: usize, dir: &Path) -> anyhow::Result<Self> {
+        let (backend, gso, gro) = parse_backend(name)?;
         let delta = Delta { generation: Generation(1), replace_all: false, ops: ops(profile, fanout) };
         if backend == "naive" {
             return Self::naive(topo, delta, fanout, core);
@@ -268,7 +305,7 @@ impl Forwarder {
         std::fs::write(
             &cfg,
             format!(
-                "[dataplane]\nlisten_ip = \"{a}.{b}.{c}.{d}\"\nworkers = 1\ncores = [{core}]\nbackend = \"{backend}\"\nbatch = 64\ngso = {gso}\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:{METRICS_PORT}\"\n",
+                "[dataplane]\nlisten_ip = \"{a}.{b}.{c}.{d}\"\nworkers = 1\ncores = [{core}]\nbackend = \"{backend}\"\nbatch = 64\ngso = {gso}\ngro = {gro}\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:{METRICS_PORT}\"\n",
                 socket.display()
             ),
         )?;
@@ -316,6 +353,13 @@ impl Forwarder {
             let mut fwd = Core::new(CoreConfig::default());
             fwd.apply(delta).expect("bench tables are valid");
             sockets[0].set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            // The daemon's socket buffers (its `socket_buffer_bytes` default), so bursts fit alike.
+            let size: libc::c_int = 4 << 20;
+            // SAFETY: setsockopt reads one c_int from the valid reference passed; the fd is open.
+            unsafe {
+                use std::os::fd::AsRawFd as _;
+                libc::setsockopt(sockets[0].as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const size).cast(), size_of::<libc::c_int>() as libc::socklen_t);
+            }
             let cpu0 = thread_cpu_ns();
             let mut out = OutBatch::new(64);
             let mut buf = [0u8; 2048];
@@ -372,6 +416,33 @@ impl Drop for Forwarder {
             }
         }
     }
+}
+
+/// CLOCK_REALTIME in nanoseconds (the clock of the kernel's receive timestamps).
+fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the valid local we pass.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The `SCM_TIMESTAMPNS` of a received message, in CLOCK_REALTIME nanoseconds.
+fn kernel_stamp(hdr: &libc::msghdr) -> Option<u64> {
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled, within
+    // `msg_controllen`; the timestamp is read unaligned from inside that buffer.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
 }
 
 fn thread_cpu_ns() -> u64 {
@@ -454,7 +525,16 @@ impl Generator {
 
     /// Sends for `seconds` at `rate` packets/s (0: as fast as it can) from a thread pinned to
     /// `core` in the generator's namespace; returns (packets sent, CPU seconds it used).
-    fn spawn(topo: &Topology, profile: Profile, epoch: WallInstant, core: usize, seconds: f64, rate: f64) -> std::thread::JoinHandle<anyhow::Result<(u64, f64)>> {
+    /// Returns (packets sent in the timed part, packets sent in all, CPU seconds of the timed part).
+    fn spawn(
+        topo: &Topology,
+        profile: Profile,
+        epoch: WallInstant,
+        core: usize,
+        seconds: f64,
+        rate: f64,
+        dst: SocketAddr,
+    ) -> std::thread::JoinHandle<anyhow::Result<(u64, u64, f64)>> {
         let ns = topo.generator.name.clone();
         std::thread::spawn(move || {
             crate::netns::join_thread(&ns).with_context(|| format!("entering {ns}"))?;
@@ -462,9 +542,8 @@ impl Generator {
                 core_affinity::set_for_current(id);
             }
             let mut g = Generator::new(profile, epoch, GENERATOR_IP.into())?.with_streams(STREAMS);
-            let dst = SocketAddr::from((FORWARDER_IP, BASE_PORT + 1));
             // The subscriptions start at the first keyframe; every packet is one.
-            g.send(dst, 8);
+            let warmup = g.send(dst, 8) as u64;
             std::thread::sleep(Duration::from_millis(100));
             let (t0, cpu0) = (WallInstant::now(), thread_cpu_ns());
             let burst = if rate > 0.0 { 8 } else { 32 };
@@ -476,7 +555,7 @@ impl Generator {
                 }
                 sent += g.send(dst, burst) as u64;
             }
-            Ok((sent, (thread_cpu_ns() - cpu0) as f64 / 1e9))
+            Ok((sent, sent + warmup, (thread_cpu_ns() - cpu0) as f64 / 1e9))
         })
     }
 }
@@ -502,18 +581,38 @@ impl Sink {
         Ok(Self::Xdp(stage))
     }
 
-    fn userspace(topo: &Topology, profile: Profile, fanout: u32, epoch: WallInstant, core: usize) -> anyhow::Result<Self> {
-        let mut io = topo.sink.enter(|| {
-            let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: SINK_IP.into(), ..IoConfig::default() }, SendRegistry::new())?;
-            for l in 2..=fanout + 1 {
-                io.add_port(SINK_PORT + l as u16)?;
-            }
-            Ok::<_, anyhow::Error>(io)
+    /// Receives in userspace and records one-way latency: the send time the generator wrote
+    /// into the payload against the kernel's receive timestamp of the datagram (`SO_TIMESTAMPNS`,
+    /// taken in the sink's NAPI thread), so the sink thread's own wake-ups are not measured.
+    /// `subscribers`: (port, key seed) of each receiving subscriber.
+    fn userspace(topo: &Topology, profile: Profile, subscribers: Vec<(u16, u8)>, epoch: WallInstant, core: usize) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let sockets: Vec<(u16, UdpSocket)> = topo.sink.enter(|| {
+            subscribers
+                .iter()
+                .map(|&(port, _)| {
+                    let sock = UdpSocket::bind(SocketAddr::from((SINK_IP, port)))?;
+                    sock.set_nonblocking(true)?;
+                    let one: libc::c_int = 1;
+                    let size: libc::c_int = 4 << 20;
+                    for (opt, v) in [(libc::SO_TIMESTAMPNS, &one), (libc::SO_RCVBUF, &size)] {
+                        // SAFETY: setsockopt reads one c_int from the valid reference passed.
+                        let rc = unsafe {
+                            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, (v as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+                        };
+                        if rc != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok((port, sock))
+                })
+                .collect::<std::io::Result<Vec<_>>>()
         })?;
-        let keys: Vec<(u16, SrtpKeys)> = (2..=fanout + 1)
-            .map(|l| {
-                let m = material(profile, 100 + l as u8);
-                (SINK_PORT + l as u16, SrtpKeys::new(profile, &m.key, &m.salt).expect("valid"))
+        let keys: Vec<SrtpKeys> = subscribers
+            .iter()
+            .map(|&(_, seed)| {
+                let m = material(profile, seed);
+                SrtpKeys::new(profile, &m.key, &m.salt).expect("valid")
             })
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
@@ -524,21 +623,63 @@ impl Sink {
                 core_affinity::set_for_current(id);
             }
             let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
-            let mut states: std::collections::HashMap<(u16, [u8; 4]), RtpRecvState> = std::collections::HashMap::new();
+            let mut states: std::collections::HashMap<(usize, [u8; 4]), RtpRecvState> = std::collections::HashMap::new();
+            // The generator's clock is `epoch`; the kernel stamps CLOCK_REALTIME.
+            let realtime_at_epoch = realtime_ns() as i128 - epoch.elapsed().as_nanos() as i128;
+            const BATCH: usize = 64;
+            let mut bufs = vec![[0u8; 2048]; BATCH];
+            let mut cmsgs = vec![[0u64; 8]; BATCH];
+            let mut pfds: Vec<libc::pollfd> = sockets.iter().map(|(_, s)| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
             while !s.load(Ordering::Relaxed) {
-                let _ = io.recv_batch(Some(Duration::from_millis(20)), |port, _src, buf| {
-                    r.fetch_add(1, Ordering::Relaxed);
-                    let Some(k) = keys.iter().position(|(p, _)| *p == port) else { return };
-                    let (len, Some(&[s0, s1, s2, s3])) = (buf.len(), buf.get(8..12)) else { return };
-                    let state = states.entry((port, [s0, s1, s2, s3])).or_insert_with(|| RtpRecvState::new(1024));
-                    if let Ok(n) = keys[k].1.unprotect_rtp(state, buf, len)
-                        && n >= 22
-                    {
-                        let sent = u64::from_be_bytes(buf[14..22].try_into().unwrap_or_default());
-                        let now = epoch.elapsed().as_nanos() as u64;
-                        let _ = hist.record(now.saturating_sub(sent).max(1));
+                // SAFETY: `pfds` is a valid array of pollfd of the length passed.
+                let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 20) };
+                if n <= 0 {
+                    continue;
+                }
+                for (k, pfd) in pfds.iter().enumerate() {
+                    if pfd.revents & libc::POLLIN == 0 {
+                        continue;
                     }
-                });
+                    loop {
+                        let mut iovs: Vec<libc::iovec> = bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+                        let mut msgs: Vec<libc::mmsghdr> = iovs
+                            .iter_mut()
+                            .zip(cmsgs.iter_mut())
+                            .map(|(iov, c)| {
+                                // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+                                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+                                h.msg_iov = iov;
+                                h.msg_iovlen = 1;
+                                h.msg_control = c.as_mut_ptr().cast();
+                                h.msg_controllen = size_of::<[u64; 8]>();
+                                libc::mmsghdr { msg_hdr: h, msg_len: 0 }
+                            })
+                            .collect();
+                        // SAFETY: every header points at its own live buffer, iovec and control
+                        // buffer of the sizes given, all outliving the call.
+                        let got = unsafe { libc::recvmmsg(pfd.fd, msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+                        if got <= 0 {
+                            break;
+                        }
+                        for (i, m) in msgs.iter().take(got as usize).enumerate() {
+                            r.fetch_add(1, Ordering::Relaxed);
+                            let stamp = kernel_stamp(&m.msg_hdr);
+                            let (len, buf) = (m.msg_len as usize, &mut bufs[i]);
+                            let Some(&[s0, s1, s2, s3]) = buf.get(8..12) else { continue };
+                            let state = states.entry((k, [s0, s1, s2, s3])).or_insert_with(|| RtpRecvState::new(1024));
+                            if let (Ok(n), Some(at)) = (keys[k].unprotect_rtp(state, &mut buf[..], len), stamp)
+                                && n >= 22
+                            {
+                                let sent = u64::from_be_bytes(buf[14..22].try_into().unwrap_or_default());
+                                let at = (at as i128 - realtime_at_epoch).max(0) as u64;
+                                let _ = hist.record(at.saturating_sub(sent).max(1));
+                            }
+                        }
+                        if (got as usize) < BATCH {
+                            break;
+                        }
+                    }
+                }
             }
             hist
         });
@@ -563,9 +704,25 @@ impl Sink {
     }
 }
 
-/// Cores: the forwarder's worker on 1, generator (and the latency sink) on 0.
+/// Cores: the forwarder's worker (and its ingress NAPI thread) on 1; the generator, the sink's
+/// NAPI thread and the latency sink on 0.
 const FORWARDER_CORE: usize = 1;
 const GENERATOR_CORE: usize = 0;
+/// Most copies a probe may lose and still count as sustained.
+const MAX_LOSS: f64 = 0.001;
+
+/// Busy jiffies of one CPU (everything but idle and iowait), from /proc/stat.
+fn core_busy_ticks(core: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let tag = format!("cpu{core} ");
+    stat.lines()
+        .find(|l| l.starts_with(&tag))
+        .map(|l| {
+            let f: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            f.iter().take(8).sum::<u64>() - f.get(3).copied().unwrap_or(0) - f.get(4).copied().unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
 
 /// Runs one backend at one fan-out: open loop at `rate` packets/s in (0 = as fast as possible);
 /// `measure` receives in userspace and records latency instead of counting in XDP.
@@ -582,22 +739,36 @@ fn run_one(
 ) -> anyhow::Result<(Sample, Histogram<u64>)> {
     let epoch = WallInstant::now();
     let dir = std::env::temp_dir();
-    let mut fwd = Forwarder::start(topo, backend, gso, profile, fanout, FORWARDER_CORE, &dir)?;
-    let sink = if measure { Sink::userspace(topo, profile, fanout, epoch, GENERATOR_CORE)? } else { Sink::xdp(topo, fanout)? };
-    let generator = Generator::spawn(topo, profile, epoch, GENERATOR_CORE, seconds + 0.1, rate);
+    let mut fwd = Forwarder::start(topo, backend, profile, fanout, FORWARDER_CORE, &dir)?;
+    let subscribers = (2..=fanout + 1).map(|l| (SINK_PORT + l as u16, 100 + l as u8)).collect();
+    let sink = if measure { Sink::userspace(topo, profile, subscribers, epoch, GENERATOR_CORE)? } else { Sink::xdp(topo, fanout)? };
+    let (total0, _) = fwd.counters()?;
+    let generator = Generator::spawn(topo, profile, epoch, GENERATOR_CORE, seconds + 0.1, rate, SocketAddr::from((FORWARDER_IP, BASE_PORT + 1)));
     // The generator's warm-up (a keyframe burst, 100 ms) passes before the window opens.
     std::thread::sleep(Duration::from_millis(150));
     let (out0, cpu0) = fwd.counters()?;
+    let busy0 = core_busy_ticks(FORWARDER_CORE);
     let m0 = metrics_text(topo);
     let recv0 = sink.received();
     let t0 = WallInstant::now();
     std::thread::sleep(Duration::from_secs_f64(seconds - 0.1));
     let wall = t0.elapsed().as_secs_f64();
     let (out1, cpu1) = fwd.counters()?;
+    let busy1 = core_busy_ticks(FORWARDER_CORE);
     let recv1 = sink.received();
     let m1 = metrics_text(topo);
-    let (sent, gen_cpu) = generator.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
-    std::thread::sleep(Duration::from_millis(50));
+    let (sent, total_sent, gen_cpu) = generator.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    // What is still queued drains before the totals are read; the daemon publishes its counters
+    // every 250 ms, so wait until they stop moving.
+    let mut total1 = fwd.counters()?.0;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = fwd.counters()?.0;
+        if now == total1 {
+            break;
+        }
+        total1 = now;
+    }
     let hist = sink.finish();
     drop(fwd);
     let d = |f: &dyn Fn(&str) -> f64| f(&m1) - f(&m0);
@@ -605,6 +776,10 @@ fn run_one(
     let (syscalls, tx) = (d(&|m| io_counter(m, "syscalls")), d(&|m| io_counter(m, "tx_datagrams")));
     let cpu = (cpu1 - cpu0) as f64 / 1e9;
     let out = (out1 - out0) as f64;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let busy = (busy1 - busy0) as f64 / hz;
+    let expected = (total_sent * u64::from(fanout)) as f64;
     Ok((
         Sample {
             backend: backend.into(),
@@ -619,53 +794,212 @@ fn run_one(
             mean_rx_batch: if batches > 0.0 { batched / batches } else { 0.0 },
             tx_per_syscall: if syscalls > 0.0 { tx / syscalls } else { 0.0 },
             generator_cpu: gen_cpu / (seconds + 0.1),
+            target_pps: rate,
+            loss: if expected > 0.0 { (1.0 - (total1 - total0) as f64 / expected).max(0.0) } else { 0.0 },
+            core_busy: busy / wall,
+            out_per_core_s: if busy > 0.0 { out / busy } else { 0.0 },
         },
         hist,
     ))
 }
 
-/// Runs the whole comparison and prints it; returns the samples and latencies.
-pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: f64) -> anyhow::Result<(Vec<Sample>, Vec<Latency>)> {
-    let parsed: Vec<(&str, bool)> = backends.iter().map(|b| parse_backend(b)).collect::<Result<_, _>>()?;
+/// The topology's own latency floor: the generator's packets routed through the kernel's IP
+/// forwarding in the forwarder's namespace straight to one subscriber port (no SRTP work, no
+/// copies), at `rate` packets/s.
+fn kernel_floor(topo: &Topology, profile: Profile, seconds: f64, rate: f64) -> anyhow::Result<Histogram<u64>> {
+    let epoch = WallInstant::now();
+    let port = SINK_PORT + 2;
+    // The publisher's own keys: the kernel forwards its packets unchanged.
+    let sink = Sink::userspace(topo, profile, vec![(port, 1)], epoch, GENERATOR_CORE)?;
+    let generator = Generator::spawn(topo, profile, epoch, GENERATOR_CORE, seconds, rate, SocketAddr::from((SINK_IP, port)));
+    generator.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    std::thread::sleep(Duration::from_millis(50));
+    Ok(sink.finish())
+}
+
+/// One configuration: the flood probe (as fast as the generator goes; the forwarder drops what it
+/// cannot take) and the highest paced rate it carried with at most [`MAX_LOSS`] of the copies
+/// missing (a search of up to `probes` paced runs starting from the flood's forwarded rate).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    /// The flood probe.
+    pub flood: Sample,
+    /// The highest sustained paced probe, if any passed.
+    pub sustained: Option<Sample>,
+    /// Whether the generator could not offer the rate the search asked for (then the figure is
+    /// the generator's limit, not the forwarder's).
+    pub generator_limited: bool,
+}
+
+fn search(topo: &Topology, backend: &str, gso: bool, profile: Profile, fanout: u32, seconds: f64, probes: u32) -> anyhow::Result<Row> {
+    let (flood, _) = run_one(topo, backend, gso, profile, fanout, seconds, 0.0, false)?;
+    let (mut lo, mut hi): (Option<Sample>, Option<f64>) = (None, None);
+    let mut rate = (flood.out_pps / f64::from(fanout)).max(1000.0);
+    let mut generator_limited = false;
+    for _ in 0..probes {
+        let (s, _) = run_one(topo, backend, gso, profile, fanout, seconds, rate, false)?;
+        let reached = s.offered_pps >= 0.97 * rate;
+        if s.loss <= MAX_LOSS && reached {
+            lo = Some(s);
+        } else {
+            generator_limited = !reached && s.loss <= MAX_LOSS;
+            hi = Some(rate);
+            if generator_limited {
+                break;
+            }
+        }
+        let low = lo.as_ref().map_or(0.0, |s| s.target_pps);
+        rate = match hi {
+            Some(h) if low > 0.0 => (low + h) / 2.0,
+            Some(h) => h * 0.75,
+            None => rate * 1.25,
+        };
+        if hi.is_some_and(|h| (h - low) / h < 0.04) {
+            break;
+        }
+    }
+    Ok(Row { flood, sustained: lo, generator_limited })
+}
+
+/// The forwarding core alone on the forwarder's core, fed pre-protected packets from memory: the
+/// crypto and rewrite ceiling no I/O backend can exceed (packets out per CPU-second).
+fn core_ceiling(profile: Profile, fanout: u32) -> f64 {
+    let mut core = Core::new(CoreConfig::default());
+    if core.apply(Delta { generation: Generation(1), replace_all: false, ops: ops(profile, fanout) }).is_err() {
+        return 0.0;
+    }
+    let m = material(profile, 1);
+    let Ok(keys) = SrtpKeys::new(profile, &m.key, &m.salt) else { return 0.0 };
+    const N: usize = 32_768;
+    let mut states = vec![RtpSendState::new(); STREAMS as usize];
+    let packets: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let k = i % STREAMS as usize;
+            let mut b = vec![0u8; 1300];
+            b[..12].copy_from_slice(&[0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            b[2..4].copy_from_slice(&((i / STREAMS as usize) as u16).to_be_bytes());
+            b[8..12].copy_from_slice(&(PUBLISHER_SSRC + k as u32).to_be_bytes());
+            b[12] = 0x10;
+            let n = keys.protect_rtp(&mut states[k], &mut b, 12 + PAYLOAD).unwrap_or(0);
+            b.truncate(n);
+            b
+        })
+        .collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == FORWARDER_CORE)) {
+                core_affinity::set_for_current(id);
+            }
+            let src = SocketAddr::from((GENERATOR_IP, 40_000));
+            let mut out = OutBatch::new(64);
+            let mut buf = [0u8; 2048];
+            let (mut copies, cpu0) = (0u64, thread_cpu_ns());
+            for p in &packets {
+                buf[..p.len()].copy_from_slice(p);
+                let now = Instant::from_nanos(copies * 1_000);
+                core.handle_rx(now, BASE_PORT + 1, src, &mut buf[..p.len()], &mut out);
+                copies += out.len() as u64;
+                out.clear();
+            }
+            let cpu = (thread_cpu_ns() - cpu0) as f64 / 1e9;
+            if cpu > 0.0 { copies as f64 / cpu } else { 0.0 }
+        })
+        .join()
+        .unwrap_or(0.0)
+    })
+}
+
+/// The core-alone ceiling of one (profile, fan-out): packets out per CPU-second.
+pub type Ceiling = (String, u32, f64);
+
+/// Runs the whole comparison and prints it; returns the rows, the core ceilings and latencies.
+pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: f64, probes: u32) -> anyhow::Result<(Vec<Row>, Vec<Ceiling>, Vec<Latency>)> {
+    let parsed: Vec<(&str, bool)> = backends.iter().map(|b| parse_backend(b).map(|(_, gso, _)| (b.as_str(), gso))).collect::<Result<_, _>>()?;
     let topo = Topology::new();
-    let mut samples = Vec::new();
+    let mut rows = Vec::new();
+    let mut ceilings = Vec::new();
     println!(
-        "forwarding benchmark: 1200-byte RTP, 1 publisher → N subscribers, one pinned forwarder worker (core {FORWARDER_CORE}), generator on core {GENERATOR_CORE}, veth, sink = XDP count+drop"
+        "forwarding benchmark: 1200-byte RTP, 1 publisher ({STREAMS} streams) → N subscribers, one pinned forwarder worker and its kernel receive on core {FORWARDER_CORE}; generator and the sink (XDP count+drop) on core {GENERATOR_CORE}; veth"
     );
+    println!("flood: the generator as fast as it goes; sustained: the highest paced input rate with at most {:.1}% of the copies lost", MAX_LOSS * 100.0);
     println!(
-        "{:<8} {:<6} {:>4} {:>6} {:>11} {:>11} {:>11} {:>6} {:>12} {:>8} {:>10} {:>8}",
-        "profile", "backend", "gso", "fanout", "offered/s", "out pkt/s", "sink pkt/s", "cpu", "out/cpu-s", "rx batch", "pkts/sysc", "gen cpu"
+        "{:<7} {:<16} {:>3} {:>4} | {:>10} | {:>9} {:>10} {:>7} {:>5} {:>10} {:>7} {:>7} {:>6} {:>6}",
+        "profile", "backend", "gso", "fan", "flood out", "sust. in", "sust. out", "loss%", "core", "out/core-s", "worker", "rxbatch", "tx/sys", "gen"
     );
     for &profile in profiles {
         for &fanout in fanouts {
+            let ceiling = core_ceiling(profile, fanout);
+            println!("{:<7} {:<16} {:>3} {:>4} | {:>10} | core alone (no I/O), out per CPU-second: {ceiling:.0}", short(profile), "core", "-", fanout, "-");
+            ceilings.push((format!("{profile:?}"), fanout, ceiling));
             for &(b, gso) in &parsed {
-                let (s, _) = run_one(&topo, b, gso, profile, fanout, seconds, 0.0, false)?;
-                println!(
-                    "{:<8} {:<6} {:>4} {:>6} {:>11.0} {:>11.0} {:>11.0} {:>5.0}% {:>12.0} {:>8.1} {:>10.1} {:>7.0}%",
-                    short(profile),
-                    s.backend,
-                    if s.gso { "on" } else { "off" },
-                    s.fanout,
-                    s.offered_pps,
-                    s.out_pps,
-                    s.sink_pps,
-                    s.cpu * 100.0,
-                    s.out_per_cpu_s,
-                    s.mean_rx_batch,
-                    s.tx_per_syscall,
-                    s.generator_cpu * 100.0
-                );
-                samples.push(s);
+                let row = search(&topo, b, gso, profile, fanout, seconds, probes)?;
+                let f = &row.flood;
+                match &row.sustained {
+                    Some(s) => println!(
+                        "{:<7} {:<16} {:>3} {:>4} | {:>10.0} | {:>9.0} {:>10.0} {:>7.3} {:>4.0}% {:>10.0} {:>6.0}% {:>7.1} {:>6.1} {:>5.0}%{}",
+                        short(profile),
+                        b,
+                        if gso { "on" } else { "off" },
+                        fanout,
+                        f.out_pps,
+                        s.offered_pps,
+                        s.out_pps,
+                        s.loss * 100.0,
+                        s.core_busy * 100.0,
+                        s.out_per_core_s,
+                        s.cpu * 100.0,
+                        s.mean_rx_batch,
+                        s.tx_per_syscall,
+                        s.generator_cpu * 100.0,
+                        if row.generator_limited { "  (generator-limited)" } else { "" }
+                    ),
+                    None => println!("{:<7} {:<16} {:>3} {:>4} | {:>10.0} | no paced rate sustained", short(profile), b, if gso { "on" } else { "off" }, fanout, f.out_pps),
+                }
+                rows.push(row);
             }
         }
     }
     let mut latencies = Vec::new();
-    println!("\none-way latency (generator → forwarder → userspace sink, veth) at 50% of each backend's maximum, fan-out 4");
-    println!("{:<8} {:<6} {:>4} {:>12} {:>10} {:>10} {:>10} {:>9}", "profile", "backend", "gso", "offered/s", "p50 µs", "p99 µs", "p99.9 µs", "samples");
+    println!("\none-way latency (generator send → forwarder → the sink's kernel receive timestamp, veth) at 50% of each backend's sustained rate, fan-out 4");
+    println!("{:<8} {:<16} {:>4} {:>12} {:>10} {:>10} {:>10} {:>9}", "profile", "backend", "gso", "offered/s", "p50 µs", "p99 µs", "p99.9 µs", "samples");
     for &profile in profiles {
+        // The floor at the input rate of the first latency run (or 20k packets/s).
+        let rate = rows
+            .iter()
+            .filter(|r| r.flood.fanout == 4 && r.flood.profile == format!("{profile:?}"))
+            .find_map(|r| r.sustained.as_ref())
+            .map_or(20_000.0, |s| s.offered_pps / 2.0);
+        let h = kernel_floor(&topo, profile, seconds, rate)?;
+        let l = Latency {
+            backend: "kernel".into(),
+            profile: format!("{profile:?}"),
+            gso: false,
+            fanout: 1,
+            offered_pps: rate,
+            p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+            p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
+            samples: h.len(),
+        };
+        println!(
+            "{:<8} {:<16} {:>4} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}   (the kernel's IP forwarding, fan-out 1: the topology's floor)",
+            short(profile),
+            l.backend,
+            "-",
+            l.offered_pps,
+            l.p50_us,
+            l.p99_us,
+            l.p999_us,
+            l.samples
+        );
+        latencies.push(l);
         for &(b, gso) in &parsed {
-            let Some(max) = samples.iter().find(|s| s.backend == b && s.gso == gso && s.fanout == 4 && s.profile == format!("{profile:?}")) else { continue };
-            let rate = max.out_pps / 4.0 / 2.0;
+            let Some(max) = rows.iter().find(|r| r.flood.backend == b && r.flood.gso == gso && r.flood.fanout == 4 && r.flood.profile == format!("{profile:?}"))
+            else {
+                continue;
+            };
+            let Some(sust) = &max.sustained else { continue };
+            let rate = sust.offered_pps / 2.0;
             let (_, h) = run_one(&topo, b, gso, profile, 4, seconds, rate, true)?;
             let l = Latency {
                 backend: b.into(),
@@ -679,7 +1013,7 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
                 samples: h.len(),
             };
             println!(
-                "{:<8} {:<6} {:>4} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}",
+                "{:<8} {:<16} {:>4} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}",
                 short(profile),
                 l.backend,
                 if gso { "on" } else { "off" },
@@ -692,7 +1026,7 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
             latencies.push(l);
         }
     }
-    Ok((samples, latencies))
+    Ok((rows, ceilings, latencies))
 }
 
 fn short(p: Profile) -> &'static str {

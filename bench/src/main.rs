@@ -204,12 +204,20 @@ struct ForwardArgs {
     /// SRTP profiles.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "gcm,cm80")]
     profiles: Vec<ProfileArg>,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds per measurement (the flood probe, each paced probe of the search, the latency run).
+    #[arg(long, default_value_t = 1.5, value_parser = seconds_at_least_half)]
     seconds: f64,
+    /// Paced probes per configuration in the search for the highest sustained rate.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    probes: u32,
     /// Also write every figure to this JSON file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+fn seconds_at_least_half(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.5..=600.0).contains(&v) { Ok(v) } else { Err(format!("must be 0.5..=600 seconds, not {v}")) }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -411,9 +419,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Forward(a) => {
             let profiles: Vec<Profile> = a.profiles.iter().map(|p| (*p).into()).collect();
-            let (samples, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, &profiles, a.seconds)?;
+            let (rows, ceilings, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, &profiles, a.seconds, a.probes)?;
             if let Some(path) = a.json {
-                let doc = serde_json::json!({ "samples": samples, "latency": latency });
+                let ceilings: Vec<_> = ceilings.iter().map(|(p, f, c)| serde_json::json!({ "profile": p, "fanout": f, "out_per_cpu_s": c })).collect();
+                let doc = serde_json::json!({ "rows": rows, "core_ceilings": ceilings, "latency": latency });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())

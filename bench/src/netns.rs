@@ -88,6 +88,46 @@ impl NetNs {
         ["/usr/bin/nsenter".into(), format!("--net=/run/netns/{}", self.name)]
     }
 
+    /// Runs the receive processing of `dev` (an interface in this namespace) in its own NAPI
+    /// kernel thread pinned to `core`, instead of in the softirq of whichever CPU transmitted
+    /// into the veth. On veth the receiving end's XDP program and kernel stack otherwise run on
+    /// the *sender's* CPU; a benchmark pins each end's receive to the core of the party it
+    /// belongs to, as a NIC's RX queue IRQ would be, so no party is charged for another's work.
+    /// (GRO is turned on: veth has a NAPI instance only with GRO or an XDP program; and UDP GRO
+    /// forwarding, without which veth hands a socket's UDP datagrams straight to the sender's
+    /// backlog, bypassing NAPI.)
+    pub fn napi_thread_on(&self, dev: &str, core: usize) -> std::io::Result<()> {
+        self.exec("ethtool", &["-K", dev, "gro", "on", "rx-udp-gro-forwarding", "on"]);
+        self.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")]);
+        // The kthreads are named `napi/<dev>-<id>`, truncated to the 15 bytes of a task name.
+        let prefix = format!("napi/{dev}-");
+        let prefix = &prefix[..prefix.len().min(15)];
+        let mut pinned = 0;
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if !comm.trim_end().starts_with(prefix) {
+                continue;
+            }
+            // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write within it, and
+            // sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of it.
+            let rc = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_ZERO(&mut set);
+                libc::CPU_SET(core, &mut set);
+                libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            pinned += 1;
+        }
+        if pinned == 0 {
+            return Err(std::io::Error::other(format!("no NAPI thread for {dev} in {}", self.name)));
+        }
+        Ok(())
+    }
+
     /// A plain HTTP GET of `path` on `addr` from inside the namespace (the daemon's `/metrics`).
     pub fn http_get(&self, addr: &str, path: &str) -> String {
         self.enter(|| {

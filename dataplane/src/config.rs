@@ -110,6 +110,9 @@ pub struct Config {
     pub port_range: (u16, u16),
     /// Use UDP GSO for runs of packets to one destination.
     pub gso: bool,
+    /// Ask the kernel for coalesced receives (UDP GRO): a burst from one publisher comes out of
+    /// one receive (`mmsg` backend).
+    pub gro: bool,
     /// SO_RCVBUF/SO_SNDBUF of each leg socket, bytes (the kernel caps it at net.core.rmem_max /
     /// wmem_max). Bursts of video frames overflow the 208 KiB default.
     pub socket_buffer_bytes: usize,
@@ -136,6 +139,7 @@ impl Default for Config {
             rtx_cache_packets: 256,
             port_range: (20_000, 40_000),
             gso: true,
+            gro: true,
             socket_buffer_bytes: 4 << 20,
             consent_timeout_ms: 30_000,
             handshake_timeout_ms: 20_000,

@@ -52,6 +52,9 @@ struct Args {
     /// Turn UDP GSO off.
     #[arg(long)]
     no_gso: bool,
+    /// Turn UDP GRO (coalesced receives) off.
+    #[arg(long)]
+    no_gro: bool,
     /// XDP first stage mode.
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpMode>,
@@ -92,6 +95,9 @@ fn main() -> anyhow::Result<()> {
     if args.no_gso {
         config.gso = false;
     }
+    if args.no_gro {
+        config.gro = false;
+    }
     if let Some(m) = args.xdp_mode {
         config.xdp.mode = m;
     }
@@ -117,6 +123,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         local_ip: config.listen_ip,
         rx_batch: config.batch,
         gso: config.gso,
+        gro: config.gro,
         socket_buffer_bytes: Some(config.socket_buffer_bytes),
         ..IoConfig::default()
     };

@@ -311,6 +311,7 @@ impl Worker {
                 ("send_errors", io.send_errors),
                 ("tx_unknown_port", io.tx_unknown_port),
                 ("gso_refused", io.gso_refused),
+                ("rx_gro_datagrams", io.rx_gro_datagrams),
                 ("bind_errors", self.bind_errors),
                 ("peer_queue_full", self.peer_queue_full),
                 ("slow_queue_full", self.slow_queue_full),

@@ -401,3 +401,43 @@ fn workers_send_from_each_others_ports_across_threads() {
         }
     }
 }
+
+/// A publisher's burst sent as one GSO run reaches a `UDP_GRO` socket as one coalesced message:
+/// the `mmsg` backend splits it into the original datagrams, in order and with their sizes, and
+/// keeps its batch bound in datagrams (a run longer than the batch is resumed by the next call,
+/// without another receive). Without GRO the same datagrams arrive one per message.
+#[test]
+fn gro_splits_a_coalesced_burst_into_its_datagrams_within_the_batch_bound() {
+    for gro in [true, false] {
+        let registry = SendRegistry::new();
+        let mut tx = backend(BackendKind::Mmsg, &registry);
+        let from = tx.add_port(0).unwrap();
+        let cfg = IoConfig { local_ip: LOCALHOST, rx_batch: 7, gro, ..IoConfig::default() };
+        let mut rx = Backend::new(BackendKind::Mmsg, cfg, SendRegistry::new()).unwrap();
+        let port = rx.add_port(0).unwrap();
+        rx.recv_batch(Some(Duration::ZERO), |_, _, _| {}).unwrap();
+        let dst = SocketAddr::new(LOCALHOST, port);
+        let burst: Vec<Vec<u8>> = (0..21u8).map(|i| vec![i; if i == 20 { 333 } else { 1100 }]).collect();
+        assert_eq!(tx.send_batch(burst.iter().map(|p| Transmit { local_port: from, dst, payload: p })), 21);
+        assert_eq!(tx.counters().gso_sends, 1, "one GSO send");
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while got.len() < 21 && Instant::now() < deadline {
+            let n = rx
+                .recv_batch(Some(Duration::from_millis(50)), |p, src, buf| {
+                    assert_eq!((p, src.port()), (port, from));
+                    got.push(buf.to_vec());
+                })
+                .unwrap();
+            assert!(n <= 7, "gro={gro}: batch bound in datagrams, got {n}");
+        }
+        assert_eq!(got, burst, "gro={gro}: every datagram, in order, with its size");
+        let c = rx.counters();
+        assert_eq!((c.rx_datagrams, c.rx_truncated, c.rx_errors), (21, 0, 0), "gro={gro}: {c:?}");
+        if gro {
+            assert_eq!(c.rx_gro_datagrams, 21, "the burst came coalesced: {c:?}");
+        } else {
+            assert_eq!(c.rx_gro_datagrams, 0, "{c:?}");
+        }
+    }
+}

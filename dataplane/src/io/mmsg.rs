@@ -9,6 +9,12 @@
 //! the others. While sockets are queued, `epoll_wait` is called with a zero timeout, so new edges
 //! are still picked up.
 //!
+//! With [`IoConfig::gro`], every socket asks for `UDP_GRO`: the kernel may hand over a run of one
+//! flow's equal-size datagrams (a video frame's burst) as one message of up to 64 KiB with the
+//! segment size in a control message; `recv_batch` splits it and delivers each datagram on its
+//! own. A message that does not fit the rest of a batch is resumed by the next call, so the
+//! batch bound holds in datagrams, not messages.
+//!
 //! Send: the staged batch is planned into GSO groups, groups are sorted by local port, and each
 //! port's groups go out with `sendmmsg` (one message per group, `UDP_SEGMENT` on runs).
 
@@ -22,8 +28,8 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::sys::{self, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
-use super::{IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged};
+use super::sys::{self, GroCmsg, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
+use super::{GRO_BUF_BYTES, GRO_SLOTS, IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged};
 
 /// The `recvmmsg`/`sendmmsg` backend of one worker.
 #[derive(Debug)]
@@ -53,9 +59,26 @@ struct RxSocket {
 #[derive(Debug)]
 struct RxScratch {
     bufs: Box<[u8]>,
+    /// Bytes per message buffer: [`RX_BUF_BYTES`], or [`GRO_BUF_BYTES`] on `UDP_GRO` sockets.
+    slot: usize,
+    /// Whether messages carry a `UDP_GRO` control buffer.
+    gro: bool,
     names: Vec<RawAddr>,
     iovs: Vec<libc::iovec>,
+    cmsgs: Vec<GroCmsg>,
     msgs: Vec<libc::mmsghdr>,
+    /// Where delivery of the last `recvmmsg` stopped when a batch filled up mid-way.
+    pending: Option<Pending>,
+}
+
+/// The undelivered rest of the last `recvmmsg`: messages `msg..received` of `port`'s socket,
+/// the first of them from datagram `seg` of its coalesced run.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    port: u16,
+    received: usize,
+    msg: usize,
+    seg: usize,
 }
 
 // SAFETY: the raw pointers point into this struct's own heap buffers (moving the struct does not
@@ -83,34 +106,87 @@ fn empty_mmsghdr() -> libc::mmsghdr {
 }
 
 impl RxScratch {
-    fn new(batch: usize) -> Self {
+    fn new(batch: usize, gro: bool) -> Self {
+        let (slots, slot) = if gro { (batch.min(GRO_SLOTS), GRO_BUF_BYTES) } else { (batch, RX_BUF_BYTES) };
         Self {
-            bufs: vec![0; batch * RX_BUF_BYTES].into_boxed_slice(),
-            names: vec![RawAddr::default(); batch],
-            iovs: vec![sys::empty_iovec(); batch],
-            msgs: vec![empty_mmsghdr(); batch],
+            bufs: vec![0; slots * slot].into_boxed_slice(),
+            slot,
+            gro,
+            names: vec![RawAddr::default(); slots],
+            iovs: vec![sys::empty_iovec(); slots],
+            cmsgs: vec![GroCmsg::default(); if gro { slots } else { 0 }],
+            msgs: vec![empty_mmsghdr(); slots],
+            pending: None,
         }
     }
 
-    /// One `recvmmsg` of at most `want` datagrams.
+    /// One `recvmmsg` of at most `want` messages.
     fn recv(&mut self, fd: RawFd, want: usize) -> io::Result<usize> {
         let want = want.min(self.msgs.len());
         let base = self.bufs.as_mut_ptr();
         for i in 0..want {
-            self.iovs[i] = libc::iovec { iov_base: base.wrapping_add(i * RX_BUF_BYTES).cast(), iov_len: RX_BUF_BYTES };
+            self.iovs[i] = libc::iovec { iov_base: base.wrapping_add(i * self.slot).cast(), iov_len: self.slot };
             let mut hdr = sys::empty_msghdr();
             hdr.msg_name = (&raw mut self.names[i]).cast();
             hdr.msg_namelen = RAW_ADDR_LEN as libc::socklen_t;
             hdr.msg_iov = &raw mut self.iovs[i];
             hdr.msg_iovlen = 1;
+            if self.gro {
+                self.cmsgs[i] = GroCmsg::default();
+                hdr.msg_control = (&raw mut self.cmsgs[i]).cast();
+                hdr.msg_controllen = GroCmsg::SPACE;
+            }
             self.msgs[i] = libc::mmsghdr { msg_hdr: hdr, msg_len: 0 };
         }
         let vlen = libc::c_uint::try_from(want).unwrap_or(libc::c_uint::MAX);
         // SAFETY: `msgs[..want]` are initialised above; each points at its own name buffer
-        // (`msg_namelen` bytes) and one iovec over a distinct RX_BUF_BYTES slice of `bufs`, all
-        // owned by `self` and alive across the call. `fd` is an open socket borrowed by the caller.
+        // (`msg_namelen` bytes), one iovec over a distinct `slot`-byte slice of `bufs` and, with
+        // GRO, its own control buffer (`msg_controllen` bytes), all owned by `self` and alive
+        // across the call. `fd` is an open socket borrowed by the caller.
         let n = unsafe { libc::recvmmsg(fd, self.msgs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+
+    /// Delivers the datagrams of messages `from.msg..from.received` (from datagram `from.seg` of
+    /// the first) to `f`, at most `room`; returns how many, and where it stopped if `room` ran out.
+    fn deliver<F>(&mut self, from: Pending, room: usize, counters: &mut IoCounters, f: &mut F) -> (usize, Option<Pending>)
+    where
+        F: FnMut(u16, SocketAddr, &mut [u8]),
+    {
+        let mut delivered = 0;
+        let mut seg0 = from.seg;
+        for i in from.msg..from.received {
+            let hdr = &self.msgs[i].msg_hdr;
+            let len = self.msgs[i].msg_len as usize;
+            if hdr.msg_flags & libc::MSG_TRUNC != 0 || len > self.slot {
+                counters.rx_truncated += 1;
+                seg0 = 0;
+                continue;
+            }
+            let Some(src) = sys::decode_addr(&self.names[i].0, hdr.msg_namelen as usize) else {
+                counters.rx_errors += 1;
+                seg0 = 0;
+                continue;
+            };
+            let seg = if self.gro { self.cmsgs[i].segment(hdr.msg_controllen).unwrap_or(len).max(1) } else { len.max(1) };
+            let segments = len.div_ceil(seg).max(1);
+            if segments > 1 && seg0 == 0 {
+                counters.rx_gro_datagrams += segments as u64;
+            }
+            let at = i * self.slot;
+            for k in seg0..segments {
+                if delivered == room {
+                    return (delivered, Some(Pending { msg: i, seg: k, ..from }));
+                }
+                let start = k * seg;
+                let end = (start + seg).min(len);
+                counters.rx_datagrams += 1;
+                delivered += 1;
+                f(from.port, src, &mut self.bufs[at + start..at + end]);
+            }
+            seg0 = 0;
+        }
+        (delivered, None)
     }
 }
 
@@ -123,7 +199,7 @@ impl MmsgBackend {
             rx_limit: batch,
             gso: config.gso,
             events: Events::with_capacity(256),
-            rx: RxScratch::new(batch),
+            rx: RxScratch::new(batch, config.gro),
             tx: TxScratch::default(),
             sockets: HashMap::new(),
             ready: VecDeque::new(),
@@ -144,6 +220,12 @@ impl MmsgBackend {
         }
         let leg = Arc::new(sys::bind_udp(self.config.local_ip, port, self.config.socket_buffer_bytes)?);
         let port = leg.port;
+        if self.rx.gro
+            && let Err(e) = sys::enable_gro(leg.socket())
+        {
+            // Datagrams then simply arrive one per message; nothing else changes.
+            tracing::warn!(port, error = %e, "UDP_GRO refused; receiving one datagram per message");
+        }
         self.poll
             .registry()
             .register(&mut SourceFd(&leg.as_raw_fd()), Token(usize::from(port)), Interest::READABLE)
@@ -164,6 +246,9 @@ impl MmsgBackend {
     pub fn remove_port(&mut self, port: u16) -> Result<(), IoError> {
         let sock = self.sockets.remove(&port).ok_or(IoError::UnknownPort { port })?;
         self.ready.retain(|&p| p != port);
+        if self.rx.pending.is_some_and(|p| p.port == port) {
+            self.rx.pending = None;
+        }
         let _ = self.poll.registry().deregister(&mut SourceFd(&sock.leg.as_raw_fd()));
         self.registry.remove(port);
         self.cache.refresh();
@@ -220,10 +305,19 @@ impl MmsgBackend {
     where
         F: FnMut(u16, SocketAddr, &mut [u8]),
     {
-        let wait = if self.ready.is_empty() { timeout } else { Some(Duration::ZERO) };
-        self.poll_events(wait)?;
         let cap = self.rx_limit.max(1);
         let mut delivered = 0;
+        // The rest of a coalesced run (or of the last recvmmsg) that did not fit the last batch.
+        if let Some(p) = self.rx.pending.take() {
+            let (n, rest) = self.rx.deliver(p, cap, &mut self.counters, &mut f);
+            delivered += n;
+            self.rx.pending = rest;
+            if rest.is_some() {
+                return Ok(delivered);
+            }
+        }
+        let wait = if self.ready.is_empty() && delivered == 0 { timeout } else { Some(Duration::ZERO) };
+        self.poll_events(wait)?;
         let mut calls = 0;
         while delivered < cap && calls < cap {
             let Some(port) = self.ready.pop_front() else { break };
@@ -233,25 +327,18 @@ impl MmsgBackend {
             self.counters.syscalls += 1;
             match self.rx.recv(sock.leg.as_raw_fd(), want) {
                 Ok(n) => {
-                    for i in 0..n {
-                        let hdr = &self.rx.msgs[i].msg_hdr;
-                        let len = self.rx.msgs[i].msg_len as usize;
-                        if hdr.msg_flags & libc::MSG_TRUNC != 0 || len > RX_BUF_BYTES {
-                            self.counters.rx_truncated += 1;
-                            continue;
-                        }
-                        let Some(src) = sys::decode_addr(&self.rx.names[i].0, hdr.msg_namelen as usize) else {
-                            self.counters.rx_errors += 1;
-                            continue;
-                        };
-                        self.counters.rx_datagrams += 1;
-                        delivered += 1;
-                        f(port, src, &mut self.rx.bufs[i * RX_BUF_BYTES..i * RX_BUF_BYTES + len]);
-                    }
-                    if n == want {
+                    let from = Pending { port, received: n, msg: 0, seg: 0 };
+                    let (got, rest) = self.rx.deliver(from, cap - delivered, &mut self.counters, &mut f);
+                    delivered += got;
+                    self.rx.pending = rest;
+                    // A full read (or one cut short by the batch) may have left more queued.
+                    if n == want.min(self.rx.msgs.len()) || rest.is_some() {
                         self.ready.push_back(port);
                     } else {
                         sock.queued = false;
+                    }
+                    if rest.is_some() {
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.queued = false,

@@ -48,6 +48,12 @@ pub const MAX_DATAGRAM: usize = 1500;
 /// Receive buffer bytes per datagram: [`MAX_DATAGRAM`] plus slack. A longer datagram is
 /// truncated by the kernel; the backend then counts it in [`IoCounters::rx_truncated`] and drops it.
 pub const RX_BUF_BYTES: usize = 2048;
+/// Receive buffer bytes per message on a `UDP_GRO` socket: the largest coalesced run the kernel
+/// may hand over (one IP datagram's worth).
+pub const GRO_BUF_BYTES: usize = 65_536;
+/// Most messages per `recvmmsg` on `UDP_GRO` sockets (each may carry many datagrams; this bounds
+/// a worker's receive buffers to 2 MiB).
+pub const GRO_SLOTS: usize = 32;
 /// Most segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
 pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Most payload bytes in one GSO send: one IPv4 datagram (65535 - 20 - 8).
@@ -82,6 +88,9 @@ pub struct IoConfig {
     pub tx_batch: usize,
     /// Whether to try UDP GSO at all.
     pub gso: bool,
+    /// Whether to ask for coalesced receives (`UDP_GRO`): a burst of one flow's datagrams comes
+    /// out of one receive and one kernel buffer (the `mmsg` backend; `uring` receives singly).
+    pub gro: bool,
     /// Longest packet put into a GSO run. The kernel refuses (`EINVAL`) a segment that does not
     /// fit the route's MTU, which would switch GSO off for good, so bigger packets go out singly
     /// (and may be IP-fragmented as any oversized datagram). 1452 = 1500 - IPv6 - UDP headers.
@@ -105,6 +114,7 @@ impl Default for IoConfig {
             rx_batch: 64,
             tx_batch: 1024,
             gso: true,
+            gro: true,
             gso_max_segment: 1452,
             socket_buffer_bytes: None,
             uring_rx_buffers: 1024,
@@ -136,6 +146,8 @@ pub struct IoCounters {
     pub tx_unknown_port: u64,
     /// Times the kernel refused GSO (after which GSO stays off for this backend).
     pub gso_refused: u64,
+    /// Datagrams that arrived coalesced with others in one `UDP_GRO` receive.
+    pub rx_gro_datagrams: u64,
 }
 
 /// Cold-path errors.

@@ -12,6 +12,9 @@ use super::IoError;
 pub(crate) const SOL_UDP: libc::c_int = 17;
 /// `UDP_SEGMENT` (linux/udp.h, since 4.18): the GSO segment size of one send.
 pub(crate) const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO` (linux/udp.h, since 5.0): as a socket option, let the kernel hand this socket
+/// coalesced runs of one flow's datagrams (GRO); as a control message, the segment size of one.
+pub(crate) const UDP_GRO: libc::c_int = 104;
 
 /// A socket of one leg port, as published to every worker.
 #[derive(Debug)]
@@ -52,6 +55,11 @@ pub(crate) fn bind_udp(ip: IpAddr, port: u16, buffer_bytes: Option<usize>) -> Re
     }
     let port = socket.local_addr().map_err(|source| IoError::Os { op: "getsockname", source })?.port();
     Ok(LegSocket { socket, ipv6: ip.is_ipv6(), port })
+}
+
+/// Asks the kernel for coalesced receives (`UDP_GRO`) on `socket`.
+pub(crate) fn enable_gro(socket: &UdpSocket) -> io::Result<()> {
+    setsockopt_int(socket, SOL_UDP, UDP_GRO, 1)
 }
 
 fn setsockopt_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
@@ -230,5 +238,35 @@ mod tests {
         assert_eq!(c.len, len);
         assert_eq!(GsoCmsg::SPACE, space);
         assert_eq!(&c.data[..2], &1200u16.to_ne_bytes());
+    }
+}
+
+/// Room for the one control message a receive on a `UDP_GRO` socket carries: `UDP_GRO` with the
+/// segment size (an `int`) of a coalesced run, laid out as `CMSG_SPACE(sizeof(int))`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub(crate) struct GroCmsg {
+    len: usize,
+    level: libc::c_int,
+    kind: libc::c_int,
+    data: [u8; 8],
+}
+
+const _: () = assert!(size_of::<GroCmsg>() == size_of::<libc::cmsghdr>() + 8);
+
+impl GroCmsg {
+    /// `msg_controllen` for this buffer.
+    pub(crate) const SPACE: usize = size_of::<GroCmsg>();
+
+    /// The segment size of the datagrams the kernel coalesced into one message, if it did
+    /// (`controllen`: the `msg_controllen` the kernel returned). A message without it, or with a
+    /// zero size, is one datagram.
+    pub(crate) fn segment(&self, controllen: usize) -> Option<usize> {
+        let need = size_of::<libc::cmsghdr>() + size_of::<libc::c_int>();
+        if controllen < need || self.len < need || self.level != SOL_UDP || self.kind != UDP_GRO {
+            return None;
+        }
+        let seg = libc::c_int::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]]);
+        usize::try_from(seg).ok().filter(|&s| s > 0)
     }
 }

@@ -958,6 +958,7 @@ impl XskBackend {
             send_errors: a.send_errors + b.send_errors,
             tx_unknown_port: a.tx_unknown_port + b.tx_unknown_port,
             gso_refused: a.gso_refused + b.gso_refused,
+            rx_gro_datagrams: a.rx_gro_datagrams + b.rx_gro_datagrams,
         }
     }
 
