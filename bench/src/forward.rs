@@ -109,7 +109,7 @@ const PUBLISHER_SSRC: u32 = 0x5000;
 /// packets in a row whenever the forwarder's socket overflows for ~50 ms, and SRTP's
 /// rollover-counter estimate (RFC 3711 §3.3.1) cannot follow such a gap — the stream would
 /// stay undecryptable for the rest of the run.
-const STREAMS: u32 = 16;
+pub(crate) const STREAMS: u32 = 16;
 /// Where the daemon under test serves its metrics (read for batch sizes and I/O counters).
 const METRICS_PORT: u16 = 39_311;
 
@@ -225,7 +225,7 @@ pub fn fanout_ops(profile: Profile, fanout: u32, base_port: u16, remote: impl Fn
 
 /// Like [`fanout_ops`] with `streams` tracks (SSRC 0x5000 + i, track i + 1), every subscriber on
 /// every track (out-SSRC 0x9000 + leg + (i << 16)).
-fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port: u16, remote: impl Fn(u32) -> Option<SocketAddr>) -> Vec<Op> {
+pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port: u16, remote: impl Fn(u32) -> Option<SocketAddr>) -> Vec<Op> {
     let mut ops = Vec::new();
     for l in 1..=fanout + 1 {
         ops.push(Op::UpsertLeg(LegSpec {
@@ -496,7 +496,7 @@ impl Generator {
     }
 
     /// Spreads the packets over `n` streams (SSRC 0x5000..), as [`STREAMS`] explains.
-    fn with_streams(mut self, n: u32) -> Self {
+    pub(crate) fn with_streams(mut self, n: u32) -> Self {
         self.streams = (0..n.max(1)).map(|_| (RtpSendState::new(), 0)).collect();
         self
     }
@@ -524,7 +524,7 @@ impl Generator {
     }
 
     /// Sends for `seconds` at `rate` packets/s (0: as fast as it can) from a thread pinned to
-    /// `core` in the generator's namespace; returns (packets sent, CPU seconds it used).
+    /// `core` in the generator's namespace, from GENERATOR_IP to `dst`.
     /// Returns (packets sent in the timed part, packets sent in all, CPU seconds of the timed part).
     fn spawn(
         topo: &Topology,
@@ -535,13 +535,27 @@ impl Generator {
         rate: f64,
         dst: SocketAddr,
     ) -> std::thread::JoinHandle<anyhow::Result<(u64, u64, f64)>> {
-        let ns = topo.generator.name.clone();
+        Self::spawn_in(topo.generator.name.clone(), GENERATOR_IP.into(), profile, epoch, core, seconds, rate, dst)
+    }
+
+    /// [`Generator::spawn`] from `ip` in the namespace `ns`.
+    #[expect(clippy::too_many_arguments, reason = "one load's whole description")]
+    pub(crate) fn spawn_in(
+        ns: String,
+        ip: std::net::IpAddr,
+        profile: Profile,
+        epoch: WallInstant,
+        core: usize,
+        seconds: f64,
+        rate: f64,
+        dst: SocketAddr,
+    ) -> std::thread::JoinHandle<anyhow::Result<(u64, u64, f64)>> {
         std::thread::spawn(move || {
             crate::netns::join_thread(&ns).with_context(|| format!("entering {ns}"))?;
             if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
                 core_affinity::set_for_current(id);
             }
-            let mut g = Generator::new(profile, epoch, GENERATOR_IP.into())?.with_streams(STREAMS);
+            let mut g = Generator::new(profile, epoch, ip)?.with_streams(STREAMS);
             // The subscriptions start at the first keyframe; every packet is one.
             let warmup = g.send(dst, 8) as u64;
             std::thread::sleep(Duration::from_millis(100));
@@ -780,24 +794,31 @@ fn run_one(
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let busy = (busy1 - busy0) as f64 / hz;
     let expected = (total_sent * u64::from(fanout)) as f64;
+    let loss = if expected > 0.0 { (1.0 - (total1 - total0) as f64 / expected).max(0.0) } else { 0.0 };
+    let offered_pps = sent as f64 / (seconds + 0.1);
+    // Paced, the output rate follows from what was offered and what was lost (the daemon's
+    // counters are published every 250 ms, too coarse for a window of a second or two); a flood
+    // has no such rate, so its window's counters are used.
+    let out_pps = if rate > 0.0 { offered_pps * f64::from(fanout) * (1.0 - loss) } else { out / wall };
+    let busy_s = busy;
     Ok((
         Sample {
             backend: backend.into(),
             profile: format!("{profile:?}"),
             gso,
             fanout,
-            offered_pps: sent as f64 / (seconds + 0.1),
-            out_pps: out / wall,
+            offered_pps,
+            out_pps,
             sink_pps: (recv1 - recv0) as f64 / wall,
             cpu: cpu / wall,
-            out_per_cpu_s: if cpu > 0.0 { out / cpu } else { 0.0 },
+            out_per_cpu_s: if cpu > 0.0 { out_pps * wall / cpu } else { 0.0 },
             mean_rx_batch: if batches > 0.0 { batched / batches } else { 0.0 },
             tx_per_syscall: if syscalls > 0.0 { tx / syscalls } else { 0.0 },
             generator_cpu: gen_cpu / (seconds + 0.1),
             target_pps: rate,
-            loss: if expected > 0.0 { (1.0 - (total1 - total0) as f64 / expected).max(0.0) } else { 0.0 },
-            core_busy: busy / wall,
-            out_per_core_s: if busy > 0.0 { out / busy } else { 0.0 },
+            loss,
+            core_busy: busy_s / wall,
+            out_per_core_s: if busy_s > 0.0 { out_pps * wall / busy_s } else { 0.0 },
         },
         hist,
     ))
@@ -833,22 +854,34 @@ pub struct Row {
 
 fn search(topo: &Topology, backend: &str, gso: bool, profile: Profile, fanout: u32, seconds: f64, probes: u32) -> anyhow::Result<Row> {
     let (flood, _) = run_one(topo, backend, gso, profile, fanout, seconds, 0.0, false)?;
-    let (mut lo, mut hi): (Option<Sample>, Option<f64>) = (None, None);
-    let mut rate = (flood.out_pps / f64::from(fanout)).max(1000.0);
+    let start = flood.out_pps / f64::from(fanout);
+    let (sustained, generator_limited) = search_rate(start, probes, |rate| {
+        let (s, _) = run_one(topo, backend, gso, profile, fanout, seconds, rate, false)?;
+        Ok((s.loss <= MAX_LOSS, s.offered_pps >= 0.97 * rate, s))
+    })?;
+    Ok(Row { flood, sustained, generator_limited })
+}
+
+/// Searches for the highest paced rate that `probe(rate)` passes, from `start` (grown by 25%
+/// until a probe fails, then bisected) in at most `probes` probes; `probe` says whether the
+/// rate was carried and whether the generator reached it. Returns the highest passing probe's
+/// result, and whether the search stopped because the generator could not offer the rate.
+pub(crate) fn search_rate<T>(start: f64, probes: u32, mut probe: impl FnMut(f64) -> anyhow::Result<(bool, bool, T)>) -> anyhow::Result<(Option<T>, bool)> {
+    let (mut lo, mut hi): (Option<(f64, T)>, Option<f64>) = (None, None);
+    let mut rate = start.max(1000.0);
     let mut generator_limited = false;
     for _ in 0..probes {
-        let (s, _) = run_one(topo, backend, gso, profile, fanout, seconds, rate, false)?;
-        let reached = s.offered_pps >= 0.97 * rate;
-        if s.loss <= MAX_LOSS && reached {
-            lo = Some(s);
+        let (carried, reached, result) = probe(rate)?;
+        if carried && reached {
+            lo = Some((rate, result));
         } else {
-            generator_limited = !reached && s.loss <= MAX_LOSS;
+            generator_limited = !reached && carried;
             hi = Some(rate);
             if generator_limited {
                 break;
             }
         }
-        let low = lo.as_ref().map_or(0.0, |s| s.target_pps);
+        let low = lo.as_ref().map_or(0.0, |(r, _)| *r);
         rate = match hi {
             Some(h) if low > 0.0 => (low + h) / 2.0,
             Some(h) => h * 0.75,
@@ -858,7 +891,7 @@ fn search(topo: &Topology, backend: &str, gso: bool, profile: Profile, fanout: u
             break;
         }
     }
-    Ok(Row { flood, sustained: lo, generator_limited })
+    Ok((lo.map(|(_, t)| t), generator_limited))
 }
 
 /// The forwarding core alone on the forwarder's core, fed pre-protected packets from memory: the

@@ -36,7 +36,7 @@ use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::io::xsk::Interface;
 use sluice_dataplane::xdp::{Egress, PIN_ROOT, RelayRoute, Verdict as XdpVerdict, XdpStage};
 
-use crate::forward::{BASE_PORT, Generator, fanout_ops, process_cpu_ns};
+use crate::forward::{BASE_PORT, Generator, STREAMS, process_cpu_ns, streams_ops};
 use crate::netns::{NetNs, PinGuard, Veth};
 
 const DUT_IP: Ipv4Addr = Ipv4Addr::new(10, 56, 0, 1);
@@ -63,6 +63,11 @@ pub struct DropSample {
     pub dropped_pps: f64,
     /// Daemon CPU seconds per wall second.
     pub daemon_cpu: f64,
+    /// How busy the daemon's core was (its worker, and the XDP program and kernel receive that
+    /// run there in the interface's NAPI thread), per wall second.
+    pub dut_core_busy: f64,
+    /// Flood datagrams dropped per busy second of the daemon's core.
+    pub dropped_per_core_s: f64,
 }
 
 /// (b): one backend.
@@ -70,8 +75,12 @@ pub struct DropSample {
 pub struct FanoutSample {
     /// `xsk`, `uring` or `mmsg`.
     pub backend: String,
+    /// The paced rate asked of the publisher (0: the flood, when no paced rate was sustained).
+    pub target_pps: f64,
     /// Publisher packets sent per second.
     pub offered_pps: f64,
+    /// Copies missing at the daemon's output: 1 - sent ÷ (offered × fan-out).
+    pub loss: f64,
     /// Publisher packets the daemon's worker received per second.
     pub in_pps: f64,
     /// Packets the daemon sent per second (its own count).
@@ -86,6 +95,8 @@ pub struct FanoutSample {
     pub daemon_cpu: f64,
     /// Packets out per daemon CPU-second.
     pub out_per_cpu_s: f64,
+    /// Packets out per busy second of the daemon's core (worker + its kernel receive).
+    pub out_per_core_s: f64,
 }
 
 /// The whole run.
@@ -101,10 +112,14 @@ pub struct Report {
     pub drops: Vec<DropSample>,
     /// XDP shield drop rate ÷ userspace drop rate.
     pub shield_ratio: f64,
+    /// The same per busy second of the daemon's core: what one core could drop each way.
+    pub shield_ratio_per_core: f64,
     /// (b), fan-out 4.
     pub fanout: Vec<FanoutSample>,
     /// AF_XDP out/s ÷ the best socket backend's out/s.
     pub xsk_ratio: f64,
+    /// The same per busy second of the daemon's core.
+    pub xsk_ratio_per_core: f64,
 }
 
 fn loadavg() -> [f64; 3] {
@@ -212,7 +227,7 @@ struct Counters {
 
 /// The fan-out table: subscribers at GEN_IP:SUB_PORT+leg, where gen's XDP counter drops them.
 fn subscriber_ops() -> Vec<sluice_core::table::Op> {
-    fanout_ops(Profile::AeadAes128Gcm, FANOUT, BASE_PORT, |l| (l > 1).then(|| SocketAddr::new(GEN_IP.into(), SUB_PORT + l as u16)))
+    streams_ops(Profile::AeadAes128Gcm, FANOUT, STREAMS, BASE_PORT, |l| (l > 1).then(|| SocketAddr::new(GEN_IP.into(), SUB_PORT + l as u16)))
 }
 
 /// Busy jiffies and all jiffies of each CPU (`/proc/stat`).
@@ -312,9 +327,11 @@ fn drop_sample(t: &Topo, gen_stage: &mut XdpStage, gen_if: u32, shield: bool, in
     };
     let c0 = d.counters()?;
     let x0 = dut_counter(&pass)?;
+    let stat0 = cpu_times();
     let t0 = Instant::now();
     let sent = flood(t, gen_stage, gen_if, seconds)?;
     let wall = t0.elapsed().as_secs_f64();
+    let core = busy(&stat0, &cpu_times()).get(WORKER_CORE).copied().unwrap_or(0.0);
     std::thread::sleep(Duration::from_millis(300));
     let c1 = d.counters()?;
     let x1 = dut_counter(&pass)?;
@@ -326,56 +343,79 @@ fn drop_sample(t: &Topo, gen_stage: &mut XdpStage, gen_if: u32, shield: bool, in
         offered_pps: sent as f64 / wall,
         dropped_pps: dropped as f64 / wall,
         daemon_cpu: (c1.cpu_ns - c0.cpu_ns) as f64 / 1e9 / wall,
+        dut_core_busy: core,
+        dropped_per_core_s: if core > 0.0 { dropped as f64 / wall / core } else { 0.0 },
     })
 }
 
-fn fanout_sample(t: &Topo, gen_stage: &XdpStage, backend: &str, instance: &str, seconds: f64) -> anyhow::Result<FanoutSample> {
+/// One probe of (b): the publisher paced at `rate` packets/s (0: as fast as it can) for
+/// `seconds`, through a fresh daemon on `backend`.
+fn fanout_probe(t: &Topo, gen_stage: &XdpStage, backend: &str, instance: &str, seconds: f64, rate: f64) -> anyhow::Result<FanoutSample> {
     let mode = if backend == "xsk" { "af_xdp" } else { "off" };
     let mut d = Daemon::start(t, backend, mode, instance)?;
-    let epoch = Instant::now();
-    let mut g = latched_publisher(t, epoch)?;
     let delivered = || gen_stage.verdict_counts().map(|c| c.get(XdpVerdict::DropUnknownSource));
-    let c0 = d.counters()?;
+    let total0 = d.counters()?;
     let del0 = delivered()?;
+    let dst = SocketAddr::new(DUT_IP.into(), BASE_PORT + 1);
+    let generator = Generator::spawn_in(t.gen_ns.name.clone(), GEN_IP.into(), Profile::AeadAes128Gcm, Instant::now(), GEN_CORE, seconds + 0.1, rate, dst);
+    // The generator's warm-up (keyframes that latch the publisher, 100 ms) passes first.
+    std::thread::sleep(Duration::from_millis(150));
+    let c0 = d.counters()?;
     let stat0 = cpu_times();
     let t0 = Instant::now();
-    let offered = std::thread::scope(|s| {
-        s.spawn(|| {
-            pin(GEN_CORE);
-            let dst = SocketAddr::new(DUT_IP.into(), BASE_PORT + 1);
-            let mut offered = 0u64;
-            while t0.elapsed().as_secs_f64() < seconds {
-                offered += g.send(dst, 32) as u64;
-            }
-            offered
-        })
-        .join()
-        .unwrap_or(0)
-    });
+    std::thread::sleep(Duration::from_secs_f64(seconds - 0.1));
     let wall = t0.elapsed().as_secs_f64();
-    let c1 = d.counters()?;
     let cores = busy(&stat0, &cpu_times());
-    std::thread::sleep(Duration::from_millis(100));
+    let c_window = d.counters()?;
+    let (sent, total_sent, _) = generator.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    // The daemon publishes its counters every 250 ms: read them once they stopped moving.
+    let mut c1 = d.counters()?;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let c = d.counters()?;
+        if c.tx == c1.tx {
+            break;
+        }
+        c1 = c;
+    }
     let del1 = delivered()?;
     finish(d, instance);
-    let cpu = (c1.cpu_ns - c0.cpu_ns) as f64 / 1e9;
-    let out = (c1.tx - c0.tx) as f64;
+    let expected = (total_sent * u64::from(FANOUT)) as f64;
+    let loss = if expected > 0.0 { (1.0 - (c1.tx - total0.tx) as f64 / expected).max(0.0) } else { 0.0 };
+    let offered_pps = sent as f64 / (seconds + 0.1);
+    let out_pps = if rate > 0.0 { offered_pps * f64::from(FANOUT) * (1.0 - loss) } else { (c_window.tx - c0.tx) as f64 / wall };
+    let cpu = (c_window.cpu_ns - c0.cpu_ns) as f64 / 1e9;
+    let core1 = cores.get(WORKER_CORE).copied().unwrap_or(0.0);
     Ok(FanoutSample {
         backend: backend.into(),
-        offered_pps: offered as f64 / wall,
-        in_pps: (c1.rx - c0.rx) as f64 / wall,
+        target_pps: rate,
+        offered_pps,
+        in_pps: (c1.rx - total0.rx) as f64 / (seconds + 0.2),
+        loss,
         worker_drops: DropReason::ALL
             .iter()
-            .zip(c0.by_reason.iter().zip(&c1.by_reason))
+            .zip(total0.by_reason.iter().zip(&c1.by_reason))
             .filter(|(_, (a, b))| b > a)
             .map(|(r, (a, b))| (r.name().to_owned(), b - a))
             .collect(),
         core_busy: cores,
-        out_pps: out / wall,
-        delivered_pps: (del1 - del0) as f64 / wall,
+        out_pps,
+        delivered_pps: (del1 - del0) as f64 / (seconds + 0.2),
         daemon_cpu: cpu / wall,
-        out_per_cpu_s: if cpu > 0.0 { out / cpu } else { 0.0 },
+        out_per_cpu_s: if cpu > 0.0 { out_pps * wall / cpu } else { 0.0 },
+        out_per_core_s: if core1 > 0.0 { out_pps / core1 } else { 0.0 },
     })
+}
+
+/// (b) for one backend: a flood probe, then the highest paced rate with at most 0.1% of the
+/// copies lost.
+fn fanout_sample(t: &Topo, gen_stage: &XdpStage, backend: &str, instance: &str, seconds: f64) -> anyhow::Result<FanoutSample> {
+    let flood = fanout_probe(t, gen_stage, backend, instance, seconds, 0.0)?;
+    let (best, _) = crate::forward::search_rate(flood.out_pps / f64::from(FANOUT), 5, |rate| {
+        let s = fanout_probe(t, gen_stage, backend, instance, seconds, rate)?;
+        Ok((s.loss <= 0.001, s.offered_pps >= 0.97 * rate, s))
+    })?;
+    Ok(best.unwrap_or(flood))
 }
 
 /// Builds the topology, runs (a) and (b), prints the tables; the caller writes the JSON.
@@ -385,6 +425,12 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
     let gen_ns = NetNs::new("bg");
     let dut = NetNs::new("bd");
     let veth = Veth::new("b", &gen_ns, &["10.56.0.2/24", "10.56.0.3/24"], &dut, &["10.56.0.1/24"]);
+    // Each end's receive (its XDP program and kernel stack) in a NAPI thread on its own party's
+    // core, as an RX queue's interrupt would be: without this, veth runs the daemon's XDP stage
+    // and kernel receive in the softirq of the generator's core, and the daemon's core is
+    // charged for none of it.
+    gen_ns.napi_thread_on(&veth.a, GEN_CORE)?;
+    dut.napi_thread_on(&veth.b, WORKER_CORE)?;
     let dir = std::env::temp_dir().join(format!("sx5-xdp-bench-{pid}"));
     std::fs::create_dir_all(&dir)?;
     let t = Topo { gen_ns, dut, veth, dir };
@@ -417,34 +463,44 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
         drops.push(drop_sample(&t, &mut gen_stage, iface.index, shield, &instance, seconds)?);
     }
     println!("(a) a flood from a stranger to a leg port (RTP, 242-byte frames, live-frames generator)");
-    println!("{:<12} {:>14} {:>14} {:>11}", "path", "offered pkt/s", "dropped pkt/s", "daemon cpu");
+    println!("{:<12} {:>14} {:>14} {:>11} {:>10} {:>16}", "path", "offered pkt/s", "dropped pkt/s", "daemon cpu", "core 1", "dropped/core-s");
     for s in &drops {
-        println!("{:<12} {:>14.0} {:>14.0} {:>10.0}%", s.path, s.offered_pps, s.dropped_pps, s.daemon_cpu * 100.0);
+        println!(
+            "{:<12} {:>14.0} {:>14.0} {:>10.0}% {:>9.0}% {:>16.0}",
+            s.path,
+            s.offered_pps,
+            s.dropped_pps,
+            s.daemon_cpu * 100.0,
+            s.dut_core_busy * 100.0,
+            s.dropped_per_core_s
+        );
     }
     let shield_ratio = drops[0].dropped_pps / drops[1].dropped_pps.max(1.0);
-    println!("shield ÷ userspace: {shield_ratio:.1}×\n");
+    let shield_ratio_per_core = drops[0].dropped_per_core_s / drops[1].dropped_per_core_s.max(1.0);
+    println!("shield ÷ userspace: {shield_ratio:.1}× the drop rate, {shield_ratio_per_core:.1}× per busy second of the daemon's core\n");
 
     let mut fanout = Vec::new();
     for b in backends {
         fanout.push(fanout_sample(&t, &gen_stage, b, &instance, seconds)?);
     }
-    println!("(b) 1 publisher → {FANOUT} subscribers, 1200-byte SRTP (AES-128-GCM), publisher as fast as it can");
+    println!("(b) 1 publisher ({STREAMS} streams) → {FANOUT} subscribers, 1200-byte SRTP (AES-128-GCM): the highest paced rate with at most 0.1% of the copies lost");
     println!(
-        "{:<7} {:>10} {:>10} {:>10} {:>12} {:>11} {:>10} {:>13}",
-        "backend", "offered/s", "in pkt/s", "out pkt/s", "delivered/s", "daemon cpu", "cpu0/cpu1", "out/cpu-s"
+        "{:<7} {:>10} {:>8} {:>10} {:>12} {:>11} {:>10} {:>13} {:>13}",
+        "backend", "offered/s", "loss %", "out pkt/s", "delivered/s", "daemon cpu", "cpu0/cpu1", "out/cpu-s", "out/core1-s"
     );
     for s in &fanout {
         let cores: Vec<String> = s.core_busy.iter().map(|b| format!("{:.0}", b * 100.0)).collect();
         println!(
-            "{:<7} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>10.0}% {:>10} {:>13.0}",
+            "{:<7} {:>10.0} {:>8.3} {:>10.0} {:>12.0} {:>10.0}% {:>10} {:>13.0} {:>13.0}",
             s.backend,
             s.offered_pps,
-            s.in_pps,
+            s.loss * 100.0,
             s.out_pps,
             s.delivered_pps,
             s.daemon_cpu * 100.0,
             cores.join("/"),
-            s.out_per_cpu_s
+            s.out_per_cpu_s,
+            s.out_per_core_s
         );
         if !s.worker_drops.is_empty() {
             println!("        worker drops: {:?}", s.worker_drops);
@@ -453,10 +509,14 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
     let xsk = fanout.iter().find(|s| s.backend == "xsk").map_or(0.0, |s| s.out_pps);
     let best_socket = fanout.iter().filter(|s| s.backend != "xsk").map(|s| s.out_pps).fold(0.0, f64::max);
     let xsk_ratio = xsk / best_socket.max(1.0);
-    println!("AF_XDP ÷ best socket backend: {xsk_ratio:.2}×");
+    let per_core = |f: &dyn Fn(&FanoutSample) -> bool| fanout.iter().filter(|s| f(s)).map(|s| s.out_per_core_s).fold(0.0, f64::max);
+    let xsk_ratio_per_core = per_core(&|s| s.backend == "xsk") / per_core(&|s| s.backend != "xsk").max(1.0);
+    if xsk > 0.0 && best_socket > 0.0 {
+        println!("AF_XDP ÷ best socket backend: {xsk_ratio:.2}× packets out, {xsk_ratio_per_core:.2}× per busy second of the daemon's core");
+    }
     let load_after = loadavg();
     println!("load average after: {load_after:?}");
     drop(gen_stage);
     let _ = std::fs::remove_dir_all(&t.dir);
-    Ok(Report { load_before, load_after, seconds, drops, shield_ratio, fanout, xsk_ratio })
+    Ok(Report { load_before, load_after, seconds, drops, shield_ratio, shield_ratio_per_core, fanout, xsk_ratio, xsk_ratio_per_core })
 }

@@ -74,11 +74,14 @@ pub struct XdpConfig {
     pub instance: String,
     /// Relay legs.
     pub relays: Vec<RelayConfig>,
+    /// With `mode = "af_xdp"`: which path sends (`auto`: the XSK ring in zero-copy mode, the leg
+    /// sockets with GSO in copy mode; `ring`; `socket`).
+    pub af_xdp_tx: crate::io::XskTx,
 }
 
 impl Default for XdpConfig {
     fn default() -> Self {
-        Self { mode: XdpMode::Off, interface: None, instance: "default".into(), relays: Vec::new() }
+        Self { mode: XdpMode::Off, interface: None, instance: "default".into(), relays: Vec::new(), af_xdp_tx: crate::io::XskTx::Auto }
     }
 }
 

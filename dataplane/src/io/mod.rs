@@ -105,6 +105,23 @@ pub struct IoConfig {
     pub xsk_interface: Option<String>,
     /// AF_XDP: the RX queue of that interface the XSK binds to.
     pub xsk_queue: u32,
+    /// AF_XDP: which path sends.
+    pub xsk_tx: XskTx,
+}
+
+/// How the AF_XDP backend sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XskTx {
+    /// The XSK's TX ring in zero-copy mode; the leg sockets (with GSO) in copy mode, where every
+    /// ring frame is copied into a fresh skb and transmitted on its own, without segmentation
+    /// batching (measured slower than the socket path on veth: see `ebpf/README.md`).
+    #[default]
+    Auto,
+    /// Always the XSK's TX ring (headers built here, next hop from the neighbour table).
+    Ring,
+    /// Always the leg sockets: AF_XDP receives, the kernel's UDP stack sends.
+    Socket,
 }
 
 impl Default for IoConfig {
@@ -121,6 +138,7 @@ impl Default for IoConfig {
             uring_sq_entries: 1024,
             xsk_interface: None,
             xsk_queue: 0,
+            xsk_tx: XskTx::Auto,
         }
     }
 }
