@@ -630,18 +630,20 @@ pub struct ProgramSpeed {
 /// The programming-speed benchmark: one meeting of `o.size` participants over gRPC; participant 0
 /// publishes audio every `interval`; subscription (1 ← 0's audio) is paused and resumed
 /// `samples` times, timing Apply-return → first packet; then changes/s, single and batched.
-pub fn program_speed(o: &Options, stop: &Arc<AtomicBool>, samples: usize, changes_n: usize, batch: usize) -> anyhow::Result<ProgramSpeed> {
+/// `background`: (meetings, participants each) programmed before measuring.
+pub fn program_speed(o: &Options, stop: &Arc<AtomicBool>, samples: usize, changes_n: usize, batch: usize, background: (u32, u32)) -> anyhow::Result<ProgramSpeed> {
     let dir = std::env::temp_dir().join(format!("sluice-program-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let scratch = Scratch(dir.clone());
     let mut kids = Children::default();
-    let result = program_speed_with(o, stop, &scratch.0, &mut kids, samples, changes_n, batch);
+    let result = program_speed_with(o, stop, &scratch.0, &mut kids, samples, changes_n, batch, background);
     kids.stop();
     drop(scratch);
     result
 }
 
+#[expect(clippy::too_many_arguments, reason = "the whole measurement, called once")]
 fn program_speed_with(
     o: &Options,
     stop: &Arc<AtomicBool>,
@@ -650,8 +652,14 @@ fn program_speed_with(
     samples: usize,
     changes_n: usize,
     batch: usize,
+    background: (u32, u32),
 ) -> anyhow::Result<ProgramSpeed> {
     let (mut grpc, _metrics, _pid) = start_system(o, stop, dir, kids)?;
+    for m in 1..=background.0 {
+        let (ops, _) = meeting::build(m, background.1.max(2), o.profile, 0);
+        grpc.apply(pb::ChangeSet { session: format!("background-{m}"), idempotency_key: String::new(), expected_revision: None, changes: changes(&ops)? })
+            .map_err(|e| anyhow::anyhow!("background Routes.Apply: {:?}: {}", e.code(), e.message()))?;
+    }
     let session = "program-speed".to_string();
     let (ops, mut people) = meeting::build(0, o.size.max(2), o.profile, 0);
     let r = grpc
@@ -734,6 +742,9 @@ fn program_speed_with(
     // Changes/s: toggle the same subscription's pause flag, one change per Apply...
     let t = Instant::now();
     for i in 0..changes_n {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
         set_paused(&mut grpc, i % 2 == 0)?;
     }
     let single = changes_n as f64 / t.elapsed().as_secs_f64();
@@ -743,6 +754,9 @@ fn program_speed_with(
     let mut done = 0usize;
     let mut round = 0u32;
     while done < changes_n {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
         let chunk: Vec<pb::Change> = (0..batch)
             .map(|k| {
                 let mut s = subs[k % subs.len()].clone();

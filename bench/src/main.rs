@@ -184,8 +184,14 @@ struct ProgramArgs {
     /// Changes per Apply in the batched figure.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Other meetings programmed on the node before measuring (a loaded node's state).
+    #[arg(long, default_value_t = 0)]
+    background: u32,
+    /// Participants per background meeting.
+    #[arg(long, default_value_t = 20)]
+    background_size: u32,
     /// Local UDP ports the control plane allocates to legs, FIRST-LAST.
-    #[arg(long, value_parser = parse_range, default_value = "28000-28099")]
+    #[arg(long, value_parser = parse_range, default_value = "28000-29999")]
     ports: (u16, u16),
     /// Also write the figures to this JSON file.
     #[arg(long)]
@@ -397,7 +403,10 @@ fn main() -> anyhow::Result<()> {
                 port_range: a.ports,
                 dataplane_extra: String::new(),
             };
-            let r = sluice_bench::live::program_speed(&opts, &stop, a.samples, a.changes, a.batch)?;
+            if u64::from(a.ports.1 - a.ports.0) + 1 < u64::from(a.size) + u64::from(a.background) * u64::from(a.background_size) {
+                bail!("--ports {}-{} has no room for {} + {} x {} legs", a.ports.0, a.ports.1, a.size, a.background, a.background_size);
+            }
+            let r = sluice_bench::live::program_speed(&opts, &stop, a.samples, a.changes, a.batch, (a.background, a.background_size))?;
             println!("programming speed through sluice-controlplane (gRPC) and sluice-dataplane (1 worker):");
             println!("  subscription changes/s, one per Apply (each acked by the dataplane): {:.0}", r.single_changes_per_s);
             println!("  subscription changes/s, {} per Apply:                            {:.0}", r.batch, r.batched_changes_per_s);

@@ -64,12 +64,15 @@ pub struct Link {
     conn: Option<UnixStream>,
     /// `None`: unknown, a full resync is due.
     shadow: Option<Shadow>,
+    /// The shadow equals the tables of the last successful [`Link::sync`] or
+    /// [`Link::sync_part`]: a change to one session can then be diffed on that session alone.
+    in_step: bool,
 }
 
 impl Link {
     /// A link to the socket at `path` (connected lazily).
     pub fn new(path: &Path) -> Self {
-        Self { path: path.to_path_buf(), conn: None, shadow: None }
+        Self { path: path.to_path_buf(), conn: None, shadow: None, in_step: false }
     }
 
     /// Whether the connection is up and the shadow known.
@@ -110,12 +113,55 @@ impl Link {
     /// Brings the dataplane to `desired`: a minimal delta against the shadow, or a full resync
     /// when the shadow is unknown.
     pub fn sync(&mut self, desired: &Tables) -> Result<Synced, LinkError> {
+        self.in_step = false;
         let had_connection = self.conn.is_some();
-        match self.sync_once(desired) {
+        let r = match self.sync_once(desired) {
             // The connection was stale (the dataplane restarted since the last call): one fresh
             // connection and a full resync before reporting it unreachable.
             Err(LinkError::Unreachable { .. }) if had_connection => self.resync(desired),
             r => r,
+        };
+        self.in_step = r.is_ok();
+        r
+    }
+
+    /// Brings the dataplane from `before` to `after`, one session's part of the tables before
+    /// and after a change, when the link is in step with the rest (the last sync succeeded and
+    /// nothing else changed since): the delta and the shadow update then cost the session's
+    /// size, not the node's. Otherwise, or when the dataplane is not where the shadow says, a
+    /// full [`Link::sync`] to `full()`.
+    pub fn sync_part(&mut self, before: &Tables, after: &Tables, full: impl FnOnce() -> Tables) -> Result<Synced, LinkError> {
+        let Some(generation) = self.shadow.as_ref().map(|s| s.generation).filter(|_| self.in_step && self.conn.is_some()) else {
+            return self.sync(&full());
+        };
+        let ops = crate::compile::diff(before, after);
+        if ops.is_empty() {
+            return Ok(Synced { generation, ops: 0, resynced: None });
+        }
+        self.in_step = false;
+        let n = ops.len();
+        let delta = Delta { generation: Generation(generation.0 + 1), replace_all: false, ops };
+        match self.call(&Request::Apply(delta)) {
+            Ok(Response::Applied(g)) => {
+                if let Some(shadow) = self.shadow.as_mut() {
+                    shadow.generation = g;
+                    shadow.tables.replace_part(before, after);
+                    self.in_step = true;
+                }
+                Ok(Synced { generation: g, ops: n, resynced: None })
+            }
+            Ok(Response::Rejected { generation: current, reason }) => {
+                self.shadow = None;
+                if current.0 != generation.0 {
+                    // Someone else moved the dataplane: learn what it has.
+                    return self.sync(&full());
+                }
+                Err(LinkError::Rejected { generation: Generation(generation.0 + 1), reason })
+            }
+            Ok(other) => Err(LinkError::Protocol(format!("unexpected answer to Apply: {other:?}"))),
+            // A stale connection (the dataplane restarted): reconnect and resync in full.
+            Err(LinkError::Unreachable { .. }) => self.sync(&full()),
+            Err(e) => Err(e),
         }
     }
 

@@ -45,6 +45,23 @@ impl Tables {
         t
     }
 
+    /// Replaces the entries of `before` (one session's part, as it was) with those of `after`
+    /// (as it is now): the cost is the part's size, not the whole set's.
+    pub fn replace_part(&mut self, before: &Tables, after: &Tables) {
+        for k in before.legs.keys() {
+            self.legs.remove(k);
+        }
+        for k in before.tracks.keys() {
+            self.tracks.remove(k);
+        }
+        for k in before.subs.keys() {
+            self.subs.remove(k);
+        }
+        self.legs.extend(after.legs.iter().map(|(k, v)| (*k, v.clone())));
+        self.tracks.extend(after.tracks.iter().map(|(k, v)| (*k, v.clone())));
+        self.subs.extend(after.subs.iter().map(|(k, v)| (*k, v.clone())));
+    }
+
     /// Every entry as upserts, in dependency order (for a replace-all delta).
     pub fn to_ops(&self) -> Vec<Op> {
         let mut ops = Vec::with_capacity(self.legs.len() + self.tracks.len() + self.subs.len());
@@ -190,6 +207,34 @@ mod tests {
             .collect();
         assert_eq!(kinds, vec![0, 0, 1, 1, 2, 2]);
         assert_eq!(Tables::from_ops(&d.tables().to_ops()), d.tables(), "a snapshot round-trips");
+    }
+
+    /// A change to one session, diffed on that session's part alone and patched into the
+    /// shadow, gives the same ops and the same shadow as the whole-node diff.
+    #[test]
+    fn one_session_part_diffs_and_patches_like_the_whole_node() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        d.apply(&pair("n")).unwrap();
+        let mut shadow = installed(&d);
+        let steps = vec![
+            req("m", vec![sub("a", "vb", 1000, 1, true)]),
+            req("m", vec![leg("c"), video("vc", "c", 300), sub("c", "va", 3000, 0, false)]),
+            req("m", vec![pb::Change { change: Some(C::RemoveLeg("a".into())) }]),
+        ];
+        for r in steps {
+            let before = d.session_tables("m");
+            d.apply(&r).unwrap();
+            let after = d.session_tables("m");
+            assert_eq!(diff(&before, &after), diff(&shadow.tables, &d.tables()), "the session's ops are the node's");
+            shadow.tables.replace_part(&before, &after);
+            assert_eq!(shadow.tables, d.tables(), "the patched shadow is the whole compile");
+        }
+        let before = d.session_tables("n");
+        d.delete_session(&pb::DeleteSessionRequest { session: "n".into(), expected_revision: None }).unwrap();
+        shadow.tables.replace_part(&before, &d.session_tables("n"));
+        assert_eq!(shadow.tables, d.tables());
+        assert!(!d.tables().legs.is_empty(), "session m is still there");
     }
 
     /// The compiled deltas are accepted by the real dataplane table code, and leave it exactly

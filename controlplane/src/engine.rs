@@ -17,6 +17,7 @@ use sluice_core::stats::CoreStats;
 use tokio::sync::broadcast;
 
 use crate::client::{Link, LinkError, Synced};
+use crate::compile::Tables;
 use crate::events::Names;
 use crate::journal::{Journal, JournalError, Record};
 use crate::lb::Lb;
@@ -55,9 +56,8 @@ pub struct Engine {
     /// Cached: the dataplane's DTLS fingerprint and the address WebRTC candidates announce.
     edge: EdgeInfo,
     announce_ip: Option<std::net::IpAddr>,
-    /// Bumped by every commit: the names below are rebuilt when it moved.
-    epoch: u64,
-    names: (u64, Names),
+    /// Names of the dataplane's ids, updated with every committed session.
+    names: Names,
     /// Per-worker (rx, tx) packets per second, from the dataplane's stats stream.
     rates: Vec<(f64, f64)>,
     last_stats: Option<(Instant, Vec<CoreStats>)>,
@@ -79,7 +79,8 @@ impl Engine {
     /// An engine over recovered state.
     pub fn new(desired: Desired, journal: Journal, link: Link) -> Self {
         let (events, _) = broadcast::channel(WATCH_BUFFER);
-        Self { desired, journal, link, events, lb: None, epoch: 1, names: (0, Names::default()), rates: Vec::new(), last_stats: None, edge: EdgeInfo::default(), announce_ip: None }
+        let names = Names::build(&desired);
+        Self { desired, journal, link, events, lb: None, names, rates: Vec::new(), last_stats: None, edge: EdgeInfo::default(), announce_ip: None }
     }
 
     /// Consults the load balancer's state in Redis before creating sessions.
@@ -102,11 +103,18 @@ impl Engine {
         self.events.subscribe()
     }
 
-    fn commit(&mut self, record: &Record, next: Desired) -> Result<(), JournalError> {
-        self.journal.append(record, &next)?;
-        self.desired = next;
-        self.epoch += 1;
-        Ok(())
+    /// Journals `record` (durable once this returns) and then runs `apply` on the state; the
+    /// state only changes after the record is on disk.
+    fn commit<T>(&mut self, record: &Record, apply: impl FnOnce(&mut Desired) -> T) -> Result<T, JournalError> {
+        self.journal.append(record)?;
+        let out = apply(&mut self.desired);
+        if self.journal.compaction_due()
+            && let Err(e) = self.journal.compact(&self.desired)
+        {
+            // The record itself is durable; only the snapshot is late (tried again next time).
+            tracing::warn!(error = %e, "state snapshot failed; the journal keeps growing until one succeeds");
+        }
+        Ok(out)
     }
 
     /// Where WebRTC peers reach the dataplane and its DTLS fingerprint: asked of the dataplane
@@ -140,8 +148,10 @@ impl Engine {
         self.desired.session_view(name, &info)
     }
 
-    fn install(&mut self, outcome: Outcome) -> Result<pb::ApplyResponse, EngineError> {
-        let synced = self.sync().map_err(|source| EngineError::NotInstalled {
+    /// Installs a committed outcome: `part` is its session's tables (before, after), so only
+    /// that session is diffed when the link is in step.
+    fn install(&mut self, outcome: Outcome, part: (Tables, Tables)) -> Result<pb::ApplyResponse, EngineError> {
+        let synced = self.sync_part(&part.0, &part.1).map_err(|source| EngineError::NotInstalled {
             session: outcome.session.clone(),
             revision: outcome.committed.revision,
             source,
@@ -180,39 +190,39 @@ impl Engine {
         {
             lb.admit(&req.session)?;
         }
-        let mut next = self.desired.clone();
-        let outcome = next.apply(req)?;
-        if !outcome.replayed {
-            self.commit(&Record::Apply(req.clone()), next)?;
-        }
-        self.install(outcome)
+        let before = self.desired.session_tables(&req.session);
+        let prepared = self.desired.prepare(req)?;
+        let outcome = if prepared.outcome.replayed {
+            self.desired.commit(prepared)
+        } else {
+            self.commit(&Record::Apply(req.clone()), |d| d.commit(prepared))?
+        };
+        let after = self.desired.session_tables(&req.session);
+        self.names.update(&self.desired, &req.session);
+        self.install(outcome, (before, after))
     }
 
     /// Deletes a session.
     pub fn delete_session(&mut self, req: &pb::DeleteSessionRequest) -> Result<pb::ApplyResponse, EngineError> {
-        let mut next = self.desired.clone();
-        let outcome = next.delete_session(req)?;
-        self.commit(&Record::Delete(req.clone()), next)?;
-        self.install(outcome)
+        self.desired.check_delete(req)?;
+        let before = self.desired.session_tables(&req.session);
+        let outcome = self.commit(&Record::Delete(req.clone()), |d| d.delete_session(req))?.map_err(EngineError::State)?;
+        self.names.update(&self.desired, &req.session);
+        self.install(outcome, (before, Tables::default()))
     }
 
     /// Sets the drain flag.
     pub fn set_draining(&mut self, on: bool) -> Result<(), EngineError> {
         if self.desired.draining != on {
-            let mut next = self.desired.clone();
-            next.draining = on;
-            self.commit(&Record::Drain(on), next)?;
+            self.commit(&Record::Drain(on), |d| d.draining = on)?;
         }
         Ok(())
     }
 
     /// Publishes the dataplane's events on Watch, named by the sessions they belong to.
     pub fn dataplane_events(&mut self, events: &[Event]) {
-        if self.names.0 != self.epoch {
-            self.names = (self.epoch, Names::build(&self.desired));
-        }
         for e in events {
-            if let Some(ev) = self.names.1.translate(&self.desired, e) {
+            if let Some(ev) = self.names.translate(&self.desired, e) {
                 let _ = self.events.send(ev);
             }
         }
@@ -235,6 +245,20 @@ impl Engine {
     /// publishing a `DataplaneResynced` event after a resync.
     pub fn sync(&mut self) -> Result<Synced, LinkError> {
         let synced = self.link.sync(&self.desired.tables())?;
+        self.report_resync(synced);
+        Ok(synced)
+    }
+
+    /// [`Engine::sync`] after a change to one session, diffing only its part of the tables
+    /// (`before`, `after`) when the link is in step.
+    fn sync_part(&mut self, before: &Tables, after: &Tables) -> Result<Synced, LinkError> {
+        let desired = &self.desired;
+        let synced = self.link.sync_part(before, after, || desired.tables())?;
+        self.report_resync(synced);
+        Ok(synced)
+    }
+
+    fn report_resync(&mut self, synced: Synced) {
         if let Some(differing) = synced.resynced {
             tracing::info!(generation = synced.generation.0, differing, ops = synced.ops, "dataplane resynced");
             let _ = self.events.send(pb::Event {
@@ -246,7 +270,6 @@ impl Engine {
                 })),
             });
         }
-        Ok(synced)
     }
 
     /// One turn of the link task: verify the dataplane is still what we think, resync if not.

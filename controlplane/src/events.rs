@@ -24,27 +24,48 @@ use crate::state::Desired;
 /// How often the dataplane streams its counters.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Names of the dataplane's numeric ids, built from the desired state.
+/// Names of the dataplane's numeric ids, built from the desired state and kept up to date one
+/// session at a time ([`Names::update`]).
 #[derive(Debug, Default)]
 pub struct Names {
     legs: HashMap<LegId, (String, String)>,
     tracks: HashMap<TrackId, (String, String, Vec<String>)>,
+    /// The ids each session's entries have, to replace them when the session changes.
+    by_session: HashMap<String, (Vec<LegId>, Vec<TrackId>)>,
 }
 
 impl Names {
     /// The names in `desired`.
     pub fn build(desired: &Desired) -> Self {
         let mut n = Self::default();
-        for (session, s) in &desired.sessions {
-            for (leg, spec) in &s.legs {
-                n.legs.insert(spec.id, (session.clone(), leg.clone()));
-            }
-            for (track, t) in &s.tracks {
-                let rids = t.spec.layers.iter().map(|l| l.rid.clone().unwrap_or_default()).collect();
-                n.tracks.insert(t.spec.id, (session.clone(), track.clone(), rids));
-            }
+        for session in desired.sessions.keys() {
+            n.update(desired, session);
         }
         n
+    }
+
+    /// Replaces `session`'s names with what `desired` has for it now (none once deleted).
+    pub fn update(&mut self, desired: &Desired, session: &str) {
+        if let Some((legs, tracks)) = self.by_session.remove(session) {
+            for l in legs {
+                self.legs.remove(&l);
+            }
+            for t in tracks {
+                self.tracks.remove(&t);
+            }
+        }
+        let Some(s) = desired.sessions.get(session) else { return };
+        let mut ids = (Vec::with_capacity(s.legs.len()), Vec::with_capacity(s.tracks.len()));
+        for (leg, spec) in &s.legs {
+            self.legs.insert(spec.id, (session.to_owned(), leg.clone()));
+            ids.0.push(spec.id);
+        }
+        for (track, t) in &s.tracks {
+            let rids = t.spec.layers.iter().map(|l| l.rid.clone().unwrap_or_default()).collect();
+            self.tracks.insert(t.spec.id, (session.to_owned(), track.clone(), rids));
+            ids.1.push(t.spec.id);
+        }
+        self.by_session.insert(session.to_owned(), ids);
     }
 
     fn leg(&self, id: LegId) -> Option<(&str, &str)> {
@@ -156,5 +177,37 @@ fn follow(engine: &SharedEngine, socket: &std::path::Path, connected: &mut bool)
             Response::Stats(stats) => lock(engine).dataplane_stats(&stats),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::PortRange;
+    use crate::state::fixtures::*;
+
+    /// Names follow each session's changes without a rebuild: a removed leg's events are
+    /// dropped, a new one's are named, another session's stay as they were.
+    #[test]
+    fn names_follow_one_session_at_a_time() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        d.apply(&pair("n")).unwrap();
+        let mut names = Names::build(&d);
+        let id = |d: &Desired, s: &str, l: &str| d.sessions[s].legs[l].id;
+        let (ma, na) = (id(&d, "m", "a"), id(&d, "n", "a"));
+        let idle = |leg| Event::LegIdle { leg };
+        let named = |names: &Names, d: &Desired, leg| names.translate(d, &idle(leg)).map(|e| e.session);
+        assert_eq!(named(&names, &d, ma).as_deref(), Some("m"));
+        d.apply(&req("m", vec![pb::Change { change: Some(pb::change::Change::RemoveLeg("a".into())) }, leg("c")])).unwrap();
+        names.update(&d, "m");
+        assert_eq!(named(&names, &d, ma), None, "a removed leg's events are dropped");
+        assert_eq!(named(&names, &d, id(&d, "m", "c")).as_deref(), Some("m"));
+        assert_eq!(named(&names, &d, na).as_deref(), Some("n"), "the other session is untouched");
+        d.delete_session(&pb::DeleteSessionRequest { session: "n".into(), expected_revision: None }).unwrap();
+        names.update(&d, "n");
+        assert_eq!(named(&names, &d, na), None);
+        let rebuilt = Names::build(&d);
+        assert_eq!((rebuilt.legs, rebuilt.tracks), (names.legs, names.tracks), "incremental = rebuilt");
     }
 }

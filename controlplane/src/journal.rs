@@ -194,9 +194,10 @@ impl Journal {
         Ok((Self { dir: dir.to_path_buf(), file, seq, since_snapshot: records }, desired, info))
     }
 
-    /// Appends a record and fsyncs it. `desired` is the state including it, snapshotted when the
-    /// journal is due for compaction.
-    pub fn append(&mut self, record: &Record, desired: &Desired) -> Result<(), JournalError> {
+    /// Appends a record and fsyncs it: once this returns, the record survives a crash. The
+    /// caller applies it to its state and then, when [`Journal::compaction_due`], calls
+    /// [`Journal::compact`] with the state that includes it.
+    pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
         let jpath = self.dir.join("journal.bin");
         let seq = self.seq + 1;
         let (kind, body) = record.encode();
@@ -218,10 +219,12 @@ impl Journal {
         }
         self.seq = seq;
         self.since_snapshot += 1;
-        if self.since_snapshot >= COMPACT_EVERY {
-            self.compact(desired)?;
-        }
         Ok(())
+    }
+
+    /// Whether [`COMPACT_EVERY`] records were appended since the last snapshot.
+    pub fn compaction_due(&self) -> bool {
+        self.since_snapshot >= COMPACT_EVERY
     }
 
     /// Writes the snapshot of `desired` (which includes every journaled record) and empties the
@@ -287,7 +290,7 @@ mod tests {
         let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
         for r in [Record::Apply(pair("m")), Record::Apply(req("m", vec![sub("a", "vb", 1000, 1, true)])), Record::Drain(true)] {
             r.replay(&mut desired).unwrap();
-            j.append(&r, &desired).unwrap();
+            j.append(&r).unwrap();
         }
         drop(j);
         // A crash mid-append leaves half a record.
@@ -301,7 +304,7 @@ mod tests {
         // Appending after recovery continues cleanly.
         let r = Record::Apply(req("m", vec![leg("x")]));
         r.replay(&mut desired).unwrap();
-        j.append(&r, &desired).unwrap();
+        j.append(&r).unwrap();
         drop(j);
         assert_eq!(Journal::open(&d, PORTS).unwrap().1, desired);
         let _ = std::fs::remove_dir_all(&d);
@@ -313,11 +316,11 @@ mod tests {
         let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
         let r = Record::Apply(pair("m"));
         r.replay(&mut desired).unwrap();
-        j.append(&r, &desired).unwrap();
+        j.append(&r).unwrap();
         j.compact(&desired).unwrap();
         let r2 = Record::Apply(req("m", vec![leg("c")]));
         r2.replay(&mut desired).unwrap();
-        j.append(&r2, &desired).unwrap();
+        j.append(&r2).unwrap();
         drop(j);
         let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
         assert_eq!(recovered, desired);
@@ -328,7 +331,7 @@ mod tests {
         let snap = std::fs::read(d.join("state.json")).unwrap();
         let r3 = Record::Apply(req("m", vec![leg("e")]));
         r3.replay(&mut desired).unwrap();
-        j.append(&r3, &desired).unwrap();
+        j.append(&r3).unwrap();
         let journal = std::fs::read(d.join("journal.bin")).unwrap();
         j.compact(&desired).unwrap();
         std::fs::write(d.join("journal.bin"), journal).unwrap();

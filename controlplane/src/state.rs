@@ -139,6 +139,20 @@ impl Session {
         tracks
     }
 
+    fn compile_into(&self, t: &mut Tables) {
+        for l in self.legs.values() {
+            t.legs.insert(l.id, l.clone());
+        }
+        for tr in self.tracks.values() {
+            t.tracks.insert(tr.spec.id, tr.spec.clone());
+        }
+        for subs in self.subs.values() {
+            for sub in subs.values() {
+                t.subs.insert((sub.subscriber, sub.track), sub.clone());
+            }
+        }
+    }
+
     /// Number of subscriptions.
     pub fn subscription_count(&self) -> usize {
         self.subs.values().map(BTreeMap::len).sum()
@@ -156,6 +170,23 @@ pub struct Outcome {
     pub events: Vec<pb::Event>,
     /// True when this was a retry answered from the idempotency record: nothing changed.
     pub replayed: bool,
+}
+
+/// A validated change set, not yet part of the state ([`Desired::prepare`]).
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// What committing it answers.
+    pub outcome: Outcome,
+    /// The session as it will be, and the id/port counters after it (`None`: a replay).
+    staged: Option<Staged>,
+}
+
+#[derive(Clone, Debug)]
+struct Staged {
+    session: Box<Session>,
+    next_leg: u32,
+    next_track: u32,
+    next_port: u16,
 }
 
 /// Everything this node should be doing.
@@ -189,6 +220,13 @@ impl Desired {
 
     /// Applies a change set atomically: on any error nothing changes.
     pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<Outcome, StateError> {
+        let prepared = self.prepare(req)?;
+        Ok(self.commit(prepared))
+    }
+
+    /// Validates a change set and computes its result without changing anything (the cost is
+    /// the session's size, not the node's); [`Desired::commit`] then makes it the state.
+    pub fn prepare(&self, req: &pb::ChangeSet) -> Result<Prepared, StateError> {
         check_id("session", &req.session)?;
         let fingerprint = fingerprint(&prost::Message::encode_to_vec(req));
         let existing = self.sessions.get(&req.session);
@@ -198,7 +236,10 @@ impl Desired {
             if e.fingerprint != fingerprint {
                 return Err(invalid("idempotency_key", format!("key {:?} was already used for a different change set", req.idempotency_key)));
             }
-            return Ok(Outcome { session: req.session.clone(), committed: e.committed.clone(), events: Vec::new(), replayed: true });
+            return Ok(Prepared {
+                outcome: Outcome { session: req.session.clone(), committed: e.committed.clone(), events: Vec::new(), replayed: true },
+                staged: None,
+            });
         }
         if existing.is_none() && self.draining {
             return Err(err(
@@ -261,15 +302,27 @@ impl Desired {
                 event: Some(pb::event::Event::ChangeApplied(pb::ChangeApplied { generation: 0, changes: req.changes.len() as u32 })),
             },
         );
-        self.next_leg = next_leg;
-        self.next_track = next_track;
-        self.next_port = next_port;
-        self.sessions.insert(req.session.clone(), session);
-        Ok(Outcome { session: req.session.clone(), committed, events, replayed: false })
+        Ok(Prepared {
+            outcome: Outcome { session: req.session.clone(), committed, events, replayed: false },
+            staged: Some(Staged { session: Box::new(session), next_leg, next_track, next_port }),
+        })
     }
 
-    /// Deletes a session and everything in it, freeing its ports.
-    pub fn delete_session(&mut self, req: &pb::DeleteSessionRequest) -> Result<Outcome, StateError> {
+    /// Makes a prepared change set the state (nothing for a replayed one). Only valid for a
+    /// [`Prepared`] made from this state with nothing committed in between.
+    pub fn commit(&mut self, prepared: Prepared) -> Outcome {
+        if let Some(st) = prepared.staged {
+            self.next_leg = st.next_leg;
+            self.next_track = st.next_track;
+            self.next_port = st.next_port;
+            self.sessions.insert(prepared.outcome.session.clone(), *st.session);
+        }
+        prepared.outcome
+    }
+
+    /// Whether [`Desired::delete_session`] would succeed (nothing changes); the session's
+    /// current revision.
+    pub fn check_delete(&self, req: &pb::DeleteSessionRequest) -> Result<u64, StateError> {
         check_id("session", &req.session)?;
         let Some(s) = self.sessions.get(&req.session) else {
             return Err(err(ErrorKind::NotFound, "session", format!("no session {:?}", req.session)));
@@ -279,7 +332,12 @@ impl Desired {
         {
             return Err(err(ErrorKind::Aborted, "expected_revision", format!("session {:?} is at revision {}, not {expected}", req.session, s.revision)));
         }
-        let revision = s.revision + 1;
+        Ok(s.revision)
+    }
+
+    /// Deletes a session and everything in it, freeing its ports.
+    pub fn delete_session(&mut self, req: &pb::DeleteSessionRequest) -> Result<Outcome, StateError> {
+        let revision = self.check_delete(req)? + 1;
         self.sessions.remove(&req.session);
         let event = |e| pb::Event { session: req.session.clone(), revision, event: Some(e) };
         Ok(Outcome {
@@ -297,17 +355,17 @@ impl Desired {
     pub fn tables(&self) -> Tables {
         let mut t = Tables::default();
         for s in self.sessions.values() {
-            for l in s.legs.values() {
-                t.legs.insert(l.id, l.clone());
-            }
-            for tr in s.tracks.values() {
-                t.tracks.insert(tr.spec.id, tr.spec.clone());
-            }
-            for subs in s.subs.values() {
-                for sub in subs.values() {
-                    t.subs.insert((sub.subscriber, sub.track), sub.clone());
-                }
-            }
+            s.compile_into(&mut t);
+        }
+        t
+    }
+
+    /// The part of [`Desired::tables`] one session makes (empty when it does not exist): a
+    /// session's legs, tracks and subscriptions refer only to each other.
+    pub fn session_tables(&self, name: &str) -> Tables {
+        let mut t = Tables::default();
+        if let Some(s) = self.sessions.get(name) {
+            s.compile_into(&mut t);
         }
         t
     }

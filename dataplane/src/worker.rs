@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use sluice_core::forward::{Core, CoreConfig, Event, Handoff, OutBatch, Shard};
 use sluice_core::ids::{Generation, LegId};
-use sluice_core::table::{Delta, DeltaError, KeyMaterial};
+use sluice_core::table::{Delta, DeltaError, KeyMaterial, Op};
 use sluice_core::time::Instant;
 
 use crate::edge::SlowMsg;
@@ -198,10 +198,18 @@ impl Worker {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
                 WorkerMsg::Apply(delta, reply) => {
+                    // Ports change only with legs, fan-outs only with subscriptions: a delta
+                    // without them (a pause, a layer change) costs its own size, not the tables'.
+                    let legs = delta.replace_all || delta.ops.iter().any(|op| matches!(op, Op::UpsertLeg(_) | Op::RemoveLeg(_)));
+                    let fanout = legs || delta.ops.iter().any(|op| matches!(op, Op::UpsertSubscription(_) | Op::RemoveSubscription { .. } | Op::RemoveTrack(_)));
                     let result = self.core.apply((*delta).clone());
                     if result.is_ok() {
-                        self.sync_ports();
-                        self.size_batches();
+                        if legs {
+                            self.sync_ports();
+                        }
+                        if fanout {
+                            self.size_batches();
+                        }
                     }
                     let _ = reply.send(result);
                 }
