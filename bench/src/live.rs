@@ -618,6 +618,11 @@ pub struct ProgramSpeed {
     pub batched_changes_per_s: f64,
     /// Changes per batched Apply.
     pub batch: usize,
+    /// Subscription changes per second, one change per `Routes.Apply`, from `clients`
+    /// concurrent callers (the control plane commits what queues up meanwhile as one group).
+    pub concurrent_changes_per_s: f64,
+    /// Concurrent callers behind `concurrent_changes_per_s`.
+    pub clients: usize,
     /// Time from `Routes.Apply` returning (a paused audio subscription resumed) to the first
     /// packet of it reaching the subscriber, µs: p50, p99, max.
     pub first_packet_us: (f64, f64, f64),
@@ -631,13 +636,13 @@ pub struct ProgramSpeed {
 /// publishes audio every `interval`; subscription (1 ← 0's audio) is paused and resumed
 /// `samples` times, timing Apply-return → first packet; then changes/s, single and batched.
 /// `background`: (meetings, participants each) programmed before measuring.
-pub fn program_speed(o: &Options, stop: &Arc<AtomicBool>, samples: usize, changes_n: usize, batch: usize, background: (u32, u32)) -> anyhow::Result<ProgramSpeed> {
+pub fn program_speed(o: &Options, stop: &Arc<AtomicBool>, samples: usize, changes_n: usize, batch: usize, background: (u32, u32), clients: usize) -> anyhow::Result<ProgramSpeed> {
     let dir = std::env::temp_dir().join(format!("sluice-program-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let scratch = Scratch(dir.clone());
     let mut kids = Children::default();
-    let result = program_speed_with(o, stop, &scratch.0, &mut kids, samples, changes_n, batch, background);
+    let result = program_speed_with(o, stop, &scratch.0, &mut kids, samples, changes_n, batch, background, clients);
     kids.stop();
     drop(scratch);
     result
@@ -653,6 +658,7 @@ fn program_speed_with(
     changes_n: usize,
     batch: usize,
     background: (u32, u32),
+    clients: usize,
 ) -> anyhow::Result<ProgramSpeed> {
     let (mut grpc, _metrics, _pid) = start_system(o, stop, dir, kids)?;
     for m in 1..=background.0 {
@@ -770,6 +776,34 @@ fn program_speed_with(
         round += 1;
     }
     let batched = done as f64 / t.elapsed().as_secs_f64();
+    // ... and one change per Apply from `clients` concurrent callers, each on a subscription of
+    // its own (over one HTTP/2 connection, as one signaling service would).
+    let clients = clients.max(1);
+    let per_client = changes_n.div_ceil(clients);
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|k| {
+            let mut routes = grpc.routes.clone();
+            let (session, s) = (session.clone(), subs[k % subs.len()].clone());
+            let stop = stop.clone();
+            grpc.rt.spawn(async move {
+                for i in 0..per_client {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut s = s.clone();
+                    s.paused = i % 2 == 0;
+                    let change = pb::Change { change: Some(C::Subscription(subscription(&s))) };
+                    routes.apply(pb::ChangeSet { session: session.clone(), idempotency_key: String::new(), expected_revision: None, changes: vec![change] }).await?;
+                }
+                Ok::<_, tonic::Status>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        grpc.rt.block_on(task)?.map_err(|e| anyhow::anyhow!("concurrent Routes.Apply: {:?}: {}", e.code(), e.message()))?;
+    }
+    let concurrent = (per_client * clients) as f64 / t.elapsed().as_secs_f64();
     publisher_stop.store(true, Ordering::Relaxed);
     let _ = pub_thread.join();
     lat.sort_by(f64::total_cmp);
@@ -778,6 +812,8 @@ fn program_speed_with(
         single_changes_per_s: single,
         batched_changes_per_s: batched,
         batch,
+        concurrent_changes_per_s: concurrent,
+        clients,
         first_packet_us: (q(0.5), q(0.99), q(1.0)),
         samples: lat.len(),
         publish_interval_us: interval.as_micros() as u64,

@@ -184,6 +184,9 @@ struct ProgramArgs {
     /// Changes per Apply in the batched figure.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Concurrent callers in the concurrent one-change-per-Apply figure.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
     /// Other meetings programmed on the node before measuring (a loaded node's state).
     #[arg(long, default_value_t = 0)]
     background: u32,
@@ -406,10 +409,11 @@ fn main() -> anyhow::Result<()> {
             if u64::from(a.ports.1 - a.ports.0) + 1 < u64::from(a.size) + u64::from(a.background) * u64::from(a.background_size) {
                 bail!("--ports {}-{} has no room for {} + {} x {} legs", a.ports.0, a.ports.1, a.size, a.background, a.background_size);
             }
-            let r = sluice_bench::live::program_speed(&opts, &stop, a.samples, a.changes, a.batch, (a.background, a.background_size))?;
+            let r = sluice_bench::live::program_speed(&opts, &stop, a.samples, a.changes, a.batch, (a.background, a.background_size), a.clients)?;
             println!("programming speed through sluice-controlplane (gRPC) and sluice-dataplane (1 worker):");
             println!("  subscription changes/s, one per Apply (each acked by the dataplane): {:.0}", r.single_changes_per_s);
             println!("  subscription changes/s, {} per Apply:                            {:.0}", r.batch, r.batched_changes_per_s);
+            println!("  subscription changes/s, one per Apply from {:>3} concurrent callers:  {:.0}", r.clients, r.concurrent_changes_per_s);
             println!(
                 "  Apply returned -> first packet on the resumed route: p50 {:.0} us  p99 {:.0} us  max {:.0} us  ({} samples, publisher every {} us)",
                 r.first_packet_us.0, r.first_packet_us.1, r.first_packet_us.2, r.samples, r.publish_interval_us

@@ -56,16 +56,47 @@ fn list(engine: &mut crate::engine::Engine) -> pb::ListSessionsResponse {
     pb::ListSessionsResponse { sessions }
 }
 
+/// An Apply waiting for the group committer, and where its answer goes.
+type ApplyJob = (pb::ChangeSet, tokio::sync::oneshot::Sender<Result<pb::ApplyResponse, Status>>);
+
+/// Most change sets one group commit takes.
+const MAX_GROUP: usize = 128;
+
 /// `sluice.v1.Routes`.
 #[derive(Debug, Clone)]
 pub struct RoutesService {
     engine: SharedEngine,
+    /// Applies go to one committer thread, which takes whatever has queued up meanwhile as one
+    /// group ([`crate::engine::Engine::apply_many`]: one fsync and one dataplane delta): the
+    /// more signaling clients apply concurrently, the more each fsync carries.
+    commits: std::sync::mpsc::SyncSender<ApplyJob>,
 }
 
 impl RoutesService {
-    /// The service over `engine`.
+    /// The service over `engine` (starts its committer thread).
     pub fn new(engine: SharedEngine) -> Self {
-        Self { engine }
+        let (commits, queue) = std::sync::mpsc::sync_channel::<ApplyJob>(4 * MAX_GROUP);
+        let e = engine.clone();
+        let spawned = std::thread::Builder::new().name("apply-commit".into()).spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_GROUP
+                    && let Ok(j) = queue.try_recv()
+                {
+                    jobs.push(j);
+                }
+                let (reqs, replies): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+                let results = lock(&e).apply_many(&reqs);
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r.map_err(status));
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            // Without the thread every Apply answers UNAVAILABLE (its queue is closed).
+            tracing::error!(error = %e, "cannot start the Apply committer thread");
+        }
+        Self { engine, commits }
     }
 }
 
@@ -74,8 +105,21 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send +
 #[tonic::async_trait]
 impl pb::routes_server::Routes for RoutesService {
     async fn apply(&self, req: Request<pb::ChangeSet>) -> Result<Response<pb::ApplyResponse>, Status> {
-        let req = req.into_inner();
-        run(&self.engine, move |e| e.apply(&req).map_err(status)).await.map(Response::new)
+        use std::sync::mpsc::TrySendError;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match self.commits.try_send((req.into_inner(), reply)) {
+            Ok(()) => {}
+            // A full queue waits (backpressure) on a blocking thread, not on the async runtime.
+            Err(TrySendError::Full(job)) => {
+                let commits = self.commits.clone();
+                tokio::task::spawn_blocking(move || commits.send(job))
+                    .await
+                    .map_err(|e| Status::internal(format!("apply queue task: {e}")))?
+                    .map_err(|_| Status::unavailable("the Apply committer is not running"))?;
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(Status::unavailable("the Apply committer is not running")),
+        }
+        answer.await.map_err(|_| Status::internal("the Apply committer dropped this request"))?.map(Response::new)
     }
 
     async fn delete_session(&self, req: Request<pb::DeleteSessionRequest>) -> Result<Response<pb::ApplyResponse>, Status> {

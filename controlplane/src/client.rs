@@ -46,6 +46,17 @@ pub enum LinkError {
     Protocol(String),
 }
 
+impl LinkError {
+    /// The same error again (for each request of a group that it failed together).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::Unreachable { path, source } => Self::Unreachable { path: path.clone(), source: io::Error::new(source.kind(), source.to_string()) },
+            Self::Rejected { generation, reason } => Self::Rejected { generation: *generation, reason: reason.clone() },
+            Self::Protocol(m) => Self::Protocol(m.clone()),
+        }
+    }
+}
+
 /// What a successful sync did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Synced {

@@ -156,13 +156,18 @@ impl Engine {
             revision: outcome.committed.revision,
             source,
         })?;
+        Ok(self.respond(outcome, synced))
+    }
+
+    /// Publishes an installed outcome's events and makes its answer.
+    fn respond(&mut self, outcome: Outcome, synced: Synced) -> pb::ApplyResponse {
         for mut e in outcome.events {
             if let Some(pb::event::Event::ChangeApplied(c)) = &mut e.event {
                 c.generation = synced.generation.0;
             }
             let _ = self.events.send(e);
         }
-        Ok(pb::ApplyResponse {
+        pb::ApplyResponse {
             session: outcome.session.clone(),
             revision: outcome.committed.revision,
             ports: {
@@ -179,17 +184,91 @@ impl Engine {
                     .collect()
             },
             generation: synced.generation.0,
-        })
+        }
     }
 
-    /// Applies a change set.
-    pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<pb::ApplyResponse, EngineError> {
+    fn admit(&self, req: &pb::ChangeSet) -> Result<(), EngineError> {
         if let Some(lb) = &self.lb
             && !self.desired.draining
             && !self.desired.sessions.contains_key(&req.session)
         {
             lb.admit(&req.session)?;
         }
+        Ok(())
+    }
+
+    /// Applies several change sets as one group commit, in order: each is validated against the
+    /// state the ones before it left (a refused one changes nothing and is answered on its own),
+    /// the accepted ones are journaled with one fsync and installed with one delta, and each gets
+    /// its own answer. What one change set sees and gets is what [`Engine::apply`] would give it
+    /// called in the same order; the gain is one fsync and one dataplane round trip per group.
+    pub fn apply_many(&mut self, reqs: &[pb::ChangeSet]) -> Vec<Result<pb::ApplyResponse, EngineError>> {
+        let mut results: Vec<Option<Result<pb::ApplyResponse, EngineError>>> = reqs.iter().map(|_| None).collect();
+        // Each touched session's tables before the group, the undo points, the records.
+        let mut before: std::collections::BTreeMap<String, Tables> = std::collections::BTreeMap::new();
+        let mut undo = Vec::new();
+        let mut records = Vec::new();
+        let mut done: Vec<(usize, Outcome)> = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            let prepared = match self.admit(req).and_then(|()| self.desired.prepare(req).map_err(EngineError::State)) {
+                Ok(p) => p,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            if !prepared.outcome.replayed {
+                before.entry(req.session.clone()).or_insert_with(|| self.desired.session_tables(&req.session));
+                undo.push(self.desired.undo_point(&req.session));
+                records.push(Record::Apply(req.clone()));
+            }
+            done.push((i, self.desired.commit(prepared)));
+        }
+        if !records.is_empty() {
+            if let Err(e) = self.journal.append_all(&records) {
+                // Nothing of the group is durable: take the state back and refuse them all.
+                for u in undo.into_iter().rev() {
+                    self.desired.restore(u);
+                }
+                let why = e.to_string();
+                for (i, _) in done {
+                    let source = std::io::Error::other(why.clone());
+                    results[i] = Some(Err(EngineError::Journal(JournalError::Io { op: "group commit", path: "journal.bin".into(), source })));
+                }
+                return results.into_iter().map(Self::answered).collect();
+            }
+            if self.journal.compaction_due()
+                && let Err(e) = self.journal.compact(&self.desired)
+            {
+                tracing::warn!(error = %e, "state snapshot failed; the journal keeps growing until one succeeds");
+            }
+        }
+        let mut part = (Tables::default(), Tables::default());
+        for (session, tables) in &before {
+            self.names.update(&self.desired, session);
+            let after = self.desired.session_tables(session);
+            part.0.replace_part(&Tables::default(), tables);
+            part.1.replace_part(&Tables::default(), &after);
+        }
+        let synced = self.sync_part(&part.0, &part.1);
+        for (i, outcome) in done {
+            results[i] = Some(match &synced {
+                Ok(s) => Ok(self.respond(outcome, *s)),
+                Err(e) => Err(EngineError::NotInstalled { session: outcome.session.clone(), revision: outcome.committed.revision, source: e.duplicate() }),
+            });
+        }
+        results.into_iter().map(Self::answered).collect()
+    }
+
+    /// Every request of a group is answered on every path above; a gap would be a bug here,
+    /// reported to its caller rather than a panic.
+    fn answered(r: Option<Result<pb::ApplyResponse, EngineError>>) -> Result<pb::ApplyResponse, EngineError> {
+        r.unwrap_or_else(|| Err(EngineError::Journal(JournalError::Replay { seq: 0, why: "the group commit left this request unanswered".into() })))
+    }
+
+    /// Applies a change set.
+    pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<pb::ApplyResponse, EngineError> {
+        self.admit(req)?;
         let before = self.desired.session_tables(&req.session);
         let prepared = self.desired.prepare(req)?;
         let outcome = if prepared.outcome.replayed {
@@ -316,5 +395,49 @@ impl Engine {
                 .collect();
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::PortRange;
+    use crate::state::fixtures::*;
+
+    const PORTS: PortRange = PortRange { start: 30_000, end: 30_099 };
+
+    /// A group commit answers each change set as sequential Applies would, journals exactly the
+    /// accepted ones (recovery rebuilds the same state), and a refused one in the middle changes
+    /// nothing. (No dataplane here: accepted changes are committed and answered UNAVAILABLE.)
+    #[test]
+    fn a_group_commit_is_the_sequence_of_its_change_sets() {
+        let dir = std::env::temp_dir().join(format!("sluice-engine-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
+        let mut engine = Engine::new(desired, journal, Link::new(&dir.join("no-dataplane.sock")));
+        let group = vec![
+            pair("m"),
+            // Refused: an unknown track.
+            req("m", vec![sub("a", "nope", 1000, 0, false)]),
+            // Sees the first one's legs and tracks.
+            req("m", vec![sub("a", "vb", 1000, 1, true)]),
+            pair("n"),
+        ];
+        let results = engine.apply_many(&group);
+        assert!(matches!(results[0], Err(EngineError::NotInstalled { revision: 1, .. })), "{:?}", results[0]);
+        assert!(matches!(&results[1], Err(EngineError::State(e)) if e.to_string().contains("nope")), "{:?}", results[1]);
+        assert!(matches!(results[2], Err(EngineError::NotInstalled { revision: 2, .. })), "{:?}", results[2]);
+        assert!(matches!(results[3], Err(EngineError::NotInstalled { revision: 1, .. })), "{:?}", results[3]);
+        let mut sequential = Desired::new(PORTS);
+        for r in [&group[0], &group[2], &group[3]] {
+            sequential.apply(r).unwrap();
+        }
+        assert_eq!(engine.desired().tables(), sequential.tables());
+        assert_eq!(engine.desired().sessions["m"].revision, 2);
+        drop(engine);
+        let (_, recovered, info) = Journal::open(&dir, PORTS).unwrap();
+        assert_eq!(info.replayed, 3, "the three accepted change sets, journaled in one append");
+        assert_eq!(recovered.tables(), sequential.tables());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

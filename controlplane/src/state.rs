@@ -172,6 +172,14 @@ pub struct Outcome {
     pub replayed: bool,
 }
 
+/// One session and the id/port counters as they were ([`Desired::undo_point`]).
+#[derive(Clone, Debug)]
+pub struct Undo {
+    session: String,
+    was: Option<Box<Session>>,
+    counters: (u32, u32, u16),
+}
+
 /// A validated change set, not yet part of the state ([`Desired::prepare`]).
 #[derive(Clone, Debug)]
 pub struct Prepared {
@@ -306,6 +314,25 @@ impl Desired {
             outcome: Outcome { session: req.session.clone(), committed, events, replayed: false },
             staged: Some(Staged { session: Box::new(session), next_leg, next_track, next_port }),
         })
+    }
+
+    /// What [`Desired::restore`] needs to take back changes to `session` committed after this.
+    pub fn undo_point(&self, session: &str) -> Undo {
+        Undo { session: session.to_owned(), was: self.sessions.get(session).cloned().map(Box::new), counters: (self.next_leg, self.next_track, self.next_port) }
+    }
+
+    /// Takes the state of one session (and the id/port counters) back to an [`Undo`] point;
+    /// restore several in the reverse order they were taken.
+    pub fn restore(&mut self, undo: Undo) {
+        match undo.was {
+            Some(s) => {
+                self.sessions.insert(undo.session, *s);
+            }
+            None => {
+                self.sessions.remove(&undo.session);
+            }
+        }
+        (self.next_leg, self.next_track, self.next_port) = undo.counters;
     }
 
     /// Makes a prepared change set the state (nothing for a replayed one). Only valid for a
