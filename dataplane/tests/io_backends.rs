@@ -441,3 +441,20 @@ fn gro_splits_a_coalesced_burst_into_its_datagrams_within_the_batch_bound() {
         }
     }
 }
+
+/// A datagram over the receive buffer size is dropped and counted, never delivered, with GRO's
+/// big buffers as without them.
+#[test]
+fn an_oversized_datagram_is_counted_not_delivered_with_or_without_gro() {
+    for gro in [true, false] {
+        let cfg = IoConfig { local_ip: LOCALHOST, gro, ..IoConfig::default() };
+        let mut rx = Backend::new(BackendKind::Mmsg, cfg, SendRegistry::new()).unwrap();
+        let port = rx.add_port(0).unwrap();
+        let p = peer();
+        p.send_to(&[7u8; 3000], (LOCALHOST, port)).unwrap();
+        p.send_to(&[8u8; 100], (LOCALHOST, port)).unwrap();
+        let got = recv_n(&mut rx, 1);
+        assert_eq!(got.iter().map(|g| g.2.len()).collect::<Vec<_>>(), vec![100], "gro={gro}");
+        assert_eq!(rx.counters().rx_truncated, 1, "gro={gro}: {:?}", rx.counters());
+    }
+}

@@ -180,6 +180,12 @@ impl RxScratch {
                 }
                 let start = k * seg;
                 let end = (start + seg).min(len);
+                // The contract of every backend: no datagram over RX_BUF_BYTES reaches the worker
+                // (a GRO buffer would hold a jumbo datagram whole).
+                if end - start > RX_BUF_BYTES {
+                    counters.rx_truncated += 1;
+                    continue;
+                }
                 counters.rx_datagrams += 1;
                 delivered += 1;
                 f(from.port, src, &mut self.bufs[at + start..at + end]);
