@@ -266,19 +266,9 @@ impl Engine {
         r.unwrap_or_else(|| Err(EngineError::Journal(JournalError::Replay { seq: 0, why: "the group commit left this request unanswered".into() })))
     }
 
-    /// Applies a change set.
+    /// Applies a change set (a group of one).
     pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<pb::ApplyResponse, EngineError> {
-        self.admit(req)?;
-        let before = self.desired.session_tables(&req.session);
-        let prepared = self.desired.prepare(req)?;
-        let outcome = if prepared.outcome.replayed {
-            self.desired.commit(prepared)
-        } else {
-            self.commit(&Record::Apply(req.clone()), |d| d.commit(prepared))?
-        };
-        let after = self.desired.session_tables(&req.session);
-        self.names.update(&self.desired, &req.session);
-        self.install(outcome, (before, after))
+        Self::answered(self.apply_many(std::slice::from_ref(req)).pop())
     }
 
     /// Deletes a session.
