@@ -114,7 +114,7 @@ pub struct Config {
     /// Use UDP GSO for runs of packets to one destination.
     pub gso: bool,
     /// Ask the kernel for coalesced receives (UDP GRO): a burst from one publisher comes out of
-    /// one receive (`mmsg` backend).
+    /// one receive.
     pub gro: bool,
     /// SO_RCVBUF/SO_SNDBUF of each leg socket, bytes (the kernel caps it at net.core.rmem_max /
     /// wmem_max). Bursts of video frames overflow the 208 KiB default.

@@ -1,7 +1,7 @@
 //! UDP GRO through a real NAPI path: a veth pair between two network namespaces the test
 //! creates, GRO on at the receiving end (its NAPI thread coalesces one flow's datagrams, as a
 //! NIC's would). Every datagram a sender sends — singly and as GSO bursts, of equal and of mixed
-//! sizes — comes out of the `mmsg` backend exactly once, in order, byte for byte. Needs root.
+//! sizes — comes out of the `mmsg` and `uring` backends exactly once, in order, byte for byte. Needs root.
 
 mod common;
 
@@ -13,6 +13,12 @@ use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmi
 
 #[test]
 fn gro_over_veth_delivers_every_datagram_once_in_order() {
+    for kind in [BackendKind::Mmsg, BackendKind::Uring] {
+        over_veth(kind);
+    }
+}
+
+fn over_veth(kind: BackendKind) {
     let tx_ns = NetNs::new("grA");
     let rx_ns = NetNs::new("grB");
     let veth = Veth::new("gr", &tx_ns, &["10.79.0.1/24"], &rx_ns, &["10.79.0.2/24"]);
@@ -20,7 +26,7 @@ fn gro_over_veth_delivers_every_datagram_once_in_order() {
     let rx_ip = IpAddr::V4(Ipv4Addr::new(10, 79, 0, 2));
     let cfg = IoConfig { local_ip: rx_ip, rx_batch: 64, gro: true, socket_buffer_bytes: Some(16 << 20), ..IoConfig::default() };
     let (mut rx, port) = rx_ns.enter(|| {
-        let mut b = Backend::new(BackendKind::Mmsg, cfg, SendRegistry::new()).expect("mmsg");
+        let mut b = Backend::new(kind, cfg, SendRegistry::new()).expect("backend");
         let port = b.add_port(0).expect("port");
         (b, port)
     });
@@ -87,11 +93,11 @@ fn gro_over_veth_delivers_every_datagram_once_in_order() {
     let ports: std::collections::BTreeSet<u16> = sent.iter().map(|(p, _)| *p).collect();
     for port in ports {
         let (want, have) = (per_source(&sent, port), per_source(&got, port));
-        assert_eq!(have.len(), want.len(), "from port {port}: every datagram once ({c:?})");
+        assert_eq!(have.len(), want.len(), "{kind}: from port {port}: every datagram once ({c:?})");
         if let Some(k) = (0..want.len()).find(|&k| have[k] != want[k]) {
-            panic!("from port {port}: datagram {k} differs: got {} bytes starting {:?}, want {} bytes starting {:?}", have[k].len(), &have[k][..8.min(have[k].len())], want[k].len(), &want[k][..8]);
+            panic!("{kind}: from port {port}: datagram {k} differs: got {} bytes starting {:?}, want {} bytes starting {:?}", have[k].len(), &have[k][..8.min(have[k].len())], want[k].len(), &want[k][..8]);
         }
     }
-    assert!(c.rx_gro_datagrams > 0, "the NAPI path coalesced some runs: {c:?}");
-    assert_eq!((c.rx_truncated, c.rx_errors), (0, 0), "{c:?}");
+    assert!(c.rx_gro_datagrams > 0, "{kind}: the NAPI path coalesced some runs: {c:?}");
+    assert_eq!((c.rx_truncated, c.rx_errors), (0, 0), "{kind}: {c:?}");
 }

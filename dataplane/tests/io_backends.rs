@@ -408,12 +408,12 @@ fn workers_send_from_each_others_ports_across_threads() {
 /// without another receive). Without GRO the same datagrams arrive one per message.
 #[test]
 fn gro_splits_a_coalesced_burst_into_its_datagrams_within_the_batch_bound() {
-    for gro in [true, false] {
+    for (kind, gro) in KINDS.into_iter().flat_map(|k| [(k, true), (k, false)]) {
         let registry = SendRegistry::new();
         let mut tx = backend(BackendKind::Mmsg, &registry);
         let from = tx.add_port(0).unwrap();
         let cfg = IoConfig { local_ip: LOCALHOST, rx_batch: 7, gro, ..IoConfig::default() };
-        let mut rx = Backend::new(BackendKind::Mmsg, cfg, SendRegistry::new()).unwrap();
+        let mut rx = Backend::new(kind, cfg, SendRegistry::new()).unwrap();
         let port = rx.add_port(0).unwrap();
         rx.recv_batch(Some(Duration::ZERO), |_, _, _| {}).unwrap();
         let dst = SocketAddr::new(LOCALHOST, port);
@@ -429,15 +429,15 @@ fn gro_splits_a_coalesced_burst_into_its_datagrams_within_the_batch_bound() {
                     got.push(buf.to_vec());
                 })
                 .unwrap();
-            assert!(n <= 7, "gro={gro}: batch bound in datagrams, got {n}");
+            assert!(n <= 7, "{kind} gro={gro}: batch bound in datagrams, got {n}");
         }
-        assert_eq!(got, burst, "gro={gro}: every datagram, in order, with its size");
+        assert_eq!(got, burst, "{kind} gro={gro}: every datagram, in order, with its size");
         let c = rx.counters();
-        assert_eq!((c.rx_datagrams, c.rx_truncated, c.rx_errors), (21, 0, 0), "gro={gro}: {c:?}");
+        assert_eq!((c.rx_datagrams, c.rx_truncated, c.rx_errors), (21, 0, 0), "{kind} gro={gro}: {c:?}");
         if gro {
-            assert_eq!(c.rx_gro_datagrams, 21, "the burst came coalesced: {c:?}");
+            assert_eq!(c.rx_gro_datagrams, 21, "{kind}: the burst came coalesced: {c:?}");
         } else {
-            assert_eq!(c.rx_gro_datagrams, 0, "{c:?}");
+            assert_eq!(c.rx_gro_datagrams, 0, "{kind}: {c:?}");
         }
     }
 }
@@ -446,15 +446,15 @@ fn gro_splits_a_coalesced_burst_into_its_datagrams_within_the_batch_bound() {
 /// big buffers as without them.
 #[test]
 fn an_oversized_datagram_is_counted_not_delivered_with_or_without_gro() {
-    for gro in [true, false] {
+    for (kind, gro) in KINDS.into_iter().flat_map(|k| [(k, true), (k, false)]) {
         let cfg = IoConfig { local_ip: LOCALHOST, gro, ..IoConfig::default() };
-        let mut rx = Backend::new(BackendKind::Mmsg, cfg, SendRegistry::new()).unwrap();
+        let mut rx = Backend::new(kind, cfg, SendRegistry::new()).unwrap();
         let port = rx.add_port(0).unwrap();
         let p = peer();
         p.send_to(&[7u8; 3000], (LOCALHOST, port)).unwrap();
         p.send_to(&[8u8; 100], (LOCALHOST, port)).unwrap();
         let got = recv_n(&mut rx, 1);
-        assert_eq!(got.iter().map(|g| g.2.len()).collect::<Vec<_>>(), vec![100], "gro={gro}");
-        assert_eq!(rx.counters().rx_truncated, 1, "gro={gro}: {:?}", rx.counters());
+        assert_eq!(got.iter().map(|g| g.2.len()).collect::<Vec<_>>(), vec![100], "{kind} gro={gro}");
+        assert_eq!(rx.counters().rx_truncated, 1, "{kind} gro={gro}: {:?}", rx.counters());
     }
 }

@@ -89,7 +89,7 @@ pub struct IoConfig {
     /// Whether to try UDP GSO at all.
     pub gso: bool,
     /// Whether to ask for coalesced receives (`UDP_GRO`): a burst of one flow's datagrams comes
-    /// out of one receive and one kernel buffer (the `mmsg` backend; `uring` receives singly).
+    /// out of one receive and one kernel buffer, split into its datagrams by the backend.
     pub gro: bool,
     /// Longest packet put into a GSO run. The kernel refuses (`EINVAL`) a segment that does not
     /// fit the route's MTU, which would switch GSO off for good, so bigger packets go out singly

@@ -258,6 +258,18 @@ impl GroCmsg {
     /// `msg_controllen` for this buffer.
     pub(crate) const SPACE: usize = size_of::<GroCmsg>();
 
+    /// The same, read from the bytes of a control buffer the kernel wrote (`control`: exactly its
+    /// `controllen` bytes; io_uring's recvmsg puts them in the provided buffer).
+    pub(crate) fn from_bytes(control: &[u8]) -> Option<usize> {
+        const W: usize = size_of::<usize>();
+        const I: usize = size_of::<libc::c_int>();
+        let b = control.get(..W + 3 * I)?;
+        let int = |at: usize| libc::c_int::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let len = usize::from_ne_bytes(b[..W].try_into().ok()?);
+        let c = Self { len, level: int(W), kind: int(W + I), data: { let mut d = [0; 8]; d[..I].copy_from_slice(&b[W + 2 * I..W + 3 * I]); d } };
+        c.segment(control.len())
+    }
+
     /// The segment size of the datagrams the kernel coalesced into one message, if it did
     /// (`controllen`: the `msg_controllen` the kernel returned). A message without it, or with a
     /// zero size, is one datagram.

@@ -16,6 +16,11 @@
 //!
 //! The payload is handed to the worker in place (it may decrypt there), and the buffer goes back
 //! to the ring as soon as the callback returns; the ring's tail is published once per batch.
+//!
+//! With [`IoConfig::gro`] the sockets ask for `UDP_GRO`, the template asks for the control
+//! message too (it lands between the name and the payload), and the buffers are 64 KiB (at
+//! most [`GRO_RING_BUFFERS`] of them): a coalesced run is split into its datagrams, and one that
+//! does not fit the rest of a batch keeps its buffer until the next call delivers the rest.
 //! When a multishot ends (no `IORING_CQE_F_MORE`: the ring ran out of buffers, `ENOBUFS`, or an
 //! error) the socket is re-armed at the next `recv_batch`.
 //!
@@ -44,8 +49,8 @@ use std::time::Duration;
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode};
 
-use super::sys::{self, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
-use super::{IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged};
+use super::sys::{self, GroCmsg, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
+use super::{GRO_BUF_BYTES, IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged};
 
 /// The buffer group id of the worker's provided-buffer ring (one ring per worker and io_uring).
 pub const BGID: u16 = 0;
@@ -57,6 +62,11 @@ const UD_SEND: u64 = 2 << 56;
 const RECVMSG_OUT: usize = 16;
 /// Where the payload starts in a filled buffer.
 const PAYLOAD_AT: usize = RECVMSG_OUT + RAW_ADDR_LEN;
+/// ... and with `UDP_GRO`, whose control message sits between the name and the payload.
+const PAYLOAD_AT_GRO: usize = PAYLOAD_AT + GroCmsg::SPACE;
+/// Provided buffers with `UDP_GRO`: each holds a whole coalesced run, so there are fewer of
+/// them (256 × 64 KiB = 16 MiB per worker at most).
+const GRO_RING_BUFFERS: u16 = 256;
 
 const _: () = assert!(RX_BUF_BYTES - PAYLOAD_AT >= super::MAX_DATAGRAM);
 
@@ -168,7 +178,7 @@ fn setup(sq_entries: u32) -> Result<IoUring, UringUnavailable> {
 /// Checks that io_uring is usable here (builds and drops a small ring with a buffer ring).
 pub fn probe() -> Result<(), UringUnavailable> {
     let ring = setup(8)?;
-    let mut bufs = BufRing::new(8);
+    let mut bufs = BufRing::new(8, RX_BUF_BYTES);
     bufs.register(&ring)?;
     bufs.unregister(&ring);
     Ok(())
@@ -185,6 +195,8 @@ struct BufRing {
     bufs: Box<[u8]>,
     entries: u16,
     tail: u16,
+    /// Bytes per buffer.
+    size: usize,
 }
 
 impl std::fmt::Debug for BufRing {
@@ -194,16 +206,18 @@ impl std::fmt::Debug for BufRing {
 }
 
 impl BufRing {
-    /// `entries` buffers (rounded up to a power of two, 1..=32768), all handed to the ring.
-    fn new(entries: u16) -> Self {
+    /// `entries` buffers (rounded up to a power of two, 1..=32768) of `size` bytes, all handed
+    /// to the ring.
+    fn new(entries: u16, size: usize) -> Self {
         let entries = entries.clamp(1, 1 << 15).next_power_of_two();
         let ring_bytes = usize::from(entries) * size_of::<BufRingEntry>();
         let pages = ring_bytes.div_ceil(size_of::<Page>());
         let mut r = Self {
             ring: vec![Page([0; 4096]); pages].into_boxed_slice(),
-            bufs: vec![0; usize::from(entries) * RX_BUF_BYTES].into_boxed_slice(),
+            bufs: vec![0; usize::from(entries) * size].into_boxed_slice(),
             entries,
             tail: 0,
+            size,
         };
         for bid in 0..entries {
             r.recycle(bid);
@@ -236,14 +250,14 @@ impl BufRing {
     /// Hands buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
     fn recycle(&mut self, bid: u16) {
         let idx = usize::from(self.tail & (self.entries - 1));
-        let addr = self.bufs.as_mut_ptr().wrapping_add(usize::from(bid) * RX_BUF_BYTES) as u64;
+        let addr = self.bufs.as_mut_ptr().wrapping_add(usize::from(bid) * self.size) as u64;
         let base = self.base();
         // SAFETY: `idx < entries` and the ring allocation holds `entries` entries; entries past
         // the tail are not read by the kernel until the tail is published, so no one else
         // accesses this one now.
         let e = unsafe { &mut *base.add(idx) };
         e.set_addr(addr);
-        e.set_len(RX_BUF_BYTES as u32);
+        e.set_len(u32::try_from(self.size).unwrap_or(u32::MAX));
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
     }
@@ -259,8 +273,8 @@ impl BufRing {
     }
 
     fn buf_mut(&mut self, bid: u16) -> Option<&mut [u8]> {
-        let at = usize::from(bid) * RX_BUF_BYTES;
-        self.bufs.get_mut(at..at + RX_BUF_BYTES)
+        let at = usize::from(bid) * self.size;
+        self.bufs.get_mut(at..at + self.size)
     }
 }
 
@@ -269,6 +283,19 @@ struct RxSocket {
     leg: Arc<LegSocket>,
     serial: u32,
     armed: bool,
+}
+
+/// Datagrams `next..` of the coalesced run in buffer `bid` (payload at `at`, `len` bytes, in
+/// segments of `seg`), from `src` to `port`.
+#[derive(Clone, Copy, Debug)]
+struct Partial {
+    port: u16,
+    bid: u16,
+    src: SocketAddr,
+    at: usize,
+    len: usize,
+    seg: usize,
+    next: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -326,6 +353,10 @@ pub struct UringBackend {
     sockets: HashMap<u16, RxSocket>,
     rearm: Vec<u16>,
     pending: VecDeque<Cqe>,
+    /// The rest of a coalesced run that did not fit the last batch (its buffer not yet recycled).
+    partial: Option<Partial>,
+    /// Whether sockets ask for `UDP_GRO` (the buffers and the receive layout depend on it).
+    gro: bool,
     next_serial: u32,
     cache: SendCache,
     staging: Staging,
@@ -353,11 +384,22 @@ impl UringBackend {
     /// Builds the ring and the buffer ring, or says why io_uring can't be used here.
     pub fn new(config: IoConfig, registry: Arc<SendRegistry>) -> Result<Self, IoError> {
         let ring = setup(config.uring_sq_entries.clamp(64, 32768))?;
-        let mut bufs = BufRing::new(config.uring_rx_buffers);
+        let gro = config.gro;
+        let mut bufs = if gro {
+            BufRing::new(config.uring_rx_buffers.min(GRO_RING_BUFFERS), PAYLOAD_AT_GRO + GRO_BUF_BYTES)
+        } else {
+            BufRing::new(config.uring_rx_buffers, RX_BUF_BYTES)
+        };
         bufs.register(&ring)?;
         let mut recv_hdr = Box::new(sys::empty_msghdr());
         recv_hdr.msg_namelen = RAW_ADDR_LEN as libc::socklen_t;
+        if gro {
+            // Multishot recvmsg copies this much control data into each buffer, after the name.
+            recv_hdr.msg_controllen = GroCmsg::SPACE;
+        }
         Ok(Self {
+            partial: None,
+            gro,
             pending: VecDeque::with_capacity(usize::from(bufs.entries) + 64),
             ring,
             bufs,
@@ -383,6 +425,11 @@ impl UringBackend {
         }
         let leg = Arc::new(sys::bind_udp(self.config.local_ip, port, self.config.socket_buffer_bytes)?);
         let port = leg.port;
+        if self.gro
+            && let Err(e) = sys::enable_gro(leg.socket())
+        {
+            tracing::warn!(port, error = %e, "UDP_GRO refused; receiving one datagram per buffer");
+        }
         self.registry.insert(port, Arc::clone(&leg))?;
         self.next_serial = self.next_serial.wrapping_add(1);
         self.sockets.insert(port, RxSocket { leg, serial: self.next_serial, armed: false });
@@ -395,6 +442,10 @@ impl UringBackend {
     pub fn remove_port(&mut self, port: u16) -> Result<(), IoError> {
         let sock = self.sockets.remove(&port).ok_or(IoError::UnknownPort { port })?;
         self.rearm.retain(|&p| p != port);
+        if let Some(p) = self.partial.take_if(|p| p.port == port) {
+            self.bufs.recycle(p.bid);
+            self.bufs.publish();
+        }
         if sock.armed {
             let timeout = Timespec::new().sec(1);
             match self
@@ -493,8 +544,15 @@ impl UringBackend {
         }
         let cap = self.rx_limit.max(1);
         let mut delivered = 0;
+        if let Some(p) = self.partial.take() {
+            delivered += self.deliver_run(p, cap, &mut f);
+            if self.partial.is_some() {
+                self.bufs.publish();
+                return Ok(delivered);
+            }
+        }
         let mut handled = 0;
-        while delivered < cap && handled < 2 * cap {
+        while delivered < cap && handled < 2 * cap && self.partial.is_none() {
             let cqe = match self.pending.pop_front() {
                 Some(c) => c,
                 None => match self.ring.completion().next() {
@@ -504,15 +562,16 @@ impl UringBackend {
             };
             handled += 1;
             if cqe.user_data & KIND_MASK == UD_RECV {
-                delivered += self.on_recv(cqe, &mut f);
+                delivered += self.on_recv(cqe, cap - delivered, &mut f);
             }
         }
         self.bufs.publish();
         Ok(delivered)
     }
 
-    /// Handles one receive completion; returns 1 if it delivered a datagram.
-    fn on_recv<F>(&mut self, cqe: Cqe, f: &mut F) -> usize
+    /// Handles one receive completion, delivering at most `room` datagrams (the rest of a
+    /// coalesced run waits in [`UringBackend::partial`]); returns how many it delivered.
+    fn on_recv<F>(&mut self, cqe: Cqe, room: usize, f: &mut F) -> usize
     where
         F: FnMut(u16, SocketAddr, &mut [u8]),
     {
@@ -521,10 +580,11 @@ impl UringBackend {
         let live = self.sockets.get(&port).is_some_and(|s| s.serial & 0xff_ffff == serial);
         let mut delivered = 0;
         if let Some(bid) = cqueue::buffer_select(cqe.flags) {
-            if live && cqe.result > 0 {
-                delivered = self.deliver(port, bid, cqe.result as usize, f);
+            let run = if live && cqe.result > 0 { self.parse(port, bid, cqe.result as usize) } else { None };
+            match run {
+                Some(run) => delivered = self.deliver_run(run, room, f),
+                None => self.bufs.recycle(bid),
             }
-            self.bufs.recycle(bid);
         }
         if cqe.result < 0 && !matches!(-cqe.result, libc::ENOBUFS | libc::ECANCELED) {
             self.counters.rx_errors += 1;
@@ -539,32 +599,67 @@ impl UringBackend {
         delivered
     }
 
-    fn deliver<F>(&mut self, port: u16, bid: u16, len: usize, f: &mut F) -> usize
-    where
-        F: FnMut(u16, SocketAddr, &mut [u8]),
-    {
+    /// Reads a filled buffer's header: the run of datagrams it holds, or `None` (counted) when
+    /// it is unusable.
+    fn parse(&mut self, port: u16, bid: u16, len: usize) -> Option<Partial> {
+        let payload_at = if self.gro { PAYLOAD_AT_GRO } else { PAYLOAD_AT };
         let Some(buf) = self.bufs.buf_mut(bid) else {
             self.counters.rx_errors += 1;
-            return 0;
+            return None;
         };
         let len = len.min(buf.len());
-        if len < PAYLOAD_AT {
+        if len < payload_at {
             self.counters.rx_errors += 1;
-            return 0;
+            return None;
         }
         let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-        let (namelen, payloadlen, flags) = (word(0), word(8), word(12));
-        if flags & (libc::MSG_TRUNC as usize) != 0 || payloadlen > len - PAYLOAD_AT {
+        let (namelen, controllen, payloadlen, flags) = (word(0), word(4), word(8), word(12));
+        if flags & (libc::MSG_TRUNC as usize) != 0 || payloadlen > len - payload_at {
             self.counters.rx_truncated += 1;
-            return 0;
+            return None;
         }
         let Some(src) = sys::decode_addr(&buf[RECVMSG_OUT..PAYLOAD_AT], namelen.min(RAW_ADDR_LEN)) else {
             self.counters.rx_errors += 1;
-            return 0;
+            return None;
         };
-        self.counters.rx_datagrams += 1;
-        f(port, src, &mut buf[PAYLOAD_AT..PAYLOAD_AT + payloadlen]);
-        1
+        let seg = if self.gro { GroCmsg::from_bytes(&buf[PAYLOAD_AT..PAYLOAD_AT + controllen.min(GroCmsg::SPACE)]) } else { None };
+        let seg = seg.unwrap_or(payloadlen).max(1);
+        if payloadlen.div_ceil(seg) > 1 {
+            self.counters.rx_gro_datagrams += payloadlen.div_ceil(seg) as u64;
+        }
+        Some(Partial { port, bid, src, at: payload_at, len: payloadlen, seg, next: 0 })
+    }
+
+    /// Delivers the datagrams of a run, at most `room`: the buffer goes back to the ring once
+    /// the run is done, else the rest waits in `partial`.
+    fn deliver_run<F>(&mut self, run: Partial, room: usize, f: &mut F) -> usize
+    where
+        F: FnMut(u16, SocketAddr, &mut [u8]),
+    {
+        let segments = run.len.div_ceil(run.seg).max(1);
+        let mut delivered = 0;
+        let mut k = run.next;
+        if let Some(buf) = self.bufs.buf_mut(run.bid) {
+            while k < segments && delivered < room {
+                let start = run.at + k * run.seg;
+                let end = (start + run.seg).min(run.at + run.len);
+                k += 1;
+                // No datagram over RX_BUF_BYTES reaches the worker, coalesced buffers or not.
+                if end - start > RX_BUF_BYTES {
+                    self.counters.rx_truncated += 1;
+                    continue;
+                }
+                self.counters.rx_datagrams += 1;
+                delivered += 1;
+                f(run.port, run.src, &mut buf[start..end]);
+            }
+        }
+        if k < segments {
+            self.partial = Some(Partial { next: k, ..run });
+        } else {
+            self.bufs.recycle(run.bid);
+        }
+        delivered
     }
 
     /// See [`super::Backend::set_rx_limit`].
