@@ -48,6 +48,8 @@ pub struct Participant {
     pub verify_failures: u64,
     /// Sequence gaps seen on received streams.
     pub gaps: u64,
+    /// PLIs received (keyframe requests the SFU passed on).
+    pub plis_received: u64,
 }
 
 fn material(profile: Profile, seed: u32) -> KeyMaterial {
@@ -118,6 +120,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             received: 0,
             verify_failures: 0,
             gaps: 0,
+            plis_received: 0,
         });
     }
     for (s, sub) in people.iter().enumerate() {
@@ -192,6 +195,22 @@ impl Participant {
         buf
     }
 
+    /// A PLI for `media`, an SSRC this participant receives (as its decoder would send on a gap).
+    pub fn pli(&mut self, media: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; 64];
+        let n = rtcp::write_pli(&mut buf, Ssrc(self.leg.0), Ssrc(media)).expect("fits");
+        let m = self.up.protect_rtcp(&mut self.up_rtcp, &mut buf, n).expect("fits");
+        buf.truncate(m);
+        buf
+    }
+
+    /// The SSRCs this participant has received RTP on.
+    pub fn received_ssrcs(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.down_rtp.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The audio packet for audio tick `tick`.
     pub fn audio(&mut self, tick: u64) -> Vec<u8> {
         let ssrc = self.audio_ssrc;
@@ -240,6 +259,7 @@ impl Participant {
                     self.received += 1;
                     if rtcp::compound(&buf[..n]).flatten().any(|p| p.kind() == rtcp::Kind::Pli) {
                         self.keyframe_due = true;
+                        self.plis_received += 1;
                     }
                 }
                 Err(_) => self.verify_failures += 1,

@@ -134,6 +134,10 @@ fn run(config: Config) -> anyhow::Result<()> {
     let n = config.workers;
     let channels: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<WorkerMsg>(4096)).collect();
     let senders: Vec<_> = channels.iter().map(|(s, _)| s.clone()).collect();
+    // Feedback between workers travels by value in preallocated slots (1.2 KB each).
+    let feedback: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<sluice_core::forward::Handoff>(256)).collect();
+    let feedback_tx: Vec<_> = feedback.iter().map(|(s, _)| s.clone()).collect();
+    let mut feedback_rx: Vec<_> = feedback.into_iter().map(|(_, r)| Some(r)).collect();
     let snapshots: metrics::Snapshots =
         Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
     let workers = Workers::new(senders.clone());
@@ -187,6 +191,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
         let mut worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
             .with_events(events_tx.clone());
+        if let Some(rx) = feedback_rx.get_mut(index).and_then(Option::take) {
+            worker = worker.with_feedback(rx, feedback_tx.clone());
+        }
         if stage.is_some() {
             worker = worker.with_shield(shield_handle.sender());
         }

@@ -34,8 +34,6 @@ use crate::shield::ShieldMsg;
 pub enum WorkerMsg {
     /// Apply a delta and answer with the result.
     Apply(Arc<Delta>, Sender<Result<Generation, DeltaError>>),
-    /// Feedback another worker decrypted for a track this worker owns.
-    Feedback(Box<Handoff>),
     /// A leg's remote address, learned by the worker that owns the leg or selected by ICE.
     SetRemote(LegId, std::net::SocketAddr),
     /// The SRTP keys `(rx, tx)` a WebRTC leg's DTLS handshake exported (from the slow path).
@@ -81,6 +79,11 @@ pub struct Worker {
     events_dropped: u64,
     shield: Option<Sender<ShieldMsg>>,
     shield_queue_full: u64,
+    /// Feedback handed over by other workers, by value in preallocated queue slots (no
+    /// allocation per handed-over packet).
+    feedback_in: Option<Receiver<Handoff>>,
+    /// Every worker's feedback queue, by worker index.
+    feedback_out: Vec<Sender<Handoff>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -127,7 +130,18 @@ impl Worker {
             events_dropped: 0,
             shield: None,
             shield_queue_full: 0,
+            feedback_in: None,
+            feedback_out: Vec::new(),
         }
+    }
+
+    /// Feedback between workers: this worker's queue and every worker's (by index). Without it,
+    /// feedback for a track another worker owns is dropped and counted (`peer_queue_full`).
+    #[must_use]
+    pub fn with_feedback(mut self, inbox: Receiver<Handoff>, peers: Vec<Sender<Handoff>>) -> Self {
+        self.feedback_in = Some(inbox);
+        self.feedback_out = peers;
+        self
     }
 
     /// Sends the core's events (leg active/idle, stream started/stopped, layer switches, ...)
@@ -195,6 +209,15 @@ impl Worker {
 
     /// Handles every pending message; false when told to stop.
     fn drain_inbox(&mut self) -> bool {
+        // Feedback other workers decrypted for tracks this one owns, at most what the output
+        // buffer takes this turn (the rest waits in its queue for the next).
+        if let Some(rx) = &self.feedback_in {
+            let now = self.now();
+            let room = self.out.capacity().saturating_sub(self.out.len()) / 4;
+            for h in rx.try_iter().take(room.max(1)) {
+                self.core.handle_feedback(now, &h, &mut self.out);
+            }
+        }
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
                 WorkerMsg::Apply(delta, reply) => {
@@ -212,10 +235,6 @@ impl Worker {
                         }
                     }
                     let _ = reply.send(result);
-                }
-                WorkerMsg::Feedback(h) => {
-                    let now = self.now();
-                    self.core.handle_feedback(now, &h, &mut self.out);
                 }
                 WorkerMsg::SetRemote(leg, addr) => self.core.set_remote(leg, addr),
                 WorkerMsg::EdgeKeys(leg, keys) => {
@@ -297,8 +316,8 @@ impl Worker {
             }
         }
         while let Some(h) = self.core.poll_handoff() {
-            if let Some(p) = self.peers.get(usize::from(h.to)) {
-                self.peer_queue_full += u64::from(matches!(p.try_send(WorkerMsg::Feedback(Box::new(h))), Err(TrySendError::Full(_))));
+            if let Some(p) = self.feedback_out.get(usize::from(h.to)) {
+                self.peer_queue_full += u64::from(matches!(p.try_send(h), Err(TrySendError::Full(_))));
             }
         }
     }

@@ -299,3 +299,62 @@ fn a_wide_fan_out_loses_no_copy_to_a_full_output_buffer() {
     assert_eq!(full, 0, "copies dropped for a full output buffer");
     assert!(got.iter().all(|&g| g == BURST), "copies per subscriber: {got:?}\n{}", daemon.log_text());
 }
+
+/// Feedback crosses workers: the subscriber's leg port belongs to worker 1 and the publisher's
+/// track to worker 0, so a PLI the subscriber sends for the video it receives arrives at worker
+/// 1, is handed to worker 0 (by value, through its feedback queue) and reaches the publisher
+/// translated to its own SSRC and keys. A PLI for an SSRC the subscriber does not receive is
+/// dropped, not passed on.
+#[test]
+fn a_subscribers_pli_crosses_workers_to_the_publisher() {
+    let dir = TempDir::new("dp-pli");
+    let (daemon, sock) = start_daemon(&dir, "mmsg");
+    // Meeting 11: legs on ports 20704 (worker 0 of 2) and 20705 (worker 1).
+    let (ops, mut people): (Vec<Op>, Vec<Participant>) = meeting::build(11, 2, Profile::AeadAes128Gcm, 1);
+    assert_eq!((people[0].port % 2, people[1].port % 2), (0, 1), "one leg per worker");
+    let mut control = Client::connect(&sock).unwrap();
+    let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).unwrap();
+    assert!(matches!(resp, Response::Applied(_)), "{resp:?}\n{}", daemon.log_text());
+    let sockets: Vec<_> = people.iter().map(|_| participant_socket()).collect();
+    for (p, s) in people.iter_mut().zip(&sockets) {
+        p.addr = s.local_addr().unwrap();
+    }
+    let sfu = |p: &Participant| SocketAddr::from(([127, 0, 0, 1], p.port));
+    let mut buf = [0u8; 2048];
+    let mut pump = |people: &mut [Participant], until: Instant| {
+        while Instant::now() < until {
+            for (p, s) in people.iter_mut().zip(&sockets) {
+                while let Ok(n) = s.recv(&mut buf) {
+                    p.receive(&buf[..n]);
+                }
+            }
+        }
+    };
+    for (p, s) in people.iter_mut().zip(&sockets) {
+        s.send_to(&p.hello(), sfu(p)).unwrap();
+    }
+    // The publisher's video (a keyframe first) reaches the subscriber.
+    for _ in 0..10 {
+        for pkt in people[0].video_frame() {
+            sockets[0].send_to(&pkt, sfu(&people[0])).unwrap();
+        }
+        pump(&mut people, Instant::now() + Duration::from_millis(30));
+    }
+    let video = people[1].received_ssrcs();
+    assert!(!video.is_empty(), "the subscriber received nothing\n{}", daemon.log_text());
+    // Past the SFU's own keyframe requests and its throttle (one per layer per 200 ms).
+    pump(&mut people, Instant::now() + Duration::from_millis(400));
+    let before = people[0].plis_received;
+    let stranger_pli = people[1].pli(0x0bad_0bad);
+    sockets[1].send_to(&stranger_pli, sfu(&people[1])).unwrap();
+    pump(&mut people, Instant::now() + Duration::from_millis(300));
+    assert_eq!(people[0].plis_received, before, "a PLI for an SSRC the subscriber does not receive is not passed on");
+    let pli = people[1].pli(*video.last().unwrap());
+    sockets[1].send_to(&pli, sfu(&people[1])).unwrap();
+    let end = Instant::now() + Duration::from_secs(3);
+    while people[0].plis_received == before && Instant::now() < end {
+        pump(&mut people, Instant::now() + Duration::from_millis(20));
+    }
+    assert!(people[0].plis_received > before, "the publisher got no PLI from the other worker\n{}", daemon.log_text());
+    assert_eq!(people[0].verify_failures + people[1].verify_failures, 0);
+}
