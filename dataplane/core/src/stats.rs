@@ -19,6 +19,10 @@ pub struct CoreStats {
     pub nack_answered: u64,
     /// NACKed packets not in the cache, asked of the publisher instead.
     pub nack_forwarded: u64,
+    /// NACKed packets not in the cache and asked of the publisher within the last
+    /// `NACK_REPEAT_AFTER` already (another subscriber lost the same packet): not asked again.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub nack_suppressed: u64,
     /// Keyframe requests sent upstream (after throttling).
     pub keyframe_requests: u64,
     /// Layer switches completed.

@@ -190,7 +190,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
     let mut n_missing = 0;
     for out_seq in nack.sequence_numbers() {
         let Some((src, in_seq)) = sub.rewriter.to_source_seq(SeqNo(out_seq)) else { continue };
-        let Some(layer) = layers.iter().find(|l| l.ssrc == Some(src)) else { continue };
+        let Some(layer) = layers.iter_mut().find(|l| l.ssrc == Some(src)) else { continue };
         let cached = layer.cache.as_ref().and_then(|c| c.get(in_seq));
         let sent = cached.is_some_and(|plain| {
             let Ok(pkt) = rtp::Packet::new_checked(plain) else { return false };
@@ -206,6 +206,8 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
         });
         if sent {
             ctx.stats.nack_answered += 1;
+        } else if layer.cache.as_mut().is_some_and(|c| !c.should_ask(in_seq, ctx.now)) {
+            ctx.stats.nack_suppressed += 1;
         } else if n_missing < MAX_UPSTREAM_NACK {
             missing[n_missing] = (src, in_seq.0);
             n_missing += 1;

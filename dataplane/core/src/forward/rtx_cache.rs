@@ -6,7 +6,15 @@
 //! when the stream is created (cold path), never per packet. A slot holds the whole plaintext RTP
 //! packet (header + payload, no SRTP tag).
 
+use core::time::Duration;
+
 use crate::ids::SeqNo;
+use crate::time::Instant;
+
+/// How long a sequence number asked of the publisher is not asked again: subscribers that lost
+/// the same packet (lost before it reached the SFU, so lost for all of them) NACK it within
+/// their jitter of each other, and the publisher needs to hear it once.
+pub const NACK_REPEAT_AFTER: Duration = Duration::from_millis(100);
 
 /// The largest packet the cache keeps; larger ones are not cached (and so are NACK-forwarded).
 pub const MAX_CACHED_PACKET: usize = 1500;
@@ -16,6 +24,8 @@ struct Slot {
     seq: u16,
     len: u16,
     valid: bool,
+    /// The last sequence number of this slot asked of the publisher, and when.
+    asked: Option<(u16, Instant)>,
 }
 
 /// A ring of the last `capacity` packets of one stream.
@@ -50,7 +60,22 @@ impl RtxCache {
         }
         let off = i * MAX_CACHED_PACKET;
         self.bytes[off..off + packet.len()].copy_from_slice(packet);
-        self.slots[i] = Slot { seq: seq.0, len: packet.len() as u16, valid: true };
+        self.slots[i] = Slot { seq: seq.0, len: packet.len() as u16, valid: true, asked: self.slots[i].asked };
+    }
+
+    /// Whether to ask the publisher for `seq` (not in the cache) now: false when it was asked
+    /// less than [`NACK_REPEAT_AFTER`] ago; otherwise records the request.
+    pub fn should_ask(&mut self, seq: SeqNo, now: Instant) -> bool {
+        let i = usize::from(seq.0) % self.slots.len();
+        let slot = &mut self.slots[i];
+        if let Some((asked, at)) = slot.asked
+            && asked == seq.0
+            && now.saturating_duration_since(at) < NACK_REPEAT_AFTER
+        {
+            return false;
+        }
+        slot.asked = Some((seq.0, now));
+        true
     }
 
     /// The cached plaintext packet with sequence number `seq`, if it is still there.
@@ -68,6 +93,18 @@ impl RtxCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_packet_is_asked_for_once_per_repeat_interval() {
+        let mut c = RtxCache::new(4);
+        let t = |ms: u64| Instant::from_nanos(ms * 1_000_000);
+        assert!(c.should_ask(SeqNo(9), t(0)), "first subscriber's NACK goes upstream");
+        assert!(!c.should_ask(SeqNo(9), t(30)), "the others' within 100 ms do not");
+        assert!(c.should_ask(SeqNo(5), t(30)), "another sequence number is its own");
+        assert!(c.should_ask(SeqNo(9), t(101)), "a repeat after the interval goes upstream again");
+        c.insert(SeqNo(9), &[1; 10]);
+        assert!(!c.should_ask(SeqNo(9), t(150)), "the slot's packet does not reset the request memory");
+    }
 
     #[test]
     fn keeps_the_last_capacity_packets() {
