@@ -7,5 +7,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --locked --all-targets
+# The fuzz targets live outside the workspace (cargo fuzz runs them on the nightly); they must
+# keep compiling against the crates they fuzz.
+cargo check --locked --manifest-path fuzz/Cargo.toml --bins
 cargo test --locked --doc -q
 cargo nextest run --locked --no-fail-fast --failure-output final
