@@ -160,14 +160,21 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// `backend` is `uring`, `mmsg` or `xsk`, the last optionally as `xsk-ring` or `xsk-socket`
+    /// (the AF_XDP transmit path, `af_xdp_tx`; plain `xsk` is `auto`).
     fn start(t: &Topo, backend: &str, mode: &str, instance: &str) -> anyhow::Result<Self> {
         let socket = t.dir.join(format!("{backend}-{mode}.sock"));
         let cfg = t.dir.join(format!("{backend}-{mode}.toml"));
+        let (kind, tx) = match backend.split_once('-') {
+            Some(("xsk", tx @ ("ring" | "socket"))) => ("xsk", tx),
+            None => (backend, "auto"),
+            _ => bail!("unknown backend {backend:?}: uring, mmsg, xsk, xsk-ring or xsk-socket"),
+        };
         std::fs::write(
             &cfg,
             format!(
-                "[dataplane]\nlisten_ip = \"{DUT_IP}\"\nworkers = 1\ncores = [{WORKER_CORE}]\nbackend = \"{backend}\"\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:9311\"\n\
-                 [dataplane.xdp]\nmode = \"{mode}\"\ninterface = \"{}\"\ninstance = \"{instance}\"\n",
+                "[dataplane]\nlisten_ip = \"{DUT_IP}\"\nworkers = 1\ncores = [{WORKER_CORE}]\nbackend = \"{kind}\"\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:9311\"\n\
+                 [dataplane.xdp]\nmode = \"{mode}\"\ninterface = \"{}\"\ninstance = \"{instance}\"\naf_xdp_tx = \"{tx}\"\n",
                 socket.display(),
                 t.veth.b
             ),
@@ -351,7 +358,7 @@ fn drop_sample(t: &Topo, gen_stage: &mut XdpStage, gen_if: u32, shield: bool, in
 /// One probe of (b): the publisher paced at `rate` packets/s (0: as fast as it can) for
 /// `seconds`, through a fresh daemon on `backend`.
 fn fanout_probe(t: &Topo, gen_stage: &XdpStage, backend: &str, instance: &str, seconds: f64, rate: f64) -> anyhow::Result<FanoutSample> {
-    let mode = if backend == "xsk" { "af_xdp" } else { "off" };
+    let mode = if backend.starts_with("xsk") { "af_xdp" } else { "off" };
     let mut d = Daemon::start(t, backend, mode, instance)?;
     let delivered = || gen_stage.verdict_counts().map(|c| c.get(XdpVerdict::DropUnknownSource));
     let total0 = d.counters()?;
@@ -510,11 +517,12 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
             println!("        worker drops: {:?}", s.worker_drops);
         }
     }
-    let xsk = fanout.iter().find(|s| s.backend == "xsk").map_or(0.0, |s| s.out_pps);
-    let best_socket = fanout.iter().filter(|s| s.backend != "xsk").map(|s| s.out_pps).fold(0.0, f64::max);
+    let is_xsk = |s: &FanoutSample| s.backend.starts_with("xsk");
+    let xsk = fanout.iter().filter(|s| is_xsk(s)).map(|s| s.out_pps).fold(0.0, f64::max);
+    let best_socket = fanout.iter().filter(|s| !is_xsk(s)).map(|s| s.out_pps).fold(0.0, f64::max);
     let xsk_ratio = xsk / best_socket.max(1.0);
     let per_core = |f: &dyn Fn(&FanoutSample) -> bool| fanout.iter().filter(|s| f(s)).map(|s| s.out_per_core_s).fold(0.0, f64::max);
-    let xsk_ratio_per_core = per_core(&|s| s.backend == "xsk") / per_core(&|s| s.backend != "xsk").max(1.0);
+    let xsk_ratio_per_core = per_core(&is_xsk) / per_core(&|s| !is_xsk(s)).max(1.0);
     if xsk > 0.0 && best_socket > 0.0 {
         println!("AF_XDP ÷ best socket backend: {xsk_ratio:.2}× packets out, {xsk_ratio_per_core:.2}× per busy second of the daemon's core");
     }

@@ -2,9 +2,12 @@
 //! namespace the test creates, the XDP stage attached (driver mode) to the server end in AF_XDP
 //! mode, an XSK bound to queue 0 of that end (copy mode: veth refuses zero-copy) and registered in
 //! the stage's XSKMAP. Known media reaches `recv_batch` through the XSK (`redirect_xsk` counted),
-//! STUN through the kernel socket of the same port; `send_batch` replies leave as raw frames and
-//! reach a UDP socket in the client namespace (the kernel drops bad UDP checksums, so arrival
-//! proves them). Needs root. Namespaces are removed in `Drop`, also on panic.
+//! STUN through the kernel socket of the same port; `send_batch` replies leave as raw frames
+//! through the XSK's TX ring (`af_xdp_tx = ring`) or through the leg sockets (`socket`, what
+//! `auto` does in copy mode) and reach a UDP socket in the client namespace. Ring frames ask for
+//! the UDP checksum through TX metadata; with the server end's checksum offload turned off the
+//! kernel sums them from our pseudo-header seed, and the client's kernel drops bad UDP checksums,
+//! so arrival proves them. Needs root. Namespaces are removed in `Drop`, also on panic.
 
 mod common;
 
@@ -21,7 +24,7 @@ use common::{
 use sluice_common::XdpVerdict as V;
 use sluice_core::ids::{LegId, Ssrc};
 use sluice_dataplane::{
-    io::{Backend, BackendKind, IoConfig, SendRegistry, Transmit},
+    io::{Backend, BackendKind, IoConfig, SendRegistry, Transmit, XskTx},
     xdp::{AttachMode, XdpStage},
 };
 
@@ -40,7 +43,7 @@ struct Topology {
     client_ns: NetNs,
 }
 
-fn topology(tag: &str, xsk: bool) -> Topology {
+fn topology(tag: &str, xsk: bool, xsk_tx: XskTx) -> Topology {
     let client_ns = NetNs::new(&format!("{tag}A"));
     let server_ns = NetNs::new(&format!("{tag}B"));
     let veth = Veth::new(tag, &client_ns, &["10.78.0.1/24"], &server_ns, &["10.78.0.2/24"]);
@@ -67,6 +70,7 @@ fn topology(tag: &str, xsk: bool) -> Topology {
         xsk_interface: Some(veth.b.clone()),
         xsk_queue: 0,
         socket_buffer_bytes: Some(4 << 20), // the daemon's default
+        xsk_tx,
         ..IoConfig::default()
     };
     let backend = server_ns.enter(|| {
@@ -76,6 +80,7 @@ fn topology(tag: &str, xsk: bool) -> Topology {
     });
     if let Backend::Xsk(x) = &backend {
         assert!(!x.zerocopy(), "veth binds in copy mode only");
+        assert!(x.tx_csum_offload(), "this kernel (6.11+) takes TX metadata in copy mode");
         assert_eq!(x.interface().ipv4, Some(SERVER_IP.parse().unwrap()));
         stage.set_xsk(x.queue(), x.xsk_fd()).expect("register XSK");
         stage.set_af_xdp(true).unwrap();
@@ -115,7 +120,7 @@ fn send_rtp(client: &UdpSocket, n: u16) -> Vec<Vec<u8>> {
 
 #[test]
 fn media_arrives_through_the_xsk_and_replies_leave_through_it() {
-    let mut t = topology("xk", true);
+    let mut t = topology("xk", true, XskTx::Ring);
     let client_addr: SocketAddr = CLIENT.parse().unwrap();
     let before = t.stage.verdict_counts().unwrap();
 
@@ -183,6 +188,8 @@ fn media_arrives_through_the_xsk_and_replies_leave_through_it() {
     let c = t.backend.counters();
     assert_eq!(c.tx_datagrams, R as u64);
     assert_eq!(c.send_errors, 0);
+    let Backend::Xsk(x) = &t.backend else { unreachable!() };
+    assert_eq!(x.xsk_counters().tx_datagrams, R as u64, "through the ring, not the leg socket");
 
     // The XSK withdrawn: known media passes to the kernel socket and still reaches recv_batch.
     let Backend::Xsk(x) = &t.backend else { unreachable!() };
@@ -214,7 +221,7 @@ fn media_arrives_through_the_xsk_and_replies_leave_through_it() {
 /// netlink neighbour dump) reach the client with valid checksums and the right source.
 #[test]
 fn ipv6_media_and_replies_through_the_xsk() {
-    let mut t = topology("x6", true);
+    let mut t = topology("x6", true, XskTx::Ring);
     let client6: SocketAddr = "[fd00:78::1]:5000".parse().unwrap();
     let server6: SocketAddr = SocketAddr::new("fd00:78::2".parse().unwrap(), PORT);
     t.stage.add_leg(PORT, client6, LegId(2), 0).unwrap();
@@ -262,3 +269,107 @@ fn ipv6_media_and_replies_through_the_xsk() {
     assert_eq!(t.backend.counters().send_errors, 0);
 }
 
+
+/// Sends `replies` to `dst` in batches of 25 and collects them at `client` (drained per batch:
+/// its receive buffer, about 200 KB in a fresh namespace, is the limit). Panics naming the first
+/// missing one.
+fn round_trip(t: &mut Topology, client: &UdpSocket, dst: SocketAddr, from: SocketAddr, replies: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut sent_ok = 0;
+    let mut buf = [0u8; 2048];
+    let mut received = Vec::new();
+    for chunk in replies.chunks(25) {
+        sent_ok += t.backend.send_batch(chunk.iter().map(|p| Transmit { local_port: PORT, dst, payload: p }));
+        while received.len() < sent_ok {
+            match client.recv_from(&mut buf) {
+                Ok((n, src)) => {
+                    assert_eq!(src, from, "source");
+                    received.push(buf[..n].to_vec());
+                }
+                Err(e) => panic!(
+                    "reply {} of {sent_ok} to {dst} missing ({e}); backend counters {:?}; client UDP counters {}",
+                    received.len(),
+                    t.backend.counters(),
+                    t.client_ns.exec("cat", &["/proc/net/snmp"]).lines().filter(|l| l.starts_with("Udp:")).collect::<Vec<_>>().join(" / ")
+                ),
+            }
+        }
+    }
+    assert_eq!(sent_ok, replies.len());
+    received.sort();
+    received
+}
+
+/// Ring sends with the checksum left to the kernel: with the server end's TX checksum offload
+/// off, `validate_xmit_skb` sums every frame from the seed `send_batch` wrote, and the client's
+/// kernel verifies the result (a wrong seed would be dropped as `UdpInCsumErrors`). IPv4 and
+/// IPv6, payload lengths odd and even up to 1200 bytes; then the same through the leg sockets.
+#[test]
+fn ring_frames_get_correct_udp_checksums_from_the_kernel() {
+    let mut t = topology("xc", true, XskTx::Ring);
+    t.server_ns.exec("ethtool", &["-K", &t.veth.b, "tx", "off"]);
+    let features = t.server_ns.exec("ethtool", &["-k", &t.veth.b]);
+    assert!(features.contains("tx-checksumming: off"), "offload off on the server end: {features}");
+    let client6: SocketAddr = "[fd00:78::1]:5000".parse().unwrap();
+    let server6 = SocketAddr::new("fd00:78::2".parse().unwrap(), PORT);
+    let client4: SocketAddr = CLIENT.parse().unwrap();
+    let server4 = SocketAddr::new(SERVER_IP.parse().unwrap(), PORT);
+    let client_v6 = t.client_ns.enter(|| UdpSocket::bind(client6)).expect("bind v6 client");
+    client_v6.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let client_v4 = t.client.try_clone().unwrap();
+    let replies: Vec<Vec<u8>> = (0..300).map(|i: usize| (0..(1 + i * 4) % 1201).map(|j| (i * 31 + j * 7) as u8).collect()).collect();
+    let mut want = replies.clone();
+    want.sort();
+    for (client, dst, from) in [(&client_v4, client4, server4), (&client_v6, client6, server6)] {
+        let got = round_trip(&mut t, client, dst, from, &replies);
+        assert_eq!(got, want, "every ring reply to {dst} once, intact");
+    }
+    let Backend::Xsk(x) = &t.backend else { unreachable!() };
+    assert_eq!(x.xsk_counters().tx_datagrams, 2 * replies.len() as u64, "all through the ring");
+    assert_eq!(t.backend.counters().send_errors, 0);
+}
+
+/// `af_xdp_tx = socket`: AF_XDP receives, the leg sockets send (with GSO where a destination
+/// gets a run): nothing goes through the ring.
+#[test]
+fn socket_tx_sends_through_the_leg_sockets() {
+    let mut t = topology("xs", true, XskTx::Socket);
+    let client4: SocketAddr = CLIENT.parse().unwrap();
+    let server4 = SocketAddr::new(SERVER_IP.parse().unwrap(), PORT);
+    let replies: Vec<Vec<u8>> = (0..300).map(|i: usize| vec![(i % 251) as u8; 1200]).collect();
+    let client = t.client.try_clone().unwrap();
+    let got = round_trip(&mut t, &client, client4, server4, &replies);
+    let mut want = replies.clone();
+    want.sort();
+    assert_eq!(got, want);
+    let Backend::Xsk(x) = &t.backend else { unreachable!() };
+    assert_eq!(x.xsk_counters().tx_datagrams, 0, "nothing through the ring");
+    assert_eq!(t.backend.counters().tx_datagrams, replies.len() as u64);
+    assert!(t.backend.counters().gso_sends > 0, "one destination's run leaves as GSO sends");
+}
+
+/// A worker that stops reading: the XSK's receive frames run out, the kernel drops what does not
+/// fit and counts it, and the counters say so (`xsk_rx_dropped`, `xsk_fill_ring_empty`); what
+/// was received before is delivered intact once the worker reads again.
+#[test]
+fn frames_the_xsk_cannot_hold_are_counted() {
+    let mut t = topology("xd", true, XskTx::Socket);
+    const N: u16 = 6000; // more than the XSK's receive frames (XSK_FRAMES / 2)
+    let sent = send_rtp(&t.client, N);
+    std::thread::sleep(Duration::from_millis(50));
+    let held = sluice_dataplane::io::xsk::XSK_FRAMES / 2;
+    let mut got = receive(&mut t.backend, held);
+    t.backend.recv_batch(Some(Duration::from_millis(100)), |port, src, buf| got.push((port, src, buf.to_vec()))).unwrap();
+    let Backend::Xsk(x) = &t.backend else { unreachable!() };
+    let c = x.xsk_counters();
+    assert_eq!(got.len(), held, "the receive frames' worth arrived, no more; counters {c:?}");
+    assert_eq!(c.xsk_rx_dropped, u64::from(N) - held as u64, "every other frame counted as dropped");
+    assert_eq!(c.xsk_fill_ring_empty, c.xsk_rx_dropped, "for want of fill-ring frames");
+    assert_eq!(c.xsk_rx_ring_full, 0);
+    for (_, _, p) in &got {
+        assert_eq!(p, &sent[usize::from(u16::from_be_bytes([p[2], p[3]]))]);
+    }
+    // The frames are back in the fill ring: the next packets arrive again.
+    let more = send_rtp(&t.client, 10);
+    let got = receive(&mut t.backend, 10);
+    assert_eq!(got.iter().map(|g| g.2.clone()).collect::<Vec<_>>(), more, "the next packets, in order");
+}

@@ -218,6 +218,16 @@ fn af_xdp_backend_forwards_byte_identically_to_uring() {
     assert_eq!(xdp_verdict(&m, "redirect_xsk"), sent, "{m:?}");
     assert_eq!(xdp_verdict(&m, "pass_media"), 0, "{m:?}");
     assert_eq!(metric(&m, "sluice_rx_packets_total{worker=\"0\"}"), sent);
+    assert!(xsk_log.contains("tx=\"socket\""), "copy mode sends through the leg sockets by default: {xsk_log}");
+
+    // The same through the XSK's TX ring (headers built by the worker, the UDP checksum asked of
+    // the kernel through TX metadata).
+    let (ring, sock) = t.start("xsk-ring", "xsk", "af_xdp", &instance, "af_xdp_tx = \"ring\"\n");
+    let by_ring = meeting(&t, &sock, 210, false);
+    let ring_log = stop(ring);
+    assert!(ring_log.contains("tx=\"ring\" tx_csum_offload=true"), "{ring_log}");
+    assert_eq!(total(&by_ring), EXPECTED, "AF_XDP ring run\n{ring_log}");
+    assert_eq!(by_ring.received, by_uring.received, "byte-identical output through the TX ring");
 }
 
 #[test]

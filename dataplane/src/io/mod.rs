@@ -166,6 +166,15 @@ pub struct IoCounters {
     pub gso_refused: u64,
     /// Datagrams that arrived coalesced with others in one `UDP_GRO` receive.
     pub rx_gro_datagrams: u64,
+    /// AF_XDP, from the kernel (`XDP_STATISTICS`): frames the XSK dropped on receive (its RX
+    /// ring full, no fill-ring frame, or any other reason), all included here.
+    pub xsk_rx_dropped: u64,
+    /// AF_XDP: of those, frames dropped because the RX ring was full (the worker fell behind).
+    pub xsk_rx_ring_full: u64,
+    /// AF_XDP: times a frame arrived with no free frame in the fill ring.
+    pub xsk_fill_ring_empty: u64,
+    /// AF_XDP: TX descriptors the kernel refused as invalid.
+    pub xsk_tx_invalid: u64,
 }
 
 /// Cold-path errors.

@@ -47,10 +47,14 @@ use super::{IoConfig, IoCounters, IoError, MmsgBackend, SendRegistry, Transmit};
 
 /// Bytes per UMEM frame (one packet per frame, aligned chunk mode).
 pub const XSK_FRAME_SIZE: usize = 2048;
-/// UMEM frames per socket: half for receive, half for transmit.
-pub const XSK_FRAMES: usize = 4096;
+/// UMEM frames per socket: half for receive, half for transmit (16 MiB per worker). The receive
+/// half is all the buffering a burst meets while the worker is busy, as the socket buffer is for
+/// the socket backends: 4096 frames hold about what the 4 MiB default `socket_buffer_bytes`
+/// holds of 1200-byte media. With 2048, `sluice-bench xdp` lost paced bursts to
+/// `xsk_fill_ring_empty` with the worker's core 80% busy.
+pub const XSK_FRAMES: usize = 8192;
 /// Entries in each of the four rings (a power of two).
-const RING_SIZE: u32 = 2048;
+const RING_SIZE: u32 = 4096;
 const RX_FRAMES: usize = XSK_FRAMES / 2;
 
 const ETH_HLEN: usize = 14;
@@ -67,8 +71,14 @@ const NEIGH_MISS_REFRESH: Duration = Duration::from_millis(50);
 const NEIGH_MAX_AGE: Duration = Duration::from_secs(1);
 /// Most source MACs remembered from received frames (the fallback when the kernel has no entry).
 const LEARNED_MAX: usize = 4096;
-/// Most `sendto` kicks per `send_batch` (copy mode transmits at most 32 frames per kick).
+/// Most `sendto` kicks per `send_batch` (copy mode transmits at most 32 frames per kick unless
+/// the kernel takes [`XDP_MAX_TX_SKB_BUDGET`]).
 const MAX_KICKS: usize = 256;
+/// `SOL_XDP` option (Linux 6.17+, not in libc yet): frames copy mode transmits per kick.
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+/// Bytes of `struct xsk_tx_metadata` room in front of each TX packet when the UMEM carries TX
+/// metadata (flags u64, then csum_start u16, csum_offset u16, launch_time u64: 24 with padding).
+const TX_META_LEN: usize = 24;
 /// While the XSK delivers, the kernel sockets (STUN, DTLS: the slow path) are looked at on every
 /// this many `recv_batch` calls only, saving an `epoll_wait` per batch; always when the XSK is idle.
 const SLOW_PATH_EVERY: u32 = 8;
@@ -551,6 +561,16 @@ fn csum_add(mut acc: u32, data: &[u8]) -> u32 {
     acc
 }
 
+/// Fills `md` (`TX_META_LEN` bytes in front of the packet, native endian like the kernel's
+/// `struct xsk_tx_metadata`) with a checksum request: `XDP_TXMD_FLAGS_CHECKSUM`, summing from
+/// `csum_start` (the UDP header's offset in the frame) and storing at `csum_start + 6`.
+fn write_tx_csum_request(md: &mut [u8], csum_start: usize) {
+    md.fill(0);
+    md[0..8].copy_from_slice(&u64::from(libc::XDP_TXMD_FLAGS_CHECKSUM).to_ne_bytes());
+    md[8..10].copy_from_slice(&(csum_start as u16).to_ne_bytes());
+    md[10..12].copy_from_slice(&6u16.to_ne_bytes());
+}
+
 fn csum_fold(mut acc: u32) -> u16 {
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
@@ -558,8 +578,21 @@ fn csum_fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
+/// How `write_v4_headers`/`write_v6_headers` fill the UDP checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UdpCsum {
+    /// Computed here over pseudo-header, header and payload.
+    Full,
+    /// Only the pseudo-header sum (folded, not complemented), for the device or the kernel to
+    /// finish (`CHECKSUM_PARTIAL`: sum from the UDP header on, complement, store; the TX metadata
+    /// request of [`XskSocket::tx_csum_offload`]).
+    Partial,
+}
+
 /// Writes Ethernet + IPv4 + UDP headers for `payload` (already copied to `frame[TX_HEADERS_V4..]`)
-/// into `frame[..TX_HEADERS_V4]`, both checksums computed. Returns the frame length.
+/// into `frame[..TX_HEADERS_V4]`, the IPv4 header checksum computed and the UDP one as `csum`
+/// says. Returns the frame length.
+#[expect(clippy::too_many_arguments, reason = "a frame's whole header description")]
 fn write_v4_headers(
     frame: &mut [u8],
     src_mac: [u8; 6],
@@ -568,6 +601,7 @@ fn write_v4_headers(
     dst: SocketAddrV4,
     ip_id: u16,
     payload_len: usize,
+    csum: UdpCsum,
 ) -> usize {
     let udp_len = (UDP_HLEN + payload_len) as u16;
     let total = IPV4_HLEN as u16 + udp_len;
@@ -587,14 +621,22 @@ fn write_v4_headers(
     ip[16..20].copy_from_slice(&dst.ip().octets());
     let check = csum_fold(csum_add(0, ip));
     ip[10..12].copy_from_slice(&check.to_be_bytes());
-    write_udp(frame, ETH_HLEN + IPV4_HLEN, (&src.ip().octets(), src.port()), (&dst.ip().octets(), dst.port()), udp_len);
+    write_udp(frame, ETH_HLEN + IPV4_HLEN, (&src.ip().octets(), src.port()), (&dst.ip().octets(), dst.port()), udp_len, csum);
     ETH_HLEN + usize::from(total)
 }
 
 /// Writes the UDP header at `frame[l4..]` (payload already after it) with its checksum over the
 /// pseudo-header (RFC 768 for IPv4, RFC 8200 §8.1 for IPv6: both sum the addresses, the protocol
-/// and the UDP length). Returns the end of the datagram.
-fn write_udp(frame: &mut [u8], l4: usize, (src_ip, sport): (&[u8], u16), (dst_ip, dport): (&[u8], u16), udp_len: u16) -> usize {
+/// and the UDP length). With [`UdpCsum::Partial`] the field holds the pseudo-header sum only.
+/// Returns the end of the datagram.
+fn write_udp(
+    frame: &mut [u8],
+    l4: usize,
+    (src_ip, sport): (&[u8], u16),
+    (dst_ip, dport): (&[u8], u16),
+    udp_len: u16,
+    csum: UdpCsum,
+) -> usize {
     let udp = &mut frame[l4..l4 + UDP_HLEN];
     udp[0..2].copy_from_slice(&sport.to_be_bytes());
     udp[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -603,17 +645,19 @@ fn write_udp(frame: &mut [u8], l4: usize, (src_ip, sport): (&[u8], u16), (dst_ip
     let mut acc = csum_add(0, src_ip);
     acc = csum_add(acc, dst_ip);
     acc += 17 + u32::from(udp_len);
-    acc = csum_add(acc, &frame[l4..l4 + usize::from(udp_len)]);
-    let mut check = csum_fold(acc);
-    if check == 0 {
-        check = 0xffff;
-    }
+    let check = match csum {
+        UdpCsum::Partial => !csum_fold(acc),
+        UdpCsum::Full => match csum_fold(csum_add(acc, &frame[l4..l4 + usize::from(udp_len)])) {
+            0 => 0xffff,
+            c => c,
+        },
+    };
     frame[l4 + 6..l4 + 8].copy_from_slice(&check.to_be_bytes());
     l4 + usize::from(udp_len)
 }
 
 /// Writes Ethernet + IPv6 + UDP headers for `payload` (already copied to `frame[TX_HEADERS_V6..]`)
-/// into `frame[..TX_HEADERS_V6]`, the UDP checksum computed (mandatory in IPv6). Returns the frame
+/// into `frame[..TX_HEADERS_V6]`, the UDP checksum (mandatory in IPv6) as `csum` says. Returns the frame
 /// length.
 fn write_v6_headers(
     frame: &mut [u8],
@@ -622,6 +666,7 @@ fn write_v6_headers(
     src: SocketAddrV6,
     dst: SocketAddrV6,
     payload_len: usize,
+    csum: UdpCsum,
 ) -> usize {
     let udp_len = (UDP_HLEN + payload_len) as u16;
     frame[0..6].copy_from_slice(&dst_mac);
@@ -634,7 +679,7 @@ fn write_v6_headers(
     ip[7] = 64;
     ip[8..24].copy_from_slice(&src.ip().octets());
     ip[24..40].copy_from_slice(&dst.ip().octets());
-    write_udp(frame, ETH_HLEN + IPV6_HLEN, (&src.ip().octets(), src.port()), (&dst.ip().octets(), dst.port()), udp_len)
+    write_udp(frame, ETH_HLEN + IPV6_HLEN, (&src.ip().octets(), src.port()), (&dst.ip().octets(), dst.port()), udp_len, csum)
 }
 
 /// What receive parsing found in a frame.
@@ -700,6 +745,9 @@ pub struct XskSocket {
     fd: OwnedFd,
     umem: Mapping,
     zerocopy: bool,
+    /// Whether TX frames carry `struct xsk_tx_metadata` asking for the UDP checksum
+    /// (`TX_META_LEN` bytes before each packet, see [`Self::tx_csum_offload`]).
+    tx_meta: bool,
     /// Receive frames not in the fill ring.
     rx_free: Vec<u64>,
     /// Transmit frames we own.
@@ -714,18 +762,29 @@ unsafe impl Send for XskSocket {}
 impl XskSocket {
     /// Binds to `queue` of interface `ifindex` (in the calling thread's network namespace):
     /// zero-copy if the driver supports it, else copy mode.
+    ///
+    /// In copy mode the UMEM is registered with TX metadata when the kernel takes it (Linux 6.11+,
+    /// `XDP_UMEM_TX_METADATA_LEN`), so that sends leave the UDP checksum to the device or to the
+    /// kernel's transmit path instead of summing every payload here. Zero-copy mode sums in
+    /// software: whether a driver honours the request is a per-driver feature.
     pub fn open(ifindex: u32, queue: u32) -> Result<Self, IoError> {
-        match Self::open_with(ifindex, queue, libc::XDP_ZEROCOPY) {
+        match Self::open_with(ifindex, queue, libc::XDP_ZEROCOPY, false) {
             Ok(s) => Ok(s),
             Err(zc) => {
-                let s = Self::open_with(ifindex, queue, libc::XDP_COPY).map_err(os_err("AF_XDP bind (copy mode)"))?;
-                tracing::info!(ifindex, queue, zerocopy_error = %zc, "AF_XDP socket bound in copy mode");
+                let s = match Self::open_with(ifindex, queue, libc::XDP_COPY, true) {
+                    Ok(s) => s,
+                    Err(meta) => {
+                        tracing::debug!(error = %meta, "AF_XDP TX metadata refused: UDP checksums summed in software");
+                        Self::open_with(ifindex, queue, libc::XDP_COPY, false).map_err(os_err("AF_XDP bind (copy mode)"))?
+                    }
+                };
+                tracing::info!(ifindex, queue, zerocopy_error = %zc, tx_csum_offload = s.tx_meta, "AF_XDP socket bound in copy mode");
                 Ok(s)
             }
         }
     }
 
-    fn open_with(ifindex: u32, queue: u32, mode: u16) -> io::Result<Self> {
+    fn open_with(ifindex: u32, queue: u32, mode: u16, tx_meta: bool) -> io::Result<Self> {
         // SAFETY: plain socket creation; the result is checked.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -744,8 +803,8 @@ impl XskSocket {
             len: umem.len as u64,
             chunk_size: XSK_FRAME_SIZE as u32,
             headroom: 0,
-            flags: 0,
-            tx_metadata_len: 0,
+            flags: if tx_meta { libc::XDP_UMEM_TX_METADATA_LEN } else { 0 },
+            tx_metadata_len: if tx_meta { TX_META_LEN as u32 } else { 0 },
         };
         setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
         for opt in [libc::XDP_UMEM_FILL_RING, libc::XDP_UMEM_COMPLETION_RING, libc::XDP_RX_RING, libc::XDP_TX_RING] {
@@ -777,6 +836,16 @@ impl XskSocket {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
+        if mode == libc::XDP_COPY {
+            // Copy mode transmits at most `max_tx_budget` frames per kick, 32 unless raised
+            // (Linux 6.17+: XDP_MAX_TX_SKB_BUDGET, at most the TX ring's size). Older kernels
+            // refuse the option and keep 32; `flush` kicks again while frames are left.
+            let budget = RING_SIZE;
+            match setsockopt(raw, XDP_MAX_TX_SKB_BUDGET, &budget) {
+                Ok(()) => tracing::debug!(budget, "AF_XDP copy-mode TX budget raised"),
+                Err(e) => tracing::debug!(error = %e, "AF_XDP copy-mode TX budget stays 32"),
+            }
+        }
         let mut s = Self {
             fill,
             comp,
@@ -785,6 +854,7 @@ impl XskSocket {
             fd,
             umem,
             zerocopy: mode == libc::XDP_ZEROCOPY,
+            tx_meta,
             rx_free: (0..RX_FRAMES as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
             tx_free: (RX_FRAMES as u64..XSK_FRAMES as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
         };
@@ -795,6 +865,14 @@ impl XskSocket {
     /// Whether the socket runs in zero-copy mode (else copy mode).
     pub fn zerocopy(&self) -> bool {
         self.zerocopy
+    }
+
+    /// Whether sends ask for the UDP checksum through TX metadata (`XDP_TXMD_FLAGS_CHECKSUM`):
+    /// the frame carries the pseudo-header sum and the kernel's transmit path marks the skb
+    /// `CHECKSUM_PARTIAL`, for the device to finish or `validate_xmit_skb` to sum in software
+    /// when the device has no checksum offload.
+    pub fn tx_csum_offload(&self) -> bool {
+        self.tx_meta
     }
 
     /// Gives free receive frames to the kernel.
@@ -835,6 +913,18 @@ impl XskSocket {
         // came off the RX ring or the TX free list) so the kernel does not write it meanwhile, and
         // the borrow of `self` keeps the slice unique.
         Some(unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.add(start), len) })
+    }
+
+    /// The kernel's counters for this socket (`XDP_STATISTICS`).
+    fn statistics(&self) -> io::Result<libc::xdp_statistics> {
+        // SAFETY: all-zero is a valid xdp_statistics (plain integers).
+        let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        // SAFETY: `st`/`len` describe a writable buffer of the right size.
+        let rc = unsafe {
+            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_XDP, libc::XDP_STATISTICS, (&raw mut st).cast(), &mut len)
+        };
+        if rc == 0 { Ok(st) } else { Err(io::Error::last_os_error()) }
     }
 
     /// Tells the kernel to transmit what the TX ring holds (copy mode: does the transmitting, at
@@ -893,7 +983,7 @@ impl XskBackend {
         let xsk = XskSocket::open(iface.index, queue)?;
         let neighbours = Neighbours::open(&name, iface.index)?;
         let slow = MmsgBackend::new(config.clone(), registry)?;
-        Ok(Self {
+        let b = Self {
             rx_limit: config.rx_batch.max(1),
             config,
             xsk,
@@ -905,7 +995,16 @@ impl XskBackend {
             ip_id: 0,
             slow_turn: 0,
             counters: IoCounters::default(),
-        })
+        };
+        tracing::info!(
+            interface = %b.iface.name,
+            queue,
+            zerocopy = b.zerocopy(),
+            tx = if b.tx_ring() { "ring" } else { "socket" },
+            tx_csum_offload = b.tx_csum_offload(),
+            "AF_XDP transmit path"
+        );
+        Ok(b)
     }
 
     /// The socket to register in the XDP stage's XSKMAP (`XdpStage::set_xsk`).
@@ -921,6 +1020,22 @@ impl XskBackend {
     /// Whether the XSK runs zero-copy.
     pub fn zerocopy(&self) -> bool {
         self.xsk.zerocopy()
+    }
+
+    /// Whether sends go through the XSK's TX ring (else through the leg sockets), by
+    /// `IoConfig::xsk_tx` and the bind mode.
+    pub fn tx_ring(&self) -> bool {
+        match self.config.xsk_tx {
+            super::XskTx::Ring => true,
+            super::XskTx::Socket => false,
+            super::XskTx::Auto => self.xsk.zerocopy,
+        }
+    }
+
+    /// Whether ring sends leave the UDP checksum to the kernel/device (see
+    /// [`XskSocket::tx_csum_offload`]).
+    pub fn tx_csum_offload(&self) -> bool {
+        self.xsk.tx_csum_offload()
     }
 
     /// The next-hop MAC `send_batch` would use for `dst` (diagnostics and tests).
@@ -965,12 +1080,21 @@ impl XskBackend {
             tx_unknown_port: a.tx_unknown_port + b.tx_unknown_port,
             gso_refused: a.gso_refused + b.gso_refused,
             rx_gro_datagrams: a.rx_gro_datagrams + b.rx_gro_datagrams,
+            ..self.xsk_counters()
         }
     }
 
-    /// The counters of the XSK alone (the kernel sockets' excluded).
-    pub fn xsk_counters(&self) -> &IoCounters {
-        &self.counters
+    /// The counters of the XSK alone (the kernel sockets' excluded), with the kernel's
+    /// `XDP_STATISTICS` for the socket (one `getsockopt`).
+    pub fn xsk_counters(&self) -> IoCounters {
+        let mut c = self.counters;
+        if let Ok(st) = self.xsk.statistics() {
+            c.xsk_rx_dropped = st.rx_dropped + st.rx_ring_full + st.rx_invalid_descs;
+            c.xsk_rx_ring_full = st.rx_ring_full;
+            c.xsk_fill_ring_empty = st.rx_fill_ring_empty_descs;
+            c.xsk_tx_invalid = st.tx_invalid_descs;
+        }
+        c
     }
 
     /// Receives at most `n` datagrams per call from now on (see [`MmsgBackend::set_rx_limit`]).
@@ -1061,12 +1185,7 @@ impl XskBackend {
     where
         I: IntoIterator<Item = Transmit<'a>>,
     {
-        let ring = match self.config.xsk_tx {
-            super::XskTx::Ring => true,
-            super::XskTx::Socket => false,
-            super::XskTx::Auto => self.xsk.zerocopy,
-        };
-        if ring {
+        if self.tx_ring() {
             return self.send_ring(pkts);
         }
         // The leg sockets send what their family reaches (an IPv4 socket no IPv6 peer); the
@@ -1103,7 +1222,12 @@ impl XskBackend {
             IpAddr::V6(a) if !a.is_unspecified() && a.to_ipv4_mapped().is_none() => Some(a),
             _ => self.iface.ipv6,
         };
+        // With TX metadata each frame is [xsk_tx_metadata | packet], the descriptor pointing at
+        // the packet; the request asks for the UDP checksum from `csum_start` (the UDP header).
+        let meta = if self.xsk.tx_meta { TX_META_LEN } else { 0 };
+        let csum = if self.xsk.tx_meta { UdpCsum::Partial } else { UdpCsum::Full };
         let mut kernel: Vec<Transmit<'a>> = Vec::new();
+        let mut last_hop: Option<(IpAddr, [u8; 6])> = None;
         let mut queued = 0u32;
         let mut sent = 0;
         self.xsk.reclaim();
@@ -1123,11 +1247,19 @@ impl XskBackend {
                     continue;
                 }
             };
-            let Some(dst_mac) = self.neighbours.lookup(dst.ip()) else {
-                self.counters.send_errors += 1;
-                continue;
+            // The fan-out orders a batch by subscriber: one lookup per run of a destination.
+            let dst_mac = match last_hop {
+                Some((ip, mac)) if ip == dst.ip() => mac,
+                _ => {
+                    let Some(mac) = self.neighbours.lookup(dst.ip()) else {
+                        self.counters.send_errors += 1;
+                        continue;
+                    };
+                    last_hop = Some((dst.ip(), mac));
+                    mac
+                }
             };
-            if headers + t.payload.len() > XSK_FRAME_SIZE {
+            if meta + headers + t.payload.len() > XSK_FRAME_SIZE {
                 self.counters.send_errors += 1;
                 continue;
             }
@@ -1144,20 +1276,27 @@ impl XskBackend {
             let Some(addr) = self.xsk.tx_free.pop() else { continue };
             let (src_mac, id) = (self.iface.mac, self.ip_id);
             self.ip_id = self.ip_id.wrapping_add(1);
-            let Some(frame) = self.xsk.frame_mut(addr, XSK_FRAME_SIZE) else { continue };
+            let Some(chunk) = self.xsk.frame_mut(addr, XSK_FRAME_SIZE) else { continue };
+            let (md, frame) = chunk.split_at_mut(meta);
             frame[headers..headers + t.payload.len()].copy_from_slice(t.payload);
             let len = match (src, dst) {
                 (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-                    write_v4_headers(frame, src_mac, dst_mac, s, d, id, t.payload.len())
+                    write_v4_headers(frame, src_mac, dst_mac, s, d, id, t.payload.len(), csum)
                 }
                 (SocketAddr::V6(s), SocketAddr::V6(d)) => {
-                    write_v6_headers(frame, src_mac, dst_mac, s, d, t.payload.len())
+                    write_v6_headers(frame, src_mac, dst_mac, s, d, t.payload.len(), csum)
                 }
                 _ => unreachable!("source chosen by the destination's family"),
             };
+            let options = if meta > 0 {
+                write_tx_csum_request(md, headers - UDP_HLEN);
+                libc::XDP_TX_METADATA
+            } else {
+                0
+            };
             let slot = self.xsk.tx.desc_slot(self.xsk.tx.cached_prod.wrapping_add(queued));
             // SAFETY: `free` said this slot past our producer index is ours to write until submit.
-            unsafe { slot.write(libc::xdp_desc { addr, len: len as u32, options: 0 }) };
+            unsafe { slot.write(libc::xdp_desc { addr: addr + meta as u64, len: len as u32, options }) };
             queued += 1;
             sent += 1;
         }
@@ -1207,7 +1346,7 @@ mod tests {
         frame[TX_HEADERS_V4..TX_HEADERS_V4 + payload.len()].copy_from_slice(&payload);
         let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 20000);
         let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 5000);
-        let len = write_v4_headers(&mut frame, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst, 7, payload.len());
+        let len = write_v4_headers(&mut frame, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst, 7, payload.len(), UdpCsum::Full);
         assert_eq!(len, TX_HEADERS_V4 + payload.len());
         let f = &frame[..len];
         // A correct header/UDP checksum sums to 0xffff (folds to 0).
@@ -1229,7 +1368,7 @@ mod tests {
         frame[TX_HEADERS_V6..TX_HEADERS_V6 + payload.len()].copy_from_slice(&payload);
         let src = SocketAddrV6::new("fd00::2".parse().unwrap(), 20000, 0, 0);
         let dst = SocketAddrV6::new("fd00::1".parse().unwrap(), 5000, 0, 0);
-        let len = write_v6_headers(&mut frame, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst, payload.len());
+        let len = write_v6_headers(&mut frame, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst, payload.len(), UdpCsum::Full);
         assert_eq!(len, TX_HEADERS_V6 + payload.len());
         let f = &frame[..len];
         let mut acc = csum_add(0, &f[22..54]);
@@ -1238,6 +1377,53 @@ mod tests {
         let p = parse_frame(f).unwrap();
         assert_eq!((p.port, p.src), (5000, SocketAddr::V6(src)));
         assert_eq!(&f[p.payload], &payload);
+    }
+
+    /// What a device (or `skb_checksum_help`) does with a `CHECKSUM_PARTIAL` frame: sums from
+    /// `start` to the end, seed included, and stores the complement at `start + offset`.
+    fn finish_partial(frame: &mut [u8], start: usize, offset: usize) {
+        let mut check = csum_fold(csum_add(0, &frame[start..]));
+        if check == 0 {
+            check = 0xffff;
+        }
+        frame[start + offset..start + offset + 2].copy_from_slice(&check.to_be_bytes());
+    }
+
+    #[test]
+    fn partial_udp_checksum_finishes_to_the_full_one() {
+        for payload_len in [0usize, 1, 13, 1200, 1201] {
+            let payload: Vec<u8> = (0..payload_len).map(|i| (i * 37 + 11) as u8).collect();
+            let (src4, dst4) = (SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 20000), SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 5000));
+            let (src6, dst6) = (
+                SocketAddrV6::new("fd00::2".parse().unwrap(), 20000, 0, 0),
+                SocketAddrV6::new("fd00::1".parse().unwrap(), 5000, 0, 0),
+            );
+            for v6 in [false, true] {
+                let (headers, l4) = if v6 { (TX_HEADERS_V6, ETH_HLEN + IPV6_HLEN) } else { (TX_HEADERS_V4, ETH_HLEN + IPV4_HLEN) };
+                let build = |csum| {
+                    let mut frame = vec![0u8; XSK_FRAME_SIZE];
+                    frame[headers..headers + payload_len].copy_from_slice(&payload);
+                    let len = if v6 {
+                        write_v6_headers(&mut frame, [2; 6], [4; 6], src6, dst6, payload_len, csum)
+                    } else {
+                        write_v4_headers(&mut frame, [2; 6], [4; 6], src4, dst4, 9, payload_len, csum)
+                    };
+                    frame.truncate(len);
+                    frame
+                };
+                let full = build(UdpCsum::Full);
+                let mut partial = build(UdpCsum::Partial);
+                assert_ne!(partial, full, "v6 {v6}, {payload_len} bytes: the seed is not the checksum");
+                finish_partial(&mut partial, l4, 6);
+                assert_eq!(partial, full, "v6 {v6}, {payload_len} bytes");
+            }
+        }
+        let mut md = [0xffu8; TX_META_LEN];
+        write_tx_csum_request(&mut md, 34);
+        assert_eq!(u64::from_ne_bytes(md[0..8].try_into().unwrap()), u64::from(libc::XDP_TXMD_FLAGS_CHECKSUM));
+        assert_eq!(u16::from_ne_bytes([md[8], md[9]]), 34);
+        assert_eq!(u16::from_ne_bytes([md[10], md[11]]), 6);
+        assert!(md[12..].iter().all(|b| *b == 0));
     }
 
     #[test]
