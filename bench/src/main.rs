@@ -79,7 +79,7 @@ struct XdpArgs {
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Backends for the fan-out comparison.
-    #[arg(long, value_delimiter = ',', default_value = "uring,mmsg,xsk")]
+    #[arg(long, value_delimiter = ',', default_value = "uring,mmsg,mmsg-shield,xsk,xsk-ring")]
     backends: Vec<String>,
     /// Also write every figure to this JSON file.
     #[arg(long)]

@@ -161,14 +161,16 @@ impl Drop for Daemon {
 
 impl Daemon {
     /// `backend` is `uring`, `mmsg` or `xsk`, the last optionally as `xsk-ring` or `xsk-socket`
-    /// (the AF_XDP transmit path, `af_xdp_tx`; plain `xsk` is `auto`).
+    /// (the AF_XDP transmit path, `af_xdp_tx`; plain `xsk` is `auto`), the others optionally as
+    /// `uring-shield` or `mmsg-shield` (`mode` says what the stage does).
     fn start(t: &Topo, backend: &str, mode: &str, instance: &str) -> anyhow::Result<Self> {
         let socket = t.dir.join(format!("{backend}-{mode}.sock"));
         let cfg = t.dir.join(format!("{backend}-{mode}.toml"));
         let (kind, tx) = match backend.split_once('-') {
             Some(("xsk", tx @ ("ring" | "socket"))) => ("xsk", tx),
+            Some((kind @ ("uring" | "mmsg"), "shield")) => (kind, "auto"),
             None => (backend, "auto"),
-            _ => bail!("unknown backend {backend:?}: uring, mmsg, xsk, xsk-ring or xsk-socket"),
+            _ => bail!("unknown backend {backend:?}: uring, mmsg (each optionally -shield), xsk, xsk-ring or xsk-socket"),
         };
         std::fs::write(
             &cfg,
@@ -358,7 +360,13 @@ fn drop_sample(t: &Topo, gen_stage: &mut XdpStage, gen_if: u32, shield: bool, in
 /// One probe of (b): the publisher paced at `rate` packets/s (0: as fast as it can) for
 /// `seconds`, through a fresh daemon on `backend`.
 fn fanout_probe(t: &Topo, gen_stage: &XdpStage, backend: &str, instance: &str, seconds: f64, rate: f64) -> anyhow::Result<FanoutSample> {
-    let mode = if backend.starts_with("xsk") { "af_xdp" } else { "off" };
+    let mode = if backend.starts_with("xsk") {
+        "af_xdp"
+    } else if backend.ends_with("-shield") {
+        "shield"
+    } else {
+        "off"
+    };
     let mut d = Daemon::start(t, backend, mode, instance)?;
     let delivered = || gen_stage.verdict_counts().map(|c| c.get(XdpVerdict::DropUnknownSource));
     let total0 = d.counters()?;
@@ -525,6 +533,17 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
     let xsk_ratio_per_core = per_core(&is_xsk) / per_core(&|s| !is_xsk(s)).max(1.0);
     if xsk > 0.0 && best_socket > 0.0 {
         println!("AF_XDP ÷ best socket backend: {xsk_ratio:.2}× packets out, {xsk_ratio_per_core:.2}× per busy second of the daemon's core");
+        // Against the socket backends with the XDP stage in front too (as when the shield is on):
+        // on veth every frame an XDP program sees is first copied out of the sender's skb.
+        let shielded = fanout.iter().filter(|s| s.backend.ends_with("-shield")).map(|s| s.out_pps).fold(0.0, f64::max);
+        if shielded > 0.0 {
+            let per_core_shielded = per_core(&|s| s.backend.ends_with("-shield"));
+            println!(
+                "AF_XDP ÷ best socket backend behind the XDP shield: {:.2}× packets out, {:.2}× per busy second",
+                xsk / shielded,
+                per_core(&is_xsk) / per_core_shielded.max(1.0)
+            );
+        }
     }
     let load_after = loadavg();
     println!("load average after: {load_after:?}");

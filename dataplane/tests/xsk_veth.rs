@@ -353,10 +353,10 @@ fn socket_tx_sends_through_the_leg_sockets() {
 #[test]
 fn frames_the_xsk_cannot_hold_are_counted() {
     let mut t = topology("xd", true, XskTx::Socket);
-    const N: u16 = 6000; // more than the XSK's receive frames (XSK_FRAMES / 2)
+    const N: u16 = 20000; // more than the XSK's receive frames (XSK_RX_FRAMES)
     let sent = send_rtp(&t.client, N);
     std::thread::sleep(Duration::from_millis(50));
-    let held = sluice_dataplane::io::xsk::XSK_FRAMES / 2;
+    let held = sluice_dataplane::io::xsk::XSK_RX_FRAMES;
     let mut got = receive(&mut t.backend, held);
     t.backend.recv_batch(Some(Duration::from_millis(100)), |port, src, buf| got.push((port, src, buf.to_vec()))).unwrap();
     let Backend::Xsk(x) = &t.backend else { unreachable!() };

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!  UMEM: XSK_FRAMES × 2048-byte frames, one anonymous mapping
-//!    frames [0, XSK_FRAMES/2)  receive: owned by the fill ring / kernel / RX ring / `rx_free`
-//!    frames [XSK_FRAMES/2, …)  transmit: owned by `tx_free` / TX ring / kernel / completion ring
+//!    frames [0, XSK_RX_FRAMES)  receive: owned by the fill ring / kernel / RX ring / `rx_free`
+//!    frames [XSK_RX_FRAMES, …)  transmit: owned by `tx_free` / TX ring / kernel / completion ring
 //!  fill ring → kernel writes frames → RX ring → `recv_batch` callback → back to the fill ring
 //!  `send_batch`: TX frame ← Ethernet + IPv4/IPv6 + UDP headers + payload → TX ring → sendto() kick
 //!                completion ring → `tx_free`
@@ -47,15 +47,16 @@ use super::{IoConfig, IoCounters, IoError, MmsgBackend, SendRegistry, Transmit};
 
 /// Bytes per UMEM frame (one packet per frame, aligned chunk mode).
 pub const XSK_FRAME_SIZE: usize = 2048;
-/// UMEM frames per socket: half for receive, half for transmit (16 MiB per worker). The receive
-/// half is all the buffering a burst meets while the worker is busy, as the socket buffer is for
-/// the socket backends: 4096 frames hold about what the 4 MiB default `socket_buffer_bytes`
-/// holds of 1200-byte media. With 2048, `sluice-bench xdp` lost paced bursts to
-/// `xsk_fill_ring_empty` with the worker's core 80% busy.
-pub const XSK_FRAMES: usize = 8192;
-/// Entries in each of the four rings (a power of two).
-const RING_SIZE: u32 = 4096;
-const RX_FRAMES: usize = XSK_FRAMES / 2;
+/// UMEM frames per socket for receive (32 MiB): all the buffering a burst meets while the
+/// worker is busy or its core runs the interface's NAPI poll, as the socket buffer is for the
+/// socket backends. On veth, with the NAPI thread and the worker on one core, `sluice-bench xdp`
+/// lost paced bursts to `xsk_fill_ring_empty` with 2048 frames (the worker's core 80% busy) and
+/// with 4096; 16384 held them. Also the size of the fill and RX rings.
+pub const XSK_RX_FRAMES: usize = 16384;
+/// UMEM frames per socket for transmit (8 MiB); also the size of the TX and completion rings.
+pub const XSK_TX_FRAMES: usize = 4096;
+/// UMEM frames per socket.
+pub const XSK_FRAMES: usize = XSK_RX_FRAMES + XSK_TX_FRAMES;
 
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
@@ -126,6 +127,8 @@ struct Ring {
     consumer: *const AtomicU32,
     flags: *const AtomicU32,
     desc: *mut u8,
+    /// Entries (a power of two), and that minus one.
+    size: u32,
     mask: u32,
     /// Our copy of the index we own, and the last seen value of the kernel's.
     cached_prod: u32,
@@ -134,8 +137,9 @@ struct Ring {
 
 impl Ring {
     /// Maps ring `pgoff` of `fd` with the kernel-reported offsets, `size` entries of `desc_len`.
-    fn map(fd: libc::c_int, off: &libc::xdp_ring_offset, pgoff: u64, desc_len: usize) -> io::Result<Self> {
-        let len = off.desc as usize + RING_SIZE as usize * desc_len;
+    fn map(fd: libc::c_int, off: &libc::xdp_ring_offset, pgoff: u64, desc_len: usize, size: u32) -> io::Result<Self> {
+        debug_assert!(size.is_power_of_two());
+        let len = off.desc as usize + size as usize * desc_len;
         let map = Mapping::new(len, libc::MAP_SHARED | libc::MAP_POPULATE, fd, pgoff as libc::off_t)?;
         // SAFETY: the kernel guarantees the offsets lie inside the ring mapping of that length;
         // producer, consumer and flags are naturally aligned u32s.
@@ -147,7 +151,7 @@ impl Ring {
                 map.ptr.add(off.desc as usize),
             )
         };
-        let mut ring = Self { _map: map, producer, consumer, flags, desc, mask: RING_SIZE - 1, cached_prod: 0, cached_cons: 0 };
+        let mut ring = Self { _map: map, producer, consumer, flags, desc, size, mask: size - 1, cached_prod: 0, cached_cons: 0 };
         ring.cached_prod = ring.producer().load(Ordering::Acquire);
         ring.cached_cons = ring.consumer().load(Ordering::Acquire);
         Ok(ring)
@@ -171,10 +175,10 @@ impl Ring {
 
     /// Producer side: how many of `want` entries are free to write.
     fn free(&mut self, want: u32) -> u32 {
-        let mut free = RING_SIZE - self.cached_prod.wrapping_sub(self.cached_cons);
+        let mut free = self.size - self.cached_prod.wrapping_sub(self.cached_cons);
         if free < want {
             self.cached_cons = self.consumer().load(Ordering::Acquire);
-            free = RING_SIZE - self.cached_prod.wrapping_sub(self.cached_cons);
+            free = self.size - self.cached_prod.wrapping_sub(self.cached_cons);
         }
         free.min(want)
     }
@@ -209,14 +213,14 @@ impl Ring {
 
     /// The `u64` address slot `i` entries past our index (fill/completion rings).
     fn addr_slot(&self, index: u32) -> *mut u64 {
-        // SAFETY: `index & mask` < RING_SIZE, and the mapping holds RING_SIZE u64 descriptors
+        // SAFETY: `index & mask` < size, and the mapping holds `size` u64 descriptors
         // from `desc`, which the kernel aligns to 8.
         unsafe { self.desc.cast::<u64>().add((index & self.mask) as usize) }
     }
 
     /// The `xdp_desc` slot at `index` (RX/TX rings).
     fn desc_slot(&self, index: u32) -> *mut libc::xdp_desc {
-        // SAFETY: as in `addr_slot`, with RING_SIZE 16-byte descriptors.
+        // SAFETY: as in `addr_slot`, with `size` 16-byte descriptors.
         unsafe { self.desc.cast::<libc::xdp_desc>().add((index & self.mask) as usize) }
     }
 }
@@ -807,8 +811,14 @@ impl XskSocket {
             tx_metadata_len: if tx_meta { TX_META_LEN as u32 } else { 0 },
         };
         setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
-        for opt in [libc::XDP_UMEM_FILL_RING, libc::XDP_UMEM_COMPLETION_RING, libc::XDP_RX_RING, libc::XDP_TX_RING] {
-            setsockopt(raw, opt, &(RING_SIZE as libc::c_int))?;
+        let (rx_ring, tx_ring) = (XSK_RX_FRAMES as u32, XSK_TX_FRAMES as u32);
+        for (opt, size) in [
+            (libc::XDP_UMEM_FILL_RING, rx_ring),
+            (libc::XDP_UMEM_COMPLETION_RING, tx_ring),
+            (libc::XDP_RX_RING, rx_ring),
+            (libc::XDP_TX_RING, tx_ring),
+        ] {
+            setsockopt(raw, opt, &(size as libc::c_int))?;
         }
         // SAFETY: all-zero is a valid xdp_mmap_offsets (plain integers).
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
@@ -818,10 +828,10 @@ impl XskSocket {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let fill = Ring::map(raw, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, 8)?;
-        let comp = Ring::map(raw, &off.cr, libc::XDP_UMEM_PGOFF_COMPLETION_RING, 8)?;
-        let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING as u64, 16)?;
-        let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING as u64, 16)?;
+        let fill = Ring::map(raw, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, 8, rx_ring)?;
+        let comp = Ring::map(raw, &off.cr, libc::XDP_UMEM_PGOFF_COMPLETION_RING, 8, tx_ring)?;
+        let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING as u64, 16, rx_ring)?;
+        let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING as u64, 16, tx_ring)?;
         let sxdp = libc::sockaddr_xdp {
             sxdp_family: libc::AF_XDP as u16,
             sxdp_flags: mode | libc::XDP_USE_NEED_WAKEUP,
@@ -840,7 +850,7 @@ impl XskSocket {
             // Copy mode transmits at most `max_tx_budget` frames per kick, 32 unless raised
             // (Linux 6.17+: XDP_MAX_TX_SKB_BUDGET, at most the TX ring's size). Older kernels
             // refuse the option and keep 32; `flush` kicks again while frames are left.
-            let budget = RING_SIZE;
+            let budget = tx_ring;
             match setsockopt(raw, XDP_MAX_TX_SKB_BUDGET, &budget) {
                 Ok(()) => tracing::debug!(budget, "AF_XDP copy-mode TX budget raised"),
                 Err(e) => tracing::debug!(error = %e, "AF_XDP copy-mode TX budget stays 32"),
@@ -855,8 +865,8 @@ impl XskSocket {
             umem,
             zerocopy: mode == libc::XDP_ZEROCOPY,
             tx_meta,
-            rx_free: (0..RX_FRAMES as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
-            tx_free: (RX_FRAMES as u64..XSK_FRAMES as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
+            rx_free: (0..XSK_RX_FRAMES as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
+            tx_free: (XSK_RX_FRAMES as u64..XSK_FRAMES as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
         };
         s.refill();
         Ok(s)
@@ -890,7 +900,7 @@ impl XskSocket {
 
     /// Takes finished transmit frames back.
     fn reclaim(&mut self) {
-        let n = self.comp.ready(RING_SIZE);
+        let n = self.comp.ready(self.comp.size);
         for i in 0..n {
             // SAFETY: entries between the consumer and producer indices were written by the kernel
             // and are ours to read until `release`.
