@@ -206,6 +206,27 @@ pub(super) fn send_copy(
         return Err(DropReason::Malformed);
     }
     let header_len = rtp::Packet::new_checked(plain).map_err(|_| DropReason::Malformed)?.header_len();
+    // The common case (not RTX, no padding: the rewrite needs only the header) encrypts straight
+    // from `plain` into the slot, without copying the payload in first.
+    if as_rtx.is_none() && plain[0] & 0x20 == 0 {
+        slot[..header_len].copy_from_slice(&plain[..header_len]);
+        {
+            let mut hdr = rtp::Packet::new_checked(&mut slot[..header_len]).map_err(|_| DropReason::Malformed)?;
+            hdr.set_ssrc(sub.out_ssrc);
+            hdr.set_sequence_number(rewritten.seq.0);
+            hdr.set_timestamp(rewritten.ts);
+            hdr.set_payload_type(out_pt.0);
+            hdr.remap_extensions(&sub.ext_map).map_err(|_| DropReason::Malformed)?;
+        }
+        let out_len = leg
+            .tx
+            .protect_rtp_from(&mut sub.srtp, &mut slot[..], header_len, &plain[header_len..])
+            .map_err(|_| DropReason::Malformed)?;
+        ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
+        sub.packets_sent = sub.packets_sent.wrapping_add(1);
+        sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
+        return Ok(());
+    }
     slot[..header_len].copy_from_slice(&plain[..header_len]);
     if as_rtx.is_some() {
         slot[header_len..header_len + 2].copy_from_slice(&rewritten.seq.0.to_be_bytes());

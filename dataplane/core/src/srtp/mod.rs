@@ -553,6 +553,40 @@ impl<P: CryptoProvider> SrtpKeys<P> {
             return Err(SrtpError::BufferTooSmall);
         };
         let hl = rtp_header_len(pkt)?;
+        self.protect_rtp_with(state, buf, hl, len, None)
+    }
+
+    /// [`protect_rtp`](Self::protect_rtp) of the RTP packet whose header is `buf[..header_len]`
+    /// and whose payload is `payload`, encrypting the payload straight from `payload` into
+    /// `buf[header_len..]` (the forwarder's fan-out: one decrypted packet, a copy per subscriber,
+    /// no plaintext copy into each). Returns the SRTP length, as `protect_rtp` does for the same
+    /// packet laid out in `buf`, with the same bytes.
+    pub fn protect_rtp_from(
+        &self,
+        state: &mut RtpSendState,
+        buf: &mut [u8],
+        header_len: usize,
+        payload: &[u8],
+    ) -> Result<usize, SrtpError> {
+        let Some(hdr) = buf.get(..header_len) else {
+            return Err(SrtpError::BufferTooSmall);
+        };
+        if rtp_header_len(hdr)? != header_len {
+            return Err(SrtpError::Malformed);
+        }
+        self.protect_rtp_with(state, buf, header_len, header_len + payload.len(), Some(payload))
+    }
+
+    /// The packet is `buf[..hl]` (header) then the payload: `buf[hl..len]` in place when `from`
+    /// is `None`, else `from` (`len - hl` bytes), encrypted into `buf[hl..len]`.
+    fn protect_rtp_with(
+        &self,
+        state: &mut RtpSendState,
+        buf: &mut [u8],
+        hl: usize,
+        len: usize,
+        from: Option<&[u8]>,
+    ) -> Result<usize, SrtpError> {
         let out_len = len + self.profile.rtp_tag_len();
         if out_len > buf.len() {
             return Err(SrtpError::BufferTooSmall);
@@ -563,15 +597,21 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         match &self.rtp {
             Cipher::Cm { ctr, mac, salt } => {
                 let iv = cm_iv(salt, ssrc, index(roc, seq));
-                ctr.apply_keystream(&iv, &mut buf[hl..len]);
+                match from {
+                    None => ctr.apply_keystream(&iv, &mut buf[hl..len]),
+                    Some(payload) => ctr.apply_keystream_to(&iv, payload, &mut buf[hl..len]),
+                }
                 // RFC 3711 §4.2: M = authenticated portion || ROC.
                 let tag = mac.tag(&buf[..len], &roc.to_be_bytes());
                 buf[len..out_len].copy_from_slice(&tag[..out_len - len]);
             }
             Cipher::Gcm { gcm, salt } => {
                 let nonce = gcm_rtp_nonce(salt, ssrc, roc, seq);
-                let (hdr, payload) = buf[..len].split_at_mut(hl);
-                let tag = gcm.seal(&nonce, hdr, payload);
+                let (hdr, body) = buf[..len].split_at_mut(hl);
+                let tag = match from {
+                    None => gcm.seal(&nonce, hdr, body),
+                    Some(payload) => gcm.seal_to(&nonce, hdr, payload, body),
+                };
                 buf[len..out_len].copy_from_slice(&tag);
             }
         }

@@ -55,6 +55,12 @@ pub trait AesCtr: Sized + Send + Sync {
     fn new(key: &[u8]) -> Result<Self, BadKey>;
     /// XORs the keystream starting at counter block `iv` into `data`.
     fn apply_keystream(&self, iv: &[u8; 16], data: &mut [u8]);
+    /// `output = input XOR keystream` (same lengths): copy, then [`Self::apply_keystream`],
+    /// unless the provider does better.
+    fn apply_keystream_to(&self, iv: &[u8; 16], input: &[u8], output: &mut [u8]) {
+        output.copy_from_slice(input);
+        self.apply_keystream(iv, output);
+    }
 }
 
 /// AES-GCM with a 96-bit nonce and a 128-bit tag (RFC 7714 profiles).
@@ -63,6 +69,13 @@ pub trait AesGcm: Sized + Send + Sync {
     fn new(key: &[u8]) -> Result<Self, BadKey>;
     /// Encrypts `data` in place and returns the tag.
     fn seal(&self, nonce: &[u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16];
+    /// Encrypts `input` into `output` (same lengths) and returns the tag: copy, then
+    /// [`Self::seal`], unless the provider seals out of place (the forwarder's fan-out reads each
+    /// subscriber's plaintext from one decrypted packet, so this saves a copy per subscriber).
+    fn seal_to(&self, nonce: &[u8; 12], aad: &[u8], input: &[u8], output: &mut [u8]) -> [u8; 16] {
+        output.copy_from_slice(input);
+        self.seal(nonce, aad, output)
+    }
     /// Verifies `tag` and decrypts `data` in place; `false` (and unspecified `data`) on failure.
     fn open(&self, nonce: &[u8; 12], aad: &[u8], data: &mut [u8], tag: &[u8; 16]) -> bool;
 }
@@ -146,7 +159,9 @@ impl AesCtr for AwsLcCtr {
 }
 
 /// aws-lc-rs AES-GCM (`LessSafeKey`: the nonce comes from the SRTP index, which never repeats
-/// under one key).
+/// under one key). [`AesGcm::seal_to`] seals out of place (`seal_out_of_place_scatter`, the same
+/// stitched AES-GCM code): measured on the forwarding core (`cargo bench -p sluice-core --bench
+/// forward`, GCM fan-out 4), the payload copy it saves per subscriber was ~6% of the core's time.
 pub struct AwsLcGcm(aws_lc_rs::aead::LessSafeKey);
 
 impl std::fmt::Debug for AwsLcGcm {
@@ -180,6 +195,22 @@ impl AesGcm for AwsLcGcm {
             out.copy_from_slice(tag.as_ref());
         }
         out
+    }
+
+    #[inline]
+    fn seal_to(&self, nonce: &[u8; 12], aad: &[u8], input: &[u8], output: &mut [u8]) -> [u8; 16] {
+        use aws_lc_rs::aead::{Aad, Nonce};
+        let mut tag = [0u8; 16];
+        // Fails only on a length mismatch (then nothing was written) or beyond GCM's input limit.
+        if self
+            .0
+            .seal_out_of_place_scatter(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), input, output, &[], &mut tag)
+            .is_err()
+        {
+            output.copy_from_slice(input);
+            return self.seal(nonce, aad, output);
+        }
+        tag
     }
 
     #[inline]

@@ -157,6 +157,49 @@ fn rfc7714_srtp<P: CryptoProvider>(profile: Profile, expected: &str) {
     }
 }
 
+/// `protect_rtp_from` (payload encrypted straight from a separate buffer) gives exactly the bytes
+/// `protect_rtp` gives for the same packet, for every profile and both providers; the RFC 7714
+/// vector through it too.
+fn protect_from_matches<P: CryptoProvider>() {
+    let key: Vec<u8> = (0..32u8).collect();
+    let salt: Vec<u8> = (0..14u8).map(|b| b.wrapping_mul(7)).collect();
+    for profile in ALL {
+        let keys = SrtpKeys::<P>::with_provider(profile, &key[..profile.key_len()], &salt[..profile.salt_len()]).unwrap();
+        for (seq, payload) in [(1u16, 0usize), (2, 1), (3, 15), (4, 160), (5, 1200)] {
+            let p = rtp_packet(seq, 0x5eed, payload);
+            let hl = 12 + 8 + 8;
+            let len = p.len() - 16;
+            let (mut a, mut b) = ([0u8; 1500], [0xeeu8; 1500]);
+            a[..len].copy_from_slice(&p[..len]);
+            let (mut sa, mut sb) = (RtpSendState::new(), RtpSendState::new());
+            let na = keys.protect_rtp(&mut sa, &mut a, len).unwrap();
+            b[..hl].copy_from_slice(&p[..hl]);
+            let nb = keys.protect_rtp_from(&mut sb, &mut b, hl, &p[hl..len]).unwrap();
+            assert_eq!((nb, &b[..nb]), (na, &a[..na]), "{profile:?}, {payload}-byte payload");
+        }
+        // A header length that is not the header's, and a buffer too short for the tag.
+        let p = rtp_packet(9, 1, 10);
+        let mut b = [0u8; 64];
+        b[..28].copy_from_slice(&p[..28]);
+        assert_eq!(keys.protect_rtp_from(&mut RtpSendState::new(), &mut b, 24, &p[24..38]), Err(SrtpError::Malformed));
+        assert_eq!(keys.protect_rtp_from(&mut RtpSendState::new(), &mut b[..40], 28, &p[28..38]), Err(SrtpError::BufferTooSmall));
+    }
+    for (profile, expected) in [(Profile::AeadAes128Gcm, SRTP_128), (Profile::AeadAes256Gcm, SRTP_256)] {
+        let keys = gcm_keys::<P>(profile);
+        let plain = h(RTP_PLAIN);
+        let mut buf = [0u8; 256];
+        buf[..12].copy_from_slice(&plain[..12]);
+        let n = keys.protect_rtp_from(&mut RtpSendState::new(), &mut buf, 12, &plain[12..]).unwrap();
+        assert_eq!(buf[..n], h(expected)[..], "{profile:?} RFC 7714 vector, out of place");
+    }
+}
+
+#[test]
+fn protect_rtp_from_is_protect_rtp() {
+    protect_from_matches::<AwsLc>();
+    protect_from_matches::<RustCrypto>();
+}
+
 #[test]
 fn rfc7714_16_srtp_gcm() {
     rfc7714_srtp::<AwsLc>(Profile::AeadAes128Gcm, SRTP_128);
