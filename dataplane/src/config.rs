@@ -77,11 +77,15 @@ pub struct XdpConfig {
     /// With `mode = "af_xdp"`: which path sends (`auto`: the XSK ring in zero-copy mode, the leg
     /// sockets with GSO in copy mode; `ring`; `socket`).
     pub af_xdp_tx: crate::io::XskTx,
+    /// With `mode = "af_xdp"`: UMEM frames (2 KiB each) per worker's XSK for receive, a power
+    /// of two in 2048..=65536; the buffering a burst meets while the worker is busy, as the
+    /// socket buffer is for the socket backends.
+    pub af_xdp_rx_frames: usize,
 }
 
 impl Default for XdpConfig {
     fn default() -> Self {
-        Self { mode: XdpMode::Off, interface: None, instance: "default".into(), relays: Vec::new(), af_xdp_tx: crate::io::XskTx::Auto }
+        Self { mode: XdpMode::Off, interface: None, instance: "default".into(), relays: Vec::new(), af_xdp_tx: crate::io::XskTx::Auto, af_xdp_rx_frames: crate::io::xsk::XSK_RX_FRAMES }
     }
 }
 
@@ -272,6 +276,9 @@ impl Config {
         if x.mode == XdpMode::AfXdp && self.backend != BackendChoice::Xsk {
             return invalid("xdp.mode", "\"af_xdp\" needs backend = \"xsk\" (the workers must own AF_XDP sockets)".into());
         }
+        if !x.af_xdp_rx_frames.is_power_of_two() || !(2048..=65536).contains(&x.af_xdp_rx_frames) {
+            return invalid("xdp.af_xdp_rx_frames", format!("{} is not a power of two in 2048..=65536", x.af_xdp_rx_frames));
+        }
         if x.instance.is_empty() || x.instance.len() > 64 || !x.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return invalid("xdp.instance", format!("{:?} is not 1..=64 characters of [A-Za-z0-9_-]", x.instance));
         }
@@ -343,6 +350,10 @@ mod tests {
         assert!(check("[dataplane]\nworkers = 2\ncores = [1, 1]\n", 2).contains("twice"));
         assert!(check("[dataplane]\nreplay_window = 100\n", 2).contains("`replay_window`"));
         assert!(check("[dataplane]\nport_range = [5000, 4000]\n", 2).contains("`port_range`"));
+        for frames in ["1000", "1024", "131072"] {
+            let e = check(&format!("[dataplane.xdp]\naf_xdp_rx_frames = {frames}\n"), 2);
+            assert!(e.contains("`xdp.af_xdp_rx_frames`") && e.contains(frames), "{frames}: {e}");
+        }
         assert!(check("[dataplane]\nbackend = \"xsk\"\n", 2).contains("`backend`: \"xsk\" needs"));
         assert!(check("[dataplane.xdp]\nmode = \"af_xdp\"\ninterface = \"eth0\"\n", 2).contains("`xdp.mode`"));
         assert!(check("[dataplane.xdp]\nmode = \"shield\"\n", 2).contains("`xdp.interface`"));

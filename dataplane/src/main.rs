@@ -178,7 +178,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                 b
             }
             BackendChoice::Xsk => {
-                let xsk_config = IoConfig { xsk_interface: config.xdp.interface.clone(), xsk_queue: index as u32, xsk_tx: config.xdp.af_xdp_tx, ..io_config.clone() };
+                let xsk_config = IoConfig { xsk_interface: config.xdp.interface.clone(), xsk_queue: index as u32, xsk_tx: config.xdp.af_xdp_tx, xsk_rx_frames: config.xdp.af_xdp_rx_frames, ..io_config.clone() };
                 let b = Backend::new(BackendKind::Xsk, xsk_config, registry.clone())
                     .with_context(|| format!("worker {index}: AF_XDP socket on queue {index} of {:?}", config.xdp.interface))?;
                 if let (Backend::Xsk(x), Some(stage)) = (&b, stage.as_mut()) {

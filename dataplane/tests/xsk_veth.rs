@@ -44,6 +44,10 @@ struct Topology {
 }
 
 fn topology(tag: &str, xsk: bool, xsk_tx: XskTx) -> Topology {
+    topology_with(tag, xsk, xsk_tx, sluice_dataplane::io::xsk::XSK_RX_FRAMES)
+}
+
+fn topology_with(tag: &str, xsk: bool, xsk_tx: XskTx, xsk_rx_frames: usize) -> Topology {
     let client_ns = NetNs::new(&format!("{tag}A"));
     let server_ns = NetNs::new(&format!("{tag}B"));
     let veth = Veth::new(tag, &client_ns, &["10.78.0.1/24"], &server_ns, &["10.78.0.2/24"]);
@@ -71,6 +75,7 @@ fn topology(tag: &str, xsk: bool, xsk_tx: XskTx) -> Topology {
         xsk_queue: 0,
         socket_buffer_bytes: Some(4 << 20), // the daemon's default
         xsk_tx,
+        xsk_rx_frames,
         ..IoConfig::default()
     };
     let backend = server_ns.enter(|| {
@@ -347,16 +352,18 @@ fn socket_tx_sends_through_the_leg_sockets() {
     assert!(t.backend.counters().gso_sends > 0, "one destination's run leaves as GSO sends");
 }
 
-/// A worker that stops reading: the XSK's receive frames run out, the kernel drops what does not
-/// fit and counts it, and the counters say so (`xsk_rx_dropped`, `xsk_fill_ring_empty`); what
-/// was received before is delivered intact once the worker reads again.
+/// A worker that stops reading: the XSK's receive frames (4096 here, `af_xdp_rx_frames`) run
+/// out, the kernel drops what does not fit and counts it, and the counters say so
+/// (`xsk_rx_dropped`, `xsk_fill_ring_empty`); what was received before is delivered intact once
+/// the worker reads again.
 #[test]
 fn frames_the_xsk_cannot_hold_are_counted() {
-    let mut t = topology("xd", true, XskTx::Socket);
-    const N: u16 = 20000; // more than the XSK's receive frames (XSK_RX_FRAMES)
+    const HELD: usize = 4096;
+    let mut t = topology_with("xd", true, XskTx::Socket, HELD);
+    const N: u16 = 6000; // more than the XSK's receive frames
     let sent = send_rtp(&t.client, N);
     std::thread::sleep(Duration::from_millis(50));
-    let held = sluice_dataplane::io::xsk::XSK_RX_FRAMES;
+    let held = HELD;
     let mut got = receive(&mut t.backend, held);
     t.backend.recv_batch(Some(Duration::from_millis(100)), |port, src, buf| got.push((port, src, buf.to_vec()))).unwrap();
     let Backend::Xsk(x) = &t.backend else { unreachable!() };

@@ -222,10 +222,10 @@ fn af_xdp_backend_forwards_byte_identically_to_uring() {
 
     // The same through the XSK's TX ring (headers built by the worker, the UDP checksum asked of
     // the kernel through TX metadata).
-    let (ring, sock) = t.start("xsk-ring", "xsk", "af_xdp", &instance, "af_xdp_tx = \"ring\"\n");
+    let (ring, sock) = t.start("xsk-ring", "xsk", "af_xdp", &instance, "af_xdp_tx = \"ring\"\naf_xdp_rx_frames = 4096\n");
     let by_ring = meeting(&t, &sock, 210, false);
     let ring_log = stop(ring);
-    assert!(ring_log.contains("tx=\"ring\" tx_csum_offload=true"), "{ring_log}");
+    assert!(ring_log.contains("tx=\"ring\" tx_csum_offload=true rx_frames=4096"), "{ring_log}");
     assert_eq!(total(&by_ring), EXPECTED, "AF_XDP ring run\n{ring_log}");
     assert_eq!(by_ring.received, by_uring.received, "byte-identical output through the TX ring");
 }

@@ -107,6 +107,8 @@ pub struct IoConfig {
     pub xsk_queue: u32,
     /// AF_XDP: which path sends.
     pub xsk_tx: XskTx,
+    /// AF_XDP: receive frames per XSK (a power of two; see [`xsk::XSK_RX_FRAMES`]).
+    pub xsk_rx_frames: usize,
 }
 
 /// How the AF_XDP backend sends.
@@ -139,6 +141,7 @@ impl Default for IoConfig {
             xsk_interface: None,
             xsk_queue: 0,
             xsk_tx: XskTx::Auto,
+            xsk_rx_frames: xsk::XSK_RX_FRAMES,
         }
     }
 }

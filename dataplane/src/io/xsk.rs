@@ -1,9 +1,9 @@
 //! The AF_XDP backend: one `AF_XDP` socket (XSK) per (interface, RX queue), raw `libc`.
 //!
 //! ```text
-//!  UMEM: XSK_FRAMES × 2048-byte frames, one anonymous mapping
-//!    frames [0, XSK_RX_FRAMES)  receive: owned by the fill ring / kernel / RX ring / `rx_free`
-//!    frames [XSK_RX_FRAMES, …)  transmit: owned by `tx_free` / TX ring / kernel / completion ring
+//!  UMEM: (rx_frames + XSK_TX_FRAMES) × 2048-byte frames, one anonymous mapping
+//!    frames [0, rx_frames)  receive: owned by the fill ring / kernel / RX ring / `rx_free`
+//!    frames [rx_frames, …)  transmit: owned by `tx_free` / TX ring / kernel / completion ring
 //!  fill ring → kernel writes frames → RX ring → `recv_batch` callback → back to the fill ring
 //!  `send_batch`: TX frame ← Ethernet + IPv4/IPv6 + UDP headers + payload → TX ring → sendto() kick
 //!                completion ring → `tx_free`
@@ -47,7 +47,7 @@ use super::{IoConfig, IoCounters, IoError, MmsgBackend, SendRegistry, Transmit};
 
 /// Bytes per UMEM frame (one packet per frame, aligned chunk mode).
 pub const XSK_FRAME_SIZE: usize = 2048;
-/// UMEM frames per socket for receive (32 MiB): all the buffering a burst meets while the
+/// UMEM frames per socket for receive by default (32 MiB; `af_xdp_rx_frames`): all the buffering a burst meets while the
 /// worker is busy or its core runs the interface's NAPI poll, as the socket buffer is for the
 /// socket backends. On veth, with the NAPI thread and the worker on one core, `sluice-bench xdp`
 /// lost paced bursts to `xsk_fill_ring_empty` with 2048 frames (the worker's core 80% busy) and
@@ -55,8 +55,6 @@ pub const XSK_FRAME_SIZE: usize = 2048;
 pub const XSK_RX_FRAMES: usize = 16384;
 /// UMEM frames per socket for transmit (8 MiB); also the size of the TX and completion rings.
 pub const XSK_TX_FRAMES: usize = 4096;
-/// UMEM frames per socket.
-pub const XSK_FRAMES: usize = XSK_RX_FRAMES + XSK_TX_FRAMES;
 
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
@@ -771,15 +769,21 @@ impl XskSocket {
     /// `XDP_UMEM_TX_METADATA_LEN`), so that sends leave the UDP checksum to the device or to the
     /// kernel's transmit path instead of summing every payload here. Zero-copy mode sums in
     /// software: whether a driver honours the request is a per-driver feature.
-    pub fn open(ifindex: u32, queue: u32) -> Result<Self, IoError> {
-        match Self::open_with(ifindex, queue, libc::XDP_ZEROCOPY, false) {
+    ///
+    /// `rx_frames` (a power of two) receive frames, also the fill and RX rings' size.
+    pub fn open(ifindex: u32, queue: u32, rx_frames: usize) -> Result<Self, IoError> {
+        if !rx_frames.is_power_of_two() || rx_frames > 1 << 20 {
+            return Err(IoError::Os { op: "AF_XDP receive frames (a power of two)", source: io::ErrorKind::InvalidInput.into() });
+        }
+        let open_with = |mode, tx_meta| Self::open_with(ifindex, queue, rx_frames, mode, tx_meta);
+        match open_with(libc::XDP_ZEROCOPY, false) {
             Ok(s) => Ok(s),
             Err(zc) => {
-                let s = match Self::open_with(ifindex, queue, libc::XDP_COPY, true) {
+                let s = match open_with(libc::XDP_COPY, true) {
                     Ok(s) => s,
                     Err(meta) => {
                         tracing::debug!(error = %meta, "AF_XDP TX metadata refused: UDP checksums summed in software");
-                        Self::open_with(ifindex, queue, libc::XDP_COPY, false).map_err(os_err("AF_XDP bind (copy mode)"))?
+                        open_with(libc::XDP_COPY, false).map_err(os_err("AF_XDP bind (copy mode)"))?
                     }
                 };
                 tracing::info!(ifindex, queue, zerocopy_error = %zc, tx_csum_offload = s.tx_meta, "AF_XDP socket bound in copy mode");
@@ -788,7 +792,7 @@ impl XskSocket {
         }
     }
 
-    fn open_with(ifindex: u32, queue: u32, mode: u16, tx_meta: bool) -> io::Result<Self> {
+    fn open_with(ifindex: u32, queue: u32, rx_frames: usize, mode: u16, tx_meta: bool) -> io::Result<Self> {
         // SAFETY: plain socket creation; the result is checked.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -797,7 +801,7 @@ impl XskSocket {
         // SAFETY: `raw` is a fresh fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let umem = Mapping::new(
-            XSK_FRAMES * XSK_FRAME_SIZE,
+            (rx_frames + XSK_TX_FRAMES) * XSK_FRAME_SIZE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
             -1,
             0,
@@ -811,7 +815,7 @@ impl XskSocket {
             tx_metadata_len: if tx_meta { TX_META_LEN as u32 } else { 0 },
         };
         setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
-        let (rx_ring, tx_ring) = (XSK_RX_FRAMES as u32, XSK_TX_FRAMES as u32);
+        let (rx_ring, tx_ring) = (rx_frames as u32, XSK_TX_FRAMES as u32);
         for (opt, size) in [
             (libc::XDP_UMEM_FILL_RING, rx_ring),
             (libc::XDP_UMEM_COMPLETION_RING, tx_ring),
@@ -865,8 +869,8 @@ impl XskSocket {
             umem,
             zerocopy: mode == libc::XDP_ZEROCOPY,
             tx_meta,
-            rx_free: (0..XSK_RX_FRAMES as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
-            tx_free: (XSK_RX_FRAMES as u64..XSK_FRAMES as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
+            rx_free: (0..rx_frames as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
+            tx_free: (rx_frames as u64..(rx_frames + XSK_TX_FRAMES) as u64).map(|i| i * XSK_FRAME_SIZE as u64).collect(),
         };
         s.refill();
         Ok(s)
@@ -990,7 +994,7 @@ impl XskBackend {
         })?;
         let iface = Interface::lookup(&name)?;
         let queue = config.xsk_queue;
-        let xsk = XskSocket::open(iface.index, queue)?;
+        let xsk = XskSocket::open(iface.index, queue, config.xsk_rx_frames)?;
         let neighbours = Neighbours::open(&name, iface.index)?;
         let slow = MmsgBackend::new(config.clone(), registry)?;
         let b = Self {
@@ -1012,6 +1016,7 @@ impl XskBackend {
             zerocopy = b.zerocopy(),
             tx = if b.tx_ring() { "ring" } else { "socket" },
             tx_csum_offload = b.tx_csum_offload(),
+            rx_frames = b.config.xsk_rx_frames,
             "AF_XDP transmit path"
         );
         Ok(b)
