@@ -524,21 +524,8 @@ impl Generator {
     }
 
     /// Sends for `seconds` at `rate` packets/s (0: as fast as it can) from a thread pinned to
-    /// `core` in the generator's namespace, from GENERATOR_IP to `dst`.
+    /// `core` in the namespace `ns`, from `ip` to `dst`.
     /// Returns (packets sent in the timed part, packets sent in all, CPU seconds of the timed part).
-    fn spawn(
-        topo: &Topology,
-        profile: Profile,
-        epoch: WallInstant,
-        core: usize,
-        seconds: f64,
-        rate: f64,
-        dst: SocketAddr,
-    ) -> std::thread::JoinHandle<anyhow::Result<(u64, u64, f64)>> {
-        Self::spawn_in(topo.generator.name.clone(), GENERATOR_IP.into(), profile, epoch, core, seconds, rate, dst)
-    }
-
-    /// [`Generator::spawn`] from `ip` in the namespace `ns`.
     #[expect(clippy::too_many_arguments, reason = "one load's whole description")]
     pub(crate) fn spawn_in(
         ns: String,
@@ -757,7 +744,7 @@ fn run_one(
     let subscribers = (2..=fanout + 1).map(|l| (SINK_PORT + l as u16, 100 + l as u8)).collect();
     let sink = if measure { Sink::userspace(topo, profile, subscribers, epoch, GENERATOR_CORE)? } else { Sink::xdp(topo, fanout)? };
     let (total0, _) = fwd.counters()?;
-    let generator = Generator::spawn(topo, profile, epoch, GENERATOR_CORE, seconds + 0.1, rate, SocketAddr::from((FORWARDER_IP, BASE_PORT + 1)));
+    let generator = Generator::spawn_in(topo.generator.name.clone(), GENERATOR_IP.into(), profile, epoch, GENERATOR_CORE, seconds + 0.1, rate, SocketAddr::from((FORWARDER_IP, BASE_PORT + 1)));
     // The generator's warm-up (a keyframe burst, 100 ms) passes before the window opens.
     std::thread::sleep(Duration::from_millis(150));
     let (out0, cpu0) = fwd.counters()?;
@@ -832,7 +819,7 @@ fn kernel_floor(topo: &Topology, profile: Profile, seconds: f64, rate: f64) -> a
     let port = SINK_PORT + 2;
     // The publisher's own keys: the kernel forwards its packets unchanged.
     let sink = Sink::userspace(topo, profile, vec![(port, 1)], epoch, GENERATOR_CORE)?;
-    let generator = Generator::spawn(topo, profile, epoch, GENERATOR_CORE, seconds, rate, SocketAddr::from((SINK_IP, port)));
+    let generator = Generator::spawn_in(topo.generator.name.clone(), GENERATOR_IP.into(), profile, epoch, GENERATOR_CORE, seconds, rate, SocketAddr::from((SINK_IP, port)));
     generator.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
     std::thread::sleep(Duration::from_millis(50));
     Ok(sink.finish())

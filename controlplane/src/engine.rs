@@ -108,13 +108,18 @@ impl Engine {
     fn commit<T>(&mut self, record: &Record, apply: impl FnOnce(&mut Desired) -> T) -> Result<T, JournalError> {
         self.journal.append(record)?;
         let out = apply(&mut self.desired);
+        self.compact_if_due();
+        Ok(out)
+    }
+
+    /// Snapshots the state when the journal asks for it. The records are durable already, so a
+    /// failure only makes the snapshot late (tried again at the next commit).
+    fn compact_if_due(&mut self) {
         if self.journal.compaction_due()
             && let Err(e) = self.journal.compact(&self.desired)
         {
-            // The record itself is durable; only the snapshot is late (tried again next time).
             tracing::warn!(error = %e, "state snapshot failed; the journal keeps growing until one succeeds");
         }
-        Ok(out)
     }
 
     /// Where WebRTC peers reach the dataplane and its DTLS fingerprint: asked of the dataplane
@@ -237,11 +242,7 @@ impl Engine {
                 }
                 return results.into_iter().map(Self::answered).collect();
             }
-            if self.journal.compaction_due()
-                && let Err(e) = self.journal.compact(&self.desired)
-            {
-                tracing::warn!(error = %e, "state snapshot failed; the journal keeps growing until one succeeds");
-            }
+            self.compact_if_due();
         }
         let mut part = (Tables::default(), Tables::default());
         for (session, tables) in &before {

@@ -210,8 +210,12 @@ impl Worker {
     /// Handles every pending message; false when told to stop.
     fn drain_inbox(&mut self) -> bool {
         // Feedback other workers decrypted for tracks this one owns, at most what the output
-        // buffer takes this turn (the rest waits in its queue for the next).
-        if let Some(rx) = &self.feedback_in {
+        // buffer takes this turn (the rest waits in its queue for the next): one handed-over
+        // packet may answer with several (a NACK's retransmissions), so a quarter of the free
+        // slots per packet.
+        if let Some(rx) = &self.feedback_in
+            && !rx.is_empty()
+        {
             let now = self.now();
             let room = self.out.capacity().saturating_sub(self.out.len()) / 4;
             for h in rx.try_iter().take(room.max(1)) {
@@ -316,9 +320,8 @@ impl Worker {
             }
         }
         while let Some(h) = self.core.poll_handoff() {
-            if let Some(p) = self.feedback_out.get(usize::from(h.to)) {
-                self.peer_queue_full += u64::from(matches!(p.try_send(h), Err(TrySendError::Full(_))));
-            }
+            // No queue to that worker (`with_feedback` not called) counts as a full one.
+            self.peer_queue_full += u64::from(self.feedback_out.get(usize::from(h.to)).is_none_or(|p| p.try_send(h).is_err()));
         }
     }
 

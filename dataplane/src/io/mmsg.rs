@@ -156,6 +156,9 @@ impl RxScratch {
         let mut delivered = 0;
         let mut seg0 = from.seg;
         for i in from.msg..from.received {
+            if delivered == room {
+                return (delivered, Some(Pending { msg: i, seg: seg0, ..from }));
+            }
             let hdr = &self.msgs[i].msg_hdr;
             let len = self.msgs[i].msg_len as usize;
             if hdr.msg_flags & libc::MSG_TRUNC != 0 || len > self.slot {
@@ -174,21 +177,10 @@ impl RxScratch {
                 counters.rx_gro_datagrams += segments as u64;
             }
             let at = i * self.slot;
-            for k in seg0..segments {
-                if delivered == room {
-                    return (delivered, Some(Pending { msg: i, seg: k, ..from }));
-                }
-                let start = k * seg;
-                let end = (start + seg).min(len);
-                // The contract of every backend: no datagram over RX_BUF_BYTES reaches the worker
-                // (a GRO buffer would hold a jumbo datagram whole).
-                if end - start > RX_BUF_BYTES {
-                    counters.rx_truncated += 1;
-                    continue;
-                }
-                counters.rx_datagrams += 1;
-                delivered += 1;
-                f(from.port, src, &mut self.bufs[at + start..at + end]);
+            let (n, next) = super::deliver_segments(&mut self.bufs[at..at + len], seg, seg0, room - delivered, from.port, src, counters, f);
+            delivered += n;
+            if next < segments {
+                return (delivered, Some(Pending { msg: i, seg: next, ..from }));
             }
             seg0 = 0;
         }

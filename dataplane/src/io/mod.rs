@@ -117,7 +117,7 @@ pub struct IoConfig {
 pub enum XskTx {
     /// The XSK's TX ring in zero-copy mode; the leg sockets (with GSO) in copy mode, where every
     /// ring frame is copied into a fresh skb and transmitted on its own, without segmentation
-    /// batching (measured slower than the socket path on veth: see `ebpf/README.md`).
+    /// batching (level with the socket path on veth, not faster: see `ebpf/README.md`).
     #[default]
     Auto,
     /// Always the XSK's TX ring (headers built here, next hop from the neighbour table).
@@ -493,6 +493,44 @@ struct SendParts<'b> {
 
 /// The socket backends' `send_batch`: stages plans of at most `tx_batch` packets (GSO groups per
 /// flow) from `pkts` and flushes each; how many datagrams the kernel accepted.
+/// Delivers datagrams `from..` of one coalesced (`UDP_GRO`) receive `run`, `seg` bytes each but
+/// the last, to `f(port, src, datagram)`, at most `room` of them. The contract of every backend:
+/// no datagram over [`RX_BUF_BYTES`] reaches the worker (a GRO buffer would hold a jumbo datagram
+/// whole), so such a one is counted `rx_truncated` instead. Returns how many it delivered and the
+/// index of the first datagram it did not look at (the run's datagram count when it is done).
+#[expect(clippy::too_many_arguments, reason = "a run, where to resume, and its delivery")]
+fn deliver_segments<F>(
+    run: &mut [u8],
+    seg: usize,
+    from: usize,
+    room: usize,
+    port: u16,
+    src: SocketAddr,
+    counters: &mut IoCounters,
+    f: &mut F,
+) -> (usize, usize)
+where
+    F: FnMut(u16, SocketAddr, &mut [u8]),
+{
+    let seg = seg.max(1);
+    let segments = run.len().div_ceil(seg).max(1);
+    let mut delivered = 0;
+    let mut k = from;
+    while k < segments && delivered < room {
+        let start = k * seg;
+        let end = (start + seg).min(run.len());
+        k += 1;
+        if end - start > RX_BUF_BYTES {
+            counters.rx_truncated += 1;
+            continue;
+        }
+        counters.rx_datagrams += 1;
+        delivered += 1;
+        f(port, src, &mut run[start..end]);
+    }
+    (delivered, k)
+}
+
 fn send_staged<'a, B: StagedSend>(backend: &mut B, pkts: impl IntoIterator<Item = Transmit<'a>>) -> usize {
     backend.send_parts().cache.refresh();
     let mut it = pkts.into_iter();

@@ -637,23 +637,10 @@ impl UringBackend {
         F: FnMut(u16, SocketAddr, &mut [u8]),
     {
         let segments = run.len.div_ceil(run.seg).max(1);
-        let mut delivered = 0;
-        let mut k = run.next;
-        if let Some(buf) = self.bufs.buf_mut(run.bid) {
-            while k < segments && delivered < room {
-                let start = run.at + k * run.seg;
-                let end = (start + run.seg).min(run.at + run.len);
-                k += 1;
-                // No datagram over RX_BUF_BYTES reaches the worker, coalesced buffers or not.
-                if end - start > RX_BUF_BYTES {
-                    self.counters.rx_truncated += 1;
-                    continue;
-                }
-                self.counters.rx_datagrams += 1;
-                delivered += 1;
-                f(run.port, run.src, &mut buf[start..end]);
-            }
-        }
+        let (delivered, k) = match self.bufs.buf_mut(run.bid).and_then(|b| b.get_mut(run.at..run.at + run.len)) {
+            Some(buf) => super::deliver_segments(buf, run.seg, run.next, room, run.port, run.src, &mut self.counters, f),
+            None => (0, segments),
+        };
         if k < segments {
             self.partial = Some(Partial { next: k, ..run });
         } else {

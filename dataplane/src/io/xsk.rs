@@ -31,8 +31,9 @@
 //! Which path sends is [`super::XskTx`]: by default the ring in zero-copy mode, and the leg
 //! sockets in copy mode. In copy mode every ring frame is copied into a fresh skb and transmitted
 //! on its own (`__xsk_generic_xmit`), while the sockets send each subscriber's run as one GSO
-//! send: on veth, AF_XDP receive with socket transmit carried 300k copies/s where the ring
-//! carried 256k (`sluice-bench xdp`, fan-out 4).
+//! send. On veth the two are level since the ring leaves the UDP checksum to the kernel
+//! (`sluice-bench xdp`, fan-out 4, copies per busy core-second: ring 415,766, sockets 409,056 in
+//! one run; the order flips between runs), so `auto` keeps the sockets there.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -47,8 +48,8 @@ use super::{IoConfig, IoCounters, IoError, MmsgBackend, SendRegistry, Transmit};
 
 /// Bytes per UMEM frame (one packet per frame, aligned chunk mode).
 pub const XSK_FRAME_SIZE: usize = 2048;
-/// UMEM frames per socket for receive by default (32 MiB; `af_xdp_rx_frames`): all the buffering a burst meets while the
-/// worker is busy or its core runs the interface's NAPI poll, as the socket buffer is for the
+/// UMEM frames per socket for receive by default (32 MiB; `af_xdp_rx_frames`): all the
+/// buffering a burst meets while the worker is busy or its core runs the interface's NAPI poll, as the socket buffer is for the
 /// socket backends. On veth, with the NAPI thread and the worker on one core, `sluice-bench xdp`
 /// lost paced bursts to `xsk_fill_ring_empty` with 2048 frames (the worker's core 80% busy) and
 /// with 4096; 16384 held them. Also the size of the fill and RX rings.

@@ -210,14 +210,7 @@ pub(super) fn send_copy(
     // from `plain` into the slot, without copying the payload in first.
     if as_rtx.is_none() && plain[0] & 0x20 == 0 {
         slot[..header_len].copy_from_slice(&plain[..header_len]);
-        {
-            let mut hdr = rtp::Packet::new_checked(&mut slot[..header_len]).map_err(|_| DropReason::Malformed)?;
-            hdr.set_ssrc(sub.out_ssrc);
-            hdr.set_sequence_number(rewritten.seq.0);
-            hdr.set_timestamp(rewritten.ts);
-            hdr.set_payload_type(out_pt.0);
-            hdr.remap_extensions(&sub.ext_map).map_err(|_| DropReason::Malformed)?;
-        }
+        rewrite_header(&mut slot[..header_len], sub.out_ssrc, rewritten.seq, rewritten.ts, out_pt, &sub.ext_map)?;
         let out_len = leg
             .tx
             .protect_rtp_from(&mut sub.srtp, &mut slot[..], header_len, &plain[header_len..])
@@ -240,14 +233,7 @@ pub(super) fn send_copy(
         }
         _ => (sub.out_ssrc, rewritten.seq, out_pt, &mut sub.srtp),
     };
-    {
-        let mut pkt = rtp::Packet::new_checked(&mut slot[..len]).map_err(|_| DropReason::Malformed)?;
-        pkt.set_ssrc(ssrc);
-        pkt.set_sequence_number(seq.0);
-        pkt.set_timestamp(rewritten.ts);
-        pkt.set_payload_type(pt.0);
-        pkt.remap_extensions(&sub.ext_map).map_err(|_| DropReason::Malformed)?;
-    }
+    rewrite_header(&mut slot[..len], ssrc, seq, rewritten.ts, pt, &sub.ext_map)?;
     let out_len = leg.tx.protect_rtp(srtp_state, &mut slot[..], len).map_err(|_| DropReason::Malformed)?;
     ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
     if as_rtx.is_none() {
@@ -255,6 +241,18 @@ pub(super) fn send_copy(
         sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
     }
     Ok(())
+}
+
+/// Rewrites the RTP header at the start of `pkt` (the whole packet, or the header alone when the
+/// packet has no padding) for a subscriber: SSRC, sequence number, timestamp, payload type and
+/// header-extension ids.
+fn rewrite_header(pkt: &mut [u8], ssrc: Ssrc, seq: SeqNo, ts: u32, pt: Pt, ext_map: &rtp::ExtensionIdMap) -> Result<(), DropReason> {
+    let mut pkt = rtp::Packet::new_checked(pkt).map_err(|_| DropReason::Malformed)?;
+    pkt.set_ssrc(ssrc);
+    pkt.set_sequence_number(seq.0);
+    pkt.set_timestamp(ts);
+    pkt.set_payload_type(pt.0);
+    pkt.remap_extensions(ext_map).map_err(|_| DropReason::Malformed)
 }
 
 /// Asks the publisher for a keyframe of `layer` (PLI, RFC 4585 §6.3.1), at most once per

@@ -206,9 +206,12 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
         });
         if sent {
             ctx.stats.nack_answered += 1;
+        } else if n_missing == MAX_UPSTREAM_NACK {
+            // No room in this NACK's upstream request: not asked, so not remembered as asked
+            // (the subscriber's next NACK for it must still go upstream).
         } else if layer.cache.as_mut().is_some_and(|c| !c.should_ask(in_seq, ctx.now)) {
             ctx.stats.nack_suppressed += 1;
-        } else if n_missing < MAX_UPSTREAM_NACK {
+        } else {
             missing[n_missing] = (src, in_seq.0);
             n_missing += 1;
         }

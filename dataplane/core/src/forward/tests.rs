@@ -443,6 +443,38 @@ fn nack_is_answered_from_the_cache_as_rtx_and_the_rest_is_asked_upstream() {
     assert_eq!(m.core.stats().nack_forwarded, 1);
 }
 
+/// 80 packets lost before the SFU, NACKed twice within 100 ms: the first NACK asks the publisher
+/// for as many as one upstream request holds (64); the repeat is not asked again for those, but
+/// the 16 that did not fit go upstream now (they were never asked).
+#[test]
+fn a_repeated_nack_asks_upstream_only_what_was_not_asked_yet() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    latch_all(&mut m);
+    let mut key = rtp_packet(0x100, 100, 3000, 96, &VP8_KEY);
+    key[1] |= 0x80;
+    let wire = m.peers[0].send_rtp(&key);
+    assert_eq!(m.deliver(0, &wire, ms(1)).len(), 1);
+    let wire = m.peers[0].send_rtp(&rtp_packet(0x100, 181, 6000, 96, &VP8_CONT));
+    assert_eq!(m.deliver(0, &wire, ms(2)).len(), 1, "101..=180 lost on the way to the SFU");
+    // 101..=180 in five items of 16.
+    let items: Vec<rtcp::NackItem> = (0..5).map(|i| rtcp::NackItem { pid: 101 + 16 * i, blp: 0x7fff }).collect();
+    let mut buf = [0u8; 128];
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &items).unwrap();
+    let upstream = |m: &mut Meeting, at| {
+        let wire = m.peers[1].send_rtcp(&buf[..n]);
+        m.deliver(1, &wire, at)
+            .iter()
+            .filter(|(to, _)| *to == 0)
+            .flat_map(|(_, p)| rtcp::Nack::new_checked(&p[..]).expect("a NACK").sequence_numbers().collect::<Vec<_>>())
+            .collect::<Vec<u16>>()
+    };
+    assert_eq!(upstream(&mut m, ms(10)), (101..=164).collect::<Vec<_>>());
+    assert_eq!(upstream(&mut m, ms(40)), (165..=180).collect::<Vec<_>>(), "the overflow is asked now, the rest not again");
+    let s = m.core.stats();
+    assert_eq!((s.nack_forwarded, s.nack_suppressed), (80, 64));
+}
+
 #[test]
 fn unsignalled_layer_is_learned_from_its_rid_only_when_it_authenticates() {
     let mut m = Meeting::new(2);
