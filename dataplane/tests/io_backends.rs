@@ -442,6 +442,36 @@ fn gro_splits_a_coalesced_burst_into_its_datagrams_within_the_batch_bound() {
     }
 }
 
+/// Two coalesced runs in one receive, the first exactly as long as the batch: the second is
+/// delivered by the next call, and counted once in `rx_gro_datagrams` (resuming at a run's
+/// start must not count it again).
+#[test]
+fn a_run_resumed_at_its_start_is_counted_once() {
+    for kind in KINDS {
+        let registry = SendRegistry::new();
+        let mut tx = backend(BackendKind::Mmsg, &registry);
+        let from = tx.add_port(0).unwrap();
+        let cfg = IoConfig { local_ip: LOCALHOST, rx_batch: 7, gro: true, ..IoConfig::default() };
+        let mut rx = Backend::new(kind, cfg, SendRegistry::new()).unwrap();
+        let port = rx.add_port(0).unwrap();
+        rx.recv_batch(Some(Duration::ZERO), |_, _, _| {}).unwrap();
+        let dst = SocketAddr::new(LOCALHOST, port);
+        // 7 × 1100 then 5 × 1200: two GSO sends (a bigger datagram cannot join the first run).
+        let burst: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; if i < 7 { 1100 } else { 1200 }]).collect();
+        assert_eq!(tx.send_batch(burst.iter().map(|p| Transmit { local_port: from, dst, payload: p })), 12);
+        assert_eq!(tx.counters().gso_sends, 2, "two GSO sends");
+        std::thread::sleep(Duration::from_millis(20));
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while got.len() < 12 && Instant::now() < deadline {
+            rx.recv_batch(Some(Duration::from_millis(50)), |_, _, buf| got.push(buf.to_vec())).unwrap();
+        }
+        assert_eq!(got, burst, "{kind}");
+        let c = rx.counters();
+        assert_eq!((c.rx_datagrams, c.rx_gro_datagrams), (12, 12), "{kind}: {c:?}");
+    }
+}
+
 /// A datagram over the receive buffer size is dropped and counted, never delivered, with GRO's
 /// big buffers as without them.
 #[test]
