@@ -235,7 +235,7 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
             rx: material(profile, l as u8),
             tx: material(profile, 100 + l as u8),
             feedback_ssrc: Ssrc(0xfeed0000 + l),
-            edge: None,
+            edge: None, feedback: Default::default()
         }));
     }
     for i in 0..streams {

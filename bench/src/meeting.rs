@@ -77,7 +77,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             rx: up.clone(),
             tx: down.clone(),
             feedback_ssrc: Ssrc(0xfeed_0000 + id),
-            edge: None,
+            edge: None, feedback: Default::default()
         }));
         let base = id << 8;
         ops.push(Op::UpsertTrack(TrackSpec {

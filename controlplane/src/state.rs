@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
+    FeedbackSpec,
     Codec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SubscriptionSpec, TrackSpec,
 };
 
@@ -416,6 +417,10 @@ impl Desired {
                     rx: l.edge.is_none().then(|| key(&l.rx)),
                     tx: l.edge.is_none().then(|| key(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,
+                    feedback: Some(pb::UplinkFeedback {
+                        transport_cc_ext: l.feedback.twcc_ext.map(u32::from),
+                        remb: l.feedback.remb,
+                    }),
                     webrtc: l.edge.as_ref().map(|e| pb::WebRtc {
                         remote_ice_ufrag: e.remote.ufrag.clone(),
                         remote_ice_pwd: String::new(),
@@ -599,7 +604,20 @@ impl Stage<'_> {
         let edge = webrtc.map(|(remote, role, remote_fingerprint)| {
             Box::new(EdgeSpec { local: local_ice_credentials(self.ice_secret, id, &remote), remote, role, remote_fingerprint })
         });
-        self.session.legs.insert(l.id.clone(), LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge });
+        let feedback = match &l.feedback {
+            None => FeedbackSpec::default(),
+            Some(fb) => FeedbackSpec {
+                twcc_ext: match fb.transport_cc_ext {
+                    None => None,
+                    Some(id @ 1..=14) => Some(id as u8),
+                    Some(id) => {
+                        return Err(invalid(format!("{f}.feedback.transport_cc_ext"), format!("{id} is not a one-byte header-extension id (1..=14)")));
+                    }
+                },
+                remb: fb.remb,
+            },
+        };
+        self.session.legs.insert(l.id.clone(), LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback });
         self.ports.retain(|(n, _)| n != &l.id);
         self.ports.push((l.id.clone(), port));
         Ok(())

@@ -727,7 +727,7 @@ mod tests {
             remote_fingerprint: String::new(),
         };
         let leg = |id, edge: Option<Box<EdgeSpec>>| {
-            Op::UpsertLeg(LegSpec { id: LegId(id), local_port: 1000 + id as u16, remote: None, rx: k.clone(), tx: k.clone(), feedback_ssrc: Ssrc(1), edge })
+            Op::UpsertLeg(LegSpec { id: LegId(id), local_port: 1000 + id as u16, remote: None, rx: k.clone(), tx: k.clone(), feedback_ssrc: Ssrc(1), edge, feedback: Default::default() })
         };
         let d = Delta { generation: Generation(1), replace_all: true, ops: vec![leg(1, Some(Box::new(edge.clone()))), leg(2, None), Op::RemoveLeg(LegId(3))] };
         assert_eq!(

@@ -55,6 +55,8 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     counter(&mut s, "sluice_tx_bytes_total", "Bytes emitted by the forwarding core.", &|w| w.core.tx_bytes);
     counter(&mut s, "sluice_nack_answered_total", "NACKed packets answered from the retransmission cache.", &|w| w.core.nack_answered);
     counter(&mut s, "sluice_nack_forwarded_total", "NACKed packets asked of the publisher.", &|w| w.core.nack_forwarded);
+    counter(&mut s, "sluice_rtcp_reports_sent_total", "Receiver reports (RR + SDES) sent to publishers.", &|w| w.core.rtcp_reports_sent);
+    counter(&mut s, "sluice_twcc_feedback_sent_total", "Transport-cc feedback packets sent to publishers.", &|w| w.core.twcc_feedback_sent);
     counter(&mut s, "sluice_nack_suppressed_total", "NACKed packets already asked of the publisher in the last 100 ms, not asked again.", &|w| w.core.nack_suppressed);
     counter(&mut s, "sluice_keyframe_requests_total", "Keyframe requests sent to publishers.", &|w| w.core.keyframe_requests);
     counter(&mut s, "sluice_layer_switches_total", "Simulcast layer switches.", &|w| w.core.layer_switches);

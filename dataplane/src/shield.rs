@@ -349,7 +349,7 @@ mod tests {
 
     fn leg(id: u32, port: u16, remote: Option<&str>) -> Op {
         let k = KeyMaterial { profile: Profile::AeadAes128Gcm, key: vec![1; 16], salt: vec![2; 12] };
-        Op::UpsertLeg(LegSpec { id: LegId(id), local_port: port, remote: remote.map(|r| r.parse().unwrap()), rx: k.clone(), tx: k, feedback_ssrc: Ssrc(1), edge: None })
+        Op::UpsertLeg(LegSpec { id: LegId(id), local_port: port, remote: remote.map(|r| r.parse().unwrap()), rx: k.clone(), tx: k, feedback_ssrc: Ssrc(1), edge: None, feedback: Default::default() })
     }
 
     fn track(id: u32, publisher: u32, layers: Vec<LayerSpec>) -> Op {

@@ -10,7 +10,8 @@
 //!     recv batch ──▶ core.handle_rx per datagram (decrypt in place in the backend's buffer)
 //!     send batch (GSO runs per subscriber) ◀── core's output slots
 //!     events: learned remotes → other workers; handoffs → owning worker; all → event hub
-//!     now and then: sweep for idle legs and stopped streams; publish a metrics snapshot
+//!     the core's deadline passed: handle_timeout (uplink reports, idle sweep) ─▶ send
+//!     now and then: publish a metrics snapshot
 //! ```
 
 use std::collections::BTreeSet;
@@ -53,8 +54,8 @@ const OUT_PER_RX: usize = 24;
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 /// One batch in this many has its processing time recorded.
 const LATENCY_SAMPLE: u64 = 8;
-/// How often a worker looks for legs gone idle and streams stopped.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// The longest a worker waits for datagrams before it looks at its messages again.
+const MAX_WAIT: Duration = Duration::from_millis(5);
 
 /// One worker's state.
 pub struct Worker {
@@ -167,15 +168,17 @@ impl Worker {
     /// Runs until told to stop.
     pub fn run(mut self) {
         let mut last_snapshot = WallInstant::now();
-        let mut last_sweep = WallInstant::now();
         loop {
             if !self.drain_inbox() {
                 break;
             }
             let t0 = WallInstant::now();
             let now = self.now();
+            // Sleep until the core's next deadline (uplink reports, the sweep), at most 5 ms so
+            // messages between batches are not kept waiting.
+            let wait = Duration::from_nanos(self.core.poll_timeout().as_nanos().saturating_sub(now.as_nanos())).min(MAX_WAIT);
             let (core, out) = (&mut self.core, &mut self.out);
-            let n = match self.io.recv_batch(Some(Duration::from_millis(5)), |port, src, buf| core.handle_rx(now, port, src, buf, out)) {
+            let n = match self.io.recv_batch(Some(wait), |port, src, buf| core.handle_rx(now, port, src, buf, out)) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(worker = self.index, error = %e, "receive failed");
@@ -191,11 +194,11 @@ impl Worker {
                     let _ = self.latency.record(t0.elapsed().as_nanos().max(1) as u64);
                 }
             }
-            if last_sweep.elapsed() >= SWEEP_EVERY {
-                let now = self.now();
-                self.core.sweep(now);
+            let now = self.now();
+            if self.core.poll_timeout() <= now {
+                self.core.handle_timeout(now, &mut self.out);
+                self.flush();
                 self.route_events();
-                last_sweep = WallInstant::now();
             }
             if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
                 self.publish();

@@ -34,7 +34,7 @@ fn setup() -> Core {
             rx: material(n as u8),
             tx: material(n as u8 + 100),
             feedback_ssrc: Ssrc(0xf0 + n),
-            edge: None,
+            edge: None, feedback: Default::default()
         }));
     }
     ops.push(Op::UpsertTrack(TrackSpec {

@@ -59,7 +59,7 @@ fn start_daemon(dir: &TempDir, backend: &str) -> (Daemon, std::path::PathBuf) {
 
 fn dummy_leg(n: u32) -> LegSpec {
     let k = KeyMaterial { profile: Profile::AeadAes128Gcm, key: vec![1; 16], salt: vec![2; 12] };
-    LegSpec { id: LegId(900_000 + n), local_port: 39_000 + (n % 500) as u16, remote: None, rx: k.clone(), tx: k, feedback_ssrc: Ssrc(1), edge: None }
+    LegSpec { id: LegId(900_000 + n), local_port: 39_000 + (n % 500) as u16, remote: None, rx: k.clone(), tx: k, feedback_ssrc: Ssrc(1), edge: None, feedback: Default::default() }
 }
 
 /// Runs meeting `m` of `size` through a fresh daemon on `backend` for `ticks` × 20 ms.

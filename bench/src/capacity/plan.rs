@@ -141,7 +141,7 @@ impl Plan {
                     rx: up.clone(),
                     tx: down.clone(),
                     feedback_ssrc: Ssrc(0xfeed_0000 + id),
-                    edge: None,
+                    edge: None, feedback: Default::default()
                 }));
                 plan.participants.push(Member { leg: LegId(id), meeting: m, up, down, port: 0 });
             }

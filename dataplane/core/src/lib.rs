@@ -20,5 +20,6 @@ pub mod srtp;
 pub mod stats;
 pub mod table;
 pub mod time;
+pub mod uplink;
 pub mod verdict;
 pub mod wire;

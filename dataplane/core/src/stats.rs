@@ -32,6 +32,12 @@ pub struct CoreStats {
     /// STUN/DTLS datagrams of WebRTC legs queued for the slow path.
     #[cfg_attr(feature = "serde", serde(default))]
     pub slow_path: u64,
+    /// Receiver reports (RR + SDES compounds) sent to publishers.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub rtcp_reports_sent: u64,
+    /// Transport-cc feedback packets sent to publishers.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub twcc_feedback_sent: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }

@@ -28,6 +28,7 @@ pub mod rewrite;
 pub mod rtx_cache;
 
 mod rtcp;
+mod uplink;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ pub const LEG_IDLE_AFTER: core::time::Duration = core::time::Duration::from_secs
 /// A layer that received no packet for this long is reported stopped. Opus with DTX still sends
 /// a packet every 400 ms; a paused simulcast layer sends nothing.
 pub const STREAM_STOPPED_AFTER: core::time::Duration = core::time::Duration::from_secs(2);
+/// How often [`Core::handle_timeout`] looks for legs gone idle and layers stopped.
+pub const SWEEP_INTERVAL: core::time::Duration = core::time::Duration::from_millis(250);
 
 /// Something the control plane may want to know, polled with [`Core::poll_event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,6 +251,10 @@ pub struct Core {
     events: VecDeque<Event>,
     shard: Shard,
     handoffs: VecDeque<Handoff>,
+    /// When the idle/stopped sweep runs next.
+    next_sweep: Instant,
+    /// The earliest uplink report deadline of the legs this core owns, if any.
+    next_uplink: Option<Instant>,
 }
 
 fn push_handoff(handoffs: &mut VecDeque<Handoff>, to: u16, leg: LegId, bytes: &[u8]) -> bool {
@@ -289,6 +296,8 @@ impl Core {
             shard: config.shard,
             handoffs: VecDeque::with_capacity(HANDOFF_QUEUE),
             slow: VecDeque::with_capacity(SLOW_QUEUE),
+            next_sweep: Instant::default(),
+            next_uplink: None,
         }
     }
 
@@ -443,9 +452,36 @@ impl Core {
         }
     }
 
-    /// Reports legs and layers that went quiet ([`Event::LegIdle`], [`Event::StreamStopped`]).
-    /// Call it now and then (every few hundred milliseconds); it walks the whole table.
-    pub fn sweep(&mut self, now: Instant) {
+    /// Runs what is due at `now`: uplink reports to publishers (RR, transport-cc) and the sweep
+    /// for legs and layers gone quiet ([`Event::LegIdle`], [`Event::StreamStopped`]). Packets go
+    /// to `out`; when it fills up, the rest stays due ([`Core::poll_timeout`] says `now`). Call
+    /// it whenever `poll_timeout` has passed (and calling it early is harmless).
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut OutBatch) {
+        if self.next_uplink.is_some_and(|t| t <= now) {
+            let before = out.len();
+            let shard = self.shard;
+            self.next_uplink = uplink::run(now, self.tables.legs_mut(), |port| shard.owns(port), out, &mut self.stats);
+            for (_, p) in out.iter().skip(before) {
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += p.len() as u64;
+            }
+            if out.remaining() == 0 {
+                self.next_uplink = Some(now);
+            }
+        }
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + SWEEP_INTERVAL;
+        }
+    }
+
+    /// When [`Core::handle_timeout`] next has work: the caller sleeps no longer than this.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_uplink.map_or(self.next_sweep, |u| u.min(self.next_sweep))
+    }
+
+    /// Walks the whole table for legs and layers that went quiet.
+    fn sweep(&mut self, now: Instant) {
         for leg in self.tables.legs_mut() {
             if leg.activity.expire(now, LEG_IDLE_AFTER) {
                 push_event(&mut self.events, Event::LegIdle { leg: leg.spec.id });
@@ -479,6 +515,9 @@ impl Core {
             None => self.learn_ssrc(leg_id, ssrc, buf)?,
         };
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        if let Some(d) = uplink::record(now, leg, idx, &buf[..plain_len]) {
+            self.next_uplink = Some(self.next_uplink.map_or(d, |t| t.min(d)));
+        }
         let ingress = &leg.ingress[idx];
         let (track_id, layer, is_rtx) = (ingress.track, ingress.layer, ingress.rtx);
         self.seen(now, leg_id, remote);

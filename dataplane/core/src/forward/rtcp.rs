@@ -121,10 +121,12 @@ fn subscription_of(tables: &Tables, leg_id: LegId, out_ssrc: Ssrc) -> Option<(Tr
 
 fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtcp::SenderReport<&[u8]>) {
     let ssrc: Ssrc = sr.sender_ssrc();
-    let Some(leg) = tables.leg(leg_id) else { return };
-    let Some(ingress) = leg.ingress.iter().find(|i| i.ssrc == ssrc && !i.rtx) else { return };
-    let track_id = ingress.track;
     let info = sr.sender_info();
+    let Some(leg) = tables.leg_mut(leg_id) else { return };
+    let Some(ingress) = leg.ingress.iter_mut().find(|i| i.ssrc == ssrc && !i.rtx) else { return };
+    // For the DLSR of the receiver reports Sluice sends this publisher.
+    ingress.stats.record_sr(ctx.now, info.ntp_timestamp);
+    let track_id = ingress.track;
     let Some((track, legs)) = tables.track_and_legs_mut(track_id) else { return };
     for sub in &mut track.subs {
         if sub.paused {

@@ -38,7 +38,7 @@ fn peer(n: u32) -> (Peer, LegSpec) {
         rx: up.clone(),
         tx: down.clone(),
         feedback_ssrc: Ssrc(0xf000_0000 + n),
-        edge: None,
+        edge: None, feedback: Default::default()
     };
     let p = Peer {
         leg: LegId(n),
@@ -695,13 +695,17 @@ fn legs_and_streams_report_active_idle_started_and_stopped_once_per_transition()
         ]
     );
     // Quiet for less than the thresholds: nothing; past the stream's: stopped; past the leg's: idle.
-    m.core.sweep(ms(180) + STREAM_STOPPED_AFTER / 2);
+    m.core.handle_timeout(ms(180) + STREAM_STOPPED_AFTER / 2, &mut m.out);
+    m.out.clear();
     assert!(events(&mut m).is_empty());
-    m.core.sweep(ms(180) + STREAM_STOPPED_AFTER);
+    m.core.handle_timeout(ms(180) + STREAM_STOPPED_AFTER, &mut m.out);
+    m.out.clear();
     assert_eq!(events(&mut m), vec![Event::StreamStopped { track: TrackId(1), layer: 0 }]);
-    m.core.sweep(ms(180) + LEG_IDLE_AFTER);
+    m.core.handle_timeout(ms(180) + LEG_IDLE_AFTER, &mut m.out);
+    m.out.clear();
     assert_eq!(events(&mut m), vec![Event::LegIdle { leg: leg1 }]);
-    m.core.sweep(ms(180) + LEG_IDLE_AFTER * 2);
+    m.core.handle_timeout(ms(180) + LEG_IDLE_AFTER * 2, &mut m.out);
+    m.out.clear();
     assert!(events(&mut m).is_empty(), "each transition is reported once");
     // Media resumes: active and started again (the remote was already latched).
     let wire = m.peers[0].send_rtp(&rtp_packet(0x1111, 20, 9600, 111, &[1; 40]));
@@ -710,4 +714,120 @@ fn legs_and_streams_report_active_idle_started_and_stopped_once_per_transition()
         events(&mut m),
         vec![Event::LegActive { leg: leg1, remote: addr1 }, Event::StreamStarted { track: TrackId(1), layer: 0 }]
     );
+}
+
+/// An RTP packet carrying transport-wide sequence number `tseq` in one-byte extension `ext`.
+fn rtp_packet_twcc(ssrc: u32, seq: u16, ts: u32, ext: u8, tseq: u16) -> Vec<u8> {
+    let mut v = rtp_packet(ssrc, seq, ts, 111, &[]);
+    v[0] |= 0x10;
+    let [a, b] = tseq.to_be_bytes();
+    v.extend_from_slice(&[0xBE, 0xDE, 0, 1, (ext << 4) | 1, a, b, 0]);
+    v.extend_from_slice(&[7; 60]);
+    v
+}
+
+/// The uplink half of the feedback loop: a publisher that negotiated transport-cc gets
+/// transport-cc feedback with every arrival within one tick, and receiver reports (RR + SDES)
+/// with its loss and highest sequence number, protected with its leg's key; nothing is sent
+/// before media arrives.
+#[test]
+fn publishers_get_receiver_reports_and_transport_cc_feedback() {
+    let mut m = Meeting::new(2);
+    let (_, mut spec) = peer(1);
+    spec.feedback.twcc_ext = Some(5);
+    m.apply(vec![Op::UpsertLeg(spec), Op::UpsertTrack(audio_track(1, 1, 0x1111))]).unwrap();
+    let mut out = OutBatch::new(64);
+    m.core.handle_timeout(ms(0), &mut out);
+    assert!(out.is_empty(), "nothing to report before media");
+    assert_eq!(m.core.poll_timeout(), ms(0) + SWEEP_INTERVAL);
+
+    let mut arrivals = Vec::new();
+    let mut rr = Vec::new();
+    let mut fb = Vec::new();
+    let mut collect = |m: &mut Meeting, out: &mut OutBatch| {
+        for (meta, bytes) in out.iter() {
+            assert_eq!(meta.leg, LegId(1), "feedback goes to the publisher only");
+            let plain = m.peers[0].recv(bytes);
+            for p in rtcp::compound(&plain) {
+                let p = p.unwrap();
+                match p.kind() {
+                    rtcp::Kind::ReceiverReport => rr.push(rtcp::ReceiverReport::new_checked(p.as_bytes()).unwrap().report_block(0).unwrap().info()),
+                    rtcp::Kind::TransportCc => fb.push(p.as_bytes().to_vec()),
+                    rtcp::Kind::Sdes => {}
+                    k => panic!("unexpected {k:?}"),
+                }
+            }
+        }
+        out.clear();
+    };
+    for k in 0..100u16 {
+        let at = ms(1_000 + u64::from(k) * 20) + core::time::Duration::from_micros(u64::from(k % 7) * 300);
+        if k != 10 {
+            let wire = m.peers[0].send_rtp(&rtp_packet_twcc(0x1111, 500 + k, 960 * u32::from(k), 5, 9000 + k));
+            m.deliver(0, &wire, at);
+            arrivals.push((9000 + k, at));
+            assert!(m.core.poll_timeout() <= at + crate::uplink::TWCC_INTERVAL, "feedback due within its interval");
+        }
+        // The worker's loop: run the core's timer whenever it is due.
+        if m.core.poll_timeout() <= at {
+            m.core.handle_timeout(at, &mut out);
+            collect(&mut m, &mut out);
+        }
+    }
+    m.core.handle_timeout(ms(4_000), &mut out);
+    collect(&mut m, &mut out);
+
+    // Transport-cc: every packet, the lost one as lost, arrivals within a 250 µs tick.
+    assert!(fb.len() >= 30, "feedback every 50 ms over 2 s: {}", fb.len());
+    let mut reported = std::collections::BTreeMap::new();
+    for p in &fb {
+        let t = rtcp::TransportCc::new_checked(&p[..]).unwrap();
+        assert_eq!(t.sender_ssrc(), Ssrc(0xf000_0001));
+        let mut at = i64::from(t.reference_time()) * 64_000;
+        for r in t.packets() {
+            let r = r.unwrap();
+            let a = r.delta.map(|d| {
+                at += i64::from(d) * 250;
+                at
+            });
+            assert!(reported.insert(r.seq, a).is_none(), "{} reported twice", r.seq);
+        }
+    }
+    assert_eq!(reported.len(), 100);
+    assert_eq!(reported[&9010], None);
+    for (seq, at) in &arrivals {
+        let got = reported[seq].unwrap_or_else(|| panic!("{seq} reported lost"));
+        assert!((at.as_nanos() as i64 / 1000 - got).abs() < 250, "{seq}");
+    }
+    // Receiver reports: the first after half a second (WebRTC-like interval), then every second.
+    assert!((2..=4).contains(&rr.len()), "{} receiver reports in 3 s", rr.len());
+    let last = rr.last().unwrap();
+    assert_eq!((last.ssrc, last.highest_seq, last.cumulative_lost), (Ssrc(0x1111), 599, 1));
+    assert_eq!(m.core.stats().twcc_feedback_sent as usize, fb.len());
+    assert_eq!(m.core.stats().rtcp_reports_sent as usize, rr.len());
+}
+
+/// A leg that negotiated nothing (a static-key SDES peer) gets receiver reports only, at RFC
+/// 3550's 5 s interval.
+#[test]
+fn static_key_publishers_get_receiver_reports_only() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111))]).unwrap();
+    let mut out = OutBatch::new(64);
+    let mut kinds = Vec::new();
+    for k in 0..600u16 {
+        let at = ms(u64::from(k) * 20);
+        let wire = m.peers[0].send_rtp(&rtp_packet_twcc(0x1111, k, 960 * u32::from(k), 5, k));
+        m.deliver(0, &wire, at);
+        if m.core.poll_timeout() <= at {
+            m.core.handle_timeout(at, &mut out);
+            for (_, bytes) in out.iter() {
+                let plain = m.peers[0].recv(bytes);
+                kinds.extend(rtcp::compound(&plain).map(|p| p.unwrap().kind()));
+            }
+            out.clear();
+        }
+    }
+    // 12 s of media: at 2.5 s and 7.5 s.
+    assert_eq!(kinds, vec![rtcp::Kind::ReceiverReport, rtcp::Kind::Sdes, rtcp::Kind::ReceiverReport, rtcp::Kind::Sdes]);
 }

@@ -25,8 +25,10 @@ use crate::forward::rtx_cache::RtxCache;
 use crate::ids::{Generation, LegId, Pt, Ssrc, TrackId};
 use crate::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 use crate::time::Instant;
+use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
+    FeedbackSpec,
     Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op,
     PayloadSpec, SubscriptionSpec, TrackSpec,
 };
@@ -133,6 +135,10 @@ pub struct Ingress {
     pub rtx: bool,
     /// SRTP receive state (ROC, replay window).
     pub recv: RtpRecvState,
+    /// RFC 3550 receive statistics, for the receiver reports Sluice sends the publisher.
+    pub stats: RecvStats,
+    /// The track's RTP clock rate (for interarrival jitter).
+    pub clock_rate: u32,
 }
 
 /// A leg and its runtime state.
@@ -162,6 +168,8 @@ pub struct Leg {
     pub stats: LegStats,
     /// Runtime state of a WebRTC leg (`spec.edge` is set).
     pub edge: Option<EdgeState>,
+    /// What Sluice, as the receiver of the participant's media, reports back to it.
+    pub uplink: Uplink,
 }
 
 /// What a WebRTC leg learned at run time, kept across every upsert (and full resync) that leaves
@@ -641,13 +649,15 @@ impl Tables {
         if leg.ingress_index(ssrc).is_some() {
             return None;
         }
-        let state = self.tracks.get_mut(&track_id)?.layers.get_mut(usize::from(layer))?;
+        let track = self.tracks.get_mut(&track_id)?;
+        let clock_rate = track.spec.clock_rate;
+        let state = track.layers.get_mut(usize::from(layer))?;
         if rtx {
             state.rtx_ssrc = Some(ssrc);
         } else {
             state.ssrc = Some(ssrc);
         }
-        leg.ingress.push(Ingress { ssrc, track: track_id, layer, rtx, recv });
+        leg.ingress.push(Ingress { ssrc, track: track_id, layer, rtx, recv, stats: RecvStats::default(), clock_rate });
         Some(leg.ingress.len() - 1)
     }
 
@@ -781,6 +791,9 @@ impl Tables {
         if spec.local_port == 0 {
             return Err(DeltaError::Invalid { op, field: "leg.local_port", why: "must not be 0" });
         }
+        if spec.feedback.twcc_ext.is_some_and(|id| !(1..=14).contains(&id)) {
+            return Err(DeltaError::Invalid { op, field: "leg.feedback.twcc_ext", why: "header-extension ids are 1..=14" });
+        }
         let rx = SrtpKeys::new(spec.rx.profile, &spec.rx.key, &spec.rx.salt)
             .map_err(|_| DeltaError::Invalid { op, field: "leg.rx", why: "key or salt length does not match the profile" })?;
         let tx = SrtpKeys::new(spec.tx.profile, &spec.tx.key, &spec.tx.salt)
@@ -798,6 +811,7 @@ impl Tables {
                 if !keep_edge {
                     leg.edge = spec.edge.as_ref().map(|_| EdgeState::new());
                 }
+                leg.uplink.respec(&spec.feedback);
                 if spec.remote.is_some() {
                     leg.remote = spec.remote;
                 }
@@ -824,6 +838,7 @@ impl Tables {
                         activity: Activity::default(),
                         stats: LegStats::default(),
                         edge: spec.edge.as_ref().map(|_| EdgeState::new()),
+                        uplink: Uplink::new(&spec.feedback),
                     },
                 );
                 self.by_port.insert(spec.local_port, spec.id);
@@ -1059,11 +1074,15 @@ impl Tables {
             for (layer, l) in t.layers.iter().enumerate() {
                 for (ssrc, rtx) in [(l.ssrc, false), (l.rtx_ssrc, true)] {
                     let Some(ssrc) = ssrc else { continue };
-                    let recv = match old.iter().position(|i| i.ssrc == ssrc) {
-                        Some(p) => old.swap_remove(p).recv,
-                        None => RtpRecvState::new(window),
+                    let (recv, stats) = match old.iter().position(|i| i.ssrc == ssrc) {
+                        Some(p) => {
+                            let i = old.swap_remove(p);
+                            (i.recv, i.stats)
+                        }
+                        None => (RtpRecvState::new(window), RecvStats::default()),
                     };
-                    leg.ingress.push(Ingress { ssrc, track: tid, layer: layer as u8, rtx, recv });
+                    let clock_rate = t.spec.clock_rate;
+                    leg.ingress.push(Ingress { ssrc, track: tid, layer: layer as u8, rtx, recv, stats, clock_rate });
                 }
             }
         }
@@ -1113,6 +1132,7 @@ impl Tables {
             activity: leg.activity,
             stats: leg.stats,
             edge: leg.edge.clone(),
+            uplink: leg.uplink.clone(),
         };
         undo.push(Undo::LegReplaced(Box::new(copy)));
     }

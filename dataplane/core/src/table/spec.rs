@@ -48,6 +48,27 @@ pub struct LegSpec {
     /// exported, and sends none while ICE consent is missing. `None`: static keys.
     #[cfg_attr(feature = "serde", serde(default))]
     pub edge: Option<Box<EdgeSpec>>,
+    /// The congestion feedback the participant negotiated for what it sends us (receiver
+    /// reports are always sent).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub feedback: FeedbackSpec,
+}
+
+/// Congestion feedback towards a participant about the media it sends (the uplink): what its
+/// offer negotiated, so its send-side bandwidth estimator can ramp.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct FeedbackSpec {
+    /// The participant's header-extension id of transport-wide-cc-01
+    /// (`http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01`, 1..=14 in
+    /// the one-byte form): Sluice reads its transport-wide sequence numbers and sends
+    /// transport-cc feedback (`a=rtcp-fb:* transport-cc`). `None`: not negotiated.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub twcc_ext: Option<u8>,
+    /// `a=rtcp-fb:* goog-remb` negotiated: Sluice sends REMB with its estimate of the rate the
+    /// participant's uplink carries.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub remb: bool,
 }
 
 /// ICE short-term credentials (RFC 8445 §5.3): `a=ice-ufrag` / `a=ice-pwd`.

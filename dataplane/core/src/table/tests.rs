@@ -8,7 +8,7 @@ fn keys(seed: u8) -> KeyMaterial {
 }
 
 fn leg(n: u32) -> LegSpec {
-    LegSpec { id: LegId(n), local_port: 30_000 + n as u16, remote: None, rx: keys(1), tx: keys(2), feedback_ssrc: Ssrc(n), edge: None }
+    LegSpec { id: LegId(n), local_port: 30_000 + n as u16, remote: None, rx: keys(1), tx: keys(2), feedback_ssrc: Ssrc(n), edge: None, feedback: Default::default() }
 }
 
 fn track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {

@@ -1106,201 +1106,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Nack<T> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Transport-wide CC feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1),
-// RTPFB FMT 15
-//
-// |V=2|P|  FMT=15 |    PT=205     |           length              |  0
-// |                     SSRC of packet sender                     |  4
-// |                      SSRC of media source                     |  8
-// |      base sequence number     |      packet status count      | 12
-// |                 reference time                | fb pkt. count | 16
-// |          packet chunk         |         packet chunk          | 20 ...
-// |         recv delta            |  recv delta   | ...
-// ---------------------------------------------------------------------------------------------
-
-view! {
-    /// A transport-wide congestion control feedback packet: header fields, the raw chunks and
-    /// deltas ([`TransportCc::chunks_and_deltas`]) and their decoding ([`TransportCc::packets`]).
-    TransportCc
-}
-feedback_ssrcs!(TransportCc);
-
-impl<T: AsRef<[u8]>> TransportCc<T> {
-    /// Checks RTPFB FMT 15 and that the fixed fields fit.
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let body_end = check_typed(
-            buffer.as_ref(),
-            PT_RTPFB,
-            Some(FMT_TRANSPORT_CC),
-            FEEDBACK_FCI + 8,
-        )?;
-        Ok(TransportCc { buffer, body_end })
-    }
-
-    /// Transport-wide sequence number of the first packet reported.
-    pub fn base_sequence_number(&self) -> u16 {
-        be16(self.buf(), 12)
-    }
-
-    /// Number of packets whose status is reported.
-    pub fn packet_status_count(&self) -> u16 {
-        be16(self.buf(), 14)
-    }
-
-    /// Reference time, 24-bit signed, in multiples of 64 ms.
-    pub fn reference_time(&self) -> i32 {
-        ((be24(self.buf(), 16) << 8) as i32) >> 8
-    }
-
-    /// Feedback packet count, for detecting lost feedback.
-    pub fn feedback_packet_count(&self) -> u8 {
-        self.buf()[19]
-    }
-
-    /// The packet chunks and receive deltas, undecoded.
-    pub fn chunks_and_deltas(&self) -> &[u8] {
-        &self.buf()[FEEDBACK_FCI + 8..self.body_end]
-    }
-
-    /// Decodes the packet status chunks and receive deltas: one item per reported packet, in
-    /// sequence order. Yields one `Err(BadLength)` and stops if chunks or deltas run out.
-    pub fn packets(&self) -> TwccPackets<'_> {
-        let data = self.chunks_and_deltas();
-        let count = self.packet_status_count();
-        // Deltas start after the last chunk, so find it first (RFC-draft §3.1.1: chunks come
-        // first, then all deltas). Each chunk covers at least one status except a zero-length
-        // run, and each step consumes two bytes, so this is bounded by the data length.
-        let mut covered = 0u32;
-        let mut pos = 0usize;
-        while covered < u32::from(count) && pos + 2 <= data.len() {
-            covered += u32::from(twcc_chunk_len(be16(data, pos)));
-            pos += 2;
-        }
-        TwccPackets {
-            data,
-            chunk_pos: 0,
-            delta_pos: pos,
-            seq: self.base_sequence_number(),
-            left: count,
-            chunk: 0,
-            chunk_left: 0,
-            chunk_idx: 0,
-            done: false,
-        }
-    }
-}
-
-// Packet status chunks (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1.3, §3.1.4):
-//
-//  run length:     |T=0| S (2) |        run length (13)          |
-//  status vector:  |T=1|S=0| fourteen 1-bit symbols (0 = not received, 1 = small delta) |
-//                  |T=1|S=1| seven 2-bit symbols                                       |
-//
-// Symbols: 0 not received, 1 received with a 1-byte unsigned delta, 2 received with a 2-byte
-// signed delta, 3 reserved. Deltas are in 250 us ticks.
-
-fn twcc_chunk_len(chunk: u16) -> u16 {
-    match chunk >> 14 {
-        0 | 1 => chunk & 0x1FFF,
-        2 => 14,
-        _ => 7,
-    }
-}
-
-/// Reception status of one packet in a transport-cc feedback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TwccStatus {
-    /// Not received.
-    NotReceived,
-    /// Received, 1-byte unsigned delta.
-    SmallDelta,
-    /// Received, 2-byte signed delta.
-    LargeDelta,
-    /// The reserved symbol 3; no delta follows.
-    Reserved,
-}
-
-/// One packet reported in a transport-cc feedback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TwccPacket {
-    /// Transport-wide sequence number.
-    pub seq: u16,
-    /// Its status.
-    pub status: TwccStatus,
-    /// Receive delta in 250 us ticks, for received packets.
-    pub delta: Option<i16>,
-}
-
-/// Iterator over the packets of a transport-cc feedback; see [`TransportCc::packets`].
-#[derive(Debug, Clone)]
-pub struct TwccPackets<'a> {
-    data: &'a [u8],
-    chunk_pos: usize,
-    delta_pos: usize,
-    seq: u16,
-    left: u16,
-    chunk: u16,
-    chunk_left: u16,
-    chunk_idx: u16,
-    done: bool,
-}
-
-impl TwccPackets<'_> {
-    fn fail(&mut self) -> Option<Result<TwccPacket, WireError>> {
-        self.done = true;
-        Some(Err(WireError::BadLength))
-    }
-}
-
-impl Iterator for TwccPackets<'_> {
-    type Item = Result<TwccPacket, WireError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done || self.left == 0 {
-            return None;
-        }
-        while self.chunk_left == 0 {
-            if self.chunk_pos + 2 > self.data.len() {
-                return self.fail();
-            }
-            self.chunk = be16(self.data, self.chunk_pos);
-            self.chunk_pos += 2;
-            self.chunk_left = twcc_chunk_len(self.chunk);
-            self.chunk_idx = 0;
-        }
-        let symbol = match self.chunk >> 14 {
-            0 | 1 => (self.chunk >> 13) & 0b11,
-            2 => (self.chunk >> (13 - self.chunk_idx)) & 0b1,
-            _ => (self.chunk >> (12 - 2 * self.chunk_idx)) & 0b11,
-        };
-        self.chunk_idx += 1;
-        self.chunk_left -= 1;
-        let (status, delta) = match symbol {
-            0 => (TwccStatus::NotReceived, None),
-            1 => {
-                let Some(&d) = self.data.get(self.delta_pos) else {
-                    return self.fail();
-                };
-                self.delta_pos += 1;
-                (TwccStatus::SmallDelta, Some(i16::from(d)))
-            }
-            2 => {
-                if self.delta_pos + 2 > self.data.len() {
-                    return self.fail();
-                }
-                let d = be16(self.data, self.delta_pos) as i16;
-                self.delta_pos += 2;
-                (TwccStatus::LargeDelta, Some(d))
-            }
-            _ => (TwccStatus::Reserved, None),
-        };
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        self.left -= 1;
-        Some(Ok(TwccPacket { seq, status, delta }))
-    }
-}
+mod twcc;
+pub use twcc::{TransportCc, TwccPacket, TwccPackets, TwccStatus, write_transport_cc};
 
 // ---------------------------------------------------------------------------------------------
 // PLI (RFC 4585 §6.3.1), PSFB FMT 1: the common feedback header, no FCI.
@@ -1596,6 +1403,22 @@ pub fn write_sr(
     Ok(total)
 }
 
+/// Writes an SDES packet with one chunk: `ssrc`'s CNAME (RFC 3550 §6.5.1), the item list ended
+/// by a null octet and padded to 32 bits; returns the length. A receiver report's compound
+/// carries it (RFC 3550 §6.1). `cname` is at most 255 bytes.
+pub fn write_sdes_cname(buf: &mut [u8], ssrc: Ssrc, cname: &[u8]) -> Result<usize, WireError> {
+    let len = u8::try_from(cname.len()).map_err(|_| WireError::OutOfRange)?;
+    // Header, SSRC, type + length + text, at least one null octet, padded to a word.
+    let total = (HEADER_LEN + 4 + 2 + cname.len() + 1).next_multiple_of(4);
+    write_header(buf, 1, PT_SDES, total)?;
+    set_be32(buf, 4, ssrc.0);
+    buf[8] = SDES_CNAME;
+    buf[9] = len;
+    buf[10..10 + cname.len()].copy_from_slice(cname);
+    buf[10 + cname.len()..total].fill(0);
+    Ok(total)
+}
+
 /// Writes a REMB (draft-alvestrand-rmcat-remb-03) for up to 255 SSRCs; returns the length.
 pub fn write_remb(
     buf: &mut [u8],
@@ -1633,6 +1456,20 @@ mod tests {
             last_sr: 0xAABB_CCDD,
             delay_since_last_sr: 65536,
         }
+    }
+
+    #[test]
+    fn written_sdes_cname_reads_back() {
+        for cname in [&b""[..], b"s", b"sluice", b"sluice!", &[b'x'; 255]] {
+            let mut buf = [0u8; 300];
+            let n = write_sdes_cname(&mut buf, Ssrc(0xABCD), cname).unwrap();
+            assert_eq!(n % 4, 0);
+            let sdes = Sdes::new_checked(&buf[..n]).unwrap();
+            let chunk = sdes.chunks().next().unwrap();
+            assert_eq!(chunk.ssrc, Ssrc(0xABCD));
+            assert_eq!(chunk.cname(), Some(cname));
+        }
+        assert_eq!(write_sdes_cname(&mut [0u8; 300], Ssrc(1), &[b'x'; 256]), Err(WireError::OutOfRange));
     }
 
     /// Every strict prefix of a written packet must be refused by the generic and typed views.
