@@ -128,6 +128,8 @@ impl MLine {
 const EXT_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 const EXT_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 const EXT_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+/// Transport-wide sequence numbers: Sluice sends transport-cc feedback for what it receives.
+const EXT_TWCC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 /// A participant in a room.
 #[derive(Clone, Debug)]
@@ -182,7 +184,7 @@ fn subscribe(subscriber: (&str, &Member), publisher: (&str, &Member), slot: usiz
 
 /// Sluice's answer: ICE-lite, DTLS passive, the camera's simulcast received, each receive slot
 /// sent on its announced SSRC.
-fn answer(offer: &Offer, w: &pb::WebRtcLocal, me: &Member) -> anyhow::Result<String> {
+fn answer(offer: &Offer, w: &pb::WebRtcLocal, me: &Member, twcc_ext: Option<u32>) -> anyhow::Result<String> {
     let c = w.candidates.first().ok_or_else(|| anyhow!("Sluice announced no candidate"))?;
     let mids: Vec<&str> = offer.mlines.iter().map(|m| m.mid.as_str()).collect();
     let mut s = vec![
@@ -226,6 +228,12 @@ fn answer(offer: &Offer, w: &pb::WebRtcLocal, me: &Member) -> anyhow::Result<Str
         s.extend(codec_lines);
         if m.direction == "sendonly" {
             s.push("a=recvonly".into());
+            // Transport-wide congestion control on what the participant sends, when its offer
+            // has it with the id the leg was programmed with (one id per transport).
+            if let Some(id) = m.ext(EXT_TWCC).filter(|id| Some(*id) == twcc_ext) {
+                s.push(format!("a=extmap:{id} {EXT_TWCC}"));
+                s.push(format!("a=rtcp-fb:{} transport-cc", pts[0]));
+            }
             if video {
                 for uri in [EXT_MID, EXT_RID, EXT_RRID] {
                     if let Some(id) = m.ext(uri) {
@@ -339,11 +347,15 @@ impl Signaling {
         if others.len() > SLOTS {
             bail!("room {room:?} is full ({} participants)", SLOTS + 1);
         }
+        // Sluice reads one transport-wide sequence number per leg: the camera's id, which a
+        // browser uses on every m-line of the bundle.
+        let twcc_ext = video.ext(EXT_TWCC).filter(|id| (1..=14).contains(id));
         let mut changes = vec![
             pb::Change {
                 change: Some(C::Leg(pb::Leg {
                     id: name.into(),
                     feedback_ssrc: 0x5eed_0000 + seq,
+                    feedback: Some(pb::UplinkFeedback { transport_cc_ext: twcc_ext, remb: false }),
                     webrtc: Some(pb::WebRtc {
                         remote_ice_ufrag: offer.ufrag.clone(),
                         remote_ice_pwd: offer.pwd.clone(),
@@ -400,7 +412,7 @@ impl Signaling {
             .map_err(|s| anyhow!("Routes.Apply: {}", s.message()))?
             .into_inner();
         let w = resp.ports.iter().find(|p| p.leg == name).and_then(|p| p.webrtc.clone()).ok_or_else(|| anyhow!("no WebRTC answer for {name}"))?;
-        let sdp = answer(&offer, &w, &me)?;
+        let sdp = answer(&offer, &w, &me, twcc_ext)?;
         let r = rooms.rooms.entry(room.into()).or_default();
         r.extend(updated);
         r.insert(name.into(), me);
