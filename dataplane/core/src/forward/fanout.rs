@@ -1,11 +1,13 @@
 //! Media fan-out: one decrypted publisher packet → one rewritten, re-protected copy per
 //! subscription that wants it. Also the other places a packet is sent to a subscriber
 //! (retransmissions from the cache, publisher RTX) and keyframe requests upstream, so every
-//! output is built by the same [`send_copy`].
+//! output is built by the same [`send_copy`] (see `egress`), and each subscription decides
+//! through the same gate (see `select`).
 
 use std::collections::VecDeque;
 
-use super::rewrite::Rewritten;
+use super::egress::{publisher_twcc, send_copy};
+use super::select::{self, Media};
 use super::{Event, KEYFRAME_REQUEST_INTERVAL, OutBatch, OutMeta, push_event};
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
 use crate::stats::CoreStats;
@@ -60,42 +62,25 @@ pub(super) fn rtp(
     if track.subs.is_empty() {
         return Err(DropReason::NoSubscribers);
     }
-    let clock_rate = track.spec.clock_rate;
+    let media = Media { track: track.spec.id, ssrc, layer, seq, ts, keyframe, clock_rate: track.spec.clock_rate };
+    let twcc_from = publisher_twcc(legs, track.spec.publisher);
     let mut sent = 0usize;
     let mut reason = DropReason::LayerFiltered;
     let mut want_keyframe = 0u8;
     for sub in &mut track.subs {
-        if sub.paused {
-            reason = DropReason::Paused;
-            continue;
-        }
-        let on_layer = sub.current_layer == Some(layer);
-        let rewritten = if sub.target_layer == layer && !on_layer {
-            if !keyframe {
-                want_keyframe |= 1 << layer;
-                continue;
+        let v = select::gate(ctx, sub, &media);
+        want_keyframe |= v.want_keyframe;
+        let Some(rewritten) = v.send else {
+            if v.reason != DropReason::LayerFiltered {
+                reason = v.reason;
             }
-            let r = sub.rewriter.switch_to(ctx.now, ssrc, seq, ts, clock_rate);
-            sub.current_layer = Some(layer);
-            ctx.stats.layer_switches += 1;
-            push_event(ctx.events, Event::LayerSwitched { track: track.spec.id, subscriber: sub.subscriber, layer });
-            r
-        } else if on_layer {
-            if sub.target_layer != layer {
-                want_keyframe |= 1 << sub.target_layer;
-            }
-            match sub.rewriter.rewrite(ctx.now, ssrc, seq, ts) {
-                Some(r) => r,
-                None => continue,
-            }
-        } else {
             continue;
         };
         let Some(out_pt) = sub.map_pt(pt) else {
             reason = DropReason::UnknownPayloadType;
             continue;
         };
-        match send_copy(ctx, sub, legs, plain, rewritten, out_pt, None) {
+        match send_copy(ctx, sub, legs, plain, rewritten, out_pt, None, twcc_from) {
             Ok(()) => sent += 1,
             Err(r) => reason = r,
         }
@@ -148,6 +133,7 @@ fn publisher_rtx(
     if let Some(cache) = &mut track.layers[usize::from(layer)].cache {
         cache.insert(osn, orig);
     }
+    let twcc_from = publisher_twcc(legs, track.spec.publisher);
     let mut sent = 0;
     for sub in &mut track.subs {
         if sub.paused {
@@ -163,7 +149,7 @@ fn publisher_rtx(
         let Some(r) = r else { continue };
         let Some(out_pt) = sub.map_pt(media_pt) else { continue };
         let as_rtx = rtx_pt_for(track_rtx_pt(&track.spec.payload_types, media_pt), sub);
-        if send_copy(ctx, sub, legs, orig, r, out_pt, as_rtx).is_ok() {
+        if send_copy(ctx, sub, legs, orig, r, out_pt, as_rtx, twcc_from).is_ok() {
             sent += 1;
         }
     }
@@ -178,81 +164,6 @@ fn track_rtx_pt(pts: &[crate::table::PayloadSpec], media_pt: Pt) -> Option<Pt> {
 pub(super) fn rtx_pt_for(publisher_rtx_pt: Option<Pt>, sub: &Subscription) -> Option<Pt> {
     sub.out_rtx_ssrc?;
     sub.map_pt(publisher_rtx_pt?)
-}
-
-/// Writes one copy of the plaintext packet `plain` for `sub` into the next output slot:
-/// rewritten header, remapped extensions, protected with the subscriber leg's key. With
-/// `as_rtx`, the copy is an RTX packet (RFC 4588) on the subscriber's RTX SSRC carrying the
-/// rewritten sequence number as OSN.
-pub(super) fn send_copy(
-    ctx: &mut Ctx<'_>,
-    sub: &mut Subscription,
-    legs: &Map<LegId, Leg>,
-    plain: &[u8],
-    rewritten: Rewritten,
-    out_pt: Pt,
-    as_rtx: Option<Pt>,
-) -> Result<(), DropReason> {
-    let leg = legs.get(&sub.subscriber).ok_or(DropReason::NoDestination)?;
-    if !leg.sends_media() {
-        return Err(DropReason::NotConnected);
-    }
-    let remote = leg.remote.ok_or(DropReason::NoDestination)?;
-    let overhead = leg.tx.profile().rtp_overhead();
-    let slot = ctx.out.next_slot().ok_or(DropReason::OutputFull)?;
-    let extra = if as_rtx.is_some() { 2 } else { 0 };
-    let len = plain.len() + extra;
-    if len + overhead > slot.len() {
-        return Err(DropReason::Malformed);
-    }
-    let header_len = rtp::Packet::new_checked(plain).map_err(|_| DropReason::Malformed)?.header_len();
-    // The common case (not RTX, no padding: the rewrite needs only the header) encrypts straight
-    // from `plain` into the slot, without copying the payload in first.
-    if as_rtx.is_none() && plain[0] & 0x20 == 0 {
-        slot[..header_len].copy_from_slice(&plain[..header_len]);
-        rewrite_header(&mut slot[..header_len], sub.out_ssrc, rewritten.seq, rewritten.ts, out_pt, &sub.ext_map)?;
-        let out_len = leg
-            .tx
-            .protect_rtp_from(&mut sub.srtp, &mut slot[..], header_len, &plain[header_len..])
-            .map_err(|_| DropReason::Malformed)?;
-        ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
-        sub.packets_sent = sub.packets_sent.wrapping_add(1);
-        sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
-        return Ok(());
-    }
-    slot[..header_len].copy_from_slice(&plain[..header_len]);
-    if as_rtx.is_some() {
-        slot[header_len..header_len + 2].copy_from_slice(&rewritten.seq.0.to_be_bytes());
-    }
-    slot[header_len + extra..len].copy_from_slice(&plain[header_len..]);
-    let (ssrc, seq, pt, srtp_state) = match (as_rtx, sub.out_rtx_ssrc) {
-        (Some(rtx_pt), Some(rtx_ssrc)) => {
-            let seq = SeqNo(sub.rtx_seq);
-            sub.rtx_seq = sub.rtx_seq.wrapping_add(1);
-            (rtx_ssrc, seq, rtx_pt, &mut sub.rtx_srtp)
-        }
-        _ => (sub.out_ssrc, rewritten.seq, out_pt, &mut sub.srtp),
-    };
-    rewrite_header(&mut slot[..len], ssrc, seq, rewritten.ts, pt, &sub.ext_map)?;
-    let out_len = leg.tx.protect_rtp(srtp_state, &mut slot[..], len).map_err(|_| DropReason::Malformed)?;
-    ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
-    if as_rtx.is_none() {
-        sub.packets_sent = sub.packets_sent.wrapping_add(1);
-        sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
-    }
-    Ok(())
-}
-
-/// Rewrites the RTP header at the start of `pkt` (the whole packet, or the header alone when the
-/// packet has no padding) for a subscriber: SSRC, sequence number, timestamp, payload type and
-/// header-extension ids.
-fn rewrite_header(pkt: &mut [u8], ssrc: Ssrc, seq: SeqNo, ts: u32, pt: Pt, ext_map: &rtp::ExtensionIdMap) -> Result<(), DropReason> {
-    let mut pkt = rtp::Packet::new_checked(pkt).map_err(|_| DropReason::Malformed)?;
-    pkt.set_ssrc(ssrc);
-    pkt.set_sequence_number(seq.0);
-    pkt.set_timestamp(ts);
-    pkt.set_payload_type(pt.0);
-    pkt.remap_extensions(ext_map).map_err(|_| DropReason::Malformed)
 }
 
 /// Asks the publisher for a keyframe of `layer` (PLI, RFC 4585 §6.3.1), at most once per

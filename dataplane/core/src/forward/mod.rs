@@ -27,7 +27,9 @@ pub mod batch;
 pub mod rewrite;
 pub mod rtx_cache;
 
+mod egress;
 mod rtcp;
+mod select;
 mod uplink;
 
 use std::collections::VecDeque;

@@ -11,7 +11,8 @@
 //! SRTCP replay state is per sender SSRC; it is updated only when a packet authenticates, so
 //! forged packets with made-up sender SSRCs cannot evict or reset a real sender's window.
 
-use super::fanout::{Ctx, request_keyframe, rtx_pt_for, send_copy};
+use super::egress::{publisher_twcc, send_copy};
+use super::fanout::{Ctx, request_keyframe, rtx_pt_for};
 use super::rewrite::Rewritten;
 use super::{Event, OutMeta, push_event};
 use crate::ids::{LegId, Pt, SeqNo, Ssrc, TrackId};
@@ -186,6 +187,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
         return;
     }
     let Track { spec, layers, subs } = track;
+    let twcc_from = publisher_twcc(legs, spec.publisher);
     let sub = &mut subs[idx];
     // (publisher SSRC, seq) the cache could not answer, grouped per publisher SSRC below.
     let mut missing: [(Ssrc, u16); MAX_UPSTREAM_NACK] = [(Ssrc(0), 0); MAX_UPSTREAM_NACK];
@@ -204,7 +206,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
             let Some(out_pt) = sub.map_pt(media_pt) else { return false };
             let publisher_rtx = spec.payload_types.iter().find(|p| p.pt == media_pt).and_then(|p| p.rtx_pt);
             let as_rtx = rtx_pt_for(publisher_rtx, sub);
-            send_copy(ctx, sub, legs, plain, Rewritten { seq: SeqNo(out_seq), ts }, out_pt, as_rtx).is_ok()
+            send_copy(ctx, sub, legs, plain, Rewritten { seq: SeqNo(out_seq), ts }, out_pt, as_rtx, twcc_from).is_ok()
         });
         if sent {
             ctx.stats.nack_answered += 1;
@@ -244,6 +246,6 @@ fn keyframe_request(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, media
     let Some((track_id, idx)) = subscription_of(tables, leg_id, media) else { return };
     let Some((track, legs)) = tables.track_and_legs_mut(track_id) else { return };
     let sub = &track.subs[idx];
-    let layer = sub.current_layer.unwrap_or(sub.target_layer);
+    let layer = sub.current_layer.unwrap_or(sub.target());
     request_keyframe(ctx, track, legs, layer);
 }

@@ -25,6 +25,7 @@ use crate::forward::rtx_cache::RtxCache;
 use crate::ids::{Generation, LegId, Pt, Ssrc, TrackId};
 use crate::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 use crate::time::Instant;
+use crate::downlink::Downlink;
 use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
@@ -170,6 +171,9 @@ pub struct Leg {
     pub edge: Option<EdgeState>,
     /// What Sluice, as the receiver of the participant's media, reports back to it.
     pub uplink: Uplink,
+    /// Sluice as the sender towards the participant: its transport-wide sequence, send history
+    /// and bandwidth estimate, when the leg negotiated transport-cc.
+    pub downlink: Option<Box<Downlink>>,
 }
 
 /// What a WebRTC leg learned at run time, kept across every upsert (and full resync) that leaves
@@ -304,6 +308,10 @@ pub struct LayerState {
     pub seen_keyframe: bool,
     /// When the layer last received an authenticated packet, and whether it counts as flowing.
     pub activity: Activity,
+    /// Bytes received since the last rate tick.
+    pub bytes: u64,
+    /// Its measured rate, bit/s (smoothed over the housekeeping ticks).
+    pub rate_bps: u64,
 }
 
 /// Whether something receives media: set on every authenticated packet, cleared by
@@ -405,9 +413,22 @@ pub struct Subscription {
     /// The last SR sent to the subscriber: its LSR value (middle 32 bits of the NTP timestamp)
     /// and when it left, for RTT from the subscriber's receiver reports.
     pub last_sr: Option<(u32, Instant)>,
+    /// The layer cap the leg's bandwidth allocator set (runtime: `None` until it runs, and on
+    /// legs without congestion control).
+    pub alloc_layer: Option<u8>,
 }
 
 impl Subscription {
+    /// The layer the subscription should receive: the signaling's target, capped by the
+    /// allocator. The select gate switches towards it.
+    #[inline]
+    pub fn target(&self) -> u8 {
+        match self.alloc_layer {
+            Some(a) => a.min(self.target_layer),
+            None => self.target_layer,
+        }
+    }
+
     /// The subscriber's payload type for the publisher's `pt`.
     #[inline]
     pub fn map_pt(&self, pt: Pt) -> Option<Pt> {
@@ -442,6 +463,7 @@ impl Subscription {
             packets_sent: 0,
             octets_sent: 0,
             last_sr: None,
+            alloc_layer: None,
         }
     }
 
@@ -463,6 +485,7 @@ impl Subscription {
             self.packets_sent = keep.packets_sent;
             self.octets_sent = keep.octets_sent;
             self.last_sr = keep.last_sr;
+            self.alloc_layer = keep.alloc_layer;
         } else {
             *self = fresh;
         }
@@ -812,6 +835,9 @@ impl Tables {
                     leg.edge = spec.edge.as_ref().map(|_| EdgeState::new());
                 }
                 leg.uplink.respec(&spec.feedback);
+                if spec.feedback.twcc_ext.is_some() != leg.downlink.is_some() {
+                    leg.downlink = spec.feedback.twcc_ext.map(|_| Box::default());
+                }
                 if spec.remote.is_some() {
                     leg.remote = spec.remote;
                 }
@@ -839,6 +865,7 @@ impl Tables {
                         stats: LegStats::default(),
                         edge: spec.edge.as_ref().map(|_| EdgeState::new()),
                         uplink: Uplink::new(&spec.feedback),
+                        downlink: spec.feedback.twcc_ext.map(|_| Box::default()),
                     },
                 );
                 self.by_port.insert(spec.local_port, spec.id);
@@ -944,6 +971,8 @@ impl Tables {
             fir_seq: 0,
             seen_keyframe: false,
             activity: Activity::default(),
+            bytes: 0,
+            rate_bps: 0,
         };
         match self.tracks.get(&spec.id) {
             Some(_) => {
@@ -1133,6 +1162,7 @@ impl Tables {
             stats: leg.stats,
             edge: leg.edge.clone(),
             uplink: leg.uplink.clone(),
+            downlink: leg.downlink.clone(),
         };
         undo.push(Undo::LegReplaced(Box::new(copy)));
     }
@@ -1158,6 +1188,8 @@ impl Tables {
                     fir_seq: l.fir_seq,
                     seen_keyframe: l.seen_keyframe,
                     activity: l.activity,
+                    bytes: l.bytes,
+                    rate_bps: l.rate_bps,
                 })
                 .collect(),
             subs: t.subs.clone(),

@@ -339,9 +339,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// validated first: on `Err(BadExtension)` nothing has been modified. A packet without an
     /// RFC 8285 block is left untouched.
     pub fn remap_extensions(&mut self, map: &ExtensionIdMap) -> Result<(), WireError> {
+        self.remap_extensions_stamping(map, None).map(|_| ())
+    }
+
+    /// [`Packet::remap_extensions`], and in the same pass the first two-byte element with id
+    /// `stamp.0` (the publisher's transport-wide sequence number) becomes element `stamp.1`
+    /// carrying `stamp.2` (the subscriber leg's own): the SFU is a new sender on every leg
+    /// (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2). Returns whether it stamped.
+    pub fn remap_extensions_stamping(&mut self, map: &ExtensionIdMap, stamp: Option<(u8, u8, u16)>) -> Result<bool, WireError> {
         let (Some(form), Some((start, end))) = (self.extension_form(), self.extension_range())
         else {
-            return Ok(());
+            return Ok(false);
         };
         let block = &mut self.buf_mut()[start..end];
         let mut check = RawElements::new(form);
@@ -349,8 +357,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
             e?;
         }
         let mut elems = RawElements::new(form);
+        let mut stamped = false;
         while let Some(Ok(e)) = elems.next(block) {
-            match map.get(e.id) {
+            let out = match stamp {
+                Some((from, to, seq)) if !stamped && e.id == from && e.data_end - e.data_start == 2 && to <= 14 => {
+                    block[e.data_start..e.data_end].copy_from_slice(&seq.to_be_bytes());
+                    stamped = true;
+                    to
+                }
+                _ => map.get(e.id),
+            };
+            match out {
                 0 => block[e.start..e.data_end].fill(0),
                 new => match form {
                     ExtensionForm::OneByte => block[e.start] = (new << 4) | (block[e.start] & 0x0F),
@@ -358,7 +375,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
                 },
             }
         }
-        Ok(())
+        Ok(stamped)
     }
 }
 

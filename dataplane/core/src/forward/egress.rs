@@ -1,0 +1,121 @@
+//! Egress: the one place an output packet to a subscriber is built. Every copy (fan-out,
+//! retransmission from the cache, publisher RTX, probe padding) goes through here:
+//!
+//! ```text
+//!   header copied into the slot ─ SSRC/seq/ts/PT rewritten, extension ids remapped, and the
+//!   publisher's transport-wide sequence number replaced by the subscriber leg's own (on the
+//!   worker that owns the leg) ─ SRTP protect with the subscriber leg's key ─ commit
+//!   ─ the leg's send history records (seq, now, size) for its congestion control
+//! ```
+
+use super::fanout::Ctx;
+use super::rewrite::Rewritten;
+use super::OutMeta;
+use crate::ids::{LegId, Pt, SeqNo, Ssrc};
+use crate::table::{Leg, Map, Subscription};
+use crate::verdict::DropReason;
+use crate::wire::rtp;
+
+/// The publisher leg's transport-wide-cc extension id, if it negotiated one (the element the
+/// egress re-stamps).
+pub(super) fn publisher_twcc(legs: &Map<LegId, Leg>, publisher: LegId) -> Option<u8> {
+    legs.get(&publisher).and_then(|l| l.spec.feedback.twcc_ext)
+}
+
+/// Writes one copy of the plaintext packet `plain` for `sub` into the next output slot:
+/// rewritten header, remapped extensions, protected with the subscriber leg's key. With
+/// `as_rtx`, the copy is an RTX packet (RFC 4588) on the subscriber's RTX SSRC carrying the
+/// rewritten sequence number as OSN.
+pub(super) fn send_copy(
+    ctx: &mut Ctx<'_>,
+    sub: &mut Subscription,
+    legs: &mut Map<LegId, Leg>,
+    plain: &[u8],
+    rewritten: Rewritten,
+    out_pt: Pt,
+    as_rtx: Option<Pt>,
+    twcc_from: Option<u8>,
+) -> Result<(), DropReason> {
+    let leg = legs.get_mut(&sub.subscriber).ok_or(DropReason::NoDestination)?;
+    if !leg.sends_media() {
+        return Err(DropReason::NotConnected);
+    }
+    let remote = leg.remote.ok_or(DropReason::NoDestination)?;
+    let overhead = leg.tx.profile().rtp_overhead();
+    let slot = ctx.out.next_slot().ok_or(DropReason::OutputFull)?;
+    let extra = if as_rtx.is_some() { 2 } else { 0 };
+    let len = plain.len() + extra;
+    if len + overhead > slot.len() {
+        return Err(DropReason::Malformed);
+    }
+    let header_len = rtp::Packet::new_checked(plain).map_err(|_| DropReason::Malformed)?.header_len();
+    // The leg's own transport-wide sequence number, where it has congestion control and this
+    // worker owns it (copies made elsewhere are not in its send history).
+    let stamp = match (twcc_from, leg.spec.feedback.twcc_ext, leg.downlink.as_deref()) {
+        (Some(from), Some(to), Some(dl)) if ctx.shard.owns(leg.spec.local_port) => Some((from, to, dl.history.next_seq())),
+        _ => None,
+    };
+    // The common case (not RTX, no padding: the rewrite needs only the header) encrypts straight
+    // from `plain` into the slot, without copying the payload in first.
+    if as_rtx.is_none() && plain[0] & 0x20 == 0 {
+        slot[..header_len].copy_from_slice(&plain[..header_len]);
+        let stamped = rewrite_header(&mut slot[..header_len], sub.out_ssrc, rewritten.seq, rewritten.ts, out_pt, &sub.ext_map, stamp)?;
+        let out_len = leg
+            .tx
+            .protect_rtp_from(&mut sub.srtp, &mut slot[..], header_len, &plain[header_len..])
+            .map_err(|_| DropReason::Malformed)?;
+        ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
+        if stamped && let Some(dl) = leg.downlink.as_deref_mut() {
+            dl.sent(ctx.now, out_len, false);
+        }
+        sub.packets_sent = sub.packets_sent.wrapping_add(1);
+        sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
+        return Ok(());
+    }
+    slot[..header_len].copy_from_slice(&plain[..header_len]);
+    if as_rtx.is_some() {
+        slot[header_len..header_len + 2].copy_from_slice(&rewritten.seq.0.to_be_bytes());
+    }
+    slot[header_len + extra..len].copy_from_slice(&plain[header_len..]);
+    let (ssrc, seq, pt, srtp_state) = match (as_rtx, sub.out_rtx_ssrc) {
+        (Some(rtx_pt), Some(rtx_ssrc)) => {
+            let seq = SeqNo(sub.rtx_seq);
+            sub.rtx_seq = sub.rtx_seq.wrapping_add(1);
+            (rtx_ssrc, seq, rtx_pt, &mut sub.rtx_srtp)
+        }
+        _ => (sub.out_ssrc, rewritten.seq, out_pt, &mut sub.srtp),
+    };
+    let stamped = rewrite_header(&mut slot[..len], ssrc, seq, rewritten.ts, pt, &sub.ext_map, stamp)?;
+    let out_len = leg.tx.protect_rtp(srtp_state, &mut slot[..], len).map_err(|_| DropReason::Malformed)?;
+    ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
+    if stamped && let Some(dl) = leg.downlink.as_deref_mut() {
+        dl.sent(ctx.now, out_len, false);
+    }
+    if as_rtx.is_none() {
+        sub.packets_sent = sub.packets_sent.wrapping_add(1);
+        sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
+    }
+    Ok(())
+}
+
+/// Rewrites the RTP header at the start of `pkt` (the whole packet, or the header alone when the
+/// packet has no padding) for a subscriber: SSRC, sequence number, timestamp, payload type and
+/// header-extension ids, and the transport-wide sequence number `stamp` (publisher id,
+/// subscriber id, value) when given. Returns whether it stamped.
+fn rewrite_header(
+    pkt: &mut [u8],
+    ssrc: Ssrc,
+    seq: SeqNo,
+    ts: u32,
+    pt: Pt,
+    ext_map: &rtp::ExtensionIdMap,
+    stamp: Option<(u8, u8, u16)>,
+) -> Result<bool, DropReason> {
+    let mut pkt = rtp::Packet::new_checked(pkt).map_err(|_| DropReason::Malformed)?;
+    pkt.set_ssrc(ssrc);
+    pkt.set_sequence_number(seq.0);
+    pkt.set_timestamp(ts);
+    pkt.set_payload_type(pt.0);
+    pkt.remap_extensions_stamping(ext_map, stamp).map_err(|_| DropReason::Malformed)
+}
+
