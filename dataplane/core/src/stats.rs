@@ -38,6 +38,22 @@ pub struct CoreStats {
     /// Transport-cc feedback packets sent to publishers.
     #[cfg_attr(feature = "serde", serde(default))]
     pub twcc_feedback_sent: u64,
+    /// Transport-cc feedback from subscribers used by their leg's estimator.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub twcc_feedback_used: u64,
+    /// Transport-cc feedback from subscribers that named nothing Sluice sent, could not be
+    /// decoded, or came on a leg without congestion control: dropped.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub twcc_feedback_bad: u64,
+    /// Subscription layer caps changed by a bandwidth allocator.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub allocation_changes: u64,
+    /// Bandwidth probes started.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub probes_started: u64,
+    /// Probe (padding) packets sent.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub probe_packets: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }

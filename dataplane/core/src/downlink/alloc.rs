@@ -6,13 +6,13 @@
 //!   audio: always (its rate is taken off the budget first)
 //!   pass 1, by priority: every video subscription its lowest flowing layer
 //!   pass 2, by priority: each one up to the highest flowing layer <= its ceiling that fits;
-//!           going above the layer it receives now needs 15 % headroom (no flapping)
+//!           going above the layer it receives now needs 5 % headroom (no flapping)
 //! ```
 //! A layer that is not flowing (its publisher's encoder dropped it) is never chosen. The
 //! signaling's target layer is the ceiling.
 
 /// Headroom needed to go above the layer a subscription receives now.
-pub const UP_HEADROOM: f64 = 1.15;
+pub const UP_HEADROOM: f64 = 1.05;
 /// The most layers a track has.
 pub const MAX_LAYERS: usize = 8;
 
@@ -36,12 +36,17 @@ impl Demand {
         (0..=max.min(MAX_LAYERS as u8 - 1)).filter(|&l| self.rates[usize::from(l)] > 0)
     }
 
+    /// The best flowing layer up to its ceiling.
+    pub fn best(&self) -> Option<u8> {
+        self.flowing(self.ceiling).next_back()
+    }
+
     /// What it would take at its ceiling (the best flowing layer up to it).
     pub fn wanted(&self) -> u64 {
         if self.audio {
             return self.rates[0];
         }
-        self.flowing(self.ceiling).next_back().map_or(0, |l| self.rates[usize::from(l)])
+        self.best().map_or(0, |l| self.rates[usize::from(l)])
     }
 }
 
@@ -119,10 +124,11 @@ mod tests {
 
     #[test]
     fn going_up_needs_headroom_and_going_down_does_not() {
-        // 1.5 M needs 1.35 M over the base: with 15 % headroom 1.5525 M, so 1.52 M keeps m...
-        assert_eq!(run(1_520_000, &[video(0, 1, 2)]), vec![Some(1)]);
+        // 1.5 M needs 1.35 M over the base: with 5 % headroom 1.4175 M + 0.15 M, so 1.55 M keeps m...
+        assert_eq!(run(1_550_000, &[video(0, 1, 2)]), vec![Some(1)]);
+        assert_eq!(run(1_570_000, &[video(0, 1, 2)]), vec![Some(2)]);
         // ... but a subscription already on h keeps it at the same budget.
-        assert_eq!(run(1_520_000, &[video(0, 2, 2)]), vec![Some(2)]);
+        assert_eq!(run(1_550_000, &[video(0, 2, 2)]), vec![Some(2)]);
         // A layer that stopped flowing is never chosen: the best that flows instead.
         let mut d = video(0, 2, 2);
         d.rates[2] = 0;

@@ -9,9 +9,9 @@
 //!     m = slope · min(n, 60) · 4   vs  γ (adaptive: k_up 0.0087, k_down 0.039, 6..600 ms)
 //!       m > γ for > 10 ms and rising → overuse · m < −γ → underuse · else normal
 //!   AIMD: overuse → 0.85 × acked rate (hold after); normal → ×1.08 per second (additive
-//!         near the last capacity); never above 1.5 × acked + 10 kbit/s
-//!   loss: > 10 % → × (1 − p/2); < 2 % → recover ×1.05 per update          (§6)
-//!   estimate = delay-based × loss factor; a probe result raises the delay-based one
+//!         near the last capacity); never above 1.2 × acked + 10 kbit/s
+//!   loss: > 10 % → sent × (1 − p/2); < 2 % → ×1.05 per report              (§6)
+//!   estimate = min(delay-based, loss-based); a probe result raises both
 //! ```
 
 use core::time::Duration;
@@ -26,7 +26,7 @@ const WINDOW: usize = 20;
 const SMOOTHING: f64 = 0.9;
 const GAIN: f64 = 4.0;
 const OVERUSE_MS: f64 = 10.0;
-const ACKED_WINDOW: Duration = Duration::from_millis(500);
+const ACKED_WINDOW: Duration = Duration::from_millis(250);
 /// Lowest and highest estimate (bit/s).
 pub const MIN_BPS: f64 = 50_000.0;
 /// Highest estimate (bit/s).
@@ -67,13 +67,25 @@ pub struct Gcc {
     last_rate_update: Option<Instant>,
     /// Link capacity estimate from the rates at which overuse was seen (bit/s).
     capacity: Option<f64>,
-    loss_factor: f64,
+    /// The loss-based bound (bit/s), gcc-02 §6.
+    loss_bps: f64,
     /// Arrivals of the last [`ACKED_WINDOW`] (time, bytes) and their sum.
     acked: VecDeque<(Instant, u64)>,
     acked_bytes: u64,
     lost_recent: u32,
     total_recent: u32,
+    /// The last probe result: when, and its rate (bit/s).
+    last_probe: Option<(Instant, f64)>,
+    /// When the loss-based bound last decreased (at most once per [`LOSS_DECREASE_INTERVAL`]).
+    last_loss_decrease: Option<Instant>,
 }
+
+/// The loss-based bound decreases at most this often: the loss a decrease reacts to shows up in
+/// feedback for a while after it (gcc-02 §6 reacts once per report; libwebrtc once per RTT +
+/// 300 ms).
+const LOSS_DECREASE_INTERVAL: Duration = Duration::from_millis(300);
+/// How long after a probe an overuse is taken as the probe's own queue.
+const PROBE_GRACE: Duration = Duration::from_millis(1000);
 
 impl Gcc {
     /// An estimator starting at `start_bps`.
@@ -96,11 +108,13 @@ impl Gcc {
             delay_bps: start_bps as f64,
             last_rate_update: None,
             capacity: None,
-            loss_factor: 1.0,
+            loss_bps: start_bps as f64,
             acked: VecDeque::with_capacity(1024),
             acked_bytes: 0,
             lost_recent: 0,
             total_recent: 0,
+            last_loss_decrease: None,
+            last_probe: None,
         }
     }
 
@@ -167,9 +181,17 @@ impl Gcc {
         match self.usage {
             Usage::Over => {
                 if self.rate != Rate::Decrease || dt > 0.3 {
+                    // 0.85 of what arrives, but not below what a probe just measured (it is
+                    // already 95 % of the delivered rate): a probe that reached the capacity
+                    // builds a queue by design, and the media it measured for has not ramped
+                    // into it yet.
                     let target = if acked > 0.0 { 0.85 * acked } else { 0.85 * self.delay_bps };
+                    let floor = match self.last_probe {
+                        Some((t, r)) if now.saturating_duration_since(t) < PROBE_GRACE => r,
+                        _ => 0.0,
+                    };
                     if target < self.delay_bps {
-                        self.delay_bps = target;
+                        self.delay_bps = target.max(floor).min(self.delay_bps);
                     }
                     if acked > 0.0 {
                         self.capacity = Some(self.capacity.map_or(acked, |c| if acked > 1.5 * c { acked } else { 0.9 * c + 0.1 * acked }));
@@ -189,7 +211,10 @@ impl Gcc {
                 }
             }
         }
-        let cap = 1.5 * acked + 10_000.0;
+        // Application-limited (the leg sends less than the estimate): the estimate says nothing
+        // about the path beyond what was delivered, so it grows no further than 1.2 times it
+        // (libwebrtc uses 1.5; probes, not guesses, find more here).
+        let cap = 1.2 * acked + 10_000.0;
         if self.delay_bps >= cap && acked > 0.0 {
             return;
         }
@@ -253,30 +278,41 @@ impl BandwidthEstimator for Gcc {
                 self.acked_bytes -= b;
             }
         }
-        // Loss over at least 20 packets (gcc-02 §6).
-        if self.total_recent >= 20 {
+        self.update_rate(now);
+        self.delay_bps = self.delay_bps.clamp(MIN_BPS, MAX_BPS);
+        // The loss-based bound, per feedback covering at least 10 packets (gcc-02 §6): over 10 %
+        // lost cuts what is sent now by half the loss; under 2 % it grows 5 % per report (it only
+        // binds while below the delay-based estimate, and stays within 1.5 times it).
+        if self.total_recent >= 10 {
             let p = f64::from(self.lost_recent) / f64::from(self.total_recent);
+            let current = self.delay_bps.min(self.loss_bps);
             if p > 0.1 {
-                self.loss_factor = (self.loss_factor * (1.0 - 0.5 * p)).max(0.1);
+                if self.last_loss_decrease.is_none_or(|t| now.saturating_duration_since(t) >= LOSS_DECREASE_INTERVAL) {
+                    self.loss_bps = current * (1.0 - 0.5 * p);
+                    self.last_loss_decrease = Some(now);
+                }
             } else if p < 0.02 {
-                self.loss_factor = (self.loss_factor * 1.05).min(1.0);
+                self.loss_bps = (self.loss_bps * 1.05).min(1.5 * self.delay_bps);
             }
+            self.loss_bps = self.loss_bps.clamp(MIN_BPS, MAX_BPS);
             self.lost_recent = 0;
             self.total_recent = 0;
         }
-        self.update_rate(now);
-        self.delay_bps = self.delay_bps.clamp(MIN_BPS, MAX_BPS);
     }
 
-    fn on_probe(&mut self, rate_bps: u64) {
+    fn on_probe(&mut self, now: Instant, rate_bps: u64) {
         let r = rate_bps as f64;
-        if r > self.delay_bps && self.usage != Usage::Over {
+        self.last_probe = Some((now, r));
+        // Even while the detector says overuse: the probe's own queue is the usual cause, and
+        // the decrease that follows is floored at this rate for PROBE_GRACE.
+        if r > self.delay_bps {
             self.delay_bps = r.min(MAX_BPS);
+            self.loss_bps = self.loss_bps.max(r.min(MAX_BPS));
         }
     }
 
     fn estimate(&self) -> u64 {
-        (self.delay_bps * self.loss_factor).clamp(MIN_BPS, MAX_BPS) as u64
+        self.delay_bps.min(self.loss_bps).clamp(MIN_BPS, MAX_BPS) as u64
     }
 
     fn usage(&self) -> Usage {

@@ -45,8 +45,8 @@ pub enum Usage {
 pub trait BandwidthEstimator: core::fmt::Debug + Send {
     /// Feedback resolved into samples (in sequence order) at `now`.
     fn on_feedback(&mut self, now: Instant, samples: &[Sample]);
-    /// A probe cluster was delivered at `rate_bps`.
-    fn on_probe(&mut self, rate_bps: u64);
+    /// A probe cluster was delivered at `rate_bps` (measured at `now`).
+    fn on_probe(&mut self, now: Instant, rate_bps: u64);
     /// The current estimate, bit/s.
     fn estimate(&self) -> u64;
     /// The delay-based detector's state.
@@ -59,8 +59,11 @@ pub const START_BPS: u64 = 300_000;
 pub const PROBE_PADDING: usize = 255;
 /// How long one probe cluster lasts.
 pub const PROBE_DURATION: Duration = Duration::from_millis(40);
-/// Probes are at least this far apart.
+/// Probes are at least this far apart; a probe that did not raise the estimate doubles the
+/// wait, up to [`PROBE_BACKOFF_MAX`] (probing a saturated path only builds queues).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
+/// The longest wait between probes while the allocation wants more.
+pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// Feedback packets more than this many reports behind are ignored (impossible counts).
 const MAX_SAMPLES: usize = 2 * HISTORY;
 
@@ -76,6 +79,23 @@ struct Probe {
     sent: u32,
     last_sent: Instant,
     done_sending: bool,
+    /// The estimate when it started (a probe that does not raise it by 10 % failed).
+    estimate_before: u64,
+    /// What feedback reported of the packets sent during it (media and padding), across
+    /// feedback packets: first/last send and arrival, bytes, packets.
+    seen: Option<ProbeSeen>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ProbeSeen {
+    first_sent: Instant,
+    last_sent: Instant,
+    first_arrival: Instant,
+    last_arrival: Instant,
+    bytes: u64,
+    packets: u32,
+    /// The probe's last packet was reported.
+    last_reported: bool,
 }
 
 /// One leg's downlink state.
@@ -88,6 +108,8 @@ pub struct Downlink {
     probe: Option<Probe>,
     next_cluster: u16,
     last_probe: Option<Instant>,
+    /// The wait before the next probe.
+    probe_wait: Duration,
     /// Feedback packets that referenced nothing sent (or were malformed), dropped.
     pub feedback_dropped: u64,
     /// Feedback packets used.
@@ -120,6 +142,7 @@ impl Downlink {
             probe: None,
             next_cluster: 1,
             last_probe: None,
+            probe_wait: PROBE_INTERVAL,
             feedback_dropped: 0,
             feedback_used: 0,
             probes: 0,
@@ -176,61 +199,76 @@ impl Downlink {
         }
         self.feedback_used += 1;
         self.estimator.on_feedback(now, &self.samples);
-        self.finish_probe();
+        self.finish_probe(now);
         true
     }
 
-    /// A probe whose packets were all sent and whose last packet is now reported: its rate is
-    /// the bytes of every stamped packet sent during it, over the span they arrived in.
-    fn finish_probe(&mut self) {
-        let Some(p) = self.probe else { return };
-        if !p.done_sending {
-            return;
+    /// Adds this feedback's samples of packets sent during the probe; once its last packet is
+    /// reported, its rate is the bytes of every stamped packet sent during it over the span
+    /// they arrived in (and were sent in, whichever is longer).
+    fn finish_probe(&mut self, now: Instant) {
+        let Some(mut p) = self.probe else { return };
+        for s in self.samples.iter().filter(|s| s.sent >= p.start && (!p.done_sending || s.sent <= p.last_sent)) {
+            let Some(a) = s.arrived else { continue };
+            let seen = p.seen.get_or_insert(ProbeSeen {
+                first_sent: s.sent,
+                last_sent: s.sent,
+                first_arrival: a,
+                last_arrival: a,
+                bytes: 0,
+                packets: 0,
+                last_reported: false,
+            });
+            seen.first_sent = seen.first_sent.min(s.sent);
+            seen.last_sent = seen.last_sent.max(s.sent);
+            seen.first_arrival = seen.first_arrival.min(a);
+            seen.last_arrival = seen.last_arrival.max(a);
+            seen.bytes += u64::from(s.size);
+            seen.packets += 1;
+            seen.last_reported |= p.done_sending && s.cluster == p.cluster && s.sent == p.last_sent;
         }
-        let in_probe = |s: &&Sample| s.sent >= p.start && s.sent <= p.last_sent;
-        if !self.samples.iter().any(|s| s.cluster == p.cluster && s.sent == p.last_sent) {
-            // Its last packet was not in this feedback (or was lost): keep waiting, but not
-            // forever.
-            if self.samples.iter().any(|s| s.sent > p.last_sent + Duration::from_millis(500)) {
+        let expired = self.samples.iter().any(|s| p.done_sending && s.sent > p.last_sent + Duration::from_millis(500));
+        self.probe = Some(p);
+        let Some(seen) = p.seen.filter(|s| s.last_reported) else {
+            if expired {
+                // Its end never came back: failed.
                 self.probe = None;
+                self.probe_wait = (self.probe_wait * 2).min(PROBE_BACKOFF_MAX);
             }
             return;
-        }
+        };
         self.probe = None;
         self.probes += 1;
-        let (mut first_a, mut last_a, mut bytes, mut n) = (None::<Instant>, None::<Instant>, 0u64, 0u32);
-        let (mut first_s, mut last_s) = (None::<Instant>, None::<Instant>);
-        for s in self.samples.iter().filter(in_probe) {
-            let Some(a) = s.arrived else { continue };
-            first_a = Some(first_a.map_or(a, |f| f.min(a)));
-            last_a = Some(last_a.map_or(a, |l| l.max(a)));
-            first_s = Some(first_s.map_or(s.sent, |f| f.min(s.sent)));
-            last_s = Some(last_s.map_or(s.sent, |l| l.max(s.sent)));
-            bytes += u64::from(s.size);
-            n += 1;
-        }
-        let (Some(fa), Some(la), Some(fs), Some(ls)) = (first_a, last_a, first_s, last_s) else { return };
-        if n < 5 {
+        // Judged once the result is in: doubled wait unless the estimate rose by 10 %.
+        self.probe_wait = (self.probe_wait * 2).min(PROBE_BACKOFF_MAX);
+        if seen.packets < 5 {
             return;
         }
-        let recv_span = la.saturating_duration_since(fa).as_secs_f64().max(0.001);
-        let send_span = ls.saturating_duration_since(fs).as_secs_f64().max(0.001);
+        let recv_span = seen.last_arrival.saturating_duration_since(seen.first_arrival).as_secs_f64().max(0.001);
+        let send_span = seen.last_sent.saturating_duration_since(seen.first_sent).as_secs_f64().max(0.001);
         // The first packet's bytes arrived before the span starts.
-        let bits = (bytes as f64 - bytes as f64 / f64::from(n)) * 8.0;
-        let rate = (bits / recv_span).min(bits / send_span) as u64;
+        let bits = (seen.bytes as f64 - seen.bytes as f64 / f64::from(seen.packets)) * 8.0;
+        let (recv, send) = (bits / recv_span, bits / send_span);
+        // A probe that arrived slower than it left saturated the path: its receive rate is the
+        // capacity, of which the estimate takes 95 % (libwebrtc's target utilisation).
+        let rate = if recv < 0.9 * send { recv * 0.95 } else { recv.min(send) } as u64;
         self.last_probe_bps = rate;
-        self.estimator.on_probe(rate * 95 / 100);
+        self.estimator.on_probe(now, rate);
+        if self.estimator.estimate() >= p.estimate_before + p.estimate_before / 10 {
+            self.probe_wait = PROBE_INTERVAL;
+        }
     }
 
     /// Starts a probe at `rate_bps` unless one runs or ran within [`PROBE_INTERVAL`], or the
     /// path is overused. Returns whether it started.
     pub fn start_probe(&mut self, now: Instant, rate_bps: u64) -> bool {
-        if self.probe.is_some() || self.last_probe.is_some_and(|t| now.saturating_duration_since(t) < PROBE_INTERVAL) || self.usage() == Usage::Over {
+        if self.probe.is_some() || self.last_probe.is_some_and(|t| now.saturating_duration_since(t) < self.probe_wait) || self.usage() == Usage::Over {
             return false;
         }
         let cluster = self.next_cluster;
         self.next_cluster = self.next_cluster.wrapping_add(1).max(1);
-        self.probe = Some(Probe { cluster, rate_bps, start: now, end: now + PROBE_DURATION, next_send: now, sent: 0, last_sent: now, done_sending: false });
+        let estimate_before = self.estimate();
+        self.probe = Some(Probe { cluster, rate_bps, start: now, end: now + PROBE_DURATION, next_send: now, sent: 0, last_sent: now, done_sending: false, estimate_before, seen: None });
         self.last_probe = Some(now);
         true
     }

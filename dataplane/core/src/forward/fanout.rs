@@ -53,6 +53,7 @@ pub(super) fn rtp(
         Codec::Av1 => codec::is_keyframe(codec::Codec::Av1, pkt.payload()),
     };
     let state = &mut track.layers[usize::from(layer)];
+    state.bytes += plain.len() as u64;
     if keyframe {
         state.seen_keyframe = true;
     }

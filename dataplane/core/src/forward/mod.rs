@@ -27,6 +27,7 @@ pub mod batch;
 pub mod rewrite;
 pub mod rtx_cache;
 
+mod downlink;
 mod egress;
 mod rtcp;
 mod select;
@@ -257,6 +258,12 @@ pub struct Core {
     next_sweep: Instant,
     /// The earliest uplink report deadline of the legs this core owns, if any.
     next_uplink: Option<Instant>,
+    /// The earliest probe packet due on a leg this core owns, if any.
+    next_probe: Option<Instant>,
+    /// When the housekeeping tick last ran (layer rates are bytes over the time since).
+    last_sweep: Option<Instant>,
+    /// The allocator's per-leg scratch (allocated once).
+    alloc_scratch: Vec<(TrackId, usize, crate::downlink::alloc::Demand)>,
 }
 
 fn push_handoff(handoffs: &mut VecDeque<Handoff>, to: u16, leg: LegId, bytes: &[u8]) -> bool {
@@ -300,6 +307,9 @@ impl Core {
             slow: VecDeque::with_capacity(SLOW_QUEUE),
             next_sweep: Instant::default(),
             next_uplink: None,
+            next_probe: None,
+            last_sweep: None,
+            alloc_scratch: Vec::with_capacity(downlink::MAX_ALLOC),
         }
     }
 
@@ -473,13 +483,41 @@ impl Core {
         }
         if now >= self.next_sweep {
             self.sweep(now);
+            self.housekeeping(now);
             self.next_sweep = now + SWEEP_INTERVAL;
+        }
+        if self.next_probe.is_some_and(|t| t <= now) {
+            let before = out.len();
+            let shard = self.shard;
+            let (legs, tracks) = self.tables.legs_and_tracks_mut();
+            self.next_probe = downlink::probe(now, legs, tracks, |p| shard.owns(p), out, &mut self.stats);
+            for (_, p) in out.iter().skip(before) {
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += p.len() as u64;
+            }
+            if out.remaining() == 0 && self.next_probe.is_some() {
+                self.next_probe = Some(now);
+            }
         }
     }
 
     /// When [`Core::handle_timeout`] next has work: the caller sleeps no longer than this.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_uplink.map_or(self.next_sweep, |u| u.min(self.next_sweep))
+        [self.next_uplink, self.next_probe].into_iter().flatten().fold(self.next_sweep, Instant::min)
+    }
+
+    /// Layer rates, then each owned leg's bandwidth allocation (and the probes it asks for).
+    fn housekeeping(&mut self, now: Instant) {
+        let elapsed = self.last_sweep.map_or(SWEEP_INTERVAL, |t| now.saturating_duration_since(t));
+        self.last_sweep = Some(now);
+        downlink::measure_layers(self.tables.tracks_mut(), elapsed);
+        let shard = self.shard;
+        let (legs, tracks) = self.tables.legs_and_tracks_mut();
+        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), &mut self.alloc_scratch, &mut self.stats);
+        self.next_probe = match (self.next_probe, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// Walks the whole table for legs and layers that went quiet.

@@ -75,8 +75,15 @@ pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, pl
                     }
                 }
             }
-            // SDES, BYE, APP, REMB, transport-cc and the rest end here: the SFU runs its own
-            // congestion control per leg, so they are not forwarded.
+            Kind::TransportCc => {
+                if let Ok(fb) = rtcp::TransportCc::new_checked(bytes)
+                    && let Some(leg) = tables.leg_mut(leg_id)
+                {
+                    super::downlink::transport_cc(ctx, leg, &fb);
+                }
+            }
+            // SDES, BYE, APP, REMB and the rest end here: the SFU runs its own congestion
+            // control per leg, so feedback is never forwarded.
             _ => {}
         }
     }

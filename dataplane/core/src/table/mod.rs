@@ -416,6 +416,9 @@ pub struct Subscription {
     /// The layer cap the leg's bandwidth allocator set (runtime: `None` until it runs, and on
     /// legs without congestion control).
     pub alloc_layer: Option<u8>,
+    /// Since when the allocator has wanted this subscription below `alloc_layer` (a small dip
+    /// of the estimate is held for a while before a down-switch).
+    pub alloc_down_since: Option<Instant>,
 }
 
 impl Subscription {
@@ -464,6 +467,7 @@ impl Subscription {
             octets_sent: 0,
             last_sr: None,
             alloc_layer: None,
+            alloc_down_since: None,
         }
     }
 
@@ -486,6 +490,7 @@ impl Subscription {
             self.octets_sent = keep.octets_sent;
             self.last_sr = keep.last_sr;
             self.alloc_layer = keep.alloc_layer;
+            self.alloc_down_since = keep.alloc_down_since;
         } else {
             *self = fresh;
         }
@@ -649,6 +654,12 @@ impl Tables {
     pub fn track_and_legs_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Leg>)> {
         let track = self.tracks.get_mut(&id)?;
         Some((track, &mut self.legs))
+    }
+
+    /// Legs and tracks at once, for controllers that read a leg and change its subscriptions
+    /// (the bandwidth allocator).
+    pub fn legs_and_tracks_mut(&mut self) -> (&mut Map<LegId, Leg>, &mut Map<TrackId, Track>) {
+        (&mut self.legs, &mut self.tracks)
     }
 
     /// Numbers of legs, tracks and subscriptions.

@@ -1,0 +1,202 @@
+//! The downlink controllers' glue (see [`crate::downlink`] for the state): transport-cc from a
+//! subscriber into its leg's estimator, the housekeeping tick that measures layer rates and
+//! runs each leg's allocator, and the probe packets that look for more bandwidth.
+//!
+//! ```text
+//!   probe packet: | RTP V=2 P=1 X=1, RTX PT, RTX SSRC, RTX seq | BE DE 00 01 | id,len=1 | seq | 0 |
+//!                 | 254 zero octets | 255 |          (RFC 3550 padding, RFC 4588 RTX stream)
+//! ```
+
+use super::fanout::Ctx;
+use super::OutMeta;
+use crate::downlink::alloc::{self, Demand, MAX_LAYERS};
+use crate::downlink::{PROBE_PADDING, Usage};
+use crate::ids::{LegId, TrackId};
+use crate::stats::CoreStats;
+use crate::table::{Leg, Map, MediaKind, Track};
+use crate::time::Instant;
+use crate::wire::rtcp::TransportCc;
+use crate::wire::set_be32;
+
+/// Subscriptions one leg's allocator handles (a meeting view; more are left at their ceiling).
+pub(super) const MAX_ALLOC: usize = 64;
+/// How long an estimate somewhat below a subscription's layer is tolerated before it switches
+/// down (the estimator dips briefly after every up-switch).
+const DOWN_HOLD: core::time::Duration = core::time::Duration::from_millis(1000);
+/// An estimate under this fraction of the current layer's rate switches down at once.
+const DEEP_DIP: f64 = 0.6;
+/// The least padding rate of a probe: about a dozen packets per cluster.
+const MIN_PROBE_BPS: u64 = 600_000;
+/// Length of a probe packet before SRTP.
+const PROBE_LEN: usize = 12 + 8 + PROBE_PADDING;
+
+/// A subscriber's transport-cc feedback: into its leg's estimator.
+pub(super) fn transport_cc(ctx: &mut Ctx<'_>, leg: &mut Leg, fb: &TransportCc<&[u8]>) {
+    match leg.downlink.as_deref_mut() {
+        Some(dl) => {
+            if dl.on_feedback(ctx.now, fb) {
+                ctx.stats.twcc_feedback_used += 1;
+            } else {
+                ctx.stats.twcc_feedback_bad += 1;
+            }
+        }
+        None => ctx.stats.twcc_feedback_bad += 1,
+    }
+}
+
+/// Turns the bytes each layer received since the last tick into its rate (`elapsed` since).
+pub(super) fn measure_layers<'a>(tracks: impl Iterator<Item = &'a mut Track>, elapsed: core::time::Duration) {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    for t in tracks {
+        for l in &mut t.layers {
+            let now = (l.bytes as f64 * 8.0 / secs) as u64;
+            // Smoothed over about a second of ticks: keyframes do not swing the allocation.
+            l.rate_bps = if l.rate_bps == 0 { now } else { (l.rate_bps * 3 + now) / 4 };
+            l.bytes = 0;
+        }
+    }
+}
+
+/// Runs the allocator of every leg this core owns that has congestion control; starts probes
+/// where the allocation wants more than the estimate. Returns the earliest probe deadline.
+pub(super) fn allocate(
+    now: Instant,
+    legs: &mut Map<LegId, Leg>,
+    tracks: &mut Map<TrackId, Track>,
+    owns: impl Fn(u16) -> bool,
+    scratch: &mut Vec<(TrackId, usize, Demand)>,
+    stats: &mut CoreStats,
+) -> Option<Instant> {
+    let mut next = None;
+    let mut out = [None; MAX_ALLOC];
+    for leg in legs.values_mut() {
+        let Some(dl) = leg.downlink.as_deref_mut() else { continue };
+        if !owns(leg.spec.local_port) {
+            continue;
+        }
+        scratch.clear();
+        for &(_, track_id) in &leg.egress {
+            if scratch.len() == MAX_ALLOC || scratch.iter().any(|(t, _, _)| *t == track_id) {
+                continue;
+            }
+            let Some(track) = tracks.get(&track_id) else { continue };
+            let Some(i) = track.sub_index(leg.spec.id) else { continue };
+            let sub = &track.subs[i];
+            if sub.paused {
+                continue;
+            }
+            let mut rates = [0; MAX_LAYERS];
+            for (r, l) in rates.iter_mut().zip(&track.layers) {
+                *r = if l.activity.active { l.rate_bps.max(1) } else { 0 };
+            }
+            let audio = track.spec.kind == MediaKind::Audio;
+            scratch.push((track_id, i, Demand { priority: 0, audio, current: sub.current_layer, ceiling: sub.target_layer, rates }));
+        }
+        let demands: [Demand; MAX_ALLOC] = core::array::from_fn(|i| scratch.get(i).map_or(Demand::default(), |d| d.2));
+        let n = scratch.len();
+        let estimate = dl.estimate();
+        let used = alloc::allocate(estimate, &demands[..n], &mut out[..n]);
+        for (k, &(track_id, i, d)) in scratch.iter().enumerate() {
+            if d.audio {
+                continue;
+            }
+            let Some(sub) = tracks.get_mut(&track_id).and_then(|t| t.subs.get_mut(i)) else { continue };
+            let want = out[k];
+            // Down-switch hysteresis: a dip of the estimate (a transient overuse right after an
+            // up-switch) is held for DOWN_HOLD; a deep one (the estimate under DEEP_DIP of what
+            // the current layer takes) switches at once.
+            let current_rate = sub.alloc_layer.map_or(0, |l| d.rates[usize::from(l).min(MAX_LAYERS - 1)]);
+            let down = matches!((want, sub.alloc_layer), (Some(w), Some(c)) if w < c);
+            if down && (estimate as f64) >= DEEP_DIP * current_rate as f64 {
+                let since = *sub.alloc_down_since.get_or_insert(now);
+                if now.saturating_duration_since(since) < DOWN_HOLD {
+                    continue;
+                }
+            }
+            if !down {
+                sub.alloc_down_since = None;
+            }
+            if sub.alloc_layer != want {
+                sub.alloc_layer = want;
+                sub.alloc_down_since = None;
+                stats.allocation_changes += 1;
+            }
+        }
+        // The allocation is held back by the estimate when a subscription is below the best
+        // layer it could have: look for more, doubling towards what all of them want (with the
+        // allocator's headroom and a margin).
+        let wanted = (demands[..n].iter().map(Demand::wanted).sum::<u64>() as f64 * alloc::UP_HEADROOM) as u64;
+        let limited = demands[..n].iter().zip(&out[..n]).any(|(d, o)| !d.audio && *o < d.best());
+        if limited && dl.usage() != Usage::Over {
+            // Doubling (at least +500 kbit/s) towards what the allocation wants, with room.
+            let target = (estimate * 2).max(estimate + 500_000).min(wanted + wanted / 5);
+            // Enough padding for a measurable cluster (a dozen packets in 40 ms).
+            let padding = target.saturating_sub(used).max(MIN_PROBE_BPS);
+            if dl.start_probe(now, padding) {
+                stats.probes_started += 1;
+            }
+        }
+        if let Some(d) = dl.probe_deadline() {
+            next = Some(next.map_or(d, |n: Instant| n.min(d)));
+        }
+    }
+    next
+}
+
+/// Sends the probe packets due on every leg this core owns; returns the next probe deadline.
+pub(super) fn probe(
+    now: Instant,
+    legs: &mut Map<LegId, Leg>,
+    tracks: &mut Map<TrackId, Track>,
+    owns: impl Fn(u16) -> bool,
+    out: &mut super::OutBatch,
+    stats: &mut CoreStats,
+) -> Option<Instant> {
+    let mut next = None;
+    for leg in legs.values_mut() {
+        let Some(dl) = leg.downlink.as_deref_mut() else { continue };
+        if dl.probe_deadline().is_none_or(|d| d > now) || !owns(leg.spec.local_port) {
+            continue;
+        }
+        let (Some(remote), Some(twcc)) = (leg.remote.filter(|_| leg.edge.as_ref().is_none_or(|e| e.keys.is_some() && e.consent)), leg.spec.feedback.twcc_ext) else {
+            dl.cancel_probe();
+            continue;
+        };
+        // An RTX stream of the leg carries the padding: its SSRC and payload type.
+        let rtx = leg.egress.iter().find_map(|&(_, t)| {
+            let track = tracks.get(&t)?;
+            let i = track.sub_index(leg.spec.id)?;
+            let sub = &track.subs[i];
+            let rtx_ssrc = sub.out_rtx_ssrc?;
+            let pt = track.spec.payload_types.iter().find_map(|p| sub.map_pt(p.rtx_pt?))?;
+            Some((t, i, rtx_ssrc, pt))
+        });
+        let Some((track_id, i, rtx_ssrc, pt)) = rtx else {
+            dl.cancel_probe();
+            continue;
+        };
+        let Some(sub) = tracks.get_mut(&track_id).and_then(|t| t.subs.get_mut(i)) else { continue };
+        while dl.take_probe_packet(now, PROBE_LEN + leg.tx.profile().rtp_overhead()) {
+            let Some(slot) = out.next_slot() else { break };
+            let p = &mut slot[..PROBE_LEN];
+            p[0] = 0x80 | 0x20 | 0x10;
+            p[1] = pt.0 & 0x7F;
+            p[2..4].copy_from_slice(&sub.rtx_seq.to_be_bytes());
+            set_be32(p, 4, 0);
+            set_be32(p, 8, rtx_ssrc.0);
+            let seq = dl.history.next_seq().to_be_bytes();
+            p[12..20].copy_from_slice(&[0xBE, 0xDE, 0, 1, (twcc << 4) | 1, seq[0], seq[1], 0]);
+            p[20..].fill(0);
+            p[PROBE_LEN - 1] = PROBE_PADDING as u8;
+            let Ok(len) = leg.tx.protect_rtp(&mut sub.rtx_srtp, &mut slot[..], PROBE_LEN) else { break };
+            sub.rtx_seq = sub.rtx_seq.wrapping_add(1);
+            out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
+            dl.sent(now, len, true);
+            stats.probe_packets += 1;
+        }
+        if let Some(d) = dl.probe_deadline() {
+            next = Some(next.map_or(d, |n: Instant| n.min(d)));
+        }
+    }
+    next
+}
