@@ -259,6 +259,7 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
                 ext_map: vec![],
                 target_layer: 0,
                 paused: false,
+                priority: 0,
             }));
         }
     }

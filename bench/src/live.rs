@@ -255,6 +255,7 @@ pub fn subscription(s: &SubscriptionSpec) -> pb::Subscription {
         ext_map: s.ext_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(*f), to: u32::from(*t) }).collect(),
         target_layer: u32::from(s.target_layer),
         paused: s.paused,
+        priority: u32::from(s.priority),
     }
 }
 

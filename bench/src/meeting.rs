@@ -138,6 +138,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
                     ext_map: vec![],
                     target_layer: layer,
                     paused: false,
+                    priority: 0,
                 }));
             }
         }

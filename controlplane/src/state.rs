@@ -473,6 +473,7 @@ impl Desired {
                     ext_map: sub.ext_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(*f), to: u32::from(*t) }).collect(),
                     target_layer: u32::from(sub.target_layer),
                     paused: sub.paused,
+                    priority: u32::from(sub.priority),
                 })
                 .collect(),
         })
@@ -771,6 +772,7 @@ impl Stage<'_> {
             ext_map,
             target_layer: s.target_layer as u8,
             paused: s.paused,
+            priority: u8::try_from(s.priority).map_err(|_| invalid(format!("{f}.priority"), format!("{} is not in 0..=255", s.priority)))?,
         };
         self.session.subs.entry(s.subscriber_leg.clone()).or_default().insert(s.track.clone(), spec);
         Ok(())
@@ -973,6 +975,7 @@ pub(crate) mod fixtures {
                 ext_map: vec![],
                 target_layer: layer,
                 paused,
+                priority: 0,
             })),
         }
     }

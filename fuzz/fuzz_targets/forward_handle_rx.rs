@@ -77,6 +77,7 @@ fn setup() -> Core {
                 ext_map: vec![(1, 1), (3, 2)],
                 target_layer: layer,
                 paused: false,
+                priority: 0,
             }));
         }
     }

@@ -227,6 +227,7 @@ fn sub(subscriber: u32, track: u32, out: u32) -> SubscriptionSpec {
         ext_map: vec![],
         target_layer: 0,
         paused: false,
+        priority: 0,
     }
 }
 

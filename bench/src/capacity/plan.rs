@@ -224,6 +224,7 @@ impl Plan {
                         ext_map: vec![],
                         target_layer: layer,
                         paused: false,
+                        priority: 0,
                     }));
                 };
                 for k in 0..n {

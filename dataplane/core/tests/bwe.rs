@@ -33,7 +33,8 @@ const PUB: u32 = 1;
 const SUB: u32 = 2;
 const PUB_TWCC: u8 = 3;
 const SUB_TWCC: u8 = 5;
-const LAYER_BPS: [u64; 3] = [200_000, 700_000, 2_500_000];
+/// The camera's layers.
+const CAMERA: [u64; 3] = [200_000, 700_000, 2_500_000];
 const FPS: u64 = 30;
 const QUEUE_BYTES: usize = 60_000;
 
@@ -90,6 +91,8 @@ struct Run {
     switches: Vec<(u64, u8)>,
     probes: u64,
     feedback_used: u64,
+    /// Every track's layer at each sample.
+    layers: Vec<Vec<Option<u8>>>,
 }
 
 struct Scenario {
@@ -99,6 +102,19 @@ struct Scenario {
     /// The subscriber leg negotiates transport-cc (the control run does not).
     feedback: bool,
     secs: u64,
+    /// Link capacity (bit/s) at time t (µs).
+    capacity: fn(u64) -> u64,
+    /// The published tracks: (layer rates, the subscription's priority). Track 1 is the first.
+    tracks: Vec<(Vec<u64>, u8)>,
+}
+
+/// 3 → 0.5 → 3 Mbit/s at 20 s and 40 s.
+fn steps(t: u64) -> u64 {
+    if (20_000_000..40_000_000).contains(&t) { 500_000 } else { 3_000_000 }
+}
+
+fn camera_only() -> Vec<(Vec<u64>, u8)> {
+    vec![(CAMERA.to_vec(), 0)]
 }
 
 fn run(s: &Scenario) -> Run {
@@ -111,24 +127,30 @@ fn run(s: &Scenario) -> Run {
     let mut q = leg_spec(SUB, 21_002, sub_up.clone(), sub_down.clone());
     q.feedback.twcc_ext = s.feedback.then_some(SUB_TWCC);
     q.remote = Some(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 5000)));
-    let layers = [(0x10, 0x20), (0x11, 0x21), (0x12, 0x22)];
-    let ops = vec![
-        Op::UpsertLeg(p),
-        Op::UpsertLeg(q),
-        Op::UpsertTrack(video_track(1, PUB, &layers)),
-        Op::UpsertSubscription(subscription(SUB, 1, 0xAAAA, Some(0xBBBB), 2)),
-    ];
+    // Track k (1-based) layer l: SSRC 0x100·k + 0x10 + l, RTX + 0x10.
+    let ssrc = |k: usize, l: usize| (0x100 * (k + 1) + 0x10 + l) as u32;
+    let mut ops = vec![Op::UpsertLeg(p), Op::UpsertLeg(q)];
+    // (track index, layer) of every publisher stream, flattened.
+    let mut streams = Vec::new();
+    for (k, (rates, priority)) in s.tracks.iter().enumerate() {
+        let layers: Vec<(u32, u32)> = (0..rates.len()).map(|l| (ssrc(k, l), ssrc(k, l) + 0x10)).collect();
+        ops.push(Op::UpsertTrack(video_track(k as u32 + 1, PUB, &layers)));
+        let mut sub = subscription(SUB, k as u32 + 1, 0xAA00 + k as u32, Some(0xBB00 + k as u32), rates.len() as u8 - 1);
+        sub.priority = *priority;
+        ops.push(Op::UpsertSubscription(sub));
+        streams.extend((0..rates.len()).map(|l| (k, l, rates[l])));
+    }
     core.apply(Delta { generation: Generation(1), replace_all: false, ops }).unwrap();
     let pub_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 5000));
     let sub_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 5000));
     let keys = |m: &sluice_core::table::KeyMaterial| SrtpKeys::new(m.profile, &m.key, &m.salt).unwrap();
     let (pub_tx, pub_rx, sub_tx, sub_rx) = (keys(&pub_up), keys(&pub_down), keys(&sub_up), keys(&sub_down));
-    let mut pub_states: Vec<RtpSendState> = (0..3).map(|_| RtpSendState::default()).collect();
+    let mut pub_states: Vec<RtpSendState> = streams.iter().map(|_| RtpSendState::default()).collect();
     let mut pub_rtcp_rx = RtcpRecvState::new(1024);
     let mut sub_rtcp_tx = RtcpSendState::default();
     let mut sub_rtp_rx: std::collections::HashMap<u32, RtpRecvState> = Default::default();
     let mut link = Link {
-        capacity: Box::new(|t| if (20_000_000..40_000_000).contains(&t) { 500_000 } else { 3_000_000 }),
+        capacity: Box::new(s.capacity),
         delay_us: s.one_way_us,
         loss: s.loss,
         queue: VecDeque::new(),
@@ -138,8 +160,8 @@ fn run(s: &Scenario) -> Run {
     let mut uplink: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
     let mut recorder = TwccRecorder::default();
     let mut out = OutBatch::new(512);
-    let (mut seq, mut tseq, mut want_key, mut next_fb) = ([0u16; 3], 0u16, [true; 3], 50_000u64);
-    let mut r = Run { samples: Vec::new(), switches: Vec::new(), probes: 0, feedback_used: 0 };
+    let (mut seq, mut tseq, mut want_key, mut next_fb) = (vec![0u16; streams.len()], 0u16, vec![true; streams.len()], 50_000u64);
+    let mut r = Run { samples: Vec::new(), switches: Vec::new(), probes: 0, feedback_used: 0, layers: Vec::new() };
     let mut last_layer = None;
     let frame_us = 1_000_000 / FPS;
     let mut next_frame = 0;
@@ -152,22 +174,25 @@ fn run(s: &Scenario) -> Run {
         if t >= next_frame {
             next_frame += frame_us;
             let frame = t / frame_us;
-            for l in 0..3 {
+            for (l, &(k, layer, bps)) in streams.iter().enumerate() {
                 let key = want_key[l] || frame % (3 * FPS) == 0;
                 want_key[l] = false;
-                let bytes = (LAYER_BPS[l] / 8 / FPS) as usize;
+                let bytes = (bps / 8 / FPS) as usize;
                 let n = bytes.div_ceil(1000);
-                let gap = (bytes / n) as u64 * 8 * 1_000_000 * 2 / (LAYER_BPS[l] * 5);
-                for k in 0..n {
+                let gap = (bytes / n) as u64 * 8 * 1_000_000 * 2 / (bps * 5);
+                for i in 0..n {
                     let mut payload = vec![0u8; bytes / n];
-                    payload[0] = if k == 0 { 0x10 } else { 0x00 };
-                    payload[1] = if k == 0 && !key { 0x01 } else { 0x00 };
-                    let mut plain = rtp_packet(layers[l].0, seq[l], (frame * 3000) as u32, PT_VP8, k == n - 1, &[]);
+                    payload[0] = if i == 0 { 0x10 } else { 0x00 };
+                    payload[1] = if i == 0 && !key { 0x01 } else { 0x00 };
+                    let mut plain = rtp_packet(ssrc(k, layer), seq[l], (frame * 3000) as u32, PT_VP8, false, &[]);
                     plain[0] |= 0x10;
                     plain.extend_from_slice(&[0xBE, 0xDE, 0, 1, (PUB_TWCC << 4) | 1, 0, 0, 0]);
                     plain.extend_from_slice(&payload);
                     seq[l] = seq[l].wrapping_add(1);
-                    paced.push((t + k as u64 * gap, l, plain));
+                    if i == n - 1 {
+                        plain[1] |= 0x80;
+                    }
+                    paced.push((t + i as u64 * gap, l, plain));
                 }
             }
             paced.sort_by_key(|p| p.0);
@@ -200,7 +225,7 @@ fn run(s: &Scenario) -> Run {
                 if let Ok(n) = pub_rx.unprotect_rtcp(&mut pub_rtcp_rx, &mut b, len) {
                     for pkt in rtcp::compound(&b[..n]).flatten() {
                         if let Ok(pli) = rtcp::Pli::new_checked(pkt.as_bytes()) {
-                            if let Some(l) = layers.iter().position(|x| x.0 == pli.media_ssrc().0) {
+                            if let Some(l) = streams.iter().position(|&(k, l, _)| ssrc(k, l) == pli.media_ssrc().0) {
                                 want_key[l] = true;
                             }
                         }
@@ -224,7 +249,7 @@ fn run(s: &Scenario) -> Run {
         if s.feedback && t >= next_fb {
             next_fb += 50_000;
             let mut buf = [0u8; 1500];
-            while let Ok(Some(n)) = recorder.write_feedback(&mut buf, Ssrc(0x5B), Ssrc(0xAAAA)) {
+            while let Ok(Some(n)) = recorder.write_feedback(&mut buf, Ssrc(0x5B), Ssrc(0xAA00)) {
                 let mut b = buf[..n].to_vec();
                 b.resize(n + 32, 0);
                 let n = sub_tx.protect_rtcp(&mut sub_rtcp_tx, &mut b, n).unwrap();
@@ -240,6 +265,7 @@ fn run(s: &Scenario) -> Run {
             last_layer = layer;
         }
         if t % 100_000 == 0 {
+            r.layers.push((1..=s.tracks.len() as u32).map(|k| core.tables().track(TrackId(k)).unwrap().subs[0].current_layer).collect());
             let est = core.tables().leg(LegId(SUB)).unwrap().downlink.as_ref().map_or(0, |d| d.estimate());
             r.samples.push((t, est, layer, link.queue_delay_us(t)));
         }
@@ -292,19 +318,19 @@ fn check(name: &str, r: &Run, tolerance: f64) {
 
 #[test]
 fn a_subscriber_follows_its_bottleneck_down_and_back_up() {
-    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 60 });
+    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only() });
     check("50 ms RTT, no random loss", &r, 0.2);
 }
 
 #[test]
 fn the_loop_holds_with_100_ms_rtt() {
-    let r = run(&Scenario { seed: 2, one_way_us: 50_000, loss: 0.0, feedback: true, secs: 60 });
+    let r = run(&Scenario { seed: 2, one_way_us: 50_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only() });
     check("100 ms RTT", &r, 0.2);
 }
 
 #[test]
 fn the_loop_holds_with_5_percent_random_loss() {
-    let r = run(&Scenario { seed: 3, one_way_us: 25_000, loss: 0.05, feedback: true, secs: 60 });
+    let r = run(&Scenario { seed: 3, one_way_us: 25_000, loss: 0.05, feedback: true, secs: 60, capacity: steps, tracks: camera_only() });
     check("5 % random loss", &r, 0.2);
 }
 
@@ -312,8 +338,31 @@ fn the_loop_holds_with_5_percent_random_loss() {
 /// the drop, the queue overflows. This is what the assertions above catch.
 #[test]
 fn without_the_estimator_the_subscriber_drowns() {
-    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: false, secs: 30 });
+    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: false, secs: 30, capacity: steps, tracks: camera_only() });
     assert!(r.switches.iter().all(|(_, l)| *l == 2), "{:?}", r.switches);
     let worst = window(&r, 24.0, 30.0).map(|s| s.3).max().unwrap();
     assert!(worst > 400_000, "queueing {worst} µs");
+}
+
+/// A screen share (priority 2: 150 k / 800 kbit/s) and a camera (priority 0) behind a constant
+/// 1.5 Mbit/s link: the share keeps its full layer, the camera gets what is left (its lowest:
+/// its middle layer would not fit beside the share with the allocator's headroom).
+#[test]
+fn under_a_limit_the_screen_share_keeps_its_full_layer() {
+    let r = run(&Scenario {
+        seed: 4,
+        one_way_us: 25_000,
+        loss: 0.0,
+        feedback: true,
+        secs: 30,
+        capacity: |_| 1_500_000,
+        tracks: vec![(CAMERA.to_vec(), 0), (vec![150_000, 800_000], 2)],
+    });
+    let log = format!("{}\nlayers (camera, share) every second: {:?}", report(&r), r.layers.iter().step_by(10).collect::<Vec<_>>());
+    let steady: Vec<&Vec<Option<u8>>> = r.layers[100..].iter().collect();
+    assert!(steady.iter().all(|l| l[1] == Some(1)), "the share keeps its top layer from 10 s on\n{log}");
+    assert!(steady.iter().all(|l| l[0] == Some(0)), "the camera gets the rest: its lowest layer\n{log}");
+    let worst = window(&r, 10.0, 30.0).map(|s| s.3).max().unwrap();
+    assert!(worst < 200_000, "queueing {worst} µs\n{log}");
+    eprintln!("{log}");
 }

@@ -64,11 +64,18 @@ pub(super) fn allocate(
     legs: &mut Map<LegId, Leg>,
     tracks: &mut Map<TrackId, Track>,
     owns: impl Fn(u16) -> bool,
+    single: bool,
     scratch: &mut Vec<(TrackId, usize, Demand)>,
     stats: &mut CoreStats,
 ) -> Option<Instant> {
     let mut next = None;
     let mut out = [None; MAX_ALLOC];
+    // Which worker fans out a track: the owner of its publisher's port. Only subscriptions fanned
+    // out here are this leg's to allocate (the others' copies carry no stamp of this worker).
+    // With one worker every track is fanned out here (no set needed).
+    let fanned_here: Option<std::collections::HashSet<TrackId>> = (!single).then(|| {
+        tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| owns(p.spec.local_port))).map(|t| t.spec.id).collect()
+    });
     for leg in legs.values_mut() {
         let Some(dl) = leg.downlink.as_deref_mut() else { continue };
         if !owns(leg.spec.local_port) {
@@ -76,7 +83,7 @@ pub(super) fn allocate(
         }
         scratch.clear();
         for &(_, track_id) in &leg.egress {
-            if scratch.len() == MAX_ALLOC || scratch.iter().any(|(t, _, _)| *t == track_id) {
+            if scratch.len() == MAX_ALLOC || scratch.iter().any(|(t, _, _)| *t == track_id) || fanned_here.as_ref().is_some_and(|h| !h.contains(&track_id)) {
                 continue;
             }
             let Some(track) = tracks.get(&track_id) else { continue };
@@ -90,7 +97,7 @@ pub(super) fn allocate(
                 *r = if l.activity.active { l.rate_bps.max(1) } else { 0 };
             }
             let audio = track.spec.kind == MediaKind::Audio;
-            scratch.push((track_id, i, Demand { priority: 0, audio, current: sub.current_layer, ceiling: sub.target_layer, rates }));
+            scratch.push((track_id, i, Demand { priority: sub.priority, audio, current: sub.current_layer, ceiling: sub.target_layer, rates }));
         }
         let demands: [Demand; MAX_ALLOC] = core::array::from_fn(|i| scratch.get(i).map_or(Demand::default(), |d| d.2));
         let n = scratch.len();

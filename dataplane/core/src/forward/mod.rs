@@ -513,7 +513,7 @@ impl Core {
         downlink::measure_layers(self.tables.tracks_mut(), elapsed);
         let shard = self.shard;
         let (legs, tracks) = self.tables.legs_and_tracks_mut();
-        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), &mut self.alloc_scratch, &mut self.stats);
+        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), shard.count <= 1, &mut self.alloc_scratch, &mut self.stats);
         self.next_probe = match (self.next_probe, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

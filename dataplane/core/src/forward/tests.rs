@@ -185,6 +185,7 @@ fn sub(subscriber: u32, track: u32, out_ssrc: u32, layer: u8) -> SubscriptionSpe
         ext_map: vec![],
         target_layer: layer,
         paused: false,
+        priority: 0,
     }
 }
 
@@ -597,6 +598,7 @@ fn webrtc_leg_gates_media_until_keys_and_consent() {
             ext_map: vec![],
             target_layer: 0,
             paused: false,
+            priority: 0,
         }),
     ])
     .unwrap();

@@ -396,6 +396,8 @@ pub struct Subscription {
     pub current_layer: Option<u8>,
     /// Paused: receives nothing.
     pub paused: bool,
+    /// The allocator's rank (higher first).
+    pub priority: u8,
     /// Sequence/timestamp rewriter.
     pub rewriter: SeqTsRewriter,
     /// SRTP send state of `out_ssrc`.
@@ -458,6 +460,7 @@ impl Subscription {
             target_layer: spec.target_layer.min(layers.saturating_sub(1) as u8),
             current_layer: None,
             paused: spec.paused,
+            priority: spec.priority,
             rewriter: SeqTsRewriter::new(),
             srtp: RtpSendState::default(),
             rtx_srtp: RtpSendState::default(),
@@ -507,6 +510,7 @@ impl Subscription {
             ext_map: (1u8..15).filter(|&i| self.ext_map.get(i) != 0).map(|i| (i, self.ext_map.get(i))).collect(),
             target_layer: self.target_layer,
             paused: self.paused,
+            priority: self.priority,
         }
     }
 }

@@ -208,6 +208,10 @@ pub struct SubscriptionSpec {
     pub target_layer: u8,
     /// A paused subscription receives nothing.
     pub paused: bool,
+    /// How the subscriber leg's bandwidth allocator ranks it: higher first (a screen share
+    /// above a prominent speaker above the rest). 0 is the default.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub priority: u8,
 }
 
 /// One change in a delta.

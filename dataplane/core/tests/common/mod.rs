@@ -85,5 +85,6 @@ pub fn subscription(subscriber: u32, track: u32, out_ssrc: u32, out_rtx: Option<
         ext_map: vec![],
         target_layer: layer,
         paused: false,
+        priority: 0,
     }
 }
