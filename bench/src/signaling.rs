@@ -141,12 +141,20 @@ struct Member {
     opus: u32,
     vp8: u32,
     vp8_rtx: Option<u32>,
+    /// Simulcast layers the camera sends (1 without simulcast).
+    video_layers: u32,
 }
 
 impl Member {
     /// The SSRC Sluice sends slot `slot`'s audio (`video = false`) or video on.
     fn out_ssrc(&self, slot: usize, video: bool) -> u32 {
         0x5100_0000 + self.seq * 16 + slot as u32 * 2 + u32::from(video)
+    }
+
+    /// The RTX SSRC of slot `slot`'s video (retransmissions, and the padding Sluice probes the
+    /// subscriber's bandwidth with).
+    fn out_rtx_ssrc(&self, slot: usize) -> Option<u32> {
+        self.vp8_rtx.map(|_| 0x5100_0000 + self.seq * 16 + 8 + slot as u32)
     }
 }
 
@@ -156,14 +164,17 @@ struct Rooms {
     rooms: BTreeMap<String, BTreeMap<String, Member>>,
 }
 
-fn subscription(subscriber: &str, track: &str, out_ssrc: u32, pt_map: Vec<(u32, u32)>) -> pb::Change {
+fn subscription(subscriber: &str, track: &str, out_ssrc: u32, out_rtx_ssrc: Option<u32>, pt_map: Vec<(u32, u32)>, top_layer: u32) -> pb::Change {
     pb::Change {
         change: Some(C::Subscription(pb::Subscription {
             subscriber_leg: subscriber.into(),
             track: track.into(),
             out_ssrc,
+            out_rtx_ssrc,
             pt_map: pt_map.into_iter().map(|(from, to)| pb::IdMapping { from, to }).collect(),
-            target_layer: 0,
+            // The top layer as the ceiling: the subscriber leg's bandwidth allocator picks what
+            // its estimate allows.
+            target_layer: top_layer,
             ..Default::default()
         })),
     }
@@ -173,12 +184,14 @@ fn subscription(subscriber: &str, track: &str, out_ssrc: u32, pt_map: Vec<(u32, 
 fn subscribe(subscriber: (&str, &Member), publisher: (&str, &Member), slot: usize) -> [pb::Change; 2] {
     let (s, p) = (subscriber.1, publisher.1);
     let mut video_pts = vec![(p.vp8, s.vp8)];
+    let mut rtx = None;
     if let (Some(a), Some(b)) = (p.vp8_rtx, s.vp8_rtx) {
         video_pts.push((a, b));
+        rtx = s.out_rtx_ssrc(slot);
     }
     [
-        subscription(subscriber.0, &format!("{}-audio", publisher.0), s.out_ssrc(slot, false), vec![(p.opus, s.opus)]),
-        subscription(subscriber.0, &format!("{}-video", publisher.0), s.out_ssrc(slot, true), video_pts),
+        subscription(subscriber.0, &format!("{}-audio", publisher.0), s.out_ssrc(slot, false), None, vec![(p.opus, s.opus)], 0),
+        subscription(subscriber.0, &format!("{}-video", publisher.0), s.out_ssrc(slot, true), rtx, video_pts, p.video_layers.saturating_sub(1)),
     ]
 }
 
@@ -249,13 +262,22 @@ fn answer(offer: &Offer, w: &pb::WebRtcLocal, me: &Member, twcc_ext: Option<u32>
             // A receive slot: Sluice sends on the SSRC it announces here.
             let slot = slot_of_kind.entry(if video { "video" } else { "audio" }).or_default();
             let ssrc = me.out_ssrc(*slot, video);
+            let rtx = if video { me.out_rtx_ssrc(*slot) } else { None };
             *slot += 1;
-            s.extend([
-                "a=sendonly".into(),
-                format!("a=msid:sluice-{ssrc} sluice-{ssrc}"),
-                format!("a=ssrc:{ssrc} cname:sluice"),
-                format!("a=ssrc:{ssrc} msid:sluice-{ssrc} sluice-{ssrc}"),
-            ]);
+            s.push("a=sendonly".into());
+            // Sluice stamps its own transport-wide sequence numbers on what it sends and reads
+            // the subscriber's transport-cc feedback (its congestion control for this leg).
+            if let Some(id) = m.ext(EXT_TWCC).filter(|id| Some(*id) == twcc_ext) {
+                s.push(format!("a=extmap:{id} {EXT_TWCC}"));
+                s.push(format!("a=rtcp-fb:{} transport-cc", pts[0]));
+            }
+            s.push(format!("a=msid:sluice-{ssrc} sluice-{ssrc}"));
+            if let Some(rtx) = rtx {
+                s.push(format!("a=ssrc-group:FID {ssrc} {rtx}"));
+            }
+            for x in std::iter::once(ssrc).chain(rtx) {
+                s.extend([format!("a=ssrc:{x} cname:sluice"), format!("a=ssrc:{x} msid:sluice-{ssrc} sluice-{ssrc}")]);
+            }
         }
         s.push(format!("a={}", c.candidate));
         s.push("a=end-of-candidates".into());
@@ -339,7 +361,7 @@ impl Signaling {
         let mut rooms = self.rooms.lock().await;
         let seq = rooms.next_seq;
         rooms.next_seq += 1;
-        let mut me = Member { seq, slots: [None, None], opus, vp8, vp8_rtx: video.rtx_of(vp8) };
+        let mut me = Member { seq, slots: [None, None], opus, vp8, vp8_rtx: video.rtx_of(vp8), video_layers: video.rids.len().max(1) as u32 };
         let others: Vec<(String, Member)> = rooms.rooms.get(room).map(|r| r.iter().map(|(n, m)| (n.clone(), m.clone())).collect()).unwrap_or_default();
         if others.iter().any(|(n, _)| n == name) {
             bail!("{name:?} is already in {room:?}");
