@@ -106,8 +106,11 @@ pub struct Config {
     pub backend: BackendChoice,
     /// Datagrams a worker takes per receive batch.
     pub batch: usize,
-    /// Unix socket of the control endpoint.
+    /// Unix socket of the control endpoint (created mode 0600 whatever the umask).
     pub control_socket: PathBuf,
+    /// The uid the control socket's file is handed to, who may then use it besides root and the
+    /// daemon's own uid (every other peer is refused by its `SO_PEERCRED`); default: nobody else.
+    pub control_socket_owner: Option<u32>,
     /// Address of the Prometheus endpoint (`/metrics`); `""` or `"off"` disables it.
     #[serde(deserialize_with = "metrics_address")]
     pub metrics: Option<SocketAddr>,
@@ -143,6 +146,7 @@ impl Default for Config {
             backend: BackendChoice::Auto,
             batch: 64,
             control_socket: PathBuf::from("/run/sluice/dataplane.sock"),
+            control_socket_owner: None,
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9311))),
             replay_window: 128,
             rtx_cache_packets: 256,

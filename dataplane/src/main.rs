@@ -225,7 +225,7 @@ fn run(config: Config, allowed_cores: &[usize]) -> anyhow::Result<()> {
     let slow_ctl = slow.clone();
     drop(events_tx);
     let control_shield = shield.clone();
-    control::serve(&config.control_socket, hub, move |req| match req {
+    control::serve_with_owner(&config.control_socket, config.control_socket_owner, hub, move |req| match req {
         Request::Apply(delta) => {
             let changes = edge::changes_of(&delta);
             let for_shield = control_shield.as_ref().map(|_| Arc::new(delta.clone()));
