@@ -16,6 +16,9 @@
 //! `seq` numbers every record ever written; the snapshot stores the last one it includes, so a
 //! crash between the snapshot's rename and the journal's truncation replays nothing twice. A torn
 //! or corrupt tail (a crash mid-append) ends the replay there and is cut off.
+//!
+//! One process per state directory: [`Journal::open`] takes an exclusive lock on `lock` in it
+//! (holding the PID) before reading anything, and a second control plane refuses to start.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -23,6 +26,8 @@ use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
+
+use sluice_dataplane::lock::InstanceLock;
 
 use crate::pb;
 use crate::state::{Desired, PortRange, fingerprint};
@@ -51,6 +56,9 @@ pub enum JournalError {
         /// The error.
         source: serde_json::Error,
     },
+    /// Another process holds the state directory.
+    #[error(transparent)]
+    Locked(#[from] sluice_dataplane::lock::LockError),
     /// A journaled request no longer applies (the journal belongs to another build or range).
     #[error("journal record {seq} does not replay: {why}")]
     Replay {
@@ -112,6 +120,8 @@ struct Snapshot {
 /// The open journal.
 #[derive(Debug)]
 pub struct Journal {
+    /// One process per state directory: held for as long as the journal is open.
+    _lock: InstanceLock,
     dir: PathBuf,
     file: File,
     seq: u64,
@@ -150,6 +160,9 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         // The journal holds SRTP master keys: owner only.
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io_err("chmod", dir))?;
+        // Before anything is read or written: two control planes on one directory would each
+        // replay, allocate the same ports to different sessions and truncate each other's records.
+        let lock = InstanceLock::acquire(&dir.join("lock"), &format!("state directory {}", dir.display()))?;
         let snap_path = dir.join("state.json");
         let (mut desired, snap_seq) = match std::fs::read(&snap_path) {
             Ok(bytes) => {
@@ -191,7 +204,7 @@ impl Journal {
             file.sync_all().map_err(io_err("fsync", &jpath))?;
         }
         let info = RecoveryInfo { snapshot_seq: snap_seq, replayed, torn_bytes: torn };
-        Ok((Self { dir: dir.to_path_buf(), file, seq, since_snapshot: records }, desired, info))
+        Ok((Self { _lock: lock, dir: dir.to_path_buf(), file, seq, since_snapshot: records }, desired, info))
     }
 
     /// Appends a record and fsyncs it: once this returns, the record survives a crash. The
@@ -320,6 +333,24 @@ mod tests {
     }
 
     #[test]
+    fn a_second_open_of_a_locked_state_directory_is_refused_naming_the_holder() {
+        let d = dir("locked");
+        let (j, _, _) = Journal::open(&d, PORTS).unwrap();
+        let e = Journal::open(&d, PORTS).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "state directory {} is in use by another instance, PID {}",
+                d.display(),
+                std::process::id()
+            )),
+            "{e}"
+        );
+        drop(j);
+        Journal::open(&d, PORTS).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn compaction_snapshots_and_never_replays_twice() {
         let d = dir("compact");
         let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
@@ -331,7 +362,8 @@ mod tests {
         r2.replay(&mut desired).unwrap();
         j.append(&r2).unwrap();
         drop(j);
-        let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
+        let (j, recovered, info) = Journal::open(&d, PORTS).unwrap();
+        drop(j);
         assert_eq!(recovered, desired);
         assert_eq!((info.snapshot_seq, info.replayed), (1, 1));
         // A crash after the snapshot's rename but before the journal's truncation: the old
@@ -345,6 +377,7 @@ mod tests {
         j.compact(&desired).unwrap();
         std::fs::write(d.join("journal.bin"), journal).unwrap();
         assert_ne!(std::fs::read(d.join("state.json")).unwrap(), snap);
+        drop(j);
         assert_eq!(Journal::open(&d, PORTS).unwrap().1, desired);
         let _ = std::fs::remove_dir_all(&d);
     }

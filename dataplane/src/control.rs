@@ -33,6 +33,8 @@ use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
 
+use crate::lock::{InstanceLock, LockError};
+
 /// Largest frame accepted (a full snapshot of a big node fits comfortably).
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -122,9 +124,25 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Resul
     serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Serves the endpoint at `path` (replacing a stale socket file): one thread per connection,
-/// requests passed to `handler` one at a time, subscriptions fed from `hub`. The socket is 0600,
-/// owned by the daemon's uid; only root and that uid are served.
+/// The lock file that guards the socket at `socket`: `<socket>.lock`, beside it.
+pub fn lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_os_string();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the socket's instance lock: while it is held no other dataplane serves `socket`, nor
+/// unlinks it as stale. The error names the holder's PID.
+pub fn lock(socket: &Path) -> Result<InstanceLock, LockError> {
+    InstanceLock::acquire(
+        &lock_path(socket),
+        &format!("control socket {}", socket.display()),
+    )
+}
+
+/// Serves the endpoint at `path` (replacing a stale socket file, under the socket's [`lock`]):
+/// one thread per connection, requests passed to `handler` one at a time, subscriptions fed
+/// from `hub`. The socket is 0600, owned by the daemon's uid; only root and that uid are served.
 pub fn serve<H>(
     path: &Path,
     hub: Arc<crate::events::EventHub>,
@@ -133,21 +151,38 @@ pub fn serve<H>(
 where
     H: FnMut(Request) -> Response + Send + 'static,
 {
-    serve_with_owner(path, None, hub, handler)
+    let lock = lock(path).map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
+    serve_with_owner(path, None, lock, hub, handler)
 }
 
-/// [`serve`], with the socket file handed to `owner` (still mode 0600), who is then served too.
+/// [`serve`], with the socket file handed to `owner` (still mode 0600), who is then served too;
+/// `lock` is the socket's [`lock`], taken by the caller and held for as long as the endpoint
+/// runs.
 pub fn serve_with_owner<H>(
     path: &Path,
     owner: Option<u32>,
+    lock: InstanceLock,
     hub: Arc<crate::events::EventHub>,
     handler: H,
 ) -> io::Result<JoinHandle<()>>
 where
     H: FnMut(Request) -> Response + Send + 'static,
 {
-    if path.exists() {
-        std::fs::remove_file(path)?;
+    if lock.path() != lock_path(path) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not the lock of {}",
+                lock.path().display(),
+                path.display()
+            ),
+        ));
+    }
+    // Only a stale socket can be here: its server held the lock we now hold.
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale control socket"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     let listener = bind_guarded(path, owner)?;
     // SAFETY: geteuid(2) cannot fail.
@@ -155,6 +190,7 @@ where
     let path: PathBuf = path.into();
     let handler = Arc::new(Mutex::new(handler));
     std::thread::Builder::new().name("control".into()).spawn(move || {
+        let _lock = lock;
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
             let peer = peer_credentials(&conn);
@@ -567,6 +603,7 @@ mod tests {
         let _t = serve_with_owner(
             &path,
             Some(65534),
+            lock(&path).unwrap(),
             crate::events::EventHub::new(),
             counting(&served),
         )
@@ -582,6 +619,30 @@ mod tests {
             10,
             "another uid cannot even connect"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_endpoint_on_a_live_socket_is_refused_and_leaves_it_alone() {
+        let dir = std::env::temp_dir().join(format!("sluice-control-twice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dp.sock");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let _t = serve(&path, crate::events::EventHub::new(), counting(&served)).unwrap();
+        let e = serve(&path, crate::events::EventHub::new(), counting(&served)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(
+            e.to_string().contains(&format!(
+                "in use by another instance, PID {}",
+                std::process::id()
+            )),
+            "{e}"
+        );
+        let mut c = Client::connect(&path).unwrap();
+        assert!(matches!(
+            c.call(&Request::Generation).unwrap(),
+            Response::Generation(Generation(7))
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

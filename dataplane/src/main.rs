@@ -111,10 +111,17 @@ fn main() -> anyhow::Result<()> {
     }
     let allowed = allowed_cores();
     config.validate(&allowed)?;
-    run(config, &allowed)
+    // Before anything touches the machine: a second instance on this socket stops here, naming
+    // the first one's PID.
+    let lock = control::lock(&config.control_socket)?;
+    run(config, &allowed, lock)
 }
 
-fn run(config: Config, allowed_cores: &[usize]) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    allowed_cores: &[usize],
+    lock: sluice_dataplane::lock::InstanceLock,
+) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGTERM, libc::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -225,7 +232,7 @@ fn run(config: Config, allowed_cores: &[usize]) -> anyhow::Result<()> {
     let slow_ctl = slow.clone();
     drop(events_tx);
     let control_shield = shield.clone();
-    control::serve_with_owner(&config.control_socket, config.control_socket_owner, hub, move |req| match req {
+    control::serve_with_owner(&config.control_socket, config.control_socket_owner, lock, hub, move |req| match req {
         Request::Apply(delta) => {
             let changes = edge::changes_of(&delta);
             let for_shield = control_shield.as_ref().map(|_| Arc::new(delta.clone()));

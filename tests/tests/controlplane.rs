@@ -839,3 +839,41 @@ fn dataplane_events_reach_watch_and_node_status_reports_rates() {
         assert!(shows(&lines, what), "sluicectl watch shows no {what}:\n{lines}");
     }
 }
+
+/// One instance per state directory: a second control plane on the first one's state directory
+/// refuses to start, naming the first one's PID, and the first keeps serving.
+#[test]
+fn a_second_controlplane_on_the_same_state_dir_refuses_to_start_naming_the_first() {
+    const PORTS7: (u16, u16) = (19_600, 19_607);
+    let dir = TempDir::new("cp-one-instance");
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let (first, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS7);
+    let mut grpc = Grpc::connect(addr);
+    grpc.apply(session_req("before"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", first.log_text()));
+    let cfg = dir.path().join("controlplane.toml");
+    let mut second = Daemon::start(
+        "sluice-controlplane",
+        &["--config", cfg.to_str().unwrap()],
+        &dir.path().join("controlplane-2.log"),
+    );
+    let status = second.wait_exit(Duration::from_secs(20));
+    let log = second.log_text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second control plane must exit with an error, not serve ({status:?}):\n{log}"
+    );
+    assert!(
+        log.contains(&format!("PID {}", first.pid())),
+        "the error names the holder's PID {}:\n{log}",
+        first.pid()
+    );
+    assert!(
+        log.contains(&dir.path().join("state").display().to_string()),
+        "the error names the state directory:\n{log}"
+    );
+    // The first still serves, with its state.
+    grpc.apply(session_req("after"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", first.log_text()));
+    assert_eq!(grpc.status().sessions, 2);
+}
