@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
-    Codec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SubscriptionSpec, TrackSpec,
+    Codec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SpecError,
+    SubscriptionSpec, TrackSpec,
 };
 
 use crate::compile::Tables;
@@ -599,7 +600,9 @@ impl Stage<'_> {
         let edge = webrtc.map(|(remote, role, remote_fingerprint)| {
             Box::new(EdgeSpec { local: local_ice_credentials(self.ice_secret, id, &remote), remote, role, remote_fingerprint })
         });
-        self.session.legs.insert(l.id.clone(), LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge });
+        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge };
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
+        self.session.legs.insert(l.id.clone(), spec);
         self.ports.retain(|(n, _)| n != &l.id);
         self.ports.push((l.id.clone(), port));
         Ok(())
@@ -688,6 +691,7 @@ impl Stage<'_> {
             }
         };
         let spec = TrackSpec { id, publisher: publisher.id, kind, clock_rate: t.clock_rate, layers, payload_types, rid_ext, repaired_rid_ext };
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
         // The dataplane clamps subscriptions to the track's highest layer; so does the desired state.
         let top = (spec.layers.len() - 1) as u8;
         for subs in self.session.subs.values_mut() {
@@ -754,9 +758,19 @@ impl Stage<'_> {
             target_layer: s.target_layer as u8,
             paused: s.paused,
         };
+        // What the dataplane's tables would refuse is refused here, before it is journaled.
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
         self.session.subs.entry(s.subscriber_leg.clone()).or_default().insert(s.track.clone(), spec);
         Ok(())
     }
+}
+
+/// The tables' own refusal of a spec ([`SpecError`], the check `Tables::apply` makes), as the
+/// field of the request at `f`: `changes[2].subscription` and `subscription.pt_map` make
+/// `changes[2].subscription.pt_map`.
+fn spec_invalid(f: &str, e: SpecError) -> StateError {
+    let field = e.field.split_once('.').map_or(e.field, |(_, rest)| rest);
+    invalid(format!("{f}.{field}"), e.why)
 }
 
 fn check_id(field: &str, id: &str) -> Result<(), StateError> {
@@ -1038,6 +1052,48 @@ mod tests {
         let e = refuse(&mut d, &req("m", vec![leg("c"), bad]));
         assert_eq!(e.field, "changes[1].leg.rx.salt", "{e}");
         assert!(e.message.contains("14-byte"), "{e}");
+        // What the dataplane's tables refuse (SubscriptionSpec::validate) is refused here.
+        let with = |edit: fn(&mut pb::Subscription)| {
+            let mut c = sub("a", "vb", 1000, 0, false);
+            if let Some(C::Subscription(s)) = &mut c.change {
+                edit(s);
+            }
+            req("m", vec![c])
+        };
+        let nine = |s: &mut pb::Subscription| {
+            s.pt_map = (96..105)
+                .map(|pt| pb::IdMapping { from: pt, to: pt })
+                .collect()
+        };
+        for (r, field, why) in [
+            (
+                with(|s| s.pt_map.clear()),
+                "changes[0].subscription.pt_map",
+                "need 1 to 8 payload-type mappings",
+            ),
+            (
+                with(nine),
+                "changes[0].subscription.pt_map",
+                "need 1 to 8 payload-type mappings",
+            ),
+            (
+                with(|s| s.ext_map = vec![pb::IdMapping { from: 15, to: 1 }]),
+                "changes[0].subscription.ext_map",
+                "extension ids are 1..=14",
+            ),
+            (
+                with(|s| s.ext_map = vec![pb::IdMapping { from: 1, to: 255 }]),
+                "changes[0].subscription.ext_map",
+                "extension ids are 1..=14",
+            ),
+        ] {
+            let e = refuse(&mut d, &r);
+            assert_eq!(
+                (e.kind, e.field.as_str(), e.message.as_str()),
+                (ErrorKind::InvalidArgument, field, why),
+                "{e}"
+            );
+        }
         // Wrong expected revision.
         let mut r = req("m", vec![leg("c")]);
         r.expected_revision = Some(7);
