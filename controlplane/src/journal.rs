@@ -26,6 +26,11 @@
 //! detects every single-byte change (each step is a bijection of the hash). `--repair-journal`
 //! ([`Journal::repair`]) keeps a copy and cuts the journal at the damage, on the operator's word.
 //!
+//! A change set journaled by an older build whose validation let through what the dataplane
+//! refuses (an empty `pt_map`, say) is left out at recovery, with an error logged, as Apply
+//! refuses it today: the dataplane never installed it, and keeping it would make every resync
+//! fail. Snapshot entries of that kind are dropped the same way.
+//!
 //! One process per state directory: [`Journal::open`] takes an exclusive lock on `lock` in it
 //! (holding the PID) before reading anything, and a second control plane refuses to start.
 
@@ -39,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use sluice_dataplane::lock::InstanceLock;
 
 use crate::pb;
-use crate::state::{Desired, PortRange, fingerprint};
+use crate::state::{Desired, ErrorKind, PortRange, StateError, fingerprint};
 
 /// Records between snapshots.
 pub const COMPACT_EVERY: u64 = 1000;
@@ -122,10 +127,10 @@ pub enum Record {
 
 impl Record {
     /// Applies the record to the state (the same code path the API used).
-    pub fn replay(&self, d: &mut Desired) -> Result<(), String> {
+    pub fn replay(&self, d: &mut Desired) -> Result<(), StateError> {
         match self {
-            Record::Apply(r) => d.apply(r).map(drop).map_err(|e| e.to_string()),
-            Record::Delete(r) => d.delete_session(r).map(drop).map_err(|e| e.to_string()),
+            Record::Apply(r) => d.apply(r).map(drop),
+            Record::Delete(r) => d.delete_session(r).map(drop),
             Record::Drain(on) => {
                 d.draining = *on;
                 Ok(())
@@ -204,11 +209,16 @@ impl Journal {
         // replay, allocate the same ports to different sessions and truncate each other's records.
         let lock = InstanceLock::acquire(&dir.join("lock"), &format!("state directory {}", dir.display()))?;
         let snap_path = dir.join("state.json");
+        let mut left_out = 0u64;
         // Left by a compaction that crashed before its rename: never part of the state.
         let _ = std::fs::remove_file(dir.join("state.json.tmp"));
         let (mut desired, snap_seq) = match std::fs::read(&snap_path) {
             Ok(bytes) => {
-                let s = read_snapshot(&snap_path, &bytes)?;
+                let mut s = read_snapshot(&snap_path, &bytes)?;
+                for why in s.desired.drop_unservable() {
+                    tracing::error!(snapshot = %snap_path.display(), what = %why, "left out of the recovered state: the dataplane refuses it (written by an older build that did not check it)");
+                    left_out += 1;
+                }
                 (s.desired, s.last_seq)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Desired::new(ports), 0),
@@ -242,9 +252,19 @@ impl Journal {
             if rec_seq <= snap_seq {
                 continue;
             }
-            record.replay(&mut desired).map_err(|why| JournalError::Replay { seq: rec_seq, why })?;
+            match record.replay(&mut desired) {
+                Ok(()) => replayed += 1,
+                // Journaled by an older build that accepted what today's validation (the
+                // dataplane's own) refuses: the dataplane never installed it, and replaying it
+                // would wedge every resync. Left out, as Apply refuses it today.
+                Err(e) if e.kind == ErrorKind::InvalidArgument && matches!(record, Record::Apply(_)) => {
+                    let session = if let Record::Apply(r) = &record { r.session.as_str() } else { "" };
+                    tracing::error!(seq = rec_seq, session, error = %e, "journal record left out of the recovered state: the dataplane refuses it (journaled by an older build that did not check it)");
+                    left_out += 1;
+                }
+                Err(e) => return Err(JournalError::Replay { seq: rec_seq, why: e.to_string() }),
+            }
             seq = rec_seq;
-            replayed += 1;
         }
         let records = n_records;
         let torn = bytes.len() - pos;
@@ -253,7 +273,12 @@ impl Journal {
             file.set_len(pos as u64).map_err(io_err("truncate", &jpath))?;
             file.sync_all().map_err(io_err("fsync", &jpath))?;
         }
-        let info = RecoveryInfo { snapshot_seq: snap_seq, replayed, torn_bytes: torn };
+        let info = RecoveryInfo {
+            snapshot_seq: snap_seq,
+            replayed,
+            left_out,
+            torn_bytes: torn,
+        };
         Ok((Self { _lock: lock, dir: dir.to_path_buf(), file, seq, since_snapshot: records }, desired, info))
     }
 
@@ -403,6 +428,9 @@ pub struct RecoveryInfo {
     pub snapshot_seq: u64,
     /// Records replayed on top of it.
     pub replayed: u64,
+    /// Journaled change sets (and snapshot entries) left out because today's validation refuses
+    /// them: written by an older build, never installed by the dataplane.
+    pub left_out: u64,
     /// Bytes of a torn tail that were cut off.
     pub torn_bytes: usize,
 }
@@ -699,6 +727,68 @@ mod tests {
                 copy: None
             }
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A change set an older build accepted although the dataplane refuses it (an empty pt_map):
+    /// journaled by that build, it must not keep this node from starting nor from serving its
+    /// healthy sessions. Recovery leaves it out, as Apply refuses it today, and says so.
+    #[test]
+    fn a_journaled_change_the_dataplane_refuses_is_left_out_at_recovery() {
+        let d = dir("poisoned");
+        let (mut j, mut expected, _) = Journal::open(&d, PORTS).unwrap();
+        let mut bad = sub("a", "vb", 1000, 1, true);
+        if let Some(pb::change::Change::Subscription(s)) = &mut bad.change {
+            s.pt_map.clear();
+        }
+        let good = [Record::Apply(pair("m")), Record::Apply(pair("n"))];
+        good[0].replay(&mut expected).unwrap();
+        j.append(&good[0]).unwrap();
+        // Journaled as the older build did, without today's validation.
+        j.append(&Record::Apply(req("m", vec![bad]))).unwrap();
+        good[1].replay(&mut expected).unwrap();
+        j.append(&good[1]).unwrap();
+        drop(j);
+        let (j, recovered, info) = Journal::open(&d, PORTS).expect("the node starts");
+        assert_eq!(
+            recovered, expected,
+            "the refused change is left out, the rest is replayed"
+        );
+        assert_eq!((info.replayed, info.left_out), (2, 1));
+        for s in recovered.tables().subs.values() {
+            s.validate().unwrap();
+        }
+        drop(j);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_snapshot_entry_the_dataplane_refuses_is_left_out_at_recovery() {
+        let d = dir("poisonedsnap");
+        let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
+        let r = Record::Apply(pair("m"));
+        r.replay(&mut desired).unwrap();
+        j.append(&r).unwrap();
+        let expected = desired.clone();
+        // An older build's state: a subscription with 9 payload-type mappings.
+        let sub = desired
+            .sessions
+            .get_mut("m")
+            .unwrap()
+            .subs
+            .get_mut("a")
+            .unwrap()
+            .get_mut("vb")
+            .unwrap();
+        sub.pt_map = (96..105)
+            .map(|p| (sluice_core::ids::Pt(p), sluice_core::ids::Pt(p)))
+            .collect();
+        j.compact(&desired).unwrap();
+        drop(j);
+        let (_, recovered, info) = Journal::open(&d, PORTS).expect("the node starts");
+        let mut without = expected.clone();
+        without.sessions.get_mut("m").unwrap().subs.remove("a");
+        assert_eq!((recovered.tables(), info.left_out), (without.tables(), 1));
         let _ = std::fs::remove_dir_all(&d);
     }
 

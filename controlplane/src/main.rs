@@ -114,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         sessions = desired.sessions.len(),
         snapshot_seq = info.snapshot_seq,
         replayed = info.replayed,
+        left_out = info.left_out,
         torn_bytes = info.torn_bytes,
         "desired state recovered"
     );

@@ -222,6 +222,52 @@ impl Desired {
         Self { ports, draining: false, next_leg: 1, next_track: 1, next_port: ports.start, sessions: BTreeMap::new(), ice_secret: Vec::new() }
     }
 
+    /// Removes what the dataplane's tables refuse (specs failing their `validate`), which only a
+    /// snapshot written by an older build can hold; says what was removed. A leg takes its
+    /// tracks and subscriptions with it, a track its subscriptions.
+    pub fn drop_unservable(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
+        for (name, session) in &mut self.sessions {
+            let legs: Vec<String> = session
+                .legs
+                .iter()
+                .filter(|(_, l)| l.validate().is_err())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for l in legs {
+                if let Some(Err(e)) = session.legs.get(&l).map(LegSpec::validate) {
+                    dropped.push(format!("session {name:?}: leg {l:?}: {e}"));
+                }
+                session.remove_leg(&l);
+            }
+            let tracks: Vec<String> = session
+                .tracks
+                .iter()
+                .filter(|(_, t)| t.spec.validate().is_err())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for t in tracks {
+                if let Some(Err(e)) = session.tracks.get(&t).map(|t| t.spec.validate()) {
+                    dropped.push(format!("session {name:?}: track {t:?}: {e}"));
+                }
+                session.remove_track(&t);
+            }
+            for (leg, subs) in &mut session.subs {
+                subs.retain(|track, s| match s.validate() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        dropped.push(format!(
+                            "session {name:?}: subscription of leg {leg:?} to track {track:?}: {e}"
+                        ));
+                        false
+                    }
+                });
+            }
+            session.subs.retain(|_, s| !s.is_empty());
+        }
+        dropped
+    }
+
     /// Ports in use by legs.
     pub fn ports_used(&self) -> BTreeSet<u16> {
         self.sessions.values().flat_map(|s| s.legs.values().map(|l| l.local_port)).collect()

@@ -957,3 +957,65 @@ fn a_subscription_the_dataplane_would_refuse_is_invalid_at_apply_and_the_node_ke
     assert_eq!(grpc.session("m1").unwrap().revision, 2);
     assert_eq!(grpc.status().sessions, 2);
 }
+
+/// A journal written by an older build that accepted a subscription the dataplane refuses (an
+/// empty `pt_map`): the node starts, leaves that change out (saying so), installs its healthy
+/// session on the dataplane and keeps answering Apply (before, every resync was refused and
+/// every Apply answered UNAVAILABLE; with today's validation alone, the start was refused).
+#[test]
+fn a_journaled_change_the_dataplane_refuses_does_not_wedge_the_node() {
+    use sluice_controlplane::journal::{Journal, Record};
+    use sluice_controlplane::state::PortRange;
+    const PORTS9: (u16, u16) = (19_800, 19_815);
+    let dir = TempDir::new("cp-poisoned");
+    {
+        let ports = PortRange {
+            start: PORTS9.0,
+            end: PORTS9.1,
+        };
+        let (mut journal, _, _) = Journal::open(&dir.path().join("state"), ports).unwrap();
+        let healthy = session_req("healthy");
+        let mut bad = healthy
+            .changes
+            .iter()
+            .find(|c| matches!(c.change, Some(C::Subscription(_))))
+            .cloned()
+            .expect("a subscription");
+        if let Some(C::Subscription(s)) = &mut bad.change {
+            s.pt_map.clear();
+        }
+        journal.append(&Record::Apply(healthy)).unwrap();
+        // As the older build journaled it: its validation did not look at the map.
+        journal
+            .append(&Record::Apply(pb::ChangeSet {
+                changes: vec![bad],
+                ..session_req("healthy")
+            }))
+            .unwrap();
+    }
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS9);
+    let mut grpc = Grpc::connect(addr);
+    grpc.apply(session_req("next"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert!(
+        cp.log_text().contains("left out of the recovered state"),
+        "{}",
+        cp.log_text()
+    );
+    assert_eq!(grpc.session("healthy").unwrap().revision, 1);
+    // Both sessions are on the dataplane.
+    let mut control = sluice_dataplane::control::Client::connect(&dp_sock).unwrap();
+    let sluice_dataplane::control::Response::Snapshot(snap) = control
+        .call(&sluice_dataplane::control::Request::Snapshot)
+        .unwrap()
+    else {
+        panic!("no snapshot")
+    };
+    let legs = snap
+        .ops
+        .iter()
+        .filter(|o| matches!(o, Op::UpsertLeg(_)))
+        .count();
+    assert_eq!(legs, 6, "three legs of each session");
+}
