@@ -6,16 +6,33 @@
 //! the committed requests in order rebuilds exactly the state that was acknowledged. Each record
 //! is fsynced before the API answers, so an acknowledged change survives `kill -9` and power loss.
 //! Every [`COMPACT_EVERY`] records the whole state is written to `state.json` (write to a
-//! temporary file, fsync, rename, fsync the directory) and the journal restarts empty.
+//! temporary file, fsync, rename, fsync the directory; a failed attempt removes its temporary
+//! file) and the journal restarts empty.
 //!
 //! ```text
 //! journal.bin record:  len u32 BE | fnv64(payload) u64 BE | payload
 //! payload:             seq u64 BE | kind u8 | protobuf body
+//! state.json:          "sluice-snapshot 1 fnv64=<16 hex> len=<decimal>\n" | JSON body
 //! ```
 //!
 //! `seq` numbers every record ever written; the snapshot stores the last one it includes, so a
-//! crash between the snapshot's rename and the journal's truncation replays nothing twice. A torn
-//! or corrupt tail (a crash mid-append) ends the replay there and is cut off.
+//! crash between the snapshot's rename and the journal's truncation replays nothing twice.
+//!
+//! Damage is told apart from a crash, as etcd's WAL does: only a torn final append (a record
+//! whose bytes run past the end of the file, or a zero-filled tail) is cut off, with a warning.
+//! A record that fails its checksum or does not decode anywhere else (a valid record follows it,
+//! or it is complete) refuses the start, as does a snapshot whose checksum does not match: the
+//! error says where the damage is and how to recover, and nothing is changed on disk. FNV-1a
+//! detects every single-byte change (each step is a bijection of the hash). `--repair-journal`
+//! ([`Journal::repair`]) keeps a copy and cuts the journal at the damage, on the operator's word.
+//!
+//! A change set journaled by an older build whose validation let through what the dataplane
+//! refuses (an empty `pt_map`, say) is left out at recovery, with an error logged, as Apply
+//! refuses it today: the dataplane never installed it, and keeping it would make every resync
+//! fail. Snapshot entries of that kind are dropped the same way.
+//!
+//! One process per state directory: [`Journal::open`] takes an exclusive lock on `lock` in it
+//! (holding the PID) before reading anything, and a second control plane refuses to start.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -24,8 +41,10 @@ use std::path::{Path, PathBuf};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
+use sluice_dataplane::lock::InstanceLock;
+
 use crate::pb;
-use crate::state::{Desired, PortRange, fingerprint};
+use crate::state::{Desired, ErrorKind, PortRange, StateError, fingerprint};
 
 /// Records between snapshots.
 pub const COMPACT_EVERY: u64 = 1000;
@@ -43,7 +62,7 @@ pub enum JournalError {
         /// The error.
         source: io::Error,
     },
-    /// The snapshot does not parse.
+    /// The snapshot's checksum matched but its body does not parse (another build's format).
     #[error("snapshot {path}: {source}")]
     Snapshot {
         /// The file.
@@ -51,6 +70,40 @@ pub enum JournalError {
         /// The error.
         source: serde_json::Error,
     },
+    /// The journal is damaged somewhere other than a torn final append.
+    #[error(
+        "journal {path} is damaged at byte {offset} of {size}: {why}. The control plane refuses to start rather than drop the \
+         acknowledged records from there on; nothing was changed. To recover: stop every control plane on {dir}, then restore \
+         the directory from a backup, or run `sluice-controlplane --state-dir {dir} --repair-journal`, which keeps a copy of \
+         the journal and cuts it at byte {offset} (every change journaled from there on is lost)"
+    )]
+    JournalDamaged {
+        /// The journal file.
+        path: PathBuf,
+        /// The state directory.
+        dir: PathBuf,
+        /// Where the first bad record starts (the valid records end there).
+        offset: usize,
+        /// The journal's size.
+        size: usize,
+        /// What is wrong there.
+        why: String,
+    },
+    /// The snapshot is damaged (checksum, header or length).
+    #[error(
+        "snapshot {path} is damaged: {why}. The control plane refuses to start rather than install altered state (keys, \
+         ports); nothing was changed. Restore the state directory from a backup: the journal holds only the changes made \
+         after this snapshot"
+    )]
+    SnapshotDamaged {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Another process holds the state directory.
+    #[error(transparent)]
+    Locked(#[from] sluice_dataplane::lock::LockError),
     /// A journaled request no longer applies (the journal belongs to another build or range).
     #[error("journal record {seq} does not replay: {why}")]
     Replay {
@@ -74,10 +127,10 @@ pub enum Record {
 
 impl Record {
     /// Applies the record to the state (the same code path the API used).
-    pub fn replay(&self, d: &mut Desired) -> Result<(), String> {
+    pub fn replay(&self, d: &mut Desired) -> Result<(), StateError> {
         match self {
-            Record::Apply(r) => d.apply(r).map(drop).map_err(|e| e.to_string()),
-            Record::Delete(r) => d.delete_session(r).map(drop).map_err(|e| e.to_string()),
+            Record::Apply(r) => d.apply(r).map(drop),
+            Record::Delete(r) => d.delete_session(r).map(drop),
             Record::Drain(on) => {
                 d.draining = *on;
                 Ok(())
@@ -112,6 +165,8 @@ struct Snapshot {
 /// The open journal.
 #[derive(Debug)]
 pub struct Journal {
+    /// One process per state directory: held for as long as the journal is open.
+    _lock: InstanceLock,
     dir: PathBuf,
     file: File,
     seq: u64,
@@ -150,10 +205,20 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         // The journal holds SRTP master keys: owner only.
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io_err("chmod", dir))?;
+        // Before anything is read or written: two control planes on one directory would each
+        // replay, allocate the same ports to different sessions and truncate each other's records.
+        let lock = InstanceLock::acquire(&dir.join("lock"), &format!("state directory {}", dir.display()))?;
         let snap_path = dir.join("state.json");
+        let mut left_out = 0u64;
+        // Left by a compaction that crashed before its rename: never part of the state.
+        let _ = std::fs::remove_file(dir.join("state.json.tmp"));
         let (mut desired, snap_seq) = match std::fs::read(&snap_path) {
             Ok(bytes) => {
-                let s: Snapshot = serde_json::from_slice(&bytes).map_err(|source| JournalError::Snapshot { path: snap_path.clone(), source })?;
+                let mut s = read_snapshot(&snap_path, &bytes)?;
+                for why in s.desired.drop_unservable() {
+                    tracing::error!(snapshot = %snap_path.display(), what = %why, "left out of the recovered state: the dataplane refuses it (written by an older build that did not check it)");
+                    left_out += 1;
+                }
                 (s.desired, s.last_seq)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Desired::new(ports), 0),
@@ -170,28 +235,103 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("open", &jpath)(e)),
         }
-        let mut pos = 0usize;
+        let (records, pos) = valid_records(&bytes);
+        if let Err(why) = check_tail(&bytes, pos, records.last().map_or(0, |r| r.0)) {
+            return Err(JournalError::JournalDamaged {
+                path: jpath,
+                dir: dir.to_path_buf(),
+                offset: pos,
+                size: bytes.len(),
+                why,
+            });
+        }
         let mut seq = snap_seq;
         let mut replayed = 0u64;
-        let mut records = 0u64;
-        while let Some((rec_seq, record, next)) = read_record(&bytes, pos) {
-            pos = next;
-            records += 1;
+        let n_records = records.len() as u64;
+        for (rec_seq, record) in records {
             if rec_seq <= snap_seq {
                 continue;
             }
-            record.replay(&mut desired).map_err(|why| JournalError::Replay { seq: rec_seq, why })?;
+            match record.replay(&mut desired) {
+                Ok(()) => replayed += 1,
+                // Journaled by an older build that accepted what today's validation (the
+                // dataplane's own) refuses: the dataplane never installed it, and replaying it
+                // would wedge every resync. Left out, as Apply refuses it today.
+                Err(e) if e.kind == ErrorKind::InvalidArgument && matches!(record, Record::Apply(_)) => {
+                    let session = if let Record::Apply(r) = &record { r.session.as_str() } else { "" };
+                    tracing::error!(seq = rec_seq, session, error = %e, "journal record left out of the recovered state: the dataplane refuses it (journaled by an older build that did not check it)");
+                    left_out += 1;
+                }
+                Err(e) => return Err(JournalError::Replay { seq: rec_seq, why: e.to_string() }),
+            }
             seq = rec_seq;
-            replayed += 1;
         }
+        let records = n_records;
         let torn = bytes.len() - pos;
         let file = OpenOptions::new().create(true).append(true).open(&jpath).map_err(io_err("open", &jpath))?;
         if torn > 0 {
             file.set_len(pos as u64).map_err(io_err("truncate", &jpath))?;
             file.sync_all().map_err(io_err("fsync", &jpath))?;
         }
-        let info = RecoveryInfo { snapshot_seq: snap_seq, replayed, torn_bytes: torn };
-        Ok((Self { dir: dir.to_path_buf(), file, seq, since_snapshot: records }, desired, info))
+        let info = RecoveryInfo {
+            snapshot_seq: snap_seq,
+            replayed,
+            left_out,
+            torn_bytes: torn,
+        };
+        Ok((Self { _lock: lock, dir: dir.to_path_buf(), file, seq, since_snapshot: records }, desired, info))
+    }
+
+    /// Cuts a damaged journal in `dir` where its valid records end, after keeping a copy of the
+    /// whole file beside it (`journal.bin.damaged-<unix seconds>`): the operator's explicit
+    /// choice to lose the records from the damage on. Takes the directory's lock, so it never
+    /// runs beside a control plane. An undamaged journal is left alone.
+    pub fn repair(dir: &Path) -> Result<Repaired, JournalError> {
+        let _lock = InstanceLock::acquire(
+            &dir.join("lock"),
+            &format!("state directory {}", dir.display()),
+        )?;
+        let jpath = dir.join("journal.bin");
+        let bytes = match std::fs::read(&jpath) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("read", &jpath)(e)),
+        };
+        let (records, pos) = valid_records(&bytes);
+        if pos == bytes.len() {
+            return Ok(Repaired {
+                kept: records.len(),
+                cut_bytes: 0,
+                copy: None,
+            });
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let copy = dir.join(format!("journal.bin.damaged-{secs}"));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&copy)
+            .map_err(io_err("create", &copy))?;
+        out.write_all(&bytes)
+            .and_then(|()| out.sync_all())
+            .map_err(io_err("write", &copy))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&jpath)
+            .map_err(io_err("open", &jpath))?;
+        file.set_len(pos as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("truncate", &jpath))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", dir))?;
+        Ok(Repaired {
+            kept: records.len(),
+            cut_bytes: bytes.len() - pos,
+            copy: Some(copy),
+        })
     }
 
     /// Appends a record and fsyncs it: once this returns, the record survives a crash. The
@@ -243,10 +383,24 @@ impl Journal {
         let tmp = self.dir.join("state.json.tmp");
         let body = serde_json::to_vec(&Snapshot { last_seq: self.seq, desired: desired.clone() })
             .map_err(|source| JournalError::Snapshot { path: snap.clone(), source })?;
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&body).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-        std::fs::rename(&tmp, &snap).map_err(io_err("rename", &snap))?;
+        let header = format!(
+            "{SNAPSHOT_MAGIC}{SNAPSHOT_VERSION} fnv64={:016x} len={}\n",
+            fingerprint(&body),
+            body.len()
+        );
+        let written = (|| {
+            let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+            f.write_all(header.as_bytes())
+                .and_then(|()| f.write_all(&body))
+                .map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("fsync", &tmp))?;
+            std::fs::rename(&tmp, &snap).map_err(io_err("rename", &snap))
+        })();
+        if let Err(e) = written {
+            // A failed attempt must not leave a state-sized file behind at every retry's expense.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", &self.dir))?;
         let jpath = self.dir.join("journal.bin");
         self.file.set_len(0).map_err(io_err("truncate", &jpath))?;
@@ -256,6 +410,17 @@ impl Journal {
     }
 }
 
+/// What [`Journal::repair`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repaired {
+    /// Records kept (those before the damage).
+    pub kept: usize,
+    /// Bytes cut off.
+    pub cut_bytes: usize,
+    /// The copy of the whole journal as it was; `None` when nothing needed cutting.
+    pub copy: Option<PathBuf>,
+}
+
 /// What recovery found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecoveryInfo {
@@ -263,8 +428,137 @@ pub struct RecoveryInfo {
     pub snapshot_seq: u64,
     /// Records replayed on top of it.
     pub replayed: u64,
+    /// Journaled change sets (and snapshot entries) left out because today's validation refuses
+    /// them: written by an older build, never installed by the dataplane.
+    pub left_out: u64,
     /// Bytes of a torn tail that were cut off.
     pub torn_bytes: usize,
+}
+
+/// The snapshot header's first word.
+const SNAPSHOT_MAGIC: &str = "sluice-snapshot ";
+/// The snapshot format written.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Checks and parses `state.json`. A snapshot from before checksums (a bare JSON object) still
+/// loads, with a warning; the next compaction writes it with one.
+fn read_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, JournalError> {
+    let damaged = |why: String| JournalError::SnapshotDamaged {
+        path: path.to_path_buf(),
+        why,
+    };
+    let body = if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_bytes()) {
+        let nl = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| damaged("its header line has no end".into()))?;
+        let header = std::str::from_utf8(&rest[..nl])
+            .map_err(|_| damaged("its header is not text".into()))?;
+        let body = &rest[nl + 1..];
+        let mut words = header.split(' ');
+        let version = words.next().and_then(|v| v.parse::<u32>().ok());
+        if version != Some(SNAPSHOT_VERSION) {
+            return Err(damaged(format!(
+                "header {header:?} is not version {SNAPSHOT_VERSION}"
+            )));
+        }
+        let sum = words
+            .next()
+            .and_then(|w| w.strip_prefix("fnv64="))
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        let len = words
+            .next()
+            .and_then(|w| w.strip_prefix("len="))
+            .and_then(|l| l.parse::<usize>().ok());
+        let (Some(sum), Some(len), None) = (sum, len, words.next()) else {
+            return Err(damaged(format!(
+                "header {header:?} is not \"{SNAPSHOT_VERSION} fnv64=<hex> len=<bytes>\""
+            )));
+        };
+        if body.len() != len {
+            return Err(damaged(format!(
+                "its body is {} bytes, the header says {len}",
+                body.len()
+            )));
+        }
+        let actual = fingerprint(body);
+        if actual != sum {
+            return Err(damaged(format!(
+                "its checksum is {actual:016x}, the header says {sum:016x}"
+            )));
+        }
+        body
+    } else if bytes.first() == Some(&b'{') {
+        tracing::warn!(path = %path.display(), "snapshot written without a checksum (an older build); it gets one at the next compaction");
+        bytes
+    } else {
+        return Err(damaged(format!(
+            "it does not start with {SNAPSHOT_MAGIC:?}"
+        )));
+    };
+    serde_json::from_slice(body).map_err(|source| JournalError::Snapshot {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The journal's valid records from its start, and where they end.
+fn valid_records(bytes: &[u8]) -> (Vec<(u64, Record)>, usize) {
+    let mut records = Vec::new();
+    let mut pos = 0;
+    while let Some((seq, record, next)) = read_record(bytes, pos) {
+        records.push((seq, record));
+        pos = next;
+    }
+    (records, pos)
+}
+
+/// Whether the bytes from `pos` (where the valid records end) are a torn final append, to be
+/// cut (`Ok`), or damage (`Err`, saying what): a torn append runs past the end of the file (the
+/// write did not finish) or left zeros, and nothing valid can follow it.
+fn check_tail(bytes: &[u8], pos: usize, last_seq: u64) -> Result<(), String> {
+    let tail = &bytes[pos..];
+    if tail.is_empty() {
+        return Ok(());
+    }
+    if let Some(next) = (pos + 1..bytes.len()).find(|&q| plausible_record_at(bytes, q, last_seq)) {
+        return Err(format!(
+            "the record there fails its checksum or does not decode, and a valid record follows at byte {next}"
+        ));
+    }
+    if tail.len() < 12 || tail.iter().all(|&b| b == 0) {
+        return Ok(());
+    }
+    let len = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+    if 12 + len > tail.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "the last record ({len} bytes of payload, complete) fails its checksum or does not decode"
+    ))
+}
+
+/// Whether a record that follows one with `last_seq` starts at `q` (its sequence number in range
+/// and its checksum right). The sequence check comes first, so a scan over damage stays cheap.
+fn plausible_record_at(bytes: &[u8], q: usize, last_seq: u64) -> bool {
+    let Some(head) = bytes.get(q..q + 12) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let Some(payload) = bytes.get(q + 12..q + 12 + len) else {
+        return false;
+    };
+    if len < 9 {
+        return false;
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&payload[..8]);
+    let seq = u64::from_be_bytes(seq);
+    let mut sum = [0u8; 8];
+    sum.copy_from_slice(&head[4..12]);
+    seq > last_seq
+        && seq <= last_seq.saturating_add(bytes.len() as u64)
+        && fingerprint(payload) == u64::from_be_bytes(sum)
 }
 
 fn read_record(bytes: &[u8], pos: usize) -> Option<(u64, Record, usize)> {
@@ -319,6 +613,254 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// Three records; the journal's bytes and where each record starts.
+    fn three_records(d: &Path) -> (Desired, Vec<u8>, Vec<usize>) {
+        let (mut j, mut desired, _) = Journal::open(d, PORTS).unwrap();
+        let mut starts = Vec::new();
+        for r in [
+            Record::Apply(pair("m")),
+            Record::Apply(req("m", vec![sub("a", "vb", 1000, 1, true)])),
+            Record::Drain(true),
+        ] {
+            starts.push(std::fs::metadata(d.join("journal.bin")).map_or(0, |m| m.len() as usize));
+            r.replay(&mut desired).unwrap();
+            j.append(&r).unwrap();
+        }
+        drop(j);
+        (
+            desired,
+            std::fs::read(d.join("journal.bin")).unwrap(),
+            starts,
+        )
+    }
+
+    #[test]
+    fn a_flipped_byte_mid_journal_refuses_to_start_and_keeps_the_evidence() {
+        let d = dir("flip");
+        let (_, mut bytes, starts) = three_records(&d);
+        // One byte inside the second record's payload.
+        let at = starts[1] + 12 + 20;
+        bytes[at] ^= 0x01;
+        std::fs::write(d.join("journal.bin"), &bytes).unwrap();
+        let e = Journal::open(&d, PORTS)
+            .expect_err("a damaged journal must not load")
+            .to_string();
+        assert!(
+            e.contains("damaged") && e.contains(&format!("byte {}", starts[1])),
+            "{e}"
+        );
+        assert!(
+            e.contains("--repair-journal"),
+            "the message says how to recover: {e}"
+        );
+        assert_eq!(
+            std::fs::read(d.join("journal.bin")).unwrap(),
+            bytes,
+            "nothing was cut"
+        );
+        // The operator's repair keeps a copy and cuts at the damage; then the start succeeds with
+        // the records before it.
+        let r = Journal::repair(&d).unwrap();
+        assert_eq!((r.kept, r.cut_bytes), (1, bytes.len() - starts[1]));
+        assert_eq!(
+            std::fs::read(r.copy.as_ref().unwrap()).unwrap(),
+            bytes,
+            "the copy is the damaged journal"
+        );
+        let mut first = Desired::new(PORTS);
+        Record::Apply(pair("m")).replay(&mut first).unwrap();
+        let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
+        assert_eq!(
+            (recovered.tables(), info.replayed, info.torn_bytes),
+            (first.tables(), 1, 0)
+        );
+        // A flipped length field in the middle is damage too, not a torn tail.
+        let d2 = dir("fliplen");
+        let (_, mut bytes, starts) = three_records(&d2);
+        bytes[starts[1] + 1] ^= 0x40;
+        std::fs::write(d2.join("journal.bin"), &bytes).unwrap();
+        let e = Journal::open(&d2, PORTS)
+            .expect_err("a damaged length must not load")
+            .to_string();
+        assert!(e.contains("damaged"), "{e}");
+        // The last record, complete but altered, is damage (only an unfinished one is torn).
+        let d3 = dir("fliplast");
+        let (_, mut bytes, _) = three_records(&d3);
+        let n = bytes.len();
+        bytes[n - 1] ^= 0x01;
+        std::fs::write(d3.join("journal.bin"), &bytes).unwrap();
+        let e = Journal::open(&d3, PORTS)
+            .expect_err("an altered final record must not load")
+            .to_string();
+        assert!(e.contains("damaged"), "{e}");
+        for d in [d, d2, d3] {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn only_an_unfinished_final_append_is_cut() {
+        let d = dir("unfinished");
+        let (desired, bytes, _) = three_records(&d);
+        // A header and part of a payload (the length runs past the end), or zeros.
+        for tail in [
+            [0, 0, 0, 40, 9, 9, 9, 9, 9, 9, 9, 9, 1, 2, 3].as_slice(),
+            &[0; 4096],
+        ] {
+            let mut torn = bytes.clone();
+            torn.extend_from_slice(tail);
+            std::fs::write(d.join("journal.bin"), &torn).unwrap();
+            let (j, recovered, info) = Journal::open(&d, PORTS).unwrap();
+            drop(j);
+            assert_eq!((recovered, info.torn_bytes), (desired.clone(), tail.len()));
+            assert_eq!(
+                std::fs::read(d.join("journal.bin")).unwrap(),
+                bytes,
+                "the torn append is cut"
+            );
+        }
+        assert_eq!(
+            Journal::repair(&d).unwrap(),
+            Repaired {
+                kept: 3,
+                cut_bytes: 0,
+                copy: None
+            }
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A change set an older build accepted although the dataplane refuses it (an empty pt_map):
+    /// journaled by that build, it must not keep this node from starting nor from serving its
+    /// healthy sessions. Recovery leaves it out, as Apply refuses it today, and says so.
+    #[test]
+    fn a_journaled_change_the_dataplane_refuses_is_left_out_at_recovery() {
+        let d = dir("poisoned");
+        let (mut j, mut expected, _) = Journal::open(&d, PORTS).unwrap();
+        let mut bad = sub("a", "vb", 1000, 1, true);
+        if let Some(pb::change::Change::Subscription(s)) = &mut bad.change {
+            s.pt_map.clear();
+        }
+        let good = [Record::Apply(pair("m")), Record::Apply(pair("n"))];
+        good[0].replay(&mut expected).unwrap();
+        j.append(&good[0]).unwrap();
+        // Journaled as the older build did, without today's validation.
+        j.append(&Record::Apply(req("m", vec![bad]))).unwrap();
+        good[1].replay(&mut expected).unwrap();
+        j.append(&good[1]).unwrap();
+        drop(j);
+        let (j, recovered, info) = Journal::open(&d, PORTS).expect("the node starts");
+        assert_eq!(
+            recovered, expected,
+            "the refused change is left out, the rest is replayed"
+        );
+        assert_eq!((info.replayed, info.left_out), (2, 1));
+        for s in recovered.tables().subs.values() {
+            s.validate().unwrap();
+        }
+        drop(j);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_snapshot_entry_the_dataplane_refuses_is_left_out_at_recovery() {
+        let d = dir("poisonedsnap");
+        let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
+        let r = Record::Apply(pair("m"));
+        r.replay(&mut desired).unwrap();
+        j.append(&r).unwrap();
+        let expected = desired.clone();
+        // An older build's state: a subscription with 9 payload-type mappings.
+        let sub = desired
+            .sessions
+            .get_mut("m")
+            .unwrap()
+            .subs
+            .get_mut("a")
+            .unwrap()
+            .get_mut("vb")
+            .unwrap();
+        sub.pt_map = (96..105)
+            .map(|p| (sluice_core::ids::Pt(p), sluice_core::ids::Pt(p)))
+            .collect();
+        j.compact(&desired).unwrap();
+        drop(j);
+        let (_, recovered, info) = Journal::open(&d, PORTS).expect("the node starts");
+        let mut without = expected.clone();
+        without.sessions.get_mut("m").unwrap().subs.remove("a");
+        assert_eq!((recovered.tables(), info.left_out), (without.tables(), 1));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_flipped_digit_in_the_snapshot_refuses_to_start() {
+        let d = dir("snapflip");
+        let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
+        let r = Record::Apply(pair("m"));
+        r.replay(&mut desired).unwrap();
+        j.append(&r).unwrap();
+        j.compact(&desired).unwrap();
+        drop(j);
+        let path = d.join("state.json");
+        let mut snap = std::fs::read(&path).unwrap();
+        // A leg's port 30000 becomes 40000: still a valid snapshot to a parser.
+        let at = snap
+            .windows(15)
+            .position(|w| w == b"\"local_port\":30")
+            .expect("a local_port")
+            + 13;
+        snap[at] = b'4';
+        std::fs::write(&path, &snap).unwrap();
+        let e = Journal::open(&d, PORTS)
+            .expect_err("an altered snapshot must not load")
+            .to_string();
+        assert!(
+            e.contains("snapshot") && e.contains("damaged") && e.contains("backup"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), snap, "nothing was changed");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_snapshot_leaves_no_temporary_file() {
+        let d = dir("snapfail");
+        let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
+        let r = Record::Apply(pair("m"));
+        r.replay(&mut desired).unwrap();
+        j.append(&r).unwrap();
+        // The rename onto state.json fails: it is a directory that is not empty.
+        std::fs::create_dir_all(d.join("state.json").join("x")).unwrap();
+        assert!(j.compact(&desired).is_err());
+        assert!(
+            !d.join("state.json.tmp").exists(),
+            "the temporary snapshot is removed"
+        );
+        // The journal still holds the record.
+        drop(j);
+        std::fs::remove_dir_all(d.join("state.json")).unwrap();
+        assert_eq!(Journal::open(&d, PORTS).unwrap().1, desired);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_second_open_of_a_locked_state_directory_is_refused_naming_the_holder() {
+        let d = dir("locked");
+        let (j, _, _) = Journal::open(&d, PORTS).unwrap();
+        let e = Journal::open(&d, PORTS).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "state directory {} is in use by another instance, PID {}",
+                d.display(),
+                std::process::id()
+            )),
+            "{e}"
+        );
+        drop(j);
+        Journal::open(&d, PORTS).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn compaction_snapshots_and_never_replays_twice() {
         let d = dir("compact");
@@ -331,7 +873,8 @@ mod tests {
         r2.replay(&mut desired).unwrap();
         j.append(&r2).unwrap();
         drop(j);
-        let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
+        let (j, recovered, info) = Journal::open(&d, PORTS).unwrap();
+        drop(j);
         assert_eq!(recovered, desired);
         assert_eq!((info.snapshot_seq, info.replayed), (1, 1));
         // A crash after the snapshot's rename but before the journal's truncation: the old
@@ -345,6 +888,7 @@ mod tests {
         j.compact(&desired).unwrap();
         std::fs::write(d.join("journal.bin"), journal).unwrap();
         assert_ne!(std::fs::read(d.join("state.json")).unwrap(), snap);
+        drop(j);
         assert_eq!(Journal::open(&d, PORTS).unwrap().1, desired);
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -41,6 +41,11 @@ struct Args {
     /// Leg port range, `FIRST-LAST`.
     #[arg(long, value_parser = parse_range)]
     port_range: Option<(u16, u16)>,
+    /// Repair a damaged journal in the state directory and exit: keep a copy of it beside it,
+    /// then cut it where its valid records end (every change journaled from there on is lost).
+    /// Only when the start refused a damaged journal, with no control plane running.
+    #[arg(long)]
+    repair_journal: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -80,15 +85,36 @@ fn main() -> anyhow::Result<()> {
     if let Some(r) = args.port_range {
         config.port_range = r;
     }
+    if args.repair_journal {
+        let r = Journal::repair(&config.state_dir)
+            .with_context(|| format!("repairing the journal in {}", config.state_dir.display()))?;
+        match r.copy {
+            Some(copy) => println!(
+                "kept {} record(s), cut {} byte(s); the journal as it was is in {}",
+                r.kept,
+                r.cut_bytes,
+                copy.display()
+            ),
+            None => println!(
+                "the journal's {} record(s) are intact: nothing to repair",
+                r.kept
+            ),
+        }
+        return Ok(());
+    }
     let ports = config.ports()?;
     let transport = config.transport()?;
     let redis = config.redis()?;
     let (journal, desired, info) = Journal::open(&config.state_dir, ports).with_context(|| format!("state in {}", config.state_dir.display()))?;
+    if info.torn_bytes > 0 {
+        tracing::warn!(state_dir = %config.state_dir.display(), torn_bytes = info.torn_bytes, "cut an unfinished final journal append (a crash while it was written; it was never acknowledged)");
+    }
     tracing::info!(
         state_dir = %config.state_dir.display(),
         sessions = desired.sessions.len(),
         snapshot_seq = info.snapshot_seq,
         replayed = info.replayed,
+        left_out = info.left_out,
         torn_bytes = info.torn_bytes,
         "desired state recovered"
     );

@@ -15,7 +15,8 @@ use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
     FeedbackSpec,
-    Codec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SubscriptionSpec, TrackSpec,
+    Codec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SpecError,
+    SubscriptionSpec, TrackSpec,
 };
 
 use crate::compile::Tables;
@@ -220,6 +221,52 @@ impl Desired {
     /// An empty node with this port range.
     pub fn new(ports: PortRange) -> Self {
         Self { ports, draining: false, next_leg: 1, next_track: 1, next_port: ports.start, sessions: BTreeMap::new(), ice_secret: Vec::new() }
+    }
+
+    /// Removes what the dataplane's tables refuse (specs failing their `validate`), which only a
+    /// snapshot written by an older build can hold; says what was removed. A leg takes its
+    /// tracks and subscriptions with it, a track its subscriptions.
+    pub fn drop_unservable(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
+        for (name, session) in &mut self.sessions {
+            let legs: Vec<String> = session
+                .legs
+                .iter()
+                .filter(|(_, l)| l.validate().is_err())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for l in legs {
+                if let Some(Err(e)) = session.legs.get(&l).map(LegSpec::validate) {
+                    dropped.push(format!("session {name:?}: leg {l:?}: {e}"));
+                }
+                session.remove_leg(&l);
+            }
+            let tracks: Vec<String> = session
+                .tracks
+                .iter()
+                .filter(|(_, t)| t.spec.validate().is_err())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for t in tracks {
+                if let Some(Err(e)) = session.tracks.get(&t).map(|t| t.spec.validate()) {
+                    dropped.push(format!("session {name:?}: track {t:?}: {e}"));
+                }
+                session.remove_track(&t);
+            }
+            for (leg, subs) in &mut session.subs {
+                subs.retain(|track, s| match s.validate() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        dropped.push(format!(
+                            "session {name:?}: subscription of leg {leg:?} to track {track:?}: {e}"
+                        ));
+                        false
+                    }
+                });
+            }
+            session.subs.retain(|_, s| !s.is_empty());
+        }
+        dropped
     }
 
     /// Ports in use by legs.
@@ -618,7 +665,9 @@ impl Stage<'_> {
                 remb: fb.remb,
             },
         };
-        self.session.legs.insert(l.id.clone(), LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback });
+        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback };
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
+        self.session.legs.insert(l.id.clone(), spec);
         self.ports.retain(|(n, _)| n != &l.id);
         self.ports.push((l.id.clone(), port));
         Ok(())
@@ -707,6 +756,7 @@ impl Stage<'_> {
             }
         };
         let spec = TrackSpec { id, publisher: publisher.id, kind, clock_rate: t.clock_rate, layers, payload_types, rid_ext, repaired_rid_ext };
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
         // The dataplane clamps subscriptions to the track's highest layer; so does the desired state.
         let top = (spec.layers.len() - 1) as u8;
         for subs in self.session.subs.values_mut() {
@@ -774,9 +824,19 @@ impl Stage<'_> {
             paused: s.paused,
             priority: u8::try_from(s.priority).map_err(|_| invalid(format!("{f}.priority"), format!("{} is not in 0..=255", s.priority)))?,
         };
+        // What the dataplane's tables would refuse is refused here, before it is journaled.
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
         self.session.subs.entry(s.subscriber_leg.clone()).or_default().insert(s.track.clone(), spec);
         Ok(())
     }
+}
+
+/// The tables' own refusal of a spec ([`SpecError`], the check `Tables::apply` makes), as the
+/// field of the request at `f`: `changes[2].subscription` and `subscription.pt_map` make
+/// `changes[2].subscription.pt_map`.
+fn spec_invalid(f: &str, e: SpecError) -> StateError {
+    let field = e.field.split_once('.').map_or(e.field, |(_, rest)| rest);
+    invalid(format!("{f}.{field}"), e.why)
 }
 
 fn check_id(field: &str, id: &str) -> Result<(), StateError> {
@@ -1059,6 +1119,48 @@ mod tests {
         let e = refuse(&mut d, &req("m", vec![leg("c"), bad]));
         assert_eq!(e.field, "changes[1].leg.rx.salt", "{e}");
         assert!(e.message.contains("14-byte"), "{e}");
+        // What the dataplane's tables refuse (SubscriptionSpec::validate) is refused here.
+        let with = |edit: fn(&mut pb::Subscription)| {
+            let mut c = sub("a", "vb", 1000, 0, false);
+            if let Some(C::Subscription(s)) = &mut c.change {
+                edit(s);
+            }
+            req("m", vec![c])
+        };
+        let nine = |s: &mut pb::Subscription| {
+            s.pt_map = (96..105)
+                .map(|pt| pb::IdMapping { from: pt, to: pt })
+                .collect()
+        };
+        for (r, field, why) in [
+            (
+                with(|s| s.pt_map.clear()),
+                "changes[0].subscription.pt_map",
+                "need 1 to 8 payload-type mappings",
+            ),
+            (
+                with(nine),
+                "changes[0].subscription.pt_map",
+                "need 1 to 8 payload-type mappings",
+            ),
+            (
+                with(|s| s.ext_map = vec![pb::IdMapping { from: 15, to: 1 }]),
+                "changes[0].subscription.ext_map",
+                "extension ids are 1..=14",
+            ),
+            (
+                with(|s| s.ext_map = vec![pb::IdMapping { from: 1, to: 255 }]),
+                "changes[0].subscription.ext_map",
+                "extension ids are 1..=14",
+            ),
+        ] {
+            let e = refuse(&mut d, &r);
+            assert_eq!(
+                (e.kind, e.field.as_str(), e.message.as_str()),
+                (ErrorKind::InvalidArgument, field, why),
+                "{e}"
+            );
+        }
         // Wrong expected revision.
         let mut r = req("m", vec![leg("c")]);
         r.expected_revision = Some(7);

@@ -99,15 +99,20 @@ pub struct Config {
     pub listen_ip: IpAddr,
     /// Number of workers; each is pinned to one core.
     pub workers: usize,
-    /// The cores to pin the workers to (default: 0..workers).
+    /// The cores to pin the workers to, by id (default: the first `workers` of the cores this
+    /// process may run on).
     pub cores: Option<Vec<usize>>,
     /// The I/O backend.
     pub backend: BackendChoice,
     /// Datagrams a worker takes per receive batch.
     pub batch: usize,
-    /// Unix socket of the control endpoint.
+    /// Unix socket of the control endpoint (created mode 0600 whatever the umask).
     pub control_socket: PathBuf,
-    /// Address of the Prometheus endpoint (`/metrics`); empty to disable.
+    /// The uid the control socket's file is handed to, who may then use it besides root and the
+    /// daemon's own uid (every other peer is refused by its `SO_PEERCRED`); default: nobody else.
+    pub control_socket_owner: Option<u32>,
+    /// Address of the Prometheus endpoint (`/metrics`); `""` or `"off"` disables it.
+    #[serde(deserialize_with = "metrics_address")]
     pub metrics: Option<SocketAddr>,
     /// SRTP replay window per stream, in packets (128..=1024, a multiple of 64).
     pub replay_window: u16,
@@ -141,6 +146,7 @@ impl Default for Config {
             backend: BackendChoice::Auto,
             batch: 64,
             control_socket: PathBuf::from("/run/sluice/dataplane.sock"),
+            control_socket_owner: None,
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9311))),
             replay_window: 128,
             rtx_cache_packets: 256,
@@ -153,6 +159,35 @@ impl Default for Config {
             xdp: XdpConfig::default(),
         }
     }
+}
+
+/// Parses the `metrics` setting: an address, or `""` / `"off"` for no endpoint (as the CLI's
+/// `--metrics off`).
+pub fn parse_metrics(value: &str) -> Result<Option<SocketAddr>, String> {
+    match value.trim() {
+        "" | "off" => Ok(None),
+        v => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{value:?} is not an ip:port address, \"\" or \"off\"")),
+    }
+}
+
+fn metrics_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let value = String::deserialize(d)?;
+    parse_metrics(&value).map_err(serde::de::Error::custom)
+}
+
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a cgroup's cpuset set
+/// it), in ascending order; empty if the mask cannot be read.
+pub fn allowed_cores() -> Vec<usize> {
+    let mut ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// The file's shape: everything under `[dataplane]`.
@@ -208,14 +243,17 @@ impl Config {
         Ok(f.dataplane)
     }
 
-    /// The cores the workers are pinned to, in worker order.
-    pub fn worker_cores(&self) -> Vec<usize> {
-        self.cores.clone().unwrap_or_else(|| (0..self.workers).collect())
+    /// The cores the workers are pinned to, in worker order: the configured ones, else the
+    /// first `workers` of `allowed` (the ids of the cores this process may run on, ascending).
+    pub fn worker_cores(&self, allowed: &[usize]) -> Vec<usize> {
+        self.cores
+            .clone()
+            .unwrap_or_else(|| allowed.iter().copied().take(self.workers).collect())
     }
 
-    /// Checks every setting against the machine (`available_cores` is the number of cores the
-    /// process may run on).
-    pub fn validate(&self, available_cores: usize) -> Result<(), ConfigError> {
+    /// Checks every setting against the machine: `allowed` lists the ids of the cores this
+    /// process may run on ([`allowed_cores`]), which under a CPU mask need not start at 0.
+    pub fn validate(&self, allowed: &[usize]) -> Result<(), ConfigError> {
         let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
         if self.workers == 0 || self.workers > 256 {
             return invalid("workers", format!("{} is not in 1..=256", self.workers));
@@ -224,16 +262,16 @@ impl Config {
             if cores.len() != self.workers {
                 return invalid("cores", format!("lists {} cores for {} workers", cores.len(), self.workers));
             }
-            if let Some(c) = cores.iter().find(|&&c| c >= available_cores) {
-                return invalid("cores", format!("core {c} does not exist (this machine has {available_cores})"));
+            if let Some(c) = cores.iter().find(|c| !allowed.contains(c)) {
+                return invalid("cores", format!("core {c} is not one this process may run on (allowed: {})", core_list(allowed)));
             }
             let mut sorted = cores.clone();
             sorted.sort_unstable();
             if sorted.windows(2).any(|w| w[0] == w[1]) {
                 return invalid("cores", "a core is listed twice".into());
             }
-        } else if self.workers > available_cores {
-            return invalid("workers", format!("{} workers but only {available_cores} cores", self.workers));
+        } else if self.workers > allowed.len() {
+            return invalid("workers", format!("{} workers but this process may run on {} cores ({})", self.workers, allowed.len(), core_list(allowed)));
         }
         if self.batch == 0 || self.batch > 1024 {
             return invalid("batch", format!("{} is not in 1..=1024", self.batch));
@@ -314,6 +352,29 @@ impl Config {
     }
 }
 
+/// `0-3,6,8-9`, as `taskset -c` writes a CPU list; `none` when empty.
+fn core_list(cores: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cores.len() {
+        let start = cores[i];
+        while i + 1 < cores.len() && cores[i + 1] == cores[i] + 1 {
+            i += 1;
+        }
+        out.push(if cores[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cores[i])
+        });
+        i += 1;
+    }
+    if out.is_empty() {
+        "none".into()
+    } else {
+        out.join(",")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,8 +385,8 @@ mod tests {
         assert_eq!(c, Config::default());
         let c = Config::from_toml("[dataplane]\nworkers = 2\nbackend = \"mmsg\"\ncontrol_socket = \"/tmp/x.sock\"\n").unwrap();
         assert_eq!((c.workers, c.backend), (2, BackendChoice::Mmsg));
-        c.validate(2).unwrap();
-        assert_eq!(c.worker_cores(), vec![0, 1]);
+        c.validate(&[0, 1]).unwrap();
+        assert_eq!(c.worker_cores(&[0, 1]), vec![0, 1]);
     }
 
     #[test]
@@ -340,13 +401,20 @@ mod tests {
         let parse = |s: &str| Config::from_toml(s).unwrap_err().to_string();
         assert!(parse("[dataplane]\nworkerz = 2\n").contains("workerz"), "unknown key named");
         assert!(parse("[dataplane]\nbackend = \"dpdk\"\n").contains("dpdk"));
-        let check = |s: &str, cores| {
+        let check = |s: &str, cores: usize| {
             let mut c = Config::from_toml(s).unwrap();
             c.control_socket = "/tmp/x.sock".into();
-            c.validate(cores).err().map(|e| e.to_string()).unwrap_or_default()
+            let allowed: Vec<usize> = (0..cores).collect();
+            c.validate(&allowed)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
         };
         assert!(check("[dataplane]\nworkers = 3\n", 2).contains("`workers`"));
-        assert!(check("[dataplane]\nworkers = 1\ncores = [5]\n", 2).contains("core 5 does not exist"));
+        assert!(
+            check("[dataplane]\nworkers = 1\ncores = [5]\n", 2)
+                .contains("core 5 is not one this process may run on (allowed: 0-1)")
+        );
         assert!(check("[dataplane]\nworkers = 2\ncores = [1, 1]\n", 2).contains("twice"));
         assert!(check("[dataplane]\nreplay_window = 100\n", 2).contains("`replay_window`"));
         assert!(check("[dataplane]\nport_range = [5000, 4000]\n", 2).contains("`port_range`"));
@@ -368,6 +436,67 @@ mod tests {
         assert!(check(&relay("dst = \"10.0.0.3:6000\"\ndst_mac = \"02:00:00:00:00\"\n"), 2).contains("dst_mac"));
         assert!(parse("[dataplane.xdp]\nmode = \"bypass\"\n").contains("bypass"));
         let c = Config { control_socket: "/nonexistent-dir/x.sock".into(), ..Config::default() };
-        assert!(c.validate(2).unwrap_err().to_string().contains("/nonexistent-dir"));
+        assert!(
+            c.validate(&[0, 1])
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent-dir")
+        );
+    }
+
+    #[test]
+    fn cores_are_checked_against_the_allowed_ids_not_their_count() {
+        let config = |s: &str| {
+            let mut c = Config::from_toml(s).unwrap();
+            c.control_socket = "/tmp/x.sock".into();
+            c
+        };
+        // `taskset -c 1`: one allowed core, whose id is 1.
+        let c = config("[dataplane]\nworkers = 1\ncores = [1]\n");
+        c.validate(&[1]).unwrap();
+        assert_eq!(c.worker_cores(&[1]), vec![1]);
+        let e = config("[dataplane]\nworkers = 1\ncores = [0]\n")
+            .validate(&[1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`cores`: core 0 is not one this process may run on (allowed: 1)"),
+            "{e}"
+        );
+        // Without `cores`, the workers take the first allowed cores, not 0..workers.
+        let c = config("[dataplane]\nworkers = 2\n");
+        c.validate(&[2, 3, 5]).unwrap();
+        assert_eq!(c.worker_cores(&[2, 3, 5]), vec![2, 3]);
+        let e = config("[dataplane]\nworkers = 3\n")
+            .validate(&[4, 6])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`workers`: 3 workers but this process may run on 2 cores (4,6)"),
+            "{e}"
+        );
+        assert_eq!(core_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+    }
+
+    #[test]
+    fn metrics_off_or_empty_in_the_file_disables_the_endpoint() {
+        for off in ["\"\"", "\"off\""] {
+            let c = Config::from_toml(&format!("[dataplane]\nmetrics = {off}\n")).unwrap();
+            assert_eq!(c.metrics, None, "metrics = {off}");
+        }
+        let c = Config::from_toml("[dataplane]\nmetrics = \"127.0.0.1:9400\"\n").unwrap();
+        assert_eq!(c.metrics, Some(SocketAddr::from(([127, 0, 0, 1], 9400))));
+        assert_eq!(
+            Config::from_toml("").unwrap().metrics,
+            Config::default().metrics,
+            "absent: the default endpoint"
+        );
+        let e = Config::from_toml("[dataplane]\nmetrics = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("metrics") && e.contains("\"localhost\" is not an ip:port address"),
+            "{e}"
+        );
     }
 }

@@ -8,11 +8,18 @@
 //! reach every worker in one order, no control-plane I/O ever runs on a worker, and a control
 //! plane that disappears leaves the workers forwarding with their tables.
 //!
+//! The socket carries SRTP master keys (in snapshots) and can install subscribers, so it is
+//! guarded twice: the file is created mode 0600 whatever the umask (chmod between bind and
+//! listen, so no connection can ever be made under the umask's mode), and every peer's
+//! credentials (`SO_PEERCRED`) are checked: only root, the daemon's own uid and the configured
+//! owner are served; anyone else is logged and disconnected.
+//!
 //! A connection that sends [`Request::Subscribe`] becomes a stream: after
 //! [`Response::Subscribed`] the dataplane writes [`Response::Events`] batches as workers produce
 //! them and, when asked for, [`Response::Stats`] at a fixed interval, until the peer closes it.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,6 +32,8 @@ use sluice_core::forward::Event;
 use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
+
+use crate::lock::{InstanceLock, LockError};
 
 /// Largest frame accepted (a full snapshot of a big node fits comfortably).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -115,21 +124,88 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Resul
     serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Serves the endpoint at `path` (replacing a stale socket file): one thread per connection,
-/// requests passed to `handler` one at a time, subscriptions fed from `hub`.
-pub fn serve<H>(path: &Path, hub: Arc<crate::events::EventHub>, handler: H) -> io::Result<JoinHandle<()>>
+/// The lock file that guards the socket at `socket`: `<socket>.lock`, beside it.
+pub fn lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_os_string();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the socket's instance lock: while it is held no other dataplane serves `socket`, nor
+/// unlinks it as stale. The error names the holder's PID.
+pub fn lock(socket: &Path) -> Result<InstanceLock, LockError> {
+    InstanceLock::acquire(
+        &lock_path(socket),
+        &format!("control socket {}", socket.display()),
+    )
+}
+
+/// Serves the endpoint at `path` (replacing a stale socket file, under the socket's [`lock`]):
+/// one thread per connection, requests passed to `handler` one at a time, subscriptions fed
+/// from `hub`. The socket is 0600, owned by the daemon's uid; only root and that uid are served.
+pub fn serve<H>(
+    path: &Path,
+    hub: Arc<crate::events::EventHub>,
+    handler: H,
+) -> io::Result<JoinHandle<()>>
 where
     H: FnMut(Request) -> Response + Send + 'static,
 {
-    if path.exists() {
-        std::fs::remove_file(path)?;
+    let lock = lock(path).map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
+    serve_with_owner(path, None, lock, hub, handler)
+}
+
+/// [`serve`], with the socket file handed to `owner` (still mode 0600), who is then served too;
+/// `lock` is the socket's [`lock`], taken by the caller and held for as long as the endpoint
+/// runs.
+pub fn serve_with_owner<H>(
+    path: &Path,
+    owner: Option<u32>,
+    lock: InstanceLock,
+    hub: Arc<crate::events::EventHub>,
+    handler: H,
+) -> io::Result<JoinHandle<()>>
+where
+    H: FnMut(Request) -> Response + Send + 'static,
+{
+    if lock.path() != lock_path(path) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not the lock of {}",
+                lock.path().display(),
+                path.display()
+            ),
+        ));
     }
-    let listener = UnixListener::bind(path)?;
+    // Only a stale socket can be here: its server held the lock we now hold.
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale control socket"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = bind_guarded(path, owner)?;
+    // SAFETY: geteuid(2) cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
     let path: PathBuf = path.into();
     let handler = Arc::new(Mutex::new(handler));
     std::thread::Builder::new().name("control".into()).spawn(move || {
+        let _lock = lock;
         for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
+            let Ok(mut conn) = conn else { continue };
+            let peer = peer_credentials(&conn);
+            let allowed = peer.as_ref().is_ok_and(|p| p.uid == 0 || p.uid == own_uid || Some(p.uid) == owner);
+            if !allowed {
+                let why = match &peer {
+                    Ok(p) => format!("uid {} may not use this control socket (allowed: root, uid {own_uid}{})", p.uid, owner.map(|o| format!(", uid {o}")).unwrap_or_default()),
+                    Err(e) => format!("the peer's credentials are unreadable: {e}"),
+                };
+                tracing::warn!(socket = %path.display(), peer_pid = peer.as_ref().map_or(0, |p| p.pid), reason = %why, "control connection refused");
+                // A fresh socket's buffer takes this small frame without blocking.
+                let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = write_frame(&mut conn, &Response::Error(why));
+                continue;
+            }
             let (handler, hub, path) = (handler.clone(), hub.clone(), path.clone());
             let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
                 tracing::info!(socket = %path.display(), "control plane connected");
@@ -140,6 +216,99 @@ where
                 tracing::error!(error = %e, "cannot serve a control connection");
             }
         }
+    })
+}
+
+/// Binds a listening Unix socket at `path` whose file is mode 0600 (and owned by `owner`) before
+/// anyone can connect: the mode is set between bind(2) and listen(2), and a socket that does not
+/// listen refuses every connect, so the umask's mode is never usable.
+fn bind_guarded(path: &Path, owner: Option<u32>) -> io::Result<UnixListener> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: an all-zero sockaddr_un is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a Unix socket path (1..{} bytes, no NUL)",
+                path.display(),
+                addr.sun_path.len()
+            ),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len =
+        (std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: `addr` is an initialised sockaddr_un and `len` is within its size.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let guard = || -> io::Result<()> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(path, Some(uid), None)?;
+        }
+        // SAFETY: listen(2) on the socket bound above.
+        if unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if let Err(e) = guard() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(UnixListener::from(fd))
+}
+
+/// A connected peer's process credentials.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    pid: i32,
+    uid: u32,
+}
+
+/// `SO_PEERCRED`: who connected (as of its connect(2)).
+fn peer_credentials(conn: &UnixStream) -> io::Result<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `cred`, a live ucred of that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != size_of::<libc::ucred>() {
+        return Err(io::Error::other(format!(
+            "SO_PEERCRED returned {len} bytes"
+        )));
+    }
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
     })
 }
 
@@ -279,6 +448,201 @@ mod tests {
         raw.write_all(b"nope!").unwrap();
         let resp: Response = read_frame(raw).unwrap().unwrap();
         assert!(matches!(resp, Response::Error(_)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A handler that answers the generation and counts the requests it served.
+    fn counting(
+        served: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> impl FnMut(Request) -> Response + Send + 'static {
+        let served = served.clone();
+        move |req| {
+            served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match req {
+                Request::Generation => Response::Generation(Generation(7)),
+                _ => Response::Error("unsupported".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn the_socket_is_0600_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("sluice-control-umask-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dp.sock");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // SAFETY: umask(2) cannot fail; the old mask is put back right after the bind.
+        let old = unsafe { libc::umask(0) };
+        let started = serve(&path, crate::events::EventHub::new(), counting(&served));
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let _t = started.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "socket mode {mode:o} under umask 000");
+        let mut c = Client::connect(&path).unwrap();
+        assert!(
+            matches!(
+                c.call(&Request::Generation).unwrap(),
+                Response::Generation(Generation(7))
+            ),
+            "the owner (root here) is served"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What a process running as `uid` gets when it connects to `path` and asks for the
+    /// generation: 10 connect failed, 11 served, 12 refused (closed or an error frame).
+    fn exchange_as(uid: libc::uid_t, path: &Path) -> i32 {
+        use std::os::unix::ffi::OsStrExt as _;
+        // Everything the child needs is made before the fork: after it, only async-signal-safe
+        // calls (setuid, socket, connect, write, read, _exit).
+        let mut request = Vec::new();
+        write_frame(&mut request, &Request::Generation).unwrap();
+        // SAFETY: an all-zero sockaddr_un is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: the child only makes async-signal-safe calls on memory made before the fork
+        // and ends with _exit; the parent waits for it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: in the child; see above.
+            unsafe {
+                if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                    libc::_exit(9);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if fd < 0 || libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                    libc::_exit(10);
+                }
+                let tv = libc::timeval {
+                    tv_sec: 5,
+                    tv_usec: 0,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const tv).cast(),
+                    size_of::<libc::timeval>() as libc::socklen_t,
+                );
+                let _ = libc::write(fd, request.as_ptr().cast(), request.len());
+                // The length and the body may come in separate reads.
+                let mut buf = [0u8; 256];
+                let mut got = 0usize;
+                while got < buf.len() {
+                    let n = libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got);
+                    if n <= 0 {
+                        break;
+                    }
+                    got += n as usize;
+                    if got >= 4
+                        && got >= 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+                    {
+                        break;
+                    }
+                }
+                let body = if got > 4 { &buf[4..got] } else { &[][..] };
+                libc::_exit(if body.starts_with(b"{\"generation\"") {
+                    11
+                } else {
+                    12
+                });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid);
+        assert!(libc::WIFEXITED(status), "child status {status}");
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn a_peer_with_another_uid_is_refused_even_if_the_mode_lets_it_connect() {
+        use std::os::unix::fs::PermissionsExt as _;
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test needs root (it runs a peer as uid 65534)");
+        }
+        let dir = std::env::temp_dir().join(format!("sluice-control-peer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("dp.sock");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let _t = serve(&path, crate::events::EventHub::new(), counting(&served)).unwrap();
+        // A socket opened up by hand (or through a group) still serves only root and the daemon.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(exchange_as(65534, &path), 12, "uid 65534 must be refused");
+        assert_eq!(
+            served.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing was handled for it"
+        );
+        assert_eq!(exchange_as(0, &path), 11, "root is served");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_configured_owner_gets_the_socket_and_is_served() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test needs root (it hands the socket to uid 65534)");
+        }
+        let dir = std::env::temp_dir().join(format!("sluice-control-owner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("dp.sock");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let _t = serve_with_owner(
+            &path,
+            Some(65534),
+            lock(&path).unwrap(),
+            crate::events::EventHub::new(),
+            counting(&served),
+        )
+        .unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.permissions().mode() & 0o7777),
+            (65534, 0o600)
+        );
+        assert_eq!(exchange_as(65534, &path), 11, "the owner is served");
+        assert_eq!(
+            exchange_as(65533, &path),
+            10,
+            "another uid cannot even connect"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_endpoint_on_a_live_socket_is_refused_and_leaves_it_alone() {
+        let dir = std::env::temp_dir().join(format!("sluice-control-twice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dp.sock");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let _t = serve(&path, crate::events::EventHub::new(), counting(&served)).unwrap();
+        let e = serve(&path, crate::events::EventHub::new(), counting(&served)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(
+            e.to_string().contains(&format!(
+                "in use by another instance, PID {}",
+                std::process::id()
+            )),
+            "{e}"
+        );
+        let mut c = Client::connect(&path).unwrap();
+        assert!(matches!(
+            c.call(&Request::Generation).unwrap(),
+            Response::Generation(Generation(7))
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

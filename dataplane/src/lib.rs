@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`control`]: the Unix-socket endpoint the control plane programs tables through.
+//! - [`lock`]: one instance per control socket (and per control-plane state directory).
 //! - [`events`]: worker events fanned out to control-endpoint subscribers.
 //! - [`io`]: batched UDP backends (io_uring, recvmmsg/sendmmsg), UDP GSO.
 //! - [`worker`]: the pinned per-core worker loop.
@@ -16,6 +17,7 @@ pub mod control;
 pub mod edge;
 pub mod events;
 pub mod io;
+pub mod lock;
 pub mod metrics;
 pub mod shield;
 pub mod worker;

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant as WallInstant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use sluice_core::forward::CoreConfig;
-use sluice_core::table::TableConfig;
 use sluice_core::ice::IceConfig;
-use sluice_dataplane::config::{BackendChoice, Config, XdpMode, parse_mac};
+use sluice_core::table::TableConfig;
+use sluice_dataplane::config::{
+    BackendChoice, Config, XdpMode, allowed_cores, parse_mac, parse_metrics,
+};
 use sluice_dataplane::control::{self, Request, Response};
 use sluice_dataplane::edge::{self, EdgeConfig, SlowMsg};
 use sluice_dataplane::events::{self, EventHub};
@@ -90,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         config.control_socket = s;
     }
     if let Some(m) = &args.metrics {
-        config.metrics = if m == "off" { None } else { Some(m.parse().with_context(|| format!("--metrics {m}: not an address"))?) };
+        config.metrics = parse_metrics(m).map_err(|why| anyhow::anyhow!("--metrics: {why}"))?;
     }
     if args.no_gso {
         config.gso = false;
@@ -107,12 +109,19 @@ fn main() -> anyhow::Result<()> {
     if let Some(i) = args.xdp_instance {
         config.xdp.instance = i;
     }
-    let available = core_affinity::get_core_ids().map_or(1, |c| c.len());
-    config.validate(available)?;
-    run(config)
+    let allowed = allowed_cores();
+    config.validate(&allowed)?;
+    // Before anything touches the machine: a second instance on this socket stops here, naming
+    // the first one's PID.
+    let lock = control::lock(&config.control_socket)?;
+    run(config, &allowed, lock)
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    allowed_cores: &[usize],
+    lock: sluice_dataplane::lock::InstanceLock,
+) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGTERM, libc::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -160,7 +169,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         }),
         epoch,
     ).context("starting the WebRTC slow path")?;
-    let cores = config.worker_cores();
+    let cores = config.worker_cores(allowed_cores);
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let hub = EventHub::new();
     hub.spawn_pump(events_rx).context("starting the event pump")?;
@@ -223,7 +232,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let slow_ctl = slow.clone();
     drop(events_tx);
     let control_shield = shield.clone();
-    control::serve(&config.control_socket, hub, move |req| match req {
+    control::serve_with_owner(&config.control_socket, config.control_socket_owner, lock, hub, move |req| match req {
         Request::Apply(delta) => {
             let changes = edge::changes_of(&delta);
             let for_shield = control_shield.as_ref().map(|_| Arc::new(delta.clone()));

@@ -355,6 +355,8 @@ fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_ki
             track: track.into(),
             out_ssrc: 99,
             target_layer: layer,
+            // Valid, so that each request is refused for what it names (an empty map is refused).
+            pt_map: vec![pb::IdMapping { from: 96, to: 96 }],
             ..Default::default()
         })),
     };
@@ -838,4 +840,182 @@ fn dataplane_events_reach_watch_and_node_status_reports_rates() {
     for what in kinds {
         assert!(shows(&lines, what), "sluicectl watch shows no {what}:\n{lines}");
     }
+}
+
+/// One instance per state directory: a second control plane on the first one's state directory
+/// refuses to start, naming the first one's PID, and the first keeps serving.
+#[test]
+fn a_second_controlplane_on_the_same_state_dir_refuses_to_start_naming_the_first() {
+    const PORTS7: (u16, u16) = (19_600, 19_607);
+    let dir = TempDir::new("cp-one-instance");
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let (first, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS7);
+    let mut grpc = Grpc::connect(addr);
+    grpc.apply(session_req("before"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", first.log_text()));
+    let cfg = dir.path().join("controlplane.toml");
+    let mut second = Daemon::start(
+        "sluice-controlplane",
+        &["--config", cfg.to_str().unwrap()],
+        &dir.path().join("controlplane-2.log"),
+    );
+    let status = second.wait_exit(Duration::from_secs(20));
+    let log = second.log_text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second control plane must exit with an error, not serve ({status:?}):\n{log}"
+    );
+    assert!(
+        log.contains(&format!("PID {}", first.pid())),
+        "the error names the holder's PID {}:\n{log}",
+        first.pid()
+    );
+    assert!(
+        log.contains(&dir.path().join("state").display().to_string()),
+        "the error names the state directory:\n{log}"
+    );
+    // The first still serves, with its state.
+    grpc.apply(session_req("after"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", first.log_text()));
+    assert_eq!(grpc.status().sessions, 2);
+}
+
+/// A subscription the dataplane's tables would refuse (an empty `pt_map`, more than 8 payload
+/// type mappings, an extension id above 14) is refused at Apply with INVALID_ARGUMENT naming the
+/// field, by the validation the tables use: it is never journaled nor sent, so it cannot wedge
+/// the node (before, it was accepted, refused by the dataplane, and every later Apply on every
+/// session answered UNAVAILABLE).
+#[test]
+fn a_subscription_the_dataplane_would_refuse_is_invalid_at_apply_and_the_node_keeps_working() {
+    const PORTS8: (u16, u16) = (19_700, 19_715);
+    let dir = TempDir::new("cp-validate");
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS8);
+    let mut grpc = Grpc::connect(addr);
+    grpc.apply(session_req("m1"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let (ops, _) = meeting::build(9, 3, Profile::AeadAes128Gcm, 1);
+    let base = changes(&ops)
+        .into_iter()
+        .find_map(|c| {
+            if let Some(C::Subscription(s)) = c.change {
+                Some(s)
+            } else {
+                None
+            }
+        })
+        .expect("a subscription");
+    let change = |edit: &dyn Fn(&mut pb::Subscription)| {
+        let mut s = base.clone();
+        edit(&mut s);
+        pb::ChangeSet {
+            session: "m1".into(),
+            idempotency_key: String::new(),
+            expected_revision: None,
+            changes: vec![pb::Change {
+                change: Some(C::Subscription(s)),
+            }],
+        }
+    };
+    let s = expect_code(
+        grpc.apply(change(&|s| s.pt_map.clear())),
+        Code::InvalidArgument,
+        "changes[0].subscription.pt_map",
+    );
+    assert!(s.message().contains("1 to 8"), "{s:?}");
+    let nine = (0..9)
+        .map(|i| pb::IdMapping {
+            from: 96 + i,
+            to: 96 + i,
+        })
+        .collect::<Vec<_>>();
+    expect_code(
+        grpc.apply(change(&|s| s.pt_map = nine.clone())),
+        Code::InvalidArgument,
+        "changes[0].subscription.pt_map",
+    );
+    let s = expect_code(
+        grpc.apply(change(&|s| {
+            s.ext_map = vec![pb::IdMapping { from: 15, to: 3 }]
+        })),
+        Code::InvalidArgument,
+        "changes[0].subscription.ext_map",
+    );
+    assert!(s.message().contains("1..=14"), "{s:?}");
+    expect_code(
+        grpc.apply(change(&|s| {
+            s.ext_map = vec![pb::IdMapping { from: 3, to: 200 }]
+        })),
+        Code::InvalidArgument,
+        "changes[0].subscription.ext_map",
+    );
+    // Nothing was journaled or sent: later changes apply, on this session and on a new one.
+    grpc.apply(change(&|s| s.paused = true))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    grpc.apply(session_req("m2"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert_eq!(grpc.session("m1").unwrap().revision, 2);
+    assert_eq!(grpc.status().sessions, 2);
+}
+
+/// A journal written by an older build that accepted a subscription the dataplane refuses (an
+/// empty `pt_map`): the node starts, leaves that change out (saying so), installs its healthy
+/// session on the dataplane and keeps answering Apply (before, every resync was refused and
+/// every Apply answered UNAVAILABLE; with today's validation alone, the start was refused).
+#[test]
+fn a_journaled_change_the_dataplane_refuses_does_not_wedge_the_node() {
+    use sluice_controlplane::journal::{Journal, Record};
+    use sluice_controlplane::state::PortRange;
+    const PORTS9: (u16, u16) = (19_800, 19_815);
+    let dir = TempDir::new("cp-poisoned");
+    {
+        let ports = PortRange {
+            start: PORTS9.0,
+            end: PORTS9.1,
+        };
+        let (mut journal, _, _) = Journal::open(&dir.path().join("state"), ports).unwrap();
+        let healthy = session_req("healthy");
+        let mut bad = healthy
+            .changes
+            .iter()
+            .find(|c| matches!(c.change, Some(C::Subscription(_))))
+            .cloned()
+            .expect("a subscription");
+        if let Some(C::Subscription(s)) = &mut bad.change {
+            s.pt_map.clear();
+        }
+        journal.append(&Record::Apply(healthy)).unwrap();
+        // As the older build journaled it: its validation did not look at the map.
+        journal
+            .append(&Record::Apply(pb::ChangeSet {
+                changes: vec![bad],
+                ..session_req("healthy")
+            }))
+            .unwrap();
+    }
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS9);
+    let mut grpc = Grpc::connect(addr);
+    grpc.apply(session_req("next"))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert!(
+        cp.log_text().contains("left out of the recovered state"),
+        "{}",
+        cp.log_text()
+    );
+    assert_eq!(grpc.session("healthy").unwrap().revision, 1);
+    // Both sessions are on the dataplane.
+    let mut control = sluice_dataplane::control::Client::connect(&dp_sock).unwrap();
+    let sluice_dataplane::control::Response::Snapshot(snap) = control
+        .call(&sluice_dataplane::control::Request::Snapshot)
+        .unwrap()
+    else {
+        panic!("no snapshot")
+    };
+    let legs = snap
+        .ops
+        .iter()
+        .filter(|o| matches!(o, Op::UpsertLeg(_)))
+        .count();
+    assert_eq!(legs, 6, "three legs of each session");
 }

@@ -358,3 +358,47 @@ fn a_subscribers_pli_crosses_workers_to_the_publisher() {
     assert!(people[0].plis_received > before, "the publisher got no PLI from the other worker\n{}", daemon.log_text());
     assert_eq!(people[0].verify_failures + people[1].verify_failures, 0);
 }
+
+/// One instance per control socket: a second dataplane on the first one's socket refuses to
+/// start, naming the first one's PID, and leaves the first one's socket alone.
+#[test]
+fn a_second_dataplane_on_the_same_socket_refuses_to_start_naming_the_first() {
+    let dir = TempDir::new("dp-one-instance");
+    let (mut first, sock) = start_daemon(&dir, "mmsg");
+    let cfg = dir.path().join("dataplane.toml");
+    let mut second = Daemon::start(
+        "sluice-dataplane",
+        &["--config", cfg.to_str().unwrap(), "--metrics", "off"],
+        &dir.path().join("second.log"),
+    );
+    let status = second.wait_exit(Duration::from_secs(20));
+    let log = second.log_text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second dataplane must exit with an error, not serve ({status:?}):\n{log}"
+    );
+    assert!(
+        log.contains(&format!("PID {}", first.pid())),
+        "the error names the holder's PID {}:\n{log}",
+        first.pid()
+    );
+    // The first still serves its socket: a delta reaches it (its log sees the connection).
+    let mut control = Client::connect(&sock).unwrap();
+    let resp = control
+        .call(&Request::Apply(Delta {
+            generation: Generation(1),
+            replace_all: false,
+            ops: vec![Op::UpsertLeg(dummy_leg(1))],
+        }))
+        .unwrap();
+    assert!(matches!(resp, Response::Applied(Generation(1))), "{resp:?}");
+    assert!(
+        first.wait_exit(Duration::from_millis(200)).is_none(),
+        "the first is still running"
+    );
+    assert!(
+        first.log_text().contains("control plane connected"),
+        "the first one answered:\n{}",
+        first.log_text()
+    );
+}

@@ -29,9 +29,8 @@ use crate::downlink::Downlink;
 use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
-    FeedbackSpec,
-    Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op,
-    PayloadSpec, SubscriptionSpec, TrackSpec,
+    Codec, Delta, FeedbackSpec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op,
+    PayloadSpec, SpecError, SubscriptionSpec, TrackSpec,
 };
 
 /// The hash map the tables use: foldhash, seeded per process (keys come from the network, so the
@@ -111,7 +110,8 @@ pub enum DeltaError {
         /// The track.
         track: TrackId,
     },
-    /// A spec field is out of range; `field` names it.
+    /// A spec field is out of range; `field` names it (the spec's own `validate` said so, or a
+    /// check against the tables' state).
     #[error("op {op}: invalid {field}: {why}")]
     Invalid {
         /// Index of the op in the delta.
@@ -121,6 +121,12 @@ pub enum DeltaError {
         /// What is wrong.
         why: &'static str,
     },
+}
+
+impl DeltaError {
+    fn invalid(op: usize, e: SpecError) -> Self {
+        DeltaError::Invalid { op, field: e.field, why: e.why }
+    }
 }
 
 /// One publisher stream (a layer or its RTX) as the receiving leg indexes it.
@@ -447,7 +453,7 @@ impl Subscription {
         }
         let mut ext_map = ExtensionIdMap::new();
         for &(from, to) in &spec.ext_map {
-            // Validated to 1..=14 by upsert_sub.
+            // Validated to 1..=14 by SubscriptionSpec::validate.
             let _ = ext_map.set(from, to);
         }
         Self {
@@ -826,12 +832,7 @@ impl Tables {
         {
             return Err(DeltaError::PortInUse { op, port: spec.local_port, owner });
         }
-        if spec.local_port == 0 {
-            return Err(DeltaError::Invalid { op, field: "leg.local_port", why: "must not be 0" });
-        }
-        if spec.feedback.twcc_ext.is_some_and(|id| !(1..=14).contains(&id)) {
-            return Err(DeltaError::Invalid { op, field: "leg.feedback.twcc_ext", why: "header-extension ids are 1..=14" });
-        }
+        spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
         let rx = SrtpKeys::new(spec.rx.profile, &spec.rx.key, &spec.rx.salt)
             .map_err(|_| DeltaError::Invalid { op, field: "leg.rx", why: "key or salt length does not match the profile" })?;
         let tx = SrtpKeys::new(spec.tx.profile, &spec.tx.key, &spec.tx.salt)
@@ -942,27 +943,7 @@ impl Tables {
         let Some(publisher) = self.legs.get(&spec.publisher) else {
             return Err(DeltaError::UnknownLeg { op, leg: spec.publisher });
         };
-        if spec.layers.is_empty() || spec.layers.len() > 8 {
-            return Err(DeltaError::Invalid { op, field: "track.layers", why: "need 1 to 8 layers" });
-        }
-        if spec.kind == MediaKind::Audio && spec.layers.len() != 1 {
-            return Err(DeltaError::Invalid { op, field: "track.layers", why: "audio has exactly one layer" });
-        }
-        if spec.clock_rate == 0 {
-            return Err(DeltaError::Invalid { op, field: "track.clock_rate", why: "must be positive" });
-        }
-        if spec.payload_types.is_empty() {
-            return Err(DeltaError::Invalid { op, field: "track.payload_types", why: "need at least one" });
-        }
-        if spec.payload_types.iter().any(|p| p.pt.0 > 127 || p.rtx_pt.is_some_and(|r| r.0 > 127)) {
-            return Err(DeltaError::Invalid { op, field: "track.payload_types", why: "payload types are 7 bits" });
-        }
-        if spec.layers.iter().any(|l| l.ssrc.is_none() && l.rid.is_none()) {
-            return Err(DeltaError::Invalid { op, field: "track.layers", why: "a layer needs an SSRC or a RID" });
-        }
-        if spec.layers.iter().any(|l| l.ssrc.is_none()) && spec.rid_ext.is_none() {
-            return Err(DeltaError::Invalid { op, field: "track.rid_ext", why: "layers without SSRC need the RID extension id" });
-        }
+        spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
         // Publisher SSRCs are unique on the leg, across its tracks and within this one.
         let mut ssrcs: Vec<Ssrc> = spec.layers.iter().flat_map(|l| [l.ssrc, l.rtx_ssrc]).flatten().collect();
         ssrcs.sort_unstable();
@@ -1041,15 +1022,7 @@ impl Tables {
         if track.spec.publisher == spec.subscriber {
             return Err(DeltaError::SelfSubscription { op, leg: spec.subscriber, track: spec.track });
         }
-        if spec.pt_map.is_empty() || spec.pt_map.len() > MAX_PT_MAP {
-            return Err(DeltaError::Invalid { op, field: "subscription.pt_map", why: "need 1 to 8 payload-type mappings" });
-        }
-        if spec.pt_map.iter().any(|(a, b)| a.0 > 127 || b.0 > 127) {
-            return Err(DeltaError::Invalid { op, field: "subscription.pt_map", why: "payload types are 7 bits" });
-        }
-        if spec.ext_map.iter().any(|&(a, b)| !(1..=14).contains(&a) || !(1..=14).contains(&b)) {
-            return Err(DeltaError::Invalid { op, field: "subscription.ext_map", why: "extension ids are 1..=14" });
-        }
+        spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
         if spec.out_rtx_ssrc == Some(spec.out_ssrc) {
             return Err(DeltaError::DuplicateSsrc { op, leg: spec.subscriber, ssrc: spec.out_ssrc });
         }

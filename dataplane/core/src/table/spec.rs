@@ -1,10 +1,33 @@
 //! What the control plane says: the specs inside a [`Delta`]. Plain data, validated by
 //! [`super::Tables::apply`] as a whole before any of it takes effect.
+//!
+//! What can be checked on a spec alone (ranges, lengths, sizes the tables hold) is checked by its
+//! `validate`, which [`super::Tables::apply`] runs and the control plane runs before it accepts
+//! (and journals) a change: one definition, so the control plane never accepts what the
+//! dataplane will refuse. Checks against the tables' state (ports, SSRC uniqueness, unknown ids)
+//! stay in `apply`.
 
 use std::net::SocketAddr;
 
 use crate::ids::{Generation, LegId, Pt, Ssrc, TrackId};
 use crate::srtp::Profile;
+
+/// A spec refused on its own, before any table state is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {why}")]
+pub struct SpecError {
+    /// The field, as `spec.field` (`subscription.pt_map`).
+    pub field: &'static str,
+    /// What is wrong, and what is allowed.
+    pub why: &'static str,
+}
+
+const fn refuse(field: &'static str, why: &'static str) -> Result<(), SpecError> {
+    Err(SpecError { field, why })
+}
+
+/// Most layers a track has (simulcast or SVC encodings).
+pub const MAX_LAYERS: usize = 8;
 
 /// SRTP master key material for one direction of a leg.
 #[derive(Clone, PartialEq, Eq)]
@@ -69,6 +92,25 @@ pub struct FeedbackSpec {
     /// participant's uplink carries.
     #[cfg_attr(feature = "serde", serde(default))]
     pub remb: bool,
+}
+
+impl LegSpec {
+    /// The checks on the spec alone: a non-zero port, a one-byte transport-cc extension id, key
+    /// and salt lengths that match their profiles.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.local_port == 0 {
+            return refuse("leg.local_port", "must not be 0");
+        }
+        if self.feedback.twcc_ext.is_some_and(|id| !(1..=14).contains(&id)) {
+            return refuse("leg.feedback.twcc_ext", "header-extension ids are 1..=14");
+        }
+        for (field, k) in [("leg.rx", &self.rx), ("leg.tx", &self.tx)] {
+            if k.key.len() != k.profile.key_len() || k.salt.len() != k.profile.salt_len() {
+                return refuse(field, "key or salt length does not match the profile");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// ICE short-term credentials (RFC 8445 §5.3): `a=ice-ufrag` / `a=ice-pwd`.
@@ -186,6 +228,46 @@ pub struct TrackSpec {
     pub repaired_rid_ext: Option<u8>,
 }
 
+impl TrackSpec {
+    /// The checks on the spec alone: 1 to [`MAX_LAYERS`] layers (one for audio), each with an
+    /// SSRC or a RID (and then the RID extension id), a clock rate, 7-bit payload types.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
+            return refuse("track.layers", "need 1 to 8 layers");
+        }
+        if self.kind == MediaKind::Audio && self.layers.len() != 1 {
+            return refuse("track.layers", "audio has exactly one layer");
+        }
+        if self.clock_rate == 0 {
+            return refuse("track.clock_rate", "must be positive");
+        }
+        if self.payload_types.is_empty() {
+            return refuse("track.payload_types", "need at least one");
+        }
+        if self
+            .payload_types
+            .iter()
+            .any(|p| p.pt.0 > 127 || p.rtx_pt.is_some_and(|r| r.0 > 127))
+        {
+            return refuse("track.payload_types", "payload types are 7 bits");
+        }
+        if self
+            .layers
+            .iter()
+            .any(|l| l.ssrc.is_none() && l.rid.is_none())
+        {
+            return refuse("track.layers", "a layer needs an SSRC or a RID");
+        }
+        if self.layers.iter().any(|l| l.ssrc.is_none()) && self.rid_ext.is_none() {
+            return refuse(
+                "track.rid_ext",
+                "layers without SSRC need the RID extension id",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A subscription: a leg receiving a track.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -212,6 +294,27 @@ pub struct SubscriptionSpec {
     /// above a prominent speaker above the rest). 0 is the default.
     #[cfg_attr(feature = "serde", serde(default))]
     pub priority: u8,
+}
+
+impl SubscriptionSpec {
+    /// The checks on the spec alone: 1 to [`super::MAX_PT_MAP`] payload-type mappings of 7-bit
+    /// payload types, one-byte extension ids (1..=14) on both sides of the extension map.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.pt_map.is_empty() || self.pt_map.len() > super::MAX_PT_MAP {
+            return refuse("subscription.pt_map", "need 1 to 8 payload-type mappings");
+        }
+        if self.pt_map.iter().any(|(a, b)| a.0 > 127 || b.0 > 127) {
+            return refuse("subscription.pt_map", "payload types are 7 bits");
+        }
+        if self
+            .ext_map
+            .iter()
+            .any(|&(a, b)| !(1..=14).contains(&a) || !(1..=14).contains(&b))
+        {
+            return refuse("subscription.ext_map", "extension ids are 1..=14");
+        }
+        Ok(())
+    }
 }
 
 /// One change in a delta.

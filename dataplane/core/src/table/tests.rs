@@ -122,3 +122,84 @@ fn subscription_state_is_small() {
     println!("Subscription: {size} bytes");
     assert!(size <= 512, "Subscription is {size} bytes");
 }
+
+/// The checks the control plane runs before it accepts a change are exactly the ones `apply`
+/// makes: every spec `validate` refuses, `apply` refuses with the same field and reason (and
+/// rolls back), and what `validate` accepts gets past them.
+#[test]
+fn apply_refuses_what_validate_refuses_with_the_same_field() {
+    let base = || {
+        let mut t = Tables::new(TableConfig::default());
+        t.apply(delta(
+            1,
+            vec![
+                Op::UpsertLeg(leg(1)),
+                Op::UpsertLeg(leg(2)),
+                Op::UpsertTrack(track(10, 1, 0xaa)),
+            ],
+        ))
+        .unwrap();
+        t
+    };
+    let mut bad_subs: Vec<SubscriptionSpec> = Vec::new();
+    for edit in [
+        (|s: &mut SubscriptionSpec| s.pt_map.clear()) as fn(&mut SubscriptionSpec),
+        |s| s.pt_map = (96..105).map(|p| (Pt(p), Pt(p))).collect(),
+        |s| s.pt_map = vec![(Pt(96), Pt(128))],
+        |s| s.ext_map = vec![(15, 1)],
+        |s| s.ext_map = vec![(1, 0)],
+    ] {
+        let mut s = sub(2, 10, 0x22);
+        edit(&mut s);
+        bad_subs.push(s);
+    }
+    for s in bad_subs {
+        let e = s.validate().expect_err("validate refuses");
+        let mut t = base();
+        let before = t.snapshot();
+        assert_eq!(
+            t.apply(delta(2, vec![Op::UpsertSubscription(s)])),
+            Err(DeltaError::Invalid {
+                op: 0,
+                field: e.field,
+                why: e.why
+            })
+        );
+        assert_eq!(t.snapshot(), before);
+    }
+    let mut audio_two_layers = track(11, 1, 0xbb);
+    audio_two_layers.kind = MediaKind::Audio;
+    audio_two_layers.layers.push(LayerSpec {
+        ssrc: Some(Ssrc(0xbc)),
+        rtx_ssrc: None,
+        rid: None,
+    });
+    let mut no_pt = track(11, 1, 0xbb);
+    no_pt.payload_types.clear();
+    for tr in [audio_two_layers, no_pt] {
+        let e = tr.validate().expect_err("validate refuses");
+        assert_eq!(
+            base().apply(delta(2, vec![Op::UpsertTrack(tr)])),
+            Err(DeltaError::Invalid {
+                op: 0,
+                field: e.field,
+                why: e.why
+            })
+        );
+    }
+    let mut short_key = leg(4);
+    short_key.tx.key.pop();
+    let e = short_key.validate().expect_err("validate refuses");
+    assert_eq!(e.field, "leg.tx");
+    assert_eq!(
+        base().apply(delta(2, vec![Op::UpsertLeg(short_key)])),
+        Err(DeltaError::Invalid {
+            op: 0,
+            field: e.field,
+            why: e.why
+        })
+    );
+    sub(2, 10, 0x22).validate().unwrap();
+    track(11, 1, 0xbb).validate().unwrap();
+    leg(4).validate().unwrap();
+}
