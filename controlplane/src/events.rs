@@ -137,6 +137,19 @@ impl Names {
                 let profile = crate::state::profile_to_pb(profile) as i32;
                 (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::DtlsConnected as i32, profile, ..Default::default() }))
             }
+            Event::BandwidthEstimate { leg, bps } => {
+                let (s, l) = self.leg(leg)?;
+                (s, Ev::BandwidthEstimate(pb::BandwidthEstimate { leg: l.into(), bps }))
+            }
+            Event::LayerAllocated { track, subscriber, layer } => {
+                let (s, t) = self.track(track, layer.unwrap_or(0))?;
+                let (_, sub) = self.leg(subscriber)?;
+                (s, Ev::LayerAllocated(pb::LayerAllocated { track: t.track, subscriber: sub.into(), layer: layer.map(u32::from) }))
+            }
+            Event::LayerDemand { track, layer, wanted } => {
+                let (s, t) = self.track(track, layer)?;
+                (s, Ev::LayerDemand(pb::LayerDemand { layer: Some(t), wanted }))
+            }
             Event::EdgeFailed { leg, reason } => {
                 let (s, l) = self.leg(leg)?;
                 (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::Failed as i32, reason: reason.name().into(), ..Default::default() }))

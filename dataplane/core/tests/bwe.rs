@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use sluice_core::forward::{Core, CoreConfig, OutBatch};
+use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
 use sluice_core::ids::{Generation, LegId, Ssrc, TrackId};
 use sluice_core::srtp::{Profile, RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 use sluice_core::table::{Delta, Op};
@@ -93,6 +93,8 @@ struct Run {
     feedback_used: u64,
     /// Every track's layer at each sample.
     layers: Vec<Vec<Option<u8>>>,
+    /// The downlink events (estimate, allocation, layer demand) with their time.
+    events: Vec<(u64, Event)>,
 }
 
 struct Scenario {
@@ -161,7 +163,7 @@ fn run(s: &Scenario) -> Run {
     let mut recorder = TwccRecorder::default();
     let mut out = OutBatch::new(512);
     let (mut seq, mut tseq, mut want_key, mut next_fb) = (vec![0u16; streams.len()], 0u16, vec![true; streams.len()], 50_000u64);
-    let mut r = Run { samples: Vec::new(), switches: Vec::new(), probes: 0, feedback_used: 0, layers: Vec::new() };
+    let mut r = Run { samples: Vec::new(), switches: Vec::new(), probes: 0, feedback_used: 0, layers: Vec::new(), events: Vec::new() };
     let mut last_layer = None;
     let frame_us = 1_000_000 / FPS;
     let mut next_frame = 0;
@@ -234,6 +236,11 @@ fn run(s: &Scenario) -> Run {
             }
         }
         out.clear();
+        while let Some(e) = core.poll_event() {
+            if matches!(e, Event::BandwidthEstimate { .. } | Event::LayerAllocated { .. } | Event::LayerDemand { .. }) {
+                r.events.push((t, e));
+            }
+        }
         // The subscriber: decrypt (every packet must authenticate), record arrivals.
         for (arrived, mut b) in link.arrivals(t) {
             let ssrc = u32::from_be_bytes(b[8..12].try_into().unwrap());
@@ -320,6 +327,13 @@ fn check(name: &str, r: &Run, tolerance: f64) {
 fn a_subscriber_follows_its_bottleneck_down_and_back_up() {
     let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only() });
     check("50 ms RTT, no random loss", &r, 0.2);
+    // The events say it too: estimates reported, the cap moved, and the top layer went unwanted
+    // during the limit (the signaling could pause it) and wanted again after.
+    let ev = |f: &dyn Fn(&Event) -> bool, from: u64, to: u64| r.events.iter().filter(|(t, e)| *t >= from && *t < to && f(e)).count();
+    assert!(ev(&|e| matches!(e, Event::BandwidthEstimate { .. }), 0, 60_000_000) >= 5);
+    assert!(ev(&|e| matches!(e, Event::LayerAllocated { layer: Some(0), .. }), 20_000_000, 22_000_000) == 1, "{:?}", r.events);
+    assert!(ev(&|e| matches!(e, Event::LayerDemand { layer: 2, wanted: false, .. }), 20_000_000, 25_000_000) == 1, "{:?}", r.events);
+    assert!(ev(&|e| matches!(e, Event::LayerDemand { layer: 2, wanted: true, .. }), 40_000_000, 50_000_000) == 1, "{:?}", r.events);
 }
 
 #[test]

@@ -678,6 +678,7 @@ impl World {
                 Event::LegIdle { .. } => "leg_idle",
                 Event::StreamStarted { .. } => "stream_started",
                 Event::StreamStopped { .. } => "stream_stopped",
+                Event::BandwidthEstimate { .. } | Event::LayerAllocated { .. } | Event::LayerDemand { .. } => "downlink",
             };
             *self.events.entry(name).or_default() += 1;
         }

@@ -53,6 +53,8 @@ pub trait BandwidthEstimator: core::fmt::Debug + Send {
     fn usage(&self) -> Usage;
 }
 
+/// A flowing layer no subscription wants for this long is reported unwanted.
+pub const UNWANTED_AFTER: Duration = Duration::from_secs(2);
 /// Where a leg's estimate starts (a browser's own start value).
 pub const START_BPS: u64 = 300_000;
 /// Padding bytes in one probe packet (RFC 3550's padding count is one octet).
@@ -118,6 +120,8 @@ pub struct Downlink {
     pub probes: u64,
     /// The last probe's measured rate.
     pub last_probe_bps: u64,
+    /// The estimate last reported in an event.
+    pub reported_bps: u64,
 }
 
 impl Clone for Downlink {
@@ -147,6 +151,7 @@ impl Downlink {
             feedback_used: 0,
             probes: 0,
             last_probe_bps: 0,
+            reported_bps: 0,
         }
     }
 

@@ -7,10 +7,12 @@
 //!                 | 254 zero octets | 255 |          (RFC 3550 padding, RFC 4588 RTX stream)
 //! ```
 
+use std::collections::VecDeque;
+
 use super::fanout::Ctx;
-use super::OutMeta;
+use super::{Event, OutMeta, push_event};
 use crate::downlink::alloc::{self, Demand, MAX_LAYERS};
-use crate::downlink::{PROBE_PADDING, Usage};
+use crate::downlink::{PROBE_PADDING, UNWANTED_AFTER, Usage};
 use crate::ids::{LegId, TrackId};
 use crate::stats::CoreStats;
 use crate::table::{Leg, Map, MediaKind, Track};
@@ -67,6 +69,7 @@ pub(super) fn allocate(
     single: bool,
     scratch: &mut Vec<(TrackId, usize, Demand)>,
     stats: &mut CoreStats,
+    events: &mut VecDeque<Event>,
 ) -> Option<Instant> {
     let mut next = None;
     let mut out = [None; MAX_ALLOC];
@@ -102,6 +105,10 @@ pub(super) fn allocate(
         let demands: [Demand; MAX_ALLOC] = core::array::from_fn(|i| scratch.get(i).map_or(Demand::default(), |d| d.2));
         let n = scratch.len();
         let estimate = dl.estimate();
+        if estimate.abs_diff(dl.reported_bps) * 10 >= dl.reported_bps {
+            dl.reported_bps = estimate;
+            push_event(events, Event::BandwidthEstimate { leg: leg.spec.id, bps: estimate });
+        }
         let used = alloc::allocate(estimate, &demands[..n], &mut out[..n]);
         for (k, &(track_id, i, d)) in scratch.iter().enumerate() {
             if d.audio {
@@ -127,6 +134,7 @@ pub(super) fn allocate(
                 sub.alloc_layer = want;
                 sub.alloc_down_since = None;
                 stats.allocation_changes += 1;
+                push_event(events, Event::LayerAllocated { track: track_id, subscriber: leg.spec.id, layer: want });
             }
         }
         // The allocation is held back by the estimate when a subscription is below the best
@@ -206,4 +214,31 @@ pub(super) fn probe(
         }
     }
     next
+}
+
+/// Reports flowing layers of tracks fanned out here that no subscription receives or targets
+/// (after [`UNWANTED_AFTER`]), and when they are wanted again.
+pub(super) fn layer_demand<'a>(now: Instant, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) {
+    for t in tracks {
+        let id = t.spec.id;
+        let Track { layers, subs, .. } = t;
+        for (l, state) in layers.iter_mut().enumerate() {
+            if !state.activity.active {
+                continue;
+            }
+            let l = l as u8;
+            let wanted = subs.iter().any(|s| !s.paused && (s.current_layer == Some(l) || s.target() == l));
+            let (reported, since) = &mut state.demand;
+            if wanted {
+                *since = None;
+                if !*reported {
+                    *reported = true;
+                    push_event(events, Event::LayerDemand { track: id, layer: l, wanted: true });
+                }
+            } else if *reported && now.saturating_duration_since(*since.get_or_insert(now)) >= UNWANTED_AFTER {
+                *reported = false;
+                push_event(events, Event::LayerDemand { track: id, layer: l, wanted: false });
+            }
+        }
+    }
 }

@@ -150,6 +150,33 @@ pub enum Event {
         /// Why.
         reason: crate::ice::EdgeFailure,
     },
+    /// A leg's bandwidth estimate moved by 10 % or more since it was last reported.
+    BandwidthEstimate {
+        /// The subscriber leg.
+        leg: LegId,
+        /// The estimate, bit/s.
+        bps: u64,
+    },
+    /// A leg's bandwidth allocator changed a subscription's layer cap (`None`: nothing flows).
+    LayerAllocated {
+        /// The track.
+        track: TrackId,
+        /// The subscriber.
+        subscriber: LegId,
+        /// The cap.
+        layer: Option<u8>,
+    },
+    /// A flowing layer of a track stopped (`wanted = false`) or started (`true`) being wanted by
+    /// any subscription, for [`crate::downlink::UNWANTED_AFTER`]: the signaling can ask the
+    /// publisher to pause an unwanted layer.
+    LayerDemand {
+        /// The track.
+        track: TrackId,
+        /// The layer.
+        layer: u8,
+        /// Whether a subscription wants it.
+        wanted: bool,
+    },
     /// A receiver report updated a leg's statistics.
     LegStats {
         /// The leg.
@@ -513,7 +540,14 @@ impl Core {
         downlink::measure_layers(self.tables.tracks_mut(), elapsed);
         let shard = self.shard;
         let (legs, tracks) = self.tables.legs_and_tracks_mut();
-        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), shard.count <= 1, &mut self.alloc_scratch, &mut self.stats);
+        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), shard.count <= 1, &mut self.alloc_scratch, &mut self.stats, &mut self.events);
+        // Layer demand is reported by the worker that fans the track out (its publisher's).
+        let owned: Vec<TrackId> = if shard.count <= 1 {
+            Vec::new()
+        } else {
+            tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port))).map(|t| t.spec.id).collect()
+        };
+        downlink::layer_demand(now, tracks.values_mut().filter(|t| shard.count <= 1 || owned.contains(&t.spec.id)), &mut self.events);
         self.next_probe = match (self.next_probe, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

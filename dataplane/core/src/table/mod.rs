@@ -318,6 +318,9 @@ pub struct LayerState {
     pub bytes: u64,
     /// Its measured rate, bit/s (smoothed over the housekeeping ticks).
     pub rate_bps: u64,
+    /// Whether it was last reported wanted by a subscription (`true` until reported otherwise),
+    /// and since when nobody wants it.
+    pub demand: (bool, Option<Instant>),
 }
 
 /// Whether something receives media: set on every authenticated packet, cleared by
@@ -969,6 +972,7 @@ impl Tables {
             activity: Activity::default(),
             bytes: 0,
             rate_bps: 0,
+            demand: (true, None),
         };
         match self.tracks.get(&spec.id) {
             Some(_) => {
@@ -1178,6 +1182,7 @@ impl Tables {
                     activity: l.activity,
                     bytes: l.bytes,
                     rate_bps: l.rate_bps,
+                    demand: l.demand,
                 })
                 .collect(),
             subs: t.subs.clone(),
