@@ -16,7 +16,12 @@ async function launch() {
   const context = await chromium.launchPersistentContext(process.env.CHROMIUM_USER_DATA_DIR, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    args: FLAGS,
+    // A page served from a non-loopback address (a test's network namespace) is not a secure
+    // context, and getUserMedia needs one: CHROMIUM_SECURE_ORIGIN names the origin to treat as
+    // secure.
+    args: process.env.CHROMIUM_SECURE_ORIGIN
+      ? [...FLAGS, `--unsafely-treat-insecure-origin-as-secure=${process.env.CHROMIUM_SECURE_ORIGIN}`]
+      : FLAGS,
   });
   const page = context.pages()[0] || await context.newPage();
   return { context, page };

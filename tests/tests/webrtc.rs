@@ -872,10 +872,27 @@ mod meeting {
         }
 
         fn join_at(name: &'static str, dir: &std::path::Path, url: &str) -> Self {
+            Self::join_in(name, dir, url, None)
+        }
+
+        /// Joins from inside the network namespace `netns` (`nsenter --net`), when given.
+        fn join_in(name: &'static str, dir: &std::path::Path, url: &str, netns: Option<&sluice_bench::netns::NetNs>) -> Self {
             let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/participant.js");
             let profile = dir.join(format!("chromium-{name}"));
             std::fs::create_dir_all(&profile).unwrap();
-            let mut child = Command::new("node")
+            let mut cmd = match netns {
+                Some(ns) => {
+                    let [prog, net] = ns.nsenter_args();
+                    let mut c = Command::new(prog);
+                    c.args([net.as_str(), "node"]);
+                    c
+                }
+                None => Command::new("node"),
+            };
+            if let Some(origin) = url.split('/').take(3).collect::<Vec<_>>().join("/").strip_prefix("http://").filter(|h| !h.starts_with("localhost")) {
+                cmd.env("CHROMIUM_SECURE_ORIGIN", format!("http://{origin}"));
+            }
+            let mut child = cmd
                 .arg(&js)
                 .arg(url)
                 .env("CHROMIUM_USER_DATA_DIR", &profile)
@@ -1018,6 +1035,141 @@ mod meeting {
         drop(sig);
         drop(cp);
         let _ = sock;
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+
+    /// The downlink half of the feedback loop, judged by a real receiving browser: Bob, in a
+    /// network namespace of his own, watches Alice's 720p simulcast through Sluice. When his
+    /// link is shaped to 600 kbit/s (tc tbf on the veth towards him) Sluice moves him to a lower
+    /// layer and his video keeps decoding; when the limit lifts he is back on the top layer
+    /// within 15 s. Sluice learns all of it from Bob's own transport-cc feedback.
+    #[test]
+    fn a_chromium_subscriber_follows_a_600_kbit_limit_and_recovers() {
+        use sluice_bench::netns::{NetNs, Veth};
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        let dir = TempDir::new("webrtc-downlink");
+        let (ns_s, ns_b) = (NetNs::new("ds"), NetNs::new("db"));
+        let veth = Veth::new("dl", &ns_b, &["10.213.0.2/24"], &ns_s, &["10.213.0.1/24"]);
+        // Sluice, its control plane, the signaling and Alice in one namespace; Bob in the other.
+        let sock = dir.path().join("dp.sock");
+        let dp_cfg = dir.path().join("dataplane.toml");
+        std::fs::write(
+            &dp_cfg,
+            format!(
+                "[dataplane]\nlisten_ip = \"10.213.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nport_range = [32150, 32169]\nmetrics = \"127.0.0.1:32320\"\n",
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let mut dp = Daemon::start_in_netns(&ns_s.name, "sluice-dataplane", &["--config", dp_cfg.to_str().unwrap()], &dir.path().join("dp.log"));
+        assert!(dp.wait_for_path(&sock, Duration::from_secs(10)), "{}", dp.log_text());
+        let cp_cfg = dir.path().join("controlplane.toml");
+        std::fs::write(
+            &cp_cfg,
+            format!(
+                "[controlplane]\ngrpc_listen = \"127.0.0.1:32321\"\nplaintext = true\nannounce_ip = \"10.213.0.1\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [32150, 32169]\n",
+                sock.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let mut cp = Daemon::start_in_netns(&ns_s.name, "sluice-controlplane", &["--config", cp_cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+        let end = Instant::now() + Duration::from_secs(20);
+        while ns_s.enter(|| std::net::TcpStream::connect("127.0.0.1:32321").is_err()) {
+            assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(100)).is_none(), "no gRPC\n{}", cp.log_text());
+        }
+        let mut sig = Daemon::start_in_netns(
+            &ns_s.name,
+            "sluice-bench",
+            &["signaling", "--grpc", "http://127.0.0.1:32321", "--listen", "10.213.0.1:32322"],
+            &dir.path().join("signaling.log"),
+        );
+        let end = Instant::now() + Duration::from_secs(20);
+        while ns_s.enter(|| std::net::TcpStream::connect("10.213.0.1:32322").is_err()) {
+            assert!(Instant::now() < end && sig.wait_exit(Duration::from_millis(100)).is_none(), "no signaling\n{}\n{}", sig.log_text(), cp.log_text());
+        }
+        let url = |name: &str, extra: &str| format!("http://10.213.0.1:32322/?room=dl&name={name}{extra}");
+        let mut alice = Participant::join_in("alice", dir.path(), &url("alice", ""), Some(&ns_s));
+        assert!(wait(&mut [&mut alice], 30, |p| p[0].stats["connection"] == "connected"), "alice: {}\n{}", alice.stats, sig.log_text());
+        // Bob's own camera small: two browsers encode on two cores.
+        let mut bob = Participant::join_in("bob", dir.path(), &url("bob", "&w=320&h=180"), Some(&ns_b));
+        let width = |p: &Participant| p.stats["inbound"]["3"]["width"].as_u64().unwrap_or(0);
+        let frames = |p: &Participant| p.stats["inbound"]["3"]["frames"].as_u64().unwrap_or(0);
+        let trace = std::cell::RefCell::new(Vec::<String>::new());
+        let start = Instant::now();
+        let watch = |ps: &mut [&mut Participant], secs: u64, done: &dyn Fn(&Participant) -> bool| {
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut last = Instant::now();
+            while Instant::now() < end {
+                for p in ps.iter_mut() {
+                    p.poll();
+                }
+                let b = &*ps[1];
+                if last.elapsed() >= Duration::from_millis(500) {
+                    last = Instant::now();
+                    let packets = b.stats["inbound"]["3"]["packets"].as_u64().unwrap_or(0);
+                    let a = &ps[0].stats["outbound"];
+                    let sent = ["l", "m", "h"].map(|r| format!("{}:{}f/{}kB", r, a[r]["frames"], a[r]["bytes"].as_u64().unwrap_or(0) / 1000));
+                    trace.borrow_mut().push(format!(
+                        "{:>5.1}s bob sees {}x frames {} packets {packets} freeze {}; alice sent {sent:?} {}",
+                        start.elapsed().as_secs_f64(),
+                        width(b),
+                        frames(b),
+                        b.stats["inbound"]["3"]["freeze"],
+                        ps[0].stats["available_out"]
+                    ));
+                }
+                if done(b) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        };
+        // Bob's estimate ramps (probes) until he is on the top layer, and stays there for 3 s.
+        let ramp_end = Instant::now() + Duration::from_secs(45);
+        let mut steady = false;
+        while !steady && Instant::now() < ramp_end {
+            if watch(&mut [&mut alice, &mut bob], 5, &|b| width(b) == 1280) {
+                let f0 = frames(&bob);
+                steady = !watch(&mut [&mut alice, &mut bob], 3, &|b| width(b) != 1280) && frames(&bob) >= f0 + 20;
+            }
+        }
+        assert!(steady, "bob never settled on alice's 720p layer\n{}\nalice {}\nbob {}", trace.borrow().join("\n"), alice.stats["outbound"], bob.stats);
+        // Shape Bob's downlink: 600 kbit/s with a 150 ms queue.
+        ns_s.exec("tc", &["qdisc", "add", "dev", &veth.b, "root", "tbf", "rate", "600kbit", "burst", "8kb", "latency", "150ms"]);
+        let limited = Instant::now();
+        let ok = watch(&mut [&mut alice, &mut bob], 15, &|b| (1..=640).contains(&width(b)));
+        let down_after = limited.elapsed();
+        assert!(ok, "bob stayed on the top layer under 600 kbit/s\n{}", trace.borrow().join("\n"));
+        // He keeps decoding: frames every second for the next 6 s.
+        let mut counts = vec![frames(&bob)];
+        for _ in 0..6 {
+            watch(&mut [&mut alice, &mut bob], 1, &|_| false);
+            counts.push(frames(&bob));
+        }
+        let stalls = counts.windows(2).filter(|w| w[1] <= w[0]).count();
+        let dump = || ns_s.http_get("127.0.0.1:32320", "/metrics").lines().filter(|l| !l.starts_with('#') && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n");
+        assert_eq!(stalls, 0, "a second without a decoded frame after the switch: {counts:?}\n{}\n{}", trace.borrow().join("\n"), dump());
+        // The limit lifts: back on the top layer within 15 s.
+        ns_s.exec("tc", &["qdisc", "del", "dev", &veth.b, "root"]);
+        let lifted = Instant::now();
+        let ok = watch(&mut [&mut alice, &mut bob], 15, &|b| width(b) == 1280);
+        let up_after = lifted.elapsed();
+        let metrics = ns_s.http_get("127.0.0.1:32320", "/metrics");
+        let count = |name: &str| metrics.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
+        eprintln!("{}", trace.borrow().join("\n"));
+        eprintln!(
+            "down {down_after:?} after the limit, up {up_after:?} after it lifted; feedback used {}, probes {}, allocation changes {}",
+            count("sluice_twcc_feedback_used_total"),
+            count("sluice_probes_total"),
+            count("sluice_allocation_changes_total")
+        );
+        assert!(ok, "bob did not get back to 720p within 15 s of the limit lifting\n{}", trace.borrow().join("\n"));
+        drop((alice, bob));
+        drop(sig);
+        drop(cp);
         dp.signal(libc::SIGTERM);
         assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
     }

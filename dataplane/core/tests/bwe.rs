@@ -11,7 +11,7 @@
 //!        └──────────────────────┴──────────── transport-cc every 50 ms (one-way delay) ◀─────────┘
 //! ```
 //!
-//! The link steps 3 Mbit/s → 500 kbit/s → 3 Mbit/s; layers are 200 k / 700 k / 2.5 Mbit/s.
+//! The link steps 3 Mbit/s → 500 kbit/s → 3 Mbit/s; layers are 200 k / 700 k / 2 Mbit/s.
 
 mod common;
 
@@ -34,7 +34,7 @@ const SUB: u32 = 2;
 const PUB_TWCC: u8 = 3;
 const SUB_TWCC: u8 = 5;
 /// The camera's layers.
-const CAMERA: [u64; 3] = [200_000, 700_000, 2_500_000];
+const CAMERA: [u64; 3] = [200_000, 700_000, 2_000_000];
 const FPS: u64 = 30;
 const QUEUE_BYTES: usize = 60_000;
 
@@ -50,6 +50,11 @@ struct Link {
     queue: VecDeque<(u64, usize, Vec<u8>)>,
     busy_until: u64,
     dropped: u64,
+    /// A token-bucket shaper's burst (bytes; 0: a plain rate queue), its tokens and when they
+    /// were last counted.
+    burst: usize,
+    tokens: f64,
+    tokens_at: u64,
 }
 
 impl Link {
@@ -61,8 +66,18 @@ impl Link {
             self.dropped += 1;
             return;
         }
-        let tx = bytes.len() as u64 * 8 * 1_000_000 / (self.capacity)(now).max(1);
-        self.busy_until = self.busy_until.max(now) + tx;
+        let rate = (self.capacity)(now).max(1);
+        let start = self.busy_until.max(now);
+        if self.burst == 0 {
+            self.busy_until = start + bytes.len() as u64 * 8 * 1_000_000 / rate;
+        } else {
+            // tbf: tokens at the rate up to the burst; a packet with tokens leaves at once.
+            self.tokens = (self.tokens + (start - self.tokens_at) as f64 * rate as f64 / 8e6).min(self.burst as f64);
+            let wait = ((bytes.len() as f64 - self.tokens).max(0.0) * 8e6 / rate as f64) as u64;
+            self.busy_until = start + wait;
+            self.tokens = (self.tokens - bytes.len() as f64).max(0.0);
+            self.tokens_at = self.busy_until;
+        }
         self.queue.push_back((self.busy_until, bytes.len(), bytes));
     }
 
@@ -108,6 +123,8 @@ struct Scenario {
     capacity: fn(u64) -> u64,
     /// The published tracks: (layer rates, the subscription's priority). Track 1 is the first.
     tracks: Vec<(Vec<u64>, u8)>,
+    /// The link is a token-bucket shaper with this burst (bytes; 0: a plain rate queue).
+    burst: usize,
 }
 
 /// 3 → 0.5 → 3 Mbit/s at 20 s and 40 s.
@@ -158,6 +175,9 @@ fn run(s: &Scenario) -> Run {
         queue: VecDeque::new(),
         busy_until: 0,
         dropped: 0,
+        burst: s.burst,
+        tokens: s.burst as f64,
+        tokens_at: 0,
     };
     let mut uplink: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
     let mut recorder = TwccRecorder::default();
@@ -295,14 +315,14 @@ fn report(r: &Run) -> String {
 /// 10 s of the recovery, no layer flapping in steady state, bounded queueing.
 fn check(name: &str, r: &Run, tolerance: f64) {
     let log = format!("{name}\n{}\nswitches {:?}\nprobes {} feedback {}", report(r), r.switches, r.probes, r.feedback_used);
-    // Steady state at 3 Mbit/s (10-20 s): the top layer (2.5 Mbit/s) fits, so the leg is
-    // application-limited: the estimate covers the demand and stays within 20 % above the
-    // capacity; no switches.
+    // Steady state at 3 Mbit/s (10-20 s): the top layer (2 Mbit/s) fits, so the leg is
+    // application-limited: the estimate covers the demand (less random loss) and stays within
+    // 20 % above the capacity; no switches.
     let est: Vec<u64> = window(r, 10.0, 20.0).map(|s| s.1).collect();
     let mean = est.iter().sum::<u64>() as f64 / est.len() as f64;
-    assert!(mean >= 2.5e6 && mean <= 3e6 * 1.2, "mean estimate {mean:.0} at 3 Mbit/s\n{log}");
+    assert!(mean >= 0.9 * 2.0e6 && mean <= 3e6 * 1.2, "mean estimate {mean:.0} at 3 Mbit/s\n{log}");
     assert!(window(r, 10.0, 20.0).all(|s| s.2 == Some(2)), "top layer at 3 Mbit/s\n{log}");
-    // The drop at 20 s: down to the lowest layer within 2 s. The demand (2.5 Mbit/s) is over
+    // The drop at 20 s: down to the lowest layer within 2 s. The demand (2 Mbit/s) is over
     // the capacity from here on: the estimate converges within ±20 % of the 500 kbit/s.
     let down = r.switches.iter().find(|(t, l)| *t >= 20_000_000 && *l == 0).map(|(t, _)| *t);
     assert!(down.is_some_and(|t| t <= 22_000_000), "down within 2 s of the drop: {down:?}\n{log}");
@@ -325,7 +345,7 @@ fn check(name: &str, r: &Run, tolerance: f64) {
 
 #[test]
 fn a_subscriber_follows_its_bottleneck_down_and_back_up() {
-    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only() });
+    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0 });
     check("50 ms RTT, no random loss", &r, 0.2);
     // The events say it too: estimates reported, the cap moved, and the top layer went unwanted
     // during the limit (the signaling could pause it) and wanted again after.
@@ -338,13 +358,13 @@ fn a_subscriber_follows_its_bottleneck_down_and_back_up() {
 
 #[test]
 fn the_loop_holds_with_100_ms_rtt() {
-    let r = run(&Scenario { seed: 2, one_way_us: 50_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only() });
+    let r = run(&Scenario { seed: 2, one_way_us: 50_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0 });
     check("100 ms RTT", &r, 0.2);
 }
 
 #[test]
 fn the_loop_holds_with_5_percent_random_loss() {
-    let r = run(&Scenario { seed: 3, one_way_us: 25_000, loss: 0.05, feedback: true, secs: 60, capacity: steps, tracks: camera_only() });
+    let r = run(&Scenario { seed: 3, one_way_us: 25_000, loss: 0.05, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0 });
     check("5 % random loss", &r, 0.2);
 }
 
@@ -352,7 +372,7 @@ fn the_loop_holds_with_5_percent_random_loss() {
 /// the drop, the queue overflows. This is what the assertions above catch.
 #[test]
 fn without_the_estimator_the_subscriber_drowns() {
-    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: false, secs: 30, capacity: steps, tracks: camera_only() });
+    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: false, secs: 30, capacity: steps, tracks: camera_only(), burst: 0 });
     assert!(r.switches.iter().all(|(_, l)| *l == 2), "{:?}", r.switches);
     let worst = window(&r, 24.0, 30.0).map(|s| s.3).max().unwrap();
     assert!(worst > 400_000, "queueing {worst} µs");
@@ -371,6 +391,7 @@ fn under_a_limit_the_screen_share_keeps_its_full_layer() {
         secs: 30,
         capacity: |_| 1_500_000,
         tracks: vec![(CAMERA.to_vec(), 0), (vec![150_000, 800_000], 2)],
+        burst: 0,
     });
     let log = format!("{}\nlayers (camera, share) every second: {:?}", report(&r), r.layers.iter().step_by(10).collect::<Vec<_>>());
     let steady: Vec<&Vec<Option<u8>>> = r.layers[100..].iter().collect();
@@ -378,5 +399,28 @@ fn under_a_limit_the_screen_share_keeps_its_full_layer() {
     assert!(steady.iter().all(|l| l[0] == Some(0)), "the camera gets the rest: its lowest layer\n{log}");
     let worst = window(&r, 10.0, 30.0).map(|s| s.3).max().unwrap();
     assert!(worst < 200_000, "queueing {worst} µs\n{log}");
+    eprintln!("{log}");
+}
+
+/// A token-bucket shaper (600 kbit/s, 8 KB burst, as `tc tbf` shapes a test's veth): a probe
+/// short enough to fit the burst would read line rate; the probe's second half reads the shaped
+/// rate, so the subscriber settles on the layer that fits and is never sent up into a freeze.
+#[test]
+fn a_token_bucket_burst_does_not_fool_the_probes() {
+    let r = run(&Scenario {
+        seed: 5,
+        one_way_us: 25_000,
+        loss: 0.0,
+        feedback: true,
+        secs: 40,
+        capacity: |_| 600_000,
+        tracks: camera_only(),
+        burst: 8_000,
+    });
+    let log = format!("{}\nswitches {:?}", report(&r), r.switches);
+    assert!(r.switches.iter().filter(|(t, _)| *t >= 10_000_000).all(|(_, l)| *l == 0), "only the lowest layer fits 600 kbit/s\n{log}");
+    let est: Vec<u64> = window(&r, 15.0, 40.0).map(|s| s.1).collect();
+    let mean = est.iter().sum::<u64>() as f64 / est.len() as f64;
+    assert!((480_000.0..=720_000.0).contains(&mean), "mean estimate {mean:.0} at 600 kbit/s\n{log}");
     eprintln!("{log}");
 }

@@ -3,6 +3,7 @@
 //! `BitrateAllocator` and mediasoup's consumer priorities are the models).
 //!
 //! ```text
+//!   the budget: 85 % of the leg's estimate (forward::downlink)
 //!   audio: always (its rate is taken off the budget first)
 //!   pass 1, by priority: every video subscription its lowest flowing layer
 //!   pass 2, by priority: each one up to the highest flowing layer <= its ceiling that fits;

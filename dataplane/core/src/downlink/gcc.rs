@@ -10,7 +10,7 @@
 //!       m > γ for > 10 ms and rising → overuse · m < −γ → underuse · else normal
 //!   AIMD: overuse → 0.85 × acked rate (hold after); normal → ×1.08 per second (additive
 //!         near the last capacity); never above 1.2 × acked + 10 kbit/s
-//!   loss: > 10 % → sent × (1 − p/2); < 2 % → ×1.05 per report              (§6)
+//!   loss: > 10 % → min(sent × (1 − p/2), delivered); < 2 % → ×1.05 per report (§6)
 //!   estimate = min(delay-based, loss-based); a probe result raises both
 //! ```
 
@@ -84,6 +84,9 @@ pub struct Gcc {
 /// feedback for a while after it (gcc-02 §6 reacts once per report; libwebrtc once per RTT +
 /// 300 ms).
 const LOSS_DECREASE_INTERVAL: Duration = Duration::from_millis(300);
+/// Packets per loss measurement: fewer make random loss of a few percent look like congestion
+/// now and then (6 of 20 happens at 5 % loss).
+const LOSS_WINDOW: u32 = 50;
 /// How long after a probe an overuse is taken as the probe's own queue.
 const PROBE_GRACE: Duration = Duration::from_millis(1000);
 
@@ -246,8 +249,12 @@ impl BandwidthEstimator for Gcc {
                 self.lost_recent += 1;
                 continue;
             };
-            self.acked.push_back((arrived, u64::from(s.size)));
-            self.acked_bytes += u64::from(s.size);
+            // Media only: probe padding says what the path took during the probe (the probe's
+            // own result), not what the leg carries.
+            if s.cluster == 0 {
+                self.acked.push_back((arrived, u64::from(s.size)));
+                self.acked_bytes += u64::from(s.size);
+            }
             match self.group {
                 Some(mut g) if s.sent.saturating_duration_since(g.first_send) <= BURST && s.sent >= g.first_send => {
                     g.last_send = g.last_send.max(s.sent);
@@ -280,15 +287,21 @@ impl BandwidthEstimator for Gcc {
         }
         self.update_rate(now);
         self.delay_bps = self.delay_bps.clamp(MIN_BPS, MAX_BPS);
-        // The loss-based bound, per feedback covering at least 10 packets (gcc-02 §6): over 10 %
+        // The loss-based bound, once feedback covered LOSS_WINDOW packets (gcc-02 §6): over 10 %
         // lost cuts what is sent now by half the loss; under 2 % it grows 5 % per report (it only
         // binds while below the delay-based estimate, and stays within 1.5 times it).
-        if self.total_recent >= 10 {
+        if self.total_recent >= LOSS_WINDOW {
             let p = f64::from(self.lost_recent) / f64::from(self.total_recent);
             let current = self.delay_bps.min(self.loss_bps);
             if p > 0.1 {
                 if self.last_loss_decrease.is_none_or(|t| now.saturating_duration_since(t) >= LOSS_DECREASE_INTERVAL) {
-                    self.loss_bps = current * (1.0 - 0.5 * p);
+                    // Under heavy loss (a full drop-tail queue, a policer: over 25 %) never above
+                    // what was delivered meanwhile, which is then the path's rate, reached in
+                    // one step. (Random loss rarely reaches it; an application-limited sender's
+                    // delivered rate says nothing about the path.)
+                    let acked = self.acked_bps();
+                    let cut = current * (1.0 - 0.5 * p);
+                    self.loss_bps = if p > 0.25 && acked > 0.0 { cut.min(acked) } else { cut };
                     self.last_loss_decrease = Some(now);
                 }
             } else if p < 0.02 {

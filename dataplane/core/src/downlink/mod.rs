@@ -59,13 +59,16 @@ pub const UNWANTED_AFTER: Duration = Duration::from_secs(2);
 pub const START_BPS: u64 = 300_000;
 /// Padding bytes in one probe packet (RFC 3550's padding count is one octet).
 pub const PROBE_PADDING: usize = 255;
-/// How long one probe cluster lasts.
-pub const PROBE_DURATION: Duration = Duration::from_millis(40);
+/// How long one probe cluster lasts: long enough that a token-bucket shaper's burst cannot hold
+/// its second half (that half's rate is what counts, see `finish_probe`).
+pub const PROBE_DURATION: Duration = Duration::from_millis(150);
 /// Probes are at least this far apart; a probe that did not raise the estimate doubles the
 /// wait, up to [`PROBE_BACKOFF_MAX`] (probing a saturated path only builds queues).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
+/// How long a probe's raise of the estimate must hold for the probe to count as a success.
+const PROBE_HOLD: Duration = Duration::from_secs(3);
 /// The longest wait between probes while the allocation wants more.
-pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
+pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(6);
 /// Feedback packets more than this many reports behind are ignored (impossible counts).
 const MAX_SAMPLES: usize = 2 * HISTORY;
 
@@ -86,6 +89,36 @@ struct Probe {
     /// What feedback reported of the packets sent during it (media and padding), across
     /// feedback packets: first/last send and arrival, bytes, packets.
     seen: Option<ProbeSeen>,
+    /// The same for the packets sent in its second half.
+    second: Option<ProbeSeen>,
+}
+
+impl ProbeSeen {
+    fn add(seen: &mut Option<ProbeSeen>, s: &Sample, a: Instant) {
+        let seen = seen.get_or_insert(ProbeSeen {
+            first_sent: s.sent,
+            last_sent: s.sent,
+            first_arrival: a,
+            last_arrival: a,
+            bytes: 0,
+            packets: 0,
+            last_reported: false,
+        });
+        seen.first_sent = seen.first_sent.min(s.sent);
+        seen.last_sent = seen.last_sent.max(s.sent);
+        seen.first_arrival = seen.first_arrival.min(a);
+        seen.last_arrival = seen.last_arrival.max(a);
+        seen.bytes += u64::from(s.size);
+        seen.packets += 1;
+    }
+
+    /// (receive rate, send rate) in bit/s; the first packet's bytes arrived before the span.
+    fn rates(&self) -> (f64, f64) {
+        let recv_span = self.last_arrival.saturating_duration_since(self.first_arrival).as_secs_f64().max(0.001);
+        let send_span = self.last_sent.saturating_duration_since(self.first_sent).as_secs_f64().max(0.001);
+        let bits = (self.bytes as f64 - self.bytes as f64 / f64::from(self.packets.max(1))) * 8.0;
+        (bits / recv_span, bits / send_span)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -112,6 +145,10 @@ pub struct Downlink {
     last_probe: Option<Instant>,
     /// The wait before the next probe.
     probe_wait: Duration,
+    /// After a probe raised the estimate: until when it must hold, from what level (an estimate
+    /// that falls back within that time means the probe was fooled, e.g. by a shaper's burst,
+    /// and the wait doubles as for a failed probe).
+    probe_check: Option<(Instant, u64, Duration)>,
     /// Feedback packets that referenced nothing sent (or were malformed), dropped.
     pub feedback_dropped: u64,
     /// Feedback packets used.
@@ -147,6 +184,7 @@ impl Downlink {
             next_cluster: 1,
             last_probe: None,
             probe_wait: PROBE_INTERVAL,
+            probe_check: None,
             feedback_dropped: 0,
             feedback_used: 0,
             probes: 0,
@@ -205,6 +243,14 @@ impl Downlink {
         self.feedback_used += 1;
         self.estimator.on_feedback(now, &self.samples);
         self.finish_probe(now);
+        if let Some((until, before, wait)) = self.probe_check {
+            if now >= until {
+                self.probe_check = None;
+            } else if self.estimator.estimate() < before + before / 10 {
+                self.probe_check = None;
+                self.probe_wait = (wait * 2).min(PROBE_BACKOFF_MAX);
+            }
+        }
         true
     }
 
@@ -213,24 +259,18 @@ impl Downlink {
     /// they arrived in (and were sent in, whichever is longer).
     fn finish_probe(&mut self, now: Instant) {
         let Some(mut p) = self.probe else { return };
+        let half = p.start + PROBE_DURATION / 2;
         for s in self.samples.iter().filter(|s| s.sent >= p.start && (!p.done_sending || s.sent <= p.last_sent)) {
             let Some(a) = s.arrived else { continue };
-            let seen = p.seen.get_or_insert(ProbeSeen {
-                first_sent: s.sent,
-                last_sent: s.sent,
-                first_arrival: a,
-                last_arrival: a,
-                bytes: 0,
-                packets: 0,
-                last_reported: false,
-            });
-            seen.first_sent = seen.first_sent.min(s.sent);
-            seen.last_sent = seen.last_sent.max(s.sent);
-            seen.first_arrival = seen.first_arrival.min(a);
-            seen.last_arrival = seen.last_arrival.max(a);
-            seen.bytes += u64::from(s.size);
-            seen.packets += 1;
-            seen.last_reported |= p.done_sending && s.cluster == p.cluster && s.sent == p.last_sent;
+            ProbeSeen::add(&mut p.seen, s, a);
+            if s.sent >= half {
+                ProbeSeen::add(&mut p.second, s, a);
+            }
+            if p.done_sending && s.cluster == p.cluster && s.sent == p.last_sent
+                && let Some(seen) = p.seen.as_mut()
+            {
+                seen.last_reported = true;
+            }
         }
         let expired = self.samples.iter().any(|s| p.done_sending && s.sent > p.last_sent + Duration::from_millis(500));
         self.probe = Some(p);
@@ -249,17 +289,20 @@ impl Downlink {
         if seen.packets < 5 {
             return;
         }
-        let recv_span = seen.last_arrival.saturating_duration_since(seen.first_arrival).as_secs_f64().max(0.001);
-        let send_span = seen.last_sent.saturating_duration_since(seen.first_sent).as_secs_f64().max(0.001);
-        // The first packet's bytes arrived before the span starts.
-        let bits = (seen.bytes as f64 - seen.bytes as f64 / f64::from(seen.packets)) * 8.0;
-        let (recv, send) = (bits / recv_span, bits / send_span);
+        let (mut recv, send) = seen.rates();
+        // A shaper's burst lets the first part of a probe through at line rate: the second half
+        // arrives at the rate the path sustains.
+        if let Some(second) = p.second.filter(|s| s.packets >= 3) {
+            recv = recv.min(second.rates().0);
+        }
         // A probe that arrived slower than it left saturated the path: its receive rate is the
         // capacity, of which the estimate takes 95 % (libwebrtc's target utilisation).
         let rate = if recv < 0.9 * send { recv * 0.95 } else { recv.min(send) } as u64;
         self.last_probe_bps = rate;
         self.estimator.on_probe(now, rate);
         if self.estimator.estimate() >= p.estimate_before + p.estimate_before / 10 {
+            // Raised: probe again soon, unless the raise does not hold for 3 s.
+            self.probe_check = Some((now + PROBE_HOLD, p.estimate_before, self.probe_wait / 2));
             self.probe_wait = PROBE_INTERVAL;
         }
     }
@@ -273,7 +316,7 @@ impl Downlink {
         let cluster = self.next_cluster;
         self.next_cluster = self.next_cluster.wrapping_add(1).max(1);
         let estimate_before = self.estimate();
-        self.probe = Some(Probe { cluster, rate_bps, start: now, end: now + PROBE_DURATION, next_send: now, sent: 0, last_sent: now, done_sending: false, estimate_before, seen: None });
+        self.probe = Some(Probe { cluster, rate_bps, start: now, end: now + PROBE_DURATION, next_send: now, sent: 0, last_sent: now, done_sending: false, estimate_before, seen: None, second: None });
         self.last_probe = Some(now);
         true
     }
@@ -306,5 +349,68 @@ impl Downlink {
     /// Abandons a probe that cannot send (no RTX stream on the leg).
     pub fn cancel_probe(&mut self) {
         self.probe = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::ids::Ssrc;
+    use crate::wire::rtcp::write_transport_cc;
+
+    fn ms(n: u64) -> Instant {
+        Instant::from_nanos(n * 1_000_000)
+    }
+
+    fn feedback(base: u16, deltas: &[Option<i16>]) -> Vec<u8> {
+        let mut buf = vec![0u8; 4096];
+        let n = write_transport_cc(&mut buf, Ssrc(1), Ssrc(2), base, 1, 0, deltas).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    /// Feedback that names nothing Sluice sent, repeats what was already reported, claims more
+    /// packets than it carries, or has deltas that run backwards or overflow: dropped and
+    /// counted or harmlessly used, never a panic; the estimate stays within its bounds.
+    #[test]
+    fn impossible_feedback_is_dropped_and_counted() {
+        let mut dl = Downlink::default();
+        for i in 0..100 {
+            dl.sent(ms(i), 1200, false);
+        }
+        let first = dl.history.next_seq().wrapping_sub(100);
+        // Never sent: far ahead of the history.
+        let fb = feedback(first.wrapping_add(5000), &[Some(1); 10]);
+        assert!(!dl.on_feedback(ms(200), &TransportCc::new_checked(&fb[..]).unwrap()));
+        assert_eq!(dl.feedback_dropped, 1);
+        // Valid once, then the same again: the repeat resolves nothing.
+        let fb = feedback(first, &[Some(4); 50]);
+        assert!(dl.on_feedback(ms(200), &TransportCc::new_checked(&fb[..]).unwrap()));
+        assert!(!dl.on_feedback(ms(210), &TransportCc::new_checked(&fb[..]).unwrap()));
+        assert_eq!((dl.feedback_used, dl.feedback_dropped), (1, 2));
+        // A count larger than the chunks carry: the decode fails, dropped.
+        let mut fb = feedback(first.wrapping_add(50), &[Some(4); 10]);
+        fb[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(!dl.on_feedback(ms(220), &TransportCc::new_checked(&fb[..]).unwrap()));
+        // Deltas that run backwards and overflow any sane clock.
+        let fb = feedback(first.wrapping_add(50), &[Some(i16::MIN), Some(i16::MAX), Some(-30_000), None, Some(i16::MIN)]);
+        dl.on_feedback(ms(230), &TransportCc::new_checked(&fb[..]).unwrap());
+        assert!((gcc::MIN_BPS as u64..=gcc::MAX_BPS as u64).contains(&dl.estimate()));
+        // Random feedback-shaped bytes.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for k in 0..20_000u64 {
+            dl.sent(ms(300 + k), rng.random_range(0..1500), k % 5 == 0);
+            let n = rng.random_range(0..64);
+            let deltas: Vec<Option<i16>> = (0..n).map(|_| rng.random::<bool>().then(|| rng.random())).collect();
+            let mut fb = feedback(rng.random(), &if deltas.is_empty() { vec![None] } else { deltas });
+            let at = rng.random_range(12..fb.len());
+            fb[at] = rng.random();
+            if let Ok(v) = TransportCc::new_checked(&fb[..]) {
+                dl.on_feedback(ms(300 + k), &v);
+            }
+            assert!((gcc::MIN_BPS as u64..=gcc::MAX_BPS as u64).contains(&dl.estimate()));
+        }
     }
 }

@@ -109,7 +109,10 @@ pub(super) fn allocate(
             dl.reported_bps = estimate;
             push_event(events, Event::BandwidthEstimate { leg: leg.spec.id, bps: estimate });
         }
-        let used = alloc::allocate(estimate, &demands[..n], &mut out[..n]);
+        // Media gets 85 % of the estimate: the rest is room for retransmissions, RTCP and the
+        // variance of a layer's rate (keyframes), so a layer that fits is not one that congests.
+        let budget = estimate * 85 / 100;
+        let used = alloc::allocate(budget, &demands[..n], &mut out[..n]);
         for (k, &(track_id, i, d)) in scratch.iter().enumerate() {
             if d.audio {
                 continue;
@@ -121,7 +124,7 @@ pub(super) fn allocate(
             // the current layer takes) switches at once.
             let current_rate = sub.alloc_layer.map_or(0, |l| d.rates[usize::from(l).min(MAX_LAYERS - 1)]);
             let down = matches!((want, sub.alloc_layer), (Some(w), Some(c)) if w < c);
-            if down && (estimate as f64) >= DEEP_DIP * current_rate as f64 {
+            if down && (budget as f64) >= DEEP_DIP * current_rate as f64 {
                 let since = *sub.alloc_down_since.get_or_insert(now);
                 if now.saturating_duration_since(since) < DOWN_HOLD {
                     continue;
@@ -144,7 +147,7 @@ pub(super) fn allocate(
         let limited = demands[..n].iter().zip(&out[..n]).any(|(d, o)| !d.audio && *o < d.best());
         if limited && dl.usage() != Usage::Over {
             // Doubling (at least +500 kbit/s) towards what the allocation wants, with room.
-            let target = (estimate * 2).max(estimate + 500_000).min(wanted + wanted / 5);
+            let target = (estimate * 2).max(estimate + 500_000).min((wanted + wanted / 5) * 100 / 85);
             // Enough padding for a measurable cluster (a dozen packets in 40 ms).
             let padding = target.saturating_sub(used).max(MIN_PROBE_BPS);
             if dl.start_probe(now, padding) {
