@@ -10,7 +10,9 @@
 //! `cargo bench -p sluice-core --bench forward`; criterion reports time per *input* packet, the
 //! per-output cost is that divided by N (throughput is given in output packets). Before the
 //! criterion runs, a paired table measures core and raw alternately (same load for both) and
-//! prints ns per output and the overhead ratio; `FORWARD_NO_PAIRED=1` skips it.
+//! prints ns per output and the overhead ratio; `FORWARD_NO_PAIRED=1` skips it. With
+//! `FORWARD_TWCC=1` every leg negotiated transport-cc (arrivals recorded, copies stamped and
+//! kept in the send history): the feedback loop's cost on the packet path.
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,6 +31,11 @@ mod common;
 use common::*;
 
 const RING: usize = 4096;
+
+/// `FORWARD_TWCC=1`: every leg negotiated transport-cc (the feedback loop's per-packet work).
+fn twcc() -> bool {
+    std::env::var_os("FORWARD_TWCC").is_some()
+}
 const PACKET: usize = 1200;
 const PUB_SSRC: u32 = 0x1000;
 
@@ -57,7 +64,15 @@ impl Setup {
                 } else {
                     payload[..2].copy_from_slice(&[0x00, 0x00]);
                 }
-                let mut p = rtp_packet(PUB_SSRC, i as u16, (i as u32 / 4) * 3000, PT_VP8, i % 4 == 3, &payload);
+                let mut p = rtp_packet(PUB_SSRC, i as u16, (i as u32 / 4) * 3000, PT_VP8, i % 4 == 3, &[]);
+                if twcc() {
+                    // The publisher's transport-wide sequence number (one-byte extension id 3).
+                    p[0] |= 0x10;
+                    let [a, b] = (i as u16).to_be_bytes();
+                    p.extend_from_slice(&[0xBE, 0xDE, 0, 1, 0x31, a, b, 0]);
+                    payload.truncate(payload.len() - 8);
+                }
+                p.extend_from_slice(&payload);
                 let n = p.len();
                 p.resize(n + 32, 0);
                 let len = keys.protect_rtp(&mut st, &mut p, n).unwrap();
@@ -73,7 +88,13 @@ impl Setup {
         let mut core = Core::new(CoreConfig::default());
         let mut ops = Vec::new();
         for i in 1..=self.fanout as u32 + 1 {
-            ops.push(Op::UpsertLeg(leg_spec(i, 20_000 + i as u16, material(self.profile, i, 0), material(self.profile, i, 1))));
+            let mut leg = leg_spec(i, 20_000 + i as u16, material(self.profile, i, 0), material(self.profile, i, 1));
+            if twcc() {
+                // Congestion control on every leg: the publisher's arrivals recorded, each copy
+                // stamped with its leg's own sequence number and kept in its send history.
+                leg.feedback.twcc_ext = Some(if i == 1 { 3 } else { 5 });
+            }
+            ops.push(Op::UpsertLeg(leg));
         }
         ops.push(Op::UpsertTrack(video_track(1, 1, &[(PUB_SSRC, PUB_SSRC + 1)])));
         for i in 2..=self.fanout as u32 + 1 {
@@ -130,6 +151,7 @@ impl Setup {
             })
             .collect();
         let mut send: Vec<RtpSendState> = vec![RtpSendState::new(); self.fanout];
+        let twcc = twcc();
         let mut slots = vec![0u8; SLOT_BYTES * self.fanout];
         let mut buf = [0u8; 1600];
         let mut total = Duration::ZERO;
@@ -142,9 +164,9 @@ impl Setup {
                 let b = &mut buf[..p.len()];
                 b.copy_from_slice(p);
                 let n = rx.unprotect_rtp(&mut recv, b, p.len()).unwrap();
+                let hl = if twcc { 20 } else { 12 };
                 for (k, (keys, st)) in tx.iter().zip(send.iter_mut()).enumerate() {
                     let slot = &mut slots[k * SLOT_BYTES..(k + 1) * SLOT_BYTES];
-                    let hl = 12;
                     slot[..hl].copy_from_slice(&b[..hl]);
                     black_box(keys.protect_rtp_from(st, slot, hl, &b[hl..n]).unwrap());
                 }

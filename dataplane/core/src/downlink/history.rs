@@ -7,18 +7,20 @@ use crate::time::Instant;
 /// Entries per leg: about 1 s of a 10 Mbit/s leg, several feedback intervals.
 pub const HISTORY: usize = 1024;
 
-/// One packet sent.
+/// One packet sent: 16 bytes, so a leg's history is 16 KiB and a stamp touches one cache line.
 #[derive(Clone, Copy, Debug, Default)]
 struct Entry {
-    /// The extended sequence number + 1 (0: empty).
-    tag: u64,
-    sent: Instant,
+    /// The low 32 bits of the extended sequence number + 1 (0: empty). The ring is rewritten
+    /// long before 2^32 packets could alias a slot.
+    tag: u32,
     size: u16,
-    /// The probe cluster it belongs to (0: media).
+    /// The probe cluster (0: media) in the low 15 bits; the top bit: feedback already reported
+    /// it (received or lost), so later feedback for it is ignored.
     cluster: u16,
-    /// Feedback already reported it (received or lost): later feedback for it is ignored.
-    acked: bool,
+    sent: Instant,
 }
+
+const ACKED: u16 = 0x8000;
 
 /// A sent packet as feedback resolves it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +60,7 @@ impl SendHistory {
     /// Records the packet that carried [`SendHistory::next_seq`]: sent at `now`, `size` bytes.
     pub fn sent(&mut self, now: Instant, size: usize, cluster: u16) {
         let e = &mut self.entries[(self.next % HISTORY as u64) as usize];
-        *e = Entry { tag: self.next + 1, sent: now, size: size.min(usize::from(u16::MAX)) as u16, cluster, acked: false };
+        *e = Entry { tag: (self.next + 1) as u32, sent: now, size: size.min(usize::from(u16::MAX)) as u16, cluster: cluster & !ACKED };
         self.next += 1;
     }
 
@@ -75,15 +77,11 @@ impl SendHistory {
             return None;
         }
         let e = &mut self.entries[(seq % HISTORY as u64) as usize];
-        if e.tag != seq + 1 || e.acked {
+        if e.tag != (seq + 1) as u32 || e.cluster & ACKED != 0 || self.next - seq > HISTORY as u64 {
             return None;
         }
-        e.acked = true;
-        Some(Sample { seq, sent: e.sent, arrived, size: e.size, cluster: e.cluster })
+        e.cluster |= ACKED;
+        Some(Sample { seq, sent: e.sent, arrived, size: e.size, cluster: e.cluster & !ACKED })
     }
 
-    /// Bytes sent with send times in `[from, to]` among the entries still held, and how many.
-    pub fn bytes_sent_between(&self, from: Instant, to: Instant) -> (u64, usize) {
-        self.entries.iter().filter(|e| e.tag != 0 && e.sent >= from && e.sent <= to).fold((0, 0), |(b, n), e| (b + u64::from(e.size), n + 1))
-    }
 }

@@ -79,7 +79,9 @@ impl RecvStats {
     }
 
     fn update_jitter(&mut self, now: Instant, ts: u32, clock_rate: u32) {
-        let arrival = (u128::from(now.as_nanos()) * u128::from(clock_rate) / 1_000_000_000) as u32;
+        // In RTP units, through microseconds: u64 all the way (no 128-bit division per packet),
+        // exact to a microsecond, and only the low 32 bits matter (differences are taken).
+        let arrival = ((now.as_nanos() / 1000).wrapping_mul(u64::from(clock_rate)) / 1_000_000) as u32;
         let transit = arrival.wrapping_sub(ts);
         if let Some(prev) = self.transit {
             let d = (transit.wrapping_sub(prev) as i32).unsigned_abs();

@@ -32,10 +32,9 @@ const REF_NS: u64 = 64_000_000;
 /// The arrival record of one leg.
 #[derive(Clone, Debug)]
 pub struct TwccRecorder {
-    /// Arrival times (ns + 1; 0 = not received) by extended sequence number modulo [`RING`].
-    ring: Box<[u64; RING]>,
-    /// The extended sequence number of the ring's slot contents: `seen[i]` for slot i.
-    seen: Box<[u64; RING]>,
+    /// By extended sequence number modulo [`RING`]: (that number, arrival ns + 1; 0 = not
+    /// received). One cache line per record.
+    ring: Box<[(u64, u64); RING]>,
     /// The highest extended sequence number recorded.
     highest: Option<u64>,
     /// The first sequence number not yet reported.
@@ -48,7 +47,7 @@ pub struct TwccRecorder {
 
 impl Default for TwccRecorder {
     fn default() -> Self {
-        Self { ring: Box::new([0; RING]), seen: Box::new([u64::MAX; RING]), highest: None, next_report: 0, fb_count: 0, late: 0 }
+        Self { ring: Box::new([(u64::MAX, 0); RING]), highest: None, next_report: 0, fb_count: 0, late: 0 }
     }
 }
 
@@ -75,9 +74,7 @@ impl TwccRecorder {
             self.late += 1;
             return;
         }
-        let slot = (ext % RING as u64) as usize;
-        self.ring[slot] = now.as_nanos().saturating_add(1);
-        self.seen[slot] = ext;
+        self.ring[(ext % RING as u64) as usize] = (ext, now.as_nanos().saturating_add(1));
         // Everything older than the ring holds can no longer be reported.
         if let Some(h) = self.highest
             && h - self.next_report >= RING as u64
@@ -92,8 +89,8 @@ impl TwccRecorder {
     }
 
     fn arrival(&self, ext: u64) -> Option<u64> {
-        let slot = (ext % RING as u64) as usize;
-        (self.seen[slot] == ext && self.ring[slot] != 0).then(|| self.ring[slot] - 1)
+        let (seen, at) = self.ring[(ext % RING as u64) as usize];
+        (seen == ext && at != 0).then(|| at - 1)
     }
 
     /// Writes the next feedback packet into `buf` (sender `sender`, media source `media`), if
