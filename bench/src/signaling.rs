@@ -52,6 +52,8 @@ struct MLine {
     extmap: Vec<(u32, String)>,
     rids: Vec<String>,
     ssrc: Option<u32>,
+    /// (payload type, feedback) from a=rtcp-fb.
+    rtcp_fb: Vec<(u32, String)>,
 }
 
 /// What an offer says.
@@ -96,6 +98,13 @@ fn parse_offer(sdp: &str) -> anyhow::Result<Offer> {
                     m.extmap.push((id.split('/').next().unwrap_or(id).parse()?, uri.trim().to_string()));
                 }
             }
+            ("rtcp-fb", Some(m)) => {
+                if let Some((pt, fb)) = value.split_once(' ')
+                    && let Ok(pt) = pt.parse()
+                {
+                    m.rtcp_fb.push((pt, fb.trim().to_string()));
+                }
+            }
             ("rid", Some(m)) => {
                 if let Some((rid, "send")) = value.split_once(' ').map(|(r, d)| (r, d.split(' ').next().unwrap_or(d))) {
                     m.rids.push(rid.into());
@@ -118,6 +127,10 @@ impl MLine {
 
     fn rtx_of(&self, pt: u32) -> Option<u32> {
         self.apt.iter().find(|(_, apt)| *apt == pt).map(|(rtx, _)| *rtx)
+    }
+
+    fn has_fb(&self, pt: u32, fb: &str) -> bool {
+        self.rtcp_fb.iter().any(|(p, f)| *p == pt && f == fb)
     }
 
     fn ext(&self, uri: &str) -> Option<u32> {
@@ -246,6 +259,8 @@ fn answer(offer: &Offer, w: &pb::WebRtcLocal, me: &Member, twcc_ext: Option<u32>
             if let Some(id) = m.ext(EXT_TWCC).filter(|id| Some(*id) == twcc_ext) {
                 s.push(format!("a=extmap:{id} {EXT_TWCC}"));
                 s.push(format!("a=rtcp-fb:{} transport-cc", pts[0]));
+            } else if video && twcc_ext.is_none() && m.has_fb(me.vp8, "goog-remb") {
+                s.push(format!("a=rtcp-fb:{} goog-remb", me.vp8));
             }
             if video {
                 for uri in [EXT_MID, EXT_RID, EXT_RRID] {
@@ -372,12 +387,14 @@ impl Signaling {
         // Sluice reads one transport-wide sequence number per leg: the camera's id, which a
         // browser uses on every m-line of the bundle.
         let twcc_ext = video.ext(EXT_TWCC).filter(|id| (1..=14).contains(id));
+        // REMB only for a client that offers it without transport-cc.
+        let remb = twcc_ext.is_none() && video.has_fb(vp8, "goog-remb");
         let mut changes = vec![
             pb::Change {
                 change: Some(C::Leg(pb::Leg {
                     id: name.into(),
                     feedback_ssrc: 0x5eed_0000 + seq,
-                    feedback: Some(pb::UplinkFeedback { transport_cc_ext: twcc_ext, remb: false }),
+                    feedback: Some(pb::UplinkFeedback { transport_cc_ext: twcc_ext, remb }),
                     webrtc: Some(pb::WebRtc {
                         remote_ice_ufrag: offer.ufrag.clone(),
                         remote_ice_pwd: offer.pwd.clone(),

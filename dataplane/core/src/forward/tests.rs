@@ -833,3 +833,36 @@ fn static_key_publishers_get_receiver_reports_only() {
     // 12 s of media: at 2.5 s and 7.5 s.
     assert_eq!(kinds, vec![rtcp::Kind::ReceiverReport, rtcp::Kind::Sdes, rtcp::Kind::ReceiverReport, rtcp::Kind::Sdes]);
 }
+
+/// A publisher that negotiated only REMB (no transport-cc) gets REMB in its report compounds,
+/// every second, naming its streams, with room above what it sends while nothing is lost.
+#[test]
+fn remb_only_publishers_get_remb_in_their_reports() {
+    let mut m = Meeting::new(2);
+    let (_, mut spec) = peer(1);
+    spec.feedback.remb = true;
+    m.apply(vec![Op::UpsertLeg(spec), Op::UpsertTrack(audio_track(1, 1, 0x1111))]).unwrap();
+    let mut out = OutBatch::new(64);
+    let mut rembs = Vec::new();
+    for k in 0..300u16 {
+        let at = ms(u64::from(k) * 10);
+        let wire = m.peers[0].send_rtp(&rtp_packet(0x1111, k, 480 * u32::from(k), 111, &[1; 100]));
+        m.deliver(0, &wire, at);
+        if m.core.poll_timeout() <= at {
+            m.core.handle_timeout(at, &mut out);
+            for (_, bytes) in out.iter() {
+                let plain = m.peers[0].recv(bytes);
+                for p in rtcp::compound(&plain) {
+                    if let Ok(r) = rtcp::Remb::new_checked(p.unwrap().as_bytes()) {
+                        assert_eq!(r.ssrc(0), Some(Ssrc(0x1111)));
+                        rembs.push(r.bitrate());
+                    }
+                }
+            }
+            out.clear();
+        }
+    }
+    // 100 packets/s of 112 bytes ≈ 90 kbit/s flowing: REMB at 0.5 s, 1.5 s, 2.5 s, above it.
+    assert_eq!(rembs.len(), 3, "{rembs:?}");
+    assert!(rembs[1..].iter().all(|&b| b > 90_000 && b <= 1_000_000), "{rembs:?}");
+}

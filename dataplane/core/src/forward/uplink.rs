@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   RR compound:  | RR (sender = leg's feedback SSRC, a block per media stream) | SDES CNAME |
+//!                 | REMB (legs that negotiated only REMB: see uplink::remb) |
 //!   transport-cc: | RTPFB FMT 15 (sender = feedback SSRC, media = first stream) |  (one or more)
 //! ```
 //! Each is SRTCP-protected with the leg's send key, like every feedback Sluice originates.
@@ -23,7 +24,8 @@ const CNAME: &[u8] = b"sluice";
 const MAX_BLOCKS: usize = 31;
 
 fn rr_interval(leg: &Leg) -> core::time::Duration {
-    if leg.spec.edge.is_some() || leg.spec.feedback.twcc_ext.is_some() { RR_INTERVAL_WEBRTC } else { RR_INTERVAL }
+    let feedback = leg.spec.feedback.twcc_ext.is_some() || leg.spec.feedback.remb;
+    if leg.spec.edge.is_some() || feedback { RR_INTERVAL_WEBRTC } else { RR_INTERVAL }
 }
 
 /// Counts an authenticated packet of the leg's ingress stream `idx` (`plain` is the decrypted
@@ -33,6 +35,9 @@ pub(super) fn record(now: Instant, leg: &mut Leg, idx: usize, plain: &[u8]) -> O
     let Ok(pkt) = rtp::Packet::new_checked(plain) else { return None };
     let ingress = &mut leg.ingress[idx];
     ingress.stats.record(now, SeqNo(pkt.sequence_number()), pkt.timestamp(), ingress.clock_rate);
+    if let Some(remb) = leg.uplink.remb.as_mut() {
+        remb.received(plain.len());
+    }
     let mut armed = false;
     if let (Some(id), Some(rec)) = (leg.spec.feedback.twcc_ext, leg.uplink.twcc.as_deref_mut())
         && let Some(seq) = pkt.find_extension(id).and_then(rtp::ext::transport_sequence_number)
@@ -87,9 +92,11 @@ pub(super) fn run<'a>(
 fn receiver_report(now: Instant, leg: &mut Leg, out: &mut OutBatch) -> bool {
     let Some(remote) = leg.destination() else { return true };
     let mut blocks = [ReportBlockInfo::default(); MAX_BLOCKS];
+    let mut media = [Ssrc(0); MAX_BLOCKS];
     let mut n = 0;
     for i in leg.ingress.iter_mut().filter(|i| !i.rtx && i.stats.started()).take(MAX_BLOCKS) {
         blocks[n] = i.stats.report(i.ssrc, now);
+        media[n] = i.ssrc;
         n += 1;
     }
     if n == 0 {
@@ -99,7 +106,16 @@ fn receiver_report(now: Instant, leg: &mut Leg, out: &mut OutBatch) -> bool {
     let sender = leg.spec.feedback_ssrc;
     let Ok(rr) = rtcp::write_rr(&mut slot[..], sender, &blocks[..n]) else { return true };
     let Ok(sdes) = rtcp::write_sdes_cname(&mut slot[rr..], sender, CNAME) else { return true };
-    let Ok(len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], rr + sdes) else { return true };
+    let mut len = rr + sdes;
+    // REMB in the same compound, for the streams reported (draft-alvestrand-rmcat-remb-03).
+    if let Some(remb) = leg.uplink.remb.as_mut() {
+        let worst = blocks[..n].iter().map(|b| b.fraction_lost).max().unwrap_or(0);
+        let bps = remb.update(now, worst);
+        if let Ok(r) = rtcp::write_remb(&mut slot[len..], sender, bps, &media[..n]) {
+            len += r;
+        }
+    }
+    let Ok(len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { return true };
     out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
     true
 }

@@ -16,11 +16,13 @@
 //! state; nothing crosses workers.
 
 mod recv_stats;
+mod remb;
 mod twcc;
 
 use core::time::Duration;
 
 pub use recv_stats::RecvStats;
+pub use remb::RembEstimate;
 pub use twcc::{MAX_PER_FEEDBACK, RING as TWCC_RING, TwccRecorder};
 
 use crate::table::FeedbackSpec;
@@ -40,6 +42,8 @@ pub const TWCC_INTERVAL: Duration = Duration::from_millis(50);
 pub struct Uplink {
     /// Arrival times by transport-wide sequence number, when transport-cc was negotiated.
     pub twcc: Option<Box<TwccRecorder>>,
+    /// The receive-side estimate sent as REMB, when only REMB was negotiated.
+    pub remb: Option<RembEstimate>,
     /// When the next receiver report is due (set once the leg received media).
     pub next_rr: Option<Instant>,
     /// When the next transport-cc feedback is due (set when packets wait to be reported).
@@ -69,6 +73,11 @@ impl Uplink {
                 self.next_twcc = None;
             }
             _ => {}
+        }
+        // REMB only where transport-cc is not negotiated (a browser prefers transport-cc).
+        let remb = spec.remb && spec.twcc_ext.is_none();
+        if remb != self.remb.is_some() {
+            self.remb = remb.then(RembEstimate::default);
         }
     }
 
