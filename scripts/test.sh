@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --locked --all-targets
+# Lint policy: clippy with every warning an error (the workspace lints are in Cargo.toml).
+cargo clippy --locked --all-targets -q -- -D warnings
 # The fuzz targets live outside the workspace (cargo fuzz runs them on the nightly); they must
 # keep compiling against the crates they fuzz.
 cargo check --locked --manifest-path fuzz/Cargo.toml --bins

@@ -31,12 +31,27 @@ use crate::metrics::{Snapshots, WorkerSnapshot};
 use crate::shield::ShieldMsg;
 
 /// What a worker is told between batches.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum WorkerMsg {
     /// Apply a delta and answer with the result.
     Apply(Arc<Delta>, Sender<Result<Generation, DeltaError>>),
     /// A leg's remote address, learned by the worker that owns the leg or selected by ICE.
     SetRemote(LegId, std::net::SocketAddr),
+    /// A simulcast layer's SSRC, learned from its RID by the worker that owns the leg: every
+    /// worker's tables hold it, so a later delta that clashes with it is refused by all of them
+    /// alike (never applied on some and refused on others, which would split the generations).
+    LearnSsrc {
+        /// The publisher leg.
+        leg: LegId,
+        /// The track.
+        track: sluice_core::ids::TrackId,
+        /// The layer.
+        layer: u8,
+        /// Whether it is the layer's RTX SSRC.
+        rtx: bool,
+        /// The SSRC.
+        ssrc: sluice_core::ids::Ssrc,
+    },
     /// The SRTP keys `(rx, tx)` a WebRTC leg's DTLS handshake exported (from the slow path).
     EdgeKeys(LegId, Arc<(KeyMaterial, KeyMaterial)>),
     /// A WebRTC leg's ICE consent (from the slow path).
@@ -244,6 +259,7 @@ impl Worker {
                     let _ = reply.send(result);
                 }
                 WorkerMsg::SetRemote(leg, addr) => self.core.set_remote(leg, addr),
+                WorkerMsg::LearnSsrc { leg, track, layer, rtx, ssrc } => self.core.install_learned_ssrc(leg, track, layer, rtx, ssrc),
                 WorkerMsg::EdgeKeys(leg, keys) => {
                     let (rx, tx) = (*keys).clone();
                     if let Err(e) = self.core.install_edge_keys(leg, rx, tx) {
@@ -306,10 +322,16 @@ impl Worker {
             }
         }
         while let Some(e) = self.core.poll_event() {
-            if let Event::RemoteLatched { leg, remote } = e {
+            // Runtime state learned here, for every other worker's tables.
+            let update = match e {
+                Event::RemoteLatched { leg, remote } => Some(WorkerMsg::SetRemote(leg, remote)),
+                Event::SsrcLearned { leg, track, layer, rtx, ssrc } => Some(WorkerMsg::LearnSsrc { leg, track, layer, rtx, ssrc }),
+                _ => None,
+            };
+            if let Some(update) = update {
                 for (i, p) in self.peers.iter().enumerate() {
                     if i != self.index {
-                        self.peer_queue_full += u64::from(matches!(p.try_send(WorkerMsg::SetRemote(leg, remote)), Err(TrySendError::Full(_))));
+                        self.peer_queue_full += u64::from(matches!(p.try_send(update.clone()), Err(TrySendError::Full(_))));
                     }
                 }
             }

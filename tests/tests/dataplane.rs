@@ -402,3 +402,56 @@ fn a_second_dataplane_on_the_same_socket_refuses_to_start_naming_the_first() {
         first.log_text()
     );
 }
+
+/// An SSRC learned from a layer's RID on the worker that owns the publisher's leg reaches every
+/// worker's tables: a later delta that clashes with it is refused by all workers alike, so the
+/// next delta still applies everywhere. (Without it, the other worker applied the clashing
+/// delta, its generation moved on alone, and every later delta failed.)
+#[test]
+fn a_learned_ssrc_is_refused_alike_on_every_worker() {
+    use sluice_core::ids::{Pt, TrackId};
+    use sluice_core::srtp::{RtpSendState, SrtpKeys};
+    use sluice_core::table::{Codec, LayerSpec, MediaKind, PayloadSpec, TrackSpec};
+    let dir = TempDir::new("dp-learned");
+    let (daemon, sock) = start_daemon(&dir, "mmsg");
+    let mut control = Client::connect(&sock).unwrap();
+    let keys = KeyMaterial { profile: Profile::AeadAes128Gcm, key: vec![7; 16], salt: vec![9; 12] };
+    // The publisher's leg on port 20901: worker 1 of 2 owns it.
+    let publisher = LegSpec { id: LegId(1), local_port: 20_901, ..dummy_leg(1) };
+    let publisher = LegSpec { rx: keys.clone(), tx: keys.clone(), ..publisher };
+    let track = |id: u32, layer: LayerSpec| TrackSpec {
+        id: TrackId(id),
+        publisher: LegId(1),
+        kind: MediaKind::Video,
+        clock_rate: 90_000,
+        layers: vec![layer],
+        payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: None }],
+        rid_ext: Some(5),
+        repaired_rid_ext: None,
+    };
+    let rid = LayerSpec { ssrc: None, rtx_ssrc: None, rid: Some("h".into()) };
+    let apply = |control: &mut Client, g: u64, ops: Vec<Op>| control.call(&Request::Apply(Delta { generation: Generation(g), replace_all: false, ops })).unwrap();
+    let r = apply(&mut control, 1, vec![Op::UpsertLeg(publisher), Op::UpsertTrack(track(1, rid))]);
+    assert!(matches!(r, Response::Applied(_)), "{r:?}");
+    // The layer announces SSRC 0xABC with its RID (one-byte extension 5 = "h").
+    let tx = SrtpKeys::new(keys.profile, &keys.key, &keys.salt).unwrap();
+    let mut st = RtpSendState::new();
+    let s = participant_socket();
+    for seq in 0..5u16 {
+        let mut p = vec![0x90, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a, 0xbc, 0xBE, 0xDE, 0, 1, 0x50, b'h', 0, 0, 0x10, 0, 1, 2, 3];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        let n = p.len();
+        p.resize(n + 32, 0);
+        let n = tx.protect_rtp(&mut st, &mut p, n).unwrap();
+        s.send_to(&p[..n], ("127.0.0.1", 20_901)).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    // A second track claiming the learned SSRC: refused...
+    let claim = LayerSpec { ssrc: Some(Ssrc(0xabc)), rtx_ssrc: None, rid: None };
+    let r = apply(&mut control, 2, vec![Op::UpsertTrack(track(2, claim))]);
+    assert!(matches!(r, Response::Rejected { ref reason, .. } if reason.contains("ssrc 2748")), "the clash must be refused: {r:?}\n{}", daemon.log_text());
+    // ... by every worker: the tables are still at generation 1 everywhere, and the next delta
+    // applies.
+    let r = apply(&mut control, 2, vec![Op::UpsertLeg(dummy_leg(7))]);
+    assert!(matches!(r, Response::Applied(_)), "the next delta must apply on every worker: {r:?}\n{}", daemon.log_text());
+}

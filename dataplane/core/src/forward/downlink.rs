@@ -61,6 +61,7 @@ pub(super) fn measure_layers<'a>(tracks: impl Iterator<Item = &'a mut Track>, el
 
 /// Runs the allocator of every leg this core owns that has congestion control; starts probes
 /// where the allocation wants more than the estimate. Returns the earliest probe deadline.
+#[expect(clippy::too_many_arguments, reason = "the core's parts, borrowed apart once per housekeeping tick")]
 pub(super) fn allocate(
     now: Instant,
     legs: &mut Map<LegId, Leg>,

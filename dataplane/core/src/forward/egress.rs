@@ -26,6 +26,7 @@ pub(super) fn publisher_twcc(legs: &Map<LegId, Leg>, publisher: LegId) -> Option
 /// rewritten header, remapped extensions, protected with the subscriber leg's key. With
 /// `as_rtx`, the copy is an RTX packet (RFC 4588) on the subscriber's RTX SSRC carrying the
 /// rewritten sequence number as OSN.
+#[expect(clippy::too_many_arguments, reason = "one copy's every input; a struct would be built per copy on the packet path")]
 pub(super) fn send_copy(
     ctx: &mut Ctx<'_>,
     sub: &mut Subscription,

@@ -377,6 +377,13 @@ impl Core {
         let _ = rtcp::compound(&mut ctx, &mut self.tables, handoff.leg, handoff.bytes());
     }
 
+    /// Records an SSRC another core learned from a layer's RID (see [`Tables::learn_ssrc`]), so
+    /// every core's tables agree on which SSRCs a leg has.
+    pub fn install_learned_ssrc(&mut self, leg: LegId, track: TrackId, layer: u8, rtx: bool, ssrc: Ssrc) {
+        let window = self.tables.config().replay_window;
+        let _ = self.tables.learn_ssrc(leg, track, layer, rtx, ssrc, RtpRecvState::new(window));
+    }
+
     /// Sets a leg's remote address (learned by another core, or by the slow path).
     pub fn set_remote(&mut self, leg: LegId, remote: SocketAddr) {
         if let Some(l) = self.tables.leg_mut(leg) {

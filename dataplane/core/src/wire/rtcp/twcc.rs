@@ -333,7 +333,7 @@ mod tests {
         roundtrip(&[Some(4)]);
         roundtrip(&[None, None, Some(0)]);
         roundtrip(&[Some(1000), Some(-3), Some(255), Some(256), None]);
-        roundtrip(&vec![Some(10); 40]);
+        roundtrip(&[Some(10); 40]);
         roundtrip(&vec![None; 9000]);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for _ in 0..500 {
