@@ -15,7 +15,7 @@ use std::time::Duration;
 use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
-use sluice_dataplane::control::{Request, Response, read_frame, write_frame};
+use sluice_api::{Request, Response, read_frame, write_frame};
 
 use crate::compile::{Shadow, Tables, differing};
 
@@ -249,7 +249,7 @@ impl Link {
 
     /// The dataplane's WebRTC slow path: DTLS fingerprint, listen address, counters; with
     /// `rotate`, after making a new DTLS certificate.
-    pub fn edge(&mut self, rotate: bool) -> Result<sluice_dataplane::edge::EdgeStatus, LinkError> {
+    pub fn edge(&mut self, rotate: bool) -> Result<sluice_api::EdgeStatus, LinkError> {
         match self.call(&Request::Edge { rotate })? {
             Response::Edge(s) => Ok(s),
             other => Err(LinkError::Protocol(format!("unexpected answer to Edge: {other:?}"))),

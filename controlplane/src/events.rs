@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sluice_core::forward::Event;
 use sluice_core::ids::{LegId, TrackId};
-use sluice_dataplane::control::{Client, KEEPALIVE, Response};
+use sluice_api::{Client, KEEPALIVE, Response};
 
 use crate::engine::{SharedEngine, lock};
 use crate::pb;

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
-use sluice_dataplane::lock::InstanceLock;
+use sluice_api::lock::InstanceLock;
 
 use crate::pb;
 use crate::state::{Desired, ErrorKind, PortRange, StateError, fingerprint};
@@ -103,7 +103,7 @@ pub enum JournalError {
     },
     /// Another process holds the state directory.
     #[error(transparent)]
-    Locked(#[from] sluice_dataplane::lock::LockError),
+    Locked(#[from] sluice_api::lock::LockError),
     /// A journaled request no longer applies (the journal belongs to another build or range).
     #[error("journal record {seq} does not replay: {why}")]
     Replay {

@@ -910,7 +910,7 @@ fn webrtc_remote(f: &str, w: &pb::WebRtc) -> Result<(IceCredentials, DtlsRole, S
     if !ice_chars(&w.remote_ice_pwd, 22) {
         return Err(invalid(format!("{f}.remote_ice_pwd"), "must be 22 to 256 ice-chars (letters, digits, '+', '/')"));
     }
-    if sluice_dataplane::edge::parse_fingerprint(&w.remote_fingerprint).is_none() {
+    if sluice_api::parse_fingerprint(&w.remote_fingerprint).is_none() {
         return Err(invalid(
             format!("{f}.remote_fingerprint"),
             format!("{:?} is not \"<sha-1|sha-256|sha-384|sha-512> AB:CD:...\" with the hash's length", w.remote_fingerprint),

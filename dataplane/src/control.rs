@@ -18,7 +18,7 @@
 //! [`Response::Subscribed`] the dataplane writes [`Response::Events`] batches as workers produce
 //! them and, when asked for, [`Response::Stats`] at a fixed interval, until the peer closes it.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,109 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
-use serde::{Deserialize, Serialize};
-use sluice_core::forward::Event;
-use sluice_core::ids::Generation;
-use sluice_core::stats::CoreStats;
-use sluice_core::table::Delta;
 
 use crate::lock::{InstanceLock, LockError};
-
-/// Largest frame accepted (a full snapshot of a big node fits comfortably).
-pub const MAX_FRAME: usize = 64 << 20;
-
-/// What the control plane asks.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Request {
-    /// Apply a delta on every worker, atomically per worker, between batches.
-    Apply(Delta),
-    /// The generation every worker has applied.
-    Generation,
-    /// The full table as a replace-all delta at the current generation.
-    Snapshot,
-    /// Per-worker counters.
-    Stats,
-    /// The WebRTC slow path's status (DTLS certificate fingerprint, counters); with `rotate`, a
-    /// new certificate is made first (new handshakes use it).
-    Edge {
-        /// Rotate the certificate first.
-        #[serde(default)]
-        rotate: bool,
-    },
-    /// Turn this connection into a stream of events (and of stats every `stats_interval_ms`,
-    /// when not 0).
-    Subscribe {
-        /// How often to send [`Response::Stats`]; 0: never.
-        stats_interval_ms: u32,
-    },
-}
-
-/// A stream without events still sends an empty [`Response::Events`] this often, so either side
-/// notices a dead peer.
-pub const KEEPALIVE: Duration = Duration::from_secs(5);
-
-/// What the dataplane answers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Response {
-    /// The delta is applied everywhere; the tables are at this generation.
-    Applied(Generation),
-    /// The delta was refused (nothing changed); the reason names the op and field.
-    Rejected {
-        /// The tables' generation, unchanged.
-        generation: Generation,
-        /// Why.
-        reason: String,
-    },
-    /// The applied generation.
-    Generation(Generation),
-    /// The full table.
-    Snapshot(Delta),
-    /// Counters per worker, in worker order.
-    Stats(Vec<CoreStats>),
-    /// The slow path's status.
-    Edge(crate::edge::EdgeStatus),
-    /// The connection is now a stream of events and stats.
-    Subscribed,
-    /// Events from the workers, in the order each worker produced them.
-    Events(Vec<Event>),
-    /// The request could not be decoded or served.
-    Error(String),
-}
-
-/// Writes one frame.
-pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
-    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    let len = u32::try_from(body.len()).map_err(|_| io::Error::other("frame too large"))?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(&body)?;
-    w.flush()
-}
-
-/// Reads one frame; `Ok(None)` at a clean end of stream.
-pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is over {MAX_FRAME}")));
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// The lock file that guards the socket at `socket`: `<socket>.lock`, beside it.
-pub fn lock_path(socket: &Path) -> PathBuf {
-    let mut name = socket.as_os_str().to_os_string();
-    name.push(".lock");
-    PathBuf::from(name)
-}
+pub use sluice_api::{Client, KEEPALIVE, MAX_FRAME, Request, Response, lock_path, read_frame, write_frame};
 
 /// Takes the socket's instance lock: while it is held no other dataplane serves `socket`, nor
 /// unlinks it as stale. The error names the holder's PID.
@@ -376,47 +276,15 @@ fn stream<H: FnMut(Request) -> Response>(mut conn: UnixStream, hub: &crate::even
     }
 }
 
-/// A client of the endpoint (the control plane's side, and tests).
-#[derive(Debug)]
-pub struct Client {
-    stream: UnixStream,
-}
-
-impl Client {
-    /// Connects to the endpoint at `path`.
-    pub fn connect(path: &Path) -> io::Result<Self> {
-        Ok(Self { stream: UnixStream::connect(path)? })
-    }
-
-    /// Sends a request and waits for its response.
-    pub fn call(&mut self, req: &Request) -> io::Result<Response> {
-        write_frame(&mut self.stream, req)?;
-        self.receive()
-    }
-
-    /// Turns the connection into a subscription (see [`Request::Subscribe`]); read it with
-    /// [`Client::receive`].
-    pub fn subscribe(&mut self, stats_interval_ms: u32) -> io::Result<()> {
-        match self.call(&Request::Subscribe { stats_interval_ms })? {
-            Response::Subscribed => Ok(()),
-            other => Err(io::Error::other(format!("subscribe refused: {other:?}"))),
-        }
-    }
-
-    /// The next frame the dataplane sends.
-    pub fn receive(&mut self) -> io::Result<Response> {
-        read_frame(&mut self.stream)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "dataplane closed the control socket"))
-    }
-
-    /// Bounds how long [`Client::call`] and [`Client::receive`] wait.
-    pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)?;
-        self.stream.set_write_timeout(timeout)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
+    use sluice_core::forward::Event;
+    use sluice_core::ids::Generation;
+    use sluice_core::stats::CoreStats;
+    use sluice_core::table::Delta;
+
     use super::*;
 
     #[test]

@@ -38,7 +38,6 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::ssl::{ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslStream, SslVerifyMode, SslVersion};
 use openssl::x509::X509;
-use serde::{Deserialize, Serialize};
 use sluice_core::forward::{Event, SlowDatagram};
 use sluice_core::ice::{self, EdgeFailure, IceAgent, IceConfig, IceEvent, StunDrop};
 use sluice_core::ids::LegId;
@@ -156,19 +155,7 @@ pub fn changes_of(delta: &Delta) -> Vec<LegChange> {
     out
 }
 
-/// The slow path's state, for the control endpoint and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EdgeStatus {
-    /// The current certificate's fingerprint, `sha-256 AB:CD:...` (for `a=fingerprint`).
-    pub fingerprint: String,
-    /// WebRTC legs known.
-    pub legs: u64,
-    /// The address the leg sockets are bound to.
-    #[serde(default)]
-    pub listen_ip: Option<std::net::IpAddr>,
-    /// Counters by name.
-    pub counters: Vec<(String, u64)>,
-}
+pub use sluice_api::EdgeStatus;
 
 /// Counters of the slow path; names in [`COUNTER_NAMES`].
 #[derive(Clone, Copy, Debug, Default)]

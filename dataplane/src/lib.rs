@@ -17,7 +17,7 @@ pub mod control;
 pub mod edge;
 pub mod events;
 pub mod io;
-pub mod lock;
+pub use sluice_api::lock;
 pub mod metrics;
 pub mod shield;
 pub mod worker;

@@ -1,0 +1,220 @@
+//! The control protocol between Sluice's control plane and its dataplane, in a crate of its own
+//! so the control plane (and any tool) speaks it without building the daemon, its XDP object or
+//! the nightly toolchain.
+//!
+//! Framing: each message is a 4-byte big-endian length followed by that many bytes of JSON
+//! ([`Request`] one way, [`Response`] the other), one response per request, in order. JSON keeps
+//! the wire debuggable; deltas are cold-path traffic. The server side is the dataplane's
+//! `control` module.
+//!
+//! Also here: the instance lock both daemons take ([`lock`]), and the WebRTC edge's status
+//! ([`EdgeStatus`]) and certificate-fingerprint syntax, which the control plane validates.
+#![deny(missing_docs)]
+
+pub mod lock;
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::forward::Event;
+use sluice_core::ids::Generation;
+use sluice_core::stats::CoreStats;
+use sluice_core::table::Delta;
+
+/// Largest frame accepted (a full snapshot of a big node fits comfortably).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// What the control plane asks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Apply a delta on every worker, atomically per worker, between batches.
+    Apply(Delta),
+    /// The generation every worker has applied.
+    Generation,
+    /// The full table as a replace-all delta at the current generation.
+    Snapshot,
+    /// Per-worker counters.
+    Stats,
+    /// The WebRTC slow path's status (DTLS certificate fingerprint, counters); with `rotate`, a
+    /// new certificate is made first (new handshakes use it).
+    Edge {
+        /// Rotate the certificate first.
+        #[serde(default)]
+        rotate: bool,
+    },
+    /// Turn this connection into a stream of events (and of stats every `stats_interval_ms`,
+    /// when not 0).
+    Subscribe {
+        /// How often to send [`Response::Stats`]; 0: never.
+        stats_interval_ms: u32,
+    },
+}
+
+/// A stream without events still sends an empty [`Response::Events`] this often, so either side
+/// notices a dead peer.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// What the dataplane answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// The delta is applied everywhere; the tables are at this generation.
+    Applied(Generation),
+    /// The delta was refused (nothing changed); the reason names the op and field.
+    Rejected {
+        /// The tables' generation, unchanged.
+        generation: Generation,
+        /// Why.
+        reason: String,
+    },
+    /// The applied generation.
+    Generation(Generation),
+    /// The full table.
+    Snapshot(Delta),
+    /// Counters per worker, in worker order.
+    Stats(Vec<CoreStats>),
+    /// The slow path's status.
+    Edge(EdgeStatus),
+    /// The connection is now a stream of events and stats.
+    Subscribed,
+    /// Events from the workers, in the order each worker produced them.
+    Events(Vec<Event>),
+    /// The request could not be decoded or served.
+    Error(String),
+}
+
+/// Writes one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len()).map_err(|_| io::Error::other("frame too large"))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is over {MAX_FRAME}")));
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The lock file that guards the socket at `socket`: `<socket>.lock`, beside it.
+pub fn lock_path(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_os_string();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// A client of the endpoint (the control plane's side, and tests).
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects to the endpoint at `path`.
+    pub fn connect(path: &Path) -> io::Result<Self> {
+        Ok(Self { stream: UnixStream::connect(path)? })
+    }
+
+    /// Sends a request and waits for its response.
+    pub fn call(&mut self, req: &Request) -> io::Result<Response> {
+        write_frame(&mut self.stream, req)?;
+        self.receive()
+    }
+
+    /// Turns the connection into a subscription (see [`Request::Subscribe`]); read it with
+    /// [`Client::receive`].
+    pub fn subscribe(&mut self, stats_interval_ms: u32) -> io::Result<()> {
+        match self.call(&Request::Subscribe { stats_interval_ms })? {
+            Response::Subscribed => Ok(()),
+            other => Err(io::Error::other(format!("subscribe refused: {other:?}"))),
+        }
+    }
+
+    /// The next frame the dataplane sends.
+    pub fn receive(&mut self) -> io::Result<Response> {
+        read_frame(&mut self.stream)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "dataplane closed the control socket"))
+    }
+
+    /// Bounds how long [`Client::call`] and [`Client::receive`] wait.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)
+    }
+}
+
+/// The WebRTC slow path's state, for the control endpoint and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeStatus {
+    /// The current certificate's fingerprint, `sha-256 AB:CD:...` (for `a=fingerprint`).
+    pub fingerprint: String,
+    /// WebRTC legs known.
+    pub legs: u64,
+    /// The address the leg sockets are bound to.
+    #[serde(default)]
+    pub listen_ip: Option<std::net::IpAddr>,
+    /// Counters by name.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// The digest length of a certificate-fingerprint hash function (RFC 8122 §5), by its SDP name.
+pub fn fingerprint_digest_len(alg: &str) -> Option<usize> {
+    match alg.to_ascii_lowercase().as_str() {
+        "sha-1" => Some(20),
+        "sha-256" => Some(32),
+        "sha-384" => Some(48),
+        "sha-512" => Some(64),
+        _ => None,
+    }
+}
+
+/// Parses an `a=fingerprint` value (`sha-256 AB:CD:...`): the hash function's name and the
+/// digest, `None` unless the function is known and the digest has its length.
+pub fn parse_fingerprint(s: &str) -> Option<(String, Vec<u8>)> {
+    let (alg, hex) = s.trim().split_once(' ')?;
+    let len = fingerprint_digest_len(alg)?;
+    let bytes = hex.trim().split(':').map(|h| u8::from_str_radix(h, 16).ok().filter(|_| h.len() == 2)).collect::<Option<Vec<u8>>>()?;
+    (bytes.len() == len).then(|| (alg.to_ascii_lowercase(), bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_oversized_frames_are_refused() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Generation).unwrap();
+        let back: Option<Request> = read_frame(&mut &buf[..]).unwrap();
+        assert!(matches!(back, Some(Request::Generation)));
+        let empty: Option<Request> = read_frame(&mut &[][..]).unwrap();
+        assert!(empty.is_none());
+        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert!(read_frame::<_, Request>(&mut &huge[..]).is_err());
+    }
+
+    #[test]
+    fn fingerprints_need_a_known_hash_and_its_length() {
+        let ok = format!("sha-256 {}", vec!["AB"; 32].join(":"));
+        assert_eq!(parse_fingerprint(&ok).map(|(a, b)| (a, b.len())), Some(("sha-256".into(), 32)));
+        assert!(parse_fingerprint(&format!("sha-256 {}", vec!["AB"; 31].join(":"))).is_none());
+        assert!(parse_fingerprint(&format!("md5 {}", vec!["AB"; 16].join(":"))).is_none());
+        assert!(parse_fingerprint("sha-1 zz").is_none());
+    }
+}
