@@ -41,6 +41,11 @@ rustup run "$NIGHTLY" rustc -V >/dev/null 2>&1 || rustup toolchain install "$NIG
 rustup component list --toolchain "$NIGHTLY" --installed | grep -q '^rust-src' \
   || rustup component add rust-src --toolchain "$NIGHTLY"
 note "$(rustup run "$NIGHTLY" rustc -V) with rust-src"
+# The test command's lint steps: rustfmt and clippy of the default (stable) toolchain.
+for c in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+done
+note "rustfmt and clippy present"
 
 # 3. bpf-linker against the nightly's libLLVM.
 sysroot=$(rustup run "$NIGHTLY" rustc --print sysroot)

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --locked --all-targets
-# Lint policy: clippy with every warning an error (the workspace lints are in Cargo.toml).
+# Lint policy: the house format (rustfmt.toml) and clippy with every warning an error (the
+# workspace lints are in Cargo.toml).
+cargo fmt --all --check
 cargo clippy --locked --all-targets -q -- -D warnings
 # The fuzz targets live outside the workspace (cargo fuzz runs them on the nightly); they must
 # keep compiling against the crates they fuzz.

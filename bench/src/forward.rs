@@ -136,10 +136,7 @@ fn io_counter(body: &str, counter: &str) -> f64 {
 
 /// A Prometheus counter summed over all label sets.
 fn counter(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 /// One measured configuration.
@@ -235,7 +232,8 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
             rx: material(profile, l as u8),
             tx: material(profile, 100 + l as u8),
             feedback_ssrc: Ssrc(0xfeed0000 + l),
-            edge: None, feedback: Default::default()
+            edge: None,
+            feedback: Default::default(),
         }));
     }
     for i in 0..streams {
@@ -359,7 +357,13 @@ impl Forwarder {
             // SAFETY: setsockopt reads one c_int from the valid reference passed; the fd is open.
             unsafe {
                 use std::os::fd::AsRawFd as _;
-                libc::setsockopt(sockets[0].as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const size).cast(), size_of::<libc::c_int>() as libc::socklen_t);
+                libc::setsockopt(
+                    sockets[0].as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&raw const size).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                );
             }
             let cpu0 = thread_cpu_ns();
             let mut out = OutBatch::new(64);
@@ -600,7 +604,13 @@ impl Sink {
                     for (opt, v) in [(libc::SO_TIMESTAMPNS, &one), (libc::SO_RCVBUF, &size)] {
                         // SAFETY: setsockopt reads one c_int from the valid reference passed.
                         let rc = unsafe {
-                            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, (v as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+                            libc::setsockopt(
+                                sock.as_raw_fd(),
+                                libc::SOL_SOCKET,
+                                opt,
+                                (v as *const libc::c_int).cast(),
+                                size_of::<libc::c_int>() as libc::socklen_t,
+                            )
                         };
                         if rc != 0 {
                             return Err(std::io::Error::last_os_error());
@@ -745,7 +755,16 @@ fn run_one(
     let subscribers = (2..=fanout + 1).map(|l| (SINK_PORT + l as u16, 100 + l as u8)).collect();
     let sink = if measure { Sink::userspace(topo, profile, subscribers, epoch, GENERATOR_CORE)? } else { Sink::xdp(topo, fanout)? };
     let (total0, _) = fwd.counters()?;
-    let generator = Generator::spawn_in(topo.generator.name.clone(), GENERATOR_IP.into(), profile, epoch, GENERATOR_CORE, seconds + 0.1, rate, SocketAddr::from((FORWARDER_IP, BASE_PORT + 1)));
+    let generator = Generator::spawn_in(
+        topo.generator.name.clone(),
+        GENERATOR_IP.into(),
+        profile,
+        epoch,
+        GENERATOR_CORE,
+        seconds + 0.1,
+        rate,
+        SocketAddr::from((FORWARDER_IP, BASE_PORT + 1)),
+    );
     // The generator's warm-up (a keyframe burst, 100 ms) passes before the window opens.
     std::thread::sleep(Duration::from_millis(150));
     let (out0, cpu0) = fwd.counters()?;
@@ -820,7 +839,8 @@ fn kernel_floor(topo: &Topology, profile: Profile, seconds: f64, rate: f64) -> a
     let port = SINK_PORT + 2;
     // The publisher's own keys: the kernel forwards its packets unchanged.
     let sink = Sink::userspace(topo, profile, vec![(port, 1)], epoch, GENERATOR_CORE)?;
-    let generator = Generator::spawn_in(topo.generator.name.clone(), GENERATOR_IP.into(), profile, epoch, GENERATOR_CORE, seconds, rate, SocketAddr::from((SINK_IP, port)));
+    let generator =
+        Generator::spawn_in(topo.generator.name.clone(), GENERATOR_IP.into(), profile, epoch, GENERATOR_CORE, seconds, rate, SocketAddr::from((SINK_IP, port)));
     generator.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
     std::thread::sleep(Duration::from_millis(50));
     Ok(sink.finish())
@@ -974,7 +994,14 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
                         s.generator_cpu * 100.0,
                         if row.generator_limited { "  (generator-limited)" } else { "" }
                     ),
-                    None => println!("{:<7} {:<16} {:>3} {:>4} | {:>10.0} | no paced rate sustained", short(profile), b, if gso { "on" } else { "off" }, fanout, f.out_pps),
+                    None => println!(
+                        "{:<7} {:<16} {:>3} {:>4} | {:>10.0} | no paced rate sustained",
+                        short(profile),
+                        b,
+                        if gso { "on" } else { "off" },
+                        fanout,
+                        f.out_pps
+                    ),
                 }
                 rows.push(row);
             }
@@ -1015,7 +1042,8 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
         );
         latencies.push(l);
         for &(b, gso) in &parsed {
-            let Some(max) = rows.iter().find(|r| r.flood.backend == b && r.flood.gso == gso && r.flood.fanout == 4 && r.flood.profile == format!("{profile:?}"))
+            let Some(max) =
+                rows.iter().find(|r| r.flood.backend == b && r.flood.gso == gso && r.flood.fanout == 4 && r.flood.profile == format!("{profile:?}"))
             else {
                 continue;
             };

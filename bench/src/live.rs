@@ -224,7 +224,8 @@ impl Grpc {
 
     pub(crate) fn status(&mut self) -> Result<pb::NodeStatus, tonic::Status> {
         let mut node = self.node.clone();
-        self.rt.block_on(async move { tokio::time::timeout(Duration::from_millis(500), node.get_status(pb::GetStatusRequest {})).await })
+        self.rt
+            .block_on(async move { tokio::time::timeout(Duration::from_millis(500), node.get_status(pb::GetStatusRequest {})).await })
             .map_err(|_| tonic::Status::deadline_exceeded("GetStatus took over 500 ms"))?
             .map(tonic::Response::into_inner)
     }
@@ -313,10 +314,7 @@ pub fn changes(ops: &[Op]) -> anyhow::Result<Vec<pb::Change>> {
 
 /// Sums a Prometheus counter over all its label sets.
 fn metric(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 /// The dataplane's counters: packets in, packets out, bytes out, SRTP failures at the SFU.
@@ -447,7 +445,12 @@ fn run_with(o: &Options, stop: &Arc<AtomicBool>, dir: &Path, kids: &mut Children
     let mut people: Vec<Participant> = Vec::new();
     for m in 0..o.meetings {
         let (ops, mut p) = meeting::build(m, o.size, o.profile, o.hd_views);
-        let req = pb::ChangeSet { session: format!("demo-meeting-{m}"), idempotency_key: format!("demo-create-{m}"), expected_revision: Some(0), changes: changes(&ops)? };
+        let req = pb::ChangeSet {
+            session: format!("demo-meeting-{m}"),
+            idempotency_key: format!("demo-create-{m}"),
+            expected_revision: Some(0),
+            changes: changes(&ops)?,
+        };
         let r = grpc.apply(req).map_err(|e| anyhow::anyhow!("Routes.Apply for meeting {m}: {:?}: {}", e.code(), e.message()))?;
         let ports: HashMap<&str, u16> = r.ports.iter().map(|a| (a.leg.as_str(), a.local_port as u16)).collect();
         for q in &mut p {
@@ -600,7 +603,15 @@ fn run_with(o: &Options, stop: &Arc<AtomicBool>, dir: &Path, kids: &mut Children
     println!("  received and verified by participants {}   failed to verify {}   sequence gaps {}", summary.received, summary.verify_failures, summary.gaps);
     println!("  dataplane CPU {:.2} s ({:.1}% of one core, {} workers)", cpu - cpu0, 100.0 * (cpu - cpu0) / elapsed, o.workers);
     if let Some(s) = st {
-        println!("  node: {} sessions, {} legs, {} tracks, {} subscriptions, {} of {} ports free", s.sessions, s.legs, s.tracks, s.subscriptions, s.ports_free, s.port_range_end - s.port_range_start + 1);
+        println!(
+            "  node: {} sessions, {} legs, {} tracks, {} subscriptions, {} of {} ports free",
+            s.sessions,
+            s.legs,
+            s.tracks,
+            s.subscriptions,
+            s.ports_free,
+            s.port_range_end - s.port_range_start + 1
+        );
     }
     Ok(summary)
 }
@@ -637,7 +648,15 @@ pub struct ProgramSpeed {
 /// publishes audio every `interval`; subscription (1 ← 0's audio) is paused and resumed
 /// `samples` times, timing Apply-return → first packet; then changes/s, single and batched.
 /// `background`: (meetings, participants each) programmed before measuring.
-pub fn program_speed(o: &Options, stop: &Arc<AtomicBool>, samples: usize, changes_n: usize, batch: usize, background: (u32, u32), clients: usize) -> anyhow::Result<ProgramSpeed> {
+pub fn program_speed(
+    o: &Options,
+    stop: &Arc<AtomicBool>,
+    samples: usize,
+    changes_n: usize,
+    batch: usize,
+    background: (u32, u32),
+    clients: usize,
+) -> anyhow::Result<ProgramSpeed> {
     let dir = std::env::temp_dir().join(format!("sluice-program-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -795,7 +814,9 @@ fn program_speed_with(
                     let mut s = s.clone();
                     s.paused = i % 2 == 0;
                     let change = pb::Change { change: Some(C::Subscription(subscription(&s))) };
-                    routes.apply(pb::ChangeSet { session: session.clone(), idempotency_key: String::new(), expected_revision: None, changes: vec![change] }).await?;
+                    routes
+                        .apply(pb::ChangeSet { session: session.clone(), idempotency_key: String::new(), expected_revision: None, changes: vec![change] })
+                        .await?;
                 }
                 Ok::<_, tonic::Status>(())
             })

@@ -320,11 +320,8 @@ fn capacity(a: CapacityArgs) -> anyhow::Result<()> {
     if a.workers == 0 || a.workers as usize > cpus.max(1) * 4 {
         bail!("--workers must be 1..={} (got {})", cpus * 4, a.workers);
     }
-    let dataplane_cores = if a.dataplane_cores.is_empty() {
-        (0..a.workers as usize).map(|i| (cpus - 1 - i % cpus) % cpus).collect()
-    } else {
-        a.dataplane_cores.clone()
-    };
+    let dataplane_cores =
+        if a.dataplane_cores.is_empty() { (0..a.workers as usize).map(|i| (cpus - 1 - i % cpus) % cpus).collect() } else { a.dataplane_cores.clone() };
     if dataplane_cores.len() != a.workers as usize {
         bail!("--dataplane-cores names {} cores for {} workers", dataplane_cores.len(), a.workers);
     }
@@ -543,7 +540,10 @@ fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     let video_every = Duration::from_nanos(1_000_000_000 / meeting::FPS);
     let (mut next_audio, mut next_video, mut next_report) = (Duration::ZERO, Duration::ZERO, Duration::from_secs(1));
     let (mut audio_tick, end) = (0u64, Duration::from_secs(a.seconds));
-    println!("{:>4}  {:>10}  {:>10}  {:>10}  {:>7}  {:>9}  {:>9}  {:>7}  {:>8}", "t", "in pkt/s", "out pkt/s", "out Mbit/s", "core %", "p50 ns", "p99 ns", "drops", "verify!");
+    println!(
+        "{:>4}  {:>10}  {:>10}  {:>10}  {:>7}  {:>9}  {:>9}  {:>7}  {:>8}",
+        "t", "in pkt/s", "out pkt/s", "out Mbit/s", "core %", "p50 ns", "p99 ns", "drops", "verify!"
+    );
     loop {
         let t = start.elapsed();
         if t >= end {
@@ -596,7 +596,14 @@ fn demo(a: &DemoArgs) -> anyhow::Result<()> {
     let gaps: u64 = people.iter().map(|p| p.gaps).sum();
     println!("\nsummary after {:.1} s", start.elapsed().as_secs_f64());
     println!("  packets in {}   out {}   received and verified by participants {}   failed to verify {}", s.rx_packets, s.tx_packets, received, failures);
-    println!("  core busy {:.2} s ({:.1}% of one core)   per input packet p50 {} ns  p99 {} ns  max {} ns", busy.as_secs_f64(), 100.0 * busy.as_secs_f64() / start.elapsed().as_secs_f64(), hist.value_at_quantile(0.5), hist.value_at_quantile(0.99), hist.max());
+    println!(
+        "  core busy {:.2} s ({:.1}% of one core)   per input packet p50 {} ns  p99 {} ns  max {} ns",
+        busy.as_secs_f64(),
+        100.0 * busy.as_secs_f64() / start.elapsed().as_secs_f64(),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.max()
+    );
     println!("  layer switches {}   keyframe requests {}   sequence gaps seen by subscribers {}", s.layer_switches, s.keyframe_requests, gaps);
     println!("  not forwarded, by reason:");
     for r in DropReason::ALL {

@@ -77,7 +77,8 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             rx: up.clone(),
             tx: down.clone(),
             feedback_ssrc: Ssrc(0xfeed_0000 + id),
-            edge: None, feedback: Default::default()
+            edge: None,
+            feedback: Default::default(),
         }));
         let base = id << 8;
         ops.push(Op::UpsertTrack(TrackSpec {
@@ -95,9 +96,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             publisher: LegId(id),
             kind: MediaKind::Video,
             clock_rate: 90_000,
-            layers: (0..3)
-                .map(|l| LayerSpec { ssrc: Some(Ssrc(base + 0x10 + 2 * l)), rtx_ssrc: Some(Ssrc(base + 0x11 + 2 * l)), rid: None })
-                .collect(),
+            layers: (0..3).map(|l| LayerSpec { ssrc: Some(Ssrc(base + 0x10 + 2 * l)), rtx_ssrc: Some(Ssrc(base + 0x11 + 2 * l)), rid: None }).collect(),
             payload_types: vec![PayloadSpec { pt: Pt(VIDEO_PT), codec: Codec::Vp8, rtx_pt: Some(Pt(RTX_PT)) }],
             rid_ext: None,
             repaired_rid_ext: None,

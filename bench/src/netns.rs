@@ -179,8 +179,22 @@ impl Veth {
         run(
             "ip",
             &[
-                "link", "add", &a, "netns", &ns_a.name, "address", &mac_str(mac_a), "type", "veth", "peer", "name", &b, "netns",
-                &ns_b.name, "address", &mac_str(mac_b),
+                "link",
+                "add",
+                &a,
+                "netns",
+                &ns_a.name,
+                "address",
+                &mac_str(mac_a),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &b,
+                "netns",
+                &ns_b.name,
+                "address",
+                &mac_str(mac_b),
             ],
         );
         for (ns, dev, addrs) in [(ns_a, &a, addrs_a), (ns_b, &b, addrs_b)] {

@@ -336,7 +336,8 @@ impl Signaling {
         let text = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
         if !text.contains("upgrade: websocket") {
             let body = PAGE;
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let resp =
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             stream.write_all(resp.as_bytes()).await?;
             return Ok(());
         }
@@ -346,11 +347,8 @@ impl Signaling {
             let Message::Text(text) = msg? else { continue };
             let v: serde_json::Value = serde_json::from_str(&text)?;
             let Some(j) = v.get("join") else { continue };
-            let (room, name, offer) = (
-                j["room"].as_str().unwrap_or("demo").to_string(),
-                j["name"].as_str().unwrap_or_default().to_string(),
-                j["offer"].as_str().unwrap_or_default(),
-            );
+            let (room, name, offer) =
+                (j["room"].as_str().unwrap_or("demo").to_string(), j["name"].as_str().unwrap_or_default().to_string(), j["offer"].as_str().unwrap_or_default());
             let reply = match self.join(&room, &name, offer).await {
                 Ok(sdp) => {
                     joined = Some((room, name));

@@ -475,7 +475,10 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
     // rewritten one, which this second (idempotent) entry sends again.
     gen_stage.add_relay(BASE_PORT + 1, route.src, &route)?;
 
-    println!("XDP benchmark: veth between netns {} (generator, core {GEN_CORE}) and {} (sluice-dataplane, 1 worker on core {WORKER_CORE}), {seconds} s per figure", t.gen_ns.name, t.dut.name);
+    println!(
+        "XDP benchmark: veth between netns {} (generator, core {GEN_CORE}) and {} (sluice-dataplane, 1 worker on core {WORKER_CORE}), {seconds} s per figure",
+        t.gen_ns.name, t.dut.name
+    );
     println!("load average before: {load_before:?}\n");
     let mut drops = Vec::new();
     for shield in [true, false] {
@@ -502,7 +505,9 @@ pub fn run(seconds: f64, backends: &[String]) -> anyhow::Result<Report> {
     for b in backends {
         fanout.push(fanout_sample(&t, &gen_stage, b, &instance, seconds)?);
     }
-    println!("(b) 1 publisher ({STREAMS} streams) → {FANOUT} subscribers, 1200-byte SRTP (AES-128-GCM): the highest paced rate with at most 0.1% of the copies lost");
+    println!(
+        "(b) 1 publisher ({STREAMS} streams) → {FANOUT} subscribers, 1200-byte SRTP (AES-128-GCM): the highest paced rate with at most 0.1% of the copies lost"
+    );
     println!(
         "{:<7} {:>10} {:>8} {:>10} {:>12} {:>11} {:>10} {:>13} {:>13}",
         "backend", "offered/s", "loss %", "out pkt/s", "delivered/s", "daemon cpu", "cpu0/cpu1", "out/cpu-s", "out/core1-s"

@@ -181,10 +181,7 @@ impl pb::node_server::Node for NodeService {
         .map(Response::new)
     }
 
-    async fn rotate_dtls_certificate(
-        &self,
-        _req: Request<pb::RotateDtlsCertificateRequest>,
-    ) -> Result<Response<pb::RotateDtlsCertificateResponse>, Status> {
+    async fn rotate_dtls_certificate(&self, _req: Request<pb::RotateDtlsCertificateRequest>) -> Result<Response<pb::RotateDtlsCertificateResponse>, Status> {
         run(&self.engine, |e| {
             let fingerprint = e.rotate_certificate().map_err(|err| Status::unavailable(format!("rotating the DTLS certificate: {err}")))?;
             tracing::info!(%fingerprint, "DTLS certificate rotated");

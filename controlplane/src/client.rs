@@ -12,10 +12,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sluice_api::{Request, Response, read_frame, write_frame};
 use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
-use sluice_api::{Request, Response, read_frame, write_frame};
 
 use crate::compile::{Shadow, Tables, differing};
 
@@ -111,9 +111,8 @@ impl Link {
             self.shadow = None;
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let result = write_frame(conn, req).and_then(|()| {
-            read_frame::<_, Response>(conn)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "dataplane closed the control socket"))
-        });
+        let result = write_frame(conn, req)
+            .and_then(|()| read_frame::<_, Response>(conn)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "dataplane closed the control socket")));
         match result {
             Ok(Response::Error(e)) => Err(LinkError::Protocol(e)),
             Ok(r) => Ok(r),

@@ -97,9 +97,7 @@ pub fn diff(installed: &Tables, desired: &Tables) -> Vec<Op> {
     // A track whose publisher leg goes is removed with it.
     let track_goes = |t: &TrackId| !desired.tracks.contains_key(t);
     for (&(subscriber, track), _) in installed.subs.iter().filter(|(k, _)| !desired.subs.contains_key(k)) {
-        let cascaded = leg_goes(&subscriber)
-            || track_goes(&track)
-            || installed.tracks.get(&track).is_some_and(|t| leg_goes(&t.publisher));
+        let cascaded = leg_goes(&subscriber) || track_goes(&track) || installed.tracks.get(&track).is_some_and(|t| leg_goes(&t.publisher));
         if !cascaded {
             ops.push(Op::RemoveSubscription { subscriber, track });
         }
@@ -166,7 +164,10 @@ mod tests {
         let shadow = installed(&d);
         d.apply(&req(
             "m",
-            vec![sub("b", "va", 2000, 1, false), pb::Change { change: Some(C::RemoveSubscription(pb::SubscriptionKey { subscriber_leg: "a".into(), track: "vb".into() })) }],
+            vec![
+                sub("b", "va", 2000, 1, false),
+                pb::Change { change: Some(C::RemoveSubscription(pb::SubscriptionKey { subscriber_leg: "a".into(), track: "vb".into() })) },
+            ],
         ))
         .unwrap();
         let ops = shadow.delta_to(&d.tables()).unwrap().ops;

@@ -334,10 +334,7 @@ impl Engine {
             let _ = self.events.send(pb::Event {
                 session: String::new(),
                 revision: 0,
-                event: Some(pb::event::Event::DataplaneResynced(pb::DataplaneResynced {
-                    generation: synced.generation.0,
-                    differing: differing as u32,
-                })),
+                event: Some(pb::event::Event::DataplaneResynced(pb::DataplaneResynced { generation: synced.generation.0, differing: differing as u32 })),
             });
         }
     }

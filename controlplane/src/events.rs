@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use sluice_api::{Client, KEEPALIVE, Response};
 use sluice_core::forward::Event;
 use sluice_core::ids::{LegId, TrackId};
-use sluice_api::{Client, KEEPALIVE, Response};
 
 use crate::engine::{SharedEngine, lock};
 use crate::pb;

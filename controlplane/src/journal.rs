@@ -237,13 +237,7 @@ impl Journal {
         }
         let (records, pos) = valid_records(&bytes);
         if let Err(why) = check_tail(&bytes, pos, records.last().map_or(0, |r| r.0)) {
-            return Err(JournalError::JournalDamaged {
-                path: jpath,
-                dir: dir.to_path_buf(),
-                offset: pos,
-                size: bytes.len(),
-                why,
-            });
+            return Err(JournalError::JournalDamaged { path: jpath, dir: dir.to_path_buf(), offset: pos, size: bytes.len(), why });
         }
         let mut seq = snap_seq;
         let mut replayed = 0u64;
@@ -273,12 +267,7 @@ impl Journal {
             file.set_len(pos as u64).map_err(io_err("truncate", &jpath))?;
             file.sync_all().map_err(io_err("fsync", &jpath))?;
         }
-        let info = RecoveryInfo {
-            snapshot_seq: snap_seq,
-            replayed,
-            left_out,
-            torn_bytes: torn,
-        };
+        let info = RecoveryInfo { snapshot_seq: snap_seq, replayed, left_out, torn_bytes: torn };
         Ok((Self { _lock: lock, dir: dir.to_path_buf(), file, seq, since_snapshot: records }, desired, info))
     }
 
@@ -287,10 +276,7 @@ impl Journal {
     /// choice to lose the records from the damage on. Takes the directory's lock, so it never
     /// runs beside a control plane. An undamaged journal is left alone.
     pub fn repair(dir: &Path) -> Result<Repaired, JournalError> {
-        let _lock = InstanceLock::acquire(
-            &dir.join("lock"),
-            &format!("state directory {}", dir.display()),
-        )?;
+        let _lock = InstanceLock::acquire(&dir.join("lock"), &format!("state directory {}", dir.display()))?;
         let jpath = dir.join("journal.bin");
         let bytes = match std::fs::read(&jpath) {
             Ok(b) => b,
@@ -299,39 +285,16 @@ impl Journal {
         };
         let (records, pos) = valid_records(&bytes);
         if pos == bytes.len() {
-            return Ok(Repaired {
-                kept: records.len(),
-                cut_bytes: 0,
-                copy: None,
-            });
+            return Ok(Repaired { kept: records.len(), cut_bytes: 0, copy: None });
         }
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let copy = dir.join(format!("journal.bin.damaged-{secs}"));
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&copy)
-            .map_err(io_err("create", &copy))?;
-        out.write_all(&bytes)
-            .and_then(|()| out.sync_all())
-            .map_err(io_err("write", &copy))?;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&jpath)
-            .map_err(io_err("open", &jpath))?;
-        file.set_len(pos as u64)
-            .and_then(|()| file.sync_all())
-            .map_err(io_err("truncate", &jpath))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync", dir))?;
-        Ok(Repaired {
-            kept: records.len(),
-            cut_bytes: bytes.len() - pos,
-            copy: Some(copy),
-        })
+        let mut out = OpenOptions::new().write(true).create_new(true).open(&copy).map_err(io_err("create", &copy))?;
+        out.write_all(&bytes).and_then(|()| out.sync_all()).map_err(io_err("write", &copy))?;
+        let file = OpenOptions::new().write(true).open(&jpath).map_err(io_err("open", &jpath))?;
+        file.set_len(pos as u64).and_then(|()| file.sync_all()).map_err(io_err("truncate", &jpath))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
+        Ok(Repaired { kept: records.len(), cut_bytes: bytes.len() - pos, copy: Some(copy) })
     }
 
     /// Appends a record and fsyncs it: once this returns, the record survives a crash. The
@@ -383,16 +346,10 @@ impl Journal {
         let tmp = self.dir.join("state.json.tmp");
         let body = serde_json::to_vec(&Snapshot { last_seq: self.seq, desired: desired.clone() })
             .map_err(|source| JournalError::Snapshot { path: snap.clone(), source })?;
-        let header = format!(
-            "{SNAPSHOT_MAGIC}{SNAPSHOT_VERSION} fnv64={:016x} len={}\n",
-            fingerprint(&body),
-            body.len()
-        );
+        let header = format!("{SNAPSHOT_MAGIC}{SNAPSHOT_VERSION} fnv64={:016x} len={}\n", fingerprint(&body), body.len());
         let written = (|| {
             let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-            f.write_all(header.as_bytes())
-                .and_then(|()| f.write_all(&body))
-                .map_err(io_err("write", &tmp))?;
+            f.write_all(header.as_bytes()).and_then(|()| f.write_all(&body)).map_err(io_err("write", &tmp))?;
             f.sync_all().map_err(io_err("fsync", &tmp))?;
             std::fs::rename(&tmp, &snap).map_err(io_err("rename", &snap))
         })();
@@ -443,63 +400,36 @@ const SNAPSHOT_VERSION: u32 = 1;
 /// Checks and parses `state.json`. A snapshot from before checksums (a bare JSON object) still
 /// loads, with a warning; the next compaction writes it with one.
 fn read_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, JournalError> {
-    let damaged = |why: String| JournalError::SnapshotDamaged {
-        path: path.to_path_buf(),
-        why,
-    };
+    let damaged = |why: String| JournalError::SnapshotDamaged { path: path.to_path_buf(), why };
     let body = if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_bytes()) {
-        let nl = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| damaged("its header line has no end".into()))?;
-        let header = std::str::from_utf8(&rest[..nl])
-            .map_err(|_| damaged("its header is not text".into()))?;
+        let nl = rest.iter().position(|&b| b == b'\n').ok_or_else(|| damaged("its header line has no end".into()))?;
+        let header = std::str::from_utf8(&rest[..nl]).map_err(|_| damaged("its header is not text".into()))?;
         let body = &rest[nl + 1..];
         let mut words = header.split(' ');
         let version = words.next().and_then(|v| v.parse::<u32>().ok());
         if version != Some(SNAPSHOT_VERSION) {
-            return Err(damaged(format!(
-                "header {header:?} is not version {SNAPSHOT_VERSION}"
-            )));
+            return Err(damaged(format!("header {header:?} is not version {SNAPSHOT_VERSION}")));
         }
-        let sum = words
-            .next()
-            .and_then(|w| w.strip_prefix("fnv64="))
-            .and_then(|h| u64::from_str_radix(h, 16).ok());
-        let len = words
-            .next()
-            .and_then(|w| w.strip_prefix("len="))
-            .and_then(|l| l.parse::<usize>().ok());
+        let sum = words.next().and_then(|w| w.strip_prefix("fnv64=")).and_then(|h| u64::from_str_radix(h, 16).ok());
+        let len = words.next().and_then(|w| w.strip_prefix("len=")).and_then(|l| l.parse::<usize>().ok());
         let (Some(sum), Some(len), None) = (sum, len, words.next()) else {
-            return Err(damaged(format!(
-                "header {header:?} is not \"{SNAPSHOT_VERSION} fnv64=<hex> len=<bytes>\""
-            )));
+            return Err(damaged(format!("header {header:?} is not \"{SNAPSHOT_VERSION} fnv64=<hex> len=<bytes>\"")));
         };
         if body.len() != len {
-            return Err(damaged(format!(
-                "its body is {} bytes, the header says {len}",
-                body.len()
-            )));
+            return Err(damaged(format!("its body is {} bytes, the header says {len}", body.len())));
         }
         let actual = fingerprint(body);
         if actual != sum {
-            return Err(damaged(format!(
-                "its checksum is {actual:016x}, the header says {sum:016x}"
-            )));
+            return Err(damaged(format!("its checksum is {actual:016x}, the header says {sum:016x}")));
         }
         body
     } else if bytes.first() == Some(&b'{') {
         tracing::warn!(path = %path.display(), "snapshot written without a checksum (an older build); it gets one at the next compaction");
         bytes
     } else {
-        return Err(damaged(format!(
-            "it does not start with {SNAPSHOT_MAGIC:?}"
-        )));
+        return Err(damaged(format!("it does not start with {SNAPSHOT_MAGIC:?}")));
     };
-    serde_json::from_slice(body).map_err(|source| JournalError::Snapshot {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_slice(body).map_err(|source| JournalError::Snapshot { path: path.to_path_buf(), source })
 }
 
 /// The journal's valid records from its start, and where they end.
@@ -522,9 +452,7 @@ fn check_tail(bytes: &[u8], pos: usize, last_seq: u64) -> Result<(), String> {
         return Ok(());
     }
     if let Some(next) = (pos + 1..bytes.len()).find(|&q| plausible_record_at(bytes, q, last_seq)) {
-        return Err(format!(
-            "the record there fails its checksum or does not decode, and a valid record follows at byte {next}"
-        ));
+        return Err(format!("the record there fails its checksum or does not decode, and a valid record follows at byte {next}"));
     }
     if tail.len() < 12 || tail.iter().all(|&b| b == 0) {
         return Ok(());
@@ -533,9 +461,7 @@ fn check_tail(bytes: &[u8], pos: usize, last_seq: u64) -> Result<(), String> {
     if 12 + len > tail.len() {
         return Ok(());
     }
-    Err(format!(
-        "the last record ({len} bytes of payload, complete) fails its checksum or does not decode"
-    ))
+    Err(format!("the last record ({len} bytes of payload, complete) fails its checksum or does not decode"))
 }
 
 /// Whether a record that follows one with `last_seq` starts at `q` (its sequence number in range
@@ -556,9 +482,7 @@ fn plausible_record_at(bytes: &[u8], q: usize, last_seq: u64) -> bool {
     let seq = u64::from_be_bytes(seq);
     let mut sum = [0u8; 8];
     sum.copy_from_slice(&head[4..12]);
-    seq > last_seq
-        && seq <= last_seq.saturating_add(bytes.len() as u64)
-        && fingerprint(payload) == u64::from_be_bytes(sum)
+    seq > last_seq && seq <= last_seq.saturating_add(bytes.len() as u64) && fingerprint(payload) == u64::from_be_bytes(sum)
 }
 
 fn read_record(bytes: &[u8], pos: usize) -> Option<(u64, Record, usize)> {
@@ -617,21 +541,13 @@ mod tests {
     fn three_records(d: &Path) -> (Desired, Vec<u8>, Vec<usize>) {
         let (mut j, mut desired, _) = Journal::open(d, PORTS).unwrap();
         let mut starts = Vec::new();
-        for r in [
-            Record::Apply(pair("m")),
-            Record::Apply(req("m", vec![sub("a", "vb", 1000, 1, true)])),
-            Record::Drain(true),
-        ] {
+        for r in [Record::Apply(pair("m")), Record::Apply(req("m", vec![sub("a", "vb", 1000, 1, true)])), Record::Drain(true)] {
             starts.push(std::fs::metadata(d.join("journal.bin")).map_or(0, |m| m.len() as usize));
             r.replay(&mut desired).unwrap();
             j.append(&r).unwrap();
         }
         drop(j);
-        (
-            desired,
-            std::fs::read(d.join("journal.bin")).unwrap(),
-            starts,
-        )
+        (desired, std::fs::read(d.join("journal.bin")).unwrap(), starts)
     }
 
     #[test]
@@ -642,46 +558,25 @@ mod tests {
         let at = starts[1] + 12 + 20;
         bytes[at] ^= 0x01;
         std::fs::write(d.join("journal.bin"), &bytes).unwrap();
-        let e = Journal::open(&d, PORTS)
-            .expect_err("a damaged journal must not load")
-            .to_string();
-        assert!(
-            e.contains("damaged") && e.contains(&format!("byte {}", starts[1])),
-            "{e}"
-        );
-        assert!(
-            e.contains("--repair-journal"),
-            "the message says how to recover: {e}"
-        );
-        assert_eq!(
-            std::fs::read(d.join("journal.bin")).unwrap(),
-            bytes,
-            "nothing was cut"
-        );
+        let e = Journal::open(&d, PORTS).expect_err("a damaged journal must not load").to_string();
+        assert!(e.contains("damaged") && e.contains(&format!("byte {}", starts[1])), "{e}");
+        assert!(e.contains("--repair-journal"), "the message says how to recover: {e}");
+        assert_eq!(std::fs::read(d.join("journal.bin")).unwrap(), bytes, "nothing was cut");
         // The operator's repair keeps a copy and cuts at the damage; then the start succeeds with
         // the records before it.
         let r = Journal::repair(&d).unwrap();
         assert_eq!((r.kept, r.cut_bytes), (1, bytes.len() - starts[1]));
-        assert_eq!(
-            std::fs::read(r.copy.as_ref().unwrap()).unwrap(),
-            bytes,
-            "the copy is the damaged journal"
-        );
+        assert_eq!(std::fs::read(r.copy.as_ref().unwrap()).unwrap(), bytes, "the copy is the damaged journal");
         let mut first = Desired::new(PORTS);
         Record::Apply(pair("m")).replay(&mut first).unwrap();
         let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
-        assert_eq!(
-            (recovered.tables(), info.replayed, info.torn_bytes),
-            (first.tables(), 1, 0)
-        );
+        assert_eq!((recovered.tables(), info.replayed, info.torn_bytes), (first.tables(), 1, 0));
         // A flipped length field in the middle is damage too, not a torn tail.
         let d2 = dir("fliplen");
         let (_, mut bytes, starts) = three_records(&d2);
         bytes[starts[1] + 1] ^= 0x40;
         std::fs::write(d2.join("journal.bin"), &bytes).unwrap();
-        let e = Journal::open(&d2, PORTS)
-            .expect_err("a damaged length must not load")
-            .to_string();
+        let e = Journal::open(&d2, PORTS).expect_err("a damaged length must not load").to_string();
         assert!(e.contains("damaged"), "{e}");
         // The last record, complete but altered, is damage (only an unfinished one is torn).
         let d3 = dir("fliplast");
@@ -689,9 +584,7 @@ mod tests {
         let n = bytes.len();
         bytes[n - 1] ^= 0x01;
         std::fs::write(d3.join("journal.bin"), &bytes).unwrap();
-        let e = Journal::open(&d3, PORTS)
-            .expect_err("an altered final record must not load")
-            .to_string();
+        let e = Journal::open(&d3, PORTS).expect_err("an altered final record must not load").to_string();
         assert!(e.contains("damaged"), "{e}");
         for d in [d, d2, d3] {
             let _ = std::fs::remove_dir_all(&d);
@@ -703,30 +596,16 @@ mod tests {
         let d = dir("unfinished");
         let (desired, bytes, _) = three_records(&d);
         // A header and part of a payload (the length runs past the end), or zeros.
-        for tail in [
-            [0, 0, 0, 40, 9, 9, 9, 9, 9, 9, 9, 9, 1, 2, 3].as_slice(),
-            &[0; 4096],
-        ] {
+        for tail in [[0, 0, 0, 40, 9, 9, 9, 9, 9, 9, 9, 9, 1, 2, 3].as_slice(), &[0; 4096]] {
             let mut torn = bytes.clone();
             torn.extend_from_slice(tail);
             std::fs::write(d.join("journal.bin"), &torn).unwrap();
             let (j, recovered, info) = Journal::open(&d, PORTS).unwrap();
             drop(j);
             assert_eq!((recovered, info.torn_bytes), (desired.clone(), tail.len()));
-            assert_eq!(
-                std::fs::read(d.join("journal.bin")).unwrap(),
-                bytes,
-                "the torn append is cut"
-            );
+            assert_eq!(std::fs::read(d.join("journal.bin")).unwrap(), bytes, "the torn append is cut");
         }
-        assert_eq!(
-            Journal::repair(&d).unwrap(),
-            Repaired {
-                kept: 3,
-                cut_bytes: 0,
-                copy: None
-            }
-        );
+        assert_eq!(Journal::repair(&d).unwrap(), Repaired { kept: 3, cut_bytes: 0, copy: None });
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -750,10 +629,7 @@ mod tests {
         j.append(&good[1]).unwrap();
         drop(j);
         let (j, recovered, info) = Journal::open(&d, PORTS).expect("the node starts");
-        assert_eq!(
-            recovered, expected,
-            "the refused change is left out, the rest is replayed"
-        );
+        assert_eq!(recovered, expected, "the refused change is left out, the rest is replayed");
         assert_eq!((info.replayed, info.left_out), (2, 1));
         for s in recovered.tables().subs.values() {
             s.validate().unwrap();
@@ -771,18 +647,8 @@ mod tests {
         j.append(&r).unwrap();
         let expected = desired.clone();
         // An older build's state: a subscription with 9 payload-type mappings.
-        let sub = desired
-            .sessions
-            .get_mut("m")
-            .unwrap()
-            .subs
-            .get_mut("a")
-            .unwrap()
-            .get_mut("vb")
-            .unwrap();
-        sub.pt_map = (96..105)
-            .map(|p| (sluice_core::ids::Pt(p), sluice_core::ids::Pt(p)))
-            .collect();
+        let sub = desired.sessions.get_mut("m").unwrap().subs.get_mut("a").unwrap().get_mut("vb").unwrap();
+        sub.pt_map = (96..105).map(|p| (sluice_core::ids::Pt(p), sluice_core::ids::Pt(p))).collect();
         j.compact(&desired).unwrap();
         drop(j);
         let (_, recovered, info) = Journal::open(&d, PORTS).expect("the node starts");
@@ -804,20 +670,11 @@ mod tests {
         let path = d.join("state.json");
         let mut snap = std::fs::read(&path).unwrap();
         // A leg's port 30000 becomes 40000: still a valid snapshot to a parser.
-        let at = snap
-            .windows(15)
-            .position(|w| w == b"\"local_port\":30")
-            .expect("a local_port")
-            + 13;
+        let at = snap.windows(15).position(|w| w == b"\"local_port\":30").expect("a local_port") + 13;
         snap[at] = b'4';
         std::fs::write(&path, &snap).unwrap();
-        let e = Journal::open(&d, PORTS)
-            .expect_err("an altered snapshot must not load")
-            .to_string();
-        assert!(
-            e.contains("snapshot") && e.contains("damaged") && e.contains("backup"),
-            "{e}"
-        );
+        let e = Journal::open(&d, PORTS).expect_err("an altered snapshot must not load").to_string();
+        assert!(e.contains("snapshot") && e.contains("damaged") && e.contains("backup"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), snap, "nothing was changed");
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -832,10 +689,7 @@ mod tests {
         // The rename onto state.json fails: it is a directory that is not empty.
         std::fs::create_dir_all(d.join("state.json").join("x")).unwrap();
         assert!(j.compact(&desired).is_err());
-        assert!(
-            !d.join("state.json.tmp").exists(),
-            "the temporary snapshot is removed"
-        );
+        assert!(!d.join("state.json.tmp").exists(), "the temporary snapshot is removed");
         // The journal still holds the record.
         drop(j);
         std::fs::remove_dir_all(d.join("state.json")).unwrap();
@@ -848,14 +702,7 @@ mod tests {
         let d = dir("locked");
         let (j, _, _) = Journal::open(&d, PORTS).unwrap();
         let e = Journal::open(&d, PORTS).unwrap_err().to_string();
-        assert!(
-            e.contains(&format!(
-                "state directory {} is in use by another instance, PID {}",
-                d.display(),
-                std::process::id()
-            )),
-            "{e}"
-        );
+        assert!(e.contains(&format!("state directory {} is in use by another instance, PID {}", d.display(), std::process::id())), "{e}");
         drop(j);
         Journal::open(&d, PORTS).unwrap();
         let _ = std::fs::remove_dir_all(&d);

@@ -68,7 +68,14 @@ impl Lb {
     /// The load-balancer link; `url` is only parsed here, Redis need not be up.
     pub fn new(url: &str, node_id: &str, interval: Duration) -> Result<Arc<Self>, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        Ok(Arc::new(Self { client, node_id: node_id.to_owned(), interval, conn: Mutex::new(Conn::default()), drain: AtomicBool::new(false), stopped: AtomicBool::new(false) }))
+        Ok(Arc::new(Self {
+            client,
+            node_id: node_id.to_owned(),
+            interval,
+            conn: Mutex::new(Conn::default()),
+            drain: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        }))
     }
 
     /// This node's id.

@@ -8,9 +8,9 @@ use clap::Parser;
 use sluice_controlplane::api::{NodeService, RoutesService};
 use sluice_controlplane::client::Link;
 use sluice_controlplane::config::{Config, Transport};
-use sluice_controlplane::lb::Lb;
 use sluice_controlplane::engine::{Engine, SharedEngine, lock};
 use sluice_controlplane::journal::Journal;
+use sluice_controlplane::lb::Lb;
 use sluice_controlplane::pb;
 
 /// Sluice control plane: the Routes and Node gRPC APIs, desired state with a journal, and the
@@ -86,19 +86,10 @@ fn main() -> anyhow::Result<()> {
         config.port_range = r;
     }
     if args.repair_journal {
-        let r = Journal::repair(&config.state_dir)
-            .with_context(|| format!("repairing the journal in {}", config.state_dir.display()))?;
+        let r = Journal::repair(&config.state_dir).with_context(|| format!("repairing the journal in {}", config.state_dir.display()))?;
         match r.copy {
-            Some(copy) => println!(
-                "kept {} record(s), cut {} byte(s); the journal as it was is in {}",
-                r.kept,
-                r.cut_bytes,
-                copy.display()
-            ),
-            None => println!(
-                "the journal's {} record(s) are intact: nothing to repair",
-                r.kept
-            ),
+            Some(copy) => println!("kept {} record(s), cut {} byte(s); the journal as it was is in {}", r.kept, r.cut_bytes, copy.display()),
+            None => println!("the journal's {} record(s) are intact: nothing to repair", r.kept),
         }
         return Ok(());
     }

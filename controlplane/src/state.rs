@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
-    FeedbackSpec,
-    Codec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SpecError,
-    SubscriptionSpec, TrackSpec,
+    Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SpecError, SubscriptionSpec, TrackSpec,
 };
 
 use crate::compile::Tables;
@@ -229,24 +227,14 @@ impl Desired {
     pub fn drop_unservable(&mut self) -> Vec<String> {
         let mut dropped = Vec::new();
         for (name, session) in &mut self.sessions {
-            let legs: Vec<String> = session
-                .legs
-                .iter()
-                .filter(|(_, l)| l.validate().is_err())
-                .map(|(n, _)| n.clone())
-                .collect();
+            let legs: Vec<String> = session.legs.iter().filter(|(_, l)| l.validate().is_err()).map(|(n, _)| n.clone()).collect();
             for l in legs {
                 if let Some(Err(e)) = session.legs.get(&l).map(LegSpec::validate) {
                     dropped.push(format!("session {name:?}: leg {l:?}: {e}"));
                 }
                 session.remove_leg(&l);
             }
-            let tracks: Vec<String> = session
-                .tracks
-                .iter()
-                .filter(|(_, t)| t.spec.validate().is_err())
-                .map(|(n, _)| n.clone())
-                .collect();
+            let tracks: Vec<String> = session.tracks.iter().filter(|(_, t)| t.spec.validate().is_err()).map(|(n, _)| n.clone()).collect();
             for t in tracks {
                 if let Some(Err(e)) = session.tracks.get(&t).map(|t| t.spec.validate()) {
                     dropped.push(format!("session {name:?}: track {t:?}: {e}"));
@@ -257,9 +245,7 @@ impl Desired {
                 subs.retain(|track, s| match s.validate() {
                     Ok(()) => true,
                     Err(e) => {
-                        dropped.push(format!(
-                            "session {name:?}: subscription of leg {leg:?} to track {track:?}: {e}"
-                        ));
+                        dropped.push(format!("session {name:?}: subscription of leg {leg:?} to track {track:?}: {e}"));
                         false
                     }
                 });
@@ -308,11 +294,7 @@ impl Desired {
         if let Some(expected) = req.expected_revision
             && expected != current
         {
-            return Err(err(
-                ErrorKind::Aborted,
-                "expected_revision",
-                format!("session {:?} is at revision {current}, not {expected}", req.session),
-            ));
+            return Err(err(ErrorKind::Aborted, "expected_revision", format!("session {:?} is at revision {current}, not {expected}", req.session)));
         }
         if req.changes.is_empty() {
             return Err(invalid("changes", "a change set needs at least one change"));
@@ -324,12 +306,7 @@ impl Desired {
             next_track: self.next_track,
             next_port: self.next_port,
             range: self.ports,
-            used_elsewhere: self
-                .sessions
-                .iter()
-                .filter(|(n, _)| *n != &req.session)
-                .flat_map(|(_, s)| s.legs.values().map(|l| l.local_port))
-                .collect(),
+            used_elsewhere: self.sessions.iter().filter(|(n, _)| *n != &req.session).flat_map(|(_, s)| s.legs.values().map(|l| l.local_port)).collect(),
             ports: Vec::new(),
             events: Vec::new(),
             ice_secret: &self.ice_secret,
@@ -464,10 +441,7 @@ impl Desired {
                     rx: l.edge.is_none().then(|| key(&l.rx)),
                     tx: l.edge.is_none().then(|| key(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,
-                    feedback: Some(pb::UplinkFeedback {
-                        transport_cc_ext: l.feedback.twcc_ext.map(u32::from),
-                        remb: l.feedback.remb,
-                    }),
+                    feedback: Some(pb::UplinkFeedback { transport_cc_ext: l.feedback.twcc_ext.map(u32::from), remb: l.feedback.remb }),
                     webrtc: l.edge.as_ref().map(|e| pb::WebRtc {
                         remote_ice_ufrag: e.remote.ufrag.clone(),
                         remote_ice_pwd: String::new(),
@@ -610,11 +584,7 @@ impl Stage<'_> {
                 return Ok(p);
             }
         }
-        Err(err(
-            ErrorKind::ResourceExhausted,
-            field,
-            format!("no free local port: all {n} ports of {}-{} are in use", self.range.start, self.range.end),
-        ))
+        Err(err(ErrorKind::ResourceExhausted, field, format!("no free local port: all {n} ports of {}-{} are in use", self.range.start, self.range.end)))
     }
 
     fn leg(&mut self, f: &str, l: &pb::Leg) -> Result<(), StateError> {
@@ -682,7 +652,10 @@ impl Stage<'_> {
         if let Some(old) = old
             && old.publisher != t.publisher_leg
         {
-            return Err(invalid(format!("{f}.publisher_leg"), format!("track {:?} belongs to leg {:?}; a track cannot move to another leg", t.id, old.publisher)));
+            return Err(invalid(
+                format!("{f}.publisher_leg"),
+                format!("track {:?} belongs to leg {:?}; a track cannot move to another leg", t.id, old.publisher),
+            ));
         }
         let kind = match pb::MediaKind::try_from(t.kind) {
             Ok(pb::MediaKind::Audio) => MediaKind::Audio,
@@ -776,7 +749,10 @@ impl Stage<'_> {
             return Err(self.no_track(&format!("{f}.track"), &s.track));
         };
         if track.publisher == s.subscriber_leg {
-            return Err(invalid(format!("{f}.subscriber_leg"), format!("leg {:?} publishes track {:?}; a leg cannot subscribe to its own track", s.subscriber_leg, s.track)));
+            return Err(invalid(
+                format!("{f}.subscriber_leg"),
+                format!("leg {:?} publishes track {:?}; a leg cannot subscribe to its own track", s.subscriber_leg, s.track),
+            ));
         }
         let layers = track.spec.layers.len();
         if s.target_layer as usize >= layers {
@@ -976,10 +952,16 @@ fn key_material(field: &str, k: Option<&pb::KeyMaterial>) -> Result<KeyMaterial,
     let k = k.ok_or_else(|| invalid(field, "required"))?;
     let profile = profile_from_pb(k.profile).ok_or_else(|| invalid(format!("{field}.profile"), "must name an SRTP profile"))?;
     if k.key.len() != profile.key_len() {
-        return Err(invalid(format!("{field}.key"), format!("{:?} needs a {}-byte master key, got {}", profile_to_pb(profile).as_str_name(), profile.key_len(), k.key.len())));
+        return Err(invalid(
+            format!("{field}.key"),
+            format!("{:?} needs a {}-byte master key, got {}", profile_to_pb(profile).as_str_name(), profile.key_len(), k.key.len()),
+        ));
     }
     if k.salt.len() != profile.salt_len() {
-        return Err(invalid(format!("{field}.salt"), format!("{:?} needs a {}-byte master salt, got {}", profile_to_pb(profile).as_str_name(), profile.salt_len(), k.salt.len())));
+        return Err(invalid(
+            format!("{field}.salt"),
+            format!("{:?} needs a {}-byte master salt, got {}", profile_to_pb(profile).as_str_name(), profile.salt_len(), k.salt.len()),
+        ));
     }
     Ok(KeyMaterial { profile, key: k.key.clone(), salt: k.salt.clone() })
 }
@@ -1046,10 +1028,7 @@ pub(crate) mod fixtures {
 
     /// Two legs, a video track each, each subscribed to the other's.
     pub fn pair(session: &str) -> pb::ChangeSet {
-        req(
-            session,
-            vec![leg("a"), leg("b"), video("va", "a", 100), video("vb", "b", 200), sub("a", "vb", 1000, 2, false), sub("b", "va", 2000, 0, false)],
-        )
+        req(session, vec![leg("a"), leg("b"), video("va", "a", 100), video("vb", "b", 200), sub("a", "vb", 1000, 2, false), sub("b", "va", 2000, 0, false)])
     }
 }
 
@@ -1127,39 +1106,15 @@ mod tests {
             }
             req("m", vec![c])
         };
-        let nine = |s: &mut pb::Subscription| {
-            s.pt_map = (96..105)
-                .map(|pt| pb::IdMapping { from: pt, to: pt })
-                .collect()
-        };
+        let nine = |s: &mut pb::Subscription| s.pt_map = (96..105).map(|pt| pb::IdMapping { from: pt, to: pt }).collect();
         for (r, field, why) in [
-            (
-                with(|s| s.pt_map.clear()),
-                "changes[0].subscription.pt_map",
-                "need 1 to 8 payload-type mappings",
-            ),
-            (
-                with(nine),
-                "changes[0].subscription.pt_map",
-                "need 1 to 8 payload-type mappings",
-            ),
-            (
-                with(|s| s.ext_map = vec![pb::IdMapping { from: 15, to: 1 }]),
-                "changes[0].subscription.ext_map",
-                "extension ids are 1..=14",
-            ),
-            (
-                with(|s| s.ext_map = vec![pb::IdMapping { from: 1, to: 255 }]),
-                "changes[0].subscription.ext_map",
-                "extension ids are 1..=14",
-            ),
+            (with(|s| s.pt_map.clear()), "changes[0].subscription.pt_map", "need 1 to 8 payload-type mappings"),
+            (with(nine), "changes[0].subscription.pt_map", "need 1 to 8 payload-type mappings"),
+            (with(|s| s.ext_map = vec![pb::IdMapping { from: 15, to: 1 }]), "changes[0].subscription.ext_map", "extension ids are 1..=14"),
+            (with(|s| s.ext_map = vec![pb::IdMapping { from: 1, to: 255 }]), "changes[0].subscription.ext_map", "extension ids are 1..=14"),
         ] {
             let e = refuse(&mut d, &r);
-            assert_eq!(
-                (e.kind, e.field.as_str(), e.message.as_str()),
-                (ErrorKind::InvalidArgument, field, why),
-                "{e}"
-            );
+            assert_eq!((e.kind, e.field.as_str(), e.message.as_str()), (ErrorKind::InvalidArgument, field, why), "{e}");
         }
         // Wrong expected revision.
         let mut r = req("m", vec![leg("c")]);

@@ -85,7 +85,14 @@ pub struct XdpConfig {
 
 impl Default for XdpConfig {
     fn default() -> Self {
-        Self { mode: XdpMode::Off, interface: None, instance: "default".into(), relays: Vec::new(), af_xdp_tx: crate::io::XskTx::Auto, af_xdp_rx_frames: crate::io::xsk::XSK_RX_FRAMES }
+        Self {
+            mode: XdpMode::Off,
+            interface: None,
+            instance: "default".into(),
+            relays: Vec::new(),
+            af_xdp_tx: crate::io::XskTx::Auto,
+            af_xdp_rx_frames: crate::io::xsk::XSK_RX_FRAMES,
+        }
     }
 }
 
@@ -166,10 +173,7 @@ impl Default for Config {
 pub fn parse_metrics(value: &str) -> Result<Option<SocketAddr>, String> {
     match value.trim() {
         "" | "off" => Ok(None),
-        v => v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{value:?} is not an ip:port address, \"\" or \"off\"")),
+        v => v.parse().map(Some).map_err(|_| format!("{value:?} is not an ip:port address, \"\" or \"off\"")),
     }
 }
 
@@ -181,11 +185,7 @@ fn metrics_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Sock
 /// The CPUs this process may run on (its affinity mask, as `taskset` or a cgroup's cpuset set
 /// it), in ascending order; empty if the mask cannot be read.
 pub fn allowed_cores() -> Vec<usize> {
-    let mut ids: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+    let mut ids: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     ids.sort_unstable();
     ids
 }
@@ -246,9 +246,7 @@ impl Config {
     /// The cores the workers are pinned to, in worker order: the configured ones, else the
     /// first `workers` of `allowed` (the ids of the cores this process may run on, ascending).
     pub fn worker_cores(&self, allowed: &[usize]) -> Vec<usize> {
-        self.cores
-            .clone()
-            .unwrap_or_else(|| allowed.iter().copied().take(self.workers).collect())
+        self.cores.clone().unwrap_or_else(|| allowed.iter().copied().take(self.workers).collect())
     }
 
     /// Checks every setting against the machine: `allowed` lists the ids of the cores this
@@ -361,18 +359,10 @@ fn core_list(cores: &[usize]) -> String {
         while i + 1 < cores.len() && cores[i + 1] == cores[i] + 1 {
             i += 1;
         }
-        out.push(if cores[i] == start {
-            start.to_string()
-        } else {
-            format!("{start}-{}", cores[i])
-        });
+        out.push(if cores[i] == start { start.to_string() } else { format!("{start}-{}", cores[i]) });
         i += 1;
     }
-    if out.is_empty() {
-        "none".into()
-    } else {
-        out.join(",")
-    }
+    if out.is_empty() { "none".into() } else { out.join(",") }
 }
 
 #[cfg(test)]
@@ -405,16 +395,10 @@ mod tests {
             let mut c = Config::from_toml(s).unwrap();
             c.control_socket = "/tmp/x.sock".into();
             let allowed: Vec<usize> = (0..cores).collect();
-            c.validate(&allowed)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
+            c.validate(&allowed).err().map(|e| e.to_string()).unwrap_or_default()
         };
         assert!(check("[dataplane]\nworkers = 3\n", 2).contains("`workers`"));
-        assert!(
-            check("[dataplane]\nworkers = 1\ncores = [5]\n", 2)
-                .contains("core 5 is not one this process may run on (allowed: 0-1)")
-        );
+        assert!(check("[dataplane]\nworkers = 1\ncores = [5]\n", 2).contains("core 5 is not one this process may run on (allowed: 0-1)"));
         assert!(check("[dataplane]\nworkers = 2\ncores = [1, 1]\n", 2).contains("twice"));
         assert!(check("[dataplane]\nreplay_window = 100\n", 2).contains("`replay_window`"));
         assert!(check("[dataplane]\nport_range = [5000, 4000]\n", 2).contains("`port_range`"));
@@ -436,12 +420,7 @@ mod tests {
         assert!(check(&relay("dst = \"10.0.0.3:6000\"\ndst_mac = \"02:00:00:00:00\"\n"), 2).contains("dst_mac"));
         assert!(parse("[dataplane.xdp]\nmode = \"bypass\"\n").contains("bypass"));
         let c = Config { control_socket: "/nonexistent-dir/x.sock".into(), ..Config::default() };
-        assert!(
-            c.validate(&[0, 1])
-                .unwrap_err()
-                .to_string()
-                .contains("/nonexistent-dir")
-        );
+        assert!(c.validate(&[0, 1]).unwrap_err().to_string().contains("/nonexistent-dir"));
     }
 
     #[test]
@@ -455,26 +434,14 @@ mod tests {
         let c = config("[dataplane]\nworkers = 1\ncores = [1]\n");
         c.validate(&[1]).unwrap();
         assert_eq!(c.worker_cores(&[1]), vec![1]);
-        let e = config("[dataplane]\nworkers = 1\ncores = [0]\n")
-            .validate(&[1])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("`cores`: core 0 is not one this process may run on (allowed: 1)"),
-            "{e}"
-        );
+        let e = config("[dataplane]\nworkers = 1\ncores = [0]\n").validate(&[1]).unwrap_err().to_string();
+        assert!(e.contains("`cores`: core 0 is not one this process may run on (allowed: 1)"), "{e}");
         // Without `cores`, the workers take the first allowed cores, not 0..workers.
         let c = config("[dataplane]\nworkers = 2\n");
         c.validate(&[2, 3, 5]).unwrap();
         assert_eq!(c.worker_cores(&[2, 3, 5]), vec![2, 3]);
-        let e = config("[dataplane]\nworkers = 3\n")
-            .validate(&[4, 6])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("`workers`: 3 workers but this process may run on 2 cores (4,6)"),
-            "{e}"
-        );
+        let e = config("[dataplane]\nworkers = 3\n").validate(&[4, 6]).unwrap_err().to_string();
+        assert!(e.contains("`workers`: 3 workers but this process may run on 2 cores (4,6)"), "{e}");
         assert_eq!(core_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
     }
 
@@ -486,17 +453,8 @@ mod tests {
         }
         let c = Config::from_toml("[dataplane]\nmetrics = \"127.0.0.1:9400\"\n").unwrap();
         assert_eq!(c.metrics, Some(SocketAddr::from(([127, 0, 0, 1], 9400))));
-        assert_eq!(
-            Config::from_toml("").unwrap().metrics,
-            Config::default().metrics,
-            "absent: the default endpoint"
-        );
-        let e = Config::from_toml("[dataplane]\nmetrics = \"localhost\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("metrics") && e.contains("\"localhost\" is not an ip:port address"),
-            "{e}"
-        );
+        assert_eq!(Config::from_toml("").unwrap().metrics, Config::default().metrics, "absent: the default endpoint");
+        let e = Config::from_toml("[dataplane]\nmetrics = \"localhost\"\n").unwrap_err().to_string();
+        assert!(e.contains("metrics") && e.contains("\"localhost\" is not an ip:port address"), "{e}");
     }
 }

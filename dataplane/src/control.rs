@@ -34,20 +34,13 @@ pub use sluice_api::{Client, KEEPALIVE, MAX_FRAME, Request, Response, lock_path,
 /// Takes the socket's instance lock: while it is held no other dataplane serves `socket`, nor
 /// unlinks it as stale. The error names the holder's PID.
 pub fn lock(socket: &Path) -> Result<InstanceLock, LockError> {
-    InstanceLock::acquire(
-        &lock_path(socket),
-        &format!("control socket {}", socket.display()),
-    )
+    InstanceLock::acquire(&lock_path(socket), &format!("control socket {}", socket.display()))
 }
 
 /// Serves the endpoint at `path` (replacing a stale socket file, under the socket's [`lock`]):
 /// one thread per connection, requests passed to `handler` one at a time, subscriptions fed
 /// from `hub`. The socket is 0600, owned by the daemon's uid; only root and that uid are served.
-pub fn serve<H>(
-    path: &Path,
-    hub: Arc<crate::events::EventHub>,
-    handler: H,
-) -> io::Result<JoinHandle<()>>
+pub fn serve<H>(path: &Path, hub: Arc<crate::events::EventHub>, handler: H) -> io::Result<JoinHandle<()>>
 where
     H: FnMut(Request) -> Response + Send + 'static,
 {
@@ -58,25 +51,12 @@ where
 /// [`serve`], with the socket file handed to `owner` (still mode 0600), who is then served too;
 /// `lock` is the socket's [`lock`], taken by the caller and held for as long as the endpoint
 /// runs.
-pub fn serve_with_owner<H>(
-    path: &Path,
-    owner: Option<u32>,
-    lock: InstanceLock,
-    hub: Arc<crate::events::EventHub>,
-    handler: H,
-) -> io::Result<JoinHandle<()>>
+pub fn serve_with_owner<H>(path: &Path, owner: Option<u32>, lock: InstanceLock, hub: Arc<crate::events::EventHub>, handler: H) -> io::Result<JoinHandle<()>>
 where
     H: FnMut(Request) -> Response + Send + 'static,
 {
     if lock.path() != lock_path(path) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} is not the lock of {}",
-                lock.path().display(),
-                path.display()
-            ),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not the lock of {}", lock.path().display(), path.display())));
     }
     // Only a stale socket can be here: its server held the lock we now hold.
     match std::fs::remove_file(path) {
@@ -97,7 +77,11 @@ where
             let allowed = peer.as_ref().is_ok_and(|p| p.uid == 0 || p.uid == own_uid || Some(p.uid) == owner);
             if !allowed {
                 let why = match &peer {
-                    Ok(p) => format!("uid {} may not use this control socket (allowed: root, uid {own_uid}{})", p.uid, owner.map(|o| format!(", uid {o}")).unwrap_or_default()),
+                    Ok(p) => format!(
+                        "uid {} may not use this control socket (allowed: root, uid {own_uid}{})",
+                        p.uid,
+                        owner.map(|o| format!(", uid {o}")).unwrap_or_default()
+                    ),
                     Err(e) => format!("the peer's credentials are unreadable: {e}"),
                 };
                 tracing::warn!(socket = %path.display(), peer_pid = peer.as_ref().map_or(0, |p| p.pid), reason = %why, "control connection refused");
@@ -131,11 +115,7 @@ fn bind_guarded(path: &Path, owner: Option<u32>) -> io::Result<UnixListener> {
     if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "{} is not a Unix socket path (1..{} bytes, no NUL)",
-                path.display(),
-                addr.sun_path.len()
-            ),
+            format!("{} is not a Unix socket path (1..{} bytes, no NUL)", path.display(), addr.sun_path.len()),
         ));
     }
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -149,8 +129,7 @@ fn bind_guarded(path: &Path, owner: Option<u32>) -> io::Result<UnixListener> {
     }
     // SAFETY: `fd` is a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len =
-        (std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1) as libc::socklen_t;
+    let len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1) as libc::socklen_t;
     // SAFETY: `addr` is an initialised sockaddr_un and `len` is within its size.
     if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
         return Err(io::Error::last_os_error());
@@ -182,34 +161,17 @@ struct Peer {
 
 /// `SO_PEERCRED`: who connected (as of its connect(2)).
 fn peer_credentials(conn: &UnixStream) -> io::Result<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt(2) writes at most `len` bytes into `cred`, a live ucred of that size.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
+    let rc = unsafe { libc::getsockopt(conn.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     if len as usize != size_of::<libc::ucred>() {
-        return Err(io::Error::other(format!(
-            "SO_PEERCRED returned {len} bytes"
-        )));
+        return Err(io::Error::other(format!("SO_PEERCRED returned {len} bytes")));
     }
-    Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-    })
+    Ok(Peer { pid: cred.pid, uid: cred.uid })
 }
 
 fn call<H: FnMut(Request) -> Response>(handler: &Mutex<H>, req: Request) -> Response {
@@ -320,9 +282,7 @@ mod tests {
     }
 
     /// A handler that answers the generation and counts the requests it served.
-    fn counting(
-        served: &Arc<std::sync::atomic::AtomicUsize>,
-    ) -> impl FnMut(Request) -> Response + Send + 'static {
+    fn counting(served: &Arc<std::sync::atomic::AtomicUsize>) -> impl FnMut(Request) -> Response + Send + 'static {
         let served = served.clone();
         move |req| {
             served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -349,13 +309,7 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o600, "socket mode {mode:o} under umask 000");
         let mut c = Client::connect(&path).unwrap();
-        assert!(
-            matches!(
-                c.call(&Request::Generation).unwrap(),
-                Response::Generation(Generation(7))
-            ),
-            "the owner (root here) is served"
-        );
+        assert!(matches!(c.call(&Request::Generation).unwrap(), Response::Generation(Generation(7))), "the owner (root here) is served");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -388,17 +342,8 @@ mod tests {
                 if fd < 0 || libc::connect(fd, (&raw const addr).cast(), len) != 0 {
                     libc::_exit(10);
                 }
-                let tv = libc::timeval {
-                    tv_sec: 5,
-                    tv_usec: 0,
-                };
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&raw const tv).cast(),
-                    size_of::<libc::timeval>() as libc::socklen_t,
-                );
+                let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as libc::socklen_t);
                 let _ = libc::write(fd, request.as_ptr().cast(), request.len());
                 // The length and the body may come in separate reads.
                 let mut buf = [0u8; 256];
@@ -409,18 +354,12 @@ mod tests {
                         break;
                     }
                     got += n as usize;
-                    if got >= 4
-                        && got >= 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
-                    {
+                    if got >= 4 && got >= 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize {
                         break;
                     }
                 }
                 let body = if got > 4 { &buf[4..got] } else { &[][..] };
-                libc::_exit(if body.starts_with(b"{\"generation\"") {
-                    11
-                } else {
-                    12
-                });
+                libc::_exit(if body.starts_with(b"{\"generation\"") { 11 } else { 12 });
             }
         }
         let mut status = 0;
@@ -447,11 +386,7 @@ mod tests {
         // A socket opened up by hand (or through a group) still serves only root and the daemon.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert_eq!(exchange_as(65534, &path), 12, "uid 65534 must be refused");
-        assert_eq!(
-            served.load(std::sync::atomic::Ordering::SeqCst),
-            0,
-            "nothing was handled for it"
-        );
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing was handled for it");
         assert_eq!(exchange_as(0, &path), 11, "root is served");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -468,25 +403,11 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.join("dp.sock");
         let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let _t = serve_with_owner(
-            &path,
-            Some(65534),
-            lock(&path).unwrap(),
-            crate::events::EventHub::new(),
-            counting(&served),
-        )
-        .unwrap();
+        let _t = serve_with_owner(&path, Some(65534), lock(&path).unwrap(), crate::events::EventHub::new(), counting(&served)).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(
-            (meta.uid(), meta.permissions().mode() & 0o7777),
-            (65534, 0o600)
-        );
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o7777), (65534, 0o600));
         assert_eq!(exchange_as(65534, &path), 11, "the owner is served");
-        assert_eq!(
-            exchange_as(65533, &path),
-            10,
-            "another uid cannot even connect"
-        );
+        assert_eq!(exchange_as(65533, &path), 10, "another uid cannot even connect");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -499,18 +420,9 @@ mod tests {
         let _t = serve(&path, crate::events::EventHub::new(), counting(&served)).unwrap();
         let e = serve(&path, crate::events::EventHub::new(), counting(&served)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
-        assert!(
-            e.to_string().contains(&format!(
-                "in use by another instance, PID {}",
-                std::process::id()
-            )),
-            "{e}"
-        );
+        assert!(e.to_string().contains(&format!("in use by another instance, PID {}", std::process::id())), "{e}");
         let mut c = Client::connect(&path).unwrap();
-        assert!(matches!(
-            c.call(&Request::Generation).unwrap(),
-            Response::Generation(Generation(7))
-        ));
+        assert!(matches!(c.call(&Request::Generation).unwrap(), Response::Generation(Generation(7))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

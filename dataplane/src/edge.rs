@@ -178,19 +178,21 @@ impl Counters {
     fn named(&self) -> Vec<(String, u64)> {
         let mut v = vec![("stun_answered".to_string(), self.stun_answered)];
         v.extend(StunDrop::ALL.iter().map(|r| (format!("stun_dropped_{}", r.name()), self.stun_dropped[*r as usize])));
-        v.extend([
-            ("dtls_datagrams", self.dtls_datagrams),
-            ("dtls_malformed", self.dtls_malformed),
-            ("dtls_unvalidated_source", self.dtls_unvalidated_source),
-            ("dtls_ignored", self.dtls_ignored),
-            ("handshakes_started", self.handshakes_started),
-            ("handshakes_completed", self.handshakes_completed),
-            ("handshakes_failed", self.handshakes_failed),
-            ("unknown_leg", self.unknown_leg),
-            ("send_errors", self.send_errors),
-            ("not_stun_or_dtls", self.not_stun_or_dtls),
-        ]
-        .map(|(n, v)| (n.to_string(), v)));
+        v.extend(
+            [
+                ("dtls_datagrams", self.dtls_datagrams),
+                ("dtls_malformed", self.dtls_malformed),
+                ("dtls_unvalidated_source", self.dtls_unvalidated_source),
+                ("dtls_ignored", self.dtls_ignored),
+                ("handshakes_started", self.handshakes_started),
+                ("handshakes_completed", self.handshakes_completed),
+                ("handshakes_failed", self.handshakes_failed),
+                ("unknown_leg", self.unknown_leg),
+                ("send_errors", self.send_errors),
+                ("not_stun_or_dtls", self.not_stun_or_dtls),
+            ]
+            .map(|(n, v)| (n.to_string(), v)),
+        );
         v
     }
 }
@@ -342,27 +344,11 @@ pub struct SlowPathHandle {
 }
 
 /// Starts the slow-path thread.
-pub fn spawn(
-    config: EdgeConfig,
-    workers: Workers,
-    registry: Arc<SendRegistry>,
-    events: EventSink,
-    epoch: WallInstant,
-) -> Result<SlowPathHandle, EdgeError> {
+pub fn spawn(config: EdgeConfig, workers: Workers, registry: Arc<SendRegistry>, events: EventSink, epoch: WallInstant) -> Result<SlowPathHandle, EdgeError> {
     let cert = Certificate::generate()?;
     let (tx, rx) = crossbeam_channel::bounded(config.queue.max(1));
     let status = Arc::new(Mutex::new(EdgeStatus { fingerprint: cert.fingerprint.clone(), ..EdgeStatus::default() }));
-    let mut sp = SlowPath {
-        config,
-        cert,
-        legs: HashMap::new(),
-        workers,
-        registry,
-        events,
-        counters: Counters::default(),
-        epoch,
-        status: status.clone(),
-    };
+    let mut sp = SlowPath { config, cert, legs: HashMap::new(), workers, registry, events, counters: Counters::default(), epoch, status: status.clone() };
     let thread = std::thread::Builder::new().name("slow-path".into()).spawn(move || sp.run(rx))?;
     Ok(SlowPathHandle { sender: tx, status, thread })
 }
@@ -625,9 +611,8 @@ impl SlowPath {
         let Some(leg) = self.legs.get_mut(&id) else { return };
         let Dtls::Handshaking { stream, .. } = std::mem::replace(&mut leg.dtls, Dtls::Failed) else { return };
         let ssl = stream.ssl();
-        let matches = parse_fingerprint(&leg.spec.remote_fingerprint).is_some_and(|(md, want)| {
-            ssl.peer_certificate().and_then(|c| c.digest(md).ok()).is_some_and(|got| *got == *want)
-        });
+        let matches = parse_fingerprint(&leg.spec.remote_fingerprint)
+            .is_some_and(|(md, want)| ssl.peer_certificate().and_then(|c| c.digest(md).ok()).is_some_and(|got| *got == *want));
         if !matches {
             self.fail(id, EdgeFailure::FingerprintMismatch);
             return;
@@ -714,7 +699,16 @@ mod tests {
             remote_fingerprint: String::new(),
         };
         let leg = |id, edge: Option<Box<EdgeSpec>>| {
-            Op::UpsertLeg(LegSpec { id: LegId(id), local_port: 1000 + id as u16, remote: None, rx: k.clone(), tx: k.clone(), feedback_ssrc: Ssrc(1), edge, feedback: Default::default() })
+            Op::UpsertLeg(LegSpec {
+                id: LegId(id),
+                local_port: 1000 + id as u16,
+                remote: None,
+                rx: k.clone(),
+                tx: k.clone(),
+                feedback_ssrc: Ssrc(1),
+                edge,
+                feedback: Default::default(),
+            })
         };
         let d = Delta { generation: Generation(1), replace_all: true, ops: vec![leg(1, Some(Box::new(edge.clone()))), leg(2, None), Op::RemoveLeg(LegId(3))] };
         assert_eq!(

@@ -13,9 +13,7 @@ use clap::Parser;
 use sluice_core::forward::CoreConfig;
 use sluice_core::ice::IceConfig;
 use sluice_core::table::TableConfig;
-use sluice_dataplane::config::{
-    BackendChoice, Config, XdpMode, allowed_cores, parse_mac, parse_metrics,
-};
+use sluice_dataplane::config::{BackendChoice, Config, XdpMode, allowed_cores, parse_mac, parse_metrics};
 use sluice_dataplane::control::{self, Request, Response};
 use sluice_dataplane::edge::{self, EdgeConfig, SlowMsg};
 use sluice_dataplane::events::{self, EventHub};
@@ -117,11 +115,7 @@ fn main() -> anyhow::Result<()> {
     run(config, &allowed, lock)
 }
 
-fn run(
-    config: Config,
-    allowed_cores: &[usize],
-    lock: sluice_dataplane::lock::InstanceLock,
-) -> anyhow::Result<()> {
+fn run(config: Config, allowed_cores: &[usize], lock: sluice_dataplane::lock::InstanceLock) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGTERM, libc::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -136,10 +130,8 @@ fn run(
         socket_buffer_bytes: Some(config.socket_buffer_bytes),
         ..IoConfig::default()
     };
-    let core_config = CoreConfig {
-        tables: TableConfig { replay_window: config.replay_window, rtx_cache_packets: config.rtx_cache_packets },
-        ..CoreConfig::default()
-    };
+    let core_config =
+        CoreConfig { tables: TableConfig { replay_window: config.replay_window, rtx_cache_packets: config.rtx_cache_packets }, ..CoreConfig::default() };
     let n = config.workers;
     let channels: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<WorkerMsg>(4096)).collect();
     let senders: Vec<_> = channels.iter().map(|(s, _)| s.clone()).collect();
@@ -147,8 +139,7 @@ fn run(
     let feedback: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<sluice_core::forward::Handoff>(256)).collect();
     let feedback_tx: Vec<_> = feedback.iter().map(|(s, _)| s.clone()).collect();
     let mut feedback_rx: Vec<_> = feedback.into_iter().map(|(_, r)| Some(r)).collect();
-    let snapshots: metrics::Snapshots =
-        Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
+    let snapshots: metrics::Snapshots = Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
     let workers = Workers::new(senders.clone());
     let (events_tx, events_rx) = events::channel();
     // The slow path's events (ICE connected, DTLS connected, failures) join the workers' on the
@@ -168,7 +159,8 @@ fn run(
             let _ = slow_events.try_send(e);
         }),
         epoch,
-    ).context("starting the WebRTC slow path")?;
+    )
+    .context("starting the WebRTC slow path")?;
     let cores = config.worker_cores(allowed_cores);
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let hub = EventHub::new();
@@ -187,7 +179,13 @@ fn run(
                 b
             }
             BackendChoice::Xsk => {
-                let xsk_config = IoConfig { xsk_interface: config.xdp.interface.clone(), xsk_queue: index as u32, xsk_tx: config.xdp.af_xdp_tx, xsk_rx_frames: config.xdp.af_xdp_rx_frames, ..io_config.clone() };
+                let xsk_config = IoConfig {
+                    xsk_interface: config.xdp.interface.clone(),
+                    xsk_queue: index as u32,
+                    xsk_tx: config.xdp.af_xdp_tx,
+                    xsk_rx_frames: config.xdp.af_xdp_rx_frames,
+                    ..io_config.clone()
+                };
                 let b = Backend::new(BackendKind::Xsk, xsk_config, registry.clone())
                     .with_context(|| format!("worker {index}: AF_XDP socket on queue {index} of {:?}", config.xdp.interface))?;
                 if let (Backend::Xsk(x), Some(stage)) = (&b, stage.as_mut()) {

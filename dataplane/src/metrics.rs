@@ -57,12 +57,21 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     counter(&mut s, "sluice_nack_forwarded_total", "NACKed packets asked of the publisher.", &|w| w.core.nack_forwarded);
     counter(&mut s, "sluice_rtcp_reports_sent_total", "Receiver reports (RR + SDES) sent to publishers.", &|w| w.core.rtcp_reports_sent);
     counter(&mut s, "sluice_twcc_feedback_sent_total", "Transport-cc feedback packets sent to publishers.", &|w| w.core.twcc_feedback_sent);
-    counter(&mut s, "sluice_twcc_feedback_used_total", "Transport-cc feedback from subscribers used by their leg's bandwidth estimator.", &|w| w.core.twcc_feedback_used);
-    counter(&mut s, "sluice_twcc_feedback_bad_total", "Transport-cc feedback from subscribers dropped: it named nothing sent, did not decode, or came on a leg without congestion control.", &|w| w.core.twcc_feedback_bad);
+    counter(&mut s, "sluice_twcc_feedback_used_total", "Transport-cc feedback from subscribers used by their leg's bandwidth estimator.", &|w| {
+        w.core.twcc_feedback_used
+    });
+    counter(
+        &mut s,
+        "sluice_twcc_feedback_bad_total",
+        "Transport-cc feedback from subscribers dropped: it named nothing sent, did not decode, or came on a leg without congestion control.",
+        &|w| w.core.twcc_feedback_bad,
+    );
     counter(&mut s, "sluice_allocation_changes_total", "Subscription layer caps changed by a leg's bandwidth allocator.", &|w| w.core.allocation_changes);
     counter(&mut s, "sluice_probes_total", "Bandwidth probes started towards subscribers.", &|w| w.core.probes_started);
     counter(&mut s, "sluice_probe_packets_total", "Padding packets sent in bandwidth probes.", &|w| w.core.probe_packets);
-    counter(&mut s, "sluice_nack_suppressed_total", "NACKed packets already asked of the publisher in the last 100 ms, not asked again.", &|w| w.core.nack_suppressed);
+    counter(&mut s, "sluice_nack_suppressed_total", "NACKed packets already asked of the publisher in the last 100 ms, not asked again.", &|w| {
+        w.core.nack_suppressed
+    });
     counter(&mut s, "sluice_keyframe_requests_total", "Keyframe requests sent to publishers.", &|w| w.core.keyframe_requests);
     counter(&mut s, "sluice_layer_switches_total", "Simulcast layer switches.", &|w| w.core.layer_switches);
     counter(&mut s, "sluice_rx_batches_total", "Receive batches.", &|w| w.batches);
@@ -161,11 +170,8 @@ pub fn serve(
                 ("404 Not Found", "try /metrics\n".to_string())
             };
             let mut w = &stream;
-            let _ = write!(
-                w,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let _ =
+                write!(w, "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         }
     })?;
     Ok((bound, handle))

@@ -117,8 +117,7 @@ impl Model {
                     if let Some(old) = self.tracks.get(&spec.id) {
                         let old_rids: Vec<_> = old.layers.iter().map(|l| l.rid.clone()).collect();
                         self.learned.retain(|(t, layer, _), _| {
-                            *t != spec.id
-                                || spec.layers.get(usize::from(*layer)).is_some_and(|l| old_rids.get(usize::from(*layer)) == Some(&l.rid))
+                            *t != spec.id || spec.layers.get(usize::from(*layer)).is_some_and(|l| old_rids.get(usize::from(*layer)) == Some(&l.rid))
                         });
                     }
                     self.tracks.insert(spec.id, spec.clone());
@@ -201,10 +200,7 @@ impl Shield {
     /// previous run left in its maps, and installs `relays` (removing relay entries no longer
     /// configured). `workers` is the number of workers (leg ownership is `port % workers`).
     pub fn new(stage: XdpStage, workers: usize, relays: &[Relay]) -> Result<Self, XdpError> {
-        let installed = Entries {
-            legs: stage.flow_keys()?.into_iter().collect(),
-            ssrcs: stage.ssrc_keys()?.into_iter().collect(),
-        };
+        let installed = Entries { legs: stage.flow_keys()?.into_iter().collect(), ssrcs: stage.ssrc_keys()?.into_iter().collect() };
         let mut shield = Self { stage, model: Model::default(), installed, workers: workers as u16, counts: SharedCounts::default() };
         let existing: Vec<(FlowKey, RelayTarget)> = shield.stage.relay_keys()?;
         for r in relays {
@@ -349,7 +345,16 @@ mod tests {
 
     fn leg(id: u32, port: u16, remote: Option<&str>) -> Op {
         let k = KeyMaterial { profile: Profile::AeadAes128Gcm, key: vec![1; 16], salt: vec![2; 12] };
-        Op::UpsertLeg(LegSpec { id: LegId(id), local_port: port, remote: remote.map(|r| r.parse().unwrap()), rx: k.clone(), tx: k, feedback_ssrc: Ssrc(1), edge: None, feedback: Default::default() })
+        Op::UpsertLeg(LegSpec {
+            id: LegId(id),
+            local_port: port,
+            remote: remote.map(|r| r.parse().unwrap()),
+            rx: k.clone(),
+            tx: k,
+            feedback_ssrc: Ssrc(1),
+            edge: None,
+            feedback: Default::default(),
+        })
     }
 
     fn track(id: u32, publisher: u32, layers: Vec<LayerSpec>) -> Op {
@@ -418,19 +423,12 @@ mod tests {
     fn signalled_ssrcs_exact_unsignalled_wildcard_until_learned() {
         let mut m = Model::default();
         let layer = |ssrc: Option<u32>, rtx: Option<u32>, rid: &str| LayerSpec { ssrc: ssrc.map(Ssrc), rtx_ssrc: rtx.map(Ssrc), rid: Some(rid.into()) };
-        m.apply(&delta(
-            1,
-            false,
-            vec![leg(1, 33_000, None), track(10, 1, vec![layer(Some(0xa), Some(0xb), "q"), layer(None, None, "h")])],
-        ));
+        m.apply(&delta(1, false, vec![leg(1, 33_000, None), track(10, 1, vec![layer(Some(0xa), Some(0xb), "q"), layer(None, None, "h")])]));
         assert_eq!(ssrcs(&m.desired(1)), vec![(33_000, None, 1), (33_000, Some(0xa), 1), (33_000, Some(0xb), 1)]);
         m.event(Event::SsrcLearned { leg: LegId(1), track: TrackId(10), layer: 1, rtx: false, ssrc: Ssrc(0xc) });
         assert!(ssrcs(&m.desired(1)).contains(&(33_000, None, 1)), "the RTX SSRC of layer 1 is still unknown");
         m.event(Event::SsrcLearned { leg: LegId(1), track: TrackId(10), layer: 1, rtx: true, ssrc: Ssrc(0xd) });
-        assert_eq!(
-            ssrcs(&m.desired(1)),
-            vec![(33_000, Some(0xa), 1), (33_000, Some(0xb), 1), (33_000, Some(0xc), 1), (33_000, Some(0xd), 1)]
-        );
+        assert_eq!(ssrcs(&m.desired(1)), vec![(33_000, Some(0xa), 1), (33_000, Some(0xb), 1), (33_000, Some(0xc), 1), (33_000, Some(0xd), 1)]);
         // A learn claimed by a leg that does not publish the track is ignored.
         m.event(Event::SsrcLearned { leg: LegId(2), track: TrackId(10), layer: 0, rtx: false, ssrc: Ssrc(0xe) });
         assert_eq!(ssrcs(&m.desired(1)).len(), 4);

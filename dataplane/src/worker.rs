@@ -246,7 +246,8 @@ impl Worker {
                     // Ports change only with legs, fan-outs only with subscriptions: a delta
                     // without them (a pause, a layer change) costs its own size, not the tables'.
                     let legs = delta.replace_all || delta.ops.iter().any(|op| matches!(op, Op::UpsertLeg(_) | Op::RemoveLeg(_)));
-                    let fanout = legs || delta.ops.iter().any(|op| matches!(op, Op::UpsertSubscription(_) | Op::RemoveSubscription { .. } | Op::RemoveTrack(_)));
+                    let fanout =
+                        legs || delta.ops.iter().any(|op| matches!(op, Op::UpsertSubscription(_) | Op::RemoveSubscription { .. } | Op::RemoveTrack(_)));
                     let result = self.core.apply((*delta).clone());
                     if result.is_ok() {
                         if legs {

@@ -30,9 +30,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use sluice_common::{
-    FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict,
-};
+use sluice_common::{FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict};
 use sluice_core::ids::{LegId, Ssrc};
 
 pub use sluice_common::XdpVerdict as Verdict;
@@ -263,11 +261,7 @@ impl XdpStage {
         let pin_dir = pin_dir.into();
         std::fs::create_dir_all(&pin_dir).map_err(io_err("create pin directory", &pin_dir))?;
         let ebpf = Self::load_object(&pin_dir)?;
-        let mut stage = Self {
-            links: Vec::new(),
-            ebpf,
-            pin_dir: Some(pin_dir),
-        };
+        let mut stage = Self { links: Vec::new(), ebpf, pin_dir: Some(pin_dir) };
         stage.load_program()?;
         Ok(stage)
     }
@@ -277,59 +271,32 @@ impl XdpStage {
     /// pins are removed at once.
     pub fn load_unpinned() -> Result<Self> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let scratch = Path::new(PIN_ROOT).join(format!(
-            "scratch-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&scratch)
-            .map_err(io_err("create scratch pin directory", &scratch))?;
+        let scratch = Path::new(PIN_ROOT).join(format!("scratch-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&scratch).map_err(io_err("create scratch pin directory", &scratch))?;
         let loaded = Self::load_object(&scratch);
         let cleaned = remove_map_pins(&scratch);
         let ebpf = loaded?;
         cleaned?;
-        let mut stage = Self {
-            links: Vec::new(),
-            ebpf,
-            pin_dir: None,
-        };
+        let mut stage = Self { links: Vec::new(), ebpf, pin_dir: None };
         stage.load_program()?;
         Ok(stage)
     }
 
     fn load_object(pin_dir: &Path) -> Result<Ebpf> {
-        EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(XDP_OBJECT)
-            .map_err(|source| XdpError::Load {
-                op: "load XDP object",
-                path: Some(pin_dir.to_owned()),
-                source: Box::new(source),
-            })
+        EbpfLoader::new().default_map_pin_directory(pin_dir).load(XDP_OBJECT).map_err(|source| XdpError::Load {
+            op: "load XDP object",
+            path: Some(pin_dir.to_owned()),
+            source: Box::new(source),
+        })
     }
 
     fn load_program(&mut self) -> Result<()> {
-        self.program_mut()?
-            .load()
-            .map_err(|source| XdpError::Program {
-                op: "load (verify) program",
-                target: sluice_common::XDP_PROGRAM.into(),
-                source,
-            })
+        self.program_mut()?.load().map_err(|source| XdpError::Program { op: "load (verify) program", target: sluice_common::XDP_PROGRAM.into(), source })
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp> {
-        let prog =
-            self.ebpf
-                .program_mut(sluice_common::XDP_PROGRAM)
-                .ok_or(XdpError::MissingMap {
-                    map: sluice_common::XDP_PROGRAM,
-                })?;
-        prog.try_into().map_err(|source| XdpError::Program {
-            op: "find program",
-            target: sluice_common::XDP_PROGRAM.into(),
-            source,
-        })
+        let prog = self.ebpf.program_mut(sluice_common::XDP_PROGRAM).ok_or(XdpError::MissingMap { map: sluice_common::XDP_PROGRAM })?;
+        prog.try_into().map_err(|source| XdpError::Program { op: "find program", target: sluice_common::XDP_PROGRAM.into(), source })
     }
 
     /// The pin directory, if this stage is pinned.
@@ -338,9 +305,7 @@ impl XdpStage {
     }
 
     fn link_pin_path(&self, interface: &str) -> Option<PathBuf> {
-        self.pin_dir
-            .as_ref()
-            .map(|d| d.join(format!("link-{interface}")))
+        self.pin_dir.as_ref().map(|d| d.join(format!("link-{interface}")))
     }
 
     /// Attaches to `interface` (in the calling thread's network namespace). A pinned link left by a
@@ -353,13 +318,7 @@ impl XdpStage {
             match self.reuse_pinned_link(path) {
                 Ok(link) => {
                     tracing::info!(interface, path = %path.display(), "re-using pinned XDP link");
-                    self.links.push((
-                        interface.to_owned(),
-                        Attachment::Reopened {
-                            _link: link,
-                            path: path.clone(),
-                        },
-                    ));
+                    self.links.push((interface.to_owned(), Attachment::Reopened { _link: link, path: path.clone() }));
                     return Ok(AttachMode::ReusedPinnedLink);
                 }
                 Err(e) => {
@@ -378,34 +337,22 @@ impl XdpStage {
                     error = %driver_err,
                     "native XDP unavailable; falling back to generic (SKB) mode"
                 );
-                let id =
-                    prog.attach(interface, XdpMode::Skb)
-                        .map_err(|source| XdpError::Program {
-                            op: "attach (generic mode)",
-                            target: interface.into(),
-                            source,
-                        })?;
+                let id = prog.attach(interface, XdpMode::Skb).map_err(|source| XdpError::Program {
+                    op: "attach (generic mode)",
+                    target: interface.into(),
+                    source,
+                })?;
                 (id, AttachMode::Generic)
             }
         };
-        let link = prog
-            .take_link(link_id)
-            .map_err(|source| XdpError::Program {
-                op: "take link",
-                target: interface.into(),
-                source,
-            })?;
+        let link = prog.take_link(link_id).map_err(|source| XdpError::Program { op: "take link", target: interface.into(), source })?;
         let link = FdLink::try_from(link).map_err(|source| XdpError::Link {
             op: "convert to an fd link (netlink attachments cannot be pinned)",
             path: pin_path.clone().unwrap_or_default(),
             source: Box::new(source),
         })?;
         let attachment = match pin_path {
-            Some(path) => Attachment::Pinned(link.pin(&path).map_err(|source| XdpError::Link {
-                op: "pin link",
-                path,
-                source: Box::new(source),
-            })?),
+            Some(path) => Attachment::Pinned(link.pin(&path).map_err(|source| XdpError::Link { op: "pin link", path, source: Box::new(source) })?),
             None => Attachment::Owned { _link: link },
         };
         self.links.push((interface.to_owned(), attachment));
@@ -414,22 +361,12 @@ impl XdpStage {
     }
 
     fn reuse_pinned_link(&mut self, path: &Path) -> Result<FdLink> {
-        let link_err = |op, source: Box<dyn std::error::Error + Send + Sync>| XdpError::Link {
-            op,
-            path: path.to_owned(),
-            source,
-        };
-        let pinned =
-            PinnedLink::from_pin(path).map_err(|e| link_err("open pinned link", Box::new(e)))?;
-        let link = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|e| link_err("open pinned link as XDP", Box::new(e)))?;
+        let link_err = |op, source: Box<dyn std::error::Error + Send + Sync>| XdpError::Link { op, path: path.to_owned(), source };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| link_err("open pinned link", Box::new(e)))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err("open pinned link as XDP", Box::new(e)))?;
         let prog = self.program_mut()?;
-        let id = prog
-            .attach_to_link(link)
-            .map_err(|e| link_err("switch pinned link to this program", Box::new(e)))?;
-        let link = prog
-            .take_link(id)
-            .map_err(|e| link_err("take link", Box::new(e)))?;
+        let id = prog.attach_to_link(link).map_err(|e| link_err("switch pinned link to this program", Box::new(e)))?;
+        let link = prog.take_link(id).map_err(|e| link_err("take link", Box::new(e)))?;
         FdLink::try_from(link).map_err(|e| link_err("convert to an fd link", Box::new(e)))
     }
 
@@ -450,14 +387,7 @@ impl XdpStage {
     /// ([`XdpStage::set_af_xdp`]) is kept.
     pub fn set_port_range(&mut self, range: RangeInclusive<u16>) -> Result<()> {
         let flags = self.config()?.flags;
-        self.set_config(
-            PortRange {
-                lo: *range.start(),
-                hi: *range.end(),
-                flags,
-            },
-            "set port range",
-        )
+        self.set_config(PortRange { lo: *range.start(), hi: *range.end(), flags }, "set port range")
     }
 
     /// Turns the stage off without detaching it: every packet passes untouched
@@ -484,8 +414,7 @@ impl XdpStage {
     pub fn set_xsk(&mut self, queue: u32, xsk: std::os::fd::BorrowedFd<'_>) -> Result<()> {
         const M: &str = sluice_common::XSKS_MAP;
         let mut map: XskMap<&mut MapData> = self.map_mut(M)?;
-        map.set(queue, xsk.as_raw_fd(), 0)
-            .map_err(map_err("set xsk", M))
+        map.set(queue, xsk.as_raw_fd(), 0).map_err(map_err("set xsk", M))
     }
 
     /// Withdraws the AF_XDP socket of `queue` (its media passes to the kernel again).
@@ -497,29 +426,17 @@ impl XdpStage {
 
     /// Lets RTP/RTCP from `remote` to `local_port` through the shield as leg `leg` owned by
     /// `worker`. RTP additionally needs [`XdpStage::allow_ssrc`].
-    pub fn add_leg(
-        &mut self,
-        local_port: u16,
-        remote: SocketAddr,
-        leg: LegId,
-        worker: u32,
-    ) -> Result<()> {
+    pub fn add_leg(&mut self, local_port: u16, remote: SocketAddr, leg: LegId, worker: u32) -> Result<()> {
         const M: &str = sluice_common::LEGS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
-        map.insert(
-            flow_key(local_port, remote),
-            LegValue { leg: leg.0, worker },
-            0,
-        )
-        .map_err(map_err("add leg", M))
+        map.insert(flow_key(local_port, remote), LegValue { leg: leg.0, worker }, 0).map_err(map_err("add leg", M))
     }
 
     /// Forgets a leg's transport (its SSRCs are separate entries: revoke them too).
     pub fn remove_leg(&mut self, local_port: u16, remote: SocketAddr) -> Result<()> {
         const M: &str = sluice_common::LEGS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
-        map.remove(&flow_key(local_port, remote))
-            .map_err(map_err("remove leg", M))
+        map.remove(&flow_key(local_port, remote)).map_err(map_err("remove leg", M))
     }
 
     /// Announces that `leg` publishes `ssrc` on `local_port`.
@@ -547,8 +464,7 @@ impl XdpStage {
     pub fn insert_ssrc_key(&mut self, key: SsrcKey, leg: LegId) -> Result<()> {
         const M: &str = sluice_common::SSRCS_MAP;
         let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
-        map.insert(key, SsrcValue { leg: leg.0 }, 0)
-            .map_err(map_err("allow ssrc", M))
+        map.insert(key, SsrcValue { leg: leg.0 }, 0).map_err(map_err("allow ssrc", M))
     }
 
     /// Removes a raw SSRC-map entry; an absent entry is not an error.
@@ -613,21 +529,10 @@ impl XdpStage {
 
     /// Installs (or replaces) a relay leg: datagrams from `remote` to `local_port` are rewritten
     /// to `route` and forwarded in the kernel.
-    pub fn add_relay(
-        &mut self,
-        local_port: u16,
-        remote: SocketAddr,
-        route: &RelayRoute,
-    ) -> Result<()> {
-        let invalid = |reason| XdpError::InvalidRelay {
-            local_port,
-            remote,
-            reason,
-        };
+    pub fn add_relay(&mut self, local_port: u16, remote: SocketAddr, route: &RelayRoute) -> Result<()> {
+        let invalid = |reason| XdpError::InvalidRelay { local_port, remote, reason };
         if route.src.is_ipv4() != remote.is_ipv4() || route.dst.is_ipv4() != remote.is_ipv4() {
-            return Err(invalid(
-                "relay addresses must be of the ingress address family",
-            ));
+            return Err(invalid("relay addresses must be of the ingress address family"));
         }
         let ifindex = match route.egress {
             Egress::SameInterface => RELAY_SAME_INTERFACE,
@@ -635,13 +540,7 @@ impl XdpStage {
             Egress::Interface(i) => {
                 const D: &str = sluice_common::TX_PORTS_MAP;
                 let mut ports: DevMapHash<&mut MapData> = self.map_mut(D)?;
-                ports
-                    .insert(i, i, None, 0)
-                    .map_err(|source| XdpError::DevMap {
-                        op: "add egress interface",
-                        map: D,
-                        source,
-                    })?;
+                ports.insert(i, i, None, 0).map_err(|source| XdpError::DevMap { op: "add egress interface", map: D, source })?;
                 i
             }
         };
@@ -656,24 +555,21 @@ impl XdpStage {
         };
         const M: &str = sluice_common::RELAYS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
-        map.insert(flow_key(local_port, remote), target, 0)
-            .map_err(map_err("add relay", M))
+        map.insert(flow_key(local_port, remote), target, 0).map_err(map_err("add relay", M))
     }
 
     /// Removes a relay leg (its egress interface stays in the devmap: harmless and shared).
     pub fn remove_relay(&mut self, local_port: u16, remote: SocketAddr) -> Result<()> {
         const M: &str = sluice_common::RELAYS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
-        map.remove(&flow_key(local_port, remote))
-            .map_err(map_err("remove relay", M))
+        map.remove(&flow_key(local_port, remote)).map_err(map_err("remove relay", M))
     }
 
     /// The relay entry installed for a leg, if any (to check what survived a restart).
     pub fn relay(&self, local_port: u16, remote: SocketAddr) -> Result<Option<RelayTarget>> {
         const M: &str = sluice_common::RELAYS_MAP;
         let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
-        let map: HashMap<&MapData, FlowKey, RelayTarget> =
-            HashMap::try_from(map).map_err(map_err("open", M))?;
+        let map: HashMap<&MapData, FlowKey, RelayTarget> = HashMap::try_from(map).map_err(map_err("open", M))?;
         match map.get(&flow_key(local_port, remote), 0) {
             Ok(t) => Ok(Some(t)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -685,13 +581,10 @@ impl XdpStage {
     pub fn verdict_counts(&self) -> Result<VerdictCounts> {
         const M: &str = sluice_common::VERDICTS_MAP;
         let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
-        let map: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(map_err("open", M))?;
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("open", M))?;
         let mut counts = VerdictCounts::default();
         for (i, slot) in counts.0.iter_mut().enumerate() {
-            let per_cpu = map
-                .get(&(i as u32), 0)
-                .map_err(map_err("read counter", M))?;
+            let per_cpu = map.get(&(i as u32), 0).map_err(map_err("read counter", M))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(counts)
@@ -699,29 +592,11 @@ impl XdpStage {
 
     /// Runs the program on `input` with `BPF_PROG_TEST_RUN`, `repeat` times, writing the resulting
     /// frame to `output` (which must be at least as long as `input`).
-    pub fn test_run(
-        &mut self,
-        input: &[u8],
-        output: &mut [u8],
-        repeat: u32,
-    ) -> Result<TestRunOutcome> {
+    pub fn test_run(&mut self, input: &[u8], output: &mut [u8], repeat: u32) -> Result<TestRunOutcome> {
         let prog = self.program_mut()?;
-        let opts = TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(output),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        let r = prog.test_run(opts).map_err(|source| XdpError::Program {
-            op: "BPF_PROG_TEST_RUN",
-            target: sluice_common::XDP_PROGRAM.into(),
-            source,
-        })?;
-        Ok(TestRunOutcome {
-            action: r.return_value,
-            len: r.data_size_out as usize,
-            duration: r.duration,
-        })
+        let opts = TestRunOptions { data_in: Some(input), data_out: Some(output), repeat, ..TestRunOptions::default() };
+        let r = prog.test_run(opts).map_err(|source| XdpError::Program { op: "BPF_PROG_TEST_RUN", target: sluice_common::XDP_PROGRAM.into(), source })?;
+        Ok(TestRunOutcome { action: r.return_value, len: r.data_size_out as usize, duration: r.duration })
     }
 
     /// Runs the program `count` times on copies of `frame` as if each had arrived on interface
@@ -730,13 +605,7 @@ impl XdpStage {
     /// (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`, Linux 5.18+, `batch` frames per
     /// kernel batch). With a relay entry matching `frame` this is a line-rate packet generator
     /// (benchmarks); nothing is written back.
-    pub fn transmit_live(
-        &mut self,
-        frame: &[u8],
-        ingress_ifindex: u32,
-        count: u32,
-        batch: u32,
-    ) -> Result<Duration> {
+    pub fn transmit_live(&mut self, frame: &[u8], ingress_ifindex: u32, count: u32, batch: u32) -> Result<Duration> {
         // struct xdp_md (uapi/linux/bpf.h): data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex; the kernel wants data = 0 and data_end = frame length.
         let mut ctx = [0u8; 24];
@@ -761,14 +630,8 @@ impl XdpStage {
     /// The program's file descriptor owner, for callers that need to chain it (devmap programs).
     pub fn program_fd(&mut self) -> Result<std::os::fd::OwnedFd> {
         let prog = self.program_mut()?;
-        let fd = prog.fd().map_err(|source| XdpError::Program {
-            op: "program fd",
-            target: sluice_common::XDP_PROGRAM.into(),
-            source,
-        })?;
-        fd.as_fd()
-            .try_clone_to_owned()
-            .map_err(io_err("dup program fd", Path::new("")))
+        let fd = prog.fd().map_err(|source| XdpError::Program { op: "program fd", target: sluice_common::XDP_PROGRAM.into(), source })?;
+        fd.as_fd().try_clone_to_owned().map_err(io_err("dup program fd", Path::new("")))
     }
 
     /// Detaches from every interface this stage attached to or re-opened, removes every pin and
@@ -777,11 +640,7 @@ impl XdpStage {
         for (_, attachment) in self.links.drain(..) {
             match attachment {
                 Attachment::Pinned(p) => {
-                    drop(p.unpin().map_err(|source| XdpError::Link {
-                        op: "unpin link",
-                        path: PathBuf::new(),
-                        source: Box::new(source),
-                    })?);
+                    drop(p.unpin().map_err(|source| XdpError::Link { op: "unpin link", path: PathBuf::new(), source: Box::new(source) })?);
                 }
                 Attachment::Reopened { path, .. } => {
                     std::fs::remove_file(&path).map_err(io_err("remove link pin", &path))?;
@@ -805,10 +664,7 @@ impl XdpStage {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(XdpError::MissingMap { map: name })?;
+        let map = self.ebpf.map_mut(name).ok_or(XdpError::MissingMap { map: name })?;
         T::try_from(map).map_err(map_err("open", name))
     }
 }
@@ -822,10 +678,7 @@ fn remove_map_pins(dir: &Path) -> Result<()> {
             Err(e) => return Err(io_err("remove map pin", &path)(e)),
         }
     }
-    if dir
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("scratch-"))
-    {
+    if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("scratch-")) {
         std::fs::remove_dir(dir).map_err(io_err("remove scratch pin directory", dir))?;
     }
     Ok(())

@@ -13,8 +13,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let p =
-            std::env::temp_dir().join(format!("sluice-dp-config-{name}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("sluice-dp-config-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Self(p)
@@ -41,10 +40,7 @@ impl Daemon {
         while Instant::now() < end {
             if let Ok(mut c) = Client::connect(sock) {
                 c.set_timeout(Some(Duration::from_secs(5))).unwrap();
-                return matches!(
-                    c.call(&Request::Generation),
-                    Ok(Response::Generation(Generation(0)))
-                );
+                return matches!(c.call(&Request::Generation), Ok(Response::Generation(Generation(0))));
             }
             if let Ok(Some(_)) = self.0.try_wait() {
                 return false;
@@ -86,16 +82,9 @@ fn allowed_cpus() -> Vec<usize> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a live cpu_set_t of the size passed.
     let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
-    assert_eq!(
-        rc,
-        0,
-        "sched_getaffinity: {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
     // SAFETY: CPU_ISSET reads the set within CPU_SETSIZE.
-    (0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect()
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
 
 /// Starts the daemon with `config`, its CPU mask set to `cpus` before exec (as `taskset -c`).
@@ -105,11 +94,7 @@ fn start(dir: &Path, config: &str, cpus: &[usize]) -> Daemon {
     std::fs::write(&cfg, config).unwrap();
     let log = dir.join("dataplane.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-dataplane"));
-    cmd.arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+    cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
     let cpus = cpus.to_vec();
     // SAFETY: the closure runs in the forked child before exec; it allocates nothing and calls
     // only sched_setaffinity(2) (async-signal-safe) on a set on its own stack, filled from a
@@ -136,9 +121,7 @@ fn starts_under_a_cpu_mask_with_metrics_off_in_the_file() {
     let cpus = allowed_cpus();
     let core = *cpus.last().expect("at least one allowed CPU");
     if core == 0 {
-        eprintln!(
-            "only CPU 0 is allowed here: the mask cannot leave out core 0, so this checks less"
-        );
+        eprintln!("only CPU 0 is allowed here: the mask cannot leave out core 0, so this checks less");
     }
     let dir = Scratch::new("mask");
     let sock = dir.0.join("dp.sock");
@@ -147,20 +130,10 @@ fn starts_under_a_cpu_mask_with_metrics_off_in_the_file() {
         sock.display()
     );
     let mut d = start(&dir.0, &config, &[core]);
-    assert!(
-        d.wait_serving(&sock, Duration::from_secs(20)),
-        "the daemon did not start with cores = [{core}] under mask {{{core}}}:\n{}",
-        d.log()
-    );
+    assert!(d.wait_serving(&sock, Duration::from_secs(20)), "the daemon did not start with cores = [{core}] under mask {{{core}}}:\n{}", d.log());
     let log = d.log();
-    assert!(
-        log.contains(&format!("core={core}")),
-        "the worker is pinned to core {core}:\n{log}"
-    );
-    assert!(
-        !log.contains("metrics at"),
-        "metrics = \"off\" starts no endpoint:\n{log}"
-    );
+    assert!(log.contains(&format!("core={core}")), "the worker is pinned to core {core}:\n{log}");
+    assert!(!log.contains("metrics at"), "metrics = \"off\" starts no endpoint:\n{log}");
     let status = d.stop().expect("the daemon stops on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", d.log());
 }

@@ -55,7 +55,9 @@ fn over_veth(kind: BackendKind) {
     });
     let sent = tx_ns.enter(|| {
         let plain = UdpSocket::bind("10.79.0.1:0").unwrap();
-        let mut gso = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: IpAddr::V4(Ipv4Addr::new(10, 79, 0, 1)), ..IoConfig::default() }, SendRegistry::new()).unwrap();
+        let mut gso =
+            Backend::new(BackendKind::Mmsg, IoConfig { local_ip: IpAddr::V4(Ipv4Addr::new(10, 79, 0, 1)), ..IoConfig::default() }, SendRegistry::new())
+                .unwrap();
         let gso_port = gso.add_port(0).unwrap();
         let mut sent = Vec::new();
         let mut i = 0;
@@ -95,7 +97,13 @@ fn over_veth(kind: BackendKind) {
         let (want, have) = (per_source(&sent, port), per_source(&got, port));
         assert_eq!(have.len(), want.len(), "{kind}: from port {port}: every datagram once ({c:?})");
         if let Some(k) = (0..want.len()).find(|&k| have[k] != want[k]) {
-            panic!("{kind}: from port {port}: datagram {k} differs: got {} bytes starting {:?}, want {} bytes starting {:?}", have[k].len(), &have[k][..8.min(have[k].len())], want[k].len(), &want[k][..8]);
+            panic!(
+                "{kind}: from port {port}: datagram {k} differs: got {} bytes starting {:?}, want {} bytes starting {:?}",
+                have[k].len(),
+                &have[k][..8.min(have[k].len())],
+                want[k].len(),
+                &want[k][..8]
+            );
         }
     }
     assert!(c.rx_gro_datagrams > 0, "{kind}: the NAPI path coalesced some runs: {c:?}");

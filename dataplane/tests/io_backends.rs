@@ -52,7 +52,11 @@ fn receives_from_several_ports_with_source_and_local_port() {
         let registry = SendRegistry::new();
         let mut b = backend(kind, &registry);
         let ports: Vec<u16> = (0..3).map(|_| b.add_port(0).unwrap()).collect();
-        assert_eq!(b.ports(), { let mut p = ports.clone(); p.sort(); p });
+        assert_eq!(b.ports(), {
+            let mut p = ports.clone();
+            p.sort();
+            p
+        });
         let peers = [peer(), peer()];
         let mut expected = Vec::new();
         for (pi, p) in peers.iter().enumerate() {
@@ -94,10 +98,7 @@ fn run_mixed_batch(kind: BackendKind) -> (PerPeer, sluice_dataplane::io::IoCount
     let mut worker_a = backend(kind, &registry);
     let mut worker_b = backend(kind, &registry);
     let ports = [worker_a.add_port(0).unwrap(), worker_a.add_port(0).unwrap(), worker_b.add_port(0).unwrap()];
-    assert!(
-        matches!(worker_a.add_port(ports[2]), Err(IoError::PortInUse { .. })),
-        "{kind}: a port another worker serves is refused"
-    );
+    assert!(matches!(worker_a.add_port(ports[2]), Err(IoError::PortInUse { .. })), "{kind}: a port another worker serves is refused");
     let peers = [peer(), peer(), peer()];
     let dsts: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr().unwrap()).collect();
 
@@ -137,8 +138,7 @@ fn run_mixed_batch(kind: BackendKind) -> (PerPeer, sluice_dataplane::io::IoCount
         })
         .collect();
     for (k, got) in received.iter().enumerate() {
-        let want: Vec<(usize, Vec<u8>)> =
-            payloads.iter().zip(&meta).filter(|(_, m)| m.1 == dsts[k]).map(|(p, _)| (k, p.clone())).collect();
+        let want: Vec<(usize, Vec<u8>)> = payloads.iter().zip(&meta).filter(|(_, m)| m.1 == dsts[k]).map(|(p, _)| (k, p.clone())).collect();
         assert_eq!(got.len(), want.len(), "{kind}: peer {k}");
         assert!(got == &want, "{kind}: peer {k}: every datagram exactly once, in order, from the right port");
     }
@@ -301,13 +301,7 @@ fn gso_refusal_falls_back_to_single_datagrams_and_is_remembered() {
         let one: libc::c_int = 1;
         // SAFETY: a valid int option value and its size, on an open socket.
         let rc = unsafe {
-            libc::setsockopt(
-                leg.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NO_CHECK,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
+            libc::setsockopt(leg.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NO_CHECK, (&raw const one).cast(), size_of::<libc::c_int>() as libc::socklen_t)
         };
         assert_eq!(rc, 0);
         let p = peer();
@@ -393,10 +387,14 @@ fn workers_send_from_each_others_ports_across_threads() {
         let got = drain(&p);
         assert_eq!(got.len(), 201, "{kind}");
         for (tag, from) in [(b'a', port_b), (b'b', port_a)] {
-            let seq: Vec<u8> = got.iter().filter(|(_, d)| d[0] == tag).map(|(f, d)| {
-                assert_eq!(f.port(), from, "{kind}: sent from the other worker's port");
-                d[1]
-            }).collect();
+            let seq: Vec<u8> = got
+                .iter()
+                .filter(|(_, d)| d[0] == tag)
+                .map(|(f, d)| {
+                    assert_eq!(f.port(), from, "{kind}: sent from the other worker's port");
+                    d[1]
+                })
+                .collect();
             assert_eq!(seq, (0..100).collect::<Vec<u8>>(), "{kind}");
         }
     }

@@ -50,13 +50,7 @@ fn exchange(tx: &UdpSocket, rx: &UdpSocket, round: u8) -> usize {
 fn relay_forwards_in_kernel_and_survives_a_restart() {
     let peers = NetNs::new("rlP");
     let relay_ns = NetNs::new("rlR");
-    let veth = Veth::new(
-        "rl",
-        &peers,
-        &["10.78.0.1/24", "10.78.0.3/24"],
-        &relay_ns,
-        &["10.78.0.2/24"],
-    );
+    let veth = Veth::new("rl", &peers, &["10.78.0.1/24", "10.78.0.3/24"], &relay_ns, &["10.78.0.2/24"]);
     let instance = format!("test-relay-{}", std::process::id());
     let pin_dir = PathBuf::from(PIN_ROOT).join(&instance);
     let _guard = PinGuard(pin_dir.clone());
@@ -66,15 +60,9 @@ fn relay_forwards_in_kernel_and_survives_a_restart() {
     peers.enter(|| peer_side.attach(&veth.a)).unwrap();
     peer_side.clear_port_range().unwrap();
 
-    let (tx, rx) = peers.enter(|| {
-        (
-            UdpSocket::bind("10.78.0.1:5000"),
-            UdpSocket::bind("10.78.0.3:6000"),
-        )
-    });
+    let (tx, rx) = peers.enter(|| (UdpSocket::bind("10.78.0.1:5000"), UdpSocket::bind("10.78.0.3:6000")));
     let (tx, rx) = (tx.unwrap(), rx.unwrap());
-    rx.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
 
     let remote: SocketAddr = "10.78.0.1:5000".parse().unwrap();
     let route = RelayRoute {
@@ -87,59 +75,26 @@ fn relay_forwards_in_kernel_and_survives_a_restart() {
 
     // 1. First run: load pinned, attach, install the relay.
     let mut stage = XdpStage::open(&instance).expect("open pinned stage");
-    assert_eq!(
-        relay_ns.enter(|| stage.attach(&veth.b)).unwrap(),
-        AttachMode::Driver
-    );
+    assert_eq!(relay_ns.enter(|| stage.attach(&veth.b)).unwrap(), AttachMode::Driver);
     stage.set_port_range(20000..=20099).unwrap();
     stage.add_relay(20000, remote, &route).unwrap();
-    assert_eq!(
-        exchange(&tx, &rx, 1),
-        K,
-        "relayed in kernel with valid checksums"
-    );
+    assert_eq!(exchange(&tx, &rx, 1), K, "relayed in kernel with valid checksums");
     assert_eq!(stage.verdict_counts().unwrap().get(V::RelayTx), K as u64);
 
     // 2. The dataplane goes away: the pinned link and maps keep relaying.
     drop(stage);
-    for name in sluice_common::ALL_MAPS
-        .iter()
-        .copied()
-        .chain([&*format!("link-{}", veth.b)])
-    {
+    for name in sluice_common::ALL_MAPS.iter().copied().chain([&*format!("link-{}", veth.b)]) {
         assert!(pin_dir.join(name).exists(), "{name} pinned");
     }
-    assert_eq!(
-        exchange(&tx, &rx, 2),
-        K,
-        "still relaying with no loader alive"
-    );
+    assert_eq!(exchange(&tx, &rx, 2), K, "still relaying with no loader alive");
 
     // 3. Restart: the maps are re-used as they are, the new program is swapped into the link.
     let mut stage = XdpStage::open(&instance).expect("re-open pinned stage");
-    assert_eq!(
-        stage.relay(20000, remote).unwrap().map(|t| t.dst_port),
-        Some(6000),
-        "entry survived"
-    );
-    assert_eq!(
-        stage.verdict_counts().unwrap().get(V::RelayTx),
-        2 * K as u64,
-        "counters survived"
-    );
-    assert_eq!(
-        relay_ns.enter(|| stage.attach(&veth.b)).unwrap(),
-        AttachMode::ReusedPinnedLink
-    );
-    assert_eq!(
-        exchange(&tx, &rx, 3),
-        K,
-        "relaying through the re-attached program"
-    );
-    assert_eq!(
-        stage.verdict_counts().unwrap().get(V::RelayTx),
-        3 * K as u64
-    );
+    assert_eq!(stage.relay(20000, remote).unwrap().map(|t| t.dst_port), Some(6000), "entry survived");
+    assert_eq!(stage.verdict_counts().unwrap().get(V::RelayTx), 2 * K as u64, "counters survived");
+    assert_eq!(relay_ns.enter(|| stage.attach(&veth.b)).unwrap(), AttachMode::ReusedPinnedLink);
+    assert_eq!(exchange(&tx, &rx, 3), K, "relaying through the re-attached program");
+    assert_eq!(stage.verdict_counts().unwrap().get(V::RelayTx), 3 * K as u64);
 
     // 4. The relay entry goes: nothing reaches peer 2 any more.
     stage.remove_relay(20000, remote).unwrap();
@@ -174,10 +129,7 @@ fn relay_redirects_to_another_interface() {
     let shown = r.exec("ip", &["-o", "link", "show", "dev", &egress.b]);
     let egress_ifindex: u32 = shown.split(':').next().unwrap().trim().parse().unwrap();
     let mut stage = XdpStage::load_unpinned().unwrap();
-    assert_eq!(
-        r.enter(|| stage.attach(&ingress.b)).unwrap(),
-        AttachMode::Driver
-    );
+    assert_eq!(r.enter(|| stage.attach(&ingress.b)).unwrap(), AttachMode::Driver);
     stage.set_port_range(20000..=20099).unwrap();
     let remote: SocketAddr = "10.80.1.1:5000".parse().unwrap();
     let route = RelayRoute {
@@ -192,12 +144,10 @@ fn relay_redirects_to_another_interface() {
 
     let tx = p.enter(|| UdpSocket::bind(remote)).unwrap();
     let rx = c.enter(|| UdpSocket::bind("10.80.2.3:6000")).unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let from: SocketAddr = "10.80.2.2:20001".parse().unwrap();
     for i in 0..K {
-        tx.send_to(&common::packet::rtp(9, i as u16), "10.80.1.2:20000")
-            .unwrap();
+        tx.send_to(&common::packet::rtp(9, i as u16), "10.80.1.2:20000").unwrap();
     }
     let mut got = 0;
     let mut buf = [0u8; 2048];
@@ -211,20 +161,11 @@ fn relay_redirects_to_another_interface() {
     let stats = || {
         format!(
             "counters {:?}\nR:\n{}\nC:\n{}",
-            stage
-                .verdict_counts()
-                .unwrap()
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(v, n)| (v.name(), n))
-                .collect::<Vec<_>>(),
+            stage.verdict_counts().unwrap().iter().filter(|(_, n)| *n > 0).map(|(v, n)| (v.name(), n)).collect::<Vec<_>>(),
             r.exec("ethtool", &["-S", &egress.b]),
             c.exec("ip", &["-s", "link", "show", &egress.a]),
         )
     };
     assert_eq!(got, K, "redirected with valid checksums; {}", stats());
-    assert_eq!(
-        stage.verdict_counts().unwrap().get(V::RelayRedirect),
-        K as u64
-    );
+    assert_eq!(stage.verdict_counts().unwrap().get(V::RelayRedirect), K as u64);
 }

@@ -62,48 +62,24 @@ fn relay6() -> RelayRoute {
 fn stage() -> XdpStage {
     let mut s = XdpStage::load_unpinned().expect("load the XDP program (needs root)");
     s.set_port_range(20000..=20099).unwrap();
-    s.add_leg(PORT, SocketAddr::new(PEER4.into(), 5000), LegId(1), 0)
-        .unwrap();
+    s.add_leg(PORT, SocketAddr::new(PEER4.into(), 5000), LegId(1), 0).unwrap();
     s.allow_ssrc(PORT, Ssrc(SSRC1), LegId(1)).unwrap();
-    s.add_leg(PORT, SocketAddr::new(OTHER4.into(), 5000), LegId(3), 0)
-        .unwrap();
-    s.add_leg(PORT6, SocketAddr::new(PEER6.into(), 5000), LegId(2), 1)
-        .unwrap();
+    s.add_leg(PORT, SocketAddr::new(OTHER4.into(), 5000), LegId(3), 0).unwrap();
+    s.add_leg(PORT6, SocketAddr::new(PEER6.into(), 5000), LegId(2), 1).unwrap();
     s.allow_ssrc(PORT6, Ssrc(SSRC2), LegId(2)).unwrap();
-    s.add_relay(
-        RELAY_PORT,
-        SocketAddr::new(RELAY_PEER4.into(), 7000),
-        &relay4(),
-    )
-    .unwrap();
-    s.add_relay(
-        RELAY_PORT6,
-        SocketAddr::new(RELAY_PEER6.into(), 7000),
-        &relay6(),
-    )
-    .unwrap();
+    s.add_relay(RELAY_PORT, SocketAddr::new(RELAY_PEER4.into(), 7000), &relay4()).unwrap();
+    s.add_relay(RELAY_PORT6, SocketAddr::new(RELAY_PEER6.into(), 7000), &relay6()).unwrap();
     s.add_leg_any_remote(WILD_REMOTE_PORT, LegId(4), 0).unwrap();
     s.allow_ssrc(WILD_REMOTE_PORT, Ssrc(SSRC4), LegId(4)).unwrap();
-    s.add_leg(WILD_REMOTE_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(8), 0)
-        .unwrap();
-    s.add_leg(WILD_SSRC_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(5), 0)
-        .unwrap();
+    s.add_leg(WILD_REMOTE_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(8), 0).unwrap();
+    s.add_leg(WILD_SSRC_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(5), 0).unwrap();
     s.allow_any_ssrc(WILD_SSRC_PORT, LegId(5)).unwrap();
-    s.add_leg(WILD_SSRC_OTHER_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(6), 0)
-        .unwrap();
+    s.add_leg(WILD_SSRC_OTHER_PORT, SocketAddr::new(PEER4.into(), 5000), LegId(6), 0).unwrap();
     s.allow_any_ssrc(WILD_SSRC_OTHER_PORT, LegId(7)).unwrap();
     // Loopback (ifindex 1) stands in for another interface: BPF_PROG_TEST_RUN only reports the
     // verdict, nothing is transmitted.
-    let redirect = RelayRoute {
-        egress: Egress::Interface(1),
-        ..relay4()
-    };
-    s.add_relay(
-        RELAY_PORT_REDIRECT,
-        SocketAddr::new(RELAY_PEER4_B.into(), 7000),
-        &redirect,
-    )
-    .unwrap();
+    let redirect = RelayRoute { egress: Egress::Interface(1), ..relay4() };
+    s.add_relay(RELAY_PORT_REDIRECT, SocketAddr::new(RELAY_PEER4_B.into(), 7000), &redirect).unwrap();
     s
 }
 
@@ -141,13 +117,7 @@ struct Case {
 }
 
 fn case(name: &'static str, input: Vec<u8>, action: u32, verdict: V) -> Case {
-    Case {
-        name,
-        input,
-        action,
-        verdict,
-        output: Out::Unchanged,
-    }
+    Case { name, input, action, verdict, output: Out::Unchanged }
 }
 
 fn v4(from: (Ipv4Addr, u16), to_port: u16, payload: Vec<u8>) -> Frame {
@@ -224,104 +194,24 @@ fn cases() -> Vec<Case> {
             XDP_PASS,
             V::PassNotUdp,
         ),
-        case(
-            "ipv4 udp below range",
-            v4(leg1, 19999, rtp(SSRC1, 1)).build(),
-            XDP_PASS,
-            V::PassOutsideRange,
-        ),
-        case(
-            "ipv4 udp above range",
-            v4(leg1, 20100, rtp(SSRC1, 1)).build(),
-            XDP_PASS,
-            V::PassOutsideRange,
-        ),
-        case(
-            "ipv6 udp dns",
-            v6(leg2, 53, vec![0; 12]).build(),
-            XDP_PASS,
-            V::PassOutsideRange,
-        ),
+        case("ipv4 udp below range", v4(leg1, 19999, rtp(SSRC1, 1)).build(), XDP_PASS, V::PassOutsideRange),
+        case("ipv4 udp above range", v4(leg1, 20100, rtp(SSRC1, 1)).build(), XDP_PASS, V::PassOutsideRange),
+        case("ipv6 udp dns", v6(leg2, 53, vec![0; 12]).build(), XDP_PASS, V::PassOutsideRange),
         // RFC 7983 classes.
-        case(
-            "stun 0 from unknown source",
-            v4((OTHER4, 9), PORT, stun()).build(),
-            XDP_PASS,
-            V::PassStun,
-        ),
-        case(
-            "stun 3",
-            v4(leg1, PORT, vec![3; 20]).build(),
-            XDP_PASS,
-            V::PassStun,
-        ),
-        case(
-            "stun over ipv6",
-            v6((PEER6, 1), PORT6, stun()).build(),
-            XDP_PASS,
-            V::PassStun,
-        ),
-        case(
-            "dtls 20",
-            v4((OTHER4, 9), PORT, vec![20; 13]).build(),
-            XDP_PASS,
-            V::PassDtls,
-        ),
-        case(
-            "dtls 22 handshake",
-            v4(leg1, PORT, dtls()).build(),
-            XDP_PASS,
-            V::PassDtls,
-        ),
-        case(
-            "dtls 63",
-            v6(leg2, PORT6, vec![63; 13]).build(),
-            XDP_PASS,
-            V::PassDtls,
-        ),
-        case(
-            "byte 4",
-            v4(leg1, PORT, vec![4; 20]).build(),
-            XDP_DROP,
-            V::DropNotRtc,
-        ),
-        case(
-            "byte 19",
-            v4(leg1, PORT, vec![19; 20]).build(),
-            XDP_DROP,
-            V::DropNotRtc,
-        ),
-        case(
-            "byte 64 (TURN channel)",
-            v4(leg1, PORT, vec![64; 20]).build(),
-            XDP_DROP,
-            V::DropNotRtc,
-        ),
-        case(
-            "byte 127",
-            v4(leg1, PORT, vec![127; 20]).build(),
-            XDP_DROP,
-            V::DropNotRtc,
-        ),
-        case(
-            "byte 192",
-            v4(leg1, PORT, vec![192; 20]).build(),
-            XDP_DROP,
-            V::DropNotRtc,
-        ),
-        case(
-            "byte 255",
-            v6(leg2, PORT6, vec![255; 20]).build(),
-            XDP_DROP,
-            V::DropNotRtc,
-        ),
+        case("stun 0 from unknown source", v4((OTHER4, 9), PORT, stun()).build(), XDP_PASS, V::PassStun),
+        case("stun 3", v4(leg1, PORT, vec![3; 20]).build(), XDP_PASS, V::PassStun),
+        case("stun over ipv6", v6((PEER6, 1), PORT6, stun()).build(), XDP_PASS, V::PassStun),
+        case("dtls 20", v4((OTHER4, 9), PORT, vec![20; 13]).build(), XDP_PASS, V::PassDtls),
+        case("dtls 22 handshake", v4(leg1, PORT, dtls()).build(), XDP_PASS, V::PassDtls),
+        case("dtls 63", v6(leg2, PORT6, vec![63; 13]).build(), XDP_PASS, V::PassDtls),
+        case("byte 4", v4(leg1, PORT, vec![4; 20]).build(), XDP_DROP, V::DropNotRtc),
+        case("byte 19", v4(leg1, PORT, vec![19; 20]).build(), XDP_DROP, V::DropNotRtc),
+        case("byte 64 (TURN channel)", v4(leg1, PORT, vec![64; 20]).build(), XDP_DROP, V::DropNotRtc),
+        case("byte 127", v4(leg1, PORT, vec![127; 20]).build(), XDP_DROP, V::DropNotRtc),
+        case("byte 192", v4(leg1, PORT, vec![192; 20]).build(), XDP_DROP, V::DropNotRtc),
+        case("byte 255", v6(leg2, PORT6, vec![255; 20]).build(), XDP_DROP, V::DropNotRtc),
         // The shield.
-        case(
-            "rtp known leg and ssrc",
-            known_rtp.build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
+        case("rtp known leg and ssrc", known_rtp.build(), XDP_PASS, V::PassMedia),
         case(
             "rtp first byte 191 known",
             {
@@ -332,108 +222,23 @@ fn cases() -> Vec<Case> {
             XDP_PASS,
             V::PassMedia,
         ),
-        case(
-            "rtcp known leg",
-            v4(leg1, PORT, rtcp(SSRC1)).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
-        case(
-            "rtcp known leg, any ssrc",
-            v4(leg1, PORT, rtcp(0xdead_beef)).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
-        case(
-            "rtp unknown source port",
-            v4((PEER4, 5001), PORT, rtp(SSRC1, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSource,
-        ),
-        case(
-            "rtp unknown source address",
-            v4((Ipv4Addr::new(198, 18, 0, 1), 5000), PORT, rtp(SSRC1, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSource,
-        ),
-        case(
-            "rtp known source, other local port",
-            v4(leg1, 20002, rtp(SSRC1, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSource,
-        ),
-        case(
-            "rtcp unknown source",
-            v4((PEER4, 5001), PORT, rtcp(SSRC1)).build(),
-            XDP_DROP,
-            V::DropUnknownSource,
-        ),
-        case(
-            "rtp unknown ssrc",
-            v4(leg1, PORT, rtp(0x3333_3333, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSsrc,
-        ),
-        case(
-            "rtp ssrc announced by another leg",
-            v4((OTHER4, 5000), PORT, rtp(SSRC1, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSsrc,
-        ),
-        case(
-            "ipv6 rtp known",
-            v6(leg2, PORT6, rtp(SSRC2, 1)).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
-        case(
-            "ipv6 rtcp known",
-            v6(leg2, PORT6, rtcp(SSRC2)).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
-        case(
-            "ipv6 rtp unknown ssrc",
-            v6(leg2, PORT6, rtp(SSRC1, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSsrc,
-        ),
-        case(
-            "ipv6 rtp unknown source",
-            v6((PEER6, 5002), PORT6, rtp(SSRC2, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSource,
-        ),
-        case(
-            "v4-mapped key does not match ipv6 peer",
-            v4(leg1, PORT6, rtp(SSRC2, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSource,
-        ),
-        case(
-            "vlan ipv4 rtp known",
-            known_rtp.clone().vlan(42).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
-        case(
-            "vlan ipv4 unknown source",
-            v4((PEER4, 1), PORT, rtp(SSRC1, 1)).vlan(42).build(),
-            XDP_DROP,
-            V::DropUnknownSource,
-        ),
-        case(
-            "vlan ipv6 stun",
-            v6(leg2, PORT6, stun()).vlan(7).build(),
-            XDP_PASS,
-            V::PassStun,
-        ),
-        case(
-            "vlan ipv6 rtp known",
-            v6(leg2, PORT6, rtp(SSRC2, 9)).vlan(7).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
+        case("rtcp known leg", v4(leg1, PORT, rtcp(SSRC1)).build(), XDP_PASS, V::PassMedia),
+        case("rtcp known leg, any ssrc", v4(leg1, PORT, rtcp(0xdead_beef)).build(), XDP_PASS, V::PassMedia),
+        case("rtp unknown source port", v4((PEER4, 5001), PORT, rtp(SSRC1, 1)).build(), XDP_DROP, V::DropUnknownSource),
+        case("rtp unknown source address", v4((Ipv4Addr::new(198, 18, 0, 1), 5000), PORT, rtp(SSRC1, 1)).build(), XDP_DROP, V::DropUnknownSource),
+        case("rtp known source, other local port", v4(leg1, 20002, rtp(SSRC1, 1)).build(), XDP_DROP, V::DropUnknownSource),
+        case("rtcp unknown source", v4((PEER4, 5001), PORT, rtcp(SSRC1)).build(), XDP_DROP, V::DropUnknownSource),
+        case("rtp unknown ssrc", v4(leg1, PORT, rtp(0x3333_3333, 1)).build(), XDP_DROP, V::DropUnknownSsrc),
+        case("rtp ssrc announced by another leg", v4((OTHER4, 5000), PORT, rtp(SSRC1, 1)).build(), XDP_DROP, V::DropUnknownSsrc),
+        case("ipv6 rtp known", v6(leg2, PORT6, rtp(SSRC2, 1)).build(), XDP_PASS, V::PassMedia),
+        case("ipv6 rtcp known", v6(leg2, PORT6, rtcp(SSRC2)).build(), XDP_PASS, V::PassMedia),
+        case("ipv6 rtp unknown ssrc", v6(leg2, PORT6, rtp(SSRC1, 1)).build(), XDP_DROP, V::DropUnknownSsrc),
+        case("ipv6 rtp unknown source", v6((PEER6, 5002), PORT6, rtp(SSRC2, 1)).build(), XDP_DROP, V::DropUnknownSource),
+        case("v4-mapped key does not match ipv6 peer", v4(leg1, PORT6, rtp(SSRC2, 1)).build(), XDP_DROP, V::DropUnknownSource),
+        case("vlan ipv4 rtp known", known_rtp.clone().vlan(42).build(), XDP_PASS, V::PassMedia),
+        case("vlan ipv4 unknown source", v4((PEER4, 1), PORT, rtp(SSRC1, 1)).vlan(42).build(), XDP_DROP, V::DropUnknownSource),
+        case("vlan ipv6 stun", v6(leg2, PORT6, stun()).vlan(7).build(), XDP_PASS, V::PassStun),
+        case("vlan ipv6 rtp known", v6(leg2, PORT6, rtp(SSRC2, 9)).vlan(7).build(), XDP_PASS, V::PassMedia),
         case(
             "ipv4 options rtp known",
             {
@@ -466,18 +271,8 @@ fn cases() -> Vec<Case> {
     let full4_vlan = known_rtp.clone().vlan(42).build();
     let full6 = v6(leg2, PORT6, rtp(SSRC2, 1)).build();
     c.extend([
-        case(
-            "truncated vlan tag",
-            full4_vlan[..16].to_vec(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "truncated ipv4 header",
-            full4[..14 + 19].to_vec(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
+        case("truncated vlan tag", full4_vlan[..16].to_vec(), XDP_DROP, V::DropMalformed),
+        case("truncated ipv4 header", full4[..14 + 19].to_vec(), XDP_DROP, V::DropMalformed),
         case(
             "truncated ipv4 options",
             {
@@ -508,54 +303,14 @@ fn cases() -> Vec<Case> {
             XDP_DROP,
             V::DropMalformed,
         ),
-        case(
-            "truncated udp header (v4)",
-            full4[..14 + 20 + 7].to_vec(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "truncated ipv6 header",
-            full6[..14 + 39].to_vec(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "truncated udp header (v6)",
-            full6[..14 + 40 + 5].to_vec(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "truncated udp header (vlan v4)",
-            full4_vlan[..18 + 20 + 4].to_vec(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "empty udp payload on a media port",
-            v4(leg1, PORT, vec![]).build(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "rtp one byte",
-            v4(leg1, PORT, vec![0x80]).build(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "rtp 11 bytes",
-            v4(leg1, PORT, rtp(SSRC1, 1)[..11].to_vec()).build(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "rtp 11 bytes from unknown source",
-            v4((PEER4, 1), PORT, rtp(SSRC1, 1)[..11].to_vec()).build(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
+        case("truncated udp header (v4)", full4[..14 + 20 + 7].to_vec(), XDP_DROP, V::DropMalformed),
+        case("truncated ipv6 header", full6[..14 + 39].to_vec(), XDP_DROP, V::DropMalformed),
+        case("truncated udp header (v6)", full6[..14 + 40 + 5].to_vec(), XDP_DROP, V::DropMalformed),
+        case("truncated udp header (vlan v4)", full4_vlan[..18 + 20 + 4].to_vec(), XDP_DROP, V::DropMalformed),
+        case("empty udp payload on a media port", v4(leg1, PORT, vec![]).build(), XDP_DROP, V::DropMalformed),
+        case("rtp one byte", v4(leg1, PORT, vec![0x80]).build(), XDP_DROP, V::DropMalformed),
+        case("rtp 11 bytes", v4(leg1, PORT, rtp(SSRC1, 1)[..11].to_vec()).build(), XDP_DROP, V::DropMalformed),
+        case("rtp 11 bytes from unknown source", v4((PEER4, 1), PORT, rtp(SSRC1, 1)[..11].to_vec()).build(), XDP_DROP, V::DropMalformed),
         case(
             "rtp 11 bytes padded to the ethernet minimum",
             {
@@ -586,26 +341,13 @@ fn cases() -> Vec<Case> {
             XDP_DROP,
             V::DropMalformed,
         ),
-        case(
-            "rtcp 7 bytes",
-            v4(leg1, PORT, rtcp(SSRC1)[..7].to_vec()).build(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
-        case(
-            "ipv6 rtp 11 bytes",
-            v6(leg2, PORT6, rtp(SSRC2, 1)[..11].to_vec()).build(),
-            XDP_DROP,
-            V::DropMalformed,
-        ),
+        case("rtcp 7 bytes", v4(leg1, PORT, rtcp(SSRC1)[..7].to_vec()).build(), XDP_DROP, V::DropMalformed),
+        case("ipv6 rtp 11 bytes", v6(leg2, PORT6, rtp(SSRC2, 1)[..11].to_vec()).build(), XDP_DROP, V::DropMalformed),
     ]);
 
     // Relay legs: rewritten and sent on, checksums fixed incrementally.
     let r4 = v4((RELAY_PEER4, 7000), RELAY_PORT, rtp(0x5555_5555, 77));
-    let r4_nocsum = Frame {
-        no_udp_checksum: true,
-        ..r4.clone()
-    };
+    let r4_nocsum = Frame { no_udp_checksum: true, ..r4.clone() };
     let r4_opts = {
         let mut f = r4.clone();
         if let Ip::V4 { options, .. } = &mut f.ip {
@@ -616,108 +358,36 @@ fn cases() -> Vec<Case> {
     let r4_stun = v4((RELAY_PEER4, 7000), RELAY_PORT, stun());
     let r4_vlan = r4.clone().vlan(42);
     let r6 = v6((RELAY_PEER6, 7000), RELAY_PORT6, rtp(0x6666_6666, 5));
-    let r4_redirect = v4(
-        (RELAY_PEER4_B, 7000),
-        RELAY_PORT_REDIRECT,
-        rtp(0x7777_7777, 1),
-    );
+    let r4_redirect = v4((RELAY_PEER4_B, 7000), RELAY_PORT_REDIRECT, rtp(0x7777_7777, 1));
     for (name, f, route, action, verdict) in [
         ("relay ipv4 rtp", r4, relay4(), XDP_TX, V::RelayTx),
-        (
-            "relay ipv4 no udp checksum",
-            r4_nocsum,
-            relay4(),
-            XDP_TX,
-            V::RelayTx,
-        ),
-        (
-            "relay ipv4 with options",
-            r4_opts,
-            relay4(),
-            XDP_TX,
-            V::RelayTx,
-        ),
-        (
-            "relay ipv4 stun (relays do not terminate ICE)",
-            r4_stun,
-            relay4(),
-            XDP_TX,
-            V::RelayTx,
-        ),
+        ("relay ipv4 no udp checksum", r4_nocsum, relay4(), XDP_TX, V::RelayTx),
+        ("relay ipv4 with options", r4_opts, relay4(), XDP_TX, V::RelayTx),
+        ("relay ipv4 stun (relays do not terminate ICE)", r4_stun, relay4(), XDP_TX, V::RelayTx),
         ("relay vlan ipv4", r4_vlan, relay4(), XDP_TX, V::RelayTx),
         ("relay ipv6 rtp", r6, relay6(), XDP_TX, V::RelayTx),
-        (
-            "relay ipv4 redirect to another interface",
-            r4_redirect,
-            RelayRoute {
-                egress: Egress::Interface(1),
-                ..relay4()
-            },
-            XDP_REDIRECT,
-            V::RelayRedirect,
-        ),
+        ("relay ipv4 redirect to another interface", r4_redirect, RelayRoute { egress: Egress::Interface(1), ..relay4() }, XDP_REDIRECT, V::RelayRedirect),
     ] {
         let input = f.build();
         let expected = relayed(f, &route);
-        c.push(Case {
-            name,
-            input,
-            action,
-            verdict,
-            output: Out::Bytes(expected),
-        });
+        c.push(Case { name, input, action, verdict, output: Out::Bytes(expected) });
     }
     // Wildcard entries: a leg awaiting its remote, a port taking any SSRC of its leg.
     let from_anyone = (Ipv4Addr::new(198, 51, 100, 77), 61_000);
     c.extend([
-        case(
-            "rtp from any remote to a leg awaiting its remote",
-            v4(from_anyone, WILD_REMOTE_PORT, rtp(SSRC4, 1)).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
-        case(
-            "rtcp from any remote to a leg awaiting its remote",
-            v4(from_anyone, WILD_REMOTE_PORT, rtcp(SSRC4)).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
-        case(
-            "unannounced ssrc to a leg awaiting its remote",
-            v4(from_anyone, WILD_REMOTE_PORT, rtp(SSRC1, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSsrc,
-        ),
+        case("rtp from any remote to a leg awaiting its remote", v4(from_anyone, WILD_REMOTE_PORT, rtp(SSRC4, 1)).build(), XDP_PASS, V::PassMedia),
+        case("rtcp from any remote to a leg awaiting its remote", v4(from_anyone, WILD_REMOTE_PORT, rtcp(SSRC4)).build(), XDP_PASS, V::PassMedia),
+        case("unannounced ssrc to a leg awaiting its remote", v4(from_anyone, WILD_REMOTE_PORT, rtp(SSRC1, 1)).build(), XDP_DROP, V::DropUnknownSsrc),
         case(
             "exact entry wins over the any-remote entry (ssrc is the other leg's)",
             v4((PEER4, 5000), WILD_REMOTE_PORT, rtp(SSRC4, 1)).build(),
             XDP_DROP,
             V::DropUnknownSsrc,
         ),
-        case(
-            "any ssrc from the leg of an any-ssrc port",
-            v4((PEER4, 5000), WILD_SSRC_PORT, rtp(0x5eed_0001, 1)).build(),
-            XDP_PASS,
-            V::PassMedia,
-        ),
-        case(
-            "ipv6 ssrc-0 lookalike does not match an any-ssrc port it is not on",
-            v6((PEER6, 5000), PORT6, rtp(0, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSsrc,
-        ),
-        case(
-            "any-ssrc port still needs a known source",
-            v4((OTHER4, 5000), WILD_SSRC_PORT, rtp(0x5eed_0001, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSource,
-        ),
-        case(
-            "any-ssrc entry belongs to another leg",
-            v4((PEER4, 5000), WILD_SSRC_OTHER_PORT, rtp(0x5eed_0001, 1)).build(),
-            XDP_DROP,
-            V::DropUnknownSsrc,
-        ),
+        case("any ssrc from the leg of an any-ssrc port", v4((PEER4, 5000), WILD_SSRC_PORT, rtp(0x5eed_0001, 1)).build(), XDP_PASS, V::PassMedia),
+        case("ipv6 ssrc-0 lookalike does not match an any-ssrc port it is not on", v6((PEER6, 5000), PORT6, rtp(0, 1)).build(), XDP_DROP, V::DropUnknownSsrc),
+        case("any-ssrc port still needs a known source", v4((OTHER4, 5000), WILD_SSRC_PORT, rtp(0x5eed_0001, 1)).build(), XDP_DROP, V::DropUnknownSource),
+        case("any-ssrc entry belongs to another leg", v4((PEER4, 5000), WILD_SSRC_OTHER_PORT, rtp(0x5eed_0001, 1)).build(), XDP_DROP, V::DropUnknownSsrc),
     ]);
     // Many checksum shapes: vary the payload so carries and the 0xffff corner get exercised.
     for i in 0..64u16 {
@@ -726,13 +396,7 @@ fn cases() -> Vec<Case> {
         let f = v4((RELAY_PEER4, 7000), RELAY_PORT, p);
         let input = f.build();
         let expected = relayed(f, &relay4());
-        c.push(Case {
-            name: "relay ipv4 checksum sweep",
-            input,
-            action: XDP_TX,
-            verdict: V::RelayTx,
-            output: Out::Bytes(expected),
-        });
+        c.push(Case { name: "relay ipv4 checksum sweep", input, action: XDP_TX, verdict: V::RelayTx, output: Out::Bytes(expected) });
     }
     c
 }
@@ -744,26 +408,17 @@ fn xdp_verdicts_table() {
     for case in cases() {
         let before = stage.verdict_counts().unwrap();
         let mut out = vec![0u8; case.input.len() + 256];
-        let r = stage
-            .test_run(&case.input, &mut out, 1)
-            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let r = stage.test_run(&case.input, &mut out, 1).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let after = stage.verdict_counts().unwrap();
         let out = &out[..r.len];
         if r.action != case.action {
-            failures.push(format!(
-                "{}: action {} want {}",
-                case.name, r.action, case.action
-            ));
+            failures.push(format!("{}: action {} want {}", case.name, r.action, case.action));
         }
         for v in sluice_common::XdpVerdict::ALL {
             let want = u64::from(v == case.verdict);
             let got = after.get(v) - before.get(v);
             if got != want {
-                failures.push(format!(
-                    "{}: counter {} moved by {got}, want {want}",
-                    case.name,
-                    v.name()
-                ));
+                failures.push(format!("{}: counter {} moved by {got}, want {want}", case.name, v.name()));
             }
         }
         match &case.output {
@@ -772,12 +427,7 @@ fn xdp_verdicts_table() {
             }
             Out::Bytes(want) => {
                 if out != want.as_slice() {
-                    failures.push(format!(
-                        "{}: output\n  got  {}\n  want {}",
-                        case.name,
-                        hex::encode(out),
-                        hex::encode(want)
-                    ));
+                    failures.push(format!("{}: output\n  got  {}\n  want {}", case.name, hex::encode(out), hex::encode(want)));
                 }
                 if !checksums_ok(out) {
                     failures.push(format!("{}: checksums wrong in output", case.name));
@@ -786,42 +436,17 @@ fn xdp_verdicts_table() {
             Out::Unchanged => {}
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
 fn relay_entries_reject_mixed_families() {
     let mut stage = XdpStage::load_unpinned().unwrap();
-    let route = RelayRoute {
-        dst: "[2001:db8::9]:1".parse().unwrap(),
-        ..relay4()
-    };
-    let err = stage
-        .add_relay(
-            RELAY_PORT,
-            SocketAddr::new(RELAY_PEER4.into(), 7000),
-            &route,
-        )
-        .unwrap_err();
+    let route = RelayRoute { dst: "[2001:db8::9]:1".parse().unwrap(), ..relay4() };
+    let err = stage.add_relay(RELAY_PORT, SocketAddr::new(RELAY_PEER4.into(), 7000), &route).unwrap_err();
     assert!(err.to_string().contains("address family"), "{err}");
-    let route = RelayRoute {
-        egress: Egress::Interface(0),
-        ..relay4()
-    };
-    assert!(
-        stage
-            .add_relay(
-                RELAY_PORT,
-                SocketAddr::new(RELAY_PEER4.into(), 7000),
-                &route
-            )
-            .is_err()
-    );
+    let route = RelayRoute { egress: Egress::Interface(0), ..relay4() };
+    assert!(stage.add_relay(RELAY_PORT, SocketAddr::new(RELAY_PEER4.into(), 7000), &route).is_err());
 }
 
 #[test]
@@ -829,43 +454,20 @@ fn removing_entries_closes_the_shield_again() {
     let mut stage = stage();
     let frame = v4((PEER4, 5000), PORT, rtp(SSRC1, 1)).build();
     let mut out = vec![0u8; frame.len() + 256];
-    assert_eq!(
-        stage.test_run(&frame, &mut out, 1).unwrap().action,
-        XDP_PASS
-    );
+    assert_eq!(stage.test_run(&frame, &mut out, 1).unwrap().action, XDP_PASS);
     stage.revoke_ssrc(PORT, Ssrc(SSRC1)).unwrap();
-    assert_eq!(
-        stage.test_run(&frame, &mut out, 1).unwrap().action,
-        XDP_DROP
-    );
-    stage
-        .remove_leg(PORT, SocketAddr::new(PEER4.into(), 5000))
-        .unwrap();
+    assert_eq!(stage.test_run(&frame, &mut out, 1).unwrap().action, XDP_DROP);
+    stage.remove_leg(PORT, SocketAddr::new(PEER4.into(), 5000)).unwrap();
     let before = stage.verdict_counts().unwrap().get(V::DropUnknownSource);
-    assert_eq!(
-        stage.test_run(&frame, &mut out, 1).unwrap().action,
-        XDP_DROP
-    );
-    assert_eq!(
-        stage.verdict_counts().unwrap().get(V::DropUnknownSource),
-        before + 1
-    );
+    assert_eq!(stage.test_run(&frame, &mut out, 1).unwrap().action, XDP_DROP);
+    assert_eq!(stage.verdict_counts().unwrap().get(V::DropUnknownSource), before + 1);
     let relay = v4((RELAY_PEER4, 7000), RELAY_PORT, rtp(1, 1)).build();
     assert_eq!(stage.test_run(&relay, &mut out, 1).unwrap().action, XDP_TX);
-    stage
-        .remove_relay(RELAY_PORT, SocketAddr::new(RELAY_PEER4.into(), 7000))
-        .unwrap();
-    assert_eq!(
-        stage.test_run(&relay, &mut out, 1).unwrap().action,
-        XDP_DROP,
-        "now an unknown source"
-    );
+    stage.remove_relay(RELAY_PORT, SocketAddr::new(RELAY_PEER4.into(), 7000)).unwrap();
+    assert_eq!(stage.test_run(&relay, &mut out, 1).unwrap().action, XDP_DROP, "now an unknown source");
     // Port range off: everything passes untouched.
     stage.clear_port_range().unwrap();
-    assert_eq!(
-        stage.test_run(&frame, &mut out, 1).unwrap().action,
-        XDP_PASS
-    );
+    assert_eq!(stage.test_run(&frame, &mut out, 1).unwrap().action, XDP_PASS);
 }
 
 /// The daemon's life cycle of a leg whose remote is unknown: the any-remote entry lets its first
@@ -882,9 +484,7 @@ fn latched_remote_replaces_the_any_remote_entry() {
     let (a, b) = ((Ipv4Addr::new(198, 51, 100, 1), 4000), (Ipv4Addr::new(198, 51, 100, 2), 4000));
     assert_eq!(run(&mut stage, a), XDP_PASS);
     assert_eq!(run(&mut stage, b), XDP_PASS);
-    stage
-        .add_leg(WILD_REMOTE_PORT, SocketAddr::new(a.0.into(), a.1), LegId(4), 0)
-        .unwrap();
+    stage.add_leg(WILD_REMOTE_PORT, SocketAddr::new(a.0.into(), a.1), LegId(4), 0).unwrap();
     stage.remove_leg_any_remote(WILD_REMOTE_PORT).unwrap();
     assert_eq!(run(&mut stage, a), XDP_PASS, "the latched remote");
     let before = stage.verdict_counts().unwrap().get(V::DropUnknownSource);
@@ -909,11 +509,7 @@ fn af_xdp_mode_without_a_socket_passes_known_media() {
         let r = stage.test_run(frame, &mut out, 1).unwrap();
         assert_eq!(&out[..r.len], frame, "frame untouched");
         let after = stage.verdict_counts().unwrap();
-        let moved: Vec<_> = V::ALL
-            .iter()
-            .filter(|v| after.get(**v) != before.get(**v))
-            .copied()
-            .collect();
+        let moved: Vec<_> = V::ALL.iter().filter(|v| after.get(**v) != before.get(**v)).copied().collect();
         (r.action, moved)
     };
     let rtp4 = v4((PEER4, 5000), PORT, rtp(SSRC1, 1)).build();
@@ -936,4 +532,3 @@ fn af_xdp_mode_without_a_socket_passes_known_media() {
     assert_eq!(run(&rtp6, &mut stage), (XDP_PASS, vec![V::PassMedia]));
     assert_eq!(stage.verdict_counts().unwrap().get(V::RedirectXsk), 0);
 }
-

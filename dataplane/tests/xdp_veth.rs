@@ -25,13 +25,7 @@ const LEG_SSRC: u32 = 0xaaaa_0001;
 fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
     let sender_ns = NetNs::new("shA");
     let sfu_ns = NetNs::new("shB");
-    let veth = Veth::new(
-        "sh",
-        &sender_ns,
-        &["10.77.0.1/24", "10.77.0.3/24"],
-        &sfu_ns,
-        &["10.77.0.2/24"],
-    );
+    let veth = Veth::new("sh", &sender_ns, &["10.77.0.1/24", "10.77.0.3/24"], &sfu_ns, &["10.77.0.2/24"]);
 
     let mut stage = XdpStage::load_unpinned().expect("load XDP stage");
     let mode = sfu_ns.enter(|| stage.attach(&veth.b)).expect("attach");
@@ -39,21 +33,13 @@ fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
     stage.set_port_range(20000..=20099).unwrap();
     let leg_addr: SocketAddr = "10.77.0.1:5000".parse().unwrap();
     stage.add_leg(MEDIA_PORT, leg_addr, LegId(7), 0).unwrap();
-    stage
-        .allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(7))
-        .unwrap();
+    stage.allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(7)).unwrap();
 
-    let receiver = sfu_ns
-        .enter(|| UdpSocket::bind("10.77.0.2:20000"))
-        .expect("bind receiver");
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    let receiver = sfu_ns.enter(|| UdpSocket::bind("10.77.0.2:20000")).expect("bind receiver");
+    receiver.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let (legit, flood_sockets) = sender_ns.enter(|| {
         let legit = UdpSocket::bind(leg_addr).unwrap();
-        let mut flood: Vec<UdpSocket> = (0..16)
-            .map(|i| UdpSocket::bind(("10.77.0.1", 40000 + i)).unwrap())
-            .collect();
+        let mut flood: Vec<UdpSocket> = (0..16).map(|i| UdpSocket::bind(("10.77.0.1", 40000 + i)).unwrap()).collect();
         // Right port, wrong address.
         flood.push(UdpSocket::bind("10.77.0.3:5000").unwrap());
         (legit, flood)
@@ -71,9 +57,7 @@ fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             match receiver.recv_from(&mut buf) {
-                Ok((n, from))
-                    if from == leg_addr && n >= 12 && buf[8..12] == LEG_SSRC.to_be_bytes() =>
-                {
+                Ok((n, from)) if from == leg_addr && n >= 12 && buf[8..12] == LEG_SSRC.to_be_bytes() => {
                     from_leg += 1;
                 }
                 Ok((_, from)) => others.push(from),
@@ -108,37 +92,14 @@ fn flood_is_dropped_in_xdp_and_the_leg_gets_through() {
     let (from_leg, others) = recv.join().unwrap();
     let after = stage.verdict_counts().unwrap();
     let delta = |v| after.get(v) - before.get(v);
-    let drops = common::netns::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &sfu_ns.name,
-            "ip",
-            "-s",
-            "link",
-            "show",
-            &veth.b,
-        ],
-    );
+    let drops = common::netns::run("ip", &["netns", "exec", &sfu_ns.name, "ip", "-s", "link", "show", &veth.b]);
     println!(
         "flood: {flood_sent} datagrams in {flood_secs:.3}s ({:.0}/s offered, paced); counters: {:?}",
         flood_sent as f64 / flood_secs,
-        after
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(v, n)| (v.name(), n))
-            .collect::<Vec<_>>()
+        after.iter().filter(|(_, n)| *n > 0).map(|(v, n)| (v.name(), n)).collect::<Vec<_>>()
     );
-    assert!(
-        others.is_empty(),
-        "flood reached the socket from {:?}",
-        &others[..others.len().min(5)]
-    );
-    assert_eq!(
-        from_leg, LEGIT,
-        "leg packets received (link stats:\n{drops})"
-    );
+    assert!(others.is_empty(), "flood reached the socket from {:?}", &others[..others.len().min(5)]);
+    assert_eq!(from_leg, LEGIT, "leg packets received (link stats:\n{drops})");
     assert_eq!(delta(V::PassMedia), LEGIT);
     assert_eq!(delta(V::DropUnknownSource), FLOOD, "link stats:\n{drops}");
     assert_eq!(delta(V::DropUnknownSsrc), BAD_SSRC);
@@ -160,10 +121,7 @@ fn attach_falls_back_to_generic_mode() {
     assert!(shown.contains("xdpgeneric"), "{shown}");
     drop(stage);
     let shown = ns.exec("ip", &["link", "show", &dev]);
-    assert!(
-        !shown.contains("xdp"),
-        "unpinned stage detaches on drop: {shown}"
-    );
+    assert!(!shown.contains("xdp"), "unpinned stage detaches on drop: {shown}");
 }
 
 /// The same shield over IPv6 (keys hold the 16-byte address as is).
@@ -172,41 +130,14 @@ fn ipv6_flood_is_dropped_and_the_leg_gets_through() {
     let sender_ns = NetNs::new("s6A");
     let sfu_ns = NetNs::new("s6B");
     let veth = Veth::new("s6", &sender_ns, &[], &sfu_ns, &[]);
-    for (ns, dev, addrs) in [
-        (
-            &sender_ns,
-            &veth.a,
-            ["fd00:77::1/64", "fd00:77::3/64"].as_slice(),
-        ),
-        (&sfu_ns, &veth.b, ["fd00:77::2/64"].as_slice()),
-    ] {
+    for (ns, dev, addrs) in [(&sender_ns, &veth.a, ["fd00:77::1/64", "fd00:77::3/64"].as_slice()), (&sfu_ns, &veth.b, ["fd00:77::2/64"].as_slice())] {
         for a in addrs {
             ns.ip(&["addr", "add", a, "dev", dev, "nodad"]);
         }
     }
-    sender_ns.ip(&[
-        "neigh",
-        "replace",
-        "fd00:77::2",
-        "lladdr",
-        &common::netns::mac_str(veth.mac_b),
-        "dev",
-        &veth.a,
-        "nud",
-        "permanent",
-    ]);
+    sender_ns.ip(&["neigh", "replace", "fd00:77::2", "lladdr", &common::netns::mac_str(veth.mac_b), "dev", &veth.a, "nud", "permanent"]);
     for a in ["fd00:77::1", "fd00:77::3"] {
-        sfu_ns.ip(&[
-            "neigh",
-            "replace",
-            a,
-            "lladdr",
-            &common::netns::mac_str(veth.mac_a),
-            "dev",
-            &veth.b,
-            "nud",
-            "permanent",
-        ]);
+        sfu_ns.ip(&["neigh", "replace", a, "lladdr", &common::netns::mac_str(veth.mac_a), "dev", &veth.b, "nud", "permanent"]);
     }
 
     let mut stage = XdpStage::load_unpinned().unwrap();
@@ -214,21 +145,10 @@ fn ipv6_flood_is_dropped_and_the_leg_gets_through() {
     stage.set_port_range(20000..=20099).unwrap();
     let leg_addr: SocketAddr = "[fd00:77::1]:5000".parse().unwrap();
     stage.add_leg(MEDIA_PORT, leg_addr, LegId(1), 0).unwrap();
-    stage
-        .allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(1))
-        .unwrap();
-    let receiver = sfu_ns
-        .enter(|| UdpSocket::bind("[fd00:77::2]:20000"))
-        .unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let (legit, flood) = sender_ns.enter(|| {
-        (
-            UdpSocket::bind(leg_addr).unwrap(),
-            UdpSocket::bind("[fd00:77::3]:5000").unwrap(),
-        )
-    });
+    stage.allow_ssrc(MEDIA_PORT, Ssrc(LEG_SSRC), LegId(1)).unwrap();
+    let receiver = sfu_ns.enter(|| UdpSocket::bind("[fd00:77::2]:20000")).unwrap();
+    receiver.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let (legit, flood) = sender_ns.enter(|| (UdpSocket::bind(leg_addr).unwrap(), UdpSocket::bind("[fd00:77::3]:5000").unwrap()));
     let dst: SocketAddr = "[fd00:77::2]:20000".parse().unwrap();
     let before = stage.verdict_counts().unwrap();
     for i in 0..2000u16 {
@@ -249,8 +169,5 @@ fn ipv6_flood_is_dropped_and_the_leg_gets_through() {
     let after = stage.verdict_counts().unwrap();
     assert_eq!(got, 100);
     assert_eq!(after.get(V::PassMedia) - before.get(V::PassMedia), 100);
-    assert_eq!(
-        after.get(V::DropUnknownSource) - before.get(V::DropUnknownSource),
-        2000
-    );
+    assert_eq!(after.get(V::DropUnknownSource) - before.get(V::DropUnknownSource), 2000);
 }

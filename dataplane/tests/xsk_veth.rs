@@ -52,10 +52,9 @@ fn topology_with(tag: &str, xsk: bool, xsk_tx: XskTx, xsk_rx_frames: usize) -> T
     let server_ns = NetNs::new(&format!("{tag}B"));
     let veth = Veth::new(tag, &client_ns, &["10.78.0.1/24"], &server_ns, &["10.78.0.2/24"]);
     // IPv6 too (no DAD, static neighbours both ways), before the backend reads the interface.
-    for (ns, dev, addr, peer, peer_mac) in [
-        (&client_ns, &veth.a, "fd00:78::1/64", "fd00:78::2", veth.mac_b),
-        (&server_ns, &veth.b, "fd00:78::2/64", "fd00:78::1", veth.mac_a),
-    ] {
+    for (ns, dev, addr, peer, peer_mac) in
+        [(&client_ns, &veth.a, "fd00:78::1/64", "fd00:78::2", veth.mac_b), (&server_ns, &veth.b, "fd00:78::2/64", "fd00:78::1", veth.mac_a)]
+    {
         ns.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
         let mac = common::netns::mac_str(peer_mac);
         ns.ip(&["neigh", "replace", peer, "lladdr", &mac, "dev", dev, "nud", "permanent"]);
@@ -100,9 +99,7 @@ fn receive(backend: &mut Backend, want: usize) -> Vec<(u16, SocketAddr, Vec<u8>)
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while got.len() < want && Instant::now() < deadline {
-        backend
-            .recv_batch(Some(Duration::from_millis(100)), |port, src, buf| got.push((port, src, buf.to_vec())))
-            .expect("recv_batch");
+        backend.recv_batch(Some(Duration::from_millis(100)), |port, src, buf| got.push((port, src, buf.to_vec()))).expect("recv_batch");
     }
     got
 }
@@ -177,11 +174,7 @@ fn media_arrives_through_the_xsk_and_replies_leave_through_it() {
                     assert_eq!(from, SocketAddr::new(SERVER_IP.parse::<IpAddr>().unwrap(), PORT), "source");
                     received.push(buf[..n].to_vec());
                 }
-                Err(e) => panic!(
-                    "reply {} of {sent_ok} missing ({e}); backend counters {:?}",
-                    received.len(),
-                    t.backend.counters()
-                ),
+                Err(e) => panic!("reply {} of {sent_ok} missing ({e}); backend counters {:?}", received.len(), t.backend.counters()),
             }
         }
     }
@@ -261,9 +254,7 @@ fn ipv6_media_and_replies_through_the_xsk() {
     let mut buf = [0u8; 2048];
     let mut received = Vec::new();
     while received.len() < replies.len() {
-        let (len, from) = client
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("reply {} missing ({e}); {:?}", received.len(), t.backend.counters()));
+        let (len, from) = client.recv_from(&mut buf).unwrap_or_else(|e| panic!("reply {} missing ({e}); {:?}", received.len(), t.backend.counters()));
         assert_eq!(from, server6);
         received.push(buf[..len].to_vec());
     }
@@ -273,7 +264,6 @@ fn ipv6_media_and_replies_through_the_xsk() {
     assert_eq!(received, want);
     assert_eq!(t.backend.counters().send_errors, 0);
 }
-
 
 /// Sends `replies` to `dst` in batches of 25 and collects them at `client` (drained per batch:
 /// its receive buffer, about 200 KB in a fresh namespace, is the limit). Panics naming the first

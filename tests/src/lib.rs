@@ -159,11 +159,8 @@ pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub fn start_redis(port: u16, log: &Path) -> Daemon {
     assert!(Path::new(REDIS_SERVER).exists(), "{REDIS_SERVER} is missing (scripts/setup.sh installs redis-server)");
     let port_s = port.to_string();
-    let mut d = Daemon::start_path(
-        Path::new(REDIS_SERVER),
-        &["--port", &port_s, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""],
-        log,
-    );
+    let mut d =
+        Daemon::start_path(Path::new(REDIS_SERVER), &["--port", &port_s, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""], log);
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {

@@ -71,10 +71,7 @@ fn capacity(name: &str, ports: &str, extra: &[&str]) -> Run {
 fn total(r: &Run, field: &str) -> u64 {
     let steps = r.report["runs"][0]["steps"].as_array().unwrap_or_else(|| panic!("no steps:\n{}", r.stdout));
     assert!(!steps.is_empty(), "no steps:\n{}", r.stdout);
-    steps
-        .iter()
-        .map(|s| if field == "lost" { s["lost"].as_u64() } else { s["totals"][field].as_u64() }.unwrap_or_else(|| panic!("no {field}")))
-        .sum()
+    steps.iter().map(|s| if field == "lost" { s["lost"].as_u64() } else { s["totals"][field].as_u64() }.unwrap_or_else(|| panic!("no {field}"))).sum()
 }
 
 /// A per-step figure summed over the steps of the first run.
@@ -111,7 +108,8 @@ fn a_clean_run_shows_no_fault_and_every_figure() {
     assert_eq!(step["participants"], 6);
     assert_eq!(step["sustained"], true, "{}", r.stdout);
     let lat = &step["latency"];
-    let (p50, p99, p999, max) = (lat["p50_us"].as_f64().unwrap(), lat["p99_us"].as_f64().unwrap(), lat["p999_us"].as_f64().unwrap(), lat["max_us"].as_f64().unwrap());
+    let (p50, p99, p999, max) =
+        (lat["p50_us"].as_f64().unwrap(), lat["p99_us"].as_f64().unwrap(), lat["p999_us"].as_f64().unwrap(), lat["max_us"].as_f64().unwrap());
     assert!(0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{lat}");
     let workers = step["dataplane_workers"].as_array().expect("workers");
     assert_eq!(workers.len(), 1, "{step}");
@@ -199,7 +197,12 @@ fn across_a_veth_pair_in_a_namespace_and_cleaned_up() {
     let r = capacity("netns", "31940-31959", &["--netns"]);
     only(&r, &[]);
     assert_eq!(r.report["netns"], true);
-    let ns = r.stdout.lines().find_map(|l| l.split_whitespace().find(|w| w.starts_with("sluice-cap-"))).unwrap_or_else(|| panic!("no namespace named:\n{}", r.stdout)).to_string();
+    let ns = r
+        .stdout
+        .lines()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("sluice-cap-")))
+        .unwrap_or_else(|| panic!("no namespace named:\n{}", r.stdout))
+        .to_string();
     assert!(!Path::new(&format!("/run/netns/{ns}")).exists(), "namespace {ns} left behind");
 }
 

@@ -365,7 +365,11 @@ fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_ki
     expect_code(grpc.apply(req(vec![bad_sub(&l0, "no-such-track", 0)])), Code::NotFound, "changes[0].subscription.track");
     let s = expect_code(grpc.apply(req(vec![bad_sub(&l0, &video_of(p0), 0)])), Code::InvalidArgument, "changes[0].subscription.subscriber_leg");
     assert!(s.message().contains("own track"), "{s:?}");
-    expect_code(grpc.apply(req(vec![bad_sub(&l0, &video_of(p1), 0), bad_sub(&l0, &video_of(p2), 3)])), Code::InvalidArgument, "changes[1].subscription.target_layer");
+    expect_code(
+        grpc.apply(req(vec![bad_sub(&l0, &video_of(p1), 0), bad_sub(&l0, &video_of(p2), 3)])),
+        Code::InvalidArgument,
+        "changes[1].subscription.target_layer",
+    );
     let mut stale = req(vec![bad_sub(&l0, &video_of(p1), 0)]);
     stale.expected_revision = Some(1);
     expect_code(grpc.apply(stale), Code::Aborted, "expected_revision");
@@ -440,17 +444,18 @@ fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
     // Health and reflection answer, so grpcurl works.
     let health = grpc
         .rt
-        .block_on(tonic_health::pb::health_client::HealthClient::new(grpc.channel.clone()).check(tonic_health::pb::HealthCheckRequest {
-            service: "sluice.v1.Routes".into(),
-        }))
+        .block_on(
+            tonic_health::pb::health_client::HealthClient::new(grpc.channel.clone())
+                .check(tonic_health::pb::HealthCheckRequest { service: "sluice.v1.Routes".into() }),
+        )
         .unwrap()
         .into_inner();
     assert_eq!(health.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
         use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
         let mut client = ServerReflectionClient::new(grpc.channel.clone());
         let ask = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
         let names: Vec<String> = grpc.rt.block_on(async {
@@ -712,7 +717,8 @@ fn mtls_with_sluicectl_certs() {
     assert!(ok, "mTLS client refused: {err}\n{}", cp.log_text());
     assert!(out.contains("sessions"), "{out}");
     // By IP name too (the server certificate has 127.0.0.1).
-    let (ok, _, err) = sluicectl(&["--addr", &a, "--server-name", "127.0.0.1", "--ca", &c("ca.pem"), "--cert", &c("client.pem"), "--key", &c("client.key"), "status"]);
+    let (ok, _, err) =
+        sluicectl(&["--addr", &a, "--server-name", "127.0.0.1", "--ca", &c("ca.pem"), "--cert", &c("client.pem"), "--key", &c("client.key"), "status"]);
     assert!(ok, "{err}");
 
     // No client certificate: refused.
@@ -725,8 +731,17 @@ fn mtls_with_sluicectl_certs() {
     // A client certificate from another CA: refused.
     let other = dir.path().join("other");
     assert!(sluicectl(&["certs", other.to_str().unwrap()]).0);
-    let (ok, _, _) =
-        sluicectl(&["--addr", &a, "--ca", &c("ca.pem"), "--cert", &other.join("client.pem").display().to_string(), "--key", &other.join("client.key").display().to_string(), "status"]);
+    let (ok, _, _) = sluicectl(&[
+        "--addr",
+        &a,
+        "--ca",
+        &c("ca.pem"),
+        "--cert",
+        &other.join("client.pem").display().to_string(),
+        "--key",
+        &other.join("client.key").display().to_string(),
+        "status",
+    ]);
     assert!(!ok, "a client certificate from another CA got an answer");
 }
 
@@ -787,8 +802,7 @@ fn dataplane_events_reach_watch_and_node_status_reports_rates() {
     let (mut started, mut stopped, mut switched) = (0, 0, 0);
     let end = Instant::now() + Duration::from_secs(20);
     while idle.len() < 3 && Instant::now() < end {
-        let Ok(Some(Ok(ev))) = grpc.rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), watch.message()).await }).map(Result::transpose)
-        else {
+        let Ok(Some(Ok(ev))) = grpc.rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), watch.message()).await }).map(Result::transpose) else {
             continue;
         };
         assert_eq!(ev.session, SESSION);
@@ -851,32 +865,16 @@ fn a_second_controlplane_on_the_same_state_dir_refuses_to_start_naming_the_first
     let (_dataplane, dp_sock) = start_dataplane(dir.path());
     let (first, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS7);
     let mut grpc = Grpc::connect(addr);
-    grpc.apply(session_req("before"))
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", first.log_text()));
+    grpc.apply(session_req("before")).unwrap_or_else(|e| panic!("{e:?}\n{}", first.log_text()));
     let cfg = dir.path().join("controlplane.toml");
-    let mut second = Daemon::start(
-        "sluice-controlplane",
-        &["--config", cfg.to_str().unwrap()],
-        &dir.path().join("controlplane-2.log"),
-    );
+    let mut second = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("controlplane-2.log"));
     let status = second.wait_exit(Duration::from_secs(20));
     let log = second.log_text();
-    assert!(
-        status.is_some_and(|s| !s.success()),
-        "the second control plane must exit with an error, not serve ({status:?}):\n{log}"
-    );
-    assert!(
-        log.contains(&format!("PID {}", first.pid())),
-        "the error names the holder's PID {}:\n{log}",
-        first.pid()
-    );
-    assert!(
-        log.contains(&dir.path().join("state").display().to_string()),
-        "the error names the state directory:\n{log}"
-    );
+    assert!(status.is_some_and(|s| !s.success()), "the second control plane must exit with an error, not serve ({status:?}):\n{log}");
+    assert!(log.contains(&format!("PID {}", first.pid())), "the error names the holder's PID {}:\n{log}", first.pid());
+    assert!(log.contains(&dir.path().join("state").display().to_string()), "the error names the state directory:\n{log}");
     // The first still serves, with its state.
-    grpc.apply(session_req("after"))
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", first.log_text()));
+    grpc.apply(session_req("after")).unwrap_or_else(|e| panic!("{e:?}\n{}", first.log_text()));
     assert_eq!(grpc.status().sessions, 2);
 }
 
@@ -892,19 +890,9 @@ fn a_subscription_the_dataplane_would_refuse_is_invalid_at_apply_and_the_node_ke
     let (_dataplane, dp_sock) = start_dataplane(dir.path());
     let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS8);
     let mut grpc = Grpc::connect(addr);
-    grpc.apply(session_req("m1"))
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    grpc.apply(session_req("m1")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
     let (ops, _) = meeting::build(9, 3, Profile::AeadAes128Gcm, 1);
-    let base = changes(&ops)
-        .into_iter()
-        .find_map(|c| {
-            if let Some(C::Subscription(s)) = c.change {
-                Some(s)
-            } else {
-                None
-            }
-        })
-        .expect("a subscription");
+    let base = changes(&ops).into_iter().find_map(|c| if let Some(C::Subscription(s)) = c.change { Some(s) } else { None }).expect("a subscription");
     let change = |edit: &dyn Fn(&mut pb::Subscription)| {
         let mut s = base.clone();
         edit(&mut s);
@@ -912,48 +900,19 @@ fn a_subscription_the_dataplane_would_refuse_is_invalid_at_apply_and_the_node_ke
             session: "m1".into(),
             idempotency_key: String::new(),
             expected_revision: None,
-            changes: vec![pb::Change {
-                change: Some(C::Subscription(s)),
-            }],
+            changes: vec![pb::Change { change: Some(C::Subscription(s)) }],
         }
     };
-    let s = expect_code(
-        grpc.apply(change(&|s| s.pt_map.clear())),
-        Code::InvalidArgument,
-        "changes[0].subscription.pt_map",
-    );
+    let s = expect_code(grpc.apply(change(&|s| s.pt_map.clear())), Code::InvalidArgument, "changes[0].subscription.pt_map");
     assert!(s.message().contains("1 to 8"), "{s:?}");
-    let nine = (0..9)
-        .map(|i| pb::IdMapping {
-            from: 96 + i,
-            to: 96 + i,
-        })
-        .collect::<Vec<_>>();
-    expect_code(
-        grpc.apply(change(&|s| s.pt_map = nine.clone())),
-        Code::InvalidArgument,
-        "changes[0].subscription.pt_map",
-    );
-    let s = expect_code(
-        grpc.apply(change(&|s| {
-            s.ext_map = vec![pb::IdMapping { from: 15, to: 3 }]
-        })),
-        Code::InvalidArgument,
-        "changes[0].subscription.ext_map",
-    );
+    let nine = (0..9).map(|i| pb::IdMapping { from: 96 + i, to: 96 + i }).collect::<Vec<_>>();
+    expect_code(grpc.apply(change(&|s| s.pt_map = nine.clone())), Code::InvalidArgument, "changes[0].subscription.pt_map");
+    let s = expect_code(grpc.apply(change(&|s| s.ext_map = vec![pb::IdMapping { from: 15, to: 3 }])), Code::InvalidArgument, "changes[0].subscription.ext_map");
     assert!(s.message().contains("1..=14"), "{s:?}");
-    expect_code(
-        grpc.apply(change(&|s| {
-            s.ext_map = vec![pb::IdMapping { from: 3, to: 200 }]
-        })),
-        Code::InvalidArgument,
-        "changes[0].subscription.ext_map",
-    );
+    expect_code(grpc.apply(change(&|s| s.ext_map = vec![pb::IdMapping { from: 3, to: 200 }])), Code::InvalidArgument, "changes[0].subscription.ext_map");
     // Nothing was journaled or sent: later changes apply, on this session and on a new one.
-    grpc.apply(change(&|s| s.paused = true))
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
-    grpc.apply(session_req("m2"))
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    grpc.apply(change(&|s| s.paused = true)).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    grpc.apply(session_req("m2")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
     assert_eq!(grpc.session("m1").unwrap().revision, 2);
     assert_eq!(grpc.status().sessions, 2);
 }
@@ -969,53 +928,28 @@ fn a_journaled_change_the_dataplane_refuses_does_not_wedge_the_node() {
     const PORTS9: (u16, u16) = (19_800, 19_815);
     let dir = TempDir::new("cp-poisoned");
     {
-        let ports = PortRange {
-            start: PORTS9.0,
-            end: PORTS9.1,
-        };
+        let ports = PortRange { start: PORTS9.0, end: PORTS9.1 };
         let (mut journal, _, _) = Journal::open(&dir.path().join("state"), ports).unwrap();
         let healthy = session_req("healthy");
-        let mut bad = healthy
-            .changes
-            .iter()
-            .find(|c| matches!(c.change, Some(C::Subscription(_))))
-            .cloned()
-            .expect("a subscription");
+        let mut bad = healthy.changes.iter().find(|c| matches!(c.change, Some(C::Subscription(_)))).cloned().expect("a subscription");
         if let Some(C::Subscription(s)) = &mut bad.change {
             s.pt_map.clear();
         }
         journal.append(&Record::Apply(healthy)).unwrap();
         // As the older build journaled it: its validation did not look at the map.
-        journal
-            .append(&Record::Apply(pb::ChangeSet {
-                changes: vec![bad],
-                ..session_req("healthy")
-            }))
-            .unwrap();
+        journal.append(&Record::Apply(pb::ChangeSet { changes: vec![bad], ..session_req("healthy") })).unwrap();
     }
     let (_dataplane, dp_sock) = start_dataplane(dir.path());
     let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS9);
     let mut grpc = Grpc::connect(addr);
-    grpc.apply(session_req("next"))
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
-    assert!(
-        cp.log_text().contains("left out of the recovered state"),
-        "{}",
-        cp.log_text()
-    );
+    grpc.apply(session_req("next")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert!(cp.log_text().contains("left out of the recovered state"), "{}", cp.log_text());
     assert_eq!(grpc.session("healthy").unwrap().revision, 1);
     // Both sessions are on the dataplane.
     let mut control = sluice_dataplane::control::Client::connect(&dp_sock).unwrap();
-    let sluice_dataplane::control::Response::Snapshot(snap) = control
-        .call(&sluice_dataplane::control::Request::Snapshot)
-        .unwrap()
-    else {
+    let sluice_dataplane::control::Response::Snapshot(snap) = control.call(&sluice_dataplane::control::Request::Snapshot).unwrap() else {
         panic!("no snapshot")
     };
-    let legs = snap
-        .ops
-        .iter()
-        .filter(|o| matches!(o, Op::UpsertLeg(_)))
-        .count();
+    let legs = snap.ops.iter().filter(|o| matches!(o, Op::UpsertLeg(_))).count();
     assert_eq!(legs, 6, "three legs of each session");
 }

@@ -44,14 +44,8 @@ enum Updates {
 fn start_daemon(dir: &TempDir, backend: &str) -> (Daemon, std::path::PathBuf) {
     let sock = dir.path().join("dp.sock");
     let cfg = dir.path().join("dataplane.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\nbackend = \"{backend}\"\ncontrol_socket = \"{}\"\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!("[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\nbackend = \"{backend}\"\ncontrol_socket = \"{}\"\n", sock.display()))
+        .unwrap();
     let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "off"], &dir.path().join(format!("{backend}.log")));
     assert!(d.wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
     (d, sock)
@@ -59,7 +53,16 @@ fn start_daemon(dir: &TempDir, backend: &str) -> (Daemon, std::path::PathBuf) {
 
 fn dummy_leg(n: u32) -> LegSpec {
     let k = KeyMaterial { profile: Profile::AeadAes128Gcm, key: vec![1; 16], salt: vec![2; 12] };
-    LegSpec { id: LegId(900_000 + n), local_port: 39_000 + (n % 500) as u16, remote: None, rx: k.clone(), tx: k, feedback_ssrc: Ssrc(1), edge: None, feedback: Default::default() }
+    LegSpec {
+        id: LegId(900_000 + n),
+        local_port: 39_000 + (n % 500) as u16,
+        remote: None,
+        rx: k.clone(),
+        tx: k,
+        feedback_ssrc: Ssrc(1),
+        edge: None,
+        feedback: Default::default(),
+    }
 }
 
 /// Runs meeting `m` of `size` through a fresh daemon on `backend` for `ticks` × 20 ms.
@@ -95,11 +98,8 @@ fn run(backend: &str, m: u32, size: u32, ticks: u64, updates: Updates) -> Run {
     drain(&mut received);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let targets: Vec<(SocketAddr, std::net::UdpSocket, u32)> = people
-        .iter()
-        .zip(&sockets)
-        .map(|(p, s)| (sfu(p), s.try_clone().unwrap(), p.leg.0 << 8))
-        .collect();
+    let targets: Vec<(SocketAddr, std::net::UdpSocket, u32)> =
+        people.iter().zip(&sockets).map(|(p, s)| (sfu(p), s.try_clone().unwrap(), p.leg.0 << 8)).collect();
     let updater = {
         let (sock, stop) = (sock.clone(), stop.clone());
         thread::spawn(move || {
@@ -366,41 +366,17 @@ fn a_second_dataplane_on_the_same_socket_refuses_to_start_naming_the_first() {
     let dir = TempDir::new("dp-one-instance");
     let (mut first, sock) = start_daemon(&dir, "mmsg");
     let cfg = dir.path().join("dataplane.toml");
-    let mut second = Daemon::start(
-        "sluice-dataplane",
-        &["--config", cfg.to_str().unwrap(), "--metrics", "off"],
-        &dir.path().join("second.log"),
-    );
+    let mut second = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "off"], &dir.path().join("second.log"));
     let status = second.wait_exit(Duration::from_secs(20));
     let log = second.log_text();
-    assert!(
-        status.is_some_and(|s| !s.success()),
-        "the second dataplane must exit with an error, not serve ({status:?}):\n{log}"
-    );
-    assert!(
-        log.contains(&format!("PID {}", first.pid())),
-        "the error names the holder's PID {}:\n{log}",
-        first.pid()
-    );
+    assert!(status.is_some_and(|s| !s.success()), "the second dataplane must exit with an error, not serve ({status:?}):\n{log}");
+    assert!(log.contains(&format!("PID {}", first.pid())), "the error names the holder's PID {}:\n{log}", first.pid());
     // The first still serves its socket: a delta reaches it (its log sees the connection).
     let mut control = Client::connect(&sock).unwrap();
-    let resp = control
-        .call(&Request::Apply(Delta {
-            generation: Generation(1),
-            replace_all: false,
-            ops: vec![Op::UpsertLeg(dummy_leg(1))],
-        }))
-        .unwrap();
+    let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops: vec![Op::UpsertLeg(dummy_leg(1))] })).unwrap();
     assert!(matches!(resp, Response::Applied(Generation(1))), "{resp:?}");
-    assert!(
-        first.wait_exit(Duration::from_millis(200)).is_none(),
-        "the first is still running"
-    );
-    assert!(
-        first.log_text().contains("control plane connected"),
-        "the first one answered:\n{}",
-        first.log_text()
-    );
+    assert!(first.wait_exit(Duration::from_millis(200)).is_none(), "the first is still running");
+    assert!(first.log_text().contains("control plane connected"), "the first one answered:\n{}", first.log_text());
 }
 
 /// An SSRC learned from a layer's RID on the worker that owns the publisher's leg reaches every
@@ -430,7 +406,8 @@ fn a_learned_ssrc_is_refused_alike_on_every_worker() {
         repaired_rid_ext: None,
     };
     let rid = LayerSpec { ssrc: None, rtx_ssrc: None, rid: Some("h".into()) };
-    let apply = |control: &mut Client, g: u64, ops: Vec<Op>| control.call(&Request::Apply(Delta { generation: Generation(g), replace_all: false, ops })).unwrap();
+    let apply =
+        |control: &mut Client, g: u64, ops: Vec<Op>| control.call(&Request::Apply(Delta { generation: Generation(g), replace_all: false, ops })).unwrap();
     let r = apply(&mut control, 1, vec![Op::UpsertLeg(publisher), Op::UpsertTrack(track(1, rid))]);
     assert!(matches!(r, Response::Applied(_)), "{r:?}");
     // The layer announces SSRC 0xABC with its RID (one-byte extension 5 = "h").

@@ -11,14 +11,13 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use sluice_controlplane::pb;
+use sluice_controlplane::pb::change::Change as C;
 use sluice_core::ids::{Generation, LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
-    Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec,
-    TrackSpec,
+    Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec,
 };
-use sluice_controlplane::pb;
-use sluice_controlplane::pb::change::Change as C;
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::edge::EdgeStatus;
 use sluice_tests::{Daemon, TempDir};
@@ -733,10 +732,7 @@ mod chromium {
     fn chromium_and_str0m_meet_through_sluice() {
         let peer_js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/peer.js");
         assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
-        assert!(
-            peer_js.with_file_name("node_modules/playwright-core").exists(),
-            "tests/chromium/node_modules is missing (scripts/setup.sh runs npm ci there)"
-        );
+        assert!(peer_js.with_file_name("node_modules/playwright-core").exists(), "tests/chromium/node_modules is missing (scripts/setup.sh runs npm ci there)");
         let dir = TempDir::new("webrtc-chromium");
         let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32305");
         let cp = start_controlplane(&dir, &sock, 32306, (32120, 32129));
@@ -771,10 +767,7 @@ mod chromium {
         let offer = first["offer"].as_str().unwrap_or_else(|| panic!("no offer: {first}")).to_string();
         let (ufrag, pwd, fp) = (attr(&offer, "ice-ufrag").unwrap(), attr(&offer, "ice-pwd").unwrap(), attr(&offer, "fingerprint").unwrap());
         let chrome_ssrc: u32 = attr(&offer, "ssrc").and_then(|v| v.split(' ').next()?.parse().ok()).expect("a=ssrc");
-        let opus_pt: u32 = offer
-            .lines()
-            .find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2")?.parse().ok())
-            .expect("opus in the offer");
+        let opus_pt: u32 = offer.lines().find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2")?.parse().ok()).expect("opus in the offer");
 
         let mut b = Peer::new("B", 32230);
         let bc = b.ice_credentials();
@@ -1181,11 +1174,8 @@ mod meeting {
         let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32307");
         let cp = start_controlplane(&dir, &sock, 32308, (32130, 32139));
         let end = Instant::now() + Duration::from_secs(20);
-        let mut sig = Daemon::start(
-            "sluice-bench",
-            &["signaling", "--grpc", "http://127.0.0.1:32308", "--listen", "127.0.0.1:32309"],
-            &dir.path().join("signaling.log"),
-        );
+        let mut sig =
+            Daemon::start("sluice-bench", &["signaling", "--grpc", "http://127.0.0.1:32308", "--listen", "127.0.0.1:32309"], &dir.path().join("signaling.log"));
         while std::net::TcpStream::connect("127.0.0.1:32309").is_err() {
             assert!(Instant::now() < end && sig.wait_exit(Duration::from_millis(50)).is_none(), "no signaling\n{}", sig.log_text());
         }
@@ -1198,10 +1188,12 @@ mod meeting {
         assert!(wait(&mut [&mut alice, &mut bob], 30, |p| p[1].stats["connection"] == "connected"), "bob: {}\n{}", bob.stats, sig.log_text());
         let mut carol = Participant::join("carol", dir.path());
         let everyone_sees_everyone = |p: &[&mut Participant]| {
-            p.iter().all(|x| (0..2).all(|s| {
-                let (audio, frames) = x.slot(s);
-                audio >= 25 && frames >= 10
-            }))
+            p.iter().all(|x| {
+                (0..2).all(|s| {
+                    let (audio, frames) = x.slot(s);
+                    audio >= 25 && frames >= 10
+                })
+            })
         };
         let ok = wait(&mut [&mut alice, &mut bob, &mut carol], 60, everyone_sees_everyone);
         assert!(

@@ -17,12 +17,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sluice_bench::meeting::{self, Participant};
+use sluice_bench::netns::{NetNs, PinGuard, Veth, mac_str};
 use sluice_core::ids::Generation;
 use sluice_core::srtp::Profile;
 use sluice_core::table::Delta;
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::xdp::{PIN_ROOT, XdpStage};
-use sluice_bench::netns::{NetNs, PinGuard, Veth, mac_str};
 use sluice_tests::{Daemon, TempDir};
 
 const DAEMON_IP: &str = "10.55.0.1";
@@ -67,10 +67,7 @@ impl Topo {
     /// The daemon's metrics, scraped from inside its namespace: `(name{labels}, value)`.
     fn metrics(&self) -> Vec<(String, u64)> {
         let body = self.dp.http_get(METRICS, "/metrics");
-        body.lines()
-            .filter(|l| l.starts_with("sluice_"))
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
-            .collect()
+        body.lines().filter(|l| l.starts_with("sluice_")).filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))).collect()
     }
 }
 
@@ -245,8 +242,16 @@ fn a_flood_from_strangers_dies_in_xdp_while_the_meeting_flows() {
     assert!(run.strangers >= 10_000, "only {} flood datagrams", run.strangers);
     let (unknown_source, unknown_ssrc) = (xdp_verdict(&m, "unknown_source"), xdp_verdict(&m, "unknown_ssrc"));
     // veth may drop a little of a flood before XDP sees it (its ring is 256 deep), never after.
-    assert!(unknown_source <= run.strangers && unknown_source * 100 >= run.strangers * 95, "{unknown_source} of {} strangers' datagrams dropped in XDP", run.strangers);
-    assert!(unknown_ssrc <= run.forged_ssrcs && unknown_ssrc * 100 >= run.forged_ssrcs * 95, "{unknown_ssrc} of {} forged SSRCs dropped in XDP", run.forged_ssrcs);
+    assert!(
+        unknown_source <= run.strangers && unknown_source * 100 >= run.strangers * 95,
+        "{unknown_source} of {} strangers' datagrams dropped in XDP",
+        run.strangers
+    );
+    assert!(
+        unknown_ssrc <= run.forged_ssrcs && unknown_ssrc * 100 >= run.forged_ssrcs * 95,
+        "{unknown_ssrc} of {} forged SSRCs dropped in XDP",
+        run.forged_ssrcs
+    );
     // Nothing of the flood reached the workers: they saw only the meeting.
     for reason in ["malformed", "unknown_source", "unknown_ssrc", "auth_failed"] {
         let n = metric(&m, &format!("sluice_drops_total{{worker=\"0\",reason=\"{reason}\"}}"));

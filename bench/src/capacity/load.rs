@@ -22,8 +22,8 @@
 //! The impairment shim ([`Impair`]) sits in the path on purpose, for the tests that show the
 //! bench detects what it claims to.
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -322,13 +322,10 @@ impl Lane {
             }
         }
         let (g_plan, g_shared, g_cfg) = (plan.clone(), shared.clone(), cfg.clone());
-        let gen_thread = std::thread::Builder::new()
-            .name(format!("gen-{}", cfg.index))
-            .spawn(move || generator(gen_io, port, &g_cfg, &g_plan, &g_shared))?;
+        let gen_thread = std::thread::Builder::new().name(format!("gen-{}", cfg.index)).spawn(move || generator(gen_io, port, &g_cfg, &g_plan, &g_shared))?;
         let (s_plan, s_shared) = (plan.clone(), shared.clone());
-        let sink_thread = std::thread::Builder::new()
-            .name(format!("sink-{}", cfg.index))
-            .spawn(move || sink(&mut sink_io, &cfg, members, up_rtcp, &s_plan, &s_shared))?;
+        let sink_thread =
+            std::thread::Builder::new().name(format!("sink-{}", cfg.index)).spawn(move || sink(&mut sink_io, &cfg, members, up_rtcp, &s_plan, &s_shared))?;
         Ok(Self { gen_thread: Some(gen_thread), sink_thread: Some(sink_thread), addr })
     }
 
@@ -544,12 +541,14 @@ fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, mut up_keys: Ha
         for o in plan.out_streams.iter().filter(|o| member_set.contains(&o.subscriber)) {
             let clock = if plan.streams[o.stream].kind == StreamKind::Audio { 48_000 } else { 90_000 };
             let video = plan.streams[o.stream].kind != StreamKind::Audio;
-            receivers.insert(o.out_ssrc, (Receiver { subscriber: o.subscriber, srtp: RtpRecvState::new(1024), highest: None, clock, video, last_pli: 0 }, o.stream));
+            receivers
+                .insert(o.out_ssrc, (Receiver { subscriber: o.subscriber, srtp: RtpRecvState::new(1024), highest: None, clock, video, last_pli: 0 }, o.stream));
         }
     } else {
         for (s, st) in plan.streams.iter().enumerate().filter(|(_, st)| member_set.contains(&st.publisher)) {
             let clock = if st.kind == StreamKind::Audio { 48_000 } else { 90_000 };
-            receivers.insert(st.ssrc, (Receiver { subscriber: st.publisher, srtp: RtpRecvState::new(1024), highest: None, clock, video: false, last_pli: 0 }, s));
+            receivers
+                .insert(st.ssrc, (Receiver { subscriber: st.publisher, srtp: RtpRecvState::new(1024), highest: None, clock, video: false, last_pli: 0 }, s));
         }
     }
     let mut local: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();

@@ -123,7 +123,14 @@ fn thread_deltas(before: &HashMap<(String, u32), ThreadStat>, after: &HashMap<(S
         .iter()
         .map(|(key, a)| {
             let b = before.get(key).copied().unwrap_or_default();
-            WorkerCpu { thread: key.0.clone(), tid: key.1, core: a.core, cpu_s: a.cpu_s - b.cpu_s, busy: (a.cpu_s - b.cpu_s) / secs, runqueue_wait: (a.wait_s - b.wait_s) / secs }
+            WorkerCpu {
+                thread: key.0.clone(),
+                tid: key.1,
+                core: a.core,
+                cpu_s: a.cpu_s - b.cpu_s,
+                busy: (a.cpu_s - b.cpu_s) / secs,
+                runqueue_wait: (a.wait_s - b.wait_s) / secs,
+            }
         })
         .collect();
     v.sort_by(|a, b| a.thread.cmp(&b.thread));
@@ -388,7 +395,8 @@ fn run_backend_with(
         let changes = live::changes(&meeting.ops)?;
         subscriptions += changes.iter().filter(|c| matches!(c.change, Some(pb::change::Change::Subscription(_)))).count();
         let req = pb::ChangeSet { session: format!("capacity-{m}"), idempotency_key: format!("capacity-{m}"), expected_revision: Some(0), changes };
-        let r = grpc.apply(req).map_err(|e| anyhow::anyhow!("Routes.Apply for meeting {m} ({} participants): {:?}: {}", meeting.size, e.code(), e.message()))?;
+        let r =
+            grpc.apply(req).map_err(|e| anyhow::anyhow!("Routes.Apply for meeting {m} ({} participants): {:?}: {}", meeting.size, e.code(), e.message()))?;
         let ports: HashMap<&str, u16> = r.ports.iter().map(|a| (a.leg.as_str(), a.local_port as u16)).collect();
         for p in &mut plan.participants[meeting.first..meeting.first + meeting.size as usize] {
             p.port = *ports.get(live::leg_name(p.leg.0).as_str()).with_context(|| format!("no port allocated for {}", live::leg_name(p.leg.0)))?;
@@ -632,7 +640,18 @@ impl LiveState {
 
 /// Sleeps `secs`, printing a live line every second.
 #[expect(clippy::too_many_arguments, reason = "the live line's inputs")]
-fn sleep_live(o: &Options, shared: &Shared, st: &mut LiveState, start: &Instant, step: usize, meetings: usize, parts: usize, secs: f64, stop: &AtomicBool, kids: &mut live::Children) {
+fn sleep_live(
+    o: &Options,
+    shared: &Shared,
+    st: &mut LiveState,
+    start: &Instant,
+    step: usize,
+    meetings: usize,
+    parts: usize,
+    secs: f64,
+    stop: &AtomicBool,
+    kids: &mut live::Children,
+) {
     let end = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < end && !stop.load(Ordering::Relaxed) {
         let next = (st.at + Duration::from_secs(1)).min(end);

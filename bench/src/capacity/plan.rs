@@ -141,7 +141,8 @@ impl Plan {
                     rx: up.clone(),
                     tx: down.clone(),
                     feedback_ssrc: Ssrc(0xfeed_0000 + id),
-                    edge: None, feedback: Default::default()
+                    edge: None,
+                    feedback: Default::default(),
                 }));
                 plan.participants.push(Member { leg: LegId(id), meeting: m, up, down, port: 0 });
             }
@@ -205,8 +206,7 @@ impl Plan {
             // views the camera publishers after itself in rotation (so views spread over all
             // publishers): the first views_high at the top layer, then views_mid, then views_low.
             for sub in first..first + size as usize {
-                let cameras: Vec<&(u32, usize, StreamKind, Vec<usize>)> =
-                    tracks.iter().filter(|t| matches!(t.2, StreamKind::Video(_))).collect();
+                let cameras: Vec<&(u32, usize, StreamKind, Vec<usize>)> = tracks.iter().filter(|t| matches!(t.2, StreamKind::Video(_))).collect();
                 let n = cameras.len();
                 let start = cameras.iter().position(|t| t.1 > sub).unwrap_or(0);
                 let mut rank = 0u32;

@@ -243,7 +243,8 @@ impl StepResult {
 
     /// The step's row of the table.
     pub fn one_line(&self) -> String {
-        let cpu: Vec<String> = self.dataplane_workers.iter().map(|w| format!("c{}:{:.0}% (waited {:.0}%)", w.core, w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
+        let cpu: Vec<String> =
+            self.dataplane_workers.iter().map(|w| format!("c{}:{:.0}% (waited {:.0}%)", w.core, w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
         format!(
             "step {:>2}: {:>4} meetings {:>5} parts  in {:>8.0}/s  fwd {:>9.0}/s {:>7.1} Mb/s  loss {:>7.4}%  p50/p99/p99.9/max {:>6.0}/{:>6.0}/{:>6.0}/{:>6.0} us  dp {} ({:.0} pkt/cpu-s)  harness {:.0}%/{:.0}%  dup {} reord {} gaps {} ts! {} auth! {} misroute {}  socket drops sfu {} harness {}  dataplane drops {:?}{}{}",
             self.step,
@@ -394,7 +395,21 @@ impl Report {
         let _ = writeln!(
             s,
             "{:<6} {:>4} {:>5} {:>6} {:>10} {:>11} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>14} {:>10}  verdict",
-            "backend", "step", "meet", "parts", "in pkt/s", "expect/s", "fwd pkt/s", "fwd Mb/s", "loss %", "p50 us", "p99 us", "p99.9 us", "max us", "dp cpu+wait", "pkt/cpu-s"
+            "backend",
+            "step",
+            "meet",
+            "parts",
+            "in pkt/s",
+            "expect/s",
+            "fwd pkt/s",
+            "fwd Mb/s",
+            "loss %",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "dp cpu+wait",
+            "pkt/cpu-s"
         );
         for r in &self.runs {
             for st in &r.steps {
@@ -493,7 +508,11 @@ impl Report {
                 self.runs[0].backend,
                 b.forwarded_pps / a.forwarded_pps.max(1.0),
                 per_cpu(&self.runs[1]) / per_cpu(&self.runs[0]).max(1.0),
-                if self.runs.iter().flat_map(|r| &r.steps).any(|s| s.contended) { " (cpu-contended steps: the ratio is dominated by other load on the machine)" } else { "" }
+                if self.runs.iter().flat_map(|r| &r.steps).any(|s| s.contended) {
+                    " (cpu-contended steps: the ratio is dominated by other load on the machine)"
+                } else {
+                    ""
+                }
             );
         }
         s
@@ -514,7 +533,8 @@ impl Report {
         let px = |x: f64| l + x / xmax * (W - l - r);
         let py = |y: f64, max: f64| H - b - y / max * (H - t - b);
         let mut s = String::new();
-        let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
+        let _ =
+            writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
         let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
         let _ = writeln!(
             s,
@@ -526,19 +546,54 @@ impl Report {
         for i in 0..=5 {
             let f = f64::from(i) / 5.0;
             let (x, y) = (px(f * xmax), py(f * ymax, ymax));
-            let _ = writeln!(s, r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#eee"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##, t, H - b, H - b + 16.0, si(f * xmax));
-            let _ = writeln!(s, r##"<line x1="{l}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, W - r, l - 6.0, y + 4.0, si(f * ymax));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x}" y1="{}" x2="{x}" y2="{}" stroke="#eee"/><text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
+                t,
+                H - b,
+                H - b + 16.0,
+                si(f * xmax)
+            );
+            let _ = writeln!(
+                s,
+                r##"<line x1="{l}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+                W - r,
+                l - 6.0,
+                y + 4.0,
+                si(f * ymax)
+            );
         }
         for d in 0..=decades {
             let ms = 0.1 * 10f64.powi(d);
             let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, W - r + 6.0, pl(ms) + 4.0, if ms < 1.0 { format!("{ms:.1}") } else { format!("{ms:.0}") });
         }
-        let _ = writeln!(s, r##"<line x1="{l}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 4"/>"##, py(0.0, ymax), px(xmax.min(ymax)), py(xmax.min(ymax), ymax));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 4"/>"##,
+            py(0.0, ymax),
+            px(xmax.min(ymax)),
+            py(xmax.min(ymax), ymax)
+        );
         let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">offered load: copies/s the subscriptions ask for</text>"#, (l + W - r) / 2.0, H - 20.0);
-        let _ = writeln!(s, r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">forwarded and verified, packets/s (solid)</text>"#, (t + H - b) / 2.0);
-        let _ = writeln!(s, r#"<text transform="translate({} {}) rotate(90)" text-anchor="middle">p99 one-way added latency, ms, log scale (dashed)</text>"#, W - 24.0, (t + H - b) / 2.0);
+        let _ = writeln!(
+            s,
+            r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">forwarded and verified, packets/s (solid)</text>"#,
+            (t + H - b) / 2.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text transform="translate({} {}) rotate(90)" text-anchor="middle">p99 one-way added latency, ms, log scale (dashed)</text>"#,
+            W - 24.0,
+            (t + H - b) / 2.0
+        );
         let target = pl(self.scenario.ramp.p99_target_ms);
-        let _ = writeln!(s, r##"<line x1="{l}" y1="{target}" x2="{}" y2="{target}" stroke="#e69500" stroke-dasharray="2 4"/><text x="{}" y="{}" text-anchor="end" fill="#e69500">p99 target</text>"##, W - r, W - r - 4.0, target - 4.0);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" y1="{target}" x2="{}" y2="{target}" stroke="#e69500" stroke-dasharray="2 4"/><text x="{}" y="{}" text-anchor="end" fill="#e69500">p99 target</text>"##,
+            W - r,
+            W - r - 4.0,
+            target - 4.0
+        );
         let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
         for (k, run) in self.runs.iter().enumerate() {
             let c = colours[k % colours.len()];
@@ -551,12 +606,41 @@ impl Report {
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" stroke-dasharray="6 3" points="{}"/>"#, lat.join(" "));
             for st in &run.steps {
                 let fill = if st.sustained { c } else { "white" };
-                let _ = writeln!(s, r#"<rect x="{:.1}" y="{:.1}" width="6" height="6" fill="{fill}" stroke="{c}"/>"#, px(st.expected_out_pps) - 3.0, pl(st.latency.p99_us / 1e3) - 3.0);
-                let _ = writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{fill}" stroke="{c}"><title>{} step {}: {} meetings, {:.0} pkt/s, loss {:.3}%, p99 {:.0} us</title></circle>"#, px(st.expected_out_pps), py(st.forwarded_pps, ymax), xml(&run.backend), st.step, st.meetings, st.forwarded_pps, st.loss * 100.0, st.latency.p99_us);
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{:.1}" y="{:.1}" width="6" height="6" fill="{fill}" stroke="{c}"/>"#,
+                    px(st.expected_out_pps) - 3.0,
+                    pl(st.latency.p99_us / 1e3) - 3.0
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{fill}" stroke="{c}"><title>{} step {}: {} meetings, {:.0} pkt/s, loss {:.3}%, p99 {:.0} us</title></circle>"#,
+                    px(st.expected_out_pps),
+                    py(st.forwarded_pps, ymax),
+                    xml(&run.backend),
+                    st.step,
+                    st.meetings,
+                    st.forwarded_pps,
+                    st.loss * 100.0,
+                    st.latency.p99_us
+                );
             }
-            let _ = writeln!(s, r#"<rect x="{}" y="{}" width="14" height="4" fill="{c}"/><text x="{}" y="{}">{}</text>"#, l + 10.0, t + 10.0 + 18.0 * k as f64, l + 30.0, t + 15.0 + 18.0 * k as f64, xml(&run.backend));
+            let _ = writeln!(
+                s,
+                r#"<rect x="{}" y="{}" width="14" height="4" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
+                l + 10.0,
+                t + 10.0 + 18.0 * k as f64,
+                l + 30.0,
+                t + 15.0 + 18.0 * k as f64,
+                xml(&run.backend)
+            );
         }
-        let _ = writeln!(s, r##"<text x="{}" y="{}" fill="#555">circles: forwarded; squares: p99; hollow: not sustained; dotted grey: forwarded = offered</text>"##, l + 10.0, t + 15.0 + 18.0 * self.runs.len() as f64);
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" fill="#555">circles: forwarded; squares: p99; hollow: not sustained; dotted grey: forwarded = offered</text>"##,
+            l + 10.0,
+            t + 15.0 + 18.0 * self.runs.len() as f64
+        );
         s.push_str("</svg>\n");
         s
     }

@@ -153,11 +153,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&json!({ "sessions": v }))?);
             } else {
-                let mut rows = vec![vec!["SESSION".to_owned(), "REVISION".into(), "TRACKS".into(), "SUBSCRIPTIONS".into(), "LEG".into(), "PORT".into(), "REMOTE".into()]];
+                let mut rows =
+                    vec![vec!["SESSION".to_owned(), "REVISION".into(), "TRACKS".into(), "SUBSCRIPTIONS".into(), "LEG".into(), "PORT".into(), "REMOTE".into()]];
                 for (sum, s) in &sessions {
                     let legs = s.as_ref().map(|s| s.legs.as_slice()).unwrap_or_default();
                     if legs.is_empty() {
-                        rows.push(vec![sum.id.clone(), sum.revision.to_string(), sum.tracks.to_string(), sum.subscriptions.to_string(), "-".into(), "-".into(), "-".into()]);
+                        rows.push(vec![
+                            sum.id.clone(),
+                            sum.revision.to_string(),
+                            sum.tracks.to_string(),
+                            sum.subscriptions.to_string(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                        ]);
                     }
                     for (i, l) in legs.iter().enumerate() {
                         let first = i == 0;
@@ -192,9 +201,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 print_table(&rows);
                 println!();
                 let mut rows = vec![vec!["SUBSCRIBER".to_owned(), "TRACK".into(), "OUT_SSRC".into(), "LAYER".into(), "PAUSED".into()]];
-                rows.extend(s.subscriptions.iter().map(|x| {
-                    vec![x.subscriber_leg.clone(), x.track.clone(), x.out_ssrc.to_string(), x.target_layer.to_string(), x.paused.to_string()]
-                }));
+                rows.extend(
+                    s.subscriptions
+                        .iter()
+                        .map(|x| vec![x.subscriber_leg.clone(), x.track.clone(), x.out_ssrc.to_string(), x.target_layer.to_string(), x.paused.to_string()]),
+                );
                 print_table(&rows);
             }
         }
@@ -278,10 +289,7 @@ fn print_status(s: &pb::NodeStatus, as_json: bool) {
         vec!["tracks".into(), s.tracks.to_string()],
         vec!["subscriptions".into(), s.subscriptions.to_string()],
         vec!["ports".into(), format!("{}-{} ({} free)", s.port_range_start, s.port_range_end, s.ports_free)],
-        vec![
-            "dataplane".into(),
-            if s.dataplane_connected { format!("connected (generation {})", s.dataplane_generation) } else { "not connected".into() },
-        ],
+        vec!["dataplane".into(), if s.dataplane_connected { format!("connected (generation {})", s.dataplane_generation) } else { "not connected".into() }],
         vec!["rx packets".into(), pps_total.to_string()],
     ];
     print_table(&rows);

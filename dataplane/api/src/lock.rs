@@ -68,20 +68,12 @@ impl InstanceLock {
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(io_err("lock")(e));
             }
-            return Err(LockError::Held {
-                what: what.to_string(),
-                path: path.to_path_buf(),
-                pid: holder_pid(&mut file),
-            });
+            return Err(LockError::Held { what: what.to_string(), path: path.to_path_buf(), pid: holder_pid(&mut file) });
         }
         file.set_len(0).map_err(io_err("truncate"))?;
         file.rewind().map_err(io_err("rewind"))?;
-        file.write_all(format!("{}\n", std::process::id()).as_bytes())
-            .map_err(io_err("write"))?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-        })
+        file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io_err("write"))?;
+        Ok(Self { file, path: path.to_path_buf() })
     }
 
     /// The lock file.
@@ -122,25 +114,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.lock");
         let held = InstanceLock::acquire(&path, "thing X").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            format!("{}\n", std::process::id())
-        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", std::process::id()));
         // flock(2) locks belong to the open file description: a second open in this process
         // conflicts as another process would.
         let e = InstanceLock::acquire(&path, "thing X").unwrap_err();
         let msg = e.to_string();
-        assert!(
-            matches!(e, LockError::Held { pid: Some(p), .. } if p == std::process::id()),
-            "{e:?}"
-        );
-        assert!(
-            msg.contains(&format!(
-                "thing X is in use by another instance, PID {}",
-                std::process::id()
-            )),
-            "{msg}"
-        );
+        assert!(matches!(e, LockError::Held { pid: Some(p), .. } if p == std::process::id()), "{e:?}");
+        assert!(msg.contains(&format!("thing X is in use by another instance, PID {}", std::process::id())), "{msg}");
         assert!(msg.contains("x.lock"), "{msg}");
         drop(held);
         let again = InstanceLock::acquire(&path, "thing X").unwrap();

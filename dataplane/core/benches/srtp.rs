@@ -28,10 +28,7 @@ enum Clock {
 }
 
 fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always supported
     // on Linux, and clock_gettime writes nothing else.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
@@ -60,11 +57,7 @@ fn clock() -> Clock {
 }
 
 /// Times `routine` over `iters` inputs made by `setup`, chunk by chunk, setup untimed.
-fn timed<S, R>(
-    iters: u64,
-    mut setup: impl FnMut() -> S,
-    mut routine: impl FnMut(&mut S) -> R,
-) -> Duration {
+fn timed<S, R>(iters: u64, mut setup: impl FnMut() -> S, mut routine: impl FnMut(&mut S) -> R) -> Duration {
     let clock = clock();
     let mut total = Duration::ZERO;
     let mut left = iters;
@@ -79,9 +72,7 @@ fn timed<S, R>(
                 for x in chunk.iter_mut() {
                     black_box(routine(x));
                 }
-                total += thread_cpu_time()
-                    .saturating_sub(t0)
-                    .saturating_sub(overhead);
+                total += thread_cpu_time().saturating_sub(t0).saturating_sub(overhead);
             }
             Clock::Wall => {
                 let t0 = Instant::now();
@@ -97,26 +88,10 @@ fn timed<S, R>(
 }
 
 const PROFILES: [(Profile, LibProfile, &str); 4] = [
-    (
-        Profile::AesCm128HmacSha1_80,
-        LibProfile::AesCm128HmacSha1_80,
-        "AES_CM_128_HMAC_SHA1_80",
-    ),
-    (
-        Profile::AesCm128HmacSha1_32,
-        LibProfile::AesCm128HmacSha1_32,
-        "AES_CM_128_HMAC_SHA1_32",
-    ),
-    (
-        Profile::AeadAes128Gcm,
-        LibProfile::AeadAes128Gcm,
-        "AEAD_AES_128_GCM",
-    ),
-    (
-        Profile::AeadAes256Gcm,
-        LibProfile::AeadAes256Gcm,
-        "AEAD_AES_256_GCM",
-    ),
+    (Profile::AesCm128HmacSha1_80, LibProfile::AesCm128HmacSha1_80, "AES_CM_128_HMAC_SHA1_80"),
+    (Profile::AesCm128HmacSha1_32, LibProfile::AesCm128HmacSha1_32, "AES_CM_128_HMAC_SHA1_32"),
+    (Profile::AeadAes128Gcm, LibProfile::AeadAes128Gcm, "AEAD_AES_128_GCM"),
+    (Profile::AeadAes256Gcm, LibProfile::AeadAes256Gcm, "AEAD_AES_256_GCM"),
 ];
 const SIZES: [usize; 2] = [200, 1200];
 const SSRC: u32 = 0x1234_5678;
@@ -140,10 +115,7 @@ fn packet(seq: u16, len: usize) -> Pkt {
 }
 
 fn key_salt(p: Profile) -> (Vec<u8>, Vec<u8>) {
-    (
-        (0..p.key_len() as u8).collect(),
-        (0..p.salt_len() as u8).map(|x| x ^ 0x5a).collect(),
-    )
+    ((0..p.key_len() as u8).collect(), (0..p.salt_len() as u8).map(|x| x ^ 0x5a).collect())
 }
 
 fn ours<P: CryptoProvider>(c: &mut Criterion, name: &str, profile: Profile, label: &str) {
@@ -295,12 +267,7 @@ fn gcm_raw(c: &mut Criterion) {
                         let mut nonce = [0u8; 12];
                         nonce[4..].copy_from_slice(&n.to_be_bytes());
                         let (hdr, payload) = buf[..*len].split_at_mut(20);
-                        key.seal_in_place_separate_tag(
-                            Nonce::assume_unique_for_key(nonce),
-                            Aad::from(&*hdr),
-                            payload,
-                        )
-                        .unwrap()
+                        key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&*hdr), payload).unwrap()
                     },
                 )
             })

@@ -83,8 +83,7 @@ impl StunDrop {
     /// How many reasons there are.
     pub const COUNT: usize = 5;
     /// Every reason, in index order.
-    pub const ALL: [StunDrop; Self::COUNT] =
-        [Self::Malformed, Self::NotBindingRequest, Self::BadFingerprint, Self::BadUsername, Self::BadIntegrity];
+    pub const ALL: [StunDrop; Self::COUNT] = [Self::Malformed, Self::NotBindingRequest, Self::BadFingerprint, Self::BadUsername, Self::BadIntegrity];
 
     /// The metrics label.
     pub const fn name(self) -> &'static str {
@@ -339,13 +338,7 @@ pub struct RequestOptions {
 /// `username` (`<leg's ufrag>:<agent's ufrag>`), PRIORITY, ICE-CONTROLLING, optionally
 /// USE-CANDIDATE, then MESSAGE-INTEGRITY under `pwd` (the leg's password) and FINGERPRINT.
 /// For tests and tools; Sluice itself never sends checks.
-pub fn binding_request(
-    transaction_id: &[u8; 12],
-    username: &str,
-    pwd: &str,
-    opts: RequestOptions,
-    out: &mut [u8],
-) -> Result<usize, WireError> {
+pub fn binding_request(transaction_id: &[u8; 12], username: &str, pwd: &str, opts: RequestOptions, out: &mut [u8]) -> Result<usize, WireError> {
     header(out, BINDING_REQUEST, transaction_id)?;
     let mut at = put_attr(out, HEADER_LEN, ATTR_USERNAME, username.as_bytes())?;
     at = put_attr(out, at, ATTR_PRIORITY, &opts.priority.to_be_bytes())?;
@@ -474,10 +467,7 @@ impl IceAgent {
         let switch = match self.selected {
             None => req.use_candidate,
             Some(sel) if sel == remote => false,
-            Some(sel) => {
-                req.use_candidate
-                    || self.last_heard(sel).is_none_or(|t| now.saturating_duration_since(t) >= self.config.rebind_after)
-            }
+            Some(sel) => req.use_candidate || self.last_heard(sel).is_none_or(|t| now.saturating_duration_since(t) >= self.config.rebind_after),
         };
         match self.validated.iter_mut().find(|(a, _)| *a == remote) {
             Some(entry) => entry.1 = now,
@@ -485,14 +475,7 @@ impl IceAgent {
                 if self.validated.len() >= MAX_VALIDATED {
                     // Forget the address heard from least recently, never the selected one.
                     let sel = self.selected;
-                    if let Some(pos) = self
-                        .validated
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (a, _))| Some(*a) != sel)
-                        .min_by_key(|(_, (_, t))| *t)
-                        .map(|(i, _)| i)
-                    {
+                    if let Some(pos) = self.validated.iter().enumerate().filter(|(_, (a, _))| Some(*a) != sel).min_by_key(|(_, (_, t))| *t).map(|(i, _)| i) {
                         self.validated.swap_remove(pos);
                     }
                 }
@@ -529,11 +512,9 @@ mod tests {
 
     /// RFC 5769 §2.2 sample IPv4 response (192.0.2.1:32853), same password.
     const RFC5769_RESPONSE_V4: [u8; 80] = [
-        0x01, 0x01, 0x00, 0x3c, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6,
-        0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76,
-        0x65, 0x63, 0x74, 0x6f, 0x72, 0x20, 0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1,
-        0x12, 0xa6, 0x43, 0x00, 0x08, 0x00, 0x14, 0x2b, 0x91, 0xf5, 0x99, 0xfd, 0x9e, 0x90, 0xc3,
-        0x8c, 0x74, 0x89, 0xf9, 0x2a, 0xf9, 0xba, 0x53, 0xf0, 0x6b, 0xe7, 0xd7, 0x80, 0x28, 0x00,
+        0x01, 0x01, 0x00, 0x3c, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74,
+        0x65, 0x73, 0x74, 0x20, 0x76, 0x65, 0x63, 0x74, 0x6f, 0x72, 0x20, 0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43, 0x00, 0x08,
+        0x00, 0x14, 0x2b, 0x91, 0xf5, 0x99, 0xfd, 0x9e, 0x90, 0xc3, 0x8c, 0x74, 0x89, 0xf9, 0x2a, 0xf9, 0xba, 0x53, 0xf0, 0x6b, 0xe7, 0xd7, 0x80, 0x28, 0x00,
         0x04, 0xc0, 0x7d, 0x4c, 0x96,
     ];
     const PWD: &str = "VOkJxbRl1RmTxUk/WvJxBt";

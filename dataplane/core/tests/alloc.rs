@@ -198,9 +198,7 @@ fn traffic(senders: &mut [Sender], from: u32, frames: u32) -> Sched {
 fn steady_state_forwarding_allocates_nothing() {
     let mut core = Core::new(CoreConfig::default());
     let mut senders: Vec<Sender> = (1..=SUBS + 1).map(Sender::new).collect();
-    let mut ops: Vec<Op> = (1..=SUBS + 1)
-        .map(|i| Op::UpsertLeg(leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1))))
-        .collect();
+    let mut ops: Vec<Op> = (1..=SUBS + 1).map(|i| Op::UpsertLeg(leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1)))).collect();
     ops.push(Op::UpsertTrack(audio_track(1, 1, AUDIO)));
     ops.push(Op::UpsertTrack(video_track(2, 1, &VIDEO)));
     for i in 2..=SUBS + 1 {

@@ -308,7 +308,12 @@ fn window(r: &Run, from_s: f64, to_s: f64) -> impl Iterator<Item = &(u64, u64, O
 }
 
 fn report(r: &Run) -> String {
-    r.samples.iter().filter(|(t, ..)| t % 1_000_000 == 0).map(|(t, e, l, q)| format!("{:>3}s est {:>5} kbit/s layer {:?} queue {:>4} ms", t / 1_000_000, e / 1000, l, q / 1000)).collect::<Vec<_>>().join("\n")
+    r.samples
+        .iter()
+        .filter(|(t, ..)| t % 1_000_000 == 0)
+        .map(|(t, e, l, q)| format!("{:>3}s est {:>5} kbit/s layer {:?} queue {:>4} ms", t / 1_000_000, e / 1000, l, q / 1000))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Asserts the step response: converge near capacity, down within 2 s of the drop, up within
@@ -407,16 +412,7 @@ fn under_a_limit_the_screen_share_keeps_its_full_layer() {
 /// rate, so the subscriber settles on the layer that fits and is never sent up into a freeze.
 #[test]
 fn a_token_bucket_burst_does_not_fool_the_probes() {
-    let r = run(&Scenario {
-        seed: 5,
-        one_way_us: 25_000,
-        loss: 0.0,
-        feedback: true,
-        secs: 40,
-        capacity: |_| 600_000,
-        tracks: camera_only(),
-        burst: 8_000,
-    });
+    let r = run(&Scenario { seed: 5, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 40, capacity: |_| 600_000, tracks: camera_only(), burst: 8_000 });
     let log = format!("{}\nswitches {:?}", report(&r), r.switches);
     assert!(r.switches.iter().filter(|(t, _)| *t >= 10_000_000).all(|(_, l)| *l == 0), "only the lowest layer fits 600 kbit/s\n{log}");
     let est: Vec<u64> = window(&r, 15.0, 40.0).map(|s| s.1).collect();

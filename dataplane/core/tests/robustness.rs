@@ -177,8 +177,7 @@ impl Fuzz {
         assert!(dropped == 1 || n > 0, "a datagram neither dropped nor forwarded");
         *self.verdicts.entry(if dropped == 1 { "dropped" } else { "forwarded" }).or_default() += 1;
         self.outputs += n as u64;
-        let outs: Vec<(u32, SocketAddr, u16, Vec<u8>)> =
-            self.out.iter().map(|(m, b)| (m.leg.0, m.dst, m.local_port, b.to_vec())).collect();
+        let outs: Vec<(u32, SocketAddr, u16, Vec<u8>)> = self.out.iter().map(|(m, b)| (m.leg.0, m.dst, m.local_port, b.to_vec())).collect();
         for (leg, dst, port, b) in outs {
             let p = &mut self.peers[leg as usize - 1];
             assert_eq!((dst, port), (p.addr, p.port), "output to leg {leg}'s address and port");
@@ -221,16 +220,14 @@ impl Fuzz {
             let mut b = vec![0u8; 512];
             let n = match self.rng.random_range(0..8) {
                 0 => {
-                    let items: Vec<rtcp::NackItem> = (0..self.rng.random_range(0..20))
-                        .map(|_| rtcp::NackItem { pid: self.rng.random(), blp: self.rng.random() })
-                        .collect();
+                    let items: Vec<rtcp::NackItem> =
+                        (0..self.rng.random_range(0..20)).map(|_| rtcp::NackItem { pid: self.rng.random(), blp: self.rng.random() }).collect();
                     rtcp::write_nack(&mut b, Ssrc(leg), Ssrc(media), &items).unwrap()
                 }
                 1 => rtcp::write_pli(&mut b, Ssrc(leg), Ssrc(media)).unwrap(),
                 2 => {
-                    let e: Vec<rtcp::FirEntry> = (0..self.rng.random_range(0..4))
-                        .map(|_| rtcp::FirEntry { ssrc: Ssrc(media), seq: self.rng.random() })
-                        .collect();
+                    let e: Vec<rtcp::FirEntry> =
+                        (0..self.rng.random_range(0..4)).map(|_| rtcp::FirEntry { ssrc: Ssrc(media), seq: self.rng.random() }).collect();
                     rtcp::write_fir(&mut b, Ssrc(leg), &e).unwrap()
                 }
                 3 => {
@@ -249,8 +246,7 @@ impl Fuzz {
                 }
                 4 => {
                     // An SR as if from one of the leg's own streams (rewritten per subscriber).
-                    let sender = [audio_ssrc(leg), layer_ssrc(leg, self.rng.random_range(0..3)), self.rng.random()]
-                        [self.rng.random_range(0..3)];
+                    let sender = [audio_ssrc(leg), layer_ssrc(leg, self.rng.random_range(0..3)), self.rng.random()][self.rng.random_range(0..3)];
                     let info = rtcp::SenderInfo {
                         ntp_timestamp: self.rng.random(),
                         rtp_timestamp: self.rng.random(),
@@ -389,9 +385,10 @@ impl Fuzz {
                 if !b.is_empty() && self.rng.random_bool(0.7) {
                     b[0] = 0x80 | (b[0] & 0x3f);
                 }
-                let from = self.rng.random_bool(0.2).then(|| {
-                    (self.rng.random_range(19_999..20_006), SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), self.rng.random())))
-                });
+                let from = self
+                    .rng
+                    .random_bool(0.2)
+                    .then(|| (self.rng.random_range(19_999..20_006), SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), self.rng.random()))));
                 self.deliver(i, from, b);
             }
             // Control-plane changes between packets.
@@ -427,11 +424,8 @@ fn random_input_over_handle_rx() {
             assert_eq!(st.rx_packets, f.calls, "rx_packets");
             assert_eq!(st.tx_packets, f.outputs, "tx_packets");
             assert_eq!(st.rx_packets, st.total_drops() + f.verdicts.get("forwarded").copied().unwrap_or(0), "one verdict per datagram");
-            let named: Vec<String> = sluice_core::verdict::DropReason::ALL
-                .iter()
-                .filter(|r| st.drops_for(**r) > 0)
-                .map(|r| format!("{}={}", r.name(), st.drops_for(*r)))
-                .collect();
+            let named: Vec<String> =
+                sluice_core::verdict::DropReason::ALL.iter().filter(|r| st.drops_for(**r) > 0).map(|r| format!("{}={}", r.name(), st.drops_for(*r))).collect();
             eprintln!("seed {seed}: {} datagrams, {} outputs, {:?}, drops {named:?}", f.calls, f.outputs, f.verdicts);
             // The mix reached the deep paths, not just the front door.
             assert!(st.nack_answered > 0 && st.keyframe_requests > 0 && st.layer_switches > 0, "{st:?}");

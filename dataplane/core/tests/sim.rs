@@ -40,7 +40,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
 use sluice_core::ids::{Generation, Ssrc};
-use sluice_core::srtp::{Profile, RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpError, SrtpKeys, MAX_WINDOW};
+use sluice_core::srtp::{MAX_WINDOW, Profile, RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpError, SrtpKeys};
 use sluice_core::stats::CoreStats;
 use sluice_core::table::{Delta, Op, SubscriptionSpec};
 use sluice_core::time::Instant;
@@ -258,9 +258,17 @@ impl Participant {
 // The world: clock, network, SFU, participants
 
 enum Ev {
-    ToSfu { from: usize, bytes: Vec<u8> },
+    ToSfu {
+        from: usize,
+        bytes: Vec<u8>,
+    },
     /// `copy` identifies the datagram: the network's duplicates share it.
-    ToPeer { to: usize, bytes: Vec<u8>, sent_at: u64, copy: u64 },
+    ToPeer {
+        to: usize,
+        bytes: Vec<u8>,
+        sent_at: u64,
+        copy: u64,
+    },
     Audio(usize),
     Video(usize, u32),
     House(usize),
@@ -653,19 +661,19 @@ impl World {
         self.truth.outputs += n_out as u64;
         if trace_on(self.now) {
             let (kind, ssrc, seq) = header(&bytes);
-            let reasons: Vec<&str> = if dropped > 0 {
-                DropReason::ALL.iter().filter(|r| self.core.stats().drops_for(**r) > 0).map(|r| r.name()).collect()
-            } else {
-                vec![]
-            };
-            let outs: Vec<String> = self.out.iter().map(|(m, b)| {
-                let (k, s, q) = header(b);
-                format!("{}:{k}:{s:#x}:{q}", m.leg.0 - 1)
-            }).collect();
+            let reasons: Vec<&str> =
+                if dropped > 0 { DropReason::ALL.iter().filter(|r| self.core.stats().drops_for(**r) > 0).map(|r| r.name()).collect() } else { vec![] };
+            let outs: Vec<String> = self
+                .out
+                .iter()
+                .map(|(m, b)| {
+                    let (k, s, q) = header(b);
+                    format!("{}:{k}:{s:#x}:{q}", m.leg.0 - 1)
+                })
+                .collect();
             eprintln!("[{:>5}ms] SFU <- {from} {kind} {ssrc:#x} seq {seq}: dropped {dropped} {reasons:?} -> {outs:?}", self.now / MS);
         }
-        let outs: Vec<(u32, SocketAddr, u16, Vec<u8>)> =
-            self.out.iter().map(|(m, b)| (m.leg.0, m.dst, m.local_port, b.to_vec())).collect();
+        let outs: Vec<(u32, SocketAddr, u16, Vec<u8>)> = self.out.iter().map(|(m, b)| (m.leg.0, m.dst, m.local_port, b.to_vec())).collect();
         while let Some(e) = self.core.poll_event() {
             let name = match e {
                 Event::LayerSwitched { .. } => "layer_switched",
@@ -1025,7 +1033,16 @@ impl World {
         assert_ne!(usize::from(id.publisher), to, "seed {seed}: participant {to} received its own media");
         assert_eq!(usize::from(id.publisher), s.publisher, "seed {seed}: out-SSRC {primary:#x} carries another publisher");
         if s.video {
-            assert_eq!(&payload[..2], if id.key_start { &[0x10, 0x00] } else if payload[0] == 0x10 { &[0x10, 0x01] } else { &[0x00, 0x00] });
+            assert_eq!(
+                &payload[..2],
+                if id.key_start {
+                    &[0x10, 0x00]
+                } else if payload[0] == 0x10 {
+                    &[0x10, 0x01]
+                } else {
+                    &[0x00, 0x00]
+                }
+            );
         }
         let ext = match s.highest {
             None => 1 << 20 | i64::from(seq),
@@ -1121,12 +1138,7 @@ impl World {
                 let mut outs: Vec<(&u32, &RxStream)> = part.rx.iter().filter(|(_, s)| s.highest.is_some()).collect();
                 outs.sort_by_key(|(o, _)| **o);
                 for (o, s) in outs.into_iter().take(3) {
-                    blocks.push(rtcp::ReportBlockInfo {
-                        ssrc: Ssrc(*o),
-                        highest_seq: s.highest.unwrap() as u32,
-                        jitter: 10,
-                        ..Default::default()
-                    });
+                    blocks.push(rtcp::ReportBlockInfo { ssrc: Ssrc(*o), highest_seq: s.highest.unwrap() as u32, jitter: 10, ..Default::default() });
                 }
                 let mut buf = vec![0u8; 8 + 24 * blocks.len()];
                 let len = rtcp::write_rr(&mut buf, Ssrc(me), &blocks).unwrap();
@@ -1193,11 +1205,7 @@ impl World {
         let consumed = st.drops_for(DropReason::RtcpConsumed);
         assert_eq!(
             st.total_drops(),
-            filtered
-                + consumed
-                + st.drops_for(DropReason::Replayed)
-                + st.drops_for(DropReason::NoSubscribers)
-                + st.drops_for(DropReason::Paused),
+            filtered + consumed + st.drops_for(DropReason::Replayed) + st.drops_for(DropReason::NoSubscribers) + st.drops_for(DropReason::Paused),
             "seed {seed}: {st:?}"
         );
 
@@ -1258,10 +1266,18 @@ impl World {
                     let up = guess.is_some_and(|(l, q)| t.up_lost.contains(&(s.publisher, layer_ssrc(s.publisher, usize::from(l)), q)));
                     let down = t.down_lost.contains(&(part.idx, out, *e as u16));
                     let m = s.missing.get(e).map(|m| (m.noticed / MS, m.nacks));
-                    eprintln!("{ctx}: hole {} (pub guess {guess:?}) up_lost={up} down_lost={down} miss={m:?}\n   before={before:?}\n   after={after:?}", *e as u16);
+                    eprintln!(
+                        "{ctx}: hole {} (pub guess {guess:?}) up_lost={up} down_lost={down} miss={m:?}\n   before={before:?}\n   after={after:?}",
+                        *e as u16
+                    );
                 }
-                assert!(holes.is_empty(), "{ctx}: {} unrepaired gaps, first at out seq {} (of {first}..={last}); missing={:?}",
-                    holes.len(), holes[0] as u16, holes.iter().take(8).map(|e| *e as u16).collect::<Vec<_>>());
+                assert!(
+                    holes.is_empty(),
+                    "{ctx}: {} unrepaired gaps, first at out seq {} (of {first}..={last}); missing={:?}",
+                    holes.len(),
+                    holes[0] as u16,
+                    holes.iter().take(8).map(|e| *e as u16).collect::<Vec<_>>()
+                );
                 let (_, r0) = s.recs.first_key_value().unwrap();
                 assert!(r0.id.key_start, "{ctx}: stream does not start at a keyframe");
                 let mut segments = 1u64;
@@ -1298,7 +1314,14 @@ impl World {
                         segments += 1;
                     } else {
                         // Same layer: consecutive publisher packets with their own spacing.
-                        assert_eq!(b.id.pub_seq, a.id.pub_seq.wrapping_add(1), "{ctx}: layer {} packets not consecutive: {:?} then {:?}", a.id.layer, a.id, b.id);
+                        assert_eq!(
+                            b.id.pub_seq,
+                            a.id.pub_seq.wrapping_add(1),
+                            "{ctx}: layer {} packets not consecutive: {:?} then {:?}",
+                            a.id.layer,
+                            a.id,
+                            b.id
+                        );
                         assert_eq!(dts, b.id.pub_ts.wrapping_sub(a.id.pub_ts) as i32, "{ctx}: timestamp offset changed inside a segment");
                     }
                 }
@@ -1391,25 +1414,25 @@ fn simulate(sc: Scenario, seeds_: &[u64]) -> Vec<sluice_core::stats::CoreStats> 
             Ok(sum) => {
                 all.push(sum.stats.clone());
                 eprintln!(
-                "{name} seed {seed}: {} packets in, {} out, {} received, {} rtx ({} filled a gap, {} redundant), {} NACKed, {} switches, {} paused, lost up {} down {} (audio unrepaired {}), nack answered {} forwarded {} suppressed {}, PLIs {}, {:?} (wall: sfu, peers, media, housekeeping, deltas {:?})",
-                sum.stats.rx_packets,
-                sum.stats.tx_packets,
-                sum.packets,
-                sum.rtx,
-                sum.repaired,
-                sum.redundant,
-                sum.nacked,
-                sum.switches,
-                sum.paused,
-                sum.up_lost,
-                sum.down_lost,
-                sum.audio_lost,
-                sum.stats.nack_answered,
-                sum.stats.nack_forwarded,
-                sum.stats.nack_suppressed,
-                sum.stats.keyframe_requests,
-                started.elapsed(),
-                sum.wall,
+                    "{name} seed {seed}: {} packets in, {} out, {} received, {} rtx ({} filled a gap, {} redundant), {} NACKed, {} switches, {} paused, lost up {} down {} (audio unrepaired {}), nack answered {} forwarded {} suppressed {}, PLIs {}, {:?} (wall: sfu, peers, media, housekeeping, deltas {:?})",
+                    sum.stats.rx_packets,
+                    sum.stats.tx_packets,
+                    sum.packets,
+                    sum.rtx,
+                    sum.repaired,
+                    sum.redundant,
+                    sum.nacked,
+                    sum.switches,
+                    sum.paused,
+                    sum.up_lost,
+                    sum.down_lost,
+                    sum.audio_lost,
+                    sum.stats.nack_answered,
+                    sum.stats.nack_forwarded,
+                    sum.stats.nack_suppressed,
+                    sum.stats.keyframe_requests,
+                    started.elapsed(),
+                    sum.wall,
                 )
             }
             Err(e) => {

@@ -6,20 +6,12 @@
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_core::srtp::provider::RustCrypto;
-use sluice_core::srtp::{
-    Profile, RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys,
-};
+use sluice_core::srtp::{Profile, RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 use sluice_libsrtp::{Direction, LibProfile, LibSrtp, SRTP_MAX_TRAILER_LEN};
 
 const PROFILES: [(Profile, LibProfile); 4] = [
-    (
-        Profile::AesCm128HmacSha1_80,
-        LibProfile::AesCm128HmacSha1_80,
-    ),
-    (
-        Profile::AesCm128HmacSha1_32,
-        LibProfile::AesCm128HmacSha1_32,
-    ),
+    (Profile::AesCm128HmacSha1_80, LibProfile::AesCm128HmacSha1_80),
+    (Profile::AesCm128HmacSha1_32, LibProfile::AesCm128HmacSha1_32),
     (Profile::AeadAes128Gcm, LibProfile::AeadAes128Gcm),
     (Profile::AeadAes256Gcm, LibProfile::AeadAes256Gcm),
 ];
@@ -46,11 +38,7 @@ fn random_rtp(rng: &mut ChaCha8Rng, seq: u16, ssrc: u32, out: &mut [u8; BUF]) ->
         rng.fill_bytes(&mut out[len..len + 4 * usize::from(words)]);
         len += 4 * usize::from(words);
     }
-    let payload = if rng.random_bool(0.1) {
-        0
-    } else {
-        rng.random_range(1..=1300)
-    };
+    let payload = if rng.random_bool(0.1) { 0 } else { rng.random_range(1..=1300) };
     rng.fill_bytes(&mut out[len..len + payload]);
     len + payload
 }
@@ -73,13 +61,7 @@ struct Pair {
     lib_rx: LibSrtp,
 }
 
-fn setup(
-    rng: &mut ChaCha8Rng,
-    profile: Profile,
-    lib: LibProfile,
-    ssrc: u32,
-    srtcp_encrypt: bool,
-) -> Pair {
+fn setup(rng: &mut ChaCha8Rng, profile: Profile, lib: LibProfile, ssrc: u32, srtcp_encrypt: bool) -> Pair {
     let mut key = vec![0u8; profile.key_len()];
     let mut salt = vec![0u8; profile.salt_len()];
     rng.fill_bytes(&mut key);
@@ -89,12 +71,7 @@ fn setup(
     ours.set_rtcp_encryption(srtcp_encrypt);
     ours_rc.set_rtcp_encryption(srtcp_encrypt);
     let mk = |d| LibSrtp::with_options(lib, &key, &salt, ssrc, d, 0, srtcp_encrypt).unwrap();
-    Pair {
-        ours,
-        ours_rc,
-        lib_tx: mk(Direction::Outbound),
-        lib_rx: mk(Direction::Inbound),
-    }
+    Pair { ours, ours_rc, lib_tx: mk(Direction::Outbound), lib_rx: mk(Direction::Inbound) }
 }
 
 /// Runs `count` RTP packets from `start_seq` in rollover period `roc` through both stacks.
@@ -119,23 +96,12 @@ fn rtp_run(seed: u64, profile: Profile, lib: LibProfile, roc: u32, start_seq: u1
         let n = p.ours.protect_rtp(&mut tx, &mut ours, len).expect(&ctx);
         assert_eq!(n, len + profile.rtp_overhead(), "{ctx}");
         let mut ours_rc = plain;
-        let n_rc = p
-            .ours_rc
-            .protect_rtp(&mut tx_rc, &mut ours_rc, len)
-            .expect(&ctx);
+        let n_rc = p.ours_rc.protect_rtp(&mut tx_rc, &mut ours_rc, len).expect(&ctx);
         let mut theirs = [0u8; BUF + SRTP_MAX_TRAILER_LEN];
         theirs[..len].copy_from_slice(&plain[..len]);
         let m = p.lib_tx.protect(&mut theirs, len).expect(&ctx);
-        assert_eq!(
-            ours[..n],
-            theirs[..m],
-            "{ctx}: protected bytes differ from libsrtp"
-        );
-        assert_eq!(
-            ours_rc[..n_rc],
-            theirs[..m],
-            "{ctx}: rustcrypto provider differs"
-        );
+        assert_eq!(ours[..n], theirs[..m], "{ctx}: protected bytes differ from libsrtp");
+        assert_eq!(ours_rc[..n_rc], theirs[..m], "{ctx}: rustcrypto provider differs");
 
         // ours -> libsrtp
         let mut b = [0u8; BUF + SRTP_MAX_TRAILER_LEN];
@@ -147,11 +113,7 @@ fn rtp_run(seed: u64, profile: Profile, lib: LibProfile, roc: u32, start_seq: u1
         assert_eq!(theirs[..k], plain[..len], "{ctx}: our unprotect");
 
         // Skip a few sequence numbers now and then (loss), never more than the window.
-        seq = seq.wrapping_add(if rng.random_bool(0.05) {
-            rng.random_range(2..50)
-        } else {
-            1
-        });
+        seq = seq.wrapping_add(if rng.random_bool(0.05) { rng.random_range(2..50) } else { 1 });
     }
 }
 
@@ -167,14 +129,7 @@ fn rtp_sequence_wrap_and_rollover() {
     for (i, (profile, lib)) in PROFILES.into_iter().enumerate() {
         // Wrap from ROC 0 to 1, and from a large signalled ROC.
         rtp_run(200 + i as u64, profile, lib, 0, u16::MAX - 1499, 3000);
-        rtp_run(
-            300 + i as u64,
-            profile,
-            lib,
-            0x00ab_cdef,
-            u16::MAX - 699,
-            1500,
-        );
+        rtp_run(300 + i as u64, profile, lib, 0x00ab_cdef, u16::MAX - 699, 1500);
     }
 }
 
@@ -225,23 +180,12 @@ fn rtcp_run(seed: u64, profile: Profile, lib: LibProfile, encrypt: bool, count: 
         let n = p.ours.protect_rtcp(&mut tx, &mut ours, len).expect(&ctx);
         assert_eq!(n, len + profile.rtcp_overhead(), "{ctx}");
         let mut ours_rc = plain;
-        let n_rc = p
-            .ours_rc
-            .protect_rtcp(&mut tx_rc, &mut ours_rc, len)
-            .expect(&ctx);
+        let n_rc = p.ours_rc.protect_rtcp(&mut tx_rc, &mut ours_rc, len).expect(&ctx);
         let mut theirs = [0u8; BUF + SRTP_MAX_TRAILER_LEN];
         theirs[..len].copy_from_slice(&plain[..len]);
         let m = p.lib_tx.protect_rtcp(&mut theirs, len).expect(&ctx);
-        assert_eq!(
-            ours[..n],
-            theirs[..m],
-            "{ctx}: protected bytes differ from libsrtp"
-        );
-        assert_eq!(
-            ours_rc[..n_rc],
-            theirs[..m],
-            "{ctx}: rustcrypto provider differs"
-        );
+        assert_eq!(ours[..n], theirs[..m], "{ctx}: protected bytes differ from libsrtp");
+        assert_eq!(ours_rc[..n_rc], theirs[..m], "{ctx}: rustcrypto provider differs");
 
         let mut b = [0u8; BUF + SRTP_MAX_TRAILER_LEN];
         b[..n].copy_from_slice(&ours[..n]);
@@ -277,14 +221,8 @@ fn tampered_packets_rejected_by_both() {
             ours[at] ^= 1 << rng.random_range(0..8);
             let mut b = [0u8; BUF + SRTP_MAX_TRAILER_LEN];
             b[..n].copy_from_slice(&ours[..n]);
-            assert!(
-                p.lib_rx.unprotect(&mut b, n).is_err(),
-                "{profile:?} libsrtp byte {at}"
-            );
-            assert!(
-                p.ours.unprotect_rtp(&mut rx, &mut ours, n).is_err(),
-                "{profile:?} ours byte {at}"
-            );
+            assert!(p.lib_rx.unprotect(&mut b, n).is_err(), "{profile:?} libsrtp byte {at}");
+            assert!(p.ours.unprotect_rtp(&mut rx, &mut ours, n).is_err(), "{profile:?} ours byte {at}");
         }
     }
 }

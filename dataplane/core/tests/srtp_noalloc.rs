@@ -7,9 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sluice_core::srtp::provider::{AwsLc, CryptoProvider, RustCrypto};
-use sluice_core::srtp::{
-    Profile, RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys,
-};
+use sluice_core::srtp::{Profile, RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 
 struct Counting;
 
@@ -65,12 +63,7 @@ fn run<P: CryptoProvider>(profile: Profile) {
 
 #[test]
 fn packet_path_does_not_allocate() {
-    for p in [
-        Profile::AesCm128HmacSha1_80,
-        Profile::AesCm128HmacSha1_32,
-        Profile::AeadAes128Gcm,
-        Profile::AeadAes256Gcm,
-    ] {
+    for p in [Profile::AesCm128HmacSha1_80, Profile::AesCm128HmacSha1_32, Profile::AeadAes128Gcm, Profile::AeadAes256Gcm] {
         run::<AwsLc>(p);
         run::<RustCrypto>(p);
     }

@@ -28,10 +28,7 @@ fn forward_one_rtp_packet_in_an_owned_buffer() {
     frame = pkt.into_inner();
 
     let pkt = rtp::Packet::new_checked(&frame[..]).unwrap();
-    assert_eq!(
-        (pkt.ssrc(), pkt.sequence_number(), pkt.payload_type()),
-        (Ssrc(0x1234_5678), 7, 100)
-    );
+    assert_eq!((pkt.ssrc(), pkt.sequence_number(), pkt.payload_type()), (Ssrc(0x1234_5678), 7, 100));
     assert_eq!(pkt.find_extension(1), None);
     assert_eq!(pkt.find_extension(5), Some(&[0xAB, 0xCD][..]));
     assert_eq!(pkt.payload(), &[0x10, 0x50, 0x9d, 0x01, 0x2a]);
@@ -51,14 +48,8 @@ fn translate_subscriber_feedback() {
         }
     }
     let pli = rtcp::compound(&dgram[..len]).nth(1).unwrap().unwrap();
-    assert_eq!(
-        rtcp::Pli::new_checked(pli.as_bytes()).unwrap().media_ssrc(),
-        Ssrc(0xF00D)
-    );
-    assert_eq!(
-        rtcp::write_pli(&mut [0u8; 11], Ssrc(1), Ssrc(2)),
-        Err(WireError::BufferTooSmall)
-    );
+    assert_eq!(rtcp::Pli::new_checked(pli.as_bytes()).unwrap().media_ssrc(), Ssrc(0xF00D));
+    assert_eq!(rtcp::write_pli(&mut [0u8; 11], Ssrc(1), Ssrc(2)), Err(WireError::BufferTooSmall));
     assert_eq!(WireError::BufferTooSmall as u8, 7);
     assert!((WireError::BadPayload as usize) < WireError::COUNT);
 }

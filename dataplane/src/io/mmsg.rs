@@ -29,7 +29,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::sys::{self, GroCmsg, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
-use super::{GRO_BUF_BYTES, GRO_SLOTS, IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged};
+use super::{
+    GRO_BUF_BYTES, GRO_SLOTS, IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged,
+};
 
 /// The `recvmmsg`/`sendmmsg` backend of one worker.
 #[derive(Debug)]

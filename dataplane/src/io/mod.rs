@@ -38,9 +38,9 @@ pub mod uring;
 pub mod xsk;
 
 pub use mmsg::MmsgBackend;
-pub use xsk::XskBackend;
 pub use sys::LegSocket;
 pub use uring::{UringBackend, UringUnavailable};
+pub use xsk::XskBackend;
 
 /// The largest datagram a backend receives in full (the core's `MAX_DATAGRAM`, plus slack so an
 /// oversized datagram is seen as oversized rather than silently truncated to a valid size).
@@ -377,11 +377,7 @@ impl Backend {
 
     /// Builds `kind`, or `mmsg` if `kind` is `Uring` and io_uring is unavailable; the second value
     /// is the reason for the fallback (the daemon logs it).
-    pub fn with_fallback(
-        kind: BackendKind,
-        config: IoConfig,
-        registry: Arc<SendRegistry>,
-    ) -> Result<(Self, Option<IoError>), IoError> {
+    pub fn with_fallback(kind: BackendKind, config: IoConfig, registry: Arc<SendRegistry>) -> Result<(Self, Option<IoError>), IoError> {
         match Self::new(kind, config.clone(), Arc::clone(&registry)) {
             Err(e @ IoError::UringUnavailable(_)) => {
                 tracing::warn!(reason = %e, "io_uring backend unavailable, falling back to mmsg");
@@ -499,16 +495,7 @@ struct SendParts<'b> {
 /// whole), so such a one is counted `rx_truncated` instead. Returns how many it delivered and the
 /// index of the first datagram it did not look at (the run's datagram count when it is done).
 #[expect(clippy::too_many_arguments, reason = "a run, where to resume, and its delivery")]
-fn deliver_segments<F>(
-    run: &mut [u8],
-    seg: usize,
-    from: usize,
-    room: usize,
-    port: u16,
-    src: SocketAddr,
-    counters: &mut IoCounters,
-    f: &mut F,
-) -> (usize, usize)
+fn deliver_segments<F>(run: &mut [u8], seg: usize, from: usize, room: usize, port: u16, src: SocketAddr, counters: &mut IoCounters, f: &mut F) -> (usize, usize)
 where
     F: FnMut(u16, SocketAddr, &mut [u8]),
 {

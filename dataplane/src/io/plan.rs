@@ -89,12 +89,7 @@ impl TxPlan {
         let groupable = gso && len > 0;
         if let Some(&g) = self.flows.get(&(local_port, dst)) {
             let group = &mut self.groups[g as usize];
-            if groupable
-                && group.open
-                && len <= group.segment
-                && group.count < MAX_GSO_SEGMENTS
-                && group.bytes + len <= MAX_GSO_BYTES
-            {
+            if groupable && group.open && len <= group.segment && group.count < MAX_GSO_SEGMENTS && group.bytes + len <= MAX_GSO_BYTES {
                 group.count += 1;
                 group.bytes += len;
                 if len < group.segment {
@@ -234,8 +229,7 @@ mod tests {
     #[test]
     fn order_sorts_by_port_keeping_flow_order() {
         let p = plan(&[(9, 1, 100), (7, 2, 100), (9, 1, 50), (9, 1, 100), (7, 2, 100)], true);
-        let order: Vec<_> =
-            p.order().iter().map(|&g| (p.groups()[g as usize].local_port, members(&p, &p.groups()[g as usize]))).collect();
+        let order: Vec<_> = p.order().iter().map(|&g| (p.groups()[g as usize].local_port, members(&p, &p.groups()[g as usize]))).collect();
         assert_eq!(order, [(7, vec![1, 4]), (9, vec![0, 2]), (9, vec![3])]);
     }
 }

@@ -266,7 +266,16 @@ impl GroCmsg {
         let b = control.get(..W + 3 * I)?;
         let int = |at: usize| libc::c_int::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let len = usize::from_ne_bytes(b[..W].try_into().ok()?);
-        let c = Self { len, level: int(W), kind: int(W + I), data: { let mut d = [0; 8]; d[..I].copy_from_slice(&b[W + 2 * I..W + 3 * I]); d } };
+        let c = Self {
+            len,
+            level: int(W),
+            kind: int(W + I),
+            data: {
+                let mut d = [0; 8];
+                d[..I].copy_from_slice(&b[W + 2 * I..W + 3 * I]);
+                d
+            },
+        };
         c.segment(control.len())
     }
 

@@ -133,10 +133,9 @@ pub fn check_sysctl(value: Option<u8>) -> Result<(), UringUnavailable> {
 pub fn classify_setup_error(sysctl: Option<u8>, err: io::Error) -> UringUnavailable {
     match err.raw_os_error() {
         Some(libc::ENOSYS) => UringUnavailable::NotSupported,
-        Some(libc::EPERM) | Some(libc::EACCES) => UringUnavailable::NotPermitted {
-            sysctl: sysctl.map_or_else(|| "absent".to_owned(), |v| v.to_string()),
-            source: err,
-        },
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            UringUnavailable::NotPermitted { sysctl: sysctl.map_or_else(|| "absent".to_owned(), |v| v.to_string()), source: err }
+        }
         _ => UringUnavailable::Setup { op: "io_uring_setup", source: err },
     }
 }
@@ -155,18 +154,12 @@ fn setup(sq_entries: u32) -> Result<IoUring, UringUnavailable> {
     check_sysctl(sysctl)?;
     let release = kernel_release();
     check_release(&release)?;
-    let ring = IoUring::builder()
-        .setup_clamp()
-        .setup_cqsize(sq_entries.saturating_mul(4))
-        .build(sq_entries)
-        .map_err(|e| classify_setup_error(sysctl, e))?;
+    let ring = IoUring::builder().setup_clamp().setup_cqsize(sq_entries.saturating_mul(4)).build(sq_entries).map_err(|e| classify_setup_error(sysctl, e))?;
     if !ring.params().is_feature_ext_arg() {
         return Err(UringUnavailable::MissingFeature { feature: "IORING_FEAT_EXT_ARG", release });
     }
     let mut probe = Probe::new();
-    ring.submitter()
-        .register_probe(&mut probe)
-        .map_err(|source| UringUnavailable::Setup { op: "IORING_REGISTER_PROBE", source })?;
+    ring.submitter().register_probe(&mut probe).map_err(|source| UringUnavailable::Setup { op: "IORING_REGISTER_PROBE", source })?;
     for (code, feature) in [(opcode::SendMsg::CODE, "IORING_OP_SENDMSG"), (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG")] {
         if !probe.is_supported(code) {
             return Err(UringUnavailable::MissingFeature { feature, release });
@@ -448,11 +441,7 @@ impl UringBackend {
         }
         if sock.armed {
             let timeout = Timespec::new().sec(1);
-            match self
-                .ring
-                .submitter()
-                .register_sync_cancel(Some(timeout), CancelBuilder::user_data(recv_user_data(sock.serial, port)))
-            {
+            match self.ring.submitter().register_sync_cancel(Some(timeout), CancelBuilder::user_data(recv_user_data(sock.serial, port))) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(source) => return Err(IoError::Os { op: "IORING_REGISTER_SYNC_CANCEL", source }),
@@ -502,9 +491,8 @@ impl UringBackend {
                 continue;
             }
             s.armed = true;
-            let sqe = opcode::RecvMsgMulti::new(Fd(s.leg.as_raw_fd()), &raw const *self.shared.recv_hdr, BGID)
-                .build()
-                .user_data(recv_user_data(s.serial, port));
+            let sqe =
+                opcode::RecvMsgMulti::new(Fd(s.leg.as_raw_fd()), &raw const *self.shared.recv_hdr, BGID).build().user_data(recv_user_data(s.serial, port));
             self.push(&sqe)?;
         }
         Ok(())
@@ -729,10 +717,8 @@ impl UringBackend {
         }
         for k in first..self.shared.tx.ops.len() {
             let op = self.shared.tx.ops[k];
-            let sqe = opcode::SendMsg::new(Fd(op.fd), &raw const self.shared.tx.hdrs[op.hdr])
-                .flags(libc::MSG_DONTWAIT as u32)
-                .build()
-                .user_data(UD_SEND | k as u64);
+            let sqe =
+                opcode::SendMsg::new(Fd(op.fd), &raw const self.shared.tx.hdrs[op.hdr]).flags(libc::MSG_DONTWAIT as u32).build().user_data(UD_SEND | k as u64);
             if self.push(&sqe).is_err() {
                 // Could not even submit: nothing of the rest goes out.
                 let lost: usize = self.shared.tx.ops[k..].iter().map(|o| o.count).sum();

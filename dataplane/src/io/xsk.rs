@@ -99,9 +99,7 @@ impl Mapping {
     fn new(len: usize, flags: libc::c_int, fd: libc::c_int, offset: libc::off_t) -> io::Result<Self> {
         // SAFETY: a fresh mapping (address chosen by the kernel), no existing memory is affected;
         // the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, offset)
-        };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, offset) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -242,8 +240,7 @@ pub struct Interface {
 impl Interface {
     /// Looks `name` up with `getifaddrs` (in the calling thread's network namespace).
     pub fn lookup(name: &str) -> Result<Self, IoError> {
-        let cname = std::ffi::CString::new(name)
-            .map_err(|_| IoError::Os { op: "interface name", source: io::ErrorKind::InvalidInput.into() })?;
+        let cname = std::ffi::CString::new(name).map_err(|_| IoError::Os { op: "interface name", source: io::ErrorKind::InvalidInput.into() })?;
         // SAFETY: `cname` is a valid NUL-terminated string.
         let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
         if index == 0 {
@@ -342,13 +339,7 @@ impl Neighbours {
         let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
         // SAFETY: a valid timeval of the size passed, on an open socket.
         let rc = unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
+            libc::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t)
         };
         if rc != 0 {
             return Err(IoError::Os { op: "netlink SO_RCVTIMEO", source: io::Error::last_os_error() });
@@ -436,9 +427,7 @@ impl Neighbours {
         self.v6_table.clear();
         loop {
             // SAFETY: `nl_buf` is a live, writable buffer of the length passed.
-            let n = unsafe {
-                libc::recv(self.netlink.as_raw_fd(), self.nl_buf.as_mut_ptr().cast(), self.nl_buf.len(), 0)
-            };
+            let n = unsafe { libc::recv(self.netlink.as_raw_fd(), self.nl_buf.as_mut_ptr().cast(), self.nl_buf.len(), 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -494,11 +483,7 @@ impl Neighbours {
     /// The address whose MAC a packet to `dst` must carry.
     fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
         let d = u32::from_ne_bytes(dst.octets());
-        let best = self
-            .routes
-            .iter()
-            .filter(|(net, mask, _)| d & mask == *net)
-            .max_by_key(|(_, mask, _)| u32::from_be(*mask).count_ones());
+        let best = self.routes.iter().filter(|(net, mask, _)| d & mask == *net).max_by_key(|(_, mask, _)| u32::from_be(*mask).count_ones());
         match best {
             Some(&(_, _, gw)) if gw != 0 => Ipv4Addr::from(gw.to_ne_bytes()),
             _ => dst,
@@ -632,14 +617,7 @@ fn write_v4_headers(
 /// pseudo-header (RFC 768 for IPv4, RFC 8200 §8.1 for IPv6: both sum the addresses, the protocol
 /// and the UDP length). With [`UdpCsum::Partial`] the field holds the pseudo-header sum only.
 /// Returns the end of the datagram.
-fn write_udp(
-    frame: &mut [u8],
-    l4: usize,
-    (src_ip, sport): (&[u8], u16),
-    (dst_ip, dport): (&[u8], u16),
-    udp_len: u16,
-    csum: UdpCsum,
-) -> usize {
+fn write_udp(frame: &mut [u8], l4: usize, (src_ip, sport): (&[u8], u16), (dst_ip, dport): (&[u8], u16), udp_len: u16, csum: UdpCsum) -> usize {
     let udp = &mut frame[l4..l4 + UDP_HLEN];
     udp[0..2].copy_from_slice(&sport.to_be_bytes());
     udp[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -662,15 +640,7 @@ fn write_udp(
 /// Writes Ethernet + IPv6 + UDP headers for `payload` (already copied to `frame[TX_HEADERS_V6..]`)
 /// into `frame[..TX_HEADERS_V6]`, the UDP checksum (mandatory in IPv6) as `csum` says. Returns the frame
 /// length.
-fn write_v6_headers(
-    frame: &mut [u8],
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: SocketAddrV6,
-    dst: SocketAddrV6,
-    payload_len: usize,
-    csum: UdpCsum,
-) -> usize {
+fn write_v6_headers(frame: &mut [u8], src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV6, dst: SocketAddrV6, payload_len: usize, csum: UdpCsum) -> usize {
     let udp_len = (UDP_HLEN + payload_len) as u16;
     frame[0..6].copy_from_slice(&dst_mac);
     frame[6..12].copy_from_slice(&src_mac);
@@ -801,12 +771,7 @@ impl XskSocket {
         }
         // SAFETY: `raw` is a fresh fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let umem = Mapping::new(
-            (rx_frames + XSK_TX_FRAMES) * XSK_FRAME_SIZE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )?;
+        let umem = Mapping::new((rx_frames + XSK_TX_FRAMES) * XSK_FRAME_SIZE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0)?;
         let reg = libc::xdp_umem_reg {
             addr: umem.ptr as u64,
             len: umem.len as u64,
@@ -817,12 +782,9 @@ impl XskSocket {
         };
         setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
         let (rx_ring, tx_ring) = (rx_frames as u32, XSK_TX_FRAMES as u32);
-        for (opt, size) in [
-            (libc::XDP_UMEM_FILL_RING, rx_ring),
-            (libc::XDP_UMEM_COMPLETION_RING, tx_ring),
-            (libc::XDP_RX_RING, rx_ring),
-            (libc::XDP_TX_RING, tx_ring),
-        ] {
+        for (opt, size) in
+            [(libc::XDP_UMEM_FILL_RING, rx_ring), (libc::XDP_UMEM_COMPLETION_RING, tx_ring), (libc::XDP_RX_RING, rx_ring), (libc::XDP_TX_RING, tx_ring)]
+        {
             setsockopt(raw, opt, &(size as libc::c_int))?;
         }
         // SAFETY: all-zero is a valid xdp_mmap_offsets (plain integers).
@@ -845,9 +807,7 @@ impl XskSocket {
             sxdp_shared_umem_fd: 0,
         };
         // SAFETY: `sxdp` is a valid sockaddr_xdp of the length passed.
-        let rc = unsafe {
-            libc::bind(raw, (&raw const sxdp).cast(), std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t)
-        };
+        let rc = unsafe { libc::bind(raw, (&raw const sxdp).cast(), std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -936,9 +896,7 @@ impl XskSocket {
         let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
         // SAFETY: `st`/`len` describe a writable buffer of the right size.
-        let rc = unsafe {
-            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_XDP, libc::XDP_STATISTICS, (&raw mut st).cast(), &mut len)
-        };
+        let rc = unsafe { libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_XDP, libc::XDP_STATISTICS, (&raw mut st).cast(), &mut len) };
         if rc == 0 { Ok(st) } else { Err(io::Error::last_os_error()) }
     }
 
@@ -946,9 +904,7 @@ impl XskSocket {
     /// most 32 frames per call, `EAGAIN` when more are left).
     fn kick(&self) -> Result<(), io::Error> {
         // SAFETY: a zero-length sendto with no buffer or address: only wakes the socket's TX path.
-        let rc = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
-        };
+        let rc = unsafe { libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 }
@@ -961,9 +917,7 @@ impl AsFd for XskSocket {
 
 fn setsockopt<T>(fd: libc::c_int, opt: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: `val` is a live `T` of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(fd, libc::SOL_XDP, opt, (val as *const T).cast(), std::mem::size_of::<T>() as libc::socklen_t)
-    };
+    let rc = unsafe { libc::setsockopt(fd, libc::SOL_XDP, opt, (val as *const T).cast(), std::mem::size_of::<T>() as libc::socklen_t) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
@@ -989,10 +943,8 @@ impl XskBackend {
     /// Binds an XSK to `config.xsk_queue` of `config.xsk_interface` (in the calling thread's
     /// network namespace; everything after that works from any thread).
     pub fn new(config: IoConfig, registry: Arc<SendRegistry>) -> Result<Self, IoError> {
-        let name = config.xsk_interface.clone().ok_or(IoError::Os {
-            op: "AF_XDP backend: no interface configured",
-            source: io::ErrorKind::InvalidInput.into(),
-        })?;
+        let name =
+            config.xsk_interface.clone().ok_or(IoError::Os { op: "AF_XDP backend: no interface configured", source: io::ErrorKind::InvalidInput.into() })?;
         let iface = Interface::lookup(&name)?;
         let queue = config.xsk_queue;
         let xsk = XskSocket::open(iface.index, queue, config.xsk_rx_frames)?;
@@ -1296,12 +1248,8 @@ impl XskBackend {
             let (md, frame) = chunk.split_at_mut(meta);
             frame[headers..headers + t.payload.len()].copy_from_slice(t.payload);
             let len = match (src, dst) {
-                (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-                    write_v4_headers(frame, src_mac, dst_mac, s, d, id, t.payload.len(), csum)
-                }
-                (SocketAddr::V6(s), SocketAddr::V6(d)) => {
-                    write_v6_headers(frame, src_mac, dst_mac, s, d, t.payload.len(), csum)
-                }
+                (SocketAddr::V4(s), SocketAddr::V4(d)) => write_v4_headers(frame, src_mac, dst_mac, s, d, id, t.payload.len(), csum),
+                (SocketAddr::V6(s), SocketAddr::V6(d)) => write_v6_headers(frame, src_mac, dst_mac, s, d, t.payload.len(), csum),
                 _ => unreachable!("source chosen by the destination's family"),
             };
             let options = if meta > 0 {
@@ -1410,10 +1358,7 @@ mod tests {
         for payload_len in [0usize, 1, 13, 1200, 1201] {
             let payload: Vec<u8> = (0..payload_len).map(|i| (i * 37 + 11) as u8).collect();
             let (src4, dst4) = (SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 20000), SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 5000));
-            let (src6, dst6) = (
-                SocketAddrV6::new("fd00::2".parse().unwrap(), 20000, 0, 0),
-                SocketAddrV6::new("fd00::1".parse().unwrap(), 5000, 0, 0),
-            );
+            let (src6, dst6) = (SocketAddrV6::new("fd00::2".parse().unwrap(), 20000, 0, 0), SocketAddrV6::new("fd00::1".parse().unwrap(), 5000, 0, 0));
             for v6 in [false, true] {
                 let (headers, l4) = if v6 { (TX_HEADERS_V6, ETH_HLEN + IPV6_HLEN) } else { (TX_HEADERS_V4, ETH_HLEN + IPV4_HLEN) };
                 let build = |csum| {

@@ -10,11 +10,7 @@ pub fn checksum(chunks: &[&[u8]]) -> u16 {
     let mut sum = 0u32;
     for chunk in chunks {
         for pair in chunk.chunks(2) {
-            let word = if pair.len() == 2 {
-                u16::from_be_bytes([pair[0], pair[1]])
-            } else {
-                u16::from(pair[0]) << 8
-            };
+            let word = if pair.len() == 2 { u16::from_be_bytes([pair[0], pair[1]]) } else { u16::from(pair[0]) << 8 };
             sum += u32::from(word);
         }
     }
@@ -28,19 +24,9 @@ pub fn checksum(chunks: &[&[u8]]) -> u16 {
 #[derive(Clone, Debug)]
 pub enum Ip {
     /// IPv4 with optional options (a multiple of 4 bytes) and fragment field.
-    V4 {
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        options: Vec<u8>,
-        frag: u16,
-        proto: u8,
-    },
+    V4 { src: Ipv4Addr, dst: Ipv4Addr, options: Vec<u8>, frag: u16, proto: u8 },
     /// IPv6 with the given next header.
-    V6 {
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
-        next: u8,
-    },
+    V6 { src: Ipv6Addr, dst: Ipv6Addr, next: u8 },
 }
 
 /// An Ethernet/[VLAN]/IP/UDP frame.
@@ -66,13 +52,7 @@ impl Frame {
             dst_mac: MAC_B,
             src_mac: MAC_A,
             vlan: None,
-            ip: Ip::V4 {
-                src: src.0,
-                dst: dst.0,
-                options: Vec::new(),
-                frag: 0,
-                proto: 17,
-            },
+            ip: Ip::V4 { src: src.0, dst: dst.0, options: Vec::new(), frag: 0, proto: 17 },
             sport: src.1,
             dport: dst.1,
             payload,
@@ -85,11 +65,7 @@ impl Frame {
             dst_mac: MAC_B,
             src_mac: MAC_A,
             vlan: None,
-            ip: Ip::V6 {
-                src: src.0,
-                dst: dst.0,
-                next: 17,
-            },
+            ip: Ip::V6 { src: src.0, dst: dst.0, next: 17 },
             sport: src.1,
             dport: dst.1,
             payload,
@@ -113,31 +89,15 @@ impl Frame {
         let csum = match &self.ip {
             Ip::V4 { .. } if self.no_udp_checksum => 0,
             Ip::V4 { src, dst, .. } => {
-                let pseudo = [
-                    &src.octets()[..],
-                    &dst.octets()[..],
-                    &[0, 17],
-                    &len.to_be_bytes()[..],
-                ]
-                .concat();
+                let pseudo = [&src.octets()[..], &dst.octets()[..], &[0, 17], &len.to_be_bytes()[..]].concat();
                 checksum(&[&pseudo, &udp])
             }
             Ip::V6 { src, dst, .. } => {
-                let pseudo = [
-                    &src.octets()[..],
-                    &dst.octets()[..],
-                    &u32::from(len).to_be_bytes()[..],
-                    &[0, 0, 0, 17],
-                ]
-                .concat();
+                let pseudo = [&src.octets()[..], &dst.octets()[..], &u32::from(len).to_be_bytes()[..], &[0, 0, 0, 17]].concat();
                 checksum(&[&pseudo, &udp])
             }
         };
-        let csum = if csum == 0 && !self.no_udp_checksum {
-            0xffff
-        } else {
-            csum
-        };
+        let csum = if csum == 0 && !self.no_udp_checksum { 0xffff } else { csum };
         udp[6..8].copy_from_slice(&csum.to_be_bytes());
         udp
     }
@@ -157,13 +117,7 @@ impl Frame {
         }
         f.extend_from_slice(&ethertype.to_be_bytes());
         match &self.ip {
-            Ip::V4 {
-                src,
-                dst,
-                options,
-                frag,
-                proto,
-            } => {
+            Ip::V4 { src, dst, options, frag, proto } => {
                 assert_eq!(options.len() % 4, 0);
                 let hlen = 20 + options.len();
                 let mut h = vec![0u8; hlen];
@@ -222,12 +176,7 @@ pub fn checksums_ok(frame: &[u8]) -> bool {
         0x86dd => {
             let ip = &frame[l3..l3 + 40];
             let udp = &frame[l3 + 40..];
-            let pseudo = [
-                &ip[8..40],
-                &(udp.len() as u32).to_be_bytes()[..],
-                &[0, 0, 0, 17],
-            ]
-            .concat();
+            let pseudo = [&ip[8..40], &(udp.len() as u32).to_be_bytes()[..], &[0, 0, 0, 17]].concat();
             checksum(&[&pseudo, udp]) == 0
         }
         _ => false,

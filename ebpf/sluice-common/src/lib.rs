@@ -254,15 +254,7 @@ pub const XSKS_MAP: &str = "SLUICE_XSKS";
 /// The name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
 /// Every map, for pin bookkeeping.
-pub const ALL_MAPS: [&str; 7] = [
-    VERDICTS_MAP,
-    CONFIG_MAP,
-    LEGS_MAP,
-    SSRCS_MAP,
-    RELAYS_MAP,
-    TX_PORTS_MAP,
-    XSKS_MAP,
-];
+pub const ALL_MAPS: [&str; 7] = [VERDICTS_MAP, CONFIG_MAP, LEGS_MAP, SSRCS_MAP, RELAYS_MAP, TX_PORTS_MAP, XSKS_MAP];
 
 /// Capacity of [`LEGS_MAP`].
 pub const MAX_LEGS: u32 = 65_536;

@@ -31,8 +31,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sluice_common::{
-    CONFIG_AF_XDP, FlowKey, LegValue, MAX_LEGS, MAX_RELAYS, MAX_SSRCS, MAX_TX_PORTS,
-    MAX_XSK_QUEUES, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict,
+    CONFIG_AF_XDP, FlowKey, LegValue, MAX_LEGS, MAX_RELAYS, MAX_SSRCS, MAX_TX_PORTS, MAX_XSK_QUEUES, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey,
+    SsrcValue, XdpVerdict,
 };
 
 #[map(name = "SLUICE_VERDICTS")]
@@ -226,11 +226,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
         l4,
         v6: false,
         payload_len,
-        flow: FlowKey {
-            remote_addr,
-            remote_port: u16::from_be_bytes([udp[0], udp[1]]),
-            local_port: u16::from_be_bytes([udp[2], udp[3]]),
-        },
+        flow: FlowKey { remote_addr, remote_port: u16::from_be_bytes([udp[0], udp[1]]), local_port: u16::from_be_bytes([udp[2], udp[3]]) },
     })
 }
 
@@ -254,11 +250,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
         l4,
         v6: true,
         payload_len,
-        flow: FlowKey {
-            remote_addr,
-            remote_port: u16::from_be_bytes([udp[0], udp[1]]),
-            local_port: u16::from_be_bytes([udp[2], udp[3]]),
-        },
+        flow: FlowKey { remote_addr, remote_port: u16::from_be_bytes([udp[0], udp[1]]), local_port: u16::from_be_bytes([udp[2], udp[3]]) },
     })
 }
 
@@ -266,13 +258,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Udp, u32> {
 /// the second byte where RTP has marker + payload type. RTP's SSRC is at 8 (RFC 3550 §5.1),
 /// RTCP's sender SSRC at 4 (checked by source only).
 #[inline(always)]
-fn rtp_or_rtcp(
-    ctx: &XdpContext,
-    udp: &Udp,
-    range: &PortRange,
-    payload: usize,
-    second: u8,
-) -> Result<u32, u32> {
+fn rtp_or_rtcp(ctx: &XdpContext, udp: &Udp, range: &PortRange, payload: usize, second: u8) -> Result<u32, u32> {
     let is_rtcp = (192..=223).contains(&second);
     if udp.payload_len < if is_rtcp { RTCP_MIN_LEN } else { RTP_MIN_LEN } {
         return Err(malformed());

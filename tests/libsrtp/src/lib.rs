@@ -82,11 +82,7 @@ mod ffi {
         pub fn srtp_protect(ctx: SrtpT, rtp_hdr: *mut c_void, len_ptr: *mut c_int) -> c_int;
         pub fn srtp_unprotect(ctx: SrtpT, srtp_hdr: *mut c_void, len_ptr: *mut c_int) -> c_int;
         pub fn srtp_protect_rtcp(ctx: SrtpT, rtcp_hdr: *mut c_void, len_ptr: *mut c_int) -> c_int;
-        pub fn srtp_unprotect_rtcp(
-            ctx: SrtpT,
-            srtcp_hdr: *mut c_void,
-            len_ptr: *mut c_int,
-        ) -> c_int;
+        pub fn srtp_unprotect_rtcp(ctx: SrtpT, srtcp_hdr: *mut c_void, len_ptr: *mut c_int) -> c_int;
         pub fn srtp_set_stream_roc(session: SrtpT, ssrc: u32, roc: u32) -> c_int;
         /// `srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80` is a macro for this function.
         pub fn srtp_crypto_policy_set_rtp_default(p: *mut CryptoPolicy);
@@ -131,11 +127,7 @@ impl std::fmt::Display for LibSrtpError {
 impl std::error::Error for LibSrtpError {}
 
 fn check(status: c_int) -> Result<(), LibSrtpError> {
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(LibSrtpError(status))
-    }
+    if status == 0 { Ok(()) } else { Err(LibSrtpError(status)) }
 }
 
 /// One libsrtp session holding one specific-SSRC stream.
@@ -147,13 +139,7 @@ pub struct LibSrtp {
 impl LibSrtp {
     /// Creates a session for `ssrc` with master `key` and `salt` (concatenated as libsrtp
     /// expects), the default replay window and encrypted SRTCP.
-    pub fn new(
-        profile: LibProfile,
-        key: &[u8],
-        salt: &[u8],
-        ssrc: u32,
-        direction: Direction,
-    ) -> Result<Self, LibSrtpError> {
+    pub fn new(profile: LibProfile, key: &[u8], salt: &[u8], ssrc: u32, direction: Direction) -> Result<Self, LibSrtpError> {
         Self::with_options(profile, key, salt, ssrc, direction, 0, true)
     }
 
@@ -202,10 +188,7 @@ impl LibSrtp {
         // keep a few spare zero bytes in case a code path reads the 14-byte legacy length.
         master.resize(master.len() + 16, 0);
         let policy = ffi::Policy {
-            ssrc: ffi::Ssrc {
-                kind: ffi::SSRC_SPECIFIC,
-                value: ssrc,
-            },
+            ssrc: ffi::Ssrc { kind: ffi::SSRC_SPECIFIC, value: ssrc },
             rtp,
             rtcp,
             key: master.as_mut_ptr(),
@@ -261,11 +244,7 @@ impl LibSrtp {
         grows: bool,
     ) -> Result<usize, LibSrtpError> {
         // libsrtp writes past `len` on protect without knowing the buffer size.
-        let need = if grows {
-            len + SRTP_MAX_TRAILER_LEN
-        } else {
-            len
-        };
+        let need = if grows { len + SRTP_MAX_TRAILER_LEN } else { len };
         assert!(buf.len() >= need, "buffer too small for libsrtp");
         let mut n = c_int::try_from(len).expect("packet length fits c_int");
         // SAFETY: `self.ctx` is a live session; `buf` is valid for writes of `need` bytes,

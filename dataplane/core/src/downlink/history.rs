@@ -83,5 +83,4 @@ impl SendHistory {
         e.cluster |= ACKED;
         Some(Sample { seq, sent: e.sent, arrived, size: e.size, cluster: e.cluster & !ACKED })
     }
-
 }

@@ -266,7 +266,9 @@ impl Downlink {
             if s.sent >= half {
                 ProbeSeen::add(&mut p.second, s, a);
             }
-            if p.done_sending && s.cluster == p.cluster && s.sent == p.last_sent
+            if p.done_sending
+                && s.cluster == p.cluster
+                && s.sent == p.last_sent
                 && let Some(seen) = p.seen.as_mut()
             {
                 seen.last_reported = true;
@@ -316,7 +318,19 @@ impl Downlink {
         let cluster = self.next_cluster;
         self.next_cluster = self.next_cluster.wrapping_add(1).max(1);
         let estimate_before = self.estimate();
-        self.probe = Some(Probe { cluster, rate_bps, start: now, end: now + PROBE_DURATION, next_send: now, sent: 0, last_sent: now, done_sending: false, estimate_before, seen: None, second: None });
+        self.probe = Some(Probe {
+            cluster,
+            rate_bps,
+            start: now,
+            end: now + PROBE_DURATION,
+            next_send: now,
+            sent: 0,
+            last_sent: now,
+            done_sending: false,
+            estimate_before,
+            seen: None,
+            second: None,
+        });
         self.last_probe = Some(now);
         true
     }

@@ -77,9 +77,8 @@ pub(super) fn allocate(
     // Which worker fans out a track: the owner of its publisher's port. Only subscriptions fanned
     // out here are this leg's to allocate (the others' copies carry no stamp of this worker).
     // With one worker every track is fanned out here (no set needed).
-    let fanned_here: Option<std::collections::HashSet<TrackId>> = (!single).then(|| {
-        tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| owns(p.spec.local_port))).map(|t| t.spec.id).collect()
-    });
+    let fanned_here: Option<std::collections::HashSet<TrackId>> =
+        (!single).then(|| tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| owns(p.spec.local_port))).map(|t| t.spec.id).collect());
     for leg in legs.values_mut() {
         let Some(dl) = leg.downlink.as_deref_mut() else { continue };
         if !owns(leg.spec.local_port) {
@@ -177,7 +176,8 @@ pub(super) fn probe(
         if dl.probe_deadline().is_none_or(|d| d > now) || !owns(leg.spec.local_port) {
             continue;
         }
-        let (Some(remote), Some(twcc)) = (leg.remote.filter(|_| leg.edge.as_ref().is_none_or(|e| e.keys.is_some() && e.consent)), leg.spec.feedback.twcc_ext) else {
+        let (Some(remote), Some(twcc)) = (leg.remote.filter(|_| leg.edge.as_ref().is_none_or(|e| e.keys.is_some() && e.consent)), leg.spec.feedback.twcc_ext)
+        else {
             dl.cancel_probe();
             continue;
         };

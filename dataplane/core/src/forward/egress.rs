@@ -8,9 +8,9 @@
 //!   ─ the leg's send history records (seq, now, size) for its congestion control
 //! ```
 
+use super::OutMeta;
 use super::fanout::Ctx;
 use super::rewrite::Rewritten;
-use super::OutMeta;
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
 use crate::table::{Leg, Map, Subscription};
 use crate::verdict::DropReason;
@@ -61,10 +61,7 @@ pub(super) fn send_copy(
     if as_rtx.is_none() && plain[0] & 0x20 == 0 {
         slot[..header_len].copy_from_slice(&plain[..header_len]);
         let stamped = rewrite_header(&mut slot[..header_len], sub.out_ssrc, rewritten.seq, rewritten.ts, out_pt, &sub.ext_map, stamp)?;
-        let out_len = leg
-            .tx
-            .protect_rtp_from(&mut sub.srtp, &mut slot[..], header_len, &plain[header_len..])
-            .map_err(|_| DropReason::Malformed)?;
+        let out_len = leg.tx.protect_rtp_from(&mut sub.srtp, &mut slot[..], header_len, &plain[header_len..]).map_err(|_| DropReason::Malformed)?;
         ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
         if stamped && let Some(dl) = leg.downlink.as_deref_mut() {
             dl.sent(ctx.now, out_len, false);
@@ -119,4 +116,3 @@ fn rewrite_header(
     pkt.set_payload_type(pt.0);
     pkt.remap_extensions_stamping(ext_map, stamp).map_err(|_| DropReason::Malformed)
 }
-

@@ -98,13 +98,7 @@ pub(super) fn rtp(
 /// turned back into the original packet in place (the header slides over the OSN), kept in the
 /// cache, and sent to every subscription on that layer — as RTX where the subscriber has an RTX
 /// SSRC, as the original otherwise.
-fn publisher_rtx(
-    ctx: &mut Ctx<'_>,
-    track: &mut Track,
-    legs: &mut Map<LegId, Leg>,
-    layer: u8,
-    plain: &mut [u8],
-) -> Result<(), DropReason> {
+fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg>, layer: u8, plain: &mut [u8]) -> Result<(), DropReason> {
     let state = &track.layers[usize::from(layer)];
     let primary = state.ssrc.ok_or(DropReason::UnknownSsrc)?;
     let (header_len, rtx_pt) = {
@@ -114,13 +108,7 @@ fn publisher_rtx(
         }
         (pkt.header_len(), Pt(pkt.payload_type()))
     };
-    let media_pt = track
-        .spec
-        .payload_types
-        .iter()
-        .find(|p| p.rtx_pt == Some(rtx_pt))
-        .map(|p| p.pt)
-        .ok_or(DropReason::UnknownPayloadType)?;
+    let media_pt = track.spec.payload_types.iter().find(|p| p.rtx_pt == Some(rtx_pt)).map(|p| p.pt).ok_or(DropReason::UnknownPayloadType)?;
     let osn = SeqNo(u16::from_be_bytes([plain[header_len], plain[header_len + 1]]));
     plain.copy_within(0..header_len, 2);
     let orig = &mut plain[2..];
@@ -142,11 +130,8 @@ fn publisher_rtx(
         }
         // On the layer: like any packet of it. Switched away since: through the old segment,
         // so a packet lost just before the switch is still repaired.
-        let r = if sub.current_layer == Some(layer) {
-            sub.rewriter.rewrite(ctx.now, primary, osn, ts)
-        } else {
-            sub.rewriter.map_retransmission(primary, osn, ts)
-        };
+        let r =
+            if sub.current_layer == Some(layer) { sub.rewriter.rewrite(ctx.now, primary, osn, ts) } else { sub.rewriter.map_retransmission(primary, osn, ts) };
         let Some(r) = r else { continue };
         let Some(out_pt) = sub.map_pt(media_pt) else { continue };
         let as_rtx = rtx_pt_for(track_rtx_pt(&track.spec.payload_types, media_pt), sub);

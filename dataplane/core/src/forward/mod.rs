@@ -366,14 +366,7 @@ impl Core {
 
     /// Feedback another core decrypted for a track this core owns.
     pub fn handle_feedback(&mut self, now: Instant, handoff: &Handoff, out: &mut OutBatch) {
-        let mut ctx = fanout::Ctx {
-            now,
-            out,
-            stats: &mut self.stats,
-            events: &mut self.events,
-            shard: self.shard,
-            handoffs: None,
-        };
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None };
         let _ = rtcp::compound(&mut ctx, &mut self.tables, handoff.leg, handoff.bytes());
     }
 
@@ -579,14 +572,7 @@ impl Core {
         }
     }
 
-    fn rx_rtp(
-        &mut self,
-        now: Instant,
-        local_port: u16,
-        remote: SocketAddr,
-        buf: &mut [u8],
-        out: &mut OutBatch,
-    ) -> Result<(), DropReason> {
+    fn rx_rtp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
         let (leg_id, ssrc) = self.rx_leg_and_ssrc(local_port, remote, buf, 8)?;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
         let len = buf.len();
@@ -650,14 +636,7 @@ impl Core {
         Ok((idx, plain_len))
     }
 
-    fn rx_rtcp(
-        &mut self,
-        now: Instant,
-        local_port: u16,
-        remote: SocketAddr,
-        buf: &mut [u8],
-        out: &mut OutBatch,
-    ) -> Result<(), DropReason> {
+    fn rx_rtcp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
         let (leg_id, sender) = self.rx_leg_and_ssrc(local_port, remote, buf, 4)?;
         let window = self.tables.config().replay_window;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
@@ -667,14 +646,7 @@ impl Core {
         let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
         leg.store_rtcp_recv(sender, state);
         self.seen(now, leg_id, remote);
-        let mut ctx = fanout::Ctx {
-            now,
-            out,
-            stats: &mut self.stats,
-            events: &mut self.events,
-            shard: self.shard,
-            handoffs: Some(&mut self.handoffs),
-        };
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: Some(&mut self.handoffs) };
         rtcp::compound(&mut ctx, &mut self.tables, leg_id, &buf[..plain_len])
     }
 }

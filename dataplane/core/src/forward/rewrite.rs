@@ -89,14 +89,7 @@ impl SeqTsRewriter {
     /// Starts a new segment fed by `source`, opening at the packet `(in_seq, in_ts)` which must be
     /// the first packet of a keyframe (or any packet, for a stream without keyframes such as
     /// audio). `clock_rate` is the RTP clock in Hz. Returns the mapping of that first packet.
-    pub fn switch_to(
-        &mut self,
-        now: Instant,
-        source: Ssrc,
-        in_seq: SeqNo,
-        in_ts: u32,
-        clock_rate: u32,
-    ) -> Rewritten {
+    pub fn switch_to(&mut self, now: Instant, source: Ssrc, in_seq: SeqNo, in_ts: u32, clock_rate: u32) -> Rewritten {
         let (out_seq, out_ts) = match self.highest {
             None => (in_seq.0, in_ts),
             Some((last_seq, last_ts, last_at)) => {
@@ -107,12 +100,7 @@ impl SeqTsRewriter {
         if let (Some(seg), Some((h, _, _))) = (self.segment, self.highest) {
             self.previous = Some((seg, h));
         }
-        self.segment = Some(Segment {
-            source,
-            seq_offset: out_seq.wrapping_sub(in_seq.0),
-            ts_offset: out_ts.wrapping_sub(in_ts),
-            first_in_seq: in_seq,
-        });
+        self.segment = Some(Segment { source, seq_offset: out_seq.wrapping_sub(in_seq.0), ts_offset: out_ts.wrapping_sub(in_ts), first_in_seq: in_seq });
         let out = Rewritten { seq: SeqNo(out_seq), ts: out_ts };
         self.note_sent(now, out);
         out
@@ -125,10 +113,7 @@ impl SeqTsRewriter {
         if seg.source != source || (in_seq != seg.first_in_seq && !in_seq.is_after(seg.first_in_seq)) {
             return None;
         }
-        let out = Rewritten {
-            seq: SeqNo(in_seq.0.wrapping_add(seg.seq_offset)),
-            ts: in_ts.wrapping_add(seg.ts_offset),
-        };
+        let out = Rewritten { seq: SeqNo(in_seq.0.wrapping_add(seg.seq_offset)), ts: in_ts.wrapping_add(seg.ts_offset) };
         // "After the segment's first packet" is a 16-bit serial comparison (RFC 1982): half the
         // sequence space. Keep the start at most SEGMENT_REACH behind the newest packet, or a
         // stream longer than 32768 packets would be refused for the next 32768.

@@ -144,12 +144,7 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
         let Some(sub_leg) = legs.get(&sub.subscriber) else { continue };
         let Some(remote) = sub_leg.destination() else { continue };
         let Some(slot) = ctx.out.next_slot() else { return };
-        let out_info = rtcp::SenderInfo {
-            ntp_timestamp: info.ntp_timestamp,
-            rtp_timestamp: ts,
-            packet_count: sub.packets_sent,
-            octet_count: sub.octets_sent,
-        };
+        let out_info = rtcp::SenderInfo { ntp_timestamp: info.ntp_timestamp, rtp_timestamp: ts, packet_count: sub.packets_sent, octet_count: sub.octets_sent };
         let Ok(len) = rtcp::write_sr(&mut slot[..], sub.out_ssrc, &out_info, &[]) else { continue };
         let Ok(out_len) = sub_leg.tx.protect_rtcp(&mut sub.srtcp, &mut slot[..], len) else { continue };
         ctx.out.commit(OutMeta { local_port: sub_leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });

@@ -40,10 +40,7 @@ impl RtxCache {
     /// 1.5 Mbit/s layer in 1200-byte packets, longer than any useful retransmission.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        Self {
-            slots: vec![Slot::default(); capacity].into_boxed_slice(),
-            bytes: vec![0; capacity * MAX_CACHED_PACKET].into_boxed_slice(),
-        }
+        Self { slots: vec![Slot::default(); capacity].into_boxed_slice(), bytes: vec![0; capacity * MAX_CACHED_PACKET].into_boxed_slice() }
     }
 
     /// How many packets it can hold.

@@ -38,7 +38,8 @@ fn peer(n: u32) -> (Peer, LegSpec) {
         rx: up.clone(),
         tx: down.clone(),
         feedback_ssrc: Ssrc(0xf000_0000 + n),
-        edge: None, feedback: Default::default()
+        edge: None,
+        feedback: Default::default(),
     };
     let p = Peer {
         leg: LegId(n),
@@ -165,10 +166,7 @@ fn video_track(id: u32, publisher: u32, ssrcs: &[u32]) -> TrackSpec {
         publisher: LegId(publisher),
         kind: MediaKind::Video,
         clock_rate: 90_000,
-        layers: ssrcs
-            .iter()
-            .map(|&s| LayerSpec { ssrc: Some(Ssrc(s)), rtx_ssrc: Some(Ssrc(s + 1)), rid: None })
-            .collect(),
+        layers: ssrcs.iter().map(|&s| LayerSpec { ssrc: Some(Ssrc(s)), rtx_ssrc: Some(Ssrc(s + 1)), rid: None }).collect(),
         payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: Some(Pt(97)) }],
         rid_ext: None,
         repaired_rid_ext: None,
@@ -200,12 +198,8 @@ const VP8_CONT: [u8; 4] = [0x00, 0x42, 0x42, 0x42];
 #[test]
 fn audio_reaches_every_subscriber_but_the_publisher_rewritten_and_reprotected() {
     let mut m = Meeting::new(3);
-    m.apply(vec![
-        Op::UpsertTrack(audio_track(1, 1, 0x1111)),
-        Op::UpsertSubscription(sub(2, 1, 0x2001, 0)),
-        Op::UpsertSubscription(sub(3, 1, 0x3001, 0)),
-    ])
-    .unwrap();
+    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0)), Op::UpsertSubscription(sub(3, 1, 0x3001, 0))])
+        .unwrap();
     // Subscribers' addresses are learned from their first authenticated packet: send an RR.
     for i in [1, 2] {
         let sender = m.peers[i].leg.0;
@@ -263,9 +257,7 @@ fn a_delta_is_atomic_and_validated() {
     let mut m = Meeting::new(2);
     let g = m.core.tables().generation();
     // The track is fine, the self-subscription is not: neither may stay.
-    let err = m
-        .apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(1, 1, 0x2001, 0))])
-        .unwrap_err();
+    let err = m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(1, 1, 0x2001, 0))]).unwrap_err();
     assert!(matches!(err, DeltaError::SelfSubscription { op: 1, .. }), "{err:?}");
     assert!(m.core.tables().track(TrackId(1)).is_none());
     assert_eq!(m.core.tables().generation(), g);
@@ -336,7 +328,13 @@ fn bad_packets_are_counted_by_reason() {
 fn vp8_frame(m: &mut Meeting, ssrc: u32, seq: u16, ts: u32, key: bool, n: u16, now: Instant) -> Vec<(usize, Vec<u8>)> {
     let mut got = Vec::new();
     for k in 0..n {
-        let payload: &[u8] = if k > 0 { &VP8_CONT } else if key { &VP8_KEY } else { &VP8_DELTA };
+        let payload: &[u8] = if k > 0 {
+            &VP8_CONT
+        } else if key {
+            &VP8_KEY
+        } else {
+            &VP8_DELTA
+        };
         let plain = rtp_packet(ssrc, seq.wrapping_add(k), ts, 96, payload);
         let wire = m.peers[0].send_rtp(&plain);
         got.extend(m.deliver(0, &wire, now));
@@ -356,11 +354,7 @@ fn latch_all(m: &mut Meeting) {
 #[test]
 fn simulcast_switch_waits_for_a_keyframe_asks_for_one_and_keeps_the_stream_continuous() {
     let mut m = Meeting::new(2);
-    m.apply(vec![
-        Op::UpsertTrack(video_track(1, 1, &[0x100, 0x200, 0x300])),
-        Op::UpsertSubscription(sub(2, 1, 0x2001, 0)),
-    ])
-    .unwrap();
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100, 0x200, 0x300])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
     latch_all(&mut m);
     // Layer 0 delta frame first: nothing forwarded, one PLI upstream for layer 0.
     let got = vp8_frame(&mut m, 0x100, 10, 3000, false, 2, ms(1));
@@ -673,9 +667,7 @@ fn legs_and_streams_report_active_idle_started_and_stopped_once_per_transition()
     let mut m = Meeting::new(2);
     m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
     // The activity events (and the latch), without the fan-out's own (layer switches).
-    let events = |m: &mut Meeting| {
-        std::iter::from_fn(|| m.core.poll_event()).filter(|e| !matches!(e, Event::LayerSwitched { .. })).collect::<Vec<_>>()
-    };
+    let events = |m: &mut Meeting| std::iter::from_fn(|| m.core.poll_event()).filter(|e| !matches!(e, Event::LayerSwitched { .. })).collect::<Vec<_>>();
     let (leg1, addr1) = (LegId(m.peers[0].leg.0), m.peers[0].addr);
     // A forged packet (wrong key) activates nothing.
     let mut forged = m.peers[0].send_rtp(&rtp_packet(0x1111, 1, 0, 111, &[1; 40]));
@@ -712,10 +704,7 @@ fn legs_and_streams_report_active_idle_started_and_stopped_once_per_transition()
     // Media resumes: active and started again (the remote was already latched).
     let wire = m.peers[0].send_rtp(&rtp_packet(0x1111, 20, 9600, 111, &[1; 40]));
     m.deliver(0, &wire, ms(20_000));
-    assert_eq!(
-        events(&mut m),
-        vec![Event::LegActive { leg: leg1, remote: addr1 }, Event::StreamStarted { track: TrackId(1), layer: 0 }]
-    );
+    assert_eq!(events(&mut m), vec![Event::LegActive { leg: leg1, remote: addr1 }, Event::StreamStarted { track: TrackId(1), layer: 0 }]);
 }
 
 /// An RTP packet carrying transport-wide sequence number `tseq` in one-byte extension `ext`.

@@ -191,20 +191,12 @@ const _: fn() = || {
 impl RtpSendState {
     /// A fresh stream with ROC 0.
     pub const fn new() -> Self {
-        Self {
-            roc: 0,
-            last_seq: 0,
-            started: false,
-        }
+        Self { roc: 0, last_seq: 0, started: false }
     }
 
     /// A fresh stream starting at rollover counter `roc`.
     pub const fn with_roc(roc: u32) -> Self {
-        Self {
-            roc,
-            last_seq: 0,
-            started: false,
-        }
+        Self { roc, last_seq: 0, started: false }
     }
 
     /// The current rollover counter.
@@ -241,25 +233,17 @@ pub struct RtpRecvState {
 impl RtpRecvState {
     /// A fresh stream with ROC 0 and a window of `window` packets (see [`ReplayWindow::new`]).
     pub const fn new(window: u16) -> Self {
-        Self {
-            window: ReplayWindow::new(window),
-            initial_roc: 0,
-        }
+        Self { window: ReplayWindow::new(window), initial_roc: 0 }
     }
 
     /// A fresh stream whose first packet is taken to be in rollover period `roc`.
     pub const fn with_roc(roc: u32, window: u16) -> Self {
-        Self {
-            window: ReplayWindow::new(window),
-            initial_roc: roc,
-        }
+        Self { window: ReplayWindow::new(window), initial_roc: roc }
     }
 
     /// The rollover counter of the highest authenticated packet.
     pub fn roc(&self) -> u32 {
-        self.window
-            .highest()
-            .map_or(self.initial_roc, |i| (i >> 16) as u32)
+        self.window.highest().map_or(self.initial_roc, |i| (i >> 16) as u32)
     }
 
     /// The replay window.
@@ -297,9 +281,7 @@ impl RtcpSendState {
 
     /// Starts at `index` (masked to 31 bits).
     pub const fn with_next_index(index: u32) -> Self {
-        Self {
-            next: index & SRTCP_INDEX_MASK,
-        }
+        Self { next: index & SRTCP_INDEX_MASK }
     }
 
     /// The index the next packet will carry.
@@ -317,9 +299,7 @@ pub struct RtcpRecvState {
 impl RtcpRecvState {
     /// A window of `window` packets.
     pub const fn new(window: u16) -> Self {
-        Self {
-            window: ReplayWindow::new(window),
-        }
+        Self { window: ReplayWindow::new(window) }
     }
 
     /// The replay window.
@@ -341,11 +321,7 @@ const fn index(roc: u32, seq: u16) -> u64 {
 #[inline]
 fn estimate_roc(roc: u32, s_l: u16, seq: u16) -> Result<u32, SrtpError> {
     if s_l < 0x8000 {
-        if u32::from(seq) > u32::from(s_l) + 0x8000 {
-            roc.checked_sub(1).ok_or(SrtpError::IndexTooOld)
-        } else {
-            Ok(roc)
-        }
+        if u32::from(seq) > u32::from(s_l) + 0x8000 { roc.checked_sub(1).ok_or(SrtpError::IndexTooOld) } else { Ok(roc) }
     } else if u32::from(s_l) - 0x8000 > u32::from(seq) {
         roc.checked_add(1).ok_or(SrtpError::KeyExhausted)
     } else {
@@ -383,11 +359,7 @@ fn rtp_header_len(pkt: &[u8]) -> Result<usize, SrtpError> {
         };
         len += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
     }
-    if len > pkt.len() {
-        Err(SrtpError::Malformed)
-    } else {
-        Ok(len)
-    }
+    if len > pkt.len() { Err(SrtpError::Malformed) } else { Ok(len) }
 }
 
 #[inline]
@@ -402,11 +374,7 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 enum Cipher<P: CryptoProvider> {
     /// AES-CM + HMAC-SHA1 (RFC 3711 §4.1.1, §4.2.1).
-    Cm {
-        ctr: P::Ctr,
-        mac: HmacSha1,
-        salt: [u8; 14],
-    },
+    Cm { ctr: P::Ctr, mac: HmacSha1, salt: [u8; 14] },
     /// AES-GCM (RFC 7714).
     Gcm { gcm: P::Gcm, salt: [u8; 12] },
 }
@@ -421,44 +389,25 @@ pub struct SrtpKeys<P: CryptoProvider = AwsLc> {
 
 impl<P: CryptoProvider> std::fmt::Debug for SrtpKeys<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SrtpKeys")
-            .field("profile", &self.profile)
-            .field("encrypt_rtcp", &self.encrypt_rtcp)
-            .finish_non_exhaustive()
+        f.debug_struct("SrtpKeys").field("profile", &self.profile).field("encrypt_rtcp", &self.encrypt_rtcp).finish_non_exhaustive()
     }
 }
 
 impl SrtpKeys<AwsLc> {
     /// Derives the session keys from the master key and salt with the default provider.
-    pub fn new(
-        profile: Profile,
-        master_key: &[u8],
-        master_salt: &[u8],
-    ) -> Result<Self, SrtpKeyError> {
+    pub fn new(profile: Profile, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpKeyError> {
         Self::with_provider(profile, master_key, master_salt)
     }
 }
 
 impl<P: CryptoProvider> SrtpKeys<P> {
     /// Derives the session keys (RFC 3711 §4.3, kdr 0) with provider `P`.
-    pub fn with_provider(
-        profile: Profile,
-        master_key: &[u8],
-        master_salt: &[u8],
-    ) -> Result<Self, SrtpKeyError> {
+    pub fn with_provider(profile: Profile, master_key: &[u8], master_salt: &[u8]) -> Result<Self, SrtpKeyError> {
         if master_key.len() != profile.key_len() {
-            return Err(SrtpKeyError::MasterKeyLength {
-                profile,
-                expected: profile.key_len(),
-                got: master_key.len(),
-            });
+            return Err(SrtpKeyError::MasterKeyLength { profile, expected: profile.key_len(), got: master_key.len() });
         }
         if master_salt.len() != profile.salt_len() {
-            return Err(SrtpKeyError::MasterSaltLength {
-                profile,
-                expected: profile.salt_len(),
-                got: master_salt.len(),
-            });
+            return Err(SrtpKeyError::MasterSaltLength { profile, expected: profile.salt_len(), got: master_salt.len() });
         }
         let prov = |what| SrtpKeyError::Provider { profile, what };
         let master = P::Ctr::new(master_key).map_err(|_| prov("master"))?;
@@ -477,57 +426,31 @@ impl<P: CryptoProvider> SrtpKeys<P> {
                 let mut auth_key = [0u8; 20];
                 kdf::derive(&master, master_salt, auth, &mut auth_key);
                 let ctr = P::Ctr::new(key).map_err(|_| prov("session"))?;
-                Ok(Cipher::Cm {
-                    ctr,
-                    mac: HmacSha1::new(&auth_key),
-                    salt,
-                })
+                Ok(Cipher::Cm { ctr, mac: HmacSha1::new(&auth_key), salt })
             }
         };
         let rtp = build(Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt, key)?;
         let rtcp = build(Label::RtcpEncryption, Label::RtcpAuth, Label::RtcpSalt, key)?;
         key.fill(0);
-        Ok(Self {
-            profile,
-            rtp,
-            rtcp,
-            encrypt_rtcp: true,
-        })
+        Ok(Self { profile, rtp, rtcp, encrypt_rtcp: true })
     }
 
     /// Test hook: keys from already-derived session material (RFC 7714 §16/§17 vectors are
     /// stated that way). Both RTP and RTCP use the same key and salt.
     #[cfg(test)]
-    pub(crate) fn from_session_keys(
-        profile: Profile,
-        key: &[u8],
-        salt: &[u8],
-        auth: &[u8],
-    ) -> Self {
+    pub(crate) fn from_session_keys(profile: Profile, key: &[u8], salt: &[u8], auth: &[u8]) -> Self {
         let mk = || {
             if profile.is_aead() {
                 let mut s = [0u8; 12];
                 s.copy_from_slice(salt);
-                Cipher::Gcm {
-                    gcm: P::Gcm::new(key).unwrap(),
-                    salt: s,
-                }
+                Cipher::Gcm { gcm: P::Gcm::new(key).unwrap(), salt: s }
             } else {
                 let mut s = [0u8; 14];
                 s.copy_from_slice(salt);
-                Cipher::Cm {
-                    ctr: P::Ctr::new(key).unwrap(),
-                    mac: HmacSha1::new(auth),
-                    salt: s,
-                }
+                Cipher::Cm { ctr: P::Ctr::new(key).unwrap(), mac: HmacSha1::new(auth), salt: s }
             }
         };
-        Self {
-            profile,
-            rtp: mk(),
-            rtcp: mk(),
-            encrypt_rtcp: true,
-        }
+        Self { profile, rtp: mk(), rtcp: mk(), encrypt_rtcp: true }
     }
 
     /// Chooses whether [`protect_rtcp`](Self::protect_rtcp) encrypts (E = 1, the default) or
@@ -543,12 +466,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
 
     /// Protects the RTP packet `buf[..len]` in place and returns the SRTP length
     /// (`len + profile.rtp_overhead()`).
-    pub fn protect_rtp(
-        &self,
-        state: &mut RtpSendState,
-        buf: &mut [u8],
-        len: usize,
-    ) -> Result<usize, SrtpError> {
+    pub fn protect_rtp(&self, state: &mut RtpSendState, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let Some(pkt) = buf.get(..len) else {
             return Err(SrtpError::BufferTooSmall);
         };
@@ -561,13 +479,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
     /// `buf[header_len..]` (the forwarder's fan-out: one decrypted packet, a copy per subscriber,
     /// no plaintext copy into each). Returns the SRTP length, as `protect_rtp` does for the same
     /// packet laid out in `buf`, with the same bytes.
-    pub fn protect_rtp_from(
-        &self,
-        state: &mut RtpSendState,
-        buf: &mut [u8],
-        header_len: usize,
-        payload: &[u8],
-    ) -> Result<usize, SrtpError> {
+    pub fn protect_rtp_from(&self, state: &mut RtpSendState, buf: &mut [u8], header_len: usize, payload: &[u8]) -> Result<usize, SrtpError> {
         let Some(hdr) = buf.get(..header_len) else {
             return Err(SrtpError::BufferTooSmall);
         };
@@ -579,14 +491,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
 
     /// The packet is `buf[..hl]` (header) then the payload: `buf[hl..len]` in place when `from`
     /// is `None`, else `from` (`len - hl` bytes), encrypted into `buf[hl..len]`.
-    fn protect_rtp_with(
-        &self,
-        state: &mut RtpSendState,
-        buf: &mut [u8],
-        hl: usize,
-        len: usize,
-        from: Option<&[u8]>,
-    ) -> Result<usize, SrtpError> {
+    fn protect_rtp_with(&self, state: &mut RtpSendState, buf: &mut [u8], hl: usize, len: usize, from: Option<&[u8]>) -> Result<usize, SrtpError> {
         let out_len = len + self.profile.rtp_tag_len();
         if out_len > buf.len() {
             return Err(SrtpError::BufferTooSmall);
@@ -621,12 +526,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
     }
 
     /// Verifies and decrypts the SRTP packet `buf[..len]` in place; returns the RTP length.
-    pub fn unprotect_rtp(
-        &self,
-        state: &mut RtpRecvState,
-        buf: &mut [u8],
-        len: usize,
-    ) -> Result<usize, SrtpError> {
+    pub fn unprotect_rtp(&self, state: &mut RtpRecvState, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let Some(pkt) = buf.get(..len) else {
             return Err(SrtpError::BufferTooSmall);
         };
@@ -669,12 +569,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
     /// AES-CM:  | RTCP header (8) | encrypted portion | E | SRTCP index (31) | tag (10) |
     /// AES-GCM: | RTCP header (8) | encrypted portion | tag (16) | E | SRTCP index (31) |
     /// ```
-    pub fn protect_rtcp(
-        &self,
-        state: &mut RtcpSendState,
-        buf: &mut [u8],
-        len: usize,
-    ) -> Result<usize, SrtpError> {
+    pub fn protect_rtcp(&self, state: &mut RtcpSendState, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let Some(pkt) = buf.get(..len) else {
             return Err(SrtpError::BufferTooSmall);
         };
@@ -688,11 +583,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
             return Err(SrtpError::KeyExhausted);
         }
         let ssrc = be_u32(buf, 4);
-        let e_idx = if self.encrypt_rtcp {
-            srtcp_index | SRTCP_E_FLAG
-        } else {
-            srtcp_index
-        };
+        let e_idx = if self.encrypt_rtcp { srtcp_index | SRTCP_E_FLAG } else { srtcp_index };
         let e_idx_bytes = e_idx.to_be_bytes();
         match &self.rtcp {
             Cipher::Cm { ctr, mac, salt } => {
@@ -729,12 +620,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
 
     /// Verifies and (if E is set) decrypts the SRTCP packet `buf[..len]` in place; returns the
     /// RTCP length.
-    pub fn unprotect_rtcp(
-        &self,
-        state: &mut RtcpRecvState,
-        buf: &mut [u8],
-        len: usize,
-    ) -> Result<usize, SrtpError> {
+    pub fn unprotect_rtcp(&self, state: &mut RtcpRecvState, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let Some(pkt) = buf.get(..len) else {
             return Err(SrtpError::BufferTooSmall);
         };
@@ -838,10 +724,7 @@ fn gcm_rtcp_nonce(salt: &[u8; 12], ssrc: u32, srtcp_index: u32) -> [u8; 12] {
     for (d, s) in n[2..6].iter_mut().zip(ssrc.to_be_bytes()) {
         *d ^= s;
     }
-    for (d, s) in n[8..12]
-        .iter_mut()
-        .zip((srtcp_index & SRTCP_INDEX_MASK).to_be_bytes())
-    {
+    for (d, s) in n[8..12].iter_mut().zip((srtcp_index & SRTCP_INDEX_MASK).to_be_bytes()) {
         *d ^= s;
     }
     n

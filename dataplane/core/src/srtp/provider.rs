@@ -146,9 +146,7 @@ impl AesCtr for AwsLcCtr {
             return;
         }
         // CTR with a 16-byte IV on a CTR key cannot fail; the result carries only the IV back.
-        let _ = self
-            .0
-            .less_safe_encrypt(data, EncryptionContext::Iv128(FixedLength::from(*iv)));
+        let _ = self.0.less_safe_encrypt(data, EncryptionContext::Iv128(FixedLength::from(*iv)));
     }
 }
 
@@ -182,11 +180,7 @@ impl AesGcm for AwsLcGcm {
         use aws_lc_rs::aead::{Aad, Nonce};
         let mut out = [0u8; 16];
         // Sealing only fails for inputs beyond GCM's 2^36-byte limit, far above any datagram.
-        if let Ok(tag) = self.0.seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(*nonce),
-            Aad::from(aad),
-            data,
-        ) {
+        if let Ok(tag) = self.0.seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), data) {
             out.copy_from_slice(tag.as_ref());
         }
         out
@@ -205,14 +199,7 @@ impl AesGcm for AwsLcGcm {
     #[inline]
     fn open(&self, nonce: &[u8; 12], aad: &[u8], data: &mut [u8], tag: &[u8; 16]) -> bool {
         use aws_lc_rs::aead::{Aad, Nonce};
-        self.0
-            .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(*nonce),
-                Aad::from(aad),
-                tag,
-                data,
-            )
-            .is_ok()
+        self.0.open_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), tag, data).is_ok()
     }
 }
 
@@ -235,10 +222,7 @@ mod rustcrypto {
     }
 
     /// RustCrypto AES-CTR with a 128-bit big-endian counter (expanded key kept, IV per packet).
-    #[expect(
-        clippy::large_enum_variant,
-        reason = "one per leg direction, built on the cold path; boxing would add a pointer chase per packet"
-    )]
+    #[expect(clippy::large_enum_variant, reason = "one per leg direction, built on the cold path; boxing would add a pointer chase per packet")]
     pub enum RustCryptoCtr {
         /// AES-128.
         A128(aes::Aes128),
@@ -255,12 +239,8 @@ mod rustcrypto {
     impl AesCtr for RustCryptoCtr {
         fn new(key: &[u8]) -> Result<Self, BadKey> {
             match key.len() {
-                16 => aes::Aes128::new_from_slice(key)
-                    .map(Self::A128)
-                    .map_err(|_| BadKey),
-                32 => aes::Aes256::new_from_slice(key)
-                    .map(Self::A256)
-                    .map_err(|_| BadKey),
+                16 => aes::Aes128::new_from_slice(key).map(Self::A128).map_err(|_| BadKey),
+                32 => aes::Aes256::new_from_slice(key).map(Self::A256).map_err(|_| BadKey),
                 _ => Err(BadKey),
             }
         }
@@ -268,29 +248,16 @@ mod rustcrypto {
         #[inline]
         fn apply_keystream(&self, iv: &[u8; 16], data: &mut [u8]) {
             match self {
-                Self::A128(k) => StreamCipherCoreWrapper::from_core(ctr::CtrCore::<
-                    aes::Aes128,
-                    ctr::flavors::Ctr128BE,
-                >::inner_iv_init(
-                    k.clone(), iv.into()
-                ))
-                .apply_keystream(data),
-                Self::A256(k) => StreamCipherCoreWrapper::from_core(ctr::CtrCore::<
-                    aes::Aes256,
-                    ctr::flavors::Ctr128BE,
-                >::inner_iv_init(
-                    k.clone(), iv.into()
-                ))
-                .apply_keystream(data),
+                Self::A128(k) => StreamCipherCoreWrapper::from_core(ctr::CtrCore::<aes::Aes128, ctr::flavors::Ctr128BE>::inner_iv_init(k.clone(), iv.into()))
+                    .apply_keystream(data),
+                Self::A256(k) => StreamCipherCoreWrapper::from_core(ctr::CtrCore::<aes::Aes256, ctr::flavors::Ctr128BE>::inner_iv_init(k.clone(), iv.into()))
+                    .apply_keystream(data),
             }
         }
     }
 
     /// RustCrypto AES-GCM.
-    #[expect(
-        clippy::large_enum_variant,
-        reason = "one per leg direction, built on the cold path; boxing would add a pointer chase per packet"
-    )]
+    #[expect(clippy::large_enum_variant, reason = "one per leg direction, built on the cold path; boxing would add a pointer chase per packet")]
     pub enum RustCryptoGcm {
         /// AES-128-GCM.
         A128(aes_gcm::Aes128Gcm),
@@ -307,12 +274,8 @@ mod rustcrypto {
     impl AesGcm for RustCryptoGcm {
         fn new(key: &[u8]) -> Result<Self, BadKey> {
             match key.len() {
-                16 => aes_gcm::Aes128Gcm::new_from_slice(key)
-                    .map(Self::A128)
-                    .map_err(|_| BadKey),
-                32 => aes_gcm::Aes256Gcm::new_from_slice(key)
-                    .map(Self::A256)
-                    .map_err(|_| BadKey),
+                16 => aes_gcm::Aes128Gcm::new_from_slice(key).map(Self::A128).map_err(|_| BadKey),
+                32 => aes_gcm::Aes256Gcm::new_from_slice(key).map(Self::A256).map_err(|_| BadKey),
                 _ => Err(BadKey),
             }
         }

@@ -45,12 +45,7 @@ impl ReplayWindow {
         } else {
             size.div_ceil(64) * 64
         };
-        Self {
-            highest: 0,
-            size,
-            started: false,
-            bits: [0; WORDS],
-        }
+        Self { highest: 0, size, started: false, bits: [0; WORDS] }
     }
 
     /// The window size in packets.
@@ -60,11 +55,7 @@ impl ReplayWindow {
 
     /// The highest authenticated index, if any packet was accepted yet.
     pub const fn highest(&self) -> Option<u64> {
-        if self.started {
-            Some(self.highest)
-        } else {
-            None
-        }
+        if self.started { Some(self.highest) } else { None }
     }
 
     const fn words(&self) -> usize {
@@ -82,11 +73,7 @@ impl ReplayWindow {
             return Err(SrtpError::IndexTooOld);
         }
         let (w, b) = ((delta / 64) as usize, delta % 64);
-        if self.bits[w] >> b & 1 == 1 {
-            Err(SrtpError::Replayed)
-        } else {
-            Ok(())
-        }
+        if self.bits[w] >> b & 1 == 1 { Err(SrtpError::Replayed) } else { Ok(()) }
     }
 
     /// Records `index` as received; call only after [`check`](Self::check) passed and the
@@ -121,11 +108,7 @@ impl ReplayWindow {
         let (ws, bs) = ((by / 64) as usize, (by % 64) as u32);
         for i in (0..n).rev() {
             let lo = if i >= ws { self.bits[i - ws] } else { 0 };
-            let carry = if bs != 0 && i > ws {
-                self.bits[i - ws - 1] >> (64 - bs)
-            } else {
-                0
-            };
+            let carry = if bs != 0 && i > ws { self.bits[i - ws - 1] >> (64 - bs) } else { 0 };
             self.bits[i] = if bs == 0 { lo } else { lo << bs | carry };
         }
     }
@@ -167,11 +150,7 @@ mod tests {
             let hi = w.highest().unwrap();
             for back in 0..s {
                 let i = hi - back;
-                let want = if i.is_multiple_of(3) {
-                    Err(SrtpError::Replayed)
-                } else {
-                    Ok(())
-                };
+                let want = if i.is_multiple_of(3) { Err(SrtpError::Replayed) } else { Ok(()) };
                 assert_eq!(w.check(i), want, "size {size} index {i}");
             }
             assert_eq!(w.check(hi - s), Err(SrtpError::IndexTooOld));

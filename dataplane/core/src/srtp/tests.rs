@@ -19,17 +19,13 @@ fn b2<P: CryptoProvider>() {
     ctr.apply_keystream(&iv, &mut ks);
     assert_eq!(
         ks[..48],
-        h(
-            "E03EAD0935C95E80E166B16DD92B4EB4 D23513162B02D0F72A43A2FE4A5F97AB
-           41E95B3BB0A2E8DD477901E4FCA894C0"
-        )[..]
+        h("E03EAD0935C95E80E166B16DD92B4EB4 D23513162B02D0F72A43A2FE4A5F97AB
+           41E95B3BB0A2E8DD477901E4FCA894C0")[..]
     );
     assert_eq!(
         ks[ks.len() - 48..],
-        h(
-            "EC8CDF7398607CB0F2D21675EA9EA1E4 362B7C3C6773516318A077D7FC5073AE
-           6A2CC3787889374FBEB4C81B17BA6C44"
-        )[..]
+        h("EC8CDF7398607CB0F2D21675EA9EA1E4 362B7C3C6773516318A077D7FC5073AE
+           6A2CC3787889374FBEB4C81B17BA6C44")[..]
     );
 }
 
@@ -72,11 +68,9 @@ fn rfc3711_b3_key_derivation() {
     kdf::derive(&master, &h(v.1), Label::RtpAuth, &mut a);
     assert_eq!(
         a.to_vec(),
-        h(
-            "CEBE321F6FF7716B6FD4AB49AF256A15 6D38BAA48F0A0ACF3C34E2359E6CDBCE
+        h("CEBE321F6FF7716B6FD4AB49AF256A15 6D38BAA48F0A0ACF3C34E2359E6CDBCE
            E049646C43D9327AD175578EF7227098 6371C10C9A369AC2F94A8C5FBCDDDC25
-           6D6E919A48B610EF17C2041E47403576 6B68642C59BBFC2F34DB60DBDFB2"
-        )
+           6D6E919A48B610EF17C2041E47403576 6B68642C59BBFC2F34DB60DBDFB2")
     );
 }
 
@@ -103,16 +97,15 @@ const SRTP_128: &str = "8040f17b8041f8d35501a0b2f24de3a3fb34de6cacba861c9d7e4bca
 const SRTP_256: &str = "8040f17b8041f8d35501a0b232b1de78a822fe12ef9f78fa332e33aab18012389a58e2f3b50b2a0276ffae0f1ba63799b87b7aa3db36dfffd6b0f9bb7878d7a76c13";
 // RFC 7714 §17: SSRC "Mars", SRTCP index 0x5d4.
 const RTCP_PLAIN: &str = "81c8000d4d6172734e5450314e545032525450200000042a0000e9304c756e61deadbeefdeadbeefdeadbeefdeadbeefdeadbeef";
-const SRTCP_128: &str = "81c8000d4d61727363e94885dcdab67ca727d7662f6b7e997ff5c0f76c06f32dc676a5f1730d6fda4ce09b4686303ded0bb9275bc84aa45896cf4d2fc5abf87245d9eade800005d4";
-const SRTCP_256: &str = "81c8000d4d617273d50ae4d1f5ce5d304ba297e47d470c282c3ece5dbffe0a50a2eaa5c1110555be8415f658c61de0476f1b6fad1d1eb30c4446839f57ff6f6cb26ac3be800005d4";
-const SRTCP_128_AUTH_ONLY: &str = "81c8000d4d6172734e5450314e545032525450200000042a0000e9304c756e61deadbeefdeadbeefdeadbeefdeadbeefdeadbeef841dd9683dd78ec92ae58790125f62b3000005d4";
+const SRTCP_128: &str =
+    "81c8000d4d61727363e94885dcdab67ca727d7662f6b7e997ff5c0f76c06f32dc676a5f1730d6fda4ce09b4686303ded0bb9275bc84aa45896cf4d2fc5abf87245d9eade800005d4";
+const SRTCP_256: &str =
+    "81c8000d4d617273d50ae4d1f5ce5d304ba297e47d470c282c3ece5dbffe0a50a2eaa5c1110555be8415f658c61de0476f1b6fad1d1eb30c4446839f57ff6f6cb26ac3be800005d4";
+const SRTCP_128_AUTH_ONLY: &str =
+    "81c8000d4d6172734e5450314e545032525450200000042a0000e9304c756e61deadbeefdeadbeefdeadbeefdeadbeefdeadbeef841dd9683dd78ec92ae58790125f62b3000005d4";
 
 fn gcm_keys<P: CryptoProvider>(profile: Profile) -> SrtpKeys<P> {
-    let key = if profile == Profile::AeadAes256Gcm {
-        GCM_KEY_256
-    } else {
-        GCM_KEY_128
-    };
+    let key = if profile == Profile::AeadAes256Gcm { GCM_KEY_256 } else { GCM_KEY_128 };
     SrtpKeys::<P>::from_session_keys(profile, &h(key), &h(GCM_SALT), &[])
 }
 
@@ -128,32 +121,22 @@ fn rfc7714_srtp<P: CryptoProvider>(profile: Profile, expected: &str) {
 
     let mut rx = RtpRecvState::new(128);
     let mut pkt = expected.clone();
-    let n = keys
-        .unprotect_rtp(&mut rx, &mut pkt, expected.len())
-        .unwrap();
+    let n = keys.unprotect_rtp(&mut rx, &mut pkt, expected.len()).unwrap();
     assert_eq!(pkt[..n], plain[..], "{profile:?} unprotect");
 
     // Replayed: the same packet again is rejected before any crypto.
     let mut pkt = expected.clone();
-    assert_eq!(
-        keys.unprotect_rtp(&mut rx, &mut pkt, expected.len()),
-        Err(SrtpError::Replayed)
-    );
+    assert_eq!(keys.unprotect_rtp(&mut rx, &mut pkt, expected.len()), Err(SrtpError::Replayed));
 
     // Tampered tag, ciphertext and header are rejected and do not move the window.
     for at in [expected.len() - 1, 20, 1] {
         let mut rx = RtpRecvState::new(128);
         let mut pkt = expected.clone();
         pkt[at] ^= 0x01;
-        assert_eq!(
-            keys.unprotect_rtp(&mut rx, &mut pkt, expected.len()),
-            Err(SrtpError::AuthFailed),
-            "{profile:?} tamper at {at}"
-        );
+        assert_eq!(keys.unprotect_rtp(&mut rx, &mut pkt, expected.len()), Err(SrtpError::AuthFailed), "{profile:?} tamper at {at}");
         assert_eq!(rx.window().highest(), None);
         let mut pkt = expected.clone();
-        keys.unprotect_rtp(&mut rx, &mut pkt, expected.len())
-            .unwrap();
+        keys.unprotect_rtp(&mut rx, &mut pkt, expected.len()).unwrap();
     }
 }
 
@@ -217,41 +200,23 @@ fn rfc7714_srtcp<P: CryptoProvider>(profile: Profile, expected: &str, encrypt: b
     buf[..plain.len()].copy_from_slice(&plain);
     let mut tx = RtcpSendState::with_next_index(0x5d4);
     let n = keys.protect_rtcp(&mut tx, &mut buf, plain.len()).unwrap();
-    assert_eq!(
-        hex::encode(&buf[..n]),
-        hex::encode(&expected),
-        "{profile:?} protect"
-    );
+    assert_eq!(hex::encode(&buf[..n]), hex::encode(&expected), "{profile:?} protect");
     assert_eq!(tx.next_index(), 0x5d5);
 
     let mut rx = RtcpRecvState::new(128);
     let mut pkt = expected.clone();
-    let n = keys
-        .unprotect_rtcp(&mut rx, &mut pkt, expected.len())
-        .unwrap();
+    let n = keys.unprotect_rtcp(&mut rx, &mut pkt, expected.len()).unwrap();
     assert_eq!(pkt[..n], plain[..], "{profile:?} unprotect");
 
     let mut pkt = expected.clone();
-    assert_eq!(
-        keys.unprotect_rtcp(&mut rx, &mut pkt, expected.len()),
-        Err(SrtpError::Replayed)
-    );
+    assert_eq!(keys.unprotect_rtcp(&mut rx, &mut pkt, expected.len()), Err(SrtpError::Replayed));
 
     // Tampered tag, body, E flag/index: rejected without moving the window.
-    for at in [
-        expected.len() - 5,
-        10,
-        expected.len() - 4,
-        expected.len() - 1,
-    ] {
+    for at in [expected.len() - 5, 10, expected.len() - 4, expected.len() - 1] {
         let mut rx = RtcpRecvState::new(128);
         let mut pkt = expected.clone();
         pkt[at] ^= 0x80;
-        assert_eq!(
-            keys.unprotect_rtcp(&mut rx, &mut pkt, expected.len()),
-            Err(SrtpError::AuthFailed),
-            "{profile:?} tamper at {at}"
-        );
+        assert_eq!(keys.unprotect_rtcp(&mut rx, &mut pkt, expected.len()), Err(SrtpError::AuthFailed), "{profile:?} tamper at {at}");
         assert_eq!(rx.window().highest(), None);
     }
 }
@@ -278,10 +243,7 @@ fn roc_estimation_edges() {
     assert_eq!(estimate_roc(5, 0xffff, 0x7fff), Ok(5));
     assert_eq!(estimate_roc(5, 0xffff, 0x7ffe), Ok(6));
     assert_eq!(estimate_roc(5, 0x8000, 0), Ok(5));
-    assert_eq!(
-        estimate_roc(u32::MAX, 0xffff, 0),
-        Err(SrtpError::KeyExhausted)
-    );
+    assert_eq!(estimate_roc(u32::MAX, 0xffff, 0), Err(SrtpError::KeyExhausted));
 }
 
 #[test]
@@ -313,31 +275,18 @@ fn rollover_and_reorder_across_wrap() {
         // A late packet from before the wrap still decodes with ROC 7 but is a replay now.
         let mut b = sent[0].clone();
         let n = b.len();
-        assert_eq!(
-            keys.unprotect_rtp(&mut rx, &mut b, n),
-            Err(SrtpError::IndexTooOld)
-        );
+        assert_eq!(keys.unprotect_rtp(&mut rx, &mut b, n), Err(SrtpError::IndexTooOld));
         let mut b = sent[100].clone();
         let n = b.len();
-        assert_eq!(
-            keys.unprotect_rtp(&mut rx, &mut b, n),
-            Err(SrtpError::Replayed)
-        );
+        assert_eq!(keys.unprotect_rtp(&mut rx, &mut b, n), Err(SrtpError::Replayed));
     }
 }
 
-const ALL: [Profile; 4] = [
-    Profile::AesCm128HmacSha1_80,
-    Profile::AesCm128HmacSha1_32,
-    Profile::AeadAes128Gcm,
-    Profile::AeadAes256Gcm,
-];
+const ALL: [Profile; 4] = [Profile::AesCm128HmacSha1_80, Profile::AesCm128HmacSha1_32, Profile::AeadAes128Gcm, Profile::AeadAes256Gcm];
 
 fn keys_for(profile: Profile) -> SrtpKeys {
     let key: Vec<u8> = (0..profile.key_len() as u8).collect();
-    let salt: Vec<u8> = (0..profile.salt_len() as u8)
-        .map(|b| b.wrapping_mul(7))
-        .collect();
+    let salt: Vec<u8> = (0..profile.salt_len() as u8).map(|b| b.wrapping_mul(7)).collect();
     SrtpKeys::new(profile, &key, &salt).unwrap()
 }
 
@@ -360,9 +309,7 @@ fn every_truncation_is_a_verdict_not_a_panic() {
         let keys = keys_for(profile);
         let mut buf = rtp_packet(1, 2, 40);
         let len = buf.len() - 16;
-        let n = keys
-            .protect_rtp(&mut RtpSendState::new(), &mut buf, len)
-            .unwrap();
+        let n = keys.protect_rtp(&mut RtpSendState::new(), &mut buf, len).unwrap();
         for cut in 0..n {
             let mut b = buf.clone();
             let mut rx = RtpRecvState::default();
@@ -373,28 +320,17 @@ fn every_truncation_is_a_verdict_not_a_panic() {
         }
         // len beyond the buffer, and a buffer without tag room.
         let mut b = buf.clone();
-        assert_eq!(
-            keys.unprotect_rtp(&mut RtpRecvState::default(), &mut b, n + 100),
-            Err(SrtpError::BufferTooSmall)
-        );
+        assert_eq!(keys.unprotect_rtp(&mut RtpRecvState::default(), &mut b, n + 100), Err(SrtpError::BufferTooSmall));
         let mut b = buf[..len].to_vec();
-        assert_eq!(
-            keys.protect_rtp(&mut RtpSendState::new(), &mut b, len),
-            Err(SrtpError::BufferTooSmall)
-        );
+        assert_eq!(keys.protect_rtp(&mut RtpSendState::new(), &mut b, len), Err(SrtpError::BufferTooSmall));
 
         let rtcp = h(RTCP_PLAIN);
         let mut buf = rtcp.clone();
         buf.resize(rtcp.len() + 32, 0);
-        let n = keys
-            .protect_rtcp(&mut RtcpSendState::new(), &mut buf, rtcp.len())
-            .unwrap();
+        let n = keys.protect_rtcp(&mut RtcpSendState::new(), &mut buf, rtcp.len()).unwrap();
         for cut in 0..n {
             let mut b = buf.clone();
-            assert!(
-                keys.unprotect_rtcp(&mut RtcpRecvState::default(), &mut b, cut)
-                    .is_err()
-            );
+            assert!(keys.unprotect_rtcp(&mut RtcpRecvState::default(), &mut b, cut).is_err());
             let mut b = buf.clone();
             let _ = keys.protect_rtcp(&mut RtcpSendState::new(), &mut b, cut.min(rtcp.len()));
         }
@@ -405,10 +341,7 @@ fn every_truncation_is_a_verdict_not_a_panic() {
 fn header_length_helper() {
     assert_eq!(rtp_header_len(&[0x80; 11]), Err(SrtpError::TooShort));
     assert_eq!(rtp_header_len(&[0x40; 12]), Err(SrtpError::Malformed));
-    assert_eq!(
-        rtp_header_len(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        Ok(12)
-    );
+    assert_eq!(rtp_header_len(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Ok(12));
     let mut p = [0u8; 16];
     p[0] = 0x81;
     assert_eq!(rtp_header_len(&p), Ok(16));
@@ -426,19 +359,11 @@ fn header_length_helper() {
 fn key_errors_name_the_problem() {
     assert_eq!(
         SrtpKeys::new(Profile::AeadAes256Gcm, &[0; 16], &[0; 12]).unwrap_err(),
-        SrtpKeyError::MasterKeyLength {
-            profile: Profile::AeadAes256Gcm,
-            expected: 32,
-            got: 16
-        }
+        SrtpKeyError::MasterKeyLength { profile: Profile::AeadAes256Gcm, expected: 32, got: 16 }
     );
     assert_eq!(
         SrtpKeys::new(Profile::AesCm128HmacSha1_80, &[0; 16], &[0; 12]).unwrap_err(),
-        SrtpKeyError::MasterSaltLength {
-            profile: Profile::AesCm128HmacSha1_80,
-            expected: 14,
-            got: 12
-        }
+        SrtpKeyError::MasterSaltLength { profile: Profile::AesCm128HmacSha1_80, expected: 14, got: 12 }
     );
 }
 
@@ -452,10 +377,7 @@ fn srtcp_index_exhaustion_and_window() {
     keys.protect_rtcp(&mut tx, &mut buf, rtcp.len()).unwrap();
     let mut buf = rtcp.clone();
     buf.resize(rtcp.len() + 32, 0);
-    assert_eq!(
-        keys.protect_rtcp(&mut tx, &mut buf, rtcp.len()),
-        Err(SrtpError::KeyExhausted)
-    );
+    assert_eq!(keys.protect_rtcp(&mut tx, &mut buf, rtcp.len()), Err(SrtpError::KeyExhausted));
 
     // Out-of-order SRTCP within the window is accepted once; far behind is too old.
     let mut tx = RtcpSendState::new();
@@ -472,8 +394,7 @@ fn srtcp_index_exhaustion_and_window() {
     let mut un = |i: usize| {
         let mut b = pkts[i].clone();
         let n = b.len();
-        keys.unprotect_rtcp(&mut rx, &mut b, n)
-            .map(|n| b[..n] == rtcp[..])
+        keys.unprotect_rtcp(&mut rx, &mut b, n).map(|n| b[..n] == rtcp[..])
     };
     assert_eq!(un(150), Ok(true));
     assert_eq!(un(100), Ok(true));
@@ -515,9 +436,6 @@ fn profile_parameters() {
         assert_eq!(Profile::from_dtls_id(p.dtls_id()), Some(p));
     }
     assert_eq!(Profile::from_dtls_id(0x0003), None);
-    let lens: Vec<_> = ALL
-        .iter()
-        .map(|p| (p.key_len(), p.salt_len(), p.rtp_overhead(), p.rtcp_overhead()))
-        .collect();
+    let lens: Vec<_> = ALL.iter().map(|p| (p.key_len(), p.salt_len(), p.rtp_overhead(), p.rtcp_overhead())).collect();
     assert_eq!(lens, [(16, 14, 10, 14), (16, 14, 4, 14), (16, 12, 16, 20), (32, 12, 16, 20)]);
 }

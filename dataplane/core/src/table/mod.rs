@@ -20,17 +20,17 @@ use std::net::SocketAddr;
 
 use foldhash::fast::RandomState;
 
+use crate::downlink::Downlink;
 use crate::forward::rewrite::SeqTsRewriter;
 use crate::forward::rtx_cache::RtxCache;
 use crate::ids::{Generation, LegId, Pt, Ssrc, TrackId};
 use crate::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 use crate::time::Instant;
-use crate::downlink::Downlink;
 use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
-    Codec, Delta, FeedbackSpec, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op,
-    PayloadSpec, SpecError, SubscriptionSpec, TrackSpec,
+    Codec, Delta, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SpecError, SubscriptionSpec,
+    TrackSpec,
 };
 
 /// The hash map the tables use: foldhash, seeded per process (keys come from the network, so the
@@ -591,13 +591,7 @@ pub struct Tables {
 impl Tables {
     /// Empty tables at generation 0.
     pub fn new(config: TableConfig) -> Self {
-        Self {
-            config,
-            generation: Generation(0),
-            legs: Map::default(),
-            by_port: Map::default(),
-            tracks: Map::default(),
-        }
+        Self { config, generation: Generation(0), legs: Map::default(), by_port: Map::default(), tracks: Map::default() }
     }
 
     /// The settings.
@@ -683,15 +677,7 @@ impl Tables {
     /// Records an SSRC learned from the packet path (a layer announced by its RID), with the
     /// receive state of the packet that proved it. Returns its ingress index on the leg. Learned
     /// SSRCs last until the track's spec changes the layer.
-    pub fn learn_ssrc(
-        &mut self,
-        leg_id: LegId,
-        track_id: TrackId,
-        layer: u8,
-        rtx: bool,
-        ssrc: Ssrc,
-        recv: RtpRecvState,
-    ) -> Option<usize> {
+    pub fn learn_ssrc(&mut self, leg_id: LegId, track_id: TrackId, layer: u8, rtx: bool, ssrc: Ssrc, recv: RtpRecvState) -> Option<usize> {
         let leg = self.legs.get_mut(&leg_id)?;
         if leg.ingress_index(ssrc).is_some() {
             return None;
@@ -765,11 +751,7 @@ impl Tables {
                 Op::RemoveSubscription { subscriber, track } => {
                     let ok = self.tracks.get(track).and_then(|t| t.sub_index(*subscriber)).is_some();
                     if !ok {
-                        return Err(DeltaError::UnknownSubscription {
-                            op: i,
-                            subscriber: *subscriber,
-                            track: *track,
-                        });
+                        return Err(DeltaError::UnknownSubscription { op: i, subscriber: *subscriber, track: *track });
                     }
                     self.save_track(*track, undo);
                     let t = self.tracks.get_mut(track).expect("checked above");
@@ -812,12 +794,8 @@ impl Tables {
         for t in stale_tracks {
             self.remove_track(t, undo);
         }
-        let stale_subs: Vec<_> = self
-            .tracks
-            .values()
-            .flat_map(|t| t.subs.iter().map(move |s| (s.subscriber, t.spec.id)))
-            .filter(|k| !subs.contains(k))
-            .collect();
+        let stale_subs: Vec<_> =
+            self.tracks.values().flat_map(|t| t.subs.iter().map(move |s| (s.subscriber, t.spec.id))).filter(|k| !subs.contains(k)).collect();
         for (subscriber, track) in stale_subs {
             self.save_track(track, undo);
             if let Some(t) = self.tracks.get_mut(&track)
@@ -836,10 +814,16 @@ impl Tables {
             return Err(DeltaError::PortInUse { op, port: spec.local_port, owner });
         }
         spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
-        let rx = SrtpKeys::new(spec.rx.profile, &spec.rx.key, &spec.rx.salt)
-            .map_err(|_| DeltaError::Invalid { op, field: "leg.rx", why: "key or salt length does not match the profile" })?;
-        let tx = SrtpKeys::new(spec.tx.profile, &spec.tx.key, &spec.tx.salt)
-            .map_err(|_| DeltaError::Invalid { op, field: "leg.tx", why: "key or salt length does not match the profile" })?;
+        let rx = SrtpKeys::new(spec.rx.profile, &spec.rx.key, &spec.rx.salt).map_err(|_| DeltaError::Invalid {
+            op,
+            field: "leg.rx",
+            why: "key or salt length does not match the profile",
+        })?;
+        let tx = SrtpKeys::new(spec.tx.profile, &spec.tx.key, &spec.tx.salt).map_err(|_| DeltaError::Invalid {
+            op,
+            field: "leg.tx",
+            why: "key or salt length does not match the profile",
+        })?;
         match self.legs.get(&spec.id) {
             Some(old) => {
                 // A WebRTC leg whose ICE/DTLS parameters did not change keeps its handshake's
@@ -924,10 +908,16 @@ impl Tables {
     /// [`EdgeState`]), installed by the dataplane's slow path between batches without touching
     /// the control plane's generation.
     pub fn install_edge_keys(&mut self, id: LegId, rx: KeyMaterial, tx: KeyMaterial) -> Result<(), DeltaError> {
-        let rx_keys = SrtpKeys::new(rx.profile, &rx.key, &rx.salt)
-            .map_err(|_| DeltaError::Invalid { op: 0, field: "edge.rx", why: "key or salt length does not match the profile" })?;
-        let tx_keys = SrtpKeys::new(tx.profile, &tx.key, &tx.salt)
-            .map_err(|_| DeltaError::Invalid { op: 0, field: "edge.tx", why: "key or salt length does not match the profile" })?;
+        let rx_keys = SrtpKeys::new(rx.profile, &rx.key, &rx.salt).map_err(|_| DeltaError::Invalid {
+            op: 0,
+            field: "edge.rx",
+            why: "key or salt length does not match the profile",
+        })?;
+        let tx_keys = SrtpKeys::new(tx.profile, &tx.key, &tx.salt).map_err(|_| DeltaError::Invalid {
+            op: 0,
+            field: "edge.tx",
+            why: "key or salt length does not match the profile",
+        })?;
         let edge = self.legs.get_mut(&id).ok_or(DeltaError::UnknownLeg { op: 0, leg: id })?.edge.as_mut();
         let edge = edge.ok_or(DeltaError::Invalid { op: 0, field: "leg.edge", why: "not a WebRTC leg" })?;
         edge.keys = Some((rx, tx));
@@ -982,15 +972,13 @@ impl Tables {
                 t.layers = spec
                     .layers
                     .iter()
-                    .map(|l| {
-                        match old_layers.iter().position(|o| o.ssrc.is_some() && o.ssrc == l.ssrc) {
-                            Some(p) => {
-                                let mut kept = old_layers.swap_remove(p);
-                                kept.rtx_ssrc = l.rtx_ssrc;
-                                kept
-                            }
-                            None => new_layer(l),
+                    .map(|l| match old_layers.iter().position(|o| o.ssrc.is_some() && o.ssrc == l.ssrc) {
+                        Some(p) => {
+                            let mut kept = old_layers.swap_remove(p);
+                            kept.rtx_ssrc = l.rtx_ssrc;
+                            kept
                         }
+                        None => new_layer(l),
                     })
                     .collect();
                 t.spec = spec.clone();
@@ -1003,10 +991,7 @@ impl Tables {
                 }
             }
             None => {
-                self.tracks.insert(
-                    spec.id,
-                    Track { spec: spec.clone(), layers: spec.layers.iter().map(new_layer).collect(), subs: Vec::new() },
-                );
+                self.tracks.insert(spec.id, Track { spec: spec.clone(), layers: spec.layers.iter().map(new_layer).collect(), subs: Vec::new() });
                 undo.push(Undo::TrackInserted(spec.id));
                 self.save_leg(spec.publisher, undo);
                 self.legs.get_mut(&spec.publisher).expect("checked").tracks.push(spec.id);

@@ -244,25 +244,14 @@ impl TrackSpec {
         if self.payload_types.is_empty() {
             return refuse("track.payload_types", "need at least one");
         }
-        if self
-            .payload_types
-            .iter()
-            .any(|p| p.pt.0 > 127 || p.rtx_pt.is_some_and(|r| r.0 > 127))
-        {
+        if self.payload_types.iter().any(|p| p.pt.0 > 127 || p.rtx_pt.is_some_and(|r| r.0 > 127)) {
             return refuse("track.payload_types", "payload types are 7 bits");
         }
-        if self
-            .layers
-            .iter()
-            .any(|l| l.ssrc.is_none() && l.rid.is_none())
-        {
+        if self.layers.iter().any(|l| l.ssrc.is_none() && l.rid.is_none()) {
             return refuse("track.layers", "a layer needs an SSRC or a RID");
         }
         if self.layers.iter().any(|l| l.ssrc.is_none()) && self.rid_ext.is_none() {
-            return refuse(
-                "track.rid_ext",
-                "layers without SSRC need the RID extension id",
-            );
+            return refuse("track.rid_ext", "layers without SSRC need the RID extension id");
         }
         Ok(())
     }
@@ -306,11 +295,7 @@ impl SubscriptionSpec {
         if self.pt_map.iter().any(|(a, b)| a.0 > 127 || b.0 > 127) {
             return refuse("subscription.pt_map", "payload types are 7 bits");
         }
-        if self
-            .ext_map
-            .iter()
-            .any(|&(a, b)| !(1..=14).contains(&a) || !(1..=14).contains(&b))
-        {
+        if self.ext_map.iter().any(|&(a, b)| !(1..=14).contains(&a) || !(1..=14).contains(&b)) {
             return refuse("subscription.ext_map", "extension ids are 1..=14");
         }
         Ok(())

@@ -8,7 +8,16 @@ fn keys(seed: u8) -> KeyMaterial {
 }
 
 fn leg(n: u32) -> LegSpec {
-    LegSpec { id: LegId(n), local_port: 30_000 + n as u16, remote: None, rx: keys(1), tx: keys(2), feedback_ssrc: Ssrc(n), edge: None, feedback: Default::default() }
+    LegSpec {
+        id: LegId(n),
+        local_port: 30_000 + n as u16,
+        remote: None,
+        rx: keys(1),
+        tx: keys(2),
+        feedback_ssrc: Ssrc(n),
+        edge: None,
+        feedback: Default::default(),
+    }
 }
 
 fn track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
@@ -45,14 +54,17 @@ fn delta(g: u64, ops: Vec<Op>) -> Delta {
 #[test]
 fn snapshot_round_trips_and_replace_all_removes_the_rest() {
     let mut t = Tables::new(TableConfig::default());
-    t.apply(delta(1, vec![
-        Op::UpsertLeg(leg(1)),
-        Op::UpsertLeg(leg(2)),
-        Op::UpsertLeg(leg(3)),
-        Op::UpsertTrack(track(10, 1, 0xaa)),
-        Op::UpsertSubscription(sub(2, 10, 0x22)),
-        Op::UpsertSubscription(sub(3, 10, 0x33)),
-    ]))
+    t.apply(delta(
+        1,
+        vec![
+            Op::UpsertLeg(leg(1)),
+            Op::UpsertLeg(leg(2)),
+            Op::UpsertLeg(leg(3)),
+            Op::UpsertTrack(track(10, 1, 0xaa)),
+            Op::UpsertSubscription(sub(2, 10, 0x22)),
+            Op::UpsertSubscription(sub(3, 10, 0x33)),
+        ],
+    ))
     .unwrap();
     let snap = t.snapshot();
     let mut copy = Tables::new(TableConfig::default());
@@ -70,7 +82,8 @@ fn snapshot_round_trips_and_replace_all_removes_the_rest() {
 #[test]
 fn upserts_keep_runtime_state() {
     let mut t = Tables::new(TableConfig::default());
-    t.apply(delta(1, vec![Op::UpsertLeg(leg(1)), Op::UpsertLeg(leg(2)), Op::UpsertTrack(track(10, 1, 0xaa)), Op::UpsertSubscription(sub(2, 10, 0x22))])).unwrap();
+    t.apply(delta(1, vec![Op::UpsertLeg(leg(1)), Op::UpsertLeg(leg(2)), Op::UpsertTrack(track(10, 1, 0xaa)), Op::UpsertSubscription(sub(2, 10, 0x22))]))
+        .unwrap();
     {
         let s = &mut t.track_mut(TrackId(10)).unwrap().subs[0];
         s.packets_sent = 42;
@@ -130,15 +143,7 @@ fn subscription_state_is_small() {
 fn apply_refuses_what_validate_refuses_with_the_same_field() {
     let base = || {
         let mut t = Tables::new(TableConfig::default());
-        t.apply(delta(
-            1,
-            vec![
-                Op::UpsertLeg(leg(1)),
-                Op::UpsertLeg(leg(2)),
-                Op::UpsertTrack(track(10, 1, 0xaa)),
-            ],
-        ))
-        .unwrap();
+        t.apply(delta(1, vec![Op::UpsertLeg(leg(1)), Op::UpsertLeg(leg(2)), Op::UpsertTrack(track(10, 1, 0xaa))])).unwrap();
         t
     };
     let mut bad_subs: Vec<SubscriptionSpec> = Vec::new();
@@ -157,48 +162,23 @@ fn apply_refuses_what_validate_refuses_with_the_same_field() {
         let e = s.validate().expect_err("validate refuses");
         let mut t = base();
         let before = t.snapshot();
-        assert_eq!(
-            t.apply(delta(2, vec![Op::UpsertSubscription(s)])),
-            Err(DeltaError::Invalid {
-                op: 0,
-                field: e.field,
-                why: e.why
-            })
-        );
+        assert_eq!(t.apply(delta(2, vec![Op::UpsertSubscription(s)])), Err(DeltaError::Invalid { op: 0, field: e.field, why: e.why }));
         assert_eq!(t.snapshot(), before);
     }
     let mut audio_two_layers = track(11, 1, 0xbb);
     audio_two_layers.kind = MediaKind::Audio;
-    audio_two_layers.layers.push(LayerSpec {
-        ssrc: Some(Ssrc(0xbc)),
-        rtx_ssrc: None,
-        rid: None,
-    });
+    audio_two_layers.layers.push(LayerSpec { ssrc: Some(Ssrc(0xbc)), rtx_ssrc: None, rid: None });
     let mut no_pt = track(11, 1, 0xbb);
     no_pt.payload_types.clear();
     for tr in [audio_two_layers, no_pt] {
         let e = tr.validate().expect_err("validate refuses");
-        assert_eq!(
-            base().apply(delta(2, vec![Op::UpsertTrack(tr)])),
-            Err(DeltaError::Invalid {
-                op: 0,
-                field: e.field,
-                why: e.why
-            })
-        );
+        assert_eq!(base().apply(delta(2, vec![Op::UpsertTrack(tr)])), Err(DeltaError::Invalid { op: 0, field: e.field, why: e.why }));
     }
     let mut short_key = leg(4);
     short_key.tx.key.pop();
     let e = short_key.validate().expect_err("validate refuses");
     assert_eq!(e.field, "leg.tx");
-    assert_eq!(
-        base().apply(delta(2, vec![Op::UpsertLeg(short_key)])),
-        Err(DeltaError::Invalid {
-            op: 0,
-            field: e.field,
-            why: e.why
-        })
-    );
+    assert_eq!(base().apply(delta(2, vec![Op::UpsertLeg(short_key)])), Err(DeltaError::Invalid { op: 0, field: e.field, why: e.why }));
     sub(2, 10, 0x22).validate().unwrap();
     track(11, 1, 0xbb).validate().unwrap();
     leg(4).validate().unwrap();

@@ -132,11 +132,7 @@ impl RecvStats {
         self.expected_prior = expected;
         self.received_prior = self.received;
         let lost_interval = i64::from(expected_interval) - i64::from(received_interval);
-        let fraction_lost = if expected_interval == 0 || lost_interval <= 0 {
-            0
-        } else {
-            ((lost_interval << 8) / i64::from(expected_interval)).min(255) as u8
-        };
+        let fraction_lost = if expected_interval == 0 || lost_interval <= 0 { 0 } else { ((lost_interval << 8) / i64::from(expected_interval)).min(255) as u8 };
         let (last_sr, delay_since_last_sr) = match self.last_sr {
             Some((lsr, at)) => {
                 let since = now.saturating_duration_since(at);

@@ -98,11 +98,7 @@ fn vp8(p: &[u8]) -> Result<FrameInfo, WireError> {
     // the descriptor's claimed length must still be present to make the packet well-formed.
     let h = byte(p, i)?;
     let is_keyframe = start_of_partition_0 && h & 0x01 == 0;
-    Ok(FrameInfo {
-        is_keyframe,
-        temporal_id,
-        spatial_id: None,
-    })
+    Ok(FrameInfo { is_keyframe, temporal_id, spatial_id: None })
 }
 
 /// VP9 payload descriptor (RFC 9628 §4.2).
@@ -145,11 +141,7 @@ fn vp9(p: &[u8]) -> Result<FrameInfo, WireError> {
         byte(p, i - 1)?;
     }
     let is_keyframe = d & 0x08 != 0 && d & 0x40 == 0 && spatial_id.unwrap_or(0) == 0;
-    Ok(FrameInfo {
-        is_keyframe,
-        temporal_id,
-        spatial_id,
-    })
+    Ok(FrameInfo { is_keyframe, temporal_id, spatial_id })
 }
 
 const NAL_IDR: u8 = 5;
@@ -200,11 +192,7 @@ fn h264(p: &[u8]) -> Result<FrameInfo, WireError> {
         }
         t => h264_key_nal(t),
     };
-    Ok(FrameInfo {
-        is_keyframe,
-        temporal_id: None,
-        spatial_id: None,
-    })
+    Ok(FrameInfo { is_keyframe, temporal_id: None, spatial_id: None })
 }
 
 /// AV1 aggregation header (AV1 RTP spec §4.4).
@@ -219,11 +207,7 @@ fn h264(p: &[u8]) -> Result<FrameInfo, WireError> {
 /// N is set on the first packet of a coded video sequence, which begins with a key frame.
 fn av1(p: &[u8]) -> Result<FrameInfo, WireError> {
     let h = byte(p, 0)?;
-    Ok(FrameInfo {
-        is_keyframe: h & 0x08 != 0,
-        temporal_id: None,
-        spatial_id: None,
-    })
+    Ok(FrameInfo { is_keyframe: h & 0x08 != 0, temporal_id: None, spatial_id: None })
 }
 
 #[cfg(test)]
@@ -310,10 +294,7 @@ mod tests {
         // Truncating exactly after the first aggregated unit is a complete STAP-A.
         assert!(key(Codec::H264, &stap[..5]));
         // STAP-A with only PPS + SEI.
-        assert!(!key(
-            Codec::H264,
-            &[0x78, 0x00, 0x01, 0x68, 0x00, 0x01, 0x06]
-        ));
+        assert!(!key(Codec::H264, &[0x78, 0x00, 0x01, 0x68, 0x00, 0x01, 0x06]));
         // FU-A start of IDR, and its middle fragment.
         assert!(key(Codec::H264, &[0x7c, 0x85, 0x88]));
         assert!(!key(Codec::H264, &[0x7c, 0x05, 0x88]));

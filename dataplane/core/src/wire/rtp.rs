@@ -192,8 +192,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The `index`th CSRC, if present.
     pub fn csrc(&self, index: usize) -> Option<Ssrc> {
-        (index < usize::from(self.csrc_count()))
-            .then(|| Ssrc(be32(self.buf(), HEADER_LEN + 4 * index)))
+        (index < usize::from(self.csrc_count())).then(|| Ssrc(be32(self.buf(), HEADER_LEN + 4 * index)))
     }
 
     /// All CSRCs in order.
@@ -207,14 +206,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The extension block's "defined by profile" field, if X is set.
     pub fn extension_profile(&self) -> Option<u16> {
-        self.has_extension()
-            .then(|| be16(self.buf(), self.extension_offset()))
+        self.has_extension().then(|| be16(self.buf(), self.extension_offset()))
     }
 
     /// The RFC 8285 form of the extension block, if X is set and the profile is an RFC 8285 one.
     pub fn extension_form(&self) -> Option<ExtensionForm> {
-        self.extension_profile()
-            .and_then(ExtensionForm::from_profile)
+        self.extension_profile().and_then(ExtensionForm::from_profile)
     }
 
     fn extension_range(&self) -> Option<(usize, usize)> {
@@ -236,39 +233,25 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// overruns the block.
     pub fn extensions(&self) -> Extensions<'_> {
         match (self.extension_form(), self.extension_data()) {
-            (Some(form), Some(data)) => Extensions {
-                data,
-                elems: RawElements::new(form),
-            },
-            _ => Extensions {
-                data: &[],
-                elems: RawElements::done(),
-            },
+            (Some(form), Some(data)) => Extensions { data, elems: RawElements::new(form) },
+            _ => Extensions { data: &[], elems: RawElements::done() },
         }
     }
 
     /// The data of the first element with local identifier `id`, if any well-formed one
     /// precedes any malformation.
     pub fn find_extension(&self, id: u8) -> Option<&[u8]> {
-        self.extensions()
-            .map_while(Result::ok)
-            .find(|e| e.id == id)
-            .map(|e| e.data)
+        self.extensions().map_while(Result::ok).find(|e| e.id == id).map(|e| e.data)
     }
 
     /// Length of the fixed header, CSRC list and extension block: the payload offset.
     pub fn header_len(&self) -> usize {
-        self.extension_range()
-            .map_or(self.extension_offset(), |(_, end)| end)
+        self.extension_range().map_or(self.extension_offset(), |(_, end)| end)
     }
 
     /// Number of padding bytes at the end, the count byte included (0 if P is clear).
     pub fn padding_len(&self) -> usize {
-        if self.has_padding() {
-            usize::from(self.buf()[self.buf().len() - 1])
-        } else {
-            0
-        }
+        if self.has_padding() { usize::from(self.buf()[self.buf().len() - 1]) } else { 0 }
     }
 
     /// The payload, padding excluded.
@@ -347,8 +330,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// carrying `stamp.2` (the subscriber leg's own): the SFU is a new sender on every leg
     /// (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2). Returns whether it stamped.
     pub fn remap_extensions_stamping(&mut self, map: &ExtensionIdMap, stamp: Option<(u8, u8, u16)>) -> Result<bool, WireError> {
-        let (Some(form), Some((start, end))) = (self.extension_form(), self.extension_range())
-        else {
+        let (Some(form), Some((start, end))) = (self.extension_form(), self.extension_range()) else {
             return Ok(false);
         };
         let block = &mut self.buf_mut()[start..end];
@@ -394,10 +376,7 @@ pub mod ext {
     /// Decodes an RFC 6464 audio-level element (one byte; a two-byte-form sender may pad it).
     pub fn audio_level(data: &[u8]) -> Option<AudioLevel> {
         let &b = data.first()?;
-        Some(AudioLevel {
-            voice: b & 0x80 != 0,
-            level: b & 0x7F,
-        })
+        Some(AudioLevel { voice: b & 0x80 != 0, level: b & 0x7F })
     }
 
     /// Decodes abs-send-time (webrtc.org): 24-bit 6.18 fixed-point seconds.
@@ -467,12 +446,7 @@ impl<'a> Iterator for Extensions<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let data = self.data;
-        self.elems.next(data).map(|r| {
-            r.map(|e| Extension {
-                id: e.id,
-                data: &data[e.data_start..e.data_end],
-            })
-        })
+        self.elems.next(data).map(|r| r.map(|e| Extension { id: e.id, data: &data[e.data_start..e.data_end] }))
     }
 }
 
@@ -494,19 +468,11 @@ struct RawElements {
 
 impl RawElements {
     fn new(form: ExtensionForm) -> Self {
-        RawElements {
-            form,
-            pos: 0,
-            done: false,
-        }
+        RawElements { form, pos: 0, done: false }
     }
 
     fn done() -> Self {
-        RawElements {
-            form: ExtensionForm::OneByte,
-            pos: 0,
-            done: true,
-        }
+        RawElements { form: ExtensionForm::OneByte, pos: 0, done: true }
     }
 
     fn next(&mut self, block: &[u8]) -> Option<Result<RawElement, WireError>> {
@@ -546,12 +512,7 @@ impl RawElements {
                 return Some(Err(WireError::BadExtension));
             }
             self.pos = data_end;
-            return Some(Ok(RawElement {
-                start,
-                id,
-                data_start,
-                data_end,
-            }));
+            return Some(Ok(RawElement { start, id, data_start, data_end }));
         }
         None
     }
@@ -593,19 +554,7 @@ mod tests {
         assert_eq!(p.padding_len(), 4);
         assert_eq!(p.payload(), &[0xFF; 4]);
         let exts: Vec<_> = p.extensions().collect();
-        assert_eq!(
-            exts,
-            [
-                Ok(Extension {
-                    id: 1,
-                    data: &[0xAA]
-                }),
-                Ok(Extension {
-                    id: 3,
-                    data: &[1, 2, 3]
-                })
-            ]
-        );
+        assert_eq!(exts, [Ok(Extension { id: 1, data: &[0xAA] }), Ok(Extension { id: 3, data: &[1, 2, 3] })]);
         assert_eq!(p.find_extension(3), Some(&[1u8, 2, 3][..]));
         assert_eq!(p.find_extension(2), None);
         assert_eq!(p.into_inner(), &PKT[..]);
@@ -613,20 +562,8 @@ mod tests {
 
     #[test]
     fn extension_values() {
-        assert_eq!(
-            ext::audio_level(&[0x85]),
-            Some(ext::AudioLevel {
-                voice: true,
-                level: 5
-            })
-        );
-        assert_eq!(
-            ext::audio_level(&[0x7F, 0]),
-            Some(ext::AudioLevel {
-                voice: false,
-                level: 127
-            })
-        );
+        assert_eq!(ext::audio_level(&[0x85]), Some(ext::AudioLevel { voice: true, level: 5 }));
+        assert_eq!(ext::audio_level(&[0x7F, 0]), Some(ext::AudioLevel { voice: false, level: 127 }));
         assert_eq!(ext::audio_level(&[]), None);
         assert_eq!(ext::abs_send_time(&[1, 2, 3]), Some(0x010203));
         assert_eq!(ext::abs_send_time(&[1, 2]), None);
@@ -663,8 +600,7 @@ mod tests {
         b[19] = 5; // extension block longer than the packet
         assert_eq!(Packet::new_checked(&b[..]), Err(WireError::Truncated));
         // Minimal packet: header only, no payload.
-        let p = Packet::new_checked(&PKT[..12].iter().map(|_| 0x80).collect::<Vec<_>>()[..])
-            .map(|p| p.payload().len());
+        let p = Packet::new_checked(&PKT[..12].iter().map(|_| 0x80).collect::<Vec<_>>()[..]).map(|p| p.payload().len());
         assert_eq!(p, Ok(0));
     }
 
@@ -681,15 +617,8 @@ mod tests {
         ];
         let p = Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.extension_form(), Some(ExtensionForm::TwoByte));
-        let exts: Vec<_> = p
-            .extensions()
-            .map(Result::unwrap)
-            .map(|e| (e.id, e.data))
-            .collect();
-        assert_eq!(
-            exts,
-            [(5, &[][..]), (32, &[7, 8, 9][..]), (14, &[1, 2][..])]
-        );
+        let exts: Vec<_> = p.extensions().map(Result::unwrap).map(|e| (e.id, e.data)).collect();
+        assert_eq!(exts, [(5, &[][..]), (32, &[7, 8, 9][..]), (14, &[1, 2][..])]);
         assert_eq!(p.payload(), &[0x42]);
 
         let mut m = b;
@@ -698,11 +627,7 @@ mod tests {
         map.set(14, 1).unwrap();
         let mut p = Packet::new_checked(&mut m[..]).unwrap();
         p.remap_extensions(&map).unwrap();
-        let exts: Vec<_> = p
-            .extensions()
-            .map(Result::unwrap)
-            .map(|e| (e.id, e.data))
-            .collect();
+        let exts: Vec<_> = p.extensions().map(Result::unwrap).map(|e| (e.id, e.data)).collect();
         assert_eq!(exts, [(7, &[][..]), (1, &[1, 2][..])]);
         assert_eq!(&m[16..28], &[7, 0, 0, 0, 0, 0, 0, 0, 1, 2, 1, 2]);
         assert_eq!(m[28], 0x42);
@@ -715,25 +640,13 @@ mod tests {
         b[23] = 0x34;
         let p = Packet::new_checked(&b[..]).unwrap();
         let exts: Vec<_> = p.extensions().collect();
-        assert_eq!(
-            exts,
-            [
-                Ok(Extension {
-                    id: 1,
-                    data: &[0xAA]
-                }),
-                Err(WireError::BadExtension)
-            ]
-        );
+        assert_eq!(exts, [Ok(Extension { id: 1, data: &[0xAA] }), Err(WireError::BadExtension)]);
         assert_eq!(p.find_extension(1), Some(&[0xAA][..]));
         assert_eq!(p.find_extension(3), None);
         // Remap refuses and leaves the packet as it was.
         let mut m = b;
         let mut q = Packet::new_checked(&mut m[..]).unwrap();
-        assert_eq!(
-            q.remap_extensions(&ExtensionIdMap::new()),
-            Err(WireError::BadExtension)
-        );
+        assert_eq!(q.remap_extensions(&ExtensionIdMap::new()), Err(WireError::BadExtension));
         assert_eq!(m, b);
         // ID 15 ends processing without an error.
         let mut b = PKT;
@@ -741,14 +654,9 @@ mod tests {
         let p = Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.extensions().count(), 1);
         // Two-byte form: an element header cut in half at the end of the block.
-        let b = [
-            0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0x10, 0x00, 0, 1, 0, 0, 0, 0x05,
-        ];
+        let b = [0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0x10, 0x00, 0, 1, 0, 0, 0, 0x05];
         let p = Packet::new_checked(&b[..]).unwrap();
-        assert_eq!(
-            p.extensions().collect::<Vec<_>>(),
-            [Err(WireError::BadExtension)]
-        );
+        assert_eq!(p.extensions().collect::<Vec<_>>(), [Err(WireError::BadExtension)]);
         // Unknown profile: opaque block, no elements.
         let mut b = PKT;
         b[16] = 0x12;
@@ -768,13 +676,7 @@ mod tests {
         assert_eq!(p.header_len(), 28);
         assert_eq!(p.payload(), &[0xFF; 4]);
         let exts: Vec<_> = p.extensions().collect();
-        assert_eq!(
-            exts,
-            [Ok(Extension {
-                id: 9,
-                data: &[0xAA]
-            })]
-        );
+        assert_eq!(exts, [Ok(Extension { id: 9, data: &[0xAA] })]);
         assert_eq!(&b[20..28], &[0x90, 0xAA, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[..20], &PKT[..20]);
         assert_eq!(&b[28..], &PKT[28..]);
@@ -818,18 +720,10 @@ mod tests {
 
     fn random_packet(rng: &mut impl Rng, out: &mut Vec<u8>) {
         out.clear();
-        let version = if rng.random_ratio(9, 10) {
-            2
-        } else {
-            rng.random_range(0..4)
-        };
+        let version = if rng.random_ratio(9, 10) { 2 } else { rng.random_range(0..4) };
         let padding = rng.random_bool(0.3);
         let ext = rng.random_bool(0.5);
-        let cc = if rng.random_bool(0.7) {
-            rng.random_range(0..3)
-        } else {
-            rng.random_range(0..16)
-        };
+        let cc = if rng.random_bool(0.7) { rng.random_range(0..3) } else { rng.random_range(0..16) };
         out.push((version << 6) | (u8::from(padding) << 5) | (u8::from(ext) << 4) | cc);
         out.push(rng.random());
         for _ in 0..10 {
@@ -849,11 +743,7 @@ mod tests {
             out.extend_from_slice(&words.to_be_bytes());
             for _ in 0..(4 * words) {
                 // Bias towards small values so element lengths are often plausible.
-                let b = if rng.random_bool(0.5) {
-                    rng.random_range(0..0x40)
-                } else {
-                    rng.random()
-                };
+                let b = if rng.random_bool(0.5) { rng.random_range(0..0x40) } else { rng.random() };
                 out.push(b);
             }
         }
@@ -865,11 +755,7 @@ mod tests {
             for _ in 1..n {
                 out.push(0);
             }
-            out.push(if rng.random_bool(0.9) {
-                n
-            } else {
-                rng.random()
-            });
+            out.push(if rng.random_bool(0.9) { n } else { rng.random() });
         }
         if rng.random_bool(0.2) {
             let i = rng.random_range(0..out.len());
@@ -912,11 +798,7 @@ mod tests {
             assert_eq!(p.timestamp(), o.timestamp());
             assert_eq!(p.ssrc().0, o.ssrc());
             assert!(p.csrcs().map(|s| s.0).eq(o.csrc()));
-            assert_eq!(
-                p.extension_profile().zip(p.extension_data()),
-                o.extension(),
-                "{buf:02x?}"
-            );
+            assert_eq!(p.extension_profile().zip(p.extension_data()), o.extension(), "{buf:02x?}");
             assert_eq!(p.header_len(), o.payload_offset());
             assert_eq!(p.padding_len(), usize::from(o.padding().unwrap_or(0)));
             assert_eq!(p.payload(), o.payload());
@@ -930,23 +812,14 @@ mod tests {
             map.set(1, 2).unwrap();
             let remapped = m.remap_extensions(&map);
             assert_eq!(m.payload(), o.payload());
-            let (ssrc, seq, ts, pt, marker) = (
-                rng.random(),
-                rng.random(),
-                rng.random(),
-                rng.random_range(0..128),
-                rng.random(),
-            );
+            let (ssrc, seq, ts, pt, marker) = (rng.random(), rng.random(), rng.random(), rng.random_range(0..128), rng.random());
             m.set_ssrc(Ssrc(ssrc));
             m.set_sequence_number(seq);
             m.set_timestamp(ts);
             m.set_payload_type(pt);
             m.set_marker(marker);
             let o2 = rtp_types::RtpPacket::parse(&copy[..]).unwrap();
-            assert_eq!(
-                (o2.ssrc(), o2.sequence_number(), o2.timestamp()),
-                (ssrc, seq, ts)
-            );
+            assert_eq!((o2.ssrc(), o2.sequence_number(), o2.timestamp()), (ssrc, seq, ts));
             assert_eq!((o2.payload_type(), o2.marker_bit()), (pt, marker));
             assert_eq!(o2.payload(), o.payload());
             assert_eq!(o2.padding(), o.padding());
@@ -955,9 +828,6 @@ mod tests {
                 assert!(m.extensions().all(|e| e.is_ok_and(|e| e.id == 2)));
             }
         }
-        assert!(
-            accepted > 20_000 && rejected > 10_000,
-            "{accepted} accepted, {rejected} rejected"
-        );
+        assert!(accepted > 20_000 && rejected > 10_000, "{accepted} accepted, {rejected} rejected");
     }
 }

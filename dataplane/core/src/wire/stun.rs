@@ -130,19 +130,12 @@ impl<T: AsRef<[u8]>> Message<T> {
 
     /// The attributes in order; yields one `Err(Truncated)` and stops if one overruns the message.
     pub fn attributes(&self) -> Attributes<'_> {
-        Attributes {
-            msg: &self.buf()[..self.total_len()],
-            pos: HEADER_LEN,
-            done: false,
-        }
+        Attributes { msg: &self.buf()[..self.total_len()], pos: HEADER_LEN, done: false }
     }
 
     /// The value of the first attribute of type `kind`.
     pub fn find_attribute(&self, kind: u16) -> Option<&[u8]> {
-        self.attributes()
-            .map_while(Result::ok)
-            .find(|a| a.kind == kind)
-            .map(|a| a.value)
+        self.attributes().map_while(Result::ok).find(|a| a.kind == kind).map(|a| a.value)
     }
 }
 
@@ -175,10 +168,7 @@ impl<'a> Iterator for Attributes<'a> {
         }
         let offset = self.pos;
         // `pos` and the message end are multiples of 4, so a 4-byte header always fits here.
-        let (kind, len) = (
-            be16(self.msg, offset),
-            usize::from(be16(self.msg, offset + 2)),
-        );
+        let (kind, len) = (be16(self.msg, offset), usize::from(be16(self.msg, offset + 2)));
         let start = offset + 4;
         let Some(value) = self.msg.get(start..start + len) else {
             self.done = true;
@@ -186,11 +176,7 @@ impl<'a> Iterator for Attributes<'a> {
         };
         // §15: values are padded to a 4-byte boundary; the padding is not counted in `len`.
         self.pos = start + len.next_multiple_of(4);
-        Some(Ok(Attribute {
-            kind,
-            value,
-            offset,
-        }))
+        Some(Ok(Attribute { kind, value, offset }))
     }
 }
 
@@ -201,14 +187,11 @@ pub(crate) mod tests {
     /// RFC 5769 §2.1 sample request (software, priority, ice-controlled, username,
     /// message-integrity, fingerprint); username "evtj:h6vY", password "VOkJxbRl1RmTxUk/WvJxBt".
     pub(crate) const RFC5769_REQUEST: [u8; 108] = [
-        0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6,
-        0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53, 0x54, 0x55, 0x4e, 0x20, 0x74,
-        0x65, 0x73, 0x74, 0x20, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x00, 0x24, 0x00, 0x04, 0x6e,
-        0x00, 0x01, 0xff, 0x80, 0x29, 0x00, 0x08, 0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36,
-        0x00, 0x06, 0x00, 0x09, 0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68, 0x36, 0x76, 0x59, 0x20, 0x20,
-        0x20, 0x00, 0x08, 0x00, 0x14, 0x9a, 0xea, 0xa7, 0x0c, 0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e,
-        0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49, 0xc1, 0xb5, 0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5,
-        0x7a, 0x3b, 0xcf,
+        0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53,
+        0x54, 0x55, 0x4e, 0x20, 0x74, 0x65, 0x73, 0x74, 0x20, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x00, 0x24, 0x00, 0x04, 0x6e, 0x00, 0x01, 0xff, 0x80, 0x29,
+        0x00, 0x08, 0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36, 0x00, 0x06, 0x00, 0x09, 0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68, 0x36, 0x76, 0x59, 0x20, 0x20,
+        0x20, 0x00, 0x08, 0x00, 0x14, 0x9a, 0xea, 0xa7, 0x0c, 0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e, 0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49, 0xc1, 0xb5, 0x71, 0xa2,
+        0x80, 0x28, 0x00, 0x04, 0xe5, 0x7a, 0x3b, 0xcf,
     ];
 
     #[test]
@@ -219,22 +202,8 @@ pub(crate) mod tests {
         assert_eq!(m.message_len(), 0x58);
         assert_eq!(m.magic_cookie(), MAGIC_COOKIE);
         assert_eq!(m.transaction_id()[0], 0xb7);
-        let kinds: Vec<(u16, usize, usize)> = m
-            .attributes()
-            .map(|a| a.unwrap())
-            .map(|a| (a.kind, a.value.len(), a.offset))
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                (0x8022, 16, 20),
-                (0x0024, 4, 40),
-                (0x8029, 8, 48),
-                (0x0006, 9, 60),
-                (0x0008, 20, 76),
-                (0x8028, 4, 100)
-            ]
-        );
+        let kinds: Vec<(u16, usize, usize)> = m.attributes().map(|a| a.unwrap()).map(|a| (a.kind, a.value.len(), a.offset)).collect();
+        assert_eq!(kinds, [(0x8022, 16, 20), (0x0024, 4, 40), (0x8029, 8, 48), (0x0006, 9, 60), (0x0008, 20, 76), (0x8028, 4, 100)]);
         assert_eq!(m.find_attribute(0x0006), Some(&b"evtj:h6vY"[..]));
         assert_eq!(m.find_attribute(0x0020), None);
     }
@@ -242,12 +211,7 @@ pub(crate) mod tests {
     #[test]
     fn classes_and_methods() {
         let mut b = RFC5769_REQUEST;
-        for (t, class) in [
-            (0x0001u16, Class::Request),
-            (0x0011, Class::Indication),
-            (0x0101, Class::SuccessResponse),
-            (0x0111, Class::ErrorResponse),
-        ] {
+        for (t, class) in [(0x0001u16, Class::Request), (0x0011, Class::Indication), (0x0101, Class::SuccessResponse), (0x0111, Class::ErrorResponse)] {
             b[..2].copy_from_slice(&t.to_be_bytes());
             let m = Message::new_checked(&b[..]).unwrap();
             assert_eq!((m.class(), m.method()), (class, METHOD_BINDING));
@@ -261,10 +225,7 @@ pub(crate) mod tests {
     #[test]
     fn every_truncation_is_refused() {
         for n in 0..RFC5769_REQUEST.len() {
-            assert!(
-                Message::new_checked(&RFC5769_REQUEST[..n]).is_err(),
-                "len {n}"
-            );
+            assert!(Message::new_checked(&RFC5769_REQUEST[..n]).is_err(), "len {n}");
         }
     }
 

@@ -18,11 +18,7 @@ pub const SUB_PT_VP8_RTX: u8 = 101;
 /// Deterministic key material for one direction of one leg.
 pub fn material(profile: Profile, seed: u32, dir: u8) -> KeyMaterial {
     let k = |i: usize| (seed.wrapping_mul(131).wrapping_add(i as u32 * 7 + u32::from(dir) * 61) % 251) as u8;
-    KeyMaterial {
-        profile,
-        key: (0..profile.key_len()).map(k).collect(),
-        salt: (0..profile.salt_len()).map(|i| k(i + 40) ^ 0x5a).collect(),
-    }
+    KeyMaterial { profile, key: (0..profile.key_len()).map(k).collect(), salt: (0..profile.salt_len()).map(|i| k(i + 40) ^ 0x5a).collect() }
 }
 
 /// A leg spec: `up` is what the participant sends (the SFU's rx), `down` what it receives.
@@ -61,10 +57,7 @@ pub fn video_track(id: u32, publisher: u32, layers: &[(u32, u32)]) -> TrackSpec 
         publisher: LegId(publisher),
         kind: MediaKind::Video,
         clock_rate: 90_000,
-        layers: layers
-            .iter()
-            .map(|&(s, r)| LayerSpec { ssrc: Some(Ssrc(s)), rtx_ssrc: Some(Ssrc(r)), rid: None })
-            .collect(),
+        layers: layers.iter().map(|&(s, r)| LayerSpec { ssrc: Some(Ssrc(s)), rtx_ssrc: Some(Ssrc(r)), rid: None }).collect(),
         payload_types: vec![PayloadSpec { pt: Pt(PT_VP8), codec: Codec::Vp8, rtx_pt: Some(Pt(PT_VP8_RTX)) }],
         rid_ext: None,
         repaired_rid_ext: None,
@@ -77,11 +70,7 @@ pub fn subscription(subscriber: u32, track: u32, out_ssrc: u32, out_rtx: Option<
         track: TrackId(track),
         out_ssrc: Ssrc(out_ssrc),
         out_rtx_ssrc: out_rtx.map(Ssrc),
-        pt_map: vec![
-            (Pt(PT_OPUS), Pt(SUB_PT_OPUS)),
-            (Pt(PT_VP8), Pt(SUB_PT_VP8)),
-            (Pt(PT_VP8_RTX), Pt(SUB_PT_VP8_RTX)),
-        ],
+        pt_map: vec![(Pt(PT_OPUS), Pt(SUB_PT_OPUS)), (Pt(PT_VP8), Pt(SUB_PT_VP8)), (Pt(PT_VP8_RTX), Pt(SUB_PT_VP8_RTX))],
         ext_map: vec![],
         target_layer: layer,
         paused: false,

@@ -186,11 +186,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Padding bytes at the end, the count byte included (0 if P is clear).
     pub fn padding_len(&self) -> usize {
-        if self.has_padding() {
-            usize::from(self.buf()[self.total_len() - 1])
-        } else {
-            0
-        }
+        if self.has_padding() { usize::from(self.buf()[self.total_len() - 1]) } else { 0 }
     }
 
     /// The packet's bytes, exactly `total_len()` of them: what the typed views take.
@@ -233,18 +229,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
 /// Walks the packets of a compound datagram (decrypted SRTCP, trailer removed).
 pub fn compound(datagram: &[u8]) -> Compound<'_> {
-    Compound {
-        rest: datagram,
-        done: false,
-    }
+    Compound { rest: datagram, done: false }
 }
 
 /// Walks the packets of a compound datagram for in-place rewriting.
 pub fn compound_mut(datagram: &mut [u8]) -> CompoundMut<'_> {
-    CompoundMut {
-        rest: datagram,
-        done: false,
-    }
+    CompoundMut { rest: datagram, done: false }
 }
 
 /// Whether a datagram is reduced-size RTCP (RFC 5506 §3): its first packet is neither SR nor
@@ -509,25 +499,16 @@ impl ReportBlockInfo {
 fn block_at(buf: &[u8], first: usize, count: u8, index: usize) -> Option<ReportBlock<&[u8]>> {
     (index < usize::from(count)).then(|| {
         let off = first + REPORT_BLOCK_LEN * index;
-        ReportBlock {
-            buffer: &buf[off..off + REPORT_BLOCK_LEN],
-        }
+        ReportBlock { buffer: &buf[off..off + REPORT_BLOCK_LEN] }
     })
 }
 
-fn block_at_mut(
-    buf: &mut [u8],
-    first: usize,
-    count: u8,
-    index: usize,
-) -> Option<ReportBlock<&mut [u8]>> {
+fn block_at_mut(buf: &mut [u8], first: usize, count: u8, index: usize) -> Option<ReportBlock<&mut [u8]>> {
     if index >= usize::from(count) {
         return None;
     }
     let off = first + REPORT_BLOCK_LEN * index;
-    Some(ReportBlock {
-        buffer: &mut buf[off..off + REPORT_BLOCK_LEN],
-    })
+    Some(ReportBlock { buffer: &mut buf[off..off + REPORT_BLOCK_LEN] })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -816,11 +797,7 @@ impl<T: AsRef<[u8]>> Sdes<T> {
 
     /// The chunks in order.
     pub fn chunks(&self) -> SdesChunks<'_> {
-        SdesChunks {
-            buf: &self.buf()[..self.body_end],
-            pos: HEADER_LEN,
-            left: self.chunk_count(),
-        }
+        SdesChunks { buf: &self.buf()[..self.body_end], pos: HEADER_LEN, left: self.chunk_count() }
     }
 }
 
@@ -911,8 +888,7 @@ impl<T: AsRef<[u8]>> Bye<T> {
 
     /// The `index`th SSRC.
     pub fn ssrc(&self, index: usize) -> Option<Ssrc> {
-        (index < usize::from(self.ssrc_count()))
-            .then(|| Ssrc(be32(self.buf(), HEADER_LEN + 4 * index)))
+        (index < usize::from(self.ssrc_count())).then(|| Ssrc(be32(self.buf(), HEADER_LEN + 4 * index)))
     }
 
     /// All SSRCs.
@@ -1020,11 +996,7 @@ pub struct NackItem {
 impl NackItem {
     /// The lost sequence numbers this item reports, in order (1 to 17 of them).
     pub fn sequence_numbers(self) -> impl Iterator<Item = u16> {
-        core::iter::once(self.pid).chain(
-            (0..16u16)
-                .filter(move |i| self.blp & (1 << i) != 0)
-                .map(move |i| self.pid.wrapping_add(i + 1)),
-        )
+        core::iter::once(self.pid).chain((0..16u16).filter(move |i| self.blp & (1 << i) != 0).map(move |i| self.pid.wrapping_add(i + 1)))
     }
 }
 
@@ -1032,10 +1004,7 @@ impl NackItem {
 /// sequence number it cannot cover. `seqs` should be in ascending (wrapping) order, as a loss
 /// detector produces them; out-of-order input still yields correct, just more, items.
 /// Returns the number of items written, or `Err(BufferTooSmall)` if `out` runs out.
-pub fn pack_nack_items(
-    seqs: impl IntoIterator<Item = u16>,
-    out: &mut [NackItem],
-) -> Result<usize, WireError> {
+pub fn pack_nack_items(seqs: impl IntoIterator<Item = u16>, out: &mut [NackItem]) -> Result<usize, WireError> {
     let mut n = 0usize;
     for seq in seqs {
         if let Some(last) = n.checked_sub(1).and_then(|i| out.get_mut(i)) {
@@ -1074,10 +1043,7 @@ impl<T: AsRef<[u8]>> Nack<T> {
     pub fn item(&self, index: usize) -> Option<NackItem> {
         (index < self.item_count()).then(|| {
             let off = FEEDBACK_FCI + 4 * index;
-            NackItem {
-                pid: be16(self.buf(), off),
-                blp: be16(self.buf(), off + 2),
-            }
+            NackItem { pid: be16(self.buf(), off), blp: be16(self.buf(), off + 2) }
         })
     }
 
@@ -1176,10 +1142,7 @@ impl<T: AsRef<[u8]>> Fir<T> {
     pub fn entry(&self, index: usize) -> Option<FirEntry> {
         (index < self.entry_count()).then(|| {
             let off = FEEDBACK_FCI + 8 * index;
-            FirEntry {
-                ssrc: Ssrc(be32(self.buf(), off)),
-                seq: self.buf()[off + 4],
-            }
+            FirEntry { ssrc: Ssrc(be32(self.buf(), off)), seq: self.buf()[off + 4] }
         })
     }
 
@@ -1345,12 +1308,7 @@ pub fn write_fir(buf: &mut [u8], sender: Ssrc, entries: &[FirEntry]) -> Result<u
 }
 
 /// Writes a generic NACK (RFC 4585 §6.2.1); returns the length. See [`pack_nack_items`].
-pub fn write_nack(
-    buf: &mut [u8],
-    sender: Ssrc,
-    media: Ssrc,
-    items: &[NackItem],
-) -> Result<usize, WireError> {
+pub fn write_nack(buf: &mut [u8], sender: Ssrc, media: Ssrc, items: &[NackItem]) -> Result<usize, WireError> {
     let total = FEEDBACK_FCI + 4 * items.len();
     write_header(buf, FMT_NACK, PT_RTPFB, total)?;
     set_be32(buf, 4, sender.0);
@@ -1364,11 +1322,7 @@ pub fn write_nack(
 }
 
 /// Writes a receiver report with up to 31 report blocks; returns the length.
-pub fn write_rr(
-    buf: &mut [u8],
-    sender: Ssrc,
-    blocks: &[ReportBlockInfo],
-) -> Result<usize, WireError> {
+pub fn write_rr(buf: &mut [u8], sender: Ssrc, blocks: &[ReportBlockInfo]) -> Result<usize, WireError> {
     let count = u8::try_from(blocks.len()).map_err(|_| WireError::OutOfRange)?;
     let total = RR_BLOCKS + REPORT_BLOCK_LEN * blocks.len();
     write_header(buf, count, PT_RR, total)?;
@@ -1381,12 +1335,7 @@ pub fn write_rr(
 }
 
 /// Writes a sender report with up to 31 report blocks; returns the length.
-pub fn write_sr(
-    buf: &mut [u8],
-    sender: Ssrc,
-    info: &SenderInfo,
-    blocks: &[ReportBlockInfo],
-) -> Result<usize, WireError> {
+pub fn write_sr(buf: &mut [u8], sender: Ssrc, info: &SenderInfo, blocks: &[ReportBlockInfo]) -> Result<usize, WireError> {
     let count = u8::try_from(blocks.len()).map_err(|_| WireError::OutOfRange)?;
     let total = SR_BLOCKS + REPORT_BLOCK_LEN * blocks.len();
     write_header(buf, count, PT_SR, total)?;
@@ -1420,12 +1369,7 @@ pub fn write_sdes_cname(buf: &mut [u8], ssrc: Ssrc, cname: &[u8]) -> Result<usiz
 }
 
 /// Writes a REMB (draft-alvestrand-rmcat-remb-03) for up to 255 SSRCs; returns the length.
-pub fn write_remb(
-    buf: &mut [u8],
-    sender: Ssrc,
-    bitrate_bps: u64,
-    ssrcs: &[Ssrc],
-) -> Result<usize, WireError> {
+pub fn write_remb(buf: &mut [u8], sender: Ssrc, bitrate_bps: u64, ssrcs: &[Ssrc]) -> Result<usize, WireError> {
     let count = u8::try_from(ssrcs.len()).map_err(|_| WireError::OutOfRange)?;
     let total = 20 + 4 * ssrcs.len();
     write_header(buf, FMT_AFB, PT_PSFB, total)?;
@@ -1477,55 +1421,33 @@ mod tests {
         for n in 0..pkt.len() {
             assert!(Packet::new_checked(&pkt[..n]).is_err(), "len {n}");
             assert!(!typed_ok(&pkt[..n]), "typed len {n}");
-            assert_eq!(
-                compound(&pkt[..n]).filter(Result::is_ok).count(),
-                0,
-                "compound len {n}"
-            );
+            assert_eq!(compound(&pkt[..n]).filter(Result::is_ok).count(), 0, "compound len {n}");
         }
     }
 
     /// Every too-small buffer must be refused by a writer, without writing past it.
-    fn assert_small_buffers_refused(
-        len: usize,
-        write: impl Fn(&mut [u8]) -> Result<usize, WireError>,
-    ) {
+    fn assert_small_buffers_refused(len: usize, write: impl Fn(&mut [u8]) -> Result<usize, WireError>) {
         let mut buf = [0u8; 1024];
         for n in 0..len {
-            assert_eq!(
-                write(&mut buf[..n]),
-                Err(WireError::BufferTooSmall),
-                "buffer {n}"
-            );
+            assert_eq!(write(&mut buf[..n]), Err(WireError::BufferTooSmall), "buffer {n}");
         }
         assert_eq!(write(&mut buf[..len]), Ok(len));
     }
 
     #[test]
     fn sr_round_trip() {
-        let info = SenderInfo {
-            ntp_timestamp: 0xE2F0_1234_8000_0000,
-            rtp_timestamp: 90_000,
-            packet_count: 12,
-            octet_count: 3456,
-        };
+        let info = SenderInfo { ntp_timestamp: 0xE2F0_1234_8000_0000, rtp_timestamp: 90_000, packet_count: 12, octet_count: 3456 };
         let blocks = [block(1), block(2)];
         let mut buf = [0u8; 128];
         let n = write_sr(&mut buf, Ssrc(7), &info, &blocks).unwrap();
         assert_eq!(n, 28 + 48);
         let pkt = Packet::new_checked(&buf[..n]).unwrap();
-        assert_eq!(
-            (pkt.kind(), pkt.count(), pkt.total_len()),
-            (Kind::SenderReport, 2, n)
-        );
+        assert_eq!((pkt.kind(), pkt.count(), pkt.total_len()), (Kind::SenderReport, 2, n));
         let sr = SenderReport::new_checked(&buf[..n]).unwrap();
         assert_eq!(sr.sender_ssrc(), Ssrc(7));
         assert_eq!(sr.sender_info(), info);
         assert_eq!(sr.ntp_timestamp(), info.ntp_timestamp);
-        assert_eq!(
-            (sr.rtp_timestamp(), sr.packet_count(), sr.octet_count()),
-            (90_000, 12, 3456)
-        );
+        assert_eq!((sr.rtp_timestamp(), sr.packet_count(), sr.octet_count()), (90_000, 12, 3456));
         assert_eq!(sr.report_count(), 2);
         assert!(sr.report_blocks().map(|b| b.info()).eq(blocks));
         assert!(sr.report_block(2).is_none());
@@ -1546,20 +1468,9 @@ mod tests {
         assert!(sr.report_block_mut(2).is_none());
         let sr = SenderReport::new_checked(&buf[..n]).unwrap();
         assert_eq!(sr.sender_ssrc(), Ssrc(8));
-        assert_eq!(
-            sr.sender_info(),
-            SenderInfo {
-                ntp_timestamp: 4,
-                rtp_timestamp: 1,
-                packet_count: 2,
-                octet_count: 3
-            }
-        );
+        assert_eq!(sr.sender_info(), SenderInfo { ntp_timestamp: 4, rtp_timestamp: 1, packet_count: 2, octet_count: 3 });
         let b = sr.report_block(1).unwrap().info();
-        assert_eq!(
-            (b.ssrc, b.highest_seq, b.last_sr, b.jitter),
-            (Ssrc(99), 5, 6, 42)
-        );
+        assert_eq!((b.ssrc, b.highest_seq, b.last_sr, b.jitter), (Ssrc(99), 5, 6, 42));
         assert_eq!(sr.report_block(0).unwrap().info(), block(1));
     }
 
@@ -1574,25 +1485,12 @@ mod tests {
         assert_eq!(n, 8 + 31 * 24);
         let rr = ReceiverReport::new_checked(&buf[..n]).unwrap();
         assert_eq!((rr.sender_ssrc(), rr.report_count()), (Ssrc(1), 31));
-        let lost: Vec<i32> = rr
-            .report_blocks()
-            .take(4)
-            .map(|b| b.cumulative_lost())
-            .collect();
+        let lost: Vec<i32> = rr.report_blocks().take(4).map(|b| b.cumulative_lost()).collect();
         assert_eq!(lost, [0x7F_FFFF, -0x80_0000, -0x80_0000, -3]);
-        assert_eq!(
-            write_rr(&mut buf, Ssrc(1), &[block(1); 32]),
-            Err(WireError::OutOfRange)
-        );
+        assert_eq!(write_rr(&mut buf, Ssrc(1), &[block(1); 32]), Err(WireError::OutOfRange));
         let n = write_rr(&mut buf, Ssrc(1), &[]).unwrap();
         assert_eq!(n, 8);
-        assert_eq!(
-            ReceiverReport::new_checked(&buf[..n])
-                .unwrap()
-                .report_blocks()
-                .count(),
-            0
-        );
+        assert_eq!(ReceiverReport::new_checked(&buf[..n]).unwrap().report_blocks().count(), 0);
         let n = write_rr(&mut buf, Ssrc(1), &blocks[..1]).unwrap();
         assert_truncations_refused(&buf[..n], |b| ReceiverReport::new_checked(b).is_ok());
         assert_small_buffers_refused(n, |b| write_rr(b, Ssrc(1), &blocks[..1]));
@@ -1600,22 +1498,13 @@ mod tests {
         rr.set_sender_ssrc(Ssrc(2));
         rr.report_block_mut(0).unwrap().set_ssrc(Ssrc(3));
         let rr = ReceiverReport::new_checked(&buf[..n]).unwrap();
-        assert_eq!(
-            (rr.sender_ssrc(), rr.report_block(0).unwrap().ssrc()),
-            (Ssrc(2), Ssrc(3))
-        );
+        assert_eq!((rr.sender_ssrc(), rr.report_block(0).unwrap().ssrc()), (Ssrc(2), Ssrc(3)));
         // RC larger than the length allows.
         buf[0] |= 2;
-        assert_eq!(
-            ReceiverReport::new_checked(&buf[..n]),
-            Err(WireError::BadLength)
-        );
+        assert_eq!(ReceiverReport::new_checked(&buf[..n]), Err(WireError::BadLength));
         // A PLI is not an RR.
         let n = write_pli(&mut buf, Ssrc(1), Ssrc(2)).unwrap();
-        assert_eq!(
-            ReceiverReport::new_checked(&buf[..n]),
-            Err(WireError::WrongType)
-        );
+        assert_eq!(ReceiverReport::new_checked(&buf[..n]), Err(WireError::WrongType));
     }
 
     #[test]
@@ -1635,16 +1524,7 @@ mod tests {
         assert_eq!((pli.sender_ssrc(), pli.media_ssrc()), (Ssrc(3), Ssrc(4)));
         assert_eq!(Fir::new_checked(&buf[..n]), Err(WireError::WrongType));
 
-        let entries = [
-            FirEntry {
-                ssrc: Ssrc(10),
-                seq: 1,
-            },
-            FirEntry {
-                ssrc: Ssrc(11),
-                seq: 255,
-            },
-        ];
+        let entries = [FirEntry { ssrc: Ssrc(10), seq: 1 }, FirEntry { ssrc: Ssrc(11), seq: 255 }];
         let n = write_fir(&mut buf, Ssrc(1), &entries).unwrap();
         assert_eq!(n, 28);
         assert_eq!(&buf[12..20], &[0, 0, 0, 10, 1, 0, 0, 0]);
@@ -1658,26 +1538,14 @@ mod tests {
         fir.set_entry_ssrc(1, Ssrc(12)).unwrap();
         fir.set_entry_seq(1, 7).unwrap();
         assert_eq!(fir.set_entry_ssrc(2, Ssrc(0)), Err(WireError::OutOfRange));
-        assert_eq!(
-            fir.entry(1),
-            Some(FirEntry {
-                ssrc: Ssrc(12),
-                seq: 7
-            })
-        );
+        assert_eq!(fir.entry(1), Some(FirEntry { ssrc: Ssrc(12), seq: 7 }));
     }
 
     #[test]
     fn nack_round_trip_and_expansion() {
-        let item = NackItem {
-            pid: 100,
-            blp: 0b101,
-        };
+        let item = NackItem { pid: 100, blp: 0b101 };
         assert!(item.sequence_numbers().eq([100, 101, 103]));
-        let wrap = NackItem {
-            pid: 65535,
-            blp: 0x8001,
-        };
+        let wrap = NackItem { pid: 65535, blp: 0x8001 };
         assert!(wrap.sequence_numbers().eq([65535, 0, 15]));
 
         let mut items = [NackItem::default(); 8];
@@ -1689,20 +1557,14 @@ mod tests {
         let n = write_nack(&mut buf, Ssrc(1), Ssrc(2), &items[..k]).unwrap();
         assert_eq!(n, 12 + 4 * k);
         let nack = Nack::new_checked(&buf[..n]).unwrap();
-        assert_eq!(
-            (nack.sender_ssrc(), nack.media_ssrc(), nack.item_count()),
-            (Ssrc(1), Ssrc(2), 4)
-        );
+        assert_eq!((nack.sender_ssrc(), nack.media_ssrc(), nack.item_count()), (Ssrc(1), Ssrc(2), 4));
         let mut expect: Vec<u16> = lost.to_vec();
         expect.dedup();
         assert!(nack.sequence_numbers().eq(expect));
         assert_eq!(Packet::new_checked(&buf[..n]).unwrap().kind(), Kind::Nack);
         assert_truncations_refused(&buf[..n], |b| Nack::new_checked(b).is_ok());
         assert_small_buffers_refused(n, |b| write_nack(b, Ssrc(1), Ssrc(2), &items[..k]));
-        assert_eq!(
-            pack_nack_items(lost, &mut items[..2]),
-            Err(WireError::BufferTooSmall)
-        );
+        assert_eq!(pack_nack_items(lost, &mut items[..2]), Err(WireError::BufferTooSmall));
 
         let mut nack = Nack::new_checked(&mut buf[..n]).unwrap();
         nack.set_item(0, NackItem { pid: 1, blp: 2 }).unwrap();
@@ -1743,10 +1605,7 @@ mod tests {
         assert_eq!(Remb::new_checked(&buf[..n]).unwrap().bitrate(), u64::MAX);
         // Not "REMB": another application-layer feedback.
         buf[12] = b'X';
-        assert_eq!(
-            Packet::new_checked(&buf[..n]).unwrap().kind(),
-            Kind::OtherPsfb
-        );
+        assert_eq!(Packet::new_checked(&buf[..n]).unwrap().kind(), Kind::OtherPsfb);
         assert_eq!(Remb::new_checked(&buf[..n]), Err(WireError::WrongType));
     }
 
@@ -1754,30 +1613,15 @@ mod tests {
     fn transport_cc_header() {
         // Base seq 1, 3 statuses, reference time -1 (24-bit), fb count 5, one run-length
         // chunk (3 x "received, small delta") and three 1-byte deltas plus a padding byte.
-        let pkt = [
-            0x8F, 205, 0, 6, 0, 0, 0, 1, 0, 0, 0, 2, 0x00, 0x01, 0x00, 0x03, 0xFF, 0xFF, 0xFF,
-            0x05, 0x20, 0x03, 0x04, 0x04, 0x04, 0x00, 0x00, 0x00,
-        ];
+        let pkt = [0x8F, 205, 0, 6, 0, 0, 0, 1, 0, 0, 0, 2, 0x00, 0x01, 0x00, 0x03, 0xFF, 0xFF, 0xFF, 0x05, 0x20, 0x03, 0x04, 0x04, 0x04, 0x00, 0x00, 0x00];
         let t = TransportCc::new_checked(&pkt[..]).unwrap();
-        assert_eq!(
-            Packet::new_checked(&pkt[..]).unwrap().kind(),
-            Kind::TransportCc
-        );
+        assert_eq!(Packet::new_checked(&pkt[..]).unwrap().kind(), Kind::TransportCc);
         assert_eq!((t.sender_ssrc(), t.media_ssrc()), (Ssrc(1), Ssrc(2)));
         assert_eq!((t.base_sequence_number(), t.packet_status_count()), (1, 3));
         assert_eq!((t.reference_time(), t.feedback_packet_count()), (-1, 5));
         assert_eq!(t.chunks_and_deltas(), &pkt[20..]);
         let pkts: Vec<_> = t.packets().collect();
-        assert_eq!(
-            pkts,
-            (1..=3)
-                .map(|seq| Ok(TwccPacket {
-                    seq,
-                    status: TwccStatus::SmallDelta,
-                    delta: Some(4)
-                }))
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(pkts, (1..=3).map(|seq| Ok(TwccPacket { seq, status: TwccStatus::SmallDelta, delta: Some(4) })).collect::<Vec<_>>());
         assert_truncations_refused(&pkt, |b| TransportCc::new_checked(b).is_ok());
         assert_eq!(Nack::new_checked(&pkt[..]), Err(WireError::WrongType));
     }
@@ -1820,8 +1664,8 @@ mod tests {
     /// SDES with two chunks: CNAME "user@example.com" + NAME "Al"; a chunk with only a CNAME.
     const SDES: [u8; 40] = [
         0x82, 202, 0, 9, //
-        0, 0, 0, 1, 1, 16, b'u', b's', b'e', b'r', b'@', b'e', b'x', b'a', b'm', b'p', b'l', b'e',
-        b'.', b'c', b'o', b'm', 2, 2, b'A', b'l', 0, 0, // chunk 1 (28 bytes)
+        0, 0, 0, 1, 1, 16, b'u', b's', b'e', b'r', b'@', b'e', b'x', b'a', b'm', b'p', b'l', b'e', b'.', b'c', b'o', b'm', 2, 2, b'A', b'l', 0,
+        0, // chunk 1 (28 bytes)
         0, 0, 0, 2, 1, 1, b'x', 0, // chunk 2 (8 bytes)
     ];
 
@@ -1835,10 +1679,7 @@ mod tests {
         assert_eq!(chunks[0].cname(), Some(&b"user@example.com"[..]));
         let items: Vec<_> = chunks[0].items().map(|i| (i.kind, i.value)).collect();
         assert_eq!(items, [(1, &b"user@example.com"[..]), (2, &b"Al"[..])]);
-        assert_eq!(
-            (chunks[1].ssrc, chunks[1].cname()),
-            (Ssrc(2), Some(&b"x"[..]))
-        );
+        assert_eq!((chunks[1].ssrc, chunks[1].cname()), (Ssrc(2), Some(&b"x"[..])));
         assert_truncations_refused(&SDES, |b| Sdes::new_checked(b).is_ok());
         // SC says three chunks.
         let mut b = SDES;
@@ -1856,18 +1697,13 @@ mod tests {
 
     #[test]
     fn bye_and_app() {
-        let bye = [
-            0x82, 203, 0, 4, 0, 0, 0, 1, 0, 0, 0, 2, 5, b'c', b'i', b'a', b'o', 0, 0, 0,
-        ];
+        let bye = [0x82, 203, 0, 4, 0, 0, 0, 1, 0, 0, 0, 2, 5, b'c', b'i', b'a', b'o', 0, 0, 0];
         let b = Bye::new_checked(&bye[..]).unwrap();
         assert!(b.ssrcs().eq([Ssrc(1), Ssrc(2)]));
         assert_eq!(b.reason(), Some(&b"ciao"[..]).map(|_| &bye[13..18]));
         assert_truncations_refused(&bye, |b| Bye::new_checked(b).is_ok());
         let mut m = bye;
-        Bye::new_checked(&mut m[..])
-            .unwrap()
-            .set_ssrc(1, Ssrc(3))
-            .unwrap();
+        Bye::new_checked(&mut m[..]).unwrap().set_ssrc(1, Ssrc(3)).unwrap();
         assert_eq!(Bye::new_checked(&m[..]).unwrap().ssrc(1), Some(Ssrc(3)));
         // Reason longer than the packet.
         m[12] = 8;
@@ -1876,9 +1712,7 @@ mod tests {
         let short = [0x81, 203, 0, 1, 0, 0, 0, 9];
         assert_eq!(Bye::new_checked(&short[..]).unwrap().reason(), None);
 
-        let app = [
-            0x85, 204, 0, 3, 0, 0, 0, 7, b'T', b'E', b'S', b'T', 1, 2, 3, 4,
-        ];
+        let app = [0x85, 204, 0, 3, 0, 0, 0, 7, b'T', b'E', b'S', b'T', 1, 2, 3, 4];
         let a = App::new_checked(&app[..]).unwrap();
         assert_eq!((a.subtype(), a.ssrc(), a.name()), (5, Ssrc(7), *b"TEST"));
         assert_eq!(a.data(), &[1, 2, 3, 4]);
@@ -1891,12 +1725,7 @@ mod tests {
         let pkt = [0xA0, 201, 0, 2, 0, 0, 0, 1, 0, 0, 0, 4];
         let p = Packet::new_checked(&pkt[..]).unwrap();
         assert_eq!((p.padding_len(), p.body()), (4, &pkt[4..8]));
-        assert!(
-            ReceiverReport::new_checked(&pkt[..])
-                .unwrap()
-                .extension()
-                .is_empty()
-        );
+        assert!(ReceiverReport::new_checked(&pkt[..]).unwrap().extension().is_empty());
         let mut b = pkt;
         b[11] = 0;
         assert_eq!(Packet::new_checked(&b[..]), Err(WireError::BadPadding));
@@ -1904,10 +1733,7 @@ mod tests {
         assert_eq!(Packet::new_checked(&b[..]), Err(WireError::BadPadding));
         // Padding eating the sender SSRC makes the RR too short.
         b[11] = 8;
-        assert_eq!(
-            ReceiverReport::new_checked(&b[..]),
-            Err(WireError::BadLength)
-        );
+        assert_eq!(ReceiverReport::new_checked(&b[..]), Err(WireError::BadLength));
         // Padding that leaves a partial NACK item.
         let mut n = [0u8; 20];
         let len = write_nack(&mut n, Ssrc(1), Ssrc(2), &[NackItem { pid: 1, blp: 0 }; 2]).unwrap();
@@ -1925,80 +1751,39 @@ mod tests {
         dgram[len..len + SDES.len()].copy_from_slice(&SDES);
         len += SDES.len();
         len += write_pli(&mut dgram[len..], Ssrc(1), Ssrc(2)).unwrap();
-        len += write_nack(
-            &mut dgram[len..],
-            Ssrc(1),
-            Ssrc(2),
-            &[NackItem { pid: 7, blp: 1 }],
-        )
-        .unwrap();
+        len += write_nack(&mut dgram[len..], Ssrc(1), Ssrc(2), &[NackItem { pid: 7, blp: 1 }]).unwrap();
         let kinds: Vec<_> = compound(&dgram[..len]).map(|p| p.unwrap().kind()).collect();
-        assert_eq!(
-            kinds,
-            [Kind::SenderReport, Kind::Sdes, Kind::Pli, Kind::Nack]
-        );
+        assert_eq!(kinds, [Kind::SenderReport, Kind::Sdes, Kind::Pli, Kind::Nack]);
 
         // Rewrite every sender SSRC in place, as feedback translation does.
         for pkt in compound_mut(&mut dgram[..len]) {
             let mut pkt = pkt.unwrap();
             match pkt.kind() {
-                Kind::SenderReport => SenderReport::new_checked(pkt.as_bytes_mut())
-                    .unwrap()
-                    .set_sender_ssrc(Ssrc(9)),
-                Kind::Pli => Pli::new_checked(pkt.as_bytes_mut())
-                    .unwrap()
-                    .set_media_ssrc(Ssrc(8)),
-                Kind::Nack => Nack::new_checked(pkt.as_bytes_mut())
-                    .unwrap()
-                    .set_media_ssrc(Ssrc(8)),
+                Kind::SenderReport => SenderReport::new_checked(pkt.as_bytes_mut()).unwrap().set_sender_ssrc(Ssrc(9)),
+                Kind::Pli => Pli::new_checked(pkt.as_bytes_mut()).unwrap().set_media_ssrc(Ssrc(8)),
+                Kind::Nack => Nack::new_checked(pkt.as_bytes_mut()).unwrap().set_media_ssrc(Ssrc(8)),
                 _ => {}
             }
         }
         let mut it = compound(&dgram[..len]);
         let sr = it.next().unwrap().unwrap();
-        assert_eq!(
-            SenderReport::new_checked(sr.as_bytes())
-                .unwrap()
-                .sender_ssrc(),
-            Ssrc(9)
-        );
+        assert_eq!(SenderReport::new_checked(sr.as_bytes()).unwrap().sender_ssrc(), Ssrc(9));
         it.next();
         let pli = it.next().unwrap().unwrap();
-        assert_eq!(
-            Pli::new_checked(pli.as_bytes()).unwrap().media_ssrc(),
-            Ssrc(8)
-        );
+        assert_eq!(Pli::new_checked(pli.as_bytes()).unwrap().media_ssrc(), Ssrc(8));
         let nack = it.next().unwrap().unwrap();
-        assert!(
-            Nack::new_checked(nack.as_bytes())
-                .unwrap()
-                .sequence_numbers()
-                .eq([7, 8])
-        );
+        assert!(Nack::new_checked(nack.as_bytes()).unwrap().sequence_numbers().eq([7, 8]));
         assert!(it.next().is_none());
 
         // A truncated last packet: the good ones come out, then one error, then nothing.
-        let items: Vec<_> = compound(&dgram[..len - 1])
-            .map(|p| p.map(|p| p.kind()))
-            .collect();
-        assert_eq!(
-            items,
-            [
-                Ok(Kind::SenderReport),
-                Ok(Kind::Sdes),
-                Ok(Kind::Pli),
-                Err(WireError::Truncated)
-            ]
-        );
+        let items: Vec<_> = compound(&dgram[..len - 1]).map(|p| p.map(|p| p.kind())).collect();
+        assert_eq!(items, [Ok(Kind::SenderReport), Ok(Kind::Sdes), Ok(Kind::Pli), Err(WireError::Truncated)]);
         assert_eq!(compound(&[]).count(), 0);
         assert_eq!(is_reduced_size(&dgram[..len]), Some(false));
         let pli_at = len - 16 - 12;
         assert_eq!(is_reduced_size(&dgram[pli_at..len]), Some(true));
         assert_eq!(is_reduced_size(&dgram[pli_at..pli_at + 3]), None);
-        assert_eq!(
-            compound(&[0x40, 200, 0, 0]).next(),
-            Some(Err(WireError::BadVersion))
-        );
+        assert_eq!(compound(&[0x40, 200, 0, 0]).next(), Some(Err(WireError::BadVersion)));
     }
 
     #[test]
@@ -2022,11 +1807,7 @@ mod tests {
                 let _ = (pkt.kind(), pkt.body().len());
                 let b = pkt.as_bytes_mut();
                 if let Ok(mut v) = SenderReport::new_checked(&mut *b) {
-                    let _ = (
-                        v.sender_info(),
-                        v.report_blocks().count(),
-                        v.extension().len(),
-                    );
+                    let _ = (v.sender_info(), v.report_blocks().count(), v.extension().len());
                     if let Some(mut rb) = v.report_block_mut(0) {
                         rb.set_ssrc(Ssrc(1));
                     }

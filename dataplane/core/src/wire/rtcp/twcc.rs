@@ -28,12 +28,7 @@ feedback_ssrcs!(TransportCc);
 impl<T: AsRef<[u8]>> TransportCc<T> {
     /// Checks RTPFB FMT 15 and that the fixed fields fit.
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let body_end = check_typed(
-            buffer.as_ref(),
-            PT_RTPFB,
-            Some(FMT_TRANSPORT_CC),
-            FEEDBACK_FCI + 8,
-        )?;
+        let body_end = check_typed(buffer.as_ref(), PT_RTPFB, Some(FMT_TRANSPORT_CC), FEEDBACK_FCI + 8)?;
         Ok(TransportCc { buffer, body_end })
     }
 
@@ -76,17 +71,7 @@ impl<T: AsRef<[u8]>> TransportCc<T> {
             covered += u32::from(twcc_chunk_len(be16(data, pos)));
             pos += 2;
         }
-        TwccPackets {
-            data,
-            chunk_pos: 0,
-            delta_pos: pos,
-            seq: self.base_sequence_number(),
-            left: count,
-            chunk: 0,
-            chunk_left: 0,
-            chunk_idx: 0,
-            done: false,
-        }
+        TwccPackets { data, chunk_pos: 0, delta_pos: pos, seq: self.base_sequence_number(), left: count, chunk: 0, chunk_left: 0, chunk_idx: 0, done: false }
     }
 }
 
@@ -200,7 +185,6 @@ impl Iterator for TwccPackets<'_> {
         Some(Ok(TwccPacket { seq, status, delta }))
     }
 }
-
 
 /// A receive delta that fits the 1-byte symbol (0..=255 ticks of 250 µs).
 fn is_small(delta: i16) -> bool {
