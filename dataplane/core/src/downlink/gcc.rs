@@ -112,7 +112,7 @@ impl Gcc {
             last_rate_update: None,
             capacity: None,
             loss_bps: start_bps as f64,
-            acked: VecDeque::with_capacity(1024),
+            acked: VecDeque::with_capacity(256),
             acked_bytes: 0,
             lost_recent: 0,
             total_recent: 0,

@@ -69,6 +69,9 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
 const PROBE_HOLD: Duration = Duration::from_secs(3);
 /// The longest wait between probes while the allocation wants more.
 pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(6);
+/// Samples room kept per leg: a feedback packet reports at most a few hundred packets (more
+/// grows the buffer once, up to [`MAX_SAMPLES`]).
+const SAMPLES_RESERVED: usize = 256;
 /// Feedback packets more than this many reports behind are ignored (impossible counts).
 const MAX_SAMPLES: usize = 2 * HISTORY;
 
@@ -164,7 +167,7 @@ pub struct Downlink {
 impl Clone for Downlink {
     fn clone(&self) -> Self {
         // Only the undo log clones legs; a restored leg restarts its estimate from the history.
-        Self { estimator: Box::new(Gcc::new(self.estimate())), samples: Vec::with_capacity(MAX_SAMPLES), ..Self::new_with(self.history.clone()) }
+        Self { estimator: Box::new(Gcc::new(self.estimate())), samples: Vec::with_capacity(SAMPLES_RESERVED), ..Self::new_with(self.history.clone()) }
     }
 }
 
@@ -179,7 +182,7 @@ impl Downlink {
         Self {
             history,
             estimator: Box::new(Gcc::new(START_BPS)),
-            samples: Vec::with_capacity(MAX_SAMPLES),
+            samples: Vec::with_capacity(SAMPLES_RESERVED),
             probe: None,
             next_cluster: 1,
             last_probe: None,
