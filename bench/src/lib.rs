@@ -7,5 +7,4 @@ pub mod forward;
 pub mod live;
 pub mod meeting;
 pub mod netns;
-pub mod signaling;
 pub mod xdp;

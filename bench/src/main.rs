@@ -56,21 +56,6 @@ enum Command {
     /// a flood dropped by the XDP shield vs the same flood dropped by the workers, and packets out
     /// per second at fan-out 4 for AF_XDP vs the socket backends.
     Xdp(XdpArgs),
-    /// The reference signaling service: serves the meeting page and a WebSocket that puts
-    /// browsers into Sluice meetings through the control plane's gRPC API (see
-    /// bench/src/signaling.rs).
-    Signaling(SignalingArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct SignalingArgs {
-    /// The control plane's gRPC endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    grpc: String,
-    /// Where browsers load the page and open the WebSocket (a loopback or https-fronted address:
-    /// browsers give cameras only to secure contexts, and http://localhost is one).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -374,14 +359,6 @@ fn capacity(a: CapacityArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Signaling(a) => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-                .init();
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(async move { sluice_bench::signaling::Signaling::connect(&a.grpc).await?.serve(a.listen).await })
-        }
         Command::Capacity(a) => capacity(a),
         Command::Demo(a) if a.in_process => demo(&a),
         Command::Demo(a) => demo_live(&a),

@@ -841,7 +841,7 @@ mod chromium {
 
 mod meeting {
     //! The reference signaling example end to end: three headless Chromium participants join a
-    //! meeting through `sluice-bench signaling` (which programs Sluice only over gRPC), publish
+    //! meeting through `sluice-signaling` (which programs Sluice only over gRPC), publish
     //! camera (VP8 simulcast) and microphone, and each must decode video frames and receive audio
     //! from both others through Sluice; when one leaves, its media stops for the others.
 
@@ -964,11 +964,8 @@ mod meeting {
         let cp = start_controlplane(dir, &sock, base + 1, legs);
         let end = Instant::now() + Duration::from_secs(20);
         let listen = format!("127.0.0.1:{}", base + 2);
-        let mut sig = Daemon::start(
-            "sluice-bench",
-            &["signaling", "--grpc", &format!("http://127.0.0.1:{}", base + 1), "--listen", &listen],
-            &dir.path().join("signaling.log"),
-        );
+        let mut sig =
+            Daemon::start("sluice-signaling", &["--grpc", &format!("http://127.0.0.1:{}", base + 1), "--listen", &listen], &dir.path().join("signaling.log"));
         while std::net::TcpStream::connect(&listen).is_err() {
             assert!(Instant::now() < end && sig.wait_exit(Duration::from_millis(50)).is_none(), "no signaling\n{}", sig.log_text());
         }
@@ -1074,8 +1071,8 @@ mod meeting {
         }
         let mut sig = Daemon::start_in_netns(
             &ns_s.name,
-            "sluice-bench",
-            &["signaling", "--grpc", "http://127.0.0.1:32321", "--listen", "10.213.0.1:32322"],
+            "sluice-signaling",
+            &["--grpc", "http://127.0.0.1:32321", "--listen", "10.213.0.1:32322"],
             &dir.path().join("signaling.log"),
         );
         let end = Instant::now() + Duration::from_secs(20);
@@ -1175,7 +1172,7 @@ mod meeting {
         let cp = start_controlplane(&dir, &sock, 32308, (32130, 32139));
         let end = Instant::now() + Duration::from_secs(20);
         let mut sig =
-            Daemon::start("sluice-bench", &["signaling", "--grpc", "http://127.0.0.1:32308", "--listen", "127.0.0.1:32309"], &dir.path().join("signaling.log"));
+            Daemon::start("sluice-signaling", &["--grpc", "http://127.0.0.1:32308", "--listen", "127.0.0.1:32309"], &dir.path().join("signaling.log"));
         while std::net::TcpStream::connect("127.0.0.1:32309").is_err() {
             assert!(Instant::now() < end && sig.wait_exit(Duration::from_millis(50)).is_none(), "no signaling\n{}", sig.log_text());
         }
