@@ -125,6 +125,8 @@ struct Scenario {
     tracks: Vec<(Vec<u64>, u8)>,
     /// The link is a token-bucket shaper with this burst (bytes; 0: a plain rate queue).
     burst: usize,
+    /// The publisher's encoder drops track 1's layer `.0` from `.1` to `.2` µs.
+    gap: Option<(usize, u64, u64)>,
 }
 
 /// 3 → 0.5 → 3 Mbit/s at 20 s and 40 s.
@@ -197,6 +199,11 @@ fn run(s: &Scenario) -> Run {
             next_frame += frame_us;
             let frame = t / frame_us;
             for (l, &(k, layer, bps)) in streams.iter().enumerate() {
+                if s.gap.is_some_and(|(gl, from, to)| k == 0 && layer == gl && (from..to).contains(&t)) {
+                    // The encoder dropped this layer; it restarts with a keyframe.
+                    want_key[l] = true;
+                    continue;
+                }
                 let key = want_key[l] || frame.is_multiple_of(3 * FPS);
                 want_key[l] = false;
                 let bytes = (bps / 8 / FPS) as usize;
@@ -350,7 +357,7 @@ fn check(name: &str, r: &Run, tolerance: f64) {
 
 #[test]
 fn a_subscriber_follows_its_bottleneck_down_and_back_up() {
-    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0 });
+    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0, gap: None });
     check("50 ms RTT, no random loss", &r, 0.2);
     // The events say it too: estimates reported, the cap moved, and the top layer went unwanted
     // during the limit (the signaling could pause it) and wanted again after.
@@ -363,13 +370,13 @@ fn a_subscriber_follows_its_bottleneck_down_and_back_up() {
 
 #[test]
 fn the_loop_holds_with_100_ms_rtt() {
-    let r = run(&Scenario { seed: 2, one_way_us: 50_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0 });
+    let r = run(&Scenario { seed: 2, one_way_us: 50_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0, gap: None });
     check("100 ms RTT", &r, 0.2);
 }
 
 #[test]
 fn the_loop_holds_with_5_percent_random_loss() {
-    let r = run(&Scenario { seed: 3, one_way_us: 25_000, loss: 0.05, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0 });
+    let r = run(&Scenario { seed: 3, one_way_us: 25_000, loss: 0.05, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0, gap: None });
     check("5 % random loss", &r, 0.2);
 }
 
@@ -377,7 +384,7 @@ fn the_loop_holds_with_5_percent_random_loss() {
 /// the drop, the queue overflows. This is what the assertions above catch.
 #[test]
 fn without_the_estimator_the_subscriber_drowns() {
-    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: false, secs: 30, capacity: steps, tracks: camera_only(), burst: 0 });
+    let r = run(&Scenario { seed: 1, one_way_us: 25_000, loss: 0.0, feedback: false, secs: 30, capacity: steps, tracks: camera_only(), burst: 0, gap: None });
     assert!(r.switches.iter().all(|(_, l)| *l == 2), "{:?}", r.switches);
     let worst = window(&r, 24.0, 30.0).map(|s| s.3).max().unwrap();
     assert!(worst > 400_000, "queueing {worst} µs");
@@ -397,6 +404,7 @@ fn under_a_limit_the_screen_share_keeps_its_full_layer() {
         capacity: |_| 1_500_000,
         tracks: vec![(CAMERA.to_vec(), 0), (vec![150_000, 800_000], 2)],
         burst: 0,
+        gap: None,
     });
     let log = format!("{}\nlayers (camera, share) every second: {:?}", report(&r), r.layers.iter().step_by(10).collect::<Vec<_>>());
     let steady: Vec<&Vec<Option<u8>>> = r.layers[100..].iter().collect();
@@ -412,11 +420,45 @@ fn under_a_limit_the_screen_share_keeps_its_full_layer() {
 /// rate, so the subscriber settles on the layer that fits and is never sent up into a freeze.
 #[test]
 fn a_token_bucket_burst_does_not_fool_the_probes() {
-    let r = run(&Scenario { seed: 5, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 40, capacity: |_| 600_000, tracks: camera_only(), burst: 8_000 });
+    let r = run(&Scenario {
+        seed: 5,
+        one_way_us: 25_000,
+        loss: 0.0,
+        feedback: true,
+        secs: 40,
+        capacity: |_| 600_000,
+        tracks: camera_only(),
+        burst: 8_000,
+        gap: None,
+    });
     let log = format!("{}\nswitches {:?}", report(&r), r.switches);
     assert!(r.switches.iter().filter(|(t, _)| *t >= 10_000_000).all(|(_, l)| *l == 0), "only the lowest layer fits 600 kbit/s\n{log}");
     let est: Vec<u64> = window(&r, 15.0, 40.0).map(|s| s.1).collect();
     let mean = est.iter().sum::<u64>() as f64 / est.len() as f64;
     assert!((480_000.0..=720_000.0).contains(&mean), "mean estimate {mean:.0} at 600 kbit/s\n{log}");
+    eprintln!("{log}");
+}
+
+/// The publisher's encoder drops its top layer for 10 s (as a browser does under CPU load): the
+/// allocator falls back to the best layer that flows, and returns to the top layer when it
+/// comes back; the link is never the limit.
+#[test]
+fn a_layer_that_stops_arriving_falls_back_and_returns() {
+    let r = run(&Scenario {
+        seed: 6,
+        one_way_us: 25_000,
+        loss: 0.0,
+        feedback: true,
+        secs: 30,
+        capacity: |_| 5_000_000,
+        tracks: camera_only(),
+        burst: 0,
+        gap: Some((2, 10_000_000, 20_000_000)),
+    });
+    let log = format!("{}\nswitches {:?}", report(&r), r.switches);
+    let down = r.switches.iter().find(|(t, l)| *t >= 10_000_000 && *l == 1).map(|(t, _)| *t);
+    assert!(down.is_some_and(|t| t <= 13_000_000), "on the middle layer within 3 s of the top one stopping: {down:?}\n{log}");
+    let up = r.switches.iter().find(|(t, l)| *t >= 20_000_000 && *l == 2).map(|(t, _)| *t);
+    assert!(up.is_some_and(|t| t <= 24_000_000), "back on the top layer within 4 s of it returning: {up:?}\n{log}");
     eprintln!("{log}");
 }

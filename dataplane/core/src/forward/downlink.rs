@@ -124,7 +124,8 @@ pub(super) fn allocate(
             // the current layer takes) switches at once.
             let current_rate = sub.alloc_layer.map_or(0, |l| d.rates[usize::from(l).min(MAX_LAYERS - 1)]);
             let down = matches!((want, sub.alloc_layer), (Some(w), Some(c)) if w < c);
-            if down && (budget as f64) >= DEEP_DIP * current_rate as f64 {
+            // (A current layer that stopped flowing has no rate: no reason to wait.)
+            if down && current_rate > 0 && (budget as f64) >= DEEP_DIP * current_rate as f64 {
                 let since = *sub.alloc_down_since.get_or_insert(now);
                 if now.saturating_duration_since(since) < DOWN_HOLD {
                     continue;
@@ -242,6 +243,34 @@ pub(super) fn layer_demand<'a>(now: Instant, tracks: impl Iterator<Item = &'a mu
             } else if *reported && now.saturating_duration_since(*since.get_or_insert(now)) >= UNWANTED_AFTER {
                 *reported = false;
                 push_event(events, Event::LayerDemand { track: id, layer: l, wanted: false });
+            }
+        }
+    }
+}
+
+/// Subscriptions of legs without congestion control (no allocator): when the layer they target
+/// stopped flowing (the publisher's encoder dropped it), they get the best lower layer that
+/// flows, and their target back once it flows again. (A leg with an allocator gets the same from
+/// it: a layer that does not flow has no rate and is never chosen.)
+pub(super) fn fallback<'a>(legs: &Map<LegId, Leg>, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) {
+    for t in tracks {
+        let id = t.spec.id;
+        let Track { layers, subs, .. } = t;
+        for sub in subs.iter_mut() {
+            if legs.get(&sub.subscriber).is_none_or(|l| l.downlink.is_some()) {
+                continue;
+            }
+            let target = usize::from(sub.target_layer).min(layers.len().saturating_sub(1));
+            let stopped = |l: &crate::table::LayerState| l.activity.last_rx.is_some() && !l.activity.active;
+            let want = if layers.get(target).is_some_and(stopped) {
+                // The best lower layer that flows; none flows: stay (nothing better to offer).
+                layers[..target].iter().rposition(|l| l.activity.active).map(|l| l as u8).or(sub.alloc_layer)
+            } else {
+                None
+            };
+            if sub.alloc_layer != want {
+                sub.alloc_layer = want;
+                push_event(events, Event::LayerAllocated { track: id, subscriber: sub.subscriber, layer: want.or(Some(target as u8)) });
             }
         }
     }

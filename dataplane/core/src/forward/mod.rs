@@ -550,6 +550,7 @@ impl Core {
             tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port))).map(|t| t.spec.id).collect()
         };
         downlink::layer_demand(now, tracks.values_mut().filter(|t| shard.count <= 1 || owned.contains(&t.spec.id)), &mut self.events);
+        downlink::fallback(legs, tracks.values_mut().filter(|t| shard.count <= 1 || owned.contains(&t.spec.id)), &mut self.events);
         self.next_probe = match (self.next_probe, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

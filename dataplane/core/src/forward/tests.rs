@@ -855,3 +855,51 @@ fn remb_only_publishers_get_remb_in_their_reports() {
     assert_eq!(rembs.len(), 3, "{rembs:?}");
     assert!(rembs[1..].iter().all(|&b| b > 90_000 && b <= 1_000_000), "{rembs:?}");
 }
+
+/// A subscriber without congestion control that targets a layer the publisher stops sending is
+/// moved to the best lower layer that flows (at its keyframe), and back when the layer returns.
+#[test]
+fn a_layer_that_stops_falls_back_to_the_best_that_flows_and_returns() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100, 0x200, 0x300])), Op::UpsertSubscription(sub(2, 1, 0x2001, 2))]).unwrap();
+    latch_all(&mut m);
+    let mut out = OutBatch::new(64);
+    let mut tick = |m: &mut Meeting, now: Instant| {
+        m.core.handle_timeout(now, &mut out);
+        out.clear();
+    };
+    let to_sub = |got: &[(usize, Vec<u8>)]| got.iter().filter(|(i, _)| *i == 1).count();
+    // All three layers flow; the subscriber is on layer 2.
+    let (mut seq, mut t) = ([10u16, 100, 1000], 0u64);
+    let mut frame = |m: &mut Meeting, layers: &[usize], key: bool, t: u64, seq: &mut [u16; 3]| {
+        let mut got = Vec::new();
+        for &l in layers {
+            got.extend(vp8_frame(m, [0x100, 0x200, 0x300][l], seq[l], (t * 90) as u32, key, 1, ms(t)));
+            seq[l] = seq[l].wrapping_add(1);
+        }
+        got
+    };
+    let got = frame(&mut m, &[0, 1, 2], true, t, &mut seq);
+    assert_eq!(to_sub(&got), 1, "layer 2's keyframe");
+    // Layer 2 stops; 0 and 1 go on. Past STREAM_STOPPED_AFTER the housekeeping moves the cap.
+    for _ in 0..100 {
+        t += 33;
+        let got = frame(&mut m, &[0, 1], false, t, &mut seq);
+        assert_eq!(to_sub(&got), 0, "nothing of layers 0 and 1 before the fallback's keyframe");
+        tick(&mut m, ms(t));
+    }
+    assert_eq!(m.core.tables().track(TrackId(1)).unwrap().subs[0].alloc_layer, Some(1));
+    // Layer 1's next keyframe switches the subscriber to it; layer 0 stays filtered.
+    t += 33;
+    let got = frame(&mut m, &[0, 1], true, t, &mut seq);
+    assert_eq!(to_sub(&got), 1);
+    assert_eq!(m.core.tables().track(TrackId(1)).unwrap().subs[0].current_layer, Some(1));
+    // Layer 2 returns: the cap lifts, and its keyframe switches back.
+    t += 33;
+    frame(&mut m, &[0, 1, 2], false, t, &mut seq);
+    tick(&mut m, ms(t + 300));
+    assert_eq!(m.core.tables().track(TrackId(1)).unwrap().subs[0].alloc_layer, None);
+    t += 400;
+    frame(&mut m, &[0, 1, 2], true, t, &mut seq);
+    assert_eq!(m.core.tables().track(TrackId(1)).unwrap().subs[0].current_layer, Some(2));
+}
