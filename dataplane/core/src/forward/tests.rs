@@ -871,7 +871,7 @@ fn a_layer_that_stops_falls_back_to_the_best_that_flows_and_returns() {
     let to_sub = |got: &[(usize, Vec<u8>)]| got.iter().filter(|(i, _)| *i == 1).count();
     // All three layers flow; the subscriber is on layer 2.
     let (mut seq, mut t) = ([10u16, 100, 1000], 0u64);
-    let mut frame = |m: &mut Meeting, layers: &[usize], key: bool, t: u64, seq: &mut [u16; 3]| {
+    let frame = |m: &mut Meeting, layers: &[usize], key: bool, t: u64, seq: &mut [u16; 3]| {
         let mut got = Vec::new();
         for &l in layers {
             got.extend(vp8_frame(m, [0x100, 0x200, 0x300][l], seq[l], (t * 90) as u32, key, 1, ms(t)));
