@@ -46,8 +46,9 @@ use sluice_core::table::{Delta, DtlsRole, EdgeSpec, KeyMaterial, Op};
 use sluice_core::time::Instant;
 use sluice_core::wire::demux::{self, PacketClass};
 
+pub use crate::bus::{LegChange, SlowMsg};
+use crate::bus::{WorkerMsg, Workers};
 use crate::io::SendRegistry;
-use crate::worker::{WorkerMsg, Workers};
 
 /// The DTLS-SRTP profiles offered and accepted, most preferred first (RFC 7714 GCM, then the
 /// RFC 5764 ones every browser has).
@@ -100,39 +101,6 @@ pub enum EdgeError {
 
 fn ssl_err(op: &'static str) -> impl FnOnce(openssl::error::ErrorStack) -> EdgeError {
     move |source| EdgeError::Ssl { op, source }
-}
-
-/// What the slow path is told.
-#[derive(Debug)]
-pub enum SlowMsg {
-    /// A STUN or DTLS datagram a worker received on a WebRTC leg's port.
-    Datagram(Box<SlowDatagram>),
-    /// WebRTC legs changed (from an applied delta).
-    Legs(Vec<LegChange>),
-    /// Make a new certificate for new handshakes; answers with the new status.
-    Rotate(Sender<EdgeStatus>),
-    /// Answer with the status.
-    Status(Sender<EdgeStatus>),
-    /// Exit.
-    Stop,
-}
-
-/// A change to the set of WebRTC legs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LegChange {
-    /// Created or changed; an unchanged spec keeps the leg's ICE and DTLS state.
-    Upsert {
-        /// The leg.
-        leg: LegId,
-        /// Its port.
-        port: u16,
-        /// Its ICE/DTLS parameters.
-        spec: EdgeSpec,
-    },
-    /// Gone, or no longer a WebRTC leg.
-    Remove(LegId),
-    /// A full snapshot: every leg not listed is gone.
-    Retain(Vec<LegId>),
 }
 
 /// The WebRTC-leg changes an applied delta makes.

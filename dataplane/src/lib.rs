@@ -12,6 +12,7 @@
 //! - [`shield`]: keeps the XDP stage's allow-lists in step with the tables.
 #![deny(missing_docs)]
 
+pub mod bus;
 pub mod config;
 pub mod control;
 pub mod edge;

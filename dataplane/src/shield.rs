@@ -39,25 +39,13 @@ use sluice_core::forward::{Event, Shard};
 use sluice_core::ids::{LegId, Ssrc, TrackId};
 use sluice_core::table::{Delta, Op, TrackSpec};
 
+pub use crate::bus::ShieldMsg;
 use crate::xdp::{RelayRoute, VerdictCounts, XdpError, XdpStage, flow_key};
 
 /// How often the thread reads the per-CPU verdict counters for `/metrics`.
 const COUNTERS_EVERY: Duration = Duration::from_millis(250);
 /// Capacity of the shield's inbox.
 pub const SHIELD_QUEUE: usize = 8192;
-
-/// A message to the shield thread.
-#[derive(Debug)]
-pub enum ShieldMsg {
-    /// A delta every worker applied; the reply carries the number of map writes, or why a write
-    /// failed.
-    Apply(Arc<Delta>, Sender<Result<usize, String>>),
-    /// Something a worker learned: `Event::RemoteLatched` and `Event::SsrcLearned` matter, the
-    /// rest is ignored.
-    Event(Event),
-    /// Exit the thread (the stage stays pinned and attached).
-    Stop,
-}
 
 /// The latest verdict counters, read by the metrics endpoint.
 pub type SharedCounts = Arc<Mutex<Option<VerdictCounts>>>;

@@ -1,0 +1,172 @@
+//! The daemon's one message bus: every message that crosses between its threads, and the handle
+//! the control thread reaches the workers with. Threads talk only through bounded crossbeam
+//! channels of these types; defining them here (not in the modules of the threads that read
+//! them) keeps the modules free of import cycles.
+//!
+//! ```text
+//!   control ──WorkerMsg (deltas, snapshots)──▶ workers ◀──WorkerMsg (remotes, learned SSRCs,
+//!      │                                          │        DTLS keys, consent)── edge, workers
+//!      ├──SlowMsg (leg changes, status)──▶ edge ◀─┘ SlowMsg::Datagram (STUN/DTLS)
+//!      └──ShieldMsg (deltas)──▶ shield ◀──────────── ShieldMsg::Event (latched, learned)
+//!   workers ──Handoff (feedback for another worker's track, by value)──▶ workers
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use sluice_api::EdgeStatus;
+use sluice_core::forward::{Event, SlowDatagram};
+use sluice_core::ids::{Generation, LegId};
+use sluice_core::table::{Delta, DeltaError, EdgeSpec, KeyMaterial};
+
+/// What a worker is told between batches.
+#[derive(Clone, Debug)]
+pub enum WorkerMsg {
+    /// Apply a delta and answer with the result.
+    Apply(Arc<Delta>, Sender<Result<Generation, DeltaError>>),
+    /// A leg's remote address, learned by the worker that owns the leg or selected by ICE.
+    SetRemote(LegId, std::net::SocketAddr),
+    /// A simulcast layer's SSRC, learned from its RID by the worker that owns the leg: every
+    /// worker's tables hold it, so a later delta that clashes with it is refused by all of them
+    /// alike (never applied on some and refused on others, which would split the generations).
+    LearnSsrc {
+        /// The publisher leg.
+        leg: LegId,
+        /// The track.
+        track: sluice_core::ids::TrackId,
+        /// The layer.
+        layer: u8,
+        /// Whether it is the layer's RTX SSRC.
+        rtx: bool,
+        /// The SSRC.
+        ssrc: sluice_core::ids::Ssrc,
+    },
+    /// The SRTP keys `(rx, tx)` a WebRTC leg's DTLS handshake exported (from the slow path).
+    EdgeKeys(LegId, Arc<(KeyMaterial, KeyMaterial)>),
+    /// A WebRTC leg's ICE consent (from the slow path).
+    EdgeConsent(LegId, bool),
+    /// Answer with the full table.
+    Snapshot(Sender<Delta>),
+    /// Stop taking new datagrams, flush what is pending and exit.
+    Stop,
+}
+
+/// What the slow path is told.
+#[derive(Debug)]
+pub enum SlowMsg {
+    /// A STUN or DTLS datagram a worker received on a WebRTC leg's port.
+    Datagram(Box<SlowDatagram>),
+    /// WebRTC legs changed (from an applied delta).
+    Legs(Vec<LegChange>),
+    /// Make a new certificate for new handshakes; answers with the new status.
+    Rotate(Sender<EdgeStatus>),
+    /// Answer with the status.
+    Status(Sender<EdgeStatus>),
+    /// Exit.
+    Stop,
+}
+
+/// A change to the set of WebRTC legs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LegChange {
+    /// Created or changed; an unchanged spec keeps the leg's ICE and DTLS state.
+    Upsert {
+        /// The leg.
+        leg: LegId,
+        /// Its port.
+        port: u16,
+        /// Its ICE/DTLS parameters.
+        spec: EdgeSpec,
+    },
+    /// Gone, or no longer a WebRTC leg.
+    Remove(LegId),
+    /// A full snapshot: every leg not listed is gone.
+    Retain(Vec<LegId>),
+}
+
+/// A message to the shield thread.
+#[derive(Debug)]
+pub enum ShieldMsg {
+    /// A delta every worker applied; the reply carries the number of map writes, or why a write
+    /// failed.
+    Apply(Arc<Delta>, Sender<Result<usize, String>>),
+    /// Something a worker learned: `Event::RemoteLatched` and `Event::SsrcLearned` matter, the
+    /// rest is ignored.
+    Event(Event),
+    /// Exit the thread (the stage stays pinned and attached).
+    Stop,
+}
+
+/// Shared handle the control thread uses to reach every worker.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    senders: Vec<Sender<WorkerMsg>>,
+    applied: Arc<Mutex<Generation>>,
+}
+
+impl Workers {
+    /// Wraps the workers' inboxes.
+    pub fn new(senders: Vec<Sender<WorkerMsg>>) -> Self {
+        Self { senders, applied: Arc::new(Mutex::new(Generation(0))) }
+    }
+
+    /// Applies a delta on every worker (each between two of its batches) and waits for all.
+    /// Validation is deterministic, so the workers agree; the first refusal is returned.
+    pub fn apply(&self, delta: Delta) -> Result<Generation, DeltaError> {
+        let delta = Arc::new(delta);
+        let replies: Vec<_> = self
+            .senders
+            .iter()
+            .map(|s| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let _ = s.send(WorkerMsg::Apply(delta.clone(), tx));
+                rx
+            })
+            .collect();
+        let mut result = None;
+        for r in replies {
+            match r.recv_timeout(Duration::from_secs(10)) {
+                Ok(res) => {
+                    if result.as_ref().is_none_or(|x: &Result<Generation, DeltaError>| x.is_ok()) {
+                        result = Some(res);
+                    }
+                }
+                Err(_) => tracing::error!("a worker did not answer a delta within 10 s"),
+            }
+        }
+        let result = result.unwrap_or(Err(DeltaError::Generation { current: self.generation(), got: delta.generation }));
+        if let Ok(g) = &result
+            && let Ok(mut a) = self.applied.lock()
+        {
+            *a = *g;
+        }
+        result
+    }
+
+    /// Sends a message made by `msg` to every worker (cold path: waits for room in a full inbox).
+    pub fn broadcast(&self, msg: impl Fn() -> WorkerMsg) {
+        for s in &self.senders {
+            let _ = s.send(msg());
+        }
+    }
+
+    /// The generation of the last applied delta.
+    pub fn generation(&self) -> Generation {
+        self.applied.lock().map(|g| *g).unwrap_or(Generation(0))
+    }
+
+    /// The full table, from worker 0.
+    pub fn snapshot(&self) -> Option<Delta> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.senders.first()?.send(WorkerMsg::Snapshot(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    /// Tells every worker to stop.
+    pub fn stop(&self) {
+        for s in &self.senders {
+            let _ = s.send(WorkerMsg::Stop);
+        }
+    }
+}
