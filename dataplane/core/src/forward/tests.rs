@@ -903,3 +903,56 @@ fn a_layer_that_stops_falls_back_to_the_best_that_flows_and_returns() {
     frame(&mut m, &[0, 1, 2], true, t, &mut seq);
     assert_eq!(m.core.tables().track(TrackId(1)).unwrap().subs[0].current_layer, Some(2));
 }
+
+/// Unsubscribing and subscribing again with the same out-SSRC is one stream to the subscriber:
+/// its sequence numbers continue where they stopped (the packets the publisher sent meanwhile are
+/// not loss to the subscriber), its timestamps move forward, and the SRTP send state carries on
+/// (a fresh one would start the rollover counter over under the same key and SSRC).
+#[test]
+fn resubscribing_with_the_same_out_ssrc_continues_the_stream() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let mut rr = [0u8; 8];
+    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
+    let wire = m.peers[1].send_rtcp(&rr[..n]);
+    m.deliver(1, &wire, ms(0));
+    let send = |m: &mut Meeting, k: u16| {
+        let plain = rtp_packet(0x1111, 1000 + k, 960 * u32::from(k), 111, &[1; 40]);
+        let wire = m.peers[0].send_rtp(&plain);
+        m.deliver(0, &wire, ms(20 * u64::from(k)))
+            .into_iter()
+            .map(|(_, p)| {
+                let pkt = rtp::Packet::new_checked(&p[..]).unwrap();
+                (pkt.ssrc(), pkt.sequence_number(), pkt.timestamp())
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut last = None;
+    for k in 0..10 {
+        last = send(&mut m, k).pop();
+    }
+    let (_, last_seq, last_ts) = last.expect("subscribed");
+    m.apply(vec![Op::RemoveSubscription { subscriber: LegId(2), track: TrackId(1) }]).unwrap();
+    // Six seconds without the subscription: 300 packets the subscriber never sees.
+    for k in 10..310 {
+        assert!(send(&mut m, k).is_empty());
+    }
+    m.apply(vec![Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let got = send(&mut m, 310);
+    assert_eq!(got.len(), 1, "resubscribed; the subscriber authenticates it");
+    let (ssrc, seq, ts) = got[0];
+    assert_eq!(ssrc, Ssrc(0x2001));
+    assert_eq!(seq, last_seq.wrapping_add(1), "sequence continues after the unsubscribe (was {last_seq})");
+    assert!(ts.wrapping_sub(last_ts) > 0 && ts.wrapping_sub(last_ts) < 0x8000_0000, "timestamp moves forward: {last_ts} -> {ts}");
+    assert_eq!(ts.wrapping_sub(last_ts), 48 * 20 * 301, "by the time that passed (301 packet times at 48 kHz)");
+    let (_, next_seq, _) = send(&mut m, 311)[0];
+    assert_eq!(next_seq, seq.wrapping_add(1));
+
+    // A different out-SSRC is a different stream: it starts fresh.
+    m.apply(vec![Op::RemoveSubscription { subscriber: LegId(2), track: TrackId(1) }, Op::UpsertSubscription(sub(2, 1, 0x2101, 0))]).unwrap();
+    assert_eq!(send(&mut m, 312), vec![(Ssrc(0x2101), 1312, 960 * 312)]);
+    // And back to the first: it continues from where it stopped, again.
+    m.apply(vec![Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let (ssrc, seq2, _) = send(&mut m, 313)[0];
+    assert_eq!((ssrc, seq2), (Ssrc(0x2001), next_seq.wrapping_add(1)));
+}

@@ -41,6 +41,9 @@ pub type Map<K, V> = HashMap<K, V, RandomState>;
 pub const MAX_PT_MAP: usize = 8;
 /// How many SRTCP senders a leg keeps replay state for.
 const MAX_RTCP_SENDERS: usize = 8;
+/// How many removed subscriptions' stream state a subscriber leg keeps (by out-SSRC) to resume
+/// them if they come back.
+pub const MAX_RETIRED_STREAMS: usize = 16;
 
 /// Why a delta was refused. The whole delta was rolled back; the tables are as before it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -180,6 +183,26 @@ pub struct Leg {
     /// Sluice as the sender towards the participant: its transport-wide sequence, send history
     /// and bandwidth estimate, when the leg negotiated transport-cc.
     pub downlink: Option<Box<Downlink>>,
+    /// The stream state of subscriptions this leg no longer has, oldest first, at most
+    /// [`MAX_RETIRED_STREAMS`]: a subscription that comes back with the same out-SSRC resumes it.
+    retired: Vec<RetiredStream>,
+}
+
+/// What the subscriber saw of a removed subscription's stream: where its sequence numbers and
+/// timestamps stopped and the SRTP send state of its SSRCs. To the subscriber an out-SSRC is one
+/// stream, so a subscription that comes back with it continues the sequence (a jump would count
+/// as loss) and the rollover counter (a fresh one would reuse SRTP indexes under the same key).
+#[derive(Clone, Debug)]
+struct RetiredStream {
+    out_ssrc: Ssrc,
+    out_rtx_ssrc: Option<Ssrc>,
+    rewriter: SeqTsRewriter,
+    srtp: RtpSendState,
+    rtx_srtp: RtpSendState,
+    rtx_seq: u16,
+    srtcp: RtcpSendState,
+    packets_sent: u32,
+    octets_sent: u32,
 }
 
 /// What a WebRTC leg learned at run time, kept across every upsert (and full resync) that leaves
@@ -280,6 +303,27 @@ impl Leg {
     /// The SRTCP receive state of `sender`, if it sent an authenticated packet before.
     pub fn rtcp_recv(&self, sender: Ssrc) -> Option<&RtcpRecvState> {
         self.rtcp_recv.iter().find(|(s, _)| *s == sender).map(|(_, st)| st)
+    }
+
+    /// Keeps the stream state of a removed subscription (replacing an older one of the same
+    /// out-SSRC, forgetting the oldest past [`MAX_RETIRED_STREAMS`]).
+    fn retire(&mut self, stream: RetiredStream) {
+        self.retired.retain(|r| r.out_ssrc != stream.out_ssrc);
+        if self.retired.len() >= MAX_RETIRED_STREAMS {
+            self.retired.remove(0);
+        }
+        self.retired.push(stream);
+    }
+
+    /// Takes the retired stream state of `out_ssrc`, if the leg kept one.
+    fn take_retired(&mut self, out_ssrc: Ssrc) -> Option<RetiredStream> {
+        let p = self.retired.iter().position(|r| r.out_ssrc == out_ssrc)?;
+        Some(self.retired.remove(p))
+    }
+
+    /// How many removed subscriptions' stream state the leg keeps.
+    pub fn retired_streams(&self) -> usize {
+        self.retired.len()
     }
 
     /// Stores the SRTCP receive state of `sender` after an authenticated packet (bounded: past
@@ -480,6 +524,37 @@ impl Subscription {
             last_sr: None,
             alloc_layer: None,
             alloc_down_since: None,
+        }
+    }
+
+    /// The stream state the subscriber saw, to keep on its leg when the subscription goes.
+    fn retired(&self) -> RetiredStream {
+        RetiredStream {
+            out_ssrc: self.out_ssrc,
+            out_rtx_ssrc: self.out_rtx_ssrc,
+            rewriter: self.rewriter.clone(),
+            srtp: self.srtp,
+            rtx_srtp: self.rtx_srtp,
+            rtx_seq: self.rtx_seq,
+            srtcp: self.srtcp,
+            packets_sent: self.packets_sent,
+            octets_sent: self.octets_sent,
+        }
+    }
+
+    /// Continues a retired stream of the same out-SSRC. The layer is left unset, so the stream
+    /// re-enters like a layer switch: at a keyframe, right after the last packet it sent, with
+    /// the timestamp advanced by the time that passed.
+    fn resume(&mut self, r: RetiredStream) {
+        debug_assert_eq!(r.out_ssrc, self.out_ssrc);
+        self.rewriter = r.rewriter;
+        self.srtp = r.srtp;
+        self.srtcp = r.srtcp;
+        self.packets_sent = r.packets_sent;
+        self.octets_sent = r.octets_sent;
+        if r.out_rtx_ssrc == self.out_rtx_ssrc {
+            self.rtx_srtp = r.rtx_srtp;
+            self.rtx_seq = r.rtx_seq;
         }
     }
 
@@ -756,7 +831,8 @@ impl Tables {
                     self.save_track(*track, undo);
                     let t = self.tracks.get_mut(track).expect("checked above");
                     let pos = t.sub_index(*subscriber).expect("checked above");
-                    t.subs.swap_remove(pos);
+                    let removed = t.subs.swap_remove(pos);
+                    self.retire_sub(&removed, undo);
                     self.reindex_egress(*subscriber, *track, undo);
                 }
             }
@@ -801,7 +877,8 @@ impl Tables {
             if let Some(t) = self.tracks.get_mut(&track)
                 && let Some(pos) = t.sub_index(subscriber)
             {
-                t.subs.swap_remove(pos);
+                let removed = t.subs.swap_remove(pos);
+                self.retire_sub(&removed, undo);
             }
             self.reindex_egress(subscriber, track, undo);
         }
@@ -869,6 +946,7 @@ impl Tables {
                         edge: spec.edge.as_ref().map(|_| EdgeState::new()),
                         uplink: Uplink::new(&spec.feedback),
                         downlink: spec.feedback.twcc_ext.map(|_| Box::default()),
+                        retired: Vec::new(),
                     },
                 );
                 self.by_port.insert(spec.local_port, spec.id);
@@ -893,6 +971,11 @@ impl Tables {
         if let Some(tx) = tx {
             leg.tx = tx;
             leg.feedback_srtcp = RtcpSendState::default();
+            for r in &mut leg.retired {
+                r.srtp = RtpSendState::default();
+                r.rtx_srtp = RtpSendState::default();
+                r.srtcp = RtcpSendState::default();
+            }
             for track in self.tracks.values_mut() {
                 for s in track.subs.iter_mut().filter(|s| s.subscriber == id) {
                     s.srtp = RtpSendState::default();
@@ -1022,10 +1105,25 @@ impl Tables {
         }
         let layers = track.layers.len();
         self.save_track(spec.track, undo);
+        self.save_leg(spec.subscriber, undo);
         let t = self.tracks.get_mut(&spec.track).expect("present");
+        let leg = self.legs.get_mut(&spec.subscriber).expect("checked above");
         match t.sub_index(spec.subscriber) {
-            Some(p) => t.subs[p].update(spec, layers),
-            None => t.subs.push(Subscription::compile(spec, layers)),
+            Some(p) if t.subs[p].out_ssrc == spec.out_ssrc && t.subs[p].out_rtx_ssrc == spec.out_rtx_ssrc => t.subs[p].update(spec, layers),
+            found => {
+                // A new stream for the subscriber, or the continuation of one it had before.
+                let mut fresh = Subscription::compile(spec, layers);
+                if let Some(p) = found {
+                    leg.retire(t.subs[p].retired());
+                }
+                if let Some(r) = leg.take_retired(spec.out_ssrc) {
+                    fresh.resume(r);
+                }
+                match found {
+                    Some(p) => t.subs[p] = fresh,
+                    None => t.subs.push(fresh),
+                }
+            }
         }
         self.reindex_egress(spec.subscriber, spec.track, undo);
         Ok(())
@@ -1056,6 +1154,9 @@ impl Tables {
         let Some(track) = self.tracks.remove(&id) else { return };
         let publisher = track.spec.publisher;
         let subscribers: Vec<LegId> = track.subs.iter().map(|s| s.subscriber).collect();
+        for s in &track.subs {
+            self.retire_sub(s, undo);
+        }
         undo.push(Undo::TrackRemoved(Box::new(track)));
         self.reindex_ingress(publisher, undo);
         for s in subscribers {
@@ -1113,6 +1214,15 @@ impl Tables {
         }
     }
 
+    /// Keeps a removed subscription's stream state on its subscriber leg (if the leg stays).
+    fn retire_sub(&mut self, sub: &Subscription, undo: &mut UndoLog) {
+        if !self.legs.contains_key(&sub.subscriber) {
+            return;
+        }
+        self.save_leg(sub.subscriber, undo);
+        self.legs.get_mut(&sub.subscriber).expect("present").retire(sub.retired());
+    }
+
     /// Records a leg's state before its first change in this delta. Legs are not `Clone` (their
     /// keys are not), so the copy re-derives keys from the spec: cold path only.
     fn save_leg(&mut self, id: LegId, undo: &mut UndoLog) {
@@ -1140,6 +1250,7 @@ impl Tables {
             edge: leg.edge.clone(),
             uplink: leg.uplink.clone(),
             downlink: leg.downlink.clone(),
+            retired: leg.retired.clone(),
         };
         undo.push(Undo::LegReplaced(Box::new(copy)));
     }

@@ -183,3 +183,27 @@ fn apply_refuses_what_validate_refuses_with_the_same_field() {
     track(11, 1, 0xbb).validate().unwrap();
     leg(4).validate().unwrap();
 }
+
+/// A subscriber leg keeps the stream state of at most [`MAX_RETIRED_STREAMS`] removed
+/// subscriptions, also when their track goes away, and a refused delta leaves it as it was.
+#[test]
+fn retired_streams_are_bounded_kept_across_track_removal_and_rolled_back() {
+    let mut t = Tables::new(TableConfig::default());
+    let mut ops = vec![Op::UpsertLeg(leg(1)), Op::UpsertLeg(leg(2))];
+    ops.extend((0..20).map(|i| Op::UpsertTrack(track(100 + i, 1, 0x1000 + i))));
+    ops.extend((0..20).map(|i| Op::UpsertSubscription(sub(2, 100 + i, 0x2000 + i))));
+    t.apply(delta(1, ops)).unwrap();
+    let mut remove: Vec<Op> = (0..10).map(|i| Op::RemoveSubscription { subscriber: LegId(2), track: TrackId(100 + i) }).collect();
+    remove.extend((10..20).map(|i| Op::RemoveTrack(TrackId(100 + i))));
+    t.apply(delta(2, remove)).unwrap();
+    assert_eq!(t.leg(LegId(2)).unwrap().retired_streams(), MAX_RETIRED_STREAMS);
+    // A refused delta (the second op names no track) does not take a retired stream away.
+    let refused = t.apply(delta(3, vec![Op::UpsertSubscription(sub(2, 105, 0x2005)), Op::UpsertSubscription(sub(2, 999, 0x3000))]));
+    assert!(matches!(refused, Err(DeltaError::UnknownTrack { op: 1, .. })), "{refused:?}");
+    assert_eq!(t.leg(LegId(2)).unwrap().retired_streams(), MAX_RETIRED_STREAMS);
+    t.apply(delta(3, vec![Op::UpsertSubscription(sub(2, 105, 0x2005))])).unwrap();
+    assert_eq!(t.leg(LegId(2)).unwrap().retired_streams(), MAX_RETIRED_STREAMS - 1, "resumed");
+    // Moving a subscription to another out-SSRC retires the old one.
+    t.apply(delta(4, vec![Op::UpsertSubscription(sub(2, 105, 0x2105))])).unwrap();
+    assert_eq!(t.leg(LegId(2)).unwrap().retired_streams(), MAX_RETIRED_STREAMS);
+}
