@@ -1,0 +1,471 @@
+//! What the packet path keeps: the runtime state of legs, tracks, layers and subscriptions
+//! beside their specs (SRTP contexts, rewriters, caches, activity, feedback state).
+
+use super::*;
+
+/// One publisher stream (a layer or its RTX) as the receiving leg indexes it.
+#[derive(Clone, Debug)]
+pub struct Ingress {
+    /// The publisher's SSRC.
+    pub ssrc: Ssrc,
+    /// The track it belongs to.
+    pub track: TrackId,
+    /// The layer index within the track.
+    pub layer: u8,
+    /// Whether this is the RTX stream of the layer.
+    pub rtx: bool,
+    /// SRTP receive state (ROC, replay window).
+    pub recv: RtpRecvState,
+    /// RFC 3550 receive statistics, for the receiver reports Sluice sends the publisher.
+    pub stats: RecvStats,
+    /// The track's RTP clock rate (for interarrival jitter).
+    pub clock_rate: u32,
+}
+
+/// A leg and its runtime state.
+#[derive(Debug)]
+pub struct Leg {
+    /// What the control plane said.
+    pub spec: LegSpec,
+    /// The current remote address (the spec's, or latched from the first authenticated packet).
+    pub remote: Option<SocketAddr>,
+    /// Derived keys for what the participant sends.
+    pub rx: SrtpKeys,
+    /// Derived keys for what we send.
+    pub tx: SrtpKeys,
+    /// Publisher streams arriving on this leg. A handful per leg: a linear scan beats hashing.
+    pub ingress: Vec<Ingress>,
+    /// Out-SSRCs this leg receives → the track, for its feedback.
+    pub egress: Vec<(Ssrc, TrackId)>,
+    /// SRTCP replay state per sender SSRC of the participant.
+    pub rtcp_recv: Vec<(Ssrc, RtcpRecvState)>,
+    /// SRTCP state for the feedback the SFU originates towards this participant.
+    pub feedback_srtcp: RtcpSendState,
+    /// Tracks this leg publishes.
+    pub tracks: Vec<TrackId>,
+    /// When the leg last received authenticated media, and whether it counts as active.
+    pub activity: Activity,
+    /// Receive statistics from the participant's receiver reports.
+    pub stats: LegStats,
+    /// Runtime state of a WebRTC leg (`spec.edge` is set).
+    pub edge: Option<EdgeState>,
+    /// What Sluice, as the receiver of the participant's media, reports back to it.
+    pub uplink: Uplink,
+    /// Sluice as the sender towards the participant: its transport-wide sequence, send history
+    /// and bandwidth estimate, when the leg negotiated transport-cc.
+    pub downlink: Option<Box<Downlink>>,
+    /// The stream state of subscriptions this leg no longer has, oldest first, at most
+    /// [`MAX_RETIRED_STREAMS`]: a subscription that comes back with the same out-SSRC resumes it.
+    pub(super) retired: Vec<RetiredStream>,
+}
+
+/// What the subscriber saw of a removed subscription's stream: where its sequence numbers and
+/// timestamps stopped and the SRTP send state of its SSRCs. To the subscriber an out-SSRC is one
+/// stream, so a subscription that comes back with it continues the sequence (a jump would count
+/// as loss) and the rollover counter (a fresh one would reuse SRTP indexes under the same key).
+#[derive(Clone, Debug)]
+pub(super) struct RetiredStream {
+    pub(super) out_ssrc: Ssrc,
+    pub(super) out_rtx_ssrc: Option<Ssrc>,
+    pub(super) rewriter: SeqTsRewriter,
+    pub(super) srtp: RtpSendState,
+    pub(super) rtx_srtp: RtpSendState,
+    pub(super) rtx_seq: u16,
+    pub(super) srtcp: RtcpSendState,
+    pub(super) packets_sent: u32,
+    pub(super) octets_sent: u32,
+}
+
+/// What a WebRTC leg learned at run time, kept across every upsert (and full resync) that leaves
+/// its [`EdgeSpec`] unchanged: the control plane's snapshot does not carry it, so a resync never
+/// undoes a handshake, and the keys never leave the dataplane.
+#[derive(Clone, Debug, Default)]
+pub struct EdgeState {
+    /// The SRTP keys the DTLS handshake exported, `(rx, tx)`, once the slow path installed them.
+    pub keys: Option<(KeyMaterial, KeyMaterial)>,
+    /// ICE consent to send (RFC 7675); set by the slow path.
+    pub consent: bool,
+    /// Slow-path token bucket: datagrams this leg may still hand to the slow path.
+    pub tokens: u32,
+    /// When the bucket was last refilled.
+    pub refilled: Instant,
+}
+
+impl EdgeState {
+    pub(super) fn new() -> Self {
+        Self { tokens: SLOW_PATH_BURST, ..Self::default() }
+    }
+
+    /// Takes one slow-path token; refills [`SLOW_PATH_RATE`] tokens per second up to
+    /// [`SLOW_PATH_BURST`].
+    pub fn take_token(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let earned = (elapsed.as_millis() as u64).saturating_mul(u64::from(SLOW_PATH_RATE)) / 1000;
+        if earned > 0 {
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(SLOW_PATH_BURST)) as u32;
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// STUN and DTLS datagrams per second one WebRTC leg may hand to the slow path (checks every
+/// 50 ms on a few candidate pairs plus handshake flights stay well below it).
+pub const SLOW_PATH_RATE: u32 = 100;
+/// Burst of the slow-path token bucket.
+pub const SLOW_PATH_BURST: u32 = 200;
+
+/// What a participant's receiver reports say about what it receives from us.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LegStats {
+    /// Fraction lost (0..=255 of 256) in the last report.
+    pub fraction_lost: u8,
+    /// Cumulative packets lost in the last report.
+    pub cumulative_lost: u32,
+    /// Interarrival jitter in RTP units in the last report.
+    pub jitter: u32,
+    /// Round-trip time in microseconds, when a report referenced a sender report we sent.
+    pub rtt_us: Option<u32>,
+    /// Receiver reports consumed.
+    pub reports: u64,
+}
+
+impl Leg {
+    /// Whether media from the participant is accepted: a static-key leg always, a WebRTC leg
+    /// once its DTLS keys are installed.
+    #[inline]
+    pub fn receives_media(&self) -> bool {
+        self.edge.as_ref().is_none_or(|e| e.keys.is_some())
+    }
+
+    /// Whether media may be sent to the participant: a static-key leg always, a WebRTC leg with
+    /// DTLS keys and ICE consent.
+    #[inline]
+    pub fn sends_media(&self) -> bool {
+        self.edge.as_ref().is_none_or(|e| e.keys.is_some() && e.consent)
+    }
+
+    /// Where packets for the participant go: its remote address, when known and the leg may send.
+    #[inline]
+    pub fn destination(&self) -> Option<SocketAddr> {
+        if self.sends_media() { self.remote } else { None }
+    }
+
+    /// The key material in use, `(rx, tx)`: the DTLS-exported keys of a connected WebRTC leg,
+    /// else the spec's.
+    pub fn key_material(&self) -> (&KeyMaterial, &KeyMaterial) {
+        match self.edge.as_ref().and_then(|e| e.keys.as_ref()) {
+            Some((rx, tx)) => (rx, tx),
+            None => (&self.spec.rx, &self.spec.tx),
+        }
+    }
+
+    /// The receive index of `ssrc` on this leg.
+    #[inline]
+    pub fn ingress_index(&self, ssrc: Ssrc) -> Option<usize> {
+        self.ingress.iter().position(|i| i.ssrc == ssrc)
+    }
+
+    /// The SRTCP receive state of `sender`, if it sent an authenticated packet before.
+    pub fn rtcp_recv(&self, sender: Ssrc) -> Option<&RtcpRecvState> {
+        self.rtcp_recv.iter().find(|(s, _)| *s == sender).map(|(_, st)| st)
+    }
+
+    /// Keeps the stream state of a removed subscription (replacing an older one of the same
+    /// out-SSRC, forgetting the oldest past [`MAX_RETIRED_STREAMS`]).
+    pub(super) fn retire(&mut self, stream: RetiredStream) {
+        self.retired.retain(|r| r.out_ssrc != stream.out_ssrc);
+        if self.retired.len() >= MAX_RETIRED_STREAMS {
+            self.retired.remove(0);
+        }
+        self.retired.push(stream);
+    }
+
+    /// Takes the retired stream state of `out_ssrc`, if the leg kept one.
+    pub(super) fn take_retired(&mut self, out_ssrc: Ssrc) -> Option<RetiredStream> {
+        let p = self.retired.iter().position(|r| r.out_ssrc == out_ssrc)?;
+        Some(self.retired.remove(p))
+    }
+
+    /// How many removed subscriptions' stream state the leg keeps.
+    pub fn retired_streams(&self) -> usize {
+        self.retired.len()
+    }
+
+    /// Stores the SRTCP receive state of `sender` after an authenticated packet (bounded: past
+    /// [`MAX_RTCP_SENDERS`] senders the oldest is forgotten).
+    pub fn store_rtcp_recv(&mut self, sender: Ssrc, state: RtcpRecvState) {
+        match self.rtcp_recv.iter_mut().find(|(s, _)| *s == sender) {
+            Some((_, st)) => *st = state,
+            None => {
+                if self.rtcp_recv.len() >= MAX_RTCP_SENDERS {
+                    self.rtcp_recv.remove(0);
+                }
+                self.rtcp_recv.push((sender, state));
+            }
+        }
+    }
+}
+
+/// Runtime state of one layer of a track.
+#[derive(Debug)]
+pub struct LayerState {
+    /// The layer's SSRC (signalled, or learned from RID).
+    pub ssrc: Option<Ssrc>,
+    /// Its RTX SSRC.
+    pub rtx_ssrc: Option<Ssrc>,
+    /// Recent packets for NACK answers (video only).
+    pub cache: Option<RtxCache>,
+    /// When a keyframe was last asked of the publisher for this layer (PLI/FIR throttling).
+    pub last_keyframe_request: Option<Instant>,
+    /// FIR command sequence number (RFC 5104 §4.3.1.1).
+    pub fir_seq: u8,
+    /// Whether a keyframe start was seen since the layer (re)started.
+    pub seen_keyframe: bool,
+    /// When the layer last received an authenticated packet, and whether it counts as flowing.
+    pub activity: Activity,
+    /// Bytes received since the last rate tick.
+    pub bytes: u64,
+    /// Its measured rate, bit/s (smoothed over the housekeeping ticks).
+    pub rate_bps: u64,
+    /// Whether it was last reported wanted by a subscription (`true` until reported otherwise),
+    /// and since when nobody wants it.
+    pub demand: (bool, Option<Instant>),
+}
+
+/// Whether something receives media: set on every authenticated packet, cleared by
+/// [`crate::forward::Core::sweep`] after a quiet interval. The transitions are the control plane's
+/// leg active/idle and stream started/stopped events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// When the last authenticated packet arrived.
+    pub last_rx: Option<Instant>,
+    /// Whether the owner is active (a transition to true is reported when it happens).
+    pub active: bool,
+}
+
+impl Activity {
+    /// Records a packet at `now`; true when this makes it active.
+    #[inline]
+    pub fn touch(&mut self, now: Instant) -> bool {
+        self.last_rx = Some(now);
+        !core::mem::replace(&mut self.active, true)
+    }
+
+    /// True when it was active and has been quiet for at least `quiet` at `now` (it is then inactive).
+    pub fn expire(&mut self, now: Instant, quiet: core::time::Duration) -> bool {
+        let quiet_since = self.last_rx.is_none_or(|t| now.saturating_duration_since(t) >= quiet);
+        if self.active && quiet_since {
+            self.active = false;
+            return true;
+        }
+        false
+    }
+}
+
+/// A track and its subscriptions.
+#[derive(Debug)]
+pub struct Track {
+    /// What the control plane said.
+    pub spec: TrackSpec,
+    /// Per-layer state, same order as `spec.layers`.
+    pub layers: Vec<LayerState>,
+    /// The subscriptions, contiguous for the fan-out.
+    pub subs: Vec<Subscription>,
+}
+
+impl Track {
+    /// The codec behind a publisher payload type, and whether that payload type is RTX.
+    pub fn codec_of(&self, pt: Pt) -> Option<(Codec, bool)> {
+        self.spec.payload_types.iter().find_map(|p| {
+            if p.pt == pt {
+                Some((p.codec, false))
+            } else if p.rtx_pt == Some(pt) {
+                Some((p.codec, true))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The subscription of `subscriber`, if any.
+    pub fn sub_index(&self, subscriber: LegId) -> Option<usize> {
+        self.subs.iter().position(|s| s.subscriber == subscriber)
+    }
+}
+
+/// A subscription's compiled spec and its runtime state. Kept small: see the size test.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    /// The receiving leg.
+    pub subscriber: LegId,
+    /// The SSRC the subscriber sees.
+    pub out_ssrc: Ssrc,
+    /// The RTX SSRC the subscriber sees.
+    pub out_rtx_ssrc: Option<Ssrc>,
+    /// Payload-type map (publisher, subscriber); `pt_len` entries are valid.
+    pub pt_map: [(Pt, Pt); MAX_PT_MAP],
+    /// Valid entries in `pt_map`.
+    pub pt_len: u8,
+    /// Header-extension id map (publisher id → subscriber id; unmapped ids are removed).
+    pub ext_map: ExtensionIdMap,
+    /// The wanted layer.
+    pub target_layer: u8,
+    /// The layer currently forwarded (`None` until the first keyframe).
+    pub current_layer: Option<u8>,
+    /// Paused: receives nothing.
+    pub paused: bool,
+    /// The allocator's rank (higher first).
+    pub priority: u8,
+    /// Sequence/timestamp rewriter.
+    pub rewriter: SeqTsRewriter,
+    /// SRTP send state of `out_ssrc`.
+    pub srtp: RtpSendState,
+    /// SRTP send state of `out_rtx_ssrc`.
+    pub rtx_srtp: RtpSendState,
+    /// Next sequence number of the RTX stream.
+    pub rtx_seq: u16,
+    /// SRTCP send state for the sender reports sent as `out_ssrc`.
+    pub srtcp: RtcpSendState,
+    /// RTP packets sent (for sender reports).
+    pub packets_sent: u32,
+    /// Payload octets sent (for sender reports).
+    pub octets_sent: u32,
+    /// The last SR sent to the subscriber: its LSR value (middle 32 bits of the NTP timestamp)
+    /// and when it left, for RTT from the subscriber's receiver reports.
+    pub last_sr: Option<(u32, Instant)>,
+    /// The layer cap the leg's bandwidth allocator set (runtime: `None` until it runs, and on
+    /// legs without congestion control).
+    pub alloc_layer: Option<u8>,
+    /// Since when the allocator has wanted this subscription below `alloc_layer` (a small dip
+    /// of the estimate is held for a while before a down-switch).
+    pub alloc_down_since: Option<Instant>,
+}
+
+impl Subscription {
+    /// The layer the subscription should receive: the signaling's target, capped by the
+    /// allocator. The select gate switches towards it.
+    #[inline]
+    pub fn target(&self) -> u8 {
+        match self.alloc_layer {
+            Some(a) => a.min(self.target_layer),
+            None => self.target_layer,
+        }
+    }
+
+    /// The subscriber's payload type for the publisher's `pt`.
+    #[inline]
+    pub fn map_pt(&self, pt: Pt) -> Option<Pt> {
+        self.pt_map[..usize::from(self.pt_len)].iter().find(|(from, _)| *from == pt).map(|(_, to)| *to)
+    }
+
+    pub(super) fn compile(spec: &SubscriptionSpec, layers: usize) -> Self {
+        let mut pt_map = [(Pt(0), Pt(0)); MAX_PT_MAP];
+        for (slot, m) in pt_map.iter_mut().zip(&spec.pt_map) {
+            *slot = *m;
+        }
+        let mut ext_map = ExtensionIdMap::new();
+        for &(from, to) in &spec.ext_map {
+            // Validated to 1..=14 by SubscriptionSpec::validate.
+            let _ = ext_map.set(from, to);
+        }
+        Self {
+            subscriber: spec.subscriber,
+            out_ssrc: spec.out_ssrc,
+            out_rtx_ssrc: spec.out_rtx_ssrc,
+            pt_map,
+            pt_len: spec.pt_map.len() as u8,
+            ext_map,
+            target_layer: spec.target_layer.min(layers.saturating_sub(1) as u8),
+            current_layer: None,
+            paused: spec.paused,
+            priority: spec.priority,
+            rewriter: SeqTsRewriter::new(),
+            srtp: RtpSendState::default(),
+            rtx_srtp: RtpSendState::default(),
+            rtx_seq: 0,
+            srtcp: RtcpSendState::default(),
+            packets_sent: 0,
+            octets_sent: 0,
+            last_sr: None,
+            alloc_layer: None,
+            alloc_down_since: None,
+        }
+    }
+
+    /// The stream state the subscriber saw, to keep on its leg when the subscription goes.
+    pub(super) fn retired(&self) -> RetiredStream {
+        RetiredStream {
+            out_ssrc: self.out_ssrc,
+            out_rtx_ssrc: self.out_rtx_ssrc,
+            rewriter: self.rewriter.clone(),
+            srtp: self.srtp,
+            rtx_srtp: self.rtx_srtp,
+            rtx_seq: self.rtx_seq,
+            srtcp: self.srtcp,
+            packets_sent: self.packets_sent,
+            octets_sent: self.octets_sent,
+        }
+    }
+
+    /// Continues a retired stream of the same out-SSRC. The layer is left unset, so the stream
+    /// re-enters like a layer switch: at a keyframe, right after the last packet it sent, with
+    /// the timestamp advanced by the time that passed.
+    pub(super) fn resume(&mut self, r: RetiredStream) {
+        debug_assert_eq!(r.out_ssrc, self.out_ssrc);
+        self.rewriter = r.rewriter;
+        self.srtp = r.srtp;
+        self.srtcp = r.srtcp;
+        self.packets_sent = r.packets_sent;
+        self.octets_sent = r.octets_sent;
+        if r.out_rtx_ssrc == self.out_rtx_ssrc {
+            self.rtx_srtp = r.rtx_srtp;
+            self.rtx_seq = r.rtx_seq;
+        }
+    }
+
+    /// Takes the spec's settings while keeping the runtime state (rewriter, SRTP, counters) when
+    /// the out-SSRCs are unchanged.
+    pub(super) fn update(&mut self, spec: &SubscriptionSpec, layers: usize) {
+        let fresh = Self::compile(spec, layers);
+        if fresh.out_ssrc == self.out_ssrc && fresh.out_rtx_ssrc == self.out_rtx_ssrc {
+            let keep = core::mem::replace(self, fresh);
+            // A resumed subscription re-enters like a layer switch: at a keyframe, right after
+            // the last packet it sent, so the paused stretch is neither a sequence gap (which the
+            // subscriber would NACK) nor a resume in the middle of a GOP.
+            self.current_layer = if keep.paused && !self.paused { None } else { keep.current_layer };
+            self.rewriter = keep.rewriter;
+            self.srtp = keep.srtp;
+            self.rtx_srtp = keep.rtx_srtp;
+            self.rtx_seq = keep.rtx_seq;
+            self.srtcp = keep.srtcp;
+            self.packets_sent = keep.packets_sent;
+            self.octets_sent = keep.octets_sent;
+            self.last_sr = keep.last_sr;
+            self.alloc_layer = keep.alloc_layer;
+            self.alloc_down_since = keep.alloc_down_since;
+        } else {
+            *self = fresh;
+        }
+    }
+
+    /// The spec this subscription was compiled from (for snapshots).
+    pub fn to_spec(&self, track: TrackId) -> SubscriptionSpec {
+        SubscriptionSpec {
+            subscriber: self.subscriber,
+            track,
+            out_ssrc: self.out_ssrc,
+            out_rtx_ssrc: self.out_rtx_ssrc,
+            pt_map: self.pt_map[..usize::from(self.pt_len)].to_vec(),
+            ext_map: (1u8..15).filter(|&i| self.ext_map.get(i) != 0).map(|i| (i, self.ext_map.get(i))).collect(),
+            target_layer: self.target_layer,
+            paused: self.paused,
+            priority: self.priority,
+        }
+    }
+}
