@@ -17,7 +17,7 @@ use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
 
-use crate::compile::{Shadow, Tables, differing};
+use crate::diff::{Shadow, SpecSet, differing};
 
 /// How long one request may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -122,7 +122,7 @@ impl Link {
 
     /// Brings the dataplane to `desired`: a minimal delta against the shadow, or a full resync
     /// when the shadow is unknown.
-    pub fn sync(&mut self, desired: &Tables) -> Result<Synced, LinkError> {
+    pub fn sync(&mut self, desired: &SpecSet) -> Result<Synced, LinkError> {
         self.in_step = false;
         let had_connection = self.conn.is_some();
         let r = match self.sync_once(desired) {
@@ -140,11 +140,11 @@ impl Link {
     /// nothing else changed since): the delta and the shadow update then cost the session's
     /// size, not the node's. Otherwise, or when the dataplane is not where the shadow says, a
     /// full [`Link::sync`] to `full()`.
-    pub fn sync_part(&mut self, before: &Tables, after: &Tables, full: impl FnOnce() -> Tables) -> Result<Synced, LinkError> {
+    pub fn sync_part(&mut self, before: &SpecSet, after: &SpecSet, full: impl FnOnce() -> SpecSet) -> Result<Synced, LinkError> {
         let Some(generation) = self.shadow.as_ref().map(|s| s.generation).filter(|_| self.in_step && self.conn.is_some()) else {
             return self.sync(&full());
         };
-        let ops = crate::compile::diff(before, after);
+        let ops = crate::diff::ops(before, after);
         if ops.is_empty() {
             return Ok(Synced { generation, ops: 0, resynced: None });
         }
@@ -175,7 +175,7 @@ impl Link {
         }
     }
 
-    fn sync_once(&mut self, desired: &Tables) -> Result<Synced, LinkError> {
+    fn sync_once(&mut self, desired: &SpecSet) -> Result<Synced, LinkError> {
         if self.conn.is_none() || self.shadow.is_none() {
             return self.resync(desired);
         }
@@ -193,7 +193,7 @@ impl Link {
     }
 
     /// `Ok(None)` when refused for its generation.
-    fn apply(&mut self, delta: Delta, desired: &Tables) -> Result<Option<Generation>, LinkError> {
+    fn apply(&mut self, delta: Delta, desired: &SpecSet) -> Result<Option<Generation>, LinkError> {
         let generation = delta.generation;
         match self.call(&Request::Apply(delta))? {
             Response::Applied(g) => {
@@ -213,12 +213,12 @@ impl Link {
 
     /// Full resync: compare the dataplane's snapshot with `desired`, replace everything if they
     /// differ.
-    pub fn resync(&mut self, desired: &Tables) -> Result<Synced, LinkError> {
+    pub fn resync(&mut self, desired: &SpecSet) -> Result<Synced, LinkError> {
         let snap = match self.call(&Request::Snapshot)? {
             Response::Snapshot(d) => d,
             other => return Err(LinkError::Protocol(format!("unexpected answer to Snapshot: {other:?}"))),
         };
-        let installed = Tables::from_ops(&snap.ops);
+        let installed = SpecSet::from_ops(&snap.ops);
         let differ = differing(&installed, desired);
         if differ == 0 {
             self.shadow = Some(Shadow { generation: snap.generation, tables: installed });

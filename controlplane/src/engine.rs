@@ -17,7 +17,7 @@ use sluice_core::stats::CoreStats;
 use tokio::sync::broadcast;
 
 use crate::client::{Link, LinkError, Synced};
-use crate::compile::Tables;
+use crate::diff::SpecSet;
 use crate::events::Names;
 use crate::journal::{Journal, JournalError, Record};
 use crate::lb::Lb;
@@ -155,7 +155,7 @@ impl Engine {
 
     /// Installs a committed outcome: `part` is its session's tables (before, after), so only
     /// that session is diffed when the link is in step.
-    fn install(&mut self, outcome: Outcome, part: (Tables, Tables)) -> Result<pb::ApplyResponse, EngineError> {
+    fn install(&mut self, outcome: Outcome, part: (SpecSet, SpecSet)) -> Result<pb::ApplyResponse, EngineError> {
         let synced = self.sync_part(&part.0, &part.1).map_err(|source| EngineError::NotInstalled {
             session: outcome.session.clone(),
             revision: outcome.committed.revision,
@@ -210,7 +210,7 @@ impl Engine {
     pub fn apply_many(&mut self, reqs: &[pb::ChangeSet]) -> Vec<Result<pb::ApplyResponse, EngineError>> {
         let mut results: Vec<Option<Result<pb::ApplyResponse, EngineError>>> = reqs.iter().map(|_| None).collect();
         // Each touched session's tables before the group, the undo points, the records.
-        let mut before: std::collections::BTreeMap<String, Tables> = std::collections::BTreeMap::new();
+        let mut before: std::collections::BTreeMap<String, SpecSet> = std::collections::BTreeMap::new();
         let mut undo = Vec::new();
         let mut records = Vec::new();
         let mut done: Vec<(usize, Outcome)> = Vec::new();
@@ -244,12 +244,12 @@ impl Engine {
             }
             self.compact_if_due();
         }
-        let mut part = (Tables::default(), Tables::default());
+        let mut part = (SpecSet::default(), SpecSet::default());
         for (session, tables) in &before {
             self.names.update(&self.desired, session);
             let after = self.desired.session_tables(session);
-            part.0.replace_part(&Tables::default(), tables);
-            part.1.replace_part(&Tables::default(), &after);
+            part.0.replace_part(&SpecSet::default(), tables);
+            part.1.replace_part(&SpecSet::default(), &after);
         }
         let synced = self.sync_part(&part.0, &part.1);
         for (i, outcome) in done {
@@ -278,7 +278,7 @@ impl Engine {
         let before = self.desired.session_tables(&req.session);
         let outcome = self.commit(&Record::Delete(req.clone()), |d| d.delete_session(req))?.map_err(EngineError::State)?;
         self.names.update(&self.desired, &req.session);
-        self.install(outcome, (before, Tables::default()))
+        self.install(outcome, (before, SpecSet::default()))
     }
 
     /// Sets the drain flag.
@@ -321,7 +321,7 @@ impl Engine {
 
     /// [`Engine::sync`] after a change to one session, diffing only its part of the tables
     /// (`before`, `after`) when the link is in step.
-    fn sync_part(&mut self, before: &Tables, after: &Tables) -> Result<Synced, LinkError> {
+    fn sync_part(&mut self, before: &SpecSet, after: &SpecSet) -> Result<Synced, LinkError> {
         let desired = &self.desired;
         let synced = self.link.sync_part(before, after, || desired.tables())?;
         self.report_resync(synced);

@@ -13,8 +13,8 @@
 pub mod api;
 pub mod certs;
 pub mod client;
-pub mod compile;
 pub mod config;
+pub mod diff;
 pub mod engine;
 pub mod events;
 pub mod journal;

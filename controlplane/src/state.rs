@@ -17,7 +17,7 @@ use sluice_core::table::{
     Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SpecError, SubscriptionSpec, TrackSpec,
 };
 
-use crate::compile::Tables;
+use crate::diff::SpecSet;
 use crate::pb;
 
 /// How many idempotency keys a session remembers.
@@ -139,7 +139,7 @@ impl Session {
         tracks
     }
 
-    fn compile_into(&self, t: &mut Tables) {
+    fn compile_into(&self, t: &mut SpecSet) {
         for l in self.legs.values() {
             t.legs.insert(l.id, l.clone());
         }
@@ -404,8 +404,8 @@ impl Desired {
     }
 
     /// What the dataplane should have installed.
-    pub fn tables(&self) -> Tables {
-        let mut t = Tables::default();
+    pub fn tables(&self) -> SpecSet {
+        let mut t = SpecSet::default();
         for s in self.sessions.values() {
             s.compile_into(&mut t);
         }
@@ -414,8 +414,8 @@ impl Desired {
 
     /// The part of [`Desired::tables`] one session makes (empty when it does not exist): a
     /// session's legs, tracks and subscriptions refer only to each other.
-    pub fn session_tables(&self, name: &str) -> Tables {
-        let mut t = Tables::default();
+    pub fn session_tables(&self, name: &str) -> SpecSet {
+        let mut t = SpecSet::default();
         if let Some(s) = self.sessions.get(name) {
             s.compile_into(&mut t);
         }
@@ -807,7 +807,7 @@ impl Stage<'_> {
     }
 }
 
-/// The tables' own refusal of a spec ([`SpecError`], the check `Tables::apply` makes), as the
+/// The tables' own refusal of a spec ([`SpecError`], the check `SpecSet::apply` makes), as the
 /// field of the request at `f`: `changes[2].subscription` and `subscription.pt_map` make
 /// `changes[2].subscription.pt_map`.
 fn spec_invalid(f: &str, e: SpecError) -> StateError {

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(msg.total_len() <= data.len());
         let _ = msg.attributes().take(64).count();
     }
-    for c in [codec::Codec::Vp8, codec::Codec::Vp9, codec::Codec::H264, codec::Codec::Av1] {
+    for c in [codec::VideoCodec::Vp8, codec::VideoCodec::Vp9, codec::VideoCodec::H264, codec::VideoCodec::Av1] {
         let _ = codec::inspect(c, data);
     }
 });

@@ -3,7 +3,7 @@
 
 use sluice_core::wire::{
     PacketClass, Ssrc, WireError, classify,
-    codec::{self, Codec},
+    codec::{self, VideoCodec},
     rtcp, rtp,
 };
 
@@ -20,7 +20,7 @@ fn forward_one_rtp_packet_in_an_owned_buffer() {
     map.set(2, 5).unwrap();
 
     let mut pkt = rtp::Packet::new_checked(frame).unwrap();
-    assert!(codec::is_keyframe(Codec::Vp8, pkt.payload()));
+    assert!(codec::is_keyframe(VideoCodec::Vp8, pkt.payload()));
     pkt.set_ssrc(Ssrc(0x1234_5678));
     pkt.set_sequence_number(7);
     pkt.set_payload_type(100);

@@ -42,9 +42,8 @@ pub use sys::LegSocket;
 pub use uring::{UringBackend, UringUnavailable};
 pub use xsk::XskBackend;
 
-/// The largest datagram a backend receives in full (the core's `MAX_DATAGRAM`, plus slack so an
-/// oversized datagram is seen as oversized rather than silently truncated to a valid size).
-pub const MAX_DATAGRAM: usize = 1500;
+/// The largest datagram a backend delivers: the core's, one constant for both layers.
+pub use sluice_core::forward::MAX_DATAGRAM;
 /// Receive buffer bytes per datagram: [`MAX_DATAGRAM`] plus slack. A longer datagram is
 /// truncated by the kernel; the backend then counts it in [`IoCounters::rx_truncated`] and drops it.
 pub const RX_BUF_BYTES: usize = 2048;

@@ -11,7 +11,7 @@ use super::select::{self, Media};
 use super::{Event, KEYFRAME_REQUEST_INTERVAL, OutBatch, OutMeta, push_event};
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
 use crate::stats::CoreStats;
-use crate::table::{Codec, Leg, Map, Subscription, Track};
+use crate::table::{Leg, Map, Subscription, Track};
 use crate::time::Instant;
 use crate::verdict::DropReason;
 use crate::wire::{codec, rtcp, rtp};
@@ -45,13 +45,8 @@ pub(super) fn rtp(
         return publisher_rtx(ctx, track, legs, layer, plain);
     }
     let (seq, ts) = (SeqNo(pkt.sequence_number()), pkt.timestamp());
-    let keyframe = match codec {
-        Codec::Audio => true,
-        Codec::Vp8 => codec::is_keyframe(codec::Codec::Vp8, pkt.payload()),
-        Codec::Vp9 => codec::is_keyframe(codec::Codec::Vp9, pkt.payload()),
-        Codec::H264 => codec::is_keyframe(codec::Codec::H264, pkt.payload()),
-        Codec::Av1 => codec::is_keyframe(codec::Codec::Av1, pkt.payload()),
-    };
+    // Audio has no keyframes: every packet is a switch point.
+    let keyframe = codec.video().is_none_or(|v| codec::is_keyframe(v, pkt.payload()));
     let state = &mut track.layers[usize::from(layer)];
     state.bytes += plain.len() as u64;
     if keyframe {

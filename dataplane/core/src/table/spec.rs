@@ -182,6 +182,20 @@ pub enum Codec {
     Av1,
 }
 
+impl Codec {
+    /// The video codec whose payload the wire parser reads (keyframes, layers), `None` for audio.
+    pub fn video(self) -> Option<crate::wire::codec::VideoCodec> {
+        use crate::wire::codec::VideoCodec;
+        match self {
+            Codec::Audio => None,
+            Codec::Vp8 => Some(VideoCodec::Vp8),
+            Codec::Vp9 => Some(VideoCodec::Vp9),
+            Codec::H264 => Some(VideoCodec::H264),
+            Codec::Av1 => Some(VideoCodec::Av1),
+        }
+    }
+}
+
 /// A payload type the publisher uses on a track.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]

@@ -10,7 +10,7 @@ use super::{WireError, be16};
 
 /// The video codec of an RTP payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Codec {
+pub enum VideoCodec {
     /// VP8, RFC 7741.
     Vp8,
     /// VP9, RFC 9628.
@@ -33,17 +33,17 @@ pub struct FrameInfo {
 }
 
 /// Inspects a decrypted RTP payload of `codec`.
-pub fn inspect(codec: Codec, payload: &[u8]) -> Result<FrameInfo, WireError> {
+pub fn inspect(codec: VideoCodec, payload: &[u8]) -> Result<FrameInfo, WireError> {
     match codec {
-        Codec::Vp8 => vp8(payload),
-        Codec::Vp9 => vp9(payload),
-        Codec::H264 => h264(payload),
-        Codec::Av1 => av1(payload),
+        VideoCodec::Vp8 => vp8(payload),
+        VideoCodec::Vp9 => vp9(payload),
+        VideoCodec::H264 => h264(payload),
+        VideoCodec::Av1 => av1(payload),
     }
 }
 
 /// Shorthand for `inspect(..).is_ok_and(|f| f.is_keyframe)`: malformed payloads are not keyframes.
-pub fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
+pub fn is_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
     inspect(codec, payload).is_ok_and(|f| f.is_keyframe)
 }
 
@@ -214,38 +214,38 @@ fn av1(p: &[u8]) -> Result<FrameInfo, WireError> {
 mod tests {
     use super::*;
 
-    fn key(codec: Codec, p: &[u8]) -> bool {
+    fn key(codec: VideoCodec, p: &[u8]) -> bool {
         inspect(codec, p).unwrap().is_keyframe
     }
 
     #[test]
     fn vp8_minimal() {
         // S=1, PID=0; payload header P=0 (key frame: 0x9d 0x01 0x2a start code follows).
-        assert!(key(Codec::Vp8, &[0x10, 0x50, 0x34, 0x01, 0x9d, 0x01, 0x2a]));
+        assert!(key(VideoCodec::Vp8, &[0x10, 0x50, 0x34, 0x01, 0x9d, 0x01, 0x2a]));
         // P=1: inter frame.
-        assert!(!key(Codec::Vp8, &[0x10, 0x51, 0x34, 0x01]));
+        assert!(!key(VideoCodec::Vp8, &[0x10, 0x51, 0x34, 0x01]));
         // S=0: continuation; first payload byte is not a payload header.
-        assert!(!key(Codec::Vp8, &[0x00, 0x50]));
+        assert!(!key(VideoCodec::Vp8, &[0x00, 0x50]));
         // PID=1 partition start.
-        assert!(!key(Codec::Vp8, &[0x11, 0x50]));
+        assert!(!key(VideoCodec::Vp8, &[0x11, 0x50]));
     }
 
     #[test]
     fn vp8_extended_fields() {
         // X=1; I L T K all set; M=1 (15-bit picture id); TID=2.
         let p = [0x90, 0xF0, 0x80 | 0x12, 0x34, 0x07, 0x80 | 0x05, 0x50];
-        let f = inspect(Codec::Vp8, &p).unwrap();
+        let f = inspect(VideoCodec::Vp8, &p).unwrap();
         assert!(f.is_keyframe);
         assert_eq!(f.temporal_id, Some(2));
         // Same with 7-bit picture id and only K (KEYIDX byte but no TID).
         let p = [0x90, 0x90, 0x12, 0x05, 0x50];
-        let f = inspect(Codec::Vp8, &p).unwrap();
+        let f = inspect(VideoCodec::Vp8, &p).unwrap();
         assert!(f.is_keyframe);
         assert_eq!(f.temporal_id, None);
         // Every truncation of the first packet is an error.
         let p = [0x90, 0xF0, 0x80 | 0x12, 0x34, 0x07, 0x80 | 0x05, 0x50];
         for n in 0..p.len() {
-            assert!(inspect(Codec::Vp8, &p[..n]).is_err(), "len {n}");
+            assert!(inspect(VideoCodec::Vp8, &p[..n]).is_err(), "len {n}");
         }
     }
 
@@ -253,62 +253,62 @@ mod tests {
     fn vp9_descriptor() {
         // I=1 M=1, L=1, F=0 (TL0PICIDX), B=1, P=0: keyframe at SID 0, TID 0.
         let p = [0xA8 | 0x02, 0x80, 0x01, 0x00, 0x00, 0xAA];
-        let f = inspect(Codec::Vp9, &p).unwrap();
+        let f = inspect(VideoCodec::Vp9, &p).unwrap();
         assert!(f.is_keyframe);
         assert_eq!((f.temporal_id, f.spatial_id), (Some(0), Some(0)));
         // Same with SID=1: not a switch point.
         let p = [0xA8, 0x80, 0x01, 0x02, 0x00, 0xAA];
-        let f = inspect(Codec::Vp9, &p).unwrap();
+        let f = inspect(VideoCodec::Vp9, &p).unwrap();
         assert!(!f.is_keyframe);
         assert_eq!(f.spatial_id, Some(1));
         // TID=3 SID=2, P=1.
         let p = [0xE8, 0x05, 0x60 | 0x04, 0x00];
-        let f = inspect(Codec::Vp9, &p).unwrap();
+        let f = inspect(VideoCodec::Vp9, &p).unwrap();
         assert!(!f.is_keyframe);
         assert_eq!((f.temporal_id, f.spatial_id), (Some(3), Some(2)));
         // No layer info, B=1 P=0: keyframe.
-        assert!(key(Codec::Vp9, &[0x08, 0x00]));
-        assert!(!key(Codec::Vp9, &[0x00, 0x00]));
+        assert!(key(VideoCodec::Vp9, &[0x08, 0x00]));
+        assert!(!key(VideoCodec::Vp9, &[0x00, 0x00]));
         // Flexible mode (F=1): no TL0PICIDX needed.
-        assert!(key(Codec::Vp9, &[0x38, 0x00]));
+        assert!(key(VideoCodec::Vp9, &[0x38, 0x00]));
         let p = [0xA8 | 0x02, 0x80, 0x01, 0x00, 0x00];
         for n in 0..p.len() {
-            assert!(inspect(Codec::Vp9, &p[..n]).is_err(), "len {n}");
+            assert!(inspect(VideoCodec::Vp9, &p[..n]).is_err(), "len {n}");
         }
     }
 
     #[test]
     fn h264_units() {
-        assert!(key(Codec::H264, &[0x65, 0x88]));
-        assert!(key(Codec::H264, &[0x67, 0x42]));
-        assert!(!key(Codec::H264, &[0x68, 0xce])); // PPS alone
-        assert!(!key(Codec::H264, &[0x41, 0x9a])); // non-IDR slice
+        assert!(key(VideoCodec::H264, &[0x65, 0x88]));
+        assert!(key(VideoCodec::H264, &[0x67, 0x42]));
+        assert!(!key(VideoCodec::H264, &[0x68, 0xce])); // PPS alone
+        assert!(!key(VideoCodec::H264, &[0x41, 0x9a])); // non-IDR slice
         // STAP-A with SPS + PPS.
         let stap = [0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce];
-        assert!(key(Codec::H264, &stap));
+        assert!(key(VideoCodec::H264, &stap));
         for n in 1..stap.len() {
             if n != 5 {
-                assert!(inspect(Codec::H264, &stap[..n]).is_err(), "len {n}");
+                assert!(inspect(VideoCodec::H264, &stap[..n]).is_err(), "len {n}");
             }
         }
         // Truncating exactly after the first aggregated unit is a complete STAP-A.
-        assert!(key(Codec::H264, &stap[..5]));
+        assert!(key(VideoCodec::H264, &stap[..5]));
         // STAP-A with only PPS + SEI.
-        assert!(!key(Codec::H264, &[0x78, 0x00, 0x01, 0x68, 0x00, 0x01, 0x06]));
+        assert!(!key(VideoCodec::H264, &[0x78, 0x00, 0x01, 0x68, 0x00, 0x01, 0x06]));
         // FU-A start of IDR, and its middle fragment.
-        assert!(key(Codec::H264, &[0x7c, 0x85, 0x88]));
-        assert!(!key(Codec::H264, &[0x7c, 0x05, 0x88]));
-        assert!(!key(Codec::H264, &[0x7c, 0x81, 0x88]));
-        assert!(inspect(Codec::H264, &[0x7c]).is_err());
-        assert!(inspect(Codec::H264, &[]).is_err());
+        assert!(key(VideoCodec::H264, &[0x7c, 0x85, 0x88]));
+        assert!(!key(VideoCodec::H264, &[0x7c, 0x05, 0x88]));
+        assert!(!key(VideoCodec::H264, &[0x7c, 0x81, 0x88]));
+        assert!(inspect(VideoCodec::H264, &[0x7c]).is_err());
+        assert!(inspect(VideoCodec::H264, &[]).is_err());
     }
 
     #[test]
     fn av1_aggregation_header() {
-        assert!(key(Codec::Av1, &[0x18, 0x0a]));
-        assert!(!key(Codec::Av1, &[0x10, 0x0a]));
-        assert!(!key(Codec::Av1, &[0x80 | 0x10]));
-        assert!(inspect(Codec::Av1, &[]).is_err());
+        assert!(key(VideoCodec::Av1, &[0x18, 0x0a]));
+        assert!(!key(VideoCodec::Av1, &[0x10, 0x0a]));
+        assert!(!key(VideoCodec::Av1, &[0x80 | 0x10]));
+        assert!(inspect(VideoCodec::Av1, &[]).is_err());
     }
 
     #[test]
@@ -319,7 +319,7 @@ mod tests {
         for _ in 0..50_000 {
             let n = rng.random_range(0..buf.len());
             rng.fill(&mut buf[..n]);
-            for c in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1] {
+            for c in [VideoCodec::Vp8, VideoCodec::Vp9, VideoCodec::H264, VideoCodec::Av1] {
                 let _ = inspect(c, &buf[..n]);
             }
         }

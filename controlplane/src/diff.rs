@@ -1,5 +1,5 @@
 //! Desired state → dataplane table deltas (Katran's shadow state): the control plane keeps a
-//! [`Shadow`] of what the dataplane has installed, and [`diff`] turns desired-vs-installed into
+//! [`Shadow`] of what the dataplane has installed, and [`ops`] turns desired-vs-installed into
 //! the minimal ordered ops. Pure code.
 //!
 //! Op order matters to the dataplane, which validates each op against the tables as they are at
@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 use sluice_core::ids::{Generation, LegId, TrackId};
 use sluice_core::table::{Delta, LegSpec, Op, SubscriptionSpec, TrackSpec};
 
-/// A complete table set, keyed by the dataplane's ids.
+/// A complete set of table specs (what the dataplane has, or should have), keyed by the
+/// dataplane's ids. (The dataplane's `sluice_core::table::Tables` holds these specs and the
+/// runtime state beside them.)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Tables {
+pub struct SpecSet {
     /// Legs.
     pub legs: BTreeMap<LegId, LegSpec>,
     /// Tracks.
@@ -24,7 +26,7 @@ pub struct Tables {
     pub subs: BTreeMap<(LegId, TrackId), SubscriptionSpec>,
 }
 
-impl Tables {
+impl SpecSet {
     /// The tables a full snapshot (a replace-all delta's upserts) describes.
     pub fn from_ops(ops: &[Op]) -> Self {
         let mut t = Self::default();
@@ -47,7 +49,7 @@ impl Tables {
 
     /// Replaces the entries of `before` (one session's part, as it was) with those of `after`
     /// (as it is now): the cost is the part's size, not the whole set's.
-    pub fn replace_part(&mut self, before: &Tables, after: &Tables) {
+    pub fn replace_part(&mut self, before: &SpecSet, after: &SpecSet) {
         for k in before.legs.keys() {
             self.legs.remove(k);
         }
@@ -78,20 +80,20 @@ pub struct Shadow {
     /// The dataplane's table generation.
     pub generation: Generation,
     /// Its tables.
-    pub tables: Tables,
+    pub tables: SpecSet,
 }
 
 impl Shadow {
     /// The delta taking the dataplane from this shadow to `desired`, or `None` when nothing
     /// differs. Its generation is the installed one + 1.
-    pub fn delta_to(&self, desired: &Tables) -> Option<Delta> {
-        let ops = diff(&self.tables, desired);
+    pub fn delta_to(&self, desired: &SpecSet) -> Option<Delta> {
+        let ops = ops(&self.tables, desired);
         (!ops.is_empty()).then(|| Delta { generation: Generation(self.generation.0 + 1), replace_all: false, ops })
     }
 }
 
 /// The minimal ops turning `installed` into `desired`.
-pub fn diff(installed: &Tables, desired: &Tables) -> Vec<Op> {
+pub fn ops(installed: &SpecSet, desired: &SpecSet) -> Vec<Op> {
     let mut ops = Vec::new();
     let leg_goes = |l: &LegId| !desired.legs.contains_key(l);
     // A track whose publisher leg goes is removed with it.
@@ -127,8 +129,8 @@ pub fn diff(installed: &Tables, desired: &Tables) -> Vec<Op> {
 }
 
 /// How many entries differ between two table sets (0: identical).
-pub fn differing(a: &Tables, b: &Tables) -> usize {
-    diff(a, b).len()
+pub fn differing(a: &SpecSet, b: &SpecSet) -> usize {
+    ops(a, b).len()
 }
 
 #[cfg(test)]
@@ -196,7 +198,7 @@ mod tests {
     fn from_scratch_everything_is_upserted_in_dependency_order() {
         let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
         d.apply(&pair("m")).unwrap();
-        let ops = diff(&Tables::default(), &d.tables());
+        let ops = ops(&SpecSet::default(), &d.tables());
         let kinds: Vec<u8> = ops
             .iter()
             .map(|o| match o {
@@ -207,7 +209,7 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, vec![0, 0, 1, 1, 2, 2]);
-        assert_eq!(Tables::from_ops(&d.tables().to_ops()), d.tables(), "a snapshot round-trips");
+        assert_eq!(SpecSet::from_ops(&d.tables().to_ops()), d.tables(), "a snapshot round-trips");
     }
 
     /// A change to one session, diffed on that session's part alone and patched into the
@@ -227,7 +229,7 @@ mod tests {
             let before = d.session_tables("m");
             d.apply(&r).unwrap();
             let after = d.session_tables("m");
-            assert_eq!(diff(&before, &after), diff(&shadow.tables, &d.tables()), "the session's ops are the node's");
+            assert_eq!(ops(&before, &after), ops(&shadow.tables, &d.tables()), "the session's ops are the node's");
             shadow.tables.replace_part(&before, &after);
             assert_eq!(shadow.tables, d.tables(), "the patched shadow is the whole compile");
         }
@@ -258,7 +260,7 @@ mod tests {
             let delta = shadow.delta_to(&d.tables()).unwrap();
             let g = dp.apply(delta).unwrap_or_else(|e| panic!("dataplane refused: {e}"));
             shadow = Shadow { generation: g, tables: d.tables() };
-            assert_eq!(Tables::from_ops(&dp.snapshot().ops), d.tables());
+            assert_eq!(SpecSet::from_ops(&dp.snapshot().ops), d.tables());
         }
         d.delete_session(&pb::DeleteSessionRequest { session: "m".into(), expected_revision: None }).unwrap();
         dp.apply(shadow.delta_to(&d.tables()).unwrap()).unwrap();
