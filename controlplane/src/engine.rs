@@ -18,9 +18,9 @@ use tokio::sync::broadcast;
 
 use crate::client::{Link, LinkError, Synced};
 use crate::diff::SpecSet;
-use crate::events::Names;
 use crate::journal::{Journal, JournalError, Record};
 use crate::lb::Lb;
+use crate::names::Names;
 use crate::pb;
 use crate::state::{Desired, EdgeInfo, Outcome, StateError, webrtc_local};
 

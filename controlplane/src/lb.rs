@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::engine::{SharedEngine, lock};
+use crate::pb;
 use crate::state::{ErrorKind, StateError};
 
 /// How long one Redis connect or command may take before Redis counts as down.
@@ -168,13 +168,14 @@ impl Lb {
         }
     }
 
-    /// Starts the heartbeat thread.
-    pub fn spawn(self: &Arc<Self>, engine: SharedEngine) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Starts the heartbeat thread; `status` reads the node's status (the engine's), so this
+    /// module needs nothing of the engine's.
+    pub fn spawn(self: &Arc<Self>, status: impl Fn() -> pb::NodeStatus + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
         let lb = self.clone();
-        std::thread::Builder::new().name("lb-heartbeat".into()).spawn(move || lb.run(&engine))
+        std::thread::Builder::new().name("lb-heartbeat".into()).spawn(move || lb.run(&status))
     }
 
-    fn run(&self, engine: &SharedEngine) {
+    fn run(&self, status_of: &dyn Fn() -> pb::NodeStatus) {
         let mut last: Option<(Instant, u64)> = None;
         let mut drained_reported = false;
         tracing::info!(node = %self.node_id, key = %node_key(&self.node_id), interval_ms = self.interval.as_millis() as u64, "publishing load to redis");
@@ -186,7 +187,7 @@ impl Lb {
                     tracing::info!(node = %self.node_id, draining = on, "drain flag in redis changed");
                 }
             }
-            let status = lock(engine).status();
+            let status = status_of();
             let packets: u64 = status.workers.iter().map(|w| w.rx_packets).sum();
             let now = Instant::now();
             let pps = match last {

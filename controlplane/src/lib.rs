@@ -19,6 +19,7 @@ pub mod engine;
 pub mod events;
 pub mod journal;
 pub mod lb;
+pub mod names;
 pub mod state;
 
 /// Generated protobuf/gRPC types (`proto/sluice/v1`).

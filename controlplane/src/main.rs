@@ -117,7 +117,8 @@ fn main() -> anyhow::Result<()> {
         Some(r) => {
             let lb = Lb::new(&r.url, &r.node_id, r.interval).context("controlplane.redis_url")?;
             lock(&engine).set_lb(lb.clone());
-            lb.spawn(engine.clone()).context("heartbeat thread")?;
+            let e = engine.clone();
+            lb.spawn(move || sluice_controlplane::engine::lock(&e).status()).context("heartbeat thread")?;
             Some(lb)
         }
         None => {
