@@ -140,6 +140,9 @@ impl pb::routes_server::Routes for RoutesService {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let filter = req.into_inner().session;
+        if !filter.is_empty() {
+            crate::state::check_id("session", &filter).map_err(|e| state_status(&e))?;
+        }
         let rx = lock(&self.engine).subscribe();
         let stream = BroadcastStream::new(rx).filter_map(move |item| match item {
             Ok(ev) if filter.is_empty() || ev.session == filter || ev.session.is_empty() => Some(Ok(ev)),

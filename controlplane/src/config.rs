@@ -182,6 +182,20 @@ impl Config {
         }
     }
 
+    /// A warning for a transport that lets anyone who can reach the address program the node:
+    /// TLS without client certificates (`client_ca`) on an address other than loopback. Still
+    /// allowed (a proxy in front may authenticate), but said at start.
+    pub fn transport_warning(&self) -> Option<String> {
+        let t = self.tls.as_ref()?;
+        if t.client_ca.is_some() || self.grpc_listen.ip().is_loopback() {
+            return None;
+        }
+        Some(format!(
+            "gRPC on {} uses TLS without client certificates: any client that reaches it can program media routes and read session state; set [controlplane.tls] client_ca for mTLS, or listen on loopback behind an authenticating proxy",
+            self.grpc_listen
+        ))
+    }
+
     /// The Redis settings, if `redis_url` is set.
     pub fn redis(&self) -> Result<Option<Redis>, ConfigError> {
         let Some(url) = &self.redis_url else {
@@ -224,6 +238,23 @@ mod tests {
         assert!(open.transport().unwrap_err().to_string().contains("controlplane.plaintext"));
         let tls = Config::parse("[controlplane]\ngrpc_listen = \"0.0.0.0:1\"\n[controlplane.tls]\ncert = \"c\"\nkey = \"k\"\n").unwrap();
         assert!(matches!(tls.transport().unwrap(), Transport::Tls(_)));
+    }
+
+    #[test]
+    fn tls_without_client_certificates_off_loopback_warns() {
+        let cfg = |listen: &str, mtls: bool| {
+            let ca = if mtls { "client_ca = \"ca.pem\"\n" } else { "" };
+            Config::parse(&format!("[controlplane]\ngrpc_listen = \"{listen}\"\n[controlplane.tls]\ncert = \"c\"\nkey = \"k\"\n{ca}")).unwrap()
+        };
+        for listen in ["0.0.0.0:50051", "10.1.2.3:50051", "[::]:50051"] {
+            let w = cfg(listen, false).transport_warning().unwrap_or_else(|| panic!("{listen}: no warning"));
+            assert!(w.contains("client_ca") && w.contains(listen), "{w}");
+            assert_eq!(cfg(listen, true).transport_warning(), None, "{listen} with mTLS");
+        }
+        assert_eq!(cfg("127.0.0.1:50051", false).transport_warning(), None);
+        assert_eq!(cfg("[::1]:50051", false).transport_warning(), None);
+        let plain = Config::parse("[controlplane]\ngrpc_listen = \"127.0.0.1:1\"\nplaintext = true\n").unwrap();
+        assert_eq!(plain.transport_warning(), None);
         let redis = Config::parse("[controlplane]\nredis_url = \"redis://127.0.0.1:1/\"\n").unwrap();
         assert!(redis.redis().unwrap_err().to_string().contains("controlplane.node_id"));
     }

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod lb;
 pub mod names;
 pub mod state;
+pub mod text;
 
 /// Generated protobuf/gRPC types (`proto/sluice/v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::allow_attributes_without_reason, reason = "generated code")]

@@ -95,6 +95,9 @@ fn main() -> anyhow::Result<()> {
     }
     let ports = config.ports()?;
     let transport = config.transport()?;
+    if let Some(warning) = config.transport_warning() {
+        tracing::warn!("{warning}");
+    }
     let redis = config.redis()?;
     let (journal, desired, info) = Journal::open(&config.state_dir, ports).with_context(|| format!("state in {}", config.state_dir.display()))?;
     if info.torn_bytes > 0 {

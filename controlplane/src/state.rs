@@ -19,11 +19,18 @@ use sluice_core::table::{
 
 use crate::diff::SpecSet;
 use crate::pb;
+use crate::text::{describe_char, quote};
 
 /// How many idempotency keys a session remembers.
 pub const IDEMPOTENCY_KEYS_KEPT: usize = 1024;
-/// Longest id (session, leg, track) accepted.
+/// Longest id (session, leg, track, idempotency key) accepted.
 pub const MAX_ID_LEN: usize = 128;
+/// Longest RID accepted (RFC 8851 rid-id; what browsers send).
+pub const MAX_RID_LEN: usize = 16;
+/// Longest `leg.remote` accepted (an IPv6 address with scope and port fits).
+pub const MAX_REMOTE_LEN: usize = 64;
+/// Longest `webrtc.remote_fingerprint` accepted (a SHA-512 fingerprint is 199 bytes).
+pub const MAX_FINGERPRINT_LEN: usize = 256;
 
 /// What kind of failure a [`StateError`] is (mapped 1:1 to gRPC codes by the API layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,14 +237,14 @@ impl Desired {
             let legs: Vec<String> = session.legs.iter().filter(|(_, l)| l.validate().is_err()).map(|(n, _)| n.clone()).collect();
             for l in legs {
                 if let Some(Err(e)) = session.legs.get(&l).map(LegSpec::validate) {
-                    dropped.push(format!("session {name:?}: leg {l:?}: {e}"));
+                    dropped.push(format!("session {}: leg {}: {e}", quote(name), quote(&l)));
                 }
                 session.remove_leg(&l);
             }
             let tracks: Vec<String> = session.tracks.iter().filter(|(_, t)| t.spec.validate().is_err()).map(|(n, _)| n.clone()).collect();
             for t in tracks {
                 if let Some(Err(e)) = session.tracks.get(&t).map(|t| t.spec.validate()) {
-                    dropped.push(format!("session {name:?}: track {t:?}: {e}"));
+                    dropped.push(format!("session {}: track {}: {e}", quote(name), quote(&t)));
                 }
                 session.remove_track(&t);
             }
@@ -245,7 +252,7 @@ impl Desired {
                 subs.retain(|track, s| match s.validate() {
                     Ok(()) => true,
                     Err(e) => {
-                        dropped.push(format!("session {name:?}: subscription of leg {leg:?} to track {track:?}: {e}"));
+                        dropped.push(format!("session {}: subscription of leg {} to track {}: {e}", quote(name), quote(leg), quote(track)));
                         false
                     }
                 });
@@ -270,13 +277,16 @@ impl Desired {
     /// the session's size, not the node's); [`Desired::commit`] then makes it the state.
     pub fn prepare(&self, req: &pb::ChangeSet) -> Result<Prepared, StateError> {
         check_id("session", &req.session)?;
+        if !req.idempotency_key.is_empty() {
+            check_id("idempotency_key", &req.idempotency_key)?;
+        }
         let fingerprint = fingerprint(&prost::Message::encode_to_vec(req));
         let existing = self.sessions.get(&req.session);
         if !req.idempotency_key.is_empty()
             && let Some(e) = existing.and_then(|s| s.idempotency.iter().find(|e| e.key == req.idempotency_key))
         {
             if e.fingerprint != fingerprint {
-                return Err(invalid("idempotency_key", format!("key {:?} was already used for a different change set", req.idempotency_key)));
+                return Err(invalid("idempotency_key", format!("key {} was already used for a different change set", quote(&req.idempotency_key))));
             }
             return Ok(Prepared {
                 outcome: Outcome { session: req.session.clone(), committed: e.committed.clone(), events: Vec::new(), replayed: true },
@@ -287,14 +297,14 @@ impl Desired {
             return Err(err(
                 ErrorKind::FailedPrecondition,
                 "session",
-                format!("node is draining and takes no new sessions (session {:?} does not exist here)", req.session),
+                format!("node is draining and takes no new sessions (session {} does not exist here)", quote(&req.session)),
             ));
         }
         let current = existing.map_or(0, |s| s.revision);
         if let Some(expected) = req.expected_revision
             && expected != current
         {
-            return Err(err(ErrorKind::Aborted, "expected_revision", format!("session {:?} is at revision {current}, not {expected}", req.session)));
+            return Err(err(ErrorKind::Aborted, "expected_revision", format!("session {} is at revision {current}, not {expected}", quote(&req.session))));
         }
         if req.changes.is_empty() {
             return Err(invalid("changes", "a change set needs at least one change"));
@@ -375,14 +385,16 @@ impl Desired {
     /// Whether [`Desired::delete_session`] would succeed (nothing changes); the session's
     /// current revision.
     pub fn check_delete(&self, req: &pb::DeleteSessionRequest) -> Result<u64, StateError> {
-        check_id("session", &req.session)?;
+        // A session an older build accepted under a name today's check refuses can still be
+        // read and deleted; any other such name is refused as invalid.
         let Some(s) = self.sessions.get(&req.session) else {
-            return Err(err(ErrorKind::NotFound, "session", format!("no session {:?}", req.session)));
+            check_id("session", &req.session)?;
+            return Err(err(ErrorKind::NotFound, "session", format!("no session {}", quote(&req.session))));
         };
         if let Some(expected) = req.expected_revision
             && expected != s.revision
         {
-            return Err(err(ErrorKind::Aborted, "expected_revision", format!("session {:?} is at revision {}, not {expected}", req.session, s.revision)));
+            return Err(err(ErrorKind::Aborted, "expected_revision", format!("session {} is at revision {}, not {expected}", quote(&req.session), s.revision)));
         }
         Ok(s.revision)
     }
@@ -424,7 +436,10 @@ impl Desired {
 
     /// The session as the API shows it (keys left out).
     pub fn session_view(&self, name: &str, edge: &EdgeInfo) -> Result<pb::Session, StateError> {
-        let s = self.sessions.get(name).ok_or_else(|| err(ErrorKind::NotFound, "session", format!("no session {name:?}")))?;
+        let Some(s) = self.sessions.get(name) else {
+            check_id("session", name)?;
+            return Err(err(ErrorKind::NotFound, "session", format!("no session {}", quote(name))));
+        };
         let leg_name: BTreeMap<LegId, &str> = s.legs.iter().map(|(n, l)| (l.id, n.as_str())).collect();
         let track_name: BTreeMap<TrackId, &str> = s.tracks.iter().map(|(n, t)| (t.spec.id, n.as_str())).collect();
         let key = |k: &KeyMaterial| pb::KeyMaterial { profile: profile_to_pb(k.profile) as i32, key: Vec::new(), salt: Vec::new() };
@@ -528,6 +543,7 @@ impl Stage<'_> {
             Some(C::Leg(l)) => self.leg(&format!("{at}.leg"), l),
             Some(C::RemoveLeg(name)) => {
                 let f = format!("{at}.remove_leg");
+                check_id(&f, name)?;
                 if !self.session.legs.contains_key(name) {
                     return Err(self.no_leg(&f, name));
                 }
@@ -539,6 +555,7 @@ impl Stage<'_> {
             }
             Some(C::Track(t)) => self.track(&format!("{at}.track"), t),
             Some(C::RemoveTrack(name)) => {
+                check_id(&format!("{at}.remove_track"), name)?;
                 if !self.session.tracks.contains_key(name) {
                     return Err(self.no_track(&format!("{at}.remove_track"), name));
                 }
@@ -549,12 +566,14 @@ impl Stage<'_> {
             Some(C::Subscription(s)) => self.subscription(&format!("{at}.subscription"), s),
             Some(C::RemoveSubscription(k)) => {
                 let f = format!("{at}.remove_subscription");
+                check_id(&format!("{f}.subscriber_leg"), &k.subscriber_leg)?;
+                check_id(&format!("{f}.track"), &k.track)?;
                 let removed = self.session.subs.get_mut(&k.subscriber_leg).and_then(|s| s.remove(&k.track));
                 if removed.is_none() {
                     return Err(err(
                         ErrorKind::NotFound,
                         f,
-                        format!("leg {:?} has no subscription to track {:?} in session {:?}", k.subscriber_leg, k.track, self.name),
+                        format!("leg {} has no subscription to track {} in session {}", quote(&k.subscriber_leg), quote(&k.track), quote(self.name)),
                     ));
                 }
                 self.session.subs.retain(|_, s| !s.is_empty());
@@ -564,11 +583,11 @@ impl Stage<'_> {
     }
 
     fn no_leg(&self, field: &str, name: &str) -> StateError {
-        err(ErrorKind::NotFound, field, format!("no leg {name:?} in session {:?}", self.name))
+        err(ErrorKind::NotFound, field, format!("no leg {} in session {}", quote(name), quote(self.name)))
     }
 
     fn no_track(&self, field: &str, name: &str) -> StateError {
-        err(ErrorKind::NotFound, field, format!("no track {name:?} in session {:?}", self.name))
+        err(ErrorKind::NotFound, field, format!("no track {} in session {}", quote(name), quote(self.name)))
     }
 
     fn allocate_port(&mut self, field: &str) -> Result<u16, StateError> {
@@ -603,8 +622,10 @@ impl Stage<'_> {
         };
         let remote = if l.remote.is_empty() {
             None
+        } else if l.remote.len() > MAX_REMOTE_LEN {
+            return Err(invalid(format!("{f}.remote"), format!("is {} bytes; an ip:port address is at most {MAX_REMOTE_LEN}", l.remote.len())));
         } else {
-            Some(l.remote.parse::<SocketAddr>().map_err(|_| invalid(format!("{f}.remote"), format!("{:?} is not an ip:port address", l.remote)))?)
+            Some(l.remote.parse::<SocketAddr>().map_err(|_| invalid(format!("{f}.remote"), format!("{} is not an ip:port address", quote(&l.remote))))?)
         };
         if remote.is_some_and(|r| r.port() == 0) {
             return Err(invalid(format!("{f}.remote"), "port must not be 0"));
@@ -645,6 +666,7 @@ impl Stage<'_> {
 
     fn track(&mut self, f: &str, t: &pb::Track) -> Result<(), StateError> {
         check_id(&format!("{f}.id"), &t.id)?;
+        check_id(&format!("{f}.publisher_leg"), &t.publisher_leg)?;
         let Some(publisher) = self.session.legs.get(&t.publisher_leg) else {
             return Err(self.no_leg(&format!("{f}.publisher_leg"), &t.publisher_leg));
         };
@@ -654,7 +676,7 @@ impl Stage<'_> {
         {
             return Err(invalid(
                 format!("{f}.publisher_leg"),
-                format!("track {:?} belongs to leg {:?}; a track cannot move to another leg", t.id, old.publisher),
+                format!("track {} belongs to leg {}; a track cannot move to another leg", quote(&t.id), quote(&old.publisher)),
             ));
         }
         let kind = match pb::MediaKind::try_from(t.kind) {
@@ -677,6 +699,7 @@ impl Stage<'_> {
         let mut mine: BTreeMap<u32, String> = BTreeMap::new();
         for (j, l) in t.layers.iter().enumerate() {
             let lf = format!("{f}.layers[{j}]");
+            check_rid(&format!("{lf}.rid"), &l.rid)?;
             if l.ssrc.is_none() && l.rid.is_empty() {
                 return Err(invalid(lf, "a layer needs an SSRC or a RID"));
             }
@@ -696,7 +719,7 @@ impl Stage<'_> {
                     .filter(|(n, _)| *n != &t.id)
                     .find(|(_, o)| o.spec.layers.iter().any(|ol| ol.ssrc == Some(Ssrc(ssrc)) || ol.rtx_ssrc == Some(Ssrc(ssrc))))
                 {
-                    return Err(invalid(sf, format!("SSRC {ssrc} is already used by track {other:?} in session {:?}", self.name)));
+                    return Err(invalid(sf, format!("SSRC {ssrc} is already used by track {} in session {}", quote(other), quote(self.name))));
                 }
             }
             layers.push(LayerSpec { ssrc: l.ssrc.map(Ssrc), rtx_ssrc: l.rtx_ssrc.map(Ssrc), rid: (!l.rid.is_empty()).then(|| l.rid.clone()) });
@@ -742,6 +765,8 @@ impl Stage<'_> {
     }
 
     fn subscription(&mut self, f: &str, s: &pb::Subscription) -> Result<(), StateError> {
+        check_id(&format!("{f}.subscriber_leg"), &s.subscriber_leg)?;
+        check_id(&format!("{f}.track"), &s.track)?;
         let Some(subscriber) = self.session.legs.get(&s.subscriber_leg) else {
             return Err(self.no_leg(&format!("{f}.subscriber_leg"), &s.subscriber_leg));
         };
@@ -751,14 +776,14 @@ impl Stage<'_> {
         if track.publisher == s.subscriber_leg {
             return Err(invalid(
                 format!("{f}.subscriber_leg"),
-                format!("leg {:?} publishes track {:?}; a leg cannot subscribe to its own track", s.subscriber_leg, s.track),
+                format!("leg {} publishes track {}; a leg cannot subscribe to its own track", quote(&s.subscriber_leg), quote(&s.track)),
             ));
         }
         let layers = track.spec.layers.len();
         if s.target_layer as usize >= layers {
             return Err(invalid(
                 format!("{f}.target_layer"),
-                format!("layer {} is out of range: track {:?} has {layers} layer(s), 0..={}", s.target_layer, s.track, layers - 1),
+                format!("layer {} is out of range: track {} has {layers} layer(s), 0..={}", s.target_layer, quote(&s.track), layers - 1),
             ));
         }
         if s.out_ssrc == 0 {
@@ -774,7 +799,7 @@ impl Stage<'_> {
                 if o.out_ssrc.0 == ssrc || o.out_rtx_ssrc == Some(Ssrc(ssrc)) {
                     return Err(invalid(
                         format!("{f}.{which}"),
-                        format!("SSRC {ssrc} is already used by leg {:?}'s subscription to track {other:?}", s.subscriber_leg),
+                        format!("SSRC {ssrc} is already used by leg {}'s subscription to track {}", quote(&s.subscriber_leg), quote(other)),
                     ));
                 }
             }
@@ -815,12 +840,37 @@ fn spec_invalid(f: &str, e: SpecError) -> StateError {
     invalid(format!("{f}.{field}"), e.why)
 }
 
-fn check_id(field: &str, id: &str) -> Result<(), StateError> {
+/// Whether `b` may appear in an id: ASCII letters, digits and `- _ . : @ /` (what names,
+/// UUIDs, URIs' paths and `user@host` need; nothing a terminal or a log line interprets).
+fn id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.:@/".contains(&b)
+}
+
+/// Checks an id (session, leg, track, idempotency key): 1 to [`MAX_ID_LEN`] bytes of
+/// [`id_byte`]s. The message never echoes the id: it names the first bad character and where.
+pub fn check_id(field: &str, id: &str) -> Result<(), StateError> {
     if id.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
     if id.len() > MAX_ID_LEN {
-        return Err(invalid(field, format!("longer than {MAX_ID_LEN} bytes")));
+        return Err(invalid(field, format!("is {} bytes; ids are at most {MAX_ID_LEN}", id.len())));
+    }
+    if let Some((at, c)) = id.char_indices().find(|&(_, c)| !c.is_ascii() || !id_byte(c as u8)) {
+        return Err(invalid(field, format!("character {} at byte {at} is not allowed: ids use ASCII letters, digits and - _ . : @ /", describe_char(c))));
+    }
+    Ok(())
+}
+
+/// Checks a RID (RFC 8851 §10 rid-id: letters, digits, `-`, `_`), 1 to [`MAX_RID_LEN`] bytes.
+fn check_rid(field: &str, rid: &str) -> Result<(), StateError> {
+    if rid.len() > MAX_RID_LEN {
+        return Err(invalid(field, format!("is {} bytes; a RID is at most {MAX_RID_LEN}", rid.len())));
+    }
+    if let Some((at, c)) = rid.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+        return Err(invalid(
+            field,
+            format!("character {} at byte {at} is not allowed: a RID uses ASCII letters, digits, - and _ (RFC 8851)", describe_char(c)),
+        ));
     }
     Ok(())
 }
@@ -886,10 +936,10 @@ fn webrtc_remote(f: &str, w: &pb::WebRtc) -> Result<(IceCredentials, DtlsRole, S
     if !ice_chars(&w.remote_ice_pwd, 22) {
         return Err(invalid(format!("{f}.remote_ice_pwd"), "must be 22 to 256 ice-chars (letters, digits, '+', '/')"));
     }
-    if sluice_api::parse_fingerprint(&w.remote_fingerprint).is_none() {
+    if w.remote_fingerprint.len() > MAX_FINGERPRINT_LEN || sluice_api::parse_fingerprint(&w.remote_fingerprint).is_none() {
         return Err(invalid(
             format!("{f}.remote_fingerprint"),
-            format!("{:?} is not \"<sha-1|sha-256|sha-384|sha-512> AB:CD:...\" with the hash's length", w.remote_fingerprint),
+            format!("{} is not \"<sha-1|sha-256|sha-384|sha-512> AB:CD:...\" with the hash's length", quote(&w.remote_fingerprint)),
         ));
     }
     let role = match pb::DtlsSetup::try_from(w.setup) {
@@ -1065,6 +1115,59 @@ mod tests {
         assert_eq!(out.committed.revision, 2);
         assert_eq!(out.committed.ports, vec![("a".into(), 30_000)]);
         assert_eq!(d.tables().legs, t.legs);
+    }
+
+    /// Ids are 1..=128 bytes of letters, digits and `-_.:@/`, RIDs RFC 8851's 1..=16, and no
+    /// message echoes more than a short, escaped piece of an input.
+    #[test]
+    fn ids_rids_and_keys_are_printable_and_bounded_and_echoes_are_short() {
+        let mut d = node();
+        d.apply(&pair("m")).unwrap();
+        let huge = "k".repeat(1 << 20);
+        let with_rid = |rid: &str| {
+            let mut c = video("v9", "a", 900);
+            if let Some(C::Track(t)) = &mut c.change {
+                t.layers[0].rid = rid.into();
+            }
+            req("m", vec![c])
+        };
+        let mut keyed = pair("m2");
+        keyed.idempotency_key = huge.clone();
+        let cases: Vec<(pb::ChangeSet, &str)> = vec![
+            (req("a\0b", vec![leg("x")]), "session"),
+            (req(&huge, vec![leg("x")]), "session"),
+            (req("m", vec![leg("x\ny")]), "changes[0].leg.id"),
+            (req("m", vec![video("v\u{1b}[31m", "a", 900)]), "changes[0].track.id"),
+            (req("m", vec![video("v9", "a\u{202e}", 900)]), "changes[0].track.publisher_leg"),
+            (req("m", vec![sub("b\u{2066}", "va", 5, 0, false)]), "changes[0].subscription.subscriber_leg"),
+            (req("m", vec![sub("b", "va b", 5, 0, false)]), "changes[0].subscription.track"),
+            (req("m", vec![pb::Change { change: Some(C::RemoveLeg(huge.clone())) }]), "changes[0].remove_leg"),
+            (req("m", vec![pb::Change { change: Some(C::RemoveTrack("é".into())) }]), "changes[0].remove_track"),
+            (with_rid(&huge), "changes[0].track.layers[0].rid"),
+            (with_rid("h i"), "changes[0].track.layers[0].rid"),
+            (with_rid("abcdefghijklmnopq"), "changes[0].track.layers[0].rid"),
+            (keyed, "idempotency_key"),
+        ];
+        for (r, field) in cases {
+            let e = refuse(&mut d, &r);
+            assert_eq!((e.kind, e.field.as_str()), (ErrorKind::InvalidArgument, field), "{e}");
+            let msg = e.to_string();
+            assert!(msg.len() < 200 && !msg.chars().any(crate::text::is_unsafe_char), "{msg:?}");
+        }
+        for ok in ["meeting-1", "a.b:c@d/e_F", &"x".repeat(MAX_ID_LEN)] {
+            d.apply(&req(ok, vec![leg("p")])).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        d.apply(&with_rid("hi-Q_1")).unwrap();
+        // A reused key is echoed cut short.
+        let mut a = pair("k");
+        a.idempotency_key = "z".repeat(MAX_ID_LEN);
+        d.apply(&a).unwrap();
+        a.changes.pop();
+        let e = refuse(&mut d, &a);
+        assert!(e.message.len() < 150 && e.message.contains("…"), "{e}");
+        // Reading or deleting a name that cannot exist is invalid, not just not found.
+        let e = d.session_view("x\ny", &EdgeInfo::default()).unwrap_err();
+        assert_eq!((e.kind, e.field.as_str()), (ErrorKind::InvalidArgument, "session"));
     }
 
     #[test]

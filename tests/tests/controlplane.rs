@@ -953,3 +953,59 @@ fn a_journaled_change_the_dataplane_refuses_does_not_wedge_the_node() {
     let legs = snap.ops.iter().filter(|o| matches!(o, Op::UpsertLeg(_))).count();
     assert_eq!(legs, 6, "three legs of each session");
 }
+
+/// Input hygiene over real gRPC: ids with NUL, newline, an ANSI escape or a bidi override, and a
+/// 1 MB idempotency key or RID, are INVALID_ARGUMENT naming the field, with a short message that
+/// carries none of those characters; Get and Watch refuse such names too; nothing was created.
+#[test]
+fn hostile_ids_and_huge_strings_are_invalid_with_short_messages() {
+    const PORTS10: (u16, u16) = (19_900, 19_915);
+    let dir = TempDir::new("cp-hygiene");
+    let (_dataplane, dp_sock) = start_dataplane(dir.path());
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS10);
+    let mut grpc = Grpc::connect(addr);
+    let huge = "k".repeat(1 << 20);
+    let keys = || Some(pb::KeyMaterial { profile: pb::SrtpProfile::AeadAes128Gcm as i32, key: vec![0; 16], salt: vec![0; 12] });
+    let leg_change = |id: &str| pb::Change { change: Some(C::Leg(pb::Leg { id: id.into(), rx: keys(), tx: keys(), ..Default::default() })) };
+    let base = session_req("ok-session");
+    let mut cases: Vec<(pb::ChangeSet, &str)> = Vec::new();
+    for bad in ["nul\0id", "new\nline", "esc\u{1b}[31mred", "bidi\u{202e}txt.exe"] {
+        let mut r = base.clone();
+        r.session = bad.into();
+        cases.push((r, "session"));
+        cases.push((session_req_with("ok-session", vec![leg_change(bad)]), "changes[0].leg.id"));
+    }
+    let mut r = base.clone();
+    r.idempotency_key = huge.clone();
+    cases.push((r, "idempotency_key"));
+    let mut r = base.clone();
+    r.idempotency_key = "key\u{2066}".into();
+    cases.push((r, "idempotency_key"));
+    let mut r = base.clone();
+    let (i, rid_field) = r
+        .changes
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| if let Some(C::Track(_)) = c.change { Some((i, format!("changes[{i}].track.layers[0].rid"))) } else { None })
+        .expect("a track");
+    if let Some(C::Track(t)) = &mut r.changes[i].change {
+        t.layers[0].rid = huge.clone();
+    }
+    cases.push((r, rid_field.as_str()));
+    for (r, field) in cases {
+        let what = format!("{:?}", r.session.chars().take(20).collect::<String>());
+        let s = expect_code(grpc.apply(r), Code::InvalidArgument, field);
+        assert!(s.message().len() < 200, "{what}: {} bytes: {:?}", s.message().len(), s.message());
+        assert!(!s.message().chars().any(|c| c.is_control() || ('\u{2000}'..='\u{206f}').contains(&c)), "{what}: {:?}", s.message());
+    }
+    let s = expect_code(grpc.session("new\nline"), Code::InvalidArgument, "session");
+    assert!(!s.message().contains('\n'), "{s:?}");
+    let watch = grpc.rt.block_on(grpc.routes.watch(pb::WatchRequest { session: "esc\u{1b}[2J".into() }));
+    expect_code(watch.map(|_| ()), Code::InvalidArgument, "session");
+    assert_eq!(grpc.status().sessions, 0, "nothing was created:\n{}", cp.log_text());
+    grpc.apply(base).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+}
+
+fn session_req_with(session: &str, changes: Vec<pb::Change>) -> pb::ChangeSet {
+    pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes }
+}

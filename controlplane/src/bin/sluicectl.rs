@@ -1,5 +1,9 @@
 //! `sluicectl`: operator CLI for a Sluice control plane (the `sluice.v1` Node and Routes gRPC
 //! services), and dev certificates for its TLS.
+//!
+//! Everything it prints that came from the server (ids, addresses, events, error messages) goes
+//! through [`text::escape`] (or [`text::json_escape`] for JSON): an id with a newline, an ANSI
+//! escape sequence or a bidi override cannot forge lines or recolour the operator's terminal.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +13,7 @@ use serde_json::{Value, json};
 use sluice_controlplane::pb;
 use sluice_controlplane::pb::node_client::NodeClient;
 use sluice_controlplane::pb::routes_client::RoutesClient;
+use sluice_controlplane::text;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Operator CLI for a Sluice control plane.
@@ -104,10 +109,10 @@ async fn connect(args: &Args) -> anyhow::Result<Channel> {
 
 /// The status with its cause chain (a refused TLS handshake only shows there).
 fn grpc_err(s: tonic::Status) -> anyhow::Error {
-    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    let mut msg = format!("{:?}: {}", s.code(), text::escape(s.message()));
     let mut cause = std::error::Error::source(&s);
     while let Some(c) = cause {
-        msg.push_str(&format!(": {c}"));
+        msg.push_str(&format!(": {}", text::escape(&c.to_string())));
         cause = c.source();
     }
     anyhow::anyhow!(msg)
@@ -151,7 +156,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&json!({ "sessions": v }))?);
+                println!("{}", text::json_escape(&serde_json::to_string_pretty(&json!({ "sessions": v }))?));
             } else {
                 let mut rows =
                     vec![vec!["SESSION".to_owned(), "REVISION".into(), "TRACKS".into(), "SUBSCRIPTIONS".into(), "LEG".into(), "PORT".into(), "REMOTE".into()]];
@@ -188,9 +193,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Session { id } => {
             let s = routes.get_session(pb::GetSessionRequest { session: id.clone() }).await.map_err(grpc_err)?.into_inner();
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&session_json(&s))?);
+                println!("{}", text::json_escape(&serde_json::to_string_pretty(&session_json(&s))?));
             } else {
-                println!("session {}  revision {}", s.id, s.revision);
+                println!("session {}  revision {}", text::escape(&s.id), s.revision);
                 println!();
                 let mut rows = vec![vec!["LEG".to_owned(), "PORT".into(), "REMOTE".into(), "FEEDBACK_SSRC".into()]];
                 rows.extend(s.legs.iter().map(|l| vec![l.id.clone(), l.local_port.to_string(), remote(l), l.feedback_ssrc.to_string()]));
@@ -212,14 +217,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Watch { session } => {
             let mut stream = routes.watch(pb::WatchRequest { session: session.clone().unwrap_or_default() }).await.map_err(grpc_err)?.into_inner();
             if !args.json {
-                println!("# watching {}", session.as_deref().unwrap_or("every session"));
+                println!("# watching {}", text::escape(session.as_deref().unwrap_or("every session")));
             }
             while let Some(ev) = stream.message().await.map_err(grpc_err)? {
                 let what = ev.event.map(|e| format!("{e:?}")).unwrap_or_default();
                 if args.json {
-                    println!("{}", json!({ "session": ev.session, "revision": ev.revision, "event": what }));
+                    println!("{}", text::json_escape(&json!({ "session": ev.session, "revision": ev.revision, "event": what }).to_string()));
                 } else {
-                    println!("{:<16} r{:<5} {what}", if ev.session.is_empty() { "(node)" } else { &ev.session }, ev.revision);
+                    let session = if ev.session.is_empty() { "(node)".to_owned() } else { text::escape(&ev.session) };
+                    println!("{session:<16} r{:<5} {}", ev.revision, text::escape(&what));
                 }
             }
         }
@@ -279,7 +285,7 @@ fn print_status(s: &pb::NodeStatus, as_json: bool) {
                 "rx_packets_per_second": w.rx_packets_per_second, "tx_packets_per_second": w.tx_packets_per_second,
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        println!("{}", text::json_escape(&serde_json::to_string_pretty(&v).unwrap_or_default()));
         return;
     }
     let rows = vec![
@@ -321,11 +327,12 @@ fn print_status(s: &pb::NodeStatus, as_json: bool) {
     }
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart; every cell escaped (they hold what the server sent).
 fn print_table(rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| text::escape(c)).collect()).collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
-    for r in rows {
+    for r in &rows {
         let line: Vec<String> = r.iter().enumerate().map(|(c, s)| format!("{s:<w$}", w = widths[c])).collect();
         println!("{}", line.join("  ").trim_end());
     }
