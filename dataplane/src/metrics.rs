@@ -1,14 +1,17 @@
 //! Prometheus text exposition on a plain HTTP endpoint (`GET /metrics`).
 //!
 //! Workers publish a [`WorkerSnapshot`] between batches (a few times a second, never per
-//! packet); the endpoint renders the latest snapshots. The server is a small blocking thread: it
+//! packet); the endpoint renders the latest snapshots. The server is a small blocking accept
+//! thread and a bounded thread per connection (see [`serve`] for the limits a scraper gets): it
 //! serves a scrape every few seconds, so it needs no async runtime.
 
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use sluice_core::stats::CoreStats;
 use sluice_core::verdict::DropReason;
@@ -133,9 +136,51 @@ pub fn render_xdp(counts: &VerdictCounts) -> String {
     s
 }
 
+/// The most bytes of request line and headers read from a scraper; more is refused with 431.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// How long a scraper has to send its whole request, and each write of the answer may take.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once; more are answered 503 at once and closed.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Where the endpoint reads what it renders.
+struct Sources {
+    snapshots: Snapshots,
+    xdp: Option<SharedCounts>,
+    edge: Option<Arc<Mutex<crate::edge::EdgeStatus>>>,
+}
+
+impl Sources {
+    fn render(&self) -> String {
+        let mut text = render(&self.snapshots.lock().map(|g| g.clone()).unwrap_or_default());
+        if let Some(counts) = self.xdp.as_ref().and_then(|x| *x.lock().unwrap_or_else(PoisonError::into_inner)) {
+            text.push_str(&render_xdp(&counts));
+        }
+        if let Some(e) = self.edge.as_ref().and_then(|e| e.lock().ok().map(|g| g.clone())) {
+            text.push_str(&render_edge(&e));
+        }
+        text
+    }
+}
+
+/// Counts a connection as served until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves `GET /metrics` on `addr` from `snapshots` (and the XDP stage's counters, when it runs,
 /// and the WebRTC slow path's, when given) until the process exits. Returns the bound address
-/// (useful with port 0) and the thread.
+/// (useful with port 0) and the accepting thread.
+///
+/// Scrapers are untrusted: each connection gets its own thread (at most [`MAX_CONNECTIONS`]),
+/// a fixed [`MAX_REQUEST_BYTES`] buffer (a longer request is answered 431) and [`IO_TIMEOUT`]
+/// for its whole request (408 after it, however slowly the bytes trickle in) and for each write,
+/// so a slow or hostile client costs one bounded thread and never delays another scrape. None of
+/// these threads is a worker: the packet path only publishes snapshots.
 pub fn serve(
     addr: SocketAddr,
     snapshots: Snapshots,
@@ -144,43 +189,142 @@ pub fn serve(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let sources = Arc::new(Sources { snapshots, xdp, edge });
+    let active = Arc::new(AtomicUsize::new(0));
     let handle = std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-            let mut reader = BufReader::new(&stream);
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning on accept.
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+            if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+                active.fetch_sub(1, Ordering::Relaxed);
+                respond(&stream, "503 Service Unavailable", "too many metrics connections; retry\n");
                 continue;
             }
-            // Drain the headers.
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
+            let slot = Slot(active.clone());
+            let sources = sources.clone();
+            // The closure owns the slot: if the thread cannot start, dropping it frees the slot.
+            let spawned = std::thread::Builder::new().name("metrics-conn".into()).stack_size(256 * 1024).spawn(move || {
+                let _slot = slot;
+                serve_connection(stream, &sources);
+            });
+            if let Err(e) = spawned {
+                tracing::debug!(error = %e, "metrics connection thread");
             }
-            let (status, body) = if request_line.starts_with("GET /metrics") {
-                let mut text = render(&snapshots.lock().map(|g| g.clone()).unwrap_or_default());
-                if let Some(counts) = xdp.as_ref().and_then(|x| *x.lock().unwrap_or_else(PoisonError::into_inner)) {
-                    text.push_str(&render_xdp(&counts));
-                }
-                if let Some(e) = edge.as_ref().and_then(|e| e.lock().ok().map(|g| g.clone())) {
-                    text.push_str(&render_edge(&e));
-                }
-                ("200 OK", text)
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let mut w = &stream;
-            let _ =
-                write!(w, "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         }
     })?;
     Ok((bound, handle))
 }
 
+/// Why a request was not read.
+enum Refused {
+    /// Status line and body of the answer.
+    Answer(&'static str, &'static str),
+    /// The client went away or broke the connection: nothing to answer.
+    Gone,
+}
+
+fn serve_connection(stream: TcpStream, sources: &Sources) {
+    match read_request(&stream) {
+        Ok(head) => {
+            let (status, body) = route(&head, sources);
+            respond(&stream, status, &body);
+        }
+        Err(Refused::Answer(status, body)) => {
+            respond(&stream, status, body);
+            linger(&stream);
+        }
+        Err(Refused::Gone) => {}
+    }
+}
+
+/// Reads the request line and headers (up to the blank line) into a fixed buffer, within
+/// [`IO_TIMEOUT`] in all. Returns the request line.
+fn read_request(mut stream: &TcpStream) -> Result<String, Refused> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut buf = [0u8; MAX_REQUEST_BYTES];
+    let mut len = 0;
+    loop {
+        if let Some(end) = header_end(&buf[..len]) {
+            let head = std::str::from_utf8(&buf[..end]).map_err(|_| Refused::Answer("400 Bad Request", "the request is not text\n"))?;
+            return Ok(head.lines().next().unwrap_or_default().to_owned());
+        }
+        if len == buf.len() {
+            return Err(Refused::Answer("431 Request Header Fields Too Large", "request line and headers are limited to 8 KiB\n"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Refused::Answer("408 Request Timeout", "the request must arrive within 2 s\n"));
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => return Err(Refused::Gone),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(Refused::Answer("408 Request Timeout", "the request must arrive within 2 s\n"));
+            }
+            Err(_) => return Err(Refused::Gone),
+        }
+    }
+}
+
+/// Where the head of a request ends (at its blank line), if it has arrived.
+fn header_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
+}
+
+fn route(request_line: &str, sources: &Sources) -> (&'static str, String) {
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return ("400 Bad Request", "expected \"GET /metrics HTTP/1.1\"\n".into());
+    };
+    if !version.starts_with("HTTP/1.") {
+        return ("400 Bad Request", "expected \"GET /metrics HTTP/1.1\"\n".into());
+    }
+    if method != "GET" {
+        return ("405 Method Not Allowed", "only GET\n".into());
+    }
+    if target.split('?').next() != Some("/metrics") {
+        return ("404 Not Found", "try /metrics\n".into());
+    }
+    ("200 OK", sources.render())
+}
+
+fn respond(mut stream: &TcpStream, status: &str, body: &str) {
+    let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+}
+
+/// After refusing a request that is still arriving: stop sending and read (and discard) for a
+/// moment, so the kernel does not answer the unread bytes with a reset that destroys the answer
+/// before the client reads it. Bounded in time and bytes, in a small fixed buffer.
+fn linger(mut stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let until = Instant::now() + Duration::from_millis(500);
+    let mut sink = [0u8; 4096];
+    let mut total = 0usize;
+    while total < (4 << 20) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
 
     #[test]
     fn scrape_over_http() {
