@@ -1,0 +1,165 @@
+//! Ingress: the receive side of the pipeline, from a datagram on a leg's port to a decrypted
+//! packet handed to the fan-out (RTP) or the feedback translation (RTCP), or to the slow path
+//! (STUN/DTLS of a WebRTC leg).
+//!
+//! ```text
+//!   leg by local port, remote checked (latched on the first authenticated packet)
+//!   RTP:  ingress stream by SSRC (or learned from its RID) ─ SRTP unprotect (replay-checked)
+//!         ─ uplink::record (receive statistics, transport-cc arrivals) ─ fanout::rtp
+//!   RTCP: SRTCP unprotect (per-sender replay state, stored only once it authenticates)
+//!         ─ rtcp::compound
+//! ```
+
+use super::*;
+
+/// Why a packet was dropped, from an SRTP failure.
+fn srtp_verdict(e: SrtpError) -> DropReason {
+    match e {
+        SrtpError::AuthFailed => DropReason::AuthFailed,
+        SrtpError::Replayed | SrtpError::IndexTooOld => DropReason::Replayed,
+        _ => DropReason::Malformed,
+    }
+}
+
+impl Core {
+    /// STUN or DTLS on a WebRTC leg's port: queued for the slow path (whatever its source address:
+    /// ICE checks from new addresses are how remotes are learned), within the leg's rate.
+    pub(super) fn rx_slow(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &[u8]) -> Result<(), DropReason> {
+        let id = self.tables.leg_by_port(local_port).ok_or(DropReason::UnknownSource)?;
+        let edge = self.tables.leg_mut(id).and_then(|l| l.edge.as_mut()).ok_or(DropReason::NotMedia)?;
+        if buf.len() > MAX_DATAGRAM {
+            return Err(DropReason::Malformed);
+        }
+        if self.slow.len() >= SLOW_QUEUE {
+            return Err(DropReason::SlowPathFull);
+        }
+        if !edge.take_token(now) {
+            return Err(DropReason::SlowPathLimited);
+        }
+        let mut p = SlowDatagram { leg: id, local_port, remote, len: buf.len() as u16, bytes: [0; MAX_DATAGRAM] };
+        p.bytes[..buf.len()].copy_from_slice(buf);
+        self.slow.push_back(p);
+        self.stats.slow_path += 1;
+        Ok(())
+    }
+
+    /// The receiving leg of a datagram, with the remote address checked (or latched).
+    pub(super) fn rx_leg(&self, local_port: u16, remote: SocketAddr) -> Result<LegId, DropReason> {
+        let id = self.tables.leg_by_port(local_port).ok_or(DropReason::UnknownSource)?;
+        let leg = self.tables.leg(id).ok_or(DropReason::UnknownSource)?;
+        if !leg.receives_media() {
+            return Err(DropReason::NotConnected);
+        }
+        match leg.remote {
+            Some(r) if r != remote => Err(DropReason::UnknownSource),
+            _ => Ok(id),
+        }
+    }
+
+    /// The receiving leg and the SSRC at byte `at` of the (still encrypted, but cleartext-header)
+    /// datagram: the RTP SSRC at 8, the RTCP sender SSRC at 4.
+    pub(super) fn rx_leg_and_ssrc(&self, local_port: u16, remote: SocketAddr, buf: &[u8], at: usize) -> Result<(LegId, Ssrc), DropReason> {
+        if buf.len() > MAX_DATAGRAM {
+            return Err(DropReason::Malformed);
+        }
+        let leg_id = self.rx_leg(local_port, remote)?;
+        match buf.get(at..at + 4) {
+            Some(&[a, b, c, d]) => Ok((leg_id, Ssrc(u32::from_be_bytes([a, b, c, d])))),
+            _ => Err(DropReason::Malformed),
+        }
+    }
+
+    /// An authenticated packet arrived on the leg: latch its remote and mark it active.
+    pub(super) fn seen(&mut self, now: Instant, leg_id: LegId, remote: SocketAddr) {
+        let Some(leg) = self.tables.leg_mut(leg_id) else { return };
+        let latched = leg.remote.is_none();
+        if latched {
+            leg.remote = Some(remote);
+        }
+        let activated = leg.activity.touch(now);
+        if latched {
+            self.emit(Event::RemoteLatched { leg: leg_id, remote });
+        }
+        if activated {
+            self.emit(Event::LegActive { leg: leg_id, remote });
+        }
+    }
+
+    pub(super) fn rx_rtp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
+        let (leg_id, ssrc) = self.rx_leg_and_ssrc(local_port, remote, buf, 8)?;
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        let len = buf.len();
+        let (idx, plain_len) = match leg.ingress_index(ssrc) {
+            Some(idx) => {
+                let plain_len = leg.rx.unprotect_rtp(&mut leg.ingress[idx].recv, buf, len).map_err(srtp_verdict)?;
+                (idx, plain_len)
+            }
+            None => self.learn_ssrc(leg_id, ssrc, buf)?,
+        };
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        if let Some(d) = uplink::record(now, leg, idx, &buf[..plain_len]) {
+            self.next_uplink = Some(self.next_uplink.map_or(d, |t| t.min(d)));
+        }
+        let ingress = &leg.ingress[idx];
+        let (track_id, layer, is_rtx) = (ingress.track, ingress.layer, ingress.rtx);
+        self.seen(now, leg_id, remote);
+        let Some((track, legs)) = self.tables.track_and_legs_mut(track_id) else {
+            return Err(DropReason::UnknownSsrc);
+        };
+        if !is_rtx
+            && let Some(state) = track.layers.get_mut(usize::from(layer))
+            && state.activity.touch(now)
+        {
+            push_event(&mut self.events, Event::StreamStarted { track: track_id, layer });
+        }
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None };
+        let plain = &mut buf[..plain_len];
+        fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain)
+    }
+
+    /// An SSRC the leg never announced: a simulcast layer whose SSRC was not signalled announces
+    /// itself with the RID (or repaired-RID, for its RTX) header extension (RFC 8852). The header
+    /// is cleartext, so the RID is read before decryption; the SSRC is learned only if the packet
+    /// then authenticates with the leg's key, so nobody without the key can claim a layer.
+    pub(super) fn learn_ssrc(&mut self, leg_id: LegId, ssrc: Ssrc, buf: &mut [u8]) -> Result<(usize, usize), DropReason> {
+        let (track, layer, rtx) = {
+            let pkt = rtp::Packet::new_checked(&*buf).map_err(|_| DropReason::Malformed)?;
+            let leg = self.tables.leg(leg_id).ok_or(DropReason::UnknownSource)?;
+            leg.tracks
+                .iter()
+                .filter_map(|t| self.tables.track(*t))
+                .find_map(|t| {
+                    [(t.spec.rid_ext, false), (t.spec.repaired_rid_ext, true)].into_iter().find_map(|(ext, rtx)| {
+                        let rid = pkt.find_extension(ext?)?;
+                        let layer = t.spec.layers.iter().position(|l| l.rid.as_deref().map(str::as_bytes) == Some(rid))?;
+                        let state = &t.layers[layer];
+                        let free = if rtx { state.rtx_ssrc.is_none() } else { state.ssrc.is_none() };
+                        free.then_some((t.spec.id, layer as u8, rtx))
+                    })
+                })
+                .ok_or(DropReason::UnknownSsrc)?
+        };
+        let window = self.tables.config().replay_window;
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        let mut recv = RtpRecvState::new(window);
+        let len = buf.len();
+        let plain_len = leg.rx.unprotect_rtp(&mut recv, buf, len).map_err(srtp_verdict)?;
+        let idx = self.tables.learn_ssrc(leg_id, track, layer, rtx, ssrc, recv).ok_or(DropReason::UnknownSsrc)?;
+        self.emit(Event::SsrcLearned { leg: leg_id, track, layer, rtx, ssrc });
+        Ok((idx, plain_len))
+    }
+
+    pub(super) fn rx_rtcp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
+        let (leg_id, sender) = self.rx_leg_and_ssrc(local_port, remote, buf, 4)?;
+        let window = self.tables.config().replay_window;
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        // Work on a copy: the stored state changes only once the packet authenticated.
+        let mut state = leg.rtcp_recv(sender).cloned().unwrap_or_else(|| RtcpRecvState::new(window));
+        let len = buf.len();
+        let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
+        leg.store_rtcp_recv(sender, state);
+        self.seen(now, leg_id, remote);
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: Some(&mut self.handoffs) };
+        rtcp::compound(&mut ctx, &mut self.tables, leg_id, &buf[..plain_len])
+    }
+}
