@@ -107,6 +107,16 @@ impl Link {
             let c = UnixStream::connect(&self.path).map_err(|e| self.unreachable(e))?;
             c.set_read_timeout(Some(CALL_TIMEOUT)).map_err(|e| self.unreachable(e))?;
             c.set_write_timeout(Some(CALL_TIMEOUT)).map_err(|e| self.unreachable(e))?;
+            let mut c = c;
+            // The first frame: the protocol version (a dataplane of another build refuses it).
+            let hello = write_frame(&mut c, &Request::Hello { version: sluice_api::PROTOCOL_VERSION }).and_then(|()| {
+                read_frame::<_, Response>(&mut c)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "dataplane closed the control socket"))
+            });
+            match hello {
+                Ok(Response::Hello { version }) if version == sluice_api::PROTOCOL_VERSION => {}
+                Ok(other) => return Err(self.unreachable(io::Error::new(io::ErrorKind::InvalidData, format!("protocol mismatch: {other:?}")))),
+                Err(e) => return Err(self.unreachable(e)),
+            }
             self.conn = Some(c);
             self.shadow = None;
         }

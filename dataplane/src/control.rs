@@ -193,6 +193,19 @@ fn serve_connection<H: FnMut(Request) -> Response>(mut conn: UnixStream, hub: &c
             stream(conn, hub, handler, stats_interval_ms);
             return;
         }
+        if let Request::Hello { version } = req {
+            // Per connection, answered here: the handler never sees it.
+            if version == sluice_api::PROTOCOL_VERSION {
+                if write_frame(&mut conn, &Response::Hello { version }).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let why = format!("control protocol {version} is not spoken here (this dataplane speaks {})", sluice_api::PROTOCOL_VERSION);
+            tracing::warn!(%why, "control connection refused");
+            let _ = write_frame(&mut conn, &Response::Error(why));
+            return;
+        }
         if write_frame(&mut conn, &call(handler, req)).is_err() {
             return;
         }
@@ -278,6 +291,15 @@ mod tests {
         raw.write_all(b"nope!").unwrap();
         let resp: Response = read_frame(raw).unwrap().unwrap();
         assert!(matches!(resp, Response::Error(_)));
+        // A client of another protocol version is refused in its first frame, and closed on.
+        let mut other = UnixStream::connect(&path).unwrap();
+        write_frame(&mut other, &Request::Hello { version: sluice_api::PROTOCOL_VERSION + 1 }).unwrap();
+        let resp: Response = read_frame(&mut other).unwrap().unwrap();
+        assert!(matches!(&resp, Response::Error(why) if why.contains("is not spoken here")), "{resp:?}");
+        assert!(read_frame::<_, Response>(&mut other).unwrap().is_none(), "the connection is closed");
+        // The handler never saw a hello (Client::connect said one too).
+        let mut c = Client::connect(&path).unwrap();
+        assert!(matches!(c.call(&Request::Generation).unwrap(), Response::Generation(Generation(1))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

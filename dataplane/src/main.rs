@@ -263,7 +263,7 @@ fn run(config: Config, allowed_cores: &[usize], lock: sluice_dataplane::lock::In
             None => Response::Error("no worker answered".into()),
         },
         Request::Stats => Response::Stats(snaps.lock().map(|s| s.iter().map(|w| w.core.clone()).collect()).unwrap_or_default()),
-        Request::Subscribe { .. } => Response::Error("subscribe is answered by the endpoint itself".into()),
+        Request::Subscribe { .. } | Request::Hello { .. } => Response::Error("answered by the endpoint itself".into()),
     })
     .with_context(|| format!("control socket {}", config.control_socket.display()))?;
     tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");

@@ -24,6 +24,11 @@ use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
 
+/// The version of this protocol. A client says it in its first frame ([`Request::Hello`]); a
+/// dataplane that speaks another answers [`Response::Error`] and closes, so a control plane and a
+/// dataplane of incompatible builds refuse each other at once instead of misreading frames.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// Largest frame accepted (a full snapshot of a big node fits comfortably).
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -31,6 +36,11 @@ pub const MAX_FRAME: usize = 64 << 20;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
+    /// The first frame of a connection: the client's protocol version.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the client.
+        version: u32,
+    },
     /// Apply a delta on every worker, atomically per worker, between batches.
     Apply(Delta),
     /// The generation every worker has applied.
@@ -62,6 +72,11 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
+    /// The answer to [`Request::Hello`]: the dataplane speaks this version too.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the dataplane.
+        version: u32,
+    },
     /// The delta is applied everywhere; the tables are at this generation.
     Applied(Generation),
     /// The delta was refused (nothing changed); the reason names the op and field.
@@ -127,9 +142,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the endpoint at `path`.
+    /// Connects to the endpoint at `path` and says hello: the dataplane must speak
+    /// [`PROTOCOL_VERSION`].
     pub fn connect(path: &Path) -> io::Result<Self> {
-        Ok(Self { stream: UnixStream::connect(path)? })
+        let mut c = Self { stream: UnixStream::connect(path)? };
+        c.hello()?;
+        Ok(c)
+    }
+
+    /// Sends [`Request::Hello`] and checks the answer (done by [`Client::connect`]).
+    pub fn hello(&mut self) -> io::Result<()> {
+        match self.call(&Request::Hello { version: PROTOCOL_VERSION })? {
+            Response::Hello { version } if version == PROTOCOL_VERSION => Ok(()),
+            other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("the dataplane does not speak control protocol {PROTOCOL_VERSION}: {other:?}"))),
+        }
     }
 
     /// Sends a request and waits for its response.
