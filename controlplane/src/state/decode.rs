@@ -1,0 +1,429 @@
+//! Decoding and validating one change set's gRPC changes into specs, against the state the
+//! changes before them left (a stage of the desired state): ids, keys, payload types, extension
+//! ids, ports.
+
+use super::*;
+
+/// A change set being applied to a copy of its session.
+pub(super) struct Stage<'a> {
+    pub(super) session: Session,
+    pub(super) name: &'a str,
+    pub(super) next_leg: u32,
+    pub(super) next_track: u32,
+    pub(super) next_port: u16,
+    pub(super) range: PortRange,
+    pub(super) used_elsewhere: BTreeSet<u16>,
+    pub(super) ports: Vec<(String, u16)>,
+    pub(super) events: Vec<pb::Event>,
+    pub(super) ice_secret: &'a [u8],
+}
+
+pub(super) fn event(e: pb::event::Event) -> pb::Event {
+    pb::Event { session: String::new(), revision: 0, event: Some(e) }
+}
+
+impl Stage<'_> {
+    pub(super) fn change(&mut self, i: usize, change: &pb::Change) -> Result<(), StateError> {
+        use pb::change::Change as C;
+        let at = format!("changes[{i}]");
+        match &change.change {
+            None => Err(invalid(at, "empty change: set one of leg, remove_leg, track, remove_track, subscription, remove_subscription")),
+            Some(C::Leg(l)) => self.leg(&format!("{at}.leg"), l),
+            Some(C::RemoveLeg(name)) => {
+                let f = format!("{at}.remove_leg");
+                check_id(&f, name)?;
+                if !self.session.legs.contains_key(name) {
+                    return Err(self.no_leg(&f, name));
+                }
+                for t in self.session.remove_leg(name) {
+                    self.events.push(event(pb::event::Event::TrackRemoved(t)));
+                }
+                self.events.push(event(pb::event::Event::LegRemoved(name.clone())));
+                Ok(())
+            }
+            Some(C::Track(t)) => self.track(&format!("{at}.track"), t),
+            Some(C::RemoveTrack(name)) => {
+                check_id(&format!("{at}.remove_track"), name)?;
+                if !self.session.tracks.contains_key(name) {
+                    return Err(self.no_track(&format!("{at}.remove_track"), name));
+                }
+                self.session.remove_track(name);
+                self.events.push(event(pb::event::Event::TrackRemoved(name.clone())));
+                Ok(())
+            }
+            Some(C::Subscription(s)) => self.subscription(&format!("{at}.subscription"), s),
+            Some(C::RemoveSubscription(k)) => {
+                let f = format!("{at}.remove_subscription");
+                check_id(&format!("{f}.subscriber_leg"), &k.subscriber_leg)?;
+                check_id(&format!("{f}.track"), &k.track)?;
+                let removed = self.session.subs.get_mut(&k.subscriber_leg).and_then(|s| s.remove(&k.track));
+                if removed.is_none() {
+                    return Err(err(
+                        ErrorKind::NotFound,
+                        f,
+                        format!("leg {} has no subscription to track {} in session {}", quote(&k.subscriber_leg), quote(&k.track), quote(self.name)),
+                    ));
+                }
+                self.session.subs.retain(|_, s| !s.is_empty());
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn no_leg(&self, field: &str, name: &str) -> StateError {
+        err(ErrorKind::NotFound, field, format!("no leg {} in session {}", quote(name), quote(self.name)))
+    }
+
+    pub(super) fn no_track(&self, field: &str, name: &str) -> StateError {
+        err(ErrorKind::NotFound, field, format!("no track {} in session {}", quote(name), quote(self.name)))
+    }
+
+    pub(super) fn allocate_port(&mut self, field: &str) -> Result<u16, StateError> {
+        let used: BTreeSet<u16> = self.session.legs.values().map(|l| l.local_port).chain(self.used_elsewhere.iter().copied()).collect();
+        // Round-robin from the cursor, so a just-freed port is the last to be reused.
+        let n = self.range.len();
+        let start = u32::from(self.next_port.clamp(self.range.start, self.range.end));
+        for k in 0..n {
+            let p = (start - u32::from(self.range.start) + k) % n + u32::from(self.range.start);
+            let p = p as u16;
+            if !used.contains(&p) {
+                self.next_port = if p == self.range.end { self.range.start } else { p + 1 };
+                return Ok(p);
+            }
+        }
+        Err(err(ErrorKind::ResourceExhausted, field, format!("no free local port: all {n} ports of {}-{} are in use", self.range.start, self.range.end)))
+    }
+
+    pub(super) fn leg(&mut self, f: &str, l: &pb::Leg) -> Result<(), StateError> {
+        check_id(&format!("{f}.id"), &l.id)?;
+        let (rx, tx, webrtc) = match &l.webrtc {
+            Some(w) => {
+                if l.rx.is_some() || l.tx.is_some() {
+                    return Err(invalid(format!("{f}.rx"), "a WebRTC leg takes no keys: DTLS-SRTP makes them"));
+                }
+                // Placeholders, never used: the dataplane carries no media on a WebRTC leg
+                // before its DTLS handshake installed keys.
+                let k = KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] };
+                (k.clone(), k, Some(webrtc_remote(&format!("{f}.webrtc"), w)?))
+            }
+            None => (key_material(&format!("{f}.rx"), l.rx.as_ref())?, key_material(&format!("{f}.tx"), l.tx.as_ref())?, None),
+        };
+        let remote = if l.remote.is_empty() {
+            None
+        } else if l.remote.len() > MAX_REMOTE_LEN {
+            return Err(invalid(format!("{f}.remote"), format!("is {} bytes; an ip:port address is at most {MAX_REMOTE_LEN}", l.remote.len())));
+        } else {
+            Some(l.remote.parse::<SocketAddr>().map_err(|_| invalid(format!("{f}.remote"), format!("{} is not an ip:port address", quote(&l.remote))))?)
+        };
+        if remote.is_some_and(|r| r.port() == 0) {
+            return Err(invalid(format!("{f}.remote"), "port must not be 0"));
+        }
+        let (id, port) = match self.session.legs.get(&l.id) {
+            Some(old) => (old.id, old.local_port),
+            None => {
+                let port = self.allocate_port(f)?;
+                let id = LegId(self.next_leg);
+                self.next_leg += 1;
+                self.events.push(event(pb::event::Event::LegAdded(pb::LegAdded { leg: l.id.clone(), local_port: u32::from(port) })));
+                (id, port)
+            }
+        };
+        let edge = webrtc.map(|(remote, role, remote_fingerprint)| {
+            Box::new(EdgeSpec { local: local_ice_credentials(self.ice_secret, id, &remote), remote, role, remote_fingerprint })
+        });
+        let feedback = match &l.feedback {
+            None => FeedbackSpec::default(),
+            Some(fb) => FeedbackSpec {
+                twcc_ext: match fb.transport_cc_ext {
+                    None => None,
+                    Some(id @ 1..=14) => Some(id as u8),
+                    Some(id) => {
+                        return Err(invalid(format!("{f}.feedback.transport_cc_ext"), format!("{id} is not a one-byte header-extension id (1..=14)")));
+                    }
+                },
+                remb: fb.remb,
+            },
+        };
+        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback };
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
+        self.session.legs.insert(l.id.clone(), spec);
+        self.ports.retain(|(n, _)| n != &l.id);
+        self.ports.push((l.id.clone(), port));
+        Ok(())
+    }
+
+    pub(super) fn track(&mut self, f: &str, t: &pb::Track) -> Result<(), StateError> {
+        check_id(&format!("{f}.id"), &t.id)?;
+        check_id(&format!("{f}.publisher_leg"), &t.publisher_leg)?;
+        let Some(publisher) = self.session.legs.get(&t.publisher_leg) else {
+            return Err(self.no_leg(&format!("{f}.publisher_leg"), &t.publisher_leg));
+        };
+        let old = self.session.tracks.get(&t.id);
+        if let Some(old) = old
+            && old.publisher != t.publisher_leg
+        {
+            return Err(invalid(
+                format!("{f}.publisher_leg"),
+                format!("track {} belongs to leg {}; a track cannot move to another leg", quote(&t.id), quote(&old.publisher)),
+            ));
+        }
+        let kind = match pb::MediaKind::try_from(t.kind) {
+            Ok(pb::MediaKind::Audio) => MediaKind::Audio,
+            Ok(pb::MediaKind::Video) => MediaKind::Video,
+            _ => return Err(invalid(format!("{f}.kind"), "must be MEDIA_KIND_AUDIO or MEDIA_KIND_VIDEO")),
+        };
+        if t.clock_rate == 0 {
+            return Err(invalid(format!("{f}.clock_rate"), "must be positive"));
+        }
+        if t.layers.is_empty() || t.layers.len() > 8 {
+            return Err(invalid(format!("{f}.layers"), format!("need 1 to 8 layers, got {}", t.layers.len())));
+        }
+        if kind == MediaKind::Audio && t.layers.len() != 1 {
+            return Err(invalid(format!("{f}.layers"), "audio has exactly one layer"));
+        }
+        let rid_ext = ext_id(&format!("{f}.rid_ext"), t.rid_ext)?;
+        let repaired_rid_ext = ext_id(&format!("{f}.repaired_rid_ext"), t.repaired_rid_ext)?;
+        let mut layers = Vec::new();
+        let mut mine: BTreeMap<u32, String> = BTreeMap::new();
+        for (j, l) in t.layers.iter().enumerate() {
+            let lf = format!("{f}.layers[{j}]");
+            check_rid(&format!("{lf}.rid"), &l.rid)?;
+            if l.ssrc.is_none() && l.rid.is_empty() {
+                return Err(invalid(lf, "a layer needs an SSRC or a RID"));
+            }
+            if l.ssrc.is_none() && rid_ext.is_none() {
+                return Err(invalid(format!("{f}.rid_ext"), format!("layer {j} has no SSRC, so the RID extension id is needed")));
+            }
+            for (which, ssrc) in [("ssrc", l.ssrc), ("rtx_ssrc", l.rtx_ssrc)] {
+                let Some(ssrc) = ssrc else { continue };
+                let sf = format!("{lf}.{which}");
+                if let Some(prev) = mine.insert(ssrc, sf.clone()) {
+                    return Err(invalid(sf, format!("SSRC {ssrc} is already used by {prev}")));
+                }
+                if let Some((other, _)) = self
+                    .session
+                    .tracks
+                    .iter()
+                    .filter(|(n, _)| *n != &t.id)
+                    .find(|(_, o)| o.spec.layers.iter().any(|ol| ol.ssrc == Some(Ssrc(ssrc)) || ol.rtx_ssrc == Some(Ssrc(ssrc))))
+                {
+                    return Err(invalid(sf, format!("SSRC {ssrc} is already used by track {} in session {}", quote(other), quote(self.name))));
+                }
+            }
+            layers.push(LayerSpec { ssrc: l.ssrc.map(Ssrc), rtx_ssrc: l.rtx_ssrc.map(Ssrc), rid: (!l.rid.is_empty()).then(|| l.rid.clone()) });
+        }
+        if t.payload_types.is_empty() {
+            return Err(invalid(format!("{f}.payload_types"), "need at least one payload type"));
+        }
+        let mut payload_types = Vec::new();
+        for (k, p) in t.payload_types.iter().enumerate() {
+            let pf = format!("{f}.payload_types[{k}]");
+            let pt = payload_type(&format!("{pf}.pt"), p.pt)?;
+            let rtx_pt = p.rtx_pt.map(|r| payload_type(&format!("{pf}.rtx_pt"), r)).transpose()?;
+            let codec = match pb::Codec::try_from(p.codec) {
+                Ok(pb::Codec::Audio) => Codec::Audio,
+                Ok(pb::Codec::Vp8) => Codec::Vp8,
+                Ok(pb::Codec::Vp9) => Codec::Vp9,
+                Ok(pb::Codec::H264) => Codec::H264,
+                Ok(pb::Codec::Av1) => Codec::Av1,
+                _ => return Err(invalid(format!("{pf}.codec"), "must be one of CODEC_AUDIO, CODEC_VP8, CODEC_VP9, CODEC_H264, CODEC_AV1")),
+            };
+            payload_types.push(PayloadSpec { pt, codec, rtx_pt });
+        }
+        let id = match old {
+            Some(o) => o.spec.id,
+            None => {
+                let id = TrackId(self.next_track);
+                self.next_track += 1;
+                self.events.push(event(pb::event::Event::TrackAdded(t.id.clone())));
+                id
+            }
+        };
+        let spec = TrackSpec { id, publisher: publisher.id, kind, clock_rate: t.clock_rate, layers, payload_types, rid_ext, repaired_rid_ext };
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
+        // The dataplane clamps subscriptions to the track's highest layer; so does the desired state.
+        let top = (spec.layers.len() - 1) as u8;
+        for subs in self.session.subs.values_mut() {
+            if let Some(s) = subs.get_mut(&t.id) {
+                s.target_layer = s.target_layer.min(top);
+            }
+        }
+        self.session.tracks.insert(t.id.clone(), NamedTrack { publisher: t.publisher_leg.clone(), spec });
+        Ok(())
+    }
+
+    pub(super) fn subscription(&mut self, f: &str, s: &pb::Subscription) -> Result<(), StateError> {
+        check_id(&format!("{f}.subscriber_leg"), &s.subscriber_leg)?;
+        check_id(&format!("{f}.track"), &s.track)?;
+        let Some(subscriber) = self.session.legs.get(&s.subscriber_leg) else {
+            return Err(self.no_leg(&format!("{f}.subscriber_leg"), &s.subscriber_leg));
+        };
+        let Some(track) = self.session.tracks.get(&s.track) else {
+            return Err(self.no_track(&format!("{f}.track"), &s.track));
+        };
+        if track.publisher == s.subscriber_leg {
+            return Err(invalid(
+                format!("{f}.subscriber_leg"),
+                format!("leg {} publishes track {}; a leg cannot subscribe to its own track", quote(&s.subscriber_leg), quote(&s.track)),
+            ));
+        }
+        let layers = track.spec.layers.len();
+        if s.target_layer as usize >= layers {
+            return Err(invalid(
+                format!("{f}.target_layer"),
+                format!("layer {} is out of range: track {} has {layers} layer(s), 0..={}", s.target_layer, quote(&s.track), layers - 1),
+            ));
+        }
+        if s.out_ssrc == 0 {
+            return Err(invalid(format!("{f}.out_ssrc"), "must be set (non-zero)"));
+        }
+        if s.out_rtx_ssrc == Some(s.out_ssrc) {
+            return Err(invalid(format!("{f}.out_rtx_ssrc"), format!("SSRC {} is already the out_ssrc", s.out_ssrc)));
+        }
+        let others = self.session.subs.get(&s.subscriber_leg).into_iter().flatten().filter(|(t, _)| *t != &s.track);
+        for (other, o) in others {
+            for (which, ssrc) in [("out_ssrc", Some(s.out_ssrc)), ("out_rtx_ssrc", s.out_rtx_ssrc)] {
+                let Some(ssrc) = ssrc else { continue };
+                if o.out_ssrc.0 == ssrc || o.out_rtx_ssrc == Some(Ssrc(ssrc)) {
+                    return Err(invalid(
+                        format!("{f}.{which}"),
+                        format!("SSRC {ssrc} is already used by leg {}'s subscription to track {}", quote(&s.subscriber_leg), quote(other)),
+                    ));
+                }
+            }
+        }
+        let mut pt_map = Vec::new();
+        for (k, m) in s.pt_map.iter().enumerate() {
+            pt_map.push((payload_type(&format!("{f}.pt_map[{k}].from"), m.from)?, payload_type(&format!("{f}.pt_map[{k}].to"), m.to)?));
+        }
+        let mut ext_map = Vec::new();
+        for (k, m) in s.ext_map.iter().enumerate() {
+            let from = ext_id(&format!("{f}.ext_map[{k}].from"), Some(m.from))?.unwrap_or_default();
+            let to = ext_id(&format!("{f}.ext_map[{k}].to"), Some(m.to))?.unwrap_or_default();
+            ext_map.push((from, to));
+        }
+        let spec = SubscriptionSpec {
+            subscriber: subscriber.id,
+            track: track.spec.id,
+            out_ssrc: Ssrc(s.out_ssrc),
+            out_rtx_ssrc: s.out_rtx_ssrc.map(Ssrc),
+            pt_map,
+            ext_map,
+            target_layer: s.target_layer as u8,
+            paused: s.paused,
+            priority: u8::try_from(s.priority).map_err(|_| invalid(format!("{f}.priority"), format!("{} is not in 0..=255", s.priority)))?,
+        };
+        // What the dataplane's tables would refuse is refused here, before it is journaled.
+        spec.validate().map_err(|e| spec_invalid(f, e))?;
+        self.session.subs.entry(s.subscriber_leg.clone()).or_default().insert(s.track.clone(), spec);
+        Ok(())
+    }
+}
+
+/// The tables' own refusal of a spec ([`SpecError`], the check `SpecSet::apply` makes), as the
+/// field of the request at `f`: `changes[2].subscription` and `subscription.pt_map` make
+/// `changes[2].subscription.pt_map`.
+pub(super) fn spec_invalid(f: &str, e: SpecError) -> StateError {
+    let field = e.field.split_once('.').map_or(e.field, |(_, rest)| rest);
+    invalid(format!("{f}.{field}"), e.why)
+}
+
+/// Whether `b` may appear in an id: ASCII letters, digits and `- _ . : @ /` (what names,
+/// UUIDs, URIs' paths and `user@host` need; nothing a terminal or a log line interprets).
+pub(super) fn id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.:@/".contains(&b)
+}
+
+/// Checks an id (session, leg, track, idempotency key): 1 to [`MAX_ID_LEN`] bytes of
+/// [`id_byte`]s. The message never echoes the id: it names the first bad character and where.
+pub fn check_id(field: &str, id: &str) -> Result<(), StateError> {
+    if id.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(invalid(field, format!("is {} bytes; ids are at most {MAX_ID_LEN}", id.len())));
+    }
+    if let Some((at, c)) = id.char_indices().find(|&(_, c)| !c.is_ascii() || !id_byte(c as u8)) {
+        return Err(invalid(field, format!("character {} at byte {at} is not allowed: ids use ASCII letters, digits and - _ . : @ /", describe_char(c))));
+    }
+    Ok(())
+}
+
+/// Checks a RID (RFC 8851 §10 rid-id: letters, digits, `-`, `_`), 1 to [`MAX_RID_LEN`] bytes.
+pub(super) fn check_rid(field: &str, rid: &str) -> Result<(), StateError> {
+    if rid.len() > MAX_RID_LEN {
+        return Err(invalid(field, format!("is {} bytes; a RID is at most {MAX_RID_LEN}", rid.len())));
+    }
+    if let Some((at, c)) = rid.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+        return Err(invalid(
+            field,
+            format!("character {} at byte {at} is not allowed: a RID uses ASCII letters, digits, - and _ (RFC 8851)", describe_char(c)),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn payload_type(field: &str, v: u32) -> Result<Pt, StateError> {
+    if v > 127 {
+        return Err(invalid(field, format!("payload type {v} is over 127")));
+    }
+    Ok(Pt(v as u8))
+}
+
+pub(super) fn ext_id(field: &str, v: Option<u32>) -> Result<Option<u8>, StateError> {
+    match v {
+        None => Ok(None),
+        Some(v) if (1..=255).contains(&v) => Ok(Some(v as u8)),
+        Some(v) => Err(invalid(field, format!("header extension id {v} is outside 1..=255"))),
+    }
+}
+
+/// The core profile for a protobuf profile.
+pub fn profile_from_pb(p: i32) -> Option<Profile> {
+    match pb::SrtpProfile::try_from(p).ok()? {
+        pb::SrtpProfile::Aes128CmHmacSha180 => Some(Profile::AesCm128HmacSha1_80),
+        pb::SrtpProfile::Aes128CmHmacSha132 => Some(Profile::AesCm128HmacSha1_32),
+        pb::SrtpProfile::AeadAes128Gcm => Some(Profile::AeadAes128Gcm),
+        pb::SrtpProfile::AeadAes256Gcm => Some(Profile::AeadAes256Gcm),
+        pb::SrtpProfile::Unspecified => None,
+    }
+}
+
+/// The protobuf profile for a core profile.
+pub fn profile_to_pb(p: Profile) -> pb::SrtpProfile {
+    match p {
+        Profile::AesCm128HmacSha1_80 => pb::SrtpProfile::Aes128CmHmacSha180,
+        Profile::AesCm128HmacSha1_32 => pb::SrtpProfile::Aes128CmHmacSha132,
+        Profile::AeadAes128Gcm => pb::SrtpProfile::AeadAes128Gcm,
+        Profile::AeadAes256Gcm => pb::SrtpProfile::AeadAes256Gcm,
+    }
+}
+
+/// The protobuf codec for a core codec.
+pub fn codec_to_pb(c: Codec) -> pb::Codec {
+    match c {
+        Codec::Audio => pb::Codec::Audio,
+        Codec::Vp8 => pb::Codec::Vp8,
+        Codec::Vp9 => pb::Codec::Vp9,
+        Codec::H264 => pb::Codec::H264,
+        Codec::Av1 => pb::Codec::Av1,
+    }
+}
+
+pub(super) fn key_material(field: &str, k: Option<&pb::KeyMaterial>) -> Result<KeyMaterial, StateError> {
+    let k = k.ok_or_else(|| invalid(field, "required"))?;
+    let profile = profile_from_pb(k.profile).ok_or_else(|| invalid(format!("{field}.profile"), "must name an SRTP profile"))?;
+    if k.key.len() != profile.key_len() {
+        return Err(invalid(
+            format!("{field}.key"),
+            format!("{:?} needs a {}-byte master key, got {}", profile_to_pb(profile).as_str_name(), profile.key_len(), k.key.len()),
+        ));
+    }
+    if k.salt.len() != profile.salt_len() {
+        return Err(invalid(
+            format!("{field}.salt"),
+            format!("{:?} needs a {}-byte master salt, got {}", profile_to_pb(profile).as_str_name(), profile.salt_len(), k.salt.len()),
+        ));
+    }
+    Ok(KeyMaterial { profile, key: k.key.clone(), salt: k.salt.clone() })
+}
