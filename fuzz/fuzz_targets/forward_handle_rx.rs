@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use sluice_core::forward::{Core, CoreConfig, OutBatch};
 use sluice_core::ids::{Generation, LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::{Profile, RtcpSendState, RtpSendState, SrtpKeys};
-use sluice_core::table::{Codec, Delta, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
+use sluice_core::table::{Codec, Delta, FeedbackSpec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
 use sluice_core::time::Instant;
 use sluice_core::wire::demux;
 
@@ -34,7 +34,10 @@ fn setup() -> Core {
             rx: material(n as u8),
             tx: material(n as u8 + 100),
             feedback_ssrc: Ssrc(0xf0 + n),
-            edge: None, feedback: Default::default()
+            edge: None,
+            // Legs 1 and 2 negotiated transport-cc (extension 3), leg 3 REMB only: the uplink
+            // and downlink feedback paths run on what the fuzzer sends.
+            feedback: FeedbackSpec { twcc_ext: (n < 3).then_some(3), remb: n == 3 },
         }));
     }
     ops.push(Op::UpsertTrack(TrackSpec {
@@ -116,6 +119,11 @@ fuzz_target!(|data: &[u8]| {
         out.clear();
         core.handle_rx(Instant::from_nanos(now), 20_001 + peer as u16, addr(peer as u8 + 1), &mut buf, &mut out);
         fed += 1;
+        // The core's timers as the worker runs them: reports, transport-cc, probes, allocation.
+        if core.poll_timeout() <= Instant::from_nanos(now) {
+            out.clear();
+            core.handle_timeout(Instant::from_nanos(now), &mut out);
+        }
         while core.poll_event().is_some() {}
     }
     let s = core.stats();
