@@ -67,7 +67,7 @@ pub(super) fn allocate(
     legs: &mut Map<LegId, Leg>,
     tracks: &mut Map<TrackId, Track>,
     owns: impl Fn(u16) -> bool,
-    single: bool,
+    fanned_here: &dyn Fn(&TrackId) -> bool,
     scratch: &mut Vec<(TrackId, usize, Demand)>,
     stats: &mut CoreStats,
     events: &mut VecDeque<Event>,
@@ -76,9 +76,6 @@ pub(super) fn allocate(
     let mut out = [None; MAX_ALLOC];
     // Which worker fans out a track: the owner of its publisher's port. Only subscriptions fanned
     // out here are this leg's to allocate (the others' copies carry no stamp of this worker).
-    // With one worker every track is fanned out here (no set needed).
-    let fanned_here: Option<std::collections::HashSet<TrackId>> =
-        (!single).then(|| tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| owns(p.spec.local_port))).map(|t| t.spec.id).collect());
     for leg in legs.values_mut() {
         let Some(dl) = leg.downlink.as_deref_mut() else { continue };
         if !owns(leg.spec.local_port) {
@@ -86,7 +83,7 @@ pub(super) fn allocate(
         }
         scratch.clear();
         for &(_, track_id) in &leg.egress {
-            if scratch.len() == MAX_ALLOC || scratch.iter().any(|(t, _, _)| *t == track_id) || fanned_here.as_ref().is_some_and(|h| !h.contains(&track_id)) {
+            if scratch.len() == MAX_ALLOC || scratch.iter().any(|(t, _, _)| *t == track_id) || !fanned_here(&track_id) {
                 continue;
             }
             let Some(track) = tracks.get(&track_id) else { continue };
@@ -173,12 +170,12 @@ pub(super) fn probe(
 ) -> Option<Instant> {
     let mut next = None;
     for leg in legs.values_mut() {
+        let destination = leg.destination();
         let Some(dl) = leg.downlink.as_deref_mut() else { continue };
         if dl.probe_deadline().is_none_or(|d| d > now) || !owns(leg.spec.local_port) {
             continue;
         }
-        let (Some(remote), Some(twcc)) = (leg.remote.filter(|_| leg.edge.as_ref().is_none_or(|e| e.keys.is_some() && e.consent)), leg.spec.feedback.twcc_ext)
-        else {
+        let (Some(remote), Some(twcc)) = (destination, leg.spec.feedback.twcc_ext) else {
             dl.cancel_probe();
             continue;
         };

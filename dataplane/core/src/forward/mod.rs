@@ -476,15 +476,15 @@ impl Core {
         downlink::measure_layers(self.tables.tracks_mut(), elapsed);
         let shard = self.shard;
         let (legs, tracks) = self.tables.legs_and_tracks_mut();
-        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), shard.count <= 1, &mut self.alloc_scratch, &mut self.stats, &mut self.events);
-        // Layer demand is reported by the worker that fans the track out (its publisher's).
-        let owned: Vec<TrackId> = if shard.count <= 1 {
-            Vec::new()
-        } else {
-            tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port))).map(|t| t.spec.id).collect()
-        };
-        downlink::layer_demand(now, tracks.values_mut().filter(|t| shard.count <= 1 || owned.contains(&t.spec.id)), &mut self.events);
-        downlink::fallback(legs, tracks.values_mut().filter(|t| shard.count <= 1 || owned.contains(&t.spec.id)), &mut self.events);
+        // The tracks this worker fans out (its publisher's port is ours); with one worker, all
+        // of them (no set needed).
+        let here: Option<std::collections::HashSet<TrackId>> = (shard.count > 1)
+            .then(|| tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port))).map(|t| t.spec.id).collect());
+        let fanned_here = |t: &TrackId| here.as_ref().is_none_or(|h| h.contains(t));
+        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), &fanned_here, &mut self.alloc_scratch, &mut self.stats, &mut self.events);
+        // Layer demand and fallbacks are decided by the worker that fans the track out.
+        downlink::layer_demand(now, tracks.values_mut().filter(|t| fanned_here(&t.spec.id)), &mut self.events);
+        downlink::fallback(legs, tracks.values_mut().filter(|t| fanned_here(&t.spec.id)), &mut self.events);
         self.next_probe = match (self.next_probe, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -912,10 +912,7 @@ fn a_layer_that_stops_falls_back_to_the_best_that_flows_and_returns() {
 fn resubscribing_with_the_same_out_ssrc_continues_the_stream() {
     let mut m = Meeting::new(2);
     m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
-    let mut rr = [0u8; 8];
-    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
-    let wire = m.peers[1].send_rtcp(&rr[..n]);
-    m.deliver(1, &wire, ms(0));
+    latch_all(&mut m);
     let send = |m: &mut Meeting, k: u16| {
         let plain = rtp_packet(0x1111, 1000 + k, 960 * u32::from(k), 111, &[1; 40]);
         let wire = m.peers[0].send_rtp(&plain);
