@@ -246,6 +246,7 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
             payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: None }],
             rid_ext: None,
             repaired_rid_ext: None,
+            mid: None,
         }));
         for l in 2..=fanout + 1 {
             ops.push(Op::UpsertSubscription(SubscriptionSpec {

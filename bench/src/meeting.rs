@@ -90,6 +90,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             payload_types: vec![PayloadSpec { pt: Pt(AUDIO_PT), codec: Codec::Audio, rtx_pt: None }],
             rid_ext: None,
             repaired_rid_ext: None,
+            mid: None,
         }));
         ops.push(Op::UpsertTrack(TrackSpec {
             id: TrackId(id * 2 + 1),
@@ -100,6 +101,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             payload_types: vec![PayloadSpec { pt: Pt(VIDEO_PT), codec: Codec::Vp8, rtx_pt: Some(Pt(RTX_PT)) }],
             rid_ext: None,
             repaired_rid_ext: None,
+            mid: None,
         }));
         people.push(Participant {
             leg: LegId(id),

@@ -355,6 +355,7 @@ mod tests {
             payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: Some(Pt(97)) }],
             rid_ext: Some(4),
             repaired_rid_ext: Some(5),
+            mid: None,
         })
     }
 

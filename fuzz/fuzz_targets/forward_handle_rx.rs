@@ -49,6 +49,7 @@ fn setup() -> Core {
         payload_types: vec![PayloadSpec { pt: Pt(111), codec: Codec::Audio, rtx_pt: None }],
         rid_ext: None,
         repaired_rid_ext: None,
+        mid: None,
     }));
     ops.push(Op::UpsertTrack(TrackSpec {
         id: TrackId(2),
@@ -68,6 +69,7 @@ fn setup() -> Core {
         ],
         rid_ext: Some(4),
         repaired_rid_ext: Some(5),
+        mid: None,
     }));
     for (n, layer) in [(2u32, 0u8), (3, 1)] {
         for t in [1u32, 2] {

@@ -404,6 +404,7 @@ fn a_learned_ssrc_is_refused_alike_on_every_worker() {
         payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: None }],
         rid_ext: Some(5),
         repaired_rid_ext: None,
+        mid: None,
     };
     let rid = LayerSpec { ssrc: None, rtx_ssrc: None, rid: Some("h".into()) };
     let apply =

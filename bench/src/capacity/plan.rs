@@ -200,6 +200,7 @@ impl Plan {
                     payload_types: vec![PayloadSpec { pt: Pt(pt), codec, rtx_pt: None }],
                     rid_ext: None,
                     repaired_rid_ext: None,
+                    mid: None,
                 }));
             }
             // Subscriptions: everyone hears every speaker and sees the screen; each subscriber

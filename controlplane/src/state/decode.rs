@@ -183,6 +183,16 @@ impl Stage<'_> {
         }
         let rid_ext = ext_id(&format!("{f}.rid_ext"), t.rid_ext)?;
         let repaired_rid_ext = ext_id(&format!("{f}.repaired_rid_ext"), t.repaired_rid_ext)?;
+        let mid = match (ext_id(&format!("{f}.mid_ext"), t.mid_ext)?, t.mid.is_empty()) {
+            (None, true) => None,
+            (Some(ext), false) => {
+                // RFC 8843's MID is a token; Sluice takes what it takes for RIDs.
+                check_rid(&format!("{f}.mid"), &t.mid)?;
+                Some(MidSpec { ext, value: t.mid.clone() })
+            }
+            (None, false) => return Err(invalid(format!("{f}.mid_ext"), "a MID needs the MID extension id")),
+            (Some(_), true) => return Err(invalid(format!("{f}.mid"), "the MID extension id is set but the MID is empty")),
+        };
         let mut layers = Vec::new();
         let mut mine: BTreeMap<u32, String> = BTreeMap::new();
         for (j, l) in t.layers.iter().enumerate() {
@@ -239,7 +249,7 @@ impl Stage<'_> {
                 id
             }
         };
-        let spec = TrackSpec { id, publisher: publisher.id, kind, clock_rate: t.clock_rate, layers, payload_types, rid_ext, repaired_rid_ext };
+        let spec = TrackSpec { id, publisher: publisher.id, kind, clock_rate: t.clock_rate, layers, payload_types, rid_ext, repaired_rid_ext, mid };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         // The dataplane clamps subscriptions to the track's highest layer; so does the desired state.
         let top = (spec.layers.len() - 1) as u8;

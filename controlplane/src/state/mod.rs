@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
-    Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SpecError, SubscriptionSpec, TrackSpec,
+    Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, MidSpec, PayloadSpec, SpecError, SubscriptionSpec,
+    TrackSpec,
 };
 
 use crate::diff::SpecSet;
@@ -494,6 +495,8 @@ impl Desired {
                         .collect(),
                     rid_ext: t.spec.rid_ext.map(u32::from),
                     repaired_rid_ext: t.spec.repaired_rid_ext.map(u32::from),
+                    mid_ext: t.spec.mid.as_ref().map(|m| u32::from(m.ext)),
+                    mid: t.spec.mid.as_ref().map(|m| m.value.clone()).unwrap_or_default(),
                 })
                 .collect(),
             subscriptions: s
@@ -560,6 +563,7 @@ pub(crate) mod fixtures {
                 payload_types: vec![pb::PayloadType { pt: 96, codec: pb::Codec::Vp8 as i32, rtx_pt: Some(97) }],
                 rid_ext: None,
                 repaired_rid_ext: None,
+                ..Default::default()
             })),
         }
     }
@@ -639,6 +643,13 @@ mod tests {
             }
             req("m", vec![c])
         };
+        let with_mid = |ext: Option<u32>, mid: &str| {
+            let mut c = video("v9", "a", 900);
+            if let Some(C::Track(t)) = &mut c.change {
+                (t.mid_ext, t.mid) = (ext, mid.into());
+            }
+            req("m", vec![c])
+        };
         let mut keyed = pair("m2");
         keyed.idempotency_key = huge.clone();
         let cases: Vec<(pb::ChangeSet, &str)> = vec![
@@ -654,6 +665,11 @@ mod tests {
             (with_rid(&huge), "changes[0].track.layers[0].rid"),
             (with_rid("h i"), "changes[0].track.layers[0].rid"),
             (with_rid("abcdefghijklmnopq"), "changes[0].track.layers[0].rid"),
+            (with_mid(Some(3), "a\nb"), "changes[0].track.mid"),
+            (with_mid(Some(3), "abcdefghijklmnopq"), "changes[0].track.mid"),
+            (with_mid(Some(3), ""), "changes[0].track.mid"),
+            (with_mid(None, "1"), "changes[0].track.mid_ext"),
+            (with_mid(Some(15), "1"), "changes[0].track.mid_ext"),
             (keyed, "idempotency_key"),
         ];
         for (r, field) in cases {
@@ -666,6 +682,7 @@ mod tests {
             d.apply(&req(ok, vec![leg("p")])).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         d.apply(&with_rid("hi-Q_1")).unwrap();
+        d.apply(&with_mid(Some(3), "screen_1")).unwrap();
         // A reused key is echoed cut short.
         let mut a = pair("k");
         a.idempotency_key = "z".repeat(MAX_ID_LEN);

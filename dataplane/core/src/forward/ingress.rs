@@ -128,6 +128,7 @@ impl Core {
             leg.tracks
                 .iter()
                 .filter_map(|t| self.tables.track(*t))
+                .filter(|t| t.spec.mid.as_ref().is_none_or(|m| m.matches(&pkt)))
                 .find_map(|t| {
                     [(t.spec.rid_ext, false), (t.spec.repaired_rid_ext, true)].into_iter().find_map(|(ext, rtx)| {
                         let rid = pkt.find_extension(ext?)?;

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use super::*;
 use crate::ids::{Generation, Pt};
 use crate::srtp::{Profile, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
-use crate::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
+use crate::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, MidSpec, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
 use crate::wire::{rtcp, rtp};
 
 const PROFILE: Profile = Profile::AeadAes128Gcm;
@@ -157,6 +157,7 @@ fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
         payload_types: vec![PayloadSpec { pt: Pt(111), codec: Codec::Audio, rtx_pt: None }],
         rid_ext: None,
         repaired_rid_ext: None,
+        mid: None,
     }
 }
 
@@ -170,6 +171,7 @@ fn video_track(id: u32, publisher: u32, ssrcs: &[u32]) -> TrackSpec {
         payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: Some(Pt(97)) }],
         rid_ext: None,
         repaired_rid_ext: None,
+        mid: None,
     }
 }
 
@@ -505,6 +507,50 @@ fn unsignalled_layer_is_learned_from_its_rid_only_when_it_authenticates() {
     // Later packets of that SSRC need no RID.
     let wire = m.peers[0].send_rtp(&rtp_packet(0x5555, 2, 9000, 96, &VP8_CONT));
     assert_eq!(m.deliver(0, &wire, ms(3)).len(), 1);
+}
+
+/// A camera and a screen share bundled on one leg both send RIDs "l" and "h" (RIDs are scoped to
+/// their m-line): each layer is learned by the track whose MID the packet carries, never by the
+/// other track's free layer of the same RID.
+#[test]
+fn rids_are_learned_within_their_mid() {
+    let mut m = Meeting::new(2);
+    let rid_track = |id: u32, mid: &str| {
+        let mut t = video_track(id, 1, &[0x100 + id]);
+        t.layers = ["l", "h"].iter().map(|r| LayerSpec { ssrc: None, rtx_ssrc: None, rid: Some(r.to_string()) }).collect();
+        t.rid_ext = Some(4);
+        t.mid = Some(MidSpec { ext: 3, value: mid.into() });
+        t
+    };
+    m.apply(vec![
+        Op::UpsertTrack(rid_track(1, "1")),
+        Op::UpsertTrack(rid_track(3, "2")),
+        Op::UpsertSubscription(sub(2, 1, 0x2001, 1)),
+        Op::UpsertSubscription(sub(2, 3, 0x2003, 1)),
+    ])
+    .unwrap();
+    latch_all(&mut m);
+    // One-byte extensions: MID under id 3, RID under id 4.
+    let with = |ssrc: u32, mid: u8, rid: u8| {
+        let mut p = rtp_packet(ssrc, 1, 9000, 96, &[]);
+        p[0] |= 0x10;
+        p.extend_from_slice(&[0xBE, 0xDE, 0x00, 0x01, 0x30, mid, 0x40, rid]);
+        p.extend_from_slice(&VP8_KEY);
+        p
+    };
+    // The camera sends only "l"; the screen share "l" and "h". The screen's "h" must not land on
+    // the camera's free "h".
+    for (ssrc, mid, rid) in [(0xc1, b'1', b'l'), (0x51, b'2', b'l'), (0x52, b'2', b'h')] {
+        let wire = m.peers[0].send_rtp(&with(ssrc, mid, rid));
+        m.deliver(0, &wire, ms(1));
+    }
+    let layer = |m: &Meeting, t: u32, l: usize| m.core.tables().track(TrackId(t)).unwrap().layers[l].ssrc;
+    assert_eq!((layer(&m, 1, 0), layer(&m, 1, 1)), (Some(Ssrc(0xc1)), None), "the camera");
+    assert_eq!((layer(&m, 3, 0), layer(&m, 3, 1)), (Some(Ssrc(0x51)), Some(Ssrc(0x52))), "the screen share");
+    // A RID whose MID names no track of the leg is not learned.
+    let wire = m.peers[0].send_rtp(&with(0x99, b'7', b'h'));
+    assert!(m.deliver(0, &wire, ms(2)).is_empty());
+    assert_eq!(layer(&m, 1, 1), None);
 }
 
 #[test]

@@ -28,6 +28,8 @@ const fn refuse(field: &'static str, why: &'static str) -> Result<(), SpecError>
 
 /// Most layers a track has (simulcast or SVC encodings).
 pub const MAX_LAYERS: usize = 8;
+/// The longest MID a track may name (browsers use a few digits).
+pub const MAX_MID_LEN: usize = 16;
 
 /// SRTP master key material for one direction of a leg.
 #[derive(Clone, PartialEq, Eq)]
@@ -240,6 +242,28 @@ pub struct TrackSpec {
     pub rid_ext: Option<u8>,
     /// The publisher's header-extension id for repaired RID.
     pub repaired_rid_ext: Option<u8>,
+    /// The m-line its RIDs belong to: a layer is learned only from a packet that also carries
+    /// this MID (RIDs are scoped to their m-line, RFC 8843/8852, so a bundled camera and screen
+    /// share may both send RID "h").
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub mid: Option<MidSpec>,
+}
+
+/// The MID (RFC 8843) a track's RIDs are scoped to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct MidSpec {
+    /// The publisher's header-extension id for `urn:ietf:params:rtp-hdrext:sdes:mid` (1..=14).
+    pub ext: u8,
+    /// The MID value (`a=mid`), 1 to 16 bytes.
+    pub value: String,
+}
+
+impl MidSpec {
+    /// Whether the RTP packet `pkt` carries this MID.
+    pub fn matches<T: AsRef<[u8]>>(&self, pkt: &crate::wire::rtp::Packet<T>) -> bool {
+        pkt.find_extension(self.ext) == Some(self.value.as_bytes())
+    }
 }
 
 impl TrackSpec {
@@ -266,6 +290,14 @@ impl TrackSpec {
         }
         if self.layers.iter().any(|l| l.ssrc.is_none()) && self.rid_ext.is_none() {
             return refuse("track.rid_ext", "layers without SSRC need the RID extension id");
+        }
+        if let Some(m) = &self.mid {
+            if !(1..=14).contains(&m.ext) {
+                return refuse("track.mid_ext", "header-extension ids are 1..=14");
+            }
+            if m.value.is_empty() || m.value.len() > MAX_MID_LEN {
+                return refuse("track.mid", "a MID is 1 to 16 bytes");
+            }
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ fn track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
         payload_types: vec![PayloadSpec { pt: Pt(96), codec: Codec::Vp8, rtx_pt: None }],
         rid_ext: None,
         repaired_rid_ext: None,
+        mid: None,
     }
 }
 

@@ -47,6 +47,7 @@ pub fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
         payload_types: vec![PayloadSpec { pt: Pt(PT_OPUS), codec: Codec::Audio, rtx_pt: None }],
         rid_ext: None,
         repaired_rid_ext: None,
+        mid: None,
     }
 }
 
@@ -61,6 +62,7 @@ pub fn video_track(id: u32, publisher: u32, layers: &[(u32, u32)]) -> TrackSpec 
         payload_types: vec![PayloadSpec { pt: Pt(PT_VP8), codec: Codec::Vp8, rtx_pt: Some(Pt(PT_VP8_RTX)) }],
         rid_ext: None,
         repaired_rid_ext: None,
+        mid: None,
     }
 }
 
