@@ -3,20 +3,26 @@
 //!
 //! ```text
 //!   browser ── GET / ──────────────▶ the meeting page (static/meeting.html)
-//!   browser ── WebSocket /ws ──────▶ {"join": {room, name, offer}}
+//!   browser ── WebSocket /ws ──────▶ {"join": {room, name, offer, screen?: mid}}
 //!       offer parsed: ICE ufrag/pwd, DTLS fingerprint, the microphone's SSRC, the camera's
-//!       simulcast RIDs, payload types and header-extension ids, the receive slots
-//!       Routes.Apply(session = room): a WebRTC leg (Sluice DTLS-passive), an audio and a video
-//!       track, subscriptions both ways with every member already there (each into a free
-//!       receive slot, on an SSRC the answer announces)
-//!   browser ◀───────────────────────── {"answer": sdp}   (a=ice-lite, Sluice's candidate,
-//!                                         credentials and fingerprint from the ApplyResponse)
+//!       (and the screen share's) simulcast RIDs, payload types and header-extension ids, the
+//!       receive slots (its recvonly m-lines)
+//!   Routes.Apply(session = room): a WebRTC leg (Sluice DTLS-passive), audio, camera and screen
+//!       tracks, subscriptions both ways with every member already there (each track into a
+//!       free receive slot of its kind, on an SSRC the answer announces; a screen share's with
+//!       allocator priority 2, so it keeps its full layer when a subscriber's bandwidth runs short)
+//!   browser ◀───────────────────────── {"answer": sdp, "slots": {mid: track}}   (a=ice-lite,
+//!                                         Sluice's candidate, credentials and fingerprint from
+//!                                         the ApplyResponse)
+//!   browser ◀───────────────────────── {"slots": {mid: track}} whenever its slots change
 //!   WebSocket closed ──────────────▶ Routes.Apply: remove_leg (its tracks and every
-//!                                    subscription to them go with it)
+//!                                    subscription to them go with it), its slots elsewhere
+//!                                    refilled with tracks not shown yet
 //! ```
 //!
-//! One RTCPeerConnection per participant, with two receive slots (audio + video each) offered up
-//! front, so a join is one offer/answer and nobody renegotiates: a meeting holds three.
+//! One RTCPeerConnection per participant, with its receive slots offered up front, so a join is
+//! one offer/answer and nobody renegotiates: a participant sees as many others as it offered
+//! slots for (the page's `?slots=`, default 2).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,14 +35,12 @@ use sluice_controlplane::pb::change::Change as C;
 use sluice_controlplane::pb::routes_client::RoutesClient;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tonic::transport::Channel;
 
 /// The page every participant loads.
 pub const PAGE: &str = include_str!("../static/meeting.html");
-/// Receive slots per participant (the page offers as many): a meeting holds `SLOTS + 1`.
-pub const SLOTS: usize = 2;
 
 /// One m-line of an offer, as far as signaling needs it.
 #[derive(Clone, Debug, Default)]
@@ -144,30 +148,75 @@ const EXT_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 /// Transport-wide sequence numbers: Sluice sends transport-cc feedback for what it receives.
 const EXT_TWCC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
+/// Allocator priority of a screen share's subscriptions: it keeps its full layer while cameras
+/// give way when a subscriber's bandwidth runs short (cameras are 0).
+pub const SCREEN_PRIORITY: u32 = 2;
+/// The most receive slots of one kind a participant may offer.
+pub const MAX_SLOTS: usize = 16;
+
+/// A receive slot: one recvonly m-line, and the track Sluice sends into it.
+#[derive(Clone, Debug)]
+struct Slot {
+    mid: String,
+    track: Option<String>,
+}
+
+/// One video track a participant publishes (camera or screen share).
+#[derive(Clone, Copy, Debug)]
+struct VideoSource {
+    /// Simulcast layers (1 without simulcast).
+    layers: u32,
+    /// Allocator priority of its subscriptions.
+    priority: u32,
+}
+
 /// A participant in a room.
 #[derive(Clone, Debug)]
 struct Member {
     /// Join order across the service (makes its out-SSRCs unique).
     seq: u32,
-    /// Which member each receive slot shows.
-    slots: [Option<String>; SLOTS],
     opus: u32,
     vp8: u32,
     vp8_rtx: Option<u32>,
-    /// Simulcast layers the camera sends (1 without simulcast).
-    video_layers: u32,
+    camera: VideoSource,
+    screen: Option<VideoSource>,
+    /// Its receive slots (recvonly m-lines) and what each shows.
+    audio_slots: Vec<Slot>,
+    video_slots: Vec<Slot>,
+    /// Where slot changes are told to its page.
+    notify: Option<mpsc::UnboundedSender<serde_json::Value>>,
 }
 
 impl Member {
-    /// The SSRC Sluice sends slot `slot`'s audio (`video = false`) or video on.
+    /// The SSRC Sluice sends audio (`video = false`) or video slot `slot` on.
     fn out_ssrc(&self, slot: usize, video: bool) -> u32 {
-        0x5100_0000 + self.seq * 16 + slot as u32 * 2 + u32::from(video)
+        0x5100_0000u32.wrapping_add(self.seq.wrapping_mul(64)) + if video { 16 } else { 0 } + slot as u32
     }
 
-    /// The RTX SSRC of slot `slot`'s video (retransmissions, and the padding Sluice probes the
+    /// The RTX SSRC of video slot `slot` (retransmissions, and the padding Sluice probes the
     /// subscriber's bandwidth with).
     fn out_rtx_ssrc(&self, slot: usize) -> Option<u32> {
-        self.vp8_rtx.map(|_| 0x5100_0000 + self.seq * 16 + 8 + slot as u32)
+        self.vp8_rtx.map(|_| 0x5100_0000u32.wrapping_add(self.seq.wrapping_mul(64)) + 32 + slot as u32)
+    }
+
+    /// The tracks it publishes: (id suffix, video source; `None` for the microphone).
+    fn published(&self) -> Vec<(&'static str, Option<VideoSource>)> {
+        let mut v = vec![("audio", None), ("video", Some(self.camera))];
+        v.extend(self.screen.map(|s| ("screen", Some(s))));
+        v
+    }
+
+    /// What each receive slot shows, by mid, as its page is told.
+    fn slot_map(&self) -> serde_json::Value {
+        let m: serde_json::Map<String, serde_json::Value> =
+            self.audio_slots.iter().chain(&self.video_slots).map(|s| (s.mid.clone(), s.track.clone().into())).collect();
+        serde_json::json!({ "slots": m })
+    }
+
+    fn tell_slots(&self) {
+        if let Some(n) = &self.notify {
+            let _ = n.send(self.slot_map());
+        }
     }
 }
 
@@ -177,7 +226,7 @@ struct Rooms {
     rooms: BTreeMap<String, BTreeMap<String, Member>>,
 }
 
-fn subscription(subscriber: &str, track: &str, out_ssrc: u32, out_rtx_ssrc: Option<u32>, pt_map: Vec<(u32, u32)>, top_layer: u32) -> pb::Change {
+fn subscription(subscriber: &str, track: &str, out_ssrc: u32, out_rtx_ssrc: Option<u32>, pt_map: Vec<(u32, u32)>, top_layer: u32, priority: u32) -> pb::Change {
     pb::Change {
         change: Some(C::Subscription(pb::Subscription {
             subscriber_leg: subscriber.into(),
@@ -186,26 +235,45 @@ fn subscription(subscriber: &str, track: &str, out_ssrc: u32, out_rtx_ssrc: Opti
             out_rtx_ssrc,
             pt_map: pt_map.into_iter().map(|(from, to)| pb::IdMapping { from, to }).collect(),
             // The top layer as the ceiling: the subscriber leg's bandwidth allocator picks what
-            // its estimate allows.
+            // its estimate allows, by priority.
             target_layer: top_layer,
+            priority,
             ..Default::default()
         })),
     }
 }
 
-/// The subscriptions that put `publisher`'s audio and video into `subscriber`'s slot `slot`.
-fn subscribe(subscriber: (&str, &Member), publisher: (&str, &Member), slot: usize) -> [pb::Change; 2] {
-    let (s, p) = (subscriber.1, publisher.1);
-    let mut video_pts = vec![(p.vp8, s.vp8)];
-    let mut rtx = None;
-    if let (Some(a), Some(b)) = (p.vp8_rtx, s.vp8_rtx) {
-        video_pts.push((a, b));
-        rtx = s.out_rtx_ssrc(slot);
+/// Puts each of `publisher`'s tracks that `subscriber` does not show yet into a free receive
+/// slot of its kind, and returns the subscriptions. A track with no free slot is not shown (a
+/// page offers as many slots as it wants to show).
+fn subscribe(subscriber: (&str, &mut Member), publisher: (&str, &Member)) -> Vec<pb::Change> {
+    let ((sname, s), (pname, p)) = (subscriber, publisher);
+    let mut changes = Vec::new();
+    for (suffix, video) in p.published() {
+        let track = format!("{pname}-{suffix}");
+        let slots = if video.is_some() { &mut s.video_slots } else { &mut s.audio_slots };
+        if slots.iter().any(|x| x.track.as_deref() == Some(track.as_str())) {
+            continue;
+        }
+        let Some(slot) = slots.iter().position(|x| x.track.is_none()) else {
+            tracing::info!(subscriber = sname, %track, "no free receive slot: not shown");
+            continue;
+        };
+        slots[slot].track = Some(track.clone());
+        changes.push(match video {
+            None => subscription(sname, &track, s.out_ssrc(slot, false), None, vec![(p.opus, s.opus)], 0, 0),
+            Some(v) => {
+                let mut pts = vec![(p.vp8, s.vp8)];
+                let mut rtx = None;
+                if let (Some(a), Some(b)) = (p.vp8_rtx, s.vp8_rtx) {
+                    pts.push((a, b));
+                    rtx = s.out_rtx_ssrc(slot);
+                }
+                subscription(sname, &track, s.out_ssrc(slot, true), rtx, pts, v.layers.saturating_sub(1), v.priority)
+            }
+        });
     }
-    [
-        subscription(subscriber.0, &format!("{}-audio", publisher.0), s.out_ssrc(slot, false), None, vec![(p.opus, s.opus)], 0),
-        subscription(subscriber.0, &format!("{}-video", publisher.0), s.out_ssrc(slot, true), rtx, video_pts, p.video_layers.saturating_sub(1)),
-    ]
+    changes
 }
 
 /// Sluice's answer: ICE-lite, DTLS passive, the camera's simulcast received, each receive slot
@@ -222,7 +290,6 @@ fn answer(offer: &Offer, w: &pb::WebRtcLocal, me: &Member, twcc_ext: Option<u32>
         "a=ice-lite".into(),
         "a=msid-semantic: WMS *".into(),
     ];
-    let mut slot_of_kind: BTreeMap<&str, usize> = BTreeMap::new();
     for m in &offer.mlines {
         let video = m.kind == "video";
         let (pts, codec_lines) = if video {
@@ -275,10 +342,10 @@ fn answer(offer: &Offer, w: &pb::WebRtcLocal, me: &Member, twcc_ext: Option<u32>
             }
         } else {
             // A receive slot: Sluice sends on the SSRC it announces here.
-            let slot = slot_of_kind.entry(if video { "video" } else { "audio" }).or_default();
-            let ssrc = me.out_ssrc(*slot, video);
-            let rtx = if video { me.out_rtx_ssrc(*slot) } else { None };
-            *slot += 1;
+            let slots = if video { &me.video_slots } else { &me.audio_slots };
+            let slot = slots.iter().position(|x| x.mid == m.mid).ok_or_else(|| anyhow!("m-line {} is no receive slot", m.mid))?;
+            let ssrc = me.out_ssrc(slot, video);
+            let rtx = if video { me.out_rtx_ssrc(slot) } else { None };
             s.push("a=sendonly".into());
             // Sluice stamps its own transport-wide sequence numbers on what it sends and reads
             // the subscriber's transport-cc feedback (its congestion control for this leg).
@@ -342,45 +409,105 @@ impl Signaling {
             return Ok(());
         }
         let mut ws = tokio_tungstenite::accept_async(stream).await?;
+        let (notify, mut told) = mpsc::unbounded_channel::<serde_json::Value>();
         let mut joined: Option<(String, String)> = None;
-        while let Some(msg) = ws.next().await {
-            let Message::Text(text) = msg? else { continue };
-            let v: serde_json::Value = serde_json::from_str(&text)?;
+        let result = loop {
+            let msg = tokio::select! {
+                m = ws.next() => m,
+                Some(v) = told.recv() => {
+                    if let Err(e) = ws.send(Message::text(v.to_string())).await {
+                        break Err(e.into());
+                    }
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break Ok(()) };
+            let text = match msg {
+                Ok(Message::Text(t)) => t,
+                Ok(_) => continue,
+                Err(e) => break Err(e.into()),
+            };
+            let v: serde_json::Value = match serde_json::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => break Err(e.into()),
+            };
             let Some(j) = v.get("join") else { continue };
+            if joined.is_some() {
+                break Err(anyhow!("joined twice on one connection"));
+            }
             let (room, name, offer) =
                 (j["room"].as_str().unwrap_or("demo").to_string(), j["name"].as_str().unwrap_or_default().to_string(), j["offer"].as_str().unwrap_or_default());
-            let reply = match self.join(&room, &name, offer).await {
-                Ok(sdp) => {
+            let reply = match self.join(&room, &name, offer, j["screen"].as_str(), notify.clone()).await {
+                Ok((sdp, slots)) => {
                     joined = Some((room, name));
-                    serde_json::json!({ "answer": sdp })
+                    serde_json::json!({ "answer": sdp, "slots": slots["slots"] })
                 }
                 Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
             };
-            ws.send(Message::text(reply.to_string())).await?;
-        }
+            if let Err(e) = ws.send(Message::text(reply.to_string())).await {
+                break Err(e.into());
+            }
+        };
         if let Some((room, name)) = joined {
             self.leave(&room, &name).await?;
         }
-        Ok(())
+        result
     }
 
-    async fn join(&self, room: &str, name: &str, sdp: &str) -> anyhow::Result<String> {
+    /// Puts `name` into `room`: its leg, its tracks (microphone, camera, and the screen share
+    /// on m-line `screen` when given) and subscriptions both ways with every member there, in
+    /// one `Routes.Apply`. Returns the answer and the joiner's slot map.
+    async fn join(
+        &self,
+        room: &str,
+        name: &str,
+        sdp: &str,
+        screen: Option<&str>,
+        notify: mpsc::UnboundedSender<serde_json::Value>,
+    ) -> anyhow::Result<(String, serde_json::Value)> {
         let offer = parse_offer(sdp)?;
-        let audio = offer.mlines.iter().find(|m| m.kind == "audio" && m.direction == "sendonly").ok_or_else(|| anyhow!("no microphone m-line"))?;
-        let video = offer.mlines.iter().find(|m| m.kind == "video" && m.direction == "sendonly").ok_or_else(|| anyhow!("no camera m-line"))?;
+        let sending = |kind: &'static str| offer.mlines.iter().filter(move |m| m.kind == kind && m.direction == "sendonly");
+        let audio = sending("audio").next().ok_or_else(|| anyhow!("no microphone m-line"))?;
+        let video = sending("video").find(|m| Some(m.mid.as_str()) != screen).ok_or_else(|| anyhow!("no camera m-line"))?;
+        let screen_line = match screen {
+            Some(mid) => {
+                Some(sending("video").find(|m| m.mid == mid).ok_or_else(|| anyhow!("the screen share's m-line {mid:?} is not a sendonly video m-line"))?)
+            }
+            None => None,
+        };
         let opus = audio.pt_of("opus").ok_or_else(|| anyhow!("no opus"))?;
         let vp8 = video.pt_of("VP8").ok_or_else(|| anyhow!("no VP8"))?;
+        if let Some(s) = screen_line
+            && (s.pt_of("VP8") != Some(vp8) || s.rtx_of(vp8) != video.rtx_of(vp8))
+        {
+            bail!("the screen share's VP8 payload types differ from the camera's");
+        }
         let mic_ssrc = audio.ssrc.ok_or_else(|| anyhow!("the microphone's SSRC is not in the offer"))?;
+        let slots = |kind: &str| -> anyhow::Result<Vec<Slot>> {
+            let v: Vec<Slot> =
+                offer.mlines.iter().filter(|m| m.kind == kind && m.direction == "recvonly").map(|m| Slot { mid: m.mid.clone(), track: None }).collect();
+            if v.len() > MAX_SLOTS {
+                bail!("{} {kind} receive slots offered, at most {MAX_SLOTS}", v.len());
+            }
+            Ok(v)
+        };
+        let source = |m: &MLine, priority| VideoSource { layers: m.rids.len().max(1) as u32, priority };
         let mut rooms = self.rooms.lock().await;
         let seq = rooms.next_seq;
-        rooms.next_seq += 1;
-        let mut me = Member { seq, slots: [None, None], opus, vp8, vp8_rtx: video.rtx_of(vp8), video_layers: video.rids.len().max(1) as u32 };
+        let mut me = Member {
+            seq,
+            opus,
+            vp8,
+            vp8_rtx: video.rtx_of(vp8),
+            camera: source(video, 0),
+            screen: screen_line.map(|m| source(m, SCREEN_PRIORITY)),
+            audio_slots: slots("audio")?,
+            video_slots: slots("video")?,
+            notify: Some(notify),
+        };
         let others: Vec<(String, Member)> = rooms.rooms.get(room).map(|r| r.iter().map(|(n, m)| (n.clone(), m.clone())).collect()).unwrap_or_default();
         if others.iter().any(|(n, _)| n == name) {
             bail!("{name:?} is already in {room:?}");
-        }
-        if others.len() > SLOTS {
-            bail!("room {room:?} is full ({} participants)", SLOTS + 1);
         }
         // Sluice reads one transport-wide sequence number per leg: the camera's id, which a
         // browser uses on every m-line of the bundle.
@@ -413,33 +540,18 @@ impl Signaling {
                     ..Default::default()
                 })),
             },
-            pb::Change {
-                change: Some(C::Track(pb::Track {
-                    id: format!("{name}-video"),
-                    publisher_leg: name.into(),
-                    kind: pb::MediaKind::Video as i32,
-                    clock_rate: 90_000,
-                    layers: if video.rids.is_empty() {
-                        vec![pb::Layer { ssrc: video.ssrc, ..Default::default() }]
-                    } else {
-                        video.rids.iter().map(|r| pb::Layer { rid: r.clone(), ..Default::default() }).collect()
-                    },
-                    payload_types: vec![pb::PayloadType { pt: vp8, codec: pb::Codec::Vp8 as i32, rtx_pt: video.rtx_of(vp8) }],
-                    rid_ext: video.ext(EXT_RID),
-                    repaired_rid_ext: video.ext(EXT_RRID),
-                })),
-            },
+            video_track(&format!("{name}-video"), name, video, vp8),
         ];
+        changes.extend(screen_line.map(|m| video_track(&format!("{name}-screen"), name, m, vp8)));
         let mut updated = Vec::new();
-        for (slot, (other_name, other)) in others.iter().enumerate() {
-            me.slots[slot] = Some(other_name.clone());
-            changes.extend(subscribe((name, &me), (other_name, other), slot));
+        for (other_name, other) in &others {
+            changes.extend(subscribe((name, &mut me), (other_name, other)));
             let mut other = other.clone();
-            if let Some(free) = other.slots.iter().position(Option::is_none) {
-                other.slots[free] = Some(name.into());
-                changes.extend(subscribe((other_name, &other), (name, &me), free));
+            let theirs = subscribe((other_name, &mut other), (name, &me));
+            if !theirs.is_empty() {
+                changes.extend(theirs);
+                updated.push((other_name.clone(), other));
             }
-            updated.push((other_name.clone(), other));
         }
         let resp = self
             .routes
@@ -448,33 +560,72 @@ impl Signaling {
             .await
             .map_err(|s| anyhow!("Routes.Apply: {}", s.message()))?
             .into_inner();
+        rooms.next_seq += 1;
         let w = resp.ports.iter().find(|p| p.leg == name).and_then(|p| p.webrtc.clone()).ok_or_else(|| anyhow!("no WebRTC answer for {name}"))?;
         let sdp = answer(&offer, &w, &me, twcc_ext)?;
+        let slot_map = me.slot_map();
         let r = rooms.rooms.entry(room.into()).or_default();
-        r.extend(updated);
+        for (n, m) in updated {
+            m.tell_slots();
+            r.insert(n, m);
+        }
         r.insert(name.into(), me);
-        tracing::info!(room, name, revision = resp.revision, "joined");
-        Ok(sdp)
+        tracing::info!(room, name, revision = resp.revision, screen = screen.is_some(), "joined");
+        Ok((sdp, slot_map))
     }
 
+    /// Removes `name`'s leg (its tracks and every subscription to them go with it) and fills
+    /// the slots it showed with tracks their members did not show yet, in one `Routes.Apply`.
     async fn leave(&self, room: &str, name: &str) -> anyhow::Result<()> {
         let mut rooms = self.rooms.lock().await;
         let Some(r) = rooms.rooms.get_mut(room) else { return Ok(()) };
         r.remove(name);
-        for m in r.values_mut() {
-            for s in &mut m.slots {
-                if s.as_deref() == Some(name) {
-                    *s = None;
+        let prefix = format!("{name}-");
+        let mut changes = vec![pb::Change { change: Some(C::RemoveLeg(name.into())) }];
+        let mut next = r.clone();
+        for (n, m) in next.iter_mut() {
+            for s in m.audio_slots.iter_mut().chain(m.video_slots.iter_mut()) {
+                if s.track.as_deref().is_some_and(|t| t.starts_with(&prefix)) {
+                    s.track = None;
                 }
             }
+            for (o, other) in r.iter().filter(|(o, _)| *o != n) {
+                changes.extend(subscribe((n, m), (o, other)));
+            }
         }
-        let change = pb::Change { change: Some(C::RemoveLeg(name.into())) };
         self.routes
             .clone()
-            .apply(pb::ChangeSet { session: room.into(), changes: vec![change], ..Default::default() })
+            .apply(pb::ChangeSet { session: room.into(), changes, ..Default::default() })
             .await
             .map_err(|s| anyhow!("Routes.Apply: {}", s.message()))?;
+        for m in next.values() {
+            m.tell_slots();
+        }
+        *r = next;
         tracing::info!(room, name, "left");
         Ok(())
+    }
+}
+
+/// A published video track: simulcast layers by RID when the offer has them, else its SSRC.
+fn video_track(id: &str, leg: &str, m: &MLine, vp8: u32) -> pb::Change {
+    pb::Change {
+        change: Some(C::Track(pb::Track {
+            id: id.into(),
+            publisher_leg: leg.into(),
+            kind: pb::MediaKind::Video as i32,
+            clock_rate: 90_000,
+            layers: if m.rids.is_empty() {
+                vec![pb::Layer { ssrc: m.ssrc, ..Default::default() }]
+            } else {
+                m.rids.iter().map(|r| pb::Layer { rid: r.clone(), ..Default::default() }).collect()
+            },
+            payload_types: vec![pb::PayloadType { pt: vp8, codec: pb::Codec::Vp8 as i32, rtx_pt: m.rtx_of(vp8) }],
+            rid_ext: m.ext(EXT_RID),
+            repaired_rid_ext: m.ext(EXT_RRID),
+            // RIDs are scoped to their m-line: the camera and the screen share both send "l".
+            mid_ext: m.ext(EXT_MID).filter(|_| !m.rids.is_empty()),
+            mid: if m.rids.is_empty() || m.ext(EXT_MID).is_none() { String::new() } else { m.mid.clone() },
+        })),
     }
 }

@@ -213,6 +213,7 @@ fn audio(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
         payload_types: vec![PayloadSpec { pt: Pt(111), codec: Codec::Audio, rtx_pt: None }],
         rid_ext: None,
         repaired_rid_ext: None,
+        mid: None,
     }
 }
 
@@ -972,6 +973,80 @@ mod meeting {
         (dp, sock, cp, sig)
     }
 
+    /// Records, from a thread in `ns`, what Routes.Watch on 127.0.0.1:`grpc` says of `session`
+    /// about `leg`'s bandwidth estimate and allocations, timestamped from now.
+    fn watch_session(ns: &sluice_bench::netns::NetNs, grpc: u16, session: &str, leg: &str) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        use pb::event::Event as E;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (name, session, leg, out) = (ns.name.clone(), session.to_string(), leg.to_string(), log.clone());
+        let start = Instant::now();
+        std::thread::spawn(move || {
+            sluice_bench::netns::join_thread(&name).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}")).unwrap().connect().await else { return };
+                let mut routes = pb::routes_client::RoutesClient::new(ch);
+                let Ok(stream) = routes.watch(pb::WatchRequest { session }).await else { return };
+                let mut stream = stream.into_inner();
+                while let Ok(Some(e)) = stream.message().await {
+                    let line = match e.event {
+                        Some(E::BandwidthEstimate(b)) if b.leg == leg => format!("estimate {} kbit/s", b.bps / 1000),
+                        Some(E::LayerAllocated(a)) if a.subscriber == leg => format!("{} -> layer {:?}", a.track, a.layer),
+                        _ => continue,
+                    };
+                    out.lock().unwrap().push(format!("{:>5.1}s {line}", start.elapsed().as_secs_f64()));
+                }
+            });
+        });
+        log
+    }
+
+    /// Starts the dataplane (listening on `ip`, legs on `legs`), the control plane and the
+    /// reference signaling inside `ns`: metrics on 127.0.0.1:`base`, gRPC on 127.0.0.1:`base + 1`,
+    /// the page on `ip`:`base + 2`.
+    fn start_stack_in(dir: &TempDir, ns: &sluice_bench::netns::NetNs, ip: &str, base: u16, legs: (u16, u16)) -> (Daemon, Daemon, Daemon) {
+        let sock = dir.path().join("dp.sock");
+        let dp_cfg = dir.path().join("dataplane.toml");
+        std::fs::write(
+            &dp_cfg,
+            format!(
+                "[dataplane]\nlisten_ip = \"{ip}\"\nworkers = 1\ncontrol_socket = \"{}\"\nport_range = [{}, {}]\nmetrics = \"127.0.0.1:{base}\"\n",
+                sock.display(),
+                legs.0,
+                legs.1
+            ),
+        )
+        .unwrap();
+        let mut dp = Daemon::start_in_netns(&ns.name, "sluice-dataplane", &["--config", dp_cfg.to_str().unwrap()], &dir.path().join("dp.log"));
+        assert!(dp.wait_for_path(&sock, Duration::from_secs(10)), "{}", dp.log_text());
+        let cp_cfg = dir.path().join("controlplane.toml");
+        let grpc = format!("127.0.0.1:{}", base + 1);
+        std::fs::write(
+            &cp_cfg,
+            format!(
+                "[controlplane]\ngrpc_listen = \"{grpc}\"\nplaintext = true\nannounce_ip = \"{ip}\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+                sock.display(),
+                dir.path().join("state").display(),
+                legs.0,
+                legs.1
+            ),
+        )
+        .unwrap();
+        let mut cp = Daemon::start_in_netns(&ns.name, "sluice-controlplane", &["--config", cp_cfg.to_str().unwrap()], &dir.path().join("cp.log"));
+        let end = Instant::now() + Duration::from_secs(20);
+        while ns.enter(|| std::net::TcpStream::connect(&grpc).is_err()) {
+            assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(100)).is_none(), "no gRPC\n{}", cp.log_text());
+        }
+        let page = format!("{ip}:{}", base + 2);
+        let mut sig =
+            Daemon::start_in_netns(&ns.name, "sluice-signaling", &["--grpc", &format!("http://{grpc}"), "--listen", &page], &dir.path().join("signaling.log"));
+        let end = Instant::now() + Duration::from_secs(20);
+        while ns.enter(|| std::net::TcpStream::connect(&page).is_err()) {
+            assert!(Instant::now() < end && sig.wait_exit(Duration::from_millis(100)).is_none(), "no signaling\n{}\n{}", sig.log_text(), cp.log_text());
+        }
+        (dp, cp, sig)
+    }
+
     /// The uplink half of the feedback loop, judged by the browser's own statistics: a Chromium
     /// publisher capturing 1280x720 with three simulcast layers through Sluice (which answers
     /// transport-cc and sends it receiver reports and transport-cc feedback) must raise its
@@ -1042,43 +1117,7 @@ mod meeting {
         let (ns_s, ns_b) = (NetNs::new("ds"), NetNs::new("db"));
         let veth = Veth::new("dl", &ns_b, &["10.213.0.2/24"], &ns_s, &["10.213.0.1/24"]);
         // Sluice, its control plane, the signaling and Alice in one namespace; Bob in the other.
-        let sock = dir.path().join("dp.sock");
-        let dp_cfg = dir.path().join("dataplane.toml");
-        std::fs::write(
-            &dp_cfg,
-            format!(
-                "[dataplane]\nlisten_ip = \"10.213.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nport_range = [32150, 32169]\nmetrics = \"127.0.0.1:32320\"\n",
-                sock.display()
-            ),
-        )
-        .unwrap();
-        let mut dp = Daemon::start_in_netns(&ns_s.name, "sluice-dataplane", &["--config", dp_cfg.to_str().unwrap()], &dir.path().join("dp.log"));
-        assert!(dp.wait_for_path(&sock, Duration::from_secs(10)), "{}", dp.log_text());
-        let cp_cfg = dir.path().join("controlplane.toml");
-        std::fs::write(
-            &cp_cfg,
-            format!(
-                "[controlplane]\ngrpc_listen = \"127.0.0.1:32321\"\nplaintext = true\nannounce_ip = \"10.213.0.1\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [32150, 32169]\n",
-                sock.display(),
-                dir.path().join("state").display()
-            ),
-        )
-        .unwrap();
-        let mut cp = Daemon::start_in_netns(&ns_s.name, "sluice-controlplane", &["--config", cp_cfg.to_str().unwrap()], &dir.path().join("cp.log"));
-        let end = Instant::now() + Duration::from_secs(20);
-        while ns_s.enter(|| std::net::TcpStream::connect("127.0.0.1:32321").is_err()) {
-            assert!(Instant::now() < end && cp.wait_exit(Duration::from_millis(100)).is_none(), "no gRPC\n{}", cp.log_text());
-        }
-        let mut sig = Daemon::start_in_netns(
-            &ns_s.name,
-            "sluice-signaling",
-            &["--grpc", "http://127.0.0.1:32321", "--listen", "10.213.0.1:32322"],
-            &dir.path().join("signaling.log"),
-        );
-        let end = Instant::now() + Duration::from_secs(20);
-        while ns_s.enter(|| std::net::TcpStream::connect("10.213.0.1:32322").is_err()) {
-            assert!(Instant::now() < end && sig.wait_exit(Duration::from_millis(100)).is_none(), "no signaling\n{}\n{}", sig.log_text(), cp.log_text());
-        }
+        let (mut dp, cp, sig) = start_stack_in(&dir, &ns_s, "10.213.0.1", 32320, (32150, 32169));
         let url = |name: &str, extra: &str| format!("http://10.213.0.1:32322/?room=dl&name={name}{extra}");
         let mut alice = Participant::join_in("alice", dir.path(), &url("alice", ""), Some(&ns_s));
         assert!(wait(&mut [&mut alice], 30, |p| p[0].stats["connection"] == "connected"), "alice: {}\n{}", alice.stats, sig.log_text());
@@ -1158,6 +1197,114 @@ mod meeting {
         );
         assert!(ok, "bob did not get back to 720p within 15 s of the limit lifting\n{}", trace.borrow().join("\n"));
         drop((alice, bob));
+        drop(sig);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+
+    /// Allocation by priority, judged by a real receiving browser: Eve, in a network namespace
+    /// of her own behind a 1.5 Mbit/s limit (tc tbf on the veth towards her), watches four
+    /// cameras and a screen share, all published by headless Chromium through the reference
+    /// signaling. The screen share's subscription has priority 2 (the cameras' 0), so Sluice's
+    /// allocator keeps it on its full 1280x720 layer while the cameras give way.
+    #[test]
+    fn a_chromium_screen_share_keeps_its_full_layer_beside_four_cameras_under_1500_kbit() {
+        use sluice_bench::netns::{NetNs, Veth};
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        let dir = TempDir::new("webrtc-screen");
+        let (ns_s, ns_e) = (NetNs::new("ss"), NetNs::new("se"));
+        let veth = Veth::new("sc", &ns_e, &["10.214.0.2/24"], &ns_s, &["10.214.0.1/24"]);
+        let (mut dp, cp, sig) = start_stack_in(&dir, &ns_s, "10.214.0.1", 32323, (32170, 32189));
+        ns_s.exec("tc", &["qdisc", "add", "dev", &veth.b, "root", "tbf", "rate", "1500kbit", "burst", "16kb", "latency", "150ms"]);
+        let url = |name: &str, extra: &str| format!("http://10.214.0.1:32325/?room=share&name={name}{extra}");
+        // The publishers watch nothing (slots=0): five browsers share two cores. Zoe, who shares
+        // her screen, sorts last, so the screen share is Eve's last subscription: without
+        // priorities the cameras before it would take the bandwidth first.
+        let mut alice = Participant::join_in("alice", dir.path(), &url("alice", "&w=640&h=360&slots=0"), Some(&ns_s));
+        let mut bob = Participant::join_in("bob", dir.path(), &url("bob", "&w=640&h=360&slots=0"), Some(&ns_s));
+        let mut carol = Participant::join_in("carol", dir.path(), &url("carol", "&w=640&h=360&slots=0"), Some(&ns_s));
+        let mut zoe = Participant::join_in("zoe", dir.path(), &url("zoe", "&w=640&h=360&slots=0&screen=synthetic"), Some(&ns_s));
+        assert!(
+            wait(&mut [&mut alice, &mut bob, &mut carol, &mut zoe], 40, |ps| ps.iter().all(|p| p.stats["connection"] == "connected")),
+            "publishers: {} {} {} {}\n{}",
+            alice.stats,
+            bob.stats,
+            carol.stats,
+            zoe.stats,
+            sig.log_text()
+        );
+        let mut eve = Participant::join_in("eve", dir.path(), &url("eve", "&w=160&h=90&slots=5"), Some(&ns_e));
+        // Which of Eve's slots shows what (the signaling tells her page).
+        let mid_of = |e: &Participant, track: &str| e.stats["slots"].as_object().and_then(|m| m.iter().find(|(_, t)| *t == track).map(|(mid, _)| mid.clone()));
+        let tracks = ["zoe-screen", "alice-video", "bob-video", "carol-video", "zoe-video"];
+        assert!(
+            wait(&mut [&mut eve], 30, |p| p[0].stats["connection"] == "connected" && tracks.iter().all(|t| mid_of(p[0], t).is_some())),
+            "eve: {}\n{}",
+            eve.stats,
+            sig.log_text()
+        );
+        let mids: Vec<String> = tracks.iter().map(|t| mid_of(&eve, t).unwrap()).collect();
+        // Sluice's own view of Eve's leg, from Routes.Watch: her estimate and each allocation.
+        let watched = watch_session(&ns_s, 32324, "share", "eve");
+        let inbound = |e: &Participant, i: usize, key: &str| e.stats["inbound"][&mids[i]][key].as_u64().unwrap_or(0);
+        let start = Instant::now();
+        let mut trace = Vec::new();
+        let mut sample = |ps: &mut [&mut Participant; 5]| {
+            for p in ps.iter_mut() {
+                p.poll();
+            }
+            let e = &*ps[4];
+            let a = &ps[3].stats["outbound"];
+            trace.push(format!(
+                "{:>5.1}s eve sees {:?} (width/frames); zoe's screen sends {} {}, cameras {}",
+                start.elapsed().as_secs_f64(),
+                (0..5).map(|i| (inbound(e, i, "width"), inbound(e, i, "frames"))).collect::<Vec<_>>(),
+                a["screen:l"],
+                a["screen:h"],
+                ["l", "m", "h"].map(|r| format!("{r}:{}", a[r]["width"])).join(" ")
+            ));
+            (0..5).map(|i| (inbound(e, i, "width"), inbound(e, i, "frames"))).collect::<Vec<_>>()
+        };
+        let mut ps = [&mut alice, &mut bob, &mut carol, &mut zoe, &mut eve];
+        // Within 30 s the screen share reaches its full layer and every camera decodes.
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut reached = false;
+        while !reached && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(500));
+            let v = sample(&mut ps);
+            reached = v[0].0 == 1280 && v[1..].iter().all(|(w, f)| *w > 0 && *f > 0);
+        }
+        assert!(reached, "the screen share never reached 1280 wide beside four decoding cameras\n{}", trace.join("\n"));
+        // And keeps it for 10 s, decoding, while the cameras stay within what is left.
+        let first = sample(&mut ps);
+        let mut narrowest = [u64::MAX; 5];
+        let mut screen_drops = 0;
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(500));
+            let v = sample(&mut ps);
+            screen_drops += usize::from(v[0].0 != 1280);
+            for (n, (w, _)) in narrowest.iter_mut().zip(&v) {
+                *n = (*n).min(*w);
+            }
+        }
+        let last = sample(&mut ps);
+        let metrics = ns_s.http_get("127.0.0.1:32323", "/metrics");
+        let count = |name: &str| metrics.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
+        eprintln!("{}", trace.join("\n"));
+        eprintln!("Sluice on eve's leg:\n{}", watched.lock().unwrap().join("\n"));
+        eprintln!("eve's inbound: {}", ps[4].stats["inbound"]);
+        eprintln!(
+            "narrowest widths over 10 s {narrowest:?}; allocation changes {}, probes {}",
+            count("sluice_allocation_changes_total"),
+            count("sluice_probes_total")
+        );
+        assert_eq!(screen_drops, 0, "the screen share left its full layer under 1.5 Mbit/s\n{}", trace.join("\n"));
+        assert!(last[0].1 >= first[0].1 + 50, "the screen share stopped decoding: {first:?} -> {last:?}\n{}", trace.join("\n"));
+        for i in 1..5 {
+            assert!(last[i].1 > first[i].1, "camera {} stopped decoding: {first:?} -> {last:?}\n{}", tracks[i], trace.join("\n"));
+        }
+        drop((alice, bob, carol, zoe, eve));
         drop(sig);
         drop(cp);
         dp.signal(libc::SIGTERM);

@@ -25,8 +25,10 @@ pub(super) const MAX_ALLOC: usize = 64;
 /// How long an estimate somewhat below a subscription's layer is tolerated before it switches
 /// down (the estimator dips briefly after every up-switch).
 const DOWN_HOLD: core::time::Duration = core::time::Duration::from_millis(1000);
-/// An estimate under this fraction of the current layer's rate switches down at once.
+/// An estimate under this fraction of the current layer's rate switches down sooner: after
+/// DEEP_HOLD, one decrease interval and a feedback round beyond a single outlier report.
 const DEEP_DIP: f64 = 0.6;
+const DEEP_HOLD: core::time::Duration = core::time::Duration::from_millis(400);
 /// The least padding rate of a probe: about a dozen packets per cluster.
 const MIN_PROBE_BPS: u64 = 600_000;
 /// Length of a probe packet before SRTP.
@@ -48,13 +50,10 @@ pub(super) fn transport_cc(ctx: &mut Ctx<'_>, leg: &mut Leg, fb: &TransportCc<&[
 
 /// Turns the bytes each layer received since the last tick into its rate (`elapsed` since).
 pub(super) fn measure_layers<'a>(tracks: impl Iterator<Item = &'a mut Track>, elapsed: core::time::Duration) {
-    let secs = elapsed.as_secs_f64().max(0.001);
+    let secs = elapsed.as_secs_f64();
     for t in tracks {
         for l in &mut t.layers {
-            let now = (l.bytes as f64 * 8.0 / secs) as u64;
-            // Smoothed over about a second of ticks: keyframes do not swing the allocation.
-            l.rate_bps = if l.rate_bps == 0 { now } else { (l.rate_bps * 3 + now) / 4 };
-            l.bytes = 0;
+            l.rate.tick(secs);
         }
     }
 }
@@ -94,7 +93,7 @@ pub(super) fn allocate(
             }
             let mut rates = [0; MAX_LAYERS];
             for (r, l) in rates.iter_mut().zip(&track.layers) {
-                *r = if l.activity.active { l.rate_bps.max(1) } else { 0 };
+                *r = if l.activity.active { l.rate.bps().max(1) } else { 0 };
             }
             let audio = track.spec.kind == MediaKind::Audio;
             scratch.push((track_id, i, Demand { priority: sub.priority, audio, current: sub.current_layer, ceiling: sub.target_layer, rates }));
@@ -110,21 +109,34 @@ pub(super) fn allocate(
         // variance of a layer's rate (keyframes), so a layer that fits is not one that congests.
         let budget = estimate * 85 / 100;
         let used = alloc::allocate(budget, &demands[..n], &mut out[..n]);
-        for (k, &(track_id, i, d)) in scratch.iter().enumerate() {
+        // The highest priority whose down-switch is being held: the allocator has already
+        // spent its bandwidth elsewhere, so nobody ranked below it goes up meanwhile (lower
+        // ranks give way first, and a held dip must not turn into an overcommitment).
+        let mut held: Option<u8> = None;
+        let mut order: [usize; MAX_ALLOC] = core::array::from_fn(|k| k);
+        order[..n].sort_by_key(|&k| core::cmp::Reverse(scratch[k].2.priority));
+        for &k in &order[..n] {
+            let (track_id, i, d) = scratch[k];
             if d.audio {
                 continue;
             }
             let Some(sub) = tracks.get_mut(&track_id).and_then(|t| t.subs.get_mut(i)) else { continue };
             let want = out[k];
+            if held.is_some_and(|p| d.priority < p) && matches!((want, sub.alloc_layer), (Some(w), Some(c)) if w > c) {
+                continue;
+            }
             // Down-switch hysteresis: a dip of the estimate (a transient overuse right after an
             // up-switch) is held for DOWN_HOLD; a deep one (the estimate under DEEP_DIP of what
-            // the current layer takes) switches at once.
+            // the current layer takes) for DEEP_HOLD, so one outlier does not cost a
+            // subscriber its layer and the keyframe the way back needs.
             let current_rate = sub.alloc_layer.map_or(0, |l| d.rates[usize::from(l).min(MAX_LAYERS - 1)]);
             let down = matches!((want, sub.alloc_layer), (Some(w), Some(c)) if w < c);
             // (A current layer that stopped flowing has no rate: no reason to wait.)
-            if down && current_rate > 0 && (budget as f64) >= DEEP_DIP * current_rate as f64 {
+            if down && current_rate > 0 {
+                let hold = if (budget as f64) >= DEEP_DIP * current_rate as f64 { DOWN_HOLD } else { DEEP_HOLD };
                 let since = *sub.alloc_down_since.get_or_insert(now);
-                if now.saturating_duration_since(since) < DOWN_HOLD {
+                if now.saturating_duration_since(since) < hold {
+                    held = held.max(Some(d.priority));
                     continue;
                 }
             }

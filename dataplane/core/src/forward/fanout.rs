@@ -48,7 +48,7 @@ pub(super) fn rtp(
     // Audio has no keyframes: every packet is a switch point.
     let keyframe = codec.video().is_none_or(|v| codec::is_keyframe(v, pkt.payload()));
     let state = &mut track.layers[usize::from(layer)];
-    state.bytes += plain.len() as u64;
+    state.rate.count(plain.len(), ts, keyframe && codec.video().is_some());
     if keyframe {
         state.seen_keyframe = true;
     }

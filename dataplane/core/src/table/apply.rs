@@ -274,8 +274,7 @@ impl Tables {
             fir_seq: 0,
             seen_keyframe: false,
             activity: Activity::default(),
-            bytes: 0,
-            rate_bps: 0,
+            rate: LayerRate::default(),
             demand: (true, None),
         };
         match self.tracks.get(&spec.id) {
@@ -507,8 +506,7 @@ impl Tables {
                     fir_seq: l.fir_seq,
                     seen_keyframe: l.seen_keyframe,
                     activity: l.activity,
-                    bytes: l.bytes,
-                    rate_bps: l.rate_bps,
+                    rate: l.rate,
                     demand: l.demand,
                 })
                 .collect(),

@@ -212,6 +212,53 @@ impl Leg {
     }
 }
 
+/// A layer's measured rate, with its keyframes apart: in WebRTC a keyframe is sent on demand
+/// (often because a subscriber just switched to the layer), and a keyframe of a 720p screen
+/// share can be 100 kB, four times what the layer sends in a second. Counted into the rate over
+/// one second it makes the layer look too expensive right after the switch that asked for it,
+/// and the allocator switches away again. So frames go into a steady rate smoothed over about a
+/// second, keyframes into a rate smoothed over about eight, and the allocator sees their sum.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LayerRate {
+    /// Bytes of other frames since the last tick.
+    bytes: u64,
+    /// Bytes of keyframes since the last tick.
+    key_bytes: u64,
+    /// The RTP timestamp of the last keyframe (its later packets carry the same one).
+    keyframe_ts: Option<u32>,
+    steady_bps: u64,
+    key_bps: u64,
+}
+
+impl LayerRate {
+    /// Counts a packet of `len` bytes with RTP timestamp `ts`; `keyframe` when it starts one
+    /// (video only).
+    pub fn count(&mut self, len: usize, ts: u32, keyframe: bool) {
+        if keyframe {
+            self.keyframe_ts = Some(ts);
+        }
+        if self.keyframe_ts == Some(ts) {
+            self.key_bytes += len as u64;
+        } else {
+            self.bytes += len as u64;
+        }
+    }
+
+    /// Turns the bytes since the last tick, `secs` ago, into rates.
+    pub fn tick(&mut self, secs: f64) {
+        let bps = |b: u64| (b as f64 * 8.0 / secs.max(0.001)) as u64;
+        let (now, key) = (bps(self.bytes), bps(self.key_bytes));
+        self.steady_bps = if self.steady_bps == 0 { now } else { (self.steady_bps * 3 + now) / 4 };
+        self.key_bps = (self.key_bps * 31 + key) / 32;
+        (self.bytes, self.key_bytes) = (0, 0);
+    }
+
+    /// The rate, bit/s.
+    pub fn bps(&self) -> u64 {
+        self.steady_bps + self.key_bps
+    }
+}
+
 /// Runtime state of one layer of a track.
 #[derive(Debug)]
 pub struct LayerState {
@@ -229,10 +276,8 @@ pub struct LayerState {
     pub seen_keyframe: bool,
     /// When the layer last received an authenticated packet, and whether it counts as flowing.
     pub activity: Activity,
-    /// Bytes received since the last rate tick.
-    pub bytes: u64,
-    /// Its measured rate, bit/s (smoothed over the housekeeping ticks).
-    pub rate_bps: u64,
+    /// Its measured rate (what the bandwidth allocator spends on it).
+    pub rate: LayerRate,
     /// Whether it was last reported wanted by a subscription (`true` until reported otherwise),
     /// and since when nobody wants it.
     pub demand: (bool, Option<Instant>),
