@@ -23,11 +23,11 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
+use crate::listener::Listening;
 use crate::lock::{InstanceLock, LockError};
 pub use sluice_api::{Client, KEEPALIVE, MAX_FRAME, Request, Response, lock_path, read_frame, write_frame};
 
@@ -40,7 +40,7 @@ pub fn lock(socket: &Path) -> Result<InstanceLock, LockError> {
 /// Serves the endpoint at `path` (replacing a stale socket file, under the socket's [`lock`]):
 /// one thread per connection, requests passed to `handler` one at a time, subscriptions fed
 /// from `hub`. The socket is 0600, owned by the daemon's uid; only root and that uid are served.
-pub fn serve<H>(path: &Path, hub: Arc<crate::events::EventHub>, handler: H) -> io::Result<JoinHandle<()>>
+pub fn serve<H>(path: &Path, hub: Arc<crate::events::EventHub>, handler: H) -> io::Result<Listening>
 where
     H: FnMut(Request) -> Response + Send + 'static,
 {
@@ -50,8 +50,8 @@ where
 
 /// [`serve`], with the socket file handed to `owner` (still mode 0600), who is then served too;
 /// `lock` is the socket's [`lock`], taken by the caller and held for as long as the endpoint
-/// runs.
-pub fn serve_with_owner<H>(path: &Path, owner: Option<u32>, lock: InstanceLock, hub: Arc<crate::events::EventHub>, handler: H) -> io::Result<JoinHandle<()>>
+/// runs. [`Listening::stop`] removes the socket file, then releases the lock.
+pub fn serve_with_owner<H>(path: &Path, owner: Option<u32>, lock: InstanceLock, hub: Arc<crate::events::EventHub>, handler: H) -> io::Result<Listening>
 where
     H: FnMut(Request) -> Response + Send + 'static,
 {
@@ -69,9 +69,12 @@ where
     let own_uid = unsafe { libc::geteuid() };
     let path: PathBuf = path.into();
     let handler = Arc::new(Mutex::new(handler));
-    std::thread::Builder::new().name("control".into()).spawn(move || {
-        let _lock = lock;
+    let waker = OwnedFd::from(listener.try_clone()?);
+    Listening::spawn("control", waker, move |stop| {
         for conn in listener.incoming() {
+            if stop.is_set() {
+                break;
+            }
             let Ok(mut conn) = conn else { continue };
             let peer = peer_credentials(&conn);
             let allowed = peer.as_ref().is_ok_and(|p| p.uid == 0 || p.uid == own_uid || Some(p.uid) == owner);
@@ -100,6 +103,10 @@ where
                 tracing::error!(error = %e, "cannot serve a control connection");
             }
         }
+        // Removed while the lock is still held: no other instance can have bound the path yet.
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+        drop(lock);
     })
 }
 

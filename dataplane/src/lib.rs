@@ -10,6 +10,9 @@
 //! - [`edge`]: the slow path of WebRTC legs (ICE-lite answers, DTLS-SRTP handshakes).
 //! - [`xdp`]: the embedded XDP object and its loader.
 //! - [`shield`]: keeps the XDP stage's allow-lists in step with the tables.
+//! - [`bus`]: the messages between the daemon's threads.
+//! - [`listener`]: the endpoints' accept loops, stoppable.
+//! - [`node`]: all of the above wired into one running node (what the binary starts).
 #![deny(missing_docs)]
 
 pub mod bus;
@@ -18,8 +21,10 @@ pub mod control;
 pub mod edge;
 pub mod events;
 pub mod io;
+pub mod listener;
 pub use sluice_api::lock;
 pub mod metrics;
+pub mod node;
 pub mod shield;
 pub mod worker;
 pub mod xdp;

@@ -8,14 +8,15 @@
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sluice_core::stats::CoreStats;
 use sluice_core::verdict::DropReason;
 
+use crate::listener::Listening;
 use crate::shield::SharedCounts;
 use crate::xdp::VerdictCounts;
 
@@ -173,8 +174,8 @@ impl Drop for Slot {
 }
 
 /// Serves `GET /metrics` on `addr` from `snapshots` (and the XDP stage's counters, when it runs,
-/// and the WebRTC slow path's, when given) until the process exits. Returns the bound address
-/// (useful with port 0) and the accepting thread.
+/// and the WebRTC slow path's, when given) until the process exits or the endpoint is stopped.
+/// Returns the bound address (useful with port 0) and the accepting thread.
 ///
 /// Scrapers are untrusted: each connection gets its own thread (at most [`MAX_CONNECTIONS`]),
 /// a fixed [`MAX_REQUEST_BYTES`] buffer (a longer request is answered 431) and [`IO_TIMEOUT`]
@@ -186,13 +187,17 @@ pub fn serve(
     snapshots: Snapshots,
     xdp: Option<SharedCounts>,
     edge: Option<Arc<Mutex<crate::edge::EdgeStatus>>>,
-) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+) -> std::io::Result<(SocketAddr, Listening)> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let sources = Arc::new(Sources { snapshots, xdp, edge });
     let active = Arc::new(AtomicUsize::new(0));
-    let handle = std::thread::Builder::new().name("metrics".into()).spawn(move || {
+    let waker = OwnedFd::from(listener.try_clone()?);
+    let handle = Listening::spawn("metrics", waker, move |stop| {
         for stream in listener.incoming() {
+            if stop.is_set() {
+                return;
+            }
             let stream = match stream {
                 Ok(s) => s,
                 Err(e) => {

@@ -1,0 +1,395 @@
+//! One dataplane node, wired: [`Node::start`] turns a configuration into running threads and
+//! [`Node::shutdown`] stops them in order. The binary parses its arguments, starts a node and
+//! waits for a signal; tests start nodes in-process on loopback.
+//!
+//! ```text
+//!   start:    validate → lock the control socket → edge (slow path) → event pump → XDP stage
+//!             → workers (one per core, pinned) → shield → control endpoint → metrics
+//!   shutdown: workers flush and exit → shield stops (the stage stays pinned and attached)
+//!             → edge stops → control endpoint removes its socket, releases the lock → metrics
+//!             → event pump (once every worker and the edge have let go of its channel)
+//! ```
+//!
+//! A node installs no signal handlers and never exits the process: both are the binary's.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant as WallInstant};
+
+use crossbeam_channel::Sender;
+use sluice_core::forward::{CoreConfig, Handoff};
+use sluice_core::ice::IceConfig;
+use sluice_core::table::TableConfig;
+
+use crate::bus::{SlowMsg, WorkerMsg, Workers};
+use crate::config::{BackendChoice, Config, ConfigError, XdpMode, allowed_cores, parse_mac};
+use crate::control::{self, Request, Response};
+use crate::edge::{self, EdgeConfig, EdgeError};
+use crate::events::{self, EventHub};
+use crate::io::xsk::Interface;
+use crate::io::{Backend, BackendKind, IoConfig, IoError, SendRegistry};
+use crate::listener::Listening;
+use crate::lock::LockError;
+use crate::metrics::{self, WorkerSnapshot};
+use crate::shield::{Relay, Shield, ShieldHandle};
+use crate::worker::Worker;
+use crate::xdp::{Egress, RelayRoute, XdpError, XdpStage};
+
+/// Why a node did not start, or stopped on its own. Each variant's message names the step; the
+/// cause is its `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another instance serves the control socket.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The WebRTC slow path did not start.
+    #[error("starting the WebRTC slow path")]
+    SlowPath(#[source] EdgeError),
+    /// A thread or socket of the node could not be set up.
+    #[error("{op}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error(transparent)]
+    Thread(std::io::Error),
+    /// A worker's I/O backend could not be opened.
+    #[error(transparent)]
+    Backend(IoError),
+    /// A worker's AF_XDP socket or a relay's egress interface could not be opened.
+    #[error("{op}")]
+    Interface {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: IoError,
+    },
+    /// The XDP stage could not be opened, attached, configured or taken over.
+    #[error("{op}")]
+    Xdp {
+        /// What was being done.
+        op: String,
+        /// The cause (boxed: it is large, and start-up is the cold path).
+        #[source]
+        source: Box<XdpError>,
+    },
+    /// A setting the configuration's validation guarantees is missing.
+    #[error("{0}")]
+    Missing(&'static str),
+    /// A worker (or the shield) exited while the node was running.
+    #[error("a worker exited unexpectedly")]
+    WorkerExited,
+}
+
+impl NodeError {
+    fn io(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let op = op.into();
+        move |source| Self::Io { op, source }
+    }
+
+    fn xdp(op: impl Into<String>) -> impl FnOnce(XdpError) -> Self {
+        let op = op.into();
+        move |source| Self::Xdp { op, source: Box::new(source) }
+    }
+}
+
+/// A running dataplane node: its workers, slow path, shield and endpoints.
+#[derive(Debug)]
+pub struct Node {
+    workers: Workers,
+    /// The workers' threads, then the shield's.
+    threads: Vec<JoinHandle<()>>,
+    shield: Option<ShieldHandle>,
+    slow: Sender<SlowMsg>,
+    slow_thread: JoinHandle<()>,
+    pump: JoinHandle<()>,
+    control: Listening,
+    control_socket: PathBuf,
+    metrics: Option<(SocketAddr, Listening)>,
+}
+
+impl Node {
+    /// Validates `config` against the CPUs this process may run on, takes the control socket's
+    /// instance lock (before anything touches the machine: a second instance on the socket stops
+    /// here, naming the first one's PID), then starts every thread and endpoint.
+    pub fn start(config: Config) -> Result<Self, NodeError> {
+        let allowed = allowed_cores();
+        config.validate(&allowed)?;
+        let lock = control::lock(&config.control_socket)?;
+        Self::start_locked(config, &allowed, lock)
+    }
+
+    fn start_locked(config: Config, allowed_cores: &[usize], lock: crate::lock::InstanceLock) -> Result<Self, NodeError> {
+        let epoch = WallInstant::now();
+        let registry = SendRegistry::new();
+        let io_config = IoConfig {
+            local_ip: config.listen_ip,
+            rx_batch: config.batch,
+            gso: config.gso,
+            gro: config.gro,
+            socket_buffer_bytes: Some(config.socket_buffer_bytes),
+            ..IoConfig::default()
+        };
+        let core_config =
+            CoreConfig { tables: TableConfig { replay_window: config.replay_window, rtx_cache_packets: config.rtx_cache_packets }, ..CoreConfig::default() };
+        let n = config.workers;
+        let channels: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<WorkerMsg>(4096)).collect();
+        let senders: Vec<_> = channels.iter().map(|(s, _)| s.clone()).collect();
+        // Feedback between workers travels by value in preallocated slots (1.2 KB each).
+        let feedback: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<Handoff>(256)).collect();
+        let feedback_tx: Vec<_> = feedback.iter().map(|(s, _)| s.clone()).collect();
+        let mut feedback_rx: Vec<_> = feedback.into_iter().map(|(_, r)| Some(r)).collect();
+        let snapshots: metrics::Snapshots = Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
+        let workers = Workers::new(senders.clone());
+        let (events_tx, events_rx) = events::channel();
+        // The slow path's events (ICE connected, DTLS connected, failures) join the workers' on
+        // the control endpoint's event stream.
+        let slow_events = events_tx.clone();
+        let edge_config = EdgeConfig {
+            ice: IceConfig { consent_timeout: Duration::from_millis(config.consent_timeout_ms), ..IceConfig::default() },
+            handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+            listen_ip: Some(config.listen_ip),
+            ..EdgeConfig::default()
+        };
+        let edge::SlowPathHandle { sender: slow, status: edge_status, thread: slow_thread } = edge::spawn(
+            edge_config,
+            workers.clone(),
+            registry.clone(),
+            Box::new(move |e| {
+                let _ = slow_events.try_send(e);
+            }),
+            epoch,
+        )
+        .map_err(NodeError::SlowPath)?;
+        let cores = config.worker_cores(allowed_cores);
+        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+        let hub = EventHub::new();
+        let pump = hub.spawn_pump(events_rx).map_err(NodeError::io("starting the event pump"))?;
+        let mut stage = open_xdp_stage(&config)?;
+        let (shield_handle, shield_inbox) = ShieldHandle::channel();
+        let mut threads = Vec::new();
+        for (index, (_, inbox)) in channels.into_iter().enumerate() {
+            let backend = match config.backend {
+                BackendChoice::Mmsg | BackendChoice::Auto => {
+                    Backend::new(BackendKind::Mmsg, io_config.clone(), registry.clone()).map_err(NodeError::Backend)?
+                }
+                BackendChoice::Uring => {
+                    let (b, why) = Backend::with_fallback(BackendKind::Uring, io_config.clone(), registry.clone()).map_err(NodeError::Backend)?;
+                    if let Some(why) = why {
+                        tracing::warn!(worker = index, reason = %why, "io_uring unavailable; using recvmmsg/sendmmsg");
+                    }
+                    b
+                }
+                BackendChoice::Xsk => {
+                    let xsk_config = IoConfig {
+                        xsk_interface: config.xdp.interface.clone(),
+                        xsk_queue: index as u32,
+                        xsk_tx: config.xdp.af_xdp_tx,
+                        xsk_rx_frames: config.xdp.af_xdp_rx_frames,
+                        ..io_config.clone()
+                    };
+                    let b = Backend::new(BackendKind::Xsk, xsk_config, registry.clone()).map_err(|source| NodeError::Interface {
+                        op: format!("worker {index}: AF_XDP socket on queue {index} of {:?}", config.xdp.interface),
+                        source,
+                    })?;
+                    if let (Backend::Xsk(x), Some(stage)) = (&b, stage.as_mut()) {
+                        stage.set_xsk(x.queue(), x.xsk_fd()).map_err(NodeError::xdp("registering the AF_XDP socket in the XSKMAP"))?;
+                        tracing::info!(worker = index, queue = x.queue(), zerocopy = x.zerocopy(), "AF_XDP socket bound");
+                    }
+                    b
+                }
+            };
+            tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
+            let mut worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
+                .with_events(events_tx.clone());
+            if let Some(rx) = feedback_rx.get_mut(index).and_then(Option::take) {
+                worker = worker.with_feedback(rx, feedback_tx.clone());
+            }
+            if stage.is_some() {
+                worker = worker.with_shield(shield_handle.sender());
+            }
+            let core_id = core_ids.iter().find(|c| c.id == cores[index]).copied();
+            let thread = std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || {
+                    if let Some(c) = core_id
+                        && !core_affinity::set_for_current(c)
+                    {
+                        tracing::warn!(core = c.id, "could not pin the worker");
+                    }
+                    worker.run();
+                })
+                .map_err(NodeError::Thread)?;
+            threads.push(thread);
+        }
+        let (shield, xdp_counts) = match stage {
+            Some(stage) => {
+                let relays = resolve_relays(&config)?;
+                let shield = Shield::new(stage, n, &relays).map_err(NodeError::xdp("taking over the XDP stage's maps"))?;
+                let counts = shield.counts();
+                threads.push(shield.spawn(shield_inbox).map_err(NodeError::Thread)?);
+                tracing::info!(relays = relays.len(), "XDP shield in step with the tables");
+                (Some(shield_handle.clone()), Some(counts))
+            }
+            None => (None, None),
+        };
+        drop(events_tx);
+        let control = serve_control(&config, lock, hub, workers.clone(), snapshots.clone(), slow.clone(), shield.clone())?;
+        tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
+        let metrics = match config.metrics {
+            Some(addr) => {
+                let (bound, listening) =
+                    metrics::serve(addr, snapshots, xdp_counts, Some(edge_status)).map_err(NodeError::io(format!("metrics endpoint {addr}")))?;
+                tracing::info!(%bound, "metrics at http://{bound}/metrics");
+                Some((bound, listening))
+            }
+            None => None,
+        };
+        Ok(Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: config.control_socket, metrics })
+    }
+
+    /// The control endpoint's socket.
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    /// The metrics endpoint's bound address (the configured one, with its port when that was 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The handle the control endpoint reaches the workers with.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
+    /// Forwards until `stop` is set (checked every 50 ms). If a worker or the shield exits first,
+    /// tells the workers to stop and returns [`NodeError::WorkerExited`] without waiting for them.
+    pub fn wait(&self, stop: &AtomicBool) -> Result<(), NodeError> {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            if self.threads.iter().any(JoinHandle::is_finished) {
+                self.workers.stop();
+                return Err(NodeError::WorkerExited);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains and stops: the workers stop taking datagrams, flush what is queued and exit; then
+    /// the shield (its stage stays pinned and attached, so relays and allow-lists keep working
+    /// without the node), the slow path, the endpoints and the event pump. Returns once every
+    /// thread the node started has exited, except connections to the endpoints, which end when
+    /// their peers close them; the control socket is removed and its lock released, and every
+    /// leg's port is closed.
+    pub fn shutdown(self) {
+        let Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: _, metrics } = self;
+        workers.stop();
+        if let Some(s) = &shield {
+            s.stop();
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = slow.send(SlowMsg::Stop);
+        let _ = slow_thread.join();
+        control.stop();
+        if let Some((_, m)) = metrics {
+            m.stop();
+        }
+        let _ = pump.join();
+    }
+}
+
+/// Serves the control endpoint: deltas go to every worker (and then to the slow path's and the
+/// shield's views of the legs), status requests to whoever answers them.
+fn serve_control(
+    config: &Config,
+    lock: crate::lock::InstanceLock,
+    hub: Arc<EventHub>,
+    workers: Workers,
+    snapshots: metrics::Snapshots,
+    slow: Sender<SlowMsg>,
+    shield: Option<ShieldHandle>,
+) -> Result<Listening, NodeError> {
+    control::serve_with_owner(&config.control_socket, config.control_socket_owner, lock, hub, move |req| match req {
+        Request::Apply(delta) => {
+            let changes = edge::changes_of(&delta);
+            let for_shield = shield.as_ref().map(|_| Arc::new(delta.clone()));
+            match workers.apply(delta) {
+                Ok(g) => {
+                    if !changes.is_empty() {
+                        let _ = slow.send(SlowMsg::Legs(changes));
+                    }
+                    if let (Some(s), Some(d)) = (&shield, for_shield)
+                        && let Err(e) = s.apply(d)
+                    {
+                        tracing::error!(generation = g.0, error = %e, "the XDP shield could not follow this delta");
+                    }
+                    Response::Applied(g)
+                }
+                Err(e) => Response::Rejected { generation: workers.generation(), reason: e.to_string() },
+            }
+        }
+        Request::Edge { rotate } => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = slow.send(if rotate { SlowMsg::Rotate(tx) } else { SlowMsg::Status(tx) });
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(s) => Response::Edge(s),
+                Err(_) => Response::Error("the slow path did not answer".into()),
+            }
+        }
+        Request::Generation => Response::Generation(workers.generation()),
+        Request::Snapshot => match workers.snapshot() {
+            Some(d) => Response::Snapshot(d),
+            None => Response::Error("no worker answered".into()),
+        },
+        Request::Stats => Response::Stats(snapshots.lock().map(|s| s.iter().map(|w| w.core.clone()).collect()).unwrap_or_default()),
+        Request::Subscribe { .. } | Request::Hello { .. } => Response::Error("answered by the endpoint itself".into()),
+    })
+    .map_err(NodeError::io(format!("control socket {}", config.control_socket.display())))
+}
+
+/// Opens (or re-uses, from its pins) the XDP stage, attaches it (driver mode, generic with a
+/// logged warning) and sets the media port range and the AF_XDP flag; `None` when the stage is off.
+fn open_xdp_stage(config: &Config) -> Result<Option<XdpStage>, NodeError> {
+    if config.xdp.mode == XdpMode::Off {
+        return Ok(None);
+    }
+    let iface = config.xdp.interface.as_deref().ok_or(NodeError::Missing("xdp.interface"))?;
+    let mut stage = XdpStage::open(&config.xdp.instance).map_err(NodeError::xdp(format!("opening XDP stage {:?}", config.xdp.instance)))?;
+    let mode = stage.attach(iface).map_err(NodeError::xdp(format!("attaching the XDP stage to {iface}")))?;
+    let (lo, hi) = config.port_range;
+    stage.set_port_range(lo..=hi).map_err(NodeError::xdp("setting the media port range"))?;
+    stage.set_af_xdp(config.xdp.mode == XdpMode::AfXdp).map_err(NodeError::xdp("setting the AF_XDP flag"))?;
+    tracing::info!(interface = iface, instance = %config.xdp.instance, ?mode, xdp_mode = ?config.xdp.mode, "XDP stage ready");
+    Ok(Some(stage))
+}
+
+/// The configured relay legs with their egress interface resolved (index and MAC).
+fn resolve_relays(config: &Config) -> Result<Vec<Relay>, NodeError> {
+    let attached = config.xdp.interface.as_deref().unwrap_or_default();
+    config
+        .xdp
+        .relays
+        .iter()
+        .map(|r| {
+            let name = r.egress.as_deref().unwrap_or(attached);
+            let iface = Interface::lookup(name).map_err(|source| NodeError::Interface { op: format!("relay egress interface {name}"), source })?;
+            let egress = if name == attached { Egress::SameInterface } else { Egress::Interface(iface.index) };
+            let dst_mac = parse_mac(&r.dst_mac).ok_or(NodeError::Missing("relay dst_mac (validated at start)"))?;
+            Ok(Relay { local_port: r.local_port, remote: r.remote, route: RelayRoute { src: r.src, dst: r.dst, src_mac: iface.mac, dst_mac, egress } })
+        })
+        .collect()
+}
