@@ -202,12 +202,6 @@ pub struct Latency {
     pub samples: u64,
 }
 
-/// The bench's key material for `seed`: leg `l` receives with `material(l)` and sends with
-/// `material(100 + l)`.
-pub fn material(profile: Profile, seed: u8) -> KeyMaterial {
-    KeyMaterial { profile, key: vec![seed; profile.key_len()], salt: vec![seed.wrapping_mul(3); profile.salt_len()] }
-}
-
 /// The table: leg 1 publishes [`STREAMS`] video tracks, legs 2..=N+1 subscribe to all;
 /// subscribers are where the sink listens, the publisher is latched from its packets.
 fn ops(profile: Profile, fanout: u32) -> Vec<Op> {
@@ -220,6 +214,19 @@ pub fn fanout_ops(profile: Profile, fanout: u32, base_port: u16, remote: impl Fn
     streams_ops(profile, fanout, 1, base_port, remote)
 }
 
+/// Packet `seq` of the [`fanout_ops`] publisher, `rtp_len` bytes before protection with `keys`:
+/// a VP8 keyframe start, so every subscription forwards from the first one it gets.
+pub fn publisher_keyframe(keys: &SrtpKeys, state: &mut RtpSendState, seq: u16, rtp_len: usize) -> Vec<u8> {
+    let mut p = vec![0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0x00];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[8..12].copy_from_slice(&PUBLISHER_SSRC.to_be_bytes());
+    p.resize(rtp_len, 0xa5);
+    p.resize(rtp_len + 16, 0);
+    let n = keys.protect_rtp(state, &mut p, rtp_len).expect("room for the tag");
+    p.truncate(n);
+    p
+}
+
 /// Like [`fanout_ops`] with `streams` tracks (SSRC 0x5000 + i, track i + 1), every subscriber on
 /// every track (out-SSRC 0x9000 + leg + (i << 16)).
 pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port: u16, remote: impl Fn(u32) -> Option<SocketAddr>) -> Vec<Op> {
@@ -229,8 +236,9 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
             id: LegId(l),
             local_port: base_port + l as u16,
             remote: remote(l),
-            rx: material(profile, l as u8),
-            tx: material(profile, 100 + l as u8),
+            // Leg `l` receives with seed `l` and sends with seed `100 + l`.
+            rx: KeyMaterial::seeded(profile, l),
+            tx: KeyMaterial::seeded(profile, 100 + l),
             feedback_ssrc: Ssrc(0xfeed0000 + l),
             edge: None,
             feedback: Default::default(),
@@ -489,7 +497,7 @@ impl Generator {
     pub(crate) fn new(profile: Profile, epoch: WallInstant, ip: std::net::IpAddr) -> anyhow::Result<Self> {
         let mut io = Backend::new(BackendKind::Mmsg, IoConfig { local_ip: ip, gso: true, ..IoConfig::default() }, SendRegistry::new())?;
         let port = io.add_port(0)?;
-        let m = material(profile, 1);
+        let m = KeyMaterial::seeded(profile, 1);
         Ok(Self {
             io,
             port,
@@ -624,7 +632,7 @@ impl Sink {
         let keys: Vec<SrtpKeys> = subscribers
             .iter()
             .map(|&(_, seed)| {
-                let m = material(profile, seed);
+                let m = KeyMaterial::seeded(profile, u32::from(seed));
                 SrtpKeys::new(profile, &m.key, &m.salt).expect("valid")
             })
             .collect();
@@ -910,7 +918,7 @@ fn core_ceiling(profile: Profile, fanout: u32) -> f64 {
     if core.apply(Delta { generation: Generation(1), replace_all: false, ops: ops(profile, fanout) }).is_err() {
         return 0.0;
     }
-    let m = material(profile, 1);
+    let m = KeyMaterial::seeded(profile, 1);
     let Ok(keys) = SrtpKeys::new(profile, &m.key, &m.salt) else { return 0.0 };
     const N: usize = 32_768;
     let mut states = vec![RtpSendState::new(); STREAMS as usize];

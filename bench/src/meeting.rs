@@ -52,13 +52,6 @@ pub struct Participant {
     pub plis_received: u64,
 }
 
-fn material(profile: Profile, seed: u32) -> KeyMaterial {
-    let b = seed.to_le_bytes();
-    let key = (0..profile.key_len()).map(|i| b[i % 4] ^ i as u8).collect();
-    let salt = (0..profile.salt_len()).map(|i| b[(i + 1) % 4] ^ (i as u8) << 1).collect();
-    KeyMaterial { profile, key, salt }
-}
-
 /// Builds meeting `m` of `size` participants (legs `m*1000+1..`): the table ops and the
 /// participants. Everyone receives everyone else's audio and video; each participant watches its
 /// first `hd_views` others at the top layer and the rest at the lowest.
@@ -68,8 +61,8 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
     for i in 0..size {
         let id = m * 1000 + i + 1;
         let port = 20_000 + (m * 64 + i) as u16;
-        let up = material(profile, id * 2);
-        let down = material(profile, id * 2 + 1);
+        let up = KeyMaterial::seeded(profile, id * 2);
+        let down = KeyMaterial::seeded(profile, id * 2 + 1);
         ops.push(Op::UpsertLeg(LegSpec {
             id: LegId(id),
             local_port: port,

@@ -657,9 +657,8 @@ mod tests {
     #[test]
     fn delta_changes() {
         use sluice_core::ids::{Generation, Ssrc};
-        use sluice_core::srtp::Profile;
         use sluice_core::table::{IceCredentials, LegSpec};
-        let k = KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] };
+        let k = KeyMaterial::placeholder();
         let edge = EdgeSpec {
             local: IceCredentials { ufrag: "a".into(), pwd: "b".into() },
             remote: IceCredentials { ufrag: "c".into(), pwd: "d".into() },

@@ -332,7 +332,7 @@ mod tests {
     use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec};
 
     fn leg(id: u32, port: u16, remote: Option<&str>) -> Op {
-        let k = KeyMaterial { profile: Profile::AeadAes128Gcm, key: vec![1; 16], salt: vec![2; 12] };
+        let k = KeyMaterial::seeded(Profile::AeadAes128Gcm, 1);
         Op::UpsertLeg(LegSpec {
             id: LegId(id),
             local_port: port,

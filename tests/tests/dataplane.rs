@@ -52,7 +52,7 @@ fn start_daemon(dir: &TempDir, backend: &str) -> (Daemon, std::path::PathBuf) {
 }
 
 fn dummy_leg(n: u32) -> LegSpec {
-    let k = KeyMaterial { profile: Profile::AeadAes128Gcm, key: vec![1; 16], salt: vec![2; 12] };
+    let k = KeyMaterial::seeded(Profile::AeadAes128Gcm, 1);
     LegSpec {
         id: LegId(900_000 + n),
         local_port: 39_000 + (n % 500) as u16,
@@ -248,7 +248,7 @@ fn hostile_traffic_is_dropped_and_counted_while_the_meeting_is_untouched() {
 /// datagrams per batch instead of dropping copies, and every copy arrives and authenticates.
 #[test]
 fn a_wide_fan_out_loses_no_copy_to_a_full_output_buffer() {
-    use sluice_bench::forward::{fanout_ops, material};
+    use sluice_bench::forward::{fanout_ops, publisher_keyframe};
     use sluice_core::srtp::{RtpRecvState, RtpSendState, SrtpKeys};
     const SUBS: u32 = 60;
     const BURST: u16 = 64;
@@ -263,25 +263,19 @@ fn a_wide_fan_out_loses_no_copy_to_a_full_output_buffer() {
     let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).unwrap();
     assert!(matches!(resp, Response::Applied(_)), "{resp:?}\n{}", daemon.log_text());
 
-    // Every packet is a VP8 keyframe start, so every subscription forwards from the first one.
-    let up = material(profile, 1);
+    let up = KeyMaterial::seeded(profile, 1);
     let keys = SrtpKeys::new(up.profile, &up.key, &up.salt).unwrap();
     let mut state = RtpSendState::new();
     let sfu = SocketAddr::from(([127, 0, 0, 1], BASE + 1));
     for seq in 0..BURST {
-        let mut p = vec![0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x00, 0x10, 0x00];
-        p[2..4].copy_from_slice(&seq.to_be_bytes());
-        p.resize(1200, 0xa5);
-        p.resize(1200 + 16, 0);
-        let n = keys.protect_rtp(&mut state, &mut p, 1200).unwrap();
-        publisher.send_to(&p[..n], sfu).unwrap();
+        publisher.send_to(&publisher_keyframe(&keys, &mut state, seq, 1200), sfu).unwrap();
     }
     let end = Instant::now() + Duration::from_secs(10);
     let mut buf = [0u8; 2048];
     let mut got = vec![0u16; SUBS as usize];
     for (i, s) in subscribers.iter().enumerate() {
         let l = i as u32 + 2;
-        let down = material(profile, 100 + l as u8);
+        let down = KeyMaterial::seeded(profile, 100 + l);
         let keys = SrtpKeys::new(down.profile, &down.key, &down.salt).unwrap();
         let mut recv = RtpRecvState::new(1024);
         s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -391,7 +385,7 @@ fn a_learned_ssrc_is_refused_alike_on_every_worker() {
     let dir = TempDir::new("dp-learned");
     let (daemon, sock) = start_daemon(&dir, "mmsg");
     let mut control = Client::connect(&sock).unwrap();
-    let keys = KeyMaterial { profile: Profile::AeadAes128Gcm, key: vec![7; 16], salt: vec![9; 12] };
+    let keys = KeyMaterial::seeded(Profile::AeadAes128Gcm, 7);
     // The publisher's leg on port 20901: worker 1 of 2 owns it.
     let publisher = LegSpec { id: LegId(1), local_port: 20_901, ..dummy_leg(1) };
     let publisher = LegSpec { rx: keys.clone(), tx: keys.clone(), ..publisher };

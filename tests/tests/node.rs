@@ -6,10 +6,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use sluice_api::{Client, Request, Response};
-use sluice_bench::forward::{fanout_ops, material};
+use sluice_bench::forward::{fanout_ops, publisher_keyframe};
 use sluice_core::ids::Generation;
 use sluice_core::srtp::{Profile, RtpRecvState, RtpSendState, SrtpKeys};
-use sluice_core::table::Delta;
+use sluice_core::table::{Delta, KeyMaterial};
 use sluice_dataplane::config::{BackendChoice, Config};
 use sluice_dataplane::node::Node;
 use sluice_tests::{TempDir, participant_socket};
@@ -69,23 +69,17 @@ fn a_node_in_process_forwards_srtp_and_shuts_down_cleanly() {
     assert!(matches!(resp, Response::Applied(Generation(1))), "{resp:?}");
     assert_eq!(node.workers().generation(), Generation(1), "the library handle sees what the socket applied");
 
-    // Every packet is a VP8 keyframe start, so every subscription forwards from the first one.
-    let up = material(profile, 1);
+    let up = KeyMaterial::seeded(profile, 1);
     let keys = SrtpKeys::new(up.profile, &up.key, &up.salt).unwrap();
     let mut state = RtpSendState::new();
     for seq in 0..PACKETS {
-        let mut p = vec![0x80, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x00, 0x10, 0x00];
-        p[2..4].copy_from_slice(&seq.to_be_bytes());
-        p.resize(400, 0xa5);
-        p.resize(400 + 16, 0);
-        let n = keys.protect_rtp(&mut state, &mut p, 400).unwrap();
-        publisher.send_to(&p[..n], ("127.0.0.1", BASE + 1)).unwrap();
+        publisher.send_to(&publisher_keyframe(&keys, &mut state, seq, 400), ("127.0.0.1", BASE + 1)).unwrap();
     }
     let end = Instant::now() + Duration::from_secs(10);
     let mut buf = [0u8; 2048];
     for (i, s) in subscribers.iter().enumerate() {
         let l = i as u32 + 2;
-        let down = material(profile, 100 + l as u8);
+        let down = KeyMaterial::seeded(profile, 100 + l);
         let keys = SrtpKeys::new(down.profile, &down.key, &down.salt).unwrap();
         let mut recv = RtpRecvState::new(1024);
         let mut got = 0;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use sluice_controlplane::pb;
 use sluice_controlplane::pb::change::Change as C;
 use sluice_core::ids::{Generation, LegId, Pt, Ssrc, TrackId};
-use sluice_core::srtp::Profile;
 use sluice_core::table::{
     Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec,
 };
@@ -198,11 +197,6 @@ fn core_drops(c: &mut Client, reason: &str) -> u64 {
     }
 }
 
-fn placeholder() -> KeyMaterial {
-    // Never used: a WebRTC leg carries no media until its DTLS keys are installed.
-    KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] }
-}
-
 fn audio(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
     TrackSpec {
         id: TrackId(id),
@@ -356,8 +350,8 @@ fn str0m_peers_meet_through_webrtc_legs() {
         id: LegId(id),
         local_port: port,
         remote: None,
-        rx: placeholder(),
-        tx: placeholder(),
+        rx: KeyMaterial::placeholder(),
+        tx: KeyMaterial::placeholder(),
         feedback_ssrc: Ssrc(0xfeed_0000 + id),
         edge: Some(Box::new(EdgeSpec { local: sluice_creds(id), remote, role, remote_fingerprint: fp })),
         feedback: Default::default(),

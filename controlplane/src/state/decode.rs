@@ -101,9 +101,7 @@ impl Stage<'_> {
                 if l.rx.is_some() || l.tx.is_some() {
                     return Err(invalid(format!("{f}.rx"), "a WebRTC leg takes no keys: DTLS-SRTP makes them"));
                 }
-                // Placeholders, never used: the dataplane carries no media on a WebRTC leg
-                // before its DTLS handshake installed keys.
-                let k = KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] };
+                let k = KeyMaterial::placeholder();
                 (k.clone(), k, Some(webrtc_remote(&format!("{f}.webrtc"), w)?))
             }
             None => (key_material(&format!("{f}.rx"), l.rx.as_ref())?, key_material(&format!("{f}.tx"), l.tx.as_ref())?, None),

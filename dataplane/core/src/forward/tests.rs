@@ -24,13 +24,9 @@ struct Peer {
     rtcp_down: crate::srtp::RtcpRecvState,
 }
 
-fn material(seed: u8) -> KeyMaterial {
-    KeyMaterial { profile: PROFILE, key: vec![seed; PROFILE.key_len()], salt: vec![seed ^ 0x5a; PROFILE.salt_len()] }
-}
-
 fn peer(n: u32) -> (Peer, LegSpec) {
-    let up = material(n as u8 * 2 + 1);
-    let down = material(n as u8 * 2 + 2);
+    let up = KeyMaterial::seeded(PROFILE, n * 2 + 1);
+    let down = KeyMaterial::seeded(PROFILE, n * 2 + 2);
     let spec = LegSpec {
         id: LegId(n),
         local_port: 20_000 + n as u16,
@@ -618,8 +614,8 @@ fn webrtc_leg_gates_media_until_keys_and_consent() {
     let mut m = Meeting::new(2);
     let (_, mut spec) = peer(2);
     let (real_rx, real_tx) = (spec.rx.clone(), spec.tx.clone());
-    spec.rx = material(0x77);
-    spec.tx = material(0x78);
+    spec.rx = KeyMaterial::seeded(PROFILE, 0x77);
+    spec.tx = KeyMaterial::seeded(PROFILE, 0x78);
     spec.edge = Some(Box::new(EdgeSpec {
         local: IceCredentials { ufrag: "sl".into(), pwd: "p".repeat(22) },
         remote: IceCredentials { ufrag: "br".into(), pwd: "q".repeat(22) },

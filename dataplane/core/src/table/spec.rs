@@ -43,6 +43,31 @@ pub struct KeyMaterial {
     pub salt: Vec<u8>,
 }
 
+impl KeyMaterial {
+    /// The keys a WebRTC leg is declared with: never used, since such a leg carries no media
+    /// before its DTLS-SRTP handshake installs its own.
+    pub fn placeholder() -> Self {
+        Self { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] }
+    }
+
+    /// Deterministic key material for tests, simulations and benchmarks: distinct seeds give
+    /// distinct keys (bytes of an xorshift64 stream started from `seed`). Anyone can compute it,
+    /// so it exists only with the `test-support` feature.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn seeded(profile: Profile, seed: u32) -> Self {
+        let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        };
+        let key = (0..profile.key_len()).map(|_| next()).collect();
+        let salt = (0..profile.salt_len()).map(|_| next()).collect();
+        Self { profile, key, salt }
+    }
+}
+
 impl core::fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         // Keys never reach logs.

@@ -3,17 +3,13 @@
 use super::*;
 use crate::srtp::Profile;
 
-fn keys(seed: u8) -> KeyMaterial {
-    KeyMaterial { profile: Profile::AesCm128HmacSha1_80, key: vec![seed; 16], salt: vec![seed; 14] }
-}
-
 fn leg(n: u32) -> LegSpec {
     LegSpec {
         id: LegId(n),
         local_port: 30_000 + n as u16,
         remote: None,
-        rx: keys(1),
-        tx: keys(2),
+        rx: KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 1),
+        tx: KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 2),
         feedback_ssrc: Ssrc(n),
         edge: None,
         feedback: Default::default(),

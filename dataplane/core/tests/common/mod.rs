@@ -15,10 +15,9 @@ pub const SUB_PT_OPUS: u8 = 109;
 pub const SUB_PT_VP8: u8 = 100;
 pub const SUB_PT_VP8_RTX: u8 = 101;
 
-/// Deterministic key material for one direction of one leg.
+/// Deterministic key material for one direction (`dir` 0 or 1) of one leg.
 pub fn material(profile: Profile, seed: u32, dir: u8) -> KeyMaterial {
-    let k = |i: usize| (seed.wrapping_mul(131).wrapping_add(i as u32 * 7 + u32::from(dir) * 61) % 251) as u8;
-    KeyMaterial { profile, key: (0..profile.key_len()).map(k).collect(), salt: (0..profile.salt_len()).map(|i| k(i + 40) ^ 0x5a).collect() }
+    KeyMaterial::seeded(profile, seed.wrapping_mul(2) | u32::from(dir & 1))
 }
 
 /// A leg spec: `up` is what the participant sends (the SFU's rx), `down` what it receives.
