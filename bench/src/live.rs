@@ -274,6 +274,8 @@ pub fn changes(ops: &[Op]) -> anyhow::Result<Vec<pb::Change>> {
                     rx: Some(keys(&l.rx)),
                     tx: Some(keys(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,
+                    feedback: (l.feedback != Default::default())
+                        .then(|| pb::UplinkFeedback { transport_cc_ext: l.feedback.twcc_ext.map(u32::from), remb: l.feedback.remb }),
                     ..Default::default()
                 }),
                 Op::UpsertTrack(t) => C::Track(pb::Track {

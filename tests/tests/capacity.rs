@@ -4,6 +4,10 @@
 //! the JSON report shows that fault, in about the amount injected, and nothing else; a clean run
 //! must show none. Scenario errors must name the field.
 //!
+//! Publishers are adaptive (the scenarios' default): they ramp on Sluice's transport-cc, as
+//! browsers do; one test shows the ramp, one that `publishers = "fixed"` still sends every layer
+//! from the start.
+//!
 //! Leg ports: each test has its own 20 of 31800..=31999 (the range set aside for these tests).
 
 use std::path::Path;
@@ -41,9 +45,13 @@ struct Run {
 }
 
 fn capacity(name: &str, ports: &str, extra: &[&str]) -> Run {
+    capacity_of(SCENARIO, name, ports, extra)
+}
+
+fn capacity_of(text: &str, name: &str, ports: &str, extra: &[&str]) -> Run {
     let dir = TempDir::new(&format!("capacity-{name}"));
     let scenario = dir.path().join("scenario.toml");
-    std::fs::write(&scenario, SCENARIO).expect("scenario");
+    std::fs::write(&scenario, text).expect("scenario");
     let json = dir.path().join("report.json");
     let svg = dir.path().join("report.svg");
     let exe = bin_dir().join("sluice-bench");
@@ -218,4 +226,58 @@ fn a_bad_scenario_is_refused_naming_the_field() {
         assert!(!out.status.success(), "{text:?} was accepted");
         assert!(err.contains(field), "{text:?}: the error does not name {field}:\n{err}");
     }
+}
+
+#[test]
+fn adaptive_publishers_ramp_on_sluice_s_feedback_to_all_three_layers() {
+    // The same meetings for 10 s: long enough for a browser-like ramp on loopback.
+    let text = SCENARIO.replace("duration_s = 2.0", "duration_s = 10.0");
+    let r = capacity_of(&text, "adaptive", "31960-31979", &[]);
+    only(&r, &[]);
+    assert_eq!(total(&r, "expected"), total(&r, "received"), "{}", r.stdout);
+    let ramps = &r.report["runs"][0]["publishers"];
+    assert_eq!(ramps["cameras"], 6, "{}", r.stdout);
+    assert_eq!(ramps["feedback_dropped"], 0, "{}", r.stdout);
+    let publishers = ramps["publishers"].as_array().expect("publishers");
+    assert_eq!(publishers.len(), 6);
+    for p in publishers {
+        let at = |l: usize| p["layers_at_s"][l].as_f64();
+        // Started on the lowest layer only, at the 300 kbit/s start estimate...
+        assert_eq!(at(0), Some(0.0), "{p}");
+        assert!(at(1).is_some_and(|t| t > 0.0), "the second layer was sent from the start: {p}");
+        // ... Sluice's transport-cc raised the estimate well above it (no feedback: no raise) ...
+        assert!(p["feedback_used"].as_u64().is_some_and(|n| n > 50), "{p}");
+        assert!(p["max_estimate_kbps"].as_f64().is_some_and(|k| k > 1500.0), "{p}");
+        // ... and it sends all three layers within 8 s, and still does at the end.
+        assert!(at(2).is_some_and(|t| t > 0.0 && t < 8.0), "three layers not within 8 s: {p}\n{}", r.stdout);
+        assert_eq!(p["layers"], 3, "{p}");
+    }
+    // The samples show the ramp: one layer first, three at the end.
+    for p in publishers.iter().filter(|p| !p["samples"].as_array().is_none_or(Vec::is_empty)) {
+        let samples = p["samples"].as_array().expect("samples");
+        assert_eq!(samples[0][2], 1, "{p}");
+        assert_eq!(samples.last().expect("a sample")[2], 3, "{p}");
+    }
+    let step = &r.report["runs"][0]["steps"][0];
+    assert_eq!(step["publisher_layers"], serde_json::json!([0, 0, 6]), "{step}");
+    // What was sent is what is counted: fewer top-layer packets than a fixed publisher's.
+    let sent = step["layer_sent_pps"].as_array().expect("per layer");
+    let (low, top) = (sent[0].as_f64().unwrap_or(0.0), sent[2].as_f64().unwrap_or(0.0));
+    assert!(top > 0.0 && top < 6.0 * 6.0 * 30.0, "top layer {top} pkt/s");
+    assert!(low > 0.0, "{step}");
+    assert!(step["expected_out_pps"].as_f64() < step["nominal_out_pps"].as_f64(), "{step}");
+    assert!(r.stdout.contains("adaptive publishers") && r.stdout.contains("reached 3"), "{}", r.stdout);
+}
+
+#[test]
+fn fixed_publishers_send_every_layer_from_the_start() {
+    let text = format!("publishers = \"fixed\"\n{SCENARIO}");
+    let r = capacity_of(&text, "fixed", "31980-31999", &[]);
+    only(&r, &[]);
+    assert!(r.report["runs"][0]["publishers"].is_null(), "{}", r.stdout);
+    let step = &r.report["runs"][0]["steps"][0];
+    // Every layer's schedule from the first frame: the top layer at 6 packets a frame.
+    let top = step["layer_sent_pps"][2].as_f64().unwrap_or(0.0);
+    assert!(top > 0.8 * 6.0 * 6.0 * 30.0, "top layer {top} pkt/s: {step}");
+    assert_eq!(step["totals"]["padding_sent"], 0);
 }

@@ -14,10 +14,13 @@
 //! clock), so the sink attributes every copy to the step it was sent in and measures one-way
 //! latency without clock sync.
 //!
-//! Sink, per received copy: the subscriber's keys authenticate it (a failure is counted, never
-//! trusted); the SRTP replay window finds duplicates; the out-sequence number finds gaps and
-//! reordering; the RTP timestamp must not go backwards. Loss is what the generator's schedules
-//! say each step should have delivered minus what arrived.
+//! Adaptive publishers ([`super::publisher`]) stamp a transport-wide sequence number on each
+//! packet, read the transport-cc Sluice sends back (the sink hands it over on a channel), send
+//! only the camera layers their estimate allows and probe with padding.
+//!
+//! Sink ([`super::sink`]): every copy is verified with its subscriber's keys and checked. Loss is
+//! what the generator's schedules say each step should have delivered (packets actually sent ×
+//! the subscribers of their layer) minus what arrived.
 //!
 //! The impairment shim ([`Impair`]) sits in the path on purpose, for the tests that show the
 //! bench detects what it claims to.
@@ -26,23 +29,31 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use sluice_core::ids::Ssrc;
-use sluice_core::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpError, SrtpKeys};
-use sluice_core::wire::{demux, rtcp, rtp};
+use sluice_core::srtp::{RtcpSendState, RtpSendState, SrtpKeys};
+use sluice_core::wire::rtcp;
 use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmit};
 
-use super::plan::{Plan, StreamKind, VIDEO_PT, packets_for};
+use super::plan::{Plan, StreamKind, TWCC_EXT, VIDEO_PT, packets_for};
+use super::publisher::{PROBE_PADDING, Publisher, PublisherRamp};
+use super::sink::{Feedback, sink};
 
 /// Most steps a run can have (step 0 is "not measured").
 pub const MAX_STEPS: usize = 128;
 /// Payload offset of the step byte.
-const STEP_AT: usize = 2;
+pub(super) const STEP_AT: usize = 2;
+/// Payload offset of the stream tag ([`stream_tag`]).
+pub(super) const TAG_AT: usize = 3;
 /// Payload offset of the 8-byte send time.
-const SENT_AT: usize = 4;
+pub(super) const SENT_AT: usize = 4;
+/// Length of the one-byte-form header extension block an adaptive publisher adds: `BE DE 00 01`,
+/// then `id,len=1 | transport-wide seq (2) | 0`.
+const EXT_LEN: usize = 8;
 /// Datagrams per send batch.
 const SEND_BATCH: usize = 64;
 
@@ -86,6 +97,15 @@ pub struct StepCounters {
     pub auth_failures: AtomicU64,
     /// Copies on an SSRC their leg does not subscribe to, or from an unknown source.
     pub misrouted: AtomicU64,
+    /// Camera packets sent, per simulcast layer.
+    pub layer_sent: [AtomicU64; 3],
+    /// Probe packets (padding only) the publishers sent.
+    pub padding_sent: AtomicU64,
+    /// Padding-only copies the subscribers received (probes Sluice forwarded on their layer).
+    pub padding_received: AtomicU64,
+    /// Copies of another layer than the one the subscription targets (Sluice's fallback when a
+    /// layer stops): counted here, not as received.
+    pub fallback: AtomicU64,
 }
 
 impl StepCounters {
@@ -104,6 +124,10 @@ impl StepCounters {
             ts_errors: l(&self.ts_errors),
             auth_failures: l(&self.auth_failures),
             misrouted: l(&self.misrouted),
+            layer_sent: [l(&self.layer_sent[0]), l(&self.layer_sent[1]), l(&self.layer_sent[2])],
+            padding_sent: l(&self.padding_sent),
+            padding_received: l(&self.padding_received),
+            fallback: l(&self.fallback),
         }
     }
 }
@@ -123,6 +147,10 @@ pub struct StepTotals {
     pub ts_errors: u64,
     pub auth_failures: u64,
     pub misrouted: u64,
+    pub layer_sent: [u64; 3],
+    pub padding_sent: u64,
+    pub padding_received: u64,
+    pub fallback: u64,
 }
 
 impl StepTotals {
@@ -162,10 +190,14 @@ pub struct Shared {
     pub keyframes: AtomicU64,
     /// RTCP packets received and authenticated by participants.
     pub rtcp_received: AtomicU64,
+    /// Transport-cc packets Sluice sent the adaptive publishers.
+    pub transport_cc_received: AtomicU64,
+    /// Per participant: its ramp as an adaptive publisher (updated every 250 ms).
+    pub ramps: Mutex<Vec<Option<PublisherRamp>>>,
     /// Per lane: CPU ns of the generator and of the sink threads.
     pub cpu_ns: Vec<(AtomicU64, AtomicU64)>,
     /// Clock of send times.
-    pub epoch: Instant,
+    pub epoch: std::time::Instant,
 }
 
 /// A latency histogram: 100 ns .. 10 s, 2 significant digits.
@@ -188,12 +220,14 @@ impl Shared {
             plis_sent: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
             rtcp_received: AtomicU64::new(0),
+            transport_cc_received: AtomicU64::new(0),
+            ramps: Mutex::new(vec![None; participants]),
             cpu_ns: (0..lanes).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
-            epoch: Instant::now(),
+            epoch: std::time::Instant::now(),
         })
     }
 
-    fn now_ns(&self) -> u64 {
+    pub(super) fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
 }
@@ -208,7 +242,7 @@ pub fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn pin(core: Option<usize>) {
+pub(super) fn pin(core: Option<usize>) {
     if let Some(c) = core
         && let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == c))
     {
@@ -322,10 +356,13 @@ impl Lane {
             }
         }
         let (g_plan, g_shared, g_cfg) = (plan.clone(), shared.clone(), cfg.clone());
-        let gen_thread = std::thread::Builder::new().name(format!("gen-{}", cfg.index)).spawn(move || generator(gen_io, port, &g_cfg, &g_plan, &g_shared))?;
+        let (fb_tx, fb_rx) = channel();
+        let gen_thread =
+            std::thread::Builder::new().name(format!("gen-{}", cfg.index)).spawn(move || generator(gen_io, port, &g_cfg, &g_plan, &g_shared, &fb_rx))?;
         let (s_plan, s_shared) = (plan.clone(), shared.clone());
-        let sink_thread =
-            std::thread::Builder::new().name(format!("sink-{}", cfg.index)).spawn(move || sink(&mut sink_io, &cfg, members, up_rtcp, &s_plan, &s_shared))?;
+        let sink_thread = std::thread::Builder::new()
+            .name(format!("sink-{}", cfg.index))
+            .spawn(move || sink(&mut sink_io, &cfg, members, up_rtcp, &s_plan, &s_shared, &fb_tx))?;
         Ok(Self { gen_thread: Some(gen_thread), sink_thread: Some(sink_thread), addr })
     }
 
@@ -346,15 +383,75 @@ struct Sender {
     keyframe: bool,
 }
 
-fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: &Shared) {
+/// What the sink tells a copy's stream by (payload byte [`TAG_AT`]): the camera layer, or
+/// audio / screen.
+pub(super) fn stream_tag(kind: StreamKind) -> u8 {
+    match kind {
+        StreamKind::Video(l) => l,
+        StreamKind::Audio => 0x10,
+        StreamKind::Screen => 0x20,
+    }
+}
+
+/// Writes an RTP header into `b`: with `twcc`, the one-byte-form extension carrying that
+/// transport-wide sequence number (RFC 8285 §4.2). Returns the header length.
+fn write_header(b: &mut [u8], pt_m: u8, seq: u16, ts: u32, ssrc: u32, twcc: Option<u16>) -> usize {
+    b[0] = 0x80;
+    b[1] = pt_m;
+    b[2..4].copy_from_slice(&seq.to_be_bytes());
+    b[4..8].copy_from_slice(&ts.to_be_bytes());
+    b[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    let Some(t) = twcc else { return 12 };
+    b[0] |= 0x10;
+    let t = t.to_be_bytes();
+    b[12..12 + EXT_LEN].copy_from_slice(&[0xBE, 0xDE, 0, 1, (TWCC_EXT << 4) | 1, t[0], t[1], 0]);
+    12 + EXT_LEN
+}
+
+/// The adaptive publishers of a lane: their state and the streams their camera layers are.
+struct Adaptive {
+    publishers: HashMap<usize, Publisher>,
+    /// Per publisher: the stream of each camera layer.
+    layers: HashMap<usize, [usize; 3]>,
+}
+
+fn adaptive_publishers(cfg: &LaneConfig, plan: &Plan, lane_streams: &[usize]) -> Adaptive {
+    let mut a = Adaptive { publishers: HashMap::new(), layers: HashMap::new() };
+    if !plan.adaptive || cfg.path != Path::Sfu {
+        return a;
+    }
+    let mut fixed: HashMap<usize, u64> = HashMap::new();
+    let mut camera: HashMap<usize, [u64; 3]> = HashMap::new();
+    for &s in lane_streams {
+        let st = &plan.streams[s];
+        let bps = u64::from(st.frame_bytes) * 8 * 1_000_000_000 / st.interval_ns;
+        match st.kind {
+            StreamKind::Video(l) => {
+                camera.entry(st.publisher).or_default()[usize::from(l)] = bps;
+                a.layers.entry(st.publisher).or_default()[usize::from(l)] = s;
+            }
+            _ => *fixed.entry(st.publisher).or_default() += bps,
+        }
+    }
+    for &s in lane_streams {
+        let p = plan.streams[s].publisher;
+        a.publishers.entry(p).or_insert_with(|| Publisher::new(p, plan.streams[s].meeting, camera.get(&p).copied(), fixed.get(&p).copied().unwrap_or(0)));
+    }
+    a
+}
+
+fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: &Shared, feedback: &Receiver<Feedback>) {
     pin(cfg.gen_core);
     let cpu0 = thread_cpu_ns();
+    let adaptive = plan.adaptive && cfg.path == Path::Sfu;
+    // Each publisher's media keys: its send leg's with adaptive publishers through the SFU.
     let keys: HashMap<usize, SrtpKeys> = cfg
         .meetings
         .iter()
         .flat_map(|&m| plan.meetings[m].first..plan.meetings[m].first + plan.meetings[m].size as usize)
         .filter_map(|p| {
-            let k = &plan.participants[p].up;
+            let m = &plan.participants[p];
+            let k = if adaptive { m.publishing().1 } else { &m.up };
             Some((p, SrtpKeys::new(k.profile, &k.key, &k.salt).ok()?))
         })
         .collect();
@@ -367,6 +464,8 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
             video_of.entry(plan.streams[s].publisher).or_default().push(s);
         }
     }
+    let Adaptive { mut publishers, layers: camera_of } = adaptive_publishers(cfg, plan, &lane_streams);
+    let mut active_publishers: Vec<usize> = Vec::new();
     let mut senders: HashMap<usize, Sender> = lane_streams
         .iter()
         .map(|&s| (s, Sender { seq: (s as u16).wrapping_mul(7919), sent: 0, frame: 0, srtp: RtpSendState::new(), keyframe: true }))
@@ -383,6 +482,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
     };
     let mut iter = 0u64;
     let mut due_streams: Vec<usize> = Vec::new();
+    let mut next_sample = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = shared.now_ns();
         let active = shared.active.load(Ordering::Relaxed);
@@ -396,16 +496,42 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
                 if let Some(snd) = senders.get_mut(&s) {
                     snd.keyframe = true;
                 }
+                let p = plan.streams[s].publisher;
+                if let Some(pb) = publishers.get_mut(&p) {
+                    pb.start(now);
+                    if !active_publishers.contains(&p) {
+                        active_publishers.push(p);
+                    }
+                }
             }
             activated = active;
         } else if active < activated {
             // The ramp stepped back (bisecting): those meetings' publishers go quiet.
             heap.retain(|r| plan.streams[r.0.1].meeting < active);
             blast_list.retain(|&s| plan.streams[s].meeting < active);
+            active_publishers.retain(|&p| plan.participants[p].meeting < active);
             activated = active;
         }
         let step = shared.step.load(Ordering::Relaxed);
         let counters = &shared.steps[usize::from(step)];
+        // Sluice's transport-cc into the publishers' estimators, then their layer choice: a layer
+        // turned on starts with a keyframe.
+        while let Ok((p, at, fb)) = feedback.try_recv() {
+            if let Some(pb) = publishers.get_mut(&p) {
+                pb.on_feedback(at, &fb);
+            }
+        }
+        for &p in &active_publishers {
+            let Some(pb) = publishers.get_mut(&p) else { continue };
+            let on = pb.tick(now);
+            for (l, &s) in camera_of.get(&p).into_iter().flatten().enumerate() {
+                if on & (1 << l) != 0
+                    && let Some(snd) = senders.get_mut(&s)
+                {
+                    snd.keyframe = true;
+                }
+            }
+        }
         due_streams.clear();
         if cfg.path == Path::Direct {
             // Back to back, round robin over the active streams.
@@ -428,6 +554,16 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
         for &s in &due_streams {
             let st = &plan.streams[s];
             let Some(key) = keys.get(&st.publisher) else { continue };
+            let mut publisher = publishers.get_mut(&st.publisher);
+            if let (StreamKind::Video(l), Some(pb)) = (st.kind, publisher.as_deref())
+                && l >= pb.layers
+            {
+                // A layer the estimate does not allow: the encoder skips it.
+                if let Some(snd) = senders.get_mut(&s) {
+                    snd.frame += 1;
+                }
+                continue;
+            }
             if st.kind != StreamKind::Audio && shared.keyframe_due[st.publisher].swap(false, Ordering::Relaxed) {
                 for &v in video_of.get(&st.publisher).into_iter().flatten() {
                     if let Some(o) = senders.get_mut(&v) {
@@ -445,7 +581,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
             let ts = (snd.frame as u32).wrapping_mul(st.ts_step).wrapping_add(st.ssrc);
             snd.frame += 1;
             let dst = match cfg.path {
-                Path::Sfu => SocketAddr::new(cfg.sfu_ip, plan.participants[st.publisher].port),
+                Path::Sfu => SocketAddr::new(cfg.sfu_ip, plan.participants[st.publisher].publishing().2),
                 Path::Direct | Path::DirectPaced => SocketAddr::new(cfg.bind_ip, port),
             };
             for k in 0..n {
@@ -457,12 +593,8 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
                 }
                 let b = &mut bufs[batch.len()];
                 let pt = if st.kind == StreamKind::Audio { super::plan::AUDIO_PT } else { VIDEO_PT };
-                b[0] = 0x80;
-                b[1] = pt | if k + 1 == n { 0x80 } else { 0 };
-                b[2..4].copy_from_slice(&snd.seq.to_be_bytes());
-                b[4..8].copy_from_slice(&ts.to_be_bytes());
-                b[8..12].copy_from_slice(&st.ssrc.to_be_bytes());
-                let p = &mut b[12..];
+                let h = write_header(b, pt | if k + 1 == n { 0x80 } else { 0 }, snd.seq, ts, st.ssrc, publisher.as_deref().map(Publisher::next_seq));
+                let p = &mut b[h..];
                 (p[0], p[1]) = match (st.kind, k, key_frame) {
                     (StreamKind::Audio, _, _) => (0, 0),
                     (_, 0, true) => (0x10, 0x00),
@@ -470,11 +602,18 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
                     _ => (0x00, 0x55),
                 };
                 p[STEP_AT] = step;
+                p[TAG_AT] = stream_tag(st.kind);
                 p[SENT_AT..SENT_AT + 8].copy_from_slice(&shared.now_ns().to_be_bytes());
-                let Ok(len) = key.protect_rtp(&mut snd.srtp, b, 12 + payload) else { continue };
+                let Ok(len) = key.protect_rtp(&mut snd.srtp, b, h + payload) else { continue };
+                if let Some(pb) = publisher.as_deref_mut() {
+                    pb.sent(now, len, false);
+                }
                 batch.push((len, dst));
                 counters.sent.fetch_add(1, Ordering::Relaxed);
                 counters.sent_bytes.fetch_add(payload as u64, Ordering::Relaxed);
+                if let StreamKind::Video(l) = st.kind {
+                    counters.layer_sent[usize::from(l)].fetch_add(1, Ordering::Relaxed);
+                }
                 let copies = if cfg.path.direct() { 1 } else { u64::from(st.copies) };
                 counters.expected.fetch_add(copies, Ordering::Relaxed);
                 if batch.len() == SEND_BATCH {
@@ -482,8 +621,41 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
                 }
             }
         }
+        // Probes: padding-only packets on the publisher's lowest camera layer, as libwebrtc sends
+        // them without RTX (the layer's next sequence number, its last frame's timestamp).
+        for &p in &active_publishers {
+            let (Some(pb), Some(&[s, ..]), Some(key)) = (publishers.get_mut(&p), camera_of.get(&p), keys.get(&p)) else { continue };
+            let st = &plan.streams[s];
+            let wire = 12 + EXT_LEN + PROBE_PADDING + key.profile().rtp_overhead();
+            while pb.probe_due(now, wire) {
+                let snd = senders.get_mut(&s).expect("lane stream");
+                snd.seq = snd.seq.wrapping_add(1);
+                let ts = (snd.frame.saturating_sub(1) as u32).wrapping_mul(st.ts_step).wrapping_add(st.ssrc);
+                let b = &mut bufs[batch.len()];
+                let h = write_header(b, VIDEO_PT, snd.seq, ts, st.ssrc, Some(pb.next_seq()));
+                b[0] |= 0x20;
+                b[h..h + PROBE_PADDING].fill(0);
+                b[h + PROBE_PADDING - 1] = PROBE_PADDING as u8;
+                let Ok(len) = key.protect_rtp(&mut snd.srtp, b, h + PROBE_PADDING) else { break };
+                pb.sent(now, len, true);
+                batch.push((len, SocketAddr::new(cfg.sfu_ip, plan.participants[p].publishing().2)));
+                counters.padding_sent.fetch_add(1, Ordering::Relaxed);
+                if batch.len() == SEND_BATCH {
+                    flush(&mut io, &bufs, &mut batch);
+                }
+            }
+        }
         if !batch.is_empty() {
             flush(&mut io, &bufs, &mut batch);
+        }
+        if now >= next_sample && !publishers.is_empty() {
+            next_sample = now + super::publisher::SAMPLE_NS;
+            let mut ramps = shared.ramps.lock().unwrap_or_else(PoisonError::into_inner);
+            for (&p, pb) in &mut publishers {
+                if pb.sample(now) {
+                    ramps[p] = Some(pb.ramp.clone());
+                }
+            }
         }
         iter += 1;
         if iter.is_multiple_of(64) {
@@ -500,213 +672,4 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
         }
     }
     shared.cpu_ns[cfg.index].0.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
-}
-
-/// One subscriber's view of one stream.
-struct Receiver {
-    subscriber: usize,
-    srtp: RtpRecvState,
-    highest: Option<(u16, u32)>,
-    clock: u32,
-    /// Video or screen: a gap asks for a keyframe.
-    video: bool,
-    /// When this subscriber last sent a PLI for it, ns.
-    last_pli: u64,
-}
-
-fn sink(io: &mut Backend, cfg: &LaneConfig, members: Vec<usize>, mut up_keys: HashMap<usize, (SrtpKeys, RtcpSendState)>, plan: &Plan, shared: &Shared) {
-    pin(cfg.sink_core);
-    let cpu0 = thread_cpu_ns();
-    let member_set: std::collections::HashSet<usize> = members.iter().copied().collect();
-    // Keys each participant decrypts with: its own down keys (the wrong-key impairment corrupts
-    // some); in the direct path, the publisher's up keys.
-    let keys: HashMap<usize, SrtpKeys> = members
-        .iter()
-        .filter_map(|&p| {
-            let m = &plan.participants[p];
-            let mut k = if cfg.path.direct() { m.up.clone() } else { m.down.clone() };
-            if p < cfg.impair.wrong_key_legs {
-                k.key[0] ^= 0xff;
-            }
-            Some((p, SrtpKeys::new(k.profile, &k.key, &k.salt).ok()?))
-        })
-        .collect();
-    let mut rtcp_state: HashMap<usize, RtcpRecvState> = HashMap::new();
-    let mut plis: Vec<(usize, u32)> = Vec::new();
-    let mut pli_bufs: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-    let lane_port = io.ports().first().copied().unwrap_or(0);
-    let by_port: HashMap<u16, usize> = members.iter().map(|&p| (plan.participants[p].port, p)).collect();
-    let mut receivers: HashMap<u32, (Receiver, usize)> = HashMap::new();
-    if cfg.path == Path::Sfu {
-        for o in plan.out_streams.iter().filter(|o| member_set.contains(&o.subscriber)) {
-            let clock = if plan.streams[o.stream].kind == StreamKind::Audio { 48_000 } else { 90_000 };
-            let video = plan.streams[o.stream].kind != StreamKind::Audio;
-            receivers
-                .insert(o.out_ssrc, (Receiver { subscriber: o.subscriber, srtp: RtpRecvState::new(1024), highest: None, clock, video, last_pli: 0 }, o.stream));
-        }
-    } else {
-        for (s, st) in plan.streams.iter().enumerate().filter(|(_, st)| member_set.contains(&st.publisher)) {
-            let clock = if st.kind == StreamKind::Audio { 48_000 } else { 90_000 };
-            receivers
-                .insert(st.ssrc, (Receiver { subscriber: st.publisher, srtp: RtpRecvState::new(1024), highest: None, clock, video: false, last_pli: 0 }, s));
-        }
-    }
-    let mut local: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();
-    let mut touched = [false; MAX_STEPS];
-    let mut recent = histogram();
-    let mut last_merge = Instant::now();
-    let mut rtp_seen = 0u64;
-    let mut held: Option<Vec<u8>> = None;
-    let mut held_port = 0u16;
-    let mut scratch = vec![0u8; 2048];
-    let imp = cfg.impair;
-    while !shared.stop.load(Ordering::Relaxed) {
-        let step_now = usize::from(shared.step.load(Ordering::Relaxed));
-        let mut process = |src_port: u16, buf: &mut [u8]| {
-            let now = shared.now_ns();
-            let len = buf.len();
-            let owner = if cfg.path.direct() { None } else { by_port.get(&src_port).copied() };
-            if demux::classify(buf) == demux::PacketClass::Rtcp {
-                let Some(p) = owner else { return };
-                let st = rtcp_state.entry(p).or_insert_with(|| RtcpRecvState::new(1024));
-                if let Some(k) = keys.get(&p)
-                    && let Ok(n) = k.unprotect_rtcp(st, buf, len)
-                {
-                    shared.rtcp_received.fetch_add(1, Ordering::Relaxed);
-                    if rtcp::compound(&buf[..n]).flatten().any(|q| matches!(q.kind(), rtcp::Kind::Pli | rtcp::Kind::Fir)) {
-                        shared.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                        shared.keyframe_due[p].store(true, Ordering::Relaxed);
-                    }
-                }
-                return;
-            }
-            if len < 12 {
-                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-            let Some((r, _stream)) = receivers.get_mut(&ssrc) else {
-                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            if owner.is_some_and(|o| o != r.subscriber) {
-                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let Some(key) = keys.get(&r.subscriber) else { return };
-            let n = match key.unprotect_rtp(&mut r.srtp, buf, len) {
-                Ok(n) => n,
-                Err(SrtpError::Replayed | SrtpError::IndexTooOld) => {
-                    shared.steps[step_now].duplicates.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err(_) => {
-                    shared.steps[step_now].auth_failures.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            };
-            let Ok(pkt) = rtp::Packet::new_checked(&buf[..n]) else {
-                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            let payload = pkt.payload();
-            if payload.len() < SENT_AT + 8 {
-                shared.steps[step_now].misrouted.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let step = usize::from(payload[STEP_AT]);
-            let sent = u64::from_be_bytes(payload[SENT_AT..SENT_AT + 8].try_into().unwrap_or_default());
-            let c = &shared.steps[step];
-            c.received.fetch_add(1, Ordering::Relaxed);
-            c.received_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-            let lat = now.saturating_sub(sent).max(100);
-            let _ = local[step].record(lat);
-            touched[step] = true;
-            let _ = recent.record(lat);
-            let (seq, ts) = (pkt.sequence_number(), pkt.timestamp());
-            match r.highest {
-                None => r.highest = Some((seq, ts)),
-                Some((hs, hts)) => {
-                    let d = seq.wrapping_sub(hs) as i16;
-                    if d > 0 {
-                        if d > 1 {
-                            c.seq_gaps.fetch_add(1, Ordering::Relaxed);
-                            // A decoder that lost part of a frame asks for a keyframe (at most
-                            // every 300 ms per stream).
-                            if r.video && cfg.path == Path::Sfu && now.saturating_sub(r.last_pli) > 300_000_000 {
-                                r.last_pli = now;
-                                plis.push((r.subscriber, ssrc));
-                            }
-                        }
-                        let dt = ts.wrapping_sub(hts) as i32;
-                        if dt < 0 || dt as u64 > 10 * u64::from(r.clock) {
-                            c.ts_errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        r.highest = Some((seq, ts));
-                    } else {
-                        c.reordered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        };
-        let _ = io.recv_batch(Some(Duration::from_millis(10)), |_, src, buf| {
-            let is_rtp = demux::classify(buf) == demux::PacketClass::Rtp;
-            if !is_rtp {
-                process(src.port(), buf);
-                return;
-            }
-            rtp_seen += 1;
-            if imp.drop_every > 0 && rtp_seen.is_multiple_of(imp.drop_every) {
-                return;
-            }
-            if imp.reorder_every > 0 && rtp_seen.is_multiple_of(imp.reorder_every) && held.is_none() {
-                held = Some(buf.to_vec());
-                held_port = src.port();
-                return;
-            }
-            if imp.duplicate_every > 0 && rtp_seen.is_multiple_of(imp.duplicate_every) {
-                let n = buf.len();
-                scratch[..n].copy_from_slice(buf);
-                process(src.port(), buf);
-                process(src.port(), &mut scratch[..n]);
-            } else {
-                process(src.port(), buf);
-            }
-            if let Some(mut h) = held.take() {
-                process(held_port, &mut h);
-            }
-        });
-        for (p, media) in plis.drain(..) {
-            let Some((k, st)) = up_keys.get_mut(&p) else { continue };
-            let mut b = vec![0u8; 64];
-            let Ok(n) = rtcp::write_pli(&mut b, Ssrc(plan.participants[p].leg.0), Ssrc(media)) else { continue };
-            let Ok(n) = k.protect_rtcp(st, &mut b, n) else { continue };
-            b.truncate(n);
-            pli_bufs.push((SocketAddr::new(cfg.sfu_ip, plan.participants[p].port), b));
-        }
-        if !pli_bufs.is_empty() {
-            let sent = io.send_batch(pli_bufs.iter().map(|(dst, b)| Transmit { local_port: lane_port, dst: *dst, payload: b }));
-            shared.plis_sent.fetch_add(sent as u64, Ordering::Relaxed);
-            pli_bufs.clear();
-        }
-        if last_merge.elapsed() >= Duration::from_millis(100) {
-            let mut all = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
-            for (k, h) in local.iter_mut().enumerate() {
-                if std::mem::take(&mut touched[k]) {
-                    let _ = all[k].add(&*h);
-                    h.reset();
-                }
-            }
-            drop(all);
-            let _ = shared.recent.lock().unwrap_or_else(PoisonError::into_inner).add(&recent);
-            recent.reset();
-            shared.cpu_ns[cfg.index].1.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
-            last_merge = Instant::now();
-        }
-    }
-    let mut all = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
-    for (k, h) in local.iter().enumerate().filter(|(k, _)| touched[*k]) {
-        let _ = all[k].add(h);
-    }
-    shared.cpu_ns[cfg.index].1.store(thread_cpu_ns() - cpu0, Ordering::Relaxed);
 }

@@ -21,8 +21,11 @@
 pub mod load;
 pub mod netns;
 pub mod plan;
+pub mod publisher;
+pub mod ramp;
 pub mod report;
 pub mod scenario;
+mod sink;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -36,6 +39,7 @@ use sluice_controlplane::pb;
 use crate::live;
 use load::{Impair, Lane, LaneConfig, Path, Shared, StepTotals};
 use plan::Plan;
+use ramp::Ramps;
 use report::{BackendRun, Ceiling, Latency, Report, StepResult, Sustained, WorkerCpu};
 use scenario::Scenario;
 
@@ -191,12 +195,16 @@ pub fn step_meetings(s: &Scenario, mode: Mode, cap: usize) -> Vec<usize> {
     }
 }
 
-/// How many of the scenario's meetings fit `ports` legs, up to `want`.
+/// How many of the scenario's meetings fit `ports` legs, up to `want` (adaptive publishers have
+/// a send leg each).
 fn meetings_fitting(s: &Scenario, want: usize, ports: usize) -> usize {
     let sizes = s.meeting_sizes(want);
     let mut legs = 0usize;
     for (i, n) in sizes.iter().enumerate() {
         legs += *n as usize;
+        if s.publishers == scenario::PublisherMode::Adaptive {
+            legs += plan::publishers_in(s, *n, s.has_screen_share(i)) as usize;
+        }
         if legs > ports {
             return i;
         }
@@ -233,7 +241,11 @@ pub fn run(o: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
         o.port_range.1,
         if n < want { format!(" — the port range holds {n} of the {want} meetings asked for") } else { String::new() }
     );
-    println!("  at {n} meetings the schedules offer {pin:.0} pkt/s in and ask for {pout:.0} pkt/s ({:.1} Mbit/s) out", bout / 1e6);
+    println!(
+        "  at {n} meetings, with every layer flowing, the schedules offer {pin:.0} pkt/s in and ask for {pout:.0} pkt/s ({:.1} Mbit/s) out; publishers: {}",
+        bout / 1e6,
+        if plan.adaptive { "adaptive (start at 300 kbit/s, add layers as Sluice's transport-cc allows)" } else { "fixed (every layer from the start)" }
+    );
     println!("  steps (meetings): {steps:?}");
     let ns = if o.netns { Some(netns::NetNs::create()?) } else { None };
     let (bind_ip, sfu_ip) = match &ns {
@@ -398,8 +410,12 @@ fn run_backend_with(
         let r =
             grpc.apply(req).map_err(|e| anyhow::anyhow!("Routes.Apply for meeting {m} ({} participants): {:?}: {}", meeting.size, e.code(), e.message()))?;
         let ports: HashMap<&str, u16> = r.ports.iter().map(|a| (a.leg.as_str(), a.local_port as u16)).collect();
+        let port = |leg: u32| ports.get(live::leg_name(leg).as_str()).copied().with_context(|| format!("no port allocated for {}", live::leg_name(leg)));
         for p in &mut plan.participants[meeting.first..meeting.first + meeting.size as usize] {
-            p.port = *ports.get(live::leg_name(p.leg.0).as_str()).with_context(|| format!("no port allocated for {}", live::leg_name(p.leg.0)))?;
+            p.port = port(p.leg.0)?;
+            if let Some(send) = &mut p.send {
+                send.port = port(send.leg.0)?;
+            }
         }
     }
     let programming_s = t0.elapsed().as_secs_f64();
@@ -485,7 +501,8 @@ fn run_backend_with(
         let dp_cpu_s: f64 = workers.iter().map(|w| w.cpu_s).sum();
         let busiest = |prefix: &str| harness.iter().filter(|h| h.thread.starts_with(prefix)).map(|h| h.busy).fold(0.0, f64::max);
         let (gen_busy, sink_busy) = (busiest("gen-"), busiest("sink-"));
-        let (_, expected_out, _) = plan.nominal_rates(meetings);
+        let (_, nominal_out, _) = plan.nominal_rates(meetings);
+        let publisher_layers = layers_now(&shared, meetings);
         let r = StepResult::new(StepInputs {
             backend,
             step,
@@ -493,7 +510,8 @@ fn run_backend_with(
             participants: plan.participants_in(meetings),
             seconds: secs,
             totals,
-            expected_out_pps: expected_out,
+            nominal_out_pps: nominal_out,
+            publisher_layers,
             dataplane_tx_pps: (dp1.tx - dp0.tx) / secs,
             dataplane_rx_pps: (dp1.rx - dp0.rx) / secs,
             latency: Latency::of(&hist),
@@ -549,6 +567,7 @@ fn run_backend_with(
     shared.stop.store(true, Ordering::Relaxed);
     lanes.into_iter().for_each(Lane::join);
     outcome?;
+    let publishers = Ramps::of(std::mem::take(&mut *shared.ramps.lock().unwrap_or_else(PoisonError::into_inner)).into_iter().flatten().collect());
     {
         let hists = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
         for r in &mut results {
@@ -574,7 +593,18 @@ fn run_backend_with(
         subscriptions,
         steps: results,
         max_sustained,
+        publishers,
     })
+}
+
+/// Camera publishers of the first `meetings` meetings sending 1, 2 and 3 layers now.
+fn layers_now(shared: &Shared, meetings: usize) -> [usize; 3] {
+    let mut n = [0; 3];
+    let ramps = shared.ramps.lock().unwrap_or_else(PoisonError::into_inner);
+    for r in ramps.iter().flatten().filter(|r| r.camera && r.meeting < meetings && r.layers > 0) {
+        n[usize::from(r.layers.min(3)) - 1] += 1;
+    }
+    n
 }
 
 /// What [`StepResult::new`] needs.
@@ -585,7 +615,8 @@ pub(crate) struct StepInputs<'a> {
     pub(crate) participants: usize,
     pub(crate) seconds: f64,
     pub(crate) totals: StepTotals,
-    pub(crate) expected_out_pps: f64,
+    pub(crate) nominal_out_pps: f64,
+    pub(crate) publisher_layers: [usize; 3],
     pub(crate) dataplane_tx_pps: f64,
     pub(crate) dataplane_rx_pps: f64,
     pub(crate) latency: Latency,

@@ -1,17 +1,29 @@
 //! From a scenario to concrete meetings: legs with per-leg SRTP keys, tracks, subscriptions (as
 //! the table ops the control plane is programmed with, one session per meeting), the streams each
 //! publisher sends and, for every packet of a stream, how many subscribers must receive it.
+//!
+//! With adaptive publishers (the scenario's `publishers = "adaptive"`) every participant that
+//! publishes also has a send leg: its tracks are published on it, and it negotiates transport-cc
+//! (extension id [`TWCC_EXT`]), so Sluice sends it transport-cc feedback and RRs. Its own leg
+//! keeps receiving without congestion control, so each subscription gets its target layer as
+//! with fixed publishers and the sinks' checks stay exact. (A browser bundles both directions on
+//! one transport; a leg with transport-cc is also one Sluice runs its downlink estimator and
+//! allocator on, which would need the sinks to answer with transport-cc of their own.)
 
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
 
-use super::scenario::Scenario;
+use super::scenario::{PublisherMode, Scenario};
 
 /// Audio payload type.
 pub const AUDIO_PT: u8 = 111;
 /// Video (and screen share) payload type: VP8.
 pub const VIDEO_PT: u8 = 96;
+/// The publishers' transport-wide-cc-01 header-extension id (one-byte form).
+pub const TWCC_EXT: u8 = 3;
+/// Send legs have ids from here (participant leg id + this).
+const SEND_LEG_BASE: u32 = 1_000_000;
 
 /// What a stream carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +85,31 @@ pub struct Member {
     pub down: KeyMaterial,
     /// The SFU port the control plane allocated to its leg (0 until programmed).
     pub port: u16,
+    /// Adaptive publishers: the leg it publishes on, with transport-cc.
+    pub send: Option<SendLeg>,
+}
+
+/// A publisher's send leg (adaptive publishers only).
+#[derive(Clone, Debug)]
+pub struct SendLeg {
+    /// Leg id.
+    pub leg: LegId,
+    /// Keys participant → SFU (its media).
+    pub up: KeyMaterial,
+    /// Keys SFU → participant (Sluice's feedback).
+    pub down: KeyMaterial,
+    /// The SFU port of the leg (0 until programmed).
+    pub port: u16,
+}
+
+impl Member {
+    /// The leg its media goes to, the keys it is protected with and the SFU port.
+    pub fn publishing(&self) -> (LegId, &KeyMaterial, u16) {
+        match &self.send {
+            Some(s) => (s.leg, &s.up, s.port),
+            None => (self.leg, &self.up, self.port),
+        }
+    }
 }
 
 /// One meeting.
@@ -99,6 +136,8 @@ pub struct Plan {
     pub streams: Vec<Stream>,
     /// Every subscription.
     pub out_streams: Vec<OutStream>,
+    /// Publishers adapt to Sluice's feedback (they have send legs).
+    pub adaptive: bool,
 }
 
 /// Key material derived from a seed (distinct per leg and direction).
@@ -115,6 +154,32 @@ fn material(profile: Profile, seed: u32) -> KeyMaterial {
     KeyMaterial { profile, key, salt }
 }
 
+/// How many of a meeting's participants publish (the first speakers and cameras, and the
+/// sharer, who is the last): the legs a meeting needs beyond one per participant, with adaptive
+/// publishers.
+pub fn publishers_in(s: &Scenario, size: u32, screen_share: bool) -> u32 {
+    let first = first_publishers(s, size);
+    first + u32::from(screen_share && first < size)
+}
+
+/// The first participants of a meeting of `size` that speak or show their camera.
+fn first_publishers(s: &Scenario, size: u32) -> u32 {
+    size.min(s.audio.speakers).max(size.min(s.video.max_publishers))
+}
+
+fn leg_spec(id: u32, rx: &KeyMaterial, tx: &KeyMaterial, twcc_ext: Option<u8>) -> Op {
+    Op::UpsertLeg(LegSpec {
+        id: LegId(id),
+        local_port: 0,
+        remote: None,
+        rx: rx.clone(),
+        tx: tx.clone(),
+        feedback_ssrc: Ssrc(0xfeed_0000u32.wrapping_add(id)),
+        edge: None,
+        feedback: sluice_core::table::FeedbackSpec { twcc_ext, remb: false },
+    })
+}
+
 /// Packets per frame of `bytes` at `packet_bytes` each (at least one).
 pub fn packets_for(bytes: u32, packet_bytes: u32) -> u32 {
     bytes.div_ceil(packet_bytes).max(1)
@@ -124,27 +189,26 @@ impl Plan {
     /// The first `n` meetings of the scenario's mix.
     pub fn build(s: &Scenario, n: usize) -> anyhow::Result<Self> {
         let profile = s.srtp_profile()?;
-        let mut plan = Plan::default();
+        let mut plan = Plan { adaptive: s.publishers == PublisherMode::Adaptive, ..Plan::default() };
         let mut next_track = 1u32;
         let mut next_out_ssrc = 0x4000_0000u32;
         for (m, size) in s.meeting_sizes(n).into_iter().enumerate() {
             let first = plan.participants.len();
             let screen_share = s.has_screen_share(m);
             let mut ops = Vec::new();
+            let first_pub = first_publishers(s, size) as usize;
             for i in 0..size as usize {
                 let id = (first + i + 1) as u32;
                 let (up, down) = (material(profile, id * 2), material(profile, id * 2 + 1));
-                ops.push(Op::UpsertLeg(LegSpec {
-                    id: LegId(id),
-                    local_port: 0,
-                    remote: None,
-                    rx: up.clone(),
-                    tx: down.clone(),
-                    feedback_ssrc: Ssrc(0xfeed_0000 + id),
-                    edge: None,
-                    feedback: Default::default(),
-                }));
-                plan.participants.push(Member { leg: LegId(id), meeting: m, up, down, port: 0 });
+                ops.push(leg_spec(id, &up, &down, None));
+                let publishes = plan.adaptive && (i < first_pub || (screen_share && i + 1 == size as usize));
+                let send = publishes.then(|| {
+                    let sid = SEND_LEG_BASE + id;
+                    let (up, down) = (material(profile, sid * 2), material(profile, sid * 2 + 1));
+                    ops.push(leg_spec(sid, &up, &down, Some(TWCC_EXT)));
+                    SendLeg { leg: LegId(sid), up, down, port: 0 }
+                });
+                plan.participants.push(Member { leg: LegId(id), meeting: m, up, down, port: 0, send });
             }
             // Tracks: audio of the speakers, camera of the publishers, the sharer's screen.
             // (track id, publisher, kind, [stream index per layer])
@@ -193,7 +257,7 @@ impl Plan {
                 };
                 ops.push(Op::UpsertTrack(TrackSpec {
                     id: TrackId(*id),
-                    publisher: plan.participants[*publisher].leg,
+                    publisher: plan.participants[*publisher].publishing().0,
                     kind: media,
                     clock_rate,
                     layers,
@@ -259,8 +323,8 @@ impl Plan {
         self.meetings.get(n).map_or(self.participants.len(), |m| m.first)
     }
 
-    /// Offered load of the first `n` meetings: (packets/s into the SFU, packets/s it should send
-    /// out, bits/s out), from the stream schedules.
+    /// Offered load of the first `n` meetings with every layer flowing: (packets/s into the SFU,
+    /// packets/s it should send out, bits/s out), from the stream schedules.
     pub fn nominal_rates(&self, n: usize) -> (f64, f64, f64) {
         let (mut pin, mut pout, mut bout) = (0.0, 0.0, 0.0);
         for st in self.streams.iter().filter(|st| st.meeting < n) {
@@ -301,6 +365,16 @@ mod tests {
         let top = streams.iter().find(|st| st.kind == StreamKind::Video(2)).expect("top layer");
         assert_eq!(top.frame_bytes, 6250);
         assert_eq!(packets_for(top.frame_bytes, top.packet_bytes), 6);
+        // Adaptive publishers (the default): the 12 cameras (the speakers among them) and the
+        // sharer, if any, publish on send legs with transport-cc; the rest have none.
+        let sends = plan.participants[meeting.first..meeting.first + 20].iter().filter(|p| p.send.is_some()).count();
+        assert_eq!(sends as u32, publishers_in(&s, 20, meeting.screen_share));
+        assert_eq!(sends, 12 + usize::from(meeting.screen_share));
+        let feedback: Vec<Option<u8>> = meeting.ops.iter().filter_map(|o| if let Op::UpsertLeg(l) = o { Some(l.feedback.twcc_ext) } else { None }).collect();
+        assert_eq!(feedback.iter().filter(|f| **f == Some(TWCC_EXT)).count(), sends);
+        assert_eq!(feedback.len(), 20 + sends);
+        let fixed = Plan::build(&Scenario { publishers: PublisherMode::Fixed, ..s.clone() }, 40).expect("plan");
+        assert!(fixed.participants.iter().all(|p| p.send.is_none()) && !fixed.adaptive);
         // Every leg has its own keys.
         let legs = &plan.participants[meeting.first..meeting.first + 20];
         for (i, a) in legs.iter().enumerate() {

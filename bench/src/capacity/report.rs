@@ -1,5 +1,6 @@
 //! The capacity report: the figures of every step (JSON, every number), a table a person can read,
-//! and an SVG plot of forwarded rate and p99 latency against offered load.
+//! and an SVG plot of forwarded rate and p99 latency against offered load, with the adaptive
+//! publishers' ramps below it (see [`super::ramp`]).
 //!
 //! The SVG is written as text here rather than with `plotters`: the plot is two polylines per
 //! backend on two linear axes, about a hundred lines of code, while `plotters` with its SVG
@@ -11,6 +12,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::load::{Impair, StepTotals};
+use super::ramp::{self, Ramps};
 use super::scenario::{MixStats, Scenario};
 use super::{Mode, Options, StepInputs};
 
@@ -105,8 +107,18 @@ pub struct StepResult {
     pub offered_pps: f64,
     /// Their bits/s (RTP payload).
     pub offered_bps: f64,
-    /// Copies/s the subscriptions ask the SFU to send (what a perfect forwarder would deliver).
+    /// Copies/s the SFU should have sent for what the publishers sent: each packet times the
+    /// subscribers of its layer (what a perfect forwarder would deliver).
     pub expected_out_pps: f64,
+    /// The same with every layer of every publisher flowing (the schedules' nominal load; with
+    /// adaptive publishers, more than they send while they ramp).
+    pub nominal_out_pps: f64,
+    /// Camera packets/s the publishers sent per simulcast layer.
+    pub layer_sent_pps: [f64; 3],
+    /// Probe packets/s (padding only) the publishers sent.
+    pub probe_pps: f64,
+    /// Camera publishers of the step's meetings sending 1, 2 and 3 layers at its end.
+    pub publisher_layers: [usize; 3],
     /// Copies/s received and verified by their subscribers.
     pub forwarded_pps: f64,
     /// Their bits/s (RTP payload).
@@ -199,7 +211,11 @@ impl StepResult {
             seconds: i.seconds,
             offered_pps,
             offered_bps: t.sent_bytes as f64 * 8.0 / secs,
-            expected_out_pps: i.expected_out_pps,
+            expected_out_pps: t.expected as f64 / secs,
+            nominal_out_pps: i.nominal_out_pps,
+            layer_sent_pps: t.layer_sent.map(|n| n as f64 / secs),
+            probe_pps: t.padding_sent as f64 / secs,
+            publisher_layers: i.publisher_layers,
             forwarded_pps,
             forwarded_bps: t.received_bytes as f64 * 8.0 / secs,
             dataplane_tx_pps: i.dataplane_tx_pps,
@@ -231,6 +247,7 @@ impl StepResult {
     pub(crate) fn finalize(&mut self, t: StepTotals, latency: Latency, s: &Scenario) {
         let secs = self.seconds.max(1e-9);
         self.late_copies = t.received.saturating_sub(self.totals.received);
+        self.expected_out_pps = t.expected as f64 / secs;
         self.forwarded_pps = t.received as f64 / secs;
         self.forwarded_bps = t.received_bytes as f64 * 8.0 / secs;
         self.loss = t.loss();
@@ -315,6 +332,8 @@ pub struct BackendRun {
     pub steps: Vec<StepResult>,
     /// The best sustained step.
     pub max_sustained: Option<Sustained>,
+    /// The adaptive publishers' ramps (`None` with fixed publishers).
+    pub publishers: Option<Ramps>,
 }
 
 /// Host facts, to read numbers in context.
@@ -394,7 +413,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "{:<6} {:>4} {:>5} {:>6} {:>10} {:>11} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>14} {:>10}  verdict",
+            "{:<6} {:>4} {:>5} {:>6} {:>10} {:>11} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>14} {:>10} {:>11}  verdict",
             "backend",
             "step",
             "meet",
@@ -409,14 +428,15 @@ impl Report {
             "p99.9 us",
             "max us",
             "dp cpu+wait",
-            "pkt/cpu-s"
+            "pkt/cpu-s",
+            "cams 1/2/3L"
         );
         for r in &self.runs {
             for st in &r.steps {
                 let cpu: Vec<String> = st.dataplane_workers.iter().map(|w| format!("{:.0}%+{:.0}%w", w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
                 let _ = writeln!(
                     s,
-                    "{:<6} {:>4} {:>5} {:>6} {:>10.0} {:>11.0} {:>10.0} {:>8.1} {:>9.4} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>14} {:>10.0}  {}{}{}",
+                    "{:<6} {:>4} {:>5} {:>6} {:>10.0} {:>11.0} {:>10.0} {:>8.1} {:>9.4} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>14} {:>10.0} {:>11}  {}{}{}",
                     r.backend,
                     st.step,
                     st.meetings,
@@ -432,6 +452,11 @@ impl Report {
                     st.latency.max_us,
                     cpu.join("/"),
                     st.packets_per_cpu_s,
+                    if r.publishers.is_some() {
+                        format!("{}/{}/{}", st.publisher_layers[0], st.publisher_layers[1], st.publisher_layers[2])
+                    } else {
+                        "all".to_string()
+                    },
                     if st.sustained { "ok" } else { "NOT sustained" },
                     if st.generator_limited { " (generator-limited)" } else { "" },
                     if st.contended { " (cpu-contended)" } else { "" }
@@ -440,14 +465,22 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "(dp cpu+wait: each dataplane worker's CPU and its time runnable but waiting for a CPU, per wall second; cpu-contended: a dataplane or harness thread waited over 10% beyond its own neighbours' busy time — other load on the machine, not Sluice, shaped that step)"
+            "(expect/s: copies/s the SFU owed for what the publishers actually sent; dp cpu+wait: each dataplane worker's CPU and its time runnable but waiting for a CPU, per wall second; cpu-contended: a dataplane or harness thread waited over 10% beyond its own neighbours' busy time — other load on the machine, not Sluice, shaped that step; cams 1/2/3L: camera publishers sending 1, 2 and 3 simulcast layers at the step's end, \"all\" with fixed publishers)"
         );
+        if self.runs.iter().any(|r| r.publishers.is_some()) {
+            let _ = writeln!(s, "adaptive publishers (transport-cc from Sluice into the core's GCC estimator; start at 300 kbit/s on the lowest layer):");
+            for r in &self.runs {
+                if let Some(p) = &r.publishers {
+                    s.push_str(&p.table(&r.backend));
+                }
+            }
+        }
         let _ = writeln!(s, "path faults seen by the sinks (all steps):");
         for r in &self.runs {
             let sum = |f: fn(&StepTotals) -> u64| r.steps.iter().map(|st| f(&st.totals)).sum::<u64>();
             let _ = writeln!(
                 s,
-                "  {:<6} lost {}  duplicates {}  reordered {}  sequence gaps {}  timestamp errors {}  failed to authenticate {}  misrouted {}  PLIs sent {}  keyframe requests at publishers {}  kernel socket drops: at the SFU {}, at the harness {}",
+                "  {:<6} lost {}  duplicates {}  reordered {}  sequence gaps {}  timestamp errors {}  failed to authenticate {}  misrouted {}  fallback copies {}  probe copies {}  PLIs sent {}  keyframe requests at publishers {}  kernel socket drops: at the SFU {}, at the harness {}",
                 r.backend,
                 r.steps.iter().map(|st| st.lost).sum::<u64>(),
                 sum(|t| t.duplicates),
@@ -456,6 +489,8 @@ impl Report {
                 sum(|t| t.ts_errors),
                 sum(|t| t.auth_failures),
                 sum(|t| t.misrouted),
+                sum(|t| t.fallback),
+                sum(|t| t.padding_received),
                 r.steps.iter().map(|st| st.plis_sent).sum::<u64>(),
                 r.steps.iter().map(|st| st.keyframe_requests).sum::<u64>(),
                 r.steps.iter().map(|st| st.socket_drops_sfu).sum::<u64>(),
@@ -532,10 +567,18 @@ impl Report {
         let pl = |ms: f64| H - b - ((ms.max(0.1) / 0.1).log10() / f64::from(decades)).min(1.0) * (H - t - b);
         let px = |x: f64| l + x / xmax * (W - l - r);
         let py = |y: f64, max: f64| H - b - y / max * (H - t - b);
+        const RAMP_H: f64 = 320.0;
+        let ramps: Vec<(&str, &Ramps)> = self.runs.iter().filter_map(|r| Some((r.backend.as_str(), r.publishers.as_ref()?))).collect();
+        let all_h = if ramps.is_empty() { H } else { H + RAMP_H };
         let mut s = String::new();
-        let _ =
-            writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
-        let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{all_h}" viewBox="0 0 {W} {all_h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{W}" height="{all_h}" fill="white"/>"#);
+        if !ramps.is_empty() {
+            s.push_str(&ramp::svg_panel(&ramps, H, W, RAMP_H, &self.scenario.video.layers_kbps));
+        }
         let _ = writeln!(
             s,
             r#"<text x="{}" y="22" text-anchor="middle" font-size="14">Sluice capacity: {} ({})</text>"#,

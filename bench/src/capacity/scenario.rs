@@ -31,6 +31,11 @@ pub struct Scenario {
     /// SRTP profile of every leg: `gcm` (AEAD_AES_128_GCM), `gcm256`, `cm80`
     /// (AES_CM_128_HMAC_SHA1_80) or `cm32`.
     pub profile: String,
+    /// How publishers choose what they send: `adaptive` (as browsers do: transport-cc from
+    /// Sluice, start at 300 kbit/s, add simulcast layers as the estimate allows) or `fixed`
+    /// (every layer at its rate from the first second, the bench's behaviour before the feedback
+    /// loop, to reproduce older figures).
+    pub publishers: PublisherMode,
     /// Meeting sizes.
     pub meetings: Meetings,
     /// Audio.
@@ -43,6 +48,17 @@ pub struct Scenario {
     pub fixed: Fixed,
     /// Ramp mode.
     pub ramp: Ramp,
+}
+
+/// How publishers choose what they send (see [`super::publisher`]).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PublisherMode {
+    /// Browser-like: transport-cc feedback drives a send-side estimate that enables layers.
+    #[default]
+    Adaptive,
+    /// Every stream at its scenario rate from the start, no feedback.
+    Fixed,
 }
 
 /// The meeting-size mix.
@@ -137,6 +153,7 @@ impl Default for Scenario {
         Self {
             name: "default (design mix)".into(),
             profile: "gcm".into(),
+            publishers: PublisherMode::default(),
             meetings: Meetings::default(),
             audio: Audio::default(),
             video: Video::default(),
@@ -373,6 +390,7 @@ mod tests {
             ("[screen]\nshare_fraction = 2", "`screen.share_fraction`"),
             ("[audio]\npacket_ms = 0", "`audio.packet_ms`"),
             ("[fixed]\nmeetings = 0", "`fixed.meetings`"),
+            ("publishers = \"sometimes\"", "publishers"),
         ];
         for (text, field) in cases {
             let e = format!("{:#}", Scenario::parse(text).expect_err(text));
@@ -394,5 +412,12 @@ mod tests {
         }
         let shares = (0..100).filter(|&m| s.has_screen_share(m)).count();
         assert_eq!(shares, 25);
+    }
+
+    #[test]
+    fn publishers_are_adaptive_unless_the_scenario_says_fixed() {
+        assert_eq!(Scenario::default().publishers, PublisherMode::Adaptive);
+        assert_eq!(Scenario::parse("publishers = \"fixed\"").expect("parses").publishers, PublisherMode::Fixed);
+        assert_eq!(Scenario::parse("publishers = \"adaptive\"").expect("parses").publishers, PublisherMode::Adaptive);
     }
 }
