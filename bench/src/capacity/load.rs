@@ -41,6 +41,7 @@ use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmi
 
 use super::plan::{Plan, StreamKind, TWCC_EXT, VIDEO_PT, packets_for};
 use super::publisher::{PROBE_PADDING, Publisher, PublisherRamp};
+use super::ramp::SAMPLE_RAMPS;
 use super::sink::{Feedback, sink};
 
 /// Most steps a run can have (step 0 is "not measured").
@@ -433,9 +434,15 @@ fn adaptive_publishers(cfg: &LaneConfig, plan: &Plan, lane_streams: &[usize]) ->
             _ => *fixed.entry(st.publisher).or_default() += bps,
         }
     }
+    // The report's sample ramps: the plan's first camera publishers.
+    let sampled: Vec<usize> = plan.streams.iter().filter(|st| st.kind == StreamKind::Video(0)).map(|st| st.publisher).take(SAMPLE_RAMPS).collect();
     for &s in lane_streams {
         let p = plan.streams[s].publisher;
-        a.publishers.entry(p).or_insert_with(|| Publisher::new(p, plan.streams[s].meeting, camera.get(&p).copied(), fixed.get(&p).copied().unwrap_or(0)));
+        a.publishers.entry(p).or_insert_with(|| {
+            let mut pb = Publisher::new(p, plan.streams[s].meeting, camera.get(&p).copied(), fixed.get(&p).copied().unwrap_or(0));
+            pb.keep_samples = sampled.contains(&p);
+            pb
+        });
     }
     a
 }

@@ -17,6 +17,10 @@
 //! `/proc/<pid>/task/*/stat`) and the harness's own CPU. Before that, the harness's ceiling is
 //! measured with no forwarder in the path ([`load::Path::Direct`]); a step where the harness was
 //! near it (or its threads were busy over 90%) is marked generator-limited.
+//!
+//! Publishers are adaptive by default ([`publisher`]): they ramp on the transport-cc Sluice sends
+//! them, so a step offers what real clients would, and the report shows each publisher's ramp
+//! ([`ramp`]).
 
 pub mod load;
 pub mod netns;

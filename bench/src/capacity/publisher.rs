@@ -108,6 +108,9 @@ pub struct Publisher {
     started: Option<u64>,
     next_tick: u64,
     next_sample: u64,
+    /// Whether its samples are kept (a sample ramp of the report; the others only keep the
+    /// summary figures, so hundreds of publishers cost the generator nothing to sample).
+    pub keep_samples: bool,
     /// The report's view, updated by [`Publisher::sample`].
     pub ramp: PublisherRamp,
 }
@@ -123,6 +126,7 @@ impl Publisher {
             started: None,
             next_tick: 0,
             next_sample: 0,
+            keep_samples: true,
             ramp: PublisherRamp { participant, meeting, camera: camera.is_some(), estimate_kbps: START_BPS as f64 / 1e3, ..PublisherRamp::default() },
         }
     }
@@ -220,7 +224,7 @@ impl Publisher {
         r.feedback_used = self.dl.feedback_used;
         r.feedback_dropped = self.dl.feedback_dropped;
         r.probes = self.dl.probes;
-        if r.samples.len() < MAX_SAMPLES {
+        if self.keep_samples && r.samples.len() < MAX_SAMPLES {
             r.samples.push(((now_ns - start) as f64 / 1e9, kbps.round(), self.layers));
         }
         true
