@@ -73,6 +73,10 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     counter(&mut s, "sluice_allocation_changes_total", "Subscription layer caps changed by a leg's bandwidth allocator.", &|w| w.core.allocation_changes);
     counter(&mut s, "sluice_probes_total", "Bandwidth probes started towards subscribers.", &|w| w.core.probes_started);
     counter(&mut s, "sluice_probe_packets_total", "Padding packets sent in bandwidth probes.", &|w| w.core.probe_packets);
+    counter(&mut s, "sluice_packets_paced_total", "Packets to congestion-controlled legs that waited in the pacer (bursts over the pace rate).", &|w| {
+        w.core.packets_paced
+    });
+    counter(&mut s, "sluice_pace_overflow_total", "Packets sent unpaced: the leg's pace queue or the worker's pool was full.", &|w| w.core.pace_overflow);
     counter(&mut s, "sluice_nack_suppressed_total", "NACKed packets already asked of the publisher in the last 100 ms, not asked again.", &|w| {
         w.core.nack_suppressed
     });

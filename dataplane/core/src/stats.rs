@@ -54,6 +54,12 @@ pub struct CoreStats {
     /// Probe (padding) packets sent.
     #[cfg_attr(feature = "serde", serde(default))]
     pub probe_packets: u64,
+    /// Packets to congestion-controlled legs that waited in the pacer.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub packets_paced: u64,
+    /// Packets sent unpaced because the leg's pace queue or the core's pool was full.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub pace_overflow: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }

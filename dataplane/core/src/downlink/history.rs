@@ -64,6 +64,20 @@ impl SendHistory {
         self.next += 1;
     }
 
+    /// The extended sequence number of the packet recorded last.
+    pub fn last_seq(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Moves the send time of `seq` (recorded, not yet reported) to `now`: a paced packet
+    /// leaves after it was built and recorded.
+    pub fn set_sent(&mut self, seq: u64, now: Instant) {
+        let e = &mut self.entries[(seq % HISTORY as u64) as usize];
+        if e.tag == (seq + 1) as u32 && e.cluster & ACKED == 0 {
+            e.sent = now;
+        }
+    }
+
     /// The extended sequence number of a 16-bit one from feedback: the closest one sent.
     pub fn unwrap(&self, seq: u16) -> u64 {
         let last = self.next - 1;

@@ -19,6 +19,7 @@
 pub mod alloc;
 mod gcc;
 mod history;
+pub mod pacer;
 
 use core::time::Duration;
 
@@ -162,6 +163,8 @@ pub struct Downlink {
     pub last_probe_bps: u64,
     /// The estimate last reported in an event.
     pub reported_bps: u64,
+    /// Its pacer.
+    pub pacer: pacer::Pacer,
 }
 
 impl Clone for Downlink {
@@ -193,6 +196,7 @@ impl Downlink {
             probes: 0,
             last_probe_bps: 0,
             reported_bps: 0,
+            pacer: pacer::Pacer::default(),
         }
     }
 

@@ -88,6 +88,12 @@ impl OutBatch {
         (&mut self.data[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]).try_into().ok()
     }
 
+    /// The first `len` bytes of the next (uncommitted) slot: what was just built in it.
+    pub(crate) fn next_bytes(&self, len: usize) -> &[u8] {
+        let i = self.meta.len().min(self.capacity - 1);
+        &self.data[i * SLOT_BYTES..i * SLOT_BYTES + len.min(SLOT_BYTES)]
+    }
+
     /// Commits the slot returned by the last [`OutBatch::next_slot`].
     pub(crate) fn commit(&mut self, meta: OutMeta) {
         debug_assert!(usize::from(meta.len) <= SLOT_BYTES);

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use super::fanout::Ctx;
 use super::{Event, OutMeta, push_event};
 use crate::downlink::alloc::{self, Demand, MAX_LAYERS};
+use crate::downlink::pacer::Pacing;
 use crate::downlink::{PROBE_PADDING, UNWANTED_AFTER, Usage};
 use crate::ids::{LegId, TrackId};
 use crate::stats::CoreStats;
@@ -205,6 +206,13 @@ pub(super) fn probe(
             continue;
         };
         let Some(sub) = tracks.get_mut(&track_id).and_then(|t| t.subs.get_mut(i)) else { continue };
+        // Paced packets waiting carry earlier transport-wide sequence numbers: padding waits
+        // until they left, so the numbers leave in order.
+        if !dl.pacer.is_empty() {
+            let d = dl.pacer.next_due(dl.estimate()).unwrap_or(now);
+            next = Some(next.map_or(d, |n: Instant| n.min(d)));
+            continue;
+        }
         while dl.take_probe_packet(now, PROBE_LEN + leg.tx.profile().rtp_overhead()) {
             let Some(slot) = out.next_slot() else { break };
             let p = &mut slot[..PROBE_LEN];
@@ -225,6 +233,49 @@ pub(super) fn probe(
         }
         if let Some(d) = dl.probe_deadline() {
             next = Some(next.map_or(d, |n: Instant| n.min(d)));
+        }
+    }
+    next
+}
+
+/// Sends the paced packets due at `now` on every leg with packets waiting, in order, each
+/// leg at its pace rate; returns when packets are next due. A leg that went away (or whose
+/// downlink state was replaced) gets its pool slots back.
+pub(super) fn pace(now: Instant, legs: &mut Map<LegId, Leg>, pacing: &mut Pacing, out: &mut super::OutBatch, stats: &mut CoreStats) -> Option<Instant> {
+    let mut next = None;
+    let mut k = 0;
+    while k < pacing.legs.len() {
+        let (leg_id, pacer_id) = pacing.legs[k];
+        let Some(dl) = legs.get_mut(&leg_id).and_then(|l| l.downlink.as_deref_mut()).filter(|dl| dl.pacer.id() == pacer_id) else {
+            pacing.pool.reclaim(pacer_id);
+            pacing.legs.swap_remove(k);
+            continue;
+        };
+        let estimate = dl.estimate();
+        while out.remaining() > 0 {
+            let Some(q) = dl.pacer.pop_due(now, estimate) else { break };
+            let len = usize::from(q.meta.len);
+            if let Some(slot) = out.next_slot() {
+                slot[..len].copy_from_slice(pacing.pool.get(q.slot, len));
+                out.commit(q.meta);
+                stats.tx_packets += 1;
+                stats.tx_bytes += len as u64;
+            }
+            pacing.pool.release(q.slot);
+            if let Some(seq) = q.twcc_seq {
+                dl.history.set_sent(seq, now);
+            }
+        }
+        match dl.pacer.next_due(estimate) {
+            Some(d) => {
+                // (A full batch: the rest is due now.)
+                let d = if out.remaining() == 0 { now } else { d };
+                next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                k += 1;
+            }
+            None => {
+                pacing.legs.swap_remove(k);
+            }
         }
     }
     next

@@ -62,10 +62,7 @@ pub(super) fn send_copy(
         slot[..header_len].copy_from_slice(&plain[..header_len]);
         let stamped = rewrite_header(&mut slot[..header_len], sub.out_ssrc, rewritten.seq, rewritten.ts, out_pt, &sub.ext_map, stamp)?;
         let out_len = leg.tx.protect_rtp_from(&mut sub.srtp, &mut slot[..], header_len, &plain[header_len..]).map_err(|_| DropReason::Malformed)?;
-        ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
-        if stamped && let Some(dl) = leg.downlink.as_deref_mut() {
-            dl.sent(ctx.now, out_len, false);
-        }
+        emit(ctx, leg, OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 }, stamped);
         sub.packets_sent = sub.packets_sent.wrapping_add(1);
         sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
         return Ok(());
@@ -85,15 +82,39 @@ pub(super) fn send_copy(
     };
     let stamped = rewrite_header(&mut slot[..len], ssrc, seq, rewritten.ts, pt, &sub.ext_map, stamp)?;
     let out_len = leg.tx.protect_rtp(srtp_state, &mut slot[..], len).map_err(|_| DropReason::Malformed)?;
-    ctx.out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
-    if stamped && let Some(dl) = leg.downlink.as_deref_mut() {
-        dl.sent(ctx.now, out_len, false);
-    }
+    emit(ctx, leg, OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 }, stamped);
     if as_rtx.is_none() {
         sub.packets_sent = sub.packets_sent.wrapping_add(1);
         sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
     }
     Ok(())
+}
+
+/// Commits the copy built in the batch's next slot, or queues it on its leg's pacer: on the
+/// worker that owns a leg with congestion control, while packets wait or the pace bucket is
+/// empty (see [`crate::downlink::pacer`]). A stamped copy is recorded in the send history now
+/// and gets its real departure time when it leaves.
+fn emit(ctx: &mut Ctx<'_>, leg: &mut Leg, meta: OutMeta, stamped: bool) {
+    let owned = ctx.shard.owns(leg.spec.local_port);
+    let Some(dl) = leg.downlink.as_deref_mut().filter(|_| owned) else {
+        ctx.out.commit(meta);
+        return;
+    };
+    if stamped {
+        dl.sent(ctx.now, usize::from(meta.len), false);
+    }
+    let estimate = dl.estimate();
+    if dl.pacer.admit(ctx.now, estimate, usize::from(meta.len)) {
+        ctx.out.commit(meta);
+        return;
+    }
+    let twcc_seq = stamped.then(|| dl.history.last_seq());
+    if ctx.pacing.queue(ctx.now, &mut dl.pacer, estimate, ctx.out.next_bytes(usize::from(meta.len)), meta, twcc_seq) {
+        ctx.stats.packets_paced += 1;
+    } else {
+        ctx.stats.pace_overflow += 1;
+        ctx.out.commit(meta);
+    }
 }
 
 /// Rewrites the RTP header at the start of `pkt` (the whole packet, or the header alone when the

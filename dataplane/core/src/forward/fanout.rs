@@ -26,6 +26,8 @@ pub(super) struct Ctx<'a> {
     /// Where feedback for tracks of other cores goes; `None` when handling a handoff (it was
     /// routed here because this core owns the track).
     pub handoffs: Option<&'a mut VecDeque<super::Handoff>>,
+    /// The core's pacing (the pool paced legs' waiting packets live in).
+    pub pacing: &'a mut crate::downlink::pacer::Pacing,
 }
 
 /// A publisher RTP packet, decrypted in `plain`, arriving on `ssrc` (layer `layer` of `track`).

@@ -112,7 +112,7 @@ impl Core {
         {
             push_event(&mut self.events, Event::StreamStarted { track: track_id, layer });
         }
-        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None };
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
         let plain = &mut buf[..plain_len];
         fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain)
     }
@@ -160,7 +160,15 @@ impl Core {
         let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
         leg.store_rtcp_recv(sender, state);
         self.seen(now, leg_id, remote);
-        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: Some(&mut self.handoffs) };
+        let mut ctx = fanout::Ctx {
+            now,
+            out,
+            stats: &mut self.stats,
+            events: &mut self.events,
+            shard: self.shard,
+            handoffs: Some(&mut self.handoffs),
+            pacing: &mut self.pacing,
+        };
         rtcp::compound(&mut ctx, &mut self.tables, leg_id, &buf[..plain_len])
     }
 }

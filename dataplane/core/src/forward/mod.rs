@@ -299,6 +299,8 @@ pub struct Core {
     last_sweep: Option<Instant>,
     /// The allocator's per-leg scratch (allocated once).
     alloc_scratch: Vec<(TrackId, usize, crate::downlink::alloc::Demand)>,
+    /// Paced legs' waiting packets.
+    pacing: crate::downlink::pacer::Pacing,
 }
 
 fn push_handoff(handoffs: &mut VecDeque<Handoff>, to: u16, leg: LegId, bytes: &[u8]) -> bool {
@@ -336,6 +338,7 @@ impl Core {
             next_probe: None,
             last_sweep: None,
             alloc_scratch: Vec::with_capacity(downlink::MAX_ALLOC),
+            pacing: crate::downlink::pacer::Pacing::default(),
         }
     }
 
@@ -363,7 +366,7 @@ impl Core {
 
     /// Feedback another core decrypted for a track this core owns.
     pub fn handle_feedback(&mut self, now: Instant, handoff: &Handoff, out: &mut OutBatch) {
-        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None };
+        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
         let _ = rtcp::compound(&mut ctx, &mut self.tables, handoff.leg, handoff.bytes());
     }
 
@@ -449,6 +452,10 @@ impl Core {
             self.housekeeping(now);
             self.next_sweep = now + SWEEP_INTERVAL;
         }
+        if self.pacing.next.is_some_and(|t| t <= now) {
+            let (legs, _) = self.tables.legs_and_tracks_mut();
+            self.pacing.next = downlink::pace(now, legs, &mut self.pacing, out, &mut self.stats);
+        }
         if self.next_probe.is_some_and(|t| t <= now) {
             let before = out.len();
             let shard = self.shard;
@@ -466,7 +473,7 @@ impl Core {
 
     /// When [`Core::handle_timeout`] next has work: the caller sleeps no longer than this.
     pub fn poll_timeout(&self) -> Instant {
-        [self.next_uplink, self.next_probe].into_iter().flatten().fold(self.next_sweep, Instant::min)
+        [self.next_uplink, self.next_probe, self.pacing.next].into_iter().flatten().fold(self.next_sweep, Instant::min)
     }
 
     /// Layer rates, then each owned leg's bandwidth allocation (and the probes it asks for).
