@@ -1052,3 +1052,22 @@ fn a_burst_to_a_congestion_controlled_leg_leaves_paced_and_in_order() {
         .collect();
     assert!(tseqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "transport-wide sequence numbers in departure order: {tseqs:?}");
 }
+
+/// A new subscription on a leg with congestion control starts capped at the lowest layer (its
+/// allocator raises it within a tick); on a leg without, at the signaling's target.
+#[test]
+fn a_congestion_controlled_subscriber_starts_on_the_lowest_layer() {
+    let mut m = Meeting::new(3);
+    let (_, mut cc) = peer(2);
+    cc.feedback.twcc_ext = Some(5);
+    cc.remote = None;
+    m.apply(vec![
+        Op::UpsertLeg(cc),
+        Op::UpsertTrack(video_track(1, 1, &[0x100, 0x200, 0x300])),
+        Op::UpsertSubscription(sub(2, 1, 0x2001, 2)),
+        Op::UpsertSubscription(sub(3, 1, 0x3001, 2)),
+    ])
+    .unwrap();
+    let subs = &m.core.tables().track(TrackId(1)).unwrap().subs;
+    assert_eq!(subs.iter().map(|s| (s.subscriber.0, s.target())).collect::<Vec<_>>(), vec![(2, 0), (3, 2)]);
+}

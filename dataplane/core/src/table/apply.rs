@@ -343,6 +343,12 @@ impl Tables {
             found => {
                 // A new stream for the subscriber, or the continuation of one it had before.
                 let mut fresh = Subscription::compile(spec, layers);
+                // A leg with congestion control starts on the lowest layer, and its allocator
+                // raises it within a tick as far as the estimate allows: a top layer's keyframe
+                // into a link nothing is known about yet is the worst first burst.
+                if leg.downlink.is_some() {
+                    fresh.alloc_layer = Some(0);
+                }
                 if let Some(p) = found {
                     leg.retire(t.subs[p].retired());
                 }
