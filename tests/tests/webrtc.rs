@@ -1298,7 +1298,9 @@ mod meeting {
             count("sluice_packets_paced_total")
         );
         assert_eq!(screen_drops, 0, "the screen share left its full layer under 1.5 Mbit/s\n{}", trace.join("\n"));
-        assert!(last[0].1 >= first[0].1 + 50, "the screen share stopped decoding: {first:?} -> {last:?}\n{}", trace.join("\n"));
+        // (A screen share's encoder trades frame rate for resolution: on two cores shared by
+        // five browsers it sends 5-15 frames/s.)
+        assert!(last[0].1 >= first[0].1 + 20, "the screen share stopped decoding: {first:?} -> {last:?}\n{}", trace.join("\n"));
         for i in 1..5 {
             assert!(last[i].1 > first[i].1, "camera {} stopped decoding: {first:?} -> {last:?}\n{}", tracks[i], trace.join("\n"));
         }
