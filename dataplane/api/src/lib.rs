@@ -221,6 +221,8 @@ pub fn parse_fingerprint(s: &str) -> Option<(String, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
+    use sluice_core::verdict::DropReason;
+
     use super::*;
 
     #[test]
@@ -233,6 +235,19 @@ mod tests {
         assert!(empty.is_none());
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
         assert!(read_frame::<_, Request>(&mut &huge[..]).is_err());
+    }
+
+    /// Stats from a dataplane with fewer drop reasons (an older build) or more (a newer one)
+    /// still decode: missing reasons read 0, unknown ones are ignored.
+    #[test]
+    fn stats_with_another_number_of_drop_reasons_decode() {
+        let mut v = serde_json::to_value(CoreStats::default()).unwrap();
+        for n in [3usize, DropReason::COUNT + 4] {
+            v["drops"] = serde_json::json!((1..=n as u64).collect::<Vec<_>>());
+            let s: CoreStats = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(s.drops_for(DropReason::UnknownSource), 3);
+            assert_eq!(s.drops_for(DropReason::AuthFailed), if n == 3 { 0 } else { 5 });
+        }
     }
 
     #[test]

@@ -60,8 +60,21 @@ pub struct CoreStats {
     /// Packets sent unpaced because the leg's pace queue or the core's pool was full.
     #[cfg_attr(feature = "serde", serde(default))]
     pub pace_overflow: u64,
-    /// Drops by reason, indexed by `DropReason as usize`.
+    /// Drops by reason, indexed by `DropReason as usize`. (Read leniently: a peer with fewer
+    /// reasons leaves the new ones at 0, one with more has its extra ones ignored, so adding a
+    /// reason does not break a control plane and a dataplane of different builds.)
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "lenient_drops"))]
     pub drops: [u64; DropReason::COUNT],
+}
+
+#[cfg(feature = "serde")]
+fn lenient_drops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u64; DropReason::COUNT], D::Error> {
+    let v: Vec<u64> = serde::Deserialize::deserialize(d)?;
+    let mut out = [0; DropReason::COUNT];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = x;
+    }
+    Ok(out)
 }
 
 impl CoreStats {

@@ -43,11 +43,14 @@ pub enum DropReason {
     SlowPathFull = 14,
     /// STUN or DTLS for a WebRTC leg over the leg's slow-path rate (a flood).
     SlowPathLimited = 15,
+    /// A padding-only packet on a publisher's RTX stream (its bandwidth probe): consumed, its
+    /// arrival already recorded for transport-cc.
+    Padding = 16,
 }
 
 impl DropReason {
     /// How many reasons there are: the length of a counter array.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -67,6 +70,7 @@ impl DropReason {
         Self::NotConnected,
         Self::SlowPathFull,
         Self::SlowPathLimited,
+        Self::Padding,
     ];
 
     /// The label used in metrics (`reason="..."`).
@@ -88,6 +92,7 @@ impl DropReason {
             Self::NotConnected => "not_connected",
             Self::SlowPathFull => "slow_path_full",
             Self::SlowPathLimited => "slow_path_limited",
+            Self::Padding => "padding",
         }
     }
 }

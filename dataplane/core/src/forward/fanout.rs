@@ -100,6 +100,11 @@ fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg
     let primary = state.ssrc.ok_or(DropReason::UnknownSsrc)?;
     let (header_len, rtx_pt) = {
         let pkt = rtp::Packet::new_checked(&*plain).map_err(|_| DropReason::Malformed)?;
+        // Padding alone (RFC 3550 P bit, no payload): the publisher's probe (libwebrtc probes
+        // on RTX when it negotiated RTX).
+        if pkt.payload().is_empty() && pkt.padding_len() > 0 {
+            return Err(DropReason::Padding);
+        }
         if pkt.payload().len() < 2 {
             return Err(DropReason::Malformed);
         }

@@ -1071,3 +1071,20 @@ fn a_congestion_controlled_subscriber_starts_on_the_lowest_layer() {
     let subs = &m.core.tables().track(TrackId(1)).unwrap().subs;
     assert_eq!(subs.iter().map(|s| (s.subscriber.0, s.target())).collect::<Vec<_>>(), vec![(2, 0), (3, 2)]);
 }
+
+/// A publisher's bandwidth probe on its RTX stream (padding only) is consumed and counted as
+/// padding, not as a malformed packet.
+#[test]
+fn a_publishers_rtx_padding_probe_is_counted_as_padding() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    latch_all(&mut m);
+    let mut p = rtp_packet(0x101, 7, 9000, 97, &[]);
+    p[0] |= 0x20;
+    p.extend_from_slice(&[0; 254]);
+    p.push(255);
+    let wire = m.peers[0].send_rtp(&p);
+    assert!(m.deliver(0, &wire, ms(5)).is_empty());
+    let s = m.core.stats();
+    assert_eq!((s.drops_for(DropReason::Padding), s.drops_for(DropReason::Malformed)), (1, 0));
+}
