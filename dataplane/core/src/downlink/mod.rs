@@ -170,7 +170,10 @@ pub struct Downlink {
 impl Clone for Downlink {
     fn clone(&self) -> Self {
         // Only the undo log clones legs; a restored leg restarts its estimate from the history.
-        Self { estimator: Box::new(Gcc::new(self.estimate())), samples: Vec::with_capacity(SAMPLES_RESERVED), ..Self::new_with(self.history.clone()) }
+        let mut d =
+            Self { estimator: Box::new(Gcc::new(self.estimate())), samples: Vec::with_capacity(SAMPLES_RESERVED), ..Self::new_with(self.history.clone()) };
+        d.pacer.set_estimate(d.estimate());
+        d
     }
 }
 
@@ -250,6 +253,7 @@ impl Downlink {
         self.feedback_used += 1;
         self.estimator.on_feedback(now, &self.samples);
         self.finish_probe(now);
+        self.pacer.set_estimate(self.estimator.estimate());
         if let Some((until, before, wait)) = self.probe_check {
             if now >= until {
                 self.probe_check = None;

@@ -62,6 +62,9 @@ pub struct Pacer {
     queued_bytes: usize,
     /// Bytes the bucket allows now (may dip below zero by one packet).
     budget: f64,
+    /// The pace rate for the leg's estimate, bytes per nanosecond (kept current by the leg's
+    /// downlink, so a copy costs no estimator call).
+    paced_per_ns: f64,
     last: Option<Instant>,
     /// Packets that waited.
     pub paced: u64,
@@ -77,6 +80,7 @@ impl Default for Pacer {
             queue: VecDeque::with_capacity(MAX_QUEUED),
             queued_bytes: 0,
             budget: 0.0,
+            paced_per_ns: PACING_FACTOR * crate::downlink::START_BPS as f64 / 8e9,
             last: None,
             paced: 0,
             overflow: 0,
@@ -90,28 +94,32 @@ impl Pacer {
         self.id
     }
 
-    /// The pace rate in bytes per second for `estimate_bps` at `now`: fast enough that what
-    /// waits is out by the time the oldest has waited [`MAX_QUEUE_TIME`].
-    fn rate(&self, now: Instant, estimate_bps: u64) -> f64 {
-        let paced = PACING_FACTOR * estimate_bps as f64 / 8.0;
-        let drain = self.queue.front().map_or(0.0, |q| {
-            let left = MAX_QUEUE_TIME.saturating_sub(now.saturating_duration_since(q.at)).max(Duration::from_millis(10));
-            self.queued_bytes as f64 / left.as_secs_f64()
-        });
-        paced.max(drain).max(1000.0)
+    /// Sets the leg's estimate, bit/s.
+    pub fn set_estimate(&mut self, estimate_bps: u64) {
+        self.paced_per_ns = (PACING_FACTOR * estimate_bps as f64 / 8e9).max(1e-6);
     }
 
-    fn refill(&mut self, now: Instant, estimate_bps: u64) {
-        let rate = self.rate(now, estimate_bps);
-        let dt = self.last.map_or(BURST, |t| now.saturating_duration_since(t)).as_secs_f64();
+    /// The pace rate in bytes per nanosecond at `now`: [`PACING_FACTOR`] times the estimate,
+    /// or faster so that what waits is out by the time the oldest has waited [`MAX_QUEUE_TIME`].
+    fn rate(&self, now: Instant) -> f64 {
+        let drain = self.queue.front().map_or(0.0, |q| {
+            let left = MAX_QUEUE_TIME.saturating_sub(now.saturating_duration_since(q.at)).max(Duration::from_millis(10));
+            self.queued_bytes as f64 / left.as_nanos() as f64
+        });
+        self.paced_per_ns.max(drain)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let rate = self.rate(now);
+        let dt = self.last.map_or(BURST, |t| now.saturating_duration_since(t)).as_nanos() as f64;
         self.last = Some(now);
-        self.budget = (self.budget + rate * dt).min(rate * BURST.as_secs_f64());
+        self.budget = (self.budget + rate * dt).min(rate * BURST.as_nanos() as f64);
     }
 
     /// Whether a packet of `len` bytes built at `now` leaves at once (and is charged); if not,
     /// the caller queues it with [`Pacer::push`].
-    pub fn admit(&mut self, now: Instant, estimate_bps: u64, len: usize) -> bool {
-        self.refill(now, estimate_bps);
+    pub fn admit(&mut self, now: Instant, len: usize) -> bool {
+        self.refill(now);
         if self.queue.is_empty() && self.budget >= 0.0 {
             self.budget -= len as f64;
             return true;
@@ -137,11 +145,11 @@ impl Pacer {
     }
 
     /// The next packet that may leave at `now`, charged to the bucket.
-    pub fn pop_due(&mut self, now: Instant, estimate_bps: u64) -> Option<Queued> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<Queued> {
         if self.queue.is_empty() {
             return None;
         }
-        self.refill(now, estimate_bps);
+        self.refill(now);
         if self.budget < 0.0 {
             return None;
         }
@@ -152,7 +160,7 @@ impl Pacer {
     }
 
     /// When the next waiting packet may leave.
-    pub fn next_due(&self, estimate_bps: u64) -> Option<Instant> {
+    pub fn next_due(&self) -> Option<Instant> {
         let last = self.last?;
         if self.queue.is_empty() {
             return None;
@@ -160,8 +168,8 @@ impl Pacer {
         if self.budget >= 0.0 {
             return Some(last);
         }
-        let wait = -self.budget / self.rate(last, estimate_bps);
-        Some(last + Duration::from_secs_f64(wait).max(Duration::from_micros(100)))
+        let wait_ns = -self.budget / self.rate(last);
+        Some(last + Duration::from_nanos(wait_ns as u64).max(Duration::from_micros(100)))
     }
 }
 
@@ -186,7 +194,7 @@ impl Default for Pacing {
 impl Pacing {
     /// Queues the packet `bytes` (built for `meta`) on the pacer of its leg. False when the
     /// leg's queue or the pool is full: the caller sends it unpaced.
-    pub fn queue(&mut self, now: Instant, pacer: &mut Pacer, estimate_bps: u64, bytes: &[u8], meta: OutMeta, twcc_seq: Option<u64>) -> bool {
+    pub fn queue(&mut self, now: Instant, pacer: &mut Pacer, bytes: &[u8], meta: OutMeta, twcc_seq: Option<u64>) -> bool {
         let leg = meta.leg;
         if !pacer.has_room() {
             pacer.overflow += 1;
@@ -200,7 +208,7 @@ impl Pacing {
             self.legs.push((leg, pacer.id));
         }
         pacer.push(Queued { slot, meta, twcc_seq, at: now });
-        let due = pacer.next_due(estimate_bps).unwrap_or(now);
+        let due = pacer.next_due().unwrap_or(now);
         self.next = Some(self.next.map_or(due, |n| n.min(due)));
         true
     }
@@ -289,11 +297,11 @@ mod tests {
         let mut p = Pacer::default();
         let mut pool = PacePool::new(64);
         // 400 kbit/s estimate: 1 Mbit/s pace = 125 kB/s; a 5 ms bucket holds 625 bytes.
-        let est = 400_000;
-        assert!(p.admit(t0, est, 1200), "the first packet goes at once");
+        p.set_estimate(400_000);
+        assert!(p.admit(t0, 1200), "the first packet goes at once");
         let mut queued = 0;
         for i in 0..20u16 {
-            assert!(!p.admit(t0, est, 1200));
+            assert!(!p.admit(t0, 1200));
             let slot = pool.store(&i.to_be_bytes(), p.id()).unwrap();
             p.push(Queued { slot, meta: meta(1200), twcc_seq: Some(u64::from(i)), at: t0 });
             queued += 1;
@@ -301,9 +309,9 @@ mod tests {
         // 24 kB at 125 kB/s (or faster, to drain within 300 ms: 80 kB/s is slower) = ~190 ms.
         let mut now = t0;
         let mut out = Vec::new();
-        while let Some(due) = p.next_due(est) {
+        while let Some(due) = p.next_due() {
             now = due.max(now);
-            while let Some(q) = p.pop_due(now, est) {
+            while let Some(q) = p.pop_due(now) {
                 out.push((now, q.twcc_seq.unwrap()));
                 pool.release(q.slot);
             }
@@ -326,15 +334,16 @@ mod tests {
         let t0 = Instant::from_nanos(1_000_000_000);
         let mut p = Pacer::default();
         // A tiny estimate (100 kbit/s → 31 kB/s paced) and 200 packets (240 kB) waiting.
-        assert!(p.admit(t0, 100_000, 1200));
+        p.set_estimate(100_000);
+        assert!(p.admit(t0, 1200));
         for i in 0..200u16 {
             p.push(Queued { slot: i, meta: meta(1200), twcc_seq: None, at: t0 });
         }
         let mut now = t0;
         let mut n = 0;
-        while let Some(due) = p.next_due(100_000) {
+        while let Some(due) = p.next_due() {
             now = due.max(now);
-            while p.pop_due(now, 100_000).is_some() {
+            while p.pop_due(now).is_some() {
                 n += 1;
             }
         }

@@ -209,7 +209,7 @@ pub(super) fn probe(
         // Paced packets waiting carry earlier transport-wide sequence numbers: padding waits
         // until they left, so the numbers leave in order.
         if !dl.pacer.is_empty() {
-            let d = dl.pacer.next_due(dl.estimate()).unwrap_or(now);
+            let d = dl.pacer.next_due().unwrap_or(now);
             next = Some(next.map_or(d, |n: Instant| n.min(d)));
             continue;
         }
@@ -251,9 +251,8 @@ pub(super) fn pace(now: Instant, legs: &mut Map<LegId, Leg>, pacing: &mut Pacing
             pacing.legs.swap_remove(k);
             continue;
         };
-        let estimate = dl.estimate();
         while out.remaining() > 0 {
-            let Some(q) = dl.pacer.pop_due(now, estimate) else { break };
+            let Some(q) = dl.pacer.pop_due(now) else { break };
             let len = usize::from(q.meta.len);
             if let Some(slot) = out.next_slot() {
                 slot[..len].copy_from_slice(pacing.pool.get(q.slot, len));
@@ -266,7 +265,7 @@ pub(super) fn pace(now: Instant, legs: &mut Map<LegId, Leg>, pacing: &mut Pacing
                 dl.history.set_sent(seq, now);
             }
         }
-        match dl.pacer.next_due(estimate) {
+        match dl.pacer.next_due() {
             Some(d) => {
                 // (A full batch: the rest is due now.)
                 let d = if out.remaining() == 0 { now } else { d };

@@ -103,13 +103,12 @@ fn emit(ctx: &mut Ctx<'_>, leg: &mut Leg, meta: OutMeta, stamped: bool) {
     if stamped {
         dl.sent(ctx.now, usize::from(meta.len), false);
     }
-    let estimate = dl.estimate();
-    if dl.pacer.admit(ctx.now, estimate, usize::from(meta.len)) {
+    if dl.pacer.admit(ctx.now, usize::from(meta.len)) {
         ctx.out.commit(meta);
         return;
     }
     let twcc_seq = stamped.then(|| dl.history.last_seq());
-    if ctx.pacing.queue(ctx.now, &mut dl.pacer, estimate, ctx.out.next_bytes(usize::from(meta.len)), meta, twcc_seq) {
+    if ctx.pacing.queue(ctx.now, &mut dl.pacer, ctx.out.next_bytes(usize::from(meta.len)), meta, twcc_seq) {
         ctx.stats.packets_paced += 1;
     } else {
         ctx.stats.pace_overflow += 1;
