@@ -11,7 +11,6 @@
 //! allocator on, which would need the sinks to answer with transport-cc of their own.)
 
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
-use sluice_core::srtp::Profile;
 use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
 
 use super::scenario::{PublisherMode, Scenario};
@@ -140,20 +139,6 @@ pub struct Plan {
     pub adaptive: bool,
 }
 
-/// Key material derived from a seed (distinct per leg and direction).
-fn material(profile: Profile, seed: u32) -> KeyMaterial {
-    let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x as u8
-    };
-    let key = (0..profile.key_len()).map(|_| next()).collect();
-    let salt = (0..profile.salt_len()).map(|_| next()).collect();
-    KeyMaterial { profile, key, salt }
-}
-
 /// How many of a meeting's participants publish (the first speakers and cameras, and the
 /// sharer, who is the last): the legs a meeting needs beyond one per participant, with adaptive
 /// publishers.
@@ -199,12 +184,12 @@ impl Plan {
             let first_pub = first_publishers(s, size) as usize;
             for i in 0..size as usize {
                 let id = (first + i + 1) as u32;
-                let (up, down) = (material(profile, id * 2), material(profile, id * 2 + 1));
+                let (up, down) = (KeyMaterial::seeded(profile, id * 2), KeyMaterial::seeded(profile, id * 2 + 1));
                 ops.push(leg_spec(id, &up, &down, None));
                 let publishes = plan.adaptive && (i < first_pub || (screen_share && i + 1 == size as usize));
                 let send = publishes.then(|| {
                     let sid = SEND_LEG_BASE + id;
-                    let (up, down) = (material(profile, sid * 2), material(profile, sid * 2 + 1));
+                    let (up, down) = (KeyMaterial::seeded(profile, sid * 2), KeyMaterial::seeded(profile, sid * 2 + 1));
                     ops.push(leg_spec(sid, &up, &down, Some(TWCC_EXT)));
                     SendLeg { leg: LegId(sid), up, down, port: 0 }
                 });
