@@ -7,7 +7,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status};
 
-use crate::engine::{EngineError, SharedEngine, lock};
+use crate::controller::Shared;
+use crate::engine::EngineError;
 use crate::pb;
 use crate::state::{ErrorKind, StateError};
 
@@ -31,16 +32,17 @@ fn state_status(e: &StateError) -> Status {
     Status::new(code, e.to_string())
 }
 
-async fn run<T, F>(engine: &SharedEngine, f: F) -> Result<T, Status>
+/// Runs `f` on a blocking thread (it may take the engine's lock, or the link's).
+async fn run<T, F>(ctl: &Shared, f: F) -> Result<T, Status>
 where
-    F: FnOnce(&mut crate::engine::Engine) -> Result<T, Status> + Send + 'static,
+    F: FnOnce(&crate::controller::Controller) -> Result<T, Status> + Send + 'static,
     T: Send + 'static,
 {
-    let engine = engine.clone();
-    tokio::task::spawn_blocking(move || f(&mut lock(&engine))).await.map_err(|e| Status::internal(format!("engine task: {e}")))?
+    let ctl = ctl.clone();
+    tokio::task::spawn_blocking(move || f(&ctl)).await.map_err(|e| Status::internal(format!("engine task: {e}")))?
 }
 
-fn list(engine: &mut crate::engine::Engine) -> pb::ListSessionsResponse {
+fn list(engine: &crate::engine::Engine) -> pb::ListSessionsResponse {
     let sessions = engine
         .desired()
         .sessions
@@ -65,16 +67,16 @@ const MAX_GROUP: usize = 128;
 /// `sluice.v1.Routes`.
 #[derive(Debug, Clone)]
 pub struct RoutesService {
-    engine: SharedEngine,
+    engine: Shared,
     /// Applies go to one committer thread, which takes whatever has queued up meanwhile as one
-    /// group ([`crate::engine::Engine::apply_many`]: one fsync and one dataplane delta): the
+    /// group ([`crate::controller::Controller::apply_many`]: one fsync and one dataplane delta): the
     /// more signaling clients apply concurrently, the more each fsync carries.
     commits: std::sync::mpsc::SyncSender<ApplyJob>,
 }
 
 impl RoutesService {
     /// The service over `engine` (starts its committer thread).
-    pub fn new(engine: SharedEngine) -> Self {
+    pub fn new(engine: Shared) -> Self {
         let (commits, queue) = std::sync::mpsc::sync_channel::<ApplyJob>(4 * MAX_GROUP);
         let e = engine.clone();
         let spawned = std::thread::Builder::new().name("apply-commit".into()).spawn(move || {
@@ -86,7 +88,7 @@ impl RoutesService {
                     jobs.push(j);
                 }
                 let (reqs, replies): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
-                let results = lock(&e).apply_many(&reqs);
+                let results = e.apply_many(&reqs);
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(r.map_err(status));
                 }
@@ -129,11 +131,11 @@ impl pb::routes_server::Routes for RoutesService {
 
     async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::Session>, Status> {
         let name = req.into_inner().session;
-        run(&self.engine, move |e| e.session_view(&name).map_err(|e| state_status(&e))).await.map(Response::new)
+        run(&self.engine, move |c| c.engine().session_view(&name).map_err(|e| state_status(&e))).await.map(Response::new)
     }
 
     async fn list_sessions(&self, _req: Request<pb::ListSessionsRequest>) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        run(&self.engine, |engine| Ok(list(engine))).await.map(Response::new)
+        run(&self.engine, |c| Ok(list(&c.engine()))).await.map(Response::new)
     }
 
     type WatchStream = EventStream;
@@ -143,7 +145,7 @@ impl pb::routes_server::Routes for RoutesService {
         if !filter.is_empty() {
             crate::state::check_id("session", &filter).map_err(|e| state_status(&e))?;
         }
-        let rx = lock(&self.engine).subscribe();
+        let rx = self.engine.subscribe();
         let stream = BroadcastStream::new(rx).filter_map(move |item| match item {
             Ok(ev) if filter.is_empty() || ev.session == filter || ev.session.is_empty() => Some(Ok(ev)),
             Ok(_) => None,
@@ -158,12 +160,12 @@ impl pb::routes_server::Routes for RoutesService {
 /// `sluice.v1.Node`.
 #[derive(Debug, Clone)]
 pub struct NodeService {
-    engine: SharedEngine,
+    engine: Shared,
 }
 
 impl NodeService {
     /// The service over `engine`.
-    pub fn new(engine: SharedEngine) -> Self {
+    pub fn new(engine: Shared) -> Self {
         Self { engine }
     }
 }
@@ -176,7 +178,7 @@ impl pb::node_server::Node for NodeService {
 
     async fn drain(&self, _req: Request<pb::DrainRequest>) -> Result<Response<pb::NodeStatus>, Status> {
         run(&self.engine, |e| {
-            e.set_draining(true).map_err(status)?;
+            e.engine().set_draining(true).map_err(status)?;
             tracing::info!("draining: new sessions are refused");
             Ok(e.status())
         })
@@ -196,7 +198,7 @@ impl pb::node_server::Node for NodeService {
 
     async fn undrain(&self, _req: Request<pb::UndrainRequest>) -> Result<Response<pb::NodeStatus>, Status> {
         run(&self.engine, |e| {
-            e.set_draining(false).map_err(status)?;
+            e.engine().set_draining(false).map_err(status)?;
             tracing::info!("undrained: taking new sessions");
             Ok(e.status())
         })

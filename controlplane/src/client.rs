@@ -5,12 +5,17 @@
 //! A resync reads the dataplane's `Snapshot`; when it already equals the desired tables (a
 //! control-plane restart) nothing is sent, else a `replace_all` delta of the desired tables is
 //! applied. The dataplane keeps the state of every entry that stays, so media is not interrupted.
-//! Blocking I/O with timeouts: the engine calls it from blocking threads.
+//! Blocking I/O with timeouts, called from blocking threads and never under the engine's lock
+//! (see `controller`). Every call is timed in a [`Liveness`] the rest of the control plane reads
+//! without waiting on the link: health, Node status and Apply know the dataplane does not answer
+//! (a stopped process still accepts connections but reads nothing) after [`HUNG_AFTER`], not
+//! after a call's full timeout.
 
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sluice_api::{Request, Response, read_frame, write_frame};
 use sluice_core::ids::Generation;
@@ -21,6 +26,88 @@ use crate::diff::{Shadow, SpecSet, differing};
 
 /// How long one request may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A call in flight longer than this means the dataplane is not answering (its deltas and
+/// snapshots take milliseconds; only a huge replace-all on a loaded node comes near it, and
+/// then "degraded" for a moment is the truth).
+pub const HUNG_AFTER: Duration = Duration::from_secs(2);
+
+/// What the last call to the dataplane showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    /// No call finished yet.
+    Unknown,
+    /// The last call was answered.
+    Answering,
+    /// The last call failed at once (no socket, refused, closed): a new try is cheap.
+    Unreachable,
+    /// The last call timed out: the dataplane is alive but does not answer.
+    Hung,
+}
+
+#[derive(Debug)]
+struct LiveState {
+    seen: Seen,
+    /// When the call in flight started.
+    in_call: Option<Instant>,
+    generation: Option<Generation>,
+}
+
+/// Whether the dataplane answers, readable at any time without the link (shared by the link,
+/// health, Node status and Apply).
+#[derive(Debug)]
+pub struct Liveness(Mutex<LiveState>);
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self(Mutex::new(LiveState { seen: Seen::Unknown, in_call: None, generation: None }))
+    }
+}
+
+impl Liveness {
+    fn state(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The dataplane answered its last call and none has been waiting for [`HUNG_AFTER`].
+    pub fn answering(&self) -> bool {
+        let s = self.state();
+        s.seen == Seen::Answering && s.in_call.is_none_or(|t| t.elapsed() < HUNG_AFTER)
+    }
+
+    /// Health: serving unless the dataplane is known not to answer (nothing is known before the
+    /// first call ends, at start).
+    pub fn serving(&self) -> bool {
+        let s = self.state();
+        matches!(s.seen, Seen::Unknown | Seen::Answering) && s.in_call.is_none_or(|t| t.elapsed() < HUNG_AFTER)
+    }
+
+    /// The dataplane is alive but does not answer: its last call timed out, or one has been
+    /// waiting for [`HUNG_AFTER`]. A caller that cannot wait should not try it now.
+    pub fn hung(&self) -> bool {
+        let s = self.state();
+        s.seen == Seen::Hung || s.in_call.is_some_and(|t| t.elapsed() >= HUNG_AFTER)
+    }
+
+    /// The generation installed, as of the last sync.
+    pub fn generation(&self) -> Option<Generation> {
+        self.state().generation
+    }
+
+    fn set_generation(&self, g: Option<Generation>) {
+        self.state().generation = g;
+    }
+
+    fn start(&self) {
+        self.state().in_call = Some(Instant::now());
+    }
+
+    fn end(&self, seen: Seen) {
+        let mut s = self.state();
+        s.in_call = None;
+        s.seen = seen;
+    }
+}
 
 /// Why a sync did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +131,10 @@ pub enum LinkError {
     /// The dataplane answered something unexpected.
     #[error("dataplane protocol error: {0}")]
     Protocol(String),
+    /// The dataplane is alive but has not answered for [`HUNG_AFTER`]: not tried now (the link
+    /// task keeps trying and resyncs when it answers).
+    #[error("dataplane not answering (stopped or overloaded); not tried")]
+    NotAnswering,
 }
 
 impl LinkError {
@@ -53,6 +144,7 @@ impl LinkError {
             Self::Unreachable { path, source } => Self::Unreachable { path: path.clone(), source: io::Error::new(source.kind(), source.to_string()) },
             Self::Rejected { generation, reason } => Self::Rejected { generation: *generation, reason: reason.clone() },
             Self::Protocol(m) => Self::Protocol(m.clone()),
+            Self::NotAnswering => Self::NotAnswering,
         }
     }
 }
@@ -78,12 +170,28 @@ pub struct Link {
     /// The shadow equals the tables of the last successful [`Link::sync`] or
     /// [`Link::sync_part`]: a change to one session can then be diffed on that session alone.
     in_step: bool,
+    liveness: Arc<Liveness>,
 }
 
 impl Link {
     /// A link to the socket at `path` (connected lazily).
     pub fn new(path: &Path) -> Self {
-        Self { path: path.to_path_buf(), conn: None, shadow: None, in_step: false }
+        Self { path: path.to_path_buf(), conn: None, shadow: None, in_step: false, liveness: Arc::default() }
+    }
+
+    /// Whether the dataplane answers, shared.
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
+    }
+
+    /// Publishes the installed generation to [`Liveness::generation`].
+    pub fn publish_generation(&self) {
+        self.liveness.set_generation(self.generation());
+    }
+
+    /// Whether a change to one session can be installed by diffing that session alone.
+    pub fn in_step(&self) -> bool {
+        self.in_step && self.conn.is_some() && self.shadow.is_some()
     }
 
     /// Whether the connection is up and the shadow known.
@@ -99,10 +207,21 @@ impl Link {
     fn unreachable(&mut self, source: io::Error) -> LinkError {
         self.conn = None;
         self.shadow = None;
+        let timed_out = matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+        self.liveness.end(if timed_out { Seen::Hung } else { Seen::Unreachable });
         LinkError::Unreachable { path: self.path.clone(), source }
     }
 
     fn call(&mut self, req: &Request) -> Result<Response, LinkError> {
+        self.liveness.start();
+        let r = self.call_timed(req);
+        if r.is_ok() || matches!(r, Err(LinkError::Protocol(_))) {
+            self.liveness.end(Seen::Answering);
+        }
+        r
+    }
+
+    fn call_timed(&mut self, req: &Request) -> Result<Response, LinkError> {
         if self.conn.is_none() {
             let c = UnixStream::connect(&self.path).map_err(|e| self.unreachable(e))?;
             c.set_read_timeout(Some(CALL_TIMEOUT)).map_err(|e| self.unreachable(e))?;

@@ -1,14 +1,16 @@
 //! The engine: commits validated changes to the desired state (journaled before anything is
-//! acknowledged), compiles them, pushes them to the dataplane and publishes events. Synchronous:
-//! the API runs it on blocking threads, one request at a time, which is also the order deltas
-//! must reach the dataplane in.
+//! acknowledged), remembers which sessions changed since the dataplane last got them, answers
+//! reads and publishes events. It does no dataplane I/O: the `controller` installs what changed
+//! over the link with the engine's lock released, so a dataplane that does not answer never
+//! holds the lock (reads are answered from the state at once).
 //!
 //! Apply semantics: a change set is committed (durable) first, then pushed. If the dataplane
 //! does not ack, the change stays committed as desired state, the caller gets UNAVAILABLE saying
 //! so, and the link task installs it on reconnect; a retry with the same idempotency key returns
 //! the committed answer once the dataplane has it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_core::forward::Event;
@@ -16,7 +18,7 @@ use sluice_core::stats::CoreStats;
 
 use tokio::sync::broadcast;
 
-use crate::client::{Link, LinkError, Synced};
+use crate::client::{LinkError, Liveness, Synced};
 use crate::diff::SpecSet;
 use crate::journal::{Journal, JournalError, Record};
 use crate::lb::Lb;
@@ -45,12 +47,13 @@ pub enum EngineError {
     Journal(#[from] JournalError),
 }
 
-/// The engine state; share it as [`SharedEngine`].
+/// The engine state, behind the controller's lock.
 #[derive(Debug)]
 pub struct Engine {
     desired: Desired,
     journal: Journal,
-    link: Link,
+    /// Each session changed since its tables last went to the link: its tables then.
+    pending: BTreeMap<String, SpecSet>,
     events: broadcast::Sender<pb::Event>,
     lb: Option<Arc<Lb>>,
     /// Cached: the dataplane's DTLS fingerprint and the address WebRTC candidates announce.
@@ -66,21 +69,60 @@ pub struct Engine {
 /// Events a watcher may fall behind by before it is told it lost some.
 pub const WATCH_BUFFER: usize = 16 * 1024;
 
-/// The engine behind its lock.
-pub type SharedEngine = Arc<Mutex<Engine>>;
+/// Committed change sets not installed yet, and where their answers go: `(index in the group,
+/// outcome)`.
+pub type Committed = Vec<(usize, Outcome)>;
 
-/// Locks the engine (a panic while holding it must not wedge the node: the state is only
-/// replaced after a complete, validated change).
-pub fn lock(e: &SharedEngine) -> MutexGuard<'_, Engine> {
-    e.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// A group's answers, one per change set (filled as they are decided).
+pub type Answers = Vec<Option<Result<pb::ApplyResponse, EngineError>>>;
 
 impl Engine {
     /// An engine over recovered state.
-    pub fn new(desired: Desired, journal: Journal, link: Link) -> Self {
+    pub fn new(desired: Desired, journal: Journal) -> Self {
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let names = Names::build(&desired);
-        Self { desired, journal, link, events, lb: None, names, rates: Vec::new(), last_stats: None, edge: EdgeInfo::default(), announce_ip: None }
+        Self {
+            desired,
+            journal,
+            pending: BTreeMap::new(),
+            events,
+            lb: None,
+            names,
+            rates: Vec::new(),
+            last_stats: None,
+            edge: EdgeInfo::default(),
+            announce_ip: None,
+        }
+    }
+
+    /// The event channel (Watch subscribes to it without taking the engine's lock).
+    pub fn events(&self) -> broadcast::Sender<pb::Event> {
+        self.events.clone()
+    }
+
+    /// The tables of every session changed since the last call, before and after: what the
+    /// link installs as one session-sized delta when it is in step.
+    pub fn take_changes(&mut self) -> (SpecSet, SpecSet) {
+        let mut part = (SpecSet::default(), SpecSet::default());
+        for (session, before) in std::mem::take(&mut self.pending) {
+            part.0.replace_part(&SpecSet::default(), &before);
+            part.1.replace_part(&SpecSet::default(), &self.desired.session_tables(&session));
+        }
+        part
+    }
+
+    /// The whole desired tables, for a full sync (which installs every pending change too).
+    pub fn full_tables(&mut self) -> SpecSet {
+        self.pending.clear();
+        self.desired.tables()
+    }
+
+    /// Notes `session`'s tables before a change (the first since they went to the link).
+    fn touch(&mut self, session: &str) {
+        if !self.pending.contains_key(session) {
+            let before = self.desired.session_tables(session);
+            self.pending.insert(session.to_string(), before);
+        }
     }
 
     /// Consults the load balancer's state in Redis before creating sessions.
@@ -91,16 +133,6 @@ impl Engine {
     /// The desired state.
     pub fn desired(&self) -> &Desired {
         &self.desired
-    }
-
-    /// The dataplane link.
-    pub fn link(&mut self) -> &mut Link {
-        &mut self.link
-    }
-
-    /// A new event subscription.
-    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
-        self.events.subscribe()
     }
 
     /// Journals `record` (durable once this returns) and then runs `apply` on the state; the
@@ -123,14 +155,20 @@ impl Engine {
     }
 
     /// Where WebRTC peers reach the dataplane and its DTLS fingerprint: asked of the dataplane
-    /// once (and after a rotation), the address overridden by `announce_ip` when configured.
-    pub fn edge_info(&mut self) -> EdgeInfo {
-        if self.edge.fingerprint.is_empty()
-            && let Ok(s) = self.link.edge(false)
-        {
-            self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint };
-        }
+    /// by the controller once it answers (and after a rotation), the address overridden by
+    /// `announce_ip` when configured.
+    pub fn edge_info(&self) -> EdgeInfo {
         self.edge.clone()
+    }
+
+    /// Whether the dataplane's DTLS fingerprint is known.
+    pub fn edge_known(&self) -> bool {
+        !self.edge.fingerprint.is_empty()
+    }
+
+    /// Takes what the dataplane says of its WebRTC edge.
+    pub fn set_edge(&mut self, s: &sluice_api::EdgeStatus) {
+        self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint.clone() };
     }
 
     /// Sets the address WebRTC candidates announce (instead of the dataplane's listen address).
@@ -139,29 +177,20 @@ impl Engine {
         self.edge.ip = ip.or(self.edge.ip);
     }
 
-    /// Makes the dataplane rotate its DTLS certificate; the new fingerprint goes into answers
-    /// from now on (connected legs keep their association).
-    pub fn rotate_certificate(&mut self) -> Result<String, LinkError> {
-        let s = self.link.edge(true)?;
-        self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint.clone() };
-        Ok(s.fingerprint)
-    }
-
     /// The session as the API shows it, with Sluice's side of its WebRTC legs.
-    pub fn session_view(&mut self, name: &str) -> Result<pb::Session, StateError> {
-        let info = self.edge_info();
-        self.desired.session_view(name, &info)
+    pub fn session_view(&self, name: &str) -> Result<pb::Session, StateError> {
+        self.desired.session_view(name, &self.edge)
     }
 
-    /// Installs a committed outcome: `part` is its session's tables (before, after), so only
-    /// that session is diffed when the link is in step.
-    fn install(&mut self, outcome: Outcome, part: (SpecSet, SpecSet)) -> Result<pb::ApplyResponse, EngineError> {
-        let synced = self.sync_part(&part.0, &part.1).map_err(|source| EngineError::NotInstalled {
-            session: outcome.session.clone(),
-            revision: outcome.committed.revision,
-            source,
-        })?;
-        Ok(self.respond(outcome, synced))
+    /// Answers a committed group once installed (`synced`), or with why it is not.
+    pub fn answer(&mut self, mut results: Answers, committed: Committed, synced: &Result<Synced, LinkError>) -> Vec<Result<pb::ApplyResponse, EngineError>> {
+        for (i, outcome) in committed {
+            results[i] = Some(match synced {
+                Ok(s) => Ok(self.respond(outcome, *s)),
+                Err(e) => Err(EngineError::NotInstalled { session: outcome.session.clone(), revision: outcome.committed.revision, source: e.duplicate() }),
+            });
+        }
+        results.into_iter().map(Self::answered).collect()
     }
 
     /// Publishes an installed outcome's events and makes its answer.
@@ -202,18 +231,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies several change sets as one group commit, in order: each is validated against the
-    /// state the ones before it left (a refused one changes nothing and is answered on its own),
-    /// the accepted ones are journaled with one fsync and installed with one delta, and each gets
-    /// its own answer. What one change set sees and gets is what [`Engine::apply`] would give it
+    /// Commits several change sets as one group, in order: each is validated against the state
+    /// the ones before it left (a refused one changes nothing and is answered on its own), the
+    /// accepted ones are journaled with one fsync. Returns the answers decided so far and the
+    /// committed ones, which the controller installs with one delta and answers with
+    /// [`Engine::answer`]: what one change set sees and gets is what a group of one would give it
     /// called in the same order; the gain is one fsync and one dataplane round trip per group.
-    pub fn apply_many(&mut self, reqs: &[pb::ChangeSet]) -> Vec<Result<pb::ApplyResponse, EngineError>> {
-        let mut results: Vec<Option<Result<pb::ApplyResponse, EngineError>>> = reqs.iter().map(|_| None).collect();
-        // Each touched session's tables before the group, the undo points, the records.
-        let mut before: std::collections::BTreeMap<String, SpecSet> = std::collections::BTreeMap::new();
+    pub fn commit_many(&mut self, reqs: &[pb::ChangeSet]) -> (Answers, Committed) {
+        let mut results: Answers = reqs.iter().map(|_| None).collect();
         let mut undo = Vec::new();
         let mut records = Vec::new();
-        let mut done: Vec<(usize, Outcome)> = Vec::new();
+        let mut touched = Vec::new();
+        let mut done: Committed = Vec::new();
         for (i, req) in reqs.iter().enumerate() {
             let prepared = match self.admit(req).and_then(|()| self.desired.prepare(req).map_err(EngineError::State)) {
                 Ok(p) => p,
@@ -223,7 +252,10 @@ impl Engine {
                 }
             };
             if !prepared.outcome.replayed {
-                before.entry(req.session.clone()).or_insert_with(|| self.desired.session_tables(&req.session));
+                if !self.pending.contains_key(&req.session) && !touched.contains(&req.session) {
+                    touched.push(req.session.clone());
+                    self.touch(&req.session);
+                }
                 undo.push(self.desired.undo_point(&req.session));
                 records.push(Record::Apply(req.clone()));
             }
@@ -235,50 +267,40 @@ impl Engine {
                 for u in undo.into_iter().rev() {
                     self.desired.restore(u);
                 }
+                for session in touched {
+                    self.pending.remove(&session);
+                }
                 let why = e.to_string();
                 for (i, _) in done {
                     let source = std::io::Error::other(why.clone());
                     results[i] = Some(Err(EngineError::Journal(JournalError::Io { op: "group commit", path: "journal.bin".into(), source })));
                 }
-                return results.into_iter().map(Self::answered).collect();
+                return (results, Vec::new());
             }
             self.compact_if_due();
+            let sessions: std::collections::BTreeSet<&str> = reqs.iter().map(|r| r.session.as_str()).collect();
+            for session in sessions {
+                self.names.update(&self.desired, session);
+            }
         }
-        let mut part = (SpecSet::default(), SpecSet::default());
-        for (session, tables) in &before {
-            self.names.update(&self.desired, session);
-            let after = self.desired.session_tables(session);
-            part.0.replace_part(&SpecSet::default(), tables);
-            part.1.replace_part(&SpecSet::default(), &after);
-        }
-        let synced = self.sync_part(&part.0, &part.1);
-        for (i, outcome) in done {
-            results[i] = Some(match &synced {
-                Ok(s) => Ok(self.respond(outcome, *s)),
-                Err(e) => Err(EngineError::NotInstalled { session: outcome.session.clone(), revision: outcome.committed.revision, source: e.duplicate() }),
-            });
-        }
-        results.into_iter().map(Self::answered).collect()
+        (results, done)
     }
 
     /// Every request of a group is answered on every path above; a gap would be a bug here,
     /// reported to its caller rather than a panic.
-    fn answered(r: Option<Result<pb::ApplyResponse, EngineError>>) -> Result<pb::ApplyResponse, EngineError> {
+    pub(crate) fn answered(r: Option<Result<pb::ApplyResponse, EngineError>>) -> Result<pb::ApplyResponse, EngineError> {
         r.unwrap_or_else(|| Err(EngineError::Journal(JournalError::Replay { seq: 0, why: "the group commit left this request unanswered".into() })))
     }
 
-    /// Applies a change set (a group of one).
-    pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<pb::ApplyResponse, EngineError> {
-        Self::answered(self.apply_many(std::slice::from_ref(req)).pop())
-    }
-
-    /// Deletes a session.
-    pub fn delete_session(&mut self, req: &pb::DeleteSessionRequest) -> Result<pb::ApplyResponse, EngineError> {
+    /// Commits a session's deletion (installed and answered by the controller, as a group of
+    /// one).
+    pub fn delete_session(&mut self, req: &pb::DeleteSessionRequest) -> Result<Outcome, EngineError> {
         self.desired.check_delete(req)?;
         let before = self.desired.session_tables(&req.session);
         let outcome = self.commit(&Record::Delete(req.clone()), |d| d.delete_session(req))?.map_err(EngineError::State)?;
+        self.pending.entry(req.session.clone()).or_insert(before);
         self.names.update(&self.desired, &req.session);
-        self.install(outcome, (before, SpecSet::default()))
+        Ok(outcome)
     }
 
     /// Sets the drain flag.
@@ -298,6 +320,11 @@ impl Engine {
         }
     }
 
+    /// Whether the dataplane's counters have come yet.
+    pub fn has_stats(&self) -> bool {
+        self.last_stats.is_some()
+    }
+
     /// Takes the dataplane's streamed counters: the node's packet rates come from two in a row.
     pub fn dataplane_stats(&mut self, stats: &[CoreStats]) {
         let now = Instant::now();
@@ -311,24 +338,8 @@ impl Engine {
         self.last_stats = Some((now, stats.to_vec()));
     }
 
-    /// Brings the dataplane to the desired state (a full resync when its state is unknown),
-    /// publishing a `DataplaneResynced` event after a resync.
-    pub fn sync(&mut self) -> Result<Synced, LinkError> {
-        let synced = self.link.sync(&self.desired.tables())?;
-        self.report_resync(synced);
-        Ok(synced)
-    }
-
-    /// [`Engine::sync`] after a change to one session, diffing only its part of the tables
-    /// (`before`, `after`) when the link is in step.
-    fn sync_part(&mut self, before: &SpecSet, after: &SpecSet) -> Result<Synced, LinkError> {
-        let desired = &self.desired;
-        let synced = self.link.sync_part(before, after, || desired.tables())?;
-        self.report_resync(synced);
-        Ok(synced)
-    }
-
-    fn report_resync(&mut self, synced: Synced) {
+    /// Publishes a `DataplaneResynced` event after a full resync.
+    pub fn report_resync(&mut self, synced: Synced) {
         if let Some(differing) = synced.resynced {
             tracing::info!(generation = synced.generation.0, differing, ops = synced.ops, "dataplane resynced");
             let _ = self.events.send(pb::Event {
@@ -339,16 +350,9 @@ impl Engine {
         }
     }
 
-    /// One turn of the link task: verify the dataplane is still what we think, resync if not.
-    pub fn tick(&mut self) -> Result<Synced, LinkError> {
-        if self.link.in_sync_known() {
-            self.link.check()?;
-        }
-        self.sync()
-    }
-
-    /// The node's status.
-    pub fn status(&mut self) -> pb::NodeStatus {
+    /// The node's status: the desired state's counts, and the dataplane's generation and
+    /// per-worker counters (from its stats stream) while it answers.
+    pub fn status(&self, live: &Liveness) -> pb::NodeStatus {
         let d = &self.desired;
         let ports_used = d.ports_used().len() as u32;
         let mut s = pb::NodeStatus {
@@ -364,9 +368,10 @@ impl Engine {
             dataplane_generation: 0,
             workers: Vec::new(),
         };
-        if let Ok(stats) = self.link.stats() {
+        if live.answering() {
             s.dataplane_connected = true;
-            s.dataplane_generation = self.link.generation().map_or(0, |g| g.0);
+            s.dataplane_generation = live.generation().map_or(0, |g| g.0);
+            let stats = self.last_stats.as_ref().map_or(&[][..], |(_, s)| &s[..]);
             s.workers = stats
                 .iter()
                 .enumerate()
@@ -402,7 +407,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-engine-group-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
-        let mut engine = Engine::new(desired, journal, Link::new(&dir.join("no-dataplane.sock")));
+        let mut engine = Engine::new(desired, journal);
         let group = vec![
             pair("m"),
             // Refused: an unknown track.
@@ -411,7 +416,8 @@ mod tests {
             req("m", vec![sub("a", "vb", 1000, 1, true)]),
             pair("n"),
         ];
-        let results = engine.apply_many(&group);
+        let (answers, committed) = engine.commit_many(&group);
+        let results = engine.answer(answers, committed, &Err(LinkError::NotAnswering));
         assert!(matches!(results[0], Err(EngineError::NotInstalled { revision: 1, .. })), "{:?}", results[0]);
         assert!(matches!(&results[1], Err(EngineError::State(e)) if e.to_string().contains("nope")), "{:?}", results[1]);
         assert!(matches!(results[2], Err(EngineError::NotInstalled { revision: 2, .. })), "{:?}", results[2]);

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use sluice_api::{Client, KEEPALIVE, Response};
 
-use crate::engine::{SharedEngine, lock};
+use crate::controller::Shared;
 
 /// How often the dataplane streams its counters.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the thread that follows the dataplane's event stream at `socket`.
-pub fn spawn(engine: SharedEngine, socket: PathBuf) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(engine: Shared, socket: PathBuf) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("dataplane-events".into()).spawn(move || {
         let mut connected = false;
         loop {
@@ -36,7 +36,7 @@ pub fn spawn(engine: SharedEngine, socket: PathBuf) -> std::io::Result<JoinHandl
     })
 }
 
-fn follow(engine: &SharedEngine, socket: &std::path::Path, connected: &mut bool) -> std::io::Result<()> {
+fn follow(engine: &Shared, socket: &std::path::Path, connected: &mut bool) -> std::io::Result<()> {
     let mut client = Client::connect(socket)?;
     client.set_timeout(Some(KEEPALIVE * 3))?;
     client.subscribe(STATS_INTERVAL.as_millis() as u32)?;
@@ -44,8 +44,8 @@ fn follow(engine: &SharedEngine, socket: &std::path::Path, connected: &mut bool)
     tracing::info!(socket = %socket.display(), "following dataplane events");
     loop {
         match client.receive()? {
-            Response::Events(events) if !events.is_empty() => lock(engine).dataplane_events(&events),
-            Response::Stats(stats) => lock(engine).dataplane_stats(&stats),
+            Response::Events(events) if !events.is_empty() => engine.engine().dataplane_events(&events),
+            Response::Stats(stats) => engine.engine().dataplane_stats(&stats),
             _ => {}
         }
     }

@@ -14,6 +14,7 @@ pub mod api;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod diff;
 pub mod engine;
 pub mod events;

@@ -1,6 +1,5 @@
 //! `sluice-controlplane`: programs the dataplane for signaling services (gRPC).
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -8,7 +7,8 @@ use clap::Parser;
 use sluice_controlplane::api::{NodeService, RoutesService};
 use sluice_controlplane::client::Link;
 use sluice_controlplane::config::{Config, Transport};
-use sluice_controlplane::engine::{Engine, SharedEngine, lock};
+use sluice_controlplane::controller::{Controller, Shared};
+use sluice_controlplane::engine::Engine;
 use sluice_controlplane::journal::Journal;
 use sluice_controlplane::lb::Lb;
 use sluice_controlplane::pb;
@@ -112,16 +112,16 @@ fn main() -> anyhow::Result<()> {
         torn_bytes = info.torn_bytes,
         "desired state recovered"
     );
-    let mut engine = Engine::new(desired, journal, Link::new(&config.dataplane_socket));
+    let mut engine = Engine::new(desired, journal);
     engine.set_announce_ip(config.announce_ip);
-    let engine: SharedEngine = Arc::new(Mutex::new(engine));
+    let engine = Controller::new(engine, Link::new(&config.dataplane_socket));
     sluice_controlplane::events::spawn(engine.clone(), config.dataplane_socket.clone()).context("dataplane event thread")?;
     let lb = match redis {
         Some(r) => {
             let lb = Lb::new(&r.url, &r.node_id, r.interval).context("controlplane.redis_url")?;
-            lock(&engine).set_lb(lb.clone());
+            engine.engine().set_lb(lb.clone());
             let e = engine.clone();
-            lb.spawn(move || sluice_controlplane::engine::lock(&e).status()).context("heartbeat thread")?;
+            lb.spawn(move || e.status()).context("heartbeat thread")?;
             Some(lb)
         }
         None => {
@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
     served
 }
 
-async fn serve(config: Config, transport: Transport, engine: SharedEngine) -> anyhow::Result<()> {
+async fn serve(config: Config, transport: Transport, engine: Shared) -> anyhow::Result<()> {
     // The link task: first sync at start (a resync after a restart of either process), then a
     // check every interval.
     let link_engine = engine.clone();
@@ -146,7 +146,7 @@ async fn serve(config: Config, transport: Transport, engine: SharedEngine) -> an
         let mut connected = false;
         loop {
             let e = link_engine.clone();
-            let r = tokio::task::spawn_blocking(move || lock(&e).tick()).await;
+            let r = tokio::task::spawn_blocking(move || e.tick()).await;
             match r {
                 Ok(Ok(_)) if !connected => {
                     connected = true;
@@ -165,6 +165,7 @@ async fn serve(config: Config, transport: Transport, engine: SharedEngine) -> an
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::routes_server::RoutesServer<RoutesService>>().await;
     health_reporter.set_serving::<pb::node_server::NodeServer<NodeService>>().await;
+    tokio::spawn(follow_health(engine.clone(), health_reporter));
     // Both reflection versions: grpcurl and other tools still differ in which one they ask.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -199,6 +200,32 @@ async fn serve(config: Config, transport: Transport, engine: SharedEngine) -> an
         .context("gRPC server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Health follows the dataplane: NOT_SERVING (the node, Routes and Node) while it does not
+/// answer (dead, or alive and silent for `client::HUNG_AFTER`), logged once each way.
+async fn follow_health(engine: Shared, reporter: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(LINK_INTERVAL).await;
+        let now = engine.liveness().serving();
+        if now == serving {
+            continue;
+        }
+        serving = now;
+        let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if now {
+            tracing::info!("dataplane answering again: health SERVING");
+        } else {
+            tracing::warn!(
+                "dataplane not answering: health NOT_SERVING; reads are served from the control plane's state, changes are committed and installed when it answers"
+            );
+        }
+        for service in ["", "sluice.v1.Routes", "sluice.v1.Node"] {
+            reporter.set_service_status(service, status).await;
+        }
+    }
 }
 
 async fn shutdown() {

@@ -11,118 +11,29 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sluice_bench::live::{self, leg_name, subscription as sub, track_name};
+use sluice_bench::live::{leg_name, subscription as sub, track_name};
 use sluice_bench::meeting::{self, Participant};
 use sluice_controlplane::pb;
 use sluice_controlplane::pb::change::Change as C;
-use sluice_controlplane::pb::node_client::NodeClient;
-use sluice_controlplane::pb::routes_client::RoutesClient;
 use sluice_core::srtp::Profile;
 use sluice_core::table::Op;
 use sluice_tests::{Daemon, TempDir, participant_socket};
 use tonic::Code;
-use tonic::transport::Channel;
+
+mod cp;
+use cp::{Grpc, changes, expect_code, session_req, session_req_with, start_controlplane_cfg, start_controlplane_with, start_dataplane, wait_until};
 
 const SESSION: &str = "meeting-1";
 /// Leg ports: below the ephemeral range (so no client socket takes one) and below the ports the
 /// other tests' meetings use (20000 + 64 m + i).
 const PORTS: (u16, u16) = (19_000, 19_007);
 
-struct Grpc {
-    rt: tokio::runtime::Runtime,
-    routes: RoutesClient<Channel>,
-    node: NodeClient<Channel>,
-    channel: Channel,
-}
-
-impl Grpc {
-    fn connect(addr: SocketAddr) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let end = Instant::now() + Duration::from_secs(20);
-        let channel = loop {
-            match rt.block_on(Channel::from_shared(format!("http://{addr}")).unwrap().connect()) {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > end => panic!("control plane never listened: {e}"),
-                Err(_) => thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        Self { rt, routes: RoutesClient::new(channel.clone()), node: NodeClient::new(channel.clone()), channel }
-    }
-
-    fn apply(&mut self, req: pb::ChangeSet) -> Result<pb::ApplyResponse, tonic::Status> {
-        self.rt.block_on(self.routes.apply(req)).map(tonic::Response::into_inner)
-    }
-
-    fn session(&mut self, id: &str) -> Result<pb::Session, tonic::Status> {
-        self.rt.block_on(self.routes.get_session(pb::GetSessionRequest { session: id.into() })).map(tonic::Response::into_inner)
-    }
-
-    fn status(&mut self) -> pb::NodeStatus {
-        self.rt.block_on(self.node.get_status(pb::GetStatusRequest {})).unwrap().into_inner()
-    }
-}
-
-fn start_dataplane(dir: &Path) -> (Daemon, PathBuf) {
-    let sock = dir.join("dp.sock");
-    let cfg = dir.join("dataplane.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\nbackend = \"mmsg\"\nport_range = [19000, 19999]\ncontrol_socket = \"{}\"\n",
-            sock.display()
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "off"], &dir.join("dataplane.log"));
-    assert!(d.wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
-    (d, sock)
-}
-
 fn start_controlplane(dir: &Path, dp_sock: &Path, run: u32) -> (Daemon, SocketAddr) {
     start_controlplane_with(dir, dp_sock, run, PORTS)
-}
-
-/// Starts the control plane on an ephemeral gRPC port (so parallel tests never share one) and
-/// reads the address it bound from its log.
-fn start_controlplane_with(dir: &Path, dp_sock: &Path, run: u32, ports: (u16, u16)) -> (Daemon, SocketAddr) {
-    start_controlplane_cfg(dir, dp_sock, run, ports, "plaintext = true\n")
-}
-
-/// Like [`start_controlplane_with`], with `extra` appended to the `[controlplane]` table (it may
-/// open sub-tables such as `[controlplane.tls]`).
-pub fn start_controlplane_cfg(dir: &Path, dp_sock: &Path, run: u32, ports: (u16, u16), extra: &str) -> (Daemon, SocketAddr) {
-    let cfg = dir.join("controlplane.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n{extra}",
-            dp_sock.display(),
-            dir.join("state").display(),
-            ports.0,
-            ports.1
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.join(format!("controlplane-{run}.log")));
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = d.log_text();
-        if let Some(line) = log.lines().find(|l| l.contains("gRPC ready")) {
-            let at = line.find("listen=").expect("listen field") + "listen=".len();
-            let addr: String = line[at..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
-            return (d, addr.parse().unwrap_or_else(|e| panic!("{addr:?}: {e}")));
-        }
-        assert!(Instant::now() < end && d.wait_exit(Duration::from_millis(20)).is_none(), "control plane did not start:\n{log}");
-    }
-}
-
-/// The meeting `meeting::build` describes, as gRPC changes: the demo's own conversion.
-fn changes(ops: &[Op]) -> Vec<pb::Change> {
-    live::changes(ops).expect("meeting::build makes only upserts")
 }
 
 fn req(changes: Vec<pb::Change>) -> pb::ChangeSet {
@@ -233,13 +144,6 @@ impl Media {
 
 fn sum(c: &HashMap<u32, u64>) -> u64 {
     c.values().sum()
-}
-
-fn expect_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &str) -> tonic::Status {
-    let s = r.expect_err("must be refused");
-    assert_eq!(s.code(), code, "{s:?}");
-    assert!(s.message().contains(field), "message {:?} does not name {field}", s.message());
-    s
 }
 
 #[test]
@@ -535,21 +439,8 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_s
     tonic::codegen::tokio_stream::iter([item])
 }
 
-fn session_req(session: &str) -> pb::ChangeSet {
-    let (ops, _) = meeting::build(9, 3, Profile::AeadAes128Gcm, 1);
-    pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes: changes(&ops) }
-}
-
 fn redis_conn(port: u16) -> redis::Connection {
     redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Load-balancer state in a real `redis-server`: the control plane starts while Redis is down
@@ -1004,8 +895,4 @@ fn hostile_ids_and_huge_strings_are_invalid_with_short_messages() {
     expect_code(watch.map(|_| ()), Code::InvalidArgument, "session");
     assert_eq!(grpc.status().sessions, 0, "nothing was created:\n{}", cp.log_text());
     grpc.apply(base).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
-}
-
-fn session_req_with(session: &str, changes: Vec<pb::Change>) -> pb::ChangeSet {
-    pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes }
 }
