@@ -5,7 +5,7 @@
 //! grpc_listen = "127.0.0.1:50051"
 //! dataplane_socket = "/run/sluice/dataplane.sock"
 //! state_dir = "/var/lib/sluice/controlplane"
-//! port_range = [30000, 39999]
+//! port_range = [20000, 32767]
 //! # Plain-text gRPC: only when set explicitly, and only on a loopback address.
 //! plaintext = true
 //! # Optional: load-balancer state in Redis.
@@ -58,7 +58,10 @@ pub struct Config {
     pub dataplane_socket: PathBuf,
     /// Where the journal and snapshot live.
     pub state_dir: PathBuf,
-    /// Local ports legs get, inclusive (must lie inside the dataplane's own `port_range`).
+    /// Local ports legs get, inclusive (must lie inside the dataplane's own `port_range`: a
+    /// change that would get a port outside it is refused). The default, 20000-32767, is the
+    /// dataplane's and lies below Linux's default ephemeral range (32768-60999, in
+    /// `/proc/sys/net/ipv4/ip_local_port_range`); an overlap is warned about at start.
     pub port_range: (u16, u16),
     /// The address WebRTC legs' host candidates announce (a public or load-balancer address);
     /// default: the dataplane's listen address.
@@ -71,7 +74,7 @@ impl Default for Config {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             dataplane_socket: PathBuf::from("/run/sluice/dataplane.sock"),
             state_dir: PathBuf::from("/var/lib/sluice/controlplane"),
-            port_range: (30_000, 39_999),
+            port_range: (20_000, 32_767),
             plaintext: false,
             tls: None,
             redis_url: None,

@@ -58,6 +58,8 @@ pub struct Engine {
     lb: Option<Arc<Lb>>,
     /// Cached: the dataplane's DTLS fingerprint and the address WebRTC candidates announce.
     edge: EdgeInfo,
+    /// The dataplane's leg port range, once it said (a leg outside it is refused).
+    dataplane_ports: Option<(u16, u16)>,
     announce_ip: Option<std::net::IpAddr>,
     /// Names of the dataplane's ids, updated with every committed session.
     names: Names,
@@ -91,6 +93,7 @@ impl Engine {
             rates: Vec::new(),
             last_stats: None,
             edge: EdgeInfo::default(),
+            dataplane_ports: None,
             announce_ip: None,
         }
     }
@@ -169,6 +172,32 @@ impl Engine {
     /// Takes what the dataplane says of its WebRTC edge.
     pub fn set_edge(&mut self, s: &sluice_api::EdgeStatus) {
         self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint.clone() };
+        if let Some((lo, hi)) = s.port_range {
+            let ours = self.desired.ports;
+            if ours.start < lo || ours.end > hi {
+                tracing::error!(port_range = ?(ours.start, ours.end), dataplane_port_range = ?(lo, hi), "controlplane.port_range is not inside the dataplane's port_range: changes that allocate a port outside it are refused");
+            }
+            self.dataplane_ports = Some((lo, hi));
+        }
+    }
+
+    /// Refuses a change whose legs got a port outside the dataplane's range (the dataplane
+    /// would refuse the delta): the control plane's range is configured wider than the
+    /// dataplane's. Checked before anything is journaled.
+    fn check_dataplane_range(&self, req: &pb::ChangeSet, outcome: &Outcome) -> Result<(), EngineError> {
+        let Some((lo, hi)) = self.dataplane_ports else { return Ok(()) };
+        let Some((leg, port)) = outcome.committed.ports.iter().find(|(_, p)| !(lo..=hi).contains(p)) else { return Ok(()) };
+        let at = req.changes.iter().position(|c| matches!(&c.change, Some(pb::change::Change::Leg(l)) if &l.id == leg));
+        Err(EngineError::State(StateError {
+            kind: crate::state::ErrorKind::FailedPrecondition,
+            field: at.map_or_else(|| "changes".to_string(), |i| format!("changes[{i}].leg")),
+            message: format!(
+                "leg {}: local port {port} is outside the dataplane's port_range [{lo}, {hi}]; controlplane.port_range [{}, {}] must lie inside it",
+                crate::text::quote(leg),
+                self.desired.ports.start,
+                self.desired.ports.end
+            ),
+        }))
     }
 
     /// Sets the address WebRTC candidates announce (instead of the dataplane's listen address).
@@ -244,7 +273,11 @@ impl Engine {
         let mut touched = Vec::new();
         let mut done: Committed = Vec::new();
         for (i, req) in reqs.iter().enumerate() {
-            let prepared = match self.admit(req).and_then(|()| self.desired.prepare(req).map_err(EngineError::State)) {
+            let prepared = match self
+                .admit(req)
+                .and_then(|()| self.desired.prepare(req).map_err(EngineError::State))
+                .and_then(|p| self.check_dataplane_range(req, &p.outcome).map(|()| p))
+            {
                 Ok(p) => p,
                 Err(e) => {
                     results[i] = Some(Err(e));

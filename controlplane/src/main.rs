@@ -94,6 +94,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let ports = config.ports()?;
+    if let Some(overlap) = sluice_api::ephemeral_overlap(config.port_range) {
+        tracing::warn!(port_range = ?config.port_range, ?overlap, file = sluice_api::EPHEMERAL_RANGE_FILE, "controlplane.port_range overlaps the kernel's ephemeral ports: a client socket may take a leg's port first");
+    }
     let transport = config.transport()?;
     if let Some(warning) = config.transport_warning() {
         tracing::warn!("{warning}");

@@ -125,7 +125,10 @@ pub struct Config {
     pub replay_window: u16,
     /// Packets kept per video layer to answer NACKs.
     pub rtx_cache_packets: usize,
-    /// Local ports legs may use, inclusive.
+    /// Local ports legs may use, inclusive; a delta with a leg outside it is refused. The
+    /// default, 20000-32767, lies below Linux's default ephemeral range (32768-60999, in
+    /// `/proc/sys/net/ipv4/ip_local_port_range`), so no client socket takes a leg's port; an
+    /// overlap is warned about at start.
     pub port_range: (u16, u16),
     /// Use UDP GSO for runs of packets to one destination.
     pub gso: bool,
@@ -157,7 +160,7 @@ impl Default for Config {
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9311))),
             replay_window: 128,
             rtx_cache_packets: 256,
-            port_range: (20_000, 40_000),
+            port_range: (20_000, 32_767),
             gso: true,
             gro: true,
             socket_buffer_bytes: 4 << 20,

@@ -364,6 +364,7 @@ impl SlowPath {
             legs: self.legs.len() as u64,
             listen_ip: self.config.listen_ip,
             counters: self.counters.named(),
+            port_range: None,
         }
     }
 

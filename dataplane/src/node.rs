@@ -22,7 +22,7 @@ use std::time::{Duration, Instant as WallInstant};
 use crossbeam_channel::Sender;
 use sluice_core::forward::{CoreConfig, Handoff};
 use sluice_core::ice::IceConfig;
-use sluice_core::table::TableConfig;
+use sluice_core::table::{Delta, Op, TableConfig};
 
 use crate::bus::{SlowMsg, WorkerMsg, Workers};
 use crate::config::{BackendChoice, Config, ConfigError, XdpMode, allowed_cores, parse_mac};
@@ -127,6 +127,7 @@ impl Node {
         let allowed = allowed_cores();
         config.validate(&allowed)?;
         let lock = control::lock(&config.control_socket)?;
+        raise_descriptor_limit(&config);
         Self::start_locked(config, &allowed, lock)
     }
 
@@ -323,8 +324,12 @@ fn serve_control(
     slow: Sender<SlowMsg>,
     shield: Option<ShieldHandle>,
 ) -> Result<Listening, NodeError> {
+    let range = config.port_range;
     control::serve_with_owner(&config.control_socket, config.control_socket_owner, lock, hub, move |req| match req {
         Request::Apply(delta) => {
+            if let Some(reason) = outside_range(&delta, range) {
+                return Response::Rejected { generation: workers.generation(), reason };
+            }
             let changes = edge::changes_of(&delta);
             let for_shield = shield.as_ref().map(|_| Arc::new(delta.clone()));
             match workers.apply(delta) {
@@ -346,7 +351,7 @@ fn serve_control(
             let (tx, rx) = crossbeam_channel::bounded(1);
             let _ = slow.send(if rotate { SlowMsg::Rotate(tx) } else { SlowMsg::Status(tx) });
             match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(s) => Response::Edge(s),
+                Ok(s) => Response::Edge(sluice_api::EdgeStatus { port_range: Some(range), ..s }),
                 Err(_) => Response::Error("the slow path did not answer".into()),
             }
         }
@@ -359,6 +364,47 @@ fn serve_control(
         Request::Subscribe { .. } | Request::Hello { .. } => Response::Error("answered by the endpoint itself".into()),
     })
     .map_err(NodeError::io(format!("control socket {}", config.control_socket.display())))
+}
+
+/// Why a delta is refused for a leg outside the configured port range (the XDP stage passes
+/// only that range, and the operator chose it to keep clear of other services' ports).
+fn outside_range(delta: &Delta, (lo, hi): (u16, u16)) -> Option<String> {
+    delta.ops.iter().find_map(|op| match op {
+        Op::UpsertLeg(l) if !(lo..=hi).contains(&l.local_port) => {
+            Some(format!("leg {}: local_port {} is outside the dataplane's port_range [{lo}, {hi}]", l.id, l.local_port))
+        }
+        _ => None,
+    })
+}
+
+/// Raises the soft descriptor limit to the hard one (each leg holds a socket) and says how many
+/// legs that leaves room for; warns when the port range overlaps the kernel's ephemeral range.
+fn raise_descriptor_limit(config: &Config) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit(2) reads one rlimit from the struct we own; raising the soft limit up
+        // to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), soft = before, hard = lim.rlim_max, "cannot raise RLIMIT_NOFILE");
+            lim.rlim_cur = before;
+        }
+    }
+    // Descriptors that are not leg sockets: control and metrics connections, epoll, io_uring,
+    // AF_XDP, logs, the slow path.
+    let reserve = 256 + 16 * config.workers as u64;
+    let (lo, hi) = config.port_range;
+    let legs = (lim.rlim_cur.saturating_sub(reserve)).min(u64::from(hi - lo) + 1);
+    tracing::info!(soft_was = before, soft = lim.rlim_cur, hard = lim.rlim_max, leg_capacity = legs, "descriptor limit: one socket per leg");
+    if let Some((a, b)) = sluice_api::ephemeral_overlap(config.port_range) {
+        tracing::warn!(port_range = ?config.port_range, overlap = ?(a, b), file = sluice_api::EPHEMERAL_RANGE_FILE, "port_range overlaps the kernel's ephemeral ports: a client socket may take a leg's port first");
+    }
 }
 
 /// Opens (or re-uses, from its pins) the XDP stage, attaches it (driver mode, generic with a

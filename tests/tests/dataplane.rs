@@ -44,8 +44,15 @@ enum Updates {
 fn start_daemon(dir: &TempDir, backend: &str) -> (Daemon, std::path::PathBuf) {
     let sock = dir.path().join("dp.sock");
     let cfg = dir.path().join("dataplane.toml");
-    std::fs::write(&cfg, format!("[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\nbackend = \"{backend}\"\ncontrol_socket = \"{}\"\n", sock.display()))
-        .unwrap();
+    // Meetings use 20000 + 64 m + i, the table-churn legs 39000-39499.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\nbackend = \"{backend}\"\nport_range = [20000, 39999]\ncontrol_socket = \"{}\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
     let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "off"], &dir.path().join(format!("{backend}.log")));
     assert!(d.wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
     (d, sock)

@@ -42,6 +42,7 @@ fn config(dir: &TempDir) -> Config {
         backend: BackendChoice::Mmsg,
         control_socket: dir.path().join("dp.sock"),
         metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        port_range: (BASE, BASE + 99),
         ..Config::default()
     }
 }

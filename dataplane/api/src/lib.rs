@@ -197,6 +197,24 @@ pub struct EdgeStatus {
     pub listen_ip: Option<std::net::IpAddr>,
     /// Counters by name.
     pub counters: Vec<(String, u64)>,
+    /// The dataplane's leg port range, inclusive (a leg outside it is refused): the control
+    /// plane refuses a change that would allocate a port outside it. `None` from older builds.
+    #[serde(default)]
+    pub port_range: Option<(u16, u16)>,
+}
+
+/// Where the kernel reads the ephemeral port range its clients' sockets get ports from.
+pub const EPHEMERAL_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The part of `range` (inclusive) inside the kernel's ephemeral port range, when they overlap:
+/// any local client socket may take such a port first, and a leg given it is dead. `None` also
+/// when the kernel's range cannot be read.
+pub fn ephemeral_overlap(range: (u16, u16)) -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string(EPHEMERAL_RANGE_FILE).ok()?;
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    let (a, b) = (range.0.max(lo), range.1.min(hi));
+    (a <= b).then_some((a, b))
 }
 
 /// The digest length of a certificate-fingerprint hash function (RFC 8122 §5), by its SDP name.

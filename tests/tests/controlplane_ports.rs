@@ -1,0 +1,50 @@
+//! Leg ports are in effect when acknowledged (issue 15, item 5, in part): the dataplane refuses a
+//! leg outside its configured port range naming the leg and port, the control plane refuses a
+//! change that would get such a port before journaling anything, and the dataplane raises its
+//! descriptor limit at start and says how many legs it has room for.
+
+use sluice_api::{Client, Request, Response};
+use sluice_core::ids::Generation;
+use sluice_core::table::{Delta, Op};
+use sluice_tests::TempDir;
+use tonic::Code;
+
+mod cp;
+use cp::{Grpc, expect_code, session_req, start_controlplane_with, start_dataplane_in};
+
+/// The control plane's range (33600-33607) is wider than the dataplane's (33600-33604): the
+/// first session's three legs fit, the second's third leg would get 33605 and the change is
+/// refused naming it, with nothing committed; a delta sent straight to the dataplane with a leg
+/// outside its range is refused naming the leg and port. (Before: both were acknowledged and the
+/// leg's port was bound outside the range the XDP stage passes.)
+#[test]
+fn a_leg_outside_the_dataplanes_port_range_is_refused_naming_it() {
+    let dir = TempDir::new("cp-port-range");
+    let (dataplane, dp_sock) = start_dataplane_in(dir.path(), (33_600, 33_604));
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, (33_600, 33_607));
+    let mut grpc = Grpc::connect(addr);
+    let first = grpc.apply(session_req("first")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    assert!(first.ports.iter().all(|p| (33_600..=33_602).contains(&p.local_port)), "{first:?}");
+    let s = expect_code(grpc.apply(session_req("second")), Code::FailedPrecondition, ".leg");
+    assert!(s.message().contains("33605") && s.message().contains("[33600, 33604]"), "{s:?}");
+    expect_code(grpc.session("second"), Code::NotFound, "second");
+    assert_eq!(grpc.status().sessions, 1, "nothing of the refused change was committed");
+    assert!(cp.log_text().contains("is not inside the dataplane's port_range"), "{}", cp.log_text());
+
+    // The dataplane's own check, for a delta from any client.
+    let mut control = Client::connect(&dp_sock).unwrap();
+    let Response::Snapshot(snap) = control.call(&Request::Snapshot).unwrap() else { panic!("no snapshot") };
+    let mut leg = snap.ops.iter().find_map(|o| if let Op::UpsertLeg(l) = o { Some(l.clone()) } else { None }).expect("a leg");
+    leg.local_port = 33_700;
+    let delta = Delta { generation: Generation(snap.generation.0 + 1), replace_all: false, ops: vec![Op::UpsertLeg(leg.clone())] };
+    match control.call(&Request::Apply(delta)).unwrap() {
+        Response::Rejected { reason, .. } => assert!(reason.contains("33700") && reason.contains(&leg.id.to_string()), "{reason}"),
+        other => panic!("a leg outside the range was not refused: {other:?}"),
+    }
+    // And the descriptor limit: raised to the hard limit, the capacity logged.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", dataplane.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(v[3], v[4], "soft limit raised to the hard one: {line}");
+    assert!(dataplane.log_text().contains("leg_capacity"), "{}", dataplane.log_text());
+}
