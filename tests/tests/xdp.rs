@@ -51,7 +51,7 @@ impl Topo {
         std::fs::write(
             &cfg,
             format!(
-                "[dataplane]\nlisten_ip = \"{DAEMON_IP}\"\nworkers = 1\nbackend = \"{backend}\"\ncontrol_socket = \"{}\"\nmetrics = \"{METRICS}\"\n\
+                "[dataplane]\nlisten_ip = \"{DAEMON_IP}\"\nworkers = 1\nbackend = \"{backend}\"\ncontrol_socket = \"{}\"\nmetrics = \"{METRICS}\"\nport_range = [33000, 33999]\n\
                  [dataplane.xdp]\nmode = \"{mode}\"\ninterface = \"{}\"\ninstance = \"{instance}\"\n{extra}",
                 sock.display(),
                 self.veth.b
