@@ -255,6 +255,8 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
             rid_ext: None,
             repaired_rid_ext: None,
             mid: None,
+            audio_level_ext: None,
+            speaker_group: None,
         }));
         for l in 2..=fanout + 1 {
             ops.push(Op::UpsertSubscription(SubscriptionSpec {

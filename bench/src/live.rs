@@ -298,6 +298,7 @@ pub fn changes(ops: &[Op]) -> anyhow::Result<Vec<pb::Change>> {
                         .collect(),
                     rid_ext: t.rid_ext.map(u32::from),
                     repaired_rid_ext: t.repaired_rid_ext.map(u32::from),
+                    audio_level_ext: t.audio_level_ext.map(u32::from),
                     mid_ext: t.mid.as_ref().map(|m| u32::from(m.ext)),
                     mid: t.mid.as_ref().map(|m| m.value.clone()).unwrap_or_default(),
                 }),

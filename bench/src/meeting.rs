@@ -84,6 +84,8 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             rid_ext: None,
             repaired_rid_ext: None,
             mid: None,
+            audio_level_ext: None,
+            speaker_group: None,
         }));
         ops.push(Op::UpsertTrack(TrackSpec {
             id: TrackId(id * 2 + 1),
@@ -95,6 +97,8 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             rid_ext: None,
             repaired_rid_ext: None,
             mid: None,
+            audio_level_ext: None,
+            speaker_group: None,
         }));
         people.push(Participant {
             leg: LegId(id),

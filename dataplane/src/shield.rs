@@ -356,6 +356,8 @@ mod tests {
             rid_ext: Some(4),
             repaired_rid_ext: Some(5),
             mid: None,
+            audio_level_ext: None,
+            speaker_group: None,
         })
     }
 

@@ -50,6 +50,8 @@ fn setup() -> Core {
         rid_ext: None,
         repaired_rid_ext: None,
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     }));
     ops.push(Op::UpsertTrack(TrackSpec {
         id: TrackId(2),
@@ -70,6 +72,8 @@ fn setup() -> Core {
         rid_ext: Some(4),
         repaired_rid_ext: Some(5),
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     }));
     for (n, layer) in [(2u32, 0u8), (3, 1)] {
         for t in [1u32, 2] {

@@ -406,6 +406,8 @@ fn a_learned_ssrc_is_refused_alike_on_every_worker() {
         rid_ext: Some(5),
         repaired_rid_ext: None,
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     };
     let rid = LayerSpec { ssrc: None, rtx_ssrc: None, rid: Some("h".into()) };
     let apply =

@@ -208,6 +208,8 @@ fn audio(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
         rid_ext: None,
         repaired_rid_ext: None,
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     }
 }
 

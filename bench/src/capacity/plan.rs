@@ -250,6 +250,8 @@ impl Plan {
                     rid_ext: None,
                     repaired_rid_ext: None,
                     mid: None,
+                    audio_level_ext: None,
+                    speaker_group: None,
                 }));
             }
             // Subscriptions: everyone hears every speaker and sees the screen; each subscriber

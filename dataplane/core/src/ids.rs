@@ -51,6 +51,11 @@ id_newtype!(
     TrackId(u32)
 );
 id_newtype!(
+    /// A group of audio tracks that compete for the floor: the control plane gives every audio
+    /// track of one session the same group (see [`crate::audio`]).
+    SpeakerGroup(u64)
+);
+id_newtype!(
     /// A table version. Every delta carries the generation it produces.
     Generation(u64)
 );

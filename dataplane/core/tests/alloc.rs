@@ -15,10 +15,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
-use sluice_core::forward::{Core, CoreConfig, OutBatch};
-use sluice_core::ids::{Generation, Ssrc};
+use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
+use sluice_core::ids::{Generation, SpeakerGroup, Ssrc};
 use sluice_core::srtp::{Profile, RtcpSendState, RtpSendState, SrtpKeys};
-use sluice_core::table::{Delta, Op};
+use sluice_core::table::{Delta, Op, TrackSpec};
 use sluice_core::time::Instant;
 use sluice_core::verdict::DropReason;
 use sluice_core::wire::rtcp;
@@ -65,6 +65,7 @@ static GLOBAL: Counting = Counting;
 const PROFILE: Profile = Profile::AeadAes128Gcm;
 const SUBS: u32 = 4;
 const AUDIO: u32 = 0x1000;
+const LEVEL_EXT: u8 = 1;
 const VIDEO: [(u32, u32); 2] = [(0x2000, 0x2001), (0x3000, 0x3001)];
 
 struct Sender {
@@ -130,7 +131,8 @@ fn traffic(senders: &mut [Sender], from: u32, frames: u32) -> Sched {
     for f in from..from + frames {
         let t = u64::from(f) * 20;
         // Audio every 20 ms.
-        let p = rtp_packet(AUDIO, f as u16, f * 960, PT_OPUS, false, &[0x55; 80]);
+        // Audio every 20 ms, with its level (speech for 1 s, then silence for 1 s).
+        let p = rtp_packet_with_level(AUDIO, f as u16, f * 960, PT_OPUS, LEVEL_EXT, if f % 100 < 50 { (true, 25) } else { (false, 110) }, &[0x55; 80]);
         s.push((0, senders[0].rtp(p), t));
         // Video: 25 fps-ish, layer 0 one packet per frame, layer 1 three; keyframe at frame 0.
         for (l, &(ssrc, _)) in VIDEO.iter().enumerate() {
@@ -199,7 +201,7 @@ fn steady_state_forwarding_allocates_nothing() {
     let mut core = Core::new(CoreConfig::default());
     let mut senders: Vec<Sender> = (1..=SUBS + 1).map(Sender::new).collect();
     let mut ops: Vec<Op> = (1..=SUBS + 1).map(|i| Op::UpsertLeg(leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1)))).collect();
-    ops.push(Op::UpsertTrack(audio_track(1, 1, AUDIO)));
+    ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(LEVEL_EXT), speaker_group: Some(SpeakerGroup(7)), ..audio_track(1, 1, AUDIO) }));
     ops.push(Op::UpsertTrack(video_track(2, 1, &VIDEO)));
     for i in 2..=SUBS + 1 {
         ops.push(Op::UpsertSubscription(subscription(i, 1, 0x10_0000 * i + 0x100, None, 0)));
@@ -220,19 +222,30 @@ fn steady_state_forwarding_allocates_nothing() {
     let mut out = OutBatch::new(128);
     let mut work = [0u8; 1600];
     let mut outputs = 0u64;
-    let mut run = |core: &mut Core, sched: &Sched, outputs: &mut u64| {
+    let mut rankings = 0u64;
+    let mut run = |core: &mut Core, sched: &Sched, outputs: &mut u64, rankings: &mut u64| {
         for (i, bytes, t) in sched {
             let s = &senders[*i];
             out.clear();
             let b = &mut work[..bytes.len()];
             b.copy_from_slice(bytes);
-            core.handle_rx(Instant::from_nanos(t * 1_000_000), s.port, s.addr, b, &mut out);
+            let now = Instant::from_nanos(t * 1_000_000);
+            core.handle_rx(now, s.port, s.addr, b, &mut out);
             *outputs += out.len() as u64;
-            while core.poll_event().is_some() {}
+            // The timers too (speaker ticks, reports, sweeps), as the worker runs them.
+            while core.poll_timeout() <= now {
+                out.clear();
+                core.handle_timeout(now, &mut out);
+            }
+            while let Some(e) = core.poll_event() {
+                if matches!(e, Event::ActiveSpeakers { .. }) {
+                    *rankings += 1;
+                }
+            }
         }
     };
-    run(&mut core, &latch, &mut outputs);
-    run(&mut core, &warm, &mut outputs);
+    run(&mut core, &latch, &mut outputs, &mut rankings);
+    run(&mut core, &warm, &mut outputs, &mut rankings);
     let warm_stats = core.stats().clone();
     assert!(warm_stats.nack_answered > 0 && warm_stats.nack_forwarded > 0, "{warm_stats:?}");
 
@@ -246,7 +259,8 @@ fn steady_state_forwarding_allocates_nothing() {
     outputs = 0;
     ALLOCS.store(0, Ordering::Relaxed);
     COUNTING.with(|c| c.set(true));
-    run(&mut core, &measured, &mut outputs);
+    rankings = 0;
+    run(&mut core, &measured, &mut outputs, &mut rankings);
     COUNTING.with(|c| c.set(false));
     let allocs = ALLOCS.load(Ordering::Relaxed);
 
@@ -265,5 +279,7 @@ fn steady_state_forwarding_allocates_nothing() {
     assert_eq!(st.drops_for(DropReason::AuthFailed), 0);
     assert_eq!(st.drops_for(DropReason::Replayed), 0);
     assert_eq!(st.drops_for(DropReason::OutputFull), 0);
+    let dominant = core.speakers().group(SpeakerGroup(7)).and_then(|s| s.dominant());
+    assert_eq!(dominant, Some(sluice_core::ids::TrackId(1)), "the speaker ticks ran ({rankings} ranking events measured)");
     assert_eq!(allocs, 0, "heap allocations while forwarding {} datagrams", measured.len());
 }

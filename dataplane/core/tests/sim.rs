@@ -687,6 +687,7 @@ impl World {
                 Event::StreamStarted { .. } => "stream_started",
                 Event::StreamStopped { .. } => "stream_stopped",
                 Event::BandwidthEstimate { .. } | Event::LayerAllocated { .. } | Event::LayerDemand { .. } => "downlink",
+                Event::ActiveSpeakers { .. } => "active_speakers",
             };
             *self.events.entry(name).or_default() += 1;
         }

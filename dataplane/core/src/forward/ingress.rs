@@ -5,7 +5,8 @@
 //! ```text
 //!   leg by local port, remote checked (latched on the first authenticated packet)
 //!   RTP:  ingress stream by SSRC (or learned from its RID) ─ SRTP unprotect (replay-checked)
-//!         ─ uplink::record (receive statistics, transport-cc arrivals) ─ fanout::rtp
+//!         ─ uplink::record (receive statistics, transport-cc arrivals)
+//!         ─ audio level (RFC 6464, into the track's level) ─ fanout::rtp
 //!   RTCP: SRTCP unprotect (per-sender replay state, stored only once it authenticates)
 //!         ─ rtcp::compound
 //! ```
@@ -111,6 +112,17 @@ impl Core {
             && state.activity.touch(now)
         {
             push_event(&mut self.events, Event::StreamStarted { track: track_id, layer });
+        }
+        // The RFC 6464 level of an audio track that negotiated it (a packet without one, or with
+        // an empty element, leaves the level as it was).
+        if !is_rtx
+            && let Some(id) = track.spec.audio_level_ext
+            && let Some(level) = rtp::Packet::new_checked(&buf[..plain_len]).ok().and_then(|p| p.find_extension(id).and_then(rtp::ext::audio_level))
+        {
+            track.level.record(level);
+            if track.spec.speaker_group.is_some() && self.next_speakers.is_none() {
+                self.next_speakers = Some(now + crate::audio::SPEAKER_TICK);
+            }
         }
         let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
         let plain = &mut buf[..plain_len];

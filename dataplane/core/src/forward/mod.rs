@@ -183,6 +183,14 @@ pub enum Event {
         /// Whether a subscription wants it.
         wanted: bool,
     },
+    /// A speaker group's ranking changed (see [`crate::audio`]): the dominant speaker first,
+    /// then the other recent speakers, with their smoothed levels.
+    ActiveSpeakers {
+        /// The group (one per session).
+        group: crate::ids::SpeakerGroup,
+        /// The ranked speakers (empty when the group's last ranked track went away).
+        speakers: crate::audio::ActiveSpeakers,
+    },
     /// A receiver report updated a leg's statistics.
     LegStats {
         /// The leg.
@@ -301,6 +309,10 @@ pub struct Core {
     alloc_scratch: Vec<(TrackId, usize, crate::downlink::alloc::Demand)>,
     /// Paced legs' waiting packets.
     pacing: crate::downlink::pacer::Pacing,
+    /// The speaker selectors of the groups this core ranks.
+    speakers: crate::audio::Speakers,
+    /// When speakers are ranked next; `None` while no ranked track was heard.
+    next_speakers: Option<Instant>,
 }
 
 fn push_handoff(handoffs: &mut VecDeque<Handoff>, to: u16, leg: LegId, bytes: &[u8]) -> bool {
@@ -316,7 +328,7 @@ fn push_handoff(handoffs: &mut VecDeque<Handoff>, to: u16, leg: LegId, bytes: &[
     true
 }
 
-fn push_event(events: &mut VecDeque<Event>, e: Event) {
+pub(crate) fn push_event(events: &mut VecDeque<Event>, e: Event) {
     if events.len() >= EVENT_QUEUE {
         events.pop_front();
     }
@@ -339,6 +351,8 @@ impl Core {
             last_sweep: None,
             alloc_scratch: Vec::with_capacity(downlink::MAX_ALLOC),
             pacing: crate::downlink::pacer::Pacing::default(),
+            speakers: crate::audio::Speakers::default(),
+            next_speakers: None,
         }
     }
 
@@ -447,6 +461,9 @@ impl Core {
                 self.next_uplink = Some(now);
             }
         }
+        if self.next_speakers.is_some_and(|t| t <= now) {
+            self.rank_speakers(now);
+        }
         if now >= self.next_sweep {
             self.sweep(now);
             self.housekeeping(now);
@@ -473,7 +490,7 @@ impl Core {
 
     /// When [`Core::handle_timeout`] next has work: the caller sleeps no longer than this.
     pub fn poll_timeout(&self) -> Instant {
-        [self.next_uplink, self.next_probe, self.pacing.next].into_iter().flatten().fold(self.next_sweep, Instant::min)
+        [self.next_uplink, self.next_probe, self.pacing.next, self.next_speakers].into_iter().flatten().fold(self.next_sweep, Instant::min)
     }
 
     /// Layer rates, then each owned leg's bandwidth allocation (and the probes it asks for).
@@ -496,6 +513,22 @@ impl Core {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+    }
+
+    /// The speaker tick: ranks the groups of the tracks this core fans out (see [`crate::audio`]).
+    fn rank_speakers(&mut self, now: Instant) {
+        let shard = self.shard;
+        let (legs, tracks) = self.tables.legs_and_tracks_mut();
+        let owned = tracks.values_mut().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port)));
+        let any = self.speakers.tick(owned, &mut self.events);
+        // Ticks stay on the grid the first heard level started (no drift from late wake-ups).
+        let next = self.next_speakers.unwrap_or(now) + crate::audio::SPEAKER_TICK;
+        self.next_speakers = any.then(|| if next > now { next } else { now + crate::audio::SPEAKER_TICK });
+    }
+
+    /// The speaker selectors (for the dataplane's status and tests).
+    pub fn speakers(&self) -> &crate::audio::Speakers {
+        &self.speakers
     }
 
     /// Walks the whole table for legs and layers that went quiet.

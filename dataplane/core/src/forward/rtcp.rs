@@ -188,7 +188,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
         // A NACK for the RTX stream itself: RFC 4588 does not retransmit retransmissions.
         return;
     }
-    let Track { spec, layers, subs } = track;
+    let Track { spec, layers, subs, .. } = track;
     let twcc_from = publisher_twcc(legs, spec.publisher);
     let sub = &mut subs[idx];
     // (publisher SSRC, seq) the cache could not answer, grouped per publisher SSRC below.

@@ -154,6 +154,8 @@ fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
         rid_ext: None,
         repaired_rid_ext: None,
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     }
 }
 
@@ -168,6 +170,8 @@ fn video_track(id: u32, publisher: u32, ssrcs: &[u32]) -> TrackSpec {
         rid_ext: None,
         repaired_rid_ext: None,
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     }
 }
 

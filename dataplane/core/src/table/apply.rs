@@ -304,7 +304,10 @@ impl Tables {
                 }
             }
             None => {
-                self.tracks.insert(spec.id, Track { spec: spec.clone(), layers: spec.layers.iter().map(new_layer).collect(), subs: Vec::new() });
+                self.tracks.insert(
+                    spec.id,
+                    Track { spec: spec.clone(), layers: spec.layers.iter().map(new_layer).collect(), subs: Vec::new(), level: Default::default() },
+                );
                 undo.push(Undo::TrackInserted(spec.id));
                 self.save_leg(spec.publisher, undo);
                 self.legs.get_mut(&spec.publisher).expect("checked").tracks.push(spec.id);
@@ -517,6 +520,7 @@ impl Tables {
                 })
                 .collect(),
             subs: t.subs.clone(),
+            level: t.level,
         };
         undo.push(Undo::TrackReplaced(Box::new(copy)));
     }

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use crate::ids::{Generation, LegId, Pt, Ssrc, TrackId};
+use crate::ids::{Generation, LegId, Pt, SpeakerGroup, Ssrc, TrackId};
 use crate::srtp::Profile;
 
 /// A spec refused on its own, before any table state is looked at.
@@ -272,6 +272,15 @@ pub struct TrackSpec {
     /// share may both send RID "h").
     #[cfg_attr(feature = "serde", serde(default))]
     pub mid: Option<MidSpec>,
+    /// The publisher's header-extension id for the client-to-mixer audio level
+    /// (`urn:ietf:params:rtp-hdrext:ssrc-audio-level`, RFC 6464; 1..=14), on an audio track:
+    /// the core reads every packet's level into the track's [`crate::audio::TrackLevel`].
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub audio_level_ext: Option<u8>,
+    /// The group this audio track competes in for active speaker (the control plane sets one
+    /// per session; `None`: the track is never ranked). Needs `audio_level_ext`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub speaker_group: Option<SpeakerGroup>,
 }
 
 /// The MID (RFC 8843) a track's RIDs are scoped to.
@@ -315,6 +324,15 @@ impl TrackSpec {
         }
         if self.layers.iter().any(|l| l.ssrc.is_none()) && self.rid_ext.is_none() {
             return refuse("track.rid_ext", "layers without SSRC need the RID extension id");
+        }
+        if self.audio_level_ext.is_some_and(|id| !(1..=14).contains(&id)) {
+            return refuse("track.audio_level_ext", "header-extension ids are 1..=14");
+        }
+        if self.audio_level_ext.is_some() && self.kind != MediaKind::Audio {
+            return refuse("track.audio_level_ext", "only audio tracks carry an audio level");
+        }
+        if self.speaker_group.is_some() && self.audio_level_ext.is_none() {
+            return refuse("track.speaker_group", "ranking speakers needs the audio-level extension id");
         }
         if let Some(m) = &self.mid {
             if !(1..=14).contains(&m.ext) {

@@ -322,6 +322,8 @@ pub struct Track {
     pub layers: Vec<LayerState>,
     /// The subscriptions, contiguous for the fan-out.
     pub subs: Vec<Subscription>,
+    /// Its audio level and speech activity (an audio track with `spec.audio_level_ext`).
+    pub level: crate::audio::TrackLevel,
 }
 
 impl Track {

@@ -27,6 +27,8 @@ fn track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
         rid_ext: None,
         repaired_rid_ext: None,
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     }
 }
 
@@ -167,7 +169,13 @@ fn apply_refuses_what_validate_refuses_with_the_same_field() {
     audio_two_layers.layers.push(LayerSpec { ssrc: Some(Ssrc(0xbc)), rtx_ssrc: None, rid: None });
     let mut no_pt = track(11, 1, 0xbb);
     no_pt.payload_types.clear();
-    for tr in [audio_two_layers, no_pt] {
+    let audio = || TrackSpec { kind: MediaKind::Audio, ..track(11, 1, 0xbb) };
+    let level_ext_15 = TrackSpec { audio_level_ext: Some(15), ..audio() };
+    let level_ext_0 = TrackSpec { audio_level_ext: Some(0), ..audio() };
+    let level_on_video = TrackSpec { audio_level_ext: Some(1), ..track(11, 1, 0xbb) };
+    let group_without_level = TrackSpec { speaker_group: Some(crate::ids::SpeakerGroup(1)), ..audio() };
+    TrackSpec { audio_level_ext: Some(14), speaker_group: Some(crate::ids::SpeakerGroup(1)), ..audio() }.validate().unwrap();
+    for tr in [audio_two_layers, no_pt, level_ext_15, level_ext_0, level_on_video, group_without_level] {
         let e = tr.validate().expect_err("validate refuses");
         assert_eq!(base().apply(delta(2, vec![Op::UpsertTrack(tr)])), Err(DeltaError::Invalid { op: 0, field: e.field, why: e.why }));
     }

@@ -36,6 +36,16 @@ pub fn rtp_packet(ssrc: u32, seq: u16, ts: u32, pt: u8, marker: bool, payload: &
     v
 }
 
+/// A plaintext RTP packet carrying an RFC 6464 audio level (`|V| level|`) in one-byte
+/// extension `ext`.
+pub fn rtp_packet_with_level(ssrc: u32, seq: u16, ts: u32, pt: u8, ext: u8, (voice, level): (bool, u8), payload: &[u8]) -> Vec<u8> {
+    let mut v = rtp_packet(ssrc, seq, ts, pt, false, &[]);
+    v[0] |= 0x10;
+    v.extend_from_slice(&[0xBE, 0xDE, 0, 1, ext << 4, u8::from(voice) << 7 | (level & 0x7f), 0, 0]);
+    v.extend_from_slice(payload);
+    v
+}
+
 pub fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
     TrackSpec {
         id: TrackId(id),
@@ -47,6 +57,8 @@ pub fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
         rid_ext: None,
         repaired_rid_ext: None,
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     }
 }
 
@@ -62,6 +74,8 @@ pub fn video_track(id: u32, publisher: u32, layers: &[(u32, u32)]) -> TrackSpec 
         rid_ext: None,
         repaired_rid_ext: None,
         mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
     }
 }
 

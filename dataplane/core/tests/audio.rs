@@ -1,0 +1,182 @@
+//! Audio levels and active speaker through the whole core, in virtual time: publishers send
+//! SRTP audio carrying RFC 6464 levels, the worker loop calls `handle_timeout` when
+//! `poll_timeout` says, and the test reads the `ActiveSpeakers` events.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use common::*;
+use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
+use sluice_core::ids::{Generation, SpeakerGroup, TrackId};
+use sluice_core::srtp::{Profile, RtpSendState, SrtpKeys};
+use sluice_core::table::{Delta, Op, TrackSpec};
+use sluice_core::time::Instant;
+
+const PROFILE: Profile = Profile::AeadAes128Gcm;
+const EXT: u8 = 3;
+const GROUP: SpeakerGroup = SpeakerGroup(0xfeed);
+
+/// Talk pattern of one participant over one 20-ms frame: `Some((voice, level))` sends a packet.
+type Pattern = fn(u64) -> Option<(bool, u8)>;
+
+struct Room {
+    core: Core,
+    out: OutBatch,
+    keys: Vec<SrtpKeys>,
+    send: Vec<RtpSendState>,
+    events: Vec<(u64, Event)>,
+    now_ms: u64,
+}
+
+fn addr(i: u32) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, 0, i as u8), 5000))
+}
+
+impl Room {
+    /// `n` participants, each publishing audio track `i` (SSRC 0x100 + i) in the group, the
+    /// first `with_level` of them naming the level extension; everyone subscribes to everyone.
+    fn new(n: u32) -> Self {
+        let mut core = Core::new(CoreConfig::default());
+        let mut ops = Vec::new();
+        for i in 1..=n {
+            ops.push(Op::UpsertLeg(leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1))));
+            ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(EXT), speaker_group: Some(GROUP), ..audio_track(i, i, 0x100 + i) }));
+        }
+        for i in 1..=n {
+            for j in (1..=n).filter(|&j| j != i) {
+                ops.push(Op::UpsertSubscription(subscription(i, j, 0x1000 * i + j, None, 0)));
+            }
+        }
+        core.apply(Delta { generation: Generation(1), replace_all: false, ops }).unwrap();
+        let keys = (1..=n).map(|i| material(PROFILE, i, 0)).map(|m| SrtpKeys::new(PROFILE, &m.key, &m.salt).unwrap()).collect();
+        Self { core, out: OutBatch::new(64), keys, send: (0..n).map(|_| RtpSendState::new()).collect(), events: Vec::new(), now_ms: 0 }
+    }
+
+    fn send(&mut self, i: usize, plain: Vec<u8>) {
+        let mut b = plain.clone();
+        b.resize(plain.len() + 32, 0);
+        let n = self.keys[i].protect_rtp(&mut self.send[i], &mut b, plain.len()).unwrap();
+        b.truncate(n);
+        self.out.clear();
+        let now = Instant::from_nanos(self.now_ms * 1_000_000);
+        self.core.handle_rx(now, 20_001 + i as u16, addr(i as u32 + 1), &mut b, &mut self.out);
+    }
+
+    /// Runs `ms` milliseconds: every 20 ms each participant sends what its pattern says (the
+    /// frame number counts from the start of the room), timers run as the worker runs them.
+    fn run(&mut self, ms: u64, patterns: &[Pattern]) {
+        let end = self.now_ms + ms;
+        while self.now_ms < end {
+            let frame = self.now_ms / 20;
+            for (i, p) in patterns.iter().enumerate() {
+                if let Some((voice, level)) = p(frame) {
+                    let pkt = rtp_packet_with_level(0x101 + i as u32, frame as u16, frame as u32 * 960, PT_OPUS, EXT, (voice, level), &[0x55; 60]);
+                    self.send(i, pkt);
+                }
+            }
+            self.now_ms += 20;
+            let now = Instant::from_nanos(self.now_ms * 1_000_000);
+            while self.core.poll_timeout() <= now {
+                self.out.clear();
+                self.core.handle_timeout(now, &mut self.out);
+            }
+            while let Some(e) = self.core.poll_event() {
+                if matches!(e, Event::ActiveSpeakers { .. }) {
+                    self.events.push((self.now_ms, e));
+                }
+            }
+        }
+    }
+
+    fn level(&self, track: u32) -> u8 {
+        self.core.tables().track(TrackId(track)).unwrap().level.level()
+    }
+
+    fn dominant(&self) -> Option<TrackId> {
+        self.core.speakers().group(GROUP).and_then(|s| s.dominant())
+    }
+
+    /// The dominant speaker of each event, with when it came.
+    fn floor_changes(&self) -> Vec<(u64, Option<TrackId>)> {
+        let (mut v, mut last) = (Vec::new(), None);
+        for (t, e) in &self.events {
+            let Event::ActiveSpeakers { speakers, .. } = e else { continue };
+            if speakers.dominant() != last {
+                last = speakers.dominant();
+                v.push((*t, last));
+            }
+        }
+        v
+    }
+}
+
+fn talk(_: u64) -> Option<(bool, u8)> {
+    Some((true, 25))
+}
+fn quiet(_: u64) -> Option<(bool, u8)> {
+    Some((false, 100))
+}
+
+#[test]
+fn levels_are_read_from_every_packet_and_smoothed() {
+    let mut r = Room::new(3);
+    r.run(1000, &[talk, quiet, |_| None]);
+    assert_eq!(r.level(1), 25);
+    assert_eq!(r.level(2), 100);
+    assert_eq!(r.level(3), 127, "nothing heard");
+    // One loud packet in a quiet stream moves the level by an eighth of the way.
+    r.run(20, &[talk, |_| Some((true, 4)), |_| None]);
+    assert_eq!(r.level(2), 88);
+    // A packet without the extension, or with the element under another id, changes nothing.
+    let before = r.level(2);
+    let mut p = rtp_packet(0x102, 999, 0, PT_OPUS, false, &[0x55; 60]);
+    r.send(1, p.clone());
+    p = rtp_packet_with_level(0x102, 1000, 0, PT_OPUS, EXT + 1, (true, 0), &[0x55; 60]);
+    r.send(1, p);
+    assert_eq!(r.level(2), before);
+    assert_eq!(r.core.stats().drops_for(sluice_core::verdict::DropReason::Malformed), 0, "still forwarded");
+}
+
+/// Speaker 1 talks, speaker 2 coughs (200 ms, then 300 ms) while 1 pauses: the floor stays;
+/// then 1 stops and 2 talks: the floor moves within 500 ms, once.
+#[test]
+fn a_cough_does_not_take_the_floor_sustained_speech_does() {
+    let mut r = Room::new(3);
+    r.run(2000, &[talk, quiet, quiet]);
+    assert_eq!(r.dominant(), Some(TrackId(1)));
+    let first = r.floor_changes();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].0 <= 600, "speaker 1 took the floor after {} ms", first[0].0);
+    // Speaker 1 pauses for 1.2 s; speaker 2 coughs at 2.2 s for 200 ms and at 2.8 s for 300 ms.
+    fn cough(f: u64) -> Option<(bool, u8)> {
+        let t = f * 20;
+        Some(if (2200..2400).contains(&t) || (2800..3100).contains(&t) { (true, 15) } else { (false, 100) })
+    }
+    r.run(1200, &[quiet, cough, quiet]);
+    assert_eq!(r.dominant(), Some(TrackId(1)), "{:?}", r.floor_changes());
+    // Speaker 1 is silent for good, speaker 2 speaks from 3.2 s.
+    r.run(2000, &[quiet, talk, quiet]);
+    let changes = r.floor_changes();
+    assert_eq!(changes.iter().map(|c| c.1).collect::<Vec<_>>(), vec![Some(TrackId(1)), Some(TrackId(2))], "{changes:?}");
+    assert!(changes[1].0 - 3200 <= 500, "speaker 2 took the floor {} ms after starting", changes[1].0 - 3200);
+    // The ranking lists the dominant speaker first, with its level.
+    let Some((_, Event::ActiveSpeakers { group, speakers })) = r.events.last() else { unreachable!() };
+    assert_eq!(speakers.dominant(), Some(TrackId(2)));
+    assert_eq!(*group, GROUP);
+    assert_eq!(speakers.as_slice()[0].track, TrackId(2));
+    assert!(speakers.as_slice()[0].level < 40);
+}
+
+/// Removing the group's tracks clears the floor (an event with nobody) and forgets the group.
+#[test]
+fn removing_the_tracks_clears_the_floor_and_forgets_the_group() {
+    let mut r = Room::new(2);
+    r.run(1000, &[talk, quiet]);
+    assert_eq!(r.dominant(), Some(TrackId(1)));
+    r.core.apply(Delta { generation: Generation(2), replace_all: false, ops: vec![Op::RemoveTrack(TrackId(1)), Op::RemoveTrack(TrackId(2))] }).unwrap();
+    r.run(300, &[]);
+    let Some((_, Event::ActiveSpeakers { speakers, .. })) = r.events.last() else { unreachable!() };
+    assert!(speakers.as_slice().is_empty(), "{speakers:?}");
+    assert!(r.core.speakers().group(GROUP).is_none());
+}
