@@ -9,7 +9,7 @@
 //! so, and the link task installs it on reconnect; a retry with the same idempotency key returns
 //! the committed answer once the dataplane has it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,6 +66,8 @@ pub struct Engine {
     /// Per-worker (rx, tx) packets per second, from the dataplane's stats stream.
     rates: Vec<(f64, f64)>,
     last_stats: Option<(Instant, Vec<CoreStats>)>,
+    /// Each session's last active-speaker ranking from the dataplane (live state: not journaled).
+    speakers: HashMap<String, pb::ActiveSpeakers>,
 }
 
 /// Events a watcher may fall behind by before it is told it lost some.
@@ -95,6 +97,7 @@ impl Engine {
             edge: EdgeInfo::default(),
             dataplane_ports: None,
             announce_ip: None,
+            speakers: HashMap::new(),
         }
     }
 
@@ -208,7 +211,9 @@ impl Engine {
 
     /// The session as the API shows it, with Sluice's side of its WebRTC legs.
     pub fn session_view(&self, name: &str) -> Result<pb::Session, StateError> {
-        self.desired.session_view(name, &self.edge)
+        let mut view = self.desired.session_view(name, &self.edge)?;
+        view.active_speakers = self.speakers.get(name).cloned();
+        Ok(view)
     }
 
     /// Answers a committed group once installed (`synced`), or with why it is not.
@@ -333,6 +338,7 @@ impl Engine {
         let outcome = self.commit(&Record::Delete(req.clone()), |d| d.delete_session(req))?.map_err(EngineError::State)?;
         self.pending.entry(req.session.clone()).or_insert(before);
         self.names.update(&self.desired, &req.session);
+        self.speakers.remove(&req.session);
         Ok(outcome)
     }
 
@@ -348,6 +354,9 @@ impl Engine {
     pub fn dataplane_events(&mut self, events: &[Event]) {
         for e in events {
             if let Some(ev) = self.names.translate(&self.desired, e) {
+                if let Some(pb::event::Event::ActiveSpeakers(a)) = &ev.event {
+                    self.speakers.insert(ev.session.clone(), a.clone());
+                }
                 let _ = self.events.send(ev);
             }
         }

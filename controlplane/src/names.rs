@@ -136,6 +136,16 @@ impl Names {
                 let (s, t) = self.track(track, layer)?;
                 (s, Ev::LayerDemand(pb::LayerDemand { layer: Some(t), wanted }))
             }
+            Event::ActiveSpeakers { group, speakers } => {
+                // The group is a hash of the session's name (state::speaker_group); an empty
+                // ranking names no track, so the session is found by its group.
+                let session = desired.sessions.keys().find(|s| crate::state::speaker_group(s) == group)?;
+                let listed = speakers.as_slice().iter().filter_map(|sp| {
+                    let (s, t) = self.track(sp.track, 0)?;
+                    (s == session).then(|| pb::SpeakerLevel { track: t.track, level: u32::from(sp.level) })
+                });
+                (session.as_str(), Ev::ActiveSpeakers(pb::ActiveSpeakers { speakers: listed.collect(), dominant: speakers.dominant().is_some() }))
+            }
             Event::EdgeFailed { leg, reason } => {
                 let (s, l) = self.leg(leg)?;
                 (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::Failed as i32, reason: reason.name().into(), ..Default::default() }))
@@ -175,5 +185,28 @@ mod tests {
         assert_eq!(named(&names, &d, na), None);
         let rebuilt = Names::build(&d);
         assert_eq!((rebuilt.legs, rebuilt.tracks), (names.legs, names.tracks), "incremental = rebuilt");
+    }
+
+    /// A speaker ranking names its session by its group (also when it lists nobody) and its
+    /// tracks by name; a group no session has is dropped.
+    #[test]
+    fn active_speakers_are_named_by_the_sessions_group() {
+        use sluice_core::audio::{ActiveSpeakers, Speaker};
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        let names = Names::build(&d);
+        let va = d.sessions["m"].tracks["va"].spec.id;
+        let vb = d.sessions["m"].tracks["vb"].spec.id;
+        let ranked = ActiveSpeakers::new(&[Speaker { track: vb, level: 20 }, Speaker { track: va, level: 90 }], true);
+        let group = crate::state::speaker_group("m");
+        let e = names.translate(&d, &Event::ActiveSpeakers { group, speakers: ranked }).expect("named");
+        assert_eq!(e.session, "m");
+        let Some(Ev::ActiveSpeakers(a)) = e.event else { panic!("{e:?}") };
+        assert!(a.dominant);
+        assert_eq!(a.speakers.iter().map(|s| (s.track.as_str(), s.level)).collect::<Vec<_>>(), vec![("vb", 20), ("va", 90)]);
+        let nobody = names.translate(&d, &Event::ActiveSpeakers { group, speakers: ActiveSpeakers::default() }).expect("named");
+        assert_eq!(nobody.session, "m");
+        let other = crate::state::speaker_group("n");
+        assert_eq!(names.translate(&d, &Event::ActiveSpeakers { group: other, speakers: ranked }), None);
     }
 }

@@ -145,6 +145,8 @@ impl MLine {
 const EXT_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 const EXT_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 const EXT_RRID: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+/// The client-to-mixer audio level (RFC 6464): Sluice ranks active speakers from it.
+const EXT_AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// Transport-wide sequence numbers: Sluice sends transport-cc feedback for what it receives.
 const EXT_TWCC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
@@ -328,6 +330,9 @@ fn answer(offer: &Offer, w: &pb::WebRtcLocal, me: &Member, twcc_ext: Option<u32>
                 s.push(format!("a=rtcp-fb:{} transport-cc", pts[0]));
             } else if video && twcc_ext.is_none() && m.has_fb(me.vp8, "goog-remb") {
                 s.push(format!("a=rtcp-fb:{} goog-remb", me.vp8));
+            }
+            if !video && let Some(id) = m.ext(EXT_AUDIO_LEVEL).filter(|id| (1..=14).contains(id)) {
+                s.push(format!("a=extmap:{id} {EXT_AUDIO_LEVEL}"));
             }
             if video {
                 for uri in [EXT_MID, EXT_RID, EXT_RRID] {
@@ -537,6 +542,8 @@ impl Signaling {
                     clock_rate: 48_000,
                     layers: vec![pb::Layer { ssrc: Some(mic_ssrc), ..Default::default() }],
                     payload_types: vec![pb::PayloadType { pt: opus, codec: pb::Codec::Audio as i32, rtx_pt: None }],
+                    // The same id the answer accepts (one-byte ids only).
+                    audio_level_ext: audio.ext(EXT_AUDIO_LEVEL).filter(|id| (1..=14).contains(id)),
                     ..Default::default()
                 })),
             },
@@ -626,6 +633,7 @@ fn video_track(id: &str, leg: &str, m: &MLine, vp8: u32) -> pb::Change {
             // RIDs are scoped to their m-line: the camera and the screen share both send "l".
             mid_ext: m.ext(EXT_MID).filter(|_| !m.rids.is_empty()),
             mid: if m.rids.is_empty() || m.ext(EXT_MID).is_none() { String::new() } else { m.mid.clone() },
+            audio_level_ext: None,
         })),
     }
 }

@@ -196,6 +196,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", text::json_escape(&serde_json::to_string_pretty(&session_json(&s))?));
             } else {
                 println!("session {}  revision {}", text::escape(&s.id), s.revision);
+                if let Some(a) = &s.active_speakers {
+                    println!("speaking: {}", speaking(a));
+                }
                 println!();
                 let mut rows = vec![vec!["LEG".to_owned(), "PORT".into(), "REMOTE".into(), "FEEDBACK_SSRC".into()]];
                 rows.extend(s.legs.iter().map(|l| vec![l.id.clone(), l.local_port.to_string(), remote(l), l.feedback_ssrc.to_string()]));
@@ -234,6 +237,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The active speakers as one line: the dominant speaker (or `nobody`), then the other recent
+/// speakers, each with its level in dBov.
+fn speaking(a: &pb::ActiveSpeakers) -> String {
+    let each = |sp: &pb::SpeakerLevel| format!("{} (-{} dBov)", text::escape(&sp.track), sp.level);
+    let mut line = match (a.dominant, a.speakers.first()) {
+        (true, Some(d)) => each(d),
+        _ => "nobody".to_owned(),
+    };
+    let rest: Vec<String> = a.speakers.iter().skip(usize::from(a.dominant)).map(each).collect();
+    if !rest.is_empty() {
+        line.push_str(&format!("; recent: {}", rest.join(", ")));
+    }
+    line
+}
+
 fn remote(l: &pb::Leg) -> String {
     if l.remote.is_empty() { "(learned)".into() } else { l.remote.clone() }
 }
@@ -259,6 +277,10 @@ fn session_json(s: &pb::Session) -> Value {
             "id": t.id, "publisher_leg": t.publisher_leg, "kind": kind(t.kind), "clock_rate": t.clock_rate,
             "layers": t.layers.iter().map(|l| json!({ "ssrc": l.ssrc, "rtx_ssrc": l.rtx_ssrc, "rid": l.rid })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "active_speakers": s.active_speakers.as_ref().map(|a| json!({
+            "dominant": a.dominant,
+            "speakers": a.speakers.iter().map(|sp| json!({ "track": sp.track, "level": sp.level })).collect::<Vec<_>>(),
+        })),
         "subscriptions": s.subscriptions.iter().map(|x| json!({
             "subscriber_leg": x.subscriber_leg, "track": x.track, "out_ssrc": x.out_ssrc,
             "target_layer": x.target_layer, "paused": x.paused,

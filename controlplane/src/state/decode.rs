@@ -191,6 +191,13 @@ impl Stage<'_> {
             (None, false) => return Err(invalid(format!("{f}.mid_ext"), "a MID needs the MID extension id")),
             (Some(_), true) => return Err(invalid(format!("{f}.mid"), "the MID extension id is set but the MID is empty")),
         };
+        if t.audio_level_ext.is_some_and(|id| !(1..=14).contains(&id)) {
+            return Err(invalid(format!("{f}.audio_level_ext"), "header-extension ids are 1..=14"));
+        }
+        let audio_level_ext = t.audio_level_ext.map(|id| id as u8);
+        if audio_level_ext.is_some() && kind != MediaKind::Audio {
+            return Err(invalid(format!("{f}.audio_level_ext"), "only audio tracks carry an audio level"));
+        }
         let mut layers = Vec::new();
         let mut mine: BTreeMap<u32, String> = BTreeMap::new();
         for (j, l) in t.layers.iter().enumerate() {
@@ -247,7 +254,19 @@ impl Stage<'_> {
                 id
             }
         };
-        let spec = TrackSpec { id, publisher: publisher.id, kind, clock_rate: t.clock_rate, layers, payload_types, rid_ext, repaired_rid_ext, mid };
+        let spec = TrackSpec {
+            id,
+            publisher: publisher.id,
+            kind,
+            clock_rate: t.clock_rate,
+            layers,
+            payload_types,
+            rid_ext,
+            repaired_rid_ext,
+            mid,
+            audio_level_ext,
+            speaker_group: audio_level_ext.map(|_| speaker_group(self.name)),
+        };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         // The dataplane clamps subscriptions to the track's highest layer; so does the desired state.
         let top = (spec.layers.len() - 1) as u8;
@@ -434,4 +453,65 @@ pub(super) fn key_material(field: &str, k: Option<&pb::KeyMaterial>) -> Result<K
         ));
     }
     Ok(KeyMaterial { profile, key: k.key.clone(), salt: k.salt.clone() })
+}
+
+/// The speaker group of a session's audio tracks: the dataplane ranks active speakers per group
+/// (see `sluice_core::audio`). A stable hash of the session name (the journal's FNV-1a): the same
+/// after a restart or a journal replay without a stored counter, and with 64 bits two sessions
+/// of one node collide with odds of about n²/2⁶⁵ (10⁻¹³ for a thousand sessions).
+pub fn speaker_group(session: &str) -> SpeakerGroup {
+    SpeakerGroup(fingerprint(session.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+    use crate::pb::change::Change as C;
+
+    fn audio(id: &str, publisher: &str, ssrc: u32, level_ext: Option<u32>) -> pb::Change {
+        pb::Change {
+            change: Some(C::Track(pb::Track {
+                id: id.into(),
+                publisher_leg: publisher.into(),
+                kind: pb::MediaKind::Audio as i32,
+                clock_rate: 48_000,
+                layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
+                payload_types: vec![pb::PayloadType { pt: 111, codec: pb::Codec::Audio as i32, rtx_pt: None }],
+                audio_level_ext: level_ext,
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// `audio_level_ext` is a one-byte extension id (1..=14) of an audio track; the track then
+    /// joins its session's speaker group, which is the same for the session's tracks, differs
+    /// between sessions, and comes back in GetSession.
+    #[test]
+    fn audio_level_ext_is_validated_and_puts_the_track_in_its_sessions_speaker_group() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_009 });
+        d.apply(&pair("m")).unwrap();
+        let mut video_with_level = video("v9", "a", 900);
+        if let Some(C::Track(t)) = &mut video_with_level.change {
+            t.audio_level_ext = Some(1);
+        }
+        for (change, why) in [(audio("x", "a", 7, Some(0)), "1..=14"), (audio("x", "a", 7, Some(15)), "1..=14"), (video_with_level, "only audio")] {
+            let before = d.clone();
+            let e = d.apply(&req("m", vec![change])).expect_err("refused");
+            assert_eq!((e.kind, e.field.as_str()), (ErrorKind::InvalidArgument, "changes[0].track.audio_level_ext"), "{e}");
+            assert!(e.message.contains(why), "{e}");
+            assert_eq!(d, before);
+        }
+        d.apply(&req("m", vec![audio("xa", "a", 7, Some(1)), audio("xb", "b", 8, Some(14)), audio("plain", "a", 9, None)])).unwrap();
+        d.apply(&req("n", vec![leg("c"), audio("xc", "c", 7, Some(1))])).unwrap();
+        let spec = |s: &str, t: &str| d.sessions[s].tracks[t].spec.clone();
+        assert_eq!(spec("m", "xa").audio_level_ext, Some(1));
+        assert_eq!(spec("m", "xa").speaker_group, Some(speaker_group("m")));
+        assert_eq!(spec("m", "xb").speaker_group, Some(speaker_group("m")));
+        assert_eq!(spec("m", "plain").speaker_group, None, "no level, not ranked");
+        assert_eq!(spec("n", "xc").speaker_group, Some(speaker_group("n")));
+        assert_ne!(speaker_group("m"), speaker_group("n"));
+        let view = d.session_view("m", &EdgeInfo::default()).unwrap();
+        assert_eq!(view.tracks.iter().find(|t| t.id == "xb").and_then(|t| t.audio_level_ext), Some(14));
+    }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
+use sluice_core::ids::{LegId, Pt, SpeakerGroup, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
     Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, MidSpec, PayloadSpec, SpecError, SubscriptionSpec,
@@ -497,6 +497,7 @@ impl Desired {
                     repaired_rid_ext: t.spec.repaired_rid_ext.map(u32::from),
                     mid_ext: t.spec.mid.as_ref().map(|m| u32::from(m.ext)),
                     mid: t.spec.mid.as_ref().map(|m| m.value.clone()).unwrap_or_default(),
+                    audio_level_ext: t.spec.audio_level_ext.map(u32::from),
                 })
                 .collect(),
             subscriptions: s
@@ -515,6 +516,7 @@ impl Desired {
                     priority: u32::from(sub.priority),
                 })
                 .collect(),
+            active_speakers: None,
         })
     }
 }
@@ -523,7 +525,7 @@ mod decode;
 mod webrtc;
 
 use decode::*;
-pub use decode::{check_id, codec_to_pb, profile_from_pb, profile_to_pb};
+pub use decode::{check_id, codec_to_pb, profile_from_pb, profile_to_pb, speaker_group};
 use webrtc::webrtc_remote;
 pub use webrtc::{EdgeInfo, local_ice_credentials, webrtc_local};
 
