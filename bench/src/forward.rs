@@ -242,6 +242,7 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
             feedback_ssrc: Ssrc(0xfeed0000 + l),
             edge: None,
             feedback: Default::default(),
+            audio_slots: None,
         }));
     }
     for i in 0..streams {

@@ -72,6 +72,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             feedback_ssrc: Ssrc(0xfeed_0000 + id),
             edge: None,
             feedback: Default::default(),
+            audio_slots: None,
         }));
         let base = id << 8;
         ops.push(Op::UpsertTrack(TrackSpec {

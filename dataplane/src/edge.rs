@@ -676,6 +676,7 @@ mod tests {
                 feedback_ssrc: Ssrc(1),
                 edge,
                 feedback: Default::default(),
+                audio_slots: None,
             })
         };
         let d = Delta { generation: Generation(1), replace_all: true, ops: vec![leg(1, Some(Box::new(edge.clone()))), leg(2, None), Op::RemoveLeg(LegId(3))] };

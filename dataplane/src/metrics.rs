@@ -82,6 +82,7 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     });
     counter(&mut s, "sluice_keyframe_requests_total", "Keyframe requests sent to publishers.", &|w| w.core.keyframe_requests);
     counter(&mut s, "sluice_layer_switches_total", "Simulcast layer switches.", &|w| w.core.layer_switches);
+    counter(&mut s, "sluice_audio_slot_switches_total", "Audio slots that changed speaker (top-N audio).", &|w| w.core.audio_slot_switches);
     counter(&mut s, "sluice_rx_batches_total", "Receive batches.", &|w| w.batches);
     counter(&mut s, "sluice_rx_batched_datagrams_total", "Datagrams in receive batches.", &|w| w.batched_datagrams);
     let _ = writeln!(s, "# HELP sluice_drops_total Packets not forwarded, by reason.\n# TYPE sluice_drops_total counter");

@@ -342,6 +342,7 @@ mod tests {
             feedback_ssrc: Ssrc(1),
             edge: None,
             feedback: Default::default(),
+            audio_slots: None,
         })
     }
 

@@ -38,6 +38,7 @@ fn setup() -> Core {
             // Legs 1 and 2 negotiated transport-cc (extension 3), leg 3 REMB only: the uplink
             // and downlink feedback paths run on what the fuzzer sends.
             feedback: FeedbackSpec { twcc_ext: (n < 3).then_some(3), remb: n == 3 },
+            audio_slots: None,
         }));
     }
     ops.push(Op::UpsertTrack(TrackSpec {

@@ -69,6 +69,7 @@ fn dummy_leg(n: u32) -> LegSpec {
         feedback_ssrc: Ssrc(1),
         edge: None,
         feedback: Default::default(),
+        audio_slots: None,
     }
 }
 

@@ -357,6 +357,7 @@ fn str0m_peers_meet_through_webrtc_legs() {
         feedback_ssrc: Ssrc(0xfeed_0000 + id),
         edge: Some(Box::new(EdgeSpec { local: sluice_creds(id), remote, role, remote_fingerprint: fp })),
         feedback: Default::default(),
+        audio_slots: None,
     };
     let ops = vec![
         Op::UpsertLeg(leg(1, 32101, a_creds, DtlsRole::Server, a_fp)),

@@ -162,6 +162,7 @@ fn leg_spec(id: u32, rx: &KeyMaterial, tx: &KeyMaterial, twcc_ext: Option<u8>) -
         feedback_ssrc: Ssrc(0xfeed_0000u32.wrapping_add(id)),
         edge: None,
         feedback: sluice_core::table::FeedbackSpec { twcc_ext, remb: false },
+        audio_slots: None,
     })
 }
 

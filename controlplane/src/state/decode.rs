@@ -142,7 +142,7 @@ impl Stage<'_> {
                 remb: fb.remb,
             },
         };
-        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback };
+        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots: None };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         self.session.legs.insert(l.id.clone(), spec);
         self.ports.retain(|(n, _)| n != &l.id);

@@ -27,6 +27,9 @@ pub struct CoreStats {
     pub keyframe_requests: u64,
     /// Layer switches completed.
     pub layer_switches: u64,
+    /// Audio slots that changed speaker (top-N audio).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub audio_slot_switches: u64,
     /// Table deltas applied.
     pub deltas_applied: u64,
     /// STUN/DTLS datagrams of WebRTC legs queued for the slow path.

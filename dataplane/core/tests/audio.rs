@@ -9,9 +9,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use common::*;
 use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
 use sluice_core::ids::{Generation, SpeakerGroup, TrackId};
-use sluice_core::srtp::{Profile, RtpSendState, SrtpKeys};
-use sluice_core::table::{Delta, Op, TrackSpec};
+use sluice_core::ids::{Pt, SeqNo, Ssrc};
+use sluice_core::srtp::{Profile, RtpRecvState, RtpSendState, SrtpKeys};
+use sluice_core::table::{AudioSlotsSpec, Delta, Op, TrackSpec};
 use sluice_core::time::Instant;
+use sluice_core::wire::rtp;
 
 const PROFILE: Profile = Profile::AeadAes128Gcm;
 const EXT: u8 = 3;
@@ -27,6 +29,24 @@ struct Room {
     send: Vec<RtpSendState>,
     events: Vec<(u64, Event)>,
     now_ms: u64,
+    /// Each participant's receive keys and per-SSRC state, and what it received (decrypted):
+    /// (time, out-SSRC, sequence number, timestamp, CSRCs).
+    down: Vec<(SrtpKeys, Vec<(Ssrc, RtpRecvState)>)>,
+    received: Vec<Vec<Received>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Received {
+    at: u64,
+    ssrc: Ssrc,
+    seq: SeqNo,
+    ts: u32,
+    csrcs: Vec<Ssrc>,
+}
+
+/// The out-SSRC of participant `i`'s slot `k` (top-N rooms).
+fn slot_ssrc(i: u32, k: u32) -> Ssrc {
+    Ssrc(0x7000 * i + k)
 }
 
 fn addr(i: u32) -> SocketAddr {
@@ -37,20 +57,72 @@ impl Room {
     /// `n` participants, each publishing audio track `i` (SSRC 0x100 + i) in the group, the
     /// first `with_level` of them naming the level extension; everyone subscribes to everyone.
     fn new(n: u32) -> Self {
+        Self::with_slots(n, None)
+    }
+
+    /// `top_n`: every participant gets the group's audio in that many slots instead of
+    /// per-track subscriptions.
+    fn with_slots(n: u32, top_n: Option<u32>) -> Self {
         let mut core = Core::new(CoreConfig::default());
         let mut ops = Vec::new();
         for i in 1..=n {
-            ops.push(Op::UpsertLeg(leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1))));
+            let mut leg = leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1));
+            leg.audio_slots = top_n.map(|k| AudioSlotsSpec {
+                group: GROUP,
+                out_ssrcs: (0..k).map(|k| slot_ssrc(i, k)).collect(),
+                pt_map: vec![(Pt(PT_OPUS), Pt(SUB_PT_OPUS))],
+                ext_map: vec![(EXT, 1)],
+            });
+            ops.push(Op::UpsertLeg(leg));
             ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(EXT), speaker_group: Some(GROUP), ..audio_track(i, i, 0x100 + i) }));
         }
-        for i in 1..=n {
+        for i in (1..=n).filter(|_| top_n.is_none()) {
             for j in (1..=n).filter(|&j| j != i) {
                 ops.push(Op::UpsertSubscription(subscription(i, j, 0x1000 * i + j, None, 0)));
             }
         }
         core.apply(Delta { generation: Generation(1), replace_all: false, ops }).unwrap();
         let keys = (1..=n).map(|i| material(PROFILE, i, 0)).map(|m| SrtpKeys::new(PROFILE, &m.key, &m.salt).unwrap()).collect();
-        Self { core, out: OutBatch::new(64), keys, send: (0..n).map(|_| RtpSendState::new()).collect(), events: Vec::new(), now_ms: 0 }
+        let down = (1..=n).map(|i| material(PROFILE, i, 1)).map(|m| (SrtpKeys::new(PROFILE, &m.key, &m.salt).unwrap(), Vec::new())).collect();
+        Self {
+            core,
+            out: OutBatch::new(64),
+            keys,
+            send: (0..n).map(|_| RtpSendState::new()).collect(),
+            events: Vec::new(),
+            now_ms: 0,
+            down,
+            received: (0..n).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Decrypts the batch's outputs into what each participant received.
+    fn collect(&mut self) {
+        let outs: Vec<(u32, Vec<u8>)> = self.out.iter().map(|(m, b)| (m.leg.0, b.to_vec())).collect();
+        for (leg, mut b) in outs {
+            if b[1] >= 192 && b[1] <= 223 {
+                continue; // RTCP
+            }
+            let (keys, states) = &mut self.down[leg as usize - 1];
+            let ssrc = Ssrc(u32::from_be_bytes(b[8..12].try_into().unwrap()));
+            let st = match states.iter().position(|(s, _)| *s == ssrc) {
+                Some(p) => &mut states[p].1,
+                None => {
+                    states.push((ssrc, RtpRecvState::new(1024)));
+                    &mut states.last_mut().unwrap().1
+                }
+            };
+            let len = b.len();
+            let n = keys.unprotect_rtp(st, &mut b, len).expect("slot copies authenticate");
+            let p = rtp::Packet::new_checked(&b[..n]).unwrap();
+            self.received[leg as usize - 1].push(Received {
+                at: self.now_ms,
+                ssrc,
+                seq: SeqNo(p.sequence_number()),
+                ts: p.timestamp(),
+                csrcs: p.csrcs().collect(),
+            });
+        }
     }
 
     fn send(&mut self, i: usize, plain: Vec<u8>) {
@@ -61,6 +133,7 @@ impl Room {
         self.out.clear();
         let now = Instant::from_nanos(self.now_ms * 1_000_000);
         self.core.handle_rx(now, 20_001 + i as u16, addr(i as u32 + 1), &mut b, &mut self.out);
+        self.collect();
     }
 
     /// Runs `ms` milliseconds: every 20 ms each participant sends what its pattern says (the
@@ -179,4 +252,52 @@ fn removing_the_tracks_clears_the_floor_and_forgets_the_group() {
     let Some((_, Event::ActiveSpeakers { speakers, .. })) = r.events.last() else { unreachable!() };
     assert!(speakers.as_slice().is_empty(), "{speakers:?}");
     assert!(r.core.speakers().group(GROUP).is_none());
+}
+
+/// Top-N in two slots among four participants: nobody ever receives more than two streams or
+/// its own voice; every copy names its speaker in the CSRC list; when a speaker stops and a new
+/// one starts, the new one continues a slot's sequence and timestamps without a gap.
+#[test]
+fn top_n_slots_carry_the_loudest_others_with_continuous_numbers() {
+    let mut r = Room::with_slots(4, Some(2));
+    // 1 and 2 talk, 3 and 4 are quiet, for 2 s.
+    r.run(2000, &[talk, talk, quiet, quiet]);
+    // 2 stops; 3 starts.
+    r.run(2000, &[talk, quiet, talk, quiet]);
+    for (i, got) in r.received.iter().enumerate() {
+        let me = Ssrc(0x101 + i as u32);
+        let slots: Vec<Ssrc> = (0..2).map(|k| slot_ssrc(i as u32 + 1, k)).collect();
+        assert!(!got.is_empty(), "participant {} heard nobody", i + 1);
+        assert!(got.iter().all(|p| slots.contains(&p.ssrc)), "only slot SSRCs reach participant {}", i + 1);
+        assert!(got.iter().all(|p| p.csrcs.len() == 1 && p.csrcs[0] != me), "one CSRC, never its own: participant {}", i + 1);
+        // Per 20-ms frame, at most two speakers.
+        let mut frames: std::collections::BTreeMap<u64, Vec<Ssrc>> = Default::default();
+        for p in got {
+            frames.entry(p.at).or_default().push(p.csrcs[0]);
+        }
+        assert!(frames.values().all(|v| v.len() <= 2), "participant {}: {frames:?}", i + 1);
+        // Each slot: sequence numbers without gap or repeat, timestamps never backwards.
+        for s in &slots {
+            let stream: Vec<&Received> = got.iter().filter(|p| p.ssrc == *s).collect();
+            for w in stream.windows(2) {
+                assert_eq!(w[1].seq.0, w[0].seq.0.wrapping_add(1), "participant {} slot {s}: {:?} then {:?}", i + 1, w[0], w[1]);
+                assert!(w[1].ts.wrapping_sub(w[0].ts) < 0x8000_0000 && w[1].ts != w[0].ts, "{:?} then {:?}", w[0], w[1]);
+            }
+        }
+    }
+    // Participant 4 heard 1 and 2, then 1 and 3: a slot went from 2 to 3, continuously.
+    let got = &r.received[3];
+    let who = |p: &Received| p.csrcs[0].0 - 0x100;
+    let late: std::collections::BTreeSet<u32> = got.iter().filter(|p| p.at > 3500).map(who).collect();
+    assert_eq!(late, [1, 3].into(), "the top two at the end");
+    let early: std::collections::BTreeSet<u32> = got.iter().filter(|p| p.at < 2000).map(who).collect();
+    assert_eq!(early, [1, 2].into());
+    let slot = got.iter().find(|p| who(p) == 3).unwrap().ssrc;
+    let on_slot: Vec<u32> = got.iter().filter(|p| p.ssrc == slot).map(who).collect();
+    let switch = on_slot.iter().position(|&w| w == 3).unwrap();
+    assert!(switch > 0 && on_slot[switch - 1] == 2, "3 took over 2's slot: {on_slot:?}");
+    assert!(on_slot[switch..].iter().all(|&w| w == 3));
+    assert!(r.core.stats().audio_slot_switches >= 4 * 2, "{}", r.core.stats().audio_slot_switches);
+    // Participant 1 (speaking) gets 2 then 3 in one slot, and never itself.
+    assert!(r.received[0].iter().all(|p| who(p) != 1));
 }

@@ -1,11 +1,14 @@
-//! Audio at meeting scale: levels, active speaker, and (in progress) top-N slots.
+//! Audio at meeting scale: levels, active speaker, top-N audio in fixed slots.
 //!
 //! ```text
-//!   fanout::rtp (audio track with audio_level_ext) ── RFC 6464 level ──▶ Track::level (level.rs)
+//!   ingress (audio track with audio_level_ext) ── RFC 6464 level ──▶ Track::level (level.rs)
 //!   Core::handle_timeout, every SPEAKER_TICK:
 //!     each ranked track's level closes a tick (short/medium speech windows)
 //!     tracks grouped by their spec's speaker_group ──▶ SpeakerSelector per group (speaker.rs)
 //!     ranking changed ──▶ Event::ActiveSpeakers { group, speakers }
+//!   fanout: a ranked track's packet, after its per-track subscriptions, to every leg with
+//!     audio slots for its group ──▶ SlotSet::choose with the group's ranking (slot.rs)
+//!     ──▶ egress copy on the slot's out-SSRC, the speaker's SSRC as CSRC
 //! ```
 //!
 //! **Where sessions live.** The core knows tracks and legs, not sessions. The control plane,
@@ -20,12 +23,14 @@
 //! **Across workers.** A track's levels are read by the worker that owns its publisher, and
 //! each core ranks the tracks it owns. A session whose publishers are all on one worker (one
 //! worker, or session affinity) is ranked exactly; a session spread over workers is ranked per
-//! worker until the per-tick windows are shared over the daemon's bus (issue 16, left).
+//! worker until the per-tick windows are shared over the daemon's bus (issue 16, left). The same
+//! holds for slots: a slot's sequence space is kept by the worker that fans its speakers out.
 //!
 //! Nothing here allocates per packet: a track's level state is a few fixed fields; the tick
 //! gathers candidates into a scratch vector that keeps its capacity.
 
 pub mod level;
+pub mod slot;
 pub mod speaker;
 
 use std::collections::VecDeque;

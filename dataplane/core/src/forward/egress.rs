@@ -22,10 +22,27 @@ pub(super) fn publisher_twcc(legs: &Map<LegId, Leg>, publisher: LegId) -> Option
     legs.get(&publisher).and_then(|l| l.spec.feedback.twcc_ext)
 }
 
+/// What kind of copy [`send_copy`] builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Form {
+    /// The packet as it is (rewritten).
+    Media,
+    /// An RTX packet (RFC 4588) with this payload type, on the subscriber's RTX SSRC, carrying
+    /// the rewritten sequence number as OSN.
+    Rtx(Pt),
+    /// An audio slot's copy: this publisher SSRC goes first in the CSRC list.
+    Slot(Ssrc),
+}
+
+impl From<Option<Pt>> for Form {
+    fn from(as_rtx: Option<Pt>) -> Self {
+        as_rtx.map_or(Form::Media, Form::Rtx)
+    }
+}
+
 /// Writes one copy of the plaintext packet `plain` for `sub` into the next output slot:
-/// rewritten header, remapped extensions, protected with the subscriber leg's key. With
-/// `as_rtx`, the copy is an RTX packet (RFC 4588) on the subscriber's RTX SSRC carrying the
-/// rewritten sequence number as OSN.
+/// rewritten header, remapped extensions, protected with the subscriber leg's key, in the
+/// [`Form`] asked for.
 #[expect(clippy::too_many_arguments, reason = "one copy's every input; a struct would be built per copy on the packet path")]
 pub(super) fn send_copy(
     ctx: &mut Ctx<'_>,
@@ -34,9 +51,18 @@ pub(super) fn send_copy(
     plain: &[u8],
     rewritten: Rewritten,
     out_pt: Pt,
-    as_rtx: Option<Pt>,
+    form: impl Into<Form>,
     twcc_from: Option<u8>,
 ) -> Result<(), DropReason> {
+    let form = form.into();
+    let as_rtx = match form {
+        Form::Rtx(pt) => Some(pt),
+        _ => None,
+    };
+    let csrc = match form {
+        Form::Slot(c) => Some(c),
+        _ => None,
+    };
     let leg = legs.get_mut(&sub.subscriber).ok_or(DropReason::NoDestination)?;
     if !leg.sends_media() {
         return Err(DropReason::NotConnected);
@@ -44,7 +70,11 @@ pub(super) fn send_copy(
     let remote = leg.remote.ok_or(DropReason::NoDestination)?;
     let overhead = leg.tx.profile().rtp_overhead();
     let slot = ctx.out.next_slot().ok_or(DropReason::OutputFull)?;
-    let extra = if as_rtx.is_some() { 2 } else { 0 };
+    let extra = match form {
+        Form::Media => 0,
+        Form::Rtx(_) => 2,
+        Form::Slot(_) => 4,
+    };
     let len = plain.len() + extra;
     if len + overhead > slot.len() {
         return Err(DropReason::Malformed);
@@ -59,19 +89,20 @@ pub(super) fn send_copy(
     // The common case (not RTX, no padding: the rewrite needs only the header) encrypts straight
     // from `plain` into the slot, without copying the payload in first.
     if as_rtx.is_none() && plain[0] & 0x20 == 0 {
-        slot[..header_len].copy_from_slice(&plain[..header_len]);
-        let stamped = rewrite_header(&mut slot[..header_len], sub.out_ssrc, rewritten.seq, rewritten.ts, out_pt, &sub.ext_map, stamp)?;
-        let out_len = leg.tx.protect_rtp_from(&mut sub.srtp, &mut slot[..], header_len, &plain[header_len..]).map_err(|_| DropReason::Malformed)?;
+        let out_header = copy_header(&plain[..header_len], csrc, slot)?;
+        let stamped = rewrite_header(&mut slot[..out_header], sub.out_ssrc, rewritten.seq, rewritten.ts, out_pt, &sub.ext_map, stamp)?;
+        let out_len = leg.tx.protect_rtp_from(&mut sub.srtp, &mut slot[..], out_header, &plain[header_len..]).map_err(|_| DropReason::Malformed)?;
         emit(ctx, leg, OutMeta { local_port: leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 }, stamped);
         sub.packets_sent = sub.packets_sent.wrapping_add(1);
         sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
         return Ok(());
     }
-    slot[..header_len].copy_from_slice(&plain[..header_len]);
+    let out_header = copy_header(&plain[..header_len], csrc, slot)?;
     if as_rtx.is_some() {
         slot[header_len..header_len + 2].copy_from_slice(&rewritten.seq.0.to_be_bytes());
     }
-    slot[header_len + extra..len].copy_from_slice(&plain[header_len..]);
+    let body = if as_rtx.is_some() { header_len + 2 } else { out_header };
+    slot[body..len].copy_from_slice(&plain[header_len..]);
     let (ssrc, seq, pt, srtp_state) = match (as_rtx, sub.out_rtx_ssrc) {
         (Some(rtx_pt), Some(rtx_ssrc)) => {
             let seq = SeqNo(sub.rtx_seq);
@@ -88,6 +119,18 @@ pub(super) fn send_copy(
         sub.octets_sent = sub.octets_sent.wrapping_add((plain.len() - header_len) as u32);
     }
     Ok(())
+}
+
+/// Copies the publisher's RTP header into `slot`, with `csrc` first in its CSRC list when
+/// given; returns the copy's header length.
+fn copy_header(header: &[u8], csrc: Option<Ssrc>, slot: &mut [u8]) -> Result<usize, DropReason> {
+    match csrc {
+        Some(c) => crate::audio::slot::header_with_csrc(header, c, slot).ok_or(DropReason::Malformed),
+        None => {
+            slot[..header.len()].copy_from_slice(header);
+            Ok(header.len())
+        }
+    }
 }
 
 /// Commits the copy built in the batch's next slot, or queues it on its leg's pacer: on the

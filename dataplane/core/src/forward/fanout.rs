@@ -6,9 +6,11 @@
 
 use std::collections::VecDeque;
 
-use super::egress::{publisher_twcc, send_copy};
+use super::egress::{Form, publisher_twcc, send_copy};
 use super::select::{self, Media};
 use super::{Event, KEYFRAME_REQUEST_INTERVAL, OutBatch, OutMeta, push_event};
+use crate::audio::ActiveSpeakers;
+use crate::audio::slot::SlotPacket;
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
 use crate::stats::CoreStats;
 use crate::table::{Leg, Map, Subscription, Track};
@@ -89,6 +91,51 @@ pub(super) fn rtp(
         }
     }
     if sent > 0 { Ok(()) } else { Err(reason) }
+}
+
+/// A decrypted packet of a ranked audio track to the audio slots of the legs in `slot_legs`
+/// (top-N audio, see [`crate::audio::slot`]); each leg's slots decide with the group's
+/// `ranking`. Returns how many copies left.
+pub(super) fn to_slots(
+    ctx: &mut Ctx<'_>,
+    track: &Track,
+    legs: &mut Map<LegId, Leg>,
+    slot_legs: &[LegId],
+    ranking: &ActiveSpeakers,
+    ssrc: Ssrc,
+    plain: &[u8],
+) -> usize {
+    let Ok(pkt) = rtp::Packet::new_checked(plain) else { return 0 };
+    let pt = Pt(pkt.payload_type());
+    let p = SlotPacket {
+        track: track.spec.id,
+        ssrc,
+        seq: SeqNo(pkt.sequence_number()),
+        ts: pkt.timestamp(),
+        clock_rate: track.spec.clock_rate,
+        speaking: track.level.speaking(),
+    };
+    let twcc_from = publisher_twcc(legs, track.spec.publisher);
+    let mut sent = 0;
+    for &leg_id in slot_legs.iter().filter(|&&l| l != track.spec.publisher) {
+        // The slots leave the leg while its copy is built (the egress needs the legs).
+        let Some(leg) = legs.get_mut(&leg_id) else { continue };
+        let Some(mut set) = leg.slots.take() else { continue };
+        let choice = set.choose(ctx.now, &p, ranking, |t| leg.tracks.contains(&t));
+        if let Some(c) = choice {
+            let slot = &mut set.slots[c.slot].sub;
+            ctx.stats.audio_slot_switches += u64::from(c.switched);
+            if let Some(out_pt) = slot.map_pt(pt)
+                && send_copy(ctx, slot, legs, plain, c.rewritten, out_pt, Form::Slot(ssrc), twcc_from).is_ok()
+            {
+                sent += 1;
+            }
+        }
+        if let Some(leg) = legs.get_mut(&leg_id) {
+            leg.slots = Some(set);
+        }
+    }
+    sent
 }
 
 /// A publisher's RTX packet (RFC 4588 §4): payload = OSN (2 bytes) + original payload. It is

@@ -104,7 +104,7 @@ impl Core {
         let ingress = &leg.ingress[idx];
         let (track_id, layer, is_rtx) = (ingress.track, ingress.layer, ingress.rtx);
         self.seen(now, leg_id, remote);
-        let Some((track, legs)) = self.tables.track_and_legs_mut(track_id) else {
+        let Some((track, legs, slot_legs)) = self.tables.track_legs_and_slots_mut(track_id) else {
             return Err(DropReason::UnknownSsrc);
         };
         if !is_rtx
@@ -126,7 +126,15 @@ impl Core {
         }
         let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
         let plain = &mut buf[..plain_len];
-        fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain)
+        let verdict = fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain);
+        // Top-N audio: the group's subscribers with audio slots, after its per-track ones.
+        let ranking = track.spec.speaker_group.and_then(|g| self.speakers.group(g)).map(|s| s.ranking());
+        if let Some(ranking) = ranking.filter(|_| !is_rtx && !slot_legs.is_empty())
+            && fanout::to_slots(&mut ctx, track, legs, slot_legs, ranking, ssrc, plain) > 0
+        {
+            return Ok(());
+        }
+        verdict
     }
 
     /// An SSRC the leg never announced: a simulcast layer whose SSRC was not signalled announces

@@ -2,7 +2,9 @@
 //! how it is rewritten. Every per-subscriber decision ends here as a small value on the
 //! [`Subscription`]: pause (the signaling), the target layer (the signaling's ceiling, capped
 //! by the leg's bandwidth allocator: [`Subscription::target`]), keyframe-aware switching. The
-//! next decisions (top-N audio, SVC layers, per-leg rate limits) plug in here too.
+//! next decisions (SVC layers, per-leg rate limits) plug in here too. Top-N audio is the gate of
+//! a leg's audio slots, [`crate::audio::slot::SlotSet::choose`]: a slot is a subscription
+//! whose source track changes.
 //!
 //! ```text
 //!   paused ──────────────────────────────────────────────▶ skip (Paused)

@@ -36,6 +36,7 @@ fn peer(n: u32) -> (Peer, LegSpec) {
         feedback_ssrc: Ssrc(0xf000_0000 + n),
         edge: None,
         feedback: Default::default(),
+        audio_slots: None,
     };
     let p = Peer {
         leg: LegId(n),

@@ -3,6 +3,7 @@
 //! runtime state wherever keys and SSRCs are unchanged.
 
 use super::*;
+use crate::audio::slot::SlotSet;
 
 /// The mutations of the delta being applied, inverted, and which entities already have a saved
 /// copy (each is saved once, before its first change).
@@ -51,7 +52,7 @@ impl Tables {
         }
         let mut undo = UndoLog::default();
         let result = self.apply_ops(&delta, &mut undo);
-        match result {
+        let result = match result {
             Ok(()) => {
                 self.generation = delta.generation;
                 Ok(self.generation)
@@ -62,7 +63,9 @@ impl Tables {
                 }
                 Err(e)
             }
-        }
+        };
+        self.reindex_slots();
+        result
     }
 
     fn apply_ops(&mut self, delta: &Delta, undo: &mut UndoLog) -> Result<(), DeltaError> {
@@ -151,6 +154,12 @@ impl Tables {
             return Err(DeltaError::PortInUse { op, port: spec.local_port, owner });
         }
         spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
+        // Slot SSRCs are out-SSRCs of the leg like its subscriptions'.
+        if let (Some(a), Some(old)) = (&spec.audio_slots, self.legs.get(&spec.id))
+            && let Some(&s) = a.out_ssrcs.iter().find(|s| old.egress.iter().any(|(e, _)| e == *s))
+        {
+            return Err(DeltaError::DuplicateSsrc { op, leg: spec.id, ssrc: s });
+        }
         let rx = SrtpKeys::new(spec.rx.profile, &spec.rx.key, &spec.rx.salt).map_err(|_| DeltaError::Invalid {
             op,
             field: "leg.rx",
@@ -181,6 +190,9 @@ impl Tables {
                 if spec.remote.is_some() {
                     leg.remote = spec.remote;
                 }
+                if leg.spec.audio_slots != spec.audio_slots {
+                    leg.slots = spec.audio_slots.as_ref().map(|a| Box::new(SlotSet::new(spec.id, a, leg.slots.take().map(|b| *b))));
+                }
                 leg.spec = spec.clone();
                 if old_port != spec.local_port {
                     self.by_port.remove(&old_port);
@@ -207,6 +219,7 @@ impl Tables {
                         uplink: Uplink::new(&spec.feedback),
                         downlink: spec.feedback.twcc_ext.map(|_| Box::default()),
                         retired: Vec::new(),
+                        slots: spec.audio_slots.as_ref().map(|a| Box::new(SlotSet::new(spec.id, a, None))),
                     },
                 );
                 self.by_port.insert(spec.local_port, spec.id);
@@ -231,6 +244,10 @@ impl Tables {
         if let Some(tx) = tx {
             leg.tx = tx;
             leg.feedback_srtcp = RtcpSendState::default();
+            for s in leg.slots.iter_mut().flat_map(|set| set.slots.iter_mut()) {
+                s.sub.srtp = RtpSendState::default();
+                s.sub.srtcp = RtcpSendState::default();
+            }
             for r in &mut leg.retired {
                 r.srtp = RtpSendState::default();
                 r.rtx_srtp = RtpSendState::default();
@@ -332,7 +349,8 @@ impl Tables {
             return Err(DeltaError::DuplicateSsrc { op, leg: spec.subscriber, ssrc: spec.out_ssrc });
         }
         for out in [Some(spec.out_ssrc), spec.out_rtx_ssrc].into_iter().flatten() {
-            if subscriber.egress.iter().any(|&(s, t)| s == out && t != spec.track) {
+            let slot = subscriber.spec.audio_slots.as_ref().is_some_and(|a| a.out_ssrcs.contains(&out));
+            if slot || subscriber.egress.iter().any(|&(s, t)| s == out && t != spec.track) {
                 return Err(DeltaError::DuplicateSsrc { op, leg: spec.subscriber, ssrc: out });
             }
         }
@@ -490,6 +508,7 @@ impl Tables {
             uplink: leg.uplink.clone(),
             downlink: leg.downlink.clone(),
             retired: leg.retired.clone(),
+            slots: leg.slots.clone(),
         };
         undo.push(Undo::LegReplaced(Box::new(copy)));
     }

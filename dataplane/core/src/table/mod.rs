@@ -40,8 +40,8 @@ use crate::time::Instant;
 use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
-    Codec, Delta, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MAX_MID_LEN, MediaKind, MidSpec, Op, PayloadSpec,
-    SpecError, SubscriptionSpec, TrackSpec,
+    AudioSlotsSpec, Codec, Delta, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MAX_MID_LEN, MediaKind,
+    MidSpec, Op, PayloadSpec, SpecError, SubscriptionSpec, TrackSpec,
 };
 
 /// The hash map the tables use: foldhash, seeded per process (keys come from the network, so the
@@ -166,12 +166,15 @@ pub struct Tables {
     legs: Map<LegId, Leg>,
     by_port: Map<u16, LegId>,
     tracks: Map<TrackId, Track>,
+    /// Subscriber legs with audio slots, by their speaker group (derived from the legs' specs
+    /// after every delta, for the fan-out).
+    slot_legs: Map<crate::ids::SpeakerGroup, Vec<LegId>>,
 }
 
 impl Tables {
     /// Empty tables at generation 0.
     pub fn new(config: TableConfig) -> Self {
-        Self { config, generation: Generation(0), legs: Map::default(), by_port: Map::default(), tracks: Map::default() }
+        Self { config, generation: Generation(0), legs: Map::default(), by_port: Map::default(), tracks: Map::default(), slot_legs: Map::default() }
     }
 
     /// The settings.
@@ -241,6 +244,24 @@ impl Tables {
     pub fn track_and_legs_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Leg>)> {
         let track = self.tracks.get_mut(&id)?;
         Some((track, &mut self.legs))
+    }
+
+    /// A track, the legs, and the legs with audio slots for the track's speaker group (empty when
+    /// it has none), for the fan-out.
+    pub fn track_legs_and_slots_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Leg>, &[LegId])> {
+        let track = self.tracks.get_mut(&id)?;
+        let slots = track.spec.speaker_group.and_then(|g| self.slot_legs.get(&g)).map_or(&[][..], Vec::as_slice);
+        Some((track, &mut self.legs, slots))
+    }
+
+    /// Rebuilds the index of legs with audio slots by group.
+    fn reindex_slots(&mut self) {
+        self.slot_legs.clear();
+        for leg in self.legs.values() {
+            if let Some(a) = &leg.spec.audio_slots {
+                self.slot_legs.entry(a.group).or_default().push(leg.spec.id);
+            }
+        }
     }
 
     /// Legs and tracks at once, for controllers that read a leg and change its subscriptions

@@ -102,6 +102,30 @@ pub struct LegSpec {
     /// reports are always sent).
     #[cfg_attr(feature = "serde", serde(default))]
     pub feedback: FeedbackSpec,
+    /// The participant receives a speaker group's audio in fixed slots (top-N audio): at most
+    /// one stream per slot, the group's loudest recent speakers but never its own tracks. `None`:
+    /// audio comes only through per-track subscriptions.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub audio_slots: Option<AudioSlotsSpec>,
+}
+
+/// Most audio slots a leg may have (the most a ranking lists).
+pub const MAX_AUDIO_SLOTS: usize = crate::audio::speaker::MAX_LISTED;
+
+/// A subscriber leg's audio slots (see [`crate::audio::slot`]): one out-SSRC per slot, with one
+/// continuous sequence and timestamp space whichever speaker feeds it; the speaker's own SSRC
+/// goes in the CSRC list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct AudioSlotsSpec {
+    /// The speaker group whose tracks feed the slots.
+    pub group: SpeakerGroup,
+    /// One out-SSRC per slot: N slots, 1 to [`MAX_AUDIO_SLOTS`], distinct.
+    pub out_ssrcs: Vec<Ssrc>,
+    /// Payload-type map, publisher → subscriber (every track of the group must use these).
+    pub pt_map: Vec<(Pt, Pt)>,
+    /// Header-extension id map, publisher → subscriber (one-byte ids).
+    pub ext_map: Vec<(u8, u8)>,
 }
 
 /// Congestion feedback towards a participant about the media it sends (the uplink): what its
@@ -130,6 +154,16 @@ impl LegSpec {
         }
         if self.feedback.twcc_ext.is_some_and(|id| !(1..=14).contains(&id)) {
             return refuse("leg.feedback.twcc_ext", "header-extension ids are 1..=14");
+        }
+        if let Some(a) = &self.audio_slots {
+            if a.out_ssrcs.is_empty() || a.out_ssrcs.len() > MAX_AUDIO_SLOTS {
+                return refuse("leg.audio_slots.out_ssrcs", "need 1 to 8 slots");
+            }
+            if a.out_ssrcs.iter().enumerate().any(|(i, s)| a.out_ssrcs[..i].contains(s)) {
+                return refuse("leg.audio_slots.out_ssrcs", "each slot needs its own SSRC");
+            }
+            // The same maps as a subscription's.
+            SubscriptionSpec::maps_valid(&a.pt_map, &a.ext_map).map_err(|why| SpecError { field: "leg.audio_slots", why })?;
         }
         for (field, k) in [("leg.rx", &self.rx), ("leg.tx", &self.tx)] {
             if k.key.len() != k.profile.key_len() || k.salt.len() != k.profile.salt_len() {
@@ -378,14 +412,22 @@ impl SubscriptionSpec {
     /// The checks on the spec alone: 1 to [`super::MAX_PT_MAP`] payload-type mappings of 7-bit
     /// payload types, one-byte extension ids (1..=14) on both sides of the extension map.
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.pt_map.is_empty() || self.pt_map.len() > super::MAX_PT_MAP {
-            return refuse("subscription.pt_map", "need 1 to 8 payload-type mappings");
+        Self::maps_valid(&self.pt_map, &self.ext_map).map_err(|why| {
+            let field = if why.starts_with("extension") { "subscription.ext_map" } else { "subscription.pt_map" };
+            SpecError { field, why }
+        })
+    }
+
+    /// The checks on a payload-type and an extension-id map (shared with audio slots).
+    pub(crate) fn maps_valid(pt_map: &[(Pt, Pt)], ext_map: &[(u8, u8)]) -> Result<(), &'static str> {
+        if pt_map.is_empty() || pt_map.len() > super::MAX_PT_MAP {
+            return Err("need 1 to 8 payload-type mappings");
         }
-        if self.pt_map.iter().any(|(a, b)| a.0 > 127 || b.0 > 127) {
-            return refuse("subscription.pt_map", "payload types are 7 bits");
+        if pt_map.iter().any(|(a, b)| a.0 > 127 || b.0 > 127) {
+            return Err("payload types are 7 bits");
         }
-        if self.ext_map.iter().any(|&(a, b)| !(1..=14).contains(&a) || !(1..=14).contains(&b)) {
-            return refuse("subscription.ext_map", "extension ids are 1..=14");
+        if ext_map.iter().any(|&(a, b)| !(1..=14).contains(&a) || !(1..=14).contains(&b)) {
+            return Err("extension ids are 1..=14");
         }
         Ok(())
     }

@@ -57,6 +57,8 @@ pub struct Leg {
     /// The stream state of subscriptions this leg no longer has, oldest first, at most
     /// [`MAX_RETIRED_STREAMS`]: a subscription that comes back with the same out-SSRC resumes it.
     pub(super) retired: Vec<RetiredStream>,
+    /// Its audio slots (`spec.audio_slots`): top-N audio of a speaker group.
+    pub slots: Option<Box<crate::audio::slot::SlotSet>>,
 }
 
 /// What the subscriber saw of a removed subscription's stream: where its sequence numbers and
@@ -411,7 +413,7 @@ impl Subscription {
         self.pt_map[..usize::from(self.pt_len)].iter().find(|(from, _)| *from == pt).map(|(_, to)| *to)
     }
 
-    pub(super) fn compile(spec: &SubscriptionSpec, layers: usize) -> Self {
+    pub(crate) fn compile(spec: &SubscriptionSpec, layers: usize) -> Self {
         let mut pt_map = [(Pt(0), Pt(0)); MAX_PT_MAP];
         for (slot, m) in pt_map.iter_mut().zip(&spec.pt_map) {
             *slot = *m;

@@ -13,6 +13,7 @@ fn leg(n: u32) -> LegSpec {
         feedback_ssrc: Ssrc(n),
         edge: None,
         feedback: Default::default(),
+        audio_slots: None,
     }
 }
 
@@ -211,4 +212,53 @@ fn retired_streams_are_bounded_kept_across_track_removal_and_rolled_back() {
     // Moving a subscription to another out-SSRC retires the old one.
     t.apply(delta(4, vec![Op::UpsertSubscription(sub(2, 105, 0x2105))])).unwrap();
     assert_eq!(t.leg(LegId(2)).unwrap().retired_streams(), MAX_RETIRED_STREAMS);
+}
+
+fn slots(ssrcs: &[u32]) -> AudioSlotsSpec {
+    AudioSlotsSpec {
+        group: crate::ids::SpeakerGroup(5),
+        out_ssrcs: ssrcs.iter().map(|&s| Ssrc(s)).collect(),
+        pt_map: vec![(Pt(111), Pt(109))],
+        ext_map: vec![],
+    }
+}
+
+/// Audio slots: 1 to 8 distinct out-SSRCs that no subscription of the leg uses (either way
+/// round); a leg upsert with the same slots keeps their streams, another SSRC starts a new one,
+/// and a refused delta leaves the slots as they were.
+#[test]
+fn audio_slots_are_validated_unique_and_keep_their_streams() {
+    let with = |n, s: &[u32]| LegSpec { audio_slots: Some(slots(s)), ..leg(n) };
+    for (bad, field) in [
+        (with(2, &[]), "leg.audio_slots.out_ssrcs"),
+        (with(2, &[1, 2, 3, 4, 5, 6, 7, 8, 9]), "leg.audio_slots.out_ssrcs"),
+        (with(2, &[7, 7]), "leg.audio_slots.out_ssrcs"),
+        (LegSpec { audio_slots: Some(AudioSlotsSpec { pt_map: vec![], ..slots(&[7]) }), ..leg(2) }, "leg.audio_slots"),
+        (LegSpec { audio_slots: Some(AudioSlotsSpec { ext_map: vec![(15, 1)], ..slots(&[7]) }), ..leg(2) }, "leg.audio_slots"),
+    ] {
+        assert_eq!(bad.validate().map_err(|e| e.field), Err(field), "{bad:?}");
+    }
+    let mut t = Tables::new(TableConfig::default());
+    t.apply(delta(1, vec![Op::UpsertLeg(leg(1)), Op::UpsertLeg(with(2, &[0x70, 0x71])), Op::UpsertTrack(track(10, 1, 0xaa))])).unwrap();
+    // A subscription may not take a slot's SSRC, nor a slot a subscription's.
+    let clash = t.apply(delta(2, vec![Op::UpsertSubscription(sub(2, 10, 0x71))]));
+    assert_eq!(clash, Err(DeltaError::DuplicateSsrc { op: 0, leg: LegId(2), ssrc: Ssrc(0x71) }));
+    t.apply(delta(2, vec![Op::UpsertSubscription(sub(2, 10, 0x22))])).unwrap();
+    let clash = t.apply(delta(3, vec![Op::UpsertLeg(with(2, &[0x70, 0x22]))]));
+    assert_eq!(clash, Err(DeltaError::DuplicateSsrc { op: 0, leg: LegId(2), ssrc: Ssrc(0x22) }));
+    // The slot streams are runtime state: an unchanged upsert keeps them, a new SSRC is new.
+    let sent = |t: &Tables, k: usize| t.leg(LegId(2)).unwrap().slots.as_ref().unwrap().slots[k].sub.packets_sent;
+    t.legs.get_mut(&LegId(2)).unwrap().slots.as_mut().unwrap().slots[0].sub.packets_sent = 40;
+    t.apply(delta(3, vec![Op::UpsertLeg(with(2, &[0x70, 0x71]))])).unwrap();
+    assert_eq!(sent(&t, 0), 40);
+    // A refused delta that changed the slots first leaves them as they were.
+    let refused = t.apply(delta(4, vec![Op::UpsertLeg(with(2, &[0x72, 0x70])), Op::RemoveTrack(TrackId(99))]));
+    assert!(refused.is_err());
+    assert_eq!(sent(&t, 0), 40);
+    assert_eq!(t.slot_legs.get(&crate::ids::SpeakerGroup(5)), Some(&vec![LegId(2)]));
+    t.apply(delta(4, vec![Op::UpsertLeg(with(2, &[0x72, 0x70]))])).unwrap();
+    assert_eq!((sent(&t, 0), sent(&t, 1)), (0, 40), "0x70 moved to the second slot with its stream");
+    t.apply(delta(5, vec![Op::UpsertLeg(leg(2))])).unwrap();
+    assert!(t.leg(LegId(2)).unwrap().slots.is_none());
+    assert!(t.slot_legs.is_empty());
 }
