@@ -5,7 +5,9 @@
 //! publisher with audio and two-layer VP8 video, four subscribers split over the layers) is
 //! warmed up, then thousands of pre-protected datagrams go through `Core::handle_rx`: media,
 //! NACKs answered from the cache, NACKs forwarded upstream, sender reports rewritten per
-//! subscriber, receiver reports and PLIs. The count must stay at zero.
+//! subscriber, receiver reports and PLIs; the audio carries RFC 6464 levels, is ranked on the
+//! core's timers (`handle_timeout` runs as the worker runs it) and also reaches every subscriber
+//! through an audio slot. The count must stay at zero.
 
 mod common;
 
@@ -16,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
-use sluice_core::ids::{Generation, SpeakerGroup, Ssrc};
+use sluice_core::ids::{Generation, Pt, SpeakerGroup, Ssrc};
 use sluice_core::srtp::{Profile, RtcpSendState, RtpSendState, SrtpKeys};
-use sluice_core::table::{Delta, Op, TrackSpec};
+use sluice_core::table::{AudioSlotsSpec, Delta, LegSpec, Op, TrackSpec};
 use sluice_core::time::Instant;
 use sluice_core::verdict::DropReason;
 use sluice_core::wire::rtcp;
@@ -200,7 +202,17 @@ fn traffic(senders: &mut [Sender], from: u32, frames: u32) -> Sched {
 fn steady_state_forwarding_allocates_nothing() {
     let mut core = Core::new(CoreConfig::default());
     let mut senders: Vec<Sender> = (1..=SUBS + 1).map(Sender::new).collect();
-    let mut ops: Vec<Op> = (1..=SUBS + 1).map(|i| Op::UpsertLeg(leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1)))).collect();
+    // Every subscriber also has one audio slot of the group (top-N audio, N = 1).
+    let slot = |i: u32| AudioSlotsSpec {
+        group: SpeakerGroup(7),
+        out_ssrcs: vec![Ssrc(0x10_0000 * i + 0x300)],
+        pt_map: vec![(Pt(PT_OPUS), Pt(SUB_PT_OPUS))],
+        ext_map: vec![],
+    };
+    let mut ops: Vec<Op> = (1..=SUBS + 1)
+        .map(|i| LegSpec { audio_slots: (i > 1).then(|| slot(i)), ..leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1)) })
+        .map(Op::UpsertLeg)
+        .collect();
     ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(LEVEL_EXT), speaker_group: Some(SpeakerGroup(7)), ..audio_track(1, 1, AUDIO) }));
     ops.push(Op::UpsertTrack(video_track(2, 1, &VIDEO)));
     for i in 2..=SUBS + 1 {
@@ -281,5 +293,6 @@ fn steady_state_forwarding_allocates_nothing() {
     assert_eq!(st.drops_for(DropReason::OutputFull), 0);
     let dominant = core.speakers().group(SpeakerGroup(7)).and_then(|s| s.dominant());
     assert_eq!(dominant, Some(sluice_core::ids::TrackId(1)), "the speaker ticks ran ({rankings} ranking events measured)");
+    assert!(st.audio_slot_switches >= 4, "the slots carried the speaker: {}", st.audio_slot_switches);
     assert_eq!(allocs, 0, "heap allocations while forwarding {} datagrams", measured.len());
 }
