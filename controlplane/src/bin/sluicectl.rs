@@ -196,6 +196,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", text::json_escape(&serde_json::to_string_pretty(&session_json(&s))?));
             } else {
                 println!("session {}  revision {}", text::escape(&s.id), s.revision);
+                if let Some(st) = s.settings.filter(|st| st.top_n_audio) {
+                    println!("top-N audio: {} slots", if st.audio_top_n == 0 { 3 } else { st.audio_top_n });
+                }
                 if let Some(a) = &s.active_speakers {
                     println!("speaking: {}", speaking(a));
                 }
@@ -277,6 +280,7 @@ fn session_json(s: &pb::Session) -> Value {
             "id": t.id, "publisher_leg": t.publisher_leg, "kind": kind(t.kind), "clock_rate": t.clock_rate,
             "layers": t.layers.iter().map(|l| json!({ "ssrc": l.ssrc, "rtx_ssrc": l.rtx_ssrc, "rid": l.rid })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "settings": s.settings.map(|st| json!({ "top_n_audio": st.top_n_audio, "audio_top_n": st.audio_top_n })),
         "active_speakers": s.active_speakers.as_ref().map(|a| json!({
             "dominant": a.dominant,
             "speakers": a.speakers.iter().map(|sp| json!({ "track": sp.track, "level": sp.level })).collect::<Vec<_>>(),

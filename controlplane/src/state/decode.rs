@@ -27,7 +27,14 @@ impl Stage<'_> {
         use pb::change::Change as C;
         let at = format!("changes[{i}]");
         match &change.change {
-            None => Err(invalid(at, "empty change: set one of leg, remove_leg, track, remove_track, subscription, remove_subscription")),
+            None => Err(invalid(at, "empty change: set one of leg, remove_leg, track, remove_track, subscription, remove_subscription, settings")),
+            Some(C::Settings(s)) => {
+                if s.audio_top_n > MAX_AUDIO_SLOTS as u32 {
+                    return Err(invalid(format!("{at}.settings.audio_top_n"), format!("{} is more than {MAX_AUDIO_SLOTS} slots", s.audio_top_n)));
+                }
+                self.session.settings = Settings { top_n_audio: s.top_n_audio, audio_top_n: s.audio_top_n as u8 };
+                Ok(())
+            }
             Some(C::Leg(l)) => self.leg(&format!("{at}.leg"), l),
             Some(C::RemoveLeg(name)) => {
                 let f = format!("{at}.remove_leg");
@@ -142,7 +149,8 @@ impl Stage<'_> {
                 remb: fb.remb,
             },
         };
-        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots: None };
+        let audio_slots = l.audio_slots.as_ref().map(|a| self.audio_slots(&format!("{f}.audio_slots"), &l.id, a)).transpose()?;
+        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         self.session.legs.insert(l.id.clone(), spec);
         self.ports.retain(|(n, _)| n != &l.id);
@@ -279,6 +287,28 @@ impl Stage<'_> {
         Ok(())
     }
 
+    /// A leg's audio slots: 1 to 8 distinct SSRCs no subscription of the leg uses, the maps as a
+    /// subscription's; the group is the session's.
+    fn audio_slots(&self, f: &str, leg: &str, a: &pb::AudioSlots) -> Result<AudioSlotsSpec, StateError> {
+        for (k, &ssrc) in a.out_ssrcs.iter().enumerate() {
+            if ssrc == 0 {
+                return Err(invalid(format!("{f}.out_ssrcs[{k}]"), "must be set (non-zero)"));
+            }
+            if let Some((track, _)) = self.session.subs.get(leg).into_iter().flatten().find(|(_, o)| o.out_ssrc.0 == ssrc || o.out_rtx_ssrc == Some(Ssrc(ssrc)))
+            {
+                return Err(invalid(
+                    format!("{f}.out_ssrcs[{k}]"),
+                    format!("SSRC {ssrc} is already used by leg {}'s subscription to track {}", quote(leg), quote(track)),
+                ));
+            }
+        }
+        let (pt_map, ext_map) = maps(f, &a.pt_map, &a.ext_map)?;
+        let spec = AudioSlotsSpec { group: speaker_group(self.name), out_ssrcs: a.out_ssrcs.iter().map(|&s| Ssrc(s)).collect(), pt_map, ext_map };
+        // The dataplane's own checks (count, distinct, map ranges), before anything is journaled.
+        spec.validate().map_err(|e| spec_invalid(f.trim_end_matches(".audio_slots"), e))?;
+        Ok(spec)
+    }
+
     pub(super) fn subscription(&mut self, f: &str, s: &pb::Subscription) -> Result<(), StateError> {
         check_id(&format!("{f}.subscriber_leg"), &s.subscriber_leg)?;
         check_id(&format!("{f}.track"), &s.track)?;
@@ -319,16 +349,10 @@ impl Stage<'_> {
                 }
             }
         }
-        let mut pt_map = Vec::new();
-        for (k, m) in s.pt_map.iter().enumerate() {
-            pt_map.push((payload_type(&format!("{f}.pt_map[{k}].from"), m.from)?, payload_type(&format!("{f}.pt_map[{k}].to"), m.to)?));
+        if let Some(k) = subscriber.audio_slots.as_ref().and_then(|a| a.out_ssrcs.iter().position(|&x| x.0 == s.out_ssrc || Some(x.0) == s.out_rtx_ssrc)) {
+            return Err(invalid(format!("{f}.out_ssrc"), format!("SSRC is already leg {}'s audio slot {k}", quote(&s.subscriber_leg))));
         }
-        let mut ext_map = Vec::new();
-        for (k, m) in s.ext_map.iter().enumerate() {
-            let from = ext_id(&format!("{f}.ext_map[{k}].from"), Some(m.from))?.unwrap_or_default();
-            let to = ext_id(&format!("{f}.ext_map[{k}].to"), Some(m.to))?.unwrap_or_default();
-            ext_map.push((from, to));
-        }
+        let (pt_map, ext_map) = maps(f, &s.pt_map, &s.ext_map)?;
         let spec = SubscriptionSpec {
             subscriber: subscriber.id,
             track: track.spec.id,
@@ -455,6 +479,24 @@ pub(super) fn key_material(field: &str, k: Option<&pb::KeyMaterial>) -> Result<K
     Ok(KeyMaterial { profile, key: k.key.clone(), salt: k.salt.clone() })
 }
 
+/// A payload-type map and a header-extension-id map, publisher → subscriber.
+type Maps = (Vec<(Pt, Pt)>, Vec<(u8, u8)>);
+
+/// A payload-type and a header-extension map as the API gives them (`f`: the message's path).
+fn maps(f: &str, pt: &[pb::IdMapping], ext: &[pb::IdMapping]) -> Result<Maps, StateError> {
+    let mut pt_map = Vec::new();
+    for (k, m) in pt.iter().enumerate() {
+        pt_map.push((payload_type(&format!("{f}.pt_map[{k}].from"), m.from)?, payload_type(&format!("{f}.pt_map[{k}].to"), m.to)?));
+    }
+    let mut ext_map = Vec::new();
+    for (k, m) in ext.iter().enumerate() {
+        let from = ext_id(&format!("{f}.ext_map[{k}].from"), Some(m.from))?.unwrap_or_default();
+        let to = ext_id(&format!("{f}.ext_map[{k}].to"), Some(m.to))?.unwrap_or_default();
+        ext_map.push((from, to));
+    }
+    Ok((pt_map, ext_map))
+}
+
 /// The speaker group of a session's audio tracks: the dataplane ranks active speakers per group
 /// (see `sluice_core::audio`). A stable hash of the session name (the journal's FNV-1a): the same
 /// after a restart or a journal replay without a stored counter, and with 64 bits two sessions
@@ -513,5 +555,60 @@ mod tests {
         assert_ne!(speaker_group("m"), speaker_group("n"));
         let view = d.session_view("m", &EdgeInfo::default()).unwrap();
         assert_eq!(view.tracks.iter().find(|t| t.id == "xb").and_then(|t| t.audio_level_ext), Some(14));
+    }
+
+    fn settings(on: bool, n: u32) -> pb::Change {
+        pb::Change { change: Some(C::Settings(pb::SessionSettings { top_n_audio: on, audio_top_n: n })) }
+    }
+
+    fn slotted(id: &str, ssrcs: &[u32]) -> pb::Change {
+        let mut c = leg(id);
+        if let Some(C::Leg(l)) = &mut c.change {
+            l.audio_slots = Some(pb::AudioSlots {
+                out_ssrcs: ssrcs.to_vec(),
+                pt_map: vec![pb::IdMapping { from: 111, to: 109 }],
+                ext_map: vec![pb::IdMapping { from: 1, to: 1 }],
+            });
+        }
+        c
+    }
+
+    /// Top-N audio over gRPC: N from the session's settings (default 3, at most 8); a leg's
+    /// slot SSRCs are validated like the dataplane does and never clash with its subscriptions;
+    /// the dataplane gets the first N slots of each leg, and none while top-N is off.
+    #[test]
+    fn top_n_settings_and_audio_slots_are_validated_and_compiled() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_009 });
+        d.apply(&pair("m")).unwrap();
+        let refused = [
+            (req("m", vec![settings(true, 9)]), "changes[0].settings.audio_top_n"),
+            (req("m", vec![slotted("c", &[])]), "changes[0].leg.audio_slots.out_ssrcs"),
+            (req("m", vec![slotted("c", &[1, 2, 3, 4, 5, 6, 7, 8, 9])]), "changes[0].leg.audio_slots.out_ssrcs"),
+            (req("m", vec![slotted("c", &[5, 5])]), "changes[0].leg.audio_slots.out_ssrcs"),
+            (req("m", vec![slotted("c", &[5, 0])]), "changes[0].leg.audio_slots.out_ssrcs[1]"),
+            // Leg a's subscription to vb uses 1000 (and 1001 for RTX).
+            (req("m", vec![slotted("a", &[7, 1001])]), "changes[0].leg.audio_slots.out_ssrcs[1]"),
+            (req("m", vec![slotted("c", &[2000]), sub("c", "va", 2000, 0, false)]), "changes[1].subscription.out_ssrc"),
+        ];
+        for (r, field) in refused {
+            let before = d.clone();
+            let e = d.apply(&r).expect_err("refused");
+            assert_eq!((e.kind, e.field.as_str()), (ErrorKind::InvalidArgument, field), "{e}");
+            assert_eq!(d, before);
+        }
+        d.apply(&req("m", vec![slotted("a", &[11, 12, 13, 14, 15])])).unwrap();
+        let slots_of = |d: &Desired| d.tables().legs.values().find_map(|l| l.audio_slots.clone());
+        assert_eq!(slots_of(&d), None, "top-N off: no slots in the dataplane");
+        d.apply(&req("m", vec![settings(true, 0)])).unwrap();
+        let a = slots_of(&d).expect("slots");
+        assert_eq!(a.out_ssrcs, vec![Ssrc(11), Ssrc(12), Ssrc(13)], "the default N is 3");
+        assert_eq!(a.group, speaker_group("m"));
+        assert_eq!((a.pt_map, a.ext_map), (vec![(Pt(111), Pt(109))], vec![(1, 1)]));
+        d.apply(&req("m", vec![settings(true, 2)])).unwrap();
+        assert_eq!(slots_of(&d).unwrap().out_ssrcs.len(), 2);
+        let view = d.session_view("m", &EdgeInfo::default()).unwrap();
+        assert_eq!(view.settings, Some(pb::SessionSettings { top_n_audio: true, audio_top_n: 2 }));
+        let a = view.legs.iter().find(|l| l.id == "a").and_then(|l| l.audio_slots.clone()).unwrap();
+        assert_eq!(a.out_ssrcs, vec![11, 12, 13, 14, 15], "the leg keeps what it asked for");
     }
 }

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sluice_core::ids::{LegId, Pt, SpeakerGroup, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
-    Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, MidSpec, PayloadSpec, SpecError, SubscriptionSpec,
-    TrackSpec,
+    AudioSlotsSpec, Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MediaKind, MidSpec, PayloadSpec,
+    SpecError, SubscriptionSpec, TrackSpec,
 };
 
 use crate::diff::SpecSet;
@@ -114,6 +114,25 @@ struct IdempotencyEntry {
     committed: Committed,
 }
 
+/// A session's settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Top-N audio: legs with audio slots receive the session's audio in them.
+    pub top_n_audio: bool,
+    /// N (1..=8); 0: [`DEFAULT_AUDIO_TOP_N`].
+    pub audio_top_n: u8,
+}
+
+/// N of top-N audio when a session does not say.
+pub const DEFAULT_AUDIO_TOP_N: u8 = 3;
+
+impl Settings {
+    /// N, the slots each leg uses.
+    pub fn top_n(&self) -> u8 {
+        if self.audio_top_n == 0 { DEFAULT_AUDIO_TOP_N } else { self.audio_top_n }
+    }
+}
+
 /// One session (meeting) on this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -125,6 +144,9 @@ pub struct Session {
     pub tracks: BTreeMap<String, NamedTrack>,
     /// Subscriptions: subscriber leg name → track name → spec.
     pub subs: BTreeMap<String, BTreeMap<String, SubscriptionSpec>>,
+    /// Session-wide settings.
+    #[serde(default)]
+    pub settings: Settings,
     idempotency: VecDeque<IdempotencyEntry>,
 }
 
@@ -149,7 +171,14 @@ impl Session {
 
     fn compile_into(&self, t: &mut SpecSet) {
         for l in self.legs.values() {
-            t.legs.insert(l.id, l.clone());
+            let mut l = l.clone();
+            // A leg keeps the slots it asked for; the dataplane gets the session's first N,
+            // and none while the session has top-N audio off.
+            l.audio_slots = l.audio_slots.filter(|_| self.settings.top_n_audio).map(|mut a| {
+                a.out_ssrcs.truncate(usize::from(self.settings.top_n()));
+                a
+            });
+            t.legs.insert(l.id, l);
         }
         for tr in self.tracks.values() {
             t.tracks.insert(tr.spec.id, tr.spec.clone());
@@ -468,6 +497,11 @@ impl Desired {
                         } as i32,
                     }),
                     webrtc_local: webrtc_local(l, edge),
+                    audio_slots: l.audio_slots.as_ref().map(|a| pb::AudioSlots {
+                        out_ssrcs: a.out_ssrcs.iter().map(|s| s.0).collect(),
+                        pt_map: a.pt_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(f.0), to: u32::from(t.0) }).collect(),
+                        ext_map: a.ext_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(*f), to: u32::from(*t) }).collect(),
+                    }),
                 })
                 .collect(),
             tracks: s
@@ -517,6 +551,7 @@ impl Desired {
                 })
                 .collect(),
             active_speakers: None,
+            settings: Some(pb::SessionSettings { top_n_audio: s.settings.top_n_audio, audio_top_n: u32::from(s.settings.audio_top_n) }),
         })
     }
 }

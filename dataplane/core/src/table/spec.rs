@@ -128,6 +128,20 @@ pub struct AudioSlotsSpec {
     pub ext_map: Vec<(u8, u8)>,
 }
 
+impl AudioSlotsSpec {
+    /// The checks on the spec alone: 1 to [`MAX_AUDIO_SLOTS`] distinct SSRCs, the maps as a
+    /// subscription's.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.out_ssrcs.is_empty() || self.out_ssrcs.len() > MAX_AUDIO_SLOTS {
+            return refuse("leg.audio_slots.out_ssrcs", "need 1 to 8 slots");
+        }
+        if self.out_ssrcs.iter().enumerate().any(|(i, s)| self.out_ssrcs[..i].contains(s)) {
+            return refuse("leg.audio_slots.out_ssrcs", "each slot needs its own SSRC");
+        }
+        SubscriptionSpec::maps_valid(&self.pt_map, &self.ext_map).map_err(|why| SpecError { field: "leg.audio_slots", why })
+    }
+}
+
 /// Congestion feedback towards a participant about the media it sends (the uplink): what its
 /// offer negotiated, so its send-side bandwidth estimator can ramp.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -156,14 +170,7 @@ impl LegSpec {
             return refuse("leg.feedback.twcc_ext", "header-extension ids are 1..=14");
         }
         if let Some(a) = &self.audio_slots {
-            if a.out_ssrcs.is_empty() || a.out_ssrcs.len() > MAX_AUDIO_SLOTS {
-                return refuse("leg.audio_slots.out_ssrcs", "need 1 to 8 slots");
-            }
-            if a.out_ssrcs.iter().enumerate().any(|(i, s)| a.out_ssrcs[..i].contains(s)) {
-                return refuse("leg.audio_slots.out_ssrcs", "each slot needs its own SSRC");
-            }
-            // The same maps as a subscription's.
-            SubscriptionSpec::maps_valid(&a.pt_map, &a.ext_map).map_err(|why| SpecError { field: "leg.audio_slots", why })?;
+            a.validate()?;
         }
         for (field, k) in [("leg.rx", &self.rx), ("leg.tx", &self.tx)] {
             if k.key.len() != k.profile.key_len() || k.salt.len() != k.profile.salt_len() {
