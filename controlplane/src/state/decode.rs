@@ -511,21 +511,6 @@ mod tests {
     use super::*;
     use crate::pb::change::Change as C;
 
-    fn audio(id: &str, publisher: &str, ssrc: u32, level_ext: Option<u32>) -> pb::Change {
-        pb::Change {
-            change: Some(C::Track(pb::Track {
-                id: id.into(),
-                publisher_leg: publisher.into(),
-                kind: pb::MediaKind::Audio as i32,
-                clock_rate: 48_000,
-                layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
-                payload_types: vec![pb::PayloadType { pt: 111, codec: pb::Codec::Audio as i32, rtx_pt: None }],
-                audio_level_ext: level_ext,
-                ..Default::default()
-            })),
-        }
-    }
-
     /// `audio_level_ext` is a one-byte extension id (1..=14) of an audio track; the track then
     /// joins its session's speaker group, which is the same for the session's tracks, differs
     /// between sessions, and comes back in GetSession.

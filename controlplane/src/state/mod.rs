@@ -605,6 +605,22 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// An Opus track on SSRC `ssrc`, with the audio-level extension id `level_ext`.
+    pub fn audio(id: &str, publisher: &str, ssrc: u32, level_ext: Option<u32>) -> pb::Change {
+        pb::Change {
+            change: Some(C::Track(pb::Track {
+                id: id.into(),
+                publisher_leg: publisher.into(),
+                kind: pb::MediaKind::Audio as i32,
+                clock_rate: 48_000,
+                layers: vec![pb::Layer { ssrc: Some(ssrc), ..Default::default() }],
+                payload_types: vec![pb::PayloadType { pt: 111, codec: pb::Codec::Audio as i32, rtx_pt: None }],
+                audio_level_ext: level_ext,
+                ..Default::default()
+            })),
+        }
+    }
+
     pub fn sub(leg: &str, track: &str, out: u32, layer: u32, paused: bool) -> pb::Change {
         pb::Change {
             change: Some(C::Subscription(pb::Subscription {
