@@ -7,7 +7,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use common::*;
-use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
+use sluice_core::forward::{Core, CoreConfig, Event, OutBatch, Shard};
 use sluice_core::ids::{Generation, SpeakerGroup, TrackId};
 use sluice_core::ids::{Pt, SeqNo, Ssrc};
 use sluice_core::srtp::{Profile, RtpRecvState, RtpSendState, SrtpKeys};
@@ -63,7 +63,12 @@ impl Room {
     /// `top_n`: every participant gets the group's audio in that many slots instead of
     /// per-track subscriptions.
     fn with_slots(n: u32, top_n: Option<u32>) -> Self {
-        let mut core = Core::new(CoreConfig::default());
+        Self::on_shard(n, top_n, Shard::default())
+    }
+
+    /// As [`Room::with_slots`], on core `shard` of a multi-worker dataplane.
+    fn on_shard(n: u32, top_n: Option<u32>, shard: Shard) -> Self {
+        let mut core = Core::new(CoreConfig { shard, ..CoreConfig::default() });
         let mut ops = Vec::new();
         for i in 1..=n {
             let mut leg = leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1));
@@ -300,4 +305,17 @@ fn top_n_slots_carry_the_loudest_others_with_continuous_numbers() {
     assert!(r.core.stats().audio_slot_switches >= 4 * 2, "{}", r.core.stats().audio_slot_switches);
     // Participant 1 (speaking) gets 2 then 3 in one slot, and never itself.
     assert!(r.received[0].iter().all(|p| who(p) != 1));
+}
+
+/// Every worker holds every leg's slot state, so only the worker that owns a subscriber leg may
+/// feed its slots: two workers encrypting on one out-SSRC would reuse SRTP packet indexes.
+#[test]
+fn only_the_worker_owning_the_subscriber_feeds_its_slots() {
+    // Worker 0 of 2 owns the even ports: legs 2 (20002) and 4 (20004).
+    let mut r = Room::on_shard(4, Some(2), Shard { index: 0, count: 2 });
+    r.run(1000, &[talk, talk, talk, talk]);
+    assert!(r.received[0].is_empty() && r.received[2].is_empty(), "legs of worker 1 get nothing from worker 0");
+    assert!(!r.received[1].is_empty() && !r.received[3].is_empty());
+    // Worker 0 ranks the tracks it fans out (of legs 2 and 4): 2 hears 4, 4 hears 2.
+    assert!(r.received[1].iter().all(|p| p.csrcs == [Ssrc(0x104)]), "{:?}", &r.received[1][..2]);
 }

@@ -24,7 +24,8 @@
 //! each core ranks the tracks it owns. A session whose publishers are all on one worker (one
 //! worker, or session affinity) is ranked exactly; a session spread over workers is ranked per
 //! worker until the per-tick windows are shared over the daemon's bus (issue 16, left). The same
-//! holds for slots: a slot's sequence space is kept by the worker that fans its speakers out.
+//! holds for slots: only the worker that owns a subscriber leg feeds its slots (one SRTP sender
+//! per out-SSRC), so a slot hears the speakers fanned out on that worker.
 //!
 //! Nothing here allocates per packet: a track's level state is a few fixed fields; the tick
 //! gathers candidates into a scratch vector that keeps its capacity.

@@ -120,6 +120,13 @@ pub(super) fn to_slots(
     for &leg_id in slot_legs.iter().filter(|&&l| l != track.spec.publisher) {
         // The slots leave the leg while its copy is built (the egress needs the legs).
         let Some(leg) = legs.get_mut(&leg_id) else { continue };
+        // Only the worker that owns the subscriber leg feeds its slots: every worker holds the
+        // slot state, and two encrypting on one out-SSRC would reuse SRTP packet indexes (and
+        // break the slot's sequence). Speakers fanned out by other workers do not reach it
+        // until their packets are handed over (issue 16, left).
+        if !ctx.shard.owns(leg.spec.local_port) {
+            continue;
+        }
         let Some(mut set) = leg.slots.take() else { continue };
         let choice = set.choose(ctx.now, &p, ranking, |t| leg.tracks.contains(&t));
         if let Some(c) = choice {
