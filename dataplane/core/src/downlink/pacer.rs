@@ -36,6 +36,7 @@ pub const PACING_FACTOR: f64 = 2.5;
 pub const MAX_QUEUE_TIME: Duration = Duration::from_millis(300);
 /// The bucket's depth, in time at the pace rate.
 pub const BURST: Duration = Duration::from_millis(5);
+const BURST_NS: u64 = BURST.as_nanos() as u64;
 /// The most packets one leg may have waiting (a 720p keyframe is about 90).
 pub const MAX_QUEUED: usize = 128;
 /// Datagrams the core's pool holds for all its paced legs (1.5 MiB).
@@ -104,16 +105,18 @@ impl Pacer {
     fn rate(&self, now: Instant) -> f64 {
         let drain = self.queue.front().map_or(0.0, |q| {
             let left = MAX_QUEUE_TIME.saturating_sub(now.saturating_duration_since(q.at)).max(Duration::from_millis(10));
-            self.queued_bytes as f64 / left.as_nanos() as f64
+            self.queued_bytes as f64 / left.as_secs_f64() / 1e9
         });
         self.paced_per_ns.max(drain)
     }
 
     fn refill(&mut self, now: Instant) {
         let rate = self.rate(now);
-        let dt = self.last.map_or(BURST, |t| now.saturating_duration_since(t)).as_nanos() as f64;
+        // (Nanoseconds as u64, not Duration::as_nanos's u128: its float conversion is a
+        // library call, on every copy.)
+        let dt = self.last.map_or(BURST_NS, |t| now.as_nanos().saturating_sub(t.as_nanos())) as f64;
         self.last = Some(now);
-        self.budget = (self.budget + rate * dt).min(rate * BURST.as_nanos() as f64);
+        self.budget = (self.budget + rate * dt).min(rate * BURST_NS as f64);
     }
 
     /// Whether a packet of `len` bytes built at `now` leaves at once (and is charged); if not,

@@ -138,8 +138,7 @@ fn copy_header(header: &[u8], csrc: Option<Ssrc>, slot: &mut [u8]) -> Result<usi
 /// empty (see [`crate::downlink::pacer`]). A stamped copy is recorded in the send history now
 /// and gets its real departure time when it leaves.
 fn emit(ctx: &mut Ctx<'_>, leg: &mut Leg, meta: OutMeta, stamped: bool) {
-    let owned = ctx.shard.owns(leg.spec.local_port);
-    let Some(dl) = leg.downlink.as_deref_mut().filter(|_| owned) else {
+    let Some(dl) = leg.downlink.as_deref_mut().filter(|_| ctx.shard.owns(leg.spec.local_port)) else {
         ctx.out.commit(meta);
         return;
     };
