@@ -6,6 +6,8 @@
 //!
 //! ```text
 //!   egress (forward::egress): stamp next_seq into the copy ─ history.sent(now, size)
+//!                             ─ the leg's pacer: out now, or queued and sent from
+//!                               handle_timeout (history.set_sent at departure; see [`pacer`])
 //!   transport-cc from the participant ─ history.resolve ─▶ samples ─▶ estimator (trait)
 //!                                                        └▶ probe cluster done → on_probe(rate)
 //!   housekeeping tick: estimate ─▶ alloc::allocate ─▶ each subscription's layer cap
