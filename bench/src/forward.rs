@@ -243,6 +243,7 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
             edge: None,
             feedback: Default::default(),
             audio_slots: None,
+            rate_limit: None,
         }));
     }
     for i in 0..streams {

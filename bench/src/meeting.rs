@@ -73,6 +73,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             edge: None,
             feedback: Default::default(),
             audio_slots: None,
+            rate_limit: None,
         }));
         let base = id << 8;
         ops.push(Op::UpsertTrack(TrackSpec {

@@ -146,6 +146,10 @@ impl Names {
                 });
                 (session.as_str(), Ev::ActiveSpeakers(pb::ActiveSpeakers { speakers: listed.collect(), dominant: speakers.dominant().is_some() }))
             }
+            Event::RateLimited { leg, dropped } => {
+                let (s, l) = self.leg(leg)?;
+                (s, Ev::RateLimited(pb::RateLimited { leg: l.into(), dropped }))
+            }
             Event::EdgeFailed { leg, reason } => {
                 let (s, l) = self.leg(leg)?;
                 (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::Failed as i32, reason: reason.name().into(), ..Default::default() }))

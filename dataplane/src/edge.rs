@@ -677,6 +677,7 @@ mod tests {
                 edge,
                 feedback: Default::default(),
                 audio_slots: None,
+                rate_limit: None,
             })
         };
         let d = Delta { generation: Generation(1), replace_all: true, ops: vec![leg(1, Some(Box::new(edge.clone()))), leg(2, None), Op::RemoveLeg(LegId(3))] };

@@ -343,6 +343,7 @@ mod tests {
             edge: None,
             feedback: Default::default(),
             audio_slots: None,
+            rate_limit: None,
         })
     }
 

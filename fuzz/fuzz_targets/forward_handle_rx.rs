@@ -39,6 +39,7 @@ fn setup() -> Core {
             // and downlink feedback paths run on what the fuzzer sends.
             feedback: FeedbackSpec { twcc_ext: (n < 3).then_some(3), remb: n == 3 },
             audio_slots: None,
+            rate_limit: None,
         }));
     }
     ops.push(Op::UpsertTrack(TrackSpec {

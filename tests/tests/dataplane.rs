@@ -70,6 +70,7 @@ fn dummy_leg(n: u32) -> LegSpec {
         edge: None,
         feedback: Default::default(),
         audio_slots: None,
+        rate_limit: None,
     }
 }
 

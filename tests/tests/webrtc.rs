@@ -358,6 +358,7 @@ fn str0m_peers_meet_through_webrtc_legs() {
         edge: Some(Box::new(EdgeSpec { local: sluice_creds(id), remote, role, remote_fingerprint: fp })),
         feedback: Default::default(),
         audio_slots: None,
+        rate_limit: None,
     };
     let ops = vec![
         Op::UpsertLeg(leg(1, 32101, a_creds, DtlsRole::Server, a_fp)),

@@ -163,6 +163,7 @@ fn leg_spec(id: u32, rx: &KeyMaterial, tx: &KeyMaterial, twcc_ext: Option<u8>) -
         edge: None,
         feedback: sluice_core::table::FeedbackSpec { twcc_ext, remb: false },
         audio_slots: None,
+        rate_limit: None,
     })
 }
 

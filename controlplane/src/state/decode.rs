@@ -150,7 +150,12 @@ impl Stage<'_> {
             },
         };
         let audio_slots = l.audio_slots.as_ref().map(|a| self.audio_slots(&format!("{f}.audio_slots"), &l.id, a)).transpose()?;
-        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots };
+        let rate_limit = l.rate_limit.map(|r| RateLimit {
+            packets_per_s: r.packets_per_s,
+            bytes_per_s: r.bytes_per_s,
+            burst_ms: if r.burst_ms == 0 { 500 } else { r.burst_ms },
+        });
+        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots, rate_limit };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         self.session.legs.insert(l.id.clone(), spec);
         self.ports.retain(|(n, _)| n != &l.id);
@@ -595,5 +600,35 @@ mod tests {
         assert_eq!(view.settings, Some(pb::SessionSettings { top_n_audio: true, audio_top_n: 2 }));
         let a = view.legs.iter().find(|l| l.id == "a").and_then(|l| l.audio_slots.clone()).unwrap();
         assert_eq!(a.out_ssrcs, vec![11, 12, 13, 14, 15], "the leg keeps what it asked for");
+    }
+
+    /// A leg's receive budget over gRPC: validated (field named), stored, shown, compiled.
+    #[test]
+    fn a_legs_rate_limit_is_validated_and_compiled() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_009 });
+        d.apply(&pair("m")).unwrap();
+        let limited = |id: &str, pps: u32, bps: u64, burst: u32| {
+            let mut c = leg(id);
+            if let Some(C::Leg(l)) = &mut c.change {
+                l.rate_limit = Some(pb::RateLimit { packets_per_s: pps, bytes_per_s: bps, burst_ms: burst });
+            }
+            c
+        };
+        for (r, field) in [
+            (req("m", vec![limited("c", 0, 1000, 100)]), "changes[0].leg.rate_limit"),
+            (req("m", vec![limited("c", 10, 0, 100)]), "changes[0].leg.rate_limit"),
+            (req("m", vec![limited("c", 10, 1000, 6000)]), "changes[0].leg.rate_limit.burst_ms"),
+        ] {
+            let before = d.clone();
+            let e = d.apply(&r).expect_err("refused");
+            assert_eq!((e.kind, e.field.as_str()), (ErrorKind::InvalidArgument, field), "{e}");
+            assert_eq!(d, before);
+        }
+        d.apply(&req("m", vec![limited("c", 100, 200_000, 0)])).unwrap();
+        let spec = d.tables().legs.values().find_map(|l| l.rate_limit).expect("compiled");
+        assert_eq!(spec, RateLimit { packets_per_s: 100, bytes_per_s: 200_000, burst_ms: 500 }, "burst 0 means 500 ms");
+        let view = d.session_view("m", &EdgeInfo::default()).unwrap();
+        let shown = view.legs.iter().find(|l| l.id == "c").and_then(|l| l.rate_limit).unwrap();
+        assert_eq!((shown.packets_per_s, shown.bytes_per_s, shown.burst_ms), (100, 200_000, 500));
     }
 }

@@ -15,7 +15,7 @@ use sluice_core::ids::{LegId, Pt, SpeakerGroup, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
     AudioSlotsSpec, Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MediaKind, MidSpec, PayloadSpec,
-    SpecError, SubscriptionSpec, TrackSpec,
+    RateLimit, SpecError, SubscriptionSpec, TrackSpec,
 };
 
 use crate::diff::SpecSet;
@@ -502,6 +502,7 @@ impl Desired {
                         pt_map: a.pt_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(f.0), to: u32::from(t.0) }).collect(),
                         ext_map: a.ext_map.iter().map(|(f, t)| pb::IdMapping { from: u32::from(*f), to: u32::from(*t) }).collect(),
                     }),
+                    rate_limit: l.rate_limit.map(|r| pb::RateLimit { packets_per_s: r.packets_per_s, bytes_per_s: r.bytes_per_s, burst_ms: r.burst_ms }),
                 })
                 .collect(),
             tracks: s

@@ -46,11 +46,13 @@ pub enum DropReason {
     /// A padding-only packet on a publisher's RTX stream (its bandwidth probe): consumed, its
     /// arrival already recorded for transport-cc.
     Padding = 16,
+    /// Over the leg's receive budget (`LegSpec.rate_limit`): dropped before decryption.
+    RateLimited = 17,
 }
 
 impl DropReason {
     /// How many reasons there are: the length of a counter array.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -71,6 +73,7 @@ impl DropReason {
         Self::SlowPathFull,
         Self::SlowPathLimited,
         Self::Padding,
+        Self::RateLimited,
     ];
 
     /// The label used in metrics (`reason="..."`).
@@ -93,6 +96,7 @@ impl DropReason {
             Self::SlowPathFull => "slow_path_full",
             Self::SlowPathLimited => "slow_path_limited",
             Self::Padding => "padding",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -688,6 +688,7 @@ impl World {
                 Event::StreamStopped { .. } => "stream_stopped",
                 Event::BandwidthEstimate { .. } | Event::LayerAllocated { .. } | Event::LayerDemand { .. } => "downlink",
                 Event::ActiveSpeakers { .. } => "active_speakers",
+                Event::RateLimited { .. } => "rate_limited",
             };
             *self.events.entry(name).or_default() += 1;
         }

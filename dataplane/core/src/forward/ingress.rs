@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!   leg by local port, remote checked (latched on the first authenticated packet)
+//!   ─ the leg's receive budget (LegSpec.rate_limit: packets and bytes per second, before
+//!     decryption, so a flood costs no crypto)
 //!   RTP:  ingress stream by SSRC (or learned from its RID) ─ SRTP unprotect (replay-checked)
 //!         ─ uplink::record (receive statistics, transport-cc arrivals)
 //!         ─ audio level (RFC 6464, into the track's level) ─ fanout::rtp
@@ -70,6 +72,24 @@ impl Core {
         }
     }
 
+    /// A datagram of `len` bytes for `leg_id` at `now`, before decryption: within the leg's
+    /// receive budget, or dropped and counted, with at most one [`Event::RateLimited`] a second.
+    pub(super) fn within_budget(&mut self, now: Instant, leg_id: LegId, len: usize) -> Result<(), DropReason> {
+        let Some(leg) = self.tables.leg_mut(leg_id) else { return Ok(()) };
+        let Some(limit) = leg.spec.rate_limit else { return Ok(()) };
+        if leg.limiter.take(now, &limit, len) {
+            return Ok(());
+        }
+        let l = &mut leg.limiter;
+        l.unreported += 1;
+        if l.last_report.is_none_or(|t| now.saturating_duration_since(t) >= core::time::Duration::from_secs(1)) {
+            let dropped = core::mem::take(&mut l.unreported);
+            l.last_report = Some(now);
+            self.emit(Event::RateLimited { leg: leg_id, dropped });
+        }
+        Err(DropReason::RateLimited)
+    }
+
     /// An authenticated packet arrived on the leg: latch its remote and mark it active.
     pub(super) fn seen(&mut self, now: Instant, leg_id: LegId, remote: SocketAddr) {
         let Some(leg) = self.tables.leg_mut(leg_id) else { return };
@@ -88,6 +108,7 @@ impl Core {
 
     pub(super) fn rx_rtp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
         let (leg_id, ssrc) = self.rx_leg_and_ssrc(local_port, remote, buf, 8)?;
+        self.within_budget(now, leg_id, buf.len())?;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
         let len = buf.len();
         let (idx, plain_len) = match leg.ingress_index(ssrc) {
@@ -172,6 +193,7 @@ impl Core {
 
     pub(super) fn rx_rtcp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
         let (leg_id, sender) = self.rx_leg_and_ssrc(local_port, remote, buf, 4)?;
+        self.within_budget(now, leg_id, buf.len())?;
         let window = self.tables.config().replay_window;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
         // Work on a copy: the stored state changes only once the packet authenticated.

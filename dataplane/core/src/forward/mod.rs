@@ -191,6 +191,14 @@ pub enum Event {
         /// The ranked speakers (empty when the group's last ranked track went away).
         speakers: crate::audio::ActiveSpeakers,
     },
+    /// A leg went over its receive budget ([`crate::table::RateLimit`]): `dropped` datagrams
+    /// since the last such event (at most one a second per leg while it lasts).
+    RateLimited {
+        /// The leg.
+        leg: LegId,
+        /// Datagrams dropped before decryption since the last report.
+        dropped: u64,
+    },
     /// A receiver report updated a leg's statistics.
     LegStats {
         /// The leg.

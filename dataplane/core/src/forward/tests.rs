@@ -37,6 +37,7 @@ fn peer(n: u32) -> (Peer, LegSpec) {
         edge: None,
         feedback: Default::default(),
         audio_slots: None,
+        rate_limit: None,
     };
     let p = Peer {
         leg: LegId(n),
@@ -1092,4 +1093,56 @@ fn a_publishers_rtx_padding_probe_is_counted_as_padding() {
     assert!(m.deliver(0, &wire, ms(5)).is_empty());
     let s = m.core.stats();
     assert_eq!((s.drops_for(DropReason::Padding), s.drops_for(DropReason::Malformed)), (1, 0));
+}
+
+/// A participant's receive budget (issue 15 item 10): a publisher at 20 times its rate makes
+/// copies only for what the budget lets in; the rest is dropped before decryption (a flood
+/// with a wrong key costs no authentication attempt: it is rate-limited, not an auth failure),
+/// counted, and reported at most once a second.
+#[test]
+fn a_leg_over_its_rate_limit_is_cut_before_decryption() {
+    let mut m = Meeting::new(4);
+    let (_, mut publisher) = peer(1);
+    publisher.remote = None;
+    publisher.rate_limit = Some(crate::table::RateLimit { packets_per_s: 50, bytes_per_s: 1_000_000, burst_ms: 100 });
+    m.apply(vec![
+        Op::UpsertLeg(publisher),
+        Op::UpsertTrack(audio_track(1, 1, 0x1111)),
+        Op::UpsertSubscription(sub(2, 1, 0x2001, 0)),
+        Op::UpsertSubscription(sub(3, 1, 0x3001, 0)),
+        Op::UpsertSubscription(sub(4, 1, 0x4001, 0)),
+    ])
+    .unwrap();
+    latch_all(&mut m);
+    let _ = std::iter::from_fn(|| m.core.poll_event()).count();
+    // 1,000 packets/s for 2 s: 20 times the budget of 50/s.
+    let mut copies = 0;
+    for k in 0..2000u16 {
+        let wire = m.peers[0].send_rtp(&rtp_packet(0x1111, 100 + k, 960 * u32::from(k), 111, &[5; 100]));
+        copies += m.deliver(0, &wire, ms(10_000 + u64::from(k))).len();
+    }
+    let let_in = copies / 3;
+    // The burst (5 packets) and 50/s over 2 s.
+    assert!((100..=110).contains(&let_in), "{let_in} packets let in");
+    assert_eq!(copies, let_in * 3, "each let in packet reaches the three subscribers");
+    let dropped = m.core.stats().drops_for(DropReason::RateLimited);
+    assert_eq!(dropped as usize + let_in, 2000);
+    let reports: Vec<u64> = std::iter::from_fn(|| m.core.poll_event())
+        .filter_map(|e| match e {
+            Event::RateLimited { leg: LegId(1), dropped } => Some(dropped),
+            _ => None,
+        })
+        .collect();
+    assert!((2..=3).contains(&reports.len()), "at most one report a second: {reports:?}");
+    assert!(reports.iter().sum::<u64>() <= dropped, "{reports:?}");
+    // A flood with a wrong key is cut before the authentication is even tried.
+    let auth_before = m.core.stats().drops_for(DropReason::AuthFailed);
+    let mut forger = peer(1).0;
+    forger.up = SrtpKeys::new(PROFILE, &[0xEE; 16], &[0xEE; 12]).unwrap();
+    for k in 0..100u16 {
+        let wire = forger.send_rtp(&rtp_packet(0x1111, 5000 + k, 0, 111, &[5; 100]));
+        m.deliver(0, &wire, ms(12_000));
+    }
+    let auth = m.core.stats().drops_for(DropReason::AuthFailed) - auth_before;
+    assert!(auth <= 5, "{auth} of 100 reached authentication");
 }

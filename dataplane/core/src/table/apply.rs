@@ -220,6 +220,7 @@ impl Tables {
                         downlink: spec.feedback.twcc_ext.map(|_| Box::default()),
                         retired: Vec::new(),
                         slots: spec.audio_slots.as_ref().map(|a| Box::new(SlotSet::new(spec.id, a, None))),
+                        limiter: Limiter::default(),
                     },
                 );
                 self.by_port.insert(spec.local_port, spec.id);
@@ -509,6 +510,7 @@ impl Tables {
             downlink: leg.downlink.clone(),
             retired: leg.retired.clone(),
             slots: leg.slots.clone(),
+            limiter: leg.limiter,
         };
         undo.push(Undo::LegReplaced(Box::new(copy)));
     }

@@ -24,7 +24,7 @@ mod runtime;
 pub mod spec;
 mod state;
 
-pub use state::{Activity, EdgeState, Ingress, LayerRate, LayerState, Leg, LegStats, SLOW_PATH_BURST, SLOW_PATH_RATE, Subscription, Track};
+pub use state::{Activity, EdgeState, Ingress, LayerRate, LayerState, Leg, LegStats, Limiter, SLOW_PATH_BURST, SLOW_PATH_RATE, Subscription, Track};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,7 +41,7 @@ use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
     AudioSlotsSpec, Codec, Delta, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MAX_MID_LEN, MediaKind,
-    MidSpec, Op, PayloadSpec, SpecError, SubscriptionSpec, TrackSpec,
+    MidSpec, Op, PayloadSpec, RateLimit, SpecError, SubscriptionSpec, TrackSpec,
 };
 
 /// The hash map the tables use: foldhash, seeded per process (keys come from the network, so the

@@ -107,6 +107,24 @@ pub struct LegSpec {
     /// audio comes only through per-track subscriptions.
     #[cfg_attr(feature = "serde", serde(default))]
     pub audio_slots: Option<AudioSlotsSpec>,
+    /// What the participant may send: a budget enforced before decryption (a valid participant
+    /// sending at 100 times its rate must not make every subscriber's copies). `None`: no limit.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A leg's receive budget: token buckets in packets and bytes, each holding `burst_ms` of its
+/// rate. Every datagram of the leg's media (RTP and RTCP, before decryption) takes from both;
+/// one that finds either empty is dropped and counted ([`crate::verdict::DropReason::RateLimited`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct RateLimit {
+    /// Packets per second (1..).
+    pub packets_per_s: u32,
+    /// Bytes per second (1..).
+    pub bytes_per_s: u64,
+    /// How much of each rate a bucket holds, ms (10..=5000).
+    pub burst_ms: u32,
 }
 
 /// Most audio slots a leg may have (the most a ranking lists).
@@ -171,6 +189,14 @@ impl LegSpec {
         }
         if let Some(a) = &self.audio_slots {
             a.validate()?;
+        }
+        if let Some(r) = &self.rate_limit {
+            if r.packets_per_s == 0 || r.bytes_per_s == 0 {
+                return refuse("leg.rate_limit", "packets_per_s and bytes_per_s must be positive");
+            }
+            if !(10..=5000).contains(&r.burst_ms) {
+                return refuse("leg.rate_limit.burst_ms", "must be 10..=5000");
+            }
         }
         for (field, k) in [("leg.rx", &self.rx), ("leg.tx", &self.tx)] {
             if k.key.len() != k.profile.key_len() || k.salt.len() != k.profile.salt_len() {

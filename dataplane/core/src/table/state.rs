@@ -59,6 +59,40 @@ pub struct Leg {
     pub(super) retired: Vec<RetiredStream>,
     /// Its audio slots (`spec.audio_slots`): top-N audio of a speaker group.
     pub slots: Option<Box<crate::audio::slot::SlotSet>>,
+    /// Its receive budget's buckets (`spec.rate_limit`).
+    pub limiter: Limiter,
+}
+
+/// The token buckets of a leg's [`crate::table::RateLimit`], and what it dropped since it last
+/// reported.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limiter {
+    packets: f64,
+    bytes: f64,
+    last: Option<Instant>,
+    /// Drops not reported yet.
+    pub unreported: u64,
+    /// When the last report went out.
+    pub last_report: Option<Instant>,
+}
+
+impl Limiter {
+    /// Takes a datagram of `len` bytes arriving at `now` from the buckets of `limit`; false when
+    /// either is empty (the datagram is over the budget).
+    pub fn take(&mut self, now: Instant, limit: &crate::table::RateLimit, len: usize) -> bool {
+        let burst = f64::from(limit.burst_ms) / 1000.0;
+        let dt = self.last.map_or(burst, |t| now.saturating_duration_since(t).as_secs_f64()).min(burst);
+        self.last = Some(now);
+        let (pps, bps) = (f64::from(limit.packets_per_s), limit.bytes_per_s as f64);
+        self.packets = (self.packets + pps * dt).min(pps * burst);
+        self.bytes = (self.bytes + bps * dt).min(bps * burst);
+        if self.packets < 1.0 || self.bytes < len as f64 {
+            return false;
+        }
+        self.packets -= 1.0;
+        self.bytes -= len as f64;
+        true
+    }
 }
 
 /// What the subscriber saw of a removed subscription's stream: where its sequence numbers and

@@ -14,6 +14,7 @@ fn leg(n: u32) -> LegSpec {
         edge: None,
         feedback: Default::default(),
         audio_slots: None,
+        rate_limit: None,
     }
 }
 

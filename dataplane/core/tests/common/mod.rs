@@ -32,6 +32,7 @@ pub fn leg_spec(id: u32, port: u16, up: KeyMaterial, down: KeyMaterial) -> LegSp
         edge: None,
         feedback: Default::default(),
         audio_slots: None,
+        rate_limit: None,
     }
 }
 
