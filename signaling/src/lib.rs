@@ -153,6 +153,10 @@ const EXT_TWCC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide
 /// Allocator priority of a screen share's subscriptions: it keeps its full layer while cameras
 /// give way when a subscriber's bandwidth runs short (cameras are 0).
 pub const SCREEN_PRIORITY: u32 = 2;
+/// A participant's receive budget in Sluice: packets per second...
+pub const PARTICIPANT_PPS: u32 = 3_000;
+/// ... and bytes per second (20 Mbit/s).
+pub const PARTICIPANT_BYTES_PER_S: u64 = 2_500_000;
 /// The most receive slots of one kind a participant may offer.
 pub const MAX_SLOTS: usize = 16;
 
@@ -525,6 +529,10 @@ impl Signaling {
                     id: name.into(),
                     feedback_ssrc: 0x5eed_0000 + seq,
                     feedback: Some(pb::UplinkFeedback { transport_cc_ext: twcc_ext, remb }),
+                    // A browser sends at most a few Mbit/s (three 720p layers, a screen share,
+                    // its probes): a budget well above that still stops one participant from
+                    // flooding every subscriber.
+                    rate_limit: Some(pb::RateLimit { packets_per_s: PARTICIPANT_PPS, bytes_per_s: PARTICIPANT_BYTES_PER_S, burst_ms: 1000 }),
                     webrtc: Some(pb::WebRtc {
                         remote_ice_ufrag: offer.ufrag.clone(),
                         remote_ice_pwd: offer.pwd.clone(),

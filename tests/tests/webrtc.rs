@@ -1092,7 +1092,8 @@ mod meeting {
         eprintln!("Sluice sent {rr} receiver reports and {twcc} transport-cc feedback packets");
         assert!(ok, "the publisher did not ramp within 15 s:\n{}\n{}", samples.join("\n"), sig.log_text());
         assert!(held, "the publisher did not keep its layers:\n{}", samples.join("\n"));
-        assert!(rr >= 5.0 && twcc >= 100.0, "{rr} RR, {twcc} transport-cc");
+        // (About 5 s at one report a second and one transport-cc packet every 50 ms.)
+        assert!(rr >= 4.0 && twcc >= 80.0, "{rr} RR, {twcc} transport-cc");
         // The answer negotiated transport-cc on the publisher's m-lines.
         drop(alice);
         drop(sig);
