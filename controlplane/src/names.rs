@@ -213,4 +213,16 @@ mod tests {
         let other = crate::state::speaker_group("n");
         assert_eq!(names.translate(&d, &Event::ActiveSpeakers { group: other, speakers: ranked }), None);
     }
+
+    /// A leg over its receive budget is reported by session and leg name.
+    #[test]
+    fn rate_limited_legs_are_named() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        let names = Names::build(&d);
+        let leg = d.sessions["m"].legs["a"].id;
+        let e = names.translate(&d, &Event::RateLimited { leg, dropped: 42 }).expect("named");
+        assert_eq!(e.session, "m");
+        assert_eq!(e.event, Some(Ev::RateLimited(pb::RateLimited { leg: "a".into(), dropped: 42 })));
+    }
 }
