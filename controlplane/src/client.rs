@@ -341,16 +341,18 @@ impl Link {
     }
 
     /// Full resync: compare the dataplane's snapshot with `desired`, replace everything if they
-    /// differ.
+    /// differ. The snapshot is taken without keys (the dataplane shows their digests, compared
+    /// with those of `desired`): the control plane never reads key material back.
     pub fn resync(&mut self, desired: &SpecSet) -> Result<Synced, LinkError> {
-        let snap = match self.call(&Request::Snapshot)? {
+        let snap = match self.call(&Request::Snapshot { keys: false })? {
             Response::Snapshot(d) => d,
             other => return Err(LinkError::Protocol(format!("unexpected answer to Snapshot: {other:?}"))),
         };
         let installed = SpecSet::from_ops(&snap.ops);
-        let differ = differing(&installed, desired);
+        let differ = differing(&installed, &desired.redacted_keys());
         if differ == 0 {
-            self.shadow = Some(Shadow { generation: snap.generation, tables: installed });
+            // Equal but for the redaction: the shadow holds the keys the dataplane has.
+            self.shadow = Some(Shadow { generation: snap.generation, tables: desired.clone() });
             return Ok(Synced { generation: snap.generation, ops: 0, resynced: Some(0) });
         }
         let delta = Delta { generation: Generation(snap.generation.0 + 1), replace_all: true, ops: desired.to_ops() };

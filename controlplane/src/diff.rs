@@ -64,6 +64,17 @@ impl SpecSet {
         self.subs.extend(after.subs.iter().map(|(k, v)| (*k, v.clone())));
     }
 
+    /// This set with every leg's key material redacted, as a snapshot taken without keys shows
+    /// it: compare a snapshot with this, never with the set itself.
+    pub fn redacted_keys(&self) -> Self {
+        let mut t = self.clone();
+        for l in t.legs.values_mut() {
+            l.rx = l.rx.redacted();
+            l.tx = l.tx.redacted();
+        }
+        t
+    }
+
     /// Every entry as upserts, in dependency order (for a replace-all delta).
     pub fn to_ops(&self) -> Vec<Op> {
         let mut ops = Vec::with_capacity(self.legs.len() + self.tracks.len() + self.subs.len());

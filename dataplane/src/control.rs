@@ -8,11 +8,13 @@
 //! reach every worker in one order, no control-plane I/O ever runs on a worker, and a control
 //! plane that disappears leaves the workers forwarding with their tables.
 //!
-//! The socket carries SRTP master keys (in snapshots) and can install subscribers, so it is
-//! guarded twice: the file is created mode 0600 whatever the umask (chmod between bind and
+//! The socket can carry SRTP master keys (in snapshots) and can install subscribers, so it is
+//! guarded three times: the file is created mode 0600 whatever the umask (chmod between bind and
 //! listen, so no connection can ever be made under the umask's mode), and every peer's
 //! credentials (`SO_PEERCRED`) are checked: only root, the daemon's own uid and the configured
-//! owner are served; anyone else is logged and disconnected.
+//! owner are served; anyone else is logged and disconnected. And a snapshot's key material is
+//! redacted (a digest instead of the bytes) unless the request asks for keys, which only root and
+//! the daemon's own uid may do: key bytes never leave through a tool's snapshot by accident.
 //!
 //! A connection that sends [`Request::Subscribe`] becomes a stream: after
 //! [`Response::Subscribed`] the dataplane writes [`Response::Events`] batches as workers produce
@@ -93,10 +95,12 @@ where
                 let _ = write_frame(&mut conn, &Response::Error(why));
                 continue;
             }
+            // Key material goes only to root and the daemon's own uid, not to a configured owner.
+            let keys_allowed = peer.as_ref().is_ok_and(|p| p.uid == 0 || p.uid == own_uid);
             let (handler, hub, path) = (handler.clone(), hub.clone(), path.clone());
             let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
                 tracing::info!(socket = %path.display(), "control plane connected");
-                serve_connection(conn, &hub, &handler);
+                serve_connection(conn, keys_allowed, &hub, &handler);
                 tracing::info!("control plane disconnected; forwarding continues with the current tables");
             });
             if let Err(e) = spawned {
@@ -186,7 +190,9 @@ fn call<H: FnMut(Request) -> Response>(handler: &Mutex<H>, req: Request) -> Resp
     h(req)
 }
 
-fn serve_connection<H: FnMut(Request) -> Response>(mut conn: UnixStream, hub: &crate::events::EventHub, handler: &Mutex<H>) {
+/// Serves one connection's requests in order. `keys_allowed`: the peer runs as root or as the
+/// daemon's uid, and may have the key material a snapshot redacts unless asked for.
+fn serve_connection<H: FnMut(Request) -> Response>(mut conn: UnixStream, keys_allowed: bool, hub: &crate::events::EventHub, handler: &Mutex<H>) {
     loop {
         let req: Request = match read_frame(&mut conn) {
             Ok(Some(r)) => r,
@@ -213,7 +219,23 @@ fn serve_connection<H: FnMut(Request) -> Response>(mut conn: UnixStream, hub: &c
             let _ = write_frame(&mut conn, &Response::Error(why));
             return;
         }
-        if write_frame(&mut conn, &call(handler, req)).is_err() {
+        let answer = match req {
+            Request::Snapshot { keys: true } if !keys_allowed => {
+                // SAFETY: geteuid(2) cannot fail.
+                let uid = unsafe { libc::geteuid() };
+                tracing::warn!("a snapshot with keys was refused: the peer is neither root nor uid {uid}");
+                Response::Error(format!("key material is served only to root and uid {uid}; ask for a snapshot without keys"))
+            }
+            Request::Snapshot { keys } => match call(handler, req) {
+                Response::Snapshot(mut d) if !keys => {
+                    d.redact_keys();
+                    Response::Snapshot(d)
+                }
+                other => other,
+            },
+            req => call(handler, req),
+        };
+        if write_frame(&mut conn, &answer).is_err() {
             return;
         }
     }
@@ -397,6 +419,141 @@ mod tests {
         assert_eq!(waited, pid);
         assert!(libc::WIFEXITED(status), "child status {status}");
         libc::WEXITSTATUS(status)
+    }
+
+    /// The body of the answer a process running as `uid` gets to `req` on `path` (after a
+    /// hello), empty if it got none.
+    fn ask_as(uid: libc::uid_t, path: &Path, req: &Request) -> String {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut frames = Vec::new();
+        write_frame(&mut frames, &Request::Hello { version: sluice_api::PROTOCOL_VERSION }).unwrap();
+        let hello_len = frames.len();
+        write_frame(&mut frames, req).unwrap();
+        // SAFETY: an all-zero sockaddr_un is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let mut buf = vec![0u8; 1 << 16];
+        let mut pipe = [0; 2];
+        // SAFETY: pipe(2) writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: as in exchange_as: only async-signal-safe calls on memory made before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: in the child; see above.
+            unsafe {
+                if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                    libc::_exit(9);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if fd < 0 || libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                    libc::_exit(10);
+                }
+                let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as libc::socklen_t);
+                // Reads one frame into `buf`; its length, 0 on failure.
+                let read_one = |buf: &mut [u8]| -> usize {
+                    let mut got = 0usize;
+                    while got < buf.len() {
+                        let n = libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got);
+                        if n <= 0 {
+                            return 0;
+                        }
+                        got += n as usize;
+                        if got >= 4 && got >= 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize {
+                            return got;
+                        }
+                    }
+                    0
+                };
+                let _ = libc::write(fd, frames.as_ptr().cast(), hello_len);
+                if read_one(&mut buf) == 0 {
+                    libc::_exit(12);
+                }
+                let _ = libc::write(fd, frames[hello_len..].as_ptr().cast(), frames.len() - hello_len);
+                let got = read_one(&mut buf);
+                if got > 4 {
+                    let _ = libc::write(pipe[1], buf[4..got].as_ptr().cast(), got - 4);
+                }
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closes the parent's copy of the write end, so the read below ends.
+        unsafe { libc::close(pipe[1]) };
+        // SAFETY: the read end is ours alone from here.
+        let mut out = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(pipe[0]) });
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut out, &mut body).unwrap();
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
+        body
+    }
+
+    /// Item 7 of issue 15: a snapshot's key bytes go only to a peer that asks for them and runs
+    /// as root or the daemon's uid; the configured owner (served otherwise) is refused them, and
+    /// without the flag everyone gets digests. (Before: every snapshot carried every key.)
+    #[test]
+    fn snapshot_keys_go_only_to_root_or_the_daemons_uid_when_asked() {
+        use sluice_core::srtp::Profile;
+        use sluice_core::table::{KeyMaterial, LegSpec, Op};
+        use std::os::unix::fs::PermissionsExt as _;
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test needs root (it hands the socket to uid 65534)");
+        }
+        let dir = std::env::temp_dir().join(format!("sluice-control-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("dp.sock");
+        let (key, salt) = (vec![0xA7; 16], vec![0x5C; 12]);
+        let material = KeyMaterial::new(Profile::AeadAes128Gcm, key.clone(), salt.clone());
+        let leg = LegSpec {
+            id: sluice_core::ids::LegId(1),
+            local_port: 30_000,
+            remote: None,
+            rx: material.clone(),
+            tx: material.clone(),
+            feedback_ssrc: sluice_core::ids::Ssrc(1),
+            edge: None,
+            feedback: Default::default(),
+            audio_slots: None,
+        };
+        let snap = Delta { generation: Generation(4), replace_all: true, ops: vec![Op::UpsertLeg(leg)] };
+        let _t = serve_with_owner(&path, Some(65534), lock(&path).unwrap(), crate::events::EventHub::new(), move |req| match req {
+            Request::Snapshot { .. } => Response::Snapshot(snap.clone()),
+            _ => Response::Error("unsupported".into()),
+        })
+        .unwrap();
+        let key_json = serde_json::to_string(&key).unwrap();
+        let salt_json = serde_json::to_string(&salt).unwrap();
+        let has_keys = |body: &str| body.contains(&key_json) || body.contains(&salt_json);
+        let legs = |body: &str| match serde_json::from_str::<Response>(body).unwrap() {
+            Response::Snapshot(d) => d.ops.into_iter().filter_map(|o| if let Op::UpsertLeg(l) = o { Some(l) } else { None }).collect::<Vec<_>>(),
+            other => panic!("no snapshot: {other:?}"),
+        };
+
+        for uid in [0, 65534] {
+            let body = ask_as(uid, &path, &Request::Snapshot { keys: false });
+            assert!(!has_keys(&body), "uid {uid} got key bytes without asking: {body}");
+            let l = &legs(&body)[0];
+            assert_eq!((&l.rx, &l.tx), (&material.redacted(), &material.redacted()), "uid {uid}: digests stand in for the keys");
+        }
+        let body = ask_as(0, &path, &Request::Snapshot { keys: true });
+        assert!(has_keys(&body), "root asked for keys: {body}");
+        assert_eq!(legs(&body)[0].rx, material);
+        let body = ask_as(65534, &path, &Request::Snapshot { keys: true });
+        assert!(!has_keys(&body), "the configured owner is not the daemon's uid: {body}");
+        match serde_json::from_str::<Response>(&body).unwrap() {
+            Response::Error(why) => assert!(why.contains("served only to root and uid 0"), "{why}"),
+            other => panic!("keys asked for by uid 65534 were not refused: {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -597,8 +597,8 @@ impl SlowPath {
             self.fail(id, EdgeFailure::HandshakeFailed);
             return;
         }
-        let client = KeyMaterial { profile, key: m[..kl].to_vec(), salt: m[2 * kl..2 * kl + sl].to_vec() };
-        let server = KeyMaterial { profile, key: m[kl..2 * kl].to_vec(), salt: m[2 * kl + sl..].to_vec() };
+        let client = KeyMaterial::new(profile, m[..kl].to_vec(), m[2 * kl..2 * kl + sl].to_vec());
+        let server = KeyMaterial::new(profile, m[kl..2 * kl].to_vec(), m[2 * kl + sl..].to_vec());
         let (rx, tx) = match leg.spec.role {
             DtlsRole::Server => (client, server),
             DtlsRole::Client => (server, client),

@@ -356,7 +356,7 @@ fn serve_control(
             }
         }
         Request::Generation => Response::Generation(workers.generation()),
-        Request::Snapshot => match workers.snapshot() {
+        Request::Snapshot { .. } => match workers.snapshot() {
             Some(d) => Response::Snapshot(d),
             None => Response::Error("no worker answered".into()),
         },

@@ -16,7 +16,7 @@ use sluice_core::wire::demux;
 const PROFILE: Profile = Profile::AesCm128HmacSha1_80;
 
 fn material(seed: u8) -> KeyMaterial {
-    KeyMaterial { profile: PROFILE, key: vec![seed; 16], salt: vec![seed; 14] }
+    KeyMaterial::new(PROFILE, vec![seed; 16], vec![seed; 14])
 }
 
 fn addr(n: u8) -> SocketAddr {

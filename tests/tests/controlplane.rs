@@ -838,7 +838,7 @@ fn a_journaled_change_the_dataplane_refuses_does_not_wedge_the_node() {
     assert_eq!(grpc.session("healthy").unwrap().revision, 1);
     // Both sessions are on the dataplane.
     let mut control = sluice_dataplane::control::Client::connect(&dp_sock).unwrap();
-    let sluice_dataplane::control::Response::Snapshot(snap) = control.call(&sluice_dataplane::control::Request::Snapshot).unwrap() else {
+    let sluice_dataplane::control::Response::Snapshot(snap) = control.call(&sluice_dataplane::control::Request::Snapshot { keys: false }).unwrap() else {
         panic!("no snapshot")
     };
     let legs = snap.ops.iter().filter(|o| matches!(o, Op::UpsertLeg(_))).count();

@@ -26,7 +26,7 @@ fn health(grpc: &mut Grpc, service: &str) -> i32 {
 /// Legs the dataplane has installed, from its own snapshot.
 fn installed_legs(sock: &std::path::Path) -> usize {
     let mut control = sluice_api::Client::connect(sock).unwrap();
-    let sluice_api::Response::Snapshot(snap) = control.call(&sluice_api::Request::Snapshot).unwrap() else { panic!("no snapshot") };
+    let sluice_api::Response::Snapshot(snap) = control.call(&sluice_api::Request::Snapshot { keys: false }).unwrap() else { panic!("no snapshot") };
     snap.ops.iter().filter(|o| matches!(o, Op::UpsertLeg(_))).count()
 }
 

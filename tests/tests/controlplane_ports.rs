@@ -33,7 +33,7 @@ fn a_leg_outside_the_dataplanes_port_range_is_refused_naming_it() {
 
     // The dataplane's own check, for a delta from any client.
     let mut control = Client::connect(&dp_sock).unwrap();
-    let Response::Snapshot(snap) = control.call(&Request::Snapshot).unwrap() else { panic!("no snapshot") };
+    let Response::Snapshot(snap) = control.call(&Request::Snapshot { keys: true }).unwrap() else { panic!("no snapshot") };
     let mut leg = snap.ops.iter().find_map(|o| if let Op::UpsertLeg(l) = o { Some(l.clone()) } else { None }).expect("a leg");
     leg.local_port = 33_700;
     let delta = Delta { generation: Generation(snap.generation.0 + 1), replace_all: false, ops: vec![Op::UpsertLeg(leg.clone())] };

@@ -481,7 +481,7 @@ pub(super) fn key_material(field: &str, k: Option<&pb::KeyMaterial>) -> Result<K
             format!("{:?} needs a {}-byte master salt, got {}", profile_to_pb(profile).as_str_name(), profile.salt_len(), k.salt.len()),
         ));
     }
-    Ok(KeyMaterial { profile, key: k.key.clone(), salt: k.salt.clone() })
+    Ok(KeyMaterial::new(profile, k.key.clone(), k.salt.clone()))
 }
 
 /// A payload-type map and a header-extension-id map, publisher → subscriber.

@@ -27,7 +27,8 @@ use sluice_core::table::Delta;
 /// The version of this protocol. A client says it in its first frame ([`Request::Hello`]); a
 /// dataplane that speaks another answers [`Response::Error`] and closes, so a control plane and a
 /// dataplane of incompatible builds refuse each other at once instead of misreading frames.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: snapshots redact key material unless asked for it ([`Request::Snapshot`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted (a full snapshot of a big node fits comfortably).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -45,8 +46,16 @@ pub enum Request {
     Apply(Delta),
     /// The generation every worker has applied.
     Generation,
-    /// The full table as a replace-all delta at the current generation.
-    Snapshot,
+    /// The full table as a replace-all delta at the current generation. Its SRTP key material
+    /// is redacted (empty key and salt, with their digest: `KeyMaterial::redacted`) unless
+    /// `keys` is set, and keys are served only to a peer running as root or as the dataplane's
+    /// own uid (`SO_PEERCRED`); anyone else asking for them gets [`Response::Error`].
+    /// (DTLS-derived keys are runtime state and never in a snapshot.)
+    Snapshot {
+        /// Include the key and salt bytes.
+        #[serde(default)]
+        keys: bool,
+    },
     /// Per-worker counters.
     Stats,
     /// The WebRTC slow path's status (DTLS certificate fingerprint, counters); with `rotate`, a

@@ -40,8 +40,8 @@ use crate::time::Instant;
 use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
-    AudioSlotsSpec, Codec, Delta, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MAX_MID_LEN, MediaKind,
-    MidSpec, Op, PayloadSpec, RateLimit, SpecError, SubscriptionSpec, TrackSpec,
+    AudioSlotsSpec, Codec, Delta, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyDigest, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MAX_MID_LEN,
+    MediaKind, MidSpec, Op, PayloadSpec, RateLimit, SpecError, SubscriptionSpec, TrackSpec,
 };
 
 /// The hash map the tables use: foldhash, seeded per process (keys come from the network, so the

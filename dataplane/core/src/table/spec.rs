@@ -41,13 +41,52 @@ pub struct KeyMaterial {
     pub key: Vec<u8>,
     /// The master salt (14 bytes for AES-CM, 12 for AEAD).
     pub salt: Vec<u8>,
+    /// Set only in a redacted copy ([`KeyMaterial::redacted`]), whose key and salt are empty: a
+    /// digest of the key material, so two copies can be compared without either being shown. A
+    /// delta carrying it is refused (its key and salt lengths cannot match the profile).
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub digest: Option<KeyDigest>,
 }
+
+/// The digest of a [`KeyMaterial`] that stands in for it where keys are not shown: the first 16
+/// bytes of SHA-256 over a domain label, the profile's key and salt lengths, the key and the salt.
+/// Master keys are random (128 or 256 bits), so it reveals nothing a guess could check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct KeyDigest(pub [u8; 16]);
 
 impl KeyMaterial {
     /// The keys a WebRTC leg is declared with: never used, since such a leg carries no media
     /// before its DTLS-SRTP handshake installs its own.
     pub fn placeholder() -> Self {
-        Self { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14] }
+        Self { profile: Profile::AesCm128HmacSha1_80, key: vec![0; 16], salt: vec![0; 14], digest: None }
+    }
+
+    /// Material with this key and salt.
+    pub fn new(profile: Profile, key: Vec<u8>, salt: Vec<u8>) -> Self {
+        Self { profile, key, salt, digest: None }
+    }
+
+    /// A copy without the key and salt (both empty) but with their [`KeyDigest`]: what a table
+    /// snapshot carries unless its reader asked for keys and may have them. Redacting twice
+    /// keeps the first digest.
+    pub fn redacted(&self) -> Self {
+        let digest = self.digest.unwrap_or_else(|| {
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            ctx.update(b"sluice key material v1");
+            ctx.update(&[self.key.len() as u8, self.salt.len() as u8]);
+            ctx.update(&self.key);
+            ctx.update(&self.salt);
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&ctx.finish().as_ref()[..16]);
+            KeyDigest(d)
+        });
+        Self { profile: self.profile, key: Vec::new(), salt: Vec::new(), digest: Some(digest) }
+    }
+
+    /// Whether this is a redacted copy (no key bytes).
+    pub fn is_redacted(&self) -> bool {
+        self.digest.is_some()
     }
 
     /// Deterministic key material for tests, simulations and benchmarks: distinct seeds give
@@ -64,7 +103,7 @@ impl KeyMaterial {
         };
         let key = (0..profile.key_len()).map(|_| next()).collect();
         let salt = (0..profile.salt_len()).map(|_| next()).collect();
-        Self { profile, key, salt }
+        Self { profile, key, salt, digest: None }
     }
 }
 
@@ -199,6 +238,9 @@ impl LegSpec {
             }
         }
         for (field, k) in [("leg.rx", &self.rx), ("leg.tx", &self.tx)] {
+            if k.is_redacted() {
+                return refuse(field, "redacted key material (from a snapshot taken without keys) cannot be installed");
+            }
             if k.key.len() != k.profile.key_len() || k.salt.len() != k.profile.salt_len() {
                 return refuse(field, "key or salt length does not match the profile");
             }
@@ -502,4 +544,16 @@ pub struct Delta {
     pub replace_all: bool,
     /// The changes, in order.
     pub ops: Vec<Op>,
+}
+
+impl Delta {
+    /// Replaces every leg's key material by its redacted copy ([`KeyMaterial::redacted`]).
+    pub fn redact_keys(&mut self) {
+        for op in &mut self.ops {
+            if let Op::UpsertLeg(l) = op {
+                l.rx = l.rx.redacted();
+                l.tx = l.tx.redacted();
+            }
+        }
+    }
 }

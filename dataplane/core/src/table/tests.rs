@@ -263,3 +263,26 @@ fn audio_slots_are_validated_unique_and_keep_their_streams() {
     assert!(t.leg(LegId(2)).unwrap().slots.is_none());
     assert!(t.slot_legs.is_empty());
 }
+
+/// A redacted copy has no key bytes, a digest that tells keys apart (and is stable), and can
+/// never be installed: applying a snapshot taken without keys is refused, naming the field.
+#[test]
+fn redacted_key_material_has_no_bytes_compares_by_digest_and_is_refused() {
+    let (a, b) = (KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 1), KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 2));
+    let ra = a.redacted();
+    assert!(ra.key.is_empty() && ra.salt.is_empty() && ra.is_redacted() && !a.is_redacted());
+    assert_eq!(ra, a.clone().redacted(), "stable");
+    assert_eq!(ra.redacted(), ra, "redacting twice keeps the digest");
+    assert_ne!(ra, b.redacted(), "other keys, another digest");
+    let mut salt_differs = a.clone();
+    salt_differs.salt[0] ^= 1;
+    assert_ne!(ra, salt_differs.redacted(), "the salt is covered too");
+
+    let mut snap = Delta { generation: Generation(1), replace_all: true, ops: vec![Op::UpsertLeg(leg(1))] };
+    snap.redact_keys();
+    let Op::UpsertLeg(l) = &snap.ops[0] else { unreachable!() };
+    assert_eq!((l.rx.is_redacted(), l.tx.is_redacted()), (true, true));
+    let e = l.validate().unwrap_err();
+    assert_eq!(e.field, "leg.rx");
+    assert!(e.why.contains("redacted"), "{e}");
+}
