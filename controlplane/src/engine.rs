@@ -70,6 +70,15 @@ pub struct Engine {
     speakers: HashMap<String, pb::ActiveSpeakers>,
 }
 
+/// Whether a process holds UDP `port` on any local IPv4 address: a wildcard bind fails then
+/// (EADDRINUSE). The control socket is a Unix socket, so the dataplane runs on this host; this
+/// looks in the control plane's network namespace, which is the dataplane's in every layout
+/// Sluice ships (the test's dataplane in a namespace of its own has no control plane).
+/// Ports of the dataplane's own legs are never asked about (they are in use by the state).
+pub fn udp_port_held(port: u16) -> bool {
+    matches!(std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
 /// Events a watcher may fall behind by before it is told it lost some.
 pub const WATCH_BUFFER: usize = 16 * 1024;
 
@@ -98,6 +107,30 @@ impl Engine {
             dataplane_ports: None,
             announce_ip: None,
             speakers: HashMap::new(),
+        }
+    }
+
+    /// Prepares `req`, skipping the ports its new legs would get that another process holds
+    /// (checked by binding them, before anything is journaled): acknowledged legs have ports
+    /// the dataplane can bind. Returns the ports skipped, which the journal record carries.
+    fn prepare_skipping_held(&self, req: &pb::ChangeSet) -> Result<(crate::state::Prepared, Vec<u16>), StateError> {
+        let had = self.desired.session_ports(&req.session);
+        let mut avoid = std::collections::BTreeSet::new();
+        loop {
+            let prepared = self.desired.prepare_avoiding(req, &avoid).map_err(|mut e| {
+                if !avoid.is_empty() && e.kind == crate::state::ErrorKind::ResourceExhausted {
+                    e.message.push_str(&format!(" (held by other processes: {avoid:?})"));
+                }
+                e
+            })?;
+            let held: Vec<u16> = prepared.outcome.committed.ports.iter().map(|(_, p)| *p).filter(|p| !had.contains(p) && udp_port_held(*p)).collect();
+            if held.is_empty() || prepared.outcome.replayed {
+                if !avoid.is_empty() {
+                    tracing::warn!(session = %req.session, skipped = ?avoid, "ports held by another process were skipped");
+                }
+                return Ok((prepared, avoid.into_iter().collect()));
+            }
+            avoid.extend(held);
         }
     }
 
@@ -280,22 +313,23 @@ impl Engine {
         for (i, req) in reqs.iter().enumerate() {
             let prepared = match self
                 .admit(req)
-                .and_then(|()| self.desired.prepare(req).map_err(EngineError::State))
-                .and_then(|p| self.check_dataplane_range(req, &p.outcome).map(|()| p))
+                .and_then(|()| self.prepare_skipping_held(req).map_err(EngineError::State))
+                .and_then(|p| self.check_dataplane_range(req, &p.0.outcome).map(|()| p))
             {
-                Ok(p) => p,
+                Ok((p, skipped)) => (p, skipped),
                 Err(e) => {
                     results[i] = Some(Err(e));
                     continue;
                 }
             };
+            let (prepared, skipped) = prepared;
             if !prepared.outcome.replayed {
                 if !self.pending.contains_key(&req.session) && !touched.contains(&req.session) {
                     touched.push(req.session.clone());
                     self.touch(&req.session);
                 }
                 undo.push(self.desired.undo_point(&req.session));
-                records.push(Record::Apply(req.clone()));
+                records.push(if skipped.is_empty() { Record::Apply(req.clone()) } else { Record::ApplyAvoiding(req.clone(), skipped) });
             }
             done.push((i, self.desired.commit(prepared)));
         }

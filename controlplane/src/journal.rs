@@ -119,6 +119,9 @@ pub enum JournalError {
 pub enum Record {
     /// A change set.
     Apply(pb::ChangeSet),
+    /// A change set accepted while other processes held these ports of the range: its new legs
+    /// got other ports, and its replay must skip the same ones (whoever holds them then).
+    ApplyAvoiding(pb::ChangeSet, Vec<u16>),
     /// A session deletion.
     Delete(pb::DeleteSessionRequest),
     /// Drain (true) or undrain (false).
@@ -130,6 +133,7 @@ impl Record {
     pub fn replay(&self, d: &mut Desired) -> Result<(), StateError> {
         match self {
             Record::Apply(r) => d.apply(r).map(drop),
+            Record::ApplyAvoiding(r, avoid) => d.apply_avoiding(r, &avoid.iter().copied().collect()).map(drop),
             Record::Delete(r) => d.delete_session(r).map(drop),
             Record::Drain(on) => {
                 d.draining = *on;
@@ -143,6 +147,14 @@ impl Record {
             Record::Apply(r) => (1, r.encode_to_vec()),
             Record::Delete(r) => (2, r.encode_to_vec()),
             Record::Drain(on) => (3, vec![u8::from(*on)]),
+            // The ports' count and the ports (big-endian u16s), then the change set.
+            Record::ApplyAvoiding(r, avoid) => {
+                let mut body = Vec::with_capacity(2 + 2 * avoid.len() + r.encoded_len());
+                body.extend_from_slice(&(avoid.len() as u16).to_be_bytes());
+                body.extend(avoid.iter().flat_map(|p| p.to_be_bytes()));
+                r.encode(&mut body).expect("a Vec grows");
+                (4, body)
+            }
         }
     }
 
@@ -151,6 +163,11 @@ impl Record {
             1 => pb::ChangeSet::decode(body).ok().map(Record::Apply),
             2 => pb::DeleteSessionRequest::decode(body).ok().map(Record::Delete),
             3 => Some(Record::Drain(body.first() == Some(&1))),
+            4 => {
+                let n = usize::from(u16::from_be_bytes(body.get(..2)?.try_into().ok()?));
+                let ports = body.get(2..2 + 2 * n)?.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+                pb::ChangeSet::decode(&body[2 + 2 * n..]).ok().map(|r| Record::ApplyAvoiding(r, ports))
+            }
             _ => None,
         }
     }
@@ -534,6 +551,25 @@ mod tests {
         j.append(&r).unwrap();
         drop(j);
         assert_eq!(Journal::open(&d, PORTS).unwrap().1, desired);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A change set accepted while ports were held elsewhere replays onto the same ports, held
+    /// or not: the skipped ports are part of its record.
+    #[test]
+    fn a_change_that_skipped_held_ports_replays_onto_the_same_ports() {
+        let d = dir("avoid");
+        let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
+        let r = Record::ApplyAvoiding(pair("m"), vec![30_000, 30_002]);
+        r.replay(&mut desired).unwrap();
+        j.append(&r).unwrap();
+        drop(j);
+        let ports = desired.ports_used();
+        assert!(!ports.contains(&30_000) && !ports.contains(&30_002) && ports.len() == 2, "{ports:?}");
+        let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
+        assert_eq!(info.replayed, 1);
+        assert_eq!(recovered.ports_used(), ports);
+        assert_eq!(recovered, desired);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -1,7 +1,8 @@
 //! Leg ports are in effect when acknowledged (issue 15, item 5, in part): the dataplane refuses a
 //! leg outside its configured port range naming the leg and port, the control plane refuses a
 //! change that would get such a port before journaling anything, and the dataplane raises its
-//! descriptor limit at start and says how many legs it has room for.
+//! descriptor limit at start and says how many legs it has room for; a port of the range another
+//! process holds is skipped, and the skip is journaled so a restart keeps the ports.
 
 use sluice_api::{Client, Request, Response};
 use sluice_core::ids::Generation;
@@ -47,4 +48,40 @@ fn a_leg_outside_the_dataplanes_port_range_is_refused_naming_it() {
     let v: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(v[3], v[4], "soft limit raised to the hard one: {line}");
     assert!(dataplane.log_text().contains("leg_capacity"), "{}", dataplane.log_text());
+}
+
+/// Issue 15, item 5: a port of the range held by another process is never given to a leg
+/// (before: the Apply answered OK and the dataplane logged "cannot open leg port", the leg dead
+/// both ways), and the control plane's restart keeps every acknowledged leg's port although the
+/// port is free by then (the skipped ports are journaled with the change).
+#[test]
+fn a_port_held_by_another_process_is_skipped_and_replay_keeps_the_ports() {
+    const PORTS: (u16, u16) = (33_640, 33_647);
+    let dir = TempDir::new("cp-port-held");
+    let held = std::net::UdpSocket::bind(("127.0.0.1", 33_641)).expect("the test's own socket on 33641");
+    let (dataplane, dp_sock) = start_dataplane_in(dir.path(), PORTS);
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS);
+    let mut grpc = Grpc::connect(addr);
+    let first = grpc.apply(session_req("first")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let ports: Vec<u16> = first.ports.iter().map(|p| p.local_port as u16).collect();
+    assert_eq!(ports, [33_640, 33_642, 33_643], "33641 is held and skipped");
+    assert!(cp.log_text().contains("ports held by another process were skipped"), "{}", cp.log_text());
+    // Every leg's port is open on the dataplane (its workers log each port they cannot bind).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!dataplane.log_text().contains("cannot open leg port"), "{}", dataplane.log_text());
+
+    // The port comes free; a restarted control plane replays the journal onto the same ports.
+    drop(held);
+    cp.signal(libc::SIGKILL);
+    drop(cp);
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 2, PORTS);
+    let mut grpc = Grpc::connect(addr);
+    let session = grpc.session("first").unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let mut after: Vec<u16> = session.legs.iter().map(|l| l.local_port as u16).collect();
+    after.sort_unstable();
+    assert_eq!(after, ports, "acknowledged legs keep their ports across the restart");
+    // And the allocation goes on from where it was.
+    let second = grpc.apply(session_req("second")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let next: Vec<u16> = second.ports.iter().map(|p| p.local_port as u16).collect();
+    assert_eq!(next, [33_644, 33_645, 33_646]);
 }

@@ -299,13 +299,29 @@ impl Desired {
 
     /// Applies a change set atomically: on any error nothing changes.
     pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<Outcome, StateError> {
-        let prepared = self.prepare(req)?;
+        self.apply_avoiding(req, &BTreeSet::new())
+    }
+
+    /// [`Desired::apply`], never giving a new leg a port of `avoid` (ports another process held
+    /// when the change was accepted: journaled with it, so its replay allocates the same ports).
+    pub fn apply_avoiding(&mut self, req: &pb::ChangeSet, avoid: &BTreeSet<u16>) -> Result<Outcome, StateError> {
+        let prepared = self.prepare_avoiding(req, avoid)?;
         Ok(self.commit(prepared))
+    }
+
+    /// Ports of the legs `session` has now (none for a new session).
+    pub fn session_ports(&self, session: &str) -> BTreeSet<u16> {
+        self.sessions.get(session).map(|s| s.legs.values().map(|l| l.local_port).collect()).unwrap_or_default()
     }
 
     /// Validates a change set and computes its result without changing anything (the cost is
     /// the session's size, not the node's); [`Desired::commit`] then makes it the state.
     pub fn prepare(&self, req: &pb::ChangeSet) -> Result<Prepared, StateError> {
+        self.prepare_avoiding(req, &BTreeSet::new())
+    }
+
+    /// [`Desired::prepare`], never giving a new leg a port of `avoid`.
+    pub fn prepare_avoiding(&self, req: &pb::ChangeSet, avoid: &BTreeSet<u16>) -> Result<Prepared, StateError> {
         check_id("session", &req.session)?;
         if !req.idempotency_key.is_empty() {
             check_id("idempotency_key", &req.idempotency_key)?;
@@ -346,7 +362,13 @@ impl Desired {
             next_track: self.next_track,
             next_port: self.next_port,
             range: self.ports,
-            used_elsewhere: self.sessions.iter().filter(|(n, _)| *n != &req.session).flat_map(|(_, s)| s.legs.values().map(|l| l.local_port)).collect(),
+            used_elsewhere: self
+                .sessions
+                .iter()
+                .filter(|(n, _)| *n != &req.session)
+                .flat_map(|(_, s)| s.legs.values().map(|l| l.local_port))
+                .chain(avoid.iter().copied())
+                .collect(),
             ports: Vec::new(),
             events: Vec::new(),
             ice_secret: &self.ice_secret,
