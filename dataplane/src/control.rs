@@ -523,6 +523,7 @@ mod tests {
             edge: None,
             feedback: Default::default(),
             audio_slots: None,
+            rate_limit: None,
         };
         let snap = Delta { generation: Generation(4), replace_all: true, ops: vec![Op::UpsertLeg(leg)] };
         let _t = serve_with_owner(&path, Some(65534), lock(&path).unwrap(), crate::events::EventHub::new(), move |req| match req {
