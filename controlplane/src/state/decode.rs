@@ -631,4 +631,22 @@ mod tests {
         let shown = view.legs.iter().find(|l| l.id == "c").and_then(|l| l.rate_limit).unwrap();
         assert_eq!((shown.packets_per_s, shown.bytes_per_s, shown.burst_ms), (100, 200_000, 500));
     }
+
+    /// With top-N on, a leg with slots is not also subscribed to ranked audio in the dataplane
+    /// (it would hear each speaker twice); the subscription stays desired and comes back when
+    /// top-N goes off.
+    #[test]
+    fn slots_replace_per_track_subscriptions_to_ranked_audio() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_009 });
+        d.apply(&pair("m")).unwrap();
+        d.apply(&req("m", vec![audio("ab", "b", 300, Some(1)), sub("a", "ab", 3000, 0, false), slotted("a", &[11, 12])])).unwrap();
+        let track = d.sessions["m"].tracks["ab"].spec.id;
+        let installed = |d: &Desired| d.tables().subs.keys().any(|(_, t)| *t == track);
+        assert!(installed(&d), "top-N off: the per-track subscription");
+        d.apply(&req("m", vec![settings(true, 2)])).unwrap();
+        assert!(!installed(&d), "top-N on: the slots instead");
+        assert!(d.tables().subs.keys().any(|(_, t)| *t != track), "video subscriptions stay");
+        d.apply(&req("m", vec![settings(false, 2)])).unwrap();
+        assert!(installed(&d), "top-N off again: back");
+    }
 }
