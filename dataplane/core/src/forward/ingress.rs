@@ -72,22 +72,13 @@ impl Core {
         }
     }
 
-    /// A datagram of `len` bytes for `leg_id` at `now`, before decryption: within the leg's
-    /// receive budget, or dropped and counted, with at most one [`Event::RateLimited`] a second.
-    pub(super) fn within_budget(&mut self, now: Instant, leg_id: LegId, len: usize) -> Result<(), DropReason> {
-        let Some(leg) = self.tables.leg_mut(leg_id) else { return Ok(()) };
-        let Some(limit) = leg.spec.rate_limit else { return Ok(()) };
-        if leg.limiter.take(now, &limit, len) {
-            return Ok(());
-        }
-        let l = &mut leg.limiter;
-        l.unreported += 1;
-        if l.last_report.is_none_or(|t| now.saturating_duration_since(t) >= core::time::Duration::from_secs(1)) {
-            let dropped = core::mem::take(&mut l.unreported);
-            l.last_report = Some(now);
+    /// A datagram the leg's receive budget refused (see [`Leg::within_budget`]): counted by
+    /// the caller's error, reported on its first drop of each second.
+    fn over_budget(&mut self, leg_id: LegId, report: Option<u64>) -> DropReason {
+        if let Some(dropped) = report {
             self.emit(Event::RateLimited { leg: leg_id, dropped });
         }
-        Err(DropReason::RateLimited)
+        DropReason::RateLimited
     }
 
     /// An authenticated packet arrived on the leg: latch its remote and mark it active.
@@ -108,8 +99,10 @@ impl Core {
 
     pub(super) fn rx_rtp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
         let (leg_id, ssrc) = self.rx_leg_and_ssrc(local_port, remote, buf, 8)?;
-        self.within_budget(now, leg_id, buf.len())?;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        if let Err(report) = leg.within_budget(now, buf.len()) {
+            return Err(self.over_budget(leg_id, report));
+        }
         let len = buf.len();
         let (idx, plain_len) = match leg.ingress_index(ssrc) {
             Some(idx) => {
@@ -193,9 +186,11 @@ impl Core {
 
     pub(super) fn rx_rtcp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
         let (leg_id, sender) = self.rx_leg_and_ssrc(local_port, remote, buf, 4)?;
-        self.within_budget(now, leg_id, buf.len())?;
         let window = self.tables.config().replay_window;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        if let Err(report) = leg.within_budget(now, buf.len()) {
+            return Err(self.over_budget(leg_id, report));
+        }
         // Work on a copy: the stored state changes only once the packet authenticated.
         let mut state = leg.rtcp_recv(sender).cloned().unwrap_or_else(|| RtcpRecvState::new(window));
         let len = buf.len();

@@ -67,9 +67,8 @@ pub struct Leg {
 /// reported.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Limiter {
-    packets: f64,
-    bytes: f64,
-    last: Option<Instant>,
+    packets: Bucket,
+    bytes: Bucket,
     /// Drops not reported yet.
     pub unreported: u64,
     /// When the last report went out.
@@ -81,16 +80,14 @@ impl Limiter {
     /// either is empty (the datagram is over the budget).
     pub fn take(&mut self, now: Instant, limit: &crate::table::RateLimit, len: usize) -> bool {
         let burst = f64::from(limit.burst_ms) / 1000.0;
-        let dt = self.last.map_or(burst, |t| now.saturating_duration_since(t).as_secs_f64()).min(burst);
-        self.last = Some(now);
         let (pps, bps) = (f64::from(limit.packets_per_s), limit.bytes_per_s as f64);
-        self.packets = (self.packets + pps * dt).min(pps * burst);
-        self.bytes = (self.bytes + bps * dt).min(bps * burst);
-        if self.packets < 1.0 || self.bytes < len as f64 {
+        // Both or neither: a packet refused by the byte bucket must not spend a packet token.
+        let mut packets = self.packets;
+        if !packets.take(now, pps, pps * burst, 1.0) || !self.bytes.take(now, bps, bps * burst, len as f64) {
+            self.packets.take(now, pps, pps * burst, 0.0);
             return false;
         }
-        self.packets -= 1.0;
-        self.bytes -= len as f64;
+        self.packets = packets;
         true
     }
 }
@@ -122,29 +119,41 @@ pub struct EdgeState {
     /// ICE consent to send (RFC 7675); set by the slow path.
     pub consent: bool,
     /// Slow-path token bucket: datagrams this leg may still hand to the slow path.
-    pub tokens: u32,
-    /// When the bucket was last refilled.
-    pub refilled: Instant,
+    pub slow_path: Bucket,
 }
 
 impl EdgeState {
     pub(super) fn new() -> Self {
-        Self { tokens: SLOW_PATH_BURST, ..Self::default() }
+        Self::default()
     }
 
     /// Takes one slow-path token; refills [`SLOW_PATH_RATE`] tokens per second up to
     /// [`SLOW_PATH_BURST`].
     pub fn take_token(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled);
-        let earned = (elapsed.as_millis() as u64).saturating_mul(u64::from(SLOW_PATH_RATE)) / 1000;
-        if earned > 0 {
-            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(SLOW_PATH_BURST)) as u32;
-            self.refilled = now;
-        }
-        if self.tokens == 0 {
+        self.slow_path.take(now, f64::from(SLOW_PATH_RATE), f64::from(SLOW_PATH_BURST), 1.0)
+    }
+}
+
+/// A token bucket: `rate` tokens a second up to `cap`, full when first used. The leg's
+/// slow-path limit and its receive budget ([`Limiter`]) are two uses of it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bucket {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Bucket {
+    /// Takes `cost` tokens at `now` if the bucket holds them.
+    pub fn take(&mut self, now: Instant, rate: f64, cap: f64, cost: f64) -> bool {
+        self.tokens = match self.last {
+            None => cap,
+            Some(t) => (self.tokens + rate * now.saturating_duration_since(t).as_secs_f64()).min(cap),
+        };
+        self.last = Some(now);
+        if self.tokens < cost {
             return false;
         }
-        self.tokens -= 1;
+        self.tokens -= cost;
         true
     }
 }
@@ -172,6 +181,24 @@ pub struct LegStats {
 }
 
 impl Leg {
+    /// A datagram of `len` bytes at `now`, before decryption: within the leg's receive budget
+    /// (`spec.rate_limit`; always, without one), or `Err` with the drops to report now (at most
+    /// one report a second; `None` in between).
+    #[inline]
+    pub fn within_budget(&mut self, now: Instant, len: usize) -> Result<(), Option<u64>> {
+        let Some(limit) = self.spec.rate_limit else { return Ok(()) };
+        if self.limiter.take(now, &limit, len) {
+            return Ok(());
+        }
+        let l = &mut self.limiter;
+        l.unreported += 1;
+        if l.last_report.is_some_and(|t| now.saturating_duration_since(t) < core::time::Duration::from_secs(1)) {
+            return Err(None);
+        }
+        l.last_report = Some(now);
+        Err(Some(core::mem::take(&mut l.unreported)))
+    }
+
     /// Whether media from the participant is accepted: a static-key leg always, a WebRTC leg
     /// once its DTLS keys are installed.
     #[inline]
