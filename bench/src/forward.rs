@@ -232,19 +232,9 @@ pub fn publisher_keyframe(keys: &SrtpKeys, state: &mut RtpSendState, seq: u16, r
 pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port: u16, remote: impl Fn(u32) -> Option<SocketAddr>) -> Vec<Op> {
     let mut ops = Vec::new();
     for l in 1..=fanout + 1 {
-        ops.push(Op::UpsertLeg(LegSpec {
-            id: LegId(l),
-            local_port: base_port + l as u16,
-            remote: remote(l),
-            // Leg `l` receives with seed `l` and sends with seed `100 + l`.
-            rx: KeyMaterial::seeded(profile, l),
-            tx: KeyMaterial::seeded(profile, 100 + l),
-            feedback_ssrc: Ssrc(0xfeed0000 + l),
-            edge: None,
-            feedback: Default::default(),
-            audio_slots: None,
-            rate_limit: None,
-        }));
+        // Leg `l` receives with seed `l` and sends with seed `100 + l`.
+        let (rx, tx) = (KeyMaterial::seeded(profile, l), KeyMaterial::seeded(profile, 100 + l));
+        ops.push(Op::UpsertLeg(LegSpec { remote: remote(l), ..LegSpec::new(LegId(l), base_port + l as u16, rx, tx, Ssrc(0xfeed0000 + l)) }));
     }
     for i in 0..streams {
         ops.push(Op::UpsertTrack(TrackSpec {

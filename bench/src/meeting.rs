@@ -63,18 +63,7 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
         let port = 20_000 + (m * 64 + i) as u16;
         let up = KeyMaterial::seeded(profile, id * 2);
         let down = KeyMaterial::seeded(profile, id * 2 + 1);
-        ops.push(Op::UpsertLeg(LegSpec {
-            id: LegId(id),
-            local_port: port,
-            remote: None,
-            rx: up.clone(),
-            tx: down.clone(),
-            feedback_ssrc: Ssrc(0xfeed_0000 + id),
-            edge: None,
-            feedback: Default::default(),
-            audio_slots: None,
-            rate_limit: None,
-        }));
+        ops.push(Op::UpsertLeg(LegSpec::new(LegId(id), port, up.clone(), down.clone(), Ssrc(0xfeed_0000 + id))));
         let base = id << 8;
         ops.push(Op::UpsertTrack(TrackSpec {
             id: TrackId(id * 2),

@@ -470,18 +470,7 @@ mod tests {
         let path = dir.join("dp.sock");
         let (key, salt) = (vec![0xA7; 16], vec![0x5C; 12]);
         let material = KeyMaterial::new(Profile::AeadAes128Gcm, key.clone(), salt.clone());
-        let leg = LegSpec {
-            id: sluice_core::ids::LegId(1),
-            local_port: 30_000,
-            remote: None,
-            rx: material.clone(),
-            tx: material.clone(),
-            feedback_ssrc: sluice_core::ids::Ssrc(1),
-            edge: None,
-            feedback: Default::default(),
-            audio_slots: None,
-            rate_limit: None,
-        };
+        let leg = LegSpec::new(sluice_core::ids::LegId(1), 30_000, material.clone(), material.clone(), sluice_core::ids::Ssrc(1));
         let snap = Delta { generation: Generation(4), replace_all: true, ops: vec![Op::UpsertLeg(leg)] };
         let _t = serve_with_owner(&path, Some(65534), lock(&path).unwrap(), crate::events::EventHub::new(), move |req| match req {
             Request::Snapshot { .. } => Response::Snapshot(snap.clone()),

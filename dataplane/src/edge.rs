@@ -666,20 +666,7 @@ mod tests {
             role: DtlsRole::Server,
             remote_fingerprint: String::new(),
         };
-        let leg = |id, edge: Option<Box<EdgeSpec>>| {
-            Op::UpsertLeg(LegSpec {
-                id: LegId(id),
-                local_port: 1000 + id as u16,
-                remote: None,
-                rx: k.clone(),
-                tx: k.clone(),
-                feedback_ssrc: Ssrc(1),
-                edge,
-                feedback: Default::default(),
-                audio_slots: None,
-                rate_limit: None,
-            })
-        };
+        let leg = |id, edge: Option<Box<EdgeSpec>>| Op::UpsertLeg(LegSpec { edge, ..LegSpec::new(LegId(id), 1000 + id as u16, k.clone(), k.clone(), Ssrc(1)) });
         let d = Delta { generation: Generation(1), replace_all: true, ops: vec![leg(1, Some(Box::new(edge.clone()))), leg(2, None), Op::RemoveLeg(LegId(3))] };
         assert_eq!(
             changes_of(&d),

@@ -333,18 +333,7 @@ mod tests {
 
     fn leg(id: u32, port: u16, remote: Option<&str>) -> Op {
         let k = KeyMaterial::seeded(Profile::AeadAes128Gcm, 1);
-        Op::UpsertLeg(LegSpec {
-            id: LegId(id),
-            local_port: port,
-            remote: remote.map(|r| r.parse().unwrap()),
-            rx: k.clone(),
-            tx: k,
-            feedback_ssrc: Ssrc(1),
-            edge: None,
-            feedback: Default::default(),
-            audio_slots: None,
-            rate_limit: None,
-        })
+        Op::UpsertLeg(LegSpec { remote: remote.map(|r| r.parse().unwrap()), ..LegSpec::new(LegId(id), port, k.clone(), k, Ssrc(1)) })
     }
 
     fn track(id: u32, publisher: u32, layers: Vec<LayerSpec>) -> Op {

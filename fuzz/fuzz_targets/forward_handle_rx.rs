@@ -28,18 +28,11 @@ fn setup() -> Core {
     let mut ops = Vec::new();
     for n in 1..=3u32 {
         ops.push(Op::UpsertLeg(LegSpec {
-            id: LegId(n),
-            local_port: 20_000 + n as u16,
             remote: Some(addr(n as u8)),
-            rx: material(n as u8),
-            tx: material(n as u8 + 100),
-            feedback_ssrc: Ssrc(0xf0 + n),
-            edge: None,
             // Legs 1 and 2 negotiated transport-cc (extension 3), leg 3 REMB only: the uplink
             // and downlink feedback paths run on what the fuzzer sends.
             feedback: FeedbackSpec { twcc_ext: (n < 3).then_some(3), remb: n == 3 },
-            audio_slots: None,
-            rate_limit: None,
+            ..LegSpec::new(LegId(n), 20_000 + n as u16, material(n as u8), material(n as u8 + 100), Ssrc(0xf0 + n))
         }));
     }
     ops.push(Op::UpsertTrack(TrackSpec {

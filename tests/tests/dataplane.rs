@@ -60,18 +60,7 @@ fn start_daemon(dir: &TempDir, backend: &str) -> (Daemon, std::path::PathBuf) {
 
 fn dummy_leg(n: u32) -> LegSpec {
     let k = KeyMaterial::seeded(Profile::AeadAes128Gcm, 1);
-    LegSpec {
-        id: LegId(900_000 + n),
-        local_port: 39_000 + (n % 500) as u16,
-        remote: None,
-        rx: k.clone(),
-        tx: k,
-        feedback_ssrc: Ssrc(1),
-        edge: None,
-        feedback: Default::default(),
-        audio_slots: None,
-        rate_limit: None,
-    }
+    LegSpec::new(LegId(900_000 + n), 39_000 + (n % 500) as u16, k.clone(), k, Ssrc(1))
 }
 
 /// Runs meeting `m` of `size` through a fresh daemon on `backend` for `ticks` × 20 ms.

@@ -349,16 +349,8 @@ fn str0m_peers_meet_through_webrtc_legs() {
     let (a_creds, b_creds) = (a.ice_credentials(), b.ice_credentials());
     let (a_fp, b_fp) = (a.fingerprint(), b.fingerprint());
     let leg = |id: u32, port: u16, remote: IceCredentials, role: DtlsRole, fp: String| LegSpec {
-        id: LegId(id),
-        local_port: port,
-        remote: None,
-        rx: KeyMaterial::placeholder(),
-        tx: KeyMaterial::placeholder(),
-        feedback_ssrc: Ssrc(0xfeed_0000 + id),
         edge: Some(Box::new(EdgeSpec { local: sluice_creds(id), remote, role, remote_fingerprint: fp })),
-        feedback: Default::default(),
-        audio_slots: None,
-        rate_limit: None,
+        ..LegSpec::new(LegId(id), port, KeyMaterial::placeholder(), KeyMaterial::placeholder(), Ssrc(0xfeed_0000 + id))
     };
     let ops = vec![
         Op::UpsertLeg(leg(1, 32101, a_creds, DtlsRole::Server, a_fp)),

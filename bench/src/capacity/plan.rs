@@ -154,16 +154,8 @@ fn first_publishers(s: &Scenario, size: u32) -> u32 {
 
 fn leg_spec(id: u32, rx: &KeyMaterial, tx: &KeyMaterial, twcc_ext: Option<u8>) -> Op {
     Op::UpsertLeg(LegSpec {
-        id: LegId(id),
-        local_port: 0,
-        remote: None,
-        rx: rx.clone(),
-        tx: tx.clone(),
-        feedback_ssrc: Ssrc(0xfeed_0000u32.wrapping_add(id)),
-        edge: None,
         feedback: sluice_core::table::FeedbackSpec { twcc_ext, remb: false },
-        audio_slots: None,
-        rate_limit: None,
+        ..LegSpec::new(LegId(id), 0, rx.clone(), tx.clone(), Ssrc(0xfeed_0000u32.wrapping_add(id)))
     })
 }
 

@@ -27,18 +27,7 @@ struct Peer {
 fn peer(n: u32) -> (Peer, LegSpec) {
     let up = KeyMaterial::seeded(PROFILE, n * 2 + 1);
     let down = KeyMaterial::seeded(PROFILE, n * 2 + 2);
-    let spec = LegSpec {
-        id: LegId(n),
-        local_port: 20_000 + n as u16,
-        remote: None,
-        rx: up.clone(),
-        tx: down.clone(),
-        feedback_ssrc: Ssrc(0xf000_0000 + n),
-        edge: None,
-        feedback: Default::default(),
-        audio_slots: None,
-        rate_limit: None,
-    };
+    let spec = LegSpec::new(LegId(n), 20_000 + n as u16, up.clone(), down.clone(), Ssrc(0xf000_0000 + n));
     let p = Peer {
         leg: LegId(n),
         port: spec.local_port,

@@ -217,6 +217,14 @@ pub struct FeedbackSpec {
 }
 
 impl LegSpec {
+    /// A static-key leg with nothing optional: no fixed remote (latched from the first
+    /// authenticated packet), no WebRTC, no congestion feedback, no audio slots, no receive
+    /// budget. Set the rest with struct update syntax (`LegSpec { remote, ..LegSpec::new(…) }`),
+    /// so a new optional field does not touch every place a leg is built.
+    pub fn new(id: LegId, local_port: u16, rx: KeyMaterial, tx: KeyMaterial, feedback_ssrc: Ssrc) -> Self {
+        Self { id, local_port, remote: None, rx, tx, feedback_ssrc, edge: None, feedback: FeedbackSpec::default(), audio_slots: None, rate_limit: None }
+    }
+
     /// The checks on the spec alone: a non-zero port, a one-byte transport-cc extension id, key
     /// and salt lengths that match their profiles.
     pub fn validate(&self) -> Result<(), SpecError> {

@@ -4,18 +4,13 @@ use super::*;
 use crate::srtp::Profile;
 
 fn leg(n: u32) -> LegSpec {
-    LegSpec {
-        id: LegId(n),
-        local_port: 30_000 + n as u16,
-        remote: None,
-        rx: KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 1),
-        tx: KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 2),
-        feedback_ssrc: Ssrc(n),
-        edge: None,
-        feedback: Default::default(),
-        audio_slots: None,
-        rate_limit: None,
-    }
+    LegSpec::new(
+        LegId(n),
+        30_000 + n as u16,
+        KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 1),
+        KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 2),
+        Ssrc(n),
+    )
 }
 
 fn track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {

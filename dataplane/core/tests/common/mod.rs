@@ -22,18 +22,7 @@ pub fn material(profile: Profile, seed: u32, dir: u8) -> KeyMaterial {
 
 /// A leg spec: `up` is what the participant sends (the SFU's rx), `down` what it receives.
 pub fn leg_spec(id: u32, port: u16, up: KeyMaterial, down: KeyMaterial) -> LegSpec {
-    LegSpec {
-        id: LegId(id),
-        local_port: port,
-        remote: None,
-        rx: up,
-        tx: down,
-        feedback_ssrc: Ssrc(0xf000_0000 + id),
-        edge: None,
-        feedback: Default::default(),
-        audio_slots: None,
-        rate_limit: None,
-    }
+    LegSpec::new(LegId(id), port, up, down, Ssrc(0xf000_0000 + id))
 }
 
 /// A plaintext RTP packet (no extensions).
