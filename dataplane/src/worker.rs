@@ -153,13 +153,22 @@ impl Worker {
             if !self.drain_inbox() {
                 break;
             }
-            let t0 = WallInstant::now();
             let now = self.now();
             // Sleep until the core's next deadline (uplink reports, the sweep), at most 5 ms so
             // messages between batches are not kept waiting.
             let wait = Duration::from_nanos(self.core.poll_timeout().as_nanos().saturating_sub(now.as_nanos())).min(MAX_WAIT);
-            let (core, out) = (&mut self.core, &mut self.out);
-            let n = match self.io.recv_batch(Some(wait), |port, src, buf| core.handle_rx(now, port, src, buf, out)) {
+            let (core, out, epoch) = (&mut self.core, &mut self.out, self.epoch);
+            // The batch's time is read when its first datagram is handed over, after the wait:
+            // it is each datagram's arrival time (transport-cc feedback, jitter, the pacer), so
+            // it must not be the time the worker went to sleep (up to MAX_WAIT earlier).
+            let mut woke: Option<(WallInstant, Instant)> = None;
+            let n = match self.io.recv_batch(Some(wait), |port, src, buf| {
+                let (_, at) = *woke.get_or_insert_with(|| {
+                    let t = WallInstant::now();
+                    (t, Instant::from_nanos(t.saturating_duration_since(epoch).as_nanos() as u64))
+                });
+                core.handle_rx(at, port, src, buf, out);
+            }) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(worker = self.index, error = %e, "receive failed");
@@ -171,7 +180,10 @@ impl Worker {
             if n > 0 {
                 self.batches += 1;
                 self.batched += n as u64;
-                if self.batches.is_multiple_of(LATENCY_SAMPLE) {
+                if let Some((t0, _)) = woke
+                    && self.batches.is_multiple_of(LATENCY_SAMPLE)
+                {
+                    // Processing only, from the first datagram handed over to the last copy sent.
                     let _ = self.latency.record(t0.elapsed().as_nanos().max(1) as u64);
                 }
             }

@@ -427,3 +427,102 @@ fn a_learned_ssrc_is_refused_alike_on_every_worker() {
     let r = apply(&mut control, 2, vec![Op::UpsertLeg(dummy_leg(7))]);
     assert!(matches!(r, Response::Applied(_)), "the next delta must apply on every worker: {r:?}\n{}", daemon.log_text());
 }
+
+/// Transport-cc feedback reports when each packet arrived, not when the worker last went to
+/// sleep: a publisher sends with irregular gaps (1 to 14 ms, so the worker waits between
+/// packets, up to its 5 ms cap) and the receive deltas Sluice reports match the send gaps.
+/// A browser's delay-based estimator reads these deltas; stamped with the time the worker
+/// started waiting they carry up to 5 ms of noise that looks like queueing.
+#[test]
+fn transport_cc_feedback_reports_arrival_times_not_wake_times() {
+    use sluice_bench::forward::fanout_ops;
+    use sluice_core::srtp::{RtcpRecvState, RtpSendState, SrtpKeys};
+    use sluice_core::wire::rtcp;
+    const BASE: u16 = 38_800;
+    const EXT: u8 = 5;
+    let dir = TempDir::new("dp-twcc");
+    let (daemon, sock) = start_daemon(&dir, "uring");
+    let publisher = participant_socket();
+    let subscriber = participant_socket();
+    let mut ops = fanout_ops(Profile::AeadAes128Gcm, 1, BASE, |l| (l > 1).then(|| subscriber.local_addr().unwrap()));
+    for op in &mut ops {
+        if let Op::UpsertLeg(l) = op
+            && l.id == LegId(1)
+        {
+            l.feedback.twcc_ext = Some(EXT);
+        }
+    }
+    let mut control = Client::connect(&sock).unwrap();
+    let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).unwrap();
+    assert!(matches!(resp, Response::Applied(_)), "{resp:?}\n{}", daemon.log_text());
+
+    let (rx, tx) = (KeyMaterial::seeded(Profile::AeadAes128Gcm, 1), KeyMaterial::seeded(Profile::AeadAes128Gcm, 101));
+    let up = SrtpKeys::new(rx.profile, &rx.key, &rx.salt).unwrap();
+    let down = SrtpKeys::new(tx.profile, &tx.key, &tx.salt).unwrap();
+    let mut send_state = RtpSendState::new();
+    let mut recv_state = RtcpRecvState::new(1024);
+    let gaps_ms = [1u64, 9, 3, 14, 2, 6, 11, 4];
+    let mut sent = BTreeMap::new();
+    let mut reported: BTreeMap<u16, Option<i64>> = BTreeMap::new();
+    let mut buf = [0u8; 2048];
+    let mut drain = |reported: &mut BTreeMap<u16, Option<i64>>| {
+        while let Ok(n) = publisher.recv(&mut buf) {
+            let Ok(len) = down.unprotect_rtcp(&mut recv_state, &mut buf, n) else { continue };
+            for p in rtcp::compound(&buf[..len]).flatten() {
+                if p.kind() != rtcp::Kind::TransportCc {
+                    continue;
+                }
+                let t = rtcp::TransportCc::new_checked(p.as_bytes()).unwrap();
+                let mut at = i64::from(t.reference_time()) * 64_000;
+                for r in t.packets().flatten() {
+                    reported.insert(
+                        r.seq,
+                        r.delta.map(|d| {
+                            at += i64::from(d) * 250;
+                            at
+                        }),
+                    );
+                }
+            }
+        }
+    };
+    let start = Instant::now();
+    for k in 0..120u16 {
+        // A VP8 keyframe start carrying the transport-wide sequence number `k`.
+        let mut p = vec![0x90, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x00, 0xBE, 0xDE, 0, 1, (EXT << 4) | 1, 0, 0, 0, 0x10, 0x00];
+        p[2..4].copy_from_slice(&k.to_be_bytes());
+        p[4..8].copy_from_slice(&(u32::from(k) * 3000).to_be_bytes());
+        p[17..19].copy_from_slice(&k.to_be_bytes());
+        p.resize(300, 0xa5);
+        p.resize(316, 0);
+        let n = up.protect_rtp(&mut send_state, &mut p, 300).unwrap();
+        sent.insert(k, start.elapsed());
+        publisher.send_to(&p[..n], ("127.0.0.1", BASE + 1)).unwrap();
+        let until = Instant::now() + Duration::from_millis(gaps_ms[usize::from(k) % gaps_ms.len()]);
+        while Instant::now() < until {
+            drain(&mut reported);
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(2);
+    while reported.len() < sent.len() && Instant::now() < end {
+        drain(&mut reported);
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(reported.len(), sent.len(), "every packet reported\n{}", daemon.log_text());
+    // Each reported gap against the gap the publisher left (µs); loopback adds no queue.
+    let mut errors: Vec<i64> = sent
+        .keys()
+        .zip(sent.keys().skip(1))
+        .filter_map(|(a, b)| {
+            let (ra, rb) = (reported[a]?, reported[b]?);
+            Some(((rb - ra) - (sent[b].as_micros() as i64 - sent[a].as_micros() as i64)).abs())
+        })
+        .collect();
+    assert!(errors.len() >= 100, "{} packets reported received", errors.len());
+    errors.sort_unstable();
+    let median = errors[errors.len() / 2];
+    eprintln!("receive gap error: median {median} µs, 90th {} µs", errors[errors.len() * 9 / 10]);
+    // 250 µs ticks at both ends, plus the scheduler: the median stays well under a millisecond.
+    assert!(median <= 600, "reported receive gaps are off by a median of {median} µs (sorted errors {errors:?})");
+}
