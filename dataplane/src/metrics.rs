@@ -77,6 +77,9 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
         w.core.packets_paced
     });
     counter(&mut s, "sluice_pace_overflow_total", "Packets sent unpaced: the leg's pace queue or the worker's pool was full.", &|w| w.core.pace_overflow);
+    counter(&mut s, "sluice_nack_stale_total", "NACKed packets not answered: of a layer the subscription switched down from, or older than it maps.", &|w| {
+        w.core.nack_stale
+    });
     counter(&mut s, "sluice_nack_suppressed_total", "NACKed packets already asked of the publisher in the last 100 ms, not asked again.", &|w| {
         w.core.nack_suppressed
     });

@@ -982,6 +982,7 @@ mod meeting {
                     let line = match e.event {
                         Some(E::BandwidthEstimate(b)) if b.leg == leg => format!("estimate {} kbit/s", b.bps / 1000),
                         Some(E::LayerAllocated(a)) if a.subscriber == leg => format!("{} -> layer {:?}", a.track, a.layer),
+                        Some(E::LayerSwitched(a)) if a.subscriber == leg => format!("{} switched to layer {}", a.track, a.layer),
                         _ => continue,
                     };
                     out.lock().unwrap().push(format!("{:>5.1}s {line}", start.elapsed().as_secs_f64()));
@@ -1109,6 +1110,8 @@ mod meeting {
         let veth = Veth::new("dl", &ns_b, &["10.213.0.2/24"], &ns_s, &["10.213.0.1/24"]);
         // Sluice, its control plane, the signaling and Alice in one namespace; Bob in the other.
         let (mut dp, cp, sig) = start_stack_in(&dir, &ns_s, "10.213.0.1", 32320, (32150, 32169));
+        let watched = watch_session(&ns_s, 32321, "dl", "bob");
+        let start = Instant::now();
         let url = |name: &str, extra: &str| format!("http://10.213.0.1:32322/?room=dl&name={name}{extra}");
         let mut alice = Participant::join_in("alice", dir.path(), &url("alice", ""), Some(&ns_s));
         assert!(wait(&mut [&mut alice], 30, |p| p[0].stats["connection"] == "connected"), "alice: {}\n{}", alice.stats, sig.log_text());
@@ -1117,7 +1120,16 @@ mod meeting {
         let width = |p: &Participant| p.stats["inbound"]["3"]["width"].as_u64().unwrap_or(0);
         let frames = |p: &Participant| p.stats["inbound"]["3"]["frames"].as_u64().unwrap_or(0);
         let trace = std::cell::RefCell::new(Vec::<String>::new());
-        let start = Instant::now();
+        // Bob's side (what his browser decodes) and Sluice's (its estimate and choices for him),
+        // merged by time.
+        let timeline = || {
+            let mut all: Vec<String> = trace.borrow().iter().chain(watched.lock().unwrap().iter()).cloned().collect();
+            all.sort_by(|a, b| {
+                let t = |s: &str| s.split_whitespace().next().and_then(|t| t.trim_end_matches('s').parse::<f64>().ok()).unwrap_or(0.0);
+                t(a).total_cmp(&t(b))
+            });
+            all.join("\n")
+        };
         let watch = |ps: &mut [&mut Participant], secs: u64, done: &dyn Fn(&Participant) -> bool| {
             let end = Instant::now() + Duration::from_secs(secs);
             let mut last = Instant::now();
@@ -1131,13 +1143,19 @@ mod meeting {
                     let packets = b.stats["inbound"]["3"]["packets"].as_u64().unwrap_or(0);
                     let a = &ps[0].stats["outbound"];
                     let sent = ["l", "m", "h"].map(|r| format!("{}:{}f/{}kB", r, a[r]["frames"], a[r]["bytes"].as_u64().unwrap_or(0) / 1000));
+                    // What Sluice did meanwhile (both legs' counters: Bob is the one with trouble).
+                    let m = ns_s.http_get("127.0.0.1:32320", "/metrics");
+                    let c = |name: &str| m.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum::<u64>();
                     trace.borrow_mut().push(format!(
-                        "{:>5.1}s bob sees {}x frames {} packets {packets} freeze {}; alice sent {sent:?} {}",
+                        "{:>5.1}s bob sees {}x frames {} packets {packets} freeze {}; alice sent {sent:?} {}; sluice nack answered {} paced {} overflow {}",
                         start.elapsed().as_secs_f64(),
                         width(b),
                         frames(b),
                         b.stats["inbound"]["3"]["freeze"],
-                        ps[0].stats["available_out"]
+                        ps[0].stats["available_out"],
+                        c("sluice_nack_answered_total"),
+                        c("sluice_packets_paced_total"),
+                        c("sluice_pace_overflow_total"),
                     ));
                 }
                 if done(b) {
@@ -1156,13 +1174,14 @@ mod meeting {
                 steady = !watch(&mut [&mut alice, &mut bob], 3, &|b| width(b) != 1280) && frames(&bob) >= f0 + 20;
             }
         }
-        assert!(steady, "bob never settled on alice's 720p layer\n{}\nalice {}\nbob {}", trace.borrow().join("\n"), alice.stats["outbound"], bob.stats);
+        assert!(steady, "bob never settled on alice's 720p layer\n{}\nalice {}\nbob {}", timeline(), alice.stats["outbound"], bob.stats);
         // Shape Bob's downlink: 600 kbit/s with a 150 ms queue.
         ns_s.exec("tc", &["qdisc", "add", "dev", &veth.b, "root", "tbf", "rate", "600kbit", "burst", "8kb", "latency", "150ms"]);
         let limited = Instant::now();
+        trace.borrow_mut().push(format!("{:>5.1}s -- 600 kbit/s limit on", start.elapsed().as_secs_f64()));
         let ok = watch(&mut [&mut alice, &mut bob], 15, &|b| (1..=640).contains(&width(b)));
         let down_after = limited.elapsed();
-        assert!(ok, "bob stayed on the top layer under 600 kbit/s\n{}", trace.borrow().join("\n"));
+        assert!(ok, "bob stayed on the top layer under 600 kbit/s\n{}", timeline());
         // He keeps decoding: frames every second for the next 6 s.
         let mut counts = vec![frames(&bob)];
         for _ in 0..6 {
@@ -1171,15 +1190,16 @@ mod meeting {
         }
         let stalls = counts.windows(2).filter(|w| w[1] <= w[0]).count();
         let dump = || ns_s.http_get("127.0.0.1:32320", "/metrics").lines().filter(|l| !l.starts_with('#') && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n");
-        assert_eq!(stalls, 0, "a second without a decoded frame after the switch: {counts:?}\n{}\n{}", trace.borrow().join("\n"), dump());
+        assert_eq!(stalls, 0, "a second without a decoded frame after the switch: {counts:?}\n{}\n{}", timeline(), dump());
         // The limit lifts: back on the top layer within 15 s.
         ns_s.exec("tc", &["qdisc", "del", "dev", &veth.b, "root"]);
         let lifted = Instant::now();
+        trace.borrow_mut().push(format!("{:>5.1}s -- limit lifted", start.elapsed().as_secs_f64()));
         let ok = watch(&mut [&mut alice, &mut bob], 15, &|b| width(b) == 1280);
         let up_after = lifted.elapsed();
         let metrics = ns_s.http_get("127.0.0.1:32320", "/metrics");
         let count = |name: &str| metrics.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
-        eprintln!("{}", trace.borrow().join("\n"));
+        eprintln!("{}", timeline());
         eprintln!(
             "down {down_after:?} after the limit, up {up_after:?} after it lifted; feedback used {}, probes {}, allocation changes {}, packets paced {}",
             count("sluice_twcc_feedback_used_total"),
@@ -1187,7 +1207,7 @@ mod meeting {
             count("sluice_allocation_changes_total"),
             count("sluice_packets_paced_total")
         );
-        assert!(ok, "bob did not get back to 720p within 15 s of the limit lifting\n{}", trace.borrow().join("\n"));
+        assert!(ok, "bob did not get back to 720p within 15 s of the limit lifting\n{}", timeline());
         drop((alice, bob));
         drop(sig);
         drop(cp);

@@ -23,6 +23,10 @@ pub struct CoreStats {
     /// `NACK_REPEAT_AFTER` already (another subscriber lost the same packet): not asked again.
     #[cfg_attr(feature = "serde", serde(default))]
     pub nack_suppressed: u64,
+    /// NACKed packets not answered: sent before the subscription left their layer (a switch
+    /// down), or older than anything the rewriter maps.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub nack_stale: u64,
     /// Keyframe requests sent upstream (after throttling).
     pub keyframe_requests: u64,
     /// Layer switches completed.

@@ -223,3 +223,32 @@ fn resume_after_pause_continues_at_a_keyframe_without_a_gap() {
     assert_eq!(out_seq, 12, "continues right after the last packet before the pause");
     assert_eq!(in_seq, 45, "at the first keyframe after the resume");
 }
+
+/// The other way: a switch *down* (the allocator's answer to congestion) starts the decoder over
+/// at the lower layer's keyframe, so the old layer's losses are not repaired, neither from the
+/// cache nor by asking the publisher: those retransmissions would load the congested link with
+/// packets nobody can use. NACKs for them are counted as stale.
+#[test]
+fn packet_lost_before_a_switch_down_is_not_repaired() {
+    let mut r = Rig::new();
+    r.switch_with_a_hole();
+    // On L1 now (501 is out seq 14), with 502 (out 15) lost; then down to L0 again, at its
+    // keyframe (out 17).
+    assert_eq!(r.media(L1, 501, false, 41).len(), 1);
+    r.media(L1, 503, false, 42);
+    let mut s = subscription(2, 1, OUT, Some(OUT_RTX), 1);
+    s.target_layer = 0;
+    r.core.apply(Delta { generation: Generation(3), replace_all: false, ops: vec![Op::UpsertSubscription(s)] }).unwrap();
+    let got = r.media(L0, 20, true, 60);
+    let (_, seq, _) = r.sub.open(&got.iter().find(|(p, _)| !p).unwrap().1);
+    assert_eq!(seq, 17, "the switch continues after 16");
+    // L1 502 (out 15) arrives late and is cached, as 503 (out 16) is: before the switch a NACK
+    // for them would be answered.
+    assert!(r.media(L1, 502, false, 61).iter().all(|(p, _)| *p), "not forwarded after the switch");
+    let mut b = [0u8; 16];
+    let n = rtcp::write_nack(&mut b, Ssrc(2), Ssrc(OUT), &[rtcp::NackItem { pid: 15, blp: 0b1 }]).unwrap();
+    let w = r.sub.rtcp(&b[..n]);
+    let got = r.rx(false, w, 100);
+    assert!(got.is_empty(), "nothing retransmitted, nothing asked upstream: {got:?}");
+    assert_eq!((r.core.stats().nack_answered, r.core.stats().nack_forwarded, r.core.stats().nack_stale), (0, 0, 2));
+}

@@ -10,7 +10,8 @@
 //!       m > γ for > 10 ms and rising → overuse · m < −γ → underuse · else normal
 //!   AIMD: overuse → 0.85 × acked rate (hold after); normal → ×1.08 per second (additive
 //!         near the last capacity); never above 1.2 × acked + 10 kbit/s
-//!   loss: > 10 % → min(sent × (1 − p/2), delivered); < 2 % → ×1.05 per report (§6)
+//!   loss: > 10 % → min(sent × (1 − p/2), delivered), not below 0.85 × delivered;
+//!         < 2 % → ×1.05 per report (§6)
 //!   estimate = min(delay-based, loss-based); a probe result raises both
 //! ```
 
@@ -301,7 +302,12 @@ impl BandwidthEstimator for Gcc {
                     // delivered rate says nothing about the path.)
                     let acked = self.acked_bps();
                     let cut = current * (1.0 - 0.5 * p);
-                    self.loss_bps = if p > 0.25 && acked > 0.0 { cut.min(acked) } else { cut };
+                    let cut = if p > 0.25 && acked > 0.0 { cut.min(acked) } else { cut };
+                    // ...and never below 85 % of it by repeated cuts: the loss in feedback lags
+                    // the decrease (a queue's worth of packets sent before it, and their
+                    // retransmissions), so cutting per report while the path keeps delivering
+                    // its capacity collapsed the estimate far below it.
+                    self.loss_bps = cut.max((0.85 * acked).min(current));
                     self.last_loss_decrease = Some(now);
                 }
             } else if p < 0.02 {

@@ -97,6 +97,8 @@ struct Probe {
     seen: Option<ProbeSeen>,
     /// The same for the packets sent in its second half.
     second: Option<ProbeSeen>,
+    /// Packets sent during it that feedback reported lost.
+    lost: u32,
 }
 
 impl ProbeSeen {
@@ -274,7 +276,10 @@ impl Downlink {
         let Some(mut p) = self.probe else { return };
         let half = p.start + PROBE_DURATION / 2;
         for s in self.samples.iter().filter(|s| s.sent >= p.start && (!p.done_sending || s.sent <= p.last_sent)) {
-            let Some(a) = s.arrived else { continue };
+            let Some(a) = s.arrived else {
+                p.lost += 1;
+                continue;
+            };
             ProbeSeen::add(&mut p.seen, s, a);
             if s.sent >= half {
                 ProbeSeen::add(&mut p.second, s, a);
@@ -301,7 +306,9 @@ impl Downlink {
         self.probes += 1;
         // Judged once the result is in: doubled wait unless the estimate rose by 10 %.
         self.probe_wait = (self.probe_wait * 2).min(PROBE_BACKOFF_MAX);
-        if seen.packets < 5 {
+        // Too few arrivals to measure, or too many lost (libwebrtc wants 80 % back): a probe
+        // that overflowed a short queue measured the shaper's burst, not the path.
+        if seen.packets < 5 || p.lost * 5 > seen.packets + p.lost {
             return;
         }
         let (mut recv, send) = seen.rates();
@@ -343,6 +350,7 @@ impl Downlink {
             estimate_before,
             seen: None,
             second: None,
+            lost: 0,
         });
         self.last_probe = Some(now);
         true

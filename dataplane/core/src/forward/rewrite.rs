@@ -106,6 +106,14 @@ impl SeqTsRewriter {
         out
     }
 
+    /// Forgets the segment before the last switch: its sequence numbers no longer map back, so
+    /// NACKs for them are not answered. After a switch *down* (congestion) the old layer's
+    /// packets are useless to the decoder, which starts over at the new layer's keyframe, and
+    /// retransmitting them would only load the link the switch was meant to relieve.
+    pub fn forget_previous(&mut self) {
+        self.previous = None;
+    }
+
     /// Maps a packet of `source`. `None` means drop: it is not from the current source, or it
     /// precedes the packet that opened the segment.
     pub fn rewrite(&mut self, now: Instant, source: Ssrc, in_seq: SeqNo, in_ts: u32) -> Option<Rewritten> {

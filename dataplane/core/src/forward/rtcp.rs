@@ -195,7 +195,11 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
     let mut missing: [(Ssrc, u16); MAX_UPSTREAM_NACK] = [(Ssrc(0), 0); MAX_UPSTREAM_NACK];
     let mut n_missing = 0;
     for out_seq in nack.sequence_numbers() {
-        let Some((src, in_seq)) = sub.rewriter.to_source_seq(SeqNo(out_seq)) else { continue };
+        let Some((src, in_seq)) = sub.rewriter.to_source_seq(SeqNo(out_seq)) else {
+            // Before the segment the rewriter remembers (the layer left by a switch down).
+            ctx.stats.nack_stale += 1;
+            continue;
+        };
         let Some(layer) = layers.iter_mut().find(|l| l.ssrc == Some(src)) else { continue };
         let cached = layer.cache.as_ref().and_then(|c| c.get(in_seq));
         let sent = cached.is_some_and(|plain| {

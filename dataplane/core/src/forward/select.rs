@@ -9,6 +9,7 @@
 //! ```text
 //!   paused ──────────────────────────────────────────────▶ skip (Paused)
 //!   target == layer, not on it: keyframe ? switch : skip, ask for a keyframe of the layer
+//!                               (a switch down stops repairs of the old layer's losses)
 //!   on the layer: rewrite (and ask for the target's keyframe when it differs)
 //!   any other layer ─────────────────────────────────────▶ skip (LayerFiltered)
 //! ```
@@ -56,6 +57,10 @@ pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media) -> Verd
             return skip(DropReason::LayerFiltered, 1 << m.layer);
         }
         let r = sub.rewriter.switch_to(ctx.now, m.ssrc, m.seq, m.ts, m.clock_rate);
+        if sub.current_layer.is_some_and(|c| m.layer < c) {
+            // Down: the old layer's losses are not repaired (see `forget_previous`).
+            sub.rewriter.forget_previous();
+        }
         sub.current_layer = Some(m.layer);
         ctx.stats.layer_switches += 1;
         push_event(ctx.events, Event::LayerSwitched { track: m.track, subscriber: sub.subscriber, layer: m.layer });
