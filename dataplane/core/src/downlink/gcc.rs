@@ -8,10 +8,10 @@
 //!     acc += d; smoothed = 0.9·smoothed + 0.1·acc; slope over 20 groups  trendline (§5.3)
 //!     m = slope · min(n, 60) · 4   vs  γ (adaptive: k_up 0.0087, k_down 0.039, 6..600 ms)
 //!       m > γ for > 10 ms and rising → overuse · m < −γ → underuse · else normal
-//!   AIMD: overuse → 0.85 × acked rate (hold after); normal → ×1.08 per second (additive
+//!   AIMD: overuse → 0.85 × delivered rate (hold after); normal → ×1.08 per second (additive
 //!         near the last capacity); never above 1.2 × acked + 10 kbit/s
-//!   loss: > 10 % → min(sent × (1 − p/2), delivered), not below 0.85 × delivered;
-//!         < 2 % → ×1.05 per report (§6)
+//!   loss (of media, not of probe padding): > 10 % → min(sent × (1 − p/2), delivered),
+//!         not below 0.85 × delivered; < 2 % → ×1.05 per report (§6)
 //!   estimate = min(delay-based, loss-based); a probe result raises both
 //! ```
 
@@ -71,8 +71,10 @@ pub struct Gcc {
     /// The loss-based bound (bit/s), gcc-02 §6.
     loss_bps: f64,
     /// Arrivals of the last [`ACKED_WINDOW`] (time, bytes) and their sum.
-    acked: VecDeque<(Instant, u64)>,
+    acked: VecDeque<(Instant, u64, bool)>,
     acked_bytes: u64,
+    /// The same window's bytes with probe padding (what the path delivered in all).
+    delivered_bytes: u64,
     lost_recent: u32,
     total_recent: u32,
     /// The last probe result: when, and its rate (bit/s).
@@ -115,6 +117,7 @@ impl Gcc {
             loss_bps: start_bps as f64,
             acked: VecDeque::with_capacity(256),
             acked_bytes: 0,
+            delivered_bytes: 0,
             lost_recent: 0,
             total_recent: 0,
             last_loss_decrease: None,
@@ -124,6 +127,10 @@ impl Gcc {
 
     fn acked_bps(&self) -> f64 {
         self.acked_bytes as f64 * 8.0 / ACKED_WINDOW.as_secs_f64()
+    }
+
+    fn delivered_bps(&self) -> f64 {
+        self.delivered_bytes as f64 * 8.0 / ACKED_WINDOW.as_secs_f64()
     }
 
     fn delta(&mut self, prev: Group, cur: Group) {
@@ -185,10 +192,12 @@ impl Gcc {
         match self.usage {
             Usage::Over => {
                 if self.rate != Rate::Decrease || dt > 0.3 {
-                    // 0.85 of what arrives, but not below what a probe just measured (it is
-                    // already 95 % of the delivered rate): a probe that reached the capacity
-                    // builds a queue by design, and the media it measured for has not ramped
-                    // into it yet.
+                    // 0.85 of what arrives (probe padding included: a probe in flight is part
+                    // of the load that built the queue, and the media alone is only what the
+                    // encoder made), but not below what a probe just measured (it is already
+                    // 95 % of the delivered rate): a probe that reached the capacity builds a
+                    // queue by design, and the media it measured for has not ramped into it yet.
+                    let acked = self.delivered_bps();
                     let target = if acked > 0.0 { 0.85 * acked } else { 0.85 * self.delay_bps };
                     let floor = match self.last_probe {
                         Some((t, r)) if now.saturating_duration_since(t) < PROBE_GRACE => r,
@@ -245,15 +254,20 @@ fn slope(points: &VecDeque<(f64, f64)>) -> Option<f64> {
 impl BandwidthEstimator for Gcc {
     fn on_feedback(&mut self, now: Instant, samples: &[Sample]) {
         for s in samples {
-            self.total_recent += 1;
+            // Loss of media only: a probe's padding lost to the queue the probe itself built says
+            // the probe overshot (it then measures nothing, see `Downlink::finish_probe`), not
+            // that the media's rate should come down.
+            let media = s.cluster == 0;
+            self.total_recent += u32::from(media);
             let Some(arrived) = s.arrived else {
-                self.lost_recent += 1;
+                self.lost_recent += u32::from(media);
                 continue;
             };
-            // Media only: probe padding says what the path took during the probe (the probe's
-            // own result), not what the leg carries.
-            if s.cluster == 0 {
-                self.acked.push_back((arrived, u64::from(s.size)));
+            // The acked rate is media only: probe padding says what the path took during the
+            // probe (the probe's own result), not what the leg carries.
+            self.acked.push_back((arrived, u64::from(s.size), media));
+            self.delivered_bytes += u64::from(s.size);
+            if media {
                 self.acked_bytes += u64::from(s.size);
             }
             match self.group {
@@ -277,13 +291,16 @@ impl BandwidthEstimator for Gcc {
             }
         }
         // The acked-rate window ends at the newest arrival.
-        if let Some(&(newest, _)) = self.acked.back() {
-            while let Some(&(t, b)) = self.acked.front() {
+        if let Some(&(newest, _, _)) = self.acked.back() {
+            while let Some(&(t, b, media)) = self.acked.front() {
                 if newest.saturating_duration_since(t) <= ACKED_WINDOW {
                     break;
                 }
                 self.acked.pop_front();
-                self.acked_bytes -= b;
+                self.delivered_bytes -= b;
+                if media {
+                    self.acked_bytes -= b;
+                }
             }
         }
         self.update_rate(now);
@@ -300,7 +317,9 @@ impl BandwidthEstimator for Gcc {
                     // what was delivered meanwhile, which is then the path's rate, reached in
                     // one step. (Random loss rarely reaches it; an application-limited sender's
                     // delivered rate says nothing about the path.)
-                    let acked = self.acked_bps();
+                    // (Padding included: a probe's overshoot loses media too, and the media's
+                    // own delivered rate is then only what the encoder made.)
+                    let acked = self.delivered_bps();
                     let cut = current * (1.0 - 0.5 * p);
                     let cut = if p > 0.25 && acked > 0.0 { cut.min(acked) } else { cut };
                     // ...and never below 85 % of it by repeated cuts: the loss in feedback lags

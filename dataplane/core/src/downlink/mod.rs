@@ -63,8 +63,13 @@ pub const START_BPS: u64 = 300_000;
 /// Padding bytes in one probe packet (RFC 3550's padding count is one octet).
 pub const PROBE_PADDING: usize = 255;
 /// How long one probe cluster lasts: long enough that a token-bucket shaper's burst cannot hold
-/// its second half (that half's rate is what counts, see `finish_probe`).
+/// its second half (that half's rate is what counts, see `finish_probe`), for bursts up to
+/// about what the path carries in that time. A probe found fooled (its raise did not hold)
+/// makes the leg's next ones twice as long, up to [`PROBE_MAX_SCALE`] times: a shaper's burst
+/// takes a fixed part of each, so a longer probe reads closer to the shaped rate.
 pub const PROBE_DURATION: Duration = Duration::from_millis(150);
+/// The longest probe, in [`PROBE_DURATION`]s.
+pub const PROBE_MAX_SCALE: u32 = 4;
 /// Probes are at least this far apart; a probe that did not raise the estimate doubles the
 /// wait, up to [`PROBE_BACKOFF_MAX`] (probing a saturated path only builds queues).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(1500);
@@ -157,6 +162,8 @@ pub struct Downlink {
     /// that falls back within that time means the probe was fooled, e.g. by a shaper's burst,
     /// and the wait doubles as for a failed probe).
     probe_check: Option<(Instant, u64, Duration)>,
+    /// This leg's probe length, in [`PROBE_DURATION`]s.
+    probe_scale: u32,
     /// Feedback packets that referenced nothing sent (or were malformed), dropped.
     pub feedback_dropped: u64,
     /// Feedback packets used.
@@ -198,6 +205,7 @@ impl Downlink {
             last_probe: None,
             probe_wait: PROBE_INTERVAL,
             probe_check: None,
+            probe_scale: 1,
             feedback_dropped: 0,
             feedback_used: 0,
             probes: 0,
@@ -264,6 +272,7 @@ impl Downlink {
             } else if self.estimator.estimate() < before + before / 10 {
                 self.probe_check = None;
                 self.probe_wait = (wait * 2).min(PROBE_BACKOFF_MAX);
+                self.probe_scale = (self.probe_scale * 2).min(PROBE_MAX_SCALE);
             }
         }
         true
@@ -274,7 +283,7 @@ impl Downlink {
     /// they arrived in (and were sent in, whichever is longer).
     fn finish_probe(&mut self, now: Instant) {
         let Some(mut p) = self.probe else { return };
-        let half = p.start + PROBE_DURATION / 2;
+        let half = p.start + p.end.saturating_duration_since(p.start) / 2;
         for s in self.samples.iter().filter(|s| s.sent >= p.start && (!p.done_sending || s.sent <= p.last_sent)) {
             let Some(a) = s.arrived else {
                 p.lost += 1;
@@ -342,7 +351,7 @@ impl Downlink {
             cluster,
             rate_bps,
             start: now,
-            end: now + PROBE_DURATION,
+            end: now + PROBE_DURATION * self.probe_scale,
             next_send: now,
             sent: 0,
             last_sent: now,
