@@ -89,9 +89,15 @@ impl SeqTsRewriter {
     /// Starts a new segment fed by `source`, opening at the packet `(in_seq, in_ts)` which must be
     /// the first packet of a keyframe (or any packet, for a stream without keyframes such as
     /// audio). `clock_rate` is the RTP clock in Hz. Returns the mapping of that first packet.
+    ///
+    /// A new stream starts in the lower half of the sequence space (the publisher's number with
+    /// its top bit cleared), as libwebrtc's senders do: SRTP receivers take the first packet
+    /// they see to be in rollover period 0, so a stream that starts just below the wrap and
+    /// loses its first packets on the way would be in period 1 at the sender and 0 at the
+    /// receiver, and never authenticate again.
     pub fn switch_to(&mut self, now: Instant, source: Ssrc, in_seq: SeqNo, in_ts: u32, clock_rate: u32) -> Rewritten {
         let (out_seq, out_ts) = match self.highest {
-            None => (in_seq.0, in_ts),
+            None => (in_seq.0 & 0x7fff, in_ts),
             Some((last_seq, last_ts, last_at)) => {
                 let elapsed = now.saturating_duration_since(last_at);
                 (last_seq.0.wrapping_add(1), last_ts.wrapping_add(rtp_ticks(elapsed, clock_rate)))
@@ -226,16 +232,18 @@ mod tests {
     #[test]
     fn switch_continues_sequence_and_advances_timestamp_by_elapsed_time() {
         let mut r = SeqTsRewriter::new();
-        r.switch_to(ms(0), A, SeqNo(65534), 4_000_000_000, 90_000);
+        // (A publisher just below its wrap: the subscriber's stream starts 32768 lower.)
+        let first = r.switch_to(ms(0), A, SeqNo(65534), 4_000_000_000, 90_000);
+        assert_eq!(first.seq, SeqNo(32766), "a new stream starts in the lower half");
         r.rewrite(ms(10), A, SeqNo(65535), 4_000_000_900).unwrap();
         let last = r.rewrite(ms(20), A, SeqNo(0), 4_000_001_800).unwrap();
-        assert_eq!(last.seq, SeqNo(0), "wraps");
+        assert_eq!(last.seq, SeqNo(32768), "the publisher wraps, the subscriber's stream follows");
         // 100 ms later, switch to layer B at its keyframe.
         let first_b = r.switch_to(ms(120), B, SeqNo(7310), 12345, 90_000);
-        assert_eq!(first_b.seq, SeqNo(1));
+        assert_eq!(first_b.seq, SeqNo(32769));
         assert_eq!(first_b.ts, 4_000_001_800u32.wrapping_add(9000));
         let next = r.rewrite(ms(121), B, SeqNo(7311), 12345 + 3000).unwrap();
-        assert_eq!(next, Rewritten { seq: SeqNo(2), ts: first_b.ts + 3000 });
+        assert_eq!(next, Rewritten { seq: SeqNo(32770), ts: first_b.ts + 3000 });
         // A late packet of the old layer and a pre-keyframe packet of the new one are dropped.
         assert_eq!(r.rewrite(ms(122), A, SeqNo(1), 4_000_002_700), None);
         assert_eq!(r.rewrite(ms(122), B, SeqNo(7309), 12000), None);

@@ -1135,3 +1135,38 @@ fn a_leg_over_its_rate_limit_is_cut_before_decryption() {
     let auth = m.core.stats().drops_for(DropReason::AuthFailed) - auth_before;
     assert!(auth <= 5, "{auth} of 100 reached authentication");
 }
+
+/// A subscriber that joins a publisher just below its sequence wrap, and loses the first
+/// packets Sluice sends it, still decrypts the rest: SRTP receivers take their first packet to
+/// be in rollover period 0, so Sluice starts every new out-stream in the lower half of the
+/// sequence space (it used the publisher's number, 65530 here: the sender wrapped into period 1
+/// after six packets while the receiver, having lost them, started in period 0, and nothing
+/// authenticated again).
+#[test]
+fn a_stream_that_starts_below_the_wrap_survives_losing_its_first_packets() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let mut rr = [0u8; 8];
+    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
+    let wire = m.peers[1].send_rtcp(&rr[..n]);
+    m.deliver(1, &wire, ms(0));
+    let mut seqs = Vec::new();
+    for k in 0..20u16 {
+        let plain = rtp_packet(0x1111, 65530u16.wrapping_add(k), 960 * u32::from(k), 111, &[k as u8; 80]);
+        let mut wire = m.peers[0].send_rtp(&plain);
+        m.out.clear();
+        let (port, addr) = (m.peers[0].port, m.peers[0].addr);
+        m.core.handle_rx(ms(20 * u64::from(k)), port, addr, &mut wire, &mut m.out);
+        let outs: Vec<Vec<u8>> = m.out.iter().map(|(_, b)| b.to_vec()).collect();
+        assert_eq!(outs.len(), 1);
+        // The first eight copies are lost on the way to the subscriber.
+        if k >= 8 {
+            let got = m.peers[1].recv(&outs[0]);
+            let pkt = rtp::Packet::new_checked(&got[..]).unwrap();
+            assert_eq!(pkt.payload(), &[k as u8; 80][..]);
+            seqs.push(pkt.sequence_number());
+        }
+    }
+    assert_eq!(seqs.first(), Some(&(32762 + 8)), "the publisher's number (65530) with its top bit cleared, eight packets on");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "continuous: {seqs:?}");
+}
