@@ -121,6 +121,10 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`/metrics`); `""` or `"off"` disables it.
     #[serde(deserialize_with = "metrics_address")]
     pub metrics: Option<SocketAddr>,
+    /// The checkpoint file (see [`crate::checkpoint`]): ROCs, replay windows, latched remotes
+    /// and subscriber stream positions, so a restarted dataplane carries its calls on. Default:
+    /// beside the control socket, with the extension `.state`; `"off"` disables it.
+    pub checkpoint: Option<PathBuf>,
     /// SRTP replay window per stream, in packets (128..=1024, a multiple of 64).
     pub replay_window: u16,
     /// Packets kept per video layer to answer NACKs.
@@ -158,6 +162,7 @@ impl Default for Config {
             control_socket: PathBuf::from("/run/sluice/dataplane.sock"),
             control_socket_owner: None,
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9311))),
+            checkpoint: None,
             replay_window: 128,
             rtx_cache_packets: 256,
             port_range: (20_000, 32_767),
@@ -167,6 +172,17 @@ impl Default for Config {
             consent_timeout_ms: 30_000,
             handshake_timeout_ms: 20_000,
             xdp: XdpConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Where the checkpoint lives, if it is on.
+    pub fn checkpoint_path(&self) -> Option<PathBuf> {
+        match &self.checkpoint {
+            None => Some(self.control_socket.with_extension("state")),
+            Some(p) if p.as_os_str() == "off" || p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
         }
     }
 }

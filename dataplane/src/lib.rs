@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod bus;
+pub mod checkpoint;
 pub mod config;
 pub mod control;
 pub mod edge;

@@ -25,6 +25,7 @@ use sluice_core::ice::IceConfig;
 use sluice_core::table::{Delta, Op, TableConfig};
 
 use crate::bus::{SlowMsg, WorkerMsg, Workers};
+use crate::checkpoint;
 use crate::config::{BackendChoice, Config, ConfigError, XdpMode, allowed_cores, parse_mac};
 use crate::control::{self, Request, Response};
 use crate::edge::{self, EdgeConfig, EdgeError};
@@ -180,6 +181,32 @@ impl Node {
         let mut stage = open_xdp_stage(&config)?;
         let (shield_handle, shield_inbox) = ShieldHandle::channel();
         let mut threads = Vec::new();
+        // The checkpoint: read the last one (a damaged one is set aside, loudly), and start the
+        // writer that keeps it current from the workers' parts.
+        let (checkpoint_tx, checkpoint_rx) = crossbeam_channel::bounded(2 * n);
+        let loaded = match config.checkpoint_path() {
+            Some(path) => {
+                let loaded = match checkpoint::load(&path) {
+                    Ok(Some(l)) => {
+                        tracing::info!(path = %path.display(), legs = l.checkpoint.legs.len(), streams = l.checkpoint.streams.len(), age_ms = l.age().as_millis() as u64, "checkpoint loaded; restored as the tables come back");
+                        Some(Arc::new(l))
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "checkpoint not used: streams resume from scratch (kept as .state.bad)");
+                        None
+                    }
+                };
+                let hold = loaded.as_ref().map(|_| std::time::SystemTime::now() + checkpoint::RESTORE_WINDOW);
+                let writer = std::thread::Builder::new()
+                    .name("checkpoint".into())
+                    .spawn(move || checkpoint::run_writer(path, checkpoint_rx, n, hold))
+                    .map_err(NodeError::Thread)?;
+                threads.push(writer);
+                loaded
+            }
+            None => None,
+        };
         for (index, (_, inbox)) in channels.into_iter().enumerate() {
             let backend = match config.backend {
                 BackendChoice::Mmsg | BackendChoice::Auto => {
@@ -220,6 +247,9 @@ impl Node {
             if stage.is_some() {
                 worker = worker.with_shield(shield_handle.sender());
             }
+            if config.checkpoint_path().is_some() {
+                worker = worker.with_checkpoint(checkpoint_tx.clone(), loaded.clone());
+            }
             let core_id = core_ids.iter().find(|c| c.id == cores[index]).copied();
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -246,6 +276,7 @@ impl Node {
             None => (None, None),
         };
         drop(events_tx);
+        drop(checkpoint_tx);
         let control = serve_control(&config, lock, hub, workers.clone(), snapshots.clone(), slow.clone(), shield.clone())?;
         tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
         let metrics = match config.metrics {

@@ -15,12 +15,14 @@
 //! ```
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 use sluice_core::forward::{Core, CoreConfig, Event, Handoff, OutBatch, Shard};
 use sluice_core::table::Op;
+use sluice_core::table::checkpoint::Checkpoint;
 use sluice_core::time::Instant;
 
 use crate::bus::{ShieldMsg, SlowMsg};
@@ -58,6 +60,11 @@ pub struct Worker {
     slow_queue_full: u64,
     edge_key_errors: u64,
     events: Option<Sender<Event>>,
+    /// Where this worker's part of the checkpoint goes, and when it last went.
+    checkpoint_out: Option<Sender<(usize, Checkpoint)>>,
+    last_checkpoint: WallInstant,
+    /// The checkpoint loaded at start, restored after every delta until the deadline.
+    restore: Option<(Arc<crate::checkpoint::Loaded>, WallInstant)>,
     events_dropped: u64,
     shield: Option<Sender<ShieldMsg>>,
     shield_queue_full: u64,
@@ -109,6 +116,9 @@ impl Worker {
             slow_queue_full: 0,
             edge_key_errors: 0,
             events: None,
+            checkpoint_out: None,
+            last_checkpoint: WallInstant::now(),
+            restore: None,
             events_dropped: 0,
             shield: None,
             shield_queue_full: 0,
@@ -131,6 +141,15 @@ impl Worker {
     #[must_use]
     pub fn with_events(mut self, to: Sender<Event>) -> Self {
         self.events = Some(to);
+        self
+    }
+
+    /// Sends this worker's part of the checkpoint to `to` every [`crate::checkpoint::EVERY`],
+    /// and restores `loaded` (a checkpoint read at start) after every delta it applies during
+    /// [`crate::checkpoint::RESTORE_WINDOW`].
+    pub fn with_checkpoint(mut self, to: Sender<(usize, Checkpoint)>, loaded: Option<Arc<crate::checkpoint::Loaded>>) -> Self {
+        self.checkpoint_out = Some(to);
+        self.restore = loaded.map(|l| (l, WallInstant::now() + crate::checkpoint::RESTORE_WINDOW));
         self
     }
 
@@ -197,9 +216,13 @@ impl Worker {
                 self.publish();
                 last_snapshot = WallInstant::now();
             }
+            if self.last_checkpoint.elapsed() >= crate::checkpoint::EVERY {
+                self.send_checkpoint();
+            }
         }
         self.flush();
         self.publish();
+        self.send_checkpoint();
         tracing::info!(worker = self.index, "worker stopped");
     }
 
@@ -228,6 +251,7 @@ impl Worker {
                         legs || delta.ops.iter().any(|op| matches!(op, Op::UpsertSubscription(_) | Op::RemoveSubscription { .. } | Op::RemoveTrack(_)));
                     let result = self.core.apply((*delta).clone());
                     if result.is_ok() {
+                        self.restore_checkpoint();
                         if legs {
                             self.sync_ports();
                         }
@@ -254,6 +278,37 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Sends this worker's part of the checkpoint to the writer (a full queue skips this turn).
+    fn send_checkpoint(&mut self) {
+        self.last_checkpoint = WallInstant::now();
+        if let Some(to) = &self.checkpoint_out {
+            let mut part = Checkpoint::default();
+            self.core.checkpoint(&mut part);
+            let _ = to.try_send((self.index, part));
+        }
+    }
+
+    /// Restores the checkpoint loaded at start into what the last delta installed (legs and
+    /// streams that match it and have not started afresh), until its window closes.
+    fn restore_checkpoint(&mut self) {
+        let Some((loaded, until)) = &self.restore else { return };
+        if WallInstant::now() >= *until {
+            self.restore = None;
+            return;
+        }
+        let done = self.core.restore(&loaded.checkpoint, self.now(), loaded.age());
+        if done.legs + done.streams > 0 {
+            tracing::info!(
+                worker = self.index,
+                legs = done.legs,
+                streams = done.streams,
+                remotes = done.latched.len(),
+                age_ms = loaded.age().as_millis() as u64,
+                "restored from the checkpoint"
+            );
+        }
     }
 
     /// Keeps one receive batch's worst-case output within the output buffer: a datagram of the

@@ -526,3 +526,121 @@ fn transport_cc_feedback_reports_arrival_times_not_wake_times() {
     // 250 µs ticks at both ends, plus the scheduler: the median stays well under a millisecond.
     assert!(median <= 600, "reported receive gaps are off by a median of {median} µs (sorted errors {errors:?})");
 }
+
+/// Issue 15 item 3, end to end: the dataplane is killed (SIGKILL) mid-call after the
+/// publisher's sequence numbers wrapped, and started again on the same configuration; the
+/// test, playing the control plane, sends it the same tables. From its checkpoint file the
+/// new process takes the publisher's rollover counter (its packets past the wrap authenticate:
+/// a fresh receive state would take ROC 0 and refuse all of them), the subscriber's stream
+/// position (it decrypts on with the receive state it had, the stream RESUME_MARGIN packets on)
+/// and the latched remotes: five packets captured before the kill and replayed from another
+/// address neither latch the leg nor reach the subscriber.
+#[test]
+fn a_dataplane_killed_mid_call_resumes_it_from_its_checkpoint() {
+    use sluice_bench::forward::{fanout_ops, publisher_keyframe};
+    use sluice_core::srtp::{RtpRecvState, RtpSendState, SrtpKeys};
+    const BASE: u16 = 38_900;
+    const PROFILE: Profile = Profile::AeadAes128Gcm;
+    let dir = TempDir::new("dp-checkpoint");
+    let sock = dir.path().join("dp.sock");
+    let cfg = dir.path().join("dataplane.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\nbackend = \"mmsg\"\nport_range = [20000, 39999]\ncontrol_socket = \"{}\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let start = |log: &str| {
+        let d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "off"], &dir.path().join(log));
+        // (The killed one's socket file is still there until the new one replaces it.)
+        let until = Instant::now() + Duration::from_secs(10);
+        while Client::connect(&sock).is_err() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(Client::connect(&sock).is_ok(), "the control socket never answered:\n{}", d.log_text());
+        d
+    };
+    let publisher = participant_socket();
+    let subscriber = participant_socket();
+    subscriber.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let ops = fanout_ops(PROFILE, 1, BASE, |l| (l > 1).then(|| subscriber.local_addr().unwrap()));
+    let program = |d: &Daemon| {
+        let mut control = Client::connect(&sock).unwrap();
+        let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: true, ops: ops.clone() })).unwrap();
+        assert!(matches!(resp, Response::Applied(_)), "{resp:?}\n{}", d.log_text());
+    };
+    let up = KeyMaterial::seeded(PROFILE, 1);
+    let up = SrtpKeys::new(up.profile, &up.key, &up.salt).unwrap();
+    let down = KeyMaterial::seeded(PROFILE, 102);
+    let down = SrtpKeys::new(down.profile, &down.key, &down.salt).unwrap();
+    let mut send = RtpSendState::new();
+    let mut recv = RtpRecvState::new(1024);
+    let mut buf = [0u8; 2048];
+    // Sends publisher packets `seqs`; returns them as sent and what the subscriber decrypted
+    // (its sequence numbers), and counts datagrams that did not authenticate.
+    let mut bad = 0;
+    let mut exchange = |seqs: &mut dyn Iterator<Item = u16>, send: &mut RtpSendState, recv: &mut RtpRecvState, bad: &mut u32| {
+        let mut sent = Vec::new();
+        let mut got = Vec::new();
+        // Reads as it sends (a socket buffer holds fewer small datagrams than it seems).
+        let mut read_until = |until: Instant, got: &mut Vec<u16>, bad: &mut u32| {
+            while Instant::now() < until {
+                let Ok(n) = subscriber.recv(&mut buf) else { continue };
+                match down.unprotect_rtp(recv, &mut buf, n) {
+                    Ok(_) => got.push(u16::from_be_bytes([buf[2], buf[3]])),
+                    Err(_) => *bad += 1,
+                }
+            }
+        };
+        for seq in seqs {
+            let p = publisher_keyframe(&up, send, seq, 200);
+            publisher.send_to(&p, ("127.0.0.1", BASE + 1)).unwrap();
+            sent.push(p);
+            read_until(Instant::now() + Duration::from_millis(2), &mut got, bad);
+        }
+        read_until(Instant::now() + Duration::from_millis(300), &mut got, bad);
+        (sent, got)
+    };
+
+    let mut first = start("first.log");
+    program(&first);
+    // 65400 ..= 65535, then 0 ..= 99: the publisher's ROC is 1.
+    let (sent, got) = exchange(&mut (0..236u16).map(|k| 65_400u16.wrapping_add(k)), &mut send, &mut recv, &mut bad);
+    let drops = || match Client::connect(&sock).unwrap().call(&Request::Stats).unwrap() {
+        Response::Stats(s) => sluice_core::verdict::DropReason::ALL
+            .iter()
+            .map(|r| (r.name(), s.iter().map(|c| c.drops_for(*r)).sum::<u64>()))
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got.len(), sent.len(), "every packet reached the subscriber before the kill; drops {:?}\n{}", drops(), first.log_text());
+    assert_eq!(recv.roc(), 0, "the subscriber's stream started in the lower half: no wrap yet");
+    let last_before = *got.last().unwrap();
+    // Two checkpoint periods, then the kill.
+    thread::sleep(Duration::from_millis(300));
+    let state = dir.path().join("dp.state");
+    assert!(state.exists(), "no checkpoint beside the control socket\n{}", first.log_text());
+    first.signal(libc::SIGKILL);
+    assert!(first.wait_exit(Duration::from_secs(5)).is_some());
+
+    let second = start("second.log");
+    program(&second);
+    // An attacker replays five captured packets from another address before the publisher's
+    // next packet: refused, the leg stays latched to the publisher.
+    let attacker = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    attacker.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    for p in &sent[200..205] {
+        attacker.send_to(p, ("127.0.0.1", BASE + 1)).unwrap();
+    }
+    thread::sleep(Duration::from_millis(50));
+    let (sent2, got2) = exchange(&mut (100..150u16), &mut send, &mut recv, &mut bad);
+    assert_eq!(got2.len(), sent2.len(), "the call goes on after the restart: {got2:?}\n{}", second.log_text());
+    assert!(got2[0].wrapping_sub(last_before) > 1000, "the stream resumed past the margin: {last_before} then {}", got2[0]);
+    assert_eq!(bad, 0, "every datagram the subscriber got authenticated");
+    assert!(attacker.recv(&mut buf).is_err(), "the attacker got nothing");
+    let log = second.log_text();
+    assert!(log.contains("restored from the checkpoint"), "{log}");
+}

@@ -20,7 +20,7 @@ const SUBS: u32 = 3;
 const PACKETS: u16 = 20;
 
 /// Names of the threads a node starts (as /proc shows them, at most 15 bytes).
-const NODE_THREADS: [&str; 8] = ["worker-0", "worker-1", "slow-path", "events", "control", "control-conn", "metrics", "metrics-conn"];
+const NODE_THREADS: [&str; 9] = ["worker-0", "worker-1", "slow-path", "events", "control", "control-conn", "metrics", "metrics-conn", "checkpoint"];
 
 /// This process's threads' names.
 fn thread_names() -> Vec<String> {

@@ -600,12 +600,7 @@ pub use webrtc::{EdgeInfo, local_ice_credentials, webrtc_local};
 /// FNV-1a over a request's encoding: tells a retry from a different change set under one key.
 /// Stable across builds (unlike `std`'s hasher), since it is journaled.
 pub fn fingerprint(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    sluice_core::fingerprint::fnv64(bytes)
 }
 
 /// Request builders shared by the unit tests.

@@ -15,6 +15,7 @@
 
 pub mod audio;
 pub mod downlink;
+pub mod fingerprint;
 pub mod forward;
 pub mod ice;
 pub mod ids;

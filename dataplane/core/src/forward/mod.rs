@@ -399,6 +399,25 @@ impl Core {
         let _ = self.tables.learn_ssrc(leg, track, layer, rtx, ssrc, RtpRecvState::new(window));
     }
 
+    /// This core's part of the dataplane's checkpoint (see [`crate::table::checkpoint`]): the
+    /// legs on its ports and the streams of the tracks it fans out.
+    pub fn checkpoint(&self, out: &mut crate::table::checkpoint::Checkpoint) {
+        let shard = self.shard;
+        self.tables.checkpoint(|p| shard.owns(p), out);
+    }
+
+    /// Restores a checkpoint into the tables (see [`Tables::restore`]); a remote it restores on
+    /// a leg of this core is reported as latched, so the XDP shield allows it again.
+    pub fn restore(&mut self, ck: &crate::table::checkpoint::Checkpoint, now: Instant, elapsed: core::time::Duration) -> crate::table::checkpoint::Restored {
+        let done = self.tables.restore(ck, now, elapsed);
+        for &(leg, remote) in &done.latched {
+            if self.tables.leg(leg).is_some_and(|l| self.shard.owns(l.spec.local_port)) {
+                self.emit(Event::RemoteLatched { leg, remote });
+            }
+        }
+        done
+    }
+
     /// Sets a leg's remote address (learned by another core, or by the slow path).
     pub fn set_remote(&mut self, leg: LegId, remote: SocketAddr) {
         if let Some(l) = self.tables.leg_mut(leg) {

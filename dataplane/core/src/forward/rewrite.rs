@@ -86,6 +86,17 @@ impl SeqTsRewriter {
         self.highest.map(|h| h.0)
     }
 
+    /// The last packet sent: its subscriber-side sequence number and timestamp.
+    pub fn last_sent(&self) -> Option<(SeqNo, u32)> {
+        self.highest.map(|(s, t, _)| (s, t))
+    }
+
+    /// A rewriter whose stream last sent `(seq, ts)` at `at` and has no source yet (resumed from
+    /// a checkpoint): its next segment continues right after, like a layer switch.
+    pub const fn resumed(seq: SeqNo, ts: u32, at: Instant) -> Self {
+        Self { segment: None, previous: None, highest: Some((seq, ts, at)) }
+    }
+
     /// Starts a new segment fed by `source`, opening at the packet `(in_seq, in_ts)` which must be
     /// the first packet of a keyframe (or any packet, for a stream without keyframes such as
     /// audio). `clock_rate` is the RTP clock in Hz. Returns the mapping of that first packet.
@@ -186,7 +197,7 @@ impl SeqTsRewriter {
 
 /// The RTP timestamp advance for `elapsed` at `clock_rate`, at least one tick so timestamps stay
 /// strictly monotonic across a switch.
-fn rtp_ticks(elapsed: Duration, clock_rate: u32) -> u32 {
+pub(crate) fn rtp_ticks(elapsed: Duration, clock_rate: u32) -> u32 {
     let ticks = elapsed.as_nanos().saturating_mul(u128::from(clock_rate)) / 1_000_000_000;
     u32::try_from(ticks).unwrap_or(u32::MAX).max(1)
 }

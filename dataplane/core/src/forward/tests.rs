@@ -1170,3 +1170,80 @@ fn a_stream_that_starts_below_the_wrap_survives_losing_its_first_packets() {
     assert_eq!(seqs.first(), Some(&(32762 + 8)), "the publisher's number (65530) with its top bit cleared, eight packets on");
     assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "continuous: {seqs:?}");
 }
+
+/// A dataplane restart mid-call, at the core's level: a checkpoint taken after the publisher's
+/// sequence numbers wrapped (ROC 1), restored into a fresh core with the same tables. The
+/// publisher's next packets authenticate (a fresh receive state would assume ROC 0 and fail
+/// them all), the subscriber's stream continues RESUME_MARGIN packets on under the same SRTP
+/// context (no index used twice), a packet captured before the checkpoint is refused as a
+/// replay, and the latched remotes are back: the same packet from another address is refused
+/// as an unknown source (it would have latched the leg to an attacker).
+#[test]
+fn a_checkpoint_carries_a_call_across_a_restart_past_the_sequence_wrap() {
+    use crate::table::checkpoint::{Checkpoint, RESUME_MARGIN};
+    let ops = || vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))];
+    let mut m = Meeting::new(2);
+    m.apply(ops()).unwrap();
+    let mut rr = [0u8; 8];
+    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
+    let wire = m.peers[1].send_rtcp(&rr[..n]);
+    m.deliver(1, &wire, ms(0));
+    let mut captured = Vec::new();
+    let mut last_out = 0;
+    for k in 0..100u16 {
+        let plain = rtp_packet(0x1111, 65500u16.wrapping_add(k), 960 * u32::from(k), 111, &[k as u8; 40]);
+        let wire = m.peers[0].send_rtp(&plain);
+        captured.push(wire.clone());
+        let got = m.deliver(0, &wire, ms(20 * u64::from(k)));
+        assert_eq!(got.len(), 1);
+        last_out = rtp::Packet::new_checked(&got[0].1[..]).unwrap().sequence_number();
+    }
+    let mut ck = Checkpoint::default();
+    m.core.checkpoint(&mut ck);
+    assert_eq!((ck.legs.len(), ck.streams.len()), (2, 1), "{ck:?}");
+    assert_eq!(ck.legs.iter().find(|l| l.leg == LegId(1)).unwrap().ingress, vec![(Ssrc(0x1111), (1 << 16) + 99 - 36)], "ROC 1, seq 63");
+
+    // The restart: a fresh core gets the same tables, then the checkpoint.
+    let fresh = || {
+        let mut m2 = Meeting::new(2);
+        m2.apply(ops()).unwrap();
+        m2
+    };
+    let mut m2 = fresh();
+    m2.peers = std::mem::take(&mut m.peers);
+    let done = m2.core.restore(&ck, ms(0), core::time::Duration::from_secs(2));
+    assert_eq!((done.legs, done.streams, done.latched.len()), (2, 1, 2));
+    // A replay of a packet from before the checkpoint, from the publisher's address: refused.
+    let (port, addr) = (m2.peers[0].port, m2.peers[0].addr);
+    let mut old = captured[90].clone();
+    m2.out.clear();
+    m2.core.handle_rx(ms(5), port, addr, &mut old, &mut m2.out);
+    assert_eq!((m2.out.len(), m2.core.stats().drops_for(DropReason::Replayed)), (0, 1));
+    // The same from an attacker's address: refused, the leg stays latched to the publisher.
+    let mut old = captured[99].clone();
+    let attacker = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 66), 4444));
+    m2.core.handle_rx(ms(6), port, attacker, &mut old, &mut m2.out);
+    assert_eq!((m2.out.len(), m2.core.stats().drops_for(DropReason::UnknownSource)), (0, 1));
+    // The call goes on: past the wrap, and the subscriber (its receive state kept) decrypts.
+    for k in 100..110u16 {
+        let plain = rtp_packet(0x1111, 65500u16.wrapping_add(k), 960 * u32::from(k), 111, &[k as u8; 40]);
+        let wire = m2.peers[0].send_rtp(&plain);
+        let got = m2.deliver(0, &wire, ms(2_000 + 20 * u64::from(k)));
+        assert_eq!(got.len(), 1, "packet {k} is forwarded");
+        let pkt = rtp::Packet::new_checked(&got[0].1[..]).unwrap();
+        assert_eq!(pkt.payload(), &[k as u8; 40][..]);
+        if k == 100 {
+            assert_eq!(pkt.sequence_number(), last_out.wrapping_add(RESUME_MARGIN + 1), "continues past the margin");
+        }
+    }
+
+    // Without the checkpoint the same restart loses the call: ROC 0 assumed, nothing authenticates.
+    let mut m3 = fresh();
+    m3.peers = std::mem::take(&mut m2.peers);
+    let plain = rtp_packet(0x1111, 65500u16.wrapping_add(110), 960 * 110, 111, &[0; 40]);
+    let mut wire = m3.peers[0].send_rtp(&plain);
+    let (port, addr) = (m3.peers[0].port, m3.peers[0].addr);
+    m3.out.clear();
+    m3.core.handle_rx(ms(0), port, addr, &mut wire, &mut m3.out);
+    assert_eq!((m3.out.len(), m3.core.stats().drops_for(DropReason::AuthFailed)), (0, 1));
+}

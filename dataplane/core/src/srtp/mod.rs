@@ -204,6 +204,17 @@ impl RtpSendState {
         self.roc
     }
 
+    /// The index (ROC · 2¹⁶ + SEQ) of the highest packet protected, if any.
+    pub const fn last_index(&self) -> Option<u64> {
+        if self.started { Some(index(self.roc, self.last_seq)) } else { None }
+    }
+
+    /// A stream that has protected packets up to `last_index` (resumed from a checkpoint): the
+    /// next packet must carry a higher index, and its ROC follows from there.
+    pub const fn resumed(last_index: u64) -> Self {
+        Self { roc: (last_index >> 16) as u32, last_seq: last_index as u16, started: true }
+    }
+
     /// The ROC to use for `seq`, without committing it.
     fn roc_for(&self, seq: u16) -> Result<u32, SrtpError> {
         if !self.started {
@@ -239,6 +250,12 @@ impl RtpRecvState {
     /// A fresh stream whose first packet is taken to be in rollover period `roc`.
     pub const fn with_roc(roc: u32, window: u16) -> Self {
         Self { window: ReplayWindow::new(window), initial_roc: roc }
+    }
+
+    /// A stream that has accepted every index up to `highest` (resumed from a checkpoint): the
+    /// ROC continues from it, and nothing at or below it is accepted again.
+    pub const fn resumed(highest: u64, window: u16) -> Self {
+        Self { window: ReplayWindow::resumed(window, highest), initial_roc: (highest >> 16) as u32 }
     }
 
     /// The rollover counter of the highest authenticated packet.
@@ -300,6 +317,11 @@ impl RtcpRecvState {
     /// A window of `window` packets.
     pub const fn new(window: u16) -> Self {
         Self { window: ReplayWindow::new(window) }
+    }
+
+    /// A sender whose SRTCP indexes up to `highest` were accepted (resumed from a checkpoint).
+    pub const fn resumed(highest: u32, window: u16) -> Self {
+        Self { window: ReplayWindow::resumed(window, highest as u64) }
     }
 
     /// The replay window.

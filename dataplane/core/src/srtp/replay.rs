@@ -48,6 +48,17 @@ impl ReplayWindow {
         Self { highest: 0, size, started: false, bits: [0; WORDS] }
     }
 
+    /// A window that has accepted `highest` and everything below it (as far as it reaches): a
+    /// stream resumed from a checkpoint, where no index at or below the checkpointed one may be
+    /// accepted again.
+    pub const fn resumed(size: u16, highest: u64) -> Self {
+        let mut w = Self::new(size);
+        w.started = true;
+        w.highest = highest;
+        w.bits = [u64::MAX; WORDS];
+        w
+    }
+
     /// The window size in packets.
     pub const fn size(&self) -> u16 {
         self.size

@@ -194,6 +194,9 @@ impl Tables {
                     leg.slots = spec.audio_slots.as_ref().map(|a| Box::new(SlotSet::new(spec.id, a, leg.slots.take().map(|b| *b))));
                 }
                 leg.spec = spec.clone();
+                if !same_rx || !same_tx {
+                    leg.keys_digest = checkpoint::keys_digest(spec);
+                }
                 if old_port != spec.local_port {
                     self.by_port.remove(&old_port);
                     self.by_port.insert(spec.local_port, spec.id);
@@ -221,6 +224,7 @@ impl Tables {
                         retired: Vec::new(),
                         slots: spec.audio_slots.as_ref().map(|a| Box::new(SlotSet::new(spec.id, a, None))),
                         limiter: Limiter::default(),
+                        keys_digest: checkpoint::keys_digest(spec),
                     },
                 );
                 self.by_port.insert(spec.local_port, spec.id);
@@ -511,6 +515,7 @@ impl Tables {
             retired: leg.retired.clone(),
             slots: leg.slots.clone(),
             limiter: leg.limiter,
+            keys_digest: leg.keys_digest,
         };
         undo.push(Undo::LegReplaced(Box::new(copy)));
     }

@@ -20,6 +20,7 @@
 //! of the state they gate).
 
 mod apply;
+pub mod checkpoint;
 mod runtime;
 pub mod spec;
 mod state;

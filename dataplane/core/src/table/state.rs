@@ -61,6 +61,8 @@ pub struct Leg {
     pub slots: Option<Box<crate::audio::slot::SlotSet>>,
     /// Its receive budget's buckets (`spec.rate_limit`).
     pub limiter: Limiter,
+    /// The digest of its static keys (both directions), naming them in a checkpoint.
+    pub(super) keys_digest: KeyDigest,
 }
 
 /// The token buckets of a leg's [`crate::table::RateLimit`], and what it dropped since it last
