@@ -154,8 +154,9 @@ pub fn run_writer(path: PathBuf, parts: Receiver<(usize, Checkpoint)>, workers: 
         for p in latest {
             all.legs.extend_from_slice(&p.legs);
             all.streams.extend_from_slice(&p.streams);
+            all.webrtc.extend_from_slice(&p.webrtc);
         }
-        if all.legs.is_empty() && all.streams.is_empty() && hold_empty.is_some_and(|until| SystemTime::now() < until) {
+        if all == Checkpoint::default() && hold_empty.is_some_and(|until| SystemTime::now() < until) {
             return;
         }
         if written.as_ref() == Some(&all) {
@@ -218,6 +219,7 @@ mod tests {
                 feedback_srtcp: 9,
             }],
             streams: Vec::new(),
+            webrtc: vec![LegId(9)],
         }
     }
 

@@ -21,6 +21,12 @@ pub const WORKER_QUEUE: usize = 16 * 1024;
 pub const SUBSCRIBER_QUEUE: usize = 256;
 /// Largest batch the pump hands on at once.
 pub const MAX_BATCH: usize = 1024;
+/// Events kept while nobody is subscribed, for the next subscriber: a restarted dataplane
+/// applies the control plane's resync (and reports what the restart broke) around the time the
+/// control plane's event stream reconnects, and those events must not fall in the gap.
+pub const BACKLOG: usize = 4096;
+/// The oldest backlog event still handed on.
+pub const BACKLOG_AGE: Duration = Duration::from_secs(30);
 
 /// A batch of events, shared by every subscriber.
 pub type Batch = Arc<[Event]>;
@@ -86,20 +92,38 @@ impl EventHub {
     }
 
     /// Starts the pump: drains the workers' channel into batches until every worker's sender is
-    /// gone. Events with no subscriber are discarded.
+    /// gone. Events while nobody is subscribed wait in a backlog (at most [`BACKLOG`], none older
+    /// than [`BACKLOG_AGE`]) for the next subscriber.
     pub fn spawn_pump(self: &Arc<Self>, from_workers: Receiver<Event>) -> std::io::Result<JoinHandle<()>> {
         let hub = self.clone();
         std::thread::Builder::new().name("events".into()).spawn(move || {
+            let mut backlog: std::collections::VecDeque<(std::time::Instant, Event)> = std::collections::VecDeque::new();
             loop {
                 let first = match from_workers.recv_timeout(Duration::from_millis(200)) {
-                    Ok(e) => e,
-                    Err(RecvTimeoutError::Timeout) => continue,
+                    Ok(e) => Some(e),
+                    Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return,
                 };
                 let mut batch = Vec::with_capacity(64);
-                batch.push(first);
+                batch.extend(first);
                 batch.extend(from_workers.try_iter().take(MAX_BATCH - 1));
-                if hub.subscribers() > 0 {
+                if hub.subscribers() == 0 {
+                    let now = std::time::Instant::now();
+                    for e in batch {
+                        if backlog.len() == BACKLOG {
+                            backlog.pop_front();
+                        }
+                        backlog.push_back((now, e));
+                    }
+                    continue;
+                }
+                if !backlog.is_empty() {
+                    let kept: Vec<Event> = backlog.drain(..).filter(|(at, _)| at.elapsed() <= BACKLOG_AGE).map(|(_, e)| e).collect();
+                    for chunk in kept.chunks(MAX_BATCH) {
+                        hub.publish(&Batch::from(chunk));
+                    }
+                }
+                if !batch.is_empty() {
                     hub.publish(&Batch::from(batch));
                 }
             }
@@ -112,6 +136,25 @@ mod tests {
     use sluice_core::ids::LegId;
 
     use super::*;
+
+    #[test]
+    fn events_before_anyone_subscribed_reach_the_first_subscriber() {
+        let hub = EventHub::new();
+        let (tx, rx) = channel();
+        let pump = hub.spawn_pump(rx).unwrap();
+        for i in 0..3 {
+            tx.send(Event::LegIdle { leg: LegId(i) }).unwrap();
+        }
+        // The pump has taken them in while nobody listened.
+        std::thread::sleep(Duration::from_millis(300));
+        let sub = hub.subscribe();
+        let got: Vec<Event> = sub.recv_timeout(Duration::from_secs(2)).unwrap().to_vec();
+        assert_eq!(got, (0..3).map(|i| Event::LegIdle { leg: LegId(i) }).collect::<Vec<_>>());
+        tx.send(Event::LegIdle { leg: LegId(9) }).unwrap();
+        assert_eq!(sub.recv_timeout(Duration::from_secs(2)).unwrap().to_vec(), vec![Event::LegIdle { leg: LegId(9) }], "then live ones");
+        drop(tx);
+        pump.join().unwrap();
+    }
 
     #[test]
     fn every_subscriber_gets_every_event_and_a_slow_one_loses_only_its_own() {

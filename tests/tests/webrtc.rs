@@ -659,6 +659,31 @@ mod grpc {
         assert!(s.legs.iter().all(|l| l.webrtc_local.as_ref().is_some_and(|w| w.fingerprint == rotated)), "{s:?}");
         let (to_b, to_a) = exchange(&mut a, &mut b, b"rotated", 30);
         assert!(to_b >= 25 && to_a >= 25, "after rotation: B got {to_b}/30, A got {to_a}/30");
+
+        // A dataplane restart (SIGKILL, then the same configuration): the DTLS associations died
+        // with the process. Once the control plane has resent the tables, Watch reports Alice's
+        // and Bob's legs failed with `dataplane_restarted`, the signaling's cue for an ICE
+        // restart; Mallory's, never connected, is not reported.
+        std::thread::sleep(Duration::from_millis(300));
+        dp.signal(libc::SIGKILL);
+        assert!(dp.wait_exit(Duration::from_secs(5)).is_some());
+        let cfg = dir.path().join("dataplane.toml");
+        let mut dp = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "127.0.0.1:32303"], &dir.path().join("dp2.log"));
+        let mut restarted: Vec<String> = Vec::new();
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end && !(restarted.iter().any(|l| l == "alice") && restarted.iter().any(|l| l == "bob")) {
+            while let Ok(e) = ev_rx.try_recv() {
+                if let Some(pb::event::Event::Webrtc(w)) = e.event
+                    && w.state == State::Failed as i32
+                    && w.reason == "dataplane_restarted"
+                {
+                    restarted.push(w.leg);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        restarted.sort();
+        assert_eq!(restarted, ["alice", "bob"], "{}\n{}", dp.log_text(), cp.log_text());
         drop(node);
         drop(routes);
         drop(rt);

@@ -116,6 +116,11 @@ pub enum EdgeFailure {
     TooManyDatagrams,
     /// The peer closed the DTLS association (close_notify or a fatal alert after connecting).
     PeerClosed,
+    /// The dataplane restarted: the DTLS association (and its SRTP keys) died with the old
+    /// process, so the leg carries nothing until the peer handshakes again, which a browser
+    /// does only after an ICE restart (new credentials, a new `EdgeSpec`). Reported once per
+    /// leg that was connected at the last checkpoint.
+    DataplaneRestarted,
 }
 
 impl EdgeFailure {
@@ -129,6 +134,7 @@ impl EdgeFailure {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::TooManyDatagrams => "too_many_datagrams",
             Self::PeerClosed => "peer_closed",
+            Self::DataplaneRestarted => "dataplane_restarted",
         }
     }
 }

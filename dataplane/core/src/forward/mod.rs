@@ -407,12 +407,20 @@ impl Core {
     }
 
     /// Restores a checkpoint into the tables (see [`Tables::restore`]); a remote it restores on
-    /// a leg of this core is reported as latched, so the XDP shield allows it again.
+    /// a leg of this core is reported as latched, so the XDP shield allows it again, and a
+    /// WebRTC leg that lost its DTLS association with the old process as failed.
     pub fn restore(&mut self, ck: &crate::table::checkpoint::Checkpoint, now: Instant, elapsed: core::time::Duration) -> crate::table::checkpoint::Restored {
         let done = self.tables.restore(ck, now, elapsed);
+        let shard = self.shard;
+        let owned = |t: &Tables, leg: LegId| t.leg(leg).is_some_and(|l| shard.owns(l.spec.local_port));
         for &(leg, remote) in &done.latched {
-            if self.tables.leg(leg).is_some_and(|l| self.shard.owns(l.spec.local_port)) {
+            if owned(&self.tables, leg) {
                 self.emit(Event::RemoteLatched { leg, remote });
+            }
+        }
+        for &leg in &done.lost_webrtc {
+            if owned(&self.tables, leg) {
+                self.emit(Event::EdgeFailed { leg, reason: crate::ice::EdgeFailure::DataplaneRestarted });
             }
         }
         done

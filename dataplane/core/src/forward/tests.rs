@@ -1247,3 +1247,50 @@ fn a_checkpoint_carries_a_call_across_a_restart_past_the_sequence_wrap() {
     m3.core.handle_rx(ms(0), port, addr, &mut wire, &mut m3.out);
     assert_eq!((m3.out.len(), m3.core.stats().drops_for(DropReason::AuthFailed)), (0, 1));
 }
+
+/// A WebRTC leg that had its DTLS keys at the checkpoint lost them with the process: once the
+/// tables name it again, the restored core reports it failed with `dataplane_restarted` (the
+/// signaling's cue for an ICE restart), once, however many deltas follow; a leg that never
+/// connected, or that handshook again meanwhile, is not reported.
+#[test]
+fn a_restart_reports_each_webrtc_leg_that_lost_its_dtls_association_once() {
+    use crate::ice::EdgeFailure;
+    use crate::table::checkpoint::Checkpoint;
+    use crate::table::{DtlsRole, EdgeSpec, IceCredentials};
+    let edge_leg = |n: u32| {
+        let (_, mut spec) = peer(n);
+        spec.edge = Some(Box::new(EdgeSpec {
+            local: IceCredentials { ufrag: format!("s{n}"), pwd: "p".repeat(22) },
+            remote: IceCredentials { ufrag: format!("b{n}"), pwd: "q".repeat(22) },
+            role: DtlsRole::Server,
+            remote_fingerprint: "sha-256 00".into(),
+        }));
+        spec
+    };
+    let ops = || vec![Op::UpsertLeg(edge_leg(2)), Op::UpsertLeg(edge_leg(3))];
+    let mut m = Meeting::new(1);
+    m.apply(ops()).unwrap();
+    m.core.install_edge_keys(LegId(2), KeyMaterial::seeded(PROFILE, 5), KeyMaterial::seeded(PROFILE, 6)).unwrap();
+    let mut ck = Checkpoint::default();
+    m.core.checkpoint(&mut ck);
+    assert_eq!(ck.webrtc, vec![LegId(2)], "only the connected one");
+    assert!(ck.legs.iter().all(|l| l.leg == LegId(1)), "WebRTC legs carry no SRTP state over: {ck:?}");
+
+    let mut fresh = Meeting::new(1);
+    fresh.apply(ops()).unwrap();
+    while fresh.core.poll_event().is_some() {}
+    let failed = |m: &mut Meeting| {
+        std::iter::from_fn(|| m.core.poll_event()).filter(|e| matches!(e, Event::EdgeFailed { reason: EdgeFailure::DataplaneRestarted, .. })).count()
+    };
+    fresh.core.restore(&ck, ms(0), core::time::Duration::ZERO);
+    assert_eq!(failed(&mut fresh), 1);
+    fresh.apply(ops()).unwrap();
+    fresh.core.restore(&ck, ms(10), core::time::Duration::ZERO);
+    assert_eq!(failed(&mut fresh), 0, "reported once");
+    // A leg that handshook again before the tables came back is not reported.
+    let mut again = Meeting::new(1);
+    again.apply(ops()).unwrap();
+    again.core.install_edge_keys(LegId(2), KeyMaterial::seeded(PROFILE, 7), KeyMaterial::seeded(PROFILE, 8)).unwrap();
+    again.core.restore(&ck, ms(0), core::time::Duration::ZERO);
+    assert_eq!(failed(&mut again), 0);
+}

@@ -23,7 +23,10 @@
 //!
 //! A leg whose keys changed in between (its [`KeyDigest`] differs) starts fresh. WebRTC legs are
 //! not checkpointed: their keys come from a DTLS handshake that died with the process, so they
-//! need a new one (an ICE restart). Audio slots start fresh streams.
+//! need a new one, which a browser starts only with an ICE restart: the ones that were connected
+//! are listed, and reported failed with `dataplane_restarted` once the tables name them again
+//! (Watch: `webrtc` FAILED), so the signaling restarts ICE at once instead of waiting for the
+//! browser's consent to expire. Audio slots start fresh streams.
 
 use core::time::Duration;
 
@@ -45,6 +48,10 @@ pub struct Checkpoint {
     pub legs: Vec<LegCheckpoint>,
     /// Subscriber streams (their send side).
     pub streams: Vec<StreamCheckpoint>,
+    /// WebRTC legs that had their DTLS keys: after a restart they are reported as
+    /// [`crate::ice::EdgeFailure::DataplaneRestarted`], so the signaling ICE-restarts them.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub webrtc: Vec<LegId>,
 }
 
 /// One static-key leg's receive side.
@@ -98,6 +105,8 @@ pub struct Restored {
     pub streams: usize,
     /// Remotes restored (leg, address): they count as latched.
     pub latched: Vec<(LegId, SocketAddr)>,
+    /// WebRTC legs connected before the restart and not since: they need an ICE restart.
+    pub lost_webrtc: Vec<LegId>,
 }
 
 /// The digest that names a leg's keys in a checkpoint: SHA-256 over both directions' digests.
@@ -118,7 +127,13 @@ impl Tables {
     /// and the subscriber streams of the tracks it fans out (their publisher's port is its).
     pub fn checkpoint(&self, owns: impl Fn(u16) -> bool, out: &mut Checkpoint) {
         for leg in self.legs.values() {
-            if leg.spec.edge.is_some() || !owns(leg.spec.local_port) {
+            if !owns(leg.spec.local_port) {
+                continue;
+            }
+            if let Some(edge) = &leg.edge {
+                if edge.keys.is_some() {
+                    out.webrtc.push(leg.spec.id);
+                }
                 continue;
             }
             out.legs.push(LegCheckpoint {
@@ -186,6 +201,13 @@ impl Tables {
                 leg.feedback_srtcp = RtcpSendState::with_next_index(next);
             }
             done.legs += usize::from(any);
+        }
+        for id in &ck.webrtc {
+            let Some(edge) = self.legs.get_mut(id).and_then(|l| l.edge.as_mut()) else { continue };
+            if edge.keys.is_none() && !edge.restart_reported {
+                edge.restart_reported = true;
+                done.lost_webrtc.push(*id);
+            }
         }
         for c in &ck.streams {
             let Some(leg) = self.legs.get(&c.subscriber).filter(|l| l.spec.edge.is_none() && l.keys_digest == c.keys) else { continue };

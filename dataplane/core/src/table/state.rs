@@ -122,6 +122,9 @@ pub struct EdgeState {
     pub consent: bool,
     /// Slow-path token bucket: datagrams this leg may still hand to the slow path.
     pub slow_path: Bucket,
+    /// A restart's loss of the leg's DTLS association was reported (see
+    /// [`crate::table::checkpoint`]).
+    pub restart_reported: bool,
 }
 
 impl EdgeState {
