@@ -114,6 +114,8 @@ impl Names {
             }
             // The link already reports where legs are (RemoteLatched precedes LegActive).
             Event::RemoteLatched { .. } => return None,
+            // The dataplane logs it (a diagnostic for the operator, not a state change).
+            Event::FirstDrop { .. } => return None,
             Event::IceConnected { leg, remote } => {
                 let (s, l) = self.leg(leg)?;
                 (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::IceConnected as i32, remote: remote.to_string(), ..Default::default() }))

@@ -65,6 +65,8 @@ pub struct Relay {
 struct LegEntry {
     port: u16,
     remote: Option<SocketAddr>,
+    /// A separate RTCP component: its port and fixed remote.
+    rtcp: Option<(u16, Option<SocketAddr>)>,
 }
 
 /// What the tables say, as far as the shield cares.
@@ -95,7 +97,7 @@ impl Model {
                     if spec.remote.is_some() {
                         self.latched.remove(&spec.id);
                     }
-                    self.legs.insert(spec.id, LegEntry { port: spec.local_port, remote: spec.remote });
+                    self.legs.insert(spec.id, LegEntry { port: spec.local_port, remote: spec.remote, rtcp: spec.rtcp.map(|c| (c.local_port, c.remote)) });
                 }
                 Op::RemoveLeg(id) => {
                     self.legs.remove(id);
@@ -143,6 +145,11 @@ impl Model {
                 None => FlowKey::any_remote(leg.port),
             };
             e.legs.insert(key, value);
+            // A separate RTCP port: its remote if the spec names one, else anyone (the worker
+            // latches the RTCP remote itself and checks it).
+            if let Some((port, remote)) = leg.rtcp {
+                e.legs.insert(remote.map_or(FlowKey::any_remote(port), |r| flow_key(port, r)), value);
+            }
         }
         for (id, t) in &self.tracks {
             let Some(leg) = self.legs.get(&t.publisher) else { continue };

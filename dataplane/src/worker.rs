@@ -324,7 +324,8 @@ impl Worker {
 
     /// Opens the ports of the legs this worker owns and closes those no leg uses any more.
     fn sync_ports(&mut self) {
-        let want: BTreeSet<u16> = self.core.tables().ports().filter(|p| self.shard.owns(*p)).collect();
+        let shard = self.shard;
+        let want: BTreeSet<u16> = self.core.tables().ports_of_legs(|p| shard.owns(p)).collect();
         let have: BTreeSet<u16> = self.io.ports().into_iter().collect();
         for &p in have.difference(&want) {
             if let Err(e) = self.io.remove_port(p) {
@@ -356,6 +357,15 @@ impl Worker {
             }
         }
         while let Some(e) = self.core.poll_event() {
+            if let Event::FirstDrop { leg, reason, remote } = e {
+                tracing::warn!(
+                    worker = self.index,
+                    leg = %leg,
+                    %remote,
+                    reason = reason.name(),
+                    "a datagram to the leg was dropped (logged once per leg and reason; sluice_drops_total counts them all)"
+                );
+            }
             // Runtime state learned here, for every other worker's tables.
             let update = match e {
                 Event::RemoteLatched { leg, remote } => Some(WorkerMsg::SetRemote(leg, remote)),

@@ -644,3 +644,94 @@ fn a_dataplane_killed_mid_call_resumes_it_from_its_checkpoint() {
     let log = second.log_text();
     assert!(log.contains("restored from the checkpoint"), "{log}");
 }
+
+/// A SIP-style peer without rtcp-mux through the daemon (issue 15 item 11): RTP from its port P
+/// to the leg's port, RTCP from P + 1 to the leg's RTCP port (which, with two workers, has the
+/// other parity: it still belongs to the worker of the leg's RTP port). Its RTCP does not steal
+/// the RTP latch (the bug: every RTP packet after the first RTCP was dropped as from an unknown
+/// source), and a subscriber's keyframe request reaches it at P + 1, from the leg's RTCP port.
+#[test]
+fn a_peer_without_rtcp_mux_sends_rtcp_from_the_next_port_and_its_media_keeps_flowing() {
+    use sluice_bench::forward::{fanout_ops, publisher_keyframe};
+    use sluice_core::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
+    use sluice_core::table::RtcpComponent;
+    use sluice_core::wire::rtcp;
+    const BASE: u16 = 38_950;
+    const PROFILE: Profile = Profile::AeadAes128Gcm;
+    let dir = TempDir::new("dp-no-mux");
+    let (daemon, sock) = start_daemon(&dir, "mmsg");
+    // The peer's two sockets: P and P + 1.
+    let (rtp, rtcp_sock) = (0..50)
+        .find_map(|_| {
+            let a = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let p = a.local_addr().ok()?.port();
+            let b = std::net::UdpSocket::bind(("127.0.0.1", p.checked_add(1)?)).ok()?;
+            Some((a, b))
+        })
+        .expect("two consecutive ports");
+    for s in [&rtp, &rtcp_sock] {
+        s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    }
+    let subscriber = participant_socket();
+    let mut ops = fanout_ops(PROFILE, 1, BASE, |l| (l > 1).then(|| subscriber.local_addr().unwrap()));
+    for op in &mut ops {
+        if let Op::UpsertLeg(l) = op
+            && l.id == LegId(1)
+        {
+            l.rtcp = Some(RtcpComponent { local_port: BASE + 10, remote: None });
+        }
+    }
+    let mut control = Client::connect(&sock).unwrap();
+    let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).unwrap();
+    assert!(matches!(resp, Response::Applied(_)), "{resp:?}\n{}", daemon.log_text());
+    let keys = |seed| {
+        let k = KeyMaterial::seeded(PROFILE, seed);
+        SrtpKeys::new(k.profile, &k.key, &k.salt).unwrap()
+    };
+    let (up, down, sub_up, sub_down) = (keys(1), keys(101), keys(2), keys(102));
+    let (mut send, mut rtcp_send, mut sub_rtcp_send) = (RtpSendState::new(), RtcpSendState::new(), RtcpSendState::new());
+    let mut sub_recv = RtpRecvState::new(1024);
+    let mut buf = [0u8; 2048];
+    let mut forwarded = 0;
+    let mut pump = |seqs: std::ops::Range<u16>, send: &mut RtpSendState, forwarded: &mut u32| {
+        for seq in seqs {
+            rtp.send_to(&publisher_keyframe(&up, send, seq, 200), ("127.0.0.1", BASE + 1)).unwrap();
+            thread::sleep(Duration::from_millis(2));
+            while let Ok(n) = subscriber.recv(&mut buf) {
+                if sub_down.unprotect_rtp(&mut sub_recv, &mut buf, n).is_ok() {
+                    *forwarded += 1;
+                }
+            }
+        }
+    };
+    pump(0..20, &mut send, &mut forwarded);
+    // The peer's sender report, from P + 1 to the RTCP port.
+    let mut sr = [0u8; 64];
+    let info = rtcp::SenderInfo { ntp_timestamp: 1 << 32, rtp_timestamp: 0, packet_count: 20, octet_count: 4000 };
+    let n = rtcp::write_sr(&mut sr, Ssrc(0x5000), &info, &[]).unwrap();
+    let mut wire = sr[..n].to_vec();
+    wire.resize(n + 32, 0);
+    let len = up.protect_rtcp(&mut rtcp_send, &mut wire, n).unwrap();
+    rtcp_sock.send_to(&wire[..len], ("127.0.0.1", BASE + 10)).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    pump(20..60, &mut send, &mut forwarded);
+    assert!(forwarded >= 55, "the peer's RTP kept flowing after its RTCP: {forwarded}/60\n{}", daemon.log_text());
+    // The subscriber asks for a keyframe: the PLI reaches the peer at P + 1, from the RTCP port.
+    let mut pli = [0u8; 12];
+    let n = rtcp::write_pli(&mut pli, Ssrc(0xfeed0002), Ssrc(0x9002)).unwrap();
+    let mut wire = pli[..n].to_vec();
+    wire.resize(n + 32, 0);
+    let len = sub_up.protect_rtcp(&mut sub_rtcp_send, &mut wire, n).unwrap();
+    subscriber.send_to(&wire[..len], ("127.0.0.1", BASE + 2)).unwrap();
+    let mut got_pli = false;
+    let mut rtcp_recv = RtcpRecvState::new(1024);
+    let end = Instant::now() + Duration::from_secs(3);
+    while !got_pli && Instant::now() < end {
+        if let Ok((n, from)) = rtcp_sock.recv_from(&mut buf) {
+            assert_eq!(from.port(), BASE + 10, "RTCP leaves from the leg's RTCP port");
+            let Ok(plain) = down.unprotect_rtcp(&mut rtcp_recv, &mut buf, n) else { continue };
+            got_pli = rtcp::compound(&buf[..plain]).flatten().any(|p| p.kind() == rtcp::Kind::Pli);
+        }
+    }
+    assert!(got_pli, "no PLI at the peer's RTCP port\n{}", daemon.log_text());
+}

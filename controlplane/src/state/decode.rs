@@ -155,7 +155,7 @@ impl Stage<'_> {
             bytes_per_s: r.bytes_per_s,
             burst_ms: if r.burst_ms == 0 { 500 } else { r.burst_ms },
         });
-        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots, rate_limit };
+        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots, rate_limit, rtcp: None };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         self.session.legs.insert(l.id.clone(), spec);
         self.ports.retain(|(n, _)| n != &l.id);

@@ -6,6 +6,7 @@
 /// numbering is part of the metrics contract (names come from [`DropReason::name`]).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum DropReason {
     /// The datagram is too short or its headers are inconsistent.
     Malformed = 0,
@@ -110,5 +111,24 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{r:?}");
         }
+    }
+}
+
+impl DropReason {
+    /// Whether a drop of this kind says something about the peer sending to a leg (its source,
+    /// keys, packets), worth a line in the log the first time: not the SFU's own choices
+    /// (layers, pauses, pacing) nor feedback it consumed.
+    pub const fn about_the_peer(self) -> bool {
+        matches!(
+            self,
+            Self::Malformed
+                | Self::NotMedia
+                | Self::UnknownSource
+                | Self::UnknownSsrc
+                | Self::AuthFailed
+                | Self::Replayed
+                | Self::UnknownPayloadType
+                | Self::NotConnected
+        )
     }
 }

@@ -53,7 +53,7 @@ impl Core {
         if !leg.receives_media() {
             return Err(DropReason::NotConnected);
         }
-        match leg.remote {
+        match leg.expected_remote(local_port) {
             Some(r) if r != remote => Err(DropReason::UnknownSource),
             _ => Ok(id),
         }
@@ -81,9 +81,17 @@ impl Core {
         DropReason::RateLimited
     }
 
-    /// An authenticated packet arrived on the leg: latch its remote and mark it active.
-    pub(super) fn seen(&mut self, now: Instant, leg_id: LegId, remote: SocketAddr) {
+    /// An authenticated packet arrived on the leg at `local_port`: latch its remote (the RTCP
+    /// remote on a separate RTCP port, where RTP's is not touched) and mark the leg active.
+    pub(super) fn seen(&mut self, now: Instant, leg_id: LegId, local_port: u16, remote: SocketAddr) {
         let Some(leg) = self.tables.leg_mut(leg_id) else { return };
+        if leg.is_rtcp_port(local_port) {
+            if leg.rtcp_remote.is_none() && leg.spec.rtcp.is_some_and(|c| c.remote.is_none()) {
+                leg.rtcp_remote = Some(remote);
+            }
+            leg.activity.touch(now);
+            return;
+        }
         let latched = leg.remote.is_none();
         if latched {
             leg.remote = Some(remote);
@@ -100,6 +108,10 @@ impl Core {
     pub(super) fn rx_rtp(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &mut [u8], out: &mut OutBatch) -> Result<(), DropReason> {
         let (leg_id, ssrc) = self.rx_leg_and_ssrc(local_port, remote, buf, 8)?;
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        if leg.is_rtcp_port(local_port) {
+            // RTP on the RTCP component's port.
+            return Err(DropReason::NotMedia);
+        }
         if let Err(report) = leg.within_budget(now, buf.len()) {
             return Err(self.over_budget(leg_id, report));
         }
@@ -117,7 +129,7 @@ impl Core {
         }
         let ingress = &leg.ingress[idx];
         let (track_id, layer, is_rtx) = (ingress.track, ingress.layer, ingress.rtx);
-        self.seen(now, leg_id, remote);
+        self.seen(now, leg_id, local_port, remote);
         let Some((track, legs, slot_legs)) = self.tables.track_legs_and_slots_mut(track_id) else {
             return Err(DropReason::UnknownSsrc);
         };
@@ -196,7 +208,7 @@ impl Core {
         let len = buf.len();
         let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
         leg.store_rtcp_recv(sender, state);
-        self.seen(now, leg_id, remote);
+        self.seen(now, leg_id, local_port, remote);
         let mut ctx = fanout::Ctx {
             now,
             out,

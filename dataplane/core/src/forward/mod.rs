@@ -191,6 +191,17 @@ pub enum Event {
         /// The ranked speakers (empty when the group's last ranked track went away).
         speakers: crate::audio::ActiveSpeakers,
     },
+    /// The first datagram a leg's port dropped for `reason` (once per leg and reason, until the
+    /// leg's spec changes): why a peer's media goes nowhere, say a peer that sends RTCP from
+    /// another port than its RTP without the leg declaring it; the counters have the rest.
+    FirstDrop {
+        /// The leg.
+        leg: LegId,
+        /// Why.
+        reason: DropReason,
+        /// Where the datagram came from.
+        remote: SocketAddr,
+    },
     /// A leg went over its receive budget ([`crate::table::RateLimit`]): `dropped` datagrams
     /// since the last such event (at most one a second per leg while it lasts).
     RateLimited {
@@ -460,6 +471,12 @@ impl Core {
         }
         if let Err(reason) = verdict {
             self.stats.drop(reason);
+            if reason.about_the_peer()
+                && let Some(id) = self.tables.leg_by_port(local_port)
+                && self.tables.leg_mut(id).is_some_and(|l| l.first_drop(reason))
+            {
+                self.emit(Event::FirstDrop { leg: id, reason, remote });
+            }
         }
     }
 

@@ -142,12 +142,12 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
         }
         let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
         let Some(sub_leg) = legs.get(&sub.subscriber) else { continue };
-        let Some(remote) = sub_leg.destination() else { continue };
+        let Some((local_port, remote)) = sub_leg.rtcp_path() else { continue };
         let Some(slot) = ctx.out.next_slot() else { return };
         let out_info = rtcp::SenderInfo { ntp_timestamp: info.ntp_timestamp, rtp_timestamp: ts, packet_count: sub.packets_sent, octet_count: sub.octets_sent };
         let Ok(len) = rtcp::write_sr(&mut slot[..], sub.out_ssrc, &out_info, &[]) else { continue };
         let Ok(out_len) = sub_leg.tx.protect_rtcp(&mut sub.srtcp, &mut slot[..], len) else { continue };
-        ctx.out.commit(OutMeta { local_port: sub_leg.spec.local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
+        ctx.out.commit(OutMeta { local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
         // LSR is the middle 32 bits of the NTP timestamp (RFC 3550 §6.4.1).
         sub.last_sr = Some(((info.ntp_timestamp >> 16) as u32, ctx.now));
     }
@@ -233,7 +233,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
     let missing = &mut missing[..n_missing];
     missing.sort_unstable_by_key(|&(s, q)| (s, q));
     let Some(publisher) = legs.get_mut(&spec.publisher) else { return };
-    let Some(remote) = publisher.destination() else { return };
+    let Some((local_port, remote)) = publisher.rtcp_path() else { return };
     for group in missing.chunk_by(|a, b| a.0 == b.0) {
         let src = group[0].0;
         let mut items = [rtcp::NackItem::default(); MAX_UPSTREAM_NACK];
@@ -243,7 +243,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
             continue;
         };
         let Ok(out_len) = publisher.tx.protect_rtcp(&mut publisher.feedback_srtcp, &mut slot[..], len) else { continue };
-        ctx.out.commit(OutMeta { local_port: publisher.spec.local_port, dst: remote, leg: spec.publisher, len: out_len as u16 });
+        ctx.out.commit(OutMeta { local_port, dst: remote, leg: spec.publisher, len: out_len as u16 });
         ctx.stats.nack_forwarded += group.len() as u64;
     }
 }

@@ -711,7 +711,7 @@ fn legs_and_streams_report_active_idle_started_and_stopped_once_per_transition()
     let last = forged.len() - 1;
     forged[last] ^= 0xff;
     m.deliver(0, &forged, ms(0));
-    assert!(events(&mut m).is_empty());
+    assert_eq!(events(&mut m), [Event::FirstDrop { leg: leg1, reason: DropReason::AuthFailed, remote: addr1 }], "only the operator's note of it");
     for k in 0..10u16 {
         let wire = m.peers[0].send_rtp(&rtp_packet(0x1111, 10 + k, 960 * u32::from(k), 111, &[1; 40]));
         m.deliver(0, &wire, ms(20 * u64::from(k)));
@@ -1293,4 +1293,84 @@ fn a_restart_reports_each_webrtc_leg_that_lost_its_dtls_association_once() {
     again.core.install_edge_keys(LegId(2), KeyMaterial::seeded(PROFILE, 7), KeyMaterial::seeded(PROFILE, 8)).unwrap();
     again.core.restore(&ck, ms(0), core::time::Duration::ZERO);
     assert_eq!(failed(&mut again), 0);
+}
+
+/// A static-key leg without rtcp-mux (RFC 3550 §11, as SIP equipment and ffmpeg send): RTP
+/// from the participant's port P to the leg's port, RTCP from P + 1 to the leg's RTCP port.
+/// Each component latches its own remote, so the RTCP no longer steals the RTP's latch (which
+/// dropped every later RTP packet as unknown source); Sluice's RTCP to the participant leaves
+/// from the RTCP port, to P + 1 until an RTCP packet latched its address; RTP on the RTCP port
+/// is not media.
+#[test]
+fn a_leg_without_rtcp_mux_latches_each_component_apart() {
+    use crate::table::RtcpComponent;
+    let mut m = Meeting::new(2);
+    let (_, mut spec) = peer(1);
+    spec.rtcp = Some(RtcpComponent { local_port: 21_001, remote: None });
+    m.apply(vec![Op::UpsertLeg(spec), Op::UpsertTrack(video_track(1, 1, &[0x1111])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
+    let (rtp_port, addr) = (m.peers[0].port, m.peers[0].addr);
+    let rtcp_addr = SocketAddr::new(addr.ip(), addr.port() + 1);
+    let rx = |m: &mut Meeting, port: u16, from: SocketAddr, mut wire: Vec<u8>, at: u64| {
+        m.out.clear();
+        m.core.handle_rx(ms(at), port, from, &mut wire, &mut m.out);
+        m.out.iter().map(|(meta, _)| (meta.local_port, meta.dst, meta.leg)).collect::<Vec<_>>()
+    };
+    latch_all(&mut m);
+    // RTP from P latches the RTP remote.
+    let key = {
+        let mut p = rtp_packet(0x1111, 100, 0, 96, &VP8_KEY);
+        p.extend_from_slice(&[0; 40]);
+        p
+    };
+    let wire = m.peers[0].send_rtp(&key);
+    rx(&mut m, rtp_port, addr, wire, 0);
+    assert_eq!(m.core.tables().leg(LegId(1)).unwrap().remote, Some(addr));
+    // The subscriber's PLI becomes a keyframe request to the publisher: RTCP port → P + 1.
+    let mut pli = [0u8; 12];
+    let n = rtcp::write_pli(&mut pli, Ssrc(2), Ssrc(0x2001)).unwrap();
+    let wire = m.peers[1].send_rtcp(&pli[..n]);
+    let (sub_port, sub_addr) = (m.peers[1].port, m.peers[1].addr);
+    let sent = rx(&mut m, sub_port, sub_addr, wire, 300);
+    assert!(sent.contains(&(21_001, rtcp_addr, LegId(1))), "PLI from the RTCP port to P + 1: {sent:?}");
+    // RTCP from P + 1 to the RTCP port authenticates and latches that component only.
+    let mut rr = [0u8; 8];
+    let n = rtcp::write_rr(&mut rr, Ssrc(0x1111), &[]).unwrap();
+    let wire = m.peers[0].send_rtcp(&rr[..n]);
+    rx(&mut m, 21_001, rtcp_addr, wire, 310);
+    let leg = m.core.tables().leg(LegId(1)).unwrap();
+    assert_eq!((leg.remote, leg.rtcp_remote), (Some(addr), Some(rtcp_addr)));
+    // RTP keeps flowing from P.
+    let before = m.core.stats().tx_packets;
+    let mut p = rtp_packet(0x1111, 101, 3000, 96, &VP8_DELTA);
+    p.extend_from_slice(&[0; 40]);
+    let wire = m.peers[0].send_rtp(&p);
+    assert_eq!(rx(&mut m, rtp_port, addr, wire, 320).len(), 1, "forwarded to the subscriber");
+    assert_eq!(m.core.stats().tx_packets, before + 1);
+    // RTCP from P (not P + 1) to the RTCP port: an unknown source now; RTP to the RTCP port:
+    // not media.
+    let wire = m.peers[0].send_rtcp(&rr[..n]);
+    rx(&mut m, 21_001, addr, wire, 330);
+    assert_eq!(m.core.stats().drops_for(DropReason::UnknownSource), 1);
+    let mut p = rtp_packet(0x1111, 102, 6000, 96, &VP8_DELTA);
+    p.extend_from_slice(&[0; 40]);
+    let wire = m.peers[0].send_rtp(&p);
+    rx(&mut m, 21_001, rtcp_addr, wire, 340);
+    assert_eq!(m.core.stats().drops_for(DropReason::NotMedia), 1);
+    // Each kind of drop on the leg is reported once (the operator's log line), with its source.
+    let firsts: Vec<Event> = std::iter::from_fn(|| m.core.poll_event()).filter(|e| matches!(e, Event::FirstDrop { .. })).collect();
+    assert_eq!(
+        firsts,
+        [
+            Event::FirstDrop { leg: LegId(1), reason: DropReason::UnknownSource, remote: addr },
+            Event::FirstDrop { leg: LegId(1), reason: DropReason::NotMedia, remote: rtcp_addr }
+        ]
+    );
+    let wire = m.peers[0].send_rtcp(&rr[..n]);
+    rx(&mut m, 21_001, addr, wire, 350);
+    assert_eq!(m.core.stats().drops_for(DropReason::UnknownSource), 2);
+    assert!(std::iter::from_fn(|| m.core.poll_event()).all(|e| !matches!(e, Event::FirstDrop { .. })), "once per leg and reason");
+    // The RTCP port is the leg's as much as its RTP port: another leg cannot take it.
+    let (_, mut other) = peer(3);
+    other.local_port = 21_001;
+    assert!(matches!(m.apply(vec![Op::UpsertLeg(other)]), Err(DeltaError::PortInUse { port: 21_001, owner: LegId(1), .. })));
 }

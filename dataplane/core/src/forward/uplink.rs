@@ -90,7 +90,7 @@ pub(super) fn run<'a>(
 /// Writes the leg's RR compound; false only when the output batch is full (retry). A leg with
 /// nowhere to send or nothing to report counts as done.
 fn receiver_report(now: Instant, leg: &mut Leg, out: &mut OutBatch) -> bool {
-    let Some(remote) = leg.destination() else { return true };
+    let Some((local_port, remote)) = leg.rtcp_path() else { return true };
     let mut blocks = [ReportBlockInfo::default(); MAX_BLOCKS];
     let mut media = [Ssrc(0); MAX_BLOCKS];
     let mut n = 0;
@@ -116,12 +116,12 @@ fn receiver_report(now: Instant, leg: &mut Leg, out: &mut OutBatch) -> bool {
         }
     }
     let Ok(len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { return true };
-    out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
+    out.commit(OutMeta { local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
     true
 }
 
 fn transport_cc(now: Instant, leg: &mut Leg, out: &mut OutBatch, stats: &mut CoreStats) {
-    let Some(remote) = leg.destination() else {
+    let Some((local_port, remote)) = leg.rtcp_path() else {
         leg.uplink.next_twcc = None;
         return;
     };
@@ -141,7 +141,7 @@ fn transport_cc(now: Instant, leg: &mut Leg, out: &mut OutBatch, stats: &mut Cor
             Ok(None) | Err(_) => break,
         };
         let Ok(len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { break };
-        out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
+        out.commit(OutMeta { local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
         leg.uplink.twcc_sent += 1;
         stats.twcc_feedback_sent += 1;
     }

@@ -148,10 +148,12 @@ impl Tables {
     }
 
     fn upsert_leg(&mut self, op: usize, spec: &LegSpec, undo: &mut UndoLog) -> Result<(), DeltaError> {
-        if let Some(&owner) = self.by_port.get(&spec.local_port)
-            && owner != spec.id
-        {
-            return Err(DeltaError::PortInUse { op, port: spec.local_port, owner });
+        for port in spec_ports(spec) {
+            if let Some(&owner) = self.by_port.get(&port)
+                && owner != spec.id
+            {
+                return Err(DeltaError::PortInUse { op, port, owner });
+            }
         }
         spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
         // Slot SSRCs are out-SSRCs of the leg like its subscriptions'.
@@ -177,7 +179,7 @@ impl Tables {
                 let keep_edge = spec.edge.is_some() && old.spec.edge == spec.edge;
                 let same_rx = keep_edge || (old.spec.rx == spec.rx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
                 let same_tx = keep_edge || (old.spec.tx == spec.tx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
-                let old_port = old.spec.local_port;
+                let old_ports = (old.spec.local_port, old.spec.rtcp.map(|c| c.local_port));
                 self.save_leg(spec.id, undo);
                 let leg = self.legs.get_mut(&spec.id).expect("present");
                 if !keep_edge {
@@ -193,13 +195,24 @@ impl Tables {
                 if leg.spec.audio_slots != spec.audio_slots {
                     leg.slots = spec.audio_slots.as_ref().map(|a| Box::new(SlotSet::new(spec.id, a, leg.slots.take().map(|b| *b))));
                 }
+                if leg.spec != *spec {
+                    // A new spec may fix what was wrong: its drops are news again.
+                    leg.drops_reported = 0;
+                }
                 leg.spec = spec.clone();
                 if !same_rx || !same_tx {
                     leg.keys_digest = checkpoint::keys_digest(spec);
                 }
-                if old_port != spec.local_port {
-                    self.by_port.remove(&old_port);
-                    self.by_port.insert(spec.local_port, spec.id);
+                if old_ports != (spec.local_port, spec.rtcp.map(|c| c.local_port)) {
+                    for p in core::iter::once(old_ports.0).chain(old_ports.1) {
+                        self.by_port.remove(&p);
+                    }
+                    for p in spec_ports(spec) {
+                        self.by_port.insert(p, spec.id);
+                    }
+                }
+                if spec.rtcp.is_none_or(|c| c.remote.is_some()) {
+                    leg.rtcp_remote = None;
                 }
                 self.rekey(spec.id, (!same_rx).then_some(rx), (!same_tx).then_some(tx));
             }
@@ -225,9 +238,13 @@ impl Tables {
                         slots: spec.audio_slots.as_ref().map(|a| Box::new(SlotSet::new(spec.id, a, None))),
                         limiter: Limiter::default(),
                         keys_digest: checkpoint::keys_digest(spec),
+                        rtcp_remote: None,
+                        drops_reported: 0,
                     },
                 );
-                self.by_port.insert(spec.local_port, spec.id);
+                for p in spec_ports(spec) {
+                    self.by_port.insert(p, spec.id);
+                }
                 undo.push(Undo::LegInserted(spec.id));
             }
         }
@@ -408,7 +425,9 @@ impl Tables {
             }
         }
         let leg = self.legs.remove(&id).expect("present");
-        self.by_port.remove(&leg.spec.local_port);
+        for p in spec_ports(&leg.spec) {
+            self.by_port.remove(&p);
+        }
         undo.push(Undo::LegRemoved(Box::new(leg)));
     }
 
@@ -516,6 +535,8 @@ impl Tables {
             slots: leg.slots.clone(),
             limiter: leg.limiter,
             keys_digest: leg.keys_digest,
+            rtcp_remote: leg.rtcp_remote,
+            drops_reported: leg.drops_reported,
         };
         undo.push(Undo::LegReplaced(Box::new(copy)));
     }
@@ -555,14 +576,20 @@ impl Tables {
         match u {
             Undo::LegInserted(id) => {
                 if let Some(l) = self.legs.remove(&id) {
-                    self.by_port.remove(&l.spec.local_port);
+                    for p in spec_ports(&l.spec) {
+                        self.by_port.remove(&p);
+                    }
                 }
             }
             Undo::LegReplaced(old) | Undo::LegRemoved(old) => {
                 if let Some(cur) = self.legs.get(&old.spec.id) {
-                    self.by_port.remove(&cur.spec.local_port);
+                    for p in spec_ports(&cur.spec) {
+                        self.by_port.remove(&p);
+                    }
                 }
-                self.by_port.insert(old.spec.local_port, old.spec.id);
+                for p in spec_ports(&old.spec) {
+                    self.by_port.insert(p, old.spec.id);
+                }
                 self.legs.insert(old.spec.id, *old);
             }
             Undo::TrackInserted(id) => {
@@ -590,4 +617,9 @@ impl Tables {
             }
         }
     }
+}
+
+/// The local ports a leg's spec uses: its RTP port, and its RTCP port without rtcp-mux.
+fn spec_ports(spec: &LegSpec) -> impl Iterator<Item = u16> + use<> {
+    core::iter::once(spec.local_port).chain(spec.rtcp.map(|c| c.local_port))
 }

@@ -42,7 +42,7 @@ use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
     AudioSlotsSpec, Codec, Delta, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyDigest, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MAX_MID_LEN,
-    MediaKind, MidSpec, Op, PayloadSpec, RateLimit, SpecError, SubscriptionSpec, TrackSpec,
+    MediaKind, MidSpec, Op, PayloadSpec, RateLimit, RtcpComponent, SpecError, SubscriptionSpec, TrackSpec,
 };
 
 /// The hash map the tables use: foldhash, seeded per process (keys come from the network, so the
@@ -197,6 +197,12 @@ impl Tables {
     /// Every local port a leg uses.
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.by_port.keys().copied()
+    }
+
+    /// The local ports of the legs whose RTP port `owns` says is this core's: their RTP ports
+    /// and their separate RTCP ports (which go with the leg, wherever their number falls).
+    pub fn ports_of_legs<'a>(&'a self, owns: impl Fn(u16) -> bool + 'a) -> impl Iterator<Item = u16> + 'a {
+        self.legs.values().filter(move |l| owns(l.spec.local_port)).flat_map(|l| core::iter::once(l.spec.local_port).chain(l.spec.rtcp.map(|c| c.local_port)))
     }
 
     /// A leg.

@@ -150,6 +150,24 @@ pub struct LegSpec {
     /// sending at 100 times its rate must not make every subscriber's copies). `None`: no limit.
     #[cfg_attr(feature = "serde", serde(default))]
     pub rate_limit: Option<RateLimit>,
+    /// RTCP on a port of its own (RFC 3550 §11; no rtcp-mux), as SIP equipment and ffmpeg send
+    /// it: from their RTP port + 1 to ours. `None`: RTCP shares the RTP port (rtcp-mux, which
+    /// WebRTC legs always use).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub rtcp: Option<RtcpComponent>,
+}
+
+/// A leg's separate RTCP component (see [`LegSpec::rtcp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct RtcpComponent {
+    /// The local port RTCP arrives at and leaves from (not the RTP port; no other leg's).
+    pub local_port: u16,
+    /// Where the participant's RTCP comes from and goes to. `None`: the first authenticated RTCP
+    /// packet on the port latches it (the RTP remote is latched apart, by RTP); until then RTCP
+    /// goes to the RTP remote's port + 1.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub remote: Option<SocketAddr>,
 }
 
 /// A leg's receive budget: token buckets in packets and bytes, each holding `burst_ms` of its
@@ -222,7 +240,19 @@ impl LegSpec {
     /// budget. Set the rest with struct update syntax (`LegSpec { remote, ..LegSpec::new(…) }`),
     /// so a new optional field does not touch every place a leg is built.
     pub fn new(id: LegId, local_port: u16, rx: KeyMaterial, tx: KeyMaterial, feedback_ssrc: Ssrc) -> Self {
-        Self { id, local_port, remote: None, rx, tx, feedback_ssrc, edge: None, feedback: FeedbackSpec::default(), audio_slots: None, rate_limit: None }
+        Self {
+            id,
+            local_port,
+            remote: None,
+            rx,
+            tx,
+            feedback_ssrc,
+            edge: None,
+            feedback: FeedbackSpec::default(),
+            audio_slots: None,
+            rate_limit: None,
+            rtcp: None,
+        }
     }
 
     /// The checks on the spec alone: a non-zero port, a one-byte transport-cc extension id, key
@@ -236,6 +266,14 @@ impl LegSpec {
         }
         if let Some(a) = &self.audio_slots {
             a.validate()?;
+        }
+        if let Some(c) = &self.rtcp {
+            if c.local_port == 0 || c.local_port == self.local_port {
+                return refuse("leg.rtcp.local_port", "must be a port of its own, not 0 and not the RTP port");
+            }
+            if self.edge.is_some() {
+                return refuse("leg.rtcp", "WebRTC legs multiplex RTCP with RTP (RFC 8834)");
+            }
         }
         if let Some(r) = &self.rate_limit {
             if r.packets_per_s == 0 || r.bytes_per_s == 0 {

@@ -63,6 +63,12 @@ pub struct Leg {
     pub limiter: Limiter,
     /// The digest of its static keys (both directions), naming them in a checkpoint.
     pub(super) keys_digest: KeyDigest,
+    /// Without rtcp-mux: the RTCP remote latched from the first authenticated RTCP packet on the
+    /// RTCP port (the spec's `rtcp.remote` takes precedence).
+    pub rtcp_remote: Option<SocketAddr>,
+    /// Drop reasons already reported for this leg (bit per [`DropReason`]), see
+    /// [`crate::forward::Event::FirstDrop`].
+    pub(super) drops_reported: u32,
 }
 
 /// The token buckets of a leg's [`crate::table::RateLimit`], and what it dropped since it last
@@ -222,6 +228,44 @@ impl Leg {
     #[inline]
     pub fn destination(&self) -> Option<SocketAddr> {
         if self.sends_media() { self.remote } else { None }
+    }
+
+    /// Records a drop of `reason` on this leg; true the first time for that reason.
+    pub fn first_drop(&mut self, reason: crate::verdict::DropReason) -> bool {
+        let bit = 1u32 << (reason as u8 % 32);
+        let first = self.drops_reported & bit == 0;
+        self.drops_reported |= bit;
+        first
+    }
+
+    /// Whether `local_port` is this leg's separate RTCP port.
+    #[inline]
+    pub fn is_rtcp_port(&self, local_port: u16) -> bool {
+        self.spec.rtcp.is_some_and(|c| c.local_port == local_port)
+    }
+
+    /// The remote RTCP must come from on `local_port`: the RTP remote, or on a separate RTCP
+    /// port the RTCP one (`None`: not latched yet, anyone may try to authenticate).
+    #[inline]
+    pub fn expected_remote(&self, local_port: u16) -> Option<SocketAddr> {
+        match self.spec.rtcp {
+            Some(c) if c.local_port == local_port => c.remote.or(self.rtcp_remote),
+            _ => self.remote,
+        }
+    }
+
+    /// Where RTCP to the participant goes, and from which local port: the RTP path with
+    /// rtcp-mux; else the RTCP port to the RTCP remote (the spec's, the latched one, or the RTP
+    /// remote's port + 1 as RFC 3550 §11 has it).
+    pub fn rtcp_path(&self) -> Option<(u16, SocketAddr)> {
+        let rtp = self.destination();
+        match self.spec.rtcp {
+            None => rtp.map(|r| (self.spec.local_port, r)),
+            Some(c) => {
+                let to = c.remote.or(self.rtcp_remote).or_else(|| rtp.map(|r| SocketAddr::new(r.ip(), r.port().wrapping_add(1))));
+                to.filter(|_| self.sends_media()).map(|r| (c.local_port, r))
+            }
+        }
     }
 
     /// The key material in use, `(rx, tx)`: the DTLS-exported keys of a connected WebRTC leg,
