@@ -97,7 +97,8 @@ impl Model {
                     if spec.remote.is_some() {
                         self.latched.remove(&spec.id);
                     }
-                    self.legs.insert(spec.id, LegEntry { port: spec.local_port, remote: spec.remote, rtcp: spec.rtcp.map(|c| (c.local_port, c.remote)) });
+                    self.legs
+                        .insert(spec.id, LegEntry { port: spec.local_port, remote: spec.remote, rtcp: spec.rtcp.as_deref().map(|c| (c.local_port, c.remote)) });
                 }
                 Op::RemoveLeg(id) => {
                     self.legs.remove(id);

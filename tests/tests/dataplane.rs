@@ -678,7 +678,7 @@ fn a_peer_without_rtcp_mux_sends_rtcp_from_the_next_port_and_its_media_keeps_flo
         if let Op::UpsertLeg(l) = op
             && l.id == LegId(1)
         {
-            l.rtcp = Some(RtcpComponent { local_port: BASE + 10, remote: None });
+            l.rtcp = Some(Box::new(RtcpComponent { local_port: BASE + 10, remote: None }));
         }
     }
     let mut control = Client::connect(&sock).unwrap();

@@ -102,18 +102,6 @@ impl DropReason {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::DropReason;
-
-    #[test]
-    fn all_is_in_index_order() {
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            assert_eq!(*r as usize, i, "{r:?}");
-        }
-    }
-}
-
 impl DropReason {
     /// Whether a drop of this kind says something about the peer sending to a leg (its source,
     /// keys, packets), worth a line in the log the first time: not the SFU's own choices
@@ -130,5 +118,17 @@ impl DropReason {
                 | Self::UnknownPayloadType
                 | Self::NotConnected
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropReason;
+
+    #[test]
+    fn all_is_in_index_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
     }
 }

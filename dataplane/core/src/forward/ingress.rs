@@ -86,7 +86,7 @@ impl Core {
     pub(super) fn seen(&mut self, now: Instant, leg_id: LegId, local_port: u16, remote: SocketAddr) {
         let Some(leg) = self.tables.leg_mut(leg_id) else { return };
         if leg.is_rtcp_port(local_port) {
-            if leg.rtcp_remote.is_none() && leg.spec.rtcp.is_some_and(|c| c.remote.is_none()) {
+            if leg.rtcp_remote.is_none() && leg.spec.rtcp.as_deref().is_some_and(|c| c.remote.is_none()) {
                 leg.rtcp_remote = Some(remote);
             }
             leg.activity.touch(now);

@@ -1306,7 +1306,7 @@ fn a_leg_without_rtcp_mux_latches_each_component_apart() {
     use crate::table::RtcpComponent;
     let mut m = Meeting::new(2);
     let (_, mut spec) = peer(1);
-    spec.rtcp = Some(RtcpComponent { local_port: 21_001, remote: None });
+    spec.rtcp = Some(Box::new(RtcpComponent { local_port: 21_001, remote: None }));
     m.apply(vec![Op::UpsertLeg(spec), Op::UpsertTrack(video_track(1, 1, &[0x1111])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
     let (rtp_port, addr) = (m.peers[0].port, m.peers[0].addr);
     let rtcp_addr = SocketAddr::new(addr.ip(), addr.port() + 1);

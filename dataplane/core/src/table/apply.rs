@@ -179,7 +179,7 @@ impl Tables {
                 let keep_edge = spec.edge.is_some() && old.spec.edge == spec.edge;
                 let same_rx = keep_edge || (old.spec.rx == spec.rx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
                 let same_tx = keep_edge || (old.spec.tx == spec.tx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
-                let old_ports = (old.spec.local_port, old.spec.rtcp.map(|c| c.local_port));
+                let old_ports = (old.spec.local_port, old.spec.rtcp.as_deref().map(|c| c.local_port));
                 self.save_leg(spec.id, undo);
                 let leg = self.legs.get_mut(&spec.id).expect("present");
                 if !keep_edge {
@@ -203,7 +203,7 @@ impl Tables {
                 if !same_rx || !same_tx {
                     leg.keys_digest = checkpoint::keys_digest(spec);
                 }
-                if old_ports != (spec.local_port, spec.rtcp.map(|c| c.local_port)) {
+                if old_ports != (spec.local_port, spec.rtcp.as_deref().map(|c| c.local_port)) {
                     for p in core::iter::once(old_ports.0).chain(old_ports.1) {
                         self.by_port.remove(&p);
                     }
@@ -211,7 +211,7 @@ impl Tables {
                         self.by_port.insert(p, spec.id);
                     }
                 }
-                if spec.rtcp.is_none_or(|c| c.remote.is_some()) {
+                if spec.rtcp.as_deref().is_none_or(|c| c.remote.is_some()) {
                     leg.rtcp_remote = None;
                 }
                 self.rekey(spec.id, (!same_rx).then_some(rx), (!same_tx).then_some(tx));
@@ -621,5 +621,5 @@ impl Tables {
 
 /// The local ports a leg's spec uses: its RTP port, and its RTCP port without rtcp-mux.
 fn spec_ports(spec: &LegSpec) -> impl Iterator<Item = u16> + use<> {
-    core::iter::once(spec.local_port).chain(spec.rtcp.map(|c| c.local_port))
+    core::iter::once(spec.local_port).chain(spec.rtcp.as_deref().map(|c| c.local_port))
 }

@@ -154,7 +154,7 @@ pub struct LegSpec {
     /// it: from their RTP port + 1 to ours. `None`: RTCP shares the RTP port (rtcp-mux, which
     /// WebRTC legs always use).
     #[cfg_attr(feature = "serde", serde(default))]
-    pub rtcp: Option<RtcpComponent>,
+    pub rtcp: Option<Box<RtcpComponent>>,
 }
 
 /// A leg's separate RTCP component (see [`LegSpec::rtcp`]).

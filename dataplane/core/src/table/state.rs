@@ -241,14 +241,14 @@ impl Leg {
     /// Whether `local_port` is this leg's separate RTCP port.
     #[inline]
     pub fn is_rtcp_port(&self, local_port: u16) -> bool {
-        self.spec.rtcp.is_some_and(|c| c.local_port == local_port)
+        self.spec.rtcp.as_deref().is_some_and(|c| c.local_port == local_port)
     }
 
     /// The remote RTCP must come from on `local_port`: the RTP remote, or on a separate RTCP
     /// port the RTCP one (`None`: not latched yet, anyone may try to authenticate).
     #[inline]
     pub fn expected_remote(&self, local_port: u16) -> Option<SocketAddr> {
-        match self.spec.rtcp {
+        match self.spec.rtcp.as_deref() {
             Some(c) if c.local_port == local_port => c.remote.or(self.rtcp_remote),
             _ => self.remote,
         }
@@ -259,7 +259,7 @@ impl Leg {
     /// remote's port + 1 as RFC 3550 §11 has it).
     pub fn rtcp_path(&self) -> Option<(u16, SocketAddr)> {
         let rtp = self.destination();
-        match self.spec.rtcp {
+        match self.spec.rtcp.as_deref() {
             None => rtp.map(|r| (self.spec.local_port, r)),
             Some(c) => {
                 let to = c.remote.or(self.rtcp_remote).or_else(|| rtp.map(|r| SocketAddr::new(r.ip(), r.port().wrapping_add(1))));
