@@ -123,7 +123,7 @@ impl Engine {
                 }
                 e
             })?;
-            let held: Vec<u16> = prepared.outcome.committed.ports.iter().map(|(_, p)| *p).filter(|p| !had.contains(p) && udp_port_held(*p)).collect();
+            let held: Vec<u16> = prepared.session_ports().into_iter().filter(|p| !had.contains(p) && udp_port_held(*p)).collect();
             if held.is_empty() || prepared.outcome.replayed {
                 if !avoid.is_empty() {
                     tracing::warn!(session = %req.session, skipped = ?avoid, "ports held by another process were skipped");
@@ -279,8 +279,10 @@ impl Engine {
                     .ports
                     .into_iter()
                     .map(|(leg, p)| {
-                        let webrtc = legs.and_then(|l| l.get(&leg)).and_then(|spec| webrtc_local(spec, &info));
-                        pb::PortAllocation { leg, local_port: u32::from(p), webrtc }
+                        let spec = legs.and_then(|l| l.get(&leg));
+                        let webrtc = spec.and_then(|spec| webrtc_local(spec, &info));
+                        let rtcp_port = spec.and_then(|s| s.rtcp.as_deref()).map_or(0, |c| u32::from(c.local_port));
+                        pb::PortAllocation { leg, local_port: u32::from(p), webrtc, rtcp_port }
                     })
                     .collect()
             },

@@ -404,6 +404,9 @@ fn outside_range(delta: &Delta, (lo, hi): (u16, u16)) -> Option<String> {
         Op::UpsertLeg(l) if !(lo..=hi).contains(&l.local_port) => {
             Some(format!("leg {}: local_port {} is outside the dataplane's port_range [{lo}, {hi}]", l.id, l.local_port))
         }
+        Op::UpsertLeg(l) if l.rtcp.as_deref().is_some_and(|c| !(lo..=hi).contains(&c.local_port)) => {
+            Some(format!("leg {}: rtcp.local_port {} is outside the dataplane's port_range [{lo}, {hi}]", l.id, l.rtcp.as_deref().map_or(0, |c| c.local_port)))
+        }
         _ => None,
     })
 }

@@ -86,7 +86,20 @@ impl Stage<'_> {
     }
 
     pub(super) fn allocate_port(&mut self, field: &str) -> Result<u16, StateError> {
-        let used: BTreeSet<u16> = self.session.legs.values().map(|l| l.local_port).chain(self.used_elsewhere.iter().copied()).collect();
+        self.allocate_port_besides(field, None)
+    }
+
+    /// [`Stage::allocate_port`], also avoiding `taken` (a port the leg being decoded already
+    /// got); with `prefer`, that port if it is free and in the range.
+    fn allocate_port_besides(&mut self, field: &str, taken: Option<(u16, Option<u16>)>) -> Result<u16, StateError> {
+        let used: BTreeSet<u16> =
+            self.session.legs.values().flat_map(leg_ports).chain(self.used_elsewhere.iter().copied()).chain(taken.map(|(t, _)| t)).collect();
+        if let Some(p) = taken.and_then(|(_, prefer)| prefer)
+            && (self.range.start..=self.range.end).contains(&p)
+            && !used.contains(&p)
+        {
+            return Ok(p);
+        }
         // Round-robin from the cursor, so a just-freed port is the last to be reused.
         let n = self.range.len();
         let start = u32::from(self.next_port.clamp(self.range.start, self.range.end));
@@ -123,6 +136,23 @@ impl Stage<'_> {
         if remote.is_some_and(|r| r.port() == 0) {
             return Err(invalid(format!("{f}.remote"), "port must not be 0"));
         }
+        if l.separate_rtcp && l.webrtc.is_some() {
+            return Err(invalid(format!("{f}.separate_rtcp"), "a WebRTC leg multiplexes RTCP with RTP (RFC 8834)"));
+        }
+        if !l.separate_rtcp && !l.rtcp_remote.is_empty() {
+            return Err(invalid(format!("{f}.rtcp_remote"), "needs separate_rtcp"));
+        }
+        let rtcp_remote = if l.rtcp_remote.is_empty() {
+            None
+        } else if l.rtcp_remote.len() > MAX_REMOTE_LEN {
+            return Err(invalid(format!("{f}.rtcp_remote"), format!("is {} bytes; an ip:port address is at most {MAX_REMOTE_LEN}", l.rtcp_remote.len())));
+        } else {
+            match l.rtcp_remote.parse::<SocketAddr>() {
+                Ok(r) if r.port() != 0 => Some(r),
+                _ => return Err(invalid(format!("{f}.rtcp_remote"), format!("{} is not an ip:port address with a port", quote(&l.rtcp_remote)))),
+            }
+        };
+        let old_rtcp = self.session.legs.get(&l.id).and_then(|old| old.rtcp.as_deref().map(|c| c.local_port));
         let (id, port) = match self.session.legs.get(&l.id) {
             Some(old) => (old.id, old.local_port),
             None => {
@@ -155,7 +185,17 @@ impl Stage<'_> {
             bytes_per_s: r.bytes_per_s,
             burst_ms: if r.burst_ms == 0 { 500 } else { r.burst_ms },
         });
-        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots, rate_limit, rtcp: None };
+        // The RTCP port stays the leg's once it has one; a new one is the RTP port + 1 when free.
+        let rtcp = if l.separate_rtcp {
+            let local_port = match old_rtcp {
+                Some(p) => p,
+                None => self.allocate_port_besides(&format!("{f}.separate_rtcp"), Some((port, port.checked_add(1))))?,
+            };
+            Some(Box::new(RtcpComponent { local_port, remote: rtcp_remote }))
+        } else {
+            None
+        };
+        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots, rate_limit, rtcp };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         self.session.legs.insert(l.id.clone(), spec);
         self.ports.retain(|(n, _)| n != &l.id);
@@ -510,6 +550,11 @@ pub fn speaker_group(session: &str) -> SpeakerGroup {
     SpeakerGroup(fingerprint(session.as_bytes()))
 }
 
+/// The local ports a leg holds: its RTP port and, without rtcp-mux, its RTCP port.
+pub(super) fn leg_ports(l: &LegSpec) -> impl Iterator<Item = u16> + use<> {
+    core::iter::once(l.local_port).chain(l.rtcp.as_deref().map(|c| c.local_port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
@@ -648,5 +693,65 @@ mod tests {
         assert!(d.tables().subs.keys().any(|(_, t)| *t != track), "video subscriptions stay");
         d.apply(&req("m", vec![settings(false, 2)])).unwrap();
         assert!(installed(&d), "top-N off again: back");
+    }
+}
+
+#[cfg(test)]
+mod rtcp_tests {
+    use super::*;
+    use crate::pb::change::Change as C;
+    use crate::state::fixtures::{leg, req};
+
+    fn sip_leg(id: &str, rtcp_remote: &str) -> pb::Change {
+        let mut c = leg(id);
+        if let Some(C::Leg(l)) = &mut c.change {
+            l.separate_rtcp = true;
+            l.rtcp_remote = rtcp_remote.into();
+        }
+        c
+    }
+
+    /// A leg without rtcp-mux gets its RTP port + 1 for RTCP (when free), keeps it, and no other
+    /// leg of any session gets it; the view shows it. WebRTC legs and an RTCP remote without a
+    /// separate RTCP port are refused, naming the field.
+    #[test]
+    fn a_leg_without_rtcp_mux_gets_the_next_port_for_rtcp() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_009 });
+        d.apply(&req("m", vec![sip_leg("sip", "")])).unwrap();
+        let spec = &d.sessions["m"].legs["sip"];
+        assert_eq!((spec.local_port, spec.rtcp.as_deref().map(|c| c.local_port)), (30_000, Some(30_001)));
+        let out = d.apply(&req("n", vec![leg("other")])).unwrap();
+        assert_eq!(out.committed.ports, vec![("other".into(), 30_002)], "the RTCP port is taken");
+        d.apply(&req("m", vec![sip_leg("sip", "10.0.0.5:7001")])).unwrap();
+        let spec = &d.sessions["m"].legs["sip"];
+        assert_eq!(spec.rtcp.as_deref().copied(), Some(RtcpComponent { local_port: 30_001, remote: Some("10.0.0.5:7001".parse().unwrap()) }), "kept");
+        let view = d.session_view("m", &EdgeInfo { ip: None, fingerprint: String::new() }).unwrap();
+        let l = view.legs.iter().find(|l| l.id == "sip").unwrap();
+        assert_eq!((l.separate_rtcp, l.rtcp_port, l.rtcp_remote.as_str()), (true, 30_001, "10.0.0.5:7001"));
+        // With RTP port + 1 taken, another free port.
+        d.apply(&req("m", vec![leg("x"), sip_leg("sip2", "")])).unwrap();
+        let spec = &d.sessions["m"].legs["sip2"];
+        assert_eq!((spec.local_port, spec.rtcp.as_deref().map(|c| c.local_port)), (30_004, Some(30_005)));
+
+        let mut web = sip_leg("w", "");
+        if let Some(C::Leg(l)) = &mut web.change {
+            l.rx = None;
+            l.tx = None;
+            l.webrtc = Some(pb::WebRtc {
+                remote_ice_ufrag: "abcd".into(),
+                remote_ice_pwd: "p".repeat(24),
+                remote_fingerprint: format!("sha-256 {}", vec!["AB"; 32].join(":")),
+                setup: pb::DtlsSetup::Passive as i32,
+            });
+        }
+        let e = d.apply(&req("m", vec![web])).unwrap_err();
+        assert_eq!(e.field, "changes[0].leg.separate_rtcp", "{e:?}");
+        let mut lone = leg("y");
+        if let Some(C::Leg(l)) = &mut lone.change {
+            l.rtcp_remote = "10.0.0.5:7001".into();
+        }
+        let e = d.apply(&req("m", vec![lone])).unwrap_err();
+        assert_eq!(e.field, "changes[0].leg.rtcp_remote", "{e:?}");
+        assert!(e.message.contains("separate_rtcp"), "{e:?}");
     }
 }

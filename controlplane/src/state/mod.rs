@@ -15,7 +15,7 @@ use sluice_core::ids::{LegId, Pt, SpeakerGroup, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
     AudioSlotsSpec, Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MediaKind, MidSpec, PayloadSpec,
-    RateLimit, SpecError, SubscriptionSpec, TrackSpec,
+    RateLimit, RtcpComponent, SpecError, SubscriptionSpec, TrackSpec,
 };
 
 use crate::diff::SpecSet;
@@ -236,6 +236,14 @@ pub struct Prepared {
     staged: Option<Staged>,
 }
 
+impl Prepared {
+    /// Every local port the session's legs hold once this is committed (RTP and separate RTCP
+    /// ports; none for a replay).
+    pub fn session_ports(&self) -> BTreeSet<u16> {
+        self.staged.as_ref().map(|s| s.session.legs.values().flat_map(leg_ports).collect()).unwrap_or_default()
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Staged {
     session: Box<Session>,
@@ -304,7 +312,7 @@ impl Desired {
 
     /// Ports in use by legs.
     pub fn ports_used(&self) -> BTreeSet<u16> {
-        self.sessions.values().flat_map(|s| s.legs.values().map(|l| l.local_port)).collect()
+        self.sessions.values().flat_map(|s| s.legs.values().flat_map(leg_ports)).collect()
     }
 
     /// Applies a change set atomically: on any error nothing changes.
@@ -321,7 +329,7 @@ impl Desired {
 
     /// Ports of the legs `session` has now (none for a new session).
     pub fn session_ports(&self, session: &str) -> BTreeSet<u16> {
-        self.sessions.get(session).map(|s| s.legs.values().map(|l| l.local_port).collect()).unwrap_or_default()
+        self.sessions.get(session).map(|s| s.legs.values().flat_map(leg_ports).collect()).unwrap_or_default()
     }
 
     /// Validates a change set and computes its result without changing anything (the cost is
@@ -376,7 +384,7 @@ impl Desired {
                 .sessions
                 .iter()
                 .filter(|(n, _)| *n != &req.session)
-                .flat_map(|(_, s)| s.legs.values().map(|l| l.local_port))
+                .flat_map(|(_, s)| s.legs.values().flat_map(leg_ports))
                 .chain(avoid.iter().copied())
                 .collect(),
             ports: Vec::new(),
@@ -515,6 +523,9 @@ impl Desired {
                     id: n.clone(),
                     local_port: u32::from(l.local_port),
                     remote: l.remote.map(|r| r.to_string()).unwrap_or_default(),
+                    separate_rtcp: l.rtcp.is_some(),
+                    rtcp_port: l.rtcp.as_deref().map_or(0, |c| u32::from(c.local_port)),
+                    rtcp_remote: l.rtcp.as_deref().and_then(|c| c.remote).map(|r| r.to_string()).unwrap_or_default(),
                     rx: l.edge.is_none().then(|| key(&l.rx)),
                     tx: l.edge.is_none().then(|| key(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,
