@@ -142,6 +142,12 @@ fn camera_only() -> Vec<(Vec<u64>, u8)> {
     vec![(CAMERA.to_vec(), 0)]
 }
 
+/// The camera behind the stepped link (3 → 0.5 → 3 Mbit/s) with transport-cc, 25 ms one way, no
+/// loss, a plain 60 KB queue, for 60 s: each test changes what it is about.
+fn stepped(seed: u64) -> Scenario {
+    Scenario { seed, one_way_us: 25_000, loss: 0.0, feedback: true, secs: 60, capacity: steps, tracks: camera_only(), burst: 0, gap: None, queue: QUEUE_BYTES }
+}
+
 fn run(s: &Scenario) -> Run {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s.seed);
     let mut core = Core::new(CoreConfig::default());
@@ -362,18 +368,7 @@ fn check(name: &str, r: &Run, tolerance: f64) {
 
 #[test]
 fn a_subscriber_follows_its_bottleneck_down_and_back_up() {
-    let r = run(&Scenario {
-        seed: 1,
-        one_way_us: 25_000,
-        loss: 0.0,
-        feedback: true,
-        secs: 60,
-        capacity: steps,
-        tracks: camera_only(),
-        burst: 0,
-        gap: None,
-        queue: QUEUE_BYTES,
-    });
+    let r = run(&stepped(1));
     check("50 ms RTT, no random loss", &r, 0.2);
     // The events say it too: estimates reported, the cap moved, and the top layer went unwanted
     // during the limit (the signaling could pause it) and wanted again after.
@@ -386,35 +381,13 @@ fn a_subscriber_follows_its_bottleneck_down_and_back_up() {
 
 #[test]
 fn the_loop_holds_with_100_ms_rtt() {
-    let r = run(&Scenario {
-        seed: 2,
-        one_way_us: 50_000,
-        loss: 0.0,
-        feedback: true,
-        secs: 60,
-        capacity: steps,
-        tracks: camera_only(),
-        burst: 0,
-        gap: None,
-        queue: QUEUE_BYTES,
-    });
+    let r = run(&Scenario { one_way_us: 50_000, ..stepped(2) });
     check("100 ms RTT", &r, 0.2);
 }
 
 #[test]
 fn the_loop_holds_with_5_percent_random_loss() {
-    let r = run(&Scenario {
-        seed: 3,
-        one_way_us: 25_000,
-        loss: 0.05,
-        feedback: true,
-        secs: 60,
-        capacity: steps,
-        tracks: camera_only(),
-        burst: 0,
-        gap: None,
-        queue: QUEUE_BYTES,
-    });
+    let r = run(&Scenario { loss: 0.05, ..stepped(3) });
     check("5 % random loss", &r, 0.2);
 }
 
@@ -422,18 +395,7 @@ fn the_loop_holds_with_5_percent_random_loss() {
 /// the drop, the queue overflows. This is what the assertions above catch.
 #[test]
 fn without_the_estimator_the_subscriber_drowns() {
-    let r = run(&Scenario {
-        seed: 1,
-        one_way_us: 25_000,
-        loss: 0.0,
-        feedback: false,
-        secs: 30,
-        capacity: steps,
-        tracks: camera_only(),
-        burst: 0,
-        gap: None,
-        queue: QUEUE_BYTES,
-    });
+    let r = run(&Scenario { feedback: false, secs: 30, ..stepped(1) });
     assert!(r.switches.iter().all(|(_, l)| *l == 2), "{:?}", r.switches);
     let worst = window(&r, 24.0, 30.0).map(|s| s.3).max().unwrap();
     assert!(worst > 400_000, "queueing {worst} µs");
@@ -444,18 +406,7 @@ fn without_the_estimator_the_subscriber_drowns() {
 /// its middle layer would not fit beside the share with the allocator's headroom).
 #[test]
 fn under_a_limit_the_screen_share_keeps_its_full_layer() {
-    let r = run(&Scenario {
-        seed: 4,
-        one_way_us: 25_000,
-        loss: 0.0,
-        feedback: true,
-        secs: 30,
-        capacity: |_| 1_500_000,
-        tracks: vec![(CAMERA.to_vec(), 0), (vec![150_000, 800_000], 2)],
-        burst: 0,
-        gap: None,
-        queue: QUEUE_BYTES,
-    });
+    let r = run(&Scenario { secs: 30, capacity: |_| 1_500_000, tracks: vec![(CAMERA.to_vec(), 0), (vec![150_000, 800_000], 2)], ..stepped(4) });
     let log = format!("{}\nlayers (camera, share) every second: {:?}", report(&r), r.layers.iter().step_by(10).collect::<Vec<_>>());
     let steady: Vec<&Vec<Option<u8>>> = r.layers[100..].iter().collect();
     assert!(steady.iter().all(|l| l[1] == Some(1)), "the share keeps its top layer from 10 s on\n{log}");
@@ -470,18 +421,7 @@ fn under_a_limit_the_screen_share_keeps_its_full_layer() {
 /// rate, so the subscriber settles on the layer that fits and is never sent up into a freeze.
 #[test]
 fn a_token_bucket_burst_does_not_fool_the_probes() {
-    let r = run(&Scenario {
-        seed: 5,
-        one_way_us: 25_000,
-        loss: 0.0,
-        feedback: true,
-        secs: 40,
-        capacity: |_| 600_000,
-        tracks: camera_only(),
-        burst: 8_000,
-        gap: None,
-        queue: QUEUE_BYTES,
-    });
+    let r = run(&Scenario { secs: 40, capacity: |_| 600_000, burst: 8_000, ..stepped(5) });
     let log = format!("{}\nswitches {:?}", report(&r), r.switches);
     assert!(r.switches.iter().filter(|(t, _)| *t >= 10_000_000).all(|(_, l)| *l == 0), "only the lowest layer fits 600 kbit/s\n{log}");
     let est: Vec<u64> = window(&r, 15.0, 40.0).map(|s| s.1).collect();
@@ -499,16 +439,12 @@ fn a_token_bucket_burst_does_not_fool_the_probes() {
 #[test]
 fn heavy_loss_from_a_short_queue_does_not_collapse_the_estimate() {
     let r = run(&Scenario {
-        seed: 6,
         one_way_us: 10_000,
-        loss: 0.0,
-        feedback: true,
         secs: 30,
         capacity: |t| if t < 10_000_000 { 3_000_000 } else { 600_000 },
-        tracks: camera_only(),
         burst: 8_000,
-        gap: None,
         queue: 11_000,
+        ..stepped(6)
     });
     let log = format!("{}\nswitches {:?}", report(&r), r.switches);
     let down = r.switches.iter().find(|(t, l)| *t >= 10_000_000 && *l < 2).map(|(t, _)| *t);
@@ -526,18 +462,7 @@ fn heavy_loss_from_a_short_queue_does_not_collapse_the_estimate() {
 /// comes back; the link is never the limit.
 #[test]
 fn a_layer_that_stops_arriving_falls_back_and_returns() {
-    let r = run(&Scenario {
-        seed: 6,
-        one_way_us: 25_000,
-        loss: 0.0,
-        feedback: true,
-        secs: 30,
-        capacity: |_| 5_000_000,
-        tracks: camera_only(),
-        burst: 0,
-        gap: Some((2, 10_000_000, 20_000_000)),
-        queue: QUEUE_BYTES,
-    });
+    let r = run(&Scenario { secs: 30, capacity: |_| 5_000_000, gap: Some((2, 10_000_000, 20_000_000)), ..stepped(6) });
     let log = format!("{}\nswitches {:?}", report(&r), r.switches);
     let down = r.switches.iter().find(|(t, l)| *t >= 10_000_000 && *l == 1).map(|(t, _)| *t);
     assert!(down.is_some_and(|t| t <= 13_000_000), "on the middle layer within 3 s of the top one stopping: {down:?}\n{log}");

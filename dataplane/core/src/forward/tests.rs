@@ -222,12 +222,7 @@ fn audio_reaches_every_subscriber_but_the_publisher_rewritten_and_reprotected() 
 
 #[test]
 fn paused_subscription_receives_nothing_and_resumes_seamlessly() {
-    let mut m = Meeting::new(2);
-    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
-    let mut rr = [0u8; 8];
-    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
-    let wire = m.peers[1].send_rtcp(&rr[..n]);
-    m.deliver(1, &wire, ms(0));
+    let mut m = audio_call();
     let send = |m: &mut Meeting, seq: u16| {
         let plain = rtp_packet(0x1111, seq, u32::from(seq) * 960, 111, &[1; 40]);
         let wire = m.peers[0].send_rtp(&plain);
@@ -333,6 +328,22 @@ fn vp8_frame(m: &mut Meeting, ssrc: u32, seq: u16, ts: u32, key: bool, n: u16, n
         got.extend(m.deliver(0, &wire, now));
     }
     got
+}
+
+/// Leg 1's audio track (SSRC 0x1111) and leg 2's subscription to it (out-SSRC 0x2001).
+fn audio_call_ops() -> Vec<Op> {
+    vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]
+}
+
+/// Two legs, [`audio_call_ops`] applied, the subscriber's remote latched by an RR.
+fn audio_call() -> Meeting {
+    let mut m = Meeting::new(2);
+    m.apply(audio_call_ops()).unwrap();
+    let mut rr = [0u8; 8];
+    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
+    let wire = m.peers[1].send_rtcp(&rr[..n]);
+    m.deliver(1, &wire, ms(0));
+    m
 }
 
 fn latch_all(m: &mut Meeting) {
@@ -1144,12 +1155,7 @@ fn a_leg_over_its_rate_limit_is_cut_before_decryption() {
 /// authenticated again).
 #[test]
 fn a_stream_that_starts_below_the_wrap_survives_losing_its_first_packets() {
-    let mut m = Meeting::new(2);
-    m.apply(vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
-    let mut rr = [0u8; 8];
-    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
-    let wire = m.peers[1].send_rtcp(&rr[..n]);
-    m.deliver(1, &wire, ms(0));
+    let mut m = audio_call();
     let mut seqs = Vec::new();
     for k in 0..20u16 {
         let plain = rtp_packet(0x1111, 65530u16.wrapping_add(k), 960 * u32::from(k), 111, &[k as u8; 80]);
@@ -1181,13 +1187,8 @@ fn a_stream_that_starts_below_the_wrap_survives_losing_its_first_packets() {
 #[test]
 fn a_checkpoint_carries_a_call_across_a_restart_past_the_sequence_wrap() {
     use crate::table::checkpoint::{Checkpoint, RESUME_MARGIN};
-    let ops = || vec![Op::UpsertTrack(audio_track(1, 1, 0x1111)), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))];
-    let mut m = Meeting::new(2);
-    m.apply(ops()).unwrap();
-    let mut rr = [0u8; 8];
-    let n = rtcp::write_rr(&mut rr, Ssrc(2), &[]).unwrap();
-    let wire = m.peers[1].send_rtcp(&rr[..n]);
-    m.deliver(1, &wire, ms(0));
+    let ops = audio_call_ops;
+    let mut m = audio_call();
     let mut captured = Vec::new();
     let mut last_out = 0;
     for k in 0..100u16 {
