@@ -238,6 +238,42 @@ fn paired_table() {
     }
 }
 
+/// `FORWARD_CHECKPOINT=1`: what a worker's checkpoint export costs (every 100 ms it walks its
+/// legs and streams, see `sluice_core::table::checkpoint`), against the reference row of
+/// forwarding one packet to the same subscribers. Median of 31 exports.
+fn checkpoint_table() {
+    use sluice_core::table::checkpoint::Checkpoint;
+    eprintln!("checkpoint export (GCM), median of 31:");
+    eprintln!("{:>8} {:>14} {:>14} {:>22} {:>16}", "streams", "export µs", "ns/stream", "one packet's fan-out µs", "share of 100 ms");
+    for fanout in [16usize, 256, 2048] {
+        let s = Setup::new(Profile::AeadAes128Gcm, fanout);
+        let mut core = s.core();
+        let mut out = OutBatch::new(fanout + 8);
+        let mut fan = Vec::new();
+        for (i, p) in s.ring[..32].iter().enumerate() {
+            let mut b = p.clone();
+            out.clear();
+            let t = StdInstant::now();
+            core.handle_rx(Instant::from_nanos(i as u64 * step_ns()), 20_001, s.pub_addr, &mut b, &mut out);
+            fan.push(t.elapsed().as_nanos() as f64);
+        }
+        assert_eq!(out.len(), fanout, "every subscriber got the packet");
+        let mut times = Vec::new();
+        for _ in 0..31 {
+            let mut ck = Checkpoint::default();
+            let t = StdInstant::now();
+            core.checkpoint(&mut ck);
+            times.push(t.elapsed().as_nanos() as f64);
+            assert_eq!(ck.streams.len(), fanout);
+            black_box(&ck);
+        }
+        times.sort_by(f64::total_cmp);
+        fan.sort_by(f64::total_cmp);
+        let (export, one) = (times[15], fan[16]);
+        eprintln!("{:>8} {:>14.1} {:>14.1} {:>22.1} {:>15.3}%", fanout, export / 1e3, export / fanout as f64, one / 1e3, export / 1e6);
+    }
+}
+
 criterion_group!(benches, forward);
 
 /// `FORWARD_ONLY=core|raw|setup FORWARD_PROFILE=gcm|cm FORWARD_FANOUT=n FORWARD_PACKETS=n`:
@@ -264,6 +300,10 @@ fn single_side() -> bool {
 
 fn main() {
     if single_side() {
+        return;
+    }
+    if std::env::var_os("FORWARD_CHECKPOINT").is_some() {
+        checkpoint_table();
         return;
     }
     if !std::env::args().any(|a| a == "--list") && std::env::var_os("FORWARD_NO_PAIRED").is_none() {
