@@ -1,7 +1,10 @@
 //! The gRPC services. Handlers only move requests onto the engine's blocking thread and map its
 //! typed errors to precise statuses naming the field; all decisions live in `state`/`compile`.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt as _};
@@ -68,6 +71,8 @@ const MAX_GROUP: usize = 128;
 #[derive(Debug, Clone)]
 pub struct RoutesService {
     engine: Shared,
+    /// Open Watch streams, bounded node-wide and per connection.
+    watchers: Arc<WatchLimits>,
     /// Applies go to one committer thread, which takes whatever has queued up meanwhile as one
     /// group ([`crate::controller::Controller::apply_many`]: one fsync and one dataplane delta): the
     /// more signaling clients apply concurrently, the more each fsync carries.
@@ -75,8 +80,14 @@ pub struct RoutesService {
 }
 
 impl RoutesService {
-    /// The service over `engine` (starts its committer thread).
+    /// The service over `engine` (starts its committer thread), with the default Watch limits.
     pub fn new(engine: Shared) -> Self {
+        Self::with_watch_limits(engine, 1024, 16)
+    }
+
+    /// The service over `engine`, allowing `total` Watch streams at once and `per_connection`
+    /// on one client connection.
+    pub fn with_watch_limits(engine: Shared, total: usize, per_connection: usize) -> Self {
         let (commits, queue) = std::sync::mpsc::sync_channel::<ApplyJob>(4 * MAX_GROUP);
         let e = engine.clone();
         let spawned = std::thread::Builder::new().name("apply-commit".into()).spawn(move || {
@@ -98,7 +109,59 @@ impl RoutesService {
             // Without the thread every Apply answers UNAVAILABLE (its queue is closed).
             tracing::error!(error = %e, "cannot start the Apply committer thread");
         }
-        Self { engine, commits }
+        Self { engine, commits, watchers: Arc::new(WatchLimits { total, per_connection, open: Mutex::new((0, HashMap::new())) }) }
+    }
+}
+
+/// How many Watch streams are open, node-wide and per client connection (its address), against
+/// their limits: every stream holds buffers (its HTTP/2 stream, its place in the event channel),
+/// so a client opening thousands and reading none would grow the control plane without bound.
+#[derive(Debug)]
+struct WatchLimits {
+    total: usize,
+    per_connection: usize,
+    open: Mutex<(usize, HashMap<Option<SocketAddr>, usize>)>,
+}
+
+impl WatchLimits {
+    /// Takes a place for a stream of `peer`, or says which limit refuses it.
+    fn acquire(self: &Arc<Self>, peer: Option<SocketAddr>) -> Result<WatchGuard, Status> {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.0 >= self.total {
+            return Err(Status::resource_exhausted(format!(
+                "{} Watch streams are open, this node's limit (max_watchers); close one or watch from fewer clients",
+                open.0
+            )));
+        }
+        let mine = open.1.entry(peer).or_default();
+        if *mine >= self.per_connection {
+            return Err(Status::resource_exhausted(format!(
+                "this connection has {mine} Watch streams open, its limit (max_watchers_per_connection); one stream with an empty session filter watches every session"
+            )));
+        }
+        *mine += 1;
+        open.0 += 1;
+        Ok(WatchGuard { limits: self.clone(), peer })
+    }
+}
+
+/// A Watch stream's place, given back when the stream ends (or its client goes away).
+#[derive(Debug)]
+struct WatchGuard {
+    limits: Arc<WatchLimits>,
+    peer: Option<SocketAddr>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.1.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -141,6 +204,7 @@ impl pb::routes_server::Routes for RoutesService {
     type WatchStream = EventStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let guard = self.watchers.acquire(req.remote_addr())?;
         let filter = req.into_inner().session;
         if !filter.is_empty() {
             crate::state::check_id("session", &filter).map_err(|e| state_status(&e))?;
@@ -152,6 +216,11 @@ impl pb::routes_server::Routes for RoutesService {
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                 Some(Err(Status::data_loss(format!("watcher fell {n} events behind; re-read state with GetSession and watch again"))))
             }
+        });
+        // The stream owns its place: dropping it (the client went away) gives it back.
+        let stream = stream.map(move |item| {
+            let _place = &guard;
+            item
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -66,6 +66,10 @@ pub struct Config {
     /// The address WebRTC legs' host candidates announce (a public or load-balancer address);
     /// default: the dataplane's listen address.
     pub announce_ip: Option<std::net::IpAddr>,
+    /// Watch streams open at once, node-wide; one more is refused (RESOURCE_EXHAUSTED).
+    pub max_watchers: usize,
+    /// Watch streams open at once on one client connection.
+    pub max_watchers_per_connection: usize,
 }
 
 impl Default for Config {
@@ -81,6 +85,8 @@ impl Default for Config {
             node_id: None,
             heartbeat_ms: 1000,
             announce_ip: None,
+            max_watchers: 1024,
+            max_watchers_per_connection: 16,
         }
     }
 }
@@ -208,6 +214,12 @@ impl Config {
             Some(n) if !n.is_empty() && !n.contains(char::is_whitespace) => n.clone(),
             _ => return Err(ConfigError::Invalid { field: "node_id", why: "a non-empty node id without spaces is required with redis_url".into() }),
         };
+        if self.max_watchers == 0 {
+            return Err(ConfigError::Invalid { field: "max_watchers", why: "must be > 0".into() });
+        }
+        if self.max_watchers_per_connection == 0 {
+            return Err(ConfigError::Invalid { field: "max_watchers_per_connection", why: "must be > 0".into() });
+        }
         if self.heartbeat_ms == 0 {
             return Err(ConfigError::Invalid { field: "heartbeat_ms", why: "must be > 0".into() });
         }

@@ -196,7 +196,11 @@ async fn serve(config: Config, transport: Transport, engine: Shared) -> anyhow::
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::routes_server::RoutesServer::new(RoutesService::new(engine.clone())))
+        .add_service(pb::routes_server::RoutesServer::new(RoutesService::with_watch_limits(
+            engine.clone(),
+            config.max_watchers,
+            config.max_watchers_per_connection,
+        )))
         .add_service(pb::node_server::NodeServer::new(NodeService::new(engine)))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown())
         .await

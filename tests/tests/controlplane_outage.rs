@@ -13,7 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 mod cp;
-use cp::{Grpc, expect_code, session_req, start_controlplane_with, start_dataplane_in, wait_until};
+use cp::{Grpc, expect_code, session_req, start_controlplane_cfg, start_controlplane_with, start_dataplane, start_dataplane_in, wait_until};
 
 /// How long a read may take while the dataplane is stopped.
 const READ_BOUND: Duration = Duration::from_millis(200);
@@ -86,4 +86,42 @@ fn a_stopped_dataplane_does_not_freeze_the_api() {
     assert!(st.dataplane_connected && st.dataplane_generation > 0, "{st:?}");
     assert_eq!(st.sessions, 2);
     grpc.apply(session_req("after")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+}
+
+/// Watch streams are bounded (issue 15 item 6): a client cannot hold more than
+/// `max_watchers_per_connection` on one connection, nor all clients more than `max_watchers`;
+/// the one over the limit gets RESOURCE_EXHAUSTED naming the setting, and closing a stream
+/// frees its place at once. (3,000 stalled streams grew an unbounded control plane by 1.55 GB.)
+#[test]
+fn watch_streams_are_capped_per_connection_and_per_node() {
+    use sluice_controlplane::pb;
+    use sluice_controlplane::pb::routes_client::RoutesClient;
+    let dir = TempDir::new("cp-watch-cap");
+    let (_dp, sock) = start_dataplane(dir.path());
+    let (_cp, addr) = start_controlplane_cfg(dir.path(), &sock, 1, (19_700, 19_709), "plaintext = true\nmax_watchers = 5\nmax_watchers_per_connection = 3\n");
+    let a = Grpc::connect(addr);
+    let b = Grpc::connect(addr);
+    let watch = |g: &Grpc| {
+        let mut r = RoutesClient::new(g.channel.clone());
+        g.rt.block_on(r.watch(pb::WatchRequest { session: String::new() })).map(tonic::Response::into_inner)
+    };
+    let mut held: Vec<_> = (0..3).map(|_| watch(&a).expect("within the connection's limit")).collect();
+    let e = watch(&a).expect_err("a fourth on one connection");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_watchers_per_connection"), "{e:?}");
+    held.extend((0..2).map(|_| watch(&b).expect("another connection")));
+    let e = watch(&b).expect_err("a sixth on the node");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_watchers"), "{e:?}");
+    // Closing one gives its place back.
+    drop(held.pop());
+    let end = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        match watch(&b) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < end && e.code() == Code::ResourceExhausted => thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("the freed place was not given back: {e:?}"),
+        }
+    };
+    drop((again, held));
 }
