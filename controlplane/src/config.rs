@@ -70,6 +70,12 @@ pub struct Config {
     pub max_watchers: usize,
     /// Watch streams open at once on one client connection.
     pub max_watchers_per_connection: usize,
+    /// Quotas of the node (none by default): sessions, legs and subscriptions over all sessions.
+    pub max_sessions: Option<usize>,
+    /// See `max_sessions`.
+    pub max_legs: Option<usize>,
+    /// See `max_sessions`.
+    pub max_subscriptions: Option<usize>,
 }
 
 impl Default for Config {
@@ -87,6 +93,9 @@ impl Default for Config {
             announce_ip: None,
             max_watchers: 1024,
             max_watchers_per_connection: 16,
+            max_sessions: None,
+            max_legs: None,
+            max_subscriptions: None,
         }
     }
 }
@@ -214,6 +223,11 @@ impl Config {
             Some(n) if !n.is_empty() && !n.contains(char::is_whitespace) => n.clone(),
             _ => return Err(ConfigError::Invalid { field: "node_id", why: "a non-empty node id without spaces is required with redis_url".into() }),
         };
+        for (field, v) in [("max_sessions", self.max_sessions), ("max_legs", self.max_legs), ("max_subscriptions", self.max_subscriptions)] {
+            if v == Some(0) {
+                return Err(ConfigError::Invalid { field, why: "must be > 0 (leave it out for no quota)".into() });
+            }
+        }
         if self.max_watchers == 0 {
             return Err(ConfigError::Invalid { field: "max_watchers", why: "must be > 0".into() });
         }

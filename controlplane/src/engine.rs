@@ -445,6 +445,9 @@ impl Engine {
             dataplane_connected: false,
             dataplane_generation: 0,
             workers: Vec::new(),
+            max_sessions: quota(d.quotas.sessions),
+            max_legs: quota(d.quotas.legs),
+            max_subscriptions: quota(d.quotas.subscriptions),
         };
         if live.answering() {
             s.dataplane_connected = true;
@@ -467,6 +470,11 @@ impl Engine {
         }
         s
     }
+}
+
+/// A quota as the status reports it: 0 for none.
+fn quota(q: usize) -> u32 {
+    if q == usize::MAX { 0 } else { u32::try_from(q).unwrap_or(u32::MAX) }
 }
 
 #[cfg(test)]

@@ -115,6 +115,12 @@ fn main() -> anyhow::Result<()> {
         torn_bytes = info.torn_bytes,
         "desired state recovered"
     );
+    let mut desired = desired;
+    desired.quotas = sluice_controlplane::state::Quotas {
+        sessions: config.max_sessions.unwrap_or(usize::MAX),
+        legs: config.max_legs.unwrap_or(usize::MAX),
+        subscriptions: config.max_subscriptions.unwrap_or(usize::MAX),
+    };
     let mut engine = Engine::new(desired, journal);
     engine.set_announce_ip(config.announce_ip);
     let engine = Controller::new(engine, Link::new(&config.dataplane_socket));

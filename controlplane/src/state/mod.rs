@@ -268,12 +268,43 @@ pub struct Desired {
     /// the journal, never in a snapshot).
     #[serde(skip)]
     pub ice_secret: Vec<u8>,
+    /// What the node may hold (configuration, not state: never in a snapshot).
+    #[serde(skip)]
+    pub quotas: Quotas,
+}
+
+/// Per-node quotas: a change set that would go over one is refused with RESOURCE_EXHAUSTED
+/// naming it (a change that adds nothing of that kind passes, so a lowered quota never blocks
+/// the sessions already there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Sessions.
+    pub sessions: usize,
+    /// Legs, over every session.
+    pub legs: usize,
+    /// Subscriptions, over every session.
+    pub subscriptions: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self { sessions: usize::MAX, legs: usize::MAX, subscriptions: usize::MAX }
+    }
 }
 
 impl Desired {
     /// An empty node with this port range.
     pub fn new(ports: PortRange) -> Self {
-        Self { ports, draining: false, next_leg: 1, next_track: 1, next_port: ports.start, sessions: BTreeMap::new(), ice_secret: Vec::new() }
+        Self {
+            ports,
+            draining: false,
+            next_leg: 1,
+            next_track: 1,
+            next_port: ports.start,
+            sessions: BTreeMap::new(),
+            ice_secret: Vec::new(),
+            quotas: Quotas::default(),
+        }
     }
 
     /// Removes what the dataplane's tables refuse (specs failing their `validate`), which only a
@@ -395,6 +426,7 @@ impl Desired {
             stage.change(i, change)?;
         }
         let Stage { mut session, next_leg, next_track, next_port, ports, mut events, .. } = stage;
+        self.check_quotas(&req.session, existing, &session)?;
         session.revision = current + 1;
         let committed = Committed { revision: session.revision, ports };
         if !req.idempotency_key.is_empty() {
@@ -419,6 +451,39 @@ impl Desired {
             outcome: Outcome { session: req.session.clone(), committed, events, replayed: false },
             staged: Some(Staged { session: Box::new(session), next_leg, next_track, next_port }),
         })
+    }
+
+    /// Refuses a change set that would take the node over a quota with what it adds: a new
+    /// session, more legs, more subscriptions. (The other sessions are counted per session, not
+    /// per leg, unless this one grows.)
+    fn check_quotas(&self, name: &str, existing: Option<&Session>, staged: &Session) -> Result<(), StateError> {
+        let q = self.quotas;
+        if existing.is_none() && self.sessions.len() >= q.sessions {
+            return Err(err(ErrorKind::ResourceExhausted, "session", format!("the node holds {} sessions, its quota (max_sessions)", self.sessions.len())));
+        }
+        let (old_legs, old_subs) = existing.map_or((0, 0), |s| (s.legs.len(), s.subscription_count()));
+        let (new_legs, new_subs) = (staged.legs.len(), staged.subscription_count());
+        if new_legs <= old_legs && new_subs <= old_subs {
+            return Ok(());
+        }
+        let others = self.sessions.iter().filter(|(n, _)| n.as_str() != name);
+        if new_legs > old_legs {
+            let legs = others.clone().map(|(_, s)| s.legs.len()).sum::<usize>() + new_legs;
+            if legs > q.legs {
+                return Err(err(ErrorKind::ResourceExhausted, "changes", format!("the node would hold {legs} legs, over its quota of {} (max_legs)", q.legs)));
+            }
+        }
+        if new_subs > old_subs {
+            let subs = others.map(|(_, s)| s.subscription_count()).sum::<usize>() + new_subs;
+            if subs > q.subscriptions {
+                return Err(err(
+                    ErrorKind::ResourceExhausted,
+                    "changes",
+                    format!("the node would hold {subs} subscriptions, over its quota of {} (max_subscriptions)", q.subscriptions),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// What [`Desired::restore`] needs to take back changes to `session` committed after this.
@@ -617,6 +682,9 @@ pub fn fingerprint(bytes: &[u8]) -> u64 {
 /// Request builders shared by the unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures;
+
+#[cfg(test)]
+mod quota_tests;
 
 #[cfg(test)]
 mod tests {
