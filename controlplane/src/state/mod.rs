@@ -454,8 +454,8 @@ impl Desired {
     }
 
     /// Refuses a change set that would take the node over a quota with what it adds: a new
-    /// session, more legs, more subscriptions. (The other sessions are counted per session, not
-    /// per leg, unless this one grows.)
+    /// session, more legs, more subscriptions. (The other sessions are counted only when this one
+    /// grows against a quota that is set.)
     fn check_quotas(&self, name: &str, existing: Option<&Session>, staged: &Session) -> Result<(), StateError> {
         let q = self.quotas;
         if existing.is_none() && self.sessions.len() >= q.sessions {
@@ -467,13 +467,13 @@ impl Desired {
             return Ok(());
         }
         let others = self.sessions.iter().filter(|(n, _)| n.as_str() != name);
-        if new_legs > old_legs {
+        if new_legs > old_legs && q.legs != usize::MAX {
             let legs = others.clone().map(|(_, s)| s.legs.len()).sum::<usize>() + new_legs;
             if legs > q.legs {
                 return Err(err(ErrorKind::ResourceExhausted, "changes", format!("the node would hold {legs} legs, over its quota of {} (max_legs)", q.legs)));
             }
         }
-        if new_subs > old_subs {
+        if new_subs > old_subs && q.subscriptions != usize::MAX {
             let subs = others.map(|(_, s)| s.subscription_count()).sum::<usize>() + new_subs;
             if subs > q.subscriptions {
                 return Err(err(
