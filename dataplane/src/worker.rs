@@ -39,6 +39,8 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 const LATENCY_SAMPLE: u64 = 8;
 /// The longest a worker waits for datagrams before it looks at its messages again.
 const MAX_WAIT: Duration = Duration::from_millis(5);
+/// Leg ports that failed to open, logged one by one per delta; the rest get one line.
+const LOGGED_BIND_ERRORS: usize = 10;
 
 /// One worker's state.
 pub struct Worker {
@@ -55,6 +57,8 @@ pub struct Worker {
     batched: u64,
     epoch: WallInstant,
     bind_errors: u64,
+    /// Leg ports that failed to open (each logged once while it keeps failing).
+    unbound: BTreeSet<u16>,
     peer_queue_full: u64,
     slow: Option<Sender<SlowMsg>>,
     slow_queue_full: u64,
@@ -111,6 +115,7 @@ impl Worker {
             batched: 0,
             epoch,
             bind_errors: 0,
+            unbound: BTreeSet::new(),
             peer_queue_full: 0,
             slow,
             slow_queue_full: 0,
@@ -332,12 +337,41 @@ impl Worker {
                 tracing::warn!(worker = self.index, port = p, error = %e, "closing leg port");
             }
         }
+        // Ports that cannot be opened are retried with every delta that changes legs, but each
+        // is logged once (while it keeps failing), and at most LOGGED_BIND_ERRORS of them per
+        // delta, then one line with the count: 50,000 unbindable legs must not flood the log.
+        let mut logged = 0;
+        let mut more = 0u64;
+        let mut first_error = None;
         for &p in want.difference(&have) {
-            if let Err(e) = self.io.add_port(p) {
-                self.bind_errors += 1;
-                tracing::error!(worker = self.index, port = p, error = %e, "cannot open leg port; the leg receives nothing");
+            match self.io.add_port(p) {
+                Ok(_) => {
+                    self.unbound.remove(&p);
+                }
+                Err(e) => {
+                    self.bind_errors += 1;
+                    if !self.unbound.insert(p) {
+                        continue;
+                    }
+                    if logged < LOGGED_BIND_ERRORS {
+                        logged += 1;
+                        tracing::error!(worker = self.index, port = p, error = %e, "cannot open leg port; the leg receives nothing");
+                    } else {
+                        more += 1;
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
             }
         }
+        if more > 0 {
+            tracing::error!(
+                worker = self.index,
+                ports = more,
+                error = first_error.as_deref().unwrap_or(""),
+                "cannot open more leg ports (not listed one by one)"
+            );
+        }
+        self.unbound.retain(|p| want.contains(p));
     }
 
     fn flush(&mut self) {

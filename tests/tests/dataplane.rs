@@ -735,3 +735,33 @@ fn a_peer_without_rtcp_mux_sends_rtcp_from_the_next_port_and_its_media_keeps_flo
     }
     assert!(got_pli, "no PLI at the peer's RTCP port\n{}", daemon.log_text());
 }
+
+/// Issue 15 item 6: leg ports another process holds are logged once each, at most ten per
+/// worker and delta, then one line with the count; a later delta that retries them (every delta
+/// with legs does) logs nothing new for them. (50,000 unbindable legs wrote 465,000 lines.)
+#[test]
+fn ports_that_cannot_be_opened_are_logged_once_and_summarized() {
+    const BASE: u16 = 38_700;
+    let dir = TempDir::new("dp-bind-log");
+    let (daemon, sock) = start_daemon(&dir, "mmsg");
+    let held: Vec<_> = (0..30).map(|i| std::net::UdpSocket::bind(("127.0.0.1", BASE + i)).expect("the test holds the port")).collect();
+    let k = KeyMaterial::seeded(Profile::AeadAes128Gcm, 1);
+    let leg = |i: u16| Op::UpsertLeg(LegSpec::new(LegId(700_000 + u32::from(i)), BASE + i, k.clone(), k.clone(), Ssrc(1)));
+    let mut control = Client::connect(&sock).unwrap();
+    let apply = |control: &mut Client, g: u64, ops: Vec<Op>| {
+        let resp = control.call(&Request::Apply(Delta { generation: Generation(g), replace_all: false, ops })).unwrap();
+        assert!(matches!(resp, Response::Applied(_)), "{resp:?}");
+    };
+    apply(&mut control, 1, (0..30).map(leg).collect());
+    let count = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let log = daemon.log_text();
+    // Two workers, 15 held ports each: ten listed and one summary line each.
+    assert_eq!(count(&log, "cannot open leg port;"), 20, "{log}");
+    assert_eq!(count(&log, "cannot open more leg ports"), 2, "{log}");
+    assert!(log.contains("ports=5"), "{log}");
+    // Another delta with a leg retries the held ports and logs nothing about them.
+    apply(&mut control, 2, vec![leg(40)]);
+    let log = daemon.log_text();
+    assert_eq!((count(&log, "cannot open leg port;"), count(&log, "cannot open more leg ports")), (20, 2), "{log}");
+    drop(held);
+}
