@@ -242,6 +242,7 @@ impl Journal {
             Err(e) => return Err(io_err("read", &snap_path)(e)),
         };
         desired.ports = ports;
+        desired.reindex();
         desired.ice_secret = ice_secret(dir)?;
         let jpath = dir.join("journal.bin");
         let mut bytes = Vec::new();

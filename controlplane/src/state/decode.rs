@@ -12,10 +12,28 @@ pub(super) struct Stage<'a> {
     pub(super) next_track: u32,
     pub(super) next_port: u16,
     pub(super) range: PortRange,
-    pub(super) used_elsewhere: BTreeSet<u16>,
+    pub(super) used_elsewhere: Elsewhere<'a>,
     pub(super) ports: Vec<(String, u16)>,
     pub(super) events: Vec<pb::Event>,
     pub(super) ice_secret: &'a [u8],
+}
+
+/// The ports other sessions hold (and ports to avoid), as a new leg's port is chosen.
+pub(super) enum Elsewhere<'a> {
+    /// The node's port index, which names the session holding each port.
+    Index { owner: &'a BTreeMap<u16, String>, session: &'a str, avoid: &'a BTreeSet<u16> },
+    /// Collected from every other session (the index is not built: a state loaded and not yet
+    /// reindexed).
+    Collected(BTreeSet<u16>),
+}
+
+impl Elsewhere<'_> {
+    fn contains(&self, port: u16) -> bool {
+        match self {
+            Self::Index { owner, session, avoid } => avoid.contains(&port) || owner.get(&port).is_some_and(|s| s != session),
+            Self::Collected(set) => set.contains(&port),
+        }
+    }
 }
 
 pub(super) fn event(e: pb::event::Event) -> pb::Event {
@@ -92,11 +110,12 @@ impl Stage<'_> {
     /// [`Stage::allocate_port`], also avoiding `taken` (a port the leg being decoded already
     /// got); with `prefer`, that port if it is free and in the range.
     fn allocate_port_besides(&mut self, field: &str, taken: Option<(u16, Option<u16>)>) -> Result<u16, StateError> {
-        let used: BTreeSet<u16> =
-            self.session.legs.values().flat_map(leg_ports).chain(self.used_elsewhere.iter().copied()).chain(taken.map(|(t, _)| t)).collect();
+        // This session's own ports (its size, not the node's), the node's through the index.
+        let own: BTreeSet<u16> = self.session.legs.values().flat_map(leg_ports).chain(taken.map(|(t, _)| t)).collect();
+        let used = |p: u16| own.contains(&p) || self.used_elsewhere.contains(p);
         if let Some(p) = taken.and_then(|(_, prefer)| prefer)
             && (self.range.start..=self.range.end).contains(&p)
-            && !used.contains(&p)
+            && !used(p)
         {
             return Ok(p);
         }
@@ -106,7 +125,7 @@ impl Stage<'_> {
         for k in 0..n {
             let p = (start - u32::from(self.range.start) + k) % n + u32::from(self.range.start);
             let p = p as u16;
-            if !used.contains(&p) {
+            if !used(p) {
                 self.next_port = if p == self.range.end { self.range.start } else { p + 1 };
                 return Ok(p);
             }

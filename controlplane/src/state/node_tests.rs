@@ -1,0 +1,69 @@
+//! Node-wide parts of the desired state (issue 15 item 6): per-node quotas (a change set that
+//! would take the node over its quota of sessions, legs or subscriptions is refused with
+//! RESOURCE_EXHAUSTED naming the quota, and changes nothing; one that adds nothing of that kind
+//! passes even over a quota, so a quota lowered at a restart never blocks the sessions already
+//! there), and the port index that keeps an Apply's cost the size of its own session.
+
+use super::fixtures::*;
+use super::*;
+
+#[test]
+fn quotas_refuse_what_would_go_over_them_and_only_that() {
+    let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+    d.quotas = Quotas { sessions: 2, legs: 5, subscriptions: 3 };
+    d.apply(&pair("m")).unwrap();
+    d.apply(&req("n", vec![leg("x"), leg("y")])).unwrap();
+    let refused = |d: &mut Desired, r: &pb::ChangeSet, quota: &str| {
+        let before = d.clone();
+        let e = d.apply(r).expect_err("over a quota");
+        assert_eq!(e.kind, ErrorKind::ResourceExhausted, "{e:?}");
+        assert!(e.message.contains(quota), "{quota} not in {e:?}");
+        assert_eq!(*d, before, "a refused change set changes nothing");
+    };
+    refused(&mut d, &req("third", vec![leg("z")]), "max_sessions");
+    // 4 legs: one more fits, two more do not.
+    refused(&mut d, &req("n", vec![leg("z1"), leg("z2")]), "max_legs");
+    d.apply(&req("n", vec![leg("z1")])).unwrap();
+    // 2 subscriptions: one more fits, then none.
+    d.apply(&req("n", vec![video("vx", "x", 300), sub("y", "vx", 3000, 0, false)])).unwrap();
+    refused(&mut d, &req("n", vec![sub("z1", "vx", 3001, 0, false)]), "max_subscriptions");
+    // Over a lowered quota, a change that adds no leg still passes.
+    d.quotas.legs = 2;
+    d.apply(&req("n", vec![sub("y", "vx", 3000, 1, false)])).unwrap();
+    refused(&mut d, &req("m", vec![leg("c")]), "max_legs");
+}
+
+/// The port index follows every change (apply, upsert with a new RTCP port, delete, undo) and
+/// always equals one rebuilt from the sessions; a state loaded without it (a snapshot) gives
+/// new legs the same ports as one with it.
+#[test]
+fn the_port_index_stays_in_step_with_the_sessions() {
+    let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+    let check = |d: &Desired| {
+        let mut fresh = d.clone();
+        fresh.reindex();
+        assert_eq!(d.port_index.owner, fresh.port_index.owner);
+        assert!(d.port_index.built);
+    };
+    d.apply(&pair("m")).unwrap();
+    d.apply(&req("n", vec![leg("x"), leg("y")])).unwrap();
+    check(&d);
+    let mut sip = leg("x");
+    if let Some(pb::change::Change::Leg(l)) = &mut sip.change {
+        l.separate_rtcp = true;
+    }
+    d.apply(&req("n", vec![sip])).unwrap();
+    check(&d);
+    let undo = d.undo_point("m");
+    d.apply(&req("m", vec![leg("c"), leg("e")])).unwrap();
+    check(&d);
+    d.restore(undo);
+    check(&d);
+    d.delete_session(&pb::DeleteSessionRequest { session: "n".into(), expected_revision: None }).unwrap();
+    check(&d);
+    // Loaded without the index: the same ports as with it.
+    let mut loaded: Desired = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+    assert!(!loaded.port_index.built);
+    let (a, b) = (d.apply(&req("o", vec![leg("p"), leg("q")])).unwrap(), loaded.apply(&req("o", vec![leg("p"), leg("q")])).unwrap());
+    assert_eq!(a.committed.ports, b.committed.ports);
+}
