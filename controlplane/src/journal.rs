@@ -104,6 +104,19 @@ pub enum JournalError {
     /// Another process holds the state directory.
     #[error(transparent)]
     Locked(#[from] sluice_api::lock::LockError),
+    /// The configured port range leaves out ports acknowledged legs hold: starting would move them
+    /// (their participants were told the port).
+    #[error(
+        "controlplane.port_range [{}, {}] leaves out {} port(s) that acknowledged legs hold ({}): widen the range to cover them, \
+         or delete those sessions first; nothing was changed",
+        .range.0, .range.1, .legs.len(), .legs.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    )]
+    RangeLeavesLegs {
+        /// The configured range.
+        range: (u16, u16),
+        /// "session S leg L port P" for each port left out.
+        legs: Vec<String>,
+    },
     /// A journaled request no longer applies (the journal belongs to another build or range).
     #[error("journal record {seq} does not replay: {why}")]
     Replay {
@@ -216,8 +229,11 @@ fn ice_secret(dir: &Path) -> Result<Vec<u8>, JournalError> {
 
 impl Journal {
     /// Opens (creating) the state in `dir` and recovers the desired state: the snapshot, then
-    /// every journal record after it. A new state starts with `ports`; a recovered one keeps its
-    /// own range unless `ports` differs, in which case the configured range wins for new legs.
+    /// every journal record after it, replayed under the port range they were acknowledged
+    /// under (the snapshot's: the records after it were journaled under that range, since a
+    /// start that changes the range, or finds no snapshot, writes one). Then the configured
+    /// `ports` take over for new legs, unless they leave out a port an acknowledged leg holds:
+    /// then nothing changes and the start is refused, naming the legs.
     pub fn open(dir: &Path, ports: PortRange) -> Result<(Self, Desired, RecoveryInfo), JournalError> {
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         // The journal holds SRTP master keys: owner only.
@@ -241,7 +257,10 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Desired::new(ports), 0),
             Err(e) => return Err(io_err("read", &snap_path)(e)),
         };
-        desired.ports = ports;
+        let had_snapshot = snap_seq > 0 || snap_path.exists();
+        // Replayed under the range the records were acknowledged under (see above).
+        let acknowledged_range = if had_snapshot { desired.ports } else { ports };
+        desired.ports = acknowledged_range;
         desired.reindex();
         desired.ice_secret = ice_secret(dir)?;
         let jpath = dir.join("journal.bin");
@@ -285,8 +304,21 @@ impl Journal {
             file.set_len(pos as u64).map_err(io_err("truncate", &jpath))?;
             file.sync_all().map_err(io_err("fsync", &jpath))?;
         }
+        let outside = desired.legs_outside(ports);
+        if !outside.is_empty() {
+            return Err(JournalError::RangeLeavesLegs {
+                range: (ports.start, ports.end),
+                legs: outside.into_iter().map(|(s, l, p)| format!("session {s} leg {l} port {p}")).collect(),
+            });
+        }
+        desired.ports = ports;
         let info = RecoveryInfo { snapshot_seq: snap_seq, replayed, left_out, torn_bytes: torn };
-        Ok((Self { _lock: lock, dir: dir.to_path_buf(), file, seq, since_snapshot: records }, desired, info))
+        let mut journal = Self { _lock: lock, dir: dir.to_path_buf(), file, seq, since_snapshot: records };
+        if !had_snapshot || acknowledged_range != ports {
+            // From here on the records are journaled under `ports`: a snapshot says so.
+            journal.compact(&desired)?;
+        }
+        Ok((journal, desired, info))
     }
 
     /// Cuts a damaged journal in `dir` where its valid records end, after keeping a copy of the
@@ -723,7 +755,9 @@ mod tests {
         let r = Record::Apply(pair("m"));
         r.replay(&mut desired).unwrap();
         j.append(&r).unwrap();
-        // The rename onto state.json fails: it is a directory that is not empty.
+        // The rename onto state.json fails: it is a directory that is not empty (in place of the
+        // snapshot the first open wrote).
+        std::fs::remove_file(d.join("state.json")).unwrap();
         std::fs::create_dir_all(d.join("state.json").join("x")).unwrap();
         assert!(j.compact(&desired).is_err());
         assert!(!d.join("state.json.tmp").exists(), "the temporary snapshot is removed");

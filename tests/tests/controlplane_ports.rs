@@ -85,3 +85,45 @@ fn a_port_held_by_another_process_is_skipped_and_replay_keeps_the_ports() {
     let next: Vec<u16> = second.ports.iter().map(|p| p.local_port as u16).collect();
     assert_eq!(next, [33_644, 33_645, 33_646]);
 }
+
+/// Issue 15 item 5: the control plane never moves an acknowledged leg's port because its
+/// configured range changed. Restarted with a range that leaves out a leg's port, it refuses to
+/// start and names the leg, the port and what to do; with the range back it starts and the leg
+/// still has its port.
+#[test]
+fn a_narrowed_port_range_refuses_to_start_naming_the_legs_it_would_move() {
+    let dir = TempDir::new("cp-range-narrowed");
+    let (_dataplane, dp_sock) = start_dataplane_in(dir.path(), (33_620, 33_629));
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, (33_620, 33_629));
+    let mut grpc = Grpc::connect(addr);
+    let first = grpc.apply(session_req("first")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let held: Vec<u32> = first.ports.iter().map(|p| p.local_port).collect();
+    drop(grpc);
+    drop(cp);
+    let (mut narrowed, _) = {
+        // (start_controlplane_with waits for "gRPC ready"; this one must exit instead.)
+        let cfg = dir.path().join("controlplane-narrow.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[controlplane]\nplaintext = true\ngrpc_listen = \"127.0.0.1:0\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [33625, 33629]\n",
+                dp_sock.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        (sluice_tests::Daemon::start("sluice-controlplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("narrow.log")), ())
+    };
+    let status = narrowed.wait_exit(std::time::Duration::from_secs(20)).unwrap_or_else(|| panic!("it did not refuse to start:\n{}", narrowed.log_text()));
+    assert!(!status.success());
+    let log = narrowed.log_text();
+    assert!(log.contains("leaves out") && log.contains("session first") && log.contains(&format!("port {}", held[0])), "{log}");
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 3, (33_620, 33_629));
+    let mut grpc = Grpc::connect(addr);
+    let s = grpc.session("first").unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+    let mut ports: Vec<u32> = s.legs.iter().map(|l| l.local_port).collect();
+    ports.sort_unstable();
+    let mut want = held.clone();
+    want.sort_unstable();
+    assert_eq!(ports, want, "the legs kept their ports");
+}

@@ -351,6 +351,20 @@ impl Desired {
         }
     }
 
+    /// Acknowledged legs holding a port outside `range` (session, leg, port): a range narrowed
+    /// at a restart must not move them (their participants were told the port).
+    pub fn legs_outside(&self, range: PortRange) -> Vec<(String, String, u16)> {
+        let mut out = Vec::new();
+        for (s, sess) in &self.sessions {
+            for (l, spec) in &sess.legs {
+                for p in leg_ports(spec).filter(|p| !(range.start..=range.end).contains(p)) {
+                    out.push((s.clone(), l.clone(), p));
+                }
+            }
+        }
+        out
+    }
+
     /// Builds the port index from the sessions (after loading them from a snapshot); every
     /// change keeps it in step from then on.
     pub fn reindex(&mut self) {
