@@ -765,3 +765,140 @@ fn ports_that_cannot_be_opened_are_logged_once_and_summarized() {
     assert_eq!((count(&log, "cannot open leg port;"), count(&log, "cannot open more leg ports")), (20, 2), "{log}");
     drop(held);
 }
+
+/// A real client without rtcp-mux: ffmpeg sends a PCMU tone as SRTP (AES_CM_128_HMAC_SHA1_80,
+/// SDES-style keys) from its local port L to the leg's port P, and its RTCP from L + 1 to
+/// P + 1, the leg's RTCP port. Sluice authenticates and forwards the audio to a subscriber,
+/// which decrypts it with its own keys; ffmpeg's RTCP is taken (sender reports consumed) and
+/// nothing is dropped as from an unknown source.
+#[test]
+fn ffmpeg_without_rtcp_mux_publishes_through_a_leg_with_its_own_rtcp_port() {
+    use sluice_core::ids::{Pt, TrackId};
+    use sluice_core::srtp::{RtpRecvState, SrtpKeys};
+    use sluice_core::table::{Codec, LayerSpec, MediaKind, PayloadSpec, RtcpComponent, SubscriptionSpec, TrackSpec};
+    const P: u16 = 38_970;
+    const PUBLISHER_SSRC: u32 = 0x1234_5678;
+    assert!(std::path::Path::new("/usr/bin/ffmpeg").exists(), "/usr/bin/ffmpeg is missing (scripts/setup.sh installs it)");
+    let dir = TempDir::new("dp-ffmpeg");
+    let (daemon, sock) = start_daemon(&dir, "mmsg");
+    let up = KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 7);
+    let down = KeyMaterial::seeded(Profile::AesCm128HmacSha1_80, 8);
+    let subscriber = participant_socket();
+    let publisher = LegSpec {
+        rtcp: Some(Box::new(RtcpComponent { local_port: P + 1, remote: None })),
+        ..LegSpec::new(LegId(1), P, up.clone(), up.clone(), Ssrc(0xfeed_0001))
+    };
+    let sub_leg = LegSpec { remote: Some(subscriber.local_addr().unwrap()), ..LegSpec::new(LegId(2), P + 2, down.clone(), down.clone(), Ssrc(0xfeed_0002)) };
+    let track = TrackSpec {
+        id: TrackId(1),
+        publisher: LegId(1),
+        kind: MediaKind::Audio,
+        clock_rate: 8000,
+        layers: vec![LayerSpec { ssrc: Some(Ssrc(PUBLISHER_SSRC)), rtx_ssrc: None, rid: None }],
+        payload_types: vec![PayloadSpec { pt: Pt(0), codec: Codec::Audio, rtx_pt: None }],
+        rid_ext: None,
+        repaired_rid_ext: None,
+        mid: None,
+        audio_level_ext: None,
+        speaker_group: None,
+    };
+    let sub = SubscriptionSpec {
+        subscriber: LegId(2),
+        track: TrackId(1),
+        out_ssrc: Ssrc(0x2222),
+        out_rtx_ssrc: None,
+        pt_map: vec![(Pt(0), Pt(0))],
+        ext_map: vec![],
+        target_layer: 0,
+        paused: false,
+        priority: 0,
+    };
+    let ops = vec![Op::UpsertLeg(publisher), Op::UpsertLeg(sub_leg), Op::UpsertTrack(track), Op::UpsertSubscription(sub)];
+    let mut control = Client::connect(&sock).unwrap();
+    let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).unwrap();
+    assert!(matches!(resp, Response::Applied(_)), "{resp:?}\n{}", daemon.log_text());
+    // SDES inline key: base64 of the 16-byte master key and 14-byte salt.
+    let key_b64 = base64(&[up.key.as_slice(), up.salt.as_slice()].concat());
+    let local = {
+        // ffmpeg's own ports: a free pair L, L + 1.
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let l = a.local_addr().unwrap().port();
+        drop(a);
+        l - l % 2
+    };
+    let url = format!("srtp://127.0.0.1:{P}?rtcpport={}&localrtpport={local}&localrtcpport={}", P + 1, local + 1);
+    let ffmpeg = std::process::Command::new("/usr/bin/ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=8000",
+            "-t",
+            "3",
+            "-c:a",
+            "pcm_mulaw",
+            "-ac",
+            "1",
+        ])
+        .args([
+            "-f",
+            "rtp",
+            "-ssrc",
+            &PUBLISHER_SSRC.to_string(),
+            "-payload_type",
+            "0",
+            "-srtp_out_suite",
+            "AES_CM_128_HMAC_SHA1_80",
+            "-srtp_out_params",
+            &key_b64,
+            &url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffmpeg starts");
+    let keys = SrtpKeys::new(down.profile, &down.key, &down.salt).unwrap();
+    let mut recv = RtpRecvState::new(1024);
+    let mut buf = [0u8; 2048];
+    let (mut got, mut bad) = (0, 0);
+    let end = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < end && got < 20 {
+        let Ok(n) = subscriber.recv(&mut buf) else { continue };
+        match keys.unprotect_rtp(&mut recv, &mut buf, n) {
+            Ok(_) => got += 1,
+            Err(_) => bad += 1,
+        }
+    }
+    let out = ffmpeg.wait_with_output().unwrap();
+    let stats = match control.call(&Request::Stats).unwrap() {
+        Response::Stats(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let drops = |r: sluice_core::verdict::DropReason| stats.iter().map(|c| c.drops_for(r)).sum::<u64>();
+    let log = daemon.log_text();
+    assert!(got >= 20 && bad == 0, "the subscriber decrypted {got} packets ({bad} failed); ffmpeg: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(drops(sluice_core::verdict::DropReason::UnknownSource), 0, "{log}");
+    assert_eq!(drops(sluice_core::verdict::DropReason::AuthFailed), 0, "{log}");
+    assert!(drops(sluice_core::verdict::DropReason::RtcpConsumed) >= 1, "ffmpeg's sender reports were taken at the RTCP port\n{log}");
+}
+
+/// Standard base64 (RFC 4648) with padding.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
