@@ -358,19 +358,8 @@ impl Journal {
     /// a crash once this returns, or none was committed.
     pub fn append_all(&mut self, records: &[Record]) -> Result<(), JournalError> {
         let jpath = self.dir.join("journal.bin");
-        let mut frame = Vec::new();
-        let mut seq = self.seq;
-        for record in records {
-            seq += 1;
-            let (kind, body) = record.encode();
-            let mut payload = Vec::with_capacity(9 + body.len());
-            payload.extend_from_slice(&seq.to_be_bytes());
-            payload.push(kind);
-            payload.extend_from_slice(&body);
-            frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            frame.extend_from_slice(&fingerprint(&payload).to_be_bytes());
-            frame.extend_from_slice(&payload);
-        }
+        let frame = frame_records(self.seq, records);
+        let seq = self.seq + records.len() as u64;
         let before = self.file.metadata().map_err(io_err("stat", &jpath))?.len();
         let written = self.file.write_all(&frame).map_err(io_err("append", &jpath)).and_then(|()| self.file.sync_data().map_err(io_err("fsync", &jpath)));
         if let Err(e) = written {
@@ -394,12 +383,10 @@ impl Journal {
     pub fn compact(&mut self, desired: &Desired) -> Result<(), JournalError> {
         let snap = self.dir.join("state.json");
         let tmp = self.dir.join("state.json.tmp");
-        let body = serde_json::to_vec(&Snapshot { last_seq: self.seq, desired: desired.clone() })
-            .map_err(|source| JournalError::Snapshot { path: snap.clone(), source })?;
-        let header = format!("{SNAPSHOT_MAGIC}{SNAPSHOT_VERSION} fnv64={:016x} len={}\n", fingerprint(&body), body.len());
+        let bytes = snapshot_bytes(self.seq, desired).map_err(|source| JournalError::Snapshot { path: snap.clone(), source })?;
         let written = (|| {
             let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-            f.write_all(header.as_bytes()).and_then(|()| f.write_all(&body)).map_err(io_err("write", &tmp))?;
+            f.write_all(&bytes).map_err(io_err("write", &tmp))?;
             f.sync_all().map_err(io_err("fsync", &tmp))?;
             std::fs::rename(&tmp, &snap).map_err(io_err("rename", &snap))
         })();
@@ -440,6 +427,61 @@ pub struct RecoveryInfo {
     pub left_out: u64,
     /// Bytes of a torn tail that were cut off.
     pub torn_bytes: usize,
+}
+
+/// The journal frames of `records`, numbered from `after + 1`: per record its payload's length
+/// (u32 BE), the payload's FNV-1a (u64 BE), and the payload (sequence number u64 BE, kind, body).
+fn frame_records(after: u64, records: &[Record]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    for (seq, record) in (after + 1..).zip(records) {
+        let (kind, body) = record.encode();
+        let mut payload = Vec::with_capacity(9 + body.len());
+        payload.extend_from_slice(&seq.to_be_bytes());
+        payload.push(kind);
+        payload.extend_from_slice(&body);
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&fingerprint(&payload).to_be_bytes());
+        frame.extend_from_slice(&payload);
+    }
+    frame
+}
+
+/// The bytes of `state.json` for `desired`, which holds every record up to `last_seq`.
+fn snapshot_bytes(last_seq: u64, desired: &Desired) -> Result<Vec<u8>, serde_json::Error> {
+    let body = serde_json::to_vec(&Snapshot { last_seq, desired: desired.clone() })?;
+    let mut out = format!("{SNAPSHOT_MAGIC}{SNAPSHOT_VERSION} fnv64={:016x} len={}\n", fingerprint(&body), body.len()).into_bytes();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The readers of the journal and the snapshot on bytes instead of files, and the writers'
+/// encodings: the entry points of the fuzz targets (`fuzz/fuzz_targets/journal_readers.rs`).
+pub mod readers {
+    use super::*;
+
+    /// What the snapshot reader makes of `bytes`: the state it holds, or why they are refused.
+    pub fn snapshot(bytes: &[u8]) -> Result<Desired, String> {
+        read_snapshot(Path::new("state.json"), bytes).map(|s| s.desired).map_err(|e| e.to_string())
+    }
+
+    /// What the journal reader makes of `bytes`: the valid records from the start, and whether
+    /// what follows them is a torn final append (`Ok`: cut) or damage (`Err`: the start is
+    /// refused).
+    pub fn journal(bytes: &[u8]) -> (Vec<Record>, Result<(), String>) {
+        let (records, pos) = valid_records(bytes);
+        let tail = check_tail(bytes, pos, records.last().map_or(0, |r| r.0));
+        (records.into_iter().map(|(_, r)| r).collect(), tail)
+    }
+
+    /// A journal holding `records` (sequence numbers from 1), as appends write it.
+    pub fn encode_journal(records: &[Record]) -> Vec<u8> {
+        frame_records(0, records)
+    }
+
+    /// A snapshot of `desired`, as a compaction writes it.
+    pub fn encode_snapshot(desired: &Desired) -> Vec<u8> {
+        snapshot_bytes(0, desired).expect("the desired state serializes")
+    }
 }
 
 /// The snapshot header's first word.
@@ -809,5 +851,53 @@ mod tests {
         drop(j);
         assert_eq!(Journal::open(&d, PORTS).unwrap().1, desired);
         let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+#[cfg(test)]
+mod corruption {
+    //! The fuzz target `journal_readers`'s property, over a fixed stream of random corruptions so
+    //! it runs in the suite: a corrupted journal yields a prefix of what was written, a corrupted
+    //! snapshot exactly what was written or a refusal; never a panic.
+    use super::*;
+    use crate::state::fixtures::{pair, req};
+
+    #[test]
+    fn random_corruption_never_loads_altered_state() {
+        let written = vec![Record::Drain(true), Record::Apply(pair("m")), Record::Drain(false), Record::Apply(req("m", vec![]))];
+        let journal = readers::encode_journal(&written);
+        let mut desired = Desired::new(PortRange { start: 30_000, end: 30_009 });
+        desired.apply(&pair("m")).unwrap();
+        let snapshot = readers::encode_snapshot(&desired);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut refused, mut prefixes) = (0, 0);
+        for round in 0..4000 {
+            let good = if round % 2 == 0 { &journal } else { &snapshot };
+            let mut bad = good.clone();
+            for _ in 0..=(next() % 3) {
+                let at = (next() % bad.len() as u64) as usize;
+                bad[at] ^= (next() % 255 + 1) as u8;
+            }
+            if next() % 4 == 0 {
+                bad.truncate(bad.len() - (next() % 64) as usize);
+            }
+            if round % 2 == 0 {
+                let (records, _) = readers::journal(&bad);
+                assert!(records[..] == written[..records.len()], "round {round}: altered records loaded");
+                prefixes += usize::from(records.len() < written.len());
+            } else {
+                match readers::snapshot(&bad) {
+                    Ok(loaded) => assert!(loaded == desired, "round {round}: an altered snapshot loaded"),
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        assert!(refused > 1900 && prefixes > 1900, "the corruption reached the readers: {refused} snapshots refused, {prefixes} journals cut");
     }
 }
