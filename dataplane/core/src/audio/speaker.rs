@@ -25,6 +25,13 @@
 //! The ranked list ([`ActiveSpeakers`]) is the dominant speaker first, then the other recent
 //! speakers (medium window ≥ [`RECENT`], about the last two seconds) by medium activity, at most
 //! [`MAX_LISTED`]. It is reported when its order or membership changes, not when levels move.
+//!
+//! A source that claims to speak without a pause for [`FLOOR_CAP_TICKS`] (30 s: people pause for
+//! breath every few seconds, which empties the short window; a stuck voice-activity flag, a
+//! noisy room or a hostile client does not) is *capped*: while capped it holds the floor only
+//! until anyone else speaks (the margin over it is waived), and it ranks after every uncapped
+//! recent speaker, so it cannot keep one of a subscriber's top-N slots from louder ones. One
+//! tick under CHALLENGE lifts the cap.
 
 use crate::ids::TrackId;
 
@@ -41,6 +48,8 @@ pub const SWITCH_AFTER: u8 = 3;
 pub const RECENT: f32 = 0.1;
 /// Most speakers an [`ActiveSpeakers`] list carries.
 pub const MAX_LISTED: usize = 8;
+/// Ticks of uninterrupted speech (short window ≥ CHALLENGE) after which a source is capped.
+pub const FLOOR_CAP_TICKS: u32 = 300;
 
 /// One ranked speaker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,6 +128,9 @@ pub struct SpeakerSelector {
     /// The challenger that beat the dominant speaker in the last ticks, and how many in a row.
     challenger: Option<(TrackId, u8)>,
     reported: ActiveSpeakers,
+    /// Per track of the group: ticks of uninterrupted speech (grows only when a track first
+    /// shows up, which a table change brings, never in steady state).
+    streaks: Vec<(TrackId, u32)>,
 }
 
 impl SpeakerSelector {
@@ -135,6 +147,20 @@ impl SpeakerSelector {
     /// One tick over the group's tracks (every track of the group this core ranks, in any
     /// order). Returns the new ranking when its order or membership changed.
     pub fn tick(&mut self, candidates: &[Candidate]) -> Option<ActiveSpeakers> {
+        self.streaks.retain(|(t, _)| candidates.iter().any(|c| c.track == *t));
+        for c in candidates {
+            let i = match self.streaks.iter().position(|(t, _)| *t == c.track) {
+                Some(i) => i,
+                None => {
+                    self.streaks.push((c.track, 0));
+                    self.streaks.len() - 1
+                }
+            };
+            let s = &mut self.streaks[i].1;
+            *s = if c.short >= CHALLENGE { s.saturating_add(1) } else { 0 };
+        }
+        let streaks = &self.streaks;
+        let capped = |t: TrackId| streaks.iter().any(|&(s, n)| s == t && n >= FLOOR_CAP_TICKS);
         let find = |t: TrackId| candidates.iter().find(|c| c.track == t);
         if self.dominant.is_some_and(|d| find(d).is_none()) {
             // The dominant speaker's track went away.
@@ -144,9 +170,12 @@ impl SpeakerSelector {
             Some(d) => (d.short, Some(d.track)),
             None => (0.0, None),
         };
+        let d_capped = d_id.is_some_and(capped);
         let best = candidates
             .iter()
-            .filter(|c| Some(c.track) != d_id && c.short >= CHALLENGE && c.medium >= MEDIUM_MIN && c.short > d_short + MARGIN)
+            .filter(|c| {
+                Some(c.track) != d_id && c.short >= CHALLENGE && c.medium >= MEDIUM_MIN && (c.short > d_short + MARGIN || (d_capped && !capped(c.track)))
+            })
             .max_by(|a, b| a.short.total_cmp(&b.short).then(a.medium.total_cmp(&b.medium)).then(b.track.cmp(&a.track)));
         self.challenger = match (best, self.challenger) {
             (None, _) => None,
@@ -164,13 +193,13 @@ impl SpeakerSelector {
             ranked.push(Speaker { track: d.track, level: d.level });
             ranked.has_dominant = true;
         }
-        // The rest by medium activity, ties by track id (deterministic). Selection by repeated
-        // maximum: no scratch, and the list is at most MAX_LISTED long.
+        // The rest by medium activity, capped sources last, ties by track id (deterministic).
+        // Selection by repeated maximum: no scratch, and the list is at most MAX_LISTED long.
         while usize::from(ranked.len) < MAX_LISTED {
             let next = candidates
                 .iter()
                 .filter(|c| c.medium >= RECENT && !ranked.as_slice().iter().any(|s| s.track == c.track))
-                .max_by(|a, b| a.medium.total_cmp(&b.medium).then(b.track.cmp(&a.track)));
+                .max_by(|a, b| capped(b.track).cmp(&capped(a.track)).then(a.medium.total_cmp(&b.medium)).then(b.track.cmp(&a.track)));
             let Some(c) = next else { break };
             ranked.push(Speaker { track: c.track, level: c.level });
         }
@@ -259,6 +288,29 @@ mod tests {
         assert_eq!(orders, vec![vec![A], vec![A], vec![A, B], vec![B, A], vec![B]], "{reports:?}");
         assert_eq!(at, vec![0, 3, 10, 22, 40]);
         assert_eq!(sel.ranking().as_slice()[0].level, 30);
+    }
+
+    /// A source that never pauses (a stuck voice-activity flag, a hostile client) is capped
+    /// after 30 s: then B takes the floor although A keeps "talking", and A ranks after B; one
+    /// tick of silence lifts A's cap.
+    #[test]
+    fn a_source_that_never_pauses_is_capped_after_30_s() {
+        let mut sel = SpeakerSelector::default();
+        let mut sims = [Sim::default(), Sim::default()];
+        // A "speaks" without a pause from t0; B speaks at 20 s for 2 s: A was not capped yet.
+        let d = run(&mut sel, &mut sims, 0..220, |_| 1.0, |t| if t >= 200 { 1.0 } else { 0.0 });
+        assert!(d[3..].iter().all(|&x| x == Some(A)), "before the cap the floor stays A's");
+        run(&mut sel, &mut sims, 220..320, |_| 1.0, |_| 0.0);
+        // At 32 s (capped) B speaks again: it takes the floor within 500 ms, and A ranks after it.
+        let d = run(&mut sel, &mut sims, 320..340, |_| 1.0, |_| 1.0);
+        let at = d.iter().position(|&x| x == Some(B)).expect("B takes the floor from the capped source");
+        assert!(at < 5, "{d:?}");
+        let order: Vec<TrackId> = sel.ranking().as_slice().iter().map(|s| s.track).collect();
+        assert_eq!(order, [B, A]);
+        // One tick of silence lifts A's cap: talking over B no longer takes the floor back...
+        run(&mut sel, &mut sims, 340..341, |_| 0.0, |_| 1.0);
+        let d = run(&mut sel, &mut sims, 341..360, |_| 1.0, |_| 1.0);
+        assert!(d.iter().all(|&x| x == Some(B)), "{d:?}");
     }
 
     #[test]
