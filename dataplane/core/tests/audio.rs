@@ -319,3 +319,37 @@ fn only_the_worker_owning_the_subscriber_feeds_its_slots() {
     // Worker 0 ranks the tracks it fans out (of legs 2 and 4): 2 hears 4, 4 hears 2.
     assert!(r.received[1].iter().all(|p| p.csrcs == [Ssrc(0x104)]), "{:?}", &r.received[1][..2]);
 }
+
+/// A speaker's sender report reaches the subscribers its audio feeds through a slot as the
+/// slot's own sender report: the slot's SSRC, the RTP timestamp mapped through the slot's
+/// timeline (so the receiver syncs the current speaker), the slot's packet count.
+#[test]
+fn a_speakers_sender_report_goes_out_on_the_slot_it_feeds() {
+    use sluice_core::srtp::{RtcpRecvState, RtcpSendState};
+    use sluice_core::wire::rtcp;
+    let mut r = Room::with_slots(2, Some(1));
+    r.run(1000, &[talk, quiet]);
+    let got: Vec<&Received> = r.received[1].iter().filter(|p| p.csrcs == [Ssrc(0x101)]).collect();
+    let last = got.last().expect("participant 2 hears 1 through its slot");
+    let frame = r.now_ms / 20 - 1;
+    let offset = last.ts.wrapping_sub(frame as u32 * 960);
+    // Participant 1's sender report for its audio, at an RTP time 40 ms on.
+    let sr_ts = (frame as u32 + 2) * 960;
+    let mut b = [0u8; 128];
+    let info = rtcp::SenderInfo { ntp_timestamp: 0x1234_5678_9abc_def0, rtp_timestamp: sr_ts, packet_count: 50, octet_count: 3000 };
+    let n = rtcp::write_sr(&mut b, Ssrc(0x101), &info, &[]).unwrap();
+    let n = r.keys[0].protect_rtcp(&mut RtcpSendState::new(), &mut b, n).unwrap();
+    r.out.clear();
+    r.core.handle_rx(Instant::from_nanos(r.now_ms * 1_000_000), 20_001, addr(1), &mut b[..n], &mut r.out);
+    let to_2: Vec<Vec<u8>> = r.out.iter().filter(|(m, _)| m.leg.0 == 2).map(|(_, b)| b.to_vec()).collect();
+    assert_eq!(to_2.len(), 1, "one report, on the slot");
+    let mut sr = to_2[0].clone();
+    let len = sr.len();
+    let plain = r.down[1].0.unprotect_rtcp(&mut RtcpRecvState::new(128), &mut sr, len).expect("protected with the slot leg's key");
+    let report = rtcp::SenderReport::new_checked(&sr[..plain]).unwrap();
+    let out = report.sender_info();
+    assert_eq!(report.sender_ssrc(), slot_ssrc(2, 0));
+    assert_eq!(out.rtp_timestamp, sr_ts.wrapping_add(offset), "mapped through the slot's timeline");
+    assert_eq!(out.ntp_timestamp, info.ntp_timestamp);
+    assert_eq!(out.packet_count as usize, r.received[1].iter().filter(|p| p.ssrc == slot_ssrc(2, 0)).count(), "the slot's own count");
+}

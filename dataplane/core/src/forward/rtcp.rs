@@ -16,7 +16,7 @@ use super::fanout::{Ctx, request_keyframe, rtx_pt_for};
 use super::rewrite::Rewritten;
 use super::{Event, OutMeta, push_event};
 use crate::ids::{LegId, Pt, SeqNo, Ssrc, TrackId};
-use crate::table::{Tables, Track};
+use crate::table::{Leg, Tables, Track};
 use crate::time::Instant;
 use crate::verdict::DropReason;
 use crate::wire::rtcp::{self, Kind};
@@ -135,7 +135,26 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
     // For the DLSR of the receiver reports Sluice sends this publisher.
     ingress.stats.record_sr(ctx.now, info.ntp_timestamp);
     let track_id = ingress.track;
-    let Some((track, legs)) = tables.track_and_legs_mut(track_id) else { return };
+    let Some((track, legs, slot_legs)) = tables.track_legs_and_slots_mut(track_id) else { return };
+    // Audio slots this stream feeds now: the report through the slot's own timeline (the
+    // mapping holds for the current speaker, which is what a receiver syncs). Only the worker
+    // that owns a slot leg sends on it (see `crate::audio::slot`).
+    for &l in slot_legs {
+        let Some(leg) = legs.get_mut(&l).filter(|leg| ctx.shard.owns(leg.spec.local_port)) else { continue };
+        let Some((local_port, remote)) = leg.rtcp_path() else { continue };
+        let Leg { slots, tx, .. } = leg;
+        for slot in slots.iter_mut().flat_map(|set| set.slots.iter_mut()).filter(|s| s.source == Some((track_id, ssrc))) {
+            let sub = &mut slot.sub;
+            let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
+            let Some(out) = ctx.out.next_slot() else { return };
+            let out_info =
+                rtcp::SenderInfo { ntp_timestamp: info.ntp_timestamp, rtp_timestamp: ts, packet_count: sub.packets_sent, octet_count: sub.octets_sent };
+            let Ok(len) = rtcp::write_sr(&mut out[..], sub.out_ssrc, &out_info, &[]) else { continue };
+            let Ok(out_len) = tx.protect_rtcp(&mut sub.srtcp, &mut out[..], len) else { continue };
+            ctx.out.commit(OutMeta { local_port, dst: remote, leg: l, len: out_len as u16 });
+            sub.last_sr = Some(((info.ntp_timestamp >> 16) as u32, ctx.now));
+        }
+    }
     for sub in &mut track.subs {
         if sub.paused {
             continue;
