@@ -455,18 +455,23 @@ mod tests {
     /// Item 7 of issue 15: a snapshot's key bytes go only to a peer that asks for them and runs
     /// as root or the daemon's uid; the configured owner (served otherwise) is refused them, and
     /// without the flag everyone gets digests. (Before: every snapshot carried every key.)
+    /// A fresh directory others may traverse (mode 0755) for a test that drops to uid 65534;
+    /// refuses to run without root, saying `why` it needs it.
+    fn root_test_dir(name: &str, why: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        // SAFETY: geteuid(2) cannot fail.
+        assert!(unsafe { libc::geteuid() } == 0, "this test needs root ({why})");
+        let dir = std::env::temp_dir().join(format!("sluice-control-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
     #[test]
     fn snapshot_keys_go_only_to_root_or_the_daemons_uid_when_asked() {
         use sluice_core::srtp::Profile;
         use sluice_core::table::{KeyMaterial, LegSpec, Op};
-        use std::os::unix::fs::PermissionsExt as _;
-        // SAFETY: geteuid(2) cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            panic!("this test needs root (it hands the socket to uid 65534)");
-        }
-        let dir = std::env::temp_dir().join(format!("sluice-control-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = root_test_dir("keys", "it hands the socket to uid 65534");
         let path = dir.join("dp.sock");
         let (key, salt) = (vec![0xA7; 16], vec![0x5C; 12]);
         let material = KeyMaterial::new(Profile::AeadAes128Gcm, key.clone(), salt.clone());
@@ -506,13 +511,7 @@ mod tests {
     #[test]
     fn a_peer_with_another_uid_is_refused_even_if_the_mode_lets_it_connect() {
         use std::os::unix::fs::PermissionsExt as _;
-        // SAFETY: geteuid(2) cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            panic!("this test needs root (it runs a peer as uid 65534)");
-        }
-        let dir = std::env::temp_dir().join(format!("sluice-control-peer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = root_test_dir("peer", "it runs a peer as uid 65534");
         let path = dir.join("dp.sock");
         let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let _t = serve(&path, crate::events::EventHub::new(), counting(&served)).unwrap();
@@ -527,13 +526,7 @@ mod tests {
     #[test]
     fn a_configured_owner_gets_the_socket_and_is_served() {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-        // SAFETY: geteuid(2) cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            panic!("this test needs root (it hands the socket to uid 65534)");
-        }
-        let dir = std::env::temp_dir().join(format!("sluice-control-owner-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = root_test_dir("owner", "it hands the socket to uid 65534");
         let path = dir.join("dp.sock");
         let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let _t = serve_with_owner(&path, Some(65534), lock(&path).unwrap(), crate::events::EventHub::new(), counting(&served)).unwrap();

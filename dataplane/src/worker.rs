@@ -256,7 +256,11 @@ impl Worker {
                         legs || delta.ops.iter().any(|op| matches!(op, Op::UpsertSubscription(_) | Op::RemoveSubscription { .. } | Op::RemoveTrack(_)));
                     let result = self.core.apply((*delta).clone());
                     if result.is_ok() {
-                        self.restore_checkpoint();
+                        // Only a delta that installs legs or subscriptions can bring back what
+                        // the checkpoint holds (a restore walks all of it).
+                        if legs || delta.ops.iter().any(|op| matches!(op, Op::UpsertSubscription(_))) {
+                            self.restore_checkpoint();
+                        }
                         if legs {
                             self.sync_ports();
                         }

@@ -111,7 +111,7 @@ impl Stage<'_> {
     /// got); with `prefer`, that port if it is free and in the range.
     fn allocate_port_besides(&mut self, field: &str, taken: Option<(u16, Option<u16>)>) -> Result<u16, StateError> {
         // This session's own ports (its size, not the node's), the node's through the index.
-        let own: BTreeSet<u16> = self.session.legs.values().flat_map(leg_ports).chain(taken.map(|(t, _)| t)).collect();
+        let own: BTreeSet<u16> = self.session.legs.values().flat_map(LegSpec::ports).chain(taken.map(|(t, _)| t)).collect();
         let used = |p: u16| own.contains(&p) || self.used_elsewhere.contains(p);
         if let Some(p) = taken.and_then(|(_, prefer)| prefer)
             && (self.range.start..=self.range.end).contains(&p)
@@ -567,11 +567,6 @@ fn maps(f: &str, pt: &[pb::IdMapping], ext: &[pb::IdMapping]) -> Result<Maps, St
 /// of one node collide with odds of about n²/2⁶⁵ (10⁻¹³ for a thousand sessions).
 pub fn speaker_group(session: &str) -> SpeakerGroup {
     SpeakerGroup(fingerprint(session.as_bytes()))
-}
-
-/// The local ports a leg holds: its RTP port and, without rtcp-mux, its RTCP port.
-pub(super) fn leg_ports(l: &LegSpec) -> impl Iterator<Item = u16> + use<> {
-    core::iter::once(l.local_port).chain(l.rtcp.as_deref().map(|c| c.local_port))
 }
 
 #[cfg(test)]

@@ -240,7 +240,7 @@ impl Prepared {
     /// Every local port the session's legs hold once this is committed (RTP and separate RTCP
     /// ports; none for a replay).
     pub fn session_ports(&self) -> BTreeSet<u16> {
-        self.staged.as_ref().map(|s| s.session.legs.values().flat_map(leg_ports).collect()).unwrap_or_default()
+        self.staged.as_ref().map(|s| s.session.legs.values().flat_map(LegSpec::ports).collect()).unwrap_or_default()
     }
 }
 
@@ -299,7 +299,7 @@ impl Eq for PortIndex {}
 impl PortIndex {
     fn add(&mut self, name: &str, s: &Session) {
         if self.built {
-            for p in s.legs.values().flat_map(leg_ports) {
+            for p in s.legs.values().flat_map(LegSpec::ports) {
                 self.owner.insert(p, name.to_owned());
             }
         }
@@ -307,7 +307,7 @@ impl PortIndex {
 
     fn remove(&mut self, name: &str, s: Option<&Session>) {
         if self.built {
-            for p in s.into_iter().flat_map(|s| s.legs.values()).flat_map(leg_ports) {
+            for p in s.into_iter().flat_map(|s| s.legs.values()).flat_map(LegSpec::ports) {
                 if self.owner.get(&p).is_some_and(|o| o == name) {
                     self.owner.remove(&p);
                 }
@@ -357,7 +357,7 @@ impl Desired {
         let mut out = Vec::new();
         for (s, sess) in &self.sessions {
             for (l, spec) in &sess.legs {
-                for p in leg_ports(spec).filter(|p| !(range.start..=range.end).contains(p)) {
+                for p in spec.ports().filter(|p| !(range.start..=range.end).contains(p)) {
                     out.push((s.clone(), l.clone(), p));
                 }
             }
@@ -414,7 +414,7 @@ impl Desired {
 
     /// Ports in use by legs.
     pub fn ports_used(&self) -> BTreeSet<u16> {
-        self.sessions.values().flat_map(|s| s.legs.values().flat_map(leg_ports)).collect()
+        self.sessions.values().flat_map(|s| s.legs.values().flat_map(LegSpec::ports)).collect()
     }
 
     /// Applies a change set atomically: on any error nothing changes.
@@ -431,7 +431,7 @@ impl Desired {
 
     /// Ports of the legs `session` has now (none for a new session).
     pub fn session_ports(&self, session: &str) -> BTreeSet<u16> {
-        self.sessions.get(session).map(|s| s.legs.values().flat_map(leg_ports).collect()).unwrap_or_default()
+        self.sessions.get(session).map(|s| s.legs.values().flat_map(LegSpec::ports).collect()).unwrap_or_default()
     }
 
     /// Validates a change set and computes its result without changing anything (the cost is
@@ -489,7 +489,7 @@ impl Desired {
                     self.sessions
                         .iter()
                         .filter(|(n, _)| *n != &req.session)
-                        .flat_map(|(_, s)| s.legs.values().flat_map(leg_ports))
+                        .flat_map(|(_, s)| s.legs.values().flat_map(LegSpec::ports))
                         .chain(avoid.iter().copied())
                         .collect(),
                 )

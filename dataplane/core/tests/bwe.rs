@@ -454,7 +454,7 @@ fn heavy_loss_from_a_short_queue_does_not_collapse_the_estimate() {
     let est: Vec<u64> = window(&r, 15.0, 30.0).map(|s| s.1).collect();
     let mean = est.iter().sum::<u64>() as f64 / est.len() as f64;
     assert!((420_000.0..=720_000.0).contains(&mean), "mean estimate {mean:.0} at 600 kbit/s\n{log}");
-    eprintln!("{log}");
+    eprintln!("{log}\nlowest estimate after the drop {lowest} bit/s, mean 15-30 s {mean:.0} bit/s");
 }
 
 /// The publisher's encoder drops its top layer for 10 s (as a browser does under CPU load): the

@@ -85,17 +85,19 @@ impl Core {
     /// remote on a separate RTCP port, where RTP's is not touched) and mark the leg active.
     pub(super) fn seen(&mut self, now: Instant, leg_id: LegId, local_port: u16, remote: SocketAddr) {
         let Some(leg) = self.tables.leg_mut(leg_id) else { return };
-        if leg.is_rtcp_port(local_port) {
+        let latched = if leg.is_rtcp_port(local_port) {
+            // The RTCP component's own remote; not an RTP latch (no event: nobody sends media there).
             if leg.rtcp_remote.is_none() && leg.spec.rtcp.as_deref().is_some_and(|c| c.remote.is_none()) {
                 leg.rtcp_remote = Some(remote);
             }
-            leg.activity.touch(now);
-            return;
-        }
-        let latched = leg.remote.is_none();
-        if latched {
-            leg.remote = Some(remote);
-        }
+            false
+        } else {
+            let latched = leg.remote.is_none();
+            if latched {
+                leg.remote = Some(remote);
+            }
+            latched
+        };
         let activated = leg.activity.touch(now);
         if latched {
             self.emit(Event::RemoteLatched { leg: leg_id, remote });

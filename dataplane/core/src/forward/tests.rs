@@ -1375,3 +1375,27 @@ fn a_leg_without_rtcp_mux_latches_each_component_apart() {
     other.local_port = 21_001;
     assert!(matches!(m.apply(vec![Op::UpsertLeg(other)]), Err(DeltaError::PortInUse { port: 21_001, owner: LegId(1), .. })));
 }
+
+/// A leg without rtcp-mux whose first authenticated packet is RTCP on its RTCP port is active
+/// (LegActive, once), and that latches the RTCP remote only: no RemoteLatched for the RTP side.
+#[test]
+fn rtcp_first_on_the_rtcp_port_activates_the_leg_without_latching_rtp() {
+    use crate::table::RtcpComponent;
+    let mut m = Meeting::new(1);
+    let (_, mut spec) = peer(1);
+    spec.rtcp = Some(Box::new(RtcpComponent { local_port: 21_001, remote: None }));
+    m.apply(vec![Op::UpsertLeg(spec)]).unwrap();
+    while m.core.poll_event().is_some() {}
+    let rtcp_addr = SocketAddr::new(m.peers[0].addr.ip(), m.peers[0].addr.port() + 1);
+    let mut rr = [0u8; 8];
+    let n = rtcp::write_rr(&mut rr, Ssrc(0x1111), &[]).unwrap();
+    for k in 0..2 {
+        let mut wire = m.peers[0].send_rtcp(&rr[..n]);
+        m.out.clear();
+        m.core.handle_rx(ms(k), 21_001, rtcp_addr, &mut wire, &mut m.out);
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| m.core.poll_event()).collect();
+    assert_eq!(events, [Event::LegActive { leg: LegId(1), remote: rtcp_addr }]);
+    let leg = m.core.tables().leg(LegId(1)).unwrap();
+    assert_eq!((leg.remote, leg.rtcp_remote), (None, Some(rtcp_addr)));
+}

@@ -148,7 +148,7 @@ impl Tables {
     }
 
     fn upsert_leg(&mut self, op: usize, spec: &LegSpec, undo: &mut UndoLog) -> Result<(), DeltaError> {
-        for port in spec_ports(spec) {
+        for port in spec.ports() {
             if let Some(&owner) = self.by_port.get(&port)
                 && owner != spec.id
             {
@@ -179,7 +179,7 @@ impl Tables {
                 let keep_edge = spec.edge.is_some() && old.spec.edge == spec.edge;
                 let same_rx = keep_edge || (old.spec.rx == spec.rx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
                 let same_tx = keep_edge || (old.spec.tx == spec.tx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
-                let old_ports = (old.spec.local_port, old.spec.rtcp.as_deref().map(|c| c.local_port));
+                let old_ports: Vec<u16> = old.spec.ports().collect();
                 self.save_leg(spec.id, undo);
                 let leg = self.legs.get_mut(&spec.id).expect("present");
                 if !keep_edge {
@@ -203,11 +203,11 @@ impl Tables {
                 if !same_rx || !same_tx {
                     leg.keys_digest = checkpoint::keys_digest(spec);
                 }
-                if old_ports != (spec.local_port, spec.rtcp.as_deref().map(|c| c.local_port)) {
-                    for p in core::iter::once(old_ports.0).chain(old_ports.1) {
+                if !old_ports.iter().copied().eq(spec.ports()) {
+                    for p in old_ports {
                         self.by_port.remove(&p);
                     }
-                    for p in spec_ports(spec) {
+                    for p in spec.ports() {
                         self.by_port.insert(p, spec.id);
                     }
                 }
@@ -242,7 +242,7 @@ impl Tables {
                         drops_reported: 0,
                     },
                 );
-                for p in spec_ports(spec) {
+                for p in spec.ports() {
                     self.by_port.insert(p, spec.id);
                 }
                 undo.push(Undo::LegInserted(spec.id));
@@ -425,7 +425,7 @@ impl Tables {
             }
         }
         let leg = self.legs.remove(&id).expect("present");
-        for p in spec_ports(&leg.spec) {
+        for p in leg.spec.ports() {
             self.by_port.remove(&p);
         }
         undo.push(Undo::LegRemoved(Box::new(leg)));
@@ -576,18 +576,18 @@ impl Tables {
         match u {
             Undo::LegInserted(id) => {
                 if let Some(l) = self.legs.remove(&id) {
-                    for p in spec_ports(&l.spec) {
+                    for p in l.spec.ports() {
                         self.by_port.remove(&p);
                     }
                 }
             }
             Undo::LegReplaced(old) | Undo::LegRemoved(old) => {
                 if let Some(cur) = self.legs.get(&old.spec.id) {
-                    for p in spec_ports(&cur.spec) {
+                    for p in cur.spec.ports() {
                         self.by_port.remove(&p);
                     }
                 }
-                for p in spec_ports(&old.spec) {
+                for p in old.spec.ports() {
                     self.by_port.insert(p, old.spec.id);
                 }
                 self.legs.insert(old.spec.id, *old);
@@ -617,9 +617,4 @@ impl Tables {
             }
         }
     }
-}
-
-/// The local ports a leg's spec uses: its RTP port, and its RTCP port without rtcp-mux.
-fn spec_ports(spec: &LegSpec) -> impl Iterator<Item = u16> + use<> {
-    core::iter::once(spec.local_port).chain(spec.rtcp.as_deref().map(|c| c.local_port))
 }

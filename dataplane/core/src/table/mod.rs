@@ -202,10 +202,7 @@ impl Tables {
     /// The local ports of the legs whose RTP port `owns` says is this core's: their RTP ports
     /// and their separate RTCP ports (which go with the leg, wherever their number falls).
     pub fn ports_of_legs<'a>(&'a self, owns: impl Fn(u16) -> bool + 'a) -> impl Iterator<Item = u16> + 'a {
-        self.legs
-            .values()
-            .filter(move |l| owns(l.spec.local_port))
-            .flat_map(|l| core::iter::once(l.spec.local_port).chain(l.spec.rtcp.as_deref().map(|c| c.local_port)))
+        self.legs.values().filter(move |l| owns(l.spec.local_port)).flat_map(|l| l.spec.ports())
     }
 
     /// A leg.

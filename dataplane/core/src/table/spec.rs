@@ -255,6 +255,11 @@ impl LegSpec {
         }
     }
 
+    /// The local ports the leg holds: its RTP port and, without rtcp-mux, its RTCP port.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + use<> {
+        core::iter::once(self.local_port).chain(self.rtcp.as_deref().map(|c| c.local_port))
+    }
+
     /// The checks on the spec alone: a non-zero port, a one-byte transport-cc extension id, key
     /// and salt lengths that match their profiles.
     pub fn validate(&self) -> Result<(), SpecError> {
