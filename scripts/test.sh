@@ -15,4 +15,4 @@ cargo clippy --locked --all-targets -q -- -D warnings
 # keep compiling against the crates they fuzz.
 cargo check --locked --manifest-path fuzz/Cargo.toml --bins
 cargo test --locked --doc -q
-cargo nextest run --locked --no-fail-fast --failure-output final
+cargo nextest run --locked --no-fail-fast --failure-output immediate-final
