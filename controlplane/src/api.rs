@@ -19,7 +19,7 @@ use crate::state::{ErrorKind, StateError};
 pub fn status(e: EngineError) -> Status {
     match e {
         EngineError::State(s) => state_status(&s),
-        e @ EngineError::NotInstalled { .. } => Status::unavailable(e.to_string()),
+        e @ (EngineError::NotInstalled { .. } | EngineError::PortUnavailable { .. }) => Status::unavailable(e.to_string()),
         e @ EngineError::Journal(_) => Status::internal(e.to_string()),
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sluice_api::{Request, Response, read_frame, write_frame};
+use sluice_api::{Request, Response, UnboundPort, read_frame, write_frame};
 use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
@@ -150,7 +150,7 @@ impl LinkError {
 }
 
 /// What a successful sync did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Synced {
     /// The generation the dataplane is at.
     pub generation: Generation,
@@ -158,6 +158,9 @@ pub struct Synced {
     pub ops: usize,
     /// `Some(entries that differed)` when this was a full resync.
     pub resynced: Option<usize>,
+    /// Leg ports the dataplane could not open (all of them, as of this sync; empty when it
+    /// did not apply anything).
+    pub unbound: Vec<UnboundPort>,
 }
 
 /// The connection and the shadow of what is installed.
@@ -275,21 +278,21 @@ impl Link {
         };
         let ops = crate::diff::ops(before, after);
         if ops.is_empty() {
-            return Ok(Synced { generation, ops: 0, resynced: None });
+            return Ok(Synced { generation, ops: 0, resynced: None, unbound: Vec::new() });
         }
         self.in_step = false;
         let n = ops.len();
         let delta = Delta { generation: Generation(generation.0 + 1), replace_all: false, ops };
-        match self.call(&Request::Apply(delta)) {
-            Ok(Response::Applied(g)) => {
+        match self.call(&Request::Apply(delta)).map(applied) {
+            Ok(Ok((g, unbound))) => {
                 if let Some(shadow) = self.shadow.as_mut() {
                     shadow.generation = g;
                     shadow.tables.replace_part(before, after);
                     self.in_step = true;
                 }
-                Ok(Synced { generation: g, ops: n, resynced: None })
+                Ok(Synced { generation: g, ops: n, resynced: None, unbound })
             }
-            Ok(Response::Rejected { generation: current, reason }) => {
+            Ok(Err(Response::Rejected { generation: current, reason })) => {
                 self.shadow = None;
                 if current.0 != generation.0 {
                     // Someone else moved the dataplane: learn what it has.
@@ -297,7 +300,7 @@ impl Link {
                 }
                 Err(LinkError::Rejected { generation: Generation(generation.0 + 1), reason })
             }
-            Ok(other) => Err(LinkError::Protocol(format!("unexpected answer to Apply: {other:?}"))),
+            Ok(Err(other)) => Err(LinkError::Protocol(format!("unexpected answer to Apply: {other:?}"))),
             // A stale connection (the dataplane restarted): reconnect and resync in full.
             Err(LinkError::Unreachable { .. }) => self.sync(&full()),
             Err(e) => Err(e),
@@ -310,11 +313,11 @@ impl Link {
         }
         let shadow = self.shadow.as_ref().expect("checked");
         let Some(delta) = shadow.delta_to(desired) else {
-            return Ok(Synced { generation: shadow.generation, ops: 0, resynced: None });
+            return Ok(Synced { generation: shadow.generation, ops: 0, resynced: None, unbound: Vec::new() });
         };
         let ops = delta.ops.len();
         match self.apply(delta, desired)? {
-            Some(g) => Ok(Synced { generation: g, ops, resynced: None }),
+            Some((g, unbound)) => Ok(Synced { generation: g, ops, resynced: None, unbound }),
             // The dataplane is not where the shadow says (someone else applied, or it restarted
             // between our calls): learn what it has.
             None => self.resync(desired),
@@ -322,21 +325,21 @@ impl Link {
     }
 
     /// `Ok(None)` when refused for its generation.
-    fn apply(&mut self, delta: Delta, desired: &SpecSet) -> Result<Option<Generation>, LinkError> {
+    fn apply(&mut self, delta: Delta, desired: &SpecSet) -> Result<Option<(Generation, Vec<UnboundPort>)>, LinkError> {
         let generation = delta.generation;
-        match self.call(&Request::Apply(delta))? {
-            Response::Applied(g) => {
+        match applied(self.call(&Request::Apply(delta))?) {
+            Ok((g, unbound)) => {
                 self.shadow = Some(Shadow { generation: g, tables: desired.clone() });
-                Ok(Some(g))
+                Ok(Some((g, unbound)))
             }
-            Response::Rejected { generation: current, reason } => {
+            Err(Response::Rejected { generation: current, reason }) => {
                 self.shadow = None;
                 if current.0 + 1 != generation.0 {
                     return Ok(None);
                 }
                 Err(LinkError::Rejected { generation, reason })
             }
-            other => Err(LinkError::Protocol(format!("unexpected answer to Apply: {other:?}"))),
+            Err(other) => Err(LinkError::Protocol(format!("unexpected answer to Apply: {other:?}"))),
         }
     }
 
@@ -353,12 +356,12 @@ impl Link {
         if differ == 0 {
             // Equal but for the redaction: the shadow holds the keys the dataplane has.
             self.shadow = Some(Shadow { generation: snap.generation, tables: desired.clone() });
-            return Ok(Synced { generation: snap.generation, ops: 0, resynced: Some(0) });
+            return Ok(Synced { generation: snap.generation, ops: 0, resynced: Some(0), unbound: Vec::new() });
         }
         let delta = Delta { generation: Generation(snap.generation.0 + 1), replace_all: true, ops: desired.to_ops() };
         let ops = delta.ops.len();
         match self.apply(delta, desired)? {
-            Some(g) => Ok(Synced { generation: g, ops, resynced: Some(differ) }),
+            Some((g, unbound)) => Ok(Synced { generation: g, ops, resynced: Some(differ), unbound }),
             None => Err(LinkError::Protocol("replace-all delta refused for its generation".into())),
         }
     }
@@ -392,5 +395,15 @@ impl Link {
             Response::Stats(s) => Ok(s),
             other => Err(LinkError::Protocol(format!("unexpected answer to Stats: {other:?}"))),
         }
+    }
+}
+
+/// An answer to Apply as (generation, ports the dataplane could not open), or the answer itself
+/// when it is not one of the two applied forms.
+fn applied(r: Response) -> Result<(Generation, Vec<UnboundPort>), Response> {
+    match r {
+        Response::Applied(g) => Ok((g, Vec::new())),
+        Response::AppliedUnbound { generation, unbound } => Ok((generation, unbound)),
+        other => Err(other),
     }
 }

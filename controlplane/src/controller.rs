@@ -20,6 +20,10 @@ use tokio::sync::broadcast;
 
 use crate::client::{Link, LinkError, Liveness, Synced};
 use crate::engine::{Engine, EngineError};
+
+/// How many times an Apply moves a new leg off a port the dataplane could not open before it
+/// answers with the failure.
+const MOVE_ROUNDS: usize = 3;
 use crate::pb;
 
 /// The engine and the link; share it as [`Shared`].
@@ -80,7 +84,7 @@ impl Controller {
         let synced = link.sync_part(&before, &after, || self.engine().full_tables());
         link.publish_generation();
         let synced = synced?;
-        self.engine().report_resync(synced);
+        self.engine().report_resync(&synced);
         let known = self.engine().edge_known();
         if !known && let Ok(s) = link.edge(false) {
             self.engine().set_edge(&s);
@@ -91,8 +95,24 @@ impl Controller {
     /// Applies several change sets as one group commit (see [`Engine::commit_many`]): journaled
     /// under the engine's lock, installed under the link's.
     pub fn apply_many(&self, reqs: &[pb::ChangeSet]) -> Vec<Result<pb::ApplyResponse, EngineError>> {
-        let (answers, committed) = self.engine().commit_many(reqs);
-        let synced = if committed.is_empty() { Err(LinkError::NotAnswering) } else { self.link_unless_hung().and_then(|mut l| self.install(&mut l)) };
+        let (answers, mut committed) = self.engine().commit_many(reqs);
+        let synced = if committed.is_empty() {
+            Err(LinkError::NotAnswering)
+        } else {
+            self.link_unless_hung().and_then(|mut l| {
+                let mut synced = self.install(&mut l)?;
+                // A new leg's port the dataplane could not open gets another before the answer,
+                // so what is acknowledged is what the dataplane opened.
+                for _ in 0..MOVE_ROUNDS {
+                    if !self.engine().move_unbound(&mut committed, &synced.unbound) {
+                        break;
+                    }
+                    synced = self.install(&mut l)?;
+                }
+                self.engine().note_unbound(&synced);
+                Ok(synced)
+            })
+        };
         self.engine().answer(answers, committed, &synced)
     }
 
@@ -100,6 +120,9 @@ impl Controller {
     pub fn delete_session(&self, req: &pb::DeleteSessionRequest) -> Result<pb::ApplyResponse, EngineError> {
         let outcome = self.engine().delete_session(req)?;
         let synced = self.link_unless_hung().and_then(|mut l| self.install(&mut l));
+        if let Ok(s) = &synced {
+            self.engine().note_unbound(s);
+        }
         Engine::answered(self.engine().answer(vec![None], vec![(0, outcome)], &synced).pop())
     }
 
@@ -116,7 +139,9 @@ impl Controller {
         if !streamed && let Ok(stats) = link.stats() {
             self.engine().dataplane_stats(&stats);
         }
-        self.install(&mut link)
+        let synced = self.install(&mut link)?;
+        self.engine().note_unbound(&synced);
+        Ok(synced)
     }
 
     /// Makes the dataplane rotate its DTLS certificate; the new fingerprint goes into answers

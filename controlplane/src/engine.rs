@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use sluice_api::UnboundPort;
 use sluice_core::forward::Event;
+use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 
 use tokio::sync::broadcast;
@@ -45,6 +47,21 @@ pub enum EngineError {
     /// The journal could not be written: nothing was committed.
     #[error("state journal: {0}")]
     Journal(#[from] JournalError),
+    /// Committed and installed, but the dataplane could not open a port of a leg it names, and
+    /// no other port could be given to it: that leg receives nothing.
+    #[error("committed as revision {revision} of session {session:?}, but the dataplane cannot open port {port} of leg {leg:?}: {error}")]
+    PortUnavailable {
+        /// The session.
+        session: String,
+        /// The committed revision.
+        revision: u64,
+        /// The leg.
+        leg: String,
+        /// Its port.
+        port: u16,
+        /// Why the dataplane could not open it.
+        error: String,
+    },
 }
 
 /// The engine state, behind the controller's lock.
@@ -68,6 +85,8 @@ pub struct Engine {
     last_stats: Option<(Instant, Vec<CoreStats>)>,
     /// Each session's last active-speaker ranking from the dataplane (live state: not journaled).
     speakers: HashMap<String, pb::ActiveSpeakers>,
+    /// Leg ports the dataplane could not open, as of its last applied delta, with why.
+    unbound: BTreeMap<u16, String>,
 }
 
 /// Whether a process holds UDP `port` on any local IPv4 address: a wildcard bind fails then
@@ -107,6 +126,7 @@ impl Engine {
             dataplane_ports: None,
             announce_ip: None,
             speakers: HashMap::new(),
+            unbound: BTreeMap::new(),
         }
     }
 
@@ -253,18 +273,153 @@ impl Engine {
     pub fn answer(&mut self, mut results: Answers, committed: Committed, synced: &Result<Synced, LinkError>) -> Vec<Result<pb::ApplyResponse, EngineError>> {
         for (i, outcome) in committed {
             results[i] = Some(match synced {
-                Ok(s) => Ok(self.respond(outcome, *s)),
+                Ok(s) => match self.unopened_port(&outcome, &s.unbound) {
+                    Some((leg, port, error)) => {
+                        Err(EngineError::PortUnavailable { session: outcome.session.clone(), revision: outcome.committed.revision, leg, port, error })
+                    }
+                    None => Ok(self.respond(outcome, s.generation)),
+                },
                 Err(e) => Err(EngineError::NotInstalled { session: outcome.session.clone(), revision: outcome.committed.revision, source: e.duplicate() }),
             });
         }
         results.into_iter().map(Self::answered).collect()
     }
 
+    /// A leg `outcome` upserted whose port (RTP or RTCP) is in `unbound`: (leg, port, why).
+    fn unopened_port(&self, outcome: &Outcome, unbound: &[UnboundPort]) -> Option<(String, u16, String)> {
+        let legs = &self.desired.sessions.get(&outcome.session)?.legs;
+        outcome.committed.ports.iter().find_map(|(leg, _)| {
+            let spec = legs.get(leg)?;
+            spec.ports().find_map(|p| unbound.iter().find(|u| u.port == p).map(|u| (leg.clone(), p, u.error.clone())))
+        })
+    }
+
+    /// Gives the legs that the change sets in `committed` added, and whose ports the dataplane
+    /// could not open (`unbound`: another process took them since [`udp_port_held`] looked, or
+    /// holds them where it cannot look, such as another network namespace), other ports:
+    /// journaled as [`Record::Move`], each reported on Watch (`LegPortUnavailable` with
+    /// `moved_to`), the outcome's answer updated. The caller installs again; a port that fails
+    /// then is moved again. Returns whether it moved any. Legs acknowledged earlier keep their
+    /// ports (see [`Engine::note_unbound`]).
+    pub fn move_unbound(&mut self, committed: &mut Committed, unbound: &[UnboundPort]) -> bool {
+        if unbound.is_empty() {
+            return false;
+        }
+        let mut moved = false;
+        let mut avoid: std::collections::BTreeSet<u16> = unbound.iter().map(|u| u.port).collect();
+        for (_, outcome) in committed.iter_mut() {
+            let session = outcome.session.clone();
+            let added: Vec<String> = outcome
+                .events
+                .iter()
+                .filter_map(|e| match &e.event {
+                    Some(pb::event::Event::LegAdded(a)) => Some(a.leg.clone()),
+                    _ => None,
+                })
+                .collect();
+            for leg in added {
+                let Some(spec) = self.desired.sessions.get(&session).and_then(|s| s.legs.get(&leg)) else { continue };
+                let Some(failed) = unbound.iter().find(|u| spec.ports().any(|p| p == u.port)).cloned() else { continue };
+                // Ports another process holds now are skipped too, as for a new leg.
+                let (port, rtcp_port) = loop {
+                    match self.desired.ports_for_move(&session, &leg, &avoid) {
+                        Ok((p, r)) => {
+                            let held: Vec<u16> = std::iter::once(p).chain(r).filter(|&q| udp_port_held(q)).collect();
+                            if held.is_empty() {
+                                break (p, r);
+                            }
+                            avoid.extend(held);
+                        }
+                        Err(e) => {
+                            tracing::error!(session = %session, leg = %leg, port = failed.port, error = %e, "the dataplane cannot open a new leg's port and no other is free");
+                            break (0, None);
+                        }
+                    }
+                };
+                if port == 0 {
+                    continue;
+                }
+                self.touch(&session);
+                let record = Record::Move { session: session.clone(), leg: leg.clone(), port, rtcp_port };
+                match self.commit(&record, |d| d.move_leg(&session, &leg, port, rtcp_port)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(session = %session, leg = %leg, error = %e, "moving a leg off a port the dataplane cannot open");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(session = %session, leg = %leg, error = %e, "cannot journal a leg's move off a port the dataplane cannot open");
+                        continue;
+                    }
+                }
+                tracing::warn!(session = %session, leg = %leg, port = failed.port, moved_to = port, error = %failed.error, "the dataplane cannot open a new leg's port; the leg gets another");
+                moved = true;
+                for (name, p) in &mut outcome.committed.ports {
+                    if *name == leg {
+                        *p = port;
+                    }
+                }
+                for e in &mut outcome.events {
+                    if let Some(pb::event::Event::LegAdded(a)) = &mut e.event
+                        && a.leg == leg
+                    {
+                        a.local_port = u32::from(port);
+                    }
+                }
+                outcome.events.push(pb::Event {
+                    session: session.clone(),
+                    revision: outcome.committed.revision,
+                    event: Some(pb::event::Event::LegPortUnavailable(pb::LegPortUnavailable {
+                        leg: leg.clone(),
+                        port: u32::from(failed.port),
+                        error: failed.error.clone(),
+                        moved_to: u32::from(port),
+                    })),
+                });
+            }
+        }
+        moved
+    }
+
+    /// Takes the dataplane's list of leg ports it could not open after an applied delta:
+    /// each port that was not on the last list is logged and reported on Watch
+    /// (`LegPortUnavailable`, `moved_to` 0) for the leg that holds it; the count is in the
+    /// node's status. A sync that applied nothing says nothing about ports and is ignored.
+    pub fn note_unbound(&mut self, synced: &Synced) {
+        if synced.ops == 0 {
+            return;
+        }
+        let unbound = &synced.unbound;
+        let now: BTreeMap<u16, String> = unbound.iter().map(|u| (u.port, u.error.clone())).collect();
+        for (&port, error) in &now {
+            if self.unbound.contains_key(&port) {
+                continue;
+            }
+            let owner =
+                self.desired.sessions.iter().find_map(|(name, s)| s.legs.iter().find(|(_, l)| l.ports().any(|p| p == port)).map(|(leg, _)| (name, leg)));
+            tracing::error!(port, error = %error, session = owner.map(|o| o.0.as_str()), leg = owner.map(|o| o.1.as_str()), "the dataplane cannot open a leg port; the leg receives nothing");
+            if let Some((session, leg)) = owner {
+                let revision = self.desired.sessions.get(session).map_or(0, |s| s.revision);
+                let _ = self.events.send(pb::Event {
+                    session: session.clone(),
+                    revision,
+                    event: Some(pb::event::Event::LegPortUnavailable(pb::LegPortUnavailable {
+                        leg: leg.clone(),
+                        port: u32::from(port),
+                        error: error.clone(),
+                        moved_to: 0,
+                    })),
+                });
+            }
+        }
+        self.unbound = now;
+    }
+
     /// Publishes an installed outcome's events and makes its answer.
-    fn respond(&mut self, outcome: Outcome, synced: Synced) -> pb::ApplyResponse {
+    fn respond(&mut self, outcome: Outcome, generation: Generation) -> pb::ApplyResponse {
         for mut e in outcome.events {
             if let Some(pb::event::Event::ChangeApplied(c)) = &mut e.event {
-                c.generation = synced.generation.0;
+                c.generation = generation.0;
             }
             let _ = self.events.send(e);
         }
@@ -286,7 +441,7 @@ impl Engine {
                     })
                     .collect()
             },
-            generation: synced.generation.0,
+            generation: generation.0,
         }
     }
 
@@ -417,7 +572,7 @@ impl Engine {
     }
 
     /// Publishes a `DataplaneResynced` event after a full resync.
-    pub fn report_resync(&mut self, synced: Synced) {
+    pub fn report_resync(&mut self, synced: &Synced) {
         if let Some(differing) = synced.resynced {
             tracing::info!(generation = synced.generation.0, differing, ops = synced.ops, "dataplane resynced");
             let _ = self.events.send(pb::Event {
@@ -448,6 +603,7 @@ impl Engine {
             max_sessions: quota(d.quotas.sessions),
             max_legs: quota(d.quotas.legs),
             max_subscriptions: quota(d.quotas.subscriptions),
+            unbound_ports: self.unbound.len() as u32,
         };
         if live.answering() {
             s.dataplane_connected = true;

@@ -139,6 +139,18 @@ pub enum Record {
     Delete(pb::DeleteSessionRequest),
     /// Drain (true) or undrain (false).
     Drain(bool),
+    /// A leg given new local ports because the dataplane could not open its own
+    /// ([`Desired::move_leg`]); the ports are explicit, so the replay needs no allocation.
+    Move {
+        /// The session.
+        session: String,
+        /// The leg's name.
+        leg: String,
+        /// Its new RTP port.
+        port: u16,
+        /// Its new RTCP port (a leg with a separate RTCP component).
+        rtcp_port: Option<u16>,
+    },
 }
 
 impl Record {
@@ -152,6 +164,7 @@ impl Record {
                 d.draining = *on;
                 Ok(())
             }
+            Record::Move { session, leg, port, rtcp_port } => d.move_leg(session, leg, *port, *rtcp_port),
         }
     }
 
@@ -168,6 +181,17 @@ impl Record {
                 r.encode(&mut body).expect("a Vec grows");
                 (4, body)
             }
+            // The RTP port, the RTCP port (0: none), the session's name's length (u16), then the
+            // session's and the leg's names (ids are bounded well under 64 KiB).
+            Record::Move { session, leg, port, rtcp_port } => {
+                let mut body = Vec::with_capacity(6 + session.len() + leg.len());
+                body.extend_from_slice(&port.to_be_bytes());
+                body.extend_from_slice(&rtcp_port.unwrap_or(0).to_be_bytes());
+                body.extend_from_slice(&(session.len() as u16).to_be_bytes());
+                body.extend_from_slice(session.as_bytes());
+                body.extend_from_slice(leg.as_bytes());
+                (5, body)
+            }
         }
     }
 
@@ -180,6 +204,13 @@ impl Record {
                 let n = usize::from(u16::from_be_bytes(body.get(..2)?.try_into().ok()?));
                 let ports = body.get(2..2 + 2 * n)?.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
                 pb::ChangeSet::decode(&body[2 + 2 * n..]).ok().map(|r| Record::ApplyAvoiding(r, ports))
+            }
+            5 => {
+                let u16_at = |i: usize| body.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+                let (port, rtcp, n) = (u16_at(0)?, u16_at(2)?, usize::from(u16_at(4)?));
+                let session = std::str::from_utf8(body.get(6..6 + n)?).ok()?.to_owned();
+                let leg = std::str::from_utf8(&body[6 + n..]).ok()?.to_owned();
+                Some(Record::Move { session, leg, port, rtcp_port: (rtcp != 0).then_some(rtcp) })
             }
             _ => None,
         }
@@ -645,6 +676,43 @@ mod tests {
         assert_eq!(info.replayed, 1);
         assert_eq!(recovered.ports_used(), ports);
         assert_eq!(recovered, desired);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_moved_leg_replays_onto_its_new_port_and_a_retry_answers_with_it() {
+        let d = dir("move");
+        let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
+        let mut change = pair("m");
+        change.idempotency_key = "k1".into();
+        let r = Record::Apply(change.clone());
+        r.replay(&mut desired).unwrap();
+        j.append(&r).unwrap();
+        let leg = desired.sessions["m"].legs.keys().next().unwrap().clone();
+        let old = desired.sessions["m"].legs[&leg].local_port;
+        // The port a move would take, and another when that one is to be avoided.
+        let (first_choice, _) = desired.ports_for_move("m", &leg, &std::collections::BTreeSet::new()).unwrap();
+        let (port, rtcp_port) = desired.ports_for_move("m", &leg, &std::collections::BTreeSet::from([first_choice])).unwrap();
+        assert!(port != old && port != first_choice && !desired.ports_used().contains(&port), "{old} {first_choice} {port}");
+        let mv = Record::Move { session: "m".into(), leg: leg.clone(), port, rtcp_port };
+        let (kind, body) = mv.encode();
+        assert_eq!(Record::decode(kind, &body), Some(mv.clone()), "the record decodes to itself");
+        mv.replay(&mut desired).unwrap();
+        j.append(&mv).unwrap();
+        drop(j);
+        assert!(!desired.ports_used().contains(&old), "the old port is free");
+        let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
+        assert_eq!(info.replayed, 2);
+        assert_eq!(recovered.sessions["m"].legs[&leg].local_port, port);
+        assert_eq!(recovered, desired);
+        // An idempotent retry of the change set answers with the port the leg has now.
+        let retry = recovered.prepare(&change).unwrap();
+        assert!(retry.outcome.replayed);
+        assert!(retry.outcome.committed.ports.contains(&(leg.clone(), port)), "{:?}", retry.outcome.committed.ports);
+        // A move of what does not exist is refused, changing nothing.
+        let mut again = recovered.clone();
+        assert!(Record::Move { session: "m".into(), leg: "nobody".into(), port, rtcp_port: None }.replay(&mut again).is_err());
+        assert_eq!(again, recovered);
         let _ = std::fs::remove_dir_all(&d);
     }
 

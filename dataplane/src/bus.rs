@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use sluice_api::EdgeStatus;
+use sluice_api::UnboundPort;
 use sluice_core::forward::{Event, SlowDatagram};
 use sluice_core::ids::{Generation, LegId};
 use sluice_core::table::{Delta, DeltaError, EdgeSpec, KeyMaterial};
@@ -23,8 +24,9 @@ use sluice_core::table::{Delta, DeltaError, EdgeSpec, KeyMaterial};
 /// What a worker is told between batches.
 #[derive(Clone, Debug)]
 pub enum WorkerMsg {
-    /// Apply a delta and answer with the result.
-    Apply(Arc<Delta>, Sender<Result<Generation, DeltaError>>),
+    /// Apply a delta and answer with the result: the generation and the leg ports of this
+    /// worker that are not open.
+    Apply(Arc<Delta>, Sender<Result<(Generation, Vec<UnboundPort>), DeltaError>>),
     /// A leg's remote address, learned by the worker that owns the leg or selected by ICE.
     SetRemote(LegId, std::net::SocketAddr),
     /// A simulcast layer's SSRC, learned from its RID by the worker that owns the leg: every
@@ -113,7 +115,8 @@ impl Workers {
 
     /// Applies a delta on every worker (each between two of its batches) and waits for all.
     /// Validation is deterministic, so the workers agree; the first refusal is returned.
-    pub fn apply(&self, delta: Delta) -> Result<Generation, DeltaError> {
+    /// Applied, it returns the generation and every leg port a worker could not open.
+    pub fn apply(&self, delta: Delta) -> Result<(Generation, Vec<UnboundPort>), DeltaError> {
         let delta = Arc::new(delta);
         let replies: Vec<_> = self
             .senders
@@ -124,19 +127,19 @@ impl Workers {
                 rx
             })
             .collect();
-        let mut result = None;
+        let mut result: Option<Result<(Generation, Vec<UnboundPort>), DeltaError>> = None;
         for r in replies {
             match r.recv_timeout(Duration::from_secs(10)) {
-                Ok(res) => {
-                    if result.as_ref().is_none_or(|x: &Result<Generation, DeltaError>| x.is_ok()) {
-                        result = Some(res);
-                    }
-                }
+                Ok(res) => match (&mut result, res) {
+                    (Some(Ok((_, all))), Ok((_, unbound))) => all.extend(unbound),
+                    (Some(Err(_)), _) => {}
+                    (slot, res) => *slot = Some(res),
+                },
                 Err(_) => tracing::error!("a worker did not answer a delta within 10 s"),
             }
         }
         let result = result.unwrap_or(Err(DeltaError::Generation { current: self.generation(), got: delta.generation }));
-        if let Ok(g) = &result
+        if let Ok((g, _)) = &result
             && let Ok(mut a) = self.applied.lock()
         {
             *a = *g;

@@ -364,7 +364,7 @@ fn serve_control(
             let changes = edge::changes_of(&delta);
             let for_shield = shield.as_ref().map(|_| Arc::new(delta.clone()));
             match workers.apply(delta) {
-                Ok(g) => {
+                Ok((g, unbound)) => {
                     if !changes.is_empty() {
                         let _ = slow.send(SlowMsg::Legs(changes));
                     }
@@ -373,7 +373,7 @@ fn serve_control(
                     {
                         tracing::error!(generation = g.0, error = %e, "the XDP shield could not follow this delta");
                     }
-                    Response::Applied(g)
+                    if unbound.is_empty() { Response::Applied(g) } else { Response::AppliedUnbound { generation: g, unbound } }
                 }
                 Err(e) => Response::Rejected { generation: workers.generation(), reason: e.to_string() },
             }

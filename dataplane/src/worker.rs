@@ -14,7 +14,7 @@
 //!     now and then: publish a metrics snapshot
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
 
@@ -29,6 +29,7 @@ use crate::bus::{ShieldMsg, SlowMsg};
 pub use crate::bus::{WorkerMsg, Workers};
 use crate::io::{Backend, Transmit};
 use crate::metrics::{Snapshots, WorkerSnapshot};
+use sluice_api::UnboundPort;
 
 /// How many datagrams' worth of output slots a worker keeps per received datagram (fan-out
 /// plus feedback); the batch is sized so a full receive batch cannot overflow it.
@@ -57,8 +58,9 @@ pub struct Worker {
     batched: u64,
     epoch: WallInstant,
     bind_errors: u64,
-    /// Leg ports that failed to open (each logged once while it keeps failing).
-    unbound: BTreeSet<u16>,
+    /// Leg ports that failed to open, with the error (each logged once while it keeps failing;
+    /// reported with every applied delta).
+    unbound: BTreeMap<u16, String>,
     peer_queue_full: u64,
     slow: Option<Sender<SlowMsg>>,
     slow_queue_full: u64,
@@ -115,7 +117,7 @@ impl Worker {
             batched: 0,
             epoch,
             bind_errors: 0,
-            unbound: BTreeSet::new(),
+            unbound: BTreeMap::new(),
             peer_queue_full: 0,
             slow,
             slow_queue_full: 0,
@@ -268,7 +270,7 @@ impl Worker {
                             self.size_batches();
                         }
                     }
-                    let _ = reply.send(result);
+                    let _ = reply.send(result.map(|g| (g, self.unbound.iter().map(|(&port, error)| UnboundPort { port, error: error.clone() }).collect())));
                 }
                 WorkerMsg::SetRemote(leg, addr) => self.core.set_remote(leg, addr),
                 WorkerMsg::LearnSsrc { leg, track, layer, rtx, ssrc } => self.core.install_learned_ssrc(leg, track, layer, rtx, ssrc),
@@ -354,7 +356,7 @@ impl Worker {
                 }
                 Err(e) => {
                     self.bind_errors += 1;
-                    if !self.unbound.insert(p) {
+                    if self.unbound.insert(p, e.to_string()).is_some() {
                         continue;
                     }
                     if logged < LOGGED_BIND_ERRORS {
@@ -375,7 +377,7 @@ impl Worker {
                 "cannot open more leg ports (not listed one by one)"
             );
         }
-        self.unbound.retain(|p| want.contains(p));
+        self.unbound.retain(|p, _| want.contains(p));
     }
 
     fn flush(&mut self) {

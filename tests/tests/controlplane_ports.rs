@@ -11,7 +11,7 @@ use sluice_tests::TempDir;
 use tonic::Code;
 
 mod cp;
-use cp::{Grpc, expect_code, session_req, start_controlplane_with, start_dataplane_in};
+use cp::{Grpc, expect_code, session_req, start_controlplane_with, start_dataplane_in, start_dataplane_in_netns, wait_until};
 
 /// The control plane's range (33600-33607) is wider than the dataplane's (33600-33604): the
 /// first session's three legs fit, the second's third leg would get 33605 and the change is
@@ -126,4 +126,69 @@ fn a_narrowed_port_range_refuses_to_start_naming_the_legs_it_would_move() {
     let mut want = held.clone();
     want.sort_unstable();
     assert_eq!(ports, want, "the legs kept their ports");
+}
+
+/// Whether UDP `port` on 127.0.0.1 is held by someone in namespace `ns` (a bind there fails).
+fn held_in(ns: &sluice_bench::netns::NetNs, port: u16) -> bool {
+    ns.enter(|| matches!(std::net::UdpSocket::bind(("127.0.0.1", port)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse))
+}
+
+/// Issue 15 item 5, the rest: a port the control plane's check cannot see taken (here held in
+/// the dataplane's own network namespace; the same as a port taken between the check and the
+/// dataplane's bind) is not acknowledged. The dataplane names the ports it could not open in its
+/// answer to the delta; the control plane moves the new leg to another port, journals the move
+/// and installs it before answering, so the answer gives a port the dataplane holds, and a
+/// restart replays the move. A port of an acknowledged leg that cannot be opened (the dataplane
+/// restarted while another process took it) is reported: the leg keeps its port, the log and
+/// the node's status say so. (Before: the Apply answered OK with 33660 and that leg was dead.)
+#[test]
+fn a_port_the_dataplane_cannot_open_is_never_acknowledged() {
+    const PORTS: (u16, u16) = (33_660, 33_667);
+    let dir = TempDir::new("cp-port-unopened");
+    let ns = sluice_bench::netns::NetNs::new("pu");
+    let holder = ns.enter(|| std::net::UdpSocket::bind(("127.0.0.1", 33_660))).expect("the test's own socket on 33660 in its namespace");
+    let (dataplane, dp_sock) = start_dataplane_in_netns(dir.path(), PORTS, Some(&ns.name));
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS);
+    let mut grpc = Grpc::connect(addr);
+    let first = grpc.apply(session_req("first")).unwrap_or_else(|e| panic!("{e:?}\n{}\n{}", cp.log_text(), dataplane.log_text()));
+    let ports: Vec<u16> = first.ports.iter().map(|p| p.local_port as u16).collect();
+    assert!(!ports.contains(&33_660), "a port the dataplane could not open was acknowledged: {ports:?}\n{}", cp.log_text());
+    assert_eq!(ports.len(), 3);
+    assert!(cp.log_text().contains("the leg gets another"), "{}", cp.log_text());
+    for &p in &ports {
+        assert!(held_in(&ns, p), "port {p} of the answer is not open in the dataplane's namespace\n{}", dataplane.log_text());
+    }
+    assert_eq!(grpc.status().unbound_ports, 0, "every leg's port is open");
+    let session = grpc.session("first").unwrap();
+    let mut legs: Vec<u16> = session.legs.iter().map(|l| l.local_port as u16).collect();
+    legs.sort_unstable();
+    let mut want = ports.clone();
+    want.sort_unstable();
+    assert_eq!(legs, want, "the session shows the ports the answer gave");
+
+    // The move is journaled: a restarted control plane has the same ports (the dataplane
+    // keeps its tables, so nothing needs to move again).
+    cp.signal(libc::SIGKILL);
+    drop(cp);
+    let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 2, PORTS);
+    let mut grpc = Grpc::connect(addr);
+    let mut after: Vec<u16> = grpc.session("first").unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text())).legs.iter().map(|l| l.local_port as u16).collect();
+    after.sort_unstable();
+    assert_eq!(after, want, "the replay keeps the moved port");
+
+    // An acknowledged leg whose port is taken while the dataplane is down keeps its port and is
+    // reported once the dataplane is back and the tables are installed again.
+    drop(holder);
+    dataplane.signal(libc::SIGKILL);
+    drop(dataplane);
+    let _ = std::fs::remove_file(&dp_sock);
+    let taken = ns.enter(|| std::net::UdpSocket::bind(("127.0.0.1", want[0]))).expect("take an acknowledged leg's port");
+    let (dataplane, _) = start_dataplane_in_netns(dir.path(), PORTS, Some(&ns.name));
+    wait_until("the status to count the port the dataplane cannot open", std::time::Duration::from_secs(20), || grpc.status().unbound_ports == 1);
+    assert!(cp.log_text().contains("the dataplane cannot open a leg port; the leg receives nothing"), "{}", cp.log_text());
+    let mut kept: Vec<u16> = grpc.session("first").unwrap().legs.iter().map(|l| l.local_port as u16).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, want, "an acknowledged leg is not moved");
+    drop(taken);
+    drop(dataplane);
 }

@@ -303,6 +303,7 @@ fn print_status(s: &pb::NodeStatus, as_json: bool) {
             "subscriptions": s.subscriptions,
             "port_range": [s.port_range_start, s.port_range_end],
             "ports_free": s.ports_free,
+            "unbound_ports": s.unbound_ports,
             "dataplane_connected": s.dataplane_connected,
             "dataplane_generation": s.dataplane_generation,
             "workers": s.workers.iter().map(|w| json!({
@@ -321,6 +322,7 @@ fn print_status(s: &pb::NodeStatus, as_json: bool) {
         vec!["tracks".into(), s.tracks.to_string()],
         vec!["subscriptions".into(), s.subscriptions.to_string()],
         vec!["ports".into(), format!("{}-{} ({} free)", s.port_range_start, s.port_range_end, s.ports_free)],
+        vec!["ports not opened".into(), s.unbound_ports.to_string()],
         vec!["dataplane".into(), if s.dataplane_connected { format!("connected (generation {})", s.dataplane_generation) } else { "not connected".into() }],
         vec!["rx packets".into(), pps_total.to_string()],
     ];

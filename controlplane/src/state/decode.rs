@@ -109,7 +109,7 @@ impl Stage<'_> {
 
     /// [`Stage::allocate_port`], also avoiding `taken` (a port the leg being decoded already
     /// got); with `prefer`, that port if it is free and in the range.
-    fn allocate_port_besides(&mut self, field: &str, taken: Option<(u16, Option<u16>)>) -> Result<u16, StateError> {
+    pub(super) fn allocate_port_besides(&mut self, field: &str, taken: Option<(u16, Option<u16>)>) -> Result<u16, StateError> {
         // This session's own ports (its size, not the node's), the node's through the index.
         let own: BTreeSet<u16> = self.session.legs.values().flat_map(LegSpec::ports).chain(taken.map(|(t, _)| t)).collect();
         let used = |p: u16| own.contains(&p) || self.used_elsewhere.contains(p);

@@ -429,6 +429,90 @@ impl Desired {
         Ok(self.commit(prepared))
     }
 
+    /// A stage for a change of `name` (its session as it is now, or a new one), whose new legs
+    /// get no port of `avoid`.
+    fn stage<'a>(&'a self, name: &'a str, avoid: &'a BTreeSet<u16>) -> Stage<'a> {
+        Stage {
+            session: self.sessions.get(name).cloned().unwrap_or_default(),
+            name,
+            next_leg: self.next_leg,
+            next_track: self.next_track,
+            next_port: self.next_port,
+            range: self.ports,
+            used_elsewhere: if self.port_index.built {
+                Elsewhere::Index { owner: &self.port_index.owner, session: name, avoid }
+            } else {
+                Elsewhere::Collected(
+                    self.sessions
+                        .iter()
+                        .filter(|(n, _)| *n != name)
+                        .flat_map(|(_, s)| s.legs.values().flat_map(LegSpec::ports))
+                        .chain(avoid.iter().copied())
+                        .collect(),
+                )
+            },
+            ports: Vec::new(),
+            events: Vec::new(),
+            ice_secret: &self.ice_secret,
+        }
+    }
+
+    /// New local ports for `leg` of `session`, whose own the dataplane could not open: the RTP
+    /// port as a new leg's would be chosen, avoiding `avoid` and every port a leg holds, and
+    /// for a leg with a separate RTCP component its RTCP port (the RTP port + 1 when free).
+    /// Changes nothing; [`Desired::move_leg`] does.
+    pub fn ports_for_move(&self, session: &str, leg: &str, avoid: &BTreeSet<u16>) -> Result<(u16, Option<u16>), StateError> {
+        let Some(spec) = self.sessions.get(session).and_then(|s| s.legs.get(leg)) else {
+            return Err(err(ErrorKind::NotFound, "leg", format!("no leg {} in session {}", quote(leg), quote(session))));
+        };
+        // The stage's session still holds the leg, so its current ports count as taken.
+        let mut stage = self.stage(session, avoid);
+        let port = stage.allocate_port("leg")?;
+        let rtcp = match spec.rtcp.as_deref() {
+            Some(_) => Some(stage.allocate_port_besides("leg.separate_rtcp", Some((port, port.checked_add(1))))?),
+            None => None,
+        };
+        Ok((port, rtcp))
+    }
+
+    /// Gives `leg` of `session` new local ports (see [`Desired::ports_for_move`]): the same leg,
+    /// its RTP port and its RTCP component's port replaced; the answers kept for idempotent
+    /// retries name the new port. The allocation cursor moves past the new port, as it does
+    /// for a new leg, so a replay allocates what the original did.
+    pub fn move_leg(&mut self, session: &str, leg: &str, port: u16, rtcp_port: Option<u16>) -> Result<(), StateError> {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return Err(err(ErrorKind::NotFound, "session", format!("no session {}", quote(session))));
+        };
+        let Some(spec) = s.legs.get_mut(leg) else {
+            return Err(err(ErrorKind::NotFound, "leg", format!("no leg {} in session {}", quote(leg), quote(session))));
+        };
+        let old: Vec<u16> = spec.ports().collect();
+        spec.local_port = port;
+        if let (Some(c), Some(p)) = (spec.rtcp.as_deref_mut(), rtcp_port) {
+            c.local_port = p;
+        }
+        let new: Vec<u16> = spec.ports().collect();
+        for e in &mut s.idempotency {
+            for (name, p) in &mut e.committed.ports {
+                if name == leg {
+                    *p = port;
+                }
+            }
+        }
+        if self.port_index.built {
+            for p in old {
+                if self.port_index.owner.get(&p).is_some_and(|o| o == session) {
+                    self.port_index.owner.remove(&p);
+                }
+            }
+            for p in new {
+                self.port_index.owner.insert(p, session.to_owned());
+            }
+        }
+        self.next_port = if port >= self.ports.end { self.ports.start } else { port + 1 };
+        Ok(())
+    }
+
     /// Ports of the legs `session` has now (none for a new session).
     pub fn session_ports(&self, session: &str) -> BTreeSet<u16> {
         self.sessions.get(session).map(|s| s.legs.values().flat_map(LegSpec::ports).collect()).unwrap_or_default()
@@ -475,29 +559,7 @@ impl Desired {
         if req.changes.is_empty() {
             return Err(invalid("changes", "a change set needs at least one change"));
         }
-        let mut stage = Stage {
-            session: existing.cloned().unwrap_or_default(),
-            name: &req.session,
-            next_leg: self.next_leg,
-            next_track: self.next_track,
-            next_port: self.next_port,
-            range: self.ports,
-            used_elsewhere: if self.port_index.built {
-                Elsewhere::Index { owner: &self.port_index.owner, session: &req.session, avoid }
-            } else {
-                Elsewhere::Collected(
-                    self.sessions
-                        .iter()
-                        .filter(|(n, _)| *n != &req.session)
-                        .flat_map(|(_, s)| s.legs.values().flat_map(LegSpec::ports))
-                        .chain(avoid.iter().copied())
-                        .collect(),
-                )
-            },
-            ports: Vec::new(),
-            events: Vec::new(),
-            ice_secret: &self.ice_secret,
-        };
+        let mut stage = self.stage(&req.session, avoid);
         for (i, change) in req.changes.iter().enumerate() {
             stage.change(i, change)?;
         }

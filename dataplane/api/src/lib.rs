@@ -28,7 +28,9 @@ use sluice_core::table::Delta;
 /// dataplane that speaks another answers [`Response::Error`] and closes, so a control plane and a
 /// dataplane of incompatible builds refuse each other at once instead of misreading frames.
 /// Version 2: snapshots redact key material unless asked for it ([`Request::Snapshot`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: a delta whose leg ports could not all be opened is answered
+/// [`Response::AppliedUnbound`], naming them.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame accepted (a full snapshot of a big node fits comfortably).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -88,6 +90,15 @@ pub enum Response {
     },
     /// The delta is applied everywhere; the tables are at this generation.
     Applied(Generation),
+    /// The delta is applied everywhere, but these leg ports could not be opened (another
+    /// process holds them, the descriptor limit, ...): their legs receive nothing until they
+    /// can. Every port of the node's legs that is not open is listed, not only this delta's.
+    AppliedUnbound {
+        /// The tables' generation.
+        generation: Generation,
+        /// The ports, each with why it could not be opened.
+        unbound: Vec<UnboundPort>,
+    },
     /// The delta was refused (nothing changed); the reason names the op and field.
     Rejected {
         /// The tables' generation, unchanged.
@@ -109,6 +120,15 @@ pub enum Response {
     Events(Vec<Event>),
     /// The request could not be decoded or served.
     Error(String),
+}
+
+/// A leg port the dataplane could not open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnboundPort {
+    /// The local UDP port.
+    pub port: u16,
+    /// Why (the bind error).
+    pub error: String,
 }
 
 /// Writes one frame.

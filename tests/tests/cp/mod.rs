@@ -59,6 +59,12 @@ pub fn start_dataplane(dir: &Path) -> (Daemon, PathBuf) {
 
 /// Starts the dataplane with leg ports in `range`.
 pub fn start_dataplane_in(dir: &Path, range: (u16, u16)) -> (Daemon, PathBuf) {
+    start_dataplane_in_netns(dir, range, None)
+}
+
+/// [`start_dataplane_in`], the dataplane in network namespace `netns` when given (its control
+/// socket is a path, so a control plane outside the namespace reaches it).
+pub fn start_dataplane_in_netns(dir: &Path, range: (u16, u16), netns: Option<&str>) -> (Daemon, PathBuf) {
     let sock = dir.join("dp.sock");
     let cfg = dir.join("dataplane.toml");
     std::fs::write(
@@ -71,7 +77,12 @@ pub fn start_dataplane_in(dir: &Path, range: (u16, u16)) -> (Daemon, PathBuf) {
         ),
     )
     .unwrap();
-    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap(), "--metrics", "off"], &dir.join("dataplane.log"));
+    let args = ["--config", cfg.to_str().unwrap(), "--metrics", "off"];
+    let log = dir.join("dataplane.log");
+    let mut d = match netns {
+        Some(ns) => Daemon::start_in_netns(ns, "sluice-dataplane", &args, &log),
+        None => Daemon::start("sluice-dataplane", &args, &log),
+    };
     assert!(d.wait_for_path(&sock, Duration::from_secs(10)), "control socket never appeared:\n{}", d.log_text());
     (d, sock)
 }
