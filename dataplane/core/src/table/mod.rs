@@ -21,6 +21,8 @@
 
 mod apply;
 pub mod checkpoint;
+#[cfg(feature = "serde")]
+pub mod checkpoint_file;
 mod runtime;
 pub mod spec;
 mod state;
