@@ -704,7 +704,7 @@ fn program_speed_with(
     let spec = ops
         .iter()
         .find_map(|op| match op {
-            Op::UpsertSubscription(s) if s.subscriber == people[1].leg && s.track.0 == people[0].leg.0 * 2 => Some(s.clone()),
+            Op::UpsertSubscription(s) if s.subscriber == people[1].leg && s.track == people[0].seat.audio_track() => Some(s.clone()),
             _ => None,
         })
         .context("the meeting has no subscription 1 <- 0 audio")?;

@@ -228,9 +228,10 @@ fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_ki
 
     // --- Pause participant 0's HD view, unsubscribe participant 1 from participant 2's audio:
     // exactly those streams stop.
-    let (p0, p1, p2) = (media.people[0].leg, media.people[1].leg, media.people[2].leg);
-    let hd = subs.iter().find(|s| s.subscriber == p0 && s.target_layer == 2 && s.track.0 % 2 == 1).unwrap().clone();
-    let audio_2_to_1 = subs.iter().find(|s| s.subscriber == p1 && s.track.0 == p2.0 * 2).unwrap().clone();
+    let (p0, p1) = (media.people[0].leg, media.people[1].leg);
+    let is_video = |s: &sluice_core::table::SubscriptionSpec| media.people.iter().any(|p| p.seat.video_track() == s.track);
+    let hd = subs.iter().find(|s| s.subscriber == p0 && s.target_layer == 2 && is_video(s)).unwrap().clone();
+    let audio_2_to_1 = subs.iter().find(|s| s.subscriber == p1 && s.track == media.people[2].seat.audio_track()).unwrap().clone();
     let mut paused = hd.clone();
     paused.paused = true;
     let r = grpc
@@ -265,16 +266,16 @@ fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_ki
         })),
     };
     let l0 = leg_name(p0.0);
-    let video_of = |p: sluice_core::ids::LegId| track_name(p.0 * 2 + 1);
+    let video_of: Vec<String> = media.people.iter().map(|p| track_name(p.seat.video_track().0)).collect();
     expect_code(grpc.apply(req(vec![bad_sub(&l0, "no-such-track", 0)])), Code::NotFound, "changes[0].subscription.track");
-    let s = expect_code(grpc.apply(req(vec![bad_sub(&l0, &video_of(p0), 0)])), Code::InvalidArgument, "changes[0].subscription.subscriber_leg");
+    let s = expect_code(grpc.apply(req(vec![bad_sub(&l0, &video_of[0], 0)])), Code::InvalidArgument, "changes[0].subscription.subscriber_leg");
     assert!(s.message().contains("own track"), "{s:?}");
     expect_code(
-        grpc.apply(req(vec![bad_sub(&l0, &video_of(p1), 0), bad_sub(&l0, &video_of(p2), 3)])),
+        grpc.apply(req(vec![bad_sub(&l0, &video_of[1], 0), bad_sub(&l0, &video_of[2], 3)])),
         Code::InvalidArgument,
         "changes[1].subscription.target_layer",
     );
-    let mut stale = req(vec![bad_sub(&l0, &video_of(p1), 0)]);
+    let mut stale = req(vec![bad_sub(&l0, &video_of[1], 0)]);
     stale.expected_revision = Some(1);
     expect_code(grpc.apply(stale), Code::Aborted, "expected_revision");
     let bad_key = pb::Change {
@@ -394,7 +395,8 @@ fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
     dataplane.signal(libc::SIGKILL);
     assert!(dataplane.wait_exit(Duration::from_secs(5)).is_some());
     let p0 = media.people[0].leg;
-    let mut hd = subs.iter().find(|s| s.subscriber == p0 && s.target_layer == 2 && s.track.0 % 2 == 1).unwrap().clone();
+    let mut hd =
+        subs.iter().find(|s| s.subscriber == p0 && s.target_layer == 2 && media.people.iter().any(|p| p.seat.video_track() == s.track)).unwrap().clone();
     hd.paused = true;
     let s = expect_code(grpc.apply(req(vec![pb::Change { change: Some(C::Subscription(sub(&hd))) }])), Code::Unavailable, "committed as revision 2");
     assert!(s.message().contains("installed when the dataplane is back"), "{s:?}");

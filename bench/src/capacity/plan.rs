@@ -9,16 +9,21 @@
 //! with fixed publishers and the sinks' checks stay exact. (A browser bundles both directions on
 //! one transport; a leg with transport-cc is also one Sluice runs its downlink estimator and
 //! allocator on, which would need the sinks to answer with transport-cc of their own.)
+//!
+//! Payload types, key material and leg specs are `sluice-sim`'s fixtures. SSRCs are numbered by
+//! stream index rather than by `sluice_sim::ids` seats: a participant's streams depend on the
+//! scenario (speakers, cameras, the sharer), and the lanes find a stream by its index.
 
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
-use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
+use sluice_core::table::{Codec, FeedbackSpec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
+use sluice_sim::fixture;
 
 use super::scenario::{PublisherMode, Scenario};
 
 /// Audio payload type.
-pub const AUDIO_PT: u8 = 111;
+pub const AUDIO_PT: u8 = fixture::PT_OPUS;
 /// Video (and screen share) payload type: VP8.
-pub const VIDEO_PT: u8 = 96;
+pub const VIDEO_PT: u8 = fixture::PT_VP8;
 /// The publishers' transport-wide-cc-01 header-extension id (one-byte form).
 pub const TWCC_EXT: u8 = 3;
 /// Send legs have ids from here (participant leg id + this).
@@ -152,11 +157,14 @@ fn first_publishers(s: &Scenario, size: u32) -> u32 {
     size.min(s.audio.speakers).max(size.min(s.video.max_publishers))
 }
 
+/// The leg `id` (port 0: the control plane allocates it), with transport-cc on `twcc_ext`.
 fn leg_spec(id: u32, rx: &KeyMaterial, tx: &KeyMaterial, twcc_ext: Option<u8>) -> Op {
-    Op::UpsertLeg(LegSpec {
-        feedback: sluice_core::table::FeedbackSpec { twcc_ext, remb: false },
-        ..LegSpec::new(LegId(id), 0, rx.clone(), tx.clone(), Ssrc(0xfeed_0000u32.wrapping_add(id)))
-    })
+    Op::UpsertLeg(LegSpec { feedback: FeedbackSpec { twcc_ext, remb: false }, ..fixture::leg_spec(id, 0, rx.clone(), tx.clone()) })
+}
+
+/// The keys of leg `id`: (participant → SFU, SFU → participant).
+fn keys(profile: sluice_core::srtp::Profile, id: u32) -> (KeyMaterial, KeyMaterial) {
+    (fixture::material(profile, id, 0), fixture::material(profile, id, 1))
 }
 
 /// Packets per frame of `bytes` at `packet_bytes` each (at least one).
@@ -178,12 +186,12 @@ impl Plan {
             let first_pub = first_publishers(s, size) as usize;
             for i in 0..size as usize {
                 let id = (first + i + 1) as u32;
-                let (up, down) = (KeyMaterial::seeded(profile, id * 2), KeyMaterial::seeded(profile, id * 2 + 1));
+                let (up, down) = keys(profile, id);
                 ops.push(leg_spec(id, &up, &down, None));
                 let publishes = plan.adaptive && (i < first_pub || (screen_share && i + 1 == size as usize));
                 let send = publishes.then(|| {
                     let sid = SEND_LEG_BASE + id;
-                    let (up, down) = (KeyMaterial::seeded(profile, sid * 2), KeyMaterial::seeded(profile, sid * 2 + 1));
+                    let (up, down) = keys(profile, sid);
                     ops.push(leg_spec(sid, &up, &down, Some(TWCC_EXT)));
                     SendLeg { leg: LegId(sid), up, down, port: 0 }
                 });

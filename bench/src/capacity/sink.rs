@@ -24,6 +24,7 @@ use sluice_core::ids::Ssrc;
 use sluice_core::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, SrtpError, SrtpKeys};
 use sluice_core::wire::{demux, rtcp, rtp};
 use sluice_dataplane::io::{Backend, Transmit};
+use sluice_sim::seq::{Continuity, Order};
 
 use super::load::{LaneConfig, MAX_STEPS, Path, SENT_AT, STEP_AT, Shared, StepCounters, TAG_AT, histogram, pin, stream_tag, thread_cpu_ns};
 use super::plan::{Plan, StreamKind};
@@ -35,8 +36,8 @@ pub type Feedback = (usize, u64, Vec<u8>);
 struct Receiver {
     subscriber: usize,
     srtp: RtpRecvState,
-    highest: Option<(u16, u32)>,
-    clock: u32,
+    /// Its sequence; timestamps may move up to ten seconds of the stream's clock at a time.
+    order: Continuity,
     /// Video or screen: a gap asks for a keyframe.
     video: bool,
     /// When this subscriber last sent a PLI for it, ns.
@@ -51,26 +52,24 @@ enum From {
 }
 
 /// Moves the subscriber's highest (sequence, timestamp) on with a copy: gaps, reordering and
-/// timestamps that run backwards are counted in `c`. Returns whether it was a gap.
+/// timestamps that run backwards (or jump) are counted in `c`. Returns whether it was a gap.
 fn advance(r: &mut Receiver, seq: u16, ts: u32, c: &StepCounters) -> bool {
-    let Some((hs, hts)) = r.highest else {
-        r.highest = Some((seq, ts));
-        return false;
-    };
-    let d = seq.wrapping_sub(hs) as i16;
-    if d <= 0 {
+    let step = r.order.observe(seq, ts);
+    if step.order == Order::Late {
         c.reordered.fetch_add(1, Ordering::Relaxed);
-        return false;
     }
-    let dt = ts.wrapping_sub(hts) as i32;
-    if dt < 0 || dt as u64 > 10 * u64::from(r.clock) {
+    if step.ts_error() {
         c.ts_errors.fetch_add(1, Ordering::Relaxed);
     }
-    r.highest = Some((seq, ts));
-    if d > 1 {
+    if step.is_gap() {
         c.seq_gaps.fetch_add(1, Ordering::Relaxed);
     }
-    d > 1
+    step.is_gap()
+}
+
+/// A subscriber's receive state for a stream on a clock of `clock` Hz.
+fn receiver(subscriber: usize, clock: u32, video: bool) -> Receiver {
+    Receiver { subscriber, srtp: RtpRecvState::new(1024), order: Continuity::new(10 * clock), video, last_pli: 0 }
 }
 
 /// The sink thread of a lane.
@@ -118,14 +117,12 @@ pub(super) fn sink(
         for o in plan.out_streams.iter().filter(|o| member_set.contains(&o.subscriber)) {
             let clock = if plan.streams[o.stream].kind == StreamKind::Audio { 48_000 } else { 90_000 };
             let video = plan.streams[o.stream].kind != StreamKind::Audio;
-            receivers
-                .insert(o.out_ssrc, (Receiver { subscriber: o.subscriber, srtp: RtpRecvState::new(1024), highest: None, clock, video, last_pli: 0 }, o.stream));
+            receivers.insert(o.out_ssrc, (receiver(o.subscriber, clock, video), o.stream));
         }
     } else {
         for (s, st) in plan.streams.iter().enumerate().filter(|(_, st)| member_set.contains(&st.publisher)) {
             let clock = if st.kind == StreamKind::Audio { 48_000 } else { 90_000 };
-            receivers
-                .insert(st.ssrc, (Receiver { subscriber: st.publisher, srtp: RtpRecvState::new(1024), highest: None, clock, video: false, last_pli: 0 }, s));
+            receivers.insert(st.ssrc, (receiver(st.publisher, clock, false), s));
         }
     }
     let mut local: Vec<Histogram<u64>> = (0..MAX_STEPS).map(|_| histogram()).collect();

@@ -26,10 +26,7 @@ use sluice_core::srtp::{Profile, RtcpSendState, RtpRecvState, RtpSendState, Srtp
 use sluice_core::table::{Delta, Op};
 use sluice_core::time::Instant;
 use sluice_core::wire::rtcp;
-
-#[path = "../tests/common/mod.rs"]
-mod common;
-use common::*;
+use sluice_sim::fixture::*;
 
 const RING: usize = 4096;
 

@@ -9,14 +9,11 @@
 //! core's timers (`handle_timeout` runs as the worker runs it) and also reaches every subscriber
 //! through an audio slot. The count must stay at zero.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::*;
 use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
 use sluice_core::ids::{Generation, Pt, SpeakerGroup, Ssrc};
 use sluice_core::srtp::{Profile, RtcpSendState, RtpSendState, SrtpKeys};
@@ -24,6 +21,7 @@ use sluice_core::table::{AudioSlotsSpec, Delta, LegSpec, Op, TrackSpec};
 use sluice_core::time::Instant;
 use sluice_core::verdict::DropReason;
 use sluice_core::wire::rtcp;
+use sluice_sim::fixture::*;
 
 struct Counting;
 

@@ -2,11 +2,8 @@
 //! SRTP audio carrying RFC 6464 levels, the worker loop calls `handle_timeout` when
 //! `poll_timeout` says, and the test reads the `ActiveSpeakers` events.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::*;
 use sluice_core::forward::{Core, CoreConfig, Event, OutBatch, Shard};
 use sluice_core::ids::{Generation, SpeakerGroup, TrackId};
 use sluice_core::ids::{Pt, SeqNo, Ssrc};
@@ -14,6 +11,7 @@ use sluice_core::srtp::{Profile, RtpRecvState, RtpSendState, SrtpKeys};
 use sluice_core::table::{AudioSlotsSpec, Delta, Op, TrackSpec};
 use sluice_core::time::Instant;
 use sluice_core::wire::rtp;
+use sluice_sim::fixture::*;
 
 const PROFILE: Profile = Profile::AeadAes128Gcm;
 const EXT: u8 = 3;

@@ -13,12 +13,9 @@
 //!
 //! The link steps 3 Mbit/s → 500 kbit/s → 3 Mbit/s; layers are 200 k / 700 k / 2 Mbit/s.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::*;
 use rand::{Rng, SeedableRng};
 use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
 use sluice_core::ids::{Generation, LegId, Ssrc, TrackId};
@@ -27,6 +24,7 @@ use sluice_core::table::{Delta, Op};
 use sluice_core::time::Instant;
 use sluice_core::uplink::TwccRecorder;
 use sluice_core::wire::rtcp;
+use sluice_sim::fixture::*;
 
 const PROFILE: Profile = Profile::AeadAes128Gcm;
 const PUB: u32 = 1;

@@ -14,12 +14,9 @@
 //! outputs; every output goes to a known leg's latched address from its port, and authenticates
 //! with that leg's keys (RTP and RTCP alike).
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::*;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_core::forward::{Core, CoreConfig, OutBatch};
@@ -28,6 +25,7 @@ use sluice_core::srtp::{MAX_WINDOW, Profile, RtcpRecvState, RtcpSendState, RtpRe
 use sluice_core::table::{Delta, Op, SubscriptionSpec};
 use sluice_core::time::Instant;
 use sluice_core::wire::{demux, rtcp};
+use sluice_sim::fixture::*;
 
 const LEGS: u32 = 4;
 

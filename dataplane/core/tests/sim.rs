@@ -24,8 +24,10 @@
 //!
 //! A failure names the scenario and seed; `SIM_SEED=<n>` reruns one seed, `SIM_SEEDS=<a>..<b>`
 //! soaks a range, `SIM_TRACE=<from_ms>-<to_ms>` prints what the SFU did in that window.
-
-mod common;
+//!
+//! The participants' fixtures, numbering (meeting 0 of `sluice_sim::ids`), SRTP endpoints and
+//! sequence unwrapping are `sluice-sim`'s, shared with the cross-process tests and the benches;
+//! the world, the events and the truth checks are this file's.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -33,19 +35,23 @@ use std::collections::{BTreeMap, VecDeque};
 /// and SipHash is slow in debug builds).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
-use sluice_core::ids::{Generation, Ssrc};
-use sluice_core::srtp::{MAX_WINDOW, Profile, RtcpRecvState, RtcpSendState, RtpRecvState, RtpSendState, SrtpError, SrtpKeys};
+use sluice_core::ids::{Generation, Ssrc, TrackId};
+use sluice_core::srtp::{MAX_WINDOW, Profile, RtcpRecvState, SrtpError};
 use sluice_core::stats::CoreStats;
 use sluice_core::table::{Delta, Op, SubscriptionSpec};
 use sluice_core::time::Instant;
 use sluice_core::verdict::DropReason;
 use sluice_core::wire::{demux, rtcp, rtp};
+use sluice_sim::endpoint::Endpoint;
+use sluice_sim::fixture::*;
+use sluice_sim::ids::{self, Seat};
+use sluice_sim::media::vp8_prefix;
+use sluice_sim::seq::unwrap_seq;
 
 const MS: u64 = 1_000_000;
 const MEDIA_START: u64 = 100 * MS;
@@ -138,12 +144,6 @@ impl Id {
     }
 }
 
-/// Extends a 16-bit sequence number to the one nearest `reference`.
-fn unwrap_seq(reference: i64, seq: u16) -> i64 {
-    let d = seq.wrapping_sub(reference as u16) as i16;
-    reference + i64::from(d)
-}
-
 // ------------------------------------------------------------------------------------------
 // Participants
 
@@ -207,12 +207,7 @@ struct Participant {
     leg: u32,
     port: u16,
     addr: SocketAddr,
-    up: SrtpKeys,
-    down: SrtpKeys,
-    up_rtp: HashMap<u32, RtpSendState>,
-    up_rtcp: HashMap<u32, RtcpSendState>,
-    down_rtp: HashMap<u32, RtpRecvState>,
-    down_rtcp: HashMap<u32, RtcpRecvState>,
+    srtp: Endpoint,
     audio: AudioPub,
     video: Option<Vec<LayerPub>>,
     rx: HashMap<u32, RxStream>,
@@ -231,26 +226,6 @@ struct Participant {
 impl Participant {
     fn rtcp_ssrc(&self) -> u32 {
         self.leg
-    }
-
-    fn protect_rtp(&mut self, plain: &[u8]) -> Vec<u8> {
-        let ssrc = u32::from_be_bytes(plain[8..12].try_into().unwrap());
-        let mut b = plain.to_vec();
-        b.resize(plain.len() + 32, 0);
-        let st = self.up_rtp.entry(ssrc).or_default();
-        let n = self.up.protect_rtp(st, &mut b, plain.len()).unwrap();
-        b.truncate(n);
-        b
-    }
-
-    fn protect_rtcp(&mut self, plain: &[u8]) -> Vec<u8> {
-        let ssrc = u32::from_be_bytes(plain[4..8].try_into().unwrap());
-        let mut b = plain.to_vec();
-        b.resize(plain.len() + 32, 0);
-        let st = self.up_rtcp.entry(ssrc).or_default();
-        let n = self.up.protect_rtcp(st, &mut b, plain.len()).unwrap();
-        b.truncate(n);
-        b
     }
 }
 
@@ -341,20 +316,9 @@ fn profile_of(p: Profiles, idx: usize) -> Profile {
     }
 }
 
-fn audio_ssrc(idx: usize) -> u32 {
-    0x0100_0000 + idx as u32 * 0x100
-}
-fn layer_ssrc(idx: usize, l: usize) -> u32 {
-    0x0100_0000 + idx as u32 * 0x100 + 0x10 + l as u32 * 2
-}
-fn audio_track_id(idx: usize) -> u32 {
-    idx as u32 * 2 + 1
-}
-fn video_track_id(idx: usize) -> u32 {
-    idx as u32 * 2 + 2
-}
-fn out_ssrc(sub: usize, track: u32) -> u32 {
-    0x4000_0000 + (sub as u32) * 0x10000 + track * 4
+/// Participant `idx` of the one meeting.
+fn seat(idx: usize) -> Seat {
+    Seat::new(0, idx as u32)
 }
 
 impl World {
@@ -369,14 +333,14 @@ impl World {
             let seed_k = seed as u32 ^ (idx as u32 * 7919);
             let up = material(profile, seed_k, 0);
             let down = material(profile, seed_k, 1);
-            let leg = idx as u32 + 1;
-            let port = 30_000 + idx as u16;
+            let leg = seat(idx).leg().0;
+            let port = seat(idx).port(30_000);
             ops.push(Op::UpsertLeg(leg_spec(leg, port, up.clone(), down.clone())));
             let video = (idx < sc.video_publishers).then(|| {
                 (0..3)
                     .map(|l| LayerPub {
-                        ssrc: layer_ssrc(idx, l),
-                        rtx_ssrc: layer_ssrc(idx, l) + 1,
+                        ssrc: seat(idx).layer_ssrc(l).0,
+                        rtx_ssrc: seat(idx).layer_rtx_ssrc(l).0,
                         // Some streams start near the wrap so the run crosses it.
                         seq: if rng.random_bool(0.3) { 65_500 } else { rng.random() },
                         rtx_seq: rng.random(),
@@ -394,14 +358,9 @@ impl World {
                 idx,
                 leg,
                 port,
-                addr: SocketAddr::from((Ipv4Addr::new(10, 1, (idx >> 8) as u8, idx as u8), 40_000 + idx as u16)),
-                up: SrtpKeys::new(profile, &up.key, &up.salt).unwrap(),
-                down: SrtpKeys::new(profile, &down.key, &down.salt).unwrap(),
-                up_rtp: HashMap::default(),
-                up_rtcp: HashMap::default(),
-                down_rtp: HashMap::default(),
-                down_rtcp: HashMap::default(),
-                audio: AudioPub { ssrc: audio_ssrc(idx), seq: rng.random(), ts: rng.random(), packets: 0, octets: 0 },
+                addr: seat(idx).addr(),
+                srtp: Endpoint::new(&up, &down).unwrap(),
+                audio: AudioPub { ssrc: seat(idx).audio_ssrc().0, seq: rng.random(), ts: rng.random(), packets: 0, octets: 0 },
                 video,
                 rx: HashMap::default(),
                 rtx_to_primary: HashMap::default(),
@@ -417,10 +376,11 @@ impl World {
             });
         }
         for idx in 0..n {
-            ops.push(Op::UpsertTrack(audio_track(audio_track_id(idx), idx as u32 + 1, audio_ssrc(idx))));
+            let (me, leg) = (seat(idx), seat(idx).leg().0);
+            ops.push(Op::UpsertTrack(audio_track(me.audio_track().0, leg, me.audio_ssrc().0)));
             if idx < sc.video_publishers {
-                let layers: Vec<(u32, u32)> = (0..3).map(|l| (layer_ssrc(idx, l), layer_ssrc(idx, l) + 1)).collect();
-                ops.push(Op::UpsertTrack(video_track(video_track_id(idx), idx as u32 + 1, &layers)));
+                let layers: Vec<(u32, u32)> = (0..3).map(|l| (me.layer_ssrc(l).0, me.layer_rtx_ssrc(l).0)).collect();
+                ops.push(Op::UpsertTrack(video_track(me.video_track().0, leg, &layers)));
             }
         }
         let mut subs = BTreeMap::new();
@@ -431,14 +391,14 @@ impl World {
                 if s == p {
                     continue;
                 }
-                let mut tracks = vec![(audio_track_id(p), false)];
+                let mut tracks = vec![(seat(p).audio_track().0, false)];
                 if p < sc.video_publishers {
-                    tracks.push((video_track_id(p), true));
+                    tracks.push((seat(p).video_track().0, true));
                 }
                 for (t, video) in tracks {
                     k += 1;
-                    let out = out_ssrc(s, t);
-                    let rtx = (video && !k.is_multiple_of(sc.no_rtx_every)).then_some(out + 1);
+                    let out = seat(s).out_ssrc(TrackId(t)).0;
+                    let rtx = (video && !k.is_multiple_of(sc.no_rtx_every)).then_some(seat(s).out_rtx_ssrc(TrackId(t)).0);
                     let layer = if video { rng.random_range(0..3) } else { 0 };
                     let spec = subscription(s as u32 + 1, t, out, rtx, layer);
                     parts[s].rx.insert(
@@ -501,7 +461,7 @@ impl World {
         for idx in 0..n {
             let mut buf = [0u8; 8];
             let len = rtcp::write_rr(&mut buf, Ssrc(w.parts[idx].rtcp_ssrc()), &[]).unwrap();
-            let bytes = w.parts[idx].protect_rtcp(&buf[..len]);
+            let bytes = w.parts[idx].srtp.protect_rtcp(&buf[..len]);
             w.send_up(idx, bytes, None);
             let jitter = w.rng.random_range(0..AUDIO_INTERVAL);
             w.schedule(MEDIA_START + jitter, Ev::Audio(idx));
@@ -729,7 +689,7 @@ impl World {
                 }
                 let st = self.tap_rtcp.entry((to, sender)).or_insert_with(|| RtcpRecvState::new(MAX_WINDOW));
                 let mut buf = b.to_vec();
-                let n = self.parts[to].down.unprotect_rtcp(st, &mut buf, b.len()).expect("tap decrypts SFU feedback");
+                let n = self.parts[to].srtp.down_keys().unprotect_rtcp(st, &mut buf, b.len()).expect("tap decrypts SFU feedback");
                 for pkt in rtcp::compound(&buf[..n]) {
                     let pkt = pkt.expect("SFU RTCP parses");
                     if let Ok(pli) = rtcp::Pli::new_checked(pkt.as_bytes()) {
@@ -810,7 +770,7 @@ impl World {
     }
 
     fn is_video(&self, track: u32) -> bool {
-        track.is_multiple_of(2)
+        ids::is_video(TrackId(track))
     }
 
     // --- publishers ------------------------------------------------------------------------
@@ -830,7 +790,7 @@ impl World {
         a.ts = a.ts.wrapping_add(960);
         a.packets += 1;
         a.octets += payload.len() as u32;
-        let bytes = part.protect_rtp(&plain);
+        let bytes = part.srtp.protect_rtp(&plain);
         self.send_up(p, bytes, Some((ssrc, seq)));
         self.schedule(self.now + AUDIO_INTERVAL, Ev::Audio(p));
     }
@@ -855,11 +815,7 @@ impl World {
                 for k in 0..n {
                     let id = Id { publisher: p as u16, layer: l as u8, key_start: key && k == 0, audio: false, pub_seq: lp.seq, pub_ts: ts };
                     let mut payload = vec![0x5au8; LAYER_BYTES[l] + (lp.seq % 17) as usize];
-                    payload[..2].copy_from_slice(match (k, key) {
-                        (0, true) => &[0x10, 0x00],
-                        (0, false) => &[0x10, 0x01],
-                        _ => &[0x00, 0x00],
-                    });
+                    payload[..2].copy_from_slice(&vp8_prefix(k == 0, key));
                     id.write(&mut payload[2..]);
                     let plain = rtp_packet(lp.ssrc, lp.seq, ts, PT_VP8, k + 1 == n, &payload);
                     lp.history.insert(lp.seq, (plain.clone(), None));
@@ -876,7 +832,7 @@ impl World {
             }
         }
         for (plain, ssrc, seq) in sends {
-            let bytes = self.parts[p].protect_rtp(&plain);
+            let bytes = self.parts[p].srtp.protect_rtp(&plain);
             self.send_up(p, bytes, Some((ssrc, seq)));
         }
         let next = MEDIA_START + u64::from(frame + 1) * FRAME_INTERVAL_NS;
@@ -910,7 +866,7 @@ impl World {
         }
         for rtx in sends {
             self.parts[p].rtx_sent += 1;
-            let bytes = self.parts[p].protect_rtp(&rtx);
+            let bytes = self.parts[p].srtp.protect_rtp(&rtx);
             self.send_up(p, bytes, None);
         }
     }
@@ -919,7 +875,6 @@ impl World {
 
     fn peer_rx(&mut self, to: usize, mut buf: Vec<u8>, sent_at: u64, copy: u64) {
         let seed = self.seed;
-        let len = buf.len();
         // Unprotect leaves the header in place: keep what the checks below need from it.
         let bytes: [u8; 12] = core::array::from_fn(|i| buf.get(i).copied().unwrap_or(0));
         // The network's second copy of a datagram: SRTP replay protection must reject it.
@@ -938,8 +893,7 @@ impl World {
             demux::PacketClass::Rtp => {
                 let part = &mut self.parts[to];
                 let ssrc = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
-                let st = part.down_rtp.entry(ssrc).or_insert_with(|| RtpRecvState::new(MAX_WINDOW));
-                let n = match part.down.unprotect_rtp(st, &mut buf, len) {
+                let n = match part.srtp.unprotect_rtp(&mut buf) {
                     Ok(n) => {
                         assert!(!network_dup, "seed {seed}: a duplicated datagram authenticated twice");
                         n
@@ -966,9 +920,7 @@ impl World {
             }
             demux::PacketClass::Rtcp => {
                 let part = &mut self.parts[to];
-                let sender = u32::from_be_bytes(bytes[4..8].try_into().unwrap());
-                let st = part.down_rtcp.entry(sender).or_insert_with(|| RtcpRecvState::new(MAX_WINDOW));
-                let n = match part.down.unprotect_rtcp(st, &mut buf, len) {
+                let n = match part.srtp.unprotect_rtcp(&mut buf) {
                     Ok(n) => {
                         assert!(!network_dup, "seed {seed}: a duplicated datagram authenticated twice");
                         n
@@ -1167,7 +1119,7 @@ impl World {
             }
         }
         for plain in rtcp_out {
-            let bytes = self.parts[p].protect_rtcp(&plain);
+            let bytes = self.parts[p].srtp.protect_rtcp(&plain);
             self.send_up(p, bytes, None);
         }
         if now + HOUSEKEEPING <= end {
@@ -1253,7 +1205,7 @@ impl World {
                             continue;
                         }
                         let pub_seq = (e as u16).wrapping_sub(seq_off);
-                        let why_up = t.up_lost.contains(&(s.publisher, audio_ssrc(s.publisher), pub_seq));
+                        let why_up = t.up_lost.contains(&(s.publisher, seat(s.publisher).audio_ssrc().0, pub_seq));
                         let why_down = t.down_lost.contains(&(part.idx, out, e as u16));
                         assert!(why_up || why_down, "{ctx}: audio seq {} missing but the network lost nothing", e as u16);
                         sum.audio_lost += 1;
@@ -1275,7 +1227,7 @@ impl World {
                     let before = s.recs.range(..e).next_back().map(|(k, r)| (*k, *r));
                     let after = s.recs.range(e..).next().map(|(k, r)| (*k, *r));
                     let guess = before.map(|(k, r)| (r.id.layer, r.id.pub_seq.wrapping_add((e - k) as u16)));
-                    let up = guess.is_some_and(|(l, q)| t.up_lost.contains(&(s.publisher, layer_ssrc(s.publisher, usize::from(l)), q)));
+                    let up = guess.is_some_and(|(l, q)| t.up_lost.contains(&(s.publisher, seat(s.publisher).layer_ssrc(usize::from(l)).0, q)));
                     let down = t.down_lost.contains(&(part.idx, out, *e as u16));
                     let m = s.missing.get(e).map(|m| (m.noticed / MS, m.nacks));
                     eprintln!(
@@ -1347,7 +1299,7 @@ impl World {
                 assert_eq!(last_rec.id.layer, target, "{ctx}: did not converge to target layer {target}");
                 // Duplicates only as retransmissions of what was truly lost, or asked again.
                 for (e, id) in &s.redundant {
-                    let up = t.up_lost.contains(&(s.publisher, layer_ssrc(s.publisher, usize::from(id.layer)), id.pub_seq));
+                    let up = t.up_lost.contains(&(s.publisher, seat(s.publisher).layer_ssrc(usize::from(id.layer)).0, id.pub_seq));
                     assert!(up || s.renacked.contains(e), "{ctx}: redundant retransmission of out seq {} ({id:?}) never lost", *e as u16);
                 }
                 sum.redundant += s.redundant.len() as u64;

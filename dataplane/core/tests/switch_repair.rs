@@ -8,17 +8,15 @@
 //!
 //! Both now map through the segment that produced the sequence number.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::*;
 use sluice_core::forward::{Core, CoreConfig, OutBatch};
 use sluice_core::ids::{Generation, Ssrc};
 use sluice_core::srtp::{MAX_WINDOW, Profile, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 use sluice_core::table::{Delta, Op};
 use sluice_core::time::Instant;
 use sluice_core::wire::{demux, rtcp, rtp};
+use sluice_sim::fixture::*;
 
 const P: Profile = Profile::AeadAes128Gcm;
 const L0: u32 = 0x100;

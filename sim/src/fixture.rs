@@ -1,28 +1,37 @@
-//! Helpers shared by the integration tests (simulation, allocation count, robustness): key
-//! material, packet builders and the specs of a small meeting. Each test binary uses a subset.
-#![allow(dead_code, reason = "each test binary uses a subset of these helpers")]
+//! Fixtures of a small meeting: payload types, deterministic key material, plaintext RTP packets
+//! and the table specs (leg, audio and VP8 tracks, subscription) the core's integration tests and
+//! the simulated meetings are programmed with. Ids are bare `u32`s here because the tests write
+//! them as literals; [`crate::ids`] says which values a simulated participant uses.
 
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SubscriptionSpec, TrackSpec};
 
-/// Publisher payload types.
+use crate::ids;
+
+/// Publisher payload type: Opus.
 pub const PT_OPUS: u8 = 111;
+/// Publisher payload type: VP8.
 pub const PT_VP8: u8 = 96;
+/// Publisher payload type: VP8 retransmissions (RFC 4588).
 pub const PT_VP8_RTX: u8 = 97;
-/// What subscribers see.
+/// What subscribers see for [`PT_OPUS`] (through [`subscription`]'s payload-type map).
 pub const SUB_PT_OPUS: u8 = 109;
+/// What subscribers see for [`PT_VP8`].
 pub const SUB_PT_VP8: u8 = 100;
+/// What subscribers see for [`PT_VP8_RTX`].
 pub const SUB_PT_VP8_RTX: u8 = 101;
 
-/// Deterministic key material for one direction (`dir` 0 or 1) of one leg.
+/// Deterministic key material for one direction (`dir` 0: participant → SFU, 1: SFU →
+/// participant) of a leg: distinct `seed`s give distinct keys ([`crate::meeting`] uses the leg id).
 pub fn material(profile: Profile, seed: u32, dir: u8) -> KeyMaterial {
     KeyMaterial::seeded(profile, seed.wrapping_mul(2) | u32::from(dir & 1))
 }
 
-/// A leg spec: `up` is what the participant sends (the SFU's rx), `down` what it receives.
+/// A leg spec: `up` is what the participant sends (the SFU's rx), `down` what it receives. The
+/// SFU's own RTCP on it goes out as [`ids::feedback_ssrc`].
 pub fn leg_spec(id: u32, port: u16, up: KeyMaterial, down: KeyMaterial) -> LegSpec {
-    LegSpec::new(LegId(id), port, up, down, Ssrc(0xf000_0000 + id))
+    LegSpec::new(LegId(id), port, up, down, ids::feedback_ssrc(LegId(id)))
 }
 
 /// A plaintext RTP packet (no extensions).
@@ -46,6 +55,7 @@ pub fn rtp_packet_with_level(ssrc: u32, seq: u16, ts: u32, pt: u8, ext: u8, (voi
     v
 }
 
+/// An Opus track of leg `publisher` with one layer, `ssrc`.
 pub fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
     TrackSpec {
         id: TrackId(id),
@@ -79,6 +89,8 @@ pub fn video_track(id: u32, publisher: u32, layers: &[(u32, u32)]) -> TrackSpec 
     }
 }
 
+/// Leg `subscriber` receives `track` as `out_ssrc` (retransmissions on `out_rtx`, or on
+/// `out_ssrc` without one) at `layer`, with the publisher payload types mapped to the `SUB_PT_*`.
 pub fn subscription(subscriber: u32, track: u32, out_ssrc: u32, out_rtx: Option<u32>, layer: u8) -> SubscriptionSpec {
     SubscriptionSpec {
         subscriber: LegId(subscriber),
