@@ -97,7 +97,7 @@ fn run(backend: &str, m: u32, size: u32, ticks: u64, updates: Updates) -> Run {
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let targets: Vec<(SocketAddr, std::net::UdpSocket, u32)> =
-        people.iter().zip(&sockets).map(|(p, s)| (sfu(p), s.try_clone().unwrap(), p.leg.0 << 8)).collect();
+        people.iter().zip(&sockets).map(|(p, s)| (sfu(p), s.try_clone().unwrap(), p.seat.audio_ssrc().0)).collect();
     let updater = {
         let (sock, stop) = (sock.clone(), stop.clone());
         thread::spawn(move || {
@@ -748,9 +748,15 @@ fn ports_that_cannot_be_opened_are_logged_once_and_summarized() {
     let k = KeyMaterial::seeded(Profile::AeadAes128Gcm, 1);
     let leg = |i: u16| Op::UpsertLeg(LegSpec::new(LegId(700_000 + u32::from(i)), BASE + i, k.clone(), k.clone(), Ssrc(1)));
     let mut control = Client::connect(&sock).unwrap();
+    // Every answer names the ports the dataplane could not open (all of them, each delta).
     let apply = |control: &mut Client, g: u64, ops: Vec<Op>| {
         let resp = control.call(&Request::Apply(Delta { generation: Generation(g), replace_all: false, ops })).unwrap();
-        assert!(matches!(resp, Response::Applied(_)), "{resp:?}");
+        let Response::AppliedUnbound { generation, unbound } = resp else { panic!("the held ports are not named: {resp:?}") };
+        assert_eq!(generation, Generation(g));
+        let mut ports: Vec<u16> = unbound.iter().map(|u| u.port).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, (BASE..BASE + 30).collect::<Vec<_>>());
+        assert!(unbound.iter().all(|u| u.error.contains("in use")), "{unbound:?}");
     };
     apply(&mut control, 1, (0..30).map(leg).collect());
     let count = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();

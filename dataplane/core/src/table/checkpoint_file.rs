@@ -79,7 +79,6 @@ pub fn decode(bytes: &[u8]) -> Result<Loaded, String> {
     Ok(Loaded { checkpoint, taken: UNIX_EPOCH + Duration::from_millis(taken_ms) })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
