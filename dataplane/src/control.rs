@@ -198,6 +198,9 @@ fn serve_connection<H: FnMut(Request) -> Response>(mut conn: UnixStream, keys_al
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
+                // Said here too: a client that cannot read the answer (or loops on it) would
+                // otherwise leave no trace of why its requests fail.
+                tracing::warn!(error = %e, "control request refused; closing the connection");
                 let _ = write_frame(&mut conn, &Response::Error(e.to_string()));
                 return;
             }

@@ -22,7 +22,7 @@ use cp::{Grpc, changes, session_req_with, start_controlplane_with, start_datapla
 const PORTS: (u16, u16) = (41_000, 41_999);
 
 /// Median and worst of `n` timed Applies that pause and resume one subscription of `small`.
-fn small_applies(grpc: &mut Grpc, small: &[pb::Change], n: usize) -> (Duration, Duration) {
+fn small_applies(grpc: &mut Grpc, small: &[pb::Change], n: usize, logs: &dyn Fn() -> String) -> (Duration, Duration) {
     let mut sub = small
         .iter()
         .find_map(|c| match &c.change {
@@ -35,7 +35,7 @@ fn small_applies(grpc: &mut Grpc, small: &[pb::Change], n: usize) -> (Duration, 
         sub.paused = i % 2 == 0;
         let req = session_req_with("small", vec![pb::Change { change: Some(pb::change::Change::Subscription(sub.clone())) }]);
         let t = Instant::now();
-        grpc.apply(req).expect("the small session's Apply");
+        grpc.apply(req).unwrap_or_else(|e| panic!("the small session's Apply: {e:?}\n{}", logs()));
         took.push(t.elapsed());
     }
     took.sort_unstable();
@@ -50,11 +50,15 @@ fn a_small_sessions_apply_beside_a_big_one() {
     let (dataplane, dp_sock) = start_dataplane_in(dir.path(), PORTS);
     let (cp, addr) = start_controlplane_with(dir.path(), &dp_sock, 1, PORTS);
     let mut grpc = Grpc::connect(addr);
+    let tail = |t: String| t.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let logs = || {
+        format!("control plane:\n{}\ndataplane:\n{}", tail(cp.log_text()), tail(std::fs::read_to_string(dir.path().join("dataplane.log")).unwrap_or_default()))
+    };
 
     let (small_ops, _) = meeting::build(1, 3, Profile::AeadAes128Gcm, 1);
     let small = changes(&small_ops);
     grpc.apply(session_req_with("small", small.clone())).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
-    let (empty_median, empty_worst) = small_applies(&mut grpc, &small, 40);
+    let (empty_median, empty_worst) = small_applies(&mut grpc, &small, 40, &logs);
 
     // The big session: its legs and tracks, then its subscriptions 10,000 per change set.
     let (big_ops, _) = meeting::build(2, size, Profile::AeadAes128Gcm, 1);
@@ -71,7 +75,7 @@ fn a_small_sessions_apply_beside_a_big_one() {
     let built = t.elapsed();
     let status = grpc.status();
     assert_eq!(status.subscriptions as usize, subs.len() + small.iter().filter(|c| matches!(c.change, Some(pb::change::Change::Subscription(_)))).count());
-    let (big_median, big_worst) = small_applies(&mut grpc, &small, 40);
+    let (big_median, big_worst) = small_applies(&mut grpc, &small, 40, &logs);
 
     // A dataplane restart: the control plane resyncs the whole node.
     dataplane.signal(libc::SIGKILL);
@@ -79,13 +83,32 @@ fn a_small_sessions_apply_beside_a_big_one() {
     let _ = std::fs::remove_file(&dp_sock);
     let t = Instant::now();
     let (dataplane, _) = start_dataplane_in(dir.path(), PORTS);
-    let before = grpc.status().dataplane_generation;
     wait_until("the resync of the whole node", Duration::from_secs(600), || {
         let s = grpc.status();
-        s.dataplane_connected && s.dataplane_generation > 0 && s.dataplane_generation != before
+        s.dataplane_connected && s.dataplane_generation > 0
+    });
+    let generation_back = t.elapsed();
+    // Changes are answered again once the resync's replace-all delta is in (while it is in
+    // flight the link is busy and an Apply answers UNAVAILABLE at once).
+    let mut sub = small
+        .iter()
+        .find_map(|c| match &c.change {
+            Some(pb::change::Change::Subscription(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("a subscription");
+    sub.paused = false;
+    let mut refused = 0;
+    wait_until("an Apply after the resync", Duration::from_secs(600), || {
+        let req = session_req_with("small", vec![pb::Change { change: Some(pb::change::Change::Subscription(sub.clone())) }]);
+        let ok = grpc.apply(req).is_ok();
+        refused += usize::from(!ok);
+        ok
     });
     let resync = t.elapsed();
-    let (after_median, after_worst) = small_applies(&mut grpc, &small, 40);
+    let dp_log = std::fs::read_to_string(dir.path().join("dataplane.log")).unwrap_or_default();
+    assert!(!dp_log.contains("control request refused"), "{}", logs());
+    let (after_median, after_worst) = small_applies(&mut grpc, &small, 40, &logs);
     let rss =
         |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_owned));
 
@@ -101,6 +124,8 @@ fn a_small_sessions_apply_beside_a_big_one() {
     );
     println!("scale: small Apply, node empty:         median {empty_median:?}, worst {empty_worst:?}");
     println!("scale: small Apply, beside the big one: median {big_median:?}, worst {big_worst:?}");
-    println!("scale: dataplane restart -> whole node resynced in {resync:?}; small Apply after: median {after_median:?}, worst {after_worst:?}");
+    println!(
+        "scale: dataplane restart -> generation back after {generation_back:?}, Applies answered again after {resync:?} ({refused} refused meanwhile); small Apply after: median {after_median:?}, worst {after_worst:?}"
+    );
     println!("scale: RSS control plane {:?}, dataplane {:?}", rss(cp.pid()), rss(dataplane.pid()));
 }

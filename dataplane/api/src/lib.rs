@@ -32,8 +32,11 @@ use sluice_core::table::Delta;
 /// [`Response::AppliedUnbound`], naming them.
 pub const PROTOCOL_VERSION: u32 = 3;
 
-/// Largest frame accepted (a full snapshot of a big node fits comfortably).
-pub const MAX_FRAME: usize = 64 << 20;
+/// Largest frame accepted: the full tables of a node as one replace-all delta or snapshot (a
+/// subscription takes about 180 bytes of JSON, so 600,000 of them about 105 MB; this leaves room
+/// for several million). A frame's memory grows with the bytes that actually arrive, not with
+/// the length its header claims.
+pub const MAX_FRAME: usize = 1 << 30;
 
 /// What the control plane asks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -152,8 +155,12 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Resul
     if len > MAX_FRAME {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is over {MAX_FRAME}")));
     }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
+    // Grown as the bytes arrive (a header alone cannot make us allocate its length).
+    let mut body = Vec::with_capacity(len.min(1 << 20));
+    r.take(len as u64).read_to_end(&mut body)?;
+    if body.len() != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("frame cut short: {} of {len} bytes", body.len())));
+    }
     serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -282,6 +289,40 @@ mod tests {
         assert!(empty.is_none());
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
         assert!(read_frame::<_, Request>(&mut &huge[..]).is_err());
+        // A header claiming a big frame allocates nothing it does not receive: cut short, an
+        // error.
+        let mut short = ((MAX_FRAME - 1) as u32).to_be_bytes().to_vec();
+        short.extend_from_slice(b"{}");
+        let e = read_frame::<_, Request>(&mut &short[..]).unwrap_err();
+        assert!(e.to_string().contains("cut short"), "{e}");
+    }
+
+    /// The full tables of a node with 600,000 subscriptions go in one frame (they did not fit the
+    /// 64 MiB limit there was: a restarted dataplane could never be resynced).
+    #[test]
+    fn a_replace_all_delta_of_600k_subscriptions_fits_a_frame() {
+        use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
+        use sluice_core::table::{Op, SubscriptionSpec};
+        let sub = |i: u32| {
+            Op::UpsertSubscription(SubscriptionSpec {
+                subscriber: LegId(1 + i / 1096),
+                track: TrackId(1 + i % 1096),
+                out_ssrc: Ssrc(0x4000_0000 + i * 4),
+                out_rtx_ssrc: Some(Ssrc(0x4000_0001 + i * 4)),
+                pt_map: vec![(Pt(111), Pt(111)), (Pt(96), Pt(96)), (Pt(97), Pt(97))],
+                ext_map: vec![],
+                target_layer: 2,
+                paused: false,
+                priority: 0,
+            })
+        };
+        let delta = Delta { generation: Generation(7), replace_all: true, ops: (0..600_000).map(sub).collect() };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Apply(delta)).unwrap();
+        assert!(buf.len() > 64 << 20, "{} bytes: the old limit held it", buf.len());
+        let back: Option<Request> = read_frame(&mut &buf[..]).unwrap();
+        let Some(Request::Apply(d)) = back else { panic!("not the delta") };
+        assert_eq!(d.ops.len(), 600_000);
     }
 
     /// Stats from a dataplane with fewer drop reasons (an older build) or more (a newer one)
