@@ -1,6 +1,6 @@
 //! Network namespaces and veth pairs a test or benchmark creates for itself, named
 //! `sx5<tag><pid>` (unique per process) and deleted in `Drop`, even when the test panics. A daemon runs inside one with
-//! [`NetNs::start_daemon`] (`nsenter --net`: only the network namespace changes, so `/sys/fs/bpf`
+//! the prefix [`NetNs::nsenter_args`] gives (`nsenter --net`: only the network namespace changes, so `/sys/fs/bpf`
 //! and the control socket's path stay shared with the test).
 
 use std::fs::File;

@@ -18,7 +18,7 @@
 //! packet, read the transport-cc Sluice sends back (the sink hands it over on a channel), send
 //! only the camera layers their estimate allows and probe with padding.
 //!
-//! Sink ([`super::sink`]): every copy is verified with its subscriber's keys and checked. Loss is
+//! Sink (`capacity::sink`): every copy is verified with its subscriber's keys and checked. Loss is
 //! what the generator's schedules say each step should have delivered (packets actually sent ×
 //! the subscribers of their layer) minus what arrived.
 //!
