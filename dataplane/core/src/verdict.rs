@@ -49,11 +49,14 @@ pub enum DropReason {
     Padding = 16,
     /// Over the leg's receive budget (`LegSpec.rate_limit`): dropped before decryption.
     RateLimited = 17,
+    /// Top-N audio: a packet of a track only audio slots consume, neither ranked as a speaker
+    /// nor speech itself (its cleartext RFC 6464 level says so): dropped before decryption.
+    SilentAudio = 18,
 }
 
 impl DropReason {
     /// How many reasons there are: the length of a counter array.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -75,6 +78,7 @@ impl DropReason {
         Self::SlowPathLimited,
         Self::Padding,
         Self::RateLimited,
+        Self::SilentAudio,
     ];
 
     /// The label used in metrics (`reason="..."`).
@@ -98,6 +102,7 @@ impl DropReason {
             Self::SlowPathLimited => "slow_path_limited",
             Self::Padding => "padding",
             Self::RateLimited => "rate_limited",
+            Self::SilentAudio => "silent_audio",
         }
     }
 }

@@ -351,3 +351,85 @@ fn a_speakers_sender_report_goes_out_on_the_slot_it_feeds() {
     assert_eq!(out.ntp_timestamp, info.ntp_timestamp);
     assert_eq!(out.packet_count as usize, r.received[1].iter().filter(|p| p.ssrc == slot_ssrc(2, 0)).count(), "the slot's own count");
 }
+
+impl Room {
+    /// Participant `i` (0-based) sends `plain` protected with its keys; with `break_tag` the
+    /// authentication tag is damaged (a packet that is decrypted fails with AuthFailed).
+    fn send_damaged(&mut self, i: usize, plain: Vec<u8>) {
+        let mut b = plain.clone();
+        b.resize(plain.len() + 32, 0);
+        let n = self.keys[i].protect_rtp(&mut self.send[i], &mut b, plain.len()).unwrap();
+        b.truncate(n);
+        b[n - 1] ^= 0x40;
+        self.out.clear();
+        let now = Instant::from_nanos(self.now_ms * 1_000_000);
+        self.core.handle_rx(now, 20_001 + i as u16, addr(i as u32 + 1), &mut b, &mut self.out);
+        self.collect();
+    }
+
+    /// The loss participant `i`'s receiver report would give its audio stream now.
+    fn reported_loss(&self, i: u32) -> (u8, i32) {
+        let leg = self.core.tables().leg(sluice_core::ids::LegId(i)).unwrap();
+        let mut stats = leg.ingress[0].stats;
+        let b = stats.report(Ssrc(0x100 + i), Instant::from_nanos(self.now_ms * 1_000_000));
+        (b.fraction_lost, b.cumulative_lost)
+    }
+}
+
+fn drops(r: &Room, why: sluice_core::verdict::DropReason) -> u64 {
+    r.core.stats().drops_for(why)
+}
+
+/// Issue 16 item 4, the worker half: a track only audio slots take (no per-track subscriber)
+/// that is not ranked has its quiet packets dropped before decryption, all but every 32nd
+/// (which keeps its SRTP state current); the holes count as received, so its receiver reports
+/// show no loss; a quiet packet with a broken tag is dropped as silence (it was never
+/// decrypted); and the moment it speaks it is decrypted, ranked and heard in the slots.
+#[test]
+fn silence_nobody_ranks_is_dropped_before_decryption_and_is_not_loss() {
+    use sluice_core::verdict::DropReason::{AuthFailed, SilentAudio};
+    let mut r = Room::with_slots(3, Some(2));
+    // 1 talks; 2 and 3 are quiet for 4 s: 2 x 200 packets.
+    r.run(4000, &[talk, quiet, quiet]);
+    let silent = drops(&r, SilentAudio);
+    assert!((370..=390).contains(&silent), "400 quiet packets, 1 in 32 decrypted: {silent} dropped");
+    assert_eq!(r.reported_loss(2), (0, 0), "the dropped packets are not loss");
+    assert_eq!(r.reported_loss(3), (0, 0));
+    // 1 is heard by 2 and 3; nobody hears 2 or 3.
+    let heard = |r: &Room, who: u32| r.received.iter().flatten().filter(|p| p.csrcs.first() == Some(&Ssrc(0x100 + who))).count();
+    assert!(heard(&r, 1) > 300, "{}", heard(&r, 1));
+    assert_eq!((heard(&r, 2), heard(&r, 3)), (0, 0));
+    // 3 was quiet from its first packet and hears 1 from the start: its first packet was
+    // decrypted (its address latched) although it was silence.
+    let first = r.received[2].iter().find(|p| p.csrcs.first() == Some(&Ssrc(0x101))).map(|p| p.at);
+    assert!(first.is_some_and(|t| t <= 300), "3 first heard 1 at {first:?} ms");
+    // A quiet packet with a damaged tag: dropped before decryption, so not an AuthFailed.
+    let auth_before = drops(&r, AuthFailed);
+    let frame = r.now_ms / 20;
+    let pkt = rtp_packet_with_level(0x102, frame as u16, frame as u32 * 960, PT_OPUS, EXT, (false, 100), &[0x55; 60]);
+    r.send_damaged(1, pkt);
+    assert_eq!((drops(&r, SilentAudio), drops(&r, AuthFailed)), (silent + 1, auth_before));
+    // 2 speaks: decrypted, ranked, heard in the others' slots.
+    r.run(1000, &[talk, talk, quiet]);
+    assert!(heard(&r, 2) > 40, "{}", heard(&r, 2));
+    assert!(r.core.speakers().group(GROUP).unwrap().ranking().as_slice().iter().any(|s| s.track == TrackId(2)));
+    // A track with a per-track subscriber is never dropped: the rooms without slots drop nothing.
+    let mut plain = Room::new(3);
+    plain.run(2000, &[talk, quiet, quiet]);
+    assert_eq!(drops(&plain, SilentAudio), 0);
+}
+
+/// The keepalive is what keeps a long silence decryptable: 2 is quiet for 40,000 packets (its
+/// sequence numbers wrap; dropping all of them would leave its receive state 40,000 behind,
+/// past what a rollover guess can bridge), then speaks and is heard.
+#[test]
+fn a_speaker_silent_past_the_sequence_wrap_is_heard_when_it_speaks() {
+    let mut r = Room::with_slots(2, Some(1));
+    r.run(800_000, &[quiet, quiet]);
+    assert!(drops(&r, sluice_core::verdict::DropReason::SilentAudio) > 75_000);
+    r.run(1000, &[quiet, talk]);
+    let heard = r.received[0].iter().filter(|p| p.csrcs.first() == Some(&Ssrc(0x102)) && p.at > 800_000).count();
+    assert!(heard > 40, "2's speech after the wrap reached 1's slot {heard} times");
+    assert_eq!(r.core.stats().drops_for(sluice_core::verdict::DropReason::AuthFailed), 0);
+    assert_eq!(r.reported_loss(2), (0, 0));
+}

@@ -59,12 +59,20 @@ impl TrackLevel {
         let level = i32::from(l.level.min(127));
         self.smoothed_x16 += (level * 16 - self.smoothed_x16) / LEVEL_SMOOTHING;
         self.uses_vad |= l.voice;
-        let voiced = l.voice || !self.uses_vad;
         self.packets = self.packets.saturating_add(1);
-        if voiced && l.level <= SPEECH_MAX_DBOV {
+        if self.is_speech(l) {
             self.speech = self.speech.saturating_add(1);
         }
         self.heard = true;
+    }
+
+    /// Whether a packet of this level counts as speech for this track: voiced (by the sender's
+    /// VAD when it runs one) and at least as loud as [`SPEECH_MAX_DBOV`]. Top-N audio drops the
+    /// packets of an unranked track for which this is false before decrypting them: they could
+    /// not make it a speaker.
+    #[inline]
+    pub fn is_speech(&self, l: AudioLevel) -> bool {
+        (l.voice || !self.uses_vad) && l.level <= SPEECH_MAX_DBOV
     }
 
     /// Closes one speaker tick: the share of speech packets since the last one enters both

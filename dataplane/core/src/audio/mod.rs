@@ -20,6 +20,17 @@
 //! at 10 ticks/s from 100 participants would be a thousand events a second on the control link;
 //! the control plane gets one event per change of the ranking.
 //!
+//! **Silence is dropped before decryption.** A packet of a ranked audio track that nobody
+//! subscribes to per track (only audio slots take it) is read before decryption: if its track is
+//! not in its group's ranking and its cleartext level is not speech ([`TrackLevel::is_speech`]),
+//! it could neither be forwarded nor make its track a speaker, so it is dropped
+//! (`DropReason::SilentAudio`) unless it is the [`SILENT_KEEPALIVE`]-th of a silent run. The
+//! hole is intentional: the packet still counts in the stream's receive statistics and its
+//! transport-wide sequence number is recorded as arrived, so receiver reports and transport-cc
+//! tell the publisher nothing was lost; nothing NACKs it (slots are continuous on their own).
+//! Its level is not recorded (unauthenticated, and quiet by definition: a tick without packets
+//! is silence). A packet without a readable level is decrypted as before.
+//!
 //! **Across workers.** A track's levels are read by the worker that owns its publisher, and
 //! each core ranks the tracks it owns. A session whose publishers are all on one worker (one
 //! worker, or session affinity) is ranked exactly; a session spread over workers is ranked per
@@ -45,6 +56,12 @@ use crate::table::{Map, Track};
 
 /// How often speech activity is closed and speakers ranked.
 pub const SPEAKER_TICK: core::time::Duration = core::time::Duration::from_millis(100);
+
+/// Top-N audio drops the silence of unranked tracks before decryption, but decrypts every this
+/// many-th packet of a silent run anyway (0.64 s of 20-ms audio): the stream's rollover counter
+/// and replay window then never face a hole longer than this (a rollover guess goes wrong only
+/// past 32,768), and the cost stays 1/32 of decrypting everything.
+pub const SILENT_KEEPALIVE: u16 = 32;
 
 /// Every group's selector on one core, and the tick's scratch.
 #[derive(Debug, Default)]

@@ -118,7 +118,15 @@ impl Core {
             return Err(self.over_budget(leg_id, report));
         }
         let len = buf.len();
-        let (idx, plain_len) = match leg.ingress_index(ssrc) {
+        let index = leg.ingress_index(ssrc);
+        if let Some(idx) = index
+            && !self.decrypt_silence
+            && self.silent_unranked(now, leg_id, idx, buf)
+        {
+            return Err(DropReason::SilentAudio);
+        }
+        let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        let (idx, plain_len) = match index {
             Some(idx) => {
                 let plain_len = leg.rx.unprotect_rtp(&mut leg.ingress[idx].recv, buf, len).map_err(srtp_verdict)?;
                 (idx, plain_len)
@@ -163,6 +171,40 @@ impl Core {
             return Ok(());
         }
         verdict
+    }
+
+    /// Top-N audio's drop before decryption (see [`crate::audio`]): whether this still
+    /// encrypted packet of ingress stream `idx` is silence of a track only audio slots take and
+    /// that is not ranked. A dropped packet is still recorded as received (receive statistics,
+    /// transport-cc), so the hole is never reported as loss; every [`SILENT_KEEPALIVE`]-th of a
+    /// run is let through to keep the stream's SRTP state current.
+    ///
+    /// [`SILENT_KEEPALIVE`]: crate::audio::SILENT_KEEPALIVE
+    fn silent_unranked(&mut self, now: Instant, leg_id: LegId, idx: usize, buf: &[u8]) -> bool {
+        let Some(leg) = self.tables.leg(leg_id) else { return false };
+        // A leg whose remote is not known yet learns it from its first authenticated packet: a
+        // participant that joins muted must still be reachable at once.
+        if leg.remote.is_none() {
+            return false;
+        }
+        let Some(ingress) = leg.ingress.get(idx).filter(|i| !i.rtx) else { return false };
+        let silent = self.tables.track(ingress.track).is_some_and(|t| {
+            let (Some(ext), Some(group)) = (t.spec.audio_level_ext, t.spec.speaker_group) else { return false };
+            t.subs.is_empty()
+                && !self.speakers.group(group).is_some_and(|s| s.ranking().as_slice().iter().any(|sp| sp.track == t.spec.id))
+                && rtp::Packet::new_checked(buf).ok().and_then(|p| p.find_extension(ext).and_then(rtp::ext::audio_level)).is_some_and(|l| !t.level.is_speech(l))
+        });
+        let Some(leg) = self.tables.leg_mut(leg_id) else { return false };
+        let run = &mut leg.ingress[idx].silent_run;
+        if !silent || *run + 1 >= crate::audio::SILENT_KEEPALIVE {
+            *run = 0;
+            return false;
+        }
+        *run += 1;
+        if let Some(d) = uplink::record(now, leg, idx, buf) {
+            self.next_uplink = Some(self.next_uplink.map_or(d, |t| t.min(d)));
+        }
+        true
     }
 
     /// An SSRC the leg never announced: a simulcast layer whose SSRC was not signalled announces

@@ -226,6 +226,9 @@ pub struct CoreConfig {
     pub tables: TableConfig,
     /// Which shard of the dataplane this core is.
     pub shard: Shard,
+    /// Decrypt every packet of an unranked top-N audio track, silence too (off: the silence is
+    /// dropped before decryption, see [`crate::audio`]). For measuring what that drop saves.
+    pub decrypt_silence: bool,
 }
 
 /// A core's place among the dataplane's workers. Every worker holds the whole table, but a leg
@@ -332,6 +335,8 @@ pub struct Core {
     speakers: crate::audio::Speakers,
     /// When speakers are ranked next; `None` while no ranked track was heard.
     next_speakers: Option<Instant>,
+    /// [`CoreConfig::decrypt_silence`].
+    decrypt_silence: bool,
 }
 
 fn push_handoff(handoffs: &mut VecDeque<Handoff>, to: u16, leg: LegId, bytes: &[u8]) -> bool {
@@ -372,6 +377,7 @@ impl Core {
             pacing: crate::downlink::pacer::Pacing::default(),
             speakers: crate::audio::Speakers::default(),
             next_speakers: None,
+            decrypt_silence: config.decrypt_silence,
         }
     }
 

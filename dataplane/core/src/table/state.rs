@@ -20,6 +20,10 @@ pub struct Ingress {
     pub stats: RecvStats,
     /// The track's RTP clock rate (for interarrival jitter).
     pub clock_rate: u32,
+    /// Top-N audio: packets dropped before decryption as silence since the last one decrypted
+    /// (every [`crate::audio::SILENT_KEEPALIVE`]-th is decrypted, so the rollover counter and
+    /// replay window never face a long hole).
+    pub silent_run: u16,
 }
 
 /// A leg and its runtime state.
