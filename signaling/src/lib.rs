@@ -23,6 +23,7 @@
 //! One RTCPeerConnection per participant, with its receive slots offered up front, so a join is
 //! one offer/answer and nobody renegotiates: a participant sees as many others as it offered
 //! slots for (the page's `?slots=`, default 2).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
 //! `sluice-signaling`: the reference signaling service (see the library's docs).
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 
