@@ -38,6 +38,8 @@ const OUT_PER_RX: usize = 24;
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 /// One batch in this many has its processing time recorded.
 const LATENCY_SAMPLE: u64 = 8;
+/// Handed-over packets a worker takes from its queue per turn.
+const HANDOFFS_PER_TURN: usize = 64;
 /// The longest a worker waits for datagrams before it looks at its messages again.
 const MAX_WAIT: Duration = Duration::from_millis(5);
 /// Leg ports that failed to open, logged one by one per delta; the rest get one line.
@@ -79,6 +81,8 @@ pub struct Worker {
     feedback_in: Option<Receiver<Handoff>>,
     /// Every worker's feedback queue, by worker index.
     feedback_out: Vec<Sender<Handoff>>,
+    /// The most outputs one received or handed-over packet can make (set with the batch size).
+    per_packet: usize,
 }
 
 impl std::fmt::Debug for Worker {
@@ -131,6 +135,7 @@ impl Worker {
             shield_queue_full: 0,
             feedback_in: None,
             feedback_out: Vec::new(),
+            per_packet: OUT_PER_RX,
         }
     }
 
@@ -235,18 +240,24 @@ impl Worker {
 
     /// Handles every pending message; false when told to stop.
     fn drain_inbox(&mut self) -> bool {
-        // Feedback other workers decrypted for tracks this one owns, at most what the output
-        // buffer takes this turn (the rest waits in its queue for the next): one handed-over
-        // packet may answer with several (a NACK's retransmissions), so a quarter of the free
-        // slots per packet.
-        if let Some(rx) = &self.feedback_in
-            && !rx.is_empty()
-        {
-            let now = self.now();
-            let room = self.out.capacity().saturating_sub(self.out.len()) / 4;
-            for h in rx.try_iter().take(room.max(1)) {
-                self.core.handle_feedback(now, &h, &mut self.out);
+        // What other workers handed over: feedback they decrypted for tracks this one owns
+        // (one packet may answer with several: a NACK's retransmissions), ranked speakers'
+        // audio for the slots of legs this one owns, their speaker candidates. At most
+        // HANDOFFS_PER_TURN a turn (the rest waits in its queue for the next).
+        // (Taken out of `self` for the turn: flushing needs `self` whole.)
+        if let Some(rx) = self.feedback_in.take() {
+            if !rx.is_empty() {
+                let now = self.now();
+                // A handed-over speaker's packet makes up to a packet's worth of copies (its
+                // group's slot legs here): the batch is sent first when that might not fit.
+                for h in rx.try_iter().take(HANDOFFS_PER_TURN) {
+                    if self.out.capacity().saturating_sub(self.out.len()) < self.per_packet {
+                        self.flush();
+                    }
+                    self.core.handle_handoff(now, &h, &mut self.out);
+                }
             }
+            self.feedback_in = Some(rx);
         }
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
@@ -327,6 +338,7 @@ impl Worker {
     /// receives fewer datagrams per batch (and the buffer grows if one datagram would not fit).
     fn size_batches(&mut self) {
         let per_rx = (self.core.tables().max_fanout() + 2).max(OUT_PER_RX);
+        self.per_packet = per_rx;
         if per_rx > self.out.capacity() && self.out.is_empty() {
             self.out = OutBatch::new(per_rx);
         }

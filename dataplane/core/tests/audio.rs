@@ -433,3 +433,141 @@ fn a_speaker_silent_past_the_sequence_wrap_is_heard_when_it_speaks() {
     assert_eq!(r.core.stats().drops_for(sluice_core::verdict::DropReason::AuthFailed), 0);
     assert_eq!(r.reported_loss(2), (0, 0));
 }
+
+/// Two cores of one dataplane (legs on even ports belong to core 0, odd to core 1): each
+/// participant's packets go to the core owning its leg, and everything the cores hand over
+/// (speaker candidates, ranked speakers' audio) is delivered, as the workers' queues do.
+struct TwoCores {
+    rooms: [Room; 2],
+    handed: u64,
+}
+
+impl TwoCores {
+    fn new(n: u32, top_n: u32) -> Self {
+        let rooms = [0, 1].map(|index| Room::on_shard(n, Some(top_n), Shard { index, count: 2 }));
+        Self { rooms, handed: 0 }
+    }
+
+    fn owner(i: usize) -> usize {
+        (20_001 + i) % 2
+    }
+
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut any = false;
+            for k in 0..2 {
+                while let Some(h) = self.rooms[k].core.poll_handoff() {
+                    any = true;
+                    self.handed += 1;
+                    let to = usize::from(h.to);
+                    self.rooms[to].out.clear();
+                    self.rooms[to].core.handle_handoff(now, &h, &mut self.rooms[to].out);
+                    self.rooms[to].collect();
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn run(&mut self, ms: u64, patterns: &[Pattern]) {
+        let end = self.rooms[0].now_ms + ms;
+        while self.rooms[0].now_ms < end {
+            let now_ms = self.rooms[0].now_ms;
+            let now = Instant::from_nanos(now_ms * 1_000_000);
+            let frame = now_ms / 20;
+            for (i, p) in patterns.iter().enumerate() {
+                let Some((voice, level)) = p(frame) else { continue };
+                let plain = rtp_packet_with_level(0x101 + i as u32, frame as u16, frame as u32 * 960, PT_OPUS, EXT, (voice, level), &[0x55; 60]);
+                let mut b = plain.clone();
+                b.resize(plain.len() + 32, 0);
+                let n = self.rooms[0].keys[i].protect_rtp(&mut self.rooms[0].send[i], &mut b, plain.len()).unwrap();
+                b.truncate(n);
+                let r = &mut self.rooms[Self::owner(i)];
+                r.out.clear();
+                r.core.handle_rx(now, 20_001 + i as u16, addr(i as u32 + 1), &mut b, &mut r.out);
+                r.collect();
+                self.pump(now);
+            }
+            let next = Instant::from_nanos((now_ms + 20) * 1_000_000);
+            for r in &mut self.rooms {
+                r.now_ms = now_ms + 20;
+                while r.core.poll_timeout() <= next {
+                    r.out.clear();
+                    r.core.handle_timeout(next, &mut r.out);
+                    r.collect();
+                }
+            }
+            self.pump(next);
+        }
+    }
+
+    /// Who participant `i` (0-based) heard through its slots: (time, speaker number).
+    fn heard_by(&self, i: usize) -> Vec<(u64, u32)> {
+        self.rooms[Self::owner(i)].received[i].iter().map(|p| (p.at, p.csrcs[0].0 - 0x100)).collect()
+    }
+}
+
+/// Issue 16, groups across workers: speakers whose legs live on different workers are ranked
+/// together on every worker (each hands the others its candidates every tick), and a ranked
+/// speaker's packet reaches the slots of subscribers on the other worker (handed over once per
+/// packet per worker), on continuous slot streams. Before: each worker ranked only its own
+/// tracks and a subscriber's slots heard only the speakers on its own worker.
+#[test]
+fn slots_hear_speakers_on_every_worker() {
+    let mut c = TwoCores::new(4, 2);
+    // 1 (core 1) and 2 (core 0) talk; 3 (core 1) and 4 (core 0) are quiet.
+    c.run(3000, &[talk, talk, quiet, quiet]);
+    for (k, r) in c.rooms.iter().enumerate() {
+        let ranked: Vec<u32> = r.core.speakers().group(GROUP).map(|s| s.ranking().as_slice().iter().map(|s| s.track.0).collect()).unwrap_or_default();
+        assert!(ranked.contains(&1) && ranked.contains(&2), "core {k} ranks {ranked:?}");
+    }
+    assert!(c.handed > 0);
+    for i in [2usize, 3] {
+        let who: std::collections::BTreeSet<u32> = c.heard_by(i).into_iter().filter(|(t, _)| *t > 1000).map(|(_, w)| w).collect();
+        assert_eq!(who, [1, 2].into(), "participant {} (core {}) hears both talkers", i + 1, TwoCores::owner(i));
+        let got = &c.rooms[TwoCores::owner(i)].received[i];
+        for s in (0..2).map(|k| slot_ssrc(i as u32 + 1, k)) {
+            let stream: Vec<&Received> = got.iter().filter(|p| p.ssrc == s).collect();
+            for w in stream.windows(2) {
+                assert_eq!(w[1].seq.0, w[0].seq.0.wrapping_add(1), "participant {} slot {s}", i + 1);
+            }
+        }
+    }
+    // The talkers hear each other across the workers too, never themselves.
+    assert!(c.heard_by(0).iter().any(|&(_, w)| w == 2) && c.heard_by(0).iter().all(|&(_, w)| w != 1));
+    assert!(c.heard_by(1).iter().any(|&(_, w)| w == 1) && c.heard_by(1).iter().all(|&(_, w)| w != 2));
+}
+
+/// A speaker's sender report reaches the slots it feeds on the other worker too (handed over
+/// with the speaker's audio), as that slot's own report.
+#[test]
+fn a_speakers_sender_report_reaches_its_slots_on_the_other_worker() {
+    use sluice_core::srtp::{RtcpRecvState, RtcpSendState};
+    use sluice_core::wire::rtcp;
+    let mut c = TwoCores::new(4, 1);
+    // 1 talks (its leg on core 1); 4 listens (its leg on core 0).
+    c.run(2000, &[talk, quiet, quiet, quiet]);
+    assert_eq!((TwoCores::owner(0), TwoCores::owner(3)), (1, 0));
+    assert!(c.heard_by(3).iter().any(|&(_, w)| w == 1), "4 hears 1 across the workers");
+    let mut b = [0u8; 128];
+    let info = rtcp::SenderInfo { ntp_timestamp: 0x1234_5678_9abc_def0, rtp_timestamp: 99 * 960, packet_count: 100, octet_count: 6000 };
+    let n = rtcp::write_sr(&mut b, Ssrc(0x101), &info, &[]).unwrap();
+    let n = c.rooms[0].keys[0].protect_rtcp(&mut RtcpSendState::new(), &mut b, n).unwrap();
+    let now = Instant::from_nanos(c.rooms[0].now_ms * 1_000_000);
+    c.rooms[1].out.clear();
+    c.rooms[1].core.handle_rx(now, 20_001, addr(1), &mut b[..n], &mut c.rooms[1].out);
+    let h = c.rooms[1].core.poll_handoff().expect("the report is handed to core 0");
+    assert_eq!(h.to, 0);
+    c.rooms[0].out.clear();
+    c.rooms[0].core.handle_handoff(now, &h, &mut c.rooms[0].out);
+    let to_4: Vec<Vec<u8>> = c.rooms[0].out.iter().filter(|(m, _)| m.leg.0 == 4).map(|(_, b)| b.to_vec()).collect();
+    assert_eq!(to_4.len(), 1, "one report, on 4's slot");
+    let mut sr = to_4[0].clone();
+    let len = sr.len();
+    let plain = c.rooms[0].down[3].0.unprotect_rtcp(&mut RtcpRecvState::new(128), &mut sr, len).expect("protected with 4's key");
+    let report = rtcp::SenderReport::new_checked(&sr[..plain]).unwrap();
+    assert_eq!(report.sender_ssrc(), slot_ssrc(4, 0));
+    assert_eq!(report.sender_info().ntp_timestamp, info.ntp_timestamp);
+}

@@ -31,12 +31,14 @@
 //! Its level is not recorded (unauthenticated, and quiet by definition: a tick without packets
 //! is silence). A packet without a readable level is decrypted as before.
 //!
-//! **Across workers.** A track's levels are read by the worker that owns its publisher, and
-//! each core ranks the tracks it owns. A session whose publishers are all on one worker (one
-//! worker, or session affinity) is ranked exactly; a session spread over workers is ranked per
-//! worker until the per-tick windows are shared over the daemon's bus (issue 16, left). The same
-//! holds for slots: only the worker that owns a subscriber leg feeds its slots (one SRTP sender
-//! per out-SSRC), so a slot hears the speakers fanned out on that worker.
+//! **Across workers.** A track's levels are read by the worker that owns its publisher. Each
+//! core ranks its own tracks and, every tick, hands the other cores its candidates of each group
+//! (`HandoffKind::Speakers`, the most active [`MAX_SHARED`]); each ranks its own with the others'
+//! fresh ones ([`REMOTE_FRESH`]), so every worker ranks the whole group (within a tick of each
+//! other). Only the worker that owns a subscriber leg feeds its slots (one SRTP sender per
+//! out-SSRC): a ranked speaker's packet, and its sender reports, are handed over once per packet
+//! to each other core that owns a slot leg of the group (`HandoffKind::SlotAudio`/`SlotSr`,
+//! through the workers' bounded queues, up to one worker turn of 5 ms later).
 //!
 //! Nothing here allocates per packet: a track's level state is a few fixed fields; the tick
 //! gathers candidates into a scratch vector that keeps its capacity.
@@ -53,6 +55,7 @@ pub use speaker::{ActiveSpeakers, Candidate, Speaker, SpeakerSelector};
 use crate::forward::Event;
 use crate::ids::SpeakerGroup;
 use crate::table::{Map, Track};
+use crate::time::Instant;
 
 /// How often speech activity is closed and speakers ranked.
 pub const SPEAKER_TICK: core::time::Duration = core::time::Duration::from_millis(100);
@@ -63,12 +66,25 @@ pub const SPEAKER_TICK: core::time::Duration = core::time::Duration::from_millis
 /// past 32,768), and the cost stays 1/32 of decrypting everything.
 pub const SILENT_KEEPALIVE: u16 = 32;
 
+/// How long another core's candidates count after they came (two ticks and a margin: a core
+/// that stopped sending them, its tracks gone or silent, drops out of the ranking).
+pub const REMOTE_FRESH: core::time::Duration = core::time::Duration::from_millis(250);
+
+/// Candidates per [`encode_candidates`] message, the most active first (a ranking lists
+/// [`speaker::MAX_LISTED`], so this is plenty).
+pub const MAX_SHARED: usize = crate::forward::MAX_HANDOFF / CANDIDATE_BYTES;
+const CANDIDATE_BYTES: usize = 13;
+
 /// Every group's selector on one core, and the tick's scratch.
 #[derive(Debug, Default)]
 pub struct Speakers {
     groups: Map<SpeakerGroup, SpeakerSelector>,
     scratch: Vec<(SpeakerGroup, Candidate)>,
     group_buf: Vec<Candidate>,
+    /// This core's candidates at the last tick, by group (what it tells the other cores).
+    local: Vec<(SpeakerGroup, Candidate)>,
+    /// Other cores' candidates: (core, group, when they came, candidates).
+    remote: Vec<(u16, SpeakerGroup, Instant, Vec<Candidate>)>,
 }
 
 impl Speakers {
@@ -77,15 +93,44 @@ impl Speakers {
         self.groups.get(&group)
     }
 
-    /// One speaker tick over the ranked tracks among `tracks` (those this core fans out): closes
-    /// their speech windows, ranks each group, reports changed rankings. Returns whether any
-    /// track is ranked (the timer keeps running only then).
-    pub fn tick<'a>(&mut self, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) -> bool {
+    /// This core's candidates at its last tick, sorted by group.
+    pub fn local(&self) -> &[(SpeakerGroup, Candidate)] {
+        &self.local
+    }
+
+    /// Another core's candidates of `group` ([`encode_candidates`]), replacing what it said
+    /// before; ranked with this core's own at the next tick while fresh ([`REMOTE_FRESH`]).
+    pub fn take_remote(&mut self, now: Instant, from: u16, group: SpeakerGroup, bytes: &[u8]) {
+        let i = match self.remote.iter().position(|(f, g, ..)| *f == from && *g == group) {
+            Some(i) => i,
+            None => {
+                self.remote.push((from, group, now, Vec::new()));
+                self.remote.len() - 1
+            }
+        };
+        let entry = &mut self.remote[i];
+        entry.2 = now;
+        entry.3.clear();
+        entry.3.extend(decode_candidates(bytes));
+    }
+
+    /// One speaker tick over the ranked tracks among `tracks` (those this core fans out) and
+    /// the other cores' fresh candidates: closes the local tracks' speech windows, ranks each
+    /// group, reports changed rankings. Returns whether any track is ranked (the timer keeps
+    /// running only then).
+    pub fn tick<'a>(&mut self, now: Instant, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) -> bool {
         self.scratch.clear();
         for t in tracks {
             let Some(group) = t.spec.speaker_group.filter(|_| ranked(t) && t.level.heard()) else { continue };
             t.level.tick();
             self.scratch.push((group, Candidate { track: t.spec.id, short: t.level.short(), medium: t.level.medium(), level: t.level.level() }));
+        }
+        self.scratch.sort_unstable_by_key(|(g, c)| (*g, c.track));
+        self.local.clear();
+        self.local.extend_from_slice(&self.scratch);
+        self.remote.retain(|(_, _, at, _)| now.saturating_duration_since(*at) <= REMOTE_FRESH);
+        for (_, g, _, cands) in &self.remote {
+            self.scratch.extend(cands.iter().map(|c| (*g, *c)));
         }
         self.scratch.sort_unstable_by_key(|(g, c)| (*g, c.track));
         // A group whose every track went away ranks one empty tick (clearing the floor), then goes.
@@ -106,6 +151,44 @@ impl Speakers {
         }
         !self.scratch.is_empty()
     }
+}
+
+/// Encodes candidates for another core (13 bytes each: track, short and medium windows as
+/// IEEE 754 bits, level; big-endian), at most [`MAX_SHARED`], the most active (medium window)
+/// first. Returns the length written into `out`.
+pub fn encode_candidates(cands: impl Iterator<Item = Candidate>, out: &mut [u8; crate::forward::MAX_HANDOFF]) -> usize {
+    let mut top = [Candidate { track: crate::ids::TrackId(0), short: 0.0, medium: 0.0, level: 127 }; MAX_SHARED];
+    let mut n = 0;
+    for c in cands {
+        if n < MAX_SHARED {
+            top[n] = c;
+            n += 1;
+        } else if let Some(weakest) = top.iter_mut().min_by(|a, b| a.medium.total_cmp(&b.medium))
+            && weakest.medium < c.medium
+        {
+            *weakest = c;
+        }
+    }
+    for (i, c) in top[..n].iter().enumerate() {
+        let b = &mut out[i * CANDIDATE_BYTES..(i + 1) * CANDIDATE_BYTES];
+        b[..4].copy_from_slice(&c.track.0.to_be_bytes());
+        b[4..8].copy_from_slice(&c.short.to_bits().to_be_bytes());
+        b[8..12].copy_from_slice(&c.medium.to_bits().to_be_bytes());
+        b[12] = c.level;
+    }
+    n * CANDIDATE_BYTES
+}
+
+/// The candidates [`encode_candidates`] wrote (a short or damaged tail is ignored; windows are
+/// clamped to 0..=1 and levels to 0..=127, whatever the bytes say).
+pub fn decode_candidates(bytes: &[u8]) -> impl Iterator<Item = Candidate> + '_ {
+    bytes.chunks_exact(CANDIDATE_BYTES).map(|b| {
+        let f = |x: &[u8]| {
+            let v = f32::from_bits(u32::from_be_bytes([x[0], x[1], x[2], x[3]]));
+            if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 }
+        };
+        Candidate { track: crate::ids::TrackId(u32::from_be_bytes([b[0], b[1], b[2], b[3]])), short: f(&b[4..8]), medium: f(&b[8..12]), level: b[12].min(127) }
+    })
 }
 
 /// Whether `track` is ranked by a speaker group (the spec names one and the level extension).

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use super::egress::{Form, publisher_twcc, send_copy};
 use super::select::{self, Media};
-use super::{Event, KEYFRAME_REQUEST_INTERVAL, OutBatch, OutMeta, push_event};
+use super::{Event, KEYFRAME_REQUEST_INTERVAL, OutBatch, OutMeta, Shard, push_event};
 use crate::audio::ActiveSpeakers;
 use crate::audio::slot::SlotPacket;
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
@@ -94,8 +94,11 @@ pub(super) fn rtp(
 }
 
 /// A decrypted packet of a ranked audio track to the audio slots of the legs in `slot_legs`
-/// (top-N audio, see [`crate::audio::slot`]); each leg's slots decide with the group's
-/// `ranking`. Returns how many copies left.
+/// that this core owns (top-N audio, see [`crate::audio::slot`]); each leg's slots decide with
+/// the group's `ranking`; `speaking`: the track's voice activity where its levels are read
+/// (its own core; another core gets it with the handed-over packet). Returns how many copies
+/// left.
+#[allow(clippy::too_many_arguments, reason = "the fan-out's context, the packet and what the slots decide with")]
 pub(super) fn to_slots(
     ctx: &mut Ctx<'_>,
     track: &Track,
@@ -104,17 +107,11 @@ pub(super) fn to_slots(
     ranking: &ActiveSpeakers,
     ssrc: Ssrc,
     plain: &[u8],
+    speaking: bool,
 ) -> usize {
     let Ok(pkt) = rtp::Packet::new_checked(plain) else { return 0 };
     let pt = Pt(pkt.payload_type());
-    let p = SlotPacket {
-        track: track.spec.id,
-        ssrc,
-        seq: SeqNo(pkt.sequence_number()),
-        ts: pkt.timestamp(),
-        clock_rate: track.spec.clock_rate,
-        speaking: track.level.speaking(),
-    };
+    let p = SlotPacket { track: track.spec.id, ssrc, seq: SeqNo(pkt.sequence_number()), ts: pkt.timestamp(), clock_rate: track.spec.clock_rate, speaking };
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
     let mut sent = 0;
     for &leg_id in slot_legs.iter().filter(|&&l| l != track.spec.publisher) {
@@ -122,8 +119,8 @@ pub(super) fn to_slots(
         let Some(leg) = legs.get_mut(&leg_id) else { continue };
         // Only the worker that owns the subscriber leg feeds its slots: every worker holds the
         // slot state, and two encrypting on one out-SSRC would reuse SRTP packet indexes (and
-        // break the slot's sequence). Speakers fanned out by other workers do not reach it
-        // until their packets are handed over (issue 16, left).
+        // break the slot's sequence). Speakers fanned out by other workers reach it handed over
+        // (`HandoffKind::SlotAudio`).
         if !ctx.shard.owns(leg.spec.local_port) {
             continue;
         }
@@ -226,4 +223,17 @@ pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut 
     ctx.stats.keyframe_requests += 1;
     push_event(ctx.events, Event::KeyframeRequested { track: track.spec.id, layer });
     true
+}
+
+/// The cores other than this one that own a leg in `slot_legs` (a bit per core index, the
+/// first 64): where a ranked speaker's packet is handed over for their slots.
+pub(super) fn slot_cores(shard: Shard, legs: &Map<LegId, Leg>, slot_legs: &[LegId], publisher: LegId) -> u64 {
+    let mut mask = 0u64;
+    for leg in slot_legs.iter().filter(|&&l| l != publisher).filter_map(|l| legs.get(l)) {
+        let owner = shard.owner(leg.spec.local_port);
+        if owner != shard.index && owner < 64 {
+            mask |= 1 << owner;
+        }
+    }
+    mask
 }

@@ -163,14 +163,23 @@ impl Core {
         let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
         let plain = &mut buf[..plain_len];
         let verdict = fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain);
-        // Top-N audio: the group's subscribers with audio slots, after its per-track ones.
+        // Top-N audio: the group's subscribers with audio slots, after its per-track ones; a
+        // ranked speaker's packet also goes, once per core, to the cores that own other slot
+        // legs of the group.
         let ranking = track.spec.speaker_group.and_then(|g| self.speakers.group(g)).map(|s| s.ranking());
-        if let Some(ranking) = ranking.filter(|_| !is_rtx && !slot_legs.is_empty())
-            && fanout::to_slots(&mut ctx, track, legs, slot_legs, ranking, ssrc, plain) > 0
-        {
-            return Ok(());
+        let Some(ranking) = ranking.filter(|_| !is_rtx && !slot_legs.is_empty()) else { return verdict };
+        let speaking = track.level.speaking();
+        let sent = fanout::to_slots(&mut ctx, track, legs, slot_legs, ranking, ssrc, plain, speaking);
+        let cores = if self.shard.count > 1 && ranking.as_slice().iter().any(|s| s.track == track_id) {
+            fanout::slot_cores(self.shard, legs, slot_legs, track.spec.publisher)
+        } else {
+            0
+        };
+        let publisher = track.spec.publisher;
+        for to in (0..64u16).filter(|w| cores & (1 << w) != 0) {
+            push_handoff(&mut self.handoffs, (self.shard.index, to), publisher, HandoffKind::SlotAudio { track: track_id, ssrc, speaking }, plain);
         }
-        verdict
+        if sent > 0 || cores != 0 { Ok(()) } else { verdict }
     }
 
     /// Top-N audio's drop before decryption (see [`crate::audio`]): whether this still

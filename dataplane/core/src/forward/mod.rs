@@ -268,20 +268,54 @@ pub const MAX_HANDOFF: usize = 1200;
 /// How many handoffs wait before the oldest is dropped (the worker drains them every batch).
 const HANDOFF_QUEUE: usize = 64;
 
-/// Decrypted feedback for a track owned by another core: give it to core `to` with
-/// [`Core::handle_feedback`].
+/// Something one core decrypted or decided that another core needs: give it to core `to` with
+/// [`Core::handle_handoff`].
 #[derive(Clone, Debug)]
 pub struct Handoff {
-    /// The core that owns the track.
+    /// The core it is for.
     pub to: u16,
-    /// The leg the feedback came from.
+    /// The core it comes from.
+    pub from: u16,
+    /// The leg it came from (the publisher's, for audio and speakers).
     pub leg: LegId,
+    /// What it is.
+    pub kind: HandoffKind,
     len: u16,
     bytes: [u8; MAX_HANDOFF],
 }
 
+/// What a [`Handoff`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoffKind {
+    /// Decrypted feedback (one RTCP packet) for a track the receiving core owns.
+    Feedback,
+    /// A decrypted packet of ranked audio track `track` (publisher SSRC `ssrc`) for the audio
+    /// slots of the legs the receiving core owns (top-N audio across workers); `speaking` is the
+    /// track's voice activity where its levels are read.
+    SlotAudio {
+        /// The audio track.
+        track: TrackId,
+        /// The publisher's SSRC.
+        ssrc: Ssrc,
+        /// Whether the track is speaking now (the slots switch sources at talk-spurt boundaries).
+        speaking: bool,
+    },
+    /// A speaker's decrypted sender report (one SR packet) for the audio slots of `track` on
+    /// the legs the receiving core owns.
+    SlotSr {
+        /// The audio track.
+        track: TrackId,
+    },
+    /// The sending core's speaker candidates of `group` at its last tick (encoded, see
+    /// [`crate::audio::encode_candidates`]), so every core ranks the whole group.
+    Speakers {
+        /// The speaker group.
+        group: crate::ids::SpeakerGroup,
+    },
+}
+
 impl Handoff {
-    /// The decrypted RTCP packet.
+    /// The payload: the decrypted RTCP or RTP packet, or the encoded candidates.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
@@ -339,14 +373,14 @@ pub struct Core {
     decrypt_silence: bool,
 }
 
-fn push_handoff(handoffs: &mut VecDeque<Handoff>, to: u16, leg: LegId, bytes: &[u8]) -> bool {
+fn push_handoff(handoffs: &mut VecDeque<Handoff>, (from, to): (u16, u16), leg: LegId, kind: HandoffKind, bytes: &[u8]) -> bool {
     if bytes.len() > MAX_HANDOFF {
         return false;
     }
     if handoffs.len() >= HANDOFF_QUEUE {
         handoffs.pop_front();
     }
-    let mut h = Handoff { to, leg, len: bytes.len() as u16, bytes: [0; MAX_HANDOFF] };
+    let mut h = Handoff { to, from, leg, kind, len: bytes.len() as u16, bytes: [0; MAX_HANDOFF] };
     h.bytes[..bytes.len()].copy_from_slice(bytes);
     handoffs.push_back(h);
     true
@@ -403,10 +437,37 @@ impl Core {
         self.handoffs.pop_front()
     }
 
-    /// Feedback another core decrypted for a track this core owns.
-    pub fn handle_feedback(&mut self, now: Instant, handoff: &Handoff, out: &mut OutBatch) {
-        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
-        let _ = rtcp::compound(&mut ctx, &mut self.tables, handoff.leg, handoff.bytes());
+    /// What another core handed over ([`Core::poll_handoff`] there): feedback for a track this
+    /// core owns, a ranked speaker's audio for the slots of legs this core owns, or that core's
+    /// speaker candidates.
+    pub fn handle_handoff(&mut self, now: Instant, handoff: &Handoff, out: &mut OutBatch) {
+        match handoff.kind {
+            HandoffKind::Feedback => {
+                let mut ctx =
+                    fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
+                let _ = rtcp::compound(&mut ctx, &mut self.tables, handoff.leg, handoff.bytes());
+            }
+            HandoffKind::SlotAudio { track, ssrc, speaking } => {
+                let Some((t, legs, slot_legs)) = self.tables.track_legs_and_slots_mut(track) else { return };
+                let Some(ranking) = t.spec.speaker_group.and_then(|g| self.speakers.group(g)).map(|s| *s.ranking()) else { return };
+                let mut ctx =
+                    fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
+                fanout::to_slots(&mut ctx, t, legs, slot_legs, &ranking, ssrc, handoff.bytes(), speaking);
+            }
+            HandoffKind::SlotSr { track } => {
+                let Ok(sr) = crate::wire::rtcp::SenderReport::new_checked(handoff.bytes()) else { return };
+                let Some((_, legs, slot_legs)) = self.tables.track_legs_and_slots_mut(track) else { return };
+                let mut ctx =
+                    fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
+                rtcp::slot_sender_reports(&mut ctx, legs, slot_legs, track, sr.sender_ssrc(), &sr.sender_info());
+            }
+            HandoffKind::Speakers { group } => {
+                self.speakers.take_remote(now, handoff.from, group, handoff.bytes());
+                if self.next_speakers.is_none() {
+                    self.next_speakers = Some(now + crate::audio::SPEAKER_TICK);
+                }
+            }
+        }
     }
 
     /// Records an SSRC another core learned from a layer's RID (see [`Tables::learn_ssrc`]), so
@@ -578,7 +639,18 @@ impl Core {
         let shard = self.shard;
         let (legs, tracks) = self.tables.legs_and_tracks_mut();
         let owned = tracks.values_mut().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port)));
-        let any = self.speakers.tick(owned, &mut self.events);
+        let any = self.speakers.tick(now, owned, &mut self.events);
+        // Every other core ranks the same groups: it gets this core's candidates.
+        if shard.count > 1 {
+            let mut buf = [0u8; MAX_HANDOFF];
+            for chunk in self.speakers.local().chunk_by(|a, b| a.0 == b.0) {
+                let group = chunk[0].0;
+                let n = crate::audio::encode_candidates(chunk.iter().map(|(_, c)| *c), &mut buf);
+                for to in (0..shard.count).filter(|&w| w != shard.index) {
+                    push_handoff(&mut self.handoffs, (shard.index, to), LegId(0), HandoffKind::Speakers { group }, &buf[..n]);
+                }
+            }
+        }
         // Ticks stay on the grid the first heard level started (no drift from late wake-ups).
         let next = self.next_speakers.unwrap_or(now) + crate::audio::SPEAKER_TICK;
         self.next_speakers = any.then(|| if next > now { next } else { now + crate::audio::SPEAKER_TICK });

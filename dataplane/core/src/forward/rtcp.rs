@@ -16,7 +16,7 @@ use super::fanout::{Ctx, request_keyframe, rtx_pt_for};
 use super::rewrite::Rewritten;
 use super::{Event, OutMeta, push_event};
 use crate::ids::{LegId, Pt, SeqNo, Ssrc, TrackId};
-use crate::table::{Leg, Tables, Track};
+use crate::table::{Leg, Map, Tables, Track};
 use crate::time::Instant;
 use crate::verdict::DropReason;
 use crate::wire::rtcp::{self, Kind};
@@ -38,14 +38,14 @@ pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, pl
         let bytes = pkt.as_bytes();
         if let Some(owner) = foreign_owner(ctx, tables, leg_id, &pkt) {
             if let Some(h) = ctx.handoffs.as_deref_mut() {
-                handed |= super::push_handoff(h, owner, leg_id, bytes);
+                handed |= super::push_handoff(h, (ctx.shard.index, owner), leg_id, super::HandoffKind::Feedback, bytes);
             }
             continue;
         }
         match pkt.kind() {
             Kind::SenderReport => {
                 if let Ok(sr) = rtcp::SenderReport::new_checked(bytes) {
-                    sender_report(ctx, tables, leg_id, &sr);
+                    sender_report(ctx, tables, leg_id, &sr, bytes);
                     for b in sr.report_blocks() {
                         report_block(ctx, tables, leg_id, &b);
                     }
@@ -127,7 +127,7 @@ fn subscription_of(tables: &Tables, leg_id: LegId, out_ssrc: Ssrc) -> Option<(Tr
     Some((track_id, idx))
 }
 
-fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtcp::SenderReport<&[u8]>) {
+fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtcp::SenderReport<&[u8]>, bytes: &[u8]) {
     let ssrc: Ssrc = sr.sender_ssrc();
     let info = sr.sender_info();
     let Some(leg) = tables.leg_mut(leg_id) else { return };
@@ -136,23 +136,12 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
     ingress.stats.record_sr(ctx.now, info.ntp_timestamp);
     let track_id = ingress.track;
     let Some((track, legs, slot_legs)) = tables.track_legs_and_slots_mut(track_id) else { return };
-    // Audio slots this stream feeds now: the report through the slot's own timeline (the
-    // mapping holds for the current speaker, which is what a receiver syncs). Only the worker
-    // that owns a slot leg sends on it (see `crate::audio::slot`).
-    for &l in slot_legs {
-        let Some(leg) = legs.get_mut(&l).filter(|leg| ctx.shard.owns(leg.spec.local_port)) else { continue };
-        let Some((local_port, remote)) = leg.rtcp_path() else { continue };
-        let Leg { slots, tx, .. } = leg;
-        for slot in slots.iter_mut().flat_map(|set| set.slots.iter_mut()).filter(|s| s.source == Some((track_id, ssrc))) {
-            let sub = &mut slot.sub;
-            let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
-            let Some(out) = ctx.out.next_slot() else { return };
-            let out_info =
-                rtcp::SenderInfo { ntp_timestamp: info.ntp_timestamp, rtp_timestamp: ts, packet_count: sub.packets_sent, octet_count: sub.octets_sent };
-            let Ok(len) = rtcp::write_sr(&mut out[..], sub.out_ssrc, &out_info, &[]) else { continue };
-            let Ok(out_len) = tx.protect_rtcp(&mut sub.srtcp, &mut out[..], len) else { continue };
-            ctx.out.commit(OutMeta { local_port, dst: remote, leg: l, len: out_len as u16 });
-            sub.last_sr = Some(((info.ntp_timestamp >> 16) as u32, ctx.now));
+    slot_sender_reports(ctx, legs, slot_legs, track_id, ssrc, &info);
+    // Slot legs on other cores get the report handed over (they feed those slots).
+    let cores = if ctx.shard.count > 1 && !slot_legs.is_empty() { super::fanout::slot_cores(ctx.shard, legs, slot_legs, track.spec.publisher) } else { 0 };
+    if let Some(h) = ctx.handoffs.as_deref_mut() {
+        for to in (0..64u16).filter(|w| cores & (1 << w) != 0) {
+            super::push_handoff(h, (ctx.shard.index, to), leg_id, super::HandoffKind::SlotSr { track: track_id }, bytes);
         }
     }
     for sub in &mut track.subs {
@@ -169,6 +158,29 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
         ctx.out.commit(OutMeta { local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
         // LSR is the middle 32 bits of the NTP timestamp (RFC 3550 §6.4.1).
         sub.last_sr = Some(((info.ntp_timestamp >> 16) as u32, ctx.now));
+    }
+}
+
+/// A speaker's sender report on each audio slot it feeds now, among the slot legs this core
+/// owns: the report through the slot's own timeline (the mapping holds for the current speaker,
+/// which is what a receiver syncs), with the slot's counters. Only the core that owns a slot leg
+/// sends on it (see `crate::audio::slot`); another core's slots get the report handed over.
+pub(super) fn slot_sender_reports(ctx: &mut Ctx<'_>, legs: &mut Map<LegId, Leg>, slot_legs: &[LegId], track_id: TrackId, ssrc: Ssrc, info: &rtcp::SenderInfo) {
+    for &l in slot_legs {
+        let Some(leg) = legs.get_mut(&l).filter(|leg| ctx.shard.owns(leg.spec.local_port)) else { continue };
+        let Some((local_port, remote)) = leg.rtcp_path() else { continue };
+        let Leg { slots, tx, .. } = leg;
+        for slot in slots.iter_mut().flat_map(|set| set.slots.iter_mut()).filter(|s| s.source == Some((track_id, ssrc))) {
+            let sub = &mut slot.sub;
+            let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
+            let Some(out) = ctx.out.next_slot() else { return };
+            let out_info =
+                rtcp::SenderInfo { ntp_timestamp: info.ntp_timestamp, rtp_timestamp: ts, packet_count: sub.packets_sent, octet_count: sub.octets_sent };
+            let Ok(len) = rtcp::write_sr(&mut out[..], sub.out_ssrc, &out_info, &[]) else { continue };
+            let Ok(out_len) = tx.protect_rtcp(&mut sub.srtcp, &mut out[..], len) else { continue };
+            ctx.out.commit(OutMeta { local_port, dst: remote, leg: l, len: out_len as u16 });
+            sub.last_sr = Some(((info.ntp_timestamp >> 16) as u32, ctx.now));
+        }
     }
 }
 

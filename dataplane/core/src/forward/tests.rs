@@ -602,7 +602,7 @@ fn feedback_for_a_track_of_another_core_is_handed_over_and_answered_there() {
     let h = cores[0].poll_handoff().expect("handed over");
     assert_eq!((h.to, h.leg), (1, LegId(2)));
     let mut out1 = OutBatch::new(8);
-    cores[1].handle_feedback(ms(5), &h, &mut out1);
+    cores[1].handle_handoff(ms(5), &h, &mut out1);
     assert_eq!(out1.len(), 1, "answered from shard 1's cache");
     let (meta, bytes) = out1.get(0).unwrap();
     assert_eq!(meta.leg, LegId(2));

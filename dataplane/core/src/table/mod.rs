@@ -232,10 +232,13 @@ impl Tables {
     }
 
     /// A track and the legs, mutably and at once (the fan-out reads subscriber legs' keys while it
-    /// The most subscriptions any one track has: how many copies one received packet can make.
-    /// Walks every track (call it after a delta, not per packet).
+    /// The most copies one received (or handed-over) packet can make: the most subscriptions any
+    /// one track has, plus the most legs with audio slots in one speaker group (a ranked
+    /// speaker's packet also goes to those). Walks every track (call it after a delta, not per
+    /// packet).
     pub fn max_fanout(&self) -> usize {
-        self.tracks.values().map(|t| t.subs.len()).max().unwrap_or(0)
+        let subs = self.tracks.values().map(|t| t.subs.len()).max().unwrap_or(0);
+        subs + self.slot_legs.values().map(Vec::len).max().unwrap_or(0)
     }
 
     /// Every leg, mutably (for runtime state; specs change only through [`Tables::apply`]).

@@ -314,7 +314,7 @@ impl Leg {
     }
 
     /// Stores the SRTCP receive state of `sender` after an authenticated packet (bounded: past
-    /// [`MAX_RTCP_SENDERS`] senders the oldest is forgotten).
+    /// `MAX_RTCP_SENDERS` senders the oldest is forgotten).
     pub fn store_rtcp_recv(&mut self, sender: Ssrc, state: RtcpRecvState) {
         match self.rtcp_recv.iter_mut().find(|(s, _)| *s == sender) {
             Some((_, st)) => *st = state,
@@ -400,7 +400,7 @@ pub struct LayerState {
 }
 
 /// Whether something receives media: set on every authenticated packet, cleared by
-/// [`crate::forward::Core::sweep`] after a quiet interval. The transitions are the control plane's
+/// the idle sweep of [`crate::forward::Core::handle_timeout`] after a quiet interval. The transitions are the control plane's
 /// leg active/idle and stream started/stopped events.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
