@@ -30,7 +30,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use sluice_common::{FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey, SsrcValue, XdpVerdict};
+use sluice_common::{FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SilenceGate, SsrcKey, SsrcValue, XdpVerdict};
 use sluice_core::ids::{LegId, Ssrc};
 
 pub use sluice_common::XdpVerdict as Verdict;
@@ -472,6 +472,28 @@ impl XdpStage {
         const M: &str = sluice_common::SSRCS_MAP;
         let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
         map.remove(&key).or_else(absent_ok).map_err(map_err("revoke ssrc", M))
+    }
+
+    /// Gates the silence of audio stream `ssrc` on `local_port` (top-N audio: its packets whose
+    /// level in one-byte extension `ext` is not speech are dropped, each
+    /// [`sluice_common::SILENT_KEEPALIVE`]-th of a run passed); `vad`: the sender runs a VAD.
+    pub fn gate_silence(&mut self, local_port: u16, ssrc: Ssrc, ext: u8, vad: bool) -> Result<()> {
+        const M: &str = sluice_common::SILENCE_MAP;
+        let mut map: HashMap<&mut MapData, SsrcKey, SilenceGate> = self.map_mut(M)?;
+        let gate = SilenceGate { ext, vad: u8::from(vad), pad: 0, run: 0 };
+        map.insert(SsrcKey::one(local_port, ssrc.0), gate, 0).map_err(map_err("gate silence", M))
+    }
+
+    /// Lifts a silence gate; an absent one is not an error.
+    pub fn ungate_silence(&mut self, local_port: u16, ssrc: Ssrc) -> Result<()> {
+        const M: &str = sluice_common::SILENCE_MAP;
+        let mut map: HashMap<&mut MapData, SsrcKey, SilenceGate> = self.map_mut(M)?;
+        map.remove(&SsrcKey::one(local_port, ssrc.0)).or_else(absent_ok).map_err(map_err("ungate silence", M))
+    }
+
+    /// Every silence gate.
+    pub fn silence_gates(&self) -> Result<Vec<(SsrcKey, SilenceGate)>> {
+        self.hash_entries(sluice_common::SILENCE_MAP)
     }
 
     /// Lets RTP/RTCP from any remote to `local_port` through as leg `leg` (the leg's remote is

@@ -532,3 +532,76 @@ fn af_xdp_mode_without_a_socket_passes_known_media() {
     assert_eq!(run(&rtp6, &mut stage), (XDP_PASS, vec![V::PassMedia]));
     assert_eq!(stage.verdict_counts().unwrap().get(V::RedirectXsk), 0);
 }
+
+/// RTP from `ssrc` with one-byte header extensions (RFC 8285): `elements` as (id, data), with
+/// `csrcs` CSRCs before them.
+fn rtp_with_ext(ssrc: u32, seq: u16, csrcs: u8, elements: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut p = vec![0x90 | csrcs, 111];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&960u32.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    for c in 0..csrcs {
+        p.extend_from_slice(&u32::from(c).to_be_bytes());
+    }
+    let mut body = Vec::new();
+    for (id, data) in elements {
+        body.push(id << 4 | (data.len() as u8 - 1));
+        body.extend_from_slice(data);
+    }
+    while body.len() % 4 != 0 {
+        body.push(0);
+    }
+    p.extend_from_slice(&[0xbe, 0xde]);
+    p.extend_from_slice(&((body.len() / 4) as u16).to_be_bytes());
+    p.extend_from_slice(&body);
+    p.extend_from_slice(&[0x55; 40]);
+    p
+}
+
+/// Issue 16 item 4, the XDP half: a gated audio SSRC's quiet packets (RFC 6464 level in the
+/// gated extension id, not speech) die in XDP, counted `silent_audio`, except every 32nd; speech,
+/// a packet without the level, a level behind other elements and CSRCs, the V bit of a sender
+/// with a VAD, and ungated SSRCs all pass; ungating stops the drop.
+#[test]
+fn silence_of_a_gated_audio_stream_dies_in_xdp() {
+    let mut stage = stage();
+    stage.gate_silence(PORT, Ssrc(SSRC1), 3, true).unwrap();
+    let run = |stage: &mut XdpStage, payload: Vec<u8>| -> (u32, V) {
+        let input = v4((PEER4, 5000), PORT, payload).build();
+        let before = stage.verdict_counts().unwrap();
+        let mut out = vec![0u8; input.len() + 256];
+        let r = stage.test_run(&input, &mut out, 1).unwrap();
+        let after = stage.verdict_counts().unwrap();
+        let moved: Vec<V> = V::ALL.into_iter().filter(|v| after.get(*v) != before.get(*v)).collect();
+        assert_eq!(moved.len(), 1, "one verdict per packet: {moved:?}");
+        (r.action, moved[0])
+    };
+    let quiet = |seq| rtp_with_ext(SSRC1, seq, 0, &[(1, &[0x42]), (3, &[100])]);
+    // 31 quiet packets dropped, the 32nd passes (the worker's keepalive), then again.
+    let verdicts: Vec<(u32, V)> = (0..64).map(|i| run(&mut stage, quiet(i))).collect();
+    for (i, v) in verdicts.iter().enumerate() {
+        let want = if i % 32 == 31 { (XDP_PASS, V::PassMedia) } else { (XDP_DROP, V::DropSilentAudio) };
+        assert_eq!(*v, want, "packet {i}");
+    }
+    // Speech (V set, loud) passes and restarts the run; so does a level behind CSRCs and
+    // padding with another element first.
+    assert_eq!(run(&mut stage, rtp_with_ext(SSRC1, 100, 0, &[(3, &[0x80 | 30])])), (XDP_PASS, V::PassMedia));
+    assert_eq!(run(&mut stage, rtp_with_ext(SSRC1, 101, 2, &[(5, &[1, 2, 3]), (3, &[0x80 | 20])])), (XDP_PASS, V::PassMedia));
+    assert_eq!(run(&mut stage, rtp_with_ext(SSRC1, 102, 2, &[(5, &[1, 2, 3]), (3, &[90])])), (XDP_DROP, V::DropSilentAudio));
+    // A loud level without V from a sender with a VAD is not speech.
+    assert_eq!(run(&mut stage, rtp_with_ext(SSRC1, 103, 0, &[(3, &[20])])), (XDP_DROP, V::DropSilentAudio));
+    // Without the level (no extension, another id, two-byte profile): the worker decides.
+    assert_eq!(run(&mut stage, rtp(SSRC1, 104)), (XDP_PASS, V::PassMedia));
+    assert_eq!(run(&mut stage, rtp_with_ext(SSRC1, 105, 0, &[(4, &[100])])), (XDP_PASS, V::PassMedia));
+    let mut two_byte = rtp_with_ext(SSRC1, 106, 0, &[(3, &[100])]);
+    two_byte[12..14].copy_from_slice(&[0x10, 0x00]);
+    assert_eq!(run(&mut stage, two_byte), (XDP_PASS, V::PassMedia));
+    // A sender without a VAD: its level alone decides.
+    stage.gate_silence(PORT, Ssrc(SSRC1), 3, false).unwrap();
+    assert_eq!(run(&mut stage, rtp_with_ext(SSRC1, 107, 0, &[(3, &[20])])), (XDP_PASS, V::PassMedia));
+    assert_eq!(run(&mut stage, rtp_with_ext(SSRC1, 108, 0, &[(3, &[70])])), (XDP_DROP, V::DropSilentAudio));
+    // Ungated: everything passes.
+    stage.ungate_silence(PORT, Ssrc(SSRC1)).unwrap();
+    assert_eq!(run(&mut stage, quiet(109)), (XDP_PASS, V::PassMedia));
+    assert!(stage.silence_gates().unwrap().is_empty());
+}

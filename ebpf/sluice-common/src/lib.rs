@@ -42,11 +42,14 @@ pub enum XdpVerdict {
     /// Relay entry unusable: address family differs from the packet's, or the target interface is
     /// not in the devmap.
     DropRelayInvalid = 12,
+    /// Top-N audio: RTP of an SSRC gated in [`SILENCE_MAP`] whose RFC 6464 level is not speech:
+    /// dropped before it reaches userspace (every [`SILENT_KEEPALIVE`]-th of a run passes).
+    DropSilentAudio = 13,
 }
 
 impl XdpVerdict {
     /// How many verdicts there are: the size of the counter array.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Every verdict, in counter-index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -63,6 +66,7 @@ impl XdpVerdict {
         Self::RelayTx,
         Self::RelayRedirect,
         Self::DropRelayInvalid,
+        Self::DropSilentAudio,
     ];
 
     /// A stable snake_case name, for metrics labels and logs.
@@ -81,6 +85,7 @@ impl XdpVerdict {
             Self::RelayTx => "relay_tx",
             Self::RelayRedirect => "relay_redirect",
             Self::DropRelayInvalid => "relay_invalid",
+            Self::DropSilentAudio => "silent_audio",
         }
     }
 }
@@ -202,6 +207,30 @@ pub struct RelayTarget {
     pub ifindex: u32,
 }
 
+/// The value of [`SILENCE_MAP`] (keyed by [`SsrcKey::one`]): an audio stream whose silence the
+/// XDP stage drops. The worker installs it while the stream's track is taken only by audio slots,
+/// is not ranked as a speaker, and its leg's remote is latched and has no transport-cc (whose
+/// arrivals the worker must see); it removes it when any of that changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SilenceGate {
+    /// The RFC 6464 header extension's one-byte id (1..=14).
+    pub ext: u8,
+    /// 1 when the sender runs a VAD (then its V bit decides speech), else 0 (level alone).
+    pub vad: u8,
+    /// Explicit padding (0).
+    pub pad: u16,
+    /// Packets dropped in the current silent run (written by the program; racy across CPUs,
+    /// which only moves the keepalive a little).
+    pub run: u32,
+}
+
+/// Every this many-th packet of a silent run passes to the worker: its SRTP state (rollover
+/// counter, replay window) never faces a longer hole (the worker's own drop uses the same).
+pub const SILENT_KEEPALIVE: u32 = 32;
+/// The quietest level (-dBov) that counts as speech (the worker's `audio::level`'s too).
+pub const SPEECH_MAX_DBOV: u8 = 55;
+
 /// [`RelayTarget::ifindex`] meaning "the interface the packet came in on".
 pub const RELAY_SAME_INTERFACE: u32 = 0;
 
@@ -215,6 +244,7 @@ const _: () = {
     assert!(core::mem::size_of::<RelayTarget>() == 52);
     assert!(core::mem::offset_of!(RelayTarget, ifindex) == 48);
     assert!(core::mem::size_of::<XdpVerdict>() == 4);
+    assert!(core::mem::size_of::<SilenceGate>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -234,6 +264,8 @@ mod pod {
     unsafe impl aya::Pod for super::SsrcValue {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RelayTarget {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SilenceGate {}
 }
 
 /// The name of the per-CPU verdict counter array (`u32` index → `u64` count).
@@ -251,15 +283,19 @@ pub const TX_PORTS_MAP: &str = "SLUICE_TX_PORTS";
 /// The name of the XSKMAP (RX queue index → AF_XDP socket) known media is redirected through in
 /// AF_XDP mode.
 pub const XSKS_MAP: &str = "SLUICE_XSKS";
+/// The name of the silence gate map ([`SsrcKey`] → [`SilenceGate`]).
+pub const SILENCE_MAP: &str = "SLUICE_SILENCE";
 /// The name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
 /// Every map, for pin bookkeeping.
-pub const ALL_MAPS: [&str; 7] = [VERDICTS_MAP, CONFIG_MAP, LEGS_MAP, SSRCS_MAP, RELAYS_MAP, TX_PORTS_MAP, XSKS_MAP];
+pub const ALL_MAPS: [&str; 8] = [VERDICTS_MAP, CONFIG_MAP, LEGS_MAP, SSRCS_MAP, RELAYS_MAP, TX_PORTS_MAP, XSKS_MAP, SILENCE_MAP];
 
 /// Capacity of [`LEGS_MAP`].
 pub const MAX_LEGS: u32 = 65_536;
 /// Capacity of [`SSRCS_MAP`].
 pub const MAX_SSRCS: u32 = 262_144;
+/// Capacity of [`SILENCE_MAP`].
+pub const MAX_SILENCE: u32 = 65_536;
 /// Capacity of [`RELAYS_MAP`].
 pub const MAX_RELAYS: u32 = 65_536;
 /// Capacity of [`TX_PORTS_MAP`].

@@ -10,6 +10,8 @@
 //!                                         SLUICE_LEGS? else drop unknown_source
 //!                                         RTP: (port, SSRC) or the port's any-SSRC wildcard in
 //!                                         SLUICE_SSRCS, for that leg? else drop unknown_ssrc
+//!                                         (port, SSRC) gated in SLUICE_SILENCE and its RFC 6464
+//!                                         level not speech? drop silent_audio (each 32nd passes)
 //!                                         → steer_media: AF_XDP mode and an XSK on the RX
 //!                                           queue → XDP_REDIRECT, else XDP_PASS
 //!             anything else             → drop not_rtc
@@ -31,8 +33,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sluice_common::{
-    CONFIG_AF_XDP, FlowKey, LegValue, MAX_LEGS, MAX_RELAYS, MAX_SSRCS, MAX_TX_PORTS, MAX_XSK_QUEUES, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SsrcKey,
-    SsrcValue, XdpVerdict,
+    CONFIG_AF_XDP, FlowKey, LegValue, MAX_LEGS, MAX_RELAYS, MAX_SILENCE, MAX_SSRCS, MAX_TX_PORTS, MAX_XSK_QUEUES, PortRange, RELAY_SAME_INTERFACE, RelayTarget,
+    SILENT_KEEPALIVE, SPEECH_MAX_DBOV, SilenceGate, SsrcKey, SsrcValue, XdpVerdict,
 };
 
 #[map(name = "SLUICE_VERDICTS")]
@@ -46,6 +48,9 @@ static SLUICE_LEGS: HashMap<FlowKey, LegValue> = HashMap::pinned(MAX_LEGS, 0);
 
 #[map(name = "SLUICE_SSRCS")]
 static SLUICE_SSRCS: HashMap<SsrcKey, SsrcValue> = HashMap::pinned(MAX_SSRCS, 0);
+
+#[map(name = "SLUICE_SILENCE")]
+static SLUICE_SILENCE: HashMap<SsrcKey, SilenceGate> = HashMap::pinned(MAX_SILENCE, 0);
 
 #[map(name = "SLUICE_RELAYS")]
 static SLUICE_RELAYS: HashMap<FlowKey, RelayTarget> = HashMap::pinned(MAX_RELAYS, 0);
@@ -69,6 +74,8 @@ const UDP_HLEN: usize = 8;
 const RTP_MIN_LEN: usize = 12;
 const RTCP_MIN_LEN: usize = 8;
 const MAX_OFFSET: usize = 255;
+/// Header-extension elements looked at for the audio level (browsers send 2-5).
+const MAX_EXT_ELEMENTS: usize = 8;
 
 #[xdp]
 pub fn sluice_xdp(ctx: XdpContext) -> u32 {
@@ -293,8 +300,65 @@ fn rtp_or_rtcp(ctx: &XdpContext, udp: &Udp, range: &PortRange, payload: usize, s
         if !announced {
             return Err(verdict(XdpVerdict::DropUnknownSsrc, xdp_action::XDP_DROP));
         }
+        if let Some(gate) = SLUICE_SILENCE.get_ptr_mut(&SsrcKey::one(udp.flow.local_port, ssrc)) {
+            // SAFETY: as above; the run counter is racy across CPUs (see SilenceGate::run).
+            let g = unsafe { gate.read() };
+            if let Some((voice, level)) = audio_level(ctx, payload, g.ext) {
+                if (voice || g.vad == 0) && level <= SPEECH_MAX_DBOV {
+                    // SAFETY: as above.
+                    unsafe { (*gate).run = 0 };
+                } else if g.run + 1 < SILENT_KEEPALIVE {
+                    // SAFETY: as above.
+                    unsafe { (*gate).run = g.run + 1 };
+                    return Err(verdict(XdpVerdict::DropSilentAudio, xdp_action::XDP_DROP));
+                } else {
+                    // SAFETY: as above.
+                    unsafe { (*gate).run = 0 };
+                }
+            }
+        }
     }
     Ok(steer_media(ctx, range, &leg))
+}
+
+/// The RFC 6464 level (voice flag, -dBov) in one-byte header extension `id` (RFC 8285) of the
+/// RTP packet at `payload`; `None` without one (no extension, another profile, not found among
+/// the first elements, or cut short: such a packet goes to the worker, which decides).
+#[inline(always)]
+fn audio_level(ctx: &XdpContext, payload: usize, id: u8) -> Option<(bool, u8)> {
+    // Bytes are read in pairs: a one-byte bounds check compiles to `p >= end`, which the
+    // verifier does not take as proof that `p` is inside the packet. An element always has a
+    // data byte after its header, and SRTP a payload and tag after the extension.
+    let [b0, _] = read::<[u8; 2]>(ctx, payload)?;
+    if b0 & 0x10 == 0 {
+        return None;
+    }
+    let ext = payload + 12 + 4 * usize::from(b0 & 0x0f);
+    if u16::from_be(read::<u16>(ctx, ext)?) != 0xBEDE {
+        return None;
+    }
+    let end = ext + 4 + 4 * usize::from(u16::from_be(read::<u16>(ctx, ext + 2)?));
+    let mut at = ext + 4;
+    for _ in 0..MAX_EXT_ELEMENTS {
+        if at >= end {
+            return None;
+        }
+        let [b, v] = read::<[u8; 2]>(ctx, at)?;
+        if b == 0 {
+            // Padding between elements.
+            at += 1;
+            continue;
+        }
+        let eid = b >> 4;
+        if eid == 15 {
+            return None;
+        }
+        if eid == id {
+            return Some((v & 0x80 != 0, v & 0x7f));
+        }
+        at += 2 + usize::from(b & 0x0f);
+    }
+    None
 }
 
 /// Known media goes to its worker. Socket mode: XDP_PASS to the worker's UDP socket. AF_XDP mode
