@@ -156,6 +156,8 @@ impl Names {
                 let (s, l) = self.leg(leg)?;
                 (s, Ev::Webrtc(pb::WebRtcState { leg: l.into(), state: State::Failed as i32, reason: reason.name().into(), ..Default::default() }))
             }
+            // Between a worker and its XDP shield (workers do not send it on).
+            Event::SilenceGate { .. } => return None,
         };
         let revision = desired.sessions.get(session).map_or(0, |s| s.revision);
         Some(pb::Event { session: session.into(), revision, event: Some(event) })

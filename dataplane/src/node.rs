@@ -239,6 +239,8 @@ impl Node {
                 }
             };
             tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
+            // With the XDP stage, silence that top-N audio need not decrypt dies there.
+            let core_config = CoreConfig { xdp_silence_gate: stage.is_some(), ..core_config };
             let mut worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
                 .with_events(events_tx.clone());
             if let Some(rx) = feedback_rx.get_mut(index).and_then(Option::take) {

@@ -198,6 +198,11 @@ impl Shield {
     pub fn new(stage: XdpStage, workers: usize, relays: &[Relay]) -> Result<Self, XdpError> {
         let installed = Entries { legs: stage.flow_keys()?.into_iter().collect(), ssrcs: stage.ssrc_keys()?.into_iter().collect() };
         let mut shield = Self { stage, model: Model::default(), installed, workers: workers as u16, counts: SharedCounts::default() };
+        // Silence gates are the workers' runtime decisions: a previous run's are stale (its
+        // workers are gone); the new workers gate again after their first speaker ticks.
+        for (key, _) in shield.stage.silence_gates()? {
+            shield.stage.ungate_silence(key.local_port, sluice_core::ids::Ssrc(key.ssrc))?;
+        }
         let existing: Vec<(FlowKey, RelayTarget)> = shield.stage.relay_keys()?;
         for r in relays {
             shield.stage.add_relay(r.local_port, r.remote, &r.route)?;
@@ -221,8 +226,17 @@ impl Shield {
         self.sync()
     }
 
-    /// Records a worker event and syncs the maps.
+    /// Records a worker event and syncs the maps; a silence gate goes straight to its map
+    /// (runtime state the workers decide, not derived from the tables).
     pub fn event(&mut self, e: Event) -> Result<usize, XdpError> {
+        if let Event::SilenceGate { port, ssrc, ext, vad, on } = e {
+            if on {
+                self.stage.gate_silence(port, ssrc, ext, vad)?;
+            } else {
+                self.stage.ungate_silence(port, ssrc)?;
+            }
+            return Ok(1);
+        }
         self.model.event(e);
         self.sync()
     }

@@ -431,11 +431,12 @@ impl Worker {
                     }
                 }
             }
-            if let Some(to) = &self.events {
+            // Silence gates are for the shield alone.
+            if let Some(to) = self.events.as_ref().filter(|_| !matches!(e, Event::SilenceGate { .. })) {
                 self.events_dropped += u64::from(matches!(to.try_send(e), Err(TrySendError::Full(_))));
             }
             if let Some(shield) = &self.shield
-                && matches!(e, Event::RemoteLatched { .. } | Event::SsrcLearned { .. })
+                && matches!(e, Event::RemoteLatched { .. } | Event::SsrcLearned { .. } | Event::SilenceGate { .. })
             {
                 self.shield_queue_full += u64::from(matches!(shield.try_send(ShieldMsg::Event(e)), Err(TrySendError::Full(_))));
             }

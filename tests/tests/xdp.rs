@@ -311,3 +311,100 @@ fn relay_legs_keep_forwarding_through_a_daemon_restart() {
     assert_eq!(xdp_verdict(&m, "relay_tx"), 3 * K as u64, "pinned counters span both runs and the gap: {m:?}");
     assert_eq!(exchange(4), K, "and after the second daemon stopped");
 }
+
+/// Issue 16 item 4 end to end: a top-N meeting (3 participants with 2 audio slots each, levels
+/// in extension 3, one speaking, two quiet) through the real daemon with its XDP stage on a veth:
+/// the quiet participants' packets die in XDP once the worker gated them (about 31 of every 32
+/// after the first speaker tick), never reaching the worker; the speaker reaches both others'
+/// slots, every copy authenticating with their own keys.
+#[test]
+fn top_n_silence_dies_in_xdp_and_the_speaker_is_heard() {
+    use sluice_core::ids::{LegId, Pt, SpeakerGroup, Ssrc};
+    use sluice_core::srtp::{RtpRecvState, RtpSendState, SrtpKeys};
+    use sluice_core::table::{AudioSlotsSpec, LegSpec, Op, TrackSpec};
+    use sluice_sim::fixture::{PT_OPUS, SUB_PT_OPUS, audio_track, material, rtp_packet_with_level};
+    const EXT: u8 = 3;
+    const GROUP: SpeakerGroup = SpeakerGroup(0x70);
+    const PROFILE: Profile = Profile::AeadAes128Gcm;
+    const TICKS: u64 = 150;
+    let t = Topo::new("sg");
+    let instance = format!("sx5sg{}", std::process::id());
+    let _pins = PinGuard(Path::new(PIN_ROOT).join(&instance));
+    let (d, sock) = t.start("gate", "mmsg", "shield", &instance, "");
+    let sockets: Vec<UdpSocket> = t.peers.enter(|| (0..3).map(|_| UdpSocket::bind("10.55.0.2:0").expect("bind")).collect());
+    let mut ops = Vec::new();
+    for (i, s) in (1..=3u32).zip(&sockets) {
+        let leg = LegSpec {
+            remote: Some(s.local_addr().unwrap()),
+            audio_slots: Some(AudioSlotsSpec {
+                group: GROUP,
+                out_ssrcs: vec![Ssrc(0x7000 * i), Ssrc(0x7000 * i + 1)],
+                pt_map: vec![(Pt(PT_OPUS), Pt(SUB_PT_OPUS))],
+                ext_map: vec![(EXT, 1)],
+            }),
+            ..LegSpec::new(LegId(i), 33_100 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1), Ssrc(0xf000_0000 + i))
+        };
+        ops.push(Op::UpsertLeg(leg));
+        ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(EXT), speaker_group: Some(GROUP), ..audio_track(i, i, 0x100 + i) }));
+    }
+    let mut control = Client::connect(&sock).expect("control socket");
+    let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).expect("apply");
+    assert!(matches!(resp, Response::Applied(Generation(1))), "{resp:?}");
+    let keys = |i: u32, dir: u8| {
+        let m = material(PROFILE, i, dir);
+        SrtpKeys::new(PROFILE, &m.key, &m.salt).unwrap()
+    };
+    let mut send: Vec<RtpSendState> = (0..3).map(|_| RtpSendState::new()).collect();
+    let mut heard: Vec<Vec<u32>> = vec![Vec::new(); 3];
+    let mut recv: Vec<Vec<(u32, RtpRecvState)>> = vec![Vec::new(); 3];
+    for s in &sockets {
+        s.set_nonblocking(true).unwrap();
+    }
+    let start = Instant::now();
+    for tick in 0..TICKS {
+        for (i, s) in sockets.iter().enumerate() {
+            let level = if i == 0 { (true, 25) } else { (false, 100) };
+            let plain = rtp_packet_with_level(0x101 + i as u32, tick as u16, tick as u32 * 960, PT_OPUS, EXT, level, &[0x55; 80]);
+            let mut b = plain.clone();
+            b.resize(plain.len() + 32, 0);
+            let n = keys(i as u32 + 1, 0).protect_rtp(&mut send[i], &mut b, plain.len()).unwrap();
+            s.send_to(&b[..n], SocketAddr::new(DAEMON_IP.parse().unwrap(), 33_101 + i as u16)).expect("send");
+        }
+        let mut buf = [0u8; 2048];
+        for (i, s) in sockets.iter().enumerate() {
+            while let Ok(n) = s.recv(&mut buf) {
+                if (192..=223).contains(&buf[1]) {
+                    continue;
+                }
+                let ssrc = u32::from_be_bytes(buf[8..12].try_into().unwrap());
+                let pos = recv[i].iter().position(|(s, _)| *s == ssrc).unwrap_or_else(|| {
+                    recv[i].push((ssrc, RtpRecvState::new(1024)));
+                    recv[i].len() - 1
+                });
+                let plain =
+                    keys(i as u32 + 1, 1).unprotect_rtp(&mut recv[i][pos].1, &mut buf, n).expect("a slot copy authenticates with the subscriber's keys");
+                let csrc = u32::from_be_bytes(buf[12..16].try_into().unwrap());
+                assert!(buf[0] & 0x0f == 1 && plain > 16, "one CSRC");
+                heard[i].push(csrc);
+            }
+        }
+        if let Some(d) = (start + Duration::from_millis(20 * (tick + 1))).checked_duration_since(Instant::now()) {
+            thread::sleep(d);
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    let m = t.metrics();
+    let log = stop(d);
+    let silent_xdp = xdp_verdict(&m, "silent_audio");
+    let silent_worker = metric(&m, "sluice_drops_total{worker=\"0\",reason=\"silent_audio\"}");
+    let passed = xdp_verdict(&m, "pass_media");
+    println!("top-N silence: {silent_xdp} quiet packets dropped in XDP, {silent_worker} in the worker, {passed} media packets passed to the worker");
+    // 2 x 150 quiet packets: gated after the first speaker ticks (a few hundred ms), then 31 of 32.
+    assert!(silent_xdp >= 200, "{silent_xdp} quiet packets died in XDP, {silent_worker} in the worker\n{log}");
+    assert!(silent_worker < 60, "the worker dropped {silent_worker} (before the gate was installed)");
+    for i in [1usize, 2] {
+        assert!(heard[i].iter().filter(|&&c| c == 0x101).count() > 100, "participant {} heard 1 {} times", i + 1, heard[i].len());
+        assert!(heard[i].iter().all(|&c| c == 0x101), "only the speaker: {:?}", &heard[i][..heard[i].len().min(10)]);
+    }
+    assert!(heard[0].is_empty(), "the speaker hears nobody (the others are quiet)");
+}

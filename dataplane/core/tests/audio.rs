@@ -31,6 +31,12 @@ struct Room {
     /// (time, out-SSRC, sequence number, timestamp, CSRCs).
     down: Vec<(SrtpKeys, Vec<(Ssrc, RtpRecvState)>)>,
     received: Vec<Vec<Received>>,
+    /// The XDP silence gates the core asked for: (port, SSRC) currently on.
+    gates: Vec<(u16, Ssrc)>,
+    /// Act as the XDP stage: drop a gated stream's quiet packets, all but every 32nd.
+    xdp: bool,
+    xdp_run: Vec<u32>,
+    xdp_dropped: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -66,7 +72,12 @@ impl Room {
 
     /// As [`Room::with_slots`], on core `shard` of a multi-worker dataplane.
     fn on_shard(n: u32, top_n: Option<u32>, shard: Shard) -> Self {
-        let mut core = Core::new(CoreConfig { shard, ..CoreConfig::default() });
+        Self::configured(n, top_n, CoreConfig { shard, ..CoreConfig::default() })
+    }
+
+    /// As [`Room::with_slots`], with the core configured as `config`.
+    fn configured(n: u32, top_n: Option<u32>, config: CoreConfig) -> Self {
+        let mut core = Core::new(config);
         let mut ops = Vec::new();
         for i in 1..=n {
             let mut leg = leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1));
@@ -96,6 +107,10 @@ impl Room {
             now_ms: 0,
             down,
             received: (0..n).map(|_| Vec::new()).collect(),
+            gates: Vec::new(),
+            xdp: false,
+            xdp_run: vec![0; n as usize],
+            xdp_dropped: 0,
         }
     }
 
@@ -148,6 +163,15 @@ impl Room {
             for (i, p) in patterns.iter().enumerate() {
                 if let Some((voice, level)) = p(frame) {
                     let pkt = rtp_packet_with_level(0x101 + i as u32, frame as u16, frame as u32 * 960, PT_OPUS, EXT, (voice, level), &[0x55; 60]);
+                    let gated = self.gates.contains(&(20_001 + i as u16, Ssrc(0x101 + i as u32)));
+                    if self.xdp && gated && !(voice && level <= 55) {
+                        self.xdp_run[i] += 1;
+                        if self.xdp_run[i] < 32 {
+                            self.xdp_dropped += 1;
+                            continue;
+                        }
+                    }
+                    self.xdp_run[i] = 0;
                     self.send(i, pkt);
                 }
             }
@@ -158,8 +182,16 @@ impl Room {
                 self.core.handle_timeout(now, &mut self.out);
             }
             while let Some(e) = self.core.poll_event() {
-                if matches!(e, Event::ActiveSpeakers { .. }) {
-                    self.events.push((self.now_ms, e));
+                match e {
+                    Event::ActiveSpeakers { .. } => self.events.push((self.now_ms, e)),
+                    Event::SilenceGate { port, ssrc, on, ext, .. } => {
+                        assert_eq!(ext, EXT);
+                        self.gates.retain(|g| *g != (port, ssrc));
+                        if on {
+                            self.gates.push((port, ssrc));
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -570,4 +602,35 @@ fn a_speakers_sender_report_reaches_its_slots_on_the_other_worker() {
     let report = rtcp::SenderReport::new_checked(&sr[..plain]).unwrap();
     assert_eq!(report.sender_ssrc(), slot_ssrc(4, 0));
     assert_eq!(report.sender_info().ntp_timestamp, info.ntp_timestamp);
+}
+
+/// The XDP half, as the core drives it: the streams it gates are exactly the unranked,
+/// slot-only ones with a latched remote (not a speaker, not a leg with transport-cc); with the
+/// XDP stage dropping 31 of every 32 of their quiet packets the receive statistics still show
+/// no loss (the holes are counted as received); a gated participant who speaks passes XDP
+/// (speech is never gated), is ranked, and its gate is lifted.
+#[test]
+fn the_core_gates_unranked_silence_in_xdp_and_its_holes_are_not_loss() {
+    let xdp = CoreConfig { xdp_silence_gate: true, ..CoreConfig::default() };
+    let mut r = Room::configured(3, Some(2), xdp);
+    r.run(1000, &[talk, quiet, quiet]);
+    let mut gates = r.gates.clone();
+    gates.sort();
+    assert_eq!(gates, vec![(20_002, Ssrc(0x102)), (20_003, Ssrc(0x103))], "the two quiet ones, not the speaker");
+    r.xdp = true;
+    r.run(3000, &[talk, quiet, quiet]);
+    assert!(r.xdp_dropped > 250, "{}", r.xdp_dropped);
+    assert_eq!(r.reported_loss(2), (0, 0), "XDP's holes are not loss");
+    assert_eq!(r.reported_loss(3), (0, 0));
+    r.run(1000, &[talk, talk, quiet]);
+    assert_eq!(r.gates, vec![(20_003, Ssrc(0x103))], "2 speaks: ranked, ungated");
+    let heard_2 = r.received[0].iter().filter(|p| p.csrcs.first() == Some(&Ssrc(0x102))).count();
+    assert!(heard_2 > 30, "{heard_2}");
+    // A room without slots gates nothing, and neither does a core without an XDP stage.
+    let mut plain = Room::configured(3, None, xdp);
+    plain.run(1000, &[talk, quiet, quiet]);
+    assert!(plain.gates.is_empty());
+    let mut no_xdp = Room::with_slots(3, Some(2));
+    no_xdp.run(1000, &[talk, quiet, quiet]);
+    assert!(no_xdp.gates.is_empty());
 }

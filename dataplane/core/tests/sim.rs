@@ -651,6 +651,7 @@ impl World {
                 Event::BandwidthEstimate { .. } | Event::LayerAllocated { .. } | Event::LayerDemand { .. } => "downlink",
                 Event::ActiveSpeakers { .. } => "active_speakers",
                 Event::RateLimited { .. } => "rate_limited",
+                Event::SilenceGate { .. } => "silence_gate",
                 Event::FirstDrop { .. } => "first_drop",
             };
             *self.events.entry(name).or_default() += 1;

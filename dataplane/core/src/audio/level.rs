@@ -104,6 +104,11 @@ impl TrackLevel {
         self.medium
     }
 
+    /// Whether the sender was ever seen setting the V bit (it runs a VAD).
+    pub fn uses_vad(&self) -> bool {
+        self.uses_vad
+    }
+
     /// Whether a level was ever read.
     pub fn heard(&self) -> bool {
         self.heard

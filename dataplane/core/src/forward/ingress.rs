@@ -196,7 +196,8 @@ impl Core {
         if leg.remote.is_none() {
             return false;
         }
-        let Some(ingress) = leg.ingress.get(idx).filter(|i| !i.rtx) else { return false };
+        // The XDP stage gates this stream already: what reaches us is speech or its keepalive.
+        let Some(ingress) = leg.ingress.get(idx).filter(|i| !i.rtx && !i.xdp_gated) else { return false };
         let silent = self.tables.track(ingress.track).is_some_and(|t| {
             let (Some(ext), Some(group)) = (t.spec.audio_level_ext, t.spec.speaker_group) else { return false };
             t.subs.is_empty()

@@ -210,6 +210,21 @@ pub enum Event {
         /// Datagrams dropped before decryption since the last report.
         dropped: u64,
     },
+    /// Top-N audio: the XDP stage should drop (`on`) or stop dropping the silence of audio
+    /// stream `ssrc` arriving on `port` (see [`crate::audio`]): the worker's shield writes it
+    /// into the stage's silence map. Not for the control plane.
+    SilenceGate {
+        /// The publisher leg's local port.
+        port: u16,
+        /// The publisher's SSRC.
+        ssrc: Ssrc,
+        /// The RFC 6464 extension id.
+        ext: u8,
+        /// Whether the sender runs a VAD (its V bit decides speech).
+        vad: bool,
+        /// Gate (true) or ungate.
+        on: bool,
+    },
     /// A receiver report updated a leg's statistics.
     LegStats {
         /// The leg.
@@ -229,6 +244,9 @@ pub struct CoreConfig {
     /// Decrypt every packet of an unranked top-N audio track, silence too (off: the silence is
     /// dropped before decryption, see [`crate::audio`]). For measuring what that drop saves.
     pub decrypt_silence: bool,
+    /// An XDP stage runs in front of this core: the silence of top-N audio streams is gated
+    /// there ([`Event::SilenceGate`]) rather than dropped here.
+    pub xdp_silence_gate: bool,
 }
 
 /// A core's place among the dataplane's workers. Every worker holds the whole table, but a leg
@@ -371,6 +389,13 @@ pub struct Core {
     next_speakers: Option<Instant>,
     /// [`CoreConfig::decrypt_silence`].
     decrypt_silence: bool,
+    /// [`CoreConfig::xdp_silence_gate`].
+    xdp_silence_gate: bool,
+    /// The audio streams whose silence the XDP stage drops, as last told ([`Event::SilenceGate`]):
+    /// (port, SSRC, extension id, VAD), sorted.
+    xdp_gates: Vec<(u16, Ssrc, u8, bool)>,
+    /// Scratch for the next set.
+    gates_scratch: Vec<(u16, Ssrc, u8, bool)>,
 }
 
 fn push_handoff(handoffs: &mut VecDeque<Handoff>, (from, to): (u16, u16), leg: LegId, kind: HandoffKind, bytes: &[u8]) -> bool {
@@ -412,6 +437,9 @@ impl Core {
             speakers: crate::audio::Speakers::default(),
             next_speakers: None,
             decrypt_silence: config.decrypt_silence,
+            xdp_silence_gate: config.xdp_silence_gate,
+            xdp_gates: Vec::new(),
+            gates_scratch: Vec::new(),
         }
     }
 
@@ -651,9 +679,57 @@ impl Core {
                 }
             }
         }
+        self.update_xdp_gates();
         // Ticks stay on the grid the first heard level started (no drift from late wake-ups).
         let next = self.next_speakers.unwrap_or(now) + crate::audio::SPEAKER_TICK;
         self.next_speakers = any.then(|| if next > now { next } else { now + crate::audio::SPEAKER_TICK });
+    }
+
+    /// Which audio streams' silence the XDP stage may drop, after a speaker tick: those of the
+    /// tracks this core owns that the worker itself would gate (only audio slots take them, not
+    /// ranked), whose leg has a latched remote and no transport-cc (the worker must record the
+    /// arrival of a leg's every packet for its transport-cc feedback; XDP drops would show as
+    /// loss). Changes go out as [`Event::SilenceGate`]; the streams are marked so the worker
+    /// counts their holes as received.
+    fn update_xdp_gates(&mut self) {
+        let shard = self.shard;
+        self.gates_scratch.clear();
+        if self.xdp_silence_gate && !self.decrypt_silence {
+            let (legs, tracks) = self.tables.legs_and_tracks_mut();
+            for t in tracks.values() {
+                let (Some(ext), Some(group)) = (t.spec.audio_level_ext, t.spec.speaker_group) else { continue };
+                let Some(leg) = legs.get(&t.spec.publisher).filter(|l| shard.owns(l.spec.local_port)) else { continue };
+                let ranked = self.speakers.group(group).is_some_and(|s| s.ranking().as_slice().iter().any(|sp| sp.track == t.spec.id));
+                if !t.subs.is_empty() || ranked || leg.remote.is_none() || leg.spec.feedback.twcc_ext.is_some() {
+                    continue;
+                }
+                for ssrc in t.layers.iter().filter_map(|l| l.ssrc) {
+                    self.gates_scratch.push((leg.spec.local_port, ssrc, ext, t.level.uses_vad()));
+                }
+            }
+        }
+        self.gates_scratch.sort_unstable();
+        if self.gates_scratch == self.xdp_gates {
+            return;
+        }
+        for &(port, ssrc, ext, vad) in &self.xdp_gates {
+            if !self.gates_scratch.iter().any(|g| g.0 == port && g.1 == ssrc) {
+                push_event(&mut self.events, Event::SilenceGate { port, ssrc, ext, vad, on: false });
+            }
+        }
+        for &g in &self.gates_scratch {
+            if !self.xdp_gates.contains(&g) {
+                push_event(&mut self.events, Event::SilenceGate { port: g.0, ssrc: g.1, ext: g.2, vad: g.3, on: true });
+            }
+        }
+        std::mem::swap(&mut self.xdp_gates, &mut self.gates_scratch);
+        let gates = &self.xdp_gates;
+        for leg in self.tables.legs_mut().filter(|l| shard.owns(l.spec.local_port)) {
+            let port = leg.spec.local_port;
+            for i in &mut leg.ingress {
+                i.xdp_gated = gates.iter().any(|g| g.0 == port && g.1 == i.ssrc);
+            }
+        }
     }
 
     /// The speaker selectors (for the dataplane's status and tests).

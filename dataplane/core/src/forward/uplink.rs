@@ -34,6 +34,10 @@ fn rr_interval(leg: &Leg) -> core::time::Duration {
 pub(super) fn record(now: Instant, leg: &mut Leg, idx: usize, plain: &[u8]) -> Option<Instant> {
     let Ok(pkt) = rtp::Packet::new_checked(plain) else { return None };
     let ingress = &mut leg.ingress[idx];
+    if ingress.xdp_gated {
+        // The XDP stage dropped the silence before this packet on purpose: not loss.
+        ingress.stats.intentional_gap(SeqNo(pkt.sequence_number()));
+    }
     ingress.stats.record(now, SeqNo(pkt.sequence_number()), pkt.timestamp(), ingress.clock_rate);
     if let Some(remb) = leg.uplink.remb.as_mut() {
         remb.received(plain.len());

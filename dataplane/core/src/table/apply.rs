@@ -470,7 +470,7 @@ impl Tables {
                         None => (RtpRecvState::new(window), RecvStats::default()),
                     };
                     let clock_rate = t.spec.clock_rate;
-                    leg.ingress.push(Ingress { ssrc, track: tid, layer: layer as u8, rtx, recv, stats, clock_rate, silent_run: 0 });
+                    leg.ingress.push(Ingress { ssrc, track: tid, layer: layer as u8, rtx, recv, stats, clock_rate, silent_run: 0, xdp_gated: false });
                 }
             }
         }

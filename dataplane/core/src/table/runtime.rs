@@ -21,7 +21,7 @@ impl Tables {
         } else {
             state.ssrc = Some(ssrc);
         }
-        leg.ingress.push(Ingress { ssrc, track: track_id, layer, rtx, recv, stats: RecvStats::default(), clock_rate, silent_run: 0 });
+        leg.ingress.push(Ingress { ssrc, track: track_id, layer, rtx, recv, stats: RecvStats::default(), clock_rate, silent_run: 0, xdp_gated: false });
         Some(leg.ingress.len() - 1)
     }
 

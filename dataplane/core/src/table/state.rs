@@ -24,6 +24,9 @@ pub struct Ingress {
     /// (every [`crate::audio::SILENT_KEEPALIVE`]-th is decrypted, so the rollover counter and
     /// replay window never face a long hole).
     pub silent_run: u16,
+    /// The XDP stage drops this stream's silence (see `Event::SilenceGate`): the holes in its
+    /// sequence numbers are intentional and count as received.
+    pub xdp_gated: bool,
 }
 
 /// A leg and its runtime state.

@@ -74,6 +74,16 @@ impl RecvStats {
         self.update_jitter(now, ts, clock_rate);
     }
 
+    /// The packets between the highest sequence number and `seq` were dropped on purpose before
+    /// they got here (top-N audio's silence in the XDP stage): counted as received, so the
+    /// reports do not call them lost. Call it before [`RecvStats::record`] of `seq`.
+    pub fn intentional_gap(&mut self, seq: SeqNo) {
+        let delta = seq.0.wrapping_sub(self.max_seq);
+        if self.started && delta > 1 && delta < MAX_DROPOUT {
+            self.received = self.received.wrapping_add(u32::from(delta - 1));
+        }
+    }
+
     fn restart(&mut self, seq: u16) {
         *self = Self { started: true, max_seq: seq, base_seq: u32::from(seq), last_sr: self.last_sr, ..Self::default() };
     }
