@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   browser ── GET / ──────────────▶ the meeting page (static/meeting.html)
-//!   browser ── WebSocket /ws ──────▶ {"join": {room, name, offer, screen?: mid}}
+//!   browser ── WebSocket /ws ──────▶ {"join": {room, name, offer, screen?: mid, topn?: true}}
 //!       offer parsed: ICE ufrag/pwd, DTLS fingerprint, the microphone's SSRC, the camera's
 //!       (and the screen share's) simulcast RIDs, payload types and header-extension ids, the
 //!       receive slots (its recvonly m-lines)
@@ -23,6 +23,11 @@
 //! One RTCPeerConnection per participant, with its receive slots offered up front, so a join is
 //! one offer/answer and nobody renegotiates: a participant sees as many others as it offered
 //! slots for (the page's `?slots=`, default 2).
+//!
+//! With `topn` (the page's `?topn=1`) the participant's audio slots are Sluice's top-N audio
+//! slots instead (`Leg.audio_slots` on their SSRCs, the session's `top_n_audio` set, N its number
+//! of audio slots): they carry the loudest others whoever they are, the speaker's SSRC as CSRC,
+//! and it gets no per-track audio subscription. Its page shows them as `top-n`.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -187,7 +192,8 @@ struct Member {
     vp8_rtx: Option<u32>,
     camera: VideoSource,
     screen: Option<VideoSource>,
-    /// Its receive slots (recvonly m-lines) and what each shows.
+    /// Its receive slots (recvonly m-lines) and what each shows (`top-n` for Sluice's top-N
+    /// audio slots).
     audio_slots: Vec<Slot>,
     video_slots: Vec<Slot>,
     /// Where slot changes are told to its page.
@@ -447,7 +453,7 @@ impl Signaling {
             }
             let (room, name, offer) =
                 (j["room"].as_str().unwrap_or("demo").to_string(), j["name"].as_str().unwrap_or_default().to_string(), j["offer"].as_str().unwrap_or_default());
-            let reply = match self.join(&room, &name, offer, j["screen"].as_str(), notify.clone()).await {
+            let reply = match self.join(&room, &name, offer, (j["screen"].as_str(), j["topn"].as_bool().unwrap_or(false)), notify.clone()).await {
                 Ok((sdp, slots)) => {
                     joined = Some((room, name));
                     serde_json::json!({ "answer": sdp, "slots": slots["slots"] })
@@ -472,7 +478,7 @@ impl Signaling {
         room: &str,
         name: &str,
         sdp: &str,
-        screen: Option<&str>,
+        (screen, top_n): (Option<&str>, bool),
         notify: mpsc::UnboundedSender<serde_json::Value>,
     ) -> anyhow::Result<(String, serde_json::Value)> {
         let offer = parse_offer(sdp)?;
@@ -515,6 +521,21 @@ impl Signaling {
             video_slots: slots("video")?,
             notify: Some(notify),
         };
+        // Top-N: the audio slots are Sluice's (marked taken, so no per-track audio goes there).
+        let level_ext = audio.ext(EXT_AUDIO_LEVEL).filter(|id| (1..=14).contains(id));
+        if top_n {
+            if level_ext.is_none() || me.audio_slots.is_empty() || me.audio_slots.len() > 8 {
+                bail!("top-N audio needs the ssrc-audio-level extension and 1 to 8 audio receive slots");
+            }
+            for s in &mut me.audio_slots {
+                s.track = Some("top-n".into());
+            }
+        }
+        let audio_slots = top_n.then(|| pb::AudioSlots {
+            out_ssrcs: (0..me.audio_slots.len()).map(|k| me.out_ssrc(k, false)).collect(),
+            pt_map: vec![pb::IdMapping { from: opus, to: opus }],
+            ext_map: level_ext.map(|id| pb::IdMapping { from: id, to: id }).into_iter().collect(),
+        });
         let others: Vec<(String, Member)> = rooms.rooms.get(room).map(|r| r.iter().map(|(n, m)| (n.clone(), m.clone())).collect()).unwrap_or_default();
         if others.iter().any(|(n, _)| n == name) {
             bail!("{name:?} is already in {room:?}");
@@ -534,6 +555,7 @@ impl Signaling {
                     // its probes): a budget well above that still stops one participant from
                     // flooding every subscriber.
                     rate_limit: Some(pb::RateLimit { packets_per_s: PARTICIPANT_PPS, bytes_per_s: PARTICIPANT_BYTES_PER_S, burst_ms: 1000 }),
+                    audio_slots: audio_slots.clone(),
                     webrtc: Some(pb::WebRtc {
                         remote_ice_ufrag: offer.ufrag.clone(),
                         remote_ice_pwd: offer.pwd.clone(),
@@ -559,6 +581,9 @@ impl Signaling {
             video_track(&format!("{name}-video"), name, video, vp8),
         ];
         changes.extend(screen_line.map(|m| video_track(&format!("{name}-screen"), name, m, vp8)));
+        if let Some(a) = &audio_slots {
+            changes.push(pb::Change { change: Some(C::Settings(pb::SessionSettings { top_n_audio: true, audio_top_n: a.out_ssrcs.len() as u32 })) });
+        }
         let mut updated = Vec::new();
         for (other_name, other) in &others {
             changes.extend(subscribe((name, &mut me), (other_name, other)));

@@ -8,6 +8,8 @@ const FLAGS = [
   '--no-sandbox', '--disable-gpu', '--allow-loopback-in-peer-connection',
   '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
   '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+  // The meeting page's synthetic voice (?talk=) is a WebAudio graph: no user gesture here.
+  '--autoplay-policy=no-user-gesture-required',
 ];
 
 function send(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }

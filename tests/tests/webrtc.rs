@@ -1419,4 +1419,118 @@ mod meeting {
         dp.signal(libc::SIGTERM);
         assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
     }
+
+    /// Who Routes.Watch says is speaking in `session` (grpc on 127.0.0.1:`grpc`): (wall-clock ms
+    /// when the event came, the ranked tracks in order).
+    fn watch_speakers(grpc: u16, session: &str) -> std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<String>)>>> {
+        use pb::event::Event as E;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (session, out) = (session.to_string(), log.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let end = Instant::now() + Duration::from_secs(20);
+                let ch = loop {
+                    match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}")).unwrap().connect().await {
+                        Ok(c) => break c,
+                        Err(_) if Instant::now() < end => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(_) => return,
+                    }
+                };
+                let mut routes = pb::routes_client::RoutesClient::new(ch);
+                let Ok(stream) = routes.watch(pb::WatchRequest { session }).await else { return };
+                let mut stream = stream.into_inner();
+                while let Ok(Some(e)) = stream.message().await {
+                    if let Some(E::ActiveSpeakers(a)) = e.event {
+                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+                        out.lock().unwrap().push((now, a.speakers.into_iter().map(|s| s.track).collect()));
+                    }
+                }
+            });
+        });
+        log
+    }
+
+    /// Issue 16 with real browsers: four Chromium participants in a top-N room (two audio slots
+    /// each, Sluice's top-N audio slots), each with a synthetic voice whose talk spurts the test
+    /// knows: alice talks from the start, carol from 8 s after she joins, bob and dave never.
+    /// Judged by the browsers: a listener has exactly its two audio streams, receives alice on one
+    /// (her SSRC as the CSRC), then carol on the other, with no packet lost, and hears energy;
+    /// and by Sluice: Watch ranks carol within 500 ms of her first spurt, and the silence of bob
+    /// and dave is dropped before decryption.
+    #[test]
+    fn chromium_participants_hear_the_speakers_through_top_n_audio_slots() {
+        let dir = TempDir::new("webrtc-topn");
+        let (mut dp, _sock, cp, sig) = start_meeting_stack(&dir, 32330, (32190, 32199));
+        let speakers = watch_speakers(32331, "topn");
+        let url = |name: &str, talk: &str| format!("http://localhost:32332/?room=topn&name={name}&topn=1&slots=2&w=320&h=180&talk={talk}");
+        let mut alice = Participant::join_at("alice", dir.path(), &url("alice", "0,600000,0"));
+        assert!(wait(&mut [&mut alice], 30, |p| p[0].stats["connection"] == "connected"), "alice: {}\n{}", alice.stats, sig.log_text());
+        let mut bob = Participant::join_at("bob", dir.path(), &url("bob", "never"));
+        let mut carol = Participant::join_at("carol", dir.path(), &url("carol", "8000,600000,0"));
+        let mut dave = Participant::join_at("dave", dir.path(), &url("dave", "never"));
+        let all_connected = |p: &[&mut Participant]| p.iter().all(|x| x.stats["connection"] == "connected");
+        assert!(
+            wait(&mut [&mut alice, &mut bob, &mut carol, &mut dave], 40, all_connected),
+            "bob {}\ncarol {}\ndave {}\n{}",
+            bob.stats,
+            carol.stats,
+            dave.stats,
+            sig.log_text()
+        );
+        // Until carol has talked for 4 s.
+        let carol_on = |p: &Participant| p.stats["talk"][0]["on"].as_u64();
+        assert!(wait(&mut [&mut alice, &mut bob, &mut carol, &mut dave], 40, |p| carol_on(p[2]).is_some()), "carol never talked: {}", carol.stats);
+        wait(&mut [&mut alice, &mut bob, &mut carol, &mut dave], 4, |_| false);
+        let on = carol_on(&carol).unwrap();
+        let ssrc = |p: &Participant| p.stats["mic_ssrc"].as_u64().expect("mic ssrc");
+        let (alice_ssrc, carol_ssrc) = (ssrc(&alice), ssrc(&carol));
+        let audio_in = |p: &Participant| -> Vec<(String, serde_json::Value)> {
+            p.stats["inbound"]
+                .as_object()
+                .map(|m| m.iter().filter(|(_, v)| v["kind"] == "audio").map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default()
+        };
+        let heard = |p: &Participant, who: u64| {
+            p.stats["csrcs"].as_object().is_some_and(|m| m.values().any(|v| v.as_array().is_some_and(|a| a.iter().any(|c| c.as_u64() == Some(who)))))
+        };
+        for p in [&bob, &dave] {
+            let audio = audio_in(p);
+            eprintln!("{}: audio {audio:?} csrcs {}", p.name, p.stats["csrcs"]);
+            assert_eq!(audio.len(), 2, "{}: exactly its two slots: {audio:?}", p.name);
+            let packets: u64 = audio.iter().map(|(_, v)| v["packets"].as_u64().unwrap_or(0)).sum();
+            let lost: i64 = audio.iter().map(|(_, v)| v["lost"].as_i64().unwrap_or(0)).sum();
+            let energy: f64 = audio.iter().map(|(_, v)| v["energy"].as_f64().unwrap_or(0.0)).sum();
+            assert!(packets > 400, "{}: {packets} audio packets", p.name);
+            assert!(lost <= 2, "{}: {lost} audio packets lost", p.name);
+            assert!(energy > 0.0, "{}: heard no energy", p.name);
+            assert!(
+                heard(p, alice_ssrc) && heard(p, carol_ssrc),
+                "{}: the slots carry alice ({alice_ssrc}) and carol ({carol_ssrc}): {}",
+                p.name,
+                p.stats["csrcs"]
+            );
+        }
+        assert!(heard(&alice, carol_ssrc), "alice hears carol: {}", alice.stats["csrcs"]);
+        assert!(!heard(&alice, alice_ssrc) && !heard(&carol, carol_ssrc), "nobody hears itself");
+        // Sluice's ranking: carol joins it within 500 ms of her first spurt.
+        let events = speakers.lock().unwrap().clone();
+        let ranked = events.iter().find(|(_, tracks)| tracks.iter().any(|t| t == "carol-audio")).map(|(t, _)| *t);
+        eprintln!(
+            "carol spoke at {on}, ranked at {ranked:?}; events {:?}",
+            events.iter().map(|(t, v)| (t.saturating_sub(on) as i64, v.clone())).collect::<Vec<_>>()
+        );
+        let ranked = ranked.expect("carol was ranked");
+        assert!(ranked >= on && ranked - on <= 500, "carol ranked {} ms after she began", ranked as i64 - on as i64);
+        assert!(events.iter().all(|(_, v)| !v.iter().any(|t| t == "bob-audio" || t == "dave-audio")), "the silent ones were never ranked");
+        let metrics = http_get("127.0.0.1:32330", "/metrics");
+        let silent: u64 = metrics.lines().filter(|l| l.contains("reason=\"silent_audio\"")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum();
+        eprintln!("silent audio dropped before decryption: {silent}");
+        assert!(silent > 300, "bob's and dave's silence: {silent} dropped before decryption");
+        drop((alice, bob, carol, dave));
+        drop(sig);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
 }
