@@ -1420,9 +1420,11 @@ mod meeting {
         assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
     }
 
-    /// Who Routes.Watch says is speaking in `session` (grpc on 127.0.0.1:`grpc`): (wall-clock ms
-    /// when the event came, the ranked tracks in order).
-    fn watch_speakers(grpc: u16, session: &str) -> std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<String>)>>> {
+    /// Rankings as they came: (wall-clock ms, the ranked tracks in order).
+    type Rankings = std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<String>)>>>;
+
+    /// Who Routes.Watch says is speaking in `session` (grpc on 127.0.0.1:`grpc`).
+    fn watch_speakers(grpc: u16, session: &str) -> Rankings {
         use pb::event::Event as E;
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (session, out) = (session.to_string(), log.clone());
