@@ -3,6 +3,7 @@
 //! their own keys (`sluice-sim`). Used by the `sluice-bench` binary and by the cross-process tests.
 #![deny(missing_docs)]
 
+pub mod audio;
 pub mod capacity;
 pub mod forward;
 pub mod live;

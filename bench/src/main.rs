@@ -56,6 +56,23 @@ enum Command {
     /// a flood dropped by the XDP shield vs the same flood dropped by the workers, and packets out
     /// per second at fan-out 4 for AF_XDP vs the socket backends.
     Xdp(XdpArgs),
+    /// Top-N audio: the dataplane process's CPU for an audio-heavy meeting per track vs top-3
+    /// slots with the worker's and with the XDP stage's drop of silence, on a veth pair between
+    /// two network namespaces it creates (root).
+    Audio(AudioArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AudioArgs {
+    /// Participants in the meeting.
+    #[arg(long, default_value_t = 100)]
+    participants: u32,
+    /// Timed seconds per row (after 3 s of warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Also write the rows to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -392,6 +409,13 @@ fn main() -> anyhow::Result<()> {
                 "  Apply returned -> first packet on the resumed route: p50 {:.0} us  p99 {:.0} us  max {:.0} us  ({} samples, publisher every {} us)",
                 r.first_packet_us.0, r.first_packet_us.1, r.first_packet_us.2, r.samples, r.publish_interval_us
             );
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Audio(a) => {
+            let r = sluice_bench::audio::run(a.participants, a.seconds)?;
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
             }

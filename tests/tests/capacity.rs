@@ -281,3 +281,36 @@ fn fixed_publishers_send_every_layer_from_the_start() {
     assert!(top > 0.8 * 6.0 * 6.0 * 30.0, "top layer {top} pkt/s: {step}");
     assert_eq!(step["totals"]["padding_sent"], 0);
 }
+
+/// `sluice-bench audio` (issue 16's CPU comparison) measures what it says: with 8 participants for
+/// 1 s per row, the per-track row makes every packet's copies (7 per packet), the top-3 rows only
+/// the talkers' (3 at a time, each to the 7 others), the worker row drops most silence in the
+/// worker and the XDP row in XDP.
+#[test]
+fn the_audio_bench_runs_its_three_rows() {
+    let dir = TempDir::new("bench-audio");
+    let json = dir.path().join("audio.json");
+    let out = Command::new(bin_dir().join("sluice-bench"))
+        .args(["audio", "--participants", "8", "--seconds", "1", "--json", json.to_str().unwrap()])
+        .output()
+        .expect("running sluice-bench audio");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{text}");
+    let f = |row: usize, k: &str| rows[row][k].as_u64().unwrap_or(0);
+    // 8 participants x 50 packets/s x 1 s, give or take a packet of pacing.
+    for row in 0..3 {
+        assert!((390..=410).contains(&f(row, "sent")), "{text}");
+    }
+    assert!(f(0, "copies") >= f(0, "sent") * 7 * 95 / 100, "per track: 7 copies a packet\n{text}");
+    for row in [1, 2] {
+        // 3 talkers x 50/s x 7 others (the counters are read ~0.2 s after the second ends, and
+        // RTCP reports count too).
+        assert!((900..=1500).contains(&f(row, "copies")), "row {row}: {text}");
+    }
+    let sent = f(1, "sent");
+    assert!(f(1, "dropped_by_worker") * 100 >= sent * 50 && f(1, "dropped_in_xdp") == 0, "{text}");
+    assert!(f(2, "dropped_in_xdp") * 100 >= sent * 50, "{text}");
+}

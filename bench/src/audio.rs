@@ -1,0 +1,279 @@
+//! The top-N audio benchmark (issue 16): what the whole dataplane process spends on an
+//! audio-heavy meeting with and without top-N, in one run, on one veth pair between two network
+//! namespaces it creates:
+//!
+//! ```text
+//!  ns sx5ag<pid> "gen"                                   ns sx5ad<pid> "dut"
+//!  10.57.0.2: 100 participants, one UDP socket each ──veth──▶ 10.57.0.1 sluice-dataplane,
+//!  (Opus-sized SRTP with RFC 6464 levels, 50 packets/s;       1 worker, [XDP stage]
+//!   3 talkers at a time, changing every 5 s; the rest
+//!   quiet, every fourth noisy: -62 dBov, still not speech)
+//! ```
+//!
+//! Three rows, each a fresh daemon: **per track** (the reference: everyone subscribes to everyone,
+//! so every packet, silence too, makes 99 copies), **top-3, worker drop** (three audio slots per
+//! participant, no XDP stage: silence is dropped by the worker before decryption), and **top-3,
+//! XDP drop** (the same with the daemon's XDP stage, which drops the gated silence in the
+//! kernel). Per row: the daemon's CPU (user + system, `/proc/<pid>/stat`) per participant and
+//! second of meeting over the timed part, copies sent, and where the audio packets ended: dropped
+//! in XDP, dropped by the worker before decryption, or decrypted. The copies go back to the
+//! participants' sockets, which do not read them (the kernel drops what overflows): the
+//! generator's receive is not the dataplane's cost.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use sluice_core::ids::{Generation, LegId, Pt, SpeakerGroup, Ssrc};
+use sluice_core::srtp::{Profile, RtpSendState, SrtpKeys};
+use sluice_core::table::{AudioSlotsSpec, Delta, LegSpec, Op, TrackSpec};
+use sluice_core::verdict::DropReason;
+use sluice_dataplane::control::{Client, Request, Response};
+use sluice_dataplane::xdp::PIN_ROOT;
+use sluice_sim::fixture::{PT_OPUS, SUB_PT_OPUS, audio_track, material, rtp_packet_with_level, subscription};
+
+use crate::forward::process_cpu_ns;
+use crate::netns::{NetNs, PinGuard, Veth};
+
+const DUT_IP: &str = "10.57.0.1";
+const GEN_IP: &str = "10.57.0.2";
+const METRICS: &str = "127.0.0.1:9312";
+const EXT: u8 = 3;
+const GROUP: SpeakerGroup = SpeakerGroup(0xa0d1);
+const PROFILE: Profile = Profile::AeadAes128Gcm;
+const BASE_PORT: u16 = 36_000;
+const PACKET_MS: u64 = 20;
+
+/// One row of the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    /// What ran.
+    pub mode: String,
+    /// Daemon CPU, µs per participant per second of meeting.
+    pub cpu_us_per_participant_s: f64,
+    /// Audio packets the participants sent in the timed part.
+    pub sent: u64,
+    /// Copies the daemon sent.
+    pub copies: u64,
+    /// Audio packets dropped in XDP as silence.
+    pub dropped_in_xdp: u64,
+    /// Audio packets dropped by the worker before decryption as silence.
+    pub dropped_by_worker: u64,
+}
+
+/// The benchmark's result.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// Participants in the meeting.
+    pub participants: u32,
+    /// Timed seconds per row.
+    pub seconds: f64,
+    /// The rows; the first is the reference.
+    pub rows: Vec<Row>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    PerTrack,
+    TopNWorker,
+    TopNXdp,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::PerTrack => "per track (everyone to everyone)",
+            Mode::TopNWorker => "top-3 slots, worker drop",
+            Mode::TopNXdp => "top-3 slots, XDP drop",
+        }
+    }
+}
+
+/// Participant `i`'s level in 20-ms frame `frame`: three talkers at a time, changing every 5 s.
+fn level(i: u32, frame: u64, people: u32) -> (bool, u8) {
+    let first = ((frame / 250) * 3 % u64::from(people)) as u32 + 1;
+    if (first..first + 3).contains(&i) {
+        (true, 28)
+    } else if i.is_multiple_of(4) {
+        (false, 62)
+    } else {
+        (false, 100)
+    }
+}
+
+/// The daemon under test, stopped by PID on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of the child this bench spawned and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn start(dut: &NetNs, veth: &Veth, dir: &Path, name: &str, xdp: Option<&str>) -> anyhow::Result<Daemon> {
+    let socket = dir.join(format!("{name}.sock"));
+    let cfg = dir.join(format!("{name}.toml"));
+    let stage = xdp.map_or_else(String::new, |instance| format!("[dataplane.xdp]\nmode = \"shield\"\ninterface = \"{}\"\ninstance = \"{instance}\"\n", veth.b));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\nlisten_ip = \"{DUT_IP}\"\nworkers = 1\ncores = [1]\nbackend = \"mmsg\"\ncontrol_socket = \"{}\"\nmetrics = \"{METRICS}\"\nport_range = [{BASE_PORT}, {}]\ncheckpoint = \"off\"\n{stage}",
+            socket.display(),
+            BASE_PORT + 999
+        ),
+    )?;
+    let exe = std::env::current_exe()?.with_file_name("sluice-dataplane");
+    let [nsenter, net] = dut.nsenter_args();
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let child = Command::new(nsenter)
+        .arg(net)
+        .arg(&exe)
+        .args(["--config", cfg.to_str().unwrap_or_default()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let end = Instant::now() + Duration::from_secs(15);
+    while !socket.exists() {
+        if Instant::now() > end {
+            bail!("{} did not open its control socket (log in {})", exe.display(), dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Daemon { child, socket })
+}
+
+/// The meeting's tables: participant `i` at `addrs[i - 1]`.
+fn ops(mode: Mode, addrs: &[SocketAddr]) -> Vec<Op> {
+    let people = addrs.len() as u32;
+    let mut ops = Vec::new();
+    for (i, addr) in (1..=people).zip(addrs) {
+        let leg = LegSpec {
+            remote: Some(*addr),
+            audio_slots: (mode != Mode::PerTrack).then(|| AudioSlotsSpec {
+                group: GROUP,
+                out_ssrcs: (0..3).map(|k| Ssrc(0x7000_0000 + i * 4 + k)).collect(),
+                pt_map: vec![(Pt(PT_OPUS), Pt(SUB_PT_OPUS))],
+                ext_map: vec![(EXT, 1)],
+            }),
+            ..LegSpec::new(LegId(i), BASE_PORT + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1), Ssrc(0xf000_0000 + i))
+        };
+        ops.push(Op::UpsertLeg(leg));
+        ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(EXT), speaker_group: Some(GROUP), ..audio_track(i, i, 0x100 + i) }));
+    }
+    if mode == Mode::PerTrack {
+        for i in 1..=people {
+            for j in (1..=people).filter(|&j| j != i) {
+                ops.push(Op::UpsertSubscription(subscription(i, j, 0x10_0000 * i + j, None, 0)));
+            }
+        }
+    }
+    ops
+}
+
+/// The daemon's counter `name{labels}` from its metrics.
+fn metric(body: &str, key: &str) -> u64 {
+    body.lines().filter(|l| l.starts_with(key)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
+
+/// One row: a fresh daemon, the meeting, `warm` then `seconds` of audio.
+fn row(t: &(NetNs, NetNs, Veth), dir: &Path, mode: Mode, people: u32, warm: f64, seconds: f64) -> anyhow::Result<Row> {
+    let (gen_ns, dut, veth) = t;
+    let instance = format!("sx5au{}", std::process::id());
+    let _pins = PinGuard(Path::new(PIN_ROOT).join(&instance));
+    let d = start(dut, veth, dir, &format!("row{}", mode as u8), (mode == Mode::TopNXdp).then_some(instance.as_str()))?;
+    let sockets: Vec<UdpSocket> = gen_ns.enter(|| (0..people).map(|_| UdpSocket::bind(format!("{GEN_IP}:0"))).collect::<std::io::Result<_>>())?;
+    let addrs: Vec<SocketAddr> = sockets.iter().map(UdpSocket::local_addr).collect::<std::io::Result<_>>()?;
+    let mut control = Client::connect(&d.socket)?;
+    match control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops: ops(mode, &addrs) }))? {
+        Response::Applied(_) | Response::AppliedUnbound { .. } => {}
+        other => bail!("the dataplane refused the meeting: {other:?}"),
+    }
+    let keys: Vec<SrtpKeys> = (1..=people).map(|i| material(PROFILE, i, 0)).map(|m| SrtpKeys::new(PROFILE, &m.key, &m.salt)).collect::<Result<_, _>>()?;
+    let mut send: Vec<RtpSendState> = (0..people).map(|_| RtpSendState::new()).collect();
+    let frames = ((warm + seconds) * 1000.0) as u64 / PACKET_MS;
+    let warm_frames = (warm * 1000.0) as u64 / PACKET_MS;
+    let dsts: Vec<SocketAddr> = (1..=people).map(|i| SocketAddr::new(DUT_IP.parse().expect("ip"), BASE_PORT + i as u16)).collect();
+    let payload = [0x55u8; 80];
+    let mut buf = [0u8; 256];
+    let (mut sent, mut at_start) = (0u64, None);
+    let start_t = Instant::now();
+    for frame in 0..frames {
+        if frame == warm_frames {
+            let body = dut.http_get(METRICS, "/metrics");
+            at_start = Some((process_cpu_ns(d.child.id())?, body));
+        }
+        for (k, s) in sockets.iter().enumerate() {
+            let i = k as u32 + 1;
+            let plain = rtp_packet_with_level(0x100 + i, frame as u16, frame as u32 * 960, PT_OPUS, EXT, level(i, frame, people), &payload);
+            buf[..plain.len()].copy_from_slice(&plain);
+            let n = keys[k].protect_rtp(&mut send[k], &mut buf, plain.len()).map_err(|e| anyhow::anyhow!("protect: {e:?}"))?;
+            if s.send_to(&buf[..n], dsts[k]).is_ok() && frame >= warm_frames {
+                sent += 1;
+            }
+        }
+        if let Some(w) = (start_t + Duration::from_millis((frame + 1) * PACKET_MS)).checked_duration_since(Instant::now()) {
+            std::thread::sleep(w);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let cpu1 = process_cpu_ns(d.child.id())?;
+    let body = dut.http_get(METRICS, "/metrics");
+    let (cpu0, body0) = at_start.context("no timed part")?;
+    let delta = |key: &str| metric(&body, key).saturating_sub(metric(&body0, key));
+    let worker_silent = format!("sluice_drops_total{{worker=\"0\",reason=\"{}\"}}", DropReason::SilentAudio.name());
+    Ok(Row {
+        mode: mode.name().into(),
+        cpu_us_per_participant_s: (cpu1 - cpu0) as f64 / 1e3 / f64::from(people) / seconds,
+        sent,
+        copies: delta("sluice_tx_packets_total"),
+        dropped_in_xdp: delta("sluice_xdp_packets_total{verdict=\"silent_audio\"}"),
+        dropped_by_worker: delta(&worker_silent),
+    })
+}
+
+/// Runs the three rows with `people` participants, `seconds` timed each after 3 s of warm-up;
+/// prints the table.
+pub fn run(people: u32, seconds: f64) -> anyhow::Result<Report> {
+    if !(6..=900).contains(&people) {
+        bail!("participants: 6 to 900");
+    }
+    let gen_ns = NetNs::new("ag");
+    let dut = NetNs::new("ad");
+    let veth = Veth::new("au", &gen_ns, &[&format!("{GEN_IP}/24")], &dut, &[&format!("{DUT_IP}/24")]);
+    let dir = std::env::temp_dir().join(format!("sluice-bench-audio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let t = (gen_ns, dut, veth);
+    let mut rows = Vec::new();
+    for mode in [Mode::PerTrack, Mode::TopNWorker, Mode::TopNXdp] {
+        rows.push(row(&t, &dir, mode, people, 3.0, seconds)?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{people}-participant audio meeting (GCM, 50 packets/s each, 3 talkers), dataplane process CPU over {seconds} s:");
+    println!("{:>34} {:>12} {:>8} {:>10} {:>12} {:>12} {:>16}", "mode", "µs/part./s", "× ref", "copies/s", "XDP drop", "worker drop", "never userspace");
+    let reference = rows[0].cpu_us_per_participant_s.max(f64::MIN_POSITIVE);
+    for r in &rows {
+        println!(
+            "{:>34} {:>12.1} {:>8.3} {:>10.0} {:>11.1}% {:>11.1}% {:>15.1}%",
+            r.mode,
+            r.cpu_us_per_participant_s,
+            r.cpu_us_per_participant_s / reference,
+            r.copies as f64 / seconds,
+            100.0 * r.dropped_in_xdp as f64 / r.sent.max(1) as f64,
+            100.0 * r.dropped_by_worker as f64 / r.sent.max(1) as f64,
+            100.0 * r.dropped_in_xdp as f64 / r.sent.max(1) as f64,
+        );
+    }
+    Ok(Report { participants: people, seconds, rows })
+}
