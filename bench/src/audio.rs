@@ -16,9 +16,15 @@
 //! XDP drop** (the same with the daemon's XDP stage, which drops the gated silence in the
 //! kernel). Per row: the daemon's CPU (user + system, `/proc/<pid>/stat`) per participant and
 //! second of meeting over the timed part, copies sent, and where the audio packets ended: dropped
-//! in XDP, dropped by the worker before decryption, or decrypted. The copies go back to the
-//! participants' sockets, which do not read them (the kernel drops what overflows): the
-//! generator's receive is not the dataplane's cost.
+//! in XDP, dropped by the worker before decryption, or decrypted. In the per-track row the copies
+//! go back to the participants' sockets unread (the kernel drops what overflows: the generator's
+//! receive is not the dataplane's cost).
+//!
+//! The top-N rows also check the result against the ground truth the generator knows: every
+//! participant's socket is read and the distinct SSRCs it received counted (never more than the
+//! 3 slots), and the dataplane's `ActiveSpeakers` events (its control socket's event stream) are
+//! timed against each talker's first packet of a turn: how long until the new talker is ranked
+//! (the worst over the run is reported).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -61,6 +67,13 @@ pub struct Row {
     pub dropped_in_xdp: u64,
     /// Audio packets dropped by the worker before decryption as silence.
     pub dropped_by_worker: u64,
+    /// Top-N rows: the most distinct SSRCs one participant received (at most the 3 slots).
+    pub max_streams_per_participant: Option<usize>,
+    /// Top-N rows: the longest a talker waited, after its turn began, to be ranked (ms), and
+    /// how many turns began in the timed part.
+    pub worst_rank_delay_ms: Option<u64>,
+    /// Top-N rows: turns (a talker starting) seen in the run.
+    pub turns: u64,
 }
 
 /// The benchmark's result.
@@ -208,8 +221,48 @@ fn row(t: &(NetNs, NetNs, Veth), dir: &Path, mode: Mode, people: u32, warm: f64,
     let payload = [0x55u8; 80];
     let mut buf = [0u8; 256];
     let (mut sent, mut at_start) = (0u64, None);
+    // The dataplane's rankings as they come: (when, the ranked tracks).
+    let rankings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, Vec<u32>)>::new()));
+    if mode != Mode::PerTrack {
+        let mut events = Client::connect(&d.socket)?;
+        events.subscribe(0)?;
+        let out = rankings.clone();
+        std::thread::spawn(move || {
+            while let Ok(r) = events.receive() {
+                if let Response::Events(evs) = r {
+                    for e in evs {
+                        if let sluice_core::forward::Event::ActiveSpeakers { speakers, .. } = e {
+                            out.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push((Instant::now(), speakers.as_slice().iter().map(|s| s.track.0).collect()));
+                        }
+                    }
+                }
+            }
+        });
+        for s in &sockets {
+            s.set_nonblocking(true)?;
+        }
+    }
+    // Ground truth: when each talker's turn began (its first packet of the turn).
+    let mut turns: Vec<(Instant, u32)> = Vec::new();
+    let mut received: Vec<std::collections::BTreeSet<u32>> = vec![Default::default(); sockets.len()];
+    let mut rx = [0u8; 2048];
     let start_t = Instant::now();
     for frame in 0..frames {
+        if mode != Mode::PerTrack {
+            if frame % 250 == 0 {
+                let now = Instant::now();
+                turns.extend((1..=people).filter(|&i| level(i, frame, people).0 && (frame == 0 || !level(i, frame - 1, people).0)).map(|i| (now, i)));
+            }
+            for (k, s) in sockets.iter().enumerate() {
+                while let Ok(n) = s.recv(&mut rx) {
+                    if n >= 12 && !(192..=223).contains(&rx[1]) {
+                        received[k].insert(u32::from_be_bytes([rx[8], rx[9], rx[10], rx[11]]));
+                    }
+                }
+            }
+        }
         if frame == warm_frames {
             let body = dut.http_get(METRICS, "/metrics");
             at_start = Some((process_cpu_ns(d.child.id())?, body));
@@ -233,7 +286,20 @@ fn row(t: &(NetNs, NetNs, Veth), dir: &Path, mode: Mode, people: u32, warm: f64,
     let (cpu0, body0) = at_start.context("no timed part")?;
     let delta = |key: &str| metric(&body, key).saturating_sub(metric(&body0, key));
     let worker_silent = format!("sluice_drops_total{{worker=\"0\",reason=\"{}\"}}", DropReason::SilentAudio.name());
+    // Each turn: the first ranking that lists its talker, after the turn began.
+    let ranked = rankings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let delays: Vec<u64> = turns
+        .iter()
+        .filter_map(|(at, who)| ranked.iter().find(|(t, tracks)| t >= at && tracks.contains(who)).map(|(t, _)| t.duration_since(*at).as_millis() as u64))
+        .collect();
+    let top_n = mode != Mode::PerTrack;
+    if top_n && delays.len() != turns.len() {
+        bail!("{} of {} talkers were never ranked after their turn began", turns.len() - delays.len(), turns.len());
+    }
     Ok(Row {
+        max_streams_per_participant: top_n.then(|| received.iter().map(std::collections::BTreeSet::len).max().unwrap_or(0)),
+        worst_rank_delay_ms: top_n.then(|| delays.iter().copied().max().unwrap_or(0)),
+        turns: turns.len() as u64,
         mode: mode.name().into(),
         cpu_us_per_participant_s: (cpu1 - cpu0) as f64 / 1e3 / f64::from(people) / seconds,
         sent,
@@ -273,6 +339,15 @@ pub fn run(people: u32, seconds: f64) -> anyhow::Result<Report> {
             100.0 * r.dropped_in_xdp as f64 / r.sent.max(1) as f64,
             100.0 * r.dropped_by_worker as f64 / r.sent.max(1) as f64,
             100.0 * r.dropped_in_xdp as f64 / r.sent.max(1) as f64,
+        );
+    }
+    for r in rows.iter().filter(|r| r.max_streams_per_participant.is_some()) {
+        println!(
+            "{}: at most {} audio streams per participant; {} talker turns, each ranked at most {} ms after it began",
+            r.mode,
+            r.max_streams_per_participant.unwrap_or(0),
+            r.turns,
+            r.worst_rank_delay_ms.unwrap_or(0)
         );
     }
     Ok(Report { participants: people, seconds, rows })

@@ -310,6 +310,11 @@ fn the_audio_bench_runs_its_three_rows() {
         // RTCP reports count too).
         assert!((900..=1500).contains(&f(row, "copies")), "row {row}: {text}");
     }
+    // The ground truth: never more than the 3 slots, every talker ranked within 500 ms.
+    for row in [1, 2] {
+        assert!(rows[row]["max_streams_per_participant"].as_u64().is_some_and(|n| (1..=3).contains(&n)), "{text}");
+        assert!(f(row, "turns") >= 3 && rows[row]["worst_rank_delay_ms"].as_u64().is_some_and(|ms| ms <= 500), "{text}");
+    }
     let sent = f(1, "sent");
     assert!(f(1, "dropped_by_worker") * 100 >= sent * 50 && f(1, "dropped_in_xdp") == 0, "{text}");
     assert!(f(2, "dropped_in_xdp") * 100 >= sent * 50, "{text}");
