@@ -27,8 +27,7 @@
 //! (the worst over the run is reported).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -39,9 +38,10 @@ use sluice_core::verdict::DropReason;
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::xdp::PIN_ROOT;
 use sluice_sim::fixture::{PT_OPUS, SUB_PT_OPUS, audio_track, material, rtp_packet_with_level, subscription};
+use sluice_sim::media::talk_pattern_level as level;
 
 use crate::forward::process_cpu_ns;
-use crate::netns::{NetNs, PinGuard, Veth};
+use crate::netns::{NetNs, NsDataplane, PinGuard, Veth};
 
 const DUT_IP: &str = "10.57.0.1";
 const GEN_IP: &str = "10.57.0.2";
@@ -104,36 +104,7 @@ impl Mode {
     }
 }
 
-/// Participant `i`'s level in 20-ms frame `frame`: three talkers at a time, changing every 5 s.
-fn level(i: u32, frame: u64, people: u32) -> (bool, u8) {
-    let first = ((frame / 250) * 3 % u64::from(people)) as u32 + 1;
-    if (first..first + 3).contains(&i) {
-        (true, 28)
-    } else if i.is_multiple_of(4) {
-        (false, 62)
-    } else {
-        (false, 100)
-    }
-}
-
-/// The daemon under test, stopped by PID on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the PID of the child this bench spawned and has not reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-fn start(dut: &NetNs, veth: &Veth, dir: &Path, name: &str, xdp: Option<&str>) -> anyhow::Result<Daemon> {
+fn start(dut: &NetNs, veth: &Veth, dir: &Path, name: &str, xdp: Option<&str>) -> anyhow::Result<NsDataplane> {
     let socket = dir.join(format!("{name}.sock"));
     let cfg = dir.join(format!("{name}.toml"));
     let stage = xdp.map_or_else(String::new, |instance| format!("[dataplane.xdp]\nmode = \"shield\"\ninterface = \"{}\"\ninstance = \"{instance}\"\n", veth.b));
@@ -145,26 +116,7 @@ fn start(dut: &NetNs, veth: &Veth, dir: &Path, name: &str, xdp: Option<&str>) ->
             BASE_PORT + 999
         ),
     )?;
-    let exe = std::env::current_exe()?.with_file_name("sluice-dataplane");
-    let [nsenter, net] = dut.nsenter_args();
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let child = Command::new(nsenter)
-        .arg(net)
-        .arg(&exe)
-        .args(["--config", cfg.to_str().unwrap_or_default()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let end = Instant::now() + Duration::from_secs(15);
-    while !socket.exists() {
-        if Instant::now() > end {
-            bail!("{} did not open its control socket (log in {})", exe.display(), dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Daemon { child, socket })
+    NsDataplane::start(dut, &cfg, &socket, &dir.join(format!("{name}.log")))
 }
 
 /// The meeting's tables: participant `i` at `addrs[i - 1]`.

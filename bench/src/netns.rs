@@ -230,3 +230,52 @@ impl Drop for PinGuard {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// A `sluice-dataplane` this process started inside a namespace, stopped by PID (SIGTERM, then
+/// reaped) when dropped, its control socket removed.
+#[derive(Debug)]
+pub struct NsDataplane {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its control socket.
+    pub socket: std::path::PathBuf,
+}
+
+impl NsDataplane {
+    /// Starts the `sluice-dataplane` next to this executable in `ns` with config `cfg` (whose
+    /// control socket is `socket`), its log in `log`; waits up to 15 s for the socket.
+    pub fn start(ns: &NetNs, cfg: &std::path::Path, socket: &std::path::Path, log: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let exe = std::env::current_exe()?.with_file_name("sluice-dataplane");
+        let [nsenter, net] = ns.nsenter_args();
+        let child = Command::new(nsenter)
+            .arg(net)
+            .arg(&exe)
+            .args(["--config", cfg.to_str().unwrap_or_default()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(File::create(log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let d = Self { child, socket: socket.to_owned() };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !socket.exists() {
+            if std::time::Instant::now() > end {
+                anyhow::bail!("{} did not open its control socket (log in {})", exe.display(), log.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for NsDataplane {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of the child this process spawned and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

@@ -24,10 +24,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use sluice_core::ids::Generation;
 use sluice_core::srtp::Profile;
 use sluice_core::table::Delta;
@@ -37,7 +36,7 @@ use sluice_dataplane::io::xsk::Interface;
 use sluice_dataplane::xdp::{Egress, PIN_ROOT, RelayRoute, Verdict as XdpVerdict, XdpStage};
 
 use crate::forward::{BASE_PORT, Generator, STREAMS, process_cpu_ns, streams_ops};
-use crate::netns::{NetNs, PinGuard, Veth};
+use crate::netns::{NetNs, NsDataplane, PinGuard, Veth};
 
 const DUT_IP: Ipv4Addr = Ipv4Addr::new(10, 56, 0, 1);
 const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 56, 0, 2);
@@ -141,22 +140,10 @@ struct Topo {
     dir: PathBuf,
 }
 
-/// The daemon under test, stopped by PID on drop.
+/// The daemon under test (stopped by PID on drop) and its control connection.
 struct Daemon {
-    child: Child,
+    process: NsDataplane,
     control: Client,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the PID of the child this bench spawned and has not reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-    }
 }
 
 impl Daemon {
@@ -181,32 +168,14 @@ impl Daemon {
                 t.veth.b
             ),
         )?;
-        let exe = std::env::current_exe()?.with_file_name("sluice-dataplane");
-        let [nsenter, net] = t.dut.nsenter_args();
-        let log = std::fs::File::create(t.dir.join(format!("{backend}-{mode}.log")))?;
-        let child = Command::new(nsenter)
-            .arg(net)
-            .arg(&exe)
-            .args(["--config", cfg.to_str().unwrap_or_default()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        let end = Instant::now() + Duration::from_secs(15);
-        while !socket.exists() {
-            if Instant::now() > end {
-                bail!("{} did not open its control socket (log in {})", exe.display(), t.dir.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let process = NsDataplane::start(&t.dut, &cfg, &socket, &t.dir.join(format!("{backend}-{mode}.log")))?;
         let mut control = Client::connect(&socket)?;
         let delta = Delta { generation: Generation(1), replace_all: false, ops: subscriber_ops() };
         match control.call(&Request::Apply(delta))? {
             Response::Applied(_) => {}
             other => bail!("dataplane refused the bench tables: {other:?}"),
         }
-        Ok(Self { child, control, socket })
+        Ok(Self { process, control })
     }
 
     /// Packets received, sent, and dropped by the worker, and CPU ns, so far.
@@ -217,7 +186,7 @@ impl Daemon {
                 tx: s.iter().map(|c| c.tx_packets).sum(),
                 drops: s.iter().map(|c| DropReason::ALL.iter().map(|r| c.drops_for(*r)).sum::<u64>()).sum(),
                 by_reason: DropReason::ALL.iter().map(|r| s.iter().map(|c| c.drops_for(*r)).sum()).collect(),
-                cpu_ns: process_cpu_ns(self.child.id())?,
+                cpu_ns: process_cpu_ns(self.process.child.id())?,
             },
             other => bail!("stats: {other:?}"),
         };

@@ -5,6 +5,10 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "corrupt.rs"]
+mod corrupt;
+use corrupt::corrupt;
 use sluice_core::ids::{LegId, Ssrc};
 use sluice_core::table::KeyDigest;
 use sluice_core::table::checkpoint::{Checkpoint, LegCheckpoint};
@@ -23,22 +27,6 @@ fn good() -> Checkpoint {
         streams: Vec::new(),
         webrtc: vec![LegId(9)],
     }
-}
-
-/// Flips the bytes the input names (position, mask) and maybe cuts the end.
-fn corrupt(good: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut bad = good.to_vec();
-    let Some((&cut, rest)) = data.split_first() else { return bad };
-    for c in rest.chunks_exact(3) {
-        let at = usize::from(u16::from_be_bytes([c[0], c[1]])) % bad.len().max(1);
-        if let Some(b) = bad.get_mut(at) {
-            *b ^= c[2].max(1);
-        }
-    }
-    if cut & 1 == 1 {
-        bad.truncate(bad.len().saturating_sub(usize::from(cut >> 1)));
-    }
-    bad
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -4,6 +4,10 @@
 //! tail is cut, damage refused), the snapshot reader refuses or returns exactly what was written.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+
+#[path = "corrupt.rs"]
+mod corrupt;
+use corrupt::corrupt;
 use sluice_controlplane::journal::{Record, readers};
 use sluice_controlplane::pb;
 use sluice_controlplane::state::{Desired, PortRange};
@@ -20,22 +24,6 @@ fn change_set() -> pb::ChangeSet {
         })),
     };
     pb::ChangeSet { session: "m".into(), idempotency_key: String::new(), expected_revision: None, changes: vec![leg("a"), leg("b")] }
-}
-
-/// Flips the bytes the input names (position, mask) and maybe cuts the end.
-fn corrupt(good: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut bad = good.to_vec();
-    let Some((&cut, rest)) = data.split_first() else { return bad };
-    for c in rest.chunks_exact(3) {
-        let at = usize::from(u16::from_be_bytes([c[0], c[1]])) % bad.len().max(1);
-        if let Some(b) = bad.get_mut(at) {
-            *b ^= c[2].max(1);
-        }
-    }
-    if cut & 1 == 1 {
-        bad.truncate(bad.len().saturating_sub(usize::from(cut >> 1)));
-    }
-    bad
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -96,6 +96,21 @@ impl Publisher {
     }
 }
 
+/// The RFC 6464 level (voice flag, -dBov) participant `i` (1-based) of a meeting of `people`
+/// sends in 20-ms frame `frame` in the audio benchmarks' meeting: three talkers at a time (-28
+/// dBov, voiced), the next three every 5 s (250 frames); the others quiet (-100 dBov), every
+/// fourth noisy (-62 dBov: still not speech).
+pub fn talk_pattern_level(i: u32, frame: u64, people: u32) -> (bool, u8) {
+    let first = ((frame / 250) * 3 % u64::from(people.max(1))) as u32 + 1;
+    if (first..first + 3).contains(&i) {
+        (true, 28)
+    } else if i.is_multiple_of(4) {
+        (false, 62)
+    } else {
+        (false, 100)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use sluice_core::wire::rtp;

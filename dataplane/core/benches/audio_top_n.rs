@@ -26,6 +26,7 @@ use sluice_core::table::{AudioSlotsSpec, Delta, Op, TrackSpec};
 use sluice_core::time::Instant;
 use sluice_core::verdict::DropReason;
 use sluice_sim::fixture::*;
+use sluice_sim::media::talk_pattern_level;
 
 const PEOPLE: u32 = 100;
 const EXT: u8 = 3;
@@ -83,18 +84,6 @@ fn addr(i: u32) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8), 5000))
 }
 
-/// Participant `i`'s level in frame `frame`: three talkers at a time, changing every 5 s.
-fn level(i: u32, frame: u64) -> (bool, u8) {
-    let first = ((frame / 250) * 3 % u64::from(PEOPLE)) as u32 + 1;
-    if (first..first + 3).contains(&i) {
-        (true, 28)
-    } else if i.is_multiple_of(4) {
-        (false, 62)
-    } else {
-        (false, 100)
-    }
-}
-
 /// Runs the meeting for `WARM_MS + RUN_MS`; returns (core ns per participant per second over
 /// the timed part, share of audio packets dropped before decryption in it).
 fn run(mode: Mode) -> (f64, f64) {
@@ -112,7 +101,7 @@ fn run(mode: Mode) -> (f64, f64) {
             silent_before = core.stats().drops_for(DropReason::SilentAudio);
         }
         for i in 1..=PEOPLE {
-            let (voice, lvl) = level(i, frame);
+            let (voice, lvl) = talk_pattern_level(i, frame, PEOPLE);
             let plain = rtp_packet_with_level(0x100 + i, frame as u16, frame as u32 * 960, PT_OPUS, EXT, (voice, lvl), &payload);
             buf[..plain.len()].copy_from_slice(&plain);
             let n = keys[i as usize - 1].protect_rtp(&mut send[i as usize - 1], &mut buf, plain.len()).expect("room");
