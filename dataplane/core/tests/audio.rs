@@ -622,6 +622,11 @@ fn the_core_gates_unranked_silence_in_xdp_and_its_holes_are_not_loss() {
     assert!(r.xdp_dropped > 250, "{}", r.xdp_dropped);
     assert_eq!(r.reported_loss(2), (0, 0), "XDP's holes are not loss");
     assert_eq!(r.reported_loss(3), (0, 0));
+    // A delta that changes 3's track (its streams are rebuilt) keeps its holes intentional.
+    let track3 = TrackSpec { audio_level_ext: Some(EXT), speaker_group: Some(GROUP), clock_rate: 48_001, ..audio_track(3, 3, 0x103) };
+    r.core.apply(Delta { generation: Generation(2), replace_all: false, ops: vec![Op::UpsertTrack(track3)] }).unwrap();
+    r.run(2000, &[talk, quiet, quiet]);
+    assert_eq!(r.reported_loss(3), (0, 0), "after a delta");
     r.run(1000, &[talk, talk, quiet]);
     assert_eq!(r.gates, vec![(20_003, Ssrc(0x103))], "2 speaks: ranked, ungated");
     let heard_2 = r.received[0].iter().filter(|p| p.csrcs.first() == Some(&Ssrc(0x102))).count();

@@ -709,9 +709,24 @@ impl Core {
             }
         }
         self.gates_scratch.sort_unstable();
-        if self.gates_scratch == self.xdp_gates {
-            return;
+        if self.gates_scratch != self.xdp_gates {
+            self.tell_xdp_gates();
         }
+        // Every tick, not only on a change: a delta rebuilds a leg's ingress streams unmarked.
+        let gates = &self.xdp_gates;
+        if !gates.is_empty() || self.xdp_silence_gate {
+            for leg in self.tables.legs_mut().filter(|l| shard.owns(l.spec.local_port)) {
+                let port = leg.spec.local_port;
+                for i in &mut leg.ingress {
+                    i.xdp_gated = gates.iter().any(|g| g.0 == port && g.1 == i.ssrc);
+                }
+            }
+        }
+    }
+
+    /// Reports the difference between the gates told and the new set ([`Event::SilenceGate`]),
+    /// and makes the new set the told one.
+    fn tell_xdp_gates(&mut self) {
         for &(port, ssrc, ext, vad) in &self.xdp_gates {
             if !self.gates_scratch.iter().any(|g| g.0 == port && g.1 == ssrc) {
                 push_event(&mut self.events, Event::SilenceGate { port, ssrc, ext, vad, on: false });
@@ -723,13 +738,6 @@ impl Core {
             }
         }
         std::mem::swap(&mut self.xdp_gates, &mut self.gates_scratch);
-        let gates = &self.xdp_gates;
-        for leg in self.tables.legs_mut().filter(|l| shard.owns(l.spec.local_port)) {
-            let port = leg.spec.local_port;
-            for i in &mut leg.ingress {
-                i.xdp_gated = gates.iter().any(|g| g.0 == port && g.1 == i.ssrc);
-            }
-        }
     }
 
     /// The speaker selectors (for the dataplane's status and tests).
