@@ -712,3 +712,31 @@ fn slots_stay_continuous_under_loss_and_reordering() {
         assert!(holes <= lost * 4, "seed {seed}: {holes} holes in slot streams, {lost} packets lost upstream");
     }
 }
+
+/// A static-key leg's audio slot resumes after a dataplane restart like any stream: the restarted
+/// core, given the checkpoint, continues the slot's SRTP index and sequence RESUME_MARGIN packets
+/// on (an index is never used twice under the leg's key, whoever speaks first after the restart),
+/// and the subscriber keeps decrypting. Before, slots started fresh streams (numbered from the
+/// next speaker's sequence number).
+#[test]
+fn audio_slots_resume_from_a_checkpoint() {
+    use sluice_core::table::checkpoint::{Checkpoint, RESUME_MARGIN};
+    let mut r = Room::with_slots(3, Some(1));
+    r.run(1000, &[talk, quiet, quiet]);
+    let slot = slot_ssrc(2, 0);
+    let last = r.received[1].iter().filter(|p| p.ssrc == slot).map(|p| p.seq.0).max().expect("2 hears 1 in its slot");
+    let mut ck = Checkpoint::default();
+    r.core.checkpoint(&mut ck);
+    assert!(ck.streams.iter().any(|s| s.out_ssrc == slot), "the slot is checkpointed");
+    // The restarted dataplane: a fresh core with the same tables, then the checkpoint.
+    r.core = Room::with_slots(3, Some(1)).core;
+    let now = Instant::from_nanos(r.now_ms * 1_000_000);
+    let done = r.core.restore(&ck, now, core::time::Duration::from_millis(50));
+    assert_eq!(done.streams, 2, "the slots of 2 and 3 (1 heard nobody): {done:?}");
+    let before = r.received[1].len();
+    r.run(1000, &[talk, quiet, quiet]);
+    let after: Vec<u16> = r.received[1][before..].iter().filter(|p| p.ssrc == slot).map(|p| p.seq.0).collect();
+    assert!(after.len() > 30, "2 hears 1 after the restart: {}", after.len());
+    assert_eq!(after[0], last.wrapping_add(RESUME_MARGIN).wrapping_add(1), "the slot resumed {RESUME_MARGIN} packets on");
+    assert!(after.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+}

@@ -26,7 +26,8 @@
 //! need a new one, which a browser starts only with an ICE restart: the ones that were connected
 //! are listed, and reported failed with `dataplane_restarted` once the tables name them again
 //! (Watch: `webrtc` FAILED), so the signaling restarts ICE at once instead of waiting for the
-//! browser's consent to expire. Audio slots start fresh streams.
+//! browser's consent to expire. A static-key leg's audio slots are streams like any other (an
+//! out-SSRC under the leg's key): they resume the same way, with the next speaker.
 
 use core::time::Duration;
 
@@ -144,6 +145,12 @@ impl Tables {
                 rtcp_recv: leg.rtcp_recv.iter().filter_map(|(s, st)| Some((*s, st.window().highest()? as u32))).collect(),
                 feedback_srtcp: leg.feedback_srtcp.next_index(),
             });
+            // Its audio slots: this core feeds them (it owns the leg).
+            for slot in leg.slots.iter().flat_map(|set| set.slots.iter()) {
+                if let Some(c) = stream_checkpoint(leg.spec.id, leg.keys_digest, &slot.sub) {
+                    out.streams.push(c);
+                }
+            }
         }
         for track in self.tracks.values() {
             if self.legs.get(&track.spec.publisher).is_none_or(|p| !owns(p.spec.local_port)) {
@@ -151,18 +158,9 @@ impl Tables {
             }
             for sub in &track.subs {
                 let Some(leg) = self.legs.get(&sub.subscriber).filter(|l| l.spec.edge.is_none()) else { continue };
-                let (Some(index), Some((_, ts))) = (sub.srtp.last_index(), sub.rewriter.last_sent()) else { continue };
-                out.streams.push(StreamCheckpoint {
-                    subscriber: sub.subscriber,
-                    keys: leg.keys_digest,
-                    out_ssrc: sub.out_ssrc,
-                    index,
-                    ts,
-                    rtx: sub.out_rtx_ssrc.and_then(|r| Some((r, sub.rtx_srtp.last_index()?))),
-                    srtcp: sub.srtcp.next_index(),
-                    packets_sent: sub.packets_sent,
-                    octets_sent: sub.octets_sent,
-                });
+                if let Some(c) = stream_checkpoint(sub.subscriber, leg.keys_digest, sub) {
+                    out.streams.push(c);
+                }
             }
         }
     }
@@ -210,30 +208,57 @@ impl Tables {
             }
         }
         for c in &ck.streams {
-            let Some(leg) = self.legs.get(&c.subscriber).filter(|l| l.spec.edge.is_none() && l.keys_digest == c.keys) else { continue };
+            let Some(leg) = self.legs.get_mut(&c.subscriber).filter(|l| l.spec.edge.is_none() && l.keys_digest == c.keys) else { continue };
+            // An audio slot (Opus: 48 kHz), else a subscription.
+            if let Some(slot) = leg.slots.as_mut().and_then(|set| set.slots.iter_mut().find(|s| s.sub.out_ssrc == c.out_ssrc)) {
+                done.streams += usize::from(resume_stream(&mut slot.sub, c, now, elapsed, 48_000));
+                continue;
+            }
             let Some(&(_, track_id)) = leg.egress.iter().find(|(s, _)| *s == c.out_ssrc) else { continue };
             let Some(track) = self.tracks.get_mut(&track_id) else { continue };
             let clock_rate = track.spec.clock_rate;
             let Some(sub) = track.subs.iter_mut().find(|s| s.subscriber == c.subscriber && s.out_ssrc == c.out_ssrc) else { continue };
-            if sub.srtp.last_index().is_some() {
-                continue;
-            }
-            let index = c.index + u64::from(RESUME_MARGIN);
-            sub.srtp = RtpSendState::resumed(index);
-            sub.rewriter = SeqTsRewriter::resumed(SeqNo(index as u16), c.ts.wrapping_add(rtp_ticks(elapsed, clock_rate)), now);
-            sub.current_layer = None;
-            if let Some((rtx_ssrc, rtx_index)) = c.rtx
-                && sub.out_rtx_ssrc == Some(rtx_ssrc)
-            {
-                let i = rtx_index + u64::from(RESUME_MARGIN);
-                sub.rtx_srtp = RtpSendState::resumed(i);
-                sub.rtx_seq = (i as u16).wrapping_add(1);
-            }
-            sub.srtcp = RtcpSendState::with_next_index(c.srtcp.saturating_add(RESUME_MARGIN_RTCP));
-            sub.packets_sent = c.packets_sent;
-            sub.octets_sent = c.octets_sent;
-            done.streams += 1;
+            done.streams += usize::from(resume_stream(sub, c, now, elapsed, clock_rate));
         }
         done
     }
+}
+
+/// The checkpoint entry of one stream a subscriber leg receives, once it sent something.
+fn stream_checkpoint(subscriber: LegId, keys: KeyDigest, sub: &Subscription) -> Option<StreamCheckpoint> {
+    let (Some(index), Some((_, ts))) = (sub.srtp.last_index(), sub.rewriter.last_sent()) else { return None };
+    Some(StreamCheckpoint {
+        subscriber,
+        keys,
+        out_ssrc: sub.out_ssrc,
+        index,
+        ts,
+        rtx: sub.out_rtx_ssrc.and_then(|r| Some((r, sub.rtx_srtp.last_index()?))),
+        srtcp: sub.srtcp.next_index(),
+        packets_sent: sub.packets_sent,
+        octets_sent: sub.octets_sent,
+    })
+}
+
+/// Resumes `sub` from its checkpoint entry [`RESUME_MARGIN`] packets on, unless it started
+/// afresh meanwhile (live state wins). Returns whether it did.
+fn resume_stream(sub: &mut Subscription, c: &StreamCheckpoint, now: Instant, elapsed: Duration, clock_rate: u32) -> bool {
+    if sub.srtp.last_index().is_some() {
+        return false;
+    }
+    let index = c.index + u64::from(RESUME_MARGIN);
+    sub.srtp = RtpSendState::resumed(index);
+    sub.rewriter = SeqTsRewriter::resumed(SeqNo(index as u16), c.ts.wrapping_add(rtp_ticks(elapsed, clock_rate)), now);
+    sub.current_layer = None;
+    if let Some((rtx_ssrc, rtx_index)) = c.rtx
+        && sub.out_rtx_ssrc == Some(rtx_ssrc)
+    {
+        let i = rtx_index + u64::from(RESUME_MARGIN);
+        sub.rtx_srtp = RtpSendState::resumed(i);
+        sub.rtx_seq = (i as u16).wrapping_add(1);
+    }
+    sub.srtcp = RtcpSendState::with_next_index(c.srtcp.saturating_add(RESUME_MARGIN_RTCP));
+    sub.packets_sent = c.packets_sent;
+    sub.octets_sent = c.octets_sent;
+    true
 }
