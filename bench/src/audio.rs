@@ -31,16 +31,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use sluice_core::ids::{Generation, LegId, Pt, SpeakerGroup, Ssrc};
+use sluice_core::ids::{Generation, SpeakerGroup};
 use sluice_core::srtp::{Profile, RtpSendState, SrtpKeys};
-use sluice_core::table::{AudioSlotsSpec, Delta, LegSpec, Op, TrackSpec};
+use sluice_core::table::Delta;
 use sluice_core::verdict::DropReason;
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::xdp::PIN_ROOT;
-use sluice_sim::fixture::{PT_OPUS, SUB_PT_OPUS, audio_track, material, rtp_packet_with_level, subscription};
+use sluice_sim::fixture::{PT_OPUS, audio_meeting_ops, material, rtp_packet_with_level};
 use sluice_sim::media::talk_pattern_level as level;
 
 use crate::forward::process_cpu_ns;
+use crate::live::metric;
 use crate::netns::{NetNs, NsDataplane, PinGuard, Veth};
 
 const DUT_IP: &str = "10.57.0.1";
@@ -119,39 +120,6 @@ fn start(dut: &NetNs, veth: &Veth, dir: &Path, name: &str, xdp: Option<&str>) ->
     NsDataplane::start(dut, &cfg, &socket, &dir.join(format!("{name}.log")))
 }
 
-/// The meeting's tables: participant `i` at `addrs[i - 1]`.
-fn ops(mode: Mode, addrs: &[SocketAddr]) -> Vec<Op> {
-    let people = addrs.len() as u32;
-    let mut ops = Vec::new();
-    for (i, addr) in (1..=people).zip(addrs) {
-        let leg = LegSpec {
-            remote: Some(*addr),
-            audio_slots: (mode != Mode::PerTrack).then(|| AudioSlotsSpec {
-                group: GROUP,
-                out_ssrcs: (0..3).map(|k| Ssrc(0x7000_0000 + i * 4 + k)).collect(),
-                pt_map: vec![(Pt(PT_OPUS), Pt(SUB_PT_OPUS))],
-                ext_map: vec![(EXT, 1)],
-            }),
-            ..LegSpec::new(LegId(i), BASE_PORT + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1), Ssrc(0xf000_0000 + i))
-        };
-        ops.push(Op::UpsertLeg(leg));
-        ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(EXT), speaker_group: Some(GROUP), ..audio_track(i, i, 0x100 + i) }));
-    }
-    if mode == Mode::PerTrack {
-        for i in 1..=people {
-            for j in (1..=people).filter(|&j| j != i) {
-                ops.push(Op::UpsertSubscription(subscription(i, j, 0x10_0000 * i + j, None, 0)));
-            }
-        }
-    }
-    ops
-}
-
-/// The daemon's counter `name{labels}` from its metrics.
-fn metric(body: &str, key: &str) -> u64 {
-    body.lines().filter(|l| l.starts_with(key)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
-}
-
 /// One row: a fresh daemon, the meeting, `warm` then `seconds` of audio.
 fn row(t: &(NetNs, NetNs, Veth), dir: &Path, mode: Mode, people: u32, warm: f64, seconds: f64) -> anyhow::Result<Row> {
     let (gen_ns, dut, veth) = t;
@@ -161,7 +129,11 @@ fn row(t: &(NetNs, NetNs, Veth), dir: &Path, mode: Mode, people: u32, warm: f64,
     let sockets: Vec<UdpSocket> = gen_ns.enter(|| (0..people).map(|_| UdpSocket::bind(format!("{GEN_IP}:0"))).collect::<std::io::Result<_>>())?;
     let addrs: Vec<SocketAddr> = sockets.iter().map(UdpSocket::local_addr).collect::<std::io::Result<_>>()?;
     let mut control = Client::connect(&d.socket)?;
-    match control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops: ops(mode, &addrs) }))? {
+    match control.call(&Request::Apply(Delta {
+        generation: Generation(1),
+        replace_all: false,
+        ops: audio_meeting_ops(PROFILE, BASE_PORT, &addrs, EXT, GROUP, (mode != Mode::PerTrack).then_some(3)),
+    }))? {
         Response::Applied(_) | Response::AppliedUnbound { .. } => {}
         other => bail!("the dataplane refused the meeting: {other:?}"),
     }
@@ -236,7 +208,7 @@ fn row(t: &(NetNs, NetNs, Veth), dir: &Path, mode: Mode, people: u32, warm: f64,
     let cpu1 = process_cpu_ns(d.child.id())?;
     let body = dut.http_get(METRICS, "/metrics");
     let (cpu0, body0) = at_start.context("no timed part")?;
-    let delta = |key: &str| metric(&body, key).saturating_sub(metric(&body0, key));
+    let delta = |key: &str| (metric(&body, key) - metric(&body0, key)).max(0.0) as u64;
     let worker_silent = format!("sluice_drops_total{{worker=\"0\",reason=\"{}\"}}", DropReason::SilentAudio.name());
     // Each turn: the first ranking that lists its talker, after the turn began.
     let ranked = rankings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();

@@ -3,9 +3,11 @@
 //! the simulated meetings are programmed with. Ids are bare `u32`s here because the tests write
 //! them as literals; [`crate::ids`] says which values a simulated participant uses.
 
-use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
+use std::net::SocketAddr;
+
+use sluice_core::ids::{LegId, Pt, SpeakerGroup, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
-use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, PayloadSpec, SubscriptionSpec, TrackSpec};
+use sluice_core::table::{AudioSlotsSpec, Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
 
 use crate::ids;
 
@@ -103,4 +105,35 @@ pub fn subscription(subscriber: u32, track: u32, out_ssrc: u32, out_rtx: Option<
         paused: false,
         priority: 0,
     }
+}
+/// The tables of an audio meeting (the audio benchmarks'): participant `i` (1-based) is leg `i`
+/// on `base_port + i` at `remotes[i - 1]`, publishing Opus track `i` (SSRC `0x100 + i`) with its
+/// RFC 6464 level in extension `ext`, in speaker group `group`. With `slots`, every leg gets that
+/// many top-N audio slots (out-SSRCs `0x7000_0000 + 4i + k`) and no per-track subscription;
+/// without, everyone subscribes to everyone (out-SSRC `0x10_0000 · i + j`).
+pub fn audio_meeting_ops(profile: Profile, base_port: u16, remotes: &[SocketAddr], ext: u8, group: SpeakerGroup, slots: Option<u32>) -> Vec<Op> {
+    let people = remotes.len() as u32;
+    let mut ops = Vec::new();
+    for (i, remote) in (1..=people).zip(remotes) {
+        let leg = LegSpec {
+            remote: Some(*remote),
+            audio_slots: slots.map(|n| AudioSlotsSpec {
+                group,
+                out_ssrcs: (0..n).map(|k| Ssrc(0x7000_0000 + i * 4 + k)).collect(),
+                pt_map: vec![(Pt(PT_OPUS), Pt(SUB_PT_OPUS))],
+                ext_map: vec![(ext, 1)],
+            }),
+            ..leg_spec(i, base_port + i as u16, material(profile, i, 0), material(profile, i, 1))
+        };
+        ops.push(Op::UpsertLeg(leg));
+        ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(ext), speaker_group: Some(group), ..audio_track(i, i, 0x100 + i) }));
+    }
+    if slots.is_none() {
+        for i in 1..=people {
+            for j in (1..=people).filter(|&j| j != i) {
+                ops.push(Op::UpsertSubscription(subscription(i, j, 0x10_0000 * i + j, None, 0)));
+            }
+        }
+    }
+    ops
 }

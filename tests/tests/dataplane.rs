@@ -781,7 +781,7 @@ fn ports_that_cannot_be_opened_are_logged_once_and_summarized() {
 fn ffmpeg_without_rtcp_mux_publishes_through_a_leg_with_its_own_rtcp_port() {
     use sluice_core::ids::{Pt, TrackId};
     use sluice_core::srtp::{RtpRecvState, SrtpKeys};
-    use sluice_core::table::{Codec, LayerSpec, MediaKind, PayloadSpec, RtcpComponent, SubscriptionSpec, TrackSpec};
+    use sluice_core::table::{Codec, PayloadSpec, RtcpComponent, SubscriptionSpec, TrackSpec};
     const P: u16 = 38_970;
     const PUBLISHER_SSRC: u32 = 0x1234_5678;
     assert!(std::path::Path::new("/usr/bin/ffmpeg").exists(), "/usr/bin/ffmpeg is missing (scripts/setup.sh installs it)");
@@ -795,18 +795,11 @@ fn ffmpeg_without_rtcp_mux_publishes_through_a_leg_with_its_own_rtcp_port() {
         ..LegSpec::new(LegId(1), P, up.clone(), up.clone(), Ssrc(0xfeed_0001))
     };
     let sub_leg = LegSpec { remote: Some(subscriber.local_addr().unwrap()), ..LegSpec::new(LegId(2), P + 2, down.clone(), down.clone(), Ssrc(0xfeed_0002)) };
+    // PCMU (payload type 0, 8 kHz), as ffmpeg sends it.
     let track = TrackSpec {
-        id: TrackId(1),
-        publisher: LegId(1),
-        kind: MediaKind::Audio,
         clock_rate: 8000,
-        layers: vec![LayerSpec { ssrc: Some(Ssrc(PUBLISHER_SSRC)), rtx_ssrc: None, rid: None }],
         payload_types: vec![PayloadSpec { pt: Pt(0), codec: Codec::Audio, rtx_pt: None }],
-        rid_ext: None,
-        repaired_rid_ext: None,
-        mid: None,
-        audio_level_ext: None,
-        speaker_group: None,
+        ..sluice_sim::fixture::audio_track(1, 1, PUBLISHER_SSRC)
     };
     let sub = SubscriptionSpec {
         subscriber: LegId(2),

@@ -21,21 +21,30 @@ use cp::{Grpc, changes, session_req_with, start_controlplane_with, start_datapla
 
 const PORTS: (u16, u16) = (41_000, 41_999);
 
-/// Median and worst of `n` timed Applies that pause and resume one subscription of `small`.
-fn small_applies(grpc: &mut Grpc, small: &[pb::Change], n: usize, logs: &dyn Fn() -> String) -> (Duration, Duration) {
-    let mut sub = small
+/// The first subscription among `changes`.
+fn first_subscription(changes: &[pb::Change]) -> pb::Subscription {
+    changes
         .iter()
         .find_map(|c| match &c.change {
             Some(pb::change::Change::Subscription(s)) => Some(s.clone()),
             _ => None,
         })
-        .expect("a subscription");
+        .expect("a subscription")
+}
+
+/// One change set of `small` that sets `sub` (paused or not).
+fn set_sub(sub: &pb::Subscription) -> pb::ChangeSet {
+    session_req_with("small", vec![pb::Change { change: Some(pb::change::Change::Subscription(sub.clone())) }])
+}
+
+/// Median and worst of `n` timed Applies that pause and resume one subscription of `small`.
+fn small_applies(grpc: &mut Grpc, small: &[pb::Change], n: usize, logs: &dyn Fn() -> String) -> (Duration, Duration) {
+    let mut sub = first_subscription(small);
     let mut took = Vec::with_capacity(n);
     for i in 0..n {
         sub.paused = i % 2 == 0;
-        let req = session_req_with("small", vec![pb::Change { change: Some(pb::change::Change::Subscription(sub.clone())) }]);
         let t = Instant::now();
-        grpc.apply(req).unwrap_or_else(|e| panic!("the small session's Apply: {e:?}\n{}", logs()));
+        grpc.apply(set_sub(&sub)).unwrap_or_else(|e| panic!("the small session's Apply: {e:?}\n{}", logs()));
         took.push(t.elapsed());
     }
     took.sort_unstable();
@@ -90,18 +99,11 @@ fn a_small_sessions_apply_beside_a_big_one() {
     let generation_back = t.elapsed();
     // Changes are answered again once the resync's replace-all delta is in (while it is in
     // flight the link is busy and an Apply answers UNAVAILABLE at once).
-    let mut sub = small
-        .iter()
-        .find_map(|c| match &c.change {
-            Some(pb::change::Change::Subscription(s)) => Some(s.clone()),
-            _ => None,
-        })
-        .expect("a subscription");
+    let mut sub = first_subscription(&small);
     sub.paused = false;
     let mut refused = 0;
     wait_until("an Apply after the resync", Duration::from_secs(600), || {
-        let req = session_req_with("small", vec![pb::Change { change: Some(pb::change::Change::Subscription(sub.clone())) }]);
-        let ok = grpc.apply(req).is_ok();
+        let ok = grpc.apply(set_sub(&sub)).is_ok();
         refused += usize::from(!ok);
         ok
     });

@@ -8,15 +8,14 @@
 //! Ports (the test's own range): dataplane legs 32100..=32199, peers 32200..=32299, metrics and
 //! gRPC 32300..=32399.
 
+use sluice_sim::fixture::audio_track as audio;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use sluice_controlplane::pb;
 use sluice_controlplane::pb::change::Change as C;
 use sluice_core::ids::{Generation, LegId, Pt, Ssrc, TrackId};
-use sluice_core::table::{
-    Codec, Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec,
-};
+use sluice_core::table::{Delta, DtlsRole, EdgeSpec, IceCredentials, KeyMaterial, LegSpec, Op, SubscriptionSpec};
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_dataplane::edge::EdgeStatus;
 use sluice_tests::{Daemon, TempDir};
@@ -194,22 +193,6 @@ fn core_drops(c: &mut Client, reason: &str) -> u64 {
             s.iter().map(|w| w.drops_for(*r)).sum()
         }
         other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn audio(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
-    TrackSpec {
-        id: TrackId(id),
-        publisher: LegId(publisher),
-        kind: MediaKind::Audio,
-        clock_rate: 48_000,
-        layers: vec![LayerSpec { ssrc: Some(Ssrc(ssrc)), rtx_ssrc: None, rid: None }],
-        payload_types: vec![PayloadSpec { pt: Pt(111), codec: Codec::Audio, rtx_pt: None }],
-        rid_ext: None,
-        repaired_rid_ext: None,
-        mid: None,
-        audio_level_ext: None,
-        speaker_group: None,
     }
 }
 

@@ -320,8 +320,8 @@ fn relay_legs_keep_forwarding_through_a_daemon_restart() {
 #[test]
 fn top_n_silence_dies_in_xdp_and_the_speaker_is_heard() {
     use sluice_core::ids::{LegId, Pt, SpeakerGroup, Ssrc};
-    use sluice_core::srtp::{RtpRecvState, RtpSendState, SrtpKeys};
     use sluice_core::table::{AudioSlotsSpec, LegSpec, Op, TrackSpec};
+    use sluice_sim::endpoint::Endpoint;
     use sluice_sim::fixture::{PT_OPUS, SUB_PT_OPUS, audio_track, material, rtp_packet_with_level};
     const EXT: u8 = 3;
     const GROUP: SpeakerGroup = SpeakerGroup(0x70);
@@ -350,13 +350,8 @@ fn top_n_silence_dies_in_xdp_and_the_speaker_is_heard() {
     let mut control = Client::connect(&sock).expect("control socket");
     let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).expect("apply");
     assert!(matches!(resp, Response::Applied(Generation(1))), "{resp:?}");
-    let keys = |i: u32, dir: u8| {
-        let m = material(PROFILE, i, dir);
-        SrtpKeys::new(PROFILE, &m.key, &m.salt).unwrap()
-    };
-    let mut send: Vec<RtpSendState> = (0..3).map(|_| RtpSendState::new()).collect();
+    let mut endpoints: Vec<Endpoint> = (1..=3).map(|i| Endpoint::new(&material(PROFILE, i, 0), &material(PROFILE, i, 1)).unwrap()).collect();
     let mut heard: Vec<Vec<u32>> = vec![Vec::new(); 3];
-    let mut recv: Vec<Vec<(u32, RtpRecvState)>> = vec![Vec::new(); 3];
     for s in &sockets {
         s.set_nonblocking(true).unwrap();
     }
@@ -365,10 +360,7 @@ fn top_n_silence_dies_in_xdp_and_the_speaker_is_heard() {
         for (i, s) in sockets.iter().enumerate() {
             let level = if i == 0 { (true, 25) } else { (false, 100) };
             let plain = rtp_packet_with_level(0x101 + i as u32, tick as u16, tick as u32 * 960, PT_OPUS, EXT, level, &[0x55; 80]);
-            let mut b = plain.clone();
-            b.resize(plain.len() + 32, 0);
-            let n = keys(i as u32 + 1, 0).protect_rtp(&mut send[i], &mut b, plain.len()).unwrap();
-            s.send_to(&b[..n], SocketAddr::new(DAEMON_IP.parse().unwrap(), 33_101 + i as u16)).expect("send");
+            s.send_to(&endpoints[i].protect_rtp(&plain), SocketAddr::new(DAEMON_IP.parse().unwrap(), 33_101 + i as u16)).expect("send");
         }
         let mut buf = [0u8; 2048];
         for (i, s) in sockets.iter().enumerate() {
@@ -376,13 +368,7 @@ fn top_n_silence_dies_in_xdp_and_the_speaker_is_heard() {
                 if (192..=223).contains(&buf[1]) {
                     continue;
                 }
-                let ssrc = u32::from_be_bytes(buf[8..12].try_into().unwrap());
-                let pos = recv[i].iter().position(|(s, _)| *s == ssrc).unwrap_or_else(|| {
-                    recv[i].push((ssrc, RtpRecvState::new(1024)));
-                    recv[i].len() - 1
-                });
-                let plain =
-                    keys(i as u32 + 1, 1).unprotect_rtp(&mut recv[i][pos].1, &mut buf, n).expect("a slot copy authenticates with the subscriber's keys");
+                let plain = endpoints[i].unprotect_rtp(&mut buf[..n]).expect("a slot copy authenticates with the subscriber's keys");
                 let csrc = u32::from_be_bytes(buf[12..16].try_into().unwrap());
                 assert!(buf[0] & 0x0f == 1 && plain > 16, "one CSRC");
                 heard[i].push(csrc);

@@ -5,8 +5,8 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// Sums a Prometheus counter over all its label sets.
-fn metric(body: &str, name: &str) -> f64 {
+/// Sums a Prometheus counter over all its label sets (`name` may name one: `name{labels}`).
+pub(crate) fn metric(body: &str, name: &str) -> f64 {
     body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 

@@ -25,7 +25,7 @@ pub use daemons::Children;
 pub(crate) use daemons::{Scratch, start_system, tail};
 pub use demo::{Summary, run};
 pub use grpc::{changes, leg_name, subscription, track_name};
-pub(crate) use metrics::{metrics_body, scrape};
+pub(crate) use metrics::{metric, metrics_body, scrape};
 pub use program::{ProgramSpeed, program_speed};
 
 /// What the live demo runs.

@@ -20,9 +20,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant as WallInstant;
 
 use sluice_core::forward::{Core, CoreConfig, OutBatch};
-use sluice_core::ids::{Generation, Pt, SpeakerGroup, Ssrc};
+use sluice_core::ids::{Generation, SpeakerGroup};
 use sluice_core::srtp::{Profile, RtpSendState, SrtpKeys};
-use sluice_core::table::{AudioSlotsSpec, Delta, Op, TrackSpec};
+use sluice_core::table::Delta;
 use sluice_core::time::Instant;
 use sluice_core::verdict::DropReason;
 use sluice_sim::fixture::*;
@@ -54,28 +54,8 @@ impl Mode {
 
 fn core(mode: Mode) -> Core {
     let mut core = Core::new(CoreConfig { decrypt_silence: mode == Mode::SlotsNoDrop, ..CoreConfig::default() });
-    let mut ops = Vec::new();
-    for i in 1..=PEOPLE {
-        let mut leg = leg_spec(i, 20_000 + i as u16, material(PROFILE, i, 0), material(PROFILE, i, 1));
-        leg.remote = Some(addr(i));
-        if mode != Mode::PerTrack {
-            leg.audio_slots = Some(AudioSlotsSpec {
-                group: GROUP,
-                out_ssrcs: (0..3).map(|k| Ssrc(0x7000_0000 + i * 4 + k)).collect(),
-                pt_map: vec![(Pt(PT_OPUS), Pt(SUB_PT_OPUS))],
-                ext_map: vec![(EXT, 1)],
-            });
-        }
-        ops.push(Op::UpsertLeg(leg));
-        ops.push(Op::UpsertTrack(TrackSpec { audio_level_ext: Some(EXT), speaker_group: Some(GROUP), ..audio_track(i, i, 0x100 + i) }));
-    }
-    if mode == Mode::PerTrack {
-        for i in 1..=PEOPLE {
-            for j in (1..=PEOPLE).filter(|&j| j != i) {
-                ops.push(Op::UpsertSubscription(subscription(i, j, 0x10_0000 * i + j, None, 0)));
-            }
-        }
-    }
+    let remotes: Vec<SocketAddr> = (1..=PEOPLE).map(addr).collect();
+    let ops = audio_meeting_ops(PROFILE, 20_000, &remotes, EXT, GROUP, (mode != Mode::PerTrack).then_some(3));
     core.apply(Delta { generation: Generation(1), replace_all: false, ops }).expect("valid meeting");
     core
 }

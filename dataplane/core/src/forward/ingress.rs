@@ -120,8 +120,9 @@ impl Core {
         let len = buf.len();
         let index = leg.ingress_index(ssrc);
         if let Some(idx) = index
+            && let Some(ext) = leg.ingress[idx].level_gate
             && !self.decrypt_silence
-            && self.silent_unranked(now, leg_id, idx, buf)
+            && self.silent_unranked(now, leg_id, idx, ext, buf)
         {
             return Err(DropReason::SilentAudio);
         }
@@ -189,19 +190,17 @@ impl Core {
     /// run is let through to keep the stream's SRTP state current.
     ///
     /// [`SILENT_KEEPALIVE`]: crate::audio::SILENT_KEEPALIVE
-    fn silent_unranked(&mut self, now: Instant, leg_id: LegId, idx: usize, buf: &[u8]) -> bool {
+    fn silent_unranked(&mut self, now: Instant, leg_id: LegId, idx: usize, ext: u8, buf: &[u8]) -> bool {
         let Some(leg) = self.tables.leg(leg_id) else { return false };
         // A leg whose remote is not known yet learns it from its first authenticated packet: a
-        // participant that joins muted must still be reachable at once.
-        if leg.remote.is_none() {
+        // participant that joins muted must still be reachable at once. And the XDP stage gates
+        // this stream already: what reaches us is speech or its keepalive.
+        if leg.remote.is_none() || leg.ingress[idx].xdp_gated {
             return false;
         }
-        // The XDP stage gates this stream already: what reaches us is speech or its keepalive.
-        let Some(ingress) = leg.ingress.get(idx).filter(|i| !i.rtx && !i.xdp_gated) else { return false };
-        let silent = self.tables.track(ingress.track).is_some_and(|t| {
-            let (Some(ext), Some(group)) = (t.spec.audio_level_ext, t.spec.speaker_group) else { return false };
+        let silent = self.tables.track(leg.ingress[idx].track).is_some_and(|t| {
             t.subs.is_empty()
-                && !self.speakers.group(group).is_some_and(|s| s.ranking().as_slice().iter().any(|sp| sp.track == t.spec.id))
+                && !t.spec.speaker_group.and_then(|g| self.speakers.group(g)).is_some_and(|s| s.ranking().as_slice().iter().any(|sp| sp.track == t.spec.id))
                 && rtp::Packet::new_checked(buf).ok().and_then(|p| p.find_extension(ext).and_then(rtp::ext::audio_level)).is_some_and(|l| !t.level.is_speech(l))
         });
         let Some(leg) = self.tables.leg_mut(leg_id) else { return false };

@@ -709,17 +709,16 @@ impl Core {
             }
         }
         self.gates_scratch.sort_unstable();
-        if self.gates_scratch != self.xdp_gates {
-            self.tell_xdp_gates();
+        if self.gates_scratch == self.xdp_gates {
+            return;
         }
-        // Every tick, not only on a change: a delta rebuilds a leg's ingress streams unmarked.
+        self.tell_xdp_gates();
+        // The streams' marks (a delta that rebuilds a leg's streams keeps them).
         let gates = &self.xdp_gates;
-        if !gates.is_empty() || self.xdp_silence_gate {
-            for leg in self.tables.legs_mut().filter(|l| shard.owns(l.spec.local_port)) {
-                let port = leg.spec.local_port;
-                for i in &mut leg.ingress {
-                    i.xdp_gated = gates.iter().any(|g| g.0 == port && g.1 == i.ssrc);
-                }
+        for leg in self.tables.legs_mut().filter(|l| shard.owns(l.spec.local_port)) {
+            let port = leg.spec.local_port;
+            for i in leg.ingress.iter_mut().filter(|i| i.level_gate.is_some() || i.xdp_gated) {
+                i.xdp_gated = gates.binary_search_by(|g| (g.0, g.1).cmp(&(port, i.ssrc))).is_ok();
             }
         }
     }

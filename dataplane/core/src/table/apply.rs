@@ -462,15 +462,14 @@ impl Tables {
             for (layer, l) in t.layers.iter().enumerate() {
                 for (ssrc, rtx) in [(l.ssrc, false), (l.rtx_ssrc, true)] {
                     let Some(ssrc) = ssrc else { continue };
-                    let (recv, stats) = match old.iter().position(|i| i.ssrc == ssrc) {
-                        Some(p) => {
-                            let i = old.swap_remove(p);
-                            (i.recv, i.stats)
-                        }
-                        None => (RtpRecvState::new(window), RecvStats::default()),
+                    // The runtime state of SSRCs that stay (SRTP, statistics, top-N's silence).
+                    let mut i = match old.iter().position(|i| i.ssrc == ssrc) {
+                        Some(p) => old.swap_remove(p),
+                        None => Ingress::new(ssrc, tid, RtpRecvState::new(window)),
                     };
-                    let clock_rate = t.spec.clock_rate;
-                    leg.ingress.push(Ingress { ssrc, track: tid, layer: layer as u8, rtx, recv, stats, clock_rate, silent_run: 0, xdp_gated: false });
+                    (i.track, i.layer, i.rtx, i.clock_rate) = (tid, layer as u8, rtx, t.spec.clock_rate);
+                    i.level_gate = Ingress::level_gate_of(&t.spec, rtx);
+                    leg.ingress.push(i);
                 }
             }
         }

@@ -21,7 +21,8 @@ impl Tables {
         } else {
             state.ssrc = Some(ssrc);
         }
-        leg.ingress.push(Ingress { ssrc, track: track_id, layer, rtx, recv, stats: RecvStats::default(), clock_rate, silent_run: 0, xdp_gated: false });
+        let level_gate = Ingress::level_gate_of(&track.spec, rtx);
+        leg.ingress.push(Ingress { layer, rtx, clock_rate, level_gate, ..Ingress::new(ssrc, track_id, recv) });
         Some(leg.ingress.len() - 1)
     }
 

@@ -27,6 +27,22 @@ pub struct Ingress {
     /// The XDP stage drops this stream's silence (see `Event::SilenceGate`): the holes in its
     /// sequence numbers are intentional and count as received.
     pub xdp_gated: bool,
+    /// The RFC 6464 extension id when this is a ranked audio track's media stream (its track
+    /// names the extension and a speaker group): only such packets are looked at for top-N's
+    /// drop of silence, so the packet path pays one field check for the others.
+    pub level_gate: Option<u8>,
+}
+
+impl Ingress {
+    /// A stream of `track` on layer 0 with fresh statistics and no top-N state.
+    pub fn new(ssrc: Ssrc, track: TrackId, recv: RtpRecvState) -> Self {
+        Self { ssrc, track, layer: 0, rtx: false, recv, stats: RecvStats::default(), clock_rate: 0, silent_run: 0, xdp_gated: false, level_gate: None }
+    }
+
+    /// [`Ingress::level_gate`] for a stream of a track with `spec`.
+    pub fn level_gate_of(spec: &TrackSpec, rtx: bool) -> Option<u8> {
+        spec.audio_level_ext.filter(|_| !rtx && spec.speaker_group.is_some())
+    }
 }
 
 /// A leg and its runtime state.
