@@ -9,7 +9,7 @@
 //! so, and the link task installs it on reconnect; a retry with the same idempotency key returns
 //! the committed answer once the dataplane has it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -98,6 +98,19 @@ pub fn udp_port_held(port: u16) -> bool {
     matches!(std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port)), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
+/// Calls `pick(avoid)` until none of the new ports its pick takes (`ports(&pick)`) is held by
+/// another process ([`udp_port_held`]), adding the held ones to `avoid` each time.
+fn skipping_held<T, E>(avoid: &mut BTreeSet<u16>, mut pick: impl FnMut(&BTreeSet<u16>) -> Result<T, E>, ports: impl Fn(&T) -> Vec<u16>) -> Result<T, E> {
+    loop {
+        let picked = pick(avoid)?;
+        let held: Vec<u16> = ports(&picked).into_iter().filter(|&p| udp_port_held(p)).collect();
+        if held.is_empty() {
+            return Ok(picked);
+        }
+        avoid.extend(held);
+    }
+}
+
 /// Events a watcher may fall behind by before it is told it lost some.
 pub const WATCH_BUFFER: usize = 16 * 1024;
 
@@ -135,23 +148,23 @@ impl Engine {
     /// the dataplane can bind. Returns the ports skipped, which the journal record carries.
     fn prepare_skipping_held(&self, req: &pb::ChangeSet) -> Result<(crate::state::Prepared, Vec<u16>), StateError> {
         let had = self.desired.session_ports(&req.session);
-        let mut avoid = std::collections::BTreeSet::new();
-        loop {
-            let prepared = self.desired.prepare_avoiding(req, &avoid).map_err(|mut e| {
-                if !avoid.is_empty() && e.kind == crate::state::ErrorKind::ResourceExhausted {
-                    e.message.push_str(&format!(" (held by other processes: {avoid:?})"));
-                }
-                e
-            })?;
-            let held: Vec<u16> = prepared.session_ports().into_iter().filter(|p| !had.contains(p) && udp_port_held(*p)).collect();
-            if held.is_empty() || prepared.outcome.replayed {
-                if !avoid.is_empty() {
-                    tracing::warn!(session = %req.session, skipped = ?avoid, "ports held by another process were skipped");
-                }
-                return Ok((prepared, avoid.into_iter().collect()));
-            }
-            avoid.extend(held);
+        let mut avoid = BTreeSet::new();
+        let prepared = skipping_held(
+            &mut avoid,
+            |avoid| {
+                self.desired.prepare_avoiding(req, avoid).map_err(|mut e| {
+                    if !avoid.is_empty() && e.kind == crate::state::ErrorKind::ResourceExhausted {
+                        e.message.push_str(&format!(" (held by other processes: {avoid:?})"));
+                    }
+                    e
+                })
+            },
+            |p| if p.outcome.replayed { Vec::new() } else { p.session_ports().into_iter().filter(|q| !had.contains(q)).collect() },
+        )?;
+        if !avoid.is_empty() {
+            tracing::warn!(session = %req.session, skipped = ?avoid, "ports held by another process were skipped");
         }
+        Ok((prepared, avoid.into_iter().collect()))
     }
 
     /// The event channel (Watch subscribes to it without taking the engine's lock).
@@ -306,7 +319,7 @@ impl Engine {
             return false;
         }
         let mut moved = false;
-        let mut avoid: std::collections::BTreeSet<u16> = unbound.iter().map(|u| u.port).collect();
+        let mut avoid: BTreeSet<u16> = unbound.iter().map(|u| u.port).collect();
         for (_, outcome) in committed.iter_mut() {
             let session = outcome.session.clone();
             let added: Vec<String> = outcome
@@ -321,24 +334,15 @@ impl Engine {
                 let Some(spec) = self.desired.sessions.get(&session).and_then(|s| s.legs.get(&leg)) else { continue };
                 let Some(failed) = unbound.iter().find(|u| spec.ports().any(|p| p == u.port)).cloned() else { continue };
                 // Ports another process holds now are skipped too, as for a new leg.
-                let (port, rtcp_port) = loop {
-                    match self.desired.ports_for_move(&session, &leg, &avoid) {
-                        Ok((p, r)) => {
-                            let held: Vec<u16> = std::iter::once(p).chain(r).filter(|&q| udp_port_held(q)).collect();
-                            if held.is_empty() {
-                                break (p, r);
-                            }
-                            avoid.extend(held);
-                        }
-                        Err(e) => {
-                            tracing::error!(session = %session, leg = %leg, port = failed.port, error = %e, "the dataplane cannot open a new leg's port and no other is free");
-                            break (0, None);
-                        }
+                let picked =
+                    skipping_held(&mut avoid, |avoid| self.desired.ports_for_move(&session, &leg, avoid), |&(p, r)| std::iter::once(p).chain(r).collect());
+                let (port, rtcp_port) = match picked {
+                    Ok(ports) => ports,
+                    Err(e) => {
+                        tracing::error!(session = %session, leg = %leg, port = failed.port, error = %e, "the dataplane cannot open a new leg's port and no other is free");
+                        continue;
                     }
                 };
-                if port == 0 {
-                    continue;
-                }
                 self.touch(&session);
                 let record = Record::Move { session: session.clone(), leg: leg.clone(), port, rtcp_port };
                 match self.commit(&record, |d| d.move_leg(&session, &leg, port, rtcp_port)) {
