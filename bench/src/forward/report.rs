@@ -31,6 +31,24 @@ pub struct Latency {
     pub samples: u64,
 }
 
+impl Latency {
+    /// The row of `backend` (with or without `gso`) at `fanout` and `offered_pps`, from the
+    /// histogram `h` of one-way latencies in nanoseconds.
+    fn from_histogram(backend: &str, profile: Profile, gso: bool, fanout: u32, offered_pps: f64, h: &hdrhistogram::Histogram<u64>) -> Self {
+        Self {
+            backend: backend.into(),
+            profile: format!("{profile:?}"),
+            gso,
+            fanout,
+            offered_pps,
+            p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+            p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
+            samples: h.len(),
+        }
+    }
+}
+
 /// The core-alone ceiling of one (profile, fan-out): packets out per CPU-second.
 pub type Ceiling = (String, u32, f64);
 
@@ -99,17 +117,7 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
             .find_map(|r| r.sustained.as_ref())
             .map_or(20_000.0, |s| s.offered_pps / 2.0);
         let h = kernel_floor(&topo, profile, seconds, rate)?;
-        let l = Latency {
-            backend: "kernel".into(),
-            profile: format!("{profile:?}"),
-            gso: false,
-            fanout: 1,
-            offered_pps: rate,
-            p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
-            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
-            p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
-            samples: h.len(),
-        };
+        let l = Latency::from_histogram("kernel", profile, false, 1, rate, &h);
         println!(
             "{:<8} {:<16} {:>4} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}   (the kernel's IP forwarding, fan-out 1: the topology's floor)",
             short(profile),
@@ -131,17 +139,7 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
             let Some(sust) = &max.sustained else { continue };
             let rate = sust.offered_pps / 2.0;
             let (_, h) = run_one(&topo, b, gso, profile, 4, seconds, rate, true)?;
-            let l = Latency {
-                backend: b.into(),
-                profile: format!("{profile:?}"),
-                gso,
-                fanout: 4,
-                offered_pps: rate,
-                p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
-                p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
-                p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
-                samples: h.len(),
-            };
+            let l = Latency::from_histogram(b, profile, gso, 4, rate, &h);
             println!(
                 "{:<8} {:<16} {:>4} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}",
                 short(profile),
