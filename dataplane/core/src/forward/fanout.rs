@@ -97,7 +97,8 @@ pub(super) fn rtp(
 /// that this core owns (top-N audio, see [`crate::audio::slot`]); each leg's slots decide with
 /// the group's `ranking`; `speaking`: the track's voice activity where its levels are read
 /// (its own core; another core gets it with the handed-over packet). Returns how many copies
-/// left.
+/// left, and the other cores that own slot legs of the group (a bit per core index, the first
+/// 64: where the packet is to be handed over).
 #[allow(clippy::too_many_arguments, reason = "the fan-out's context, the packet and what the slots decide with")]
 pub(super) fn to_slots(
     ctx: &mut Ctx<'_>,
@@ -108,12 +109,12 @@ pub(super) fn to_slots(
     ssrc: Ssrc,
     plain: &[u8],
     speaking: bool,
-) -> usize {
-    let Ok(pkt) = rtp::Packet::new_checked(plain) else { return 0 };
+) -> (usize, u64) {
+    let Ok(pkt) = rtp::Packet::new_checked(plain) else { return (0, 0) };
     let pt = Pt(pkt.payload_type());
     let p = SlotPacket { track: track.spec.id, ssrc, seq: SeqNo(pkt.sequence_number()), ts: pkt.timestamp(), clock_rate: track.spec.clock_rate, speaking };
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
-    let mut sent = 0;
+    let (mut sent, mut others) = (0, 0u64);
     for &leg_id in slot_legs.iter().filter(|&&l| l != track.spec.publisher) {
         // The slots leave the leg while its copy is built (the egress needs the legs).
         let Some(leg) = legs.get_mut(&leg_id) else { continue };
@@ -122,6 +123,10 @@ pub(super) fn to_slots(
         // break the slot's sequence). Speakers fanned out by other workers reach it handed over
         // (`HandoffKind::SlotAudio`).
         if !ctx.shard.owns(leg.spec.local_port) {
+            let owner = ctx.shard.owner(leg.spec.local_port);
+            if owner < 64 {
+                others |= 1 << owner;
+            }
             continue;
         }
         let Some(mut set) = leg.slots.take() else { continue };
@@ -139,7 +144,7 @@ pub(super) fn to_slots(
             leg.slots = Some(set);
         }
     }
-    sent
+    (sent, others)
 }
 
 /// A publisher's RTX packet (RFC 4588 §4): payload = OSN (2 bytes) + original payload. It is

@@ -170,12 +170,9 @@ impl Core {
         let ranking = track.spec.speaker_group.and_then(|g| self.speakers.group(g)).map(|s| s.ranking());
         let Some(ranking) = ranking.filter(|_| !is_rtx && !slot_legs.is_empty()) else { return verdict };
         let speaking = track.level.speaking();
-        let sent = fanout::to_slots(&mut ctx, track, legs, slot_legs, ranking, ssrc, plain, speaking);
-        let cores = if self.shard.count > 1 && ranking.as_slice().iter().any(|s| s.track == track_id) {
-            fanout::slot_cores(self.shard, legs, slot_legs, track.spec.publisher)
-        } else {
-            0
-        };
+        let (sent, others) = fanout::to_slots(&mut ctx, track, legs, slot_legs, ranking, ssrc, plain, speaking);
+        // Only a ranked speaker's packet can feed a slot anywhere.
+        let cores = if ranking.as_slice().iter().any(|s| s.track == track_id) { others } else { 0 };
         let publisher = track.spec.publisher;
         for to in (0..64u16).filter(|w| cores & (1 << w) != 0) {
             push_handoff(&mut self.handoffs, (self.shard.index, to), publisher, HandoffKind::SlotAudio { track: track_id, ssrc, speaking }, plain);
