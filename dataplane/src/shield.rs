@@ -360,6 +360,7 @@ mod tests {
 
     fn track(id: u32, publisher: u32, layers: Vec<LayerSpec>) -> Op {
         Op::UpsertTrack(TrackSpec {
+            dd_ext: None,
             id: TrackId(id),
             publisher: LegId(publisher),
             kind: MediaKind::Video,

@@ -36,6 +36,7 @@ fn setup() -> Core {
         }));
     }
     ops.push(Op::UpsertTrack(TrackSpec {
+        dd_ext: None,
         id: TrackId(1),
         publisher: LegId(1),
         kind: MediaKind::Audio,
@@ -49,6 +50,7 @@ fn setup() -> Core {
         speaker_group: None,
     }));
     ops.push(Op::UpsertTrack(TrackSpec {
+        dd_ext: None,
         id: TrackId(2),
         publisher: LegId(1),
         kind: MediaKind::Video,
@@ -73,6 +75,8 @@ fn setup() -> Core {
     for (n, layer) in [(2u32, 0u8), (3, 1)] {
         for t in [1u32, 2] {
             ops.push(Op::UpsertSubscription(SubscriptionSpec {
+                max_temporal: None,
+                max_spatial: None,
                 subscriber: LegId(n),
                 track: TrackId(t),
                 out_ssrc: Ssrc(n * 0x100 + t),

@@ -652,6 +652,7 @@ impl Signaling {
 fn video_track(id: &str, leg: &str, m: &MLine, vp8: u32) -> pb::Change {
     pb::Change {
         change: Some(C::Track(pb::Track {
+            dependency_descriptor_ext: None,
             id: id.into(),
             publisher_leg: leg.into(),
             kind: pb::MediaKind::Video as i32,

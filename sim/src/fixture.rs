@@ -60,6 +60,7 @@ pub fn rtp_packet_with_level(ssrc: u32, seq: u16, ts: u32, pt: u8, ext: u8, (voi
 /// An Opus track of leg `publisher` with one layer, `ssrc`.
 pub fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
     TrackSpec {
+        dd_ext: None,
         id: TrackId(id),
         publisher: LegId(publisher),
         kind: MediaKind::Audio,
@@ -77,6 +78,7 @@ pub fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
 /// A VP8 track with one layer per `(ssrc, rtx_ssrc)`.
 pub fn video_track(id: u32, publisher: u32, layers: &[(u32, u32)]) -> TrackSpec {
     TrackSpec {
+        dd_ext: None,
         id: TrackId(id),
         publisher: LegId(publisher),
         kind: MediaKind::Video,
@@ -95,6 +97,8 @@ pub fn video_track(id: u32, publisher: u32, layers: &[(u32, u32)]) -> TrackSpec 
 /// `out_ssrc` without one) at `layer`, with the publisher payload types mapped to the `SUB_PT_*`.
 pub fn subscription(subscriber: u32, track: u32, out_ssrc: u32, out_rtx: Option<u32>, layer: u8) -> SubscriptionSpec {
     SubscriptionSpec {
+        max_temporal: None,
+        max_spatial: None,
         subscriber: LegId(subscriber),
         track: TrackId(track),
         out_ssrc: Ssrc(out_ssrc),

@@ -388,6 +388,7 @@ fn a_learned_ssrc_is_refused_alike_on_every_worker() {
     let publisher = LegSpec { id: LegId(1), local_port: 20_901, ..dummy_leg(1) };
     let publisher = LegSpec { rx: keys.clone(), tx: keys.clone(), ..publisher };
     let track = |id: u32, layer: LayerSpec| TrackSpec {
+        dd_ext: None,
         id: TrackId(id),
         publisher: LegId(1),
         kind: MediaKind::Video,
@@ -802,6 +803,8 @@ fn ffmpeg_without_rtcp_mux_publishes_through_a_leg_with_its_own_rtcp_port() {
         ..sluice_sim::fixture::audio_track(1, 1, PUBLISHER_SSRC)
     };
     let sub = SubscriptionSpec {
+        max_temporal: None,
+        max_spatial: None,
         subscriber: LegId(2),
         track: TrackId(1),
         out_ssrc: Ssrc(0x2222),

@@ -198,6 +198,8 @@ fn core_drops(c: &mut Client, reason: &str) -> u64 {
 
 fn sub(subscriber: u32, track: u32, out: u32) -> SubscriptionSpec {
     SubscriptionSpec {
+        max_temporal: None,
+        max_spatial: None,
         subscriber: LegId(subscriber),
         track: TrackId(track),
         out_ssrc: Ssrc(out),

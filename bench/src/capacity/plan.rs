@@ -243,6 +243,7 @@ impl Plan {
                     _ => (MediaKind::Video, 90_000, VIDEO_PT, Codec::Vp8),
                 };
                 ops.push(Op::UpsertTrack(TrackSpec {
+                    dd_ext: None,
                     id: TrackId(*id),
                     publisher: plan.participants[*publisher].publishing().0,
                     kind: media,
@@ -270,6 +271,8 @@ impl Plan {
                     plan.streams[stream].copies += 1;
                     plan.out_streams.push(OutStream { subscriber: sub, out_ssrc, stream });
                     ops.push(Op::UpsertSubscription(SubscriptionSpec {
+                        max_temporal: None,
+                        max_spatial: None,
                         subscriber: plan.participants[sub].leg,
                         track: TrackId(track),
                         out_ssrc: Ssrc(out_ssrc),

@@ -45,6 +45,7 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
     }
     for i in 0..streams {
         ops.push(Op::UpsertTrack(TrackSpec {
+            dd_ext: None,
             id: TrackId(i + 1),
             publisher: LegId(1),
             kind: MediaKind::Video,
@@ -59,6 +60,8 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
         }));
         for l in 2..=fanout + 1 {
             ops.push(Op::UpsertSubscription(SubscriptionSpec {
+                max_temporal: None,
+                max_spatial: None,
                 subscriber: LegId(l),
                 track: TrackId(i + 1),
                 out_ssrc: Ssrc(0x9000 + l + (i << 16)),

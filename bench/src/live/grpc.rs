@@ -66,6 +66,8 @@ pub fn track_name(id: u32) -> String {
 /// A subscription of `meeting::build`, as gRPC.
 pub fn subscription(s: &SubscriptionSpec) -> pb::Subscription {
     pb::Subscription {
+        max_temporal_layer: None,
+        max_spatial_layer: None,
         subscriber_leg: leg_name(s.subscriber.0),
         track: track_name(s.track.0),
         out_ssrc: s.out_ssrc.0,
@@ -97,6 +99,7 @@ pub fn changes(ops: &[Op]) -> anyhow::Result<Vec<pb::Change>> {
                     ..Default::default()
                 }),
                 Op::UpsertTrack(t) => C::Track(pb::Track {
+                    dependency_descriptor_ext: None,
                     id: track_name(t.id.0),
                     publisher_leg: leg_name(t.publisher.0),
                     kind: match t.kind {

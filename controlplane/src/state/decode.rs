@@ -270,6 +270,14 @@ impl Stage<'_> {
         if audio_level_ext.is_some() && kind != MediaKind::Audio {
             return Err(invalid(format!("{f}.audio_level_ext"), "only audio tracks carry an audio level"));
         }
+        let dd_ext = match t.dependency_descriptor_ext {
+            None => None,
+            Some(id @ 1..=255) if kind == MediaKind::Video => Some(id as u8),
+            Some(_) if kind != MediaKind::Video => {
+                return Err(invalid(format!("{f}.dependency_descriptor_ext"), "only video tracks carry a dependency descriptor"));
+            }
+            Some(id) => return Err(invalid(format!("{f}.dependency_descriptor_ext"), format!("{id} is not a header-extension id (1..=255)"))),
+        };
         let mut layers = Vec::new();
         let mut mine: BTreeMap<u32, String> = BTreeMap::new();
         for (j, l) in t.layers.iter().enumerate() {
@@ -338,6 +346,7 @@ impl Stage<'_> {
             mid,
             audio_level_ext,
             speaker_group: audio_level_ext.map(|_| speaker_group(self.name)),
+            dd_ext,
         };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         // The dataplane clamps subscriptions to the track's highest layer; so does the desired state.
@@ -417,6 +426,10 @@ impl Stage<'_> {
             return Err(invalid(format!("{f}.out_ssrc"), format!("SSRC is already leg {}'s audio slot {k}", quote(&s.subscriber_leg))));
         }
         let (pt_map, ext_map) = maps(f, &s.pt_map, &s.ext_map)?;
+        let layer_id = |field: &str, v: Option<u32>| match v {
+            Some(v) if v > 7 => Err(invalid(format!("{f}.{field}"), format!("{v} is beyond the highest layer id a descriptor carries (7)"))),
+            v => Ok(v.map(|v| v as u8)),
+        };
         let spec = SubscriptionSpec {
             subscriber: subscriber.id,
             track: track.spec.id,
@@ -427,6 +440,8 @@ impl Stage<'_> {
             target_layer: s.target_layer as u8,
             paused: s.paused,
             priority: u8::try_from(s.priority).map_err(|_| invalid(format!("{f}.priority"), format!("{} is not in 0..=255", s.priority)))?,
+            max_spatial: layer_id("max_spatial_layer", s.max_spatial_layer)?,
+            max_temporal: layer_id("max_temporal_layer", s.max_temporal_layer)?,
         };
         // What the dataplane's tables would refuse is refused here, before it is journaled.
         spec.validate().map_err(|e| spec_invalid(f, e))?;

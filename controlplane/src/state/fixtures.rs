@@ -46,6 +46,8 @@ pub fn audio(id: &str, publisher: &str, ssrc: u32, level_ext: Option<u32>) -> pb
 pub fn sub(leg: &str, track: &str, out: u32, layer: u32, paused: bool) -> pb::Change {
     pb::Change {
         change: Some(C::Subscription(pb::Subscription {
+            max_temporal_layer: None,
+            max_spatial_layer: None,
             subscriber_leg: leg.into(),
             track: track.into(),
             out_ssrc: out,

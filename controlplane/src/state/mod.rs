@@ -785,6 +785,7 @@ impl Desired {
                     mid_ext: t.spec.mid.as_ref().map(|m| u32::from(m.ext)),
                     mid: t.spec.mid.as_ref().map(|m| m.value.clone()).unwrap_or_default(),
                     audio_level_ext: t.spec.audio_level_ext.map(u32::from),
+                    dependency_descriptor_ext: t.spec.dd_ext.map(u32::from),
                 })
                 .collect(),
             subscriptions: s
@@ -801,6 +802,8 @@ impl Desired {
                     target_layer: u32::from(sub.target_layer),
                     paused: sub.paused,
                     priority: u32::from(sub.priority),
+                    max_spatial_layer: sub.max_spatial.map(u32::from),
+                    max_temporal_layer: sub.max_temporal.map(u32::from),
                 })
                 .collect(),
             active_speakers: None,

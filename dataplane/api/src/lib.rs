@@ -30,7 +30,9 @@ use sluice_core::table::Delta;
 /// Version 2: snapshots redact key material unless asked for it ([`Request::Snapshot`]).
 /// Version 3: a delta whose leg ports could not all be opened is answered
 /// [`Response::AppliedUnbound`], naming them.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: tracks carry the dependency-descriptor extension id and subscriptions spatial and
+/// temporal ceilings (an older dataplane would ignore them and forward every layer).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame accepted: the full tables of a node as one replace-all delta or snapshot (a
 /// subscription takes about 180 bytes of JSON, so 600,000 of them about 105 MB; this leaves room
@@ -305,6 +307,8 @@ mod tests {
         use sluice_core::table::{Op, SubscriptionSpec};
         let sub = |i: u32| {
             Op::UpsertSubscription(SubscriptionSpec {
+                max_temporal: None,
+                max_spatial: None,
                 subscriber: LegId(1 + i / 1096),
                 track: TrackId(1 + i % 1096),
                 out_ssrc: Ssrc(0x4000_0000 + i * 4),

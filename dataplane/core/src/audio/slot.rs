@@ -111,6 +111,8 @@ impl SlotSet {
                         target_layer: 0,
                         paused: false,
                         priority: 0,
+                        max_spatial: None,
+                        max_temporal: None,
                     };
                     AudioSlot { sub: Subscription::compile(&sub, 1), source: None, source_speaking: false, last_fed: None }
                 }

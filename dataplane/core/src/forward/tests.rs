@@ -136,6 +136,7 @@ impl Meeting {
 
 fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
     TrackSpec {
+        dd_ext: None,
         id: TrackId(id),
         publisher: LegId(publisher),
         kind: MediaKind::Audio,
@@ -152,6 +153,7 @@ fn audio_track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
 
 fn video_track(id: u32, publisher: u32, ssrcs: &[u32]) -> TrackSpec {
     TrackSpec {
+        dd_ext: None,
         id: TrackId(id),
         publisher: LegId(publisher),
         kind: MediaKind::Video,
@@ -168,6 +170,8 @@ fn video_track(id: u32, publisher: u32, ssrcs: &[u32]) -> TrackSpec {
 
 fn sub(subscriber: u32, track: u32, out_ssrc: u32, layer: u8) -> SubscriptionSpec {
     SubscriptionSpec {
+        max_temporal: None,
+        max_spatial: None,
         subscriber: LegId(subscriber),
         track: TrackId(track),
         out_ssrc: Ssrc(out_ssrc),
@@ -632,6 +636,8 @@ fn webrtc_leg_gates_media_until_keys_and_consent() {
         Op::UpsertLeg(spec.clone()),
         Op::UpsertTrack(audio_track(1, 1, 0x1111)),
         Op::UpsertSubscription(SubscriptionSpec {
+            max_temporal: None,
+            max_spatial: None,
             subscriber: LegId(2),
             track: TrackId(1),
             out_ssrc: Ssrc(0x2222),

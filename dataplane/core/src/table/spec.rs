@@ -441,6 +441,11 @@ pub struct TrackSpec {
     /// per session; `None`: the track is never ranked). Needs `audio_level_ext`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub speaker_group: Option<SpeakerGroup>,
+    /// The publisher's header-extension id for the AV1 dependency descriptor (one-byte ids
+    /// 1..=14, two-byte ids up to 255), on a video track: frames are then selected by the
+    /// descriptor's decode targets (see [`crate::wire::dd`]), whatever the codec.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub dd_ext: Option<u8>,
 }
 
 /// The MID (RFC 8843) a track's RIDs are scoped to.
@@ -494,6 +499,12 @@ impl TrackSpec {
         if self.speaker_group.is_some() && self.audio_level_ext.is_none() {
             return refuse("track.speaker_group", "ranking speakers needs the audio-level extension id");
         }
+        if self.dd_ext == Some(0) {
+            return refuse("track.dependency_descriptor_ext", "header-extension ids are 1..=255");
+        }
+        if self.dd_ext.is_some() && self.kind != MediaKind::Video {
+            return refuse("track.dependency_descriptor_ext", "only video tracks carry a dependency descriptor");
+        }
         if let Some(m) = &self.mid {
             if !(1..=14).contains(&m.ext) {
                 return refuse("track.mid_ext", "header-extension ids are 1..=14");
@@ -532,6 +543,13 @@ pub struct SubscriptionSpec {
     /// above a prominent speaker above the rest). 0 is the default.
     #[cfg_attr(feature = "serde", serde(default))]
     pub priority: u8,
+    /// The highest spatial layer inside the stream (VP9/AV1 SVC) the subscriber gets; `None`:
+    /// all.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub max_spatial: Option<u8>,
+    /// The highest temporal layer the subscriber gets; `None`: all.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub max_temporal: Option<u8>,
 }
 
 impl SubscriptionSpec {

@@ -498,6 +498,10 @@ pub struct Subscription {
     pub ext_map: ExtensionIdMap,
     /// The wanted layer.
     pub target_layer: u8,
+    /// The signaling's spatial ceiling inside an SVC stream (`None`: all).
+    pub max_spatial: Option<u8>,
+    /// The signaling's temporal ceiling (`None`: all).
+    pub max_temporal: Option<u8>,
     /// The layer currently forwarded (`None` until the first keyframe).
     pub current_layer: Option<u8>,
     /// Paused: receives nothing.
@@ -564,6 +568,8 @@ impl Subscription {
             pt_len: spec.pt_map.len() as u8,
             ext_map,
             target_layer: spec.target_layer.min(layers.saturating_sub(1) as u8),
+            max_spatial: spec.max_spatial,
+            max_temporal: spec.max_temporal,
             current_layer: None,
             paused: spec.paused,
             priority: spec.priority,
@@ -648,6 +654,8 @@ impl Subscription {
             target_layer: self.target_layer,
             paused: self.paused,
             priority: self.priority,
+            max_spatial: self.max_spatial,
+            max_temporal: self.max_temporal,
         }
     }
 }

@@ -15,6 +15,7 @@ fn leg(n: u32) -> LegSpec {
 
 fn track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
     TrackSpec {
+        dd_ext: None,
         id: TrackId(id),
         publisher: LegId(publisher),
         kind: MediaKind::Video,
@@ -31,6 +32,8 @@ fn track(id: u32, publisher: u32, ssrc: u32) -> TrackSpec {
 
 fn sub(subscriber: u32, track: u32, out: u32) -> SubscriptionSpec {
     SubscriptionSpec {
+        max_temporal: None,
+        max_spatial: None,
         subscriber: LegId(subscriber),
         track: TrackId(track),
         out_ssrc: Ssrc(out),
