@@ -88,10 +88,20 @@ impl Names {
                 let (s, t) = self.track(track, layer)?;
                 (s, Ev::KeyframeRequested(t))
             }
-            Event::LayerSwitched { track, subscriber, layer } => {
+            Event::LayerSwitched { track, subscriber, layer, spatial, temporal } => {
                 let (s, t) = self.track(track, layer)?;
                 let (_, sub) = self.leg(subscriber)?;
-                (s, Ev::LayerSwitched(pb::LayerSwitched { track: t.track, subscriber: sub.into(), layer: t.layer, rid: t.rid }))
+                (
+                    s,
+                    Ev::LayerSwitched(pb::LayerSwitched {
+                        track: t.track,
+                        subscriber: sub.into(),
+                        layer: t.layer,
+                        rid: t.rid,
+                        spatial_layer: spatial.map(u32::from),
+                        temporal_layer: temporal.map(u32::from),
+                    }),
+                )
             }
             Event::LegStats { leg, stats } => {
                 let (s, l) = self.leg(leg)?;

@@ -85,6 +85,18 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     });
     counter(&mut s, "sluice_keyframe_requests_total", "Keyframe requests sent to publishers.", &|w| w.core.keyframe_requests);
     counter(&mut s, "sluice_layer_switches_total", "Simulcast layer switches.", &|w| w.core.layer_switches);
+    counter(
+        &mut s,
+        "sluice_frames_dropped_by_layer_total",
+        "Frames not forwarded to a subscription because they are above its spatial or temporal layer (per subscription).",
+        &|w| w.core.frames_dropped_by_layer,
+    );
+    counter(
+        &mut s,
+        "sluice_bad_descriptors_total",
+        "Video packets whose payload or dependency descriptor could not be read or contradicted the stream, skipped for subscriptions that do not take every layer.",
+        &|w| w.core.bad_descriptors,
+    );
     counter(&mut s, "sluice_audio_slot_switches_total", "Audio slots that changed speaker (top-N audio).", &|w| w.core.audio_slot_switches);
     counter(&mut s, "sluice_rx_batches_total", "Receive batches.", &|w| w.batches);
     counter(&mut s, "sluice_rx_batched_datagrams_total", "Datagrams in receive batches.", &|w| w.batched_datagrams);

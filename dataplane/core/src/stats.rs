@@ -31,6 +31,14 @@ pub struct CoreStats {
     pub keyframe_requests: u64,
     /// Layer switches completed.
     pub layer_switches: u64,
+    /// Frames not forwarded to a subscription because they are above its spatial or temporal
+    /// layer (counted per subscription).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub frames_dropped_by_layer: u64,
+    /// Packets whose payload or dependency descriptor could not be read or contradicted the
+    /// stream, skipped for a subscription that does not take every layer.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub bad_descriptors: u64,
     /// Audio slots that changed speaker (top-N audio).
     #[cfg_attr(feature = "serde", serde(default))]
     pub audio_slot_switches: u64,

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 
 use super::egress::{Form, publisher_twcc, send_copy};
+use super::layers::Frame;
 use super::select::{self, Media};
 use super::{Event, KEYFRAME_REQUEST_INTERVAL, OutBatch, OutMeta, Shard, push_event};
 use crate::audio::ActiveSpeakers;
@@ -49,9 +50,26 @@ pub(super) fn rtp(
         return publisher_rtx(ctx, track, legs, layer, plain);
     }
     let (seq, ts) = (SeqNo(pkt.sequence_number()), pkt.timestamp());
-    // Audio has no keyframes: every packet is a switch point.
-    let keyframe = codec.video().is_none_or(|v| codec::is_keyframe(v, pkt.payload()));
+    let (header_len, marker) = (pkt.header_len(), pkt.marker());
     let state = &mut track.layers[usize::from(layer)];
+    // Audio has no keyframes: every packet is a switch point. Video: the payload descriptor's
+    // keyframe and layers (an unreadable one is not a keyframe, and bad for the layer choice).
+    let (keyframe, frame) = match codec.video() {
+        None => (true, Frame::default()),
+        Some(v) => match codec::inspect(v, pkt.payload()) {
+            Ok(info) => {
+                if info.spatial_layers.is_some() {
+                    state.spatial_layers = info.spatial_layers;
+                }
+                (info.is_keyframe, Frame::of(v, &info, pkt.payload(), state.spatial_layers))
+            }
+            Err(_) => (false, Frame::bad()),
+        },
+    };
+    if frame.layered && !frame.bad {
+        let spatial = state.spatial_layers.map_or(state.top.0.max(frame.spatial), |n| n - 1);
+        state.top = (spatial, state.top.1.max(frame.temporal));
+    }
     state.rate.count(plain.len(), ts, keyframe && codec.video().is_some());
     if keyframe {
         state.seen_keyframe = true;
@@ -62,8 +80,12 @@ pub(super) fn rtp(
     if track.subs.is_empty() {
         return Err(DropReason::NoSubscribers);
     }
-    let media = Media { track: track.spec.id, ssrc, layer, seq, ts, keyframe, clock_rate: track.spec.clock_rate };
+    let top = state.top;
+    let media = Media { track: track.spec.id, ssrc, layer, seq, ts, keyframe, clock_rate: track.spec.clock_rate, frame, top };
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
+    // Copies of a layered stream carry their own marker bit and picture ids: written into the
+    // packet before each copy, the publisher's put back after the last.
+    let patched = frame.layered || frame.picture_id.is_some();
     let mut sent = 0usize;
     let mut reason = DropReason::LayerFiltered;
     let mut want_keyframe = 0u8;
@@ -80,10 +102,16 @@ pub(super) fn rtp(
             reason = DropReason::UnknownPayloadType;
             continue;
         };
+        if patched {
+            patch(plain, header_len, &frame, marker || v.marker, v.ids);
+        }
         match send_copy(ctx, sub, legs, plain, rewritten, out_pt, None, twcc_from) {
             Ok(()) => sent += 1,
             Err(r) => reason = r,
         }
+    }
+    if patched {
+        patch(plain, header_len, &frame, marker, (frame.picture_id.map(|p| p.value), frame.tl0.map(|t| t.1)));
     }
     for l in 0..8u8 {
         if want_keyframe & (1 << l) != 0 {
@@ -91,6 +119,19 @@ pub(super) fn rtp(
         }
     }
     if sent > 0 { Ok(()) } else { Err(reason) }
+}
+
+/// Writes a copy's marker bit, picture id and TL0PICIDX into the packet (`header_len` bytes of
+/// RTP header, then the payload `frame` was read from).
+fn patch(plain: &mut [u8], header_len: usize, frame: &Frame, marker: bool, ids: (Option<u16>, Option<u8>)) {
+    plain[1] = (plain[1] & 0x7f) | if marker { 0x80 } else { 0 };
+    let payload = &mut plain[header_len..];
+    if let (Some(p), Some(v)) = (frame.picture_id, ids.0) {
+        p.write(payload, v);
+    }
+    if let (Some((at, _)), Some(v)) = (frame.tl0, ids.1) {
+        codec::write_tl0picidx(payload, at, v);
+    }
 }
 
 /// A decrypted packet of a ranked audio track to the audio slots of the legs in `slot_legs`
@@ -176,14 +217,20 @@ fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg
         pkt.set_sequence_number(osn.0);
         pkt.set_payload_type(media_pt.0);
     }
-    let ts = rtp::Packet::new_checked(&*orig).map_err(|_| DropReason::Malformed)?.timestamp();
+    let (ts, frame) = {
+        let pkt = rtp::Packet::new_checked(&*orig).map_err(|_| DropReason::Malformed)?;
+        let codec = track.spec.payload_types.iter().find(|p| p.pt == media_pt).and_then(|p| p.codec.video());
+        let frame = codec.map(|v| codec::inspect(v, pkt.payload()).map_or_else(|_| Frame::bad(), |i| Frame::of(v, &i, pkt.payload(), None)));
+        (pkt.timestamp(), frame.unwrap_or_default())
+    };
     if let Some(cache) = &mut track.layers[usize::from(layer)].cache {
         cache.insert(osn, orig);
     }
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
     let mut sent = 0;
     for sub in &mut track.subs {
-        if sub.paused {
+        // Not a frame the subscription's spatial and temporal layers take.
+        if sub.paused || !sub.layers.admits(&frame) {
             continue;
         }
         // On the layer: like any packet of it. Switched away since: through the old segment,

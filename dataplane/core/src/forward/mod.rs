@@ -35,6 +35,7 @@ pub mod rtx_cache;
 mod downlink;
 mod egress;
 mod ingress;
+pub mod layers;
 mod rtcp;
 mod select;
 mod uplink;
@@ -107,6 +108,10 @@ pub enum Event {
         subscriber: LegId,
         /// The layer it now receives.
         layer: u8,
+        /// Inside the layer, the spatial layer in force (SVC and temporally layered streams).
+        spatial: Option<u8>,
+        /// Inside the layer, the temporal layer in force.
+        temporal: Option<u8>,
     },
     /// A keyframe was asked of the publisher (after throttling).
     KeyframeRequested {

@@ -17,6 +17,21 @@
 //! before the keyframe, are dropped: either would repeat or precede sequence numbers the
 //! subscriber already has. Packets of layers the subscription is not on never touch the sequence
 //! space, so they never show as loss.
+//!
+//! Inside a segment the subscription may also leave packets out on purpose (frames of spatial
+//! or temporal layers above its target, see `select`): [`SeqTsRewriter::skip`] closes the
+//! hole, so what is left out never shows as loss either. Each run of skipped packets moves the
+//! offset down by its length from the next packet on; the last [`OFFSET_CHANGES`] changes are
+//! kept, so a reordered packet and a NACK still map through the offset of their time:
+//!
+//! ```text
+//!   publisher:  10 11 [12 13 skipped] 14 15
+//!   subscriber: 10 11                 12 13      offset 0 up to 11, -2 from 14 on
+//! ```
+//!
+//! A skipped packet that arrives late (after a newer one) cannot close its hole: the
+//! subscriber sees a gap, which its NACK finds unanswerable, as with any packet of a frame it
+//! does not decode.
 
 use core::time::Duration;
 
@@ -38,23 +53,117 @@ pub struct Rewritten {
 /// sequence space.
 const SEGMENT_REACH: u16 = 0x4000;
 
+/// How many offset changes (runs of skipped packets) a segment remembers for reordered
+/// packets and NACKs: a few frames' worth, since each skipped frame is one change.
+pub const OFFSET_CHANGES: usize = 4;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Segment {
     source: Ssrc,
-    seq_offset: u16,
+    /// The offset the segment opened with.
+    base_offset: u16,
     ts_offset: u32,
     /// The publisher sequence number that opened the segment; earlier ones are dropped.
     first_in_seq: SeqNo,
+    /// The newest publisher sequence number seen in the segment (sent or skipped).
+    newest_in: SeqNo,
+    /// The offset changes, oldest first: from this publisher sequence number on, this offset.
+    changes: [(SeqNo, u16); OFFSET_CHANGES],
+    /// Valid entries in `changes`.
+    n_changes: u8,
+    /// Changes were dropped off the front: packets from before `changes[0]` no longer map.
+    forgot: bool,
 }
 
 impl Segment {
+    fn new(source: Ssrc, seq_offset: u16, ts_offset: u32, first_in_seq: SeqNo) -> Self {
+        Self {
+            source,
+            base_offset: seq_offset,
+            ts_offset,
+            first_in_seq,
+            newest_in: first_in_seq,
+            changes: [(SeqNo(0), 0); OFFSET_CHANGES],
+            n_changes: 0,
+            forgot: false,
+        }
+    }
+
+    fn changes(&self) -> &[(SeqNo, u16)] {
+        &self.changes[..usize::from(self.n_changes)]
+    }
+
+    /// The offset in force from the newest packet on.
+    fn current_offset(&self) -> u16 {
+        self.changes().last().map_or(self.base_offset, |c| c.1)
+    }
+
+    /// The offset for `in_seq` (at or after the segment's start), or `None` if it predates
+    /// the changes remembered.
+    fn offset_for(&self, in_seq: SeqNo) -> Option<u16> {
+        for &(from, offset) in self.changes().iter().rev() {
+            if in_seq == from || in_seq.is_after(from) {
+                return Some(offset);
+            }
+        }
+        (!self.forgot).then_some(self.base_offset)
+    }
+
+    /// Whether `in_seq` was skipped (its number went to the packet after it).
+    fn was_skipped(&self, in_seq: SeqNo) -> bool {
+        let mut before = self.base_offset;
+        self.changes().iter().any(|&(from, offset)| {
+            let run = before.wrapping_sub(offset);
+            before = offset;
+            let back = from.0.wrapping_sub(in_seq.0);
+            back != 0 && back <= run
+        })
+    }
+
+    /// Leaves `in_seq` out of the subscriber's stream (when it is the newest packet: see the
+    /// module docs). Returns whether the hole was closed.
+    fn skip(&mut self, in_seq: SeqNo) -> bool {
+        if !in_seq.is_after(self.newest_in) {
+            return false;
+        }
+        self.newest_in = in_seq;
+        let from = SeqNo(in_seq.0.wrapping_add(1));
+        let offset = self.current_offset().wrapping_sub(1);
+        let n = usize::from(self.n_changes);
+        if n > 0 && self.changes[n - 1].0 == in_seq {
+            // The run of skipped packets goes on.
+            self.changes[n - 1] = (from, offset);
+        } else if n < OFFSET_CHANGES {
+            self.changes[n] = (from, offset);
+            self.n_changes += 1;
+        } else {
+            self.changes.copy_within(1.., 0);
+            self.changes[OFFSET_CHANGES - 1] = (from, offset);
+            self.forgot = true;
+        }
+        true
+    }
+
     /// The publisher sequence number behind `out_seq`, if this segment produced it (`end` is the
     /// last subscriber sequence number the segment could have produced).
     fn map_back(&self, out_seq: SeqNo, end: SeqNo) -> Option<(Ssrc, SeqNo)> {
-        let in_seq = SeqNo(out_seq.0.wrapping_sub(self.seq_offset));
-        let in_segment = in_seq == self.first_in_seq || in_seq.is_after(self.first_in_seq);
         let not_later = end == out_seq || end.is_after(out_seq);
-        (in_segment && not_later).then_some((self.source, in_seq))
+        if !not_later {
+            return None;
+        }
+        // Newest offset first: a change applies from its `from` up to the next change.
+        let mut until: Option<SeqNo> = None;
+        let regimes = self.changes().iter().rev().copied().chain((!self.forgot).then_some((self.first_in_seq, self.base_offset)));
+        for (from, offset) in regimes {
+            let in_seq = SeqNo(out_seq.0.wrapping_sub(offset));
+            let after_from = in_seq == from || in_seq.is_after(from);
+            let in_segment = in_seq == self.first_in_seq || in_seq.is_after(self.first_in_seq);
+            if after_from && in_segment && until.is_none_or(|u| u.is_after(in_seq)) {
+                return Some((self.source, in_seq));
+            }
+            until = Some(from);
+        }
+        None
     }
 }
 
@@ -117,7 +226,7 @@ impl SeqTsRewriter {
         if let (Some(seg), Some((h, _, _))) = (self.segment, self.highest) {
             self.previous = Some((seg, h));
         }
-        self.segment = Some(Segment { source, seq_offset: out_seq.wrapping_sub(in_seq.0), ts_offset: out_ts.wrapping_sub(in_ts), first_in_seq: in_seq });
+        self.segment = Some(Segment::new(source, out_seq.wrapping_sub(in_seq.0), out_ts.wrapping_sub(in_ts), in_seq));
         let out = Rewritten { seq: SeqNo(out_seq), ts: out_ts };
         self.note_sent(now, out);
         out
@@ -134,21 +243,44 @@ impl SeqTsRewriter {
     /// Maps a packet of `source`. `None` means drop: it is not from the current source, or it
     /// precedes the packet that opened the segment.
     pub fn rewrite(&mut self, now: Instant, source: Ssrc, in_seq: SeqNo, in_ts: u32) -> Option<Rewritten> {
-        let seg = self.segment?;
+        let seg = self.segment.as_mut()?;
         if seg.source != source || (in_seq != seg.first_in_seq && !in_seq.is_after(seg.first_in_seq)) {
             return None;
         }
-        let out = Rewritten { seq: SeqNo(in_seq.0.wrapping_add(seg.seq_offset)), ts: in_ts.wrapping_add(seg.ts_offset) };
+        let offset = seg.offset_for(in_seq)?;
+        if seg.was_skipped(in_seq) {
+            return None;
+        }
+        let out = Rewritten { seq: SeqNo(in_seq.0.wrapping_add(offset)), ts: in_ts.wrapping_add(seg.ts_offset) };
+        if in_seq.is_after(seg.newest_in) {
+            seg.newest_in = in_seq;
+        }
         // "After the segment's first packet" is a 16-bit serial comparison (RFC 1982): half the
         // sequence space. Keep the start at most SEGMENT_REACH behind the newest packet, or a
-        // stream longer than 32768 packets would be refused for the next 32768.
-        if in_seq.0.wrapping_sub(seg.first_in_seq.0) > SEGMENT_REACH
-            && let Some(s) = self.segment.as_mut()
-        {
-            s.first_in_seq = SeqNo(in_seq.0.wrapping_sub(SEGMENT_REACH));
+        // stream longer than 32768 packets would be refused for the next 32768. Offsets older
+        // than the start are folded into the base.
+        if in_seq.0.wrapping_sub(seg.first_in_seq.0) > SEGMENT_REACH {
+            seg.first_in_seq = SeqNo(in_seq.0.wrapping_sub(SEGMENT_REACH));
+            while seg.n_changes > 0 && (seg.first_in_seq == seg.changes[0].0 || seg.first_in_seq.is_after(seg.changes[0].0)) {
+                seg.base_offset = seg.changes[0].1;
+                seg.changes.copy_within(1.., 0);
+                seg.n_changes -= 1;
+                seg.forgot = false;
+            }
         }
         self.note_sent(now, out);
         Some(out)
+    }
+
+    /// Leaves the publisher packet `in_seq` of the current source out of the subscriber's
+    /// stream without a gap (a frame of a layer the subscription does not take). Returns
+    /// whether the hole was closed: false for a packet older than the newest one seen (its
+    /// number stays a gap) or one outside the segment.
+    pub fn skip(&mut self, source: Ssrc, in_seq: SeqNo) -> bool {
+        match self.segment.as_mut() {
+            Some(seg) if seg.source == source => seg.skip(in_seq),
+            _ => false,
+        }
     }
 
     /// Maps a subscriber-side sequence number back to the publisher's (for NACK translation), if
@@ -174,8 +306,11 @@ impl SeqTsRewriter {
             if seg.source != source {
                 return None;
             }
-            let out = SeqNo(in_seq.0.wrapping_add(seg.seq_offset));
-            seg.map_back(out, end)?;
+            if seg.was_skipped(in_seq) {
+                return None;
+            }
+            let out = SeqNo(in_seq.0.wrapping_add(seg.offset_for(in_seq)?));
+            (seg.map_back(out, end)? == (source, in_seq)).then_some(())?;
             Some(Rewritten { seq: out, ts: in_ts.wrapping_add(seg.ts_offset) })
         })
     }
@@ -300,6 +435,59 @@ mod tests {
         assert_eq!(r.map_retransmission(A, SeqNo(12), 0), None, "after the old segment ended");
         assert_eq!(r.map_retransmission(B, SeqNo(3002), 0), None, "not sent yet");
         assert_eq!(r.map_retransmission(A, SeqNo(9), 0), None, "before the old segment");
+    }
+
+    /// Skipped packets close their hole; reordered packets and NACKs map through the offset of
+    /// their time; a late skipped packet leaves a gap; a long stream of skips keeps working.
+    #[test]
+    fn skipped_packets_leave_no_gap() {
+        let mut r = SeqTsRewriter::new();
+        let out = |r: &mut SeqTsRewriter, n: u16| r.rewrite(ms(1), A, SeqNo(n), u32::from(n)).map(|o| o.seq.0);
+        r.switch_to(ms(0), A, SeqNo(10), 10, 90_000);
+        assert_eq!(out(&mut r, 11), Some(11));
+        assert!(r.skip(A, SeqNo(12)) && r.skip(A, SeqNo(13)), "a run of two");
+        assert_eq!(out(&mut r, 14), Some(12), "the hole is closed");
+        assert_eq!(out(&mut r, 15), Some(13));
+        assert!(r.skip(A, SeqNo(16)));
+        assert_eq!(out(&mut r, 17), Some(14));
+        assert!(!r.skip(A, SeqNo(9)), "before the segment");
+        assert!(!r.skip(B, SeqNo(18)), "another source");
+        assert!(!r.skip(A, SeqNo(15)), "late: not the newest");
+        assert_eq!(r.rewrite(ms(2), A, SeqNo(13), 13), None, "a skipped packet (its retransmission) is not sent again");
+        // A reordered packet from before the first run maps with the offset of its time.
+        assert_eq!(r.rewrite(ms(2), A, SeqNo(11), 11).map(|o| o.seq.0), Some(11));
+        // NACKs map back through every regime, never to a skipped packet.
+        for (o, i) in [(11, 11), (12, 14), (13, 15), (14, 17)] {
+            assert_eq!(r.to_source_seq(SeqNo(o)), Some((A, SeqNo(i))), "out {o}");
+            assert_eq!(r.map_retransmission(A, SeqNo(i), 0).map(|x| x.seq.0), Some(o), "in {i}");
+        }
+        assert_eq!(r.map_retransmission(A, SeqNo(13), 0), None, "a skipped packet is not retransmitted");
+        assert_eq!(r.to_source_seq(SeqNo(15)), None, "not sent yet");
+        // Skip every other packet for a long while: the stream stays continuous, the oldest
+        // changes are forgotten (their packets no longer map), the newest still do.
+        let mut last = 14u16;
+        for n in (18u32..100_000).step_by(2) {
+            assert!(r.skip(A, SeqNo(n as u16)));
+            let o = out(&mut r, (n + 1) as u16).unwrap();
+            assert_eq!(o, last.wrapping_add(1), "packet {}", n + 1);
+            last = o;
+        }
+        assert_eq!(r.to_source_seq(SeqNo(last)), Some((A, SeqNo(99_999u32 as u16))));
+        assert_eq!(r.to_source_seq(SeqNo(last - 1)), Some((A, SeqNo(99_997u32 as u16))));
+        assert_eq!(r.to_source_seq(SeqNo(last - 10)), None, "beyond the changes remembered");
+        assert_eq!(r.rewrite(ms(3), A, SeqNo(99_980u32 as u16), 0), None, "too late to map");
+    }
+
+    /// A skip run that outlives the segment's reach folds into its base offset, so a long run
+    /// of skips and sends never refuses packets.
+    #[test]
+    fn offsets_fold_into_the_base_as_the_segment_moves() {
+        let mut r = SeqTsRewriter::new();
+        r.switch_to(ms(0), A, SeqNo(0), 0, 90_000);
+        assert!(r.skip(A, SeqNo(1)));
+        for n in 2..60_000u32 {
+            assert_eq!(r.rewrite(ms(1), A, SeqNo(n as u16), 0).map(|o| o.seq.0), Some((n - 1) as u16), "packet {n}");
+        }
     }
 
     #[test]

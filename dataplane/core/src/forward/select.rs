@@ -1,8 +1,10 @@
 //! The per-subscription gate: whether this packet of this layer goes to this subscription, and
 //! how it is rewritten. Every per-subscriber decision ends here as a small value on the
 //! [`Subscription`]: pause (the signaling), the target layer (the signaling's ceiling, capped
-//! by the leg's bandwidth allocator: [`Subscription::target`]), keyframe-aware switching. The
-//! next decisions (SVC layers, per-leg rate limits) plug in here too. Top-N audio is the gate of
+//! by the leg's bandwidth allocator: [`Subscription::target`]), keyframe-aware switching, and
+//! inside the layer the spatial and temporal layers of an SVC or temporally layered stream
+//! ([`super::layers`]: the frames above the subscription's ceilings are skipped without a gap).
+//! The next decisions (per-leg rate limits) plug in here too. Top-N audio is the gate of
 //! a leg's audio slots, [`crate::audio::slot::SlotSet::choose`]: a slot is a subscription
 //! whose source track changes.
 //!
@@ -10,11 +12,14 @@
 //!   paused ──────────────────────────────────────────────▶ skip (Paused)
 //!   target == layer, not on it: keyframe ? switch : skip, ask for a keyframe of the layer
 //!                               (a switch down stops repairs of the old layer's losses)
-//!   on the layer: rewrite (and ask for the target's keyframe when it differs)
+//!   on the layer: frame above the spatial/temporal layers in force ▶ skip (LayerFiltered),
+//!                 its sequence number (and picture id) closed up
+//!                 else rewrite (and ask for the target's keyframe when it differs)
 //!   any other layer ─────────────────────────────────────▶ skip (LayerFiltered)
 //! ```
 
 use super::fanout::Ctx;
+use super::layers::{ALL, Frame};
 use super::rewrite::Rewritten;
 use super::{Event, push_event};
 use crate::ids::{SeqNo, Ssrc, TrackId};
@@ -31,6 +36,9 @@ pub(super) struct Media {
     pub ts: u32,
     pub keyframe: bool,
     pub clock_rate: u32,
+    /// Its layers inside the stream, and the highest the stream has.
+    pub frame: Frame,
+    pub top: (u8, u8),
 }
 
 /// The gate's answer.
@@ -42,16 +50,21 @@ pub(super) struct Verdict {
     pub want_keyframe: u8,
     /// Why it was skipped.
     pub reason: DropReason,
+    /// Set the marker bit on the copy (the layers above it are cut).
+    pub marker: bool,
+    /// The picture id and TL0PICIDX the copy carries.
+    pub ids: (Option<u16>, Option<u8>),
 }
 
 /// Decides for `sub` and switches its layer at a keyframe.
 pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media) -> Verdict {
-    let skip = |reason, want_keyframe| Verdict { send: None, want_keyframe, reason };
+    let skip = |reason, want_keyframe| Verdict { send: None, want_keyframe, reason, marker: false, ids: (None, None) };
     if sub.paused {
         return skip(DropReason::Paused, 0);
     }
     let target = sub.target();
     let on_layer = sub.current_layer == Some(m.layer);
+    let ceilings = (sub.max_spatial.unwrap_or(ALL), sub.max_temporal.unwrap_or(ALL));
     if target == m.layer && !on_layer {
         if !m.keyframe {
             return skip(DropReason::LayerFiltered, 1 << m.layer);
@@ -62,16 +75,53 @@ pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media) -> Verd
             sub.rewriter.forget_previous();
         }
         sub.current_layer = Some(m.layer);
+        sub.layers.start(ceilings, &m.frame);
         ctx.stats.layer_switches += 1;
-        push_event(ctx.events, Event::LayerSwitched { track: m.track, subscriber: sub.subscriber, layer: m.layer });
-        return Verdict { send: Some(r), want_keyframe: 0, reason: DropReason::LayerFiltered };
+        push_event(ctx.events, layer_event(m, sub));
+        // A keyframe's first packet is in every layer combination.
+        let d = sub.layers.decide(ceilings, m.top, &m.frame);
+        let ids = sub.layers.rewrite_ids(&m.frame);
+        return Verdict { send: Some(r), want_keyframe: 0, reason: DropReason::LayerFiltered, marker: d.marker, ids };
     }
     if !on_layer {
         return skip(DropReason::LayerFiltered, 0);
     }
-    let want_keyframe = if target != m.layer { 1 << target } else { 0 };
+    let mut want_keyframe = if target != m.layer { 1 << target } else { 0 };
+    let d = sub.layers.decide(ceilings, m.top, &m.frame);
+    if d.want_keyframe {
+        want_keyframe |= 1 << m.layer;
+    }
+    if d.changed {
+        push_event(ctx.events, layer_event(m, sub));
+    }
+    if !d.forward {
+        sub.rewriter.skip(m.ssrc, m.seq);
+        sub.layers.skipped(&m.frame);
+        if m.frame.bad {
+            ctx.stats.bad_descriptors += 1;
+        } else if m.frame.begins {
+            ctx.stats.frames_dropped_by_layer += 1;
+        }
+        return skip(DropReason::LayerFiltered, want_keyframe);
+    }
     match sub.rewriter.rewrite(ctx.now, m.ssrc, m.seq, m.ts) {
-        Some(r) => Verdict { send: Some(r), want_keyframe, reason: DropReason::LayerFiltered },
+        Some(r) => {
+            let ids = sub.layers.rewrite_ids(&m.frame);
+            Verdict { send: Some(r), want_keyframe, reason: DropReason::LayerFiltered, marker: d.marker, ids }
+        }
         None => skip(DropReason::LayerFiltered, want_keyframe),
+    }
+}
+
+/// The event of a subscription's switch: the simulcast layer, and inside it the spatial and
+/// temporal layers in force (for a stream that has them).
+fn layer_event(m: &Media, sub: &Subscription) -> Event {
+    let layered = m.frame.layered;
+    Event::LayerSwitched {
+        track: m.track,
+        subscriber: sub.subscriber,
+        layer: m.layer,
+        spatial: layered.then(|| sub.layers.spatial.min(m.top.0)),
+        temporal: layered.then(|| sub.layers.temporal.min(m.top.1)),
     }
 }

@@ -1405,3 +1405,6 @@ fn rtcp_first_on_the_rtcp_port_activates_the_leg_without_latching_rtp() {
     let leg = m.core.tables().leg(LegId(1)).unwrap();
     assert_eq!((leg.remote, leg.rtcp_remote), (None, Some(rtcp_addr)));
 }
+
+#[path = "tests_layers.rs"]
+mod layers;

@@ -315,6 +315,8 @@ impl Tables {
             activity: Activity::default(),
             rate: LayerRate::default(),
             demand: (true, None),
+            top: (0, 0),
+            spatial_layers: None,
         };
         match self.tracks.get(&spec.id) {
             Some(_) => {
@@ -563,6 +565,8 @@ impl Tables {
                     activity: l.activity,
                     rate: l.rate,
                     demand: l.demand,
+                    top: l.top,
+                    spatial_layers: l.spatial_layers,
                 })
                 .collect(),
             subs: t.subs.clone(),

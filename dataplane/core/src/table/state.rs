@@ -416,6 +416,11 @@ pub struct LayerState {
     /// Whether it was last reported wanted by a subscription (`true` until reported otherwise),
     /// and since when nobody wants it.
     pub demand: (bool, Option<Instant>),
+    /// The highest spatial and temporal layer ids inside the stream (SVC, temporal layers):
+    /// what it announced (a VP9 scalability structure), else the highest seen.
+    pub top: (u8, u8),
+    /// How many spatial layers the stream last announced, if it did.
+    pub spatial_layers: Option<u8>,
 }
 
 /// Whether something receives media: set on every authenticated packet, cleared by
@@ -510,6 +515,8 @@ pub struct Subscription {
     pub priority: u8,
     /// Sequence/timestamp rewriter.
     pub rewriter: SeqTsRewriter,
+    /// Spatial and temporal layers in force inside the current source, picture ids.
+    pub layers: crate::forward::layers::LayerChoice,
     /// SRTP send state of `out_ssrc`.
     pub srtp: RtpSendState,
     /// SRTP send state of `out_rtx_ssrc`.
@@ -574,6 +581,7 @@ impl Subscription {
             paused: spec.paused,
             priority: spec.priority,
             rewriter: SeqTsRewriter::new(),
+            layers: Default::default(),
             srtp: RtpSendState::default(),
             rtx_srtp: RtpSendState::default(),
             rtx_seq: 0,
@@ -628,6 +636,7 @@ impl Subscription {
             // subscriber would NACK) nor a resume in the middle of a GOP.
             self.current_layer = if keep.paused && !self.paused { None } else { keep.current_layer };
             self.rewriter = keep.rewriter;
+            self.layers = keep.layers;
             self.srtp = keep.srtp;
             self.rtx_srtp = keep.rtx_srtp;
             self.rtx_seq = keep.rtx_seq;

@@ -1,0 +1,407 @@
+//! Spatial and temporal layers inside one stream: which frames of a VP8/VP9 (payload descriptor)
+//! or dependency-descriptor stream a subscription takes, and how its copy stays a valid stream.
+//!
+//! The simulcast gate (`select`) picks the publisher SSRC; this picks frames within it, per
+//! subscription, against two targets: the spatial and temporal ceilings the signaling set
+//! (`max_spatial`, `max_temporal`). Decisions change only where a frame begins, so a frame is
+//! forwarded whole or not at all:
+//!
+//! ```text
+//!   temporal: down at once; up at a switching point (VP8 Y=1 on the frame of the new layer,
+//!             VP9 U=1 on a frame at or below the layer in force: what follows is decodable)
+//!   spatial:  down at once (at the start of a picture); up only at a keyframe (a keyframe is
+//!             asked for when the target is above the layer in force and the stream has it)
+//!   a new source (simulcast switch, a subscription's first keyframe) starts at the targets
+//! ```
+//!
+//! A skipped packet closes its hole in the subscriber's sequence numbers
+//! ([`super::rewrite::SeqTsRewriter::skip`]), a skipped picture in its VP8/VP9 picture ids
+//! ([`PictureIds`]); TL0PICIDX runs on across simulcast switches; where the layers above the
+//! one in force are cut, the marker goes on the last packet of the layer in force (VP9 E bit).
+//!
+//! Bad input, by rule: a payload whose descriptor does not parse, or whose spatial id is beyond
+//! what the stream announced, is forwarded unchanged to a subscription that takes every layer
+//! (nothing to decide) and skipped, counted in `bad_descriptors`, for the others.
+
+use crate::wire::codec::{FrameInfo, PictureId, VideoCodec};
+
+/// No ceiling: every layer.
+pub const ALL: u8 = u8::MAX;
+
+/// What the layer choice needs to know of one packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    /// The stream carries layer ids (VP8 T bit, VP9 L bit, a dependency descriptor); without
+    /// them every packet is forwarded.
+    pub layered: bool,
+    /// The descriptor was unreadable or contradicted the stream (see the module docs).
+    pub bad: bool,
+    /// Spatial layer id (0 without one).
+    pub spatial: u8,
+    /// Temporal layer id (0 without one).
+    pub temporal: u8,
+    /// The packet begins a frame (a layer frame, for VP9).
+    pub begins: bool,
+    /// The packet ends a layer frame (VP9 E bit): the marker goes here when the layers above
+    /// are cut.
+    pub ends_layer: bool,
+    /// A keyframe begins here.
+    pub keyframe: bool,
+    /// A temporal switching point: see [`SwitchUp`].
+    pub switch_up: SwitchUp,
+    /// The picture id, to rewrite.
+    pub picture_id: Option<PictureId>,
+    /// A frame is a whole picture (VP8; a VP9 picture has a layer frame per spatial layer).
+    pub whole_picture: bool,
+    /// The TL0PICIDX byte's offset in the payload and its value.
+    pub tl0: Option<(u8, u8)>,
+}
+
+/// How a codec marks a temporal switching point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SwitchUp {
+    /// Not one.
+    #[default]
+    No,
+    /// This frame's temporal layer may be joined here (VP8 Y: the frame depends only on
+    /// temporal layer 0).
+    Here,
+    /// Every higher temporal layer may be joined from the next frame on (VP9 U: later frames
+    /// above this layer depend on nothing before this one).
+    After,
+}
+
+impl Frame {
+    /// The layer view of a parsed payload descriptor. `spatial_layers` is how many spatial
+    /// layers the stream announced, if it did (a VP9 scalability structure).
+    pub fn of(codec: VideoCodec, info: &FrameInfo, payload: &[u8], spatial_layers: Option<u8>) -> Self {
+        let tl0 = info.tl0picidx_at.and_then(|at| payload.get(usize::from(at)).map(|v| (at, *v)));
+        let spatial = info.spatial_id.unwrap_or(0);
+        Frame {
+            layered: info.temporal_id.is_some() || info.spatial_id.is_some(),
+            bad: spatial_layers.is_some_and(|n| spatial >= n),
+            spatial,
+            temporal: info.temporal_id.unwrap_or(0),
+            begins: info.begins_frame,
+            ends_layer: info.ends_layer_frame,
+            keyframe: info.is_keyframe,
+            switch_up: match (info.switch_up, codec) {
+                (false, _) => SwitchUp::No,
+                (true, VideoCodec::Vp9) => SwitchUp::After,
+                (true, _) => SwitchUp::Here,
+            },
+            picture_id: info.picture_id,
+            whole_picture: codec != VideoCodec::Vp9,
+            tl0,
+        }
+    }
+
+    /// An unreadable descriptor.
+    pub fn bad() -> Self {
+        Frame { bad: true, ..Frame::default() }
+    }
+}
+
+/// A subscription's layer state inside its current source. No heap; `Copy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerChoice {
+    /// The spatial layer in force (frames above it are skipped).
+    pub spatial: u8,
+    /// The temporal layer in force.
+    pub temporal: u8,
+    /// The picture ids the subscriber sees.
+    pub pictures: PictureIds,
+    /// TL0PICIDX: the offset applied and the last value sent.
+    tl0: Option<(u8, u8)>,
+}
+
+/// What [`LayerChoice::decide`] says of one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Forward it.
+    pub forward: bool,
+    /// The layers in force changed (spatial, temporal), for the event.
+    pub changed: bool,
+    /// A keyframe would let the subscription go up a spatial layer.
+    pub want_keyframe: bool,
+    /// Set the marker bit on the copy (the last packet of the highest layer frame forwarded).
+    pub marker: bool,
+}
+
+impl LayerChoice {
+    /// Starts on a new source at its keyframe, at the ceilings.
+    pub fn start(&mut self, ceilings: (u8, u8), f: &Frame) {
+        self.spatial = ceilings.0;
+        self.temporal = ceilings.1;
+        self.pictures.start(f.picture_id);
+        self.tl0 = match (f.tl0, self.tl0) {
+            (Some((_, v)), Some((_, last))) => Some((last.wrapping_add(1).wrapping_sub(v), last.wrapping_add(1))),
+            (Some((_, v)), None) => Some((0, v)),
+            (None, keep) => keep,
+        };
+    }
+
+    /// Decides for one packet of the current source, given the subscription's ceilings
+    /// (spatial, temporal; [`ALL`] for none) and the highest layer ids the stream has shown or
+    /// announced (`top`). The layers in force are kept at the ceilings (not capped by `top`), so
+    /// a layer the publisher adds later is taken once it can be.
+    pub fn decide(&mut self, ceilings: (u8, u8), top: (u8, u8), f: &Frame) -> Decision {
+        let mut d = Decision { forward: true, changed: false, want_keyframe: false, marker: false };
+        if f.bad {
+            d.forward = ceilings.0 >= top.0 && ceilings.1 >= top.1;
+            return d;
+        }
+        if !f.layered {
+            return d;
+        }
+        let before = (self.spatial, self.temporal);
+        if f.begins {
+            if f.keyframe {
+                (self.spatial, self.temporal) = ceilings;
+            }
+            // Temporal: down at once, up at a switching point.
+            if ceilings.1 < self.temporal {
+                self.temporal = ceilings.1;
+            } else if ceilings.1 > self.temporal {
+                match f.switch_up {
+                    SwitchUp::Here if f.temporal > self.temporal && f.temporal <= ceilings.1 => self.temporal = f.temporal,
+                    SwitchUp::After if f.temporal <= self.temporal => self.temporal = ceilings.1,
+                    _ => {}
+                }
+            }
+            // Spatial: down at the start of a picture (its lowest layer frame); up only at a
+            // keyframe.
+            if ceilings.0 < self.spatial && f.spatial == 0 {
+                self.spatial = ceilings.0;
+            }
+        }
+        d.want_keyframe = ceilings.0.min(top.0) > self.spatial.min(top.0);
+        d.changed = (self.spatial, self.temporal) != before;
+        d.forward = f.spatial <= self.spatial && f.temporal <= self.temporal;
+        // (A stream with no layer above the one in force keeps the publisher's marker.)
+        d.marker = d.forward && f.ends_layer && f.spatial == self.spatial;
+        d
+    }
+
+    /// Whether a retransmitted packet of `f` is in the layers in force (a bad descriptor is not).
+    pub fn admits(&self, f: &Frame) -> bool {
+        if f.bad {
+            return (self.spatial, self.temporal) == (ALL, ALL);
+        }
+        !f.layered || (f.spatial <= self.spatial && f.temporal <= self.temporal)
+    }
+
+    /// Records that `f` was skipped: a picture left out by the temporal cut (or any VP8
+    /// frame: a VP8 picture is one frame) closes up in the picture ids. A VP9 layer frame above
+    /// the spatial layer in force leaves its picture in the stream (the lower layers go).
+    pub fn skipped(&mut self, f: &Frame) {
+        if let Some(p) = f.picture_id
+            && !f.bad
+            && (f.whole_picture || f.temporal > self.temporal)
+        {
+            self.pictures.skip(p);
+        }
+    }
+
+    /// The picture id and TL0PICIDX to write into this forwarded packet, if it has them.
+    pub fn rewrite_ids(&mut self, f: &Frame) -> (Option<u16>, Option<u8>) {
+        let pid = f.picture_id.map(|p| self.pictures.forward(p));
+        let tl0 = match (f.tl0, &mut self.tl0) {
+            (Some((_, v)), Some((offset, last))) => {
+                let out = v.wrapping_add(*offset);
+                if out.wrapping_sub(*last) < 0x80 {
+                    *last = out;
+                }
+                Some(out)
+            }
+            (Some((_, v)), none) => {
+                *none = Some((0, v));
+                Some(v)
+            }
+            (None, _) => None,
+        };
+        (pid, tl0)
+    }
+}
+
+/// VP8/VP9 picture ids as the subscriber sees them: one offset, set at each new source so ids
+/// run on from the last one sent, and moved down by one for each picture left out (so a
+/// temporal layer cut leaves no hole in the ids, as the receiver's reference finder expects of
+/// a stream it decodes whole). Ids keep the width the publisher uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PictureIds {
+    offset: u16,
+    /// The newest publisher id seen (sent or skipped) and the last id sent.
+    newest_in: Option<u16>,
+    last_out: Option<u16>,
+}
+
+fn is_after(a: u16, b: u16, modulus: u16) -> bool {
+    let d = a.wrapping_sub(b) & (modulus - 1);
+    d != 0 && d < modulus / 2
+}
+
+impl PictureIds {
+    /// A new source whose first picture is `first`: ids continue after the last one sent.
+    pub fn start(&mut self, first: Option<PictureId>) {
+        let Some(p) = first else { return };
+        self.offset = match self.last_out {
+            Some(last) => last.wrapping_add(1).wrapping_sub(p.value) & (p.modulus() - 1),
+            None => 0,
+        };
+        self.newest_in = Some(p.value);
+    }
+
+    /// The picture `p` is left out: later pictures close up (when it is the newest one seen).
+    pub fn skip(&mut self, p: PictureId) {
+        if self.newest_in.is_none_or(|n| is_after(p.value, n, p.modulus())) {
+            self.newest_in = Some(p.value);
+            self.offset = self.offset.wrapping_sub(1) & (p.modulus() - 1);
+        }
+    }
+
+    /// The subscriber's id for a forwarded packet of picture `p`.
+    pub fn forward(&mut self, p: PictureId) -> u16 {
+        let m = p.modulus();
+        if self.newest_in.is_none_or(|n| is_after(p.value, n, m)) {
+            self.newest_in = Some(p.value);
+        }
+        let out = p.value.wrapping_add(self.offset) & (m - 1);
+        if self.last_out.is_none_or(|l| is_after(out, l, m)) {
+            self.last_out = Some(out);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream with three spatial and three temporal layers.
+    const TOP: (u8, u8) = (2, 2);
+
+    fn vp8(temporal: u8, y: bool, pid: u16) -> Frame {
+        Frame {
+            layered: true,
+            temporal,
+            begins: true,
+            switch_up: if y { SwitchUp::Here } else { SwitchUp::No },
+            picture_id: Some(PictureId { value: pid, at: 2, long: true }),
+            whole_picture: true,
+            ..Frame::default()
+        }
+    }
+
+    /// L1T3 (TIDs 0 2 1 2 0 2 1 2 …): at temporal target 0 one frame in four goes, ids run on
+    /// without holes; raising the target takes effect at a layer-sync frame of the new layer;
+    /// lowering it at once.
+    #[test]
+    fn vp8_temporal_layers() {
+        let pattern = [0u8, 2, 1, 2];
+        let mut c = LayerChoice::default();
+        let mut key = vp8(0, false, 100);
+        key.keyframe = true;
+        c.start((ALL, 0), &key);
+        let mut sent = vec![];
+        for i in 0..16u16 {
+            let mut f = vp8(pattern[usize::from(i % 4)], false, 100 + i);
+            f.keyframe = i == 0;
+            let d = c.decide((ALL, 0), TOP, &f);
+            if d.forward {
+                sent.push(c.rewrite_ids(&f).0.unwrap());
+            } else {
+                c.skipped(&f);
+            }
+        }
+        assert_eq!(sent, vec![100, 101, 102, 103], "a quarter of the frames, ids continuous");
+        // Up to 2: not at frames without Y; at the next one with Y.
+        assert!(c.decide((ALL, 2), TOP, &vp8(0, false, 116)).forward);
+        assert_eq!(c.rewrite_ids(&vp8(0, false, 116)).0, Some(104));
+        for (tid, pid) in [(2, 117), (1, 118)] {
+            assert!(!c.decide((ALL, 2), TOP, &vp8(tid, false, pid)).forward, "{pid}");
+            c.skipped(&vp8(tid, false, pid));
+        }
+        let d = c.decide((ALL, 2), TOP, &vp8(2, true, 119));
+        assert!(d.forward && d.changed && c.temporal == 2);
+        assert_eq!(c.rewrite_ids(&vp8(2, true, 119)).0, Some(105));
+        // A picture never seen (lost upstream) stays a hole in the ids.
+        assert_eq!(c.rewrite_ids(&vp8(2, true, 121)).0, Some(107));
+        // Down at once.
+        let d = c.decide((ALL, 0), TOP, &vp8(1, false, 122));
+        assert!(!d.forward && d.changed && c.temporal == 0);
+    }
+
+    fn vp9(spatial: u8, temporal: u8, begins: bool, ends: bool) -> Frame {
+        Frame { layered: true, spatial, temporal, begins, ends_layer: ends, ..Frame::default() }
+    }
+
+    /// L3T3_KEY: frames above the spatial target are skipped and the marker moves to the end of
+    /// the highest layer frame sent; up waits for a keyframe (and asks for one), down is at once.
+    #[test]
+    fn vp9_spatial_layers() {
+        let mut c = LayerChoice::default();
+        let mut key = vp9(0, 0, true, false);
+        key.keyframe = true;
+        c.start((1, ALL), &key);
+        assert!(c.decide((1, ALL), TOP, &key).forward);
+        let d = c.decide((1, ALL), TOP, &vp9(1, 0, true, true));
+        assert!(d.forward && d.marker, "the end of layer 1 gets the marker");
+        assert!(!c.decide((1, ALL), TOP, &vp9(2, 0, true, true)).forward);
+        // Up to 2: not before a keyframe, which is asked for.
+        let d = c.decide((2, ALL), TOP, &vp9(0, 1, true, true));
+        assert!(d.forward && d.want_keyframe && !d.marker);
+        assert!(!c.decide((2, ALL), TOP, &vp9(2, 1, true, true)).forward);
+        let d = c.decide((2, ALL), TOP, &key);
+        assert!(d.forward && d.changed && !d.want_keyframe);
+        assert!(c.decide((2, ALL), TOP, &vp9(2, 0, true, true)).forward);
+        // Down to 0 at the next picture.
+        assert!(c.decide((0, ALL), TOP, &vp9(1, 0, false, false)).forward, "the picture under way completes");
+        let d = c.decide((0, ALL), TOP, &vp9(0, 1, true, true));
+        assert!(d.forward && d.changed && d.marker && c.spatial == 0);
+    }
+
+    /// VP9 U bit: after a switching-up point at or below the layer in force, every layer up to
+    /// the target may be joined.
+    #[test]
+    fn vp9_switch_up_after() {
+        let mut c = LayerChoice::default();
+        let mut key = vp9(0, 0, true, true);
+        key.keyframe = true;
+        c.start((ALL, 0), &key);
+        assert!(!c.decide((ALL, 2), TOP, &vp9(0, 2, true, true)).forward);
+        let mut u = vp9(0, 0, true, true);
+        u.switch_up = SwitchUp::After;
+        assert!(c.decide((ALL, 2), TOP, &u).changed);
+        assert!(c.decide((ALL, 2), TOP, &vp9(0, 2, true, true)).forward);
+    }
+
+    /// Bad descriptors: forwarded unchanged where every layer is taken, skipped elsewhere.
+    #[test]
+    fn bad_descriptors_by_rule() {
+        let mut c = LayerChoice::default();
+        assert!(c.decide((ALL, ALL), TOP, &Frame::bad()).forward);
+        assert!(!c.decide((1, ALL), TOP, &Frame::bad()).forward);
+        let f = Frame::of(VideoCodec::Vp9, &FrameInfo { spatial_id: Some(3), temporal_id: Some(0), ..FrameInfo::default() }, &[], Some(3));
+        assert!(f.bad, "spatial id 3 of a stream that announced 3 layers");
+    }
+
+    /// Picture ids and TL0PICIDX run on across a new source.
+    #[test]
+    fn ids_continue_across_sources() {
+        let mut c = LayerChoice::default();
+        let mut a = vp8(0, false, 0x7ffe);
+        a.keyframe = true;
+        a.tl0 = Some((4, 250));
+        c.start((ALL, ALL), &a);
+        assert_eq!(c.rewrite_ids(&a), (Some(0x7ffe), Some(250)));
+        let mut a2 = vp8(0, false, 0x7fff);
+        a2.tl0 = Some((4, 251));
+        assert_eq!(c.rewrite_ids(&a2), (Some(0x7fff), Some(251)));
+        let mut b = vp8(0, false, 5);
+        b.keyframe = true;
+        b.tl0 = Some((4, 9));
+        c.start((ALL, ALL), &b);
+        assert_eq!(c.rewrite_ids(&b), (Some(0), Some(252)), "the 15-bit id wraps; TL0PICIDX runs on");
+    }
+}

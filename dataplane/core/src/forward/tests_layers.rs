@@ -1,0 +1,208 @@
+//! Spatial and temporal layers inside a stream, through the whole core: what each subscriber
+//! gets, and that its copy is a valid stream (sequence numbers, picture ids, TL0PICIDX, marker).
+
+use super::*;
+
+/// One VP8 packet with the full descriptor (RFC 7741): 15-bit picture id, TL0PICIDX, TID/Y.
+#[derive(Clone, Copy)]
+struct Vp8 {
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    pid: u16,
+    tl0: u8,
+    tid: u8,
+    y: bool,
+    /// First packet (S=1) and last (marker) of its frame; a keyframe.
+    first: bool,
+    last: bool,
+    key: bool,
+}
+
+fn vp8(p: Vp8) -> Vec<u8> {
+    let Vp8 { ssrc, seq, ts, pid, tl0, tid, y, first, last, key } = p;
+    let d0 = if first { 0x90 } else { 0x80 };
+    let mut payload = vec![d0, 0xE0, 0x80 | (pid >> 8) as u8, pid as u8, tl0, tid << 6 | u8::from(y) << 5];
+    payload.push(if first && !key { 0x01 } else { 0x00 });
+    payload.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+    let mut p = rtp_packet(ssrc, seq, ts, 96, &payload);
+    if last {
+        p[1] |= 0x80;
+    }
+    p
+}
+
+/// Peer 1 is subscriber 2, peer 2 subscriber 3.
+/// What a subscriber got: (sequence number, marker, picture id, TL0PICIDX, TID).
+fn vp8_fields(p: &[u8]) -> (u16, bool, u16, u8, u8) {
+    let pkt = rtp::Packet::new_checked(p).unwrap();
+    let d = pkt.payload();
+    (pkt.sequence_number(), pkt.marker(), u16::from(d[2] & 0x7f) << 8 | u16::from(d[3]), d[4], d[5] >> 6)
+}
+
+/// L1T3: temporal ids 0 2 1 2, layer sync on the first frame of layers 1 and 2 after a
+/// keyframe.
+const PATTERN: [u8; 4] = [0, 2, 1, 2];
+
+/// Sends frame `i` (two packets) of the L1T3 stream of simulcast layer `ssrc`; returns what
+/// each peer got.
+fn l1t3_frame(m: &mut Meeting, ssrc: u32, i: u16, base: (u16, u16, u8), key: bool, now: Instant) -> Vec<(usize, Vec<u8>)> {
+    let (seq0, pid0, tl00) = base;
+    let tid = PATTERN[usize::from(i % 4)];
+    let tl0 = tl00.wrapping_add((i / 4) as u8);
+    let (seq, pid, ts) = (seq0.wrapping_add(2 * i), pid0.wrapping_add(i) & 0x7fff, 3000 * u32::from(i));
+    let y = !i.is_multiple_of(4) && i < 4;
+    let mut got = Vec::new();
+    for k in 0..2u16 {
+        let plain = vp8(Vp8 { ssrc, seq: seq + k, ts, pid, tl0, tid, y, first: k == 0, last: k == 1, key: key && k == 0 });
+        let wire = m.peers[0].send_rtp(&plain);
+        got.extend(m.deliver(0, &wire, now));
+    }
+    got
+}
+
+/// A VP8 simulcast track with L1T3 temporal layers: subscriber 2 takes temporal layer 0 of the
+/// low layer, subscriber 3 everything. Subscriber 2 gets a quarter of the frames as a valid
+/// stream — continuous sequence numbers and picture ids, markers intact — then follows a
+/// simulcast switch with picture ids and TL0PICIDX running on; a publisher retransmission of a
+/// frame it does not take is not sent to it; raising its ceiling takes effect at a layer-sync
+/// frame.
+#[test]
+fn vp8_temporal_layers_reach_each_subscriber_as_a_valid_stream() {
+    let mut m = Meeting::new(3);
+    let mut low = sub(2, 1, 0x2001, 0);
+    low.max_temporal = Some(0);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100, 0x200])), Op::UpsertSubscription(low.clone()), Op::UpsertSubscription(sub(3, 1, 0x3001, 0))])
+        .unwrap();
+    latch_all(&mut m);
+    let mut got = Vec::new();
+    for i in 0..12u16 {
+        got.extend(l1t3_frame(&mut m, 0x100, i, (1000, 500, 40), i == 0, ms(10 + u64::from(i) * 33)));
+    }
+    let of = |who: usize, got: &[(usize, Vec<u8>)]| got.iter().filter(|(j, p)| *j == who && p[1] & 0x7f == 100).map(|(_, p)| vp8_fields(p)).collect::<Vec<_>>();
+    let all = of(1, &got);
+    assert_eq!(of(2, &got).len(), 24, "subscriber 3 gets every frame");
+    assert_eq!(all.len(), 6, "subscriber 2 gets frames 0, 4, 8: {all:?}");
+    for (k, f) in all.iter().enumerate() {
+        assert_eq!(f.0, 1000 + k as u16, "continuous sequence numbers: {all:?}");
+        assert_eq!(f.1, k % 2 == 1, "the marker stays on each frame's last packet");
+        assert_eq!(f.2, 500 + (k / 2) as u16, "continuous picture ids: {all:?}");
+        assert_eq!(f.4, 0);
+    }
+    assert_eq!((all[0].3, all[2].3, all[4].3), (40, 41, 42), "TL0PICIDX as sent");
+    assert_eq!(m.core.stats().frames_dropped_by_layer, 9);
+    // A publisher retransmission (RTX, OSN + original payload) of frame 1 (TID 2): to
+    // subscriber 3 (which asked nothing, so it goes as the original) but not to subscriber 2.
+    let orig = vp8(Vp8 { ssrc: 0x100, seq: 1002, ts: 3000, pid: 501, tl0: 40, tid: 2, y: true, first: true, last: false, key: false });
+    let mut rtx_payload = 1002u16.to_be_bytes().to_vec();
+    rtx_payload.extend_from_slice(&orig[12..]);
+    let rtx = rtp_packet(0x101, 7, 3000, 97, &rtx_payload);
+    let wire = m.peers[0].send_rtp(&rtx);
+    let got = m.deliver(0, &wire, ms(500));
+    assert!(got.iter().all(|(j, _)| *j != 1), "the skipped frame's retransmission is not sent to subscriber 2: {got:?}");
+    // Switch subscriber 2 to the high layer at its keyframe: ids run on.
+    low.target_layer = 1;
+    m.apply(vec![Op::UpsertSubscription(low.clone())]).unwrap();
+    let mut got = Vec::new();
+    for i in 0..5u16 {
+        got.extend(l1t3_frame(&mut m, 0x200, i, (9000, 20000, 7), i == 0, ms(600 + u64::from(i) * 33)));
+    }
+    let high = of(1, &got);
+    assert_eq!(high.len(), 4, "frames 0 and 4 of the high layer: {high:?}");
+    assert_eq!(high.iter().map(|f| f.0).collect::<Vec<_>>(), [1006, 1007, 1008, 1009], "sequence numbers run on");
+    assert_eq!(high.iter().map(|f| f.2).collect::<Vec<_>>(), [503, 503, 504, 504], "picture ids run on across the switch");
+    assert_eq!(high.iter().map(|f| f.3).collect::<Vec<_>>(), [43, 43, 44, 44], "TL0PICIDX runs on across the switch");
+    // Raise subscriber 2's ceiling to 2: frame 5 (TID 2, no sync) waits, layer sync frames open
+    // layers 1 and 2.
+    low.max_temporal = Some(2);
+    m.apply(vec![Op::UpsertSubscription(low)]).unwrap();
+    let mut got = Vec::new();
+    for i in 5..8u16 {
+        got.extend(l1t3_frame(&mut m, 0x200, i, (9000, 20000, 7), false, ms(800 + u64::from(i) * 33)));
+    }
+    assert!(of(1, &got).is_empty(), "no switching point yet: {:?}", of(1, &got));
+    // Frames 9 (TID 2) and 10 (TID 1) with Y set (the encoder's sync after a keyframe).
+    let mut got = Vec::new();
+    for (i, tid) in [(8u16, 0u8), (9, 2), (10, 1), (11, 2)] {
+        let seq = 9000 + 2 * i;
+        for k in 0..2u16 {
+            let y = i == 9 || i == 10;
+            let plain =
+                vp8(Vp8 { ssrc: 0x200, seq: seq + k, ts: 3000 * u32::from(i), pid: 20000 + i, tl0: 9, tid, y, first: k == 0, last: k == 1, key: false });
+            let wire = m.peers[0].send_rtp(&plain);
+            got.extend(m.deliver(0, &wire, ms(1100 + u64::from(i))));
+        }
+    }
+    let up = of(1, &got);
+    assert_eq!(up.iter().map(|f| f.4).collect::<Vec<_>>(), [0, 0, 2, 2, 1, 1, 2, 2], "{up:?}");
+    assert_eq!(up.iter().map(|f| f.0).collect::<Vec<_>>(), (1010..1018).collect::<Vec<_>>());
+    assert_eq!(up.iter().map(|f| f.2).step_by(2).collect::<Vec<_>>(), [505, 506, 507, 508]);
+    let switches = std::iter::from_fn(|| m.core.poll_event())
+        .filter_map(|e| match e {
+            Event::LayerSwitched { subscriber: LegId(2), temporal, .. } => temporal,
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(switches.last(), Some(&2), "the switch events report the temporal layer: {switches:?}");
+}
+
+/// One VP9 packet (RFC 9628, non-flexible mode) of the SSRC 0x100 with one packet per layer
+/// frame: picture id, layer indices, TL0PICIDX; P=1 unless `key`, the marker on layer 2.
+fn vp9(seq: u16, ts: u32, pid: u16, sid: u8, key: bool) -> Vec<u8> {
+    let (ssrc, tid, begins, ends, inter, marker) = (0x100, 0u8, true, true, !key, sid == 2);
+    let d0 = 0x80 | if inter { 0x40 } else { 0 } | 0x20 | if begins { 0x08 } else { 0 } | if ends { 0x04 } else { 0 };
+    let payload = [d0, 0x80 | (pid >> 8) as u8, pid as u8, tid << 5 | sid << 1 | u8::from(sid > 0), 3, 0xAA];
+    let mut p = rtp_packet(ssrc, seq, ts, 96, &payload);
+    if marker {
+        p[1] |= 0x80;
+    }
+    p
+}
+
+/// Sends picture `i` of an L3T1 SVC stream (one packet per spatial layer, the marker on the
+/// last); returns what the subscriber (peer 1) got as (sequence number, marker, spatial id).
+fn l3_picture(m: &mut Meeting, i: u16, key: bool) -> Vec<(u16, bool, u8)> {
+    let mut got = Vec::new();
+    for sid in 0..3u8 {
+        let seq = 100 + 3 * i + u16::from(sid);
+        let plain = vp9(seq, 3000 * u32::from(i), i, sid, key);
+        let wire = m.peers[0].send_rtp(&plain);
+        got.extend(m.deliver(0, &wire, ms(10 + u64::from(i) * 33)));
+    }
+    got.iter()
+        .filter(|(j, p)| *j == 1 && p[1] & 0x7f == 100)
+        .map(|(_, p)| {
+            let pkt = rtp::Packet::new_checked(&p[..]).unwrap();
+            (pkt.sequence_number(), pkt.marker(), (pkt.payload()[3] >> 1) & 7)
+        })
+        .collect()
+}
+
+/// VP9 SVC in one SSRC: a subscriber with spatial ceiling 1 gets layers 0 and 1 with the marker
+/// on layer 1's last packet and no sequence gap; raising the ceiling asks for a keyframe and
+/// takes effect there; lowering it applies from the next picture.
+#[test]
+fn vp9_spatial_layers_follow_the_ceiling() {
+    let mut m = Meeting::new(2);
+    let mut track = video_track(1, 1, &[0x100]);
+    track.payload_types[0].codec = Codec::Vp9;
+    let mut s = sub(2, 1, 0x2001, 0);
+    s.max_spatial = Some(1);
+    m.apply(vec![Op::UpsertTrack(track), Op::UpsertSubscription(s.clone())]).unwrap();
+    latch_all(&mut m);
+    let mut got = l3_picture(&mut m, 0, true);
+    got.extend(l3_picture(&mut m, 1, false));
+    assert_eq!(got, [(100, false, 0), (101, true, 1), (102, false, 0), (103, true, 1)]);
+    // Up to 2: a PLI goes to the publisher, layer 2 waits for the keyframe.
+    s.max_spatial = None;
+    m.apply(vec![Op::UpsertSubscription(s.clone())]).unwrap();
+    let plis_before = m.core.stats().keyframe_requests;
+    assert_eq!(l3_picture(&mut m, 2, false), [(104, false, 0), (105, true, 1)]);
+    assert_eq!(m.core.stats().keyframe_requests, plis_before + 1, "a keyframe is asked for");
+    assert_eq!(l3_picture(&mut m, 3, true), [(106, false, 0), (107, false, 1), (108, true, 2)]);
+    // Down to 0 from the next picture.
+    s.max_spatial = Some(0);
+    m.apply(vec![Op::UpsertSubscription(s)]).unwrap();
+    assert_eq!(l3_picture(&mut m, 4, false), [(109, true, 0)]);
+    assert_eq!(l3_picture(&mut m, 5, false), [(110, true, 0)]);
+}
