@@ -621,6 +621,46 @@ mod tests {
         assert_eq!(view.tracks.iter().find(|t| t.id == "xb").and_then(|t| t.audio_level_ext), Some(14));
     }
 
+    /// The SVC fields: a dependency-descriptor extension id (1..=255, video only) on a track,
+    /// spatial and temporal ceilings (0..=7) on a subscription; refused with the field named and
+    /// nothing changed, stored and shown by GetSession when valid.
+    #[test]
+    fn svc_fields_are_validated_stored_and_shown() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_009 });
+        d.apply(&pair("m")).unwrap();
+        let with_dd = |mut c: pb::Change, id| {
+            if let Some(C::Track(t)) = &mut c.change {
+                t.dependency_descriptor_ext = Some(id);
+            }
+            c
+        };
+        let with_ceilings = |mut c: pb::Change, s: Option<u32>, t: Option<u32>| {
+            if let Some(C::Subscription(x)) = &mut c.change {
+                (x.max_spatial_layer, x.max_temporal_layer) = (s, t);
+            }
+            c
+        };
+        let bad = [
+            (with_dd(video("v9", "a", 900), 0), "changes[0].track.dependency_descriptor_ext"),
+            (with_dd(video("v9", "a", 900), 256), "changes[0].track.dependency_descriptor_ext"),
+            (with_dd(audio("x", "a", 7, None), 3), "changes[0].track.dependency_descriptor_ext"),
+            (with_ceilings(sub("b", "va", 77, 0, false), Some(8), None), "changes[0].subscription.max_spatial_layer"),
+            (with_ceilings(sub("b", "va", 77, 0, false), None, Some(9)), "changes[0].subscription.max_temporal_layer"),
+        ];
+        for (change, field) in bad {
+            let before = d.clone();
+            let e = d.apply(&req("m", vec![change])).expect_err("refused");
+            assert_eq!((e.kind, e.field.as_str()), (ErrorKind::InvalidArgument, field), "{e}");
+            assert_eq!(d, before);
+        }
+        d.apply(&req("m", vec![with_dd(video("v9", "a", 900), 200), with_ceilings(sub("b", "v9", 77, 0, false), Some(1), Some(0))])).unwrap();
+        assert_eq!(d.sessions["m"].tracks["v9"].spec.dd_ext, Some(200));
+        let view = d.session_view("m", &EdgeInfo::default()).unwrap();
+        assert_eq!(view.tracks.iter().find(|t| t.id == "v9").and_then(|t| t.dependency_descriptor_ext), Some(200));
+        let s = view.subscriptions.iter().find(|s| s.track == "v9").unwrap();
+        assert_eq!((s.max_spatial_layer, s.max_temporal_layer), (Some(1), Some(0)));
+    }
+
     fn settings(on: bool, n: u32) -> pb::Change {
         pb::Change { change: Some(C::Settings(pb::SessionSettings { top_n_audio: on, audio_top_n: n })) }
     }

@@ -13,7 +13,8 @@
 //! prints ns per output and the overhead ratio; `FORWARD_NO_PAIRED=1` skips it. With
 //! `FORWARD_TWCC=1` every leg negotiated transport-cc (arrivals recorded, copies stamped,
 //! checked against the leg's pacer and kept in the send history): the feedback loop's cost on
-//! the packet path.
+//! the packet path. `FORWARD_DESCRIPTORS=1` prints the cost of layer-aware forwarding (VP8
+//! temporal layers) against the same stream without descriptors.
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -47,6 +48,8 @@ const PUB_SSRC: u32 = 0x1000;
 struct Setup {
     profile: Profile,
     fanout: usize,
+    /// Subscribers (the last ones) that take temporal layer 0 only.
+    temporal_0: usize,
     /// Protected publisher packets, sequential from a keyframe.
     ring: Vec<Vec<u8>>,
     pub_addr: SocketAddr,
@@ -58,13 +61,29 @@ fn addr(i: u32) -> SocketAddr {
 
 impl Setup {
     fn new(profile: Profile, fanout: usize) -> Self {
+        Self::with(profile, fanout, false, 0)
+    }
+
+    /// `descriptors`: the VP8 packets carry the full payload descriptor of an L1T3 stream
+    /// (15-bit picture id, TL0PICIDX, TID and layer sync; four packets per frame, temporal ids
+    /// 0 2 1 2), which every copy has rewritten; `temporal_0` of the subscribers take only
+    /// temporal layer 0 (a quarter of the frames).
+    fn with(profile: Profile, fanout: usize, descriptors: bool, temporal_0: usize) -> Self {
         let up = material(profile, 1, 0);
         let keys = SrtpKeys::new(profile, &up.key, &up.salt).unwrap();
         let mut st = RtpSendState::new();
         let ring = (0..RING)
             .map(|i| {
                 let mut payload = vec![0xabu8; PACKET - 12];
-                if i == 0 {
+                if descriptors {
+                    let (frame, first) = (i / 4, i % 4 == 0);
+                    let tid = [0u8, 2, 1, 2][frame % 4];
+                    let y = u8::from(frame % 4 != 0 && frame < 4);
+                    let pid = (frame & 0x7fff) as u16;
+                    let d0 = if first { 0x90 } else { 0x80 };
+                    let header = if first && i > 0 { 0x01 } else { 0x00 };
+                    payload[..7].copy_from_slice(&[d0, 0xE0, 0x80 | (pid >> 8) as u8, pid as u8, (frame / 4) as u8, tid << 6 | y << 5, header]);
+                } else if i == 0 {
                     payload[..2].copy_from_slice(&[0x10, 0x00]);
                 } else {
                     payload[..2].copy_from_slice(&[0x00, 0x00]);
@@ -85,7 +104,7 @@ impl Setup {
                 p
             })
             .collect();
-        Self { profile, fanout, ring, pub_addr: addr(1) }
+        Self { profile, fanout, temporal_0, ring, pub_addr: addr(1) }
     }
 
     /// A core with the meeting installed and every subscriber's address latched.
@@ -103,7 +122,11 @@ impl Setup {
         }
         ops.push(Op::UpsertTrack(video_track(1, 1, &[(PUB_SSRC, PUB_SSRC + 1)])));
         for i in 2..=self.fanout as u32 + 1 {
-            ops.push(Op::UpsertSubscription(subscription(i, 1, 0x10_0000 * i, Some(0x10_0000 * i + 1), 0)));
+            let mut sub = subscription(i, 1, 0x10_0000 * i, Some(0x10_0000 * i + 1), 0);
+            if i as usize > self.fanout + 1 - self.temporal_0 {
+                sub.max_temporal = Some(0);
+            }
+            ops.push(Op::UpsertSubscription(sub));
         }
         core.apply(Delta { generation: Generation(1), replace_all: false, ops }).unwrap();
         let mut out = OutBatch::new(64);
@@ -135,8 +158,13 @@ impl Setup {
                 core.handle_rx(Instant::from_nanos(i as u64 * step_ns()), 20_001, self.pub_addr, b, &mut out);
             }
             total += start.elapsed();
-            assert_eq!(out.len(), self.fanout, "every subscriber got the last packet");
-            assert_eq!(core.stats().tx_packets, (chunk * self.fanout) as u64, "{:?}", core.stats());
+            if self.temporal_0 == 0 {
+                assert_eq!(out.len(), self.fanout, "every subscriber got the last packet");
+                assert_eq!(core.stats().tx_packets, (chunk * self.fanout) as u64, "{:?}", core.stats());
+            } else {
+                let expect = chunk * (self.fanout - self.temporal_0) + chunk.div_ceil(16) * 4 * self.temporal_0;
+                assert!(core.stats().tx_packets.abs_diff(expect as u64) <= 4 * self.temporal_0 as u64, "{expect} {:?}", core.stats());
+            }
             black_box(&out);
             done += chunk as u64;
         }
@@ -235,6 +263,34 @@ fn paired_table() {
     }
 }
 
+/// `FORWARD_DESCRIPTORS=1`: what layer-aware forwarding costs per copy, at fan-out 4 (GCM),
+/// against the reference row of the same stream without payload-descriptor fields, measured in
+/// alternating rounds: every copy of a stream with descriptors (picture id, TL0PICIDX and
+/// marker rewritten per copy), and the same with two subscribers on temporal layer 0 (cost per
+/// copy actually sent).
+fn descriptor_table() {
+    const ROUNDS: usize = 15;
+    let rows = [("plain VP8 (reference)", false, 0usize), ("L1T3 descriptors, all layers", true, 0), ("L1T3, 2 of 4 on temporal 0", true, 2)];
+    let setups: Vec<Setup> = rows.iter().map(|&(_, d, t)| Setup::with(Profile::AeadAes128Gcm, 4, d, t)).collect();
+    let mut times = vec![Vec::new(); rows.len()];
+    for _ in 0..ROUNDS {
+        for (s, t) in setups.iter().zip(&mut times) {
+            let copies = RING * (s.fanout - s.temporal_0) + RING.div_ceil(16) * 4 * s.temporal_0;
+            t.push(s.run_core(RING as u64).as_nanos() as f64 / copies as f64);
+        }
+    }
+    eprintln!("layer-aware forwarding, GCM, fan-out 4, {ROUNDS} alternating rounds of {RING} packets, ns per copy sent, median (min):");
+    let med = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        (t[ROUNDS / 2], t[0])
+    };
+    let (reference, _) = med(&mut times[0].clone());
+    for ((name, _, _), t) in rows.iter().zip(&mut times) {
+        let (m, lo) = med(t);
+        eprintln!("{name:<32} {m:>8.1} ({lo:>7.1})  {:>+6.1}%", 100.0 * (m - reference) / reference);
+    }
+}
+
 /// `FORWARD_CHECKPOINT=1`: what a worker's checkpoint export costs (every 100 ms it walks its
 /// legs and streams, see `sluice_core::table::checkpoint`), against the reference row of
 /// forwarding one packet to the same subscribers. Median of 31 exports.
@@ -301,6 +357,10 @@ fn main() {
     }
     if std::env::var_os("FORWARD_CHECKPOINT").is_some() {
         checkpoint_table();
+        return;
+    }
+    if std::env::var_os("FORWARD_DESCRIPTORS").is_some() {
+        descriptor_table();
         return;
     }
     if !std::env::args().any(|a| a == "--list") && std::env::var_os("FORWARD_NO_PAIRED").is_none() {
