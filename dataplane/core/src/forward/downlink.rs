@@ -16,7 +16,7 @@ use crate::downlink::pacer::Pacing;
 use crate::downlink::{PROBE_PADDING, UNWANTED_AFTER, Usage};
 use crate::ids::{LegId, TrackId};
 use crate::stats::CoreStats;
-use crate::table::{Leg, Map, MediaKind, Track};
+use crate::table::{LayerState, Leg, MAX_SPATIAL, Map, MediaKind, Track};
 use crate::time::Instant;
 use crate::wire::rtcp::TransportCc;
 use crate::wire::set_be32;
@@ -49,12 +49,25 @@ pub(super) fn transport_cc(ctx: &mut Ctx<'_>, leg: &mut Leg, fb: &TransportCc<&[
     }
 }
 
+/// The one layer of a track that is an SVC stream (spatial layers inside one SSRC), if it is.
+pub(super) fn svc_layers(track: &Track) -> Option<&LayerState> {
+    match &track.layers[..] {
+        [l] if l.top.0 > 0 => Some(l),
+        _ => None,
+    }
+}
+
 /// Turns the bytes each layer received since the last tick into its rate (`elapsed` since).
 pub(super) fn measure_layers<'a>(tracks: impl Iterator<Item = &'a mut Track>, elapsed: core::time::Duration) {
     let secs = elapsed.as_secs_f64();
     for t in tracks {
         for l in &mut t.layers {
             l.rate.tick(secs);
+            if l.top.0 > 0 {
+                for r in &mut l.spatial_rates {
+                    r.tick(secs);
+                }
+            }
         }
     }
 }
@@ -92,12 +105,29 @@ pub(super) fn allocate(
             if sub.paused {
                 continue;
             }
-            let mut rates = [0; MAX_LAYERS];
-            for (r, l) in rates.iter_mut().zip(&track.layers) {
-                *r = if l.activity.active { l.rate.bps().max(1) } else { 0 };
-            }
             let audio = track.spec.kind == MediaKind::Audio;
-            scratch.push((track_id, i, Demand { priority: sub.priority, audio, current: sub.current_layer, ceiling: sub.target_layer, rates }));
+            let demand = match svc_layers(track) {
+                // An SVC stream: its spatial layers are what the allocator chooses between, each
+                // costing the layers up to it (`alloc_layer` is then the spatial layer).
+                Some(l) => {
+                    let mut rates = [0; MAX_LAYERS];
+                    let mut sum = 0;
+                    for (s, r) in rates.iter_mut().enumerate().take(usize::from(l.top.0.min(MAX_SPATIAL as u8 - 1)) + 1) {
+                        sum += l.spatial_rates[s].bps();
+                        *r = if l.activity.active { sum.max(1) } else { 0 };
+                    }
+                    let current = sub.current_layer.map(|_| sub.layers.spatial.min(l.top.0));
+                    Demand { priority: sub.priority, audio, current, ceiling: sub.max_spatial.unwrap_or(u8::MAX).min(l.top.0), rates }
+                }
+                None => {
+                    let mut rates = [0; MAX_LAYERS];
+                    for (r, l) in rates.iter_mut().zip(&track.layers) {
+                        *r = if l.activity.active { l.rate.bps().max(1) } else { 0 };
+                    }
+                    Demand { priority: sub.priority, audio, current: sub.current_layer, ceiling: sub.target_layer, rates }
+                }
+            };
+            scratch.push((track_id, i, demand));
         }
         let demands: [Demand; MAX_ALLOC] = core::array::from_fn(|i| scratch.get(i).map_or(Demand::default(), |d| d.2));
         let n = scratch.len();

@@ -14,7 +14,7 @@ use crate::audio::ActiveSpeakers;
 use crate::audio::slot::SlotPacket;
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
 use crate::stats::CoreStats;
-use crate::table::{Leg, Map, Subscription, Track};
+use crate::table::{Leg, MAX_SPATIAL, Map, Subscription, Track};
 use crate::time::Instant;
 use crate::verdict::DropReason;
 use crate::wire::{codec, rtcp, rtp};
@@ -69,6 +69,9 @@ pub(super) fn rtp(
     if frame.layered && !frame.bad {
         let spatial = state.spatial_layers.map_or(state.top.0.max(frame.spatial), |n| n - 1);
         state.top = (spatial, state.top.1.max(frame.temporal));
+        if spatial > 0 {
+            state.spatial_rates[usize::from(frame.spatial).min(MAX_SPATIAL - 1)].count(plain.len(), ts, keyframe);
+        }
     }
     state.rate.count(plain.len(), ts, keyframe && codec.video().is_some());
     if keyframe {
@@ -81,7 +84,8 @@ pub(super) fn rtp(
         return Err(DropReason::NoSubscribers);
     }
     let top = state.top;
-    let media = Media { track: track.spec.id, ssrc, layer, seq, ts, keyframe, clock_rate: track.spec.clock_rate, frame, top };
+    let svc = track.layers.len() == 1 && top.0 > 0;
+    let media = Media { track: track.spec.id, ssrc, layer, seq, ts, keyframe, clock_rate: track.spec.clock_rate, frame, top, svc };
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
     // Copies of a layered stream carry their own marker bit and picture ids: written into the
     // packet before each copy, the publisher's put back after the last.

@@ -39,6 +39,8 @@ pub(super) struct Media {
     /// Its layers inside the stream, and the highest the stream has.
     pub frame: Frame,
     pub top: (u8, u8),
+    /// The track is one SVC stream: the allocator's cap (`alloc_layer`) is a spatial layer.
+    pub svc: bool,
 }
 
 /// The gate's answer.
@@ -64,7 +66,12 @@ pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media) -> Verd
     }
     let target = sub.target();
     let on_layer = sub.current_layer == Some(m.layer);
-    let ceilings = (sub.max_spatial.unwrap_or(ALL), sub.max_temporal.unwrap_or(ALL));
+    let mut ceilings = (sub.max_spatial.unwrap_or(ALL), sub.max_temporal.unwrap_or(ALL));
+    if m.svc
+        && let Some(a) = sub.alloc_layer
+    {
+        ceilings.0 = ceilings.0.min(a);
+    }
     if target == m.layer && !on_layer {
         if !m.keyframe {
             return skip(DropReason::LayerFiltered, 1 << m.layer);

@@ -206,3 +206,58 @@ fn vp9_spatial_layers_follow_the_ceiling() {
     assert_eq!(l3_picture(&mut m, 4, false), [(109, true, 0)]);
     assert_eq!(l3_picture(&mut m, 5, false), [(110, true, 0)]);
 }
+
+/// An SVC stream to a subscriber leg with congestion control: its allocator chooses the spatial
+/// layer (the layers' measured rates, each costing the layers below it too) within the
+/// estimate, while a subscriber without congestion control takes every layer.
+#[test]
+fn the_allocator_chooses_the_spatial_layer_of_an_svc_stream() {
+    let mut m = Meeting::new(3);
+    let (_, mut cc) = peer(2);
+    cc.feedback.twcc_ext = Some(5);
+    cc.remote = None;
+    let mut track = video_track(1, 1, &[0x100]);
+    track.payload_types[0].codec = Codec::Vp9;
+    m.apply(vec![Op::UpsertLeg(cc), Op::UpsertTrack(track), Op::UpsertSubscription(sub(2, 1, 0x2001, 0)), Op::UpsertSubscription(sub(3, 1, 0x3001, 0))])
+        .unwrap();
+    latch_all(&mut m);
+    // 30 pictures a second: layer 0 one 1 kB packet (240 kbit/s), layer 1 two, layer 2 four.
+    // The leg's start estimate (300 kbit/s) affords layer 0 alone.
+    let mut out = OutBatch::new(256);
+    let mut now = ms(100);
+    let (mut seq, mut late) = (100u16, [[0usize; 3]; 2]);
+    for i in 0..90u16 {
+        let mut got = Vec::new();
+        for sid in 0..3u8 {
+            for k in 0..(1u16 << sid) {
+                let last = k + 1 == 1 << sid;
+                let mut plain = vp9(seq, 3000 * u32::from(i), i, sid, i == 0);
+                plain[12] = (plain[12] & !0x0C) | if k == 0 { 0x08 } else { 0 } | if last { 0x04 } else { 0 };
+                plain.resize(1000, 0x55);
+                seq += 1;
+                let wire = m.peers[0].send_rtp(&plain);
+                got.extend(m.deliver(0, &wire, now));
+            }
+        }
+        let end = now + core::time::Duration::from_millis(33);
+        while now < end {
+            now = m.core.poll_timeout().max(now + core::time::Duration::from_micros(100)).min(end);
+            out.clear();
+            m.core.handle_timeout(now, &mut out);
+            let sent: Vec<(OutMeta, Vec<u8>)> = out.iter().map(|(meta, b)| (*meta, b.to_vec())).collect();
+            for (_, b) in sent.into_iter().filter(|(meta, _)| meta.leg == LegId(2)) {
+                got.push((1, m.peers[1].recv(&b)));
+            }
+        }
+        if i >= 60 {
+            for (j, p) in got.iter().filter(|(j, p)| *j >= 1 && p[1] & 0x7f == 100) {
+                let sid = rtp::Packet::new_checked(&p[..]).unwrap().payload()[3] >> 1 & 7;
+                late[*j - 1][usize::from(sid)] += 1;
+            }
+        }
+    }
+    assert_eq!(late[1], [30, 60, 120], "the leg without congestion control takes every layer");
+    assert_eq!(late[0], [30, 0, 0], "the allocator keeps the congestion-controlled leg on spatial layer 0");
+    let sub2 = &m.core.tables().track(TrackId(1)).unwrap().subs[0];
+    assert_eq!((sub2.subscriber, sub2.alloc_layer), (LegId(2), Some(0)));
+}

@@ -317,6 +317,7 @@ impl Tables {
             demand: (true, None),
             top: (0, 0),
             spatial_layers: None,
+            spatial_rates: Default::default(),
         };
         match self.tracks.get(&spec.id) {
             Some(_) => {
@@ -567,6 +568,7 @@ impl Tables {
                     demand: l.demand,
                     top: l.top,
                     spatial_layers: l.spatial_layers,
+                    spatial_rates: l.spatial_rates,
                 })
                 .collect(),
             subs: t.subs.clone(),

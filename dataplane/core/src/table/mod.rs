@@ -27,7 +27,9 @@ mod runtime;
 pub mod spec;
 mod state;
 
-pub use state::{Activity, EdgeState, Ingress, LayerRate, LayerState, Leg, LegStats, Limiter, SLOW_PATH_BURST, SLOW_PATH_RATE, Subscription, Track};
+pub use state::{
+    Activity, EdgeState, Ingress, LayerRate, LayerState, Leg, LegStats, Limiter, MAX_SPATIAL, SLOW_PATH_BURST, SLOW_PATH_RATE, Subscription, Track,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

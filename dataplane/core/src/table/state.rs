@@ -421,7 +421,13 @@ pub struct LayerState {
     pub top: (u8, u8),
     /// How many spatial layers the stream last announced, if it did.
     pub spatial_layers: Option<u8>,
+    /// The rate of each spatial layer inside an SVC stream (the allocator spends on them like on
+    /// simulcast layers; spatial ids above the last share its entry).
+    pub spatial_rates: [LayerRate; MAX_SPATIAL],
 }
+
+/// How many spatial layers inside one stream the allocator tells apart.
+pub const MAX_SPATIAL: usize = 4;
 
 /// Whether something receives media: set on every authenticated packet, cleared by
 /// the idle sweep of [`crate::forward::Core::handle_timeout`] after a quiet interval. The transitions are the control plane's
