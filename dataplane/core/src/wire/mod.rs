@@ -17,8 +17,11 @@
 //! - [`stun`]: the STUN (RFC 5389) header and attribute walk, for the ICE-lite slow path.
 //! - [`demux`]: RFC 7983 / RFC 5761 classification of a datagram by its first two bytes.
 //! - [`codec`]: keyframe and layer detection on decrypted VP8, VP9, H.264 and AV1 payloads.
+//! - [`dd`]: the AV1 Dependency Descriptor header extension (layers, decode targets, chains),
+//!   with the in-place rewrite of its active-decode-targets bitmask.
 
 pub mod codec;
+pub mod dd;
 pub mod demux;
 pub mod rtcp;
 pub mod rtp;
@@ -45,7 +48,8 @@ pub enum WireError {
     /// A length or count field is inconsistent with the structure it describes.
     #[error("bad length")]
     BadLength = 3,
-    /// An RFC 8285 header-extension block is malformed.
+    /// An RFC 8285 header-extension block is malformed, or the value of one that the core
+    /// parses (an AV1 dependency descriptor) contradicts itself.
     #[error("malformed header extension")]
     BadExtension = 4,
     /// The packet is not of the type this view expects (RTCP PT/FMT, STUN leading bits).
@@ -63,11 +67,16 @@ pub enum WireError {
     /// A codec payload descriptor or NAL structure is malformed.
     #[error("malformed codec payload")]
     BadPayload = 9,
+    /// An AV1 dependency descriptor names a template dependency structure this receiver does
+    /// not have (never received, or replaced by one whose packet was lost): the remedy is a
+    /// keyframe request, not a corrupt-packet count.
+    #[error("dependency structure not received")]
+    NoStructure = 10,
 }
 
 impl WireError {
     /// Number of variants, for sizing counter arrays indexed by `self as usize`.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 }
 
 /// SSRCs are the core's [`crate::ids::Ssrc`] newtype, so wire views and tables share one type.
