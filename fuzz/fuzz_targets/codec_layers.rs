@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
             last_out = rewriter.last_sent().map(|(s, _)| s.0);
             continue;
         }
-        let d = choice.decide(ceilings, top, &frame);
+        let d = choice.decide(ceilings, top, &frame, None);
         if d.forward {
             let out = rewriter.rewrite(now, Ssrc(1), SeqNo(seq), 0).expect("an in-order packet of the source maps");
             if let Some(l) = last_out {

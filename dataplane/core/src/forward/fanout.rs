@@ -17,7 +17,7 @@ use crate::stats::CoreStats;
 use crate::table::{Leg, MAX_SPATIAL, Map, Subscription, Track};
 use crate::time::Instant;
 use crate::verdict::DropReason;
-use crate::wire::{codec, rtcp, rtp};
+use crate::wire::{codec, dd, rtcp, rtp};
 
 /// What a handler needs besides the tables.
 pub(super) struct Ctx<'a> {
@@ -54,7 +54,7 @@ pub(super) fn rtp(
     let state = &mut track.layers[usize::from(layer)];
     // Audio has no keyframes: every packet is a switch point. Video: the payload descriptor's
     // keyframe and layers (an unreadable one is not a keyframe, and bad for the layer choice).
-    let (keyframe, frame) = match codec.video() {
+    let (mut keyframe, mut frame) = match codec.video() {
         None => (true, Frame::default()),
         Some(v) => match codec::inspect(v, pkt.payload()) {
             Ok(info) => {
@@ -66,12 +66,41 @@ pub(super) fn rtp(
             Err(_) => (false, Frame::bad()),
         },
     };
-    if frame.layered && !frame.bad {
+    // A dependency descriptor, where the track has one, says the layers instead (the payload's
+    // picture ids and TL0PICIDX are still rewritten). One that refers to a structure never
+    // received (or lost with its keyframe) is bad, and asks for a keyframe.
+    let mut descriptor = None;
+    let mut structure_missing = false;
+    if let (Some(id), Some(dd)) = (track.spec.dd_ext, state.dd.as_deref_mut())
+        && let Some(ext) = pkt.find_extension(id)
+    {
+        match dd::read(ext, dd.known.as_ref(), &mut dd.fresh) {
+            Ok(d) => {
+                if d.carries_structure {
+                    match &mut dd.known {
+                        Some(k) => core::mem::swap(k, &mut dd.fresh),
+                        None => dd.known = Some(dd.fresh.clone()),
+                    }
+                }
+                let f = Frame::of_dd(&d, keyframe);
+                (keyframe, frame) = (f.keyframe, Frame { picture_id: frame.picture_id, tl0: frame.tl0, whole_picture: frame.whole_picture, ..f });
+                if let Some(k) = &dd.known {
+                    state.top = (k.max_spatial_id(), k.max_temporal_id());
+                }
+                descriptor = Some((id, d));
+            }
+            Err(e) => {
+                structure_missing = e.needs_keyframe();
+                (keyframe, frame) = (false, Frame::bad());
+            }
+        }
+    }
+    if frame.layered && !frame.bad && descriptor.is_none() {
         let spatial = state.spatial_layers.map_or(state.top.0.max(frame.spatial), |n| n - 1);
         state.top = (spatial, state.top.1.max(frame.temporal));
-        if spatial > 0 {
-            state.spatial_rates[usize::from(frame.spatial).min(MAX_SPATIAL - 1)].count(plain.len(), ts, keyframe);
-        }
+    }
+    if frame.layered && !frame.bad && state.top.0 > 0 {
+        state.spatial_rates[usize::from(frame.spatial).min(MAX_SPATIAL - 1)].count(plain.len(), ts, keyframe);
     }
     state.rate.count(plain.len(), ts, keyframe && codec.video().is_some());
     if keyframe {
@@ -85,14 +114,15 @@ pub(super) fn rtp(
     }
     let top = state.top;
     let svc = track.layers.len() == 1 && top.0 > 0;
-    let media = Media { track: track.spec.id, ssrc, layer, seq, ts, keyframe, clock_rate: track.spec.clock_rate, frame, top, svc };
+    let structure = track.layers[usize::from(layer)].dd.as_deref().and_then(|d| d.known.as_ref());
+    let media = Media { track: track.spec.id, ssrc, layer, seq, ts, keyframe, clock_rate: track.spec.clock_rate, frame, top, svc, structure };
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
     // Copies of a layered stream carry their own marker bit and picture ids: written into the
     // packet before each copy, the publisher's put back after the last.
     let patched = frame.layered || frame.picture_id.is_some();
     let mut sent = 0usize;
     let mut reason = DropReason::LayerFiltered;
-    let mut want_keyframe = 0u8;
+    let mut want_keyframe = if structure_missing { 1 << layer } else { 0 };
     for sub in &mut track.subs {
         let v = select::gate(ctx, sub, &media);
         want_keyframe |= v.want_keyframe;
@@ -109,6 +139,9 @@ pub(super) fn rtp(
         if patched {
             patch(plain, header_len, &frame, marker || v.marker, v.ids);
         }
+        if let (Some((id, d)), Some(s), true) = (descriptor, structure, frame.dd_mask) {
+            patch_active_targets(plain, id, &d, sub.layers.active_mask(s));
+        }
         match send_copy(ctx, sub, legs, plain, rewritten, out_pt, None, twcc_from) {
             Ok(()) => sent += 1,
             Err(r) => reason = r,
@@ -116,6 +149,9 @@ pub(super) fn rtp(
     }
     if patched {
         patch(plain, header_len, &frame, marker, (frame.picture_id.map(|p| p.value), frame.tl0.map(|t| t.1)));
+    }
+    if let (Some((id, d)), true) = (descriptor, frame.dd_mask) {
+        patch_active_targets(plain, id, &d, d.active_decode_targets.unwrap_or(u32::MAX));
     }
     for l in 0..8u8 {
         if want_keyframe & (1 << l) != 0 {
@@ -135,6 +171,16 @@ fn patch(plain: &mut [u8], header_len: usize, frame: &Frame, marker: bool, ids: 
     }
     if let (Some((at, _)), Some(v)) = (frame.tl0, ids.1) {
         codec::write_tl0picidx(payload, at, v);
+    }
+}
+
+/// Writes the active decode targets a copy announces into the packet's dependency descriptor
+/// (extension `id`, which carries the bitmask).
+fn patch_active_targets(plain: &mut [u8], id: u8, d: &dd::Descriptor, mask: u32) {
+    if let Ok(mut pkt) = rtp::Packet::new_checked(&mut *plain)
+        && let Some(ext) = pkt.find_extension_mut(id)
+    {
+        dd::set_active_decode_targets(ext, d, mask);
     }
 }
 

@@ -24,6 +24,7 @@
 //! (nothing to decide) and skipped, counted in `bad_descriptors`, for the others.
 
 use crate::wire::codec::{FrameInfo, PictureId, VideoCodec};
+use crate::wire::dd::{Descriptor, Dti, Dtis, Structure};
 
 /// No ceiling: every layer.
 pub const ALL: u8 = u8::MAX;
@@ -55,6 +56,11 @@ pub struct Frame {
     pub whole_picture: bool,
     /// The TL0PICIDX byte's offset in the payload and its value.
     pub tl0: Option<(u8, u8)>,
+    /// The frame's decode target indications, from its dependency descriptor (then the layer
+    /// choice follows the decode targets of the stream's structure).
+    pub dtis: Option<Dtis>,
+    /// The descriptor carries the active-decode-targets bitmask (rewritten per copy).
+    pub dd_mask: bool,
 }
 
 /// How a codec marks a temporal switching point.
@@ -93,6 +99,24 @@ impl Frame {
             picture_id: info.picture_id,
             whole_picture: codec != VideoCodec::Vp9,
             tl0,
+            dtis: None,
+            dd_mask: false,
+        }
+    }
+
+    /// The layer view of a dependency descriptor (`keyframe`: the payload's own keyframe
+    /// detection, which a descriptor carrying a structure at a frame's start implies too).
+    pub fn of_dd(d: &Descriptor, keyframe: bool) -> Self {
+        Frame {
+            layered: true,
+            spatial: d.spatial_id,
+            temporal: d.temporal_id,
+            begins: d.start_of_frame,
+            ends_layer: d.end_of_frame,
+            keyframe: keyframe || (d.carries_structure && d.start_of_frame),
+            dtis: Some(d.dtis),
+            dd_mask: d.has_active_decode_targets_bitmask(),
+            ..Frame::default()
         }
     }
 
@@ -145,7 +169,7 @@ impl LayerChoice {
     /// (spatial, temporal; [`ALL`] for none) and the highest layer ids the stream has shown or
     /// announced (`top`). The layers in force are kept at the ceilings (not capped by `top`), so
     /// a layer the publisher adds later is taken once it can be.
-    pub fn decide(&mut self, ceilings: (u8, u8), top: (u8, u8), f: &Frame) -> Decision {
+    pub fn decide(&mut self, ceilings: (u8, u8), top: (u8, u8), f: &Frame, dd: Option<&Structure>) -> Decision {
         let mut d = Decision { forward: true, changed: false, want_keyframe: false, marker: false };
         if f.bad {
             d.forward = ceilings.0 >= top.0 && ceilings.1 >= top.1;
@@ -153,6 +177,9 @@ impl LayerChoice {
         }
         if !f.layered {
             return d;
+        }
+        if let (Some(dtis), Some(s)) = (f.dtis, dd) {
+            return self.decide_dd(ceilings, top, f, dtis, s);
         }
         let before = (self.spatial, self.temporal);
         if f.begins {
@@ -181,6 +208,50 @@ impl LayerChoice {
         // (A stream with no layer above the one in force keeps the publisher's marker.)
         d.marker = d.forward && f.ends_layer && f.spatial == self.spatial;
         d
+    }
+
+    /// [`LayerChoice::decide`] for a frame with a dependency descriptor: the layers in force
+    /// name a decode target of the structure (the highest within them), and a frame goes when
+    /// that decode target needs it (its DTI is not "not present"). Going up to a higher decode
+    /// target needs a frame that is a switch indication for it (or a keyframe); down is at once.
+    fn decide_dd(&mut self, ceilings: (u8, u8), top: (u8, u8), f: &Frame, dtis: Dtis, s: &Structure) -> Decision {
+        let before = (self.spatial, self.temporal);
+        if f.begins {
+            if f.keyframe {
+                (self.spatial, self.temporal) = ceilings;
+            }
+            if ceilings.1 < self.temporal {
+                self.temporal = ceilings.1;
+            }
+            if ceilings.0 < self.spatial && f.spatial == 0 {
+                self.spatial = ceilings.0;
+            }
+            let now = s.decode_target_for(self.spatial, self.temporal);
+            for up in [(ceilings.0, ceilings.1), (self.spatial, ceilings.1), (ceilings.0, self.temporal)] {
+                let target = s.decode_target_for(up.0, up.1);
+                if target != now && target.is_some_and(|t| dtis.get(t) == Dti::Switch) {
+                    (self.spatial, self.temporal) = up;
+                    break;
+                }
+            }
+        }
+        let dt = s.decode_target_for(self.spatial, self.temporal);
+        let forward = dt.is_some_and(|t| dtis.get(t) != Dti::NotPresent);
+        let layers = dt.and_then(|t| s.decode_target_layers(t));
+        Decision {
+            forward,
+            changed: (self.spatial, self.temporal) != before,
+            want_keyframe: ceilings.0.min(top.0) > self.spatial.min(top.0),
+            marker: forward && f.ends_layer && layers.is_some_and(|(sp, _)| f.spatial == sp),
+        }
+    }
+
+    /// The active decode targets a copy announces: those whose layers are within the layers in
+    /// force (what the subscriber can decode from what it gets).
+    pub fn active_mask(&self, s: &Structure) -> u32 {
+        (0..s.decode_targets())
+            .filter(|&dt| s.decode_target_layers(dt).is_some_and(|(sp, t)| sp <= self.spatial && t <= self.temporal))
+            .fold(0, |m, dt| m | 1 << dt)
     }
 
     /// Whether a retransmitted packet of `f` is in the layers in force (a bad descriptor is not).
@@ -307,7 +378,7 @@ mod tests {
         for i in 0..16u16 {
             let mut f = vp8(pattern[usize::from(i % 4)], false, 100 + i);
             f.keyframe = i == 0;
-            let d = c.decide((ALL, 0), TOP, &f);
+            let d = c.decide((ALL, 0), TOP, &f, None);
             if d.forward {
                 sent.push(c.rewrite_ids(&f).0.unwrap());
             } else {
@@ -316,19 +387,19 @@ mod tests {
         }
         assert_eq!(sent, vec![100, 101, 102, 103], "a quarter of the frames, ids continuous");
         // Up to 2: not at frames without Y; at the next one with Y.
-        assert!(c.decide((ALL, 2), TOP, &vp8(0, false, 116)).forward);
+        assert!(c.decide((ALL, 2), TOP, &vp8(0, false, 116), None).forward);
         assert_eq!(c.rewrite_ids(&vp8(0, false, 116)).0, Some(104));
         for (tid, pid) in [(2, 117), (1, 118)] {
-            assert!(!c.decide((ALL, 2), TOP, &vp8(tid, false, pid)).forward, "{pid}");
+            assert!(!c.decide((ALL, 2), TOP, &vp8(tid, false, pid), None).forward, "{pid}");
             c.skipped(&vp8(tid, false, pid));
         }
-        let d = c.decide((ALL, 2), TOP, &vp8(2, true, 119));
+        let d = c.decide((ALL, 2), TOP, &vp8(2, true, 119), None);
         assert!(d.forward && d.changed && c.temporal == 2);
         assert_eq!(c.rewrite_ids(&vp8(2, true, 119)).0, Some(105));
         // A picture never seen (lost upstream) stays a hole in the ids.
         assert_eq!(c.rewrite_ids(&vp8(2, true, 121)).0, Some(107));
         // Down at once.
-        let d = c.decide((ALL, 0), TOP, &vp8(1, false, 122));
+        let d = c.decide((ALL, 0), TOP, &vp8(1, false, 122), None);
         assert!(!d.forward && d.changed && c.temporal == 0);
     }
 
@@ -344,20 +415,20 @@ mod tests {
         let mut key = vp9(0, 0, true, false);
         key.keyframe = true;
         c.start((1, ALL), &key);
-        assert!(c.decide((1, ALL), TOP, &key).forward);
-        let d = c.decide((1, ALL), TOP, &vp9(1, 0, true, true));
+        assert!(c.decide((1, ALL), TOP, &key, None).forward);
+        let d = c.decide((1, ALL), TOP, &vp9(1, 0, true, true), None);
         assert!(d.forward && d.marker, "the end of layer 1 gets the marker");
-        assert!(!c.decide((1, ALL), TOP, &vp9(2, 0, true, true)).forward);
+        assert!(!c.decide((1, ALL), TOP, &vp9(2, 0, true, true), None).forward);
         // Up to 2: not before a keyframe, which is asked for.
-        let d = c.decide((2, ALL), TOP, &vp9(0, 1, true, true));
+        let d = c.decide((2, ALL), TOP, &vp9(0, 1, true, true), None);
         assert!(d.forward && d.want_keyframe && !d.marker);
-        assert!(!c.decide((2, ALL), TOP, &vp9(2, 1, true, true)).forward);
-        let d = c.decide((2, ALL), TOP, &key);
+        assert!(!c.decide((2, ALL), TOP, &vp9(2, 1, true, true), None).forward);
+        let d = c.decide((2, ALL), TOP, &key, None);
         assert!(d.forward && d.changed && !d.want_keyframe);
-        assert!(c.decide((2, ALL), TOP, &vp9(2, 0, true, true)).forward);
+        assert!(c.decide((2, ALL), TOP, &vp9(2, 0, true, true), None).forward);
         // Down to 0 at the next picture.
-        assert!(c.decide((0, ALL), TOP, &vp9(1, 0, false, false)).forward, "the picture under way completes");
-        let d = c.decide((0, ALL), TOP, &vp9(0, 1, true, true));
+        assert!(c.decide((0, ALL), TOP, &vp9(1, 0, false, false), None).forward, "the picture under way completes");
+        let d = c.decide((0, ALL), TOP, &vp9(0, 1, true, true), None);
         assert!(d.forward && d.changed && d.marker && c.spatial == 0);
     }
 
@@ -369,19 +440,19 @@ mod tests {
         let mut key = vp9(0, 0, true, true);
         key.keyframe = true;
         c.start((ALL, 0), &key);
-        assert!(!c.decide((ALL, 2), TOP, &vp9(0, 2, true, true)).forward);
+        assert!(!c.decide((ALL, 2), TOP, &vp9(0, 2, true, true), None).forward);
         let mut u = vp9(0, 0, true, true);
         u.switch_up = SwitchUp::After;
-        assert!(c.decide((ALL, 2), TOP, &u).changed);
-        assert!(c.decide((ALL, 2), TOP, &vp9(0, 2, true, true)).forward);
+        assert!(c.decide((ALL, 2), TOP, &u, None).changed);
+        assert!(c.decide((ALL, 2), TOP, &vp9(0, 2, true, true), None).forward);
     }
 
     /// Bad descriptors: forwarded unchanged where every layer is taken, skipped elsewhere.
     #[test]
     fn bad_descriptors_by_rule() {
         let mut c = LayerChoice::default();
-        assert!(c.decide((ALL, ALL), TOP, &Frame::bad()).forward);
-        assert!(!c.decide((1, ALL), TOP, &Frame::bad()).forward);
+        assert!(c.decide((ALL, ALL), TOP, &Frame::bad(), None).forward);
+        assert!(!c.decide((1, ALL), TOP, &Frame::bad(), None).forward);
         let f = Frame::of(VideoCodec::Vp9, &FrameInfo { spatial_id: Some(3), temporal_id: Some(0), ..FrameInfo::default() }, &[], Some(3));
         assert!(f.bad, "spatial id 3 of a stream that announced 3 layers");
     }

@@ -28,7 +28,7 @@ use crate::verdict::DropReason;
 
 /// One packet of a layer, as the gate needs it.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Media {
+pub(super) struct Media<'a> {
     pub track: TrackId,
     pub ssrc: Ssrc,
     pub layer: u8,
@@ -41,6 +41,8 @@ pub(super) struct Media {
     pub top: (u8, u8),
     /// The track is one SVC stream: the allocator's cap (`alloc_layer`) is a spatial layer.
     pub svc: bool,
+    /// The dependency-descriptor structure in force, if the stream has one.
+    pub structure: Option<&'a crate::wire::dd::Structure>,
 }
 
 /// The gate's answer.
@@ -59,7 +61,7 @@ pub(super) struct Verdict {
 }
 
 /// Decides for `sub` and switches its layer at a keyframe.
-pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media) -> Verdict {
+pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media<'_>) -> Verdict {
     let skip = |reason, want_keyframe| Verdict { send: None, want_keyframe, reason, marker: false, ids: (None, None) };
     if sub.paused {
         return skip(DropReason::Paused, 0);
@@ -86,7 +88,7 @@ pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media) -> Verd
         ctx.stats.layer_switches += 1;
         push_event(ctx.events, layer_event(m, sub));
         // A keyframe's first packet is in every layer combination.
-        let d = sub.layers.decide(ceilings, m.top, &m.frame);
+        let d = sub.layers.decide(ceilings, m.top, &m.frame, m.structure);
         let ids = sub.layers.rewrite_ids(&m.frame);
         return Verdict { send: Some(r), want_keyframe: 0, reason: DropReason::LayerFiltered, marker: d.marker, ids };
     }
@@ -94,7 +96,7 @@ pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media) -> Verd
         return skip(DropReason::LayerFiltered, 0);
     }
     let mut want_keyframe = if target != m.layer { 1 << target } else { 0 };
-    let d = sub.layers.decide(ceilings, m.top, &m.frame);
+    let d = sub.layers.decide(ceilings, m.top, &m.frame, m.structure);
     if d.want_keyframe {
         want_keyframe |= 1 << m.layer;
     }
@@ -122,7 +124,7 @@ pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media) -> Verd
 
 /// The event of a subscription's switch: the simulcast layer, and inside it the spatial and
 /// temporal layers in force (for a stream that has them).
-fn layer_event(m: &Media, sub: &Subscription) -> Event {
+fn layer_event(m: &Media<'_>, sub: &Subscription) -> Event {
     let layered = m.frame.layered;
     Event::LayerSwitched {
         track: m.track,

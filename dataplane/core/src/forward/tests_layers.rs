@@ -2,6 +2,7 @@
 //! gets, and that its copy is a valid stream (sequence numbers, picture ids, TL0PICIDX, marker).
 
 use super::*;
+use crate::wire::dd;
 
 /// One VP8 packet with the full descriptor (RFC 7741): 15-bit picture id, TL0PICIDX, TID/Y.
 #[derive(Clone, Copy)]
@@ -260,4 +261,106 @@ fn the_allocator_chooses_the_spatial_layer_of_an_svc_stream() {
     assert_eq!(late[0], [30, 0, 0], "the allocator keeps the congestion-controlled leg on spatial layer 0");
     let sub2 = &m.core.tables().track(TrackId(1)).unwrap().subs[0];
     assert_eq!((sub2.subscriber, sub2.alloc_layer), (LegId(2), Some(0)));
+}
+
+/// An RTP packet of SSRC 0x100 carrying `dd` as a two-byte-header extension (id 7) and an AV1
+/// payload (aggregation header N bit on a keyframe).
+fn av1_dd(seq: u16, ts: u32, dd_bytes: &[u8], key: bool) -> Vec<u8> {
+    let mut ext = vec![7u8, dd_bytes.len() as u8];
+    ext.extend_from_slice(dd_bytes);
+    ext.resize(ext.len().div_ceil(4) * 4, 0);
+    let mut p = rtp_packet(0x100, seq, ts, 96, &[]);
+    p[0] |= 0x10;
+    p[1] |= 0x80;
+    p.extend_from_slice(&[0x10, 0x00]);
+    p.extend_from_slice(&((ext.len() / 4) as u16).to_be_bytes());
+    p.extend_from_slice(&ext);
+    p.extend_from_slice(&[if key { 0x18 } else { 0x10 }, 0x0a, 0x0b, 0x0c]);
+    p
+}
+
+/// libwebrtc's L1T3 structure: decode targets (0,0), (0,1), (0,2); templates: keyframe, T0, T1,
+/// T2, T2.
+fn l1t3_structure() -> dd::Structure {
+    let mut s = dd::Structure::new(0, 3, 1, &[0, 0, 0]).unwrap();
+    for (t, dtis, fdiffs, chains) in
+        [(0, "SSS", &[][..], &[0u8][..]), (0, "SSS", &[4], &[4]), (1, "-DS", &[2], &[2]), (2, "--D", &[1], &[1]), (2, "--D", &[1], &[3])]
+    {
+        s.push_template(0, t, dd::Dtis::from_symbols(dtis).unwrap(), fdiffs, chains).unwrap();
+    }
+    s
+}
+
+/// Temporal layers told by the AV1 dependency descriptor: a subscriber on temporal layer 0
+/// gets the frames its decode target needs with continuous sequence numbers, and the copy's
+/// active-decode-targets bitmask says what it can decode; a descriptor that refers to a
+/// structure never received is forwarded only where every layer is taken, and asks for a
+/// keyframe.
+#[test]
+fn dependency_descriptor_layers() {
+    let mut m = Meeting::new(3);
+    let mut track = video_track(1, 1, &[0x100]);
+    track.payload_types[0].codec = Codec::Av1;
+    track.dd_ext = Some(7);
+    let dd_sub = |subscriber, out| SubscriptionSpec { ext_map: vec![(7, 7)], ..sub(subscriber, 1, out, 0) };
+    let low = SubscriptionSpec { max_temporal: Some(0), ..dd_sub(2, 0x2001) };
+    m.apply(vec![Op::UpsertTrack(track), Op::UpsertSubscription(low), Op::UpsertSubscription(dd_sub(3, 0x3001))]).unwrap();
+    latch_all(&mut m);
+    let s = l1t3_structure();
+    let mut got = Vec::new();
+    // Templates by frame: keyframe, then T0 T2 T1 T2 (indexes 1 3 2 4).
+    for i in 0..12u16 {
+        let template = if i == 0 { 0 } else { [1, 3, 2, 4][usize::from(i % 4)] };
+        let mut d = s.descriptor(template, i).unwrap();
+        d.carries_structure = i == 0;
+        if i == 4 {
+            d.active_decode_targets = Some(0b111);
+        }
+        let mut buf = [0u8; 64];
+        let n = dd::write(&mut buf, &d, &s).unwrap();
+        let wire = m.peers[0].send_rtp(&av1_dd(500 + i, 3000 * u32::from(i), &buf[..n], i == 0));
+        got.extend(m.deliver(0, &wire, ms(10 + u64::from(i) * 33)));
+    }
+    let of = |j: usize| got.iter().filter(|(k, p)| *k == j && p[1] & 0x7f == 100).map(|(_, p)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(of(2).len(), 12, "subscriber 3 takes every layer");
+    let low = of(1);
+    let seqs: Vec<u16> = low.iter().map(|p| rtp::Packet::new_checked(&p[..]).unwrap().sequence_number()).collect();
+    assert_eq!(seqs, [500, 501, 502], "frames 0, 4 and 8, no gap");
+    // Frame 4 carried the bitmask: all three to subscriber 3, decode target 0 alone to 2.
+    let mask = |p: &[u8]| {
+        let pkt = rtp::Packet::new_checked(p).unwrap();
+        let mut scratch = dd::Structure::default();
+        dd::read(pkt.find_extension(7).unwrap(), Some(&s), &mut scratch).unwrap().active_decode_targets
+    };
+    assert_eq!(mask(&low[1]), Some(0b001));
+    assert_eq!(mask(&of(2)[4]), Some(0b111));
+    assert!(m.core.stats().frames_dropped_by_layer >= 8);
+    // A structure change whose keyframe was lost: the descriptor names a template the structure
+    // in force does not have. Forwarded whole where every layer is taken, not on temporal layer
+    // 0; a keyframe is asked for.
+    let before = (m.core.stats().bad_descriptors, m.core.stats().keyframe_requests);
+    let mut moved = dd::Structure::new(10, 3, 1, &[0, 0, 0]).unwrap();
+    moved.push_template(0, 0, dd::Dtis::from_symbols("SSS").unwrap(), &[], &[0]).unwrap();
+    let mut buf = [0u8; 64];
+    let n = dd::write(&mut buf, &moved.descriptor(0, 40).unwrap(), &moved).unwrap();
+    let wire = m.peers[0].send_rtp(&av1_dd(512, 3000 * 12, &buf[..n], false));
+    let got = m.deliver(0, &wire, ms(1000));
+    let pli =
+        |got: &[(usize, Vec<u8>)], ssrc| got.iter().any(|(j, p)| *j == 0 && rtcp::Pli::new_checked(&p[..]).is_ok_and(|pli| pli.media_ssrc() == Ssrc(ssrc)));
+    assert!(pli(&got, 0x100), "a keyframe is asked for: {got:?}");
+    assert!(got.iter().any(|(j, _)| *j == 2), "forwarded whole to the subscriber taking every layer");
+    assert!(!got.iter().any(|(j, _)| *j == 1), "not to the one on temporal layer 0");
+    assert_eq!((m.core.stats().bad_descriptors, m.core.stats().keyframe_requests), (before.0 + 1, before.1 + 1));
+    // A track whose structure never arrived: nobody can start on it; a keyframe is asked for.
+    let mut track = video_track(2, 1, &[0x900]);
+    track.payload_types[0].codec = Codec::Av1;
+    track.dd_ext = Some(7);
+    m.apply(vec![Op::UpsertTrack(track), Op::UpsertSubscription(SubscriptionSpec { track: TrackId(2), ..dd_sub(3, 0x3101) })]).unwrap();
+    let n = dd::write(&mut buf, &s.descriptor(1, 20).unwrap(), &s).unwrap();
+    let mut p = av1_dd(900, 1, &buf[..n], false);
+    p[8..12].copy_from_slice(&0x900u32.to_be_bytes());
+    let wire = m.peers[0].send_rtp(&p);
+    let got = m.deliver(0, &wire, ms(1100));
+    assert!(pli(&got, 0x900), "{got:?}");
+    assert!(got.iter().all(|(j, _)| *j == 0), "nothing forwarded: {got:?}");
 }

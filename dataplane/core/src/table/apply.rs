@@ -318,6 +318,7 @@ impl Tables {
             top: (0, 0),
             spatial_layers: None,
             spatial_rates: Default::default(),
+            dd: spec.dd_ext.map(|_| Box::default()),
         };
         match self.tracks.get(&spec.id) {
             Some(_) => {
@@ -331,6 +332,11 @@ impl Tables {
                         Some(p) => {
                             let mut kept = old_layers.swap_remove(p);
                             kept.rtx_ssrc = l.rtx_ssrc;
+                            match (spec.dd_ext, &kept.dd) {
+                                (Some(_), None) => kept.dd = Some(Box::default()),
+                                (None, Some(_)) => kept.dd = None,
+                                _ => {}
+                            }
                             kept
                         }
                         None => new_layer(l),
@@ -569,6 +575,7 @@ impl Tables {
                     top: l.top,
                     spatial_layers: l.spatial_layers,
                     spatial_rates: l.spatial_rates,
+                    dd: l.dd.clone(),
                 })
                 .collect(),
             subs: t.subs.clone(),

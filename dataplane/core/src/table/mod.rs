@@ -28,7 +28,8 @@ pub mod spec;
 mod state;
 
 pub use state::{
-    Activity, EdgeState, Ingress, LayerRate, LayerState, Leg, LegStats, Limiter, MAX_SPATIAL, SLOW_PATH_BURST, SLOW_PATH_RATE, Subscription, Track,
+    Activity, DdStructures, EdgeState, Ingress, LayerRate, LayerState, Leg, LegStats, Limiter, MAX_SPATIAL, SLOW_PATH_BURST, SLOW_PATH_RATE, Subscription,
+    Track,
 };
 
 use std::collections::HashMap;

@@ -424,6 +424,19 @@ pub struct LayerState {
     /// The rate of each spatial layer inside an SVC stream (the allocator spends on them like on
     /// simulcast layers; spatial ids above the last share its entry).
     pub spatial_rates: [LayerRate; MAX_SPATIAL],
+    /// The dependency-descriptor structure in force (a track with `dd_ext`; allocated when the
+    /// track is, never on the packet path).
+    pub dd: Option<Box<DdStructures>>,
+}
+
+/// The template structures of a stream with the dependency descriptor: the one in force, and
+/// the one a keyframe's descriptor is read into.
+#[derive(Clone, Debug, Default)]
+pub struct DdStructures {
+    /// The structure in force, once one was received.
+    pub known: Option<crate::wire::dd::Structure>,
+    /// Where the next descriptor that carries a structure is read.
+    pub fresh: crate::wire::dd::Structure,
 }
 
 /// How many spatial layers inside one stream the allocator tells apart.
