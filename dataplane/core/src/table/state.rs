@@ -132,6 +132,8 @@ pub(super) struct RetiredStream {
     pub(super) out_ssrc: Ssrc,
     pub(super) out_rtx_ssrc: Option<Ssrc>,
     pub(super) rewriter: SeqTsRewriter,
+    /// Its picture ids and TL0PICIDX run on too.
+    pub(super) layers: crate::forward::layers::LayerChoice,
     pub(super) srtp: RtpSendState,
     pub(super) rtx_srtp: RtpSendState,
     pub(super) rtx_seq: u16,
@@ -619,6 +621,7 @@ impl Subscription {
             out_ssrc: self.out_ssrc,
             out_rtx_ssrc: self.out_rtx_ssrc,
             rewriter: self.rewriter.clone(),
+            layers: self.layers,
             srtp: self.srtp,
             rtx_srtp: self.rtx_srtp,
             rtx_seq: self.rtx_seq,
@@ -634,6 +637,7 @@ impl Subscription {
     pub(super) fn resume(&mut self, r: RetiredStream) {
         debug_assert_eq!(r.out_ssrc, self.out_ssrc);
         self.rewriter = r.rewriter;
+        self.layers = r.layers;
         self.srtp = r.srtp;
         self.srtcp = r.srtcp;
         self.packets_sent = r.packets_sent;
