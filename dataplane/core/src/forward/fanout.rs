@@ -61,7 +61,8 @@ pub(super) fn rtp(
                 if info.spatial_layers.is_some() {
                     state.spatial_layers = info.spatial_layers;
                 }
-                (info.is_keyframe, Frame::of(v, &info, pkt.payload(), state.spatial_layers))
+                state.ksvc |= info.independent_layer;
+                (info.is_keyframe, Frame { ksvc: state.ksvc, ..Frame::of(v, &info, pkt.payload(), state.spatial_layers) })
             }
             Err(_) => (false, Frame::bad()),
         },

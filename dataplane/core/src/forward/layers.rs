@@ -15,9 +15,10 @@
 //! ```
 //!
 //! A skipped packet closes its hole in the subscriber's sequence numbers
-//! ([`super::rewrite::SeqTsRewriter::skip`]), a skipped picture in its VP8/VP9 picture ids
-//! ([`PictureIds`]); TL0PICIDX runs on across simulcast switches; where the layers above the
-//! one in force are cut, the marker goes on the last packet of the layer in force (VP9 E bit).
+//! ([`super::rewrite::SeqTsRewriter::skip`]), a skipped VP8 picture in its picture ids
+//! ([`PictureIds`]; VP9 ids keep their gaps, since VP9 references count in them); picture ids
+//! and TL0PICIDX run on across simulcast switches; where the layers above the one in force are
+//! cut, the marker goes on the last packet of the layer in force (VP9 E bit).
 //!
 //! Bad input, by rule: a payload whose descriptor does not parse, or whose spatial id is beyond
 //! what the stream announced, is forwarded unchanged to a subscription that takes every layer
@@ -52,7 +53,8 @@ pub struct Frame {
     pub switch_up: SwitchUp,
     /// The picture id, to rewrite.
     pub picture_id: Option<PictureId>,
-    /// A frame is a whole picture (VP8; a VP9 picture has a layer frame per spatial layer).
+    /// A frame is a whole picture (VP8; a VP9 picture has a layer frame per spatial layer, and
+    /// its ids are referenced by difference): skipped ones close up in the picture ids.
     pub whole_picture: bool,
     /// The TL0PICIDX byte's offset in the payload and its value.
     pub tl0: Option<(u8, u8)>,
@@ -61,6 +63,12 @@ pub struct Frame {
     pub dtis: Option<Dtis>,
     /// The descriptor carries the active-decode-targets bitmask (rewritten per copy).
     pub dd_mask: bool,
+    /// The stream is k-SVC (VP9 L*T*_KEY: upper spatial layers predicted from themselves
+    /// only): a subscriber gets the lower layers' frames of keyframe pictures only, so it can
+    /// go down only at a keyframe too.
+    pub ksvc: bool,
+    /// The frame is predicted from earlier pictures (VP9 P=1).
+    pub inter_picture: bool,
 }
 
 /// How a codec marks a temporal switching point.
@@ -101,6 +109,8 @@ impl Frame {
             tl0,
             dtis: None,
             dd_mask: false,
+            ksvc: false,
+            inter_picture: info.inter_picture,
         }
     }
 
@@ -196,15 +206,17 @@ impl LayerChoice {
                     _ => {}
                 }
             }
-            // Spatial: down at the start of a picture (its lowest layer frame); up only at a
-            // keyframe.
-            if ceilings.0 < self.spatial && f.spatial == 0 {
+            // Spatial: down at the start of a picture (its lowest layer frame), of a k-SVC
+            // stream at a keyframe; up only at a keyframe.
+            if ceilings.0 < self.spatial && f.spatial == 0 && !f.ksvc {
                 self.spatial = ceilings.0;
             }
         }
-        d.want_keyframe = ceilings.0.min(top.0) > self.spatial.min(top.0);
+        d.want_keyframe = ceilings.0.min(top.0) != self.spatial.min(top.0) && (f.ksvc || ceilings.0 > self.spatial);
         d.changed = (self.spatial, self.temporal) != before;
-        d.forward = f.spatial <= self.spatial && f.temporal <= self.temporal;
+        // A k-SVC subscriber needs the lower layers of keyframe pictures only.
+        let own_layer = !f.ksvc || !f.inter_picture || f.spatial >= self.spatial.min(top.0);
+        d.forward = f.spatial <= self.spatial && f.temporal <= self.temporal && own_layer;
         // (A stream with no layer above the one in force keeps the publisher's marker.)
         d.marker = d.forward && f.ends_layer && f.spatial == self.spatial;
         d
@@ -212,8 +224,13 @@ impl LayerChoice {
 
     /// [`LayerChoice::decide`] for a frame with a dependency descriptor: the layers in force
     /// name a decode target of the structure (the highest within them), and a frame goes when
-    /// that decode target needs it (its DTI is not "not present"). Going up to a higher decode
-    /// target needs a frame that is a switch indication for it (or a keyframe); down is at once.
+    /// that decode target needs it (its DTI is not "not present"). Temporal layers go down at
+    /// once and up at a frame that is a switch indication for the higher decode target. A
+    /// spatial layer changes at a keyframe (asked for), or at once going down where the lower
+    /// decode target needs no frame the current one left out (full SVC: yes; k-SVC, whose
+    /// upper layers skip the lower layers' delta frames: no). A switch indication is not
+    /// enough to go up a spatial layer: the frames before it on the new layer's chain were
+    /// never forwarded.
     fn decide_dd(&mut self, ceilings: (u8, u8), top: (u8, u8), f: &Frame, dtis: Dtis, s: &Structure) -> Decision {
         let before = (self.spatial, self.temporal);
         if f.begins {
@@ -223,25 +240,29 @@ impl LayerChoice {
             if ceilings.1 < self.temporal {
                 self.temporal = ceilings.1;
             }
-            if ceilings.0 < self.spatial && f.spatial == 0 {
+            if ceilings.0 < self.spatial
+                && f.spatial == 0
+                && let (Some(from), Some(to)) = (s.decode_target_for(self.spatial, self.temporal), s.decode_target_for(ceilings.0, self.temporal))
+                && covers(s, from, to)
+            {
                 self.spatial = ceilings.0;
             }
-            let now = s.decode_target_for(self.spatial, self.temporal);
-            for up in [(ceilings.0, ceilings.1), (self.spatial, ceilings.1), (ceilings.0, self.temporal)] {
-                let target = s.decode_target_for(up.0, up.1);
-                if target != now && target.is_some_and(|t| dtis.get(t) == Dti::Switch) {
-                    (self.spatial, self.temporal) = up;
-                    break;
+            if ceilings.1 > self.temporal {
+                let now = s.decode_target_for(self.spatial, self.temporal);
+                let up = s.decode_target_for(self.spatial, ceilings.1);
+                if up != now && up.is_some_and(|t| dtis.get(t) == Dti::Switch) {
+                    self.temporal = ceilings.1;
                 }
             }
         }
         let dt = s.decode_target_for(self.spatial, self.temporal);
         let forward = dt.is_some_and(|t| dtis.get(t) != Dti::NotPresent);
         let layers = dt.and_then(|t| s.decode_target_layers(t));
+        let spatial_in_force = self.spatial.min(top.0);
         Decision {
             forward,
             changed: (self.spatial, self.temporal) != before,
-            want_keyframe: ceilings.0.min(top.0) > self.spatial.min(top.0),
+            want_keyframe: ceilings.0.min(top.0) != spatial_in_force,
             marker: forward && f.ends_layer && layers.is_some_and(|(sp, _)| f.spatial == sp),
         }
     }
@@ -262,13 +283,14 @@ impl LayerChoice {
         !f.layered || (f.spatial <= self.spatial && f.temporal <= self.temporal)
     }
 
-    /// Records that `f` was skipped: a picture left out by the temporal cut (or any VP8
-    /// frame: a VP8 picture is one frame) closes up in the picture ids. A VP9 layer frame above
-    /// the spatial layer in force leaves its picture in the stream (the lower layers go).
+    /// Records that `f` was skipped: a VP8 frame (a whole picture) closes up in the picture
+    /// ids. VP9 picture ids keep their gaps: the descriptor's references (flexible mode's
+    /// P_DIFFs, the scalability structure's picture group) count in the publisher's ids, so a
+    /// closed-up id would point a receiver at the wrong picture.
     pub fn skipped(&mut self, f: &Frame) {
         if let Some(p) = f.picture_id
             && !f.bad
-            && (f.whole_picture || f.temporal > self.temporal)
+            && f.whole_picture
         {
             self.pictures.skip(p);
         }
@@ -293,6 +315,12 @@ impl LayerChoice {
         };
         (pid, tl0)
     }
+}
+
+/// Whether decode target `from` took every frame decode target `to` needs (by the structure's
+/// templates): then a subscription can move from one to the other at once.
+fn covers(s: &Structure, from: u8, to: u8) -> bool {
+    s.templates().iter().all(|t| t.dtis().get(to) == Dti::NotPresent || t.dtis().get(from) != Dti::NotPresent)
 }
 
 /// VP8/VP9 picture ids as the subscriber sees them: one offset, set at each new source so ids
@@ -430,6 +458,60 @@ mod tests {
         assert!(c.decide((0, ALL), TOP, &vp9(1, 0, false, false), None).forward, "the picture under way completes");
         let d = c.decide((0, ALL), TOP, &vp9(0, 1, true, true), None);
         assert!(d.forward && d.changed && d.marker && c.spatial == 0);
+    }
+
+    /// k-SVC (L3T3_KEY) by the VP9 descriptor: a subscriber on layer 2 gets the lower layers of
+    /// keyframe pictures only, so a lower layer is joined at a keyframe, asked for, like a
+    /// higher one.
+    #[test]
+    fn ksvc_spatial_down_waits_for_a_keyframe() {
+        let ksvc = |sid, key| Frame { ksvc: true, keyframe: key, inter_picture: !key, ..vp9(sid, 0, true, true) };
+        let mut c = LayerChoice::default();
+        c.start((2, ALL), &ksvc(0, true));
+        assert!(c.decide((2, ALL), TOP, &ksvc(1, true), None).forward, "a keyframe picture's lower layers go");
+        assert!(!c.decide((2, ALL), TOP, &ksvc(1, false), None).forward, "a delta picture's lower layers do not");
+        let d = c.decide((0, ALL), TOP, &ksvc(0, false), None);
+        assert!(!d.forward && d.want_keyframe && c.spatial == 2, "still on 2, a keyframe asked for");
+        assert!(c.decide((0, ALL), TOP, &ksvc(2, false), None).forward);
+        let d = c.decide((0, ALL), TOP, &ksvc(0, true), None);
+        assert!(d.forward && d.changed && !d.want_keyframe && c.spatial == 0);
+        assert!(!c.decide((0, ALL), TOP, &ksvc(1, true), None).forward);
+    }
+
+    /// The frame of template `i` of `s` (a keyframe when `key`).
+    fn dd_frame(s: &Structure, i: usize, key: bool) -> Frame {
+        let mut d = s.descriptor(i, 7).unwrap();
+        d.carries_structure = key;
+        Frame::of_dd(&d, key)
+    }
+
+    /// By dependency descriptor, L3T3_KEY: a subscriber on spatial layer 2 does not get layer
+    /// 0's delta frames, so it can go down only at a keyframe (asked for); full L3T3: down at
+    /// once (layer 2 took every frame layer 0 needs). Up, in both, only at a keyframe: a switch
+    /// indication on the upper layer does not make up for its chain never forwarded.
+    #[test]
+    fn dependency_descriptor_spatial_switches() {
+        use crate::wire::dd::tests::{libwebrtc_l3t3, libwebrtc_l3t3_key};
+        let key = libwebrtc_l3t3_key(0, &[]);
+        let mut c = LayerChoice::default();
+        c.start((ALL, ALL), &dd_frame(&key, 0, true));
+        assert!(!c.decide((ALL, ALL), TOP, &dd_frame(&key, 1, false), Some(&key)).forward, "k-SVC: S0 delta not needed on S2");
+        let d = c.decide((0, ALL), TOP, &dd_frame(&key, 1, false), Some(&key));
+        assert!(!d.forward && d.want_keyframe && c.spatial == ALL, "down waits for a keyframe");
+        let d = c.decide((0, ALL), TOP, &dd_frame(&key, 0, true), Some(&key));
+        assert!(d.forward && d.changed && !d.want_keyframe && c.spatial == 0);
+        assert!(c.decide((0, ALL), TOP, &dd_frame(&key, 1, false), Some(&key)).forward);
+        let full = libwebrtc_l3t3(0, &[]);
+        let mut c = LayerChoice::default();
+        c.start((ALL, ALL), &dd_frame(&full, 1, true));
+        // Template 0 of libwebrtc's L3T3 is S0T0 delta ("SSSRRRRRR"): needed by every target.
+        assert!(c.decide((ALL, ALL), TOP, &dd_frame(&full, 0, false), Some(&full)).forward);
+        let d = c.decide((0, ALL), TOP, &dd_frame(&full, 0, false), Some(&full));
+        assert!(d.forward && d.changed && c.spatial == 0, "full SVC: down at once");
+        // Up to 2 at an S2T0 delta frame with a switch indication for it: not taken.
+        let s2 = full.templates().iter().position(|t| t.spatial_id() == 2 && t.temporal_id() == 0).unwrap();
+        let d = c.decide((2, ALL), TOP, &dd_frame(&full, s2, false), Some(&full));
+        assert!(!d.forward && d.want_keyframe && c.spatial == 0, "up waits for a keyframe");
     }
 
     /// VP9 U bit: after a switching-up point at or below the layer in force, every layer up to

@@ -317,6 +317,7 @@ impl Tables {
             demand: (true, None),
             top: (0, 0),
             spatial_layers: None,
+            ksvc: false,
             spatial_rates: Default::default(),
             dd: spec.dd_ext.map(|_| Box::default()),
         };
@@ -574,6 +575,7 @@ impl Tables {
                     demand: l.demand,
                     top: l.top,
                     spatial_layers: l.spatial_layers,
+                    ksvc: l.ksvc,
                     spatial_rates: l.spatial_rates,
                     dd: l.dd.clone(),
                 })

@@ -423,6 +423,9 @@ pub struct LayerState {
     pub top: (u8, u8),
     /// How many spatial layers the stream last announced, if it did.
     pub spatial_layers: Option<u8>,
+    /// The stream showed itself k-SVC (an upper spatial layer of a delta picture not predicted
+    /// from the layer below).
+    pub ksvc: bool,
     /// The rate of each spatial layer inside an SVC stream (the allocator spends on them like on
     /// simulcast layers; spatial ids above the last share its entry).
     pub spatial_rates: [LayerRate; MAX_SPATIAL],

@@ -45,6 +45,12 @@ pub struct FrameInfo {
     pub tl0picidx_at: Option<u8>,
     /// How many spatial layers the stream announces (a VP9 scalability structure, N_S + 1).
     pub spatial_layers: Option<u8>,
+    /// The frame is predicted from earlier pictures (VP9 P=1).
+    pub inter_picture: bool,
+    /// A VP9 layer frame above spatial layer 0 of an inter-predicted picture that does not
+    /// depend on the layer below (P=1, D=0): the stream is k-SVC (L*T*_KEY), whose spatial
+    /// layers join only at keyframes.
+    pub independent_layer: bool,
 }
 
 /// A picture id in a VP8 or VP9 payload descriptor: its value, offset and width (7 or 15 bits).
@@ -195,8 +201,10 @@ fn vp9(p: &[u8]) -> Result<FrameInfo, WireError> {
         f.picture_id = Some(PictureId { value, at: i as u8, long: m });
         i += if m { 2 } else { 1 };
     }
+    let mut inter_layer = false;
     if has_layers {
         let l = byte(p, i)?;
+        inter_layer = l & 0x01 != 0;
         f.temporal_id = Some(l >> 5);
         f.switch_up = l & 0x10 != 0;
         f.spatial_id = Some((l >> 1) & 0x07);
@@ -224,6 +232,8 @@ fn vp9(p: &[u8]) -> Result<FrameInfo, WireError> {
         return Err(WireError::Truncated);
     }
     f.is_keyframe = f.begins_frame && !inter_picture && f.spatial_id.unwrap_or(0) == 0;
+    f.independent_layer = inter_picture && !inter_layer && f.spatial_id.unwrap_or(0) > 0;
+    f.inter_picture = inter_picture;
     Ok(f)
 }
 
@@ -399,6 +409,7 @@ mod tests {
         let p = [0xF4 | 0x08, 0x23, 0x20 | 0x10 | 0x02, 0x03, 0x02, 0xAA];
         let f = inspect(VideoCodec::Vp9, &p).unwrap();
         assert!(!f.is_keyframe && f.begins_frame && f.ends_layer_frame && f.switch_up);
+        assert!(f.independent_layer, "P=1, D=0 at spatial layer 1: k-SVC");
         assert_eq!((f.temporal_id, f.spatial_id, f.tl0picidx_at), (Some(1), Some(1), None));
         assert_eq!(f.picture_id, Some(PictureId { value: 0x23, at: 1, long: false }));
         assert!(inspect(VideoCodec::Vp9, &p[..4]).is_err(), "the second P_DIFF is missing");

@@ -829,4 +829,4 @@ pub use write::write;
 use write::{BitWriter, next_layer_idc};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -81,7 +81,7 @@ fn libwebrtc_l1t3() -> Box<Structure> {
 
 /// libwebrtc's ScalabilityStructureL3T3::DependencyStructure() (same file), templates sorted
 /// by layer as there.
-fn libwebrtc_l3t3(offset: u8, resolutions: &[(u32, u32)]) -> Box<Structure> {
+pub(crate) fn libwebrtc_l3t3(offset: u8, resolutions: &[(u32, u32)]) -> Box<Structure> {
     build(
         offset,
         9,
@@ -110,7 +110,7 @@ fn libwebrtc_l3t3(offset: u8, resolutions: &[(u32, u32)]) -> Box<Structure> {
 
 /// libwebrtc's ScalabilityStructureL3T3Key::DependencyStructure()
 /// (modules/video_coding/svc/scalability_structure_key_svc.cc).
-fn libwebrtc_l3t3_key(offset: u8, resolutions: &[(u32, u32)]) -> Box<Structure> {
+pub(crate) fn libwebrtc_l3t3_key(offset: u8, resolutions: &[(u32, u32)]) -> Box<Structure> {
     build(
         offset,
         9,
