@@ -193,13 +193,9 @@ impl LayerChoice {
         }
         let before = (self.spatial, self.temporal);
         if f.begins {
-            if f.keyframe {
-                (self.spatial, self.temporal) = ceilings;
-            }
-            // Temporal: down at once, up at a switching point.
-            if ceilings.1 < self.temporal {
-                self.temporal = ceilings.1;
-            } else if ceilings.1 > self.temporal {
+            self.keyframe_or_lower(ceilings, f);
+            // Temporal: up at a switching point.
+            if ceilings.1 > self.temporal {
                 match f.switch_up {
                     SwitchUp::Here if f.temporal > self.temporal && f.temporal <= ceilings.1 => self.temporal = f.temporal,
                     SwitchUp::After if f.temporal <= self.temporal => self.temporal = ceilings.1,
@@ -234,12 +230,7 @@ impl LayerChoice {
     fn decide_dd(&mut self, ceilings: (u8, u8), top: (u8, u8), f: &Frame, dtis: Dtis, s: &Structure) -> Decision {
         let before = (self.spatial, self.temporal);
         if f.begins {
-            if f.keyframe {
-                (self.spatial, self.temporal) = ceilings;
-            }
-            if ceilings.1 < self.temporal {
-                self.temporal = ceilings.1;
-            }
+            self.keyframe_or_lower(ceilings, f);
             if ceilings.0 < self.spatial
                 && f.spatial == 0
                 && let (Some(from), Some(to)) = (s.decode_target_for(self.spatial, self.temporal), s.decode_target_for(ceilings.0, self.temporal))
@@ -264,6 +255,17 @@ impl LayerChoice {
             changed: (self.spatial, self.temporal) != before,
             want_keyframe: ceilings.0.min(top.0) != spatial_in_force,
             marker: forward && f.ends_layer && layers.is_some_and(|(sp, _)| f.spatial == sp),
+        }
+    }
+
+    /// At the start of a frame: a keyframe takes the ceilings (every layer can be joined there),
+    /// and a temporal ceiling below the layer in force applies at once.
+    fn keyframe_or_lower(&mut self, ceilings: (u8, u8), f: &Frame) {
+        if f.keyframe {
+            (self.spatial, self.temporal) = ceilings;
+        }
+        if ceilings.1 < self.temporal {
+            self.temporal = ceilings.1;
         }
     }
 
