@@ -326,7 +326,7 @@ struct Member {
     opus: u32,
     /// The video codecs its receive slots take (from its first recvonly video m-line).
     recv: Vec<CodecPt>,
-    /// Its receive slots' dependency-descriptor id (one-byte: Sluice rewrites ids 1..=14 only).
+    /// Its receive slots' dependency-descriptor id.
     recv_dd_ext: Option<u32>,
     camera: VideoSource,
     screen: Option<VideoSource>,
@@ -438,13 +438,10 @@ fn subscribe(subscriber: (&str, &mut Member), publisher: (&str, &Member)) -> Vec
                     rtx = s.out_rtx_ssrc(slot);
                 }
                 // The dependency descriptor reaches the subscriber when both sides negotiated it
-                // (Sluice rewrites one-byte ids only: 1..=14 on both sides).
+                // (an id above 14 on the subscriber's side reaches it in two-byte-form packets
+                // only: the publisher's keyframes).
                 let ext = match (v.dd_ext, s.recv_dd_ext) {
-                    (Some(from @ 1..=14), Some(to)) => vec![(from, to)],
-                    (Some(from), Some(_)) => {
-                        tracing::warn!(subscriber = sname, %track, id = from, "the dependency descriptor's id is above 14: Sluice cannot forward it");
-                        vec![]
-                    }
+                    (Some(from), Some(to)) => vec![(from, to)],
                     _ => vec![],
                 };
                 subscription(sname, &track, s.out_ssrc(slot, true), rtx, (pts, ext), v.layers.saturating_sub(1), v.priority)
@@ -1123,17 +1120,17 @@ mod tests {
         assert_eq!(member(&parse_offer(&profile2_only).unwrap(), 0, None).unwrap().camera.codec, vp8(96, 97));
     }
 
-    /// Sluice rewrites one-byte extension ids only (1..=14 on both sides): a descriptor on a
-    /// two-byte id still tells Sluice the publisher's layers, but reaches no subscriber.
+    /// A descriptor on a two-byte id (above 14) tells Sluice the publisher's layers and is
+    /// mapped to each subscriber's id like any other.
     #[test]
-    fn a_descriptor_above_14_is_read_but_not_forwarded() {
+    fn a_descriptor_above_14_is_read_and_forwarded() {
         let dd = format!("a=extmap:{DD_ID} {EXT_DD}");
         let two_byte = VP9.replace(&dd, &format!("a=extmap:15 {EXT_DD}"));
         let alice = member(&parse_offer(&two_byte).unwrap(), 0, None).unwrap();
         assert_eq!((alice.camera.dd_ext, alice.recv_dd_ext), (Some(15), None));
         let mut bob = member(&parse_offer(VP8).unwrap(), 1, None).unwrap();
         let changes = subscribe(("bob", &mut bob), ("alice", &alice));
-        assert_eq!(ids(&video_sub(&changes).ext_map), vec![]);
+        assert_eq!(ids(&video_sub(&changes).ext_map), vec![(15, 12)]);
         // Without a=extmap-allow-mixed a two-byte id is not usable at all.
         let one_byte_only = two_byte.replace("a=extmap-allow-mixed\r\n", "");
         assert_eq!(member(&parse_offer(&one_byte_only).unwrap(), 0, None).unwrap().camera.dd_ext, None);

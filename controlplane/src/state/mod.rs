@@ -977,8 +977,11 @@ mod tests {
         for (r, field, why) in [
             (with(|s| s.pt_map.clear()), "changes[0].subscription.pt_map", "need 1 to 8 payload-type mappings"),
             (with(nine), "changes[0].subscription.pt_map", "need 1 to 8 payload-type mappings"),
-            (with(|s| s.ext_map = vec![pb::IdMapping { from: 15, to: 1 }]), "changes[0].subscription.ext_map", "extension ids are 1..=14"),
-            (with(|s| s.ext_map = vec![pb::IdMapping { from: 1, to: 255 }]), "changes[0].subscription.ext_map", "extension ids are 1..=14"),
+            (
+                with(|s| s.ext_map = (15..18).map(|id| pb::IdMapping { from: id, to: 1 }).collect()),
+                "changes[0].subscription.ext_map",
+                "extension maps hold at most 2 ids above 14 (two-byte form)",
+            ),
         ] {
             let e = refuse(&mut d, &r);
             assert_eq!((e.kind, e.field.as_str(), e.message.as_str()), (ErrorKind::InvalidArgument, field, why), "{e}");

@@ -199,7 +199,7 @@ pub struct AudioSlotsSpec {
     pub out_ssrcs: Vec<Ssrc>,
     /// Payload-type map, publisher → subscriber (every track of the group must use these).
     pub pt_map: Vec<(Pt, Pt)>,
-    /// Header-extension id map, publisher → subscriber (one-byte ids).
+    /// Header-extension id map, publisher → subscriber (as a subscription's).
     pub ext_map: Vec<(u8, u8)>,
 }
 
@@ -532,8 +532,9 @@ pub struct SubscriptionSpec {
     /// Payload-type map, publisher → subscriber (RTX payload types included). A publisher payload
     /// type missing here is not forwarded.
     pub pt_map: Vec<(Pt, Pt)>,
-    /// Header-extension id map, publisher → subscriber (one-byte ids 1..=14, two-byte ids up to
-    /// 15). Extensions not in the map are removed.
+    /// Header-extension id map, publisher → subscriber (ids 1..=255; at most two mappings with
+    /// an id above 14, which only two-byte-form packets carry). Extensions not in the map are
+    /// removed.
     pub ext_map: Vec<(u8, u8)>,
     /// The layer the subscriber should get (clamped to the track's highest).
     pub target_layer: u8,
@@ -570,8 +571,11 @@ impl SubscriptionSpec {
         if pt_map.iter().any(|(a, b)| a.0 > 127 || b.0 > 127) {
             return Err("payload types are 7 bits");
         }
-        if ext_map.iter().any(|&(a, b)| !(1..=14).contains(&a) || !(1..=14).contains(&b)) {
-            return Err("extension ids are 1..=14");
+        if ext_map.iter().any(|&(a, b)| a == 0 || b == 0) {
+            return Err("extension ids are 1..=255");
+        }
+        if ext_map.iter().filter(|&&(a, b)| a > 14 || b > 14).count() > crate::wire::rtp::ExtensionIdMap::WIDE {
+            return Err("extension maps hold at most 2 ids above 14 (two-byte form)");
         }
         Ok(())
     }

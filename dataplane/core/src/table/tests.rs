@@ -111,7 +111,7 @@ fn validation_names_the_problem() {
         (Op::UpsertSubscription(sub(2, 99, 1)), "UnknownTrack"),
         (Op::UpsertSubscription(sub(1, 10, 1)), "SelfSubscription"),
         (Op::RemoveSubscription { subscriber: LegId(2), track: TrackId(10) }, "UnknownSubscription"),
-        (Op::UpsertSubscription(SubscriptionSpec { ext_map: vec![(15, 1)], ..sub(2, 10, 1) }), "subscription.ext_map"),
+        (Op::UpsertSubscription(SubscriptionSpec { ext_map: vec![(0, 1)], ..sub(2, 10, 1) }), "subscription.ext_map"),
         (Op::UpsertSubscription(SubscriptionSpec { pt_map: vec![], ..sub(2, 10, 1) }), "subscription.pt_map"),
         (Op::UpsertTrack(TrackSpec { clock_rate: 0, ..track(12, 1, 0xcc) }), "track.clock_rate"),
         (Op::UpsertTrack(TrackSpec { layers: vec![], ..track(12, 1, 0xcc) }), "track.layers"),
@@ -150,7 +150,7 @@ fn apply_refuses_what_validate_refuses_with_the_same_field() {
         (|s: &mut SubscriptionSpec| s.pt_map.clear()) as fn(&mut SubscriptionSpec),
         |s| s.pt_map = (96..105).map(|p| (Pt(p), Pt(p))).collect(),
         |s| s.pt_map = vec![(Pt(96), Pt(128))],
-        |s| s.ext_map = vec![(15, 1)],
+        |s| s.ext_map = vec![(15, 1), (16, 2), (17, 3)],
         |s| s.ext_map = vec![(1, 0)],
     ] {
         let mut s = sub(2, 10, 0x22);
@@ -233,7 +233,7 @@ fn audio_slots_are_validated_unique_and_keep_their_streams() {
         (with(2, &[1, 2, 3, 4, 5, 6, 7, 8, 9]), "leg.audio_slots.out_ssrcs"),
         (with(2, &[7, 7]), "leg.audio_slots.out_ssrcs"),
         (LegSpec { audio_slots: Some(AudioSlotsSpec { pt_map: vec![], ..slots(&[7]) }), ..leg(2) }, "leg.audio_slots"),
-        (LegSpec { audio_slots: Some(AudioSlotsSpec { ext_map: vec![(15, 1)], ..slots(&[7]) }), ..leg(2) }, "leg.audio_slots"),
+        (LegSpec { audio_slots: Some(AudioSlotsSpec { ext_map: vec![(0, 1)], ..slots(&[7]) }), ..leg(2) }, "leg.audio_slots"),
     ] {
         assert_eq!(bad.validate().map_err(|e| e.field), Err(field), "{bad:?}");
     }

@@ -349,12 +349,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
                 }
                 _ => map.get(e.id),
             };
-            match out {
-                0 => block[e.start..e.data_end].fill(0),
-                new => match form {
-                    ExtensionForm::OneByte => block[e.start] = (new << 4) | (block[e.start] & 0x0F),
-                    ExtensionForm::TwoByte => block[e.start] = new,
-                },
+            match (out, form) {
+                (0, _) | (15.., ExtensionForm::OneByte) => block[e.start..e.data_end].fill(0),
+                (new, ExtensionForm::OneByte) => block[e.start] = (new << 4) | (block[e.start] & 0x0F),
+                (new, ExtensionForm::TwoByte) => block[e.start] = new,
             }
         }
         Ok(stamped)
@@ -405,32 +403,58 @@ pub mod ext {
 
 /// Maps a publisher's header-extension ids to a subscriber's, per RFC 8285 local identifier.
 ///
-/// Index = incoming id, value = outgoing id, 0 = drop. Ids are limited to 1..=14 on both sides:
-/// that is the one-byte range every WebRTC endpoint negotiates, and it keeps the table at 16
-/// bytes per subscription. Two-byte-form elements with ids above 14 are always dropped.
+/// Index = incoming id, value = outgoing id, 0 = drop. Ids 1..=14 (the one-byte range every
+/// WebRTC endpoint negotiates) go in a 16-byte table; up to [`ExtensionIdMap::WIDE`] mappings
+/// may have an id above 14 on either side (the two-byte form, RFC 8285 §4.3, which a browser
+/// uses for an extension negotiated beyond the first 14, such as the dependency descriptor). An
+/// element whose outgoing id does not fit the packet's form (above 14 in a one-byte-form
+/// packet) is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExtensionIdMap {
     map: [u8; 16],
+    /// `(from, to)` pairs with an id above 14; `from == 0` is unused.
+    wide: [(u8, u8); ExtensionIdMap::WIDE],
 }
 
 impl ExtensionIdMap {
+    /// How many mappings may have an id above 14.
+    pub const WIDE: usize = 2;
+
     /// A map that drops everything.
     pub const fn new() -> Self {
-        ExtensionIdMap { map: [0; 16] }
+        ExtensionIdMap { map: [0; 16], wide: [(0, 0); Self::WIDE] }
     }
 
-    /// Maps incoming `from` to outgoing `to` (0 = drop). Both must be in 1..=14 (`to` may be 0).
+    /// Maps incoming `from` (1..=255) to outgoing `to` (0 = drop). `OutOfRange` for id 0, or
+    /// for a mapping above 14 when [`ExtensionIdMap::WIDE`] of them are taken.
     pub fn set(&mut self, from: u8, to: u8) -> Result<(), WireError> {
-        if !(1..=14).contains(&from) || to > 14 {
+        if from == 0 {
             return Err(WireError::OutOfRange);
         }
-        self.map[usize::from(from)] = to;
+        if let Some(w) = self.wide.iter_mut().find(|w| w.0 == from) {
+            *w = (0, 0);
+        }
+        if to == 0 && from > 14 {
+            return Ok(());
+        }
+        if from <= 14 && to <= 14 {
+            self.map[usize::from(from)] = to;
+            return Ok(());
+        }
+        if from <= 14 {
+            self.map[usize::from(from)] = 0;
+        }
+        let slot = self.wide.iter_mut().find(|w| w.0 == 0).ok_or(WireError::OutOfRange)?;
+        *slot = (from, to);
         Ok(())
     }
 
     /// The outgoing id for incoming `id` (0 = drop).
     pub fn get(&self, id: u8) -> u8 {
-        self.map.get(usize::from(id)).copied().unwrap_or(0)
+        match self.wide.iter().find(|w| w.0 == id && id != 0) {
+            Some(w) => w.1,
+            None => self.map.get(usize::from(id)).copied().unwrap_or(0),
+        }
     }
 }
 
@@ -631,6 +655,29 @@ mod tests {
         assert_eq!(exts, [(7, &[][..]), (1, &[1, 2][..])]);
         assert_eq!(&m[16..28], &[7, 0, 0, 0, 0, 0, 0, 0, 1, 2, 1, 2]);
         assert_eq!(m[28], 0x42);
+
+        // Ids above 14 (at most two mappings): 32 → 200 and 14 → 20 in the two-byte form.
+        let mut m = b;
+        let mut map = ExtensionIdMap::new();
+        map.set(32, 200).unwrap();
+        map.set(14, 20).unwrap();
+        assert_eq!(map.set(40, 41), Err(WireError::OutOfRange), "a third wide mapping");
+        map.set(14, 3).unwrap();
+        map.set(40, 41).unwrap();
+        map.set(14, 20).unwrap_err();
+        map.set(40, 0).unwrap();
+        map.set(14, 20).unwrap();
+        assert_eq!((map.get(32), map.get(14), map.get(40), map.get(5)), (200, 20, 0, 0));
+        let mut p = Packet::new_checked(&mut m[..]).unwrap();
+        p.remap_extensions(&map).unwrap();
+        let exts: Vec<_> = p.extensions().map(Result::unwrap).map(|e| (e.id, e.data)).collect();
+        assert_eq!(exts, [(200, &[7, 8, 9][..]), (20, &[1, 2][..])]);
+        // A one-byte-form packet cannot carry id 20: the element is dropped.
+        let mut one = vec![0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0xBE, 0xDE, 0, 1, 0xE1, 5, 6, 0, 0x42];
+        let mut p = Packet::new_checked(&mut one[..]).unwrap();
+        p.remap_extensions(&map).unwrap();
+        assert_eq!(p.extensions().count(), 0);
+        assert_eq!(p.payload(), &[0x42]);
     }
 
     #[test]
@@ -686,8 +733,6 @@ mod tests {
         assert_eq!(p.remap_extensions(&map), Ok(()));
         // Map validation.
         assert_eq!(map.set(0, 1), Err(WireError::OutOfRange));
-        assert_eq!(map.set(15, 1), Err(WireError::OutOfRange));
-        assert_eq!(map.set(1, 15), Err(WireError::OutOfRange));
         assert_eq!(map.get(200), 0);
     }
 
