@@ -163,6 +163,17 @@ pub struct Decision {
 }
 
 impl LayerChoice {
+    /// The last picture id and TL0PICIDX sent (for the checkpoint).
+    pub fn last_ids(&self) -> (Option<u16>, Option<u8>) {
+        (self.pictures.last_out, self.tl0.map(|t| t.1))
+    }
+
+    /// A choice whose stream last sent these ids (resumed from a checkpoint): the next source
+    /// continues after them.
+    pub fn resumed(ids: (Option<u16>, Option<u8>)) -> Self {
+        LayerChoice { pictures: PictureIds { last_out: ids.0, ..PictureIds::default() }, tl0: ids.1.map(|t| (0, t)), ..LayerChoice::default() }
+    }
+
     /// Starts on a new source at its keyframe, at the ceilings.
     pub fn start(&mut self, ceilings: (u8, u8), f: &Frame) {
         self.spatial = ceilings.0;

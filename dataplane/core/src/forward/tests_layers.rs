@@ -364,3 +364,36 @@ fn dependency_descriptor_layers() {
     assert!(pli(&got, 0x900), "{got:?}");
     assert!(got.iter().all(|(j, _)| *j == 0), "nothing forwarded: {got:?}");
 }
+
+/// A dataplane restart keeps a subscriber's VP8 picture ids and TL0PICIDX running on: the
+/// checkpoint carries the last ones sent, and the resumed stream's first keyframe continues
+/// after them (a receiver's reference finder would otherwise see its picture ids jump back).
+#[test]
+fn picture_ids_run_on_across_a_restart() {
+    use crate::table::checkpoint::Checkpoint;
+    let ops = || vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))];
+    let mut m = Meeting::new(2);
+    m.apply(ops()).unwrap();
+    latch_all(&mut m);
+    let mut last = None;
+    for i in 0..6u16 {
+        for (j, p) in l1t3_frame(&mut m, 0x100, i, (100, 700, 30), i == 0, ms(10 + u64::from(i) * 33)) {
+            if j == 1 && p[1] & 0x7f == 100 {
+                last = Some(vp8_fields(&p));
+            }
+        }
+    }
+    let last = last.unwrap();
+    assert_eq!((last.2, last.3), (705, 31));
+    let mut ck = Checkpoint::default();
+    m.core.checkpoint(&mut ck);
+    assert_eq!(ck.streams[0].pictures, (Some(705), Some(31)));
+    let mut m2 = Meeting::new(2);
+    m2.apply(ops()).unwrap();
+    m2.peers = std::mem::take(&mut m.peers);
+    m2.core.restore(&ck, ms(0), core::time::Duration::from_secs(1));
+    // The publisher goes on with its own numbering; its next keyframe opens the resumed stream.
+    let got: Vec<_> = l1t3_frame(&mut m2, 0x100, 0, (400, 9000, 3), true, ms(1000)).into_iter().filter(|(j, p)| *j == 1 && p[1] & 0x7f == 100).collect();
+    let first = vp8_fields(&got[0].1);
+    assert_eq!((first.2, first.3), (706, 32), "picture id and TL0PICIDX continue");
+}

@@ -95,6 +95,9 @@ pub struct StreamCheckpoint {
     pub packets_sent: u32,
     /// Payload octets sent.
     pub octets_sent: u32,
+    /// The last VP8/VP9 picture id and TL0PICIDX it carried, so they run on after a restart.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub pictures: (Option<u16>, Option<u8>),
 }
 
 /// What [`Tables::restore`] put back.
@@ -237,6 +240,7 @@ fn stream_checkpoint(subscriber: LegId, keys: KeyDigest, sub: &Subscription) -> 
         srtcp: sub.srtcp.next_index(),
         packets_sent: sub.packets_sent,
         octets_sent: sub.octets_sent,
+        pictures: sub.layers.last_ids(),
     })
 }
 
@@ -249,6 +253,7 @@ fn resume_stream(sub: &mut Subscription, c: &StreamCheckpoint, now: Instant, ela
     let index = c.index + u64::from(RESUME_MARGIN);
     sub.srtp = RtpSendState::resumed(index);
     sub.rewriter = SeqTsRewriter::resumed(SeqNo(index as u16), c.ts.wrapping_add(rtp_ticks(elapsed, clock_rate)), now);
+    sub.layers = crate::forward::layers::LayerChoice::resumed(c.pictures);
     sub.current_layer = None;
     if let Some((rtx_ssrc, rtx_index)) = c.rtx
         && sub.out_rtx_ssrc == Some(rtx_ssrc)
