@@ -8,10 +8,21 @@
 //!
 //! ```text
 //!   temporal: down at once; up at a switching point (VP8 Y=1 on the frame of the new layer,
-//!             VP9 U=1 on a frame at or below the layer in force: what follows is decodable)
-//!   spatial:  down at once (at the start of a picture); up only at a keyframe (a keyframe is
-//!             asked for when the target is above the layer in force and the stream has it)
+//!             VP9 U=1 on a frame at or below the layer in force, a dependency descriptor's
+//!             switch indication for the higher decode target)
+//!   spatial:  up at a keyframe, asked for; down at the start of the next picture where the
+//!             lower layer's frames all went to the subscriber (full SVC), else at a keyframe
+//!             too (k-SVC: a subscriber on the top layer gets the lower layers of keyframe
+//!             pictures only)
 //!   a new source (simulcast switch, a subscription's first keyframe) starts at the targets
+//! ```
+//!
+//! With a dependency descriptor the layers in force name a decode target of the stream's
+//! template structure, and a frame goes when that target needs it (its DTI is not "not
+//! present"); the copy's active-decode-targets bitmask, where the publisher's descriptor carries
+//! one, is rewritten to the targets the subscriber can decode.
+//!
+//! ```text
 //! ```
 //!
 //! A skipped packet closes its hole in the subscriber's sequence numbers
