@@ -22,9 +22,6 @@
 //! present"); the copy's active-decode-targets bitmask, where the publisher's descriptor carries
 //! one, is rewritten to the targets the subscriber can decode.
 //!
-//! ```text
-//! ```
-//!
 //! A skipped packet closes its hole in the subscriber's sequence numbers
 //! ([`super::rewrite::SeqTsRewriter::skip`]), a skipped VP8 picture in its picture ids
 //! ([`PictureIds`]; VP9 ids keep their gaps, since VP9 references count in them); picture ids
