@@ -211,12 +211,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rows.extend(s.tracks.iter().map(|t| vec![t.id.clone(), t.publisher_leg.clone(), kind(t.kind).into(), t.layers.len().to_string()]));
                 print_table(&rows);
                 println!();
-                let mut rows = vec![vec!["SUBSCRIBER".to_owned(), "TRACK".into(), "OUT_SSRC".into(), "LAYER".into(), "PAUSED".into()]];
-                rows.extend(
-                    s.subscriptions
-                        .iter()
-                        .map(|x| vec![x.subscriber_leg.clone(), x.track.clone(), x.out_ssrc.to_string(), x.target_layer.to_string(), x.paused.to_string()]),
-                );
+                let mut rows =
+                    vec![vec!["SUBSCRIBER".to_owned(), "TRACK".into(), "OUT_SSRC".into(), "LAYER".into(), "SPATIAL".into(), "TEMPORAL".into(), "PAUSED".into()]];
+                let ceiling = |c: Option<u32>| c.map_or_else(|| "all".to_owned(), |c| c.to_string());
+                rows.extend(s.subscriptions.iter().map(|x| {
+                    vec![
+                        x.subscriber_leg.clone(),
+                        x.track.clone(),
+                        x.out_ssrc.to_string(),
+                        x.target_layer.to_string(),
+                        ceiling(x.max_spatial_layer),
+                        ceiling(x.max_temporal_layer),
+                        x.paused.to_string(),
+                    ]
+                }));
                 print_table(&rows);
             }
         }
@@ -288,6 +296,7 @@ fn session_json(s: &pb::Session) -> Value {
         "subscriptions": s.subscriptions.iter().map(|x| json!({
             "subscriber_leg": x.subscriber_leg, "track": x.track, "out_ssrc": x.out_ssrc,
             "target_layer": x.target_layer, "paused": x.paused,
+            "max_spatial_layer": x.max_spatial_layer, "max_temporal_layer": x.max_temporal_layer,
         })).collect::<Vec<_>>(),
     })
 }
