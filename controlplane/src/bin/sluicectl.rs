@@ -211,8 +211,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rows.extend(s.tracks.iter().map(|t| vec![t.id.clone(), t.publisher_leg.clone(), kind(t.kind).into(), t.layers.len().to_string()]));
                 print_table(&rows);
                 println!();
-                let mut rows =
-                    vec![vec!["SUBSCRIBER".to_owned(), "TRACK".into(), "OUT_SSRC".into(), "LAYER".into(), "SPATIAL".into(), "TEMPORAL".into(), "PAUSED".into()]];
+                let mut rows = vec![vec![
+                    "SUBSCRIBER".to_owned(),
+                    "TRACK".into(),
+                    "OUT_SSRC".into(),
+                    "LAYER".into(),
+                    "SPATIAL".into(),
+                    "TEMPORAL".into(),
+                    "PAUSED".into(),
+                ]];
                 let ceiling = |c: Option<u32>| c.map_or_else(|| "all".to_owned(), |c| c.to_string());
                 rows.extend(s.subscriptions.iter().map(|x| {
                     vec![
