@@ -800,9 +800,10 @@ fn a_subscription_the_dataplane_would_refuse_is_invalid_at_apply_and_the_node_ke
     assert!(s.message().contains("1 to 8"), "{s:?}");
     let nine = (0..9).map(|i| pb::IdMapping { from: 96 + i, to: 96 + i }).collect::<Vec<_>>();
     expect_code(grpc.apply(change(&|s| s.pt_map = nine.clone())), Code::InvalidArgument, "changes[0].subscription.pt_map");
-    let s = expect_code(grpc.apply(change(&|s| s.ext_map = vec![pb::IdMapping { from: 15, to: 3 }])), Code::InvalidArgument, "changes[0].subscription.ext_map");
-    assert!(s.message().contains("1..=14"), "{s:?}");
-    expect_code(grpc.apply(change(&|s| s.ext_map = vec![pb::IdMapping { from: 3, to: 200 }])), Code::InvalidArgument, "changes[0].subscription.ext_map");
+    let three_wide = (15..18).map(|id| pb::IdMapping { from: id, to: 3 }).collect::<Vec<_>>();
+    let s = expect_code(grpc.apply(change(&|s| s.ext_map = three_wide.clone())), Code::InvalidArgument, "changes[0].subscription.ext_map");
+    assert!(s.message().contains("at most 2 ids above 14"), "{s:?}");
+    expect_code(grpc.apply(change(&|s| s.ext_map = vec![pb::IdMapping { from: 3, to: 256 }])), Code::InvalidArgument, "changes[0].subscription.ext_map");
     // Nothing was journaled or sent: later changes apply, on this session and on a new one.
     grpc.apply(change(&|s| s.paused = true)).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
     grpc.apply(session_req("m2")).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
