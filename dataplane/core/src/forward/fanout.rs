@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use super::egress::{Form, publisher_twcc, send_copy};
 use super::layers::Frame;
 use super::select::{self, Media};
-use super::{Event, KEYFRAME_REQUEST_INTERVAL, OutBatch, OutMeta, Shard, push_event};
+use super::{Event, KEYFRAME_REQUEST_INTERVAL, MAX_DATAGRAM, OutBatch, OutMeta, Shard, push_event};
 use crate::audio::ActiveSpeakers;
 use crate::audio::slot::SlotPacket;
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
@@ -175,6 +175,29 @@ fn patch(plain: &mut [u8], header_len: usize, frame: &Frame, marker: bool, ids: 
     }
 }
 
+/// A retransmission (from the cache or the publisher's RTX) of a packet `frame` was read from
+/// carries the picture id and TL0PICIDX its first copy did: `plain` written into `buf` with the
+/// subscription's ids, or `None` when the packet has none to rewrite.
+pub(super) fn retransmission_ids<'b>(frame: &Frame, sub: &Subscription, plain: &[u8], buf: &'b mut [u8; MAX_DATAGRAM]) -> Option<&'b [u8]> {
+    if frame.picture_id.is_none() && frame.tl0.is_none() {
+        return None;
+    }
+    let pkt = rtp::Packet::new_checked(plain).ok()?;
+    let header_len = pkt.header_len();
+    let marker = pkt.marker() || (frame.layered && frame.ends_layer && frame.spatial == sub.layers.spatial);
+    let copy = buf.get_mut(..plain.len())?;
+    copy.copy_from_slice(plain);
+    patch(copy, header_len, frame, marker, sub.layers.map_ids(frame));
+    Some(copy)
+}
+
+/// The layer view of a packet's payload (for a retransmission), not counted anywhere.
+pub(super) fn frame_of(codec: Option<codec::VideoCodec>, plain: &[u8]) -> Frame {
+    let Some(v) = codec else { return Frame::default() };
+    let Ok(pkt) = rtp::Packet::new_checked(plain) else { return Frame::bad() };
+    codec::inspect(v, pkt.payload()).map_or_else(|_| Frame::bad(), |i| Frame::of(v, &i, pkt.payload(), None))
+}
+
 /// Writes the active decode targets a copy announces into the packet's dependency descriptor
 /// (extension `id`, which carries the bitmask).
 fn patch_active_targets(plain: &mut [u8], id: u8, d: &dd::Descriptor, mask: u32) {
@@ -268,12 +291,8 @@ fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg
         pkt.set_sequence_number(osn.0);
         pkt.set_payload_type(media_pt.0);
     }
-    let (ts, frame) = {
-        let pkt = rtp::Packet::new_checked(&*orig).map_err(|_| DropReason::Malformed)?;
-        let codec = track.spec.payload_types.iter().find(|p| p.pt == media_pt).and_then(|p| p.codec.video());
-        let frame = codec.map(|v| codec::inspect(v, pkt.payload()).map_or_else(|_| Frame::bad(), |i| Frame::of(v, &i, pkt.payload(), None)));
-        (pkt.timestamp(), frame.unwrap_or_default())
-    };
+    let ts = rtp::Packet::new_checked(&*orig).map_err(|_| DropReason::Malformed)?.timestamp();
+    let frame = frame_of(track.spec.payload_types.iter().find(|p| p.pt == media_pt).and_then(|p| p.codec.video()), orig);
     if let Some(cache) = &mut track.layers[usize::from(layer)].cache {
         cache.insert(osn, orig);
     }
@@ -291,7 +310,9 @@ fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg
         let Some(r) = r else { continue };
         let Some(out_pt) = sub.map_pt(media_pt) else { continue };
         let as_rtx = rtx_pt_for(track_rtx_pt(&track.spec.payload_types, media_pt), sub);
-        if send_copy(ctx, sub, legs, orig, r, out_pt, as_rtx, twcc_from).is_ok() {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let copy = retransmission_ids(&frame, sub, orig, &mut buf).unwrap_or(orig);
+        if send_copy(ctx, sub, legs, copy, r, out_pt, as_rtx, twcc_from).is_ok() {
             sent += 1;
         }
     }

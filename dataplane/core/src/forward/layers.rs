@@ -317,6 +317,13 @@ impl LayerChoice {
         }
     }
 
+    /// The picture id and TL0PICIDX a retransmission of a packet of `f` carries: its first
+    /// copy's (the offsets in force; exact unless a picture was skipped or the source switched
+    /// since).
+    pub fn map_ids(&self, f: &Frame) -> (Option<u16>, Option<u8>) {
+        (f.picture_id.map(|p| self.pictures.map(p)), f.tl0.map(|(_, v)| self.tl0.map_or(v, |(offset, _)| v.wrapping_add(offset))))
+    }
+
     /// The picture id and TL0PICIDX to write into this forwarded packet, if it has them.
     pub fn rewrite_ids(&mut self, f: &Frame) -> (Option<u16>, Option<u8>) {
         let pid = f.picture_id.map(|p| self.pictures.forward(p));
@@ -378,6 +385,11 @@ impl PictureIds {
             self.newest_in = Some(p.value);
             self.offset = self.offset.wrapping_sub(1) & (p.modulus() - 1);
         }
+    }
+
+    /// The subscriber's id for picture `p` at the offset in force, nothing remembered.
+    pub fn map(&self, p: PictureId) -> u16 {
+        p.value.wrapping_add(self.offset) & (p.modulus() - 1)
     }
 
     /// The subscriber's id for a forwarded packet of picture `p`.

@@ -12,9 +12,9 @@
 //! forged packets with made-up sender SSRCs cannot evict or reset a real sender's window.
 
 use super::egress::{publisher_twcc, send_copy};
-use super::fanout::{Ctx, request_keyframe, rtx_pt_for};
+use super::fanout::{Ctx, frame_of, request_keyframe, retransmission_ids, rtx_pt_for};
 use super::rewrite::Rewritten;
-use super::{Event, OutMeta, push_event};
+use super::{Event, MAX_DATAGRAM, OutMeta, push_event};
 use crate::ids::{LegId, Pt, SeqNo, Ssrc, TrackId};
 use crate::table::{Leg, Map, Tables, Track};
 use crate::time::Instant;
@@ -241,9 +241,13 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
                 return false;
             };
             let Some(out_pt) = sub.map_pt(media_pt) else { return false };
-            let publisher_rtx = spec.payload_types.iter().find(|p| p.pt == media_pt).and_then(|p| p.rtx_pt);
-            let as_rtx = rtx_pt_for(publisher_rtx, sub);
-            send_copy(ctx, sub, legs, plain, Rewritten { seq: SeqNo(out_seq), ts }, out_pt, as_rtx, twcc_from).is_ok()
+            let payload_type = spec.payload_types.iter().find(|p| p.pt == media_pt);
+            let as_rtx = rtx_pt_for(payload_type.and_then(|p| p.rtx_pt), sub);
+            // With the picture id and TL0PICIDX the first copy carried.
+            let mut buf = [0u8; MAX_DATAGRAM];
+            let frame = frame_of(payload_type.and_then(|p| p.codec.video()), plain);
+            let copy = retransmission_ids(&frame, sub, plain, &mut buf).unwrap_or(plain);
+            send_copy(ctx, sub, legs, copy, Rewritten { seq: SeqNo(out_seq), ts }, out_pt, as_rtx, twcc_from).is_ok()
         });
         if sent {
             ctx.stats.nack_answered += 1;

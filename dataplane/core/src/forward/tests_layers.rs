@@ -397,3 +397,38 @@ fn picture_ids_run_on_across_a_restart() {
     let first = vp8_fields(&got[0].1);
     assert_eq!((first.2, first.3), (706, 32), "picture id and TL0PICIDX continue");
 }
+
+/// A retransmission carries the picture id and TL0PICIDX its first copy carried: after a
+/// simulcast switch the subscriber's ids differ from the publisher's, and a NACKed packet
+/// answered from the cache (as RTX: OSN, then the payload) must not bring the publisher's back.
+#[test]
+fn retransmissions_carry_the_rewritten_picture_ids() {
+    let mut m = Meeting::new(2);
+    let mut s = sub(2, 1, 0x2001, 0);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100, 0x200])), Op::UpsertSubscription(s.clone())]).unwrap();
+    latch_all(&mut m);
+    for i in 0..4u16 {
+        l1t3_frame(&mut m, 0x100, i, (100, 50, 10), i == 0, ms(10 + u64::from(i) * 33));
+    }
+    s.target_layer = 1;
+    m.apply(vec![Op::UpsertSubscription(s)]).unwrap();
+    let mut sent = Vec::new();
+    for i in 0..2u16 {
+        for (j, p) in l1t3_frame(&mut m, 0x200, i, (5000, 9000, 200), i == 0, ms(200 + u64::from(i) * 33)) {
+            if j == 1 && p[1] & 0x7f == 100 {
+                sent.push(vp8_fields(&p));
+            }
+        }
+    }
+    assert_eq!((sent[0].2, sent[0].3), (54, 11), "the switch continues the ids");
+    let lost = sent[2];
+    let mut buf = [0u8; 64];
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &[rtcp::NackItem { pid: lost.0, blp: 0 }]).unwrap();
+    let wire = m.peers[1].send_rtcp(&buf[..n]);
+    let got = m.deliver(1, &wire, ms(300));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let rtx = rtp::Packet::new_checked(&got[0].1[..]).unwrap();
+    assert_eq!(rtx.ssrc(), Ssrc(0x2002));
+    let d = &rtx.payload()[2..];
+    assert_eq!((u16::from(d[2] & 0x7f) << 8 | u16::from(d[3]), d[4]), (lost.2, lost.3), "the first copy's ids, not the publisher's");
+}
