@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use super::egress::{Form, publisher_twcc, send_copy};
-use super::layers::Frame;
+use super::layers::{Frame, LayerChoice};
 use super::select::{self, Media};
 use super::{Event, KEYFRAME_REQUEST_INTERVAL, MAX_DATAGRAM, OutBatch, OutMeta, Shard, push_event};
 use crate::audio::ActiveSpeakers;
@@ -140,10 +140,32 @@ pub(super) fn rtp(
         if patched {
             patch(plain, header_len, &frame, marker || v.marker, v.ids);
         }
-        if let (Some((id, d)), Some(s), true) = (descriptor, structure, frame.dd_mask) {
-            patch_active_targets(plain, id, &d, sub.layers.active_mask(s));
+        // The active decode targets the subscriber can decode: rewritten in the descriptor where
+        // it has the bitmask, else announced in a re-encoded copy when they changed.
+        let mut announce = None;
+        if let (Some((id, d)), Some(s)) = (descriptor, structure) {
+            let mask = sub.layers.active_mask(s);
+            if frame.dd_mask {
+                patch_active_targets(plain, id, &d, mask);
+                sub.layers.announced = Some(mask);
+            } else {
+                announce = to_announce(&d, s, &mut sub.layers, mask).map(|m| (id, d, s, m));
+            }
         }
-        match send_copy(ctx, sub, legs, plain, rewritten, out_pt, None, twcc_from) {
+        let result = match announce {
+            Some((id, d, s, mask)) => {
+                let mut buf = [0u8; MAX_DATAGRAM];
+                match with_active_targets(plain, id, &d, s, mask, &mut buf) {
+                    Some(len) => {
+                        sub.layers.announced = Some(mask);
+                        send_copy(ctx, sub, legs, &buf[..len], rewritten, out_pt, None, twcc_from)
+                    }
+                    None => send_copy(ctx, sub, legs, plain, rewritten, out_pt, None, twcc_from),
+                }
+            }
+            None => send_copy(ctx, sub, legs, plain, rewritten, out_pt, None, twcc_from),
+        };
+        match result {
             Ok(()) => sent += 1,
             Err(r) => reason = r,
         }
@@ -196,6 +218,28 @@ pub(super) fn frame_of(codec: Option<codec::VideoCodec>, plain: &[u8]) -> Frame 
     let Some(v) = codec else { return Frame::default() };
     let Ok(pkt) = rtp::Packet::new_checked(plain) else { return Frame::bad() };
     codec::inspect(v, pkt.payload()).map_or_else(|_| Frame::bad(), |i| Frame::of(v, &i, pkt.payload(), None))
+}
+
+/// The active decode targets to announce in a copy whose dependency descriptor has no bitmask:
+/// `mask` when it differs from what the subscriber was last told (or from "all", which a
+/// structure implies), at the start of a frame.
+fn to_announce(d: &dd::Descriptor, s: &dd::Structure, layers: &mut LayerChoice, mask: u32) -> Option<u32> {
+    let all = if s.decode_targets() >= 32 { u32::MAX } else { (1u32 << s.decode_targets()) - 1 };
+    let told = if d.carries_structure { all } else { layers.announced.unwrap_or(all) };
+    if d.carries_structure {
+        layers.announced = Some(all);
+    }
+    (mask != told && d.start_of_frame).then_some(mask)
+}
+
+/// A copy of `plain` whose dependency descriptor (extension `id`) says `mask` is active:
+/// re-encoded into `buf`, its length returned (`None` if it does not fit).
+fn with_active_targets(plain: &[u8], id: u8, d: &dd::Descriptor, s: &dd::Structure, mask: u32, buf: &mut [u8; MAX_DATAGRAM]) -> Option<usize> {
+    let mut with_mask = *d;
+    with_mask.active_decode_targets = Some(mask);
+    let mut ext = [0u8; 255];
+    let n = dd::write(&mut ext, &with_mask, s).ok()?;
+    rtp::with_extension_replaced(plain, id, &ext[..n], &mut buf[..]).ok()
 }
 
 /// Writes the active decode targets a copy announces into the packet's dependency descriptor

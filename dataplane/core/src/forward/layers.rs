@@ -155,6 +155,9 @@ pub struct LayerChoice {
     pub pictures: PictureIds,
     /// TL0PICIDX: the offset applied and the last value sent.
     tl0: Option<(u8, u8)>,
+    /// The active decode targets the subscriber was last told (dependency descriptor); `None`:
+    /// none since its stream began (all, as a structure implies).
+    pub announced: Option<u32>,
 }
 
 /// What [`LayerChoice::decide`] says of one packet.

@@ -334,6 +334,13 @@ fn dependency_descriptor_layers() {
     };
     assert_eq!(mask(&low[1]), Some(0b001));
     assert_eq!(mask(&of(2)[4]), Some(0b111));
+    // The keyframe's structure implies every target active: subscriber 2's copy says otherwise
+    // (its descriptor re-encoded with the bitmask); once told, later copies say nothing.
+    assert_eq!(mask(&low[0]), Some(0b001), "announced in the keyframe's copy");
+    assert_eq!(mask(&of(2)[0]), Some(0b111), "the structure alone: all");
+    assert_eq!(mask(&low[2]), None, "already told");
+    let payload = |p: &[u8]| rtp::Packet::new_checked(p).unwrap().payload().to_vec();
+    assert_eq!(payload(&low[0]), payload(&of(2)[0]), "the payload is the same");
     assert!(m.core.stats().frames_dropped_by_layer >= 8);
     // A structure change whose keyframe was lost: the descriptor names a template the structure
     // in force does not have. Forwarded whole where every layer is taken, not on temporal layer

@@ -359,6 +359,59 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// Writes into `out` a copy of the RTP packet `pkt` whose header-extension element `id` carries
+/// `value` instead (a longer or shorter one: the block is re-encoded, in the one-byte form when
+/// every element fits it, else the two-byte form; padding between elements is dropped). Returns
+/// the copy's length. `BadExtension` when the packet has no element `id` or its block does not
+/// parse, `BufferTooSmall` when `out` cannot hold the copy.
+pub fn with_extension_replaced(pkt: &[u8], id: u8, value: &[u8], out: &mut [u8]) -> Result<usize, WireError> {
+    let p = Packet::new_checked(pkt)?;
+    let (Some((start, end)), Some(_)) = (p.extension_range(), p.extension_form()) else { return Err(WireError::BadExtension) };
+    let header_start = start - 4;
+    let mut elems: [(u8, &[u8]); 16] = [(0, &[]); 16];
+    let (mut n, mut found) = (0, false);
+    for e in p.extensions() {
+        let e = e?;
+        let data = if e.id == id {
+            found = true;
+            value
+        } else {
+            e.data
+        };
+        *elems.get_mut(n).ok_or(WireError::OutOfRange)? = (e.id, data);
+        n += 1;
+    }
+    if !found || value.is_empty() || value.len() > 255 {
+        return Err(WireError::BadExtension);
+    }
+    let elems = &elems[..n];
+    let one_byte = elems.iter().all(|(i, d)| (1..=14).contains(i) && (1..=16).contains(&d.len()));
+    let body: usize = elems.iter().map(|(_, d)| d.len() + if one_byte { 1 } else { 2 }).sum();
+    let block = body.div_ceil(4) * 4;
+    let total = header_start + 4 + block + (pkt.len() - end);
+    let out = out.get_mut(..total).ok_or(WireError::BufferTooSmall)?;
+    out[..header_start].copy_from_slice(&pkt[..header_start]);
+    let profile = if one_byte { ONE_BYTE_PROFILE } else { TWO_BYTE_PROFILE };
+    out[header_start..header_start + 2].copy_from_slice(&profile.to_be_bytes());
+    out[header_start + 2..header_start + 4].copy_from_slice(&((block / 4) as u16).to_be_bytes());
+    let mut at = header_start + 4;
+    for (i, d) in elems {
+        if one_byte {
+            out[at] = i << 4 | (d.len() - 1) as u8;
+            at += 1;
+        } else {
+            out[at] = *i;
+            out[at + 1] = d.len() as u8;
+            at += 2;
+        }
+        out[at..at + d.len()].copy_from_slice(d);
+        at += d.len();
+    }
+    out[at..header_start + 4 + block].fill(0);
+    out[header_start + 4 + block..].copy_from_slice(&pkt[end..]);
+    Ok(total)
+}
+
 /// Decoders for the element values the forwarding path reads. Ids are negotiated per session,
 /// so callers look the element up with [`Packet::find_extension`] first.
 pub mod ext {
@@ -678,6 +731,28 @@ mod tests {
         p.remap_extensions(&map).unwrap();
         assert_eq!(p.extensions().count(), 0);
         assert_eq!(p.payload(), &[0x42]);
+    }
+
+    /// An element replaced by a longer value: the block is re-encoded (two-byte form once the
+    /// value no longer fits the one-byte form), the other elements and the payload unchanged.
+    #[test]
+    fn an_element_is_replaced_by_a_longer_one() {
+        let one = [0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0xBE, 0xDE, 0, 2, 0x32, 1, 2, 3, 0x70, 9, 0, 0, 0x42, 0x43];
+        let mut out = [0u8; 64];
+        let n = with_extension_replaced(&one, 3, &[7, 7, 7, 7, 7], &mut out).unwrap();
+        let p = Packet::new_checked(&out[..n]).unwrap();
+        assert_eq!(p.extension_form(), Some(ExtensionForm::OneByte));
+        let exts: Vec<_> = p.extensions().map(Result::unwrap).map(|e| (e.id, e.data.to_vec())).collect();
+        assert_eq!(exts, [(3, vec![7; 5]), (7, vec![9])]);
+        assert_eq!((p.payload(), p.sequence_number()), (&[0x42, 0x43][..], 1));
+        let n = with_extension_replaced(&one, 3, &[8; 20], &mut out).unwrap();
+        let p = Packet::new_checked(&out[..n]).unwrap();
+        assert_eq!(p.extension_form(), Some(ExtensionForm::TwoByte));
+        let exts: Vec<_> = p.extensions().map(Result::unwrap).map(|e| (e.id, e.data.to_vec())).collect();
+        assert_eq!(exts, [(3, vec![8; 20]), (7, vec![9])]);
+        assert_eq!(p.payload(), &[0x42, 0x43]);
+        assert_eq!(with_extension_replaced(&one, 5, &[1], &mut out), Err(WireError::BadExtension), "no such element");
+        assert_eq!(with_extension_replaced(&one, 3, &[8; 20], &mut out[..30]), Err(WireError::BufferTooSmall));
     }
 
     #[test]
