@@ -119,7 +119,8 @@ pub(super) fn rtp(
     let media = Media { track: track.spec.id, ssrc, layer, seq, ts, keyframe, clock_rate: track.spec.clock_rate, frame, top, svc, structure };
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
     // Copies of a layered stream carry their own marker bit and picture ids: written into the
-    // packet before each copy, the publisher's put back after the last.
+    // packet before each copy (the cache took the publisher's before; nothing reads the packet
+    // after the fan-out: the audio slots and hand-overs after it take audio only).
     let patched = frame.layered || frame.picture_id.is_some();
     let mut sent = 0usize;
     let mut reason = DropReason::LayerFiltered;
@@ -143,7 +144,9 @@ pub(super) fn rtp(
         // The active decode targets the subscriber can decode: rewritten in the descriptor where
         // it has the bitmask, else announced in a re-encoded copy when they changed.
         let mut announce = None;
-        if let (Some((id, d)), Some(s)) = (descriptor, structure) {
+        if let (Some((id, d)), Some(s)) = (descriptor, structure)
+            && (frame.dd_mask || d.start_of_frame || d.carries_structure)
+        {
             let mask = sub.layers.active_mask(s);
             if frame.dd_mask {
                 patch_active_targets(plain, id, &d, mask);
@@ -170,12 +173,6 @@ pub(super) fn rtp(
             Err(r) => reason = r,
         }
     }
-    if patched {
-        patch(plain, header_len, &frame, marker, (frame.picture_id.map(|p| p.value), frame.tl0.map(|t| t.1)));
-    }
-    if let (Some((id, d)), true) = (descriptor, frame.dd_mask) {
-        patch_active_targets(plain, id, &d, d.active_decode_targets.unwrap_or(u32::MAX));
-    }
     for l in 0..8u8 {
         if want_keyframe & (1 << l) != 0 {
             request_keyframe(ctx, track, legs, l);
@@ -197,20 +194,17 @@ fn patch(plain: &mut [u8], header_len: usize, frame: &Frame, marker: bool, ids: 
     }
 }
 
-/// A retransmission (from the cache or the publisher's RTX) of a packet `frame` was read from
-/// carries the picture id and TL0PICIDX its first copy did: `plain` written into `buf` with the
-/// subscription's ids, or `None` when the packet has none to rewrite.
-pub(super) fn retransmission_ids<'b>(frame: &Frame, sub: &Subscription, plain: &[u8], buf: &'b mut [u8; MAX_DATAGRAM]) -> Option<&'b [u8]> {
+/// Writes into a retransmission (from the cache or the publisher's RTX) of a packet `frame` was
+/// read from the picture id, TL0PICIDX and marker its first copy carried for `sub`. Returns
+/// false, touching nothing, when the packet has no ids to rewrite.
+pub(super) fn retransmission_ids(frame: &Frame, sub: &Subscription, plain: &mut [u8], marker: bool) -> bool {
     if frame.picture_id.is_none() && frame.tl0.is_none() {
-        return None;
+        return false;
     }
-    let pkt = rtp::Packet::new_checked(plain).ok()?;
-    let header_len = pkt.header_len();
-    let marker = pkt.marker() || (frame.layered && frame.ends_layer && frame.spatial == sub.layers.spatial);
-    let copy = buf.get_mut(..plain.len())?;
-    copy.copy_from_slice(plain);
-    patch(copy, header_len, frame, marker, sub.layers.map_ids(frame));
-    Some(copy)
+    let Ok(header_len) = rtp::Packet::new_checked(&*plain).map(|p| p.header_len()) else { return false };
+    let marker = marker || (frame.layered && frame.ends_layer && frame.spatial == sub.layers.spatial);
+    patch(plain, header_len, frame, marker, sub.layers.map_ids(frame));
+    true
 }
 
 /// The layer view of a packet's payload (for a retransmission), not counted anywhere.
@@ -224,7 +218,7 @@ pub(super) fn frame_of(codec: Option<codec::VideoCodec>, plain: &[u8]) -> Frame 
 /// `mask` when it differs from what the subscriber was last told (or from "all", which a
 /// structure implies), at the start of a frame.
 fn to_announce(d: &dd::Descriptor, s: &dd::Structure, layers: &mut LayerChoice, mask: u32) -> Option<u32> {
-    let all = if s.decode_targets() >= 32 { u32::MAX } else { (1u32 << s.decode_targets()) - 1 };
+    let all = s.all_decode_targets();
     let told = if d.carries_structure { all } else { layers.announced.unwrap_or(all) };
     if d.carries_structure {
         layers.announced = Some(all);
@@ -335,7 +329,7 @@ fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg
         pkt.set_sequence_number(osn.0);
         pkt.set_payload_type(media_pt.0);
     }
-    let ts = rtp::Packet::new_checked(&*orig).map_err(|_| DropReason::Malformed)?.timestamp();
+    let (ts, orig_marker) = rtp::Packet::new_checked(&*orig).map(|p| (p.timestamp(), p.marker())).map_err(|_| DropReason::Malformed)?;
     let frame = frame_of(track.spec.payload_types.iter().find(|p| p.pt == media_pt).and_then(|p| p.codec.video()), orig);
     if let Some(cache) = &mut track.layers[usize::from(layer)].cache {
         cache.insert(osn, orig);
@@ -354,9 +348,9 @@ fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg
         let Some(r) = r else { continue };
         let Some(out_pt) = sub.map_pt(media_pt) else { continue };
         let as_rtx = rtx_pt_for(track_rtx_pt(&track.spec.payload_types, media_pt), sub);
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let copy = retransmission_ids(&frame, sub, orig, &mut buf).unwrap_or(orig);
-        if send_copy(ctx, sub, legs, copy, r, out_pt, as_rtx, twcc_from).is_ok() {
+        // Its ids as the subscription's first copy had them, in place (the cache has its copy).
+        retransmission_ids(&frame, sub, orig, orig_marker);
+        if send_copy(ctx, sub, legs, orig, r, out_pt, as_rtx, twcc_from).is_ok() {
             sent += 1;
         }
     }

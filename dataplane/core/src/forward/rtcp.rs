@@ -225,6 +225,7 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
     // (publisher SSRC, seq) the cache could not answer, grouped per publisher SSRC below.
     let mut missing: [(Ssrc, u16); MAX_UPSTREAM_NACK] = [(Ssrc(0), 0); MAX_UPSTREAM_NACK];
     let mut n_missing = 0;
+    let mut buf = [0u8; MAX_DATAGRAM];
     for out_seq in nack.sequence_numbers() {
         let Some((src, in_seq)) = sub.rewriter.to_source_seq(SeqNo(out_seq)) else {
             // Before the segment the rewriter remembers (the layer left by a switch down).
@@ -243,10 +244,17 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
             let Some(out_pt) = sub.map_pt(media_pt) else { return false };
             let payload_type = spec.payload_types.iter().find(|p| p.pt == media_pt);
             let as_rtx = rtx_pt_for(payload_type.and_then(|p| p.rtx_pt), sub);
-            // With the picture id and TL0PICIDX the first copy carried.
-            let mut buf = [0u8; MAX_DATAGRAM];
+            // With the picture id and TL0PICIDX the first copy carried: written into a copy
+            // (the cache's stays the publisher's), for a packet that has them.
             let frame = frame_of(payload_type.and_then(|p| p.codec.video()), plain);
-            let copy = retransmission_ids(&frame, sub, plain, &mut buf).unwrap_or(plain);
+            let copy = match buf.get_mut(..plain.len()) {
+                Some(b) if frame.picture_id.is_some() || frame.tl0.is_some() => {
+                    b.copy_from_slice(plain);
+                    retransmission_ids(&frame, sub, b, pkt.marker());
+                    &*b
+                }
+                _ => plain,
+            };
             send_copy(ctx, sub, legs, copy, Rewritten { seq: SeqNo(out_seq), ts }, out_pt, as_rtx, twcc_from).is_ok()
         });
         if sent {

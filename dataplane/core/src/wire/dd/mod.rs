@@ -479,7 +479,8 @@ impl Structure {
         Some(Descriptor::from_template(self, t, template_id, frame_number))
     }
 
-    fn all_decode_targets(&self) -> u32 {
+    /// Every decode target's bit (what a structure implies active).
+    pub fn all_decode_targets(&self) -> u32 {
         all_decode_targets(self.dt_cnt)
     }
 
