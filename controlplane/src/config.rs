@@ -6,6 +6,8 @@
 //! dataplane_socket = "/run/sluice/dataplane.sock"
 //! state_dir = "/var/lib/sluice/controlplane"
 //! port_range = [20000, 32767]
+//! # A session's legs share one dataplane worker until it has this many; then new legs spread.
+//! session_affinity_legs = 16
 //! # Plain-text gRPC: only when set explicitly, and only on a loopback address.
 //! plaintext = true
 //! # Optional: load-balancer state in Redis.
@@ -63,6 +65,13 @@ pub struct Config {
     /// dataplane's and lies below Linux's default ephemeral range (32768-60999, in
     /// `/proc/sys/net/ipv4/ip_local_port_range`); an overlap is warned about at start.
     pub port_range: (u16, u16),
+    /// Legs a session has before its new legs are spread over the dataplane's workers (at least
+    /// 1; default 16). A leg belongs to worker `local_port % workers`, and each packet a worker
+    /// hands to another costs: a smaller session keeps its legs on one worker (the one with the
+    /// fewest legs when it starts), a bigger one gives each new leg to the worker with the
+    /// fewest of its legs, so a webinar's viewers split evenly. Takes effect once the dataplane
+    /// has said its worker count; with one worker nothing changes.
+    pub session_affinity_legs: u32,
     /// The address WebRTC legs' host candidates announce (a public or load-balancer address);
     /// default: the dataplane's listen address.
     pub announce_ip: Option<std::net::IpAddr>,
@@ -85,6 +94,7 @@ impl Default for Config {
             dataplane_socket: PathBuf::from("/run/sluice/dataplane.sock"),
             state_dir: PathBuf::from("/var/lib/sluice/controlplane"),
             port_range: (20_000, 32_767),
+            session_affinity_legs: crate::state::DEFAULT_SESSION_AFFINITY_LEGS,
             plaintext: false,
             tls: None,
             redis_url: None,
@@ -182,6 +192,14 @@ impl Config {
         Ok(PortRange { start, end })
     }
 
+    /// `session_affinity_legs`, validated (at least 1).
+    pub fn session_affinity_legs(&self) -> Result<u32, ConfigError> {
+        if self.session_affinity_legs == 0 {
+            return Err(ConfigError::Invalid { field: "session_affinity_legs", why: "must be at least 1 (1: every leg is spread over the workers)".into() });
+        }
+        Ok(self.session_affinity_legs)
+    }
+
     /// How gRPC is served: TLS when `[controlplane.tls]` is there; plain text only when
     /// `plaintext = true` and `grpc_listen` is a loopback address.
     pub fn transport(&self) -> Result<Transport, ConfigError> {
@@ -257,6 +275,16 @@ mod tests {
         assert_eq!(example.ports().unwrap(), Config::default().ports().unwrap());
         assert!(matches!(example.transport().unwrap(), Transport::Plaintext));
         assert!(example.redis().unwrap().is_none());
+        assert_eq!(example.session_affinity_legs().unwrap(), 16);
+    }
+
+    #[test]
+    fn session_affinity_legs_defaults_to_16_and_is_at_least_1() {
+        assert_eq!(Config::parse("[controlplane]\n").unwrap().session_affinity_legs().unwrap(), 16);
+        assert_eq!(Config::parse("[controlplane]\nsession_affinity_legs = 1\n").unwrap().session_affinity_legs().unwrap(), 1);
+        let zero = Config::parse("[controlplane]\nsession_affinity_legs = 0\n").unwrap();
+        assert!(zero.session_affinity_legs().unwrap_err().to_string().contains("controlplane.session_affinity_legs"));
+        assert!(Config::parse("[controlplane]\nsession_affinity_legs = -1\n").is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::journal::{Journal, JournalError, Record};
 use crate::lb::Lb;
 use crate::names::Names;
 use crate::pb;
-use crate::state::{Desired, EdgeInfo, Outcome, StateError, webrtc_local};
+use crate::state::{Desired, EdgeInfo, Outcome, Placement, StateError, webrtc_local};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,9 @@ pub struct Engine {
     edge: EdgeInfo,
     /// The dataplane's leg port range, once it said (a leg outside it is refused).
     dataplane_ports: Option<(u16, u16)>,
+    /// The dataplane's worker count, once it said: new legs' ports follow it once it is
+    /// journaled ([`Engine::follow_workers`]).
+    dataplane_workers: Option<u16>,
     announce_ip: Option<std::net::IpAddr>,
     /// Names of the dataplane's ids, updated with every committed session.
     names: Names,
@@ -137,6 +140,7 @@ impl Engine {
             last_stats: None,
             edge: EdgeInfo::default(),
             dataplane_ports: None,
+            dataplane_workers: None,
             announce_ip: None,
             speakers: HashMap::new(),
             unbound: BTreeMap::new(),
@@ -238,7 +242,7 @@ impl Engine {
         !self.edge.fingerprint.is_empty()
     }
 
-    /// Takes what the dataplane says of its WebRTC edge.
+    /// Takes what the dataplane says of its WebRTC edge, its port range and its worker count.
     pub fn set_edge(&mut self, s: &sluice_api::EdgeStatus) {
         self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint.clone() };
         if let Some((lo, hi)) = s.port_range {
@@ -248,6 +252,39 @@ impl Engine {
             }
             self.dataplane_ports = Some((lo, hi));
         }
+        if let Some(w) = s.workers.filter(|&w| w > 0) {
+            self.dataplane_workers = Some(w);
+            self.follow_workers();
+        }
+    }
+
+    /// Makes new legs' ports follow the dataplane's last known worker count, when the state's
+    /// placement has another: journaled first, as every change the ports derive from. A failed
+    /// write leaves the old placement (the allocation stays what the journal replays) and is
+    /// tried again at the next change set.
+    fn follow_workers(&mut self) {
+        let Some(w) = self.dataplane_workers else { return };
+        let placement = Placement { workers: Some(w), ..self.desired.placement() };
+        if placement == self.desired.placement() {
+            return;
+        }
+        match self.commit(&Record::Placement(placement), |d| d.set_placement(placement)) {
+            Ok(()) => tracing::info!(workers = w, session_affinity_legs = placement.session_affinity_legs, "new legs' ports follow the dataplane's workers"),
+            Err(e) => {
+                tracing::warn!(error = %e, workers = w, "could not journal the dataplane's worker count; new legs' ports follow the last one until it is")
+            }
+        }
+    }
+
+    /// Sets `controlplane.session_affinity_legs` (at start, before any change is served):
+    /// journaled when it differs from the recovered state's, so a replay allocates the ports of
+    /// each change under the threshold it was accepted under.
+    pub fn set_session_affinity_legs(&mut self, legs: u32) -> Result<(), EngineError> {
+        let placement = Placement { session_affinity_legs: legs, ..self.desired.placement() };
+        if placement != self.desired.placement() {
+            self.commit(&Record::Placement(placement), |d| d.set_placement(placement))?;
+        }
+        Ok(())
     }
 
     /// Refuses a change whose legs got a port outside the dataplane's range (the dataplane
@@ -471,6 +508,7 @@ impl Engine {
         let mut records = Vec::new();
         let mut touched = Vec::new();
         let mut done: Committed = Vec::new();
+        self.follow_workers();
         for (i, req) in reqs.iter().enumerate() {
             let prepared = match self
                 .admit(req)
@@ -678,6 +716,32 @@ mod tests {
         let (_, recovered, info) = Journal::open(&dir, PORTS).unwrap();
         assert_eq!(info.replayed, 3, "the three accepted change sets, journaled in one append");
         assert_eq!(recovered.tables(), sequential.tables());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The dataplane's worker count and the configured affinity threshold reach the state's
+    /// port allocation through the journal: a restart recovers them and the same ports.
+    #[test]
+    fn the_dataplanes_worker_count_is_journaled_and_followed() {
+        let dir = std::env::temp_dir().join(format!("sluice-engine-workers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
+        let mut engine = Engine::new(desired, journal);
+        engine.set_session_affinity_legs(3).unwrap();
+        // An older dataplane says nothing of its workers: ports as before.
+        engine.set_edge(&sluice_api::EdgeStatus { port_range: Some((1024, 65_000)), ..Default::default() });
+        assert_eq!(engine.desired().placement(), Placement { workers: None, session_affinity_legs: 3 });
+        engine.set_edge(&sluice_api::EdgeStatus { workers: Some(2), ..Default::default() });
+        assert_eq!(engine.desired().placement(), Placement { workers: Some(2), session_affinity_legs: 3 });
+        let (_, committed) = engine.commit_many(&[req("m", vec![leg("a"), leg("b"), leg("c"), leg("d")]), req("n", vec![leg("a")])]);
+        assert_eq!(committed.len(), 2);
+        let ports = |d: &Desired, s: &str| d.sessions[s].legs.values().map(|l| l.local_port).collect::<Vec<_>>();
+        assert_eq!(ports(engine.desired(), "m"), vec![30_000, 30_002, 30_004, 30_001], "three on worker 0, then the fewest");
+        assert_eq!(ports(engine.desired(), "n"), vec![30_003]);
+        let desired = engine.desired().clone();
+        drop(engine);
+        let (_, recovered, _) = Journal::open(&dir, PORTS).unwrap();
+        assert_eq!(recovered, desired);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Why a journal of requests: [`crate::state::Desired`] is a pure, deterministic state machine
 //! (ids, ports and idempotency records are all derived from the request sequence), so replaying
-//! the committed requests in order rebuilds exactly the state that was acknowledged. Each record
+//! the committed requests in order rebuilds exactly the state that was acknowledged. Ports also
+//! follow the placement (the dataplane's worker count and `session_affinity_legs`, see
+//! [`Placement`]), so a change of it is a record too, replayed where it happened. Each record
 //! is fsynced before the API answers, so an acknowledged change survives `kill -9` and power loss.
 //! Every [`COMPACT_EVERY`] records the whole state is written to `state.json` (write to a
 //! temporary file, fsync, rename, fsync the directory; a failed attempt removes its temporary
@@ -44,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use sluice_api::lock::InstanceLock;
 
 use crate::pb;
-use crate::state::{Desired, ErrorKind, PortRange, StateError, fingerprint};
+use crate::state::{Desired, ErrorKind, Placement, PortRange, StateError, fingerprint};
 
 /// Records between snapshots.
 pub const COMPACT_EVERY: u64 = 1000;
@@ -151,6 +153,10 @@ pub enum Record {
         /// Its new RTCP port (a leg with a separate RTCP component).
         rtcp_port: Option<u16>,
     },
+    /// How new legs' ports follow the dataplane's workers from here on (the worker count the
+    /// dataplane said, `controlplane.session_affinity_legs`): the records after it allocate
+    /// under it, so it is journaled where it changed ([`Desired::set_placement`]).
+    Placement(Placement),
 }
 
 impl Record {
@@ -165,6 +171,10 @@ impl Record {
                 Ok(())
             }
             Record::Move { session, leg, port, rtcp_port } => d.move_leg(session, leg, *port, *rtcp_port),
+            Record::Placement(p) => {
+                d.set_placement(*p);
+                Ok(())
+            }
         }
     }
 
@@ -192,6 +202,12 @@ impl Record {
                 body.extend_from_slice(leg.as_bytes());
                 (5, body)
             }
+            // The worker count (u16 BE, 0: unknown), then the affinity threshold (u32 BE).
+            Record::Placement(p) => {
+                let mut body = p.workers.unwrap_or(0).to_be_bytes().to_vec();
+                body.extend_from_slice(&p.session_affinity_legs.to_be_bytes());
+                (6, body)
+            }
         }
     }
 
@@ -211,6 +227,12 @@ impl Record {
                 let session = std::str::from_utf8(body.get(6..6 + n)?).ok()?.to_owned();
                 let leg = std::str::from_utf8(&body[6 + n..]).ok()?.to_owned();
                 Some(Record::Move { session, leg, port, rtcp_port: (rtcp != 0).then_some(rtcp) })
+            }
+            6 => {
+                let b: [u8; 6] = body.try_into().ok()?;
+                let workers = u16::from_be_bytes([b[0], b[1]]);
+                let session_affinity_legs = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+                Some(Record::Placement(Placement { workers: (workers != 0).then_some(workers), session_affinity_legs }))
             }
             _ => None,
         }
@@ -713,6 +735,51 @@ mod tests {
         let mut again = recovered.clone();
         assert!(Record::Move { session: "m".into(), leg: "nobody".into(), port, rtcp_port: None }.replay(&mut again).is_err());
         assert_eq!(again, recovered);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Ports follow the placement (worker count, affinity threshold), so a change of it is a
+    /// record: replayed where it was journaled (the records before it keep the old placement's
+    /// ports), and kept by a snapshot.
+    #[test]
+    fn the_placement_is_journaled_and_replays_onto_the_same_ports() {
+        for p in [Placement { workers: Some(4), session_affinity_legs: 16 }, Placement { workers: None, session_affinity_legs: 1 }] {
+            let (kind, body) = Record::Placement(p).encode();
+            assert_eq!(Record::decode(kind, &body), Some(Record::Placement(p)), "the record decodes to itself");
+            assert_eq!(Record::decode(kind, &body[..5]), None, "a short body is refused");
+        }
+        let d = dir("placement");
+        let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
+        let records = [
+            Record::Apply(req("before", vec![leg("a"), leg("b")])),
+            Record::Placement(Placement { workers: Some(2), session_affinity_legs: 3 }),
+            Record::Apply(req("m", vec![leg("a"), leg("b"), leg("c"), leg("d")])),
+            Record::Apply(req("n", vec![leg("a")])),
+        ];
+        for r in &records[..3] {
+            r.replay(&mut desired).unwrap();
+            j.append(r).unwrap();
+        }
+        // A snapshot keeps the placement and the cursors; the record after it replays under them.
+        j.compact(&desired).unwrap();
+        records[3].replay(&mut desired).unwrap();
+        j.append(&records[3]).unwrap();
+        drop(j);
+        let mut m: Vec<u16> = desired.sessions["m"].legs.values().map(|l| l.local_port).collect();
+        m.sort_unstable();
+        assert_eq!(m, vec![30_002, 30_003, 30_004, 30_006], "three legs on worker 0, then one on worker 1");
+        assert_eq!(desired.sessions["n"].legs["a"].local_port, 30_005, "worker 1 holds fewer legs");
+        let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
+        assert_eq!(info.replayed, 1);
+        assert_eq!(recovered.placement(), Placement { workers: Some(2), session_affinity_legs: 3 });
+        assert_eq!(recovered, desired);
+        // Without the placement record the same change sets get other ports.
+        let mut without = Desired::new(PORTS);
+        for r in [&records[0], &records[2], &records[3]] {
+            r.replay(&mut without).unwrap();
+        }
+        let n_port = |d: &Desired| d.sessions["n"].legs["a"].local_port;
+        assert_eq!(n_port(&without), 30_006);
         let _ = std::fs::remove_dir_all(&d);
     }
 

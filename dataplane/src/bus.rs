@@ -8,7 +8,9 @@
 //!      │                                          │        DTLS keys, consent)── edge, workers
 //!      ├──SlowMsg (leg changes, status)──▶ edge ◀─┘ SlowMsg::Datagram (STUN/DTLS)
 //!      └──ShieldMsg (deltas)──▶ shield ◀──────────── ShieldMsg::Event (latched, learned)
-//!   workers ──Handoff (feedback for another worker's track, by value)──▶ workers
+//!   workers ──Handover::Take (a publisher's packet for the subscribers a worker serves, its
+//!             sender reports, keyframe requests and NACKs for a publisher it owns; in a pooled
+//!             buffer)──▶ workers ──Handover::Spent (the buffer, back to its pool)──▶ workers
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,16 @@ use sluice_api::UnboundPort;
 use sluice_core::forward::{Event, SlowDatagram};
 use sluice_core::ids::{Generation, LegId};
 use sluice_core::table::{Delta, DeltaError, EdgeSpec, KeyMaterial};
+
+/// What travels between workers' cores: a handoff to handle, or one handled, whose buffer goes
+/// back to the pool of the core that made it (so handing over allocates nothing per packet).
+#[derive(Debug)]
+pub enum Handover {
+    /// For the receiving worker's core ([`sluice_core::forward::Core::handle_handoff`]).
+    Take(sluice_core::forward::Handoff),
+    /// Handled: back to the core that made it ([`sluice_core::forward::Core::recycle`]).
+    Spent(sluice_core::forward::Handoff),
+}
 
 /// What a worker is told between batches.
 #[derive(Clone, Debug)]

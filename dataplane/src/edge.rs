@@ -365,6 +365,7 @@ impl SlowPath {
             listen_ip: self.config.listen_ip,
             counters: self.counters.named(),
             port_range: None,
+            workers: None,
         }
     }
 

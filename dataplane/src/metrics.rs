@@ -98,6 +98,17 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
         &|w| w.core.bad_descriptors,
     );
     counter(&mut s, "sluice_audio_slot_switches_total", "Audio slots that changed speaker (top-N audio).", &|w| w.core.audio_slot_switches);
+    counter(&mut s, "sluice_handoffs_out_total", "Packets handed to another worker (once per packet per worker that serves subscribers of its track).", &|w| {
+        w.core.handoffs_out
+    });
+    counter(&mut s, "sluice_handoffs_in_total", "Packets another worker handed over.", &|w| w.core.handoffs_in);
+    counter(&mut s, "sluice_handoffs_dropped_total", "Hand-overs dropped: the worker's queue for them was full.", &|w| w.core.handoffs_dropped);
+    counter(
+        &mut s,
+        "sluice_handoff_buffers_total",
+        "Hand-over buffers allocated (stays flat once the queues have filled: buffers return to their pool).",
+        &|w| w.core.handoff_buffers,
+    );
     counter(&mut s, "sluice_rx_batches_total", "Receive batches.", &|w| w.batches);
     counter(&mut s, "sluice_rx_batched_datagrams_total", "Datagrams in receive batches.", &|w| w.batched_datagrams);
     let _ = writeln!(s, "# HELP sluice_drops_total Packets not forwarded, by reason.\n# TYPE sluice_drops_total counter");

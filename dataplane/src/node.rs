@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
 
 use crossbeam_channel::Sender;
-use sluice_core::forward::{CoreConfig, Handoff};
+use sluice_core::forward::CoreConfig;
 use sluice_core::ice::IceConfig;
 use sluice_core::table::{Delta, Op, TableConfig};
 
@@ -148,8 +148,9 @@ impl Node {
         let n = config.workers;
         let channels: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<WorkerMsg>(4096)).collect();
         let senders: Vec<_> = channels.iter().map(|(s, _)| s.clone()).collect();
-        // Feedback between workers travels by value in preallocated slots (1.2 KB each).
-        let feedback: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<Handoff>(256)).collect();
+        // Hand-overs between workers: a pooled buffer each (the queue holds pointers), a few
+        // receive batches' worth.
+        let feedback: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded::<crate::bus::Handover>(4096)).collect();
         let feedback_tx: Vec<_> = feedback.iter().map(|(s, _)| s.clone()).collect();
         let mut feedback_rx: Vec<_> = feedback.into_iter().map(|(_, r)| Some(r)).collect();
         let snapshots: metrics::Snapshots = Arc::new(Mutex::new((0..n).map(|worker| WorkerSnapshot { worker, ..Default::default() }).collect()));
@@ -207,7 +208,10 @@ impl Node {
             }
             None => None,
         };
-        for (index, (_, inbox)) in channels.into_iter().enumerate() {
+        // Every backend first: each worker gets the others' wakers (a hand-over wakes its
+        // receiver at once rather than after its receive timeout).
+        let mut backends = Vec::with_capacity(n);
+        for index in 0..n {
             let backend = match config.backend {
                 BackendChoice::Mmsg | BackendChoice::Auto => {
                     Backend::new(BackendKind::Mmsg, io_config.clone(), registry.clone()).map_err(NodeError::Backend)?
@@ -238,13 +242,17 @@ impl Node {
                     b
                 }
             };
+            backends.push(backend);
+        }
+        let wakers: Vec<_> = backends.iter().map(Backend::waker).collect();
+        for (index, ((_, inbox), backend)) in channels.into_iter().zip(backends).enumerate() {
             tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
             // With the XDP stage, silence that top-N audio need not decrypt dies there.
             let core_config = CoreConfig { xdp_silence_gate: stage.is_some(), ..core_config };
             let mut worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
                 .with_events(events_tx.clone());
             if let Some(rx) = feedback_rx.get_mut(index).and_then(Option::take) {
-                worker = worker.with_feedback(rx, feedback_tx.clone());
+                worker = worker.with_feedback(rx, feedback_tx.clone(), wakers.clone());
             }
             if stage.is_some() {
                 worker = worker.with_shield(shield_handle.sender());
@@ -358,6 +366,8 @@ fn serve_control(
     shield: Option<ShieldHandle>,
 ) -> Result<Listening, NodeError> {
     let range = config.port_range;
+    // The count the workers' shards were made with (`Shard::owner` is `port % count`).
+    let worker_count = u16::try_from(config.workers).ok();
     control::serve_with_owner(&config.control_socket, config.control_socket_owner, lock, hub, move |req| match req {
         Request::Apply(delta) => {
             if let Some(reason) = outside_range(&delta, range) {
@@ -384,7 +394,7 @@ fn serve_control(
             let (tx, rx) = crossbeam_channel::bounded(1);
             let _ = slow.send(if rotate { SlowMsg::Rotate(tx) } else { SlowMsg::Status(tx) });
             match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(s) => Response::Edge(sluice_api::EdgeStatus { port_range: Some(range), ..s }),
+                Ok(s) => Response::Edge(sluice_api::EdgeStatus { port_range: Some(range), workers: worker_count, ..s }),
                 Err(_) => Response::Error("the slow path did not answer".into()),
             }
         }

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant as WallInstant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
-use sluice_core::forward::{Core, CoreConfig, Event, Handoff, OutBatch, Shard};
+use sluice_core::forward::{Core, CoreConfig, Event, OutBatch, Shard};
 use sluice_core::table::Op;
 use sluice_core::table::checkpoint::Checkpoint;
 use sluice_core::time::Instant;
 
-use crate::bus::{ShieldMsg, SlowMsg};
+use crate::bus::{Handover, ShieldMsg, SlowMsg};
 pub use crate::bus::{WorkerMsg, Workers};
 use crate::io::{Backend, Transmit};
 use crate::metrics::{Snapshots, WorkerSnapshot};
@@ -38,8 +38,8 @@ const OUT_PER_RX: usize = 24;
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 /// One batch in this many has its processing time recorded.
 const LATENCY_SAMPLE: u64 = 8;
-/// Handed-over packets a worker takes from its queue per turn.
-const HANDOFFS_PER_TURN: usize = 64;
+/// Handed-over packets a worker handles per turn (returned buffers are not counted).
+const HANDOFFS_PER_TURN: usize = 256;
 /// The longest a worker waits for datagrams before it looks at its messages again.
 const MAX_WAIT: Duration = Duration::from_millis(5);
 /// Leg ports that failed to open, logged one by one per delta; the rest get one line.
@@ -76,11 +76,15 @@ pub struct Worker {
     events_dropped: u64,
     shield: Option<Sender<ShieldMsg>>,
     shield_queue_full: u64,
-    /// Feedback handed over by other workers, by value in preallocated queue slots (no
-    /// allocation per handed-over packet).
-    feedback_in: Option<Receiver<Handoff>>,
-    /// Every worker's feedback queue, by worker index.
-    feedback_out: Vec<Sender<Handoff>>,
+    /// What other workers hand over (packets for the legs this one owns, in pooled buffers),
+    /// and the buffers of this worker's handoffs coming back.
+    feedback_in: Option<Receiver<Handover>>,
+    /// Every worker's hand-over queue, by worker index.
+    feedback_out: Vec<Sender<Handover>>,
+    /// The workers this one handed something to since it last woke them (a bit per index).
+    to_wake: u64,
+    /// Every worker's waker, by index.
+    wakers: Vec<crate::io::Waker>,
     /// The most outputs one received or handed-over packet can make (set with the batch size).
     per_packet: usize,
 }
@@ -135,16 +139,20 @@ impl Worker {
             shield_queue_full: 0,
             feedback_in: None,
             feedback_out: Vec::new(),
+            to_wake: 0,
+            wakers: Vec::new(),
             per_packet: OUT_PER_RX,
         }
     }
 
-    /// Feedback between workers: this worker's queue and every worker's (by index). Without it,
-    /// feedback for a track another worker owns is dropped and counted (`peer_queue_full`).
+    /// Hand-overs between workers: this worker's queue and every worker's (by index). Without
+    /// it, what is for another worker is dropped and counted (`peer_queue_full`).
     #[must_use]
-    pub fn with_feedback(mut self, inbox: Receiver<Handoff>, peers: Vec<Sender<Handoff>>) -> Self {
+    /// `wakers` (by index) end a worker's wait for datagrams when something is handed to it.
+    pub fn with_feedback(mut self, inbox: Receiver<Handover>, peers: Vec<Sender<Handover>>, wakers: Vec<crate::io::Waker>) -> Self {
         self.feedback_in = Some(inbox);
         self.feedback_out = peers;
+        self.wakers = wakers;
         self
     }
 
@@ -240,21 +248,36 @@ impl Worker {
 
     /// Handles every pending message; false when told to stop.
     fn drain_inbox(&mut self) -> bool {
-        // What other workers handed over: feedback they decrypted for tracks this one owns
-        // (one packet may answer with several: a NACK's retransmissions), ranked speakers'
-        // audio for the slots of legs this one owns, their speaker candidates. At most
-        // HANDOFFS_PER_TURN a turn (the rest waits in its queue for the next).
-        // (Taken out of `self` for the turn: flushing needs `self` whole.)
+        // What other workers handed over: publishers' packets and sender reports for the
+        // subscriptions of legs this one owns (it builds every copy to them), keyframe requests
+        // and NACKs for the publishers it owns, layer demand, speaker candidates; and the
+        // buffers of its own handoffs coming back. At most HANDOFFS_PER_TURN handled a turn (the
+        // rest waits in its queue for the next). (Taken out of `self` for the turn: flushing
+        // needs `self` whole.)
         if let Some(rx) = self.feedback_in.take() {
             if !rx.is_empty() {
                 let now = self.now();
-                // A handed-over speaker's packet makes up to a packet's worth of copies (its
-                // group's slot legs here): the batch is sent first when that might not fit.
-                for h in rx.try_iter().take(HANDOFFS_PER_TURN) {
+                let mut handled = 0;
+                while handled < HANDOFFS_PER_TURN {
+                    let Ok(msg) = rx.try_recv() else { break };
+                    let mut h = match msg {
+                        Handover::Spent(h) => {
+                            self.core.recycle(h);
+                            continue;
+                        }
+                        Handover::Take(h) => h,
+                    };
+                    // A handed-over packet makes up to a packet's worth of copies: the batch is
+                    // sent first when that might not fit.
                     if self.out.capacity().saturating_sub(self.out.len()) < self.per_packet {
                         self.flush();
                     }
-                    self.core.handle_handoff(now, &h, &mut self.out);
+                    self.core.handle_handoff(now, &mut h, &mut self.out);
+                    handled += 1;
+                    // The buffer goes home (a full queue frees it instead; the pool refills).
+                    if let Some(home) = self.feedback_out.get(usize::from(h.from)) {
+                        let _ = home.try_send(Handover::Spent(h));
+                    }
                 }
             }
             self.feedback_in = Some(rx);
@@ -442,8 +465,35 @@ impl Worker {
             }
         }
         while let Some(h) = self.core.poll_handoff() {
+            let to = usize::from(h.to);
             // No queue to that worker (`with_feedback` not called) counts as a full one.
-            self.peer_queue_full += u64::from(self.feedback_out.get(usize::from(h.to)).is_none_or(|p| p.try_send(h).is_err()));
+            let Some(peer) = self.feedback_out.get(to) else {
+                self.peer_queue_full += 1;
+                self.core.recycle(h);
+                continue;
+            };
+            match peer.try_send(Handover::Take(h)) {
+                Ok(()) => self.to_wake |= 1u64 << to.min(63),
+                Err(e) => {
+                    self.peer_queue_full += 1;
+                    let (Handover::Take(h) | Handover::Spent(h)) = e.into_inner();
+                    self.core.recycle(h);
+                }
+            }
+        }
+        self.wake_peers();
+    }
+
+    /// Wakes the workers handed something since the last call (one wake-up per worker per
+    /// batch, not per packet), so a sleeping worker does not wait out its receive timeout.
+    fn wake_peers(&mut self) {
+        let mut to_wake = std::mem::take(&mut self.to_wake);
+        while to_wake != 0 {
+            let w = to_wake.trailing_zeros() as usize;
+            to_wake &= to_wake - 1;
+            if let Some(waker) = self.wakers.get(w) {
+                waker.wake();
+            }
         }
     }
 
@@ -468,6 +518,7 @@ impl Worker {
                 ("xsk_rx_ring_full", io.xsk_rx_ring_full),
                 ("xsk_fill_ring_empty", io.xsk_fill_ring_empty),
                 ("xsk_tx_invalid", io.xsk_tx_invalid),
+                ("wakeups", io.wakeups),
                 ("bind_errors", self.bind_errors),
                 ("peer_queue_full", self.peer_queue_full),
                 ("slow_queue_full", self.slow_queue_full),

@@ -12,10 +12,56 @@ pub(super) struct Stage<'a> {
     pub(super) next_track: u32,
     pub(super) next_port: u16,
     pub(super) range: PortRange,
+    /// The workers new legs' ports are spread over ([`Placement::spread`]), if more than one.
+    pub(super) spread: Option<Spread>,
+    /// Each worker's round-robin cursor (see `Desired::cursors`).
+    pub(super) cursors: Vec<u16>,
+    /// The legs on each worker of every other session (empty without `spread`).
+    pub(super) legs_elsewhere: Vec<u32>,
     pub(super) used_elsewhere: Elsewhere<'a>,
     pub(super) ports: Vec<(String, u16)>,
     pub(super) events: Vec<pb::Event>,
     pub(super) ice_secret: &'a [u8],
+}
+
+/// [`Placement`] with more than one worker.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Spread {
+    pub(super) workers: u16,
+    pub(super) session_affinity_legs: u32,
+}
+
+/// The first port from `from` on (round-robin over `range`, wrapping) that `ok` takes.
+fn round_robin(range: PortRange, from: u16, ok: impl Fn(u16) -> bool) -> Option<u16> {
+    let n = range.len();
+    let start = u32::from(from.clamp(range.start, range.end)) - u32::from(range.start);
+    (0..n).map(|k| ((start + k) % n + u32::from(range.start)) as u16).find(|&p| ok(p))
+}
+
+/// Moves the cursors past `port`, just allocated: the node's, and with `spread` the cursor of
+/// the worker owning `port` (the others start at the node's when first set), so a just-freed
+/// port is the last of its worker's to be reused.
+pub(super) fn advance_cursors(range: PortRange, spread: Option<u16>, next_port: &mut u16, cursors: &mut Vec<u16>, port: u16) {
+    let next = if port >= range.end { range.start } else { port + 1 };
+    if let Some(w) = spread {
+        if cursors.len() != usize::from(w) {
+            cursors.resize(usize::from(w), *next_port);
+        }
+        if let Some(c) = cursors.get_mut(usize::from(port % w)) {
+            *c = next;
+        }
+    }
+    *next_port = next;
+}
+
+/// The index of the smallest count (ties: the lowest index).
+fn fewest(counts: &[u32]) -> u16 {
+    (0..counts.len()).min_by_key(|&i| (counts[i], i)).map_or(0, |i| i as u16)
+}
+
+/// The index of the largest count (ties: the lowest index).
+fn most(counts: &[u32]) -> u16 {
+    (0..counts.len()).max_by_key(|&i| (counts[i], std::cmp::Reverse(i))).map_or(0, |i| i as u16)
 }
 
 /// The ports other sessions hold (and ports to avoid), as a new leg's port is chosen.
@@ -109,6 +155,12 @@ impl Stage<'_> {
 
     /// [`Stage::allocate_port`], also avoiding `taken` (a port the leg being decoded already
     /// got); with `prefer`, that port if it is free and in the range.
+    ///
+    /// A leg's RTP port decides its worker (`port % workers`), so with [`Stage::spread`] it is
+    /// taken from [`Stage::worker_for_new_leg`]'s ports, round-robin from that worker's cursor,
+    /// and from any worker's when none of those is free. A separate RTCP port (`taken`) goes
+    /// wherever it is free: the dataplane opens it on the worker owning the leg's RTP port,
+    /// whatever its number (`Tables::ports_of_legs`, and the XDP shield's leg entries).
     pub(super) fn allocate_port_besides(&mut self, field: &str, taken: Option<(u16, Option<u16>)>) -> Result<u16, StateError> {
         // This session's own ports (its size, not the node's), the node's through the index.
         let own: BTreeSet<u16> = self.session.legs.values().flat_map(LegSpec::ports).chain(taken.map(|(t, _)| t)).collect();
@@ -120,17 +172,44 @@ impl Stage<'_> {
             return Ok(p);
         }
         // Round-robin from the cursor, so a just-freed port is the last to be reused.
-        let n = self.range.len();
-        let start = u32::from(self.next_port.clamp(self.range.start, self.range.end));
-        for k in 0..n {
-            let p = (start - u32::from(self.range.start) + k) % n + u32::from(self.range.start);
-            let p = p as u16;
-            if !used(p) {
-                self.next_port = if p == self.range.end { self.range.start } else { p + 1 };
-                return Ok(p);
+        let worker = self.spread.filter(|_| taken.is_none()).map(|s| (s.workers, self.worker_for_new_leg(s)));
+        let on_worker = worker.and_then(|(w, i)| {
+            let cursor = self.cursors.get(usize::from(i)).copied().unwrap_or(self.next_port);
+            round_robin(self.range, cursor, |p| p % w == i && !used(p))
+        });
+        let Some(p) = on_worker.or_else(|| round_robin(self.range, self.next_port, |p| !used(p))) else {
+            let n = self.range.len();
+            return Err(err(
+                ErrorKind::ResourceExhausted,
+                field,
+                format!("no free local port: all {n} ports of {}-{} are in use", self.range.start, self.range.end),
+            ));
+        };
+        advance_cursors(self.range, self.spread.map(|s| s.workers), &mut self.next_port, &mut self.cursors, p);
+        Ok(p)
+    }
+
+    /// The worker a new leg of this session goes to: with no legs yet, the one with the fewest
+    /// legs node-wide; while it has fewer than `session_affinity_legs`, the one holding most of
+    /// its legs (all of them, unless a full worker or a new worker count put some elsewhere);
+    /// from then on the one with the fewest of its legs. Ties go to the lowest index.
+    fn worker_for_new_leg(&self, s: Spread) -> u16 {
+        let mut mine = vec![0u32; usize::from(s.workers)];
+        for l in self.session.legs.values() {
+            if let Some(n) = mine.get_mut(usize::from(l.local_port % s.workers)) {
+                *n += 1;
             }
         }
-        Err(err(ErrorKind::ResourceExhausted, field, format!("no free local port: all {n} ports of {}-{} are in use", self.range.start, self.range.end)))
+        let legs = self.session.legs.len();
+        if legs == 0 {
+            let mut node = self.legs_elsewhere.clone();
+            node.resize(usize::from(s.workers), 0);
+            fewest(&node)
+        } else if (legs as u64) < u64::from(s.session_affinity_legs) {
+            most(&mine)
+        } else {
+            fewest(&mine)
+        }
     }
 
     pub(super) fn leg(&mut self, f: &str, l: &pb::Leg) -> Result<(), StateError> {

@@ -89,6 +89,40 @@ impl PortRange {
     }
 }
 
+/// `controlplane.session_affinity_legs` when the configuration does not say.
+pub const DEFAULT_SESSION_AFFINITY_LEGS: u32 = 16;
+
+/// How new legs' ports are spread over the dataplane's workers. A leg belongs to worker
+/// `local_port % workers` (`sluice_core::forward::Shard::owner`), and a publisher's packet is
+/// handed to every other worker owning one of its subscribers: so a session's legs share one
+/// worker while it has fewer than `session_affinity_legs` legs (the worker with the fewest legs
+/// node-wide when its first leg comes), and once it has that many each new leg goes to the
+/// worker with the fewest of the session's legs, so a webinar's viewers split evenly.
+///
+/// Part of the state and journaled ([`Desired::set_placement`]), as the port range is: ports
+/// are derived from it, so a replay must see the placement each change was accepted under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The dataplane's worker count as it last said (`None`: never said, or an older build).
+    /// Unknown or 1: ports are allocated round-robin over the whole range, as without workers.
+    pub workers: Option<u16>,
+    /// Legs a session has before its new legs are spread over the workers (at least 1).
+    pub session_affinity_legs: u32,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self { workers: None, session_affinity_legs: DEFAULT_SESSION_AFFINITY_LEGS }
+    }
+}
+
+impl Placement {
+    /// The worker count ports are spread over: `None` unless more than one worker.
+    pub fn spread(&self) -> Option<u16> {
+        self.workers.filter(|&w| w > 1)
+    }
+}
+
 /// A track with the caller's name of its publisher.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedTrack {
@@ -219,12 +253,14 @@ pub struct Outcome {
     pub replayed: bool,
 }
 
-/// One session and the id/port counters as they were ([`Desired::undo_point`]).
+/// One session, the id/port counters and the per-worker cursors as they were
+/// ([`Desired::undo_point`]).
 #[derive(Clone, Debug)]
 pub struct Undo {
     session: String,
     was: Option<Box<Session>>,
     counters: (u32, u32, u16),
+    cursors: Vec<u16>,
 }
 
 /// A validated change set, not yet part of the state ([`Desired::prepare`]).
@@ -250,6 +286,7 @@ struct Staged {
     next_leg: u32,
     next_track: u32,
     next_port: u16,
+    cursors: Vec<u16>,
 }
 
 /// Everything this node should be doing.
@@ -262,6 +299,13 @@ pub struct Desired {
     next_leg: u32,
     next_track: u32,
     next_port: u16,
+    /// How new legs' ports follow the dataplane's workers (absent from older snapshots: none).
+    #[serde(default)]
+    placement: Placement,
+    /// With [`Placement::spread`], the round-robin cursor of each worker's ports (index: the
+    /// worker); one not set yet starts at `next_port`. Emptied when the worker count changes.
+    #[serde(default)]
+    cursors: Vec<u16>,
     /// Sessions by name.
     pub sessions: BTreeMap<String, Session>,
     /// The node's secret WebRTC legs' ICE credentials are derived from (kept in its own file by
@@ -285,6 +329,9 @@ pub struct Desired {
 struct PortIndex {
     owner: BTreeMap<u16, String>,
     built: bool,
+    /// With [`Placement::spread`], the legs on each worker (by their RTP port; index: the
+    /// worker), over every session; empty otherwise.
+    legs: Vec<u32>,
 }
 
 // Derived data: two states with the same sessions are equal whether or not it is built.
@@ -297,10 +344,18 @@ impl PartialEq for PortIndex {
 impl Eq for PortIndex {}
 
 impl PortIndex {
+    /// An empty, built index counting legs per worker over `spread` workers.
+    fn new(spread: Option<u16>) -> Self {
+        Self { owner: BTreeMap::new(), built: true, legs: vec![0; spread.map_or(0, usize::from)] }
+    }
+
     fn add(&mut self, name: &str, s: &Session) {
         if self.built {
             for p in s.legs.values().flat_map(LegSpec::ports) {
                 self.owner.insert(p, name.to_owned());
+            }
+            for l in s.legs.values() {
+                self.count(l.local_port, true);
             }
         }
     }
@@ -312,6 +367,17 @@ impl PortIndex {
                     self.owner.remove(&p);
                 }
             }
+            for l in s.into_iter().flat_map(|s| s.legs.values()) {
+                self.count(l.local_port, false);
+            }
+        }
+    }
+
+    /// Counts a leg on RTP port `port` in (`up`) or out of its worker's legs.
+    fn count(&mut self, port: u16, up: bool) {
+        let Some(w) = u16::try_from(self.legs.len()).ok().filter(|&w| w > 1) else { return };
+        if let Some(n) = self.legs.get_mut(usize::from(port % w)) {
+            *n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
         }
     }
 }
@@ -344,10 +410,31 @@ impl Desired {
             next_leg: 1,
             next_track: 1,
             next_port: ports.start,
+            placement: Placement::default(),
+            cursors: Vec::new(),
             sessions: BTreeMap::new(),
             ice_secret: Vec::new(),
             quotas: Quotas::default(),
-            port_index: PortIndex { owner: BTreeMap::new(), built: true },
+            port_index: PortIndex::new(None),
+        }
+    }
+
+    /// How new legs' ports follow the dataplane's workers.
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// Sets how new legs' ports follow the dataplane's workers (legs keep their ports). Journal
+    /// it first (`Record::Placement`): the ports of every change after it derive from it. A new
+    /// worker count starts every worker's cursor at the node's.
+    pub fn set_placement(&mut self, placement: Placement) {
+        let recount = placement.spread() != self.placement.spread();
+        self.placement = placement;
+        if recount {
+            self.cursors.clear();
+            if self.port_index.built {
+                self.reindex();
+            }
         }
     }
 
@@ -368,7 +455,7 @@ impl Desired {
     /// Builds the port index from the sessions (after loading them from a snapshot); every
     /// change keeps it in step from then on.
     pub fn reindex(&mut self) {
-        let mut index = PortIndex { owner: BTreeMap::new(), built: true };
+        let mut index = PortIndex::new(self.placement.spread());
         for (name, s) in &self.sessions {
             index.add(name, s);
         }
@@ -439,6 +526,9 @@ impl Desired {
             next_track: self.next_track,
             next_port: self.next_port,
             range: self.ports,
+            spread: self.placement.spread().map(|workers| Spread { workers, session_affinity_legs: self.placement.session_affinity_legs }),
+            cursors: self.cursors.clone(),
+            legs_elsewhere: self.placement.spread().map(|w| self.legs_per_worker_besides(name, w)).unwrap_or_default(),
             used_elsewhere: if self.port_index.built {
                 Elsewhere::Index { owner: &self.port_index.owner, session: name, avoid }
             } else {
@@ -454,6 +544,31 @@ impl Desired {
             ports: Vec::new(),
             events: Vec::new(),
             ice_secret: &self.ice_secret,
+        }
+    }
+
+    /// The legs on each of `workers` workers (by their RTP port) of every session but `name`.
+    fn legs_per_worker_besides(&self, name: &str, workers: u16) -> Vec<u32> {
+        let tally = |counts: &mut Vec<u32>, s: &Session, up: bool| {
+            for l in s.legs.values() {
+                if let Some(n) = counts.get_mut(usize::from(l.local_port % workers)) {
+                    *n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
+                }
+            }
+        };
+        if self.port_index.built && self.port_index.legs.len() == usize::from(workers) {
+            // The node's counts from the index, less this session's: its size, not the node's.
+            let mut counts = self.port_index.legs.clone();
+            if let Some(s) = self.sessions.get(name) {
+                tally(&mut counts, s, false);
+            }
+            counts
+        } else {
+            let mut counts = vec![0u32; usize::from(workers)];
+            for (_, s) in self.sessions.iter().filter(|(n, _)| *n != name) {
+                tally(&mut counts, s, true);
+            }
+            counts
         }
     }
 
@@ -487,6 +602,7 @@ impl Desired {
             return Err(err(ErrorKind::NotFound, "leg", format!("no leg {} in session {}", quote(leg), quote(session))));
         };
         let old: Vec<u16> = spec.ports().collect();
+        let old_rtp = spec.local_port;
         spec.local_port = port;
         if let (Some(c), Some(p)) = (spec.rtcp.as_deref_mut(), rtcp_port) {
             c.local_port = p;
@@ -508,8 +624,11 @@ impl Desired {
             for p in new {
                 self.port_index.owner.insert(p, session.to_owned());
             }
+            self.port_index.count(old_rtp, false);
+            self.port_index.count(port, true);
         }
-        self.next_port = if port >= self.ports.end { self.ports.start } else { port + 1 };
+        let spread = self.placement.spread();
+        advance_cursors(self.ports, spread, &mut self.next_port, &mut self.cursors, port);
         Ok(())
     }
 
@@ -563,7 +682,7 @@ impl Desired {
         for (i, change) in req.changes.iter().enumerate() {
             stage.change(i, change)?;
         }
-        let Stage { mut session, next_leg, next_track, next_port, ports, mut events, .. } = stage;
+        let Stage { mut session, next_leg, next_track, next_port, cursors, ports, mut events, .. } = stage;
         self.check_quotas(&req.session, existing, &session)?;
         session.revision = current + 1;
         let committed = Committed { revision: session.revision, ports };
@@ -587,7 +706,7 @@ impl Desired {
         );
         Ok(Prepared {
             outcome: Outcome { session: req.session.clone(), committed, events, replayed: false },
-            staged: Some(Staged { session: Box::new(session), next_leg, next_track, next_port }),
+            staged: Some(Staged { session: Box::new(session), next_leg, next_track, next_port, cursors }),
         })
     }
 
@@ -626,11 +745,16 @@ impl Desired {
 
     /// What [`Desired::restore`] needs to take back changes to `session` committed after this.
     pub fn undo_point(&self, session: &str) -> Undo {
-        Undo { session: session.to_owned(), was: self.sessions.get(session).cloned().map(Box::new), counters: (self.next_leg, self.next_track, self.next_port) }
+        Undo {
+            session: session.to_owned(),
+            was: self.sessions.get(session).cloned().map(Box::new),
+            counters: (self.next_leg, self.next_track, self.next_port),
+            cursors: self.cursors.clone(),
+        }
     }
 
-    /// Takes the state of one session (and the id/port counters) back to an [`Undo`] point;
-    /// restore several in the reverse order they were taken.
+    /// Takes the state of one session (and the id/port counters and cursors) back to an
+    /// [`Undo`] point; restore several in the reverse order they were taken.
     pub fn restore(&mut self, undo: Undo) {
         self.port_index.remove(&undo.session, self.sessions.get(&undo.session));
         match undo.was {
@@ -643,6 +767,7 @@ impl Desired {
             }
         }
         (self.next_leg, self.next_track, self.next_port) = undo.counters;
+        self.cursors = undo.cursors;
     }
 
     /// Makes a prepared change set the state (nothing for a replayed one). Only valid for a
@@ -652,6 +777,7 @@ impl Desired {
             self.next_leg = st.next_leg;
             self.next_track = st.next_track;
             self.next_port = st.next_port;
+            self.cursors = st.cursors;
             let name = &prepared.outcome.session;
             self.port_index.remove(name, self.sessions.get(name));
             self.port_index.add(name, &st.session);
@@ -832,6 +958,9 @@ pub(crate) mod fixtures;
 
 #[cfg(test)]
 mod node_tests;
+
+#[cfg(test)]
+mod placement_tests;
 
 #[cfg(test)]
 mod tests {

@@ -33,16 +33,20 @@ fn quotas_refuse_what_would_go_over_them_and_only_that() {
     refused(&mut d, &req("m", vec![leg("c")]), "max_legs");
 }
 
-/// The port index follows every change (apply, upsert with a new RTCP port, delete, undo) and
+/// The port index follows every change (apply, upsert with a new RTCP port, move, a new worker
+/// count, delete, undo), its legs per worker included, and
 /// always equals one rebuilt from the sessions; a state loaded without it (a snapshot) gives
 /// new legs the same ports as one with it.
 #[test]
 fn the_port_index_stays_in_step_with_the_sessions() {
     let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+    d.set_placement(Placement { workers: Some(3), session_affinity_legs: 2 });
     let check = |d: &Desired| {
         let mut fresh = d.clone();
         fresh.reindex();
         assert_eq!(d.port_index.owner, fresh.port_index.owner);
+        assert_eq!(d.port_index.legs, fresh.port_index.legs, "legs per worker");
+        assert_eq!(d.port_index.legs.iter().sum::<u32>() as usize, d.sessions.values().map(|s| s.legs.len()).sum::<usize>());
         assert!(d.port_index.built);
     };
     d.apply(&pair("m")).unwrap();
@@ -58,6 +62,11 @@ fn the_port_index_stays_in_step_with_the_sessions() {
     d.apply(&req("m", vec![leg("c"), leg("e")])).unwrap();
     check(&d);
     d.restore(undo);
+    check(&d);
+    let (port, rtcp) = d.ports_for_move("n", "x", &BTreeSet::new()).unwrap();
+    d.move_leg("n", "x", port, rtcp).unwrap();
+    check(&d);
+    d.set_placement(Placement { workers: Some(2), session_affinity_legs: 2 });
     check(&d);
     d.delete_session(&pb::DeleteSessionRequest { session: "n".into(), expected_revision: None }).unwrap();
     check(&d);

@@ -239,6 +239,11 @@ pub struct EdgeStatus {
     /// plane refuses a change that would allocate a port outside it. `None` from older builds.
     #[serde(default)]
     pub port_range: Option<(u16, u16)>,
+    /// How many workers the dataplane runs: a leg belongs to worker `local_port % workers`, so
+    /// the control plane picks ports to keep a small session on one worker and to spread a big
+    /// one. `None` from older builds.
+    #[serde(default)]
+    pub workers: Option<u16>,
 }
 
 /// Where the kernel reads the ephemeral port range its clients' sockets get ports from.

@@ -75,6 +75,20 @@ pub struct CoreStats {
     /// Packets sent unpaced because the leg's pace queue or the core's pool was full.
     #[cfg_attr(feature = "serde", serde(default))]
     pub pace_overflow: u64,
+    /// Packets (media, sender reports, feedback) this core handed to another core: once per
+    /// packet per core that serves subscribers of its track (egress ownership).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub handoffs_out: u64,
+    /// Packets other cores handed to this one.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub handoffs_in: u64,
+    /// Hand-overs dropped because this core's queue for them was full.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub handoffs_dropped: u64,
+    /// Hand-over buffers allocated (the pool was empty): grows while the queues fill up, then
+    /// stays, as buffers come back from the cores they went to.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub handoff_buffers: u64,
     /// Drops by reason, indexed by `DropReason as usize`. (Read leniently: a peer with fewer
     /// reasons leaves the new ones at 0, one with more has its extra ones ignored, so adding a
     /// reason does not break a control plane and a dataplane of different builds.)

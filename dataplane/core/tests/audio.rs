@@ -488,13 +488,14 @@ impl TwoCores {
         loop {
             let mut any = false;
             for k in 0..2 {
-                while let Some(h) = self.rooms[k].core.poll_handoff() {
+                while let Some(mut h) = self.rooms[k].core.poll_handoff() {
                     any = true;
                     self.handed += 1;
                     let to = usize::from(h.to);
                     self.rooms[to].out.clear();
-                    self.rooms[to].core.handle_handoff(now, &h, &mut self.rooms[to].out);
+                    self.rooms[to].core.handle_handoff(now, &mut h, &mut self.rooms[to].out);
                     self.rooms[to].collect();
+                    self.rooms[k].core.recycle(h);
                 }
             }
             if !any {
@@ -590,10 +591,10 @@ fn a_speakers_sender_report_reaches_its_slots_on_the_other_worker() {
     let now = Instant::from_nanos(c.rooms[0].now_ms * 1_000_000);
     c.rooms[1].out.clear();
     c.rooms[1].core.handle_rx(now, 20_001, addr(1), &mut b[..n], &mut c.rooms[1].out);
-    let h = c.rooms[1].core.poll_handoff().expect("the report is handed to core 0");
+    let mut h = c.rooms[1].core.poll_handoff().expect("the report is handed to core 0");
     assert_eq!(h.to, 0);
     c.rooms[0].out.clear();
-    c.rooms[0].core.handle_handoff(now, &h, &mut c.rooms[0].out);
+    c.rooms[0].core.handle_handoff(now, &mut h, &mut c.rooms[0].out);
     let to_4: Vec<Vec<u8>> = c.rooms[0].out.iter().filter(|(m, _)| m.leg.0 == 4).map(|(_, b)| b.to_vec()).collect();
     assert_eq!(to_4.len(), 1, "one report, on 4's slot");
     let mut sr = to_4[0].clone();

@@ -9,6 +9,9 @@
 //! the others. While sockets are queued, `epoll_wait` is called with a zero timeout, so new edges
 //! are still picked up.
 //!
+//! The backend's wake-up eventfd ([`super::wake`]) sits in the same epoll set under its own token;
+//! its event is drained (one `read`) by the `recv_batch` that sees it, which then does not wait.
+//!
 //! With [`IoConfig::gro`], every socket asks for `UDP_GRO`: the kernel may hand over a run of one
 //! flow's equal-size datagrams (a video frame's burst) as one message of up to 64 KiB with the
 //! segment size in a control message; `recv_batch` splits it and delivers each datagram on its
@@ -29,9 +32,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::sys::{self, GroCmsg, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
+use super::wake::{WakeFd, Waker};
 use super::{
     GRO_BUF_BYTES, GRO_SLOTS, IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged,
 };
+
+/// The epoll token of the wake-up eventfd: above every port's token (`Token(port)`).
+const WAKE_TOKEN: Token = Token(1 << 16);
 
 /// The `recvmmsg`/`sendmmsg` backend of one worker.
 #[derive(Debug)]
@@ -40,6 +47,7 @@ pub struct MmsgBackend {
     registry: Arc<SendRegistry>,
     poll: Poll,
     events: Events,
+    wake: WakeFd,
     sockets: HashMap<u16, RxSocket>,
     ready: VecDeque<u16>,
     cache: SendCache,
@@ -194,8 +202,13 @@ impl MmsgBackend {
     /// A backend with no ports yet.
     pub fn new(config: IoConfig, registry: Arc<SendRegistry>) -> Result<Self, IoError> {
         let poll = Poll::new().map_err(|source| IoError::Os { op: "epoll_create", source })?;
+        let wake = WakeFd::new()?;
+        poll.registry()
+            .register(&mut SourceFd(&wake.as_raw_fd()), WAKE_TOKEN, Interest::READABLE)
+            .map_err(|source| IoError::Os { op: "epoll_ctl(ADD) the wake-up eventfd", source })?;
         let batch = config.rx_batch.max(1);
         Ok(Self {
+            wake,
             rx_limit: batch,
             gso: config.gso,
             events: Events::with_capacity(256),
@@ -280,6 +293,11 @@ impl MmsgBackend {
         self.gso
     }
 
+    /// A handle that ends this backend's current or next wait; see [`super::Backend::waker`].
+    pub fn waker(&self) -> Waker {
+        self.wake.waker()
+    }
+
     fn poll_events(&mut self, timeout: Option<Duration>) -> Result<(), IoError> {
         self.counters.syscalls += 1;
         match self.poll.poll(&mut self.events, timeout) {
@@ -287,7 +305,12 @@ impl MmsgBackend {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(source) => return Err(IoError::Os { op: "epoll_wait", source }),
         }
+        let mut woken = false;
         for ev in self.events.iter() {
+            if ev.token() == WAKE_TOKEN {
+                woken = true;
+                continue;
+            }
             let Ok(port) = u16::try_from(ev.token().0) else { continue };
             if let Some(s) = self.sockets.get_mut(&port)
                 && !s.queued
@@ -296,11 +319,20 @@ impl MmsgBackend {
                 self.ready.push_back(port);
             }
         }
+        // Edge-triggered: each wake is an edge of its own, and one read takes the whole counter.
+        // A wake between the epoll_wait and this read leaves a stale edge: the next wait returns
+        // at once, reads nothing and counts nothing.
+        if woken {
+            self.counters.syscalls += 1;
+            if self.wake.consume() {
+                self.counters.wakeups += 1;
+            }
+        }
         Ok(())
     }
 
     /// Delivers up to `rx_batch` datagrams to `f(local_port, src, payload)`; waits up to `timeout`
-    /// (`None`: forever) only if no socket is known to be readable.
+    /// (`None`: forever) only if no socket is known to be readable. A wake-up ends the wait.
     pub fn recv_batch<F>(&mut self, timeout: Option<Duration>, mut f: F) -> Result<usize, IoError>
     where
         F: FnMut(u16, SocketAddr, &mut [u8]),

@@ -19,6 +19,9 @@
 //!   kernel refuses GSO (`EIO`/`EINVAL`), the backend remembers it and sends one datagram per
 //!   message from then on.
 //! - Hot-path failures are counted in [`IoCounters`], never returned as errors or logged.
+//! - Wake-up: [`Backend::waker`] hands out a [`Waker`] another thread calls after queueing
+//!   something for this worker; the worker's current (or next) wait in `recv_batch` then ends at
+//!   once. See [`wake`].
 //!
 //! Two implementations: [`mmsg`] (recvmmsg/sendmmsg on mio readiness, the portable fallback) and
 //! [`uring`] (io_uring multishot recvmsg into a provided-buffer ring, batched `SendMsg`s).
@@ -35,11 +38,13 @@ pub mod mmsg;
 pub mod plan;
 mod sys;
 pub mod uring;
+pub mod wake;
 pub mod xsk;
 
 pub use mmsg::MmsgBackend;
 pub use sys::LegSocket;
 pub use uring::{UringBackend, UringUnavailable};
+pub use wake::Waker;
 pub use xsk::XskBackend;
 
 /// The largest datagram a backend delivers: the core's, one constant for both layers.
@@ -177,6 +182,9 @@ pub struct IoCounters {
     pub xsk_fill_ring_empty: u64,
     /// AF_XDP: TX descriptors the kernel refused as invalid.
     pub xsk_tx_invalid: u64,
+    /// Wake-ups ([`Waker::wake`], several coalesced into one when they came before the worker
+    /// looked) that a `recv_batch` consumed: each ended a wait, or kept the next one from starting.
+    pub wakeups: u64,
 }
 
 /// Cold-path errors.
@@ -415,7 +423,7 @@ impl Backend {
 
     /// Delivers up to [`IoConfig::rx_batch`] datagrams to `f(local_port, src, payload)`, waiting
     /// up to `timeout` (`None`: forever; `Some(ZERO)`: don't wait) if none is ready. Returns how
-    /// many were delivered.
+    /// many were delivered. A [`Waker::wake`] before or during the wait ends it (and is consumed).
     pub fn recv_batch<F>(&mut self, timeout: Option<Duration>, f: F) -> Result<usize, IoError>
     where
         F: FnMut(u16, SocketAddr, &mut [u8]),
@@ -424,6 +432,17 @@ impl Backend {
             Self::Uring(b) => b.recv_batch(timeout, f),
             Self::Mmsg(b) => b.recv_batch(timeout, f),
             Self::Xsk(b) => b.recv_batch(timeout, f),
+        }
+    }
+
+    /// A handle another thread uses to end this backend's current or next wait in
+    /// [`Backend::recv_batch`] (which then returns promptly, with whatever datagrams are ready,
+    /// possibly none). Cheap to clone; every call returns a handle to the same wake-up.
+    pub fn waker(&self) -> Waker {
+        match self {
+            Self::Uring(b) => b.waker(),
+            Self::Mmsg(b) => b.waker(),
+            Self::Xsk(b) => b.waker(),
         }
     }
 

@@ -24,6 +24,14 @@
 //! When a multishot ends (no `IORING_CQE_F_MORE`: the ring ran out of buffers, `ENOBUFS`, or an
 //! error) the socket is re-armed at the next `recv_batch`.
 //!
+//! Wake-up ([`super::wake`]): a one-shot `PollAdd` (`POLLIN`) of the backend's eventfd is kept in
+//! the ring (`UD_WAKE`). A write to the eventfd completes it, which ends the `io_uring_enter`
+//! wait; the `recv_batch` that reaps the completion reads the counter (one `read`, counted, never
+//! delivered as a datagram) and re-arms the poll at its next call, which completes at once if a
+//! wake came in between. Not a `Read` in the ring: that would take the counter when the first
+//! wake is written, not when the worker looks, so a burst of wakes would end two waits instead of
+//! one.
+//!
 //! Send: one `SendMsg` SQE per GSO group (with the `UDP_SEGMENT` cmsg on runs), all pushed and
 //! submitted with one `io_uring_enter` per batch, which also waits for their completions (so the
 //! caller's payloads are only borrowed for the call). Completions are reaped; errors are counted.
@@ -50,6 +58,7 @@ use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode};
 
 use super::sys::{self, GroCmsg, GsoCmsg, LegSocket, RAW_ADDR_LEN, RawAddr};
+use super::wake::{WakeFd, Waker};
 use super::{GRO_BUF_BYTES, IoConfig, IoCounters, IoError, RX_BUF_BYTES, SendCache, SendParts, SendRegistry, StagedSend, Staging, Transmit, send_staged};
 
 /// The buffer group id of the worker's provided-buffer ring (one ring per worker and io_uring).
@@ -58,6 +67,8 @@ pub const BGID: u16 = 0;
 const KIND_MASK: u64 = 0xff << 56;
 const UD_RECV: u64 = 1 << 56;
 const UD_SEND: u64 = 2 << 56;
+/// The user data of the wake-up eventfd's `PollAdd`.
+const UD_WAKE: u64 = 3 << 56;
 /// `sizeof(struct io_uring_recvmsg_out)`.
 const RECVMSG_OUT: usize = 16;
 /// Where the payload starts in a filled buffer.
@@ -160,7 +171,9 @@ fn setup(sq_entries: u32) -> Result<IoUring, UringUnavailable> {
     }
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe).map_err(|source| UringUnavailable::Setup { op: "IORING_REGISTER_PROBE", source })?;
-    for (code, feature) in [(opcode::SendMsg::CODE, "IORING_OP_SENDMSG"), (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG")] {
+    for (code, feature) in
+        [(opcode::SendMsg::CODE, "IORING_OP_SENDMSG"), (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"), (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD")]
+    {
         if !probe.is_supported(code) {
             return Err(UringUnavailable::MissingFeature { feature, release });
         }
@@ -345,6 +358,9 @@ pub struct UringBackend {
     registry: Arc<SendRegistry>,
     sockets: HashMap<u16, RxSocket>,
     rearm: Vec<u16>,
+    wake: WakeFd,
+    /// The wake-up state: whether its `PollAdd` is in the ring, or it failed for good.
+    wake_state: WakeState,
     pending: VecDeque<Cqe>,
     /// The rest of a coalesced run that did not fit the last batch (its buffer not yet recycled).
     partial: Option<Partial>,
@@ -367,6 +383,19 @@ impl std::fmt::Debug for UringBackend {
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
+}
+
+/// Where the wake-up eventfd's `PollAdd` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WakeState {
+    /// Not in the ring: pushed at the next `recv_batch`.
+    Idle,
+    /// In the ring.
+    Armed,
+    /// It completed with an error other than an interruption: not re-armed, or every wait would end
+    /// at once. Wake-ups are lost from then on (the worker's wait bounds the delay); counted in
+    /// `rx_errors`.
+    Failed,
 }
 
 fn recv_user_data(serial: u32, port: u16) -> u64 {
@@ -399,6 +428,8 @@ impl UringBackend {
             shared: KernelShared { recv_hdr, tx: TxScratch::default() },
             sockets: HashMap::new(),
             rearm: Vec::new(),
+            wake: WakeFd::new()?,
+            wake_state: WakeState::Idle,
             next_serial: 0,
             cache: SendCache::new(Arc::clone(&registry)),
             staging: Staging::default(),
@@ -469,6 +500,11 @@ impl UringBackend {
         self.gso
     }
 
+    /// A handle that ends this backend's current or next wait; see [`super::Backend::waker`].
+    pub fn waker(&self) -> Waker {
+        self.wake.waker()
+    }
+
     /// Pushes an SQE, submitting first if the queue is full.
     fn push(&mut self, sqe: &io_uring::squeue::Entry) -> Result<(), IoError> {
         loop {
@@ -485,6 +521,11 @@ impl UringBackend {
     }
 
     fn arm_pending(&mut self) -> Result<(), IoError> {
+        if self.wake_state == WakeState::Idle {
+            let sqe = opcode::PollAdd::new(Fd(self.wake.as_raw_fd()), libc::POLLIN as u32).build().user_data(UD_WAKE);
+            self.push(&sqe)?;
+            self.wake_state = WakeState::Armed;
+        }
         while let Some(port) = self.rearm.pop() {
             let Some(s) = self.sockets.get_mut(&port) else { continue };
             if s.armed {
@@ -549,12 +590,29 @@ impl UringBackend {
                 },
             };
             handled += 1;
-            if cqe.user_data & KIND_MASK == UD_RECV {
-                delivered += self.on_recv(cqe, cap - delivered, &mut f);
+            match cqe.user_data & KIND_MASK {
+                UD_RECV => delivered += self.on_recv(cqe, cap - delivered, &mut f),
+                UD_WAKE => self.on_wake(cqe),
+                _ => {}
             }
         }
         self.bufs.publish();
         Ok(delivered)
+    }
+
+    /// Handles the wake-up poll's completion: drains the eventfd (counting a consumed wake) and
+    /// re-arms the poll at the next `recv_batch`, unless it failed for good.
+    fn on_wake(&mut self, cqe: Cqe) {
+        self.wake_state = WakeState::Idle;
+        if cqe.result > 0 {
+            self.counters.syscalls += 1;
+            if self.wake.consume() {
+                self.counters.wakeups += 1;
+            }
+        } else if cqe.result < 0 && !matches!(-cqe.result, libc::EINTR | libc::EAGAIN | libc::ECANCELED) {
+            self.counters.rx_errors += 1;
+            self.wake_state = WakeState::Failed;
+        }
     }
 
     /// Handles one receive completion, delivering at most `room` datagrams (the rest of a

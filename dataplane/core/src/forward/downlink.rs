@@ -74,21 +74,19 @@ pub(super) fn measure_layers<'a>(tracks: impl Iterator<Item = &'a mut Track>, el
 
 /// Runs the allocator of every leg this core owns that has congestion control; starts probes
 /// where the allocation wants more than the estimate. Returns the earliest probe deadline.
-#[expect(clippy::too_many_arguments, reason = "the core's parts, borrowed apart once per housekeeping tick")]
 pub(super) fn allocate(
     now: Instant,
     legs: &mut Map<LegId, Leg>,
     tracks: &mut Map<TrackId, Track>,
     owns: impl Fn(u16) -> bool,
-    fanned_here: &dyn Fn(&TrackId) -> bool,
     scratch: &mut Vec<(TrackId, usize, Demand)>,
     stats: &mut CoreStats,
     events: &mut VecDeque<Event>,
 ) -> Option<Instant> {
     let mut next = None;
     let mut out = [None; MAX_ALLOC];
-    // Which worker fans out a track: the owner of its publisher's port. Only subscriptions fanned
-    // out here are this leg's to allocate (the others' copies carry no stamp of this worker).
+    // The core that owns a leg builds every copy to it (egress ownership): all its
+    // subscriptions are this core's to allocate.
     for leg in legs.values_mut() {
         let Some(dl) = leg.downlink.as_deref_mut() else { continue };
         if !owns(leg.spec.local_port) {
@@ -96,7 +94,7 @@ pub(super) fn allocate(
         }
         scratch.clear();
         for &(_, track_id) in &leg.egress {
-            if scratch.len() == MAX_ALLOC || scratch.iter().any(|(t, _, _)| *t == track_id) || !fanned_here(&track_id) {
+            if scratch.len() == MAX_ALLOC || scratch.iter().any(|(t, _, _)| *t == track_id) {
                 continue;
             }
             let Some(track) = tracks.get(&track_id) else { continue };
@@ -310,18 +308,29 @@ pub(super) fn pace(now: Instant, legs: &mut Map<LegId, Leg>, pacing: &mut Pacing
     next
 }
 
-/// Reports flowing layers of tracks fanned out here that no subscription receives or targets
-/// (after [`UNWANTED_AFTER`]), and when they are wanted again.
-pub(super) fn layer_demand<'a>(now: Instant, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) {
+/// The layers of a track its subscriptions on core `here` want (a bit per layer): the one they
+/// receive and the one they move to.
+fn wanted_here(subs: &[crate::table::Subscription], here: u16) -> u8 {
+    subs.iter().filter(|s| s.owner == here && !s.paused).fold(0u8, |m, s| m | s.current_layer.map_or(0, |l| 1u8 << l.min(7)) | 1u8 << s.target().min(7))
+}
+
+/// Reports flowing layers of the tracks this core fans out (`fanned`) that no subscription
+/// receives or targets (after [`UNWANTED_AFTER`]), and when they are wanted again. Each core
+/// decides for its own subscriptions; the others' wishes arrive as [`HandoffKind::Demand`]
+/// (`LayerState::wanted_by`).
+///
+/// [`HandoffKind::Demand`]: super::HandoffKind::Demand
+pub(super) fn layer_demand<'a>(now: Instant, here: u16, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) {
+    let others = !(1u64 << here.min(63));
     for t in tracks {
         let id = t.spec.id;
-        let Track { layers, subs, .. } = t;
-        for (l, state) in layers.iter_mut().enumerate() {
+        let mine = wanted_here(&t.subs, here);
+        for (l, state) in t.layers.iter_mut().enumerate() {
             if !state.activity.active {
                 continue;
             }
+            let wanted = mine & (1 << l.min(7)) != 0 || state.wanted_by & others != 0;
             let l = l as u8;
-            let wanted = subs.iter().any(|s| !s.paused && (s.current_layer == Some(l) || s.target() == l));
             let (reported, since) = &mut state.demand;
             if wanted {
                 *since = None;
@@ -337,15 +346,47 @@ pub(super) fn layer_demand<'a>(now: Instant, tracks: impl Iterator<Item = &'a mu
     }
 }
 
+/// How often a core repeats the layer demand of its subscriptions to a track's core when it has
+/// not changed (a hand-over lost to a full queue is made good).
+const DEMAND_REPEAT: core::time::Duration = core::time::Duration::from_secs(1);
+
+/// Tells the cores that fan tracks out which of their layers this core's subscriptions want,
+/// for each track with subscriptions here and its publisher on another core: when it changed,
+/// and every [`DEMAND_REPEAT`].
+pub(super) fn tell_demand(
+    now: Instant,
+    shard: super::Shard,
+    legs: &Map<LegId, Leg>,
+    tracks: &mut Map<TrackId, Track>,
+    handoffs: &mut super::Handoffs,
+    stats: &mut CoreStats,
+) {
+    let here = 1u64 << shard.index.min(63);
+    for t in tracks.values_mut().filter(|t| t.owners & here != 0) {
+        let Some(port) = legs.get(&t.spec.publisher).map(|p| p.spec.local_port) else { continue };
+        if shard.owns(port) {
+            continue;
+        }
+        let mask = wanted_here(&t.subs, shard.index);
+        if t.demand_told.is_some_and(|(m, at)| m == mask && now.saturating_duration_since(at) < DEMAND_REPEAT) {
+            continue;
+        }
+        if handoffs.push(stats, shard.owner(port), t.spec.publisher, super::HandoffKind::Demand { track: t.spec.id, layers: mask }, &[]) {
+            t.demand_told = Some((mask, now));
+        }
+    }
+}
+
 /// Subscriptions of legs without congestion control (no allocator): when the layer they target
 /// stopped flowing (the publisher's encoder dropped it), they get the best lower layer that
 /// flows, and their target back once it flows again. (A leg with an allocator gets the same from
 /// it: a layer that does not flow has no rate and is never chosen.)
-pub(super) fn fallback<'a>(legs: &Map<LegId, Leg>, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) {
+pub(super) fn fallback<'a>(legs: &Map<LegId, Leg>, here: u16, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) {
     for t in tracks {
         let id = t.spec.id;
         let Track { layers, subs, .. } = t;
-        for sub in subs.iter_mut() {
+        // Only this core's subscriptions: it sees their layers flow (handed over or received).
+        for sub in subs.iter_mut().filter(|s| s.owner == here) {
             if legs.get(&sub.subscriber).is_none_or(|l| l.downlink.is_some()) {
                 continue;
             }

@@ -26,9 +26,9 @@ pub(super) struct Ctx<'a> {
     pub stats: &'a mut CoreStats,
     pub events: &'a mut VecDeque<Event>,
     pub shard: super::Shard,
-    /// Where feedback for tracks of other cores goes; `None` when handling a handoff (it was
-    /// routed here because this core owns the track).
-    pub handoffs: Option<&'a mut VecDeque<super::Handoff>>,
+    /// What goes to other cores: keyframe requests and upstream NACKs for tracks another core
+    /// fans out, sender reports for subscriptions another core serves.
+    pub handoffs: &'a mut super::Handoffs,
     /// The core's pacing (the pool paced legs' waiting packets live in).
     pub pacing: &'a mut crate::downlink::pacer::Pacing,
 }
@@ -126,6 +126,11 @@ pub(super) fn rtp(
     let mut reason = DropReason::LayerFiltered;
     let mut want_keyframe = if structure_missing { 1 << layer } else { 0 };
     for sub in &mut track.subs {
+        // Another core owns the subscriber's leg: it builds this copy (from the packet handed
+        // over to it), so the leg's packets leave from one core.
+        if sub.owner != ctx.shard.index {
+            continue;
+        }
         let v = select::gate(ctx, sub, &media);
         want_keyframe |= v.want_keyframe;
         let Some(rewritten) = v.send else {
@@ -250,8 +255,7 @@ fn patch_active_targets(plain: &mut [u8], id: u8, d: &dd::Descriptor, mask: u32)
 /// that this core owns (top-N audio, see [`crate::audio::slot`]); each leg's slots decide with
 /// the group's `ranking`; `speaking`: the track's voice activity where its levels are read
 /// (its own core; another core gets it with the handed-over packet). Returns how many copies
-/// left, and the other cores that own slot legs of the group (a bit per core index, the first
-/// 64: where the packet is to be handed over).
+/// left.
 #[allow(clippy::too_many_arguments, reason = "the fan-out's context, the packet and what the slots decide with")]
 pub(super) fn to_slots(
     ctx: &mut Ctx<'_>,
@@ -262,24 +266,20 @@ pub(super) fn to_slots(
     ssrc: Ssrc,
     plain: &[u8],
     speaking: bool,
-) -> (usize, u64) {
-    let Ok(pkt) = rtp::Packet::new_checked(plain) else { return (0, 0) };
+) -> usize {
+    let Ok(pkt) = rtp::Packet::new_checked(plain) else { return 0 };
     let pt = Pt(pkt.payload_type());
     let p = SlotPacket { track: track.spec.id, ssrc, seq: SeqNo(pkt.sequence_number()), ts: pkt.timestamp(), clock_rate: track.spec.clock_rate, speaking };
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
-    let (mut sent, mut others) = (0, 0u64);
+    let mut sent = 0;
     for &leg_id in slot_legs.iter().filter(|&&l| l != track.spec.publisher) {
         // The slots leave the leg while its copy is built (the egress needs the legs).
         let Some(leg) = legs.get_mut(&leg_id) else { continue };
         // Only the worker that owns the subscriber leg feeds its slots: every worker holds the
         // slot state, and two encrypting on one out-SSRC would reuse SRTP packet indexes (and
         // break the slot's sequence). Speakers fanned out by other workers reach it handed over
-        // (`HandoffKind::SlotAudio`).
+        // (`HandoffKind::Media`).
         if !ctx.shard.owns(leg.spec.local_port) {
-            let owner = ctx.shard.owner(leg.spec.local_port);
-            if owner < 64 {
-                others |= 1 << owner;
-            }
             continue;
         }
         let Some(mut set) = leg.slots.take() else { continue };
@@ -297,7 +297,7 @@ pub(super) fn to_slots(
             leg.slots = Some(set);
         }
     }
-    (sent, others)
+    sent
 }
 
 /// A publisher's RTX packet (RFC 4588 §4): payload = OSN (2 bytes) + original payload. It is
@@ -337,8 +337,8 @@ fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg
     let twcc_from = publisher_twcc(legs, track.spec.publisher);
     let mut sent = 0;
     for sub in &mut track.subs {
-        // Not a frame the subscription's spatial and temporal layers take.
-        if sub.paused || !sub.layers.admits(&frame) {
+        // Not a frame the subscription's spatial and temporal layers take, or another core's.
+        if sub.owner != ctx.shard.index || sub.paused || !sub.layers.admits(&frame) {
             continue;
         }
         // On the layer: like any packet of it. Switched away since: through the old segment,
@@ -368,7 +368,8 @@ pub(super) fn rtx_pt_for(publisher_rtx_pt: Option<Pt>, sub: &Subscription) -> Op
 }
 
 /// Asks the publisher for a keyframe of `layer` (PLI, RFC 4585 §6.3.1), at most once per
-/// [`KEYFRAME_REQUEST_INTERVAL`] per layer. Returns whether a request left.
+/// [`KEYFRAME_REQUEST_INTERVAL`] per layer (on this core; the publisher's core throttles what
+/// every core asks it). Returns whether a request left (or went to the publisher's core).
 pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Leg>, layer: u8) -> bool {
     let Some(state) = track.layers.get_mut(usize::from(layer)) else { return false };
     let Some(media) = state.ssrc else { return false };
@@ -376,6 +377,15 @@ pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut 
         return false;
     }
     let Some(leg) = legs.get_mut(&track.spec.publisher) else { return false };
+    // The publisher's leg is another core's: only that core sends on it (one SRTCP index).
+    if !ctx.shard.owns(leg.spec.local_port) {
+        let to = ctx.shard.owner(leg.spec.local_port);
+        let handed = ctx.handoffs.push(ctx.stats, to, track.spec.publisher, super::HandoffKind::Keyframe { track: track.spec.id, layer }, &[]);
+        if handed {
+            state.last_keyframe_request = Some(ctx.now);
+        }
+        return handed;
+    }
     let Some((local_port, remote)) = leg.rtcp_path() else { return false };
     let Some(slot) = ctx.out.next_slot() else { return false };
     let Ok(len) = rtcp::write_pli(&mut slot[..], leg.spec.feedback_ssrc, media) else { return false };

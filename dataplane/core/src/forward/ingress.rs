@@ -161,22 +161,38 @@ impl Core {
                 self.next_speakers = Some(now + crate::audio::SPEAKER_TICK);
             }
         }
-        let mut ctx = fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
+        // Top-N audio: the group's subscribers with audio slots take a ranked speaker's packets.
+        let ranking = track.spec.speaker_group.and_then(|g| self.speakers.group(g)).map(|s| s.ranking());
+        let ranking = ranking.filter(|_| !is_rtx && !slot_legs.is_empty());
+        let speaking = track.level.speaking();
+        // Egress ownership: the copies for subscriptions (and audio slots) of legs another core
+        // owns are built there, so one leg's packets always leave from one core. The packet goes
+        // to each such core once, as decrypted: before the fan-out rewrites it in place.
+        let mut cores = 0u64;
+        if self.shard.count > 1 {
+            cores = track.owners & !(1u64 << self.shard.index.min(63));
+            // Only a ranked speaker's packet can feed a slot on another core.
+            if ranking.is_some_and(|r| r.as_slice().iter().any(|s| s.track == track_id)) {
+                cores |= fanout::slot_cores(self.shard, legs, slot_legs, track.spec.publisher);
+            }
+            let kind = HandoffKind::Media { track: track_id, ssrc, layer, rtx: is_rtx, speaking };
+            for to in (0..64u16).filter(|w| cores & (1 << w) != 0) {
+                self.handoffs.push(&mut self.stats, to, track.spec.publisher, kind, &buf[..plain_len]);
+            }
+        }
+        let mut ctx = fanout::Ctx {
+            now,
+            out,
+            stats: &mut self.stats,
+            events: &mut self.events,
+            shard: self.shard,
+            handoffs: &mut self.handoffs,
+            pacing: &mut self.pacing,
+        };
         let plain = &mut buf[..plain_len];
         let verdict = fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain);
-        // Top-N audio: the group's subscribers with audio slots, after its per-track ones; a
-        // ranked speaker's packet also goes, once per core, to the cores that own other slot
-        // legs of the group.
-        let ranking = track.spec.speaker_group.and_then(|g| self.speakers.group(g)).map(|s| s.ranking());
-        let Some(ranking) = ranking.filter(|_| !is_rtx && !slot_legs.is_empty()) else { return verdict };
-        let speaking = track.level.speaking();
-        let (sent, others) = fanout::to_slots(&mut ctx, track, legs, slot_legs, ranking, ssrc, plain, speaking);
-        // Only a ranked speaker's packet can feed a slot anywhere.
-        let cores = if ranking.as_slice().iter().any(|s| s.track == track_id) { others } else { 0 };
-        let publisher = track.spec.publisher;
-        for to in (0..64u16).filter(|w| cores & (1 << w) != 0) {
-            push_handoff(&mut self.handoffs, (self.shard.index, to), publisher, HandoffKind::SlotAudio { track: track_id, ssrc, speaking }, plain);
-        }
+        let Some(ranking) = ranking else { return if cores != 0 { Ok(()) } else { verdict } };
+        let sent = fanout::to_slots(&mut ctx, track, legs, slot_legs, ranking, ssrc, plain, speaking);
         if sent > 0 || cores != 0 { Ok(()) } else { verdict }
     }
 
@@ -265,7 +281,7 @@ impl Core {
             stats: &mut self.stats,
             events: &mut self.events,
             shard: self.shard,
-            handoffs: Some(&mut self.handoffs),
+            handoffs: &mut self.handoffs,
             pacing: &mut self.pacing,
         };
         rtcp::compound(&mut ctx, &mut self.tables, leg_id, &buf[..plain_len])

@@ -286,48 +286,79 @@ impl Shard {
     }
 }
 
-/// The most RTCP bytes one handoff carries (one RTCP packet of a compound).
-pub const MAX_HANDOFF: usize = 1200;
-/// How many handoffs wait before the oldest is dropped (the worker drains them every batch).
-const HANDOFF_QUEUE: usize = 64;
+/// The most bytes one handoff carries: a whole datagram (a decrypted media packet).
+pub const MAX_HANDOFF: usize = MAX_DATAGRAM;
+/// How many handoffs wait in a core before new ones are dropped (counted): the worker takes
+/// them out after every batch, so this is a few receive batches' worth for every other core.
+const HANDOFF_QUEUE: usize = 1024;
+/// The most spare handoff buffers a core keeps (buffers come back from the cores they went to;
+/// past this they are freed).
+const HANDOFF_POOL: usize = 2048;
+
+/// A pooled handoff buffer.
+type HandoffBuf = Box<[u8; MAX_HANDOFF]>;
 
 /// Something one core decrypted or decided that another core needs: give it to core `to` with
-/// [`Core::handle_handoff`].
-#[derive(Clone, Debug)]
+/// [`Core::handle_handoff`], then give it back to core `from` with [`Core::recycle`] (its buffer
+/// goes back to that core's pool: no allocation per handed-over packet).
+#[derive(Debug)]
 pub struct Handoff {
     /// The core it is for.
     pub to: u16,
     /// The core it comes from.
     pub from: u16,
-    /// The leg it came from (the publisher's, for audio and speakers).
+    /// The leg it came from (the publisher's, for media and sender reports), or is for
+    /// ([`HandoffKind::Upstream`]).
     pub leg: LegId,
     /// What it is.
     pub kind: HandoffKind,
     len: u16,
-    bytes: [u8; MAX_HANDOFF],
+    bytes: HandoffBuf,
 }
 
 /// What a [`Handoff`] carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandoffKind {
-    /// Decrypted feedback (one RTCP packet) for a track the receiving core owns.
-    Feedback,
-    /// A decrypted packet of ranked audio track `track` (publisher SSRC `ssrc`) for the audio
-    /// slots of the legs the receiving core owns (top-N audio across workers); `speaking` is the
-    /// track's voice activity where its levels are read.
-    SlotAudio {
-        /// The audio track.
+    /// A decrypted RTP packet of `track` (publisher SSRC `ssrc`, layer `layer`), for the
+    /// subscriptions whose legs the receiving core owns (it builds and sends their copies: egress
+    /// ownership) and, for ranked audio, the audio slots of its legs; `speaking` is the track's
+    /// voice activity where its levels are read.
+    Media {
+        /// The track.
         track: TrackId,
         /// The publisher's SSRC.
         ssrc: Ssrc,
+        /// The simulcast layer.
+        layer: u8,
+        /// Whether it is the layer's RTX stream (the packet is the RTX packet as received).
+        rtx: bool,
         /// Whether the track is speaking now (the slots switch sources at talk-spurt boundaries).
         speaking: bool,
     },
-    /// A speaker's decrypted sender report (one SR packet) for the audio slots of `track` on
-    /// the legs the receiving core owns.
-    SlotSr {
-        /// The audio track.
+    /// A publisher's decrypted sender report (one SR packet) about `track`, for the receiving
+    /// core's subscriptions and audio slots of it.
+    Sr {
+        /// The track.
         track: TrackId,
+    },
+    /// A keyframe request for layer `layer` of `track`, for the core that owns its publisher's
+    /// leg (which throttles and sends it).
+    Keyframe {
+        /// The track.
+        track: TrackId,
+        /// The layer.
+        layer: u8,
+    },
+    /// A plain RTCP packet (a NACK the retransmission cache could not answer) to protect and send
+    /// to the publisher of leg [`Handoff::leg`], which the receiving core owns.
+    Upstream,
+    /// The layers of `track` the sending core's subscriptions want (a bit per layer), for the
+    /// core that fans the track out (layer demand is reported there).
+    Demand {
+        /// The track.
+        track: TrackId,
+        /// The wanted layers.
+        layers: u8,
     },
     /// The sending core's speaker candidates of `group` at its last tick (encoded, see
     /// [`crate::audio::encode_candidates`]), so every core ranks the whole group.
@@ -341,6 +372,44 @@ impl Handoff {
     /// The payload: the decrypted RTCP or RTP packet, or the encoded candidates.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A core's outgoing handoffs and its pool of spare buffers.
+#[derive(Debug)]
+pub(crate) struct Handoffs {
+    queue: VecDeque<Handoff>,
+    pool: Vec<HandoffBuf>,
+    from: u16,
+}
+
+impl Handoffs {
+    fn new(from: u16) -> Self {
+        Self { queue: VecDeque::with_capacity(HANDOFF_QUEUE), pool: Vec::new(), from }
+    }
+
+    /// Queues `bytes` for core `to`, in a buffer from the pool (or a new one, counted); a full
+    /// queue drops it (counted). Returns whether it was queued.
+    pub(crate) fn push(&mut self, stats: &mut CoreStats, to: u16, leg: LegId, kind: HandoffKind, bytes: &[u8]) -> bool {
+        if bytes.len() > MAX_HANDOFF || self.queue.len() >= HANDOFF_QUEUE {
+            stats.handoffs_dropped += 1;
+            return false;
+        }
+        let mut buf = self.pool.pop().unwrap_or_else(|| {
+            stats.handoff_buffers += 1;
+            Box::new([0; MAX_HANDOFF])
+        });
+        buf[..bytes.len()].copy_from_slice(bytes);
+        self.queue.push_back(Handoff { to, from: self.from, leg, kind, len: bytes.len() as u16, bytes: buf });
+        stats.handoffs_out += 1;
+        true
+    }
+
+    /// Takes back a handoff's buffer.
+    fn recycle(&mut self, h: Handoff) {
+        if self.pool.len() < HANDOFF_POOL {
+            self.pool.push(h.bytes);
+        }
     }
 }
 
@@ -375,7 +444,7 @@ pub struct Core {
     stats: CoreStats,
     events: VecDeque<Event>,
     shard: Shard,
-    handoffs: VecDeque<Handoff>,
+    handoffs: Handoffs,
     /// When the idle/stopped sweep runs next.
     next_sweep: Instant,
     /// The earliest uplink report deadline of the legs this core owns, if any.
@@ -403,19 +472,6 @@ pub struct Core {
     gates_scratch: Vec<(u16, Ssrc, u8, bool)>,
 }
 
-fn push_handoff(handoffs: &mut VecDeque<Handoff>, (from, to): (u16, u16), leg: LegId, kind: HandoffKind, bytes: &[u8]) -> bool {
-    if bytes.len() > MAX_HANDOFF {
-        return false;
-    }
-    if handoffs.len() >= HANDOFF_QUEUE {
-        handoffs.pop_front();
-    }
-    let mut h = Handoff { to, from, leg, kind, len: bytes.len() as u16, bytes: [0; MAX_HANDOFF] };
-    h.bytes[..bytes.len()].copy_from_slice(bytes);
-    handoffs.push_back(h);
-    true
-}
-
 pub(crate) fn push_event(events: &mut VecDeque<Event>, e: Event) {
     if events.len() >= EVENT_QUEUE {
         events.pop_front();
@@ -426,12 +482,14 @@ pub(crate) fn push_event(events: &mut VecDeque<Event>, e: Event) {
 impl Core {
     /// A core with empty tables.
     pub fn new(config: CoreConfig) -> Self {
+        let mut tables = Tables::new(config.tables);
+        tables.set_shards(config.shard.count);
         Self {
-            tables: Tables::new(config.tables),
+            tables,
             stats: CoreStats::default(),
             events: VecDeque::with_capacity(EVENT_QUEUE),
             shard: config.shard,
-            handoffs: VecDeque::with_capacity(HANDOFF_QUEUE),
+            handoffs: Handoffs::new(config.shard.index),
             slow: VecDeque::with_capacity(SLOW_QUEUE),
             next_sweep: Instant::default(),
             next_uplink: None,
@@ -465,41 +523,85 @@ impl Core {
         Ok(g)
     }
 
-    /// The next feedback to hand to another core, if any.
+    /// The next handoff for another core, if any (take them all after every batch).
     pub fn poll_handoff(&mut self) -> Option<Handoff> {
-        self.handoffs.pop_front()
+        self.handoffs.queue.pop_front()
     }
 
-    /// What another core handed over ([`Core::poll_handoff`] there): feedback for a track this
-    /// core owns, a ranked speaker's audio for the slots of legs this core owns, or that core's
-    /// speaker candidates.
-    pub fn handle_handoff(&mut self, now: Instant, handoff: &Handoff, out: &mut OutBatch) {
+    /// Takes back a handoff this core made, once the core it went to is done with it (its
+    /// buffer goes back to the pool).
+    pub fn recycle(&mut self, handoff: Handoff) {
+        self.handoffs.recycle(handoff);
+    }
+
+    /// What another core handed over ([`Core::poll_handoff`] there): a publisher's packet or
+    /// sender report for the subscriptions and audio slots of the legs this core owns, a keyframe
+    /// request, an upstream NACK or layer demand for a track this core fans out, or that core's
+    /// speaker candidates. The packet is rewritten in place (hand it back with
+    /// [`Core::recycle`] on the core it came from).
+    pub fn handle_handoff(&mut self, now: Instant, handoff: &mut Handoff, out: &mut OutBatch) {
+        self.stats.handoffs_in += 1;
+        let before = out.len();
+        let len = usize::from(handoff.len);
+        let plain = &mut handoff.bytes[..len];
+        let mut ctx = fanout::Ctx {
+            now,
+            out,
+            stats: &mut self.stats,
+            events: &mut self.events,
+            shard: self.shard,
+            handoffs: &mut self.handoffs,
+            pacing: &mut self.pacing,
+        };
         match handoff.kind {
-            HandoffKind::Feedback => {
-                let mut ctx =
-                    fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
-                let _ = rtcp::compound(&mut ctx, &mut self.tables, handoff.leg, handoff.bytes());
-            }
-            HandoffKind::SlotAudio { track, ssrc, speaking } => {
+            HandoffKind::Media { track, ssrc, layer, rtx, speaking } => {
                 let Some((t, legs, slot_legs)) = self.tables.track_legs_and_slots_mut(track) else { return };
-                let Some(ranking) = t.spec.speaker_group.and_then(|g| self.speakers.group(g)).map(|s| *s.ranking()) else { return };
-                let mut ctx =
-                    fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
-                fanout::to_slots(&mut ctx, t, legs, slot_legs, &ranking, ssrc, handoff.bytes(), speaking);
+                // The layer flows (what the allocator and the fallback read here); its start and
+                // stop are reported by the track's own core.
+                if !rtx && let Some(state) = t.layers.get_mut(usize::from(layer)) {
+                    state.activity.touch(now);
+                }
+                if t.owners & (1u64 << self.shard.index.min(63)) != 0 {
+                    let _ = fanout::rtp(&mut ctx, t, legs, ssrc, layer, rtx, plain);
+                }
+                let ranking = t.spec.speaker_group.and_then(|g| self.speakers.group(g)).map(|s| *s.ranking());
+                if let Some(ranking) = ranking.filter(|_| !rtx && !slot_legs.is_empty()) {
+                    fanout::to_slots(&mut ctx, t, legs, slot_legs, &ranking, ssrc, plain, speaking);
+                }
             }
-            HandoffKind::SlotSr { track } => {
-                let Ok(sr) = crate::wire::rtcp::SenderReport::new_checked(handoff.bytes()) else { return };
-                let Some((_, legs, slot_legs)) = self.tables.track_legs_and_slots_mut(track) else { return };
-                let mut ctx =
-                    fanout::Ctx { now, out, stats: &mut self.stats, events: &mut self.events, shard: self.shard, handoffs: None, pacing: &mut self.pacing };
-                rtcp::slot_sender_reports(&mut ctx, legs, slot_legs, track, sr.sender_ssrc(), &sr.sender_info());
+            HandoffKind::Sr { track } => {
+                if let Ok(sr) = crate::wire::rtcp::SenderReport::new_checked(&*plain) {
+                    rtcp::track_sender_report(&mut ctx, &mut self.tables, track, sr.sender_ssrc(), &sr.sender_info());
+                }
+            }
+            HandoffKind::Keyframe { track, layer } => {
+                if let Some((t, legs)) = self.tables.track_and_legs_mut(track) {
+                    fanout::request_keyframe(&mut ctx, t, legs, layer);
+                }
+            }
+            HandoffKind::Upstream => rtcp::send_upstream(&mut ctx, &mut self.tables, handoff.leg, plain),
+            HandoffKind::Demand { track, layers } => {
+                if let Some(t) = self.tables.track_mut(track) {
+                    let bit = 1u64 << handoff.from.min(63);
+                    for (l, state) in t.layers.iter_mut().enumerate() {
+                        if layers & (1 << l) != 0 {
+                            state.wanted_by |= bit;
+                        } else {
+                            state.wanted_by &= !bit;
+                        }
+                    }
+                }
             }
             HandoffKind::Speakers { group } => {
-                self.speakers.take_remote(now, handoff.from, group, handoff.bytes());
+                self.speakers.take_remote(now, handoff.from, group, plain);
                 if self.next_speakers.is_none() {
                     self.next_speakers = Some(now + crate::audio::SPEAKER_TICK);
                 }
             }
+        }
+        for (_, p) in out.iter().skip(before) {
+            self.stats.tx_packets += 1;
+            self.stats.tx_bytes += p.len() as u64;
         }
     }
 
@@ -652,15 +754,15 @@ impl Core {
         downlink::measure_layers(self.tables.tracks_mut(), elapsed);
         let shard = self.shard;
         let (legs, tracks) = self.tables.legs_and_tracks_mut();
-        // The tracks this worker fans out (its publisher's port is ours); with one worker, all
-        // of them (no set needed).
-        let here: Option<std::collections::HashSet<TrackId>> = (shard.count > 1)
-            .then(|| tracks.values().filter(|t| legs.get(&t.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port))).map(|t| t.spec.id).collect());
-        let fanned_here = |t: &TrackId| here.as_ref().is_none_or(|h| h.contains(t));
-        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), &fanned_here, &mut self.alloc_scratch, &mut self.stats, &mut self.events);
-        // Layer demand and fallbacks are decided by the worker that fans the track out.
-        downlink::layer_demand(now, tracks.values_mut().filter(|t| fanned_here(&t.spec.id)), &mut self.events);
-        downlink::fallback(legs, tracks.values_mut().filter(|t| fanned_here(&t.spec.id)), &mut self.events);
+        let probe = downlink::allocate(now, legs, tracks, |p| shard.owns(p), &mut self.alloc_scratch, &mut self.stats, &mut self.events);
+        // Layer demand is reported by the core that fans a track out (its publisher's port is
+        // ours), with what the other cores' subscriptions want (told below, on those cores).
+        let fanned_here = |t: &crate::table::Track| legs.get(&t.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port));
+        downlink::layer_demand(now, shard.index, tracks.values_mut().filter(|t| fanned_here(t)), &mut self.events);
+        if shard.count > 1 {
+            downlink::tell_demand(now, shard, legs, tracks, &mut self.handoffs, &mut self.stats);
+        }
+        downlink::fallback(legs, shard.index, tracks.values_mut(), &mut self.events);
         self.next_probe = match (self.next_probe, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -680,7 +782,7 @@ impl Core {
                 let group = chunk[0].0;
                 let n = crate::audio::encode_candidates(chunk.iter().map(|(_, c)| *c), &mut buf);
                 for to in (0..shard.count).filter(|&w| w != shard.index) {
-                    push_handoff(&mut self.handoffs, (shard.index, to), LegId(0), HandoffKind::Speakers { group }, &buf[..n]);
+                    self.handoffs.push(&mut self.stats, to, LegId(0), HandoffKind::Speakers { group }, &buf[..n]);
                 }
             }
         }
@@ -756,9 +858,14 @@ impl Core {
                 push_event(&mut self.events, Event::LegIdle { leg: leg.spec.id });
             }
         }
-        for track in self.tables.tracks_mut() {
+        // Every core that sees a layer flow (received, or handed over) marks it stopped; the
+        // track's own core reports it.
+        let shard = self.shard;
+        let (legs, tracks) = self.tables.legs_and_tracks_mut();
+        for track in tracks.values_mut() {
+            let fanned_here = legs.get(&track.spec.publisher).is_some_and(|p| shard.owns(p.spec.local_port));
             for (i, layer) in track.layers.iter_mut().enumerate() {
-                if layer.activity.expire(now, STREAM_STOPPED_AFTER) {
+                if layer.activity.expire(now, STREAM_STOPPED_AFTER) && fanned_here {
                     push_event(&mut self.events, Event::StreamStopped { track: track.spec.id, layer: i as u8 });
                 }
             }

@@ -28,20 +28,18 @@ const MAX_UPSTREAM_NACK: usize = 64;
 /// A decrypted RTCP compound packet `plain` from `leg_id`.
 pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, plain: &[u8]) -> Result<(), DropReason> {
     let before = ctx.out.len();
+    let handed_before = ctx.stats.handoffs_out;
     let mut malformed = false;
-    let mut handed = false;
+    // Feedback arrives on the port of the leg it is from, so on the core that owns that leg:
+    // the one that serves its subscriptions (their rewriters, caches and send contexts). What
+    // must reach a publisher another core owns (keyframe requests, NACKs the cache cannot
+    // answer) and sender reports for other cores' subscribers are handed over from here.
     for pkt in rtcp::compound(plain) {
         let Ok(pkt) = pkt else {
             malformed = true;
             break;
         };
         let bytes = pkt.as_bytes();
-        if let Some(owner) = foreign_owner(ctx, tables, leg_id, &pkt) {
-            if let Some(h) = ctx.handoffs.as_deref_mut() {
-                handed |= super::push_handoff(h, (ctx.shard.index, owner), leg_id, super::HandoffKind::Feedback, bytes);
-            }
-            continue;
-        }
         match pkt.kind() {
             Kind::SenderReport => {
                 if let Ok(sr) = rtcp::SenderReport::new_checked(bytes) {
@@ -87,36 +85,13 @@ pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, pl
             _ => {}
         }
     }
-    if ctx.out.len() > before || handed {
+    if ctx.out.len() > before || ctx.stats.handoffs_out > handed_before {
         Ok(())
     } else if malformed {
         Err(DropReason::Malformed)
     } else {
         Err(DropReason::RtcpConsumed)
     }
-}
-
-/// The core that owns the track this feedback packet is about, when that is not this core
-/// (and this core may hand it over). Receiver reports go to the owner of their first block's
-/// track; the owner handles the blocks it owns.
-fn foreign_owner(ctx: &Ctx<'_>, tables: &Tables, leg_id: LegId, pkt: &rtcp::Packet<&[u8]>) -> Option<u16> {
-    if ctx.handoffs.is_none() || ctx.shard.count <= 1 {
-        return None;
-    }
-    let bytes = pkt.as_bytes();
-    let media: Ssrc = match pkt.kind() {
-        Kind::Nack | Kind::Pli | Kind::Fir | Kind::ReceiverReport => {
-            // NACK/PLI carry the media SSRC at 8..12; FIR its first entry at 12..16; RR its
-            // first report block's SSRC at 8..12.
-            let at = if pkt.kind() == Kind::Fir { 12 } else { 8 };
-            Ssrc(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-        }
-        _ => return None,
-    };
-    let (track_id, _) = subscription_of(tables, leg_id, media)?;
-    let publisher = tables.track(track_id)?.spec.publisher;
-    let port = tables.leg(publisher)?.spec.local_port;
-    (!ctx.shard.owns(port)).then(|| ctx.shard.owner(port))
 }
 
 /// The subscription of `leg_id` that receives `out_ssrc`, as (track, index in `track.subs`).
@@ -135,17 +110,28 @@ fn sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, sr: &rtc
     // For the DLSR of the receiver reports Sluice sends this publisher.
     ingress.stats.record_sr(ctx.now, info.ntp_timestamp);
     let track_id = ingress.track;
-    let Some((track, legs, slot_legs)) = tables.track_legs_and_slots_mut(track_id) else { return };
-    slot_sender_reports(ctx, legs, slot_legs, track_id, ssrc, &info);
-    // Slot legs on other cores get the report handed over (they feed those slots).
-    let cores = if ctx.shard.count > 1 && !slot_legs.is_empty() { super::fanout::slot_cores(ctx.shard, legs, slot_legs, track.spec.publisher) } else { 0 };
-    if let Some(h) = ctx.handoffs.as_deref_mut() {
+    // Subscriptions and slot legs of other cores get the report handed over (they send there).
+    if ctx.shard.count > 1
+        && let Some((track, legs, slot_legs)) = tables.track_legs_and_slots_mut(track_id)
+    {
+        let mut cores = track.owners & !(1u64 << ctx.shard.index.min(63));
+        if !slot_legs.is_empty() {
+            cores |= super::fanout::slot_cores(ctx.shard, legs, slot_legs, track.spec.publisher);
+        }
         for to in (0..64u16).filter(|w| cores & (1 << w) != 0) {
-            super::push_handoff(h, (ctx.shard.index, to), leg_id, super::HandoffKind::SlotSr { track: track_id }, bytes);
+            ctx.handoffs.push(ctx.stats, to, leg_id, super::HandoffKind::Sr { track: track_id }, bytes);
         }
     }
+    track_sender_report(ctx, tables, track_id, ssrc, &info);
+}
+
+/// A publisher's sender report (`ssrc`, `info`) about `track_id`, rewritten for each of the
+/// track's subscriptions and audio slots this core serves (received here, or handed over).
+pub(super) fn track_sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, track_id: TrackId, ssrc: Ssrc, info: &rtcp::SenderInfo) {
+    let Some((track, legs, slot_legs)) = tables.track_legs_and_slots_mut(track_id) else { return };
+    slot_sender_reports(ctx, legs, slot_legs, track_id, ssrc, info);
     for sub in &mut track.subs {
-        if sub.paused {
+        if sub.paused || sub.owner != ctx.shard.index {
             continue;
         }
         let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
@@ -272,22 +258,52 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
     if n_missing == 0 {
         return;
     }
-    // Ask the publisher for the rest, one NACK per publisher SSRC.
+    // Ask the publisher for the rest, one NACK per publisher SSRC: sent from here when this
+    // core owns the publisher's leg, else handed to the core that does (one SRTCP index per leg).
     let missing = &mut missing[..n_missing];
     missing.sort_unstable_by_key(|&(s, q)| (s, q));
     let Some(publisher) = legs.get_mut(&spec.publisher) else { return };
-    let Some((local_port, remote)) = publisher.rtcp_path() else { return };
+    let here = ctx.shard.owns(publisher.spec.local_port);
     for group in missing.chunk_by(|a, b| a.0 == b.0) {
         let src = group[0].0;
         let mut items = [rtcp::NackItem::default(); MAX_UPSTREAM_NACK];
         let Ok(n) = rtcp::pack_nack_items(group.iter().map(|&(_, q)| q), &mut items) else { continue };
-        let Some(slot) = ctx.out.next_slot() else { return };
-        let Ok(len) = rtcp::write_nack(&mut slot[..], publisher.spec.feedback_ssrc, src, &items[..n]) else {
+        let mut plain = [0u8; MAX_NACK_BYTES];
+        let Ok(len) = rtcp::write_nack(&mut plain[..], publisher.spec.feedback_ssrc, src, &items[..n]) else {
             continue;
         };
-        let Ok(out_len) = publisher.tx.protect_rtcp(&mut publisher.feedback_srtcp, &mut slot[..], len) else { continue };
-        ctx.out.commit(OutMeta { local_port, dst: remote, leg: spec.publisher, len: out_len as u16 });
-        ctx.stats.nack_forwarded += group.len() as u64;
+        let asked = if here {
+            upstream(ctx, publisher, &plain[..len])
+        } else {
+            let to = ctx.shard.owner(publisher.spec.local_port);
+            ctx.handoffs.push(ctx.stats, to, spec.publisher, super::HandoffKind::Upstream, &plain[..len])
+        };
+        if asked {
+            ctx.stats.nack_forwarded += group.len() as u64;
+        }
+    }
+}
+
+/// The bytes of the longest NACK one subscriber NACK can make upstream (header, sender and media
+/// SSRC, one item per missing packet).
+const MAX_NACK_BYTES: usize = 12 + 4 * MAX_UPSTREAM_NACK;
+
+/// Protects the plain RTCP packet `plain` with the publisher leg's feedback context and sends it
+/// to the publisher; returns whether it left.
+fn upstream(ctx: &mut Ctx<'_>, publisher: &mut Leg, plain: &[u8]) -> bool {
+    let Some((local_port, remote)) = publisher.rtcp_path() else { return false };
+    let Some(slot) = ctx.out.next_slot() else { return false };
+    let Some(dst) = slot.get_mut(..plain.len()) else { return false };
+    dst.copy_from_slice(plain);
+    let Ok(out_len) = publisher.tx.protect_rtcp(&mut publisher.feedback_srtcp, &mut slot[..], plain.len()) else { return false };
+    ctx.out.commit(OutMeta { local_port, dst: remote, leg: publisher.spec.id, len: out_len as u16 });
+    true
+}
+
+/// An upstream RTCP packet another core built for publisher leg `leg`, which this core owns.
+pub(super) fn send_upstream(ctx: &mut Ctx<'_>, tables: &mut Tables, leg: LegId, plain: &[u8]) {
+    if let Some(publisher) = tables.leg_mut(leg).filter(|l| ctx.shard.owns(l.spec.local_port)) {
+        upstream(ctx, publisher, plain);
     }
 }
 

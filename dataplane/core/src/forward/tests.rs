@@ -559,60 +559,176 @@ fn rids_are_learned_within_their_mid() {
     assert_eq!(layer(&m, 1, 1), None);
 }
 
+/// Two cores holding one meeting's tables (ports of even legs on core 0, odd on core 1), every
+/// remote known to both, and hand-overs carried between them as the worker glue does.
+struct TwoCores {
+    cores: Vec<Core>,
+    out: Vec<OutBatch>,
+    /// Hand-overs carried, by kind name.
+    handed: Vec<&'static str>,
+}
+
+impl TwoCores {
+    fn new(m: &Meeting) -> Self {
+        let cores = (0..2u16)
+            .map(|index| {
+                let mut c = Core::new(CoreConfig { shard: Shard { index, count: 2 }, ..CoreConfig::default() });
+                c.apply(m.core.tables().snapshot()).unwrap();
+                for p in &m.peers {
+                    c.set_remote(p.leg, p.addr);
+                }
+                c
+            })
+            .collect();
+        Self { cores, out: vec![OutBatch::new(256), OutBatch::new(256)], handed: Vec::new() }
+    }
+
+    /// Peer `p` sends `wire` (to the core that owns its port); returns every output of both cores
+    /// (until no hand-over is left) as (core, meta, bytes).
+    fn deliver(&mut self, p: &Peer, wire: &[u8], now: Instant) -> Vec<(usize, OutMeta, Vec<u8>)> {
+        let c = usize::from(p.port % 2);
+        let mut buf = wire.to_vec();
+        self.out[c].clear();
+        self.cores[c].handle_rx(now, p.port, p.addr, &mut buf, &mut self.out[c]);
+        let mut all: Vec<_> = self.out[c].iter().map(|(m, b)| (c, *m, b.to_vec())).collect();
+        loop {
+            let mut any = false;
+            for k in 0..2 {
+                while let Some(mut h) = self.cores[k].poll_handoff() {
+                    any = true;
+                    let to = usize::from(h.to);
+                    assert_ne!(to, k, "a core hands nothing to itself");
+                    self.handed.push(match h.kind {
+                        HandoffKind::Media { .. } => "media",
+                        HandoffKind::Sr { .. } => "sr",
+                        HandoffKind::Keyframe { .. } => "keyframe",
+                        HandoffKind::Upstream => "upstream",
+                        HandoffKind::Demand { .. } => "demand",
+                        HandoffKind::Speakers { .. } => "speakers",
+                    });
+                    self.out[to].clear();
+                    self.cores[to].handle_handoff(now, &mut h, &mut self.out[to]);
+                    all.extend(self.out[to].iter().map(|(m, b)| (to, *m, b.to_vec())));
+                    self.cores[k].recycle(h);
+                }
+            }
+            if !any {
+                return all;
+            }
+        }
+    }
+}
+
+/// Egress ownership: a publisher's packet is decrypted once, on the core that owns its leg;
+/// the copies for subscriber legs another core owns are built there from the packet handed over
+/// once per packet (not per copy), so each leg's packets leave from its own core, and every
+/// subscriber gets exactly the bytes one core alone would send it. The hand-over buffers go back
+/// to their pool: one buffer serves the whole run.
 #[test]
-fn feedback_for_a_track_of_another_core_is_handed_over_and_answered_there() {
-    // Two shards share the tables; the publisher's port (20001) belongs to shard 1, the
-    // subscriber's (20002) to shard 0.
-    let mut m = Meeting::new(2);
-    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
-    let mut cores: Vec<Core> = (0..2u16)
-        .map(|index| {
-            let mut c = Core::new(CoreConfig { shard: Shard { index, count: 2 }, ..CoreConfig::default() });
-            c.apply(m.core.tables().snapshot()).unwrap();
-            c
-        })
-        .collect();
+fn copies_for_another_cores_legs_are_built_there_byte_for_byte_as_one_core_builds_them() {
+    let mut m = Meeting::new(7);
+    let subs: Vec<Op> = (2..=7).map(|s| Op::UpsertSubscription(sub(s, 1, 0x1000 * s, 0))).collect();
+    m.apply([vec![Op::UpsertTrack(video_track(1, 1, &[0x100]))], subs].concat()).unwrap();
+    for p in &m.peers {
+        m.core.set_remote(p.leg, p.addr);
+    }
+    let mut two = TwoCores::new(&m);
+    let mut one: std::collections::BTreeMap<u32, Vec<Vec<u8>>> = Default::default();
+    let mut split: std::collections::BTreeMap<u32, Vec<Vec<u8>>> = Default::default();
+    for k in 0..40u16 {
+        let payload: &[u8] = if k == 0 {
+            &VP8_KEY
+        } else if k % 4 == 0 {
+            &VP8_DELTA
+        } else {
+            &VP8_CONT
+        };
+        let wire = m.peers[0].send_rtp(&rtp_packet(0x100, 500 + k, 3000 * u32::from(k / 4), 96, payload));
+        let mut buf = wire.clone();
+        m.out.clear();
+        m.core.handle_rx(ms(u64::from(k)), m.peers[0].port, m.peers[0].addr, &mut buf, &mut m.out);
+        for (meta, b) in m.out.iter() {
+            one.entry(meta.leg.0).or_default().push(b.to_vec());
+        }
+        for (core, meta, b) in two.deliver(&m.peers[0], &wire, ms(u64::from(k))) {
+            assert_eq!(usize::from(meta.local_port % 2), core, "leg {} served by core {core}, not its own", meta.leg.0);
+            split.entry(meta.leg.0).or_default().push(b);
+        }
+    }
+    assert_eq!(one.keys().copied().collect::<Vec<_>>(), vec![2, 3, 4, 5, 6, 7]);
+    assert!(one.values().all(|v| v.len() == 40), "every subscriber got every packet");
+    assert_eq!(split, one, "the same bytes to every leg with two cores as with one");
+    // Core 1 (the publisher's) handed each packet once to core 0, whatever its three legs.
+    assert_eq!(two.handed, vec!["media"; 40]);
+    let (s0, s1) = (two.cores[0].stats(), two.cores[1].stats());
+    assert_eq!((s1.handoffs_out, s0.handoffs_in, s1.handoffs_dropped), (40, 40, 0));
+    assert_eq!(s1.handoff_buffers, 1, "the buffer came back to the pool every time");
+    assert_eq!((s0.tx_packets, s1.tx_packets), (120, 120), "each core counts its own copies");
+}
+
+/// Feedback is handled on the core that owns the subscriber's leg (its rewriter, cache and send
+/// contexts): a NACK is answered from that core's cache; what the cache lacks goes upstream
+/// through the publisher's core (one SRTCP index per leg); a PLI becomes a keyframe request there;
+/// the publisher's sender report reaches the subscribers of both cores, each from its own.
+#[test]
+fn feedback_is_answered_where_the_subscriber_is_and_what_concerns_the_publisher_goes_to_its_core() {
+    let mut m = Meeting::new(3);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2000, 0)), Op::UpsertSubscription(sub(3, 1, 0x3000, 0))])
+        .unwrap();
+    let mut two = TwoCores::new(&m);
     let (publ, subr) = (0usize, 1usize);
-    for (i, c) in [(publ, 1usize), (subr, 0usize)] {
-        // Each participant's first packet reaches the core that owns its port, which latches its
-        // address; the worker glue tells the other core.
-        let mut rr = [0u8; 8];
-        let n = rtcp::write_rr(&mut rr, Ssrc(m.peers[i].leg.0), &[]).unwrap();
-        let mut wire = m.peers[i].send_rtcp(&rr[..n]);
-        let mut out = OutBatch::new(8);
-        cores[c].handle_rx(ms(0), m.peers[i].port, m.peers[i].addr, &mut wire, &mut out);
-        let latched = std::iter::from_fn(|| cores[c].poll_event()).find_map(|e| match e {
-            Event::RemoteLatched { leg, remote } => Some((leg, remote)),
-            _ => None,
-        });
-        let (leg, remote) = latched.expect("latched");
-        cores[1 - c].set_remote(leg, remote);
+    // Publisher (port 20001) on core 1; subscriber 2 (port 20002) on core 0. Seq 52 is lost on
+    // the way in.
+    for k in [50u16, 51, 53] {
+        let payload: &[u8] = if k == 50 { &VP8_KEY } else { &VP8_CONT };
+        let wire = m.peers[publ].send_rtp(&rtp_packet(0x100, k, 0, 96, payload));
+        let outs = two.deliver(&m.peers[publ], &wire, ms(1));
+        assert_eq!(outs.iter().filter(|(c, meta, _)| *c == 0 && meta.leg == LegId(2)).count(), 1);
     }
-    // Media on shard 1.
-    let mut out = OutBatch::new(64);
-    for k in 0..3u16 {
-        let payload: &[u8] = if k == 0 { &VP8_KEY } else { &VP8_CONT };
-        let mut wire = m.peers[publ].send_rtp(&rtp_packet(0x100, 50 + k, 0, 96, payload));
-        cores[1].handle_rx(ms(1), m.peers[publ].port, m.peers[publ].addr, &mut wire, &mut out);
-    }
-    assert_eq!(out.len(), 3);
-    // The subscriber's NACK reaches shard 0, which hands it to shard 1.
+    two.handed.clear();
+    // A NACK for 51 (cached on core 0) and 52 (never received).
     let mut buf = [0u8; 32];
-    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &[rtcp::NackItem { pid: 51, blp: 0 }]).unwrap();
-    let mut wire = m.peers[subr].send_rtcp(&buf[..n]);
-    let mut out0 = OutBatch::new(8);
-    cores[0].handle_rx(ms(5), m.peers[subr].port, m.peers[subr].addr, &mut wire, &mut out0);
-    assert!(out0.is_empty(), "shard 0 has no cache for this track");
-    let h = cores[0].poll_handoff().expect("handed over");
-    assert_eq!((h.to, h.leg), (1, LegId(2)));
-    let mut out1 = OutBatch::new(8);
-    cores[1].handle_handoff(ms(5), &h, &mut out1);
-    assert_eq!(out1.len(), 1, "answered from shard 1's cache");
-    let (meta, bytes) = out1.get(0).unwrap();
-    assert_eq!(meta.leg, LegId(2));
-    let plain = m.peers[subr].recv(bytes);
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2000), &[rtcp::NackItem { pid: 51, blp: 0b1 }]).unwrap();
+    let wire = m.peers[subr].send_rtcp(&buf[..n]);
+    let outs = two.deliver(&m.peers[subr], &wire, ms(5));
+    assert_eq!(two.handed, vec!["upstream"], "only the miss crosses to the publisher's core");
+    let to_sub: Vec<_> = outs.iter().filter(|(c, meta, _)| *c == 0 && meta.leg == LegId(2)).collect();
+    assert_eq!(to_sub.len(), 1, "51 answered from core 0's cache");
+    let plain = m.peers[subr].recv(&to_sub[0].2);
     let pkt = rtp::Packet::new_checked(&plain[..]).unwrap();
-    assert_eq!((pkt.ssrc(), &pkt.payload()[..2]), (Ssrc(0x2002), &51u16.to_be_bytes()[..]));
+    assert_eq!((pkt.ssrc(), &pkt.payload()[..2]), (Ssrc(0x2001), &51u16.to_be_bytes()[..]), "as RTX of 51");
+    let upstream: Vec<_> = outs.iter().filter(|(_, meta, _)| meta.leg == LegId(1)).collect();
+    assert_eq!(upstream.len(), 1);
+    assert_eq!(upstream[0].0, 1, "sent by the publisher's core");
+    let plain = m.peers[publ].recv(&upstream[0].2);
+    let nack = rtcp::Nack::new_checked(&plain[..]).expect("a NACK");
+    assert_eq!((nack.media_ssrc(), nack.sequence_numbers().collect::<Vec<_>>()), (Ssrc(0x100), vec![52]));
+    // A PLI from subscriber 2: a keyframe request on the publisher's core.
+    two.handed.clear();
+    let n = rtcp::write_pli(&mut buf, Ssrc(2), Ssrc(0x2000)).unwrap();
+    let wire = m.peers[subr].send_rtcp(&buf[..n]);
+    let outs = two.deliver(&m.peers[subr], &wire, ms(500));
+    assert_eq!(two.handed, vec!["keyframe"]);
+    let pli: Vec<_> = outs.iter().filter(|(_, meta, _)| meta.leg == LegId(1)).collect();
+    assert_eq!((pli.len(), pli[0].0), (1, 1), "one PLI, from the publisher's core");
+    let plain = m.peers[publ].recv(&pli[0].2);
+    assert_eq!(rtcp::Pli::new_checked(&plain[..]).expect("a PLI").media_ssrc(), Ssrc(0x100));
+    // The publisher's sender report: rewritten for 2 on core 0 and for 3 on core 1.
+    two.handed.clear();
+    let info = rtcp::SenderInfo { ntp_timestamp: 0x1111_2222_3333_4444, rtp_timestamp: 0, packet_count: 3, octet_count: 12 };
+    let n = rtcp::write_sr(&mut buf, Ssrc(0x100), &info, &[]).unwrap();
+    let wire = m.peers[publ].send_rtcp(&buf[..n]);
+    let outs = two.deliver(&m.peers[publ], &wire, ms(600));
+    assert_eq!(two.handed, vec!["sr"]);
+    let mut got: Vec<(usize, u32)> = outs.iter().map(|(c, meta, _)| (*c, meta.leg.0)).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 2), (1, 3)]);
+    for (_, meta, bytes) in &outs {
+        let i = usize::try_from(meta.leg.0 - 1).unwrap();
+        let plain = m.peers[i].recv(bytes);
+        let sr = rtcp::SenderReport::new_checked(&plain[..]).expect("an SR");
+        assert_eq!((sr.sender_ssrc(), sr.sender_info().ntp_timestamp), (Ssrc(0x1000 * meta.leg.0), info.ntp_timestamp));
+    }
 }
 
 /// A WebRTC leg: STUN/DTLS go to the slow path (rate-limited), media is refused both ways until

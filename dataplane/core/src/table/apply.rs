@@ -65,6 +65,7 @@ impl Tables {
             }
         };
         self.reindex_slots();
+        self.reindex_owners();
         result
     }
 
@@ -315,6 +316,7 @@ impl Tables {
             activity: Activity::default(),
             rate: LayerRate::default(),
             demand: (true, None),
+            wanted_by: 0,
             top: (0, 0),
             spatial_layers: None,
             ksvc: false,
@@ -355,7 +357,14 @@ impl Tables {
             None => {
                 self.tracks.insert(
                     spec.id,
-                    Track { spec: spec.clone(), layers: spec.layers.iter().map(new_layer).collect(), subs: Vec::new(), level: Default::default() },
+                    Track {
+                        spec: spec.clone(),
+                        layers: spec.layers.iter().map(new_layer).collect(),
+                        subs: Vec::new(),
+                        level: Default::default(),
+                        owners: 0,
+                        demand_told: None,
+                    },
                 );
                 undo.push(Undo::TrackInserted(spec.id));
                 self.save_leg(spec.publisher, undo);
@@ -573,6 +582,7 @@ impl Tables {
                     activity: l.activity,
                     rate: l.rate,
                     demand: l.demand,
+                    wanted_by: l.wanted_by,
                     top: l.top,
                     spatial_layers: l.spatial_layers,
                     ksvc: l.ksvc,
@@ -582,6 +592,8 @@ impl Tables {
                 .collect(),
             subs: t.subs.clone(),
             level: t.level,
+            owners: t.owners,
+            demand_told: t.demand_told,
         };
         undo.push(Undo::TrackReplaced(Box::new(copy)));
     }

@@ -155,12 +155,11 @@ impl Tables {
                 }
             }
         }
+        // Subscriptions: the core that owns the subscriber's leg builds its copies, so holds its
+        // live state.
         for track in self.tracks.values() {
-            if self.legs.get(&track.spec.publisher).is_none_or(|p| !owns(p.spec.local_port)) {
-                continue;
-            }
             for sub in &track.subs {
-                let Some(leg) = self.legs.get(&sub.subscriber).filter(|l| l.spec.edge.is_none()) else { continue };
+                let Some(leg) = self.legs.get(&sub.subscriber).filter(|l| l.spec.edge.is_none() && owns(l.spec.local_port)) else { continue };
                 if let Some(c) = stream_checkpoint(sub.subscriber, leg.keys_digest, sub) {
                     out.streams.push(c);
                 }

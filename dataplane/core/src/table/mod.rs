@@ -175,12 +175,36 @@ pub struct Tables {
     /// Subscriber legs with audio slots, by their speaker group (derived from the legs' specs
     /// after every delta, for the fan-out).
     slot_legs: Map<crate::ids::SpeakerGroup, Vec<LegId>>,
+    /// How many workers share the legs (`local_port % shards` owns a leg): what
+    /// [`Subscription::owner`] and [`Track::owners`] are derived with.
+    shards: u16,
 }
 
 impl Tables {
     /// Empty tables at generation 0.
     pub fn new(config: TableConfig) -> Self {
-        Self { config, generation: Generation(0), legs: Map::default(), by_port: Map::default(), tracks: Map::default(), slot_legs: Map::default() }
+        Self { config, generation: Generation(0), legs: Map::default(), by_port: Map::default(), tracks: Map::default(), slot_legs: Map::default(), shards: 1 }
+    }
+
+    /// Sets how many workers share the legs (a leg belongs to worker `local_port % count`), from
+    /// which every subscription's owner is derived (see [`Subscription::owner`]).
+    pub fn set_shards(&mut self, count: u16) {
+        self.shards = count.max(1);
+        self.reindex_owners();
+    }
+
+    /// Derives each subscription's owner (the worker of its subscriber's leg) and each track's
+    /// set of them, after every delta (legs and subscriptions change only there).
+    fn reindex_owners(&mut self) {
+        let shards = self.shards;
+        for t in self.tracks.values_mut() {
+            let mut owners = 0u64;
+            for sub in &mut t.subs {
+                sub.owner = self.legs.get(&sub.subscriber).map_or(0, |l| l.spec.local_port % shards);
+                owners |= 1u64 << sub.owner.min(63);
+            }
+            t.owners = owners;
+        }
     }
 
     /// The settings.

@@ -418,6 +418,9 @@ pub struct LayerState {
     /// Whether it was last reported wanted by a subscription (`true` until reported otherwise),
     /// and since when nobody wants it.
     pub demand: (bool, Option<Instant>),
+    /// The other workers whose subscriptions want the layer, as they last told the worker that
+    /// fans the track out (a bit per worker index, the first 64; see `Handoff`'s `Demand`).
+    pub wanted_by: u64,
     /// The highest spatial and temporal layer ids inside the stream (SVC, temporal layers):
     /// what it announced (a VP9 scalability structure), else the highest seen.
     pub top: (u8, u8),
@@ -488,6 +491,12 @@ pub struct Track {
     pub subs: Vec<Subscription>,
     /// Its audio level and speech activity (an audio track with `spec.audio_level_ext`).
     pub level: crate::audio::TrackLevel,
+    /// The workers that own a subscriber leg of the track (a bit per worker index, the first 64;
+    /// derived after every delta): where the publisher's worker hands its packets over.
+    pub owners: u64,
+    /// On a worker that serves subscriptions of the track but does not fan it out: the layers
+    /// its subscriptions want, as last told the track's worker, and when.
+    pub demand_told: Option<(u8, Instant)>,
 }
 
 impl Track {
@@ -515,6 +524,9 @@ impl Track {
 pub struct Subscription {
     /// The receiving leg.
     pub subscriber: LegId,
+    /// The worker that owns the subscriber's leg, so builds and sends every copy of this
+    /// subscription (derived after every delta; see [`Tables::set_shards`](super::Tables::set_shards)).
+    pub owner: u16,
     /// The SSRC the subscriber sees.
     pub out_ssrc: Ssrc,
     /// The RTX SSRC the subscriber sees.
@@ -593,6 +605,7 @@ impl Subscription {
         }
         Self {
             subscriber: spec.subscriber,
+            owner: 0,
             out_ssrc: spec.out_ssrc,
             out_rtx_ssrc: spec.out_rtx_ssrc,
             pt_map,

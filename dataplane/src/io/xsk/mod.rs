@@ -17,6 +17,11 @@
 //! port: `add_port` binds it (reserving the port and serving the slow path) and `recv_batch`
 //! delivers from both, through the same callback.
 //!
+//! Wake-up ([`super::wake`]): the backend's eventfd is the [`MmsgBackend`]'s, in that epoll set,
+//! and the epoll descriptor is one of the two `recv_batch` polls on (it turns readable when the
+//! eventfd is written); the kernel sockets' `recv_batch` drains and counts it. One registration and
+//! one place that consumes the wake, so it is neither seen twice nor missed.
+//!
 //! Receive parses Ethernet (one VLAN tag), IPv4 (no fragments) or IPv6 (fixed header) and UDP, no
 //! more. Send builds Ethernet/IPv4/UDP or Ethernet/IPv6/UDP headers in software with the
 //! checksums (there is no offload in copy mode). The source MAC and addresses are the
@@ -44,7 +49,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{IoConfig, IoCounters, IoError, MmsgBackend, SendRegistry, Transmit};
+use super::{IoConfig, IoCounters, IoError, MmsgBackend, SendRegistry, Transmit, Waker};
 
 /// Bytes per UMEM frame (one packet per frame, aligned chunk mode).
 pub const XSK_FRAME_SIZE: usize = 2048;
@@ -222,6 +227,7 @@ impl XskBackend {
             tx_unknown_port: a.tx_unknown_port + b.tx_unknown_port,
             gso_refused: a.gso_refused + b.gso_refused,
             rx_gro_datagrams: a.rx_gro_datagrams + b.rx_gro_datagrams,
+            wakeups: a.wakeups + b.wakeups,
             ..self.xsk_counters()
         }
     }
@@ -239,6 +245,11 @@ impl XskBackend {
         c
     }
 
+    /// A handle that ends this backend's current or next wait; see [`super::Backend::waker`].
+    pub fn waker(&self) -> Waker {
+        self.slow.waker()
+    }
+
     /// Receives at most `n` datagrams per call from now on (see [`MmsgBackend::set_rx_limit`]).
     ///
     /// [`MmsgBackend::set_rx_limit`]: super::mmsg::MmsgBackend::set_rx_limit
@@ -249,18 +260,20 @@ impl XskBackend {
 
     /// Delivers up to `rx_batch` datagrams from the XSK, then from the kernel sockets (every
     /// `SLOW_PATH_EVERY`-th call while the XSK delivers, every call when it is idle), to
-    /// `f(local_port, src, payload)`; waits up to `timeout` for either if none is ready.
+    /// `f(local_port, src, payload)`; waits up to `timeout` for either if none is ready. A
+    /// wake-up ends the wait (or, consumed by the kernel sockets' look before it, prevents it).
     pub fn recv_batch<F>(&mut self, timeout: Option<Duration>, mut f: F) -> Result<usize, IoError>
     where
         F: FnMut(u16, SocketAddr, &mut [u8]),
     {
         let max = self.rx_limit.max(1);
+        let wakeups = self.slow.counters().wakeups;
         let mut n = self.recv_xsk(max, &mut f);
         self.slow_turn = self.slow_turn.wrapping_add(1);
         if n == 0 || (n < max && self.slow_turn.is_multiple_of(SLOW_PATH_EVERY)) {
             n += self.slow.recv_batch(Some(Duration::ZERO), &mut f)?;
         }
-        if n > 0 || timeout == Some(Duration::ZERO) {
+        if n > 0 || timeout == Some(Duration::ZERO) || self.slow.counters().wakeups != wakeups {
             return Ok(n);
         }
         let mut fds = [

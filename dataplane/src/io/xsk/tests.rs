@@ -144,3 +144,30 @@ fn parse_mac_and_reject_short() {
     assert_eq!(parse_mac("02:5c:00"), None);
     assert!(parse_frame(&[0u8; 20]).is_none());
 }
+
+/// The waker contract ([`crate::io::wake`]) on an AF_XDP backend: an XSK bound (copy mode) to the
+/// loopback of a network namespace of the test's own, so nothing outside sees it; the datagram
+/// reaches the kernel socket of the port (no XDP program redirects anything to the XSK). Needs root.
+#[test]
+fn xsk_waker_ends_the_wait() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (a network namespace and an AF_XDP socket)");
+    // A thread of its own: network namespaces are per thread, and this one ends with it.
+    let run = std::thread::spawn(|| {
+        // SAFETY: moves only the calling thread, which this test owns, into a new namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", io::Error::last_os_error());
+        // A child inherits the spawning thread's namespace.
+        let out = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).output().expect("run ip");
+        assert!(out.status.success(), "ip link set lo up: {}", String::from_utf8_lossy(&out.stderr));
+        let local = Ipv4Addr::LOCALHOST;
+        let config = IoConfig { local_ip: local.into(), rx_batch: 16, xsk_interface: Some("lo".to_owned()), xsk_rx_frames: 2048, ..IoConfig::default() };
+        let mut b = crate::io::Backend::new(crate::io::BackendKind::Xsk, config, SendRegistry::new()).expect("AF_XDP backend on lo");
+        let port = b.add_port(0).unwrap();
+        let peer = std::net::UdpSocket::bind((local, 0)).unwrap();
+        crate::io::wake::tests::check_waker(&mut b, port, &peer, SocketAddr::new(local.into(), port));
+    });
+    if let Err(panic) = run.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
