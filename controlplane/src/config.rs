@@ -7,7 +7,7 @@
 //! state_dir = "/var/lib/sluice/controlplane"
 //! port_range = [20000, 32767]
 //! # A session's legs share one dataplane worker until it has this many; then new legs spread.
-//! session_affinity_legs = 16
+//! session_affinity_legs = 64
 //! # Plain-text gRPC: only when set explicitly, and only on a loopback address.
 //! plaintext = true
 //! # Optional: load-balancer state in Redis.
@@ -275,12 +275,12 @@ mod tests {
         assert_eq!(example.ports().unwrap(), Config::default().ports().unwrap());
         assert!(matches!(example.transport().unwrap(), Transport::Plaintext));
         assert!(example.redis().unwrap().is_none());
-        assert_eq!(example.session_affinity_legs().unwrap(), 16);
+        assert_eq!(example.session_affinity_legs().unwrap(), 64);
     }
 
     #[test]
-    fn session_affinity_legs_defaults_to_16_and_is_at_least_1() {
-        assert_eq!(Config::parse("[controlplane]\n").unwrap().session_affinity_legs().unwrap(), 16);
+    fn session_affinity_legs_defaults_to_64_and_is_at_least_1() {
+        assert_eq!(Config::parse("[controlplane]\n").unwrap().session_affinity_legs().unwrap(), 64);
         assert_eq!(Config::parse("[controlplane]\nsession_affinity_legs = 1\n").unwrap().session_affinity_legs().unwrap(), 1);
         let zero = Config::parse("[controlplane]\nsession_affinity_legs = 0\n").unwrap();
         assert!(zero.session_affinity_legs().unwrap_err().to_string().contains("controlplane.session_affinity_legs"));

@@ -90,7 +90,7 @@ impl PortRange {
 }
 
 /// `controlplane.session_affinity_legs` when the configuration does not say.
-pub const DEFAULT_SESSION_AFFINITY_LEGS: u32 = 16;
+pub const DEFAULT_SESSION_AFFINITY_LEGS: u32 = 64;
 
 /// How new legs' ports are spread over the dataplane's workers. A leg belongs to worker
 /// `local_port % workers` (`sluice_core::forward::Shard::owner`), and a publisher's packet is

@@ -21,8 +21,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant as StdInstant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use sluice_core::forward::{Core, CoreConfig, OutBatch, SLOT_BYTES};
-use sluice_core::ids::{Generation, Ssrc};
+use sluice_core::forward::{Core, CoreConfig, OutBatch, SLOT_BYTES, Shard};
+use sluice_core::ids::{Generation, LegId, Ssrc};
 use sluice_core::srtp::{Profile, RtcpSendState, RtpRecvState, RtpSendState, SrtpKeys};
 use sluice_core::table::{Delta, Op};
 use sluice_core::time::Instant;
@@ -109,7 +109,13 @@ impl Setup {
 
     /// A core with the meeting installed and every subscriber's address latched.
     fn core(&self) -> Core {
-        let mut core = Core::new(CoreConfig::default());
+        self.core_of(Shard::default())
+    }
+
+    /// [`Setup::core`] as core `shard` of several (every core holds the tables; leg `i` on port
+    /// `20000 + i` belongs to core `port % count`).
+    fn core_of(&self, shard: Shard) -> Core {
+        let mut core = Core::new(CoreConfig { shard, ..CoreConfig::default() });
         let mut ops = Vec::new();
         for i in 1..=self.fanout as u32 + 1 {
             let mut leg = leg_spec(i, 20_000 + i as u16, material(self.profile, i, 0), material(self.profile, i, 1));
@@ -131,6 +137,11 @@ impl Setup {
         core.apply(Delta { generation: Generation(1), replace_all: false, ops }).unwrap();
         let mut out = OutBatch::new(64);
         for i in 1..=self.fanout as u32 + 1 {
+            // Latched on the leg's own core, told to the others (as the worker glue does).
+            if !shard.owns(20_000 + i as u16) {
+                core.set_remote(LegId(i), addr(i));
+                continue;
+            }
             let m = material(self.profile, i, 0);
             let keys = SrtpKeys::new(self.profile, &m.key, &m.salt).unwrap();
             let mut buf = [0u8; 64];
@@ -291,6 +302,150 @@ fn descriptor_table() {
     }
 }
 
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Two cores on two threads, as two workers run them: the presenter's core receives in batches
+/// of 32 and sends what it hands over to the other thread after each batch, in one message;
+/// the other core builds its copies and sends the batch's buffers back. Returns the CPU time of both threads together
+/// and each core's copies.
+fn webinar_threads(s: &Setup, packets: usize) -> (Duration, u64, u64) {
+    use std::sync::mpsc::sync_channel;
+    type Batch = Vec<sluice_core::forward::Handoff>;
+    let viewers = s.fanout;
+    // One message per batch (a worker wakes its peer once per batch, not per packet); the
+    // batch's vector comes back with the buffers in it.
+    let (to_0, from_1) = sync_channel::<Batch>(64);
+    let (back, returned) = sync_channel::<Batch>(64);
+    let mut core0 = s.core_of(Shard { index: 0, count: 2 });
+    let mut core1 = s.core_of(Shard { index: 1, count: 2 });
+    let other = std::thread::spawn(move || {
+        let start = thread_cpu();
+        let mut out = OutBatch::new(viewers + 8);
+        for mut batch in from_1 {
+            for h in &mut batch {
+                out.clear();
+                core0.handle_handoff(Instant::from_nanos(0), h, &mut out);
+                black_box(&out);
+            }
+            let _ = back.send(batch);
+        }
+        (thread_cpu() - start, core0.stats().tx_packets)
+    });
+    let start = thread_cpu();
+    let mut out = OutBatch::new(viewers + 8);
+    let mut buf = [0u8; 1600];
+    let mut spare: Vec<Batch> = (0..8).map(|_| Vec::with_capacity(64)).collect();
+    for (k, batch) in s.ring[..packets].chunks(32).enumerate() {
+        let mut handed = spare.pop().unwrap_or_default();
+        for (i, p) in batch.iter().enumerate() {
+            out.clear();
+            let b = &mut buf[..p.len()];
+            b.copy_from_slice(p);
+            core1.handle_rx(Instant::from_nanos((k * 32 + i) as u64 * step_ns()), 20_001, s.pub_addr, b, &mut out);
+            black_box(&out);
+            handed.extend(std::iter::from_fn(|| core1.poll_handoff()));
+        }
+        to_0.send(handed).unwrap();
+        for mut v in returned.try_iter() {
+            for h in v.drain(..) {
+                core1.recycle(h);
+            }
+            spare.push(v);
+        }
+    }
+    drop(to_0);
+    let mine = thread_cpu() - start;
+    let (theirs, copies0) = other.join().unwrap();
+    (mine + theirs, copies0, core1.stats().tx_packets)
+}
+
+/// `FORWARD_WEBINAR=1`: egress ownership's cost, one presenter to many viewers (GCM): the copies
+/// built by one core alone (the reference row), against two cores (the presenter's leg on core
+/// 1, the viewers' legs alternating): core 1 decrypts, builds its viewers' copies and hands the
+/// packet over once; core 0 builds the rest from the handed-over packet; the buffer goes back to
+/// core 1's pool. Two rows for two cores: both on this one thread (no queue, but one CPU cache
+/// for both cores' tables), and on two threads as two workers run them (thread CPU time of
+/// both); each core's share of the copies. All rows are thread CPU time (other processes' load does
+/// not count). Alternating rounds, median (min).
+fn webinar_table() {
+    const ROUNDS: usize = 11;
+    const PACKETS: usize = 256;
+    eprintln!("egress ownership (GCM), {ROUNDS} alternating rounds of {PACKETS} packets, ns per copy, median (min):");
+    eprintln!(
+        "{:>8} {:>20} {:>20} {:>8} {:>20} {:>8} {:>16}",
+        "viewers", "one core", "two, one thread", "ratio", "two threads (CPU)", "ratio", "core 0 / core 1"
+    );
+    for viewers in [16usize, 64, 200, 1000] {
+        let s = Setup::new(Profile::AeadAes128Gcm, viewers);
+        let (mut one, mut two, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+        let mut share = (0u64, 0u64);
+        for _ in 0..ROUNDS {
+            let mut core = s.core();
+            let mut out = OutBatch::new(viewers + 8);
+            let mut buf = [0u8; 1600];
+            let start = thread_cpu();
+            for (i, p) in s.ring[..PACKETS].iter().enumerate() {
+                out.clear();
+                let b = &mut buf[..p.len()];
+                b.copy_from_slice(p);
+                core.handle_rx(Instant::from_nanos(i as u64 * step_ns()), 20_001, s.pub_addr, b, &mut out);
+            }
+            one.push((thread_cpu() - start).as_nanos() as f64 / (PACKETS * viewers) as f64);
+            assert_eq!(core.stats().tx_packets, (PACKETS * viewers) as u64);
+            let mut cores = [s.core_of(Shard { index: 0, count: 2 }), s.core_of(Shard { index: 1, count: 2 })];
+            let mut outs = [OutBatch::new(viewers + 8), OutBatch::new(viewers + 8)];
+            let start = thread_cpu();
+            for (i, p) in s.ring[..PACKETS].iter().enumerate() {
+                let now = Instant::from_nanos(i as u64 * step_ns());
+                outs[1].clear();
+                let b = &mut buf[..p.len()];
+                b.copy_from_slice(p);
+                cores[1].handle_rx(now, 20_001, s.pub_addr, b, &mut outs[1]);
+                while let Some(mut h) = cores[1].poll_handoff() {
+                    outs[0].clear();
+                    cores[0].handle_handoff(now, &mut h, &mut outs[0]);
+                    cores[1].recycle(h);
+                }
+                black_box(&outs);
+            }
+            two.push((thread_cpu() - start).as_nanos() as f64 / (PACKETS * viewers) as f64);
+            let (t0, t1) = (cores[0].stats().tx_packets, cores[1].stats().tx_packets);
+            assert_eq!(t0 + t1, (PACKETS * viewers) as u64, "every copy built once");
+            assert_eq!(cores[1].stats().handoff_buffers, 1, "one pooled buffer serves the run");
+            share = (t0, t1);
+            let (cpu, c0, c1) = webinar_threads(&s, PACKETS);
+            assert_eq!(c0 + c1, (PACKETS * viewers) as u64, "every copy built once, on two threads");
+            threads.push(cpu.as_nanos() as f64 / (PACKETS * viewers) as f64);
+        }
+        let med = |t: &mut Vec<f64>| {
+            t.sort_by(f64::total_cmp);
+            (t[ROUNDS / 2], t[0])
+        };
+        let ((o, omin), (t, tmin), (th, thmin)) = (med(&mut one), med(&mut two), med(&mut threads));
+        let total = (share.0 + share.1) as f64;
+        eprintln!(
+            "{:>8} {:>10.1} ({:>7.1}) {:>10.1} ({:>7.1}) {:>8.3} {:>10.1} ({:>7.1}) {:>8.3} {:>7.1}% / {:.1}%",
+            viewers,
+            o,
+            omin,
+            t,
+            tmin,
+            t / o,
+            th,
+            thmin,
+            th / o,
+            100.0 * share.0 as f64 / total,
+            100.0 * share.1 as f64 / total
+        );
+    }
+}
+
 /// `FORWARD_CHECKPOINT=1`: what a worker's checkpoint export costs (every 100 ms it walks its
 /// legs and streams, see `sluice_core::table::checkpoint`), against the reference row of
 /// forwarding one packet to the same subscribers. Median of 31 exports.
@@ -357,6 +512,10 @@ fn main() {
     }
     if std::env::var_os("FORWARD_CHECKPOINT").is_some() {
         checkpoint_table();
+        return;
+    }
+    if std::env::var_os("FORWARD_WEBINAR").is_some() {
+        webinar_table();
         return;
     }
     if std::env::var_os("FORWARD_DESCRIPTORS").is_some() {
