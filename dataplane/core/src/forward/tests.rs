@@ -591,6 +591,13 @@ impl TwoCores {
         self.out[c].clear();
         self.cores[c].handle_rx(now, p.port, p.addr, &mut buf, &mut self.out[c]);
         let mut all: Vec<_> = self.out[c].iter().map(|(m, b)| (c, *m, b.to_vec())).collect();
+        all.extend(self.deliver_handoffs(now));
+        all
+    }
+
+    /// Carries hand-overs between the cores until none is left; returns the outputs they made.
+    fn deliver_handoffs(&mut self, now: Instant) -> Vec<(usize, OutMeta, Vec<u8>)> {
+        let mut all = Vec::new();
         loop {
             let mut any = false;
             for k in 0..2 {
@@ -664,6 +671,46 @@ fn copies_for_another_cores_legs_are_built_there_byte_for_byte_as_one_core_build
     assert_eq!((s1.handoffs_out, s0.handoffs_in, s1.handoffs_dropped), (40, 40, 0));
     assert_eq!(s1.handoff_buffers, 1, "the buffer came back to the pool every time");
     assert_eq!((s0.tx_packets, s1.tx_packets), (120, 120), "each core counts its own copies");
+}
+
+/// Layer demand across cores: the track's core reports which layers nobody wants, with the
+/// wishes of the subscriptions another core serves (told with `HandoffKind::Demand`): a layer a
+/// subscriber on the other core receives is never reported unwanted; the one nobody takes is,
+/// after 2 s; only the track's core reports (and reports the stream started).
+#[test]
+fn layer_demand_counts_the_subscribers_of_every_core() {
+    let mut m = Meeting::new(2);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100, 0x200])), Op::UpsertSubscription(sub(2, 1, 0x2000, 0))]).unwrap();
+    let mut two = TwoCores::new(&m);
+    let (mut events0, mut events1) = (Vec::new(), Vec::new());
+    for k in 0..100u16 {
+        let now = ms(u64::from(k) * 33);
+        for ssrc in [0x100, 0x200] {
+            let payload: &[u8] = if k == 0 { &VP8_KEY } else { &VP8_DELTA };
+            let wire = m.peers[0].send_rtp(&rtp_packet(ssrc, k, u32::from(k) * 3000, 96, payload));
+            two.deliver(&m.peers[0], &wire, now);
+        }
+        for c in 0..2 {
+            two.out[c].clear();
+            two.cores[c].handle_timeout(now, &mut two.out[c]);
+        }
+        two.deliver_handoffs(now);
+        events0.extend(std::iter::from_fn(|| two.cores[0].poll_event()));
+        events1.extend(std::iter::from_fn(|| two.cores[1].poll_event()));
+    }
+    let demand = |ev: &[Event]| -> Vec<(u8, bool)> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::LayerDemand { layer, wanted, .. } => Some((*layer, *wanted)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(demand(&events1), vec![(1, false)], "layer 1 unwanted; layer 0 wanted by core 0's subscriber");
+    assert!(demand(&events0).is_empty(), "only the track's core reports demand");
+    let started = |ev: &[Event]| ev.iter().filter(|e| matches!(e, Event::StreamStarted { .. })).count();
+    assert_eq!((started(&events0), started(&events1)), (0, 2));
+    assert!(two.handed.contains(&"demand"), "core 0 told core 1 what its subscribers want");
 }
 
 /// Feedback is handled on the core that owns the subscriber's leg (its rewriter, cache and send
