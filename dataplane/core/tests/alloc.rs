@@ -7,14 +7,15 @@
 //! NACKs answered from the cache, NACKs forwarded upstream, sender reports rewritten per
 //! subscriber, receiver reports and PLIs; the audio carries RFC 6464 levels, is ranked on the
 //! core's timers (`handle_timeout` runs as the worker runs it) and also reaches every subscriber
-//! through an audio slot. The count must stay at zero.
+//! through an audio slot. The count must stay at zero, with one core and with two (hand-overs
+//! between them in pooled buffers).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sluice_core::forward::{Core, CoreConfig, Event, OutBatch};
+use sluice_core::forward::{Core, CoreConfig, Event, OutBatch, Shard};
 use sluice_core::ids::{Generation, Pt, SpeakerGroup, Ssrc};
 use sluice_core::srtp::{Profile, RtcpSendState, RtpSendState, SrtpKeys};
 use sluice_core::table::{AudioSlotsSpec, Delta, LegSpec, Op, TrackSpec};
@@ -198,7 +199,19 @@ fn traffic(senders: &mut [Sender], from: u32, frames: u32) -> Sched {
 
 #[test]
 fn steady_state_forwarding_allocates_nothing() {
-    let mut core = Core::new(CoreConfig::default());
+    steady_state(1);
+}
+
+/// The same with two cores (the publisher's leg on core 1, the subscribers' on both): media and
+/// sender reports handed to core 0, keyframe requests and upstream NACKs back to core 1, layer
+/// demand, speaker candidates; every hand-over's buffer returns to its pool.
+#[test]
+fn steady_state_forwarding_across_two_cores_allocates_nothing() {
+    steady_state(2);
+}
+
+fn steady_state(count: u16) {
+    let mut cores: Vec<Core> = (0..count).map(|index| Core::new(CoreConfig { shard: Shard { index, count }, ..CoreConfig::default() })).collect();
     let mut senders: Vec<Sender> = (1..=SUBS + 1).map(Sender::new).collect();
     // Every subscriber also has one audio slot of the group (top-N audio, N = 1).
     let slot = |i: u32| AudioSlotsSpec {
@@ -218,7 +231,9 @@ fn steady_state_forwarding_allocates_nothing() {
         let layer = ((i - 2) % 2) as u8;
         ops.push(Op::UpsertSubscription(subscription(i, 2, 0x10_0000 * i + 0x200, Some(0x10_0000 * i + 0x201), layer)));
     }
-    core.apply(Delta { generation: Generation(1), replace_all: false, ops }).unwrap();
+    for core in &mut cores {
+        core.apply(Delta { generation: Generation(1), replace_all: false, ops: ops.clone() }).unwrap();
+    }
     // Latch every address with an RR.
     let mut latch = Sched::new();
     let mut buf = [0u8; 64];
@@ -233,30 +248,73 @@ fn steady_state_forwarding_allocates_nothing() {
     let mut work = [0u8; 1600];
     let mut outputs = 0u64;
     let mut rankings = 0u64;
-    let mut run = |core: &mut Core, sched: &Sched, outputs: &mut u64, rankings: &mut u64| {
+    let mut latched = Vec::with_capacity(16);
+    let mut run = |cores: &mut [Core], sched: &Sched, outputs: &mut u64, rankings: &mut u64| {
         for (i, bytes, t) in sched {
             let s = &senders[*i];
+            let c = usize::from(s.port % count);
             out.clear();
             let b = &mut work[..bytes.len()];
             b.copy_from_slice(bytes);
             let now = Instant::from_nanos(t * 1_000_000);
-            core.handle_rx(now, s.port, s.addr, b, &mut out);
+            cores[c].handle_rx(now, s.port, s.addr, b, &mut out);
             *outputs += out.len() as u64;
-            // The timers too (speaker ticks, reports, sweeps), as the worker runs them.
-            while core.poll_timeout() <= now {
-                out.clear();
-                core.handle_timeout(now, &mut out);
+            for k in 0..cores.len() {
+                // The timers too (speaker ticks, reports, sweeps), as the worker runs them.
+                while cores[k].poll_timeout() <= now {
+                    out.clear();
+                    cores[k].handle_timeout(now, &mut out);
+                }
+                while let Some(e) = cores[k].poll_event() {
+                    match e {
+                        Event::ActiveSpeakers { .. } => *rankings += 1,
+                        Event::RemoteLatched { leg, remote } => latched.push((leg, remote)),
+                        _ => {}
+                    }
+                }
+                // What a core learned, every core's tables get (the worker glue's messages).
+                for &(leg, remote) in &latched {
+                    for other in cores.iter_mut() {
+                        other.set_remote(leg, remote);
+                    }
+                }
+                latched.clear();
             }
-            while let Some(e) = core.poll_event() {
-                if matches!(e, Event::ActiveSpeakers { .. }) {
-                    *rankings += 1;
+            // Hand-overs, until none is left; each buffer goes back to its core's pool.
+            let mut any = true;
+            while any {
+                any = false;
+                for k in 0..cores.len() {
+                    while let Some(mut h) = cores[k].poll_handoff() {
+                        any = true;
+                        let to = usize::from(h.to);
+                        out.clear();
+                        cores[to].handle_handoff(now, &mut h, &mut out);
+                        *outputs += out.len() as u64;
+                        cores[k].recycle(h);
+                    }
                 }
             }
         }
     };
-    run(&mut core, &latch, &mut outputs, &mut rankings);
-    run(&mut core, &warm, &mut outputs, &mut rankings);
-    let warm_stats = core.stats().clone();
+    run(&mut cores, &latch, &mut outputs, &mut rankings);
+    run(&mut cores, &warm, &mut outputs, &mut rankings);
+    let sum = |cores: &[Core]| {
+        let mut t = sluice_core::stats::CoreStats::default();
+        for c in cores {
+            let s = c.stats();
+            t.nack_answered += s.nack_answered;
+            t.nack_forwarded += s.nack_forwarded;
+            t.keyframe_requests += s.keyframe_requests;
+            t.handoffs_out += s.handoffs_out;
+            t.audio_slot_switches += s.audio_slot_switches;
+            for (a, b) in t.drops.iter_mut().zip(s.drops) {
+                *a += b;
+            }
+        }
+        t
+    };
+    let warm_stats = sum(&cores);
     assert!(warm_stats.nack_answered > 0 && warm_stats.nack_forwarded > 0, "{warm_stats:?}");
 
     // The counter works: one box, one allocation.
@@ -270,26 +328,31 @@ fn steady_state_forwarding_allocates_nothing() {
     ALLOCS.store(0, Ordering::Relaxed);
     COUNTING.with(|c| c.set(true));
     rankings = 0;
-    run(&mut core, &measured, &mut outputs, &mut rankings);
+    run(&mut cores, &measured, &mut outputs, &mut rankings);
     COUNTING.with(|c| c.set(false));
     let allocs = ALLOCS.load(Ordering::Relaxed);
 
-    let st = core.stats();
-    let d = |f: fn(&sluice_core::stats::CoreStats) -> u64| f(st) - f(&warm_stats);
+    let st = sum(&cores);
+    let d = |f: fn(&sluice_core::stats::CoreStats) -> u64| f(&st) - f(&warm_stats);
     eprintln!(
-        "{} datagrams, {outputs} outputs, nack answered {}, forwarded {}, keyframe requests {}, {allocs} allocations",
+        "{count} core(s): {} datagrams, {outputs} outputs, nack answered {}, forwarded {}, keyframe requests {}, hand-overs {}, {allocs} allocations",
         measured.len(),
         d(|s| s.nack_answered),
         d(|s| s.nack_forwarded),
         d(|s| s.keyframe_requests),
+        d(|s| s.handoffs_out),
     );
     assert!(d(|s| s.nack_answered) > 100, "NACKs answered from the cache in the measured run");
     assert!(d(|s| s.nack_forwarded) > 50, "NACKs forwarded upstream in the measured run");
     assert!(outputs > 4 * 1000 * 2, "fan-out 4 of audio and video");
+    if count > 1 {
+        assert!(d(|s| s.handoffs_out) > 1000, "media crossed between the cores");
+    }
     assert_eq!(st.drops_for(DropReason::AuthFailed), 0);
     assert_eq!(st.drops_for(DropReason::Replayed), 0);
     assert_eq!(st.drops_for(DropReason::OutputFull), 0);
-    let dominant = core.speakers().group(SpeakerGroup(7)).and_then(|s| s.dominant());
+    let publisher = usize::from(20_001 % count);
+    let dominant = cores[publisher].speakers().group(SpeakerGroup(7)).and_then(|s| s.dominant());
     assert_eq!(dominant, Some(sluice_core::ids::TrackId(1)), "the speaker ticks ran ({rankings} ranking events measured)");
     assert!(st.audio_slot_switches >= 4, "the slots carried the speaker: {}", st.audio_slot_switches);
     assert_eq!(allocs, 0, "heap allocations while forwarding {} datagrams", measured.len());
