@@ -1,12 +1,14 @@
 //! The whole `handle_rx` path against a populated table. Each input is a list of datagrams; most
 //! are plaintext the harness protects with the sending participant's real key (so the fuzzer
 //! reaches everything after decryption: RTP rewrite, codec parsing, RTCP translation, NACK
-//! answers), the rest go in raw. No panic; every datagram is counted once.
+//! answers), the rest go in raw. The first byte's low bit picks one core or two (legs 1 and 3
+//! on core 1, leg 2 on core 0, hand-overs carried between them as the workers do). No panic;
+//! every datagram is counted once; every hand-over is handled once.
 #![no_main]
 use std::net::{Ipv4Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
-use sluice_core::forward::{Core, CoreConfig, OutBatch};
+use sluice_core::forward::{Core, CoreConfig, OutBatch, Shard};
 use sluice_core::ids::{Generation, LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::{Profile, RtcpSendState, RtpSendState, SrtpKeys};
 use sluice_core::table::{Codec, Delta, FeedbackSpec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
@@ -23,8 +25,8 @@ fn addr(n: u8) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(10, 0, 0, n), 5000))
 }
 
-fn setup() -> Core {
-    let mut core = Core::new(CoreConfig::default());
+fn setup(shard: Shard) -> Core {
+    let mut core = Core::new(CoreConfig { shard, ..CoreConfig::default() });
     let mut ops = Vec::new();
     for n in 1..=3u32 {
         ops.push(Op::UpsertLeg(LegSpec {
@@ -94,7 +96,9 @@ fn setup() -> Core {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut core = setup();
+    let Some((&first, data)) = data.split_first() else { return };
+    let count = 1 + u16::from(first & 1);
+    let mut cores: Vec<Core> = (0..count).map(|index| setup(Shard { index, count })).collect();
     let keys: Vec<SrtpKeys> = (1..=3u8).map(|n| SrtpKeys::new(PROFILE, &[n; 16], &[n; 14]).unwrap()).collect();
     let mut rtp_state: Vec<RtpSendState> = vec![RtpSendState::new(); 3];
     let mut rtcp_state: Vec<RtcpSendState> = vec![RtcpSendState::new(); 3];
@@ -121,17 +125,38 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         now += u64::from(flags >> 3) * 1_000_000;
+        let at = Instant::from_nanos(now);
+        let port = 20_001 + peer as u16;
         out.clear();
-        core.handle_rx(Instant::from_nanos(now), 20_001 + peer as u16, addr(peer as u8 + 1), &mut buf, &mut out);
+        cores[usize::from(port % count)].handle_rx(at, port, addr(peer as u8 + 1), &mut buf, &mut out);
         fed += 1;
-        // The core's timers as the worker runs them: reports, transport-cc, probes, allocation.
-        if core.poll_timeout() <= Instant::from_nanos(now) {
-            out.clear();
-            core.handle_timeout(Instant::from_nanos(now), &mut out);
+        for k in 0..cores.len() {
+            // The core's timers as the worker runs them: reports, transport-cc, probes, allocation.
+            if cores[k].poll_timeout() <= at {
+                out.clear();
+                cores[k].handle_timeout(at, &mut out);
+            }
+            while cores[k].poll_event().is_some() {}
         }
-        while core.poll_event().is_some() {}
+        // Hand-overs until none is left, each buffer back to its pool.
+        let mut any = true;
+        while any {
+            any = false;
+            for k in 0..cores.len() {
+                while let Some(mut h) = cores[k].poll_handoff() {
+                    any = true;
+                    assert_ne!(usize::from(h.to), k, "a core hands nothing to itself");
+                    out.clear();
+                    cores[usize::from(h.to)].handle_handoff(at, &mut h, &mut out);
+                    cores[k].recycle(h);
+                }
+            }
+        }
     }
-    let s = core.stats();
-    assert_eq!(s.rx_packets, fed);
-    assert!(s.total_drops() <= fed);
+    let rx: u64 = cores.iter().map(|c| c.stats().rx_packets).sum();
+    let drops: u64 = cores.iter().map(|c| c.stats().total_drops()).sum();
+    assert_eq!(rx, fed);
+    assert!(drops <= fed);
+    let (out_, in_) = cores.iter().fold((0, 0), |(o, i), c| (o + c.stats().handoffs_out, i + c.stats().handoffs_in));
+    assert_eq!(out_, in_, "every hand-over handled once");
 });
