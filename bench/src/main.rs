@@ -92,7 +92,7 @@ struct XdpArgs {
 #[command(after_help = "Needs sluice-dataplane and sluice-controlplane next to this executable. \
 Scenarios: bench/scenarios/*.toml (the built-in default is bench/scenarios/default.toml, the design \
 mix). A run is sustained while loss < ramp.max_loss and p99 < ramp.p99_target_ms; a step where the \
-harness itself was near its measured ceiling is marked generator-limited.")]
+harness itself was near its measured ceiling is marked generator-limited. A scenario with a [webinar] table (bench/scenarios/webinar.toml) runs one presenter to N receive-only viewers: fixed mode holds webinar.viewers (--viewers), ramp mode grows the viewers up to webinar.max_viewers (--max-viewers).")]
 struct CapacityArgs {
     /// Scenario TOML (default: the built-in design mix).
     #[arg(long)]
@@ -125,15 +125,32 @@ struct CapacityArgs {
     /// Generator + sink thread pairs.
     #[arg(long, default_value_t = 1)]
     lanes: usize,
-    /// Core of the generator threads (default: core 0).
+    /// Core of the generator threads (default: core 0); a list spreads the lanes' generators
+    /// over its cores in turn.
+    #[arg(long, value_delimiter = ',')]
+    generator_core: Vec<usize>,
+    /// Core of the sink threads (default: core 0); a list spreads the lanes' sinks over its
+    /// cores in turn (a webinar's sinks verify every copy: give them cores).
+    #[arg(long, value_delimiter = ',')]
+    sink_core: Vec<usize>,
+    /// Local UDP ports the control plane allocates to legs, FIRST-LAST (default: 30000-31799;
+    /// a webinar, a leg per viewer: 20000-31799).
+    #[arg(long, value_parser = parse_range)]
+    ports: Option<(u16, u16)>,
+    /// Webinar: override webinar.viewers (fixed mode).
     #[arg(long)]
-    generator_core: Option<usize>,
-    /// Core of the sink threads (default: core 0).
+    viewers: Option<u32>,
+    /// The control plane's `session_affinity_legs`: a session keeps its legs on one worker until
+    /// it has this many (default: the control plane's, 64; 1 spreads every leg).
     #[arg(long)]
-    sink_core: Option<usize>,
-    /// Local UDP ports the control plane allocates to legs, FIRST-LAST.
-    #[arg(long, value_parser = parse_range, default_value = "30000-31799")]
-    ports: (u16, u16),
+    affinity_legs: Option<u32>,
+    /// Webinar: override webinar.max_viewers (the ramp's last step).
+    #[arg(long)]
+    max_viewers: Option<u32>,
+    /// Webinar, fixed mode: promote a viewer to speaker halfway through the step, then demote
+    /// it (webinar.promote).
+    #[arg(long)]
+    promote: bool,
     /// Run the participants in a network namespace joined by a veth pair (created and deleted by
     /// the bench; needs root and `ip`).
     #[arg(long)]
@@ -317,6 +334,18 @@ fn capacity(a: CapacityArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.profile {
         sc.profile = p.clone();
     }
+    if a.viewers.is_some() || a.max_viewers.is_some() || a.promote {
+        let Some(w) = sc.webinar.as_mut() else { bail!("--viewers, --max-viewers and --promote need a webinar scenario (a [webinar] table)") };
+        if let Some(v) = a.viewers {
+            w.viewers = v;
+        }
+        if let Some(v) = a.max_viewers {
+            w.max_viewers = v;
+            w.start_viewers = w.start_viewers.min(v);
+        }
+        w.promote |= a.promote;
+    }
+    let port_range = a.ports.unwrap_or(if sc.webinar.is_some() { (20_000, 31_799) } else { (30_000, 31_799) });
     sc.validate().context("the scenario after the command-line overrides")?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if a.workers == 0 || a.workers as usize > cpus.max(1) * 4 {
@@ -342,9 +371,10 @@ fn capacity(a: CapacityArgs) -> anyhow::Result<()> {
         workers: a.workers,
         dataplane_cores,
         lanes: a.lanes,
-        generator_core: Some(a.generator_core.unwrap_or(0)),
-        sink_core: Some(a.sink_core.unwrap_or(0)),
-        port_range: a.ports,
+        generator_cores: if a.generator_core.is_empty() { vec![0] } else { a.generator_core.clone() },
+        sink_cores: if a.sink_core.is_empty() { vec![0] } else { a.sink_core.clone() },
+        port_range,
+        affinity_legs: a.affinity_legs,
         netns: a.netns,
         impair: capacity::load::Impair {
             drop_every: a.impair_drop_every,
@@ -396,6 +426,7 @@ fn main() -> anyhow::Result<()> {
                 workers: 1,
                 port_range: a.ports,
                 dataplane_extra: String::new(),
+                controlplane_extra: String::new(),
             };
             if u64::from(a.ports.1 - a.ports.0) + 1 < u64::from(a.size) + u64::from(a.background) * u64::from(a.background_size) {
                 bail!("--ports {}-{} has no room for {} + {} x {} legs", a.ports.0, a.ports.1, a.size, a.background, a.background_size);
@@ -477,6 +508,7 @@ fn demo_live(a: &DemoArgs) -> anyhow::Result<()> {
         workers: a.workers,
         port_range: a.ports,
         dataplane_extra: String::new(),
+        controlplane_extra: String::new(),
     };
     let s = sluice_bench::live::run(&opts, &stop)?;
     if s.verify_failures > 0 {

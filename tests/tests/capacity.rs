@@ -8,7 +8,11 @@
 //! browsers do; one test shows the ramp, one that `publishers = "fixed"` still sends every layer
 //! from the start.
 //!
-//! Leg ports: each test has its own 20 of 31800..=31999 (the range set aside for these tests).
+//! A tiny webinar (one presenter, 20 receive-only viewers at addresses of their own, one of them
+//! promoted to speaker and back) shows its figures and a clean promotion.
+//!
+//! Leg ports: each test has its own 20 of 31800..=31999 (the range set aside for these tests);
+//! the webinar, 40 of 32500..=32539.
 
 use std::path::Path;
 use std::process::Command;
@@ -318,4 +322,57 @@ fn the_audio_bench_runs_its_three_rows() {
     let sent = f(1, "sent");
     assert!(f(1, "dropped_by_worker") * 100 >= sent * 50 && f(1, "dropped_in_xdp") == 0, "{text}");
     assert!(f(2, "dropped_in_xdp") * 100 >= sent * 50, "{text}");
+}
+
+#[test]
+fn a_webinar_programs_its_viewers_in_batches_and_a_promotion_is_clean() {
+    // A fixed presenter: every layer from the start (an adaptive one would first ramp for ~15 s).
+    let text = r#"
+name = "webinar test"
+publishers = "fixed"
+[webinar]
+viewers = 20
+apply_batch = 5
+camera_mix = [0.2, 0.3, 0.5]
+promote = true
+promote_s = 1.0
+[fixed]
+duration_s = 4.0
+[ramp]
+max_loss = 0.01
+p99_target_ms = 1000.0
+"#;
+    let r = capacity_of(text, "webinar", "32500-32539", &[]);
+    only(&r, &[]);
+    assert_eq!(total(&r, "expected"), total(&r, "received"), "{}", r.stdout);
+    let run = &r.report["runs"][0];
+    let step = &run["steps"][0];
+    let w = &step["webinar"];
+    assert_eq!(w["viewers"], 20, "{step}");
+    assert_eq!(step["participants"], 21, "{step}");
+    // 20 viewers, 5 per Apply; each got its first copy.
+    assert_eq!((w["programming"]["viewers"].as_u64(), w["programming"]["applies"].as_u64()), (Some(20), Some(4)), "{w}");
+    assert_eq!((w["first_packet"]["samples"].as_u64(), w["first_packet"]["missing"].as_u64()), (Some(20), Some(0)), "{w}");
+    assert!(w["first_packet"]["p99_ms"].as_f64().is_some_and(|ms| ms > 0.0 && ms < 2000.0), "{w}");
+    // CPU per copy, where the copies were made, memory.
+    assert!(step["cpu_us_per_copy"].as_f64().is_some_and(|us| us > 0.0), "{step}");
+    let shares: f64 = step["dataplane_worker_tx"].as_array().expect("per worker").iter().map(|t| t["share"].as_f64().unwrap_or(0.0)).sum();
+    assert!((shares - 1.0).abs() < 1e-6, "{step}");
+    assert!(step["rss"]["dataplane_kb"].as_u64().is_some_and(|kb| kb > 0) && step["rss"]["controlplane_kb"].as_u64().is_some_and(|kb| kb > 0), "{step}");
+    assert!(w["dataplane_bytes_per_viewer"].as_f64().is_some() && w["controlplane_bytes_per_viewer"].as_f64().is_some(), "{w}");
+    // Addresses of their own; the journal is on.
+    assert!(run["webinar"]["addresses"].as_str().is_some_and(|a| a.contains("127.1.0.1")), "{run}");
+    assert!(run["journal"].as_str().is_some_and(|j| j.starts_with("on:")), "{}", run["journal"]);
+    // The promoted viewer's audio reached the presenter and the 19 others, every copy verified,
+    // and the presenter's streams saw nothing across promotion and demotion (only() above; its
+    // datagrams came from its own address, else the SFU would have dropped them as
+    // unknown_source).
+    let p = &w["promotion"];
+    assert_eq!(p["subscribers"], 20, "{p}");
+    assert_eq!(p["listeners"], 20, "{p}");
+    let (sent, expected, received) = (p["totals"]["sent"].as_u64().unwrap_or(0), p["totals"]["expected"].as_u64(), p["totals"]["received"].as_u64());
+    assert!(sent >= 40, "one second of 20 ms audio: {p}");
+    assert_eq!((expected, received), (Some(sent * 20), Some(sent * 20)), "{p}");
+    assert_eq!(p["clean"], true, "{}", r.stdout);
+    assert!(r.stdout.contains("promotion (step 1)") && r.stdout.contains("clean"), "{}", r.stdout);
 }

@@ -28,8 +28,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,15 +37,19 @@ use hdrhistogram::Histogram;
 use sluice_core::ids::Ssrc;
 use sluice_core::srtp::{RtcpSendState, RtpSendState, SrtpKeys};
 use sluice_core::wire::rtcp;
-use sluice_dataplane::io::{Backend, BackendKind, IoConfig, SendRegistry, Transmit};
+use sluice_dataplane::io::{Backend, BackendKind, IoConfig, LegSocket, SendRegistry, Transmit};
 
 use super::plan::{Plan, StreamKind, TWCC_EXT, VIDEO_PT, packets_for};
 use super::publisher::{PROBE_PADDING, Publisher, PublisherRamp};
 use super::ramp::SAMPLE_RAMPS;
 use super::sink::{Feedback, sink};
 
-/// Most steps a run can have (step 0 is "not measured").
+/// Most steps a run can have (step 0 is "not measured"; the last index counts a promoted
+/// viewer's audio, [`PROMOTION_STEP`]).
 pub const MAX_STEPS: usize = 128;
+/// The step stamped into a promoted webinar viewer's audio, so its copies are counted apart from
+/// the presenter's (whose step must show no fault across the promotion).
+pub const PROMOTION_STEP: usize = MAX_STEPS - 1;
 /// Payload offset of the step byte.
 pub(super) const STEP_AT: usize = 2;
 /// Payload offset of the stream tag ([`stream_tag`]).
@@ -197,6 +201,14 @@ pub struct Shared {
     pub ramps: Mutex<Vec<Option<PublisherRamp>>>,
     /// Per lane: CPU ns of the generator and of the sink threads.
     pub cpu_ns: Vec<(AtomicU64, AtomicU64)>,
+    /// Per stream: the subscribers each packet is owed to now (meetings: the plan's; a webinar
+    /// adds each viewer's once the Apply that subscribed it returned).
+    pub copies: Vec<AtomicU32>,
+    /// Per participant: when its first verified copy arrived, ns on [`Shared::now_ns`]'s clock
+    /// (0: none yet).
+    pub first_rx_ns: Vec<AtomicU64>,
+    /// Subscribers that verified at least one copy of a promoted viewer's audio.
+    pub promotion_listeners: AtomicU64,
     /// Clock of send times.
     pub epoch: std::time::Instant,
 }
@@ -207,8 +219,10 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 impl Shared {
-    /// State for `participants` participants and `lanes` lanes.
-    pub fn new(participants: usize, lanes: usize) -> Arc<Self> {
+    /// State for `plan`'s participants and streams and `lanes` lanes (a webinar's streams start
+    /// with no subscriber).
+    pub fn new(plan: &Plan, lanes: usize) -> Arc<Self> {
+        let participants = plan.participants.len();
         Arc::new(Self {
             step: AtomicU8::new(0),
             active: AtomicUsize::new(0),
@@ -224,6 +238,9 @@ impl Shared {
             transport_cc_received: AtomicU64::new(0),
             ramps: Mutex::new(vec![None; participants]),
             cpu_ns: (0..lanes).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
+            copies: plan.streams.iter().map(|st| AtomicU32::new(if plan.webinar.is_some() { 0 } else { st.copies })).collect(),
+            first_rx_ns: (0..participants).map(|_| AtomicU64::new(0)).collect(),
+            promotion_listeners: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
         })
     }
@@ -275,8 +292,13 @@ impl Path {
 pub struct Lane {
     gen_thread: Option<std::thread::JoinHandle<()>>,
     sink_thread: Option<std::thread::JoinHandle<()>>,
-    /// The lane socket's address (every participant of the lane sends from and receives on it).
+    /// The lane socket's address (every participant of the lane sends from and receives on it;
+    /// bound to 0.0.0.0 when its participants have addresses of their own, see [`super::source`]).
     pub addr: SocketAddr,
+    /// The lane socket.
+    pub socket: Arc<LegSocket>,
+    /// Tells the sink the SFU ports of participants programmed after the lane started.
+    pub ports: mpsc::Sender<Vec<(u16, usize)>>,
 }
 
 /// What a lane is started with.
@@ -325,15 +347,20 @@ impl Lane {
     /// the SFU latches the leg's address) and starts both threads.
     pub fn start(cfg: LaneConfig, plan: &Arc<Plan>, shared: &Arc<Shared>) -> anyhow::Result<Self> {
         let registry = SendRegistry::new();
-        let io_cfg = IoConfig { local_ip: cfg.bind_ip, rx_batch: 64, socket_buffer_bytes: Some(4 << 20), ..IoConfig::default() };
+        let members: Vec<usize> = cfg.meetings.iter().flat_map(|&m| plan.meetings[m].first..plan.meetings[m].first + plan.meetings[m].size as usize).collect();
+        // Participants with addresses of their own (webinar viewers): the socket takes every
+        // 127.x.y.z at its port.
+        let own_ips = members.iter().any(|&p| plan.participants[p].ip.is_some());
+        let local_ip = if own_ips { std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) } else { cfg.bind_ip };
+        let io_cfg = IoConfig { local_ip, rx_batch: 64, socket_buffer_bytes: Some(4 << 20), ..IoConfig::default() };
         let (mut sink_io, port) = in_netns(cfg.netns.as_deref(), || {
             let mut io = Backend::new(BackendKind::Mmsg, io_cfg.clone(), registry.clone())?;
             let port = io.add_port(0)?;
             Ok((io, port))
         })?;
         let addr = SocketAddr::new(cfg.bind_ip, port);
+        let socket = registry.get(port).ok_or_else(|| anyhow::anyhow!("the lane socket of port {port} is not registered"))?;
         let mut gen_io = Backend::new(BackendKind::Mmsg, IoConfig { gso: true, ..io_cfg }, registry)?;
-        let members: Vec<usize> = cfg.meetings.iter().flat_map(|&m| plan.meetings[m].first..plan.meetings[m].first + plan.meetings[m].size as usize).collect();
         // Each participant's upstream SRTCP: the hello now, the sink's PLIs later, one index
         // sequence (a reused index is a replay the SFU rightly drops).
         let mut up_rtcp: HashMap<usize, (SrtpKeys, RtcpSendState)> = HashMap::new();
@@ -343,7 +370,9 @@ impl Lane {
         }
         if cfg.path == Path::Sfu {
             let mut bufs = Vec::new();
-            for &p in &members {
+            // Participants not programmed yet (webinar viewers) and those whose remote is
+            // programmed (their own address) need no hello.
+            for &p in members.iter().filter(|&&p| plan.participants[p].port != 0 && plan.participants[p].ip.is_none()) {
                 let m = &plan.participants[p];
                 let (keys, state) = up_rtcp.get_mut(&p).expect("every member has keys");
                 let mut b = vec![0u8; 96];
@@ -360,11 +389,13 @@ impl Lane {
         let (fb_tx, fb_rx) = channel();
         let gen_thread =
             std::thread::Builder::new().name(format!("gen-{}", cfg.index)).spawn(move || generator(gen_io, port, &g_cfg, &g_plan, &g_shared, &fb_rx))?;
-        let (s_plan, s_shared) = (plan.clone(), shared.clone());
-        let sink_thread = std::thread::Builder::new()
-            .name(format!("sink-{}", cfg.index))
-            .spawn(move || sink(&mut sink_io, &cfg, members, up_rtcp, &s_plan, &s_shared, &fb_tx))?;
-        Ok(Self { gen_thread: Some(gen_thread), sink_thread: Some(sink_thread), addr })
+        let (s_plan, s_shared, s_socket) = (plan.clone(), shared.clone(), socket.clone());
+        let (ports_tx, ports_rx) = channel();
+        let sink_thread = std::thread::Builder::new().name(format!("sink-{}", cfg.index)).spawn(move || {
+            let channels = super::sink::Channels { feedback: fb_tx, ports: ports_rx, socket: s_socket };
+            sink(&mut sink_io, &cfg, members, up_rtcp, &s_plan, &s_shared, &channels);
+        })?;
+        Ok(Self { gen_thread: Some(gen_thread), sink_thread: Some(sink_thread), addr, socket, ports: ports_tx })
     }
 
     /// Waits for both threads (after [`Shared::stop`] is set).
@@ -396,7 +427,7 @@ pub(super) fn stream_tag(kind: StreamKind) -> u8 {
 
 /// Writes an RTP header into `b`: with `twcc`, the one-byte-form extension carrying that
 /// transport-wide sequence number (RFC 8285 §4.2). Returns the header length.
-fn write_header(b: &mut [u8], pt_m: u8, seq: u16, ts: u32, ssrc: u32, twcc: Option<u16>) -> usize {
+pub(super) fn write_header(b: &mut [u8], pt_m: u8, seq: u16, ts: u32, ssrc: u32, twcc: Option<u16>) -> usize {
     b[0] = 0x80;
     b[1] = pt_m;
     b[2..4].copy_from_slice(&seq.to_be_bytes());
@@ -463,7 +494,8 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
         })
         .collect();
     // This lane's streams, by meeting, and each publisher's camera/screen streams.
-    let mut lane_streams: Vec<usize> = (0..plan.streams.len()).filter(|&s| cfg.meetings.contains(&plan.streams[s].meeting)).collect();
+    let mut lane_streams: Vec<usize> =
+        (0..plan.streams.len()).filter(|&s| plan.streams[s].scheduled && cfg.meetings.contains(&plan.streams[s].meeting)).collect();
     lane_streams.sort_by_key(|&s| (plan.streams[s].meeting, s));
     let mut video_of: HashMap<usize, Vec<usize>> = HashMap::new();
     for &s in &lane_streams {
@@ -621,7 +653,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
                 if let StreamKind::Video(l) = st.kind {
                     counters.layer_sent[usize::from(l)].fetch_add(1, Ordering::Relaxed);
                 }
-                let copies = if cfg.path.direct() { 1 } else { u64::from(st.copies) };
+                let copies = if cfg.path.direct() { 1 } else { u64::from(shared.copies[s].load(Ordering::Relaxed)) };
                 counters.expected.fetch_add(copies, Ordering::Relaxed);
                 if batch.len() == SEND_BATCH {
                     flush(&mut io, &bufs, &mut batch);

@@ -30,6 +30,8 @@ pub mod ramp;
 pub mod report;
 pub mod scenario;
 mod sink;
+pub mod source;
+mod webinar;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -72,12 +74,14 @@ pub struct Options {
     pub dataplane_cores: Vec<usize>,
     /// Lanes (generator + sink thread pairs).
     pub lanes: usize,
-    /// Core of the generators (None: not pinned).
-    pub generator_core: Option<usize>,
-    /// Core of the sinks.
-    pub sink_core: Option<usize>,
+    /// Cores of the generators, lane i on `generator_cores[i % len]` (empty: not pinned).
+    pub generator_cores: Vec<usize>,
+    /// Cores of the sinks, likewise.
+    pub sink_cores: Vec<usize>,
     /// Leg ports the control plane allocates.
     pub port_range: (u16, u16),
+    /// The control plane's `session_affinity_legs` (`None`: its default).
+    pub affinity_legs: Option<u32>,
     /// Run the participants in a network namespace across a veth pair.
     pub netns: bool,
     /// Faults to inject (tests).
@@ -199,6 +203,30 @@ pub fn step_meetings(s: &Scenario, mode: Mode, cap: usize) -> Vec<usize> {
     }
 }
 
+/// The viewer counts of a webinar's steps: `webinar.viewers` (fixed), or from
+/// `webinar.start_viewers` growing by `ramp.factor` (at least one more each step) up to
+/// `webinar.max_viewers`, which is the last step (ramp); all at most `cap`.
+pub fn step_viewers(s: &Scenario, mode: Mode, cap: usize) -> Vec<usize> {
+    let Some(w) = &s.webinar else { return Vec::new() };
+    match mode {
+        Mode::Fixed => vec![(w.viewers as usize).min(cap)],
+        Mode::Ramp => {
+            let max = (w.max_viewers as usize).min(cap);
+            let mut v: Vec<usize> = Vec::new();
+            let mut x = f64::from(w.start_viewers);
+            while v.len() < s.ramp.max_steps as usize {
+                let n = (x.round() as usize).max(v.last().map_or(1, |l| l + 1)).min(max);
+                if v.last() == Some(&n) {
+                    break;
+                }
+                v.push(n);
+                x *= s.ramp.factor;
+            }
+            v
+        }
+    }
+}
+
 /// How many of the scenario's meetings fit `ports` legs, up to `want` (adaptive publishers have
 /// a send leg each).
 fn meetings_fitting(s: &Scenario, want: usize, ports: usize) -> usize {
@@ -224,33 +252,82 @@ pub fn run(o: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
         bail!("--lanes must be 1..=16 (got {})", o.lanes);
     }
     let ports = usize::from(o.port_range.1 - o.port_range.0) + 1;
-    let want = match o.mode {
-        Mode::Fixed => s.fixed.meetings as usize,
-        Mode::Ramp => *step_meetings(s, o.mode, usize::MAX).last().unwrap_or(&1),
+    // `n`: the meetings of the plan (a webinar's are the presenter and one per viewer); `steps`
+    // count meetings too.
+    let (n, mut plan, steps) = if let Some(w) = &s.webinar {
+        let presenter_legs = if s.publishers == scenario::PublisherMode::Adaptive { 2 } else { 1 };
+        let want = match o.mode {
+            Mode::Fixed => w.viewers as usize,
+            Mode::Ramp => *step_viewers(s, o.mode, usize::MAX).last().unwrap_or(&1),
+        };
+        let viewers = want.min(ports.saturating_sub(presenter_legs));
+        if viewers == 0 {
+            bail!("--ports {}-{} ({ports} legs) cannot hold the presenter and a viewer", o.port_range.0, o.port_range.1);
+        }
+        // Viewers at addresses of their own on loopback; in a namespace they share the peer's.
+        let plan = Plan::build_webinar(s, viewers, !o.netns)?;
+        let steps: Vec<usize> = step_viewers(s, o.mode, viewers).into_iter().map(|v| v + 1).collect();
+        let (pin, pout, bout) = plan.nominal_rates(viewers + 1);
+        println!(
+            "sluice capacity: webinar {:?}, {:?}, mode {:?}: one presenter (audio, camera {:?} kbit/s simulcast, screen {} kbit/s at {} fps) to up to {viewers} receive-only viewers, camera layers {:?} low/mid/high (leg ports {}-{}){}",
+            s.name,
+            s.srtp_profile()?,
+            o.mode,
+            s.video.layers_kbps,
+            s.screen.kbps,
+            s.screen.fps,
+            w.camera_mix,
+            o.port_range.0,
+            o.port_range.1,
+            if viewers < want { format!(" — the port range holds {viewers} of the {want} viewers asked for") } else { String::new() }
+        );
+        println!(
+            "  at {viewers} viewers the presenter sends {pin:.0} pkt/s and the schedules ask for {pout:.0} copies/s ({:.1} Mbit/s) out; viewers at {}; {} viewers per Apply{}",
+            bout / 1e6,
+            if o.netns {
+                "the namespace's one address (distinct ports per lane only)".to_string()
+            } else {
+                format!("addresses of their own ({} … {})", plan::viewer_ip(1), plan::viewer_ip(viewers))
+            },
+            w.apply_batch,
+            if w.promote && o.mode == Mode::Fixed {
+                format!("; viewer {} is promoted to speaker halfway through the step for {} s", viewers / 2 + 1, w.promote_s)
+            } else {
+                String::new()
+            }
+        );
+        println!("  steps (viewers): {:?}", steps.iter().map(|g| g - 1).collect::<Vec<_>>());
+        (viewers + 1, plan, steps)
+    } else {
+        let want = match o.mode {
+            Mode::Fixed => s.fixed.meetings as usize,
+            Mode::Ramp => *step_meetings(s, o.mode, usize::MAX).last().unwrap_or(&1),
+        };
+        let n = meetings_fitting(s, want, ports);
+        if n == 0 {
+            bail!("--ports {}-{} ({ports} legs) cannot hold even the first meeting of the mix", o.port_range.0, o.port_range.1);
+        }
+        let plan = Plan::build(s, n)?;
+        let steps = step_meetings(s, o.mode, n);
+        let (pin, pout, bout) = plan.nominal_rates(n);
+        println!(
+            "sluice capacity: scenario {:?}, {:?}, mode {:?}, up to {n} meetings / {} participants (leg ports {}-{}){}",
+            s.name,
+            s.srtp_profile()?,
+            o.mode,
+            plan.participants.len(),
+            o.port_range.0,
+            o.port_range.1,
+            if n < want { format!(" — the port range holds {n} of the {want} meetings asked for") } else { String::new() }
+        );
+        println!(
+            "  at {n} meetings, with every layer flowing, the schedules offer {pin:.0} pkt/s in and ask for {pout:.0} pkt/s ({:.1} Mbit/s) out; publishers: {}",
+            bout / 1e6,
+            if plan.adaptive { "adaptive (start at 300 kbit/s, add layers as Sluice's transport-cc allows)" } else { "fixed (every layer from the start)" }
+        );
+        println!("  steps (meetings): {steps:?}");
+        (n, plan, steps)
     };
-    let n = meetings_fitting(s, want, ports);
-    if n == 0 {
-        bail!("--ports {}-{} ({ports} legs) cannot hold even the first meeting of the mix", o.port_range.0, o.port_range.1);
-    }
-    let mut plan = Plan::build(s, n)?;
-    let steps = step_meetings(s, o.mode, n);
-    let (pin, pout, bout) = plan.nominal_rates(n);
-    println!(
-        "sluice capacity: scenario {:?}, {:?}, mode {:?}, up to {n} meetings / {} participants (leg ports {}-{}){}",
-        s.name,
-        s.srtp_profile()?,
-        o.mode,
-        plan.participants.len(),
-        o.port_range.0,
-        o.port_range.1,
-        if n < want { format!(" — the port range holds {n} of the {want} meetings asked for") } else { String::new() }
-    );
-    println!(
-        "  at {n} meetings, with every layer flowing, the schedules offer {pin:.0} pkt/s in and ask for {pout:.0} pkt/s ({:.1} Mbit/s) out; publishers: {}",
-        bout / 1e6,
-        if plan.adaptive { "adaptive (start at 300 kbit/s, add layers as Sluice's transport-cc allows)" } else { "fixed (every layer from the start)" }
-    );
-    println!("  steps (meetings): {steps:?}");
     let ns = if o.netns { Some(netns::NetNs::create()?) } else { None };
     let (bind_ip, sfu_ip) = match &ns {
         Some(ns) => (IpAddr::V4(ns.peer_ip), IpAddr::V4(ns.sfu_ip)),
@@ -264,8 +341,8 @@ pub fn run(o: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
         meetings: (0..n).filter(|m| m % o.lanes == index).collect(),
         bind_ip,
         sfu_ip,
-        gen_core: o.generator_core,
-        sink_core: o.sink_core,
+        gen_core: o.generator_cores.get(index % o.generator_cores.len().max(1)).copied(),
+        sink_core: o.sink_cores.get(index % o.sink_cores.len().max(1)).copied(),
         path,
         impair: o.impair,
         netns: ns.as_ref().map(|n| n.name.clone()),
@@ -275,7 +352,7 @@ pub fn run(o: &Options, stop: &Arc<AtomicBool>) -> anyhow::Result<Report> {
     // latency floor (the same, paced, at the first step's load).
     let direct = |path: Path, meetings: usize, secs: f64| -> anyhow::Result<(StepTotals, Latency, f64, f64, f64)> {
         let plan = Arc::new(plan.clone());
-        let shared = Shared::new(plan.participants.len(), o.lanes);
+        let shared = Shared::new(&plan, o.lanes);
         let lanes: Vec<Lane> = (0..o.lanes).map(|i| Lane::start(lane_cfg(i, path), &plan, &shared)).collect::<anyhow::Result<_>>()?;
         shared.active.store(meetings, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(200));
@@ -396,6 +473,7 @@ fn run_backend_with(
         workers: o.workers,
         port_range: o.port_range,
         dataplane_extra: format!("backend = \"{backend}\"\ncores = [{cores}]\nlisten_ip = \"{sfu_ip}\"\n"),
+        controlplane_extra: o.affinity_legs.map(|n| format!("session_affinity_legs = {n}\n")).unwrap_or_default(),
     };
     println!("\n== backend {backend}: {} dataplane worker(s) on core(s) [{cores}]", o.workers);
     let (mut grpc, metrics, dp_pid) = live::start_system(&opts, stop, dir, kids)?;
@@ -404,41 +482,86 @@ fn run_backend_with(
         println!("  note: io_uring is unavailable here; the dataplane fell back to mmsg");
     }
 
-    // --- Program every meeting through gRPC, as production does.
+    let cp_pid = kids.pid("sluice-controlplane").unwrap_or(0);
+
+    // --- Program every meeting through gRPC, as production does (a webinar: the presenter now,
+    // the viewers step by step while the presenter sends).
     let t0 = Instant::now();
     let mut subscriptions = 0usize;
-    for (m, meeting) in plan.meetings.iter().enumerate() {
-        let changes = live::changes(&meeting.ops)?;
-        subscriptions += changes.iter().filter(|c| matches!(c.change, Some(pb::change::Change::Subscription(_)))).count();
-        let req = pb::ChangeSet { session: format!("capacity-{m}"), idempotency_key: format!("capacity-{m}"), expected_revision: Some(0), changes };
-        let r =
-            grpc.apply(req).map_err(|e| anyhow::anyhow!("Routes.Apply for meeting {m} ({} participants): {:?}: {}", meeting.size, e.code(), e.message()))?;
-        let ports: HashMap<&str, u16> = r.ports.iter().map(|a| (a.leg.as_str(), a.local_port as u16)).collect();
-        let port = |leg: u32| ports.get(live::leg_name(leg).as_str()).copied().with_context(|| format!("no port allocated for {}", live::leg_name(leg)));
-        for p in &mut plan.participants[meeting.first..meeting.first + meeting.size as usize] {
-            p.port = port(p.leg.0)?;
-            if let Some(send) = &mut p.send {
-                send.port = port(send.leg.0)?;
+    let mut programmer = None;
+    if plan.webinar.is_some() {
+        programmer = Some(webinar::Programmer::presenter(&mut grpc, plan)?);
+    } else {
+        for (m, meeting) in plan.meetings.iter().enumerate() {
+            let changes = live::changes(&meeting.ops)?;
+            subscriptions += changes.iter().filter(|c| matches!(c.change, Some(pb::change::Change::Subscription(_)))).count();
+            let req = pb::ChangeSet { session: format!("capacity-{m}"), idempotency_key: format!("capacity-{m}"), expected_revision: Some(0), changes };
+            let r = grpc
+                .apply(req)
+                .map_err(|e| anyhow::anyhow!("Routes.Apply for meeting {m} ({} participants): {:?}: {}", meeting.size, e.code(), e.message()))?;
+            let ports: HashMap<&str, u16> = r.ports.iter().map(|a| (a.leg.as_str(), a.local_port as u16)).collect();
+            let port = |leg: u32| ports.get(live::leg_name(leg).as_str()).copied().with_context(|| format!("no port allocated for {}", live::leg_name(leg)));
+            for p in &mut plan.participants[meeting.first..meeting.first + meeting.size as usize] {
+                p.port = port(p.leg.0)?;
+                if let Some(send) = &mut p.send {
+                    send.port = port(send.leg.0)?;
+                }
             }
         }
     }
-    let programming_s = t0.elapsed().as_secs_f64();
+    let mut programming_s = t0.elapsed().as_secs_f64();
     let st = grpc.status().map_err(|e| anyhow::anyhow!("Node.GetStatus: {e}"))?;
     println!(
-        "  programmed {} meetings over gRPC in {programming_s:.2} s: {} sessions, {} legs, {} tracks, {} subscriptions (generation {})",
-        plan.meetings.len(),
+        "  programmed {} over gRPC in {programming_s:.2} s: {} sessions, {} legs, {} tracks, {} subscriptions (generation {})",
+        if plan.webinar.is_some() { "the presenter".to_string() } else { format!("{} meetings", plan.meetings.len()) },
         st.sessions,
         st.legs,
         st.tracks,
         st.subscriptions,
         st.dataplane_generation
     );
+    let journal = webinar::journal(&dir.join("state"));
+    println!("  control plane journal: {journal}");
 
     // --- Lanes: sockets, hellos, threads.
     let plan_arc = Arc::new(plan.clone());
-    let shared = Shared::new(plan.participants.len(), o.lanes);
+    let shared = Shared::new(plan, o.lanes);
     let lanes: Vec<Lane> = (0..o.lanes).map(|i| Lane::start(lane_cfg(i, Path::Sfu), &plan_arc, &shared)).collect::<anyhow::Result<_>>()?;
     std::thread::sleep(Duration::from_millis(300));
+
+    // --- A webinar's presenter sends alone first: an adaptive one ramps to its three layers (up
+    // to 20 s), then the daemons' memory is the baseline each viewer's is measured from.
+    let mut webinar_run = None;
+    if plan.webinar.is_some() {
+        let t = Instant::now();
+        shared.active.store(1, Ordering::Relaxed);
+        let layers = || shared.ramps.lock().unwrap_or_else(PoisonError::into_inner)[0].as_ref().map_or(3, |r| r.layers);
+        std::thread::sleep(Duration::from_millis(500));
+        while layers() < 3 && t.elapsed() < Duration::from_secs(20) && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let presenter_layers = layers();
+        let baseline_rss = report::Rss::of(dp_pid, cp_pid);
+        println!(
+            "  the presenter sent alone for {:.1} s ({presenter_layers} camera layer(s)); memory before any viewer: dataplane {:.1} MB, control plane {:.1} MB",
+            t.elapsed().as_secs_f64(),
+            baseline_rss.dataplane_kb as f64 / 1024.0,
+            baseline_rss.controlplane_kb as f64 / 1024.0
+        );
+        webinar_run = Some(report::WebinarRun {
+            addresses: match plan.participants.get(1).and_then(|p| p.ip) {
+                Some(_) => format!(
+                    "each viewer its own loopback address ({} …), the leg's programmed remote; one wildcard-bound socket per lane, the viewers' own datagrams sent from their address with IP_PKTINFO",
+                    plan::viewer_ip(1)
+                ),
+                None => "the lane socket's address (distinct ports per lane only)".to_string(),
+            },
+            baseline_rss,
+            presenter_layers,
+            warmup_s: t.elapsed().as_secs_f64(),
+            programming: report::Programming::default(),
+        });
+    }
 
     let lane_ports: Vec<u16> = lanes.iter().map(|l| l.addr.port()).collect();
     let is_lane = |p: u16| lane_ports.contains(&p);
@@ -462,30 +585,116 @@ fn run_backend_with(
     let mut step = 0usize;
     while let Some(meetings) = queue.pop_front() {
         step += 1;
-        if stop.load(Ordering::Relaxed) || step >= load::MAX_STEPS {
+        if stop.load(Ordering::Relaxed) || step >= load::PROMOTION_STEP {
             break;
         }
-        let (window, settle) = match o.mode {
+        let (window, mut settle) = match o.mode {
             Mode::Fixed => (s.fixed.duration_s, s.ramp.settle_s.min(1.0)),
             Mode::Ramp => (s.ramp.step_s - s.ramp.settle_s, s.ramp.settle_s),
         };
         shared.step.store(0, Ordering::Relaxed);
         shared.active.store(meetings, Ordering::Relaxed);
+        // A webinar step first subscribes its new viewers; their video starts at a keyframe the
+        // SFU asks the presenter for (at most every 200 ms per layer): at least a second to settle.
+        let mut step_programming = None;
+        if let Some(prog) = programmer.as_mut() {
+            let before = prog.viewers;
+            let batch = s.webinar.as_ref().map_or(100, |w| w.apply_batch as usize);
+            let pr = match prog.program_to(&mut grpc, plan, meetings - 1, batch, &lanes, &shared) {
+                Ok(pr) => pr,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            if pr.viewers > 0 && o.live {
+                println!(
+                    "  programmed {} viewers ({} to {}) in {} Applies in {:.2} s ({:.0} viewers/s, slowest Apply {:.0} ms)",
+                    pr.viewers,
+                    before + 1,
+                    prog.viewers,
+                    pr.applies,
+                    pr.seconds,
+                    pr.viewers as f64 / pr.seconds.max(1e-9),
+                    pr.max_apply_ms
+                );
+            }
+            programming_s += pr.seconds;
+            step_programming = Some((before, pr));
+            settle = settle.max(1.0);
+        }
         sleep_live(o, &shared, &mut live_state, &start, step, meetings, plan.participants_in(meetings), settle, stop, kids);
         let me = std::process::id();
         let (cpu0, own0) = (thread_stats(dp_pid, &["worker-"]), thread_stats(me, &["gen-", "sink-"]));
         let (drops_sfu0, drops_sink0) = (socket_drops(&in_range), socket_drops(&is_lane));
         let dp0 = live::scrape(metrics).unwrap_or_default();
+        let tx0 = live::per_worker(&live::metrics_body(metrics).unwrap_or_default(), "sluice_tx_packets_total");
         let drops0 = dataplane_drops(metrics);
         let (kf0, pli0) = (shared.keyframe_requests.load(Ordering::Relaxed), shared.plis_sent.load(Ordering::Relaxed));
         shared.step.store(step as u8, Ordering::Relaxed);
         let t = Instant::now();
-        sleep_live(o, &shared, &mut live_state, &start, step, meetings, plan.participants_in(meetings), window, stop, kids);
+        let parts = plan.participants_in(meetings);
+        let promotion = match (o.mode, programmer.as_mut(), plan.webinar.as_ref().and_then(|w| w.promotion.as_ref())) {
+            (Mode::Fixed, Some(prog), Some(p)) => {
+                // Halfway through: the viewer is promoted, speaks, and is demoted.
+                let speaker = p.participant;
+                let promote_s = s.webinar.as_ref().map_or(3.0, |w| w.promote_s);
+                sleep_live(o, &shared, &mut live_state, &start, step, meetings, parts, window / 2.0, stop, kids);
+                let promoted = (|| -> anyhow::Result<report::PromotionResult> {
+                    let (subscribers, promote_apply_ms) = prog.promote(&mut grpc, plan)?;
+                    let at_s = t.elapsed().as_secs_f64();
+                    let quiet = Arc::new(AtomicBool::new(false));
+                    let lane = &lanes[speaker % lanes.len()];
+                    let speaking = webinar::speak(plan, shared.clone(), lane.socket.clone(), sfu_ip, subscribers, quiet.clone())?;
+                    if o.live {
+                        println!("  promoted viewer {speaker} to speaker ({subscribers} subscribers, Apply {promote_apply_ms:.0} ms)");
+                    }
+                    sleep_live(o, &shared, &mut live_state, &start, step, meetings, parts, promote_s, stop, kids);
+                    quiet.store(true, Ordering::Relaxed);
+                    let _ = speaking.join();
+                    let spoke_s = t.elapsed().as_secs_f64() - at_s;
+                    // Its last copies land before its subscriptions go.
+                    std::thread::sleep(Duration::from_millis(300));
+                    let demote_apply_ms = prog.demote(&mut grpc, plan)?;
+                    if o.live {
+                        println!("  demoted viewer {speaker} after {spoke_s:.1} s (Apply {demote_apply_ms:.0} ms)");
+                    }
+                    Ok(report::PromotionResult {
+                        speaker,
+                        subscribers,
+                        at_s,
+                        spoke_s,
+                        promote_apply_ms,
+                        demote_apply_ms,
+                        totals: StepTotals::default(),
+                        listeners: 0,
+                        latency: Latency::default(),
+                        clean: false,
+                    })
+                })();
+                match promoted {
+                    Ok(p) => {
+                        let left = (window - t.elapsed().as_secs_f64()).max(0.0);
+                        sleep_live(o, &shared, &mut live_state, &start, step, meetings, parts, left, stop, kids);
+                        Some(p)
+                    }
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+            _ => {
+                sleep_live(o, &shared, &mut live_state, &start, step, meetings, parts, window, stop, kids);
+                None
+            }
+        };
         shared.step.store(0, Ordering::Relaxed);
         let secs = t.elapsed().as_secs_f64();
         let (cpu1, own1) = (thread_stats(dp_pid, &["worker-"]), thread_stats(me, &["gen-", "sink-"]));
         let (drops_sfu1, drops_sink1) = (socket_drops(&in_range), socket_drops(&is_lane));
         let dp1 = live::scrape(metrics).unwrap_or_default();
+        let tx1 = live::per_worker(&live::metrics_body(metrics).unwrap_or_default(), "sluice_tx_packets_total");
         let drops1 = dataplane_drops(metrics);
         let dataplane_drops: std::collections::BTreeMap<String, f64> = drops1
             .iter()
@@ -507,6 +716,30 @@ fn run_backend_with(
         let (gen_busy, sink_busy) = (busiest("gen-"), busiest("sink-"));
         let (_, nominal_out, _) = plan.nominal_rates(meetings);
         let publisher_layers = layers_now(&shared, meetings);
+        let tx_total: f64 = tx1.iter().map(|(w, v)| v - tx0.get(w).copied().unwrap_or(0.0)).sum();
+        let worker_tx = tx1
+            .iter()
+            .map(|(w, v)| {
+                let d = v - tx0.get(w).copied().unwrap_or(0.0);
+                report::WorkerTx { worker: w.clone(), packets_per_s: d / secs, share: if tx_total > 0.0 { d / tx_total } else { 0.0 } }
+            })
+            .collect();
+        let rss = report::Rss::of(dp_pid, cp_pid);
+        let webinar = match (step_programming, programmer.as_ref(), webinar_run.as_ref()) {
+            (Some((before, programming)), Some(prog), Some(run)) => {
+                let viewers = meetings - 1;
+                let per_viewer = |now: u64, base: u64| (now as f64 - base as f64) * 1024.0 / viewers.max(1) as f64;
+                Some(report::WebinarStep {
+                    viewers,
+                    programming,
+                    first_packet: if programming.viewers > 0 { prog.first_packets(&shared, before + 1, prog.viewers) } else { report::FirstPacket::default() },
+                    dataplane_bytes_per_viewer: per_viewer(rss.dataplane_kb, run.baseline_rss.dataplane_kb),
+                    controlplane_bytes_per_viewer: per_viewer(rss.controlplane_kb, run.baseline_rss.controlplane_kb),
+                    promotion,
+                })
+            }
+            _ => None,
+        };
         let r = StepResult::new(StepInputs {
             backend,
             step,
@@ -527,11 +760,14 @@ fn run_backend_with(
             dp_cpu_s,
             gen_busy,
             sink_busy,
-            shared_core: o.generator_core.is_some() && o.generator_core == o.sink_core,
+            shared_core: o.generator_cores.len() == 1 && o.generator_cores == o.sink_cores,
             ceiling,
             keyframe_requests: shared.keyframe_requests.load(Ordering::Relaxed) - kf0,
             plis_sent: shared.plis_sent.load(Ordering::Relaxed) - pli0,
             scenario: s,
+            worker_tx,
+            rss,
+            webinar,
         });
         if o.live {
             println!("  {}", r.one_line());
@@ -548,7 +784,8 @@ fn run_backend_with(
             } else {
                 queue.clear();
                 let mid = best_ok + (meetings - best_ok) / 2;
-                if refinements < 2 && mid > best_ok && mid < meetings {
+                // (A webinar does not step back: that would unsubscribe viewers.)
+                if refinements < 2 && mid > best_ok && mid < meetings && plan.webinar.is_none() {
                     refinements += 1;
                     queue.push_back(mid);
                 }
@@ -576,6 +813,16 @@ fn run_backend_with(
         let hists = shared.latency.lock().unwrap_or_else(PoisonError::into_inner);
         for r in &mut results {
             r.finalize(shared.steps[r.step].snapshot(), Latency::of(&hists[r.step]), s);
+            let others = r.totals;
+            if let Some(p) = r.webinar.as_mut().and_then(|w| w.promotion.as_mut()) {
+                p.totals = shared.steps[load::PROMOTION_STEP].snapshot();
+                p.latency = Latency::of(&hists[load::PROMOTION_STEP]);
+                p.listeners = shared.promotion_listeners.load(Ordering::Relaxed);
+                let faultless = |t: &StepTotals| {
+                    t.lost() == 0 && t.duplicates == 0 && t.reordered == 0 && t.seq_gaps == 0 && t.ts_errors == 0 && t.auth_failures == 0 && t.misrouted == 0
+                };
+                p.clean = faultless(&others) && faultless(&p.totals) && p.totals.received > 0 && p.listeners == p.subscribers as u64;
+            }
         }
     }
     let best = results.iter().filter(|r| r.sustained).max_by(|a, b| a.forwarded_pps.total_cmp(&b.forwarded_pps));
@@ -587,17 +834,33 @@ fn run_backend_with(
         forwarded_bps: r.forwarded_bps,
         dataplane_cpu: r.dataplane_cpu_s / r.seconds,
         generator_limited: r.generator_limited,
+        viewers: r.webinar.as_ref().map(|w| w.viewers),
     });
+    // The journal as the run left it (its size has grown with every Apply).
+    let journal = webinar::journal(&dir.join("state"));
+    let mut legs = st.legs as usize;
+    if let (Some(prog), Some(run)) = (programmer.as_ref(), webinar_run.as_mut()) {
+        subscriptions = prog.viewers * 3;
+        legs = grpc.status().map_or(legs, |st| st.legs as usize);
+        run.programming = report::Programming {
+            viewers: prog.viewers,
+            applies: results.iter().filter_map(|r| Some(r.webinar.as_ref()?.programming.applies)).sum(),
+            seconds: results.iter().filter_map(|r| Some(r.webinar.as_ref()?.programming.seconds)).sum(),
+            max_apply_ms: results.iter().filter_map(|r| Some(r.webinar.as_ref()?.programming.max_apply_ms)).fold(0.0, f64::max),
+        };
+    }
     Ok(BackendRun {
         backend: backend.to_string(),
         workers: o.workers,
         programming_s,
-        meetings_programmed: plan.meetings.len(),
-        legs: st.legs as usize,
+        meetings_programmed: programmer.as_ref().map_or(plan.meetings.len(), |p| p.viewers + 1),
+        legs,
         subscriptions,
         steps: results,
         max_sustained,
         publishers,
+        journal,
+        webinar: webinar_run,
     })
 }
 
@@ -637,6 +900,9 @@ pub(crate) struct StepInputs<'a> {
     pub(crate) keyframe_requests: u64,
     pub(crate) plis_sent: u64,
     pub(crate) scenario: &'a Scenario,
+    pub(crate) worker_tx: Vec<report::WorkerTx>,
+    pub(crate) rss: report::Rss,
+    pub(crate) webinar: Option<report::WebinarStep>,
 }
 
 /// Cumulative numbers for the live line.
@@ -726,5 +992,19 @@ fn sleep_live(
             );
         }
         *st = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webinar_ramp_doubles_the_viewers_up_to_the_maximum() {
+        let s = Scenario::parse(include_str!("../../scenarios/webinar.toml")).expect("webinar.toml");
+        assert_eq!(step_viewers(&s, Mode::Ramp, usize::MAX), vec![50, 100, 200, 400, 800, 1600, 3200, 6400, 10_000]);
+        assert_eq!(step_viewers(&s, Mode::Ramp, 500), vec![50, 100, 200, 400, 500]);
+        assert_eq!(step_viewers(&s, Mode::Fixed, usize::MAX), vec![1000]);
+        assert!(step_viewers(&Scenario::default(), Mode::Fixed, 10).is_empty());
     }
 }

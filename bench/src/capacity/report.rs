@@ -66,6 +66,139 @@ pub struct WorkerCpu {
     pub runqueue_wait: f64,
 }
 
+/// Packets one dataplane worker transmitted over a step (`sluice_tx_packets_total{worker}` from
+/// its /metrics, read at the step's start and end): where the copies were made.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerTx {
+    /// The worker's index (its metrics label).
+    pub worker: String,
+    /// Packets per second.
+    pub packets_per_s: f64,
+    /// Its share of all the workers' packets.
+    pub share: f64,
+}
+
+/// Resident memory of the daemons (`VmRSS` of `/proc/<pid>/status`), kB.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Rss {
+    /// sluice-dataplane.
+    pub dataplane_kb: u64,
+    /// sluice-controlplane.
+    pub controlplane_kb: u64,
+}
+
+impl Rss {
+    /// Of the two PIDs now (0 where unreadable).
+    pub fn of(dataplane: u32, controlplane: u32) -> Self {
+        Self { dataplane_kb: vm_rss_kb(dataplane).unwrap_or(0), controlplane_kb: vm_rss_kb(controlplane).unwrap_or(0) }
+    }
+}
+
+/// `VmRSS` of `pid`, kB.
+pub fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Programming viewers over gRPC (their legs and subscriptions, `webinar.apply_batch` per Apply).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Programming {
+    /// Viewers programmed.
+    pub viewers: usize,
+    /// Routes.Apply calls.
+    pub applies: usize,
+    /// Seconds from the first Apply to the last one's answer.
+    pub seconds: f64,
+    /// The slowest Apply, ms.
+    pub max_apply_ms: f64,
+}
+
+/// From the Apply that created a viewer's subscriptions returning to the viewer's sink verifying
+/// its first copy (of any of its streams), over the viewers programmed in a step.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct FirstPacket {
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Largest, ms.
+    pub max_ms: f64,
+    /// Viewers with a first copy.
+    pub samples: usize,
+    /// Viewers with none by the step's end.
+    pub missing: usize,
+    /// Viewers whose first copy came before the bench had the Apply's answer (counted as 0 ms:
+    /// the SFU forwards once the dataplane has the change, before the answer is back).
+    pub before_answer: usize,
+    /// From the Apply's request leaving the bench to the first copy instead: median, ms.
+    pub from_request_p50_ms: f64,
+    /// See `from_request_p50_ms`: 99th percentile.
+    pub from_request_p99_ms: f64,
+    /// See `from_request_p50_ms`: largest.
+    pub from_request_max_ms: f64,
+}
+
+/// A viewer promoted to speaker halfway through a fixed webinar step, then demoted.
+#[derive(Clone, Debug, Serialize)]
+pub struct PromotionResult {
+    /// The promoted viewer (participant index; the presenter is 0).
+    pub speaker: usize,
+    /// Subscribers of its audio: the presenter and every other viewer.
+    pub subscribers: usize,
+    /// Seconds into the step's measured window it was promoted.
+    pub at_s: f64,
+    /// Seconds it spoke.
+    pub spoke_s: f64,
+    /// The Apply that promoted it (its track and the subscriptions to it), ms.
+    pub promote_apply_ms: f64,
+    /// The Apply that demoted it (the track removed, and its subscriptions with it), ms.
+    pub demote_apply_ms: f64,
+    /// Its audio's counters: packets sent, copies owed (each packet times the subscribers),
+    /// verified, and every fault (final counts).
+    pub totals: StepTotals,
+    /// Subscribers that verified at least one copy of it.
+    pub listeners: u64,
+    /// One-way latency of its copies.
+    pub latency: Latency,
+    /// Whether the presenter's streams to every viewer (the step's own counters, which span the
+    /// promotion and the demotion) saw no loss, gap, reordering, duplicate, timestamp error,
+    /// authentication failure or misrouted copy, and the promoted audio reached every
+    /// subscriber without loss.
+    pub clean: bool,
+}
+
+/// What a webinar step adds.
+#[derive(Clone, Debug, Serialize)]
+pub struct WebinarStep {
+    /// Viewers subscribed.
+    pub viewers: usize,
+    /// Programming the viewers this step added.
+    pub programming: Programming,
+    /// Apply → first packet of the viewers this step added.
+    pub first_packet: FirstPacket,
+    /// (Dataplane RSS at the step's end − before any viewer) / viewers, bytes.
+    pub dataplane_bytes_per_viewer: f64,
+    /// The same for the control plane.
+    pub controlplane_bytes_per_viewer: f64,
+    /// The promotion, if the step had one.
+    pub promotion: Option<PromotionResult>,
+}
+
+/// What a webinar run adds.
+#[derive(Clone, Debug, Serialize)]
+pub struct WebinarRun {
+    /// How the viewers are addressed (their own 127.x.y.z on loopback).
+    pub addresses: String,
+    /// The daemons' RSS with the presenter programmed and sending, before any viewer.
+    pub baseline_rss: Rss,
+    /// Camera layers the presenter sent when the first viewer was programmed.
+    pub presenter_layers: u8,
+    /// Seconds the presenter sent alone first (an adaptive presenter ramps to its three layers).
+    pub warmup_s: f64,
+    /// Programming every viewer, all steps.
+    pub programming: Programming,
+}
+
 /// The harness's own ceiling, with no forwarder in the path.
 #[derive(Clone, Debug, Serialize)]
 pub struct Ceiling {
@@ -176,6 +309,14 @@ pub struct StepResult {
     /// The dataplane's own drops during the step, by reason (its metrics; `send_errors`: sends
     /// the kernel refused), without the normal `rtcp_consumed` and `layer_filtered`.
     pub dataplane_drops: std::collections::BTreeMap<String, f64>,
+    /// Dataplane worker CPU per verified copy, µs (`dataplane_cpu_s` / copies).
+    pub cpu_us_per_copy: f64,
+    /// Packets each dataplane worker transmitted, and its share.
+    pub dataplane_worker_tx: Vec<WorkerTx>,
+    /// The daemons' memory at the step's end.
+    pub rss: Rss,
+    /// Webinar steps: viewers, programming, Apply → first packet, memory per viewer, promotion.
+    pub webinar: Option<WebinarStep>,
 }
 
 impl StepResult {
@@ -240,6 +381,10 @@ impl StepResult {
             sustained_at_step_end: sustained,
             late_copies: 0,
             dataplane_drops: i.dataplane_drops,
+            cpu_us_per_copy: if t.received > 0 { i.dp_cpu_s * 1e6 / t.received as f64 } else { 0.0 },
+            dataplane_worker_tx: i.worker_tx,
+            rss: i.rss,
+            webinar: i.webinar,
         }
     }
 
@@ -253,6 +398,7 @@ impl StepResult {
         self.loss = t.loss();
         self.lost = t.lost();
         self.packets_per_cpu_s = if self.dataplane_cpu_s > 0.0 { t.received as f64 / self.dataplane_cpu_s } else { 0.0 };
+        self.cpu_us_per_copy = if t.received > 0 { self.dataplane_cpu_s * 1e6 / t.received as f64 } else { 0.0 };
         self.totals = t;
         self.latency = latency;
         self.sustained = t.received > 0 && self.loss < s.ramp.max_loss && latency.p99_us < s.ramp.p99_target_ms * 1e3;
@@ -263,10 +409,12 @@ impl StepResult {
         let cpu: Vec<String> =
             self.dataplane_workers.iter().map(|w| format!("c{}:{:.0}% (waited {:.0}%)", w.core, w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
         format!(
-            "step {:>2}: {:>4} meetings {:>5} parts  in {:>8.0}/s  fwd {:>9.0}/s {:>7.1} Mb/s  loss {:>7.4}%  p50/p99/p99.9/max {:>6.0}/{:>6.0}/{:>6.0}/{:>6.0} us  dp {} ({:.0} pkt/cpu-s)  harness {:.0}%/{:.0}%  dup {} reord {} gaps {} ts! {} auth! {} misroute {}  socket drops sfu {} harness {}  dataplane drops {:?}{}{}",
+            "step {:>2}: {}  in {:>8.0}/s  fwd {:>9.0}/s {:>7.1} Mb/s  loss {:>7.4}%  p50/p99/p99.9/max {:>6.0}/{:>6.0}/{:>6.0}/{:>6.0} us  dp {} ({:.0} pkt/cpu-s)  harness {:.0}%/{:.0}%  dup {} reord {} gaps {} ts! {} auth! {} misroute {}  socket drops sfu {} harness {}  dataplane drops {:?}{}{}",
             self.step,
-            self.meetings,
-            self.participants,
+            match &self.webinar {
+                Some(w) => format!("{:>5} viewers", w.viewers),
+                None => format!("{:>4} meetings {:>5} parts", self.meetings, self.participants),
+            },
             self.offered_pps,
             self.forwarded_pps,
             self.forwarded_bps / 1e6,
@@ -311,6 +459,8 @@ pub struct Sustained {
     pub dataplane_cpu: f64,
     /// Whether that step may have been limited by the harness.
     pub generator_limited: bool,
+    /// Webinar: viewers carried.
+    pub viewers: Option<usize>,
 }
 
 /// One backend's run.
@@ -334,6 +484,10 @@ pub struct BackendRun {
     pub max_sustained: Option<Sustained>,
     /// The adaptive publishers' ramps (`None` with fixed publishers).
     pub publishers: Option<Ramps>,
+    /// The control plane's journal as the bench's daemons run it.
+    pub journal: String,
+    /// Webinar runs: baseline memory, addressing, programming.
+    pub webinar: Option<WebinarRun>,
 }
 
 /// Host facts, to read numbers in context.
@@ -393,13 +547,17 @@ impl Report {
     pub fn table(&self) -> String {
         let mut s = String::new();
         let m = &self.mix;
+        let shape = match &self.scenario.webinar {
+            Some(w) => format!(
+                "webinar: one presenter (audio, camera {:?} kbit/s, screen {} kbit/s at {} fps) to receive-only viewers, camera layers {:?} low/mid/high",
+                self.scenario.video.layers_kbps, self.scenario.screen.kbps, self.scenario.screen.fps, w.camera_mix
+            ),
+            None => format!("sizes: median {}, mean {:.1}, p95 {}", m.median, m.mean, m.p95),
+        };
         let _ = writeln!(
             s,
-            "\ncapacity report — scenario {:?} (sizes: median {}, mean {:.1}, p95 {}), {:?}, {}, load average {}",
+            "\ncapacity report — scenario {:?} ({shape}), {:?}, {}, load average {}",
             self.scenario.name,
-            m.median,
-            m.mean,
-            m.p95,
             self.mode,
             if self.netns { "netns/veth" } else { "loopback" },
             self.host.loadavg
@@ -411,62 +569,66 @@ impl Report {
                 c.generator_pps, c.sink_pps, c.lanes, c.baseline_latency.p50_us, c.baseline_latency.p99_us
             );
         }
-        let _ = writeln!(
-            s,
-            "{:<6} {:>4} {:>5} {:>6} {:>10} {:>11} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>14} {:>10} {:>11}  verdict",
-            "backend",
-            "step",
-            "meet",
-            "parts",
-            "in pkt/s",
-            "expect/s",
-            "fwd pkt/s",
-            "fwd Mb/s",
-            "loss %",
-            "p50 us",
-            "p99 us",
-            "p99.9 us",
-            "max us",
-            "dp cpu+wait",
-            "pkt/cpu-s",
-            "cams 1/2/3L"
-        );
-        for r in &self.runs {
-            for st in &r.steps {
-                let cpu: Vec<String> = st.dataplane_workers.iter().map(|w| format!("{:.0}%+{:.0}%w", w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
-                let _ = writeln!(
-                    s,
-                    "{:<6} {:>4} {:>5} {:>6} {:>10.0} {:>11.0} {:>10.0} {:>8.1} {:>9.4} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>14} {:>10.0} {:>11}  {}{}{}",
-                    r.backend,
-                    st.step,
-                    st.meetings,
-                    st.participants,
-                    st.offered_pps,
-                    st.expected_out_pps,
-                    st.forwarded_pps,
-                    st.forwarded_bps / 1e6,
-                    st.loss * 100.0,
-                    st.latency.p50_us,
-                    st.latency.p99_us,
-                    st.latency.p999_us,
-                    st.latency.max_us,
-                    cpu.join("/"),
-                    st.packets_per_cpu_s,
-                    if r.publishers.is_some() {
-                        format!("{}/{}/{}", st.publisher_layers[0], st.publisher_layers[1], st.publisher_layers[2])
-                    } else {
-                        "all".to_string()
-                    },
-                    if st.sustained { "ok" } else { "NOT sustained" },
-                    if st.generator_limited { " (generator-limited)" } else { "" },
-                    if st.contended { " (cpu-contended)" } else { "" }
-                );
+        if self.scenario.webinar.is_some() {
+            self.webinar_table(&mut s);
+        } else {
+            let _ = writeln!(
+                s,
+                "{:<6} {:>4} {:>5} {:>6} {:>10} {:>11} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>14} {:>10} {:>11}  verdict",
+                "backend",
+                "step",
+                "meet",
+                "parts",
+                "in pkt/s",
+                "expect/s",
+                "fwd pkt/s",
+                "fwd Mb/s",
+                "loss %",
+                "p50 us",
+                "p99 us",
+                "p99.9 us",
+                "max us",
+                "dp cpu+wait",
+                "pkt/cpu-s",
+                "cams 1/2/3L"
+            );
+            for r in &self.runs {
+                for st in &r.steps {
+                    let cpu: Vec<String> = st.dataplane_workers.iter().map(|w| format!("{:.0}%+{:.0}%w", w.busy * 100.0, w.runqueue_wait * 100.0)).collect();
+                    let _ = writeln!(
+                        s,
+                        "{:<6} {:>4} {:>5} {:>6} {:>10.0} {:>11.0} {:>10.0} {:>8.1} {:>9.4} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>14} {:>10.0} {:>11}  {}{}{}",
+                        r.backend,
+                        st.step,
+                        st.meetings,
+                        st.participants,
+                        st.offered_pps,
+                        st.expected_out_pps,
+                        st.forwarded_pps,
+                        st.forwarded_bps / 1e6,
+                        st.loss * 100.0,
+                        st.latency.p50_us,
+                        st.latency.p99_us,
+                        st.latency.p999_us,
+                        st.latency.max_us,
+                        cpu.join("/"),
+                        st.packets_per_cpu_s,
+                        if r.publishers.is_some() {
+                            format!("{}/{}/{}", st.publisher_layers[0], st.publisher_layers[1], st.publisher_layers[2])
+                        } else {
+                            "all".to_string()
+                        },
+                        if st.sustained { "ok" } else { "NOT sustained" },
+                        if st.generator_limited { " (generator-limited)" } else { "" },
+                        if st.contended { " (cpu-contended)" } else { "" }
+                    );
+                }
             }
+            let _ = writeln!(
+                s,
+                "(expect/s: copies/s the SFU owed for what the publishers actually sent; dp cpu+wait: each dataplane worker's CPU and its time runnable but waiting for a CPU, per wall second; cpu-contended: a dataplane or harness thread waited over 10% beyond its own neighbours' busy time — other load on the machine, not Sluice, shaped that step; cams 1/2/3L: camera publishers sending 1, 2 and 3 simulcast layers at the step's end, \"all\" with fixed publishers)"
+            );
         }
-        let _ = writeln!(
-            s,
-            "(expect/s: copies/s the SFU owed for what the publishers actually sent; dp cpu+wait: each dataplane worker's CPU and its time runnable but waiting for a CPU, per wall second; cpu-contended: a dataplane or harness thread waited over 10% beyond its own neighbours' busy time — other load on the machine, not Sluice, shaped that step; cams 1/2/3L: camera publishers sending 1, 2 and 3 simulcast layers at the step's end, \"all\" with fixed publishers)"
-        );
         if self.runs.iter().any(|r| r.publishers.is_some()) {
             let _ = writeln!(s, "adaptive publishers (transport-cc from Sluice into the core's GCC estimator; start at 300 kbit/s on the lowest layer):");
             for r in &self.runs {
@@ -516,12 +678,14 @@ impl Report {
                 Some(m) => {
                     let _ = writeln!(
                         s,
-                        "  {:<6} {:.0} pkt/s ({:.1} Mbit/s) forwarded, {} meetings, {} participants, dataplane {:.2} cores{}{}",
+                        "  {:<6} {:.0} pkt/s ({:.1} Mbit/s) forwarded, {}, dataplane {:.2} cores{}{}",
                         r.backend,
                         m.forwarded_pps,
                         m.forwarded_bps / 1e6,
-                        m.meetings,
-                        m.participants,
+                        match m.viewers {
+                            Some(v) => format!("{v} viewers"),
+                            None => format!("{} meetings, {} participants", m.meetings, m.participants),
+                        },
                         m.dataplane_cpu,
                         if m.generator_limited { " — GENERATOR-LIMITED: the forwarder may carry more" } else { "" },
                         if r.steps.iter().any(|st| st.contended) { " — some steps were CPU-contended (see the table): treat as a lower bound" } else { "" }
@@ -551,6 +715,133 @@ impl Report {
             );
         }
         s
+    }
+
+    /// The webinar's rows: per step its viewers, copies and bits out, loss, latency, the
+    /// dataplane's CPU per worker and per copy, where the copies were made, memory, programming
+    /// and Apply → first packet; then the promotion, addressing and journal.
+    fn webinar_table(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "{:<6} {:>4} {:>6} {:>10} {:>8} {:>8} {:>7} {:>7} {:>13} {:>7} {:>15} {:>13} {:>15} {:>17} {:>23}  verdict",
+            "backend",
+            "step",
+            "views",
+            "copies/s",
+            "Mbit/s",
+            "loss %",
+            "p50 us",
+            "p99 us",
+            "dp cpu/wkr",
+            "us/copy",
+            "copies/wkr",
+            "RSS dp/cp MB",
+            "B/viewer dp/cp",
+            "programmed",
+            "apply→1st ms"
+        );
+        for r in &self.runs {
+            for st in &r.steps {
+                let Some(w) = &st.webinar else { continue };
+                let cpu: Vec<String> = st.dataplane_workers.iter().map(|c| format!("{:.0}%", c.busy * 100.0)).collect();
+                let tx: Vec<String> = st.dataplane_worker_tx.iter().map(|t| format!("{:.0}%", t.share * 100.0)).collect();
+                let programmed =
+                    if w.programming.viewers > 0 { format!("+{} in {:.3}s", w.programming.viewers, w.programming.seconds) } else { "-".to_string() };
+                let f = &w.first_packet;
+                let first = if f.samples > 0 {
+                    format!(
+                        "{:.1}/{:.1} ({:.1}/{:.1}){}",
+                        f.p50_ms,
+                        f.p99_ms,
+                        f.from_request_p50_ms,
+                        f.from_request_p99_ms,
+                        if f.missing > 0 { format!(" {} none", f.missing) } else { String::new() }
+                    )
+                } else {
+                    "-".to_string()
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<6} {:>4} {:>6} {:>10.0} {:>8.1} {:>8.4} {:>7.0} {:>7.0} {:>13} {:>7.2} {:>15} {:>13} {:>15} {:>17} {:>23}  {}{}{}",
+                    r.backend,
+                    st.step,
+                    w.viewers,
+                    st.forwarded_pps,
+                    st.forwarded_bps / 1e6,
+                    st.loss * 100.0,
+                    st.latency.p50_us,
+                    st.latency.p99_us,
+                    cpu.join("/"),
+                    st.cpu_us_per_copy,
+                    tx.join("/"),
+                    format!("{:.0}/{:.0}", st.rss.dataplane_kb as f64 / 1024.0, st.rss.controlplane_kb as f64 / 1024.0),
+                    format!("{:.0}/{:.0}", w.dataplane_bytes_per_viewer, w.controlplane_bytes_per_viewer),
+                    programmed,
+                    first,
+                    if st.sustained { "ok" } else { "NOT sustained" },
+                    if st.generator_limited { " (generator-limited)" } else { "" },
+                    if st.contended { " (cpu-contended)" } else { "" }
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "(copies/s, Mbit/s: copies verified at the viewers (and the presenter) per second, RTP payload bits; loss: owed copies that did not arrive; p50/p99: one-way added latency; dp cpu/wkr: each dataplane worker's CPU per wall second; us/copy: dataplane CPU-seconds per verified copy; copies/wkr: each worker's share of the packets the dataplane sent (its sluice_tx_packets_total per worker); RSS: VmRSS of sluice-dataplane/sluice-controlplane at the step's end; B/viewer: (RSS − RSS before any viewer) / viewers; programmed: viewers this step added over gRPC and the time it took; apply→1st: p50/p99 from the Apply that subscribed a viewer answering to the viewer's first verified copy (0 when the copy came first), and in parentheses from the Apply's request; the next packet of a stream is up to 20 ms away (audio))"
+        );
+        for r in &self.runs {
+            if let Some(w) = &r.webinar {
+                let _ = writeln!(
+                    s,
+                    "  {:<6} viewers: {}; presenter alone first for {:.1} s ({} camera layer(s)); before any viewer: dataplane {:.1} MB, control plane {:.1} MB; {} viewers programmed in {} Applies, {:.2} s in all (slowest Apply {:.0} ms)",
+                    r.backend,
+                    w.addresses,
+                    w.warmup_s,
+                    w.presenter_layers,
+                    w.baseline_rss.dataplane_kb as f64 / 1024.0,
+                    w.baseline_rss.controlplane_kb as f64 / 1024.0,
+                    w.programming.viewers,
+                    w.programming.applies,
+                    w.programming.seconds,
+                    w.programming.max_apply_ms
+                );
+            }
+            let _ = writeln!(s, "  {:<6} control plane journal: {}", r.backend, r.journal);
+            for st in &r.steps {
+                let Some(p) = st.webinar.as_ref().and_then(|w| w.promotion.as_ref()) else { continue };
+                let t = &p.totals;
+                let o = &st.totals;
+                let _ = writeln!(
+                    s,
+                    "  {:<6} promotion (step {}): viewer {} promoted {:.1} s into the step (Apply {:.0} ms: its audio track, {} subscriptions), spoke {:.1} s, demoted (Apply {:.0} ms). Its audio: {} packets sent, {} copies owed, {} verified ({} of {} subscribers heard it), lost {}, gaps {}, auth failures {}, p50/p99 {:.0}/{:.0} us. The presenter's streams across promotion and demotion: lost {}, gaps {}, reordered {}, duplicates {}, timestamp errors {}, auth failures {}, misrouted {} — {}",
+                    r.backend,
+                    st.step,
+                    p.speaker,
+                    p.at_s,
+                    p.promote_apply_ms,
+                    p.subscribers,
+                    p.spoke_s,
+                    p.demote_apply_ms,
+                    t.sent,
+                    t.expected,
+                    t.received,
+                    p.listeners,
+                    p.subscribers,
+                    t.lost(),
+                    t.seq_gaps,
+                    t.auth_failures,
+                    p.latency.p50_us,
+                    p.latency.p99_us,
+                    o.lost(),
+                    o.seq_gaps,
+                    o.reordered,
+                    o.duplicates,
+                    o.ts_errors,
+                    o.auth_failures,
+                    o.misrouted,
+                    if p.clean { "clean" } else { "NOT CLEAN" }
+                );
+            }
+        }
     }
 
     /// Forwarded rate and p99 latency against offered load (the copies/s the subscriptions ask

@@ -48,7 +48,66 @@ pub struct Scenario {
     pub fixed: Fixed,
     /// Ramp mode.
     pub ramp: Ramp,
+    /// A webinar instead of meetings: one presenter to many receive-only viewers (see
+    /// [`Webinar`]). When set, `[meetings]`, `audio.speakers`, the camera view counts and
+    /// `screen.share_fraction` do not apply, and the steps count viewers, not meetings.
+    pub webinar: Option<Webinar>,
 }
+
+/// A webinar: one presenter sending audio (`[audio]`), a three-layer simulcast camera
+/// (`[video]`) and a screen share (`[screen]`: `kbps` and `fps`; the presenter always shares), to
+/// receive-only viewers. Each viewer subscribes to the audio, the screen share and one camera
+/// layer; the viewers' layers follow `camera_mix`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webinar {
+    /// Viewers in fixed mode.
+    pub viewers: u32,
+    /// Viewers of the ramp's first step (each next step has `ramp.factor` times as many).
+    pub start_viewers: u32,
+    /// The ramp's last step (the ramp ends there, or at the first step not sustained).
+    pub max_viewers: u32,
+    /// Fractions of the viewers on the camera's low, mid and high layer (three, adding up to 1).
+    pub camera_mix: Vec<f64>,
+    /// Viewers programmed per `Routes.Apply` (their legs and subscriptions in one change set).
+    pub apply_batch: u32,
+    /// Fixed mode: halfway through the step, promote a viewer to speaker (its leg publishes an
+    /// audio track; the presenter and every other viewer subscribe to it), let it speak for
+    /// `promote_s`, then demote it (the track and those subscriptions removed).
+    pub promote: bool,
+    /// Seconds the promoted viewer speaks.
+    pub promote_s: f64,
+}
+
+impl Default for Webinar {
+    fn default() -> Self {
+        Self { viewers: 1000, start_viewers: 50, max_viewers: 10_000, camera_mix: vec![0.2, 0.3, 0.5], apply_batch: 100, promote: false, promote_s: 3.0 }
+    }
+}
+
+impl Webinar {
+    /// The camera layer (0 low, 1 mid, 2 high) of each of the first `n` viewers, by smooth
+    /// weighted round robin over `camera_mix`: every prefix follows the fractions as closely as
+    /// whole viewers allow, so each step of a ramp has the mix.
+    pub fn camera_layers(&self, n: usize) -> Vec<u8> {
+        let weights: Vec<i64> = self.camera_mix.iter().map(|f| (f * 1e6).round() as i64).collect();
+        let total: i64 = weights.iter().sum();
+        let mut current = vec![0i64; weights.len()];
+        (0..n)
+            .map(|_| {
+                for (c, w) in current.iter_mut().zip(&weights) {
+                    *c += w;
+                }
+                let best = (0..current.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).unwrap_or(0);
+                current[best] -= total;
+                best as u8
+            })
+            .collect()
+    }
+}
+
+/// Most viewers a webinar may have (the dataplane needs a leg port per viewer).
+pub const MAX_VIEWERS: u32 = 30_000;
 
 /// How publishers choose what they send (see [`super::publisher`]).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -160,6 +219,7 @@ impl Default for Scenario {
             screen: Screen::default(),
             fixed: Fixed::default(),
             ramp: Ramp::default(),
+            webinar: None,
         }
     }
 }
@@ -289,6 +349,36 @@ impl Scenario {
         check((1..=100).contains(&r.max_steps), "ramp.max_steps", || format!("{} is not 1..=100", r.max_steps))?;
         check(r.max_loss > 0.0 && r.max_loss < 1.0, "ramp.max_loss", || format!("{} is not in (0, 1)", r.max_loss))?;
         check(r.p99_target_ms > 0.0, "ramp.p99_target_ms", || format!("{} is not positive", r.p99_target_ms))?;
+        if let Some(w) = &self.webinar {
+            self.validate_webinar(w)?;
+        }
+        Ok(())
+    }
+
+    fn validate_webinar(&self, w: &Webinar) -> anyhow::Result<()> {
+        let range = 1..=MAX_VIEWERS;
+        check(range.contains(&w.viewers), "webinar.viewers", || format!("{} is not 1..={MAX_VIEWERS}", w.viewers))?;
+        check(range.contains(&w.max_viewers), "webinar.max_viewers", || format!("{} is not 1..={MAX_VIEWERS}", w.max_viewers))?;
+        check((1..=w.max_viewers).contains(&w.start_viewers), "webinar.start_viewers", || {
+            format!("{} is not 1..=max_viewers ({})", w.start_viewers, w.max_viewers)
+        })?;
+        check(w.camera_mix.len() == 3, "webinar.camera_mix", || format!("needs exactly 3 fractions (low, mid, high), got {}", w.camera_mix.len()))?;
+        for (i, &f) in w.camera_mix.iter().enumerate() {
+            check((0.0..=1.0).contains(&f), &format!("webinar.camera_mix[{i}]"), || format!("{f} is not 0..=1"))?;
+        }
+        let sum: f64 = w.camera_mix.iter().sum();
+        check((sum - 1.0).abs() < 1e-6, "webinar.camera_mix", || format!("the fractions add up to {sum}, not 1"))?;
+        check((1..=1000).contains(&w.apply_batch), "webinar.apply_batch", || format!("{} is not 1..=1000", w.apply_batch))?;
+        check(w.promote_s > 0.0 && w.promote_s <= 600.0, "webinar.promote_s", || format!("{} is not in (0, 600]", w.promote_s))?;
+        if w.promote {
+            check(w.viewers >= 2, "webinar.promote", || format!("needs at least 2 viewers (one to promote, one to hear it), got {}", w.viewers))?;
+            // Promoted halfway through the step, demoted after promote_s, with a second for the
+            // demotion and the last copies before the step ends.
+            let room = self.fixed.duration_s / 2.0 - 1.0;
+            check(w.promote_s <= room, "webinar.promote_s", || {
+                format!("{} does not fit the second half of the {} s step (at most fixed.duration_s / 2 - 1 = {room})", w.promote_s, self.fixed.duration_s)
+            })?;
+        }
         Ok(())
     }
 
@@ -412,6 +502,50 @@ mod tests {
         }
         let shares = (0..100).filter(|&m| s.has_screen_share(m)).count();
         assert_eq!(shares, 25);
+    }
+
+    #[test]
+    fn a_webinar_is_refused_with_its_field_named() {
+        let cases = [
+            ("[webinar]\nviewers = 0", "`webinar.viewers`"),
+            ("[webinar]\nmax_viewers = 40000", "`webinar.max_viewers`"),
+            ("[webinar]\nstart_viewers = 20\nmax_viewers = 10", "`webinar.start_viewers`"),
+            ("[webinar]\ncamera_mix = [0.5, 0.5]", "`webinar.camera_mix`"),
+            ("[webinar]\ncamera_mix = [0.2, 0.3, 0.4]", "`webinar.camera_mix`"),
+            ("[webinar]\ncamera_mix = [1.5, -0.25, -0.25]", "`webinar.camera_mix[0]`"),
+            ("[webinar]\napply_batch = 0", "`webinar.apply_batch`"),
+            ("[webinar]\npromote = true\nviewers = 1", "`webinar.promote`"),
+            // Halfway through a 10 s step leaves 4 s to speak and be demoted in.
+            ("[webinar]\npromote = true\npromote_s = 4.5", "`webinar.promote_s`"),
+            ("[webinar]\npromote_s = 0", "`webinar.promote_s`"),
+        ];
+        for (text, field) in cases {
+            let e = format!("{:#}", Scenario::parse(text).expect_err(text));
+            assert!(e.contains(field), "{text:?}: {e}");
+        }
+        let e = format!("{:#}", Scenario::parse("[webinar]\nviewrs = 5").expect_err("unknown"));
+        assert!(e.contains("viewrs"), "{e}");
+        // The same promotion fits a longer step; an empty table is the default webinar.
+        assert!(Scenario::parse("[webinar]\npromote = true\npromote_s = 4.5\n[fixed]\nduration_s = 12").is_ok());
+        assert_eq!(Scenario::parse("[webinar]").expect("parses").webinar, Some(Webinar::default()));
+        assert_eq!(Scenario::default().webinar, None);
+    }
+
+    #[test]
+    fn every_prefix_of_the_viewers_follows_the_camera_mix() {
+        let w = Webinar::default();
+        let layers = w.camera_layers(1000);
+        let count = |n: usize, l: u8| layers[..n].iter().filter(|&&x| x == l).count();
+        assert_eq!([count(1000, 0), count(1000, 1), count(1000, 2)], [200, 300, 500]);
+        assert_eq!([count(10, 0), count(10, 1), count(10, 2)], [2, 3, 5]);
+        for n in 1..=1000 {
+            for (l, f) in [0.2, 0.3, 0.5].into_iter().enumerate() {
+                let off = count(n, l as u8) as f64 - f * n as f64;
+                assert!(off.abs() < 1.0, "{n} viewers, layer {l}: {off}");
+            }
+        }
+        let all_high = Webinar { camera_mix: vec![0.0, 0.0, 1.0], ..w };
+        assert!(all_high.camera_layers(50).iter().all(|&l| l == 2));
     }
 
     #[test]

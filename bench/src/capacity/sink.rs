@@ -14,16 +14,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use sluice_core::ids::Ssrc;
 use sluice_core::srtp::{RtcpRecvState, RtcpSendState, RtpRecvState, SrtpError, SrtpKeys};
 use sluice_core::wire::{demux, rtcp, rtp};
-use sluice_dataplane::io::{Backend, Transmit};
+use sluice_dataplane::io::{Backend, LegSocket, Transmit};
 use sluice_sim::seq::{Continuity, Order};
 
 use super::load::{LaneConfig, MAX_STEPS, Path, SENT_AT, STEP_AT, Shared, StepCounters, TAG_AT, histogram, pin, stream_tag, thread_cpu_ns};
@@ -31,6 +32,16 @@ use super::plan::{Plan, StreamKind};
 
 /// Transport-cc for a publisher: (participant, arrival ns, the RTCP packet).
 pub type Feedback = (usize, u64, Vec<u8>);
+
+/// What a sink shares with the rest of its lane.
+pub(super) struct Channels {
+    /// Transport-cc for the generator's adaptive publishers.
+    pub(super) feedback: Sender<Feedback>,
+    /// SFU ports of participants programmed after the lane started: (port, participant).
+    pub(super) ports: mpsc::Receiver<Vec<(u16, usize)>>,
+    /// The lane socket, for participants with addresses of their own ([`super::source`]).
+    pub(super) socket: Arc<LegSocket>,
+}
 
 /// One subscriber's view of one stream.
 struct Receiver {
@@ -42,6 +53,8 @@ struct Receiver {
     video: bool,
     /// When this subscriber last sent a PLI for it, ns.
     last_pli: u64,
+    /// Whether a copy of it was verified yet.
+    got: bool,
 }
 
 /// Where the RTCP on a port comes from: a participant's own leg or its send leg.
@@ -69,7 +82,7 @@ fn advance(r: &mut Receiver, seq: u16, ts: u32, c: &StepCounters) -> bool {
 
 /// A subscriber's receive state for a stream on a clock of `clock` Hz.
 fn receiver(subscriber: usize, clock: u32, video: bool) -> Receiver {
-    Receiver { subscriber, srtp: RtpRecvState::new(1024), order: Continuity::new(10 * clock), video, last_pli: 0 }
+    Receiver { subscriber, srtp: RtpRecvState::new(1024), order: Continuity::new(10 * clock), video, last_pli: 0, got: false }
 }
 
 /// The sink thread of a lane.
@@ -80,8 +93,11 @@ pub(super) fn sink(
     mut up_keys: HashMap<usize, (SrtpKeys, RtcpSendState)>,
     plan: &Plan,
     shared: &Shared,
-    feedback: &Sender<Feedback>,
+    channels: &Channels,
 ) {
+    let feedback = &channels.feedback;
+    let promoted = plan.webinar.as_ref().and_then(|w| w.promotion.as_ref()).map(|p| p.stream);
+    let mut first_rx = vec![false; plan.participants.len()];
     pin(cfg.sink_core);
     let cpu0 = thread_cpu_ns();
     let member_set: std::collections::HashSet<usize> = members.iter().copied().collect();
@@ -110,7 +126,9 @@ pub(super) fn sink(
     let mut plis: Vec<(usize, u32)> = Vec::new();
     let mut pli_bufs: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let lane_port = io.ports().first().copied().unwrap_or(0);
-    let mut by_port: HashMap<u16, From> = members.iter().map(|&p| (plan.participants[p].port, From::Leg(p))).collect();
+    let mut by_port: HashMap<u16, From> =
+        members.iter().filter(|&&p| plan.participants[p].port != 0).map(|&p| (plan.participants[p].port, From::Leg(p))).collect();
+    let mut sfu_port: Vec<u16> = plan.participants.iter().map(|m| m.port).collect();
     by_port.extend(members.iter().filter_map(|&p| Some((plan.participants[p].send.as_ref()?.port, From::SendLeg(p)))));
     let mut receivers: HashMap<u32, (Receiver, usize)> = HashMap::new();
     if cfg.path == Path::Sfu {
@@ -224,6 +242,12 @@ pub(super) fn sink(
             if planned {
                 c.received.fetch_add(1, Ordering::Relaxed);
                 c.received_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                if !std::mem::replace(&mut first_rx[r.subscriber], true) {
+                    shared.first_rx_ns[r.subscriber].store(now, Ordering::Relaxed);
+                }
+                if !std::mem::replace(&mut r.got, true) && promoted == Some(*stream) {
+                    shared.promotion_listeners.fetch_add(1, Ordering::Relaxed);
+                }
             } else {
                 c.fallback.fetch_add(1, Ordering::Relaxed);
             }
@@ -265,13 +289,29 @@ pub(super) fn sink(
                 process(held_port, &mut h);
             }
         });
+        while let Ok(ports) = channels.ports.try_recv() {
+            for (port, p) in ports {
+                by_port.insert(port, From::Leg(p));
+                sfu_port[p] = port;
+            }
+        }
         for (p, media) in plis.drain(..) {
-            let Some((k, st)) = up_keys.get_mut(&p) else { continue };
+            // (A viewer whose port its sink does not know yet has none to ask on.)
+            let Some((k, st)) = up_keys.get_mut(&p).filter(|_| sfu_port[p] != 0) else { continue };
             let mut b = vec![0u8; 64];
             let Ok(n) = rtcp::write_pli(&mut b, Ssrc(plan.participants[p].leg.0), Ssrc(media)) else { continue };
             let Ok(n) = k.protect_rtcp(st, &mut b, n) else { continue };
             b.truncate(n);
-            pli_bufs.push((SocketAddr::new(cfg.sfu_ip, plan.participants[p].port), b));
+            let dst = SocketAddr::new(cfg.sfu_ip, sfu_port[p]);
+            match plan.participants[p].ip {
+                // From the participant's own address, the only one its leg accepts.
+                Some(ip) => {
+                    if super::source::send_from(channels.socket.socket(), ip, dst, &b).is_ok() {
+                        shared.plis_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => pli_bufs.push((dst, b)),
+            }
         }
         if !pli_bufs.is_empty() {
             let sent = io.send_batch(pli_bufs.iter().map(|(dst, b)| Transmit { local_port: lane_port, dst: *dst, payload: b }));

@@ -47,6 +47,11 @@ impl Children {
         Ok(pid)
     }
 
+    /// The PID of child `name`, if this started one.
+    pub(crate) fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.0 == name).map(|p| p.1.id())
+    }
+
     fn get(&mut self, name: &str) -> &mut (&'static str, Child, PathBuf) {
         self.procs.iter_mut().find(|p| p.0 == name).expect("started")
     }
@@ -166,11 +171,12 @@ pub(crate) fn start_system(o: &Options, stop: &Arc<AtomicBool>, dir: &Path, kids
     std::fs::write(
         &cp_cfg,
         format!(
-            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+            "[controlplane]\ngrpc_listen = \"127.0.0.1:0\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n{}",
             dp_sock.display(),
             dir.join("state").display(),
             o.port_range.0,
-            o.port_range.1
+            o.port_range.1,
+            o.controlplane_extra
         ),
     )?;
     let cp_pid = kids.spawn("sluice-controlplane", &["--config", path_str(&cp_cfg)?], &dir.join("controlplane.log"))?;

@@ -10,6 +10,18 @@ pub(crate) fn metric(body: &str, name: &str) -> f64 {
     body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
+/// A Prometheus counter per worker: `name{worker="N"...}` → value, summed over its other labels.
+pub(crate) fn per_worker(body: &str, name: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut m = std::collections::BTreeMap::new();
+    for l in body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{')) {
+        let worker = l.split("worker=\"").nth(1).and_then(|w| w.split('"').next());
+        if let (Some(w), Some(v)) = (worker, l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())) {
+            *m.entry(w.to_string()).or_insert(0.0) += v;
+        }
+    }
+    m
+}
+
 /// The dataplane's counters: packets in, packets out, bytes out, SRTP failures at the SFU.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Counters {

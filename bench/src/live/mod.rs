@@ -24,8 +24,9 @@ mod program;
 pub use daemons::Children;
 pub(crate) use daemons::{Scratch, start_system, tail};
 pub use demo::{Summary, run};
+pub(crate) use grpc::Grpc;
 pub use grpc::{changes, leg_name, subscription, track_name};
-pub(crate) use metrics::{metric, metrics_body, scrape};
+pub(crate) use metrics::{metric, metrics_body, per_worker, scrape};
 pub use program::{ProgramSpeed, program_speed};
 
 /// What the live demo runs.
@@ -47,4 +48,6 @@ pub struct Options {
     pub port_range: (u16, u16),
     /// More `[dataplane]` settings, TOML lines (e.g. `backend = "uring"`).
     pub dataplane_extra: String,
+    /// More `[controlplane]` settings, TOML lines (e.g. `session_affinity_legs = 1`).
+    pub controlplane_extra: String,
 }
