@@ -51,7 +51,7 @@ enum Command {
     /// per backend, programs every meeting over gRPC with per-leg SRTP keys, offers paced SRTP
     /// (fixed load or a ramp), verifies every copy at its subscriber, and reports loss, latency,
     /// dataplane CPU per core and the harness's own ceiling (table, JSON, SVG).
-    Capacity(CapacityArgs),
+    Capacity(Box<CapacityArgs>),
     /// The XDP stage and AF_XDP on a veth pair between two network namespaces it creates (root):
     /// a flood dropped by the XDP shield vs the same flood dropped by the workers, and packets out
     /// per second at fan-out 4 for AF_XDP vs the socket backends.
@@ -406,7 +406,7 @@ fn capacity(a: CapacityArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Capacity(a) => capacity(a),
+        Command::Capacity(a) => capacity(*a),
         Command::Demo(a) if a.in_process => demo(&a),
         Command::Demo(a) => demo_live(&a),
         Command::Program(a) => {

@@ -19,6 +19,15 @@
 //! - `SLUICE_LEGS`: (port, remote) → leg, where remote is the spec's or the latched one; a leg
 //!   with neither gets the port's any-remote wildcard, so its first packet reaches the worker that
 //!   authenticates it and latches the remote (`Event::RemoteLatched` then swaps in the exact entry).
+//! - On a shared port (`LegSpec::shared_port`) only exact (port, remote) entries: the spec's
+//!   remote of a static-key leg, the remote ICE selected for a WebRTC leg (its owning worker
+//!   sends `Event::IceConnected` here); never the any-remote wildcard, which would let every
+//!   source in. The stage checks that an RTP packet's SSRC belongs to the leg its source found,
+//!   and SSRCs are keyed by port: on a shared port the legs' entries and their SSRCs' all carry
+//!   one value per port ([`shared_leg`]), so any known remote with any SSRC announced on the port
+//!   passes, and the worker (which finds the leg by remote, then the SSRC on that leg, then
+//!   authenticates) does the exact check. (Two publishers on one shared port announcing the same
+//!   SSRC then share one entry, which is harmless for the same reason.)
 //! - `SLUICE_SSRCS`: every signalled SSRC and RTX SSRC of the tracks the leg publishes, plus those
 //!   learned from RIDs (`Event::SsrcLearned`); while some layer's SSRC is still to be learned from
 //!   its RID, the port's any-SSRC wildcard for that leg.
@@ -61,9 +70,17 @@ pub struct Relay {
     pub route: RelayRoute,
 }
 
+/// The leg value the stage's entries carry for every leg of shared port `port` (see the module
+/// documentation); leg ids the control plane hands out stay far below it.
+pub fn shared_leg(port: u16) -> u32 {
+    0xffff_0000 | u32::from(port)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct LegEntry {
     port: u16,
+    /// On a shared port.
+    shared: bool,
     remote: Option<SocketAddr>,
     /// A separate RTCP component: its port and fixed remote.
     rtcp: Option<(u16, Option<SocketAddr>)>,
@@ -97,8 +114,15 @@ impl Model {
                     if spec.remote.is_some() {
                         self.latched.remove(&spec.id);
                     }
-                    self.legs
-                        .insert(spec.id, LegEntry { port: spec.local_port, remote: spec.remote, rtcp: spec.rtcp.as_deref().map(|c| (c.local_port, c.remote)) });
+                    self.legs.insert(
+                        spec.id,
+                        LegEntry {
+                            port: spec.local_port,
+                            shared: spec.shared_port,
+                            remote: spec.remote,
+                            rtcp: spec.rtcp.as_deref().map(|c| (c.local_port, c.remote)),
+                        },
+                    );
                 }
                 Op::RemoveLeg(id) => {
                     self.legs.remove(id);
@@ -128,6 +152,9 @@ impl Model {
             Event::RemoteLatched { leg, remote } if self.legs.get(&leg).is_some_and(|l| l.remote.is_none()) => {
                 self.latched.insert(leg, remote);
             }
+            Event::IceConnected { leg, remote } if self.legs.get(&leg).is_some_and(|l| l.shared && l.remote.is_none()) => {
+                self.latched.insert(leg, remote);
+            }
             Event::SsrcLearned { leg, track, layer, rtx, ssrc } if self.tracks.get(&track).is_some_and(|t| t.publisher == leg) => {
                 self.learned.insert((track, layer, rtx), ssrc);
             }
@@ -140,9 +167,10 @@ impl Model {
         let mut e = Entries::default();
         for (id, leg) in &self.legs {
             let owner = Shard { index: 0, count: workers.max(1) }.owner(leg.port);
-            let value = LegValue { leg: id.0, worker: u32::from(owner) };
+            let value = LegValue { leg: if leg.shared { shared_leg(leg.port) } else { id.0 }, worker: u32::from(owner) };
             let key = match leg.remote.or_else(|| self.latched.get(id).copied()) {
                 Some(remote) => flow_key(leg.port, remote),
+                None if leg.shared => continue,
                 None => FlowKey::any_remote(leg.port),
             };
             e.legs.insert(key, value);
@@ -154,7 +182,7 @@ impl Model {
         }
         for (id, t) in &self.tracks {
             let Some(leg) = self.legs.get(&t.publisher) else { continue };
-            let value = SsrcValue { leg: t.publisher.0 };
+            let value = SsrcValue { leg: if leg.shared { shared_leg(leg.port) } else { t.publisher.0 } };
             let mut any = false;
             for (i, layer) in t.layers.iter().enumerate() {
                 for (rtx, signalled, ext) in [(false, layer.ssrc, t.rid_ext), (true, layer.rtx_ssrc, t.repaired_rid_ext)] {
@@ -445,6 +473,41 @@ mod tests {
         // Removing the publisher removes its tracks' SSRCs.
         m.apply(&delta(4, false, vec![Op::RemoveLeg(LegId(1))]));
         assert!(m.desired(1).ssrcs.is_empty());
+    }
+
+    #[test]
+    fn shared_port_legs_get_exact_entries_and_one_value_per_port() {
+        let mut m = Model::default();
+        let shared = |op: Op| match op {
+            Op::UpsertLeg(l) => Op::UpsertLeg(LegSpec { shared_port: true, ..l }),
+            other => other,
+        };
+        let one = |ssrc: u32| vec![LayerSpec { ssrc: Some(Ssrc(ssrc)), rtx_ssrc: None, rid: None }];
+        let webrtc =
+            LegSpec { remote: None, shared_port: true, ..LegSpec::new(LegId(3), 34_000, KeyMaterial::placeholder(), KeyMaterial::placeholder(), Ssrc(3)) };
+        m.apply(&delta(
+            1,
+            false,
+            vec![
+                shared(leg(1, 34_000, Some("10.0.0.1:5000"))),
+                shared(leg(2, 34_000, Some("10.0.0.2:5000"))),
+                Op::UpsertLeg(webrtc),
+                track(10, 1, one(0xa)),
+                track(20, 2, one(0xb)),
+            ],
+        ));
+        let v = shared_leg(34_000);
+        // No any-remote entry for the WebRTC leg: the port would be open to everyone.
+        assert_eq!(legs(&m.desired(2)), vec![(34_000, Some("10.0.0.1:5000".parse().unwrap()), v), (34_000, Some("10.0.0.2:5000".parse().unwrap()), v)]);
+        assert_eq!(ssrcs(&m.desired(2)), vec![(34_000, Some(0xa), v), (34_000, Some(0xb), v)]);
+        assert!(m.desired(2).legs.values().all(|l| l.worker == u32::from(34_000u16 % 2)), "one owner: port % workers");
+        // ICE selected the WebRTC leg's remote: its exact entry comes in.
+        m.event(Event::IceConnected { leg: LegId(3), remote: "10.0.0.3:5000".parse().unwrap() });
+        assert!(legs(&m.desired(2)).contains(&(34_000, Some("10.0.0.3:5000".parse().unwrap()), v)));
+        // A per-leg port's WebRTC leg keeps its wildcard (IceConnected does not touch it).
+        m.apply(&delta(2, false, vec![leg(4, 34_001, None)]));
+        m.event(Event::IceConnected { leg: LegId(4), remote: "10.0.0.4:5000".parse().unwrap() });
+        assert!(legs(&m.desired(2)).contains(&(34_001, None, 4)));
     }
 
     /// The real maps: a pinned-less stage, synced, read back.

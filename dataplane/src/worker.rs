@@ -306,7 +306,21 @@ impl Worker {
                     }
                     let _ = reply.send(result.map(|g| (g, self.unbound.iter().map(|(&port, error)| UnboundPort { port, error: error.clone() }).collect())));
                 }
-                WorkerMsg::SetRemote(leg, addr) => self.core.set_remote(leg, addr),
+                WorkerMsg::SetRemote(leg, addr) => match self.core.set_remote(leg, addr) {
+                    Err(owner) => {
+                        tracing::warn!(worker = self.index, leg = %leg, remote = %addr, owner = %owner, "remote not set: another leg of the shared port has it");
+                    }
+                    // A shared port has no any-remote entry in the XDP shield: the owner of a
+                    // WebRTC leg there tells it the remote ICE selected.
+                    Ok(()) => {
+                        let shard = self.shard;
+                        let owned_shared = self.core.tables().leg(leg).is_some_and(|l| l.spec.shared_port && shard.owns(l.spec.local_port));
+                        if owned_shared && let Some(shield) = &self.shield {
+                            let e = Event::IceConnected { leg, remote: addr };
+                            self.shield_queue_full += u64::from(matches!(shield.try_send(ShieldMsg::Event(e)), Err(TrySendError::Full(_))));
+                        }
+                    }
+                },
                 WorkerMsg::LearnSsrc { leg, track, layer, rtx, ssrc } => self.core.install_learned_ssrc(leg, track, layer, rtx, ssrc),
                 WorkerMsg::EdgeKeys(leg, keys) => {
                     let (rx, tx) = (*keys).clone();

@@ -605,3 +605,27 @@ fn silence_of_a_gated_audio_stream_dies_in_xdp() {
     assert_eq!(run(&mut stage, quiet(109)), (XDP_PASS, V::PassMedia));
     assert!(stage.silence_gates().unwrap().is_empty());
 }
+
+/// A shared port as the shield installs it (`sluice_dataplane::shield::shared_leg`): every
+/// leg's exact (port, remote) entry and every SSRC announced on the port carry one value, so
+/// each known remote's media passes (to the port's one worker), strangers are dropped, and
+/// STUN from anyone passes to the slow path (which finds the leg by USERNAME).
+#[test]
+fn shared_port_media_from_known_remotes_passes_and_strangers_drop() {
+    const SHARED: u16 = 20_090;
+    let v = LegId(sluice_dataplane::shield::shared_leg(SHARED));
+    let mut stage = XdpStage::load_unpinned().expect("load the XDP program (needs root)");
+    stage.set_port_range(20000..=20099).unwrap();
+    stage.add_leg(SHARED, SocketAddr::new(PEER4.into(), 5000), v, 0).unwrap();
+    stage.add_leg(SHARED, SocketAddr::new(OTHER4.into(), 5000), v, 0).unwrap();
+    stage.allow_ssrc(SHARED, Ssrc(SSRC1), v).unwrap();
+    stage.allow_ssrc(SHARED, Ssrc(SSRC2), v).unwrap();
+    let mut out = vec![0u8; 2048];
+    let mut run = |from: Ipv4Addr, payload: Vec<u8>| stage.test_run(&v4((from, 5000), SHARED, payload).build(), &mut out, 1).unwrap().action;
+    assert_eq!(run(PEER4, rtp(SSRC1, 1)), XDP_PASS, "leg A's media");
+    assert_eq!(run(OTHER4, rtp(SSRC2, 1)), XDP_PASS, "leg B's media");
+    assert_eq!(run(OTHER4, rtcp(SSRC2)), XDP_PASS, "leg B's RTCP");
+    assert_eq!(run(RELAY_PEER4, rtp(SSRC1, 1)), XDP_DROP, "a stranger");
+    assert_eq!(run(PEER4, rtp(SSRC4, 1)), XDP_DROP, "an SSRC nobody on the port announced");
+    assert_eq!(run(RELAY_PEER4, stun()), XDP_PASS, "STUN from anyone goes to the slow path");
+}

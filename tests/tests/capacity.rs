@@ -11,8 +11,11 @@
 //! A tiny webinar (one presenter, 20 receive-only viewers at addresses of their own, one of them
 //! promoted to speaker and back) shows its figures and a clean promotion.
 //!
+//! A webinar on two workers with every leg spread shows egress ownership through the real
+//! daemons: each worker builds half the copies.
+//!
 //! Leg ports: each test has its own 20 of 31800..=31999 (the range set aside for these tests);
-//! the webinar, 40 of 32500..=32539.
+//! the webinar, 40 of 32500..=32539; the two-worker webinar 32540..=32599.
 
 use std::path::Path;
 use std::process::Command;
@@ -375,4 +378,33 @@ p99_target_ms = 1000.0
     assert_eq!((expected, received), (Some(sent * 20), Some(sent * 20)), "{p}");
     assert_eq!(p["clean"], true, "{}", r.stdout);
     assert!(r.stdout.contains("promotion (step 1)") && r.stdout.contains("clean"), "{}", r.stdout);
+}
+
+/// Egress ownership through the real daemons: one presenter to 40 viewers on two workers, every
+/// leg spread over the workers (`session_affinity_legs = 1`): the presenter's packets are
+/// decrypted on its worker and handed over once, each worker builds the copies for its own
+/// viewers (its share of the dataplane's packets within 10 % of half), and every copy arrives
+/// authenticated with its viewer's key, in sequence.
+#[test]
+fn a_webinar_on_two_workers_splits_the_copies_between_them() {
+    let text = r#"
+name = "webinar on two workers"
+publishers = "fixed"
+[webinar]
+viewers = 40
+apply_batch = 20
+camera_mix = [0.2, 0.3, 0.5]
+[fixed]
+duration_s = 3.0
+[ramp]
+max_loss = 0.01
+p99_target_ms = 1000.0
+"#;
+    let r = capacity_of(text, "webinar2", "32540-32599", &["--workers", "2", "--affinity-legs", "1"]);
+    only(&r, &[]);
+    assert_eq!(total(&r, "expected"), total(&r, "received"), "{}", r.stdout);
+    let step = &r.report["runs"][0]["steps"][0];
+    let shares: Vec<f64> = step["dataplane_worker_tx"].as_array().expect("per worker").iter().map(|t| t["share"].as_f64().unwrap_or(0.0)).collect();
+    assert_eq!(shares.len(), 2, "{step}");
+    assert!(shares.iter().all(|s| (s - 0.5).abs() <= 0.05), "each worker within 10 % of half the copies: {shares:?}\n{}", r.stdout);
 }

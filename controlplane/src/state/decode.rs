@@ -293,7 +293,22 @@ impl Stage<'_> {
         } else {
             None
         };
-        let spec = LegSpec { id, local_port: port, remote, rx, tx, feedback_ssrc: Ssrc(l.feedback_ssrc), edge, feedback, audio_slots, rate_limit, rtcp };
+        // Every leg the control plane allocates has a port of its own: shared ports
+        // (`LegSpec::shared_port`) are not offered through the Routes API yet.
+        let spec = LegSpec {
+            id,
+            local_port: port,
+            remote,
+            rx,
+            tx,
+            feedback_ssrc: Ssrc(l.feedback_ssrc),
+            edge,
+            feedback,
+            audio_slots,
+            rate_limit,
+            rtcp,
+            shared_port: false,
+        };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         self.session.legs.insert(l.id.clone(), spec);
         self.ports.retain(|(n, _)| n != &l.id);

@@ -139,7 +139,7 @@ impl Setup {
         for i in 1..=self.fanout as u32 + 1 {
             // Latched on the leg's own core, told to the others (as the worker glue does).
             if !shard.owns(20_000 + i as u16) {
-                core.set_remote(LegId(i), addr(i));
+                core.set_remote(LegId(i), addr(i)).expect("per-leg port");
                 continue;
             }
             let m = material(self.profile, i, 0);

@@ -191,6 +191,20 @@ fn hmac_with_len(key: &[u8], msg: &[u8], at: usize, len_field: u16) -> Hmac<Sha1
     mac
 }
 
+/// The local ufrag a Binding request's USERNAME names (`<local ufrag>:<remote ufrag>`, RFC 8445
+/// §7.2.2), unchecked: only which leg of a shared port to check it against. `None` for anything
+/// else (not a Binding request, no USERNAME, no colon, not UTF-8).
+pub fn binding_request_ufrag(datagram: &[u8]) -> Option<&str> {
+    let msg = Message::new_checked(datagram).ok()?;
+    if msg.class() != Class::Request || msg.method() != METHOD_BINDING {
+        return None;
+    }
+    let attr = msg.attributes().map_while(Result::ok).find(|a| a.kind == ATTR_USERNAME)?;
+    let user = datagram.get(attr.offset + 4..attr.offset + 4 + attr.value.len())?;
+    let colon = user.iter().position(|&b| b == b':')?;
+    core::str::from_utf8(&user[..colon]).ok()
+}
+
 /// Checks a Binding request against the leg's credentials: FINGERPRINT, then USERNAME
 /// (`local.ufrag:remote_ufrag`; any remote ufrag when `remote_ufrag` is `None`), then
 /// MESSAGE-INTEGRITY under `local.pwd`. Attributes after MESSAGE-INTEGRITY other than

@@ -275,7 +275,7 @@ fn steady_state(count: u16) {
                 // What a core learned, every core's tables get (the worker glue's messages).
                 for &(leg, remote) in &latched {
                     for other in cores.iter_mut() {
-                        other.set_remote(leg, remote);
+                        other.set_remote(leg, remote).expect("no other leg has the remote");
                     }
                 }
                 latched.clear();

@@ -27,8 +27,19 @@ fn srtp_verdict(e: SrtpError) -> DropReason {
 impl Core {
     /// STUN or DTLS on a WebRTC leg's port: queued for the slow path (whatever its source address:
     /// ICE checks from new addresses are how remotes are learned), within the leg's rate.
+    ///
+    /// On a shared port the leg is the one with the datagram's remote; from an address no leg
+    /// there has, only a STUN binding request is taken, for the WebRTC leg whose local ufrag
+    /// its USERNAME names (its MESSAGE-INTEGRITY is the slow path's to check).
     pub(super) fn rx_slow(&mut self, now: Instant, local_port: u16, remote: SocketAddr, buf: &[u8]) -> Result<(), DropReason> {
-        let id = self.tables.leg_by_port(local_port).ok_or(DropReason::UnknownSource)?;
+        let id = match self.tables.leg_at(local_port, remote) {
+            Some(id) => id,
+            None if self.tables.is_shared_port(local_port) => {
+                let ufrag = crate::ice::binding_request_ufrag(buf).ok_or(DropReason::UnknownSource)?;
+                self.tables.leg_by_ufrag(local_port, ufrag).ok_or(DropReason::UnknownSource)?
+            }
+            None => return Err(DropReason::UnknownSource),
+        };
         let edge = self.tables.leg_mut(id).and_then(|l| l.edge.as_mut()).ok_or(DropReason::NotMedia)?;
         if buf.len() > MAX_DATAGRAM {
             return Err(DropReason::Malformed);
@@ -48,7 +59,7 @@ impl Core {
 
     /// The receiving leg of a datagram, with the remote address checked (or latched).
     pub(super) fn rx_leg(&self, local_port: u16, remote: SocketAddr) -> Result<LegId, DropReason> {
-        let id = self.tables.leg_by_port(local_port).ok_or(DropReason::UnknownSource)?;
+        let id = self.tables.leg_at(local_port, remote).ok_or(DropReason::UnknownSource)?;
         let leg = self.tables.leg(id).ok_or(DropReason::UnknownSource)?;
         if !leg.receives_media() {
             return Err(DropReason::NotConnected);
@@ -92,7 +103,8 @@ impl Core {
             }
             false
         } else {
-            let latched = leg.remote.is_none();
+            // A shared port's legs are found by their remote: they never latch one.
+            let latched = leg.remote.is_none() && !leg.spec.shared_port;
             if latched {
                 leg.remote = Some(remote);
             }

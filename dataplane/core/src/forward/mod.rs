@@ -639,11 +639,11 @@ impl Core {
         done
     }
 
-    /// Sets a leg's remote address (learned by another core, or by the slow path).
-    pub fn set_remote(&mut self, leg: LegId, remote: SocketAddr) {
-        if let Some(l) = self.tables.leg_mut(leg) {
-            l.remote = Some(remote);
-        }
+    /// Sets a leg's remote address (learned by another core, or by the slow path); see
+    /// [`Tables::set_remote`] (refused, with the leg that has it, when another leg of the same
+    /// shared port has that remote).
+    pub fn set_remote(&mut self, leg: LegId, remote: SocketAddr) -> Result<(), LegId> {
+        self.tables.set_remote(leg, remote)
     }
 
     /// The next event, if any.
@@ -674,7 +674,7 @@ impl Core {
         if let Err(reason) = verdict {
             self.stats.drop(reason);
             if reason.about_the_peer()
-                && let Some(id) = self.tables.leg_by_port(local_port)
+                && let Some(id) = self.tables.leg_at(local_port, remote)
                 && self.tables.leg_mut(id).is_some_and(|l| l.first_drop(reason))
             {
                 self.emit(Event::FirstDrop { leg: id, reason, remote });

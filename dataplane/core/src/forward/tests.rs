@@ -575,7 +575,7 @@ impl TwoCores {
                 let mut c = Core::new(CoreConfig { shard: Shard { index, count: 2 }, ..CoreConfig::default() });
                 c.apply(m.core.tables().snapshot()).unwrap();
                 for p in &m.peers {
-                    c.set_remote(p.leg, p.addr);
+                    c.set_remote(p.leg, p.addr).unwrap();
                 }
                 c
             })
@@ -637,7 +637,7 @@ fn copies_for_another_cores_legs_are_built_there_byte_for_byte_as_one_core_build
     let subs: Vec<Op> = (2..=7).map(|s| Op::UpsertSubscription(sub(s, 1, 0x1000 * s, 0))).collect();
     m.apply([vec![Op::UpsertTrack(video_track(1, 1, &[0x100]))], subs].concat()).unwrap();
     for p in &m.peers {
-        m.core.set_remote(p.leg, p.addr);
+        m.core.set_remote(p.leg, p.addr).unwrap();
     }
     let mut two = TwoCores::new(&m);
     let mut one: std::collections::BTreeMap<u32, Vec<Vec<u8>>> = Default::default();
@@ -839,7 +839,7 @@ fn webrtc_leg_gates_media_until_keys_and_consent() {
     assert_eq!(m.core.stats().drops_for(DropReason::NotConnected), 2);
     // Keys installed, remote set by nomination: still nothing without consent.
     m.core.install_edge_keys(LegId(2), real_rx.clone(), real_tx.clone()).unwrap();
-    m.core.set_remote(LegId(2), m.peers[1].addr);
+    m.core.set_remote(LegId(2), m.peers[1].addr).unwrap();
     let audio = m.peers[0].send_rtp(&rtp_packet(0x1111, 2, 1920, 111, b"opus"));
     assert!(m.deliver(0, &audio, t).is_empty());
     assert_eq!(m.core.stats().drops_for(DropReason::NotConnected), 3);

@@ -155,8 +155,18 @@ impl Tables {
             {
                 return Err(DeltaError::PortInUse { op, port, owner });
             }
+            // A port is one leg's or shared, never both.
+            if !(spec.shared_port && port == spec.local_port)
+                && self.shared.contains_key(&port)
+                && let Some(owner) = self.legs.values().find(|l| l.spec.shared_port && l.spec.local_port == port && l.spec.id != spec.id)
+            {
+                return Err(DeltaError::PortInUse { op, port, owner: owner.spec.id });
+            }
         }
         spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
+        if spec.shared_port {
+            self.check_shared(op, spec)?;
+        }
         // Slot SSRCs are out-SSRCs of the leg like its subscriptions'.
         if let (Some(a), Some(old)) = (&spec.audio_slots, self.legs.get(&spec.id))
             && let Some(&s) = a.out_ssrcs.iter().find(|s| old.egress.iter().any(|(e, _)| e == *s))
@@ -180,8 +190,8 @@ impl Tables {
                 let keep_edge = spec.edge.is_some() && old.spec.edge == spec.edge;
                 let same_rx = keep_edge || (old.spec.rx == spec.rx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
                 let same_tx = keep_edge || (old.spec.tx == spec.tx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
-                let old_ports: Vec<u16> = old.spec.ports().collect();
                 self.save_leg(spec.id, undo);
+                self.unindex_leg(spec.id);
                 let leg = self.legs.get_mut(&spec.id).expect("present");
                 if !keep_edge {
                     leg.edge = spec.edge.as_ref().map(|_| EdgeState::new());
@@ -204,17 +214,10 @@ impl Tables {
                 if !same_rx || !same_tx {
                     leg.keys_digest = checkpoint::keys_digest(spec);
                 }
-                if !old_ports.iter().copied().eq(spec.ports()) {
-                    for p in old_ports {
-                        self.by_port.remove(&p);
-                    }
-                    for p in spec.ports() {
-                        self.by_port.insert(p, spec.id);
-                    }
-                }
                 if spec.rtcp.as_deref().is_none_or(|c| c.remote.is_some()) {
                     leg.rtcp_remote = None;
                 }
+                self.index_leg(spec.id);
                 self.rekey(spec.id, (!same_rx).then_some(rx), (!same_tx).then_some(tx));
             }
             None => {
@@ -243,11 +246,28 @@ impl Tables {
                         drops_reported: 0,
                     },
                 );
-                for p in spec.ports() {
-                    self.by_port.insert(p, spec.id);
-                }
+                self.index_leg(spec.id);
                 undo.push(Undo::LegInserted(spec.id));
             }
+        }
+        Ok(())
+    }
+
+    /// The checks of a leg on a shared port against the other legs there: its remote (the
+    /// spec's, or the one it has) and, for a WebRTC leg, its local ufrag must be its own.
+    fn check_shared(&self, op: usize, spec: &LegSpec) -> Result<(), DeltaError> {
+        let port = spec.local_port;
+        let remote = spec.remote.or_else(|| self.legs.get(&spec.id).and_then(|l| l.remote));
+        if let Some(remote) = remote
+            && let Some(&owner) = self.by_remote.get(&(port, remote))
+            && owner != spec.id
+        {
+            return Err(DeltaError::RemoteInUse { op, port, remote, owner });
+        }
+        if let Some(e) = &spec.edge
+            && self.by_ufrag.get(&e.local.ufrag).is_some_and(|&o| o != spec.id)
+        {
+            return Err(DeltaError::Invalid { op, field: "leg.edge.local.ufrag", why: "another WebRTC leg on a shared port has this ufrag" });
         }
         Ok(())
     }
@@ -443,10 +463,8 @@ impl Tables {
                 }
             }
         }
+        self.unindex_leg(id);
         let leg = self.legs.remove(&id).expect("present");
-        for p in leg.spec.ports() {
-            self.by_port.remove(&p);
-        }
         undo.push(Undo::LegRemoved(Box::new(leg)));
     }
 
@@ -601,22 +619,14 @@ impl Tables {
     fn revert(&mut self, u: Undo) {
         match u {
             Undo::LegInserted(id) => {
-                if let Some(l) = self.legs.remove(&id) {
-                    for p in l.spec.ports() {
-                        self.by_port.remove(&p);
-                    }
-                }
+                self.unindex_leg(id);
+                self.legs.remove(&id);
             }
             Undo::LegReplaced(old) | Undo::LegRemoved(old) => {
-                if let Some(cur) = self.legs.get(&old.spec.id) {
-                    for p in cur.spec.ports() {
-                        self.by_port.remove(&p);
-                    }
-                }
-                for p in old.spec.ports() {
-                    self.by_port.insert(p, old.spec.id);
-                }
-                self.legs.insert(old.spec.id, *old);
+                let id = old.spec.id;
+                self.unindex_leg(id);
+                self.legs.insert(id, *old);
+                self.index_leg(id);
             }
             Undo::TrackInserted(id) => {
                 self.tracks.remove(&id);

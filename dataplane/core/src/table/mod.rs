@@ -109,6 +109,19 @@ pub enum DeltaError {
         /// The leg that has it.
         owner: LegId,
     },
+    /// On a shared port, another leg already has the remote address (`leg.remote`, or the one
+    /// ICE selected): a datagram from it could not tell the two legs apart.
+    #[error("op {op}: leg.remote {remote} on shared port {port} already belongs to leg {owner}")]
+    RemoteInUse {
+        /// Index of the op in the delta.
+        op: usize,
+        /// The shared port.
+        port: u16,
+        /// The remote address.
+        remote: SocketAddr,
+        /// The leg that has it.
+        owner: LegId,
+    },
     /// An SSRC is used twice where it must be unique (publisher SSRCs on one leg, out-SSRCs on one
     /// subscriber leg).
     #[error("op {op}: ssrc {ssrc} is already used on leg {leg}")]
@@ -170,7 +183,15 @@ pub struct Tables {
     config: TableConfig,
     generation: Generation,
     legs: Map<LegId, Leg>,
+    /// Ports a leg has to itself (its RTP port, and its RTCP port without rtcp-mux).
     by_port: Map<u16, LegId>,
+    /// Shared ports ([`LegSpec::shared_port`]) and how many legs use each.
+    shared: Map<u16, u32>,
+    /// The legs of shared ports by (port, remote): the spec's remote, or the one ICE selected.
+    by_remote: Map<(u16, SocketAddr), LegId>,
+    /// WebRTC legs on shared ports by their local ufrag (a binding request from an address no
+    /// leg has yet names its leg in USERNAME).
+    by_ufrag: Map<String, LegId>,
     tracks: Map<TrackId, Track>,
     /// Subscriber legs with audio slots, by their speaker group (derived from the legs' specs
     /// after every delta, for the fan-out).
@@ -183,7 +204,18 @@ pub struct Tables {
 impl Tables {
     /// Empty tables at generation 0.
     pub fn new(config: TableConfig) -> Self {
-        Self { config, generation: Generation(0), legs: Map::default(), by_port: Map::default(), tracks: Map::default(), slot_legs: Map::default(), shards: 1 }
+        Self {
+            config,
+            generation: Generation(0),
+            legs: Map::default(),
+            by_port: Map::default(),
+            shared: Map::default(),
+            by_remote: Map::default(),
+            by_ufrag: Map::default(),
+            tracks: Map::default(),
+            slot_legs: Map::default(),
+            shards: 1,
+        }
     }
 
     /// Sets how many workers share the legs (a leg belongs to worker `local_port % count`), from
@@ -217,15 +249,113 @@ impl Tables {
         self.generation
     }
 
-    /// The leg bound to a local port.
+    /// The leg a local port belongs to, when it is not a shared port.
     #[inline]
     pub fn leg_by_port(&self, port: u16) -> Option<LegId> {
         self.by_port.get(&port).copied()
     }
 
-    /// Every local port a leg uses.
+    /// The leg a datagram from `remote` to `local_port` is for: the port's own leg (whatever
+    /// the remote: the caller checks or latches it), or on a shared port the leg with that
+    /// remote. Two hash lookups at most.
+    #[inline]
+    pub fn leg_at(&self, local_port: u16, remote: SocketAddr) -> Option<LegId> {
+        match self.by_port.get(&local_port) {
+            Some(&id) => Some(id),
+            None => self.by_remote.get(&(local_port, remote)).copied(),
+        }
+    }
+
+    /// Whether `port` is a shared port (one leg or more has it with [`LegSpec::shared_port`]).
+    #[inline]
+    pub fn is_shared_port(&self, port: u16) -> bool {
+        self.shared.contains_key(&port)
+    }
+
+    /// The WebRTC leg on shared port `port` whose local ufrag is `ufrag` (the first half of a
+    /// binding request's USERNAME, RFC 8445 §7.2.2).
+    #[inline]
+    pub fn leg_by_ufrag(&self, port: u16, ufrag: &str) -> Option<LegId> {
+        let id = *self.by_ufrag.get(ufrag)?;
+        self.legs.get(&id).filter(|l| l.spec.local_port == port).map(|_| id)
+    }
+
+    /// Every local port a leg uses (a shared port once).
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
-        self.by_port.keys().copied()
+        self.by_port.keys().chain(self.shared.keys()).copied()
+    }
+
+    /// Sets a leg's remote address (learned by ICE, or by another core), keeping the shared
+    /// port's index in line. Refused (`Err` with the leg that has it) when another leg of the
+    /// same shared port has that remote.
+    pub fn set_remote(&mut self, id: LegId, remote: SocketAddr) -> Result<(), LegId> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        if !leg.spec.shared_port {
+            leg.remote = Some(remote);
+            return Ok(());
+        }
+        let port = leg.spec.local_port;
+        match self.by_remote.get(&(port, remote)) {
+            Some(&owner) if owner != id => return Err(owner),
+            _ => {}
+        }
+        if let Some(old) = leg.remote.replace(remote)
+            && self.by_remote.get(&(port, old)) == Some(&id)
+        {
+            self.by_remote.remove(&(port, old));
+        }
+        self.by_remote.insert((port, remote), id);
+        Ok(())
+    }
+
+    /// Puts leg `id`'s ports (and on a shared port its remote and ufrag) into the indexes.
+    fn index_leg(&mut self, id: LegId) {
+        let Some(l) = self.legs.get(&id) else { return };
+        if l.spec.shared_port {
+            let port = l.spec.local_port;
+            *self.shared.entry(port).or_default() += 1;
+            if let Some(r) = l.remote {
+                self.by_remote.insert((port, r), id);
+            }
+            if let Some(e) = &l.spec.edge {
+                self.by_ufrag.insert(e.local.ufrag.clone(), id);
+            }
+        } else {
+            for p in l.spec.ports() {
+                self.by_port.insert(p, id);
+            }
+        }
+    }
+
+    /// Takes leg `id`'s entries out of the indexes (those that are its: a rolled-back op may
+    /// have left another leg's there).
+    fn unindex_leg(&mut self, id: LegId) {
+        let Some(l) = self.legs.get(&id) else { return };
+        if l.spec.shared_port {
+            let port = l.spec.local_port;
+            if let Some(n) = self.shared.get_mut(&port) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.shared.remove(&port);
+                }
+            }
+            if let Some(r) = l.remote
+                && self.by_remote.get(&(port, r)) == Some(&id)
+            {
+                self.by_remote.remove(&(port, r));
+            }
+            if let Some(e) = &l.spec.edge
+                && self.by_ufrag.get(&e.local.ufrag) == Some(&id)
+            {
+                self.by_ufrag.remove(&e.local.ufrag);
+            }
+        } else {
+            for p in l.spec.ports() {
+                if self.by_port.get(&p) == Some(&id) {
+                    self.by_port.remove(&p);
+                }
+            }
+        }
     }
 
     /// The local ports of the legs whose RTP port `owns` says is this core's: their RTP ports

@@ -120,7 +120,8 @@ impl core::fmt::Debug for KeyMaterial {
 pub struct LegSpec {
     /// Its id.
     pub id: LegId,
-    /// The local UDP port it uses (unique per leg within a dataplane).
+    /// The local UDP port it uses: the leg's own (no other leg's), or with `shared_port` a port
+    /// it shares with other legs.
     pub local_port: u16,
     /// The participant's address. `None` until learned: the first authenticated packet on the
     /// port latches it.
@@ -155,6 +156,13 @@ pub struct LegSpec {
     /// WebRTC legs always use).
     #[cfg_attr(feature = "serde", serde(default))]
     pub rtcp: Option<Box<RtcpComponent>>,
+    /// `local_port` is a shared port: other legs use it too (every leg on it says so), and a
+    /// datagram's leg is the one whose remote it comes from — the spec's `remote`, which a
+    /// static-key leg there must have, or for a WebRTC leg the remote ICE selected (a binding
+    /// request from an unknown address finds its leg by the USERNAME's local ufrag). Nothing is
+    /// latched on a shared port. `false`: the port is the leg's alone (and may latch).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub shared_port: bool,
 }
 
 /// A leg's separate RTCP component (see [`LegSpec::rtcp`]).
@@ -252,6 +260,7 @@ impl LegSpec {
             audio_slots: None,
             rate_limit: None,
             rtcp: None,
+            shared_port: false,
         }
     }
 
@@ -261,7 +270,8 @@ impl LegSpec {
     }
 
     /// The checks on the spec alone: a non-zero port, a one-byte transport-cc extension id, key
-    /// and salt lengths that match their profiles.
+    /// and salt lengths that match their profiles, a remote for a static-key leg on a shared
+    /// port.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.local_port == 0 {
             return refuse("leg.local_port", "must not be 0");
@@ -278,6 +288,14 @@ impl LegSpec {
             }
             if self.edge.is_some() {
                 return refuse("leg.rtcp", "WebRTC legs multiplex RTCP with RTP (RFC 8834)");
+            }
+        }
+        if self.shared_port {
+            if self.edge.is_none() && self.remote.is_none() {
+                return refuse("leg.remote", "a static-key leg on a shared port needs its remote: the port tells its legs apart by their source");
+            }
+            if self.rtcp.is_some() {
+                return refuse("leg.rtcp", "a leg on a shared port multiplexes RTCP with RTP");
             }
         }
         if let Some(r) = &self.rate_limit {

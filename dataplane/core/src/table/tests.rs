@@ -284,3 +284,115 @@ fn redacted_key_material_has_no_bytes_compares_by_digest_and_is_refused() {
     assert_eq!(e.field, "leg.rx");
     assert!(e.why.contains("redacted"), "{e}");
 }
+
+/// A static-key leg on shared port 40_000, at remote `10.0.0.<n>:5000`.
+fn shared(n: u32) -> LegSpec {
+    LegSpec { local_port: 40_000, shared_port: true, remote: Some(remote(n)), ..leg(n) }
+}
+
+fn remote(n: u32) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n as u8], 5000))
+}
+
+#[test]
+fn shared_port_legs_are_found_by_their_remote() {
+    let mut t = Tables::new(TableConfig::default());
+    t.apply(delta(1, vec![Op::UpsertLeg(shared(1)), Op::UpsertLeg(shared(2)), Op::UpsertLeg(shared(3)), Op::UpsertLeg(leg(4))])).unwrap();
+    for n in 1..=3 {
+        assert_eq!(t.leg_at(40_000, remote(n)), Some(LegId(n)));
+    }
+    assert_eq!(t.leg_at(40_000, remote(9)), None, "a stranger has no leg");
+    assert_eq!(t.leg_by_port(40_000), None, "a shared port is no one leg's");
+    assert!(t.is_shared_port(40_000));
+    // A per-leg port is still the leg's, whatever the source (the remote is checked after).
+    assert_eq!(t.leg_at(30_004, remote(9)), Some(LegId(4)));
+    let mut ports: Vec<u16> = t.ports().collect();
+    ports.sort_unstable();
+    assert_eq!(ports, vec![30_004, 40_000]);
+    assert_eq!(t.ports_of_legs(|_| true).collect::<std::collections::BTreeSet<_>>().len(), 2);
+}
+
+#[test]
+fn shared_port_refusals_name_the_field() {
+    let mut t = Tables::new(TableConfig::default());
+    t.apply(delta(1, vec![Op::UpsertLeg(shared(1)), Op::UpsertLeg(leg(4))])).unwrap();
+    // A second leg with the same (port, remote).
+    let dup = LegSpec { remote: Some(remote(1)), ..shared(2) };
+    let e = t.apply(delta(2, vec![Op::UpsertLeg(dup)])).unwrap_err();
+    assert_eq!(e, DeltaError::RemoteInUse { op: 0, port: 40_000, remote: remote(1), owner: LegId(1) });
+    assert!(e.to_string().contains("leg.remote"), "{e}");
+    // Within one delta too, and the whole delta is rolled back.
+    let e = t.apply(delta(2, vec![Op::UpsertLeg(shared(5)), Op::UpsertLeg(LegSpec { remote: Some(remote(5)), ..shared(6) })])).unwrap_err();
+    assert_eq!(e, DeltaError::RemoteInUse { op: 1, port: 40_000, remote: remote(5), owner: LegId(5) });
+    assert_eq!(t.leg_at(40_000, remote(5)), None, "rolled back");
+    assert!(t.leg(LegId(5)).is_none());
+    // A static-key leg on a shared port without its remote.
+    let e = t.apply(delta(2, vec![Op::UpsertLeg(LegSpec { remote: None, ..shared(7) })])).unwrap_err();
+    assert!(matches!(e, DeltaError::Invalid { field: "leg.remote", .. }), "{e}");
+    // A port is one leg's or shared, never both.
+    let e = t.apply(delta(2, vec![Op::UpsertLeg(LegSpec { local_port: 40_000, ..leg(8) })])).unwrap_err();
+    assert_eq!(e, DeltaError::PortInUse { op: 0, port: 40_000, owner: LegId(1) });
+    let e = t.apply(delta(2, vec![Op::UpsertLeg(LegSpec { local_port: 30_004, ..shared(8) })])).unwrap_err();
+    assert_eq!(e, DeltaError::PortInUse { op: 0, port: 30_004, owner: LegId(4) });
+    // No separate RTCP port on a shared one.
+    let rtcp = Some(Box::new(RtcpComponent { local_port: 40_001, remote: None }));
+    let e = t.apply(delta(2, vec![Op::UpsertLeg(LegSpec { rtcp, ..shared(9) })])).unwrap_err();
+    assert!(matches!(e, DeltaError::Invalid { field: "leg.rtcp", .. }), "{e}");
+    assert_eq!(t.generation(), Generation(1));
+    assert_eq!(t.leg_at(40_000, remote(1)), Some(LegId(1)), "unchanged by the refusals");
+}
+
+#[test]
+fn a_removed_or_moved_leg_frees_its_remote() {
+    let mut t = Tables::new(TableConfig::default());
+    t.apply(delta(1, vec![Op::UpsertLeg(shared(1)), Op::UpsertLeg(shared(2))])).unwrap();
+    t.apply(delta(2, vec![Op::RemoveLeg(LegId(1))])).unwrap();
+    assert_eq!(t.leg_at(40_000, remote(1)), None);
+    t.apply(delta(3, vec![Op::UpsertLeg(LegSpec { remote: Some(remote(1)), ..shared(3) })])).unwrap();
+    assert_eq!(t.leg_at(40_000, remote(1)), Some(LegId(3)), "the freed remote is taken by another leg");
+    // A leg given a new remote frees its old one.
+    t.apply(delta(4, vec![Op::UpsertLeg(LegSpec { remote: Some(remote(20)), ..shared(2) })])).unwrap();
+    assert_eq!(t.leg_at(40_000, remote(2)), None);
+    assert_eq!(t.leg_at(40_000, remote(20)), Some(LegId(2)));
+    // The last leg gone, the port is no longer shared (a per-leg leg may take it).
+    t.apply(delta(5, vec![Op::RemoveLeg(LegId(2)), Op::RemoveLeg(LegId(3))])).unwrap();
+    assert!(!t.is_shared_port(40_000));
+    t.apply(delta(6, vec![Op::UpsertLeg(LegSpec { local_port: 40_000, ..leg(4) })])).unwrap();
+    assert_eq!(t.leg_at(40_000, remote(9)), Some(LegId(4)));
+    // A full snapshot that drops a shared leg frees its remote too.
+    let mut t = Tables::new(TableConfig::default());
+    t.apply(delta(1, vec![Op::UpsertLeg(shared(1)), Op::UpsertLeg(shared(2))])).unwrap();
+    t.apply(Delta { generation: Generation(9), replace_all: true, ops: vec![Op::UpsertLeg(shared(2))] }).unwrap();
+    assert_eq!(t.leg_at(40_000, remote(1)), None);
+    assert_eq!(t.leg_at(40_000, remote(2)), Some(LegId(2)));
+}
+
+#[test]
+fn set_remote_moves_a_shared_legs_entry_and_refuses_a_taken_one() {
+    let mut t = Tables::new(TableConfig::default());
+    let webrtc = |n: u32| LegSpec {
+        remote: None,
+        edge: Some(Box::new(EdgeSpec {
+            local: IceCredentials { ufrag: format!("u{n}"), pwd: "p".repeat(22) },
+            remote: IceCredentials { ufrag: "r".into(), pwd: String::new() },
+            role: DtlsRole::Server,
+            remote_fingerprint: String::new(),
+        })),
+        ..shared(n)
+    };
+    t.apply(delta(1, vec![Op::UpsertLeg(shared(1)), Op::UpsertLeg(webrtc(2))])).unwrap();
+    assert_eq!(t.leg_by_ufrag(40_000, "u2"), Some(LegId(2)));
+    assert_eq!(t.leg_by_ufrag(40_001, "u2"), None, "another port");
+    assert_eq!(t.set_remote(LegId(2), remote(1)), Err(LegId(1)), "leg 1 has it");
+    t.set_remote(LegId(2), remote(2)).unwrap();
+    assert_eq!(t.leg_at(40_000, remote(2)), Some(LegId(2)));
+    t.set_remote(LegId(2), remote(3)).unwrap();
+    assert_eq!(t.leg_at(40_000, remote(2)), None, "ICE moved: the old remote is free");
+    assert_eq!(t.leg_at(40_000, remote(3)), Some(LegId(2)));
+    // The same ufrag on a second WebRTC leg of a shared port is refused.
+    let e = t.apply(delta(2, vec![Op::UpsertLeg(LegSpec { edge: webrtc(2).edge, ..webrtc(4) })])).unwrap_err();
+    assert!(matches!(e, DeltaError::Invalid { field: "leg.edge.local.ufrag", .. }), "{e}");
+    t.apply(delta(2, vec![Op::RemoveLeg(LegId(2))])).unwrap();
+    assert_eq!(t.leg_at(40_000, remote(3)), None);
+    assert_eq!(t.leg_by_ufrag(40_000, "u2"), None);
+}
