@@ -192,15 +192,7 @@ impl Core {
                 self.handoffs.push(&mut self.stats, to, track.spec.publisher, kind, &buf[..plain_len]);
             }
         }
-        let mut ctx = fanout::Ctx {
-            now,
-            out,
-            stats: &mut self.stats,
-            events: &mut self.events,
-            shard: self.shard,
-            handoffs: &mut self.handoffs,
-            pacing: &mut self.pacing,
-        };
+        let mut ctx = fan_ctx!(self, now, out);
         let plain = &mut buf[..plain_len];
         let verdict = fanout::rtp(&mut ctx, track, legs, ssrc, layer, is_rtx, plain);
         let Some(ranking) = ranking else { return if cores != 0 { Ok(()) } else { verdict } };
@@ -287,15 +279,7 @@ impl Core {
         let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
         leg.store_rtcp_recv(sender, state);
         self.seen(now, leg_id, local_port, remote);
-        let mut ctx = fanout::Ctx {
-            now,
-            out,
-            stats: &mut self.stats,
-            events: &mut self.events,
-            shard: self.shard,
-            handoffs: &mut self.handoffs,
-            pacing: &mut self.pacing,
-        };
+        let mut ctx = fan_ctx!(self, now, out);
         rtcp::compound(&mut ctx, &mut self.tables, leg_id, &buf[..plain_len])
     }
 }

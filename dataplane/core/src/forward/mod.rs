@@ -472,6 +472,23 @@ pub struct Core {
     gates_scratch: Vec<(u16, Ssrc, u8, bool)>,
 }
 
+/// The fan-out's context from a core's parts (`stats`, `events`, `shard`, `handoffs`,
+/// `pacing`), leaving its tables free to borrow beside it.
+macro_rules! fan_ctx {
+    ($core:ident, $now:expr, $out:expr) => {
+        fanout::Ctx {
+            now: $now,
+            out: $out,
+            stats: &mut $core.stats,
+            events: &mut $core.events,
+            shard: $core.shard,
+            handoffs: &mut $core.handoffs,
+            pacing: &mut $core.pacing,
+        }
+    };
+}
+use fan_ctx;
+
 pub(crate) fn push_event(events: &mut VecDeque<Event>, e: Event) {
     if events.len() >= EVENT_QUEUE {
         events.pop_front();
@@ -544,15 +561,7 @@ impl Core {
         let before = out.len();
         let len = usize::from(handoff.len);
         let plain = &mut handoff.bytes[..len];
-        let mut ctx = fanout::Ctx {
-            now,
-            out,
-            stats: &mut self.stats,
-            events: &mut self.events,
-            shard: self.shard,
-            handoffs: &mut self.handoffs,
-            pacing: &mut self.pacing,
-        };
+        let mut ctx = fan_ctx!(self, now, out);
         match handoff.kind {
             HandoffKind::Media { track, ssrc, layer, rtx, speaking } => {
                 let Some((t, legs, slot_legs)) = self.tables.track_legs_and_slots_mut(track) else { return };
