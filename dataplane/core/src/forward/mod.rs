@@ -255,9 +255,10 @@ pub struct CoreConfig {
 }
 
 /// A core's place among the dataplane's workers. Every worker holds the whole table, but a leg
-/// (its receive path, and the fan-out state of the tracks it publishes) belongs to exactly one
-/// worker: `local_port % count`. Feedback about a track that arrives at another worker (a
-/// subscriber's NACK on the subscriber's port) is handed over with [`Core::poll_handoff`].
+/// (its receive path, and every copy sent to it) belongs to exactly one worker: `local_port %
+/// count`. A publisher's packet is decrypted by its leg's worker and handed over once to each
+/// other worker that owns a subscriber leg of its track ([`Core::poll_handoff`]), which builds
+/// those copies; what a subscriber's worker must tell the publisher's goes back the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
     /// This core's index.
@@ -622,7 +623,7 @@ impl Core {
     }
 
     /// This core's part of the dataplane's checkpoint (see [`crate::table::checkpoint`]): the
-    /// legs on its ports and the streams of the tracks it fans out.
+    /// legs on its ports and the streams of their subscriptions (it builds every copy to them).
     pub fn checkpoint(&self, out: &mut crate::table::checkpoint::Checkpoint) {
         let shard = self.shard;
         self.tables.checkpoint(|p| shard.owns(p), out);

@@ -128,7 +128,7 @@ pub(super) fn keys_digest(spec: &LegSpec) -> KeyDigest {
 
 impl Tables {
     /// Appends the checkpoint entries of what `owns` says this core keeps: the legs on its ports,
-    /// and the subscriber streams of the tracks it fans out (their publisher's port is its).
+    /// and the streams of the subscriptions of those legs (the core that owns a leg builds its copies).
     pub fn checkpoint(&self, owns: impl Fn(u16) -> bool, out: &mut Checkpoint) {
         for leg in self.legs.values() {
             if !owns(leg.spec.local_port) {
