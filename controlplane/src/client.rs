@@ -22,7 +22,7 @@ use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
 
-use crate::diff::{Shadow, SpecSet, differing};
+use crate::diff::{Part, Shadow, SpecSet, differing};
 
 /// How long one request may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -267,16 +267,18 @@ impl Link {
         r
     }
 
-    /// Brings the dataplane from `before` to `after`, one session's part of the tables before
-    /// and after a change, when the link is in step with the rest (the last sync succeeded and
-    /// nothing else changed since): the delta and the shadow update then cost the session's
-    /// size, not the node's. Otherwise, or when the dataplane is not where the shadow says, a
-    /// full [`Link::sync`] to `full()`.
-    pub fn sync_part(&mut self, before: &SpecSet, after: &SpecSet, full: impl FnOnce() -> SpecSet) -> Result<Synced, LinkError> {
-        let Some(generation) = self.shadow.as_ref().map(|s| s.generation).filter(|_| self.in_step && self.conn.is_some()) else {
+    /// Installs `part`, the entries the changes since the last sync touched and what they are
+    /// now, when the link is in step with the rest (the last sync succeeded and nothing else
+    /// changed since): the delta is diffed against the shadow on those entries alone, and the
+    /// delta and the shadow's update cost the change's size, not its session's or the node's.
+    /// Otherwise, or when the dataplane is not where the shadow says, a full [`Link::sync`] to
+    /// `full()`.
+    pub fn sync_part(&mut self, part: &Part, full: impl FnOnce() -> SpecSet) -> Result<Synced, LinkError> {
+        let Some(shadow) = self.shadow.as_ref().filter(|_| self.in_step && self.conn.is_some()) else {
             return self.sync(&full());
         };
-        let ops = crate::diff::ops(before, after);
+        let generation = shadow.generation;
+        let ops = crate::diff::part_ops(&shadow.tables, part);
         if ops.is_empty() {
             return Ok(Synced { generation, ops: 0, resynced: None, unbound: Vec::new() });
         }
@@ -287,7 +289,7 @@ impl Link {
             Ok(Ok((g, unbound))) => {
                 if let Some(shadow) = self.shadow.as_mut() {
                     shadow.generation = g;
-                    shadow.tables.replace_part(before, after);
+                    shadow.tables.patch(part);
                     self.in_step = true;
                 }
                 Ok(Synced { generation: g, ops: n, resynced: None, unbound })

@@ -80,8 +80,8 @@ impl Controller {
     /// Installs every change committed so far (one session-sized delta when the link is in
     /// step, else a full resync), then learns the dataplane's WebRTC edge if not known yet.
     fn install(&self, link: &mut Link) -> Result<Synced, LinkError> {
-        let (before, after) = self.engine().take_changes();
-        let synced = link.sync_part(&before, &after, || self.engine().full_tables());
+        let part = self.engine().take_changes();
+        let synced = link.sync_part(&part, || self.engine().full_tables());
         link.publish_generation();
         let synced = synced?;
         self.engine().report_resync(&synced);

@@ -1,6 +1,8 @@
 //! Desired state → dataplane table deltas (Katran's shadow state): the control plane keeps a
 //! [`Shadow`] of what the dataplane has installed, and [`ops`] turns desired-vs-installed into
-//! the minimal ordered ops. Pure code.
+//! the minimal ordered ops. Pure code. After a change, [`part_ops`] diffs only the entries it
+//! touched (a [`Part`]) against the shadow, which [`SpecSet::patch`] then updates: the cost is
+//! the change's, not its session's.
 //!
 //! Op order matters to the dataplane, which validates each op against the tables as they are at
 //! that point of the delta: removals first (so a freed port or SSRC can be reused in the same
@@ -8,7 +10,7 @@
 //! takes (removing a leg removes its tracks and every subscription from or to it; removing a
 //! track removes its subscriptions); then upserts legs → tracks → subscriptions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_core::ids::{Generation, LegId, TrackId};
 use sluice_core::table::{Delta, LegSpec, Op, SubscriptionSpec, TrackSpec};
@@ -83,6 +85,99 @@ impl SpecSet {
         ops.extend(self.subs.values().cloned().map(Op::UpsertSubscription));
         ops
     }
+}
+
+/// The entries some committed changes touched, by the dataplane's ids, and what the dataplane
+/// should have of them now (`desired`; a key without an entry there is to be removed): what the
+/// link diffs against its shadow, so a change costs the entries it touched (and what cascades
+/// from them), not its session's size or the node's ([`crate::state::Desired::compile_touched`]).
+/// Every entry not named is as the dataplane has it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Part {
+    /// Legs.
+    pub legs: BTreeSet<LegId>,
+    /// Tracks.
+    pub tracks: BTreeSet<TrackId>,
+    /// Subscriptions by (subscriber, track).
+    pub subs: BTreeSet<(LegId, TrackId)>,
+    /// What the dataplane should have of them.
+    pub desired: SpecSet,
+}
+
+impl Part {
+    /// How many entries it names.
+    pub fn len(&self) -> usize {
+        self.legs.len() + self.tracks.len() + self.subs.len()
+    }
+
+    /// Whether it names none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl SpecSet {
+    /// Makes the entries `part` names what it says they are now.
+    pub fn patch(&mut self, part: &Part) {
+        for k in &part.legs {
+            match part.desired.legs.get(k) {
+                Some(l) => self.legs.insert(*k, l.clone()),
+                None => self.legs.remove(k),
+            };
+        }
+        for k in &part.tracks {
+            match part.desired.tracks.get(k) {
+                Some(t) => self.tracks.insert(*k, t.clone()),
+                None => self.tracks.remove(k),
+            };
+        }
+        for k in &part.subs {
+            match part.desired.subs.get(k) {
+                Some(s) => self.subs.insert(*k, s.clone()),
+                None => self.subs.remove(k),
+            };
+        }
+    }
+}
+
+/// The minimal ops turning `installed` into what `part` says of the entries it names: the ops
+/// [`ops`] gives for the whole tables, in the same order, when every entry `part` does not name
+/// is as installed. The cost is the part's size.
+pub fn part_ops(installed: &SpecSet, part: &Part) -> Vec<Op> {
+    let desired = &part.desired;
+    let mut ops = Vec::new();
+    let leg_goes = |l: &LegId| part.legs.contains(l) && !desired.legs.contains_key(l);
+    let track_goes = |t: &TrackId| part.tracks.contains(t) && !desired.tracks.contains_key(t);
+    for &(subscriber, track) in part.subs.iter().filter(|k| installed.subs.contains_key(k) && !desired.subs.contains_key(k)) {
+        let cascaded = leg_goes(&subscriber) || track_goes(&track) || installed.tracks.get(&track).is_some_and(|t| leg_goes(&t.publisher));
+        if !cascaded {
+            ops.push(Op::RemoveSubscription { subscriber, track });
+        }
+    }
+    for id in part.tracks.iter().filter(|t| track_goes(t)) {
+        if let Some(t) = installed.tracks.get(id)
+            && !leg_goes(&t.publisher)
+        {
+            ops.push(Op::RemoveTrack(*id));
+        }
+    }
+    ops.extend(part.legs.iter().filter(|l| leg_goes(l) && installed.legs.contains_key(l)).map(|l| Op::RemoveLeg(*l)));
+    for (id, l) in &desired.legs {
+        if installed.legs.get(id) != Some(l) {
+            ops.push(Op::UpsertLeg(l.clone()));
+        }
+    }
+    for (id, t) in &desired.tracks {
+        if installed.tracks.get(id) != Some(t) {
+            ops.push(Op::UpsertTrack(t.clone()));
+        }
+    }
+    for (k, s) in &desired.subs {
+        if installed.subs.get(k) != Some(s) {
+            ops.push(Op::UpsertSubscription(s.clone()));
+        }
+    }
+    ops
 }
 
 /// What the dataplane has installed, as far as the control plane knows.
@@ -248,6 +343,73 @@ mod tests {
         d.delete_session(&pb::DeleteSessionRequest { session: "n".into(), expected_revision: None }).unwrap();
         shadow.tables.replace_part(&before, &d.session_tables("n"));
         assert_eq!(shadow.tables, d.tables());
+        assert!(!d.tables().legs.is_empty(), "session m is still there");
+    }
+
+    /// What a change touched, compiled and diffed against the shadow on those entries alone,
+    /// gives the same ops as the whole-node diff and patches the shadow to the whole compile:
+    /// through upserts, cascading removals, slots and top-N audio, a track turned ranked, a
+    /// removal and a re-add under one name, and a deleted session.
+    #[test]
+    fn the_touched_part_diffs_and_patches_like_the_whole_node() {
+        use crate::state::Touched;
+        use std::collections::BTreeSet;
+        let slotted = |id: &str, ssrcs: &[u32]| {
+            let mut c = leg(id);
+            if let Some(C::Leg(l)) = &mut c.change {
+                l.audio_slots = Some(pb::AudioSlots { out_ssrcs: ssrcs.to_vec(), pt_map: vec![pb::IdMapping { from: 111, to: 111 }], ext_map: vec![] });
+            }
+            c
+        };
+        let settings = |on| pb::Change { change: Some(C::Settings(pb::SessionSettings { top_n_audio: on, audio_top_n: 2 })) };
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
+        d.apply(&pair("m")).unwrap();
+        d.apply(&pair("n")).unwrap();
+        let mut shadow = installed(&d).tables;
+        let steps = vec![
+            req("m", vec![sub("a", "vb", 1000, 1, true)]),
+            req("m", vec![leg("c"), video("vc", "c", 300), sub("c", "va", 3000, 0, false), audio("ab", "b", 400, Some(1)), sub("a", "ab", 4000, 0, false)]),
+            req("m", vec![slotted("a", &[11, 12])]),
+            req("m", vec![settings(true)]),
+            req("m", vec![audio("ac", "c", 500, None), sub("a", "ac", 5000, 0, false)]),
+            // The track turns ranked: a's subscription to it is no longer installed.
+            req("m", vec![audio("ac", "c", 500, Some(1))]),
+            req("m", vec![settings(false)]),
+            // Fewer layers: every subscription above the top one is clamped.
+            req(
+                "m",
+                vec![pb::Change {
+                    change: Some(C::Track(pb::Track {
+                        layers: vec![pb::Layer { ssrc: Some(300), ..Default::default() }],
+                        ..match video("vc", "c", 300).change {
+                            Some(C::Track(t)) => t,
+                            _ => unreachable!(),
+                        }
+                    })),
+                }],
+            ),
+            req("m", vec![pb::Change { change: Some(C::RemoveTrack("vb".into())) }]),
+            req("m", vec![pb::Change { change: Some(C::RemoveLeg("c".into())) }, leg("c"), video("vc", "c", 600), sub("b", "vc", 6000, 2, false)]),
+            req("m", vec![pb::Change { change: Some(C::RemoveLeg("a".into())) }]),
+        ];
+        for r in steps {
+            let (_, undo) = d.apply_undoable(&r, &BTreeSet::new()).unwrap_or_else(|e| panic!("{e}"));
+            let mut part = Part::default();
+            d.compile_touched("m", &undo.touched(), &mut part);
+            assert_eq!(part_ops(&shadow, &part), ops(&shadow, &d.tables()), "the touched entries' ops are the node's ({r:?})");
+            shadow.patch(&part);
+            assert_eq!(shadow, d.tables(), "the patched shadow is the whole compile");
+            assert!(part.len() < 20, "{part:?}");
+        }
+        // A refused change set touches nothing; a deletion touches the whole session.
+        assert!(d.apply_undoable(&req("n", vec![sub("a", "nope", 1, 0, false)]), &BTreeSet::new()).is_err());
+        let all = Touched::all_of(&d.sessions["n"]);
+        d.delete_session(&pb::DeleteSessionRequest { session: "n".into(), expected_revision: None }).unwrap();
+        let mut part = Part::default();
+        d.compile_touched("n", &all, &mut part);
+        assert_eq!(part_ops(&shadow, &part), ops(&shadow, &d.tables()));
+        shadow.patch(&part);
+        assert_eq!(shadow, d.tables());
         assert!(!d.tables().legs.is_empty(), "session m is still there");
     }
 

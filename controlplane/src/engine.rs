@@ -21,12 +21,12 @@ use sluice_core::stats::CoreStats;
 use tokio::sync::broadcast;
 
 use crate::client::{LinkError, Liveness, Synced};
-use crate::diff::SpecSet;
+use crate::diff::{Part, SpecSet};
 use crate::journal::{Journal, JournalError, Record};
 use crate::lb::Lb;
 use crate::names::Names;
 use crate::pb;
-use crate::state::{Desired, EdgeInfo, Outcome, Placement, StateError, webrtc_local};
+use crate::state::{Desired, EdgeInfo, Outcome, Placement, StateError, Touched, Undo, webrtc_local};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +69,9 @@ pub enum EngineError {
 pub struct Engine {
     desired: Desired,
     journal: Journal,
-    /// Each session changed since its tables last went to the link: its tables then.
-    pending: BTreeMap<String, SpecSet>,
+    /// Each session changed since its tables last went to the link: the entries the changes
+    /// touched.
+    pending: BTreeMap<String, Touched>,
     events: broadcast::Sender<pb::Event>,
     lb: Option<Arc<Lb>>,
     /// Cached: the dataplane's DTLS fingerprint and the address WebRTC candidates announce.
@@ -147,28 +148,30 @@ impl Engine {
         }
     }
 
-    /// Prepares `req`, skipping the ports its new legs would get that another process holds
-    /// (checked by binding them, before anything is journaled): acknowledged legs have ports
-    /// the dataplane can bind. Returns the ports skipped, which the journal record carries.
-    fn prepare_skipping_held(&self, req: &pb::ChangeSet) -> Result<(crate::state::Prepared, Vec<u16>), StateError> {
-        let had = self.desired.session_ports(&req.session);
+    /// Applies `req` to the state, skipping the ports its new legs would get that another
+    /// process holds (checked by binding them, before anything is journaled; a pick that hits
+    /// one is taken back and made again): acknowledged legs have ports the dataplane can bind.
+    /// Returns the outcome, how to take it back, and the ports skipped, which the journal record
+    /// carries.
+    fn apply_skipping_held(&mut self, req: &pb::ChangeSet) -> Result<(Outcome, Undo, Vec<u16>), StateError> {
         let mut avoid = BTreeSet::new();
-        let prepared = skipping_held(
-            &mut avoid,
-            |avoid| {
-                self.desired.prepare_avoiding(req, avoid).map_err(|mut e| {
-                    if !avoid.is_empty() && e.kind == crate::state::ErrorKind::ResourceExhausted {
-                        e.message.push_str(&format!(" (held by other processes: {avoid:?})"));
-                    }
-                    e
-                })
-            },
-            |p| if p.outcome.replayed { Vec::new() } else { p.session_ports().into_iter().filter(|q| !had.contains(q)).collect() },
-        )?;
-        if !avoid.is_empty() {
-            tracing::warn!(session = %req.session, skipped = ?avoid, "ports held by another process were skipped");
+        loop {
+            let (outcome, undo) = self.desired.apply_undoable(req, &avoid).map_err(|mut e| {
+                if !avoid.is_empty() && e.kind == crate::state::ErrorKind::ResourceExhausted {
+                    e.message.push_str(&format!(" (held by other processes: {avoid:?})"));
+                }
+                e
+            })?;
+            let held: Vec<u16> = if outcome.replayed { Vec::new() } else { undo.new_ports(&self.desired).into_iter().filter(|&p| udp_port_held(p)).collect() };
+            if held.is_empty() {
+                if !avoid.is_empty() {
+                    tracing::warn!(session = %req.session, skipped = ?avoid, "ports held by another process were skipped");
+                }
+                return Ok((outcome, undo, avoid.into_iter().collect()));
+            }
+            self.desired.restore(undo);
+            avoid.extend(held);
         }
-        Ok((prepared, avoid.into_iter().collect()))
     }
 
     /// The event channel (Watch subscribes to it without taking the engine's lock).
@@ -176,13 +179,13 @@ impl Engine {
         self.events.clone()
     }
 
-    /// The tables of every session changed since the last call, before and after: what the
-    /// link installs as one session-sized delta when it is in step.
-    pub fn take_changes(&mut self) -> (SpecSet, SpecSet) {
-        let mut part = (SpecSet::default(), SpecSet::default());
-        for (session, before) in std::mem::take(&mut self.pending) {
-            part.0.replace_part(&SpecSet::default(), &before);
-            part.1.replace_part(&SpecSet::default(), &self.desired.session_tables(&session));
+    /// The entries every change since the last call touched, and what the dataplane should
+    /// have of them: what the link installs as one delta the size of the changes when it is in
+    /// step.
+    pub fn take_changes(&mut self) -> Part {
+        let mut part = Part::default();
+        for (session, touched) in std::mem::take(&mut self.pending) {
+            self.desired.compile_touched(&session, &touched, &mut part);
         }
         part
     }
@@ -193,11 +196,18 @@ impl Engine {
         self.desired.tables()
     }
 
-    /// Notes `session`'s tables before a change (the first since they went to the link).
-    fn touch(&mut self, session: &str) {
-        if !self.pending.contains_key(session) {
-            let before = self.desired.session_tables(session);
-            self.pending.insert(session.to_string(), before);
+    /// Notes what a committed change touched, for the link and the names.
+    fn touched(&mut self, session: &str, touched: Touched) {
+        if touched.whole {
+            self.names.update(&self.desired, session);
+        } else {
+            self.names.update_touched(&self.desired, session, &touched);
+        }
+        match self.pending.get_mut(session) {
+            Some(t) => t.merge(touched),
+            None => {
+                self.pending.insert(session.to_owned(), touched);
+            }
         }
     }
 
@@ -380,10 +390,14 @@ impl Engine {
                         continue;
                     }
                 };
-                self.touch(&session);
                 let record = Record::Move { session: session.clone(), leg: leg.clone(), port, rtcp_port };
                 match self.commit(&record, |d| d.move_leg(&session, &leg, port, rtcp_port)) {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        let id = self.desired.sessions.get(&session).and_then(|s| s.legs.get(&leg)).map(|l| l.id);
+                        let mut touched = Touched::default();
+                        touched.legs.insert(leg.clone(), id.into_iter().collect());
+                        self.touched(&session, touched);
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(session = %session, leg = %leg, error = %e, "moving a leg off a port the dataplane cannot open");
                         continue;
@@ -506,40 +520,36 @@ impl Engine {
         let mut results: Answers = reqs.iter().map(|_| None).collect();
         let mut undo = Vec::new();
         let mut records = Vec::new();
-        let mut touched = Vec::new();
         let mut done: Committed = Vec::new();
         self.follow_workers();
         for (i, req) in reqs.iter().enumerate() {
-            let prepared = match self
-                .admit(req)
-                .and_then(|()| self.prepare_skipping_held(req).map_err(EngineError::State))
-                .and_then(|p| self.check_dataplane_range(req, &p.0.outcome).map(|()| p))
+            let applied = self.admit(req).and_then(|()| self.apply_skipping_held(req).map_err(EngineError::State)).and_then(|(outcome, u, skipped)| match self
+                .check_dataplane_range(req, &outcome)
             {
-                Ok((p, skipped)) => (p, skipped),
+                Ok(()) => Ok((outcome, u, skipped)),
+                Err(e) => {
+                    self.desired.restore(u);
+                    Err(e)
+                }
+            });
+            let (outcome, u, skipped) = match applied {
+                Ok(a) => a,
                 Err(e) => {
                     results[i] = Some(Err(e));
                     continue;
                 }
             };
-            let (prepared, skipped) = prepared;
-            if !prepared.outcome.replayed {
-                if !self.pending.contains_key(&req.session) && !touched.contains(&req.session) {
-                    touched.push(req.session.clone());
-                    self.touch(&req.session);
-                }
-                undo.push(self.desired.undo_point(&req.session));
+            if !outcome.replayed {
+                undo.push(u);
                 records.push(if skipped.is_empty() { Record::Apply(req.clone()) } else { Record::ApplyAvoiding(req.clone(), skipped) });
             }
-            done.push((i, self.desired.commit(prepared)));
+            done.push((i, outcome));
         }
         if !records.is_empty() {
             if let Err(e) = self.journal.append_all(&records) {
                 // Nothing of the group is durable: take the state back and refuse them all.
                 for u in undo.into_iter().rev() {
                     self.desired.restore(u);
-                }
-                for session in touched {
-                    self.pending.remove(&session);
                 }
                 let why = e.to_string();
                 for (i, _) in done {
@@ -548,11 +558,10 @@ impl Engine {
                 }
                 return (results, Vec::new());
             }
-            self.compact_if_due();
-            let sessions: std::collections::BTreeSet<&str> = reqs.iter().map(|r| r.session.as_str()).collect();
-            for session in sessions {
-                self.names.update(&self.desired, session);
+            for u in &undo {
+                self.touched(u.session(), u.touched());
             }
+            self.compact_if_due();
         }
         (results, done)
     }
@@ -567,10 +576,9 @@ impl Engine {
     /// one).
     pub fn delete_session(&mut self, req: &pb::DeleteSessionRequest) -> Result<Outcome, EngineError> {
         self.desired.check_delete(req)?;
-        let before = self.desired.session_tables(&req.session);
+        let all = self.desired.sessions.get(&req.session).map(Touched::all_of).unwrap_or_default();
         let outcome = self.commit(&Record::Delete(req.clone()), |d| d.delete_session(req))?.map_err(EngineError::State)?;
-        self.pending.entry(req.session.clone()).or_insert(before);
-        self.names.update(&self.desired, &req.session);
+        self.touched(&req.session, all);
         self.speakers.remove(&req.session);
         Ok(outcome)
     }

@@ -728,9 +728,9 @@ mod tests {
         assert_eq!(recovered.sessions["m"].legs[&leg].local_port, port);
         assert_eq!(recovered, desired);
         // An idempotent retry of the change set answers with the port the leg has now.
-        let retry = recovered.prepare(&change).unwrap();
-        assert!(retry.outcome.replayed);
-        assert!(retry.outcome.committed.ports.contains(&(leg.clone(), port)), "{:?}", retry.outcome.committed.ports);
+        let retry = recovered.clone().apply(&change).unwrap();
+        assert!(retry.replayed);
+        assert!(retry.committed.ports.contains(&(leg.clone(), port)), "{:?}", retry.committed.ports);
         // A move of what does not exist is refused, changing nothing.
         let mut again = recovered.clone();
         assert!(Record::Move { session: "m".into(), leg: "nobody".into(), port, rtcp_port: None }.replay(&mut again).is_err());

@@ -1,14 +1,14 @@
 //! Names of the dataplane's numeric ids (leg and track names, layer RIDs), kept beside the
 //! desired state, and the translation of the dataplane's events into `Routes.Watch` events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use sluice_core::forward::Event;
 use sluice_core::ids::{LegId, TrackId};
 
 use crate::pb;
 use crate::pb::event::Event as Ev;
-use crate::state::Desired;
+use crate::state::{Desired, Touched};
 
 /// Names of the dataplane's numeric ids, built from the desired state and kept up to date one
 /// session at a time ([`Names::update`]).
@@ -17,7 +17,12 @@ pub struct Names {
     legs: HashMap<LegId, (String, String)>,
     tracks: HashMap<TrackId, (String, String, Vec<String>)>,
     /// The ids each session's entries have, to replace them when the session changes.
-    by_session: HashMap<String, (Vec<LegId>, Vec<TrackId>)>,
+    by_session: HashMap<String, (BTreeSet<LegId>, BTreeSet<TrackId>)>,
+}
+
+/// A track's layers' RIDs (empty for a layer without one).
+fn rids(t: &crate::state::NamedTrack) -> Vec<String> {
+    t.spec.layers.iter().map(|l| l.rid.clone().unwrap_or_default()).collect()
 }
 
 impl Names {
@@ -41,17 +46,43 @@ impl Names {
             }
         }
         let Some(s) = desired.sessions.get(session) else { return };
-        let mut ids = (Vec::with_capacity(s.legs.len()), Vec::with_capacity(s.tracks.len()));
+        let mut ids = (BTreeSet::new(), BTreeSet::new());
         for (leg, spec) in &s.legs {
             self.legs.insert(spec.id, (session.to_owned(), leg.clone()));
-            ids.0.push(spec.id);
+            ids.0.insert(spec.id);
         }
         for (track, t) in &s.tracks {
-            let rids = t.spec.layers.iter().map(|l| l.rid.clone().unwrap_or_default()).collect();
-            self.tracks.insert(t.spec.id, (session.to_owned(), track.clone(), rids));
-            ids.1.push(t.spec.id);
+            self.tracks.insert(t.spec.id, (session.to_owned(), track.clone(), rids(t)));
+            ids.1.insert(t.spec.id);
         }
         self.by_session.insert(session.to_owned(), ids);
+    }
+
+    /// Updates the names of the legs and tracks of `session` that `touched` names (by their
+    /// old ids and their names): the cost is the change's, not the session's.
+    pub fn update_touched(&mut self, desired: &Desired, session: &str, touched: &Touched) {
+        let Some(s) = desired.sessions.get(session) else { return self.update(desired, session) };
+        let ids = self.by_session.entry(session.to_owned()).or_default();
+        for (name, old) in &touched.legs {
+            for id in old {
+                self.legs.remove(id);
+                ids.0.remove(id);
+            }
+            if let Some(spec) = s.legs.get(name) {
+                self.legs.insert(spec.id, (session.to_owned(), name.clone()));
+                ids.0.insert(spec.id);
+            }
+        }
+        for (name, old) in &touched.tracks {
+            for id in old {
+                self.tracks.remove(id);
+                ids.1.remove(id);
+            }
+            if let Some(t) = s.tracks.get(name) {
+                self.tracks.insert(t.spec.id, (session.to_owned(), name.clone(), rids(t)));
+                ids.1.insert(t.spec.id);
+            }
+        }
     }
 
     fn leg(&self, id: LegId) -> Option<(&str, &str)> {

@@ -4,7 +4,8 @@
 
 use super::*;
 
-/// A change set being applied to a copy of its session.
+/// A change set being applied to its session in place (taken out of the state meanwhile), every
+/// step logged so a refused change set is taken back ([`undo_steps`]).
 pub(super) struct Stage<'a> {
     pub(super) session: Session,
     pub(super) name: &'a str,
@@ -16,9 +17,14 @@ pub(super) struct Stage<'a> {
     pub(super) spread: Option<Spread>,
     /// Each worker's round-robin cursor (see `Desired::cursors`).
     pub(super) cursors: Vec<u16>,
-    /// The legs on each worker of every other session (empty without `spread`).
-    pub(super) legs_elsewhere: Vec<u32>,
-    pub(super) used_elsewhere: Elsewhere<'a>,
+    /// Which session holds each port, kept in step with the legs the stage puts and takes.
+    pub(super) index: &'a mut PortIndex,
+    /// Ports other processes hold: never given to a new leg.
+    pub(super) avoid: &'a BTreeSet<u16>,
+    /// What each change did, to take it back.
+    pub(super) steps: Vec<Step>,
+    /// Subscriptions added less those removed.
+    pub(super) subs_added: i64,
     pub(super) ports: Vec<(String, u16)>,
     pub(super) events: Vec<pb::Event>,
     pub(super) ice_secret: &'a [u8],
@@ -64,24 +70,6 @@ fn most(counts: &[u32]) -> u16 {
     (0..counts.len()).max_by_key(|&i| (counts[i], std::cmp::Reverse(i))).map_or(0, |i| i as u16)
 }
 
-/// The ports other sessions hold (and ports to avoid), as a new leg's port is chosen.
-pub(super) enum Elsewhere<'a> {
-    /// The node's port index, which names the session holding each port.
-    Index { owner: &'a BTreeMap<u16, String>, session: &'a str, avoid: &'a BTreeSet<u16> },
-    /// Collected from every other session (the index is not built: a state loaded and not yet
-    /// reindexed).
-    Collected(BTreeSet<u16>),
-}
-
-impl Elsewhere<'_> {
-    fn contains(&self, port: u16) -> bool {
-        match self {
-            Self::Index { owner, session, avoid } => avoid.contains(&port) || owner.get(&port).is_some_and(|s| s != session),
-            Self::Collected(set) => set.contains(&port),
-        }
-    }
-}
-
 pub(super) fn event(e: pb::event::Event) -> pb::Event {
     pb::Event { session: String::new(), revision: 0, event: Some(e) }
 }
@@ -96,7 +84,8 @@ impl Stage<'_> {
                 if s.audio_top_n > MAX_AUDIO_SLOTS as u32 {
                     return Err(invalid(format!("{at}.settings.audio_top_n"), format!("{} is more than {MAX_AUDIO_SLOTS} slots", s.audio_top_n)));
                 }
-                self.session.settings = Settings { top_n_audio: s.top_n_audio, audio_top_n: s.audio_top_n as u8 };
+                let was = std::mem::replace(&mut self.session.settings, Settings { top_n_audio: s.top_n_audio, audio_top_n: s.audio_top_n as u8 });
+                self.steps.push(Step::Settings(was));
                 Ok(())
             }
             Some(C::Leg(l)) => self.leg(&format!("{at}.leg"), l),
@@ -106,7 +95,7 @@ impl Stage<'_> {
                 if !self.session.legs.contains_key(name) {
                     return Err(self.no_leg(&f, name));
                 }
-                for t in self.session.remove_leg(name) {
+                for t in self.remove_leg(name) {
                     self.events.push(event(pb::event::Event::TrackRemoved(t)));
                 }
                 self.events.push(event(pb::event::Event::LegRemoved(name.clone())));
@@ -118,7 +107,7 @@ impl Stage<'_> {
                 if !self.session.tracks.contains_key(name) {
                     return Err(self.no_track(&format!("{at}.remove_track"), name));
                 }
-                self.session.remove_track(name);
+                self.remove_track(name);
                 self.events.push(event(pb::event::Event::TrackRemoved(name.clone())));
                 Ok(())
             }
@@ -127,15 +116,13 @@ impl Stage<'_> {
                 let f = format!("{at}.remove_subscription");
                 check_id(&format!("{f}.subscriber_leg"), &k.subscriber_leg)?;
                 check_id(&format!("{f}.track"), &k.track)?;
-                let removed = self.session.subs.get_mut(&k.subscriber_leg).and_then(|s| s.remove(&k.track));
-                if removed.is_none() {
+                if !self.take_sub(&k.subscriber_leg, &k.track) {
                     return Err(err(
                         ErrorKind::NotFound,
                         f,
                         format!("leg {} has no subscription to track {} in session {}", quote(&k.subscriber_leg), quote(&k.track), quote(self.name)),
                     ));
                 }
-                self.session.subs.retain(|_, s| !s.is_empty());
                 Ok(())
             }
         }
@@ -162,9 +149,11 @@ impl Stage<'_> {
     /// wherever it is free: the dataplane opens it on the worker owning the leg's RTP port,
     /// whatever its number (`Tables::ports_of_legs`, and the XDP shield's leg entries).
     pub(super) fn allocate_port_besides(&mut self, field: &str, taken: Option<(u16, Option<u16>)>) -> Result<u16, StateError> {
-        // This session's own ports (its size, not the node's), the node's through the index.
-        let own: BTreeSet<u16> = self.session.legs.values().flat_map(LegSpec::ports).chain(taken.map(|(t, _)| t)).collect();
-        let used = |p: u16| own.contains(&p) || self.used_elsewhere.contains(p);
+        // Every session's ports (this one's as staged) through the index: the cost is a lookup,
+        // not the session's size or the node's.
+        let own = taken.map(|(t, _)| t);
+        let (index, avoid) = (&*self.index, self.avoid);
+        let used = |p: u16| own == Some(p) || index.holds(p) || avoid.contains(&p);
         if let Some(p) = taken.and_then(|(_, prefer)| prefer)
             && (self.range.start..=self.range.end).contains(&p)
             && !used(p)
@@ -194,15 +183,15 @@ impl Stage<'_> {
     /// its legs (all of them, unless a full worker or a new worker count put some elsewhere);
     /// from then on the one with the fewest of its legs. Ties go to the lowest index.
     fn worker_for_new_leg(&self, s: Spread) -> u16 {
+        // This session's legs per worker as staged, from the index (not by visiting its legs).
         let mut mine = vec![0u32; usize::from(s.workers)];
-        for l in self.session.legs.values() {
-            if let Some(n) = mine.get_mut(usize::from(l.local_port % s.workers)) {
-                *n += 1;
-            }
+        for (m, n) in mine.iter_mut().zip(self.index.session_legs(self.name)) {
+            *m = *n;
         }
         let legs = self.session.legs.len();
         if legs == 0 {
-            let mut node = self.legs_elsewhere.clone();
+            // None of them is this session's now: the node's are every other session's.
+            let mut node = self.index.legs.clone();
             node.resize(usize::from(s.workers), 0);
             fewest(&node)
         } else if (legs as u64) < u64::from(s.session_affinity_legs) {
@@ -310,7 +299,7 @@ impl Stage<'_> {
             shared_port: false,
         };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
-        self.session.legs.insert(l.id.clone(), spec);
+        self.put_leg(&l.id, spec);
         self.ports.retain(|(n, _)| n != &l.id);
         self.ports.push((l.id.clone(), port));
         Ok(())
@@ -445,12 +434,18 @@ impl Stage<'_> {
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         // The dataplane clamps subscriptions to the track's highest layer; so does the desired state.
         let top = (spec.layers.len() - 1) as u8;
-        for subs in self.session.subs.values_mut() {
-            if let Some(s) = subs.get_mut(&t.id) {
-                s.target_layer = s.target_layer.min(top);
-            }
+        let clamped: Vec<(String, SubscriptionSpec)> = self
+            .session
+            .subs
+            .iter()
+            .filter_map(|(leg, subs)| {
+                subs.get(&t.id).filter(|s| s.target_layer > top).map(|s| (leg.clone(), SubscriptionSpec { target_layer: top, ..s.clone() }))
+            })
+            .collect();
+        for (leg, s) in clamped {
+            self.put_sub(&leg, &t.id, s);
         }
-        self.session.tracks.insert(t.id.clone(), NamedTrack { publisher: t.publisher_leg.clone(), spec });
+        self.put_track(&t.id, NamedTrack { publisher: t.publisher_leg.clone(), spec });
         Ok(())
     }
 
@@ -539,8 +534,76 @@ impl Stage<'_> {
         };
         // What the dataplane's tables would refuse is refused here, before it is journaled.
         spec.validate().map_err(|e| spec_invalid(f, e))?;
-        self.session.subs.entry(s.subscriber_leg.clone()).or_default().insert(s.track.clone(), spec);
+        self.put_sub(&s.subscriber_leg, &s.track, spec);
         Ok(())
+    }
+
+    /// Puts leg `name` (logged; its ports indexed).
+    fn put_leg(&mut self, name: &str, spec: LegSpec) {
+        let was = self.session.legs.remove(name);
+        if let Some(w) = &was {
+            self.index.remove_leg(self.name, w);
+        }
+        self.index.add_leg(self.name, &spec);
+        self.session.legs.insert(name.to_owned(), spec);
+        self.steps.push(Step::Leg(name.to_owned(), was));
+    }
+
+    /// Puts track `name` (logged).
+    fn put_track(&mut self, name: &str, t: NamedTrack) {
+        let was = self.session.tracks.insert(name.to_owned(), t);
+        self.steps.push(Step::Track(name.to_owned(), was));
+    }
+
+    /// Puts the subscription of `leg` to `track` (logged).
+    fn put_sub(&mut self, leg: &str, track: &str, spec: SubscriptionSpec) {
+        let was = self.session.subs.entry(leg.to_owned()).or_default().insert(track.to_owned(), spec);
+        if was.is_none() {
+            self.subs_added += 1;
+        }
+        self.steps.push(Step::Sub(leg.to_owned(), track.to_owned(), was));
+    }
+
+    /// Takes the subscription of `leg` to `track` (logged); whether there was one.
+    fn take_sub(&mut self, leg: &str, track: &str) -> bool {
+        let Some(subs) = self.session.subs.get_mut(leg) else { return false };
+        let was = subs.remove(track);
+        if subs.is_empty() {
+            self.session.subs.remove(leg);
+        }
+        let Some(was) = was else { return false };
+        self.subs_added -= 1;
+        self.steps.push(Step::Sub(leg.to_owned(), track.to_owned(), Some(was)));
+        true
+    }
+
+    /// Removes track `name` and every subscription to it (logged).
+    fn remove_track(&mut self, name: &str) {
+        if let Some(was) = self.session.tracks.remove(name) {
+            self.steps.push(Step::Track(name.to_owned(), Some(was)));
+        }
+        let subscribers: Vec<String> = self.session.subs.iter().filter(|(_, s)| s.contains_key(name)).map(|(l, _)| l.clone()).collect();
+        for leg in subscribers {
+            self.take_sub(&leg, name);
+        }
+    }
+
+    /// Removes leg `name`, its subscriptions, its tracks and every subscription to them
+    /// (logged); returns the tracks' names.
+    fn remove_leg(&mut self, name: &str) -> Vec<String> {
+        if let Some(was) = self.session.legs.remove(name) {
+            self.index.remove_leg(self.name, &was);
+            self.steps.push(Step::Leg(name.to_owned(), Some(was)));
+        }
+        let subscribed: Vec<String> = self.session.subs.get(name).map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        for track in subscribed {
+            self.take_sub(name, &track);
+        }
+        let tracks: Vec<String> = self.session.tracks.iter().filter(|(_, t)| t.publisher == name).map(|(n, _)| n.clone()).collect();
+        for t in &tracks {
+            self.remove_track(t);
+        }
+        tracks
     }
 }
 

@@ -18,7 +18,7 @@ use sluice_core::table::{
     RateLimit, RtcpComponent, SpecError, SubscriptionSpec, TrackSpec,
 };
 
-use crate::diff::SpecSet;
+use crate::diff::{Part, SpecSet};
 use crate::pb;
 use crate::text::{describe_char, quote};
 
@@ -132,6 +132,11 @@ pub struct NamedTrack {
     pub spec: TrackSpec,
 }
 
+/// Whether a track is ranked audio (top-N audio replaces per-track subscriptions to it).
+fn ranked(t: &NamedTrack) -> bool {
+    t.spec.kind == MediaKind::Audio && t.spec.speaker_group.is_some()
+}
+
 /// The answer to a committed change set, kept for idempotent retries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
@@ -204,34 +209,38 @@ impl Session {
     }
 
     fn compile_into(&self, t: &mut SpecSet) {
-        // With top-N audio on, a leg with slots hears the ranked speakers through them: its
-        // per-track subscriptions to ranked audio stay in the desired state (they come back when
-        // top-N goes off) but are not installed, or it would hear them twice.
-        let top_n = self.settings.top_n_audio;
-        let slotted: BTreeSet<LegId> = self.legs.values().filter(|l| top_n && l.audio_slots.is_some()).map(|l| l.id).collect();
-        let ranked: BTreeSet<TrackId> =
-            self.tracks.values().filter(|t| top_n && t.spec.kind == MediaKind::Audio && t.spec.speaker_group.is_some()).map(|t| t.spec.id).collect();
         for l in self.legs.values() {
-            let mut l = l.clone();
-            // A leg keeps the slots it asked for; the dataplane gets the session's first N,
-            // and none while the session has top-N audio off.
-            l.audio_slots = l.audio_slots.filter(|_| self.settings.top_n_audio).map(|mut a| {
-                a.out_ssrcs.truncate(usize::from(self.settings.top_n()));
-                a
-            });
-            t.legs.insert(l.id, l);
+            t.legs.insert(l.id, self.compile_leg(l));
         }
         for tr in self.tracks.values() {
             t.tracks.insert(tr.spec.id, tr.spec.clone());
         }
-        for subs in self.subs.values() {
-            for sub in subs.values() {
-                if slotted.contains(&sub.subscriber) && ranked.contains(&sub.track) {
-                    continue;
+        for (leg, subs) in &self.subs {
+            for (track, sub) in subs {
+                if self.installs(leg, track) {
+                    t.subs.insert((sub.subscriber, sub.track), sub.clone());
                 }
-                t.subs.insert((sub.subscriber, sub.track), sub.clone());
             }
         }
+    }
+
+    /// What the dataplane gets of leg `l`: it keeps the slots it asked for; the dataplane gets
+    /// the session's first N, and none while the session has top-N audio off.
+    fn compile_leg(&self, l: &LegSpec) -> LegSpec {
+        let mut l = l.clone();
+        l.audio_slots = l.audio_slots.filter(|_| self.settings.top_n_audio).map(|mut a| {
+            a.out_ssrcs.truncate(usize::from(self.settings.top_n()));
+            a
+        });
+        l
+    }
+
+    /// Whether leg `leg`'s subscription to track `track` is installed. With top-N audio on, a
+    /// leg with slots hears the ranked speakers through them: its per-track subscriptions to
+    /// ranked audio stay in the desired state (they come back when top-N goes off) but are not
+    /// installed, or it would hear them twice.
+    fn installs(&self, leg: &str, track: &str) -> bool {
+        !(self.settings.top_n_audio && self.legs.get(leg).is_some_and(|l| l.audio_slots.is_some()) && self.tracks.get(track).is_some_and(ranked))
     }
 
     /// Number of subscriptions.
@@ -253,40 +262,119 @@ pub struct Outcome {
     pub replayed: bool,
 }
 
-/// One session, the id/port counters and the per-worker cursors as they were
-/// ([`Desired::undo_point`]).
+/// One reversible step of a change set applied in place: what the entry it changed was before.
+#[derive(Clone, Debug)]
+enum Step {
+    Leg(String, Option<LegSpec>),
+    Track(String, Option<NamedTrack>),
+    Sub(String, String, Option<SubscriptionSpec>),
+    Settings(Settings),
+    Revision(u64),
+    /// An idempotency record was pushed at the back.
+    Remembered,
+    /// The oldest idempotency record was dropped from the front.
+    Forgot(IdempotencyEntry),
+}
+
+/// How to take one committed change set back ([`Desired::restore`]): the steps it made to its
+/// session, in order (the size of the change, not of the session), and the id/port counters
+/// and per-worker cursors as they were.
 #[derive(Clone, Debug)]
 pub struct Undo {
     session: String,
-    was: Option<Box<Session>>,
+    /// The session did not exist before.
+    created: bool,
+    steps: Vec<Step>,
     counters: (u32, u32, u16),
     cursors: Vec<u16>,
 }
 
-/// A validated change set, not yet part of the state ([`Desired::prepare`]).
-#[derive(Clone, Debug)]
-pub struct Prepared {
-    /// What committing it answers.
-    pub outcome: Outcome,
-    /// The session as it will be, and the id/port counters after it (`None`: a replay).
-    staged: Option<Staged>,
-}
+impl Undo {
+    /// What the change touched ([`Touched`]), for the link and the names.
+    pub fn touched(&self) -> Touched {
+        let mut t = Touched::default();
+        for step in &self.steps {
+            match step {
+                Step::Leg(name, was) => t.legs.entry(name.clone()).or_default().extend(was.as_ref().map(|l| l.id)),
+                Step::Track(name, was) => t.tracks.entry(name.clone()).or_default().extend(was.as_ref().map(|tr| tr.spec.id)),
+                Step::Sub(leg, track, was) => {
+                    t.subs.entry((leg.clone(), track.clone())).or_default().extend(was.as_ref().map(|s| (s.subscriber, s.track)));
+                }
+                Step::Settings(_) => t.whole = true,
+                Step::Revision(_) | Step::Remembered | Step::Forgot(_) => {}
+            }
+        }
+        t
+    }
 
-impl Prepared {
-    /// Every local port the session's legs hold once this is committed (RTP and separate RTCP
-    /// ports; none for a replay).
-    pub fn session_ports(&self) -> BTreeSet<u16> {
-        self.staged.as_ref().map(|s| s.session.legs.values().flat_map(LegSpec::ports).collect()).unwrap_or_default()
+    /// The session the change set was applied to.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// The local ports (RTP and RTCP) legs the change touched hold in `d` and did not hold
+    /// before it: the ports the change gave out.
+    pub fn new_ports(&self, d: &Desired) -> BTreeSet<u16> {
+        let Some(s) = d.sessions.get(&self.session) else { return BTreeSet::new() };
+        let mut had = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for step in &self.steps {
+            if let Step::Leg(name, was) = step {
+                had.extend(was.iter().flat_map(LegSpec::ports));
+                names.insert(name.as_str());
+            }
+        }
+        names.into_iter().filter_map(|n| s.legs.get(n)).flat_map(LegSpec::ports).filter(|p| !had.contains(p)).collect()
     }
 }
 
-#[derive(Clone, Debug)]
-struct Staged {
-    session: Box<Session>,
-    next_leg: u32,
-    next_track: u32,
-    next_port: u16,
-    cursors: Vec<u16>,
+/// The entries of one session that committed changes touched, by name, with the ids they had
+/// before (an entry removed, or removed and made again, had an id the session no longer
+/// shows): the only entries whose tables can differ from what the dataplane was last given, so
+/// the link diffs these and nothing else of the node ([`Desired::compile_touched`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Every entry of the session (its settings changed, or it was deleted).
+    pub whole: bool,
+    /// Legs.
+    pub legs: BTreeMap<String, BTreeSet<LegId>>,
+    /// Tracks.
+    pub tracks: BTreeMap<String, BTreeSet<TrackId>>,
+    /// Subscriptions by (subscriber leg, track).
+    pub subs: BTreeMap<(String, String), BTreeSet<(LegId, TrackId)>>,
+}
+
+impl Touched {
+    /// Adds what `other` touched.
+    pub fn merge(&mut self, other: Touched) {
+        self.whole |= other.whole;
+        for (k, v) in other.legs {
+            self.legs.entry(k).or_default().extend(v);
+        }
+        for (k, v) in other.tracks {
+            self.tracks.entry(k).or_default().extend(v);
+        }
+        for (k, v) in other.subs {
+            self.subs.entry(k).or_default().extend(v);
+        }
+    }
+
+    /// Every entry `session` has, as a change removing them all touches them.
+    pub fn all_of(session: &Session) -> Self {
+        let mut t = Touched { whole: true, ..Default::default() };
+        for (n, l) in &session.legs {
+            t.legs.insert(n.clone(), BTreeSet::from([l.id]));
+        }
+        for (n, tr) in &session.tracks {
+            t.tracks.insert(n.clone(), BTreeSet::from([tr.spec.id]));
+        }
+        for (leg, subs) in &session.subs {
+            for (track, s) in subs {
+                t.subs.insert((leg.clone(), track.clone()), BTreeSet::from([(s.subscriber, s.track)]));
+            }
+        }
+        t
+    }
 }
 
 /// Everything this node should be doing.
@@ -321,10 +409,12 @@ pub struct Desired {
 }
 
 /// Which session holds each local port (RTP and separate RTCP): derived from the sessions and
-/// kept in step by every change, so an Apply checks a port against the node in O(log n)
-/// instead of collecting every other session's ports (which made each Apply cost the node's
-/// size and a journal replay quadratic). A state loaded from a snapshot has none until
-/// [`Desired::reindex`]; until then the ports are collected as before.
+/// kept in step by every change (each leg a change set puts or takes, as it is staged), so an
+/// Apply checks a port against the node, its own session included, in O(log n) instead of
+/// collecting ports (which made each Apply cost its session's size or the node's, and
+/// programming a big webinar quadratic); it also counts each session's legs per worker. A
+/// state loaded from a snapshot has none until [`Desired::reindex`] (the first change builds
+/// it).
 #[derive(Clone, Debug, Default)]
 struct PortIndex {
     owner: BTreeMap<u16, String>,
@@ -332,6 +422,8 @@ struct PortIndex {
     /// With [`Placement::spread`], the legs on each worker (by their RTP port; index: the
     /// worker), over every session; empty otherwise.
     legs: Vec<u32>,
+    /// With [`Placement::spread`], the same per session.
+    per_session: BTreeMap<String, Vec<u32>>,
 }
 
 // Derived data: two states with the same sessions are equal whether or not it is built.
@@ -346,38 +438,68 @@ impl Eq for PortIndex {}
 impl PortIndex {
     /// An empty, built index counting legs per worker over `spread` workers.
     fn new(spread: Option<u16>) -> Self {
-        Self { owner: BTreeMap::new(), built: true, legs: vec![0; spread.map_or(0, usize::from)] }
+        Self { owner: BTreeMap::new(), built: true, legs: vec![0; spread.map_or(0, usize::from)], per_session: BTreeMap::new() }
     }
 
     fn add(&mut self, name: &str, s: &Session) {
-        if self.built {
-            for p in s.legs.values().flat_map(LegSpec::ports) {
-                self.owner.insert(p, name.to_owned());
-            }
-            for l in s.legs.values() {
-                self.count(l.local_port, true);
-            }
+        for l in s.legs.values() {
+            self.add_leg(name, l);
         }
     }
 
     fn remove(&mut self, name: &str, s: Option<&Session>) {
+        for l in s.into_iter().flat_map(|s| s.legs.values()) {
+            self.remove_leg(name, l);
+        }
+        self.per_session.remove(name);
+    }
+
+    /// Counts leg `l` of session `name` in.
+    fn add_leg(&mut self, name: &str, l: &LegSpec) {
         if self.built {
-            for p in s.into_iter().flat_map(|s| s.legs.values()).flat_map(LegSpec::ports) {
+            for p in l.ports() {
+                self.owner.insert(p, name.to_owned());
+            }
+            self.count(name, l.local_port, true);
+        }
+    }
+
+    /// Counts leg `l` of session `name` out.
+    fn remove_leg(&mut self, name: &str, l: &LegSpec) {
+        if self.built {
+            for p in l.ports() {
                 if self.owner.get(&p).is_some_and(|o| o == name) {
                     self.owner.remove(&p);
                 }
             }
-            for l in s.into_iter().flat_map(|s| s.legs.values()) {
-                self.count(l.local_port, false);
-            }
+            self.count(name, l.local_port, false);
         }
     }
 
-    /// Counts a leg on RTP port `port` in (`up`) or out of its worker's legs.
-    fn count(&mut self, port: u16, up: bool) {
+    /// Whether a leg holds `port`.
+    fn holds(&self, port: u16) -> bool {
+        self.owner.contains_key(&port)
+    }
+
+    /// Session `name`'s legs per worker (none counted: empty).
+    fn session_legs(&self, name: &str) -> &[u32] {
+        self.per_session.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Counts a leg of session `name` on RTP port `port` in (`up`) or out of its worker's legs.
+    fn count(&mut self, name: &str, port: u16, up: bool) {
         let Some(w) = u16::try_from(self.legs.len()).ok().filter(|&w| w > 1) else { return };
-        if let Some(n) = self.legs.get_mut(usize::from(port % w)) {
-            *n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
+        let bump = |n: &mut u32| *n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
+        let i = usize::from(port % w);
+        if let Some(n) = self.legs.get_mut(i) {
+            bump(n);
+        }
+        let mine = match self.per_session.get_mut(name) {
+            Some(m) => m,
+            None => self.per_session.entry(name.to_owned()).or_insert_with(|| vec![0; usize::from(w)]),
+        };
+        if let Some(n) = mine.get_mut(i) {
+            bump(n);
         }
     }
 }
@@ -455,11 +577,7 @@ impl Desired {
     /// Builds the port index from the sessions (after loading them from a snapshot); every
     /// change keeps it in step from then on.
     pub fn reindex(&mut self) {
-        let mut index = PortIndex::new(self.placement.spread());
-        for (name, s) in &self.sessions {
-            index.add(name, s);
-        }
-        self.port_index = index;
+        self.port_index = self.built_index();
     }
 
     /// Removes what the dataplane's tables refuse (specs failing their `validate`), which only a
@@ -512,15 +630,15 @@ impl Desired {
     /// [`Desired::apply`], never giving a new leg a port of `avoid` (ports another process held
     /// when the change was accepted: journaled with it, so its replay allocates the same ports).
     pub fn apply_avoiding(&mut self, req: &pb::ChangeSet, avoid: &BTreeSet<u16>) -> Result<Outcome, StateError> {
-        let prepared = self.prepare_avoiding(req, avoid)?;
-        Ok(self.commit(prepared))
+        self.apply_undoable(req, avoid).map(|(outcome, _)| outcome)
     }
 
-    /// A stage for a change of `name` (its session as it is now, or a new one), whose new legs
-    /// get no port of `avoid`.
-    fn stage<'a>(&'a self, name: &'a str, avoid: &'a BTreeSet<u16>) -> Stage<'a> {
+    /// A stage for a change of `name`, whose new legs get no port of `avoid`: `session` (taken
+    /// out of the state, or a new one) is changed in place, every step logged, and `index` kept
+    /// in step with its legs.
+    fn stage<'a>(&'a self, name: &'a str, session: Session, index: &'a mut PortIndex, avoid: &'a BTreeSet<u16>) -> Stage<'a> {
         Stage {
-            session: self.sessions.get(name).cloned().unwrap_or_default(),
+            session,
             name,
             next_leg: self.next_leg,
             next_track: self.next_track,
@@ -528,60 +646,37 @@ impl Desired {
             range: self.ports,
             spread: self.placement.spread().map(|workers| Spread { workers, session_affinity_legs: self.placement.session_affinity_legs }),
             cursors: self.cursors.clone(),
-            legs_elsewhere: self.placement.spread().map(|w| self.legs_per_worker_besides(name, w)).unwrap_or_default(),
-            used_elsewhere: if self.port_index.built {
-                Elsewhere::Index { owner: &self.port_index.owner, session: name, avoid }
-            } else {
-                Elsewhere::Collected(
-                    self.sessions
-                        .iter()
-                        .filter(|(n, _)| *n != name)
-                        .flat_map(|(_, s)| s.legs.values().flat_map(LegSpec::ports))
-                        .chain(avoid.iter().copied())
-                        .collect(),
-                )
-            },
+            index,
+            avoid,
+            steps: Vec::new(),
+            subs_added: 0,
             ports: Vec::new(),
             events: Vec::new(),
             ice_secret: &self.ice_secret,
         }
     }
 
-    /// The legs on each of `workers` workers (by their RTP port) of every session but `name`.
-    fn legs_per_worker_besides(&self, name: &str, workers: u16) -> Vec<u32> {
-        let tally = |counts: &mut Vec<u32>, s: &Session, up: bool| {
-            for l in s.legs.values() {
-                if let Some(n) = counts.get_mut(usize::from(l.local_port % workers)) {
-                    *n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
-                }
-            }
-        };
-        if self.port_index.built && self.port_index.legs.len() == usize::from(workers) {
-            // The node's counts from the index, less this session's: its size, not the node's.
-            let mut counts = self.port_index.legs.clone();
-            if let Some(s) = self.sessions.get(name) {
-                tally(&mut counts, s, false);
-            }
-            counts
-        } else {
-            let mut counts = vec![0u32; usize::from(workers)];
-            for (_, s) in self.sessions.iter().filter(|(n, _)| *n != name) {
-                tally(&mut counts, s, true);
-            }
-            counts
+    /// The port index as every session makes it.
+    fn built_index(&self) -> PortIndex {
+        let mut index = PortIndex::new(self.placement.spread());
+        for (name, s) in &self.sessions {
+            index.add(name, s);
         }
+        index
     }
 
     /// New local ports for `leg` of `session`, whose own the dataplane could not open: the RTP
     /// port as a new leg's would be chosen, avoiding `avoid` and every port a leg holds, and
     /// for a leg with a separate RTCP component its RTCP port (the RTP port + 1 when free).
-    /// Changes nothing; [`Desired::move_leg`] does.
+    /// Changes nothing; [`Desired::move_leg`] does. (A rare path: it copies the session and the
+    /// port index.)
     pub fn ports_for_move(&self, session: &str, leg: &str, avoid: &BTreeSet<u16>) -> Result<(u16, Option<u16>), StateError> {
         let Some(spec) = self.sessions.get(session).and_then(|s| s.legs.get(leg)) else {
             return Err(err(ErrorKind::NotFound, "leg", format!("no leg {} in session {}", quote(leg), quote(session))));
         };
         // The stage's session still holds the leg, so its current ports count as taken.
-        let mut stage = self.stage(session, avoid);
+        let mut index = if self.port_index.built { self.port_index.clone() } else { self.built_index() };
+        let mut stage = self.stage(session, self.sessions.get(session).cloned().unwrap_or_default(), &mut index, avoid);
         let port = stage.allocate_port("leg")?;
         let rtcp = match spec.rtcp.as_deref() {
             Some(_) => Some(stage.allocate_port_besides("leg.separate_rtcp", Some((port, port.checked_add(1))))?),
@@ -601,31 +696,19 @@ impl Desired {
         let Some(spec) = s.legs.get_mut(leg) else {
             return Err(err(ErrorKind::NotFound, "leg", format!("no leg {} in session {}", quote(leg), quote(session))));
         };
-        let old: Vec<u16> = spec.ports().collect();
-        let old_rtp = spec.local_port;
+        let old = spec.clone();
         spec.local_port = port;
         if let (Some(c), Some(p)) = (spec.rtcp.as_deref_mut(), rtcp_port) {
             c.local_port = p;
         }
-        let new: Vec<u16> = spec.ports().collect();
+        self.port_index.remove_leg(session, &old);
+        self.port_index.add_leg(session, spec);
         for e in &mut s.idempotency {
             for (name, p) in &mut e.committed.ports {
                 if name == leg {
                     *p = port;
                 }
             }
-        }
-        if self.port_index.built {
-            for p in old {
-                if self.port_index.owner.get(&p).is_some_and(|o| o == session) {
-                    self.port_index.owner.remove(&p);
-                }
-            }
-            for p in new {
-                self.port_index.owner.insert(p, session.to_owned());
-            }
-            self.port_index.count(old_rtp, false);
-            self.port_index.count(port, true);
         }
         let spread = self.placement.spread();
         advance_cursors(self.ports, spread, &mut self.next_port, &mut self.cursors, port);
@@ -637,30 +720,32 @@ impl Desired {
         self.sessions.get(session).map(|s| s.legs.values().flat_map(LegSpec::ports).collect()).unwrap_or_default()
     }
 
-    /// Validates a change set and computes its result without changing anything (the cost is
-    /// the session's size, not the node's); [`Desired::commit`] then makes it the state.
-    pub fn prepare(&self, req: &pb::ChangeSet) -> Result<Prepared, StateError> {
-        self.prepare_avoiding(req, &BTreeSet::new())
-    }
-
-    /// [`Desired::prepare`], never giving a new leg a port of `avoid`.
-    pub fn prepare_avoiding(&self, req: &pb::ChangeSet, avoid: &BTreeSet<u16>) -> Result<Prepared, StateError> {
+    /// [`Desired::apply_avoiding`], also returning how to take the change back
+    /// ([`Desired::restore`]) and, through it, what it touched. The change set is applied to its
+    /// session in place, each step logged: the cost is the change's size (and what cascades
+    /// from it), not the session's or the node's.
+    pub fn apply_undoable(&mut self, req: &pb::ChangeSet, avoid: &BTreeSet<u16>) -> Result<(Outcome, Undo), StateError> {
         check_id("session", &req.session)?;
         if !req.idempotency_key.is_empty() {
             check_id("idempotency_key", &req.idempotency_key)?;
         }
         let fingerprint = fingerprint(&prost::Message::encode_to_vec(req));
         let existing = self.sessions.get(&req.session);
+        let undo = |d: &Self, created| Undo {
+            session: req.session.clone(),
+            created,
+            steps: Vec::new(),
+            counters: (d.next_leg, d.next_track, d.next_port),
+            cursors: d.cursors.clone(),
+        };
         if !req.idempotency_key.is_empty()
             && let Some(e) = existing.and_then(|s| s.idempotency.iter().find(|e| e.key == req.idempotency_key))
         {
             if e.fingerprint != fingerprint {
                 return Err(invalid("idempotency_key", format!("key {} was already used for a different change set", quote(&req.idempotency_key))));
             }
-            return Ok(Prepared {
-                outcome: Outcome { session: req.session.clone(), committed: e.committed.clone(), events: Vec::new(), replayed: true },
-                staged: None,
-            });
+            let outcome = Outcome { session: req.session.clone(), committed: e.committed.clone(), events: Vec::new(), replayed: true };
+            return Ok((outcome, undo(self, false)));
         }
         if existing.is_none() && self.draining {
             return Err(err(
@@ -678,19 +763,43 @@ impl Desired {
         if req.changes.is_empty() {
             return Err(invalid("changes", "a change set needs at least one change"));
         }
-        let mut stage = self.stage(&req.session, avoid);
-        for (i, change) in req.changes.iter().enumerate() {
-            stage.change(i, change)?;
+        let created = existing.is_none();
+        if !self.port_index.built {
+            self.reindex();
         }
-        let Stage { mut session, next_leg, next_track, next_port, cursors, ports, mut events, .. } = stage;
-        self.check_quotas(&req.session, existing, &session)?;
+        let mut out = undo(self, created);
+        let (old_legs, session) = match self.sessions.remove(&req.session) {
+            Some(s) => (s.legs.len(), s),
+            None => (0, Session::default()),
+        };
+        let mut index = std::mem::take(&mut self.port_index);
+        let mut stage = self.stage(&req.session, session, &mut index, avoid);
+        let decoded = req.changes.iter().enumerate().try_for_each(|(i, change)| stage.change(i, change));
+        let checked = decoded.and_then(|()| self.check_quotas(&req.session, out.created, old_legs, &stage));
+        if let Err(e) = checked {
+            let Stage { mut session, steps, .. } = stage;
+            undo_steps(&mut session, &mut index, &req.session, steps);
+            if out.created {
+                index.per_session.remove(&req.session);
+            } else {
+                self.sessions.insert(req.session.clone(), session);
+            }
+            self.port_index = index;
+            return Err(e);
+        }
+        let Stage { mut session, next_leg, next_track, next_port, cursors, ports, mut events, mut steps, .. } = stage;
+        self.port_index = index;
+        steps.push(Step::Revision(session.revision));
         session.revision = current + 1;
         let committed = Committed { revision: session.revision, ports };
         if !req.idempotency_key.is_empty() {
-            if session.idempotency.len() >= IDEMPOTENCY_KEYS_KEPT {
-                session.idempotency.pop_front();
+            if session.idempotency.len() >= IDEMPOTENCY_KEYS_KEPT
+                && let Some(e) = session.idempotency.pop_front()
+            {
+                steps.push(Step::Forgot(e));
             }
             session.idempotency.push_back(IdempotencyEntry { key: req.idempotency_key.clone(), fingerprint, committed: committed.clone() });
+            steps.push(Step::Remembered);
         }
         for e in &mut events {
             e.session.clone_from(&req.session);
@@ -704,25 +813,25 @@ impl Desired {
                 event: Some(pb::event::Event::ChangeApplied(pb::ChangeApplied { generation: 0, changes: req.changes.len() as u32 })),
             },
         );
-        Ok(Prepared {
-            outcome: Outcome { session: req.session.clone(), committed, events, replayed: false },
-            staged: Some(Staged { session: Box::new(session), next_leg, next_track, next_port, cursors }),
-        })
+        (self.next_leg, self.next_track, self.next_port, self.cursors) = (next_leg, next_track, next_port, cursors);
+        self.sessions.insert(req.session.clone(), session);
+        out.steps = steps;
+        Ok((Outcome { session: req.session.clone(), committed, events, replayed: false }, out))
     }
 
     /// Refuses a change set that would take the node over a quota with what it adds: a new
     /// session, more legs, more subscriptions. (The other sessions are counted only when this one
     /// grows against a quota that is set.)
-    fn check_quotas(&self, name: &str, existing: Option<&Session>, staged: &Session) -> Result<(), StateError> {
+    fn check_quotas(&self, name: &str, created: bool, old_legs: usize, staged: &Stage<'_>) -> Result<(), StateError> {
         let q = self.quotas;
-        if existing.is_none() && self.sessions.len() >= q.sessions {
+        if created && self.sessions.len() >= q.sessions {
             return Err(err(ErrorKind::ResourceExhausted, "session", format!("the node holds {} sessions, its quota (max_sessions)", self.sessions.len())));
         }
-        let (old_legs, old_subs) = existing.map_or((0, 0), |s| (s.legs.len(), s.subscription_count()));
-        let (new_legs, new_subs) = (staged.legs.len(), staged.subscription_count());
-        if new_legs <= old_legs && new_subs <= old_subs {
+        let new_legs = staged.session.legs.len();
+        if new_legs <= old_legs && staged.subs_added <= 0 {
             return Ok(());
         }
+        // The session being changed is out of `sessions` while it is staged.
         let others = self.sessions.iter().filter(|(n, _)| n.as_str() != name);
         if new_legs > old_legs && q.legs != usize::MAX {
             let legs = others.clone().map(|(_, s)| s.legs.len()).sum::<usize>() + new_legs;
@@ -730,8 +839,8 @@ impl Desired {
                 return Err(err(ErrorKind::ResourceExhausted, "changes", format!("the node would hold {legs} legs, over its quota of {} (max_legs)", q.legs)));
             }
         }
-        if new_subs > old_subs && q.subscriptions != usize::MAX {
-            let subs = others.map(|(_, s)| s.subscription_count()).sum::<usize>() + new_subs;
+        if staged.subs_added > 0 && q.subscriptions != usize::MAX {
+            let subs = others.map(|(_, s)| s.subscription_count()).sum::<usize>() + staged.session.subscription_count();
             if subs > q.subscriptions {
                 return Err(err(
                     ErrorKind::ResourceExhausted,
@@ -743,47 +852,86 @@ impl Desired {
         Ok(())
     }
 
-    /// What [`Desired::restore`] needs to take back changes to `session` committed after this.
-    pub fn undo_point(&self, session: &str) -> Undo {
-        Undo {
-            session: session.to_owned(),
-            was: self.sessions.get(session).cloned().map(Box::new),
-            counters: (self.next_leg, self.next_track, self.next_port),
-            cursors: self.cursors.clone(),
-        }
-    }
-
-    /// Takes the state of one session (and the id/port counters and cursors) back to an
-    /// [`Undo`] point; restore several in the reverse order they were taken.
+    /// Takes a change set back ([`Desired::apply_undoable`]): its session's steps undone in
+    /// reverse, the id/port counters and cursors as they were. Restore several in the reverse
+    /// order they were applied.
     pub fn restore(&mut self, undo: Undo) {
-        self.port_index.remove(&undo.session, self.sessions.get(&undo.session));
-        match undo.was {
-            Some(s) => {
-                self.port_index.add(&undo.session, &s);
-                self.sessions.insert(undo.session, *s);
-            }
-            None => {
-                self.sessions.remove(&undo.session);
+        if let Some(mut s) = self.sessions.remove(&undo.session) {
+            undo_steps(&mut s, &mut self.port_index, &undo.session, undo.steps);
+            if undo.created {
+                self.port_index.remove(&undo.session, Some(&s));
+            } else {
+                self.sessions.insert(undo.session, s);
             }
         }
         (self.next_leg, self.next_track, self.next_port) = undo.counters;
         self.cursors = undo.cursors;
     }
 
-    /// Makes a prepared change set the state (nothing for a replayed one). Only valid for a
-    /// [`Prepared`] made from this state with nothing committed in between.
-    pub fn commit(&mut self, prepared: Prepared) -> Outcome {
-        if let Some(st) = prepared.staged {
-            self.next_leg = st.next_leg;
-            self.next_track = st.next_track;
-            self.next_port = st.next_port;
-            self.cursors = st.cursors;
-            let name = &prepared.outcome.session;
-            self.port_index.remove(name, self.sessions.get(name));
-            self.port_index.add(name, &st.session);
-            self.sessions.insert(name.clone(), *st.session);
+    /// What the dataplane should have of the entries of `session` that `touched` names (by
+    /// their ids, old and current), added to `part`: the keys it diffs and their specs now
+    /// (a key without a spec is to be removed). A touched leg brings its subscriptions (its
+    /// audio slots decide whether those to ranked audio are installed), a touched track with
+    /// top-N audio on the subscriptions to it; a session whose settings changed, or that is
+    /// gone, brings everything.
+    pub fn compile_touched(&self, session: &str, touched: &Touched, part: &mut Part) {
+        part.legs.extend(touched.legs.values().flatten());
+        part.tracks.extend(touched.tracks.values().flatten());
+        part.subs.extend(touched.subs.values().flatten());
+        let Some(s) = self.sessions.get(session) else { return };
+        let add_sub = |part: &mut Part, leg: &str, track: &str| {
+            if let Some(sub) = s.subs.get(leg).and_then(|m| m.get(track)) {
+                part.subs.insert((sub.subscriber, sub.track));
+                if s.installs(leg, track) {
+                    part.desired.subs.insert((sub.subscriber, sub.track), sub.clone());
+                }
+            }
+        };
+        let add_leg = |part: &mut Part, l: &LegSpec| {
+            part.legs.insert(l.id);
+            part.desired.legs.insert(l.id, s.compile_leg(l));
+        };
+        let add_track = |part: &mut Part, t: &NamedTrack| {
+            part.tracks.insert(t.spec.id);
+            part.desired.tracks.insert(t.spec.id, t.spec.clone());
+        };
+        if touched.whole {
+            for l in s.legs.values() {
+                add_leg(part, l);
+            }
+            for t in s.tracks.values() {
+                add_track(part, t);
+            }
+            for (leg, subs) in &s.subs {
+                for track in subs.keys() {
+                    add_sub(part, leg, track);
+                }
+            }
+            return;
         }
-        prepared.outcome
+        for name in touched.legs.keys() {
+            if let Some(l) = s.legs.get(name) {
+                add_leg(part, l);
+            }
+            for track in s.subs.get(name).into_iter().flat_map(BTreeMap::keys) {
+                add_sub(part, name, track);
+            }
+        }
+        for name in touched.tracks.keys() {
+            if let Some(t) = s.tracks.get(name) {
+                add_track(part, t);
+            }
+            if s.settings.top_n_audio {
+                for (leg, subs) in &s.subs {
+                    if subs.contains_key(name) {
+                        add_sub(part, leg, name);
+                    }
+                }
+            }
+        }
+        for (leg, track) in touched.subs.keys() {
+            add_sub(part, leg, track);
+        }
     }
 
     /// Whether [`Desired::delete_session`] would succeed (nothing changes); the session's
@@ -935,6 +1083,51 @@ impl Desired {
             active_speakers: None,
             settings: Some(pb::SessionSettings { top_n_audio: s.settings.top_n_audio, audio_top_n: u32::from(s.settings.audio_top_n) }),
         })
+    }
+}
+
+/// Takes `steps` back on `session` (named `name`), last first, keeping `index` in step with its
+/// legs.
+fn undo_steps(session: &mut Session, index: &mut PortIndex, name: &str, steps: Vec<Step>) {
+    for step in steps.into_iter().rev() {
+        match step {
+            Step::Leg(n, was) => {
+                if let Some(now) = session.legs.remove(&n) {
+                    index.remove_leg(name, &now);
+                }
+                if let Some(was) = was {
+                    index.add_leg(name, &was);
+                    session.legs.insert(n, was);
+                }
+            }
+            Step::Track(n, was) => match was {
+                Some(was) => {
+                    session.tracks.insert(n, was);
+                }
+                None => {
+                    session.tracks.remove(&n);
+                }
+            },
+            Step::Sub(leg, track, was) => match was {
+                Some(was) => {
+                    session.subs.entry(leg).or_default().insert(track, was);
+                }
+                None => {
+                    if let Some(m) = session.subs.get_mut(&leg) {
+                        m.remove(&track);
+                        if m.is_empty() {
+                            session.subs.remove(&leg);
+                        }
+                    }
+                }
+            },
+            Step::Settings(was) => session.settings = was,
+            Step::Revision(was) => session.revision = was,
+            Step::Remembered => {
+                session.idempotency.pop_back();
+            }
+            Step::Forgot(e) => session.idempotency.push_front(e),
+        }
     }
 }
 

@@ -58,11 +58,18 @@ fn the_port_index_stays_in_step_with_the_sessions() {
     }
     d.apply(&req("n", vec![sip])).unwrap();
     check(&d);
-    let undo = d.undo_point("m");
-    d.apply(&req("m", vec![leg("c"), leg("e")])).unwrap();
+    let before = d.clone();
+    let (_, undo) = d.apply_undoable(&req("m", vec![leg("c"), leg("e")]), &BTreeSet::new()).unwrap();
     check(&d);
     d.restore(undo);
     check(&d);
+    assert_eq!(d, before, "taken back");
+    // A new session taken back leaves no trace either.
+    let (_, undo) = d.apply_undoable(&req("fresh", vec![leg("c"), leg("e")]), &BTreeSet::new()).unwrap();
+    d.restore(undo);
+    check(&d);
+    assert_eq!(d, before);
+    assert!(!d.port_index.per_session.contains_key("fresh"));
     let (port, rtcp) = d.ports_for_move("n", "x", &BTreeSet::new()).unwrap();
     d.move_leg("n", "x", port, rtcp).unwrap();
     check(&d);

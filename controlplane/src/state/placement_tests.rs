@@ -150,10 +150,9 @@ fn undo_restores_the_worker_cursors() {
     d.apply(&req("a", legs("l", 3))).unwrap();
     let before = d.clone();
     // A group of two change sets, taken back in reverse order.
-    let undo_b = d.undo_point("b");
-    let first = ports(&mut d, &req("b", legs("l", 2)));
-    let undo_a = d.undo_point("a");
-    ports(&mut d, &req("a", legs("m", 2)));
+    let (out, undo_b) = d.apply_undoable(&req("b", legs("l", 2)), &BTreeSet::new()).unwrap();
+    let first: Vec<u16> = out.committed.ports.iter().map(|p| p.1).collect();
+    let (_, undo_a) = d.apply_undoable(&req("a", legs("m", 2)), &BTreeSet::new()).unwrap();
     assert_ne!(d.cursors, before.cursors);
     d.restore(undo_a);
     d.restore(undo_b);
