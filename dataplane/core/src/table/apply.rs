@@ -29,6 +29,9 @@ impl UndoLog {
             Undo::TrackReplaced(t) | Undo::TrackRemoved(t) => {
                 self.saved_tracks.insert(t.spec.id);
             }
+            // One subscription's own undo: the track is not saved whole (a webinar's track holds
+            // thousands; saving them all for each added viewer made a delta cost the session).
+            Undo::SubPushed(_) | Undo::SubReplaced(..) | Undo::SubRemoved(..) => {}
         }
         self.entries.push(u);
     }
@@ -42,6 +45,12 @@ enum Undo {
     TrackInserted(TrackId),
     TrackReplaced(Box<Track>),
     TrackRemoved(Box<Track>),
+    /// A subscription was pushed onto the track's list (undone by popping it).
+    SubPushed(TrackId),
+    /// The subscription at this index of the track's list was this one.
+    SubReplaced(TrackId, usize, Box<Subscription>),
+    /// This subscription was swap-removed from this index of the track's list.
+    SubRemoved(TrackId, usize, Box<Subscription>),
 }
 
 impl Tables {
@@ -92,10 +101,7 @@ impl Tables {
                     if !ok {
                         return Err(DeltaError::UnknownSubscription { op: i, subscriber: *subscriber, track: *track });
                     }
-                    self.save_track(*track, undo);
-                    let t = self.tracks.get_mut(track).expect("checked above");
-                    let pos = t.sub_index(*subscriber).expect("checked above");
-                    let removed = t.subs.swap_remove(pos);
+                    let removed = self.remove_sub(*track, *subscriber, undo).expect("checked above");
                     self.retire_sub(&removed, undo);
                     self.reindex_egress(*subscriber, *track, undo);
                 }
@@ -137,11 +143,7 @@ impl Tables {
         let stale_subs: Vec<_> =
             self.tracks.values().flat_map(|t| t.subs.iter().map(move |s| (s.subscriber, t.spec.id))).filter(|k| !subs.contains(k)).collect();
         for (subscriber, track) in stale_subs {
-            self.save_track(track, undo);
-            if let Some(t) = self.tracks.get_mut(&track)
-                && let Some(pos) = t.sub_index(subscriber)
-            {
-                let removed = t.subs.swap_remove(pos);
+            if let Some(removed) = self.remove_sub(track, subscriber, undo) {
                 self.retire_sub(&removed, undo);
             }
             self.reindex_egress(subscriber, track, undo);
@@ -381,6 +383,7 @@ impl Tables {
                         spec: spec.clone(),
                         layers: spec.layers.iter().map(new_layer).collect(),
                         subs: Vec::new(),
+                        sub_pos: Map::default(),
                         level: Default::default(),
                         owners: 0,
                         demand_told: None,
@@ -416,11 +419,19 @@ impl Tables {
             }
         }
         let layers = track.layers.len();
-        self.save_track(spec.track, undo);
+        // Only this subscription is saved (unless the whole track already is).
+        let whole = undo.saved_tracks.contains(&spec.track);
         self.save_leg(spec.subscriber, undo);
         let t = self.tracks.get_mut(&spec.track).expect("present");
         let leg = self.legs.get_mut(&spec.subscriber).expect("checked above");
-        match t.sub_index(spec.subscriber) {
+        let found = t.sub_index(spec.subscriber);
+        if !whole {
+            undo.push(match found {
+                Some(p) => Undo::SubReplaced(spec.track, p, Box::new(t.subs[p].clone())),
+                None => Undo::SubPushed(spec.track),
+            });
+        }
+        match found {
             Some(p) if t.subs[p].out_ssrc == spec.out_ssrc && t.subs[p].out_rtx_ssrc == spec.out_rtx_ssrc => t.subs[p].update(spec, layers),
             found => {
                 // A new stream for the subscriber, or the continuation of one it had before.
@@ -439,7 +450,7 @@ impl Tables {
                 }
                 match found {
                     Some(p) => t.subs[p] = fresh,
-                    None => t.subs.push(fresh),
+                    None => t.push_sub(fresh),
                 }
             }
         }
@@ -455,13 +466,7 @@ impl Tables {
         }
         let subscribed: Vec<TrackId> = self.legs[&id].egress.iter().map(|&(_, t)| t).collect();
         for t in subscribed {
-            if self.tracks.get(&t).and_then(|tr| tr.sub_index(id)).is_some() {
-                self.save_track(t, undo);
-                let tr = self.tracks.get_mut(&t).expect("present");
-                if let Some(p) = tr.sub_index(id) {
-                    tr.subs.swap_remove(p);
-                }
-            }
+            self.remove_sub(t, id, undo);
         }
         self.unindex_leg(id);
         let leg = self.legs.remove(&id).expect("present");
@@ -519,7 +524,7 @@ impl Tables {
             return;
         }
         self.save_leg(leg_id, undo);
-        let sub = self.tracks.get(&track).and_then(|t| t.subs.iter().find(|s| s.subscriber == leg_id));
+        let sub = self.tracks.get(&track).and_then(|t| Some(&t.subs[t.sub_index(leg_id)?]));
         let outs = sub.map(|s| (s.out_ssrc, s.out_rtx_ssrc));
         let leg = self.legs.get_mut(&leg_id).expect("present");
         leg.egress.retain(|&(_, t)| t != track);
@@ -529,6 +534,19 @@ impl Tables {
                 leg.egress.push((r, track));
             }
         }
+    }
+
+    /// Removes `subscriber`'s subscription to `track`, saving only it for a rollback (unless the
+    /// whole track is saved already); returns it.
+    fn remove_sub(&mut self, track: TrackId, subscriber: LegId, undo: &mut UndoLog) -> Option<Subscription> {
+        let whole = undo.saved_tracks.contains(&track);
+        let t = self.tracks.get_mut(&track)?;
+        let pos = t.sub_index(subscriber)?;
+        let removed = t.swap_remove_sub(pos);
+        if !whole {
+            undo.push(Undo::SubRemoved(track, pos, Box::new(removed.clone())));
+        }
+        Some(removed)
     }
 
     /// Keeps a removed subscription's stream state on its subscriber leg (if the leg stays).
@@ -609,6 +627,7 @@ impl Tables {
                 })
                 .collect(),
             subs: t.subs.clone(),
+            sub_pos: t.sub_pos.clone(),
             level: t.level,
             owners: t.owners,
             demand_told: t.demand_told,
@@ -650,6 +669,22 @@ impl Tables {
             }
             Undo::TrackRemoved(old) => {
                 self.tracks.insert(old.spec.id, *old);
+            }
+            // Undone last-in first-out: the list is as this op left it.
+            Undo::SubPushed(track) => {
+                if let Some(t) = self.tracks.get_mut(&track) {
+                    t.pop_sub();
+                }
+            }
+            Undo::SubRemoved(track, p, old) => {
+                if let Some(t) = self.tracks.get_mut(&track) {
+                    t.unswap_remove_sub(p, *old);
+                }
+            }
+            Undo::SubReplaced(track, p, old) => {
+                if let Some(slot) = self.tracks.get_mut(&track).and_then(|t| t.subs.get_mut(p)) {
+                    *slot = *old;
+                }
             }
         }
     }

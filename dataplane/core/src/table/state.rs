@@ -487,8 +487,12 @@ pub struct Track {
     pub spec: TrackSpec,
     /// Per-layer state, same order as `spec.layers`.
     pub layers: Vec<LayerState>,
-    /// The subscriptions, contiguous for the fan-out.
+    /// The subscriptions, contiguous for the fan-out (change them only through the methods below,
+    /// which keep `sub_pos` in step).
     pub subs: Vec<Subscription>,
+    /// Where each subscriber's subscription is in `subs` (a webinar's track has thousands: a
+    /// subscriber's feedback, its allocator and a delta find theirs without a scan).
+    pub(crate) sub_pos: super::Map<LegId, usize>,
     /// Its audio level and speech activity (an audio track with `spec.audio_level_ext`).
     pub level: crate::audio::TrackLevel,
     /// The workers that own a subscriber leg of the track (a bit per worker index, the first 64;
@@ -515,7 +519,41 @@ impl Track {
 
     /// The subscription of `subscriber`, if any.
     pub fn sub_index(&self, subscriber: LegId) -> Option<usize> {
-        self.subs.iter().position(|s| s.subscriber == subscriber)
+        self.sub_pos.get(&subscriber).copied()
+    }
+
+    /// Appends a subscription (of a subscriber that has none on the track).
+    pub(crate) fn push_sub(&mut self, sub: Subscription) {
+        self.sub_pos.insert(sub.subscriber, self.subs.len());
+        self.subs.push(sub);
+    }
+
+    /// Removes the subscription at `pos`, the last one taking its place.
+    pub(crate) fn swap_remove_sub(&mut self, pos: usize) -> Subscription {
+        let removed = self.subs.swap_remove(pos);
+        self.sub_pos.remove(&removed.subscriber);
+        if let Some(moved) = self.subs.get(pos) {
+            self.sub_pos.insert(moved.subscriber, pos);
+        }
+        removed
+    }
+
+    /// Undoes [`Track::swap_remove_sub`]: `sub` back at `pos`, the one there back at the end.
+    pub(crate) fn unswap_remove_sub(&mut self, pos: usize, sub: Subscription) {
+        self.push_sub(sub);
+        let last = self.subs.len() - 1;
+        if pos < last {
+            self.subs.swap(pos, last);
+            self.sub_pos.insert(self.subs[pos].subscriber, pos);
+            self.sub_pos.insert(self.subs[last].subscriber, last);
+        }
+    }
+
+    /// Undoes [`Track::push_sub`].
+    pub(crate) fn pop_sub(&mut self) {
+        if let Some(s) = self.subs.pop() {
+            self.sub_pos.remove(&s.subscriber);
+        }
     }
 }
 

@@ -101,6 +101,68 @@ fn upserts_keep_runtime_state() {
     assert_eq!(t.leg(LegId(2)).unwrap().egress, vec![(Ssrc(0x23), TrackId(10))]);
 }
 
+/// A refused delta takes back the subscriptions it changed one by one (a track's list is no
+/// longer saved whole for every subscription upsert): a subscription pushed is gone, one
+/// updated in place or replaced by a new stream has its runtime state back, and the ones the
+/// delta did not touch are untouched, in order.
+#[test]
+fn a_refused_delta_takes_back_each_subscription_it_changed() {
+    let mut t = Tables::new(TableConfig::default());
+    let legs: Vec<Op> = (1..=5).map(|n| Op::UpsertLeg(leg(n))).collect();
+    t.apply(delta(
+        1,
+        [legs, vec![Op::UpsertTrack(track(10, 1, 0xaa)), Op::UpsertSubscription(sub(2, 10, 0x22)), Op::UpsertSubscription(sub(3, 10, 0x33))]].concat(),
+    ))
+    .unwrap();
+    for (i, s) in t.track_mut(TrackId(10)).unwrap().subs.iter_mut().enumerate() {
+        s.packets_sent = 100 + i as u32;
+        s.current_layer = Some(0);
+    }
+    let before = t.snapshot();
+    let state = |t: &Tables| {
+        t.track(TrackId(10)).unwrap().subs.iter().map(|s| (s.subscriber, s.out_ssrc, s.paused, s.packets_sent, s.current_layer)).collect::<Vec<_>>()
+    };
+    let was = state(&t);
+    let mut paused = sub(2, 10, 0x22);
+    paused.paused = true;
+    // Each subscription is where the index says.
+    let indexed = |t: &Tables| {
+        let tr = t.track(TrackId(10)).unwrap();
+        tr.sub_pos.len() == tr.subs.len() && tr.subs.iter().enumerate().all(|(i, s)| tr.sub_index(s.subscriber) == Some(i))
+    };
+    let refused = t.apply(delta(
+        2,
+        vec![
+            // Updated in place, replaced by a new stream, pushed, removed (the first: the last
+            // takes its place), a leg removed with its subscription; then a refusal.
+            Op::UpsertSubscription(paused),
+            Op::UpsertSubscription(sub(3, 10, 0x34)),
+            Op::UpsertSubscription(sub(4, 10, 0x44)),
+            Op::RemoveSubscription { subscriber: LegId(2), track: TrackId(10) },
+            Op::RemoveLeg(LegId(3)),
+            Op::UpsertSubscription(sub(5, 99, 0x55)),
+        ],
+    ));
+    assert!(matches!(refused, Err(DeltaError::UnknownTrack { op: 5, .. })), "{refused:?}");
+    assert_eq!(t.snapshot(), before);
+    assert_eq!(state(&t), was, "every subscription's runtime state back, in order");
+    assert!(indexed(&t));
+    assert_eq!(t.leg(LegId(3)).unwrap().egress, vec![(Ssrc(0x33), TrackId(10))]);
+    assert!(t.leg(LegId(4)).unwrap().egress.is_empty());
+    // And applied, the index follows every change.
+    t.apply(delta(
+        2,
+        vec![
+            Op::UpsertSubscription(sub(4, 10, 0x44)),
+            Op::RemoveSubscription { subscriber: LegId(2), track: TrackId(10) },
+            Op::UpsertSubscription(sub(5, 10, 0x55)),
+        ],
+    ))
+    .unwrap();
+    assert!(indexed(&t));
+    assert_eq!(t.track(TrackId(10)).unwrap().subs.iter().map(|s| s.subscriber.0).collect::<Vec<_>>(), vec![4, 3, 5]);
+}
+
 #[test]
 fn validation_names_the_problem() {
     let mut t = Tables::new(TableConfig::default());
