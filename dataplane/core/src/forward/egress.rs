@@ -18,7 +18,7 @@ use crate::wire::rtp;
 
 /// The publisher leg's transport-wide-cc extension id, if it negotiated one (the element the
 /// egress re-stamps).
-pub(super) fn publisher_twcc(legs: &Map<LegId, Leg>, publisher: LegId) -> Option<u8> {
+pub(super) fn publisher_twcc(legs: &Map<LegId, Box<Leg>>, publisher: LegId) -> Option<u8> {
     legs.get(&publisher).and_then(|l| l.spec.feedback.twcc_ext)
 }
 
@@ -47,7 +47,7 @@ impl From<Option<Pt>> for Form {
 pub(super) fn send_copy(
     ctx: &mut Ctx<'_>,
     sub: &mut Subscription,
-    legs: &mut Map<LegId, Leg>,
+    legs: &mut Map<LegId, Box<Leg>>,
     plain: &[u8],
     rewritten: Rewritten,
     out_pt: Pt,

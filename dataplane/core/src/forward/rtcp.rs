@@ -151,11 +151,18 @@ pub(super) fn track_sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, track_
 /// owns: the report through the slot's own timeline (the mapping holds for the current speaker,
 /// which is what a receiver syncs), with the slot's counters. Only the core that owns a slot leg
 /// sends on it (see `crate::audio::slot`); another core's slots get the report handed over.
-pub(super) fn slot_sender_reports(ctx: &mut Ctx<'_>, legs: &mut Map<LegId, Leg>, slot_legs: &[LegId], track_id: TrackId, ssrc: Ssrc, info: &rtcp::SenderInfo) {
+pub(super) fn slot_sender_reports(
+    ctx: &mut Ctx<'_>,
+    legs: &mut Map<LegId, Box<Leg>>,
+    slot_legs: &[LegId],
+    track_id: TrackId,
+    ssrc: Ssrc,
+    info: &rtcp::SenderInfo,
+) {
     for &l in slot_legs {
         let Some(leg) = legs.get_mut(&l).filter(|leg| ctx.shard.owns(leg.spec.local_port)) else { continue };
         let Some((local_port, remote)) = leg.rtcp_path() else { continue };
-        let Leg { slots, tx, .. } = leg;
+        let Leg { slots, tx, .. } = &mut **leg;
         for slot in slots.iter_mut().flat_map(|set| set.slots.iter_mut()).filter(|s| s.source == Some((track_id, ssrc))) {
             let sub = &mut slot.sub;
             let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };

@@ -225,7 +225,7 @@ impl Tables {
             None => {
                 self.legs.insert(
                     spec.id,
-                    Leg {
+                    Box::new(Leg {
                         spec: spec.clone(),
                         remote: spec.remote,
                         rx,
@@ -246,7 +246,7 @@ impl Tables {
                         keys_digest: checkpoint::keys_digest(spec),
                         rtcp_remote: None,
                         drops_reported: 0,
-                    },
+                    }),
                 );
                 self.index_leg(spec.id);
                 undo.push(Undo::LegInserted(spec.id));
@@ -470,7 +470,7 @@ impl Tables {
         }
         self.unindex_leg(id);
         let leg = self.legs.remove(&id).expect("present");
-        undo.push(Undo::LegRemoved(Box::new(leg)));
+        undo.push(Undo::LegRemoved(leg));
     }
 
     fn remove_track(&mut self, id: TrackId, undo: &mut UndoLog) {
@@ -644,7 +644,7 @@ impl Tables {
             Undo::LegReplaced(old) | Undo::LegRemoved(old) => {
                 let id = old.spec.id;
                 self.unindex_leg(id);
-                self.legs.insert(id, *old);
+                self.legs.insert(id, old);
                 self.index_leg(id);
             }
             Undo::TrackInserted(id) => {

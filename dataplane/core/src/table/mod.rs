@@ -182,7 +182,7 @@ impl Default for TableConfig {
 pub struct Tables {
     config: TableConfig,
     generation: Generation,
-    legs: Map<LegId, Leg>,
+    legs: Map<LegId, Box<Leg>>,
     /// Ports a leg has to itself (its RTP port, and its RTCP port without rtcp-mux).
     by_port: Map<u16, LegId>,
     /// Shared ports ([`LegSpec::shared_port`]) and how many legs use each.
@@ -367,13 +367,13 @@ impl Tables {
     /// A leg.
     #[inline]
     pub fn leg(&self, id: LegId) -> Option<&Leg> {
-        self.legs.get(&id)
+        self.legs.get(&id).map(|l| &**l)
     }
 
     /// A leg, mutably.
     #[inline]
     pub fn leg_mut(&mut self, id: LegId) -> Option<&mut Leg> {
-        self.legs.get_mut(&id)
+        self.legs.get_mut(&id).map(|l| &mut **l)
     }
 
     /// A track.
@@ -400,7 +400,7 @@ impl Tables {
 
     /// Every leg, mutably (for runtime state; specs change only through [`Tables::apply`]).
     pub fn legs_mut(&mut self) -> impl Iterator<Item = &mut Leg> + '_ {
-        self.legs.values_mut()
+        self.legs.values_mut().map(|l| &mut **l)
     }
 
     /// Every track, mutably (for runtime state; specs change only through [`Tables::apply`]).
@@ -410,14 +410,14 @@ impl Tables {
 
     /// updates the track's subscriptions).
     #[inline]
-    pub fn track_and_legs_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Leg>)> {
+    pub fn track_and_legs_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Box<Leg>>)> {
         let track = self.tracks.get_mut(&id)?;
         Some((track, &mut self.legs))
     }
 
     /// A track, the legs, and the legs with audio slots for the track's speaker group (empty when
     /// it has none), for the fan-out.
-    pub fn track_legs_and_slots_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Leg>, &[LegId])> {
+    pub fn track_legs_and_slots_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Box<Leg>>, &[LegId])> {
         let track = self.tracks.get_mut(&id)?;
         let slots = track.spec.speaker_group.and_then(|g| self.slot_legs.get(&g)).map_or(&[][..], Vec::as_slice);
         Some((track, &mut self.legs, slots))
@@ -435,7 +435,7 @@ impl Tables {
 
     /// Legs and tracks at once, for controllers that read a leg and change its subscriptions
     /// (the bandwidth allocator).
-    pub fn legs_and_tracks_mut(&mut self) -> (&mut Map<LegId, Leg>, &mut Map<TrackId, Track>) {
+    pub fn legs_and_tracks_mut(&mut self) -> (&mut Map<LegId, Box<Leg>>, &mut Map<TrackId, Track>) {
         (&mut self.legs, &mut self.tracks)
     }
 
