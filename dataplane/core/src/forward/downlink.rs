@@ -14,9 +14,9 @@ use super::{Event, OutMeta, push_event};
 use crate::downlink::alloc::{self, Demand, MAX_LAYERS};
 use crate::downlink::pacer::Pacing;
 use crate::downlink::{PROBE_PADDING, UNWANTED_AFTER, Usage};
-use crate::ids::{LegId, TrackId};
+use crate::ids::TrackId;
 use crate::stats::CoreStats;
-use crate::table::{LayerState, Leg, MAX_SPATIAL, Map, MediaKind, Track};
+use crate::table::{LayerState, Leg, Legs, MAX_SPATIAL, Map, MediaKind, Track};
 use crate::time::Instant;
 use crate::wire::rtcp::TransportCc;
 use crate::wire::set_be32;
@@ -76,7 +76,7 @@ pub(super) fn measure_layers<'a>(tracks: impl Iterator<Item = &'a mut Track>, el
 /// where the allocation wants more than the estimate. Returns the earliest probe deadline.
 pub(super) fn allocate(
     now: Instant,
-    legs: &mut Map<LegId, Box<Leg>>,
+    legs: &mut Legs,
     tracks: &mut Map<TrackId, Track>,
     owns: impl Fn(u16) -> bool,
     scratch: &mut Vec<(TrackId, usize, Demand)>,
@@ -203,7 +203,7 @@ pub(super) fn allocate(
 /// Sends the probe packets due on every leg this core owns; returns the next probe deadline.
 pub(super) fn probe(
     now: Instant,
-    legs: &mut Map<LegId, Box<Leg>>,
+    legs: &mut Legs,
     tracks: &mut Map<TrackId, Track>,
     owns: impl Fn(u16) -> bool,
     out: &mut super::OutBatch,
@@ -269,7 +269,7 @@ pub(super) fn probe(
 /// Sends the paced packets due at `now` on every leg with packets waiting, in order, each
 /// leg at its pace rate; returns when packets are next due. A leg that went away (or whose
 /// downlink state was replaced) gets its pool slots back.
-pub(super) fn pace(now: Instant, legs: &mut Map<LegId, Box<Leg>>, pacing: &mut Pacing, out: &mut super::OutBatch, stats: &mut CoreStats) -> Option<Instant> {
+pub(super) fn pace(now: Instant, legs: &mut Legs, pacing: &mut Pacing, out: &mut super::OutBatch, stats: &mut CoreStats) -> Option<Instant> {
     let mut next = None;
     let mut k = 0;
     while k < pacing.legs.len() {
@@ -356,7 +356,7 @@ const DEMAND_REPEAT: core::time::Duration = core::time::Duration::from_secs(1);
 pub(super) fn tell_demand(
     now: Instant,
     shard: super::Shard,
-    legs: &Map<LegId, Box<Leg>>,
+    legs: &Legs,
     tracks: &mut Map<TrackId, Track>,
     handoffs: &mut super::Handoffs,
     stats: &mut CoreStats,
@@ -381,7 +381,7 @@ pub(super) fn tell_demand(
 /// stopped flowing (the publisher's encoder dropped it), they get the best lower layer that
 /// flows, and their target back once it flows again. (A leg with an allocator gets the same from
 /// it: a layer that does not flow has no rate and is never chosen.)
-pub(super) fn fallback<'a>(legs: &Map<LegId, Box<Leg>>, here: u16, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) {
+pub(super) fn fallback<'a>(legs: &Legs, here: u16, tracks: impl Iterator<Item = &'a mut Track>, events: &mut VecDeque<Event>) {
     for t in tracks {
         let id = t.spec.id;
         let Track { layers, subs, .. } = t;

@@ -12,13 +12,13 @@ use super::OutMeta;
 use super::fanout::Ctx;
 use super::rewrite::Rewritten;
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
-use crate::table::{Leg, Map, Subscription};
+use crate::table::{Leg, Legs, Subscription};
 use crate::verdict::DropReason;
 use crate::wire::rtp;
 
 /// The publisher leg's transport-wide-cc extension id, if it negotiated one (the element the
 /// egress re-stamps).
-pub(super) fn publisher_twcc(legs: &Map<LegId, Box<Leg>>, publisher: LegId) -> Option<u8> {
+pub(super) fn publisher_twcc(legs: &Legs, publisher: LegId) -> Option<u8> {
     legs.get(&publisher).and_then(|l| l.spec.feedback.twcc_ext)
 }
 
@@ -47,7 +47,7 @@ impl From<Option<Pt>> for Form {
 pub(super) fn send_copy(
     ctx: &mut Ctx<'_>,
     sub: &mut Subscription,
-    legs: &mut Map<LegId, Box<Leg>>,
+    legs: &mut Legs,
     plain: &[u8],
     rewritten: Rewritten,
     out_pt: Pt,

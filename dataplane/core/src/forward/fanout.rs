@@ -14,7 +14,7 @@ use crate::audio::ActiveSpeakers;
 use crate::audio::slot::SlotPacket;
 use crate::ids::{LegId, Pt, SeqNo, Ssrc};
 use crate::stats::CoreStats;
-use crate::table::{Leg, MAX_SPATIAL, Map, Subscription, Track};
+use crate::table::{Legs, MAX_SPATIAL, Subscription, Track};
 use crate::time::Instant;
 use crate::verdict::DropReason;
 use crate::wire::{codec, dd, rtcp, rtp};
@@ -34,15 +34,7 @@ pub(super) struct Ctx<'a> {
 }
 
 /// A publisher RTP packet, decrypted in `plain`, arriving on `ssrc` (layer `layer` of `track`).
-pub(super) fn rtp(
-    ctx: &mut Ctx<'_>,
-    track: &mut Track,
-    legs: &mut Map<LegId, Box<Leg>>,
-    ssrc: Ssrc,
-    layer: u8,
-    is_rtx: bool,
-    plain: &mut [u8],
-) -> Result<(), DropReason> {
+pub(super) fn rtp(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Legs, ssrc: Ssrc, layer: u8, is_rtx: bool, plain: &mut [u8]) -> Result<(), DropReason> {
     let pkt = rtp::Packet::new_checked(&*plain).map_err(|_| DropReason::Malformed)?;
     let pt = Pt(pkt.payload_type());
     let (codec, _) = track.codec_of(pt).ok_or(DropReason::UnknownPayloadType)?;
@@ -260,7 +252,7 @@ fn patch_active_targets(plain: &mut [u8], id: u8, d: &dd::Descriptor, mask: u32)
 pub(super) fn to_slots(
     ctx: &mut Ctx<'_>,
     track: &Track,
-    legs: &mut Map<LegId, Box<Leg>>,
+    legs: &mut Legs,
     slot_legs: &[LegId],
     ranking: &ActiveSpeakers,
     ssrc: Ssrc,
@@ -304,7 +296,7 @@ pub(super) fn to_slots(
 /// turned back into the original packet in place (the header slides over the OSN), kept in the
 /// cache, and sent to every subscription on that layer — as RTX where the subscriber has an RTX
 /// SSRC, as the original otherwise.
-fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Box<Leg>>, layer: u8, plain: &mut [u8]) -> Result<(), DropReason> {
+fn publisher_rtx(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Legs, layer: u8, plain: &mut [u8]) -> Result<(), DropReason> {
     let state = &track.layers[usize::from(layer)];
     let primary = state.ssrc.ok_or(DropReason::UnknownSsrc)?;
     let (header_len, rtx_pt) = {
@@ -370,7 +362,7 @@ pub(super) fn rtx_pt_for(publisher_rtx_pt: Option<Pt>, sub: &Subscription) -> Op
 /// Asks the publisher for a keyframe of `layer` (PLI, RFC 4585 §6.3.1), at most once per
 /// [`KEYFRAME_REQUEST_INTERVAL`] per layer (on this core; the publisher's core throttles what
 /// every core asks it). Returns whether a request left (or went to the publisher's core).
-pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Map<LegId, Box<Leg>>, layer: u8) -> bool {
+pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut Legs, layer: u8) -> bool {
     let Some(state) = track.layers.get_mut(usize::from(layer)) else { return false };
     let Some(media) = state.ssrc else { return false };
     if state.last_keyframe_request.is_some_and(|t| ctx.now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
@@ -399,7 +391,7 @@ pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut 
 
 /// The cores other than this one that own a leg in `slot_legs` (a bit per core index, the
 /// first 64): where a ranked speaker's packet is handed over for their slots.
-pub(super) fn slot_cores(shard: Shard, legs: &Map<LegId, Box<Leg>>, slot_legs: &[LegId], publisher: LegId) -> u64 {
+pub(super) fn slot_cores(shard: Shard, legs: &Legs, slot_legs: &[LegId], publisher: LegId) -> u64 {
     let mut mask = 0u64;
     for leg in slot_legs.iter().filter(|&&l| l != publisher).filter_map(|l| legs.get(l)) {
         let owner = shard.owner(leg.spec.local_port);

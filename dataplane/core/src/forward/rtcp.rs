@@ -16,7 +16,7 @@ use super::fanout::{Ctx, frame_of, request_keyframe, retransmission_ids, rtx_pt_
 use super::rewrite::Rewritten;
 use super::{Event, MAX_DATAGRAM, OutMeta, push_event};
 use crate::ids::{LegId, Pt, SeqNo, Ssrc, TrackId};
-use crate::table::{Leg, Map, Tables, Track};
+use crate::table::{Leg, Legs, Tables, Track};
 use crate::time::Instant;
 use crate::verdict::DropReason;
 use crate::wire::rtcp::{self, Kind};
@@ -151,14 +151,7 @@ pub(super) fn track_sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, track_
 /// owns: the report through the slot's own timeline (the mapping holds for the current speaker,
 /// which is what a receiver syncs), with the slot's counters. Only the core that owns a slot leg
 /// sends on it (see `crate::audio::slot`); another core's slots get the report handed over.
-pub(super) fn slot_sender_reports(
-    ctx: &mut Ctx<'_>,
-    legs: &mut Map<LegId, Box<Leg>>,
-    slot_legs: &[LegId],
-    track_id: TrackId,
-    ssrc: Ssrc,
-    info: &rtcp::SenderInfo,
-) {
+pub(super) fn slot_sender_reports(ctx: &mut Ctx<'_>, legs: &mut Legs, slot_legs: &[LegId], track_id: TrackId, ssrc: Ssrc, info: &rtcp::SenderInfo) {
     for &l in slot_legs {
         let Some(leg) = legs.get_mut(&l).filter(|leg| ctx.shard.owns(leg.spec.local_port)) else { continue };
         let Some((local_port, remote)) = leg.rtcp_path() else { continue };

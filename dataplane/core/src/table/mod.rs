@@ -54,6 +54,10 @@ pub use spec::{
 /// hasher must not be predictable).
 pub type Map<K, V> = HashMap<K, V, RandomState>;
 
+/// The legs by id, each boxed (a leg is a few KB: inline, a grown table's empty buckets would
+/// cost as much).
+pub type Legs = Map<LegId, Box<Leg>>;
+
 /// How many payload-type mappings a subscription holds (media + RTX for a few codecs).
 pub const MAX_PT_MAP: usize = 8;
 /// How many SRTCP senders a leg keeps replay state for.
@@ -182,7 +186,7 @@ impl Default for TableConfig {
 pub struct Tables {
     config: TableConfig,
     generation: Generation,
-    legs: Map<LegId, Box<Leg>>,
+    legs: Legs,
     /// Ports a leg has to itself (its RTP port, and its RTCP port without rtcp-mux).
     by_port: Map<u16, LegId>,
     /// Shared ports ([`LegSpec::shared_port`]) and how many legs use each.
@@ -410,14 +414,14 @@ impl Tables {
 
     /// updates the track's subscriptions).
     #[inline]
-    pub fn track_and_legs_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Box<Leg>>)> {
+    pub fn track_and_legs_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Legs)> {
         let track = self.tracks.get_mut(&id)?;
         Some((track, &mut self.legs))
     }
 
     /// A track, the legs, and the legs with audio slots for the track's speaker group (empty when
     /// it has none), for the fan-out.
-    pub fn track_legs_and_slots_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Map<LegId, Box<Leg>>, &[LegId])> {
+    pub fn track_legs_and_slots_mut(&mut self, id: TrackId) -> Option<(&mut Track, &mut Legs, &[LegId])> {
         let track = self.tracks.get_mut(&id)?;
         let slots = track.spec.speaker_group.and_then(|g| self.slot_legs.get(&g)).map_or(&[][..], Vec::as_slice);
         Some((track, &mut self.legs, slots))
@@ -435,7 +439,7 @@ impl Tables {
 
     /// Legs and tracks at once, for controllers that read a leg and change its subscriptions
     /// (the bandwidth allocator).
-    pub fn legs_and_tracks_mut(&mut self) -> (&mut Map<LegId, Box<Leg>>, &mut Map<TrackId, Track>) {
+    pub fn legs_and_tracks_mut(&mut self) -> (&mut Legs, &mut Map<TrackId, Track>) {
         (&mut self.legs, &mut self.tracks)
     }
 
