@@ -41,7 +41,8 @@ enum Command {
     /// verifying real-time SRTP over UDP (or, with --in-process, the forwarding core alone).
     Demo(DemoArgs),
     /// Packets out per second through the real dataplane daemon, per I/O backend and fan-out,
-    /// beside a one-datagram-per-syscall loop, and latency at half load.
+    /// beside a one-datagram-per-syscall loop, and latency at half load; with --calls, N
+    /// one-to-one audio calls instead, with a port per leg and with every leg on one shared port.
     Forward(ForwardArgs),
     /// Programming speed through the real control plane and dataplane: subscription changes
     /// per second (one per Apply, and batched), and the time from Apply returning to the first
@@ -223,14 +224,20 @@ struct ProgramArgs {
 #[derive(Debug, clap::Args)]
 struct ForwardArgs {
     /// Backends to compare (`naive` is the recv_from/send_to loop around the same core;
-    /// `-nogso` sends one datagram per packet).
-    #[arg(long, value_delimiter = ',', default_value = "naive,mmsg-nogso,uring-nogso,mmsg,uring")]
+    /// `-nogso` sends one datagram per packet) [default: naive,mmsg-nogso,uring-nogso,mmsg,uring;
+    /// with --calls: mmsg,uring]
+    #[arg(long, value_delimiter = ',')]
     backends: Vec<String>,
     /// Fan-outs to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     fanouts: Vec<u32>,
-    /// SRTP profiles.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "gcm,cm80")]
+    /// Instead of the fan-out comparison: these counts of one-to-one audio calls (172-byte SRTP),
+    /// each with a port per leg and with every leg on one shared port; the CPU per packet of each
+    /// is compared with the first count's (e.g. 1,100,1000).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=i64::from(sluice_bench::forward::calls::MAX_CALLS)))]
+    calls: Vec<u32>,
+    /// SRTP profiles [default: gcm,cm80; with --calls: gcm]
+    #[arg(long, value_enum, value_delimiter = ',')]
     profiles: Vec<ProfileArg>,
     /// Seconds per measurement (the flood probe, each paced probe of the search, the latency run).
     #[arg(long, default_value_t = 1.5, value_parser = seconds_at_least_half)]
@@ -459,9 +466,25 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Forward(a) if !a.calls.is_empty() => {
+            let backends = if a.backends.is_empty() { vec!["mmsg".into(), "uring".into()] } else { a.backends };
+            let profiles: Vec<Profile> = if a.profiles.is_empty() { vec![Profile::AeadAes128Gcm] } else { a.profiles.iter().map(|p| (*p).into()).collect() };
+            let rows = sluice_bench::forward::calls::run(&backends, &a.calls, &profiles, a.seconds, a.probes)?;
+            if let Some(path) = a.json {
+                let doc = serde_json::json!({ "calls": rows });
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Forward(a) => {
-            let profiles: Vec<Profile> = a.profiles.iter().map(|p| (*p).into()).collect();
-            let (rows, ceilings, latency) = sluice_bench::forward::run(&a.backends, &a.fanouts, &profiles, a.seconds, a.probes)?;
+            let backends: Vec<String> =
+                if a.backends.is_empty() { ["naive", "mmsg-nogso", "uring-nogso", "mmsg", "uring"].map(String::from).to_vec() } else { a.backends };
+            let profiles: Vec<Profile> = if a.profiles.is_empty() {
+                vec![Profile::AeadAes128Gcm, Profile::AesCm128HmacSha1_80]
+            } else {
+                a.profiles.iter().map(|p| (*p).into()).collect()
+            };
+            let (rows, ceilings, latency) = sluice_bench::forward::run(&backends, &a.fanouts, &profiles, a.seconds, a.probes)?;
             if let Some(path) = a.json {
                 let ceilings: Vec<_> = ceilings.iter().map(|(p, f, c)| serde_json::json!({ "profile": p, "fanout": f, "out_per_cpu_s": c })).collect();
                 let doc = serde_json::json!({ "rows": rows, "core_ceilings": ceilings, "latency": latency });

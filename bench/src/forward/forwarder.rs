@@ -18,8 +18,7 @@ use sluice_core::time::Instant;
 use sluice_dataplane::control::{Client, Request, Response};
 
 use super::accounting::{process_cpu_ns, thread_cpu_ns};
-use super::tables::ops;
-use super::{BASE_PORT, FORWARDER_IP, METRICS_PORT, Topology};
+use super::{BASE_PORT, FORWARDER_IP, Load, METRICS_PORT, Topology};
 
 /// Where the forwarder under test runs.
 pub(super) enum Forwarder {
@@ -49,10 +48,11 @@ pub(super) fn parse_backend(name: &str) -> anyhow::Result<(&str, bool, bool)> {
 }
 
 impl Forwarder {
-    pub(super) fn start(topo: &Topology, name: &str, profile: Profile, fanout: u32, core: usize, dir: &Path) -> anyhow::Result<Self> {
+    pub(super) fn start(topo: &Topology, name: &str, profile: Profile, load: Load, core: usize, dir: &Path) -> anyhow::Result<Self> {
         let (backend, gso, gro) = parse_backend(name)?;
-        let delta = Delta { generation: Generation(1), replace_all: false, ops: ops(profile, fanout) };
+        let delta = Delta { generation: Generation(1), replace_all: false, ops: load.ops(profile) };
         if backend == "naive" {
+            let Load::Fanout(fanout) = load else { bail!("the naive loop runs the fan-out load only") };
             return Self::naive(topo, delta, fanout, core);
         }
         let socket = dir.join(format!("bench-{}.sock", std::process::id()));
@@ -61,7 +61,7 @@ impl Forwarder {
         std::fs::write(
             &cfg,
             format!(
-                "[dataplane]\nlisten_ip = \"{a}.{b}.{c}.{d}\"\nworkers = 1\ncores = [{core}]\nbackend = \"{backend}\"\nbatch = 64\ngso = {gso}\ngro = {gro}\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:{METRICS_PORT}\"\n",
+                "[dataplane]\nlisten_ip = \"{a}.{b}.{c}.{d}\"\nworkers = 1\ncores = [{core}]\nbackend = \"{backend}\"\nbatch = 64\ngso = {gso}\ngro = {gro}\ncontrol_socket = \"{}\"\ncheckpoint = \"off\"\nmetrics = \"127.0.0.1:{METRICS_PORT}\"\n",
                 socket.display()
             ),
         )?;
@@ -168,7 +168,9 @@ impl Drop for Forwarder {
                     libc::kill(child.id() as i32, libc::SIGTERM);
                 }
                 let _ = child.wait();
-                let _ = std::fs::remove_file(socket);
+                for f in [sluice_dataplane::control::lock_path(socket), socket.with_extension("toml"), socket.clone()] {
+                    let _ = std::fs::remove_file(f);
+                }
             }
             Self::Naive { stop, thread, .. } => {
                 stop.store(true, Ordering::Relaxed);

@@ -23,8 +23,12 @@
 //! busy time (every task on it, from /proc/stat) beside it. Latency is one-way (the generator's
 //! send time carried in the payload against the sink's kernel receive timestamp) at half the
 //! sustained rate, next to the same path through the kernel's own IP forwarding (the floor).
+//!
+//! `--calls` measures another load through the same harness ([`calls`]): N one-to-one audio calls,
+//! their legs on a port each or all on one shared port.
 
 mod accounting;
+pub mod calls;
 mod forwarder;
 mod generator;
 mod probe;
@@ -66,3 +70,38 @@ const FORWARDER_CORE: usize = 1;
 const GENERATOR_CORE: usize = 0;
 /// Most copies a probe may lose and still count as sustained.
 const MAX_LOSS: f64 = 0.001;
+
+/// What one probe offers and what the forwarder is programmed for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Load {
+    /// One publisher ([`STREAMS`] video streams, 1200-byte RTP) to this many subscribers.
+    Fanout(u32),
+    /// One-to-one audio calls ([`calls`]), every leg on its own port or all on one.
+    Calls { calls: u32, mode: calls::PortMode },
+}
+
+impl Load {
+    /// Copies out per packet in.
+    fn copies(self) -> u32 {
+        match self {
+            Self::Fanout(n) => n,
+            Self::Calls { .. } => 1,
+        }
+    }
+
+    /// The forwarder's tables.
+    fn ops(self, profile: sluice_core::srtp::Profile) -> Vec<sluice_core::table::Op> {
+        match self {
+            Self::Fanout(n) => tables::ops(profile, n),
+            Self::Calls { calls, mode } => calls::calls_ops(profile, calls, mode),
+        }
+    }
+
+    /// How many subscriber ports above `SINK_PORT + 1` the sink counts.
+    fn sink_ports(self) -> u32 {
+        match self {
+            Self::Fanout(n) => n,
+            Self::Calls { calls, .. } => calls,
+        }
+    }
+}

@@ -16,7 +16,7 @@ use super::forwarder::Forwarder;
 use super::generator::Generator;
 use super::sink::Sink;
 use super::tables::ops;
-use super::{BASE_PORT, FORWARDER_CORE, FORWARDER_IP, GENERATOR_CORE, GENERATOR_IP, PAYLOAD, PUBLISHER_SSRC, SINK_IP, SINK_PORT, STREAMS, Topology};
+use super::{BASE_PORT, FORWARDER_CORE, FORWARDER_IP, GENERATOR_CORE, GENERATOR_IP, Load, PAYLOAD, PUBLISHER_SSRC, SINK_IP, SINK_PORT, STREAMS, Topology};
 
 /// One measured configuration.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -27,7 +27,7 @@ pub struct Sample {
     pub profile: String,
     /// Whether the forwarder used UDP GSO.
     pub gso: bool,
-    /// Subscribers per published packet.
+    /// Subscribers per published packet (1 for calls).
     pub fanout: u32,
     /// Packets the generator offered per second.
     pub offered_pps: f64,
@@ -41,6 +41,8 @@ pub struct Sample {
     pub out_per_cpu_s: f64,
     /// Mean datagrams per receive batch (daemon backends).
     pub mean_rx_batch: f64,
+    /// The share of received datagrams that came in UDP GRO runs (daemon backends).
+    pub rx_gro: f64,
     /// Datagrams per send syscall (daemon backends): GSO and sendmmsg batching.
     pub tx_per_syscall: f64,
     /// The generator's CPU seconds per wall second (near 1.0: the generator, not the forwarder,
@@ -58,35 +60,45 @@ pub struct Sample {
     pub out_per_core_s: f64,
 }
 
-/// Runs one backend at one fan-out: open loop at `rate` packets/s in (0 = as fast as possible);
-/// `measure` receives in userspace and records latency instead of counting in XDP.
+/// Runs one backend under one load: open loop at `rate` packets/s in (0 = as fast as possible);
+/// `measure` (fan-out loads only) receives in userspace and records latency instead of counting
+/// in XDP.
 #[expect(clippy::too_many_arguments, reason = "one measurement's whole description")]
 pub(super) fn run_one(
     topo: &Topology,
     backend: &str,
     gso: bool,
     profile: Profile,
-    fanout: u32,
+    load: Load,
     seconds: f64,
     rate: f64,
     measure: bool,
 ) -> anyhow::Result<(Sample, Histogram<u64>)> {
     let epoch = WallInstant::now();
     let dir = std::env::temp_dir();
-    let mut fwd = Forwarder::start(topo, backend, profile, fanout, FORWARDER_CORE, &dir)?;
-    let subscribers = (2..=fanout + 1).map(|l| (SINK_PORT + l as u16, 100 + l as u8)).collect();
-    let sink = if measure { Sink::userspace(topo, profile, subscribers, epoch, GENERATOR_CORE)? } else { Sink::xdp(topo, fanout)? };
+    let fanout = load.copies();
+    let mut fwd = Forwarder::start(topo, backend, profile, load, FORWARDER_CORE, &dir)?;
+    let sink = match load {
+        Load::Fanout(n) if measure => {
+            let subscribers = (2..=n + 1).map(|l| (SINK_PORT + l as u16, 100 + l as u8)).collect();
+            Sink::userspace(topo, profile, subscribers, epoch, GENERATOR_CORE)?
+        }
+        _ => Sink::xdp(topo, load.sink_ports())?,
+    };
     let (total0, _) = fwd.counters()?;
-    let generator = Generator::spawn_in(
-        topo.generator.name.clone(),
-        GENERATOR_IP.into(),
-        profile,
-        epoch,
-        GENERATOR_CORE,
-        seconds + 0.1,
-        rate,
-        SocketAddr::from((FORWARDER_IP, BASE_PORT + 1)),
-    );
+    let generator = match load {
+        Load::Fanout(_) => Generator::spawn_in(
+            topo.generator.name.clone(),
+            GENERATOR_IP.into(),
+            profile,
+            epoch,
+            GENERATOR_CORE,
+            seconds + 0.1,
+            rate,
+            SocketAddr::from((FORWARDER_IP, BASE_PORT + 1)),
+        ),
+        Load::Calls { calls, mode } => super::calls::spawn_generator(topo.generator.name.clone(), profile, calls, mode, GENERATOR_CORE, seconds + 0.1, rate),
+    };
     // The generator's warm-up (a keyframe burst, 100 ms) passes before the window opens.
     std::thread::sleep(Duration::from_millis(150));
     let (out0, cpu0) = fwd.counters()?;
@@ -117,6 +129,7 @@ pub(super) fn run_one(
     let d = |f: &dyn Fn(&str) -> f64| f(&m1) - f(&m0);
     let (batches, batched) = (d(&|m| counter(m, "sluice_rx_batches_total")), d(&|m| counter(m, "sluice_rx_batched_datagrams_total")));
     let (syscalls, tx) = (d(&|m| io_counter(m, "syscalls")), d(&|m| io_counter(m, "tx_datagrams")));
+    let gro = d(&|m| io_counter(m, "rx_gro_datagrams"));
     let cpu = (cpu1 - cpu0) as f64 / 1e9;
     let out = (out1 - out0) as f64;
     // SAFETY: sysconf has no memory-safety preconditions.
@@ -142,6 +155,7 @@ pub(super) fn run_one(
             cpu: cpu / wall,
             out_per_cpu_s: if cpu > 0.0 { out_pps * wall / cpu } else { 0.0 },
             mean_rx_batch: if batches > 0.0 { batched / batches } else { 0.0 },
+            rx_gro: if batched > 0.0 { (gro / batched).min(1.0) } else { 0.0 },
             tx_per_syscall: if syscalls > 0.0 { tx / syscalls } else { 0.0 },
             generator_cpu: gen_cpu / (seconds + 0.1),
             target_pps: rate,

@@ -6,7 +6,7 @@ use sluice_core::srtp::Profile;
 use super::forwarder::parse_backend;
 use super::probe::{core_ceiling, kernel_floor, run_one};
 use super::search::{Row, search};
-use super::{FORWARDER_CORE, GENERATOR_CORE, MAX_LOSS, STREAMS, Topology};
+use super::{FORWARDER_CORE, GENERATOR_CORE, Load, MAX_LOSS, STREAMS, Topology};
 
 /// Latency at half the maximum rate.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -72,7 +72,7 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
             println!("{:<7} {:<16} {:>3} {:>4} | {:>10} | core alone (no I/O), out per CPU-second: {ceiling:.0}", short(profile), "core", "-", fanout, "-");
             ceilings.push((format!("{profile:?}"), fanout, ceiling));
             for &(b, gso) in &parsed {
-                let row = search(&topo, b, gso, profile, fanout, seconds, probes)?;
+                let row = search(&topo, b, gso, profile, Load::Fanout(fanout), seconds, probes)?;
                 let f = &row.flood;
                 match &row.sustained {
                     Some(s) => println!(
@@ -138,7 +138,7 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
             };
             let Some(sust) = &max.sustained else { continue };
             let rate = sust.offered_pps / 2.0;
-            let (_, h) = run_one(&topo, b, gso, profile, 4, seconds, rate, true)?;
+            let (_, h) = run_one(&topo, b, gso, profile, Load::Fanout(4), seconds, rate, true)?;
             let l = Latency::from_histogram(b, profile, gso, 4, rate, &h);
             println!(
                 "{:<8} {:<16} {:>4} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}",
@@ -157,7 +157,7 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
     Ok((rows, ceilings, latencies))
 }
 
-fn short(p: Profile) -> &'static str {
+pub(super) fn short(p: Profile) -> &'static str {
     match p {
         Profile::AeadAes128Gcm => "gcm128",
         Profile::AeadAes256Gcm => "gcm256",

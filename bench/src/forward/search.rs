@@ -3,7 +3,7 @@
 use sluice_core::srtp::Profile;
 
 use super::probe::{Sample, run_one};
-use super::{MAX_LOSS, Topology};
+use super::{Load, MAX_LOSS, Topology};
 
 /// One configuration: the flood probe (as fast as the generator goes; the forwarder drops what it
 /// cannot take) and the highest paced rate it carried with at most `MAX_LOSS` of the copies
@@ -19,11 +19,11 @@ pub struct Row {
     pub generator_limited: bool,
 }
 
-pub(super) fn search(topo: &Topology, backend: &str, gso: bool, profile: Profile, fanout: u32, seconds: f64, probes: u32) -> anyhow::Result<Row> {
-    let (flood, _) = run_one(topo, backend, gso, profile, fanout, seconds, 0.0, false)?;
-    let start = flood.out_pps / f64::from(fanout);
+pub(super) fn search(topo: &Topology, backend: &str, gso: bool, profile: Profile, load: Load, seconds: f64, probes: u32) -> anyhow::Result<Row> {
+    let (flood, _) = run_one(topo, backend, gso, profile, load, seconds, 0.0, false)?;
+    let start = flood.out_pps / f64::from(load.copies());
     let (sustained, generator_limited) = search_rate(start, probes, |rate| {
-        let (s, _) = run_one(topo, backend, gso, profile, fanout, seconds, rate, false)?;
+        let (s, _) = run_one(topo, backend, gso, profile, load, seconds, rate, false)?;
         Ok((s.loss <= MAX_LOSS, s.offered_pps >= 0.97 * rate, s))
     })?;
     Ok(Row { flood, sustained, generator_limited })

@@ -49,13 +49,15 @@ pub(super) enum Sink {
 }
 
 impl Sink {
-    pub(super) fn xdp(topo: &Topology, fanout: u32) -> anyhow::Result<Self> {
+    /// Counts every datagram to `SINK_PORT..=SINK_PORT + ports + 1` (subscriber `l` of a fan-out
+    /// at `SINK_PORT + l`, call i's subscriber at `SINK_PORT + 2 + i`).
+    pub(super) fn xdp(topo: &Topology, ports: u32) -> anyhow::Result<Self> {
         let iface = topo.sink_if.clone();
         let stage = topo.sink.enter(move || {
             let mut stage = XdpStage::load_unpinned()?;
             stage.attach(&iface)?;
             // No leg is known: every datagram to the subscribers' ports is counted and dropped.
-            stage.set_port_range(SINK_PORT..=SINK_PORT + fanout as u16 + 1)?;
+            stage.set_port_range(SINK_PORT..=SINK_PORT + ports as u16 + 1)?;
             Ok::<_, anyhow::Error>(stage)
         })?;
         Ok(Self::Xdp(stage))

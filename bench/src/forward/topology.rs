@@ -24,6 +24,8 @@ pub struct Topology {
     pub sink: NetNs,
     /// The sink's interface (inside `sink`).
     pub sink_if: String,
+    /// The generator's interface (inside `generator`).
+    pub generator_if: String,
 }
 
 /// Where the generator sends from.
@@ -53,6 +55,6 @@ impl Topology {
         forwarder.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         generator.ip(&["route", "add", "10.77.2.0/24", "via", "10.77.1.1"]);
         sink.ip(&["route", "add", "10.77.1.0/24", "via", "10.77.2.1"]);
-        Self { generator, forwarder, sink, sink_if: out.b }
+        Self { generator, forwarder, sink, sink_if: out.b, generator_if: input.a }
     }
 }
