@@ -8,6 +8,8 @@
 //! port_range = [20000, 32767]
 //! # A session's legs share one dataplane worker until it has this many; then new legs spread.
 //! session_affinity_legs = 64
+//! # Optional: shared ports (legs with shared_port), one per dataplane worker from this one on.
+//! # shared_port_base = 20000
 //! # Plain-text gRPC: only when set explicitly, and only on a loopback address.
 //! plaintext = true
 //! # Optional: load-balancer state in Redis.
@@ -72,6 +74,12 @@ pub struct Config {
     /// fewest of its legs, so a webinar's viewers split evenly. Takes effect once the dataplane
     /// has said its worker count; with one worker nothing changes.
     pub session_affinity_legs: u32,
+    /// The first of the node's shared ports: legs asking for `shared_port` share one UDP port
+    /// per dataplane worker, `shared_port_base ..= shared_port_base + workers - 1` (so every
+    /// worker, `port % workers`, has one). Inside `port_range`, and never given to a leg as a
+    /// port of its own. None (the default): no shared ports; a leg asking for one is refused
+    /// (FAILED_PRECONDITION).
+    pub shared_port_base: Option<u16>,
     /// The address WebRTC legs' host candidates announce (a public or load-balancer address);
     /// default: the dataplane's listen address.
     pub announce_ip: Option<std::net::IpAddr>,
@@ -95,6 +103,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/sluice/controlplane"),
             port_range: (20_000, 32_767),
             session_affinity_legs: crate::state::DEFAULT_SESSION_AFFINITY_LEGS,
+            shared_port_base: None,
             plaintext: false,
             tls: None,
             redis_url: None,
@@ -200,6 +209,20 @@ impl Config {
         Ok(self.session_affinity_legs)
     }
 
+    /// `shared_port_base`, validated: inside `port_range` (the worker count, and so the last
+    /// shared port, is checked once it is known: [`crate::engine::Engine::set_shared_port_base`]).
+    pub fn shared_port_base(&self) -> Result<Option<u16>, ConfigError> {
+        let Some(base) = self.shared_port_base else { return Ok(None) };
+        let range = self.ports()?;
+        if !(range.start..=range.end).contains(&base) {
+            return Err(ConfigError::Invalid {
+                field: "shared_port_base",
+                why: format!("{base} is outside port_range [{}, {}]: the shared ports (one per dataplane worker) must lie inside it", range.start, range.end),
+            });
+        }
+        Ok(Some(base))
+    }
+
     /// How gRPC is served: TLS when `[controlplane.tls]` is there; plain text only when
     /// `plaintext = true` and `grpc_listen` is a loopback address.
     pub fn transport(&self) -> Result<Transport, ConfigError> {
@@ -276,6 +299,18 @@ mod tests {
         assert!(matches!(example.transport().unwrap(), Transport::Plaintext));
         assert!(example.redis().unwrap().is_none());
         assert_eq!(example.session_affinity_legs().unwrap(), 64);
+        assert_eq!(example.shared_port_base().unwrap(), None);
+    }
+
+    #[test]
+    fn shared_port_base_is_optional_and_inside_the_port_range() {
+        assert_eq!(Config::parse("[controlplane]\n").unwrap().shared_port_base().unwrap(), None);
+        let ok = Config::parse("[controlplane]\nport_range = [100, 199]\nshared_port_base = 100\n").unwrap();
+        assert_eq!(ok.shared_port_base().unwrap(), Some(100));
+        for base in [99, 200, 0] {
+            let bad = Config::parse(&format!("[controlplane]\nport_range = [100, 199]\nshared_port_base = {base}\n")).unwrap();
+            assert!(bad.shared_port_base().unwrap_err().to_string().contains("controlplane.shared_port_base"), "{base}");
+        }
     }
 
     #[test]

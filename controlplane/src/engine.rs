@@ -260,6 +260,10 @@ impl Engine {
             if ours.start < lo || ours.end > hi {
                 tracing::error!(port_range = ?(ours.start, ours.end), dataplane_port_range = ?(lo, hi), "controlplane.port_range is not inside the dataplane's port_range: changes that allocate a port outside it are refused");
             }
+            let shared = self.desired.placement().shared_ports();
+            if !shared.is_empty() && (*shared.start() < lo || *shared.end() > hi) {
+                tracing::error!(shared_ports = ?shared, dataplane_port_range = ?(lo, hi), "controlplane.shared_port_base: the shared ports are not inside the dataplane's port_range: legs asking for one outside it are refused");
+            }
             self.dataplane_ports = Some((lo, hi));
         }
         if let Some(w) = s.workers.filter(|&w| w > 0) {
@@ -279,10 +283,47 @@ impl Engine {
             return;
         }
         match self.commit(&Record::Placement(placement), |d| d.set_placement(placement)) {
-            Ok(()) => tracing::info!(workers = w, session_affinity_legs = placement.session_affinity_legs, "new legs' ports follow the dataplane's workers"),
+            Ok(()) => {
+                tracing::info!(workers = w, session_affinity_legs = placement.session_affinity_legs, shared_ports = ?self.desired.placement().shared_ports(), "new legs' ports follow the dataplane's workers");
+                self.warn_shared_port_conflicts();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, workers = w, "could not journal the dataplane's worker count; new legs' ports follow the last one until it is")
             }
+        }
+    }
+
+    /// Sets `controlplane.shared_port_base` (at start, before any change is served): journaled
+    /// when it differs from the recovered state's, as the affinity threshold is. Refused when
+    /// the shared ports (one per worker the dataplane last said it has) do not all lie inside
+    /// `controlplane.port_range`.
+    pub fn set_shared_port_base(&mut self, base: Option<u16>) -> Result<(), EngineError> {
+        let placement = Placement { shared_port_base: base, ..self.desired.placement() };
+        let range = self.desired.ports;
+        if let Some(b) = base {
+            let last = u32::from(b) + u32::from(placement.workers.unwrap_or(1).max(1)) - 1;
+            if b < range.start || last > u32::from(range.end) {
+                return Err(EngineError::State(StateError {
+                    kind: crate::state::ErrorKind::InvalidArgument,
+                    field: "controlplane.shared_port_base".into(),
+                    message: format!(
+                        "the shared ports {b}-{last} (one per dataplane worker) must lie inside controlplane.port_range {}-{}",
+                        range.start, range.end
+                    ),
+                }));
+            }
+        }
+        if placement != self.desired.placement() {
+            self.commit(&Record::Placement(placement), |d| d.set_placement(placement))?;
+        }
+        self.warn_shared_port_conflicts();
+        Ok(())
+    }
+
+    /// Logs legs holding a shared port as their own (see [`Desired::shared_port_conflicts`]).
+    fn warn_shared_port_conflicts(&self) {
+        for (session, leg, port) in self.desired.shared_port_conflicts() {
+            tracing::warn!(session = %session, leg = %leg, port, "a leg holds a shared port as its own (given out before it was shared): that worker's shared legs are refused until the leg is removed");
         }
     }
 
@@ -380,6 +421,11 @@ impl Engine {
             for leg in added {
                 let Some(spec) = self.desired.sessions.get(&session).and_then(|s| s.legs.get(&leg)) else { continue };
                 let Some(failed) = unbound.iter().find(|u| spec.ports().any(|p| p == u.port)).cloned() else { continue };
+                if spec.shared_port {
+                    // The worker's shared port is the only one the leg can have.
+                    tracing::error!(session = %session, leg = %leg, port = failed.port, error = %failed.error, "the dataplane cannot open a shared port; its legs receive nothing");
+                    continue;
+                }
                 // Ports another process holds now are skipped too, as for a new leg.
                 let picked =
                     skipping_held(&mut avoid, |avoid| self.desired.ports_for_move(&session, &leg, avoid), |&(p, r)| std::iter::once(p).chain(r).collect());
@@ -637,7 +683,10 @@ impl Engine {
     /// per-worker counters (from its stats stream) while it answers.
     pub fn status(&self, live: &Liveness) -> pb::NodeStatus {
         let d = &self.desired;
-        let ports_used = d.ports_used().len() as u32;
+        // Shared ports inside the range are not free for a leg of its own, used or not.
+        let shared = d.placement().shared_ports();
+        let ports_used = d.ports_used().into_iter().filter(|p| !shared.contains(p)).count() as u32
+            + shared.filter(|p| (d.ports.start..=d.ports.end).contains(p)).count() as u32;
         let mut s = pb::NodeStatus {
             draining: d.draining || self.lb.as_ref().is_some_and(|lb| lb.draining()),
             sessions: d.sessions.len() as u32,
@@ -727,6 +776,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// `shared_port_base` is refused outside the port range; a shared port is committed though
+    /// a process (the dataplane, for the legs already there) holds it, where a port of a leg's
+    /// own would be skipped.
+    #[test]
+    fn shared_ports_are_validated_and_never_skipped_as_held() {
+        let held = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        let p = held.local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("sluice-engine-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (journal, desired, _) = Journal::open(&dir, PortRange { start: p, end: p }).unwrap();
+        let mut engine = Engine::new(desired, journal);
+        for bad in [p - 1, p + 1] {
+            let e = engine.set_shared_port_base(Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("controlplane.shared_port_base"), "{e}");
+        }
+        engine.set_shared_port_base(Some(p)).unwrap();
+        let mut shared = leg("s");
+        if let Some(pb::change::Change::Leg(l)) = &mut shared.change {
+            (l.shared_port, l.remote) = (true, "192.0.2.1:9".into());
+        }
+        let (answers, committed) = engine.commit_many(&[req("m", vec![shared])]);
+        assert!(answers[0].is_none(), "{:?}", answers[0]);
+        assert_eq!(committed[0].1.committed.ports, vec![("s".to_string(), p)]);
+        // A leg of its own gets no port: the only one is shared.
+        let (answers, _) = engine.commit_many(&[req("m", vec![leg("own")])]);
+        assert!(matches!(&answers[0], Some(Err(EngineError::State(e))) if e.kind == crate::state::ErrorKind::ResourceExhausted), "{:?}", answers[0]);
+        drop((engine, held));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The dataplane's worker count and the configured affinity threshold reach the state's
     /// port allocation through the journal: a restart recovers them and the same ports.
     #[test]
@@ -738,9 +817,9 @@ mod tests {
         engine.set_session_affinity_legs(3).unwrap();
         // An older dataplane says nothing of its workers: ports as before.
         engine.set_edge(&sluice_api::EdgeStatus { port_range: Some((1024, 65_000)), ..Default::default() });
-        assert_eq!(engine.desired().placement(), Placement { workers: None, session_affinity_legs: 3 });
+        assert_eq!(engine.desired().placement(), Placement { workers: None, session_affinity_legs: 3, shared_port_base: None });
         engine.set_edge(&sluice_api::EdgeStatus { workers: Some(2), ..Default::default() });
-        assert_eq!(engine.desired().placement(), Placement { workers: Some(2), session_affinity_legs: 3 });
+        assert_eq!(engine.desired().placement(), Placement { workers: Some(2), session_affinity_legs: 3, shared_port_base: None });
         let (_, committed) = engine.commit_many(&[req("m", vec![leg("a"), leg("b"), leg("c"), leg("d")]), req("n", vec![leg("a")])]);
         assert_eq!(committed.len(), 2);
         let ports = |d: &Desired, s: &str| d.sessions[s].legs.values().map(|l| l.local_port).collect::<Vec<_>>();

@@ -202,10 +202,12 @@ impl Record {
                 body.extend_from_slice(leg.as_bytes());
                 (5, body)
             }
-            // The worker count (u16 BE, 0: unknown), then the affinity threshold (u32 BE).
+            // The worker count (u16 BE, 0: unknown), the affinity threshold (u32 BE), then the
+            // first shared port (u16 BE, 0: none; absent from records of older builds).
             Record::Placement(p) => {
                 let mut body = p.workers.unwrap_or(0).to_be_bytes().to_vec();
                 body.extend_from_slice(&p.session_affinity_legs.to_be_bytes());
+                body.extend_from_slice(&p.shared_port_base.unwrap_or(0).to_be_bytes());
                 (6, body)
             }
         }
@@ -229,10 +231,18 @@ impl Record {
                 Some(Record::Move { session, leg, port, rtcp_port: (rtcp != 0).then_some(rtcp) })
             }
             6 => {
-                let b: [u8; 6] = body.try_into().ok()?;
+                let (b, shared): ([u8; 6], u16) = match body.len() {
+                    6 => (body.try_into().ok()?, 0),
+                    8 => (body[..6].try_into().ok()?, u16::from_be_bytes([body[6], body[7]])),
+                    _ => return None,
+                };
                 let workers = u16::from_be_bytes([b[0], b[1]]);
                 let session_affinity_legs = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
-                Some(Record::Placement(Placement { workers: (workers != 0).then_some(workers), session_affinity_legs }))
+                Some(Record::Placement(Placement {
+                    workers: (workers != 0).then_some(workers),
+                    session_affinity_legs,
+                    shared_port_base: (shared != 0).then_some(shared),
+                }))
             }
             _ => None,
         }
@@ -743,16 +753,21 @@ mod tests {
     /// ports), and kept by a snapshot.
     #[test]
     fn the_placement_is_journaled_and_replays_onto_the_same_ports() {
-        for p in [Placement { workers: Some(4), session_affinity_legs: 16 }, Placement { workers: None, session_affinity_legs: 1 }] {
+        for p in [
+            Placement { workers: Some(4), session_affinity_legs: 16, shared_port_base: None },
+            Placement { workers: None, session_affinity_legs: 1, shared_port_base: Some(30_007) },
+        ] {
             let (kind, body) = Record::Placement(p).encode();
             assert_eq!(Record::decode(kind, &body), Some(Record::Placement(p)), "the record decodes to itself");
             assert_eq!(Record::decode(kind, &body[..5]), None, "a short body is refused");
+            // An older build's record has no shared port.
+            assert_eq!(Record::decode(kind, &body[..6]), Some(Record::Placement(Placement { shared_port_base: None, ..p })));
         }
         let d = dir("placement");
         let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
         let records = [
             Record::Apply(req("before", vec![leg("a"), leg("b")])),
-            Record::Placement(Placement { workers: Some(2), session_affinity_legs: 3 }),
+            Record::Placement(Placement { workers: Some(2), session_affinity_legs: 3, shared_port_base: None }),
             Record::Apply(req("m", vec![leg("a"), leg("b"), leg("c"), leg("d")])),
             Record::Apply(req("n", vec![leg("a")])),
         ];
@@ -771,7 +786,7 @@ mod tests {
         assert_eq!(desired.sessions["n"].legs["a"].local_port, 30_005, "worker 1 holds fewer legs");
         let (_, recovered, info) = Journal::open(&d, PORTS).unwrap();
         assert_eq!(info.replayed, 1);
-        assert_eq!(recovered.placement(), Placement { workers: Some(2), session_affinity_legs: 3 });
+        assert_eq!(recovered.placement(), Placement { workers: Some(2), session_affinity_legs: 3, shared_port_base: None });
         assert_eq!(recovered, desired);
         // Without the placement record the same change sets get other ports.
         let mut without = Desired::new(PORTS);
@@ -780,6 +795,45 @@ mod tests {
         }
         let n_port = |d: &Desired| d.sessions["n"].legs["a"].local_port;
         assert_eq!(n_port(&without), 30_006);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Shared ports follow the journaled placement: a recovery (records, then a snapshot and
+    /// records) gives every shared leg the port it had, and its index refuses the same remotes.
+    #[test]
+    fn shared_legs_replay_onto_the_same_shared_ports() {
+        use crate::pb::change::Change as C;
+        let shared = |id: &str, remote: &str| {
+            let mut c = leg(id);
+            if let Some(C::Leg(l)) = &mut c.change {
+                (l.shared_port, l.remote) = (true, remote.into());
+            }
+            c
+        };
+        let d = dir("shared");
+        let (mut j, mut desired, _) = Journal::open(&d, PORTS).unwrap();
+        let records = [
+            Record::Placement(Placement { workers: Some(2), session_affinity_legs: 2, shared_port_base: Some(30_004) }),
+            Record::Apply(req("m", vec![shared("a", "10.0.0.1:1"), leg("b"), shared("c", "10.0.0.2:1")])),
+            Record::Apply(req("n", vec![shared("a", "10.0.0.3:1"), leg("b")])),
+            Record::Apply(req("m", vec![pb::Change { change: Some(C::RemoveLeg("a".into())) }, shared("d", "10.0.0.1:1")])),
+        ];
+        for (i, r) in records.iter().enumerate() {
+            r.replay(&mut desired).unwrap();
+            j.append(r).unwrap();
+            if i == 1 {
+                j.compact(&desired).unwrap();
+            }
+        }
+        drop(j);
+        let port = |d: &Desired, s: &str, l: &str| d.sessions[s].legs[l].local_port;
+        assert_eq!((port(&desired, "m", "c"), port(&desired, "n", "a"), port(&desired, "m", "d")), (30_005, 30_005, 30_004));
+        let (_, mut recovered, info) = Journal::open(&d, PORTS).unwrap();
+        assert_eq!(info.replayed, 2);
+        assert_eq!(recovered, desired);
+        assert_eq!(recovered.tables(), desired.tables());
+        let e = recovered.apply(&req("k", vec![shared("x", "10.0.0.1:1")])).unwrap_err();
+        assert_eq!(e.field, "changes[0].leg.remote", "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
     }
     let ports = config.ports()?;
     let session_affinity_legs = config.session_affinity_legs()?;
+    let shared_port_base = config.shared_port_base()?;
     if let Some(overlap) = sluice_api::ephemeral_overlap(config.port_range) {
         tracing::warn!(port_range = ?config.port_range, ?overlap, file = sluice_api::EPHEMERAL_RANGE_FILE, "controlplane.port_range overlaps the kernel's ephemeral ports: a client socket may take a leg's port first");
     }
@@ -124,6 +125,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut engine = Engine::new(desired, journal);
     engine.set_session_affinity_legs(session_affinity_legs).context("journaling controlplane.session_affinity_legs")?;
+    engine.set_shared_port_base(shared_port_base).context("controlplane.shared_port_base")?;
     engine.set_announce_ip(config.announce_ip);
     let engine = Controller::new(engine, Link::new(&config.dataplane_socket));
     sluice_controlplane::events::spawn(engine.clone(), config.dataplane_socket.clone()).context("dataplane event thread")?;

@@ -899,3 +899,101 @@ fn hostile_ids_and_huge_strings_are_invalid_with_short_messages() {
     assert_eq!(grpc.status().sessions, 0, "nothing was created:\n{}", cp.log_text());
     grpc.apply(base).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
 }
+
+/// Shared ports end to end: with `shared_port_base`, two 3-party meetings whose static-key legs
+/// all ask for `shared_port` get the dataplane's two workers' shared ports (33720, 33721: one
+/// UDP port each, many legs), and media flows exactly as on ports of their own, every packet
+/// authenticating at its receiver; a stranger sending a valid participant's SRTP to either
+/// shared port from an address no leg has gets nothing forwarded and nothing back. A leg
+/// claiming another session's (shared port, remote) is INVALID_ARGUMENT naming `leg.remote`,
+/// and GetSession shows the flag.
+#[test]
+fn legs_of_two_sessions_on_shared_ports_forward_media_and_strangers_get_nowhere() {
+    const SHARED: (u16, u16) = (33_720, 33_727);
+    let dir = TempDir::new("cp-shared-ports");
+    let (dataplane, dp_sock) = cp::start_dataplane_in(dir.path(), SHARED);
+    let (cp, addr) = start_controlplane_cfg(dir.path(), &dp_sock, 1, SHARED, "plaintext = true\nshared_port_base = 33720\n");
+    wait_until("the control plane to know the dataplane's workers", Duration::from_secs(20), || {
+        cp.log_text().contains("new legs' ports follow the dataplane's workers")
+    });
+    let mut grpc = Grpc::connect(addr);
+
+    let mut people = Vec::new();
+    let mut sockets = Vec::new();
+    let mut session_ports = Vec::new();
+    for (session, m) in [("shared-a", 11), ("shared-b", 12)] {
+        let (ops, mut ps) = meeting::build(m, 3, Profile::AeadAes128Gcm, 1);
+        let socks: Vec<UdpSocket> = ps.iter().map(|_| participant_socket()).collect();
+        for (p, s) in ps.iter_mut().zip(&socks) {
+            p.addr = s.local_addr().unwrap();
+        }
+        let mut cs = changes(&ops);
+        for c in &mut cs {
+            if let Some(C::Leg(l)) = &mut c.change {
+                let p = ps.iter().find(|p| leg_name(p.leg.0) == l.id).expect("a participant per leg");
+                (l.shared_port, l.remote) = (true, p.addr.to_string());
+            }
+        }
+        let created = grpc.apply(session_req_with(session, cs)).unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()));
+        let ports: BTreeMap<String, u16> = created.ports.iter().map(|p| (p.leg.clone(), p.local_port as u16)).collect();
+        for p in &mut ps {
+            p.port = ports[&leg_name(p.leg.0)];
+        }
+        let distinct: std::collections::BTreeSet<u16> = ports.values().copied().collect();
+        assert_eq!(distinct.len(), 1, "a small session's legs share its worker's shared port: {ports:?}");
+        session_ports.push(*distinct.first().unwrap());
+        let view = grpc.session(session).unwrap();
+        assert!(view.legs.iter().all(|l| l.shared_port && !l.remote.is_empty()), "{view:?}");
+        people.extend(ps);
+        sockets.extend(socks);
+    }
+    session_ports.sort_unstable();
+    assert_eq!(session_ports, [33_720, 33_721], "one shared port per worker, each session on the emptier worker");
+
+    // A remote is one leg's per shared port, across sessions: refused, nothing committed.
+    let taken = people[0].addr.to_string();
+    let mut dup = pb::Leg {
+        id: "copycat".into(),
+        shared_port: true,
+        remote: taken,
+        rx: Some(pb::KeyMaterial { profile: pb::SrtpProfile::AeadAes128Gcm as i32, key: vec![0; 16], salt: vec![0; 12] }),
+        ..Default::default()
+    };
+    dup.tx = dup.rx.clone();
+    let s =
+        expect_code(grpc.apply(session_req_with("shared-c", vec![pb::Change { change: Some(C::Leg(dup)) }])), Code::InvalidArgument, "changes[0].leg.remote");
+    assert!(s.message().contains("shared port"), "{s:?}");
+    expect_code(grpc.session("shared-c"), Code::NotFound, "session");
+
+    let mut media = Media { people, sockets, tick: 0 };
+    media.hello();
+    media.settle(|_, ticks, frames| 2 * ticks + frames * 6);
+    let (got, frames) = media.run(25, |_| {});
+    for c in &got {
+        assert_eq!(sum(c), 2 * 25 + frames * (5 + 1), "{got:?}\n{}", dataplane.log_text());
+    }
+
+    // A stranger: participant 0's keys and SSRCs (a fresh copy of its meeting), its sequence
+    // numbers well ahead of the real one's (fresh to the SRTP replay window), sent to both
+    // shared ports from an address no leg has. Forwarded, it would add packets (and gaps) at
+    // every subscriber of participant 0; taken as participant 0's, it would push the window
+    // past participant 0's own packets, which would then go missing.
+    let (_, mut copies) = meeting::build(11, 3, Profile::AeadAes128Gcm, 1);
+    let mut stranger = copies.swap_remove(0);
+    for t in 0..3000 {
+        stranger.audio(t);
+    }
+    let stranger_socket = participant_socket();
+    let (got, frames) = media.run(25, |k| {
+        let pkt = stranger.audio(3000 + k);
+        for port in [33_720, 33_721] {
+            stranger_socket.send_to(&pkt, ("127.0.0.1", port)).unwrap();
+        }
+    });
+    for c in &got {
+        assert_eq!(sum(c), 2 * 25 + frames * (5 + 1), "a stranger's datagrams went somewhere: {got:?}");
+    }
+    stranger_socket.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(stranger_socket.recv(&mut buf).is_err(), "the stranger got something back");
+}

@@ -181,7 +181,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                             if first { sum.tracks.to_string() } else { String::new() },
                             if first { sum.subscriptions.to_string() } else { String::new() },
                             l.id.clone(),
-                            l.local_port.to_string(),
+                            port(l),
                             remote(l),
                         ]);
                     }
@@ -204,7 +204,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 println!();
                 let mut rows = vec![vec!["LEG".to_owned(), "PORT".into(), "REMOTE".into(), "FEEDBACK_SSRC".into()]];
-                rows.extend(s.legs.iter().map(|l| vec![l.id.clone(), l.local_port.to_string(), remote(l), l.feedback_ssrc.to_string()]));
+                rows.extend(s.legs.iter().map(|l| vec![l.id.clone(), port(l), remote(l), l.feedback_ssrc.to_string()]));
                 print_table(&rows);
                 println!();
                 let mut rows = vec![vec!["TRACK".to_owned(), "PUBLISHER".into(), "KIND".into(), "LAYERS".into()]];
@@ -270,6 +270,11 @@ fn speaking(a: &pb::ActiveSpeakers) -> String {
     line
 }
 
+/// A leg's port, marked when it is a shared port.
+fn port(l: &pb::Leg) -> String {
+    if l.shared_port { format!("{} (shared)", l.local_port) } else { l.local_port.to_string() }
+}
+
 fn remote(l: &pb::Leg) -> String {
     if l.remote.is_empty() { "(learned)".into() } else { l.remote.clone() }
 }
@@ -283,7 +288,7 @@ fn kind(k: i32) -> &'static str {
 }
 
 fn leg_json(l: &pb::Leg) -> Value {
-    json!({ "id": l.id, "local_port": l.local_port, "remote": l.remote, "feedback_ssrc": l.feedback_ssrc })
+    json!({ "id": l.id, "local_port": l.local_port, "shared_port": l.shared_port, "remote": l.remote, "feedback_ssrc": l.feedback_ssrc })
 }
 
 fn session_json(s: &pb::Session) -> Value {

@@ -15,6 +15,8 @@ pub(super) struct Stage<'a> {
     pub(super) range: PortRange,
     /// The workers new legs' ports are spread over ([`Placement::spread`]), if more than one.
     pub(super) spread: Option<Spread>,
+    /// The placement: its shared ports.
+    pub(super) placement: Placement,
     /// Each worker's round-robin cursor (see `Desired::cursors`).
     pub(super) cursors: Vec<u16>,
     /// Which session holds each port, kept in step with the legs the stage puts and takes.
@@ -152,8 +154,8 @@ impl Stage<'_> {
         // Every session's ports (this one's as staged) through the index: the cost is a lookup,
         // not the session's size or the node's.
         let own = taken.map(|(t, _)| t);
-        let (index, avoid) = (&*self.index, self.avoid);
-        let used = |p: u16| own == Some(p) || index.holds(p) || avoid.contains(&p);
+        let (index, avoid, shared) = (&*self.index, self.avoid, self.placement.shared_ports());
+        let used = |p: u16| own == Some(p) || index.holds(p) || avoid.contains(&p) || shared.contains(&p);
         if let Some(p) = taken.and_then(|(_, prefer)| prefer)
             && (self.range.start..=self.range.end).contains(&p)
             && !used(p)
@@ -176,6 +178,36 @@ impl Stage<'_> {
         };
         advance_cursors(self.range, self.spread.map(|s| s.workers), &mut self.next_port, &mut self.cursors, p);
         Ok(p)
+    }
+
+    /// A shared port for a new leg: the one of the worker [`Stage::worker_for_new_leg`] picks
+    /// (the only one without spread), which the leg counts towards. Never a port of its own:
+    /// refused when the node has no shared ports, or that worker's is outside the range or
+    /// held by a leg of its own (given out before the worker count grew).
+    fn allocate_shared_port(&mut self, f: &str) -> Result<u16, StateError> {
+        let field = format!("{f}.shared_port");
+        if self.placement.shared_port_base.is_none() {
+            return Err(err(ErrorKind::FailedPrecondition, field, "this node has no shared ports (controlplane.shared_port_base is not set)"));
+        }
+        let worker = self.spread.map_or(0, |s| self.worker_for_new_leg(s));
+        let Some(port) = self.placement.shared_port_of(worker) else {
+            return Err(err(ErrorKind::FailedPrecondition, field, format!("worker {worker} has no shared port (controlplane.shared_port_base is too high)")));
+        };
+        if !(self.range.start..=self.range.end).contains(&port) {
+            return Err(err(
+                ErrorKind::FailedPrecondition,
+                field,
+                format!("shared port {port} of worker {worker} is outside controlplane.port_range {}-{}", self.range.start, self.range.end),
+            ));
+        }
+        if let Some(owner) = self.index.owner_alone(port) {
+            return Err(err(
+                ErrorKind::FailedPrecondition,
+                field,
+                format!("shared port {port} of worker {worker} is held by a leg of session {} as its own port (given out before it was shared)", quote(owner)),
+            ));
+        }
+        Ok(port)
     }
 
     /// The worker a new leg of this session goes to: with no legs yet, the one with the fewest
@@ -239,11 +271,28 @@ impl Stage<'_> {
                 _ => return Err(invalid(format!("{f}.rtcp_remote"), format!("{} is not an ip:port address with a port", quote(&l.rtcp_remote)))),
             }
         };
+        if let Some(old) = self.session.legs.get(&l.id)
+            && old.shared_port != l.shared_port
+        {
+            let (was, now) = if old.shared_port { ("a shared port", "a port of its own") } else { ("a port of its own", "a shared port") };
+            return Err(invalid(format!("{f}.shared_port"), format!("leg {} is on {was} and cannot move to {now}: remove it and add it again", quote(&l.id))));
+        }
+        if l.shared_port {
+            if l.separate_rtcp {
+                return Err(invalid(format!("{f}.separate_rtcp"), "a leg on a shared port multiplexes RTCP with RTP"));
+            }
+            if l.webrtc.is_none() && remote.is_none() {
+                return Err(invalid(
+                    format!("{f}.remote"),
+                    "a static-key leg on a shared port needs its remote: the port tells its legs apart by their source",
+                ));
+            }
+        }
         let old_rtcp = self.session.legs.get(&l.id).and_then(|old| old.rtcp.as_deref().map(|c| c.local_port));
         let (id, port) = match self.session.legs.get(&l.id) {
             Some(old) => (old.id, old.local_port),
             None => {
-                let port = self.allocate_port(f)?;
+                let port = if l.shared_port { self.allocate_shared_port(f)? } else { self.allocate_port(f)? };
                 let id = LegId(self.next_leg);
                 self.next_leg += 1;
                 self.events.push(event(pb::event::Event::LegAdded(pb::LegAdded { leg: l.id.clone(), local_port: u32::from(port) })));
@@ -282,8 +331,6 @@ impl Stage<'_> {
         } else {
             None
         };
-        // Every leg the control plane allocates has a port of its own: shared ports
-        // (`LegSpec::shared_port`) are not offered through the Routes API yet.
         let spec = LegSpec {
             id,
             local_port: port,
@@ -296,9 +343,20 @@ impl Stage<'_> {
             audio_slots,
             rate_limit,
             rtcp,
-            shared_port: false,
+            shared_port: l.shared_port,
         };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
+        // One leg per (shared port, remote), over every session: the dataplane tells the legs of
+        // a shared port apart by remote (and refuses a second delta-wide, `RemoteInUse`).
+        if let Some(r) = spec.remote.filter(|_| spec.shared_port)
+            && let Some((session, leg)) = self.index.remote_owner(port, r)
+            && (session, leg) != (self.name, l.id.as_str())
+        {
+            return Err(invalid(
+                format!("{f}.remote"),
+                format!("{r} on shared port {port} is already the remote of leg {} in session {}", quote(leg), quote(session)),
+            ));
+        }
         self.put_leg(&l.id, spec);
         self.ports.retain(|(n, _)| n != &l.id);
         self.ports.push((l.id.clone(), port));
@@ -542,9 +600,9 @@ impl Stage<'_> {
     fn put_leg(&mut self, name: &str, spec: LegSpec) {
         let was = self.session.legs.remove(name);
         if let Some(w) = &was {
-            self.index.remove_leg(self.name, w);
+            self.index.remove_leg(self.name, name, w);
         }
-        self.index.add_leg(self.name, &spec);
+        self.index.add_leg(self.name, name, &spec);
         self.session.legs.insert(name.to_owned(), spec);
         self.steps.push(Step::Leg(name.to_owned(), was));
     }
@@ -592,7 +650,7 @@ impl Stage<'_> {
     /// (logged); returns the tracks' names.
     fn remove_leg(&mut self, name: &str) -> Vec<String> {
         if let Some(was) = self.session.legs.remove(name) {
-            self.index.remove_leg(self.name, &was);
+            self.index.remove_leg(self.name, name, &was);
             self.steps.push(Step::Leg(name.to_owned(), Some(was)));
         }
         let subscribed: Vec<String> = self.session.subs.get(name).map(|s| s.keys().cloned().collect()).unwrap_or_default();

@@ -108,11 +108,15 @@ pub struct Placement {
     pub workers: Option<u16>,
     /// Legs a session has before its new legs are spread over the workers (at least 1).
     pub session_affinity_legs: u32,
+    /// The first of the node's shared ports (`controlplane.shared_port_base`; `None`: no shared
+    /// ports, and a leg asking for one is refused). See [`Placement::shared_ports`].
+    #[serde(default)]
+    pub shared_port_base: Option<u16>,
 }
 
 impl Default for Placement {
     fn default() -> Self {
-        Self { workers: None, session_affinity_legs: DEFAULT_SESSION_AFFINITY_LEGS }
+        Self { workers: None, session_affinity_legs: DEFAULT_SESSION_AFFINITY_LEGS, shared_port_base: None }
     }
 }
 
@@ -120,6 +124,24 @@ impl Placement {
     /// The worker count ports are spread over: `None` unless more than one worker.
     pub fn spread(&self) -> Option<u16> {
         self.workers.filter(|&w| w > 1)
+    }
+
+    /// The node's shared ports (`LegSpec::shared_port`): `shared_port_base` and the ports after
+    /// it, one per worker (base ..= base + workers - 1: consecutive ports cover every residue
+    /// of `port % workers`, so every worker owns one), just the base while the worker count is
+    /// unknown. Never given to a leg as a port of its own.
+    #[expect(clippy::reversed_empty_ranges, reason = "no shared ports: an empty range that contains nothing")]
+    pub fn shared_ports(&self) -> std::ops::RangeInclusive<u16> {
+        match self.shared_port_base {
+            Some(b) => b..=b.saturating_add(self.workers.unwrap_or(1).max(1) - 1),
+            None => 1..=0,
+        }
+    }
+
+    /// The shared port of `worker` (the one with `port % workers == worker`), if configured.
+    pub fn shared_port_of(&self, worker: u16) -> Option<u16> {
+        let w = self.spread().unwrap_or(1);
+        self.shared_ports().find(|p| p % w == worker % w)
     }
 }
 
@@ -313,7 +335,7 @@ impl Undo {
     }
 
     /// The local ports (RTP and RTCP) legs the change touched hold in `d` and did not hold
-    /// before it: the ports the change gave out.
+    /// before it: the ports the change gave out (shared ports are not given out).
     pub fn new_ports(&self, d: &Desired) -> BTreeSet<u16> {
         let Some(s) = d.sessions.get(&self.session) else { return BTreeSet::new() };
         let mut had = BTreeSet::new();
@@ -324,7 +346,9 @@ impl Undo {
                 names.insert(name.as_str());
             }
         }
-        names.into_iter().filter_map(|n| s.legs.get(n)).flat_map(LegSpec::ports).filter(|p| !had.contains(p)).collect()
+        // A shared port is the dataplane's own once a leg uses it (binding it would fail for
+        // that reason), and it is not picked among others: it is not a port the change gave out.
+        names.into_iter().filter_map(|n| s.legs.get(n)).filter(|l| !l.shared_port).flat_map(LegSpec::ports).filter(|p| !had.contains(p)).collect()
     }
 }
 
@@ -403,7 +427,8 @@ pub struct Desired {
     /// What the node may hold (configuration, not state: never in a snapshot).
     #[serde(skip)]
     pub quotas: Quotas,
-    /// Which session holds each leg port (derived, never in a snapshot; see [`PortIndex`]).
+    /// Which session holds each leg port, and which leg each remote of a shared port (derived,
+    /// never in a snapshot; see [`PortIndex`]).
     #[serde(skip)]
     port_index: PortIndex,
 }
@@ -413,11 +438,18 @@ pub struct Desired {
 /// Apply checks a port against the node, its own session included, in O(log n) instead of
 /// collecting ports (which made each Apply cost its session's size or the node's, and
 /// programming a big webinar quadratic); it also counts each session's legs per worker. A
-/// state loaded from a snapshot has none until [`Desired::reindex`] (the first change builds
-/// it).
+/// shared port is many sessions' at once: the index counts its legs, and names the leg of
+/// each (shared port, remote), which must be one (the dataplane tells a shared port's legs
+/// apart by remote). A state loaded from a snapshot has none until [`Desired::reindex`] (the
+/// first change builds it).
 #[derive(Clone, Debug, Default)]
 struct PortIndex {
+    /// Ports of one leg each: the session holding it.
     owner: BTreeMap<u16, String>,
+    /// Shared ports: how many legs use each.
+    shared: BTreeMap<u16, u32>,
+    /// The (shared port, remote)s legs have: (session, leg).
+    remotes: BTreeMap<(u16, SocketAddr), (String, String)>,
     built: bool,
     /// With [`Placement::spread`], the legs on each worker (by their RTP port; index: the
     /// worker), over every session; empty otherwise.
@@ -438,47 +470,87 @@ impl Eq for PortIndex {}
 impl PortIndex {
     /// An empty, built index counting legs per worker over `spread` workers.
     fn new(spread: Option<u16>) -> Self {
-        Self { owner: BTreeMap::new(), built: true, legs: vec![0; spread.map_or(0, usize::from)], per_session: BTreeMap::new() }
+        Self {
+            owner: BTreeMap::new(),
+            shared: BTreeMap::new(),
+            remotes: BTreeMap::new(),
+            built: true,
+            legs: vec![0; spread.map_or(0, usize::from)],
+            per_session: BTreeMap::new(),
+        }
     }
 
     fn add(&mut self, name: &str, s: &Session) {
-        for l in s.legs.values() {
-            self.add_leg(name, l);
+        for (leg, l) in &s.legs {
+            self.add_leg(name, leg, l);
         }
     }
 
     fn remove(&mut self, name: &str, s: Option<&Session>) {
-        for l in s.into_iter().flat_map(|s| s.legs.values()) {
-            self.remove_leg(name, l);
+        for (leg, l) in s.into_iter().flat_map(|s| &s.legs) {
+            self.remove_leg(name, leg, l);
         }
         self.per_session.remove(name);
     }
 
-    /// Counts leg `l` of session `name` in.
-    fn add_leg(&mut self, name: &str, l: &LegSpec) {
-        if self.built {
+    /// Counts leg `l` (named `leg`) of session `name` in.
+    fn add_leg(&mut self, name: &str, leg: &str, l: &LegSpec) {
+        if !self.built {
+            return;
+        }
+        if l.shared_port {
+            *self.shared.entry(l.local_port).or_default() += 1;
+            if let Some(r) = l.remote {
+                self.remotes.insert((l.local_port, r), (name.to_owned(), leg.to_owned()));
+            }
+        } else {
             for p in l.ports() {
                 self.owner.insert(p, name.to_owned());
             }
-            self.count(name, l.local_port, true);
         }
+        self.count(name, l.local_port, true);
     }
 
-    /// Counts leg `l` of session `name` out.
-    fn remove_leg(&mut self, name: &str, l: &LegSpec) {
-        if self.built {
+    /// Counts leg `l` (named `leg`) of session `name` out.
+    fn remove_leg(&mut self, name: &str, leg: &str, l: &LegSpec) {
+        if !self.built {
+            return;
+        }
+        if l.shared_port {
+            if let Some(n) = self.shared.get_mut(&l.local_port) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.shared.remove(&l.local_port);
+                }
+            }
+            if let Some(r) = l.remote
+                && self.remotes.get(&(l.local_port, r)).is_some_and(|(s, o)| s == name && o == leg)
+            {
+                self.remotes.remove(&(l.local_port, r));
+            }
+        } else {
             for p in l.ports() {
                 if self.owner.get(&p).is_some_and(|o| o == name) {
                     self.owner.remove(&p);
                 }
             }
-            self.count(name, l.local_port, false);
         }
+        self.count(name, l.local_port, false);
     }
 
-    /// Whether a leg holds `port`.
+    /// Whether a leg holds `port` (its own, or shared).
     fn holds(&self, port: u16) -> bool {
-        self.owner.contains_key(&port)
+        self.owner.contains_key(&port) || self.shared.contains_key(&port)
+    }
+
+    /// The session whose leg has `port` as a port of its own.
+    fn owner_alone(&self, port: u16) -> Option<&str> {
+        self.owner.get(&port).map(String::as_str)
+    }
+
+    /// The (session, leg) whose leg on shared port `port` has remote `remote`.
+    fn remote_owner(&self, port: u16, remote: SocketAddr) -> Option<(&str, &str)> {
+        self.remotes.get(&(port, remote)).map(|(s, l)| (s.as_str(), l.as_str()))
     }
 
     /// Session `name`'s legs per worker (none counted: empty).
@@ -622,6 +694,21 @@ impl Desired {
         self.sessions.values().flat_map(|s| s.legs.values().flat_map(LegSpec::ports)).collect()
     }
 
+    /// Legs holding one of the node's shared ports ([`Placement::shared_ports`]) as a port of
+    /// their own (session, leg, port): given out before the shared ports were configured or the
+    /// worker count grew. While one holds it, legs asking for that worker's shared port are
+    /// refused (FAILED_PRECONDITION).
+    pub fn shared_port_conflicts(&self) -> Vec<(String, String, u16)> {
+        let shared = self.placement.shared_ports();
+        let mut out = Vec::new();
+        for (s, sess) in &self.sessions {
+            for (l, spec) in sess.legs.iter().filter(|(_, l)| !l.shared_port) {
+                out.extend(spec.ports().filter(|p| shared.contains(p)).map(|p| (s.clone(), l.clone(), p)));
+            }
+        }
+        out
+    }
+
     /// Applies a change set atomically: on any error nothing changes.
     pub fn apply(&mut self, req: &pb::ChangeSet) -> Result<Outcome, StateError> {
         self.apply_avoiding(req, &BTreeSet::new())
@@ -645,6 +732,7 @@ impl Desired {
             next_port: self.next_port,
             range: self.ports,
             spread: self.placement.spread().map(|workers| Spread { workers, session_affinity_legs: self.placement.session_affinity_legs }),
+            placement: self.placement,
             cursors: self.cursors.clone(),
             index,
             avoid,
@@ -674,6 +762,9 @@ impl Desired {
         let Some(spec) = self.sessions.get(session).and_then(|s| s.legs.get(leg)) else {
             return Err(err(ErrorKind::NotFound, "leg", format!("no leg {} in session {}", quote(leg), quote(session))));
         };
+        if spec.shared_port {
+            return Err(shared_cannot_move(leg));
+        }
         // The stage's session still holds the leg, so its current ports count as taken.
         let mut index = if self.port_index.built { self.port_index.clone() } else { self.built_index() };
         let mut stage = self.stage(session, self.sessions.get(session).cloned().unwrap_or_default(), &mut index, avoid);
@@ -696,13 +787,16 @@ impl Desired {
         let Some(spec) = s.legs.get_mut(leg) else {
             return Err(err(ErrorKind::NotFound, "leg", format!("no leg {} in session {}", quote(leg), quote(session))));
         };
+        if spec.shared_port {
+            return Err(shared_cannot_move(leg));
+        }
         let old = spec.clone();
         spec.local_port = port;
         if let (Some(c), Some(p)) = (spec.rtcp.as_deref_mut(), rtcp_port) {
             c.local_port = p;
         }
-        self.port_index.remove_leg(session, &old);
-        self.port_index.add_leg(session, spec);
+        self.port_index.remove_leg(session, leg, &old);
+        self.port_index.add_leg(session, leg, spec);
         for e in &mut s.idempotency {
             for (name, p) in &mut e.committed.ports {
                 if name == leg {
@@ -1009,6 +1103,7 @@ impl Desired {
                     separate_rtcp: l.rtcp.is_some(),
                     rtcp_port: l.rtcp.as_deref().map_or(0, |c| u32::from(c.local_port)),
                     rtcp_remote: l.rtcp.as_deref().and_then(|c| c.remote).map(|r| r.to_string()).unwrap_or_default(),
+                    shared_port: l.shared_port,
                     rx: l.edge.is_none().then(|| key(&l.rx)),
                     tx: l.edge.is_none().then(|| key(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,
@@ -1086,6 +1181,12 @@ impl Desired {
     }
 }
 
+/// A leg on a shared port keeps it: the port is the worker's, other legs use it, and
+/// nothing else would be shared.
+fn shared_cannot_move(leg: &str) -> StateError {
+    err(ErrorKind::FailedPrecondition, "leg", format!("leg {} is on a shared port: it cannot move to another port", quote(leg)))
+}
+
 /// Takes `steps` back on `session` (named `name`), last first, keeping `index` in step with its
 /// legs.
 fn undo_steps(session: &mut Session, index: &mut PortIndex, name: &str, steps: Vec<Step>) {
@@ -1093,10 +1194,10 @@ fn undo_steps(session: &mut Session, index: &mut PortIndex, name: &str, steps: V
         match step {
             Step::Leg(n, was) => {
                 if let Some(now) = session.legs.remove(&n) {
-                    index.remove_leg(name, &now);
+                    index.remove_leg(name, &n, &now);
                 }
                 if let Some(was) = was {
-                    index.add_leg(name, &was);
+                    index.add_leg(name, &n, &was);
                     session.legs.insert(n, was);
                 }
             }
@@ -1154,6 +1255,9 @@ mod node_tests;
 
 #[cfg(test)]
 mod placement_tests;
+
+#[cfg(test)]
+mod shared_port_tests;
 
 #[cfg(test)]
 mod tests {

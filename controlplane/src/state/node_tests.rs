@@ -40,7 +40,7 @@ fn quotas_refuse_what_would_go_over_them_and_only_that() {
 #[test]
 fn the_port_index_stays_in_step_with_the_sessions() {
     let mut d = Desired::new(PortRange { start: 30_000, end: 30_099 });
-    d.set_placement(Placement { workers: Some(3), session_affinity_legs: 2 });
+    d.set_placement(Placement { workers: Some(3), session_affinity_legs: 2, shared_port_base: None });
     let check = |d: &Desired| {
         let mut fresh = d.clone();
         fresh.reindex();
@@ -73,7 +73,7 @@ fn the_port_index_stays_in_step_with_the_sessions() {
     let (port, rtcp) = d.ports_for_move("n", "x", &BTreeSet::new()).unwrap();
     d.move_leg("n", "x", port, rtcp).unwrap();
     check(&d);
-    d.set_placement(Placement { workers: Some(2), session_affinity_legs: 2 });
+    d.set_placement(Placement { workers: Some(2), session_affinity_legs: 2, shared_port_base: None });
     check(&d);
     d.delete_session(&pb::DeleteSessionRequest { session: "n".into(), expected_revision: None }).unwrap();
     check(&d);

@@ -10,7 +10,7 @@ use crate::pb::change::Change as C;
 
 fn node(workers: Option<u16>, session_affinity_legs: u32, end: u16) -> Desired {
     let mut d = Desired::new(PortRange { start: 30_000, end });
-    d.set_placement(Placement { workers, session_affinity_legs });
+    d.set_placement(Placement { workers, session_affinity_legs, shared_port_base: None });
     d
 }
 
