@@ -162,21 +162,7 @@ pub fn part_ops(installed: &SpecSet, part: &Part) -> Vec<Op> {
         }
     }
     ops.extend(part.legs.iter().filter(|l| leg_goes(l) && installed.legs.contains_key(l)).map(|l| Op::RemoveLeg(*l)));
-    for (id, l) in &desired.legs {
-        if installed.legs.get(id) != Some(l) {
-            ops.push(Op::UpsertLeg(l.clone()));
-        }
-    }
-    for (id, t) in &desired.tracks {
-        if installed.tracks.get(id) != Some(t) {
-            ops.push(Op::UpsertTrack(t.clone()));
-        }
-    }
-    for (k, s) in &desired.subs {
-        if installed.subs.get(k) != Some(s) {
-            ops.push(Op::UpsertSubscription(s.clone()));
-        }
-    }
+    push_upserts(&mut ops, desired, installed);
     ops
 }
 
@@ -216,6 +202,18 @@ pub fn ops(installed: &SpecSet, desired: &SpecSet) -> Vec<Op> {
         }
     }
     ops.extend(installed.legs.keys().filter(|l| leg_goes(l)).map(|l| Op::RemoveLeg(*l)));
+    push_upserts(&mut ops, desired, installed);
+    ops
+}
+
+/// How many entries differ between two table sets (0: identical).
+pub fn differing(a: &SpecSet, b: &SpecSet) -> usize {
+    ops(a, b).len()
+}
+
+/// The upserts, legs → tracks → subscriptions: what `desired` has that `installed` lacks or
+/// has otherwise.
+fn push_upserts(ops: &mut Vec<Op>, desired: &SpecSet, installed: &SpecSet) {
     for (id, l) in &desired.legs {
         if installed.legs.get(id) != Some(l) {
             ops.push(Op::UpsertLeg(l.clone()));
@@ -231,12 +229,6 @@ pub fn ops(installed: &SpecSet, desired: &SpecSet) -> Vec<Op> {
             ops.push(Op::UpsertSubscription(s.clone()));
         }
     }
-    ops
-}
-
-/// How many entries differ between two table sets (0: identical).
-pub fn differing(a: &SpecSet, b: &SpecSet) -> usize {
-    ops(a, b).len()
 }
 
 #[cfg(test)]
