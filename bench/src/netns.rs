@@ -128,6 +128,33 @@ impl NetNs {
         Ok(())
     }
 
+    /// Gives the NAPI threads of `dev` (see [`NetNs::napi_thread_on`]) the real-time policy
+    /// `SCHED_FIFO` at `priority`: the kernel receive then preempts whatever else runs on its core
+    /// (a worker in the middle of a batch) instead of waiting for its time slice, as an operator
+    /// sets with `chrt -f -p <priority> <pid>` for a NIC queue's thread (or gets with interrupts).
+    pub fn napi_threads_fifo(&self, dev: &str, priority: i32) -> std::io::Result<()> {
+        let prefix = format!("napi/{dev}-");
+        let prefix = &prefix[..prefix.len().min(15)];
+        let mut set = 0;
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if !comm.trim_end().starts_with(prefix) {
+                continue;
+            }
+            let param = libc::sched_param { sched_priority: priority };
+            // SAFETY: `param` is a valid sched_param for the call to read.
+            if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &raw const param) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            set += 1;
+        }
+        if set == 0 {
+            return Err(std::io::Error::other(format!("no NAPI thread for {dev} in {}", self.name)));
+        }
+        Ok(())
+    }
+
     /// A plain HTTP GET of `path` on `addr` from inside the namespace (the daemon's `/metrics`).
     pub fn http_get(&self, addr: &str, path: &str) -> String {
         self.enter(|| {

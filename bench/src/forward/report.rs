@@ -130,6 +130,23 @@ pub fn run(backends: &[String], fanouts: &[u32], profiles: &[Profile], seconds: 
             l.samples
         );
         latencies.push(l);
+        // The same floor at fan-out 4's output rate: the sink (on the generator's core) then
+        // receives as many packets as behind the forwarder, so what the row above does not
+        // include (the sink's own load) is in both.
+        let h = kernel_floor(&topo, profile, seconds, rate * 4.0)?;
+        let l4 = Latency::from_histogram("kernel-x4", profile, false, 1, rate * 4.0, &h);
+        println!(
+            "{:<8} {:<16} {:>4} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9}   (the same at 4x the rate: the sink as loaded as behind the forwarder at fan-out 4)",
+            short(profile),
+            l4.backend,
+            "-",
+            l4.offered_pps,
+            l4.p50_us,
+            l4.p99_us,
+            l4.p999_us,
+            l4.samples
+        );
+        latencies.push(l4);
         for &(b, gso) in &parsed {
             let Some(max) =
                 rows.iter().find(|r| r.flood.backend == b && r.flood.gso == gso && r.flood.fanout == 4 && r.flood.profile == format!("{profile:?}"))

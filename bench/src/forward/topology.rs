@@ -51,6 +51,12 @@ impl Topology {
         // forwarder's kernel receive on the forwarder's core, the sink's on the generator's.
         forwarder.napi_thread_on(&input.b, FORWARDER_CORE).expect("forwarder NAPI thread");
         sink.napi_thread_on(&out.b, GENERATOR_CORE).expect("sink NAPI thread");
+        // `SLUICE_BENCH_NAPI_FIFO=<priority>`: the forwarder's kernel receive as a real-time
+        // thread (what an operator sets for a NIC queue's thread; see the README's tail latency).
+        if let Some(prio) = std::env::var("SLUICE_BENCH_NAPI_FIFO").ok().and_then(|v| v.parse().ok()) {
+            forwarder.napi_threads_fifo(&input.b, prio).expect("forwarder NAPI thread SCHED_FIFO");
+            println!("forwarder NAPI thread: SCHED_FIFO priority {prio}");
+        }
         // The latency floor: the same path through the kernel's own IP forwarding in ns fwd.
         forwarder.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         generator.ip(&["route", "add", "10.77.2.0/24", "via", "10.77.1.1"]);
