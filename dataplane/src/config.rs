@@ -272,8 +272,10 @@ impl Config {
     /// process may run on ([`allowed_cores`]), which under a CPU mask need not start at 0.
     pub fn validate(&self, allowed: &[usize]) -> Result<(), ConfigError> {
         let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
-        if self.workers == 0 || self.workers > 256 {
-            return invalid("workers", format!("{} is not in 1..=256", self.workers));
+        // The workers a track's subscribers are on are a 64-bit set (hand-overs, see
+        // `sluice_core::forward::Shard`).
+        if self.workers == 0 || self.workers > 64 {
+            return invalid("workers", format!("{} is not in 1..=64 (a track's hand-over set holds 64 workers)", self.workers));
         }
         if let Some(cores) = &self.cores {
             if cores.len() != self.workers {
@@ -417,6 +419,7 @@ mod tests {
             c.validate(&allowed).err().map(|e| e.to_string()).unwrap_or_default()
         };
         assert!(check("[dataplane]\nworkers = 3\n", 2).contains("`workers`"));
+        assert!(check("[dataplane]\nworkers = 65\n", 128).contains("1..=64"), "a hand-over set holds 64 workers");
         assert!(check("[dataplane]\nworkers = 1\ncores = [5]\n", 2).contains("core 5 is not one this process may run on (allowed: 0-1)"));
         assert!(check("[dataplane]\nworkers = 2\ncores = [1, 1]\n", 2).contains("twice"));
         assert!(check("[dataplane]\nreplay_window = 100\n", 2).contains("`replay_window`"));
