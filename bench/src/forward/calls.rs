@@ -251,10 +251,18 @@ pub(super) fn spawn_generator(
         let mut bufs: Vec<Vec<u8>> = (0..BURST).map(|_| vec![0u8; 8 + DATAGRAM + 32]).collect();
         let mut lens = [0usize; BURST];
         let mut next = 0u32;
+        // `SLUICE_BENCH_CALL_RUN=k`: each call sends k datagrams in a row before the next call's
+        // (a diagnostic: how much of a shared port's cost is arrivals interleaved by call).
+        let run = std::env::var("SLUICE_BENCH_CALL_RUN").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(1).max(1);
+        let mut in_run = 0u32;
         let mut send = |n: usize| {
             for (b, len) in bufs.iter_mut().zip(lens.iter_mut()).take(n) {
                 let i = next;
-                next = (next + 1) % calls;
+                in_run += 1;
+                if in_run >= run {
+                    in_run = 0;
+                    next = (next + 1) % calls;
+                }
                 let srtp = audio_packet(&mut peers[i as usize], i, profile, &mut b[8..]);
                 // RFC 768 header; checksum 0: none (IPv4), as with the checksum offloaded.
                 let udp_len = (8 + srtp) as u16;
