@@ -99,16 +99,7 @@ impl NetNs {
     pub fn napi_thread_on(&self, dev: &str, core: usize) -> std::io::Result<()> {
         self.exec("ethtool", &["-K", dev, "gro", "on", "rx-udp-gro-forwarding", "on"]);
         self.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")]);
-        // The kthreads are named `napi/<dev>-<id>`, truncated to the 15 bytes of a task name.
-        let prefix = format!("napi/{dev}-");
-        let prefix = &prefix[..prefix.len().min(15)];
-        let mut pinned = 0;
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if !comm.trim_end().starts_with(prefix) {
-                continue;
-            }
+        for pid in self.napi_threads(dev)? {
             // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write within it, and
             // sched_setaffinity reads `size_of::<cpu_set_t>()` bytes of it.
             let rc = unsafe {
@@ -120,12 +111,27 @@ impl NetNs {
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            pinned += 1;
-        }
-        if pinned == 0 {
-            return Err(std::io::Error::other(format!("no NAPI thread for {dev} in {}", self.name)));
         }
         Ok(())
+    }
+
+    /// The PIDs of `dev`'s NAPI kthreads (named `napi/<dev>-<id>`, truncated to the 15 bytes of a
+    /// task name); an error when there is none.
+    fn napi_threads(&self, dev: &str) -> std::io::Result<Vec<i32>> {
+        let prefix = format!("napi/{dev}-");
+        let prefix = &prefix[..prefix.len().min(15)];
+        let pids: Vec<i32> = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter_map(|entry| {
+                let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+                let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+                comm.trim_end().starts_with(prefix).then_some(pid)
+            })
+            .collect();
+        if pids.is_empty() {
+            return Err(std::io::Error::other(format!("no NAPI thread for {dev} in {}", self.name)));
+        }
+        Ok(pids)
     }
 
     /// Gives the NAPI threads of `dev` (see [`NetNs::napi_thread_on`]) the real-time policy
@@ -133,24 +139,12 @@ impl NetNs {
     /// (a worker in the middle of a batch) instead of waiting for its time slice, as an operator
     /// sets with `chrt -f -p <priority> <pid>` for a NIC queue's thread (or gets with interrupts).
     pub fn napi_threads_fifo(&self, dev: &str, priority: i32) -> std::io::Result<()> {
-        let prefix = format!("napi/{dev}-");
-        let prefix = &prefix[..prefix.len().min(15)];
-        let mut set = 0;
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if !comm.trim_end().starts_with(prefix) {
-                continue;
-            }
+        for pid in self.napi_threads(dev)? {
             let param = libc::sched_param { sched_priority: priority };
             // SAFETY: `param` is a valid sched_param for the call to read.
             if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &raw const param) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            set += 1;
-        }
-        if set == 0 {
-            return Err(std::io::Error::other(format!("no NAPI thread for {dev} in {}", self.name)));
         }
         Ok(())
     }
