@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use sluice_core::table::checkpoint::Checkpoint;
-pub use sluice_core::table::checkpoint_file::{Loaded, decode, encode};
+pub use sluice_core::table::checkpoint_file::{Loaded, decode, digest, encode};
 
 /// How often workers report their part and the file is rewritten.
 pub const EVERY: Duration = Duration::from_millis(100);
@@ -85,8 +85,9 @@ pub fn run_writer(path: PathBuf, parts: Receiver<(usize, Checkpoint)>, workers: 
     let mut latest: Vec<Checkpoint> = vec![Checkpoint::default(); workers];
     let mut dirty = false;
     let mut failures = 0u64;
-    // What the file holds: an unchanged state (no media moved) is not written again.
-    let mut written: Option<Checkpoint> = None;
+    // A digest of what the file holds (not a copy: that is as large as the tables' runtime
+    // state): an unchanged state (no media moved) is not written again.
+    let mut written: Option<u64> = None;
     let mut write = |latest: &[Checkpoint]| {
         let mut all = Checkpoint::default();
         for p in latest {
@@ -97,11 +98,12 @@ pub fn run_writer(path: PathBuf, parts: Receiver<(usize, Checkpoint)>, workers: 
         if all == Checkpoint::default() && hold_empty.is_some_and(|until| SystemTime::now() < until) {
             return;
         }
-        if written.as_ref() == Some(&all) {
+        let sum = digest(&all);
+        if written == Some(sum) {
             return;
         }
         match write_atomic(&path, &encode(&all, SystemTime::now())) {
-            Ok(()) => written = Some(all),
+            Ok(()) => written = Some(sum),
             Err(e) => {
                 failures += 1;
                 // Once, then every thousandth time: a full disk must not flood the log.

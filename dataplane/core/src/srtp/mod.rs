@@ -395,10 +395,19 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 }
 
 enum Cipher<P: CryptoProvider> {
-    /// AES-CM + HMAC-SHA1 (RFC 3711 §4.1.1, §4.2.1).
-    Cm { ctr: P::Ctr, mac: HmacSha1, salt: [u8; 14] },
+    /// AES-CM + HMAC-SHA1 (RFC 3711 §4.1.1, §4.2.1). Boxed: its expanded AES key and HMAC
+    /// states are ~600 bytes inline, and a GCM leg (the common one) would carry that size four
+    /// times in every worker's copy of the leg for nothing.
+    Cm(Box<CmCipher<P>>),
     /// AES-GCM (RFC 7714).
     Gcm { gcm: P::Gcm, salt: [u8; 12] },
+}
+
+/// The AES-CM + HMAC-SHA1 state of one of [`Cipher`]'s directions.
+struct CmCipher<P: CryptoProvider> {
+    ctr: P::Ctr,
+    mac: HmacSha1,
+    salt: [u8; 14],
 }
 
 /// Session keys and expanded cipher state for one direction of one leg (see the module docs).
@@ -448,7 +457,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
                 let mut auth_key = [0u8; 20];
                 kdf::derive(&master, master_salt, auth, &mut auth_key);
                 let ctr = P::Ctr::new(key).map_err(|_| prov("session"))?;
-                Ok(Cipher::Cm { ctr, mac: HmacSha1::new(&auth_key), salt })
+                Ok(Cipher::Cm(Box::new(CmCipher { ctr, mac: HmacSha1::new(&auth_key), salt })))
             }
         };
         let rtp = build(Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt, key)?;
@@ -469,7 +478,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
             } else {
                 let mut s = [0u8; 14];
                 s.copy_from_slice(salt);
-                Cipher::Cm { ctr: P::Ctr::new(key).unwrap(), mac: HmacSha1::new(auth), salt: s }
+                Cipher::Cm(Box::new(CmCipher { ctr: P::Ctr::new(key).unwrap(), mac: HmacSha1::new(auth), salt: s }))
             }
         };
         Self { profile, rtp: mk(), rtcp: mk(), encrypt_rtcp: true }
@@ -522,7 +531,8 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         let ssrc = be_u32(buf, 8);
         let roc = state.roc_for(seq)?;
         match &self.rtp {
-            Cipher::Cm { ctr, mac, salt } => {
+            Cipher::Cm(cm) => {
+                let CmCipher { ctr, mac, salt } = &**cm;
                 let iv = cm_iv(salt, ssrc, index(roc, seq));
                 // AES-CM stays in place (HMAC-SHA1 dominates its cost): the payload is copied in.
                 if let Some(payload) = from {
@@ -563,7 +573,8 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         state.window.check(idx)?;
         let roc = (idx >> 16) as u32;
         match &self.rtp {
-            Cipher::Cm { ctr, mac, salt } => {
+            Cipher::Cm(cm) => {
+                let CmCipher { ctr, mac, salt } = &**cm;
                 let tag = mac.tag(&buf[..body], &roc.to_be_bytes());
                 if !bool::from(tag[..tag_len].ct_eq(&buf[body..len])) {
                     return Err(SrtpError::AuthFailed);
@@ -608,7 +619,8 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         let e_idx = if self.encrypt_rtcp { srtcp_index | SRTCP_E_FLAG } else { srtcp_index };
         let e_idx_bytes = e_idx.to_be_bytes();
         match &self.rtcp {
-            Cipher::Cm { ctr, mac, salt } => {
+            Cipher::Cm(cm) => {
+                let CmCipher { ctr, mac, salt } = &**cm;
                 if self.encrypt_rtcp {
                     let iv = cm_iv(salt, ssrc, u64::from(srtcp_index));
                     ctr.apply_keystream(&iv, &mut buf[8..len]);
@@ -653,7 +665,8 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         check_rtcp_header(&pkt[..body])?;
         let ssrc = be_u32(pkt, 4);
         match &self.rtcp {
-            Cipher::Cm { ctr, mac, salt } => {
+            Cipher::Cm(cm) => {
+                let CmCipher { ctr, mac, salt } = &**cm;
                 let e_idx = be_u32(pkt, body);
                 let srtcp_index = e_idx & SRTCP_INDEX_MASK;
                 state.window.check(u64::from(srtcp_index))?;

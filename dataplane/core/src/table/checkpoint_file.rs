@@ -43,13 +43,29 @@ struct Body {
     checkpoint: Checkpoint,
 }
 
+/// The body as written: [`Body`]'s fields, the checkpoint borrowed (a node with thousands of
+/// legs would otherwise copy its whole checkpoint once a second only to serialize it).
+#[derive(serde::Serialize)]
+struct BodyRef<'a> {
+    taken_ms: u64,
+    checkpoint: &'a Checkpoint,
+}
+
 /// Encodes `ck`, taken at `taken`, as the file's bytes.
 pub fn encode(ck: &Checkpoint, taken: SystemTime) -> Vec<u8> {
     let taken_ms = taken.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    let body = serde_json::to_vec(&Body { taken_ms, checkpoint: ck.clone() }).expect("a checkpoint serializes");
-    let mut out = format!("{MAGIC}{VERSION} fnv64={:016x} len={}\n", fnv64(&body), body.len()).into_bytes();
+    let body = serde_json::to_vec(&BodyRef { taken_ms, checkpoint: ck }).expect("a checkpoint serializes");
+    let header = format!("{MAGIC}{VERSION} fnv64={:016x} len={}\n", fnv64(&body), body.len());
+    let mut out = Vec::with_capacity(header.len() + body.len());
+    out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&body);
     out
+}
+
+/// A digest of `ck`'s content (not of when it was taken): what a writer keeps to tell whether
+/// the state changed since it last wrote, instead of a copy of it.
+pub fn digest(ck: &Checkpoint) -> u64 {
+    fnv64(&serde_json::to_vec(ck).expect("a checkpoint serializes"))
 }
 
 /// Decodes and checks the file's bytes.
@@ -118,5 +134,17 @@ mod tests {
         for n in 0..bytes.len() {
             assert!(decode(&bytes[..n]).is_err(), "a {n}-byte prefix loaded");
         }
+    }
+
+    #[test]
+    fn the_digest_follows_the_content_not_the_time() {
+        let a = sample();
+        assert_eq!(digest(&a), digest(&a.clone()));
+        let mut b = sample();
+        b.legs[0].feedback_srtcp += 1;
+        assert_ne!(digest(&a), digest(&b));
+        let mut c = sample();
+        c.webrtc.clear();
+        assert_ne!(digest(&a), digest(&c));
     }
 }

@@ -197,6 +197,17 @@ fn subscription_state_is_small() {
     assert!(size <= 512, "Subscription is {size} bytes");
 }
 
+#[test]
+fn leg_state_is_small() {
+    // A leg is held by every worker's tables, so a webinar pays it per viewer per worker: its
+    // SRTP state inline is a few pointers (the AES-CM cipher state boxed, the AEAD contexts on
+    // aws-lc's heap), not the ~600-byte CM state four times over (3,584 bytes before).
+    // `--nocapture` prints it for the docs.
+    let size = size_of::<Leg>();
+    println!("Leg: {size} bytes");
+    assert!(size <= 1280, "Leg is {size} bytes");
+}
+
 /// The checks the control plane runs before it accepts a change are exactly the ones `apply`
 /// makes: every spec `validate` refuses, `apply` refuses with the same field and reason (and
 /// rolls back), and what `validate` accepts gets past them.
