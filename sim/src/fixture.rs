@@ -108,6 +108,7 @@ pub fn subscription(subscriber: u32, track: u32, out_ssrc: u32, out_rtx: Option<
         target_layer: layer,
         paused: false,
         priority: 0,
+        relay: Vec::new(),
     }
 }
 /// The tables of an audio meeting (the audio benchmarks'): participant `i` (1-based) is leg `i`

@@ -814,6 +814,7 @@ fn ffmpeg_without_rtcp_mux_publishes_through_a_leg_with_its_own_rtcp_port() {
         target_layer: 0,
         paused: false,
         priority: 0,
+        relay: Vec::new(),
     };
     let ops = vec![Op::UpsertLeg(publisher), Op::UpsertLeg(sub_leg), Op::UpsertTrack(track), Op::UpsertSubscription(sub)];
     let mut control = Client::connect(&sock).unwrap();

@@ -217,6 +217,7 @@ fn sub(subscriber: u32, track: u32, out: u32) -> SubscriptionSpec {
         target_layer: 0,
         paused: false,
         priority: 0,
+        relay: Vec::new(),
     }
 }
 

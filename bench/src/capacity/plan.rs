@@ -294,6 +294,7 @@ fn subscription_op(subscriber: LegId, track: u32, out_ssrc: u32, layer: u8) -> O
         target_layer: layer,
         paused: false,
         priority: 0,
+        relay: Vec::new(),
     })
 }
 

@@ -132,6 +132,7 @@ pub(super) fn calls_ops(profile: Profile, calls: u32, mode: PortMode) -> Vec<Op>
             target_layer: 0,
             paused: false,
             priority: 0,
+            relay: Vec::new(),
         }));
     }
     ops

@@ -71,6 +71,7 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
                 target_layer: 0,
                 paused: false,
                 priority: 0,
+                relay: Vec::new(),
             }));
         }
     }

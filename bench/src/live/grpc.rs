@@ -77,6 +77,7 @@ pub fn subscription(s: &SubscriptionSpec) -> pb::Subscription {
         target_layer: u32::from(s.target_layer),
         paused: s.paused,
         priority: u32::from(s.priority),
+        relay_layers: Vec::new(),
     }
 }
 

@@ -557,11 +557,32 @@ impl Stage<'_> {
         if s.out_rtx_ssrc == Some(s.out_ssrc) {
             return Err(invalid(format!("{f}.out_rtx_ssrc"), format!("SSRC {} is already the out_ssrc", s.out_ssrc)));
         }
+        if s.relay_layers.len() >= layers {
+            return Err(invalid(
+                format!("{f}.relay_layers"),
+                format!("{} lane(s) beside out_ssrc, but track {} has {layers} layer(s): at most {}", s.relay_layers.len(), quote(&s.track), layers - 1),
+            ));
+        }
+        // Every SSRC the subscription sends on, named by its field.
+        let mut mine: Vec<(String, u32)> = vec![("out_ssrc".into(), s.out_ssrc)];
+        mine.extend(s.out_rtx_ssrc.map(|r| ("out_rtx_ssrc".into(), r)));
+        for (k, l) in s.relay_layers.iter().enumerate() {
+            mine.push((format!("relay_layers[{k}].out_ssrc"), l.out_ssrc));
+            mine.extend(l.out_rtx_ssrc.map(|r| (format!("relay_layers[{k}].out_rtx_ssrc"), r)));
+        }
+        for (i, (which, ssrc)) in mine.iter().enumerate() {
+            if *ssrc == 0 {
+                return Err(invalid(format!("{f}.{which}"), "must be set (non-zero)"));
+            }
+            if let Some((first, _)) = mine[..i].iter().find(|(_, o)| o == ssrc) {
+                return Err(invalid(format!("{f}.{which}"), format!("SSRC {ssrc} is already this subscription's {first}")));
+            }
+        }
         let others = self.session.subs.get(&s.subscriber_leg).into_iter().flatten().filter(|(t, _)| *t != &s.track);
         for (other, o) in others {
-            for (which, ssrc) in [("out_ssrc", Some(s.out_ssrc)), ("out_rtx_ssrc", s.out_rtx_ssrc)] {
-                let Some(ssrc) = ssrc else { continue };
-                if o.out_ssrc.0 == ssrc || o.out_rtx_ssrc == Some(Ssrc(ssrc)) {
+            for (which, ssrc) in &mine {
+                let ssrc = *ssrc;
+                if o.out_ssrcs().any(|x| x.0 == ssrc) {
                     return Err(invalid(
                         format!("{f}.{which}"),
                         format!("SSRC {ssrc} is already used by leg {}'s subscription to track {}", quote(&s.subscriber_leg), quote(other)),
@@ -569,8 +590,10 @@ impl Stage<'_> {
                 }
             }
         }
-        if let Some(k) = subscriber.audio_slots.as_ref().and_then(|a| a.out_ssrcs.iter().position(|&x| x.0 == s.out_ssrc || Some(x.0) == s.out_rtx_ssrc)) {
-            return Err(invalid(format!("{f}.out_ssrc"), format!("SSRC is already leg {}'s audio slot {k}", quote(&s.subscriber_leg))));
+        for (which, ssrc) in &mine {
+            if let Some(k) = subscriber.audio_slots.as_ref().and_then(|a| a.out_ssrcs.iter().position(|x| x.0 == *ssrc)) {
+                return Err(invalid(format!("{f}.{which}"), format!("SSRC is already leg {}'s audio slot {k}", quote(&s.subscriber_leg))));
+            }
         }
         let (pt_map, ext_map) = maps(f, &s.pt_map, &s.ext_map)?;
         let layer_id = |field: &str, v: Option<u32>| match v {
@@ -589,6 +612,7 @@ impl Stage<'_> {
             priority: u8::try_from(s.priority).map_err(|_| invalid(format!("{f}.priority"), format!("{} is not in 0..=255", s.priority)))?,
             max_spatial: layer_id("max_spatial_layer", s.max_spatial_layer)?,
             max_temporal: layer_id("max_temporal_layer", s.max_temporal_layer)?,
+            relay: s.relay_layers.iter().map(|l| (Ssrc(l.out_ssrc), l.out_rtx_ssrc.map(Ssrc))).collect(),
         };
         // What the dataplane's tables would refuse is refused here, before it is journaled.
         spec.validate().map_err(|e| spec_invalid(f, e))?;
@@ -929,6 +953,47 @@ mod tests {
         assert_eq!(view.settings, Some(pb::SessionSettings { top_n_audio: true, audio_top_n: 2 }));
         let a = view.legs.iter().find(|l| l.id == "a").and_then(|l| l.audio_slots.clone()).unwrap();
         assert_eq!(a.out_ssrcs, vec![11, 12, 13, 14, 15], "the leg keeps what it asked for");
+    }
+
+    fn relay(leg: &str, track: &str, out: u32, lanes: &[u32]) -> pb::Change {
+        let mut c = sub(leg, track, out, 0, false);
+        if let Some(C::Subscription(s)) = &mut c.change {
+            s.relay_layers = lanes.iter().map(|&l| pb::RelayLayer { out_ssrc: l, out_rtx_ssrc: (l != 0).then_some(l + 1) }).collect();
+        }
+        c
+    }
+
+    /// A relay (cascade) subscription over gRPC: each lane's SSRCs are validated like the
+    /// subscription's own (named by field), never clash with the leg's other streams, and the
+    /// lanes reach the dataplane's spec and the session view.
+    #[test]
+    fn relay_subscriptions_are_validated_compiled_and_shown() {
+        let mut d = Desired::new(PortRange { start: 30_000, end: 30_009 });
+        d.apply(&pair("m")).unwrap();
+        d.apply(&req("m", vec![leg("c"), sub("c", "vb", 4000, 0, false)])).unwrap();
+        let refused = [
+            (req("m", vec![relay("c", "va", 3000, &[3010, 3020, 3030])]), "changes[0].subscription.relay_layers"),
+            (req("m", vec![relay("c", "va", 3000, &[0])]), "changes[0].subscription.relay_layers[0].out_ssrc"),
+            (req("m", vec![relay("c", "va", 3000, &[3010, 3000])]), "changes[0].subscription.relay_layers[1].out_ssrc"),
+            (req("m", vec![relay("c", "va", 3000, &[3010, 3010])]), "changes[0].subscription.relay_layers[1].out_ssrc"),
+            // c's subscription to vb sends 4000 and 4001.
+            (req("m", vec![relay("c", "va", 3000, &[3999])]), "changes[0].subscription.relay_layers[0].out_rtx_ssrc"),
+        ];
+        for (r, field) in refused {
+            let before = d.clone();
+            let e = d.apply(&r).expect_err("refused");
+            assert_eq!((e.kind, e.field.as_str()), (ErrorKind::InvalidArgument, field), "{e}");
+            assert_eq!(d, before);
+        }
+        d.apply(&req("m", vec![relay("c", "va", 3000, &[3010, 3020])])).unwrap();
+        let spec = d.tables().subs.values().find(|s| s.out_ssrc == Ssrc(3000)).cloned().expect("compiled");
+        assert_eq!(spec.relay, vec![(Ssrc(3010), Some(Ssrc(3011))), (Ssrc(3020), Some(Ssrc(3021)))]);
+        let view = d.session_view("m", &EdgeInfo::default()).unwrap();
+        let s = view.subscriptions.iter().find(|s| s.out_ssrc == 3000).unwrap();
+        assert_eq!(s.relay_layers.iter().map(|l| (l.out_ssrc, l.out_rtx_ssrc)).collect::<Vec<_>>(), [(3010, Some(3011)), (3020, Some(3021))]);
+        // Another subscription of c cannot take a lane's SSRC.
+        let e = d.apply(&req("m", vec![sub("c", "vb", 3020, 0, false)])).expect_err("refused");
+        assert_eq!(e.field, "changes[0].subscription.out_ssrc", "{e}");
     }
 
     /// A leg's receive budget over gRPC: validated (field named), stored, shown, compiled.

@@ -57,6 +57,7 @@ pub fn sub(leg: &str, track: &str, out: u32, layer: u32, paused: bool) -> pb::Ch
             target_layer: layer,
             paused,
             priority: 0,
+            relay_layers: Vec::new(),
         })),
     }
 }

@@ -1173,6 +1173,7 @@ impl Desired {
                     priority: u32::from(sub.priority),
                     max_spatial_layer: sub.max_spatial.map(u32::from),
                     max_temporal_layer: sub.max_temporal.map(u32::from),
+                    relay_layers: sub.relay.iter().map(|&(s, r)| pb::RelayLayer { out_ssrc: s.0, out_rtx_ssrc: r.map(|r| r.0) }).collect(),
                 })
                 .collect(),
             active_speakers: None,

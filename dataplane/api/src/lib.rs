@@ -323,6 +323,7 @@ mod tests {
                 target_layer: 2,
                 paused: false,
                 priority: 0,
+                relay: Vec::new(),
             })
         };
         let delta = Delta { generation: Generation(7), replace_all: true, ops: (0..600_000).map(sub).collect() };

@@ -113,6 +113,7 @@ impl SlotSet {
                         priority: 0,
                         max_spatial: None,
                         max_temporal: None,
+                        relay: Vec::new(),
                     };
                     AudioSlot { sub: Subscription::compile(&sub, 1), source: None, source_speaking: false, last_fed: None }
                 }

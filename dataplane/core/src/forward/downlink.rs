@@ -100,7 +100,8 @@ pub(super) fn allocate(
             let Some(track) = tracks.get(&track_id) else { continue };
             let Some(i) = track.sub_index(leg.spec.id) else { continue };
             let sub = &track.subs[i];
-            if sub.paused {
+            // A relay takes every layer (the next node chooses): nothing to allocate.
+            if sub.paused || sub.relay {
                 continue;
             }
             let audio = track.spec.kind == MediaKind::Audio;
@@ -386,7 +387,7 @@ pub(super) fn fallback<'a>(legs: &Legs, here: u16, tracks: impl Iterator<Item = 
         let id = t.spec.id;
         let Track { layers, subs, .. } = t;
         // Only this core's subscriptions: it sees their layers flow (handed over or received).
-        for sub in subs.iter_mut().filter(|s| s.owner == here) {
+        for sub in subs.iter_mut().filter(|s| s.owner == here && !s.relay) {
             if legs.get(&sub.subscriber).is_none_or(|l| l.downlink.is_some()) {
                 continue;
             }

@@ -98,7 +98,7 @@ pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, pl
 fn subscription_of(tables: &Tables, leg_id: LegId, out_ssrc: Ssrc) -> Option<(TrackId, usize)> {
     let leg = tables.leg(leg_id)?;
     let &(_, track_id) = leg.egress.iter().find(|(s, _)| *s == out_ssrc)?;
-    let idx = tables.track(track_id)?.sub_index(leg_id)?;
+    let idx = tables.track(track_id)?.sub_of_ssrc(leg_id, out_ssrc)?;
     Some((track_id, idx))
 }
 

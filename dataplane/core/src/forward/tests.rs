@@ -181,6 +181,7 @@ fn sub(subscriber: u32, track: u32, out_ssrc: u32, layer: u8) -> SubscriptionSpe
         target_layer: layer,
         paused: false,
         priority: 0,
+        relay: Vec::new(),
     }
 }
 
@@ -810,6 +811,7 @@ fn webrtc_leg_gates_media_until_keys_and_consent() {
             target_layer: 0,
             paused: false,
             priority: 0,
+            relay: Vec::new(),
         }),
     ])
     .unwrap();
@@ -1571,3 +1573,6 @@ fn rtcp_first_on_the_rtcp_port_activates_the_leg_without_latching_rtp() {
 
 #[path = "tests_layers.rs"]
 mod layers;
+
+#[path = "tests_relay.rs"]
+mod relay;

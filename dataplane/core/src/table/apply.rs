@@ -2,6 +2,7 @@
 //! recorded inverted in an undo log, the whole delta rolled back at the first refusal; upserts keep
 //! runtime state wherever keys and SSRCs are unchanged.
 
+use super::spec::MAX_LAYERS;
 use super::*;
 use crate::audio::slot::SlotSet;
 
@@ -101,8 +102,9 @@ impl Tables {
                     if !ok {
                         return Err(DeltaError::UnknownSubscription { op: i, subscriber: *subscriber, track: *track });
                     }
-                    let removed = self.remove_sub(*track, *subscriber, undo).expect("checked above");
-                    self.retire_sub(&removed, undo);
+                    for removed in self.remove_sub(*track, *subscriber, undo) {
+                        self.retire_sub(&removed, undo);
+                    }
                     self.reindex_egress(*subscriber, *track, undo);
                 }
             }
@@ -143,7 +145,7 @@ impl Tables {
         let stale_subs: Vec<_> =
             self.tracks.values().flat_map(|t| t.subs.iter().map(move |s| (s.subscriber, t.spec.id))).filter(|k| !subs.contains(k)).collect();
         for (subscriber, track) in stale_subs {
-            if let Some(removed) = self.remove_sub(track, subscriber, undo) {
+            for removed in self.remove_sub(track, subscriber, undo) {
                 self.retire_sub(&removed, undo);
             }
             self.reindex_egress(subscriber, track, undo);
@@ -370,7 +372,10 @@ impl Tables {
                 t.spec = spec.clone();
                 let n = t.layers.len();
                 for s in &mut t.subs {
-                    s.target_layer = s.target_layer.min(n as u8 - 1);
+                    // A relay lane stays on its layer (one above the track's carries nothing).
+                    if !s.relay {
+                        s.target_layer = s.target_layer.min(n as u8 - 1);
+                    }
                     if s.current_layer.is_some_and(|c| usize::from(c) >= n) {
                         s.current_layer = None;
                     }
@@ -408,11 +413,11 @@ impl Tables {
         if track.spec.publisher == spec.subscriber {
             return Err(DeltaError::SelfSubscription { op, leg: spec.subscriber, track: spec.track });
         }
-        spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
         if spec.out_rtx_ssrc == Some(spec.out_ssrc) {
             return Err(DeltaError::DuplicateSsrc { op, leg: spec.subscriber, ssrc: spec.out_ssrc });
         }
-        for out in [Some(spec.out_ssrc), spec.out_rtx_ssrc].into_iter().flatten() {
+        spec.validate().map_err(|e| DeltaError::invalid(op, e))?;
+        for out in spec.out_ssrcs() {
             let slot = subscriber.spec.audio_slots.as_ref().is_some_and(|a| a.out_ssrcs.contains(&out));
             if slot || subscriber.egress.iter().any(|&(s, t)| s == out && t != spec.track) {
                 return Err(DeltaError::DuplicateSsrc { op, leg: spec.subscriber, ssrc: out });
@@ -424,33 +429,47 @@ impl Tables {
         self.save_leg(spec.subscriber, undo);
         let t = self.tracks.get_mut(&spec.track).expect("present");
         let leg = self.legs.get_mut(&spec.subscriber).expect("checked above");
-        let found = t.sub_index(spec.subscriber);
-        if !whole {
-            undo.push(match found {
-                Some(p) => Undo::SubReplaced(spec.track, p, Box::new(t.subs[p].clone())),
-                None => Undo::SubPushed(spec.track),
-            });
-        }
-        match found {
-            Some(p) if t.subs[p].out_ssrc == spec.out_ssrc && t.subs[p].out_rtx_ssrc == spec.out_rtx_ssrc => t.subs[p].update(spec, layers),
-            found => {
-                // A new stream for the subscriber, or the continuation of one it had before.
-                let mut fresh = Subscription::compile(spec, layers);
-                // A leg with congestion control starts on the lowest layer, and its allocator
-                // raises it within a tick as far as the estimate allows: a top layer's keyframe
-                // into a link nothing is known about yet is the worst first burst.
-                if leg.downlink.is_some() {
-                    fresh.alloc_layer = Some(0);
+        // Lane by lane (one, or a relay's): lanes are contiguous from 0.
+        let lanes = spec.lanes() as u8;
+        for lane in 0..MAX_LAYERS as u8 {
+            let found = t.lane_index(spec.subscriber, lane);
+            if lane >= lanes {
+                // A relay lane the spec no longer has: its stream state stays on the leg.
+                let Some(p) = found else { break };
+                let removed = t.swap_remove_sub(p);
+                leg.retire(removed.retired());
+                if !whole {
+                    undo.push(Undo::SubRemoved(spec.track, p, Box::new(removed)));
                 }
-                if let Some(p) = found {
-                    leg.retire(t.subs[p].retired());
-                }
-                if let Some(r) = leg.take_retired(spec.out_ssrc) {
-                    fresh.resume(r);
-                }
-                match found {
-                    Some(p) => t.subs[p] = fresh,
-                    None => t.push_sub(fresh),
+                continue;
+            }
+            let mut fresh = Subscription::compile_lane(spec, layers, lane);
+            if !whole {
+                undo.push(match found {
+                    Some(p) => Undo::SubReplaced(spec.track, p, Box::new(t.subs[p].clone())),
+                    None => Undo::SubPushed(spec.track),
+                });
+            }
+            match found {
+                Some(p) if t.subs[p].out_ssrc == fresh.out_ssrc && t.subs[p].out_rtx_ssrc == fresh.out_rtx_ssrc => t.subs[p].update(fresh),
+                found => {
+                    // A new stream for the subscriber, or the continuation of one it had before.
+                    // A leg with congestion control starts on the lowest layer, and its allocator
+                    // raises it within a tick as far as the estimate allows: a top layer's keyframe
+                    // into a link nothing is known about yet is the worst first burst.
+                    if leg.downlink.is_some() && !fresh.relay {
+                        fresh.alloc_layer = Some(0);
+                    }
+                    if let Some(p) = found {
+                        leg.retire(t.subs[p].retired());
+                    }
+                    if let Some(r) = leg.take_retired(fresh.out_ssrc) {
+                        fresh.resume(r);
+                    }
+                    match found {
+                        Some(p) => t.subs[p] = fresh,
+                        None => t.push_sub(fresh),
+                    }
                 }
             }
         }
@@ -524,11 +543,12 @@ impl Tables {
             return;
         }
         self.save_leg(leg_id, undo);
-        let sub = self.tracks.get(&track).and_then(|t| Some(&t.subs[t.sub_index(leg_id)?]));
-        let outs = sub.map(|s| (s.out_ssrc, s.out_rtx_ssrc));
+        let t = self.tracks.get(&track);
+        let lanes = (0..MAX_LAYERS as u8).map_while(|l| t.and_then(|t| Some(&t.subs[t.lane_index(leg_id, l)?])));
+        let outs: Vec<(Ssrc, Option<Ssrc>)> = lanes.map(|s| (s.out_ssrc, s.out_rtx_ssrc)).collect();
         let leg = self.legs.get_mut(&leg_id).expect("present");
         leg.egress.retain(|&(_, t)| t != track);
-        if let Some((out, rtx)) = outs {
+        for (out, rtx) in outs {
             leg.egress.push((out, track));
             if let Some(r) = rtx {
                 leg.egress.push((r, track));
@@ -536,17 +556,21 @@ impl Tables {
         }
     }
 
-    /// Removes `subscriber`'s subscription to `track`, saving only it for a rollback (unless the
-    /// whole track is saved already); returns it.
-    fn remove_sub(&mut self, track: TrackId, subscriber: LegId, undo: &mut UndoLog) -> Option<Subscription> {
+    /// Removes `subscriber`'s subscription to `track` (every lane of a relay), saving only it
+    /// for a rollback (unless the whole track is saved already); returns its lanes.
+    fn remove_sub(&mut self, track: TrackId, subscriber: LegId, undo: &mut UndoLog) -> Vec<Subscription> {
         let whole = undo.saved_tracks.contains(&track);
-        let t = self.tracks.get_mut(&track)?;
-        let pos = t.sub_index(subscriber)?;
-        let removed = t.swap_remove_sub(pos);
-        if !whole {
-            undo.push(Undo::SubRemoved(track, pos, Box::new(removed.clone())));
+        let Some(t) = self.tracks.get_mut(&track) else { return Vec::new() };
+        let mut removed = Vec::new();
+        for lane in 0..MAX_LAYERS as u8 {
+            let Some(pos) = t.lane_index(subscriber, lane) else { break };
+            let sub = t.swap_remove_sub(pos);
+            if !whole {
+                undo.push(Undo::SubRemoved(track, pos, Box::new(sub.clone())));
+            }
+            removed.push(sub);
         }
-        Some(removed)
+        removed
     }
 
     /// Keeps a removed subscription's stream state on its subscriber leg (if the leg stays).

@@ -458,7 +458,7 @@ impl Tables {
         tracks.sort_by_key(|t| t.spec.id);
         ops.extend(tracks.iter().map(|t| Op::UpsertTrack(t.spec.clone())));
         for t in &tracks {
-            ops.extend(t.subs.iter().map(|s| Op::UpsertSubscription(s.to_spec(t.spec.id))));
+            ops.extend(t.subs.iter().enumerate().filter(|(_, s)| s.lane == 0).map(|(p, _)| Op::UpsertSubscription(t.spec_of(p))));
         }
         Delta { generation: self.generation, replace_all: true, ops }
     }

@@ -569,16 +569,43 @@ pub struct SubscriptionSpec {
     /// The highest temporal layer the subscriber gets; `None`: all.
     #[cfg_attr(feature = "serde", serde(default))]
     pub max_temporal: Option<u8>,
+    /// A relay (non-empty): the subscriber gets every layer of the track, each as a stream of
+    /// its own, and no layer is chosen for it: layer 0 as `out_ssrc`/`out_rtx_ssrc`, layer
+    /// `k ≥ 1` as `relay[k - 1]` (SSRC, RTX SSRC). For cascade legs between two nodes: the other
+    /// node's subscribers choose among the layers. `target_layer` and the ceilings are ignored;
+    /// no allocator or fallback touches a relay.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub relay: Vec<(Ssrc, Option<Ssrc>)>,
 }
 
 impl SubscriptionSpec {
     /// The checks on the spec alone: 1 to [`super::MAX_PT_MAP`] payload-type mappings of 7-bit
-    /// payload types, one-byte extension ids (1..=14) on both sides of the extension map.
+    /// payload types, one-byte extension ids (1..=14) on both sides of the extension map; a
+    /// relay's lanes fit [`MAX_LAYERS`] and all its SSRCs differ.
     pub fn validate(&self) -> Result<(), SpecError> {
         Self::maps_valid(&self.pt_map, &self.ext_map).map_err(|why| {
             let field = if why.starts_with("extension") { "subscription.ext_map" } else { "subscription.pt_map" };
             SpecError { field, why }
-        })
+        })?;
+        if self.relay.len() >= MAX_LAYERS {
+            return Err(SpecError { field: "subscription.relay", why: "a relay has at most 7 lanes beside the subscription's own SSRC" });
+        }
+        let all: Vec<Ssrc> = self.out_ssrcs().collect();
+        if all.iter().enumerate().any(|(i, s)| all[..i].contains(s)) {
+            return Err(SpecError { field: "subscription.relay", why: "every SSRC of a relay (and its RTX SSRCs) must differ" });
+        }
+        Ok(())
+    }
+
+    /// Every SSRC the subscriber receives this subscription on: the out-SSRC, its RTX SSRC and
+    /// a relay's lanes'.
+    pub fn out_ssrcs(&self) -> impl Iterator<Item = Ssrc> + '_ {
+        [Some(self.out_ssrc), self.out_rtx_ssrc].into_iter().chain(self.relay.iter().flat_map(|&(s, r)| [Some(s), r])).flatten()
+    }
+
+    /// The number of streams it is: 1, or a relay's lanes.
+    pub fn lanes(&self) -> usize {
+        1 + self.relay.len()
     }
 
     /// The checks on a payload-type and an extension-id map (shared with audio slots).

@@ -490,9 +490,10 @@ pub struct Track {
     /// The subscriptions, contiguous for the fan-out (change them only through the methods below,
     /// which keep `sub_pos` in step).
     pub subs: Vec<Subscription>,
-    /// Where each subscriber's subscription is in `subs` (a webinar's track has thousands: a
-    /// subscriber's feedback, its allocator and a delta find theirs without a scan).
-    pub(crate) sub_pos: super::Map<LegId, usize>,
+    /// Where each subscriber's subscription is in `subs`, by (subscriber, lane: 0, or a
+    /// relay's layer) (a webinar's track has thousands: a subscriber's feedback, its allocator
+    /// and a delta find theirs without a scan).
+    pub(crate) sub_pos: super::Map<(LegId, u8), usize>,
     /// Its audio level and speech activity (an audio track with `spec.audio_level_ext`).
     pub level: crate::audio::TrackLevel,
     /// The workers that own a subscriber leg of the track (a bit per worker index, the first 64;
@@ -517,23 +518,39 @@ impl Track {
         })
     }
 
-    /// The subscription of `subscriber`, if any.
+    /// The subscription of `subscriber`, if any (a relay's lane 0).
     pub fn sub_index(&self, subscriber: LegId) -> Option<usize> {
-        self.sub_pos.get(&subscriber).copied()
+        self.lane_index(subscriber, 0)
     }
 
-    /// Appends a subscription (of a subscriber that has none on the track).
+    /// Lane `lane` of `subscriber`'s subscription (0: the subscription itself; a relay's layer).
+    pub fn lane_index(&self, subscriber: LegId, lane: u8) -> Option<usize> {
+        self.sub_pos.get(&(subscriber, lane)).copied()
+    }
+
+    /// Where `subscriber`'s subscription has the stream `out_ssrc` (its own, its RTX, or a
+    /// relay lane's).
+    pub fn sub_of_ssrc(&self, subscriber: LegId, out_ssrc: Ssrc) -> Option<usize> {
+        let first = self.sub_index(subscriber)?;
+        let lanes = if self.subs[first].relay { super::spec::MAX_LAYERS as u8 } else { 1 };
+        (0..lanes).filter_map(|l| self.lane_index(subscriber, l)).find(|&p| {
+            let s = &self.subs[p];
+            s.out_ssrc == out_ssrc || s.out_rtx_ssrc == Some(out_ssrc)
+        })
+    }
+
+    /// Appends a subscription lane (of a subscriber that has none on the track at that lane).
     pub(crate) fn push_sub(&mut self, sub: Subscription) {
-        self.sub_pos.insert(sub.subscriber, self.subs.len());
+        self.sub_pos.insert((sub.subscriber, sub.lane), self.subs.len());
         self.subs.push(sub);
     }
 
     /// Removes the subscription at `pos`, the last one taking its place.
     pub(crate) fn swap_remove_sub(&mut self, pos: usize) -> Subscription {
         let removed = self.subs.swap_remove(pos);
-        self.sub_pos.remove(&removed.subscriber);
+        self.sub_pos.remove(&(removed.subscriber, removed.lane));
         if let Some(moved) = self.subs.get(pos) {
-            self.sub_pos.insert(moved.subscriber, pos);
+            self.sub_pos.insert((moved.subscriber, moved.lane), pos);
         }
         removed
     }
@@ -544,16 +561,29 @@ impl Track {
         let last = self.subs.len() - 1;
         if pos < last {
             self.subs.swap(pos, last);
-            self.sub_pos.insert(self.subs[pos].subscriber, pos);
-            self.sub_pos.insert(self.subs[last].subscriber, last);
+            self.sub_pos.insert((self.subs[pos].subscriber, self.subs[pos].lane), pos);
+            self.sub_pos.insert((self.subs[last].subscriber, self.subs[last].lane), last);
         }
     }
 
     /// Undoes [`Track::push_sub`].
     pub(crate) fn pop_sub(&mut self) {
         if let Some(s) = self.subs.pop() {
-            self.sub_pos.remove(&s.subscriber);
+            self.sub_pos.remove(&(s.subscriber, s.lane));
         }
+    }
+
+    /// The spec of the subscription whose lane 0 is at `pos` (a relay's lanes gathered).
+    pub fn spec_of(&self, pos: usize) -> SubscriptionSpec {
+        let s = &self.subs[pos];
+        let mut spec = s.to_spec(self.spec.id);
+        if s.relay {
+            spec.relay = (1..super::spec::MAX_LAYERS as u8)
+                .map_while(|l| self.lane_index(s.subscriber, l))
+                .map(|p| (self.subs[p].out_ssrc, self.subs[p].out_rtx_ssrc))
+                .collect();
+        }
+        spec
     }
 }
 
@@ -562,6 +592,11 @@ impl Track {
 pub struct Subscription {
     /// The receiving leg.
     pub subscriber: LegId,
+    /// Its lane: 0, or the layer a relay's lane carries.
+    pub lane: u8,
+    /// Part of a relay ([`SubscriptionSpec::relay`]): pinned to layer `lane`, no allocator, no
+    /// fallback.
+    pub relay: bool,
     /// The worker that owns the subscriber's leg, so builds and sends every copy of this
     /// subscription (derived after every delta; see [`Tables::set_shards`](super::Tables::set_shards)).
     pub owner: u16,
@@ -631,6 +666,23 @@ impl Subscription {
         self.pt_map[..usize::from(self.pt_len)].iter().find(|(from, _)| *from == pt).map(|(_, to)| *to)
     }
 
+    /// Lane `lane` of `spec` (0 for an ordinary subscription; a relay's lane `k` carries layer
+    /// `k` as `spec.relay[k - 1]`).
+    pub(crate) fn compile_lane(spec: &SubscriptionSpec, layers: usize, lane: u8) -> Self {
+        let mut sub = Self::compile(spec, layers);
+        if !spec.relay.is_empty() {
+            sub.relay = true;
+            sub.lane = lane;
+            // Pinned to its layer, whatever the track has (a lane above it carries nothing).
+            sub.target_layer = lane;
+            (sub.max_spatial, sub.max_temporal) = (None, None);
+            if let Some(&(out, rtx)) = usize::from(lane).checked_sub(1).and_then(|k| spec.relay.get(k)) {
+                (sub.out_ssrc, sub.out_rtx_ssrc) = (out, rtx);
+            }
+        }
+        sub
+    }
+
     pub(crate) fn compile(spec: &SubscriptionSpec, layers: usize) -> Self {
         let mut pt_map = [(Pt(0), Pt(0)); MAX_PT_MAP];
         for (slot, m) in pt_map.iter_mut().zip(&spec.pt_map) {
@@ -643,6 +695,8 @@ impl Subscription {
         }
         Self {
             subscriber: spec.subscriber,
+            lane: 0,
+            relay: false,
             owner: 0,
             out_ssrc: spec.out_ssrc,
             out_rtx_ssrc: spec.out_rtx_ssrc,
@@ -702,10 +756,9 @@ impl Subscription {
         }
     }
 
-    /// Takes the spec's settings while keeping the runtime state (rewriter, SRTP, counters) when
-    /// the out-SSRCs are unchanged.
-    pub(super) fn update(&mut self, spec: &SubscriptionSpec, layers: usize) {
-        let fresh = Self::compile(spec, layers);
+    /// Takes the settings of `fresh` (the lane compiled from the new spec) while keeping the
+    /// runtime state (rewriter, SRTP, counters) when the out-SSRCs are unchanged.
+    pub(super) fn update(&mut self, fresh: Self) {
         if fresh.out_ssrc == self.out_ssrc && fresh.out_rtx_ssrc == self.out_rtx_ssrc {
             let keep = core::mem::replace(self, fresh);
             // A resumed subscription re-enters like a layer switch: at a keyframe, right after
@@ -742,6 +795,7 @@ impl Subscription {
             priority: self.priority,
             max_spatial: self.max_spatial,
             max_temporal: self.max_temporal,
+            relay: Vec::new(),
         }
     }
 }
