@@ -11,7 +11,9 @@
 #     protobuf-compiler (gRPC code generation), redis-server (load-balancer state tests),
 #     libssl-dev (OpenSSL: the dataplane's DTLS-SRTP), chromium + nodejs + npm (the headless
 #     browser the WebRTC test drives through playwright-core, installed from npm below; no
-#     browser is ever downloaded), ffmpeg (a third-party SRTP sender without rtcp-mux).
+#     browser is ever downloaded), ffmpeg (a third-party SRTP sender without rtcp-mux),
+#     GStreamer (gst-launch-1.0 with srtpenc/srtpdec, vp8enc/vp8dec, opus, matroska: SRTP
+#     publishers, subscribers and recorders in the cross-node and recording tests).
 #   - nightly + rust-src: the XDP program is built with -Z build-std=core for bpfel-unknown-none.
 #   - bpf-linker, linked against the nightly's own libLLVM: bpf-linker 0.13 needs LLVM 21-23 and
 #     must match the LLVM major that emits the bitcode; Debian 12 ships at most LLVM 19.
@@ -24,7 +26,7 @@ t0=$(date +%s)
 note() { printf 'setup [%3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # 1. Debian packages.
-pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium ffmpeg"
+pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad"
 missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
 if [ -n "$missing" ]; then
   apt-get update -q >/dev/null

@@ -52,6 +52,10 @@ pub struct Participant {
     pub ts_errors: u64,
     /// PLIs received (keyframe requests the SFU passed on).
     pub plis_received: u64,
+    /// NACKs received: (media SSRC, sequence number) of every packet asked for.
+    pub nacks_received: Vec<(u32, u16)>,
+    /// The packets a gap skipped, as (SSRC, sequence number): what a receiver would NACK.
+    pub missing: Vec<(u32, u16)>,
 }
 
 /// Builds meeting `m` of `size` participants: the table ops and the participants. Everyone
@@ -84,6 +88,8 @@ pub fn build(m: u32, size: u32, profile: Profile, hd_views: u32) -> (Vec<Op>, Ve
             late: 0,
             ts_errors: 0,
             plis_received: 0,
+            nacks_received: Vec::new(),
+            missing: Vec::new(),
         });
     }
     let same_pts = vec![(Pt(PT_OPUS), Pt(PT_OPUS)), (Pt(PT_VP8), Pt(PT_VP8)), (Pt(PT_VP8_RTX), Pt(PT_VP8_RTX))];
@@ -142,6 +148,15 @@ impl Participant {
         self.rtcp(&buf[..n])
     }
 
+    /// A NACK for `seqs` of `media`, an SSRC this participant receives.
+    pub fn nack(&mut self, media: u32, seqs: &[u16]) -> Vec<u8> {
+        let mut items = [rtcp::NackItem::default(); 16];
+        let n = rtcp::pack_nack_items(seqs.iter().copied(), &mut items).expect("at most 16 items");
+        let mut buf = [0u8; 12 + 4 * 16];
+        let len = rtcp::write_nack(&mut buf, Ssrc(self.leg.0), Ssrc(media), &items[..n]).expect("fits");
+        self.rtcp(&buf[..len])
+    }
+
     /// The SSRCs this participant has received RTP on, ascending.
     pub fn received_ssrcs(&self) -> Vec<u32> {
         self.srtp.rtp_ssrcs().collect()
@@ -170,6 +185,12 @@ impl Participant {
                         self.media.request_keyframe();
                         self.plis_received += 1;
                     }
+                    for p in rtcp::compound(&buf[..n]).flatten() {
+                        if let Ok(nack) = rtcp::Nack::new_checked(p.as_bytes()) {
+                            let media = nack.media_ssrc().0;
+                            self.nacks_received.extend(nack.sequence_numbers().map(|q| (media, q)));
+                        }
+                    }
                 }
                 Err(_) => self.verify_failures += 1,
             }
@@ -184,6 +205,9 @@ impl Participant {
         let clock = if p.payload_type() == PT_OPUS { 48_000 } else { 90_000 };
         let step = self.streams.entry(p.ssrc().0).or_insert_with(|| Continuity::new(10 * clock)).observe(p.sequence_number(), p.timestamp());
         self.gaps += u64::from(step.is_gap());
+        if let crate::seq::Order::Gap { missing } = step.order {
+            self.missing.extend((0..missing).map(|k| (p.ssrc().0, p.sequence_number().wrapping_sub(missing - k))));
+        }
         self.late += u64::from(step.is_late());
         self.ts_errors += u64::from(step.ts_error());
     }

@@ -9,14 +9,14 @@
 //! codes naming the field; drain refuses new sessions; deleting the session stops its media and
 //! frees its ports.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sluice_bench::live::{leg_name, subscription as sub, track_name};
-use sluice_bench::meeting::{self, Participant};
+use sluice_bench::meeting;
 use sluice_controlplane::pb;
 use sluice_controlplane::pb::change::Change as C;
 use sluice_core::srtp::Profile;
@@ -25,7 +25,7 @@ use sluice_tests::{Daemon, TempDir, participant_socket};
 use tonic::Code;
 
 mod cp;
-use cp::{Grpc, changes, expect_code, session_req, session_req_with, start_controlplane_cfg, start_controlplane_with, start_dataplane, wait_until};
+use cp::{Grpc, Media, changes, expect_code, session_req, session_req_with, start_controlplane_cfg, start_controlplane_with, start_dataplane, sum, wait_until};
 
 const SESSION: &str = "meeting-1";
 /// Leg ports: below the ephemeral range (so no client socket takes one) and below the ports the
@@ -38,112 +38,6 @@ fn start_controlplane(dir: &Path, dp_sock: &Path, run: u32) -> (Daemon, SocketAd
 
 fn req(changes: Vec<pb::Change>) -> pb::ChangeSet {
     pb::ChangeSet { session: SESSION.into(), idempotency_key: String::new(), expected_revision: None, changes }
-}
-
-/// The participants, their sockets and what they received (RTP packets by SSRC).
-struct Media {
-    people: Vec<Participant>,
-    sockets: Vec<UdpSocket>,
-    tick: u64,
-}
-
-impl Media {
-    fn sfu(p: &Participant) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], p.port))
-    }
-
-    fn hello(&mut self) {
-        for (p, s) in self.people.iter_mut().zip(&self.sockets) {
-            s.send_to(&p.hello(), Self::sfu(p)).unwrap();
-        }
-        thread::sleep(Duration::from_millis(100));
-        self.drain();
-    }
-
-    /// Reads everything waiting; verifies it; returns RTP packet counts per participant by SSRC.
-    fn drain(&mut self) -> Vec<HashMap<u32, u64>> {
-        let mut counts = vec![HashMap::new(); self.people.len()];
-        let mut buf = [0u8; 2048];
-        for (i, s) in self.sockets.iter().enumerate() {
-            s.set_nonblocking(true).unwrap();
-            while let Ok(n) = s.recv(&mut buf) {
-                let d = &buf[..n];
-                self.people[i].receive(d);
-                if n >= 12 && !(192..=223).contains(&d[1]) {
-                    *counts[i].entry(u32::from_be_bytes([d[8], d[9], d[10], d[11]])).or_default() += 1;
-                }
-            }
-        }
-        counts
-    }
-
-    /// Runs short phases until one delivers exactly what `expect(participant, ticks, frames)`
-    /// says: the dataplane learns each participant's address from its first packets, and a
-    /// subscriber joins a video layer at its next keyframe, so the very first packets of a
-    /// meeting may legitimately go nowhere (more so on a loaded machine). Later phases are exact.
-    fn settle(&mut self, expect: impl Fn(usize, u64, u64) -> u64) {
-        for _ in 0..20 {
-            let (got, frames) = self.run(5, |_| {});
-            if got.iter().enumerate().all(|(i, c)| sum(c) == expect(i, 5, frames)) {
-                return;
-            }
-        }
-        panic!("media never settled into the programmed routes");
-    }
-
-    /// Sends `ticks` × 20 ms of audio (every tick) and video (3 frames every 5 ticks), calling
-    /// `at(tick_index)` before each tick; returns what arrived, by participant and SSRC.
-    fn run(&mut self, ticks: u64, mut at: impl FnMut(u64)) -> (Vec<HashMap<u32, u64>>, u64) {
-        let mut total = vec![HashMap::new(); self.people.len()];
-        let add = |total: &mut Vec<HashMap<u32, u64>>, c: Vec<HashMap<u32, u64>>| {
-            for (t, c) in total.iter_mut().zip(c) {
-                for (k, v) in c {
-                    *t.entry(k).or_default() += v;
-                }
-            }
-        };
-        let start = Instant::now();
-        let mut frames = 0;
-        for k in 0..ticks {
-            at(k);
-            let tick = self.tick;
-            self.tick += 1;
-            let video = tick * 3 / 5 != (tick + 1) * 3 / 5;
-            frames += u64::from(video);
-            for i in 0..self.people.len() {
-                let mut pkts = vec![self.people[i].audio(tick)];
-                if video {
-                    pkts.extend(self.people[i].video_frame());
-                }
-                for p in pkts {
-                    self.sockets[i].send_to(&p, Self::sfu(&self.people[i])).unwrap();
-                }
-            }
-            let c = self.drain();
-            add(&mut total, c);
-            let next = start + Duration::from_millis(20 * (k + 1));
-            if let Some(d) = next.checked_duration_since(Instant::now()) {
-                thread::sleep(d);
-            }
-        }
-        // Until nothing more arrives for 300 ms (a loaded machine delays, it must not lose).
-        let (mut quiet, end) = (0, Instant::now() + Duration::from_secs(5));
-        while quiet < 3 && Instant::now() < end {
-            thread::sleep(Duration::from_millis(100));
-            let c = self.drain();
-            quiet = if c.iter().all(HashMap::is_empty) { quiet + 1 } else { 0 };
-            add(&mut total, c);
-        }
-        for p in &self.people {
-            assert_eq!(p.verify_failures, 0, "participant {:?}: datagrams that did not authenticate", p.leg);
-            assert_eq!(p.gaps, 0, "participant {:?}: sequence gaps", p.leg);
-        }
-        (total, frames)
-    }
-}
-
-fn sum(c: &HashMap<u32, u64>) -> u64 {
-    c.values().sum()
 }
 
 #[test]
@@ -175,7 +69,7 @@ fn a_meeting_programmed_over_grpc_forwards_media_and_survives_a_control_plane_ki
     for (p, s) in people.iter_mut().zip(&sockets) {
         p.addr = s.local_addr().unwrap();
     }
-    let mut media = Media { people, sockets, tick: 0 };
+    let mut media = Media::new(people, sockets);
     media.hello();
     media.settle(|_, ticks, frames| 2 * ticks + frames * 6);
 
@@ -384,7 +278,7 @@ fn a_restarted_dataplane_is_resynced_with_the_changes_made_while_it_was_away() {
         p.port = ports[&leg_name(p.leg.0)];
         p.addr = s.local_addr().unwrap();
     }
-    let mut media = Media { people, sockets, tick: 0 };
+    let mut media = Media::new(people, sockets);
     media.hello();
     media.settle(|_, ticks, frames| 2 * ticks + frames * 6);
     let (got, frames) = media.run(10, |_| {});
@@ -672,7 +566,7 @@ fn dataplane_events_reach_watch_and_node_status_reports_rates() {
     for (p, s) in people.iter_mut().zip(&sockets) {
         p.addr = s.local_addr().unwrap();
     }
-    let mut media = Media { people, sockets, tick: 0 };
+    let mut media = Media::new(people, sockets);
     media.hello();
     media.settle(|_, ticks, frames| 2 * ticks + frames * 6);
     let mut busy = None;
@@ -681,8 +575,9 @@ fn dataplane_events_reach_watch_and_node_status_reports_rates() {
             busy = Some(grpc.status());
         }
     });
-    for (p, s) in media.people.iter_mut().zip(&media.sockets) {
-        s.send_to(&p.receiver_report(), Media::sfu(p)).unwrap();
+    for i in 0..media.people.len() {
+        let to = media.sfu(i);
+        media.sockets[i].send_to(&media.people[i].receiver_report(), to).unwrap();
     }
     let busy = busy.unwrap();
     let tx_rate: f64 = busy.workers.iter().map(|w| w.tx_packets_per_second).sum();
@@ -965,7 +860,7 @@ fn legs_of_two_sessions_on_shared_ports_forward_media_and_strangers_get_nowhere(
     assert!(s.message().contains("shared port"), "{s:?}");
     expect_code(grpc.session("shared-c"), Code::NotFound, "session");
 
-    let mut media = Media { people, sockets, tick: 0 };
+    let mut media = Media::new(people, sockets);
     media.hello();
     media.settle(|_, ticks, frames| 2 * ticks + frames * 6);
     let (got, frames) = media.run(25, |_| {});

@@ -77,7 +77,7 @@ pub fn subscription(s: &SubscriptionSpec) -> pb::Subscription {
         target_layer: u32::from(s.target_layer),
         paused: s.paused,
         priority: u32::from(s.priority),
-        relay_layers: Vec::new(),
+        relay_layers: s.relay.iter().map(|&(o, r)| pb::RelayLayer { out_ssrc: o.0, out_rtx_ssrc: r.map(|r| r.0) }).collect(),
     }
 }
 
@@ -91,7 +91,7 @@ pub fn changes(ops: &[Op]) -> anyhow::Result<Vec<pb::Change>> {
                 Op::UpsertLeg(l) => C::Leg(pb::Leg {
                     id: leg_name(l.id.0),
                     local_port: 0,
-                    remote: String::new(),
+                    remote: l.remote.map(|r| r.to_string()).unwrap_or_default(),
                     rx: Some(keys(&l.rx)),
                     tx: Some(keys(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,

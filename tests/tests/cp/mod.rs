@@ -2,13 +2,14 @@
 //! client, and the requests and checks most tests make. Each test binary uses part of it.
 #![allow(dead_code, reason = "each test binary that includes this module uses a different part of it")]
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sluice_bench::live;
-use sluice_bench::meeting;
+use sluice_bench::meeting::{self, Participant};
 use sluice_controlplane::pb;
 use sluice_controlplane::pb::node_client::NodeClient;
 use sluice_controlplane::pb::routes_client::RoutesClient;
@@ -65,12 +66,17 @@ pub fn start_dataplane_in(dir: &Path, range: (u16, u16)) -> (Daemon, PathBuf) {
 /// [`start_dataplane_in`], the dataplane in network namespace `netns` when given (its control
 /// socket is a path, so a control plane outside the namespace reaches it).
 pub fn start_dataplane_in_netns(dir: &Path, range: (u16, u16), netns: Option<&str>) -> (Daemon, PathBuf) {
+    start_dataplane_at(dir, range, netns, "127.0.0.1")
+}
+
+/// [`start_dataplane_in_netns`] with its legs on `listen_ip`.
+pub fn start_dataplane_at(dir: &Path, range: (u16, u16), netns: Option<&str>, listen_ip: &str) -> (Daemon, PathBuf) {
     let sock = dir.join("dp.sock");
     let cfg = dir.join("dataplane.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\nbackend = \"mmsg\"\nport_range = [{}, {}]\ncontrol_socket = \"{}\"\n",
+            "[dataplane]\nlisten_ip = \"{listen_ip}\"\nworkers = 2\nbackend = \"mmsg\"\nport_range = [{}, {}]\ncontrol_socket = \"{}\"\n",
             range.0,
             range.1,
             sock.display()
@@ -148,4 +154,120 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 pub fn session_req_with(session: &str, changes: Vec<pb::Change>) -> pb::ChangeSet {
     pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes }
+}
+
+/// The participants, their sockets and what they received (RTP packets by SSRC).
+pub struct Media {
+    pub people: Vec<Participant>,
+    pub sockets: Vec<UdpSocket>,
+    pub tick: u64,
+    /// The SFU address of each participant's leg (its port is the participant's).
+    pub sfu_ip: Vec<IpAddr>,
+}
+
+impl Media {
+    /// Participants whose SFU is on loopback.
+    pub fn new(people: Vec<Participant>, sockets: Vec<UdpSocket>) -> Self {
+        let sfu_ip = vec![IpAddr::from([127, 0, 0, 1]); people.len()];
+        Self { people, sockets, tick: 0, sfu_ip }
+    }
+
+    /// Participant `i`'s SFU address.
+    pub fn sfu(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.sfu_ip[i], self.people[i].port)
+    }
+
+    pub fn hello(&mut self) {
+        for i in 0..self.people.len() {
+            let to = self.sfu(i);
+            self.sockets[i].send_to(&self.people[i].hello(), to).unwrap();
+        }
+        thread::sleep(Duration::from_millis(100));
+        self.drain();
+    }
+
+    /// Reads everything waiting; verifies it; returns RTP packet counts per participant by SSRC.
+    pub fn drain(&mut self) -> Vec<HashMap<u32, u64>> {
+        let mut counts = vec![HashMap::new(); self.people.len()];
+        let mut buf = [0u8; 2048];
+        for (i, s) in self.sockets.iter().enumerate() {
+            s.set_nonblocking(true).unwrap();
+            while let Ok(n) = s.recv(&mut buf) {
+                let d = &buf[..n];
+                self.people[i].receive(d);
+                if n >= 12 && !(192..=223).contains(&d[1]) {
+                    *counts[i].entry(u32::from_be_bytes([d[8], d[9], d[10], d[11]])).or_default() += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Runs short phases until one delivers exactly what `expect(participant, ticks, frames)`
+    /// says: the dataplane learns each participant's address from its first packets, and a
+    /// subscriber joins a video layer at its next keyframe, so the very first packets of a
+    /// meeting may legitimately go nowhere (more so on a loaded machine). Later phases are exact.
+    pub fn settle(&mut self, expect: impl Fn(usize, u64, u64) -> u64) {
+        for _ in 0..20 {
+            let (got, frames) = self.run(5, |_| {});
+            if got.iter().enumerate().all(|(i, c)| sum(c) == expect(i, 5, frames)) {
+                return;
+            }
+        }
+        panic!("media never settled into the programmed routes");
+    }
+
+    /// Sends `ticks` × 20 ms of audio (every tick) and video (3 frames every 5 ticks), calling
+    /// `at(tick_index)` before each tick; returns what arrived, by participant and SSRC.
+    pub fn run(&mut self, ticks: u64, mut at: impl FnMut(u64)) -> (Vec<HashMap<u32, u64>>, u64) {
+        let mut total = vec![HashMap::new(); self.people.len()];
+        let add = |total: &mut Vec<HashMap<u32, u64>>, c: Vec<HashMap<u32, u64>>| {
+            for (t, c) in total.iter_mut().zip(c) {
+                for (k, v) in c {
+                    *t.entry(k).or_default() += v;
+                }
+            }
+        };
+        let start = Instant::now();
+        let mut frames = 0;
+        for k in 0..ticks {
+            at(k);
+            let tick = self.tick;
+            self.tick += 1;
+            let video = tick * 3 / 5 != (tick + 1) * 3 / 5;
+            frames += u64::from(video);
+            for i in 0..self.people.len() {
+                let mut pkts = vec![self.people[i].audio(tick)];
+                if video {
+                    pkts.extend(self.people[i].video_frame());
+                }
+                for p in pkts {
+                    self.sockets[i].send_to(&p, self.sfu(i)).unwrap();
+                }
+            }
+            let c = self.drain();
+            add(&mut total, c);
+            let next = start + Duration::from_millis(20 * (k + 1));
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                thread::sleep(d);
+            }
+        }
+        // Until nothing more arrives for 300 ms (a loaded machine delays, it must not lose).
+        let (mut quiet, end) = (0, Instant::now() + Duration::from_secs(5));
+        while quiet < 3 && Instant::now() < end {
+            thread::sleep(Duration::from_millis(100));
+            let c = self.drain();
+            quiet = if c.iter().all(HashMap::is_empty) { quiet + 1 } else { 0 };
+            add(&mut total, c);
+        }
+        for p in &self.people {
+            assert_eq!(p.verify_failures, 0, "participant {:?}: datagrams that did not authenticate", p.leg);
+            assert_eq!(p.gaps, 0, "participant {:?}: sequence gaps", p.leg);
+        }
+        (total, frames)
+    }
+}
+
+pub fn sum(c: &HashMap<u32, u64>) -> u64 {
+    c.values().sum()
 }
