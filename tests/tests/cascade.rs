@@ -11,7 +11,9 @@
 //! sequence gap, across the link; each publisher's packets cross the link once (the link's
 //! packet count against what the publishers sent); a NACK from a subscriber on node B for a
 //! packet lost before node A reaches the publisher on A in its own sequence space; a PLI from a
-//! subscriber on B reaches the publisher on A.
+//! subscriber on B reaches the publisher on A; a stranger on the cascade port and a cascade leg
+//! whose keys the other node does not have are dropped and counted (`unknown_source`,
+//! `auth_failed`) while the rest of the meeting goes on, and the right keys bring it back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -43,6 +45,8 @@ const NODE_IP: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
 const PEOPLE_IP: [&str; 2] = ["10.77.1.1", "10.77.2.1"];
 /// The cascade legs: A's (towards B) and B's (towards A); one key pair, mirrored.
 const CASCADE: [u32; 2] = [9_001, 9_002];
+/// Each node's metrics, inside its namespace.
+const METRICS: &str = "127.0.0.1:9500";
 /// The GStreamer test's leg ports, and its subscriber's port in the participants' namespace.
 const GST_PORTS: [(u16, u16); 2] = [(34_280, 34_289), (34_290, 34_299)];
 const GST_SINK_PORT: u16 = 34_300;
@@ -146,7 +150,7 @@ impl TwoNodes {
         for (n, ns) in [&a, &b].into_iter().enumerate() {
             let d = dir.path().join(format!("node-{n}"));
             std::fs::create_dir_all(&d).unwrap();
-            let (dp, sock) = start_dataplane_at(&d, ports[n], Some(&ns.name), NODE_IP[n]);
+            let (dp, sock) = start_dataplane_at(&d, ports[n], Some(&ns.name), NODE_IP[n], METRICS);
             let (cp, addr) = start_controlplane_with(&d, &sock, 0, ports[n]);
             nodes.push(Node { _dp: dp, cp, grpc: Grpc::connect(addr) });
         }
@@ -165,6 +169,13 @@ impl TwoNodes {
     /// The port leg `leg` got on node `n`.
     fn port(&self, n: usize, leg: u32) -> u16 {
         self.ports[&format!("{n}/{}", leg_name(leg))]
+    }
+
+    /// Node `n`'s packets dropped for `reason` (its metrics, all workers).
+    fn drops(&self, n: usize, reason: &str) -> u64 {
+        let text = [&self.a, &self._b][n].http_get(METRICS, "/metrics");
+        let label = format!("reason=\"{reason}\"");
+        text.lines().filter(|l| l.starts_with("sluice_drops_total{") && l.contains(&label)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
     }
 
     /// Points each cascade leg at the other node's (known once both exist).
@@ -259,6 +270,39 @@ fn a_meeting_across_two_nodes_over_a_cascade_leg() {
     wait_for(&mut media, "the PLI at the publisher", |m| m.people[0].plis_received > before);
     for (i, person) in media.people.iter().enumerate() {
         assert_eq!(person.verify_failures, 0, "participant {i}: datagrams that did not authenticate");
+    }
+
+    // Bad input on the cascade port. A stranger (node B's address, another port) is dropped
+    // and counted, and reaches no one.
+    let cascade_a = SocketAddr::new(NODE_IP[0].parse().unwrap(), two.port(0, CASCADE[0]));
+    let unknown = two.drops(0, "unknown_source");
+    let stranger = two._b.enter(|| UdpSocket::bind(SocketAddr::new(NODE_IP[1].parse::<Ipv4Addr>().unwrap().into(), 0)).unwrap());
+    for tick in 0..20 {
+        stranger.send_to(&media.people[3].audio(1000 + tick), cascade_a).unwrap();
+    }
+    cp::wait_until("the stranger's packets counted", Duration::from_secs(5), || two.drops(0, "unknown_source") >= unknown + 20);
+    // Node B's cascade leg sending with keys node A does not have (a signaling mistake): A
+    // refuses every packet as failing authentication, its participants get nothing from B's,
+    // the rest of the meeting goes on; with the right keys again, B's media is back.
+    let remote_a = Some(cascade_a);
+    let wrong = LegSpec { tx: material(PROFILE, 4_242, 0), ..cascade_leg(1, remote_a) };
+    two.apply(1, &[Op::UpsertLeg(wrong)]);
+    media_frames(&mut media, 5);
+    let failed = two.drops(0, "auth_failed");
+    let (got, _) = media_frames(&mut media, 10);
+    let from_b: Vec<u32> =
+        (3..6).flat_map(|k| [media.people[k].seat.audio_track(), media.people[k].seat.video_track()]).map(|t| media.people[0].seat.out_ssrc(t).0).collect();
+    assert!(got[0].keys().all(|s| !from_b.contains(s)), "seat 0 got B's media through a leg with wrong keys: {:?}", got[0]);
+    assert!(got[0].len() == 4, "seat 0 still gets seats 1 and 2: {:?}", got[0]);
+    assert!(two.drops(0, "auth_failed") >= failed + 30, "A counts B's packets as failing authentication");
+    two.connect_cascade();
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (got, _) = media_frames(&mut media, 3);
+        if from_b.iter().all(|s| got[0].contains_key(s)) {
+            break;
+        }
+        assert!(Instant::now() < end, "seat 0 never got B's seats back: {:?}", got[0]);
     }
 }
 

@@ -66,11 +66,12 @@ pub fn start_dataplane_in(dir: &Path, range: (u16, u16)) -> (Daemon, PathBuf) {
 /// [`start_dataplane_in`], the dataplane in network namespace `netns` when given (its control
 /// socket is a path, so a control plane outside the namespace reaches it).
 pub fn start_dataplane_in_netns(dir: &Path, range: (u16, u16), netns: Option<&str>) -> (Daemon, PathBuf) {
-    start_dataplane_at(dir, range, netns, "127.0.0.1")
+    start_dataplane_at(dir, range, netns, "127.0.0.1", "off")
 }
 
-/// [`start_dataplane_in_netns`] with its legs on `listen_ip`.
-pub fn start_dataplane_at(dir: &Path, range: (u16, u16), netns: Option<&str>, listen_ip: &str) -> (Daemon, PathBuf) {
+/// [`start_dataplane_in_netns`] with its legs on `listen_ip` and its metrics on `metrics`
+/// (an address, or "off").
+pub fn start_dataplane_at(dir: &Path, range: (u16, u16), netns: Option<&str>, listen_ip: &str, metrics: &str) -> (Daemon, PathBuf) {
     let sock = dir.join("dp.sock");
     let cfg = dir.join("dataplane.toml");
     std::fs::write(
@@ -83,7 +84,7 @@ pub fn start_dataplane_at(dir: &Path, range: (u16, u16), netns: Option<&str>, li
         ),
     )
     .unwrap();
-    let args = ["--config", cfg.to_str().unwrap(), "--metrics", "off"];
+    let args = ["--config", cfg.to_str().unwrap(), "--metrics", metrics];
     let log = dir.join("dataplane.log");
     let mut d = match netns {
         Some(ns) => Daemon::start_in_netns(ns, "sluice-dataplane", &args, &log),
