@@ -13,6 +13,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::controller::Shared;
 use crate::engine::EngineError;
 use crate::pb;
+use crate::placement::{PlaceError, Placer};
 use crate::state::{ErrorKind, StateError};
 
 /// The gRPC status for an engine error.
@@ -22,6 +23,17 @@ pub fn status(e: EngineError) -> Status {
         e @ (EngineError::NotInstalled { .. } | EngineError::PortUnavailable { .. }) => Status::unavailable(e.to_string()),
         e @ EngineError::Journal(_) => Status::internal(e.to_string()),
     }
+}
+
+/// The gRPC status for a placement error.
+pub fn place_status(e: &PlaceError) -> Status {
+    let code = match e {
+        PlaceError::InvalidArgument { .. } => Code::InvalidArgument,
+        PlaceError::Redis { .. } => Code::Unavailable,
+        PlaceError::NoCandidate { .. } => Code::ResourceExhausted,
+        PlaceError::Contended { .. } => Code::Aborted,
+    };
+    Status::new(code, e.to_string())
 }
 
 fn state_status(e: &StateError) -> Status {
@@ -230,12 +242,26 @@ impl pb::routes_server::Routes for RoutesService {
 #[derive(Debug, Clone)]
 pub struct NodeService {
     engine: Shared,
+    /// Placement over the node's Redis; none without `redis_url`.
+    placer: Option<Placer>,
 }
 
 impl NodeService {
-    /// The service over `engine`.
+    /// The service over `engine` (Node.Place answers FAILED_PRECONDITION).
     pub fn new(engine: Shared) -> Self {
-        Self { engine }
+        Self { engine, placer: None }
+    }
+
+    /// The service over `engine`, placing sessions with `placer`.
+    pub fn with_placer(engine: Shared, placer: Option<Placer>) -> Self {
+        Self { engine, placer }
+    }
+}
+
+/// Publishes the heartbeat at once, so placement sees a drain (or its end) now.
+fn publish_drain_state(c: &crate::controller::Controller) {
+    if let Some(lb) = c.engine().lb() {
+        lb.publish_now();
     }
 }
 
@@ -248,6 +274,7 @@ impl pb::node_server::Node for NodeService {
     async fn drain(&self, _req: Request<pb::DrainRequest>) -> Result<Response<pb::NodeStatus>, Status> {
         run(&self.engine, |e| {
             e.engine().set_draining(true).map_err(status)?;
+            publish_drain_state(e);
             tracing::info!("draining: new sessions are refused");
             Ok(e.status())
         })
@@ -265,9 +292,21 @@ impl pb::node_server::Node for NodeService {
         .map(Response::new)
     }
 
+    async fn place(&self, req: Request<pb::PlaceRequest>) -> Result<Response<pb::PlaceResponse>, Status> {
+        let Some(placer) = self.placer.clone() else {
+            return Err(Status::failed_precondition(
+                "this node has no redis_url: placement reads every node's load from the shared Redis (set controlplane.redis_url and node_id)",
+            ));
+        };
+        let req = crate::placement::Request::from_pb(req.into_inner(), placer.threshold());
+        let placed = tokio::task::spawn_blocking(move || placer.place(&req)).await.map_err(|e| Status::internal(format!("placement task: {e}")))?;
+        placed.map(|p| Response::new(p.into())).map_err(|e| place_status(&e))
+    }
+
     async fn undrain(&self, _req: Request<pb::UndrainRequest>) -> Result<Response<pb::NodeStatus>, Status> {
         run(&self.engine, |e| {
             e.engine().set_draining(false).map_err(status)?;
+            publish_drain_state(e);
             tracing::info!("undrained: taking new sessions");
             Ok(e.status())
         })

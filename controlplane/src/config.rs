@@ -16,6 +16,9 @@
 //! # redis_url = "redis://127.0.0.1:6379/"
 //! # node_id = "node-a"
 //! # heartbeat_ms = 1000
+//! # capacity_pps = 400000       # measure it with `sluice-bench capacity`
+//! # advertise = "10.0.0.5:50051" # the gRPC address Node.Place answers for this node
+//! # placement_threshold = 0.8
 //!
 //! # Or TLS (mTLS with client_ca):
 //! # [controlplane.tls]
@@ -58,6 +61,16 @@ pub struct Config {
     /// How often the node publishes its heartbeat and load to Redis (ms; the key expires after
     /// three of these).
     pub heartbeat_ms: u64,
+    /// The packets per second (received plus sent) this node forwards at full load: the packet
+    /// part of its load score is the dataplane's rate divided by this. Measure it with
+    /// `sluice-bench capacity` on the node's hardware; the default, 400000, is a guess.
+    pub capacity_pps: u64,
+    /// This node's gRPC address as other hosts reach it (`host:port`), published in Redis for
+    /// `Node.Place` to answer; default: the address gRPC listens on.
+    pub advertise: Option<String>,
+    /// `Node.Place`'s preference threshold (0 < t <= 1, default 0.8): a node a session already
+    /// has is answered again while its load score is below this.
+    pub placement_threshold: f64,
     /// The dataplane's control socket.
     pub dataplane_socket: PathBuf,
     /// Where the journal and snapshot live.
@@ -109,6 +122,9 @@ impl Default for Config {
             redis_url: None,
             node_id: None,
             heartbeat_ms: 1000,
+            capacity_pps: 400_000,
+            advertise: None,
+            placement_threshold: crate::placement::DEFAULT_THRESHOLD,
             announce_ip: None,
             max_watchers: 1024,
             max_watchers_per_connection: 16,
@@ -149,6 +165,12 @@ pub struct Redis {
     pub node_id: String,
     /// Heartbeat interval.
     pub interval: std::time::Duration,
+    /// Packets per second at full load (> 0).
+    pub capacity_pps: u64,
+    /// The advertised gRPC address, when configured (else the listen address).
+    pub advertise: Option<String>,
+    /// `Node.Place`'s preference threshold, in (0, 1].
+    pub placement_threshold: f64,
 }
 
 /// A configuration problem.
@@ -278,7 +300,25 @@ impl Config {
         if self.heartbeat_ms == 0 {
             return Err(ConfigError::Invalid { field: "heartbeat_ms", why: "must be > 0".into() });
         }
-        Ok(Some(Redis { url: url.clone(), node_id, interval: std::time::Duration::from_millis(self.heartbeat_ms) }))
+        if self.capacity_pps == 0 {
+            return Err(ConfigError::Invalid { field: "capacity_pps", why: "must be > 0 (measure it with sluice-bench capacity)".into() });
+        }
+        if let Some(a) = &self.advertise
+            && (a.is_empty() || a.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid { field: "advertise", why: format!("{a:?} is not a host:port address") });
+        }
+        if !(self.placement_threshold > 0.0 && self.placement_threshold <= 1.0) {
+            return Err(ConfigError::Invalid { field: "placement_threshold", why: format!("{} is not in (0, 1]", self.placement_threshold) });
+        }
+        Ok(Some(Redis {
+            url: url.clone(),
+            node_id,
+            interval: std::time::Duration::from_millis(self.heartbeat_ms),
+            capacity_pps: self.capacity_pps,
+            advertise: self.advertise.clone(),
+            placement_threshold: self.placement_threshold,
+        }))
     }
 }
 
@@ -349,5 +389,25 @@ mod tests {
         assert_eq!(plain.transport_warning(), None);
         let redis = Config::parse("[controlplane]\nredis_url = \"redis://127.0.0.1:1/\"\n").unwrap();
         assert!(redis.redis().unwrap_err().to_string().contains("controlplane.node_id"));
+    }
+
+    #[test]
+    fn placement_settings_default_and_are_validated() {
+        let base = "[controlplane]\nredis_url = \"redis://127.0.0.1:1/\"\nnode_id = \"a\"\n";
+        let r = Config::parse(base).unwrap().redis().unwrap().unwrap();
+        assert_eq!((r.capacity_pps, r.advertise, r.placement_threshold), (400_000, None, 0.8));
+        let r = Config::parse(&format!("{base}capacity_pps = 5\nadvertise = \"10.0.0.5:1\"\nplacement_threshold = 1.0\n")).unwrap().redis().unwrap().unwrap();
+        assert_eq!((r.capacity_pps, r.advertise.as_deref(), r.placement_threshold), (5, Some("10.0.0.5:1"), 1.0));
+        for (extra, field) in [
+            ("capacity_pps = 0", "controlplane.capacity_pps"),
+            ("advertise = \"\"", "controlplane.advertise"),
+            ("advertise = \"a b:1\"", "controlplane.advertise"),
+            ("placement_threshold = 0.0", "controlplane.placement_threshold"),
+            ("placement_threshold = 1.5", "controlplane.placement_threshold"),
+            ("placement_threshold = nan", "controlplane.placement_threshold"),
+        ] {
+            let err = Config::parse(&format!("{base}{extra}\n")).unwrap().redis().unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
     }
 }

@@ -216,6 +216,11 @@ impl Engine {
         self.lb = Some(lb);
     }
 
+    /// The load balancer's link, when Redis is configured.
+    pub fn lb(&self) -> Option<&Arc<Lb>> {
+        self.lb.as_ref()
+    }
+
     /// The desired state.
     pub fn desired(&self) -> &Desired {
         &self.desired

@@ -1,25 +1,71 @@
 //! Load-balancer state in Redis (optional: only with `redis_url` and `node_id` configured).
 //!
 //! Every `heartbeat_ms` a dedicated thread publishes this node's heartbeat and load as the hash
-//! `sluice:node:<id>` (PEXPIRE 3 × interval, so a dead node's key disappears on its own) and
-//! reads its drain flag `sluice:node:<id>:drain` ("1": drain). Before a new session is created
-//! the engine asks [`Lb::admit`]: a drain flag set in Redis refuses it like `Node.Drain` does,
-//! and `sluice:placement:<session>` naming another node refuses it naming that node. When the
-//! last session leaves a draining node it says so in its log and in the hash (`drained` = 1).
+//! `sluice:node:<id>` (PEXPIRE 3 × interval, so a dead node's key disappears on its own),
+//! registers the node in `sluice:nodes` (so placement knows it even once its key has expired)
+//! and reads its drain flag `sluice:node:<id>:drain` ("1": drain). The hash carries what
+//! placement (`placement`) needs: the load `score` ([`crate::placement::Load`]), `draining`
+//! (Node.Drain or the Redis flag), `grpc` (the advertised address), `interval_ms` and
+//! `heartbeat_redis_ms` (Redis' clock when the heartbeat landed, so freshness never depends on
+//! this host's clock). Node.Drain and Undrain publish at once ([`Lb::publish_now`]).
+//!
+//! Before a new session is created the engine asks [`Lb::admit`]: a drain flag set in Redis
+//! refuses it like `Node.Drain` does. The session is admitted when this node is in
+//! `sluice:session:<s>:nodes`, when the legacy `sluice:placement:<s>` names it, or when neither
+//! key exists; it is refused, naming the nodes, when it is placed only on others. Admission
+//! records this node in the session's set in the same atomic step (so a session created here
+//! without `Node.Place` is known to placement, and a concurrent placement sees it). When the last
+//! session leaves a draining node it says so in its log and in the hash (`drained` = 1).
 //!
 //! Redis being down never stops the node: the thread logs once, keeps retrying every interval,
 //! and admission falls back to the local state (a placement cannot be read, so it is not
-//! enforced) until Redis answers again.
+//! enforced) until Redis answers again. On every (re)connection the node first adds itself to the
+//! sets of the sessions it holds, so a Redis that restarted empty learns where meetings are
+//! before this node's heartbeat makes it a candidate again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::config::Redis;
 use crate::pb;
+use crate::placement::{Load, NODES_KEY, session_nodes_key};
 use crate::state::{ErrorKind, StateError};
 
 /// How long one Redis connect or command may take before Redis counts as down.
 const IO_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A registered node that has not published for this long is dropped from `sluice:nodes`
+/// (placement stops listing it as dead).
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// KEYS[1] the node's hash, KEYS[2] the registry; ARGV[1] the node id, ARGV[2] the hash's TTL
+/// (ms), ARGV[3] FORGET_AFTER (ms), ARGV[4..] field/value pairs. Stamps the heartbeat with
+/// Redis' clock.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'heartbeat_redis_ms', string.format('%d', now), unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[3])))
+return 1
+";
+
+/// KEYS[1] the session's node set, KEYS[2] its legacy placement key; ARGV[1] this node.
+/// `{"admit"}` (and this node recorded in the set), or `{"refuse", nodes...}`.
+const ADMIT: &str = r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'admit'} end
+local legacy = redis.call('GET', KEYS[2])
+if legacy == ARGV[1] or (not legacy and redis.call('SCARD', KEYS[1]) == 0) then
+  redis.call('SADD', KEYS[1], ARGV[1])
+  return {'admit'}
+end
+local nodes = redis.call('SMEMBERS', KEYS[1])
+table.sort(nodes)
+if legacy and redis.call('SISMEMBER', KEYS[1], legacy) == 0 then table.insert(nodes, legacy) end
+return {'refuse', unpack(nodes)}
+";
 
 /// The node's hash key.
 pub fn node_key(node_id: &str) -> String {
@@ -47,6 +93,15 @@ pub struct Lb {
     drain: AtomicBool,
     /// Shut down: no more heartbeats.
     stopped: AtomicBool,
+    /// Connected since this node last told Redis which sessions it holds: the next heartbeat
+    /// says so first.
+    fresh: AtomicBool,
+    /// Packets per second at full load.
+    capacity_pps: u64,
+    /// The advertised gRPC address.
+    grpc: String,
+    /// A heartbeat is due now ([`Lb::publish_now`]), and the condition the thread sleeps on.
+    wake: (Mutex<bool>, Condvar),
 }
 
 #[derive(Default)]
@@ -65,17 +120,28 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Lb {
-    /// The load-balancer link; `url` is only parsed here, Redis need not be up.
-    pub fn new(url: &str, node_id: &str, interval: Duration) -> Result<Arc<Self>, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+    /// The load-balancer link with the settings `r`, advertising `grpc` as this node's gRPC
+    /// address; the URL is only parsed here, Redis need not be up.
+    pub fn new(r: &Redis, grpc: &str) -> Result<Arc<Self>, redis::RedisError> {
+        let client = redis::Client::open(r.url.as_str())?;
         Ok(Arc::new(Self {
             client,
-            node_id: node_id.to_owned(),
-            interval,
+            node_id: r.node_id.clone(),
+            interval: r.interval,
             conn: Mutex::new(Conn::default()),
             drain: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            fresh: AtomicBool::new(false),
+            capacity_pps: r.capacity_pps,
+            grpc: grpc.to_owned(),
+            wake: (Mutex::new(false), Condvar::new()),
         }))
+    }
+
+    /// Publishes the heartbeat now rather than at the next interval (the drain state changed).
+    pub fn publish_now(&self) {
+        *self.wake.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.wake.1.notify_all();
     }
 
     /// This node's id.
@@ -106,6 +172,7 @@ impl Lb {
                     }
                     c.conn = Some(conn);
                     c.down = false;
+                    self.fresh.store(true, Ordering::Relaxed);
                     c.failed_at = None;
                 }
                 Err(err) => {
@@ -132,7 +199,12 @@ impl Lb {
     }
 
     /// Whether a new session `session` may be created here: not while Redis asks the node to
-    /// drain, and not when Redis places the session on another node.
+    /// drain, and not when Redis places the session only on other nodes (its set
+    /// `sluice:session:<s>:nodes` lacks this node and the legacy `sluice:placement:<s>` does not
+    /// name it). Admitted, this node is added to the session's set in the same script, before
+    /// the change is validated: a change refused afterwards leaves it there (placement then
+    /// answers this node for the session, which is where its creator sent it). With Redis
+    /// down only the local drain state decides.
     pub fn admit(&self, session: &str) -> Result<(), StateError> {
         let flag = self.with("drain flag", |c| redis::cmd("GET").arg(drain_key(&self.node_id)).query::<Option<String>>(c));
         if let Some(f) = &flag {
@@ -148,13 +220,25 @@ impl Lb {
                 ),
             });
         }
-        let placed = self.with("placement", |c| redis::cmd("GET").arg(placement_key(session)).query::<Option<String>>(c)).flatten();
-        match placed {
-            Some(node) if node != self.node_id => Err(StateError {
-                kind: ErrorKind::FailedPrecondition,
-                field: "session".into(),
-                message: format!("session {session:?} is placed on node {node:?}, not on this node ({:?})", self.node_id),
-            }),
+        let answer = self.with("admission", |c| {
+            redis::cmd("EVAL").arg(ADMIT).arg(2).arg(session_nodes_key(session)).arg(placement_key(session)).arg(&self.node_id).query::<Vec<String>>(c)
+        });
+        match answer {
+            Some(v) if v.first().map(String::as_str) == Some("refuse") => {
+                let nodes: Vec<String> = v[1..].iter().map(|n| format!("{n:?}")).collect();
+                let noun = if nodes.len() == 1 { "node" } else { "nodes" };
+                Err(StateError {
+                    kind: ErrorKind::FailedPrecondition,
+                    field: "session".into(),
+                    message: format!(
+                        "session {session:?} is placed on {noun} {}, not on this node ({:?}) ({} / {}); ask Node.Place which node takes it",
+                        nodes.join(", "),
+                        self.node_id,
+                        session_nodes_key(session),
+                        placement_key(session)
+                    ),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -163,19 +247,44 @@ impl Lb {
     /// balancer need not wait for it to expire).
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::Relaxed);
-        if self.with("shutdown", |c| redis::cmd("DEL").arg(node_key(&self.node_id)).query::<()>(c)).is_some() {
+        self.publish_now();
+        let left = self.with("shutdown", |c| {
+            redis::pipe().atomic().cmd("DEL").arg(node_key(&self.node_id)).ignore().cmd("ZREM").arg(NODES_KEY).arg(&self.node_id).ignore().query::<()>(c)
+        });
+        if left.is_some() {
             tracing::info!(node = %self.node_id, key = %node_key(&self.node_id), "removed this node from redis");
         }
     }
 
-    /// Starts the heartbeat thread; `status` reads the node's status (the engine's), so this
-    /// module needs nothing of the engine's.
-    pub fn spawn(self: &Arc<Self>, status: impl Fn() -> pb::NodeStatus + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Starts the heartbeat thread; `status` reads the node's status and `sessions` the ids of
+    /// the sessions it holds (the engine's), so this module needs nothing of the engine's.
+    pub fn spawn(
+        self: &Arc<Self>,
+        status: impl Fn() -> pb::NodeStatus + Send + 'static,
+        sessions: impl Fn() -> Vec<String> + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let lb = self.clone();
-        std::thread::Builder::new().name("lb-heartbeat".into()).spawn(move || lb.run(&status))
+        std::thread::Builder::new().name("lb-heartbeat".into()).spawn(move || lb.run(&status, &sessions))
     }
 
-    fn run(&self, status_of: &dyn Fn() -> pb::NodeStatus) {
+    /// Whether there is a connection to Redis now.
+    fn connected(&self) -> bool {
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).conn.is_some()
+    }
+
+    /// Adds this node to the set of every session it holds (in one round trip).
+    fn announce(&self, c: &mut redis::Connection, sessions: &[String]) -> redis::RedisResult<()> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for s in sessions {
+            pipe.cmd("SADD").arg(session_nodes_key(s)).arg(&self.node_id).ignore();
+        }
+        pipe.query::<()>(c)
+    }
+
+    fn run(&self, status_of: &dyn Fn() -> pb::NodeStatus, sessions_of: &dyn Fn() -> Vec<String>) {
         let mut last: Option<(Instant, u64)> = None;
         let mut drained_reported = false;
         tracing::info!(node = %self.node_id, key = %node_key(&self.node_id), interval_ms = self.interval.as_millis() as u64, "publishing load to redis");
@@ -187,7 +296,12 @@ impl Lb {
                     tracing::info!(node = %self.node_id, draining = on, "drain flag in redis changed");
                 }
             }
+            // Read before `with` takes the connection's lock (the engine's lock is taken before
+            // it elsewhere), and only when a connection may be new this turn.
+            let sessions = (self.fresh.load(Ordering::Relaxed) || !self.connected()).then(sessions_of);
             let status = status_of();
+            let load = Load::of(&status, self.capacity_pps);
+            let dataplane_pps = crate::placement::packet_rate(&status);
             let packets: u64 = status.workers.iter().map(|w| w.rx_packets).sum();
             let now = Instant::now();
             let pps = match last {
@@ -215,21 +329,46 @@ impl Lb {
                 ("dataplane_connected", u8::from(status.dataplane_connected).to_string()),
                 ("draining", u8::from(draining).to_string()),
                 ("drained", u8::from(drained).to_string()),
+                ("score", format!("{:.6}", load.score)),
+                ("score_reason", load.reason),
+                ("dataplane_pps", format!("{dataplane_pps:.0}")),
+                ("capacity_pps", self.capacity_pps.to_string()),
+                ("grpc", self.grpc.clone()),
+                ("interval_ms", (self.interval.as_millis() as u64).to_string()),
             ];
             let ttl_ms = (self.interval * 3).as_millis().max(1) as u64;
             let key = node_key(&self.node_id);
+            let mut announced = None;
             self.with("heartbeat", |c| {
                 if self.stopped.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                let mut hset = redis::cmd("HSET");
-                hset.arg(&key);
-                for (k, v) in &fields {
-                    hset.arg(*k).arg(v);
+                // After a (re)connection the node's sessions go first: a Redis that restarted
+                // empty must know them before this heartbeat makes the node a candidate again.
+                if self.fresh.load(Ordering::Relaxed) {
+                    let Some(sessions) = &sessions else {
+                        // Connected during this turn (not by it): the next turn announces.
+                        return Ok(());
+                    };
+                    self.announce(c, sessions)?;
+                    self.fresh.store(false, Ordering::Relaxed);
+                    announced = Some(sessions.len());
                 }
-                redis::pipe().atomic().add_command(hset).ignore().cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore().query::<()>(c)
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(HEARTBEAT).arg(2).arg(&key).arg(NODES_KEY).arg(&self.node_id).arg(ttl_ms).arg(FORGET_AFTER.as_millis() as u64);
+                for (k, v) in &fields {
+                    eval.arg(*k).arg(v);
+                }
+                eval.query::<()>(c)
             });
-            std::thread::sleep(self.interval.saturating_sub(started.elapsed()));
+            if let Some(n) = announced.filter(|n| *n > 0) {
+                tracing::info!(node = %self.node_id, sessions = n, "told redis which sessions this node holds");
+            }
+            let (due, wake) = &self.wake;
+            let due = due.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let wait = self.interval.saturating_sub(started.elapsed());
+            let (mut due, _) = wake.wait_timeout_while(due, wait, |due| !*due).unwrap_or_else(std::sync::PoisonError::into_inner);
+            *due = false;
         }
     }
 }

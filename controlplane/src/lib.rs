@@ -6,7 +6,8 @@
 //!
 //! The binary serves gRPC over TLS/mTLS (`config::Tls`) or, only when asked and on loopback,
 //! plain text; with Redis configured, `lb` publishes the node's load and applies the load
-//! balancer's drain flag and session placement. `sluicectl` (`src/bin/sluicectl.rs`) is a client
+//! balancer's drain flag and session placement, and `placement` chooses the node for a session
+//! (`Node.Place`). `sluicectl` (`src/bin/sluicectl.rs`) is a client
 //! of the same `pb` services, and writes dev certificates (`certs`).
 #![deny(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod events;
 pub mod journal;
 pub mod lb;
 pub mod names;
+pub mod placement;
 pub mod state;
 pub mod text;
 

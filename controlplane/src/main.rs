@@ -12,6 +12,7 @@ use sluice_controlplane::engine::Engine;
 use sluice_controlplane::journal::Journal;
 use sluice_controlplane::lb::Lb;
 use sluice_controlplane::pb;
+use sluice_controlplane::placement::Placer;
 
 /// Sluice control plane: the Routes and Node gRPC APIs, desired state with a journal, and the
 /// compiler that keeps the dataplane's tables equal to it.
@@ -129,29 +130,39 @@ fn main() -> anyhow::Result<()> {
     engine.set_announce_ip(config.announce_ip);
     let engine = Controller::new(engine, Link::new(&config.dataplane_socket));
     sluice_controlplane::events::spawn(engine.clone(), config.dataplane_socket.clone()).context("dataplane event thread")?;
-    let lb = match redis {
+    // Bound before the heartbeat starts: the address it advertises by default is the one bound
+    // (grpc_listen may ask for port 0).
+    let listener = std::net::TcpListener::bind(config.grpc_listen).with_context(|| format!("gRPC listen {}", config.grpc_listen))?;
+    listener.set_nonblocking(true).context("gRPC listener")?;
+    let (lb, placer) = match redis {
         Some(r) => {
-            let lb = Lb::new(&r.url, &r.node_id, r.interval).context("controlplane.redis_url")?;
+            let bound = listener.local_addr()?;
+            if r.advertise.is_none() && bound.ip().is_unspecified() {
+                tracing::warn!(%bound, "controlplane.advertise is not set: Node.Place answers this node with its listen address, which other hosts cannot dial; set advertise");
+            }
+            let grpc = r.advertise.clone().unwrap_or_else(|| bound.to_string());
+            let lb = Lb::new(&r, &grpc).context("controlplane.redis_url")?;
             engine.engine().set_lb(lb.clone());
-            let e = engine.clone();
-            lb.spawn(move || e.status()).context("heartbeat thread")?;
-            Some(lb)
+            let (e, e2) = (engine.clone(), engine.clone());
+            lb.spawn(move || e.status(), move || e2.engine().desired().sessions.keys().cloned().collect()).context("heartbeat thread")?;
+            let placer = Placer::new(&r.url, r.placement_threshold).context("controlplane.redis_url")?;
+            (Some(lb), Some(placer))
         }
         None => {
             tracing::info!("no redis_url: single node");
-            None
+            (None, None)
         }
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let served = rt.block_on(serve(config, transport, engine));
+    let served = rt.block_on(serve(config, transport, engine, listener, placer));
     if let Some(lb) = lb {
         lb.shutdown();
     }
     served
 }
 
-async fn serve(config: Config, transport: Transport, engine: Shared) -> anyhow::Result<()> {
+async fn serve(config: Config, transport: Transport, engine: Shared, listener: std::net::TcpListener, placer: Option<Placer>) -> anyhow::Result<()> {
     // The link task: first sync at start (a resync after a restart of either process), then a
     // check every interval.
     let link_engine = engine.clone();
@@ -187,7 +198,7 @@ async fn serve(config: Config, transport: Transport, engine: Shared) -> anyhow::
     };
     let reflection_v1 = reflection().build_v1().context("reflection service")?;
     let reflection_v1alpha = reflection().build_v1alpha().context("reflection service")?;
-    let listener = tokio::net::TcpListener::bind(config.grpc_listen).await.with_context(|| format!("gRPC listen {}", config.grpc_listen))?;
+    let listener = tokio::net::TcpListener::from_std(listener).with_context(|| format!("gRPC listen {}", config.grpc_listen))?;
     let mut builder = tonic::transport::Server::builder();
     let mode = match &transport {
         Transport::Plaintext => "plaintext",
@@ -211,7 +222,7 @@ async fn serve(config: Config, transport: Transport, engine: Shared) -> anyhow::
             config.max_watchers,
             config.max_watchers_per_connection,
         )))
-        .add_service(pb::node_server::NodeServer::new(NodeService::new(engine)))
+        .add_service(pb::node_server::NodeServer::new(NodeService::with_placer(engine, placer)))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown())
         .await
         .context("gRPC server")?;

@@ -63,6 +63,29 @@ enum Cmd {
     Drain,
     /// Take new sessions again.
     Undrain,
+    /// Choose the node for a session's next participant (least loaded; a node the meeting
+    /// already has while it is below the threshold) and record it in Redis, through the node at
+    /// --addr (`Node.Place`) or straight in Redis with --redis.
+    Place {
+        /// The session (meeting) id.
+        #[arg(long)]
+        session: String,
+        /// Add a node to the session rather than answer one it has.
+        #[arg(long)]
+        new_node: bool,
+        /// With --new-node: a node of the session the caller already knows (repeat it); a node
+        /// outside these that the session has came from an earlier attempt and is answered.
+        #[arg(long = "known-node")]
+        known_nodes: Vec<String>,
+        /// Preference threshold in (0, 1] (default: the node's placement_threshold, or 0.8
+        /// with --redis).
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// Place straight in this Redis (`redis://host:port/`) instead of asking the node at
+        /// --addr.
+        #[arg(long)]
+        redis: Option<String>,
+    },
     /// Write a dev CA, a server certificate (localhost, 127.0.0.1, ::1) and a client
     /// certificate into DIR.
     Certs {
@@ -84,8 +107,39 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Cmd::Place { session, new_node, known_nodes, threshold, redis: Some(url) } = &args.cmd {
+        let placer = sluice_controlplane::placement::Placer::new(url, sluice_controlplane::placement::DEFAULT_THRESHOLD).context("--redis")?;
+        let req = place_request(session, *new_node, known_nodes, *threshold);
+        let placed = placer.place(&sluice_controlplane::placement::Request::from_pb(req, placer.threshold()));
+        let placed = placed.map_err(|e| grpc_err(sluice_controlplane::api::place_status(&e)))?;
+        print_placement(&placed.into(), args.json);
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run(args))
+}
+
+fn place_request(session: &str, new_node: bool, known_nodes: &[String], threshold: Option<f64>) -> pb::PlaceRequest {
+    pb::PlaceRequest { session: session.to_owned(), new_node, known_nodes: known_nodes.to_vec(), threshold }
+}
+
+fn print_placement(p: &pb::PlaceResponse, as_json: bool) {
+    if as_json {
+        let v = json!({
+            "node_id": p.node_id, "grpc": p.grpc, "score": p.score, "already_placed": p.already_placed,
+            "reason": p.reason, "nodes": p.nodes,
+        });
+        println!("{}", text::json_escape(&v.to_string()));
+        return;
+    }
+    print_table(&[
+        vec!["node".to_owned(), p.node_id.clone()],
+        vec!["grpc".into(), p.grpc.clone()],
+        vec!["score".into(), format!("{:.3}", p.score)],
+        vec!["already placed".into(), if p.already_placed { "yes" } else { "no" }.into()],
+        vec!["session's nodes".into(), p.nodes.join(", ")],
+        vec!["reason".into(), p.reason.clone()],
+    ]);
 }
 
 async fn connect(args: &Args) -> anyhow::Result<Channel> {
@@ -134,6 +188,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Undrain => {
             let s = node.undrain(pb::UndrainRequest {}).await.map_err(grpc_err)?.into_inner();
             print_status(&s, args.json);
+        }
+        Cmd::Place { session, new_node, known_nodes, threshold, .. } => {
+            let p = node.place(place_request(session, *new_node, known_nodes, *threshold)).await.map_err(grpc_err)?.into_inner();
+            print_placement(&p, args.json);
         }
         Cmd::Sessions => {
             let list = routes.list_sessions(pb::ListSessionsRequest {}).await.map_err(grpc_err)?.into_inner();
