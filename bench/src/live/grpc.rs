@@ -92,6 +92,7 @@ pub fn changes(ops: &[Op]) -> anyhow::Result<Vec<pb::Change>> {
                     id: leg_name(l.id.0),
                     local_port: 0,
                     remote: l.remote.map(|r| r.to_string()).unwrap_or_default(),
+                    cascade: l.cascade,
                     rx: Some(keys(&l.rx)),
                     tx: Some(keys(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,

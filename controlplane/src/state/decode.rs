@@ -344,6 +344,7 @@ impl Stage<'_> {
             rate_limit,
             rtcp,
             shared_port: l.shared_port,
+            cascade: l.cascade,
         };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
         // One leg per (shared port, remote), over every session: the dataplane tells the legs of

@@ -1104,6 +1104,7 @@ impl Desired {
                     rtcp_port: l.rtcp.as_deref().map_or(0, |c| u32::from(c.local_port)),
                     rtcp_remote: l.rtcp.as_deref().and_then(|c| c.remote).map(|r| r.to_string()).unwrap_or_default(),
                     shared_port: l.shared_port,
+                    cascade: l.cascade,
                     rx: l.edge.is_none().then(|| key(&l.rx)),
                     tx: l.edge.is_none().then(|| key(&l.tx)),
                     feedback_ssrc: l.feedback_ssrc.0,

@@ -312,7 +312,20 @@ pub(super) fn pace(now: Instant, legs: &mut Legs, pacing: &mut Pacing, out: &mut
 /// The layers of a track its subscriptions on core `here` want (a bit per layer): the one they
 /// receive and the one they move to.
 fn wanted_here(subs: &[crate::table::Subscription], here: u16) -> u8 {
-    subs.iter().filter(|s| s.owner == here && !s.paused).fold(0u8, |m, s| m | s.current_layer.map_or(0, |l| 1u8 << l.min(7)) | 1u8 << s.target().min(7))
+    subs.iter()
+        .filter(|s| s.owner == here && !s.paused && !s.unwanted)
+        .fold(0u8, |m, s| m | s.current_layer.map_or(0, |l| 1u8 << l.min(7)) | 1u8 << s.target().min(7))
+}
+
+/// [`wanted_here`] for a track another node relays (a cascade leg publishes it): a subscription
+/// whose bandwidth allocator chooses its layer wants every layer up to its ceiling, since the
+/// allocator only ever chooses a layer that flows, and a layer this node does not want stops
+/// flowing ([`super::cascade`]).
+pub(super) fn wanted_up_to_ceilings(subs: &[crate::table::Subscription], here: u16) -> u8 {
+    subs.iter().filter(|s| s.owner == here && !s.paused && !s.unwanted).fold(0u8, |m, s| {
+        let target = if s.alloc_layer.is_some() { (2u16 << s.target_layer.min(7)) - 1 } else { 1u16 << s.target().min(7) };
+        m | s.current_layer.map_or(0, |l| 1u8 << l.min(7)) | target as u8
+    })
 }
 
 /// Reports flowing layers of the tracks this core fans out (`fanned`) that no subscription
@@ -364,11 +377,11 @@ pub(super) fn tell_demand(
 ) {
     let here = 1u64 << shard.index.min(63);
     for t in tracks.values_mut().filter(|t| t.owners & here != 0) {
-        let Some(port) = legs.get(&t.spec.publisher).map(|p| p.spec.local_port) else { continue };
+        let Some((port, cascade)) = legs.get(&t.spec.publisher).map(|p| (p.spec.local_port, p.spec.cascade)) else { continue };
         if shard.owns(port) {
             continue;
         }
-        let mask = wanted_here(&t.subs, shard.index);
+        let mask = if cascade { wanted_up_to_ceilings(&t.subs, shard.index) } else { wanted_here(&t.subs, shard.index) };
         if t.demand_told.is_some_and(|(m, at)| m == mask && now.saturating_duration_since(at) < DEMAND_REPEAT) {
             continue;
         }

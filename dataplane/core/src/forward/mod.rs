@@ -32,6 +32,7 @@ pub mod batch;
 pub mod rewrite;
 pub mod rtx_cache;
 
+pub mod cascade;
 mod downlink;
 mod egress;
 mod ingress;
@@ -730,7 +731,7 @@ impl Core {
         }
         if now >= self.next_sweep {
             self.sweep(now);
-            self.housekeeping(now);
+            self.housekeeping(now, out);
             self.next_sweep = now + SWEEP_INTERVAL;
         }
         if self.pacing.next.is_some_and(|t| t <= now) {
@@ -758,7 +759,7 @@ impl Core {
     }
 
     /// Layer rates, then each owned leg's bandwidth allocation (and the probes it asks for).
-    fn housekeeping(&mut self, now: Instant) {
+    fn housekeeping(&mut self, now: Instant, out: &mut OutBatch) {
         let elapsed = self.last_sweep.map_or(SWEEP_INTERVAL, |t| now.saturating_duration_since(t));
         self.last_sweep = Some(now);
         downlink::measure_layers(self.tables.tracks_mut(), elapsed);
@@ -773,6 +774,12 @@ impl Core {
             downlink::tell_demand(now, shard, legs, tracks, &mut self.handoffs, &mut self.stats);
         }
         downlink::fallback(legs, shard.index, tracks.values_mut(), &mut self.events);
+        let before = out.len();
+        cascade::tell(now, shard, legs, tracks, out);
+        for (_, p) in out.iter().skip(before) {
+            self.stats.tx_packets += 1;
+            self.stats.tx_bytes += p.len() as u64;
+        }
         self.next_probe = match (self.next_probe, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

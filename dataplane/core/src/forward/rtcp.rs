@@ -80,7 +80,12 @@ pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, pl
                     super::downlink::transport_cc(ctx, leg, &fb);
                 }
             }
-            // SDES, BYE, APP, REMB and the rest end here: the SFU runs its own congestion
+            Kind::App => {
+                if let Ok(app) = rtcp::App::new_checked(bytes) {
+                    super::cascade::heard(tables, leg_id, &app);
+                }
+            }
+            // SDES, BYE, other APPs, REMB and the rest end here: the SFU runs its own congestion
             // control per leg, so feedback is never forwarded.
             _ => {}
         }
@@ -95,7 +100,7 @@ pub(super) fn compound(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, pl
 }
 
 /// The subscription of `leg_id` that receives `out_ssrc`, as (track, index in `track.subs`).
-fn subscription_of(tables: &Tables, leg_id: LegId, out_ssrc: Ssrc) -> Option<(TrackId, usize)> {
+pub(super) fn subscription_of(tables: &Tables, leg_id: LegId, out_ssrc: Ssrc) -> Option<(TrackId, usize)> {
     let leg = tables.leg(leg_id)?;
     let &(_, track_id) = leg.egress.iter().find(|(s, _)| *s == out_ssrc)?;
     let idx = tables.track(track_id)?.sub_of_ssrc(leg_id, out_ssrc)?;
@@ -291,12 +296,17 @@ const MAX_NACK_BYTES: usize = 12 + 4 * MAX_UPSTREAM_NACK;
 /// Protects the plain RTCP packet `plain` with the publisher leg's feedback context and sends it
 /// to the publisher; returns whether it left.
 fn upstream(ctx: &mut Ctx<'_>, publisher: &mut Leg, plain: &[u8]) -> bool {
+    upstream_to(ctx.out, publisher, plain)
+}
+
+/// [`upstream`] into `out`.
+pub(super) fn upstream_to(out: &mut super::OutBatch, publisher: &mut Leg, plain: &[u8]) -> bool {
     let Some((local_port, remote)) = publisher.rtcp_path() else { return false };
-    let Some(slot) = ctx.out.next_slot() else { return false };
+    let Some(slot) = out.next_slot() else { return false };
     let Some(dst) = slot.get_mut(..plain.len()) else { return false };
     dst.copy_from_slice(plain);
     let Ok(out_len) = publisher.tx.protect_rtcp(&mut publisher.feedback_srtcp, &mut slot[..], plain.len()) else { return false };
-    ctx.out.commit(OutMeta { local_port, dst: remote, leg: publisher.spec.id, len: out_len as u16 });
+    out.commit(OutMeta { local_port, dst: remote, leg: publisher.spec.id, len: out_len as u16 });
     true
 }
 

@@ -63,7 +63,7 @@ pub(super) struct Verdict {
 /// Decides for `sub` and switches its layer at a keyframe.
 pub(super) fn gate(ctx: &mut Ctx<'_>, sub: &mut Subscription, m: &Media<'_>) -> Verdict {
     let skip = |reason, want_keyframe| Verdict { send: None, want_keyframe, reason, marker: false, ids: (None, None) };
-    if sub.paused {
+    if sub.paused || sub.unwanted {
         return skip(DropReason::Paused, 0);
     }
     let target = sub.target();

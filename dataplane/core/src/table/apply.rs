@@ -341,6 +341,7 @@ impl Tables {
             rate: LayerRate::default(),
             demand: (true, None),
             wanted_by: 0,
+            last_wanted: None,
             top: (0, 0),
             spatial_layers: None,
             ksvc: false,
@@ -392,6 +393,7 @@ impl Tables {
                         level: Default::default(),
                         owners: 0,
                         demand_told: None,
+                        cascade_told: None,
                     },
                 );
                 undo.push(Undo::TrackInserted(spec.id));
@@ -643,6 +645,7 @@ impl Tables {
                     rate: l.rate,
                     demand: l.demand,
                     wanted_by: l.wanted_by,
+                    last_wanted: l.last_wanted,
                     top: l.top,
                     spatial_layers: l.spatial_layers,
                     ksvc: l.ksvc,
@@ -655,6 +658,7 @@ impl Tables {
             level: t.level,
             owners: t.owners,
             demand_told: t.demand_told,
+            cascade_told: t.cascade_told,
         };
         undo.push(Undo::TrackReplaced(Box::new(copy)));
     }

@@ -163,6 +163,11 @@ pub struct LegSpec {
     /// latched on a shared port. `false`: the port is the leg's alone (and may latch).
     #[cfg_attr(feature = "serde", serde(default))]
     pub shared_port: bool,
+    /// A cascade leg to another Sluice node: for the tracks it publishes here (the other node's
+    /// relays), this node tells it in RTCP which layers its subscribers want
+    /// ([`crate::forward::cascade`]), and it stops sending the others.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub cascade: bool,
 }
 
 /// A leg's separate RTCP component (see [`LegSpec::rtcp`]).
@@ -261,6 +266,7 @@ impl LegSpec {
             rate_limit: None,
             rtcp: None,
             shared_port: false,
+            cascade: false,
         }
     }
 

@@ -421,6 +421,9 @@ pub struct LayerState {
     /// The other workers whose subscriptions want the layer, as they last told the worker that
     /// fans the track out (a bit per worker index, the first 64; see `Handoff`'s `Demand`).
     pub wanted_by: u64,
+    /// When a subscription (on any core) last wanted the layer, for a track a cascade leg
+    /// publishes.
+    pub last_wanted: Option<Instant>,
     /// The highest spatial and temporal layer ids inside the stream (SVC, temporal layers):
     /// what it announced (a VP9 scalability structure), else the highest seen.
     pub top: (u8, u8),
@@ -502,6 +505,9 @@ pub struct Track {
     /// On a worker that serves subscriptions of the track but does not fan it out: the layers
     /// its subscriptions want, as last told the track's worker, and when.
     pub demand_told: Option<(u8, Instant)>,
+    /// A track a cascade leg publishes, on the worker that fans it out: the layers last told
+    /// the other node this node wants, and when.
+    pub cascade_told: Option<(u8, Instant)>,
 }
 
 impl Track {
@@ -597,6 +603,9 @@ pub struct Subscription {
     /// Part of a relay ([`SubscriptionSpec::relay`]): pinned to layer `lane`, no allocator, no
     /// fallback.
     pub relay: bool,
+    /// A relay lane the subscriber (another node) said it does not want now (runtime; see
+    /// [`crate::forward::cascade`]): skipped like a paused one.
+    pub unwanted: bool,
     /// The worker that owns the subscriber's leg, so builds and sends every copy of this
     /// subscription (derived after every delta; see [`Tables::set_shards`](super::Tables::set_shards)).
     pub owner: u16,
@@ -697,6 +706,7 @@ impl Subscription {
             subscriber: spec.subscriber,
             lane: 0,
             relay: false,
+            unwanted: false,
             owner: 0,
             out_ssrc: spec.out_ssrc,
             out_rtx_ssrc: spec.out_rtx_ssrc,
@@ -776,6 +786,7 @@ impl Subscription {
             self.last_sr = keep.last_sr;
             self.alloc_layer = keep.alloc_layer;
             self.alloc_down_since = keep.alloc_down_since;
+            self.unwanted = keep.unwanted;
         } else {
             *self = fresh;
         }

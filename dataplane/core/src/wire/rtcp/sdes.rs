@@ -254,6 +254,20 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> App<T> {
     }
 }
 
+/// Writes an APP packet (RFC 3550 §6.7): `subtype` (0..=31), `ssrc`, the four-character `name`
+/// and `data` (a multiple of 4 bytes); returns the length.
+pub fn write_app(buf: &mut [u8], subtype: u8, ssrc: Ssrc, name: [u8; 4], data: &[u8]) -> Result<usize, WireError> {
+    if subtype > 31 || !data.len().is_multiple_of(4) {
+        return Err(WireError::OutOfRange);
+    }
+    let total = HEADER_LEN + 8 + data.len();
+    write_header(buf, subtype, PT_APP, total)?;
+    set_be32(buf, 4, ssrc.0);
+    buf[8..12].copy_from_slice(&name);
+    buf[12..total].copy_from_slice(data);
+    Ok(total)
+}
+
 /// Writes an SDES packet with one chunk: `ssrc`'s CNAME (RFC 3550 §6.5.1), the item list ended
 /// by a null octet and padded to 32 bits; returns the length. A receiver report's compound
 /// carries it (RFC 3550 §6.1). `cname` is at most 255 bytes.
