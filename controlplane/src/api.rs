@@ -43,6 +43,7 @@ fn state_status(e: &StateError) -> Status {
         ErrorKind::Aborted => Code::Aborted,
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::Unavailable => Code::Unavailable,
     };
     Status::new(code, e.to_string())
 }
@@ -211,6 +212,31 @@ impl pb::routes_server::Routes for RoutesService {
 
     async fn list_sessions(&self, _req: Request<pb::ListSessionsRequest>) -> Result<Response<pb::ListSessionsResponse>, Status> {
         run(&self.engine, |c| Ok(list(&c.engine()))).await.map(Response::new)
+    }
+
+    async fn adopt(&self, req: Request<pb::AdoptRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        use prost::Message as _;
+        let req = req.into_inner();
+        crate::state::check_id("session", &req.session).map_err(|e| state_status(&e))?;
+        crate::state::check_id("from_node", &req.from_node).map_err(|e| state_status(&e))?;
+        let lb = run(&self.engine, |c| Ok(c.engine().lb().cloned()))
+            .await?
+            .ok_or_else(|| Status::failed_precondition("this node has no redis_url: there is no state to adopt"))?;
+        let (session, from) = (req.session.clone(), req.from_node.clone());
+        let reader = lb.clone();
+        let state = tokio::task::spawn_blocking(move || reader.adoptable(&session, &from))
+            .await
+            .map_err(|e| Status::internal(format!("redis task: {e}")))?
+            .map_err(|e| state_status(&e))?;
+        let mut changes = pb::ChangeSet::decode(state.as_slice())
+            .map_err(|e| Status::data_loss(format!("the state of session {:?} from node {:?} in redis does not decode: {e}", req.session, req.from_node)))?;
+        changes.session.clone_from(&req.session);
+        changes.idempotency_key = format!("adopt-{}", req.from_node);
+        changes.expected_revision = None;
+        let answer = self.apply(Request::new(changes)).await?;
+        let (session, from) = (req.session, req.from_node);
+        tokio::task::spawn_blocking(move || lb.adopted(&session, &from)).await.map_err(|e| Status::internal(format!("redis task: {e}")))?;
+        Ok(answer)
     }
 
     type WatchStream = EventStream;

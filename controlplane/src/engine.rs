@@ -196,8 +196,44 @@ impl Engine {
         self.desired.tables()
     }
 
+    /// The desired state of session `name` as a change set that recreates it (static keys and
+    /// remote ICE passwords included), encoded: what Redis keeps for another node to adopt
+    /// should this one die. `None`: no such session.
+    pub fn export_session(&self, name: &str) -> Option<Vec<u8>> {
+        use pb::change::Change as C;
+        use prost::Message as _;
+        let view = self.desired.session_view(name, &self.edge).ok()?;
+        let s = self.desired.sessions.get(name)?;
+        let key = |k: &sluice_core::table::KeyMaterial| pb::KeyMaterial {
+            profile: crate::state::profile_to_pb(k.profile) as i32,
+            key: k.key.clone(),
+            salt: k.salt.clone(),
+        };
+        let mut changes = Vec::new();
+        for mut leg in view.legs {
+            if let Some(spec) = s.legs.get(&leg.id) {
+                if spec.edge.is_none() {
+                    (leg.rx, leg.tx) = (Some(key(&spec.rx)), Some(key(&spec.tx)));
+                }
+                if let (Some(w), Some(e)) = (&mut leg.webrtc, &spec.edge) {
+                    w.remote_ice_pwd.clone_from(&e.remote.pwd);
+                }
+            }
+            // What this node allocated is its own: the adopting node allocates again.
+            (leg.local_port, leg.rtcp_port, leg.webrtc_local) = (0, 0, None);
+            changes.push(pb::Change { change: Some(C::Leg(leg)) });
+        }
+        changes.extend(view.tracks.into_iter().map(|t| pb::Change { change: Some(C::Track(t)) }));
+        changes.extend(view.subscriptions.into_iter().map(|x| pb::Change { change: Some(C::Subscription(x)) }));
+        changes.extend(view.settings.map(|x| pb::Change { change: Some(C::Settings(x)) }));
+        Some(pb::ChangeSet { session: name.to_owned(), idempotency_key: String::new(), expected_revision: None, changes }.encode_to_vec())
+    }
+
     /// Notes what a committed change touched, for the link and the names.
     fn touched(&mut self, session: &str, touched: Touched) {
+        if let Some(lb) = &self.lb {
+            lb.mark_dirty(session);
+        }
         if touched.whole {
             self.names.update(&self.desired, session);
         } else {

@@ -82,6 +82,13 @@ pub fn placement_key(session: &str) -> String {
     format!("sluice:placement:{session}")
 }
 
+/// Where node `node` keeps the desired state of its part of `session` (its legs, tracks and
+/// subscriptions, static keys included, as an encoded `ChangeSet`): what another node adopts
+/// when `node` dies ([`Lb::adoptable`]).
+pub fn state_key(session: &str, node: &str) -> String {
+    format!("sluice:session:{session}:state:{node}")
+}
+
 /// The Redis side of the node.
 #[derive(Debug)]
 pub struct Lb {
@@ -102,6 +109,8 @@ pub struct Lb {
     grpc: String,
     /// A heartbeat is due now ([`Lb::publish_now`]), and the condition the thread sleeps on.
     wake: (Mutex<bool>, Condvar),
+    /// Sessions whose desired state changed since it was last written to Redis.
+    dirty: Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Default)]
@@ -135,7 +144,82 @@ impl Lb {
             capacity_pps: r.capacity_pps,
             grpc: grpc.to_owned(),
             wake: (Mutex::new(false), Condvar::new()),
+            dirty: Mutex::new(std::collections::BTreeSet::new()),
         }))
+    }
+
+    /// Session `session`'s desired state changed (committed): it is written to Redis with the
+    /// next heartbeat (coalesced: one write per session per interval, whatever the changes).
+    pub fn mark_dirty(&self, session: &str) {
+        self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(session.to_owned());
+    }
+
+    /// Writes the desired state of the dirty sessions (`export` says it; `None`: the session is
+    /// gone, its key is deleted); a session whose write failed stays dirty.
+    fn flush_states(&self, export: &dyn Fn(&str) -> Option<Vec<u8>>) {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if dirty.is_empty() {
+            return;
+        }
+        let states: Vec<(String, Option<Vec<u8>>)> = dirty.iter().map(|s| (s.clone(), export(s))).collect();
+        let written = self.with("desired state", |c| {
+            let mut pipe = redis::pipe();
+            for (s, state) in &states {
+                match state {
+                    Some(bytes) => pipe.cmd("SET").arg(state_key(s, &self.node_id)).arg(bytes.as_slice()).ignore(),
+                    None => pipe.cmd("DEL").arg(state_key(s, &self.node_id)).ignore(),
+                };
+            }
+            pipe.query::<()>(c)
+        });
+        if written.is_none() {
+            self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(dirty);
+        }
+    }
+
+    /// The desired state node `from` left of `session`, for this node to adopt (which it joins
+    /// the session's nodes for, so admission lets it in): refused while `from` is alive (its
+    /// heartbeat key is there: move its sessions with a drain instead), when Redis holds no
+    /// state of it, or when Redis cannot be read.
+    pub fn adoptable(&self, session: &str, from: &str) -> Result<Vec<u8>, StateError> {
+        let refuse = |kind, message: String| StateError { kind, field: "from_node".into(), message };
+        if from == self.node_id {
+            return Err(refuse(ErrorKind::InvalidArgument, format!("{from:?} is this node")));
+        }
+        let read = self.with("adopt", |c| {
+            let alive: bool = redis::cmd("EXISTS").arg(node_key(from)).query(c)?;
+            let state: Option<Vec<u8>> = redis::cmd("GET").arg(state_key(session, from)).query(c)?;
+            if !alive && state.is_some() {
+                redis::cmd("SADD").arg(crate::placement::session_nodes_key(session)).arg(&self.node_id).query::<()>(c)?;
+            }
+            Ok((alive, state))
+        });
+        match read {
+            None => Err(StateError {
+                kind: ErrorKind::Unavailable,
+                field: "session".into(),
+                message: format!("redis is unreachable: the state of session {session:?} on node {from:?} cannot be read"),
+            }),
+            Some((true, _)) => Err(refuse(
+                ErrorKind::FailedPrecondition,
+                format!("node {from:?} is alive (its heartbeat {} has not expired): move its sessions with a drain, not by adoption", node_key(from)),
+            )),
+            Some((false, None)) => {
+                Err(refuse(ErrorKind::NotFound, format!("redis holds no state of session {session:?} from node {from:?} ({})", state_key(session, from))))
+            }
+            Some((false, Some(state))) => Ok(state),
+        }
+    }
+
+    /// Session `session` now runs here instead of on the dead node `from`: the session's nodes
+    /// no longer name `from`, and `from`'s state is removed (it is adopted once).
+    pub fn adopted(&self, session: &str, from: &str) {
+        let key = crate::placement::session_nodes_key(session);
+        let done =
+            self.with("adopted", |c| redis::pipe().cmd("SREM").arg(&key).arg(from).ignore().cmd("DEL").arg(state_key(session, from)).ignore().query::<()>(c));
+        if done.is_none() {
+            tracing::warn!(session, from, "adopted, but redis could not be told (the session's nodes still name the dead node)");
+        }
     }
 
     /// Publishes the heartbeat now rather than at the next interval (the drain state changed).
@@ -262,9 +346,10 @@ impl Lb {
         self: &Arc<Self>,
         status: impl Fn() -> pb::NodeStatus + Send + 'static,
         sessions: impl Fn() -> Vec<String> + Send + 'static,
+        export: impl Fn(&str) -> Option<Vec<u8>> + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let lb = self.clone();
-        std::thread::Builder::new().name("lb-heartbeat".into()).spawn(move || lb.run(&status, &sessions))
+        std::thread::Builder::new().name("lb-heartbeat".into()).spawn(move || lb.run(&status, &sessions, &export))
     }
 
     /// Whether there is a connection to Redis now.
@@ -284,7 +369,7 @@ impl Lb {
         pipe.query::<()>(c)
     }
 
-    fn run(&self, status_of: &dyn Fn() -> pb::NodeStatus, sessions_of: &dyn Fn() -> Vec<String>) {
+    fn run(&self, status_of: &dyn Fn() -> pb::NodeStatus, sessions_of: &dyn Fn() -> Vec<String>, export: &dyn Fn(&str) -> Option<Vec<u8>>) {
         let mut last: Option<(Instant, u64)> = None;
         let mut drained_reported = false;
         tracing::info!(node = %self.node_id, key = %node_key(&self.node_id), interval_ms = self.interval.as_millis() as u64, "publishing load to redis");
@@ -364,6 +449,14 @@ impl Lb {
             if let Some(n) = announced.filter(|n| *n > 0) {
                 tracing::info!(node = %self.node_id, sessions = n, "told redis which sessions this node holds");
             }
+            // After a (re)connection every session's state is written again (Redis may have
+            // restarted empty), else those that changed.
+            if announced.is_some()
+                && let Some(all) = &sessions
+            {
+                self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(all.iter().cloned());
+            }
+            self.flush_states(export);
             let (due, wake) = &self.wake;
             let due = due.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let wait = self.interval.saturating_sub(started.elapsed());

@@ -143,8 +143,9 @@ fn main() -> anyhow::Result<()> {
             let grpc = r.advertise.clone().unwrap_or_else(|| bound.to_string());
             let lb = Lb::new(&r, &grpc).context("controlplane.redis_url")?;
             engine.engine().set_lb(lb.clone());
-            let (e, e2) = (engine.clone(), engine.clone());
-            lb.spawn(move || e.status(), move || e2.engine().desired().sessions.keys().cloned().collect()).context("heartbeat thread")?;
+            let (e, e2, e3) = (engine.clone(), engine.clone(), engine.clone());
+            lb.spawn(move || e.status(), move || e2.engine().desired().sessions.keys().cloned().collect(), move |s| e3.engine().export_session(s))
+                .context("heartbeat thread")?;
             let placer = Placer::new(&r.url, r.placement_threshold).context("controlplane.redis_url")?;
             (Some(lb), Some(placer))
         }

@@ -90,6 +90,13 @@ impl Endpoint {
         self.down.unprotect_rtcp(st, buf, len)
     }
 
+    /// Forgets what it received (replay windows and rollover counters of every stream), as a
+    /// client that joins again after its SFU failed: the streams it gets next start afresh.
+    pub fn reset_receive(&mut self) {
+        self.down_rtp.clear();
+        self.down_rtcp.clear();
+    }
+
     /// The keys it receives with, for a harness that decrypts the same traffic with replay state
     /// of its own (a tap).
     pub fn down_keys(&self) -> &SrtpKeys {

@@ -148,6 +148,13 @@ impl Participant {
         self.rtcp(&buf[..n])
     }
 
+    /// Joins again (its SFU failed and another took over): what it receives starts afresh,
+    /// what it sends goes on.
+    pub fn rejoin(&mut self) {
+        self.srtp.reset_receive();
+        self.streams.clear();
+    }
+
     /// A NACK for `seqs` of `media`, an SSRC this participant receives.
     pub fn nack(&mut self, media: u32, seqs: &[u16]) -> Vec<u8> {
         let mut items = [rtcp::NackItem::default(); 16];

@@ -15,6 +15,11 @@
 //! subscriber on B reaches the publisher on A; a stranger on the cascade port and a cascade leg
 //! whose keys the other node does not have are dropped and counted (`unknown_source`,
 //! `auth_failed`) while the rest of the meeting goes on, and the right keys bring it back.
+//!
+//! Also: a GStreamer subscriber on one node decodes a GStreamer publisher on the other; and a
+//! node killed with SIGKILL mid-meeting has its meeting adopted by the other node from the
+//! desired state it kept in Redis (a real `redis-server`), media flowing again within 3 s of its
+//! heartbeat's expiry.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -33,7 +38,7 @@ use sluice_sim::fixture::{PT_OPUS, PT_VP8, PT_VP8_RTX, leg_spec, material, subsc
 use sluice_tests::{Daemon, TempDir};
 
 mod cp;
-use cp::{Grpc, Media, changes, start_controlplane_with, start_dataplane_at, sum};
+use cp::{Grpc, Media, changes, start_controlplane_cfg, start_dataplane_at, sum};
 
 const PROFILE: Profile = Profile::AeadAes128Gcm;
 const MEETING: u32 = 7;
@@ -51,6 +56,8 @@ const METRICS: &str = "127.0.0.1:9500";
 /// The GStreamer test's leg ports, and its subscriber's port in the participants' namespace.
 const GST_PORTS: [(u16, u16); 2] = [(34_280, 34_289), (34_290, 34_299)];
 const GST_SINK_PORT: u16 = 34_300;
+/// The node-failure test's leg ports.
+const FAIL_PORTS: [(u16, u16); 2] = [(34_310, 34_329), (34_330, 34_349)];
 
 /// The cascade leg of node `n`: it receives what the other node sends (`material(.., 0)` is
 /// what B sends A) and sends with the other direction's keys.
@@ -112,7 +119,7 @@ fn tx_packets(ns: &NetNs, dev: &str) -> u64 {
 
 /// A node: its dataplane (in its namespace), its control plane and a gRPC client to it.
 struct Node {
-    _dp: Daemon,
+    dp: Daemon,
     cp: Daemon,
     grpc: Grpc,
 }
@@ -135,6 +142,11 @@ impl TwoNodes {
     /// `tag`: one letter, so this test's namespaces and interfaces are its own; `ports`: each
     /// node's leg port range.
     fn start(tag: &str, ports: [(u16, u16); 2]) -> Self {
+        Self::start_with(tag, ports, &|_| "plaintext = true\n".to_owned())
+    }
+
+    /// [`TwoNodes::start`], node `n`'s control plane configured with `extra(n)`.
+    fn start_with(tag: &str, ports: [(u16, u16); 2], extra: &dyn Fn(usize) -> String) -> Self {
         let dir = TempDir::new(&format!("cascade-{tag}"));
         let (p, a, b) = (NetNs::new(&format!("{tag}p")), NetNs::new(&format!("{tag}a")), NetNs::new(&format!("{tag}b")));
         let to_a = Veth::new(&format!("{tag}a"), &p, &["10.77.1.1/24"], &a, &["10.77.1.2/24"]);
@@ -152,8 +164,8 @@ impl TwoNodes {
             let d = dir.path().join(format!("node-{n}"));
             std::fs::create_dir_all(&d).unwrap();
             let (dp, sock) = start_dataplane_at(&d, ports[n], Some(&ns.name), NODE_IP[n], METRICS);
-            let (cp, addr) = start_controlplane_with(&d, &sock, 0, ports[n]);
-            nodes.push(Node { _dp: dp, cp, grpc: Grpc::connect(addr) });
+            let (cp, addr) = start_controlplane_cfg(&d, &sock, 0, ports[n], &extra(n));
+            nodes.push(Node { dp, cp, grpc: Grpc::connect(addr) });
         }
         Self { p, a, _b: b, link, _veths: [to_a, to_b], nodes, ports: BTreeMap::new(), dir }
     }
@@ -469,4 +481,92 @@ fn a_gstreamer_subscriber_on_one_node_decodes_a_gstreamer_publisher_on_the_other
     eprintln!("the GStreamer subscriber on node B decoded {frames} of the {FRAMES} frames published on node A");
     // It joins at the first keyframe it gets (every half second, or the one B asks A for).
     assert!(frames >= FRAMES * 2 / 3, "decoded {frames} of {FRAMES} frames\n{}\n{}", subscriber.log_text(), two.nodes[1].cp.log_text());
+}
+
+/// A node dies (its dataplane and control plane killed with SIGKILL) in a meeting's full flow:
+/// the meeting's desired state, which the node kept in Redis, is adopted by the other node when
+/// the dead node's heartbeat has expired (the signaling asks `Node.Place`, then `Routes.Adopt`),
+/// the participants re-point to the ports it answers, and media flows again, measured from the
+/// heartbeat's expiry.
+#[test]
+fn a_dead_nodes_meeting_forwards_again_on_another_node() {
+    const HEARTBEAT_MS: u64 = 200;
+    let dir = TempDir::new("cascade-fail");
+    let redis_port = sluice_tests::free_tcp_port();
+    let _redis = sluice_tests::start_redis(redis_port, &dir.path().join("redis.log"));
+    let mut r = redis::Client::open(format!("redis://127.0.0.1:{redis_port}/")).unwrap().get_connection().unwrap();
+    let extra =
+        |n: usize| format!("plaintext = true\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nnode_id = \"node-{n}\"\nheartbeat_ms = {HEARTBEAT_MS}\n");
+    let mut two = TwoNodes::start_with("f", FAIL_PORTS, &extra);
+    let session = format!("meeting-{MEETING}");
+    // A 3-party meeting on node 0.
+    let (ops, people) = meeting::build(MEETING, 3, PROFILE, 1);
+    two.apply(0, &ops);
+    let ports: Vec<u16> = people.iter().map(|p| two.port(0, p.leg.0)).collect();
+    let mut media = join(&two.p, people, &ports, PEOPLE_IP[0], NODE_IP[0]);
+    let per_tick = |_: usize, ticks: u64, frames: u64| 2 * ticks + frames * u64::from(LAYER_PACKETS[2] + LAYER_PACKETS[0]);
+    media.settle(per_tick);
+    let state_key = format!("sluice:session:{session}:state:node-0");
+    cp::wait_until("node 0's state in redis", Duration::from_secs(5), || redis::cmd("EXISTS").arg(&state_key).query::<bool>(&mut r).unwrap());
+    // Adoption while node 0 lives is refused.
+    let refused = two.nodes[1].grpc.adopt(&session, "node-0").expect_err("node 0 is alive");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    // Node 0 dies.
+    for d in [&two.nodes[0].dp, &two.nodes[0].cp] {
+        d.signal(libc::SIGKILL);
+    }
+    let killed = Instant::now();
+    let node_key = "sluice:node:node-0";
+    cp::wait_until("node 0's heartbeat to expire", Duration::from_secs(5), || !redis::cmd("EXISTS").arg(node_key).query::<bool>(&mut r).unwrap());
+    let expired = Instant::now();
+    // The signaling: where does the meeting go now, then that node takes it.
+    let placed = two.nodes[1].grpc.place(&session).unwrap_or_else(|e| panic!("{e:?}\n{}", two.nodes[1].cp.log_text()));
+    assert_eq!(placed.node_id, "node-1", "{placed:?}");
+    let adopted = two.nodes[1].grpc.adopt(&session, "node-0").unwrap_or_else(|e| panic!("{e:?}\n{}", two.nodes[1].cp.log_text()));
+    let new_ports: BTreeMap<String, u16> = adopted.ports.iter().map(|p| (p.leg.clone(), p.local_port as u16)).collect();
+    let (people, tick): (Vec<_>, u64) = (media.people.drain(..).collect(), media.tick);
+    let ports: Vec<u16> = people.iter().map(|p| new_ports[&leg_name(p.leg.0)]).collect();
+    let mut media = join(&two.p, people, &ports, PEOPLE_IP[1], NODE_IP[1]);
+    media.tick = tick;
+    for p in &mut media.people {
+        p.rejoin();
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, _) = media_frames(&mut media, 1);
+        if got.iter().all(|c| c.len() == 4) {
+            break;
+        }
+        assert!(Instant::now() < end, "the meeting never came back on node 1: {got:?}\n{}", two.nodes[1].cp.log_text());
+    }
+    let back = Instant::now();
+    eprintln!(
+        "node 0 killed; its heartbeat expired after {} ms; media forwarded again on node 1 {} ms after the expiry ({} ms after the kill)",
+        (expired - killed).as_millis(),
+        (back - expired).as_millis(),
+        (back - killed).as_millis()
+    );
+    assert!(back - expired < Duration::from_secs(3), "back {} ms after the expiry", (back - expired).as_millis());
+    // Exact again, with nothing lost or failing.
+    media.settle(per_tick);
+    // Adopted once: the state is gone, and Redis says the meeting is on node 1.
+    let again = two.nodes[1].grpc.adopt(&session, "node-0").expect_err("adopted once");
+    assert_eq!(again.code(), tonic::Code::NotFound, "{again:?}");
+    let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(format!("sluice:session:{session}:nodes")).query(&mut r).unwrap();
+    assert_eq!(nodes, ["node-1"]);
+}
+
+/// The participants `people` on sockets of their own at `ip` in `p`, their legs at `ports` of
+/// the node at `node_ip`; they say hello (the node learns their addresses).
+fn join(p: &NetNs, mut people: Vec<meeting::Participant>, ports: &[u16], ip: &str, node_ip: &str) -> Media {
+    let sockets: Vec<UdpSocket> =
+        people.iter().map(|_| p.enter(|| UdpSocket::bind(SocketAddr::new(ip.parse::<Ipv4Addr>().unwrap().into(), 0)).unwrap())).collect();
+    for ((person, s), &port) in people.iter_mut().zip(&sockets).zip(ports) {
+        person.addr = s.local_addr().unwrap();
+        person.port = port;
+    }
+    let sfu_ip = vec![node_ip.parse().unwrap(); people.len()];
+    let mut media = Media { people, sockets, tick: 0, sfu_ip };
+    media.hello();
+    media
 }

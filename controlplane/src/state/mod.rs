@@ -46,6 +46,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// The node refuses the request in its current state (draining).
     FailedPrecondition,
+    /// A service the request needs (Redis) is unreachable.
+    Unavailable,
 }
 
 /// A refused request: which field, and why.

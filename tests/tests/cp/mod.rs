@@ -48,6 +48,14 @@ impl Grpc {
         self.rt.block_on(self.routes.get_session(pb::GetSessionRequest { session: id.into() })).map(tonic::Response::into_inner)
     }
 
+    pub fn adopt(&mut self, session: &str, from_node: &str) -> Result<pb::ApplyResponse, tonic::Status> {
+        self.rt.block_on(self.routes.adopt(pb::AdoptRequest { session: session.into(), from_node: from_node.into() })).map(tonic::Response::into_inner)
+    }
+
+    pub fn place(&mut self, session: &str) -> Result<pb::PlaceResponse, tonic::Status> {
+        self.rt.block_on(self.node.place(pb::PlaceRequest { session: session.into(), ..Default::default() })).map(tonic::Response::into_inner)
+    }
+
     pub fn status(&mut self) -> pb::NodeStatus {
         self.rt.block_on(self.node.get_status(pb::GetStatusRequest {})).unwrap().into_inner()
     }
