@@ -1,7 +1,7 @@
 //! The gRPC services. Handlers only move requests onto the engine's blocking thread and map its
 //! typed errors to precise statuses naming the field; all decisions live in `state`/`compile`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status};
+
+use sluice_core::ids::LegId;
 
 use crate::controller::Shared;
 use crate::engine::EngineError;
@@ -239,6 +241,79 @@ impl pb::routes_server::Routes for RoutesService {
         Ok(answer)
     }
 
+    async fn export(&self, req: Request<pb::ExportRequest>) -> Result<Response<pb::ExportedSession>, Status> {
+        let req = req.into_inner();
+        crate::state::check_id("session", &req.session).map_err(|e| state_status(&e))?;
+        let name = req.session.clone();
+        let changes =
+            run(&self.engine, move |c| c.engine().export_changes(&name).ok_or_else(|| Status::not_found(format!("session: no session {name:?}")))).await?;
+        if !req.freeze {
+            return Ok(Response::new(pb::ExportedSession { changes: Some(changes), stream_state: Vec::new() }));
+        }
+        // Nothing more leaves this node for the session: every subscription paused (durably, so
+        // a restart here does not resume it behind the new node's back).
+        let paused: Vec<pb::Change> = changes
+            .changes
+            .iter()
+            .filter_map(|c| match &c.change {
+                Some(pb::change::Change::Subscription(s)) => {
+                    Some(pb::Change { change: Some(pb::change::Change::Subscription(pb::Subscription { paused: true, ..s.clone() })) })
+                }
+                _ => None,
+            })
+            .collect();
+        let freeze = pb::ChangeSet { session: req.session.clone(), idempotency_key: String::new(), expected_revision: None, changes: paused };
+        self.apply(Request::new(freeze)).await?;
+        let name = req.session.clone();
+        let state = run(&self.engine, move |c| {
+            let legs = c.engine().session_legs(&name);
+            let ck = c.stream_state(legs.iter().map(|(_, id)| *id).collect()).map_err(|e| Status::unavailable(format!("the dataplane's stream state: {e}")))?;
+            let name_of: BTreeMap<LegId, String> = legs.into_iter().map(|(n, id)| (id, n)).collect();
+            let moved = MovedStreams {
+                legs: ck.legs.into_iter().filter_map(|l| Some((name_of.get(&l.leg)?.clone(), l))).collect(),
+                streams: ck.streams.into_iter().filter_map(|s| Some((name_of.get(&s.subscriber)?.clone(), s))).collect(),
+            };
+            serde_json::to_vec(&moved).map_err(|e| Status::internal(format!("stream state: {e}")))
+        })
+        .await?;
+        Ok(Response::new(pb::ExportedSession { changes: Some(changes), stream_state: state }))
+    }
+
+    async fn import(&self, req: Request<pb::ExportedSession>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = req.into_inner();
+        let mut changes = req.changes.ok_or_else(|| Status::invalid_argument("changes: missing"))?;
+        let moved: MovedStreams = if req.stream_state.is_empty() {
+            MovedStreams::default()
+        } else {
+            serde_json::from_slice(&req.stream_state).map_err(|e| Status::invalid_argument(format!("stream_state: does not decode: {e}")))?
+        };
+        changes.idempotency_key = "import".into();
+        changes.expected_revision = None;
+        let session = changes.session.clone();
+        let answer = self.apply(Request::new(changes)).await?;
+        if moved.legs.is_empty() && moved.streams.is_empty() {
+            return Ok(answer);
+        }
+        run(&self.engine, move |c| {
+            let id_of: BTreeMap<String, LegId> = c.engine().session_legs(&session).into_iter().collect();
+            let mut state = sluice_core::table::checkpoint::Checkpoint::default();
+            for (name, mut l) in moved.legs {
+                let Some(&id) = id_of.get(&name) else { continue };
+                // The participants re-point from wherever they are: learned here afresh.
+                (l.leg, l.remote) = (id, None);
+                state.legs.push(l);
+            }
+            for (name, mut s) in moved.streams {
+                let Some(&id) = id_of.get(&name) else { continue };
+                s.subscriber = id;
+                state.streams.push(s);
+            }
+            c.restore(state).map_err(|e| Status::unavailable(format!("the session is applied, but its streams could not be resumed in the dataplane: {e}")))
+        })
+        .await?;
+        Ok(answer)
+    }
+
     type WatchStream = EventStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
@@ -262,6 +337,13 @@ impl pb::routes_server::Routes for RoutesService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// A moving session's stream positions by leg name (leg ids are each node's own).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct MovedStreams {
+    legs: Vec<(String, sluice_core::table::checkpoint::LegCheckpoint)>,
+    streams: Vec<(String, sluice_core::table::checkpoint::StreamCheckpoint)>,
 }
 
 /// `sluice.v1.Node`.

@@ -391,6 +391,22 @@ impl Link {
         }
     }
 
+    /// The stream state of `legs` now (see [`Request::StreamState`]).
+    pub fn stream_state(&mut self, legs: Vec<sluice_core::ids::LegId>) -> Result<sluice_core::table::checkpoint::Checkpoint, LinkError> {
+        match self.call(&Request::StreamState { legs })? {
+            Response::StreamState(c) => Ok(c),
+            other => Err(LinkError::Protocol(format!("unexpected answer to StreamState: {other:?}"))),
+        }
+    }
+
+    /// Resumes a moved session's streams exactly (see [`Request::Restore`]).
+    pub fn restore(&mut self, state: sluice_core::table::checkpoint::Checkpoint) -> Result<(), LinkError> {
+        match self.call(&Request::Restore(state))? {
+            Response::Restoring => Ok(()),
+            other => Err(LinkError::Protocol(format!("unexpected answer to Restore: {other:?}"))),
+        }
+    }
+
     /// Per-worker counters.
     pub fn stats(&mut self) -> Result<Vec<CoreStats>, LinkError> {
         match self.call(&Request::Stats)? {

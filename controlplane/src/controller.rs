@@ -152,6 +152,16 @@ impl Controller {
         Ok(s.fingerprint)
     }
 
+    /// The stream state of `legs` in the dataplane now.
+    pub fn stream_state(&self, legs: Vec<sluice_core::ids::LegId>) -> Result<sluice_core::table::checkpoint::Checkpoint, LinkError> {
+        self.link_unless_hung()?.stream_state(legs)
+    }
+
+    /// Resumes a moved session's streams in the dataplane exactly.
+    pub fn restore(&self, state: sluice_core::table::checkpoint::Checkpoint) -> Result<(), LinkError> {
+        self.link_unless_hung()?.restore(state)
+    }
+
     /// The node's status (no dataplane call: its counters come from the stats stream).
     pub fn status(&self) -> pb::NodeStatus {
         self.engine().status(&self.liveness)

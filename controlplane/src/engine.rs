@@ -200,8 +200,18 @@ impl Engine {
     /// remote ICE passwords included), encoded: what Redis keeps for another node to adopt
     /// should this one die. `None`: no such session.
     pub fn export_session(&self, name: &str) -> Option<Vec<u8>> {
-        use pb::change::Change as C;
         use prost::Message as _;
+        self.export_changes(name).map(|c| c.encode_to_vec())
+    }
+
+    /// The legs of session `name`: (name, dataplane id).
+    pub fn session_legs(&self, name: &str) -> Vec<(String, sluice_core::ids::LegId)> {
+        self.desired.sessions.get(name).map(|s| s.legs.iter().map(|(n, l)| (n.clone(), l.id)).collect()).unwrap_or_default()
+    }
+
+    /// [`Engine::export_session`], not encoded.
+    pub fn export_changes(&self, name: &str) -> Option<pb::ChangeSet> {
+        use pb::change::Change as C;
         let view = self.desired.session_view(name, &self.edge).ok()?;
         let s = self.desired.sessions.get(name)?;
         let key = |k: &sluice_core::table::KeyMaterial| pb::KeyMaterial {
@@ -226,7 +236,7 @@ impl Engine {
         changes.extend(view.tracks.into_iter().map(|t| pb::Change { change: Some(C::Track(t)) }));
         changes.extend(view.subscriptions.into_iter().map(|x| pb::Change { change: Some(C::Subscription(x)) }));
         changes.extend(view.settings.map(|x| pb::Change { change: Some(C::Settings(x)) }));
-        Some(pb::ChangeSet { session: name.to_owned(), idempotency_key: String::new(), expected_revision: None, changes }.encode_to_vec())
+        Some(pb::ChangeSet { session: name.to_owned(), idempotency_key: String::new(), expected_revision: None, changes })
     }
 
     /// Notes what a committed change touched, for the link and the names.

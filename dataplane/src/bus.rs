@@ -62,6 +62,11 @@ pub enum WorkerMsg {
     EdgeConsent(LegId, bool),
     /// Answer with the full table.
     Snapshot(Sender<Delta>),
+    /// Answer with this worker's part of the checkpoint, now.
+    Checkpoint(Sender<sluice_core::table::checkpoint::Checkpoint>),
+    /// Resume these legs and streams exactly (a session moved here); see
+    /// [`sluice_api::Request::Restore`].
+    Restore(Arc<sluice_core::table::checkpoint::Checkpoint>),
     /// Stop taking new datagrams, flush what is pending and exit.
     Stop,
 }
@@ -176,6 +181,22 @@ impl Workers {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.senders.first()?.send(WorkerMsg::Snapshot(tx)).ok()?;
         rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    /// Every worker's part of the checkpoint, merged (`None` if a worker did not answer).
+    pub fn checkpoint(&self) -> Option<sluice_core::table::checkpoint::Checkpoint> {
+        let (tx, rx) = crossbeam_channel::bounded(self.senders.len());
+        for s in &self.senders {
+            s.send(WorkerMsg::Checkpoint(tx.clone())).ok()?;
+        }
+        let mut all = sluice_core::table::checkpoint::Checkpoint::default();
+        for _ in &self.senders {
+            let part = rx.recv_timeout(Duration::from_secs(10)).ok()?;
+            all.legs.extend(part.legs);
+            all.streams.extend(part.streams);
+            all.webrtc.extend(part.webrtc);
+        }
+        Some(all)
     }
 
     /// Tells every worker to stop.

@@ -404,6 +404,20 @@ fn serve_control(
             None => Response::Error("no worker answered".into()),
         },
         Request::Stats => Response::Stats(snapshots.lock().map(|s| s.iter().map(|w| w.core.clone()).collect()).unwrap_or_default()),
+        Request::StreamState { legs } => match workers.checkpoint() {
+            Some(mut ck) => {
+                ck.legs.retain(|l| legs.contains(&l.leg));
+                ck.streams.retain(|s| legs.contains(&s.subscriber));
+                ck.webrtc.retain(|l| legs.contains(l));
+                Response::StreamState(ck)
+            }
+            None => Response::Error("a worker did not answer".into()),
+        },
+        Request::Restore(ck) => {
+            let ck = Arc::new(ck);
+            workers.broadcast(|| WorkerMsg::Restore(ck.clone()));
+            Response::Restoring
+        }
         Request::Subscribe { .. } | Request::Hello { .. } => Response::Error("answered by the endpoint itself".into()),
     })
     .map_err(NodeError::io(format!("control socket {}", config.control_socket.display())))

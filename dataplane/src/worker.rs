@@ -73,6 +73,9 @@ pub struct Worker {
     last_checkpoint: WallInstant,
     /// The checkpoint loaded at start, restored after every delta until the deadline.
     restore: Option<(Arc<crate::checkpoint::Loaded>, WallInstant)>,
+    /// The state of a session moved here, restored exactly after every delta until the
+    /// deadline (see [`sluice_api::Request::Restore`]).
+    moved: Option<(Arc<Checkpoint>, WallInstant)>,
     events_dropped: u64,
     shield: Option<Sender<ShieldMsg>>,
     shield_queue_full: u64,
@@ -167,6 +170,7 @@ impl Worker {
             checkpoint_out: None,
             last_checkpoint: WallInstant::now(),
             restore: None,
+            moved: None,
             events_dropped: 0,
             shield: None,
             shield_queue_full: 0,
@@ -354,6 +358,7 @@ impl Worker {
                         // the checkpoint holds (a restore walks all of it).
                         if legs || delta.ops.iter().any(|op| matches!(op, Op::UpsertSubscription(_))) {
                             self.restore_checkpoint();
+                            self.restore_moved();
                         }
                         if legs {
                             self.sync_ports();
@@ -391,6 +396,15 @@ impl Worker {
                 WorkerMsg::Snapshot(reply) => {
                     let _ = reply.send(self.core.tables().snapshot());
                 }
+                WorkerMsg::Checkpoint(reply) => {
+                    let mut part = Checkpoint::default();
+                    self.core.checkpoint(&mut part);
+                    let _ = reply.send(part);
+                }
+                WorkerMsg::Restore(ck) => {
+                    self.moved = Some((ck, WallInstant::now() + crate::checkpoint::RESTORE_WINDOW));
+                    self.restore_moved();
+                }
                 WorkerMsg::Stop => return false,
             }
         }
@@ -425,6 +439,20 @@ impl Worker {
                 age_ms = loaded.age().as_millis() as u64,
                 "restored from the checkpoint"
             );
+        }
+    }
+
+    /// Restores the state of a session moved here (exactly: no margin) into what the last delta
+    /// installed, until its window closes.
+    fn restore_moved(&mut self) {
+        let Some((ck, until)) = &self.moved else { return };
+        if WallInstant::now() >= *until {
+            self.moved = None;
+            return;
+        }
+        let done = self.core.restore_with(ck, self.now(), std::time::Duration::ZERO, sluice_core::table::checkpoint::Margins::EXACT);
+        if done.legs + done.streams > 0 {
+            tracing::info!(worker = self.index, legs = done.legs, streams = done.streams, "resumed the streams of a session moved here");
         }
     }
 

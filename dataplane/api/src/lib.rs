@@ -23,6 +23,7 @@ use sluice_core::forward::Event;
 use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
 use sluice_core::table::Delta;
+use sluice_core::table::checkpoint::Checkpoint;
 
 /// The version of this protocol. A client says it in its first frame ([`Request::Hello`]); a
 /// dataplane that speaks another answers [`Response::Error`] and closes, so a control plane and a
@@ -78,6 +79,16 @@ pub enum Request {
         /// How often to send [`Response::Stats`]; 0: never.
         stats_interval_ms: u32,
     },
+    /// The stream state of these legs now (their receive state, and the positions of the
+    /// streams they receive), from every worker: what a session moving to another node takes.
+    StreamState {
+        /// The legs.
+        legs: Vec<sluice_core::ids::LegId>,
+    },
+    /// Resume the legs and streams of this state exactly where it says (a session moved here
+    /// from another node that stopped sending first), into the tables' legs that match it
+    /// (same id and keys) and have not started afresh, now and after every delta for a while.
+    Restore(Checkpoint),
 }
 
 /// A stream without events still sends an empty [`Response::Events`] this often, so either side
@@ -123,6 +134,10 @@ pub enum Response {
     Subscribed,
     /// Events from the workers, in the order each worker produced them.
     Events(Vec<Event>),
+    /// The answer to [`Request::StreamState`].
+    StreamState(Checkpoint),
+    /// [`Request::Restore`] reached every worker.
+    Restoring,
     /// The request could not be decoded or served.
     Error(String),
 }

@@ -52,6 +52,22 @@ impl Grpc {
         self.rt.block_on(self.routes.adopt(pb::AdoptRequest { session: session.into(), from_node: from_node.into() })).map(tonic::Response::into_inner)
     }
 
+    pub fn export(&mut self, session: &str, freeze: bool) -> Result<pb::ExportedSession, tonic::Status> {
+        self.rt.block_on(self.routes.export(pb::ExportRequest { session: session.into(), freeze })).map(tonic::Response::into_inner)
+    }
+
+    pub fn import(&mut self, exported: pb::ExportedSession) -> Result<pb::ApplyResponse, tonic::Status> {
+        self.rt.block_on(self.routes.import(exported)).map(tonic::Response::into_inner)
+    }
+
+    pub fn drain(&mut self, on: bool) {
+        if on {
+            self.rt.block_on(self.node.drain(pb::DrainRequest {})).unwrap();
+        } else {
+            self.rt.block_on(self.node.undrain(pb::UndrainRequest {})).unwrap();
+        }
+    }
+
     pub fn place(&mut self, session: &str) -> Result<pb::PlaceResponse, tonic::Status> {
         self.rt.block_on(self.node.place(pb::PlaceRequest { session: session.into(), ..Default::default() })).map(tonic::Response::into_inner)
     }

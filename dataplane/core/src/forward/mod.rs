@@ -634,7 +634,19 @@ impl Core {
     /// a leg of this core is reported as latched, so the XDP shield allows it again, and a
     /// WebRTC leg that lost its DTLS association with the old process as failed.
     pub fn restore(&mut self, ck: &crate::table::checkpoint::Checkpoint, now: Instant, elapsed: core::time::Duration) -> crate::table::checkpoint::Restored {
-        let done = self.tables.restore(ck, now, elapsed);
+        self.restore_with(ck, now, elapsed, crate::table::checkpoint::Margins::RESTART)
+    }
+
+    /// [`Core::restore`] with the streams resuming `margins` past their positions (exactly at
+    /// them for a session moved from another node).
+    pub fn restore_with(
+        &mut self,
+        ck: &crate::table::checkpoint::Checkpoint,
+        now: Instant,
+        elapsed: core::time::Duration,
+        margins: crate::table::checkpoint::Margins,
+    ) -> crate::table::checkpoint::Restored {
+        let done = self.tables.restore_with(ck, now, elapsed, margins);
         let shard = self.shard;
         let owned = |t: &Tables, leg: LegId| t.leg(leg).is_some_and(|l| shard.owns(l.spec.local_port));
         for &(leg, remote) in &done.latched {

@@ -41,6 +41,24 @@ pub const RESUME_MARGIN: u16 = 1024;
 /// SRTCP indexes a restored sender skips, for the same reason.
 pub const RESUME_MARGIN_RTCP: u32 = 256;
 
+/// How far past a checkpointed position a restored stream resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Margins {
+    /// RTP packets (SRTP index and sequence number).
+    pub packets: u16,
+    /// SRTCP indexes.
+    pub rtcp: u32,
+}
+
+impl Margins {
+    /// After a restart: the checkpoint may be up to a write interval old, so streams resume
+    /// [`RESUME_MARGIN`] packets on (a gap a receiver shrugs off, never a reused index).
+    pub const RESTART: Self = Self { packets: RESUME_MARGIN, rtcp: RESUME_MARGIN_RTCP };
+    /// After a session moved from another node that stopped sending before it was taken: the
+    /// position is exact, so streams continue right after it (no gap).
+    pub const EXACT: Self = Self { packets: 0, rtcp: 0 };
+}
+
 /// A dataplane's checkpoint: every leg's and stream's entry, from all workers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -172,6 +190,11 @@ impl Tables {
     /// time since the checkpoint was taken (it advances the resumed streams' timestamps);
     /// `now` is this core's clock.
     pub fn restore(&mut self, ck: &Checkpoint, now: Instant, elapsed: Duration) -> Restored {
+        self.restore_with(ck, now, elapsed, Margins::RESTART)
+    }
+
+    /// [`Tables::restore`] with the streams resuming `margins` past their positions.
+    pub fn restore_with(&mut self, ck: &Checkpoint, now: Instant, elapsed: Duration, margins: Margins) -> Restored {
         let window = self.config.replay_window;
         let mut done = Restored::default();
         for c in &ck.legs {
@@ -196,7 +219,7 @@ impl Tables {
                     any = true;
                 }
             }
-            let next = c.feedback_srtcp.saturating_add(RESUME_MARGIN_RTCP);
+            let next = c.feedback_srtcp.saturating_add(margins.rtcp);
             if leg.feedback_srtcp.next_index() < next {
                 leg.feedback_srtcp = RtcpSendState::with_next_index(next);
             }
@@ -213,14 +236,14 @@ impl Tables {
             let Some(leg) = self.legs.get_mut(&c.subscriber).filter(|l| l.spec.edge.is_none() && l.keys_digest == c.keys) else { continue };
             // An audio slot (Opus: 48 kHz), else a subscription.
             if let Some(slot) = leg.slots.as_mut().and_then(|set| set.slots.iter_mut().find(|s| s.sub.out_ssrc == c.out_ssrc)) {
-                done.streams += usize::from(resume_stream(&mut slot.sub, c, now, elapsed, 48_000));
+                done.streams += usize::from(resume_stream(&mut slot.sub, c, now, elapsed, 48_000, margins));
                 continue;
             }
             let Some(&(_, track_id)) = leg.egress.iter().find(|(s, _)| *s == c.out_ssrc) else { continue };
             let Some(track) = self.tracks.get_mut(&track_id) else { continue };
             let clock_rate = track.spec.clock_rate;
             let Some(sub) = track.subs.iter_mut().find(|s| s.subscriber == c.subscriber && s.out_ssrc == c.out_ssrc) else { continue };
-            done.streams += usize::from(resume_stream(sub, c, now, elapsed, clock_rate));
+            done.streams += usize::from(resume_stream(sub, c, now, elapsed, clock_rate, margins));
         }
         done
     }
@@ -243,13 +266,13 @@ fn stream_checkpoint(subscriber: LegId, keys: KeyDigest, sub: &Subscription) -> 
     })
 }
 
-/// Resumes `sub` from its checkpoint entry [`RESUME_MARGIN`] packets on, unless it started
-/// afresh meanwhile (live state wins). Returns whether it did.
-fn resume_stream(sub: &mut Subscription, c: &StreamCheckpoint, now: Instant, elapsed: Duration, clock_rate: u32) -> bool {
+/// Resumes `sub` from its checkpoint entry `margins` on, unless it started afresh meanwhile
+/// (live state wins). Returns whether it did.
+fn resume_stream(sub: &mut Subscription, c: &StreamCheckpoint, now: Instant, elapsed: Duration, clock_rate: u32, margins: Margins) -> bool {
     if sub.srtp.last_index().is_some() {
         return false;
     }
-    let index = c.index + u64::from(RESUME_MARGIN);
+    let index = c.index + u64::from(margins.packets);
     sub.srtp = RtpSendState::resumed(index);
     sub.rewriter = SeqTsRewriter::resumed(SeqNo(index as u16), c.ts.wrapping_add(rtp_ticks(elapsed, clock_rate)), now);
     sub.layers = crate::forward::layers::LayerChoice::resumed(c.pictures);
@@ -257,11 +280,11 @@ fn resume_stream(sub: &mut Subscription, c: &StreamCheckpoint, now: Instant, ela
     if let Some((rtx_ssrc, rtx_index)) = c.rtx
         && sub.out_rtx_ssrc == Some(rtx_ssrc)
     {
-        let i = rtx_index + u64::from(RESUME_MARGIN);
+        let i = rtx_index + u64::from(margins.packets);
         sub.rtx_srtp = RtpSendState::resumed(i);
         sub.rtx_seq = (i as u16).wrapping_add(1);
     }
-    sub.srtcp = RtcpSendState::with_next_index(c.srtcp.saturating_add(RESUME_MARGIN_RTCP));
+    sub.srtcp = RtcpSendState::with_next_index(c.srtcp.saturating_add(margins.rtcp));
     sub.packets_sent = c.packets_sent;
     sub.octets_sent = c.octets_sent;
     true
