@@ -574,7 +574,8 @@ fn join(p: &NetNs, mut people: Vec<meeting::Participant>, ports: &[u16], ip: &st
     media
 }
 
-/// A live meeting moves from node 0 to node 1: `Export` with freeze on node 0 (nothing more
+/// Node 0 is drained with a meeting in full flow, which moves to node 1: `Export` with freeze
+/// on node 0 (nothing more
 /// leaves it for the meeting; the exact position of every stream), `Import` on node 1 (applied,
 /// the streams resumed exactly there), the participants re-pointed to the ports it answers.
 /// Every subscriber's streams continue with no sequence gap and no authentication failure (the
@@ -605,7 +606,8 @@ fn a_meeting_moves_to_another_node_with_its_streams_continuous() {
     media.settle(per_tick);
     two.nodes[1].grpc.drain(false);
 
-    // The move.
+    // Node 0 is drained: it takes no new session, and its meeting moves.
+    two.nodes[0].grpc.drain(true);
     let last_on_0 = Instant::now();
     let exported = two.nodes[0].grpc.export(&session, true).unwrap();
     let answer = two.nodes[1].grpc.import(exported).unwrap_or_else(|e| panic!("{e:?}\n{}", two.nodes[1].cp.log_text()));
@@ -632,4 +634,6 @@ fn a_meeting_moves_to_another_node_with_its_streams_continuous() {
     let grpc = &mut two.nodes[0].grpc;
     let left = grpc.rt.block_on(grpc.routes.delete_session(pb::DeleteSessionRequest { session: session.clone(), ..Default::default() }));
     assert!(left.is_ok(), "{left:?}");
+    let status = grpc.status();
+    assert!(status.draining && status.sessions == 0, "node 0 drained: {status:?}");
 }
