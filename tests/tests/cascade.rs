@@ -579,8 +579,9 @@ fn join(p: &NetNs, mut people: Vec<meeting::Participant>, ports: &[u16], ip: &st
 /// leaves it for the meeting; the exact position of every stream), `Import` on node 1 (applied,
 /// the streams resumed exactly there), the participants re-pointed to the ports it answers.
 /// Every subscriber's streams continue with no sequence gap and no authentication failure (the
-/// participants keep their receive state across the move); the media gap is measured. First, a
-/// move to a draining node is refused and the meeting resumes where it was.
+/// participants keep their receive state across the move); the media gap is measured. Make before
+/// break: node 1 is programmed (Export without freeze, Import) while node 0 forwards, refused
+/// first while node 1 drains (nothing changes on node 0).
 #[test]
 fn a_meeting_moves_to_another_node_with_its_streams_continuous() {
     let mut two = TwoNodes::start("m", MOVE_PORTS);
@@ -593,24 +594,27 @@ fn a_meeting_moves_to_another_node_with_its_streams_continuous() {
     media.settle(per_tick);
     media.run(25, |_| {});
 
-    // Refused: node 1 is draining. The meeting was frozen on node 0 by the export; applying the
-    // exported change set there again resumes it, its streams continuous.
+    // Make before break: node 1 is programmed first (the desired state, no freeze) while node 0
+    // forwards. Refused while node 1 drains: nothing changed on node 0, the meeting goes on.
     two.nodes[1].grpc.drain(true);
-    let exported = two.nodes[0].grpc.export(&session, true).unwrap();
-    assert!(!exported.stream_state.is_empty(), "the streams' positions");
-    let (got, _) = media_frames(&mut media, 3);
-    assert!(got.iter().all(HashMap::is_empty), "nothing leaves a frozen meeting: {got:?}");
-    let refused = two.nodes[1].grpc.import(exported.clone()).expect_err("node 1 drains");
+    let desired = two.nodes[0].grpc.export(&session, false).unwrap();
+    assert!(desired.stream_state.is_empty(), "no positions without freeze");
+    let refused = two.nodes[1].grpc.import(desired.clone()).expect_err("node 1 drains");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
-    two.nodes[0].grpc.apply(exported.changes.clone().unwrap()).unwrap();
-    media.settle(per_tick);
+    media.run(25, |_| {});
     two.nodes[1].grpc.drain(false);
+    let ready = two.nodes[1].grpc.import(desired).unwrap_or_else(|e| panic!("{e:?}\n{}", two.nodes[1].cp.log_text()));
+    media.run(25, |_| {});
 
     // Node 0 is drained: it takes no new session, and its meeting moves.
     two.nodes[0].grpc.drain(true);
     let last_on_0 = Instant::now();
     let exported = two.nodes[0].grpc.export(&session, true).unwrap();
+    assert!(!exported.stream_state.is_empty(), "the streams' positions");
+    let (got, _) = media_frames(&mut media, 3);
+    assert!(got.iter().all(HashMap::is_empty), "nothing leaves a frozen meeting: {got:?}");
     let answer = two.nodes[1].grpc.import(exported).unwrap_or_else(|e| panic!("{e:?}\n{}", two.nodes[1].cp.log_text()));
+    assert_eq!(answer.ports, ready.ports, "the same legs, ready before the freeze");
     let new_ports: BTreeMap<String, u16> = answer.ports.iter().map(|p| (p.leg.clone(), p.local_port as u16)).collect();
     let (people, tick): (Vec<_>, u64) = (media.people.drain(..).collect(), media.tick);
     let ports: Vec<u16> = people.iter().map(|p| new_ports[&leg_name(p.leg.0)]).collect();
