@@ -19,6 +19,8 @@
 //! # capacity_pps = 400000       # measure it with `sluice-bench capacity`
 //! # advertise = "10.0.0.5:50051" # the gRPC address Node.Place answers for this node
 //! # placement_threshold = 0.8
+//! # state_in_redis = false       # keep sessions' desired state (static keys included) in Redis
+//! #                              # so another node can adopt them if this one dies
 //!
 //! # Or TLS (mTLS with client_ca):
 //! # [controlplane.tls]
@@ -71,6 +73,10 @@ pub struct Config {
     /// `Node.Place`'s preference threshold (0 < t <= 1, default 0.8): a node a session already
     /// has is answered again while its load score is below this.
     pub placement_threshold: f64,
+    /// Keep each session's desired state (an encoded change set, static SRTP keys included) in
+    /// Redis, so another node can adopt it should this one die (`Routes.Adopt`). Off by default:
+    /// it puts keys in Redis, which must then be as private as the signaling's own store.
+    pub state_in_redis: bool,
     /// The dataplane's control socket.
     pub dataplane_socket: PathBuf,
     /// Where the journal and snapshot live.
@@ -125,6 +131,7 @@ impl Default for Config {
             capacity_pps: 400_000,
             advertise: None,
             placement_threshold: crate::placement::DEFAULT_THRESHOLD,
+            state_in_redis: false,
             announce_ip: None,
             max_watchers: 1024,
             max_watchers_per_connection: 16,
@@ -171,6 +178,8 @@ pub struct Redis {
     pub advertise: Option<String>,
     /// `Node.Place`'s preference threshold, in (0, 1].
     pub placement_threshold: f64,
+    /// Keep sessions' desired state in Redis (for adoption).
+    pub state_in_redis: bool,
 }
 
 /// A configuration problem.
@@ -318,6 +327,7 @@ impl Config {
             capacity_pps: self.capacity_pps,
             advertise: self.advertise.clone(),
             placement_threshold: self.placement_threshold,
+            state_in_redis: self.state_in_redis,
         }))
     }
 }
@@ -395,8 +405,13 @@ mod tests {
     fn placement_settings_default_and_are_validated() {
         let base = "[controlplane]\nredis_url = \"redis://127.0.0.1:1/\"\nnode_id = \"a\"\n";
         let r = Config::parse(base).unwrap().redis().unwrap().unwrap();
-        assert_eq!((r.capacity_pps, r.advertise, r.placement_threshold), (400_000, None, 0.8));
-        let r = Config::parse(&format!("{base}capacity_pps = 5\nadvertise = \"10.0.0.5:1\"\nplacement_threshold = 1.0\n")).unwrap().redis().unwrap().unwrap();
+        assert_eq!((r.capacity_pps, r.advertise, r.placement_threshold, r.state_in_redis), (400_000, None, 0.8, false));
+        let r = Config::parse(&format!("{base}capacity_pps = 5\nadvertise = \"10.0.0.5:1\"\nplacement_threshold = 1.0\nstate_in_redis = true\n"))
+            .unwrap()
+            .redis()
+            .unwrap()
+            .unwrap();
+        assert!(r.state_in_redis);
         assert_eq!((r.capacity_pps, r.advertise.as_deref(), r.placement_threshold), (5, Some("10.0.0.5:1"), 1.0));
         for (extra, field) in [
             ("capacity_pps = 0", "controlplane.capacity_pps"),

@@ -144,8 +144,13 @@ fn main() -> anyhow::Result<()> {
             let lb = Lb::new(&r, &grpc).context("controlplane.redis_url")?;
             engine.engine().set_lb(lb.clone());
             let (e, e2, e3) = (engine.clone(), engine.clone(), engine.clone());
-            lb.spawn(move || e.status(), move || e2.engine().desired().sessions.keys().cloned().collect(), move |s| e3.engine().export_session(s))
-                .context("heartbeat thread")?;
+            let keep_state = r.state_in_redis;
+            lb.spawn(
+                move || e.status(),
+                move || e2.engine().desired().sessions.keys().cloned().collect(),
+                move |s| if keep_state { e3.engine().export_session(s) } else { None },
+            )
+            .context("heartbeat thread")?;
             let placer = Placer::new(&r.url, r.placement_threshold).context("controlplane.redis_url")?;
             (Some(lb), Some(placer))
         }

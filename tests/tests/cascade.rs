@@ -498,8 +498,11 @@ fn a_dead_nodes_meeting_forwards_again_on_another_node() {
     let redis_port = sluice_tests::free_tcp_port();
     let _redis = sluice_tests::start_redis(redis_port, &dir.path().join("redis.log"));
     let mut r = redis::Client::open(format!("redis://127.0.0.1:{redis_port}/")).unwrap().get_connection().unwrap();
-    let extra =
-        |n: usize| format!("plaintext = true\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nnode_id = \"node-{n}\"\nheartbeat_ms = {HEARTBEAT_MS}\n");
+    let extra = |n: usize| {
+        format!(
+            "plaintext = true\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nnode_id = \"node-{n}\"\nheartbeat_ms = {HEARTBEAT_MS}\nstate_in_redis = true\n"
+        )
+    };
     let mut two = TwoNodes::start_with("f", FAIL_PORTS, &extra);
     let session = format!("meeting-{MEETING}");
     // A 3-party meeting on node 0.
