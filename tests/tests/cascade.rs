@@ -505,13 +505,7 @@ fn a_dead_nodes_meeting_forwards_again_on_another_node() {
     };
     let mut two = TwoNodes::start_with("f", FAIL_PORTS, &extra);
     let session = format!("meeting-{MEETING}");
-    // A 3-party meeting on node 0.
-    let (ops, people) = meeting::build(MEETING, 3, PROFILE, 1);
-    two.apply(0, &ops);
-    let ports: Vec<u16> = people.iter().map(|p| two.port(0, p.leg.0)).collect();
-    let mut media = join(&two.p, people, &ports, PEOPLE_IP[0], NODE_IP[0]);
-    let per_tick = |_: usize, ticks: u64, frames: u64| 2 * ticks + frames * u64::from(LAYER_PACKETS[2] + LAYER_PACKETS[0]);
-    media.settle(per_tick);
+    let mut media = three_on_node_0(&mut two);
     let state_key = format!("sluice:session:{session}:state:node-0");
     cp::wait_until("node 0's state in redis", Duration::from_secs(5), || redis::cmd("EXISTS").arg(&state_key).query::<bool>(&mut r).unwrap());
     // Adoption while node 0 lives is refused.
@@ -554,12 +548,28 @@ fn a_dead_nodes_meeting_forwards_again_on_another_node() {
     );
     assert!(back - expired < Duration::from_secs(3), "back {} ms after the expiry", (back - expired).as_millis());
     // Exact again, with nothing lost or failing.
-    media.settle(per_tick);
+    media.settle(three_per_tick);
     // Adopted once: the state is gone, and Redis says the meeting is on node 1.
     let again = two.nodes[1].grpc.adopt(&session, "node-0").expect_err("adopted once");
     assert_eq!(again.code(), tonic::Code::NotFound, "{again:?}");
     let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(format!("sluice:session:{session}:nodes")).query(&mut r).unwrap();
     assert_eq!(nodes, ["node-1"]);
+}
+
+/// A 3-party meeting on node 0 of `two`, its media settled (everyone gets what it should).
+fn three_on_node_0(two: &mut TwoNodes) -> Media {
+    let (ops, people) = meeting::build(MEETING, 3, PROFILE, 1);
+    two.apply(0, &ops);
+    let ports: Vec<u16> = people.iter().map(|p| two.port(0, p.leg.0)).collect();
+    let mut media = join(&two.p, people, &ports, PEOPLE_IP[0], NODE_IP[0]);
+    media.settle(three_per_tick);
+    media
+}
+
+/// What each participant of a 3-party meeting gets in `ticks` with `frames` video frames: two
+/// audio streams, one other's video at the top layer and one at the lowest.
+fn three_per_tick(_: usize, ticks: u64, frames: u64) -> u64 {
+    2 * ticks + frames * u64::from(LAYER_PACKETS[2] + LAYER_PACKETS[0])
 }
 
 /// The participants `people` on sockets of their own at `ip` in `p`, their legs at `ports` of
@@ -589,12 +599,7 @@ fn join(p: &NetNs, mut people: Vec<meeting::Participant>, ports: &[u16], ip: &st
 fn a_meeting_moves_to_another_node_with_its_streams_continuous() {
     let mut two = TwoNodes::start("m", MOVE_PORTS);
     let session = format!("meeting-{MEETING}");
-    let (ops, people) = meeting::build(MEETING, 3, PROFILE, 1);
-    two.apply(0, &ops);
-    let ports: Vec<u16> = people.iter().map(|p| two.port(0, p.leg.0)).collect();
-    let mut media = join(&two.p, people, &ports, PEOPLE_IP[0], NODE_IP[0]);
-    let per_tick = |_: usize, ticks: u64, frames: u64| 2 * ticks + frames * u64::from(LAYER_PACKETS[2] + LAYER_PACKETS[0]);
-    media.settle(per_tick);
+    let mut media = three_on_node_0(&mut two);
     media.run(25, |_| {});
 
     // Make before break: node 1 is programmed first (the desired state, no freeze) while node 0
@@ -635,7 +640,7 @@ fn a_meeting_moves_to_another_node_with_its_streams_continuous() {
     eprintln!("moved: every participant got all its streams again from node 1 {} ms after node 0 stopped sending", gap.as_millis());
     // Exact, with no gap and no failure across the move (Media::run checks every participant's
     // continuity since the meeting began).
-    media.settle(per_tick);
+    media.settle(three_per_tick);
     media.run(25, |_| {});
     assert!(gap < Duration::from_secs(4), "the media gap ({} ms) is within one keyframe interval (4 s)", gap.as_millis());
     let grpc = &mut two.nodes[0].grpc;

@@ -25,7 +25,10 @@ use sluice_tests::{Daemon, TempDir, participant_socket};
 use tonic::Code;
 
 mod cp;
-use cp::{Grpc, Media, changes, expect_code, session_req, session_req_with, start_controlplane_cfg, start_controlplane_with, start_dataplane, sum, wait_until};
+use cp::{
+    Grpc, Media, changes, expect_code, session_req, session_req_with, sluicectl, start_controlplane_cfg, start_controlplane_with, start_dataplane, sum,
+    wait_until,
+};
 
 const SESSION: &str = "meeting-1";
 /// Leg ports: below the ephemeral range (so no client socket takes one) and below the ports the
@@ -414,14 +417,6 @@ fn load_balancer_state_in_redis() {
     cp.signal(libc::SIGTERM);
     assert!(cp.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()), "{}", cp.log_text());
     assert_eq!(redis::cmd("EXISTS").arg(key).query::<i64>(&mut r).unwrap(), 0, "{}", cp.log_text());
-}
-
-/// Runs `sluicectl` with `args`; (success, stdout, stderr).
-fn sluicectl(args: &[&str]) -> (bool, String, String) {
-    let path = sluice_tests::bin_dir().join("sluicectl");
-    assert!(path.exists(), "{} is not built", path.display());
-    let out = std::process::Command::new(&path).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// `sluicectl` against a real control plane: status, sessions (legs and ports), one session,

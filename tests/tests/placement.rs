@@ -27,7 +27,7 @@ use sluice_tests::{Daemon, TempDir};
 use tonic::Code;
 
 mod cp;
-use cp::{Grpc, expect_code, session_req, start_controlplane_cfg, start_dataplane_in, wait_until};
+use cp::{Grpc, expect_code, session_req, sluicectl, start_controlplane_cfg, start_dataplane_in, wait_until};
 
 /// Legs per session `session_req` makes.
 const LEGS: u32 = 3;
@@ -136,14 +136,6 @@ fn wait_field(r: &mut redis::Connection, node: &str, field: &str, value: &str) {
 /// Waits until `node`'s published score is `sessions` sessions' worth of legs.
 fn wait_score(r: &mut redis::Connection, node: &str, sessions: u32) {
     wait_field(r, node, "score", &format!("{:.6}", f64::from(sessions * LEGS) / f64::from(MAX_LEGS)));
-}
-
-/// Runs `sluicectl` with `args`; (success, stdout, stderr).
-fn sluicectl(args: &[&str]) -> (bool, String, String) {
-    let path = sluice_tests::bin_dir().join("sluicectl");
-    assert!(path.exists(), "{} is not built", path.display());
-    let out = std::process::Command::new(&path).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Three nodes with skewed load (a 0.4, b 0.2, c 0.0): the heartbeat hash carries the score and

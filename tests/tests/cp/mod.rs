@@ -169,6 +169,14 @@ pub fn session_req(session: &str) -> pb::ChangeSet {
     pb::ChangeSet { session: session.into(), idempotency_key: String::new(), expected_revision: None, changes: changes(&ops) }
 }
 
+/// Runs `sluicectl` with `args`; (success, stdout, stderr).
+pub fn sluicectl(args: &[&str]) -> (bool, String, String) {
+    let path = sluice_tests::bin_dir().join("sluicectl");
+    assert!(path.exists(), "{} is not built", path.display());
+    let out = std::process::Command::new(&path).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !f() {
