@@ -34,6 +34,8 @@ fn setup(shard: Shard) -> Core {
             // Legs 1 and 2 negotiated transport-cc (extension 3), leg 3 REMB only: the uplink
             // and downlink feedback paths run on what the fuzzer sends.
             feedback: FeedbackSpec { twcc_ext: (n < 3).then_some(3), remb: n == 3 },
+            // Leg 1 is a cascade leg: this node tells it the layers its subscribers want.
+            cascade: n == 1,
             ..LegSpec::new(LegId(n), 20_000 + n as u16, material(n as u8), material(n as u8 + 100), Ssrc(0xf0 + n))
         }));
     }
@@ -88,6 +90,8 @@ fn setup(shard: Shard) -> Core {
                 target_layer: layer,
                 paused: false,
                 priority: 0,
+                // Leg 3 takes the video as a relay (a cascade's every-layer lanes).
+                relay: if n == 3 && t == 2 { vec![(Ssrc(0x3a0), Some(Ssrc(0x3b0))), (Ssrc(0x3c0), None)] } else { Vec::new() },
             }));
         }
     }
