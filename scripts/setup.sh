@@ -11,9 +11,10 @@
 #     protobuf-compiler (gRPC code generation), redis-server (load-balancer state tests),
 #     libssl-dev (OpenSSL: the dataplane's DTLS-SRTP), chromium + nodejs + npm (the headless
 #     browser the WebRTC test drives through playwright-core, installed from npm below; no
-#     browser is ever downloaded), ffmpeg (a third-party SRTP sender without rtcp-mux),
-#     GStreamer (gst-launch-1.0 with srtpenc/srtpdec, vp8enc/vp8dec, opus, matroska: SRTP
-#     publishers, subscribers and recorders in the cross-node and recording tests).
+#     browser is ever downloaded), ffmpeg (a third-party SRTP sender without rtcp-mux, and
+#     ffprobe, which judges recordings), GStreamer's tools and base/good/bad plugins (SRTP
+#     publishers, subscribers and recorders in the cross-node and recording tests: vp8enc,
+#     opusenc, srtpenc/srtpdec, rtpjitterbuffer, matroskamux).
 #   - nightly + rust-src: the XDP program is built with -Z build-std=core for bpfel-unknown-none.
 #   - bpf-linker, linked against the nightly's own libLLVM: bpf-linker 0.13 needs LLVM 21-23 and
 #     must match the LLVM major that emits the bitcode; Debian 12 ships at most LLVM 19.

@@ -222,7 +222,7 @@ impl Engine {
         let mut changes = Vec::new();
         for mut leg in view.legs {
             if let Some(spec) = s.legs.get(&leg.id) {
-                if spec.edge.is_none() {
+                if spec.edge.is_none() && !spec.plain_rtp {
                     (leg.rx, leg.tx) = (Some(key(&spec.rx)), Some(key(&spec.tx)));
                 }
                 if let (Some(w), Some(e)) = (&mut leg.webrtc, &spec.edge) {
@@ -234,7 +234,15 @@ impl Engine {
             changes.push(pb::Change { change: Some(C::Leg(leg)) });
         }
         changes.extend(view.tracks.into_iter().map(|t| pb::Change { change: Some(C::Track(t)) }));
-        changes.extend(view.subscriptions.into_iter().map(|x| pb::Change { change: Some(C::Subscription(x)) }));
+        // A recording tap's subscriptions are the control plane's own: the tap makes them again.
+        let taps: Vec<String> = changes
+            .iter()
+            .filter_map(|c| match &c.change {
+                Some(C::Leg(l)) if l.tap.is_some() => Some(l.id.clone()),
+                _ => None,
+            })
+            .collect();
+        changes.extend(view.subscriptions.into_iter().filter(|x| !taps.contains(&x.subscriber_leg)).map(|x| pb::Change { change: Some(C::Subscription(x)) }));
         changes.extend(view.settings.map(|x| pb::Change { change: Some(C::Settings(x)) }));
         Some(pb::ChangeSet { session: name.to_owned(), idempotency_key: String::new(), expected_revision: None, changes })
     }
@@ -594,6 +602,7 @@ impl Engine {
                     .collect()
             },
             generation: generation.0,
+            taps: self.desired.tap_streams(&outcome.session),
         }
     }
 

@@ -665,7 +665,7 @@ fn generator(mut io: Backend, port: u16, cfg: &LaneConfig, plan: &Plan, shared: 
         for &p in &active_publishers {
             let (Some(pb), Some(&[s, ..]), Some(key)) = (publishers.get_mut(&p), camera_of.get(&p), keys.get(&p)) else { continue };
             let st = &plan.streams[s];
-            let wire = 12 + EXT_LEN + PROBE_PADDING + key.profile().rtp_overhead();
+            let wire = 12 + EXT_LEN + PROBE_PADDING + key.rtp_overhead();
             while pb.probe_due(now, wire) {
                 let snd = senders.get_mut(&s).expect("lane stream");
                 snd.seq = snd.seq.wrapping_add(1);

@@ -27,6 +27,9 @@ pub(super) struct Stage<'a> {
     pub(super) steps: Vec<Step>,
     /// Subscriptions added less those removed.
     pub(super) subs_added: i64,
+    /// Legs the change set's subscription upserts name, with the field of the first (a leg made
+    /// a recording tap in the same change set refuses them there).
+    pub(super) named_subs: BTreeMap<String, String>,
     pub(super) ports: Vec<(String, u16)>,
     pub(super) events: Vec<pb::Event>,
     pub(super) ice_secret: &'a [u8],
@@ -118,6 +121,9 @@ impl Stage<'_> {
                 let f = format!("{at}.remove_subscription");
                 check_id(&format!("{f}.subscriber_leg"), &k.subscriber_leg)?;
                 check_id(&format!("{f}.track"), &k.track)?;
+                if self.session.taps.contains_key(&k.subscriber_leg) {
+                    return Err(tap_owns_its_subscriptions(&format!("{f}.subscriber_leg"), &k.subscriber_leg));
+                }
                 if !self.take_sub(&k.subscriber_leg, &k.track) {
                     return Err(err(
                         ErrorKind::NotFound,
@@ -235,15 +241,38 @@ impl Stage<'_> {
 
     pub(super) fn leg(&mut self, f: &str, l: &pb::Leg) -> Result<(), StateError> {
         check_id(&format!("{f}.id"), &l.id)?;
-        let (rx, tx, webrtc) = match &l.webrtc {
-            Some(w) => {
+        let (rx, tx, webrtc) = match (&l.webrtc, l.plain_rtp) {
+            (Some(_), true) => {
+                return Err(invalid(format!("{f}.plain_rtp"), "a WebRTC leg's media is DTLS-SRTP; plain RTP is only for a static (non-WebRTC) recording tap"));
+            }
+            (Some(w), false) => {
                 if l.rx.is_some() || l.tx.is_some() {
                     return Err(invalid(format!("{f}.rx"), "a WebRTC leg takes no keys: DTLS-SRTP makes them"));
                 }
                 let k = KeyMaterial::placeholder();
                 (k.clone(), k, Some(webrtc_remote(&format!("{f}.webrtc"), w)?))
             }
-            None => (key_material(&format!("{f}.rx"), l.rx.as_ref())?, key_material(&format!("{f}.tx"), l.tx.as_ref())?, None),
+            (None, true) => {
+                if l.tap.is_none() {
+                    return Err(invalid(format!("{f}.plain_rtp"), "only a recording tap (leg.tap) may receive plain RTP"));
+                }
+                for (which, k) in [("rx", &l.rx), ("tx", &l.tx)] {
+                    if k.is_some() {
+                        return Err(invalid(format!("{f}.{which}"), "a plain-RTP leg takes no keys: it sends without SRTP and accepts nothing"));
+                    }
+                }
+                let k = KeyMaterial::placeholder();
+                (k.clone(), k, None)
+            }
+            (None, false) => {
+                if l.rx.is_none() && l.tx.is_none() {
+                    return Err(invalid(
+                        format!("{f}.tx"),
+                        "required: SRTP keys (a leg is never sent media in the clear by default; plain RTP needs the explicit opt-in plain_rtp, for a recording tap on a loopback or private address)",
+                    ));
+                }
+                (key_material(&format!("{f}.rx"), l.rx.as_ref())?, key_material(&format!("{f}.tx"), l.tx.as_ref())?, None)
+            }
         };
         let remote = if l.remote.is_empty() {
             None
@@ -254,6 +283,15 @@ impl Stage<'_> {
         };
         if remote.is_some_and(|r| r.port() == 0) {
             return Err(invalid(format!("{f}.remote"), "port must not be 0"));
+        }
+        if l.plain_rtp {
+            match remote {
+                None => {
+                    return Err(invalid(format!("{f}.remote"), "a plain-RTP leg needs its remote: nothing it sends authenticates, so it latches nothing"));
+                }
+                Some(r) if !plain_rtp_allowed(r.ip()) => return Err(not_private(&format!("{f}.remote"), r)),
+                Some(_) => {}
+            }
         }
         if l.separate_rtcp && l.webrtc.is_some() {
             return Err(invalid(format!("{f}.separate_rtcp"), "a WebRTC leg multiplexes RTCP with RTP (RFC 8834)"));
@@ -267,6 +305,7 @@ impl Stage<'_> {
             return Err(invalid(format!("{f}.rtcp_remote"), format!("is {} bytes; an ip:port address is at most {MAX_REMOTE_LEN}", l.rtcp_remote.len())));
         } else {
             match l.rtcp_remote.parse::<SocketAddr>() {
+                Ok(r) if r.port() != 0 && l.plain_rtp && !plain_rtp_allowed(r.ip()) => return Err(not_private(&format!("{f}.rtcp_remote"), r)),
                 Ok(r) if r.port() != 0 => Some(r),
                 _ => return Err(invalid(format!("{f}.rtcp_remote"), format!("{} is not an ip:port address with a port", quote(&l.rtcp_remote)))),
             }
@@ -345,8 +384,12 @@ impl Stage<'_> {
             rtcp,
             shared_port: l.shared_port,
             cascade: l.cascade,
+            plain_rtp: l.plain_rtp,
         };
         spec.validate().map_err(|e| spec_invalid(f, e))?;
+        if l.tap.is_some() {
+            self.check_tap(f, l)?;
+        }
         // One leg per (shared port, remote), over every session: the dataplane tells the legs of
         // a shared port apart by remote (and refuses a second delta-wide, `RemoteInUse`).
         if let Some(r) = spec.remote.filter(|_| spec.shared_port)
@@ -361,7 +404,113 @@ impl Stage<'_> {
         self.put_leg(&l.id, spec);
         self.ports.retain(|(n, _)| n != &l.id);
         self.ports.push((l.id.clone(), port));
+        self.sync_tap(&l.id, l.tap.as_ref());
         Ok(())
+    }
+
+    /// What a leg made (or kept) a recording tap must not have: audio slots, tracks of its own,
+    /// subscriptions of its own (from earlier change sets, or named by this one).
+    fn check_tap(&self, f: &str, l: &pb::Leg) -> Result<(), StateError> {
+        if l.audio_slots.is_some() {
+            return Err(invalid(format!("{f}.audio_slots"), "a recording tap receives every audio track on a stream of its own; it has no audio slots"));
+        }
+        if let Some((track, _)) = self.session.tracks.iter().find(|(_, t)| t.publisher == l.id) {
+            return Err(invalid(
+                format!("{f}.tap"),
+                format!("leg {} publishes track {}; a recording tap publishes nothing (remove its tracks first)", quote(&l.id), quote(track)),
+            ));
+        }
+        if let Some(at) = self.named_subs.get(&l.id) {
+            return Err(invalid(
+                at.clone(),
+                format!("{f} makes leg {} a recording tap, whose subscriptions are the control plane's: a change set cannot also name one", quote(&l.id)),
+            ));
+        }
+        let own = self.session.subs.get(&l.id).map_or(0, BTreeMap::len);
+        if own > 0 && !self.session.taps.contains_key(&l.id) {
+            return Err(invalid(
+                format!("{f}.tap"),
+                format!(
+                    "leg {} has {own} subscription(s) of its own; a recording tap's subscriptions are the control plane's: remove them first",
+                    quote(&l.id)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Keeps leg `name`'s recording-tap subscriptions as `tap` says (logged): with a tap, one
+    /// per track of the session (the tracks it has now join in the order of their ids, which is
+    /// the order they were created; a new
+    /// `ssrc_base` renumbers them all); without, none (a tap ended).
+    fn sync_tap(&mut self, name: &str, tap: Option<&pb::RecordingTap>) {
+        let was = self.session.taps.get(name).copied();
+        let Some(opts) = tap else {
+            if was.is_some() {
+                self.take_all_subs(name);
+                self.put_tap(name, None);
+            }
+            return;
+        };
+        let fresh = Tap::new(opts.ssrc_base);
+        let state = match was {
+            Some(t) if t.ssrc_base == fresh.ssrc_base => t,
+            Some(_) => {
+                self.take_all_subs(name);
+                fresh
+            }
+            None => fresh,
+        };
+        self.put_tap(name, Some(state));
+        let mut tracks: Vec<(TrackId, String)> = self.session.tracks.iter().map(|(n, t)| (t.spec.id, n.clone())).collect();
+        tracks.sort_unstable();
+        for (_, track) in tracks {
+            self.sync_tap_sub(name, &track);
+        }
+    }
+
+    /// Gives recording tap `leg` its subscription to `track` (a new SSRC when it has none; the
+    /// same SSRC, with the track's payload types and top layer, when it has one). Logged.
+    fn sync_tap_sub(&mut self, leg: &str, track: &str) {
+        let (Some(subscriber), Some(t), Some(mut tap)) = (self.session.legs.get(leg), self.session.tracks.get(track), self.session.taps.get(leg).copied())
+        else {
+            return;
+        };
+        if t.publisher == leg {
+            return;
+        }
+        let (subscriber, spec) = (subscriber.id, t.spec.clone());
+        let old = self.session.subs.get(leg).and_then(|m| m.get(track));
+        let want = match old {
+            Some(o) => tap_subscription(subscriber, &spec, o.out_ssrc),
+            None => {
+                let ssrc = tap.allocate();
+                self.put_tap(leg, Some(tap));
+                tap_subscription(subscriber, &spec, ssrc)
+            }
+        };
+        if self.session.subs.get(leg).and_then(|m| m.get(track)) != Some(&want) {
+            self.put_sub(leg, track, want);
+        }
+    }
+
+    /// Puts (or with `None` takes) leg `name`'s recording-tap state (logged).
+    fn put_tap(&mut self, name: &str, tap: Option<Tap>) {
+        let was = match tap {
+            Some(t) => self.session.taps.insert(name.to_owned(), t),
+            None => self.session.taps.remove(name),
+        };
+        if was != tap {
+            self.steps.push(Step::Tap(name.to_owned(), was));
+        }
+    }
+
+    /// Takes every subscription of leg `name` (logged).
+    fn take_all_subs(&mut self, name: &str) {
+        let tracks: Vec<String> = self.session.subs.get(name).map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        for track in tracks {
+            self.take_sub(name, &track);
+        }
     }
 
     pub(super) fn track(&mut self, f: &str, t: &pb::Track) -> Result<(), StateError> {
@@ -370,6 +519,9 @@ impl Stage<'_> {
         let Some(publisher) = self.session.legs.get(&t.publisher_leg) else {
             return Err(self.no_leg(&format!("{f}.publisher_leg"), &t.publisher_leg));
         };
+        if self.session.taps.contains_key(&t.publisher_leg) {
+            return Err(invalid(format!("{f}.publisher_leg"), format!("leg {} is a recording tap; a tap publishes nothing", quote(&t.publisher_leg))));
+        }
         let old = self.session.tracks.get(&t.id);
         if let Some(old) = old
             && old.publisher != t.publisher_leg
@@ -505,6 +657,10 @@ impl Stage<'_> {
             self.put_sub(&leg, &t.id, s);
         }
         self.put_track(&t.id, NamedTrack { publisher: t.publisher_leg.clone(), spec });
+        let taps: Vec<String> = self.session.taps.keys().cloned().collect();
+        for tap in taps {
+            self.sync_tap_sub(&tap, &t.id);
+        }
         Ok(())
     }
 
@@ -536,6 +692,10 @@ impl Stage<'_> {
         let Some(subscriber) = self.session.legs.get(&s.subscriber_leg) else {
             return Err(self.no_leg(&format!("{f}.subscriber_leg"), &s.subscriber_leg));
         };
+        if self.session.taps.contains_key(&s.subscriber_leg) {
+            return Err(tap_owns_its_subscriptions(&format!("{f}.subscriber_leg"), &s.subscriber_leg));
+        }
+        self.named_subs.entry(s.subscriber_leg.clone()).or_insert_with(|| format!("{f}.subscriber_leg"));
         let Some(track) = self.session.tracks.get(&s.track) else {
             return Err(self.no_track(&format!("{f}.track"), &s.track));
         };
@@ -678,6 +838,7 @@ impl Stage<'_> {
             self.index.remove_leg(self.name, name, &was);
             self.steps.push(Step::Leg(name.to_owned(), Some(was)));
         }
+        self.put_tap(name, None);
         let subscribed: Vec<String> = self.session.subs.get(name).map(|s| s.keys().cloned().collect()).unwrap_or_default();
         for track in subscribed {
             self.take_sub(name, &track);
@@ -688,6 +849,17 @@ impl Stage<'_> {
         }
         tracks
     }
+}
+
+/// A subscription of recording tap `leg` named by a change (at `field`): refused, the tap's are
+/// the control plane's.
+fn tap_owns_its_subscriptions(field: &str, leg: &str) -> StateError {
+    invalid(field, format!("leg {} is a recording tap: its subscriptions are the control plane's, one per track of the session (see RecordingTap)", quote(leg)))
+}
+
+/// Plain RTP to `r`, which is not a loopback, private or link-local address: refused at `field`.
+fn not_private(field: &str, r: SocketAddr) -> StateError {
+    invalid(field, format!("plain RTP (plain_rtp) goes only to a loopback, private (RFC 1918, RFC 4193) or link-local address; {} is none of those", r.ip()))
 }
 
 /// The tables' own refusal of a spec ([`SpecError`], the check `SpecSet::apply` makes), as the

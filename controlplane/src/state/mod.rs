@@ -15,7 +15,7 @@ use sluice_core::ids::{LegId, Pt, SpeakerGroup, Ssrc, TrackId};
 use sluice_core::srtp::Profile;
 use sluice_core::table::{
     AudioSlotsSpec, Codec, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MediaKind, MidSpec, PayloadSpec,
-    RateLimit, RtcpComponent, SpecError, SubscriptionSpec, TrackSpec,
+    RateLimit, RtcpComponent, SpecError, SubscriptionSpec, TrackSpec, plain_rtp_allowed,
 };
 
 use crate::diff::{Part, SpecSet};
@@ -156,6 +156,65 @@ pub struct NamedTrack {
     pub spec: TrackSpec,
 }
 
+/// `RecordingTap.ssrc_base` when the request leaves it 0.
+pub const DEFAULT_TAP_SSRC_BASE: u32 = 0x7A90_0000;
+
+/// A recording tap's own state (`pb::RecordingTap`): how it numbers its streams. Its
+/// subscriptions are the session's, kept by the stage as tracks come and go (one per track of
+/// the session; the tap publishes nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tap {
+    /// The first out-SSRC.
+    pub ssrc_base: u32,
+    /// Streams numbered so far: the next track to join gets number `next` (never reused while
+    /// the tap lasts).
+    pub next: u32,
+}
+
+impl Tap {
+    /// A tap numbering from `ssrc_base` (0: [`DEFAULT_TAP_SSRC_BASE`]).
+    pub fn new(ssrc_base: u32) -> Self {
+        Self { ssrc_base: if ssrc_base == 0 { DEFAULT_TAP_SSRC_BASE } else { ssrc_base }, next: 0 }
+    }
+
+    /// The next stream's out-SSRC: `ssrc_base + next` (mod 2³², 0 skipped), numbered.
+    fn allocate(&mut self) -> Ssrc {
+        loop {
+            let s = self.ssrc_base.wrapping_add(self.next);
+            self.next = self.next.wrapping_add(1);
+            if s != 0 {
+                return Ssrc(s);
+            }
+        }
+    }
+}
+
+/// A recording tap's subscription to `track` on `out_ssrc`: the track as it arrives (its payload
+/// types unmapped, at most [`sluice_core::table::MAX_PT_MAP`]; no header extensions, no RTX),
+/// its highest layer as target, so the dataplane falls back to the best lower layer that flows.
+fn tap_subscription(subscriber: LegId, track: &TrackSpec, out_ssrc: Ssrc) -> SubscriptionSpec {
+    let mut pt_map: Vec<(Pt, Pt)> = Vec::new();
+    for p in &track.payload_types {
+        if pt_map.len() < sluice_core::table::MAX_PT_MAP && !pt_map.iter().any(|(f, _)| *f == p.pt) {
+            pt_map.push((p.pt, p.pt));
+        }
+    }
+    SubscriptionSpec {
+        subscriber,
+        track: track.id,
+        out_ssrc,
+        out_rtx_ssrc: None,
+        pt_map,
+        ext_map: Vec::new(),
+        target_layer: track.layers.len().saturating_sub(1) as u8,
+        paused: false,
+        priority: 0,
+        max_spatial: None,
+        max_temporal: None,
+        relay: Vec::new(),
+    }
+}
+
 /// Whether a track is ranked audio (top-N audio replaces per-track subscriptions to it).
 fn ranked(t: &NamedTrack) -> bool {
     t.spec.kind == MediaKind::Audio && t.spec.speaker_group.is_some()
@@ -210,6 +269,9 @@ pub struct Session {
     /// Session-wide settings.
     #[serde(default)]
     pub settings: Settings,
+    /// Recording taps by leg name (their subscriptions are in `subs`).
+    #[serde(default)]
+    pub taps: BTreeMap<String, Tap>,
     idempotency: VecDeque<IdempotencyEntry>,
 }
 
@@ -225,6 +287,7 @@ impl Session {
     fn remove_leg(&mut self, name: &str) -> Vec<String> {
         self.legs.remove(name);
         self.subs.remove(name);
+        self.taps.remove(name);
         let tracks: Vec<String> = self.tracks.iter().filter(|(_, t)| t.publisher == name).map(|(n, _)| n.clone()).collect();
         for t in &tracks {
             self.remove_track(t);
@@ -271,6 +334,45 @@ impl Session {
     pub fn subscription_count(&self) -> usize {
         self.subs.values().map(BTreeMap::len).sum()
     }
+
+    /// The streams recording tap `leg` receives, by track id: the order the tracks were created
+    /// (none if it is not a tap).
+    pub fn tap_streams(&self, leg: &str) -> Vec<pb::TapStream> {
+        let Some(subs) = self.subs.get(leg).filter(|_| self.taps.contains_key(leg)) else { return Vec::new() };
+        let mut out: Vec<(TrackId, pb::TapStream)> = subs
+            .iter()
+            .filter_map(|(name, sub)| {
+                let t = self.tracks.get(name)?;
+                Some((
+                    t.spec.id,
+                    pb::TapStream {
+                        track: name.clone(),
+                        publisher_leg: t.publisher.clone(),
+                        kind: kind_to_pb(t.spec.kind) as i32,
+                        out_ssrc: sub.out_ssrc.0,
+                        clock_rate: t.spec.clock_rate,
+                        payload_types: t
+                            .spec
+                            .payload_types
+                            .iter()
+                            .filter(|p| sub.pt_map.iter().any(|(f, _)| *f == p.pt))
+                            .map(|p| pb::PayloadType { pt: u32::from(p.pt.0), codec: codec_to_pb(p.codec) as i32, rtx_pt: None })
+                            .collect(),
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out.into_iter().map(|(_, s)| s).collect()
+    }
+}
+
+/// The protobuf media kind for a core one.
+fn kind_to_pb(k: MediaKind) -> pb::MediaKind {
+    match k {
+        MediaKind::Audio => pb::MediaKind::Audio,
+        MediaKind::Video => pb::MediaKind::Video,
+    }
 }
 
 /// What a state change produced: the answer, and the events to publish once it is installed.
@@ -292,6 +394,8 @@ enum Step {
     Leg(String, Option<LegSpec>),
     Track(String, Option<NamedTrack>),
     Sub(String, String, Option<SubscriptionSpec>),
+    /// A leg's recording-tap state (its subscriptions are `Sub` steps of their own).
+    Tap(String, Option<Tap>),
     Settings(Settings),
     Revision(u64),
     /// An idempotency record was pushed at the back.
@@ -325,7 +429,8 @@ impl Undo {
                     t.subs.entry((leg.clone(), track.clone())).or_default().extend(was.as_ref().map(|s| (s.subscriber, s.track)));
                 }
                 Step::Settings(_) => t.whole = true,
-                Step::Revision(_) | Step::Remembered | Step::Forgot(_) => {}
+                // Not in the dataplane's tables: what a tap changes there are its subscriptions.
+                Step::Tap(..) | Step::Revision(_) | Step::Remembered | Step::Forgot(_) => {}
             }
         }
         t
@@ -740,6 +845,7 @@ impl Desired {
             avoid,
             steps: Vec::new(),
             subs_added: 0,
+            named_subs: BTreeMap::new(),
             ports: Vec::new(),
             events: Vec::new(),
             ice_secret: &self.ice_secret,
@@ -1083,6 +1189,12 @@ impl Desired {
         t
     }
 
+    /// Every recording tap of `session` with its streams (none when the session does not exist).
+    pub fn tap_streams(&self, session: &str) -> Vec<pb::TapStreams> {
+        let Some(s) = self.sessions.get(session) else { return Vec::new() };
+        s.taps.keys().map(|leg| pb::TapStreams { leg: leg.clone(), streams: s.tap_streams(leg) }).collect()
+    }
+
     /// The session as the API shows it (keys left out).
     pub fn session_view(&self, name: &str, edge: &EdgeInfo) -> Result<pb::Session, StateError> {
         let Some(s) = self.sessions.get(name) else {
@@ -1107,8 +1219,10 @@ impl Desired {
                     rtcp_remote: l.rtcp.as_deref().and_then(|c| c.remote).map(|r| r.to_string()).unwrap_or_default(),
                     shared_port: l.shared_port,
                     cascade: l.cascade,
-                    rx: l.edge.is_none().then(|| key(&l.rx)),
-                    tx: l.edge.is_none().then(|| key(&l.tx)),
+                    rx: (l.edge.is_none() && !l.plain_rtp).then(|| key(&l.rx)),
+                    tx: (l.edge.is_none() && !l.plain_rtp).then(|| key(&l.tx)),
+                    tap: s.taps.get(n).map(|t| pb::RecordingTap { ssrc_base: t.ssrc_base, streams: s.tap_streams(n) }),
+                    plain_rtp: l.plain_rtp,
                     feedback_ssrc: l.feedback_ssrc.0,
                     feedback: Some(pb::UplinkFeedback { transport_cc_ext: l.feedback.twcc_ext.map(u32::from), remb: l.feedback.remb }),
                     webrtc: l.edge.as_ref().map(|e| pb::WebRtc {
@@ -1135,10 +1249,7 @@ impl Desired {
                 .map(|(n, t)| pb::Track {
                     id: n.clone(),
                     publisher_leg: t.publisher.clone(),
-                    kind: match t.spec.kind {
-                        MediaKind::Audio => pb::MediaKind::Audio,
-                        MediaKind::Video => pb::MediaKind::Video,
-                    } as i32,
+                    kind: kind_to_pb(t.spec.kind) as i32,
                     clock_rate: t.spec.clock_rate,
                     layers: t
                         .spec
@@ -1226,6 +1337,14 @@ fn undo_steps(session: &mut Session, index: &mut PortIndex, name: &str, steps: V
                     }
                 }
             },
+            Step::Tap(n, was) => match was {
+                Some(was) => {
+                    session.taps.insert(n, was);
+                }
+                None => {
+                    session.taps.remove(&n);
+                }
+            },
             Step::Settings(was) => session.settings = was,
             Step::Revision(was) => session.revision = was,
             Step::Remembered => {
@@ -1262,6 +1381,9 @@ mod placement_tests;
 
 #[cfg(test)]
 mod shared_port_tests;
+
+#[cfg(test)]
+mod tap_tests;
 
 #[cfg(test)]
 mod tests {

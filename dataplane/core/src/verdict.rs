@@ -52,11 +52,14 @@ pub enum DropReason {
     /// Top-N audio: a packet of a track only audio slots consume, neither ranked as a speaker
     /// nor speech itself (its cleartext RFC 6464 level says so): dropped before decryption.
     SilentAudio = 18,
+    /// A datagram on a send-only leg: a plain-RTP leg (`LegSpec::plain_rtp`, a recording tap)
+    /// takes nothing from its peer, since nothing it sends can be authenticated.
+    SendOnly = 19,
 }
 
 impl DropReason {
     /// How many reasons there are: the length of a counter array.
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -79,6 +82,7 @@ impl DropReason {
         Self::Padding,
         Self::RateLimited,
         Self::SilentAudio,
+        Self::SendOnly,
     ];
 
     /// The label used in metrics (`reason="..."`).
@@ -103,6 +107,7 @@ impl DropReason {
             Self::Padding => "padding",
             Self::RateLimited => "rate_limited",
             Self::SilentAudio => "silent_audio",
+            Self::SendOnly => "send_only",
         }
     }
 }
@@ -122,6 +127,7 @@ impl DropReason {
                 | Self::Replayed
                 | Self::UnknownPayloadType
                 | Self::NotConnected
+                | Self::SendOnly
         )
     }
 }

@@ -242,7 +242,7 @@ pub(super) fn probe(
             next = Some(next.map_or(d, |n: Instant| n.min(d)));
             continue;
         }
-        while dl.take_probe_packet(now, PROBE_LEN + leg.tx.profile().rtp_overhead()) {
+        while dl.take_probe_packet(now, PROBE_LEN + leg.tx.rtp_overhead()) {
             let Some(slot) = out.next_slot() else { break };
             let p = &mut slot[..PROBE_LEN];
             p[0] = 0x80 | 0x20 | 0x10;

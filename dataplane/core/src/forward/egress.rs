@@ -68,7 +68,7 @@ pub(super) fn send_copy(
         return Err(DropReason::NotConnected);
     }
     let remote = leg.remote.ok_or(DropReason::NoDestination)?;
-    let overhead = leg.tx.profile().rtp_overhead();
+    let overhead = leg.tx.rtp_overhead();
     let slot = ctx.out.next_slot().ok_or(DropReason::OutputFull)?;
     let extra = match form {
         Form::Media => 0,

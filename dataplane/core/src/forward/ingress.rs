@@ -62,7 +62,7 @@ impl Core {
         let id = self.tables.leg_at(local_port, remote).ok_or(DropReason::UnknownSource)?;
         let leg = self.tables.leg(id).ok_or(DropReason::UnknownSource)?;
         if !leg.receives_media() {
-            return Err(DropReason::NotConnected);
+            return Err(if leg.spec.plain_rtp { DropReason::SendOnly } else { DropReason::NotConnected });
         }
         match leg.expected_remote(local_port) {
             Some(r) if r != remote => Err(DropReason::UnknownSource),

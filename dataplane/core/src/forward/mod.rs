@@ -5,6 +5,7 @@
 //!     classify (RFC 7983/5761) ─ not media ──────────────────────────────▶ drop NotMedia
 //!       STUN/DTLS on a WebRTC leg's port (rate-limited per leg) ─────────▶ poll_slow (slow path)
 //!     WebRTC leg without DTLS keys ───────────────────────────────────────▶ drop NotConnected
+//!     plain-RTP leg (send-only: a recording tap) ───────────────────────────▶ drop SendOnly
 //!     leg by local port, remote checked (latched on first auth) ─ none ──▶ drop UnknownSource
 //!   RTP:
 //!     ingress by SSRC ─ none ─────────────────────────────────────────────▶ drop UnknownSsrc
@@ -13,7 +14,8 @@
 //!     for each subscription of the track:
 //!       paused / other layer / waiting for a keyframe ─▶ skip (PLI upstream when a switch waits)
 //!       copy into an output slot · rewrite SSRC/seq/ts/PT/ext ids · SRTP protect with the
-//!       subscriber leg's key · emit (subscriber's port, subscriber's address)
+//!       subscriber leg's key (the identity for a plain-RTP leg) · emit (subscriber's port,
+//!       subscriber's address)
 //!   RTCP: SRTCP unprotect, then per packet of the compound: SR rewritten per subscriber,
 //!     RR consumed into leg stats, NACK answered from the cache or forwarded upstream, PLI/FIR
 //!     forwarded upstream throttled, the rest consumed.

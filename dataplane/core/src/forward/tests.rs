@@ -1576,3 +1576,6 @@ mod layers;
 
 #[path = "tests_relay.rs"]
 mod relay;
+
+#[path = "tests_plain.rs"]
+mod plain;

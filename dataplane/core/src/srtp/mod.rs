@@ -16,6 +16,11 @@
 //!
 //! Unprotect may leave `buf[..len]` modified when it fails (AES-GCM decrypts before the verdict
 //! is known to the caller); the caller drops the packet anyway.
+//!
+//! [`SrtpKeys::plain`] is the profile "none" of a plain-RTP leg (a recording tap on a loopback or
+//! private address, by explicit opt-in): protect is the identity (no tag, no SRTCP index), and
+//! unprotect accepts nothing, since nothing authenticates without a key. It is one more arm of
+//! the cipher match the AES-CM and AES-GCM paths already take, so they gain no branch.
 
 mod kdf;
 pub mod provider;
@@ -401,6 +406,8 @@ enum Cipher<P: CryptoProvider> {
     Cm(Box<CmCipher<P>>),
     /// AES-GCM (RFC 7714).
     Gcm { gcm: P::Gcm, salt: [u8; 12] },
+    /// No protection ([`SrtpKeys::plain`]): sends the packet as it is, authenticates nothing.
+    Plain,
 }
 
 /// The AES-CM + HMAC-SHA1 state of one of [`Cipher`]'s directions.
@@ -412,9 +419,14 @@ struct CmCipher<P: CryptoProvider> {
 
 /// Session keys and expanded cipher state for one direction of one leg (see the module docs).
 pub struct SrtpKeys<P: CryptoProvider = AwsLc> {
-    profile: Profile,
+    /// `None`: plain ([`SrtpKeys::plain`]).
+    profile: Option<Profile>,
     rtp: Cipher<P>,
     rtcp: Cipher<P>,
+    /// Bytes protect_rtp appends: the profile's RTP tag (0 when plain).
+    rtp_tag: u8,
+    /// Bytes protect_rtcp appends: the profile's SRTCP tag and index (0 when plain).
+    rtcp_overhead: u8,
     encrypt_rtcp: bool,
 }
 
@@ -422,6 +434,11 @@ impl<P: CryptoProvider> std::fmt::Debug for SrtpKeys<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SrtpKeys").field("profile", &self.profile).field("encrypt_rtcp", &self.encrypt_rtcp).finish_non_exhaustive()
     }
+}
+
+/// The overheads an SRTP profile's keys carry (`(rtp_tag, rtcp_overhead)`), as bytes.
+const fn overheads(profile: Profile) -> (u8, u8) {
+    (profile.rtp_overhead() as u8, profile.rtcp_overhead() as u8)
 }
 
 impl SrtpKeys<AwsLc> {
@@ -463,7 +480,21 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         let rtp = build(Label::RtpEncryption, Label::RtpAuth, Label::RtpSalt, key)?;
         let rtcp = build(Label::RtcpEncryption, Label::RtcpAuth, Label::RtcpSalt, key)?;
         key.fill(0);
-        Ok(Self { profile, rtp, rtcp, encrypt_rtcp: true })
+        let (rtp_tag, rtcp_overhead) = overheads(profile);
+        Ok(Self { profile: Some(profile), rtp, rtcp, rtp_tag, rtcp_overhead, encrypt_rtcp: true })
+    }
+
+    /// The SRTP profile "none" of a plain-RTP leg: protect leaves RTP and RTCP as they are (no
+    /// tag, no SRTCP index appended), unprotect refuses every packet
+    /// ([`SrtpError::AuthFailed`]: nothing authenticates without a key). Only for a peer on a
+    /// loopback or private address that asked for it (see `LegSpec::plain_rtp`).
+    pub const fn plain() -> Self {
+        Self { profile: None, rtp: Cipher::Plain, rtcp: Cipher::Plain, rtp_tag: 0, rtcp_overhead: 0, encrypt_rtcp: false }
+    }
+
+    /// Whether these are the plain keys ([`SrtpKeys::plain`]).
+    pub const fn is_plain(&self) -> bool {
+        self.profile.is_none()
     }
 
     /// Test hook: keys from already-derived session material (RFC 7714 §16/§17 vectors are
@@ -481,7 +512,8 @@ impl<P: CryptoProvider> SrtpKeys<P> {
                 Cipher::Cm(Box::new(CmCipher { ctr: P::Ctr::new(key).unwrap(), mac: HmacSha1::new(auth), salt: s }))
             }
         };
-        Self { profile, rtp: mk(), rtcp: mk(), encrypt_rtcp: true }
+        let (rtp_tag, rtcp_overhead) = overheads(profile);
+        Self { profile: Some(profile), rtp: mk(), rtcp: mk(), rtp_tag, rtcp_overhead, encrypt_rtcp: true }
     }
 
     /// Chooses whether [`protect_rtcp`](Self::protect_rtcp) encrypts (E = 1, the default) or
@@ -490,9 +522,22 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         self.encrypt_rtcp = encrypt;
     }
 
-    /// The profile these keys were derived for.
-    pub const fn profile(&self) -> Profile {
+    /// The profile these keys were derived for (`None`: plain, [`SrtpKeys::plain`]).
+    pub const fn profile(&self) -> Option<Profile> {
         self.profile
+    }
+
+    /// Bytes [`protect_rtp`](Self::protect_rtp) appends: the profile's tag (0 when plain).
+    #[inline]
+    pub const fn rtp_overhead(&self) -> usize {
+        self.rtp_tag as usize
+    }
+
+    /// Bytes [`protect_rtcp`](Self::protect_rtcp) appends: the profile's tag and SRTCP index
+    /// (0 when plain).
+    #[inline]
+    pub const fn rtcp_overhead(&self) -> usize {
+        self.rtcp_overhead as usize
     }
 
     /// Protects the RTP packet `buf[..len]` in place and returns the SRTP length
@@ -523,7 +568,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
     /// The packet is `buf[..hl]` (header) then the payload: `buf[hl..len]` in place when `from`
     /// is `None`, else `from` (`len - hl` bytes), encrypted into `buf[hl..len]`.
     fn protect_rtp_with(&self, state: &mut RtpSendState, buf: &mut [u8], hl: usize, len: usize, from: Option<&[u8]>) -> Result<usize, SrtpError> {
-        let out_len = len + self.profile.rtp_tag_len();
+        let out_len = len + self.rtp_overhead();
         if out_len > buf.len() {
             return Err(SrtpError::BufferTooSmall);
         }
@@ -552,6 +597,11 @@ impl<P: CryptoProvider> SrtpKeys<P> {
                 };
                 buf[len..out_len].copy_from_slice(&tag);
             }
+            Cipher::Plain => {
+                if let Some(payload) = from {
+                    buf[hl..len].copy_from_slice(payload);
+                }
+            }
         }
         state.commit(roc, seq);
         Ok(out_len)
@@ -562,7 +612,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         let Some(pkt) = buf.get(..len) else {
             return Err(SrtpError::BufferTooSmall);
         };
-        let tag_len = self.profile.rtp_tag_len();
+        let tag_len = self.rtp_overhead();
         let Some(body) = len.checked_sub(tag_len) else {
             return Err(SrtpError::TooShort);
         };
@@ -590,6 +640,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
                     return Err(SrtpError::AuthFailed);
                 }
             }
+            Cipher::Plain => return Err(SrtpError::AuthFailed),
         }
         state.window.update(idx);
         Ok(body)
@@ -607,7 +658,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
             return Err(SrtpError::BufferTooSmall);
         };
         check_rtcp_header(pkt)?;
-        let out_len = len + self.profile.rtcp_overhead();
+        let out_len = len + self.rtcp_overhead();
         if out_len > buf.len() {
             return Err(SrtpError::BufferTooSmall);
         }
@@ -647,6 +698,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
                 buf[len..len + 16].copy_from_slice(&tag);
                 buf[len + 16..out_len].copy_from_slice(&e_idx_bytes);
             }
+            Cipher::Plain => {}
         }
         state.next = srtcp_index + 1;
         Ok(out_len)
@@ -658,7 +710,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
         let Some(pkt) = buf.get(..len) else {
             return Err(SrtpError::BufferTooSmall);
         };
-        let overhead = self.profile.rtcp_overhead();
+        let overhead = self.rtcp_overhead();
         let Some(body) = len.checked_sub(overhead) else {
             return Err(SrtpError::TooShort);
         };
@@ -702,6 +754,7 @@ impl<P: CryptoProvider> SrtpKeys<P> {
                 }
                 state.window.update(u64::from(srtcp_index));
             }
+            Cipher::Plain => return Err(SrtpError::AuthFailed),
         }
         Ok(body)
     }

@@ -439,3 +439,41 @@ fn profile_parameters() {
     let lens: Vec<_> = ALL.iter().map(|p| (p.key_len(), p.salt_len(), p.rtp_overhead(), p.rtcp_overhead())).collect();
     assert_eq!(lens, [(16, 14, 10, 14), (16, 14, 4, 14), (16, 12, 16, 20), (32, 12, 16, 20)]);
 }
+
+/// The profile "none" of a plain-RTP leg: protect leaves the packet as it was and appends
+/// nothing (RTP in place and from a separate payload, RTCP), and unprotect refuses everything.
+#[test]
+fn plain_keys_protect_as_the_identity_and_authenticate_nothing() {
+    let keys = SrtpKeys::<AwsLc>::plain();
+    assert!(keys.is_plain());
+    assert_eq!((keys.profile(), keys.rtp_overhead(), keys.rtcp_overhead()), (None, 0, 0));
+    let mut st = RtpSendState::new();
+    for (seq, payload) in [(1u16, 0usize), (2, 1), (3, 160), (4, 1200)] {
+        let p = rtp_packet(seq, 0x5eed, payload);
+        let len = p.len() - 16;
+        let mut a = [0u8; 1500];
+        a[..len].copy_from_slice(&p[..len]);
+        assert_eq!(keys.protect_rtp(&mut st, &mut a, len), Ok(len));
+        assert_eq!(a[..len], p[..len]);
+        let hl = 12 + 8 + 8;
+        let mut b = [0xeeu8; 1500];
+        b[..hl].copy_from_slice(&p[..hl]);
+        assert_eq!(keys.protect_rtp_from(&mut RtpSendState::new(), &mut b, hl, &p[hl..len]), Ok(len));
+        assert_eq!(b[..len], p[..len], "{payload}-byte payload from a separate buffer");
+        let mut rx = RtpRecvState::new(128);
+        assert_eq!(keys.unprotect_rtp(&mut rx, &mut a, len), Err(SrtpError::AuthFailed));
+        assert_eq!(rx.window().highest(), None, "nothing accepted");
+    }
+    assert_eq!(st.last_index(), Some(4), "the send state still follows the stream");
+    let rr = [0x80, 201, 0, 1, 0, 0, 0, 7];
+    let mut buf = [0u8; 64];
+    buf[..8].copy_from_slice(&rr);
+    assert_eq!(keys.protect_rtcp(&mut RtcpSendState::new(), &mut buf, 8), Ok(8));
+    assert_eq!(buf[..8], rr);
+    assert_eq!(keys.unprotect_rtcp(&mut RtcpRecvState::new(128), &mut buf, 8), Err(SrtpError::AuthFailed));
+    // Exact-size buffers suffice: nothing is appended.
+    let p = rtp_packet(5, 1, 10);
+    let mut exact = p[..p.len() - 16].to_vec();
+    let n = exact.len();
+    assert_eq!(keys.protect_rtp(&mut RtpSendState::new(), &mut exact, n), Ok(n));
+}

@@ -177,12 +177,12 @@ impl Tables {
         {
             return Err(DeltaError::DuplicateSsrc { op, leg: spec.id, ssrc: s });
         }
-        let rx = SrtpKeys::new(spec.rx.profile, &spec.rx.key, &spec.rx.salt).map_err(|_| DeltaError::Invalid {
+        let rx = leg_keys(spec.plain_rtp, &spec.rx).map_err(|_| DeltaError::Invalid {
             op,
             field: "leg.rx",
             why: "key or salt length does not match the profile",
         })?;
-        let tx = SrtpKeys::new(spec.tx.profile, &spec.tx.key, &spec.tx.salt).map_err(|_| DeltaError::Invalid {
+        let tx = leg_keys(spec.plain_rtp, &spec.tx).map_err(|_| DeltaError::Invalid {
             op,
             field: "leg.tx",
             why: "key or salt length does not match the profile",
@@ -192,8 +192,10 @@ impl Tables {
                 // A WebRTC leg whose ICE/DTLS parameters did not change keeps its handshake's
                 // keys and consent whatever the placeholder keys say.
                 let keep_edge = spec.edge.is_some() && old.spec.edge == spec.edge;
-                let same_rx = keep_edge || (old.spec.rx == spec.rx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
-                let same_tx = keep_edge || (old.spec.tx == spec.tx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
+                // Plain and SRTP legs may have the same (placeholder) material: not the same keys.
+                let same_kind = old.spec.plain_rtp == spec.plain_rtp;
+                let same_rx = keep_edge || (same_kind && old.spec.rx == spec.rx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
+                let same_tx = keep_edge || (same_kind && old.spec.tx == spec.tx && old.edge.as_ref().is_none_or(|e| e.keys.is_none()));
                 self.save_leg(spec.id, undo);
                 self.unindex_leg(spec.id);
                 let leg = self.legs.get_mut(&spec.id).expect("present");
@@ -593,7 +595,7 @@ impl Tables {
         let Some(leg) = self.legs.get(&id) else { return };
         // Derived keys are re-derived from their material (it validated when installed).
         let (rxm, txm) = leg.key_material();
-        let (Ok(rx), Ok(tx)) = (SrtpKeys::new(rxm.profile, &rxm.key, &rxm.salt), SrtpKeys::new(txm.profile, &txm.key, &txm.salt)) else {
+        let (Ok(rx), Ok(tx)) = (leg_keys(leg.spec.plain_rtp, rxm), leg_keys(leg.spec.plain_rtp, txm)) else {
             unreachable!("keys of an installed leg were validated when it was installed")
         };
         let copy = Leg {
@@ -716,4 +718,11 @@ impl Tables {
             }
         }
     }
+}
+
+/// The derived keys of one direction of a leg with key material `m`: the plain ones
+/// ([`SrtpKeys::plain`]) for a plain-RTP leg (`LegSpec::plain_rtp`), whose material is a
+/// placeholder.
+fn leg_keys(plain: bool, m: &KeyMaterial) -> Result<SrtpKeys, crate::srtp::SrtpKeyError> {
+    if plain { Ok(SrtpKeys::plain()) } else { SrtpKeys::new(m.profile, &m.key, &m.salt) }
 }

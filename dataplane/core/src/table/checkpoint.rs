@@ -131,13 +131,17 @@ pub struct Restored {
     pub lost_webrtc: Vec<LegId>,
 }
 
-/// The digest that names a leg's keys in a checkpoint: SHA-256 over both directions' digests.
+/// The digest that names a leg's keys in a checkpoint: SHA-256 over both directions' digests
+/// (and, for a plain-RTP leg, a label of its own: its placeholder material is not its keys).
 pub(super) fn keys_digest(spec: &LegSpec) -> KeyDigest {
     let (rx, tx) = (spec.rx.redacted().digest, spec.tx.redacted().digest);
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(b"sluice leg keys v1");
     for d in [rx, tx].into_iter().flatten() {
         ctx.update(&d.0);
+    }
+    if spec.plain_rtp {
+        ctx.update(b"plain");
     }
     let mut out = [0u8; 16];
     out.copy_from_slice(&ctx.finish().as_ref()[..16]);

@@ -47,7 +47,7 @@ use crate::uplink::{RecvStats, Uplink};
 use crate::wire::rtp::ExtensionIdMap;
 pub use spec::{
     AudioSlotsSpec, Codec, Delta, DtlsRole, EdgeSpec, FeedbackSpec, IceCredentials, KeyDigest, KeyMaterial, LayerSpec, LegSpec, MAX_AUDIO_SLOTS, MAX_MID_LEN,
-    MediaKind, MidSpec, Op, PayloadSpec, RateLimit, RtcpComponent, SpecError, SubscriptionSpec, TrackSpec,
+    MediaKind, MidSpec, Op, PayloadSpec, RateLimit, RtcpComponent, SpecError, SubscriptionSpec, TrackSpec, plain_rtp_allowed,
 };
 
 /// The hash map the tables use: foldhash, seeded per process (keys come from the network, so the

@@ -168,6 +168,27 @@ pub struct LegSpec {
     /// ([`crate::forward::cascade`]), and it stops sending the others.
     #[cfg_attr(feature = "serde", serde(default))]
     pub cascade: bool,
+    /// SRTP profile "none" ([`crate::srtp::SrtpKeys::plain`]): what Sluice sends the participant
+    /// leaves as plain RTP and RTCP, and nothing the participant sends is accepted (nothing
+    /// authenticates it; dropped and counted as [`crate::verdict::DropReason::SendOnly`]). For a
+    /// recording tap on the same host or network only: the leg needs a `remote` (and an RTCP
+    /// remote, if it has one) that [`plain_rtp_allowed`] takes, and is not a WebRTC leg. `rx`
+    /// and `tx` are then placeholders ([`KeyMaterial::placeholder`]), never used.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub plain_rtp: bool,
+}
+
+/// Whether plain RTP ([`LegSpec::plain_rtp`]) may go to `ip`: a loopback address (127/8, ::1),
+/// a private one (RFC 1918: 10/8, 172.16/12, 192.168/16; RFC 4193: fc00::/7) or a link-local
+/// one (169.254/16, fe80::/10), an IPv4-mapped IPv6 address as its IPv4 address. Anything else
+/// may cross networks Sluice does not control, where unencrypted media is readable by anyone on
+/// the path.
+pub fn plain_rtp_allowed(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
 }
 
 /// A leg's separate RTCP component (see [`LegSpec::rtcp`]).
@@ -267,6 +288,7 @@ impl LegSpec {
             rtcp: None,
             shared_port: false,
             cascade: false,
+            plain_rtp: false,
         }
     }
 
@@ -302,6 +324,18 @@ impl LegSpec {
             }
             if self.rtcp.is_some() {
                 return refuse("leg.rtcp", "a leg on a shared port multiplexes RTCP with RTP");
+            }
+        }
+        if self.plain_rtp {
+            if self.edge.is_some() {
+                return refuse("leg.plain_rtp", "a WebRTC leg uses DTLS-SRTP; plain RTP is for static legs");
+            }
+            let remotes = [self.remote, self.rtcp.as_deref().and_then(|c| c.remote)];
+            if self.remote.is_none() {
+                return refuse("leg.remote", "a plain-RTP leg authenticates nothing, so it latches nothing: it needs its remote");
+            }
+            if remotes.into_iter().flatten().any(|r| !plain_rtp_allowed(r.ip())) {
+                return refuse("leg.remote", "plain RTP goes only to a loopback, private (RFC 1918, RFC 4193) or link-local address");
             }
         }
         if let Some(r) = &self.rate_limit {

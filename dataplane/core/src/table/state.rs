@@ -235,11 +235,11 @@ impl Leg {
         Err(Some(core::mem::take(&mut l.unreported)))
     }
 
-    /// Whether media from the participant is accepted: a static-key leg always, a WebRTC leg
-    /// once its DTLS keys are installed.
+    /// Whether media from the participant is accepted: a static-key leg always (but a plain-RTP
+    /// one never: nothing it sends authenticates), a WebRTC leg once its DTLS keys are installed.
     #[inline]
     pub fn receives_media(&self) -> bool {
-        self.edge.as_ref().is_none_or(|e| e.keys.is_some())
+        self.edge.as_ref().is_none_or(|e| e.keys.is_some()) && !self.spec.plain_rtp
     }
 
     /// Whether media may be sent to the participant: a static-key leg always, a WebRTC leg with
