@@ -47,6 +47,14 @@ struct Args {
     /// Only when the start refused a damaged journal, with no control plane running.
     #[arg(long)]
     repair_journal: bool,
+    /// Check the configuration (the file and these flags) and exit: 0 with a summary when the
+    /// control plane would start with it, else the reason. Starts nothing, opens no state.
+    #[arg(long)]
+    check_config: bool,
+    /// Logs on stderr as text, or as JSON (one object per line: timestamp, level, target,
+    /// fields), for log shippers. `RUST_LOG` filters both.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: sluice_api::logs::LogFormat,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -58,12 +66,8 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 const LINK_INTERVAL: Duration = Duration::from_millis(250);
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    sluice_api::logs::init(args.log_format);
     let mut config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -105,6 +109,19 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let redis = config.redis()?;
+    if args.check_config {
+        println!(
+            "configuration OK: gRPC on {} ({}), dataplane socket {}, state in {}, leg ports {}-{}, {}",
+            config.grpc_listen,
+            if config.plaintext { "plaintext" } else { "TLS" },
+            config.dataplane_socket.display(),
+            config.state_dir.display(),
+            config.port_range.0,
+            config.port_range.1,
+            redis.as_ref().map_or_else(|| "no Redis (one node)".to_owned(), |r| format!("Redis as node {:?}", r.node_id)),
+        );
+        return Ok(());
+    }
     let (journal, desired, info) = Journal::open(&config.state_dir, ports).with_context(|| format!("state in {}", config.state_dir.display()))?;
     if info.torn_bytes > 0 {
         tracing::warn!(state_dir = %config.state_dir.display(), torn_bytes = info.torn_bytes, "cut an unfinished final journal append (a crash while it was written; it was never acknowledged)");

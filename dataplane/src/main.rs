@@ -53,15 +53,19 @@ struct Args {
     /// Pin directory name of the XDP stage under /sys/fs/bpf/sluice/.
     #[arg(long)]
     xdp_instance: Option<String>,
+    /// Check the configuration (the file and these flags) against this machine and exit: 0 with
+    /// a summary when the dataplane would start with it, else the reason. Starts nothing.
+    #[arg(long)]
+    check_config: bool,
+    /// Logs on stderr as text, or as JSON (one object per line: timestamp, level, target,
+    /// fields), for log shippers. `RUST_LOG` filters both.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: sluice_api::logs::LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let args = Args::parse();
+    sluice_api::logs::init(args.log_format);
     let mut config = match &args.config {
         Some(p) => Config::from_file(p)?,
         None => Config::default(),
@@ -95,6 +99,22 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(i) = args.xdp_instance {
         config.xdp.instance = i;
+    }
+    if args.check_config {
+        config.validate(&sluice_dataplane::config::allowed_cores()).context("the configuration")?;
+        println!(
+            "configuration OK: {} worker(s) on cores {:?}, backend {:?}, legs on {} ports {}-{}, control socket {}, metrics {}, XDP {:?}",
+            config.workers,
+            config.worker_cores(&sluice_dataplane::config::allowed_cores()),
+            config.backend,
+            config.listen_ip,
+            config.port_range.0,
+            config.port_range.1,
+            config.control_socket.display(),
+            config.metrics.map_or_else(|| "off".to_owned(), |m| m.to_string()),
+            config.xdp.mode,
+        );
+        return Ok(());
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGTERM, libc::SIGINT] {

@@ -505,7 +505,7 @@ fn a_dead_nodes_meeting_forwards_again_on_another_node() {
     };
     let mut two = TwoNodes::start_with("f", FAIL_PORTS, &extra);
     let session = format!("meeting-{MEETING}");
-    let mut media = three_on_node_0(&mut two);
+    let media = three_on_node_0(&mut two);
     let state_key = format!("sluice:session:{session}:state:node-0");
     cp::wait_until("node 0's state in redis", Duration::from_secs(5), || redis::cmd("EXISTS").arg(&state_key).query::<bool>(&mut r).unwrap());
     // Adoption while node 0 lives is refused.
@@ -524,21 +524,7 @@ fn a_dead_nodes_meeting_forwards_again_on_another_node() {
     assert_eq!(placed.node_id, "node-1", "{placed:?}");
     let adopted = two.nodes[1].grpc.adopt(&session, "node-0").unwrap_or_else(|e| panic!("{e:?}\n{}", two.nodes[1].cp.log_text()));
     let new_ports: BTreeMap<String, u16> = adopted.ports.iter().map(|p| (p.leg.clone(), p.local_port as u16)).collect();
-    let (people, tick): (Vec<_>, u64) = (media.people.drain(..).collect(), media.tick);
-    let ports: Vec<u16> = people.iter().map(|p| new_ports[&leg_name(p.leg.0)]).collect();
-    let mut media = join(&two.p, people, &ports, PEOPLE_IP[1], NODE_IP[1]);
-    media.tick = tick;
-    for p in &mut media.people {
-        p.rejoin();
-    }
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (got, _) = media_frames(&mut media, 1);
-        if got.iter().all(|c| c.len() == 4) {
-            break;
-        }
-        assert!(Instant::now() < end, "the meeting never came back on node 1: {got:?}\n{}", two.nodes[1].cp.log_text());
-    }
+    let mut media = to_node_1(&two, media, &new_ports, true);
     let back = Instant::now();
     eprintln!(
         "node 0 killed; its heartbeat expired after {} ms; media forwarded again on node 1 {} ms after the expiry ({} ms after the kill)",
@@ -554,6 +540,29 @@ fn a_dead_nodes_meeting_forwards_again_on_another_node() {
     assert_eq!(again.code(), tonic::Code::NotFound, "{again:?}");
     let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(format!("sluice:session:{session}:nodes")).query(&mut r).unwrap();
     assert_eq!(nodes, ["node-1"]);
+}
+
+/// The 3-party meeting's participants re-pointed to node 1 of `two`, at the ports its answer
+/// gave their legs (`rejoin`: what they receive starts afresh, as after a failure); returns once
+/// every participant gets its four streams from there.
+fn to_node_1(two: &TwoNodes, mut media: Media, ports: &BTreeMap<String, u16>, rejoin: bool) -> Media {
+    let (people, tick): (Vec<_>, u64) = (media.people.drain(..).collect(), media.tick);
+    let ports: Vec<u16> = people.iter().map(|p| ports[&leg_name(p.leg.0)]).collect();
+    let mut media = join(&two.p, people, &ports, PEOPLE_IP[1], NODE_IP[1]);
+    media.tick = tick;
+    if rejoin {
+        for p in &mut media.people {
+            p.rejoin();
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, _) = media_frames(&mut media, 1);
+        if got.iter().all(|c| c.len() == 4) {
+            return media;
+        }
+        assert!(Instant::now() < end, "the meeting never came back on node 1: {got:?}\n{}", two.nodes[1].cp.log_text());
+    }
 }
 
 /// A 3-party meeting on node 0 of `two`, its media settled (everyone gets what it should).
@@ -624,18 +633,7 @@ fn a_meeting_moves_to_another_node_with_its_streams_continuous() {
     let answer = two.nodes[1].grpc.import(exported).unwrap_or_else(|e| panic!("{e:?}\n{}", two.nodes[1].cp.log_text()));
     assert_eq!(answer.ports, ready.ports, "the same legs, ready before the freeze");
     let new_ports: BTreeMap<String, u16> = answer.ports.iter().map(|p| (p.leg.clone(), p.local_port as u16)).collect();
-    let (people, tick): (Vec<_>, u64) = (media.people.drain(..).collect(), media.tick);
-    let ports: Vec<u16> = people.iter().map(|p| new_ports[&leg_name(p.leg.0)]).collect();
-    let mut media = join(&two.p, people, &ports, PEOPLE_IP[1], NODE_IP[1]);
-    media.tick = tick;
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (got, _) = media_frames(&mut media, 1);
-        if got.iter().all(|c| c.len() == 4) {
-            break;
-        }
-        assert!(Instant::now() < end, "the meeting never came back on node 1: {got:?}\n{}", two.nodes[1].cp.log_text());
-    }
+    let mut media = to_node_1(&two, media, &new_ports, false);
     let gap = last_on_0.elapsed();
     eprintln!("moved: every participant got all its streams again from node 1 {} ms after node 0 stopped sending", gap.as_millis());
     // Exact, with no gap and no failure across the move (Media::run checks every participant's

@@ -13,6 +13,8 @@
 
 pub mod lock;
 
+pub mod logs;
+
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
