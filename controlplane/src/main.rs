@@ -66,6 +66,9 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 const LINK_INTERVAL: Duration = Duration::from_millis(250);
 
 fn main() -> anyhow::Result<()> {
+    if sluice_api::logs::man_page_requested(<Args as clap::CommandFactory>::command(), "8")? {
+        return Ok(());
+    }
     let args = Args::parse();
     sluice_api::logs::init(args.log_format);
     let mut config = match &args.config {

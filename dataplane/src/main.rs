@@ -64,6 +64,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    if sluice_api::logs::man_page_requested(<Args as clap::CommandFactory>::command(), "8")? {
+        return Ok(());
+    }
     let args = Args::parse();
     sluice_api::logs::init(args.log_format);
     let mut config = match &args.config {

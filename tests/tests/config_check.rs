@@ -1,5 +1,6 @@
-//! Both daemons' `--check-config` (exit 0 with a summary, or the reason; nothing started) and
-//! `--log-format json` (every log line one JSON object), with the real binaries.
+//! Both daemons' `--check-config` (exit 0 with a summary, or the reason; nothing started),
+//! `--log-format json` (every log line one JSON object), and the man pages of the three
+//! binaries (`--man`), with the real binaries.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -99,4 +100,23 @@ fn json_logs_are_one_object_per_line() {
         assert!(v["timestamp"].is_string() && v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
     assert!(lines.iter().any(|l| l.contains("stopped cleanly")), "{lines:?}");
+}
+
+/// `--man` writes each binary's man page (section 8 for the daemons, 1 for `sluicectl`),
+/// generated from the same definitions as `--help`: every long option `--help` lists is in it.
+#[test]
+fn man_pages_come_from_the_cli_definitions() {
+    for (bin, section) in [("sluice-dataplane", "8"), ("sluice-controlplane", "8"), ("sluicectl", "1")] {
+        let man = run(bin, &["--man"]);
+        assert!(man.status.success(), "{bin}: {}", text(&man.stderr));
+        let page = text(&man.stdout);
+        assert!(page.contains(&format!(".TH {bin} {section}")), "{bin}: {}", &page[..page.len().min(300)]);
+        let help = text(&run(bin, &["--help"]).stdout);
+        let flags: Vec<&str> = help.split_whitespace().filter(|w| w.starts_with("--")).map(|w| w.trim_end_matches([',', '.'])).collect();
+        assert!(flags.len() >= 5, "{bin}: {help}");
+        for f in flags {
+            let name = f.split(['=', '<', '[']).next().unwrap_or(f);
+            assert!(page.contains(&name.replace('-', "\\-")), "{bin}: {name} is in --help but not in the man page");
+        }
+    }
 }

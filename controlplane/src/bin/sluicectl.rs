@@ -18,7 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 /// Operator CLI for a Sluice control plane.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "sluicectl", version)]
 struct Args {
     /// The control plane's gRPC address: `host:port` or a URL (`http://…`, `https://…`).
     #[arg(long, global = true, default_value = "127.0.0.1:50051")]
@@ -95,6 +95,9 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    if sluice_api::logs::man_page_requested(<Args as clap::CommandFactory>::command(), "1")? {
+        return Ok(());
+    }
     let args = Args::parse();
     if let Cmd::Certs { dir } = &args.cmd {
         let written = sluice_controlplane::certs::write_dev_certs(dir)?;

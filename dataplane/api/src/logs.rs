@@ -1,6 +1,7 @@
-//! How both daemons log, the one thing they share beside the protocol: text on stderr (coloured
-//! on a terminal), or one JSON object per line (timestamp, level, target, fields) for a log
-//! shipper. `RUST_LOG` filters both (default `info`).
+//! What the daemons' command lines share beside the protocol: how they log — text on stderr
+//! (coloured on a terminal), or one JSON object per line (timestamp, level, target, fields) for a
+//! log shipper; `RUST_LOG` filters both (default `info`) — and their man pages, generated from
+//! the same CLI definitions (`--man`).
 
 /// The daemons' `--log-format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -21,4 +22,16 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
         LogFormat::Json => logs.json().init(),
     }
+}
+
+/// If the first argument is `--man`: writes the man page of `cmd` (roff, from its clap
+/// definition: every flag with its help) to stdout and returns true; the caller then exits.
+/// Packages and `man -l` use it: `sluice-dataplane --man > sluice-dataplane.8`.
+/// `section`: "8" for the daemons, "1" for `sluicectl`.
+pub fn man_page_requested(cmd: clap::Command, section: &str) -> std::io::Result<bool> {
+    if std::env::args().nth(1).as_deref() != Some("--man") {
+        return Ok(false);
+    }
+    clap_mangen::Man::new(cmd).section(section.to_owned()).render(&mut std::io::stdout().lock())?;
+    Ok(true)
 }
