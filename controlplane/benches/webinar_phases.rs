@@ -13,50 +13,11 @@ use sluice_controlplane::diff::{Part, SpecSet, part_ops};
 use sluice_controlplane::journal::{Journal, Record};
 use sluice_controlplane::names::Names;
 use sluice_controlplane::pb;
-use sluice_controlplane::pb::change::Change as C;
 use sluice_controlplane::state::PortRange;
 
-fn keys() -> pb::KeyMaterial {
-    pb::KeyMaterial { profile: pb::SrtpProfile::AeadAes128Gcm as i32, key: vec![1; 16], salt: vec![2; 12] }
-}
-fn leg(id: String) -> pb::Change {
-    pb::Change { change: Some(C::Leg(pb::Leg { id, rx: Some(keys()), tx: Some(keys()), feedback_ssrc: 7, ..Default::default() })) }
-}
-fn track(id: &str, kind: pb::MediaKind, base: u32, layers: u32) -> pb::Change {
-    pb::Change {
-        change: Some(C::Track(pb::Track {
-            id: id.into(),
-            publisher_leg: "presenter".into(),
-            kind: kind as i32,
-            clock_rate: 90_000,
-            layers: (0..layers).map(|l| pb::Layer { ssrc: Some(base + 2 * l), rtx_ssrc: None, rid: String::new() }).collect(),
-            payload_types: vec![pb::PayloadType { pt: 96, codec: pb::Codec::Vp8 as i32, rtx_pt: None }],
-            ..Default::default()
-        })),
-    }
-}
-fn sub(leg: &str, track: &str, out: u32) -> pb::Change {
-    pb::Change {
-        change: Some(C::Subscription(pb::Subscription {
-            subscriber_leg: leg.into(),
-            track: track.into(),
-            out_ssrc: out,
-            pt_map: vec![pb::IdMapping { from: 96, to: 96 }],
-            ..Default::default()
-        })),
-    }
-}
-fn viewers(from: usize, n: usize) -> pb::ChangeSet {
-    let mut changes = Vec::new();
-    for v in from..from + n {
-        let name = format!("viewer-{v}");
-        changes.push(leg(name.clone()));
-        for (i, t) in ["audio", "camera", "screen"].iter().enumerate() {
-            changes.push(sub(&name, t, 1000 + i as u32));
-        }
-    }
-    pb::ChangeSet { session: "webinar".into(), idempotency_key: String::new(), expected_revision: None, changes }
-}
+#[path = "../tests/webinar/mod.rs"]
+mod webinar;
+use webinar::{presenter, viewers};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -65,17 +26,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("sluice-webinar-phases-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (mut journal, mut d, _) = Journal::open(&dir, PortRange { start: 1024, end: 65_000 }).unwrap();
-    let setup = pb::ChangeSet {
-        session: "webinar".into(),
-        idempotency_key: String::new(),
-        expected_revision: None,
-        changes: vec![
-            leg("presenter".into()),
-            track("audio", pb::MediaKind::Audio, 10, 1),
-            track("camera", pb::MediaKind::Video, 20, 3),
-            track("screen", pb::MediaKind::Video, 40, 1),
-        ],
-    };
+    let setup = presenter();
     d.apply(&setup).unwrap();
     let mut names = Names::build(&d);
     let mut shadow: SpecSet = d.tables();

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use sluice_tests::{Daemon, TempDir, bin_dir};
 
+mod cp;
+
 /// Leg ports of the daemons started here: no other test uses these.
 const PORTS: (u16, u16) = (34_400, 34_409);
 
@@ -21,19 +23,12 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The test dataplane's file (see [`cp::dataplane_config`]) with `extra` keys after it.
 fn dataplane_toml(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let cfg = dir.join("dataplane.toml");
-    let sock = dir.join("dp.sock");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\nbackend = \"mmsg\"\nport_range = [{}, {}]\ncontrol_socket = \"{}\"\n{extra}",
-            PORTS.0,
-            PORTS.1,
-            sock.display()
-        ),
-    )
-    .unwrap();
+    let (cfg, _) = cp::dataplane_config(dir, PORTS, "127.0.0.1");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(extra);
+    std::fs::write(&cfg, text).unwrap();
     cfg
 }
 
@@ -58,7 +53,7 @@ fn check_config_says_ok_or_the_reason_and_starts_nothing() {
     let good = dataplane_toml(dir.path(), "");
     let out = run("sluice-dataplane", &["--config", good.to_str().unwrap(), "--check-config", "--metrics", "off"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("configuration OK: 1 worker(s)"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("configuration OK: 2 worker(s)"), "{}", text(&out.stdout));
     assert!(!dir.path().join("dp.sock").exists(), "a check starts nothing");
     // Refused with the reason: a value out of range (also through a flag), an unknown key.
     for (extra, flags, named) in [("", vec!["--workers", "0"], "workers"), ("gso_segments = 3\n", vec![], "gso_segments")] {

@@ -26,6 +26,7 @@ use anyhow::Context as _;
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::{Profile, RtpSendState, SrtpKeys};
 use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
+use sluice_sim::fixture::subscription;
 
 use super::accounting::thread_cpu_ns;
 use super::forwarder::parse_backend;
@@ -120,20 +121,8 @@ pub(super) fn calls_ops(profile: Profile, calls: u32, mode: PortMode) -> Vec<Op>
             audio_level_ext: None,
             speaker_group: None,
         }));
-        ops.push(Op::UpsertSubscription(SubscriptionSpec {
-            max_temporal: None,
-            max_spatial: None,
-            subscriber: LegId(b),
-            track: TrackId(i + 1),
-            out_ssrc: Ssrc(0x9000_0000 + i),
-            out_rtx_ssrc: None,
-            pt_map: vec![(Pt(OPUS_PT), Pt(OPUS_PT))],
-            ext_map: vec![],
-            target_layer: 0,
-            paused: false,
-            priority: 0,
-            relay: Vec::new(),
-        }));
+        let sub = subscription(b, i + 1, 0x9000_0000 + i, None, 0);
+        ops.push(Op::UpsertSubscription(SubscriptionSpec { pt_map: vec![(Pt(OPUS_PT), Pt(OPUS_PT))], ..sub }));
     }
     ops
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use sluice_core::ids::{LegId, Pt, Ssrc, TrackId};
 use sluice_core::srtp::{Profile, RtpSendState, SrtpKeys};
 use sluice_core::table::{Codec, KeyMaterial, LayerSpec, LegSpec, MediaKind, Op, PayloadSpec, SubscriptionSpec, TrackSpec};
+use sluice_sim::fixture::subscription;
 
 use super::{BASE_PORT, PUBLISHER_SSRC, SINK_IP, SINK_PORT, STREAMS};
 
@@ -59,20 +60,8 @@ pub(crate) fn streams_ops(profile: Profile, fanout: u32, streams: u32, base_port
             speaker_group: None,
         }));
         for l in 2..=fanout + 1 {
-            ops.push(Op::UpsertSubscription(SubscriptionSpec {
-                max_temporal: None,
-                max_spatial: None,
-                subscriber: LegId(l),
-                track: TrackId(i + 1),
-                out_ssrc: Ssrc(0x9000 + l + (i << 16)),
-                out_rtx_ssrc: None,
-                pt_map: vec![(Pt(96), Pt(96))],
-                ext_map: vec![],
-                target_layer: 0,
-                paused: false,
-                priority: 0,
-                relay: Vec::new(),
-            }));
+            let sub = subscription(l, i + 1, 0x9000 + l + (i << 16), None, 0);
+            ops.push(Op::UpsertSubscription(SubscriptionSpec { pt_map: vec![(Pt(96), Pt(96))], ..sub }));
         }
     }
     ops

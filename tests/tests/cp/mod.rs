@@ -93,9 +93,9 @@ pub fn start_dataplane_in_netns(dir: &Path, range: (u16, u16), netns: Option<&st
     start_dataplane_at(dir, range, netns, "127.0.0.1", "off")
 }
 
-/// [`start_dataplane_in_netns`] with its legs on `listen_ip` and its metrics on `metrics`
-/// (an address, or "off").
-pub fn start_dataplane_at(dir: &Path, range: (u16, u16), netns: Option<&str>, listen_ip: &str, metrics: &str) -> (Daemon, PathBuf) {
+/// Writes `dir/dataplane.toml`: two mmsg workers, legs on `listen_ip` in `range`, the control
+/// socket `dir/dp.sock`; returns (the file, the socket).
+pub fn dataplane_config(dir: &Path, range: (u16, u16), listen_ip: &str) -> (PathBuf, PathBuf) {
     let sock = dir.join("dp.sock");
     let cfg = dir.join("dataplane.toml");
     std::fs::write(
@@ -108,6 +108,13 @@ pub fn start_dataplane_at(dir: &Path, range: (u16, u16), netns: Option<&str>, li
         ),
     )
     .unwrap();
+    (cfg, sock)
+}
+
+/// [`start_dataplane_in_netns`] with its legs on `listen_ip` and its metrics on `metrics`
+/// (an address, or "off").
+pub fn start_dataplane_at(dir: &Path, range: (u16, u16), netns: Option<&str>, listen_ip: &str, metrics: &str) -> (Daemon, PathBuf) {
+    let (cfg, sock) = dataplane_config(dir, range, listen_ip);
     let args = ["--config", cfg.to_str().unwrap(), "--metrics", metrics];
     let log = dir.join("dataplane.log");
     let mut d = match netns {

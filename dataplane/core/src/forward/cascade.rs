@@ -18,7 +18,7 @@
 use core::time::Duration;
 
 use super::OutBatch;
-use super::downlink::wanted_up_to_ceilings;
+use super::downlink::wanted_here;
 use crate::downlink::UNWANTED_AFTER;
 use crate::ids::{LegId, Ssrc, TrackId};
 use crate::table::{Legs, Map, Tables, Track};
@@ -54,7 +54,7 @@ pub(super) fn tell(now: Instant, shard: super::Shard, legs: &mut Legs, tracks: &
     let others = !(1u64 << shard.index.min(63));
     for t in tracks.values_mut() {
         let Some(publisher) = legs.get_mut(&t.spec.publisher).filter(|p| p.spec.cascade && shard.owns(p.spec.local_port)) else { continue };
-        let mine = wanted_up_to_ceilings(&t.subs, shard.index);
+        let mine = wanted_here(&t.subs, shard.index, true);
         let mut mask = 0u8;
         for (l, state) in t.layers.iter_mut().enumerate().take(8) {
             if mine & (1 << l) != 0 || state.wanted_by & others != 0 {

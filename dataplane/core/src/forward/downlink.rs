@@ -310,20 +310,13 @@ pub(super) fn pace(now: Instant, legs: &mut Legs, pacing: &mut Pacing, out: &mut
 }
 
 /// The layers of a track its subscriptions on core `here` want (a bit per layer): the one they
-/// receive and the one they move to.
-fn wanted_here(subs: &[crate::table::Subscription], here: u16) -> u8 {
-    subs.iter()
-        .filter(|s| s.owner == here && !s.paused && !s.unwanted)
-        .fold(0u8, |m, s| m | s.current_layer.map_or(0, |l| 1u8 << l.min(7)) | 1u8 << s.target().min(7))
-}
-
-/// [`wanted_here`] for a track another node relays (a cascade leg publishes it): a subscription
-/// whose bandwidth allocator chooses its layer wants every layer up to its ceiling, since the
-/// allocator only ever chooses a layer that flows, and a layer this node does not want stops
-/// flowing ([`super::cascade`]).
-pub(super) fn wanted_up_to_ceilings(subs: &[crate::table::Subscription], here: u16) -> u8 {
+/// receive and the one they move to. With `ceilings` (a track another node relays: a cascade leg
+/// publishes it), a subscription whose bandwidth allocator chooses its layer wants every layer
+/// up to its ceiling, since the allocator only ever chooses a layer that flows, and a layer this
+/// node does not want stops flowing ([`super::cascade`]).
+pub(super) fn wanted_here(subs: &[crate::table::Subscription], here: u16, ceilings: bool) -> u8 {
     subs.iter().filter(|s| s.owner == here && !s.paused && !s.unwanted).fold(0u8, |m, s| {
-        let target = if s.alloc_layer.is_some() { (2u16 << s.target_layer.min(7)) - 1 } else { 1u16 << s.target().min(7) };
+        let target = if ceilings && s.alloc_layer.is_some() { (2u16 << s.target_layer.min(7)) - 1 } else { 1u16 << s.target().min(7) };
         m | s.current_layer.map_or(0, |l| 1u8 << l.min(7)) | target as u8
     })
 }
@@ -338,7 +331,7 @@ pub(super) fn layer_demand<'a>(now: Instant, here: u16, tracks: impl Iterator<It
     let others = !(1u64 << here.min(63));
     for t in tracks {
         let id = t.spec.id;
-        let mine = wanted_here(&t.subs, here);
+        let mine = wanted_here(&t.subs, here, false);
         for (l, state) in t.layers.iter_mut().enumerate() {
             if !state.activity.active {
                 continue;
@@ -381,7 +374,7 @@ pub(super) fn tell_demand(
         if shard.owns(port) {
             continue;
         }
-        let mask = if cascade { wanted_up_to_ceilings(&t.subs, shard.index) } else { wanted_here(&t.subs, shard.index) };
+        let mask = wanted_here(&t.subs, shard.index, cascade);
         if t.demand_told.is_some_and(|(m, at)| m == mask && now.saturating_duration_since(at) < DEMAND_REPEAT) {
             continue;
         }
