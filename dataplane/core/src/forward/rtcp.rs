@@ -210,11 +210,6 @@ fn nack(ctx: &mut Ctx<'_>, tables: &mut Tables, leg_id: LegId, nack: &rtcp::Nack
         // A NACK for the RTX stream itself: RFC 4588 does not retransmit retransmissions.
         return;
     }
-    if track.subs[idx].paused {
-        // Nothing leaves for a paused subscription, retransmissions included: a session frozen
-        // for a move to another node must not advance an index the new node resumes from.
-        return;
-    }
     let Track { spec, layers, subs, .. } = track;
     let twcc_from = publisher_twcc(legs, spec.publisher);
     let sub = &mut subs[idx];

@@ -447,25 +447,6 @@ fn nack_is_answered_from_the_cache_as_rtx_and_the_rest_is_asked_upstream() {
     assert_eq!(m.core.stats().nack_forwarded, 1);
 }
 
-/// Nothing leaves for a paused subscription, retransmissions included (a session frozen for a
-/// move to another node must not advance an index the new node resumes from).
-#[test]
-fn a_paused_subscription_gets_no_retransmission() {
-    let mut m = Meeting::new(2);
-    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0))]).unwrap();
-    latch_all(&mut m);
-    assert_eq!(vp8_frame(&mut m, 0x100, 100, 3000, true, 3, ms(1)).len(), 3);
-    let nack = |m: &mut Meeting, at| {
-        let mut buf = [0u8; 64];
-        let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &[rtcp::NackItem { pid: 101, blp: 0 }]).unwrap();
-        let wire = m.peers[1].send_rtcp(&buf[..n]);
-        m.deliver(1, &wire, ms(at))
-    };
-    assert_eq!(nack(&mut m, 10).len(), 1, "answered while it runs");
-    m.apply(vec![Op::UpsertSubscription(SubscriptionSpec { paused: true, ..sub(2, 1, 0x2001, 0) })]).unwrap();
-    assert!(nack(&mut m, 20).is_empty(), "not answered while paused");
-}
-
 /// 80 packets lost before the SFU, NACKed twice within 100 ms: the first NACK asks the publisher
 /// for as many as one upstream request holds (64); the repeat is not asked again for those, but
 /// the 16 that did not fit go upstream now (they were never asked).
