@@ -112,6 +112,11 @@ pub struct Config {
     pub max_legs: Option<usize>,
     /// See `max_sessions`.
     pub max_subscriptions: Option<usize>,
+    /// Address of the Prometheus endpoint (`/metrics`); none (the default): no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Per-session series on `/metrics` (legs, subscriptions) for this many of the largest
+    /// sessions (default 0: none), so the series count stays bounded.
+    pub metrics_sessions: usize,
 }
 
 impl Default for Config {
@@ -138,6 +143,8 @@ impl Default for Config {
             max_sessions: None,
             max_legs: None,
             max_subscriptions: None,
+            metrics_listen: None,
+            metrics_sessions: 0,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod events;
 pub mod journal;
 pub mod lb;
+pub mod metrics;
 pub mod names;
 pub mod placement;
 pub mod state;

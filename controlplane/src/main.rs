@@ -39,6 +39,9 @@ struct Args {
     /// This node's id in Redis.
     #[arg(long)]
     node_id: Option<String>,
+    /// Prometheus endpoint address (`/metrics`), e.g. `127.0.0.1:9312`; `off` for none.
+    #[arg(long)]
+    metrics: Option<String>,
     /// Leg port range, `FIRST-LAST`.
     #[arg(long, value_parser = parse_range)]
     port_range: Option<(u16, u16)>,
@@ -75,6 +78,12 @@ fn main() -> anyhow::Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    if let Some(m) = &args.metrics {
+        config.metrics_listen = match m.as_str() {
+            "" | "off" => None,
+            a => Some(a.parse().with_context(|| format!("--metrics {a}: expected host:port or off"))?),
+        };
+    }
     if let Some(l) = args.listen {
         config.grpc_listen = l;
     }
@@ -180,15 +189,32 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
+    let metrics_listener = match config.metrics_listen {
+        Some(a) => Some(sluice_controlplane::metrics::bind(a).with_context(|| format!("controlplane.metrics_listen {a}"))?),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let served = rt.block_on(serve(config, transport, engine, listener, placer));
+    let served = rt.block_on(serve(config, transport, engine, listener, metrics_listener, placer));
     if let Some(lb) = lb {
         lb.shutdown();
     }
     served
 }
 
-async fn serve(config: Config, transport: Transport, engine: Shared, listener: std::net::TcpListener, placer: Option<Placer>) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    transport: Transport,
+    engine: Shared,
+    listener: std::net::TcpListener,
+    metrics_listener: Option<std::net::TcpListener>,
+    placer: Option<Placer>,
+) -> anyhow::Result<()> {
+    let metrics = std::sync::Arc::new(sluice_controlplane::metrics::Metrics::default());
+    if let Some(l) = metrics_listener {
+        let l = tokio::net::TcpListener::from_std(l).context("metrics endpoint")?;
+        tracing::info!(listen = %l.local_addr()?, "metrics at /metrics");
+        tokio::spawn(sluice_controlplane::metrics::serve(l, engine.clone(), metrics.clone(), config.metrics_sessions));
+    }
     // The link task: first sync at start (a resync after a restart of either process), then a
     // check every interval.
     let link_engine = engine.clone();
@@ -238,8 +264,28 @@ async fn serve(config: Config, transport: Transport, engine: Shared, listener: s
             if t.client_ca.is_some() { "mtls" } else { "tls" }
         }
     };
-    tracing::info!(listen = %listener.local_addr()?, transport = mode, dataplane = %config.dataplane_socket.display(), "gRPC ready");
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, transport = mode, dataplane = %config.dataplane_socket.display(), "gRPC ready");
+    // Ready for systemd (`Type=notify`): gRPC listens (the listener is bound and the server
+    // takes connections from here). The watchdog's keep-alive comes from this runtime, so a
+    // runtime that stops turning stops it, and from the engine's lock being takeable.
+    sluice_api::service::ready(&format!("gRPC on {bound} ({mode})"));
+    if let Some(mut w) = sluice_api::service::Watchdog::from_env() {
+        let e = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(w.every() / 2).await;
+                let e = e.clone();
+                let health = tokio::time::timeout(w.every(), tokio::task::spawn_blocking(move || drop(e.engine())))
+                    .await
+                    .map_err(|_| "the engine's lock was not free within the watchdog interval".to_owned())
+                    .and_then(|r| r.map_err(|e| format!("liveness probe failed: {e}")));
+                w.tick(health);
+            }
+        });
+    }
     builder
+        .layer(sluice_controlplane::metrics::GrpcLayer(metrics))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -289,4 +335,5 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+    sluice_api::service::stopping();
 }

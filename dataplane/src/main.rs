@@ -123,9 +123,19 @@ fn main() -> anyhow::Result<()> {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
+    let workers = config.workers;
     let node = Node::start(config)?;
-    node.wait(&stop)?;
+    // Ready for systemd (`Type=notify`) only now: every worker runs and the control endpoint
+    // listens. The watchdog's keep-alive follows the workers' liveness.
+    sluice_api::service::ready(&format!("forwarding: {workers} worker(s), control socket {}", node.control_socket().display()));
+    let mut watchdog = sluice_api::service::Watchdog::from_env();
+    node.wait_with(&stop, |health| {
+        if let Some(w) = watchdog.as_mut() {
+            w.tick(health);
+        }
+    })?;
     tracing::info!("signal received: draining");
+    sluice_api::service::stopping();
     node.shutdown();
     tracing::info!("stopped cleanly");
     Ok(())

@@ -134,13 +134,13 @@ pub fn render(workers: &[WorkerSnapshot]) -> String {
     }
     let _ = writeln!(
         s,
-        "# HELP sluice_processing_latency_ns Time from a datagram's receipt to its outputs being queued (sampled).\n# TYPE sluice_processing_latency_ns summary"
+        "# HELP sluice_processing_seconds Time from a datagram's receipt to its outputs being queued (sampled).\n# TYPE sluice_processing_seconds summary"
     );
     for w in workers {
         for (q, v) in &w.latency_ns {
-            let _ = writeln!(s, "sluice_processing_latency_ns{{worker=\"{}\",quantile=\"{q}\"}} {v}", w.worker);
+            let _ = writeln!(s, "sluice_processing_seconds{{worker=\"{}\",quantile=\"{q}\"}} {}", w.worker, *v as f64 / 1e9);
         }
-        let _ = writeln!(s, "sluice_processing_latency_ns_count{{worker=\"{}\"}} {}", w.worker, w.latency_samples);
+        let _ = writeln!(s, "sluice_processing_seconds_count{{worker=\"{}\"}} {}", w.worker, w.latency_samples);
     }
     s
 }
@@ -388,7 +388,7 @@ mod tests {
             "sluice_srtp_failures_total{worker=\"1\"} 1",
             "sluice_table_generation{worker=\"1\"} 7",
             "sluice_io_total{worker=\"1\",counter=\"gso_sends\"} 3",
-            "sluice_processing_latency_ns{worker=\"1\",quantile=\"0.99\"} 1234",
+            "sluice_processing_seconds{worker=\"1\",quantile=\"0.99\"} 0.000001234",
             "sluice_xdp_packets_total{verdict=\"unknown_source\"} 5",
             "sluice_xdp_packets_total{verdict=\"pass_media\"} 0",
         ] {

@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallInstant};
@@ -118,7 +118,14 @@ pub struct Node {
     control: Listening,
     control_socket: PathBuf,
     metrics: Option<(SocketAddr, Listening)>,
+    /// Each worker's last turn of its loop (ms since `epoch`).
+    beats: Vec<Arc<AtomicU64>>,
+    epoch: WallInstant,
 }
+
+/// A worker that has not turned its loop for this long is stalled (a turn waits at most 5 ms for
+/// datagrams, and a batch takes well under a millisecond).
+pub const WORKER_STALL: Duration = Duration::from_secs(2);
 
 impl Node {
     /// Validates `config` against the CPUs this process may run on, takes the control socket's
@@ -245,12 +252,14 @@ impl Node {
             backends.push(backend);
         }
         let wakers: Vec<_> = backends.iter().map(Backend::waker).collect();
+        let beats: Vec<_> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
         for (index, ((_, inbox), backend)) in channels.into_iter().zip(backends).enumerate() {
             tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
             // With the XDP stage, silence that top-N audio need not decrypt dies there.
             let core_config = CoreConfig { xdp_silence_gate: stage.is_some(), ..core_config };
             let mut worker = Worker::new(index, n, core_config, backend, config.batch, inbox, senders.clone(), snapshots.clone(), epoch, Some(slow.clone()))
-                .with_events(events_tx.clone());
+                .with_events(events_tx.clone())
+                .with_heartbeat(beats[index].clone());
             if let Some(rx) = feedback_rx.get_mut(index).and_then(Option::take) {
                 worker = worker.with_feedback(rx, feedback_tx.clone(), wakers.clone());
             }
@@ -298,7 +307,7 @@ impl Node {
             }
             None => None,
         };
-        Ok(Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: config.control_socket, metrics })
+        Ok(Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: config.control_socket, metrics, beats, epoch })
     }
 
     /// The control endpoint's socket.
@@ -319,14 +328,37 @@ impl Node {
     /// Forwards until `stop` is set (checked every 50 ms). If a worker or the shield exits first,
     /// tells the workers to stop and returns [`NodeError::WorkerExited`] without waiting for them.
     pub fn wait(&self, stop: &AtomicBool) -> Result<(), NodeError> {
+        self.wait_with(stop, |_| {})
+    }
+
+    /// [`Node::wait`], calling `tick` with [`Node::liveness`] every 50 ms (the service
+    /// watchdog's keep-alive hangs on it).
+    pub fn wait_with(&self, stop: &AtomicBool, mut tick: impl FnMut(Result<(), String>)) -> Result<(), NodeError> {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
             if self.threads.iter().any(JoinHandle::is_finished) {
                 self.workers.stop();
                 return Err(NodeError::WorkerExited);
             }
+            tick(self.liveness(WORKER_STALL));
         }
         Ok(())
+    }
+
+    /// `Ok` while every worker has turned its loop within `max_age`; else which did not, and
+    /// for how long.
+    pub fn liveness(&self, max_age: Duration) -> Result<(), String> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let stalled: Vec<String> = self
+            .beats
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let age = now.saturating_sub(b.load(Ordering::Relaxed));
+                (age > max_age.as_millis() as u64).then(|| format!("worker {i} stalled for {age} ms"))
+            })
+            .collect();
+        if stalled.is_empty() { Ok(()) } else { Err(stalled.join(", ")) }
     }
 
     /// Drains and stops: the workers stop taking datagrams, flush what is queued and exit; then
@@ -336,7 +368,7 @@ impl Node {
     /// their peers close them; the control socket is removed and its lock released, and every
     /// leg's port is closed.
     pub fn shutdown(self) {
-        let Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: _, metrics } = self;
+        let Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: _, metrics, beats: _, epoch: _ } = self;
         workers.stop();
         if let Some(s) = &shield {
             s.stop();

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as WallInstant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -78,6 +79,12 @@ pub struct Worker {
     moved: Option<(Arc<Checkpoint>, WallInstant)>,
     events_dropped: u64,
     shield: Option<Sender<ShieldMsg>>,
+    /// Where each turn of the loop is stamped (ms since the node's epoch), for the liveness
+    /// check behind the service watchdog.
+    beat: Option<Arc<AtomicU64>>,
+    /// Test fault injection (`SLUICE_FAULT_STALL_WORKER=<index>:<after ms>`): this worker stops
+    /// turning its loop that long after it starts, as a worker stuck in a syscall or a bug would.
+    stall_after: Option<Duration>,
     shield_queue_full: u64,
     /// What other workers hand over (packets for the legs this one owns, in pooled buffers),
     /// and the buffers of this worker's handoffs coming back.
@@ -131,6 +138,13 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// The stall `SLUICE_FAULT_STALL_WORKER=<index>:<after ms>` asks of worker `index`, if any.
+fn stall_fault(index: usize) -> Option<Duration> {
+    let v = std::env::var("SLUICE_FAULT_STALL_WORKER").ok()?;
+    let (i, ms) = v.split_once(':')?;
+    (i.parse::<usize>().ok()? == index).then_some(Duration::from_millis(ms.parse().ok()?))
+}
+
 impl Worker {
     /// A worker `index` of `count`.
     #[expect(clippy::too_many_arguments, reason = "plain wiring, called once per worker")]
@@ -173,6 +187,8 @@ impl Worker {
             moved: None,
             events_dropped: 0,
             shield: None,
+            beat: None,
+            stall_after: stall_fault(index),
             shield_queue_full: 0,
             feedback_in: None,
             feedback_out: Vec::new(),
@@ -191,6 +207,13 @@ impl Worker {
         self.feedback_in = Some(inbox);
         self.feedback_out = peers;
         self.wakers = wakers;
+        self
+    }
+
+    /// Stamps `beat` with the time (ms since the node's epoch) at every turn of the loop.
+    #[must_use]
+    pub fn with_heartbeat(mut self, beat: Arc<AtomicU64>) -> Self {
+        self.beat = Some(beat);
         self
     }
 
@@ -226,11 +249,19 @@ impl Worker {
     /// Runs until told to stop.
     pub fn run(mut self) {
         let mut last_snapshot = WallInstant::now();
+        let started = WallInstant::now();
         loop {
             if !self.drain_inbox() {
                 break;
             }
             let now = self.now();
+            if let Some(beat) = &self.beat {
+                beat.store(now.as_nanos() / 1_000_000, Ordering::Relaxed);
+            }
+            if self.stall_after.is_some_and(|after| started.elapsed() >= after) {
+                tracing::error!(worker = self.index, "SLUICE_FAULT_STALL_WORKER: this worker stalls now (test fault injection)");
+                std::thread::sleep(Duration::from_secs(3600));
+            }
             // Sleep until the core's next deadline (uplink reports, the sweep), at most 5 ms so
             // messages between batches are not kept waiting.
             let wait = Duration::from_nanos(self.core.poll_timeout().as_nanos().saturating_sub(now.as_nanos())).min(MAX_WAIT);

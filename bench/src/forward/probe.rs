@@ -130,9 +130,9 @@ pub(super) fn run_one(
         // receipt-to-outputs-queued summary, this daemon's whole run).
         let q = |want: &str| {
             m1.lines()
-                .find(|l| l.starts_with("sluice_processing_latency_ns{") && l.contains(&format!("quantile=\"{want}\"")))
+                .find(|l| l.starts_with("sluice_processing_seconds{") && l.contains(&format!("quantile=\"{want}\"")))
                 .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .map_or_else(|| "-".to_string(), |ns| format!("{:.1}", ns / 1e3))
+                .map_or_else(|| "-".to_string(), |secs| format!("{:.1}", secs * 1e6))
         };
         println!("    (the worker's own processing, receipt → outputs queued, µs: p50 {} p99 {} p99.9 {} max {})", q("0.5"), q("0.99"), q("0.999"), q("1"));
     }

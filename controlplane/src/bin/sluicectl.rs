@@ -86,6 +86,13 @@ enum Cmd {
         #[arg(long)]
         redis: Option<String>,
     },
+    /// Apply a change set (`Routes.Apply`) read from FILE (`-`: stdin) in the protobuf JSON
+    /// mapping of `sluice.v1.ChangeSet` (what grpcurl takes), and print the answer: the
+    /// generation, the legs' local ports. A change set the node refuses changes nothing.
+    Apply {
+        /// The change set, as JSON.
+        file: PathBuf,
+    },
     /// Write a dev CA, a server certificate (localhost, 127.0.0.1, ::1) and a client
     /// certificate into DIR.
     Certs {
@@ -120,6 +127,32 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run(args))
+}
+
+/// A `sluice.v1.ChangeSet` from its protobuf JSON mapping, through the descriptors the server
+/// also serves by reflection (so the names and rules are exactly grpcurl's).
+fn read_change_set(file: &std::path::Path) -> anyhow::Result<pb::ChangeSet> {
+    use prost::Message as _;
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the change set from stdin")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).context("the built-in descriptors")?;
+    let desc = pool.get_message_by_name("sluice.v1.ChangeSet").context("sluice.v1.ChangeSet in the descriptors")?;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let msg = prost_reflect::DynamicMessage::deserialize(desc, &mut de).with_context(|| format!("{}: not a sluice.v1.ChangeSet", file.display()))?;
+    de.end().with_context(|| format!("{}: trailing characters", file.display()))?;
+    pb::ChangeSet::decode(msg.encode_to_vec().as_slice()).context("re-encoding the change set")
+}
+
+/// A message in the protobuf JSON mapping.
+fn to_json<M: prost::Message>(m: &M) -> anyhow::Result<String> {
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).context("the built-in descriptors")?;
+    let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or_default();
+    let desc = pool.get_message_by_name(&format!("sluice.v1.{name}")).with_context(|| format!("sluice.v1.{name} in the descriptors"))?;
+    let msg = prost_reflect::DynamicMessage::decode(desc, m.encode_to_vec().as_slice()).context("decoding the answer")?;
+    serde_json::to_string(&msg).context("the answer as JSON")
 }
 
 fn place_request(session: &str, new_node: bool, known_nodes: &[String], threshold: Option<f64>) -> pb::PlaceRequest {
@@ -195,6 +228,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Place { session, new_node, known_nodes, threshold, .. } => {
             let p = node.place(place_request(session, *new_node, known_nodes, *threshold)).await.map_err(grpc_err)?.into_inner();
             print_placement(&p, args.json);
+        }
+        Cmd::Apply { file } => {
+            let change = read_change_set(file)?;
+            let r = routes.apply(change).await.map_err(grpc_err)?.into_inner();
+            println!("{}", to_json(&r)?);
         }
         Cmd::Sessions => {
             let list = routes.list_sessions(pb::ListSessionsRequest {}).await.map_err(grpc_err)?.into_inner();

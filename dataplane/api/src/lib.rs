@@ -15,6 +15,8 @@ pub mod lock;
 
 pub mod logs;
 
+pub mod service;
+
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
