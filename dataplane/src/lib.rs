@@ -1,6 +1,7 @@
 //! Sluice's dataplane runtime: everything around the sans-IO core that touches the machine.
 //!
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`doctor`]: checks the host against the configuration (`sluice-dataplane doctor`).
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`control`]: the Unix-socket endpoint the control plane programs tables through.
 //! - [`lock`]: one instance per control socket (and per control-plane state directory).
@@ -19,6 +20,7 @@ pub mod bus;
 pub mod checkpoint;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod edge;
 pub mod events;
 pub mod io;
