@@ -17,6 +17,7 @@ use sluice_api::UnboundPort;
 use sluice_core::forward::Event;
 use sluice_core::ids::Generation;
 use sluice_core::stats::CoreStats;
+use sluice_core::verdict::DropReason;
 
 use tokio::sync::broadcast;
 
@@ -89,6 +90,9 @@ pub struct Engine {
     last_stats: Option<(Instant, Vec<CoreStats>)>,
     /// Each session's last active-speaker ranking from the dataplane (live state: not journaled).
     speakers: HashMap<String, pb::ActiveSpeakers>,
+    /// Each session's legs as the dataplane last reported them (live state: not journaled), by
+    /// leg; pruned to the session's legs at each of its commits.
+    live: HashMap<String, BTreeMap<String, pb::LegLive>>,
     /// Leg ports the dataplane could not open, as of its last applied delta, with why.
     unbound: BTreeMap<u16, String>,
 }
@@ -144,6 +148,7 @@ impl Engine {
             dataplane_workers: None,
             announce_ip: None,
             speakers: HashMap::new(),
+            live: HashMap::new(),
             unbound: BTreeMap::new(),
         }
     }
@@ -251,6 +256,14 @@ impl Engine {
     fn touched(&mut self, session: &str, touched: Touched) {
         if let Some(lb) = &self.lb {
             lb.mark_dirty(session);
+        }
+        if let Some(live) = self.live.get_mut(session) {
+            match self.desired.sessions.get(session) {
+                Some(s) => live.retain(|leg, _| s.legs.contains_key(leg)),
+                None => {
+                    self.live.remove(session);
+                }
+            }
         }
         if touched.whole {
             self.names.update(&self.desired, session);
@@ -426,6 +439,7 @@ impl Engine {
     pub fn session_view(&self, name: &str) -> Result<pb::Session, StateError> {
         let mut view = self.desired.session_view(name, &self.edge)?;
         view.active_speakers = self.speakers.get(name).cloned();
+        view.live = self.live.get(name).map(|legs| legs.values().cloned().collect()).unwrap_or_default();
         Ok(view)
     }
 
@@ -686,6 +700,7 @@ impl Engine {
         let outcome = self.commit(&Record::Delete(req.clone()), |d| d.delete_session(req))?.map_err(EngineError::State)?;
         self.touched(&req.session, all);
         self.speakers.remove(&req.session);
+        self.live.remove(&req.session);
         Ok(outcome)
     }
 
@@ -704,8 +719,37 @@ impl Engine {
                 if let Some(pb::event::Event::ActiveSpeakers(a)) = &ev.event {
                     self.speakers.insert(ev.session.clone(), a.clone());
                 }
+                self.note_live(&ev);
                 let _ = self.events.send(ev);
             }
+        }
+    }
+
+    /// Keeps the latest of each leg event in the leg's [`pb::LegLive`] (GetSession's `live`).
+    fn note_live(&mut self, ev: &pb::Event) {
+        use pb::event::Event as Ev;
+        let leg = match &ev.event {
+            Some(Ev::LegActive(a)) => &a.leg,
+            Some(Ev::LegIdle(l)) => l,
+            Some(Ev::LegStats(s)) => &s.leg,
+            Some(Ev::BandwidthEstimate(b)) => &b.leg,
+            Some(Ev::RateLimited(r)) => &r.leg,
+            Some(Ev::Webrtc(w)) => &w.leg,
+            _ => return,
+        };
+        let legs = self.live.entry(ev.session.clone()).or_default();
+        let live = legs.entry(leg.clone()).or_insert_with(|| pb::LegLive { leg: leg.clone(), ..Default::default() });
+        match &ev.event {
+            Some(Ev::LegActive(a)) => {
+                live.set_activity(pb::leg_live::Activity::Active);
+                live.remote.clone_from(&a.remote);
+            }
+            Some(Ev::LegIdle(_)) => live.set_activity(pb::leg_live::Activity::Idle),
+            Some(Ev::LegStats(s)) => live.stats = Some(s.clone()),
+            Some(Ev::BandwidthEstimate(b)) => live.bandwidth_estimate_bps = b.bps,
+            Some(Ev::RateLimited(r)) => live.rate_limited = live.rate_limited.saturating_add(r.dropped),
+            Some(Ev::Webrtc(w)) => live.webrtc = Some(w.clone()),
+            _ => {}
         }
     }
 
@@ -778,6 +822,11 @@ impl Engine {
                     rx_bytes: c.rx_bytes,
                     tx_bytes: c.tx_bytes,
                     drops: c.drops.iter().sum(),
+                    drops_by_reason: DropReason::ALL
+                        .iter()
+                        .filter(|&&r| c.drops_for(r) > 0)
+                        .map(|&r| pb::DropCount { reason: r.name().into(), count: c.drops_for(r) })
+                        .collect(),
                     rx_packets_per_second: self.rates.get(i).map_or(0.0, |r| r.0),
                     tx_packets_per_second: self.rates.get(i).map_or(0.0, |r| r.1),
                 })
@@ -889,6 +938,49 @@ mod tests {
         drop(engine);
         let (_, recovered, _) = Journal::open(&dir, PORTS).unwrap();
         assert_eq!(recovered, desired);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// GetSession's `live` holds the latest of each leg event the dataplane reported, for the
+    /// session's legs only: a removed leg's entry goes with it, a deleted session's with it.
+    #[test]
+    fn leg_events_are_kept_as_the_legs_live_state_until_the_leg_goes() {
+        use sluice_core::table::LegStats;
+        let dir = std::env::temp_dir().join(format!("sluice-engine-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
+        let mut engine = Engine::new(desired, journal);
+        let (answers, _) = engine.commit_many(&[req("m", vec![leg("a"), leg("b")])]);
+        assert!(answers[0].is_none(), "{:?}", answers[0]);
+        let id = |e: &Engine, l: &str| e.desired().sessions["m"].legs[l].id;
+        let (a, b) = (id(&engine, "a"), id(&engine, "b"));
+        let remote: std::net::SocketAddr = "192.0.2.7:5004".parse().unwrap();
+        let stats = LegStats { fraction_lost: 26, cumulative_lost: 9, jitter: 40, rtt_us: Some(31_000), reports: 4 };
+        engine.dataplane_events(&[
+            Event::LegActive { leg: a, remote },
+            Event::LegStats { leg: a, stats },
+            Event::BandwidthEstimate { leg: a, bps: 1_500_000 },
+            Event::RateLimited { leg: b, dropped: 3 },
+            Event::RateLimited { leg: b, dropped: 4 },
+            Event::LegActive { leg: b, remote },
+            Event::LegIdle { leg: b },
+        ]);
+        let live = engine.session_view("m").unwrap().live;
+        assert_eq!(live.len(), 2, "{live:?}");
+        assert_eq!((live[0].leg.as_str(), live[0].activity(), live[0].remote.as_str()), ("a", pb::leg_live::Activity::Active, "192.0.2.7:5004"));
+        let st = live[0].stats.as_ref().unwrap();
+        assert_eq!((st.fraction_lost, st.cumulative_lost, st.jitter, st.rtt_us, st.reports), (26, 9, 40, Some(31_000), 4));
+        assert_eq!(live[0].bandwidth_estimate_bps, 1_500_000);
+        assert_eq!((live[1].leg.as_str(), live[1].activity(), live[1].rate_limited), ("b", pb::leg_live::Activity::Idle, 7));
+        // Removing a leg removes its entry; a leg of the same name made again starts unreported.
+        let (answers, _) = engine.commit_many(&[req("m", vec![pb::Change { change: Some(pb::change::Change::RemoveLeg("a".into())) }])]);
+        assert!(answers[0].is_none(), "{:?}", answers[0]);
+        assert_eq!(engine.session_view("m").unwrap().live.iter().map(|l| l.leg.as_str()).collect::<Vec<_>>(), ["b"]);
+        engine.commit_many(&[req("m", vec![leg("a")])]);
+        assert_eq!(engine.session_view("m").unwrap().live.len(), 1);
+        engine.delete_session(&pb::DeleteSessionRequest { session: "m".into(), expected_revision: None }).unwrap();
+        engine.commit_many(&[req("m", vec![leg("b")])]);
+        assert!(engine.session_view("m").unwrap().live.is_empty(), "a deleted session's legs start afresh");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,7 +8,7 @@
 //! plain text; with Redis configured, `lb` publishes the node's load and applies the load
 //! balancer's drain flag and session placement, and `placement` chooses the node for a session
 //! (`Node.Place`). `sluicectl` (`src/bin/sluicectl.rs`) is a client
-//! of the same `pb` services, and writes dev certificates (`certs`).
+//! of the same `pb` services, writes dev certificates (`certs`), and draws its live view (`top`).
 #![deny(missing_docs)]
 
 pub mod api;
@@ -26,6 +26,7 @@ pub mod names;
 pub mod placement;
 pub mod state;
 pub mod text;
+pub mod top;
 
 /// Generated protobuf/gRPC types (`proto/sluice/v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::allow_attributes_without_reason, reason = "generated code")]

@@ -59,6 +59,21 @@ enum Cmd {
         /// Only this session's events (and node-wide ones).
         session: Option<String>,
     },
+    /// A live full-screen view of the node, refreshed every --interval: health, drain state, each
+    /// worker's packets/s, bits/s and drops, drops by reason, the sessions (legs active, worst
+    /// loss and RTT) and the legs of the one selected (Enter; Esc back; q quits). Over SSH too.
+    Top {
+        /// Only this session, with its legs shown.
+        #[arg(long)]
+        session: Option<String>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Print one plain-text snapshot (rates over --interval) and exit: for scripts, and
+        /// where stdout is not a terminal.
+        #[arg(long)]
+        once: bool,
+    },
     /// Refuse new sessions (existing ones keep working).
     Drain,
     /// Take new sessions again.
@@ -124,6 +139,14 @@ fn main() -> anyhow::Result<()> {
         let placed = placed.map_err(|e| grpc_err(sluice_controlplane::api::place_status(&e)))?;
         print_placement(&placed.into(), args.json);
         return Ok(());
+    }
+    if let Cmd::Top { once, .. } = &args.cmd {
+        if args.json {
+            anyhow::bail!("top prints text; for JSON use `sluicectl --json status` and `sluicectl --json sessions`");
+        }
+        if !once && !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            anyhow::bail!("top draws a full-screen view and needs a terminal on stdout; use `sluicectl top --once` for a plain snapshot");
+        }
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run(args))
@@ -213,6 +236,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut node = NodeClient::new(channel.clone());
     let mut routes = RoutesClient::new(channel);
     match &args.cmd {
+        Cmd::Top { session, interval, once } => {
+            let interval = Duration::try_from_secs_f64(*interval)
+                .ok()
+                .filter(|d| (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(d))
+                .ok_or_else(|| anyhow::anyhow!("--interval {interval}: seconds between 0.1 and 3600"))?;
+            if *once {
+                print!("{}", sluice_controlplane::top::once(&mut node, &mut routes, &args.addr, interval, session.as_deref()).await?);
+            } else {
+                sluice_controlplane::top::interactive(node, routes, &args.addr, interval, session.clone()).await?;
+            }
+        }
         Cmd::Status => {
             let s = node.get_status(pb::GetStatusRequest {}).await.map_err(grpc_err)?.into_inner();
             print_status(&s, args.json);

@@ -1291,6 +1291,7 @@ impl Desired {
                 })
                 .collect(),
             active_speakers: None,
+            live: Vec::new(),
             settings: Some(pb::SessionSettings { top_n_audio: s.settings.top_n_audio, audio_top_n: u32::from(s.settings.audio_top_n) }),
         })
     }
