@@ -96,7 +96,7 @@ cp_caps=$(inside grep CapEff "/proc/$(ctl show -p MainPID --value sluice-control
 
 step "program a meeting with sluicectl"
 for _ in $(seq 1 50); do
-    sluicectl status --json 2>/dev/null | grep -q '"dataplane_connected":true' && break
+    sluicectl status --json 2>/dev/null | grep -q '"dataplane_connected": true' && break
     sleep 0.1
 done
 sluicectl status
