@@ -14,7 +14,10 @@
 #     browser is ever downloaded), ffmpeg (a third-party SRTP sender without rtcp-mux, and
 #     ffprobe, which judges recordings), GStreamer's tools and base/good/bad plugins (SRTP
 #     publishers, subscribers and recorders in the cross-node and recording tests: vp8enc,
-#     opusenc, srtpenc/srtpdec, rtpjitterbuffer, matroskamux).
+#     opusenc, srtpenc/srtpdec, rtpjitterbuffer, matroskamux), prometheus (its promtool checks
+#     both daemons' /metrics), tmux (`sluicectl top` in a pseudo-terminal), curl, systemd and
+#     util-linux (the units under a real systemd; setpriv for the service-user tests).
+#   - cargo-deb: builds the Debian package (scripts/package.sh).
 #   - nightly + rust-src: the XDP program is built with -Z build-std=core for bpfel-unknown-none.
 #   - bpf-linker, linked against the nightly's own libLLVM: bpf-linker 0.13 needs LLVM 21-23 and
 #     must match the LLVM major that emits the bitcode; Debian 12 ships at most LLVM 19.
@@ -27,7 +30,7 @@ t0=$(date +%s)
 note() { printf 'setup [%3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # 1. Debian packages.
-pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad"
+pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad prometheus tmux curl systemd util-linux"
 missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
 if [ -n "$missing" ]; then
   apt-get update -q >/dev/null
@@ -69,6 +72,16 @@ else
 fi
 # aya-build runs `cargo build` for the eBPF crate and needs bpf-linker on PATH.
 ln -sfn "$TOOLS/bin/bpf-linker" /usr/local/bin/bpf-linker
+
+# 3b. cargo-deb (the package).
+CARGO_DEB_VERSION=3.8.0
+if cargo deb --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION\$"; then
+  note "cargo-deb $CARGO_DEB_VERSION present"
+else
+  note "building cargo-deb $CARGO_DEB_VERSION (about a minute and a half)"
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked -q
+  note "built cargo-deb"
+fi
 
 # 4. Kernel facilities the tests use.
 mount | grep -q ' /sys/fs/bpf ' || mount -t bpf bpf /sys/fs/bpf

@@ -16,3 +16,6 @@ cargo clippy --locked --all-targets -q -- -D warnings
 cargo check --locked --manifest-path fuzz/Cargo.toml --bins
 cargo test --locked --doc -q
 cargo nextest run --locked --no-fail-fast --failure-output immediate-final
+# The Debian package end to end: built, installed, both units started under a real systemd, a
+# meeting programmed with sluicectl, /metrics checked with promtool, stopped, removed.
+./scripts/package-test.sh

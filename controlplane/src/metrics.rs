@@ -94,7 +94,8 @@ impl Metrics {
         gauge("sluice_cp_max_sessions", "The node's session quota (+Inf: none).", quota(st.max_sessions));
         gauge("sluice_cp_max_legs", "The node's leg quota (+Inf: none).", quota(st.max_legs));
         gauge("sluice_cp_max_subscriptions", "The node's subscription quota (+Inf: none).", quota(st.max_subscriptions));
-        let _ = writeln!(s, "# HELP sluice_cp_scrapes_total Scrapes of this endpoint.\n# TYPE sluice_cp_scrapes_total counter\nsluice_cp_scrapes_total {scrapes}");
+        let _ =
+            writeln!(s, "# HELP sluice_cp_scrapes_total Scrapes of this endpoint.\n# TYPE sluice_cp_scrapes_total counter\nsluice_cp_scrapes_total {scrapes}");
         {
             let methods = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
             let _ = writeln!(s, "# HELP sluice_cp_grpc_requests_total gRPC calls by method and status code.\n# TYPE sluice_cp_grpc_requests_total counter");
@@ -118,13 +119,8 @@ impl Metrics {
             }
         }
         if per_session > 0 {
-            let mut sessions: Vec<(String, usize, usize)> = ctl
-                .engine()
-                .desired()
-                .sessions
-                .iter()
-                .map(|(id, sess)| (id.clone(), sess.legs.len(), sess.subscription_count()))
-                .collect();
+            let mut sessions: Vec<(String, usize, usize)> =
+                ctl.engine().desired().sessions.iter().map(|(id, sess)| (id.clone(), sess.legs.len(), sess.subscription_count())).collect();
             sessions.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             sessions.truncate(per_session);
             let _ = writeln!(

@@ -141,10 +141,7 @@ fn the_units_start_ready_unprivileged_and_the_watchdog_restarts_a_stalled_worker
     let units = TempDir::new("systemd-units");
     let nofile = hard_limit(libc::RLIMIT_NOFILE).min(1_048_576);
     let memlock = hard_limit(libc::RLIMIT_MEMLOCK);
-    let limits = format!(
-        "LimitNOFILE={nofile}\nLimitMEMLOCK={}\n",
-        if memlock == libc::RLIM_INFINITY { "infinity".to_owned() } else { memlock.to_string() }
-    );
+    let limits = format!("LimitNOFILE={nofile}\nLimitMEMLOCK={}\n", if memlock == libc::RLIM_INFINITY { "infinity".to_owned() } else { memlock.to_string() });
     for (unit, bin, cfg) in [("sluice-dataplane", "sluice-dataplane", &dp_conf), ("sluice-controlplane", "sluice-controlplane", &cp_conf)] {
         let d = units.path().join(format!("{unit}.service.d"));
         std::fs::create_dir_all(&d).expect("drop-in dir");

@@ -64,6 +64,53 @@ impl Topo {
         (d, sock)
     }
 
+    /// [`Topo::start`] for AF_XDP (`backend = "xsk"`, `mode = "af_xdp"`), the daemon running as
+    /// the package's `sluice` user with only the capabilities `caps` (setpriv: ambient, inheritable
+    /// and bounding sets, as systemd's `AmbientCapabilities=` gives them). Returns the daemon and
+    /// its control socket once the socket appears, or the daemon's log if it exited first.
+    fn start_as_service_user(&self, name: &str, instance: &str, caps: &[&str]) -> Result<(Daemon, PathBuf), String> {
+        let sock = self.dir.path().join(format!("{name}.sock"));
+        let cfg = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[dataplane]\nlisten_ip = \"{DAEMON_IP}\"\nworkers = 1\nbackend = \"xsk\"\ncontrol_socket = \"{}\"\nmetrics = \"{METRICS}\"\nport_range = [33000, 33999]\n\
+                 [dataplane.xdp]\nmode = \"af_xdp\"\ninterface = \"{}\"\ninstance = \"{instance}\"\n",
+                sock.display(),
+                self.veth.b
+            ),
+        )
+        .expect("write config");
+        let set = if caps.is_empty() { "-all".to_owned() } else { caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",") };
+        let bin = sluice_tests::bin_dir().join("sluice-dataplane");
+        let net = format!("--net=/run/netns/{}", self.dp.name);
+        let args = [
+            net.as_str(),
+            "setpriv",
+            "--reuid=sluice",
+            "--regid=sluice",
+            "--clear-groups",
+            &format!("--inh-caps=-all,{set}"),
+            &format!("--ambient-caps=-all,{set}"),
+            &format!("--bounding-set=-all,{set}"),
+            bin.to_str().expect("utf-8"),
+            "--config",
+            cfg.to_str().expect("utf-8"),
+        ];
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut d = Daemon::start_path(Path::new("/usr/bin/nsenter"), &args, &log);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(15) {
+            if sock.exists() {
+                return Ok((d, sock));
+            }
+            if d.wait_exit(Duration::from_millis(50)).is_some() {
+                return Err(d.log_text());
+            }
+        }
+        panic!("neither started nor exited:\n{}", d.log_text());
+    }
+
     /// The daemon's metrics, scraped from inside its namespace: `(name{labels}, value)`.
     fn metrics(&self) -> Vec<(String, u64)> {
         let body = self.dp.http_get(METRICS, "/metrics");
@@ -393,4 +440,65 @@ fn top_n_silence_dies_in_xdp_and_the_speaker_is_heard() {
         assert!(heard[i].iter().all(|&c| c == 0x101), "only the speaker: {:?}", &heard[i][..heard[i].len().min(10)]);
     }
     assert!(heard[0].is_empty(), "the speaker hears nobody (the others are quiet)");
+}
+
+/// What the packaged unit gives the dataplane for AF_XDP (packaging/systemd/sluice-dataplane.service).
+const SERVICE_CAPS: [&str; 5] = ["net_admin", "bpf", "perfmon", "net_raw", "ipc_lock"];
+
+#[test]
+fn af_xdp_runs_as_the_service_user_with_the_units_capabilities_and_each_is_needed() {
+    let sysusers = std::fs::File::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/sluice.sysusers")).expect("sysusers entry");
+    let out = std::process::Command::new("systemd-sysusers").arg("-").stdin(sysusers).output().expect("systemd-sysusers");
+    assert!(out.status.success(), "{out:?}");
+    let t = Topo::new("su");
+    let chown = |p: &Path| {
+        let out = std::process::Command::new("chown").arg("sluice:sluice").arg(p).output().expect("chown");
+        assert!(out.status.success(), "{out:?}");
+    };
+    chown(t.dir.path());
+    let instance = format!("sx5su{}", std::process::id());
+    let pins = Path::new(PIN_ROOT).join(&instance);
+    std::fs::create_dir_all(&pins).expect("pin dir");
+    chown(&pins);
+    let _pins = PinGuard(pins);
+
+    // With the unit's five capabilities and nothing else, the sluice user forwards a meeting
+    // through AF_XDP exactly as root does.
+    let (d, sock) = t.start_as_service_user("svc", &instance, &SERVICE_CAPS).unwrap_or_else(|log| panic!("did not start:\n{log}"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("status");
+    let field = |k: &str| status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or_default().to_owned();
+    let uid = String::from_utf8(std::process::Command::new("id").args(["-u", "sluice"]).output().expect("id").stdout).expect("utf-8");
+    assert_eq!(field("Uid:"), uid.trim(), "runs as sluice");
+    assert_eq!(field("CapEff:"), "000000c000007000", "exactly NET_ADMIN, NET_RAW, IPC_LOCK, PERFMON, BPF");
+    let m = meeting(&t, &sock, 211, false);
+    thread::sleep(Duration::from_millis(400));
+    let metrics = t.metrics();
+    let log = stop(d);
+    assert_eq!(total(&m), EXPECTED, "{log}");
+    assert!(log.contains("AF_XDP socket bound"), "{log}");
+    assert_eq!(xdp_verdict(&metrics, "redirect_xsk"), 3 + 3 * (40 + 24 * 8), "{metrics:?}");
+
+    // Each of them is needed: without it the daemon refuses to start, naming the step. IPC_LOCK
+    // only while the memlock limit is below the UMEM (32 MiB of receive frames plus the rings).
+    let mut memlock = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut memlock) }, 0);
+    for (i, missing) in SERVICE_CAPS.iter().enumerate() {
+        let caps: Vec<&str> = SERVICE_CAPS.iter().copied().filter(|c| c != missing).collect();
+        match t.start_as_service_user(&format!("no-{missing}"), &instance, &caps) {
+            Err(log) => {
+                let step = match *missing {
+                    "net_raw" => "AF_XDP bind",
+                    "ipc_lock" => "No buffer space available",
+                    _ => "load (verify) program",
+                };
+                assert!(log.contains(step), "without CAP_{}: expected the failure at {step:?}:\n{log}", missing.to_uppercase());
+                println!("without CAP_{}: refused ({step})", missing.to_uppercase());
+            }
+            Ok((d, _)) => {
+                let log = stop(d);
+                assert!(*missing == "ipc_lock" && memlock.rlim_cur >= 64 << 20, "started without CAP_{} (case {i}):\n{log}", missing.to_uppercase());
+            }
+        }
+    }
 }
