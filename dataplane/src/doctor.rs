@@ -179,7 +179,7 @@ impl Report {
 ///
 /// Errors only when the configuration is invalid in a way the daemon refuses (as
 /// `--check-config`); a missing control-socket directory is reported as a check instead, since
-/// a service manager usually creates it (`RuntimeDirectory=`).
+/// the package's tmpfiles entry creates it at boot.
 pub fn run(config: &Config) -> Result<Report, ConfigError> {
     let allowed = allowed_cores();
     let mut checks = Vec::new();
@@ -190,7 +190,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             Status::Warn,
             why,
             format!(
-                "mkdir -m 0755 -p {} (systemd: RuntimeDirectory=sluice for /run/sluice)",
+                "mkdir -m 0755 -p {} (installed from the package: systemd-tmpfiles --create sluice.conf makes /run/sluice, owned by the sluice user)",
                 config.control_socket.parent().map(|p| p.display().to_string()).unwrap_or_default()
             ),
             "the daemon refuses to start until the control socket's directory exists",
