@@ -23,7 +23,7 @@
 
 use core::time::Duration;
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -31,7 +31,7 @@ use sha1::Sha1;
 use crate::table::IceCredentials;
 use crate::time::Instant;
 use crate::wire::WireError;
-use crate::wire::stun::{Class, HEADER_LEN, MAGIC_COOKIE, METHOD_BINDING, Message};
+use crate::wire::stun::{self, Class, HEADER_LEN, MAGIC_COOKIE, METHOD_BINDING, Message};
 
 /// USERNAME (RFC 5389 §15.3).
 pub const ATTR_USERNAME: u16 = 0x0006;
@@ -50,8 +50,10 @@ pub const ATTR_ICE_CONTROLLED: u16 = 0x8029;
 /// ICE-CONTROLLING (RFC 8445 §16.1).
 pub const ATTR_ICE_CONTROLLING: u16 = 0x802A;
 
-const FINGERPRINT_XOR: u32 = 0x5354_554e;
-const MI_LEN: usize = 20;
+/// What FINGERPRINT's CRC-32 is XORed with (RFC 5389 §15.5).
+pub(crate) const FINGERPRINT_XOR: u32 = 0x5354_554e;
+/// Length of a MESSAGE-INTEGRITY value (HMAC-SHA1).
+pub(crate) const MI_LEN: usize = 20;
 /// Type of a Binding success response.
 const BINDING_SUCCESS: u16 = 0x0101;
 /// Type of a Binding request.
@@ -174,7 +176,7 @@ pub struct CheckedRequest {
 }
 
 /// CRC-32 of `msg[..at]` with the header's length field replaced by `len_field`.
-fn crc_with_len(msg: &[u8], at: usize, len_field: u16) -> u32 {
+pub(crate) fn crc_with_len(msg: &[u8], at: usize, len_field: u16) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&msg[..2]);
     h.update(&len_field.to_be_bytes());
@@ -183,7 +185,7 @@ fn crc_with_len(msg: &[u8], at: usize, len_field: u16) -> u32 {
 }
 
 /// HMAC-SHA1 of `msg[..at]` with the header's length field replaced by `len_field`.
-fn hmac_with_len(key: &[u8], msg: &[u8], at: usize, len_field: u16) -> Hmac<Sha1> {
+pub(crate) fn hmac_with_len(key: &[u8], msg: &[u8], at: usize, len_field: u16) -> Hmac<Sha1> {
     let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(&msg[..2]);
     mac.update(&len_field.to_be_bytes());
@@ -270,14 +272,31 @@ pub fn check_request(datagram: &[u8], local: &IceCredentials, remote_ufrag: Opti
 /// Appends MESSAGE-INTEGRITY (under `pwd`) and FINGERPRINT to the message in `out[..len]` and
 /// fixes its length field; returns the new length.
 fn sign(out: &mut [u8], len: usize, pwd: &str) -> Result<usize, WireError> {
-    if out.len() < len + 4 + MI_LEN + 8 {
+    let len = append_integrity(out, len, pwd.as_bytes())?;
+    append_fingerprint(out, len)
+}
+
+/// Appends MESSAGE-INTEGRITY under `key` (the short-term password, or the long-term MD5 key of
+/// RFC 5389 §15.4) to the message in `out[..len]` and sets its length field to end there;
+/// returns the new length.
+pub(crate) fn append_integrity(out: &mut [u8], len: usize, key: &[u8]) -> Result<usize, WireError> {
+    if len < HEADER_LEN || out.len() < len + 4 + MI_LEN {
         return Err(WireError::BufferTooSmall);
     }
     let mi_len = (len + 4 + MI_LEN - HEADER_LEN) as u16;
-    let tag = hmac_with_len(pwd.as_bytes(), out, len, mi_len).finalize().into_bytes();
+    let tag = hmac_with_len(key, out, len, mi_len).finalize().into_bytes();
     out[len..len + 4].copy_from_slice(&[(ATTR_MESSAGE_INTEGRITY >> 8) as u8, ATTR_MESSAGE_INTEGRITY as u8, 0, MI_LEN as u8]);
     out[len + 4..len + 4 + MI_LEN].copy_from_slice(&tag);
-    let len = len + 4 + MI_LEN;
+    out[2..4].copy_from_slice(&mi_len.to_be_bytes());
+    Ok(len + 4 + MI_LEN)
+}
+
+/// Appends FINGERPRINT to the message in `out[..len]` and sets its length field to end there;
+/// returns the new length.
+pub(crate) fn append_fingerprint(out: &mut [u8], len: usize) -> Result<usize, WireError> {
+    if len < HEADER_LEN || out.len() < len + 8 {
+        return Err(WireError::BufferTooSmall);
+    }
     let fp_len = (len + 8 - HEADER_LEN) as u16;
     let crc = crc_with_len(out, len, fp_len) ^ FINGERPRINT_XOR;
     out[len..len + 4].copy_from_slice(&[(ATTR_FINGERPRINT >> 8) as u8, ATTR_FINGERPRINT as u8, 0, 4]);
@@ -286,7 +305,8 @@ fn sign(out: &mut [u8], len: usize, pwd: &str) -> Result<usize, WireError> {
     Ok(len + 8)
 }
 
-fn header(out: &mut [u8], kind: u16, transaction_id: &[u8; 12]) -> Result<(), WireError> {
+/// Writes a STUN header (length 0, to be fixed by the signing helpers) into `out`.
+pub(crate) fn header(out: &mut [u8], kind: u16, transaction_id: &[u8; 12]) -> Result<(), WireError> {
     if out.len() < HEADER_LEN {
         return Err(WireError::BufferTooSmall);
     }
@@ -298,7 +318,7 @@ fn header(out: &mut [u8], kind: u16, transaction_id: &[u8; 12]) -> Result<(), Wi
 }
 
 /// Appends one attribute (value padded to 4 bytes) at `at`; returns the new end.
-fn put_attr(out: &mut [u8], at: usize, kind: u16, value: &[u8]) -> Result<usize, WireError> {
+pub(crate) fn put_attr(out: &mut [u8], at: usize, kind: u16, value: &[u8]) -> Result<usize, WireError> {
     let padded = value.len().next_multiple_of(4);
     let end = at + 4 + padded;
     if out.len() < end || value.len() > usize::from(u16::MAX) {
@@ -316,29 +336,8 @@ fn put_attr(out: &mut [u8], at: usize, kind: u16, value: &[u8]) -> Result<usize,
 /// its length (at most [`MAX_RESPONSE`]).
 pub fn binding_success(transaction_id: &[u8; 12], mapped: SocketAddr, pwd: &str, out: &mut [u8]) -> Result<usize, WireError> {
     header(out, BINDING_SUCCESS, transaction_id)?;
-    // §15.2: the port is XORed with the cookie's top 16 bits, the address with the cookie (IPv4)
-    // or the cookie followed by the transaction id (IPv6).
     let mut value = [0u8; 20];
-    let xport = mapped.port() ^ (MAGIC_COOKIE >> 16) as u16;
-    let mut mask = [0u8; 16];
-    mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    mask[4..].copy_from_slice(transaction_id);
-    let n = match mapped.ip() {
-        IpAddr::V4(ip) => {
-            value[..4].copy_from_slice(&[0, 0x01, (xport >> 8) as u8, xport as u8]);
-            for (i, b) in ip.octets().iter().enumerate() {
-                value[4 + i] = b ^ mask[i];
-            }
-            8
-        }
-        IpAddr::V6(ip) => {
-            value[..4].copy_from_slice(&[0, 0x02, (xport >> 8) as u8, xport as u8]);
-            for (i, b) in ip.octets().iter().enumerate() {
-                value[4 + i] = b ^ mask[i];
-            }
-            20
-        }
-    };
+    let n = stun::encode_xor_address(mapped, transaction_id, &mut value);
     let len = put_attr(out, HEADER_LEN, ATTR_XOR_MAPPED_ADDRESS, &value[..n])?;
     sign(out, len, pwd)
 }
@@ -373,21 +372,7 @@ pub fn binding_request(transaction_id: &[u8; 12], username: &str, pwd: &str, opt
 pub fn xor_mapped_address(datagram: &[u8]) -> Option<SocketAddr> {
     let msg = Message::new_checked(datagram).ok()?;
     let v = msg.find_attribute(ATTR_XOR_MAPPED_ADDRESS)?;
-    let mut mask = [0u8; 16];
-    mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    mask[4..].copy_from_slice(&msg.transaction_id());
-    let port = u16::from_be_bytes([*v.get(2)?, *v.get(3)?]) ^ (MAGIC_COOKIE >> 16) as u16;
-    fn unmask<const N: usize>(a: &[u8], mask: &[u8; 16]) -> Option<[u8; N]> {
-        let mut o: [u8; N] = a.try_into().ok()?;
-        o.iter_mut().zip(mask).for_each(|(b, m)| *b ^= m);
-        Some(o)
-    }
-    let ip: IpAddr = match (v.get(1)?, v.get(4..)?) {
-        (0x01, a) => unmask::<4>(a, &mask)?.into(),
-        (0x02, a) => unmask::<16>(a, &mask)?.into(),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+    stun::decode_xor_address(v, &msg.transaction_id())
 }
 
 /// Timing of an [`IceAgent`].

@@ -10,6 +10,8 @@
 //!   the crypto provider behind them.
 //! - [`ice`]: ICE-lite for WebRTC legs: STUN Binding checks with short-term credentials,
 //!   nomination, NAT rebinding, consent freshness (run by the dataplane's slow path).
+//! - [`turn`]: a TURN server (RFC 8656) for clients on restrictive networks: allocations,
+//!   permissions, channels, REST API credentials, the no-open-relay peer policy, stream framing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -23,6 +25,7 @@ pub mod srtp;
 pub mod stats;
 pub mod table;
 pub mod time;
+pub mod turn;
 pub mod uplink;
 pub mod verdict;
 pub mod wire;

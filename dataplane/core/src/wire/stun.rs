@@ -17,8 +17,11 @@
 //! ```
 //!
 //! The message type interleaves the class bits C1 (bit 8) and C0 (bit 4) into the method
-//! (§6, figure 3). Parsing only: MESSAGE-INTEGRITY and FINGERPRINT checks need the offset of
-//! their attribute, which [`Attribute::offset`] gives, and belong to the ICE-lite code.
+//! (§6, figure 3). Parsing, plus the XOR address encoding every user shares: MESSAGE-INTEGRITY
+//! and FINGERPRINT checks need the offset of their attribute, which [`Attribute::offset`] gives,
+//! and belong to the ICE-lite code (which the TURN server reuses).
+
+use std::net::{IpAddr, SocketAddr};
 
 use super::{WireError, be16, be32};
 
@@ -180,6 +183,61 @@ impl<'a> Iterator for Attributes<'a> {
     }
 }
 
+/// The 14-bit message type of `method` (12 bits) in `class`: the inverse of [`Message::method`]
+/// and [`Message::class`] (RFC 5389 §6, figure 3).
+pub const fn message_type(method: u16, class: Class) -> u16 {
+    let c = match class {
+        Class::Request => 0x000,
+        Class::Indication => 0x010,
+        Class::SuccessResponse => 0x100,
+        Class::ErrorResponse => 0x110,
+    };
+    (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | c
+}
+
+/// Writes the value of an XOR-MAPPED-ADDRESS-style attribute (RFC 5389 §15.2; TURN's
+/// XOR-PEER-ADDRESS and XOR-RELAYED-ADDRESS share it) into `value`; returns its length (8 for
+/// IPv4, 20 for IPv6). The port is XORed with the cookie's top 16 bits, the address with the
+/// cookie (IPv4) or the cookie followed by the transaction id (IPv6).
+pub fn encode_xor_address(addr: SocketAddr, transaction_id: &[u8; 12], value: &mut [u8; 20]) -> usize {
+    let mask = xor_mask(transaction_id);
+    let xport = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    let (family, octets, n): (u8, &[u8], usize) = match addr.ip() {
+        IpAddr::V4(ip) => (0x01, &ip.octets(), 8),
+        IpAddr::V6(ip) => (0x02, &ip.octets(), 20),
+    };
+    value[..4].copy_from_slice(&[0, family, (xport >> 8) as u8, xport as u8]);
+    for ((v, b), m) in value[4..n].iter_mut().zip(octets).zip(mask) {
+        *v = b ^ m;
+    }
+    n
+}
+
+/// Reads the value of an XOR-MAPPED-ADDRESS-style attribute; `None` if its family or length is
+/// wrong.
+pub fn decode_xor_address(value: &[u8], transaction_id: &[u8; 12]) -> Option<SocketAddr> {
+    let mask = xor_mask(transaction_id);
+    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ (MAGIC_COOKIE >> 16) as u16;
+    fn unmask<const N: usize>(a: &[u8], mask: &[u8; 16]) -> Option<[u8; N]> {
+        let mut o: [u8; N] = a.try_into().ok()?;
+        o.iter_mut().zip(mask).for_each(|(b, m)| *b ^= m);
+        Some(o)
+    }
+    let ip: IpAddr = match (value.get(1)?, value.get(4..)?) {
+        (0x01, a) => unmask::<4>(a, &mask)?.into(),
+        (0x02, a) => unmask::<16>(a, &mask)?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn xor_mask(transaction_id: &[u8; 12]) -> [u8; 16] {
+    let mut mask = [0u8; 16];
+    mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    mask[4..].copy_from_slice(transaction_id);
+    mask
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -247,6 +305,31 @@ pub(crate) mod tests {
         let items: Vec<_> = m.attributes().collect();
         assert_eq!(items.len(), 6);
         assert_eq!(items[5], Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn message_type_round_trips() {
+        for method in [METHOD_BINDING, 0x003, 0x009, 0xFFF] {
+            for class in [Class::Request, Class::Indication, Class::SuccessResponse, Class::ErrorResponse] {
+                let mut b = RFC5769_REQUEST;
+                b[..2].copy_from_slice(&message_type(method, class).to_be_bytes());
+                let m = Message::new_checked(&b[..]).unwrap();
+                assert_eq!((m.method(), m.class()), (method, class));
+            }
+        }
+    }
+
+    #[test]
+    fn xor_addresses_round_trip() {
+        let id = [7u8; 12];
+        for a in ["192.0.2.1:32853", "[2001:db8::1]:9", "0.0.0.0:0"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut v = [0u8; 20];
+            let n = encode_xor_address(a, &id, &mut v);
+            assert_eq!(decode_xor_address(&v[..n], &id), Some(a));
+            assert_eq!(decode_xor_address(&v[..n - 1], &id), None);
+        }
+        assert_eq!(decode_xor_address(&[0, 3, 0, 0, 1, 2, 3, 4], &id), None);
     }
 
     #[test]
