@@ -149,6 +149,106 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// The XDP first stage.
     pub xdp: XdpConfig,
+    /// The embedded TURN server (`[dataplane.turn]`); absent: none.
+    pub turn: Option<TurnConfig>,
+}
+
+/// `[dataplane.turn]`: the embedded TURN server (RFC 8656) for participants that reach Sluice only
+/// through a relay (UDP blocked, or only TCP/TLS to a well-known port). Its allocations reach
+/// Sluice's own legs only, unless `allow_peers` opts further ranges in.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TurnConfig {
+    /// UDP and TCP address of the TURN server (`turn:` URLs), e.g. `0.0.0.0:3478`.
+    pub listen: SocketAddr,
+    /// TLS address (`turns:` URLs), e.g. `0.0.0.0:5349` or `:443`; needs `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// REALM (default "sluice").
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// The TURN REST API shared secret: the control plane hands out `expiry:user` usernames with
+    /// passwords HMAC-SHA1'd under it (the same secret on both).
+    pub secret: String,
+    /// The secret before a rotation, still accepted until the credentials issued under it expire.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+    /// The address relayed addresses are on (default: `listen_ip` when it is a specific address).
+    #[serde(default)]
+    pub relay_ip: Option<IpAddr>,
+    /// Ports relayed addresses are taken from, inclusive (outside the legs' `port_range`).
+    #[serde(default = "default_relay_ports")]
+    pub relay_ports: (u16, u16),
+    /// The addresses legs are reached at, which allocations may relay to (default: `listen_ip`
+    /// when specific, else `relay_ip`). A leg is reachable at each of them, on its port only.
+    #[serde(default)]
+    pub leg_ips: Vec<IpAddr>,
+    /// Ranges allocations may reach besides Sluice's legs (an explicit opt-in; CIDRs). The
+    /// denied ranges still win.
+    #[serde(default)]
+    pub allow_peers: Vec<String>,
+    /// Ranges allocations never reach (CIDRs); default: private, loopback, link-local, CGNAT,
+    /// multicast and their IPv6 counterparts. A leg's exact address is reachable inside them.
+    #[serde(default)]
+    pub deny_peers: Option<Vec<String>>,
+    /// Allocations on the node (then 508 Insufficient Capacity).
+    #[serde(default = "default_max_allocations")]
+    pub max_allocations: usize,
+    /// Allocations per user (then 486 Allocation Quota Reached).
+    #[serde(default = "default_max_allocations_per_user")]
+    pub max_allocations_per_user: usize,
+    /// A TCP or TLS client that has sent part of a message, or not finished its TLS handshake,
+    /// and then nothing more for this long is disconnected (ms).
+    #[serde(default = "default_stall_ms")]
+    pub stall_timeout_ms: u64,
+    /// TCP and TLS connections open at once (more are refused at accept).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_realm() -> String {
+    "sluice".into()
+}
+fn default_relay_ports() -> (u16, u16) {
+    (40_000, 40_999)
+}
+fn default_max_allocations() -> usize {
+    10_000
+}
+fn default_max_allocations_per_user() -> usize {
+    10
+}
+fn default_stall_ms() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    4096
+}
+
+impl TurnConfig {
+    /// The address relayed addresses are on.
+    pub fn relay_ip(&self, listen_ip: IpAddr) -> Option<IpAddr> {
+        self.relay_ip
+            .or_else(|| (!listen_ip.is_unspecified()).then_some(listen_ip))
+            .or_else(|| (!self.listen.ip().is_unspecified()).then_some(self.listen.ip()))
+    }
+
+    /// The addresses legs are reached at.
+    pub fn leg_ips(&self, listen_ip: IpAddr) -> Vec<IpAddr> {
+        if !self.leg_ips.is_empty() {
+            return self.leg_ips.clone();
+        }
+        if !listen_ip.is_unspecified() {
+            return vec![listen_ip];
+        }
+        self.relay_ip(listen_ip).into_iter().collect()
+    }
 }
 
 impl Default for Config {
@@ -172,6 +272,7 @@ impl Default for Config {
             consent_timeout_ms: 30_000,
             handshake_timeout_ms: 20_000,
             xdp: XdpConfig::default(),
+            turn: None,
         }
     }
 }
@@ -315,11 +416,52 @@ impl Config {
             return invalid("port_range", format!("[{lo}, {hi}] is not a non-empty range of non-zero ports"));
         }
         self.validate_xdp()?;
+        self.validate_turn()?;
         if let Some(dir) = self.control_socket.parent()
             && !dir.as_os_str().is_empty()
             && !dir.is_dir()
         {
             return invalid("control_socket", format!("directory {} does not exist", dir.display()));
+        }
+        Ok(())
+    }
+
+    fn validate_turn(&self) -> Result<(), ConfigError> {
+        let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
+        let Some(t) = &self.turn else { return Ok(()) };
+        if t.secret.len() < 16 {
+            return invalid("turn.secret", "must be at least 16 characters (it derives every TURN password)".into());
+        }
+        if t.realm.is_empty() || t.realm.len() > 256 {
+            return invalid("turn.realm", format!("{:?} is not 1..=256 bytes", t.realm));
+        }
+        let (lo, hi) = t.relay_ports;
+        if lo == 0 || lo > hi {
+            return invalid("turn.relay_ports", format!("[{lo}, {hi}] is not a non-empty range of non-zero ports"));
+        }
+        let (plo, phi) = self.port_range;
+        if lo <= phi && plo <= hi {
+            return invalid("turn.relay_ports", format!("[{lo}, {hi}] overlaps the legs' port_range [{plo}, {phi}]"));
+        }
+        if t.relay_ip(self.listen_ip).is_none() {
+            return invalid(
+                "turn.relay_ip",
+                "needed when listen_ip and turn.listen are both unspecified (0.0.0.0 / ::): the address relayed addresses are on".into(),
+            );
+        }
+        if t.tls_listen.is_some() != (t.tls_cert.is_some() && t.tls_key.is_some()) {
+            return invalid("turn.tls_listen", "TLS needs tls_listen, tls_cert and tls_key together".into());
+        }
+        for c in t.allow_peers.iter().chain(t.deny_peers.iter().flatten()) {
+            if let Err(e) = c.parse::<sluice_core::turn::Cidr>() {
+                return invalid("turn.allow_peers", e.to_string());
+            }
+        }
+        if t.max_allocations == 0 || t.max_allocations_per_user == 0 || t.max_connections == 0 {
+            return invalid("turn.max_allocations", "max_allocations, max_allocations_per_user and max_connections must be at least 1".into());
+        }
+        if !(100..=600_000).contains(&t.stall_timeout_ms) {
+            return invalid("turn.stall_timeout_ms", format!("{} is not in 100..=600000", t.stall_timeout_ms));
         }
         Ok(())
     }

@@ -29,5 +29,6 @@ pub use sluice_api::lock;
 pub mod metrics;
 pub mod node;
 pub mod shield;
+pub mod turn;
 pub mod worker;
 pub mod xdp;

@@ -91,6 +91,9 @@ pub enum NodeError {
     /// A worker (or the shield) exited while the node was running.
     #[error("a worker exited unexpectedly")]
     WorkerExited,
+    /// The embedded TURN server could not start.
+    #[error("TURN server: {0}")]
+    Turn(String),
 }
 
 impl NodeError {
@@ -120,6 +123,8 @@ pub struct Node {
     metrics: Option<(SocketAddr, Listening)>,
     /// Each worker's last turn of its loop (ms since `epoch`).
     beats: Vec<Arc<AtomicU64>>,
+    /// The embedded TURN server, if configured, and its thread.
+    turn: Option<(Arc<crate::turn::TurnHandle>, JoinHandle<()>)>,
     epoch: WallInstant,
 }
 
@@ -296,18 +301,33 @@ impl Node {
         };
         drop(events_tx);
         drop(checkpoint_tx);
-        let control = serve_control(&config, lock, hub, workers.clone(), snapshots.clone(), slow.clone(), shield.clone())?;
+        let turn = match &config.turn {
+            Some(t) => {
+                // Never relayed to: the node's own endpoints at the legs' addresses.
+                let mut denied = Vec::new();
+                for ip in t.leg_ips(config.listen_ip) {
+                    denied.push(SocketAddr::new(ip, t.listen.port()));
+                    denied.extend(t.tls_listen.map(|a| SocketAddr::new(ip, a.port())));
+                    denied.extend(config.metrics.map(|m| SocketAddr::new(ip, m.port())));
+                }
+                let (h, thread) = crate::turn::spawn(t, config.listen_ip, denied, epoch).map_err(|e| NodeError::Turn(e.to_string()))?;
+                Some((Arc::new(h), thread))
+            }
+            None => None,
+        };
+        let control =
+            serve_control(&config, lock, hub, workers.clone(), snapshots.clone(), slow.clone(), shield.clone(), turn.as_ref().map(|(h, _)| h.clone()))?;
         tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
         let metrics = match config.metrics {
             Some(addr) => {
-                let (bound, listening) =
-                    metrics::serve(addr, snapshots, xdp_counts, Some(edge_status)).map_err(NodeError::io(format!("metrics endpoint {addr}")))?;
+                let (bound, listening) = metrics::serve(addr, snapshots, xdp_counts, Some(edge_status), turn.as_ref().map(|(h, _)| h.counts()))
+                    .map_err(NodeError::io(format!("metrics endpoint {addr}")))?;
                 tracing::info!(%bound, "metrics at http://{bound}/metrics");
                 Some((bound, listening))
             }
             None => None,
         };
-        Ok(Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: config.control_socket, metrics, beats, epoch })
+        Ok(Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: config.control_socket, metrics, beats, epoch, turn })
     }
 
     /// The control endpoint's socket.
@@ -368,7 +388,11 @@ impl Node {
     /// their peers close them; the control socket is removed and its lock released, and every
     /// leg's port is closed.
     pub fn shutdown(self) {
-        let Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: _, metrics, beats: _, epoch: _ } = self;
+        let Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: _, metrics, beats: _, epoch: _, turn } = self;
+        if let Some((h, t)) = turn {
+            h.send(crate::turn::TurnMsg::Stop);
+            let _ = t.join();
+        }
         workers.stop();
         if let Some(s) = &shield {
             s.stop();
@@ -396,6 +420,7 @@ fn serve_control(
     snapshots: metrics::Snapshots,
     slow: Sender<SlowMsg>,
     shield: Option<ShieldHandle>,
+    turn: Option<Arc<crate::turn::TurnHandle>>,
 ) -> Result<Listening, NodeError> {
     let range = config.port_range;
     // The count the workers' shards were made with (`Shard::owner` is `port % count`).
@@ -406,11 +431,15 @@ fn serve_control(
                 return Response::Rejected { generation: workers.generation(), reason };
             }
             let changes = edge::changes_of(&delta);
+            let for_turn = turn.as_ref().and_then(|_| crate::turn::legs_of(&delta));
             let for_shield = shield.as_ref().map(|_| Arc::new(delta.clone()));
             match workers.apply(delta) {
                 Ok((g, unbound)) => {
                     if !changes.is_empty() {
                         let _ = slow.send(SlowMsg::Legs(changes));
+                    }
+                    if let (Some(t), Some(m)) = (&turn, for_turn) {
+                        t.send(m);
                     }
                     if let (Some(s), Some(d)) = (&shield, for_shield)
                         && let Err(e) = s.apply(d)

@@ -39,6 +39,7 @@
 //! [`Refusal`], whose [`Refusal::name`] is the metrics label.
 
 pub mod channel;
+pub mod client;
 pub mod credentials;
 pub mod framing;
 pub mod policy;

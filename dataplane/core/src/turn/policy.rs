@@ -2,14 +2,14 @@
 //!
 //! A relay that reaches anything is an open proxy into the node's networks. By default an
 //! allocation reaches only Sluice's own legs (the addresses the caller keeps in the server's
-//! own-leg set); [`PeerPolicy::allow`] lists further ranges as an explicit opt-in. The deny rules
-//! always win: the ranges in [`PeerPolicy::deny`] (by default private, loopback, link-local,
+//! own-leg set, exactly: a permission for a leg's IP opens none of that host's other ports);
+//! [`PeerPolicy::allow`] lists further ranges as an explicit opt-in. The deny rules win over the
+//! allow-list: the ranges in [`PeerPolicy::deny`] (by default private, loopback, link-local,
 //! unspecified, CGNAT, broadcast and multicast space: [`default_denied`]) and the node's own
-//! control endpoints ([`PeerPolicy::denied_endpoints`]). IPv4-mapped IPv6 peers are judged as the
-//! IPv4 address they map, so `::ffff:10.0.0.1` is as denied as `10.0.0.1`.
-//!
-//! A deployment whose legs are on private addresses (a lab, a netns test) removes that range from
-//! `deny` explicitly: the own-leg rule never overrides a deny rule.
+//! control endpoints ([`PeerPolicy::denied_endpoints`], refused even when a leg shares the
+//! address). A leg's exact address is reachable inside a denied range: a node's legs often sit on
+//! a private address behind a 1:1 NAT or a load balancer. IPv4-mapped IPv6 peers are judged as
+//! the IPv4 address they map, so `::ffff:10.0.0.1` is as denied as `10.0.0.1`.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

@@ -77,7 +77,8 @@ pub enum AddressFamily {
 }
 
 impl AddressFamily {
-    fn of(ip: IpAddr) -> Self {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
         if ip.is_ipv4() { Self::V4 } else { Self::V6 }
     }
 }
@@ -652,14 +653,20 @@ impl<A: RelayAllocator> Server<A> {
         if policy.is_denied_endpoint(peer) {
             return Err(Refusal::PeerControlPort);
         }
+        // Sluice's own legs first: a node's legs often sit on a private address (behind a 1:1
+        // NAT or a load balancer), and reaching exactly them is what the relay is for. The
+        // per-datagram check still requires the exact leg address.
+        let own = if exact { self.own_legs.contains(&peer) } else { self.own_ips.contains_key(&peer.ip()) };
+        if own {
+            return Ok(false);
+        }
         if policy.is_denied_range(peer.ip()) {
             return Err(Refusal::PeerDeniedRange);
         }
         if policy.is_allowed_range(peer.ip()) {
             return Ok(true);
         }
-        let own = if exact { self.own_legs.contains(&peer) } else { self.own_ips.contains_key(&peer.ip()) };
-        if own { Ok(false) } else { Err(Refusal::PeerNotAllowed) }
+        Err(Refusal::PeerNotAllowed)
     }
 
     /// The per-datagram check from an allocation to `peer` (canonical): family, permission,

@@ -587,6 +587,15 @@ fn no_open_relay() {
     let ind = c.send_indication(addr("8.8.8.8:5353"), b"x");
     assert_eq!(relay(&mut s, at(2), &c, &ind), ClientAction::Relay { relayed: addr("198.51.100.1:50001"), peer: addr("8.8.8.8:5353"), payload: b"x" });
     assert_eq!(error(&c.permit(&mut s, at(1), addr("10.0.0.1:1"))), (Class::ErrorResponse, Some(403)));
+    // A leg of ours on a private address is reachable, exactly: not its host's other ports.
+    s.add_own_leg(addr("10.1.2.3:40000"));
+    assert_eq!(c.permit(&mut s, at(1), addr("10.1.2.3:40000")).class(), Class::SuccessResponse);
+    assert_eq!(c.bind(&mut s, at(1), 0x4001, addr("10.1.2.3:40000")).class(), Class::SuccessResponse);
+    let ind = c.send_indication(addr("10.1.2.3:40000"), b"x");
+    assert!(matches!(relay(&mut s, at(2), &c, &ind), ClientAction::Relay { .. }));
+    let ind = c.send_indication(addr("10.1.2.3:22"), b"x");
+    assert_eq!(relay(&mut s, at(2), &c, &ind), ClientAction::Dropped(Refusal::PeerNotAllowed));
+    assert_eq!(error(&c.bind(&mut s, at(1), 0x4002, addr("10.1.2.3:22"))), (Class::ErrorResponse, Some(403)));
     let _ = relayed;
 }
 

@@ -1,0 +1,718 @@
+//! The embedded TURN server's I/O: one thread of its own (like the WebRTC slow path) that serves
+//! `sluice_core::turn::Server` over UDP, TCP and TLS, and owns the relayed addresses.
+//!
+//! ```text
+//!   client ──UDP/TCP/TLS──▶ turn thread: STUN (Allocate, Refresh, CreatePermission, ChannelBind,
+//!                           Send) and ChannelData → sluice_core::turn::Server
+//!                           Relay → the allocation's relayed UDP socket ──▶ a Sluice leg's port
+//!   leg ──▶ relayed socket ──▶ Server::handle_peer → Data indication / ChannelData ──▶ client
+//! ```
+//!
+//! Allocations reach Sluice's own legs only (their ports at `leg_ips`, kept in step with every
+//! applied delta), unless `allow_peers` opts further ranges in. The relayed address is a real UDP
+//! socket: a relayed datagram reaches its leg through the kernel's local delivery, so the worker
+//! sees the relayed address as the participant's, exactly as it would from an external TURN
+//! server (coturn). Stream clients: one deframer per connection (STUN messages and padded
+//! ChannelData back to back, RFC 8656 §12.5), bounded; a connection that stalls mid-message or in
+//! its TLS handshake is closed after `stall_timeout_ms`; closing a connection deletes its
+//! allocation. Everything refused is counted by reason (`/metrics`: `sluice_turn_*`).
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant as WallInstant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use openssl::ssl::{HandshakeError, MidHandshakeSslStream, SslAcceptor, SslFiletype, SslMethod, SslStream};
+use sluice_core::ids::LegId;
+use sluice_core::table::{Delta, Op};
+use sluice_core::time::Instant;
+use sluice_core::turn::{
+    AddressFamily, ClientAction, FiveTuple, Framing, MAX_RESPONSE, Now, PeerAction, PeerPolicy, Refusal, RelayAllocator, Server, ServerConfig, StreamDeframer,
+    Transport,
+};
+
+use crate::config::TurnConfig;
+
+const UDP: Token = Token(0);
+const TCP: Token = Token(1);
+const TLS: Token = Token(2);
+const WAKE: Token = Token(3);
+/// Connections are tokens from here; relayed sockets from [`RELAY_BASE`] (+ port).
+const CONN_BASE: usize = 16;
+const RELAY_BASE: usize = 1 << 24;
+/// The largest frame a stream client may send (a STUN message or ChannelData: 4 + 65535).
+const MAX_FRAME: usize = 4 + 65_535;
+/// Bytes queued for a stream client that does not read before it is disconnected.
+const MAX_QUEUED: usize = 4 << 20;
+/// How often stalls and expiries are looked at.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Why the TURN thread closed a connection; names in [`CLOSE_NAMES`].
+#[derive(Clone, Copy, Debug)]
+enum Close {
+    Stalled = 0,
+    Handshake = 1,
+    Garbage = 2,
+    SlowReader = 3,
+    Limit = 4,
+    Peer = 5,
+}
+const CLOSE_NAMES: [&str; 6] = ["stalled", "tls_handshake", "garbage", "slow_reader", "connection_limit", "client_closed"];
+
+/// Counters the metrics endpoint reads.
+#[derive(Debug, Default)]
+pub struct TurnCounts {
+    refusals: [AtomicU64; Refusal::COUNT],
+    allocations: AtomicU64,
+    connections: AtomicU64,
+    closed: [AtomicU64; CLOSE_NAMES.len()],
+    /// Packets and bytes relayed client → peer and peer → client.
+    to_peer: [AtomicU64; 2],
+    to_client: [AtomicU64; 2],
+    send_errors: AtomicU64,
+}
+
+impl TurnCounts {
+    /// Prometheus text for these counters.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            s,
+            "# HELP sluice_turn_allocations TURN allocations open.\n# TYPE sluice_turn_allocations gauge\nsluice_turn_allocations {}",
+            ld(&self.allocations)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP sluice_turn_connections TURN TCP and TLS connections open.\n# TYPE sluice_turn_connections gauge\nsluice_turn_connections {}",
+            ld(&self.connections)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP sluice_turn_refusals_total TURN requests and datagrams refused or dropped, by reason.\n# TYPE sluice_turn_refusals_total counter"
+        );
+        for r in Refusal::ALL {
+            let _ = writeln!(s, "sluice_turn_refusals_total{{reason=\"{}\"}} {}", r.name(), ld(&self.refusals[r as usize]));
+        }
+        let _ = writeln!(
+            s,
+            "# HELP sluice_turn_connections_closed_total TURN stream connections closed, by reason.\n# TYPE sluice_turn_connections_closed_total counter"
+        );
+        for (i, n) in CLOSE_NAMES.iter().enumerate() {
+            let _ = writeln!(s, "sluice_turn_connections_closed_total{{reason=\"{n}\"}} {}", ld(&self.closed[i]));
+        }
+        let _ = writeln!(s, "# HELP sluice_turn_relayed_packets_total Datagrams relayed, by direction.\n# TYPE sluice_turn_relayed_packets_total counter");
+        let _ = writeln!(s, "sluice_turn_relayed_packets_total{{direction=\"to_peer\"}} {}", ld(&self.to_peer[0]));
+        let _ = writeln!(s, "sluice_turn_relayed_packets_total{{direction=\"to_client\"}} {}", ld(&self.to_client[0]));
+        let _ = writeln!(s, "# HELP sluice_turn_relayed_bytes_total Payload bytes relayed, by direction.\n# TYPE sluice_turn_relayed_bytes_total counter");
+        let _ = writeln!(s, "sluice_turn_relayed_bytes_total{{direction=\"to_peer\"}} {}", ld(&self.to_peer[1]));
+        let _ = writeln!(s, "sluice_turn_relayed_bytes_total{{direction=\"to_client\"}} {}", ld(&self.to_client[1]));
+        let _ = writeln!(
+            s,
+            "# HELP sluice_turn_send_errors_total Sends the TURN thread could not make.\n# TYPE sluice_turn_send_errors_total counter\nsluice_turn_send_errors_total {}",
+            ld(&self.send_errors)
+        );
+        s
+    }
+}
+
+/// What the node tells the TURN thread.
+#[derive(Debug)]
+pub enum TurnMsg {
+    /// Legs created or changed (their ports), removed, and with a full snapshot the legs kept.
+    Legs {
+        /// Legs created or changed, with their ports (RTP, and RTCP when separate).
+        upsert: Vec<(LegId, Vec<u16>)>,
+        /// Legs removed.
+        remove: Vec<LegId>,
+        /// With a full snapshot: every leg kept (the others are gone).
+        retain: Option<Vec<LegId>>,
+    },
+    /// Exit.
+    Stop,
+}
+
+/// The legs a delta changes, for the TURN thread's own-leg set.
+pub fn legs_of(delta: &Delta) -> Option<TurnMsg> {
+    let mut upsert = Vec::new();
+    let mut remove = Vec::new();
+    for op in &delta.ops {
+        match op {
+            Op::UpsertLeg(l) => {
+                let mut ports = vec![l.local_port];
+                ports.extend(l.rtcp.as_deref().map(|r| r.local_port));
+                upsert.push((l.id, ports));
+            }
+            Op::RemoveLeg(id) => remove.push(*id),
+            _ => {}
+        }
+    }
+    let retain = delta.replace_all.then(|| upsert.iter().map(|(id, _)| *id).collect());
+    (!upsert.is_empty() || !remove.is_empty() || retain.is_some()).then_some(TurnMsg::Legs { upsert, remove, retain })
+}
+
+/// The running TURN thread.
+#[derive(Debug)]
+pub struct TurnHandle {
+    tx: Sender<TurnMsg>,
+    waker: Arc<Waker>,
+    counts: Arc<TurnCounts>,
+    /// The UDP/TCP address it listens on (the configured one, with its port when that was 0).
+    pub listen: SocketAddr,
+    /// The TLS address, if any.
+    pub tls_listen: Option<SocketAddr>,
+}
+
+impl TurnHandle {
+    /// Sends `msg` to the thread.
+    pub fn send(&self, msg: TurnMsg) {
+        if self.tx.send(msg).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Its counters.
+    pub fn counts(&self) -> Arc<TurnCounts> {
+        self.counts.clone()
+    }
+}
+
+/// Why the TURN server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    /// A socket could not be opened.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// TLS settings.
+    #[error("TLS: {0}")]
+    Tls(#[from] openssl::error::ErrorStack),
+    /// The server's settings.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> TurnError {
+    let op = op.into();
+    move |source| TurnError::Io { op, source }
+}
+
+/// Relayed addresses: a UDP socket each, bound on `ip` in `ports`, registered with the poll.
+struct Relays {
+    ip: IpAddr,
+    ports: (u16, u16),
+    next: u16,
+    sockets: HashMap<u16, UdpSocket>,
+    registry: Registry,
+}
+
+impl RelayAllocator for Relays {
+    fn allocate(&mut self, _client: &FiveTuple, family: AddressFamily) -> Option<SocketAddr> {
+        if AddressFamily::of(self.ip) != family {
+            return None;
+        }
+        let (lo, hi) = self.ports;
+        let span = u32::from(hi - lo) + 1;
+        for _ in 0..span.min(4096) {
+            let port = self.next;
+            self.next = if self.next >= hi { lo } else { self.next + 1 };
+            if self.sockets.contains_key(&port) {
+                continue;
+            }
+            let Ok(mut sock) = UdpSocket::bind(SocketAddr::new(self.ip, port)) else { continue };
+            if self.registry.register(&mut sock, Token(RELAY_BASE + usize::from(port)), Interest::READABLE).is_err() {
+                continue;
+            }
+            self.sockets.insert(port, sock);
+            return Some(SocketAddr::new(self.ip, port));
+        }
+        None
+    }
+
+    fn release(&mut self, relayed: SocketAddr) {
+        if let Some(mut s) = self.sockets.remove(&relayed.port()) {
+            let _ = self.registry.deregister(&mut s);
+        }
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Handshaking(MidHandshakeSslStream<TcpStream>),
+    Tls(Box<SslStream<TcpStream>>),
+    Closed,
+}
+
+impl Io {
+    fn stream(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            Io::Plain(s) => Some(s),
+            Io::Handshaking(m) => Some(m.get_mut()),
+            Io::Tls(s) => Some(s.get_mut()),
+            Io::Closed => None,
+        }
+    }
+}
+
+struct Conn {
+    io: Io,
+    tuple: FiveTuple,
+    deframer: StreamDeframer,
+    queued: Vec<u8>,
+    /// The last time bytes arrived (or the accept).
+    last_rx: WallInstant,
+    writable_armed: bool,
+}
+
+/// Starts the TURN thread for `config` (legs on `listen_ip`'s side, see [`TurnConfig::leg_ips`]);
+/// `denied` are the node's own endpoints no allocation may reach (metrics, the TURN ports).
+pub fn spawn(config: &TurnConfig, listen_ip: IpAddr, denied: Vec<SocketAddr>, epoch: WallInstant) -> Result<(TurnHandle, JoinHandle<()>), TurnError> {
+    let relay_ip = config.relay_ip(listen_ip).ok_or_else(|| TurnError::Config("turn.relay_ip is needed".into()))?;
+    let leg_ips = config.leg_ips(listen_ip);
+    let poll = Poll::new().map_err(io_err("TURN poll"))?;
+    let registry = poll.registry().try_clone().map_err(io_err("TURN poll"))?;
+    let mut udp = UdpSocket::bind(config.listen).map_err(io_err(format!("TURN UDP {}", config.listen)))?;
+    let listen = udp.local_addr().map_err(io_err("TURN UDP"))?;
+    let mut tcp = TcpListener::bind(listen).map_err(io_err(format!("TURN TCP {listen}")))?;
+    poll.registry().register(&mut udp, UDP, Interest::READABLE).map_err(io_err("TURN UDP"))?;
+    poll.registry().register(&mut tcp, TCP, Interest::READABLE).map_err(io_err("TURN TCP"))?;
+    let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+            b.set_certificate_chain_file(cert)?;
+            b.set_private_key_file(key, SslFiletype::PEM)?;
+            b.check_private_key()?;
+            let mut l = TcpListener::bind(*addr).map_err(io_err(format!("TURN TLS {addr}")))?;
+            poll.registry().register(&mut l, TLS, Interest::READABLE).map_err(io_err("TURN TLS"))?;
+            Some((l, b.build()))
+        }
+        _ => None,
+    };
+    let tls_listen = tls.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(io_err("TURN waker"))?);
+
+    let mut nonce_key = [0u8; 32];
+    openssl::rand::rand_bytes(&mut nonce_key)?;
+    let mut sc = ServerConfig::new(config.realm.clone(), config.secret.as_bytes().to_vec(), nonce_key);
+    sc.previous_secret = config.previous_secret.as_ref().map(|s| s.as_bytes().to_vec());
+    sc.max_allocations = config.max_allocations;
+    sc.max_allocations_per_user = config.max_allocations_per_user;
+    sc.software = Some(format!("Sluice {}", env!("CARGO_PKG_VERSION")));
+    let parse = |v: &[String]| {
+        v.iter().map(|c| c.parse()).collect::<Result<Vec<_>, _>>().map_err(|e: sluice_core::turn::policy::CidrError| TurnError::Config(e.to_string()))
+    };
+    let mut policy = PeerPolicy::default();
+    policy.allow = parse(&config.allow_peers)?;
+    if let Some(d) = &config.deny_peers {
+        policy.deny = parse(d)?;
+    }
+    policy.denied_endpoints = denied;
+    sc.policy = policy;
+    let relays = Relays { ip: relay_ip, ports: config.relay_ports, next: config.relay_ports.0, sockets: HashMap::new(), registry };
+    let server = Server::new(sc, relays).map_err(|e| TurnError::Config(e.to_string()))?;
+
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let counts = Arc::new(TurnCounts::default());
+    let mut svc = Service {
+        poll,
+        server,
+        udp,
+        udp_addr: listen,
+        tcp,
+        tls,
+        conns: HashMap::new(),
+        by_client: HashMap::new(),
+        next_conn: CONN_BASE,
+        legs: HashMap::new(),
+        leg_ips,
+        rx,
+        counts: counts.clone(),
+        epoch,
+        stall: Duration::from_millis(config.stall_timeout_ms),
+        max_connections: config.max_connections,
+    };
+    let thread = std::thread::Builder::new().name("turn".into()).spawn(move || svc.run()).map_err(io_err("TURN thread"))?;
+    tracing::info!(%listen, tls = ?tls_listen, %relay_ip, relay_ports = ?config.relay_ports, "TURN server listening");
+    Ok((TurnHandle { tx, waker, counts, listen, tls_listen }, thread))
+}
+
+struct Service {
+    poll: Poll,
+    server: Server<Relays>,
+    udp: UdpSocket,
+    udp_addr: SocketAddr,
+    tcp: TcpListener,
+    tls: Option<(TcpListener, SslAcceptor)>,
+    conns: HashMap<Token, Conn>,
+    by_client: HashMap<(SocketAddr, Transport), Token>,
+    next_conn: usize,
+    legs: HashMap<LegId, Vec<u16>>,
+    leg_ips: Vec<IpAddr>,
+    rx: Receiver<TurnMsg>,
+    counts: Arc<TurnCounts>,
+    epoch: WallInstant,
+    stall: Duration,
+    max_connections: usize,
+}
+
+impl Service {
+    fn now(&self) -> Now {
+        let mono = Instant::from_nanos(self.epoch.elapsed().as_nanos() as u64);
+        Now { mono, unix_secs: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) }
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut buf = vec![0u8; 65_536];
+        let mut last_tick = WallInstant::now();
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "TURN poll failed; the TURN server stops");
+                    return;
+                }
+            }
+            for ev in &events {
+                match ev.token() {
+                    UDP => self.udp_readable(&mut buf),
+                    TCP => self.accept(false),
+                    TLS => self.accept(true),
+                    WAKE => {}
+                    Token(t) if t >= RELAY_BASE => self.relay_readable(u16::try_from(t - RELAY_BASE).unwrap_or(0), &mut buf),
+                    t => {
+                        if ev.is_writable() {
+                            self.flush(t);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.conn_readable(t, &mut buf);
+                        }
+                    }
+                }
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                match msg {
+                    TurnMsg::Stop => return,
+                    TurnMsg::Legs { upsert, remove, retain } => self.legs_changed(upsert, remove, retain),
+                }
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = WallInstant::now();
+                let now = self.now();
+                if self.server.poll_timeout().is_some_and(|t| t <= now.mono) {
+                    self.server.handle_timeout(now.mono);
+                }
+                self.sweep_stalled();
+                self.publish();
+            }
+        }
+    }
+
+    fn publish(&self) {
+        for r in Refusal::ALL {
+            self.counts.refusals[r as usize].store(self.server.refused(r), Ordering::Relaxed);
+        }
+        self.counts.allocations.store(self.server.allocation_count() as u64, Ordering::Relaxed);
+        self.counts.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+    }
+
+    fn legs_changed(&mut self, upsert: Vec<(LegId, Vec<u16>)>, remove: Vec<LegId>, retain: Option<Vec<LegId>>) {
+        let mut gone: Vec<LegId> = remove;
+        if let Some(keep) = retain {
+            gone.extend(self.legs.keys().filter(|id| !keep.contains(id)).copied());
+        }
+        for id in gone {
+            if let Some(ports) = self.legs.remove(&id) {
+                for p in ports {
+                    for ip in &self.leg_ips {
+                        self.server.remove_own_leg(SocketAddr::new(*ip, p));
+                    }
+                }
+            }
+        }
+        for (id, ports) in upsert {
+            if let Some(old) = self.legs.insert(id, ports.clone()) {
+                for p in old.iter().filter(|p| !ports.contains(p)) {
+                    for ip in &self.leg_ips {
+                        self.server.remove_own_leg(SocketAddr::new(*ip, *p));
+                    }
+                }
+            }
+            for p in ports {
+                for ip in &self.leg_ips {
+                    self.server.add_own_leg(SocketAddr::new(*ip, p));
+                }
+            }
+        }
+    }
+
+    fn udp_readable(&mut self, buf: &mut [u8]) {
+        let mut out = [0u8; MAX_RESPONSE];
+        loop {
+            let (n, src) = match self.udp.recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            let tuple = FiveTuple { client: src, server: self.udp_addr, transport: Transport::Udp };
+            let now = self.now();
+            match self.server.handle_client(now, tuple, &buf[..n], &mut out) {
+                ClientAction::Reply(len) => {
+                    if self.udp.send_to(&out[..len], src).is_err() {
+                        self.counts.send_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                ClientAction::Relay { relayed, peer, payload } => relay(&self.server, &self.counts, relayed, peer, payload),
+                ClientAction::Dropped(_) => {}
+            }
+        }
+    }
+
+    fn relay_readable(&mut self, port: u16, buf: &mut [u8]) {
+        let mut out = vec![0u8; MAX_FRAME + 4];
+        loop {
+            let Some(sock) = self.server.allocator().sockets.get(&port) else { return };
+            let relayed = SocketAddr::new(self.server.allocator().ip, port);
+            let (n, peer) = match sock.recv_from(buf) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            let now = self.now();
+            match self.server.handle_peer(now.mono, relayed, peer, &buf[..n], &mut out) {
+                PeerAction::ToClient { to, len } => {
+                    self.counts.to_client[0].fetch_add(1, Ordering::Relaxed);
+                    self.counts.to_client[1].fetch_add(n as u64, Ordering::Relaxed);
+                    match to.transport {
+                        Transport::Udp => {
+                            if self.udp.send_to(&out[..len], to.client).is_err() {
+                                self.counts.send_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        t => {
+                            if let Some(tok) = self.by_client.get(&(to.client, t)).copied() {
+                                self.write(tok, &out[..len]);
+                            }
+                        }
+                    }
+                }
+                PeerAction::Dropped(_) => {}
+            }
+        }
+    }
+
+    fn accept(&mut self, tls: bool) {
+        loop {
+            let r = if tls { self.tls.as_ref().map(|(l, _)| l.accept()) } else { Some(self.tcp.accept()) };
+            let Some(Ok((mut stream, client))) = r else { return };
+            if self.conns.len() >= self.max_connections {
+                self.counts.closed[Close::Limit as usize].fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let local = stream.local_addr().unwrap_or(self.udp_addr);
+            let _ = stream.set_nodelay(true);
+            let tok = Token(self.next_conn);
+            self.next_conn += 1;
+            if self.poll.registry().register(&mut stream, tok, Interest::READABLE).is_err() {
+                continue;
+            }
+            let transport = if tls { Transport::Tls } else { Transport::Tcp };
+            let io = if tls {
+                let Some((_, acceptor)) = &self.tls else { return };
+                match acceptor.accept(stream) {
+                    Ok(s) => Io::Tls(Box::new(s)),
+                    Err(HandshakeError::WouldBlock(m)) => Io::Handshaking(m),
+                    Err(_) => {
+                        self.counts.closed[Close::Handshake as usize].fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            } else {
+                Io::Plain(stream)
+            };
+            let tuple = FiveTuple { client, server: local, transport };
+            self.by_client.insert((client, transport), tok);
+            self.conns.insert(
+                tok,
+                Conn {
+                    io,
+                    tuple,
+                    deframer: StreamDeframer::new(Framing::Turn, MAX_FRAME),
+                    queued: Vec::new(),
+                    last_rx: WallInstant::now(),
+                    writable_armed: false,
+                },
+            );
+        }
+    }
+
+    fn conn_readable(&mut self, tok: Token, buf: &mut [u8]) {
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        if let Io::Handshaking(_) = c.io {
+            let Io::Handshaking(m) = std::mem::replace(&mut c.io, Io::Closed) else { return };
+            match m.handshake() {
+                Ok(s) => c.io = Io::Tls(Box::new(s)),
+                Err(HandshakeError::WouldBlock(m)) => {
+                    c.io = Io::Handshaking(m);
+                    return;
+                }
+                Err(_) => return self.close(tok, Close::Handshake),
+            }
+        }
+        let mut closed = None;
+        loop {
+            let r = match &mut c.io {
+                Io::Plain(s) => s.read(buf),
+                Io::Tls(s) => s.read(buf),
+                _ => return,
+            };
+            match r {
+                Ok(0) => {
+                    closed = Some(Close::Peer);
+                    break;
+                }
+                Ok(n) => {
+                    c.last_rx = WallInstant::now();
+                    c.deframer.push(&buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    closed = Some(Close::Peer);
+                    break;
+                }
+            }
+        }
+        // The frames, each handled in turn (copied out: handling writes to this connection).
+        let mut frames = Vec::new();
+        let mut garbage = false;
+        loop {
+            match c.deframer.next_frame() {
+                Ok(Some(f)) => frames.push(f.to_vec()),
+                Ok(None) => break,
+                Err(_) => {
+                    garbage = true;
+                    break;
+                }
+            }
+        }
+        let tuple = c.tuple;
+        let mut out = [0u8; MAX_RESPONSE];
+        for f in frames {
+            let now = self.now();
+            match self.server.handle_client(now, tuple, &f, &mut out) {
+                ClientAction::Reply(len) => self.write(tok, &out[..len]),
+                ClientAction::Relay { relayed, peer, payload } => relay(&self.server, &self.counts, relayed, peer, payload),
+                ClientAction::Dropped(_) => {}
+            }
+        }
+        if garbage {
+            self.close(tok, Close::Garbage);
+        } else if let Some(why) = closed {
+            self.close(tok, why);
+        }
+    }
+
+    /// Writes `bytes` to a stream client, queueing what the socket does not take.
+    fn write(&mut self, tok: Token, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        if c.queued.is_empty() {
+            let r = match &mut c.io {
+                Io::Plain(s) => s.write(bytes),
+                Io::Tls(s) => s.write(bytes),
+                _ => return,
+            };
+            match r {
+                Ok(n) if n == bytes.len() => return,
+                Ok(n) => c.queued.extend_from_slice(&bytes[n..]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => c.queued.extend_from_slice(bytes),
+                Err(_) => return self.close(tok, Close::Peer),
+            }
+        } else {
+            c.queued.extend_from_slice(bytes);
+        }
+        if c.queued.len() > MAX_QUEUED {
+            return self.close(tok, Close::SlowReader);
+        }
+        if !c.writable_armed
+            && let Some(s) = c.io.stream()
+        {
+            c.writable_armed = self.poll.registry().reregister(s, tok, Interest::READABLE | Interest::WRITABLE).is_ok();
+        }
+    }
+
+    fn flush(&mut self, tok: Token) {
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        while !c.queued.is_empty() {
+            let r = match &mut c.io {
+                Io::Plain(s) => s.write(&c.queued),
+                Io::Tls(s) => s.write(&c.queued),
+                _ => return,
+            };
+            match r {
+                Ok(0) => return self.close(tok, Close::Peer),
+                Ok(n) => {
+                    c.queued.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return self.close(tok, Close::Peer),
+            }
+        }
+        if c.writable_armed
+            && let Some(s) = c.io.stream()
+        {
+            c.writable_armed = self.poll.registry().reregister(s, tok, Interest::READABLE).is_err();
+        }
+    }
+
+    /// Closes connections that stalled: mid-message, in their TLS handshake, or before they
+    /// made an allocation.
+    fn sweep_stalled(&mut self) {
+        let now = self.now().mono;
+        let stalled: Vec<(Token, Close)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_rx.elapsed() >= self.stall)
+            .filter_map(|(t, c)| match c.io {
+                Io::Handshaking(_) => Some((*t, Close::Handshake)),
+                _ if c.deframer.buffered() > 0 || self.server.relayed_address(&c.tuple, now).is_none() => Some((*t, Close::Stalled)),
+                _ => None,
+            })
+            .collect();
+        for (t, why) in stalled {
+            self.close(t, why);
+        }
+    }
+
+    fn close(&mut self, tok: Token, why: Close) {
+        let Some(mut c) = self.conns.remove(&tok) else { return };
+        self.counts.closed[why as usize].fetch_add(1, Ordering::Relaxed);
+        self.by_client.remove(&(c.tuple.client, c.tuple.transport));
+        if let Some(s) = c.io.stream() {
+            let _ = self.poll.registry().deregister(s);
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.server.close_connection(&c.tuple);
+    }
+}
+
+fn relay(server: &Server<Relays>, counts: &TurnCounts, relayed: SocketAddr, peer: SocketAddr, payload: &[u8]) {
+    match server.allocator().sockets.get(&relayed.port()).map(|s| s.send_to(payload, peer)) {
+        Some(Ok(_)) => {
+            counts.to_peer[0].fetch_add(1, Ordering::Relaxed);
+            counts.to_peer[1].fetch_add(payload.len() as u64, Ordering::Relaxed);
+        }
+        _ => {
+            counts.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
