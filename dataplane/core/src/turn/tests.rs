@@ -829,3 +829,34 @@ fn random_input_never_panics() {
         s.handle_timeout(now.mono);
     }
 }
+
+/// The client-side builder against the server: challenge, allocation, channel, refresh.
+#[test]
+fn the_client_builder_drives_the_server() {
+    use super::client::{Answer, TurnClient};
+    let mut s = server();
+    s.add_own_leg(addr(LEG));
+    let (user, pass) = rest_api_credentials(SECRET, "carol", UNIX0 + 3600);
+    let mut c = TurnClient::new(user, pass, [9, 9, 9, 9]);
+    let from = FiveTuple { client: addr("192.0.2.9:5000"), server: addr("203.0.113.10:3478"), transport: Transport::Udp };
+    let mut ask = |c: &mut TurnClient, s: &mut Server<Pool>, build: &dyn Fn(&mut TurnClient, &mut [u8]) -> usize| -> Answer {
+        let mut req = [0u8; 512];
+        let n = build(c, &mut req);
+        let mut out = [0u8; MAX_RESPONSE];
+        match s.handle_client(at(1), from, &req[..n], &mut out) {
+            ClientAction::Reply(len) => c.on_answer(&out[..len]),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(ask(&mut c, &mut s, &|c, o| c.allocate(o).unwrap()), Answer::Retry(401));
+    let Answer::Success { relayed: Some(relayed), mapped, lifetime } = ask(&mut c, &mut s, &|c, o| c.allocate(o).unwrap()) else { panic!("allocation") };
+    assert_eq!(mapped, Some(addr("192.0.2.9:5000")));
+    assert_eq!(lifetime, Some(600));
+    let ch = ChannelNumber::new(0x4000).unwrap();
+    assert!(matches!(ask(&mut c, &mut s, &|c, o| c.channel_bind(ch, addr(LEG), o).unwrap()), Answer::Success { .. }));
+    assert!(matches!(ask(&mut c, &mut s, &|c, o| c.create_permission(addr(LEG), o).unwrap()), Answer::Success { .. }));
+    assert_eq!(ask(&mut c, &mut s, &|c, o| c.channel_bind(ch, addr("8.8.8.8:53"), o).unwrap()), Answer::Error(403));
+    assert!(matches!(ask(&mut c, &mut s, &|c, o| c.refresh(0, o).unwrap()), Answer::Success { .. }));
+    assert_eq!(s.allocation_count(), 0);
+    let _ = relayed;
+}

@@ -1,0 +1,349 @@
+//! The embedded TURN server through the real `sluice-dataplane`: a four-party SRTP meeting where
+//! one participant reaches Sluice through TURN over UDP, one over TCP, one over TLS (ChannelData
+//! each way) and one directly, everyone authenticating everyone's media with no sequence gap;
+//! meanwhile bad clients (wrong and expired credentials, a forbidden peer, malformed ChannelData,
+//! a TCP client that stalls mid-frame, a TLS client that never finishes its handshake) are
+//! refused with the RFC's codes or dropped and counted, and the meeting keeps flowing.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sluice_bench::meeting::{self, Participant};
+use sluice_core::ids::Generation;
+use sluice_core::srtp::Profile;
+use sluice_core::table::Delta;
+use sluice_core::turn::client::{Answer, TurnClient};
+use sluice_core::turn::{ChannelData, ChannelNumber, Framing, StreamDeframer, encode_channel_data, rest_api_credentials};
+use sluice_dataplane::control::{Client, Request, Response};
+use sluice_tests::{Daemon, TempDir};
+
+const SECRET: &str = "a-turn-secret-for-the-tests";
+const TURN: &str = "127.0.0.1:34860";
+const TURN_TLS: &str = "127.0.0.1:34861";
+const METRICS: &str = "127.0.0.1:34862";
+/// Meeting 231's legs: ports 34784.. (`Seat::port`).
+const MEETING: u32 = 231;
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+enum Via {
+    Udp(UdpSocket),
+    Stream(Box<dyn Stream>, StreamDeframer),
+}
+
+/// A participant's transport to Sluice through its TURN server.
+struct Relayed {
+    via: Via,
+    client: TurnClient,
+    channel: ChannelNumber,
+    server: SocketAddr,
+}
+
+impl Relayed {
+    fn udp(seed: u8) -> Self {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(5))).expect("timeout");
+        Self::new(Via::Udp(s), seed)
+    }
+
+    fn tcp(seed: u8) -> Self {
+        let s = TcpStream::connect(TURN).expect("TURN over TCP");
+        s.set_read_timeout(Some(Duration::from_millis(5))).expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        Self::new(Via::Stream(Box::new(s), StreamDeframer::new(Framing::Turn, 70_000)), seed)
+    }
+
+    fn tls(seed: u8, ca: &Path) -> Self {
+        let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).expect("TLS");
+        b.set_ca_file(ca).expect("CA");
+        let s = TcpStream::connect(TURN_TLS).expect("TURN over TLS");
+        s.set_nodelay(true).expect("nodelay");
+        let tls = b.build().connect("localhost", s).expect("TLS handshake with the TURN server");
+        tls.get_ref().set_read_timeout(Some(Duration::from_millis(5))).expect("timeout");
+        Self::new(Via::Stream(Box::new(tls), StreamDeframer::new(Framing::Turn, 70_000)), seed)
+    }
+
+    fn new(via: Via, seed: u8) -> Self {
+        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 3600;
+        let (user, pass) = rest_api_credentials(SECRET.as_bytes(), &format!("participant-{seed}"), expiry);
+        Self {
+            via,
+            client: TurnClient::new(user, pass, [seed, 0x75, 0x72, 0x6e]),
+            channel: ChannelNumber::new(0x4000).expect("channel"),
+            server: TURN.parse().expect("addr"),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        match &mut self.via {
+            Via::Udp(s) => {
+                s.send_to(bytes, self.server).expect("send");
+            }
+            Via::Stream(s, _) => s.write_all(bytes).expect("write"),
+        }
+    }
+
+    /// Everything that arrived, as frames (a UDP datagram each; a stream split by its framing).
+    fn read_frames(&mut self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 4096];
+        match &mut self.via {
+            Via::Udp(s) => {
+                while let Ok(n) = s.recv(&mut buf) {
+                    frames.push(buf[..n].to_vec());
+                }
+            }
+            Via::Stream(s, d) => {
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => d.push(&buf[..n]),
+                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                        Err(e) => panic!("TURN stream: {e}"),
+                    }
+                }
+                while let Ok(Some(f)) = d.next_frame() {
+                    frames.push(f.to_vec());
+                }
+            }
+        }
+        frames
+    }
+
+    /// Sends a request built by `make` and waits for its answer, answering a 401/438 challenge
+    /// once (a second challenge is the answer: the credentials were refused).
+    fn transact(&mut self, mut make: impl FnMut(&mut TurnClient, &mut [u8]) -> usize) -> Answer {
+        let mut last = None;
+        for _ in 0..2 {
+            let mut out = [0u8; 512];
+            let n = make(&mut self.client, &mut out);
+            self.write(&out[..n]);
+            let t0 = Instant::now();
+            let answer = loop {
+                assert!(t0.elapsed() < Duration::from_secs(3), "no TURN answer");
+                if let Some(a) = self.read_frames().into_iter().map(|f| self.client.on_answer(&f)).find(|a| *a != Answer::NotAnAnswer) {
+                    break a;
+                }
+            };
+            if !matches!(answer, Answer::Retry(_)) {
+                return answer;
+            }
+            last = Some(answer);
+        }
+        // Challenged again after answering the challenge: refused (wrong or expired credentials).
+        last.expect("two answers")
+    }
+
+    /// Allocate, then bind the channel to `leg`; returns the relayed address.
+    fn setup(&mut self, leg: SocketAddr) -> SocketAddr {
+        let Answer::Success { relayed: Some(relayed), .. } = self.transact(|c, o| c.allocate(o).expect("allocate")) else { panic!("allocation refused") };
+        let ch = self.channel;
+        assert!(matches!(self.transact(|c, o| c.channel_bind(ch, leg, o).expect("bind")), Answer::Success { .. }));
+        relayed
+    }
+
+    fn send_media(&mut self, payload: &[u8]) {
+        let stream = matches!(self.via, Via::Stream(..));
+        let mut out = vec![0u8; payload.len() + 8];
+        let n = encode_channel_data(&mut out, self.channel, payload, stream).expect("ChannelData");
+        self.write(&out[..n]);
+    }
+
+    /// Media that came back through the channel.
+    fn recv_media(&mut self) -> Vec<Vec<u8>> {
+        self.read_frames().into_iter().filter_map(|f| ChannelData::new_checked(f).ok().map(|c| c.data().to_vec())).collect()
+    }
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+fn metric(text: &str, key: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+#[test]
+fn a_meeting_through_turn_over_udp_tcp_and_tls_while_bad_clients_are_refused() {
+    let dir = TempDir::new("turn");
+    let out = std::process::Command::new(sluice_tests::bin_dir().join("sluicectl")).arg("certs").arg(dir.path()).output().expect("sluicectl certs");
+    assert!(out.status.success(), "{out:?}");
+    let sock = dir.path().join("dp.sock");
+    let cfg = dir.path().join("dp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nmetrics = \"{METRICS}\"\nport_range = [34784, 34847]\n\
+             [dataplane.turn]\nlisten = \"{TURN}\"\ntls_listen = \"{TURN_TLS}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{SECRET}\"\nrelay_ports = [34870, 34899]\nstall_timeout_ms = 500\n",
+            sock.display(),
+            dir.path().join("server.pem").display(),
+            dir.path().join("server.key").display(),
+        ),
+    )
+    .expect("config");
+    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().expect("utf-8")], &dir.path().join("dp.log"));
+    assert!(d.wait_for_path(&sock, Duration::from_secs(15)), "{}", d.log_text());
+
+    let (ops, mut people): (_, Vec<Participant>) = meeting::build(MEETING, 4, Profile::AeadAes128Gcm, 1);
+    let mut control = Client::connect(&sock).expect("control socket");
+    let resp = control.call(&Request::Apply(Delta { generation: Generation(1), replace_all: false, ops })).expect("apply");
+    assert!(matches!(resp, Response::Applied(Generation(1))), "{resp:?}");
+    let leg = |p: &Participant| SocketAddr::from(([127, 0, 0, 1], p.port));
+
+    let mut relayed = [Relayed::udp(1), Relayed::tcp(2), Relayed::tls(3, &dir.path().join("ca.pem"))];
+    for (r, p) in relayed.iter_mut().zip(people.iter_mut()) {
+        let addr = r.setup(leg(p));
+        assert!((34870..=34899).contains(&addr.port()), "{addr}");
+        p.addr = addr;
+    }
+    let direct = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    direct.set_nonblocking(true).expect("nonblocking");
+    people[3].addr = direct.local_addr().expect("addr");
+
+    let mut received = vec![Vec::new(); people.len()];
+    let drain = |relayed: &mut [Relayed; 3], received: &mut Vec<Vec<Vec<u8>>>| {
+        for (i, r) in relayed.iter_mut().enumerate() {
+            received[i].extend(r.recv_media());
+        }
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = direct.recv(&mut buf) {
+            received[3].push(buf[..n].to_vec());
+        }
+    };
+    let send = |relayed: &mut [Relayed; 3], i: usize, pkt: &[u8], port: u16| {
+        if i < 3 {
+            relayed[i].send_media(pkt);
+        } else {
+            direct.send_to(pkt, SocketAddr::from(([127, 0, 0, 1], port))).expect("send");
+        }
+    };
+    for (i, p) in people.iter_mut().enumerate() {
+        let hello = p.hello();
+        send(&mut relayed, i, &hello, p.port);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&mut relayed, &mut received);
+
+    const TICKS: u64 = 40;
+    let start = Instant::now();
+    let mut refusals_checked = false;
+    for tick in 0..TICKS {
+        for (i, p) in people.iter_mut().enumerate() {
+            let mut pkts = vec![p.audio(tick)];
+            if tick * 3 / 5 != (tick + 1) * 3 / 5 {
+                pkts.extend(p.video_frame());
+            }
+            for pkt in pkts {
+                send(&mut relayed, i, &pkt, p.port);
+            }
+        }
+        drain(&mut relayed, &mut received);
+        if tick == 10 {
+            bad_clients(&dir, leg(&people[0]));
+            refusals_checked = true;
+        }
+        if let Some(d) = (start + Duration::from_millis(20 * (tick + 1))).checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&mut relayed, &mut received);
+    assert!(refusals_checked);
+    if let Err(e) = meeting::verify_all(&mut people, &mut received) {
+        panic!("{e}\n{}", d.log_text());
+    }
+    // Each gets the three others' audio (40 ticks) and video: one in HD (5 packets a frame), two
+    // at the lowest layer, 24 frames.
+    let per = 3 * TICKS as usize + 24 * (5 + 1 + 1);
+    for (i, r) in received.iter().enumerate() {
+        assert_eq!(r.len(), per, "participant {i} ({})", ["TURN/UDP", "TURN/TCP", "TURN/TLS", "direct"][i]);
+    }
+
+    // The stalled clients were closed by now (500 ms).
+    std::thread::sleep(Duration::from_millis(700));
+    let m = scrape(METRICS);
+    println!("{}", m.lines().filter(|l| l.starts_with("sluice_turn_") && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n"));
+    // The three participants and the client that got past the forged nonce.
+    assert_eq!(metric(&m, "sluice_turn_allocations"), 4, "{m}");
+    assert!(metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_peer\"}") >= 3 * (TICKS + 24 * 8));
+    assert!(metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_client\"}") >= 3 * per as u64);
+    for reason in ["bad_credentials", "expired_credentials", "peer_denied_range", "peer_control_port", "stale_nonce"] {
+        assert!(metric(&m, &format!("sluice_turn_refusals_total{{reason=\"{reason}\"}}")) >= 1, "{reason} not counted:\n{m}");
+    }
+    assert!(metric(&m, "sluice_turn_refusals_total{reason=\"malformed\"}") >= 1, "{m}");
+    assert!(metric(&m, "sluice_turn_connections_closed_total{reason=\"stalled\"}") >= 1, "{m}");
+    assert!(metric(&m, "sluice_turn_connections_closed_total{reason=\"tls_handshake\"}") >= 1, "{m}");
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(10)).expect("exits on SIGTERM");
+    assert!(status.success(), "{}", d.log_text());
+}
+
+/// Clients that get nothing but a refusal, while the meeting flows.
+fn bad_clients(dir: &TempDir, leg: SocketAddr) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    // Wrong password: 401 again after the challenge.
+    let mut c = Relayed::udp(10);
+    let (user, _) = rest_api_credentials(SECRET.as_bytes(), "mallory", now + 3600);
+    c.client = TurnClient::new(user, "not-the-password", [10, 1, 2, 3]);
+    assert_eq!(c.transact(|c, o| c.allocate(o).expect("allocate")), Answer::Retry(401));
+    // Expired credentials: 401.
+    let mut c = Relayed::udp(11);
+    let (user, pass) = rest_api_credentials(SECRET.as_bytes(), "late", now - 10);
+    c.client = TurnClient::new(user, pass, [11, 1, 2, 3]);
+    assert_eq!(c.transact(|c, o| c.allocate(o).expect("allocate")), Answer::Retry(401));
+    // A nonce that is not the server's: 438, then the retry with the real one succeeds.
+    let mut c = Relayed::udp(12);
+    let mut out = [0u8; 512];
+    let n = c.client.allocate(&mut out).expect("allocate");
+    c.write(&out[..n]);
+    std::thread::sleep(Duration::from_millis(50));
+    let challenge = c.read_frames();
+    assert!(challenge.iter().any(|f| c.client.on_answer(f) == Answer::Retry(401)));
+    let mut forged = c.client.clone();
+    forged.on_answer(&forged_challenge());
+    c.client = forged;
+    assert!(matches!(c.transact(|c, o| c.allocate(o).expect("allocate")), Answer::Success { .. }));
+    // Forbidden peers: another port of the node (not a leg), the metrics endpoint.
+    let metrics: SocketAddr = METRICS.parse().expect("addr");
+    let ch = ChannelNumber::new(0x4001).expect("channel");
+    assert_eq!(c.transact(|c, o| c.channel_bind(ch, SocketAddr::from(([127, 0, 0, 1], 22)), o).expect("bind")), Answer::Error(403));
+    assert_eq!(c.transact(|c, o| c.channel_bind(ch, metrics, o).expect("bind")), Answer::Error(403));
+    // A legitimate binding, then malformed ChannelData (a length beyond the datagram).
+    assert!(matches!(c.transact(|c, o| c.channel_bind(ch, leg, o).expect("bind")), Answer::Success { .. }));
+    c.write(&[0x40, 0x01, 0x04, 0x00, 1, 2, 3]);
+    c.write(&[0x4f]);
+    // TCP: half a frame, then silence; TLS: connect, never handshake.
+    let mut half = TcpStream::connect(TURN).expect("tcp");
+    half.write_all(&[0x00, 0x03, 0x00, 0x08, 0x21, 0x12]).expect("write");
+    let _silent_tls = TcpStream::connect(TURN_TLS).expect("tls");
+    std::thread::sleep(Duration::from_millis(50));
+    let _ = dir;
+    std::mem::forget(half);
+    std::mem::forget(_silent_tls);
+}
+
+/// A 401 carrying the server's realm and a nonce it never issued.
+fn forged_challenge() -> Vec<u8> {
+    // Error response to Allocate (0x0113), transaction id of client 12's first request, ERROR-CODE 401, REALM
+    // "sluice", NONCE "forged-nonce".
+    let mut m = vec![0x01, 0x13, 0, 0, 0x21, 0x12, 0xa4, 0x42, 12, 0x75, 0x72, 0x6e, 0, 0, 0, 0, 0, 0, 0, 1];
+    let attr = |m: &mut Vec<u8>, kind: u16, v: &[u8]| {
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        m.extend_from_slice(v);
+        m.resize(m.len().next_multiple_of(4), 0);
+    };
+    attr(&mut m, 0x0009, &[0, 0, 4, 1]);
+    attr(&mut m, 0x0014, b"sluice");
+    attr(&mut m, 0x0015, b"forged-nonce");
+    let len = (m.len() - 20) as u16;
+    m[2..4].copy_from_slice(&len.to_be_bytes());
+    m
+}
