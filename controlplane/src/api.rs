@@ -92,9 +92,21 @@ pub struct RoutesService {
     /// group ([`crate::controller::Controller::apply_many`]: one fsync and one dataplane delta): the
     /// more signaling clients apply concurrently, the more each fsync carries.
     commits: std::sync::mpsc::SyncSender<ApplyJob>,
+    /// What `TurnCredentials` hands out, when configured.
+    turn: Option<Arc<crate::config::TurnCredentialsConfig>>,
 }
 
+/// The longest `TurnCredentialsRequest.user`.
+const MAX_TURN_USER: usize = 128;
+
 impl RoutesService {
+    /// Serves `TurnCredentials` from `turn`.
+    #[must_use]
+    pub fn with_turn(mut self, turn: Option<crate::config::TurnCredentialsConfig>) -> Self {
+        self.turn = turn.map(Arc::new);
+        self
+    }
+
     /// The service over `engine` (starts its committer thread), with the default Watch limits.
     pub fn new(engine: Shared) -> Self {
         Self::with_watch_limits(engine, 1024, 16)
@@ -124,7 +136,7 @@ impl RoutesService {
             // Without the thread every Apply answers UNAVAILABLE (its queue is closed).
             tracing::error!(error = %e, "cannot start the Apply committer thread");
         }
-        Self { engine, commits, watchers: Arc::new(WatchLimits { total, per_connection, open: Mutex::new((0, HashMap::new())) }) }
+        Self { engine, commits, watchers: Arc::new(WatchLimits { total, per_connection, open: Mutex::new((0, HashMap::new())) }), turn: None }
     }
 }
 
@@ -205,6 +217,23 @@ impl pb::routes_server::Routes for RoutesService {
     async fn delete_session(&self, req: Request<pb::DeleteSessionRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = req.into_inner();
         run(&self.engine, move |e| e.delete_session(&req).map_err(status)).await.map(Response::new)
+    }
+
+    async fn turn_credentials(&self, req: Request<pb::TurnCredentialsRequest>) -> Result<Response<pb::TurnCredentialsResponse>, Status> {
+        let Some(t) = &self.turn else {
+            return Err(Status::failed_precondition("this node hands out no TURN credentials: [controlplane.turn] is not configured"));
+        };
+        let req = req.into_inner();
+        if req.user.is_empty() || req.user.len() > MAX_TURN_USER || req.user.chars().any(|c| c.is_control()) {
+            return Err(Status::invalid_argument(format!("user: 1 to {MAX_TURN_USER} printable characters")));
+        }
+        let ttl = if req.ttl_seconds == 0 { t.default_ttl_seconds } else { req.ttl_seconds };
+        if ttl > t.max_ttl_seconds {
+            return Err(Status::invalid_argument(format!("ttl_seconds: {ttl} is over this node's max_ttl_seconds ({})", t.max_ttl_seconds)));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let (username, password) = sluice_core::turn::rest_api_credentials(t.secret.as_bytes(), &req.user, now + u64::from(ttl));
+        Ok(Response::new(pb::TurnCredentialsResponse { username, password, ttl_seconds: ttl, urls: t.urls.clone() }))
     }
 
     async fn get_session(&self, req: Request<pb::GetSessionRequest>) -> Result<Response<pb::Session>, Status> {

@@ -117,6 +117,34 @@ pub struct Config {
     /// Per-session series on `/metrics` (legs, subscriptions) for this many of the largest
     /// sessions (default 0: none), so the series count stays bounded.
     pub metrics_sessions: usize,
+    /// `[controlplane.turn]`: TURN credentials for the signaling (`Routes.TurnCredentials`).
+    pub turn: Option<TurnCredentialsConfig>,
+}
+
+/// `[controlplane.turn]`: what `Routes.TurnCredentials` hands out.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnCredentialsConfig {
+    /// The TURN REST API shared secret (the dataplane's `[dataplane.turn] secret`, at least 16
+    /// characters).
+    pub secret: String,
+    /// The TURN URLs participants use (`turn:` / `turns:`, with `?transport=udp|tcp`).
+    pub urls: Vec<String>,
+    /// Lifetime of credentials asked for without one (seconds; default 86400: longer than any
+    /// call, since an allocation ends when its credentials expire).
+    #[serde(default = "default_turn_ttl")]
+    pub default_ttl_seconds: u32,
+    /// The longest lifetime granted (seconds; default 7 days).
+    #[serde(default = "default_turn_max_ttl")]
+    pub max_ttl_seconds: u32,
+}
+
+fn default_turn_ttl() -> u32 {
+    86_400
+}
+
+fn default_turn_max_ttl() -> u32 {
+    7 * 86_400
 }
 
 impl Default for Config {
@@ -145,6 +173,7 @@ impl Default for Config {
             max_subscriptions: None,
             metrics_listen: None,
             metrics_sessions: 0,
+            turn: None,
         }
     }
 }
@@ -259,6 +288,26 @@ impl Config {
             });
         }
         Ok(Some(base))
+    }
+
+    /// `[controlplane.turn]`, validated: a secret of at least 16 characters, TURN URLs, lifetimes
+    /// with 0 < default <= max.
+    pub fn turn(&self) -> Result<Option<TurnCredentialsConfig>, ConfigError> {
+        let Some(t) = &self.turn else { return Ok(None) };
+        let bad = |field, why: String| Err(ConfigError::Invalid { field, why });
+        if t.secret.len() < 16 {
+            return bad("turn.secret", "must be at least 16 characters (it derives every TURN password)".into());
+        }
+        if t.urls.is_empty() {
+            return bad("turn.urls", "list at least one TURN URL (turn:HOST:PORT?transport=udp)".into());
+        }
+        if let Some(u) = t.urls.iter().find(|u| !(u.starts_with("turn:") || u.starts_with("turns:"))) {
+            return bad("turn.urls", format!("{u:?} is not a turn: or turns: URL"));
+        }
+        if t.default_ttl_seconds == 0 || t.default_ttl_seconds > t.max_ttl_seconds {
+            return bad("turn.default_ttl_seconds", format!("{} is not in 1..=max_ttl_seconds ({})", t.default_ttl_seconds, t.max_ttl_seconds));
+        }
+        Ok(Some(t.clone()))
     }
 
     /// How gRPC is served: TLS when `[controlplane.tls]` is there; plain text only when

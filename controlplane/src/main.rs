@@ -121,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let redis = config.redis()?;
+    config.turn()?;
     if args.check_config {
         println!(
             "configuration OK: gRPC on {} ({}), dataplane socket {}, state in {}, leg ports {}-{}, {}",
@@ -289,11 +290,9 @@ async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::routes_server::RoutesServer::new(RoutesService::with_watch_limits(
-            engine.clone(),
-            config.max_watchers,
-            config.max_watchers_per_connection,
-        )))
+        .add_service(pb::routes_server::RoutesServer::new(
+            RoutesService::with_watch_limits(engine.clone(), config.max_watchers, config.max_watchers_per_connection).with_turn(config.turn()?),
+        ))
         .add_service(pb::node_server::NodeServer::new(NodeService::with_placer(engine, placer)))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown())
         .await

@@ -412,6 +412,7 @@ impl Node {
 
 /// Serves the control endpoint: deltas go to every worker (and then to the slow path's and the
 /// shield's views of the legs), status requests to whoever answers them.
+#[expect(clippy::too_many_arguments, reason = "plain wiring of the node's parts, called once")]
 fn serve_control(
     config: &Config,
     lock: crate::lock::InstanceLock,

@@ -312,13 +312,15 @@ pub fn spawn(config: &TurnConfig, listen_ip: IpAddr, denied: Vec<SocketAddr>, ep
     let parse = |v: &[String]| {
         v.iter().map(|c| c.parse()).collect::<Result<Vec<_>, _>>().map_err(|e: sluice_core::turn::policy::CidrError| TurnError::Config(e.to_string()))
     };
-    let mut policy = PeerPolicy::default();
-    policy.allow = parse(&config.allow_peers)?;
-    if let Some(d) = &config.deny_peers {
-        policy.deny = parse(d)?;
-    }
-    policy.denied_endpoints = denied;
-    sc.policy = policy;
+    let defaults = PeerPolicy::default();
+    sc.policy = PeerPolicy {
+        allow: parse(&config.allow_peers)?,
+        deny: match &config.deny_peers {
+            Some(d) => parse(d)?,
+            None => defaults.deny,
+        },
+        denied_endpoints: denied,
+    };
     let relays = Relays { ip: relay_ip, ports: config.relay_ports, next: config.relay_ports.0, sockets: HashMap::new(), registry };
     let server = Server::new(sc, relays).map_err(|e| TurnError::Config(e.to_string()))?;
 
@@ -377,11 +379,11 @@ impl Service {
         let mut buf = vec![0u8; 65_536];
         let mut last_tick = WallInstant::now();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
-                if e.kind() != ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "TURN poll failed; the TURN server stops");
-                    return;
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(TICK))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                tracing::error!(error = %e, "TURN poll failed; the TURN server stops");
+                return;
             }
             for ev in &events {
                 match ev.token() {

@@ -5,6 +5,8 @@
 //! a TCP client that stalls mid-frame, a TLS client that never finishes its handshake) are
 //! refused with the RFC's codes or dropped and counted, and the meeting keeps flowing.
 
+mod cp;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
@@ -346,4 +348,60 @@ fn forged_challenge() -> Vec<u8> {
     let len = (m.len() - 20) as u16;
     m[2..4].copy_from_slice(&len.to_be_bytes());
     m
+}
+
+/// `Routes.TurnCredentials` hands out what the dataplane's TURN server takes; bad requests get a
+/// precise status; a node without `[controlplane.turn]` says so.
+#[test]
+fn the_control_plane_hands_out_turn_credentials_the_turn_server_accepts() {
+    let dir = TempDir::new("turn-cp");
+    let sock = dir.path().join("dp.sock");
+    let cfg = dir.path().join("dp.toml");
+    let turn = "127.0.0.1:34863";
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nmetrics = \"off\"\nport_range = [34848, 34859]\n[dataplane.turn]\nlisten = \"{turn}\"\nsecret = \"{SECRET}\"\nrelay_ports = [34864, 34869]\n",
+            sock.display()
+        ),
+    )
+    .expect("config");
+    let mut d = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().expect("utf-8")], &dir.path().join("dp.log"));
+    assert!(d.wait_for_path(&sock, Duration::from_secs(15)), "{}", d.log_text());
+    let (_cp, grpc) = cp::start_controlplane_cfg(
+        dir.path(),
+        &sock,
+        1,
+        (34848, 34859),
+        &format!(
+            "plaintext = true\n[controlplane.turn]\nsecret = \"{SECRET}\"\nurls = [\"turn:{turn}?transport=udp\", \"turn:{turn}?transport=tcp\"]\ndefault_ttl_seconds = 3600\nmax_ttl_seconds = 7200\n"
+        ),
+    );
+    let grpc = grpc.to_string();
+    let (ok, out, err) = cp::sluicectl(&["--addr", &grpc, "--json", "turn-credentials", "--user", "alice"]);
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["ttlSeconds"], 3600, "{v}");
+    let username = v["username"].as_str().expect("username").to_owned();
+    let password = v["password"].as_str().expect("password").to_owned();
+    assert!(username.ends_with(":alice"), "{username}");
+    assert_eq!(v["urls"][1], format!("turn:{turn}?transport=tcp"));
+    // The TURN server takes them.
+    let mut c = Relayed::udp(20);
+    c.server = turn.parse().expect("addr");
+    c.client = TurnClient::new(username, password, [20, 1, 2, 3]);
+    assert!(matches!(c.transact(|c, o| c.allocate(o).expect("allocate")), Answer::Success { relayed: Some(_), .. }));
+    // Bad requests.
+    let (ok, _, err) = cp::sluicectl(&["--addr", &grpc, "turn-credentials", "--user", ""]);
+    assert!(!ok && err.contains("InvalidArgument") && err.contains("user"), "{err}");
+    let (ok, _, err) = cp::sluicectl(&["--addr", &grpc, "turn-credentials", "--user", "bob", "--ttl", "7201"]);
+    assert!(!ok && err.contains("InvalidArgument") && err.contains("ttl_seconds"), "{err}");
+    d.signal(libc::SIGTERM);
+    let _ = d.wait_exit(Duration::from_secs(10));
+
+    // A node without [controlplane.turn].
+    let other = TempDir::new("turn-cp-none");
+    let (_cp2, grpc2) = cp::start_controlplane_with(other.path(), &other.path().join("none.sock"), 2, (34848, 34859));
+    let (ok, _, err) = cp::sluicectl(&["--addr", &grpc2.to_string(), "turn-credentials", "--user", "alice"]);
+    assert!(!ok && err.contains("FailedPrecondition") && err.contains("controlplane.turn"), "{err}");
 }

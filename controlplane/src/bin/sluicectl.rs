@@ -108,6 +108,16 @@ enum Cmd {
         /// The change set, as JSON.
         file: PathBuf,
     },
+    /// TURN credentials for one participant (`Routes.TurnCredentials`): username, password,
+    /// lifetime and the TURN URLs for the browser's iceServers.
+    TurnCredentials {
+        /// Who they are for (allocation quotas are per user).
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds (default: the node's).
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+    },
     /// Write a dev CA, a server certificate (localhost, 127.0.0.1, ::1) and a client
     /// certificate into DIR.
     Certs {
@@ -262,6 +272,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Place { session, new_node, known_nodes, threshold, .. } => {
             let p = node.place(place_request(session, *new_node, known_nodes, *threshold)).await.map_err(grpc_err)?.into_inner();
             print_placement(&p, args.json);
+        }
+        Cmd::TurnCredentials { user, ttl } => {
+            let r = routes.turn_credentials(pb::TurnCredentialsRequest { user: user.clone(), ttl_seconds: *ttl }).await.map_err(grpc_err)?.into_inner();
+            if args.json {
+                println!("{}", to_json(&r)?);
+            } else {
+                print_table(&[
+                    vec!["username".to_owned(), text::escape(&r.username)],
+                    vec!["password".into(), r.password.clone()],
+                    vec!["ttl".into(), format!("{} s", r.ttl_seconds)],
+                    vec!["urls".into(), text::escape(&r.urls.join(" "))],
+                ]);
+            }
         }
         Cmd::Apply { file } => {
             let change = read_change_set(file)?;

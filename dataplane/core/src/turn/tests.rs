@@ -839,7 +839,7 @@ fn the_client_builder_drives_the_server() {
     let (user, pass) = rest_api_credentials(SECRET, "carol", UNIX0 + 3600);
     let mut c = TurnClient::new(user, pass, [9, 9, 9, 9]);
     let from = FiveTuple { client: addr("192.0.2.9:5000"), server: addr("203.0.113.10:3478"), transport: Transport::Udp };
-    let mut ask = |c: &mut TurnClient, s: &mut Server<Pool>, build: &dyn Fn(&mut TurnClient, &mut [u8]) -> usize| -> Answer {
+    let ask = |c: &mut TurnClient, s: &mut Server<Pool>, build: &dyn Fn(&mut TurnClient, &mut [u8]) -> usize| -> Answer {
         let mut req = [0u8; 512];
         let n = build(c, &mut req);
         let mut out = [0u8; MAX_RESPONSE];
