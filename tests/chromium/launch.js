@@ -21,9 +21,12 @@ async function launch() {
     // A page served from a non-loopback address (a test's network namespace) is not a secure
     // context, and getUserMedia needs one: CHROMIUM_SECURE_ORIGIN names the origin to treat as
     // secure.
-    args: process.env.CHROMIUM_SECURE_ORIGIN
-      ? [...FLAGS, `--unsafely-treat-insecure-origin-as-secure=${process.env.CHROMIUM_SECURE_ORIGIN}`]
-      : FLAGS,
+    // CHROMIUM_FLAGS adds flags (space-separated), e.g. for a TURN server with a test certificate.
+    args: [
+      ...FLAGS,
+      ...(process.env.CHROMIUM_SECURE_ORIGIN ? [`--unsafely-treat-insecure-origin-as-secure=${process.env.CHROMIUM_SECURE_ORIGIN}`] : []),
+      ...(process.env.CHROMIUM_FLAGS ? process.env.CHROMIUM_FLAGS.split(' ').filter(Boolean) : []),
+    ],
   });
   const page = context.pages()[0] || await context.newPage();
   return { context, page };

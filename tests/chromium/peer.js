@@ -5,6 +5,10 @@
 //   in  {"answer": sdp}                  Sluice's answer, built from the gRPC ApplyResponse
 //   out {"stats": {...}} every 250 ms    connection state, RTP sent and received (getStats)
 //   in  {"quit": true}                   closes the browser
+//
+// PEER_RTC_CONFIG (JSON) is merged into the RTCPeerConnection's configuration (iceServers,
+// iceTransportPolicy: "relay" for a participant that reaches Sluice only through TURN); the stats
+// then name the selected pair's local candidate type and its relay protocol.
 'use strict';
 const readline = require('readline');
 const { launch, send, fail } = require('./launch');
@@ -15,9 +19,10 @@ const { launch, send, fail } = require('./launch');
   // Playwright itself, so nothing listens on a port.
   await page.route('http://localhost/**', (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>peer</title>' }));
   await page.goto('http://localhost/');
-  const offer = await page.evaluate(async () => {
+  const extra = JSON.parse(process.env.PEER_RTC_CONFIG || '{}');
+  const offer = await page.evaluate(async (extra) => {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', ...extra });
     window.pc = pc;
     for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendrecv', streams: [stream] });
     await pc.setLocalDescription(await pc.createOffer());
@@ -27,7 +32,7 @@ const { launch, send, fail } = require('./launch');
       setTimeout(resolve, 3000);
     });
     return pc.localDescription.sdp;
-  });
+  }, extra);
   send({ offer });
   let timer = null;
   const rl = readline.createInterface({ input: process.stdin });
@@ -39,10 +44,15 @@ const { launch, send, fail } = require('./launch');
         try {
           const stats = await page.evaluate(async () => {
             const out = { connection: window.pc.connectionState, ice: window.pc.iceConnectionState, sent: 0, received: 0, ssrc_in: [] };
-            (await window.pc.getStats()).forEach((r) => {
+            const report = await window.pc.getStats();
+            let pair = null;
+            report.forEach((r) => {
               if (r.type === 'outbound-rtp' && r.kind === 'audio') out.sent += r.packetsSent || 0;
               if (r.type === 'inbound-rtp' && r.kind === 'audio') { out.received += r.packetsReceived || 0; out.ssrc_in.push(r.ssrc); }
+              if (r.type === 'transport' && r.selectedCandidatePairId) pair = report.get(r.selectedCandidatePairId);
             });
+            const local = pair && report.get(pair.localCandidateId);
+            if (local) { out.local_type = local.candidateType; out.relay_protocol = local.relayProtocol || null; out.local_protocol = local.protocol; }
             return out;
           });
           send({ stats });

@@ -242,11 +242,16 @@ fn exchange(a: &mut Peer, b: &mut Peer, tag: &[u8], n: usize) -> (usize, usize) 
 /// Starts the control plane (plain text gRPC on loopback `grpc`, leg ports `ports`) against the
 /// dataplane at `dp_sock`, and waits until it listens.
 fn start_controlplane(dir: &TempDir, dp_sock: &std::path::Path, grpc: u16, ports: (u16, u16)) -> Daemon {
+    start_controlplane_extra(dir, dp_sock, grpc, ports, "")
+}
+
+/// [`start_controlplane`] with `extra` appended to its configuration (sub-tables included).
+fn start_controlplane_extra(dir: &TempDir, dp_sock: &std::path::Path, grpc: u16, ports: (u16, u16), extra: &str) -> Daemon {
     let cfg = dir.path().join("controlplane.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[controlplane]\ngrpc_listen = \"127.0.0.1:{grpc}\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n",
+            "[controlplane]\ngrpc_listen = \"127.0.0.1:{grpc}\"\nplaintext = true\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\nport_range = [{}, {}]\n{extra}",
             dp_sock.display(),
             dir.path().join("state").display(),
             ports.0,
@@ -702,13 +707,13 @@ mod chromium {
     use super::*;
 
     /// The value of the first `a=<key>:` line.
-    fn attr<'a>(sdp: &'a str, key: &str) -> Option<&'a str> {
+    pub(super) fn attr<'a>(sdp: &'a str, key: &str) -> Option<&'a str> {
         sdp.lines().find_map(|l| l.strip_prefix("a=")?.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
     }
 
     /// Sluice's answer to a one-audio-m-line offer: ICE-lite, its host candidate, credentials and
     /// fingerprint from the gRPC answer, DTLS passive, and the SSRC it sends the browser.
-    fn answer(offer: &str, w: &pb::WebRtcLocal, opus_pt: u32, out_ssrc: u32) -> String {
+    pub(super) fn answer(offer: &str, w: &pb::WebRtcLocal, opus_pt: u32, out_ssrc: u32) -> String {
         let mid = attr(offer, "mid").unwrap_or("0");
         let c = &w.candidates[0];
         [
@@ -844,6 +849,214 @@ mod chromium {
         drop(routes);
         drop(rt);
         drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+}
+
+mod turn {
+    //! Restrictive networks: headless Chromium with `iceTransportPolicy: "relay"` reaches Sluice
+    //! only through TURN — Sluice's own TURN server over UDP, TCP and TLS, and coturn (Debian's
+    //! package) as an external TURN server in front of Sluice — with credentials from
+    //! `Routes.TurnCredentials`; each time a str0m peer on another leg and the browser hear each
+    //! other, and the browser's own getStats names the relay it went through.
+    //!
+    //! Ports: legs 34900..=34909, metrics 34910, gRPC 34911, Sluice's TURN 34920 (UDP, TCP) and
+    //! 34921 (TLS) with relays 34930..=34949, coturn 34950 with relays 34951..=34969, the str0m
+    //! peers 34970..=34979.
+
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    use sluice_controlplane::pb::routes_client::RoutesClient;
+
+    use super::chromium::{answer, attr};
+    use super::*;
+
+    const SECRET: &str = "the-tests-turn-shared-secret";
+
+    /// One browser joins `session` with `rtc` (its RTCPeerConnection configuration) and meets a
+    /// str0m peer on `bob_port`; returns the browser's last stats and what the peer got from it.
+    fn browser_meets_str0m(
+        rt: &tokio::runtime::Runtime,
+        routes: &mut RoutesClient<tonic::transport::Channel>,
+        dir: &TempDir,
+        session: &str,
+        rtc: serde_json::Value,
+        bob_port: u16,
+    ) -> (serde_json::Value, usize) {
+        let peer_js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/peer.js");
+        let profile_dir = dir.path().join(format!("chromium-{session}"));
+        std::fs::create_dir_all(&profile_dir).unwrap();
+        let mut node = Command::new("node")
+            .arg(&peer_js)
+            .env("CHROMIUM_USER_DATA_DIR", &profile_dir)
+            .env("PEER_RTC_CONFIG", rtc.to_string())
+            // Sluice's TLS listener has the tests' dev certificate.
+            .env("CHROMIUM_FLAGS", "--ignore-certificate-errors")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node");
+        let mut to_node = node.stdin.take().unwrap();
+        let (line_tx, lines) = mpsc::channel::<serde_json::Value>();
+        let stdout = node.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&l)
+                    && line_tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(60)).expect("an offer from Chromium");
+        let offer = first["offer"].as_str().unwrap_or_else(|| panic!("no offer: {first}")).to_string();
+        assert!(offer.contains(" typ relay "), "relay-only Chromium offers relay candidates only ({session}):\n{offer}");
+        assert!(!offer.contains(" typ host "), "{offer}");
+        let (ufrag, pwd, fp) = (attr(&offer, "ice-ufrag").unwrap(), attr(&offer, "ice-pwd").unwrap(), attr(&offer, "fingerprint").unwrap());
+        let chrome_ssrc: u32 = attr(&offer, "ssrc").and_then(|v| v.split(' ').next()?.parse().ok()).expect("a=ssrc");
+        let opus_pt: u32 = offer.lines().find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2")?.parse().ok()).expect("opus in the offer");
+        let mut b = Peer::new("B", bob_port);
+        let bc = b.ice_credentials();
+        let b_fp = b.fingerprint();
+        let resp = rt
+            .block_on(routes.apply(pb::ChangeSet {
+                session: session.into(),
+                changes: vec![
+                    pb_webrtc_leg("chrome", &IceCredentials { ufrag: ufrag.into(), pwd: pwd.into() }, fp, pb::DtlsSetup::Passive),
+                    pb_webrtc_leg("bob", &bc, &b_fp, pb::DtlsSetup::Passive),
+                    pb_audio_track("chrome-mic", "chrome", chrome_ssrc, opus_pt),
+                    pb_audio_track("bob-mic", "bob", 0xB2, 111),
+                    pb_subscription("bob", "chrome-mic", 0xB1, opus_pt, 111),
+                    pb_subscription("chrome", "bob-mic", 0xC1, 111, opus_pt),
+                ],
+                ..Default::default()
+            }))
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_inner();
+        let local = |leg: &str| resp.ports.iter().find(|p| p.leg == leg).and_then(|p| p.webrtc.clone()).unwrap();
+        let (wc, wb) = (local("chrome"), local("bob"));
+        writeln!(to_node, "{}", serde_json::json!({ "answer": answer(&offer, &wc, opus_pt, 0xC1) })).unwrap();
+        b.send_stream(0xB2);
+        b.expect_stream(0xB1);
+        b.connect_to(SocketAddr::from(([127, 0, 0, 1], wb.candidates[0].port as u16)), &local_creds(&wb), &wb.fingerprint, true);
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut last = serde_json::Value::Null;
+        let mut next_send = Instant::now();
+        while Instant::now() < end {
+            if b.connected() && Instant::now() >= next_send {
+                b.send_rtp(0xB2, &[0xf8, 0xff, 0xfe]);
+                next_send += Duration::from_millis(20);
+            }
+            b.pump();
+            while let Ok(v) = lines.try_recv() {
+                assert!(v.get("error").is_none(), "Chromium: {v}");
+                if v.get("stats").is_some() {
+                    last = v["stats"].clone();
+                }
+            }
+            if last["received"].as_u64().unwrap_or(0) >= 50 && b.got(0xB1, b"") >= 50 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let bob_got = b.got(0xB1, b"");
+        let _ = writeln!(to_node, "{}", serde_json::json!({ "quit": true }));
+        let _ = node.wait();
+        let _ = rt.block_on(routes.delete_session(pb::DeleteSessionRequest { session: session.into(), ..Default::default() }));
+        (last, bob_got)
+    }
+
+    #[test]
+    fn chromium_relay_only_joins_through_sluices_turn_over_udp_tcp_and_tls_and_through_coturn() {
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        assert!(std::path::Path::new("/usr/bin/turnserver").exists(), "coturn is missing (scripts/setup.sh installs it)");
+        let dir = TempDir::new("webrtc-turn");
+        let out = Command::new(sluice_tests::bin_dir().join("sluicectl")).arg("certs").arg(dir.path()).output().expect("sluicectl certs");
+        assert!(out.status.success(), "{out:?}");
+        let sock = dir.path().join("dp.sock");
+        let cfg = dir.path().join("dataplane.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nport_range = [34900, 34909]\nmetrics = \"127.0.0.1:34910\"\n\
+                 [dataplane.turn]\nlisten = \"127.0.0.1:34920\"\ntls_listen = \"127.0.0.1:34921\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{SECRET}\"\nrelay_ports = [34930, 34949]\n",
+                sock.display(),
+                dir.path().join("server.pem").display(),
+                dir.path().join("server.key").display()
+            ),
+        )
+        .unwrap();
+        let mut dp = Daemon::start("sluice-dataplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("dp.log"));
+        assert!(dp.wait_for_path(&sock, Duration::from_secs(10)), "{}", dp.log_text());
+        let urls = "[\"turn:127.0.0.1:34920?transport=udp\", \"turn:127.0.0.1:34920?transport=tcp\", \"turns:127.0.0.1:34921?transport=tcp\"]";
+        let _cp = start_controlplane_extra(&dir, &sock, 34911, (34900, 34909), &format!("[controlplane.turn]\nsecret = \"{SECRET}\"\nurls = {urls}\n"));
+        // coturn, with the same shared secret: the credentials Sluice hands out work there too.
+        let coturn_log = dir.path().join("coturn.log");
+        let mut coturn = Daemon::start_path(
+            std::path::Path::new("/usr/bin/turnserver"),
+            &[
+                "-n",
+                "--listening-ip=127.0.0.1",
+                "--listening-port=34950",
+                "--relay-ip=127.0.0.1",
+                "--min-port=34951",
+                "--max-port=34969",
+                "--use-auth-secret",
+                &format!("--static-auth-secret={SECRET}"),
+                "--realm=coturn.test",
+                "--allow-loopback-peers",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--simple-log",
+                &format!("--log-file={}", coturn_log.display()),
+                &format!("--pidfile={}", dir.path().join("coturn.pid").display()),
+            ],
+            &dir.path().join("coturn.stderr"),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let channel = grpc_channel(&rt, 34911);
+        let mut routes = RoutesClient::new(channel);
+        let only = std::env::var("TURN_CASE").ok();
+        let cases = [
+            ("udp", "turn:127.0.0.1:34920?transport=udp", "udp"),
+            ("tcp", "turn:127.0.0.1:34920?transport=tcp", "tcp"),
+            ("tls", "turns:127.0.0.1:34921?transport=tcp", "tls"),
+            ("coturn", "turn:127.0.0.1:34950?transport=udp", "udp"),
+        ];
+        let mut report = Vec::new();
+        for (i, (name, url, protocol)) in cases.into_iter().enumerate().filter(|(_, c)| only.as_deref().is_none_or(|o| o.split(',').any(|o| o == c.0))) {
+            let creds = rt
+                .block_on(routes.turn_credentials(pb::TurnCredentialsRequest { user: format!("browser-{name}"), ttl_seconds: 0 }))
+                .expect("TurnCredentials")
+                .into_inner();
+            let rtc = serde_json::json!({
+                "iceTransportPolicy": "relay",
+                "iceServers": [{ "urls": [url], "username": creds.username, "credential": creds.password }],
+            });
+            let (stats, bob_got) = browser_meets_str0m(&rt, &mut routes, &dir, name, rtc, 34970 + i as u16);
+            eprintln!("{name}: Chromium {stats}; the str0m peer got {bob_got} of its packets");
+            let turn_metrics = || {
+                http_get("127.0.0.1:34910", "/metrics").lines().filter(|l| l.starts_with("sluice_turn") && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n")
+            };
+            assert_eq!(stats["connection"], "connected", "{name}: {stats}\n{}\n{}", turn_metrics(), dp.log_text());
+            assert_eq!(stats["local_type"], "relay", "{name}: Chromium's selected pair goes through TURN: {stats}");
+            assert_eq!(stats["relay_protocol"], protocol, "{name}: {stats}");
+            assert!(stats["received"].as_u64().unwrap_or(0) >= 50, "{name}: Chromium received the str0m peer's audio: {stats}");
+            assert!(bob_got >= 50, "{name}: the str0m peer received {bob_got} of Chromium's packets");
+            report.push(format!("{name}: ok ({} received by Chromium, {bob_got} by the peer)", stats["received"]));
+        }
+        let metrics = http_get("127.0.0.1:34910", "/metrics");
+        let relayed: u64 =
+            metrics.lines().filter(|l| l.starts_with("sluice_turn_relayed_packets_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum();
+        assert!(relayed >= 3 * 100, "Sluice's TURN relayed {relayed} packets:\n{metrics}");
+        eprintln!("{}", report.join("\n"));
+        coturn.signal(libc::SIGTERM);
+        let _ = coturn.wait_exit(Duration::from_secs(5));
         dp.signal(libc::SIGTERM);
         assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
     }
