@@ -8,6 +8,7 @@ pub mod capacity;
 pub mod forward;
 pub mod live;
 pub mod netns;
+pub mod turn;
 pub mod xdp;
 
 /// The simulated meetings the demo and the cross-process tests run (`sluice_sim::meeting`, here

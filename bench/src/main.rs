@@ -61,6 +61,23 @@ enum Command {
     /// slots with the worker's and with the XDP stage's drop of silence, on a veth pair between
     /// two network namespaces it creates (root).
     Audio(AudioArgs),
+    /// Relayed legs: the dataplane's CPU per forwarded packet for participants reaching it
+    /// through its TURN server (UDP, TCP, TLS) against the same calls direct, in one run on
+    /// loopback.
+    Turn(TurnArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TurnArgs {
+    /// Two-party calls per row (at most 16; 50 audio packets/s per participant).
+    #[arg(long, default_value_t = 8)]
+    calls: u32,
+    /// Timed seconds per row (after 1 s of warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Also write the rows to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -454,6 +471,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Audio(a) => {
             let r = sluice_bench::audio::run(a.participants, a.seconds)?;
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Turn(a) => {
+            let r = sluice_bench::turn::run(a.calls, a.seconds)?;
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
             }

@@ -7,17 +7,17 @@
 
 mod cp;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_bench::meeting::{self, Participant};
 use sluice_core::ids::Generation;
 use sluice_core::srtp::Profile;
 use sluice_core::table::Delta;
+use sluice_bench::turn::Relayed;
 use sluice_core::turn::client::{Answer, TurnClient};
-use sluice_core::turn::{ChannelData, ChannelNumber, Framing, StreamDeframer, encode_channel_data, rest_api_credentials};
+use sluice_core::turn::{ChannelNumber, rest_api_credentials};
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_tests::{Daemon, TempDir};
 
@@ -27,138 +27,6 @@ const TURN_TLS: &str = "127.0.0.1:34861";
 const METRICS: &str = "127.0.0.1:34862";
 /// Meeting 231's legs: ports 34784.. (`Seat::port`).
 const MEETING: u32 = 231;
-
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
-
-enum Via {
-    Udp(UdpSocket),
-    Stream(Box<dyn Stream>, StreamDeframer),
-}
-
-/// A participant's transport to Sluice through its TURN server.
-struct Relayed {
-    via: Via,
-    client: TurnClient,
-    channel: ChannelNumber,
-    server: SocketAddr,
-}
-
-impl Relayed {
-    fn udp(seed: u8) -> Self {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.set_read_timeout(Some(Duration::from_millis(5))).expect("timeout");
-        Self::new(Via::Udp(s), seed)
-    }
-
-    fn tcp(seed: u8) -> Self {
-        let s = TcpStream::connect(TURN).expect("TURN over TCP");
-        s.set_read_timeout(Some(Duration::from_millis(5))).expect("timeout");
-        s.set_nodelay(true).expect("nodelay");
-        Self::new(Via::Stream(Box::new(s), StreamDeframer::new(Framing::Turn, 70_000)), seed)
-    }
-
-    fn tls(seed: u8, ca: &Path) -> Self {
-        let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).expect("TLS");
-        b.set_ca_file(ca).expect("CA");
-        let s = TcpStream::connect(TURN_TLS).expect("TURN over TLS");
-        s.set_nodelay(true).expect("nodelay");
-        let tls = b.build().connect("localhost", s).expect("TLS handshake with the TURN server");
-        tls.get_ref().set_read_timeout(Some(Duration::from_millis(5))).expect("timeout");
-        Self::new(Via::Stream(Box::new(tls), StreamDeframer::new(Framing::Turn, 70_000)), seed)
-    }
-
-    fn new(via: Via, seed: u8) -> Self {
-        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 3600;
-        let (user, pass) = rest_api_credentials(SECRET.as_bytes(), &format!("participant-{seed}"), expiry);
-        Self {
-            via,
-            client: TurnClient::new(user, pass, [seed, 0x75, 0x72, 0x6e]),
-            channel: ChannelNumber::new(0x4000).expect("channel"),
-            server: TURN.parse().expect("addr"),
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        match &mut self.via {
-            Via::Udp(s) => {
-                s.send_to(bytes, self.server).expect("send");
-            }
-            Via::Stream(s, _) => s.write_all(bytes).expect("write"),
-        }
-    }
-
-    /// Everything that arrived, as frames (a UDP datagram each; a stream split by its framing).
-    fn read_frames(&mut self) -> Vec<Vec<u8>> {
-        let mut frames = Vec::new();
-        let mut buf = [0u8; 4096];
-        match &mut self.via {
-            Via::Udp(s) => {
-                while let Ok(n) = s.recv(&mut buf) {
-                    frames.push(buf[..n].to_vec());
-                }
-            }
-            Via::Stream(s, d) => {
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => d.push(&buf[..n]),
-                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-                        Err(e) => panic!("TURN stream: {e}"),
-                    }
-                }
-                while let Ok(Some(f)) = d.next_frame() {
-                    frames.push(f.to_vec());
-                }
-            }
-        }
-        frames
-    }
-
-    /// Sends a request built by `make` and waits for its answer, answering a 401/438 challenge
-    /// once (a second challenge is the answer: the credentials were refused).
-    fn transact(&mut self, mut make: impl FnMut(&mut TurnClient, &mut [u8]) -> usize) -> Answer {
-        let mut last = None;
-        for _ in 0..2 {
-            let mut out = [0u8; 512];
-            let n = make(&mut self.client, &mut out);
-            self.write(&out[..n]);
-            let t0 = Instant::now();
-            let answer = loop {
-                assert!(t0.elapsed() < Duration::from_secs(3), "no TURN answer");
-                if let Some(a) = self.read_frames().into_iter().map(|f| self.client.on_answer(&f)).find(|a| *a != Answer::NotAnAnswer) {
-                    break a;
-                }
-            };
-            if !matches!(answer, Answer::Retry(_)) {
-                return answer;
-            }
-            last = Some(answer);
-        }
-        // Challenged again after answering the challenge: refused (wrong or expired credentials).
-        last.expect("two answers")
-    }
-
-    /// Allocate, then bind the channel to `leg`; returns the relayed address.
-    fn setup(&mut self, leg: SocketAddr) -> SocketAddr {
-        let Answer::Success { relayed: Some(relayed), .. } = self.transact(|c, o| c.allocate(o).expect("allocate")) else { panic!("allocation refused") };
-        let ch = self.channel;
-        assert!(matches!(self.transact(|c, o| c.channel_bind(ch, leg, o).expect("bind")), Answer::Success { .. }));
-        relayed
-    }
-
-    fn send_media(&mut self, payload: &[u8]) {
-        let stream = matches!(self.via, Via::Stream(..));
-        let mut out = vec![0u8; payload.len() + 8];
-        let n = encode_channel_data(&mut out, self.channel, payload, stream).expect("ChannelData");
-        self.write(&out[..n]);
-    }
-
-    /// Media that came back through the channel.
-    fn recv_media(&mut self) -> Vec<Vec<u8>> {
-        self.read_frames().into_iter().filter_map(|f| ChannelData::new_checked(f).ok().map(|c| c.data().to_vec())).collect()
-    }
-}
 
 fn scrape(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("metrics");
@@ -199,9 +67,14 @@ fn a_meeting_through_turn_over_udp_tcp_and_tls_while_bad_clients_are_refused() {
     assert!(matches!(resp, Response::Applied(Generation(1))), "{resp:?}");
     let leg = |p: &Participant| SocketAddr::from(([127, 0, 0, 1], p.port));
 
-    let mut relayed = [Relayed::udp(1), Relayed::tcp(2), Relayed::tls(3, &dir.path().join("ca.pem"))];
+    let turn: SocketAddr = TURN.parse().expect("addr");
+    let mut relayed = [
+        Relayed::udp(turn, SECRET, 1).expect("UDP"),
+        Relayed::tcp(turn, SECRET, 2).expect("TCP"),
+        Relayed::tls(TURN_TLS.parse().expect("addr"), &dir.path().join("ca.pem"), SECRET, 3).expect("TLS"),
+    ];
     for (r, p) in relayed.iter_mut().zip(people.iter_mut()) {
-        let addr = r.setup(leg(p));
+        let addr = r.setup(leg(p)).expect("allocation and channel");
         assert!((34870..=34899).contains(&addr.port()), "{addr}");
         p.addr = addr;
     }
@@ -221,7 +94,7 @@ fn a_meeting_through_turn_over_udp_tcp_and_tls_while_bad_clients_are_refused() {
     };
     let send = |relayed: &mut [Relayed; 3], i: usize, pkt: &[u8], port: u16| {
         if i < 3 {
-            relayed[i].send_media(pkt);
+            relayed[i].send_media(pkt).expect("send");
         } else {
             direct.send_to(pkt, SocketAddr::from(([127, 0, 0, 1], port))).expect("send");
         }
@@ -291,36 +164,36 @@ fn a_meeting_through_turn_over_udp_tcp_and_tls_while_bad_clients_are_refused() {
 fn bad_clients(dir: &TempDir, leg: SocketAddr) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
     // Wrong password: 401 again after the challenge.
-    let mut c = Relayed::udp(10);
+    let mut c = Relayed::udp(TURN.parse().expect("addr"), SECRET, 10).expect("UDP");
     let (user, _) = rest_api_credentials(SECRET.as_bytes(), "mallory", now + 3600);
     c.client = TurnClient::new(user, "not-the-password", [10, 1, 2, 3]);
-    assert_eq!(c.transact(|c, o| c.allocate(o).expect("allocate")), Answer::Retry(401));
+    assert_eq!(c.transact(|c, o| c.allocate(o).expect("allocate")).expect("an answer"), Answer::Retry(401));
     // Expired credentials: 401.
-    let mut c = Relayed::udp(11);
+    let mut c = Relayed::udp(TURN.parse().expect("addr"), SECRET, 11).expect("UDP");
     let (user, pass) = rest_api_credentials(SECRET.as_bytes(), "late", now - 10);
     c.client = TurnClient::new(user, pass, [11, 1, 2, 3]);
-    assert_eq!(c.transact(|c, o| c.allocate(o).expect("allocate")), Answer::Retry(401));
+    assert_eq!(c.transact(|c, o| c.allocate(o).expect("allocate")).expect("an answer"), Answer::Retry(401));
     // A nonce that is not the server's: 438, then the retry with the real one succeeds.
-    let mut c = Relayed::udp(12);
+    let mut c = Relayed::udp(TURN.parse().expect("addr"), SECRET, 12).expect("UDP");
     let mut out = [0u8; 512];
     let n = c.client.allocate(&mut out).expect("allocate");
-    c.write(&out[..n]);
+    c.write(&out[..n]).expect("send");
     std::thread::sleep(Duration::from_millis(50));
     let challenge = c.read_frames();
     assert!(challenge.iter().any(|f| c.client.on_answer(f) == Answer::Retry(401)));
     let mut forged = c.client.clone();
     forged.on_answer(&forged_challenge());
     c.client = forged;
-    assert!(matches!(c.transact(|c, o| c.allocate(o).expect("allocate")), Answer::Success { .. }));
+    assert!(matches!(c.transact(|c, o| c.allocate(o).expect("allocate")).expect("an answer"), Answer::Success { .. }));
     // Forbidden peers: another port of the node (not a leg), the metrics endpoint.
     let metrics: SocketAddr = METRICS.parse().expect("addr");
     let ch = ChannelNumber::new(0x4001).expect("channel");
-    assert_eq!(c.transact(|c, o| c.channel_bind(ch, SocketAddr::from(([127, 0, 0, 1], 22)), o).expect("bind")), Answer::Error(403));
-    assert_eq!(c.transact(|c, o| c.channel_bind(ch, metrics, o).expect("bind")), Answer::Error(403));
+    assert_eq!(c.transact(|c, o| c.channel_bind(ch, SocketAddr::from(([127, 0, 0, 1], 22)), o).expect("bind")).expect("an answer"), Answer::Error(403));
+    assert_eq!(c.transact(|c, o| c.channel_bind(ch, metrics, o).expect("bind")).expect("an answer"), Answer::Error(403));
     // A legitimate binding, then malformed ChannelData (a length beyond the datagram).
-    assert!(matches!(c.transact(|c, o| c.channel_bind(ch, leg, o).expect("bind")), Answer::Success { .. }));
-    c.write(&[0x40, 0x01, 0x04, 0x00, 1, 2, 3]);
-    c.write(&[0x4f]);
+    assert!(matches!(c.transact(|c, o| c.channel_bind(ch, leg, o).expect("bind")).expect("an answer"), Answer::Success { .. }));
+    c.write(&[0x40, 0x01, 0x04, 0x00, 1, 2, 3]).expect("send");
+    c.write(&[0x4f]).expect("send");
     // TCP: half a frame, then silence; TLS: connect, never handshake.
     let mut half = TcpStream::connect(TURN).expect("tcp");
     half.write_all(&[0x00, 0x03, 0x00, 0x08, 0x21, 0x12]).expect("write");
@@ -387,10 +260,9 @@ fn the_control_plane_hands_out_turn_credentials_the_turn_server_accepts() {
     assert!(username.ends_with(":alice"), "{username}");
     assert_eq!(v["urls"][1], format!("turn:{turn}?transport=tcp"));
     // The TURN server takes them.
-    let mut c = Relayed::udp(20);
-    c.server = turn.parse().expect("addr");
+    let mut c = Relayed::udp(turn.parse().expect("addr"), SECRET, 20).expect("UDP");
     c.client = TurnClient::new(username, password, [20, 1, 2, 3]);
-    assert!(matches!(c.transact(|c, o| c.allocate(o).expect("allocate")), Answer::Success { relayed: Some(_), .. }));
+    assert!(matches!(c.transact(|c, o| c.allocate(o).expect("allocate")).expect("an answer"), Answer::Success { relayed: Some(_), .. }));
     // Bad requests.
     let (ok, _, err) = cp::sluicectl(&["--addr", &grpc, "turn-credentials", "--user", ""]);
     assert!(!ok && err.contains("InvalidArgument") && err.contains("user"), "{err}");
