@@ -163,7 +163,8 @@ impl Relayed {
     /// Sends `payload` through the channel.
     pub fn send_media(&mut self, payload: &[u8]) -> std::io::Result<()> {
         let mut out = vec![0u8; payload.len() + 8];
-        let n = encode_channel_data(&mut out, self.channel, payload, self.is_stream()).map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, format!("{e:?}")))?;
+        let n = encode_channel_data(&mut out, self.channel, payload, self.is_stream())
+            .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, format!("{e:?}")))?;
         self.write(&out[..n])
     }
 
@@ -233,7 +234,8 @@ pub fn run(calls: u32, seconds: f64) -> anyhow::Result<Report> {
         ),
     )?;
     let log = std::fs::File::create(dir.join("dp.log"))?;
-    let mut child = Command::new(bin.join("sluice-dataplane")).arg("--config").arg(&cfg).stdout(Stdio::null()).stderr(log).spawn().context("sluice-dataplane")?;
+    let mut child =
+        Command::new(bin.join("sluice-dataplane")).arg("--config").arg(&cfg).stdout(Stdio::null()).stderr(log).spawn().context("sluice-dataplane")?;
     struct Kill<'a>(&'a mut Child);
     impl Drop for Kill<'_> {
         fn drop(&mut self) {
@@ -346,13 +348,5 @@ fn run_row(control: &mut Client, pid: u32, transport: &str, first_meeting: u32, 
     received += drain(&mut relayed, &direct);
     let got = received - counted_from;
     let cpu = cpu1 - cpu0.unwrap_or(cpu1);
-    Ok(Row {
-        transport: transport.into(),
-        calls,
-        sent,
-        received: got,
-        cpu_ns: cpu,
-        ns_per_packet: cpu as f64 / got.max(1) as f64,
-        ratio: 1.0,
-    })
+    Ok(Row { transport: transport.into(), calls, sent, received: got, cpu_ns: cpu, ns_per_packet: cpu as f64 / got.max(1) as f64, ratio: 1.0 })
 }

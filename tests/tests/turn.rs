@@ -12,10 +12,10 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_bench::meeting::{self, Participant};
+use sluice_bench::turn::Relayed;
 use sluice_core::ids::Generation;
 use sluice_core::srtp::Profile;
 use sluice_core::table::Delta;
-use sluice_bench::turn::Relayed;
 use sluice_core::turn::client::{Answer, TurnClient};
 use sluice_core::turn::{ChannelNumber, rest_api_credentials};
 use sluice_dataplane::control::{Client, Request, Response};

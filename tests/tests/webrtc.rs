@@ -743,142 +743,9 @@ mod chromium {
         .join("\r\n")
     }
 
-    #[test]
-    fn chromium_and_str0m_meet_through_sluice() {
-        let peer_js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/peer.js");
-        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
-        assert!(peer_js.with_file_name("node_modules/playwright-core").exists(), "tests/chromium/node_modules is missing (scripts/setup.sh runs npm ci there)");
-        let dir = TempDir::new("webrtc-chromium");
-        let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32305");
-        let cp = start_controlplane(&dir, &sock, 32306, (32120, 32129));
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let channel = grpc_channel(&rt, 32306);
-        let mut routes = RoutesClient::new(channel);
-
-        // The browser: its offer first.
-        let profile_dir = dir.path().join("chromium-profile");
-        std::fs::create_dir_all(&profile_dir).unwrap();
-        let mut node = Command::new("node")
-            .arg(&peer_js)
-            .env("CHROMIUM_USER_DATA_DIR", &profile_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node");
-        let mut to_node = node.stdin.take().unwrap();
-        let (line_tx, lines) = mpsc::channel::<serde_json::Value>();
-        let stdout = node.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&l)
-                    && line_tx.send(v).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let first = lines.recv_timeout(Duration::from_secs(60)).expect("an offer from Chromium");
-        let offer = first["offer"].as_str().unwrap_or_else(|| panic!("no offer: {first}")).to_string();
-        let (ufrag, pwd, fp) = (attr(&offer, "ice-ufrag").unwrap(), attr(&offer, "ice-pwd").unwrap(), attr(&offer, "fingerprint").unwrap());
-        let chrome_ssrc: u32 = attr(&offer, "ssrc").and_then(|v| v.split(' ').next()?.parse().ok()).expect("a=ssrc");
-        let opus_pt: u32 = offer.lines().find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2")?.parse().ok()).expect("opus in the offer");
-
-        let mut b = Peer::new("B", 32230);
-        let bc = b.ice_credentials();
-        let b_fp = b.fingerprint();
-        let resp = rt
-            .block_on(routes.apply(pb::ChangeSet {
-                session: "browser".into(),
-                changes: vec![
-                    pb_webrtc_leg("chrome", &IceCredentials { ufrag: ufrag.into(), pwd: pwd.into() }, fp, pb::DtlsSetup::Passive),
-                    pb_webrtc_leg("bob", &bc, &b_fp, pb::DtlsSetup::Passive),
-                    pb_audio_track("chrome-mic", "chrome", chrome_ssrc, opus_pt),
-                    pb_audio_track("bob-mic", "bob", 0xB2, 111),
-                    pb_subscription("bob", "chrome-mic", 0xB1, opus_pt, 111),
-                    pb_subscription("chrome", "bob-mic", 0xC1, 111, opus_pt),
-                ],
-                ..Default::default()
-            }))
-            .unwrap_or_else(|e| panic!("{e:?}\n{}", cp.log_text()))
-            .into_inner();
-        let local = |leg: &str| resp.ports.iter().find(|p| p.leg == leg).and_then(|p| p.webrtc.clone()).unwrap();
-        let (wc, wb) = (local("chrome"), local("bob"));
-        let sdp = answer(&offer, &wc, opus_pt, 0xC1);
-        writeln!(to_node, "{}", serde_json::json!({ "answer": sdp })).unwrap();
-
-        b.send_stream(0xB2);
-        b.expect_stream(0xB1);
-        b.connect_to(SocketAddr::from(([127, 0, 0, 1], wb.candidates[0].port as u16)), &local_creds(&wb), &wb.fingerprint, true);
-
-        // Both ways for up to 30 s: Bob's audio must reach Chromium, Chromium's must reach Bob.
-        let end = Instant::now() + Duration::from_secs(30);
-        let mut last = serde_json::Value::Null;
-        let mut next_send = Instant::now();
-        while Instant::now() < end {
-            if b.connected() && Instant::now() >= next_send {
-                b.send_rtp(0xB2, &[0xf8, 0xff, 0xfe]); // an Opus DTX/silence frame
-                next_send += Duration::from_millis(20);
-            }
-            b.pump();
-            while let Ok(v) = lines.try_recv() {
-                assert!(v.get("error").is_none(), "Chromium: {v}");
-                if v.get("stats").is_some() {
-                    last = v["stats"].clone();
-                }
-            }
-            let chrome_got = last["received"].as_u64().unwrap_or(0);
-            if chrome_got >= 50 && b.got(0xB1, b"") >= 50 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let chrome_got = last["received"].as_u64().unwrap_or(0);
-        let bob_got = b.got(0xB1, b"");
-        eprintln!("Chromium stats: {last}; Bob got {bob_got} packets from Chromium");
-        let _ = writeln!(to_node, "{}", serde_json::json!({ "quit": true }));
-        let _ = node.wait();
-        assert_eq!(last["connection"], "connected", "Chromium's connection state; stats {last}\n{}", dp.log_text());
-        assert!(chrome_got >= 50, "Chromium received {chrome_got} RTP packets from Bob through Sluice; stats {last}");
-        assert!(last["ssrc_in"].as_array().is_some_and(|a| a.iter().any(|s| s == 0xC1)), "on the SSRC Sluice announced: {last}");
-        assert!(bob_got >= 50, "Bob received {bob_got} packets of Chromium's microphone through Sluice");
-        let mut ctl = Client::connect(&sock).unwrap();
-        let s = edge_status(&mut ctl);
-        assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
-        drop(ctl);
-        drop(routes);
-        drop(rt);
-        drop(cp);
-        dp.signal(libc::SIGTERM);
-        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
-    }
-}
-
-mod turn {
-    //! Restrictive networks: headless Chromium with `iceTransportPolicy: "relay"` reaches Sluice
-    //! only through TURN — Sluice's own TURN server over UDP, TCP and TLS, and coturn (Debian's
-    //! package) as an external TURN server in front of Sluice — with credentials from
-    //! `Routes.TurnCredentials`; each time a str0m peer on another leg and the browser hear each
-    //! other, and the browser's own getStats names the relay it went through.
-    //!
-    //! Ports: legs 34900..=34909, metrics 34910, gRPC 34911, Sluice's TURN 34920 (UDP, TCP) and
-    //! 34921 (TLS) with relays 34930..=34949, coturn 34950 with relays 34951..=34969, the str0m
-    //! peers 34970..=34979.
-
-    use std::io::{BufRead as _, BufReader, Write as _};
-    use std::process::{Command, Stdio};
-    use std::sync::mpsc;
-
-    use sluice_controlplane::pb::routes_client::RoutesClient;
-
-    use super::chromium::{answer, attr};
-    use super::*;
-
-    const SECRET: &str = "the-tests-turn-shared-secret";
-
     /// One browser joins `session` with `rtc` (its RTCPeerConnection configuration) and meets a
     /// str0m peer on `bob_port`; returns the browser's last stats and what the peer got from it.
-    fn browser_meets_str0m(
+    pub(super) fn browser_meets_str0m(
         rt: &tokio::runtime::Runtime,
         routes: &mut RoutesClient<tonic::transport::Channel>,
         dir: &TempDir,
@@ -889,12 +756,13 @@ mod turn {
         let peer_js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/peer.js");
         let profile_dir = dir.path().join(format!("chromium-{session}"));
         std::fs::create_dir_all(&profile_dir).unwrap();
+        let relay_only = rtc["iceTransportPolicy"] == "relay";
         let mut node = Command::new("node")
             .arg(&peer_js)
             .env("CHROMIUM_USER_DATA_DIR", &profile_dir)
             .env("PEER_RTC_CONFIG", rtc.to_string())
-            // Sluice's TLS listener has the tests' dev certificate.
-            .env("CHROMIUM_FLAGS", "--ignore-certificate-errors")
+            // A TURN server's TLS listener has the tests' dev certificate.
+            .env("CHROMIUM_FLAGS", if relay_only { "--ignore-certificate-errors" } else { "" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -914,8 +782,10 @@ mod turn {
         });
         let first = lines.recv_timeout(Duration::from_secs(60)).expect("an offer from Chromium");
         let offer = first["offer"].as_str().unwrap_or_else(|| panic!("no offer: {first}")).to_string();
-        assert!(offer.contains(" typ relay "), "relay-only Chromium offers relay candidates only ({session}):\n{offer}");
-        assert!(!offer.contains(" typ host "), "{offer}");
+        if relay_only {
+            assert!(offer.contains(" typ relay "), "relay-only Chromium offers relay candidates only ({session}):\n{offer}");
+            assert!(!offer.contains(" typ host "), "{offer}");
+        }
         let (ufrag, pwd, fp) = (attr(&offer, "ice-ufrag").unwrap(), attr(&offer, "ice-pwd").unwrap(), attr(&offer, "fingerprint").unwrap());
         let chrome_ssrc: u32 = attr(&offer, "ssrc").and_then(|v| v.split(' ').next()?.parse().ok()).expect("a=ssrc");
         let opus_pt: u32 = offer.lines().find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2")?.parse().ok()).expect("opus in the offer");
@@ -969,6 +839,58 @@ mod turn {
         let _ = rt.block_on(routes.delete_session(pb::DeleteSessionRequest { session: session.into(), ..Default::default() }));
         (last, bob_got)
     }
+
+    #[test]
+    fn chromium_and_str0m_meet_through_sluice() {
+        let peer_js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/peer.js");
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        assert!(peer_js.with_file_name("node_modules/playwright-core").exists(), "tests/chromium/node_modules is missing (scripts/setup.sh runs npm ci there)");
+        let dir = TempDir::new("webrtc-chromium");
+        let (mut dp, sock) = start_dataplane(&dir, 30_000, "127.0.0.1:32305");
+        let cp = start_controlplane(&dir, &sock, 32306, (32120, 32129));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let channel = grpc_channel(&rt, 32306);
+        let mut routes = RoutesClient::new(channel);
+
+        let (last, bob_got) = browser_meets_str0m(&rt, &mut routes, &dir, "browser", serde_json::json!({}), 32230);
+        let chrome_got = last["received"].as_u64().unwrap_or(0);
+        eprintln!("Chromium stats: {last}; Bob got {bob_got} packets from Chromium");
+        assert_eq!(last["connection"], "connected", "Chromium's connection state; stats {last}\n{}", dp.log_text());
+        assert!(chrome_got >= 50, "Chromium received {chrome_got} RTP packets from Bob through Sluice; stats {last}");
+        assert!(last["ssrc_in"].as_array().is_some_and(|a| a.iter().any(|s| s == 0xC1)), "on the SSRC Sluice announced: {last}");
+        assert!(bob_got >= 50, "Bob received {bob_got} packets of Chromium's microphone through Sluice");
+        let _ = &cp;
+        let mut ctl = Client::connect(&sock).unwrap();
+        let s = edge_status(&mut ctl);
+        assert_eq!(counter(&s, "handshakes_completed"), 2, "{s:?}");
+        drop(ctl);
+        drop(routes);
+        drop(rt);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+}
+
+mod turn {
+    //! Restrictive networks: headless Chromium with `iceTransportPolicy: "relay"` reaches Sluice
+    //! only through TURN — Sluice's own TURN server over UDP, TCP and TLS, and coturn (Debian's
+    //! package) as an external TURN server in front of Sluice — with credentials from
+    //! `Routes.TurnCredentials`; each time a str0m peer on another leg and the browser hear each
+    //! other, and the browser's own getStats names the relay it went through.
+    //!
+    //! Ports: legs 34900..=34909, metrics 34910, gRPC 34911, Sluice's TURN 34920 (UDP, TCP) and
+    //! 34921 (TLS) with relays 34930..=34949, coturn 34950 with relays 34951..=34969, the str0m
+    //! peers 34970..=34979.
+
+    use std::process::Command;
+
+    use sluice_controlplane::pb::routes_client::RoutesClient;
+
+    use super::chromium::browser_meets_str0m;
+    use super::*;
+
+    const SECRET: &str = "the-tests-turn-shared-secret";
 
     #[test]
     fn chromium_relay_only_joins_through_sluices_turn_over_udp_tcp_and_tls_and_through_coturn() {
