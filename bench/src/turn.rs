@@ -29,8 +29,22 @@ use sluice_sim::meeting::{self, Participant};
 use crate::forward::process_cpu_ns;
 
 /// A byte stream to a TURN server (TCP, or TLS over it).
-pub trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
+pub trait Stream: Read + Write + Send {
+    /// Makes the underlying socket non-blocking.
+    fn set_nonblocking(&mut self) -> std::io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn set_nonblocking(&mut self) -> std::io::Result<()> {
+        TcpStream::set_nonblocking(self, true)
+    }
+}
+
+impl Stream for openssl::ssl::SslStream<TcpStream> {
+    fn set_nonblocking(&mut self) -> std::io::Result<()> {
+        self.get_ref().set_nonblocking(true)
+    }
+}
 
 enum Via {
     Udp(UdpSocket),
@@ -85,6 +99,14 @@ impl Relayed {
         let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 3600;
         let (user, pass) = rest_api_credentials(secret.as_bytes(), &format!("participant-{seed}"), expiry);
         Self { via, client: TurnClient::new(user, pass, [seed, 0x75, 0x72, 0x6e]), channel: ChannelNumber::new(0x4000).expect("a valid channel"), server }
+    }
+
+    /// Reads stop waiting at all (for a sender that must keep its pace): after the set-up.
+    pub fn set_nonblocking(&mut self) -> std::io::Result<()> {
+        match &mut self.via {
+            Via::Udp(s) => s.set_nonblocking(true),
+            Via::Stream(s, _) => s.set_nonblocking(),
+        }
     }
 
     /// Whether it is a stream transport.
@@ -298,6 +320,7 @@ fn run_row(control: &mut Client, pid: u32, transport: &str, first_meeting: u32, 
                 _ => Relayed::tls(TURN_TLS.parse()?, &dir.join("ca.pem"), SECRET, seed)?,
             };
             p.addr = r.setup(leg(p))?;
+            r.set_nonblocking()?;
             relayed.push(r);
         }
     }
