@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use sluice_api::UnboundPort;
 use sluice_core::forward::Event;
-use sluice_core::ids::Generation;
-use sluice_core::stats::CoreStats;
+use sluice_core::ids::{Generation, LegId};
+use sluice_core::stats::{CoreStats, LegTraffic};
 use sluice_core::verdict::DropReason;
 
 use tokio::sync::broadcast;
@@ -93,6 +93,12 @@ pub struct Engine {
     /// Each session's legs as the dataplane last reported them (live state: not journaled), by
     /// leg; pruned to the session's legs at each of its commits.
     live: HashMap<String, BTreeMap<String, pb::LegLive>>,
+    /// Each leg's traffic counters as each worker last reported them (the stats stream names
+    /// only the legs whose counters moved); their sums are the legs' `LegLive` counters.
+    traffic: HashMap<LegId, Vec<LegTraffic>>,
+    /// The next stats report is a stream's first: it names every leg with traffic, so a leg
+    /// it does not name has none (a restarted dataplane's counters start again).
+    traffic_full: bool,
     /// Leg ports the dataplane could not open, as of its last applied delta, with why.
     unbound: BTreeMap<u16, String>,
 }
@@ -149,6 +155,8 @@ impl Engine {
             announce_ip: None,
             speakers: HashMap::new(),
             live: HashMap::new(),
+            traffic: HashMap::new(),
+            traffic_full: true,
             unbound: BTreeMap::new(),
         }
     }
@@ -758,7 +766,8 @@ impl Engine {
         self.last_stats.is_some()
     }
 
-    /// Takes the dataplane's streamed counters: the node's packet rates come from two in a row.
+    /// Takes the dataplane's streamed counters: the node's packet rates come from two in a row;
+    /// the legs' counters are folded into their `LegLive`, summed over workers.
     pub fn dataplane_stats(&mut self, stats: &[CoreStats]) {
         let now = Instant::now();
         if let Some((then, prev)) = &self.last_stats
@@ -768,7 +777,56 @@ impl Engine {
             let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
             self.rates = stats.iter().zip(prev).map(|(c, p)| (rate(c.rx_packets, p.rx_packets), rate(c.tx_packets, p.tx_packets))).collect();
         }
-        self.last_stats = Some((now, stats.to_vec()));
+        self.fold_traffic(stats);
+        // The per-leg part is folded: not kept twice.
+        self.last_stats = Some((now, stats.iter().map(|c| CoreStats { legs: Vec::new(), ..c.clone() }).collect()));
+    }
+
+    /// The dataplane's stats stream (re)started: its first report names every leg with traffic.
+    pub fn dataplane_stats_restarted(&mut self) {
+        self.traffic_full = true;
+    }
+
+    /// Folds the legs' counters of a stats report into their `LegLive` (the sum over workers of
+    /// what each last reported).
+    fn fold_traffic(&mut self, stats: &[CoreStats]) {
+        let full = std::mem::take(&mut self.traffic_full);
+        if full {
+            self.traffic.clear();
+        }
+        let mut moved: BTreeSet<LegId> = BTreeSet::new();
+        for (w, c) in stats.iter().enumerate() {
+            for l in &c.legs {
+                let per_worker = self.traffic.entry(l.leg).or_default();
+                if per_worker.len() <= w {
+                    per_worker.resize(w + 1, LegTraffic::default());
+                }
+                per_worker[w] = l.traffic;
+                moved.insert(l.leg);
+            }
+        }
+        // Legs gone from the desired state take their counters with them.
+        let names = &self.names;
+        self.traffic.retain(|id, _| names.leg(*id).is_some());
+        if full {
+            for l in self.live.values_mut().flat_map(|legs| legs.values_mut()) {
+                (l.rx_packets, l.rx_bytes, l.tx_packets, l.tx_bytes) = (0, 0, 0, 0);
+            }
+        }
+        for id in moved {
+            let (Some(per_worker), Some((session, leg))) = (self.traffic.get(&id), self.names.leg(id)) else { continue };
+            let mut sum = LegTraffic::default();
+            for t in per_worker {
+                sum.add(t);
+            }
+            let live = self
+                .live
+                .entry(session.to_owned())
+                .or_default()
+                .entry(leg.to_owned())
+                .or_insert_with(|| pb::LegLive { leg: leg.to_owned(), ..Default::default() });
+            (live.rx_packets, live.rx_bytes, live.tx_packets, live.tx_bytes) = (sum.rx_packets, sum.rx_bytes, sum.tx_packets, sum.tx_bytes);
+        }
     }
 
     /// Publishes a `DataplaneResynced` event after a full resync.
@@ -981,6 +1039,43 @@ mod tests {
         engine.delete_session(&pb::DeleteSessionRequest { session: "m".into(), expected_revision: None }).unwrap();
         engine.commit_many(&[req("m", vec![leg("b")])]);
         assert!(engine.session_view("m").unwrap().live.is_empty(), "a deleted session's legs start afresh");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The legs' traffic counters of the dataplane's stats reports land in their `LegLive`,
+    /// summed over workers; a report names only the legs that moved, so the others keep their
+    /// counters, but a stream's first report names them all (a leg it does not name has none).
+    #[test]
+    fn leg_traffic_is_summed_over_workers_into_the_legs_live_state() {
+        use sluice_core::stats::LegCount;
+        let dir = std::env::temp_dir().join(format!("sluice-engine-traffic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
+        let mut engine = Engine::new(desired, journal);
+        let (answers, _) = engine.commit_many(&[req("m", vec![leg("a"), leg("b")])]);
+        assert!(answers[0].is_none(), "{:?}", answers[0]);
+        let id = |e: &Engine, l: &str| e.desired().sessions["m"].legs[l].id;
+        let (a, b) = (id(&engine, "a"), id(&engine, "b"));
+        let count = |leg, rx_packets, tx_packets| LegCount {
+            leg,
+            traffic: LegTraffic { rx_packets, rx_bytes: rx_packets * 100, tx_packets, tx_bytes: tx_packets * 50 },
+        };
+        let report = |w0: Vec<LegCount>, w1: Vec<LegCount>| [CoreStats { legs: w0, ..Default::default() }, CoreStats { legs: w1, ..Default::default() }];
+        let traffic = |e: &Engine| -> Vec<(String, u64, u64, u64, u64)> {
+            e.session_view("m").unwrap().live.iter().map(|l| (l.leg.clone(), l.rx_packets, l.rx_bytes, l.tx_packets, l.tx_bytes)).collect()
+        };
+        // Leg a receives on worker 0 and is sent to from worker 1.
+        engine.dataplane_stats(&report(vec![count(a, 10, 0)], vec![count(a, 0, 5), count(b, 3, 0)]));
+        assert_eq!(traffic(&engine), [("a".into(), 10, 1000, 5, 250), ("b".into(), 3, 300, 0, 0)]);
+        // Only b moved (on worker 1): a keeps what it had.
+        engine.dataplane_stats(&report(vec![], vec![count(b, 4, 0)]));
+        assert_eq!(traffic(&engine), [("a".into(), 10, 1000, 5, 250), ("b".into(), 4, 400, 0, 0)]);
+        // The stream again (a restarted dataplane): its first report is everything there is.
+        engine.dataplane_stats_restarted();
+        engine.dataplane_stats(&report(vec![count(a, 2, 0)], vec![]));
+        assert_eq!(traffic(&engine), [("a".into(), 2, 200, 0, 0), ("b".into(), 0, 0, 0, 0)]);
+        // The per-leg part is folded, not kept with the workers' counters.
+        assert!(engine.last_stats.as_ref().unwrap().1.iter().all(|c| c.legs.is_empty()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,7 +1,8 @@
 //! Dataplane events on the Watch stream: a thread subscribes on the dataplane's control endpoint
 //! (its own connection, beside the link that programs tables), names each event's legs and tracks
 //! by the session they belong to, and publishes it to watchers. The same subscription streams the
-//! dataplane's counters every second, from which the node's packet rates come.
+//! dataplane's counters every second, from which the node's packet rates come, and each leg's
+//! traffic counters (only the legs whose counters moved since the stream's previous report).
 //!
 //! Events of legs or tracks no session knows (removed since) are dropped. If the dataplane goes
 //! away the thread reconnects; events in between are lost, which watchers learn from the
@@ -40,6 +41,8 @@ fn follow(engine: &Shared, socket: &std::path::Path, connected: &mut bool) -> st
     let mut client = Client::connect(socket)?;
     client.set_timeout(Some(KEEPALIVE * 3))?;
     client.subscribe(STATS_INTERVAL.as_millis() as u32)?;
+    // A new stream's first report names every leg with traffic; later ones, those that moved.
+    engine.engine().dataplane_stats_restarted();
     *connected = true;
     tracing::info!(socket = %socket.display(), "following dataplane events");
     loop {

@@ -85,7 +85,8 @@ impl Names {
         }
     }
 
-    fn leg(&self, id: LegId) -> Option<(&str, &str)> {
+    /// The session and name of leg `id`.
+    pub(crate) fn leg(&self, id: LegId) -> Option<(&str, &str)> {
         self.legs.get(&id).map(|(s, l)| (s.as_str(), l.as_str()))
     }
 

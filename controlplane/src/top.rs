@@ -13,10 +13,12 @@
 //! the difference of two counter snapshots: the dataplane streams its counters to the control
 //! plane once a second, so a snapshot whose counters did not move since the last one is a repeat
 //! of the same report and is not taken as a new point (it would read as 0 packets/s, then double).
-//! The dataplane counts packets and bytes per worker, not per leg, so traffic is per worker and
-//! node; a session's and a leg's figures are what the dataplane reports of them on Watch (activity,
-//! receiver-report loss, jitter and RTT, bandwidth estimate, rate-limit drops: `Session.live`),
-//! and the worker each leg is on (its port modulo the worker count).
+//! Traffic is per worker and node (`NodeStatus.workers`) and per leg (the counters of
+//! `Session.live`, summed over workers by the control plane), a session's being the sum of its
+//! legs'; the legs' counters have a history of their own, as they come in another call. A leg's
+//! other figures are what the dataplane reports of it on Watch (activity, receiver-report loss,
+//! jitter and RTT, bandwidth estimate, rate-limit drops), and the worker it is on (its port
+//! modulo the worker count).
 //!
 //! Everything that came from the server goes through [`text::escape`] before it reaches the
 //! terminal.
@@ -97,6 +99,10 @@ struct Counters {
 }
 
 impl Counters {
+    fn of_leg(l: &pb::LegLive) -> Self {
+        Self { rx_packets: l.rx_packets, tx_packets: l.tx_packets, rx_bytes: l.rx_bytes, tx_bytes: l.tx_bytes, ..Default::default() }
+    }
+
     fn of(w: &pb::WorkerLoad) -> Self {
         Self {
             rx_packets: w.rx_packets,
@@ -151,22 +157,68 @@ impl Rates {
     }
 }
 
-/// Counter snapshots of the last [`RATE_WINDOW`] and more, from which rates come.
-#[derive(Clone, Debug, Default)]
-pub struct History {
-    points: VecDeque<(Instant, Vec<Counters>)>,
+/// One point's counters, by worker or leg.
+type Readings<K> = BTreeMap<K, Counters>;
+
+/// Counter snapshots of the last [`RATE_WINDOW`] and more, from which rates come: of the
+/// workers (by index), or of the legs (by session and leg).
+#[derive(Clone, Debug)]
+pub struct History<K = usize> {
+    points: VecDeque<(Instant, Readings<K>)>,
     /// The front point is the first one ever taken: its report may be up to a report period
     /// older than the time it was taken at (later points are taken when the counters move, so
     /// within a refresh of their report), so a later base is preferred.
     stale_front: bool,
 }
 
-impl History {
-    /// Takes the workers' counters at `at`. A repeat of the last point's counters (the same
-    /// dataplane report seen again) is not a new point unless the counters have stood still for
-    /// longer than the window (then the node is idle and its rates are 0).
+impl<K> Default for History<K> {
+    fn default() -> Self {
+        Self { points: VecDeque::new(), stale_front: false }
+    }
+}
+
+/// A leg in [`View::legs`]: its session's id and its own.
+pub type LegKey = (String, String);
+
+impl History<usize> {
+    /// Takes the workers' counters at `at` (see [`History::push_counters`]).
     pub fn push(&mut self, at: Instant, workers: &[pb::WorkerLoad]) {
-        let counters: Vec<Counters> = workers.iter().map(Counters::of).collect();
+        self.push_counters(at, workers.iter().map(Counters::of).enumerate().collect());
+    }
+
+    /// Per-worker rates between the newest point and the oldest kept (the second one while the
+    /// oldest is the first ever taken and there are three); `None` until there are two points
+    /// (or when the worker count changed in between).
+    pub fn rates(&self) -> Option<Vec<Rates>> {
+        let (old, new, secs) = self.span()?;
+        if old.len() != new.len() {
+            return None;
+        }
+        Some(new.values().zip(old.values()).map(|(n, o)| Rates::between(n, o, secs)).collect())
+    }
+}
+
+impl History<LegKey> {
+    /// Takes the legs' counters (`Session.live`) of `sessions` at `at` (see
+    /// [`History::push_counters`]).
+    pub fn push_legs(&mut self, at: Instant, sessions: &[pb::Session]) {
+        let legs = sessions.iter().flat_map(|s| s.live.iter().map(move |l| ((s.id.clone(), l.leg.clone()), Counters::of_leg(l)))).collect();
+        self.push_counters(at, legs);
+    }
+
+    /// Per-leg rates over the same span as [`History::rates`], of the legs in both points (a
+    /// leg first reported since has none yet); `None` until there are two points.
+    pub fn leg_rates(&self) -> Option<BTreeMap<LegKey, Rates>> {
+        let (old, new, secs) = self.span()?;
+        Some(new.iter().filter_map(|(k, n)| Some((k.clone(), Rates::between(n, old.get(k)?, secs)))).collect())
+    }
+}
+
+impl<K: Ord> History<K> {
+    /// Takes counters at `at`. A repeat of the last point's counters (the same dataplane report
+    /// seen again) is not a new point unless the counters have stood still for longer than the
+    /// window (then the node is idle and its rates are 0).
+    fn push_counters(&mut self, at: Instant, counters: Readings<K>) {
         if let Some((last_at, last)) = self.points.back()
             && *last == counters
             && at.saturating_duration_since(*last_at) < RATE_WINDOW
@@ -184,17 +236,14 @@ impl History {
         }
     }
 
-    /// Per-worker rates between the newest point and the oldest kept (the second one while the
-    /// oldest is the first ever taken and there are three); `None` until there are two points
-    /// (or when the worker count changed in between).
-    pub fn rates(&self) -> Option<Vec<Rates>> {
+    /// The counters of the oldest point kept (the second one while the oldest is the first ever
+    /// taken and there are three) and of the newest, and the seconds between them; `None` until
+    /// there are two points at least 0.2 s apart.
+    fn span(&self) -> Option<(&Readings<K>, &Readings<K>, f64)> {
         let base = if self.stale_front && self.points.len() >= 3 { self.points.get(1)? } else { self.points.front()? };
         let ((t0, old), (t1, new)) = (base, self.points.back()?);
         let secs = t1.saturating_duration_since(*t0).as_secs_f64();
-        if secs < 0.2 || old.len() != new.len() {
-            return None;
-        }
-        Some(new.iter().zip(old).map(|(n, o)| Rates::between(n, o, secs)).collect())
+        (secs >= 0.2).then_some((old, new, secs))
     }
 
     /// How many distinct points it holds.
@@ -217,8 +266,10 @@ pub struct View {
     pub interval: Duration,
     /// The last snapshot.
     pub snapshot: Option<Snapshot>,
-    /// The counters behind the rates.
+    /// The workers' counters behind their rates.
     pub history: History,
+    /// The legs' counters behind their rates.
+    pub legs: History<LegKey>,
     /// Why the last refresh failed (the view keeps the snapshot before it).
     pub error: Option<String>,
     /// The selected row of the session table.
@@ -248,6 +299,7 @@ impl View {
             interval,
             snapshot: None,
             history: History::default(),
+            legs: History::default(),
             error: None,
             selected: 0,
             open: only.map(str::to_owned),
@@ -260,6 +312,7 @@ impl View {
         match r {
             Ok(s) => {
                 self.history.push(s.at, &s.status.workers);
+                self.legs.push_legs(s.at, &s.sessions);
                 self.selected = self.selected.min(s.sessions.len().saturating_sub(1));
                 self.snapshot = Some(s);
                 self.error = None;
@@ -558,13 +611,31 @@ pub fn render(v: &View, fit: Fit) -> Vec<Line> {
         "ACTIVE".into(),
         "TRACKS".into(),
         "SUBS".into(),
+        "IN PKT/S".into(),
+        "OUT PKT/S".into(),
+        "IN".into(),
+        "OUT".into(),
         "WORKERS".into(),
         "WORST LOSS".into(),
         "WORST RTT".into(),
         "BW ESTIMATE".into(),
     ]];
+    let leg_rates = v.legs.leg_rates();
+    // The traffic columns of a session (the sum of its legs') or a leg: "…" while measuring.
+    let traffic = |r: Option<&Rates>| -> [String; 4] {
+        match (&leg_rates, r) {
+            (None, _) => ["…".into(), "…".into(), "…".into(), "…".into()],
+            (Some(_), None) => ["-".into(), "-".into(), "-".into(), "-".into()],
+            (Some(_), Some(r)) => [fmt_count(r.rx_pps), fmt_count(r.tx_pps), fmt_bits(r.rx_bps), fmt_bits(r.tx_bps)],
+        }
+    };
     for s in &snap.sessions {
         let r = session_row(s, nworkers);
+        let mut sum = Rates::default();
+        for lr in leg_rates.iter().flat_map(|m| m.range((s.id.clone(), String::new())..)).take_while(|((sid, _), _)| *sid == s.id).map(|(_, r)| r) {
+            sum.add(lr);
+        }
+        let [rx_pps, tx_pps, rx_bps, tx_bps] = traffic(Some(&sum));
         rows.push(vec![
             s.id.clone(),
             s.revision.to_string(),
@@ -572,6 +643,10 @@ pub fn render(v: &View, fit: Fit) -> Vec<Line> {
             r.active.to_string(),
             s.tracks.len().to_string(),
             s.subscriptions.len().to_string(),
+            rx_pps,
+            tx_pps,
+            rx_bps,
+            tx_bps,
             r.workers,
             r.worst_loss.map_or_else(|| "-".into(), fmt_loss),
             r.worst_rtt.map_or_else(|| "-".into(), fmt_rtt),
@@ -611,6 +686,10 @@ pub fn render(v: &View, fit: Fit) -> Vec<Line> {
             "WORKER".into(),
             "REMOTE".into(),
             "STATE".into(),
+            "IN PKT/S".into(),
+            "OUT PKT/S".into(),
+            "IN".into(),
+            "OUT".into(),
             "LOSS".into(),
             "LOST".into(),
             "JITTER".into(),
@@ -626,6 +705,7 @@ pub fn render(v: &View, fit: Fit) -> Vec<Line> {
                 None if l.remote.is_empty() => "(not learned)".into(),
                 None => l.remote.clone(),
             };
+            let [rx_pps, tx_pps, rx_bps, tx_bps] = traffic(leg_rates.as_ref().and_then(|m| m.get(&(s.id.clone(), l.id.clone()))));
             rows.push(vec![
                 l.id.clone(),
                 leg_kind(l),
@@ -633,6 +713,10 @@ pub fn render(v: &View, fit: Fit) -> Vec<Line> {
                 worker_of(l.local_port, nworkers).map_or_else(|| "-".into(), |w| w.to_string()),
                 remote,
                 state_of(lv),
+                rx_pps,
+                tx_pps,
+                rx_bps,
+                tx_bps,
                 stats.map_or_else(|| "-".into(), |st| fmt_loss(st.fraction_lost)),
                 stats.map_or_else(|| "-".into(), |st| st.cumulative_lost.to_string()),
                 stats.map_or_else(|| "-".into(), |st| st.jitter.to_string()),
@@ -656,7 +740,7 @@ pub fn render(v: &View, fit: Fit) -> Vec<Line> {
 
 fn footer(v: &View, fit: Fit) -> Vec<Line> {
     let mut f = vec![line(
-        "traffic is counted per worker (the dataplane has no per-leg packet counters); loss, jitter and RTT are the participants' receiver reports",
+        "a leg's traffic: authenticated packets from the participant (IN), every packet sent to it (OUT); loss, jitter and RTT are the participants' receiver reports",
         Style::Plain,
     )];
     if let Fit::Rows(_) = fit {
@@ -717,10 +801,12 @@ pub async fn once(
     let first = node.get_status(pb::GetStatusRequest {}).await.map_err(grpc)?.into_inner().workers;
     view.history.push(start, &first);
     // Wait for a fresh report (the counters change), the base; then for one at least `interval`
-    // after it. Counters that never move (an idle node) read 0/s over the whole wait.
+    // after it. Counters that never move (an idle node) read 0/s over the whole wait. The legs'
+    // counters (of the same reports) are read at both points too.
     let deadline = start + interval + Duration::from_secs(4);
     let mut base: Option<Instant> = None;
     let mut last = first;
+    let mut fresh = None;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let workers = node.get_status(pb::GetStatusRequest {}).await.map_err(grpc)?.into_inner().workers;
@@ -728,10 +814,14 @@ pub async fn once(
         match base {
             None if moved => {
                 view.history.push(now, &workers);
+                view.legs.push_legs(now, &fetch(node, routes, only).await.map_err(grpc)?.sessions);
                 base = Some(now);
             }
             Some(b) if moved && now.duration_since(b) >= interval => {
                 view.history.push(now, &workers);
+                let snap = fetch(node, routes, only).await.map_err(grpc)?;
+                view.legs.push_legs(now, &snap.sessions);
+                fresh = Some(snap);
                 break;
             }
             _ => {}
@@ -741,7 +831,11 @@ pub async fn once(
             break;
         }
     }
-    let snap = fetch(node, routes, only).await.map_err(grpc)?;
+    // The snapshot of the last point (its counters again are no new point), or a new one.
+    let snap = match fresh {
+        Some(s) => s,
+        None => fetch(node, routes, only).await.map_err(grpc)?,
+    };
     view.update(Ok(snap));
     let mut s = String::new();
     for l in render(&view, Fit::All { legs: true }) {
@@ -905,19 +999,32 @@ mod tests {
         let mut v = View::new("127.0.0.1:1", Duration::from_secs(1), None);
         let leg = |id: &str, port| pb::Leg { id: id.into(), local_port: port, ..Default::default() };
         let stats = |loss, rtt| pb::LegStats { fraction_lost: loss, rtt_us: Some(rtt), ..Default::default() };
-        let s = pb::Session {
+        // Alice sends 100 packets of 200 bytes a second and gets 50 of 100; bob only receives
+        // (100 of 150 a second); carol is not reported yet.
+        let s = |secs: u64| pb::Session {
             id: "standup".into(),
             revision: 3,
-            legs: vec![leg("alice", 20000), leg("bob", 20001)],
+            legs: vec![leg("alice", 20000), leg("bob", 20001), leg("carol", 20002)],
             live: vec![
                 pb::LegLive {
                     leg: "alice".into(),
                     activity: pb::leg_live::Activity::Active as i32,
                     remote: "10.0.0.1:5000".into(),
                     stats: Some(stats(0, 12_000)),
+                    rx_packets: 100 * secs,
+                    rx_bytes: 20_000 * secs,
+                    tx_packets: 50 * secs,
+                    tx_bytes: 5_000 * secs,
                     ..Default::default()
                 },
-                pb::LegLive { leg: "bob".into(), activity: pb::leg_live::Activity::Idle as i32, stats: Some(stats(64, 80_500)), ..Default::default() },
+                pb::LegLive {
+                    leg: "bob".into(),
+                    activity: pb::leg_live::Activity::Idle as i32,
+                    stats: Some(stats(64, 80_500)),
+                    tx_packets: 100 * secs,
+                    tx_bytes: 15_000 * secs,
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
@@ -928,8 +1035,8 @@ mod tests {
             ..Default::default()
         };
         let t = Instant::now();
-        v.update(Ok(Snapshot { at: t, status: status(0, 0), sessions: vec![s.clone(), other.clone()], more: 0, missing: None }));
-        v.update(Ok(Snapshot { at: t + Duration::from_secs(2), status: status(1000, 3000), sessions: vec![s, other], more: 0, missing: None }));
+        v.update(Ok(Snapshot { at: t, status: status(0, 0), sessions: vec![s(10), other.clone()], more: 0, missing: None }));
+        v.update(Ok(Snapshot { at: t + Duration::from_secs(2), status: status(1000, 3000), sessions: vec![s(12), other], more: 0, missing: None }));
         v
     }
 
@@ -942,8 +1049,18 @@ mod tests {
         assert!(all.contains("rtcp_consumed 0/s (7)"), "{all}");
         let row = all.lines().find(|l| l.starts_with("standup")).unwrap();
         assert!(row.contains("25.0%") && row.contains("80.5 ms") && row.contains("0,1"), "worst loss and RTT, workers: {row}");
+        // The session's traffic is its legs': in 100 pkt/s 160 kbit/s, out 150 pkt/s 160 kbit/s.
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[6..12], ["100", "150", "160", "kbit/s", "160", "kbit/s"], "{row}");
         let alice = all.lines().find(|l| l.starts_with("alice")).unwrap();
         assert!(alice.contains("10.0.0.1:5000") && alice.contains("active") && alice.contains("12.0 ms"), "{alice}");
+        let cells: Vec<&str> = alice.split_whitespace().collect();
+        assert_eq!(cells[6..12], ["100", "50", "160", "kbit/s", "40", "kbit/s"], "alice's rates in and out: {alice}");
+        // (Bob's and carol's remotes are "(not learned)": two words.)
+        let bob: Vec<&str> = all.lines().find(|l| l.starts_with("bob")).unwrap().split_whitespace().collect();
+        assert_eq!(bob[6..13], ["idle", "0", "100", "0", "bit/s", "120", "kbit/s"], "bob only receives");
+        let carol: Vec<&str> = all.lines().find(|l| l.starts_with("carol")).unwrap().split_whitespace().collect();
+        assert_eq!(carol[6..11], ["-", "-", "-", "-", "-"], "carol has no state nor counters yet");
         assert!(all.contains("zeta\\u{1b}[31m") && !all.contains('\u{1b}'), "ids are escaped");
         // The terminal view: 24 rows, no legs until Enter, then the selected session's.
         let lines = render(&v, Fit::Rows(24));

@@ -19,7 +19,11 @@
 //! A connection that sends [`Request::Subscribe`] becomes a stream: after
 //! [`Response::Subscribed`] the dataplane writes [`Response::Events`] batches as workers produce
 //! them and, when asked for, [`Response::Stats`] at a fixed interval, until the peer closes it.
+//! A stream's stats name only the legs whose traffic counters moved since its previous report
+//! (the first report names every leg with traffic): per-leg figures cost what moves, not what
+//! the tables hold.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -253,6 +257,7 @@ fn stream<H: FnMut(Request) -> Response>(mut conn: UnixStream, hub: &crate::even
     let stats_every = (stats_ms > 0).then(|| Duration::from_millis(u64::from(stats_ms)));
     let mut next_stats = stats_every.map(|d| Instant::now() + d);
     let mut last_write = Instant::now();
+    let mut legs_told = HashMap::new();
     loop {
         let deadline = next_stats.map_or(last_write + KEEPALIVE, |t| t.min(last_write + KEEPALIVE));
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -270,7 +275,11 @@ fn stream<H: FnMut(Request) -> Response>(mut conn: UnixStream, hub: &crate::even
         let now = Instant::now();
         let frame = if next_stats.is_some_and(|t| now >= t) {
             next_stats = stats_every.map(|d| now + d);
-            call(handler, Request::Stats)
+            let mut frame = call(handler, Request::Stats);
+            if let Response::Stats(workers) = &mut frame {
+                only_moved(workers, &mut legs_told);
+            }
+            frame
         } else if now >= last_write + KEEPALIVE {
             Response::Events(Vec::new())
         } else {
@@ -281,6 +290,23 @@ fn stream<H: FnMut(Request) -> Response>(mut conn: UnixStream, hub: &crate::even
         }
         last_write = now;
     }
+}
+
+/// What each worker last told a stream of each leg's traffic.
+type LegsTold = HashMap<(usize, sluice_core::ids::LegId), sluice_core::stats::LegTraffic>;
+
+/// Leaves in each worker's report only the legs whose counters differ from what `told` says the
+/// stream last got of them (all of them, the first time), and makes `told` the report's (legs
+/// gone from the tables are forgotten).
+fn only_moved(workers: &mut [sluice_core::stats::CoreStats], told: &mut LegsTold) {
+    let mut now = HashMap::with_capacity(told.len());
+    for (w, s) in workers.iter_mut().enumerate() {
+        for c in &s.legs {
+            now.insert((w, c.leg), c.traffic);
+        }
+        s.legs.retain(|c| told.get(&(w, c.leg)) != Some(&c.traffic));
+    }
+    *told = now;
 }
 
 #[cfg(test)]
@@ -553,6 +579,44 @@ mod tests {
         let mut c = Client::connect(&path).unwrap();
         assert!(matches!(c.call(&Request::Generation).unwrap(), Response::Generation(Generation(7))));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A stream gets a leg's counters when they moved since it last got them, and every leg
+    /// with traffic in its first report.
+    #[test]
+    fn a_stream_is_told_only_the_legs_whose_counters_moved() {
+        use sluice_core::ids::LegId;
+        use sluice_core::stats::{LegCount, LegTraffic};
+        let count = |leg, rx| LegCount { leg: LegId(leg), traffic: LegTraffic { rx_packets: rx, rx_bytes: rx * 100, ..Default::default() } };
+        let report = |w0: Vec<LegCount>, w1: Vec<LegCount>| vec![CoreStats { legs: w0, ..Default::default() }, CoreStats { legs: w1, ..Default::default() }];
+        let legs = |r: &[CoreStats]| r.iter().map(|c| c.legs.iter().map(|l| l.leg.0).collect::<Vec<_>>()).collect::<Vec<_>>();
+        let mut told = LegsTold::new();
+        let mut r = report(vec![count(1, 5), count(2, 3)], vec![count(1, 2)]);
+        only_moved(&mut r, &mut told);
+        assert_eq!(legs(&r), [vec![1, 2], vec![1]], "the first report names every leg with traffic");
+        // Leg 1 moved on worker 0 only; leg 2 did not move; leg 1 on worker 1 neither.
+        let mut r = report(vec![count(1, 9), count(2, 3)], vec![count(1, 2)]);
+        only_moved(&mut r, &mut told);
+        assert_eq!(legs(&r), [vec![1], vec![]]);
+        assert_eq!(r[0].legs[0].traffic.rx_packets, 9, "cumulative, not a difference");
+        let mut r = report(vec![count(1, 9), count(2, 3)], vec![count(1, 2)]);
+        only_moved(&mut r, &mut told);
+        assert_eq!(legs(&r), [Vec::<u32>::new(), vec![]], "nothing moved: nothing told");
+        // A leg gone from the tables is forgotten: back with traffic, it is told again.
+        let mut r = report(vec![count(1, 9)], vec![count(1, 2)]);
+        only_moved(&mut r, &mut told);
+        let mut r = report(vec![count(1, 9), count(2, 3)], vec![count(1, 2)]);
+        only_moved(&mut r, &mut told);
+        assert_eq!(legs(&r), [vec![2], vec![]]);
+        // The frame is compatible both ways: without legs, no `legs` key; a report without one
+        // (an older dataplane) reads as no legs.
+        let json = serde_json::to_value(CoreStats::default()).unwrap();
+        assert!(json.get("legs").is_none(), "{json}");
+        let back: CoreStats = serde_json::from_value(json).unwrap();
+        assert!(back.legs.is_empty());
+        let with = serde_json::to_string(&r[0]).unwrap();
+        assert!(with.contains(r#""legs":[{"leg":2,"rx_packets":3,"rx_bytes":300,"tx_packets":0,"tx_bytes":0}]"#), "{with}");
+        assert_eq!(serde_json::from_str::<CoreStats>(&with).unwrap(), r[0]);
     }
 
     #[test]

@@ -630,9 +630,12 @@ impl Worker {
 
     fn publish(&mut self) {
         let io = self.io.counters();
+        let mut core = self.core.stats().clone();
+        // Each leg's traffic on this worker (the control endpoint sends a stream only what moved).
+        self.core.leg_traffic(&mut core.legs);
         let snap = WorkerSnapshot {
             worker: self.index,
-            core: self.core.stats().clone(),
+            core,
             generation: self.core.tables().generation().0,
             io: vec![
                 ("syscalls", io.syscalls),

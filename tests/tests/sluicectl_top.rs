@@ -1,7 +1,8 @@
 //! `sluicectl top` end to end: the real daemons, a 3-party meeting programmed over gRPC with
 //! real SRTP media flowing, and the view running in a real pseudo-terminal (a tmux server of the
-//! test's own): it shows the node's non-zero packet rates, the session and, after Enter, its
-//! legs as the dataplane reports them; `q` ends it and gives the terminal back (the alternate
+//! test's own): it shows the node's non-zero packet rates, the session with its traffic (the sum
+//! of its legs') and, after Enter, its legs as the dataplane reports them, each with non-zero
+//! packets/s in and out (every participant sends); `q` ends it and gives the terminal back (the alternate
 //! screen left, the cursor shown). `--once` prints the same view as plain text, and without
 //! `--once` a stdout that is not a terminal is refused with a clear message.
 
@@ -70,11 +71,51 @@ fn traffic(view: &str, dir: &str) -> Option<f64> {
     let line = view.lines().find(|l| l.starts_with("traffic: "))?;
     let at = line.find(&format!(" {dir} "))? + dir.len() + 2;
     let n: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+    count(&n)
+}
+
+/// A count as the view writes it, `1.2k` read as 1200 (`None` for `…` or `-`).
+fn count(n: &str) -> Option<f64> {
     let (num, mult) = match n.strip_suffix('k') {
         Some(n) => (n, 1e3),
-        None => n.strip_suffix('M').map_or((n.as_str(), 1.0), |n| (n, 1e6)),
+        None => n.strip_suffix('M').map_or((n, 1.0), |n| (n, 1e6)),
     };
     num.parse::<f64>().ok().map(|x| x * mult)
+}
+
+/// The cell under the column headed `col` in the row that starts with `id` of the table whose
+/// header starts with `table` (`SESSION`, `LEG`): cells sit under their headers, and the words
+/// of a header are one space apart, columns at least two.
+fn cell(view: &str, table: &str, id: &str, col: &str) -> Option<String> {
+    let mut lines = view.lines().skip_while(|l| !l.starts_with(&format!("{table}  ")));
+    let header = lines.next()?;
+    let start = header.match_indices(col).map(|(i, _)| i).find(|&i| {
+        let after = &header[i + col.len()..];
+        (i == 0 || header[..i].ends_with("  ")) && (after.is_empty() || after.starts_with("  "))
+    })?;
+    let end = header[start + col.len()..].find(|c: char| c != ' ').map(|k| start + col.len() + k);
+    let row: Vec<char> = lines.find(|l| l.split_whitespace().next() == Some(id))?.chars().collect();
+    let cells: String = row.get(start..end.unwrap_or(row.len()).min(row.len()))?.iter().collect();
+    Some(cells.trim().to_owned())
+}
+
+/// The packets/s in and out of `id` in `table`.
+fn pps(view: &str, table: &str, id: &str) -> (Option<f64>, Option<f64>) {
+    let get = |col| cell(view, table, id, col).as_deref().and_then(count);
+    (get("IN PKT/S"), get("OUT PKT/S"))
+}
+
+fn both_ways((rx, tx): (Option<f64>, Option<f64>)) -> bool {
+    rx.is_some_and(|x| x > 0.0) && tx.is_some_and(|x| x > 0.0)
+}
+
+/// Whether the session's packets/s (the sum of its legs') are the node's, give or take a
+/// quarter (the rates of the legs and of the workers are read in separate calls): every
+/// datagram here is a leg's, authenticated, and every packet sent is to one of its legs.
+fn session_is_the_nodes_traffic(view: &str) -> bool {
+    let near = |a: Option<f64>, b: Option<f64>| a.zip(b).is_some_and(|(a, b)| b > 0.0 && (a - b).abs() <= 0.25 * b);
+    let (rx, tx) = pps(view, "SESSION", SESSION);
+    near(rx, traffic(view, "in")) && near(tx, traffic(view, "out"))
 }
 
 /// The row of the session table (or leg table) that starts with `id`, as its cells.
@@ -89,14 +130,18 @@ fn assert_shows_meeting(view: &str, legs: Option<&BTreeMap<String, String>>) {
     let (rx, tx) = (traffic(view, "in"), traffic(view, "out"));
     assert!(rx.is_some_and(|x| x > 0.0) && tx.is_some_and(|x| x > 0.0), "non-zero packets/s in and out: {rx:?} {tx:?}\n{view}");
     let s = row(view, SESSION).unwrap_or_else(|| panic!("no row for {SESSION}:\n{view}"));
-    // SESSION REV LEGS ACTIVE TRACKS SUBS WORKERS ...
+    // SESSION REV LEGS ACTIVE TRACKS SUBS IN PKT/S OUT PKT/S IN OUT WORKERS ...
     assert_eq!((s[2], s[3], s[4], s[5]), ("3", "3", "6", "12"), "legs, active legs, tracks, subscriptions:\n{view}");
+    assert!(session_is_the_nodes_traffic(view), "the session's packets/s in and out (its legs') are the node's:\n{view}");
     assert!(view.lines().any(|l| l.starts_with("drops by reason:")), "{view}");
     if let Some(legs) = legs {
         for (leg, remote) in legs {
             let r = row(view, leg).unwrap_or_else(|| panic!("no row for leg {leg}:\n{view}"));
-            // LEG KIND PORT WORKER REMOTE STATE LOSS ...
-            assert_eq!((r[1], r[4], r[5], r[6]), ("srtp", remote.as_str(), "active", "0.0%"), "leg {leg}:\n{view}");
+            let c = |col| cell(view, "LEG", leg, col).unwrap_or_default();
+            assert_eq!((r[1], c("REMOTE"), c("STATE"), c("LOSS")), ("srtp", remote.clone(), "active".into(), "0.0%".into()), "leg {leg}:\n{view}");
+            // Every participant publishes and subscribes: traffic both ways on every leg.
+            assert!(both_ways(pps(view, "LEG", leg)), "leg {leg}'s packets/s in and out:\n{view}");
+            assert!(c("IN").ends_with("bit/s") && c("OUT").ends_with("bit/s") && !c("IN").starts_with("0 "), "leg {leg}'s bit rates:\n{view}");
         }
     }
 }
@@ -148,7 +193,10 @@ fn top_shows_a_live_meeting_in_a_pseudo_terminal_and_as_a_snapshot() {
     let cmd = format!("'{}' --addr {addr} top --interval 0.5; echo TOP-EXITED-$?; sleep 60", ctl.display());
     tmux.run(&["new-session", "-d", "-x", "160", "-y", "48", "-s", "top", &cmd]);
     let view = tmux.wait_for("the meeting with media flowing", Duration::from_secs(20), |p| {
-        traffic(p, "in").is_some_and(|x| x > 0.0) && traffic(p, "out").is_some_and(|x| x > 0.0) && row(p, SESSION).is_some_and(|r| r[3] == "3")
+        traffic(p, "in").is_some_and(|x| x > 0.0)
+            && traffic(p, "out").is_some_and(|x| x > 0.0)
+            && row(p, SESSION).is_some_and(|r| r[3] == "3")
+            && session_is_the_nodes_traffic(p)
     });
     assert_eq!(tmux.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"]).trim(), "1", "the view is on the alternate screen");
     assert_shows_meeting(&view, None);
@@ -156,7 +204,9 @@ fn top_shows_a_live_meeting_in_a_pseudo_terminal_and_as_a_snapshot() {
     // Enter: the selected (only) session's legs.
     tmux.run(&["send-keys", "-t", "top", "Enter"]);
     let view = tmux.wait_for("the session's legs", Duration::from_secs(15), |p| {
-        remotes.keys().all(|leg| row(p, leg).is_some_and(|r| r.get(5) == Some(&"active") && r.get(6) == Some(&"0.0%")))
+        remotes.keys().all(|leg| {
+            cell(p, "LEG", leg, "STATE").as_deref() == Some("active") && cell(p, "LEG", leg, "LOSS").as_deref() == Some("0.0%") && both_ways(pps(p, "LEG", leg))
+        })
     });
     assert_shows_meeting(&view, Some(&remotes));
     println!("--- sluicectl top, 160×48 ---\n{view}");

@@ -101,10 +101,14 @@ fn the_units_start_ready_unprivileged_and_the_watchdog_restarts_a_stalled_worker
     // The package's user (sysusers: idempotent).
     let sysusers = std::fs::File::open(repo().join("packaging/systemd/sluice.sysusers")).expect("sysusers entry");
     run(Command::new("systemd-sysusers").arg("-").stdin(sysusers));
-    // Configs and state where the units' sandbox lets them: not /tmp (PrivateTmp), state under
+    // Binaries and configs where the units' sandbox lets them read (not under /tmp: PrivateTmp;
+    // not under /root or /home: ProtectHome; a checkout may be in either), state under
     // /var/lib/sluice (ReadWritePaths).
-    let conf = bin_dir().join(format!("systemd-test-{}", std::process::id()));
+    let conf = PathBuf::from(format!("/var/lib/sluice-systemd-test-{}", std::process::id()));
     std::fs::create_dir_all(&conf).expect("config dir");
+    for bin in ["sluice-dataplane", "sluice-controlplane"] {
+        std::fs::copy(bin_dir().join(bin), conf.join(bin)).expect("copy the binary");
+    }
     let state = PathBuf::from(format!("/var/lib/sluice/systemd-test-{}", std::process::id()));
     std::fs::create_dir_all(&state).expect("state dir");
     run(Command::new("chown").arg("-R").arg("sluice:sluice").arg("/var/lib/sluice"));
@@ -147,7 +151,7 @@ fn the_units_start_ready_unprivileged_and_the_watchdog_restarts_a_stalled_worker
         std::fs::create_dir_all(&d).expect("drop-in dir");
         std::fs::write(
             d.join("10-test.conf"),
-            format!("[Unit]\nDefaultDependencies=no\n[Service]\nExecStart=\nExecStart={} --config {}\n{limits}", bin_dir().join(bin).display(), cfg.display()),
+            format!("[Unit]\nDefaultDependencies=no\n[Service]\nExecStart=\nExecStart={} --config {}\n{limits}", conf.join(bin).display(), cfg.display()),
         )
         .expect("write");
         std::fs::copy(repo().join(format!("packaging/systemd/{unit}.service")), units.path().join(format!("{unit}.service"))).expect("copy unit");

@@ -1,6 +1,7 @@
 //! Per-core counters. Plain integers owned by one worker (no atomics on the fast path); the
 //! worker publishes snapshots between batches.
 
+use crate::ids::LegId;
 use crate::verdict::DropReason;
 
 /// Packet and byte counters of one core.
@@ -94,6 +95,72 @@ pub struct CoreStats {
     /// reason does not break a control plane and a dataplane of different builds.)
     #[cfg_attr(feature = "serde", serde(deserialize_with = "lenient_drops"))]
     pub drops: [u64; DropReason::COUNT],
+    /// Per-leg traffic of this core ([`LegTraffic`], cumulative), of the legs whose counters
+    /// moved since the previous report. Not kept by the core (its legs hold their own
+    /// counters, see [`crate::forward::Core::leg_traffic`]): the worker fills it in for a
+    /// report, and the control endpoint leaves out what a subscriber already has. (Absent from
+    /// older builds' reports: read as none.)
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Vec::is_empty"))]
+    pub legs: Vec<LegCount>,
+}
+
+/// A leg's traffic as one core handled it: the authenticated datagrams (RTP and RTCP) it
+/// received from the participant, and every packet it sent to the participant (media copies,
+/// retransmissions, probes, sender reports, feedback), with their bytes as on the wire (SRTP
+/// tag included). A publisher's packets are counted on the core that receives them, the copies
+/// for a subscriber on the core that owns the subscriber's leg: a leg's figures are the sum
+/// over cores. Plain adds on the packet path, on the leg's state the path already touches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LegTraffic {
+    /// Authenticated datagrams received from the participant.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Packets sent to the participant.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+}
+
+impl LegTraffic {
+    /// Counts an authenticated datagram of `bytes` received.
+    #[inline]
+    pub fn received(&mut self, bytes: usize) {
+        self.rx_packets += 1;
+        self.rx_bytes += bytes as u64;
+    }
+
+    /// Counts a packet of `bytes` sent.
+    #[inline]
+    pub fn sent(&mut self, bytes: usize) {
+        self.tx_packets += 1;
+        self.tx_bytes += bytes as u64;
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Adds `o`'s counts (the same leg on another core).
+    pub fn add(&mut self, o: &Self) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+    }
+}
+
+/// One leg's [`LegTraffic`] in a report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LegCount {
+    /// The leg.
+    pub leg: LegId,
+    /// Its counters on the reporting core.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub traffic: LegTraffic,
 }
 
 #[cfg(feature = "serde")]

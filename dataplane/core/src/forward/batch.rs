@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 
 use crate::ids::LegId;
+use crate::stats::LegTraffic;
 
 /// The largest datagram the core accepts or emits (UDP payload). Media paths keep packets under
 /// the usual 1500-byte MTU; anything larger is dropped as malformed.
@@ -94,10 +95,13 @@ impl OutBatch {
         &self.data[i * SLOT_BYTES..i * SLOT_BYTES + len.min(SLOT_BYTES)]
     }
 
-    /// Commits the slot returned by the last [`OutBatch::next_slot`].
-    pub(crate) fn commit(&mut self, meta: OutMeta) {
+    /// Commits the slot returned by the last [`OutBatch::next_slot`], counted as sent on the
+    /// destination leg's `traffic` (taking it here is what makes every output counted).
+    #[inline]
+    pub(crate) fn commit(&mut self, meta: OutMeta, traffic: &mut LegTraffic) {
         debug_assert!(usize::from(meta.len) <= SLOT_BYTES);
         if self.meta.len() < self.capacity {
+            traffic.sent(usize::from(meta.len));
             self.meta.push(meta);
         }
     }

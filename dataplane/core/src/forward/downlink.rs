@@ -256,7 +256,7 @@ pub(super) fn probe(
             p[PROBE_LEN - 1] = PROBE_PADDING as u8;
             let Ok(len) = leg.tx.protect_rtp(&mut sub.rtx_srtp, &mut slot[..], PROBE_LEN) else { break };
             sub.rtx_seq = sub.rtx_seq.wrapping_add(1);
-            out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
+            out.commit(OutMeta { local_port: leg.spec.local_port, dst: remote, leg: leg.spec.id, len: len as u16 }, &mut leg.traffic);
             dl.sent(now, len, true);
             stats.probe_packets += 1;
         }
@@ -275,7 +275,14 @@ pub(super) fn pace(now: Instant, legs: &mut Legs, pacing: &mut Pacing, out: &mut
     let mut k = 0;
     while k < pacing.legs.len() {
         let (leg_id, pacer_id) = pacing.legs[k];
-        let Some(dl) = legs.get_mut(&leg_id).and_then(|l| l.downlink.as_deref_mut()).filter(|dl| dl.pacer.id() == pacer_id) else {
+        let Some((dl, traffic)) = legs
+            .get_mut(&leg_id)
+            .and_then(|l| {
+                let Leg { downlink, traffic, .. } = &mut **l;
+                Some((downlink.as_deref_mut()?, traffic))
+            })
+            .filter(|(dl, _)| dl.pacer.id() == pacer_id)
+        else {
             pacing.pool.reclaim(pacer_id);
             pacing.legs.swap_remove(k);
             continue;
@@ -285,7 +292,7 @@ pub(super) fn pace(now: Instant, legs: &mut Legs, pacing: &mut Pacing, out: &mut
             let len = usize::from(q.meta.len);
             if let Some(slot) = out.next_slot() {
                 slot[..len].copy_from_slice(pacing.pool.get(q.slot, len));
-                out.commit(q.meta);
+                out.commit(q.meta, traffic);
                 stats.tx_packets += 1;
                 stats.tx_bytes += len as u64;
             }

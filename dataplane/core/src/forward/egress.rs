@@ -139,14 +139,14 @@ fn copy_header(header: &[u8], csrc: Option<Ssrc>, slot: &mut [u8]) -> Result<usi
 /// and gets its real departure time when it leaves.
 fn emit(ctx: &mut Ctx<'_>, leg: &mut Leg, meta: OutMeta, stamped: bool) {
     let Some(dl) = leg.downlink.as_deref_mut().filter(|_| ctx.shard.owns(leg.spec.local_port)) else {
-        ctx.out.commit(meta);
+        ctx.out.commit(meta, &mut leg.traffic);
         return;
     };
     if stamped {
         dl.sent(ctx.now, usize::from(meta.len), false);
     }
     if dl.pacer.admit(ctx.now, usize::from(meta.len)) {
-        ctx.out.commit(meta);
+        ctx.out.commit(meta, &mut leg.traffic);
         return;
     }
     let twcc_seq = stamped.then(|| dl.history.last_seq());
@@ -154,7 +154,7 @@ fn emit(ctx: &mut Ctx<'_>, leg: &mut Leg, meta: OutMeta, stamped: bool) {
         ctx.stats.packets_paced += 1;
     } else {
         ctx.stats.pace_overflow += 1;
-        ctx.out.commit(meta);
+        ctx.out.commit(meta, &mut leg.traffic);
     }
 }
 

@@ -382,7 +382,7 @@ pub(super) fn request_keyframe(ctx: &mut Ctx<'_>, track: &mut Track, legs: &mut 
     let Some(slot) = ctx.out.next_slot() else { return false };
     let Ok(len) = rtcp::write_pli(&mut slot[..], leg.spec.feedback_ssrc, media) else { return false };
     let Ok(out_len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { return false };
-    ctx.out.commit(OutMeta { local_port, dst: remote, leg: leg.spec.id, len: out_len as u16 });
+    ctx.out.commit(OutMeta { local_port, dst: remote, leg: leg.spec.id, len: out_len as u16 }, &mut leg.traffic);
     state.last_keyframe_request = Some(ctx.now);
     ctx.stats.keyframe_requests += 1;
     push_event(ctx.events, Event::KeyframeRequested { track: track.spec.id, layer });

@@ -147,6 +147,7 @@ impl Core {
             None => self.learn_ssrc(leg_id, ssrc, buf)?,
         };
         let leg = self.tables.leg_mut(leg_id).ok_or(DropReason::UnknownSource)?;
+        leg.traffic.received(len);
         if let Some(d) = uplink::record(now, leg, idx, &buf[..plain_len]) {
             self.next_uplink = Some(self.next_uplink.map_or(d, |t| t.min(d)));
         }
@@ -278,6 +279,7 @@ impl Core {
         let len = buf.len();
         let plain_len = leg.rx.unprotect_rtcp(&mut state, buf, len).map_err(srtp_verdict)?;
         leg.store_rtcp_recv(sender, state);
+        leg.traffic.received(len);
         self.seen(now, leg_id, local_port, remote);
         let mut ctx = fan_ctx!(self, now, out);
         rtcp::compound(&mut ctx, &mut self.tables, leg_id, &buf[..plain_len])

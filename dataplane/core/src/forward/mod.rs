@@ -537,6 +537,14 @@ impl Core {
         &self.stats
     }
 
+    /// The traffic this core counted on each leg (see [`crate::stats::LegTraffic`]), of the
+    /// legs it counted any for, into `out` (cleared first). Walks every leg: for reports between
+    /// batches, not per packet.
+    pub fn leg_traffic(&self, out: &mut Vec<crate::stats::LegCount>) {
+        out.clear();
+        out.extend(self.tables.legs().filter(|l| !l.traffic.is_zero()).map(|l| crate::stats::LegCount { leg: l.spec.id, traffic: l.traffic }));
+    }
+
     /// Applies a table delta atomically (between batches).
     pub fn apply(&mut self, delta: Delta) -> Result<crate::ids::Generation, DeltaError> {
         let g = self.tables.apply(delta)?;

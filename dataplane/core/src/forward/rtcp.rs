@@ -140,13 +140,13 @@ pub(super) fn track_sender_report(ctx: &mut Ctx<'_>, tables: &mut Tables, track_
             continue;
         }
         let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
-        let Some(sub_leg) = legs.get(&sub.subscriber) else { continue };
+        let Some(sub_leg) = legs.get_mut(&sub.subscriber) else { continue };
         let Some((local_port, remote)) = sub_leg.rtcp_path() else { continue };
         let Some(slot) = ctx.out.next_slot() else { return };
         let out_info = rtcp::SenderInfo { ntp_timestamp: info.ntp_timestamp, rtp_timestamp: ts, packet_count: sub.packets_sent, octet_count: sub.octets_sent };
         let Ok(len) = rtcp::write_sr(&mut slot[..], sub.out_ssrc, &out_info, &[]) else { continue };
         let Ok(out_len) = sub_leg.tx.protect_rtcp(&mut sub.srtcp, &mut slot[..], len) else { continue };
-        ctx.out.commit(OutMeta { local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 });
+        ctx.out.commit(OutMeta { local_port, dst: remote, leg: sub.subscriber, len: out_len as u16 }, &mut sub_leg.traffic);
         // LSR is the middle 32 bits of the NTP timestamp (RFC 3550 §6.4.1).
         sub.last_sr = Some(((info.ntp_timestamp >> 16) as u32, ctx.now));
     }
@@ -160,7 +160,7 @@ pub(super) fn slot_sender_reports(ctx: &mut Ctx<'_>, legs: &mut Legs, slot_legs:
     for &l in slot_legs {
         let Some(leg) = legs.get_mut(&l).filter(|leg| ctx.shard.owns(leg.spec.local_port)) else { continue };
         let Some((local_port, remote)) = leg.rtcp_path() else { continue };
-        let Leg { slots, tx, .. } = &mut **leg;
+        let Leg { slots, tx, traffic, .. } = &mut **leg;
         for slot in slots.iter_mut().flat_map(|set| set.slots.iter_mut()).filter(|s| s.source == Some((track_id, ssrc))) {
             let sub = &mut slot.sub;
             let Some(ts) = sub.rewriter.map_ts(ssrc, info.rtp_timestamp) else { continue };
@@ -169,7 +169,7 @@ pub(super) fn slot_sender_reports(ctx: &mut Ctx<'_>, legs: &mut Legs, slot_legs:
                 rtcp::SenderInfo { ntp_timestamp: info.ntp_timestamp, rtp_timestamp: ts, packet_count: sub.packets_sent, octet_count: sub.octets_sent };
             let Ok(len) = rtcp::write_sr(&mut out[..], sub.out_ssrc, &out_info, &[]) else { continue };
             let Ok(out_len) = tx.protect_rtcp(&mut sub.srtcp, &mut out[..], len) else { continue };
-            ctx.out.commit(OutMeta { local_port, dst: remote, leg: l, len: out_len as u16 });
+            ctx.out.commit(OutMeta { local_port, dst: remote, leg: l, len: out_len as u16 }, traffic);
             sub.last_sr = Some(((info.ntp_timestamp >> 16) as u32, ctx.now));
         }
     }
@@ -306,7 +306,7 @@ pub(super) fn upstream_to(out: &mut super::OutBatch, publisher: &mut Leg, plain:
     let Some(dst) = slot.get_mut(..plain.len()) else { return false };
     dst.copy_from_slice(plain);
     let Ok(out_len) = publisher.tx.protect_rtcp(&mut publisher.feedback_srtcp, &mut slot[..], plain.len()) else { return false };
-    out.commit(OutMeta { local_port, dst: remote, leg: publisher.spec.id, len: out_len as u16 });
+    out.commit(OutMeta { local_port, dst: remote, leg: publisher.spec.id, len: out_len as u16 }, &mut publisher.traffic);
     true
 }
 

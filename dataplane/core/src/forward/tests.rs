@@ -1571,6 +1571,127 @@ fn rtcp_first_on_the_rtcp_port_activates_the_leg_without_latching_rtp() {
     assert_eq!((leg.remote, leg.rtcp_remote), (None, Some(rtcp_addr)));
 }
 
+/// Per-leg traffic: what each leg's counters say is exactly what the core received from its
+/// participant (authenticated only) and sent to it, media copies, RTX answers, a keyframe
+/// request and receiver reports included; the legs' sums are the core's own counters less the
+/// datagram that failed authentication; an upsert of the leg's spec keeps them.
+#[test]
+fn each_leg_counts_what_it_received_and_what_was_sent_to_it() {
+    use crate::stats::LegTraffic;
+    use std::collections::BTreeMap;
+    let mut m = Meeting::new(3);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0)), Op::UpsertSubscription(sub(3, 1, 0x3001, 0))])
+        .unwrap();
+    let mut want: BTreeMap<u32, LegTraffic> = BTreeMap::new();
+    // Peer `i` sends `wire` at `now`; counts it for its leg when `authentic`, and every output.
+    let mut send = |m: &mut Meeting, i: usize, mut wire: Vec<u8>, now: Instant, authentic: bool| {
+        if authentic {
+            want.entry(m.peers[i].leg.0).or_default().received(wire.len());
+        }
+        m.out.clear();
+        let (port, addr) = (m.peers[i].port, m.peers[i].addr);
+        m.core.handle_rx(now, port, addr, &mut wire, &mut m.out);
+        for (meta, b) in m.out.iter() {
+            want.entry(meta.leg.0).or_default().sent(b.len());
+        }
+    };
+    for i in 0..3 {
+        let mut rr = [0u8; 8];
+        let n = rtcp::write_rr(&mut rr, Ssrc(m.peers[i].leg.0), &[]).unwrap();
+        let wire = m.peers[i].send_rtcp(&rr[..n]);
+        send(&mut m, i, wire, ms(0), true);
+    }
+    for k in 0..5u16 {
+        let wire = m.peers[0].send_rtp(&rtp_packet(0x100, 100 + k, 3000, 96, if k == 0 { &VP8_KEY } else { &VP8_CONT }));
+        send(&mut m, 0, wire, ms(1), true);
+    }
+    let mut forged = m.peers[0].send_rtp(&rtp_packet(0x100, 105, 3000, 96, &VP8_CONT));
+    *forged.last_mut().unwrap() ^= 1;
+    send(&mut m, 0, forged, ms(2), false);
+    // Leg 2 NACKs 102 and 103 (answered as RTX); leg 3 asks for a keyframe (a PLI to leg 1).
+    let mut buf = [0u8; 64];
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &[rtcp::NackItem { pid: 102, blp: 0b1 }]).unwrap();
+    let wire = m.peers[1].send_rtcp(&buf[..n]);
+    send(&mut m, 1, wire, ms(10), true);
+    let n = rtcp::write_pli(&mut buf, Ssrc(3), Ssrc(0x3001)).unwrap();
+    let wire = m.peers[2].send_rtcp(&buf[..n]);
+    send(&mut m, 2, wire, ms(500), true);
+    // Receiver reports to the publisher, on the timer.
+    let mut out = OutBatch::new(64);
+    m.core.handle_timeout(ms(3_000), &mut out);
+    assert!(out.iter().all(|(meta, _)| meta.leg == LegId(1)) && !out.is_empty(), "a receiver report to the publisher");
+    for (meta, b) in out.iter() {
+        want.entry(meta.leg.0).or_default().sent(b.len());
+    }
+    let reports = out.len() as u64;
+
+    let mut got = Vec::new();
+    m.core.leg_traffic(&mut got);
+    let got: BTreeMap<u32, LegTraffic> = got.iter().map(|c| (c.leg.0, c.traffic)).collect();
+    assert_eq!(got, want);
+    let packets = |l: u32| (got[&l].rx_packets, got[&l].tx_packets);
+    assert_eq!(packets(1), (1 + 5, 1 + reports), "publisher: an RR and 5 packets in; the PLI and the reports out");
+    assert_eq!(packets(2), (1 + 1, 5 + 2), "leg 2: an RR and a NACK in; 5 copies and 2 RTX out");
+    assert_eq!(packets(3), (1 + 1, 5), "leg 3: an RR and a PLI in; 5 copies out");
+    let s = m.core.stats();
+    let sum = got.values().fold(LegTraffic::default(), |mut a, t| {
+        a.add(t);
+        a
+    });
+    assert_eq!((sum.tx_packets, sum.tx_bytes), (s.tx_packets, s.tx_bytes), "every packet the core sent is some leg's");
+    assert_eq!(sum.rx_packets, s.rx_packets - 1, "every datagram but the forged one is some leg's");
+    assert!(got.values().all(|t| t.rx_bytes > 0 && t.tx_bytes > t.tx_packets * 12), "{got:?}");
+    // An upsert of the leg's spec (a resync) keeps its counters.
+    let spec = m.core.tables().leg(LegId(2)).unwrap().spec.clone();
+    m.apply(vec![Op::UpsertLeg(spec)]).unwrap();
+    assert_eq!(m.core.tables().leg(LegId(2)).unwrap().traffic, want[&2]);
+}
+
+/// With two cores, a publisher's packets are counted on the core that receives them, and each
+/// subscriber's copies (and its feedback) on the core that owns its leg: each core reports only
+/// the legs it counted anything for, and the sum over cores is what one core alone counts.
+#[test]
+fn each_core_counts_the_legs_traffic_it_handles_and_the_sum_is_one_cores() {
+    use crate::stats::LegTraffic;
+    use std::collections::BTreeMap;
+    let mut m = Meeting::new(3);
+    m.apply(vec![Op::UpsertTrack(video_track(1, 1, &[0x100])), Op::UpsertSubscription(sub(2, 1, 0x2001, 0)), Op::UpsertSubscription(sub(3, 1, 0x3001, 0))])
+        .unwrap();
+    for p in &m.peers {
+        m.core.set_remote(p.leg, p.addr).unwrap();
+    }
+    // Publisher 1 (port 20001) and subscriber 3 (20003) on core 1; subscriber 2 (20002) on core 0.
+    let mut two = TwoCores::new(&m);
+    for k in 0..10u16 {
+        let wire = m.peers[0].send_rtp(&rtp_packet(0x100, 100 + k, 3000, 96, if k == 0 { &VP8_KEY } else { &VP8_CONT }));
+        let mut buf = wire.clone();
+        m.out.clear();
+        m.core.handle_rx(ms(1), m.peers[0].port, m.peers[0].addr, &mut buf, &mut m.out);
+        two.deliver(&m.peers[0], &wire, ms(1));
+    }
+    let mut buf = [0u8; 64];
+    let n = rtcp::write_nack(&mut buf, Ssrc(2), Ssrc(0x2001), &[rtcp::NackItem { pid: 104, blp: 0 }]).unwrap();
+    let wire = m.peers[1].send_rtcp(&buf[..n]);
+    let mut one_buf = wire.clone();
+    m.out.clear();
+    m.core.handle_rx(ms(5), m.peers[1].port, m.peers[1].addr, &mut one_buf, &mut m.out);
+    two.deliver(&m.peers[1], &wire, ms(5));
+    let counts = |c: &Core| {
+        let mut v = Vec::new();
+        c.leg_traffic(&mut v);
+        v.into_iter().map(|c| (c.leg.0, c.traffic)).collect::<BTreeMap<u32, LegTraffic>>()
+    };
+    let (c0, c1) = (counts(&two.cores[0]), counts(&two.cores[1]));
+    let packets = |m: &BTreeMap<u32, LegTraffic>| m.iter().map(|(l, t)| (*l, t.rx_packets, t.tx_packets)).collect::<Vec<_>>();
+    assert_eq!(packets(&c0), [(2, 1, 10 + 1)], "core 0: leg 2's copies, its NACK and the RTX answer");
+    assert_eq!(packets(&c1), [(1, 10, 0), (3, 0, 10)], "core 1: the publisher's packets, leg 3's copies");
+    let mut sum = c0;
+    for (l, t) in c1 {
+        sum.entry(l).or_default().add(&t);
+    }
+    assert_eq!(sum, counts(&m.core), "the sum over cores is what one core counts");
+}
+
 #[path = "tests_layers.rs"]
 mod layers;
 

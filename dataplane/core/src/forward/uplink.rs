@@ -120,7 +120,7 @@ fn receiver_report(now: Instant, leg: &mut Leg, out: &mut OutBatch) -> bool {
         }
     }
     let Ok(len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { return true };
-    out.commit(OutMeta { local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
+    out.commit(OutMeta { local_port, dst: remote, leg: leg.spec.id, len: len as u16 }, &mut leg.traffic);
     true
 }
 
@@ -145,7 +145,7 @@ fn transport_cc(now: Instant, leg: &mut Leg, out: &mut OutBatch, stats: &mut Cor
             Ok(None) | Err(_) => break,
         };
         let Ok(len) = leg.tx.protect_rtcp(&mut leg.feedback_srtcp, &mut slot[..], len) else { break };
-        out.commit(OutMeta { local_port, dst: remote, leg: leg.spec.id, len: len as u16 });
+        out.commit(OutMeta { local_port, dst: remote, leg: leg.spec.id, len: len as u16 }, &mut leg.traffic);
         leg.uplink.twcc_sent += 1;
         stats.twcc_feedback_sent += 1;
     }

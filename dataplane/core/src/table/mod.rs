@@ -402,6 +402,11 @@ impl Tables {
         subs + self.slot_legs.values().map(Vec::len).max().unwrap_or(0)
     }
 
+    /// Every leg.
+    pub fn legs(&self) -> impl Iterator<Item = &Leg> + '_ {
+        self.legs.values().map(|l| &**l)
+    }
+
     /// Every leg, mutably (for runtime state; specs change only through [`Tables::apply`]).
     pub fn legs_mut(&mut self) -> impl Iterator<Item = &mut Leg> + '_ {
         self.legs.values_mut().map(|l| &mut **l)

@@ -68,6 +68,9 @@ pub struct Leg {
     pub tracks: Vec<TrackId>,
     /// When the leg last received authenticated media, and whether it counts as active.
     pub activity: Activity,
+    /// Its traffic on this core (see [`crate::stats::LegTraffic`]): runtime, kept across
+    /// upserts of its spec.
+    pub traffic: crate::stats::LegTraffic,
     /// Receive statistics from the participant's receiver reports.
     pub stats: LegStats,
     /// Runtime state of a WebRTC leg (`spec.edge` is set).
