@@ -1,9 +1,10 @@
 //! The embedded TURN server through the real `sluice-dataplane`: a four-party SRTP meeting where
 //! one participant reaches Sluice through TURN over UDP, one over TCP, one over TLS (ChannelData
 //! each way) and one directly, everyone authenticating everyone's media with no sequence gap;
-//! meanwhile bad clients (wrong and expired credentials, a forbidden peer, malformed ChannelData,
-//! a TCP client that stalls mid-frame, a TLS client that never finishes its handshake) are
-//! refused with the RFC's codes or dropped and counted, and the meeting keeps flowing.
+//! meanwhile bad clients (wrong and expired credentials, a forged nonce, a user over its quota, a
+//! forbidden peer, malformed ChannelData, a TCP client that stalls mid-frame, a TLS client that
+//! never finishes its handshake) are refused with the RFC's codes or dropped and counted, and the
+//! meeting keeps flowing.
 
 mod cp;
 
@@ -51,7 +52,7 @@ fn a_meeting_through_turn_over_udp_tcp_and_tls_while_bad_clients_are_refused() {
         &cfg,
         format!(
             "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nmetrics = \"{METRICS}\"\nport_range = [34784, 34847]\n\
-             [dataplane.turn]\nlisten = \"{TURN}\"\ntls_listen = \"{TURN_TLS}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{SECRET}\"\nrelay_ports = [34870, 34899]\nstall_timeout_ms = 500\n",
+             [dataplane.turn]\nlisten = \"{TURN}\"\ntls_listen = \"{TURN_TLS}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{SECRET}\"\nrelay_ports = [34870, 34899]\nstall_timeout_ms = 500\nmax_allocations_per_user = 1\n",
             sock.display(),
             dir.path().join("server.pem").display(),
             dir.path().join("server.key").display(),
@@ -149,7 +150,7 @@ fn a_meeting_through_turn_over_udp_tcp_and_tls_while_bad_clients_are_refused() {
     assert_eq!(metric(&m, "sluice_turn_allocations"), 4, "{m}");
     assert!(metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_peer\"}") >= 3 * (TICKS + 24 * 8));
     assert!(metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_client\"}") >= 3 * per as u64);
-    for reason in ["bad_credentials", "expired_credentials", "peer_denied_range", "peer_control_port", "stale_nonce"] {
+    for reason in ["bad_credentials", "expired_credentials", "peer_denied_range", "peer_control_port", "stale_nonce", "user_quota"] {
         assert!(metric(&m, &format!("sluice_turn_refusals_total{{reason=\"{reason}\"}}")) >= 1, "{reason} not counted:\n{m}");
     }
     assert!(metric(&m, "sluice_turn_refusals_total{reason=\"malformed\"}") >= 1, "{m}");
@@ -185,6 +186,9 @@ fn bad_clients(dir: &TempDir, leg: SocketAddr) {
     forged.on_answer(&forged_challenge());
     c.client = forged;
     assert!(matches!(c.transact(|c, o| c.allocate(o).expect("allocate")).expect("an answer"), Answer::Success { .. }));
+    // A second allocation of participant-1's user (quota 1): 486.
+    let mut again = Relayed::udp(TURN.parse().expect("addr"), SECRET, 1).expect("UDP");
+    assert_eq!(again.transact(|c, o| c.allocate(o).expect("allocate")).expect("an answer"), Answer::Error(486));
     // Forbidden peers: another port of the node (not a leg), the metrics endpoint.
     let metrics: SocketAddr = METRICS.parse().expect("addr");
     let ch = ChannelNumber::new(0x4001).expect("channel");
