@@ -902,6 +902,14 @@ fn quota(q: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine on an empty journal in a scratch directory of its own (removed by the caller).
+    fn fresh_engine(name: &str, ports: PortRange) -> (Engine, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sluice-engine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (journal, desired, _) = Journal::open(&dir, ports).unwrap();
+        (Engine::new(desired, journal), dir)
+    }
     use crate::state::PortRange;
     use crate::state::fixtures::*;
 
@@ -912,10 +920,7 @@ mod tests {
     /// nothing. (No dataplane here: accepted changes are committed and answered UNAVAILABLE.)
     #[test]
     fn a_group_commit_is_the_sequence_of_its_change_sets() {
-        let dir = std::env::temp_dir().join(format!("sluice-engine-group-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
-        let mut engine = Engine::new(desired, journal);
+        let (mut engine, dir) = fresh_engine("group", PORTS);
         let group = vec![
             pair("m"),
             // Refused: an unknown track.
@@ -950,10 +955,7 @@ mod tests {
     fn shared_ports_are_validated_and_never_skipped_as_held() {
         let held = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         let p = held.local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("sluice-engine-shared-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (journal, desired, _) = Journal::open(&dir, PortRange { start: p, end: p }).unwrap();
-        let mut engine = Engine::new(desired, journal);
+        let (mut engine, dir) = fresh_engine("shared", PortRange { start: p, end: p });
         for bad in [p - 1, p + 1] {
             let e = engine.set_shared_port_base(Some(bad)).unwrap_err();
             assert!(e.to_string().contains("controlplane.shared_port_base"), "{e}");
@@ -977,10 +979,7 @@ mod tests {
     /// port allocation through the journal: a restart recovers them and the same ports.
     #[test]
     fn the_dataplanes_worker_count_is_journaled_and_followed() {
-        let dir = std::env::temp_dir().join(format!("sluice-engine-workers-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
-        let mut engine = Engine::new(desired, journal);
+        let (mut engine, dir) = fresh_engine("workers", PORTS);
         engine.set_session_affinity_legs(3).unwrap();
         // An older dataplane says nothing of its workers: ports as before.
         engine.set_edge(&sluice_api::EdgeStatus { port_range: Some((1024, 65_000)), ..Default::default() });
@@ -1004,10 +1003,7 @@ mod tests {
     #[test]
     fn leg_events_are_kept_as_the_legs_live_state_until_the_leg_goes() {
         use sluice_core::table::LegStats;
-        let dir = std::env::temp_dir().join(format!("sluice-engine-live-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
-        let mut engine = Engine::new(desired, journal);
+        let (mut engine, dir) = fresh_engine("live", PORTS);
         let (answers, _) = engine.commit_many(&[req("m", vec![leg("a"), leg("b")])]);
         assert!(answers[0].is_none(), "{:?}", answers[0]);
         let id = |e: &Engine, l: &str| e.desired().sessions["m"].legs[l].id;
@@ -1048,10 +1044,7 @@ mod tests {
     #[test]
     fn leg_traffic_is_summed_over_workers_into_the_legs_live_state() {
         use sluice_core::stats::LegCount;
-        let dir = std::env::temp_dir().join(format!("sluice-engine-traffic-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (journal, desired, _) = Journal::open(&dir, PORTS).unwrap();
-        let mut engine = Engine::new(desired, journal);
+        let (mut engine, dir) = fresh_engine("traffic", PORTS);
         let (answers, _) = engine.commit_many(&[req("m", vec![leg("a"), leg("b")])]);
         assert!(answers[0].is_none(), "{:?}", answers[0]);
         let id = |e: &Engine, l: &str| e.desired().sessions["m"].legs[l].id;
