@@ -17,7 +17,8 @@
 #     opusenc, srtpenc/srtpdec, rtpjitterbuffer, matroskamux), prometheus (its promtool checks
 #     both daemons' /metrics), tmux (`sluicectl top` in a pseudo-terminal), curl, systemd and
 #     util-linux (the units under a real systemd; setpriv for the service-user tests), coturn (an
-#     external TURN server in front of Sluice in the relay-only browser test).
+#     external TURN server in front of Sluice in the relay-only browser test), nftables (a browser
+#     whose UDP is blocked, for ICE-TCP).
 #   - cargo-deb: builds the Debian package (scripts/package.sh).
 #   - nightly + rust-src: the XDP program is built with -Z build-std=core for bpfel-unknown-none.
 #   - bpf-linker, linked against the nightly's own libLLVM: bpf-linker 0.13 needs LLVM 21-23 and
@@ -31,7 +32,7 @@ t0=$(date +%s)
 note() { printf 'setup [%3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 # 1. Debian packages.
-pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad prometheus tmux curl systemd util-linux coturn"
+pkgs="pkg-config libssl-dev libsrtp2-dev iproute2 ethtool bpftool tcpdump protobuf-compiler redis-server chromium ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad prometheus tmux curl systemd util-linux coturn nftables"
 missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || echo "$p"; done)
 if [ -n "$missing" ]; then
   apt-get update -q >/dev/null

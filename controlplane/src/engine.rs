@@ -334,7 +334,7 @@ impl Engine {
 
     /// Takes what the dataplane says of its WebRTC edge, its port range and its worker count.
     pub fn set_edge(&mut self, s: &sluice_api::EdgeStatus) {
-        self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint.clone() };
+        self.edge = EdgeInfo { ip: self.announce_ip.or(s.listen_ip), fingerprint: s.fingerprint.clone(), ice_tcp_port: s.ice_tcp_port };
         if let Some((lo, hi)) = s.port_range {
             let ours = self.desired.ports;
             if ours.start < lo || ours.end > hi {

@@ -151,6 +151,8 @@ pub struct Config {
     pub xdp: XdpConfig,
     /// The embedded TURN server (`[dataplane.turn]`); absent: none.
     pub turn: Option<TurnConfig>,
+    /// ICE-TCP, a passive TCP candidate for WebRTC legs (`[dataplane.ice_tcp]`); absent: none.
+    pub ice_tcp: Option<crate::icetcp::IceTcpConfig>,
 }
 
 /// `[dataplane.turn]`: the embedded TURN server (RFC 8656) for participants that reach Sluice only
@@ -273,6 +275,7 @@ impl Default for Config {
             handshake_timeout_ms: 20_000,
             xdp: XdpConfig::default(),
             turn: None,
+            ice_tcp: None,
         }
     }
 }
@@ -417,6 +420,14 @@ impl Config {
         }
         self.validate_xdp()?;
         self.validate_turn()?;
+        if let Some(t) = &self.ice_tcp {
+            if !(100..=600_000).contains(&t.stall_timeout_ms) {
+                return invalid("ice_tcp.stall_timeout_ms", format!("{} is not in 100..=600000", t.stall_timeout_ms));
+            }
+            if t.max_connections == 0 {
+                return invalid("ice_tcp.max_connections", "must be at least 1".into());
+            }
+        }
         if let Some(dir) = self.control_socket.parent()
             && !dir.as_os_str().is_empty()
             && !dir.is_dir()

@@ -366,6 +366,7 @@ impl SlowPath {
             counters: self.counters.named(),
             port_range: None,
             workers: None,
+            ice_tcp_port: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod control;
 pub mod doctor;
 pub mod edge;
 pub mod events;
+pub mod icetcp;
 pub mod io;
 pub mod listener;
 pub use sluice_api::lock;

@@ -181,6 +181,7 @@ struct Sources {
     xdp: Option<SharedCounts>,
     edge: Option<Arc<Mutex<crate::edge::EdgeStatus>>>,
     turn: Option<Arc<crate::turn::TurnCounts>>,
+    ice_tcp: Option<Arc<crate::icetcp::IceTcpCounts>>,
 }
 
 impl Sources {
@@ -194,6 +195,9 @@ impl Sources {
         }
         if let Some(t) = &self.turn {
             text.push_str(&t.render());
+        }
+        if let Some(i) = &self.ice_tcp {
+            text.push_str(&i.render());
         }
         text
     }
@@ -223,10 +227,11 @@ pub fn serve(
     xdp: Option<SharedCounts>,
     edge: Option<Arc<Mutex<crate::edge::EdgeStatus>>>,
     turn: Option<Arc<crate::turn::TurnCounts>>,
+    ice_tcp: Option<Arc<crate::icetcp::IceTcpCounts>>,
 ) -> std::io::Result<(SocketAddr, Listening)> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
-    let sources = Arc::new(Sources { snapshots, xdp, edge, turn });
+    let sources = Arc::new(Sources { snapshots, xdp, edge, turn, ice_tcp });
     let active = Arc::new(AtomicUsize::new(0));
     let waker = OwnedFd::from(listener.try_clone()?);
     let handle = Listening::spawn("metrics", waker, move |stop| {
@@ -379,7 +384,7 @@ mod tests {
         counts.0[sluice_common::XdpVerdict::DropUnknownSource as usize] = 5;
         let xdp: SharedCounts = Arc::new(Mutex::new(Some(counts)));
         let edge = crate::edge::EdgeStatus { legs: 2, counters: vec![("stun_answered".into(), 3)], ..Default::default() };
-        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, Some(xdp), Some(Arc::new(Mutex::new(edge))), None).unwrap();
+        let (addr, _t) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, Some(xdp), Some(Arc::new(Mutex::new(edge))), None, None).unwrap();
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut body = String::new();

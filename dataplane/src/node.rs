@@ -125,6 +125,8 @@ pub struct Node {
     beats: Vec<Arc<AtomicU64>>,
     /// The embedded TURN server, if configured, and its thread.
     turn: Option<(Arc<crate::turn::TurnHandle>, JoinHandle<()>)>,
+    /// The ICE-TCP listener, if configured, and its thread.
+    ice_tcp: Option<(Arc<crate::icetcp::IceTcpHandle>, JoinHandle<()>)>,
     epoch: WallInstant,
 }
 
@@ -315,19 +317,33 @@ impl Node {
             }
             None => None,
         };
-        let control =
-            serve_control(&config, lock, hub, workers.clone(), snapshots.clone(), slow.clone(), shield.clone(), turn.as_ref().map(|(h, _)| h.clone()))?;
+        let ice_tcp = match &config.ice_tcp {
+            Some(c) => {
+                let (h, thread) = crate::icetcp::spawn(c, config.listen_ip).map_err(NodeError::io(format!("ICE-TCP listener {}", c.listen)))?;
+                Some((Arc::new(h), thread))
+            }
+            None => None,
+        };
+        let extras = Extras { turn: turn.as_ref().map(|(h, _)| h.clone()), ice_tcp: ice_tcp.as_ref().map(|(h, _)| h.clone()) };
+        let control = serve_control(&config, lock, hub, workers.clone(), snapshots.clone(), slow.clone(), shield.clone(), extras)?;
         tracing::info!(socket = %config.control_socket.display(), "control endpoint ready");
         let metrics = match config.metrics {
             Some(addr) => {
-                let (bound, listening) = metrics::serve(addr, snapshots, xdp_counts, Some(edge_status), turn.as_ref().map(|(h, _)| h.counts()))
-                    .map_err(NodeError::io(format!("metrics endpoint {addr}")))?;
+                let (bound, listening) = metrics::serve(
+                    addr,
+                    snapshots,
+                    xdp_counts,
+                    Some(edge_status),
+                    turn.as_ref().map(|(h, _)| h.counts()),
+                    ice_tcp.as_ref().map(|(h, _)| h.counts()),
+                )
+                .map_err(NodeError::io(format!("metrics endpoint {addr}")))?;
                 tracing::info!(%bound, "metrics at http://{bound}/metrics");
                 Some((bound, listening))
             }
             None => None,
         };
-        Ok(Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: config.control_socket, metrics, beats, epoch, turn })
+        Ok(Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: config.control_socket, metrics, beats, epoch, turn, ice_tcp })
     }
 
     /// The control endpoint's socket.
@@ -388,7 +404,11 @@ impl Node {
     /// their peers close them; the control socket is removed and its lock released, and every
     /// leg's port is closed.
     pub fn shutdown(self) {
-        let Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: _, metrics, beats: _, epoch: _, turn } = self;
+        let Self { workers, threads, shield, slow, slow_thread, pump, control, control_socket: _, metrics, beats: _, epoch: _, turn, ice_tcp } = self;
+        if let Some((h, t)) = ice_tcp {
+            h.stop();
+            let _ = t.join();
+        }
         if let Some((h, t)) = turn {
             h.send(crate::turn::TurnMsg::Stop);
             let _ = t.join();
@@ -412,6 +432,12 @@ impl Node {
 
 /// Serves the control endpoint: deltas go to every worker (and then to the slow path's and the
 /// shield's views of the legs), status requests to whoever answers them.
+/// The optional edge services the control endpoint feeds.
+struct Extras {
+    turn: Option<Arc<crate::turn::TurnHandle>>,
+    ice_tcp: Option<Arc<crate::icetcp::IceTcpHandle>>,
+}
+
 #[expect(clippy::too_many_arguments, reason = "plain wiring of the node's parts, called once")]
 fn serve_control(
     config: &Config,
@@ -421,9 +447,11 @@ fn serve_control(
     snapshots: metrics::Snapshots,
     slow: Sender<SlowMsg>,
     shield: Option<ShieldHandle>,
-    turn: Option<Arc<crate::turn::TurnHandle>>,
+    extras: Extras,
 ) -> Result<Listening, NodeError> {
+    let Extras { turn, ice_tcp } = extras;
     let range = config.port_range;
+    let ice_tcp_port = ice_tcp.as_ref().map(|i| i.port);
     // The count the workers' shards were made with (`Shard::owner` is `port % count`).
     let worker_count = u16::try_from(config.workers).ok();
     control::serve_with_owner(&config.control_socket, config.control_socket_owner, lock, hub, move |req| match req {
@@ -437,6 +465,9 @@ fn serve_control(
             match workers.apply(delta) {
                 Ok((g, unbound)) => {
                     if !changes.is_empty() {
+                        if let Some(i) = &ice_tcp {
+                            i.legs(changes.clone());
+                        }
                         let _ = slow.send(SlowMsg::Legs(changes));
                     }
                     if let (Some(t), Some(m)) = (&turn, for_turn) {
@@ -456,7 +487,7 @@ fn serve_control(
             let (tx, rx) = crossbeam_channel::bounded(1);
             let _ = slow.send(if rotate { SlowMsg::Rotate(tx) } else { SlowMsg::Status(tx) });
             match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(s) => Response::Edge(sluice_api::EdgeStatus { port_range: Some(range), workers: worker_count, ..s }),
+                Ok(s) => Response::Edge(sluice_api::EdgeStatus { port_range: Some(range), workers: worker_count, ice_tcp_port, ..s }),
                 Err(_) => Response::Error("the slow path did not answer".into()),
             }
         }

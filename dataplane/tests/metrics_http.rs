@@ -12,7 +12,7 @@ use sluice_dataplane::metrics::{self, Snapshots, WorkerSnapshot};
 
 fn server() -> SocketAddr {
     let snaps: Snapshots = Arc::new(Mutex::new(vec![WorkerSnapshot { worker: 0, ..Default::default() }]));
-    let (addr, _thread) = metrics::serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, None, None, None).unwrap();
+    let (addr, _thread) = metrics::serve(SocketAddr::from(([127, 0, 0, 1], 0)), snaps, None, None, None, None).unwrap();
     addr
 }
 

@@ -736,7 +736,7 @@ mod chromium {
             format!("a=fmtp:{opus_pt} minptime=10;useinbandfec=1"),
             format!("a=ssrc:{out_ssrc} cname:sluice"),
             format!("a=ssrc:{out_ssrc} msid:sluice sluice-audio"),
-            format!("a={}", c.candidate),
+            w.candidates.iter().map(|c| format!("a={}", c.candidate)).collect::<Vec<_>>().join("\r\n"),
             "a=end-of-candidates".into(),
             String::new(),
         ]
@@ -753,11 +753,36 @@ mod chromium {
         rtc: serde_json::Value,
         bob_port: u16,
     ) -> (serde_json::Value, usize) {
+        browser_meets_str0m_in(rt, routes, dir, session, rtc, bob_port, None, None)
+    }
+
+    /// [`browser_meets_str0m`] with the browser in `browser_ns` and the str0m peer's socket in
+    /// `peer_ns` (the dataplane's namespace, where its legs are), when given.
+    #[expect(clippy::too_many_arguments, reason = "a test's whole setting")]
+    pub(super) fn browser_meets_str0m_in(
+        rt: &tokio::runtime::Runtime,
+        routes: &mut RoutesClient<tonic::transport::Channel>,
+        dir: &TempDir,
+        session: &str,
+        rtc: serde_json::Value,
+        bob_port: u16,
+        browser_ns: Option<&sluice_bench::netns::NetNs>,
+        peer_ns: Option<&sluice_bench::netns::NetNs>,
+    ) -> (serde_json::Value, usize) {
         let peer_js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/peer.js");
         let profile_dir = dir.path().join(format!("chromium-{session}"));
         std::fs::create_dir_all(&profile_dir).unwrap();
         let relay_only = rtc["iceTransportPolicy"] == "relay";
-        let mut node = Command::new("node")
+        let mut node = match browser_ns {
+            Some(ns) => {
+                let [prog, net] = ns.nsenter_args();
+                let mut c = Command::new(prog);
+                c.args([net.as_str(), "node"]);
+                c
+            }
+            None => Command::new("node"),
+        };
+        let mut node = node
             .arg(&peer_js)
             .env("CHROMIUM_USER_DATA_DIR", &profile_dir)
             .env("PEER_RTC_CONFIG", rtc.to_string())
@@ -789,7 +814,10 @@ mod chromium {
         let (ufrag, pwd, fp) = (attr(&offer, "ice-ufrag").unwrap(), attr(&offer, "ice-pwd").unwrap(), attr(&offer, "fingerprint").unwrap());
         let chrome_ssrc: u32 = attr(&offer, "ssrc").and_then(|v| v.split(' ').next()?.parse().ok()).expect("a=ssrc");
         let opus_pt: u32 = offer.lines().find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2")?.parse().ok()).expect("opus in the offer");
-        let mut b = Peer::new("B", bob_port);
+        let mut b = match peer_ns {
+            Some(ns) => ns.enter(|| Peer::new("B", bob_port)),
+            None => Peer::new("B", bob_port),
+        };
         let bc = b.ice_credentials();
         let b_fp = b.fingerprint();
         let resp = rt
@@ -812,7 +840,8 @@ mod chromium {
         writeln!(to_node, "{}", serde_json::json!({ "answer": answer(&offer, &wc, opus_pt, 0xC1) })).unwrap();
         b.send_stream(0xB2);
         b.expect_stream(0xB1);
-        b.connect_to(SocketAddr::from(([127, 0, 0, 1], wb.candidates[0].port as u16)), &local_creds(&wb), &wb.fingerprint, true);
+        let leg_ip: std::net::IpAddr = wb.candidates[0].ip.parse().expect("the candidate's address");
+        b.connect_to(SocketAddr::new(leg_ip, wb.candidates[0].port as u16), &local_creds(&wb), &wb.fingerprint, true);
         let end = Instant::now() + Duration::from_secs(30);
         let mut last = serde_json::Value::Null;
         let mut next_send = Instant::now();
@@ -887,10 +916,59 @@ mod turn {
 
     use sluice_controlplane::pb::routes_client::RoutesClient;
 
-    use super::chromium::browser_meets_str0m;
+    use super::chromium::{browser_meets_str0m, browser_meets_str0m_in};
     use super::*;
 
     const SECRET: &str = "the-tests-turn-shared-secret";
+
+    /// A browser whose UDP is blocked (nftables drops every UDP datagram it sends, in a network
+    /// namespace of its own) reaches Sluice over ICE-TCP: the passive TCP candidate the control
+    /// plane's answer carries, RFC 4571 framing, bridged to the leg.
+    #[test]
+    fn chromium_with_udp_blocked_by_nftables_joins_over_ice_tcp() {
+        use sluice_bench::netns::{NetNs, Veth};
+        assert!(std::path::Path::new("/usr/sbin/nft").exists(), "nft is missing (scripts/setup.sh installs nftables)");
+        let dir = TempDir::new("webrtc-ice-tcp");
+        let (srv, cli) = (NetNs::new("its"), NetNs::new("itc"));
+        let _veth = Veth::new("it", &cli, &["10.66.0.2/24"], &srv, &["10.66.0.1/24"]);
+        for rule in [
+            vec!["add", "table", "inet", "sluice_test"],
+            vec!["add", "chain", "inet", "sluice_test", "out", "{ type filter hook output priority 0 ; policy accept ; }"],
+            vec!["add", "rule", "inet", "sluice_test", "out", "meta", "l4proto", "udp", "counter", "drop"],
+        ] {
+            cli.exec("nft", &rule);
+        }
+        let sock = dir.path().join("dp.sock");
+        let cfg = dir.path().join("dataplane.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[dataplane]\nlisten_ip = \"10.66.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nport_range = [34980, 34989]\nmetrics = \"127.0.0.1:34990\"\n[dataplane.ice_tcp]\nlisten = \"10.66.0.1:34991\"\n",
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let mut dp = Daemon::start_in_netns(&srv.name, "sluice-dataplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("dp.log"));
+        assert!(dp.wait_for_path(&sock, Duration::from_secs(10)), "{}", dp.log_text());
+        let _cp = start_controlplane(&dir, &sock, 34992, (34980, 34989));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let mut routes = RoutesClient::new(grpc_channel(&rt, 34992));
+        let (stats, bob_got) = browser_meets_str0m_in(&rt, &mut routes, &dir, "icetcp", serde_json::json!({}), 34993, Some(&cli), Some(&srv));
+        eprintln!("ICE-TCP: Chromium {stats}; the str0m peer got {bob_got} of its packets");
+        let dropped = cli.exec("nft", &["list", "chain", "inet", "sluice_test", "out"]);
+        let metrics = srv.http_get("127.0.0.1:34990", "/metrics");
+        let ice_tcp: Vec<&str> = metrics.lines().filter(|l| l.starts_with("sluice_ice_tcp")).collect();
+        assert_eq!(stats["connection"], "connected", "{stats}\n{dropped}\n{ice_tcp:?}\n{}", dp.log_text());
+        assert_eq!(stats["local_protocol"], "tcp", "Chromium's selected pair is TCP: {stats}");
+        assert!(stats["received"].as_u64().unwrap_or(0) >= 50, "Chromium received the str0m peer's audio: {stats}");
+        assert!(bob_got >= 50, "the str0m peer received {bob_got} of Chromium's packets");
+        // The firewall did drop the browser's UDP.
+        let drops: u64 = dropped.split("packets ").nth(1).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+        assert!(drops > 0, "nftables dropped no UDP:\n{dropped}");
+        assert!(ice_tcp.iter().any(|l| l.starts_with("sluice_ice_tcp_frames_total{direction=\"in\"}") && !l.ends_with(" 0")), "{ice_tcp:?}");
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
 
     #[test]
     fn chromium_relay_only_joins_through_sluices_turn_over_udp_tcp_and_tls_and_through_coturn() {

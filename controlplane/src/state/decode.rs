@@ -1247,7 +1247,7 @@ mod rtcp_tests {
         d.apply(&req("m", vec![sip_leg("sip", "10.0.0.5:7001")])).unwrap();
         let spec = &d.sessions["m"].legs["sip"];
         assert_eq!(spec.rtcp.as_deref().copied(), Some(RtcpComponent { local_port: 30_001, remote: Some("10.0.0.5:7001".parse().unwrap()) }), "kept");
-        let view = d.session_view("m", &EdgeInfo { ip: None, fingerprint: String::new() }).unwrap();
+        let view = d.session_view("m", &EdgeInfo { ip: None, fingerprint: String::new(), ice_tcp_port: None }).unwrap();
         let l = view.legs.iter().find(|l| l.id == "sip").unwrap();
         assert_eq!((l.separate_rtcp, l.rtcp_port, l.rtcp_remote.as_str()), (true, 30_001, "10.0.0.5:7001"));
         // With RTP port + 1 taken, another free port.

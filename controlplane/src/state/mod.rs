@@ -1635,10 +1635,14 @@ mod tests {
         }
         d.apply(&req("m", vec![restart])).unwrap();
         assert_ne!(d.sessions["m"].legs["w-peer1"].edge.as_ref().unwrap().local, e1.local);
-        let info = EdgeInfo { ip: Some([192, 0, 2, 1].into()), fingerprint: "sha-256 00".into() };
+        let info = EdgeInfo { ip: Some([192, 0, 2, 1].into()), fingerprint: "sha-256 00".into(), ice_tcp_port: None };
         let w = webrtc_local(&d.sessions["m"].legs["w-peer2"], &info).unwrap();
         let port = d.sessions["m"].legs["w-peer2"].local_port;
         assert_eq!(w.candidates[0].candidate, format!("candidate:1 1 udp 2130706431 192.0.2.1 {port} typ host"));
+        assert_eq!(w.candidates.len(), 1);
         assert_eq!((w.fingerprint.as_str(), w.setup), ("sha-256 00", pb::DtlsSetup::Passive as i32));
+        // With ICE-TCP, the node's passive TCP candidate follows the UDP one.
+        let w = webrtc_local(&d.sessions["m"].legs["w-peer2"], &EdgeInfo { ice_tcp_port: Some(4443), ..info }).unwrap();
+        assert_eq!(w.candidates[1].candidate, "candidate:2 1 tcp 1518280447 192.0.2.1 4443 typ host tcptype passive");
     }
 }

@@ -51,12 +51,14 @@ pub struct EdgeInfo {
     pub ip: Option<std::net::IpAddr>,
     /// The dataplane's DTLS certificate fingerprint (empty while unknown).
     pub fingerprint: String,
+    /// The dataplane's ICE-TCP port (RFC 6544 passive candidate), when it has one.
+    pub ice_tcp_port: Option<u16>,
 }
 
 /// Sluice's side of a WebRTC leg: its host candidate, ICE credentials, fingerprint and role.
 pub fn webrtc_local(leg: &LegSpec, info: &EdgeInfo) -> Option<pb::WebRtcLocal> {
     let e = leg.edge.as_ref()?;
-    let candidates = info
+    let mut candidates: Vec<pb::IceCandidate> = info
         .ip
         .map(|ip| pb::IceCandidate {
             // RFC 8445 §5.1.2.1 host priority: type preference 126, local preference 65535,
@@ -67,6 +69,16 @@ pub fn webrtc_local(leg: &LegSpec, info: &EdgeInfo) -> Option<pb::WebRtcLocal> {
         })
         .into_iter()
         .collect();
+    // RFC 6544: the node's passive TCP candidate, below UDP (local preference 0x5a00 of the
+    // TCP range), for peers that cannot send UDP. One port for every leg: the first check's
+    // USERNAME says which leg a connection is for.
+    if let (Some(ip), Some(port)) = (info.ip, info.ice_tcp_port) {
+        candidates.push(pb::IceCandidate {
+            candidate: format!("candidate:2 1 tcp 1518280447 {ip} {port} typ host tcptype passive"),
+            ip: ip.to_string(),
+            port: u32::from(port),
+        });
+    }
     Some(pb::WebRtcLocal {
         ice_ufrag: e.local.ufrag.clone(),
         ice_pwd: e.local.pwd.clone(),

@@ -263,6 +263,9 @@ pub struct EdgeStatus {
     /// one. `None` from older builds.
     #[serde(default)]
     pub workers: Option<u16>,
+    /// The ICE-TCP passive candidate's port (RFC 6544), when the dataplane has one.
+    #[serde(default)]
+    pub ice_tcp_port: Option<u16>,
 }
 
 /// Where the kernel reads the ephemeral port range its clients' sockets get ports from.
