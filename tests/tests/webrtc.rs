@@ -943,7 +943,7 @@ mod turn {
         std::fs::write(
             &cfg,
             format!(
-                "[dataplane]\nlisten_ip = \"10.66.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nport_range = [34980, 34989]\nmetrics = \"127.0.0.1:34990\"\n[dataplane.ice_tcp]\nlisten = \"10.66.0.1:34991\"\n",
+                "[dataplane]\nlisten_ip = \"10.66.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nport_range = [34980, 34989]\nmetrics = \"127.0.0.1:34990\"\n[dataplane.ice_tcp]\nlisten = \"10.66.0.1:34991\"\nstall_timeout_ms = 500\n",
                 sock.display()
             ),
         )
@@ -953,7 +953,18 @@ mod turn {
         let _cp = start_controlplane(&dir, &sock, 34992, (34980, 34989));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let mut routes = RoutesClient::new(grpc_channel(&rt, 34992));
+        // Strangers on the ICE-TCP port meanwhile: a frame that is no check for a leg, and half a
+        // frame then silence. Both are closed and counted; the browser is not disturbed.
+        let strangers = srv.enter(|| {
+            use std::io::Write as _;
+            let mut junk = std::net::TcpStream::connect("10.66.0.1:34991").expect("connect");
+            junk.write_all(&[0, 4, 0xde, 0xad, 0xbe, 0xef]).expect("write");
+            let mut half = std::net::TcpStream::connect("10.66.0.1:34991").expect("connect");
+            half.write_all(&[0, 200, 1, 2, 3]).expect("write");
+            (junk, half)
+        });
         let (stats, bob_got) = browser_meets_str0m_in(&rt, &mut routes, &dir, "icetcp", serde_json::json!({}), 34993, Some(&cli), Some(&srv));
+        drop(strangers);
         eprintln!("ICE-TCP: Chromium {stats}; the str0m peer got {bob_got} of its packets");
         let dropped = cli.exec("nft", &["list", "chain", "inet", "sluice_test", "out"]);
         let metrics = srv.http_get("127.0.0.1:34990", "/metrics");
@@ -966,6 +977,9 @@ mod turn {
         let drops: u64 = dropped.split("packets ").nth(1).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
         assert!(drops > 0, "nftables dropped no UDP:\n{dropped}");
         assert!(ice_tcp.iter().any(|l| l.starts_with("sluice_ice_tcp_frames_total{direction=\"in\"}") && !l.ends_with(" 0")), "{ice_tcp:?}");
+        for closed in ["unknown_leg", "stalled"] {
+            assert!(ice_tcp.contains(&format!("sluice_ice_tcp_closed_total{{reason=\"{closed}\"}} 1").as_str()), "{closed}: {ice_tcp:?}");
+        }
         dp.signal(libc::SIGTERM);
         assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
     }
