@@ -192,6 +192,7 @@ struct Service {
 impl Service {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
+        // One buffer for the thread: a frame's length prefix and its largest payload.
         let mut buf = vec![0u8; MAX_FRAME];
         let mut last_tick = WallInstant::now();
         loop {
@@ -358,16 +359,16 @@ impl Service {
         loop {
             let Some(c) = self.conns.get_mut(&t) else { return };
             let Some(u) = &c.udp else { return };
-            let n = match u.recv(buf) {
+            // Received after the 2 bytes its length prefix takes: framed in place, no copy.
+            let Some(room) = buf.get_mut(2..) else { return };
+            let n = match u.recv(room) {
                 Ok(n) => n,
                 Err(_) => return,
             };
             let Some(prefix) = rfc4571_prefix(n) else { continue };
             self.counts.frames_out.fetch_add(1, Ordering::Relaxed);
-            let mut frame = Vec::with_capacity(n + 2);
-            frame.extend_from_slice(&prefix);
-            frame.extend_from_slice(&buf[..n]);
-            self.write(t, &frame);
+            buf[..2].copy_from_slice(&prefix);
+            self.write(t, &buf[..n + 2]);
         }
     }
 

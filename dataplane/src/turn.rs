@@ -343,6 +343,7 @@ pub fn spawn(config: &TurnConfig, listen_ip: IpAddr, denied: Vec<SocketAddr>, ep
         epoch,
         stall: Duration::from_millis(config.stall_timeout_ms),
         max_connections: config.max_connections,
+        peer_out: vec![0u8; MAX_FRAME + 4],
     };
     let thread = std::thread::Builder::new().name("turn".into()).spawn(move || svc.run()).map_err(io_err("TURN thread"))?;
     tracing::info!(%listen, tls = ?tls_listen, %relay_ip, relay_ports = ?config.relay_ports, "TURN server listening");
@@ -366,6 +367,8 @@ struct Service {
     epoch: WallInstant,
     stall: Duration,
     max_connections: usize,
+    /// Where a peer's datagram is framed for its client (a Data indication or ChannelData).
+    peer_out: Vec<u8>,
 }
 
 impl Service {
@@ -481,7 +484,13 @@ impl Service {
     }
 
     fn relay_readable(&mut self, port: u16, buf: &mut [u8]) {
-        let mut out = vec![0u8; MAX_FRAME + 4];
+        // The thread's framing buffer, taken for the loop (writes below borrow the service).
+        let mut out = std::mem::take(&mut self.peer_out);
+        self.relay_datagrams(port, buf, &mut out);
+        self.peer_out = out;
+    }
+
+    fn relay_datagrams(&mut self, port: u16, buf: &mut [u8], out: &mut [u8]) {
         loop {
             let Some(sock) = self.server.allocator().sockets.get(&port) else { return };
             let relayed = SocketAddr::new(self.server.allocator().ip, port);
@@ -490,7 +499,7 @@ impl Service {
                 Err(_) => return,
             };
             let now = self.now();
-            match self.server.handle_peer(now.mono, relayed, peer, &buf[..n], &mut out) {
+            match self.server.handle_peer(now.mono, relayed, peer, &buf[..n], out) {
                 PeerAction::ToClient { to, len } => {
                     self.counts.to_client[0].fetch_add(1, Ordering::Relaxed);
                     self.counts.to_client[1].fetch_add(n as u64, Ordering::Relaxed);

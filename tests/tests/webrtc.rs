@@ -267,6 +267,19 @@ fn start_controlplane_extra(dir: &TempDir, dp_sock: &std::path::Path, grpc: u16,
     cp
 }
 
+/// `node`, inside the network namespace `netns` (`nsenter --net`, which execs it) when given.
+fn node_in(netns: Option<&sluice_bench::netns::NetNs>) -> std::process::Command {
+    match netns {
+        Some(ns) => {
+            let [prog, net] = ns.nsenter_args();
+            let mut c = std::process::Command::new(prog);
+            c.args([net.as_str(), "node"]);
+            c
+        }
+        None => std::process::Command::new("node"),
+    }
+}
+
 /// The body of an HTTP/1.0 GET (the dataplane's /metrics).
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};
@@ -699,7 +712,7 @@ mod chromium {
     //! it, and Chromium's getStats shows the str0m peer's audio arriving through Sluice.
 
     use std::io::{BufRead as _, BufReader, Write as _};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::sync::mpsc;
 
     use sluice_controlplane::pb::routes_client::RoutesClient;
@@ -773,15 +786,7 @@ mod chromium {
         let profile_dir = dir.path().join(format!("chromium-{session}"));
         std::fs::create_dir_all(&profile_dir).unwrap();
         let relay_only = rtc["iceTransportPolicy"] == "relay";
-        let mut node = match browser_ns {
-            Some(ns) => {
-                let [prog, net] = ns.nsenter_args();
-                let mut c = Command::new(prog);
-                c.args([net.as_str(), "node"]);
-                c
-            }
-            None => Command::new("node"),
-        };
+        let mut node = node_in(browser_ns);
         let mut node = node
             .arg(&peer_js)
             .env("CHROMIUM_USER_DATA_DIR", &profile_dir)
@@ -1111,15 +1116,7 @@ mod meeting {
             let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/participant.js");
             let profile = dir.join(format!("chromium-{name}"));
             std::fs::create_dir_all(&profile).unwrap();
-            let mut cmd = match netns {
-                Some(ns) => {
-                    let [prog, net] = ns.nsenter_args();
-                    let mut c = Command::new(prog);
-                    c.args([net.as_str(), "node"]);
-                    c
-                }
-                None => Command::new("node"),
-            };
+            let mut cmd = node_in(netns);
             if let Some(origin) = url.split('/').take(3).collect::<Vec<_>>().join("/").strip_prefix("http://").filter(|h| !h.starts_with("localhost")) {
                 cmd.env("CHROMIUM_SECURE_ORIGIN", format!("http://{origin}"));
             }
