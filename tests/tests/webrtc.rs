@@ -1089,7 +1089,7 @@ mod meeting {
     //! from both others through Sluice; when one leaves, its media stops for the others.
 
     use std::io::{BufRead as _, BufReader, Write as _};
-    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::process::{Child, ChildStdin, Stdio};
     use std::sync::mpsc;
 
     use super::*;
