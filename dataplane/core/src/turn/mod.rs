@@ -52,7 +52,9 @@ pub use channel::{CHANNEL_DATA_HEADER, ChannelData, ChannelNumber, encode_channe
 pub use credentials::{long_term_key, rest_api_credentials, rest_api_password};
 pub use framing::{Framing, FramingError, StreamDeframer, rfc4571_prefix};
 pub use policy::{Cidr, PeerPolicy};
-pub use server::{AddressFamily, ClientAction, ConfigError, FiveTuple, Now, PeerAction, PeerRoute, RelayAllocator, Server, ServerConfig, Transport};
+pub use server::{
+    AddressFamily, ChannelRoute, ClientAction, ConfigError, FiveTuple, Now, PeerAction, PeerRoute, RelayAllocator, RouteChange, Server, ServerConfig, Transport,
+};
 
 /// Allocate (RFC 8656 §18).
 pub const METHOD_ALLOCATE: u16 = 0x003;

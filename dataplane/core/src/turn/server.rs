@@ -138,6 +138,32 @@ pub struct PeerRoute {
     pub channel: Option<ChannelNumber>,
 }
 
+/// A channel bound from a client to one of Sluice's own legs, live while the allocation, the
+/// channel and the permission for the leg's IP all are: the fast paths (the XDP ChannelData
+/// unwrap, a worker wrapping what it sends to the relayed address) carry its traffic without
+/// the server, so the server tells them when one comes and goes ([`Server::poll_route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChannelRoute {
+    /// The allocation's 5-tuple (the client and the listener it reached).
+    pub client: FiveTuple,
+    /// The channel number.
+    pub channel: ChannelNumber,
+    /// The allocation's relayed address (the source the leg sees).
+    pub relayed: SocketAddr,
+    /// The leg's transport address (canonical).
+    pub peer: SocketAddr,
+}
+
+/// A change to the set of [`ChannelRoute`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteChange {
+    /// The route is live: ChannelData on it may bypass the server.
+    Up(ChannelRoute),
+    /// The route is gone (channel or permission expired, allocation deleted, the peer no longer
+    /// a leg): remove it before anything else it carried is relayed.
+    Down(ChannelRoute),
+}
+
 /// Configuration of a [`Server`].
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -276,6 +302,8 @@ struct Allocation {
     expires: Instant,
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
+    /// The routes last announced for this allocation ([`Server::poll_route`]).
+    routes: Vec<ChannelRoute>,
 }
 
 impl Allocation {
@@ -496,6 +524,9 @@ pub struct Server<A> {
     own_ips: Map<IpAddr, usize>,
     refusals: [u64; Refusal::COUNT],
     indications: u64,
+    route_changes: std::collections::VecDeque<RouteChange>,
+    /// The latest time the server was given (for route changes the own-leg set causes).
+    last_now: Instant,
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {
@@ -529,6 +560,8 @@ impl<A: RelayAllocator> Server<A> {
             own_ips: Map::default(),
             refusals: [0; Refusal::COUNT],
             indications: 0,
+            route_changes: Default::default(),
+            last_now: Instant::default(),
         })
     }
 
@@ -572,6 +605,7 @@ impl<A: RelayAllocator> Server<A> {
         let addr = canonical(addr);
         if self.own_legs.insert(addr) {
             *self.own_ips.entry(addr.ip()).or_default() += 1;
+            self.sync_routes_to(addr);
         }
     }
 
@@ -586,6 +620,7 @@ impl<A: RelayAllocator> Server<A> {
             if *n == 0 {
                 self.own_ips.remove(&addr.ip());
             }
+            self.sync_routes_to(addr);
         }
     }
 
@@ -610,6 +645,7 @@ impl<A: RelayAllocator> Server<A> {
 
     fn remove_allocation(&mut self, ft: &FiveTuple) {
         let Some(a) = self.allocations.remove(ft) else { return };
+        self.route_changes.extend(a.routes.iter().map(|r| RouteChange::Down(*r)));
         self.by_relayed.remove(&a.relayed);
         if let Some(n) = self.per_user.get_mut(&a.user) {
             *n = n.saturating_sub(1);
@@ -623,6 +659,7 @@ impl<A: RelayAllocator> Server<A> {
     /// Removes expired allocations (releasing their relayed addresses), permissions and
     /// channel bindings (a channel number stays reserved five minutes past its expiry).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         let expired: Vec<FiveTuple> = self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(ft, _)| *ft).collect();
         for ft in &expired {
             self.remove_allocation(ft);
@@ -630,6 +667,52 @@ impl<A: RelayAllocator> Server<A> {
         for a in self.allocations.values_mut() {
             a.permissions.retain(|p| p.expires > now);
             a.channels.retain(|c| c.expires + CHANNEL_REUSE_DELAY > now);
+        }
+        let live: Vec<FiveTuple> = self.allocations.iter().filter(|(_, a)| !a.routes.is_empty() || !a.channels.is_empty()).map(|(ft, _)| *ft).collect();
+        for ft in &live {
+            self.sync_routes(ft, now);
+        }
+    }
+
+    /// The next change to the channel routes (see [`ChannelRoute`]), in the order they happened.
+    /// Changes come from requests, [`Server::handle_timeout`], closed connections and the own-leg
+    /// set; the caller drains them after each of those.
+    pub fn poll_route(&mut self) -> Option<RouteChange> {
+        self.route_changes.pop_front()
+    }
+
+    /// Every live route (for a fast path that starts, or restarts, after the server).
+    pub fn routes(&self) -> impl Iterator<Item = &ChannelRoute> + '_ {
+        self.allocations.values().flat_map(|a| a.routes.iter())
+    }
+
+    /// Recomputes the routes of the allocation on `ft` and queues what changed.
+    fn sync_routes(&mut self, ft: &FiveTuple, now: Instant) {
+        let Some(a) = self.allocations.get_mut(ft) else { return };
+        let own = &self.own_legs;
+        let live = |a: &Allocation, c: &Channel| c.expires > now && a.expires > now && own.contains(&c.peer) && a.permission(c.peer.ip(), now).is_some();
+        let want: Vec<ChannelRoute> =
+            a.channels.iter().filter(|c| live(a, c)).map(|c| ChannelRoute { client: *ft, channel: c.number, relayed: a.relayed, peer: c.peer }).collect();
+        for r in a.routes.iter().filter(|r| !want.contains(r)) {
+            self.route_changes.push_back(RouteChange::Down(*r));
+        }
+        for r in want.iter().filter(|r| !a.routes.contains(r)) {
+            self.route_changes.push_back(RouteChange::Up(*r));
+        }
+        a.routes = want;
+    }
+
+    /// Recomputes the routes of every allocation with a channel to `peer` (the own-leg set
+    /// changed). The time is the latest the server saw: a leg change carries none.
+    fn sync_routes_to(&mut self, peer: SocketAddr) {
+        let fts: Vec<(FiveTuple, Instant)> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.channels.iter().any(|c| c.peer == peer) || a.routes.iter().any(|r| r.peer == peer))
+            .map(|(ft, _)| (*ft, self.last_now))
+            .collect();
+        for (ft, now) in fts {
+            self.sync_routes(&ft, now);
         }
     }
 
@@ -639,7 +722,8 @@ impl<A: RelayAllocator> Server<A> {
             .values()
             .flat_map(|a| {
                 let perms = a.permissions.iter().map(|p| p.expires);
-                let chans = a.channels.iter().map(|c| c.expires + CHANNEL_REUSE_DELAY);
+                // A channel's expiry ends its route; its number stays reserved a while after.
+                let chans = a.channels.iter().flat_map(|c| [c.expires, c.expires + CHANNEL_REUSE_DELAY]);
                 core::iter::once(a.expires).chain(perms).chain(chans)
             })
             .min()
@@ -690,6 +774,7 @@ impl<A: RelayAllocator> Server<A> {
     /// [`super::StreamDeframer`]. Responses are written into `out` (give it [`MAX_RESPONSE`]
     /// bytes).
     pub fn handle_client<'a>(&mut self, now: Now, from: FiveTuple, datagram: &'a [u8], out: &mut [u8]) -> ClientAction<'a> {
+        self.last_now = self.last_now.max(now.mono);
         let action = self.client_message(now, from, datagram, out);
         if let ClientAction::Dropped(r) = action {
             self.count(r);
@@ -816,6 +901,9 @@ impl<A: RelayAllocator> Server<A> {
             METHOD_CREATE_PERMISSION => self.create_permission(ctx, p),
             _ => self.channel_bind(ctx, p),
         };
+        if done.is_ok() && matches!(ctx.method, METHOD_REFRESH | METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND) {
+            self.sync_routes(&ctx.from, ctx.now.mono);
+        }
         match done {
             Ok(Some(action)) => action,
             Ok(None) => {
@@ -916,6 +1004,7 @@ impl<A: RelayAllocator> Server<A> {
             expires: now + lifetime,
             permissions: Vec::new(),
             channels: Vec::new(),
+            routes: Vec::new(),
         };
         *self.per_user.entry(auth.user.into()).or_default() += 1;
         self.by_relayed.insert(relayed, ctx.from);

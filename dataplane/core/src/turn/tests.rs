@@ -639,6 +639,65 @@ fn channel_bind_rules() {
     assert_eq!(s.refused(Refusal::BadRequest), 7);
 }
 
+/// Every route change queued so far.
+fn routes(s: &mut Server<Pool>) -> Vec<RouteChange> {
+    std::iter::from_fn(|| s.poll_route()).collect()
+}
+
+#[test]
+fn channel_routes_follow_channels_permissions_allocations_and_legs() {
+    let mut s = server();
+    let other = addr("203.0.113.11:40000");
+    let mut c = Client::new("192.0.2.7:61000", Transport::Udp);
+    let relayed = c.allocate(&mut s, at(0)).xor(ATTR_XOR_RELAYED_ADDRESS).unwrap();
+    // A permission alone is no route; a channel to a leg is.
+    c.permit(&mut s, at(1), addr(LEG));
+    assert_eq!(routes(&mut s), []);
+    c.bind(&mut s, at(2), 0x4000, addr(LEG));
+    let route = ChannelRoute { client: c.ft, channel: ChannelNumber::new(0x4000).unwrap(), relayed, peer: addr(LEG) };
+    assert_eq!(routes(&mut s), [RouteChange::Up(route)]);
+    assert_eq!(s.routes().copied().collect::<Vec<_>>(), [route]);
+    // Refreshing the binding changes nothing; a peer that is not a leg gets no route (refused).
+    c.bind(&mut s, at(3), 0x4000, addr(LEG));
+    assert_eq!(error(&c.bind(&mut s, at(3), 0x4001, other)), (Class::ErrorResponse, Some(403)));
+    assert_eq!(routes(&mut s), []);
+    // The leg goes: the route goes; it comes back with the leg.
+    s.remove_own_leg(addr(LEG));
+    assert_eq!(routes(&mut s), [RouteChange::Down(route)]);
+    s.add_own_leg(addr(LEG));
+    assert_eq!(routes(&mut s), [RouteChange::Up(route)]);
+    // The permission expires (300 s after t=3) before the channel (600 s): the route goes at the
+    // sweep, and a CreatePermission brings it back.
+    c.refresh(&mut s, at(200), 3600);
+    assert!(s.poll_timeout().is_some_and(|t| t <= at(303).mono));
+    s.handle_timeout(at(302).mono);
+    assert_eq!(routes(&mut s), []);
+    s.handle_timeout(at(303).mono);
+    assert_eq!(routes(&mut s), [RouteChange::Down(route)]);
+    c.permit(&mut s, at(304), addr(LEG));
+    assert_eq!(routes(&mut s), [RouteChange::Up(route)]);
+    // The channel expires at 603 (its permission, refreshed at 304, lives on): the deadline
+    // says so and the sweep takes the route.
+    assert_eq!(s.poll_timeout(), Some(at(603).mono));
+    s.handle_timeout(at(603).mono);
+    assert_eq!(routes(&mut s), [RouteChange::Down(route)]);
+    // Bound again (the same pair may, within the number's reservation), then the allocation
+    // deleted (Refresh 0): the route goes with it.
+    assert_eq!(c.bind(&mut s, at(610), 0x4000, addr(LEG)).class(), Class::SuccessResponse);
+    assert_eq!(routes(&mut s), [RouteChange::Up(route)]);
+    c.refresh(&mut s, at(611), 0);
+    assert_eq!(routes(&mut s), [RouteChange::Down(route)]);
+    assert_eq!(s.routes().count(), 0);
+    // Over TCP: the connection closing takes the route.
+    let mut t = Client::new("192.0.2.7:61001", Transport::Tcp);
+    let relayed_t = t.allocate(&mut s, at(620)).xor(ATTR_XOR_RELAYED_ADDRESS).unwrap();
+    t.bind(&mut s, at(621), 0x4000, addr(LEG));
+    let route_t = ChannelRoute { client: t.ft, channel: ChannelNumber::new(0x4000).unwrap(), relayed: relayed_t, peer: addr(LEG) };
+    assert_eq!(routes(&mut s), [RouteChange::Up(route_t)]);
+    s.close_connection(&t.ft);
+    assert_eq!(routes(&mut s), [RouteChange::Down(route_t)]);
+}
+
 #[test]
 fn lifetimes_and_expiry() {
     let mut s = server();
