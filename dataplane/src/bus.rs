@@ -113,6 +113,9 @@ pub enum ShieldMsg {
     /// Something a worker learned: `Event::RemoteLatched` and `Event::SsrcLearned` matter, the
     /// rest is ignored.
     Event(Event),
+    /// A TURN channel route over UDP came or went (from the TURN thread): the stage unwraps the
+    /// route's ChannelData itself (see `crate::shield`).
+    TurnRoute(sluice_core::turn::RouteChange),
     /// Exit the thread (the stage stays pinned and attached).
     Stop,
 }

