@@ -23,14 +23,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, XskMap},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, XskMap},
     programs::{
         TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
 };
-use sluice_common::{FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SilenceGate, SsrcKey, SsrcValue, XdpVerdict};
+use sluice_common::{
+    ChannelKey, ChannelTarget, FlowKey, LegValue, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SilenceGate, SsrcKey, SsrcValue, TurnPorts, XdpVerdict,
+};
 use sluice_core::ids::{LegId, Ssrc};
 
 pub use sluice_common::XdpVerdict as Verdict;
@@ -283,6 +285,16 @@ impl XdpStage {
     }
 
     fn load_object(pin_dir: &Path) -> Result<Ebpf> {
+        // A pinned map is re-used as it is (aya does not compare its shape with the object's):
+        // the verdict counters grew with the TURN stage, so a previous version's array is
+        // dropped and made afresh (counters start over; nothing else depends on them).
+        let verdicts = pin_dir.join(sluice_common::VERDICTS_MAP);
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&verdicts)
+            && info.max_entries() != XdpVerdict::COUNT
+        {
+            tracing::info!(path = %verdicts.display(), was = info.max_entries(), now = XdpVerdict::COUNT, "re-creating the XDP verdict counters (a new verdict)");
+            std::fs::remove_file(&verdicts).map_err(io_err("remove an old verdict counter pin", &verdicts))?;
+        }
         EbpfLoader::new().default_map_pin_directory(pin_dir).load(XDP_OBJECT).map_err(|source| XdpError::Load {
             op: "load XDP object",
             path: Some(pin_dir.to_owned()),
@@ -290,8 +302,26 @@ impl XdpStage {
         })
     }
 
+    /// Loads (verifies) the main program and the TURN stage, and registers both in the program
+    /// array they tail-call each other through.
     fn load_program(&mut self) -> Result<()> {
-        self.program_mut()?.load().map_err(|source| XdpError::Program { op: "load (verify) program", target: sluice_common::XDP_PROGRAM.into(), source })
+        self.program_mut()?.load().map_err(|source| XdpError::Program { op: "load (verify) program", target: sluice_common::XDP_PROGRAM.into(), source })?;
+        let turn_err = |op| move |source| XdpError::Program { op, target: sluice_common::TURN_PROGRAM.into(), source };
+        let turn: &mut Xdp = self
+            .ebpf
+            .program_mut(sluice_common::TURN_PROGRAM)
+            .ok_or(XdpError::MissingMap { map: sluice_common::TURN_PROGRAM })?
+            .try_into()
+            .map_err(turn_err("find program"))?;
+        turn.load().map_err(turn_err("load (verify) program"))?;
+        let turn_fd = turn.fd().map_err(turn_err("program fd"))?.try_clone().map_err(|e| turn_err("dup program fd")(e.into()))?;
+        let main_fd = self.program_mut()?.fd().map_err(|source| XdpError::Program { op: "program fd", target: sluice_common::XDP_PROGRAM.into(), source })?;
+        let main_fd =
+            main_fd.try_clone().map_err(|e| XdpError::Program { op: "dup program fd", target: sluice_common::XDP_PROGRAM.into(), source: e.into() })?;
+        const M: &str = sluice_common::PROGS_MAP;
+        let mut progs: ProgramArray<&mut MapData> = self.map_mut(M)?;
+        progs.set(sluice_common::PROG_TURN, &turn_fd, 0).map_err(map_err("register the TURN stage", M))?;
+        progs.set(sluice_common::PROG_MAIN, &main_fd, 0).map_err(map_err("register the main program", M))
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp> {
@@ -585,6 +615,50 @@ impl XdpStage {
         const M: &str = sluice_common::RELAYS_MAP;
         let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
         map.remove(&flow_key(local_port, remote)).map_err(map_err("remove relay", M))
+    }
+
+    /// Sets the TURN server's UDP listening port (0: none): ChannelData to it on a channel route
+    /// ([`XdpStage::add_channel`]) is unwrapped in the stage.
+    pub fn set_turn_port(&mut self, port: u16) -> Result<()> {
+        const M: &str = sluice_common::TURN_MAP;
+        let mut map: Array<&mut MapData, TurnPorts> = self.map_mut(M)?;
+        map.set(0, TurnPorts { udp: port, pad: 0 }, 0).map_err(map_err("set TURN port", M))
+    }
+
+    /// The key of a channel route: the client's transport on the listener port, the channel.
+    pub fn channel_key(client: SocketAddr, server_port: u16, channel: u16) -> ChannelKey {
+        ChannelKey { client_addr: v6_bytes(client.ip()), client_port: client.port(), server_port, channel, pad: 0 }
+    }
+
+    /// Installs a channel route: ChannelData from `client` to `server_port` on `channel` is
+    /// unwrapped into a datagram from `relayed` to `peer` (one of the node's legs).
+    pub fn add_channel(&mut self, client: SocketAddr, server_port: u16, channel: u16, relayed: SocketAddr, peer: SocketAddr) -> Result<()> {
+        const M: &str = sluice_common::CHANNELS_MAP;
+        let target =
+            ChannelTarget { relayed_addr: v6_bytes(relayed.ip()), peer_addr: v6_bytes(peer.ip()), relayed_port: relayed.port(), peer_port: peer.port() };
+        let mut map: HashMap<&mut MapData, ChannelKey, ChannelTarget> = self.map_mut(M)?;
+        map.insert(Self::channel_key(client, server_port, channel), target, 0).map_err(map_err("add channel route", M))
+    }
+
+    /// Removes a channel route (an absent one is not an error).
+    pub fn remove_channel_key(&mut self, key: ChannelKey) -> Result<()> {
+        const M: &str = sluice_common::CHANNELS_MAP;
+        let mut map: HashMap<&mut MapData, ChannelKey, ChannelTarget> = self.map_mut(M)?;
+        map.remove(&key).or_else(absent_ok).map_err(map_err("remove channel route", M))
+    }
+
+    /// Every channel route installed.
+    pub fn channel_keys(&self) -> Result<Vec<(ChannelKey, ChannelTarget)>> {
+        self.hash_entries(sluice_common::CHANNELS_MAP)
+    }
+
+    /// ChannelData datagrams and payload bytes the TURN stage unwrapped (summed over CPUs).
+    pub fn turn_stats(&self) -> Result<(u64, u64)> {
+        const M: &str = sluice_common::TURN_STATS_MAP;
+        let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("open", M))?;
+        let sum = |i: u32| map.get(&i, 0).map(|v| v.iter().sum::<u64>()).map_err(map_err("read counter", M));
+        Ok((sum(sluice_common::TURN_STAT_PACKETS)?, sum(sluice_common::TURN_STAT_BYTES)?))
     }
 
     /// The relay entry installed for a leg, if any (to check what survived a restart).

@@ -629,3 +629,134 @@ fn shared_port_media_from_known_remotes_passes_and_strangers_drop() {
     assert_eq!(run(PEER4, rtp(SSRC4, 1)), XDP_DROP, "an SSRC nobody on the port announced");
     assert_eq!(run(RELAY_PEER4, stun()), XDP_PASS, "STUN from anyone goes to the slow path");
 }
+
+/// ChannelData on a routed channel, from the TURN client's transport to the TURN port: the
+/// stage's TURN program strips the header, rewrites the datagram to come from the relayed
+/// address and go to the leg (byte for byte what a frame built from scratch that way is, with
+/// correct checksums), and the main program then shields and steers it like any datagram to the
+/// leg (an unannounced SSRC is dropped). Everything else to the TURN port passes to the server
+/// untouched: STUN, an unrouted channel, another client's channel, padded ChannelData; with the
+/// TURN port unset the port is outside the range again.
+#[test]
+fn turn_channel_data_on_a_route_is_unwrapped_in_xdp_and_the_rest_goes_to_the_server() {
+    const TURN: u16 = 3478;
+    const LEG: u16 = 20030;
+    const LEG6: u16 = 20031;
+    const SSRC: u32 = 0x7777_0001;
+    const CLIENT4: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 51, 100, 7), 50_000);
+    const CLIENT6: (Ipv6Addr, u16) = (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x77), 50_000);
+    let relayed4 = SocketAddr::new(LOCAL4.into(), 45_000);
+    let relayed6 = SocketAddr::new(LOCAL6.into(), 45_001);
+    let mut stage = stage();
+    stage.set_turn_port(TURN).unwrap();
+    stage.add_leg(LEG, relayed4, LegId(20), 0).unwrap();
+    stage.allow_ssrc(LEG, Ssrc(SSRC), LegId(20)).unwrap();
+    stage.add_leg(LEG6, relayed6, LegId(21), 0).unwrap();
+    stage.allow_ssrc(LEG6, Ssrc(SSRC), LegId(21)).unwrap();
+    let client4 = SocketAddr::new(CLIENT4.0.into(), CLIENT4.1);
+    let client6 = SocketAddr::new(CLIENT6.0.into(), CLIENT6.1);
+    stage.add_channel(client4, TURN, 0x4001, relayed4, SocketAddr::new(LOCAL4.into(), LEG)).unwrap();
+    stage.add_channel(client6, TURN, 0x4001, relayed6, SocketAddr::new(LOCAL6.into(), LEG6)).unwrap();
+
+    let chdata = |channel: u16, inner: &[u8], pad: usize| {
+        let mut v = channel.to_be_bytes().to_vec();
+        v.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+        v.extend_from_slice(inner);
+        v.resize(v.len() + pad, 0);
+        v
+    };
+    let run = |stage: &mut XdpStage, frame: &[u8]| {
+        let before = stage.verdict_counts().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = stage.test_run(frame, &mut out, 1).unwrap();
+        let after = stage.verdict_counts().unwrap();
+        let moved: Vec<_> = V::ALL.iter().filter(|v| after.get(**v) != before.get(**v)).copied().collect();
+        (r.action, moved, out[..r.len].to_vec())
+    };
+    let media = rtp(SSRC, 9);
+    let mut failures = Vec::new();
+    let mut unwrapped = 0;
+    // (name, frame in, frame out)
+    let rewritten = [
+        ("v4", Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4001, &media, 0)), Frame::v4((LOCAL4, 45_000), (LOCAL4, LEG), media.clone())),
+        ("v4 vlan", Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4001, &media, 0)).vlan(7), Frame::v4((LOCAL4, 45_000), (LOCAL4, LEG), media.clone()).vlan(7)),
+        (
+            "v4 no udp checksum",
+            Frame { no_udp_checksum: true, ..Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4001, &media, 0)) },
+            Frame { no_udp_checksum: true, ..Frame::v4((LOCAL4, 45_000), (LOCAL4, LEG), media.clone()) },
+        ),
+        ("v6", Frame::v6(CLIENT6, (LOCAL6, TURN), chdata(0x4001, &media, 0)), Frame::v6((LOCAL6, 45_001), (LOCAL6, LEG6), media.clone())),
+        ("v6 vlan", Frame::v6(CLIENT6, (LOCAL6, TURN), chdata(0x4001, &media, 0)).vlan(7), Frame::v6((LOCAL6, 45_001), (LOCAL6, LEG6), media.clone()).vlan(7)),
+        // An odd-length payload (the checksum's last word is half padding).
+        (
+            "v4 odd length",
+            Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4001, &[media.as_slice(), &[0xab]].concat(), 0)),
+            Frame::v4((LOCAL4, 45_000), (LOCAL4, LEG), [media.as_slice(), &[0xab]].concat()),
+        ),
+    ];
+    for (name, input, want) in &rewritten {
+        let (action, moved, out) = run(&mut stage, &input.build());
+        unwrapped += 1;
+        if (action, moved.as_slice()) != (XDP_PASS, &[V::PassMedia][..]) {
+            failures.push(format!("{name}: action {action} verdicts {moved:?}"));
+        }
+        if out != want.build() {
+            failures.push(format!("{name}: output\n  got  {}\n  want {}", hex::encode(&out), hex::encode(want.build())));
+        }
+        if !checksums_ok(&out) {
+            failures.push(format!("{name}: checksums wrong"));
+        }
+    }
+    // A consent check through the channel: unwrapped, then the slow path's (STUN on the leg).
+    let (action, moved, out) = run(&mut stage, &Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4001, &stun(), 0)).build());
+    unwrapped += 1;
+    if (action, moved.as_slice(), out) != (XDP_PASS, &[V::PassStun][..], Frame::v4((LOCAL4, 45_000), (LOCAL4, LEG), stun()).build()) {
+        failures.push(format!("stun in a channel: action {action} verdicts {moved:?}"));
+    }
+    // Unwrapped, then shielded: an SSRC the leg never announced is dropped.
+    let (action, moved, _) = run(&mut stage, &Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4001, &rtp(0xdead, 1), 0)).build());
+    unwrapped += 1;
+    if (action, moved.as_slice()) != (XDP_DROP, &[V::DropUnknownSsrc][..]) {
+        failures.push(format!("unknown ssrc in a channel: action {action} verdicts {moved:?}"));
+    }
+    // To the TURN server, untouched.
+    let other_client = (Ipv4Addr::new(198, 51, 100, 8), 50_000);
+    let untouched = [
+        ("stun to the listener", Frame::v4(CLIENT4, (LOCAL4, TURN), stun())),
+        ("unrouted channel", Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4002, &media, 0))),
+        ("another client's channel", Frame::v4(other_client, (LOCAL4, TURN), chdata(0x4001, &media, 0))),
+        ("padded channel data", Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4001, &media[..media.len() - 1], 1))),
+        ("reserved channel number", Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x5001, &media, 0))),
+        ("three bytes", Frame::v4(CLIENT4, (LOCAL4, TURN), vec![0x40, 0x01, 0])),
+    ];
+    for (name, input) in &untouched {
+        let frame = input.build();
+        let (action, moved, out) = run(&mut stage, &frame);
+        if (action, moved.as_slice()) != (XDP_PASS, &[V::PassTurn][..]) || out != frame {
+            failures.push(format!("{name}: action {action} verdicts {moved:?}, modified {}", out != frame));
+        }
+    }
+    let (packets, bytes) = stage.turn_stats().unwrap();
+    if packets != unwrapped {
+        failures.push(format!("turn stats: {packets} unwrapped, want {unwrapped}"));
+    }
+    if bytes < packets * 12 {
+        failures.push(format!("turn stats: {bytes} bytes for {packets} packets"));
+    }
+    // The route removed: the server's again.
+    stage.remove_channel_key(XdpStage::channel_key(client4, TURN, 0x4001)).unwrap();
+    let frame = Frame::v4(CLIENT4, (LOCAL4, TURN), chdata(0x4001, &media, 0)).build();
+    let (action, moved, out) = run(&mut stage, &frame);
+    if (action, moved.as_slice()) != (XDP_PASS, &[V::PassTurn][..]) || out != frame {
+        failures.push(format!("removed route: action {action} verdicts {moved:?}"));
+    }
+    // No TURN port: the port is just outside the media range.
+    stage.set_turn_port(0).unwrap();
+    let frame = Frame::v6(CLIENT6, (LOCAL6, TURN), chdata(0x4001, &media, 0)).build();
+    let (action, moved, out) = run(&mut stage, &frame);
+    if (action, moved.as_slice()) != (XDP_PASS, &[V::PassOutsideRange][..]) || out != frame {
+        failures.push(format!("no turn port: action {action} verdicts {moved:?}"));
+    }
+    assert_eq!(stage.channel_keys().unwrap().len(), 1);
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

@@ -45,11 +45,16 @@ pub enum XdpVerdict {
     /// Top-N audio: RTP of an SSRC gated in [`SILENCE_MAP`] whose RFC 6464 level is not speech:
     /// dropped before it reaches userspace (every [`SILENT_KEEPALIVE`]-th of a run passes).
     DropSilentAudio = 13,
+    /// UDP to the TURN listener ([`TURN_MAP`]) that the stage does not unwrap (STUN requests,
+    /// a channel with no route in [`CHANNELS_MAP`], padded ChannelData, IPv4 options): handed to
+    /// the TURN server. ChannelData the stage unwraps is counted by what the unwrapped datagram
+    /// then is (`pass_media`, `redirect_xsk`, ...), and in [`TURN_STATS_MAP`].
+    PassTurn = 14,
 }
 
 impl XdpVerdict {
     /// How many verdicts there are: the size of the counter array.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Every verdict, in counter-index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -67,6 +72,7 @@ impl XdpVerdict {
         Self::RelayRedirect,
         Self::DropRelayInvalid,
         Self::DropSilentAudio,
+        Self::PassTurn,
     ];
 
     /// A stable snake_case name, for metrics labels and logs.
@@ -86,6 +92,7 @@ impl XdpVerdict {
             Self::RelayRedirect => "relay_redirect",
             Self::DropRelayInvalid => "relay_invalid",
             Self::DropSilentAudio => "silent_audio",
+            Self::PassTurn => "pass_turn",
         }
     }
 }
@@ -231,6 +238,58 @@ pub const SILENT_KEEPALIVE: u32 = 32;
 /// The quietest level (-dBov) that counts as speech (the worker's `audio::level`'s too).
 pub const SPEECH_MAX_DBOV: u8 = 55;
 
+/// Entry 0 of [`TURN_MAP`]: the embedded TURN server's UDP listening port (0: none). ChannelData
+/// to it is unwrapped in the stage when its channel has a route in [`CHANNELS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnPorts {
+    /// The UDP listener's port, host order; 0 turns the ChannelData path off.
+    pub udp: u16,
+    /// Explicit padding (0).
+    pub pad: u16,
+}
+
+/// The key of [`CHANNELS_MAP`]: a TURN client's transport on the UDP listener and one of its
+/// channels (RFC 8656 §12).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChannelKey {
+    /// The client's address (as the node sees it), IPv6 or v4-mapped, network byte order.
+    pub client_addr: [u8; 16],
+    /// The client's UDP port, host order.
+    pub client_port: u16,
+    /// The listener's UDP port the client sends to, host order.
+    pub server_port: u16,
+    /// The channel number (0x4000..=0x4FFF), host order.
+    pub channel: u16,
+    /// Explicit padding (0).
+    pub pad: u16,
+}
+
+/// The value of [`CHANNELS_MAP`]: the route of a channel bound to one of the node's own legs.
+/// The stage strips the 4-byte ChannelData header and rewrites the datagram to come from the
+/// allocation's relayed address and go to the leg, exactly what the TURN server would have sent
+/// from its relayed socket, then handles it as any datagram to that leg.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelTarget {
+    /// The allocation's relayed address (the new source), same family as the packet.
+    pub relayed_addr: [u8; 16],
+    /// The leg's address (the new destination, one of the node's), same family as the packet.
+    pub peer_addr: [u8; 16],
+    /// The relayed port, host order.
+    pub relayed_port: u16,
+    /// The leg's port, host order.
+    pub peer_port: u16,
+}
+
+/// Indexes of [`TURN_STATS_MAP`] (per-CPU `u64`s).
+pub const TURN_STAT_PACKETS: u32 = 0;
+/// ChannelData payload bytes unwrapped (without the 4-byte header).
+pub const TURN_STAT_BYTES: u32 = 1;
+/// How many counters [`TURN_STATS_MAP`] has.
+pub const TURN_STATS: u32 = 2;
+
 /// [`RelayTarget::ifindex`] meaning "the interface the packet came in on".
 pub const RELAY_SAME_INTERFACE: u32 = 0;
 
@@ -245,6 +304,9 @@ const _: () = {
     assert!(core::mem::offset_of!(RelayTarget, ifindex) == 48);
     assert!(core::mem::size_of::<XdpVerdict>() == 4);
     assert!(core::mem::size_of::<SilenceGate>() == 8);
+    assert!(core::mem::size_of::<TurnPorts>() == 4);
+    assert!(core::mem::size_of::<ChannelKey>() == 24);
+    assert!(core::mem::size_of::<ChannelTarget>() == 36);
 };
 
 #[cfg(feature = "user")]
@@ -266,6 +328,12 @@ mod pod {
     unsafe impl aya::Pod for super::RelayTarget {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::SilenceGate {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::TurnPorts {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ChannelKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ChannelTarget {}
 }
 
 /// The name of the per-CPU verdict counter array (`u32` index → `u64` count).
@@ -285,10 +353,25 @@ pub const TX_PORTS_MAP: &str = "SLUICE_TX_PORTS";
 pub const XSKS_MAP: &str = "SLUICE_XSKS";
 /// The name of the silence gate map ([`SsrcKey`] → [`SilenceGate`]).
 pub const SILENCE_MAP: &str = "SLUICE_SILENCE";
+/// The name of the one-entry TURN configuration array (index 0 → [`TurnPorts`]).
+pub const TURN_MAP: &str = "SLUICE_TURN";
+/// The name of the TURN channel route map ([`ChannelKey`] → [`ChannelTarget`]).
+pub const CHANNELS_MAP: &str = "SLUICE_CHANNELS";
+/// The name of the per-CPU TURN counter array ([`TURN_STAT_PACKETS`], [`TURN_STAT_BYTES`]).
+pub const TURN_STATS_MAP: &str = "SLUICE_TURN_STATS";
+/// The name of the program array the stage tail-calls through (not pinned).
+pub const PROGS_MAP: &str = "SLUICE_PROGS";
+/// [`PROGS_MAP`] index of the TURN stage ([`TURN_PROGRAM`]).
+pub const PROG_TURN: u32 = 0;
+/// [`PROGS_MAP`] index of the main program ([`XDP_PROGRAM`]), which the TURN stage returns to.
+pub const PROG_MAIN: u32 = 1;
+/// The name of the TURN stage's program in the object.
+pub const TURN_PROGRAM: &str = "sluice_turn";
 /// The name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
 /// Every map, for pin bookkeeping.
-pub const ALL_MAPS: [&str; 8] = [VERDICTS_MAP, CONFIG_MAP, LEGS_MAP, SSRCS_MAP, RELAYS_MAP, TX_PORTS_MAP, XSKS_MAP, SILENCE_MAP];
+pub const ALL_MAPS: [&str; 11] =
+    [VERDICTS_MAP, CONFIG_MAP, LEGS_MAP, SSRCS_MAP, RELAYS_MAP, TX_PORTS_MAP, XSKS_MAP, SILENCE_MAP, TURN_MAP, CHANNELS_MAP, TURN_STATS_MAP];
 
 /// Capacity of [`LEGS_MAP`].
 pub const MAX_LEGS: u32 = 65_536;
@@ -298,6 +381,8 @@ pub const MAX_SSRCS: u32 = 262_144;
 pub const MAX_SILENCE: u32 = 65_536;
 /// Capacity of [`RELAYS_MAP`].
 pub const MAX_RELAYS: u32 = 65_536;
+/// Capacity of [`CHANNELS_MAP`] (a relayed participant binds one or two channels).
+pub const MAX_CHANNELS: u32 = 65_536;
 /// Capacity of [`TX_PORTS_MAP`].
 pub const MAX_TX_PORTS: u32 = 64;
 /// Capacity of [`XSKS_MAP`]: the highest RX queue index an AF_XDP socket can serve, plus one.

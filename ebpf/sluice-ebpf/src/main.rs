@@ -29,12 +29,13 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, XskMap},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, ProgramArray, XskMap},
     programs::XdpContext,
 };
 use sluice_common::{
-    CONFIG_AF_XDP, FlowKey, LegValue, MAX_LEGS, MAX_RELAYS, MAX_SILENCE, MAX_SSRCS, MAX_TX_PORTS, MAX_XSK_QUEUES, PortRange, RELAY_SAME_INTERFACE, RelayTarget,
-    SILENT_KEEPALIVE, SPEECH_MAX_DBOV, SilenceGate, SsrcKey, SsrcValue, XdpVerdict,
+    CONFIG_AF_XDP, ChannelKey, ChannelTarget, FlowKey, LegValue, MAX_CHANNELS, MAX_LEGS, MAX_RELAYS, MAX_SILENCE, MAX_SSRCS, MAX_TX_PORTS, MAX_XSK_QUEUES,
+    PROG_MAIN, PROG_TURN, PortRange, RELAY_SAME_INTERFACE, RelayTarget, SILENT_KEEPALIVE, SPEECH_MAX_DBOV, SilenceGate, SsrcKey, SsrcValue, TURN_STAT_BYTES,
+    TURN_STAT_PACKETS, TURN_STATS, TurnPorts, XdpVerdict,
 };
 
 #[map(name = "SLUICE_VERDICTS")]
@@ -60,6 +61,21 @@ static SLUICE_TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
 
 #[map(name = "SLUICE_XSKS")]
 static SLUICE_XSKS: XskMap = XskMap::pinned(MAX_XSK_QUEUES, 0);
+
+#[map(name = "SLUICE_TURN")]
+static SLUICE_TURN: Array<TurnPorts> = Array::pinned(1, 0);
+
+#[map(name = "SLUICE_CHANNELS")]
+static SLUICE_CHANNELS: HashMap<ChannelKey, ChannelTarget> = HashMap::pinned(MAX_CHANNELS, 0);
+
+/// The stage's programs, for tail calls: [`PROG_TURN`] and [`PROG_MAIN`]. Not pinned: filled by
+/// the process that loads the programs, emptied when it exits (a stage left attached without
+/// its daemon then hands all TURN traffic to the kernel, where no server listens).
+#[map(name = "SLUICE_PROGS")]
+static SLUICE_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+#[map(name = "SLUICE_TURN_STATS")]
+static SLUICE_TURN_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TURN_STATS, 0);
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -167,6 +183,51 @@ fn try_sluice_xdp(ctx: &XdpContext) -> Result<u32, u32> {
         _ => return Ok(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS)),
     };
 
+    let turn = SLUICE_TURN.get(0).copied().unwrap_or_default();
+    if turn.udp != 0 && udp.flow.local_port == turn.udp {
+        // The TURN stage has a program (and a stack frame) of its own; it comes back here with
+        // the unwrapped datagram. Without it (not loaded yet) the TURN server gets everything.
+        // SAFETY: a tail call with this program's own context.
+        let _ = unsafe { SLUICE_PROGS.tail_call(ctx, PROG_TURN) };
+        return Ok(verdict(XdpVerdict::PassTurn, xdp_action::XDP_PASS));
+    }
+    media(ctx, &udp)
+}
+
+/// The TURN stage, entered from [`sluice_xdp`] by tail call for UDP to the TURN listener:
+/// unwraps ChannelData on a route ([`turn_channel`]) and tail-calls [`sluice_xdp`] again, which
+/// then sees a datagram from the relayed address to the leg. A tail call replaces the caller's
+/// stack frame: the unwrap's locals and the media path's never share the 512 bytes.
+#[xdp]
+pub fn sluice_turn(ctx: XdpContext) -> u32 {
+    match try_sluice_turn(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+fn try_sluice_turn(ctx: &XdpContext) -> Result<u32, u32> {
+    let mut ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or_else(malformed)?);
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = u16::from_be(read::<u16>(ctx, ETH_HLEN + 2).ok_or_else(malformed)?);
+        l3 += VLAN_HLEN;
+    }
+    let udp = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3)?,
+        _ => return Ok(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS)),
+    };
+    turn_channel(ctx, &udp)?;
+    // SAFETY: a tail call with this program's own context.
+    let _ = unsafe { SLUICE_PROGS.tail_call(ctx, PROG_MAIN) };
+    // Not back in the main program (not registered): the unwrapped datagram goes to the leg's
+    // socket through the kernel, unshielded but exactly what the TURN server would have sent.
+    Ok(verdict(XdpVerdict::PassMedia, xdp_action::XDP_PASS))
+}
+
+/// A datagram to a local UDP port: relay, demultiplex, shield, steer.
+#[inline(always)]
+fn media(ctx: &XdpContext, udp: &Udp) -> Result<u32, u32> {
     let range = SLUICE_CONFIG.get(0).copied().unwrap_or_default();
     let port = udp.flow.local_port;
     if port < range.lo || port > range.hi {
@@ -178,7 +239,7 @@ fn try_sluice_xdp(ctx: &XdpContext) -> Result<u32, u32> {
         // race a concurrent userspace update, which at worst relays one packet on the old or new
         // target.
         let target = unsafe { target.read() };
-        return relay(ctx, &udp, &target);
+        return relay(ctx, udp, &target);
     }
 
     // RFC 7983 §7: demultiplex on the first byte of the UDP payload. Two bytes are read: no
@@ -192,9 +253,164 @@ fn try_sluice_xdp(ctx: &XdpContext) -> Result<u32, u32> {
     match head[0] {
         0..=3 => Ok(verdict(XdpVerdict::PassStun, xdp_action::XDP_PASS)),
         20..=63 => Ok(verdict(XdpVerdict::PassDtls, xdp_action::XDP_PASS)),
-        128..=191 => rtp_or_rtcp(ctx, &udp, &range, payload, head[1]),
+        128..=191 => rtp_or_rtcp(ctx, udp, &range, payload, head[1]),
         _ => Err(verdict(XdpVerdict::DropNotRtc, xdp_action::XDP_DROP)),
     }
+}
+
+/// ChannelData (RFC 8656 §12.4) from a TURN client over UDP, on a channel bound to one of the
+/// node's legs (a route in `SLUICE_CHANNELS`): the 4-byte header is stripped and the datagram
+/// rewritten to come from the allocation's relayed address and go to the leg, what the TURN
+/// server would have sent from its relayed socket; the caller then handles it like any datagram
+/// to the leg ([`media`]). Anything else to the listener (STUN, an unknown channel, ChannelData
+/// with padding or trailing bytes, IPv4 options) passes to the TURN server (`pass_turn`).
+///
+/// ```text
+///  | Eth | IP | UDP | ch | len | SRTP |  →  | Eth | IP' | UDP' | SRTP |
+///   headers moved 4 bytes forward over ch/len, then the head advanced by 4 (bpf_xdp_adjust_head)
+/// ```
+///
+/// Written to keep the stack small (it shares the program's 512-byte frame with the media path):
+/// the route is read word by word from the map value where it is needed, never copied out.
+#[inline(always)]
+fn turn_channel(ctx: &XdpContext, udp: &Udp) -> Result<Udp, u32> {
+    let pass = || verdict(XdpVerdict::PassTurn, xdp_action::XDP_PASS);
+    let payload = udp.l4 + UDP_HLEN;
+    if udp.payload_len < 4 {
+        return Err(pass());
+    }
+    let hdr = read::<[u16; 2]>(ctx, payload).ok_or_else(malformed)?;
+    let channel = u16::from_be(hdr[0]);
+    let len = u16::from_be(hdr[1]) as usize;
+    // Over UDP the padding is optional (§12.5): a datagram with any is the server's to judge.
+    if !(0x4000..=0x4fff).contains(&channel) || len == 0 || len + 4 != udp.payload_len {
+        return Err(pass());
+    }
+    let key = ChannelKey { client_addr: udp.flow.remote_addr, client_port: udp.flow.remote_port, server_port: udp.flow.local_port, channel, pad: 0 };
+    let Some(t) = SLUICE_CHANNELS.get_ptr(&key) else { return Err(pass()) };
+    // The value as 18 native-order words: relayed address (0..8), leg address (8..16), relayed
+    // port (16), leg port (17), both ports host order.
+    let w = t as *const u16;
+    // SAFETY (every `word` call): the map value is 36 bytes and stays valid for the program run
+    // (RCU); a racing update yields a mix of old and new words for one packet at worst.
+    let word = |i: usize| unsafe { w.add(i).read_volatile() };
+    // v4-mapped is ::ffff:0:0/96: words 0..5 zero, word 5 0xffff.
+    let v4 = |base: usize| (word(base) | word(base + 1) | word(base + 2) | word(base + 3) | word(base + 4)) == 0 && word(base + 5) == 0xffff;
+    if v4(0) == udp.v6 || v4(8) == udp.v6 {
+        return Err(pass());
+    }
+    let (relayed_port, peer_port) = (word(16), word(17));
+    let moved = match (udp.v6, payload) {
+        (false, 42) => shift_headers::<42>(ctx),
+        (false, 46) => shift_headers::<46>(ctx),
+        (true, 62) => shift_headers::<62>(ctx),
+        (true, 66) => shift_headers::<66>(ctx),
+        _ => return Err(pass()),
+    };
+    if moved.is_none() {
+        return Err(pass());
+    }
+    // SAFETY: the helper only moves `data` within the frame; every pointer is derived afresh
+    // from the context afterwards.
+    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 {
+        // The headers already moved: the frame is no longer what arrived.
+        return Err(malformed());
+    }
+    // The header words leave the UDP checksum's sum (they sat at an even offset, so the payload's
+    // words keep their alignment); the addresses change in the pseudo-header.
+    let mut delta = csum_replace(csum_replace(0, hdr[0], 0), hdr[1], 0);
+    let new_len = ((len + UDP_HLEN) as u16).to_be();
+    let old_len = ((udp.payload_len + UDP_HLEN) as u16).to_be();
+    if udp.v6 {
+        // Source then destination, 16 words, as the value holds them.
+        for i in 0..16 {
+            let p = ptr_at::<u16>(ctx, udp.l3 + 8 + 2 * i).ok_or_else(malformed)?;
+            // SAFETY: bounds-checked above. Volatile 16-bit accesses (frame offsets are even):
+            // as byte loads kept for a checksum computed later they would fill the stack.
+            unsafe {
+                let new = word(i);
+                delta = csum_replace(delta, p.read_volatile(), new);
+                p.write_volatile(new);
+            }
+        }
+        let plen = ptr_at::<u16>(ctx, udp.l3 + 4).ok_or_else(malformed)?;
+        // SAFETY: bounds-checked above.
+        unsafe { plen.write_volatile(new_len) };
+    } else {
+        let ip = ptr_at::<[u16; 10]>(ctx, udp.l3).ok_or_else(malformed)?;
+        let ip = ip as *mut u16;
+        // Source at word 6..8 (the relayed address's last two words), destination at 8..10.
+        let mut ip_delta = 0;
+        for (at, from) in [(6, 6), (7, 7), (8, 14), (9, 15)] {
+            // SAFETY: inside the 20 bytes bounds-checked above.
+            unsafe {
+                let new = word(from);
+                let old = ip.add(at).read_volatile();
+                ip_delta = csum_replace(ip_delta, old, new);
+                ip.add(at).write_volatile(new);
+            }
+        }
+        delta += ip_delta;
+        // SAFETY: as above (total length at word 1, header checksum at word 5).
+        unsafe {
+            let total = ip.add(1).read_volatile();
+            let new_total = (u16::from_be(total).wrapping_sub(4)).to_be();
+            ip.add(1).write_volatile(new_total);
+            let check = ip.add(5).read_volatile();
+            ip.add(5).write_volatile(csum_apply(check, csum_replace(ip_delta, total, new_total)));
+        }
+    }
+    let uh = ptr_at::<[u16; 4]>(ctx, udp.l4).ok_or_else(malformed)?;
+    // SAFETY: bounds-checked above.
+    let mut h = unsafe { uh.read_unaligned() };
+    let ports = [relayed_port.to_be(), peer_port.to_be()];
+    delta = csum_replace(delta, h[0], ports[0]);
+    delta = csum_replace(delta, h[1], ports[1]);
+    // The length counts twice: in the header and in the pseudo-header.
+    delta = csum_replace(delta, old_len, new_len);
+    delta = csum_replace(delta, old_len, new_len);
+    h[0] = ports[0];
+    h[1] = ports[1];
+    h[2] = new_len;
+    if udp.v6 || h[3] != 0 {
+        let c = csum_apply(h[3], delta);
+        h[3] = if c == 0 { 0xffff } else { c };
+    }
+    // SAFETY: bounds-checked above.
+    unsafe { uh.write_unaligned(h) };
+    for (i, n) in [(TURN_STAT_PACKETS, 1), (TURN_STAT_BYTES, len as u64)] {
+        if let Some(c) = SLUICE_TURN_STATS.get_ptr_mut(i) {
+            // SAFETY: this CPU's slot, no preemption inside the program (as in `count`).
+            unsafe { *c += n };
+        }
+    }
+    let mut flow = FlowKey { remote_addr: [0; 16], remote_port: relayed_port, local_port: peer_port };
+    for i in 0..8 {
+        let b = word(i).to_ne_bytes();
+        flow.remote_addr[2 * i] = b[0];
+        flow.remote_addr[2 * i + 1] = b[1];
+    }
+    Ok(Udp { l3: udp.l3, l4: udp.l4, v6: udp.v6, payload_len: len, flow })
+}
+
+/// Moves the frame's first `N` bytes (Ethernet, IP and UDP headers; `N` even) 4 bytes forward,
+/// from the end down so nothing is overwritten before it is read; `None` if the frame is shorter
+/// than `N + 4`. Volatile 16-bit copies through a register: the compiler may neither turn them
+/// into a `memmove` call (BPF has none) nor stage them on the 512-byte stack. Frame data starts
+/// 2-byte aligned (XDP headroom is 256 bytes) and every offset here is even.
+#[inline(always)]
+fn shift_headers<const N: usize>(ctx: &XdpContext) -> Option<()> {
+    let base = ctx.data();
+    if base + N + 4 > ctx.data_end() {
+        return None;
+    }
+    let mut off = N;
+    while off >= 2 {
+        off -= 2;
+        // SAFETY: `off + 4 + 2 <= N + 4`, inside the frame (checked above); 2-byte aligned.
+        unsafe { ((base + off + 4) as *mut u16).write_volatile(((base + off) as *const u16).read_volatile()) };
+    }
+    Some(())
 }
 
 /// ```text
