@@ -165,6 +165,15 @@ pub fn render_xdp(counts: &VerdictCounts) -> String {
     for (v, n) in counts.iter() {
         let _ = writeln!(s, "sluice_xdp_packets_total{{verdict=\"{}\"}} {n}", v.name());
     }
+    let (packets, bytes) = counts.1;
+    let _ = writeln!(
+        s,
+        "# HELP sluice_xdp_turn_unwrapped_packets_total TURN ChannelData datagrams the XDP stage unwrapped for a leg (the TURN server never saw them).\n# TYPE sluice_xdp_turn_unwrapped_packets_total counter\nsluice_xdp_turn_unwrapped_packets_total {packets}"
+    );
+    let _ = writeln!(
+        s,
+        "# HELP sluice_xdp_turn_unwrapped_bytes_total Payload bytes of the ChannelData the XDP stage unwrapped.\n# TYPE sluice_xdp_turn_unwrapped_bytes_total counter\nsluice_xdp_turn_unwrapped_bytes_total {bytes}"
+    );
     s
 }
 

@@ -293,7 +293,10 @@ impl Node {
         let (shield, xdp_counts) = match stage {
             Some(stage) => {
                 let relays = resolve_relays(&config)?;
-                let shield = Shield::new(stage, n, &relays).map_err(NodeError::xdp("taking over the XDP stage's maps"))?;
+                // ChannelData to the TURN port is unwrapped in the stage (a listener on port 0
+                // gets its port later: the stage leaves it to the TURN thread).
+                let turn_port = config.turn.as_ref().map_or(0, |t| t.listen.port());
+                let shield = Shield::new(stage, n, &relays, turn_port).map_err(NodeError::xdp("taking over the XDP stage's maps"))?;
                 let counts = shield.counts();
                 threads.push(shield.spawn(shield_inbox).map_err(NodeError::Thread)?);
                 tracing::info!(relays = relays.len(), "XDP shield in step with the tables");

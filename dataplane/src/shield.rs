@@ -223,7 +223,7 @@ impl Shield {
     /// Takes over `stage` (opened, attached and configured by the caller), reading back what a
     /// previous run left in its maps, and installs `relays` (removing relay entries no longer
     /// configured). `workers` is the number of workers (leg ownership is `port % workers`).
-    pub fn new(stage: XdpStage, workers: usize, relays: &[Relay]) -> Result<Self, XdpError> {
+    pub fn new(stage: XdpStage, workers: usize, relays: &[Relay], turn_port: u16) -> Result<Self, XdpError> {
         let installed = Entries { legs: stage.flow_keys()?.into_iter().collect(), ssrcs: stage.ssrc_keys()?.into_iter().collect() };
         let mut shield = Self { stage, model: Model::default(), installed, workers: workers as u16, counts: SharedCounts::default() };
         // Silence gates are the workers' runtime decisions: a previous run's are stale (its
@@ -231,6 +231,12 @@ impl Shield {
         for (key, _) in shield.stage.silence_gates()? {
             shield.stage.ungate_silence(key.local_port, sluice_core::ids::Ssrc(key.ssrc))?;
         }
+        // TURN channel routes are the TURN server's, and a previous run's server is gone with its
+        // allocations: none of its routes may stay open. The new server's come as it binds them.
+        for (key, _) in shield.stage.channel_keys()? {
+            shield.stage.remove_channel_key(key)?;
+        }
+        shield.stage.set_turn_port(turn_port)?;
         let existing: Vec<(FlowKey, RelayTarget)> = shield.stage.relay_keys()?;
         for r in relays {
             shield.stage.add_relay(r.local_port, r.remote, &r.route)?;
@@ -269,9 +275,19 @@ impl Shield {
         self.sync()
     }
 
-    /// Installs or removes a TURN channel route's entry (ChannelData unwrapped in the stage).
-    pub fn turn_route(&mut self, _change: sluice_core::turn::RouteChange) -> Result<usize, XdpError> {
-        Ok(0)
+    /// Installs or removes a TURN channel route's entry, so the stage unwraps its ChannelData
+    /// (routes over UDP only: TCP and TLS stay with the TURN thread).
+    pub fn turn_route(&mut self, change: sluice_core::turn::RouteChange) -> Result<usize, XdpError> {
+        use sluice_core::turn::{RouteChange, Transport};
+        let (RouteChange::Up(r) | RouteChange::Down(r)) = change;
+        if r.client.transport != Transport::Udp {
+            return Ok(0);
+        }
+        match change {
+            RouteChange::Up(_) => self.stage.add_channel(r.client.client, r.client.server.port(), r.channel.get(), r.relayed, r.peer)?,
+            RouteChange::Down(_) => self.stage.remove_channel_key(XdpStage::channel_key(r.client.client, r.client.server.port(), r.channel.get()))?,
+        }
+        Ok(1)
     }
 
     /// Writes the difference between the desired and the installed entries: inserts and changes
@@ -524,7 +540,7 @@ mod tests {
     #[test]
     fn sync_writes_only_the_difference_and_reads_back_a_previous_run() {
         let stage = XdpStage::load_unpinned().expect("load the XDP program (needs root)");
-        let mut s = Shield::new(stage, 1, &[]).unwrap();
+        let mut s = Shield::new(stage, 1, &[], 0).unwrap();
         let d = delta(1, false, vec![leg(1, 33_000, None), track(10, 1, vec![LayerSpec { ssrc: Some(Ssrc(0xa)), rtx_ssrc: None, rid: None }])]);
         assert_eq!(s.apply(&d).unwrap(), 2, "one leg wildcard, one SSRC");
         assert_eq!(s.apply(&delta(2, false, vec![leg(1, 33_000, None)])).unwrap(), 0, "nothing changed");
@@ -535,7 +551,7 @@ mod tests {
         assert_eq!(keys[0].0, flow_key(33_000, "10.0.0.9:7000".parse().unwrap()));
         // A new shield on the same maps (a restart) removes what no leg wants any more.
         let Shield { stage, .. } = s;
-        let mut s = Shield::new(stage, 1, &[]).unwrap();
+        let mut s = Shield::new(stage, 1, &[], 0).unwrap();
         assert_eq!(s.installed.legs.len() + s.installed.ssrcs.len(), 2);
         assert_eq!(s.apply(&delta(1, true, vec![])).unwrap(), 2);
         assert!(s.stage.flow_keys().unwrap().is_empty() && s.stage.ssrc_keys().unwrap().is_empty());

@@ -169,9 +169,10 @@ pub struct RelayRoute {
     pub egress: Egress,
 }
 
-/// The per-verdict packet counts, summed over CPUs.
+/// The per-verdict packet counts, summed over CPUs; and the TURN stage's (ChannelData datagrams
+/// and payload bytes unwrapped), which the shield publishes with them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VerdictCounts(pub [u64; XdpVerdict::COUNT as usize]);
+pub struct VerdictCounts(pub [u64; XdpVerdict::COUNT as usize], pub (u64, u64));
 
 impl VerdictCounts {
     /// The count for one verdict.
@@ -679,6 +680,7 @@ impl XdpStage {
         let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("open", M))?;
         let mut counts = VerdictCounts::default();
+        counts.1 = self.turn_stats()?;
         for (i, slot) in counts.0.iter_mut().enumerate() {
             let per_cpu = map.get(&(i as u32), 0).map_err(map_err("read counter", M))?;
             *slot = per_cpu.iter().sum();
