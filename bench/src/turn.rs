@@ -71,7 +71,12 @@ impl std::fmt::Debug for Relayed {
 impl Relayed {
     /// Over UDP to `server`, with REST API credentials under `secret` for user `name-<seed>`.
     pub fn udp(server: SocketAddr, secret: &str, seed: u8) -> anyhow::Result<Self> {
-        let s = UdpSocket::bind("127.0.0.1:0")?;
+        Self::udp_from("127.0.0.1:0".parse()?, server, secret, seed)
+    }
+
+    /// [`Relayed::udp`] from a socket bound to `bind` (in the calling thread's namespace).
+    pub fn udp_from(bind: SocketAddr, server: SocketAddr, secret: &str, seed: u8) -> anyhow::Result<Self> {
+        let s = UdpSocket::bind(bind)?;
         s.set_read_timeout(Some(Duration::from_millis(5)))?;
         Ok(Self::new(Via::Udp(s), server, secret, seed))
     }

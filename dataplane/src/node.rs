@@ -295,7 +295,7 @@ impl Node {
                 let relays = resolve_relays(&config)?;
                 // ChannelData to the TURN port is unwrapped in the stage (a listener on port 0
                 // gets its port later: the stage leaves it to the TURN thread).
-                let turn_port = config.turn.as_ref().map_or(0, |t| t.listen.port());
+                let turn_port = config.turn.as_ref().filter(|_| turn_in_xdp(&config)).map_or(0, |t| t.listen.port());
                 let shield = Shield::new(stage, n, &relays, turn_port).map_err(NodeError::xdp("taking over the XDP stage's maps"))?;
                 let counts = shield.counts();
                 threads.push(shield.spawn(shield_inbox).map_err(NodeError::Thread)?);
@@ -577,6 +577,30 @@ fn open_xdp_stage(config: &Config) -> Result<Option<XdpStage>, NodeError> {
     stage.set_af_xdp(config.xdp.mode == XdpMode::AfXdp).map_err(NodeError::xdp("setting the AF_XDP flag"))?;
     tracing::info!(interface = iface, instance = %config.xdp.instance, ?mode, xdp_mode = ?config.xdp.mode, "XDP stage ready");
     Ok(Some(stage))
+}
+
+/// Whether the XDP stage may unwrap TURN ChannelData on the attached interface. The unwrapped
+/// datagram comes from the relayed address, one of the node's own, arriving on that interface:
+/// the kernel drops such packets as martians unless the interface's `accept_local` is on (and
+/// reverse-path filtering does not refuse a local source), so the daemon turns it on for IPv4
+/// (it holds CAP_NET_ADMIN for XDP anyway). If it cannot, ChannelData stays with the TURN
+/// thread, which still relays it, and the log says why.
+fn turn_in_xdp(config: &Config) -> bool {
+    let Some(iface) = config.xdp.interface.as_deref() else { return false };
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    match std::fs::read_to_string(&path).map(|v| v.trim() == "1") {
+        Ok(true) => true,
+        _ => match std::fs::write(&path, "1") {
+            Ok(()) => {
+                tracing::info!(interface = iface, "accept_local turned on: TURN ChannelData is unwrapped in XDP and comes from the node's relayed addresses");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(interface = iface, error = %e, path, "cannot turn accept_local on: TURN ChannelData stays with the TURN thread (not unwrapped in XDP)");
+                false
+            }
+        },
+    }
 }
 
 /// The configured relay legs with their egress interface resolved (index and MAC).

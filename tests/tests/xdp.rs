@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use sluice_bench::meeting::{self, Participant};
 use sluice_bench::netns::{NetNs, PinGuard, Veth, mac_str};
+use sluice_bench::turn::Relayed;
 use sluice_core::ids::Generation;
 use sluice_core::srtp::Profile;
 use sluice_core::table::Delta;
@@ -27,6 +28,7 @@ use sluice_tests::{Daemon, TempDir};
 
 const DAEMON_IP: &str = "10.55.0.1";
 const METRICS: &str = "127.0.0.1:9311";
+const TURN_SECRET: &str = "the-xdp-turn-secret";
 
 struct Topo {
     peers: NetNs,
@@ -144,6 +146,13 @@ struct Meeting {
 /// Meeting `m` (3 participants, 40 ticks of 20 ms) through the daemon at `sock`, participants in
 /// the peers' namespace; with `flood`, strangers hammer every leg port meanwhile.
 fn meeting(t: &Topo, sock: &Path, m: u32, flood: bool) -> Meeting {
+    meeting_via(t, sock, m, flood, None).0
+}
+
+/// [`meeting`], participant 0 reaching its leg through the daemon's TURN server over UDP at
+/// `turn` (ChannelData both ways) when given; also returns the packets it sent through the
+/// channel once it was bound.
+fn meeting_via(t: &Topo, sock: &Path, m: u32, flood: bool, turn: Option<SocketAddr>) -> (Meeting, u64) {
     const TICKS: u64 = 40;
     let (ops, mut people): (_, Vec<Participant>) = meeting::build(m, 3, Profile::AeadAes128Gcm, 1);
     let mut control = Client::connect(sock).expect("control socket");
@@ -155,21 +164,41 @@ fn meeting(t: &Topo, sock: &Path, m: u32, flood: bool) -> Meeting {
         s.set_nonblocking(true).expect("nonblocking");
     }
     let sfu = |p: &Participant| SocketAddr::new(DAEMON_IP.parse().expect("ip"), p.port);
+    let mut relayed = turn.map(|server| {
+        let mut r = t.peers.enter(|| Relayed::udp_from("10.55.0.2:0".parse().expect("addr"), server, TURN_SECRET, 1).expect("TURN client"));
+        people[0].addr = r.setup(sfu(&people[0])).expect("allocation and channel");
+        r.set_nonblocking().expect("nonblocking");
+        r
+    });
+    let mut via_channel = 0u64;
     let mut received = vec![Vec::new(); people.len()];
-    let drain = |received: &mut Vec<Vec<Vec<u8>>>| {
+    let drain = |received: &mut Vec<Vec<Vec<u8>>>, relayed: &mut Option<Relayed>| {
         let mut buf = [0u8; 2048];
         for (i, s) in sockets.iter().enumerate() {
             while let Ok(n) = s.recv(&mut buf) {
                 received[i].push(buf[..n].to_vec());
             }
         }
+        if let Some(r) = relayed {
+            received[0].extend(r.recv_media());
+        }
     };
-    for (p, s) in people.iter_mut().zip(&sockets) {
-        s.send_to(&p.hello(), sfu(p)).expect("hello");
+    let mut send = |i: usize, pkt: &[u8], to: SocketAddr, relayed: &mut Option<Relayed>| match relayed {
+        Some(r) if i == 0 => {
+            r.send_media(pkt).expect("send through the channel");
+            via_channel += 1;
+        }
+        _ => {
+            sockets[i].send_to(pkt, to).expect("send");
+        }
+    };
+    for (i, p) in people.iter_mut().enumerate() {
+        let hello = p.hello();
+        send(i, &hello, sfu(p), &mut relayed);
     }
     // The hellos latch the remotes; the shield swaps the legs' wildcards for exact entries.
     thread::sleep(Duration::from_millis(300));
-    drain(&mut received);
+    drain(&mut received, &mut relayed);
 
     let stop = Arc::new(AtomicBool::new(false));
     let flooder = flood.then(|| {
@@ -202,28 +231,28 @@ fn meeting(t: &Topo, sock: &Path, m: u32, flood: bool) -> Meeting {
     });
     let start = Instant::now();
     for tick in 0..TICKS {
-        for (p, s) in people.iter_mut().zip(&sockets) {
+        for (i, p) in people.iter_mut().enumerate() {
             let mut pkts = vec![p.audio(tick)];
             if tick * 3 / 5 != (tick + 1) * 3 / 5 {
                 pkts.extend(p.video_frame());
             }
             for pkt in pkts {
-                s.send_to(&pkt, sfu(p)).expect("send");
+                send(i, &pkt, sfu(p), &mut relayed);
             }
         }
-        drain(&mut received);
+        drain(&mut received, &mut relayed);
         if let Some(d) = (start + Duration::from_millis(20 * (tick + 1))).checked_duration_since(Instant::now()) {
             thread::sleep(d);
         }
     }
     thread::sleep(Duration::from_millis(300));
-    drain(&mut received);
+    drain(&mut received, &mut relayed);
     stop.store(true, Ordering::Relaxed);
     let (strangers, forged_ssrcs) = flooder.map_or((0, 0), |f| f.join().expect("flooder"));
     if let Err(e) = meeting::verify_all(&mut people, &mut received) {
         panic!("{e}");
     }
-    Meeting { received, strangers, forged_ssrcs }
+    (Meeting { received, strangers, forged_ssrcs }, via_channel)
 }
 
 /// 3 participants, 40 audio ticks, 24 video frames: each gets both others' audio, one other in HD
@@ -272,6 +301,34 @@ fn af_xdp_backend_forwards_byte_identically_to_uring() {
     assert!(ring_log.contains("tx=\"ring\" tx_csum_offload=true rx_frames=4096"), "{ring_log}");
     assert_eq!(total(&by_ring), EXPECTED, "AF_XDP ring run\n{ring_log}");
     assert_eq!(by_ring.received, by_uring.received, "byte-identical output through the TX ring");
+}
+
+/// A participant behind TURN over UDP: its ChannelData is unwrapped by the XDP stage (the TURN
+/// server relays none of its media), with the stage passing to the worker's socket (`shield`)
+/// and redirecting to AF_XDP (`af_xdp`); everyone's media authenticates with no gap, and what
+/// goes back to it is ChannelData from the TURN port.
+#[test]
+fn a_relayed_participants_channel_data_is_unwrapped_in_xdp() {
+    let t = Topo::new("tu");
+    for (backend, mode) in [("uring", "shield"), ("xsk", "af_xdp")] {
+        let instance = format!("sx5tu{mode}{}", std::process::id());
+        let _pins = PinGuard(Path::new(PIN_ROOT).join(&instance));
+        let turn = format!("[dataplane.turn]\nlisten = \"{DAEMON_IP}:3478\"\nsecret = \"{TURN_SECRET}\"\nrelay_ports = [45000, 45099]\n");
+        let (d, sock) = t.start(&format!("turn-{mode}"), backend, mode, &instance, &turn);
+        let (run, via_channel) = meeting_via(&t, &sock, 212, false, Some(SocketAddr::new(DAEMON_IP.parse().expect("ip"), 3478)));
+        thread::sleep(Duration::from_millis(400));
+        let m = t.metrics();
+        let log = stop(d);
+        assert_eq!(total(&run), EXPECTED, "{mode}: the meeting was untouched\n{log}");
+        let unwrapped = metric(&m, "sluice_xdp_turn_unwrapped_packets_total");
+        let by_server = metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_peer\"}");
+        // The channel route reaches the stage a moment after the ChannelBind answer: the first
+        // datagrams may still be the server's.
+        assert!(
+            unwrapped <= via_channel && unwrapped + 5 >= via_channel && unwrapped + by_server == via_channel,
+            "{mode}: {unwrapped} of {via_channel} ChannelData datagrams unwrapped in XDP, {by_server} relayed by the TURN server\n{log}"
+        );
+    }
 }
 
 #[test]
