@@ -9,6 +9,7 @@ pub mod forward;
 pub mod live;
 pub mod netns;
 pub mod turn;
+pub mod turn_netns;
 pub mod xdp;
 
 /// The simulated meetings the demo and the cross-process tests run (`sluice_sim::meeting`, here

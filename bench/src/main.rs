@@ -65,6 +65,27 @@ enum Command {
     /// through its TURN server (UDP, TCP, TLS) against the same calls direct, in one run on
     /// loopback.
     Turn(TurnArgs),
+    /// Relayed legs with the node on a core of its own, on a veth pair between two network
+    /// namespaces it creates (root): the node core's busy time per forwarded packet for
+    /// participants behind TURN against the same calls direct, with the XDP stage unwrapping
+    /// UDP ChannelData and without it.
+    TurnNetns(TurnNetnsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TurnNetnsArgs {
+    /// Two-party calls per row (at most 32).
+    #[arg(long, default_value_t = 16)]
+    calls: u32,
+    /// Timed seconds per row (after 1 s of warm-up).
+    #[arg(long, default_value_t = 8.0)]
+    seconds: f64,
+    /// Milliseconds between two packets of a participant.
+    #[arg(long, default_value_t = 5)]
+    tick_ms: u64,
+    /// Also write the rows to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -471,6 +492,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Audio(a) => {
             let r = sluice_bench::audio::run(a.participants, a.seconds)?;
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::TurnNetns(a) => {
+            let r = sluice_bench::turn_netns::run(a.calls, a.seconds, Duration::from_millis(a.tick_ms.max(1)))?;
             if let Some(path) = a.json {
                 std::fs::write(&path, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", path.display()))?;
             }

@@ -1,0 +1,317 @@
+//! Relayed-leg cost with the node on a core of its own, on a veth pair between two network
+//! namespaces (root): what a participant behind TURN costs the node per forwarded packet against
+//! the same calls direct, in one run, with the XDP stage unwrapping UDP ChannelData and without.
+//!
+//! ```text
+//!  ns st5g<pid> "gen" (core 0)                        ns st5d<pid> "dut" (core 1, all of it)
+//!  10.57.0.2 participants: direct, or TURN clients ──veth──▶ 10.57.0.1 sluice-dataplane
+//!  over UDP, TCP, TLS (this process, pinned to 0)           TURN 3478 (UDP, TCP), 5349 (TLS)
+//!                                                           [XDP stage on dut's end, or off]
+//! ```
+//!
+//! The daemon runs under `taskset -c 1` (every thread: worker, TURN, slow path) and dut's NAPI
+//! thread (the XDP program and the kernel receive of everything arriving at the node) is pinned
+//! to core 1 too; the generator and gen's NAPI thread are on core 0. The cost of a row is core
+//! 1's busy time (`/proc/stat`) over the timed part divided by the copies the participants
+//! received: everything the node did for them, kernel included, and nothing else. Each call is
+//! a meeting of two sending audio-sized SRTP every `tick`; every packet makes one copy.
+//!
+//! Rows: with the stage (`mode = "shield"`) `direct` and `turn-udp` (ChannelData unwrapped in
+//! XDP, wrapped by the worker); without it (`off`) `direct`, `turn-udp`, `turn-tcp`, `turn-tls`
+//! (userspace: the TURN thread hands the payload to the worker). Ratios are to the `direct` row
+//! of the same daemon.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use sluice_core::ids::Generation;
+use sluice_core::srtp::Profile;
+use sluice_core::table::Delta;
+use sluice_dataplane::control::{Client, Request, Response};
+use sluice_sim::meeting::{self, Participant};
+
+use crate::netns::{NetNs, PinGuard, Veth};
+use crate::turn::Relayed;
+
+const DUT_IP: Ipv4Addr = Ipv4Addr::new(10, 57, 0, 1);
+const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 57, 0, 2);
+const SECRET: &str = "the-turn-netns-benchmark-secret";
+const GEN_CORE: usize = 0;
+const NODE_CORE: usize = 1;
+/// Legs: meeting m's seat i is on 20000 + 64 m + i; each row's calls are meetings from here on.
+const FIRST_MEETING: u32 = 100;
+/// The most calls a row runs.
+pub const MAX_CALLS: u32 = 32;
+
+/// One row.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    /// The daemon's XDP mode: `shield` or `off`.
+    pub xdp: String,
+    /// `direct`, `turn-udp`, `turn-tcp` or `turn-tls`.
+    pub transport: String,
+    /// Calls (two participants each).
+    pub calls: u32,
+    /// Packets the participants sent in the timed part.
+    pub sent: u64,
+    /// Copies they received.
+    pub received: u64,
+    /// ChannelData datagrams the XDP stage unwrapped in the timed part.
+    pub unwrapped_in_xdp: u64,
+    /// The node core's busy fraction over the timed part.
+    pub node_core_busy: f64,
+    /// Node core busy ns per received copy.
+    pub ns_per_packet: f64,
+    /// `ns_per_packet` over the same daemon's `direct` row.
+    pub ratio: f64,
+}
+
+/// The rows, in one run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// Packets per second each participant sent.
+    pub pps_per_participant: f64,
+    /// Rows, each daemon's `direct` first.
+    pub rows: Vec<Row>,
+}
+
+/// Busy and all jiffies of `cpu` (`/proc/stat`).
+fn cpu_jiffies(cpu: usize) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}"))).with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let all: u64 = v.iter().take(8).sum();
+    Ok((all - idle, all))
+}
+
+fn pin(core: usize) {
+    if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
+        core_affinity::set_for_current(id);
+    }
+}
+
+/// The daemon in dut's namespace on the node core (stopped by PID on drop).
+struct Node {
+    child: Child,
+    control: Client,
+    socket: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of the child this process spawned and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Node {
+    fn start(dut: &NetNs, veth: &str, dir: &Path, xdp: &str, instance: &str) -> anyhow::Result<Self> {
+        let socket = dir.join(format!("{xdp}.sock"));
+        let cfg = dir.join(format!("{xdp}.toml"));
+        let lo = 20_000 + 64 * FIRST_MEETING as u16;
+        let hi = lo + (64 * 4 * MAX_CALLS) as u16 - 1;
+        std::fs::write(
+            &cfg,
+            format!(
+                "[dataplane]\nlisten_ip = \"{DUT_IP}\"\nworkers = 1\ncores = [{NODE_CORE}]\nbackend = \"mmsg\"\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:9312\"\nport_range = [{lo}, {hi}]\n\
+                 [dataplane.xdp]\nmode = \"{xdp}\"\ninterface = \"{veth}\"\ninstance = \"{instance}\"\n\
+                 [dataplane.turn]\nlisten = \"{DUT_IP}:3478\"\ntls_listen = \"{DUT_IP}:5349\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{SECRET}\"\nrelay_ports = [45000, 45999]\nmax_allocations_per_user = 4\n",
+                socket.display(),
+                dir.join("server.pem").display(),
+                dir.join("server.key").display()
+            ),
+        )?;
+        let exe = std::env::current_exe()?.with_file_name("sluice-dataplane");
+        let [nsenter, net] = dut.nsenter_args();
+        let log = dir.join(format!("{xdp}.log"));
+        let child = Command::new("taskset")
+            .args(["-c", &NODE_CORE.to_string()])
+            .arg(nsenter)
+            .arg(net)
+            .arg(&exe)
+            .args(["--config", cfg.to_str().unwrap_or_default()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting sluice-dataplane under taskset")?;
+        let mut node_child = Some(child);
+        let end = Instant::now() + Duration::from_secs(15);
+        while !socket.exists() {
+            if Instant::now() > end {
+                if let Some(mut c) = node_child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                bail!("the dataplane did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let control = Client::connect(&socket)?;
+        Ok(Self { child: node_child.take().context("child")?, control, socket })
+    }
+
+    /// `sluice_xdp_turn_unwrapped_packets_total` from the daemon's metrics (0 without a stage).
+    fn unwrapped(dut: &NetNs) -> u64 {
+        let body = dut.http_get("127.0.0.1:9312", "/metrics");
+        body.lines().find_map(|l| l.strip_prefix("sluice_xdp_turn_unwrapped_packets_total ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    }
+}
+
+/// Runs `calls` calls per row (at most [`MAX_CALLS`]) for `seconds` (after 1 s of warm-up), each
+/// participant sending every `tick`.
+pub fn run(calls: u32, seconds: f64, tick: Duration) -> anyhow::Result<Report> {
+    let calls = calls.clamp(1, MAX_CALLS);
+    let pid = std::process::id();
+    let dir = PathBuf::from(format!("/tmp/sluice-bench-turn-netns-{pid}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let bin = std::env::current_exe()?.parent().context("bin dir")?.to_path_buf();
+    let out = Command::new(bin.join("sluicectl")).arg("certs").arg(&dir).output().context("sluicectl certs")?;
+    if !out.status.success() {
+        bail!("sluicectl certs: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gen_ns = NetNs::new("tng");
+    let dut = NetNs::new("tnd");
+    let veth = Veth::new("tn", &gen_ns, &[&format!("{GEN_IP}/24")], &dut, &[&format!("{DUT_IP}/24")]);
+    gen_ns.napi_thread_on(&veth.a, GEN_CORE)?;
+    dut.napi_thread_on(&veth.b, NODE_CORE)?;
+    pin(GEN_CORE);
+    let mut rows: Vec<Row> = Vec::new();
+    println!("{:<7} {:<9} {:>6} {:>9} {:>9} {:>9} {:>6} {:>10} {:>7}", "xdp", "transport", "calls", "sent", "received", "in XDP", "busy", "ns/packet", "ratio");
+    let mut meeting_no = FIRST_MEETING;
+    for (xdp, transports) in [("shield", &["direct", "turn-udp"][..]), ("off", &["direct", "turn-udp", "turn-tcp", "turn-tls"][..])] {
+        let instance = format!("st5{xdp}{pid}");
+        let _pins = PinGuard(Path::new(sluice_dataplane::xdp::PIN_ROOT).join(&instance));
+        let mut node = Node::start(&dut, &veth.b, &dir, xdp, &instance)?;
+        let mut generation = 0;
+        let base = rows.len();
+        for transport in transports {
+            generation += 1;
+            let row = run_row(&mut node, (&gen_ns, &dut), &dir, xdp, transport, (meeting_no, calls), seconds, tick, generation)?;
+            meeting_no += calls;
+            let direct = rows.get(base).map_or(row.ns_per_packet, |d| d.ns_per_packet);
+            let row = Row { ratio: row.ns_per_packet / direct, ..row };
+            println!(
+                "{:<7} {:<9} {:>6} {:>9} {:>9} {:>9} {:>6.3} {:>10.0} {:>7.3}",
+                row.xdp, row.transport, row.calls, row.sent, row.received, row.unwrapped_in_xdp, row.node_core_busy, row.ns_per_packet, row.ratio
+            );
+            rows.push(row);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Report { pps_per_participant: 1.0 / tick.as_secs_f64(), rows })
+}
+
+#[expect(clippy::too_many_arguments, reason = "one row's settings")]
+fn run_row(
+    node: &mut Node,
+    (gen_ns, dut): (&NetNs, &NetNs),
+    dir: &Path,
+    xdp: &str,
+    transport: &str,
+    (first_meeting, calls): (u32, u32),
+    seconds: f64,
+    tick: Duration,
+    generation: u64,
+) -> anyhow::Result<Row> {
+    let mut ops = Vec::new();
+    let mut people: Vec<Participant> = Vec::new();
+    for c in 0..calls {
+        let (o, p) = meeting::build(first_meeting + c, 2, Profile::AeadAes128Gcm, 0);
+        ops.extend(o);
+        people.extend(p);
+    }
+    match node.control.call(&Request::Apply(Delta { generation: Generation(generation), replace_all: generation == 1, ops }))? {
+        Response::Applied(_) => {}
+        other => bail!("apply: {other:?}"),
+    }
+    let leg = |p: &Participant| SocketAddr::new(DUT_IP.into(), p.port);
+    let turn = SocketAddr::new(DUT_IP.into(), 3478);
+    let turn_tls = SocketAddr::new(DUT_IP.into(), 5349);
+    let mut relayed: Vec<Relayed> = Vec::new();
+    let mut direct: Vec<UdpSocket> = Vec::new();
+    for (i, p) in people.iter_mut().enumerate() {
+        let seed = (i % 250) as u8 + 1;
+        if transport == "direct" {
+            let s = gen_ns.enter(|| UdpSocket::bind(SocketAddr::new(GEN_IP.into(), 0)))?;
+            s.set_nonblocking(true)?;
+            p.addr = s.local_addr()?;
+            direct.push(s);
+        } else {
+            let mut r = gen_ns.enter(|| match transport {
+                "turn-udp" => Relayed::udp_from(SocketAddr::new(GEN_IP.into(), 0), turn, SECRET, seed),
+                "turn-tcp" => Relayed::tcp(turn, SECRET, seed),
+                _ => Relayed::tls(turn_tls, &dir.join("ca.pem"), SECRET, seed),
+            })?;
+            p.addr = r.setup(leg(p))?;
+            r.set_nonblocking()?;
+            relayed.push(r);
+        }
+    }
+    let drain = |relayed: &mut Vec<Relayed>, direct: &Vec<UdpSocket>| -> u64 {
+        let mut n = 0;
+        for r in relayed.iter_mut() {
+            n += r.recv_media().len() as u64;
+        }
+        let mut buf = [0u8; 2048];
+        for s in direct {
+            while s.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    };
+    let warm = Duration::from_secs(1);
+    let timed = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let (mut received, mut sent, mut counted_from, mut n) = (0u64, 0u64, 0u64, 0u32);
+    let mut at_start = None;
+    while start.elapsed() < warm + timed {
+        if at_start.is_none() && start.elapsed() >= warm {
+            at_start = Some((cpu_jiffies(NODE_CORE)?, Node::unwrapped(dut)));
+            counted_from = received;
+            sent = 0;
+        }
+        for (i, p) in people.iter_mut().enumerate() {
+            let pkt = p.audio(u64::from(n));
+            if transport == "direct" {
+                direct[i].send_to(&pkt, leg(p))?;
+            } else {
+                relayed[i].send_media(&pkt)?;
+            }
+            sent += 1;
+        }
+        received += drain(&mut relayed, &direct);
+        n += 1;
+        if let Some(d) = (start + tick * n).checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    let (busy1, unwrapped1) = (cpu_jiffies(NODE_CORE)?, Node::unwrapped(dut));
+    std::thread::sleep(Duration::from_millis(200));
+    received += drain(&mut relayed, &direct);
+    let ((b0, a0), unwrapped0) = at_start.context("no timed part")?;
+    let got = received - counted_from;
+    let busy_jiffies = busy1.0 - b0;
+    let jiffy_ns = 1e9 / 100.0;
+    Ok(Row {
+        xdp: xdp.into(),
+        transport: transport.into(),
+        calls,
+        sent,
+        received: got,
+        unwrapped_in_xdp: unwrapped1 - unwrapped0,
+        node_core_busy: busy_jiffies as f64 / (busy1.1 - a0).max(1) as f64,
+        ns_per_packet: busy_jiffies as f64 * jiffy_ns / got.max(1) as f64,
+        ratio: 1.0,
+    })
+}
