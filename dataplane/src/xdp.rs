@@ -679,8 +679,7 @@ impl XdpStage {
         const M: &str = sluice_common::VERDICTS_MAP;
         let map = self.ebpf.map(M).ok_or(XdpError::MissingMap { map: M })?;
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err("open", M))?;
-        let mut counts = VerdictCounts::default();
-        counts.1 = self.turn_stats()?;
+        let mut counts = VerdictCounts([0; XdpVerdict::COUNT as usize], self.turn_stats()?);
         for (i, slot) in counts.0.iter_mut().enumerate() {
             let per_cpu = map.get(&(i as u32), 0).map_err(map_err("read counter", M))?;
             *slot = per_cpu.iter().sum();
