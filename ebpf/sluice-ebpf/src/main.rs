@@ -2,6 +2,9 @@
 //!
 //! ```text
 //!  Ethernet [802.1Q/802.1ad tag] ─ IPv4 (IHL options; fragments pass) | IPv6 (no ext. headers)
+//!    └─ UDP to the TURN listener (SLUICE_TURN): tail call `sluice_turn`, which unwraps
+//!       ChannelData on a route in SLUICE_CHANNELS into a datagram from the relayed address to the
+//!       leg and tail-calls back here; anything else to the listener passes (pass_turn)
 //!    └─ UDP, local (destination) port in SLUICE_CONFIG lo..=hi, else pass untouched
 //!        ├─ (local port, remote) in SLUICE_RELAYS → rewrite Eth/IP/UDP → XDP_TX | XDP_REDIRECT
 //!        └─ first payload byte (RFC 7983 §7):
