@@ -989,6 +989,66 @@ mod turn {
         assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
     }
 
+    /// A relay-only browser through Sluice's TURN over UDP with the XDP stage on the node's
+    /// interface (browser and node in network namespaces of their own, a veth between them):
+    /// once Chromium binds its channel, the stage unwraps its ChannelData (the TURN thread relays
+    /// none of its media) and the worker wraps what goes back; the browser hears the str0m peer
+    /// and the peer hears the browser.
+    #[test]
+    fn chromium_relay_only_over_udp_has_its_channel_data_unwrapped_in_xdp() {
+        use sluice_bench::netns::{NetNs, PinGuard, Veth};
+        let dir = TempDir::new("webrtc-turn-xdp");
+        let (srv, cli) = (NetNs::new("xts"), NetNs::new("xtc"));
+        let veth = Veth::new("xt", &cli, &["10.67.0.2/24"], &srv, &["10.67.0.1/24"]);
+        let instance = format!("sx5xt{}", std::process::id());
+        let _pins = PinGuard(std::path::Path::new(sluice_dataplane::xdp::PIN_ROOT).join(&instance));
+        let sock = dir.path().join("dp.sock");
+        let cfg = dir.path().join("dataplane.toml");
+        // In the node's namespace: legs 34900..=34909, metrics 34910, TURN 3478, relays
+        // 45000..=45099 (no clash with the host's ports); gRPC 34912 and the str0m peer 34913.
+        std::fs::write(
+            &cfg,
+            format!(
+                "[dataplane]\nlisten_ip = \"10.67.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nport_range = [34900, 34909]\nmetrics = \"127.0.0.1:34910\"\n\
+                 [dataplane.xdp]\nmode = \"shield\"\ninterface = \"{}\"\ninstance = \"{instance}\"\n\
+                 [dataplane.turn]\nlisten = \"10.67.0.1:3478\"\nsecret = \"{SECRET}\"\nrelay_ports = [45000, 45099]\n",
+                sock.display(),
+                veth.b
+            ),
+        )
+        .unwrap();
+        let mut dp = Daemon::start_in_netns(&srv.name, "sluice-dataplane", &["--config", cfg.to_str().unwrap()], &dir.path().join("dp.log"));
+        assert!(dp.wait_for_path(&sock, Duration::from_secs(10)), "{}", dp.log_text());
+        let urls = "[\"turn:10.67.0.1:3478?transport=udp\"]";
+        let _cp = start_controlplane_extra(&dir, &sock, 34912, (34900, 34909), &format!("[controlplane.turn]\nsecret = \"{SECRET}\"\nurls = {urls}\n"));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let mut routes = RoutesClient::new(grpc_channel(&rt, 34912));
+        let creds = rt
+            .block_on(routes.turn_credentials(pb::TurnCredentialsRequest { user: "browser-xdp".into(), ttl_seconds: 0 }))
+            .expect("TurnCredentials")
+            .into_inner();
+        let rtc = serde_json::json!({
+            "iceTransportPolicy": "relay",
+            "iceServers": [{ "urls": creds.urls, "username": creds.username, "credential": creds.password }],
+        });
+        let (stats, bob_got) = browser_meets_str0m_in(&rt, &mut routes, &dir, "turnxdp", rtc, 34913, Some(&cli), Some(&srv));
+        let metrics = srv.http_get("127.0.0.1:34910", "/metrics");
+        let value = |key: &str| metrics.lines().find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok()).unwrap_or(0);
+        let turn: Vec<&str> = metrics.lines().filter(|l| (l.starts_with("sluice_turn") || l.starts_with("sluice_xdp_turn")) && !l.ends_with(" 0")).collect();
+        eprintln!("TURN over UDP through XDP: Chromium {stats}; the str0m peer got {bob_got} of its packets\n{}", turn.join("\n"));
+        assert_eq!(stats["connection"], "connected", "{stats}\n{turn:?}\n{}", dp.log_text());
+        assert_eq!(stats["local_type"], "relay", "Chromium's selected pair goes through TURN: {stats}");
+        assert_eq!(stats["relay_protocol"], "udp", "{stats}");
+        assert!(stats["received"].as_u64().unwrap_or(0) >= 50, "Chromium received the str0m peer's audio: {stats}");
+        assert!(bob_got >= 50, "the str0m peer received {bob_got} of Chromium's packets");
+        // Chromium's packets (its audio, the checks and DTLS once the channel was bound) were
+        // unwrapped in XDP: at least what the peer received.
+        let unwrapped = value("sluice_xdp_turn_unwrapped_packets_total");
+        assert!(unwrapped >= bob_got as u64, "{unwrapped} ChannelData datagrams unwrapped in XDP, the peer received {bob_got}: {turn:?}");
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+
     #[test]
     fn chromium_relay_only_joins_through_sluices_turn_over_udp_tcp_and_tls_and_through_coturn() {
         assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
