@@ -3,6 +3,10 @@
 //!
 //! ```text
 //!   browser ── GET / ──────────────▶ the meeting page (static/meeting.html)
+//!   browser ── WebSocket /ws ──────▶ {"ice": {room, name}}                 (before its offer)
+//!   Routes.TurnCredentials(user = "room/name", ttl = the node's default)
+//!   browser ◀───────────────────────── {"ice_servers": [{urls, username, credential}]}
+//!                                         ([] when the control plane hands out no TURN)
 //!   browser ── WebSocket /ws ──────▶ {"join": {room, name, offer, screen?: mid, topn?: true}}
 //!       offer parsed: ICE ufrag/pwd, DTLS fingerprint, the microphone's SSRC, the camera's
 //!       (and the screen share's) simulcast RIDs or SSRC, codec, payload types and
@@ -36,6 +40,15 @@
 //! in its payload descriptor). `Subscription.max_spatial_layer`/`max_temporal_layer` are left
 //! unset (every layer): whoever decides a subscriber's ceilings sets them over gRPC.
 //!
+//! TURN: when the control plane hands out TURN credentials (`[controlplane.turn]`), each page
+//! asks for its ICE servers before it makes its offer and gets Sluice's TURN URLs with
+//! credentials of its own (`Routes.TurnCredentials`, user `room/name`: the TURN server's
+//! allocation quota is per participant), valid for the node's default lifetime (a day unless
+//! configured: an allocation ends when its credentials expire, so they must outlast the call). A
+//! participant behind a restrictive network relays through them; the page's `?relay=udp|tcp|tls`
+//! (or `?relay=1`, any) makes it relay-only through the URLs of one transport. Without TURN, or
+//! when the control plane cannot be asked, the answer is no ICE servers and the join goes on.
+//!
 //! With `topn` (the page's `?topn=1`) the participant's audio slots are Sluice's top-N audio
 //! slots instead (`Leg.audio_slots` on their SSRCs, the session's `top_n_audio` set, N its number
 //! of audio slots): they carry the loudest others whoever they are, the speaker's SSRC as CSRC,
@@ -45,6 +58,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -295,6 +309,9 @@ pub const PARTICIPANT_PPS: u32 = 3_000;
 pub const PARTICIPANT_BYTES_PER_S: u64 = 2_500_000;
 /// The most receive slots of one kind a participant may offer.
 pub const MAX_SLOTS: usize = 16;
+/// How long a page's ICE servers wait for `Routes.TurnCredentials`; after that it joins without
+/// TURN rather than not at all.
+pub const TURN_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A receive slot: one recvonly m-line, and the track Sluice sends into it.
 #[derive(Clone, Debug)]
@@ -623,6 +640,13 @@ impl Signaling {
                 Ok(v) => v,
                 Err(e) => break Err(e.into()),
             };
+            if let Some(i) = v.get("ice") {
+                let servers = self.ice_servers(i["room"].as_str().unwrap_or("demo"), i["name"].as_str().unwrap_or_default()).await;
+                if let Err(e) = ws.send(Message::text(serde_json::json!({ "ice_servers": servers }).to_string())).await {
+                    break Err(e.into());
+                }
+                continue;
+            }
             let Some(j) = v.get("join") else { continue };
             if joined.is_some() {
                 break Err(anyhow!("joined twice on one connection"));
@@ -647,6 +671,27 @@ impl Signaling {
             self.leave(&room, &name).await?;
         }
         result
+    }
+
+    /// The ICE servers of participant `name` in `room`, as the page's RTCPeerConnection takes
+    /// them: Sluice's TURN URLs with credentials from `Routes.TurnCredentials`, or none when the
+    /// control plane hands out no TURN credentials or does not answer in time (logged, not fatal:
+    /// host and ICE-TCP candidates need no TURN).
+    async fn ice_servers(&self, room: &str, name: &str) -> serde_json::Value {
+        let user = format!("{room}/{name}");
+        // ttl 0: the node's default, which it sizes to outlast any call.
+        let mut routes = self.routes.clone();
+        let ask = routes.turn_credentials(pb::TurnCredentialsRequest { user: user.clone(), ttl_seconds: 0 });
+        let answered = match tokio::time::timeout(TURN_CREDENTIALS_TIMEOUT, ask).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {TURN_CREDENTIALS_TIMEOUT:?}"))),
+        };
+        match &answered {
+            Ok(c) => tracing::debug!(user, urls = ?c.urls, ttl_seconds = c.ttl_seconds, "TURN credentials handed out"),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => tracing::debug!(user, "the control plane hands out no TURN credentials"),
+            Err(s) => tracing::warn!(user, code = ?s.code(), error = s.message(), "Routes.TurnCredentials failed: joining without TURN"),
+        }
+        ice_servers(answered.ok())
     }
 
     /// Puts `name` into `room`: its leg, its tracks (microphone, camera, and the screen share
@@ -792,6 +837,15 @@ impl Signaling {
         *r = next;
         tracing::info!(room, name, "left");
         Ok(())
+    }
+}
+
+/// RTCIceServer dictionaries from TURN credentials: one server with every URL the control plane
+/// lists; none without credentials (or URLs).
+fn ice_servers(turn: Option<pb::TurnCredentialsResponse>) -> serde_json::Value {
+    match turn {
+        Some(c) if !c.urls.is_empty() => serde_json::json!([{ "urls": c.urls, "username": c.username, "credential": c.password }]),
+        _ => serde_json::json!([]),
     }
 }
 
@@ -1068,6 +1122,28 @@ mod tests {
         ] {
             assert!(slot.iter().any(|l| l == line), "{line} missing from\n{}", slot.join("\n"));
         }
+    }
+
+    /// TURN credentials become one RTCIceServer with every URL, in the page's spelling
+    /// (`credential`); without them (no `[controlplane.turn]`, an error) there are none.
+    #[test]
+    fn turn_credentials_become_the_pages_ice_servers() {
+        let c = pb::TurnCredentialsResponse {
+            username: "1700000000:e2e/alice".into(),
+            password: "Cd/49soE35ICqcJF/bCTn8Z4OyE=".into(),
+            ttl_seconds: 86_400,
+            urls: vec!["turn:127.0.0.1:3478?transport=udp".into(), "turns:127.0.0.1:5349?transport=tcp".into()],
+        };
+        assert_eq!(
+            ice_servers(Some(c.clone())),
+            serde_json::json!([{
+                "urls": ["turn:127.0.0.1:3478?transport=udp", "turns:127.0.0.1:5349?transport=tcp"],
+                "username": "1700000000:e2e/alice",
+                "credential": "Cd/49soE35ICqcJF/bCTn8Z4OyE=",
+            }])
+        );
+        assert_eq!(ice_servers(None), serde_json::json!([]));
+        assert_eq!(ice_servers(Some(pb::TurnCredentialsResponse { urls: vec![], ..c })), serde_json::json!([]));
     }
 
     /// The default camera's part of the answer, line for line as before SVC.

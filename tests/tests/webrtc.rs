@@ -7,7 +7,8 @@
 //!
 //! Ports (the test's own range): dataplane legs 32100..=32199, peers 32200..=32299, metrics and
 //! gRPC 32300..=32399; the SVC meetings (`meeting::svc`) 32400..=32409 and 32470..=32472 for
-//! their stacks, 32410..=32469 and 32480..=32499 for their legs.
+//! their stacks, 32410..=32469 and 32480..=32499 for their legs; the relay-only meeting
+//! 35000..=35099 (see `meeting`); `turn` 34900..=34999.
 
 use sluice_sim::fixture::audio_track as audio;
 use std::net::{SocketAddr, UdpSocket};
@@ -154,12 +155,17 @@ fn start_dataplane(dir: &TempDir, consent_ms: u64, metrics: &str) -> (Daemon, st
 
 /// [`start_dataplane`] with leg ports `ports` and `workers` workers.
 fn start_dataplane_on(dir: &TempDir, consent_ms: u64, metrics: &str, ports: (u16, u16), workers: u32) -> (Daemon, std::path::PathBuf) {
+    start_dataplane_extra(dir, consent_ms, metrics, ports, workers, "")
+}
+
+/// [`start_dataplane_on`] with `extra` appended to its configuration (sub-tables included).
+fn start_dataplane_extra(dir: &TempDir, consent_ms: u64, metrics: &str, ports: (u16, u16), workers: u32, extra: &str) -> (Daemon, std::path::PathBuf) {
     let sock = dir.path().join("dp.sock");
     let cfg = dir.path().join("dataplane.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = {workers}\ncontrol_socket = \"{}\"\nport_range = [{}, {}]\nconsent_timeout_ms = {consent_ms}\nhandshake_timeout_ms = 3000\n",
+            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = {workers}\ncontrol_socket = \"{}\"\nport_range = [{}, {}]\nconsent_timeout_ms = {consent_ms}\nhandshake_timeout_ms = 3000\n{extra}",
             sock.display(),
             ports.0,
             ports.1
@@ -924,7 +930,8 @@ mod turn {
     use super::chromium::{browser_meets_str0m, browser_meets_str0m_in};
     use super::*;
 
-    const SECRET: &str = "the-tests-turn-shared-secret";
+    /// The TURN REST API secret the tests' dataplanes and control planes share.
+    pub(super) const SECRET: &str = "the-tests-turn-shared-secret";
 
     /// A browser whose UDP is blocked (nftables drops every UDP datagram it sends, in a network
     /// namespace of its own) reaches Sluice over ICE-TCP: the passive TCP candidate the control
@@ -1147,6 +1154,9 @@ mod meeting {
     //! meeting through `sluice-signaling` (which programs Sluice only over gRPC), publish
     //! camera (VP8 simulcast) and microphone, and each must decode video frames and receive audio
     //! from both others through Sluice; when one leaves, its media stops for the others.
+    //!
+    //! The relay-only meeting's ports: metrics 35000, gRPC 35001, the signaling 35002, legs
+    //! 35010..=35019, Sluice's TURN 35020 (UDP, TCP) and 35021 (TLS) with relays 35030..=35049.
 
     use std::io::{BufRead as _, BufReader, Write as _};
     use std::process::{Child, ChildStdin, Stdio};
@@ -1173,6 +1183,11 @@ mod meeting {
 
         /// Joins from inside the network namespace `netns` (`nsenter --net`), when given.
         fn join_in(name: &'static str, dir: &std::path::Path, url: &str, netns: Option<&sluice_bench::netns::NetNs>) -> Self {
+            Self::join_with_flags(name, dir, url, netns, "")
+        }
+
+        /// [`Participant::join_in`] with Chromium started with `flags` too (space-separated).
+        fn join_with_flags(name: &'static str, dir: &std::path::Path, url: &str, netns: Option<&sluice_bench::netns::NetNs>, flags: &str) -> Self {
             let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chromium/participant.js");
             let profile = dir.join(format!("chromium-{name}"));
             std::fs::create_dir_all(&profile).unwrap();
@@ -1184,6 +1199,7 @@ mod meeting {
                 .arg(&js)
                 .arg(url)
                 .env("CHROMIUM_USER_DATA_DIR", &profile)
+                .env("CHROMIUM_FLAGS", flags)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -1260,8 +1276,20 @@ mod meeting {
 
     /// [`start_meeting_stack`] with a dataplane of `workers` workers.
     fn start_meeting_stack_with(dir: &TempDir, base: u16, legs: (u16, u16), workers: u32) -> (Daemon, std::path::PathBuf, Daemon, Daemon) {
-        let (dp, sock) = start_dataplane_on(dir, 30_000, &format!("127.0.0.1:{base}"), legs, workers);
-        let cp = start_controlplane(dir, &sock, base + 1, legs);
+        start_meeting_stack_extra(dir, base, legs, workers, ("", ""))
+    }
+
+    /// [`start_meeting_stack_with`] with `extra` appended to the (dataplane's, control plane's)
+    /// configurations.
+    fn start_meeting_stack_extra(
+        dir: &TempDir,
+        base: u16,
+        legs: (u16, u16),
+        workers: u32,
+        extra: (&str, &str),
+    ) -> (Daemon, std::path::PathBuf, Daemon, Daemon) {
+        let (dp, sock) = start_dataplane_extra(dir, 30_000, &format!("127.0.0.1:{base}"), legs, workers, extra.0);
+        let cp = start_controlplane_extra(dir, &sock, base + 1, legs, extra.1);
         let end = Instant::now() + Duration::from_secs(20);
         let listen = format!("127.0.0.1:{}", base + 2);
         let mut sig =
@@ -1697,6 +1725,103 @@ mod meeting {
         eprintln!("after alice left: before {before:?}, after {after:?}");
         assert!(after.0.0 - before.0.0 <= 5 && after.1.0 - before.1.0 <= 5, "alice's audio must stop: {before:?} → {after:?}");
         assert!(after.2.0 - before.2.0 >= 50, "bob's audio to carol goes on: {before:?} → {after:?}");
+        drop((alice, bob, carol));
+        drop(sig);
+        drop(cp);
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", dp.log_text());
+    }
+
+    /// The restrictive-network acceptance with real browsers in a meeting: three headless Chromium
+    /// participants join through the reference signaling, each relay-only (the page's `?relay=`:
+    /// `iceTransportPolicy: "relay"`) through Sluice's own TURN server with the ICE servers the
+    /// signaling handed out (credentials from `Routes.TurnCredentials`): alice over UDP, bob over
+    /// TCP, carol over TLS. Judged by each browser's own getStats: its selected pair's local
+    /// candidate is a relay of its protocol, and it keeps decoding video from both others and
+    /// receiving their audio; and by Sluice: its TURN server holds the browsers' allocations (bob's
+    /// and carol's on stream connections) and relayed the media.
+    #[test]
+    fn three_relay_only_chromium_participants_meet_through_sluices_turn_over_udp_tcp_and_tls() {
+        assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium is missing (scripts/setup.sh installs it)");
+        let dir = TempDir::new("webrtc-relay-meeting");
+        let out = std::process::Command::new(sluice_tests::bin_dir().join("sluicectl")).arg("certs").arg(dir.path()).output().expect("sluicectl certs");
+        assert!(out.status.success(), "{out:?}");
+        let secret = super::turn::SECRET;
+        let dp_turn = format!(
+            "[dataplane.turn]\nlisten = \"127.0.0.1:35020\"\ntls_listen = \"127.0.0.1:35021\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{secret}\"\nrelay_ports = [35030, 35049]\n",
+            dir.path().join("server.pem").display(),
+            dir.path().join("server.key").display()
+        );
+        let urls = ["turn:127.0.0.1:35020?transport=udp", "turn:127.0.0.1:35020?transport=tcp", "turns:127.0.0.1:35021?transport=tcp"];
+        let cp_turn = format!("[controlplane.turn]\nsecret = \"{secret}\"\nurls = {urls:?}\n");
+        let (mut dp, _sock, cp, sig) = start_meeting_stack_extra(&dir, 35000, (35010, 35019), 1, (&dp_turn, &cp_turn));
+        let cases = [("alice", "udp", urls[0]), ("bob", "tcp", urls[1]), ("carol", "tls", urls[2])];
+        // Cameras at 640x360: three browsers encode and decode on two cores. The TLS listener has
+        // the tests' dev certificate.
+        let join = |name: &'static str, relay: &str| {
+            let url = format!("http://localhost:35002/?room=relay&name={name}&relay={relay}&w=640&h=360");
+            Participant::join_with_flags(name, dir.path(), &url, None, "--ignore-certificate-errors")
+        };
+        let relayed =
+            |p: &Participant, protocol: &str| p.stats["local_candidate"]["type"] == "relay" && p.stats["local_candidate"]["relay_protocol"] == protocol;
+        // One at a time, so slots are filled in join order (as in the meeting above).
+        let mut alice = join("alice", "udp");
+        assert!(wait(&mut [&mut alice], 30, |p| p[0].stats["connection"] == "connected"), "alice: {}\n{}", alice.stats, sig.log_text());
+        let mut bob = join("bob", "tcp");
+        assert!(wait(&mut [&mut alice, &mut bob], 30, |p| p[1].stats["connection"] == "connected"), "bob: {}\n{}", bob.stats, sig.log_text());
+        let mut carol = join("carol", "tls");
+        let mut ps = [&mut alice, &mut bob, &mut carol];
+        let everyone_sees_everyone_through_turn = |p: &[&mut Participant]| {
+            p.iter().zip(cases).all(|(x, (_, protocol, _))| {
+                relayed(x, protocol)
+                    && (0..2).all(|s| {
+                        let (audio, frames) = x.slot(s);
+                        audio >= 25 && frames >= 10
+                    })
+            })
+        };
+        let ok = wait(&mut ps, 60, everyone_sees_everyone_through_turn);
+        let turn_metrics =
+            || http_get("127.0.0.1:35000", "/metrics").lines().filter(|l| l.starts_with("sluice_turn") && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n");
+        assert!(
+            ok,
+            "alice {}\nbob {}\ncarol {}\n{}\n{}\n{}",
+            ps[0].stats,
+            ps[1].stats,
+            ps[2].stats,
+            turn_metrics(),
+            sig.log_text(),
+            dp.log_text().lines().rev().take(40).collect::<Vec<_>>().join("\n")
+        );
+        // And it goes on: over 3 s more, frames decoded and audio received from both others.
+        let before: Vec<[(u64, u64); 2]> = ps.iter().map(|p| [p.slot(0), p.slot(1)]).collect();
+        wait(&mut ps, 3, |_| false);
+        let mut report = Vec::new();
+        for (i, (p, (name, protocol, url))) in ps.iter().zip(cases).enumerate() {
+            let c = &p.stats["local_candidate"];
+            let after = [p.slot(0), p.slot(1)];
+            let grew: Vec<(u64, u64)> = (0..2).map(|s| (after[s].0 - before[i][s].0, after[s].1 - before[i][s].1)).collect();
+            report.push(format!(
+                "{name}: local candidate {} over {} (relay {}, TURN urls {}); slot 0 {:?}, slot 1 {:?} (audio packets, frames decoded); in the last 3 s {grew:?}",
+                c["type"], c["protocol"], c["relay_protocol"], p.stats["relay_urls"], after[0], after[1]
+            ));
+            assert!(relayed(p, protocol), "{name}: its selected pair goes through TURN over {protocol}: {c}");
+            assert_eq!(p.stats["relay_urls"], serde_json::json!([url]), "{name}: relay-only through the signaling's {protocol} TURN URL");
+            for (s, (audio, frames)) in grew.iter().enumerate() {
+                assert!(*audio >= 50 && *frames >= 10, "{name}: slot {s} stalled: {before:?} -> {after:?}\n{}", report.join("\n"));
+            }
+        }
+        let metrics = turn_metrics();
+        let gauge = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0);
+        // Chromium allocates once per local network it has (loopback, eth0, ...): at least one
+        // allocation per browser, bob's and carol's on TCP and TLS connections.
+        let (allocations, connections) = (gauge("sluice_turn_allocations"), gauge("sluice_turn_connections"));
+        assert!(allocations >= 3 && connections >= 2, "{allocations} allocations, {connections} connections:\n{metrics}");
+        // Every RTP packet a browser received came through Sluice's TURN (and more: RTCP, checks).
+        let to_clients = gauge("sluice_turn_relayed_packets_total{direction=\"to_client\"}");
+        let received: u64 = ps.iter().flat_map(|p| p.stats["inbound"].as_object().into_iter().flatten()).map(|(_, v)| v["packets"].as_u64().unwrap_or(0)).sum();
+        eprintln!("{}\nthe browsers received {received} RTP packets; Sluice's TURN:\n{metrics}", report.join("\n"));
+        assert!(to_clients >= received, "Sluice's TURN relayed {to_clients} packets to the browsers, which received {received} RTP packets:\n{metrics}");
         drop((alice, bob, carol));
         drop(sig);
         drop(cp);
