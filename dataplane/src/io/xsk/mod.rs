@@ -395,6 +395,17 @@ impl XskBackend {
                 v4 => v4,
             };
             let (src, headers): (SocketAddr, usize) = match (dst, src_v4, src_v6) {
+                // The node's own address (a TURN allocation's relayed address, before its channel
+                // route exists): local delivery is the kernel's; a frame on the wire never
+                // comes back.
+                (SocketAddr::V4(d), Some(ip), _) if *d.ip() == ip => {
+                    kernel.push(t);
+                    continue;
+                }
+                (SocketAddr::V6(d), _, Some(ip)) if *d.ip() == ip => {
+                    kernel.push(t);
+                    continue;
+                }
                 (SocketAddr::V4(_), Some(ip), _) => (SocketAddr::new(ip.into(), t.local_port), TX_HEADERS_V4),
                 (SocketAddr::V6(_), _, Some(ip)) => (SocketAddr::new(ip.into(), t.local_port), TX_HEADERS_V6),
                 _ => {
