@@ -11,6 +11,10 @@
 //!   workers ──Handover::Take (a publisher's packet for the subscribers a worker serves, its
 //!             sender reports, keyframe requests and NACKs for a publisher it owns; in a pooled
 //!             buffer)──▶ workers ──Handover::Spent (the buffer, back to its pool)──▶ workers
+//!   turn ──WorkerMsg::TurnRoute──▶ workers     turn ──ShieldMsg::TurnRoute (UDP)──▶ shield
+//!   turn ──TurnPacket::ToLeg (a client's datagram for a leg)──▶ the leg's worker
+//!   workers ──TurnPacket::ToClient (ChannelData for a TCP/TLS client)──▶ turn
+//!        (each way TurnPacket::Spent takes the buffer back to its pool)
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -31,6 +35,35 @@ pub enum Handover {
     Take(sluice_core::forward::Handoff),
     /// Handled: back to the core that made it ([`sluice_core::forward::Core::recycle`]).
     Spent(sluice_core::forward::Handoff),
+}
+
+/// What crosses between the TURN thread and a worker for a relayed leg (see
+/// [`crate::turn::handoff`]): a datagram in a pooled buffer, or a buffer going back to the pool of
+/// the thread that filled it (so the hand-off allocates nothing per packet).
+#[derive(Debug)]
+pub enum TurnPacket {
+    /// A TURN client's datagram for the leg on `port`, from the allocation's relayed address
+    /// `src` (TURN thread → the worker that owns the port).
+    ToLeg {
+        /// The leg's local port.
+        port: u16,
+        /// The relayed address: the source the leg sees.
+        src: std::net::SocketAddr,
+        /// The datagram.
+        buf: crate::turn::handoff::PacketBuf,
+    },
+    /// A leg's packet framed as padded ChannelData for a TCP or TLS client (worker `from` → TURN
+    /// thread, which writes it to the client's connection).
+    ToClient {
+        /// The worker whose pool the buffer goes back to.
+        from: u16,
+        /// The allocation's 5-tuple (which connection).
+        to: sluice_core::turn::FiveTuple,
+        /// The frame.
+        buf: crate::turn::handoff::PacketBuf,
+    },
+    /// Handled: back to the pool it came from.
+    Spent(crate::turn::handoff::PacketBuf),
 }
 
 /// What a worker is told between batches.
@@ -67,6 +100,10 @@ pub enum WorkerMsg {
     /// Resume these legs and streams exactly (a session moved here); see
     /// [`sluice_api::Request::Restore`].
     Restore(Arc<sluice_core::table::checkpoint::Checkpoint>),
+    /// A TURN channel route to a leg came or went (from the TURN thread): while it is up, what
+    /// the worker sends to the route's relayed address from the leg's port goes to the client as
+    /// ChannelData without a trip through the relayed socket (see [`crate::turn::handoff`]).
+    TurnRoute(sluice_core::turn::RouteChange),
     /// Stop taking new datagrams, flush what is pending and exit.
     Stop,
 }

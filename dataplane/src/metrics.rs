@@ -195,7 +195,8 @@ struct Sources {
 
 impl Sources {
     fn render(&self) -> String {
-        let mut text = render(&self.snapshots.lock().map(|g| g.clone()).unwrap_or_default());
+        let workers = self.snapshots.lock().map(|g| g.clone()).unwrap_or_default();
+        let mut text = render(&workers);
         if let Some(counts) = self.xdp.as_ref().and_then(|x| *x.lock().unwrap_or_else(PoisonError::into_inner)) {
             text.push_str(&render_xdp(&counts));
         }
@@ -203,7 +204,14 @@ impl Sources {
             text.push_str(&render_edge(&e));
         }
         if let Some(t) = &self.turn {
-            text.push_str(&t.render());
+            // What the workers send to TURN clients themselves is counted by them.
+            let io = |name: &str| workers.iter().flat_map(|w| w.io.iter()).filter(|(n, _)| *n == name).map(|(_, v)| *v).sum::<u64>();
+            let from_workers = crate::turn::FromWorkers {
+                to_client_udp: io("turn_to_client_udp"),
+                to_client_udp_bytes: io("turn_to_client_udp_bytes"),
+                queue_full: io("turn_queue_full"),
+            };
+            text.push_str(&t.render(from_workers));
         }
         if let Some(i) = &self.ice_tcp {
             text.push_str(&i.render());

@@ -4,8 +4,10 @@
 //!
 //! ```text
 //!   start:    validate → lock the control socket → edge (slow path) → event pump → XDP stage
-//!             → workers (one per core, pinned) → shield → control endpoint → metrics
-//!   shutdown: workers flush and exit → shield stops (the stage stays pinned and attached)
+//!             → TURN (wired to the workers' inboxes) → workers (one per core, pinned) → shield
+//!             → ICE-TCP → control endpoint → metrics
+//!   shutdown: ICE-TCP, TURN stop (every TURN route goes down for the workers and the shield)
+//!             → workers flush and exit → shield stops (the stage stays pinned and attached)
 //!             → edge stops → control endpoint removes its socket, releases the lock → metrics
 //!             → event pump (once every worker and the edge have let go of its channel)
 //! ```
@@ -259,6 +261,24 @@ impl Node {
             backends.push(backend);
         }
         let wakers: Vec<_> = backends.iter().map(Backend::waker).collect();
+        // The TURN server before the workers: each worker gets its end of the hand-off (the
+        // TURN thread reaches them through their inboxes and wakers, the shield through its own).
+        let (turn, mut turn_links) = match &config.turn {
+            Some(t) => {
+                // Never relayed to: the node's own endpoints at the legs' addresses.
+                let mut denied = Vec::new();
+                for ip in t.leg_ips(config.listen_ip) {
+                    denied.push(SocketAddr::new(ip, t.listen.port()));
+                    denied.extend(t.tls_listen.map(|a| SocketAddr::new(ip, a.port())));
+                    denied.extend(config.metrics.map(|m| SocketAddr::new(ip, m.port())));
+                }
+                let wiring =
+                    crate::turn::handoff::Wiring { inboxes: senders.clone(), wakers: wakers.clone(), shield: stage.as_ref().map(|_| shield_handle.sender()) };
+                let (h, links, thread) = crate::turn::spawn(t, config.listen_ip, denied, epoch, Some(wiring)).map_err(|e| NodeError::Turn(e.to_string()))?;
+                (Some((Arc::new(h), thread)), links.into_iter().map(Some).collect())
+            }
+            None => (None, Vec::new()),
+        };
         let beats: Vec<_> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
         for (index, ((_, inbox), backend)) in channels.into_iter().zip(backends).enumerate() {
             tracing::info!(worker = index, core = cores[index], backend = backend.kind().name(), "starting worker");
@@ -272,6 +292,9 @@ impl Node {
             }
             if stage.is_some() {
                 worker = worker.with_shield(shield_handle.sender());
+            }
+            if let Some(link) = turn_links.get_mut(index).and_then(Option::take) {
+                worker = worker.with_turn(link);
             }
             if config.checkpoint_path().is_some() {
                 worker = worker.with_checkpoint(checkpoint_tx.clone(), loaded.clone());
@@ -306,20 +329,6 @@ impl Node {
         };
         drop(events_tx);
         drop(checkpoint_tx);
-        let turn = match &config.turn {
-            Some(t) => {
-                // Never relayed to: the node's own endpoints at the legs' addresses.
-                let mut denied = Vec::new();
-                for ip in t.leg_ips(config.listen_ip) {
-                    denied.push(SocketAddr::new(ip, t.listen.port()));
-                    denied.extend(t.tls_listen.map(|a| SocketAddr::new(ip, a.port())));
-                    denied.extend(config.metrics.map(|m| SocketAddr::new(ip, m.port())));
-                }
-                let (h, thread) = crate::turn::spawn(t, config.listen_ip, denied, epoch).map_err(|e| NodeError::Turn(e.to_string()))?;
-                Some((Arc::new(h), thread))
-            }
-            None => None,
-        };
         let ice_tcp = match &config.ice_tcp {
             Some(c) => {
                 let (h, thread) = crate::icetcp::spawn(c, config.listen_ip).map_err(NodeError::io(format!("ICE-TCP listener {}", c.listen)))?;

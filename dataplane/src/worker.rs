@@ -6,9 +6,12 @@
 //!
 //! ```text
 //!   loop:
-//!     messages (deltas, feedback handed over by other workers, learned remotes, stop)
+//!     messages (deltas, feedback handed over by other workers, learned remotes, TURN routes, stop)
+//!     datagrams the TURN thread handed over ──▶ core.handle_rx (as if received on the leg's port)
 //!     recv batch ──▶ core.handle_rx per datagram (decrypt in place in the backend's buffer)
 //!     send batch (GSO runs per subscriber) ◀── core's output slots
+//!       (but what goes to a TURN route's relayed address: ChannelData to its client, see
+//!        crate::turn::handoff)
 //!     events: learned remotes → other workers; handoffs → owning worker; all → event hub
 //!     the core's deadline passed: handle_timeout (uplink reports, idle sweep) ─▶ send
 //!     now and then: publish a metrics snapshot
@@ -30,6 +33,7 @@ use crate::bus::{Handover, ShieldMsg, SlowMsg};
 pub use crate::bus::{WorkerMsg, Workers};
 use crate::io::{Backend, Transmit};
 use crate::metrics::{Snapshots, WorkerSnapshot};
+use crate::turn::handoff::WorkerLink;
 use sluice_api::UnboundPort;
 
 /// How many datagrams' worth of output slots a worker keeps per received datagram (fan-out
@@ -41,6 +45,9 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 const LATENCY_SAMPLE: u64 = 8;
 /// Handed-over packets a worker handles per turn (returned buffers are not counted).
 const HANDOFFS_PER_TURN: usize = 256;
+/// Datagrams from TURN clients a worker handles per turn (the rest the next turn, which then does
+/// not wait).
+const TURN_PER_TURN: usize = 256;
 /// The longest a worker waits for datagrams before it looks at its messages again.
 const MAX_WAIT: Duration = Duration::from_millis(5);
 /// Leg ports that failed to open, logged one by one per delta; the rest get one line.
@@ -99,6 +106,8 @@ pub struct Worker {
     per_packet: usize,
     /// A receive batch's datagrams on shared ports, handled grouped by remote after the batch.
     shared: SharedBatch,
+    /// The hand-off with the embedded TURN server, when the node runs one.
+    turn: Option<WorkerLink>,
 }
 
 /// A receive batch's datagrams on shared ports (several legs on one port), copied out of the
@@ -196,7 +205,18 @@ impl Worker {
             wakers: Vec::new(),
             per_packet: OUT_PER_RX,
             shared: SharedBatch::new(rx_batch.max(1)),
+            turn: None,
         }
+    }
+
+    /// Media of relayed legs to and from the embedded TURN server's clients in process (see
+    /// [`crate::turn::handoff`]): datagrams it hands over are handled as if received on the leg's
+    /// port, and what a leg sends to a live route's relayed address goes to the client as
+    /// ChannelData.
+    #[must_use]
+    pub fn with_turn(mut self, link: WorkerLink) -> Self {
+        self.turn = Some(link);
+        self
     }
 
     /// Hand-overs between workers: this worker's queue and every worker's (by index). Without
@@ -254,6 +274,10 @@ impl Worker {
             if !self.drain_inbox() {
                 break;
             }
+            if self.drain_turn() {
+                self.flush();
+                self.route_events();
+            }
             let now = self.now();
             if let Some(beat) = &self.beat {
                 beat.store(now.as_nanos() / 1_000_000, Ordering::Relaxed);
@@ -264,7 +288,10 @@ impl Worker {
             }
             // Sleep until the core's next deadline (uplink reports, the sweep), at most 5 ms so
             // messages between batches are not kept waiting.
-            let wait = Duration::from_nanos(self.core.poll_timeout().as_nanos().saturating_sub(now.as_nanos())).min(MAX_WAIT);
+            let mut wait = Duration::from_nanos(self.core.poll_timeout().as_nanos().saturating_sub(now.as_nanos())).min(MAX_WAIT);
+            if self.turn.as_ref().is_some_and(WorkerLink::pending) {
+                wait = Duration::ZERO;
+            }
             let (core, out, epoch, shared) = (&mut self.core, &mut self.out, self.epoch, &mut self.shared);
             // The batch's time is read when its first datagram is handed over, after the wait:
             // it is each datagram's arrival time (transport-cc feedback, jitter, the pacer), so
@@ -337,6 +364,30 @@ impl Worker {
             self.core.handle_rx(at, port, src, &mut data[start..start + usize::from(len)], &mut self.out);
         }
         meta.clear();
+    }
+
+    /// Handles up to [`TURN_PER_TURN`] datagrams the TURN thread handed over, each as if it had
+    /// arrived on the leg's port from the relayed address; whether it handled any.
+    fn drain_turn(&mut self) -> bool {
+        if !self.turn.as_ref().is_some_and(WorkerLink::pending) {
+            return false;
+        }
+        let now = self.now();
+        let mut handled = 0;
+        while handled < TURN_PER_TURN {
+            let Some((port, src, mut buf)) = self.turn.as_mut().and_then(WorkerLink::next_datagram) else { break };
+            // One datagram makes up to a packet's worth of copies: the batch is sent first when
+            // that might not fit.
+            if self.out.capacity().saturating_sub(self.out.len()) < self.per_packet {
+                self.flush();
+            }
+            self.core.handle_rx(now, port, src, buf.filled_mut(), &mut self.out);
+            handled += 1;
+            if let Some(t) = &mut self.turn {
+                t.spent(buf);
+            }
+        }
+        handled > 0
     }
 
     /// Handles every pending message; false when told to stop.
@@ -435,6 +486,11 @@ impl Worker {
                 WorkerMsg::Restore(ck) => {
                     self.moved = Some((ck, WallInstant::now() + crate::checkpoint::RESTORE_WINDOW));
                     self.restore_moved();
+                }
+                WorkerMsg::TurnRoute(change) => {
+                    if let Some(t) = &mut self.turn {
+                        t.route(change);
+                    }
                 }
                 WorkerMsg::Stop => return false,
             }
@@ -550,7 +606,18 @@ impl Worker {
         if self.out.is_empty() {
             return;
         }
-        self.io.send_batch(self.out.iter().map(|(m, bytes)| Transmit { local_port: m.local_port, dst: m.dst, payload: bytes }));
+        match self.turn.as_mut().filter(|t| t.has_routes()) {
+            // What a leg sends to a TURN route's relayed address goes to the client here, not
+            // to the relayed socket (a node without live routes pays one check a batch).
+            Some(turn) => {
+                let pkts = self.out.iter().filter(|(m, bytes)| !turn.take(m.local_port, m.dst, bytes));
+                self.io.send_batch(pkts.map(|(m, bytes)| Transmit { local_port: m.local_port, dst: m.dst, payload: bytes }));
+                turn.finish();
+            }
+            None => {
+                self.io.send_batch(self.out.iter().map(|(m, bytes)| Transmit { local_port: m.local_port, dst: m.dst, payload: bytes }));
+            }
+        }
         self.out.clear();
     }
 
@@ -630,6 +697,7 @@ impl Worker {
 
     fn publish(&mut self) {
         let io = self.io.counters();
+        let turn = self.turn.as_ref().map(WorkerLink::counters).unwrap_or_default();
         let mut core = self.core.stats().clone();
         // Each leg's traffic on this worker (the control endpoint sends a stream only what moved).
         self.core.leg_traffic(&mut core.legs);
@@ -638,7 +706,7 @@ impl Worker {
             core,
             generation: self.core.tables().generation().0,
             io: vec![
-                ("syscalls", io.syscalls),
+                ("syscalls", io.syscalls + turn.syscalls),
                 ("rx_datagrams", io.rx_datagrams),
                 ("rx_truncated", io.rx_truncated),
                 ("rx_errors", io.rx_errors),
@@ -659,6 +727,13 @@ impl Worker {
                 ("edge_key_errors", self.edge_key_errors),
                 ("events_dropped", self.events_dropped),
                 ("shield_queue_full", self.shield_queue_full),
+                ("turn_from_client", turn.from_client),
+                ("turn_to_client_udp", turn.to_client_udp),
+                ("turn_to_client_udp_bytes", turn.to_client_udp_bytes),
+                ("turn_to_client_stream", turn.to_client_stream),
+                ("turn_queue_full", turn.queue_full),
+                ("turn_send_errors", turn.send_errors),
+                ("turn_buffers", turn.buffers),
             ],
             batches: self.batches,
             batched_datagrams: self.batched,

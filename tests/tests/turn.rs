@@ -4,7 +4,9 @@
 //! meanwhile bad clients (wrong and expired credentials, a forged nonce, a user over its quota, a
 //! forbidden peer, malformed ChannelData, a TCP client that stalls mid-frame, a TLS client that
 //! never finishes its handshake) are refused with the RFC's codes or dropped and counted, and the
-//! meeting keeps flowing.
+//! meeting keeps flowing. The relayed media never takes a relayed socket: the TURN thread hands it
+//! to the leg's worker in process and the workers send it back as ChannelData (two workers, so
+//! legs of both get it), which the counters of each path show, per transport and direction.
 
 mod cp;
 
@@ -51,7 +53,7 @@ fn a_meeting_through_turn_over_udp_tcp_and_tls_while_bad_clients_are_refused() {
     std::fs::write(
         &cfg,
         format!(
-            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nmetrics = \"{METRICS}\"\nport_range = [34784, 34847]\n\
+            "[dataplane]\nlisten_ip = \"127.0.0.1\"\nworkers = 2\ncontrol_socket = \"{}\"\nmetrics = \"{METRICS}\"\nport_range = [34784, 34847]\n\
              [dataplane.turn]\nlisten = \"{TURN}\"\ntls_listen = \"{TURN_TLS}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{SECRET}\"\nrelay_ports = [34870, 34899]\nstall_timeout_ms = 500\nmax_allocations_per_user = 1\n",
             sock.display(),
             dir.path().join("server.pem").display(),
@@ -148,8 +150,32 @@ fn a_meeting_through_turn_over_udp_tcp_and_tls_while_bad_clients_are_refused() {
     println!("{}", m.lines().filter(|l| l.starts_with("sluice_turn_") && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n"));
     // The three participants and the client that got past the forged nonce.
     assert_eq!(metric(&m, "sluice_turn_allocations"), 4, "{m}");
-    assert!(metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_peer\"}") >= 3 * (TICKS + 24 * 8));
-    assert!(metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_client\"}") >= 3 * per as u64);
+    // The three participants' channels and the bad client's legitimate one.
+    assert_eq!(metric(&m, "sluice_turn_routes"), 4, "{m}");
+    // Every relayed participant's media went to its leg's worker in process and came back from
+    // the workers: none of it took a relayed socket, over any transport, either way.
+    let relayed = |direction: &str, path: &str, transport: &str| {
+        metric(&m, &format!("sluice_turn_relayed_packets_total{{direction=\"{direction}\",path=\"{path}\",transport=\"{transport}\"}}"))
+    };
+    for transport in ["udp", "tcp", "tls"] {
+        assert!(relayed("to_peer", "handoff", transport) > TICKS + 24 * 7, "{transport}: {m}");
+        assert!(relayed("to_client", "handoff", transport) >= per as u64, "{transport}: {m}");
+        assert_eq!(relayed("to_peer", "socket", transport), 0, "{transport}: {m}");
+        assert_eq!(relayed("to_client", "socket", transport), 0, "{transport}: {m}");
+    }
+    assert!(!m.lines().any(|l| l.starts_with("sluice_turn_handoff_dropped_total{") && !l.ends_with(" 0")), "{m}");
+    // The workers' side: both handled client datagrams (the legs are spread over them), and sent
+    // what went to the UDP client themselves.
+    let io = |worker: u32, counter: &str| metric(&m, &format!("sluice_io_total{{worker=\"{worker}\",counter=\"{counter}\"}}"));
+    assert!(io(0, "turn_from_client") > 0 && io(1, "turn_from_client") > 0, "{m}");
+    assert_eq!(io(0, "turn_from_client") + io(1, "turn_from_client"), (0..3).map(|t| relayed("to_peer", "handoff", ["udp", "tcp", "tls"][t])).sum::<u64>());
+    assert!(io(0, "turn_to_client_udp") + io(1, "turn_to_client_udp") >= per as u64, "{m}");
+    assert!(io(0, "turn_to_client_stream") + io(1, "turn_to_client_stream") >= 2 * per as u64, "{m}");
+    for w in 0..2 {
+        for counter in ["turn_queue_full", "turn_send_errors"] {
+            assert_eq!(io(w, counter), 0, "worker {w} {counter}: {m}");
+        }
+    }
     for reason in ["bad_credentials", "expired_credentials", "peer_denied_range", "peer_control_port", "stale_nonce", "user_quota"] {
         assert!(metric(&m, &format!("sluice_turn_refusals_total{{reason=\"{reason}\"}}")) >= 1, "{reason} not counted:\n{m}");
     }

@@ -1141,6 +1141,15 @@ mod turn {
         let relayed: u64 =
             metrics.lines().filter(|l| l.starts_with("sluice_turn_relayed_packets_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum();
         assert!(only.is_some() || relayed >= 3 * 100, "Sluice's TURN relayed {relayed} packets:\n{metrics}");
+        // The media took the in-process hand-off to and from the workers (only the slow path's
+        // STUN and DTLS, sent from the leg's socket, go through the relayed sockets).
+        for transport in ["udp", "tcp", "tls"].into_iter().filter(|t| only.as_deref().is_none_or(|o| o.split(',').any(|o| o == *t))) {
+            for direction in ["to_peer", "to_client"] {
+                let key = format!("sluice_turn_relayed_packets_total{{direction=\"{direction}\",path=\"handoff\",transport=\"{transport}\"}} ");
+                let n: u64 = metrics.lines().find_map(|l| l.strip_prefix(&key)?.parse().ok()).unwrap_or(0);
+                assert!(n >= 50, "{transport} {direction}: {n} packets handed off:\n{metrics}");
+            }
+        }
         eprintln!("{}", report.join("\n"));
         coturn.signal(libc::SIGTERM);
         let _ = coturn.wait_exit(Duration::from_secs(5));

@@ -321,7 +321,13 @@ fn a_relayed_participants_channel_data_is_unwrapped_in_xdp() {
         let log = stop(d);
         assert_eq!(total(&run), EXPECTED, "{mode}: the meeting was untouched\n{log}");
         let unwrapped = metric(&m, "sluice_xdp_turn_unwrapped_packets_total");
-        let by_server = metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_peer\"}");
+        // What the TURN thread relayed from clients, by either path (its socket or the hand-off).
+        let by_server: u64 = m.iter().filter(|(k, _)| k.starts_with("sluice_turn_relayed_packets_total{direction=\"to_peer\"")).map(|(_, v)| v).sum();
+        // And what went back: ChannelData the worker wrote itself (hand-off), none by the socket.
+        let back_socket = metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_client\",path=\"socket\",transport=\"udp\"}");
+        let back_handoff = metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_client\",path=\"handoff\",transport=\"udp\"}");
+        let got = run.received[0].len() as u64;
+        assert!(back_socket == 0 && back_handoff >= got, "{mode}: to the client {back_handoff} by the worker, {back_socket} by the relayed socket; it got {got}\n{log}");
         // The channel route reaches the stage a moment after the ChannelBind answer: the first
         // datagrams may still be the server's.
         assert!(

@@ -25,6 +25,8 @@
 //!
 //! Two implementations: [`mmsg`] (recvmmsg/sendmmsg on mio readiness, the portable fallback) and
 //! [`uring`] (io_uring multishot recvmsg into a provided-buffer ring, batched `SendMsg`s).
+//! Besides them, [`sendto`]: datagrams built in a scratch and sent with `sendmmsg` from a socket
+//! that is no leg's (a worker's ChannelData to TURN clients, from the TURN port).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,12 +38,14 @@ use std::time::Duration;
 
 pub mod mmsg;
 pub mod plan;
+pub mod sendto;
 mod sys;
 pub mod uring;
 pub mod wake;
 pub mod xsk;
 
 pub use mmsg::MmsgBackend;
+pub use sendto::SendToBatch;
 pub use sys::LegSocket;
 pub use uring::{UringBackend, UringUnavailable};
 pub use wake::Waker;
