@@ -75,13 +75,13 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct TurnNetnsArgs {
     /// Two-party calls per row (at most 32).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     calls: u32,
     /// Timed seconds per row (after 1 s of warm-up).
     #[arg(long, default_value_t = 8.0)]
     seconds: f64,
     /// Milliseconds between two packets of a participant.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 1)]
     tick_ms: u64,
     /// Also write the rows to this JSON file.
     #[arg(long)]

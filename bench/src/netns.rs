@@ -117,7 +117,7 @@ impl NetNs {
 
     /// The PIDs of `dev`'s NAPI kthreads (named `napi/<dev>-<id>`, truncated to the 15 bytes of a
     /// task name); an error when there is none.
-    fn napi_threads(&self, dev: &str) -> std::io::Result<Vec<i32>> {
+    pub fn napi_threads(&self, dev: &str) -> std::io::Result<Vec<i32>> {
         let prefix = format!("napi/{dev}-");
         let prefix = &prefix[..prefix.len().min(15)];
         let pids: Vec<i32> = std::fs::read_dir("/proc")?

@@ -187,6 +187,16 @@ impl Relayed {
         }
     }
 
+    /// Deletes the allocation (Refresh with lifetime 0; a stream's closing does it too), without
+    /// waiting for the answer: a UDP allocation otherwise outlives its client by its lifetime, and
+    /// a later socket that happens to get the same port would be answered 437.
+    pub fn release(&mut self) {
+        let mut out = [0u8; 512];
+        if let Ok(n) = self.client.refresh(0, &mut out) {
+            let _ = self.write(&out[..n]);
+        }
+    }
+
     /// Sends `payload` through the channel.
     pub fn send_media(&mut self, payload: &[u8]) -> std::io::Result<()> {
         let mut out = vec![0u8; payload.len() + 8];

@@ -10,11 +10,13 @@
 //! ```
 //!
 //! The daemon runs under `taskset -c 1` (every thread: worker, TURN, slow path) and dut's NAPI
-//! thread (the XDP program and the kernel receive of everything arriving at the node) is pinned
-//! to core 1 too; the generator and gen's NAPI thread are on core 0. The cost of a row is core
-//! 1's busy time (`/proc/stat`) over the timed part divided by the copies the participants
-//! received: everything the node did for them, kernel included, and nothing else. Each call is
-//! a meeting of two sending audio-sized SRTP every `tick`; every packet makes one copy.
+//! thread (threaded NAPI: the XDP program and the kernel receive of everything arriving at the
+//! node run in it) is pinned to core 1 too; the generator and gen's NAPI thread are on core 0.
+//! The cost of a row is the CPU time of the daemon's threads plus dut's NAPI thread over the
+//! timed part (`/proc/<pid>/task/*/schedstat`: nanoseconds run, not sampled ticks), divided by
+//! the copies the participants received: everything the node did for them, kernel included
+//! (the daemon's sends run in its own syscalls), and nothing else. Each call is a meeting of two
+//! sending audio-sized SRTP every `tick`; every packet makes one copy.
 //!
 //! Rows: with the stage (`mode = "shield"`) `direct` and `turn-udp` (ChannelData unwrapped in
 //! XDP, wrapped by the worker); without it (`off`) `direct`, `turn-udp`, `turn-tcp`, `turn-tls`
@@ -61,11 +63,11 @@ pub struct Row {
     pub received: u64,
     /// ChannelData datagrams the XDP stage unwrapped in the timed part.
     pub unwrapped_in_xdp: u64,
-    /// The node core's busy fraction over the timed part.
+    /// The node's CPU time (daemon and dut's NAPI thread) per wall second over the timed part.
     pub node_core_busy: f64,
-    /// Node core busy ns per received copy.
+    /// The node's CPU ns per received copy.
     pub ns_per_packet: f64,
-    /// `ns_per_packet` over the same daemon's `direct` row.
+    /// `ns_per_packet` over the mean of the same daemon's `direct` rows.
     pub ratio: f64,
 }
 
@@ -78,14 +80,17 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-/// Busy and all jiffies of `cpu` (`/proc/stat`).
-fn cpu_jiffies(cpu: usize) -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}"))).with_context(|| format!("no cpu{cpu} in /proc/stat"))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    let all: u64 = v.iter().take(8).sum();
-    Ok((all - idle, all))
+/// Nanoseconds the tasks of `pids` have run (`/proc/<pid>/task/*/schedstat`, first field).
+fn run_ns(pids: &[i32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
 }
 
 fn pin(core: usize) {
@@ -117,13 +122,13 @@ impl Node {
         let socket = dir.join(format!("{xdp}.sock"));
         let cfg = dir.join(format!("{xdp}.toml"));
         let lo = 20_000 + 64 * FIRST_MEETING as u16;
-        let hi = lo + (64 * 4 * MAX_CALLS) as u16 - 1;
+        let hi = lo + (64 * 2 * MAX_CALLS) as u16 - 1;
         std::fs::write(
             &cfg,
             format!(
                 "[dataplane]\nlisten_ip = \"{DUT_IP}\"\nworkers = 1\ncores = [{NODE_CORE}]\nbackend = \"mmsg\"\ncontrol_socket = \"{}\"\nmetrics = \"127.0.0.1:9312\"\nport_range = [{lo}, {hi}]\n\
                  [dataplane.xdp]\nmode = \"{xdp}\"\ninterface = \"{veth}\"\ninstance = \"{instance}\"\n\
-                 [dataplane.turn]\nlisten = \"{DUT_IP}:3478\"\ntls_listen = \"{DUT_IP}:5349\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{SECRET}\"\nrelay_ports = [45000, 45999]\nmax_allocations_per_user = 4\n",
+                 [dataplane.turn]\nlisten = \"{DUT_IP}:3478\"\ntls_listen = \"{DUT_IP}:5349\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nsecret = \"{SECRET}\"\nrelay_ports = [45000, 45999]\nmax_allocations_per_user = 16\n",
                 socket.display(),
                 dir.join("server.pem").display(),
                 dir.join("server.key").display()
@@ -184,21 +189,35 @@ pub fn run(calls: u32, seconds: f64, tick: Duration) -> anyhow::Result<Report> {
     let veth = Veth::new("tn", &gen_ns, &[&format!("{GEN_IP}/24")], &dut, &[&format!("{DUT_IP}/24")]);
     gen_ns.napi_thread_on(&veth.a, GEN_CORE)?;
     dut.napi_thread_on(&veth.b, NODE_CORE)?;
+    let napi = dut.napi_threads(&veth.b)?;
     pin(GEN_CORE);
     let mut rows: Vec<Row> = Vec::new();
     println!("{:<7} {:<9} {:>6} {:>9} {:>9} {:>9} {:>6} {:>10} {:>7}", "xdp", "transport", "calls", "sent", "received", "in XDP", "busy", "ns/packet", "ratio");
-    let mut meeting_no = FIRST_MEETING;
-    for (xdp, transports) in [("shield", &["direct", "turn-udp"][..]), ("off", &["direct", "turn-udp", "turn-tcp", "turn-tls"][..])] {
+    // Each daemon's first seconds cost more (its threads and the kernel warming up): a warm-up
+    // row goes first and is not reported. Direct rows come before and after the relayed ones; a
+    // relayed row's ratio is to their mean.
+    let plan: [(&str, &[&str]); 2] = [
+        ("shield", &["warm-up", "direct", "turn-udp", "direct", "turn-udp", "direct"]),
+        ("off", &["warm-up", "direct", "turn-udp", "turn-tcp", "turn-tls", "direct"]),
+    ];
+    for (xdp, transports) in plan {
         let instance = format!("st5{xdp}{pid}");
         let _pins = PinGuard(Path::new(sluice_dataplane::xdp::PIN_ROOT).join(&instance));
         let mut node = Node::start(&dut, &veth.b, &dir, xdp, &instance)?;
-        let mut generation = 0;
-        let base = rows.len();
-        for transport in transports {
-            generation += 1;
-            let row = run_row(&mut node, (&gen_ns, &dut), &dir, xdp, transport, (meeting_no, calls), seconds, tick, generation)?;
-            meeting_no += calls;
-            let direct = rows.get(base).map_or(row.ns_per_packet, |d| d.ns_per_packet);
+        let mut measured = Vec::new();
+        for (generation, transport) in transports.iter().enumerate() {
+            // Consecutive rows use two sets of meetings in turn (each delta replaces the tables,
+            // so a set's legs are new each time it comes back).
+            let first = FIRST_MEETING + (generation as u32 % 2) * MAX_CALLS;
+            let kind = if *transport == "warm-up" { "direct" } else { transport };
+            let row = run_row(&mut node, (&gen_ns, &dut, &napi), &dir, xdp, kind, (first, calls), seconds, tick, generation as u64 + 1)?;
+            if *transport != "warm-up" {
+                measured.push(row);
+            }
+        }
+        let direct: Vec<f64> = measured.iter().filter(|r| r.transport == "direct").map(|r| r.ns_per_packet).collect();
+        let direct = direct.iter().sum::<f64>() / direct.len().max(1) as f64;
+        for row in measured {
             let row = Row { ratio: row.ns_per_packet / direct, ..row };
             println!(
                 "{:<7} {:<9} {:>6} {:>9} {:>9} {:>9} {:>6.3} {:>10.0} {:>7.3}",
@@ -214,7 +233,7 @@ pub fn run(calls: u32, seconds: f64, tick: Duration) -> anyhow::Result<Report> {
 #[expect(clippy::too_many_arguments, reason = "one row's settings")]
 fn run_row(
     node: &mut Node,
-    (gen_ns, dut): (&NetNs, &NetNs),
+    (gen_ns, dut, napi): (&NetNs, &NetNs, &[i32]),
     dir: &Path,
     xdp: &str,
     transport: &str,
@@ -230,7 +249,7 @@ fn run_row(
         ops.extend(o);
         people.extend(p);
     }
-    match node.control.call(&Request::Apply(Delta { generation: Generation(generation), replace_all: generation == 1, ops }))? {
+    match node.control.call(&Request::Apply(Delta { generation: Generation(generation), replace_all: true, ops }))? {
         Response::Applied(_) => {}
         other => bail!("apply: {other:?}"),
     }
@@ -275,9 +294,10 @@ fn run_row(
     let start = Instant::now();
     let (mut received, mut sent, mut counted_from, mut n) = (0u64, 0u64, 0u64, 0u32);
     let mut at_start = None;
+    let node_tasks: Vec<i32> = napi.iter().copied().chain([node.child.id() as i32]).collect();
     while start.elapsed() < warm + timed {
         if at_start.is_none() && start.elapsed() >= warm {
-            at_start = Some((cpu_jiffies(NODE_CORE)?, Node::unwrapped(dut)));
+            at_start = Some((run_ns(&node_tasks), Instant::now(), Node::unwrapped(dut)));
             counted_from = received;
             sent = 0;
         }
@@ -296,13 +316,15 @@ fn run_row(
             std::thread::sleep(d);
         }
     }
-    let (busy1, unwrapped1) = (cpu_jiffies(NODE_CORE)?, Node::unwrapped(dut));
+    let (busy1, t1, unwrapped1) = (run_ns(&node_tasks), Instant::now(), Node::unwrapped(dut));
     std::thread::sleep(Duration::from_millis(200));
     received += drain(&mut relayed, &direct);
-    let ((b0, a0), unwrapped0) = at_start.context("no timed part")?;
+    for r in &mut relayed {
+        r.release();
+    }
+    let (busy0, t0, unwrapped0) = at_start.context("no timed part")?;
     let got = received - counted_from;
-    let busy_jiffies = busy1.0 - b0;
-    let jiffy_ns = 1e9 / 100.0;
+    let busy = busy1 - busy0;
     Ok(Row {
         xdp: xdp.into(),
         transport: transport.into(),
@@ -310,8 +332,8 @@ fn run_row(
         sent,
         received: got,
         unwrapped_in_xdp: unwrapped1 - unwrapped0,
-        node_core_busy: busy_jiffies as f64 / (busy1.1 - a0).max(1) as f64,
-        ns_per_packet: busy_jiffies as f64 * jiffy_ns / got.max(1) as f64,
+        node_core_busy: busy as f64 / (t1 - t0).as_nanos().max(1) as f64,
+        ns_per_packet: busy as f64 / got.max(1) as f64,
         ratio: 1.0,
     })
 }

@@ -327,7 +327,10 @@ fn a_relayed_participants_channel_data_is_unwrapped_in_xdp() {
         let back_socket = metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_client\",path=\"socket\",transport=\"udp\"}");
         let back_handoff = metric(&m, "sluice_turn_relayed_packets_total{direction=\"to_client\",path=\"handoff\",transport=\"udp\"}");
         let got = run.received[0].len() as u64;
-        assert!(back_socket == 0 && back_handoff >= got, "{mode}: to the client {back_handoff} by the worker, {back_socket} by the relayed socket; it got {got}\n{log}");
+        assert!(
+            back_socket == 0 && back_handoff >= got,
+            "{mode}: to the client {back_handoff} by the worker, {back_socket} by the relayed socket; it got {got}\n{log}"
+        );
         // The channel route reaches the stage a moment after the ChannelBind answer: the first
         // datagrams may still be the server's.
         assert!(
