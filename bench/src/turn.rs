@@ -211,6 +211,73 @@ impl Relayed {
     }
 }
 
+/// The participants of a benchmark row, each either direct (a UDP socket of its own) or through
+/// the TURN server: sends each one's packets its way and counts what they all received.
+#[derive(Debug, Default)]
+pub struct Calls {
+    relayed: Vec<Relayed>,
+    direct: Vec<UdpSocket>,
+}
+
+impl Calls {
+    /// Connects every participant: `direct` binds a socket for it, else `relayed(seed)` makes a
+    /// TURN client that allocates and binds a channel to its leg (`leg`); its address becomes the
+    /// socket's or the relayed one.
+    pub fn connect(
+        people: &mut [Participant],
+        direct: bool,
+        leg: impl Fn(&Participant) -> SocketAddr,
+        mut bind: impl FnMut() -> std::io::Result<UdpSocket>,
+        mut relayed: impl FnMut(u8) -> anyhow::Result<Relayed>,
+    ) -> anyhow::Result<Self> {
+        let mut calls = Self::default();
+        for (i, p) in people.iter_mut().enumerate() {
+            if direct {
+                let s = bind()?;
+                s.set_nonblocking(true)?;
+                p.addr = s.local_addr()?;
+                calls.direct.push(s);
+            } else {
+                let mut r = relayed((i % 250) as u8 + 1)?;
+                p.addr = r.setup(leg(p))?;
+                r.set_nonblocking()?;
+                calls.relayed.push(r);
+            }
+        }
+        Ok(calls)
+    }
+
+    /// Sends participant `i`'s `pkt` to its leg at `leg` (direct) or through its channel.
+    pub fn send(&mut self, i: usize, pkt: &[u8], leg: SocketAddr) -> std::io::Result<()> {
+        match self.direct.get(i) {
+            Some(s) => s.send_to(pkt, leg).map(|_| ()),
+            None => self.relayed[i].send_media(pkt),
+        }
+    }
+
+    /// Packets received by all of them since the last call.
+    pub fn drain(&mut self) -> u64 {
+        let mut n = 0;
+        for r in &mut self.relayed {
+            n += r.recv_media().len() as u64;
+        }
+        let mut buf = [0u8; 2048];
+        for s in &self.direct {
+            while s.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Deletes the TURN allocations ([`Relayed::release`]).
+    pub fn release(&mut self) {
+        for r in &mut self.relayed {
+            r.release();
+        }
+    }
+}
+
 const SECRET: &str = "the-turn-benchmark-secret";
 const TURN: &str = "127.0.0.1:36860";
 const TURN_TLS: &str = "127.0.0.1:36861";
@@ -319,41 +386,19 @@ fn run_row(control: &mut Client, pid: u32, transport: &str, first_meeting: u32, 
     }
     let leg = |p: &Participant| SocketAddr::from(([127, 0, 0, 1], p.port));
     let server: SocketAddr = TURN.parse()?;
-    let mut relayed: Vec<Relayed> = Vec::new();
-    let mut direct: Vec<UdpSocket> = Vec::new();
-    for (i, p) in people.iter_mut().enumerate() {
-        let seed = (i % 250) as u8 + 1;
-        if transport == "direct" {
-            let s = UdpSocket::bind("127.0.0.1:0")?;
-            s.set_nonblocking(true)?;
-            p.addr = s.local_addr()?;
-            direct.push(s);
-        } else {
-            let mut r = match transport {
-                "turn-udp" => Relayed::udp(server, SECRET, seed)?,
-                "turn-tcp" => Relayed::tcp(server, SECRET, seed)?,
-                _ => Relayed::tls(TURN_TLS.parse()?, &dir.join("ca.pem"), SECRET, seed)?,
-            };
-            p.addr = r.setup(leg(p))?;
-            r.set_nonblocking()?;
-            relayed.push(r);
-        }
-    }
+    let mut row_calls = Calls::connect(
+        &mut people,
+        transport == "direct",
+        leg,
+        || UdpSocket::bind("127.0.0.1:0"),
+        |seed| match transport {
+            "turn-udp" => Relayed::udp(server, SECRET, seed),
+            "turn-tcp" => Relayed::tcp(server, SECRET, seed),
+            _ => Relayed::tls(TURN_TLS.parse()?, &dir.join("ca.pem"), SECRET, seed),
+        },
+    )?;
     let mut received = 0u64;
     let mut sent = 0u64;
-    let drain = |relayed: &mut Vec<Relayed>, direct: &Vec<UdpSocket>| -> u64 {
-        let mut n = 0;
-        for r in relayed.iter_mut() {
-            n += r.recv_media().len() as u64;
-        }
-        let mut buf = [0u8; 2048];
-        for s in direct {
-            while s.recv(&mut buf).is_ok() {
-                n += 1;
-            }
-        }
-        n
-    };
     let warm = Duration::from_secs(1);
     let timed = Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -368,14 +413,10 @@ fn run_row(control: &mut Client, pid: u32, transport: &str, first_meeting: u32, 
         }
         for (i, p) in people.iter_mut().enumerate() {
             let pkt = p.audio(tick);
-            if transport == "direct" {
-                direct[i].send_to(&pkt, leg(p))?;
-            } else {
-                relayed[i].send_media(&pkt)?;
-            }
+            row_calls.send(i, &pkt, leg(p))?;
             sent += 1;
         }
-        received += drain(&mut relayed, &direct);
+        received += row_calls.drain();
         tick += 1;
         if let Some(d) = (start + Duration::from_millis(20 * tick)).checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
@@ -383,7 +424,8 @@ fn run_row(control: &mut Client, pid: u32, transport: &str, first_meeting: u32, 
     }
     let cpu1 = process_cpu_ns(pid)?;
     std::thread::sleep(Duration::from_millis(200));
-    received += drain(&mut relayed, &direct);
+    received += row_calls.drain();
+    row_calls.release();
     let got = received - counted_from;
     let cpu = cpu1 - cpu0.unwrap_or(cpu1);
     Ok(Row { transport: transport.into(), calls, sent, received: got, cpu_ns: cpu, ns_per_packet: cpu as f64 / got.max(1) as f64, ratio: 1.0 })

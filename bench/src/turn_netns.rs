@@ -36,7 +36,7 @@ use sluice_dataplane::control::{Client, Request, Response};
 use sluice_sim::meeting::{self, Participant};
 
 use crate::netns::{NetNs, PinGuard, Veth};
-use crate::turn::Relayed;
+use crate::turn::{Calls, Relayed};
 
 const DUT_IP: Ipv4Addr = Ipv4Addr::new(10, 57, 0, 1);
 const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 57, 0, 2);
@@ -256,39 +256,19 @@ fn run_row(
     let leg = |p: &Participant| SocketAddr::new(DUT_IP.into(), p.port);
     let turn = SocketAddr::new(DUT_IP.into(), 3478);
     let turn_tls = SocketAddr::new(DUT_IP.into(), 5349);
-    let mut relayed: Vec<Relayed> = Vec::new();
-    let mut direct: Vec<UdpSocket> = Vec::new();
-    for (i, p) in people.iter_mut().enumerate() {
-        let seed = (i % 250) as u8 + 1;
-        if transport == "direct" {
-            let s = gen_ns.enter(|| UdpSocket::bind(SocketAddr::new(GEN_IP.into(), 0)))?;
-            s.set_nonblocking(true)?;
-            p.addr = s.local_addr()?;
-            direct.push(s);
-        } else {
-            let mut r = gen_ns.enter(|| match transport {
+    let mut row_calls = Calls::connect(
+        &mut people,
+        transport == "direct",
+        leg,
+        || gen_ns.enter(|| UdpSocket::bind(SocketAddr::new(GEN_IP.into(), 0))),
+        |seed| {
+            gen_ns.enter(|| match transport {
                 "turn-udp" => Relayed::udp_from(SocketAddr::new(GEN_IP.into(), 0), turn, SECRET, seed),
                 "turn-tcp" => Relayed::tcp(turn, SECRET, seed),
                 _ => Relayed::tls(turn_tls, &dir.join("ca.pem"), SECRET, seed),
-            })?;
-            p.addr = r.setup(leg(p))?;
-            r.set_nonblocking()?;
-            relayed.push(r);
-        }
-    }
-    let drain = |relayed: &mut Vec<Relayed>, direct: &Vec<UdpSocket>| -> u64 {
-        let mut n = 0;
-        for r in relayed.iter_mut() {
-            n += r.recv_media().len() as u64;
-        }
-        let mut buf = [0u8; 2048];
-        for s in direct {
-            while s.recv(&mut buf).is_ok() {
-                n += 1;
-            }
-        }
-        n
-    };
+            })
+        },
+    )?;
     let warm = Duration::from_secs(1);
     let timed = Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -303,14 +283,10 @@ fn run_row(
         }
         for (i, p) in people.iter_mut().enumerate() {
             let pkt = p.audio(u64::from(n));
-            if transport == "direct" {
-                direct[i].send_to(&pkt, leg(p))?;
-            } else {
-                relayed[i].send_media(&pkt)?;
-            }
+            row_calls.send(i, &pkt, leg(p))?;
             sent += 1;
         }
-        received += drain(&mut relayed, &direct);
+        received += row_calls.drain();
         n += 1;
         if let Some(d) = (start + tick * n).checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
@@ -318,10 +294,8 @@ fn run_row(
     }
     let (busy1, t1, unwrapped1) = (run_ns(&node_tasks), Instant::now(), Node::unwrapped(dut));
     std::thread::sleep(Duration::from_millis(200));
-    received += drain(&mut relayed, &direct);
-    for r in &mut relayed {
-        r.release();
-    }
+    received += row_calls.drain();
+    row_calls.release();
     let (busy0, t0, unwrapped0) = at_start.context("no timed part")?;
     let got = received - counted_from;
     let busy = busy1 - busy0;

@@ -173,18 +173,7 @@ fn udp_payload_len(udp: &[u8; UDP_HLEN]) -> Result<usize, u32> {
 }
 
 fn try_sluice_xdp(ctx: &XdpContext) -> Result<u32, u32> {
-    // Ethernet, then at most one VLAN tag (802.1Q or 802.1ad).
-    let mut ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or_else(malformed)?);
-    let mut l3 = ETH_HLEN;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = u16::from_be(read::<u16>(ctx, ETH_HLEN + 2).ok_or_else(malformed)?);
-        l3 += VLAN_HLEN;
-    }
-    let udp = match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, l3)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, l3)?,
-        _ => return Ok(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS)),
-    };
+    let udp = parse(ctx)?;
 
     let turn = SLUICE_TURN.get(0).copied().unwrap_or_default();
     if turn.udp != 0 && udp.flow.local_port == turn.udp {
@@ -209,17 +198,7 @@ pub fn sluice_turn(ctx: XdpContext) -> u32 {
 }
 
 fn try_sluice_turn(ctx: &XdpContext) -> Result<u32, u32> {
-    let mut ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or_else(malformed)?);
-    let mut l3 = ETH_HLEN;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = u16::from_be(read::<u16>(ctx, ETH_HLEN + 2).ok_or_else(malformed)?);
-        l3 += VLAN_HLEN;
-    }
-    let udp = match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, l3)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, l3)?,
-        _ => return Ok(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS)),
-    };
+    let udp = parse(ctx)?;
     turn_channel(ctx, &udp)?;
     // SAFETY: a tail call with this program's own context.
     let _ = unsafe { SLUICE_PROGS.tail_call(ctx, PROG_MAIN) };
@@ -414,6 +393,23 @@ fn shift_headers<const N: usize>(ctx: &XdpContext) -> Option<()> {
         unsafe { ((base + off + 4) as *mut u16).write_volatile(((base + off) as *const u16).read_volatile()) };
     }
     Some(())
+}
+
+/// Ethernet, at most one VLAN tag (802.1Q or 802.1ad), IPv4 or IPv6, UDP; anything else is
+/// counted `pass_not_udp` and passes (the `Err` carries the action).
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
+    let mut ethertype = u16::from_be(read::<u16>(ctx, 12).ok_or_else(malformed)?);
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = u16::from_be(read::<u16>(ctx, ETH_HLEN + 2).ok_or_else(malformed)?);
+        l3 += VLAN_HLEN;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3),
+        _ => Err(verdict(XdpVerdict::PassNotUdp, xdp_action::XDP_PASS)),
+    }
 }
 
 /// ```text
