@@ -1827,7 +1827,13 @@ mod meeting {
         let (allocations, connections) = (gauge("sluice_turn_allocations"), gauge("sluice_turn_connections"));
         assert!(allocations >= 3 && connections >= 2, "{allocations} allocations, {connections} connections:\n{metrics}");
         // Every RTP packet a browser received came through Sluice's TURN (and more: RTCP, checks).
-        let to_clients = gauge("sluice_turn_relayed_packets_total{direction=\"to_client\"}");
+        // (By either path: the relayed socket, or the worker's own ChannelData and the TURN
+        // thread's frames for stream clients.)
+        let to_clients: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("sluice_turn_relayed_packets_total{direction=\"to_client\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
         let received: u64 = ps.iter().flat_map(|p| p.stats["inbound"].as_object().into_iter().flatten()).map(|(_, v)| v["packets"].as_u64().unwrap_or(0)).sum();
         eprintln!("{}\nthe browsers received {received} RTP packets; Sluice's TURN:\n{metrics}", report.join("\n"));
         assert!(to_clients >= received, "Sluice's TURN relayed {to_clients} packets to the browsers, which received {received} RTP packets:\n{metrics}");
