@@ -1,7 +1,8 @@
 //! The Grafana dashboard (packaging/grafana/sluice.json) against real scrapes: every query names
 //! a metric one of the daemons exports, and both daemons' /metrics pass `promtool check metrics`
 //! (Prometheus's own parser and linter). The dataplane runs with the XDP shield on a veth in a
-//! network namespace this test creates (its `sluice_xdp_*` series exist only then); the control
+//! network namespace this test creates (its `sluice_xdp_*` series exist only then) and its TURN
+//! server on (`sluice_turn_*`); the control
 //! plane programs it a meeting with `sluicectl apply` (the packaged example), per-session series
 //! on.
 
@@ -119,7 +120,7 @@ fn every_dashboard_query_names_an_exported_metric_and_both_scrapes_pass_promtool
     std::fs::write(
         &cfg,
         format!(
-            "[dataplane]\nlisten_ip = \"10.56.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nmetrics = \"{DP_METRICS}\"\nport_range = [34700, 34799]\n[dataplane.xdp]\nmode = \"shield\"\ninterface = \"{}\"\ninstance = \"{instance}\"\n",
+            "[dataplane]\nlisten_ip = \"10.56.0.1\"\nworkers = 1\ncontrol_socket = \"{}\"\nmetrics = \"{DP_METRICS}\"\nport_range = [34700, 34799]\n[dataplane.xdp]\nmode = \"shield\"\ninterface = \"{}\"\ninstance = \"{instance}\"\n[dataplane.turn]\nlisten = \"10.56.0.1:3478\"\nsecret = \"the-dashboard-turn-secret\"\nrelay_ports = [45100, 45199]\n",
             sock.display(),
             veth.b
         ),
