@@ -266,10 +266,24 @@ impl NsDataplane {
     /// Starts the `sluice-dataplane` next to this executable in `ns` with config `cfg` (whose
     /// control socket is `socket`), its log in `log`; waits up to 15 s for the socket.
     pub fn start(ns: &NetNs, cfg: &std::path::Path, socket: &std::path::Path, log: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_on(ns, None, cfg, socket, log)
+    }
+
+    /// [`NsDataplane::start`], every thread of the daemon confined to `cores` (a `taskset -c`
+    /// list) when given.
+    pub fn start_on(ns: &NetNs, cores: Option<&str>, cfg: &std::path::Path, socket: &std::path::Path, log: &std::path::Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let exe = std::env::current_exe()?.with_file_name("sluice-dataplane");
         let [nsenter, net] = ns.nsenter_args();
-        let child = Command::new(nsenter)
+        let mut cmd = match cores {
+            Some(c) => {
+                let mut t = Command::new("taskset");
+                t.args(["-c", c]).arg(nsenter);
+                t
+            }
+            None => Command::new(nsenter),
+        };
+        let child = cmd
             .arg(net)
             .arg(&exe)
             .args(["--config", cfg.to_str().unwrap_or_default()])

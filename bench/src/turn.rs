@@ -313,16 +313,24 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-/// Runs `calls` calls per row for `seconds` (after 1 s of warm-up) per transport.
-pub fn run(calls: u32, seconds: f64) -> anyhow::Result<Report> {
-    let dir = PathBuf::from(format!("/tmp/sluice-bench-turn-{}", std::process::id()));
+/// A fresh `/tmp/sluice-bench-<name>-<pid>` holding the dev CA and the TURN server's TLS
+/// certificate (`sluicectl certs`: `ca.pem`, `server.pem`, `server.key`).
+pub(crate) fn scratch_with_certs(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(format!("/tmp/sluice-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let bin = std::env::current_exe()?.parent().context("bin dir")?.to_path_buf();
-    let out = Command::new(bin.join("sluicectl")).arg("certs").arg(&dir).output().context("sluicectl certs")?;
+    let sluicectl = std::env::current_exe()?.with_file_name("sluicectl");
+    let out = Command::new(sluicectl).arg("certs").arg(&dir).output().context("sluicectl certs")?;
     if !out.status.success() {
         bail!("sluicectl certs: {}", String::from_utf8_lossy(&out.stderr));
     }
+    Ok(dir)
+}
+
+/// Runs `calls` calls per row for `seconds` (after 1 s of warm-up) per transport.
+pub fn run(calls: u32, seconds: f64) -> anyhow::Result<Report> {
+    let dir = scratch_with_certs("turn")?;
+    let bin = std::env::current_exe()?.parent().context("bin dir")?.to_path_buf();
     let sock = dir.join("dp.sock");
     let cfg = dir.join("dp.toml");
     let calls = calls.clamp(1, MAX_CALLS);

@@ -24,8 +24,7 @@
 //! of the same daemon.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -35,8 +34,10 @@ use sluice_core::table::Delta;
 use sluice_dataplane::control::{Client, Request, Response};
 use sluice_sim::meeting::{self, Participant};
 
-use crate::netns::{NetNs, PinGuard, Veth};
-use crate::turn::{Calls, Relayed};
+use crate::forward::counter;
+use crate::netns::{NetNs, NsDataplane, PinGuard, Veth};
+use crate::turn::{Calls, Relayed, scratch_with_certs};
+use crate::xdp::pin;
 
 const DUT_IP: Ipv4Addr = Ipv4Addr::new(10, 57, 0, 1);
 const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 57, 0, 2);
@@ -93,28 +94,10 @@ fn run_ns(pids: &[i32]) -> u64 {
     total
 }
 
-fn pin(core: usize) {
-    if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
-        core_affinity::set_for_current(id);
-    }
-}
-
-/// The daemon in dut's namespace on the node core (stopped by PID on drop).
+/// The daemon in dut's namespace, every thread on the node core (stopped by PID on drop).
 struct Node {
-    child: Child,
+    process: NsDataplane,
     control: Client,
-    socket: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the PID of the child this process spawned and has not reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-    }
 }
 
 impl Node {
@@ -134,40 +117,14 @@ impl Node {
                 dir.join("server.key").display()
             ),
         )?;
-        let exe = std::env::current_exe()?.with_file_name("sluice-dataplane");
-        let [nsenter, net] = dut.nsenter_args();
-        let log = dir.join(format!("{xdp}.log"));
-        let child = Command::new("taskset")
-            .args(["-c", &NODE_CORE.to_string()])
-            .arg(nsenter)
-            .arg(net)
-            .arg(&exe)
-            .args(["--config", cfg.to_str().unwrap_or_default()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting sluice-dataplane under taskset")?;
-        let mut node_child = Some(child);
-        let end = Instant::now() + Duration::from_secs(15);
-        while !socket.exists() {
-            if Instant::now() > end {
-                if let Some(mut c) = node_child.take() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-                bail!("the dataplane did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let process = NsDataplane::start_on(dut, Some(&NODE_CORE.to_string()), &cfg, &socket, &dir.join(format!("{xdp}.log")))?;
         let control = Client::connect(&socket)?;
-        Ok(Self { child: node_child.take().context("child")?, control, socket })
+        Ok(Self { process, control })
     }
 
     /// `sluice_xdp_turn_unwrapped_packets_total` from the daemon's metrics (0 without a stage).
     fn unwrapped(dut: &NetNs) -> u64 {
-        let body = dut.http_get("127.0.0.1:9312", "/metrics");
-        body.lines().find_map(|l| l.strip_prefix("sluice_xdp_turn_unwrapped_packets_total ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+        counter(&dut.http_get("127.0.0.1:9312", "/metrics"), "sluice_xdp_turn_unwrapped_packets_total") as u64
     }
 }
 
@@ -176,14 +133,7 @@ impl Node {
 pub fn run(calls: u32, seconds: f64, tick: Duration) -> anyhow::Result<Report> {
     let calls = calls.clamp(1, MAX_CALLS);
     let pid = std::process::id();
-    let dir = PathBuf::from(format!("/tmp/sluice-bench-turn-netns-{pid}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let bin = std::env::current_exe()?.parent().context("bin dir")?.to_path_buf();
-    let out = Command::new(bin.join("sluicectl")).arg("certs").arg(&dir).output().context("sluicectl certs")?;
-    if !out.status.success() {
-        bail!("sluicectl certs: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let dir = scratch_with_certs("turn-netns")?;
     let gen_ns = NetNs::new("tng");
     let dut = NetNs::new("tnd");
     let veth = Veth::new("tn", &gen_ns, &[&format!("{GEN_IP}/24")], &dut, &[&format!("{DUT_IP}/24")]);
@@ -274,7 +224,7 @@ fn run_row(
     let start = Instant::now();
     let (mut received, mut sent, mut counted_from, mut n) = (0u64, 0u64, 0u64, 0u32);
     let mut at_start = None;
-    let node_tasks: Vec<i32> = napi.iter().copied().chain([node.child.id() as i32]).collect();
+    let node_tasks: Vec<i32> = napi.iter().copied().chain([node.process.child.id() as i32]).collect();
     while start.elapsed() < warm + timed {
         if at_start.is_none() && start.elapsed() >= warm {
             at_start = Some((run_ns(&node_tasks), Instant::now(), Node::unwrapped(dut)));

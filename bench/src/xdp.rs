@@ -127,7 +127,8 @@ fn loadavg() -> [f64; 3] {
     [it.next().unwrap_or(0.0), it.next().unwrap_or(0.0), it.next().unwrap_or(0.0)]
 }
 
-fn pin(core: usize) {
+/// Pins the calling thread to `core` (if the machine has it).
+pub(crate) fn pin(core: usize) {
     if let Some(id) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|i| i.id == core)) {
         core_affinity::set_for_current(id);
     }

@@ -500,9 +500,7 @@ impl XdpStage {
 
     /// Removes a raw SSRC-map entry; an absent entry is not an error.
     pub fn remove_ssrc_key(&mut self, key: SsrcKey) -> Result<()> {
-        const M: &str = sluice_common::SSRCS_MAP;
-        let mut map: HashMap<&mut MapData, SsrcKey, SsrcValue> = self.map_mut(M)?;
-        map.remove(&key).or_else(absent_ok).map_err(map_err("revoke ssrc", M))
+        self.hash_remove::<SsrcKey, SsrcValue>(sluice_common::SSRCS_MAP, &key, "revoke ssrc")
     }
 
     /// Gates the silence of audio stream `ssrc` on `local_port` (top-N audio: its packets whose
@@ -517,9 +515,7 @@ impl XdpStage {
 
     /// Lifts a silence gate; an absent one is not an error.
     pub fn ungate_silence(&mut self, local_port: u16, ssrc: Ssrc) -> Result<()> {
-        const M: &str = sluice_common::SILENCE_MAP;
-        let mut map: HashMap<&mut MapData, SsrcKey, SilenceGate> = self.map_mut(M)?;
-        map.remove(&SsrcKey::one(local_port, ssrc.0)).or_else(absent_ok).map_err(map_err("ungate silence", M))
+        self.hash_remove::<SsrcKey, SilenceGate>(sluice_common::SILENCE_MAP, &SsrcKey::one(local_port, ssrc.0), "ungate silence")
     }
 
     /// Every silence gate.
@@ -547,9 +543,7 @@ impl XdpStage {
 
     /// Removes a raw leg-map entry; an absent entry is not an error.
     pub fn remove_flow_key(&mut self, key: FlowKey) -> Result<()> {
-        const M: &str = sluice_common::LEGS_MAP;
-        let mut map: HashMap<&mut MapData, FlowKey, LegValue> = self.map_mut(M)?;
-        map.remove(&key).or_else(absent_ok).map_err(map_err("remove leg", M))
+        self.hash_remove::<FlowKey, LegValue>(sluice_common::LEGS_MAP, &key, "remove leg")
     }
 
     /// Every entry of the leg map (what a previous run left, when re-opened from pins).
@@ -567,6 +561,12 @@ impl XdpStage {
         self.hash_entries(sluice_common::RELAYS_MAP)
     }
 
+    /// Removes `key` from the hash map `name`; an absent key is not an error (callers diff).
+    fn hash_remove<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str, key: &K, op: &'static str) -> Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> = self.map_mut(name)?;
+        map.remove(key).or_else(absent_ok).map_err(map_err(op, name))
+    }
+
     fn hash_entries<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
         let map = self.ebpf.map(name).ok_or(XdpError::MissingMap { map: name })?;
         let map: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err("open", name))?;
@@ -575,9 +575,7 @@ impl XdpStage {
 
     /// Removes a raw relay entry; an absent entry is not an error.
     pub fn remove_relay_key(&mut self, key: FlowKey) -> Result<()> {
-        const M: &str = sluice_common::RELAYS_MAP;
-        let mut map: HashMap<&mut MapData, FlowKey, RelayTarget> = self.map_mut(M)?;
-        map.remove(&key).or_else(absent_ok).map_err(map_err("remove relay", M))
+        self.hash_remove::<FlowKey, RelayTarget>(sluice_common::RELAYS_MAP, &key, "remove relay")
     }
 
     /// Installs (or replaces) a relay leg: datagrams from `remote` to `local_port` are rewritten
@@ -643,9 +641,7 @@ impl XdpStage {
 
     /// Removes a channel route (an absent one is not an error).
     pub fn remove_channel_key(&mut self, key: ChannelKey) -> Result<()> {
-        const M: &str = sluice_common::CHANNELS_MAP;
-        let mut map: HashMap<&mut MapData, ChannelKey, ChannelTarget> = self.map_mut(M)?;
-        map.remove(&key).or_else(absent_ok).map_err(map_err("remove channel route", M))
+        self.hash_remove::<ChannelKey, ChannelTarget>(sluice_common::CHANNELS_MAP, &key, "remove channel route")
     }
 
     /// Every channel route installed.

@@ -26,7 +26,7 @@ pub(super) fn io_counter(body: &str, counter: &str) -> f64 {
 }
 
 /// A Prometheus counter summed over all label sets.
-pub(super) fn counter(body: &str, name: &str) -> f64 {
+pub(crate) fn counter(body: &str, name: &str) -> f64 {
     body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 

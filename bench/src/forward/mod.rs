@@ -38,7 +38,7 @@ mod sink;
 mod tables;
 mod topology;
 
-pub(crate) use accounting::process_cpu_ns;
+pub(crate) use accounting::{counter, process_cpu_ns};
 pub(crate) use generator::Generator;
 pub use probe::Sample;
 pub use report::{Ceiling, Latency, run};
