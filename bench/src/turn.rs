@@ -313,6 +313,19 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
+/// `calls` calls from meeting `first` on, each a meeting of two (every packet makes one copy, to
+/// the other participant): the tables and the participants.
+pub(crate) fn two_party_calls(first: u32, calls: u32) -> (Vec<sluice_core::table::Op>, Vec<Participant>) {
+    let mut ops = Vec::new();
+    let mut people = Vec::new();
+    for c in 0..calls {
+        let (o, p) = meeting::build(first + c, 2, Profile::AeadAes128Gcm, 0);
+        ops.extend(o);
+        people.extend(p);
+    }
+    (ops, people)
+}
+
 /// A fresh `/tmp/sluice-bench-<name>-<pid>` holding the dev CA and the TURN server's TLS
 /// certificate (`sluicectl certs`: `ca.pem`, `server.pem`, `server.key`).
 pub(crate) fn scratch_with_certs(name: &str) -> anyhow::Result<PathBuf> {
@@ -380,14 +393,7 @@ pub fn run(calls: u32, seconds: f64) -> anyhow::Result<Report> {
 
 #[expect(clippy::too_many_arguments, reason = "one row's settings")]
 fn run_row(control: &mut Client, pid: u32, transport: &str, first_meeting: u32, calls: u32, seconds: f64, dir: &Path, generation: u64) -> anyhow::Result<Row> {
-    // Each call a meeting of two: every packet makes one copy, to the other participant.
-    let mut ops = Vec::new();
-    let mut people: Vec<Participant> = Vec::new();
-    for c in 0..calls {
-        let (o, p) = meeting::build(first_meeting + c, 2, Profile::AeadAes128Gcm, 0);
-        ops.extend(o);
-        people.extend(p);
-    }
+    let (ops, mut people) = two_party_calls(first_meeting, calls);
     match control.call(&Request::Apply(Delta { generation: Generation(generation), replace_all: false, ops }))? {
         Response::Applied(_) => {}
         other => bail!("apply: {other:?}"),

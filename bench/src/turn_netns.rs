@@ -29,14 +29,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use sluice_core::ids::Generation;
-use sluice_core::srtp::Profile;
 use sluice_core::table::Delta;
 use sluice_dataplane::control::{Client, Request, Response};
-use sluice_sim::meeting::{self, Participant};
+use sluice_sim::meeting::Participant;
 
 use crate::forward::counter;
 use crate::netns::{NetNs, NsDataplane, PinGuard, Veth};
-use crate::turn::{Calls, Relayed, scratch_with_certs};
+use crate::turn::{Calls, Relayed, scratch_with_certs, two_party_calls};
 use crate::xdp::pin;
 
 const DUT_IP: Ipv4Addr = Ipv4Addr::new(10, 57, 0, 1);
@@ -192,13 +191,7 @@ fn run_row(
     tick: Duration,
     generation: u64,
 ) -> anyhow::Result<Row> {
-    let mut ops = Vec::new();
-    let mut people: Vec<Participant> = Vec::new();
-    for c in 0..calls {
-        let (o, p) = meeting::build(first_meeting + c, 2, Profile::AeadAes128Gcm, 0);
-        ops.extend(o);
-        people.extend(p);
-    }
+    let (ops, mut people) = two_party_calls(first_meeting, calls);
     match node.control.call(&Request::Apply(Delta { generation: Generation(generation), replace_all: true, ops }))? {
         Response::Applied(_) => {}
         other => bail!("apply: {other:?}"),
